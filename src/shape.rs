@@ -12,6 +12,7 @@
 //!
 //! | block | tensor | shape |
 //! |---|---|---|
+//! | normalisation (not trained) | per-feature offset, per-feature scale | `D`, `D` |
 //! | encoder | for each hidden layer `l`: weight, bias | `h_l x h_{l-1}`, `h_l` (`h_0 = D`) |
 //! | | direction head `Wmu`, `bmu` | `M x h_L`, `M` |
 //! | | concentration head `wk`, `bk` | `1 x h_L`, `1` |
@@ -20,12 +21,13 @@
 //! | | mixing log-weights `ln pi_k` | `K` |
 //! | decoder | layers `M -> h_L -> ... -> h_1`, each weight then bias | `h_{l} x h_{l+1}`, ... |
 //! | | output layer | `D x h_1`, `D` |
-//! | normalisation (not trained) | per-feature offset, per-feature scale | `D`, `D` |
 //!
 //! Weights are row-major `out x in`, the layout PyTorch's `nn.Linear` uses, so that the
 //! forward pass is a run of dot products (nalgebra sees them as column-major `in x out`).
-//! The encoder and segmenter come first so that every update scope is one contiguous
-//! range of the vector (see [`Scope`]).
+//! The decoder comes last so that the first [`Shape::inference_param_len`] values are
+//! all that inference needs (a device that only clusters links no decoder weights), and
+//! the segmenter sits between encoder and decoder so that every update scope is one
+//! contiguous range of the vector (see [`Scope`]).
 
 /// Most hidden layers an encoder may have (the decoder mirrors them).
 pub const MAX_HIDDEN: usize = 4;
@@ -408,52 +410,74 @@ impl Shape {
         self.encoder_len() + self.segmenter_len() + self.decoder_len()
     }
 
-    /// Length of the whole parameter vector: trainable parameters plus the `2 D`
-    /// normalisation constants.
+    /// Length of the whole parameter vector: the `2 D` normalisation constants plus the
+    /// trainable parameters.
     pub const fn param_len(&self) -> usize {
-        self.trainable_len() + 2 * self.input
+        2 * self.input + self.trainable_len()
     }
 
-    /// Parameters needed for inference (`encode`/`segment`): encoder, segmenter and
-    /// normalisation, without the decoder.
+    /// Parameters needed for inference (`encode`/`segment`): normalisation, encoder and
+    /// segmenter, without the decoder. They are a prefix of the parameter vector.
     pub const fn inference_param_len(&self) -> usize {
-        self.encoder_len() + self.segmenter_len() + 2 * self.input
+        self.decoder_offset()
+    }
+
+    /// Start of the normalisation block (always 0).
+    pub const fn norm_offset(&self) -> usize {
+        0
+    }
+
+    /// Start of the encoder block.
+    pub const fn encoder_offset(&self) -> usize {
+        2 * self.input
     }
 
     /// Start of the segmenter block.
     pub const fn segmenter_offset(&self) -> usize {
-        self.encoder_len()
+        self.encoder_offset() + self.encoder_len()
     }
 
     /// Start of the decoder block.
     pub const fn decoder_offset(&self) -> usize {
-        self.encoder_len() + self.segmenter_len()
-    }
-
-    /// Start of the normalisation block.
-    pub const fn norm_offset(&self) -> usize {
-        self.trainable_len()
+        self.segmenter_offset() + self.segmenter_len()
     }
 
     /// The contiguous parameter range a scope trains.
     pub const fn scope_range(&self, scope: Scope) -> core::ops::Range<usize> {
         match scope {
-            Scope::Full => 0..self.trainable_len(),
-            Scope::EncoderAndSegmenter => 0..self.decoder_offset(),
+            Scope::Full => self.encoder_offset()..self.param_len(),
+            Scope::EncoderAndSegmenter => self.encoder_offset()..self.decoder_offset(),
             Scope::SegmenterOnly => self.segmenter_offset()..self.decoder_offset(),
         }
     }
 
     /// Number of tensors in the layout.
     pub const fn tensor_count(&self) -> usize {
-        // encoder: 2 per layer + 4 heads; segmenter 3; decoder 2 per layer (depth + 1); norm 2
-        2 * self.depth + 4 + 3 + 2 * (self.depth + 1) + 2
+        // norm 2; encoder: 2 per layer + 4 heads; segmenter 3; decoder 2 per layer (depth + 1)
+        2 + 2 * self.depth + 4 + 3 + 2 * (self.depth + 1)
     }
 
     /// Tensor `i` of the layout (in layout order), or `None` past the end.
     pub const fn tensor(&self, i: usize) -> Option<Tensor> {
-        let mut off = 0;
-        let mut idx = 0;
+        let d = self.input;
+        if i == 0 {
+            return Some(Tensor {
+                id: TensorId::NormOffset,
+                offset: 0,
+                rows: 1,
+                cols: d,
+            });
+        }
+        if i == 1 {
+            return Some(Tensor {
+                id: TensorId::NormScale,
+                offset: d,
+                rows: 1,
+                cols: d,
+            });
+        }
+        let mut off = 2 * d;
+        let mut idx = 2;
         // Encoder hidden layers.
         let mut l = 0;
         while l < self.depth {
@@ -483,7 +507,6 @@ impl Shape {
         let h = self.last_hidden();
         let m = self.latent;
         let k = self.clusters;
-        let d = self.input;
         let heads: [(TensorId, usize, usize); 7] = [
             (TensorId::MuWeight, m, h),
             (TensorId::MuBias, 1, m),

@@ -1,0 +1,663 @@
+//! The versioned weight blob: one model's architecture and parameters as bytes, for the
+//! wire, for flash and for files.
+//!
+//! Everything is little-endian and parsed in place, without allocation; the parser never
+//! panics and returns a typed [`BlobError`] for every malformed field.
+//!
+//! # Layout (format version 1)
+//!
+//! | offset | size | field | version 1 rule |
+//! |---:|---:|---|---|
+//! | 0 | 4 | magic | `b"HVAE"` ([`MAGIC`]) |
+//! | 4 | 2 | format version, `u16` | `1` ([`VERSION`]) |
+//! | 6 | 2 | header length, `u16` | `48` ([`HEADER_LEN`]); the offset of the first parameter |
+//! | 8 | 4 | flags, `u32` | `0`: reserved, see below |
+//! | 12 | 1 | posterior code, `u8` | `0` von Mises-Fisher, `1` Power Spherical |
+//! | 13 | 1 | likelihood code, `u8` | `0` Gaussian, `1` Bernoulli |
+//! | 14 | 1 | activation code, `u8` | `0` ReLU, `1` tanh |
+//! | 15 | 1 | depth `L`, `u8` | `1..=4` hidden layers |
+//! | 16 | 4 | input size `D`, `u32` | `>= 1` |
+//! | 20 | 16 | hidden widths `h_1..h_4`, `4 x u32` | `h_1..h_L >= 1`, unused slots `0` |
+//! | 36 | 4 | latent size `M`, `u32` | `2..=64` |
+//! | 40 | 4 | clusters `K`, `u32` | `1..=255` |
+//! | 44 | 4 | parameter count `P`, `u32` | [`Shape::param_len`] of the sizes above |
+//! | 48 | `4 P` | parameters, `P x f32` | finite; in [`Shape`] layout order (normalisation offset and scale last) |
+//! | `48 + 4 P` | 4 | CRC-32, `u32` | CRC-32/ISO-HDLC of bytes `0 .. 48 + 4 P` |
+//!
+//! The whole blob is [`blob_len`] bytes, a `const fn`, so a device can reserve a
+//! `[u8; blob_len(&SHAPE)]` at compile time. Every multi-byte field sits at a multiple
+//! of its own size and the parameters start 4-aligned, so a blob in flash can also be
+//! inspected with a debugger without shuffling bytes.
+//!
+//! The CRC is the one zlib, PNG and Ethernet use (`crc32(b"123456789") == 0xCBF4_3926`),
+//! so `zlib.crc32(blob[:-4])` on the host checks a blob without this crate.
+//!
+//! **Growing version 1.** `flags` is reserved: a version-1 writer stores `0` and a
+//! version-1 reader rejects any set bit ([`BlobError::UnsupportedFlags`]). A later
+//! revision can define a bit for an additive feature (and grow the header, which is why
+//! the header carries its own length); older readers then fail loudly on that blob
+//! instead of misreading it. A change to the meaning of existing fields bumps
+//! [`VERSION`].
+//!
+//! # Scalar types
+//!
+//! Parameters are always stored as `f32`. Writing `f32` and reading it back is bit-exact
+//! (the bytes are copied, never computed on, so `-0.0` and subnormals survive). Writing
+//! `f64` rounds each value to the nearest `f32` (ties to even); a value whose rounding
+//! overflows to infinity is rejected as [`BlobError::NonFinite`] rather than silently
+//! stored as `inf`. Reading into `f64` widens exactly, so an `f64` round trip returns
+//! `x as f32 as f64`.
+//!
+//! # Check order
+//!
+//! The parser checks in this order and stops at the first failure, so each kind of damage
+//! gets its own error:
+//!
+//! 1. magic ([`BlobError::BadMagic`]), version ([`BlobError::UnsupportedVersion`]),
+//!    header length ([`BlobError::BadHeaderLength`]): each as soon as its bytes are
+//!    present, so that "not a blob" or "a newer blob" wins over "too short";
+//! 2. the whole header is present ([`BlobError::Truncated`]);
+//! 3. total length against the header's parameter count: if the count itself disagrees
+//!    with the sizes in the header it is the count that is wrong
+//!    ([`BlobError::ParamCount`]), otherwise the blob was cut short
+//!    ([`BlobError::Truncated`]) or has extra bytes ([`BlobError::TrailingBytes`]);
+//! 4. CRC ([`BlobError::BadCrc`]): checked *before* the meaning of any field, so random
+//!    damage (a flipped bit in transit or in flash) reads as damage;
+//! 5. flags ([`BlobError::UnsupportedFlags`]), kind codes ([`BlobError::UnknownKind`]),
+//!    sizes ([`BlobError::BadShape`]): these fail only for an intact blob that this
+//!    reader does not accept;
+//! 6. [`read_params`] only: the sizes and kinds against the compiled model
+//!    ([`BlobError::ShapeMismatch`]);
+//! 7. parameter count against the sizes ([`BlobError::ParamCount`]), and in
+//!    [`read_params`] against the destination slice;
+//! 8. [`read_params`] only: every value finite ([`BlobError::NonFinite`]), and only then
+//!    are the parameters copied out, so a failed load leaves the old weights in place.
+//!
+//! ```
+//! use hvae::blob;
+//! use hvae::shape::Shape;
+//!
+//! const SHAPE: Shape = Shape::new(4, &[3], 2, 2).checked();
+//! let params = [0.25f32; SHAPE.param_len()];
+//! let mut bytes = [0u8; blob::blob_len(&SHAPE)];
+//! let n = blob::write(&SHAPE, &params, &mut bytes)?;
+//! assert_eq!(n, bytes.len());
+//!
+//! assert_eq!(blob::read_shape(&bytes)?, SHAPE);
+//! let mut loaded = [0.0f32; SHAPE.param_len()];
+//! let crc = blob::read_params(&bytes, &SHAPE, &mut loaded)?;
+//! assert_eq!(loaded, params);
+//! assert_eq!(crc, blob::crc32(&bytes[..n - 4]));
+//! # Ok::<(), blob::BlobError>(())
+//! ```
+
+use crate::real::Real;
+use crate::shape::{Activation, Likelihood, Posterior, Shape, ShapeError, MAX_HIDDEN};
+
+/// First four bytes of every blob.
+pub const MAGIC: [u8; 4] = *b"HVAE";
+
+/// Format version this module writes and the only one it reads.
+pub const VERSION: u16 = 1;
+
+/// Bytes before the first parameter (the header length field of a version-1 blob).
+pub const HEADER_LEN: usize = 48;
+
+/// Bytes of the CRC trailer.
+const CRC_LEN: usize = 4;
+
+/// Bytes per stored parameter (`f32`).
+const VALUE_LEN: usize = 4;
+
+// The header length travels as a u16, and the parameters start 4-aligned.
+const _: () = assert!(HEADER_LEN <= u16::MAX as usize && HEADER_LEN.is_multiple_of(4));
+
+/// CRC-32/ISO-HDLC with a 1 KiB lookup table. A `static` so the table is in flash once,
+/// not copied to the stack at each use as a `const` might be.
+static CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Why a blob could not be written or read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The first four bytes are not [`MAGIC`]: not a weight blob.
+    BadMagic,
+    /// A format version this reader does not understand.
+    UnsupportedVersion(u16),
+    /// The header length field is not [`HEADER_LEN`].
+    BadHeaderLength,
+    /// Flag bits this reader does not know are set (a newer writer's feature).
+    UnsupportedFlags(u32),
+    /// A posterior, likelihood or activation code outside the known ones.
+    UnknownKind,
+    /// The sizes in the header (or the shape given to [`write()`]) are not a valid model.
+    BadShape(ShapeError),
+    /// A valid model, but not the one the caller was compiled for.
+    ShapeMismatch,
+    /// The blob ends before the header or the parameters it announces do.
+    Truncated,
+    /// The blob goes on after its CRC trailer.
+    TrailingBytes,
+    /// The CRC trailer does not match the bytes: the blob is damaged.
+    BadCrc {
+        /// CRC stored in the trailer.
+        stored: u32,
+        /// CRC of the bytes actually present.
+        computed: u32,
+    },
+    /// Parameter `index` (in layout order) is NaN or infinite, or an `f64` that
+    /// overflows `f32`.
+    NonFinite {
+        /// Index in the flat parameter vector.
+        index: u32,
+    },
+    /// The output buffer of [`write()`] is shorter than [`blob_len`].
+    BufferTooSmall,
+    /// A parameter count disagrees with the shape: the blob's count field, or the length
+    /// of the caller's parameter slice; also a shape with more than `u32::MAX` parameters.
+    ParamCount,
+}
+
+impl core::fmt::Display for BlobError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BlobError::BadMagic => f.write_str("not an hvae weight blob (bad magic)"),
+            BlobError::UnsupportedVersion(v) => {
+                write!(
+                    f,
+                    "unsupported weight blob version {v} (expected {VERSION})"
+                )
+            }
+            BlobError::BadHeaderLength => {
+                write!(f, "weight blob header length is not {HEADER_LEN}")
+            }
+            BlobError::UnsupportedFlags(x) => {
+                write!(f, "weight blob uses unsupported flags {x:#010x}")
+            }
+            BlobError::UnknownKind => {
+                f.write_str("unknown posterior, likelihood or activation code")
+            }
+            BlobError::BadShape(e) => write!(f, "invalid model shape: {e}"),
+            BlobError::ShapeMismatch => f.write_str("weight blob is for a different model shape"),
+            BlobError::Truncated => f.write_str("weight blob is truncated"),
+            BlobError::TrailingBytes => f.write_str("weight blob has trailing bytes"),
+            BlobError::BadCrc { stored, computed } => write!(
+                f,
+                "weight blob CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            ),
+            BlobError::NonFinite { index } => write!(f, "parameter {index} is not finite"),
+            BlobError::BufferTooSmall => f.write_str("output buffer too small for the blob"),
+            BlobError::ParamCount => f.write_str("parameter count does not match the shape"),
+        }
+    }
+}
+
+impl core::error::Error for BlobError {}
+
+/// CRC-32/ISO-HDLC (zlib's `crc32`) of `bytes`: the trailer of a blob is `crc32` of
+/// everything before it, and [`read_params`] returns it as the weights' identity.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    CRC.checksum(bytes)
+}
+
+/// Total size in bytes of the blob for `shape`: header, `4 * param_len` bytes of
+/// parameters, CRC trailer.
+///
+/// A `const fn`, so a device sizes its buffer at compile time. It never overflows: a
+/// shape too large to represent gives `usize::MAX`, which no buffer satisfies. For an
+/// invalid shape the value means nothing; [`write()`] rejects such a shape.
+pub const fn blob_len(shape: &Shape) -> usize {
+    match checked_param_len(shape) {
+        Some(p) => p
+            .saturating_mul(VALUE_LEN)
+            .saturating_add(HEADER_LEN + CRC_LEN),
+        None => usize::MAX,
+    }
+}
+
+/// Writes the blob for `shape` and `params` (in [`Shape`] layout order) to the start of
+/// `out` and returns the number of bytes written ([`blob_len`]).
+///
+/// `params.len()` must be `shape.param_len()` ([`BlobError::ParamCount`]) and every value
+/// must be finite once rounded to `f32` ([`BlobError::NonFinite`]). Everything is checked
+/// before the first byte is written, so on error `out` is untouched.
+pub fn write<T: Real>(shape: &Shape, params: &[T], out: &mut [u8]) -> Result<usize, BlobError> {
+    shape.validate().map_err(BlobError::BadShape)?;
+    // Counted with checked arithmetic: on the host a shape can be arbitrarily large.
+    let count = checked_param_len(shape)
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or(BlobError::ParamCount)?;
+    if usize::try_from(count).ok() != Some(params.len()) {
+        return Err(BlobError::ParamCount);
+    }
+    let total = blob_len(shape);
+    let out = out.get_mut(..total).ok_or(BlobError::BufferTooSmall)?;
+    // Check the values against what will be stored (f32), so an f64 that overflows f32
+    // is caught here and the reader never sees an infinity.
+    if let Some(i) = params.iter().position(|x| !x.to_f32().is_finite()) {
+        return Err(BlobError::NonFinite {
+            index: u32::try_from(i).unwrap_or(u32::MAX),
+        });
+    }
+
+    // Every size is at most the parameter count, which fits a u32, so these cannot fail.
+    let size = |x: usize| u32::try_from(x).map_err(|_| BlobError::ParamCount);
+    let mut hidden = [0u32; MAX_HIDDEN];
+    for (l, h) in hidden.iter_mut().enumerate() {
+        *h = size(shape.hidden(l))?;
+    }
+    // depth is 1..=MAX_HIDDEN after `validate`.
+    let depth =
+        u8::try_from(shape.depth()).map_err(|_| BlobError::BadShape(ShapeError::BadHidden))?;
+
+    let (body, trailer) = out
+        .split_last_chunk_mut::<CRC_LEN>()
+        .ok_or(BlobError::BufferTooSmall)?;
+    let mut w = Writer { rest: body };
+    w.put(MAGIC)?;
+    w.put(VERSION.to_le_bytes())?;
+    w.put((HEADER_LEN as u16).to_le_bytes())?;
+    w.put(0u32.to_le_bytes())?; // flags: none defined in version 1
+    w.put([
+        posterior_code(shape.posterior),
+        likelihood_code(shape.likelihood),
+        activation_code(shape.activation),
+        depth,
+    ])?;
+    w.put(size(shape.input)?.to_le_bytes())?;
+    for h in hidden {
+        w.put(h.to_le_bytes())?;
+    }
+    w.put(size(shape.latent)?.to_le_bytes())?;
+    w.put(size(shape.clusters)?.to_le_bytes())?;
+    w.put(count.to_le_bytes())?;
+    for x in params {
+        w.put(x.to_f32().to_le_bytes())?;
+    }
+    if !w.rest.is_empty() {
+        // Unreachable while `blob_len` and the header above agree; an error, not a panic.
+        return Err(BlobError::BufferTooSmall);
+    }
+    *trailer = crc32(body).to_le_bytes();
+    Ok(total)
+}
+
+/// Reads and validates a blob's header, total length and CRC, and returns the shape it
+/// describes, so the host can learn the sizes before allocating. The parameter values
+/// are not inspected ([`read_params`] does that).
+pub fn read_shape(bytes: &[u8]) -> Result<Shape, BlobError> {
+    parse(bytes, None).map(|b| b.shape)
+}
+
+/// Loads the parameters of a blob written for `expected` into `params` and returns the
+/// blob's CRC (the identity of the weights a device reports).
+///
+/// Everything is validated first, in the order given in the [module docs](self): magic,
+/// version, header, length, CRC, kind codes and sizes, the shape against `expected`
+/// ([`BlobError::ShapeMismatch`]), `params.len()` against it ([`BlobError::ParamCount`])
+/// and every value finite. All or nothing: on error `params` is untouched, so a device
+/// that fails to load new weights keeps running on the old ones.
+pub fn read_params<T: Real>(
+    bytes: &[u8],
+    expected: &Shape,
+    params: &mut [T],
+) -> Result<u32, BlobError> {
+    let blob = parse(bytes, Some(expected))?;
+    let (values, rest) = blob.values.as_chunks::<VALUE_LEN>();
+    if values.len() != params.len() || !rest.is_empty() {
+        return Err(BlobError::ParamCount);
+    }
+    // First pass only looks, so a NaN at the very end cannot leave a half-loaded model.
+    if let Some(i) = values
+        .iter()
+        .position(|v| !f32::from_le_bytes(*v).is_finite())
+    {
+        return Err(BlobError::NonFinite {
+            index: u32::try_from(i).unwrap_or(u32::MAX),
+        });
+    }
+    for (p, v) in params.iter_mut().zip(values) {
+        *p = T::of_f32(f32::from_le_bytes(*v));
+    }
+    Ok(blob.crc)
+}
+
+/// A blob that passed every check except the per-value ones.
+struct Parsed<'a> {
+    shape: Shape,
+    /// The `4 P` parameter bytes.
+    values: &'a [u8],
+    crc: u32,
+}
+
+/// The fixed-layout header fields after the preamble, decoded but not yet judged.
+struct RawHeader {
+    flags: u32,
+    posterior: u8,
+    likelihood: u8,
+    activation: u8,
+    depth: u8,
+    input: u32,
+    hidden: [u32; MAX_HIDDEN],
+    latent: u32,
+    clusters: u32,
+    count: u32,
+}
+
+/// Every check but the per-value ones, in the documented order.
+fn parse<'a>(bytes: &'a [u8], expected: Option<&Shape>) -> Result<Parsed<'a>, BlobError> {
+    let mut r = Reader { rest: bytes };
+    // 1. Preamble, each field judged as soon as it is there.
+    if r.take::<4>()? != MAGIC {
+        return Err(BlobError::BadMagic);
+    }
+    let version = r.u16()?;
+    if version != VERSION {
+        return Err(BlobError::UnsupportedVersion(version));
+    }
+    if usize::from(r.u16()?) != HEADER_LEN {
+        return Err(BlobError::BadHeaderLength);
+    }
+    // 2. The rest of the header (Truncated if it is not all there).
+    let raw = RawHeader {
+        flags: r.u32()?,
+        posterior: r.u8()?,
+        likelihood: r.u8()?,
+        activation: r.u8()?,
+        depth: r.u8()?,
+        input: r.u32()?,
+        hidden: [r.u32()?, r.u32()?, r.u32()?, r.u32()?],
+        latent: r.u32()?,
+        clusters: r.u32()?,
+        count: r.u32()?,
+    };
+
+    // 3. Length. The count field frames the blob; when the length disagrees, look at the
+    // sizes (not yet trusted: only used to pick the error) to tell a corrupted count from
+    // a truncated or padded blob.
+    let count = usize::try_from(raw.count).ok();
+    let want = count
+        .and_then(|p| p.checked_mul(VALUE_LEN))
+        .and_then(|n| n.checked_add(HEADER_LEN + CRC_LEN));
+    if want != Some(bytes.len()) {
+        let implied = sizes(&raw).ok().and_then(|s| checked_param_len(&s));
+        if implied.is_some() && implied != count {
+            return Err(BlobError::ParamCount);
+        }
+        return Err(match want {
+            Some(n) if bytes.len() > n => BlobError::TrailingBytes,
+            _ => BlobError::Truncated,
+        });
+    }
+
+    // 4. CRC over everything before the trailer.
+    let (body, trailer) = bytes
+        .split_last_chunk::<CRC_LEN>()
+        .ok_or(BlobError::Truncated)?;
+    let stored = u32::from_le_bytes(*trailer);
+    let computed = crc32(body);
+    if stored != computed {
+        return Err(BlobError::BadCrc { stored, computed });
+    }
+
+    // 5. Meaning of the fields of an intact blob.
+    if raw.flags != 0 {
+        return Err(BlobError::UnsupportedFlags(raw.flags));
+    }
+    let posterior = match raw.posterior {
+        0 => Posterior::VonMisesFisher,
+        1 => Posterior::PowerSpherical,
+        _ => return Err(BlobError::UnknownKind),
+    };
+    let likelihood = match raw.likelihood {
+        0 => Likelihood::Gaussian,
+        1 => Likelihood::Bernoulli,
+        _ => return Err(BlobError::UnknownKind),
+    };
+    let activation = match raw.activation {
+        0 => Activation::Relu,
+        1 => Activation::Tanh,
+        _ => return Err(BlobError::UnknownKind),
+    };
+    let shape = sizes(&raw)
+        .map_err(BlobError::BadShape)?
+        .with_posterior(posterior)
+        .with_likelihood(likelihood)
+        .with_activation(activation);
+
+    // 6. Before the count, so a blob for another (valid) model says so.
+    if expected.is_some_and(|e| *e != shape) {
+        return Err(BlobError::ShapeMismatch);
+    }
+
+    // 7. The count must be the one the sizes imply.
+    if checked_param_len(&shape) != count {
+        return Err(BlobError::ParamCount);
+    }
+
+    let values = body.get(HEADER_LEN..).ok_or(BlobError::Truncated)?;
+    Ok(Parsed {
+        shape,
+        values,
+        crc: computed,
+    })
+}
+
+/// The sizes of a header as a validated [`Shape`] with default kinds.
+fn sizes(raw: &RawHeader) -> Result<Shape, ShapeError> {
+    let depth = usize::from(raw.depth);
+    // Sizes that do not fit a usize (16-bit targets only) could never be allocated.
+    let size = |x: u32| usize::try_from(x).map_err(|_| ShapeError::BadHidden);
+    let mut hidden = [0usize; MAX_HIDDEN];
+    for (l, (h, &stored)) in hidden.iter_mut().zip(&raw.hidden).enumerate() {
+        *h = size(stored)?;
+        // Unused slots must be zero: the writer stores zero, so anything else is damage
+        // or a feature this reader does not know, not a value to ignore.
+        if l >= depth && stored != 0 {
+            return Err(ShapeError::BadHidden);
+        }
+    }
+    let used = hidden.get(..depth).ok_or(ShapeError::BadHidden)?;
+    let input = usize::try_from(raw.input).map_err(|_| ShapeError::NoInput)?;
+    let latent = usize::try_from(raw.latent).map_err(|_| ShapeError::BadLatent)?;
+    let clusters = usize::try_from(raw.clusters).map_err(|_| ShapeError::BadClusters)?;
+    let shape = Shape::new(input, used, latent, clusters);
+    shape.validate()?;
+    Ok(shape)
+}
+
+/// [`Shape::param_len`] with checked arithmetic, `None` on overflow.
+///
+/// Shape's own sum uses plain `*` and `+`, which is right for compiled shapes but not for
+/// sizes read from untrusted bytes (a `u32::MAX` input would overflow a 32-bit `usize`).
+/// It follows the same table term by term; a unit test pins the two equal.
+const fn checked_param_len(s: &Shape) -> Option<usize> {
+    /// `acc + out * inp + out`: one weight matrix and its bias.
+    const fn layer(acc: Option<usize>, out: usize, inp: usize) -> Option<usize> {
+        match (acc, out.checked_mul(inp)) {
+            (Some(a), Some(w)) => match a.checked_add(w) {
+                Some(b) => b.checked_add(out),
+                None => None,
+            },
+            _ => None,
+        }
+    }
+    let mut n = Some(0usize);
+    // Encoder hidden layers.
+    let mut l = 0;
+    while l < s.depth() {
+        let (o, i) = s.encoder_layer(l);
+        n = layer(n, o, i);
+        l += 1;
+    }
+    let h = s.last_hidden();
+    // Direction head `M x h_L + M`, concentration head `1 x h_L + 1`.
+    n = layer(n, s.latent, h);
+    n = layer(n, 1, h);
+    // Segmenter: centres `K x M`, mixing weights `K` (as a "bias"), then `ln kappa_s`.
+    n = layer(n, s.clusters, s.latent);
+    n = layer(n, 1, 0);
+    // Decoder layers, latent to output.
+    let mut l = 0;
+    while l <= s.depth() {
+        let (o, i) = s.decoder_layer(l);
+        n = layer(n, o, i);
+        l += 1;
+    }
+    // Normalisation offset and scale: `D x 1 + D`.
+    layer(n, s.input, 1)
+}
+
+const fn posterior_code(p: Posterior) -> u8 {
+    match p {
+        Posterior::VonMisesFisher => 0,
+        Posterior::PowerSpherical => 1,
+    }
+}
+
+const fn likelihood_code(l: Likelihood) -> u8 {
+    match l {
+        Likelihood::Gaussian => 0,
+        Likelihood::Bernoulli => 1,
+    }
+}
+
+const fn activation_code(a: Activation) -> u8 {
+    match a {
+        Activation::Relu => 0,
+        Activation::Tanh => 1,
+    }
+}
+
+/// Sequential little-endian reads; running out of bytes is [`BlobError::Truncated`].
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], BlobError> {
+        let (head, tail) = self
+            .rest
+            .split_first_chunk::<N>()
+            .ok_or(BlobError::Truncated)?;
+        self.rest = tail;
+        Ok(*head)
+    }
+    fn u8(&mut self) -> Result<u8, BlobError> {
+        self.take::<1>().map(|[b]| b)
+    }
+    fn u16(&mut self) -> Result<u16, BlobError> {
+        self.take().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, BlobError> {
+        self.take().map(u32::from_le_bytes)
+    }
+}
+
+/// Sequential writes; running out of room is [`BlobError::BufferTooSmall`] (never hit
+/// after [`write()`]'s length check, but an error is cheaper to reason about than a panic).
+struct Writer<'a> {
+    rest: &'a mut [u8],
+}
+
+impl Writer<'_> {
+    fn put<const N: usize>(&mut self, bytes: [u8; N]) -> Result<(), BlobError> {
+        let rest = core::mem::take(&mut self.rest);
+        let (head, tail) = rest
+            .split_first_chunk_mut::<N>()
+            .ok_or(BlobError::BufferTooSmall)?;
+        *head = bytes;
+        self.rest = tail;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_is_zlib_crc32() {
+        // The CRC catalogue's check value for CRC-32/ISO-HDLC.
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn checked_param_len_matches_shape() {
+        let shapes = [
+            Shape::new(64, &[32], 8, 10),
+            Shape::new(5, &[7, 3], 3, 2),
+            Shape::new(2, &[4, 4, 4, 4], 2, 1),
+            Shape::new(1, &[1], 2, 1),
+            Shape::new(100, &[50, 20, 10], 64, 255),
+        ];
+        for s in shapes {
+            assert_eq!(checked_param_len(&s), Some(s.param_len()), "{s:?}");
+            assert_eq!(blob_len(&s), HEADER_LEN + 4 * s.param_len() + CRC_LEN);
+        }
+    }
+
+    #[test]
+    fn checked_param_len_overflows_to_none() {
+        let huge = Shape::new(usize::MAX, &[usize::MAX], 64, 255);
+        assert_eq!(checked_param_len(&huge), None);
+        assert_eq!(blob_len(&huge), usize::MAX);
+        assert_eq!(
+            write::<f32>(&huge, &[], &mut [0u8; 64]),
+            Err(BlobError::ParamCount)
+        );
+    }
+
+    #[test]
+    fn header_fields_sit_at_the_documented_offsets() {
+        let s = Shape::new(5, &[7, 3], 3, 2)
+            .with_posterior(Posterior::PowerSpherical)
+            .with_likelihood(Likelihood::Bernoulli)
+            .with_activation(Activation::Tanh);
+        let params = [1.5f32; 512];
+        let p = s.param_len();
+        let mut out = [0u8; 1024];
+        let n = write(&s, &params[..p], &mut out).unwrap();
+        let b = &out[..n];
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        assert_eq!(&b[0..4], b"HVAE");
+        assert_eq!(&b[4..6], &[1, 0]);
+        assert_eq!(&b[6..8], &[48, 0]);
+        assert_eq!(u32_at(8), 0);
+        assert_eq!(&b[12..16], &[1, 1, 1, 2]);
+        assert_eq!(u32_at(16), 5);
+        assert_eq!(
+            [u32_at(20), u32_at(24), u32_at(28), u32_at(32)],
+            [7, 3, 0, 0]
+        );
+        assert_eq!(u32_at(36), 3);
+        assert_eq!(u32_at(40), 2);
+        assert_eq!(u32_at(44), p as u32);
+        assert_eq!(&b[48..52], &1.5f32.to_le_bytes());
+        assert_eq!(n, 48 + 4 * p + 4);
+        assert_eq!(u32_at(n - 4), crc32(&b[..n - 4]));
+    }
+
+    #[test]
+    fn blob_len_sizes_a_const_buffer() {
+        const S: Shape = Shape::new(3, &[2], 2, 1).checked();
+        let buf = [0u8; blob_len(&S)];
+        assert_eq!(buf.len(), 48 + 4 * S.param_len() + 4);
+    }
+
+    #[test]
+    fn errors_display() {
+        let e = BlobError::BadCrc {
+            stored: 1,
+            computed: 0xdead_beef,
+        };
+        assert_eq!(
+            e.to_string(),
+            "weight blob CRC mismatch (stored 0x00000001, computed 0xdeadbeef)"
+        );
+        assert!(BlobError::BadShape(ShapeError::BadLatent)
+            .to_string()
+            .contains("latent"));
+    }
+}

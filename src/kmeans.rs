@@ -1,0 +1,437 @@
+//! Spherical k-means with k-means++ seeding, on caller-owned buffers.
+//!
+//! Used to initialise the segmenter's centres `c_k` from the encoder's mean directions
+//! `mu(x)` of a buffer of samples (on the device and on the host), and as a baseline on
+//! the host.
+//!
+//! Points are the rows of a row-major `n x dim` slice. They are treated as *directions*:
+//! every row is normalised on the fly (no copy), so rows of unit norm, as the encoder
+//! emits, are the common case but not a requirement. A row of zero norm has no direction
+//! and is an error ([`KMeansError::ZeroPoint`]), as is a row holding a NaN or an infinity
+//! or whose squared norm overflows ([`KMeansError::NonFinitePoint`]).
+//!
+//! # Algorithm
+//!
+//! - Seeding (k-means++): the first centre is a uniformly drawn point; each next centre is
+//!   a point drawn with probability proportional to `d(x) = 1 - cos(x, nearest chosen
+//!   centre)`. For unit vectors `1 - cos = |x - c|^2 / 2`, so this weight *is* the squared
+//!   (chordal) distance of Euclidean k-means++'s "D^2" weighting, as in spherical
+//!   k-means++ (Endo & Miyamoto 2015). If every weight is zero (fewer distinct directions
+//!   than `k`) the point is drawn uniformly.
+//! - Lloyd iterations on the sphere: each point goes to the centre of largest cosine (it
+//!   keeps its current centre on a tie, which makes the iteration stop on duplicated
+//!   points); each centre becomes the normalised mean of its points' directions (a
+//!   cluster whose directions sum to zero keeps its centre: every centre then scores the
+//!   same). An empty cluster is re-seeded with the point farthest (smallest cosine) from
+//!   its own centre, taken from a cluster of at least two points, which then moves to it.
+//! - Stops when an assignment changes no label (`converged`) or after `max_iter`
+//!   iterations. Every step of an iteration does not decrease the objective
+//!   `sum_i cos(x_i, c_label(i))` (up to rounding).
+//!
+//! The result is a deterministic function of the inputs and of the random numbers drawn:
+//! `k` calls of `next_u64` at most.
+//!
+//! # Cost
+//!
+//! No allocation, O(1) stack. With `n` points: validation, one pass of `n dim`
+//! multiply-adds; seeding, for each of the `k - 1` later centres a pass of `3 n dim`
+//! multiply-adds (update the nearest chosen centre and the weights) and a scan of at most
+//! `2 n dim` (find the drawn point); then each iteration is one pass of `(k + 2) n dim`
+//! multiply-adds (assignment, norms, accumulating the means), `k` square roots and
+//! `k dim` divisions for the centres, and, per empty cluster, one more pass of
+//! `2 n dim`. In all at most about `5 k n dim + (max_iter + 1) (k + 2) n dim` multiply-adds
+//! when no cluster empties.
+
+use crate::Real;
+use rand_core::Rng;
+
+/// Most clusters [`spherical_kmeans`] handles: labels are `u8` (as the model's
+/// [`Shape`](crate::Shape) allows at most 255 clusters).
+pub const MAX_CLUSTERS: usize = 255;
+
+/// Floats of scratch [`spherical_kmeans`] needs: `k * dim` sums and `k` counts.
+pub const fn scratch_len(k: usize, dim: usize) -> usize {
+    k.saturating_mul(dim.saturating_add(1))
+}
+
+/// Why [`spherical_kmeans`] or [`nearest_centre`] refused its input. Nothing is written
+/// when an error is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum KMeansError {
+    /// `dim` is zero.
+    BadDimension,
+    /// A slice has the wrong length: `points` not a multiple of `dim`, `centres` not
+    /// `k * dim`, `labels` not `n`, `scratch` shorter than [`scratch_len`], or (for
+    /// [`nearest_centre`]) `x` not `dim`.
+    LengthMismatch,
+    /// `k` is zero (or [`nearest_centre`] got no centre).
+    NoClusters,
+    /// `k` exceeds [`MAX_CLUSTERS`].
+    TooManyClusters,
+    /// `k` exceeds the number of points.
+    MoreClustersThanPoints,
+    /// The row holds a NaN or an infinity, or its squared norm overflows.
+    NonFinitePoint {
+        /// 0-based row index.
+        row: usize,
+    },
+    /// The row has zero norm (or its squared norm underflows to zero): it has no
+    /// direction.
+    ZeroPoint {
+        /// 0-based row index.
+        row: usize,
+    },
+}
+
+impl core::fmt::Display for KMeansError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            KMeansError::BadDimension => f.write_str("dimension must be at least 1"),
+            KMeansError::LengthMismatch => f.write_str("buffer length does not match the sizes"),
+            KMeansError::NoClusters => f.write_str("need at least one cluster"),
+            KMeansError::TooManyClusters => f.write_str("at most 255 clusters"),
+            KMeansError::MoreClustersThanPoints => f.write_str("more clusters than points"),
+            KMeansError::NonFinitePoint { row } => write!(f, "point {row} is not finite"),
+            KMeansError::ZeroPoint { row } => write!(f, "point {row} has zero norm"),
+        }
+    }
+}
+
+impl core::error::Error for KMeansError {}
+
+/// Outcome of [`spherical_kmeans`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct KMeansInfo<T> {
+    /// Lloyd iterations run (centre update + assignment), at most `max_iter`.
+    pub iterations: usize,
+    /// Mean cosine of each point to its assigned centre after the last assignment (the
+    /// objective, to maximise; 1 is a perfect fit).
+    pub objective: T,
+    /// True when the last assignment changed no label (a fixed point). False when
+    /// `max_iter` ran out first, and always for `max_iter = 0`.
+    pub converged: bool,
+    /// Empty clusters re-seeded over all iterations.
+    pub reseeds: usize,
+}
+
+#[inline]
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut s = T::zero();
+    for (x, y) in a.iter().zip(b) {
+        s += *x * *y;
+    }
+    s
+}
+
+#[inline]
+fn norm<T: Real>(a: &[T]) -> T {
+    dot(a, a).sqrt()
+}
+
+/// Uniform index in `0..n` (`n >= 1`) from one `next_u64` (multiply-shift; the bias is
+/// below `n / 2^64`).
+fn uniform_index<R: Rng + ?Sized>(rng: &mut R, n: usize) -> usize {
+    ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize
+}
+
+/// Uniform in `[0, 1)` as `f64` (53 random bits).
+fn uniform01<R: Rng + ?Sized>(rng: &mut R) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// Writes `x / |x|` into `c`.
+fn set_direction<T: Real>(c: &mut [T], x: &[T]) {
+    let nx = norm(x);
+    for (c, x) in c.iter_mut().zip(x) {
+        *c = *x / nx;
+    }
+}
+
+/// The centre of largest cosine to `x` (the first on a tie) and that cosine. Centres are
+/// the rows of `centres` (`k x dim`, row-major) and should have unit norm (the cosine is
+/// `x . c / |x|`); `x` need not.
+///
+/// Errors: `dim == 0`, `x.len() != dim` or `centres.len()` not a multiple of `dim`, no
+/// centre, `x` not finite or of zero norm.
+///
+/// Cost: `(k + 1) dim` multiply-adds, one square root, one division.
+pub fn nearest_centre<T: Real>(
+    x: &[T],
+    centres: &[T],
+    dim: usize,
+) -> Result<(usize, T), KMeansError> {
+    if dim == 0 {
+        return Err(KMeansError::BadDimension);
+    }
+    if x.len() != dim || centres.len() % dim != 0 {
+        return Err(KMeansError::LengthMismatch);
+    }
+    if centres.is_empty() {
+        return Err(KMeansError::NoClusters);
+    }
+    check_row(x, 0)?;
+    let mut best = -T::MAX;
+    let mut arg = 0;
+    for (j, c) in centres.chunks_exact(dim).enumerate() {
+        let d = dot(x, c);
+        if d > best || j == 0 {
+            best = d;
+            arg = j;
+        }
+    }
+    Ok((arg, best / norm(x)))
+}
+
+fn check_row<T: Real>(x: &[T], row: usize) -> Result<(), KMeansError> {
+    let ss = dot(x, x);
+    if !ss.is_finite() {
+        return Err(KMeansError::NonFinitePoint { row });
+    }
+    if ss == T::zero() {
+        return Err(KMeansError::ZeroPoint { row });
+    }
+    Ok(())
+}
+
+/// Spherical k-means++ of the `n = points.len() / dim` rows of `points` into `k` clusters.
+///
+/// Writes the `k` unit centres (row-major `k x dim`) into `centres` and each point's
+/// cluster into `labels` (`n` long, values `< k`). `scratch` (at least
+/// [`scratch_len`]`(k, dim)` floats) holds the running sums; its content on entry is
+/// ignored, and so are those of `centres` and `labels`. See the module docs for the
+/// algorithm, the random numbers it draws and its cost.
+///
+/// Errors (checked before anything is written): see [`KMeansError`].
+#[allow(clippy::too_many_arguments)]
+pub fn spherical_kmeans<T: Real, R: Rng + ?Sized>(
+    points: &[T],
+    dim: usize,
+    k: usize,
+    max_iter: usize,
+    rng: &mut R,
+    centres: &mut [T],
+    scratch: &mut [T],
+    labels: &mut [u8],
+) -> Result<KMeansInfo<T>, KMeansError> {
+    if dim == 0 {
+        return Err(KMeansError::BadDimension);
+    }
+    if points.len() % dim != 0 {
+        return Err(KMeansError::LengthMismatch);
+    }
+    let n = points.len() / dim;
+    if k == 0 {
+        return Err(KMeansError::NoClusters);
+    }
+    if k > MAX_CLUSTERS {
+        return Err(KMeansError::TooManyClusters);
+    }
+    if k > n {
+        return Err(KMeansError::MoreClustersThanPoints);
+    }
+    if centres.len() != k * dim || labels.len() != n || scratch.len() < scratch_len(k, dim) {
+        return Err(KMeansError::LengthMismatch);
+    }
+    for (row, x) in points.chunks_exact(dim).enumerate() {
+        check_row(x, row)?;
+    }
+    let acc = &mut scratch[..scratch_len(k, dim)];
+
+    seed(points, dim, k, rng, centres, labels);
+    let (_, mut total) = assign(points, dim, centres, labels, acc);
+    let mut iterations = 0;
+    let mut converged = false;
+    let mut reseeds = 0;
+    while iterations < max_iter {
+        reseeds += update(points, dim, k, centres, labels, acc);
+        iterations += 1;
+        let (changed, t) = assign(points, dim, centres, labels, acc);
+        total = t;
+        if !changed {
+            converged = true;
+            break;
+        }
+    }
+    Ok(KMeansInfo {
+        iterations,
+        objective: total / T::of(n as f64),
+        converged,
+        reseeds,
+    })
+}
+
+/// k-means++ seeding. Leaves every label at the nearest of the first `k - 1` centres (the
+/// assignment that follows takes the last one into account).
+fn seed<T: Real, R: Rng + ?Sized>(
+    points: &[T],
+    dim: usize,
+    k: usize,
+    rng: &mut R,
+    centres: &mut [T],
+    labels: &mut [u8],
+) {
+    let n = labels.len();
+    let zero = T::zero();
+    let one = T::one();
+    let first = uniform_index(rng, n);
+    set_direction(&mut centres[..dim], &points[first * dim..(first + 1) * dim]);
+    labels.fill(0);
+    // Weight of a point: 1 - cos to its nearest chosen centre, clamped at 0.
+    let weight = |x: &[T], centres: &[T], l: u8| -> T {
+        let l = usize::from(l);
+        let d = one - dot(x, &centres[l * dim..(l + 1) * dim]) / norm(x);
+        if d > zero {
+            d
+        } else {
+            zero
+        }
+    };
+    for j in 1..k {
+        let newest = j - 1;
+        // Pass A: move labels to the newest centre where strictly closer; total weight.
+        let mut total = zero;
+        for (x, l) in points.chunks_exact(dim).zip(labels.iter_mut()) {
+            if newest > 0 {
+                let cur = usize::from(*l);
+                let d_cur = dot(x, &centres[cur * dim..(cur + 1) * dim]);
+                let d_new = dot(x, &centres[newest * dim..(newest + 1) * dim]);
+                if d_new > d_cur {
+                    *l = newest as u8;
+                }
+            }
+            total += weight(x, centres, *l);
+        }
+        // Pass B: draw a point with probability weight / total.
+        let pick = if total > zero {
+            let target = T::of(uniform01(rng)) * total;
+            let mut cum = zero;
+            let mut pick = None;
+            let mut last_positive = 0;
+            for (i, (x, l)) in points.chunks_exact(dim).zip(labels.iter()).enumerate() {
+                let w = weight(x, centres, *l);
+                if w > zero {
+                    last_positive = i;
+                    cum += w;
+                    if cum > target {
+                        pick = Some(i);
+                        break;
+                    }
+                }
+            }
+            // Rounding can leave the target at or past the final sum.
+            pick.unwrap_or(last_positive)
+        } else {
+            uniform_index(rng, n)
+        };
+        set_direction(
+            &mut centres[j * dim..(j + 1) * dim],
+            &points[pick * dim..(pick + 1) * dim],
+        );
+    }
+}
+
+/// Assignment step: each label moves to the centre of largest cosine unless its current
+/// centre ties with it. Fills `acc` with the per-cluster sums of directions and counts.
+/// Returns whether a label changed and the sum of the cosines to the assigned centres.
+fn assign<T: Real>(
+    points: &[T],
+    dim: usize,
+    centres: &[T],
+    labels: &mut [u8],
+    acc: &mut [T],
+) -> (bool, T) {
+    let k = centres.len() / dim;
+    acc.fill(T::zero());
+    let (sums, counts) = acc.split_at_mut(k * dim);
+    let mut changed = false;
+    let mut total = T::zero();
+    for (x, l) in points.chunks_exact(dim).zip(labels.iter_mut()) {
+        let cur = usize::from(*l);
+        let mut best = -T::MAX;
+        let mut arg = 0;
+        let mut d_cur = -T::MAX;
+        for (j, c) in centres.chunks_exact(dim).enumerate() {
+            let d = dot(x, c);
+            if d > best || j == 0 {
+                best = d;
+                arg = j;
+            }
+            if j == cur {
+                d_cur = d;
+            }
+        }
+        let j = if d_cur >= best { cur } else { arg };
+        if j != cur {
+            changed = true;
+            *l = j as u8;
+        }
+        let nx = norm(x);
+        total += best / nx;
+        for (s, x) in sums[j * dim..(j + 1) * dim].iter_mut().zip(x) {
+            *s += *x / nx;
+        }
+        counts[j] += T::one();
+    }
+    (changed, total)
+}
+
+/// Update step: centres from the sums in `acc`, then re-seeding of empty clusters.
+/// Returns the number of clusters re-seeded.
+fn update<T: Real>(
+    points: &[T],
+    dim: usize,
+    k: usize,
+    centres: &mut [T],
+    labels: &mut [u8],
+    acc: &mut [T],
+) -> usize {
+    let zero = T::zero();
+    let one = T::one();
+    let (sums, counts) = acc.split_at_mut(k * dim);
+    for ((c, s), count) in centres
+        .chunks_exact_mut(dim)
+        .zip(sums.chunks_exact(dim))
+        .zip(counts.iter())
+    {
+        if *count > zero {
+            let ss = dot(s, s);
+            if ss > zero && ss.is_finite() {
+                let ns = ss.sqrt();
+                for (c, s) in c.iter_mut().zip(s) {
+                    *c = *s / ns;
+                }
+            }
+        }
+    }
+    let mut reseeds = 0;
+    for e in 0..k {
+        if counts[e] > zero {
+            continue;
+        }
+        // The point farthest from its own centre, among clusters that keep a point.
+        let mut worst: Option<usize> = None;
+        let mut worst_cos = T::MAX;
+        for (i, (x, l)) in points.chunks_exact(dim).zip(labels.iter()).enumerate() {
+            let l = usize::from(*l);
+            if counts[l] > one {
+                let cos = dot(x, &centres[l * dim..(l + 1) * dim]) / norm(x);
+                if worst.is_none() || cos < worst_cos {
+                    worst = Some(i);
+                    worst_cos = cos;
+                }
+            }
+        }
+        if let Some(i) = worst {
+            let x = &points[i * dim..(i + 1) * dim];
+            set_direction(&mut centres[e * dim..(e + 1) * dim], x);
+            let old = usize::from(labels[i]);
+            counts[old] -= one;
+            counts[e] = one;
+            labels[i] = e as u8;
+            reseeds += 1;
+        }
+    }
+    reseeds
+}
