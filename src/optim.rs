@@ -327,8 +327,7 @@ impl<S> OptimState<S> {
     {
         cfg.validate()?;
         let n = params.len();
-        if grads.len() != n || self.storage.as_ref().len() != state_len(cfg.optimiser.kind(), n)
-        {
+        if grads.len() != n || self.storage.as_ref().len() != state_len(cfg.optimiser.kind(), n) {
             return Err(OptimError::LengthMismatch);
         }
         let (f, r) = norm_parts(grads).ok_or(OptimError::NonFiniteGradient)?;
@@ -515,16 +514,14 @@ pub fn global_norm<T: Real>(g: &[T]) -> T {
 
 /// NaN if an element is NaN, else infinity.
 fn non_finite_norm<T: Real>(g: &[T]) -> T {
-    let mut out = T::one() / T::zero();
+    let inf = T::one() / T::zero();
     for &x in g {
-        if x != x {
+        // Not finite and not infinite: NaN.
+        if !x.is_finite() && x.abs() != inf {
             return x;
         }
-        if !x.is_finite() {
-            out = x.abs();
-        }
     }
-    out
+    inf
 }
 
 /// Scales `g` so that its global norm is `max` when it exceeds `max`, and returns the norm

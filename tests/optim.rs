@@ -1,0 +1,477 @@
+//! Optimiser tests: textbook updates, convergence, clipping, and the all-or-nothing
+//! guarantee on errors.
+
+use hvae::optim::{
+    clip_global_norm, global_norm, state_len, OptimConfig, OptimError, OptimKind, OptimState,
+    Optimiser,
+};
+
+const P0: [f64; 3] = [0.5, -1.0, 2.0];
+/// The gradients of the three steps (fixed, not functions of the parameters).
+const G: [[f64; 3]; 3] = [[0.1, -0.2, 0.3], [-0.05, 0.4, 0.0], [0.2, 0.1, -0.6]];
+
+fn assert_close(got: &[f64], want: &[f64], rel: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rel * w.abs().max(1e-300),
+            "{what}[{i}]: got {g:e}, want {w:e}"
+        );
+    }
+}
+
+/// Textbook Adam (Kingma & Ba, algorithm 1) written independently in f64, compared with
+/// numbers from a separate Python implementation of the same formulas.
+fn adam_reference() -> [[f64; 3]; 3] {
+    let (lr, b1, b2, eps) = (0.1f64, 0.9f64, 0.999f64, 1e-8f64);
+    let mut p = P0;
+    let mut m = [0.0; 3];
+    let mut v = [0.0; 3];
+    let mut out = [[0.0; 3]; 3];
+    for (t, g) in G.iter().enumerate() {
+        let t = (t + 1) as i32;
+        for i in 0..3 {
+            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+            let mh = m[i] / (1.0 - b1.powi(t));
+            let vh = v[i] / (1.0 - b2.powi(t));
+            p[i] -= lr * mh / (vh.sqrt() + eps);
+        }
+        out[t as usize - 1] = p;
+    }
+    out
+}
+
+#[test]
+fn adam_matches_textbook_for_three_steps() {
+    // From python3 with the textbook formulas.
+    let python = [
+        [0.40000000999999896, -0.9000000049999998, 1.9000000033333333],
+        [0.37336630940339083, -0.9366103565460369, 1.8329941810791546],
+        [0.30755515435138137, -0.9781754749638348, 1.866997627240353],
+    ];
+    let reference = adam_reference();
+    for t in 0..3 {
+        assert_close(&reference[t], &python[t], 1e-14, "reference vs python");
+    }
+
+    let cfg = OptimConfig::new(Optimiser::adam(0.1));
+    let mut state = OptimState::new([0.0f64; state_len(OptimKind::Adam, 3)]);
+    let mut p = P0;
+    for t in 0..3 {
+        let info = state.step(&cfg, &mut p, &G[t]).unwrap();
+        assert_eq!(info.step, t as u32 + 1);
+        assert!(!info.clipped);
+        assert_close(&[info.grad_norm], &[global_norm(&G[t])], 0.0, "grad norm");
+        assert_close(&p, &python[t], 1e-13, "adam f64");
+    }
+    // Moments after three steps, also from python.
+    let m = [
+        0.023599999999999996,
+        0.029799999999999993,
+        -0.03569999999999999,
+    ];
+    let v = [
+        5.2477510000000055e-05,
+        0.00020976004000000022,
+        0.00044982009000000037,
+    ];
+    assert_close(&state.storage()[..3], &m, 1e-13, "m");
+    assert_close(&state.storage()[3..], &v, 1e-13, "v");
+    assert_eq!(state.steps(), 3);
+
+    // f32 follows the same path within f32 rounding.
+    let cfg32 = OptimConfig::new(Optimiser::adam(0.1f32));
+    let mut state32 = OptimState::new([0.0f32; 6]);
+    let mut p32 = P0.map(|x| x as f32);
+    for t in 0..3 {
+        state32
+            .step(&cfg32, &mut p32, &G[t].map(|x| x as f32))
+            .unwrap();
+        assert_close(&p32.map(f64::from), &python[t], 1e-5, "adam f32");
+    }
+}
+
+#[test]
+fn sgd_momentum_matches_textbook_for_three_steps() {
+    // v <- 0.9 v + g; p <- p - 0.1 v, from python3.
+    let python = [
+        [0.49, -0.98, 1.97],
+        [0.486, -1.002, 1.943],
+        [0.4624, -1.0318, 1.9787000000000001],
+    ];
+    let cfg = OptimConfig::new(Optimiser::sgd(0.1, 0.9));
+    let mut state = OptimState::new(vec![0.0f64; state_len(OptimKind::Sgd, 3)]);
+    let mut p = P0;
+    for t in 0..3 {
+        state.step(&cfg, &mut p, &G[t]).unwrap();
+        assert_close(&p, &python[t], 1e-14, "sgd");
+    }
+    assert_close(
+        state.storage(),
+        &[0.23600000000000002, 0.29800000000000004, -0.357],
+        1e-14,
+        "velocity",
+    );
+}
+
+#[test]
+fn sgd_with_clipping_and_weight_decay_matches_textbook() {
+    // g <- g * min(1, 0.25 / |g|) + 0.01 p; v <- 0.9 v + g; p <- p - 0.1 v, from python3.
+    let python = [
+        [0.4928184689521894, -0.9856369379043788, 1.9779554068565681],
+        [0.48896314090493787, -0.996531491998257, 1.956137317620623],
+        [0.47719569442707627, -1.0092444032379642, 1.9579709642739425],
+    ];
+    let norms = [0.37416573867739417, 0.4031128874149275, 0.6403124237432849];
+    let cfg = OptimConfig::new(Optimiser::sgd(0.1, 0.9))
+        .with_clip_norm(0.25)
+        .with_weight_decay(0.01);
+    let mut state = OptimState::new([0.0f64; 3]);
+    let mut p = P0;
+    for t in 0..3 {
+        let info = state.step(&cfg, &mut p, &G[t]).unwrap();
+        assert!(info.clipped);
+        assert_close(&[info.grad_norm], &[norms[t]], 1e-15, "norm");
+        assert_close(&p, &python[t], 1e-14, "sgd clip wd");
+    }
+}
+
+/// Runs `steps` updates of `cfg` on `grad` from `x0`.
+fn minimise(
+    cfg: OptimConfig<f64>,
+    x0: &[f64],
+    steps: usize,
+    grad: impl Fn(&[f64], &mut [f64]),
+) -> Vec<f64> {
+    let n = x0.len();
+    let mut state = OptimState::new(vec![0.0; state_len(cfg.optimiser.kind(), n)]);
+    let mut x = x0.to_vec();
+    let mut g = vec![0.0; n];
+    for _ in 0..steps {
+        grad(&x, &mut g);
+        state.step(&cfg, &mut x, &g).unwrap();
+    }
+    x
+}
+
+/// `f(x) = 1/2 sum_i a_i (x_i - b_i)^2`, condition number 100.
+fn quadratic_grad(x: &[f64], g: &mut [f64]) {
+    const A: [f64; 4] = [1.0, 10.0, 100.0, 0.5];
+    const B: [f64; 4] = [1.0, -2.0, 0.5, 3.0];
+    for i in 0..4 {
+        g[i] = A[i] * (x[i] - B[i]);
+    }
+}
+
+/// Rosenbrock `f(x, y) = (1 - x)^2 + 100 (y - x^2)^2`, minimum at (1, 1).
+fn rosenbrock_grad(x: &[f64], g: &mut [f64]) {
+    g[0] = -2.0 * (1.0 - x[0]) - 400.0 * x[0] * (x[1] - x[0] * x[0]);
+    g[1] = 200.0 * (x[1] - x[0] * x[0]);
+}
+
+#[test]
+fn both_minimise_a_convex_quadratic() {
+    let want = [1.0, -2.0, 0.5, 3.0];
+    let x0 = [0.0; 4];
+    for (name, cfg, steps) in [
+        ("sgd", OptimConfig::new(Optimiser::sgd(0.01, 0.9)), 3000),
+        ("adam", OptimConfig::new(Optimiser::adam(0.01)), 5000),
+    ] {
+        let x = minimise(cfg, &x0, steps, quadratic_grad);
+        for i in 0..4 {
+            assert!((x[i] - want[i]).abs() < 1e-9, "{name}: x = {x:?}");
+        }
+    }
+}
+
+#[test]
+fn both_minimise_rosenbrock() {
+    let x0 = [-1.2, 1.0];
+    // Adam with a constant step keeps hovering near the minimum; SGD converges fully.
+    for (name, cfg, steps, tol) in [
+        (
+            "sgd",
+            OptimConfig::new(Optimiser::sgd(1e-3, 0.9)),
+            20_000,
+            1e-10,
+        ),
+        (
+            "adam",
+            OptimConfig::new(Optimiser::adam(1e-2)),
+            20_000,
+            1e-4,
+        ),
+    ] {
+        let x = minimise(cfg, &x0, steps, rosenbrock_grad);
+        assert!(
+            (x[0] - 1.0).abs() < tol && (x[1] - 1.0).abs() < tol,
+            "{name}: x = {x:?}"
+        );
+    }
+}
+
+#[test]
+fn clipping_scales_to_exactly_the_max_norm() {
+    let mut g = [3.0f64, -4.0, 12.0]; // norm 13
+    let before = clip_global_norm(&mut g, 1.3);
+    assert_eq!(before, 13.0);
+    let after = global_norm(&g);
+    assert!((after - 1.3).abs() <= 2.0 * f64::EPSILON * 1.3, "{after}");
+    // Direction kept.
+    assert_close(&g, &[0.3, -0.4, 1.2], 4.0 * f64::EPSILON, "direction");
+
+    // f32, many elements.
+    let mut g: Vec<f32> = (0..1000)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.7)
+        .collect();
+    let before = clip_global_norm(&mut g, 5.0);
+    assert!(before > 5.0);
+    let after = global_norm(&g);
+    assert!((after - 5.0).abs() <= 8.0 * f32::EPSILON * 5.0, "{after}");
+
+    // Below the max: untouched, bit for bit.
+    let mut g = [0.1f32, -0.2, 0.3];
+    let orig = g;
+    clip_global_norm(&mut g, 1.0);
+    assert_eq!(g.map(f32::to_bits), orig.map(f32::to_bits));
+
+    // Non-finite: untouched, NaN / infinite norm reported.
+    let mut g = [1.0f32, f32::INFINITY, 2.0];
+    assert_eq!(clip_global_norm(&mut g, 1.0), f32::INFINITY);
+    assert_eq!(g, [1.0, f32::INFINITY, 2.0]);
+    let mut g = [1.0f32, f32::INFINITY, f32::NAN];
+    assert!(clip_global_norm(&mut g, 1.0).is_nan());
+    assert_eq!(g[0], 1.0);
+
+    // Clipping inside step: the clipped update equals a step on the pre-clipped gradient.
+    let cfg = OptimConfig::new(Optimiser::adam(0.01)).with_clip_norm(0.5);
+    let mut s1 = OptimState::new([0.0f64; 6]);
+    let mut s2 = OptimState::new([0.0f64; 6]);
+    let (mut p1, mut p2) = (P0, P0);
+    let g = [3.0, -4.0, 12.0];
+    let info = s1.step(&cfg, &mut p1, &g).unwrap();
+    assert!(info.clipped && info.grad_norm == 13.0);
+    let mut gc = g;
+    clip_global_norm(&mut gc, 0.5);
+    s2.step(&OptimConfig::new(Optimiser::adam(0.01)), &mut p2, &gc)
+        .unwrap();
+    assert_eq!(p1.map(f64::to_bits), p2.map(f64::to_bits));
+    assert_eq!(s1, s2);
+}
+
+#[test]
+fn norm_does_not_overflow_or_underflow() {
+    let big = [3.0e30f32, 4.0e30];
+    assert!((global_norm(&big) / 5.0e30 - 1.0).abs() < 1e-6);
+    let big = [3.0e200f64, -4.0e200];
+    assert!((global_norm(&big) / 5.0e200 - 1.0).abs() < 1e-15);
+    let tiny = [3.0e-30f32, 4.0e-30];
+    assert!((global_norm(&tiny) / 5.0e-30 - 1.0).abs() < 1e-6);
+    assert_eq!(global_norm::<f32>(&[]), 0.0);
+    assert_eq!(global_norm(&[0.0f32, -0.0]), 0.0);
+    // Clip a huge gradient to norm 1.
+    let mut g = [3.0e30f32, 4.0e30];
+    clip_global_norm(&mut g, 1.0);
+    assert!(
+        (g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6,
+        "{g:?}"
+    );
+}
+
+fn bits(x: &[f64]) -> Vec<u64> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// A state that has already taken two steps, so moments are non-zero.
+fn warmed(cfg: &OptimConfig<f64>) -> (OptimState<Vec<f64>>, [f64; 3]) {
+    let mut state = OptimState::new(vec![0.0; state_len(cfg.optimiser.kind(), 3)]);
+    let mut p = P0;
+    state.step(cfg, &mut p, &G[0]).unwrap();
+    state.step(cfg, &mut p, &G[1]).unwrap();
+    (state, p)
+}
+
+#[test]
+fn non_finite_gradient_changes_nothing() {
+    for opt in [Optimiser::adam(0.1), Optimiser::sgd(0.1, 0.9)] {
+        let cfg = OptimConfig::new(opt).with_clip_norm(1.0);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for pos in 0..3 {
+                let (mut state, mut p) = warmed(&cfg);
+                let (sb, pb, steps) = (bits(state.storage()), bits(&p), state.steps());
+                let mut g = G[2];
+                g[pos] = bad;
+                let g_bits = bits(&g);
+                assert_eq!(
+                    state.step(&cfg, &mut p, &g),
+                    Err(OptimError::NonFiniteGradient)
+                );
+                assert_eq!(bits(&p), pb);
+                assert_eq!(bits(state.storage()), sb);
+                assert_eq!(state.steps(), steps);
+                assert_eq!(bits(&g), g_bits);
+                // And the state still works.
+                state.step(&cfg, &mut p, &G[2]).unwrap();
+                assert_eq!(state.steps(), 3);
+            }
+        }
+    }
+}
+
+#[test]
+fn non_finite_update_changes_nothing() {
+    // A finite gradient whose square overflows in Adam's second moment, placed last so
+    // that a single-pass implementation would already have written the first two.
+    let cfg = OptimConfig::new(Optimiser::adam(0.1));
+    let (mut state, mut p) = warmed(&cfg);
+    let (sb, pb) = (bits(state.storage()), bits(&p));
+    let g = [0.1, 0.2, 1.0e200];
+    assert_eq!(
+        state.step(&cfg, &mut p, &g),
+        Err(OptimError::NonFiniteUpdate)
+    );
+    assert_eq!(bits(&p), pb);
+    assert_eq!(bits(state.storage()), sb);
+    assert_eq!(state.steps(), 2);
+
+    // An SGD step whose parameter overflows.
+    let cfg = OptimConfig::new(Optimiser::sgd(1.0e300, 0.9));
+    let (mut state, mut p) = warmed(&OptimConfig::new(Optimiser::sgd(0.1, 0.9)));
+    let (sb, pb) = (bits(state.storage()), bits(&p));
+    let g = [0.0, 0.0, 1.0e10];
+    assert_eq!(
+        state.step(&cfg, &mut p, &g),
+        Err(OptimError::NonFiniteUpdate)
+    );
+    assert_eq!(bits(&p), pb);
+    assert_eq!(bits(state.storage()), sb);
+    assert_eq!(state.steps(), 2);
+
+    // A non-finite parameter cannot be updated either.
+    let cfg = OptimConfig::new(Optimiser::sgd(0.1, 0.0));
+    let mut state = OptimState::new([0.0f64; 2]);
+    let mut p = [1.0, f64::NAN];
+    assert_eq!(
+        state.step(&cfg, &mut p, &[1.0, 1.0]),
+        Err(OptimError::NonFiniteUpdate)
+    );
+    assert_eq!(p[0], 1.0);
+    assert_eq!(state.storage(), &[0.0, 0.0]);
+    assert_eq!(state.steps(), 0);
+}
+
+#[test]
+fn length_mismatch_changes_nothing() {
+    let adam = OptimConfig::new(Optimiser::adam(0.1f32));
+    let sgd = OptimConfig::new(Optimiser::sgd(0.1f32, 0.9));
+    let mut p = [1.0f32, 2.0, 3.0];
+    // grads shorter than params
+    let mut state = OptimState::new([0.0f32; 6]);
+    assert_eq!(
+        state.step(&adam, &mut p, &[1.0, 2.0]),
+        Err(OptimError::LengthMismatch)
+    );
+    // state sized for SGD used with Adam, and the reverse
+    let mut state = OptimState::new([0.0f32; 3]);
+    assert_eq!(
+        state.step(&adam, &mut p, &[1.0; 3]),
+        Err(OptimError::LengthMismatch)
+    );
+    let mut state = OptimState::new([0.0f32; 6]);
+    assert_eq!(
+        state.step(&sgd, &mut p, &[1.0; 3]),
+        Err(OptimError::LengthMismatch)
+    );
+    assert_eq!(p, [1.0, 2.0, 3.0]);
+    assert_eq!(state.steps(), 0);
+    // A state over a sub-slice of a larger buffer is fine.
+    let mut buf = [0.0f32; 10];
+    let mut state = OptimState::new(&mut buf[..6]);
+    state.step(&adam, &mut p, &[1.0; 3]).unwrap();
+    assert_eq!(state.steps(), 1);
+}
+
+#[test]
+fn invalid_config_is_rejected() {
+    let mut p = [1.0f32];
+    let mut state = OptimState::new([0.0f32; 2]);
+    for cfg in [
+        OptimConfig::new(Optimiser::adam(-0.1f32)),
+        OptimConfig::new(Optimiser::adam(f32::NAN)),
+        OptimConfig::new(Optimiser::adam_with(0.1, 1.0, 0.999, 1e-8)),
+        OptimConfig::new(Optimiser::adam_with(0.1, 0.9, 1.0, 1e-8)),
+        OptimConfig::new(Optimiser::adam_with(0.1, 0.9, 0.999, 0.0)),
+        OptimConfig::new(Optimiser::adam(0.1)).with_clip_norm(0.0),
+        OptimConfig::new(Optimiser::adam(0.1)).with_weight_decay(-1.0),
+    ] {
+        assert_eq!(
+            state.step(&cfg, &mut p, &[1.0]),
+            Err(OptimError::InvalidConfig),
+            "{cfg:?}"
+        );
+    }
+    let mut state = OptimState::new([0.0f32; 1]);
+    for cfg in [
+        OptimConfig::new(Optimiser::sgd(0.1f32, 1.0)),
+        OptimConfig::new(Optimiser::sgd(f32::INFINITY, 0.5)),
+    ] {
+        assert_eq!(
+            state.step(&cfg, &mut p, &[1.0]),
+            Err(OptimError::InvalidConfig)
+        );
+    }
+    assert_eq!(p, [1.0]);
+}
+
+#[test]
+fn reset_zeroes_state_and_counter() {
+    let cfg = OptimConfig::new(Optimiser::adam(0.1));
+    let (mut state, _) = warmed(&cfg);
+    assert!(state.storage().iter().any(|&x| x != 0.0));
+    state.reset();
+    assert!(state.storage().iter().all(|&x| x.to_bits() == 0));
+    assert_eq!(state.steps(), 0);
+    // After a reset, the first step equals a fresh optimiser's first step.
+    let mut p = P0;
+    state.step(&cfg, &mut p, &G[0]).unwrap();
+    let mut fresh = OptimState::new(vec![0.0; 6]);
+    let mut q = P0;
+    fresh.step(&cfg, &mut q, &G[0]).unwrap();
+    assert_eq!(bits(&p), bits(&q));
+    assert_eq!(state, fresh);
+}
+
+#[test]
+fn state_len_is_const_and_exact() {
+    const N: usize = 91;
+    const ADAM: usize = state_len(OptimKind::Adam, N);
+    const SGD: usize = state_len(OptimKind::Sgd, N);
+    static STATE: [f32; ADAM] = [0.0; ADAM];
+    assert_eq!(STATE.len(), 182);
+    assert_eq!(SGD, 91);
+    assert_eq!(core::mem::size_of_val(&STATE), 728);
+    const CFG: OptimConfig<f32> = OptimConfig {
+        optimiser: Optimiser::sgd(0.01, 0.9),
+        clip_norm: Some(5.0),
+        weight_decay: 0.0,
+    };
+    assert_eq!(CFG.optimiser.kind(), OptimKind::Sgd);
+    let resumed = OptimState::from_parts([0.0f32; SGD], 7);
+    assert_eq!(resumed.steps(), 7);
+    assert_eq!(resumed.into_parts().1, 7);
+}
+
+#[test]
+fn errors_display() {
+    for e in [
+        OptimError::LengthMismatch,
+        OptimError::InvalidConfig,
+        OptimError::NonFiniteGradient,
+        OptimError::NonFiniteUpdate,
+    ] {
+        let s = e.to_string();
+        assert!(!s.is_empty());
+        let _: &dyn core::error::Error = &e;
+    }
+}
