@@ -1,0 +1,567 @@
+//! The model: parameters in one flat vector ([`Shape`] layout) and the inference API.
+//!
+//! A [`Model`] owns its parameter storage `S`: `[f32; N]` on a device (so a model can be
+//! a `static`, built by the `const fn` [`Model::from_array`]), `Vec<T>` on the host.
+//! Every call takes a caller-owned workspace of [`Shape::work_len`] scalars, so nothing
+//! is allocated and the stack use is fixed.
+//!
+//! Cost of one call, in multiply-accumulates: `encode` = encoder
+//! (`sum_l h_l h_{l-1} + (M + 1) h_L`), `segment` = `encode` + `2 K M`,
+//! `reconstruct` = `encode` + decoder. No loops depend on the data.
+
+use crate::nn::{dense_forward, dot, log_softmax, softplus};
+use crate::shape::{Shape, ShapeError, KAPPA_MAX};
+use crate::Real;
+use core::marker::PhantomData;
+
+/// Why an inference call failed. The model is never changed by inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum InferError {
+    /// The input does not have `D` values.
+    InputLength,
+    /// An input value is NaN or infinite.
+    NonFiniteInput,
+    /// The workspace is shorter than [`Shape::work_len`], or an output slice has the
+    /// wrong length.
+    BufferLength,
+    /// The direction head produced a zero (or non-finite) vector: `mu` is undefined.
+    ZeroDirection,
+    /// A segmenter centre has zero norm.
+    ZeroCentre,
+    /// The model was built without decoder weights (inference only).
+    NoDecoder,
+    /// An intermediate value overflowed (weights too large for the input).
+    NonFinite,
+}
+
+impl core::fmt::Display for InferError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            InferError::InputLength => "input length differs from the model's input size",
+            InferError::NonFiniteInput => "input contains NaN or infinity",
+            InferError::BufferLength => "workspace or output buffer has the wrong length",
+            InferError::ZeroDirection => "direction head produced a zero vector",
+            InferError::ZeroCentre => "a cluster centre has zero norm",
+            InferError::NoDecoder => "the model has no decoder weights (inference-only)",
+            InferError::NonFinite => "a computed value is not finite",
+        })
+    }
+}
+
+impl core::error::Error for InferError {}
+
+/// Why parameters cannot form a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ModelError {
+    /// The shape is invalid.
+    Shape(ShapeError),
+    /// The parameter vector's length is neither [`Shape::param_len`] nor
+    /// [`Shape::inference_param_len`].
+    ParamLength,
+    /// A parameter is NaN or infinite.
+    NonFinite,
+}
+
+impl core::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ModelError::Shape(e) => write!(f, "invalid shape: {e}"),
+            ModelError::ParamLength => f.write_str("parameter vector has the wrong length"),
+            ModelError::NonFinite => f.write_str("a parameter is not finite"),
+        }
+    }
+}
+
+impl core::error::Error for ModelError {}
+
+impl From<ShapeError> for ModelError {
+    fn from(e: ShapeError) -> Self {
+        ModelError::Shape(e)
+    }
+}
+
+/// Offsets of the workspace regions for one sample's forward and backward pass.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WorkLayout {
+    pub xn: usize,
+    pub enc: usize,
+    pub mu: usize,
+    pub z: usize,
+    pub logp: usize,
+    pub p: usize,
+    pub dec: usize,
+    pub xhat: usize,
+    pub ga: usize,
+    pub gb: usize,
+    pub gz: usize,
+    pub gmu: usize,
+    pub end: usize,
+}
+
+impl WorkLayout {
+    pub(crate) const fn of(s: &Shape) -> WorkLayout {
+        let d = s.input;
+        let hs = s.hidden_sum();
+        let m = s.latent;
+        let k = s.clusters;
+        let w = s.max_width();
+        let xn = 0;
+        let enc = xn + d;
+        let mu = enc + hs;
+        let z = mu + m;
+        let logp = z + m;
+        let p = logp + k;
+        let dec = p + k;
+        let xhat = dec + hs;
+        let ga = xhat + d;
+        let gb = ga + w;
+        let gz = gb + w;
+        let gmu = gz + m;
+        let end = gmu + m;
+        WorkLayout {
+            xn,
+            enc,
+            mu,
+            z,
+            logp,
+            p,
+            dec,
+            xhat,
+            ga,
+            gb,
+            gz,
+            gmu,
+            end,
+        }
+    }
+}
+
+impl Shape {
+    /// Scalars of workspace that every model call needs (one sample's activations and
+    /// backward buffers): `2 D + 2 sum(h) + 4 M + 2 K + 2 max_width`.
+    pub const fn work_len(&self) -> usize {
+        WorkLayout::of(self).end
+    }
+}
+
+/// What the encoder says about one input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Encoding<'w, T> {
+    /// Mean direction `mu(x)`, unit norm (`M` values, borrowed from the workspace).
+    pub mu: &'w [T],
+    /// Posterior concentration `kappa(x)` in `[1, KAPPA_MAX]`.
+    pub kappa: T,
+}
+
+/// The segmenter's verdict on one input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Segment<'w, T> {
+    /// Most probable cluster, `argmax_k p(k | mu(x))` (the first on exact ties).
+    pub label: usize,
+    /// Cluster probabilities `p(k | mu(x))` (`K` values, borrowed from the workspace).
+    pub probs: &'w [T],
+    /// Cosine between `mu(x)` and the nearest centre, in `[-1, 1]`.
+    pub cosine: T,
+    /// Mean direction `mu(x)`.
+    pub mu: &'w [T],
+    /// Posterior concentration `kappa(x)`.
+    pub kappa: T,
+}
+
+impl<T: Real> Segment<'_, T> {
+    /// Novelty score `1 - cosine` in `[0, 2]`: 0 on a centre, larger for inputs far from
+    /// every cluster.
+    pub fn novelty(&self) -> T {
+        T::one() - self.cosine
+    }
+}
+
+/// An H-VAE: shape plus flat parameters (see [`Shape`] for the layout).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model<T, S> {
+    shape: Shape,
+    params: S,
+    _scalar: PhantomData<T>,
+}
+
+/// A model whose sizes are fixed at compile time, e.g. a `static`.
+pub type ArrayModel<const P: usize> = Model<f32, [f32; P]>;
+
+/// A model whose sizes are chosen at run time (host).
+#[cfg(feature = "alloc")]
+pub type VecModel<T = f32> = Model<T, alloc::vec::Vec<T>>;
+
+impl<T: Real, const P: usize> Model<T, [T; P]> {
+    /// A model in a `static` or `const`. `P` is [`Shape::param_len`], or
+    /// [`Shape::inference_param_len`] for an inference-only model without decoder
+    /// weights. Panics — at compile time when evaluated in a `const` context — if the
+    /// shape is invalid or `P` is neither; use [`Model::new`] for a run-time check.
+    pub const fn from_array(shape: Shape, params: [T; P]) -> Self {
+        assert!(shape.validate().is_ok(), "invalid hvae::Shape");
+        assert!(
+            shape.param_len() == P || shape.inference_param_len() == P,
+            "parameter array length is neither shape.param_len() nor shape.inference_param_len()"
+        );
+        Model {
+            shape,
+            params,
+            _scalar: PhantomData,
+        }
+    }
+}
+
+impl<T: Real, S: AsRef<[T]>> Model<T, S> {
+    /// Wraps parameter storage; checks the shape, the length ([`Shape::param_len`], or
+    /// [`Shape::inference_param_len`] for an inference-only model) and that every value
+    /// is finite.
+    pub fn new(shape: Shape, params: S) -> Result<Self, ModelError> {
+        shape.validate()?;
+        let p = params.as_ref();
+        if p.len() != shape.param_len() && p.len() != shape.inference_param_len() {
+            return Err(ModelError::ParamLength);
+        }
+        if !p.iter().all(|v| v.is_finite()) {
+            return Err(ModelError::NonFinite);
+        }
+        Ok(Model {
+            shape,
+            params,
+            _scalar: PhantomData,
+        })
+    }
+
+    /// The model's shape.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// True when the decoder's weights are present (needed by `reconstruct` and by
+    /// training in the `Full` and `EncoderAndSegmenter` scopes).
+    pub fn has_decoder(&self) -> bool {
+        self.params.as_ref().len() == self.shape.param_len()
+    }
+
+    /// All parameters, in layout order.
+    pub fn params(&self) -> &[T] {
+        self.params.as_ref()
+    }
+
+    /// The parameter storage.
+    pub fn into_inner(self) -> S {
+        self.params
+    }
+
+    /// The values of one tensor.
+    pub fn tensor(&self, id: crate::shape::TensorId) -> Option<&[T]> {
+        let t = self.shape.find(id)?;
+        self.params.as_ref().get(t.range())
+    }
+
+    /// Encodes `x` into the posterior's mean direction and concentration.
+    pub fn encode<'w>(&self, x: &[T], work: &'w mut [T]) -> Result<Encoding<'w, T>, InferError> {
+        let kappa = self.encode_into(x, work)?.kappa;
+        let l = WorkLayout::of(&self.shape);
+        Ok(Encoding {
+            mu: &work[l.mu..l.mu + self.shape.latent],
+            kappa,
+        })
+    }
+
+    /// Encodes `x` and applies the segmenter to its mean direction.
+    pub fn segment<'w>(&self, x: &[T], work: &'w mut [T]) -> Result<Segment<'w, T>, InferError> {
+        let kappa = self.encode_into(x, work)?.kappa;
+        let l = WorkLayout::of(&self.shape);
+        let (m, k) = (self.shape.latent, self.shape.clusters);
+        let (head, tail) = work.split_at_mut(l.logp);
+        let mu = &head[l.mu..l.mu + m];
+        let (logp, rest) = tail.split_at_mut(k);
+        let probs = &mut rest[..k];
+        let cosine = self.segmenter_logits(mu, logp)?;
+        softmax_from_logits(logp, probs);
+        let label = argmax(probs);
+        if !probs.iter().all(|p| p.is_finite()) {
+            return Err(InferError::NonFinite);
+        }
+        let probs = &rest[..k];
+        Ok(Segment {
+            label,
+            probs,
+            cosine,
+            mu,
+            kappa,
+        })
+    }
+
+    /// Decodes the mean direction of `x` back to input space (normalised units for the
+    /// Gaussian likelihood, probabilities for Bernoulli) into `out` (`D` values).
+    pub fn reconstruct(&self, x: &[T], work: &mut [T], out: &mut [T]) -> Result<(), InferError> {
+        if out.len() != self.shape.input {
+            return Err(InferError::BufferLength);
+        }
+        if !self.has_decoder() {
+            return Err(InferError::NoDecoder);
+        }
+        self.encode_into(x, work)?;
+        let l = WorkLayout::of(&self.shape);
+        let (head, tail) = work.split_at_mut(l.z);
+        tail[..self.shape.latent].copy_from_slice(&head[l.mu..l.mu + self.shape.latent]);
+        self.decoder_forward(work);
+        let xhat = &work[l.xhat..l.xhat + self.shape.input];
+        if !xhat.iter().all(|v| v.is_finite()) {
+            return Err(InferError::NonFinite);
+        }
+        match self.shape.likelihood {
+            crate::Likelihood::Gaussian => out.copy_from_slice(xhat),
+            crate::Likelihood::Bernoulli => {
+                for (o, &v) in out.iter_mut().zip(xhat) {
+                    *o = crate::nn::sigmoid(v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the encoder on `x`, leaving the normalised input, the hidden activations and
+    /// `mu` in the workspace. Returns `kappa` and the norm of the raw direction `m` and
+    /// the concentration pre-activation (both needed by the backward pass).
+    pub(crate) fn encode_into(&self, x: &[T], work: &mut [T]) -> Result<EncoderOut<T>, InferError> {
+        let s = &self.shape;
+        if x.len() != s.input {
+            return Err(InferError::InputLength);
+        }
+        if work.len() < s.work_len() {
+            return Err(InferError::BufferLength);
+        }
+        if !x.iter().all(|v| v.is_finite()) {
+            return Err(InferError::NonFiniteInput);
+        }
+        let l = WorkLayout::of(s);
+        let p = self.params.as_ref();
+        let (d, m) = (s.input, s.latent);
+        // Normalise with the stored per-feature offset and scale.
+        let no = s.norm_offset();
+        let (offset, scale) = (&p[no..no + d], &p[no + d..no + 2 * d]);
+        for i in 0..d {
+            work[l.xn + i] = (x[i] - offset[i]) * scale[i];
+        }
+        let (front, rest) = work.split_at_mut(l.enc);
+        let xn = &front[l.xn..l.xn + d];
+        let (enc, rest) = rest.split_at_mut(s.hidden_sum());
+        let mu = &mut rest[..m];
+        let mut off = s.encoder_offset();
+        let mut act_off = 0;
+        for layer in 0..s.depth() {
+            let (o, i) = s.encoder_layer(layer);
+            let (w, b) = (&p[off..off + o * i], &p[off + o * i..off + o * i + o]);
+            off += o * i + o;
+            let (prev, cur) = enc.split_at_mut(act_off);
+            let input = if layer == 0 { xn } else { &prev[act_off - i..] };
+            let y = &mut cur[..o];
+            dense_forward(w, b, input, y);
+            s.activation.apply(y);
+            act_off += o;
+        }
+        let h_l = s.last_hidden();
+        let h = &enc[act_off - h_l..act_off];
+        let (wmu, bmu) = (&p[off..off + m * h_l], &p[off + m * h_l..off + m * h_l + m]);
+        off += m * h_l + m;
+        dense_forward(wmu, bmu, h, mu);
+        let norm = dot(mu, mu).sqrt();
+        if !(norm > T::EPS * T::EPS) || !norm.is_finite() {
+            return Err(InferError::ZeroDirection);
+        }
+        for v in mu.iter_mut() {
+            *v /= norm;
+        }
+        let pre = dot(&p[off..off + h_l], h) + p[off + h_l];
+        if !pre.is_finite() {
+            return Err(InferError::NonFinite);
+        }
+        let kmax = T::of(KAPPA_MAX);
+        let raw = softplus(pre) + T::one();
+        let clamped = raw > kmax;
+        let kappa = if clamped { kmax } else { raw };
+        Ok(EncoderOut {
+            kappa,
+            norm,
+            pre,
+            clamped,
+        })
+    }
+
+    /// Segmenter logits `a_k = kappa_s ĉ_k . z + ln pi_k` into `logits` (`K` values);
+    /// returns the largest cosine `max_k ĉ_k . z`.
+    pub(crate) fn segmenter_logits(&self, z: &[T], logits: &mut [T]) -> Result<T, InferError> {
+        let s = &self.shape;
+        let p = self.params.as_ref();
+        let (m, k) = (s.latent, s.clusters);
+        let so = s.segmenter_offset();
+        let centres = &p[so..so + k * m];
+        let kappa_s = p[so + k * m].exp();
+        let log_w = &p[so + k * m + 1..so + k * m + 1 + k];
+        let mut best = -T::one() - T::one();
+        for c in 0..k {
+            let ck = &centres[c * m..(c + 1) * m];
+            let n = dot(ck, ck).sqrt();
+            if !(n > T::EPS * T::EPS) || !n.is_finite() {
+                return Err(InferError::ZeroCentre);
+            }
+            let cos = dot(ck, z) / n;
+            if cos > best {
+                best = cos;
+            }
+            logits[c] = kappa_s * cos + log_w[c];
+        }
+        if !logits.iter().all(|v| v.is_finite()) {
+            return Err(InferError::NonFinite);
+        }
+        Ok(best)
+    }
+
+    /// Decoder forward from the `z` region of the workspace into the `xhat` region
+    /// (logits for Bernoulli), keeping the hidden activations.
+    pub(crate) fn decoder_forward(&self, work: &mut [T]) {
+        let s = &self.shape;
+        let l = WorkLayout::of(s);
+        let p = self.params.as_ref();
+        let (front, rest) = work.split_at_mut(l.dec);
+        let z = &front[l.z..l.z + s.latent];
+        let (dec, rest) = rest.split_at_mut(s.hidden_sum());
+        let xhat = &mut rest[..s.input];
+        let mut off = s.decoder_offset();
+        let mut act_off = 0;
+        for layer in 0..=s.depth() {
+            let (o, i) = s.decoder_layer(layer);
+            let (w, b) = (&p[off..off + o * i], &p[off + o * i..off + o * i + o]);
+            off += o * i + o;
+            let (prev, cur) = dec.split_at_mut(act_off);
+            let input = if layer == 0 { z } else { &prev[act_off - i..] };
+            if layer == s.depth() {
+                dense_forward(w, b, input, xhat);
+            } else {
+                let y = &mut cur[..o];
+                dense_forward(w, b, input, y);
+                s.activation.apply(y);
+                act_off += o;
+            }
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<T: Real> Model<T, alloc::vec::Vec<T>> {
+    /// A heap-backed model with freshly initialised parameters ([`Model::init`]).
+    pub fn with_shape<R: rand_core::Rng>(shape: Shape, rng: &mut R) -> Result<Self, ModelError> {
+        shape.validate()?;
+        let mut m = Model {
+            shape,
+            params: alloc::vec![T::zero(); shape.param_len()],
+            _scalar: PhantomData,
+        };
+        m.init(rng);
+        Ok(m)
+    }
+}
+
+impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
+    /// Mutable access to the parameters (for optimisers and loaders). Keeping them
+    /// finite is the caller's job; [`Model::new`] and the trainers check.
+    pub fn params_mut(&mut self) -> &mut [T] {
+        self.params.as_mut()
+    }
+
+    /// Fresh parameters: identity normalisation; He-uniform weights for ReLU layers
+    /// (Glorot-uniform for tanh) and zero biases; the concentration head starts at
+    /// `kappa = 10` (bias `softplus^-1(9)`, zero weight) so the first draws are neither
+    /// uniform nor degenerate; centres uniform on the sphere; `kappa_s = 10`; uniform
+    /// mixing weights. Deterministic for a given generator state. Cost: one uniform or
+    /// normal variate per parameter.
+    pub fn init<R: rand_core::Rng>(&mut self, rng: &mut R) {
+        let s = self.shape;
+        let p = self.params.as_mut();
+        for t in s.tensors() {
+            let Some(v) = p.get_mut(t.range()) else {
+                continue;
+            };
+            use crate::shape::TensorId as Id;
+            match t.id {
+                Id::NormOffset => v.fill(T::zero()),
+                Id::NormScale => v.fill(T::one()),
+                Id::EncoderWeight(_) | Id::MuWeight | Id::DecoderWeight(_) => {
+                    let (fan_out, fan_in) = (T::of(t.rows as f64), T::of(t.cols as f64));
+                    let limit = match s.activation {
+                        crate::Activation::Relu => (T::of(6.0) / fan_in).sqrt(),
+                        crate::Activation::Tanh => (T::of(6.0) / (fan_in + fan_out)).sqrt(),
+                    };
+                    for w in v.iter_mut() {
+                        let u: T = crate::rng::uniform(rng);
+                        *w = (u + u - T::one()) * limit;
+                    }
+                }
+                Id::KappaWeight
+                | Id::LogWeights
+                | Id::EncoderBias(_)
+                | Id::MuBias
+                | Id::DecoderBias(_) => v.fill(T::zero()),
+                // softplus(b) + 1 = 10  =>  b = ln(e^9 - 1)
+                Id::KappaBias => v.fill(T::of(libm::log(libm::expm1(9.0)))),
+                Id::Centres => {
+                    for w in v.iter_mut() {
+                        *w = crate::rng::standard_normal(rng);
+                    }
+                }
+                Id::LogKappaS => v.fill(T::of(core::f64::consts::LN_10)),
+            }
+        }
+    }
+
+    /// Sets the stored input normalisation (`x_n = (x - offset) * scale`).
+    pub fn set_normalisation(&mut self, offset: &[T], scale: &[T]) -> Result<(), ModelError> {
+        let d = self.shape.input;
+        if offset.len() != d || scale.len() != d {
+            return Err(ModelError::ParamLength);
+        }
+        if !offset.iter().chain(scale).all(|v| v.is_finite()) {
+            return Err(ModelError::NonFinite);
+        }
+        let no = self.shape.norm_offset();
+        let p = self.params.as_mut();
+        p[no..no + d].copy_from_slice(offset);
+        p[no + d..no + 2 * d].copy_from_slice(scale);
+        Ok(())
+    }
+}
+
+/// Scalars of the encoder's forward pass that its backward pass needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EncoderOut<T> {
+    pub kappa: T,
+    /// `||m||` before normalisation.
+    pub norm: T,
+    /// Concentration pre-activation.
+    pub pre: T,
+    /// `kappa` hit `KAPPA_MAX` (its gradient is zero).
+    pub clamped: bool,
+}
+
+/// `p = exp(log_softmax(a))`; `a` is overwritten with the log-probabilities.
+pub(crate) fn softmax_from_logits<T: Real>(a: &mut [T], p: &mut [T]) {
+    log_softmax(a, p);
+    a.copy_from_slice(p);
+    for v in p.iter_mut() {
+        *v = v.exp();
+    }
+}
+
+/// Index of the largest value (the first on ties).
+pub(crate) fn argmax<T: Real>(v: &[T]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,166 @@
+//! The regularised incomplete beta function and its derivative in the first shape, for
+//! the Power Spherical sampler's implicit reparameterisation.
+//!
+//! Both go through the continued fraction (DLMF 8.17.22)
+//! `I_x(a, b) = x^a (1-x)^b / (a B(a, b)) * 1/(1 + d_1/(1 + d_2/(1 + ...)))`,
+//! evaluated by the modified Lentz method, used directly when `x < (a+1)/(a+b+2)` and
+//! through `I_x(a, b) = 1 - I_{1-x}(b, a)` otherwise (where it converges fast). The
+//! derivative is carried through the same recurrence in forward mode (a dual number per
+//! quantity), so it costs about twice the value and stops under the same test.
+//!
+//! Work is bounded by [`CF_CAP`] terms. Over the shapes the samplers use (`b` in
+//! `0.5..=31.5`, `a = b + kappa` with `kappa` up to `1e7`) and every quantile from
+//! `1e-9` to `1 - 1e-6`, the fraction converged to `f64` precision within 62 terms
+//! (`tests/dist_special.rs` sweeps this).
+
+use super::gamma::{digamma_diff, ln_gamma, ln_gamma_ratio, nan};
+use crate::Real;
+
+/// Most continued-fraction terms before giving up (about twice the worst case seen).
+pub const CF_CAP: usize = 128;
+
+/// A value and its derivative with respect to one parameter.
+#[derive(Clone, Copy, Debug)]
+struct Dual<T> {
+    v: T,
+    d: T,
+}
+
+impl<T: Real> Dual<T> {
+    fn new(v: T, d: T) -> Self {
+        Dual { v, d }
+    }
+    fn add_one(self) -> Self {
+        Dual::new(self.v + T::of(1.0), self.d)
+    }
+    fn mul(self, o: Self) -> Self {
+        Dual::new(self.v * o.v, self.d * o.v + self.v * o.d)
+    }
+    fn recip(self) -> Self {
+        let r = T::of(1.0) / self.v;
+        Dual::new(r, -self.d * r * r)
+    }
+}
+
+/// Which shape parameter the derivative is taken with respect to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Wrt {
+    First,
+    Second,
+}
+
+/// The continued fraction `K(a, b, x) = 1/(1 + d_1/(1 + ...))` and its derivative with
+/// respect to `a` or `b`, or `None` when it has not converged within [`CF_CAP`] terms.
+fn cf<T: Real>(a: T, b: T, x: T, wrt: Wrt) -> Option<Dual<T>> {
+    let one = T::of(1.0);
+    let two = T::of(2.0);
+    // Lentz replaces an exact zero denominator by this (it never happens for the
+    // shapes used here, but it must not divide by zero).
+    let tiny = T::of(1e-30);
+    let tol = two * T::EPS;
+    let mut f = Dual::new(one, T::of(0.0));
+    let mut c = f;
+    let mut dd = Dual::new(T::of(0.0), T::of(0.0));
+    for m in 1..=CF_CAP {
+        let k = T::of((m / 2) as f64);
+        let (num, dnum, den, dden) = if m % 2 == 1 {
+            let num = -(a + k) * (a + b + k) * x;
+            let den = (a + two * k) * (a + two * k + one);
+            match wrt {
+                Wrt::First => (
+                    num,
+                    -x * (two * a + b + two * k),
+                    den,
+                    two * a + T::of(4.0) * k + one,
+                ),
+                Wrt::Second => (num, -(a + k) * x, den, T::of(0.0)),
+            }
+        } else {
+            let num = k * (b - k) * x;
+            let den = (a + two * k - one) * (a + two * k);
+            match wrt {
+                Wrt::First => (num, T::of(0.0), den, two * a + T::of(4.0) * k - one),
+                Wrt::Second => (num, k * x, den, T::of(0.0)),
+            }
+        };
+        let d = Dual::new(num / den, (dnum * den - num * dden) / (den * den));
+        dd = d.mul(dd).add_one();
+        if dd.v.abs() < tiny {
+            dd.v = tiny;
+        }
+        c = d.mul(c.recip()).add_one();
+        if c.v.abs() < tiny {
+            c.v = tiny;
+        }
+        dd = dd.recip();
+        let delta = c.mul(dd);
+        f = f.mul(delta);
+        if (delta.v - one).abs() <= tol && delta.d.abs() <= tol * (f.d / f.v).abs() {
+            return Some(f.recip());
+        }
+    }
+    None
+}
+
+/// `ln(x^a (1-x)^b / (a B(a, b)))`, the continued fraction's prefactor, with `omx = 1-x`.
+fn ln_front<T: Real>(a: T, b: T, x: T, omx: T) -> T {
+    let (s, l) = if a < b { (a, b) } else { (b, a) };
+    // ln B(a, b) = ln Gamma(s) - (ln Gamma(l + s) - ln Gamma(l)), no large cancellation.
+    let ln_beta = ln_gamma(s) - ln_gamma_ratio(l, s);
+    a * x.ln() + b * omx.ln() - a.ln() - ln_beta
+}
+
+/// Regularised incomplete beta function `I_x(a, b)` (the Beta(a, b) CDF at `x`) for
+/// `a, b > 0`. `x` is clamped to `[0, 1]`; NaN or non-positive shapes give NaN, and so
+/// does the (never observed) failure of the continued fraction to converge within
+/// [`CF_CAP`] terms.
+pub fn beta_inc<T: Real>(a: T, b: T, x: T) -> T {
+    if !(a > T::of(0.0) && b > T::of(0.0)) || !x.is_finite() {
+        return nan();
+    }
+    let one = T::of(1.0);
+    if x <= T::of(0.0) {
+        return T::of(0.0);
+    }
+    if x >= one {
+        return one;
+    }
+    let omx = one - x;
+    if x < (a + one) / (a + b + T::of(2.0)) {
+        match cf(a, b, x, Wrt::First) {
+            Some(k) => ln_front(a, b, x, omx).exp() * k.v,
+            None => nan(),
+        }
+    } else {
+        match cf(b, a, omx, Wrt::First) {
+            Some(k) => one - ln_front(b, a, omx, x).exp() * k.v,
+            None => nan(),
+        }
+    }
+}
+
+/// `dX/da` at fixed `F = I_X(a, b)` (implicit reparameterisation of a Beta(a, b) draw
+/// `X`): `-(dI_x/da) / f(x)` with `f` the Beta density. `omx = 1 - x` is passed
+/// separately because the sampler knows it more accurately than `1 - x` can be
+/// formed when `x` is close to 1. `None` when the continued fraction did not converge.
+///
+/// Dividing `dI/da` by the density analytically leaves
+/// `-x(1-x)/a [K (ln x + psi(a+b) - psi(a) - 1/a) + dK/da]` (direct fraction) or
+/// `x(1-x)/b [K' (ln x + psi(a+b) - psi(a)) + dK'/da]` (fraction of `I_{1-x}(b, a)`),
+/// so neither the density nor `B(a, b)` is ever formed: nothing overflows.
+pub(crate) fn beta_dx_da<T: Real>(a: T, b: T, x: T, omx: T) -> Option<T> {
+    let one = T::of(1.0);
+    let ln_x = if x > T::of(0.5) {
+        (-omx).ln_1p()
+    } else {
+        x.ln()
+    };
+    let ell = ln_x + digamma_diff(a, b);
+    if x < (a + one) / (a + b + T::of(2.0)) {
+        let k = cf(a, b, x, Wrt::First)?;
+        Some(-x * omx / a * (k.v * (ell - one / a) + k.d))
+    } else {
+        let k = cf(b, a, omx, Wrt::Second)?;
+        Some(x * omx / b * (k.v * ell + k.d))
+    }
+}

@@ -1,0 +1,503 @@
+//! Online training from a stream of samples, with fixed memory.
+//!
+//! [`OnlineTrainer`] keeps the `CAP` most recent samples in a heapless ring buffer.
+//! Each [`OnlineTrainer::step`] draws a mini-batch of `B` anchors from the buffer,
+//! pairs each anchor with one of its nearest neighbours *inside the buffer* (cosine on
+//! the raw features) — or with a noisy copy of itself — and takes one optimiser step on
+//! the loss of [`crate::loss`]. The schedule of DESIGN section 2 is built in: the first
+//! `warmup_steps` steps train the VAE alone (`gamma = 0`, no pairs); then the centres
+//! are initialised by spherical k-means++ on the `mu(x)` of the buffer; then training is
+//! joint.
+//!
+//! # Memory
+//! Everything lives in the trainer: the ring buffer (`CAP * D` scalars), `CAP` bytes of
+//! k-means labels, the optimiser state ([`crate::optim::state_len`]) and one scratch
+//! storage of [`TrainConfig::storage_len`] scalars (gradient, marginal, workspace, batch
+//! cache, batch rows, k-means buffers). [`crate::memory`] adds it up in bytes.
+//!
+//! # Cost of one step
+//! Neighbour mining: `B * CAP * D` multiply-adds. Training: one
+//! [`loss_and_grad`](crate::loss::loss_and_grad) on `2B` rows (about 2.3 forward passes
+//! and one backward pass of the network per row) and one optimiser update over the
+//! scope's parameters. The initialisation step adds `CAP` encoder passes and a bounded
+//! k-means run. Nothing depends on the data's values except the posterior sampler's
+//! capped rejection loop.
+
+use crate::kmeans::{scratch_len as kmeans_scratch_len, spherical_kmeans, KMeansError};
+use crate::loss::{cache_len, loss_and_grad, Batch, LossConfig, LossError, LossParts, RandomDraws};
+use crate::model::{InferError, Model, WorkLayout};
+use crate::optim::{state_len, OptimConfig, OptimError, OptimState};
+use crate::shape::{Scope, Shape};
+use crate::Real;
+use heapless::HistoryBuf;
+use rand_core::Rng;
+
+/// Largest number of anchors per step (each brings a partner row).
+pub const MAX_BATCH: usize = 64;
+/// Largest neighbourhood a partner is drawn from.
+pub const MAX_NEIGHBOURS: usize = 16;
+
+/// What each anchor is paired with for the consistency term.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Consistency<T> {
+    /// One of the `n` nearest neighbours in the buffer (`1..=MAX_NEIGHBOURS`).
+    Neighbours(usize),
+    /// A copy with Gaussian noise of this standard deviation (raw units) added.
+    Noise(T),
+    /// No pairs (information maximisation: set `LossConfig::entropy > 0`).
+    None,
+}
+
+/// The training schedule and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TrainConfig<T> {
+    /// Loss weights.
+    pub loss: LossConfig<T>,
+    /// Optimiser, clipping, weight decay.
+    pub optim: OptimConfig<T>,
+    /// Which parameters are trained.
+    pub scope: Scope,
+    /// Anchors per step (`1..=MAX_BATCH`).
+    pub batch: usize,
+    /// How anchors are paired.
+    pub consistency: Consistency<T>,
+    /// Steps of the VAE alone before the centres are initialised (0: initialise at the
+    /// first step; with `SegmenterOnly` the network is assumed trained already).
+    pub warmup_steps: u32,
+    /// Initialise the centres by spherical k-means++ after the warm-up (false: keep the
+    /// model's centres, e.g. when adapting a model trained on the host).
+    pub init_centres: bool,
+    /// Lloyd iterations of that initialisation.
+    pub kmeans_iters: usize,
+}
+
+impl<T: Real> TrainConfig<T> {
+    /// Adam at `lr`, full scope, 8 anchors with 5 neighbours each, 200 warm-up steps,
+    /// balance momentum 0.9 (small batches need a long memory for `p_bar`).
+    pub fn new(lr: T) -> Self {
+        TrainConfig {
+            loss: LossConfig {
+                balance_momentum: T::of(0.9),
+                ..LossConfig::default()
+            },
+            optim: OptimConfig::new(crate::optim::Optimiser::adam(lr)).with_clip_norm(T::of(10.0)),
+            scope: Scope::Full,
+            batch: 8,
+            consistency: Consistency::Neighbours(5),
+            warmup_steps: 200,
+            init_centres: true,
+            kmeans_iters: 20,
+        }
+    }
+
+    /// Scalars of scratch storage the trainer needs for `shape` with `CAP` buffered
+    /// samples: gradient (scope size), marginal `p_bar` (`K`), workspace, batch cache
+    /// and rows for `2 batch` rows, and the k-means buffers (`CAP M + K M + K (M + 1)`).
+    pub const fn storage_len(shape: &Shape, scope: Scope, batch: usize, cap: usize) -> usize {
+        let r = shape.scope_range(scope);
+        let (m, k) = (shape.latent, shape.clusters);
+        (r.end - r.start)
+            + k
+            + shape.work_len()
+            + cache_len(shape, 2 * batch)
+            + 2 * batch * shape.input
+            + cap * m
+            + k * m
+            + kmeans_scratch_len(k, m)
+    }
+}
+
+/// Why a step or a push was refused. Model and optimiser state are unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TrainError {
+    /// A pushed sample has the wrong length or a non-finite value.
+    BadSample,
+    /// Fewer buffered samples than a step needs (2, and `K` for the initialisation).
+    NotEnoughSamples,
+    /// Configuration out of range (batch size, neighbours, sizes vs the model).
+    BadConfig,
+    /// Scratch or optimiser storage has the wrong length.
+    Storage,
+    /// The loss or its gradient failed.
+    Loss(LossError),
+    /// The optimiser refused the update.
+    Optim(OptimError),
+    /// The centre initialisation failed.
+    KMeans(KMeansError),
+}
+
+impl core::fmt::Display for TrainError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TrainError::BadSample => {
+                f.write_str("sample has the wrong length or a non-finite value")
+            }
+            TrainError::NotEnoughSamples => f.write_str("not enough buffered samples for a step"),
+            TrainError::BadConfig => f.write_str("training configuration out of range"),
+            TrainError::Storage => f.write_str("trainer storage has the wrong length"),
+            TrainError::Loss(e) => write!(f, "loss: {e}"),
+            TrainError::Optim(e) => write!(f, "optimiser: {e}"),
+            TrainError::KMeans(e) => write!(f, "centre initialisation: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for TrainError {}
+
+impl From<LossError> for TrainError {
+    fn from(e: LossError) -> Self {
+        TrainError::Loss(e)
+    }
+}
+impl From<OptimError> for TrainError {
+    fn from(e: OptimError) -> Self {
+        TrainError::Optim(e)
+    }
+}
+impl From<KMeansError> for TrainError {
+    fn from(e: KMeansError) -> Self {
+        TrainError::KMeans(e)
+    }
+}
+impl From<InferError> for TrainError {
+    fn from(e: InferError) -> Self {
+        TrainError::Loss(LossError::Infer(e))
+    }
+}
+
+/// Where the schedule is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Phase {
+    /// VAE alone.
+    WarmUp,
+    /// Joint training with the cluster loss.
+    Joint,
+}
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct StepReport<T> {
+    /// The loss parts of the batch (before the update).
+    pub loss: LossParts<T>,
+    /// Gradient norm before clipping.
+    pub grad_norm: T,
+    /// Phase of this step.
+    pub phase: Phase,
+    /// The centres were (re)initialised by k-means++ before this step.
+    pub initialised_centres: bool,
+    /// Steps taken so far, this one included.
+    pub steps: u32,
+}
+
+/// Online trainer over a ring buffer of the `CAP` most recent `D`-dimensional samples.
+/// `S` is scratch storage of [`TrainConfig::storage_len`] scalars and `O` optimiser
+/// state of [`state_len`] scalars (arrays on a device, `Vec`s on the host).
+pub struct OnlineTrainer<T, const D: usize, const CAP: usize, S, O> {
+    samples: HistoryBuf<[T; D], CAP>,
+    labels: [u8; CAP],
+    scratch: S,
+    optim: OptimState<O>,
+    cfg: TrainConfig<T>,
+    steps: u32,
+    centres_ready: bool,
+}
+
+impl<T: Real, const D: usize, const CAP: usize, S, O> OnlineTrainer<T, D, CAP, S, O>
+where
+    S: AsRef<[T]> + AsMut<[T]>,
+    O: AsRef<[T]> + AsMut<[T]>,
+{
+    /// A trainer for `shape` with zeroed `scratch` and `optim_state` storage. Checks every
+    /// size against the configuration.
+    pub fn new(
+        shape: &Shape,
+        cfg: TrainConfig<T>,
+        scratch: S,
+        optim_state: O,
+    ) -> Result<Self, TrainError> {
+        let n = shape.scope_range(cfg.scope).len();
+        if shape.input != D
+            || cfg.batch == 0
+            || cfg.batch > MAX_BATCH
+            || CAP < 2
+            || CAP > u16::MAX as usize
+            || matches!(cfg.consistency, Consistency::Neighbours(n) if n == 0 || n > MAX_NEIGHBOURS)
+            || matches!(cfg.consistency, Consistency::Noise(s) if !(s >= T::zero()) || !s.is_finite())
+        {
+            return Err(TrainError::BadConfig);
+        }
+        cfg.optim.validate()?;
+        if scratch.as_ref().len() != TrainConfig::<T>::storage_len(shape, cfg.scope, cfg.batch, CAP)
+            || optim_state.as_ref().len() != state_len(cfg.optim.optimiser.kind(), n)
+        {
+            return Err(TrainError::Storage);
+        }
+        let mut t = OnlineTrainer {
+            samples: HistoryBuf::new(),
+            labels: [0; CAP],
+            scratch,
+            optim: OptimState::new(optim_state),
+            cfg,
+            steps: 0,
+            centres_ready: !cfg.init_centres,
+        };
+        // A uniform marginal to start the moving average from.
+        let k = shape.clusters;
+        let pb = &mut t.scratch.as_mut()[n..n + k];
+        pb.fill(T::one() / T::of(k as f64));
+        Ok(t)
+    }
+
+    /// Adds a sample (raw units, `D` values), evicting the oldest when full. Cost: `D`
+    /// copies.
+    pub fn push(&mut self, sample: &[T]) -> Result<(), TrainError> {
+        let row: [T; D] = sample.try_into().map_err(|_| TrainError::BadSample)?;
+        if !row.iter().all(|v| v.is_finite()) {
+            return Err(TrainError::BadSample);
+        }
+        self.samples.write(row);
+        Ok(())
+    }
+
+    /// Samples currently buffered.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// True when no sample is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig<T> {
+        &self.cfg
+    }
+
+    /// The optimiser state (to checkpoint it).
+    pub fn optimiser(&self) -> &OptimState<O> {
+        &self.optim
+    }
+
+    /// The moving-average cluster marginal `p_bar`.
+    pub fn marginal(&self, shape: &Shape) -> &[T] {
+        let n = shape.scope_range(self.cfg.scope).len();
+        &self.scratch.as_ref()[n..n + shape.clusters]
+    }
+
+    /// One training step on a mini-batch drawn from the buffer (see the module docs).
+    /// On error the model, the optimiser state and the marginal are unchanged.
+    pub fn step<P, R>(
+        &mut self,
+        model: &mut Model<T, P>,
+        rng: &mut R,
+    ) -> Result<StepReport<T>, TrainError>
+    where
+        P: AsRef<[T]> + AsMut<[T]>,
+        R: Rng,
+    {
+        let shape = *model.shape();
+        let (m, k) = (shape.latent, shape.clusters);
+        if shape.input != D {
+            return Err(TrainError::BadConfig);
+        }
+        let n_buf = self.samples.len();
+        if n_buf < 2 {
+            return Err(TrainError::NotEnoughSamples);
+        }
+        let warm = self.steps < self.cfg.warmup_steps && self.cfg.scope != Scope::SegmenterOnly;
+        let mut initialised = false;
+        if !warm && !self.centres_ready {
+            if n_buf < k {
+                return Err(TrainError::NotEnoughSamples);
+            }
+            self.init_centres(model, rng)?;
+            initialised = true;
+        }
+        let b = self.cfg.batch;
+        let range = shape.scope_range(self.cfg.scope);
+        let n = range.len();
+        let scratch = self.scratch.as_mut();
+        if scratch.len() != TrainConfig::<T>::storage_len(&shape, self.cfg.scope, b, CAP) {
+            return Err(TrainError::Storage);
+        }
+        let (grads, rest) = scratch.split_at_mut(n);
+        let (p_bar, rest) = rest.split_at_mut(k);
+        let (work, rest) = rest.split_at_mut(shape.work_len());
+        let (cache, rest) = rest.split_at_mut(cache_len(&shape, 2 * b));
+        let rows = &mut rest[..2 * b * D];
+
+        // Anchors, and their partners in rows b..2b.
+        let mut pairs = [(0u16, 0u16); MAX_BATCH];
+        let samples = self.samples.as_slice();
+        for i in 0..b {
+            let a = uniform_index(rng, n_buf);
+            rows[i * D..(i + 1) * D].copy_from_slice(&samples[a]);
+            if warm {
+                continue;
+            }
+            pairs[i] = (i as u16, (b + i) as u16);
+            let partner = &mut rows[(b + i) * D..(b + i + 1) * D];
+            match self.cfg.consistency {
+                Consistency::Neighbours(nn) => {
+                    let j = nearest_neighbour(samples, a, nn, rng);
+                    partner.copy_from_slice(&samples[j]);
+                }
+                Consistency::Noise(sigma) => {
+                    for (p, &x) in partner.iter_mut().zip(samples[a].iter()) {
+                        *p = x + sigma * crate::rng::standard_normal(rng);
+                    }
+                }
+                Consistency::None => partner.copy_from_slice(&samples[a]),
+            }
+        }
+        let (n_rows, n_pairs) = match (warm, self.cfg.consistency) {
+            (true, _) => (b, 0),
+            (false, Consistency::None) => (b, 0),
+            (false, _) => (2 * b, b),
+        };
+        let mut loss_cfg = self.cfg.loss;
+        if warm {
+            loss_cfg.gamma = T::zero();
+        }
+        let batch = Batch {
+            inputs: &rows[..n_rows * D],
+            labels: &[],
+            pairs: &pairs[..n_pairs],
+        };
+        // The new marginal is staged in the scratch copy and committed after the update.
+        let mut p_new = [T::zero(); 255];
+        p_new[..k].copy_from_slice(p_bar);
+        let parts = loss_and_grad(
+            model,
+            &batch,
+            &loss_cfg,
+            self.cfg.scope,
+            &mut RandomDraws(rng),
+            &mut p_new[..k],
+            work,
+            cache,
+            grads,
+        )?;
+        let info = self
+            .optim
+            .step(&self.cfg.optim, &mut model.params_mut()[range], grads)?;
+        if !warm {
+            p_bar.copy_from_slice(&p_new[..k]);
+        }
+        self.steps = self.steps.saturating_add(1);
+        let _ = m;
+        Ok(StepReport {
+            loss: parts,
+            grad_norm: info.grad_norm,
+            phase: if warm { Phase::WarmUp } else { Phase::Joint },
+            initialised_centres: initialised,
+            steps: self.steps,
+        })
+    }
+
+    /// Sets the centres to spherical k-means++ on the `mu(x)` of every buffered sample,
+    /// the mixing weights to uniform, and keeps `kappa_s`. Restarts the optimiser state
+    /// (its moments describe the old centres).
+    pub fn init_centres<P, R>(
+        &mut self,
+        model: &mut Model<T, P>,
+        rng: &mut R,
+    ) -> Result<(), TrainError>
+    where
+        P: AsRef<[T]> + AsMut<[T]>,
+        R: Rng,
+    {
+        let shape = *model.shape();
+        let (m, k) = (shape.latent, shape.clusters);
+        let n_buf = self.samples.len();
+        let n = shape.scope_range(self.cfg.scope).len();
+        let b = self.cfg.batch;
+        let scratch = self.scratch.as_mut();
+        let skip = n + k + shape.work_len() + cache_len(&shape, 2 * b) + 2 * b * D;
+        let (front, rest) = scratch.split_at_mut(skip);
+        let work = &mut front[n + k..n + k + shape.work_len()];
+        let (mus, rest) = rest.split_at_mut(CAP * m);
+        let (centres, km) = rest.split_at_mut(k * m);
+        let lay = WorkLayout::of(&shape);
+        for (i, x) in self.samples.as_slice().iter().enumerate() {
+            model.encode_into(x, work)?;
+            mus[i * m..(i + 1) * m].copy_from_slice(&work[lay.mu..lay.mu + m]);
+        }
+        spherical_kmeans(
+            &mus[..n_buf * m],
+            m,
+            k,
+            self.cfg.kmeans_iters,
+            rng,
+            centres,
+            km,
+            &mut self.labels[..n_buf],
+        )?;
+        let so = shape.segmenter_offset();
+        let p = model.params_mut();
+        p[so..so + k * m].copy_from_slice(centres);
+        p[so + k * m + 1..so + k * m + 1 + k].fill(T::zero());
+        self.optim.reset::<T>();
+        self.centres_ready = true;
+        Ok(())
+    }
+}
+
+/// Uniform index in `0..n` (Lemire's multiply-shift; bias below `n / 2^32`).
+fn uniform_index<R: Rng>(rng: &mut R, n: usize) -> usize {
+    ((rng.next_u32() as u64 * n as u64) >> 32) as usize
+}
+
+/// One of the `nn` nearest rows to row `a` by cosine (excluding `a`), drawn uniformly.
+/// Cost: `len * D` multiply-adds plus an insertion into a list of `nn`.
+fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
+    samples: &[[T; D]],
+    a: usize,
+    nn: usize,
+    rng: &mut R,
+) -> usize {
+    let x = &samples[a];
+    let nx = crate::nn::dot(x, x).sqrt();
+    let mut best = [(T::zero(), usize::MAX); MAX_NEIGHBOURS];
+    let mut have = 0;
+    let nn = nn.min(samples.len() - 1).max(1);
+    for (j, y) in samples.iter().enumerate() {
+        if j == a {
+            continue;
+        }
+        let ny = crate::nn::dot(y, y).sqrt();
+        let den = nx * ny;
+        let cos = if den > T::zero() {
+            crate::nn::dot(x, y) / den
+        } else {
+            -T::one() - T::one()
+        };
+        // Insert into the sorted (descending) top-nn list.
+        if have < nn || cos > best[have - 1].0 {
+            let mut pos = if have < nn { have } else { nn - 1 };
+            while pos > 0 && best[pos - 1].0 < cos {
+                best[pos] = best[pos - 1];
+                pos -= 1;
+            }
+            best[pos] = (cos, j);
+            if have < nn {
+                have += 1;
+            }
+        }
+    }
+    if have == 0 {
+        return a;
+    }
+    best[uniform_index(rng, have)].1
+}
