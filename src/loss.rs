@@ -8,7 +8,8 @@
 //!       + mean_labelled[-ln p_{y_i}]            (cross-entropy where a label is given)
 //! ```
 //!
-//! `p_i = p(.|z_i)` is the segmenter applied to the posterior draw `z_i`. The balance
+//! `p_i` is the segmenter applied to `mu(x_i)` ([`ClusterInput::Mean`], the default) or to
+//! the posterior draw `z_i` ([`ClusterInput::Draw`]). The balance
 //! term uses `p_bar = rho p_bar_prev + (1 - rho) mean_i p_i`: with small on-device
 //! batches `rho` near 1 keeps a long memory, and the gradient flows only through the
 //! current batch's share. The information-maximisation variant is `lambda > 0` with no
@@ -43,6 +44,21 @@ pub struct LossConfig<T> {
     pub sigma: T,
     /// Momentum `rho` of the moving-average marginal `p_bar` in `[0, 1)`.
     pub balance_momentum: T,
+    /// What the segmenter sees in training.
+    pub cluster_input: ClusterInput,
+}
+
+/// The latent vector the segmenter is applied to in training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ClusterInput {
+    /// The mean direction `mu(x)`, as at inference (default): the cluster terms see the
+    /// same vector the deployed model labels, and their gradient does not carry the
+    /// posterior's sampling noise, which at the low `kappa` of early training is large
+    /// enough to collapse clusters.
+    Mean,
+    /// The posterior draw `z`, as in the textbook mixture-prior VAE.
+    Draw,
 }
 
 impl<T: Real> Default for LossConfig<T> {
@@ -56,6 +72,7 @@ impl<T: Real> Default for LossConfig<T> {
             entropy: T::zero(),
             sigma: T::one(),
             balance_momentum: T::zero(),
+            cluster_input: ClusterInput::Mean,
         }
     }
 }
@@ -170,9 +187,10 @@ pub const fn cache_row(shape: &Shape) -> usize {
     shape.latent + 2 * shape.clusters + 2
 }
 
-/// Cache scalars for a batch of `batch` rows.
+/// Cache scalars for a batch of `batch` rows: one [`cache_row`] per row plus the new
+/// marginal `p_bar` (`K`), staged there until the gradient is known to be finite.
 pub const fn cache_len(shape: &Shape, batch: usize) -> usize {
-    cache_row(shape) * batch
+    cache_row(shape) * batch + shape.clusters
 }
 
 /// Smallest probability used inside a logarithm (keeps `ln` finite when a softmax
@@ -254,8 +272,13 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         };
         r[0] = draw.w;
         r[1] = draw.dw_dkappa;
-        let logits = &mut work[lay.logp..lay.logp + k];
-        model.segmenter_logits(z, logits)?;
+        let (front, back) = work.split_at_mut(lay.logp);
+        let logits = &mut back[..k];
+        let input = match cfg.cluster_input {
+            ClusterInput::Mean => &front[lay.mu..lay.mu + m],
+            ClusterInput::Draw => &*z,
+        };
+        model.segmenter_logits(input, logits)?;
         softmax_from_logits(logits, p);
     }
 
@@ -294,9 +317,10 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         }
     }
     let rho = cfg.balance_momentum;
-    // p_bar_new = rho p_bar + (1 - rho) mean_i p_i, built in the workspace's `ga` slot.
+    // p_bar_new = rho p_bar + (1 - rho) mean_i p_i, staged after the rows in the cache.
     {
-        let pb = &mut work[lay.ga..lay.ga + k];
+        let (rows, pb) = cache.split_at_mut(bsz * row);
+        let pb = &mut pb[..k];
         for q in 0..k {
             pb[q] = if rho == T::zero() {
                 T::zero()
@@ -306,19 +330,19 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         }
         for i in 0..bsz {
             for q in 0..k {
-                pb[q] += (T::one() - rho) * cache[i * row + m + k + q] / bf;
+                pb[q] += (T::one() - rho) * rows[i * row + m + k + q] / bf;
             }
         }
         let mut h = T::zero();
-        for q in 0..k {
-            h -= pb[q] * pb[q].max(t).ln();
+        for &v in pb.iter() {
+            h -= v * v.max(t).ln();
         }
         parts.balance = h;
         if cfg.eta != T::zero() {
             for i in 0..bsz {
                 for q in 0..k {
-                    let lp = work[lay.ga + q].max(t).ln();
-                    cache[i * row + m + q] += g * cfg.eta * (T::one() - rho) / bf * (lp + T::one());
+                    let lp = pb[q].max(t).ln();
+                    rows[i * row + m + q] += g * cfg.eta * (T::one() - rho) / bf * (lp + T::one());
                 }
             }
         }
@@ -356,15 +380,12 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
             parts.recon +=
                 reconstruction_backward(model, x, scope, bsz, cfg, work, grads, range.start);
         }
-        segmenter_backward(
-            model,
-            z,
-            da,
-            kappa_s,
-            grads,
-            range.start,
-            &mut work[lay.gz..lay.gz + m],
-        );
+        let on_mean = cfg.cluster_input == ClusterInput::Mean;
+        if scope == Scope::SegmenterOnly || !on_mean {
+            // z is the draw (or mu itself when no draw is made).
+            let gz = &mut work[lay.gz..lay.gz + m];
+            segmenter_backward(model, z, da, kappa_s, grads, range.start, gz);
+        }
         if scope == Scope::SegmenterOnly {
             continue;
         }
@@ -379,6 +400,10 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
             &front[lay.gz..lay.gz + m],
             gmu,
         );
+        if on_mean {
+            let mu = &front[lay.mu..lay.mu + m];
+            segmenter_backward(model, mu, da, kappa_s, grads, range.start, gmu);
+        }
         parts.kl += s.posterior.kl_to_uniform(m, enc.kappa) / bf;
         let dkappa = dldw * dwdk + cfg.beta * s.posterior.dkl_dkappa(m, enc.kappa) / bf;
         let dpre = if enc.clamped {
@@ -407,7 +432,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     if !finite || !grads.iter().all(|v| v.is_finite()) {
         return Err(LossError::NonFinite);
     }
-    p_bar.copy_from_slice(&work[lay.ga..lay.ga + k]);
+    p_bar.copy_from_slice(&cache[bsz * row..bsz * row + k]);
     Ok(parts)
 }
 

@@ -13,8 +13,7 @@ mod debye;
 mod gamma;
 
 pub(crate) use bessel::bessel_terms;
-pub(crate) use beta::beta_dx_da;
-pub use beta::{beta_inc, CF_CAP};
+pub use beta::{beta_inc, beta_quantile_da, CF_CAP};
 pub use gamma::{digamma, digamma_diff, ln_gamma, ln_gamma_ratio, trigamma, trigamma_diff};
 pub(crate) use gamma::{nan, IsNan};
 

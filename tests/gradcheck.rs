@@ -10,7 +10,7 @@
 //! distribution-specific `dw/dkappa` of the real samplers is checked against finite
 //! differences of their own transforms in the distribution tests.
 
-use hvae::loss::{loss_and_grad, Batch, DrawSource, LossConfig};
+use hvae::loss::{loss_and_grad, Batch, ClusterInput, DrawSource, LossConfig};
 use hvae::model::Model;
 use hvae::shape::{Activation, Likelihood, Posterior, Scope, Shape};
 use hvae::sphere::{Draw, SampleError};
@@ -184,6 +184,7 @@ fn unsupervised() -> LossConfig<f64> {
         entropy: 0.3,
         sigma: 0.8,
         balance_momentum: 0.6,
+        cluster_input: ClusterInput::Mean,
     }
 }
 
@@ -223,17 +224,24 @@ fn every_tensor_matches_finite_differences() {
                         ),
                     ];
                     for (labels, cfg) in variants {
-                        worst = worst.max(run(
-                            &Case {
-                                shape,
-                                scope,
-                                labels,
-                                cfg,
-                            },
-                            seed,
-                        ));
-                        seed += 1;
-                        cases += 1;
+                        for cluster_input in [ClusterInput::Mean, ClusterInput::Draw] {
+                            let cfg = LossConfig {
+                                cluster_input,
+                                ..cfg
+                            };
+                            let labels = labels.clone();
+                            worst = worst.max(run(
+                                &Case {
+                                    shape,
+                                    scope,
+                                    labels,
+                                    cfg,
+                                },
+                                seed,
+                            ));
+                            seed += 1;
+                            cases += 1;
+                        }
                     }
                 }
             }
@@ -255,4 +263,61 @@ fn one_hidden_layer_latent_two() {
         },
         7,
     );
+}
+
+#[test]
+fn marginal_is_the_moving_average_of_the_batch() {
+    // With SegmenterOnly the segmenter sees mu(x), so p_i is exactly `segment(x).probs`
+    // and the returned marginal must be rho p_bar + (1 - rho) mean_i p_i.
+    let s = Shape::new(6, &[5], 3, 4);
+    let mut r = Lcg(3);
+    let params: Vec<f64> = (0..s.param_len()).map(|_| 0.5 * r.normal()).collect();
+    let model = Model::new(s, params).unwrap();
+    let b = 7;
+    let inputs: Vec<f64> = (0..b * s.input).map(|_| r.uniform()).collect();
+    let batch = Batch {
+        inputs: &inputs,
+        labels: &[],
+        pairs: &[(0, 1)],
+    };
+    let cfg = LossConfig {
+        balance_momentum: 0.75,
+        ..unsupervised()
+    };
+    let prev = [0.1, 0.2, 0.3, 0.4];
+    let mut p_bar = prev;
+    let mut work = vec![0.0; s.work_len()];
+    let mut cache = vec![0.0; hvae::loss::cache_len(&s, b)];
+    let mut grads = vec![0.0; s.scope_range(Scope::SegmenterOnly).len()];
+    let parts = loss_and_grad(
+        &model,
+        &batch,
+        &cfg,
+        Scope::SegmenterOnly,
+        &mut FixedDraws::new(b, 3, 1),
+        &mut p_bar,
+        &mut work,
+        &mut cache,
+        &mut grads,
+    )
+    .unwrap();
+    let mut mean = [0.0; 4];
+    for x in inputs.chunks(s.input) {
+        let seg = model.segment(x, &mut work).unwrap();
+        for (m, p) in mean.iter_mut().zip(seg.probs) {
+            *m += p / b as f64;
+        }
+    }
+    let mut h = 0.0;
+    for q in 0..4 {
+        let want = 0.75 * prev[q] + 0.25 * mean[q];
+        assert!(
+            (p_bar[q] - want).abs() < 1e-12,
+            "{q}: {} vs {want}",
+            p_bar[q]
+        );
+        h -= want * f64::ln(want);
+    }
+    assert!((parts.balance - h).abs() < 1e-12);
+    assert!((p_bar.iter().sum::<f64>() - 1.0).abs() < 1e-12);
 }

@@ -94,6 +94,7 @@ fn train(posterior: Posterior, seed: u64) -> (Vec<f32>, f64) {
     for x in xs.iter().take(64) {
         trainer.push(x).unwrap();
     }
+    trainer.fit_normalisation(&mut model).unwrap();
     for step in 0..2000 {
         trainer.push(&xs[(64 + step) % xs.len()]).unwrap();
         let report = trainer.step(&mut model, &mut rng).unwrap();

@@ -95,6 +95,11 @@ pub fn ln_gamma<T: Real>(x: T) -> T {
     if x <= T::of(0.0) {
         return T::MAX + T::MAX;
     }
+    // The zeros are exact (the generic path leaves a few ulp of ln Gamma(11) there, which
+    // would spoil ln I_0 and ln I_1 at small arguments).
+    if x == T::of(1.0) || x == T::of(2.0) {
+        return T::of(0.0);
+    }
     let n = shifts(x);
     let mut prod = T::of(1.0);
     let mut y = x;

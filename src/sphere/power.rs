@@ -8,7 +8,7 @@
 
 use super::{SampleError, WDraw};
 use crate::rng::beta;
-use crate::special::{beta_dx_da, digamma_diff, ln_gamma_ratio, trigamma_diff};
+use crate::special::{beta_quantile_da, digamma_diff, ln_gamma_ratio, trigamma_diff};
 use crate::Real;
 use rand_core::Rng;
 
@@ -117,7 +117,7 @@ pub(super) fn sample_w<T: Real, R: Rng + ?Sized>(
 ) -> Result<WDraw<T>, SampleError> {
     let (_, b, a) = shapes(m, k);
     let (t, omt) = beta(a, b, rng)?;
-    let dt = beta_dx_da(a, b, t, omt).ok_or(SampleError::NoConvergence)?;
+    let dt = beta_quantile_da(a, b, t, omt).ok_or(SampleError::NoConvergence)?;
     let two = T::of(2.0);
     Ok(WDraw::from_parts(two * omt, two * t, two * dt))
 }
