@@ -276,7 +276,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let (m, k) = (self.shape.latent, self.shape.clusters);
         let (head, tail) = work.split_at_mut(l.logp);
         let mu = &head[l.mu..l.mu + m];
-        let (logp, rest) = tail.split_at_mut(k);
+        let (logp, rest) = tail.split_at_mut(l.p - l.logp);
         let probs = &mut rest[..k];
         let cosine = self.segmenter_logits(mu, logp)?;
         softmax_from_logits(logp, probs);

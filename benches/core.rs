@@ -1,0 +1,90 @@
+//! Host speed of the core on the digits-sized model (64 inputs, hidden 32, latent 8,
+//! K = 10): one encode+segment, and one training step per sample for each posterior.
+//! Run: `cargo bench -p hvae --bench core`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use hvae::loss::{cache_len, loss_and_grad, Batch, LossConfig, RandomDraws};
+use hvae::model::Model;
+use hvae::optim::{state_len, OptimConfig, OptimState, Optimiser};
+use hvae::shape::{Posterior, Scope, Shape};
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use std::hint::black_box;
+
+const DIGITS: Shape = Shape::new(64, &[32], 8, 10);
+const B: usize = 64;
+
+fn inputs(n: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32> {
+    (0..n * 64)
+        .map(|_| hvae::rng::uniform::<f32, _>(rng))
+        .collect()
+}
+
+fn bench_inference(c: &mut Criterion) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let mut model = Model::<f32, Vec<f32>>::new(DIGITS, vec![0.0; DIGITS.param_len()]).unwrap();
+    model.init(&mut rng);
+    let x = inputs(1, &mut rng);
+    let mut work = vec![0.0f32; DIGITS.work_len()];
+    let mut g = c.benchmark_group("inference");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode+segment (digits model)", |b| {
+        b.iter(|| black_box(model.segment(black_box(&x), &mut work).unwrap().label))
+    });
+    g.finish();
+}
+
+fn bench_training(c: &mut Criterion) {
+    let mut g = c.benchmark_group("training step");
+    g.throughput(Throughput::Elements(B as u64));
+    for posterior in [Posterior::VonMisesFisher, Posterior::PowerSpherical] {
+        let shape = DIGITS.with_posterior(posterior);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+        let mut model = Model::<f32, Vec<f32>>::new(shape, vec![0.0; shape.param_len()]).unwrap();
+        model.init(&mut rng);
+        let x = inputs(B, &mut rng);
+        let pairs: Vec<(u16, u16)> = (0..B as u16 / 2).map(|i| (i, i + B as u16 / 2)).collect();
+        let cfg = LossConfig::default();
+        let range = shape.scope_range(Scope::Full);
+        let opt = OptimConfig::new(Optimiser::adam(1e-3f32));
+        let mut state = OptimState::new(vec![0.0f32; state_len(opt.optimiser.kind(), range.len())]);
+        let mut work = vec![0.0; shape.work_len()];
+        let mut cache = vec![0.0; cache_len(&shape, B)];
+        let mut grads = vec![0.0; range.len()];
+        let mut p_bar = vec![0.1f32; 10];
+        let name =
+            format!("{posterior:?}, Full + Adam, batch {B} (per batch; throughput per sample)");
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || (),
+                |_| {
+                    let batch = Batch {
+                        inputs: &x,
+                        labels: &[],
+                        pairs: &pairs,
+                    };
+                    loss_and_grad(
+                        &model,
+                        &batch,
+                        &cfg,
+                        Scope::Full,
+                        &mut RandomDraws(&mut rng),
+                        &mut p_bar,
+                        &mut work,
+                        &mut cache,
+                        &mut grads,
+                    )
+                    .unwrap();
+                    state
+                        .step(&opt, &mut model.params_mut()[range.clone()], &grads)
+                        .unwrap();
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_inference, bench_training);
+criterion_main!(benches);
