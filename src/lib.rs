@@ -17,6 +17,8 @@ pub mod memory;
 pub mod model;
 mod nn;
 pub mod optim;
+#[cfg(feature = "protocol")]
+pub mod protocol;
 pub mod rng;
 pub mod special;
 pub mod sphere;

@@ -223,7 +223,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     let s = *model.shape();
     let (d, m, k) = (s.input, s.latent, s.clusters);
     let bsz = batch.inputs.len() / d;
-    if bsz == 0 || batch.inputs.len() % d != 0 || bsz > u16::MAX as usize {
+    if bsz == 0 || !batch.inputs.len().is_multiple_of(d) || bsz > u16::MAX as usize {
         return Err(LossError::BadBatch);
     }
     if !(batch.labels.is_empty() || batch.labels.len() == bsz)

@@ -369,7 +369,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         off += m * h_l + m;
         dense_forward(wmu, bmu, h, mu);
         let norm = dot(mu, mu).sqrt();
-        if !(norm > T::EPS * T::EPS) || !norm.is_finite() {
+        if !norm.is_finite() || norm <= T::EPS * T::EPS {
             return Err(InferError::ZeroDirection);
         }
         for v in mu.iter_mut() {
@@ -405,7 +405,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         for c in 0..k {
             let ck = &centres[c * m..(c + 1) * m];
             let n = dot(ck, ck).sqrt();
-            if !(n > T::EPS * T::EPS) || !n.is_finite() {
+            if !n.is_finite() || n <= T::EPS * T::EPS {
                 return Err(InferError::ZeroCentre);
             }
             let cos = dot(ck, z) / n;

@@ -59,10 +59,9 @@ impl Activation {
     pub(crate) fn apply<T: Real>(self, y: &mut [T]) {
         match self {
             Activation::Relu => {
+                // Written so that NaN maps to 0 as well.
                 for v in y {
-                    if !(*v > T::zero()) {
-                        *v = T::zero();
-                    }
+                    *v = if *v > T::zero() { *v } else { T::zero() };
                 }
             }
             Activation::Tanh => {
@@ -80,9 +79,7 @@ impl Activation {
         match self {
             Activation::Relu => {
                 for (d, &v) in dy.iter_mut().zip(y) {
-                    if !(v > T::zero()) {
-                        *d = T::zero();
-                    }
+                    *d = if v > T::zero() { *d } else { T::zero() };
                 }
             }
             Activation::Tanh => {

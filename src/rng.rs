@@ -12,7 +12,7 @@
 //!
 //! `f32` variates use one 32-bit word per uniform, `f64` variates one 64-bit word.
 
-use crate::special::IsNan;
+use crate::special::is_nan;
 use crate::Real;
 use rand_core::Rng;
 
@@ -99,7 +99,7 @@ fn gamma_ge1<T: Real, R: Rng + ?Sized>(shape: T, rng: &mut R) -> Result<T, Varia
 }
 
 fn check_shape<T: Real>(shape: T) -> Result<(), VariateError> {
-    if shape.is_nan_() || !shape.is_finite() || shape <= T::of(0.0) {
+    if is_nan(shape) || !shape.is_finite() || shape <= T::of(0.0) {
         Err(VariateError::BadShape)
     } else {
         Ok(())

@@ -227,7 +227,7 @@ where
             || CAP < 2
             || CAP > u16::MAX as usize
             || matches!(cfg.consistency, Consistency::Neighbours(n) if n == 0 || n > MAX_NEIGHBOURS)
-            || matches!(cfg.consistency, Consistency::Noise(s) if !(s >= T::zero()) || !s.is_finite())
+            || matches!(cfg.consistency, Consistency::Noise(s) if !s.is_finite() || s < T::zero())
         {
             return Err(TrainError::BadConfig);
         }

@@ -7,7 +7,7 @@
 //! zero and relative error means nothing; each floor is explained where it is set.
 //! The worst errors are printed (`cargo test -- --nocapture`).
 
-#[allow(dead_code)]
+#[allow(dead_code, clippy::approx_constant)]
 mod golden {
     include!("golden/special.rs");
 }
@@ -23,6 +23,7 @@ struct Check {
     name: &'static str,
     rtol: f64,
     worst: f64,
+    at: String,
 }
 
 impl Check {
@@ -31,6 +32,7 @@ impl Check {
             name,
             rtol,
             worst: 0.0,
+            at: String::new(),
         }
     }
     fn at(&mut self, what: impl core::fmt::Display, got: f64, want: f64, atol: f64) {
@@ -41,16 +43,22 @@ impl Check {
             self.name,
             err / want.abs()
         );
-        // Report relative error where it is meaningful (outside the absolute floor).
-        if err > atol || atol == 0.0 {
-            self.worst = self.worst.max(err / want.abs().max(1e-300));
+        // Report relative error where it is meaningful (where the relative part of the
+        // tolerance dominates the absolute floor).
+        let rel = err / want.abs().max(1e-300);
+        if self.rtol * want.abs() >= atol && rel > self.worst {
+            self.worst = rel;
+            self.at = what.to_string();
         }
     }
 }
 
 impl Drop for Check {
     fn drop(&mut self) {
-        eprintln!("{:<28} worst relative error {:.2e}", self.name, self.worst);
+        eprintln!(
+            "{:<28} worst relative error {:.2e} at {}",
+            self.name, self.worst, self.at
+        );
     }
 }
 
@@ -122,26 +130,27 @@ fn gamma_differences_match_mpmath() {
         // 1e-3 entirely in f32), so the f32 check uses the exact f32 inputs' value via
         // the f64 function (verified to 1e-10 above) as the reference.
         let floor = 1e-13 * (b * digamma(a).abs() + b);
-        lr[1].at(format_args!("a={a} b={b}"), ln_gamma_ratio(a, b), l, floor);
-        dd[1].at(format_args!("a={a} b={b}"), digamma_diff(a, b), d, 0.0);
-        td[1].at(format_args!("a={a} b={b}"), trigamma_diff(a, b), t, 0.0);
+        let at = format!("a={a} b={b}");
+        lr[1].at(&at, ln_gamma_ratio(a, b), l, floor);
+        dd[1].at(&at, digamma_diff(a, b), d, 0.0);
+        td[1].at(&at, trigamma_diff(a, b), t, 0.0);
         let (a32, b32) = (f32_of(a), f32_of(b));
         let (a6, b6) = (a32 as f64, b32 as f64);
         let floor32 = 1e-6 * (b6 * digamma(a6).abs() + b6);
         lr[0].at(
-            format_args!("a={a} b={b}"),
+            &at,
             ln_gamma_ratio(a32, b32) as f64,
             ln_gamma_ratio(a6, b6),
             floor32,
         );
         dd[0].at(
-            format_args!("a={a} b={b}"),
+            &at,
             digamma_diff(a32, b32) as f64,
             digamma_diff(a6, b6),
             0.0,
         );
         td[0].at(
-            format_args!("a={a} b={b}"),
+            &at,
             trigamma_diff(a32, b32) as f64,
             trigamma_diff(a6, b6),
             0.0,
@@ -156,7 +165,7 @@ fn log_bessel_i_matches_scipy() {
         Check::new("log_bessel_i f64", R64),
     ];
     for &(nu, x, v) in golden::LOG_BESSEL_I {
-        let at = format_args!("nu={nu} x={x}").to_string();
+        let at = format!("nu={nu} x={x}");
         c[1].at(&at, log_bessel_i(nu, x), v, 0.0);
         c[0].at(&at, log_bessel_i(f32_of(nu), f32_of(x)) as f64, v, 0.0);
     }
@@ -169,7 +178,7 @@ fn bessel_ratio_matches_scipy() {
         Check::new("bessel_ratio f64", R64),
     ];
     for &(m, k, a) in golden::BESSEL_RATIO {
-        let at = format_args!("M={m} kappa={k}").to_string();
+        let at = format!("M={m} kappa={k}");
         c[1].at(&at, bessel_ratio(m as usize, k), a, 0.0);
         c[0].at(&at, bessel_ratio(m as usize, f32_of(k)) as f64, a, 0.0);
     }
@@ -184,13 +193,18 @@ fn bessel_ratio_closed_form_m3_and_limits() {
         let got = bessel_ratio(3, k);
         assert!((got - want).abs() <= 1e-13 * want, "k={k}: {got} vs {want}");
     }
-    // Limits: A(0) = 0; A -> 1 - (M-1)/(2k) for large k; never NaN/inf for huge k.
+    // Limits: A(0) = 0; 1 - A = (M-1)/(2k) (1 + (M-3)/(4k) + O(k^-2)) for large k, so
+    // the leading term is within 1e-3 relative for k >= 1e5, M <= 200; never NaN/inf.
     assert_eq!(bessel_ratio(5, 0.0f64), 0.0);
     for m in [2usize, 3, 64, 200] {
         for k in [1e5f64, 1e8, 1e15] {
             let a = bessel_ratio(m, k);
             let lead = 1.0 - (m as f64 - 1.0) / (2.0 * k);
-            assert!((a - lead).abs() <= 1e-6 * (1.0 - lead), "M={m} k={k}: {a}");
+            // (At k = 1e15, 1 - A ~ 1e-13 is below what an f64 A near 1 can resolve.)
+            if k < 1e9 {
+                assert!((a - lead).abs() <= 1e-3 * (1.0 - lead), "M={m} k={k}: {a}");
+            }
+            assert!(a.is_finite() && a <= 1.0);
             assert!(bessel_ratio(m, k as f32).is_finite());
             assert!(log_bessel_i((m as f32) / 2.0 - 1.0, k as f32).is_finite());
         }
@@ -204,14 +218,22 @@ fn beta_inc_matches_scipy() {
         Check::new("beta_inc f64", R64),
     ];
     for &(a, b, x, v) in golden::BETA_INC {
-        let at = format_args!("a={a} b={b} x={x}").to_string();
+        let at = format!("a={a} b={b} x={x}");
         c[1].at(&at, beta_inc(a, b, x), v, 0.0);
         // f32: x is rounded, and dI/dx = density can be large (a = 1e4 concentrates the
-        // law in a width ~ 1e-4): compare with the f64 function at the rounded inputs,
-        // with a floor of 1e-6 (a few ulp of I <= 1, reached at the 1 - 1e-6 quantile).
+        // law in a width ~ 1e-4), so compare with the f64 function at the rounded inputs.
+        // The prefactor's exponent a ln x + b ln(1-x) - ln B(a, b) is a sum of terms of
+        // size S (up to ~130 at a = 1e4) that cancel to O(1); its f32 rounding moves I
+        // by up to a few eps * S (times I or 1 - I, whichever the fraction gives).
+        // Floor: 4 eps32 S, plus 1e-6 (a few ulp of I <= 1).
         let (a32, b32, x32) = (f32_of(a), f32_of(b), f32_of(x));
-        let want = beta_inc(a32 as f64, b32 as f64, x32 as f64);
-        c[0].at(&at, beta_inc(a32, b32, x32) as f64, want, 1e-6);
+        let (a6, b6, x6) = (a32 as f64, b32 as f64, x32 as f64);
+        let want = beta_inc(a6, b6, x6);
+        let size = (a6 * x6.ln()).abs()
+            + (b6 * (1.0 - x6).ln()).abs()
+            + (ln_gamma(a6) + ln_gamma(b6) - ln_gamma(a6 + b6)).abs();
+        let floor = 4.0 * f32::EPSILON as f64 * size + 1e-6;
+        c[0].at(&at, beta_inc(a32, b32, x32) as f64, want, floor);
     }
 }
 
@@ -225,9 +247,9 @@ fn log_sphere_area_matches() {
         c[1].at(m, log_sphere_area::<f64>(m as usize), v, 0.0);
         c[0].at(m, log_sphere_area::<f32>(m as usize) as f64, v, 0.0);
     }
-    // |S^1| = 2 pi, |S^2| = 4 pi.
-    assert!((log_sphere_area::<f64>(2) - (2.0 * std::f64::consts::PI).ln()).abs() < 1e-15);
-    assert!((log_sphere_area::<f64>(3) - (4.0 * std::f64::consts::PI).ln()).abs() < 1e-15);
+    // |S^1| = 2 pi, |S^2| = 4 pi (to a few ulp of ln 2 + (M/2) ln pi).
+    assert!((log_sphere_area::<f64>(2) - (2.0 * std::f64::consts::PI).ln()).abs() < 4e-15);
+    assert!((log_sphere_area::<f64>(3) - (4.0 * std::f64::consts::PI).ln()).abs() < 4e-15);
 }
 
 #[test]
@@ -251,4 +273,54 @@ fn bad_arguments_give_documented_values() {
     assert_eq!(beta_inc(2.0f64, 3.0, -0.5), 0.0);
     assert_eq!(beta_inc(2.0f64, 3.0, 1.5), 1.0);
     assert!(beta_inc(2.0f64, 3.0, f64::NAN).is_nan());
+}
+
+/// The Power Spherical gradient kernel `dX/da` at fixed probability, `f32` against `f64`
+/// at the same (rounded) inputs, over every `b = (M-1)/2` for M in 2..=64, 29 values of
+/// `a - b` log-spaced over [1e-3, 1e4], and 20 Beta(a, b) draws each (so the points
+/// follow the law the sampler meets). The continued fraction must converge everywhere
+/// (`None` would be a failure) in both precisions.
+///
+/// Tolerance: `f32` relative error at most 1e-3 everywhere and 1e-4 for 99% of the
+/// points. Where `a >> b` the draw sits near `x = 1` and each continued fraction cancels
+/// in the far left tail of `x` (see the `special::beta` notes), which is where the
+/// worst points are; a gradient that is 1e-3 off on one draw in a hundred is far below
+/// the Monte Carlo noise of the estimator itself.
+#[test]
+fn beta_quantile_gradient_f32_against_f64() {
+    use hvae::special::beta_quantile_da;
+    use rand_core::SeedableRng;
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(4);
+    let mut errs = Vec::new();
+    let mut worst = (0.0f64, String::new());
+    for m in 2..=64 {
+        let b = (m as f64 - 1.0) / 2.0;
+        for i in 0..29 {
+            let a = b + 10f64.powf(-3.0 + 7.0 * i as f64 / 28.0);
+            for _ in 0..20 {
+                let (x, omx) = hvae::rng::beta(a, b, &mut rng).unwrap();
+                let (a32, b32, x32, o32) = (a as f32, b as f32, x as f32, omx as f32);
+                let want = beta_quantile_da(a32 as f64, b32 as f64, x32 as f64, o32 as f64)
+                    .expect("f64 continued fraction did not converge");
+                let got = beta_quantile_da(a32, b32, x32, o32)
+                    .expect("f32 continued fraction did not converge")
+                    as f64;
+                let e = (got - want).abs() / want.abs();
+                errs.push(e);
+                if e > worst.0 {
+                    worst = (e, format!("a={a} b={b} x={x} 1-x={omx}"));
+                }
+            }
+        }
+    }
+    errs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p99 = errs[errs.len() * 99 / 100];
+    eprintln!(
+        "beta_quantile_da f32: median {:.1e}, 99th percentile {p99:.1e}, worst {:.1e} at {}",
+        errs[errs.len() / 2],
+        worst.0,
+        worst.1
+    );
+    assert!(worst.0 <= 1e-3, "worst {worst:?}");
+    assert!(p99 <= 1e-4);
 }

@@ -37,6 +37,8 @@ pub(crate) struct BesselTerms<T> {
     pub ln_i: T,
     /// `ln Ĩ_nu(x) = ln I_nu(x) - nu ln(x/2) + ln Gamma(nu + 1)` (`>= 0`).
     pub ln_itilde: T,
+    /// `ln Ĩ_nu(x) - x`, without the cancellation of the two (`ln Ĩ ~ x` for large `x`).
+    pub ln_itilde_mx: T,
     /// `A = I_{nu+1}(x) / I_nu(x)`.
     pub a: T,
     /// `dA/dx`.
@@ -97,6 +99,7 @@ fn series<T: Real>(nu: T, x: T) -> BesselTerms<T> {
     BesselTerms {
         ln_i,
         ln_itilde,
+        ln_itilde_mx: ln_itilde - x,
         a,
         da: num / itilde / itilde,
         kl: x * a - ln_itilde,
@@ -161,13 +164,15 @@ fn debye<T: Real>(nu: T, x: T) -> BesselTerms<T> {
     let ln_gamma_b = ln_gamma(nu + one);
     let nu_ln_half_pn = nu_ln(nu, pn * half);
     let ln_i = p + nu_ln(nu, x / pn) - half_ln_2pi_p + ln_s;
-    let ln_itilde = p - nu_ln_half_pn - half_ln_2pi_p + ln_s + ln_gamma_b;
+    let ln_itilde_mx = nu * nu / (p + x) - nu_ln_half_pn - half_ln_2pi_p + ln_s + ln_gamma_b;
+    let ln_itilde = x + ln_itilde_mx;
     // x A - ln Ĩ with x - p = -nu^2/(x + p) taken out analytically.
     let kl =
         -nu * nu / (x + p) - x * one_minus_a + nu_ln_half_pn + half_ln_2pi_p - ln_s - ln_gamma_b;
     BesselTerms {
         ln_i,
         ln_itilde,
+        ln_itilde_mx,
         a,
         da,
         kl,

@@ -19,7 +19,7 @@ mod power;
 mod vmf;
 
 use crate::rng::{normal_pair, VariateError};
-use crate::special::{log_sphere_area, nan, IsNan};
+use crate::special::{is_nan, log_sphere_area, nan};
 use crate::{Posterior, Real};
 use rand_core::Rng;
 
@@ -48,7 +48,7 @@ pub enum SampleError {
     /// `kappa` is not a finite positive number.
     Kappa,
     /// A rejection loop hit its cap (Wood: [`WOOD_MAX_TRIES`]; Gamma variates:
-    /// [`crate::rng::GAMMA_MAX_TRIES`]). Probability below `1e-15` per draw.
+    /// [`crate::rng::GAMMA_MAX_TRIES`]). Probability below `1e-25` per draw.
     RejectionCap,
     /// The incomplete-beta continued fraction behind the Power Spherical gradient did not
     /// converge within [`crate::special::CF_CAP`] terms (never observed).
@@ -102,7 +102,7 @@ impl<T: Real> WDraw<T> {
 
 /// `kappa` clamped to `[0, inf)`, NaN kept.
 fn clamp_kappa<T: Real>(kappa: T) -> T {
-    if kappa.is_nan_() {
+    if is_nan(kappa) {
         kappa
     } else {
         kappa.max(T::of(0.0))
@@ -191,8 +191,9 @@ impl Posterior {
     /// `score = d/dkappa ln[q_w(h(eps, kappa)) |dh/deps|]` at the accepted proposal `eps`,
     /// which is recovered from `w`. It is 0 where no correction is needed: the Power
     /// Spherical family and the exact `M = 3` vMF sampler. Cheap (one Bessel ratio), but
-    /// the caller needs the per-sample loss value. Accuracy follows that of `1 - w`, so
-    /// in `f32` it degrades for `kappa` above about `1e3`.
+    /// the caller needs the per-sample loss value. It is computed from `w`, so in `f32`
+    /// at large `kappa` (where `1 - w` keeps only `eps / (1 - w)` relative precision) it
+    /// is correspondingly rough.
     pub fn rejection_score<T: Real>(self, m: usize, kappa: T, w: T) -> T {
         match self {
             Posterior::VonMisesFisher => vmf::rejection_score(m, clamp_kappa(kappa), w),
@@ -275,7 +276,7 @@ impl Posterior {
 }
 
 fn check_kappa<T: Real>(kappa: T) -> Result<(), SampleError> {
-    if kappa.is_nan_() || !kappa.is_finite() || kappa <= T::of(0.0) {
+    if is_nan(kappa) || !kappa.is_finite() || kappa <= T::of(0.0) {
         Err(SampleError::Kappa)
     } else {
         Ok(())
@@ -322,9 +323,10 @@ fn householder_norm2<T: Real>(mu: &[T]) -> T {
 /// points the draw at most that far from `mu`, instead of dividing by a vanishing `u . u`.
 /// The map is discontinuous at `mu = e1` in any case (the reflection does not tend to the
 /// identity), so the threshold only moves the discontinuity; it caps the mu-gradient of
-/// [`reflect_backward`] at about `4 |grad_z| / sqrt(eps)`.
+/// [`reflect_backward`] at about `8 |grad_z| / sqrt(eps)`.
 fn is_identity<T: Real>(uu: T) -> bool {
-    !(uu > T::EPS)
+    // Written so that a NaN norm also counts as the identity.
+    uu.partial_cmp(&T::EPS) != Some(core::cmp::Ordering::Greater)
 }
 
 /// `z <- H z` with `H = I - 2 u u^T / (u . u)`, `u = e1 - mu`.

@@ -66,21 +66,23 @@ const GL_W: [f64; 5] = [
     0.06667134430868814,
 ];
 
-/// Below this `k` the KL is integrated from its derivative instead.
+/// Below `max(KL_SMALL, beta)` the KL is integrated from its derivative instead.
 const KL_SMALL: f64 = 0.5;
 
 /// `KL(PS || U) = ln|S^{M-1}| - H`.
 ///
 /// The entropy of the uniform law is `H(0)`, and by Legendre's duplication formula the
 /// constants cancel: `KL = L(alpha, beta) - L(beta, beta) - k (psi(alpha + beta) - psi(alpha))`
-/// (no large cancellation for large `k`). For `k < 1/2` the first two terms nearly cancel
-/// the third (`KL ~ k^2`), so there `KL = int_0^k s g(s) ds` with
-/// `g(s) = psi'(beta + s) - psi'(2 beta + s)` (the derivative below), by 10-point
-/// Gauss-Legendre: `g`'s nearest pole is at `s = -beta <= -k`, which bounds the
-/// quadrature error by about `1e-16` relative.
+/// (no large cancellation for large `k`). For small `k` the terms (each about
+/// `beta ln(2 beta)`) cancel down to `KL ~ k^2 / (4 beta)`, so for `k < max(1/2, beta)`
+/// `KL = int_0^k s g(s) ds` with `g(s) = psi'(beta + s) - psi'(2 beta + s)` (the
+/// derivative below), by 10-point Gauss-Legendre: `g`'s nearest pole is at
+/// `s = -beta <= -k` (and `-1/2 <= -k` for the smallest beta), at least twice the half
+/// length of the interval away from its centre, which bounds the quadrature error by
+/// about `(3 + sqrt 8)^-20 = 5e-16` relative.
 pub(super) fn kl_to_uniform<T: Real>(m: usize, k: T) -> T {
     let (_, b, a) = shapes(m, k);
-    if k < T::of(KL_SMALL) {
+    if k < b.max(T::of(KL_SMALL)) {
         // k^2 int_0^1 t g(k t) dt, nodes mapped from [-1, 1] to [0, 1].
         let half = T::of(0.5);
         let mut acc = T::of(0.0);

@@ -10,7 +10,7 @@
 
 use super::WDraw;
 use crate::rng::{beta, uniform};
-use crate::special::{bessel_terms, log_sphere_area, order};
+use crate::special::{bessel_terms, log_sphere_area, order, positive};
 use crate::Real;
 use rand_core::Rng;
 
@@ -18,10 +18,10 @@ use super::SampleError;
 
 /// Most proposals of Wood's rejection sampler per draw.
 ///
-/// The acceptance rate is lowest around `kappa ~ M` and is above 0.6 over `M` in
-/// `2..=64`, `kappa` in `[1e-3, 1e4]` (`tests/dist_samplers.rs` measures it), so 64
-/// proposals all fail with probability below `0.4^64 = 3e-26`; the sampler then returns
-/// [`SampleError::RejectionCap`] instead of looping on.
+/// The acceptance rate is above 0.6 over `M` in `2..=64`, `kappa` in `[1e-3, 1e4]`
+/// (lowest, 0.66, for `M = 2` at large `kappa`; `tests/dist_samplers.rs` computes it by
+/// quadrature), so 64 proposals all fail with probability below `0.4^64 = 3e-26`; the
+/// sampler then returns [`SampleError::RejectionCap`] instead of looping on.
 pub const WOOD_MAX_TRIES: u32 = 64;
 
 pub(super) fn log_normalizer<T: Real>(m: usize, k: T) -> T {
@@ -32,7 +32,7 @@ pub(super) fn log_normalizer<T: Real>(m: usize, k: T) -> T {
 /// terms (`~ +-k`) cancel analytically: `k + log C = -ln|S| - (ln Ĩ - k)`.
 pub(super) fn log_density<T: Real>(m: usize, k: T, w: T) -> T {
     let t = bessel_terms(order::<T>(m), k);
-    k * (w - T::of(1.0)) - log_sphere_area::<T>(m) - (t.ln_itilde - k)
+    k * (w - T::of(1.0)) - log_sphere_area::<T>(m) - t.ln_itilde_mx
 }
 
 pub(super) fn kl_to_uniform<T: Real>(m: usize, k: T) -> T {
@@ -119,7 +119,7 @@ fn exact_s2<T: Real, R: Rng + ?Sized>(k: T, rng: &mut R) -> WDraw<T> {
 
 /// See [`crate::Posterior::rejection_score`].
 pub(super) fn rejection_score<T: Real>(m: usize, k: T, w: T) -> T {
-    if m == 3 || !(k > T::of(0.0)) {
+    if m == 3 || !positive(k) {
         return T::of(0.0);
     }
     let one = T::of(1.0);
