@@ -1,0 +1,65 @@
+//! The command line: `hvae <command> [options]`.
+//!
+//! Each subcommand's arguments and its `run` function live in [`crate::commands`]; this
+//! module only assembles them. [`run`] writes results to the given stream and returns
+//! an [`Error`] (one line, with an exit status) on failure; `main` prints it.
+
+use crate::commands::{eval, export, inspect};
+use crate::Error;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+
+/// Hyperspherical-VAE clustering models for microcontrollers: evaluate, inspect and
+/// export them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hvae",
+    version,
+    about = "Hyperspherical-VAE clustering models for microcontrollers: evaluate, inspect, export",
+    long_about = "Hyperspherical-VAE clustering models for microcontrollers.\n\n\
+        A model file is the core crate's weight blob (magic HVAE, CRC-32 trailer). Data files \
+        are CSV with a header line (plain or gzipped; a column named `label` holds integer \
+        class labels and is never used as a feature) or 2-D float .npy arrays.\n\n\
+        Exit status: 0 success, 2 bad input (unreadable or invalid data or model file, \
+        sizes that do not match), 1 any other failure. Errors are one line on stderr."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score a model's clusters (ACC, NMI, ARI) on labelled data, beside k-means and
+    /// spherical k-means run on the same data, and report the mean novelty.
+    #[command(long_about = eval::LONG_ABOUT)]
+    Eval(eval::EvalArgs),
+    /// Show a model file's sizes, kinds, parameter count, memory needs and CRC.
+    #[command(long_about = inspect::LONG_ABOUT)]
+    Inspect(inspect::InspectArgs),
+    /// Write a model as the binary blob, a Rust source file or a C header.
+    #[command(long_about = export::LONG_ABOUT)]
+    Export(export::ExportArgs),
+}
+
+/// Runs one command, writing its results to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
+    match &cli.command {
+        Command::Eval(a) => eval::run(a, out),
+        Command::Inspect(a) => inspect::run(a, out),
+        Command::Export(a) => export::run(a, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,277 @@
+//! `hvae inspect`: what a model file holds and what it needs on a device.
+
+use super::outln;
+use crate::export::{activation_name, hidden_widths, likelihood_name, posterior_name};
+use crate::model_io;
+use crate::Error;
+use hvae::memory::Memory;
+use hvae::optim::OptimKind;
+use hvae::{Scope, Shape};
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Long help of the subcommand (`hvae inspect --help`).
+pub const LONG_ABOUT: &str = "Show what a model file holds: sizes, posterior, likelihood, \
+    activation, parameter count per block, the weights' CRC-32, and the bytes of RAM it \
+    needs (f32) for inference and for on-device training in each update scope (Full, \
+    EncoderAndSegmenter, SegmenterOnly) with each optimiser (SGD with momentum, Adam), \
+    counted by the core's hvae::memory::Memory for the stated batch and sample-buffer \
+    sizes. A corrupt or foreign file is a one-line error with exit status 2.";
+
+/// Arguments of `hvae inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Model file (weight blob).
+    #[arg(long, value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Anchors per training step assumed for the training memory.
+    #[arg(long, default_value_t = 8, value_name = "B",
+          value_parser = clap::value_parser!(u32).range(1..=hvae::trainer::MAX_BATCH as i64))]
+    pub batch: u32,
+    /// Samples in the on-device ring buffer assumed for the training memory.
+    #[arg(long, default_value_t = 64, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub buffer: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Bytes of one memory configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemoryRow {
+    /// Update scope (`Full`, `EncoderAndSegmenter`, `SegmenterOnly`), or `inference`.
+    pub scope: String,
+    /// Optimiser (`sgd`, `adam`), or null for inference.
+    pub optimiser: Option<String>,
+    /// Parameters.
+    pub params: usize,
+    /// Per-call workspace.
+    pub workspace: usize,
+    /// Optimiser state.
+    pub optimiser_state: usize,
+    /// Trainer scratch.
+    pub scratch: usize,
+    /// Sample buffer.
+    pub samples: usize,
+    /// Sum.
+    pub total: usize,
+}
+
+impl MemoryRow {
+    fn new(scope: &str, optimiser: Option<&str>, m: &Memory) -> MemoryRow {
+        MemoryRow {
+            scope: scope.to_string(),
+            optimiser: optimiser.map(str::to_string),
+            params: m.params,
+            workspace: m.workspace,
+            optimiser_state: m.optimiser,
+            scratch: m.scratch,
+            samples: m.samples,
+            total: m.total(),
+        }
+    }
+}
+
+/// Parameter counts per block.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ParamCounts {
+    /// Whole vector.
+    pub total: usize,
+    /// Input normalisation (offset and scale, not trained).
+    pub normalisation: usize,
+    /// Encoder.
+    pub encoder: usize,
+    /// Segmenter.
+    pub segmenter: usize,
+    /// Decoder.
+    pub decoder: usize,
+    /// The prefix inference needs.
+    pub inference: usize,
+}
+
+/// The report of `hvae inspect`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InspectReport {
+    /// The file.
+    pub file: String,
+    /// File size in bytes.
+    pub bytes: usize,
+    /// Weight blob format version.
+    pub format_version: u16,
+    /// CRC-32 of the blob, `0x........`.
+    pub crc: String,
+    /// Input size `D`.
+    pub input: usize,
+    /// Hidden widths.
+    pub hidden: Vec<usize>,
+    /// Ambient latent size `M`.
+    pub latent: usize,
+    /// Clusters `K`.
+    pub clusters: usize,
+    /// Posterior family.
+    pub posterior: String,
+    /// Likelihood.
+    pub likelihood: String,
+    /// Activation.
+    pub activation: String,
+    /// Parameter counts.
+    pub parameters: ParamCounts,
+    /// Workspace scalars per call (`Shape::work_len`).
+    pub work_len: usize,
+    /// Anchors per training step assumed.
+    pub batch: usize,
+    /// Ring-buffer samples assumed.
+    pub buffer: usize,
+    /// Inference, then every scope x optimiser, in bytes of `f32`.
+    pub memory: Vec<MemoryRow>,
+}
+
+const SCOPES: [(Scope, &str); 3] = [
+    (Scope::Full, "Full"),
+    (Scope::EncoderAndSegmenter, "EncoderAndSegmenter"),
+    (Scope::SegmenterOnly, "SegmenterOnly"),
+];
+const OPTIMISERS: [(OptimKind, &str); 2] = [(OptimKind::Sgd, "sgd"), (OptimKind::Adam, "adam")];
+
+/// The memory table of `shape`.
+pub fn memory_rows(shape: &Shape, batch: usize, buffer: usize) -> Vec<MemoryRow> {
+    let mut rows = vec![MemoryRow::new(
+        "inference",
+        None,
+        &Memory::inference::<f32>(shape),
+    )];
+    for (scope, sname) in SCOPES {
+        for (kind, oname) in OPTIMISERS {
+            let m = Memory::training::<f32>(shape, scope, kind, batch, buffer);
+            rows.push(MemoryRow::new(sname, Some(oname), &m));
+        }
+    }
+    rows
+}
+
+/// Builds the report for a loaded model.
+pub fn report(
+    file: &str,
+    loaded: &model_io::LoadedModel,
+    batch: usize,
+    buffer: usize,
+) -> InspectReport {
+    let s = loaded.model.shape();
+    InspectReport {
+        file: file.to_string(),
+        bytes: loaded.bytes,
+        format_version: hvae::blob::VERSION,
+        crc: format!("{:#010x}", loaded.crc),
+        input: s.input,
+        hidden: hidden_widths(s),
+        latent: s.latent,
+        clusters: s.clusters,
+        posterior: posterior_name(s.posterior).to_string(),
+        likelihood: likelihood_name(s.likelihood).to_string(),
+        activation: activation_name(s.activation).to_string(),
+        parameters: ParamCounts {
+            total: s.param_len(),
+            normalisation: 2 * s.input,
+            encoder: s.encoder_len(),
+            segmenter: s.segmenter_len(),
+            decoder: s.decoder_len(),
+            inference: s.inference_param_len(),
+        },
+        work_len: s.work_len(),
+        batch,
+        buffer,
+        memory: memory_rows(s, batch, buffer),
+    }
+}
+
+/// Runs `hvae inspect`.
+pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let loaded = model_io::load(&args.model)?;
+    let r = report(
+        &args.model.display().to_string(),
+        &loaded,
+        args.batch as usize,
+        args.buffer as usize,
+    );
+    if args.json {
+        let text = serde_json::to_string(&r)
+            .map_err(|e| Error::Failed(format!("cannot encode the report: {e}")))?;
+        return outln!(out, "{text}");
+    }
+    let p = &r.parameters;
+    outln!(
+        out,
+        "file        {} ({} bytes, weight blob format version {})",
+        r.file,
+        r.bytes,
+        r.format_version
+    )?;
+    outln!(out, "CRC-32      {}", r.crc)?;
+    outln!(out, "input       {}", r.input)?;
+    outln!(out, "hidden      {:?}", r.hidden)?;
+    outln!(
+        out,
+        "latent      {} (the sphere S^{})",
+        r.latent,
+        r.latent - 1
+    )?;
+    outln!(out, "clusters    {}", r.clusters)?;
+    outln!(out, "posterior   {}", r.posterior)?;
+    outln!(out, "likelihood  {}", r.likelihood)?;
+    outln!(out, "activation  {}", r.activation)?;
+    outln!(
+        out,
+        "parameters  {} = normalisation {} + encoder {} + segmenter {} + decoder {}",
+        p.total,
+        p.normalisation,
+        p.encoder,
+        p.segmenter,
+        p.decoder
+    )?;
+    outln!(
+        out,
+        "            inference needs the first {} (no decoder)",
+        p.inference
+    )?;
+    outln!(out, "workspace   {} floats per call", r.work_len)?;
+    outln!(out)?;
+    outln!(
+        out,
+        "RAM in bytes (f32 parameters), training with a batch of {} anchors and a buffer of {} samples:",
+        r.batch,
+        r.buffer
+    )?;
+    outln!(
+        out,
+        "{:<20} {:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "scope",
+        "optimiser",
+        "params",
+        "workspace",
+        "optimiser",
+        "scratch",
+        "samples",
+        "total"
+    )?;
+    for m in &r.memory {
+        outln!(
+            out,
+            "{:<20} {:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            m.scope,
+            m.optimiser.as_deref().unwrap_or("-"),
+            m.params,
+            m.workspace,
+            m.optimiser_state,
+            m.scratch,
+            m.samples,
+            m.total
+        )?;
+    }
+    outln!(
+        out,
+        "(training: the per-call workspace is part of the trainer's scratch; SegmenterOnly \
+         keeps no decoder weights)"
+    )
+}

@@ -1,0 +1,31 @@
+//! The std side of hvae: the `hvae` command-line tool and the pieces it is built from.
+//!
+//! Every computation on a model goes through the core crate ([`hvae`]); this crate only
+//! reads and writes files, computes clustering scores and runs the baselines.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`data`] | load a data set (CSV with a header, `.csv.gz`, `.npy`), write CSV |
+//! | [`synth`] | a seeded mixture of von Mises-Fisher clusters with known labels |
+//! | [`train`] | training on the host: epochs over a data set in memory |
+//! | [`metrics`] | ACC (Hungarian matching), NMI, ARI |
+//! | [`baselines`] | k-means on the raw features, spherical k-means |
+//! | [`model_io`] | load and save a model's weight blob |
+//! | [`export`] | a model as a blob, a Rust source file or a C header |
+//! | [`fsio`] | write a file atomically (temporary file, then rename) |
+//! | [`cli`] | the command line: arguments and subcommands |
+//! | [`error`] | the tool's error type and exit statuses |
+
+pub mod baselines;
+pub mod cli;
+pub mod commands;
+pub mod data;
+pub mod error;
+pub mod export;
+pub mod fsio;
+pub mod metrics;
+pub mod model_io;
+pub mod synth;
+pub mod train;
+
+pub use error::Error;

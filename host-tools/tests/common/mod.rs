@@ -1,0 +1,47 @@
+//! Helpers shared by the integration tests: deterministic models and data files.
+#![allow(dead_code)]
+
+use hvae::model::{Model, VecModel};
+use hvae::Shape;
+use std::path::{Path, PathBuf};
+
+/// Deterministic, finite, non-degenerate parameters for `shape`: a fixed hash of the
+/// index mapped to [-0.5, 0.5), with the normalisation set to offset 0, scale 1.
+pub fn params(shape: &Shape, salt: u64) -> Vec<f32> {
+    let mut p: Vec<f32> = (0..shape.param_len() as u64)
+        .map(|i| {
+            // splitmix64 of (i, salt)
+            let mut z = i.wrapping_add(salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let d = shape.input;
+    let no = shape.norm_offset();
+    p[no..no + d].fill(0.0);
+    p[no + d..no + 2 * d].fill(1.0);
+    p
+}
+
+/// A model with [`params`].
+pub fn model(shape: Shape, salt: u64) -> VecModel<f32> {
+    Model::new(shape, params(&shape, salt)).expect("valid model")
+}
+
+/// Writes `model` as a blob with the core's writer and returns the path.
+pub fn write_model(dir: &Path, name: &str, model: &VecModel<f32>) -> PathBuf {
+    let shape = model.shape();
+    let mut bytes = vec![0u8; hvae::blob::blob_len(shape)];
+    let n = hvae::blob::write(shape, model.params(), &mut bytes).expect("blob");
+    bytes.truncate(n);
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
+/// The shipped digits data.
+pub fn digits_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz")
+}

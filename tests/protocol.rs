@@ -1,0 +1,670 @@
+//! The device <-> host protocol: message round trips, frame sizes, and a frame decoder
+//! that survives oversized, garbage and truncated input and resynchronises.
+//! Run with `cargo test -p hvae --features protocol --test protocol`.
+#![cfg(feature = "protocol")]
+
+use heapless::Vec as HVec;
+use hvae::blob;
+use hvae::model::{InferError, Model};
+use hvae::protocol::*;
+use hvae::{Activation, Likelihood, Posterior, Shape};
+use rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+const DIGITS: Shape = Shape::new(64, &[32], 8, 10).with_posterior(Posterior::PowerSpherical);
+
+fn floats<const N: usize>(n: usize, seed: f32) -> HVec<f32, N> {
+    (0..n).map(|i| seed + i as f32 * 0.25 - 3.0).collect()
+}
+
+fn info() -> DeviceInfo {
+    DeviceInfo::new(
+        &DIGITS,
+        DIGITS.inference_param_len(),
+        0xDEAD_BEEF,
+        max_request_frame(64),
+        CAP_SEGMENT | CAP_ENCODE | CAP_LOAD,
+    )
+}
+
+/// One of each request, the sample-carrying ones at their largest.
+fn requests() -> Vec<Request> {
+    vec![
+        Request::Info,
+        Request::LoadWeights {
+            offset: u32::MAX,
+            bytes: (0..MAX_CHUNK).map(|i| i as u8).collect(),
+            last: true,
+        },
+        Request::LoadWeights {
+            offset: 0,
+            bytes: HVec::new(),
+            last: false,
+        },
+        Request::Segment {
+            sample: floats(MAX_SAMPLE, 1.0),
+        },
+        Request::Encode {
+            sample: floats(64, -0.0),
+        },
+        Request::ReadWeights {
+            offset: u32::MAX,
+            count: u16::MAX,
+        },
+        Request::Checkpoint,
+        Request::TrainBatch {
+            samples: floats(MAX_SAMPLE, 2.0),
+            steps: u16::MAX,
+            settings: Some(TrainSettings {
+                scope: TrainScope::SegmenterOnly,
+                optimiser: TrainOptimiser::Sgd { momentum: 0.9 },
+                lr: 1e-3,
+                batch: u8::MAX,
+            }),
+        },
+        Request::TrainBatch {
+            samples: HVec::new(),
+            steps: 0,
+            settings: None,
+        },
+    ]
+}
+
+/// One of each response, at their largest.
+fn responses() -> Vec<Response> {
+    let mut errors: Vec<Response> = [
+        ErrorCode::Oversized,
+        ErrorCode::LoadOrder { expected: u32::MAX },
+        ErrorCode::BadCrc {
+            stored: u32::MAX,
+            computed: u32::MAX - 1,
+        },
+        ErrorCode::NonFiniteWeight { index: u32::MAX },
+        ErrorCode::UnsupportedVersion(u16::MAX),
+        ErrorCode::Internal,
+    ]
+    .into_iter()
+    .map(Response::Error)
+    .collect();
+    let mut big_info = info();
+    big_info.weights_crc = u32::MAX;
+    big_info.max_frame = u32::MAX;
+    big_info.capabilities = u32::MAX;
+    big_info.params_held = u32::MAX;
+    big_info.shape.hidden = [u32::MAX; 4];
+    big_info.shape.input = u32::MAX;
+    big_info.shape.latent = u32::MAX;
+    big_info.shape.clusters = u32::MAX;
+    big_info.shape.param_len = u32::MAX;
+    big_info.shape.inference_param_len = u32::MAX;
+    big_info.core = [u16::MAX; 3];
+    let mut v = vec![
+        Response::Info(info()),
+        Response::Info(big_info),
+        Response::Segmented {
+            label: 254,
+            probs: floats(MAX_CLUSTERS, 0.5),
+            cosine: -1.0,
+            mu: floats(MAX_LATENT, 0.1),
+            kappa: 1e4,
+        },
+        Response::Encoded {
+            mu: floats(MAX_LATENT, 0.3),
+            kappa: 1.0,
+        },
+        Response::Weights {
+            offset: u32::MAX,
+            values: floats(MAX_VALUES, 7.0),
+        },
+        Response::Ack,
+        Response::Loaded {
+            weights_crc: u32::MAX,
+        },
+        Response::Checkpointed { weights_crc: 1 },
+        Response::Trained {
+            buffered: u32::MAX,
+            steps: u32::MAX,
+            loss: f32::NAN,
+        },
+    ];
+    v.append(&mut errors);
+    v
+}
+
+/// The postcard bytes of a message (before COBS).
+fn raw<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    postcard::to_slice(msg, &mut buf).unwrap().to_vec()
+}
+
+/// Equality that treats NaN payloads bit-wise (the loss of `Trained` may be NaN).
+fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    raw(a) == raw(b)
+}
+
+#[test]
+fn every_request_round_trips_within_the_frame_bound() {
+    for req in requests() {
+        let mut buf = [0u8; MAX_REQUEST_FRAME];
+        let frame = encode(&req, &mut buf).unwrap();
+        assert!(frame.len() <= MAX_REQUEST_FRAME, "{req:?}");
+        assert_eq!(frame.iter().filter(|&&b| b == 0).count(), 1);
+        assert_eq!(frame.last(), Some(&0));
+        let mut rx = FrameDecoder::<MAX_REQUEST_FRAME>::new();
+        let (used, got) = rx.feed::<Request>(frame);
+        assert_eq!(used, frame.len());
+        assert_eq!(got, Some(Ok(req)));
+        assert_eq!(rx.pending(), 0);
+    }
+}
+
+#[test]
+fn every_response_round_trips_within_the_frame_bound() {
+    for resp in responses() {
+        let mut buf = [0u8; MAX_RESPONSE_FRAME];
+        let frame = encode(&resp, &mut buf).unwrap();
+        assert!(frame.len() <= MAX_RESPONSE_FRAME, "{resp:?}");
+        let mut rx = FrameDecoder::<MAX_RESPONSE_FRAME>::new();
+        let (used, got) = rx.feed::<Response>(frame);
+        assert_eq!(used, frame.len());
+        let got = got.unwrap().unwrap();
+        assert!(same(&got, &resp), "{got:?} != {resp:?}");
+    }
+}
+
+#[test]
+fn floats_travel_bit_exact() {
+    let specials = [
+        0.0f32,
+        -0.0,
+        f32::MIN_POSITIVE / 2.0,
+        f32::MAX,
+        f32::EPSILON,
+        1.0 / 3.0,
+    ];
+    let mut sample = HVec::<f32, MAX_SAMPLE>::new();
+    sample.extend_from_slice(&specials).unwrap();
+    let mut buf = [0u8; 256];
+    let frame = encode(&Request::Segment { sample }, &mut buf).unwrap();
+    let mut rx = FrameDecoder::<256>::new();
+    let Some(Ok(Request::Segment { sample })) = rx.feed::<Request>(frame).1 else {
+        panic!("no segment");
+    };
+    for (a, b) in sample.iter().zip(specials) {
+        assert_eq!(a.to_bits(), b.to_bits());
+    }
+}
+
+#[test]
+fn device_sized_buffers_hold_the_digits_traffic() {
+    // The receive buffer a 64-input device reserves takes every request it can serve.
+    const RX: usize = max_request_frame(64);
+    const TX: usize = max_response_frame(10, 8);
+    assert!(RX < 300 && TX < 300, "{RX} {TX}");
+    let mut buf = [0u8; RX];
+    for req in [
+        Request::Segment {
+            sample: floats(64, 0.0),
+        },
+        Request::LoadWeights {
+            offset: 1 << 20,
+            bytes: (0..MAX_CHUNK).map(|i| i as u8).collect(),
+            last: false,
+        },
+    ] {
+        assert!(encode(&req, &mut buf).is_ok(), "{req:?}");
+    }
+    let mut buf = [0u8; TX];
+    let seg = Response::Segmented {
+        label: 9,
+        probs: floats(10, 0.0),
+        cosine: 1.0,
+        mu: floats(8, 0.0),
+        kappa: 3.0,
+    };
+    assert!(encode(&seg, &mut buf).is_ok());
+    assert!(encode(&Response::Info(info()), &mut buf).is_ok());
+    let weights = Response::Weights {
+        offset: u32::MAX,
+        values: floats(MAX_VALUES, 0.0),
+    };
+    assert!(encode(&weights, &mut buf).is_ok());
+    // A sample too long for that device is an oversized frame there, not a crash.
+    let mut big = [0u8; MAX_REQUEST_FRAME];
+    let frame = encode(
+        &Request::Segment {
+            sample: floats(65, 0.0),
+        },
+        &mut big,
+    )
+    .unwrap();
+    let mut rx = FrameDecoder::<{ RX - 1 }>::new();
+    let (_, got) = rx.feed::<Request>(frame);
+    assert_eq!(got, Some(Err(FrameError::Oversized)));
+}
+
+#[test]
+fn encode_reports_a_small_buffer() {
+    let mut buf = [0u8; 8];
+    let r = encode(
+        &Request::Segment {
+            sample: floats(4, 0.0),
+        },
+        &mut buf,
+    );
+    assert_eq!(r.unwrap_err(), FrameError::BufferFull);
+}
+
+/// Decodes everything in `stream`, returning each frame's outcome in order.
+fn decode_all<const N: usize>(
+    rx: &mut FrameDecoder<N>,
+    mut stream: &[u8],
+) -> Vec<Result<Request, FrameError>> {
+    let mut out = Vec::new();
+    while !stream.is_empty() {
+        let (used, got) = rx.feed::<Request>(stream);
+        stream = &stream[used..];
+        out.extend(got);
+    }
+    out
+}
+
+fn frame_of(req: &Request) -> Vec<u8> {
+    let mut buf = [0u8; MAX_REQUEST_FRAME];
+    encode(req, &mut buf).unwrap().to_vec()
+}
+
+#[test]
+fn oversized_frame_gives_one_error_then_resyncs() {
+    let big = frame_of(&Request::Segment {
+        sample: floats(100, 0.0),
+    });
+    let small = frame_of(&Request::Info);
+    let mut rx = FrameDecoder::<64>::new();
+    let mut stream = small.clone();
+    stream.extend(&big);
+    stream.extend(&small);
+    stream.extend(&big);
+    stream.extend(&big);
+    stream.extend(&small);
+    let out = decode_all(&mut rx, &stream);
+    assert_eq!(
+        out,
+        vec![
+            Ok(Request::Info),
+            Err(FrameError::Oversized),
+            Ok(Request::Info),
+            Err(FrameError::Oversized),
+            Err(FrameError::Oversized),
+            Ok(Request::Info),
+        ]
+    );
+    // A frame of exactly the buffer size fits.
+    let exact = frame_of(&Request::Segment {
+        sample: floats(14, 0.0),
+    });
+    let mut rx = FrameDecoder::<61>::new();
+    assert_eq!(exact.len(), 62, "adjust the sample so the frame is 61 + 0x00");
+    assert!(matches!(
+        decode_all(&mut rx, &exact)[..],
+        [Ok(Request::Segment { .. })]
+    ));
+    let mut rx = FrameDecoder::<60>::new();
+    assert_eq!(decode_all(&mut rx, &exact), vec![Err(FrameError::Oversized)]);
+}
+
+#[test]
+fn empty_frames_are_ignored() {
+    let mut rx = FrameDecoder::<64>::new();
+    let mut stream = vec![0, 0, 0];
+    stream.extend(frame_of(&Request::Checkpoint));
+    stream.extend([0, 0]);
+    assert_eq!(
+        decode_all(&mut rx, &stream),
+        vec![Ok(Request::Checkpoint)]
+    );
+}
+
+#[test]
+fn truncated_frames_are_errors_and_the_next_frame_decodes() {
+    let full = frame_of(&Request::Segment {
+        sample: floats(20, 1.0),
+    });
+    let body = &full[..full.len() - 1];
+    let info = frame_of(&Request::Info);
+    for cut in 1..body.len() {
+        let mut rx = FrameDecoder::<512>::new();
+        let mut stream = body[..cut].to_vec();
+        stream.push(0);
+        stream.extend(&info);
+        let out = decode_all(&mut rx, &stream);
+        assert_eq!(out.len(), 2, "cut {cut}: {out:?}");
+        assert!(
+            matches!(
+                out[0],
+                Err(FrameError::Truncated | FrameError::BadEncoding | FrameError::Malformed)
+            ),
+            "cut {cut}: {:?}",
+            out[0]
+        );
+        assert_eq!(out[1], Ok(Request::Info));
+    }
+    // Cut inside the payload of an intact COBS block: postcard sees the end.
+    let mut cut = cobs_encode(&raw(&Request::ReadWeights { offset: 1, count: 2 }[..2]);
+    cut.push(0);
+    let mut rx = FrameDecoder::<64>::new();
+    assert_eq!(decode_all(&mut rx, &cut), vec![Err(FrameError::Truncated)]);
+}
+
+/// COBS-encodes raw bytes (no closing zero) with a reference encoder written here, so the
+/// decoder is not only checked against its own encoder.
+fn cobs_encode(raw: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    let mut code_at = 0;
+    let mut code = 1u8;
+    for &b in raw {
+        if b == 0 {
+            out[code_at] = code;
+            code_at = out.len();
+            out.push(0);
+            code = 1;
+        } else {
+            out.push(b);
+            code += 1;
+            if code == 0xFF {
+                out[code_at] = code;
+                code_at = out.len();
+                out.push(0);
+                code = 1;
+            }
+        }
+    }
+    out[code_at] = code;
+    out
+}
+
+#[test]
+fn reference_cobs_frames_decode() {
+    for req in requests() {
+        let raw = raw(&req).unwrap();
+        let mut frame = cobs_encode(&raw);
+        frame.push(0);
+        assert_eq!(frame, frame_of(&req), "{req:?}");
+    }
+}
+
+#[test]
+fn trailing_bytes_and_unknown_variants_are_reported() {
+    let mut raw = raw(&Request::Info).unwrap();
+    raw.push(7);
+    let mut frame = cobs_encode(&raw);
+    frame.push(0);
+    let mut rx = FrameDecoder::<64>::new();
+    assert_eq!(
+        decode_all(&mut rx, &frame),
+        vec![Err(FrameError::TrailingBytes)]
+    );
+    let mut frame = cobs_encode(&[100]);
+    frame.push(0);
+    assert_eq!(decode_all(&mut rx, &frame), vec![Err(FrameError::Malformed)]);
+    // A bool that is neither 0 nor 1.
+    let mut raw = raw(&Request::LoadWeights {
+        offset: 0,
+        bytes: HVec::new(),
+        last: false,
+    })
+    .unwrap();
+    *raw.last_mut().unwrap() = 2;
+    let mut frame = cobs_encode(&raw);
+    frame.push(0);
+    assert_eq!(decode_all(&mut rx, &frame), vec![Err(FrameError::Malformed)]);
+    // A length prefix beyond the vector's capacity.
+    let mut frame = cobs_encode(&[2, 0x81, 0x08]); // Segment with 1025 values
+    frame.push(0);
+    assert!(matches!(
+        decode_all(&mut rx, &frame)[..],
+        [Err(FrameError::Malformed | FrameError::Truncated)]
+    ));
+}
+
+#[test]
+fn garbage_never_panics_and_a_zero_resyncs() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
+    let good = frame_of(&Request::Encode {
+        sample: floats(8, 0.0),
+    });
+    for round in 0..2000 {
+        let len = (rng.next_u32() % 600) as usize;
+        let dense_zeros = round % 2 == 0;
+        let garbage: Vec<u8> = (0..len)
+            .map(|_| {
+                let b = rng.next_u32() as u8;
+                if !dense_zeros && b == 0 {
+                    1
+                } else {
+                    b
+                }
+            })
+            .collect();
+        let mut rx = FrameDecoder::<128>::new();
+        let out = decode_all(&mut rx, &garbage);
+        // At most one outcome per frame, plus one per overflow.
+        assert!(out.len() <= garbage.len());
+        // After a flushing zero, a good frame always decodes.
+        let mut tail = vec![0];
+        tail.extend(&good);
+        let out = decode_all(&mut rx, &tail);
+        assert!(
+            matches!(out.last(), Some(Ok(Request::Encode { .. }))),
+            "round {round}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn byte_at_a_time_equals_bulk() {
+    let mut stream = Vec::new();
+    for req in requests() {
+        stream.extend(frame_of(&req));
+        stream.extend([0x13, 0x37]); // a damaged frame between good ones
+        stream.push(0);
+    }
+    let mut a = FrameDecoder::<MAX_REQUEST_FRAME>::new();
+    let bulk = decode_all(&mut a, &stream);
+    let mut b = FrameDecoder::<MAX_REQUEST_FRAME>::new();
+    let single: Vec<_> = stream.iter().filter_map(|&x| b.push::<Request>(x)).collect();
+    assert_eq!(bulk, single);
+    assert_eq!(bulk.len(), 2 * requests().len());
+    for (i, r) in bulk.iter().enumerate() {
+        assert_eq!(r.is_ok(), i % 2 == 0, "{i}: {r:?}");
+    }
+}
+
+#[test]
+fn shape_info_round_trips() {
+    for shape in [
+        DIGITS,
+        Shape::new(5, &[7, 3], 3, 2)
+            .with_activation(Activation::Tanh)
+            .with_likelihood(Likelihood::Bernoulli),
+        Shape::new(2, &[4, 4, 4, 4], 2, 1),
+    ] {
+        let info = ShapeInfo::from(&shape);
+        assert_eq!(info.to_shape(), Some(shape));
+        assert_eq!(info.param_len as usize, shape.param_len());
+    }
+    let mut bad = ShapeInfo::from(&DIGITS);
+    bad.param_len += 1;
+    assert_eq!(bad.to_shape(), None);
+    let mut bad = ShapeInfo::from(&DIGITS);
+    bad.posterior = 2;
+    assert_eq!(bad.to_shape(), None);
+    let mut bad = ShapeInfo::from(&DIGITS);
+    bad.depth = 9;
+    assert_eq!(bad.to_shape(), None);
+    let i = info();
+    assert_eq!(i.protocol, VERSION);
+    assert_eq!(i.blob, blob::VERSION);
+    assert_eq!(i.core, [0, 1, 0]);
+}
+
+#[test]
+fn error_codes_map_from_core_errors() {
+    assert_eq!(ErrorCode::from(InferError::InputLength), ErrorCode::InputLength);
+    assert_eq!(
+        ErrorCode::from(InferError::ZeroDirection),
+        ErrorCode::ZeroDirection
+    );
+    assert_eq!(ErrorCode::from(FrameError::Oversized), ErrorCode::Oversized);
+    assert_eq!(
+        ErrorCode::from(blob::BlobError::BadCrc {
+            stored: 1,
+            computed: 2
+        }),
+        ErrorCode::BadCrc {
+            stored: 1,
+            computed: 2
+        }
+    );
+    assert!(!ErrorCode::LoadOrder { expected: 4 }.to_string().is_empty());
+}
+
+fn model_and_blob(shape: Shape, seed: u64) -> (Vec<f32>, Vec<u8>) {
+    let mut params = vec![0.0f32; shape.param_len()];
+    let mut m = Model::new(shape, &mut params[..]).unwrap();
+    m.init(&mut Xoshiro256PlusPlus::seed_from_u64(seed));
+    let mut bytes = vec![0u8; blob::blob_len(&shape)];
+    blob::write(&shape, &params, &mut bytes).unwrap();
+    (params, bytes)
+}
+
+/// Streams `bytes` in chunks of `chunk` bytes; returns the parameters the sink saw.
+fn stream_blob(
+    loader: &mut WeightLoader,
+    bytes: &[u8],
+    chunk: usize,
+) -> Result<(Vec<f32>, u32), ErrorCode> {
+    let mut seen = Vec::new();
+    for (i, c) in bytes.chunks(chunk).enumerate() {
+        loader.feed((i * chunk) as u32, c, |idx, v| {
+            assert_eq!(idx, seen.len());
+            seen.push(v);
+            Ok(())
+        })?;
+    }
+    Ok((seen, loader.finish()?))
+}
+
+#[test]
+fn weight_loader_streams_a_blob() {
+    let (params, bytes) = model_and_blob(DIGITS, 1);
+    let crc = blob::crc32(&bytes[..bytes.len() - 4]);
+    let mut loader = WeightLoader::new(DIGITS);
+    assert_eq!(loader.blob_len(), bytes.len());
+    for chunk in [1, 3, 4, 7, 48, 255, MAX_CHUNK] {
+        let (seen, got) = stream_blob(&mut loader, &bytes, chunk).unwrap();
+        assert_eq!(got, crc);
+        assert_eq!(seen, params);
+        assert_eq!(loader.received(), 0);
+    }
+}
+
+#[test]
+fn weight_loader_rejects_bad_blobs_and_recovers() {
+    let (_, bytes) = model_and_blob(DIGITS, 2);
+    let mut loader = WeightLoader::new(DIGITS);
+    let check = |loader: &mut WeightLoader, b: &[u8], want: ErrorCode| {
+        let got = stream_blob(loader, b, 100).map(|_| ());
+        assert_eq!(got, Err(want));
+        // The loader is ready for a good blob afterwards.
+        assert!(stream_blob(loader, &bytes, 100).is_ok());
+    };
+    let mut b = bytes.clone();
+    b[0] = b'X';
+    check(&mut loader, &b, ErrorCode::BadMagic);
+    let mut b = bytes.clone();
+    b[4] = 2;
+    check(&mut loader, &b, ErrorCode::UnsupportedVersion(2));
+    let mut b = bytes.clone();
+    b[8] = 1; // a flag
+    check(&mut loader, &b, ErrorCode::BadHeader);
+    let mut b = bytes.clone();
+    b[12] = 7; // posterior code
+    check(&mut loader, &b, ErrorCode::BadHeader);
+    let mut b = bytes.clone();
+    b[12] = 0; // the other posterior: another model
+    check(&mut loader, &b, ErrorCode::ShapeMismatch);
+    // Another architecture entirely.
+    let (_, other) = model_and_blob(Shape::new(64, &[16], 8, 10), 3);
+    check(&mut loader, &other, ErrorCode::ShapeMismatch);
+    // A flipped bit in the parameters.
+    let mut b = bytes.clone();
+    b[1000] ^= 0x10;
+    let stored = u32::from_le_bytes(b[b.len() - 4..].try_into().unwrap());
+    let computed = blob::crc32(&b[..b.len() - 4]);
+    check(&mut loader, &b, ErrorCode::BadCrc { stored, computed });
+    // A NaN, with a valid CRC (the writer never makes one; a hostile host might).
+    let mut b = bytes.clone();
+    b[blob::HEADER_LEN + 4 * 5..blob::HEADER_LEN + 4 * 6].copy_from_slice(&f32::NAN.to_le_bytes());
+    let n = b.len();
+    let crc = blob::crc32(&b[..n - 4]);
+    b[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    check(&mut loader, &b, ErrorCode::NonFiniteWeight { index: 5 });
+    // Too short, too long.
+    check(&mut loader, &bytes[..bytes.len() - 1], ErrorCode::LoadLength);
+    let mut b = bytes.clone();
+    b.push(0);
+    check(&mut loader, &b, ErrorCode::LoadLength);
+}
+
+#[test]
+fn weight_loader_enforces_order_and_sink_errors() {
+    let (_, bytes) = model_and_blob(DIGITS, 5);
+    let mut loader = WeightLoader::new(DIGITS);
+    loader.feed(0, &bytes[..10], |_, _| Ok(())).unwrap();
+    assert_eq!(
+        loader.feed(20, &bytes[20..30], |_, _| Ok(())),
+        Err(ErrorCode::LoadOrder { expected: 10 })
+    );
+    // Abandoned: the next chunk must start a new blob.
+    assert_eq!(
+        loader.feed(10, &bytes[10..20], |_, _| Ok(())),
+        Err(ErrorCode::LoadOrder { expected: 0 })
+    );
+    // A chunk at 0 restarts at any time.
+    loader.feed(0, &bytes[..100], |_, _| Ok(())).unwrap();
+    loader.feed(0, &bytes[..100], |_, _| Ok(())).unwrap();
+    assert_eq!(loader.received(), 100);
+    // The sink's error aborts the load.
+    assert_eq!(
+        loader.feed(100, &bytes[100..200], |_, _| Err(ErrorCode::Storage)),
+        Err(ErrorCode::Storage)
+    );
+    assert_eq!(loader.received(), 0);
+    // finish before the end.
+    loader.feed(0, &bytes[..100], |_, _| Ok(())).unwrap();
+    assert_eq!(loader.finish(), Err(ErrorCode::LoadLength));
+}
+
+#[test]
+fn segmented_response_carries_the_model_output() {
+    let (params, _) = model_and_blob(DIGITS, 6);
+    let model = Model::new(DIGITS, &params[..]).unwrap();
+    let mut work = vec![0.0f32; DIGITS.work_len()];
+    let x: Vec<f32> = (0..64).map(|i| (i % 7) as f32).collect();
+    let s = model.segment(&x, &mut work).unwrap();
+    let Response::Segmented {
+        label,
+        probs,
+        cosine,
+        mu,
+        kappa,
+    } = Response::segmented(&s).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(label as usize, s.label);
+    assert_eq!(&probs[..], s.probs);
+    assert_eq!(&mu[..], s.mu);
+    assert_eq!((cosine, kappa), (s.cosine, s.kappa));
+}
