@@ -181,6 +181,51 @@ impl<T: Real, R: rand_core::Rng> DrawSource<T> for RandomDraws<'_, R> {
     }
 }
 
+/// Replays recorded draws, one per batch row in order: row `i`'s draw is
+/// `z = H(mu) (w_i, sqrt(1 - w_i^2) v_i)` with `v_i` (`M - 1` values, unit norm) and
+/// `dw/dkappa` as given. Used to compare the device with the host, and the core with an
+/// independent reference, on identical posterior draws.
+#[derive(Debug)]
+pub struct ReplayDraws<'a, T> {
+    /// `(w, dw/dkappa)` per row.
+    pub draws: &'a [(T, T)],
+    /// Tangent directions `v`, `M - 1` per row.
+    pub tangents: &'a [T],
+    /// Next row to replay.
+    pub next: usize,
+}
+
+impl<T: Real> DrawSource<T> for ReplayDraws<'_, T> {
+    fn draw(
+        &mut self,
+        _posterior: Posterior,
+        mu: &[T],
+        _kappa: T,
+        z: &mut [T],
+    ) -> Result<Draw<T>, SampleError> {
+        let m = mu.len();
+        if z.len() != m || m < 2 {
+            return Err(SampleError::Length);
+        }
+        let i = self.next;
+        let (&(w, dw_dkappa), v) = match (
+            self.draws.get(i),
+            self.tangents.get(i * (m - 1)..(i + 1) * (m - 1)),
+        ) {
+            (Some(d), Some(v)) => (d, v),
+            _ => return Err(SampleError::Length),
+        };
+        self.next += 1;
+        let r = (T::one() - w * w).max(T::zero()).sqrt();
+        z[0] = w;
+        for (zi, &vi) in z[1..].iter_mut().zip(v) {
+            *zi = r * vi;
+        }
+        crate::sphere::reflect(mu, z);
+        Ok(Draw { w, dw_dkappa })
+    }
+}
+
 /// Scalars per batch row kept between the two sweeps: `z` (`M`), the gradient with
 /// respect to the segmenter logits (`K`), the probabilities (`K`), `w`, `dw/dkappa`.
 pub const fn cache_row(shape: &Shape) -> usize {

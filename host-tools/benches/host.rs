@@ -1,5 +1,5 @@
-//! Host-side costs: reading the shipped digits, scoring a labelling, the baselines and
-//! generating the Rust export. `cargo bench -p hvae-host-tools --bench host`.
+//! Host-side costs: reading the shipped digits, scoring a labelling, the baselines,
+//! generating the Rust export and training 100 epochs on the digits. `cargo bench -p hvae-host-tools --bench host`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use hvae_host::baselines::{self, BaselineConfig};
@@ -35,6 +35,18 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("spherical k-means (core)", |b| {
         b.iter(|| baselines::spherical_kmeans(d.features(), d.dim(), &one).unwrap())
+    });
+    g.finish();
+
+    // The training-speed bar: 100 epochs on the digits, batch 64, one core.
+    let mut g = c.benchmark_group("train digits");
+    g.sample_size(10);
+    let shape = hvae::Shape::new(64, &[32], 16, 10).with_posterior(hvae::Posterior::PowerSpherical);
+    g.bench_function("100 epochs, batch 64, 64-32-16 Power Spherical", |b| {
+        b.iter(|| {
+            let cfg = hvae_host::train::FitConfig::default();
+            hvae_host::train::fit(shape, d.features(), None, &cfg, |_, _| {}).unwrap()
+        })
     });
     g.finish();
 }

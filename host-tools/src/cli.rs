@@ -4,7 +4,7 @@
 //! module only assembles them. [`run`] writes results to the given stream and returns
 //! an [`Error`] (one line, with an exit status) on failure; `main` prints it.
 
-use crate::commands::{eval, export, inspect};
+use crate::commands::{demo, eval, export, inspect, train};
 use crate::Error;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -32,6 +32,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The main job on the bundled digits: train, evaluate against baselines, export.
+    #[command(long_about = demo::LONG_ABOUT)]
+    Demo(demo::DemoArgs),
+    /// Train a model on a data file (normalisation, neighbours and centres fitted on it).
+    #[command(long_about = train::LONG_ABOUT)]
+    Train(train::TrainArgs),
     /// Score a model's clusters (ACC, NMI, ARI) on labelled data, beside k-means and
     /// spherical k-means run on the same data, and report the mean novelty.
     #[command(long_about = eval::LONG_ABOUT)]
@@ -47,6 +53,8 @@ pub enum Command {
 /// Runs one command, writing its results to `out`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
     match &cli.command {
+        Command::Train(a) => train::run(a, out),
+        Command::Demo(a) => demo::run(a, out),
         Command::Eval(a) => eval::run(a, out),
         Command::Inspect(a) => inspect::run(a, out),
         Command::Export(a) => export::run(a, out),

@@ -329,8 +329,11 @@ fn is_identity<T: Real>(uu: T) -> bool {
     uu.partial_cmp(&T::EPS) != Some(core::cmp::Ordering::Greater)
 }
 
-/// `z <- H z` with `H = I - 2 u u^T / (u . u)`, `u = e1 - mu`.
-fn reflect<T: Real>(mu: &[T], z: &mut [T]) {
+/// `z <- H z` with `H = I - 2 u u^T / (u . u)`, `u = e1 - mu`: turns a draw around `e1`
+/// into the same draw around `mu` (the last step of [`Posterior::sample`]; public so that
+/// recorded draws can be replayed exactly). `mu` and `z` must have the same length
+/// (extra entries of the longer one are ignored).
+pub fn reflect<T: Real>(mu: &[T], z: &mut [T]) {
     let uu = householder_norm2(mu);
     if is_identity(uu) {
         return;

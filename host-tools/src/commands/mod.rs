@@ -1,8 +1,10 @@
 //! One module per subcommand: its clap arguments and its `run` function.
 
+pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod train;
 
 use crate::Error;
 use std::io::Write;
