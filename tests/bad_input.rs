@@ -144,7 +144,8 @@ fn malformed_batches_are_rejected() {
     let mut grads = vec![0.0; S.scope_range(Scope::Full).len()];
     let x = [0.1f32; 8];
     let cfg = LossConfig::default();
-    let cases: [(&[f32], &[Option<u8>], &[(u16, u16)]); 5] = [
+    type Case<'a> = (&'a [f32], &'a [Option<u8>], &'a [(u16, u16)]);
+    let cases: [Case; 5] = [
         (&x[..7], &[], &[]),            // not a multiple of D
         (&[], &[], &[]),                // empty
         (&x, &[Some(0)], &[]),          // labels not B long
