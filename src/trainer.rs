@@ -49,6 +49,40 @@ pub enum Consistency<T> {
     None,
 }
 
+/// The divergence guard: a step whose loss is far above the running average of accepted
+/// steps is rejected before the update (a spike in the data, a sensor fault), leaving
+/// the model, the optimiser and the marginal bit-identical.
+///
+/// The monitored loss is `total + gamma eta ln K`, which is never negative (the balance
+/// term `-eta H(p_bar)` is at least `-eta ln K`), so a ratio is meaningful.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Guard<T> {
+    /// Reject a step whose monitored loss exceeds this multiple of the running average;
+    /// infinity disables the test (non-finite losses are always rejected).
+    pub max_loss_ratio: T,
+    /// Momentum of the running average of accepted losses, in `[0, 1)`.
+    pub momentum: T,
+    /// Accepted steps before the ratio test is armed, at the start and again after the
+    /// warm-up ends (the loss changes scale then).
+    pub arm_after: u32,
+    /// After this many rejections in a row, [`OnlineTrainer::needs_restore`] says the
+    /// model should be restored from its last checkpoint.
+    pub max_rejections: u32,
+}
+
+impl<T: Real> Default for Guard<T> {
+    /// Ratio 10, momentum 0.95, armed after 20 steps, restore after 8 rejections.
+    fn default() -> Self {
+        Guard {
+            max_loss_ratio: T::of(10.0),
+            momentum: T::of(0.95),
+            arm_after: 20,
+            max_rejections: 8,
+        }
+    }
+}
+
 /// The training schedule and its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -71,6 +105,8 @@ pub struct TrainConfig<T> {
     pub init_centres: bool,
     /// Lloyd iterations of that initialisation.
     pub kmeans_iters: usize,
+    /// Divergence guard.
+    pub guard: Guard<T>,
 }
 
 impl<T: Real> TrainConfig<T> {
@@ -89,6 +125,7 @@ impl<T: Real> TrainConfig<T> {
             warmup_steps: 200,
             init_centres: true,
             kmeans_iters: 20,
+            guard: Guard::default(),
         }
     }
 
@@ -127,6 +164,9 @@ pub enum TrainError {
     Optim(OptimError),
     /// The centre initialisation failed.
     KMeans(KMeansError),
+    /// The divergence guard rejected the step: its loss was more than
+    /// `Guard::max_loss_ratio` times the running average.
+    Diverged,
 }
 
 impl core::fmt::Display for TrainError {
@@ -141,6 +181,9 @@ impl core::fmt::Display for TrainError {
             TrainError::Loss(e) => write!(f, "loss: {e}"),
             TrainError::Optim(e) => write!(f, "optimiser: {e}"),
             TrainError::KMeans(e) => write!(f, "centre initialisation: {e}"),
+            TrainError::Diverged => {
+                f.write_str("step rejected: loss far above its running average")
+            }
         }
     }
 }
@@ -205,6 +248,12 @@ pub struct OnlineTrainer<T, const D: usize, const CAP: usize, S, O> {
     cfg: TrainConfig<T>,
     steps: u32,
     centres_ready: bool,
+    /// Running average of the monitored loss of accepted steps.
+    loss_avg: T,
+    /// Accepted steps counted towards arming the guard.
+    armed: u32,
+    /// Steps rejected since the last accepted one.
+    rejected: u32,
 }
 
 impl<T: Real, const D: usize, const CAP: usize, S, O> OnlineTrainer<T, D, CAP, S, O>
@@ -245,6 +294,9 @@ where
             cfg,
             steps: 0,
             centres_ready: !cfg.init_centres,
+            loss_avg: T::zero(),
+            armed: 0,
+            rejected: 0,
         };
         // A uniform marginal to start the moving average from.
         let k = shape.clusters;
@@ -284,9 +336,33 @@ where
         &self.cfg
     }
 
+    /// Steps rejected in a row (errors and guard rejections) since the last accepted one.
+    pub fn rejections_in_a_row(&self) -> u32 {
+        self.rejected
+    }
+
+    /// True once [`Guard::max_rejections`] steps in a row were rejected: restore the
+    /// model (and optimiser) from the last checkpoint, then call
+    /// [`OnlineTrainer::restored`].
+    pub fn needs_restore(&self) -> bool {
+        self.rejected >= self.cfg.guard.max_rejections
+    }
+
+    /// Tells the trainer that the model and optimiser were restored from a checkpoint:
+    /// clears the rejection count and re-arms the guard.
+    pub fn restored(&mut self) {
+        self.rejected = 0;
+        self.armed = 0;
+    }
+
     /// The optimiser state (to checkpoint it).
     pub fn optimiser(&self) -> &OptimState<O> {
         &self.optim
+    }
+
+    /// Mutable optimiser state (to restore it from a checkpoint).
+    pub fn optimiser_mut(&mut self) -> &mut OptimState<O> {
+        &mut self.optim
     }
 
     /// The moving-average cluster marginal `p_bar`.
@@ -306,8 +382,27 @@ where
         P: AsRef<[T]> + AsMut<[T]>,
         R: Rng,
     {
+        let r = self.step_inner(model, rng);
+        match &r {
+            Ok(_) => self.rejected = 0,
+            // Running out of samples is not the model's fault.
+            Err(TrainError::NotEnoughSamples) => {}
+            Err(_) => self.rejected = self.rejected.saturating_add(1),
+        }
+        r
+    }
+
+    fn step_inner<P, R>(
+        &mut self,
+        model: &mut Model<T, P>,
+        rng: &mut R,
+    ) -> Result<StepReport<T>, TrainError>
+    where
+        P: AsRef<[T]> + AsMut<[T]>,
+        R: Rng,
+    {
         let shape = *model.shape();
-        let (m, k) = (shape.latent, shape.clusters);
+        let k = shape.clusters;
         if shape.input != D {
             return Err(TrainError::BadConfig);
         }
@@ -389,14 +484,29 @@ where
             cache,
             grads,
         )?;
+        // Divergence guard, before anything is changed.
+        let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
+        let g = self.cfg.guard;
+        if self.armed >= g.arm_after && monitored > g.max_loss_ratio * self.loss_avg {
+            return Err(TrainError::Diverged);
+        }
         let info = self
             .optim
             .step(&self.cfg.optim, &mut model.params_mut()[range], grads)?;
         if !warm {
             p_bar.copy_from_slice(&p_new[..k]);
         }
+        if initialised || (!warm && self.steps == self.cfg.warmup_steps) {
+            // The loss changes scale when the cluster terms switch on: re-arm.
+            self.armed = 0;
+        }
+        self.loss_avg = if self.armed == 0 {
+            monitored
+        } else {
+            g.momentum * self.loss_avg + (T::one() - g.momentum) * monitored
+        };
+        self.armed = self.armed.saturating_add(1);
         self.steps = self.steps.saturating_add(1);
-        let _ = m;
         Ok(StepReport {
             loss: parts,
             grad_norm: info.grad_norm,

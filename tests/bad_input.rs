@@ -284,3 +284,44 @@ fn trainer_configuration_is_checked() {
         Some(TrainError::BadConfig)
     );
 }
+
+#[test]
+fn the_guard_rejects_spikes_and_asks_for_a_restore() {
+    let mut t = trainer();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+    let mut m = model();
+    let clean = |i: usize| {
+        let v = (i % 16) as f32 / 16.0;
+        [v, 1.0 - v, v * v, 0.5]
+    };
+    for i in 0..16 {
+        t.push(&clean(i)).unwrap();
+    }
+    // Arm the guard (20 accepted steps by default).
+    for _ in 0..30 {
+        t.step(&mut m, &mut rng).unwrap();
+    }
+    assert_eq!(t.rejections_in_a_row(), 0);
+    // Finite spikes: the loss is finite but orders of magnitude above its average.
+    for i in 0..16 {
+        t.push(&[1e4 * (i as f32 - 7.5), -1e4, 1e4, 3e3]).unwrap();
+    }
+    let params = bits(m.params());
+    let state = bits(t.optimiser().storage());
+    let max = t.config().guard.max_rejections;
+    for r in 1..=max {
+        assert_eq!(t.step(&mut m, &mut rng).err(), Some(TrainError::Diverged));
+        assert_eq!(t.rejections_in_a_row(), r);
+        assert_eq!(t.needs_restore(), r >= max);
+    }
+    assert_eq!(bits(m.params()), params);
+    assert_eq!(bits(t.optimiser().storage()), state);
+    // Clean data again: accepted, and the count resets.
+    for i in 0..16 {
+        t.push(&clean(i)).unwrap();
+    }
+    t.restored();
+    t.step(&mut m, &mut rng).unwrap();
+    assert_eq!(t.rejections_in_a_row(), 0);
+    assert!(!t.needs_restore());
+}
