@@ -17,7 +17,7 @@
 //!
 //! # Cost of one step
 //! Neighbour mining: `B * CAP * D` multiply-adds. Training: one
-//! [`loss_and_grad`](crate::loss::loss_and_grad) on `2B` rows (about 2.3 forward passes
+//! [`loss_and_grad`] on `2B` rows (about 2.3 forward passes
 //! and one backward pass of the network per row) and one optimiser update over the
 //! scope's parameters. The initialisation step adds `CAP` encoder passes and a bounded
 //! k-means run. Nothing depends on the data's values except the posterior sampler's
