@@ -289,6 +289,12 @@ pub struct DeviceInfo {
     pub max_frame: u32,
     /// `CAP_*` bits: which requests the device serves.
     pub capabilities: u32,
+    /// Bytes of flash the program image takes (0: not measured).
+    pub flash_used: u32,
+    /// Bytes of static RAM (`.data` + `.bss`; 0: not measured).
+    pub ram_static: u32,
+    /// Peak stack in bytes since reset, measured by stack painting (0: not measured).
+    pub stack_peak: u32,
 }
 
 impl DeviceInfo {
@@ -309,6 +315,9 @@ impl DeviceInfo {
             weights_crc,
             max_frame: saturate(max_frame),
             capabilities,
+            flash_used: 0,
+            ram_static: 0,
+            stack_peak: 0,
         }
     }
 }
@@ -686,8 +695,8 @@ pub const fn max_response_frame(clusters: usize, latent: usize) -> usize {
     // tag, offset, values
     let weights = 1 + 5 + varint_len(MAX_VALUES) + 4 * MAX_VALUES;
     // tag, protocol, core, blob, shape (input, 4 hidden, depth, latent, clusters, 3
-    // codes, 2 lengths), params_held, crc, max_frame, capabilities
-    let info = 1 + 3 + 3 * 3 + 3 + (5 + 4 * 5 + 1 + 5 + 5 + 3 + 5 + 5) + 5 * 4;
+    // codes, 2 lengths), params_held, crc, max_frame, capabilities, 3 memory figures
+    let info = 1 + 3 + 3 * 3 + 3 + (5 + 4 * 5 + 1 + 5 + 5 + 3 + 5 + 5) + 5 * 7;
     // tag, error tag, largest payload (two u32)
     let error = 1 + 1 + 10;
     let mut x = seg;
@@ -787,6 +796,65 @@ impl<const N: usize> FrameDecoder<N> {
         }
         (bytes.len(), None)
     }
+}
+
+/// The first [`blob::HEADER_LEN`] bytes of every weight blob of `shape` (format version
+/// [`blob::VERSION`]): what [`blob::write`] puts before the parameters. A `const fn`, so
+/// a device can check the CRC of compiled-in weights against the blob's without the
+/// blob. Sizes that do not fit the header's fields are stored saturated; such a shape
+/// has no blob.
+pub const fn blob_header(shape: &Shape) -> [u8; blob::HEADER_LEN] {
+    const fn put(h: &mut [u8; blob::HEADER_LEN], at: usize, v: usize) {
+        let v = if v > u32::MAX as usize {
+            u32::MAX
+        } else {
+            v as u32
+        };
+        let b = v.to_le_bytes();
+        h[at] = b[0];
+        h[at + 1] = b[1];
+        h[at + 2] = b[2];
+        h[at + 3] = b[3];
+    }
+    let mut h = [0u8; blob::HEADER_LEN];
+    h[0] = blob::MAGIC[0];
+    h[1] = blob::MAGIC[1];
+    h[2] = blob::MAGIC[2];
+    h[3] = blob::MAGIC[3];
+    let v = blob::VERSION.to_le_bytes();
+    h[4] = v[0];
+    h[5] = v[1];
+    let l = (blob::HEADER_LEN as u16).to_le_bytes();
+    h[6] = l[0];
+    h[7] = l[1];
+    // 8..12: flags, none in version 1.
+    h[12] = match shape.posterior {
+        Posterior::VonMisesFisher => 0,
+        Posterior::PowerSpherical => 1,
+    };
+    h[13] = match shape.likelihood {
+        Likelihood::Gaussian => 0,
+        Likelihood::Bernoulli => 1,
+    };
+    h[14] = match shape.activation {
+        Activation::Relu => 0,
+        Activation::Tanh => 1,
+    };
+    h[15] = if shape.depth() > u8::MAX as usize {
+        u8::MAX
+    } else {
+        shape.depth() as u8
+    };
+    put(&mut h, 16, shape.input);
+    let mut l = 0;
+    while l < MAX_HIDDEN {
+        put(&mut h, 20 + 4 * l, shape.hidden(l));
+        l += 1;
+    }
+    put(&mut h, 36, shape.latent);
+    put(&mut h, 40, shape.clusters);
+    put(&mut h, 44, shape.param_len());
+    h
 }
 
 /// CRC-32/ISO-HDLC as the weight blob uses it, bitwise: loading runs once per load, so
@@ -918,45 +986,23 @@ impl WeightLoader {
         Ok(())
     }
 
-    /// Checks the complete header against the compiled shape, in the blob parser's order.
+    /// Checks the complete header against the compiled shape's, reporting the first
+    /// difference in the blob parser's order.
     fn check_header(&self) -> Result<(), ErrorCode> {
         let h = &self.header;
-        let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
-        let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-        if h[..4] != blob::MAGIC {
+        let mine = blob_header(&self.shape);
+        if h[..4] != mine[..4] {
             return Err(ErrorCode::BadMagic);
         }
-        if u16_at(4) != blob::VERSION {
-            return Err(ErrorCode::UnsupportedVersion(u16_at(4)));
+        let version = u16::from_le_bytes([h[4], h[5]]);
+        if version != blob::VERSION {
+            return Err(ErrorCode::UnsupportedVersion(version));
         }
-        if usize::from(u16_at(6)) != blob::HEADER_LEN || u32_at(8) != 0 {
+        // Header length, flags, kind codes.
+        if h[6..12] != mine[6..12] || h[12..15].iter().any(|&c| c > 1) {
             return Err(ErrorCode::BadHeader);
         }
-        let mut hidden = [0u32; MAX_HIDDEN];
-        for (l, w) in hidden.iter_mut().enumerate() {
-            *w = u32_at(20 + 4 * l);
-        }
-        let info = ShapeInfo {
-            input: u32_at(16),
-            hidden,
-            depth: h[15],
-            latent: u32_at(36),
-            clusters: u32_at(40),
-            posterior: h[12],
-            likelihood: h[13],
-            activation: h[14],
-            param_len: u32_at(44),
-            inference_param_len: 0,
-        };
-        if info.posterior > 1 || info.likelihood > 1 || info.activation > 1 {
-            return Err(ErrorCode::BadHeader);
-        }
-        let mine = ShapeInfo::from(&self.shape);
-        let same = ShapeInfo {
-            inference_param_len: mine.inference_param_len,
-            ..info
-        } == mine;
-        if !same {
+        if *h != mine {
             return Err(ErrorCode::ShapeMismatch);
         }
         Ok(())

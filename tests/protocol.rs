@@ -90,6 +90,9 @@ fn responses() -> Vec<Response> {
     big_info.weights_crc = u32::MAX;
     big_info.max_frame = u32::MAX;
     big_info.capabilities = u32::MAX;
+    big_info.flash_used = u32::MAX;
+    big_info.ram_static = u32::MAX;
+    big_info.stack_peak = u32::MAX;
     big_info.params_held = u32::MAX;
     big_info.shape.hidden = [u32::MAX; 4];
     big_info.shape.input = u32::MAX;
@@ -132,14 +135,14 @@ fn responses() -> Vec<Response> {
 }
 
 /// The postcard bytes of a message (before COBS).
-fn raw<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+fn bytes_of<T: serde::Serialize>(msg: &T) -> Vec<u8> {
     let mut buf = [0u8; 2048];
     postcard::to_slice(msg, &mut buf).unwrap().to_vec()
 }
 
 /// Equality that treats NaN payloads bit-wise (the loss of `Trained` may be NaN).
 fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
-    raw(a) == raw(b)
+    bytes_of(a) == bytes_of(b)
 }
 
 #[test]
@@ -229,16 +232,17 @@ fn device_sized_buffers_hold_the_digits_traffic() {
         values: floats(MAX_VALUES, 0.0),
     };
     assert!(encode(&weights, &mut buf).is_ok());
-    // A sample too long for that device is an oversized frame there, not a crash.
+    // A sample much too long for that device is an oversized frame there, not a crash
+    // (one only a little too long fits the buffer and gets `InputLength` from the model).
     let mut big = [0u8; MAX_REQUEST_FRAME];
     let frame = encode(
         &Request::Segment {
-            sample: floats(65, 0.0),
+            sample: floats(100, 0.0),
         },
         &mut big,
     )
     .unwrap();
-    let mut rx = FrameDecoder::<{ RX - 1 }>::new();
+    let mut rx = FrameDecoder::<{ RX - 1 }>::new(); // the 0x00 is not stored
     let (_, got) = rx.feed::<Request>(frame);
     assert_eq!(got, Some(Err(FrameError::Oversized)));
 }
@@ -303,14 +307,18 @@ fn oversized_frame_gives_one_error_then_resyncs() {
     let exact = frame_of(&Request::Segment {
         sample: floats(14, 0.0),
     });
-    let mut rx = FrameDecoder::<61>::new();
-    assert_eq!(exact.len(), 62, "adjust the sample so the frame is 61 + 0x00");
+    // tag, length, 14 floats; one COBS code byte; 0x00
+    assert_eq!(exact.len(), 60);
+    let mut rx = FrameDecoder::<59>::new();
     assert!(matches!(
         decode_all(&mut rx, &exact)[..],
         [Ok(Request::Segment { .. })]
     ));
-    let mut rx = FrameDecoder::<60>::new();
-    assert_eq!(decode_all(&mut rx, &exact), vec![Err(FrameError::Oversized)]);
+    let mut rx = FrameDecoder::<58>::new();
+    assert_eq!(
+        decode_all(&mut rx, &exact),
+        vec![Err(FrameError::Oversized)]
+    );
 }
 
 #[test]
@@ -319,10 +327,7 @@ fn empty_frames_are_ignored() {
     let mut stream = vec![0, 0, 0];
     stream.extend(frame_of(&Request::Checkpoint));
     stream.extend([0, 0]);
-    assert_eq!(
-        decode_all(&mut rx, &stream),
-        vec![Ok(Request::Checkpoint)]
-    );
+    assert_eq!(decode_all(&mut rx, &stream), vec![Ok(Request::Checkpoint)]);
 }
 
 #[test]
@@ -350,7 +355,12 @@ fn truncated_frames_are_errors_and_the_next_frame_decodes() {
         assert_eq!(out[1], Ok(Request::Info));
     }
     // Cut inside the payload of an intact COBS block: postcard sees the end.
-    let mut cut = cobs_encode(&raw(&Request::ReadWeights { offset: 1, count: 2 }[..2]);
+    let mut cut = cobs_encode(
+        &bytes_of(&Request::ReadWeights {
+            offset: 1,
+            count: 2,
+        })[..2],
+    );
     cut.push(0);
     let mut rx = FrameDecoder::<64>::new();
     assert_eq!(decode_all(&mut rx, &cut), vec![Err(FrameError::Truncated)]);
@@ -386,7 +396,7 @@ fn cobs_encode(raw: &[u8]) -> Vec<u8> {
 #[test]
 fn reference_cobs_frames_decode() {
     for req in requests() {
-        let raw = raw(&req).unwrap();
+        let raw = bytes_of(&req);
         let mut frame = cobs_encode(&raw);
         frame.push(0);
         assert_eq!(frame, frame_of(&req), "{req:?}");
@@ -395,7 +405,7 @@ fn reference_cobs_frames_decode() {
 
 #[test]
 fn trailing_bytes_and_unknown_variants_are_reported() {
-    let mut raw = raw(&Request::Info).unwrap();
+    let mut raw = bytes_of(&Request::Info);
     raw.push(7);
     let mut frame = cobs_encode(&raw);
     frame.push(0);
@@ -406,18 +416,23 @@ fn trailing_bytes_and_unknown_variants_are_reported() {
     );
     let mut frame = cobs_encode(&[100]);
     frame.push(0);
-    assert_eq!(decode_all(&mut rx, &frame), vec![Err(FrameError::Malformed)]);
+    assert_eq!(
+        decode_all(&mut rx, &frame),
+        vec![Err(FrameError::Malformed)]
+    );
     // A bool that is neither 0 nor 1.
-    let mut raw = raw(&Request::LoadWeights {
+    let mut raw = bytes_of(&Request::LoadWeights {
         offset: 0,
         bytes: HVec::new(),
         last: false,
-    })
-    .unwrap();
+    });
     *raw.last_mut().unwrap() = 2;
     let mut frame = cobs_encode(&raw);
     frame.push(0);
-    assert_eq!(decode_all(&mut rx, &frame), vec![Err(FrameError::Malformed)]);
+    assert_eq!(
+        decode_all(&mut rx, &frame),
+        vec![Err(FrameError::Malformed)]
+    );
     // A length prefix beyond the vector's capacity.
     let mut frame = cobs_encode(&[2, 0x81, 0x08]); // Segment with 1025 values
     frame.push(0);
@@ -472,7 +487,10 @@ fn byte_at_a_time_equals_bulk() {
     let mut a = FrameDecoder::<MAX_REQUEST_FRAME>::new();
     let bulk = decode_all(&mut a, &stream);
     let mut b = FrameDecoder::<MAX_REQUEST_FRAME>::new();
-    let single: Vec<_> = stream.iter().filter_map(|&x| b.push::<Request>(x)).collect();
+    let single: Vec<_> = stream
+        .iter()
+        .filter_map(|&x| b.push::<Request>(x))
+        .collect();
     assert_eq!(bulk, single);
     assert_eq!(bulk.len(), 2 * requests().len());
     for (i, r) in bulk.iter().enumerate() {
@@ -510,7 +528,10 @@ fn shape_info_round_trips() {
 
 #[test]
 fn error_codes_map_from_core_errors() {
-    assert_eq!(ErrorCode::from(InferError::InputLength), ErrorCode::InputLength);
+    assert_eq!(
+        ErrorCode::from(InferError::InputLength),
+        ErrorCode::InputLength
+    );
     assert_eq!(
         ErrorCode::from(InferError::ZeroDirection),
         ErrorCode::ZeroDirection
@@ -553,6 +574,22 @@ fn stream_blob(
         })?;
     }
     Ok((seen, loader.finish()?))
+}
+
+#[test]
+fn blob_header_is_what_the_blob_writer_writes() {
+    for shape in [
+        DIGITS,
+        Shape::new(5, &[7, 3], 3, 2)
+            .with_activation(Activation::Tanh)
+            .with_likelihood(Likelihood::Bernoulli),
+        Shape::new(2, &[4, 4, 4, 4], 2, 1),
+    ] {
+        let (_, bytes) = model_and_blob(shape, 9);
+        assert_eq!(blob_header(&shape)[..], bytes[..blob::HEADER_LEN]);
+    }
+    const H: [u8; blob::HEADER_LEN] = blob_header(&DIGITS);
+    assert_eq!(&H[..4], b"HVAE");
 }
 
 #[test]
@@ -611,7 +648,11 @@ fn weight_loader_rejects_bad_blobs_and_recovers() {
     b[n - 4..].copy_from_slice(&crc.to_le_bytes());
     check(&mut loader, &b, ErrorCode::NonFiniteWeight { index: 5 });
     // Too short, too long.
-    check(&mut loader, &bytes[..bytes.len() - 1], ErrorCode::LoadLength);
+    check(
+        &mut loader,
+        &bytes[..bytes.len() - 1],
+        ErrorCode::LoadLength,
+    );
     let mut b = bytes.clone();
     b.push(0);
     check(&mut loader, &b, ErrorCode::LoadLength);
