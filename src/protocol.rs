@@ -197,6 +197,9 @@ pub enum TrainOptimiser {
 }
 
 /// A message from the device to the host.
+// No heap to box the large variants into: a device holds one `Response` at a time, and
+// its size is bounded by the MAX_* constants.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// Answer to [`Request::Info`].
