@@ -10,6 +10,7 @@ pub mod real;
 pub use real::Real;
 pub mod shape;
 pub use shape::{Activation, Likelihood, Posterior, Scope, Shape};
+pub mod adapt;
 pub mod blob;
 pub mod kmeans;
 pub mod loss;

@@ -22,7 +22,7 @@
 //! network, plus `B` encoder passes, plus `B` backward passes; memory: a workspace of
 //! [`Shape::work_len`] plus [`cache_len`] per batch.
 
-use crate::model::{softmax_from_logits, InferError, Model, WorkLayout};
+use crate::model::{segmenter_logits, softmax_from_logits, InferError, Model, WorkLayout};
 use crate::nn::{dense_backward, dot, sigmoid, softplus};
 use crate::shape::{Likelihood, Posterior, Scope, Shape};
 use crate::sphere::{reflect_backward, Draw, SampleError};
@@ -303,7 +303,9 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         let enc = model.encode_into(x, work)?;
         let r = &mut cache[i * row..(i + 1) * row];
         let (z, r) = r.split_at_mut(m);
-        let (_da, r) = r.split_at_mut(k);
+        let (da, r) = r.split_at_mut(k);
+        // The cluster terms accumulate into `da`: start from zero, not from the last call.
+        da.fill(T::zero());
         let (p, r) = r.split_at_mut(k);
         let mu = &work[lay.mu..lay.mu + m];
         let draw = if scope == Scope::SegmenterOnly {
@@ -327,7 +329,184 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         softmax_from_logits(logits, p);
     }
 
-    // Cluster terms: first dL/dp_i into the da slot, then through the softmax.
+    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
+
+    // Sweep 2: recompute each row's encoder, back-propagate everything.
+    let so = s.segmenter_offset();
+    let seg = model.segmenter_params();
+    let kappa_s = seg[k * m].exp();
+    for i in 0..bsz {
+        let x = &batch.inputs[i * d..(i + 1) * d];
+        let enc = model.encode_into(x, work)?;
+        let r = &cache[i * row..(i + 1) * row];
+        let (z, da, w, dwdk) = (&r[..m], &r[m..m + k], r[m + 2 * k], r[m + 2 * k + 1]);
+        work[lay.z..lay.z + m].copy_from_slice(z);
+        work[lay.gz..lay.gz + m].fill(T::zero());
+        if scope != Scope::SegmenterOnly {
+            parts.recon +=
+                reconstruction_backward(model, x, scope, bsz, cfg, work, grads, range.start);
+        }
+        let on_mean = cfg.cluster_input == ClusterInput::Mean;
+        if scope == Scope::SegmenterOnly || !on_mean {
+            // z is the draw (or mu itself when no draw is made).
+            let gz = &mut work[lay.gz..lay.gz + m];
+            segmenter_backward(seg, so, z, da, kappa_s, grads, range.start, Some(gz));
+        }
+        if scope == Scope::SegmenterOnly {
+            continue;
+        }
+        // Through the reparameterisation: dL/dmu (unit vector) and dL/dw.
+        let (front, back) = work.split_at_mut(lay.gmu);
+        let gmu = &mut back[..m];
+        gmu.fill(T::zero());
+        let dldw = reflect_backward(
+            &front[lay.mu..lay.mu + m],
+            &front[lay.z..lay.z + m],
+            w,
+            &front[lay.gz..lay.gz + m],
+            gmu,
+        );
+        if on_mean {
+            let mu = &front[lay.mu..lay.mu + m];
+            segmenter_backward(seg, so, mu, da, kappa_s, grads, range.start, Some(gmu));
+        }
+        parts.kl += s.posterior.kl_to_uniform(m, enc.kappa) / bf;
+        let dkappa = dldw * dwdk + cfg.beta * s.posterior.dkl_dkappa(m, enc.kappa) / bf;
+        let dpre = if enc.clamped {
+            T::zero()
+        } else {
+            dkappa * sigmoid(enc.pre)
+        };
+        encoder_backward(model, &enc, dpre, work, grads, range.start);
+    }
+
+    parts.total = parts.recon
+        + cfg.beta * parts.kl
+        + cfg.gamma
+            * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
+                + parts.supervised);
+    let finite = [
+        parts.total,
+        parts.recon,
+        parts.kl,
+        parts.consistency,
+        parts.entropy,
+        parts.balance,
+        parts.supervised,
+    ]
+    .iter()
+    .all(|v| v.is_finite());
+    if !finite || !grads.iter().all(|v| v.is_finite()) {
+        return Err(LossError::NonFinite);
+    }
+    p_bar.copy_from_slice(&cache[bsz * row..bsz * row + k]);
+    Ok(parts)
+}
+
+/// The cluster loss of a batch of latent mean directions and its gradient with respect
+/// to the segmenter parameters only, for a segmenter adapted on a frozen encoder
+/// ([`crate::adapt::SegmenterAdapter`]): `batch.inputs` holds `B` rows of `M` values
+/// (`mu(x_i)`, as [`crate::model::Model::encode`] gives them), `seg` the segmenter
+/// parameters ([`Shape::segmenter_len`] values), `grads` receives the gradient (same
+/// length, overwritten). Equal to [`loss_and_grad`] with [`Scope::SegmenterOnly`] on
+/// inputs whose encodings are these rows, without running the encoder.
+///
+/// `p_bar`, `cache` ([`cache_len`] for `B` rows) and the error behaviour are as in
+/// [`loss_and_grad`]. Cost: `B (3 K M + 6 K)` multiply-adds plus `B K` exponentials.
+pub fn segmenter_loss_and_grad<T: Real>(
+    shape: &Shape,
+    seg: &[T],
+    batch: &Batch<'_, T>,
+    cfg: &LossConfig<T>,
+    p_bar: &mut [T],
+    cache: &mut [T],
+    grads: &mut [T],
+) -> Result<LossParts<T>, LossError> {
+    let s = *shape;
+    let (m, k) = (s.latent, s.clusters);
+    let bsz = batch.inputs.len() / m;
+    if bsz == 0 || !batch.inputs.len().is_multiple_of(m) || bsz > u16::MAX as usize {
+        return Err(LossError::BadBatch);
+    }
+    if !(batch.labels.is_empty() || batch.labels.len() == bsz)
+        || batch.labels.iter().flatten().any(|&y| y as usize >= k)
+        || batch
+            .pairs
+            .iter()
+            .any(|&(i, j)| i as usize >= bsz || j as usize >= bsz)
+    {
+        return Err(LossError::BadBatch);
+    }
+    if !batch.inputs.iter().all(|v| v.is_finite()) {
+        return Err(LossError::Infer(crate::model::InferError::NonFiniteInput));
+    }
+    if seg.len() != s.segmenter_len()
+        || cache.len() < cache_len(&s, bsz)
+        || grads.len() != s.segmenter_len()
+        || p_bar.len() != k
+    {
+        return Err(LossError::BufferLength);
+    }
+    let row = cache_row(&s);
+    let mut parts = LossParts::<T>::default();
+    grads.fill(T::zero());
+    for i in 0..bsz {
+        let mu = &batch.inputs[i * m..(i + 1) * m];
+        let r = &mut cache[i * row..(i + 1) * row];
+        let (z, r) = r.split_at_mut(m);
+        let (da, r) = r.split_at_mut(k);
+        let (p, _) = r.split_at_mut(k);
+        z.copy_from_slice(mu);
+        // The logits go through `da`, which the cluster terms then overwrite from zero.
+        segmenter_logits(seg, m, k, mu, da)?;
+        softmax_from_logits(da, p);
+        da.fill(T::zero());
+    }
+    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
+    let kappa_s = seg[k * m].exp();
+    let so = s.segmenter_offset();
+    for i in 0..bsz {
+        let r = &cache[i * row..(i + 1) * row];
+        let (z, da) = (&r[..m], &r[m..m + k]);
+        // dL/dz is not needed: the encoder is frozen.
+        segmenter_backward(seg, so, z, da, kappa_s, grads, so, None);
+    }
+    parts.total = cfg.gamma
+        * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
+            + parts.supervised);
+    let finite = [
+        parts.total,
+        parts.consistency,
+        parts.entropy,
+        parts.balance,
+        parts.supervised,
+    ]
+    .iter()
+    .all(|v| v.is_finite());
+    if !finite || !grads.iter().all(|v| v.is_finite()) {
+        return Err(LossError::NonFinite);
+    }
+    p_bar.copy_from_slice(&cache[bsz * row..bsz * row + k]);
+    Ok(parts)
+}
+
+/// The cluster terms of a batch whose rows' probabilities `p_i` are in the cache (one
+/// [`cache_row`] per row: `z`, `da`, `p`, ...): adds their values to `parts` and writes
+/// `dL/da_i` (the gradient with respect to row `i`'s segmenter logits) into the `da`
+/// slots, and the new moving marginal after the rows. Shared by [`loss_and_grad`] and
+/// [`segmenter_loss_and_grad`].
+fn cluster_terms<T: Real>(
+    cache: &mut [T],
+    s: &Shape,
+    bsz: usize,
+    batch: &Batch<'_, T>,
+    cfg: &LossConfig<T>,
+    p_bar: &[T],
+    parts: &mut LossParts<T>,
+) {
+    let (m, k) = (s.latent, s.clusters);
+    let row = cache_row(s);
+    let bf = T::of(bsz as f64);
     let g = cfg.gamma;
     let t = tiny::<T>();
     if !batch.pairs.is_empty() {
@@ -410,75 +589,6 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
             }
         }
     }
-
-    // Sweep 2: recompute each row's encoder, back-propagate everything.
-    let so = s.segmenter_offset();
-    let kappa_s = model.params()[so + k * m].exp();
-    for i in 0..bsz {
-        let x = &batch.inputs[i * d..(i + 1) * d];
-        let enc = model.encode_into(x, work)?;
-        let r = &cache[i * row..(i + 1) * row];
-        let (z, da, w, dwdk) = (&r[..m], &r[m..m + k], r[m + 2 * k], r[m + 2 * k + 1]);
-        work[lay.z..lay.z + m].copy_from_slice(z);
-        work[lay.gz..lay.gz + m].fill(T::zero());
-        if scope != Scope::SegmenterOnly {
-            parts.recon +=
-                reconstruction_backward(model, x, scope, bsz, cfg, work, grads, range.start);
-        }
-        let on_mean = cfg.cluster_input == ClusterInput::Mean;
-        if scope == Scope::SegmenterOnly || !on_mean {
-            // z is the draw (or mu itself when no draw is made).
-            let gz = &mut work[lay.gz..lay.gz + m];
-            segmenter_backward(model, z, da, kappa_s, grads, range.start, gz);
-        }
-        if scope == Scope::SegmenterOnly {
-            continue;
-        }
-        // Through the reparameterisation: dL/dmu (unit vector) and dL/dw.
-        let (front, back) = work.split_at_mut(lay.gmu);
-        let gmu = &mut back[..m];
-        gmu.fill(T::zero());
-        let dldw = reflect_backward(
-            &front[lay.mu..lay.mu + m],
-            &front[lay.z..lay.z + m],
-            w,
-            &front[lay.gz..lay.gz + m],
-            gmu,
-        );
-        if on_mean {
-            let mu = &front[lay.mu..lay.mu + m];
-            segmenter_backward(model, mu, da, kappa_s, grads, range.start, gmu);
-        }
-        parts.kl += s.posterior.kl_to_uniform(m, enc.kappa) / bf;
-        let dkappa = dldw * dwdk + cfg.beta * s.posterior.dkl_dkappa(m, enc.kappa) / bf;
-        let dpre = if enc.clamped {
-            T::zero()
-        } else {
-            dkappa * sigmoid(enc.pre)
-        };
-        encoder_backward(model, &enc, dpre, work, grads, range.start);
-    }
-
-    parts.total = parts.recon
-        + cfg.beta * parts.kl
-        + g * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
-            + parts.supervised);
-    let finite = [
-        parts.total,
-        parts.recon,
-        parts.kl,
-        parts.consistency,
-        parts.entropy,
-        parts.balance,
-        parts.supervised,
-    ]
-    .iter()
-    .all(|v| v.is_finite());
-    if !finite || !grads.iter().all(|v| v.is_finite()) {
-        return Err(LossError::NonFinite);
-    }
-    p_bar.copy_from_slice(&cache[bsz * row..bsz * row + k]);
-    Ok(parts)
 }
 
 /// Gradient slice for parameters `offset..offset + len` within a scope starting at
@@ -582,22 +692,25 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
 
 /// Segmenter backward for one row: `da = dL/dlogits`, logits `a_c = kappa_s ĉ_c . z +
 /// ln pi_c`. Adds the segmenter gradients and `dL/dz` (into `gz`).
-fn segmenter_backward<T: Real, S: AsRef<[T]>>(
-    model: &Model<T, S>,
+/// Backward through the segmenter logits of one row: adds `dL/dparams` of the segmenter
+/// `seg` (at absolute offset `so` of the parameter vector, for a gradient over a scope
+/// starting at `start`) and, if asked, `dL/dz` into `gz`, given `dL/da` in `da`.
+#[allow(clippy::too_many_arguments)]
+fn segmenter_backward<T: Real>(
+    seg: &[T],
+    so: usize,
     z: &[T],
     da: &[T],
     kappa_s: T,
     grads: &mut [T],
     start: usize,
-    gz: &mut [T],
+    mut gz: Option<&mut [T]>,
 ) {
-    let s = *model.shape();
-    let (m, k) = (s.latent, s.clusters);
-    let so = s.segmenter_offset();
-    let p = model.params();
+    let (m, k) = (z.len(), da.len());
+    let p = seg;
     let mut dlogk = T::zero();
     for c in 0..k {
-        let ck = &p[so + c * m..so + (c + 1) * m];
+        let ck = &p[c * m..(c + 1) * m];
         let n = dot(ck, ck).sqrt();
         let cos = dot(ck, z) / n;
         dlogk += da[c] * kappa_s * cos;
@@ -607,8 +720,10 @@ fn segmenter_backward<T: Real, S: AsRef<[T]>>(
                 gc[q] += da[c] * kappa_s * (z[q] - ck[q] / n * cos) / n;
             }
         }
-        for q in 0..m {
-            gz[q] += da[c] * kappa_s * ck[q] / n;
+        if let Some(gz) = gz.as_deref_mut() {
+            for q in 0..m {
+                gz[q] += da[c] * kappa_s * ck[q] / n;
+            }
         }
     }
     if let Some(g) = gslot(grads, start, so + k * m, 1 + k) {

@@ -271,6 +271,29 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
 
     /// Encodes `x` and applies the segmenter to its mean direction.
     pub fn segment<'w>(&self, x: &[T], work: &'w mut [T]) -> Result<Segment<'w, T>, InferError> {
+        self.segment_with(self.segmenter_params(), x, work)
+    }
+
+    /// The segmenter's parameters (centres, `ln kappa_s`, log-weights:
+    /// [`Shape::segmenter_len`] values), a slice of [`Model::params`].
+    pub fn segmenter_params(&self) -> &[T] {
+        let so = self.shape.segmenter_offset();
+        &self.params.as_ref()[so..so + self.shape.segmenter_len()]
+    }
+
+    /// [`Model::segment`] with the segmenter parameters `seg` ([`Shape::segmenter_len`]
+    /// values, laid out as in the model) instead of the model's own: the encoder can
+    /// stay in flash while a [`SegmenterAdapter`](crate::adapt::SegmenterAdapter) keeps
+    /// adapting its own copy of the segmenter in RAM. Same cost as [`Model::segment`].
+    pub fn segment_with<'w>(
+        &self,
+        seg: &[T],
+        x: &[T],
+        work: &'w mut [T],
+    ) -> Result<Segment<'w, T>, InferError> {
+        if seg.len() != self.shape.segmenter_len() {
+            return Err(InferError::BufferLength);
+        }
         let kappa = self.encode_into(x, work)?.kappa;
         let l = WorkLayout::of(&self.shape);
         let (m, k) = (self.shape.latent, self.shape.clusters);
@@ -278,7 +301,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let mu = &head[l.mu..l.mu + m];
         let (logp, rest) = tail.split_at_mut(l.p - l.logp);
         let probs = &mut rest[..k];
-        let cosine = self.segmenter_logits(mu, logp)?;
+        let cosine = segmenter_logits(seg, m, k, mu, logp)?;
         softmax_from_logits(logp, probs);
         let label = argmax(probs);
         if !probs.iter().all(|p| p.is_finite()) {
@@ -394,30 +417,8 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     /// Segmenter logits `a_k = kappa_s ĉ_k . z + ln pi_k` into `logits` (`K` values);
     /// returns the largest cosine `max_k ĉ_k . z`.
     pub(crate) fn segmenter_logits(&self, z: &[T], logits: &mut [T]) -> Result<T, InferError> {
-        let s = &self.shape;
-        let p = self.params.as_ref();
-        let (m, k) = (s.latent, s.clusters);
-        let so = s.segmenter_offset();
-        let centres = &p[so..so + k * m];
-        let kappa_s = p[so + k * m].exp();
-        let log_w = &p[so + k * m + 1..so + k * m + 1 + k];
-        let mut best = -T::one() - T::one();
-        for c in 0..k {
-            let ck = &centres[c * m..(c + 1) * m];
-            let n = dot(ck, ck).sqrt();
-            if !n.is_finite() || n <= T::EPS * T::EPS {
-                return Err(InferError::ZeroCentre);
-            }
-            let cos = dot(ck, z) / n;
-            if cos > best {
-                best = cos;
-            }
-            logits[c] = kappa_s * cos + log_w[c];
-        }
-        if !logits.iter().all(|v| v.is_finite()) {
-            return Err(InferError::NonFinite);
-        }
-        Ok(best)
+        let (m, k) = (self.shape.latent, self.shape.clusters);
+        segmenter_logits(self.segmenter_params(), m, k, z, logits)
     }
 
     /// Decoder forward from the `z` region of the workspace into the `xhat` region
@@ -564,4 +565,40 @@ pub(crate) fn argmax<T: Real>(v: &[T]) -> usize {
         }
     }
     best
+}
+
+/// Segmenter logits `a_k = kappa_s ĉ_k . z + ln pi_k` of the segmenter parameters `seg`
+/// (`K` centres of `M` values, `ln kappa_s`, `K` log-weights) into `logits` (`K`
+/// values); returns the largest cosine `max_k ĉ_k . z`. The one implementation of the
+/// segmenter's forward pass, for models and adapters alike.
+pub(crate) fn segmenter_logits<T: Real>(
+    seg: &[T],
+    m: usize,
+    k: usize,
+    z: &[T],
+    logits: &mut [T],
+) -> Result<T, InferError> {
+    if seg.len() != k * m + 1 + k || z.len() != m || logits.len() < k {
+        return Err(InferError::BufferLength);
+    }
+    let centres = &seg[..k * m];
+    let kappa_s = seg[k * m].exp();
+    let log_w = &seg[k * m + 1..];
+    let mut best = -T::one() - T::one();
+    for c in 0..k {
+        let ck = &centres[c * m..(c + 1) * m];
+        let n = dot(ck, ck).sqrt();
+        if !n.is_finite() || n <= T::EPS * T::EPS {
+            return Err(InferError::ZeroCentre);
+        }
+        let cos = dot(ck, z) / n;
+        if cos > best {
+            best = cos;
+        }
+        logits[c] = kappa_s * cos + log_w[c];
+    }
+    if !logits[..k].iter().all(|v| v.is_finite()) {
+        return Err(InferError::NonFinite);
+    }
+    Ok(best)
 }

@@ -83,6 +83,68 @@ impl<T: Real> Default for Guard<T> {
     }
 }
 
+/// The guard's running state: the average of accepted monitored losses, how many
+/// accepted steps armed it, and the rejections in a row. Shared by the trainers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct GuardState<T> {
+    loss_avg: T,
+    armed: u32,
+    rejected: u32,
+}
+
+impl<T: Real> GuardState<T> {
+    pub(crate) const fn new(zero: T) -> Self {
+        GuardState {
+            loss_avg: zero,
+            armed: 0,
+            rejected: 0,
+        }
+    }
+
+    /// `Err(Diverged)` if `monitored` is over the limit (or not finite).
+    pub(crate) fn check(&self, g: &Guard<T>, monitored: T) -> Result<(), TrainError> {
+        if !monitored.is_finite()
+            || (self.armed >= g.arm_after && monitored > g.max_loss_ratio * self.loss_avg)
+        {
+            return Err(TrainError::Diverged);
+        }
+        Ok(())
+    }
+
+    /// An accepted step; `rearm` when the loss changes scale (the guard starts over).
+    pub(crate) fn accept(&mut self, g: &Guard<T>, monitored: T, rearm: bool) {
+        if rearm {
+            self.armed = 0;
+        }
+        self.loss_avg = if self.armed == 0 {
+            monitored
+        } else {
+            g.momentum * self.loss_avg + (T::one() - g.momentum) * monitored
+        };
+        self.armed = self.armed.saturating_add(1);
+    }
+
+    /// Counts a step's outcome towards the rejections in a row.
+    pub(crate) fn record<X>(&mut self, r: &Result<X, TrainError>) {
+        match r {
+            Ok(_) => self.rejected = 0,
+            // Running out of samples is not the model's fault.
+            Err(TrainError::NotEnoughSamples) => {}
+            Err(_) => self.rejected = self.rejected.saturating_add(1),
+        }
+    }
+
+    pub(crate) fn rejected(&self) -> u32 {
+        self.rejected
+    }
+
+    /// After a restore: no rejections, the guard re-arms.
+    pub(crate) fn restored(&mut self) {
+        self.rejected = 0;
+        self.armed = 0;
+    }
+}
+
 /// The training schedule and its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -248,12 +310,7 @@ pub struct OnlineTrainer<T, const D: usize, const CAP: usize, S, O> {
     cfg: TrainConfig<T>,
     steps: u32,
     centres_ready: bool,
-    /// Running average of the monitored loss of accepted steps.
-    loss_avg: T,
-    /// Accepted steps counted towards arming the guard.
-    armed: u32,
-    /// Steps rejected since the last accepted one.
-    rejected: u32,
+    guard: GuardState<T>,
 }
 
 impl<T: Real, const D: usize, const CAP: usize, S, O> OnlineTrainer<T, D, CAP, S, O>
@@ -294,9 +351,7 @@ where
             cfg,
             steps: 0,
             centres_ready: !cfg.init_centres,
-            loss_avg: T::zero(),
-            armed: 0,
-            rejected: 0,
+            guard: GuardState::new(T::zero()),
         };
         // A uniform marginal to start the moving average from.
         let k = shape.clusters;
@@ -338,21 +393,36 @@ where
 
     /// Steps rejected in a row (errors and guard rejections) since the last accepted one.
     pub fn rejections_in_a_row(&self) -> u32 {
-        self.rejected
+        self.guard.rejected()
     }
 
     /// True once [`Guard::max_rejections`] steps in a row were rejected: restore the
     /// model (and optimiser) from the last checkpoint, then call
     /// [`OnlineTrainer::restored`].
     pub fn needs_restore(&self) -> bool {
-        self.rejected >= self.cfg.guard.max_rejections
+        self.guard.rejected() >= self.cfg.guard.max_rejections
     }
 
     /// Tells the trainer that the model and optimiser were restored from a checkpoint:
     /// clears the rejection count and re-arms the guard.
     pub fn restored(&mut self) {
-        self.rejected = 0;
-        self.armed = 0;
+        self.guard.restored();
+    }
+
+    /// Continues the schedule from a checkpoint taken after `steps` steps (the model and
+    /// optimiser having been restored from it, e.g. by
+    /// [`crate::checkpoint::Checkpoints::restore_trainer`]): past the warm-up, the centres
+    /// count as initialised, since they are part of the restored model. Also clears the
+    /// rejection count and re-arms the guard ([`OnlineTrainer::restored`]).
+    pub fn resume(&mut self, steps: u32) {
+        let warm = if self.cfg.scope == Scope::SegmenterOnly {
+            0
+        } else {
+            self.cfg.warmup_steps
+        };
+        self.steps = steps;
+        self.centres_ready = !self.cfg.init_centres || steps > warm;
+        self.restored();
     }
 
     /// The optimiser state (to checkpoint it).
@@ -383,12 +453,7 @@ where
         R: Rng,
     {
         let r = self.step_inner(model, rng);
-        match &r {
-            Ok(_) => self.rejected = 0,
-            // Running out of samples is not the model's fault.
-            Err(TrainError::NotEnoughSamples) => {}
-            Err(_) => self.rejected = self.rejected.saturating_add(1),
-        }
+        self.guard.record(&r);
         r
     }
 
@@ -486,26 +551,16 @@ where
         )?;
         // Divergence guard, before anything is changed.
         let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
-        let g = self.cfg.guard;
-        if self.armed >= g.arm_after && monitored > g.max_loss_ratio * self.loss_avg {
-            return Err(TrainError::Diverged);
-        }
+        self.guard.check(&self.cfg.guard, monitored)?;
         let info = self
             .optim
             .step(&self.cfg.optim, &mut model.params_mut()[range], grads)?;
         if !warm {
             p_bar.copy_from_slice(&p_new[..k]);
         }
-        if initialised || (!warm && self.steps == self.cfg.warmup_steps) {
-            // The loss changes scale when the cluster terms switch on: re-arm.
-            self.armed = 0;
-        }
-        self.loss_avg = if self.armed == 0 {
-            monitored
-        } else {
-            g.momentum * self.loss_avg + (T::one() - g.momentum) * monitored
-        };
-        self.armed = self.armed.saturating_add(1);
+        // The loss changes scale when the cluster terms switch on: re-arm.
+        let rearm = initialised || (!warm && self.steps == self.cfg.warmup_steps);
+        self.guard.accept(&self.cfg.guard, monitored, rearm);
         self.steps = self.steps.saturating_add(1);
         Ok(StepReport {
             loss: parts,
@@ -602,13 +657,13 @@ where
 }
 
 /// Uniform index in `0..n` (Lemire's multiply-shift; bias below `n / 2^32`).
-fn uniform_index<R: Rng>(rng: &mut R, n: usize) -> usize {
+pub(crate) fn uniform_index<R: Rng>(rng: &mut R, n: usize) -> usize {
     ((rng.next_u32() as u64 * n as u64) >> 32) as usize
 }
 
 /// One of the `nn` nearest rows to row `a` by cosine (excluding `a`), drawn uniformly.
 /// Cost: `len * D` multiply-adds plus an insertion into a list of `nn`.
-fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
+pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
     samples: &[[T; D]],
     a: usize,
     nn: usize,

@@ -321,3 +321,51 @@ fn marginal_is_the_moving_average_of_the_batch() {
     assert!((parts.balance - h).abs() < 1e-12);
     assert!((p_bar.iter().sum::<f64>() - 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn a_dirty_cache_gives_the_same_loss_and_gradient() {
+    // The trainer reuses its cache from step to step: nothing left there by an earlier
+    // call may leak into the next gradient (the cluster terms accumulate into it).
+    let s = Shape::new(6, &[5], 3, 4);
+    let mut r = Lcg(11);
+    let params: Vec<f64> = (0..s.param_len()).map(|_| 0.5 * r.normal()).collect();
+    let model = Model::new(s, params).unwrap();
+    let b = 6;
+    let inputs: Vec<f64> = (0..b * s.input).map(|_| r.uniform()).collect();
+    let batch = Batch {
+        inputs: &inputs,
+        labels: &[],
+        pairs: &[(0, 1), (2, 3), (4, 5)],
+    };
+    let cfg = unsupervised();
+    for scope in [Scope::Full, Scope::SegmenterOnly] {
+        let run_with = |cache: &mut Vec<f64>| {
+            let mut p_bar = [0.25; 4];
+            let mut work = vec![0.0; s.work_len()];
+            let mut grads = vec![0.0; s.scope_range(scope).len()];
+            let parts = loss_and_grad(
+                &model,
+                &batch,
+                &cfg,
+                scope,
+                &mut FixedDraws::new(b, 3, 1),
+                &mut p_bar,
+                &mut work,
+                cache,
+                &mut grads,
+            )
+            .unwrap();
+            (parts.total, grads, p_bar)
+        };
+        let mut clean = vec![0.0; hvae::loss::cache_len(&s, b)];
+        let want = run_with(&mut clean);
+        let mut dirty = vec![1.0e3; hvae::loss::cache_len(&s, b)];
+        assert_eq!(
+            run_with(&mut dirty),
+            want,
+            "{scope:?}: stale cache changed the result"
+        );
+        // And the cache as a first call leaves it.
+        assert_eq!(run_with(&mut clean), want, "{scope:?}: second call differs");
+    }
+}
