@@ -86,5 +86,41 @@ fn bench_training(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_inference, bench_training);
+/// One adapter step (segmenter only, encoder frozen; batch 8 anchors + 8 neighbours
+/// among 64 stored directions), the on-device cluster adaptation.
+fn bench_adapter(c: &mut Criterion) {
+    use hvae::adapt::{adapter_storage_len, SegmenterAdapter};
+    use hvae::trainer::TrainConfig;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    let mut model = Model::<f32, Vec<f32>>::new(DIGITS, vec![0.0; DIGITS.param_len()]).unwrap();
+    model.init(&mut rng);
+    let mut cfg = TrainConfig::new(1e-2f32);
+    cfg.scope = Scope::SegmenterOnly;
+    cfg.init_centres = false;
+    let mut adapter: SegmenterAdapter<f32, 8, 64, _, _> = SegmenterAdapter::new(
+        &model,
+        cfg,
+        vec![0.0f32; adapter_storage_len(&DIGITS, cfg.batch)],
+        vec![0.0f32; state_len(cfg.optim.optimiser.kind(), DIGITS.segmenter_len())],
+    )
+    .unwrap();
+    let mut work = vec![0.0f32; DIGITS.work_len()];
+    for x in inputs(64, &mut rng).chunks(64) {
+        adapter.push(&model, x, &mut work).unwrap();
+    }
+    let mut g = c.benchmark_group("adapter");
+    g.throughput(Throughput::Elements(cfg.batch as u64));
+    g.bench_function(
+        "SegmenterAdapter step, batch 8 (throughput per anchor)",
+        |b| {
+            b.iter(|| {
+                // A guard rejection is a valid outcome too; the cost is the same.
+                let _ = black_box(adapter.step(&mut rng));
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, bench_inference, bench_training, bench_adapter);
 criterion_main!(benches);
