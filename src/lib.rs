@@ -12,6 +12,7 @@ pub mod shape;
 pub use shape::{Activation, Likelihood, Posterior, Scope, Shape};
 pub mod adapt;
 pub mod blob;
+pub mod checkpoint;
 pub mod kmeans;
 pub mod loss;
 pub mod memory;

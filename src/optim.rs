@@ -291,6 +291,18 @@ impl<S> OptimState<S> {
         &self.storage
     }
 
+    /// The moments, mutably: to restore saved ones in place (a device cannot move its
+    /// static storage); see [`crate::checkpoint`]. Anything but a saved state gives
+    /// meaningless updates.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// Sets the step counter (with [`OptimState::storage_mut`], to restore a saved state).
+    pub fn set_steps(&mut self, steps: u32) {
+        self.steps = steps;
+    }
+
     /// The storage and the step counter.
     pub fn into_parts(self) -> (S, u32) {
         (self.storage, self.steps)
