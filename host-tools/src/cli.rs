@@ -4,7 +4,7 @@
 //! module only assembles them. [`run`] writes results to the given stream and returns
 //! an [`Error`] (one line, with an exit status) on failure; `main` prints it.
 
-use crate::commands::{demo, eval, export, inspect, train};
+use crate::commands::{demo, eval, export, inspect, train, validate};
 use crate::Error;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -48,6 +48,10 @@ pub enum Command {
     /// Write a model as the binary blob, a Rust source file or a C header.
     #[command(long_about = export::LONG_ABOUT)]
     Export(export::ExportArgs),
+    /// Run a model on a device (qemu or a board on a serial port) and compare its
+    /// outputs with the host's.
+    #[command(long_about = validate::LONG_ABOUT)]
+    Validate(validate::ValidateArgs),
 }
 
 /// Runs one command, writing its results to `out`.
@@ -58,6 +62,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Eval(a) => eval::run(a, out),
         Command::Inspect(a) => inspect::run(a, out),
         Command::Export(a) => export::run(a, out),
+        Command::Validate(a) => validate::run(a, out),
     }
 }
 

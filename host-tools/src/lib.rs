@@ -10,6 +10,7 @@
 //! | [`train`] | training on the host: epochs over a data set in memory |
 //! | [`metrics`] | ACC (Hungarian matching), NMI, ARI |
 //! | [`baselines`] | k-means on the raw features, spherical k-means |
+//! | [`device`] | talk to a device (qemu or a serial port): requests, faults, weights |
 //! | [`model_io`] | load and save a model's weight blob |
 //! | [`export`] | a model as a blob, a Rust source file or a C header |
 //! | [`fsio`] | write a file atomically (temporary file, then rename) |
@@ -20,6 +21,7 @@ pub mod baselines;
 pub mod cli;
 pub mod commands;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod export;
 pub mod fsio;

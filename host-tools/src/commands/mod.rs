@@ -5,6 +5,7 @@ pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod train;
+pub mod validate;
 
 use crate::Error;
 use std::io::Write;

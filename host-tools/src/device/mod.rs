@@ -1,0 +1,118 @@
+//! Talking to a device that runs the firmware: under qemu, or a board on a serial port.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`link`] | a byte stream with receive timeouts (reader thread + channel) |
+//! | [`client`] | requests and responses: framing, re-sync, weights in chunks and pages, faults as one-line errors |
+//! | [`qemu`] | build the firmware, start qemu with its UART on a local socket |
+//! | [`serial`] | a serial port |
+//! | [`sim`] | a simulated device in a thread, with injectable faults (tests) |
+
+pub mod client;
+pub mod link;
+pub mod qemu;
+pub mod serial;
+pub mod sim;
+
+pub use client::{Device, DeviceError, DeviceSegment, Timeouts};
+pub use link::Link;
+
+use std::path::PathBuf;
+
+/// Where the device is, as given on the command line (`--device`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The firmware under qemu on this machine.
+    Qemu(qemu::Machine),
+    /// A board on this serial port.
+    Serial(String),
+}
+
+impl DeviceSpec {
+    /// Parses `qemu`, `qemu:mps2-an386`, `qemu:microbit` or `serial:PATH`.
+    pub fn parse(s: &str) -> Result<DeviceSpec, String> {
+        let bad = || {
+            format!(
+                "unknown device '{s}': expected qemu, qemu:mps2-an386, qemu:microbit or \
+                 serial:PATH"
+            )
+        };
+        if s == "qemu" {
+            return Ok(DeviceSpec::Qemu(qemu::Machine::Mps2An386));
+        }
+        if let Some(m) = s.strip_prefix("qemu:") {
+            return qemu::Machine::parse(m)
+                .map(DeviceSpec::Qemu)
+                .ok_or_else(bad);
+        }
+        if let Some(p) = s.strip_prefix("serial:") {
+            if p.is_empty() {
+                return Err(bad());
+            }
+            return Ok(DeviceSpec::Serial(p.to_string()));
+        }
+        Err(bad())
+    }
+}
+
+/// How to reach the firmware under qemu.
+#[derive(Clone, Debug, Default)]
+pub struct FirmwareOptions {
+    /// A prebuilt ELF to run instead of building one.
+    pub elf: Option<PathBuf>,
+    /// The firmware crate (default: `firmware/` of this repository).
+    pub dir: Option<PathBuf>,
+    /// Extra environment for the firmware build (e.g. `HVAE_MODEL_RS`).
+    pub env: Vec<(String, std::ffi::OsString)>,
+}
+
+/// An open device: the session, and qemu if it runs there (stopped on drop).
+pub struct Opened {
+    /// The session.
+    pub device: Device,
+    /// The emulator, kept alive for the session.
+    pub qemu: Option<qemu::Qemu>,
+}
+
+/// Opens the device: builds and starts program `bin` under qemu, or opens the serial
+/// port at `baud`.
+pub fn open(
+    spec: &DeviceSpec,
+    bin: &str,
+    fw: &FirmwareOptions,
+    baud: u32,
+    timeouts: Timeouts,
+) -> Result<Opened, String> {
+    match spec {
+        DeviceSpec::Serial(path) => Ok(Opened {
+            device: Device::new(serial::open(path, baud)?, timeouts),
+            qemu: None,
+        }),
+        DeviceSpec::Qemu(machine) => {
+            if !qemu::qemu_available() {
+                return Err(
+                    "qemu-system-arm is not installed (install it, e.g. apt-get install \
+                     qemu-system-arm)"
+                        .to_string(),
+                );
+            }
+            let elf = match &fw.elf {
+                Some(e) => e.clone(),
+                None => {
+                    let dir = fw.dir.clone().unwrap_or_else(qemu::default_firmware_dir);
+                    let env: Vec<(&str, &std::ffi::OsStr)> = fw
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_os_str()))
+                        .collect();
+                    qemu::build_firmware(&dir, bin, *machine, &env)?
+                }
+            };
+            let (q, link) = qemu::Qemu::start(&elf, *machine, &[])?;
+            Ok(Opened {
+                device: Device::new(link, timeouts),
+                qemu: Some(q),
+            })
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The device client and `hvae validate` against a simulated device (a thread serving
+//! the protocol with the core's model over in-memory pipes): the happy path, a weight
+//! load, and every fault — a stall, garbage, a wrong answer, a reset in the middle of an
+//! answer or of a load — each reported as a one-line error naming it, after which a
+//! rerun on the same connection re-syncs and passes.
+
+mod common;
+
+use hvae::Shape;
+use hvae_host::commands::validate::{validate_on, Thresholds};
+use hvae_host::data::{self, Dataset};
+use hvae_host::device::sim::{Fault, SimDevice, SimState};
+use hvae_host::device::{Device, DeviceSpec, Timeouts};
+use hvae_host::model_io::{self, LoadedModel};
+use std::path::Path;
+use std::time::Duration;
+
+const DIGITS: Shape = Shape::new(64, &[32], 8, 10);
+const ROWS: usize = 120;
+
+fn loaded(salt: u64) -> LoadedModel {
+    let m = common::model(DIGITS, salt);
+    let bytes = model_io::to_bytes(&m).unwrap();
+    model_io::from_bytes(&bytes).unwrap()
+}
+
+fn digits() -> Dataset {
+    data::load(&common::digits_path()).unwrap()
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        first: Duration::from_millis(1500),
+        answer: Duration::from_millis(400),
+        train: Duration::from_millis(1500),
+    }
+}
+
+fn session(sim: &SimDevice) -> Device {
+    Device::new(sim.connect().unwrap(), timeouts())
+}
+
+fn run(
+    dev: &mut Device,
+    model: &LoadedModel,
+    data: &Dataset,
+) -> Result<hvae_host::commands::validate::ValidateReport, String> {
+    validate_on(
+        dev,
+        model,
+        Path::new("model.hvae"),
+        data,
+        Some(ROWS),
+        Thresholds::default(),
+    )
+    .map_err(|e| e.one_line())
+}
+
+#[test]
+fn same_weights_pass_bit_exact() {
+    let model = loaded(1);
+    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc));
+    let r = run(&mut session(&sim), &model, &digits()).unwrap();
+    assert!(r.pass, "{r:?}");
+    assert!(!r.loaded_weights);
+    assert_eq!(r.rows, ROWS);
+    assert_eq!(r.bit_exact_rows, ROWS);
+    assert_eq!(r.mu.max_abs_err, 0.0);
+    assert_eq!(r.probs_max_abs_err, 0.0);
+    assert_eq!(r.labels.compared + r.labels.ties, ROWS);
+    assert_eq!(r.labels.agree, r.labels.compared);
+    // Info + one Segment per row.
+    assert_eq!(sim.state.lock().unwrap().requests(), 1 + ROWS);
+}
+
+#[test]
+fn other_weights_are_loaded_first() {
+    let model = loaded(1);
+    let other = loaded(2);
+    let sim = SimDevice::new(SimState::new(other.model.clone(), other.crc));
+    let r = run(&mut session(&sim), &model, &digits()).unwrap();
+    assert!(r.pass, "{r:?}");
+    assert!(r.loaded_weights);
+    assert_eq!(sim.state.lock().unwrap().crc(), model.crc);
+    // The blob went in 256-byte chunks: Info, chunks, Info, rows.
+    let chunks = hvae::blob::blob_len(&DIGITS).div_ceil(256);
+    assert_eq!(sim.state.lock().unwrap().requests(), 2 + chunks + ROWS);
+    // The weights read back are the model's, bit for bit.
+    let mut dev = session(&sim);
+    dev.sync().unwrap();
+    let back = dev.read_weights(DIGITS.param_len()).unwrap();
+    assert!(back
+        .iter()
+        .zip(model.model.params())
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn a_device_that_computes_otherwise_fails() {
+    // The device claims the model's CRC but runs other weights: no load, and the
+    // comparison must catch it.
+    let model = loaded(1);
+    let other = loaded(3);
+    let sim = SimDevice::new(SimState::new(other.model.clone(), model.crc));
+    let r = run(&mut session(&sim), &model, &digits()).unwrap();
+    assert!(!r.pass);
+    assert!(r.mu.max_abs_err > 0.01, "{r:?}");
+    assert!(r.failures.iter().any(|f| f.starts_with("mu max abs error")));
+    assert_eq!(r.bit_exact_rows, 0);
+}
+
+#[test]
+fn stall_is_a_timeout_naming_the_request() {
+    let model = loaded(1);
+    let sim =
+        SimDevice::new(SimState::new(model.model.clone(), model.crc).with_fault(6, Fault::Stall));
+    let e = run(&mut session(&sim), &model, &digits()).unwrap_err();
+    assert!(
+        e.contains("device stalled: no answer to Segment within 0.4 s"),
+        "{e}"
+    );
+    assert!(e.contains("data row 6 of 120"), "{e}");
+    assert!(!e.contains('\n'));
+}
+
+#[test]
+fn garbage_is_reported_then_a_rerun_passes() {
+    let model = loaded(1);
+    let sim = SimDevice::new(
+        SimState::new(model.model.clone(), model.crc).with_fault(10, Fault::Garbage),
+    );
+    let data = digits();
+    let mut dev = session(&sim);
+    let e = run(&mut dev, &model, &data).unwrap_err();
+    assert!(
+        e.contains("answered Segment with garbage (frame is not valid COBS)"),
+        "{e}"
+    );
+    assert!(e.contains("data row 10 of"), "{e}");
+    let r = run(&mut dev, &model, &data).unwrap();
+    assert!(r.pass && r.rows == ROWS, "{r:?}");
+}
+
+#[test]
+fn wrong_answer_is_reported() {
+    let model = loaded(1);
+    let sim = SimDevice::new(
+        SimState::new(model.model.clone(), model.crc).with_fault(3, Fault::WrongAnswer),
+    );
+    let data = digits();
+    let mut dev = session(&sim);
+    let e = run(&mut dev, &model, &data).unwrap_err();
+    assert!(
+        e.contains("answered Segment with an unrelated Ack response"),
+        "{e}"
+    );
+    assert!(run(&mut dev, &model, &data).unwrap().pass);
+}
+
+#[test]
+fn reset_while_streaming_is_reported_then_a_rerun_passes() {
+    let model = loaded(1);
+    let sim =
+        SimDevice::new(SimState::new(model.model.clone(), model.crc).with_fault(50, Fault::Reset));
+    let data = digits();
+    let mut dev = session(&sim);
+    let e = run(&mut dev, &model, &data).unwrap_err();
+    assert!(
+        e.contains("device stopped in the middle of its answer to Segment"),
+        "{e}"
+    );
+    assert!(e.contains("reset"), "{e}");
+    assert_eq!(sim.state.lock().unwrap().resets, 1);
+    let r = run(&mut dev, &model, &data).unwrap();
+    assert!(
+        r.pass && r.rows == ROWS && r.bit_exact_rows == ROWS,
+        "{r:?}"
+    );
+}
+
+#[test]
+fn reset_during_a_load_then_the_rerun_reloads() {
+    let model = loaded(1);
+    let other = loaded(2);
+    // Request 0 is Info, then the chunks: reset on the 5th chunk.
+    let sim =
+        SimDevice::new(SimState::new(other.model.clone(), other.crc).with_fault(5, Fault::Reset));
+    let data = digits();
+    let mut dev = session(&sim);
+    let e = run(&mut dev, &model, &data).unwrap_err();
+    assert!(
+        e.contains("in the middle of its answer to LoadWeights"),
+        "{e}"
+    );
+    // The device still runs its old weights: the half-loaded blob was never switched to.
+    assert_eq!(sim.state.lock().unwrap().crc(), other.crc);
+    let r = run(&mut dev, &model, &data).unwrap();
+    assert!(r.pass && r.loaded_weights, "{r:?}");
+    assert_eq!(sim.state.lock().unwrap().crc(), model.crc);
+}
+
+#[test]
+fn half_a_frame_left_by_an_interrupted_host_is_flushed() {
+    let model = loaded(1);
+    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc));
+    let data = digits();
+    // An earlier host died after sending half a request: the device's decoder holds it.
+    let mut buf = [0u8; 600];
+    let sample = heapless::Vec::from_slice(data.row(0)).unwrap();
+    let req = hvae::protocol::Request::Segment { sample };
+    let frame = hvae::protocol::encode(&req, &mut buf).unwrap();
+    let mut link = sim.connect().unwrap();
+    link.send(&frame[..frame.len() / 2]).unwrap();
+    // The next session's leading 0x00 ends that frame (the device answers it with an
+    // error, which the sync drops), and validation runs cleanly.
+    let mut dev = Device::new(link, timeouts());
+    let r = run(&mut dev, &model, &data).unwrap();
+    assert!(r.pass && r.rows == ROWS, "{r:?}");
+    // Info, the flushed half frame's error answer, and the rows.
+    assert_eq!(sim.state.lock().unwrap().requests(), 2 + ROWS);
+}
+
+#[test]
+fn device_specs_parse() {
+    use hvae_host::device::qemu::Machine;
+    assert_eq!(
+        DeviceSpec::parse("qemu").unwrap(),
+        DeviceSpec::Qemu(Machine::Mps2An386)
+    );
+    assert_eq!(
+        DeviceSpec::parse("qemu:microbit").unwrap(),
+        DeviceSpec::Qemu(Machine::Microbit)
+    );
+    assert_eq!(
+        DeviceSpec::parse("serial:/dev/ttyACM0").unwrap(),
+        DeviceSpec::Serial("/dev/ttyACM0".into())
+    );
+    for bad in ["", "qemu:pdp11", "serial:", "usb"] {
+        assert!(DeviceSpec::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn cli_rejects_a_bad_device_and_a_missing_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::write_model(dir.path(), "m.hvae", &common::model(DIGITS, 1));
+    let out = assert_cmd::Command::cargo_bin("hvae")
+        .unwrap()
+        .args(["validate", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(common::digits_path())
+        .args(["--device", "usb"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = assert_cmd::Command::cargo_bin("hvae")
+        .unwrap()
+        .args(["validate", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(common::digits_path())
+        .args(["--device", "serial:/nonexistent/tty"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open serial port /nonexistent/tty"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
