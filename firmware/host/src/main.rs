@@ -1,0 +1,56 @@
+//! Host side of the firmware's tests (run by `firmware/run-tests.sh`).
+//!
+//! ```text
+//! hvae-firmware-host golden MODEL.hvae DATA.csv[.gz] OUT.rs
+//!     inputs and the core's outputs for them, as a Rust file for `selftest` and `bench`
+//! hvae-firmware-host size ELF...
+//!     flash (vector table + .text + .rodata + .data image) and static RAM of each ELF
+//! hvae-firmware-host probe ELF --machine mps2-an386|microbit --blob MODEL.hvae
+//!         [--flash-budget BYTES] [--ram-budget BYTES]
+//!     starts `cluster` under qemu, talks the protocol to it over the emulated UART and
+//!     checks every answer (results against the core on the host, typed errors for bad
+//!     input and bad frames, weight loading all or nothing, reading weights back), then
+//!     checks the device's own flash/RAM/stack report against the budgets
+//! ```
+//! Exit status 0 when everything checked out, 1 otherwise (with the reason on stderr).
+
+mod elf;
+mod golden;
+mod probe;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("golden") => golden::run(&args[1..]),
+        Some("size") => elf::run(&args[1..]),
+        Some("probe") => probe::run(&args[1..]),
+        _ => Err("usage: hvae-firmware-host golden|size|probe ... (see the source's docs)".into()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The value following `--name` in `args`.
+pub fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// Reads a weight blob and returns its shape, all parameters and CRC.
+pub fn read_blob(path: &str) -> Result<(hvae::Shape, Vec<f32>, u32), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let shape = hvae::blob::read_shape(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    let mut params = vec![0.0f32; shape.param_len()];
+    let crc =
+        hvae::blob::read_params(&bytes, &shape, &mut params).map_err(|e| format!("{path}: {e}"))?;
+    Ok((shape, params, crc))
+}

@@ -1,0 +1,250 @@
+//! The two boards' peripherals the firmware uses: a UART (the protocol's byte stream)
+//! and flash programming (the weight slots). Chosen by `cfg(board)` from the target
+//! (see `build.rs`).
+//!
+//! | board | UART | flash |
+//! |---|---|---|
+//! | `mps2_an386` (Cortex-M4F) | CMSDK APB UART0 at `0x4000_4000` | code memory is RAM under qemu: written directly, an erase fills `0xFF` |
+//! | `microbit` (nRF51822, Cortex-M0) | UART0 at `0x4000_2000` | NVMC at `0x4001_E000`: 1 KiB page erase, word writes |
+
+use core::ptr::{read_volatile, write_volatile};
+
+/// A byte stream.
+pub trait Serial {
+    /// A received byte, if one is waiting.
+    fn try_read(&mut self) -> Option<u8>;
+    /// Sends one byte (blocks while the transmitter is busy).
+    fn write(&mut self, byte: u8);
+    /// Waits for a byte.
+    fn read(&mut self) -> u8 {
+        loop {
+            if let Some(b) = self.try_read() {
+                return b;
+            }
+        }
+    }
+    /// Sends bytes.
+    fn write_all(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write(b);
+        }
+    }
+}
+
+/// Why programming flash failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlashError;
+
+/// Erase and program the weight slots.
+pub trait FlashWriter {
+    /// Bytes of the erase unit.
+    const PAGE: usize;
+    /// Erases the page at `addr` (a multiple of [`FlashWriter::PAGE`]) to `0xFF`.
+    fn erase_page(&mut self, addr: usize) -> Result<(), FlashError>;
+    /// Programs one word at a 4-aligned, erased `addr`, and verifies it.
+    fn write_word(&mut self, addr: usize, word: u32) -> Result<(), FlashError>;
+}
+
+fn reg(addr: usize) -> *mut u32 {
+    addr as *mut u32
+}
+
+#[cfg(board = "mps2_an386")]
+mod imp {
+    use super::*;
+
+    const UART0: usize = 0x4000_4000;
+    const DATA: usize = UART0;
+    const STATE: usize = UART0 + 0x04;
+    const CTRL: usize = UART0 + 0x08;
+    const BAUDDIV: usize = UART0 + 0x10;
+    const TX_FULL: u32 = 1 << 0;
+    const RX_FULL: u32 = 1 << 1;
+
+    /// CMSDK APB UART0.
+    pub struct Uart(());
+
+    // No `Default`: constructing a driver programs the peripheral, which should be a
+    // visible `new()` call.
+    #[allow(clippy::new_without_default)]
+    impl Uart {
+        /// Enables transmitter and receiver (the baud divisor is ignored by qemu; 217
+        /// gives 115200 baud from the board's 25 MHz).
+        pub fn new() -> Uart {
+            // SAFETY: UART0's registers, used by this driver only.
+            unsafe {
+                write_volatile(reg(BAUDDIV), 217);
+                write_volatile(reg(CTRL), 0b11);
+            }
+            Uart(())
+        }
+    }
+
+    impl Serial for Uart {
+        fn try_read(&mut self) -> Option<u8> {
+            // SAFETY: UART0's registers.
+            unsafe {
+                (read_volatile(reg(STATE)) & RX_FULL != 0).then(|| read_volatile(reg(DATA)) as u8)
+            }
+        }
+        fn write(&mut self, byte: u8) {
+            // SAFETY: UART0's registers.
+            unsafe {
+                while read_volatile(reg(STATE)) & TX_FULL != 0 {}
+                write_volatile(reg(DATA), u32::from(byte));
+            }
+        }
+    }
+
+    /// The slots live in code memory, which qemu's board models as RAM.
+    pub struct Flash(());
+
+    // No `Default`, like the UART: one visible `new()` per driver.
+    #[allow(clippy::new_without_default)]
+    impl Flash {
+        /// The flash writer.
+        pub fn new() -> Flash {
+            Flash(())
+        }
+    }
+
+    impl FlashWriter for Flash {
+        const PAGE: usize = 1024;
+        fn erase_page(&mut self, addr: usize) -> Result<(), FlashError> {
+            for a in (addr..addr + Self::PAGE).step_by(4) {
+                // SAFETY: `addr` is a page of the weight slots (checked by the caller),
+                // which nothing else writes and no live reference covers.
+                unsafe { write_volatile(reg(a), u32::MAX) };
+            }
+            Ok(())
+        }
+        fn write_word(&mut self, addr: usize, word: u32) -> Result<(), FlashError> {
+            // SAFETY: as above.
+            unsafe {
+                write_volatile(reg(addr), word);
+                (read_volatile(reg(addr)) == word)
+                    .then_some(())
+                    .ok_or(FlashError)
+            }
+        }
+    }
+}
+
+#[cfg(board = "microbit")]
+mod imp {
+    use super::*;
+
+    const UART0: usize = 0x4000_2000;
+    const STARTRX: usize = UART0;
+    const STARTTX: usize = UART0 + 0x008;
+    const RXDRDY: usize = UART0 + 0x108;
+    const TXDRDY: usize = UART0 + 0x11C;
+    const ENABLE: usize = UART0 + 0x500;
+    const PSELTXD: usize = UART0 + 0x50C;
+    const PSELRXD: usize = UART0 + 0x514;
+    const RXD: usize = UART0 + 0x518;
+    const TXD: usize = UART0 + 0x51C;
+    const BAUDRATE: usize = UART0 + 0x524;
+
+    /// nRF51 UART0 on the micro:bit's USB serial pins (TX P0.24, RX P0.25).
+    pub struct Uart(());
+
+    // No `Default`: constructing a driver programs the peripheral.
+    #[allow(clippy::new_without_default)]
+    impl Uart {
+        /// 115200 baud, started.
+        pub fn new() -> Uart {
+            // SAFETY: UART0's registers, used by this driver only.
+            unsafe {
+                write_volatile(reg(PSELTXD), 24);
+                write_volatile(reg(PSELRXD), 25);
+                write_volatile(reg(BAUDRATE), 0x01D7_E000);
+                write_volatile(reg(ENABLE), 4);
+                write_volatile(reg(STARTTX), 1);
+                write_volatile(reg(STARTRX), 1);
+            }
+            Uart(())
+        }
+    }
+
+    impl Serial for Uart {
+        fn try_read(&mut self) -> Option<u8> {
+            // SAFETY: UART0's registers. The event is cleared before RXD is read, as
+            // the reference manual asks, so a byte arriving meanwhile raises it again.
+            unsafe {
+                if read_volatile(reg(RXDRDY)) == 0 {
+                    return None;
+                }
+                write_volatile(reg(RXDRDY), 0);
+                Some(read_volatile(reg(RXD)) as u8)
+            }
+        }
+        fn write(&mut self, byte: u8) {
+            // SAFETY: UART0's registers.
+            unsafe {
+                write_volatile(reg(TXD), u32::from(byte));
+                while read_volatile(reg(TXDRDY)) == 0 {}
+                write_volatile(reg(TXDRDY), 0);
+            }
+        }
+    }
+
+    const NVMC: usize = 0x4001_E000;
+    const READY: usize = NVMC + 0x400;
+    const CONFIG: usize = NVMC + 0x504;
+    const ERASEPAGE: usize = NVMC + 0x508;
+    const CONFIG_READ: u32 = 0;
+    const CONFIG_WRITE: u32 = 1;
+    const CONFIG_ERASE: u32 = 2;
+
+    /// The nRF51 non-volatile memory controller.
+    pub struct Flash(());
+
+    // No `Default`, like the UART: one visible `new()` per driver.
+    #[allow(clippy::new_without_default)]
+    impl Flash {
+        /// The flash writer.
+        pub fn new() -> Flash {
+            Flash(())
+        }
+        fn wait_ready() {
+            // SAFETY: NVMC's READY register.
+            while unsafe { read_volatile(reg(READY)) } & 1 == 0 {}
+        }
+    }
+
+    impl FlashWriter for Flash {
+        const PAGE: usize = 1024;
+        fn erase_page(&mut self, addr: usize) -> Result<(), FlashError> {
+            // SAFETY: NVMC registers; `addr` is a page of the weight slots (checked by
+            // the caller) that no live reference covers.
+            unsafe {
+                Self::wait_ready();
+                write_volatile(reg(CONFIG), CONFIG_ERASE);
+                Self::wait_ready();
+                write_volatile(reg(ERASEPAGE), addr as u32);
+                Self::wait_ready();
+                write_volatile(reg(CONFIG), CONFIG_READ);
+                Self::wait_ready();
+            }
+            Ok(())
+        }
+        fn write_word(&mut self, addr: usize, word: u32) -> Result<(), FlashError> {
+            // SAFETY: as above.
+            unsafe {
+                Self::wait_ready();
+                write_volatile(reg(CONFIG), CONFIG_WRITE);
+                Self::wait_ready();
+                write_volatile(reg(addr), word);
+                Self::wait_ready();
+                write_volatile(reg(CONFIG), CONFIG_READ);
+                Self::wait_ready();
+                (read_volatile(reg(addr)) == word)
+                    .then_some(())
+                    .ok_or(FlashError)
+            }
+        }
+    }
+}
+
+pub use imp::{Flash, Uart};

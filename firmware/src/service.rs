@@ -1,0 +1,347 @@
+//! The inference service: answers requests with the weights in use, loads new weights
+//! into a flash slot, and keeps serving after any bad frame or request.
+//!
+//! Frames are received with [`wire::Receiver`] and read with [`wire::parse`] (the
+//! core's `FrameDecoder` would need 7 KiB of stack, see [`crate::wire`]); responses are
+//! the core's [`Response`], encoded by the core. Every request gets exactly one response;
+//! failures are [`Response::Error`] with a typed [`ErrorCode`], never a panic.
+//!
+//! # Memory (digits model: D = 64, hidden 32, M = 8, K = 10)
+//! - [`Service`]: the model workspace (`SHAPE.work_len()` floats, 1488 bytes), the
+//!   weight loader's state and the sample being answered (`D` floats);
+//! - [`serve`](Service::serve): the receive buffer ([`RX_FRAME`] bytes) and, while
+//!   answering, one [`Response`] (about 1.3 KiB: the protocol's vectors have fixed
+//!   capacities) and the transmit buffer ([`TX_FRAME`] bytes).
+//!
+//! The `learn` program wraps the same service and answers `TrainBatch` itself
+//! ([`Service::serve_with`]).
+
+use crate::board::{FlashWriter, Serial};
+use crate::weights::{Active, SlotWriter, INFER_LEN, SHAPE};
+use crate::wire::{self, F32s, Receiver, Req};
+use hvae::protocol::{
+    encode, max_request_frame, max_response_frame, DeviceInfo, ErrorCode, FrameError, Response,
+    WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, MAX_VALUES,
+};
+
+/// Receive buffer: the longest request frame a `D`-input inference device accepts
+/// (a `LoadWeights` chunk or a sample of `D` values; longer frames are `Oversized`).
+pub const RX_FRAME: usize = max_request_frame(SHAPE.input);
+/// Transmit buffer: the longest response frame of this model.
+pub const TX_FRAME: usize = max_response_frame(SHAPE.clusters, SHAPE.latent);
+/// Workspace floats of one model call.
+pub const WORK_LEN: usize = SHAPE.work_len();
+
+/// Requests this service answers.
+pub const CAPABILITIES: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHECKPOINT;
+
+/// Memory figures the device reports in [`DeviceInfo`] (bytes; 0 when unknown).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resources {
+    /// Program image in flash.
+    pub flash: u32,
+    /// Static RAM (`.data` + `.bss`).
+    pub ram: u32,
+    /// Peak stack so far.
+    pub stack: u32,
+}
+
+/// The service's state: the weights in use, a workspace, a load in progress.
+pub struct Service<F> {
+    active: Active,
+    work: [f32; WORK_LEN],
+    sample: [f32; SHAPE.input],
+    loader: WeightLoader,
+    writing: Option<SlotWriter>,
+    flash: F,
+}
+
+impl<F: FlashWriter> Service<F> {
+    /// A service running `active`, writing slots with `flash`.
+    pub fn new(active: Active, flash: F) -> Self {
+        Service {
+            active,
+            work: [0.0; WORK_LEN],
+            sample: [0.0; SHAPE.input],
+            loader: WeightLoader::new(SHAPE),
+            writing: None,
+            flash,
+        }
+    }
+
+    /// The weights in use.
+    pub fn active(&self) -> &Active {
+        &self.active
+    }
+
+    /// The flash writer (for a wrapping program that writes its own checkpoints).
+    pub fn flash_mut(&mut self) -> &mut F {
+        &mut self.flash
+    }
+
+    /// Switches to other weights (e.g. a checkpoint written by a wrapping program).
+    /// Abandons a load in progress.
+    pub fn set_active(&mut self, active: Active) {
+        self.writing = None;
+        self.loader.reset();
+        self.active = active;
+    }
+
+    /// Answers one request into `out`. `TrainBatch` is `Unsupported` here.
+    ///
+    /// The answer is written in place: a `Response` is about 1.3 KiB, and returning
+    /// one by value through `Result`s left several copies on the stack.
+    #[inline(never)]
+    pub fn handle(&mut self, req: &Req<'_>, res: Resources, out: &mut Response) {
+        let r = match *req {
+            Req::Info => {
+                self.info(res, out);
+                Ok(())
+            }
+            Req::Segment(x) => self.segment(x, out),
+            Req::Encode(x) => self.encode(x, out),
+            Req::ReadWeights { offset, count } => self.read(offset, count, out),
+            Req::LoadWeights {
+                offset,
+                bytes,
+                last,
+            } => self.load(offset, bytes, last).map(|loaded| {
+                *out = match loaded {
+                    Some(weights_crc) => Response::Loaded { weights_crc },
+                    None => Response::Ack,
+                }
+            }),
+            // Loaded weights are written to flash as they arrive: already persistent.
+            Req::Checkpoint => {
+                *out = Response::Checkpointed {
+                    weights_crc: self.active.blob_crc,
+                };
+                Ok(())
+            }
+            Req::TrainBatch { .. } => Err(ErrorCode::Unsupported),
+        };
+        if let Err(e) = r {
+            *out = Response::Error(e);
+        }
+    }
+
+    fn info(&self, res: Resources, out: &mut Response) {
+        let mut info = DeviceInfo::new(
+            &SHAPE,
+            INFER_LEN,
+            self.active.blob_crc,
+            RX_FRAME,
+            CAPABILITIES,
+        );
+        info.flash_used = res.flash;
+        info.ram_static = res.ram;
+        info.stack_peak = res.stack;
+        *out = Response::Info(info);
+    }
+
+    /// Copies a request's sample into `self.sample`: `D` values, else the core's
+    /// `InputLength`.
+    fn take_sample(&mut self, x: F32s<'_>) -> Result<(), ErrorCode> {
+        if x.copy_to(&mut self.sample) {
+            Ok(())
+        } else {
+            Err(ErrorCode::InputLength)
+        }
+    }
+
+    #[inline(never)]
+    fn segment(&mut self, x: F32s<'_>, out: &mut Response) -> Result<(), ErrorCode> {
+        self.take_sample(x)?;
+        let s = self.active.model.segment(&self.sample, &mut self.work)?;
+        *out = Response::Segmented {
+            label: u8::try_from(s.label).map_err(|_| ErrorCode::Internal)?,
+            probs: heapless::Vec::new(),
+            cosine: s.cosine,
+            mu: heapless::Vec::new(),
+            kappa: s.kappa,
+        };
+        if let Response::Segmented { probs, mu, .. } = out {
+            probs
+                .extend_from_slice(s.probs)
+                .map_err(|_| ErrorCode::Internal)?;
+            mu.extend_from_slice(s.mu)
+                .map_err(|_| ErrorCode::Internal)?;
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn encode(&mut self, x: F32s<'_>, out: &mut Response) -> Result<(), ErrorCode> {
+        self.take_sample(x)?;
+        let e = self.active.model.encode(&self.sample, &mut self.work)?;
+        *out = Response::Encoded {
+            mu: heapless::Vec::new(),
+            kappa: e.kappa,
+        };
+        if let Response::Encoded { mu, .. } = out {
+            mu.extend_from_slice(e.mu)
+                .map_err(|_| ErrorCode::Internal)?;
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn read(&self, offset: u32, count: u16, out: &mut Response) -> Result<(), ErrorCode> {
+        let start = offset as usize;
+        let n = usize::from(count);
+        let params = self.active.model.params();
+        let values = start
+            .checked_add(n)
+            .filter(|&end| n <= MAX_VALUES && end <= params.len())
+            .map(|end| &params[start..end])
+            .ok_or(ErrorCode::OutOfRange)?;
+        *out = Response::Weights {
+            offset,
+            values: heapless::Vec::new(),
+        };
+        if let Response::Weights { values: v, .. } = out {
+            v.extend_from_slice(values)
+                .map_err(|_| ErrorCode::Internal)?;
+        }
+        Ok(())
+    }
+
+    /// One `LoadWeights` chunk. A chunk at offset 0 starts a new blob: the slot the
+    /// device does not run from is erased and the values go there as they arrive; the
+    /// slot is sealed, and the device switches to it, only when the last chunk has
+    /// checked out (length, header, finiteness, CRC). Any error abandons the load; the
+    /// weights in use never change on failure.
+    #[inline(never)]
+    /// Returns the new weights' CRC after the last chunk, `None` before.
+    fn load(&mut self, offset: u32, bytes: &[u8], last: bool) -> Result<Option<u32>, ErrorCode> {
+        if offset == 0 {
+            self.writing = None;
+            let w =
+                SlotWriter::begin(&mut self.flash, &self.active).map_err(|_| ErrorCode::Storage)?;
+            self.writing = Some(w);
+        }
+        let r = self.load_chunk(offset, bytes, last);
+        if r.is_err() || last {
+            self.writing = None;
+        }
+        r
+    }
+
+    fn load_chunk(
+        &mut self,
+        offset: u32,
+        bytes: &[u8],
+        last: bool,
+    ) -> Result<Option<u32>, ErrorCode> {
+        let Some(writer) = self.writing.as_ref() else {
+            // Not loading: a chunk must start a blob.
+            self.loader.reset();
+            return Err(ErrorCode::LoadOrder { expected: 0 });
+        };
+        let flash = &mut self.flash;
+        self.loader.feed(offset, bytes, |i, v| {
+            writer.put(flash, i, v).map_err(|_| ErrorCode::Storage)
+        })?;
+        if !last {
+            return Ok(None);
+        }
+        let crc = self.loader.finish()?;
+        let writer = self.writing.take().ok_or(ErrorCode::Internal)?;
+        let new = writer
+            .commit(&mut self.flash, crc, &self.active)
+            .map_err(|_| ErrorCode::Storage)?;
+        self.active = new;
+        Ok(Some(crc))
+    }
+
+    /// The answer to one received frame (the message bytes after COBS decoding, or why
+    /// there are none), written into `out`: the request's response, or an error
+    /// response for a frame that is not a request.
+    pub fn respond(
+        &mut self,
+        frame: Result<&[u8], FrameError>,
+        resources: impl FnOnce() -> Resources,
+        out: &mut Response,
+    ) {
+        match frame.and_then(wire::parse) {
+            Ok(req) => self.respond_to(&req, resources, out),
+            Err(e) => *out = Response::Error(e.into()),
+        }
+    }
+
+    /// The response to a parsed request (see [`Service::respond`]). `resources` is
+    /// asked for the memory figures only when an `Info` request arrives (measuring the
+    /// stack takes a scan).
+    pub fn respond_to(
+        &mut self,
+        req: &Req<'_>,
+        resources: impl FnOnce() -> Resources,
+        out: &mut Response,
+    ) {
+        let res = if matches!(req, Req::Info) {
+            resources()
+        } else {
+            Resources::default()
+        };
+        self.handle(req, res, out);
+    }
+
+    /// Serves requests from `serial` forever: one response frame per request frame,
+    /// including an error response for every frame that is malformed, truncated or
+    /// longer than [`RX_FRAME`] (the receiver then resynchronises at the next `0x00`).
+    pub fn serve<S: Serial>(&mut self, serial: &mut S, resources: impl FnMut() -> Resources) -> ! {
+        self.serve_with(serial, resources, |_, _, _| false)
+    }
+
+    /// [`Service::serve`] with an extension: `ext` sees every request first and may
+    /// answer it into the response (e.g. `TrainBatch` in `learn`) and return `true`;
+    /// `false` lets the service answer.
+    pub fn serve_with<S, X>(
+        &mut self,
+        serial: &mut S,
+        mut resources: impl FnMut() -> Resources,
+        mut ext: X,
+    ) -> !
+    where
+        S: Serial,
+        X: FnMut(&mut Self, &Req<'_>, &mut Response) -> bool,
+    {
+        let mut rx = Receiver::<RX_FRAME>::new();
+        // The one response value (see `handle`); every frame overwrites it.
+        let mut out = Response::Ack;
+        loop {
+            let byte = serial.read();
+            let Some(frame) = rx.push(byte) else {
+                continue;
+            };
+            match frame.and_then(wire::parse) {
+                Ok(req) => {
+                    if !ext(self, &req, &mut out) {
+                        self.respond_to(&req, &mut resources, &mut out);
+                    }
+                }
+                Err(e) => out = Response::Error(e.into()),
+            }
+            send(serial, &out);
+        }
+    }
+}
+
+/// The frame of `Response::Error(ErrorCode::Internal)`: postcard gives variant index 5
+/// (`Error`) and 23 (`Internal`), COBS prepends the distance to the first zero and the
+/// frame ends with `0x00`. Spelled out as bytes because building the `Response` value to
+/// encode would put a 1.3 KiB constant (the size of `Response`) into flash;
+/// `selftest` checks these bytes against [`encode`].
+pub const INTERNAL_ERROR_FRAME: [u8; 4] = [0x03, 0x05, 0x17, 0x00];
+
+/// Sends one response frame. `TX_FRAME` fits every response of this model
+/// ([`max_response_frame`]); should encoding fail anyway, an `Internal` error is sent so
+/// that the host still gets exactly one answer.
+#[inline(never)]
+pub fn send<S: Serial>(serial: &mut S, resp: &Response) {
+    let mut tx = [0u8; TX_FRAME];
+    match encode(resp, &mut tx) {
+        Ok(frame) => serial.write_all(frame),
+        Err(_) => serial.write_all(&INTERNAL_ERROR_FRAME),
+    }
+}
