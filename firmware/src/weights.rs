@@ -80,9 +80,15 @@ pub static COMPILED: ArrayModel<INFER_LEN> = Model::from_array(SHAPE, prefix(&ge
 
 /// CRC of the blob header followed by `params`, computed from memory (flash).
 pub fn prefix_crc(params: &[f32]) -> u32 {
+    crc_of(params.iter().copied())
+}
+
+/// CRC of the blob header followed by `values` (a blob's CRC when `values` are all the
+/// parameters; [`prefix_crc`] when they are the inference prefix).
+pub fn crc_of(values: impl Iterator<Item = f32>) -> u32 {
     let mut d = CRC.digest();
     d.update(&HEADER);
-    for v in params {
+    for v in values {
         d.update(&v.to_le_bytes());
     }
     d.finalize()

@@ -1,0 +1,664 @@
+//! On-target tests: run on the device (under qemu), log one line per check through
+//! semihosting, and exit with status 0 only if every check passed.
+//!
+//! 1. Weights at boot: the compiled-in weights pass their CRC; one changed value fails it.
+//! 2. Golden outputs: `segment` and `encode` of 16 digits rows equal the outputs the core
+//!    computed on the host (`model/golden.rs`, written by `model/regen.sh`).
+//! 3. Bad input: typed errors (wrong length, NaN, infinity), never a panic.
+//! 4. Frames and requests: [`wire::parse`] agrees with the core's
+//!    `protocol::decode::<Request>` on every request variant and on thousands of
+//!    truncated and corrupted encodings; the receiver reports oversized and non-COBS
+//!    frames once and resynchronises; the hard-coded internal-error frame is the core's.
+//! 5. Weight slots through the service: a streamed blob is loaded into a slot and a
+//!    simulated reboot ([`weights::boot`]) picks it; a blob with a bad CRC is refused and
+//!    changes nothing; the newest of two slots wins; a corrupted slot is skipped.
+#![no_std]
+#![no_main]
+
+use cortex_m_rt::entry;
+use hvae::model::InferError;
+use hvae::protocol::{ErrorCode, Response, MAX_CHUNK};
+use hvae_firmware::board::Flash;
+use hvae_firmware::rt::{self, Log};
+use hvae_firmware::service::{Resources, Service};
+use hvae_firmware::weights::{self, generated, Source, BLOB_CRC, COMPILED, HEADER, SHAPE};
+use hvae_firmware::wire::Req;
+
+#[allow(dead_code)]
+mod golden {
+    include!("../../model/golden.rs");
+}
+
+// The golden outputs belong to one model: build the selftest with it.
+const _: () = assert!(
+    golden::BLOB_CRC == BLOB_CRC,
+    "model/golden.rs was made for another model: run model/regen.sh, or build the selftest without HVAE_MODEL_RS"
+);
+
+/// Counts and logs check results.
+struct Checks {
+    failed: u32,
+    passed: u32,
+}
+
+impl Checks {
+    fn check(&mut self, ok: bool, what: &str) {
+        if ok {
+            self.passed += 1;
+            Log::new().s("  ok   ").s(what).emit();
+        } else {
+            self.failed += 1;
+            Log::new().s("  FAIL ").s(what).emit();
+        }
+    }
+}
+
+#[entry]
+fn main() -> ! {
+    rt::paint_stack();
+    let mut c = Checks {
+        failed: 0,
+        passed: 0,
+    };
+    rt::log("selftest: weights at boot");
+    boot_crc(&mut c);
+    rt::log("selftest: golden outputs");
+    golden_outputs(&mut c);
+    rt::log("selftest: bad input");
+    bad_input(&mut c);
+    rt::log("selftest: frames and requests");
+    // The comparison with the core's serde decoder needs about 15 KiB of stack (the
+    // decoder alone takes 7 KiB, see `wire`): more than the micro:bit's 16 KiB RAM
+    // leaves. The parser is target-independent code (both targets are 32-bit, which
+    // is what postcard's length encoding depends on), checked on the M4F.
+    #[cfg(board = "mps2_an386")]
+    frames::frames(&mut c);
+    #[cfg(board = "microbit")]
+    rt::log("  skipped on the micro:bit (stack); run on mps2-an386");
+    rt::log("selftest: weight slots");
+    slots(&mut c);
+    Log::new()
+        .s("selftest: ")
+        .u(c.passed)
+        .s(" passed, ")
+        .u(c.failed)
+        .s(" failed; peak stack ")
+        .u(rt::stack_peak() as u32)
+        .s(" B")
+        .emit();
+    rt::exit(c.failed == 0)
+}
+
+fn boot_crc(c: &mut Checks) {
+    let a = weights::compiled();
+    c.check(
+        matches!(&a, Ok(a) if a.source == Source::Compiled && a.blob_crc == BLOB_CRC),
+        "compiled-in weights pass the CRC check",
+    );
+    let b = weights::boot();
+    c.check(
+        matches!(&b, Ok(b) if b.source == Source::Compiled),
+        "boot with empty slots runs the compiled-in weights",
+    );
+    let params = COMPILED.params();
+    let flipped = params.iter().enumerate().map(|(i, &v)| {
+        if i == 1000 {
+            f32::from_bits(v.to_bits() ^ 1)
+        } else {
+            v
+        }
+    });
+    c.check(
+        weights::crc_of(flipped) != weights::PREFIX_CRC
+            && weights::prefix_crc(params) == weights::PREFIX_CRC,
+        "one flipped bit in the weights fails the CRC",
+    );
+    // The full blob's CRC, decoder included, from the exported values.
+    c.check(
+        weights::crc_of(generated::PARAMS.iter().copied()) == BLOB_CRC,
+        "the exported parameters reproduce the blob CRC",
+    );
+}
+
+fn close(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a - b).abs() <= 1e-6 * b.abs().max(1.0)
+}
+
+fn golden_outputs(c: &mut Checks) {
+    let model = &COMPILED;
+    let mut work = [0.0f32; SHAPE.work_len()];
+    let (mut labels, mut near, mut exact, mut total) = (true, true, 0u32, 0u32);
+    for i in 0..golden::N_GOLDEN {
+        match model.segment(&golden::SAMPLES[i], &mut work) {
+            Ok(s) => {
+                labels &= s.label == usize::from(golden::LABELS[i]);
+                let pairs = s
+                    .probs
+                    .iter()
+                    .zip(&golden::PROBS[i])
+                    .chain(s.mu.iter().zip(&golden::MU[i]))
+                    .chain([
+                        (&s.cosine, &golden::COSINE[i]),
+                        (&s.kappa, &golden::KAPPA[i]),
+                    ]);
+                for (a, b) in pairs {
+                    total += 1;
+                    exact += u32::from(a.to_bits() == b.to_bits());
+                    near &= close(*a, *b);
+                }
+            }
+            Err(_) => {
+                labels = false;
+                near = false;
+            }
+        }
+    }
+    c.check(labels, "segment: 16 labels equal the host's");
+    c.check(
+        near,
+        "segment: probs, mu, cosine, kappa within 1e-6 of the host's",
+    );
+    Log::new()
+        .s("       ")
+        .u(exact)
+        .s(" of ")
+        .u(total)
+        .s(" values bit-identical")
+        .emit();
+    let mut ok = true;
+    for i in 0..golden::N_GOLDEN {
+        match model.encode(&golden::SAMPLES[i], &mut work) {
+            Ok(e) => {
+                ok &= e.mu.iter().zip(&golden::MU[i]).all(|(a, b)| close(*a, *b));
+                ok &= close(e.kappa, golden::KAPPA[i]);
+            }
+            Err(_) => ok = false,
+        }
+    }
+    c.check(ok, "encode: mu and kappa equal the host's");
+}
+
+fn bad_input(c: &mut Checks) {
+    let model = &COMPILED;
+    let mut work = [0.0f32; SHAPE.work_len()];
+    let x = &golden::SAMPLES[0];
+    c.check(
+        matches!(
+            model.segment(&x[..SHAPE.input - 1], &mut work),
+            Err(InferError::InputLength)
+        ),
+        "segment of D-1 values: InputLength",
+    );
+    let mut bad = *x;
+    bad[3] = f32::NAN;
+    c.check(
+        matches!(
+            model.segment(&bad, &mut work),
+            Err(InferError::NonFiniteInput)
+        ),
+        "segment with a NaN: NonFiniteInput",
+    );
+    bad[3] = f32::INFINITY;
+    c.check(
+        matches!(
+            model.encode(&bad, &mut work),
+            Err(InferError::NonFiniteInput)
+        ),
+        "encode with an infinity: NonFiniteInput",
+    );
+    let mut short = [0.0f32; 8];
+    c.check(
+        matches!(model.segment(x, &mut short), Err(InferError::BufferLength)),
+        "a workspace too short: BufferLength",
+    );
+}
+
+/// Byte `i` of the blob of `params` (header, values, CRC `crc`): the blob streamed
+/// without holding it (it is larger than the micro:bit's RAM).
+fn blob_byte(i: usize, params: &[f32], negate_from: usize, crc: u32) -> u8 {
+    let h = HEADER.len();
+    let values = h + 4 * params.len();
+    if i < h {
+        HEADER[i]
+    } else if i < values {
+        let k = (i - h) / 4;
+        let v = if k >= negate_from {
+            -params[k]
+        } else {
+            params[k]
+        };
+        v.to_le_bytes()[(i - h) % 4]
+    } else {
+        crc.to_le_bytes()[i - values]
+    }
+}
+
+/// Streams a blob through the service; returns the last answer.
+fn load(svc: &mut Service<Flash>, negate_from: usize, crc: u32) -> Response {
+    let params: &[f32] = &generated::PARAMS;
+    let total = HEADER.len() + 4 * params.len() + 4;
+    let mut out = Response::Ack;
+    let mut offset = 0;
+    while offset < total {
+        let n = (total - offset).min(MAX_CHUNK);
+        let mut chunk = [0u8; MAX_CHUNK];
+        for (j, b) in chunk[..n].iter_mut().enumerate() {
+            *b = blob_byte(offset + j, params, negate_from, crc);
+        }
+        let req = Req::LoadWeights {
+            offset: offset as u32,
+            bytes: &chunk[..n],
+            last: offset + n == total,
+        };
+        svc.handle(&req, Resources::default(), &mut out);
+        if out != Response::Ack {
+            break;
+        }
+        offset += n;
+    }
+    out
+}
+
+fn slots(c: &mut Checks) {
+    let mut flash = Flash::new();
+    c.check(weights::erase_slots(&mut flash).is_ok(), "erase both slots");
+    let Ok(active) = weights::boot() else {
+        c.check(false, "boot");
+        return;
+    };
+    let mut svc = Service::new(active, Flash::new());
+    let params: &[f32] = &generated::PARAMS;
+    let never = usize::MAX;
+
+    // The compiled-in weights, streamed as a blob: slot 0.
+    let r = load(&mut svc, never, BLOB_CRC);
+    c.check(
+        r == Response::Loaded {
+            weights_crc: BLOB_CRC,
+        } && svc.active().source == (Source::Slot { index: 0, seq: 1 }),
+        "load: the blob goes to slot 0 and is in use",
+    );
+    c.check(
+        matches!(weights::boot(), Ok(a) if a.source == (Source::Slot { index: 0, seq: 1 }) && a.blob_crc == BLOB_CRC),
+        "reboot: slot 0 is picked",
+    );
+
+    // Changed weights with a wrong CRC: refused, nothing changes.
+    let from = SHAPE.segmenter_offset();
+    let r = load(&mut svc, from, BLOB_CRC);
+    c.check(
+        matches!(r, Response::Error(ErrorCode::BadCrc { .. }))
+            && svc.active().source == (Source::Slot { index: 0, seq: 1 }),
+        "load with a bad CRC: BadCrc, slot 0 still in use",
+    );
+    c.check(
+        matches!(weights::boot(), Ok(a) if a.source == (Source::Slot { index: 0, seq: 1 })),
+        "reboot after the failed load: slot 0",
+    );
+
+    // The same changed weights with their CRC: slot 1, newer.
+    let crc = weights::crc_of(
+        params
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| if k >= from { -v } else { v }),
+    );
+    let r = load(&mut svc, from, crc);
+    c.check(
+        r == Response::Loaded { weights_crc: crc }
+            && svc.active().source == (Source::Slot { index: 1, seq: 2 }),
+        "load of new weights: slot 1, write 2",
+    );
+    let mut work = [0.0f32; SHAPE.work_len()];
+    let seg = svc
+        .active()
+        .model
+        .segmenter_params()
+        .iter()
+        .zip(&params[from..])
+        .all(|(a, b)| *a == -*b);
+    let runs = svc
+        .active()
+        .model
+        .segment(&golden::SAMPLES[0], &mut work)
+        .is_ok();
+    c.check(seg && runs, "the new weights are in use");
+    c.check(
+        matches!(weights::boot(), Ok(a) if a.source == (Source::Slot { index: 1, seq: 2 }) && a.blob_crc == crc),
+        "reboot: the newest slot (1) is picked",
+    );
+
+    // `svc` is not used past this point: its model points into slot 1, which changes.
+    // Corrupt slot 1 (clear one bit, as flash can): boot falls back to slot 0.
+    let addr = weights::slot_addr(1) + 16 + 4 * 100;
+    // SAFETY: reading a word of slot 1 (flash, 4-aligned); nothing writes it meanwhile.
+    let word = unsafe { core::ptr::read_volatile(addr as *const u32) };
+    let bit = 1u32 << (word.trailing_zeros() % 32);
+    use hvae_firmware::board::FlashWriter;
+    let cleared = word & !bit;
+    let wrote = word != 0 && flash.write_word(addr, cleared).is_ok();
+    c.check(
+        wrote
+            && weights::slot(1).is_none()
+            && matches!(weights::boot(), Ok(a) if a.source == (Source::Slot { index: 0, seq: 1 })),
+        "a corrupted newest slot is skipped: slot 0",
+    );
+    c.check(
+        weights::erase_slots(&mut flash).is_ok()
+            && matches!(weights::boot(), Ok(a) if a.source == Source::Compiled),
+        "slots erased: the compiled-in weights again",
+    );
+}
+
+/// The parser against the core's decoder (mps2-an386 only, see `main`).
+#[cfg(board = "mps2_an386")]
+mod frames {
+    use super::{Checks, Log};
+    use hvae::protocol::{
+        decode, encode, ErrorCode, FrameError, Request, Response, TrainOptimiser, TrainScope,
+        TrainSettings, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_SAMPLE,
+    };
+    use hvae_firmware::service::INTERNAL_ERROR_FRAME;
+    use hvae_firmware::weights::SHAPE;
+    use hvae_firmware::wire::{self, Receiver};
+
+    /// xorshift32: deterministic test inputs.
+    struct Rng(u32);
+
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 17;
+            self.0 ^= self.0 << 5;
+            self.0
+        }
+        fn below(&mut self, n: u32) -> u32 {
+            self.next() % n
+        }
+    }
+
+    /// A random request of any variant (vectors of random length and bits, NaN included).
+    fn random_request(rng: &mut Rng) -> Request {
+        fn floats(rng: &mut Rng) -> heapless::Vec<f32, MAX_SAMPLE> {
+            let n = match rng.below(4) {
+                0 => 0,
+                1 => SHAPE.input,
+                2 => MAX_SAMPLE,
+                _ => rng.below(MAX_SAMPLE as u32 + 1) as usize,
+            };
+            let mut v = heapless::Vec::new();
+            for _ in 0..n {
+                let _ = v.push(f32::from_bits(rng.next()));
+            }
+            v
+        }
+        match rng.below(7) {
+            0 => Request::Info,
+            1 => {
+                let n = rng.below(MAX_CHUNK as u32 + 1) as usize;
+                let mut bytes = heapless::Vec::new();
+                for _ in 0..n {
+                    let _ = bytes.push(rng.next() as u8);
+                }
+                Request::LoadWeights {
+                    offset: rng.next() >> rng.below(32),
+                    bytes,
+                    last: rng.below(2) == 1,
+                }
+            }
+            2 => Request::Segment {
+                sample: floats(rng),
+            },
+            3 => Request::Encode {
+                sample: floats(rng),
+            },
+            4 => Request::ReadWeights {
+                offset: rng.next() >> rng.below(32),
+                count: (rng.next() >> rng.below(32)) as u16,
+            },
+            5 => Request::Checkpoint,
+            _ => Request::TrainBatch {
+                samples: floats(rng),
+                steps: (rng.next() >> rng.below(32)) as u16,
+                settings: (rng.below(2) == 1).then(|| TrainSettings {
+                    scope: match rng.below(3) {
+                        0 => TrainScope::Full,
+                        1 => TrainScope::EncoderAndSegmenter,
+                        _ => TrainScope::SegmenterOnly,
+                    },
+                    optimiser: if rng.below(2) == 0 {
+                        TrainOptimiser::Sgd {
+                            momentum: f32::from_bits(rng.next()),
+                        }
+                    } else {
+                        TrainOptimiser::Adam
+                    },
+                    lr: f32::from_bits(rng.next()),
+                    batch: rng.next() as u8,
+                }),
+            },
+        }
+    }
+
+    const BODY: usize = MAX_REQUEST_FRAME + 16;
+
+    /// True if the firmware's receiver and parser and the core's decoder agree on the
+    /// frame of message `body` (same request, or same error).
+    fn agree(body: &[u8]) -> bool {
+        let mut frame = [0u8; BODY + BODY / 254 + 2];
+        let n = cobs::encode(body, &mut frame);
+        // The firmware's path: the receiver (COBS) and `parse`, fed the same frame.
+        let mut rx = Receiver::<{ BODY + BODY / 254 + 2 }>::new();
+        let mut mine = Err(FrameError::Truncated);
+        let mut answers = 0;
+        for &b in frame[..n].iter().chain(&[0u8]) {
+            if let Some(r) = rx.push(b) {
+                answers += 1;
+                mine = r.and_then(wire::parse).map(|q| q.to_request());
+            }
+        }
+        if n == 0 {
+            // COBS has no encoding for an empty message: an empty frame, which both
+            // decoders ignore.
+            return answers == 0;
+        }
+        if answers != 1 {
+            Log::new()
+                .s("       the receiver gave ")
+                .u(answers)
+                .s(" answers to one frame of ")
+                .u(n as u32)
+                .s(" bytes")
+                .emit();
+            return false;
+        }
+        let core = decode::<Request>(&mut frame[..n]);
+        match (&core, mine) {
+            // Compare encodings: NaN values make `==` on requests useless.
+            (Ok(a), Ok(b)) if same_encoding(a, &b) => true,
+            (Err(a), Err(b)) if *a == b => true,
+            (core, mine) => {
+                // Say what differs (the first few times).
+                static mut SHOWN: u32 = 0;
+                // SAFETY: single-threaded test program, no interrupt touches it.
+                let shown = unsafe {
+                    SHOWN += 1;
+                    SHOWN
+                };
+                if shown <= 3 {
+                    let mut l = Log::new();
+                    l.s("       differ on");
+                    for b in body.iter().take(12) {
+                        l.s(" ").u(u32::from(*b));
+                    }
+                    l.s(" (").u(body.len() as u32).s(" bytes): core ");
+                    match core {
+                        Ok(_) => l.s("Ok"),
+                        Err(e) => l.s(frame_error_name(*e)),
+                    };
+                    l.s(", parse ");
+                    match mine {
+                        Ok(_) => l.s("Ok"),
+                        Err(e) => l.s(frame_error_name(e)),
+                    };
+                    l.emit();
+                }
+                false
+            }
+        }
+    }
+
+    fn same_encoding(a: &Request, b: &Request) -> bool {
+        let (mut ea, mut eb) = ([0u8; BODY + 8], [0u8; BODY + 8]);
+        match (encode(a, &mut ea), encode(b, &mut eb)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+    }
+
+    fn frame_error_name(e: FrameError) -> &'static str {
+        match e {
+            FrameError::Oversized => "Oversized",
+            FrameError::BadEncoding => "BadEncoding",
+            FrameError::Truncated => "Truncated",
+            FrameError::Malformed => "Malformed",
+            FrameError::TrailingBytes => "TrailingBytes",
+            FrameError::BufferFull => "BufferFull",
+        }
+    }
+
+    pub fn frames(c: &mut Checks) {
+        let mut rng = Rng(0x9E37_79B9);
+        let mut body = [0u8; BODY];
+        let (mut ok_valid, mut ok_mutated, mut cases, mut errors) = (true, true, 0u32, 0u32);
+        for _ in 0..400 {
+            let req = random_request(&mut rng);
+            let mut frame = [0u8; BODY + 8];
+            let Ok(f) = encode(&req, &mut frame) else {
+                ok_valid = false;
+                continue;
+            };
+            let flen = f.len() - 1;
+            let Ok(n) = cobs::decode_in_place(&mut frame[..flen]) else {
+                ok_valid = false;
+                continue;
+            };
+            body[..n].copy_from_slice(&frame[..n]);
+            ok_valid &= matches!(wire::parse(&body[..n]), Ok(r) if r.to_request() == req || req_has_nan(&req))
+                && agree(&body[..n]);
+            // Mutations of this encoding.
+            for _ in 0..8 {
+                let mut m = [0u8; BODY];
+                let mut len = n;
+                m[..n].copy_from_slice(&body[..n]);
+                match rng.below(5) {
+                    0 => len = rng.below(n as u32 + 1) as usize,
+                    1 if n > 0 => {
+                        let i = rng.below(n as u32) as usize;
+                        m[i] ^= 1 << rng.below(8);
+                    }
+                    2 if n > 0 => {
+                        // A large varint byte (continuation or spare bits) in the header.
+                        let i = rng.below((n as u32).min(8)) as usize;
+                        m[i] = [0x80, 0xFF, 0x10, 0x04][rng.below(4) as usize];
+                    }
+                    3 if n < BODY => {
+                        m[n] = rng.next() as u8;
+                        len = n + 1;
+                    }
+                    _ if n > 0 => m[0] = rng.below(10) as u8,
+                    _ => {}
+                }
+                cases += 1;
+                errors += u32::from(wire::parse(&m[..len]).is_err());
+                ok_mutated &= agree(&m[..len]);
+            }
+        }
+        c.check(
+            ok_valid,
+            "parse reads 400 random requests of every variant as encoded",
+        );
+        c.check(
+            ok_mutated,
+            "parse and the core decoder agree on 3200 truncated/corrupted requests",
+        );
+        Log::new()
+            .s("       ")
+            .u(errors)
+            .s(" of ")
+            .u(cases)
+            .s(" mutated requests were errors")
+            .emit();
+        // Hand-made edge cases: overlong varints, bad bool/option tags, over-capacity vectors.
+        let edge: [&[u8]; 10] = [
+            &[0x80, 0x80, 0x80, 0x80, 0x00],       // variant 0 in 5 bytes: fine
+            &[0x80, 0x80, 0x80, 0x80, 0x10],       // spare bits set: Malformed
+            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x00], // 6 bytes: Malformed
+            &[0x04, 0x00, 0xFF, 0xFF, 0x04],       // ReadWeights count u16 overflow
+            &[0x04, 0x00, 0xFF, 0xFF, 0x03],       // ReadWeights count 65535
+            &[0x01, 0x00, 0x00, 0x02],             // LoadWeights last = 2
+            &[0x06, 0x00, 0x00, 0x02],             // TrainBatch settings tag 2
+            &[0x02, 0x81, 0x02],                   // Segment of 257 values, no data
+            &[0x01, 0x00, 0x81, 0x02],             // LoadWeights of 257 bytes, no data
+            &[],                                   // empty message
+        ];
+        c.check(
+            edge.iter().all(|b| agree(b)),
+            "parse and the core decoder agree on edge cases",
+        );
+        let mut big = [0u8; 3 + 4 * 257];
+        big[..3].copy_from_slice(&[0x02, 0x81, 0x02]);
+        c.check(
+            agree(&big) && wire::parse(&big) == Err(FrameError::Malformed),
+            "a 257-value sample: Malformed, as the core",
+        );
+
+        let mut f = [0u8; 8];
+        c.check(
+        matches!(encode(&Response::Error(ErrorCode::Internal), &mut f), Ok(x) if *x == INTERNAL_ERROR_FRAME),
+        "the hard-coded internal-error frame is the core's encoding",
+    );
+
+        // The receiver: oversized, bad COBS, empty frames, resynchronisation.
+        let mut rx = Receiver::<16>::new();
+        let mut results = [None::<Result<usize, FrameError>>; 4];
+        let mut k = 0;
+        let stream: [&[u8]; 4] = [
+            &[7u8; 40],
+            &[0, 0, 0],
+            &[0x05, 0x01, 0x00],
+            &[0x02, 0x05, 0x00],
+        ];
+        for part in stream {
+            for &b in part {
+                if let Some(r) = rx.push(b) {
+                    if k < results.len() {
+                        results[k] = Some(r.map(|m| m.len()));
+                    }
+                    k += 1;
+                }
+            }
+        }
+        c.check(
+            k == 3
+                && results[0] == Some(Err(FrameError::Oversized))
+                && results[1] == Some(Err(FrameError::BadEncoding))
+                && results[2] == Some(Ok(1)),
+            "receiver: oversized once, empty frames ignored, bad COBS, then back in step",
+        );
+    }
+
+    fn req_has_nan(r: &Request) -> bool {
+        let nan = |v: &[f32]| v.iter().any(|x| x.is_nan());
+        match r {
+            Request::Segment { sample } | Request::Encode { sample } => nan(sample),
+            Request::TrainBatch {
+                samples, settings, ..
+            } => nan(samples) || settings.is_some_and(|s| {
+                s.lr.is_nan()
+                    || matches!(s.optimiser, TrainOptimiser::Sgd { momentum } if momentum.is_nan())
+            }),
+            _ => false,
+        }
+    }
+}
