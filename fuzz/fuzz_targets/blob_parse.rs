@@ -1,0 +1,37 @@
+//! The weight-blob parser on arbitrary bytes: never panics, and whatever it accepts
+//! re-serialises to exactly the same bytes.
+#![no_main]
+
+use hvae::blob;
+use hvae::shape::Shape;
+use libfuzzer_sys::fuzz_target;
+
+/// A compiled-in shape, as on a device.
+const DEVICE: Shape = Shape::new(4, &[6], 3, 2).checked();
+
+fuzz_target!(|data: &[u8]| {
+    // As a device loads it: against its compiled shape, into a fixed buffer.
+    let mut fixed = [0f32; DEVICE.param_len()];
+    let before = fixed;
+    match blob::read_params(data, &DEVICE, &mut fixed) {
+        Ok(crc) => {
+            assert_eq!(crc, blob::crc32(&data[..data.len() - 4]));
+            let mut again = vec![0u8; blob::blob_len(&DEVICE)];
+            let n = blob::write(&DEVICE, &fixed, &mut again).unwrap();
+            assert_eq!(&again[..n], data);
+        }
+        // All or nothing: a failed load leaves the old weights.
+        Err(_) => assert_eq!(fixed.map(f32::to_bits), before.map(f32::to_bits)),
+    }
+    // As the host reads it: shape first, then parameters of that shape.
+    if let Ok(shape) = blob::read_shape(data) {
+        // The blob is all there, so the shape's parameters fit in its bytes.
+        assert!(shape.param_len() * 4 < data.len());
+        let mut params = vec![0f32; shape.param_len()];
+        if blob::read_params(data, &shape, &mut params).is_ok() {
+            let mut again = vec![0u8; blob::blob_len(&shape)];
+            let n = blob::write(&shape, &params, &mut again).unwrap();
+            assert_eq!(&again[..n], data);
+        }
+    }
+});
