@@ -4,7 +4,7 @@
 //! module only assembles them. [`run`] writes results to the given stream and returns
 //! an [`Error`] (one line, with an exit status) on failure; `main` prints it.
 
-use crate::commands::{demo, eval, export, inspect, train, validate};
+use crate::commands::{demo, eval, export, import, inspect, plot, train, validate};
 use crate::Error;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -48,6 +48,12 @@ pub enum Command {
     /// Write a model as the binary blob, a Rust source file or a C header.
     #[command(long_about = export::LONG_ABOUT)]
     Export(export::ExportArgs),
+    /// Convert weights trained elsewhere (PyTorch) from a safetensors file into a model.
+    #[command(long_about = import::LONG_ABOUT)]
+    Import(import::ImportArgs),
+    /// Draw the latent directions on the sphere by cluster, and training curves, as PNG.
+    #[command(long_about = plot::LONG_ABOUT)]
+    Plot(plot::PlotArgs),
     /// Run a model on a device (qemu or a board on a serial port) and compare its
     /// outputs with the host's.
     #[command(long_about = validate::LONG_ABOUT)]
@@ -62,6 +68,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Eval(a) => eval::run(a, out),
         Command::Inspect(a) => inspect::run(a, out),
         Command::Export(a) => export::run(a, out),
+        Command::Import(a) => import::run(a, out),
+        Command::Plot(a) => plot::run(a, out),
         Command::Validate(a) => validate::run(a, out),
     }
 }

@@ -12,6 +12,8 @@
 //! | [`baselines`] | k-means on the raw features, spherical k-means |
 //! | [`device`] | talk to a device (qemu or a serial port): requests, faults, weights |
 //! | [`model_io`] | load and save a model's weight blob |
+//! | [`import`] | a model from a PyTorch `safetensors` file |
+//! | [`plot`] | PNG figures: latent directions by cluster, training curves |
 //! | [`export`] | a model as a blob, a Rust source file or a C header |
 //! | [`fsio`] | write a file atomically (temporary file, then rename) |
 //! | [`cli`] | the command line: arguments and subcommands |
@@ -25,8 +27,10 @@ pub mod device;
 pub mod error;
 pub mod export;
 pub mod fsio;
+pub mod import;
 pub mod metrics;
 pub mod model_io;
+pub mod plot;
 pub mod synth;
 pub mod train;
 

@@ -3,7 +3,9 @@
 pub mod demo;
 pub mod eval;
 pub mod export;
+pub mod import;
 pub mod inspect;
+pub mod plot;
 pub mod train;
 pub mod validate;
 
