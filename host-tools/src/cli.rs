@@ -58,6 +58,10 @@ pub enum Command {
     /// outputs with the host's.
     #[command(long_about = validate::LONG_ABOUT)]
     Validate(validate::ValidateArgs),
+    /// Train on the device (the firmware's `learn`) with each scope and compare with the
+    /// same schedule run on the host.
+    #[command(long_about = crate::commands::device_train::LONG_ABOUT)]
+    DeviceTrain(crate::commands::device_train::DeviceTrainArgs),
 }
 
 /// Runs one command, writing its results to `out`.
@@ -71,6 +75,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Import(a) => import::run(a, out),
         Command::Plot(a) => plot::run(a, out),
         Command::Validate(a) => validate::run(a, out),
+        Command::DeviceTrain(a) => crate::commands::device_train::run(a, out),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap arguments and its `run` function.
 
 pub mod demo;
+pub mod device_train;
 pub mod eval;
 pub mod export;
 pub mod import;

@@ -7,8 +7,15 @@
 //! | [`qemu`] | build the firmware, start qemu with its UART on a local socket |
 //! | [`serial`] | a serial port |
 //! | [`sim`] | a simulated device in a thread, with injectable faults (tests) |
+//! | [`learn`], [`learn_host`] | the firmware's `learn` engine, run on the host |
 
 pub mod client;
+/// The firmware's `learn` engine, compiled for the host from the firmware's own source
+/// (one implementation): the reference run of `hvae device-train` and the simulated
+/// learning device of the tests.
+#[path = "../../../firmware/src/learn.rs"]
+pub mod learn;
+pub mod learn_host;
 pub mod link;
 pub mod qemu;
 pub mod serial;

@@ -5,7 +5,9 @@
 //! firmware's semihosting output (logs, exit messages), and because `-nographic`
 //! multiplexes the monitor onto stdio, where `0x01` (Ctrl-A) — a byte frames contain —
 //! is an escape. qemu connects to a listener of ours (`-serial tcp:127.0.0.1:PORT`),
-//! so no port is guessed. qemu's stdout and stderr are kept (the last few KiB) for the
+//! so no port is guessed, with `nodelay=on`: qemu writes the UART's bytes one by one, and
+//! with Nagle's algorithm each answer waited for the host's delayed ACK (50 ms a row
+//! instead of 5). qemu's stdout and stderr are kept (the last few KiB) for the
 //! error message when the firmware dies.
 
 use super::link::Link;
@@ -162,7 +164,7 @@ impl Qemu {
         let mut child = Command::new("qemu-system-arm")
             .args(["-machine", machine.name(), "-cpu", machine.cpu()])
             .args(["-display", "none", "-monitor", "none"])
-            .args(["-serial", &format!("tcp:127.0.0.1:{port}")])
+            .args(["-serial", &format!("tcp:127.0.0.1:{port},nodelay=on")])
             .args(["-semihosting-config", "enable=on,target=native"])
             .args(extra)
             .arg("-kernel")

@@ -1,0 +1,548 @@
+//! `hvae device-train`: online training on the device (the firmware's `learn` program),
+//! compared with the same schedule run on the host by the same engine.
+
+use super::outln;
+use crate::data::{self, Dataset};
+use crate::device::learn_host::{host_learner, HostLearner};
+use crate::device::{self, Device, DeviceError, DeviceSpec, FirmwareOptions, Timeouts};
+use crate::metrics;
+use crate::model_io::{self, LoadedModel};
+use crate::Error;
+use hvae::model::Model;
+use hvae::protocol::{
+    Request, Response, ShapeInfo, TrainOptimiser, TrainScope, TrainSettings, CAP_TRAIN, MAX_SAMPLE,
+};
+use rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Long help of the subcommand.
+pub const LONG_ABOUT: &str = "Train on the device and compare with the host.\n\n\
+    Starts the firmware's `learn` program (under qemu, or on a board on a serial port), and \
+    for each scope: loads the starting weights (for Full, the initial model; for the \
+    adaptation scopes after a Full run, the Full run's result) (--model; default the firmware's \
+    compiled-in model, a fresh deterministic initialisation; its input normalisation fitted \
+    to the data unless --keep-normalisation), streams the data rows in a \
+    seeded order as TrainBatch requests (--per-request samples and as many optimiser steps \
+    each, --steps steps in all; the first request carries the settings: scope, optimiser, \
+    learning rate, anchors per step), reads the whole parameter vector back (ReadWeights, \
+    decoder included) and scores it on the data (ACC, NMI against the `label` column).\n\n\
+    The same requests go to the firmware's learn engine compiled for the host (the same \
+    source file, the same core, the same seed): the host's run is the reference. Reported \
+    per scope: the device's and the host's ACC and NMI, whether the weights are \
+    bit-identical (and if not, how many differ and by how much, and the first request whose \
+    answer differed), and the time taken.\n\n\
+    Passes when the Full-scope ACC on the device is within 0.03 of the host's; exit status \
+    1 otherwise, or when the device misbehaves.";
+
+/// Training scopes on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeArg {
+    /// Every parameter.
+    Full,
+    /// Encoder and segmenter (decoder frozen).
+    EncoderAndSegmenter,
+    /// Centres and weights only.
+    SegmenterOnly,
+    /// The three, one after the other.
+    All,
+}
+
+/// Optimisers on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimiserArg {
+    /// Adam (default betas).
+    Adam,
+    /// SGD with --momentum.
+    Sgd,
+}
+
+/// Arguments of `hvae device-train`.
+#[derive(Debug, clap::Args)]
+pub struct DeviceTrainArgs {
+    /// The device: qemu, qemu:mps2-an386 or serial:PATH (the `learn` program).
+    #[arg(long, value_name = "DEVICE", value_parser = DeviceSpec::parse)]
+    pub device: DeviceSpec,
+    /// Initial model (default: the firmware's compiled-in model, firmware/model/digits.hvae).
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// Training data with a `label` column (default: the bundled digits).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Which scope(s) to train.
+    #[arg(long, value_enum, default_value_t = ScopeArg::All)]
+    pub scope: ScopeArg,
+    /// Optimiser steps in all, per scope.
+    #[arg(long, default_value_t = 4000, value_name = "N")]
+    pub steps: u32,
+    /// Samples (and steps) per TrainBatch request.
+    #[arg(long, default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub per_request: u16,
+    /// Optimiser.
+    #[arg(long, value_enum, default_value_t = OptimiserArg::Adam)]
+    pub optimiser: OptimiserArg,
+    /// Momentum of SGD.
+    #[arg(long, default_value_t = 0.9, value_name = "M")]
+    pub momentum: f32,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3, value_name = "LR")]
+    pub lr: f32,
+    /// Anchors per step (at most the firmware's 8).
+    #[arg(long, default_value_t = 8, value_name = "B")]
+    pub batch: u8,
+    /// Seed of the order in which the rows are streamed.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+    /// Keep the initial model's input normalisation (default: fit it to the data's
+    /// per-feature mean and deviation first, as `hvae train` does).
+    #[arg(long)]
+    pub keep_normalisation: bool,
+    /// Print exactly one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Write each scope's device-trained model here (`device-<scope>.hvae`).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Run this firmware ELF under qemu instead of building `learn`.
+    #[arg(long, value_name = "ELF")]
+    pub firmware: Option<PathBuf>,
+    /// Baud rate of a serial device.
+    #[arg(long, default_value_t = 115_200, value_name = "BAUD")]
+    pub baud: u32,
+}
+
+/// Scores of one model.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Quality {
+    /// Clustering accuracy (Hungarian).
+    pub acc: f64,
+    /// Normalised mutual information.
+    pub nmi: f64,
+}
+
+/// One scope's result.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScopeReport {
+    /// The scope.
+    pub scope: String,
+    /// Steps the device took.
+    pub steps: u32,
+    /// The device-trained model's scores.
+    pub device: Quality,
+    /// The host-trained model's scores.
+    pub host: Quality,
+    /// |device ACC - host ACC|.
+    pub acc_diff: f64,
+    /// Every parameter bit-identical.
+    pub bit_identical: bool,
+    /// Parameters whose bits differ.
+    pub params_differing: usize,
+    /// Largest |device - host| parameter difference.
+    pub max_abs_param_diff: f64,
+    /// First request (0-based) whose answers differed, if any.
+    pub first_divergent_request: Option<usize>,
+    /// Loss of the device's last step.
+    pub final_loss: f32,
+    /// Seconds of the device session (load, stream, read back).
+    pub device_seconds: f64,
+    /// Seconds of the host reference.
+    pub host_seconds: f64,
+}
+
+/// The report of `hvae device-train`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceTrainReport {
+    /// Full-scope ACC within the tolerance of the host's (true when Full was not run).
+    pub pass: bool,
+    /// The device.
+    pub device: String,
+    /// Tolerance on |device ACC - host ACC| for Full.
+    pub acc_tolerance: f64,
+    /// Per scope.
+    pub scopes: Vec<ScopeReport>,
+}
+
+/// Tolerance of the acceptance test.
+pub const ACC_TOLERANCE: f64 = 0.03;
+
+/// The firmware's compiled-in model.
+pub fn default_model() -> PathBuf {
+    device::qemu::default_firmware_dir().join("model/digits.hvae")
+}
+
+/// The schedule: which rows go in which request.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// Settings sent with the first request.
+    pub settings: TrainSettings,
+    /// Steps in all.
+    pub steps: u32,
+    /// Samples and steps per request.
+    pub per_request: u16,
+    /// Seed of the streaming order.
+    pub seed: u64,
+}
+
+impl Schedule {
+    /// The requests: each with `per_request` rows of a seeded permutation (cycled) and
+    /// as many steps; the first with the settings.
+    pub fn requests(&self, data: &Dataset) -> Result<Vec<Request>, Error> {
+        let d = data.dim();
+        let per = usize::from(self.per_request);
+        if per * d > MAX_SAMPLE {
+            return Err(Error::BadInput(format!(
+                "--per-request {per} rows of {d} values exceed the protocol's {MAX_SAMPLE} values \
+                 per request"
+            )));
+        }
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.seed);
+        for i in (1..order.len()).rev() {
+            let j = ((rng.next_u32() as u64 * (i as u64 + 1)) >> 32) as usize;
+            order.swap(i, j);
+        }
+        let n_req = (self.steps as usize).div_ceil(per);
+        let mut out = Vec::with_capacity(n_req);
+        let mut next = 0usize;
+        let mut left = self.steps as usize;
+        for r in 0..n_req {
+            let mut samples = heapless::Vec::<f32, MAX_SAMPLE>::new();
+            for _ in 0..per {
+                let row = data.row(order[next % order.len()]);
+                next += 1;
+                samples
+                    .extend_from_slice(row)
+                    .map_err(|_| Error::Failed("training batch overflow".to_string()))?;
+            }
+            let steps = left.min(per);
+            left -= steps;
+            out.push(Request::TrainBatch {
+                samples,
+                steps: steps as u16,
+                settings: (r == 0).then_some(self.settings),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn scope_name(s: TrainScope) -> &'static str {
+    match s {
+        TrainScope::Full => "full",
+        TrainScope::EncoderAndSegmenter => "encoder-and-segmenter",
+        TrainScope::SegmenterOnly => "segmenter-only",
+    }
+}
+
+fn quality(params: Vec<f32>, model: &LoadedModel, data: &Dataset) -> Result<Quality, Error> {
+    let m = Model::new(*model.model.shape(), params)
+        .map_err(|e| Error::Failed(format!("the trained weights are not a model: {e}")))?;
+    let seg = super::eval::segment_all(&m, data)?;
+    let truth = data
+        .labels()
+        .ok_or_else(|| Error::BadInput("the data has no label column".to_string()))?;
+    let s = metrics::scores(truth, &seg.labels);
+    Ok(Quality {
+        acc: s.acc,
+        nmi: s.nmi,
+    })
+}
+
+fn dev_err(name: &str, e: DeviceError) -> Error {
+    Error::Failed(format!("{name}: {e}"))
+}
+
+/// Trains one scope on the device and on the host.
+pub fn run_scope(
+    dev: &mut Device,
+    model: &LoadedModel,
+    data: &Dataset,
+    schedule: &Schedule,
+) -> Result<(ScopeReport, Vec<f32>), Error> {
+    let name = dev.name().to_string();
+    let requests = schedule.requests(data)?;
+    let n = model.model.shape().param_len();
+    // The device.
+    let t0 = Instant::now();
+    let info = dev.sync().map_err(|e| dev_err(&name, e))?;
+    if info.capabilities & CAP_TRAIN == 0 {
+        return Err(Error::Failed(format!(
+            "{name}: the device program does not train (run the firmware's `learn`)"
+        )));
+    }
+    if info.shape != ShapeInfo::from(model.model.shape()) || (info.params_held as usize) < n {
+        return Err(Error::BadInput(format!(
+            "{name} runs another architecture than the model, or holds only {} of its {n} \
+             parameters",
+            info.params_held
+        )));
+    }
+    let blob = model_io::to_bytes(&model.model)
+        .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
+    dev.load_weights(&blob).map_err(|e| dev_err(&name, e))?;
+    let mut answers = Vec::with_capacity(requests.len());
+    for (i, req) in requests.iter().enumerate() {
+        let r = dev
+            .request(req, dev.timeouts.train)
+            .map_err(|e| Error::Failed(format!("{name}: training request {}: {e}", i + 1)))?;
+        answers.push(r);
+    }
+    let dev_params = dev.read_weights(n).map_err(|e| dev_err(&name, e))?;
+    let device_seconds = t0.elapsed().as_secs_f64();
+    // The host, same engine, same requests.
+    let t1 = Instant::now();
+    let mut host: HostLearner =
+        host_learner(model.model.clone(), model.crc).map_err(Error::Failed)?;
+    let mut first_divergent = None;
+    for (i, req) in requests.iter().enumerate() {
+        let h = host.handle(req);
+        if first_divergent.is_none() && !same_answer(&h, &answers[i]) {
+            first_divergent = Some(i);
+        }
+    }
+    let host_params = host.model().params().to_vec();
+    let host_seconds = t1.elapsed().as_secs_f64();
+    let (steps, final_loss) = match answers.last() {
+        Some(Response::Trained { steps, loss, .. }) => (*steps, *loss),
+        _ => (0, f32::NAN),
+    };
+    let mut differing = 0;
+    let mut max_diff = 0f64;
+    for (a, b) in dev_params.iter().zip(&host_params) {
+        if a.to_bits() != b.to_bits() {
+            differing += 1;
+            max_diff = max_diff.max((f64::from(*a) - f64::from(*b)).abs());
+        }
+    }
+    let device_q = quality(dev_params.clone(), model, data)?;
+    let host_q = quality(host_params, model, data)?;
+    Ok((
+        ScopeReport {
+            scope: scope_name(schedule.settings.scope).to_string(),
+            steps,
+            device: device_q,
+            host: host_q,
+            acc_diff: (device_q.acc - host_q.acc).abs(),
+            bit_identical: differing == 0,
+            params_differing: differing,
+            max_abs_param_diff: max_diff,
+            first_divergent_request: first_divergent,
+            final_loss,
+            device_seconds,
+            host_seconds,
+        },
+        dev_params,
+    ))
+}
+
+/// Answers equal, with losses compared by their bits (NaN included).
+fn same_answer(a: &Response, b: &Response) -> bool {
+    match (a, b) {
+        (
+            Response::Trained {
+                buffered: b1,
+                steps: s1,
+                loss: l1,
+            },
+            Response::Trained {
+                buffered: b2,
+                steps: s2,
+                loss: l2,
+            },
+        ) => b1 == b2 && s1 == s2 && l1.to_bits() == l2.to_bits(),
+        _ => a == b,
+    }
+}
+
+/// Runs every scope of `args` on an open device.
+pub fn train_on(
+    dev: &mut Device,
+    model: &LoadedModel,
+    data: &Dataset,
+    args: &DeviceTrainArgs,
+) -> Result<DeviceTrainReport, Error> {
+    let scopes: &[TrainScope] = match args.scope {
+        ScopeArg::Full => &[TrainScope::Full],
+        ScopeArg::EncoderAndSegmenter => &[TrainScope::EncoderAndSegmenter],
+        ScopeArg::SegmenterOnly => &[TrainScope::SegmenterOnly],
+        ScopeArg::All => &[
+            TrainScope::Full,
+            TrainScope::EncoderAndSegmenter,
+            TrainScope::SegmenterOnly,
+        ],
+    };
+    let optimiser = match args.optimiser {
+        OptimiserArg::Adam => TrainOptimiser::Adam,
+        OptimiserArg::Sgd => TrainOptimiser::Sgd {
+            momentum: args.momentum,
+        },
+    };
+    let mut reports = Vec::new();
+    // Full starts from the initial model; the adaptation scopes (decoder frozen, or only
+    // the centres) start from a trained network when there is one: the Full run's.
+    let mut start = model.clone();
+    for &scope in scopes {
+        let settings = TrainSettings {
+            scope,
+            optimiser,
+            lr: args.lr,
+            batch: args.batch,
+        };
+        // The device's engine validates these too; checking here gives a clear message.
+        if crate::device::learn::config(&settings).is_none() {
+            return Err(Error::BadInput(format!(
+                "training settings out of range: lr {} (> 0), batch {} (1..={}), momentum {} \
+                 ([0, 1))",
+                args.lr,
+                args.batch,
+                crate::device::learn::MAX_BATCH,
+                args.momentum
+            )));
+        }
+        let schedule = Schedule {
+            settings,
+            steps: args.steps,
+            per_request: args.per_request,
+            seed: args.seed,
+        };
+        let (report, params) = run_scope(dev, &start, data, &schedule)?;
+        if let Some(dir) = &args.out_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
+            let m = Model::new(*model.model.shape(), params.clone())
+                .map_err(|e| Error::Failed(format!("the trained weights are not a model: {e}")))?;
+            let path = dir.join(format!("device-{}.hvae", report.scope));
+            model_io::save(&path, &m).map_err(|e| Error::Failed(e.to_string()))?;
+        }
+        if scope == TrainScope::Full {
+            let m = Model::new(*model.model.shape(), params)
+                .map_err(|e| Error::Failed(format!("the trained weights are not a model: {e}")))?;
+            let bytes = model_io::to_bytes(&m)
+                .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
+            start = model_io::from_bytes(&bytes)
+                .map_err(|e| Error::Failed(format!("cannot re-read the model: {e}")))?;
+        }
+        reports.push(report);
+    }
+    let pass = reports
+        .iter()
+        .filter(|r| r.scope == "full")
+        .all(|r| r.acc_diff <= ACC_TOLERANCE);
+    Ok(DeviceTrainReport {
+        pass,
+        device: dev.name().to_string(),
+        acc_tolerance: ACC_TOLERANCE,
+        scopes: reports,
+    })
+}
+
+/// Prints a report.
+pub fn print_report(r: &DeviceTrainReport, json: bool, out: &mut dyn Write) -> Result<(), Error> {
+    if json {
+        let text = serde_json::to_string(r)
+            .map_err(|e| Error::Failed(format!("cannot encode the report: {e}")))?;
+        return outln!(out, "{text}");
+    }
+    outln!(out, "device {}", r.device)?;
+    outln!(
+        out,
+        "{:<22} {:>6} {:>12} {:>12} {:>8} {:>14} {:>9} {:>9}",
+        "scope",
+        "steps",
+        "device ACC",
+        "host ACC",
+        "|dACC|",
+        "bit-identical",
+        "device s",
+        "host s"
+    )?;
+    for s in &r.scopes {
+        outln!(
+            out,
+            "{:<22} {:>6} {:>6.4}/{:.3} {:>6.4}/{:.3} {:>8.4} {:>14} {:>9.1} {:>9.1}",
+            s.scope,
+            s.steps,
+            s.device.acc,
+            s.device.nmi,
+            s.host.acc,
+            s.host.nmi,
+            s.acc_diff,
+            if s.bit_identical {
+                "yes".to_string()
+            } else {
+                format!("no ({})", s.params_differing)
+            },
+            s.device_seconds,
+            s.host_seconds
+        )?;
+    }
+    outln!(
+        out,
+        "(ACC/NMI on the whole data set; pass: full-scope |dACC| <= {})",
+        r.acc_tolerance
+    )?;
+    outln!(out, "{}", if r.pass { "PASS" } else { "FAIL" })
+}
+
+/// `model` with its input normalisation fitted to `data` ([`crate::train::fit_normalisation`]).
+pub fn with_fitted_normalisation(
+    model: &LoadedModel,
+    data: &Dataset,
+) -> Result<LoadedModel, Error> {
+    let (offset, scale) = crate::train::fit_normalisation(data.features(), data.dim());
+    let mut m = model.model.clone();
+    m.set_normalisation(&offset, &scale)
+        .map_err(|e| Error::Failed(format!("cannot set the normalisation: {e}")))?;
+    let bytes = model_io::to_bytes(&m)
+        .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
+    model_io::from_bytes(&bytes)
+        .map_err(|e| Error::Failed(format!("cannot re-read the model: {e}")))
+}
+
+/// Runs `hvae device-train`.
+pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let model_path = args.model.clone().unwrap_or_else(default_model);
+    let data_path = args
+        .data
+        .clone()
+        .unwrap_or_else(super::demo::bundled_digits);
+    let mut model = model_io::load(&model_path)?;
+    let data = data::load(&data_path)?;
+    super::eval::check_sizes(&model.model, &model_path, &data, &data_path)?;
+    if !args.keep_normalisation {
+        model = with_fitted_normalisation(&model, &data)?;
+    }
+    if data.labels().is_none() {
+        return Err(Error::BadInput(format!(
+            "{} has no '{}' column: the trained models cannot be scored",
+            data_path.display(),
+            data::LABEL_COLUMN
+        )));
+    }
+    // Fail on a model the host reference cannot run before starting the device.
+    host_learner(model.model.clone(), model.crc).map_err(Error::BadInput)?;
+    let fw = FirmwareOptions {
+        elf: args.firmware.clone(),
+        ..FirmwareOptions::default()
+    };
+    let timeouts = Timeouts {
+        train: Duration::from_secs(120),
+        ..Timeouts::default()
+    };
+    let mut opened =
+        device::open(&args.device, "learn", &fw, args.baud, timeouts).map_err(Error::Failed)?;
+    let report = train_on(&mut opened.device, &model, &data, args)?;
+    print_report(&report, args.json, out)?;
+    if report.pass {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!(
+            "device training failed: full-scope ACC differs from the host's by more than {}",
+            ACC_TOLERANCE
+        )))
+    }
+}

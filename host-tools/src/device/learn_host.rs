@@ -1,0 +1,105 @@
+//! The firmware's `learn` engine ([`super::learn`]) on the host: heap buffers capped at
+//! the device's sizes, and a simulated learning device in a thread.
+
+use super::learn::{optim_len, scratch_len, Learner, Store};
+use super::link::Link;
+use hvae::model::VecModel;
+use hvae::protocol::{
+    encode, ErrorCode, FrameDecoder, Request, Response, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+};
+use hvae::Shape;
+use std::io::{Read, Write};
+
+/// Inputs of the models the host reference runs: the firmware's (the digits' 8x8 pixels).
+/// The engine's input size is a compile-time constant, as on the device.
+pub const INPUTS: usize = 64;
+/// Workspace of the host engine (the device's is exactly `Shape::work_len`).
+pub const WORK: usize = 8192;
+
+/// Heap buffers no larger than the device's static ones, and a checkpoint kept in memory.
+#[derive(Debug)]
+pub struct HostStore {
+    scratch: usize,
+    optim: usize,
+    /// The last checkpoint: parameters and CRC.
+    pub persisted: Option<(Vec<f32>, u32)>,
+}
+
+impl HostStore {
+    /// A store sized as the firmware's for `shape`.
+    pub fn new(shape: &Shape) -> HostStore {
+        HostStore {
+            scratch: scratch_len(shape),
+            optim: optim_len(shape),
+            persisted: None,
+        }
+    }
+}
+
+impl Store for HostStore {
+    type Buf = Vec<f32>;
+    fn take(&mut self, scratch: usize, optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        (scratch <= self.scratch && optim <= self.optim)
+            .then(|| (vec![0.0; scratch], vec![0.0; optim]))
+    }
+    fn persist(&mut self, params: &[f32], crc: u32) -> Result<(), ErrorCode> {
+        self.persisted = Some((params.to_vec(), crc));
+        Ok(())
+    }
+}
+
+/// The engine on the host.
+pub type HostLearner = Learner<INPUTS, WORK, Vec<f32>, HostStore>;
+
+/// The engine for `model` (weights CRC `crc`), or why the host cannot run it.
+pub fn host_learner(model: VecModel<f32>, crc: u32) -> Result<HostLearner, String> {
+    let shape = *model.shape();
+    if shape.input != INPUTS || shape.work_len() > WORK || !model.has_decoder() {
+        return Err(format!(
+            "the host reference of the learn engine runs models of {INPUTS} inputs with their \
+             decoder (this one has {} inputs)",
+            shape.input
+        ));
+    }
+    let store = HostStore::new(&shape);
+    Learner::new(model, crc, store, MAX_REQUEST_FRAME)
+        .map_err(|e| format!("the learn engine refuses the model: {e}"))
+}
+
+/// A simulated learning device: `learner` served in a thread over in-memory pipes.
+pub fn spawn(mut learner: HostLearner) -> std::io::Result<Link> {
+    let (mut req_rx, req_tx) = std::io::pipe()?;
+    let (resp_rx, mut resp_tx) = std::io::pipe()?;
+    std::thread::spawn(move || {
+        let mut decoder = FrameDecoder::<MAX_REQUEST_FRAME>::new();
+        let mut buf = [0u8; 1024];
+        let mut out = vec![0u8; MAX_RESPONSE_FRAME];
+        loop {
+            let n = match req_rx.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let (used, got) = decoder.feed::<Request>(rest);
+                rest = &rest[used..];
+                let resp = match got {
+                    None => continue,
+                    Some(Ok(req)) => learner.handle(&req),
+                    Some(Err(e)) => Response::Error(e.into()),
+                };
+                let Ok(frame) = encode(&resp, &mut out) else {
+                    return;
+                };
+                if resp_tx
+                    .write_all(frame)
+                    .and_then(|()| resp_tx.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Link::new("simulated learning device", resp_rx, req_tx))
+}
