@@ -236,6 +236,15 @@ impl Qemu {
         }
     }
 
+    /// Kills qemu (the device "loses power"); the session then fails with
+    /// [`super::DeviceError::Closed`].
+    pub fn kill(&self) {
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// qemu's exit status and last output, as one line.
     pub fn describe(&self) -> String {
         describe(&self.child, &self.output)

@@ -1,0 +1,243 @@
+//! The real firmware under qemu: `hvae validate` against `cluster` on both boards
+//! (Cortex-M4F mps2-an386, Cortex-M0 microbit), a device that dies mid-stream, and
+//! `hvae device-train` against `learn`.
+//!
+//! These need `qemu-system-arm` and the firmware's targets. Without them each test
+//! prints a loud SKIPPED note and returns; with the `CI` environment variable set they
+//! fail instead, so CI cannot skip them silently.
+//!
+//! Run: `cargo test --release -p hvae-host-tools --test qemu -- --nocapture --test-threads 1`
+//! (prints the measured numbers).
+
+mod common;
+
+use hvae_host::commands::device_train::{self, DeviceTrainArgs, OptimiserArg, ScopeArg};
+use hvae_host::commands::validate::{validate_on, Thresholds};
+use hvae_host::data;
+use hvae_host::device::qemu::{self, Machine, Qemu};
+use hvae_host::device::{Device, DeviceSpec, Timeouts};
+use hvae_host::model_io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn skip(why: &str) -> Option<PathBuf> {
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set, so the qemu tests must run, but: {why}");
+    }
+    eprintln!("\n***************************************************************");
+    eprintln!("*** SKIPPED qemu test: {why}");
+    eprintln!("***************************************************************\n");
+    None
+}
+
+/// The firmware program `bin` built for `machine`, or `None` (after the note) when
+/// qemu or the build is unavailable.
+fn firmware(bin: &str, machine: Machine) -> Option<PathBuf> {
+    if !qemu::qemu_available() {
+        return skip("qemu-system-arm is not installed");
+    }
+    match qemu::build_firmware(&qemu::default_firmware_dir(), bin, machine, &[]) {
+        Ok(elf) => Some(elf),
+        Err(e) => skip(&e),
+    }
+}
+
+fn start(elf: &PathBuf, machine: Machine) -> (Qemu, Device) {
+    let (q, link) = Qemu::start(elf, machine, &[]).unwrap();
+    let t = Timeouts {
+        first: Duration::from_secs(20),
+        answer: Duration::from_secs(10),
+        train: Duration::from_secs(120),
+    };
+    (q, Device::new(link, t))
+}
+
+fn compiled_model() -> PathBuf {
+    qemu::default_firmware_dir().join("model/digits.hvae")
+}
+
+fn validate_cluster(machine: Machine, rows: Option<usize>) {
+    let Some(elf) = firmware("cluster", machine) else {
+        return;
+    };
+    let model_path = compiled_model();
+    let model = model_io::load(&model_path).unwrap();
+    let data = data::load(&common::digits_path()).unwrap();
+    let (_q, mut dev) = start(&elf, machine);
+    let t = Instant::now();
+    let r = validate_on(
+        &mut dev,
+        &model,
+        &model_path,
+        &data,
+        rows,
+        Thresholds::default(),
+    )
+    .unwrap();
+    println!(
+        "{}: {} rows in {:.1} s ({:.1} s total): mu max abs {:.3e}, RMSE {:.3e}, rel L2 {:.3e}, \
+         worst cosine {:.9}; kappa max rel {:.3e}; probs max abs {:.3e}; labels {}/{} ({} ties); \
+         {} rows bit-exact",
+        machine.name(),
+        r.rows,
+        r.seconds,
+        t.elapsed().as_secs_f64(),
+        r.mu.max_abs_err,
+        r.mu.rmse,
+        r.mu.rel_l2,
+        r.mu.min_row_cosine,
+        r.kappa.max_rel_err,
+        r.probs_max_abs_err,
+        r.labels.agree,
+        r.labels.compared,
+        r.labels.ties,
+        r.bit_exact_rows
+    );
+    assert!(r.pass, "{r:?}");
+    assert!(!r.loaded_weights, "the firmware runs the compiled-in model");
+    assert_eq!(r.rows, rows.unwrap_or(data.len()));
+    assert!(r.mu.max_abs_err <= 1e-5);
+    assert_eq!(r.labels.agree, r.labels.compared);
+
+    // Other weights (the same architecture, perturbed): loaded over the protocol into a
+    // flash slot, then validated.
+    let mut other = model.model.clone();
+    for (i, v) in other.params_mut().iter_mut().enumerate().skip(2 * 64) {
+        *v *= 1.0 + 0.01 * ((i % 7) as f32 - 3.0);
+    }
+    let other = model_io::from_bytes(&model_io::to_bytes(&other).unwrap()).unwrap();
+    assert_ne!(other.crc, model.crc);
+    let r = validate_on(
+        &mut dev,
+        &other,
+        &model_path,
+        &data,
+        Some(200),
+        Thresholds::default(),
+    )
+    .unwrap();
+    assert!(r.pass && r.loaded_weights, "{r:?}");
+}
+
+#[test]
+fn validate_cluster_on_mps2_an386() {
+    validate_cluster(Machine::Mps2An386, None);
+}
+
+#[test]
+fn validate_cluster_on_microbit() {
+    validate_cluster(Machine::Microbit, Some(400));
+}
+
+#[test]
+fn device_dying_mid_stream_is_reported_and_a_restart_passes() {
+    let machine = Machine::Mps2An386;
+    let Some(elf) = firmware("cluster", machine) else {
+        return;
+    };
+    let model_path = compiled_model();
+    let model = model_io::load(&model_path).unwrap();
+    let data = data::load(&common::digits_path()).unwrap();
+    let (q, mut dev) = start(&elf, machine);
+    let q = std::sync::Arc::new(q);
+    let killer = {
+        let q = std::sync::Arc::clone(&q);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            q.kill();
+        })
+    };
+    let e = validate_on(
+        &mut dev,
+        &model,
+        &model_path,
+        &data,
+        None,
+        Thresholds::default(),
+    )
+    .unwrap_err()
+    .one_line();
+    killer.join().unwrap();
+    println!("killed mid-stream: {e}");
+    assert!(
+        e.contains("device went away while answering Segment"),
+        "{e}"
+    );
+    assert!(e.contains("qemu was killed"), "{e}");
+    assert!(e.contains("data row "), "{e}");
+    // A restarted validation (a new qemu: the device rebooted) passes.
+    let (_q2, mut dev2) = start(&elf, machine);
+    let r = validate_on(
+        &mut dev2,
+        &model,
+        &model_path,
+        &data,
+        Some(300),
+        Thresholds::default(),
+    )
+    .unwrap();
+    assert!(r.pass, "{r:?}");
+}
+
+#[test]
+fn device_training_matches_the_host() {
+    let machine = Machine::Mps2An386;
+    let Some(elf) = firmware("learn", machine) else {
+        return;
+    };
+    let model = model_io::load(&compiled_model()).unwrap();
+    let data = data::load(&common::digits_path()).unwrap();
+    let model = device_train::with_fitted_normalisation(&model, &data).unwrap();
+    let (_q, mut dev) = start(&elf, machine);
+    let args = DeviceTrainArgs {
+        device: DeviceSpec::Qemu(machine),
+        model: None,
+        data: None,
+        scope: ScopeArg::All,
+        // Past the Full warm-up (600 steps): centres initialised, then joint training.
+        steps: 700,
+        per_request: 4,
+        optimiser: OptimiserArg::Adam,
+        momentum: 0.9,
+        lr: 1e-3,
+        batch: 8,
+        seed: 0,
+        keep_normalisation: false,
+        json: false,
+        out_dir: None,
+        firmware: None,
+        baud: 115_200,
+    };
+    let t = Instant::now();
+    let r = device_train::train_on(&mut dev, &model, &data, &args).unwrap();
+    for s in &r.scopes {
+        println!(
+            "{}: {} steps, device ACC {:.4} NMI {:.4}, host ACC {:.4} NMI {:.4}, bit-identical {} \
+             ({} differ, max {:.3e}, first divergent request {:?}), device {:.1} s",
+            s.scope,
+            s.steps,
+            s.device.acc,
+            s.device.nmi,
+            s.host.acc,
+            s.host.nmi,
+            s.bit_identical,
+            s.params_differing,
+            s.max_abs_param_diff,
+            s.first_divergent_request,
+            s.device_seconds
+        );
+    }
+    println!(
+        "device training, all scopes: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(r.pass, "{r:?}");
+    let full = &r.scopes[0];
+    assert_eq!(full.scope, "full");
+    assert_eq!(full.steps, 700);
+    assert!(full.acc_diff <= 0.03, "{full:?}");
+    // Same core, same seed: whatever differs is rounding, never a different schedule.
+    for s in &r.scopes {
+        assert!(s.max_abs_param_diff < 1e-3, "{s:?}");
+    }
+}
