@@ -42,7 +42,7 @@ fn firmware(bin: &str, machine: Machine) -> Option<PathBuf> {
     }
 }
 
-fn start(elf: &PathBuf, machine: Machine) -> (Qemu, Device) {
+fn start(elf: &std::path::Path, machine: Machine) -> (Qemu, Device) {
     let (q, link) = Qemu::start(elf, machine, &[]).unwrap();
     let t = Timeouts {
         first: Duration::from_secs(20),
