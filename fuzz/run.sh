@@ -5,20 +5,30 @@
 # Installs nightly and cargo-fuzz when missing. Inputs found along the way go to a
 # temporary directory, not into the repository; a crashing input is kept in
 # fuzz/artifacts/<target>/ (reproduce: cargo +nightly fuzz run <target> <file>).
+# FUZZ_SECONDS=5 bash fuzz/run.sh is a quick smoke run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 secs="${FUZZ_SECONDS:-60}"
 targets=(blob_parse protocol_decode csv_load)
 
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  rustup toolchain install nightly --profile minimal
+# cargo fuzz needs nightly features (-Zsanitizer=address, sancov). Use a nightly
+# toolchain when there is one or one can be installed; otherwise the default toolchain
+# with RUSTC_BOOTSTRAP=1, which enables the same features (a machine that cannot fetch
+# toolchains still fuzzes).
+if rustup run nightly rustc --version >/dev/null 2>&1 ||
+  rustup toolchain install nightly --profile minimal; then
+  fuzz=(cargo +nightly fuzz)
+else
+  echo "no nightly toolchain: fuzzing with $(rustc --version) and RUSTC_BOOTSTRAP=1"
+  export RUSTC_BOOTSTRAP=1
+  fuzz=(cargo fuzz)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
-cargo +nightly fuzz build
+"${fuzz[@]}" build
 
 found="$(mktemp -d)"
 trap 'rm -rf "$found"' EXIT
@@ -28,7 +38,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$found/$t"
   log="$found/$t.log"
   printf '\n--- %s: %s s\n' "$t" "$secs"
-  if cargo +nightly fuzz run "$t" "$found/$t" "corpus/$t" -- \
+  if "${fuzz[@]}" run "$t" "$found/$t" "corpus/$t" -- \
       -max_total_time="$secs" -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
     status=ok
   else
