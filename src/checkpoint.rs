@@ -113,6 +113,13 @@
 //! Nothing here writes a flash word twice between erases, so flash with ECC words (which
 //! forbids that) is fine.
 //!
+//! The model of a power cut: the word write or sector erase under way may be left
+//! half done (any mix of old and new bits in that word or sector), every other word is
+//! as it was. A half-done state is caught by the commit word (it must read exactly
+//! [`COMMIT`]) and by the CRC-32 (which misses a random corruption with probability
+//! 2^-32). Flash whose half-programmed bits read back differently from one read to the
+//! next is outside this model; the read-back after each save catches it at save time.
+//!
 //! # Cost (bounded, independent of the values)
 //!
 //! With `R` = [`Layout::record_len`] and `CHUNK` = 256 bytes of stack buffer:
@@ -304,6 +311,8 @@ pub enum CheckpointError {
     },
     /// The slot just written did not read back as a valid checkpoint.
     Verify,
+    /// A slot index other than 0 or 1.
+    NoSuchSlot,
 }
 
 impl core::fmt::Display for CheckpointError {
@@ -321,6 +330,7 @@ impl core::fmt::Display for CheckpointError {
                 write!(f, "value {index} is not finite; nothing was written")
             }
             CheckpointError::Verify => f.write_str("written checkpoint did not read back valid"),
+            CheckpointError::NoSuchSlot => f.write_str("no such checkpoint slot (0 or 1)"),
         }
     }
 }
@@ -512,13 +522,16 @@ impl<F: NorFlash> Checkpoints<F> {
         Ok(())
     }
 
-    /// Validates one slot against `layout` (reads at most [`Layout::record_len`] bytes).
+    /// Validates slot `slot` (0 or 1) against `layout` (reads at most
+    /// [`Layout::record_len`] bytes).
     pub fn slot_state(
         &mut self,
         layout: &Layout,
         slot: usize,
     ) -> Result<SlotState, CheckpointError> {
-        let slot = slot.min(1);
+        if slot > 1 {
+            return Err(CheckpointError::NoSuchSlot);
+        }
         let mut h = [0u8; HEADER_LEN];
         self.read_with(slot, 0, HEADER_LEN, |at, b| {
             h[at..at + b.len()].copy_from_slice(b)

@@ -648,3 +648,13 @@ fn a_rebooted_trainer_resumes_without_repeating_warm_up() {
     }
     assert!(t3.step(&mut model3, &mut rng3).unwrap().initialised_centres);
 }
+
+#[test]
+fn there_are_two_slots() {
+    let l = layout();
+    let slot = l.slot_len(4, 256) as u32;
+    let mut sim = Sim::<4, 256>::new(2 * slot as usize);
+    let mut c = Checkpoints::new(&mut sim, 0, slot).unwrap();
+    assert_eq!(c.slot_state(&l, 1).unwrap(), SlotState::Empty);
+    assert_eq!(c.slot_state(&l, 2).err(), Some(CheckpointError::NoSuchSlot));
+}
