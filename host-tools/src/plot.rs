@@ -366,7 +366,7 @@ pub fn render(
     let mut fig = Figure {
         w,
         h,
-        scale: if w.min(h) >= 600 { 2 } else { 1 },
+        scale: text_scale(latent.is_some(), curves.is_some(), w, h),
         labels: Vec::new(),
     };
     {
@@ -380,7 +380,7 @@ pub fn render(
         };
         match (latent, curves) {
             (Some(l), Some(c)) => {
-                let lw = full.w * 11 / 20;
+                let lw = latent_width(full.w);
                 draw_latent(&root, &mut fig, l, Rect { w: lw, ..full })?;
                 draw_curves(
                     &root,
@@ -401,6 +401,29 @@ pub fn render(
     }
     fig.draw_text(&mut buf);
     encode_png(&buf, w, h)
+}
+
+/// Width of the latent picture when it shares the canvas with the curves.
+fn latent_width(w: i32) -> i32 {
+    w * 11 / 20
+}
+
+/// Glyph dot size: 2 (16-pixel text) when every panel is wide enough for its longest
+/// line at that size (about 54 characters beside the latent picture, 40 beside the
+/// curves) and the canvas is tall enough, else 1.
+fn text_scale(latent: bool, curves: bool, w: u32, h: u32) -> i32 {
+    let w = w as i32;
+    let (lw, cw) = if latent && curves {
+        (latent_width(w), w - latent_width(w))
+    } else {
+        (w, w)
+    };
+    let fits = (!latent || lw >= 900) && (!curves || cw >= 700);
+    if fits && h >= 600 {
+        2
+    } else {
+        1
+    }
 }
 
 fn encode_png(rgb: &[u8], w: u32, h: u32) -> Result<Vec<u8>, PlotError> {
