@@ -174,7 +174,7 @@ impl Default for Log {
 
 impl Log {
     /// Longest line.
-    pub const CAP: usize = 160;
+    pub const CAP: usize = 320;
 
     /// An empty line.
     pub const fn new() -> Log {

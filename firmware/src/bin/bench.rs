@@ -1,0 +1,404 @@
+//! Instruction counts and RAM of inference and training on the Cortex-M4F (mps2-an386),
+//! checked against the budgets; exit status 1 if one is exceeded.
+//!
+//! Run with `cargo run --release --bin bench` (qemu `-icount shift=0`: every instruction
+//! takes 1 ns of virtual time, so SysTick on the 25 MHz core clock counts 40
+//! instructions per tick; see [`rt::Counter`]).
+//!
+//! | measure | how | budget |
+//! |---|---|---|
+//! | encode+segment | mean of 16 `Model::segment` calls on digits rows, weights in flash; per multiply-accumulate of the weights (`sum in*out` of the encoder's dense layers, the kappa head `H`, the segmenter `K M`) | <= 3.0 instr/MAC |
+//! | forward pass | `Model::reconstruct` (encoder + decoder) + one posterior draw (`Posterior::sample`), mean of 16 | reference |
+//! | training step | mean of 8 joint steps (after the warm-up and the centre initialisation) of `OnlineTrainer` with a buffer of 8 digits rows, 8 anchors + 8 neighbours = 16 rows, Adam; per row | Full: <= 4x the forward pass |
+//! | training RAM | peak stack of a function that owns the trainer, its storage and the RAM copy of the parameters, measured by stack painting, plus static RAM | Full+Adam <= 96 KiB |
+//! | SegmenterOnly RAM | the same for `SegmenterAdapter` (encoder frozen in flash, 32 stored directions) | <= 8 KiB |
+//!
+//! `OnlineTrainer` with `SegmenterOnly` is measured too: it keeps raw samples (`CAP D`
+//! floats) and all parameters in RAM, so it cannot meet 8 KiB; the adapter is the
+//! SegmenterOnly implementation for small devices.
+#![no_std]
+#![no_main]
+
+#[cfg(board = "microbit")]
+compile_error!(
+    "bench measures the Cortex-M4F budgets on mps2-an386 (the Full trainer needs more RAM than the micro:bit's 16 KiB): build it for thumbv7em-none-eabihf"
+);
+
+use cortex_m_rt::entry;
+use hvae::adapt::{adapter_storage_len, SegmenterAdapter};
+use hvae::model::Model;
+use hvae::optim::{state_len, OptimKind};
+use hvae::trainer::{OnlineTrainer, TrainConfig};
+use hvae::{Scope, Shape};
+use hvae_firmware::rt::{self, Counter, Log};
+use hvae_firmware::weights::{generated, COMPILED, SHAPE};
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+#[allow(dead_code)]
+mod golden {
+    include!("../../model/golden.rs");
+}
+
+/// Instructions per SysTick tick: 1e9 ns/s / 25 MHz under `-icount shift=0`.
+const PER_TICK: u32 = 40;
+/// Samples in the training buffer: Full + Adam must fit 96 KiB, and the parameters
+/// (20 KB), the gradient and the rest of the trainer's scratch (28 KB) and Adam's
+/// moments (39 KB) leave room for a few rows of 64 floats and the stack
+/// (`hvae::memory::Memory::training` gives the exact figures).
+const CAP: usize = 8;
+/// Directions the `SegmenterAdapter` keeps (8 floats each).
+const ADAPT_CAP: usize = 32;
+/// Anchors per step (each brings a neighbour: 16 rows).
+const BATCH: usize = 8;
+/// Warm-up steps before the centres are initialised.
+const WARMUP: u32 = 2;
+/// Joint steps measured.
+const MEASURED: u32 = 8;
+/// Calls averaged for inference and the forward pass.
+const CALLS: usize = 16;
+
+const BUDGET_INSTR_PER_MAC: f32 = 3.0;
+const BUDGET_STEP_RATIO: f32 = 4.0;
+const BUDGET_FULL_RAM: usize = 96 * 1024;
+const BUDGET_SEG_RAM: usize = 8 * 1024;
+
+/// Multiply-accumulates of one encode+segment: the encoder's dense layers, the kappa
+/// head, the segmenter's dot products.
+const fn infer_macs(s: &Shape) -> usize {
+    let mut n = 0;
+    let mut l = 0;
+    while l < s.depth() {
+        let (i, o) = s.encoder_layer(l);
+        n += i * o;
+        l += 1;
+    }
+    let h = s.last_hidden();
+    n + h * s.latent + h + s.clusters * s.latent
+}
+
+/// One training configuration's results.
+#[derive(Clone, Copy, Default)]
+struct Train {
+    /// Mean instructions of a warm-up step (VAE only, `BATCH` rows).
+    warm: u64,
+    /// Instructions of the first joint step.
+    init: u64,
+    /// Mean instructions of a joint step (`2 BATCH` rows).
+    joint: u64,
+    /// Steps that failed (errors or guard rejections).
+    failed: u32,
+    /// Bytes the trainer's own state takes.
+    state: usize,
+}
+
+fn cfg(scope: Scope) -> TrainConfig<f32> {
+    let mut c = TrainConfig::new(1e-3);
+    c.scope = scope;
+    c.batch = BATCH;
+    c.warmup_steps = WARMUP;
+    // Adapting the trained model: its centres are kept (a k-means++ initialisation
+    // would need at least K = 10 buffered rows, more than fit next to Full + Adam).
+    c.init_centres = false;
+    c
+}
+
+/// Runs the schedule with `OnlineTrainer` for one scope: the trainer, its storage and
+/// the RAM copy of the parameters are locals, so the stack peak of this call is the RAM
+/// the configuration needs.
+macro_rules! train_fn {
+    ($name:ident, $scope:expr) => {
+        #[inline(never)]
+        fn $name(counter: &mut Counter) -> Train {
+            const SCOPE: Scope = $scope;
+            const STORE: usize = TrainConfig::<f32>::storage_len(&SHAPE, SCOPE, BATCH, CAP);
+            const RANGE: core::ops::Range<usize> = SHAPE.scope_range(SCOPE);
+            const STATE: usize = state_len(OptimKind::Adam, RANGE.end - RANGE.start);
+            const P: usize = SHAPE.param_len();
+            let mut out = Train::default();
+            // Storage as arrays in this frame, lent to the trainer: moving 60 KB arrays
+            // by value would leave copies on the stack.
+            let mut params = [0.0f32; P];
+            params.copy_from_slice(&generated::PARAMS);
+            let mut store = [0.0f32; STORE];
+            let mut state = [0.0f32; STATE];
+            let Ok(mut model) = Model::new(SHAPE, &mut params[..]) else {
+                out.failed = u32::MAX;
+                return out;
+            };
+            let Ok(mut t) = OnlineTrainer::<f32, { SHAPE.input }, CAP, _, _>::new(
+                &SHAPE,
+                cfg(SCOPE),
+                &mut store[..],
+                &mut state[..],
+            ) else {
+                out.failed = u32::MAX;
+                return out;
+            };
+            out.state = core::mem::size_of_val(&t) + 4 * (P + STORE + STATE);
+            for x in golden::SAMPLES.iter().take(CAP) {
+                if t.push(x).is_err() {
+                    out.failed += 1;
+                }
+            }
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+            let warm = if SCOPE == Scope::SegmenterOnly {
+                0
+            } else {
+                WARMUP
+            };
+            let mut total = 0u64;
+            for _ in 0..warm {
+                let (r, n) = counter.measure(|| t.step(&mut model, &mut rng));
+                out.failed += u32::from(r.is_err() || n.is_none());
+                total += n.unwrap_or(0);
+            }
+            out.warm = total / u64::from(warm.max(1));
+            // The first joint step.
+            let (r, n) = counter.measure(|| t.step(&mut model, &mut rng));
+            out.failed += u32::from(r.is_err() || n.is_none());
+            out.init = n.unwrap_or(0);
+            let mut total = 0u64;
+            for _ in 0..MEASURED {
+                let (r, n) = counter.measure(|| t.step(&mut model, &mut rng));
+                out.failed += u32::from(r.is_err() || n.is_none());
+                total += n.unwrap_or(0);
+            }
+            out.joint = total / u64::from(MEASURED);
+            core::hint::black_box(&model);
+            out
+        }
+    };
+}
+
+train_fn!(train_full, Scope::Full);
+train_fn!(train_enc_seg, Scope::EncoderAndSegmenter);
+train_fn!(train_seg, Scope::SegmenterOnly);
+
+/// `SegmenterAdapter` on the compiled-in model (in flash): push the 64 rows (each an
+/// encode+segment), then steps. The adapter and the workspace are locals.
+#[inline(never)]
+fn adapter(counter: &mut Counter) -> Train {
+    const STORE: usize = adapter_storage_len(&SHAPE, BATCH);
+    const STATE: usize = state_len(OptimKind::Adam, SHAPE.segmenter_len());
+    let mut out = Train::default();
+    let model = &COMPILED;
+    let mut store = [0.0f32; STORE];
+    let mut state = [0.0f32; STATE];
+    let Ok(mut a) = SegmenterAdapter::<f32, { SHAPE.latent }, ADAPT_CAP, _, _>::new(
+        model,
+        cfg(Scope::SegmenterOnly),
+        &mut store[..],
+        &mut state[..],
+    ) else {
+        out.failed = u32::MAX;
+        return out;
+    };
+    out.state = core::mem::size_of_val(&a) + 4 * (STORE + STATE);
+    let mut work = [0.0f32; SHAPE.work_len()];
+    for x in golden::SAMPLES.iter() {
+        if a.push(model, x, &mut work).is_err() {
+            out.failed += 1;
+        }
+    }
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let (r, n) = counter.measure(|| a.step(&mut rng));
+    out.failed += u32::from(r.is_err() || n.is_none());
+    out.init = n.unwrap_or(0);
+    let mut total = 0;
+    for _ in 0..MEASURED {
+        let (r, n) = counter.measure(|| a.step(&mut rng));
+        out.failed += u32::from(r.is_err() || n.is_none());
+        total += n.unwrap_or(0);
+    }
+    out.joint = total / u64::from(MEASURED);
+    core::hint::black_box(&a);
+    out
+}
+
+/// Mean instructions of one encode+segment (weights in flash).
+#[inline(never)]
+fn inference(counter: &mut Counter) -> Option<u64> {
+    let mut work = [0.0f32; SHAPE.work_len()];
+    let mut total = 0;
+    for x in golden::SAMPLES.iter().take(CALLS) {
+        let (r, n) = counter.measure(|| {
+            COMPILED
+                .segment(core::hint::black_box(x), &mut work)
+                .map(|s| s.label)
+        });
+        r.ok()?;
+        total += n?;
+    }
+    Some(total / CALLS as u64)
+}
+
+/// Mean instructions of the forward pass of encoder and decoder plus one posterior draw.
+#[inline(never)]
+fn forward(counter: &mut Counter) -> Option<u64> {
+    let model = Model::new(SHAPE, &generated::PARAMS[..]).ok()?;
+    let mut work = [0.0f32; SHAPE.work_len()];
+    let mut xhat = [0.0f32; SHAPE.input];
+    let mut z = [0.0f32; SHAPE.latent];
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+    let mut total = 0;
+    for x in golden::SAMPLES.iter().take(CALLS) {
+        let (r, n) =
+            counter.measure(|| model.reconstruct(core::hint::black_box(x), &mut work, &mut xhat));
+        r.ok()?;
+        total += n?;
+        let e = model.encode(x, &mut work).ok()?;
+        let (mu, kappa) = (e.mu, e.kappa);
+        let (r, n) = counter.measure(|| SHAPE.posterior.sample(mu, kappa, &mut rng, &mut z));
+        r.ok()?;
+        total += n?;
+    }
+    Some(total / CALLS as u64)
+}
+
+fn ratio(a: u64, b: u64) -> f32 {
+    a as f32 / b.max(1) as f32
+}
+
+/// Runs `f` on a freshly painted stack; returns its result and the RAM it needed
+/// (static RAM plus the peak stack).
+fn with_ram<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    rt::paint_stack();
+    let r = f();
+    (r, rt::ram_static() + rt::stack_peak())
+}
+
+#[entry]
+fn main() -> ! {
+    let Some(cp) = cortex_m::Peripherals::take() else {
+        rt::log("bench: no core peripherals");
+        rt::exit(false)
+    };
+    let mut counter = Counter::new(cp.SYST, PER_TICK);
+    let mut ok = true;
+    let mut check = |pass: bool, l: &mut Log| {
+        l.s(if pass { "  ok" } else { "  OVER BUDGET" }).emit();
+        ok &= pass;
+    };
+
+    let macs = infer_macs(&SHAPE) as u64;
+    let infer = inference(&mut counter).unwrap_or(0);
+    let per_mac = ratio(infer, macs);
+    let mut l = Log::new();
+    l.s("encode+segment: ")
+        .u(infer as u32)
+        .s(" instructions, ")
+        .u(macs as u32)
+        .s(" MACs: ")
+        .f3(per_mac)
+        .s(" instr/MAC (budget ")
+        .f3(BUDGET_INSTR_PER_MAC)
+        .s(")");
+    check(infer > 0 && per_mac <= BUDGET_INSTR_PER_MAC, &mut l);
+
+    let fwd = forward(&mut counter).unwrap_or(0);
+    Log::new()
+        .s("forward pass (encoder + decoder + posterior draw): ")
+        .u(fwd as u32)
+        .s(" instructions")
+        .emit();
+
+    let rows = 2 * BATCH as u64;
+    let mut report =
+        |name: &str, t: Train, ram: usize, ratio_budget: Option<f32>, ram_budget: Option<usize>| {
+            let per_row = t.joint / rows;
+            let r = ratio(per_row, fwd);
+            Log::new()
+                .s(name)
+                .s(": warm-up step ")
+                .u(t.warm as u32)
+                .s(", first joint step ")
+                .u(t.init as u32)
+                .s(", joint step ")
+                .u(t.joint as u32)
+                .s(" instructions = ")
+                .u(per_row as u32)
+                .s(" per row (")
+                .u(rows as u32)
+                .s(" rows) = ")
+                .f3(r)
+                .s("x the forward pass; failed steps ")
+                .u(t.failed)
+                .emit();
+            let mut l = Log::new();
+            l.s("    RAM ")
+                .u(ram as u32)
+                .s(" B (trainer state ")
+                .u(t.state as u32)
+                .s(" B + stack)");
+            if let Some(b) = ram_budget {
+                l.s(", budget ").u(b as u32);
+            }
+            if let Some(b) = ratio_budget {
+                l.s("; step budget ").f3(b).s("x");
+            }
+            let pass = t.failed == 0
+                && t.joint > 0
+                && ratio_budget.is_none_or(|b| r <= b)
+                && ram_budget.is_none_or(|b| ram <= b);
+            check(pass, &mut l);
+            (per_row, r)
+        };
+
+    let (full, full_ram) = with_ram(|| train_full(&mut counter));
+    let (full_row, full_ratio) = report(
+        "Full + Adam",
+        full,
+        full_ram,
+        Some(BUDGET_STEP_RATIO),
+        Some(BUDGET_FULL_RAM),
+    );
+    let (es, es_ram) = with_ram(|| train_enc_seg(&mut counter));
+    report("EncoderAndSegmenter + Adam", es, es_ram, None, None);
+    let (so, so_ram) = with_ram(|| train_seg(&mut counter));
+    report(
+        "SegmenterOnly + Adam (OnlineTrainer)",
+        so,
+        so_ram,
+        None,
+        None,
+    );
+    let (ad, ad_ram) = with_ram(|| adapter(&mut counter));
+    report(
+        "SegmenterOnly + Adam (SegmenterAdapter)",
+        ad,
+        ad_ram,
+        None,
+        Some(BUDGET_SEG_RAM),
+    );
+
+    // One line for scripts.
+    Log::new()
+        .s("HVAE_BENCH infer_instr=")
+        .u(infer as u32)
+        .s(" macs=")
+        .u(macs as u32)
+        .s(" instr_per_mac=")
+        .f3(per_mac)
+        .s(" forward_instr=")
+        .u(fwd as u32)
+        .s(" full_step_per_row=")
+        .u(full_row as u32)
+        .s(" full_ratio=")
+        .f3(full_ratio)
+        .s(" full_ram=")
+        .u(full_ram as u32)
+        .s(" encseg_ram=")
+        .u(es_ram as u32)
+        .s(" segonly_trainer_ram=")
+        .u(so_ram as u32)
+        .s(" segonly_adapter_ram=")
+        .u(ad_ram as u32)
+        .emit();
+    rt::log(if ok {
+        "bench: within budget"
+    } else {
+        "bench: OVER BUDGET"
+    });
+    rt::exit(ok)
+}
