@@ -1,5 +1,7 @@
 //! The weight-blob parser on arbitrary bytes: never panics, and whatever it accepts
-//! re-serialises to exactly the same bytes.
+//! re-serialises to exactly the same bytes. Each input is parsed as it is and once more
+//! with its CRC trailer made to match, so the checks behind the CRC (flags, kind codes,
+//! sizes, shape, values) are fuzzed too.
 #![no_main]
 
 use hvae::blob;
@@ -9,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 /// A compiled-in shape, as on a device.
 const DEVICE: Shape = Shape::new(4, &[6], 3, 2).checked();
 
-fuzz_target!(|data: &[u8]| {
+fn check(data: &[u8]) {
     // As a device loads it: against its compiled shape, into a fixed buffer.
     let mut fixed = [0f32; DEVICE.param_len()];
     let before = fixed;
@@ -33,5 +35,16 @@ fuzz_target!(|data: &[u8]| {
             let n = blob::write(&shape, &params, &mut again).unwrap();
             assert_eq!(&again[..n], data);
         }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    check(data);
+    if data.len() >= blob::HEADER_LEN + 4 {
+        let mut fixed = data.to_vec();
+        let n = fixed.len();
+        let crc = blob::crc32(&fixed[..n - 4]);
+        fixed[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        check(&fixed);
     }
 });
