@@ -271,3 +271,44 @@ fn cli_rejects_a_bad_device_and_a_missing_port() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// The serial transport end to end: the simulated device on the master side of a
+/// pseudo-terminal, `hvae validate --device serial:/dev/pts/N` on the other.
+#[cfg(unix)]
+#[test]
+fn validate_over_a_serial_port() {
+    use serialport::SerialPort;
+    let (master, slave) = serialport::TTYPort::pair().expect("a pseudo-terminal");
+    let path = slave.name().expect("the pty's path");
+    let model = loaded(1);
+    let sim = SimDevice::new(SimState::new(loaded(2).model, loaded(2).crc));
+    let reader = master.try_clone_native().unwrap();
+    sim.serve_on(reader, master);
+    let dir = tempfile::tempdir().unwrap();
+    let model_file = common::write_model(dir.path(), "m.hvae", &model.model);
+    let out = assert_cmd::Command::cargo_bin("hvae")
+        .unwrap()
+        .args(["validate", "--json", "--rows", "50", "--model"])
+        .arg(&model_file)
+        .arg("--data")
+        .arg(common::digits_path())
+        .arg("--device")
+        .arg(format!("serial:{path}"))
+        .output()
+        .unwrap();
+    drop(slave);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["pass"], true);
+    assert_eq!(v["rows"], 50);
+    assert_eq!(v["loaded_weights"], true);
+    assert_eq!(v["mu"]["max_abs_err"], 0.0);
+    assert_eq!(v["labels"]["agreement"], 1.0);
+    assert_eq!(v["device"], format!("serial {path}"));
+    assert_eq!(sim.state.lock().unwrap().crc(), model.crc);
+}

@@ -33,6 +33,7 @@ fn args(scope: ScopeArg, steps: u32) -> DeviceTrainArgs {
     DeviceTrainArgs {
         device: DeviceSpec::Qemu(hvae_host::device::qemu::Machine::Mps2An386),
         model: None,
+        init_seed: 0,
         data: None,
         scope,
         steps,

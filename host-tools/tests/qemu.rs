@@ -192,6 +192,7 @@ fn device_training_matches_the_host() {
     let args = DeviceTrainArgs {
         device: DeviceSpec::Qemu(machine),
         model: None,
+        init_seed: 0,
         data: None,
         scope: ScopeArg::All,
         // Past the Full warm-up (600 steps): centres initialised, then joint training.
@@ -240,4 +241,36 @@ fn device_training_matches_the_host() {
     for s in &r.scopes {
         assert!(s.max_abs_param_diff < 1e-3, "{s:?}");
     }
+}
+
+/// The command line end to end: `hvae validate --device qemu --json` builds `cluster`,
+/// starts qemu and prints one JSON object.
+#[test]
+fn validate_command_prints_json() {
+    if firmware("cluster", Machine::Mps2An386).is_none() {
+        return;
+    }
+    let out = assert_cmd::Command::cargo_bin("hvae")
+        .unwrap()
+        .args([
+            "validate", "--json", "--rows", "150", "--device", "qemu", "--model",
+        ])
+        .arg(compiled_model())
+        .arg("--data")
+        .arg(common::digits_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["pass"], true);
+    assert_eq!(v["rows"], 150);
+    assert_eq!(v["device"], "qemu mps2-an386");
+    assert!(v["mu"]["max_abs_err"].as_f64().unwrap() <= 1e-5);
+    assert_eq!(v["labels"]["agreement"], 1.0);
 }

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 /// Long help of the subcommand.
 pub const LONG_ABOUT: &str = "Train on the device and compare with the host.\n\n\
     Starts the firmware's `learn` program (under qemu, or on a board on a serial port), and \
-    for each scope: loads the starting weights (for Full, the initial model; for the \
-    adaptation scopes after a Full run, the Full run's result) (--model; default the firmware's \
-    compiled-in model, a fresh deterministic initialisation; its input normalisation fitted \
-    to the data unless --keep-normalisation), streams the data rows in a \
+    for each scope: loads the starting weights (for Full, the initial model: --model, or by \
+    default a fresh seeded initialisation of the firmware model's architecture; for the \
+    adaptation scopes after a Full run, the Full run's result; the input normalisation is \
+    fitted to the data unless --keep-normalisation), streams the data rows in a \
     seeded order as TrainBatch requests (--per-request samples and as many optimiser steps \
     each, --steps steps in all; the first request carries the settings: scope, optimiser, \
     learning rate, anchors per step), reads the whole parameter vector back (ReadWeights, \
@@ -66,9 +66,14 @@ pub struct DeviceTrainArgs {
     /// The device: qemu, qemu:mps2-an386 or serial:PATH (the `learn` program).
     #[arg(long, value_name = "DEVICE", value_parser = DeviceSpec::parse)]
     pub device: DeviceSpec,
-    /// Initial model (default: the firmware's compiled-in model, firmware/model/digits.hvae).
+    /// Initial model (default: a fresh initialisation, seeded by --init-seed, of the
+    /// architecture of the firmware's compiled-in model firmware/model/digits.hvae: Full
+    /// scope then learns from scratch on the device).
     #[arg(long, value_name = "MODEL")]
     pub model: Option<PathBuf>,
+    /// Seed of the fresh initial model (without --model).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub init_seed: u64,
     /// Training data with a `label` column (default: the bundled digits).
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
@@ -76,7 +81,7 @@ pub struct DeviceTrainArgs {
     #[arg(long, value_enum, default_value_t = ScopeArg::All)]
     pub scope: ScopeArg,
     /// Optimiser steps in all, per scope.
-    #[arg(long, default_value_t = 4000, value_name = "N")]
+    #[arg(long, default_value_t = 2000, value_name = "N")]
     pub steps: u32,
     /// Samples (and steps) per TrainBatch request.
     #[arg(long, default_value_t = 4, value_name = "N",
@@ -488,6 +493,17 @@ pub fn print_report(r: &DeviceTrainReport, json: bool, out: &mut dyn Write) -> R
     outln!(out, "{}", if r.pass { "PASS" } else { "FAIL" })
 }
 
+/// A fresh initialisation (the core's, seeded) of `like`'s architecture.
+pub fn fresh(like: &LoadedModel, seed: u64) -> Result<LoadedModel, Error> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let m = Model::<f32, Vec<f32>>::with_shape(*like.model.shape(), &mut rng)
+        .map_err(|e| Error::Failed(format!("cannot initialise a model: {e}")))?;
+    let bytes = model_io::to_bytes(&m)
+        .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
+    model_io::from_bytes(&bytes)
+        .map_err(|e| Error::Failed(format!("cannot re-read the model: {e}")))
+}
+
 /// `model` with its input normalisation fitted to `data` ([`crate::train::fit_normalisation`]).
 pub fn with_fitted_normalisation(
     model: &LoadedModel,
@@ -511,6 +527,9 @@ pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         .clone()
         .unwrap_or_else(super::demo::bundled_digits);
     let mut model = model_io::load(&model_path)?;
+    if args.model.is_none() {
+        model = fresh(&model, args.init_seed)?;
+    }
     let data = data::load(&data_path)?;
     super::eval::check_sizes(&model.model, &model_path, &data, &data_path)?;
     if !args.keep_normalisation {

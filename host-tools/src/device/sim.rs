@@ -192,6 +192,17 @@ impl SimDevice {
         std::thread::spawn(move || serve(state, req_rx, resp_tx));
         Ok(Link::new("simulated device", resp_rx, req_tx))
     }
+
+    /// Serves on any byte stream (e.g. the master side of a pseudo-terminal, to test
+    /// the serial transport) in a thread, until the stream ends.
+    pub fn serve_on<R, W>(&self, reader: R, writer: W)
+    where
+        R: Read + Send + 'static,
+        W: Write + Send + 'static,
+    {
+        let state = Arc::clone(&self.state);
+        std::thread::spawn(move || serve(state, reader, writer));
+    }
 }
 
 fn serve(state: Arc<Mutex<SimState>>, mut rx: impl Read, mut tx: impl Write) {
