@@ -10,9 +10,10 @@
 //! | [`learn`], [`learn_host`] | the firmware's `learn` engine, run on the host |
 
 pub mod client;
-/// The firmware's `learn` engine, compiled for the host from the firmware's own source
-/// (one implementation): the reference run of `hvae device-train` and the simulated
-/// learning device of the tests.
+// The firmware's `learn` engine, compiled for the host from the firmware's own source
+// (one implementation): the reference run of `hvae device-train` and the simulated
+// learning device of the tests. (A `//` comment: with an outer doc comment, rustdoc would
+// resolve the file's own `//!` links in this module's scope.)
 #[path = "../../../firmware/src/learn.rs"]
 pub mod learn;
 pub mod learn_host;
