@@ -72,6 +72,11 @@ pub fn stack_peak() -> usize {
     top - a
 }
 
+/// The lowest address the stack reached since the last [`paint_stack`].
+pub fn stack_low() -> usize {
+    sym!(_stack_start) - stack_peak()
+}
+
 /// The figures [`crate::service::Service`] reports in `Info`.
 pub fn resources() -> Resources {
     Resources {
