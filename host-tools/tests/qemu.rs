@@ -139,11 +139,14 @@ fn device_dying_mid_stream_is_reported_and_a_restart_passes() {
     let model = model_io::load(&model_path).unwrap();
     let data = data::load(&common::digits_path()).unwrap();
     let (q, mut dev) = start(&elf, machine);
+    // Booted and answering before the clock starts, so that the kill lands in the
+    // stream of rows (1797 rows take over 10 s) however slow the machine is.
+    dev.sync().unwrap();
     let q = std::sync::Arc::new(q);
     let killer = {
         let q = std::sync::Arc::clone(&q);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1500));
+            std::thread::sleep(Duration::from_millis(1000));
             q.kill();
         })
     };
