@@ -112,7 +112,8 @@ mod imp {
         const PAGE: usize = 1024;
         fn erase_page(&mut self, addr: usize) -> Result<(), FlashError> {
             for a in (addr..addr + Self::PAGE).step_by(4) {
-                // SAFETY: `addr` is a page of the weight slots (checked by the caller),
+                // SAFETY: `addr` is a page of the weight slots or of the checkpoint region
+                // (checked by the caller: `weights`, `FlashRegion`),
                 // which nothing else writes and no live reference covers.
                 unsafe { write_volatile(reg(a), u32::MAX) };
             }
@@ -216,7 +217,7 @@ mod imp {
     impl FlashWriter for Flash {
         const PAGE: usize = 1024;
         fn erase_page(&mut self, addr: usize) -> Result<(), FlashError> {
-            // SAFETY: NVMC registers; `addr` is a page of the weight slots (checked by
+            // SAFETY: NVMC registers; `addr` is a page of the weight slots or checkpoints (checked by
             // the caller) that no live reference covers.
             unsafe {
                 Self::wait_ready();
@@ -248,3 +249,96 @@ mod imp {
 }
 
 pub use imp::{Flash, Uart};
+
+use embedded_storage::nor_flash::{
+    check_erase, check_read, check_write, ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash,
+};
+
+/// A range of the board's flash as `embedded-storage` NOR flash (for
+/// `hvae::checkpoint::Checkpoints`): offsets are relative to the start of the range,
+/// reads are bytes, writes whole 4-byte words (aligned), erases whole
+/// [`FlashWriter::PAGE`]s. Writes program words with [`FlashWriter::write_word`], which
+/// verifies them; on the micro:bit's NVMC a write can only clear bits, as on real NOR
+/// flash, while qemu's mps2-an386 code memory is RAM and takes any value.
+pub struct FlashRegion<F> {
+    flash: F,
+    base: usize,
+    len: usize,
+}
+
+extern "C" {
+    // memory.x: the region reserved for training checkpoints (empty on the micro:bit).
+    static _hvae_ckpt_start: u32;
+    static _hvae_ckpt_end: u32;
+}
+
+impl<F: FlashWriter> FlashRegion<F> {
+    /// The checkpoint region of memory.x (`CKPT`, 116 KiB on mps2-an386; empty on the
+    /// micro:bit), written with `flash`.
+    pub fn checkpoints(flash: F) -> Self {
+        // Linker symbols: only their addresses are used, never read.
+        let base = core::ptr::addr_of!(_hvae_ckpt_start) as usize;
+        let len = core::ptr::addr_of!(_hvae_ckpt_end) as usize - base;
+        FlashRegion { flash, base, len }
+    }
+
+    /// The flash writer back.
+    pub fn into_inner(self) -> F {
+        self.flash
+    }
+
+    /// Address of the region's first byte.
+    pub fn base(&self) -> usize {
+        self.base
+    }
+}
+
+impl<F> ErrorType for FlashRegion<F> {
+    type Error = NorFlashErrorKind;
+}
+
+impl<F: FlashWriter> ReadNorFlash for FlashRegion<F> {
+    const READ_SIZE: usize = 1;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        check_read(self, offset, bytes.len())?;
+        let start = self.base + offset as usize;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            // SAFETY: inside the region (checked above): flash, always mapped, written
+            // only through this value.
+            *b = unsafe { read_volatile((start + i) as *const u8) };
+        }
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.len
+    }
+}
+
+impl<F: FlashWriter> NorFlash for FlashRegion<F> {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = F::PAGE;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        check_erase(self, from, to)?;
+        for page in (from as usize..to as usize).step_by(F::PAGE) {
+            self.flash
+                .erase_page(self.base + page)
+                .map_err(|_| NorFlashErrorKind::Other)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        check_write(self, offset, bytes.len())?;
+        let start = self.base + offset as usize;
+        for (i, w) in bytes.chunks_exact(4).enumerate() {
+            let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            self.flash
+                .write_word(start + 4 * i, word)
+                .map_err(|_| NorFlashErrorKind::Other)?;
+        }
+        Ok(())
+    }
+}

@@ -7,7 +7,8 @@ use core::ptr::{addr_of, read_volatile, write_volatile};
 
 extern "C" {
     // memory.x
-    static _hvae_flash_start: u32;
+    static _hvae_flash_end: u32;
+    static _hvae_flash_len: u32;
     static _hvae_ram_start: u32;
     // cortex-m-rt's link.x
     static __sidata: u32;
@@ -31,7 +32,8 @@ const PAINT: u32 = 0xDEAD_BEEF;
 /// Bytes of flash the program image takes: vector table, `.text`, `.rodata` and the
 /// initial values of `.data` (everything up to the end of `.data`'s load image).
 pub fn flash_used() -> usize {
-    sym!(__sidata) + (sym!(__edata) - sym!(__sdata)) - sym!(_hvae_flash_start)
+    let flash_start = sym!(_hvae_flash_end) - sym!(_hvae_flash_len);
+    sym!(__sidata) + (sym!(__edata) - sym!(__sdata)) - flash_start
 }
 
 /// Bytes of static RAM: `.data`, `.bss` and `.uninit` (everything below the stack's

@@ -9,6 +9,8 @@
 //!    `protocol::decode::<Request>` on every request variant and on thousands of
 //!    truncated and corrupted encodings; the receiver reports oversized and non-COBS
 //!    frames once and resynchronises; the hard-coded internal-error frame is the core's.
+//! 6. The checkpoint region as `embedded-storage` NOR flash: erase, write, read back,
+//!    alignment and bounds errors (empty on the micro:bit).
 //! 5. Weight slots through the service: a streamed blob is loaded into a slot and a
 //!    simulated reboot ([`weights::boot`]) picks it; a blob with a bad CRC is refused and
 //!    changes nothing; the newest of two slots wins; a corrupted slot is skipped.
@@ -77,6 +79,8 @@ fn main() -> ! {
     rt::log("  skipped on the micro:bit (stack); run on mps2-an386");
     rt::log("selftest: weight slots");
     slots(&mut c);
+    rt::log("selftest: checkpoint region (embedded-storage NorFlash)");
+    nor_flash(&mut c);
     Log::new()
         .s("selftest: ")
         .u(c.passed)
@@ -661,4 +665,44 @@ mod frames {
             _ => false,
         }
     }
+}
+
+fn nor_flash(c: &mut Checks) {
+    use embedded_storage::nor_flash::{NorFlash, NorFlashErrorKind, ReadNorFlash};
+    use hvae_firmware::board::FlashRegion;
+    let mut r = FlashRegion::checkpoints(Flash::new());
+    let cap = r.capacity();
+    if cap == 0 {
+        c.check(
+            r.write(0, &[0; 4]) == Err(NorFlashErrorKind::OutOfBounds),
+            "empty region (micro:bit): a write is OutOfBounds",
+        );
+        return;
+    }
+    let page = FlashRegion::<Flash>::ERASE_SIZE as u32;
+    let last = cap as u32 - page;
+    let erased = r.erase(last, cap as u32).is_ok();
+    let mut buf = [0u8; 8];
+    let blank = r.read(last, &mut buf).is_ok() && buf == [0xFF; 8];
+    c.check(erased && blank, "erase of the last page: reads 0xFF");
+    let data = [1u8, 2, 3, 4, 5, 6, 7, 8];
+    let wrote = r.write(last + 8, &data).is_ok();
+    let mut back = [0u8; 8];
+    c.check(
+        wrote && r.read(last + 8, &mut back).is_ok() && back == data,
+        "write two words, read them back",
+    );
+    c.check(
+        r.write(last + 2, &data[..4]) == Err(NorFlashErrorKind::NotAligned)
+            && r.write(last, &data[..3]) == Err(NorFlashErrorKind::NotAligned)
+            && r.erase(1, page) == Err(NorFlashErrorKind::NotAligned),
+        "unaligned write or erase: NotAligned",
+    );
+    c.check(
+        r.write(cap as u32 - 4, &data) == Err(NorFlashErrorKind::OutOfBounds)
+            && r.read(cap as u32, &mut back[..1]) == Err(NorFlashErrorKind::OutOfBounds)
+            && r.erase(0, cap as u32 + page) == Err(NorFlashErrorKind::OutOfBounds),
+        "past the end: OutOfBounds",
+    );
+    c.check(r.erase(last, cap as u32).is_ok(), "erase again");
 }
