@@ -20,12 +20,24 @@
 //! were taken in all); a step the guard rejects is skipped; any other failed step ends
 //! the request with [`ErrorCode::Train`] (the steps before it stay applied).
 //!
+//! # Checkpoints
+//! With checkpoint slots ([`Store::checkpoints`], [`hvae::checkpoint`]: two slots,
+//! sequence number, CRC, commit word), the engine saves the weights, the optimiser state
+//! and the step counts every [`CHECKPOINT_EVERY`] steps and on [`Request::Checkpoint`]
+//! (the weights alone when no training is under way); when the divergence guard has
+//! rejected too many steps in a row, it restores the last checkpoint; [`Learner::restore`]
+//! puts the newest checkpoint's weights back at boot. A checkpoint of one (scope,
+//! optimiser) does not count as valid for another, so the first save after a change of
+//! scope may overwrite the newest checkpoint of the old scope.
+//!
 //! # Memory
 //! Buffers come from a [`Store`]: one scratch buffer of [`scratch_len`] and one
 //! optimiser buffer of [`optim_len`] scalars (sized for the largest scope, Full with
 //! Adam); a weight load stages the incoming blob's parameters in the scratch buffer, so
 //! a failed load leaves the weights untouched without a second parameter copy.
 
+use embedded_storage::nor_flash::NorFlash;
+use hvae::checkpoint::{Checkpoints, Layout};
 use hvae::model::Model;
 use hvae::optim::{state_len, OptimKind, Optimiser};
 use hvae::protocol::{
@@ -49,6 +61,21 @@ pub const MAX_BATCH: usize = 8;
 /// step, 200 steps see each digit a handful of times and k-means++ then meets a barely
 /// trained encoder (measured on the digits: ACC 0.10-0.35 after 200, 0.33-0.40 after 600).
 pub const WARMUP_STEPS: u32 = 600;
+/// Steps between two periodic checkpoints (when the device has checkpoint slots).
+pub const CHECKPOINT_EVERY: u32 = 500;
+
+/// Every (scope, optimiser) a checkpoint may have been saved with.
+const LAYOUTS: [(Scope, OptimKind); 6] = [
+    (Scope::Full, OptimKind::Adam),
+    (Scope::Full, OptimKind::Sgd),
+    (Scope::EncoderAndSegmenter, OptimKind::Adam),
+    (Scope::EncoderAndSegmenter, OptimKind::Sgd),
+    (Scope::SegmenterOnly, OptimKind::Adam),
+    (Scope::SegmenterOnly, OptimKind::Sgd),
+];
+
+/// The layout of a checkpoint of the weights alone (no trainer): the smallest state.
+const WEIGHTS_ONLY: (Scope, OptimKind) = (Scope::SegmenterOnly, OptimKind::Sgd);
 
 /// Requests the engine serves.
 pub const CAPABILITIES: u32 =
@@ -90,8 +117,16 @@ pub trait Store {
     /// previous call (so a device may hand out the same static memory again). `None`
     /// when the lengths exceed the memory.
     fn take(&mut self, scratch: usize, optim: usize) -> Option<(Self::Buf, Self::Buf)>;
-    /// Makes `params` (weights CRC `crc`) survive a reset.
-    fn persist(&mut self, params: &[f32], crc: u32) -> Result<(), ErrorCode>;
+    /// The flash the checkpoints live in.
+    type Flash: NorFlash;
+    /// The two checkpoint slots ([`hvae::checkpoint`]), if the device has them; they must
+    /// hold a checkpoint of the Full scope with Adam ([`checkpoint_slot_len`]).
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<Self::Flash>>;
+}
+
+/// Bytes of one checkpoint slot on flash `F`: the largest layout (Full scope, Adam).
+pub const fn checkpoint_slot_len<F: NorFlash>(shape: &Shape) -> usize {
+    hvae::checkpoint::slot_len::<f32, F>(shape, Scope::Full, OptimKind::Adam)
 }
 
 type Trainer<const D: usize, B> = OnlineTrainer<f32, D, CAP, B, B>;
@@ -144,6 +179,12 @@ where
     /// The model.
     pub fn model(&self) -> &Model<f32, P> {
         &self.model
+    }
+
+    /// The store (buffers and checkpoint slots), giving up the engine: what survives a
+    /// reset, for a test to boot a new engine on.
+    pub fn into_store(self) -> S {
+        self.store
     }
 
     /// CRC of the current weights' blob (computed again after training).
@@ -213,9 +254,10 @@ where
                 r
             }
             Request::Checkpoint => {
-                let crc = self.crc();
-                self.store.persist(self.model.params(), crc)?;
-                Ok(Response::Checkpointed { weights_crc: crc })
+                self.checkpoint()?;
+                Ok(Response::Checkpointed {
+                    weights_crc: self.crc(),
+                })
             }
             Request::TrainBatch {
                 samples,
@@ -223,6 +265,65 @@ where
                 settings,
             } => self.train(samples, *steps, settings.as_ref()),
         }
+    }
+
+    /// Saves a checkpoint: with the trainer's optimiser state and step counts while
+    /// training, else the weights alone.
+    fn checkpoint(&mut self) -> Result<(), ErrorCode> {
+        if self.store.checkpoints().is_none() {
+            return Err(ErrorCode::Unsupported);
+        }
+        if let Some(t) = self.trainer.as_ref() {
+            let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
+            return c
+                .save_trainer(&self.model, t)
+                .map(|_| ())
+                .map_err(|_| ErrorCode::Storage);
+        }
+        let layout = Layout::new::<f32>(*self.model.shape(), WEIGHTS_ONLY.0, WEIGHTS_ONLY.1);
+        self.staging = None;
+        let (_, zeros) = self
+            .store
+            .take(0, layout.state())
+            .ok_or(ErrorCode::Internal)?;
+        let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
+        c.save(&layout, self.model.params(), zeros.as_ref(), 0, 0)
+            .map(|_| ())
+            .map_err(|_| ErrorCode::Storage)
+    }
+
+    /// At boot: the weights of the newest valid checkpoint of any layout, if there is
+    /// one (the optimiser state is not kept: training restarts with the host's next
+    /// settings). Returns the checkpoint's sequence number.
+    pub fn restore(&mut self) -> Result<Option<u32>, ErrorCode> {
+        let shape = *self.model.shape();
+        let mut best: Option<(u32, Layout)> = None;
+        for (scope, kind) in LAYOUTS {
+            let layout = Layout::new::<f32>(shape, scope, kind);
+            let Some(c) = self.store.checkpoints() else {
+                return Ok(None);
+            };
+            if let Some(l) = c.newest(&layout).map_err(|_| ErrorCode::Storage)? {
+                // Serial-number order: the counter may wrap.
+                if best.is_none_or(|(s, _)| (l.seq.wrapping_sub(s) as i32) > 0) {
+                    best = Some((l.seq, layout));
+                }
+            }
+        }
+        let Some((seq, layout)) = best else {
+            return Ok(None);
+        };
+        self.trainer = None;
+        self.staging = None;
+        let (_, mut state) = self
+            .store
+            .take(0, layout.state())
+            .ok_or(ErrorCode::Internal)?;
+        let c = self.store.checkpoints().ok_or(ErrorCode::Internal)?;
+        c.load(&layout, self.model.params_mut(), state.as_mut())
+            .map_err(|_| ErrorCode::Storage)?;
+        self.crc = None;
+        Ok(Some(seq))
     }
 
     fn load(&mut self, offset: u32, bytes: &[u8], last: bool) -> Result<Response, ErrorCode> {
@@ -294,11 +395,26 @@ where
                 Ok(r) => {
                     loss = r.loss.total;
                     self.crc = None;
+                    if r.steps % CHECKPOINT_EVERY == 0 {
+                        if let Some(c) = self.store.checkpoints() {
+                            c.save_trainer(&self.model, t)
+                                .map_err(|_| ErrorCode::Storage)?;
+                        }
+                    }
                 }
                 // Too few samples yet: the host sends more.
                 Err(TrainError::NotEnoughSamples) => break,
-                // The divergence guard rejected a spike: the step changed nothing.
-                Err(TrainError::Diverged) => {}
+                // The divergence guard rejected a spike: the step changed nothing. After
+                // `max_rejections` in a row, back to the last checkpoint.
+                Err(TrainError::Diverged) => {
+                    if let Some(c) = self.store.checkpoints() {
+                        let r = c.restore_if_needed(&mut self.model, t);
+                        if matches!(r, Ok(hvae::checkpoint::Restore::Restored(_))) {
+                            self.crc = None;
+                        }
+                        r.map_err(|_| ErrorCode::Storage)?;
+                    }
+                }
                 // Anything else (a centre initialisation on a collapsed encoder, a
                 // non-finite loss) would repeat at every step: say so instead of
                 // answering as if training went on.

@@ -182,3 +182,73 @@ fn engine_refuses_bad_settings_and_samples_and_keeps_serving() {
         hvae::protocol::Response::Weights { .. }
     ));
 }
+
+#[test]
+fn checkpoints_survive_a_reboot_bit_for_bit() {
+    use hvae_host::device::learn::{Learner, CHECKPOINT_EVERY};
+    let data = data::load(&common::digits_path()).unwrap();
+    let model = with_fitted_normalisation(&initial(), &data).unwrap();
+    let mut eng = host_learner(model.model.clone(), model.crc).unwrap();
+    let ok = TrainSettings {
+        scope: TrainScope::Full,
+        optimiser: TrainOptimiser::Adam,
+        lr: 1e-3,
+        batch: 8,
+    };
+    let rows: Vec<&[f32]> = data.rows().collect();
+    let mut first = true;
+    // Past one periodic checkpoint, then one on request.
+    for i in 0..(CHECKPOINT_EVERY as usize + 60) / 4 {
+        let mut samples = heapless::Vec::new();
+        for r in &rows[4 * i..4 * i + 4] {
+            samples.extend_from_slice(r).unwrap();
+        }
+        let r = eng.handle(&Request::TrainBatch {
+            samples,
+            steps: 4,
+            settings: first.then_some(ok),
+        });
+        first = false;
+        assert!(
+            matches!(r, hvae::protocol::Response::Trained { .. }),
+            "{r:?}"
+        );
+    }
+    let saved = eng.model().params().to_vec();
+    let crc = eng.crc();
+    let r = eng.handle(&Request::Checkpoint);
+    assert_eq!(
+        r,
+        hvae::protocol::Response::Checkpointed { weights_crc: crc }
+    );
+    // "Reboot": a new engine on the initial weights, with the same flash.
+    let store = eng.into_store();
+    let mut eng2: hvae_host::device::learn_host::HostLearner =
+        Learner::new(model.model.clone(), model.crc, store, 0).unwrap();
+    assert_eq!(eng2.crc(), model.crc);
+    let seq = eng2.restore().unwrap().expect("a checkpoint");
+    assert_eq!(seq, 2, "one periodic save, one on request");
+    assert!(eng2
+        .model()
+        .params()
+        .iter()
+        .zip(&saved)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert_eq!(eng2.crc(), crc);
+    // A blank flash has nothing to restore.
+    let mut eng3 = host_learner(model.model.clone(), model.crc).unwrap();
+    assert_eq!(eng3.restore().unwrap(), None);
+    // Without training, a checkpoint holds the weights alone and restores too.
+    assert!(matches!(
+        eng3.handle(&Request::Checkpoint),
+        hvae::protocol::Response::Checkpointed { .. }
+    ));
+    let mut eng4: hvae_host::device::learn_host::HostLearner =
+        Learner::new(saved_model(&saved), 0, eng3.into_store(), 0).unwrap();
+    assert_eq!(eng4.restore().unwrap(), Some(1));
+    assert_eq!(eng4.crc(), model.crc);
+}
+
+fn saved_model(p: &[f32]) -> hvae::model::VecModel<f32> {
+    Model::new(DIGITS, p.to_vec()).unwrap()
+}

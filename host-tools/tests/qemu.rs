@@ -244,6 +244,10 @@ fn device_training_matches_the_host() {
     for s in &r.scopes {
         assert!(s.max_abs_param_diff < 1e-3, "{s:?}");
     }
+    // A checkpoint on request (the periodic one at step 500 went through during the
+    // runs, or a request would have failed with a storage error).
+    let info = dev.info().unwrap();
+    assert_eq!(dev.checkpoint().unwrap(), info.weights_crc);
 }
 
 /// The command line end to end: `hvae validate --device qemu --json` builds `cluster`,

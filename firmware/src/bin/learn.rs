@@ -7,10 +7,10 @@
 //! in RAM (copied from the compiled-in model at boot), the trainer's scratch and
 //! optimiser state sized for Full scope with Adam, and a flash slot for checkpoints.
 //!
-//! Checkpoints persist the inference prefix (normalisation, encoder, segmenter) in the
-//! flash slots `cluster` uses (`weights::SlotWriter`): after a reset both programs run
-//! the checkpointed clusters; `learn` then takes the decoder from the compiled-in model
-//! (it has no room in a slot) and reports the CRC of that combination.
+//! Checkpoints (`hvae::checkpoint`: weights, optimiser state and step counts, two slots,
+//! power-cut safe) go to memory.x's `CKPT` region (two slots of the Full + Adam size,
+//! through `board::FlashRegion`). At boot the newest valid checkpoint's weights replace
+//! the compiled-in ones.
 #![no_std]
 #![no_main]
 
@@ -21,15 +21,16 @@ mod learn;
 
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
+use hvae::checkpoint::Checkpoints;
 use hvae::model::Model;
-use hvae::protocol::{max_request_frame, ErrorCode, Response, MAX_SAMPLE};
+use hvae::protocol::{max_request_frame, Response, MAX_SAMPLE};
 use hvae_firmware::board::Serial;
-use hvae_firmware::board::{Flash, Uart};
+use hvae_firmware::board::{Flash, FlashRegion, Uart};
 use hvae_firmware::rt::{self, Log};
 use hvae_firmware::service::send;
-use hvae_firmware::weights::{self, generated, Active, SlotWriter, SHAPE};
+use hvae_firmware::weights::{generated, SHAPE};
 use hvae_firmware::wire::{self, Receiver};
-use learn::{optim_len, scratch_len, Learner, Store};
+use learn::{checkpoint_slot_len, optim_len, scratch_len, Learner, Store};
 
 const PARAM_LEN: usize = SHAPE.param_len();
 const SCRATCH_LEN: usize = scratch_len(&SHAPE);
@@ -38,19 +39,24 @@ const WORK_LEN: usize = SHAPE.work_len();
 /// A training batch fills a request: the longest frame of `MAX_SAMPLE` values.
 const RX_FRAME: usize = max_request_frame(MAX_SAMPLE);
 
+/// Bytes of one checkpoint slot (1 KiB flash pages); memory.x's `CKPT` holds two.
+const CKPT_SLOT: usize = checkpoint_slot_len::<CkptFlash>(&SHAPE);
+
+/// The checkpoint region (`CKPT` in memory.x) as NOR flash.
+type CkptFlash = FlashRegion<Flash>;
+
 static mut PARAMS: [f32; PARAM_LEN] = [0.0; PARAM_LEN];
 static mut SCRATCH: [f32; SCRATCH_LEN] = [0.0; SCRATCH_LEN];
 static mut OPTIM: [f32; OPTIM_LEN] = [0.0; OPTIM_LEN];
 
 /// The static buffers and the checkpoint slots.
 struct Board {
-    flash: Flash,
-    /// The weights in the slots (or compiled in): `SlotWriter` writes the other slot.
-    persisted: Active,
+    checkpoints: Option<Checkpoints<CkptFlash>>,
 }
 
 impl Store for Board {
     type Buf = &'static mut [f32];
+    type Flash = CkptFlash;
 
     fn take(&mut self, scratch: usize, optim: usize) -> Option<(Self::Buf, Self::Buf)> {
         if scratch > SCRATCH_LEN || optim > OPTIM_LEN {
@@ -70,47 +76,37 @@ impl Store for Board {
         Some((s, o))
     }
 
-    fn persist(&mut self, params: &[f32], crc: u32) -> Result<(), ErrorCode> {
-        let w =
-            SlotWriter::begin(&mut self.flash, &self.persisted).map_err(|_| ErrorCode::Storage)?;
-        for (i, &v) in params.iter().take(weights::INFER_LEN).enumerate() {
-            w.put(&mut self.flash, i, v)
-                .map_err(|_| ErrorCode::Storage)?;
-        }
-        self.persisted = w
-            .commit(&mut self.flash, crc, &self.persisted)
-            .map_err(|_| ErrorCode::Storage)?;
-        Ok(())
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<CkptFlash>> {
+        self.checkpoints.as_mut()
     }
 }
 
 #[entry]
 fn main() -> ! {
     rt::paint_stack();
-    let persisted = match weights::boot() {
-        Ok(a) => a,
-        Err(why) => {
-            Log::new().s("learn: ").s(why).emit();
-            rt::exit(false)
-        }
-    };
     // SAFETY: taken once, here, before anything else can reference PARAMS.
     let params: &'static mut [f32] = unsafe { &mut *addr_of_mut!(PARAMS) };
     params.copy_from_slice(&generated::PARAMS);
-    // The checkpointed inference prefix, if any, over the compiled-in decoder.
-    params[..weights::INFER_LEN].copy_from_slice(persisted.model.params());
     let crc = learn::blob_crc(&SHAPE, params);
     let model = match Model::new(SHAPE, params) {
         Ok(m) => m,
         Err(_) => {
-            Log::new().s("learn: the weights are not a model").emit();
+            Log::new()
+                .s("learn: the compiled-in weights are not a model")
+                .emit();
             rt::exit(false)
         }
     };
-    let board = Board {
-        flash: Flash::new(),
-        persisted,
-    };
+    // `None` when memory.x gives no room for two slots (a misconfigured build): the
+    // engine then answers `Checkpoint` with `Unsupported`, and says so here.
+    let checkpoints =
+        Checkpoints::new(FlashRegion::checkpoints(Flash::new()), 0, CKPT_SLOT as u32).ok();
+    if checkpoints.is_none() {
+        Log::new()
+            .s("learn: no room for checkpoints in memory.x's CKPT")
+            .emit();
+    }
+    let board = Board { checkpoints };
     let mut learner: Learner<{ SHAPE.input }, WORK_LEN, &'static mut [f32], Board> =
         match Learner::new(model, crc, board, RX_FRAME) {
             Ok(l) => l,
@@ -119,9 +115,15 @@ fn main() -> ! {
                 rt::exit(false)
             }
         };
-    Log::new()
-        .s("learn: weights CRC ")
-        .x(crc)
+    let mut log = Log::new();
+    log.s("learn: ");
+    match learner.restore() {
+        Ok(Some(seq)) => log.s("weights of checkpoint ").u(seq),
+        Ok(None) => log.s("compiled-in weights"),
+        Err(_) => log.s("checkpoint unreadable, compiled-in weights"),
+    };
+    log.s(", CRC ")
+        .x(learner.crc())
         .s(", ")
         .u(SCRATCH_LEN as u32 * 4 + OPTIM_LEN as u32 * 4 + PARAM_LEN as u32 * 4)
         .s(" bytes of training buffers; serving on UART0")

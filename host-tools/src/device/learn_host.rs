@@ -1,11 +1,13 @@
 //! The firmware's `learn` engine ([`super::learn`]) on the host: heap buffers capped at
 //! the device's sizes, and a simulated learning device in a thread.
 
-use super::learn::{optim_len, scratch_len, Learner, Store};
+use super::learn::{checkpoint_slot_len, optim_len, scratch_len, Learner, Store};
 use super::link::Link;
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
+use hvae::checkpoint::Checkpoints;
 use hvae::model::VecModel;
 use hvae::protocol::{
-    encode, ErrorCode, FrameDecoder, Request, Response, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+    encode, FrameDecoder, Request, Response, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
 };
 use hvae::Shape;
 use std::io::{Read, Write};
@@ -16,35 +18,89 @@ pub const INPUTS: usize = 64;
 /// Workspace of the host engine (the device's is exactly `Shape::work_len`).
 pub const WORK: usize = 8192;
 
-/// Heap buffers no larger than the device's static ones, and a checkpoint kept in memory.
+/// NOR flash in memory, with the firmware's geometry (1 KiB pages, word writes): a
+/// write can only clear bits, as on the real part.
+#[derive(Debug)]
+pub struct RamFlash(pub Vec<u8>);
+
+impl ErrorType for RamFlash {
+    type Error = NorFlashErrorKind;
+}
+
+impl ReadNorFlash for RamFlash {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), NorFlashErrorKind> {
+        let at = offset as usize;
+        let src = self
+            .0
+            .get(at..at + bytes.len())
+            .ok_or(NorFlashErrorKind::OutOfBounds)?;
+        bytes.copy_from_slice(src);
+        Ok(())
+    }
+    fn capacity(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl NorFlash for RamFlash {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = 1024;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), NorFlashErrorKind> {
+        let r = self
+            .0
+            .get_mut(from as usize..to as usize)
+            .ok_or(NorFlashErrorKind::OutOfBounds)?;
+        r.fill(0xFF);
+        Ok(())
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), NorFlashErrorKind> {
+        let at = offset as usize;
+        let dst = self
+            .0
+            .get_mut(at..at + bytes.len())
+            .ok_or(NorFlashErrorKind::OutOfBounds)?;
+        for (d, s) in dst.iter_mut().zip(bytes) {
+            *d &= *s;
+        }
+        Ok(())
+    }
+}
+
+/// Heap buffers no larger than the device's static ones, and checkpoint slots in a
+/// [`RamFlash`] of the device's size.
 #[derive(Debug)]
 pub struct HostStore {
     scratch: usize,
     optim: usize,
-    /// The last checkpoint: parameters and CRC.
-    pub persisted: Option<(Vec<f32>, u32)>,
+    /// The checkpoint slots.
+    pub checkpoints: Checkpoints<RamFlash>,
 }
 
 impl HostStore {
     /// A store sized as the firmware's for `shape`.
-    pub fn new(shape: &Shape) -> HostStore {
-        HostStore {
+    pub fn new(shape: &Shape) -> Result<HostStore, String> {
+        let slot = checkpoint_slot_len::<RamFlash>(shape);
+        let flash = RamFlash(vec![0xFF; 2 * slot]);
+        let checkpoints = Checkpoints::new(flash, 0, slot as u32)
+            .map_err(|e| format!("checkpoint slots: {e:?}"))?;
+        Ok(HostStore {
             scratch: scratch_len(shape),
             optim: optim_len(shape),
-            persisted: None,
-        }
+            checkpoints,
+        })
     }
 }
 
 impl Store for HostStore {
     type Buf = Vec<f32>;
+    type Flash = RamFlash;
     fn take(&mut self, scratch: usize, optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
         (scratch <= self.scratch && optim <= self.optim)
             .then(|| (vec![0.0; scratch], vec![0.0; optim]))
     }
-    fn persist(&mut self, params: &[f32], crc: u32) -> Result<(), ErrorCode> {
-        self.persisted = Some((params.to_vec(), crc));
-        Ok(())
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<RamFlash>> {
+        Some(&mut self.checkpoints)
     }
 }
 
@@ -61,7 +117,7 @@ pub fn host_learner(model: VecModel<f32>, crc: u32) -> Result<HostLearner, Strin
             shape.input
         ));
     }
-    let store = HostStore::new(&shape);
+    let store = HostStore::new(&shape)?;
     Learner::new(model, crc, store, MAX_REQUEST_FRAME)
         .map_err(|e| format!("the learn engine refuses the model: {e}"))
 }
