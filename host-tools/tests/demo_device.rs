@@ -19,7 +19,10 @@ fn demo_without_qemu_says_so_and_succeeds() {
         "{stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("== 4. run on the emulated device"), "{stdout}");
+    assert!(
+        stdout.contains("== 4. run on the emulated device"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("skipped: qemu-system-arm is not installed"),
         "{stdout}"
