@@ -9,7 +9,7 @@
 //! (`sum_l h_l h_{l-1} + (M + 1) h_L`), `segment` = `encode` + `2 K M`,
 //! `reconstruct` = `encode` + decoder. No loops depend on the data.
 
-use crate::nn::{dense_forward, dot, log_softmax, softplus};
+use crate::nn::{dense_forward, dot, softplus};
 use crate::shape::{Shape, ShapeError, KAPPA_MAX};
 use crate::Real;
 use core::marker::PhantomData;
@@ -366,8 +366,13 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         // Normalise with the stored per-feature offset and scale.
         let no = s.norm_offset();
         let (offset, scale) = (&p[no..no + d], &p[no + d..no + 2 * d]);
-        for i in 0..d {
-            work[l.xn + i] = (x[i] - offset[i]) * scale[i];
+        for (((xn, &xi), &o), &sc) in work[l.xn..l.xn + d]
+            .iter_mut()
+            .zip(x)
+            .zip(offset)
+            .zip(scale)
+        {
+            *xn = (xi - o) * sc;
         }
         let (front, rest) = work.split_at_mut(l.enc);
         let xn = &front[l.xn..l.xn + d];
@@ -547,12 +552,22 @@ pub(crate) struct EncoderOut<T> {
     pub clamped: bool,
 }
 
-/// `p = exp(log_softmax(a))`; `a` is overwritten with the log-probabilities.
+/// `p = softmax(a)`; `a` is overwritten with the log-probabilities `log_softmax(a)`.
+/// One exponential per value (`p_k = e^(a_k - max) / sum`, not `exp(log p_k)`): on a
+/// device without a floating-point `exp` they are a large share of a segment call.
 pub(crate) fn softmax_from_logits<T: Real>(a: &mut [T], p: &mut [T]) {
-    log_softmax(a, p);
-    a.copy_from_slice(p);
-    for v in p.iter_mut() {
-        *v = v.exp();
+    let Some(&first) = a.first() else { return };
+    let mx = a.iter().fold(first, |m, &v| if v > m { v } else { m });
+    let mut sum = T::zero();
+    for (e, &v) in p.iter_mut().zip(a.iter()) {
+        *e = (v - mx).exp();
+        sum += *e;
+    }
+    // sum >= 1: the largest logit contributes e^0.
+    let ln_sum = sum.ln();
+    for (e, v) in p.iter_mut().zip(a.iter_mut()) {
+        *e /= sum;
+        *v = *v - mx - ln_sum;
     }
 }
 

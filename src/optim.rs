@@ -390,9 +390,18 @@ impl<S> OptimState<S> {
                     bc2: one - pow_u32(beta2, step),
                 };
                 let (m, v) = state.split_at_mut(n);
+                // Check pass. The square root is the dearest part of an update on a
+                // device without a hardware `sqrt` in reach, so it is skipped where a
+                // bound proves the new parameter finite: `|m_hat| / (sqrt(v_hat) + eps)
+                // <= |m_hat| / eps`.
+                let lr_over_eps = lr / eps;
                 for (((p, g), m), v) in params.iter().zip(grads).zip(m.iter()).zip(v.iter()) {
-                    let (p, m, v) = c.update(*p, *g, *m, *v);
-                    if !(p.is_finite() && m.is_finite() && v.is_finite()) {
+                    let (m_new, v_new) = c.moments(*p, *g, *m, *v);
+                    if !(m_new.is_finite() && v_new.is_finite()) {
+                        return Err(OptimError::NonFiniteUpdate);
+                    }
+                    let bound = p.abs() + lr_over_eps * (m_new / c.bc1).abs();
+                    if !bound.is_finite() && !c.update(*p, *g, *m, *v).0.is_finite() {
                         return Err(OptimError::NonFiniteUpdate);
                     }
                 }
@@ -453,12 +462,22 @@ impl<T: Real> Adam<T> {
     /// New `(p, m, v)`. The check and the store pass both call this.
     #[inline(always)]
     fn update(&self, p: T, g: T, m: T, v: T) -> (T, T, T) {
-        let g = g * self.scale + self.wd * p;
-        let m = self.beta1 * m + self.one_m_beta1 * g;
-        let v = self.beta2 * v + self.one_m_beta2 * (g * g);
+        let (m, v) = self.moments(p, g, m, v);
         let m_hat = m / self.bc1;
         let v_hat = v / self.bc2;
         (p - self.lr * m_hat / (v_hat.sqrt() + self.eps), m, v)
+    }
+}
+
+impl<T: Real> Adam<T> {
+    /// The new moments `(m, v)` alone.
+    #[inline(always)]
+    fn moments(&self, p: T, g: T, m: T, v: T) -> (T, T) {
+        let g = g * self.scale + self.wd * p;
+        (
+            self.beta1 * m + self.one_m_beta1 * g,
+            self.beta2 * v + self.one_m_beta2 * (g * g),
+        )
     }
 }
 

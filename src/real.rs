@@ -2,7 +2,8 @@
 //!
 //! The device runs `f32`; host tests also run `f64` so that finite-difference gradient
 //! checks are not drowned in rounding noise. Everything else (exp, ln, sqrt, tanh, ...)
-//! comes from nalgebra's [`RealField`], which uses `libm` without `std`.
+//! comes from nalgebra's [`RealField`], which always uses `libm` (feature `libm-force`),
+//! on the host too: the host computes the same bits as the device.
 
 use nalgebra::RealField;
 

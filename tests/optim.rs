@@ -335,6 +335,23 @@ fn non_finite_update_changes_nothing() {
     assert_eq!(bits(state.storage()), sb);
     assert_eq!(state.steps(), 2);
 
+    // An Adam step whose parameter overflows (finite moments; the cheap bound fails
+    // and the exact update decides), and one where only the bound is infinite.
+    // The first update is lr * g / (|g| + eps), about lr.
+    let cfg = OptimConfig::new(Optimiser::adam(1.0e308));
+    let mut state = OptimState::new([0.0f64; 6]);
+    let mut p = [0.0, -1.0e308, 0.0];
+    assert_eq!(
+        state.step(&cfg, &mut p, &[1.0, 1.0, 1.0]),
+        Err(OptimError::NonFiniteUpdate)
+    );
+    assert_eq!(p, [0.0, -1.0e308, 0.0]);
+    assert_eq!(state.storage(), &[0.0; 6]);
+    let mut p = [0.0, 1.0e308, 0.0];
+    // lr / eps overflows, but 1e308 - 1e308 / (1 + eps) is finite.
+    state.step(&cfg, &mut p, &[1.0, 1.0, 1.0]).unwrap();
+    assert!(p.iter().all(|v| v.is_finite()), "{p:?}");
+
     // An SGD step whose parameter overflows.
     let cfg = OptimConfig::new(Optimiser::sgd(1.0e300, 0.9));
     let (mut state, mut p) = warmed(&OptimConfig::new(Optimiser::sgd(0.1, 0.9)));
