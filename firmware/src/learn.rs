@@ -62,8 +62,16 @@ pub const MAX_BATCH: usize = 8;
 /// seeds 0-2, host run of this engine): mean ACC 0.34 after 300, 0.50 after 600, 0.54
 /// after 1000, 0.56 after 1500 (0.58 with 3 neighbours).
 pub const WARMUP_STEPS: u32 = 1000;
-/// Steps between two periodic checkpoints (when the device has checkpoint slots).
-pub const CHECKPOINT_EVERY: u32 = 500;
+/// Steps between two periodic checkpoints (when the device has checkpoint slots): 500,
+/// or the positive integer in the environment variable `HVAE_CHECKPOINT_EVERY` at build
+/// time (flash wear against work lost on a reset is the firmware's choice).
+pub const CHECKPOINT_EVERY: u32 = match option_env!("HVAE_CHECKPOINT_EVERY") {
+    None => 500,
+    Some(s) => match u32::from_str_radix(s, 10) {
+        Ok(n) if n > 0 => n,
+        _ => panic!("HVAE_CHECKPOINT_EVERY must be a positive integer"),
+    },
+};
 
 /// Every (scope, optimiser) a checkpoint may have been saved with.
 const LAYOUTS: [(Scope, OptimKind); 6] = [
