@@ -426,8 +426,45 @@ fn parse_label(cell: &str) -> Option<i64> {
     (f.is_finite() && f.fract() == 0.0 && f.abs() < LIMIT).then_some(f as i64)
 }
 
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Parses a `.npy` stream holding a 2-D `f32` or `f64` array (rows are samples).
-pub fn read_npy<R: Read>(reader: R, name: &str) -> Result<Dataset, DataError> {
+pub fn read_npy<R: Read>(mut reader: R, name: &str) -> Result<Dataset, DataError> {
+    // The header length is read before npyz sees the file: npyz allocates a buffer of the
+    // declared length, so a damaged or hostile file declaring 4 GB would exhaust memory
+    // (found by `fuzz/` target `csv_load`). NumPy itself refuses headers over 10 000
+    // bytes by default.
+    const MAX_HEADER: u32 = 1 << 16;
+    let mut prefix = [0u8; 12];
+    let got = read_up_to(&mut reader, &mut prefix).map_err(|e| io_error(name, e))?;
+    let declared = match (prefix.get(6), got) {
+        (Some(1), 10..) => Some(u32::from(u16::from_le_bytes([prefix[8], prefix[9]]))),
+        (Some(2 | 3), 12..) => Some(u32::from_le_bytes([
+            prefix[8], prefix[9], prefix[10], prefix[11],
+        ])),
+        _ => None,
+    };
+    if let Some(n) = declared.filter(|&n| n > MAX_HEADER) {
+        return Err(error(
+            name,
+            DataErrorKind::NpyLayout(format!(
+                "bad header: declared length {n} bytes (at most {MAX_HEADER})"
+            )),
+        ));
+    }
+    let reader = io::Cursor::new(prefix[..got].to_vec()).chain(reader);
     let npy = npyz::NpyFile::new(reader).map_err(|e| {
         error(
             name,

@@ -323,6 +323,21 @@ fn npy_errors() {
     std::fs::write(&p, b).unwrap();
     let e = data::load(&p).unwrap_err();
     assert!(!e.to_string().contains('\n'), "{e}");
+
+    // A header declaring 4 GB (found by the fuzzer, which ran out of memory on it): an
+    // error, before anything of that size is allocated.
+    let mut hostile = b"\x93NUMPY\x03\x00\x2c\xff\xff\xff".to_vec();
+    hostile.extend([0xff; 44]);
+    hostile.extend(b"2,10\n0\x1f\x8b");
+    std::fs::write(&p, &hostile).unwrap();
+    let e = data::load(&p).unwrap_err();
+    assert!(e.to_string().contains("declared length 4294967084"), "{e}");
+    let mut v1 = b"\x93NUMPY\x01\x00\xff\xff".to_vec();
+    v1.extend([b' '; 32]);
+    std::fs::write(&p, &v1).unwrap();
+    // Version 1 lengths are at most 64 KiB: allowed, and the short file is an error.
+    let e = data::load(&p).unwrap_err();
+    assert!(e.to_string().contains("bad header"), "{e}");
 }
 
 #[test]
