@@ -267,19 +267,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
 ) -> Result<LossParts<T>, LossError> {
     let s = *model.shape();
     let (d, m, k) = (s.input, s.latent, s.clusters);
-    let bsz = batch.inputs.len() / d;
-    if bsz == 0 || !batch.inputs.len().is_multiple_of(d) || bsz > u16::MAX as usize {
-        return Err(LossError::BadBatch);
-    }
-    if !(batch.labels.is_empty() || batch.labels.len() == bsz)
-        || batch.labels.iter().flatten().any(|&y| y as usize >= k)
-        || batch
-            .pairs
-            .iter()
-            .any(|&(i, j)| i as usize >= bsz || j as usize >= bsz)
-    {
-        return Err(LossError::BadBatch);
-    }
+    let bsz = batch_rows(batch, d, k)?;
     if scope != Scope::SegmenterOnly && !model.has_decoder() {
         return Err(LossError::Infer(InferError::NoDecoder));
     }
@@ -385,20 +373,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         + cfg.gamma
             * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
                 + parts.supervised);
-    let finite = [
-        parts.total,
-        parts.recon,
-        parts.kl,
-        parts.consistency,
-        parts.entropy,
-        parts.balance,
-        parts.supervised,
-    ]
-    .iter()
-    .all(|v| v.is_finite());
-    if !finite || !grads.iter().all(|v| v.is_finite()) {
-        return Err(LossError::NonFinite);
-    }
+    check_finite(&parts, grads)?;
     p_bar.copy_from_slice(&cache[bsz * row..bsz * row + k]);
     Ok(parts)
 }
@@ -424,19 +399,7 @@ pub fn segmenter_loss_and_grad<T: Real>(
 ) -> Result<LossParts<T>, LossError> {
     let s = *shape;
     let (m, k) = (s.latent, s.clusters);
-    let bsz = batch.inputs.len() / m;
-    if bsz == 0 || !batch.inputs.len().is_multiple_of(m) || bsz > u16::MAX as usize {
-        return Err(LossError::BadBatch);
-    }
-    if !(batch.labels.is_empty() || batch.labels.len() == bsz)
-        || batch.labels.iter().flatten().any(|&y| y as usize >= k)
-        || batch
-            .pairs
-            .iter()
-            .any(|&(i, j)| i as usize >= bsz || j as usize >= bsz)
-    {
-        return Err(LossError::BadBatch);
-    }
+    let bsz = batch_rows(batch, m, k)?;
     if !batch.inputs.iter().all(|v| v.is_finite()) {
         return Err(LossError::Infer(crate::model::InferError::NonFiniteInput));
     }
@@ -474,8 +437,36 @@ pub fn segmenter_loss_and_grad<T: Real>(
     parts.total = cfg.gamma
         * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
             + parts.supervised);
+    check_finite(&parts, grads)?;
+    p_bar.copy_from_slice(&cache[bsz * row..bsz * row + k]);
+    Ok(parts)
+}
+
+/// Rows of `batch` (inputs of `width` values each), checking the labels (`< k`) and the
+/// pair indices against them.
+fn batch_rows<T>(batch: &Batch<'_, T>, width: usize, k: usize) -> Result<usize, LossError> {
+    let bsz = batch.inputs.len() / width;
+    if bsz == 0 || !batch.inputs.len().is_multiple_of(width) || bsz > u16::MAX as usize {
+        return Err(LossError::BadBatch);
+    }
+    if !(batch.labels.is_empty() || batch.labels.len() == bsz)
+        || batch.labels.iter().flatten().any(|&y| y as usize >= k)
+        || batch
+            .pairs
+            .iter()
+            .any(|&(i, j)| i as usize >= bsz || j as usize >= bsz)
+    {
+        return Err(LossError::BadBatch);
+    }
+    Ok(bsz)
+}
+
+/// `NonFinite` unless every loss part and every gradient value is finite.
+fn check_finite<T: Real>(parts: &LossParts<T>, grads: &[T]) -> Result<(), LossError> {
     let finite = [
         parts.total,
+        parts.recon,
+        parts.kl,
         parts.consistency,
         parts.entropy,
         parts.balance,
@@ -486,8 +477,7 @@ pub fn segmenter_loss_and_grad<T: Real>(
     if !finite || !grads.iter().all(|v| v.is_finite()) {
         return Err(LossError::NonFinite);
     }
-    p_bar.copy_from_slice(&cache[bsz * row..bsz * row + k]);
-    Ok(parts)
+    Ok(())
 }
 
 /// The cluster terms of a batch whose rows' probabilities `p_i` are in the cache (one
