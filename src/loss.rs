@@ -23,7 +23,7 @@
 //! [`Shape::work_len`] plus [`cache_len`] per batch.
 
 use crate::model::{segmenter_logits, softmax_from_logits, InferError, Model, WorkLayout};
-use crate::nn::{dense_backward, dot, sigmoid, softplus};
+use crate::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
 use crate::shape::{Likelihood, Posterior, Scope, Shape};
 use crate::sphere::{reflect_backward, Draw, SampleError};
 use crate::Real;
@@ -701,18 +701,19 @@ fn segmenter_backward<T: Real>(
     let mut dlogk = T::zero();
     for c in 0..k {
         let ck = &p[c * m..(c + 1) * m];
-        let n = dot(ck, ck).sqrt();
-        let cos = dot(ck, z) / n;
+        // The forward pass has checked every centre's norm.
+        let inv = inv_norm(ck).unwrap_or(T::zero());
+        let cos = dot(ck, z) * inv;
         dlogk += da[c] * kappa_s * cos;
         // d cos / d c = (z - ĉ cos) / ||c||; d cos / d z = ĉ.
         if let Some(gc) = gslot(grads, start, so + c * m, m) {
             for q in 0..m {
-                gc[q] += da[c] * kappa_s * (z[q] - ck[q] / n * cos) / n;
+                gc[q] += da[c] * kappa_s * (z[q] - ck[q] * inv * cos) * inv;
             }
         }
         if let Some(gz) = gz.as_deref_mut() {
             for q in 0..m {
-                gz[q] += da[c] * kappa_s * ck[q] / n;
+                gz[q] += da[c] * kappa_s * ck[q] * inv;
             }
         }
     }

@@ -9,7 +9,7 @@
 //! (`sum_l h_l h_{l-1} + (M + 1) h_L`), `segment` = `encode` + `2 K M`,
 //! `reconstruct` = `encode` + decoder. No loops depend on the data.
 
-use crate::nn::{dense_forward, dot, softplus};
+use crate::nn::{dense_forward, dot, inv_norm, inv_sqrt, softplus, sq_and_dot};
 use crate::shape::{Shape, ShapeError, KAPPA_MAX};
 use crate::Real;
 use core::marker::PhantomData;
@@ -158,7 +158,8 @@ pub struct Encoding<'w, T> {
 /// The segmenter's verdict on one input.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Segment<'w, T> {
-    /// Most probable cluster, `argmax_k p(k | mu(x))` (the first on exact ties).
+    /// Most probable cluster, `argmax_k p(k | mu(x))`: the largest logit (the first on
+    /// exact ties).
     pub label: usize,
     /// Cluster probabilities `p(k | mu(x))` (`K` values, borrowed from the workspace).
     pub probs: &'w [T],
@@ -302,11 +303,9 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let (logp, rest) = tail.split_at_mut(l.p - l.logp);
         let probs = &mut rest[..k];
         let cosine = segmenter_logits(seg, m, k, mu, logp)?;
-        softmax_from_logits(logp, probs);
-        let label = argmax(probs);
-        if !probs.iter().all(|p| p.is_finite()) {
-            return Err(InferError::NonFinite);
-        }
+        // Finite logits (checked by `segmenter_logits`) give finite probabilities: every
+        // exponent is <= 0 and the sum is >= 1.
+        let label = softmax_from_logits(logp, probs);
         let probs = &rest[..k];
         Ok(Segment {
             label,
@@ -357,22 +356,38 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         if work.len() < s.work_len() {
             return Err(InferError::BufferLength);
         }
-        if !x.iter().all(|v| v.is_finite()) {
-            return Err(InferError::NonFiniteInput);
-        }
         let l = WorkLayout::of(s);
         let p = self.params.as_ref();
         let (d, m) = (s.input, s.latent);
-        // Normalise with the stored per-feature offset and scale.
+        // Normalise with the stored per-feature offset and scale, checking the input in
+        // the same pass: `x * 0` is 0 for finite `x` and NaN for NaN or infinity, so the
+        // sum is 0 exactly when every input is finite (one multiply-add per value
+        // instead of a compare and branch).
         let no = s.norm_offset();
         let (offset, scale) = (&p[no..no + d], &p[no + d..no + 2 * d]);
-        for (((xn, &xi), &o), &sc) in work[l.xn..l.xn + d]
-            .iter_mut()
-            .zip(x)
-            .zip(offset)
-            .zip(scale)
-        {
-            *xn = (xi - o) * sc;
+        let mut probe = T::zero();
+        let xn = &mut work[l.xn..l.xn + d];
+        // Four values per iteration, spelled out (the firmware is built for size).
+        let (xq, xr) = x.as_chunks::<4>();
+        let (oq, or) = offset.as_chunks::<4>();
+        let (sq, sr) = scale.as_chunks::<4>();
+        let (nq, nr) = xn.as_chunks_mut::<4>();
+        for (((n, xs), os), ss) in nq.iter_mut().zip(xq).zip(oq).zip(sq) {
+            n[0] = (xs[0] - os[0]) * ss[0];
+            n[1] = (xs[1] - os[1]) * ss[1];
+            n[2] = (xs[2] - os[2]) * ss[2];
+            n[3] = (xs[3] - os[3]) * ss[3];
+            probe += xs[0] * T::zero();
+            probe += xs[1] * T::zero();
+            probe += xs[2] * T::zero();
+            probe += xs[3] * T::zero();
+        }
+        for (((n, &xi), &o), &sc) in nr.iter_mut().zip(xr).zip(or).zip(sr) {
+            *n = (xi - o) * sc;
+            probe += xi * T::zero();
+        }
+        if probe != T::zero() {
+            return Err(InferError::NonFiniteInput);
         }
         let (front, rest) = work.split_at_mut(l.enc);
         let xn = &front[l.xn..l.xn + d];
@@ -387,15 +402,14 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             let (prev, cur) = enc.split_at_mut(act_off);
             let input = if layer == 0 { xn } else { &prev[act_off - i..] };
             let y = &mut cur[..o];
-            dense_forward(w, b, input, y);
-            s.activation.apply(y);
+            dense_forward(w, b, input, y, Some(s.activation));
             act_off += o;
         }
         let h_l = s.last_hidden();
         let h = &enc[act_off - h_l..act_off];
         let (wmu, bmu) = (&p[off..off + m * h_l], &p[off + m * h_l..off + m * h_l + m]);
         off += m * h_l + m;
-        dense_forward(wmu, bmu, h, mu);
+        dense_forward(wmu, bmu, h, mu, None);
         let norm = dot(mu, mu).sqrt();
         if !norm.is_finite() || norm <= T::EPS * T::EPS {
             return Err(InferError::ZeroDirection);
@@ -445,11 +459,10 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             let (prev, cur) = dec.split_at_mut(act_off);
             let input = if layer == 0 { z } else { &prev[act_off - i..] };
             if layer == s.depth() {
-                dense_forward(w, b, input, xhat);
+                dense_forward(w, b, input, xhat, None);
             } else {
                 let y = &mut cur[..o];
-                dense_forward(w, b, input, y);
-                s.activation.apply(y);
+                dense_forward(w, b, input, y, Some(s.activation));
                 act_off += o;
             }
         }
@@ -523,6 +536,30 @@ impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
         }
     }
 
+    /// Rescales every segmenter centre to unit norm. The segmenter only uses their
+    /// directions, so the outputs stay the same (to rounding), and inference on unit
+    /// centres needs no square root per centre (about 90 instructions each on a
+    /// Cortex-M4F). `hvae train` and `hvae import` store models so. A zero or
+    /// non-finite centre is an error and nothing is changed. Cost: `2 K M`
+    /// multiply-adds and at most `K` square roots.
+    pub fn normalise_centres(&mut self) -> Result<(), InferError> {
+        let (m, k) = (self.shape.latent, self.shape.clusters);
+        let so = self.shape.segmenter_offset();
+        let centres = &mut self.params.as_mut()[so..so + k * m];
+        if centres.chunks_exact(m).any(|c| inv_norm(c).is_none()) {
+            return Err(InferError::ZeroCentre);
+        }
+        for c in centres.chunks_exact_mut(m) {
+            // Divide by the norm (not multiply by `inv_norm`'s reciprocal): the result's
+            // squared norm is then within a few ulps of 1, inside the fast path.
+            let n = dot(c, c).sqrt();
+            for v in c.iter_mut() {
+                *v /= n;
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the stored input normalisation (`x_n = (x - offset) * scale`).
     pub fn set_normalisation(&mut self, offset: &[T], scale: &[T]) -> Result<(), ModelError> {
         let d = self.shape.input;
@@ -553,11 +590,17 @@ pub(crate) struct EncoderOut<T> {
 }
 
 /// `p = softmax(a)`; `a` is overwritten with the log-probabilities `log_softmax(a)`.
+/// Returns the index of the largest logit (the first on exact ties), 0 for no logits.
 /// One exponential per value (`p_k = e^(a_k - max) / sum`, not `exp(log p_k)`): on a
 /// device without a floating-point `exp` they are a large share of a segment call.
-pub(crate) fn softmax_from_logits<T: Real>(a: &mut [T], p: &mut [T]) {
-    let Some(&first) = a.first() else { return };
-    let mx = a.iter().fold(first, |m, &v| if v > m { v } else { m });
+pub(crate) fn softmax_from_logits<T: Real>(a: &mut [T], p: &mut [T]) -> usize {
+    let Some(&first) = a.first() else { return 0 };
+    let (mut mx, mut best) = (first, 0);
+    for (i, &v) in a.iter().enumerate() {
+        if v > mx {
+            (mx, best) = (v, i);
+        }
+    }
     let mut sum = T::zero();
     for (e, &v) in p.iter_mut().zip(a.iter()) {
         *e = (v - mx).exp();
@@ -568,16 +611,6 @@ pub(crate) fn softmax_from_logits<T: Real>(a: &mut [T], p: &mut [T]) {
     for (e, v) in p.iter_mut().zip(a.iter_mut()) {
         *e /= sum;
         *v = *v - mx - ln_sum;
-    }
-}
-
-/// Index of the largest value (the first on ties).
-pub(crate) fn argmax<T: Real>(v: &[T]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
     }
     best
 }
@@ -600,19 +633,20 @@ pub(crate) fn segmenter_logits<T: Real>(
     let kappa_s = seg[k * m].exp();
     let log_w = &seg[k * m + 1..];
     let mut best = -T::one() - T::one();
+    let mut probe = T::zero();
     for c in 0..k {
         let ck = &centres[c * m..(c + 1) * m];
-        let n = dot(ck, ck).sqrt();
-        if !n.is_finite() || n <= T::EPS * T::EPS {
-            return Err(InferError::ZeroCentre);
-        }
-        let cos = dot(ck, z) / n;
+        let (sq, d) = sq_and_dot(ck, z);
+        let inv = inv_sqrt(sq).ok_or(InferError::ZeroCentre)?;
+        let cos = d * inv;
         if cos > best {
             best = cos;
         }
         logits[c] = kappa_s * cos + log_w[c];
+        // NaN if the logit is not finite (as in `encode_into`).
+        probe += logits[c] * T::zero();
     }
-    if !logits[..k].iter().all(|v| v.is_finite()) {
+    if probe != T::zero() {
         return Err(InferError::NonFinite);
     }
     Ok(best)

@@ -26,75 +26,177 @@ use nalgebra::{DMatrixView, DMatrixViewMut, DVectorView, DVectorViewMut};
 /// M4F (`vldr` + `vmla.f32`). Each output is still the sum `b + w_0 x_0 + w_1 x_1 + ...`
 /// in input order, so the result does not depend on the blocking.
 #[inline]
-pub(crate) fn dense_forward<T: Real>(w: &[T], b: &[T], x: &[T], y: &mut [T]) {
+pub(crate) fn dense_forward<T: Real>(
+    w: &[T],
+    b: &[T],
+    x: &[T],
+    y: &mut [T],
+    act: Option<Activation>,
+) {
     let n = x.len();
+    let f = |v: T| match act {
+        Some(a) => a.of(v),
+        None => v,
+    };
     if n == 0 {
-        y.copy_from_slice(b);
+        for (yo, &bo) in y.iter_mut().zip(b) {
+            *yo = f(bo);
+        }
         return;
     }
-    let (xq, xr) = x.as_chunks::<4>();
-    let mut y4 = y.chunks_exact_mut(4);
-    let b4 = b.chunks_exact(4);
-    let w4 = w.chunks_exact(4 * n);
-    let (b_rest, w_rest) = (b4.remainder(), w4.remainder());
-    // Four rows at a time.
-    for ((yq, bq), wq) in (&mut y4).zip(b4).zip(w4) {
+    let (xq, xr) = x.as_chunks::<8>();
+    let mut yb = y.chunks_exact_mut(8);
+    let bb = b.chunks_exact(8);
+    let wb = w.chunks_exact(8 * n);
+    let (b_rest, w_rest) = (bb.remainder(), wb.remainder());
+    // 8 rows at a time.
+    for ((yq, bq), wq) in (&mut yb).zip(bb).zip(wb) {
         let (w0, rest) = wq.split_at(n);
         let (w1, rest) = rest.split_at(n);
-        let (w2, w3) = rest.split_at(n);
-        let (mut a0, mut a1, mut a2, mut a3) = (bq[0], bq[1], bq[2], bq[3]);
-        let (q0, r0) = w0.as_chunks::<4>();
-        let (q1, r1) = w1.as_chunks::<4>();
-        let (q2, r2) = w2.as_chunks::<4>();
-        let (q3, r3) = w3.as_chunks::<4>();
-        for ((((xs, p0), p1), p2), p3) in xq.iter().zip(q0).zip(q1).zip(q2).zip(q3) {
+        let (w2, rest) = rest.split_at(n);
+        let (w3, rest) = rest.split_at(n);
+        let (w4, rest) = rest.split_at(n);
+        let (w5, rest) = rest.split_at(n);
+        let (w6, rest) = rest.split_at(n);
+        let w7 = rest;
+        let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) =
+            (bq[0], bq[1], bq[2], bq[3], bq[4], bq[5], bq[6], bq[7]);
+        let (q0, r0) = w0.as_chunks::<8>();
+        let (q1, r1) = w1.as_chunks::<8>();
+        let (q2, r2) = w2.as_chunks::<8>();
+        let (q3, r3) = w3.as_chunks::<8>();
+        let (q4, r4) = w4.as_chunks::<8>();
+        let (q5, r5) = w5.as_chunks::<8>();
+        let (q6, r6) = w6.as_chunks::<8>();
+        let (q7, r7) = w7.as_chunks::<8>();
+        for ((((((((xs, p0), p1), p2), p3), p4), p5), p6), p7) in xq
+            .iter()
+            .zip(q0)
+            .zip(q1)
+            .zip(q2)
+            .zip(q3)
+            .zip(q4)
+            .zip(q5)
+            .zip(q6)
+            .zip(q7)
+        {
             a0 += p0[0] * xs[0];
             a1 += p1[0] * xs[0];
             a2 += p2[0] * xs[0];
             a3 += p3[0] * xs[0];
+            a4 += p4[0] * xs[0];
+            a5 += p5[0] * xs[0];
+            a6 += p6[0] * xs[0];
+            a7 += p7[0] * xs[0];
             a0 += p0[1] * xs[1];
             a1 += p1[1] * xs[1];
             a2 += p2[1] * xs[1];
             a3 += p3[1] * xs[1];
+            a4 += p4[1] * xs[1];
+            a5 += p5[1] * xs[1];
+            a6 += p6[1] * xs[1];
+            a7 += p7[1] * xs[1];
             a0 += p0[2] * xs[2];
             a1 += p1[2] * xs[2];
             a2 += p2[2] * xs[2];
             a3 += p3[2] * xs[2];
+            a4 += p4[2] * xs[2];
+            a5 += p5[2] * xs[2];
+            a6 += p6[2] * xs[2];
+            a7 += p7[2] * xs[2];
             a0 += p0[3] * xs[3];
             a1 += p1[3] * xs[3];
             a2 += p2[3] * xs[3];
             a3 += p3[3] * xs[3];
+            a4 += p4[3] * xs[3];
+            a5 += p5[3] * xs[3];
+            a6 += p6[3] * xs[3];
+            a7 += p7[3] * xs[3];
+            a0 += p0[4] * xs[4];
+            a1 += p1[4] * xs[4];
+            a2 += p2[4] * xs[4];
+            a3 += p3[4] * xs[4];
+            a4 += p4[4] * xs[4];
+            a5 += p5[4] * xs[4];
+            a6 += p6[4] * xs[4];
+            a7 += p7[4] * xs[4];
+            a0 += p0[5] * xs[5];
+            a1 += p1[5] * xs[5];
+            a2 += p2[5] * xs[5];
+            a3 += p3[5] * xs[5];
+            a4 += p4[5] * xs[5];
+            a5 += p5[5] * xs[5];
+            a6 += p6[5] * xs[5];
+            a7 += p7[5] * xs[5];
+            a0 += p0[6] * xs[6];
+            a1 += p1[6] * xs[6];
+            a2 += p2[6] * xs[6];
+            a3 += p3[6] * xs[6];
+            a4 += p4[6] * xs[6];
+            a5 += p5[6] * xs[6];
+            a6 += p6[6] * xs[6];
+            a7 += p7[6] * xs[6];
+            a0 += p0[7] * xs[7];
+            a1 += p1[7] * xs[7];
+            a2 += p2[7] * xs[7];
+            a3 += p3[7] * xs[7];
+            a4 += p4[7] * xs[7];
+            a5 += p5[7] * xs[7];
+            a6 += p6[7] * xs[7];
+            a7 += p7[7] * xs[7];
         }
-        for ((((&xj, &p0), &p1), &p2), &p3) in xr.iter().zip(r0).zip(r1).zip(r2).zip(r3) {
+        for ((((((((&xj, &p0), &p1), &p2), &p3), &p4), &p5), &p6), &p7) in xr
+            .iter()
+            .zip(r0)
+            .zip(r1)
+            .zip(r2)
+            .zip(r3)
+            .zip(r4)
+            .zip(r5)
+            .zip(r6)
+            .zip(r7)
+        {
             a0 += p0 * xj;
             a1 += p1 * xj;
             a2 += p2 * xj;
             a3 += p3 * xj;
+            a4 += p4 * xj;
+            a5 += p5 * xj;
+            a6 += p6 * xj;
+            a7 += p7 * xj;
         }
-        yq[0] = a0;
-        yq[1] = a1;
-        yq[2] = a2;
-        yq[3] = a3;
+        yq[0] = f(a0);
+        yq[1] = f(a1);
+        yq[2] = f(a2);
+        yq[3] = f(a3);
+        yq[4] = f(a4);
+        yq[5] = f(a5);
+        yq[6] = f(a6);
+        yq[7] = f(a7);
     }
-    // The last rows (fewer than four), one at a time.
-    for ((yo, &bo), wr) in y4
+    // The last rows (fewer than eight), one at a time.
+    for ((yo, &bo), wr) in yb
         .into_remainder()
         .iter_mut()
         .zip(b_rest)
         .zip(w_rest.chunks_exact(n))
     {
         let mut a = bo;
-        let (q, r) = wr.as_chunks::<4>();
+        let (q, r) = wr.as_chunks::<8>();
         for (xs, p) in xq.iter().zip(q) {
             a += p[0] * xs[0];
             a += p[1] * xs[1];
             a += p[2] * xs[2];
             a += p[3] * xs[3];
+            a += p[4] * xs[4];
+            a += p[5] * xs[5];
+            a += p[6] * xs[6];
+            a += p[7] * xs[7];
         }
         for (&xj, &p) in xr.iter().zip(r) {
             a += p * xj;
         }
-        *yo = a;
+        *yo = f(a);
     }
 }
 
@@ -129,21 +231,18 @@ pub(crate) fn dense_backward<T: Real>(
 }
 
 impl Activation {
-    /// Applies the nonlinearity in place.
-    #[inline]
-    pub(crate) fn apply<T: Real>(self, y: &mut [T]) {
+    /// The nonlinearity of one value (ReLU maps NaN to 0 as well).
+    #[inline(always)]
+    pub(crate) fn of<T: Real>(self, v: T) -> T {
         match self {
             Activation::Relu => {
-                // Written so that NaN maps to 0 as well.
-                for v in y {
-                    *v = if *v > T::zero() { *v } else { T::zero() };
+                if v > T::zero() {
+                    v
+                } else {
+                    T::zero()
                 }
             }
-            Activation::Tanh => {
-                for v in y {
-                    *v = v.tanh();
-                }
-            }
+            Activation::Tanh => v.tanh(),
         }
     }
 
@@ -187,6 +286,64 @@ pub(crate) fn sigmoid<T: Real>(x: T) -> T {
     }
 }
 
+/// `1 / ||v||`, or `None` when the norm is zero or not finite.
+///
+/// Vectors stored at unit norm skip the square root (`hvae train` and `hvae import`
+/// store the segmenter's centres so; see [`Model::normalise_centres`]): for
+/// `s = ||v||² = 1 + e` with `e² <= 2 EPS / 3`, one Newton step from 1, `1 - e/2`, is
+/// within `3e²/8 <= EPS/4` of `1/sqrt(s)`, half an ulp (one ulp after rounding; the
+/// square root and reciprocal round twice, 1.5 ulp), while a software `sqrtf`
+/// takes about 90 instructions on a Cortex-M4F (one per centre in every `segment`).
+/// Any other norm takes the square root.
+///
+/// [`Model::normalise_centres`]: crate::model::Model::normalise_centres
+#[inline]
+pub(crate) fn inv_norm<T: Real>(v: &[T]) -> Option<T> {
+    inv_sqrt(dot(v, v))
+}
+
+/// `1 / sqrt(s)` for a squared norm `s`, as [`inv_norm`] (with its fast path near 1).
+#[inline]
+pub(crate) fn inv_sqrt<T: Real>(s: T) -> Option<T> {
+    // Exact for s in [1/2, 2] (Sterbenz), so the test below sees the true distance.
+    let e = s - T::one();
+    if e * e <= T::EPS * T::of(2.0 / 3.0) {
+        return Some(T::one() - e * T::of(0.5));
+    }
+    let n = s.sqrt();
+    if !n.is_finite() || n <= T::EPS * T::EPS {
+        return None;
+    }
+    Some(T::one() / n)
+}
+
+/// `(a . a, a . b)` in one pass, each summed in order (the same bits as two [`dot`]s).
+#[inline]
+pub(crate) fn sq_and_dot<T: Real>(a: &[T], b: &[T]) -> (T, T) {
+    let (aq, ar) = a.as_chunks::<4>();
+    let (bq, br) = b.as_chunks::<4>();
+    let (mut s, mut d) = (T::zero(), T::zero());
+    if aq.len() == bq.len() {
+        for (x, y) in aq.iter().zip(bq) {
+            s += x[0] * x[0];
+            d += x[0] * y[0];
+            s += x[1] * x[1];
+            d += x[1] * y[1];
+            s += x[2] * x[2];
+            d += x[2] * y[2];
+            s += x[3] * x[3];
+            d += x[3] * y[3];
+        }
+        for (&x, &y) in ar.iter().zip(br) {
+            s += x * x;
+            d += x * y;
+        }
+        (s, d)
+    } else {
+        (dot(a, a), dot(a, b))
+    }
+}
+
 /// Dot product, summed in order (four values per iteration, unrolled at any
 /// optimisation level; the same bits as the plain loop).
 #[inline]
@@ -224,7 +381,7 @@ mod tests {
         let b = [0.5, -1.0];
         let x = [1.0, -1.0, 2.0];
         let mut y = [0.0; 2];
-        dense_forward(&w, &b, &x, &mut y);
+        dense_forward(&w, &b, &x, &mut y, None);
         assert_eq!(y, [1.0 - 2.0 + 6.0 + 0.5, 4.0 - 5.0 + 12.0 - 1.0]);
 
         let dy = [1.0, 2.0];
@@ -248,13 +405,13 @@ mod tests {
             seed ^= seed << 5;
             (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
         };
-        for n_out in 1..=9 {
-            for n_in in 0..=11 {
+        for n_out in 1..=17 {
+            for n_in in 0..=19 {
                 let w: std::vec::Vec<f32> = (0..n_out * n_in).map(|_| next()).collect();
                 let b: std::vec::Vec<f32> = (0..n_out).map(|_| next()).collect();
                 let x: std::vec::Vec<f32> = (0..n_in).map(|_| next()).collect();
                 let mut y = std::vec![f32::NAN; n_out];
-                dense_forward(&w, &b, &x, &mut y);
+                dense_forward(&w, &b, &x, &mut y, None);
                 for o in 0..n_out {
                     let mut want = b[o];
                     for i in 0..n_in {
@@ -262,7 +419,65 @@ mod tests {
                     }
                     assert_eq!(y[o].to_bits(), want.to_bits(), "{n_out}x{n_in} row {o}");
                 }
+                // The fused activation is the activation of the same sums.
+                for act in [Activation::Relu, Activation::Tanh] {
+                    let mut ya = std::vec![f32::NAN; n_out];
+                    dense_forward(&w, &b, &x, &mut ya, Some(act));
+                    for o in 0..n_out {
+                        assert_eq!(ya[o].to_bits(), act.of(y[o]).to_bits());
+                    }
+                }
             }
+        }
+    }
+
+    #[test]
+    fn inverse_norm_is_within_an_ulp_on_both_paths() {
+        // Squared norms around 1 (the fast path, |s - 1| up to ~2^-11.8 in f32), across
+        // its edge, and far from it, compared with f64. The fast path is within one ulp
+        // (half from the truncated series, half from rounding); the square root path
+        // rounds twice (the root, then the reciprocal), within 1.5 ulp.
+        let (mut worst_fast, mut worst_root, mut fast) = (0.0f64, 0.0f64, 0);
+        for i in -3000i32..=3000 {
+            for s in [
+                1.0 + i as f32 * 1e-7,
+                1.0 + i as f32 * 2e-4,
+                2f32.powi(i % 60),
+            ] {
+                let got = inv_sqrt(s).unwrap() as f64;
+                let want = 1.0 / (s as f64).sqrt();
+                let up = f32::from_bits((want as f32).to_bits() + 1);
+                let err = (got - want).abs() / (up - want as f32) as f64;
+                let e = (s - 1.0) as f64;
+                if e * e <= f32::EPSILON as f64 * 2.0 / 3.0 {
+                    fast += 1;
+                    worst_fast = worst_fast.max(err);
+                } else {
+                    worst_root = worst_root.max(err);
+                }
+            }
+        }
+        assert!(worst_fast <= 1.0, "fast path: {worst_fast} ulp");
+        assert!(worst_root <= 1.5, "square root path: {worst_root} ulp");
+        assert!(fast > 5000, "the fast path was taken {fast} times");
+        assert_eq!(inv_sqrt(0.0f32), None);
+        assert_eq!(inv_sqrt(f32::NAN), None);
+        assert_eq!(inv_sqrt(f32::INFINITY), None);
+        assert_eq!(inv_norm(&[3.0f64, 4.0]), Some(0.2));
+        // A unit vector's squared norm as f32 computes it takes the fast path.
+        let v = [0.6f32, 0.0, -0.8];
+        let e = dot(&v, &v) - 1.0;
+        assert!(e * e <= f32::EPSILON * 2.0 / 3.0);
+    }
+
+    #[test]
+    fn fused_square_and_dot_are_two_dots() {
+        for n in 0..=9 {
+            let a: std::vec::Vec<f32> = (0..n).map(|i| 0.3 * i as f32 - 1.1).collect();
+            let b: std::vec::Vec<f32> = (0..n).map(|i| 0.7 - 0.2 * i as f32).collect();
+            let (s, d) = sq_and_dot(&a, &b);
+            assert_eq!(s.to_bits(), dot(&a, &a).to_bits());
+            assert_eq!(d.to_bits(), dot(&a, &b).to_bits());
         }
     }
 
@@ -276,7 +491,7 @@ mod tests {
         // Softmax of extreme logits: finite, exact where it can be.
         let mut a = [1000.0f32, 0.0, -1000.0];
         let mut p = [0.0f32; 3];
-        crate::model::softmax_from_logits(&mut a, &mut p);
+        assert_eq!(crate::model::softmax_from_logits(&mut a, &mut p), 0);
         assert_eq!(p, [1.0, 0.0, 0.0]);
         assert_eq!(a[0], 0.0);
         assert_eq!(a[1], -1000.0);
@@ -285,10 +500,14 @@ mod tests {
         let mut a = [0.3f64, -1.2, 2.0, 0.0];
         let mut p = [0.0f64; 4];
         let z: f64 = [0.3f64, -1.2, 2.0, 0.0].iter().map(|v| v.exp()).sum();
-        crate::model::softmax_from_logits(&mut a, &mut p);
+        assert_eq!(crate::model::softmax_from_logits(&mut a, &mut p), 2);
         for (i, v) in [0.3f64, -1.2, 2.0, 0.0].iter().enumerate() {
             assert!((p[i] - v.exp() / z).abs() < 1e-15);
             assert!((a[i] - (v - z.ln())).abs() < 1e-15);
         }
+        // The label is the first of exactly tied maxima.
+        let mut a = [0.5f32, 2.0, -1.0, 2.0];
+        let mut p = [0.0f32; 4];
+        assert_eq!(crate::model::softmax_from_logits(&mut a, &mut p), 1);
     }
 }

@@ -174,6 +174,7 @@ pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
 /// Trains a model of `shape` on `x` (`n x D`, raw units). `labels` (class indices
 /// `< K`) are used only with `cfg.supervised`. `progress` is called after every epoch
 /// with the epoch's mean loss parts and the model as it stands.
+/// The centres of the result are at unit norm ([`Model::normalise_centres`]).
 pub fn fit(
     shape: Shape,
     x: &[f32],
@@ -303,6 +304,8 @@ pub fn fit(
     if cfg.warmup_epochs >= cfg.epochs {
         init_centres(&mut model, x, cfg.kmeans_iters, &mut rng)?;
     }
+    // Unit centres: the same segmenter, and no square root per centre on the device.
+    model.normalise_centres()?;
     Ok(model)
 }
 
