@@ -57,6 +57,8 @@
 //! assert_eq!(got, Some(Ok(Request::Segment { sample })));
 //! ```
 
+pub mod borrowed;
+
 use crate::blob::{self, BlobError};
 use crate::model::{InferError, Segment};
 use crate::shape::{Activation, Likelihood, Posterior, Scope, Shape, MAX_HIDDEN};
@@ -142,6 +144,7 @@ pub enum Request {
 
 /// Training settings chosen by the host.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct TrainSettings {
     /// Which parameters are trained.
     pub scope: TrainScope,
@@ -155,6 +158,7 @@ pub struct TrainSettings {
 
 /// [`Scope`] on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum TrainScope {
     /// [`Scope::Full`].
     Full,
@@ -186,6 +190,7 @@ impl From<Scope> for TrainScope {
 
 /// Optimiser choice on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum TrainOptimiser {
     /// SGD with this momentum.
     Sgd {
@@ -274,6 +279,7 @@ impl Response {
 
 /// What a device reports about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DeviceInfo {
     /// Protocol version ([`VERSION`]).
     pub protocol: u16,
@@ -351,6 +357,7 @@ fn saturate(x: usize) -> u32 {
 /// posterior `0` von Mises-Fisher, `1` Power Spherical; likelihood `0` Gaussian, `1`
 /// Bernoulli; activation `0` ReLU, `1` tanh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ShapeInfo {
     /// Input size `D`.
     pub input: u32,
@@ -629,7 +636,12 @@ pub fn encode<'a, T: Serialize>(msg: &T, buf: &'a mut [u8]) -> Result<&'a mut [u
 /// Decodes one frame's bytes (COBS, without the closing `0x00`) in place into a message.
 pub fn decode<T: DeserializeOwned>(frame: &mut [u8]) -> Result<T, FrameError> {
     let n = cobs::decode_in_place(frame).map_err(|_| FrameError::BadEncoding)?;
-    let body = frame.get(..n).ok_or(FrameError::BadEncoding)?;
+    decode_body(frame.get(..n).ok_or(FrameError::BadEncoding)?)
+}
+
+/// A message from its bytes (a frame after COBS decoding, as
+/// [`FrameDecoder::push_frame`] returns it); the same errors as [`decode`].
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     match postcard::take_from_bytes::<T>(body) {
         Ok((msg, [])) => Ok(msg),
         Ok(_) => Err(FrameError::TrailingBytes),
@@ -762,12 +774,23 @@ impl<const N: usize> FrameDecoder<N> {
     /// frame is not one) and also, once, when it overflows the buffer
     /// ([`FrameError::Oversized`]; the rest of that frame is then dropped silently).
     pub fn push<T: DeserializeOwned>(&mut self, byte: u8) -> Option<Result<T, FrameError>> {
+        Some(self.push_frame(byte)?.and_then(decode_body))
+    }
+
+    /// [`FrameDecoder::push`] without the deserialisation: when `byte` completes a frame,
+    /// returns the frame's message bytes (COBS-decoded in place in the buffer), for
+    /// [`borrowed::parse`] or another reader that borrows them; the same errors.
+    pub fn push_frame(&mut self, byte: u8) -> Option<Result<&[u8], FrameError>> {
         if byte == 0 {
             let len = core::mem::replace(&mut self.len, 0);
             if core::mem::replace(&mut self.discarding, false) || len == 0 {
                 return None;
             }
-            return Some(decode(self.buf.get_mut(..len)?));
+            let frame = self.buf.get_mut(..len)?;
+            return Some(match cobs::decode_in_place(frame) {
+                Ok(n) => frame.get(..n).ok_or(FrameError::BadEncoding),
+                Err(_) => Err(FrameError::BadEncoding),
+            });
         }
         if self.discarding {
             return None;

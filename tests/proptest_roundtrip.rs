@@ -140,8 +140,8 @@ mod protocol {
     use super::{finite, shape};
     use heapless::Vec as HVec;
     use hvae::protocol::{
-        self, DeviceInfo, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope,
-        TrainSettings, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+        self, borrowed, DeviceInfo, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser,
+        TrainScope, TrainSettings, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
     };
     use proptest::prelude::*;
 
@@ -308,6 +308,43 @@ mod protocol {
                 rest = &rest[n..];
             }
             prop_assert_eq!(got, rs);
+        }
+
+        #[test]
+        fn borrowed_parser_reads_every_request(r in request()) {
+            let mut buf = vec![0u8; 8192];
+            let frame = protocol::encode(&r, &mut buf).unwrap().to_vec();
+            let mut dec = FrameDecoder::<MAX_REQUEST_FRAME>::new();
+            let mut got = None;
+            for &b in &frame {
+                if let Some(body) = dec.push_frame(b) {
+                    got = Some(body.and_then(borrowed::parse).map(|q| q.to_request()));
+                }
+            }
+            prop_assert_eq!(got, Some(Ok(r)));
+        }
+
+        #[test]
+        fn borrowed_parser_agrees_with_the_decoder_on_any_bytes(
+            tag in 0u8..8,
+            bytes in prop::collection::vec(any::<u8>(), 0..1200),
+        ) {
+            // A valid tag first, so that most cases reach a variant's fields.
+            let mut body = vec![tag];
+            body.extend_from_slice(&bytes);
+            let mine = borrowed::parse(&body).map(|q| q.to_request());
+            let theirs = protocol::decode_body::<Request>(&body);
+            match (mine, theirs) {
+                (Ok(a), Ok(b)) => {
+                    // Compared by encoding: NaN payloads are equal bit for bit.
+                    let (mut x, mut y) = (vec![0u8; 4096], vec![0u8; 4096]);
+                    prop_assert_eq!(
+                        protocol::encode(&a, &mut x).unwrap().to_vec(),
+                        protocol::encode(&b, &mut y).unwrap().to_vec()
+                    );
+                }
+                (a, b) => prop_assert_eq!(a, b),
+            }
         }
 
         #[test]

@@ -709,3 +709,84 @@ fn segmented_response_carries_the_model_output() {
     assert_eq!(&mu[..], s.mu);
     assert_eq!((cosine, kappa), (s.cosine, s.kappa));
 }
+
+/// `borrowed::parse` and the serde decoder on the same message bytes: the same request
+/// (compared by encoding, so NaN payloads compare equal) or the same error.
+fn agree(body: &[u8]) -> bool {
+    let mine = borrowed::parse(body).map(|r| r.to_request());
+    let theirs = {
+        // `decode` takes a COBS frame; go through it so both see the same bytes.
+        let mut frame = cobs_encode(body);
+        decode::<Request>(&mut frame)
+    };
+    match (mine, theirs) {
+        (Ok(a), Ok(b)) => same(&a, &b),
+        (a, b) => a == b,
+    }
+}
+
+#[test]
+fn borrowed_parser_agrees_with_the_decoder_on_every_variant_and_every_cut() {
+    for req in requests() {
+        let body = bytes_of(&req);
+        let r = borrowed::parse(&body).unwrap();
+        assert!(same(&r.to_request(), &req), "{req:?}");
+        // Every prefix (truncated), every single-byte corruption, and a trailing byte.
+        for cut in 0..body.len() {
+            assert!(agree(&body[..cut]), "{req:?} cut at {cut}");
+        }
+        let step = (body.len() / 64).max(1);
+        for at in (0..body.len()).step_by(step) {
+            for x in [0x00u8, 0x01, 0x7F, 0x80, 0xFF] {
+                let mut bad = body.clone();
+                bad[at] = x;
+                assert!(agree(&bad), "{req:?} byte {at} = {x:#x}");
+            }
+        }
+        let mut long = body.clone();
+        long.push(0);
+        assert_eq!(borrowed::parse(&long), Err(FrameError::TrailingBytes));
+    }
+    // Vectors one past their capacity; over-long varints; unknown tags.
+    let over = [
+        vec![2, 0x81, 0x02], // Segment with 257 values: Truncated before the cap
+        vec![7],             // no such request
+        vec![4, 0x80, 0x80, 0x80, 0x80, 0x10, 0], // u32 varint with a sixth bit set
+        vec![4, 0, 0x80, 0x80, 0x04], // u16 varint past 65535
+        vec![1, 0, 0, 2],    // bool tag 2
+    ];
+    for body in over {
+        assert!(borrowed::parse(&body).is_err(), "{body:?}");
+        assert!(agree(&body), "{body:?}");
+    }
+    let mut full = vec![2u8, 0x81, 0x02];
+    full.extend(std::iter::repeat_n(0x3f, 4 * 257));
+    assert_eq!(borrowed::parse(&full), Err(FrameError::Malformed));
+    assert!(agree(&full));
+}
+
+#[test]
+fn push_frame_returns_the_message_bytes_with_the_decoders_errors() {
+    let req = Request::ReadWeights {
+        offset: 300,
+        count: 7,
+    };
+    let mut stream = vec![0x00, 0x05, 0x00]; // an empty frame, a bad one
+    stream.extend(frame_of(&req));
+    let mut rx = FrameDecoder::<64>::new();
+    let mut got = Vec::new();
+    for &b in &stream {
+        if let Some(r) = rx.push_frame(b) {
+            got.push(r.map(|body| body.to_vec()));
+        }
+    }
+    assert_eq!(got, vec![Err(FrameError::BadEncoding), Ok(bytes_of(&req))]);
+    let body = bytes_of(&req);
+    assert_eq!(
+        borrowed::parse(&body),
+        Ok(borrowed::RequestRef::ReadWeights {
+            offset: 300,
+            count: 7
+        })
+    );
+}

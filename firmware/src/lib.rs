@@ -4,7 +4,6 @@
 //! - [`weights`]: the compiled-in model (CRC-checked), and two flash slots that
 //!   `LoadWeights` fills;
 //! - [`service`]: the request handler of the protocol (`hvae::protocol`);
-//! - [`wire`]: frames and requests read without copies (the service's receiver);
 //! - [`rt`]: image and RAM figures, stack painting, the semihosting exit, an
 //!   instruction counter.
 //!
@@ -18,4 +17,3 @@ pub mod board;
 pub mod rt;
 pub mod service;
 pub mod weights;
-pub mod wire;

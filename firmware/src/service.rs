@@ -1,10 +1,11 @@
 //! The inference service: answers requests with the weights in use, loads new weights
 //! into a flash slot, and keeps serving after any bad frame or request.
 //!
-//! Frames are received with [`wire::Receiver`] and read with [`wire::parse`] (the
-//! core's `FrameDecoder` would need 7 KiB of stack, see [`crate::wire`]); responses are
-//! the core's [`Response`], encoded by the core. Every request gets exactly one response;
-//! failures are [`Response::Error`] with a typed [`ErrorCode`], never a panic.
+//! Frames are received with the core's [`FrameDecoder::push_frame`] and read in place
+//! with [`borrowed::parse`] (deserialising an owned `Request` would need 7 KiB of stack,
+//! see [`hvae::protocol::borrowed`]); responses are the core's [`Response`], encoded
+//! by the core. Every request gets exactly one response; failures are
+//! [`Response::Error`] with a typed [`ErrorCode`], never a panic.
 //!
 //! # Memory (digits model: D = 64, hidden 32, M = 8, K = 10)
 //! - [`Service`]: the model workspace (`SHAPE.work_len()` floats, 1488 bytes), the
@@ -18,7 +19,8 @@
 
 use crate::board::{FlashWriter, Serial};
 use crate::weights::{Active, SlotWriter, INFER_LEN, SHAPE};
-use crate::wire::{self, F32s, Receiver, Req};
+use hvae::protocol::borrowed::{self, F32s, RequestRef};
+use hvae::protocol::FrameDecoder;
 use hvae::protocol::{
     encode, max_request_frame, max_response_frame, DeviceInfo, ErrorCode, FrameError, Response,
     WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, MAX_VALUES,
@@ -92,16 +94,16 @@ impl<F: FlashWriter> Service<F> {
     /// The answer is written in place: a `Response` is about 1.3 KiB, and returning
     /// one by value through `Result`s left several copies on the stack.
     #[inline(never)]
-    pub fn handle(&mut self, req: &Req<'_>, res: Resources, out: &mut Response) {
+    pub fn handle(&mut self, req: &RequestRef<'_>, res: Resources, out: &mut Response) {
         let r = match *req {
-            Req::Info => {
+            RequestRef::Info => {
                 self.info(res, out);
                 Ok(())
             }
-            Req::Segment(x) => self.segment(x, out),
-            Req::Encode(x) => self.encode(x, out),
-            Req::ReadWeights { offset, count } => self.read(offset, count, out),
-            Req::LoadWeights {
+            RequestRef::Segment(x) => self.segment(x, out),
+            RequestRef::Encode(x) => self.encode(x, out),
+            RequestRef::ReadWeights { offset, count } => self.read(offset, count, out),
+            RequestRef::LoadWeights {
                 offset,
                 bytes,
                 last,
@@ -112,13 +114,13 @@ impl<F: FlashWriter> Service<F> {
                 }
             }),
             // Loaded weights are written to flash as they arrive: already persistent.
-            Req::Checkpoint => {
+            RequestRef::Checkpoint => {
                 *out = Response::Checkpointed {
                     weights_crc: self.active.blob_crc,
                 };
                 Ok(())
             }
-            Req::TrainBatch { .. } => Err(ErrorCode::Unsupported),
+            RequestRef::TrainBatch { .. } => Err(ErrorCode::Unsupported),
         };
         if let Err(e) = r {
             *out = Response::Error(e);
@@ -263,7 +265,7 @@ impl<F: FlashWriter> Service<F> {
         resources: impl FnOnce() -> Resources,
         out: &mut Response,
     ) {
-        match frame.and_then(wire::parse) {
+        match frame.and_then(borrowed::parse) {
             Ok(req) => self.respond_to(&req, resources, out),
             Err(e) => *out = Response::Error(e.into()),
         }
@@ -274,11 +276,11 @@ impl<F: FlashWriter> Service<F> {
     /// stack takes a scan).
     pub fn respond_to(
         &mut self,
-        req: &Req<'_>,
+        req: &RequestRef<'_>,
         resources: impl FnOnce() -> Resources,
         out: &mut Response,
     ) {
-        let res = if matches!(req, Req::Info) {
+        let res = if matches!(req, RequestRef::Info) {
             resources()
         } else {
             Resources::default()
@@ -304,17 +306,17 @@ impl<F: FlashWriter> Service<F> {
     ) -> !
     where
         S: Serial,
-        X: FnMut(&mut Self, &Req<'_>, &mut Response) -> bool,
+        X: FnMut(&mut Self, &RequestRef<'_>, &mut Response) -> bool,
     {
-        let mut rx = Receiver::<RX_FRAME>::new();
+        let mut rx = FrameDecoder::<RX_FRAME>::new();
         // The one response value (see `handle`); every frame overwrites it.
         let mut out = Response::Ack;
         loop {
             let byte = serial.read();
-            let Some(frame) = rx.push(byte) else {
+            let Some(frame) = rx.push_frame(byte) else {
                 continue;
             };
-            match frame.and_then(wire::parse) {
+            match frame.and_then(borrowed::parse) {
                 Ok(req) => {
                     if !ext(self, &req, &mut out) {
                         self.respond_to(&req, &mut resources, &mut out);

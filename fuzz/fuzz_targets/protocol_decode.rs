@@ -1,6 +1,7 @@
 //! The protocol on arbitrary bytes: the frame decoders (device side for `Request`, host
 //! side for `Response`) and the streaming weight loader never panic; every message they
-//! accept re-encodes and decodes to the same message.
+//! accept re-encodes and decodes to the same message; the borrowed request parser and
+//! the serde decoder agree on every input.
 #![no_main]
 
 use hvae::blob;
@@ -46,6 +47,20 @@ fuzz_target!(|data: &[u8]| {
     // One whole frame in place.
     let mut copy = data.to_vec();
     let _ = protocol::decode::<Request>(&mut copy);
+    // The data as a message body: the borrowed parser the devices use reads the same
+    // request as the serde decoder, or fails the same way.
+    let theirs = protocol::decode_body::<Request>(data);
+    match protocol::borrowed::parse(data).map(|r| r.to_request()) {
+        Ok(mine) => {
+            let theirs = theirs.expect("the decoder accepts what the parser accepts");
+            let (mut a, mut b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+            assert_eq!(
+                protocol::encode(&mine, &mut a).unwrap(),
+                protocol::encode(&theirs, &mut b).unwrap()
+            );
+        }
+        Err(e) => assert_eq!(theirs.err(), Some(e)),
+    }
 
     // The weight loader: the first byte picks the chunk size; each chunk goes at the
     // running offset, except that a chunk whose first byte is 0xEE jumps (out of order).

@@ -23,13 +23,14 @@ use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
 use hvae::checkpoint::Checkpoints;
 use hvae::model::Model;
+use hvae::protocol::borrowed;
+use hvae::protocol::FrameDecoder;
 use hvae::protocol::{max_request_frame, Response, MAX_SAMPLE};
 use hvae_firmware::board::Serial;
 use hvae_firmware::board::{Flash, FlashRegion, Uart};
 use hvae_firmware::rt::{self, Log};
 use hvae_firmware::service::send;
 use hvae_firmware::weights::{generated, SHAPE};
-use hvae_firmware::wire::{self, Receiver};
 use learn::{checkpoint_slot_len, optim_len, scratch_len, Learner, Store};
 
 const PARAM_LEN: usize = SHAPE.param_len();
@@ -129,11 +130,13 @@ fn main() -> ! {
         .s(" bytes of training buffers; serving on UART0")
         .emit();
     let mut uart = Uart::new();
-    let mut rx = Receiver::<RX_FRAME>::new();
+    let mut rx = FrameDecoder::<RX_FRAME>::new();
     loop {
         let byte = uart.read();
-        let Some(frame) = rx.push(byte) else { continue };
-        let resp = match frame.and_then(wire::parse) {
+        let Some(frame) = rx.push_frame(byte) else {
+            continue;
+        };
+        let resp = match frame.and_then(borrowed::parse) {
             Ok(req) => learner.handle(&req.to_request()),
             Err(e) => Response::Error(e.into()),
         };

@@ -5,7 +5,7 @@
 //! 2. Golden outputs: `segment` and `encode` of 16 digits rows equal the outputs the core
 //!    computed on the host (`model/golden.rs`, written by `model/regen.sh`).
 //! 3. Bad input: typed errors (wrong length, NaN, infinity), never a panic.
-//! 4. Frames and requests: [`wire::parse`] agrees with the core's
+//! 4. Frames and requests: [`borrowed::parse`] agrees with the core's
 //!    `protocol::decode::<Request>` on every request variant and on thousands of
 //!    truncated and corrupted encodings; the receiver reports oversized and non-COBS
 //!    frames once and resynchronises; the hard-coded internal-error frame is the core's.
@@ -19,12 +19,12 @@
 
 use cortex_m_rt::entry;
 use hvae::model::InferError;
+use hvae::protocol::borrowed::RequestRef;
 use hvae::protocol::{ErrorCode, Response, MAX_CHUNK};
 use hvae_firmware::board::Flash;
 use hvae_firmware::rt::{self, Log};
 use hvae_firmware::service::{Resources, Service};
 use hvae_firmware::weights::{self, generated, Source, BLOB_CRC, COMPILED, HEADER, SHAPE};
-use hvae_firmware::wire::Req;
 
 #[allow(dead_code)]
 mod golden {
@@ -70,7 +70,7 @@ fn main() -> ! {
     bad_input(&mut c);
     rt::log("selftest: frames and requests");
     // The comparison with the core's serde decoder needs about 15 KiB of stack (the
-    // decoder alone takes 7 KiB, see `wire`): more than the micro:bit's 16 KiB RAM
+    // decoder alone takes 7 KiB, see `hvae::protocol::borrowed`): more than the micro:bit's 16 KiB RAM
     // leaves. The parser is target-independent code (both targets are 32-bit, which
     // is what postcard's length encoding depends on), checked on the M4F.
     #[cfg(board = "mps2_an386")]
@@ -249,7 +249,7 @@ fn load(svc: &mut Service<Flash>, negate_from: usize, crc: u32) -> Response {
         for (j, b) in chunk[..n].iter_mut().enumerate() {
             *b = blob_byte(offset + j, params, negate_from, crc);
         }
-        let req = Req::LoadWeights {
+        let req = RequestRef::LoadWeights {
             offset: offset as u32,
             bytes: &chunk[..n],
             last: offset + n == total,
@@ -358,13 +358,13 @@ fn slots(c: &mut Checks) {
 #[cfg(board = "mps2_an386")]
 mod frames {
     use super::{Checks, Log};
+    use hvae::protocol::{borrowed, FrameDecoder};
     use hvae::protocol::{
         decode, encode, ErrorCode, FrameError, Request, Response, TrainOptimiser, TrainScope,
         TrainSettings, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_SAMPLE,
     };
     use hvae_firmware::service::INTERNAL_ERROR_FRAME;
     use hvae_firmware::weights::SHAPE;
-    use hvae_firmware::wire::{self, Receiver};
 
     /// xorshift32: deterministic test inputs.
     struct Rng(u32);
@@ -452,13 +452,13 @@ mod frames {
         let mut frame = [0u8; BODY + BODY / 254 + 2];
         let n = cobs::encode(body, &mut frame);
         // The firmware's path: the receiver (COBS) and `parse`, fed the same frame.
-        let mut rx = Receiver::<{ BODY + BODY / 254 + 2 }>::new();
+        let mut rx = FrameDecoder::<{ BODY + BODY / 254 + 2 }>::new();
         let mut mine = Err(FrameError::Truncated);
         let mut answers = 0;
         for &b in frame[..n].iter().chain(&[0u8]) {
-            if let Some(r) = rx.push(b) {
+            if let Some(r) = rx.push_frame(b) {
                 answers += 1;
-                mine = r.and_then(wire::parse).map(|q| q.to_request());
+                mine = r.and_then(borrowed::parse).map(|q| q.to_request());
             }
         }
         if n == 0 {
@@ -548,7 +548,7 @@ mod frames {
                 continue;
             };
             body[..n].copy_from_slice(&frame[..n]);
-            ok_valid &= matches!(wire::parse(&body[..n]), Ok(r) if r.to_request() == req || req_has_nan(&req))
+            ok_valid &= matches!(borrowed::parse(&body[..n]), Ok(r) if r.to_request() == req || req_has_nan(&req))
                 && agree(&body[..n]);
             // Mutations of this encoding.
             for _ in 0..8 {
@@ -574,7 +574,7 @@ mod frames {
                     _ => {}
                 }
                 cases += 1;
-                errors += u32::from(wire::parse(&m[..len]).is_err());
+                errors += u32::from(borrowed::parse(&m[..len]).is_err());
                 ok_mutated &= agree(&m[..len]);
             }
         }
@@ -613,7 +613,7 @@ mod frames {
         let mut big = [0u8; 3 + 4 * 257];
         big[..3].copy_from_slice(&[0x02, 0x81, 0x02]);
         c.check(
-            agree(&big) && wire::parse(&big) == Err(FrameError::Malformed),
+            agree(&big) && borrowed::parse(&big) == Err(FrameError::Malformed),
             "a 257-value sample: Malformed, as the core",
         );
 
@@ -624,7 +624,7 @@ mod frames {
     );
 
         // The receiver: oversized, bad COBS, empty frames, resynchronisation.
-        let mut rx = Receiver::<16>::new();
+        let mut rx = FrameDecoder::<16>::new();
         let mut results = [None::<Result<usize, FrameError>>; 4];
         let mut k = 0;
         let stream: [&[u8]; 4] = [
@@ -635,7 +635,7 @@ mod frames {
         ];
         for part in stream {
             for &b in part {
-                if let Some(r) = rx.push(b) {
+                if let Some(r) = rx.push_frame(b) {
                     if k < results.len() {
                         results[k] = Some(r.map(|m| m.len()));
                     }

@@ -1,31 +1,49 @@
-//! Receiving requests without copies: COBS frames into one fixed buffer, and a reader
-//! of postcard's encoding of [`Request`] that borrows from that buffer.
+//! Reading a [`Request`] without copies: a reader of postcard's encoding that borrows
+//! from the received frame.
 //!
 //! # Why not `postcard::from_bytes::<Request>`
-//! `Request`'s vectors have fixed capacities (`MAX_SAMPLE` = 256 floats), so a decoded
+//! `Request`'s vectors have fixed capacities ([`MAX_SAMPLE`] = 256 floats), so a decoded
 //! `Request` is over 1 KiB, and serde builds it through several temporaries: decoding
-//! one `Segment` request took 7 KiB of stack on the Cortex-M4F, most of the 8 KiB RAM
-//! budget, and the deserialiser took 4 KiB of flash. [`parse`] reads the same bytes
-//! into [`Req`], which points into the frame (`Segment`'s values stay little-endian
-//! bytes until the service copies the `D` it needs), in a few dozen bytes of stack.
+//! one `Segment` request took 7 KiB of stack on the Cortex-M4F, most of an 8 KiB RAM
+//! budget, and the deserialiser 4 KiB of flash. [`parse`] reads the same bytes into
+//! [`RequestRef`], which points into the frame (`Segment`'s values stay little-endian
+//! bytes until the caller copies the `D` it needs), in a few dozen bytes of stack.
 //!
-//! # Same answers as the core's decoder
-//! [`parse`] follows postcard 1.x on a 32-bit target exactly: enum tags, lengths and
-//! `u32`/`u16` fields are varints (at most 5 / 3 bytes, the last byte's spare bits
-//! zero, else `Malformed`); `f32` are 4 bytes little-endian; `u8` is one byte; `bool`
-//! and `Option` tags are `0`/`1` (else `Malformed`); a vector reads its elements one at
-//! a time and fails `Malformed` at the first element past its capacity, or `Truncated`
-//! if the bytes run out first; input that ends early is `Truncated`, bytes left over
-//! are `TrailingBytes`. `selftest` checks on the device that [`parse`] and
-//! `hvae::protocol::decode::<Request>` agree (value or error) on every variant and on
-//! thousands of truncated and corrupted encodings.
+//! # Same answers as [`decode`](super::decode)
+//! [`parse`] follows postcard 1.x exactly: enum tags and `u32`/`u16` fields are
+//! varints (at most 5 / 3 bytes, the last byte's spare bits zero, else `Malformed`),
+//! vector lengths `usize` varints of the platform's width (5 bytes on the device, 10 on
+//! a 64-bit host); `f32` are 4 bytes little-endian; `u8` is one byte; `bool` and `Option`
+//! tags are `0`/`1` (else `Malformed`); a vector reads its elements one at a time and
+//! fails `Malformed` at the first element past its capacity, or `Truncated` if the
+//! bytes run out first; input that ends early is `Truncated`, bytes left over are
+//! `TrailingBytes`. The tests (`tests/protocol.rs`, the proptests, the
+//! `protocol_decode` fuzz target) and the firmware's `selftest` on the device check that
+//! the two agree, value or error, on every variant and on arbitrary bytes.
+//!
+//! ```
+//! use hvae::protocol::{borrowed::{self, RequestRef}, encode, FrameDecoder, Request};
+//! let sample = heapless::Vec::from_slice(&[0.5f32; 64]).unwrap();
+//! let mut buf = [0u8; 512];
+//! let frame = encode(&Request::Segment { sample }, &mut buf).unwrap();
+//! let mut rx = FrameDecoder::<512>::new();
+//! let mut got = None;
+//! for &b in frame.iter() {
+//!     if let Some(body) = rx.push_frame(b) {
+//!         got = Some(body.and_then(borrowed::parse).map(|r| r.to_request()));
+//!     }
+//! }
+//! let Some(Ok(Request::Segment { sample })) = got else { panic!() };
+//! assert_eq!(sample.len(), 64);
+//! ```
 
-use hvae::protocol::{
+use super::{
     FrameError, Request, TrainOptimiser, TrainScope, TrainSettings, MAX_CHUNK, MAX_SAMPLE,
 };
 
 /// `f32` values as they arrived: 4 little-endian bytes each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct F32s<'a>(&'a [u8]);
 
 impl<'a> F32s<'a> {
@@ -61,7 +79,8 @@ impl<'a> F32s<'a> {
 
 /// A [`Request`] that borrows its vectors from the received frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Req<'a> {
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RequestRef<'a> {
     /// [`Request::Info`].
     Info,
     /// [`Request::LoadWeights`].
@@ -97,7 +116,7 @@ pub enum Req<'a> {
     },
 }
 
-impl Req<'_> {
+impl RequestRef<'_> {
     /// The owned [`Request`] (for tests and hosts: it takes over 1 KiB).
     pub fn to_request(&self) -> Request {
         fn vec<T: Copy, const N: usize>(it: impl Iterator<Item = T>) -> heapless::Vec<T, N> {
@@ -109,8 +128,8 @@ impl Req<'_> {
             v
         }
         match *self {
-            Req::Info => Request::Info,
-            Req::LoadWeights {
+            RequestRef::Info => Request::Info,
+            RequestRef::LoadWeights {
                 offset,
                 bytes,
                 last,
@@ -119,15 +138,15 @@ impl Req<'_> {
                 bytes: vec(bytes.iter().copied()),
                 last,
             },
-            Req::Segment(s) => Request::Segment {
+            RequestRef::Segment(s) => Request::Segment {
                 sample: vec(s.iter()),
             },
-            Req::Encode(s) => Request::Encode {
+            RequestRef::Encode(s) => Request::Encode {
                 sample: vec(s.iter()),
             },
-            Req::ReadWeights { offset, count } => Request::ReadWeights { offset, count },
-            Req::Checkpoint => Request::Checkpoint,
-            Req::TrainBatch {
+            RequestRef::ReadWeights { offset, count } => Request::ReadWeights { offset, count },
+            RequestRef::Checkpoint => Request::Checkpoint,
+            RequestRef::TrainBatch {
                 samples,
                 steps,
                 settings,
@@ -162,11 +181,13 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint of at most `max_bytes` bytes whose last byte fits in `last_mask`.
-    fn varint(&mut self, max_bytes: u32, last_mask: u8) -> Result<u32, FrameError> {
-        let mut out: u32 = 0;
+    /// Accumulated in a `usize`: wide enough for a `u32` (the targets are 32- or 64-bit)
+    /// and for a length, and cheaper than a `u64` on a 32-bit core.
+    fn varint(&mut self, max_bytes: u32, last_mask: u8) -> Result<usize, FrameError> {
+        let mut out: usize = 0;
         for i in 0..max_bytes {
             let b = self.byte()?;
-            out |= u32::from(b & 0x7F) << (7 * i);
+            out |= usize::from(b & 0x7F) << (7 * i);
             if b & 0x80 == 0 {
                 if i == max_bytes - 1 && b > last_mask {
                     return Err(FrameError::Malformed);
@@ -178,7 +199,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, FrameError> {
-        self.varint(5, 0x0F)
+        self.varint(5, 0x0F).map(|v| v as u32)
+    }
+
+    /// A length: postcard writes `usize` as a varint of the platform's width (5 bytes
+    /// on a 32-bit device, 10 on a 64-bit host), so the limits follow `usize::BITS`.
+    fn len(&mut self) -> Result<usize, FrameError> {
+        const BYTES: u32 = usize::BITS.div_ceil(7);
+        const LAST: u8 = (1u8 << (usize::BITS - 7 * (BYTES - 1))) - 1;
+        self.varint(BYTES, LAST)
     }
 
     fn u16(&mut self) -> Result<u16, FrameError> {
@@ -202,7 +231,7 @@ impl<'a> Reader<'a> {
 
     /// A vector of `elem`-byte elements with capacity `cap`: its bytes.
     fn seq(&mut self, elem: usize, cap: usize) -> Result<&'a [u8], FrameError> {
-        let n = self.u32()? as usize;
+        let n = self.len()?;
         if n <= cap {
             return self.take(n * elem);
         }
@@ -214,29 +243,32 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads one [`Request`] from a message's bytes (a frame after COBS decoding).
-pub fn parse(body: &[u8]) -> Result<Req<'_>, FrameError> {
+/// Reads one [`Request`] from a message's bytes (a frame after COBS decoding, as
+/// [`FrameDecoder::push_frame`](super::FrameDecoder::push_frame) returns it), borrowing
+/// its vectors. Same value or error as [`decode`](super::decode)`::<Request>` on the
+/// same bytes. Cost: one pass over the bytes, a few dozen bytes of stack.
+pub fn parse(body: &[u8]) -> Result<RequestRef<'_>, FrameError> {
     let mut r = Reader { rest: body };
     let req = match r.u32()? {
-        0 => Req::Info,
+        0 => RequestRef::Info,
         1 => {
             let offset = r.u32()?;
             let bytes = r.seq(1, MAX_CHUNK)?;
             let last = r.flag()?;
-            Req::LoadWeights {
+            RequestRef::LoadWeights {
                 offset,
                 bytes,
                 last,
             }
         }
-        2 => Req::Segment(F32s(r.seq(4, MAX_SAMPLE)?)),
-        3 => Req::Encode(F32s(r.seq(4, MAX_SAMPLE)?)),
+        2 => RequestRef::Segment(F32s(r.seq(4, MAX_SAMPLE)?)),
+        3 => RequestRef::Encode(F32s(r.seq(4, MAX_SAMPLE)?)),
         4 => {
             let offset = r.u32()?;
             let count = r.u16()?;
-            Req::ReadWeights { offset, count }
+            RequestRef::ReadWeights { offset, count }
         }
-        5 => Req::Checkpoint,
+        5 => RequestRef::Checkpoint,
         6 => {
             let samples = F32s(r.seq(4, MAX_SAMPLE)?);
             let steps = r.u16()?;
@@ -263,7 +295,7 @@ pub fn parse(body: &[u8]) -> Result<Req<'_>, FrameError> {
             } else {
                 None
             };
-            Req::TrainBatch {
+            RequestRef::TrainBatch {
                 samples,
                 steps,
                 settings,
@@ -275,64 +307,4 @@ pub fn parse(body: &[u8]) -> Result<Req<'_>, FrameError> {
         return Err(FrameError::TrailingBytes);
     }
     Ok(req)
-}
-
-/// Collects a byte stream into COBS frames in a fixed buffer of `N` bytes (the longest
-/// frame accepted, without its `0x00`), with the core `FrameDecoder`'s rules: a `0x00`
-/// ends a frame, an empty frame is ignored, a frame longer than `N` is reported once as
-/// [`FrameError::Oversized`] and dropped up to the next `0x00`, and a frame that is not
-/// valid COBS is [`FrameError::BadEncoding`].
-#[derive(Clone, Debug)]
-pub struct Receiver<const N: usize> {
-    buf: [u8; N],
-    len: usize,
-    discarding: bool,
-}
-
-impl<const N: usize> Default for Receiver<N> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<const N: usize> Receiver<N> {
-    /// An empty receiver.
-    pub const fn new() -> Self {
-        Receiver {
-            buf: [0; N],
-            len: 0,
-            discarding: false,
-        }
-    }
-
-    /// Takes one byte; when it ends a frame, returns the frame's decoded message bytes
-    /// (or why there are none).
-    pub fn push(&mut self, byte: u8) -> Option<Result<&[u8], FrameError>> {
-        if byte == 0 {
-            let len = core::mem::replace(&mut self.len, 0);
-            if core::mem::replace(&mut self.discarding, false) || len == 0 {
-                return None;
-            }
-            let frame = self.buf.get_mut(..len)?;
-            return Some(match cobs::decode_in_place(frame) {
-                Ok(n) => frame.get(..n).ok_or(FrameError::BadEncoding),
-                Err(_) => Err(FrameError::BadEncoding),
-            });
-        }
-        if self.discarding {
-            return None;
-        }
-        match self.buf.get_mut(self.len) {
-            Some(slot) => {
-                *slot = byte;
-                self.len += 1;
-                None
-            }
-            None => {
-                self.len = 0;
-                self.discarding = true;
-                Some(Err(FrameError::Oversized))
-            }
-        }
-    }
 }
