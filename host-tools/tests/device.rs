@@ -10,7 +10,7 @@ use hvae::Shape;
 use hvae_host::commands::validate::{validate_on, Thresholds};
 use hvae_host::data::{self, Dataset};
 use hvae_host::device::sim::{Fault, SimDevice, SimState};
-use hvae_host::device::{Device, DeviceSpec, Timeouts};
+use hvae_host::device::{Device, DeviceSpec, Link, Timeouts};
 use hvae_host::model_io::{self, LoadedModel};
 use std::path::Path;
 use std::time::Duration;
@@ -270,6 +270,41 @@ fn cli_rejects_a_bad_device_and_a_missing_port() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// A reader whose every other read times out, as a serial port's reads do on a quiet
+/// line (the master side of a pseudo-terminal reads with a 100 ms timeout).
+struct TimesOut<R> {
+    inner: R,
+    timed_out: bool,
+}
+
+impl<R: std::io::Read> std::io::Read for TimesOut<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.timed_out = !self.timed_out;
+        if self.timed_out {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.inner.read(buf)
+    }
+}
+
+#[test]
+fn a_quiet_line_does_not_end_the_simulated_device() {
+    // A read timeout is not the end of the stream: the device keeps serving (it used to
+    // quit at the first timeout, which made the serial test below flaky).
+    let model = loaded(1);
+    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc));
+    let (req_rx, req_tx) = std::io::pipe().unwrap();
+    let (resp_rx, resp_tx) = std::io::pipe().unwrap();
+    let reader = TimesOut {
+        inner: req_rx,
+        timed_out: false,
+    };
+    sim.serve_on(reader, resp_tx);
+    let mut dev = Device::new(Link::new("quiet line", resp_rx, req_tx), timeouts());
+    let r = run(&mut dev, &model, &digits()).unwrap();
+    assert!(r.pass && r.rows == ROWS, "{r:?}");
 }
 
 /// The serial transport end to end: the simulated device on the master side of a
