@@ -313,12 +313,26 @@ fn a_quiet_line_does_not_end_the_simulated_device() {
 #[test]
 fn validate_over_a_serial_port() {
     use serialport::SerialPort;
+    use std::fs::File;
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
     let (master, slave) = serialport::TTYPort::pair().expect("a pseudo-terminal");
     let path = slave.name().expect("the pty's path");
+    // `pair` opens both ends without close-on-exec, so hvae (and any process the other
+    // tests spawn meanwhile) would inherit them: holding the master open, it would see a
+    // device that went away as a stall of the whole first timeout instead of a hangup.
+    // Keep close-on-exec copies only (std duplicates with F_DUPFD_CLOEXEC).
+    let cloexec = |port: serialport::TTYPort| {
+        // SAFETY: `into_raw_fd` hands over the port's descriptor; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(port.into_raw_fd()) };
+        fd.try_clone().expect("a close-on-exec copy")
+    };
+    let master = cloexec(master);
+    // Held open until hvae is done: with no slave open, reading the master fails.
+    let slave = cloexec(slave);
     let model = loaded(1);
     let sim = SimDevice::new(SimState::new(loaded(2).model, loaded(2).crc));
-    let reader = master.try_clone_native().unwrap();
-    sim.serve_on(reader, master);
+    let reader = File::from(master.try_clone().unwrap());
+    sim.serve_on(reader, File::from(master));
     let dir = tempfile::tempdir().unwrap();
     let model_file = common::write_model(dir.path(), "m.hvae", &model.model);
     let out = assert_cmd::Command::cargo_bin("hvae")
