@@ -10,7 +10,7 @@ use hvae::Shape;
 use hvae_host::commands::validate::{validate_on, Thresholds};
 use hvae_host::data::{self, Dataset};
 use hvae_host::device::sim::{Fault, SimDevice, SimState};
-use hvae_host::device::{Device, DeviceSpec, Timeouts};
+use hvae_host::device::{Device, DeviceSpec, Link, Timeouts};
 use hvae_host::model_io::{self, LoadedModel};
 use std::path::Path;
 use std::time::Duration;
@@ -272,18 +272,67 @@ fn cli_rejects_a_bad_device_and_a_missing_port() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// A reader whose every other read times out, as a serial port's reads do on a quiet
+/// line (the master side of a pseudo-terminal reads with a 100 ms timeout).
+struct TimesOut<R> {
+    inner: R,
+    timed_out: bool,
+}
+
+impl<R: std::io::Read> std::io::Read for TimesOut<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.timed_out = !self.timed_out;
+        if self.timed_out {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.inner.read(buf)
+    }
+}
+
+#[test]
+fn a_quiet_line_does_not_end_the_simulated_device() {
+    // A read timeout is not the end of the stream: the device keeps serving (it used to
+    // quit at the first timeout, which made the serial test below flaky).
+    let model = loaded(1);
+    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc));
+    let (req_rx, req_tx) = std::io::pipe().unwrap();
+    let (resp_rx, resp_tx) = std::io::pipe().unwrap();
+    let reader = TimesOut {
+        inner: req_rx,
+        timed_out: false,
+    };
+    sim.serve_on(reader, resp_tx);
+    let mut dev = Device::new(Link::new("quiet line", resp_rx, req_tx), timeouts());
+    let r = run(&mut dev, &model, &digits()).unwrap();
+    assert!(r.pass && r.rows == ROWS, "{r:?}");
+}
+
 /// The serial transport end to end: the simulated device on the master side of a
 /// pseudo-terminal, `hvae validate --device serial:/dev/pts/N` on the other.
 #[cfg(unix)]
 #[test]
 fn validate_over_a_serial_port() {
     use serialport::SerialPort;
+    use std::fs::File;
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
     let (master, slave) = serialport::TTYPort::pair().expect("a pseudo-terminal");
     let path = slave.name().expect("the pty's path");
+    // `pair` opens both ends without close-on-exec, so hvae (and any process the other
+    // tests spawn meanwhile) would inherit them: holding the master open, it would see a
+    // device that went away as a stall of the whole first timeout instead of a hangup.
+    // Keep close-on-exec copies only (std duplicates with F_DUPFD_CLOEXEC).
+    let cloexec = |port: serialport::TTYPort| {
+        // SAFETY: `into_raw_fd` hands over the port's descriptor; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(port.into_raw_fd()) };
+        fd.try_clone().expect("a close-on-exec copy")
+    };
+    let master = cloexec(master);
+    // Held open until hvae is done: with no slave open, reading the master fails.
+    let slave = cloexec(slave);
     let model = loaded(1);
     let sim = SimDevice::new(SimState::new(loaded(2).model, loaded(2).crc));
-    let reader = master.try_clone_native().unwrap();
-    sim.serve_on(reader, master);
+    let reader = File::from(master.try_clone().unwrap());
+    sim.serve_on(reader, File::from(master));
     let dir = tempfile::tempdir().unwrap();
     let model_file = common::write_model(dir.path(), "m.hvae", &model.model);
     let out = assert_cmd::Command::cargo_bin("hvae")

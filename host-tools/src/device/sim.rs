@@ -14,7 +14,7 @@ use hvae::protocol::{
     encode, DeviceInfo, ErrorCode, FrameDecoder, Request, Response, WeightLoader, CAP_CHECKPOINT,
     CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, MAX_VALUES,
 };
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, Mutex};
 
 /// A misbehaviour, triggered when the device receives its `at`-th request (0-based,
@@ -194,7 +194,8 @@ impl SimDevice {
     }
 
     /// Serves on any byte stream (e.g. the master side of a pseudo-terminal, to test
-    /// the serial transport) in a thread, until the stream ends.
+    /// the serial transport) in a thread, until the stream ends or fails. A read that
+    /// times out (a serial port's read timeout) is a quiet line, not an end.
     pub fn serve_on<R, W>(&self, reader: R, writer: W)
     where
         R: Read + Send + 'static,
@@ -211,8 +212,21 @@ fn serve(state: Arc<Mutex<SimState>>, mut rx: impl Read, mut tx: impl Write) {
     let mut out = vec![0u8; MAX_RESPONSE_FRAME];
     loop {
         let n = match rx.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => n,
+            // A quiet line, not the end of it: a serial port's read timeout (the master
+            // side of a pseudo-terminal reads with one) while the host pauses, e.g. while
+            // it drains stale bytes before its first request. A real device keeps
+            // listening too.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
         };
         let mut rest = &buf[..n];
         while !rest.is_empty() {
