@@ -59,11 +59,13 @@ impl Device {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start qemu-system-arm: {e}"))?;
-        let log = qemu.stdout.take().map(|out| {
+        let log = qemu.stdout.take().map(|mut out| {
             std::thread::spawn(move || {
-                let r = crate::defmt_log::decode(&bytes, out, |l| println!("{l}"));
+                let r = crate::defmt_log::decode(&bytes, &mut out, |l| println!("{l}"));
                 if let Err(e) = r {
-                    eprintln!("the firmware's log: {e}");
+                    eprintln!("the firmware's log cannot be decoded: {e}");
+                    // Read on: qemu must not block on a full pipe.
+                    let _ = std::io::copy(&mut out, &mut std::io::sink());
                 }
             })
         });

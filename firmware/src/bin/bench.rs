@@ -423,10 +423,9 @@ fn main() -> ! {
         so_ram as u32,
         ad_ram as u32
     );
-    if ok {
-        defmt::println!("bench: within budget");
-    } else {
-        defmt::println!("bench: OVER BUDGET");
-    }
+    defmt::println!(
+        "bench: {=str}",
+        if ok { "within budget" } else { "OVER BUDGET" }
+    );
     rt::exit(ok)
 }
