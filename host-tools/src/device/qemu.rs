@@ -270,9 +270,9 @@ impl Drop for Qemu {
 /// defmt table cannot be read, says so and keeps the raw bytes instead (qemu must never
 /// block on a full pipe).
 fn keep_log(elf: &[u8], mut pipe: impl Read, out: Arc<Mutex<Vec<u8>>>) {
+    // One append per line: qemu's stderr, kept in the same buffer, cannot split it.
     let decoded = defmt_log::decode(elf, &mut pipe, |line| {
-        append(&out, line.as_bytes());
-        append(&out, b"\n");
+        append(&out, format!("{line}\n").as_bytes())
     });
     if let Err(e) = decoded {
         append(
