@@ -5,13 +5,20 @@
 //!   `LoadWeights` fills;
 //! - [`service`]: the request handler of the protocol (`hvae::protocol`);
 //! - [`rt`]: image and RAM figures, stack painting, the semihosting exit, an
-//!   instruction counter.
+//!   instruction counter, the panic handlers.
 //!
-//! Programs: `cluster` (inference service), `selftest` (on-target tests), `bench`
-//! (instruction counts and RAM of inference and training, against the budgets). See
-//! `README.md` in this directory.
+//! Programs: `cluster` (inference service), `learn` (inference and on-device training),
+//! `selftest` (on-target tests), `bench` (instruction counts and RAM of inference and
+//! training, against the budgets). See `README.md` in this directory.
+//!
+//! Logs are defmt frames over semihosting (this library links `defmt-semihosting` as the
+//! global logger): programs log with `defmt`'s macros, and the host decodes the frames
+//! with the ELF (`host/`: `hvae-firmware-host run ELF`).
 #![no_std]
 #![deny(missing_docs)]
+
+// The global logger: defmt frames to semihosting stdout (qemu's stdout, not the UART).
+use defmt_semihosting as _;
 
 pub mod board;
 pub mod rt;

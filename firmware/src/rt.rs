@@ -1,6 +1,11 @@
 //! Run-time figures and exits: the program image's flash and static RAM (from linker
-//! symbols), the peak stack (stack painting), the semihosting exit status, and an
-//! instruction counter on SysTick.
+//! symbols), the peak stack (stack painting), the semihosting exit status, an
+//! instruction counter on SysTick, and the panic handlers.
+//!
+//! Logging is defmt's (`defmt::println!`, `defmt::info!`, ...): the global logger is
+//! `defmt-semihosting` (linked by this library), so frames go to semihosting stdout,
+//! qemu's stdout, never to the UART; `hvae-firmware-host run` / `decode` (in `host/`)
+//! prints them as text.
 
 use crate::service::Resources;
 use core::ptr::{addr_of, read_volatile, write_volatile};
@@ -164,127 +169,53 @@ impl Counter {
     }
 }
 
-/// Logging through semihosting (qemu's stdout), without `core::fmt`: formatting
-/// machinery would cost the inference image kilobytes of flash. Lines are assembled in a
-/// fixed buffer and written with one semihosting call; text past [`Log::CAP`] bytes is
-/// cut. A log that cannot be written (no debugger) is dropped.
-pub struct Log {
-    buf: [u8; Log::CAP],
-    len: usize,
-}
+/// `v` with 3 decimals in the log (`defmt::Format`): `-` and the integer and thousandths
+/// are sent, the host prints `1.234`; `?` for a non-finite value or `|v|` >= 4e6. (defmt
+/// prints an `f32` argument with all its digits; bench's lines keep 3.)
+#[derive(Clone, Copy, Debug)]
+pub struct Fixed3(pub f32);
 
-impl Default for Log {
-    fn default() -> Self {
-        Log::new()
-    }
-}
-
-impl Log {
-    /// Longest line.
-    pub const CAP: usize = 320;
-
-    /// An empty line.
-    pub const fn new() -> Log {
-        Log {
-            buf: [0; Log::CAP],
-            len: 0,
-        }
-    }
-
-    /// Appends text.
-    pub fn s(&mut self, text: &str) -> &mut Log {
-        for &b in text.as_bytes() {
-            if let Some(slot) = self.buf.get_mut(self.len) {
-                *slot = b;
-                self.len += 1;
-            }
-        }
-        self
-    }
-
-    /// Appends an unsigned number in decimal.
-    pub fn u(&mut self, mut v: u32) -> &mut Log {
-        let mut digits = [0u8; 10];
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (v % 10) as u8;
-            n += 1;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        while n > 0 {
-            n -= 1;
-            let d = [digits[n]];
-            self.s(core::str::from_utf8(&d).unwrap_or("?"));
-        }
-        self
-    }
-
-    /// Appends a signed number in decimal.
-    pub fn i(&mut self, v: i32) -> &mut Log {
-        if v < 0 {
-            self.s("-");
-        }
-        self.u(v.unsigned_abs())
-    }
-
-    /// Appends `0x` and 8 hex digits.
-    pub fn x(&mut self, v: u32) -> &mut Log {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        self.s("0x");
-        for k in (0..8).rev() {
-            let d = [HEX[((v >> (4 * k)) & 0xF) as usize]];
-            self.s(core::str::from_utf8(&d).unwrap_or("?"));
-        }
-        self
-    }
-
-    /// Appends `v` with 3 decimals (`|v|` below 4e6; otherwise `?`).
-    pub fn f3(&mut self, v: f32) -> &mut Log {
+impl defmt::Format for Fixed3 {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        let v = self.0;
         if !v.is_finite() || v.abs() >= 4.0e6 {
-            return self.s("?");
-        }
-        if v < 0.0 {
-            self.s("-");
+            defmt::write!(f, "?");
+            return;
         }
         let milli = (v.abs() * 1000.0 + 0.5) as u32;
-        self.u(milli / 1000).s(".");
-        let frac = milli % 1000;
-        if frac < 100 {
-            self.s("0");
-        }
-        if frac < 10 {
-            self.s("0");
-        }
-        self.u(frac)
+        let sign = if v < 0.0 { "-" } else { "" };
+        defmt::write!(
+            f,
+            "{=str}{=u32}.{=u32:03}",
+            sign,
+            milli / 1000,
+            milli % 1000
+        );
     }
-
-    /// Writes the line (with a newline) to semihosting stdout and empties it.
-    pub fn emit(&mut self) {
-        self.s("\n");
-        if let Ok(mut out) = cortex_m_semihosting::hio::hstdout() {
-            let _ = out.write_all(&self.buf[..self.len]);
-        }
-        self.len = 0;
-    }
-}
-
-/// Logs one line of text.
-pub fn log(text: &str) {
-    Log::new().s(text).emit();
 }
 
 /// On a panic (a bug: the device path returns typed errors instead), logs where it
-/// happened and exits with status 1.
+/// happened (defmt, `error` level) and exits with status 1. A panic while logging it (the
+/// logger refuses reentry by panicking) exits without a second attempt.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let mut l = Log::new();
-    l.s("panic");
-    if let Some(at) = info.location() {
-        l.s(" at ").s(at.file()).s(":").u(at.line());
+    use core::sync::atomic::{AtomicBool, Ordering};
+    // Load and store: the Cortex-M0 has no atomic swap (single core; a panic does not
+    // race with itself).
+    static PANICKED: AtomicBool = AtomicBool::new(false);
+    if !PANICKED.load(Ordering::Relaxed) {
+        PANICKED.store(true, Ordering::Relaxed);
+        match info.location() {
+            Some(at) => defmt::error!("panic at {=str}:{=u32}", at.file(), at.line()),
+            None => defmt::error!("panic"),
+        }
     }
-    l.emit();
+    exit(false)
+}
+
+/// defmt's own panics (`defmt::panic!`, `unwrap!`, `assert!`, ...) have logged their
+/// message and location already: exit with status 1.
+#[defmt::panic_handler]
+fn defmt_panic() -> ! {
     exit(false)
 }

@@ -1,6 +1,6 @@
 //! The real firmware under qemu: `hvae validate` against `cluster` on both boards
-//! (Cortex-M4F mps2-an386, Cortex-M0 microbit), a device that dies mid-stream, and
-//! `hvae device-train` against `learn`.
+//! (Cortex-M4F mps2-an386, Cortex-M0 microbit), a device that dies mid-stream,
+//! `hvae device-train` against `learn`, and the firmware's log (defmt frames, decoded).
 //!
 //! These need `qemu-system-arm` and the firmware's targets. Without them each test
 //! prints a loud SKIPPED note and returns; with the `CI` environment variable set they
@@ -63,7 +63,17 @@ fn validate_cluster(machine: Machine, rows: Option<usize>) {
     let model_path = compiled_model();
     let model = model_io::load(&model_path).unwrap();
     let data = data::load(&common::digits_path()).unwrap();
-    let (_q, mut dev) = start(&elf, machine);
+    let (q, mut dev) = start(&elf, machine);
+    // The boot line of the firmware's log (defmt), as the qemu runner keeps it: decoded.
+    let boot = format!(
+        "INFO  cluster: compiled-in weights, CRC {:#010x}; serving on UART0",
+        model.crc
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !q.output().contains(&boot) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(q.output().contains(&boot), "{}", q.output());
     let t = Instant::now();
     let r = validate_on(
         &mut dev,
@@ -280,4 +290,80 @@ fn validate_command_prints_json() {
     assert_eq!(v["device"], "qemu mps2-an386");
     assert!(v["mu"]["max_abs_err"].as_f64().unwrap() <= 1e-5);
     assert_eq!(v["labels"]["agreement"], 1.0);
+}
+
+/// The firmware logs with defmt: qemu's raw stdout carries frames (indices of format
+/// strings kept in the ELF, and arguments), not the text, and `device::defmt_log` decodes
+/// them to the text.
+#[test]
+fn firmware_log_is_defmt_and_decodes() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let machine = Machine::Microbit;
+    let Some(elf) = firmware("cluster", machine) else {
+        return;
+    };
+    let elf_bytes = std::fs::read(&elf).unwrap();
+    let crc = model_io::load(&compiled_model()).unwrap().crc;
+    let boot = format!("INFO  cluster: compiled-in weights, CRC {crc:#010x}; serving on UART0");
+    // qemu as run-tests.sh and the runner start it, the UART disconnected: stdout is the log.
+    let mut qemu = Command::new("qemu-system-arm")
+        .args(["-machine", machine.name(), "-cpu", machine.cpu()])
+        .args(["-display", "none", "-monitor", "none", "-serial", "null"])
+        .args(["-icount", "shift=0"])
+        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
+        .arg(&elf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = qemu.stdout.take().unwrap();
+    let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let raw = std::sync::Arc::clone(&raw);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                raw.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let decode = |bytes: &[u8]| {
+        let mut lines = Vec::new();
+        hvae_host::device::defmt_log::decode(&elf_bytes, bytes, |l| lines.push(l.to_string()))
+            .unwrap();
+        lines
+    };
+    // `cluster` logs one line at boot, then serves forever.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        lines = decode(&raw.lock().unwrap());
+        if !lines.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    reader.join().unwrap();
+    let raw = raw.lock().unwrap().clone();
+    println!(
+        "{} bytes of defmt frames: {:02x?} -> {lines:?}",
+        raw.len(),
+        &raw[..]
+    );
+    assert_eq!(lines, [boot], "{raw:02x?}");
+    // The frame holds the format string's index and the CRC, not the text.
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        !text.contains("cluster:") && !text.contains("serving on UART0"),
+        "{text}"
+    );
+    assert!(
+        raw.len() < 16,
+        "{} bytes for one line with one u32",
+        raw.len()
+    );
 }

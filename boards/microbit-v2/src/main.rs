@@ -2,11 +2,12 @@
 //! (through the `lsm303agr` embedded-hal driver), cut the stream into windows, turn each
 //! window into features ([`features`]) and let a compiled-in hvae model ([`model`],
 //! exported by `hvae export --format rust`) say which cluster it belongs to and how novel
-//! it is. The log goes over RTT (`probe-rs run --chip nRF52833_xxAA <elf>` shows it):
+//! it is. The log is defmt over RTT (`probe-rs run --chip nRF52833_xxAA <elf>` decodes and
+//! shows it):
 //!
 //! ```text
-//! window 17: cluster 3 (walking) p = 0.98, novelty 0.041
-//! window 18: cluster 0 (shaking) p = 0.91, novelty 0.312 NOVEL
+//! INFO  window 17: cluster 3 (walking) p = 0.98, novelty 0.041
+//! INFO  window 18: cluster 0 (shaking) p = 0.91, novelty 0.312 NOVEL
 //! ```
 //!
 //! The model (12 features -> 16 -> S^2, K = 4) was trained on synthetic windows of four
@@ -29,8 +30,9 @@ use lsm303agr::{AccelMode, AccelOutputDataRate, Lsm303agr};
 use microbit::hal::twim::{self, Twim};
 use microbit::hal::Timer;
 use microbit::Board;
-use panic_rtt_target as _;
-use rtt_target::{rprintln, rtt_init_print};
+// The global logger (defmt over RTT) and the panic handler (message through defmt).
+use defmt_rtt as _;
+use panic_probe as _;
 
 // The exported model must take this crate's features.
 const _: () = assert!(model::SHAPE.input == FEATURES);
@@ -46,15 +48,36 @@ const NOVELTY_FLAG: f32 = 0.25;
 
 /// Stops with a message when the board cannot start (no sensor, peripherals taken).
 fn halt(why: &str) -> ! {
-    rprintln!("halted: {}", why);
+    defmt::error!("halted: {=str}", why);
     loop {
         cortex_m::asm::wfi();
     }
 }
 
+/// A probability or a novelty in the log with `digits` (2 or 3) decimals: defmt formats
+/// on the host, where an `f32` argument would print with all its digits.
+struct Fixed(f32, u8);
+
+impl defmt::Format for Fixed {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        let Fixed(v, digits) = *self;
+        if !v.is_finite() || v.abs() >= 1.0e6 {
+            defmt::write!(f, "{=f32}", v);
+            return;
+        }
+        let sign = if v < 0.0 { "-" } else { "" };
+        if digits == 2 {
+            let n = (v.abs() * 100.0 + 0.5) as u32;
+            defmt::write!(f, "{=str}{=u32}.{=u32:02}", sign, n / 100, n % 100);
+        } else {
+            let n = (v.abs() * 1000.0 + 0.5) as u32;
+            defmt::write!(f, "{=str}{=u32}.{=u32:03}", sign, n / 1000, n % 1000);
+        }
+    }
+}
+
 #[entry]
 fn main() -> ! {
-    rtt_init_print!();
     let Some(board) = Board::take() else {
         halt("peripherals already taken")
     };
@@ -85,8 +108,8 @@ fn main() -> ! {
         Ok(m) => m,
         Err(_) => halt("the compiled-in model is invalid"),
     };
-    rprintln!(
-        "hvae on micro:bit v2: model CRC {:#010x}, {} features -> S^{}, K = {}",
+    defmt::info!(
+        "hvae on micro:bit v2: model CRC {=u32:#010x}, {=usize} features -> S^{=usize}, K = {=usize}",
         model::BLOB_CRC,
         FEATURES,
         model::SHAPE.latent - 1,
@@ -104,13 +127,13 @@ fn main() -> ! {
                 continue;
             }
             Err(_) => {
-                rprintln!("accelerometer status read failed; retrying");
+                defmt::warn!("accelerometer status read failed; retrying");
                 embedded_hal::delay::DelayNs::delay_ms(&mut timer, 20);
                 continue;
             }
         }
         let Ok(acc) = sensor.acceleration() else {
-            rprintln!("accelerometer read failed; retrying");
+            defmt::warn!("accelerometer read failed; retrying");
             continue;
         };
         let (x, y, z) = acc.xyz_mg();
@@ -122,17 +145,17 @@ fn main() -> ! {
         match model.segment(&f, &mut work) {
             Ok(seg) => {
                 let novelty = seg.novelty();
-                rprintln!(
-                    "window {}: cluster {} ({}) p = {:.2}, novelty {:.3}{}",
+                defmt::info!(
+                    "window {=u32}: cluster {=usize} ({=str}) p = {}, novelty {}{=str}",
                     count,
                     seg.label,
                     CLUSTER_NAMES.get(seg.label).copied().unwrap_or("?"),
-                    seg.probs[seg.label],
-                    novelty,
+                    Fixed(seg.probs[seg.label], 2),
+                    Fixed(novelty, 3),
                     if novelty > NOVELTY_FLAG { " NOVEL" } else { "" }
                 );
             }
-            Err(e) => rprintln!("window {}: not clustered: {:?}", count, e),
+            Err(e) => defmt::warn!("window {=u32}: not clustered: {}", count, e),
         }
     }
 }

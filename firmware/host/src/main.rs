@@ -10,13 +10,23 @@
 //!     starts `cluster` under qemu, talks the protocol to it over the emulated UART and
 //!     checks every answer (results against the core on the host, typed errors for bad
 //!     input and bad frames, weight loading all or nothing, reading weights back), then
-//!     checks the device's own flash/RAM/stack report against the budgets
+//!     checks the device's own flash/RAM/stack report against the budgets (the firmware's
+//!     log, decoded, is printed among the checks)
+//! hvae-firmware-host run ELF --machine mps2-an386|microbit [--serial SPEC]
+//!     runs the program under qemu (`-icount shift=0`, semihosting; the UART on `SPEC`,
+//!     default `null`) and prints its defmt log decoded, one line per message; the exit
+//!     status is qemu's, i.e. the program's semihosting exit status
+//! hvae-firmware-host decode ELF [LOG]
+//!     decodes a raw defmt log (a file, or stdin) with the ELF's format strings
 //! ```
-//! Exit status 0 when everything checked out, 1 otherwise (with the reason on stderr).
+//! Exit status 0 when everything checked out, 1 otherwise (with the reason on stderr);
+//! `run`: the program's.
 
+mod defmt_log;
 mod elf;
 mod golden;
 mod probe;
+mod run;
 
 use std::process::ExitCode;
 
@@ -26,7 +36,15 @@ fn main() -> ExitCode {
         Some("golden") => golden::run(&args[1..]),
         Some("size") => elf::run(&args[1..]),
         Some("probe") => probe::run(&args[1..]),
-        _ => Err("usage: hvae-firmware-host golden|size|probe ... (see the source's docs)".into()),
+        Some("decode") => run::decode(&args[1..]),
+        Some("run") => match run::run(&args[1..]) {
+            Ok(status) => return status,
+            Err(e) => Err(e),
+        },
+        _ => Err(
+            "usage: hvae-firmware-host golden|size|probe|run|decode ... (see the source's docs)"
+                .into(),
+        ),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,9 +2,9 @@
 //! the protocol conformance test of the `cluster` firmware under qemu.
 //!
 //! qemu is started with the board's UART0 on a TCP socket this program listens on
-//! (`-serial tcp:127.0.0.1:PORT`); semihosting output (the firmware's log) goes to
-//! qemu's stdout, which is inherited. Every check prints one line; the first failure
-//! ends the run with its reason.
+//! (`-serial tcp:127.0.0.1:PORT`); semihosting output (the firmware's defmt log) goes to
+//! qemu's stdout, which this program decodes (`crate::defmt_log`) and prints among the
+//! checks. Every check prints one line; the first failure ends the run with its reason.
 
 use hvae::model::Model;
 use hvae::protocol::{
@@ -21,12 +21,18 @@ struct Device {
     qemu: Child,
     uart: TcpStream,
     rx: Box<FrameDecoder<MAX_RESPONSE_FRAME>>,
+    /// Prints the firmware's decoded log (qemu's stdout) until qemu ends.
+    log: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Device {
     fn drop(&mut self) {
         let _ = self.qemu.kill();
         let _ = self.qemu.wait();
+        // The rest of the log, before whatever this program prints next.
+        if let Some(t) = self.log.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -37,6 +43,8 @@ impl Device {
             "microbit" => "cortex-m0",
             m => return Err(format!("unknown machine {m} (mps2-an386 or microbit)")),
         };
+        // The ELF's defmt table decodes the log.
+        let bytes = std::fs::read(elf).map_err(|e| format!("{elf}: {e}"))?;
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let mut qemu = Command::new("qemu-system-arm")
@@ -48,8 +56,19 @@ impl Device {
             .args(["-semihosting-config", "enable=on,target=native"])
             .args(["-kernel", elf])
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start qemu-system-arm: {e}"))?;
+        let log = qemu.stdout.take().map(|mut out| {
+            std::thread::spawn(move || {
+                let r = crate::defmt_log::decode(&bytes, &mut out, |l| println!("{l}"));
+                if let Err(e) = r {
+                    eprintln!("the firmware's log cannot be decoded: {e}");
+                    // Read on: qemu must not block on a full pipe.
+                    let _ = std::io::copy(&mut out, &mut std::io::sink());
+                }
+            })
+        });
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(20);
         let uart = loop {
@@ -65,7 +84,10 @@ impl Device {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => {
+                    let _ = qemu.kill();
+                    return Err(e.to_string());
+                }
             }
         };
         uart.set_nonblocking(false).map_err(|e| e.to_string())?;
@@ -76,6 +98,7 @@ impl Device {
             qemu,
             uart,
             rx: Box::new(FrameDecoder::new()),
+            log,
         })
     }
 

@@ -30,7 +30,7 @@ use hvae::model::Model;
 use hvae::optim::{state_len, OptimKind};
 use hvae::trainer::{OnlineTrainer, TrainConfig};
 use hvae::{Scope, Shape};
-use hvae_firmware::rt::{self, Counter, Log};
+use hvae_firmware::rt::{self, Counter, Fixed3};
 use hvae_firmware::weights::{generated, COMPILED, SHAPE};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -280,37 +280,39 @@ fn with_ram<R>(f: impl FnOnce() -> R) -> (R, usize) {
 #[entry]
 fn main() -> ! {
     let Some(cp) = cortex_m::Peripherals::take() else {
-        rt::log("bench: no core peripherals");
+        defmt::println!("bench: no core peripherals");
         rt::exit(false)
     };
     let mut counter = Counter::new(cp.SYST, PER_TICK);
     let mut ok = true;
-    let mut check = |pass: bool, l: &mut Log| {
-        l.s(if pass { "  ok" } else { "  OVER BUDGET" }).emit();
+    // The end of a result line: "  ok" or "  OVER BUDGET".
+    let mut check = |pass: bool| {
         ok &= pass;
+        if pass {
+            "  ok"
+        } else {
+            "  OVER BUDGET"
+        }
     };
 
     let macs = infer_macs(&SHAPE) as u64;
     let infer = inference(&mut counter).unwrap_or(0);
     let per_mac = ratio(infer, macs);
-    let mut l = Log::new();
-    l.s("encode+segment: ")
-        .u(infer as u32)
-        .s(" instructions, ")
-        .u(macs as u32)
-        .s(" MACs: ")
-        .f3(per_mac)
-        .s(" instr/MAC (budget ")
-        .f3(BUDGET_INSTR_PER_MAC)
-        .s(")");
-    check(infer > 0 && per_mac <= BUDGET_INSTR_PER_MAC, &mut l);
+    let status = check(infer > 0 && per_mac <= BUDGET_INSTR_PER_MAC);
+    defmt::println!(
+        "encode+segment: {=u32} instructions, {=u32} MACs: {} instr/MAC (budget {}){=str}",
+        infer as u32,
+        macs as u32,
+        Fixed3(per_mac),
+        Fixed3(BUDGET_INSTR_PER_MAC),
+        status
+    );
 
     let fwd = forward(&mut counter).unwrap_or(0);
-    Log::new()
-        .s("forward pass (encoder + decoder + posterior draw): ")
-        .u(fwd as u32)
-        .s(" instructions")
-        .emit();
+    defmt::println!(
+        "forward pass (encoder + decoder + posterior draw): {=u32} instructions",
+        fwd as u32
+    );
 
     let mut report = |name: &str,
                       t: Train,
@@ -320,40 +322,53 @@ fn main() -> ! {
                       ram_budget: Option<usize>| {
         let per_row = t.joint / rows;
         let r = ratio(per_row, fwd);
-        Log::new()
-            .s(name)
-            .s(": warm-up step ")
-            .u(t.warm as u32)
-            .s(", first joint step ")
-            .u(t.init as u32)
-            .s(", joint step ")
-            .u(t.joint as u32)
-            .s(" instructions = ")
-            .u(per_row as u32)
-            .s(" per row (")
-            .u(rows as u32)
-            .s(" rows) = ")
-            .f3(r)
-            .s("x the forward pass; failed steps ")
-            .u(t.failed)
-            .emit();
-        let mut l = Log::new();
-        l.s("    RAM ")
-            .u(ram as u32)
-            .s(" B (trainer state ")
-            .u(t.state as u32)
-            .s(" B + stack)");
-        if let Some(b) = ram_budget {
-            l.s(", budget ").u(b as u32);
-        }
-        if let Some(b) = ratio_budget {
-            l.s("; step budget ").f3(b).s("x");
-        }
+        defmt::println!(
+            "{=str}: warm-up step {=u32}, first joint step {=u32}, joint step {=u32} instructions = {=u32} per row ({=u32} rows) = {}x the forward pass; failed steps {=u32}",
+            name,
+            t.warm as u32,
+            t.init as u32,
+            t.joint as u32,
+            per_row as u32,
+            rows as u32,
+            Fixed3(r),
+            t.failed
+        );
         let pass = t.failed == 0
             && t.joint > 0
             && ratio_budget.is_none_or(|b| r <= b)
             && ram_budget.is_none_or(|b| ram <= b);
-        check(pass, &mut l);
+        let status = check(pass);
+        let (ram, state) = (ram as u32, t.state as u32);
+        match (ram_budget, ratio_budget) {
+            (Some(b), Some(s)) => defmt::println!(
+                "    RAM {=u32} B (trainer state {=u32} B + stack), budget {=u32}; step budget {}x{=str}",
+                ram,
+                state,
+                b as u32,
+                Fixed3(s),
+                status
+            ),
+            (Some(b), None) => defmt::println!(
+                "    RAM {=u32} B (trainer state {=u32} B + stack), budget {=u32}{=str}",
+                ram,
+                state,
+                b as u32,
+                status
+            ),
+            (None, Some(s)) => defmt::println!(
+                "    RAM {=u32} B (trainer state {=u32} B + stack); step budget {}x{=str}",
+                ram,
+                state,
+                Fixed3(s),
+                status
+            ),
+            (None, None) => defmt::println!(
+                "    RAM {=u32} B (trainer state {=u32} B + stack){=str}",
+                ram,
+                state,
+                status
+            ),
+        }
         (per_row, r)
     };
 
@@ -395,32 +410,22 @@ fn main() -> ! {
     );
 
     // One line for scripts.
-    Log::new()
-        .s("HVAE_BENCH infer_instr=")
-        .u(infer as u32)
-        .s(" macs=")
-        .u(macs as u32)
-        .s(" instr_per_mac=")
-        .f3(per_mac)
-        .s(" forward_instr=")
-        .u(fwd as u32)
-        .s(" full_step_per_row=")
-        .u(full_row as u32)
-        .s(" full_ratio=")
-        .f3(full_ratio)
-        .s(" full_ram=")
-        .u(full_ram as u32)
-        .s(" encseg_ram=")
-        .u(es_ram as u32)
-        .s(" segonly_trainer_ram=")
-        .u(so_ram as u32)
-        .s(" segonly_adapter_ram=")
-        .u(ad_ram as u32)
-        .emit();
-    rt::log(if ok {
-        "bench: within budget"
-    } else {
-        "bench: OVER BUDGET"
-    });
+    defmt::println!(
+        "HVAE_BENCH infer_instr={=u32} macs={=u32} instr_per_mac={} forward_instr={=u32} full_step_per_row={=u32} full_ratio={} full_ram={=u32} encseg_ram={=u32} segonly_trainer_ram={=u32} segonly_adapter_ram={=u32}",
+        infer as u32,
+        macs as u32,
+        Fixed3(per_mac),
+        fwd as u32,
+        full_row as u32,
+        Fixed3(full_ratio),
+        full_ram as u32,
+        es_ram as u32,
+        so_ram as u32,
+        ad_ram as u32
+    );
+    defmt::println!(
+        "bench: {=str}",
+        if ok { "within budget" } else { "OVER BUDGET" }
+    );
     rt::exit(ok)
 }

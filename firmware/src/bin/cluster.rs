@@ -3,13 +3,13 @@
 //!
 //! Boot: paint the stack (for the peak reported in `Info`), pick the weights (the
 //! newest valid flash slot, else the compiled-in model, whose CRC is checked), then
-//! serve. Logs go to semihosting (qemu's stdout), never to the UART.
+//! serve. Logs (defmt) go to semihosting (qemu's stdout), never to the UART.
 #![no_std]
 #![no_main]
 
 use cortex_m_rt::entry;
 use hvae_firmware::board::{Flash, Uart};
-use hvae_firmware::rt::{self, Log};
+use hvae_firmware::rt;
 use hvae_firmware::service::Service;
 use hvae_firmware::weights::{self, Source};
 
@@ -19,25 +19,22 @@ fn main() -> ! {
     let active = match weights::boot() {
         Ok(a) => a,
         Err(why) => {
-            Log::new().s("cluster: ").s(why).emit();
+            defmt::error!("cluster: {=str}", why);
             rt::exit(false)
         }
     };
-    let mut log = Log::new();
-    log.s("cluster: ");
     match active.source {
-        Source::Compiled => log.s("compiled-in weights"),
-        Source::Slot { index, seq } => log
-            .s("weights from slot ")
-            .u(index as u32)
-            .s(" (write ")
-            .u(seq)
-            .s(")"),
-    };
-    log.s(", CRC ")
-        .x(active.blob_crc)
-        .s("; serving on UART0")
-        .emit();
+        Source::Compiled => defmt::info!(
+            "cluster: compiled-in weights, CRC {=u32:#010x}; serving on UART0",
+            active.blob_crc
+        ),
+        Source::Slot { index, seq } => defmt::info!(
+            "cluster: weights from slot {=usize} (write {=u32}), CRC {=u32:#010x}; serving on UART0",
+            index,
+            seq,
+            active.blob_crc
+        ),
+    }
     let mut uart = Uart::new();
     let mut service = Service::new(active, Flash::new());
     service.serve(&mut uart, rt::resources)

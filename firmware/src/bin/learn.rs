@@ -28,7 +28,7 @@ use hvae::protocol::FrameDecoder;
 use hvae::protocol::{max_request_frame, Response, MAX_SAMPLE};
 use hvae_firmware::board::Serial;
 use hvae_firmware::board::{Flash, FlashRegion, Uart};
-use hvae_firmware::rt::{self, Log};
+use hvae_firmware::rt;
 use hvae_firmware::service::send;
 use hvae_firmware::weights::{generated, SHAPE};
 use learn::{checkpoint_slot_len, optim_len, scratch_len, Learner, Store};
@@ -91,10 +91,8 @@ fn main() -> ! {
     let crc = learn::blob_crc(&SHAPE, params);
     let model = match Model::new(SHAPE, params) {
         Ok(m) => m,
-        Err(_) => {
-            Log::new()
-                .s("learn: the compiled-in weights are not a model")
-                .emit();
+        Err(e) => {
+            defmt::error!("learn: the compiled-in weights are not a model: {}", e);
             rt::exit(false)
         }
     };
@@ -103,32 +101,39 @@ fn main() -> ! {
     let checkpoints =
         Checkpoints::new(FlashRegion::checkpoints(Flash::new()), 0, CKPT_SLOT as u32).ok();
     if checkpoints.is_none() {
-        Log::new()
-            .s("learn: no room for checkpoints in memory.x's CKPT")
-            .emit();
+        defmt::warn!("learn: no room for checkpoints in memory.x's CKPT");
     }
     let board = Board { checkpoints };
     let mut learner: Learner<{ SHAPE.input }, WORK_LEN, &'static mut [f32], Board> =
         match Learner::new(model, crc, board, RX_FRAME) {
             Ok(l) => l,
-            Err(_) => {
-                Log::new().s("learn: the engine refuses the model").emit();
+            Err(e) => {
+                defmt::error!("learn: the engine refuses the model: {}", e);
                 rt::exit(false)
             }
         };
-    let mut log = Log::new();
-    log.s("learn: ");
-    match learner.restore() {
-        Ok(Some(seq)) => log.s("weights of checkpoint ").u(seq),
-        Ok(None) => log.s("compiled-in weights"),
-        Err(_) => log.s("checkpoint unreadable, compiled-in weights"),
-    };
-    log.s(", CRC ")
-        .x(learner.crc())
-        .s(", ")
-        .u(SCRATCH_LEN as u32 * 4 + OPTIM_LEN as u32 * 4 + PARAM_LEN as u32 * 4)
-        .s(" bytes of training buffers; serving on UART0")
-        .emit();
+    let buffers = 4 * (SCRATCH_LEN + OPTIM_LEN + PARAM_LEN);
+    let restored = learner.restore();
+    let crc = learner.crc();
+    match restored {
+        Ok(Some(seq)) => defmt::info!(
+            "learn: weights of checkpoint {=u32}, CRC {=u32:#010x}, {=usize} bytes of training buffers; serving on UART0",
+            seq,
+            crc,
+            buffers
+        ),
+        Ok(None) => defmt::info!(
+            "learn: compiled-in weights, CRC {=u32:#010x}, {=usize} bytes of training buffers; serving on UART0",
+            crc,
+            buffers
+        ),
+        Err(e) => defmt::warn!(
+            "learn: checkpoint unreadable ({}), compiled-in weights, CRC {=u32:#010x}, {=usize} bytes of training buffers; serving on UART0",
+            e,
+            crc,
+            buffers
+        ),
+    }
     let mut uart = Uart::new();
     let mut rx = FrameDecoder::<RX_FRAME>::new();
     loop {

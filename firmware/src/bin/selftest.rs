@@ -1,5 +1,5 @@
-//! On-target tests: run on the device (under qemu), log one line per check through
-//! semihosting, and exit with status 0 only if every check passed.
+//! On-target tests: run on the device (under qemu), log one line per check (defmt
+//! `println!` through semihosting), and exit with status 0 only if every check passed.
 //!
 //! 1. Weights at boot: the compiled-in weights pass their CRC; one changed value fails it.
 //! 2. Golden outputs: `segment` and `encode` of 16 digits rows equal the outputs the core
@@ -22,7 +22,7 @@ use hvae::model::InferError;
 use hvae::protocol::borrowed::RequestRef;
 use hvae::protocol::{ErrorCode, Response, MAX_CHUNK};
 use hvae_firmware::board::Flash;
-use hvae_firmware::rt::{self, Log};
+use hvae_firmware::rt;
 use hvae_firmware::service::{Resources, Service};
 use hvae_firmware::weights::{self, generated, Source, BLOB_CRC, COMPILED, HEADER, SHAPE};
 
@@ -47,10 +47,10 @@ impl Checks {
     fn check(&mut self, ok: bool, what: &str) {
         if ok {
             self.passed += 1;
-            Log::new().s("  ok   ").s(what).emit();
+            defmt::println!("  ok   {=str}", what);
         } else {
             self.failed += 1;
-            Log::new().s("  FAIL ").s(what).emit();
+            defmt::println!("  FAIL {=str}", what);
         }
     }
 }
@@ -62,34 +62,31 @@ fn main() -> ! {
         failed: 0,
         passed: 0,
     };
-    rt::log("selftest: weights at boot");
+    defmt::println!("selftest: weights at boot");
     boot_crc(&mut c);
-    rt::log("selftest: golden outputs");
+    defmt::println!("selftest: golden outputs");
     golden_outputs(&mut c);
-    rt::log("selftest: bad input");
+    defmt::println!("selftest: bad input");
     bad_input(&mut c);
-    rt::log("selftest: frames and requests");
+    defmt::println!("selftest: frames and requests");
     // The comparison with the core's serde decoder needs about 15 KiB of stack (the
-    // decoder alone takes 7 KiB, see `hvae::protocol::borrowed`): more than the micro:bit's 16 KiB RAM
-    // leaves. The parser is target-independent code (both targets are 32-bit, which
+    // decoder alone takes 7 KiB, see `hvae::protocol::borrowed`): more than the
+    // micro:bit's 16 KiB RAM leaves. The parser is target-independent code (both targets are 32-bit, which
     // is what postcard's length encoding depends on), checked on the M4F.
     #[cfg(board = "mps2_an386")]
     frames::frames(&mut c);
     #[cfg(board = "microbit")]
-    rt::log("  skipped on the micro:bit (stack); run on mps2-an386");
-    rt::log("selftest: weight slots");
+    defmt::println!("  skipped on the micro:bit (stack); run on mps2-an386");
+    defmt::println!("selftest: weight slots");
     slots(&mut c);
-    rt::log("selftest: checkpoint region (embedded-storage NorFlash)");
+    defmt::println!("selftest: checkpoint region (embedded-storage NorFlash)");
     nor_flash(&mut c);
-    Log::new()
-        .s("selftest: ")
-        .u(c.passed)
-        .s(" passed, ")
-        .u(c.failed)
-        .s(" failed; peak stack ")
-        .u(rt::stack_peak() as u32)
-        .s(" B")
-        .emit();
+    defmt::println!(
+        "selftest: {=u32} passed, {=u32} failed; peak stack {=usize} B",
+        c.passed,
+        c.failed,
+        rt::stack_peak()
+    );
     rt::exit(c.failed == 0)
 }
 
@@ -162,13 +159,7 @@ fn golden_outputs(c: &mut Checks) {
         near,
         "segment: probs, mu, cosine, kappa within 1e-6 of the host's",
     );
-    Log::new()
-        .s("       ")
-        .u(exact)
-        .s(" of ")
-        .u(total)
-        .s(" values bit-identical")
-        .emit();
+    defmt::println!("       {=u32} of {=u32} values bit-identical", exact, total);
     let mut ok = true;
     for i in 0..golden::N_GOLDEN {
         match model.encode(&golden::SAMPLES[i], &mut work) {
@@ -357,7 +348,7 @@ fn slots(c: &mut Checks) {
 /// The parser against the core's decoder (mps2-an386 only, see `main`).
 #[cfg(board = "mps2_an386")]
 mod frames {
-    use super::{Checks, Log};
+    use super::Checks;
     use hvae::protocol::{borrowed, FrameDecoder};
     use hvae::protocol::{
         decode, encode, ErrorCode, FrameError, Request, Response, TrainOptimiser, TrainScope,
@@ -467,13 +458,11 @@ mod frames {
             return answers == 0;
         }
         if answers != 1 {
-            Log::new()
-                .s("       the receiver gave ")
-                .u(answers)
-                .s(" answers to one frame of ")
-                .u(n as u32)
-                .s(" bytes")
-                .emit();
+            defmt::println!(
+                "       the receiver gave {=u32} answers to one frame of {=usize} bytes",
+                answers,
+                n
+            );
             return false;
         }
         let core = decode::<Request>(&mut frame[..n]);
@@ -490,22 +479,14 @@ mod frames {
                     SHOWN
                 };
                 if shown <= 3 {
-                    let mut l = Log::new();
-                    l.s("       differ on");
-                    for b in body.iter().take(12) {
-                        l.s(" ").u(u32::from(*b));
-                    }
-                    l.s(" (").u(body.len() as u32).s(" bytes): core ");
-                    match core {
-                        Ok(_) => l.s("Ok"),
-                        Err(e) => l.s(frame_error_name(*e)),
-                    };
-                    l.s(", parse ");
-                    match mine {
-                        Ok(_) => l.s("Ok"),
-                        Err(e) => l.s(frame_error_name(e)),
-                    };
-                    l.emit();
+                    let head = &body[..body.len().min(12)];
+                    defmt::println!(
+                        "       differ on {=[u8]} ({=usize} bytes): core {}, parse {}",
+                        head,
+                        body.len(),
+                        core.as_ref().map(|_| ()),
+                        mine.map(|_| ())
+                    );
                 }
                 false
             }
@@ -517,17 +498,6 @@ mod frames {
         match (encode(a, &mut ea), encode(b, &mut eb)) {
             (Ok(x), Ok(y)) => x == y,
             _ => false,
-        }
-    }
-
-    fn frame_error_name(e: FrameError) -> &'static str {
-        match e {
-            FrameError::Oversized => "Oversized",
-            FrameError::BadEncoding => "BadEncoding",
-            FrameError::Truncated => "Truncated",
-            FrameError::Malformed => "Malformed",
-            FrameError::TrailingBytes => "TrailingBytes",
-            FrameError::BufferFull => "BufferFull",
         }
     }
 
@@ -586,13 +556,11 @@ mod frames {
             ok_mutated,
             "parse and the core decoder agree on 3200 truncated/corrupted requests",
         );
-        Log::new()
-            .s("       ")
-            .u(errors)
-            .s(" of ")
-            .u(cases)
-            .s(" mutated requests were errors")
-            .emit();
+        defmt::println!(
+            "       {=u32} of {=u32} mutated requests were errors",
+            errors,
+            cases
+        );
         // Hand-made edge cases: overlong varints, bad bool/option tags, over-capacity vectors.
         let edge: [&[u8]; 10] = [
             &[0x80, 0x80, 0x80, 0x80, 0x00],       // variant 0 in 5 bytes: fine

@@ -5,11 +5,16 @@
 //! | [`link`] | a byte stream with receive timeouts (reader thread + channel) |
 //! | [`client`] | requests and responses: framing, re-sync, weights in chunks and pages, faults as one-line errors |
 //! | [`qemu`] | build the firmware, start qemu with its UART on a local socket |
+//! | [`defmt_log`] | the firmware's defmt log as text lines |
 //! | [`serial`] | a serial port |
 //! | [`sim`] | a simulated device in a thread, with injectable faults (tests) |
 //! | [`learn`], [`learn_host`] | the firmware's `learn` engine, run on the host |
 
 pub mod client;
+// The firmware's log (defmt frames on qemu's stdout) as text, from the firmware host
+// tool's own source (one decoder for both): the error messages of `qemu`.
+#[path = "../../../firmware/host/src/defmt_log.rs"]
+pub mod defmt_log;
 // The firmware's `learn` engine, compiled for the host from the firmware's own source
 // (one implementation): the reference run of `hvae device-train` and the simulated
 // learning device of the tests. (A `//` comment: with an outer doc comment, rustdoc would

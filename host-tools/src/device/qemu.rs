@@ -2,14 +2,16 @@
 //! UART on a local TCP socket, stop it when done.
 //!
 //! The UART is put on a socket rather than on qemu's stdio because stdio carries the
-//! firmware's semihosting output (logs, exit messages), and because `-nographic`
+//! firmware's semihosting output (its defmt log, exit messages), and because `-nographic`
 //! multiplexes the monitor onto stdio, where `0x01` (Ctrl-A) — a byte frames contain —
 //! is an escape. qemu connects to a listener of ours (`-serial tcp:127.0.0.1:PORT`),
 //! so no port is guessed, with `nodelay=on`: qemu writes the UART's bytes one by one, and
 //! with Nagle's algorithm each answer waited for the host's delayed ACK (50 ms a row
-//! instead of 5). qemu's stdout and stderr are kept (the last few KiB) for the
-//! error message when the firmware dies.
+//! instead of 5). qemu's stdout (the firmware's log: defmt frames, decoded with the ELF by
+//! [`super::defmt_log`]) and stderr are kept as text (the last few KiB) for the error
+//! message when the firmware dies.
 
+use super::defmt_log;
 use super::link::Link;
 use std::io::{BufRead, Read};
 use std::net::{TcpListener, TcpStream};
@@ -155,6 +157,9 @@ impl Qemu {
     /// Starts `elf` on `machine`; returns qemu and the link to the firmware's UART.
     /// `extra` arguments are added to qemu's (e.g. `-icount shift=0`).
     pub fn start(elf: &Path, machine: Machine, extra: &[&str]) -> Result<(Qemu, Link), String> {
+        // The log's format strings are in the ELF.
+        let elf_bytes =
+            std::fs::read(elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
         let listener = TcpListener::bind("127.0.0.1:0")
             .map_err(|e| format!("cannot listen on a local port for qemu's UART: {e}"))?;
         let port = listener
@@ -175,19 +180,11 @@ impl Qemu {
             .spawn()
             .map_err(|e| format!("cannot start qemu-system-arm: {e}"))?;
         let output = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        if let Some(pipe) = child.stdout.take() {
+            let output = Arc::clone(&output);
+            std::thread::spawn(move || keep_log(&elf_bytes, pipe, output));
+        }
+        if let Some(pipe) = child.stderr.take() {
             let output = Arc::clone(&output);
             std::thread::spawn(move || keep_tail(pipe, output));
         }
@@ -249,6 +246,15 @@ impl Qemu {
     pub fn describe(&self) -> String {
         describe(&self.child, &self.output)
     }
+
+    /// qemu's output so far, as text (the last few KiB): the firmware's decoded log and
+    /// qemu's own messages.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .map(|o| String::from_utf8_lossy(&o).into_owned())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Qemu {
@@ -260,18 +266,40 @@ impl Drop for Qemu {
     }
 }
 
-fn keep_tail(mut pipe: Box<dyn Read + Send>, out: Arc<Mutex<Vec<u8>>>) {
+/// Keeps the firmware's log (qemu's stdout) decoded, one line per message; if the ELF's
+/// defmt table cannot be read, says so and keeps the raw bytes instead (qemu must never
+/// block on a full pipe).
+fn keep_log(elf: &[u8], mut pipe: impl Read, out: Arc<Mutex<Vec<u8>>>) {
+    // One append per line: qemu's stderr, kept in the same buffer, cannot split it.
+    let decoded = defmt_log::decode(elf, &mut pipe, |line| {
+        append(&out, format!("{line}\n").as_bytes())
+    });
+    if let Err(e) = decoded {
+        append(
+            &out,
+            format!("(the firmware's log cannot be decoded: {e})\n").as_bytes(),
+        );
+        keep_tail(pipe, out);
+    }
+}
+
+fn keep_tail(mut pipe: impl Read, out: Arc<Mutex<Vec<u8>>>) {
     let mut buf = [0u8; 1024];
     while let Ok(n) = pipe.read(&mut buf) {
         if n == 0 {
             return;
         }
-        if let Ok(mut o) = out.lock() {
-            o.extend_from_slice(&buf[..n]);
-            if o.len() > KEEP {
-                let cut = o.len() - KEEP;
-                o.drain(..cut);
-            }
+        append(&out, &buf[..n]);
+    }
+}
+
+/// Appends to the kept output, dropping its oldest bytes past [`KEEP`].
+fn append(out: &Mutex<Vec<u8>>, bytes: &[u8]) {
+    if let Ok(mut o) = out.lock() {
+        o.extend_from_slice(bytes);
+        if o.len() > KEEP {
+            let cut = o.len() - KEEP;
+            o.drain(..cut);
         }
     }
 }
