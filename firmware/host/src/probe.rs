@@ -13,7 +13,7 @@ use hvae::protocol::{
 };
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// A started qemu with its UART connected; killed when dropped.
@@ -38,27 +38,13 @@ impl Drop for Device {
 
 impl Device {
     fn start(elf: &str, machine: &str) -> Result<Device, String> {
-        let cpu = match machine {
-            "mps2-an386" => "cortex-m4",
-            "microbit" => "cortex-m0",
-            m => return Err(format!("unknown machine {m} (mps2-an386 or microbit)")),
-        };
+        let cpu = crate::run::cpu(machine)?;
         // The ELF's defmt table decodes the log.
         let bytes = std::fs::read(elf).map_err(|e| format!("{elf}: {e}"))?;
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        let mut qemu = Command::new("qemu-system-arm")
-            .args([
-                "-cpu", cpu, "-machine", machine, "-display", "none", "-monitor", "none",
-            ])
-            .args(["-serial", &format!("tcp:127.0.0.1:{port}")])
-            .args(["-icount", "shift=0"])
-            .args(["-semihosting-config", "enable=on,target=native"])
-            .args(["-kernel", elf])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start qemu-system-arm: {e}"))?;
+        let serial = format!("tcp:127.0.0.1:{port}");
+        let mut qemu = crate::run::qemu(machine, cpu, &serial, elf)?;
         let log = qemu.stdout.take().map(|mut out| {
             std::thread::spawn(move || {
                 let r = crate::defmt_log::decode(&bytes, &mut out, |l| println!("{l}"));

@@ -7,7 +7,7 @@
 
 use crate::{defmt_log, flag};
 use std::io::Write;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 
 /// The qemu CPU of a machine.
 pub fn cpu(machine: &str) -> Result<&'static str, String> {
@@ -43,6 +43,22 @@ fn print_line(out: &mut impl Write, text: &str) {
     let _ = out.flush();
 }
 
+/// Starts `elf` on `machine` as every program here runs it: UART0 on `serial` (a qemu
+/// `-serial` spec), `-icount shift=0` (one instruction per ns: SysTick counts
+/// instructions), semihosting on (the exit status and the defmt log, on the piped stdout).
+pub fn qemu(machine: &str, cpu: &str, serial: &str, elf: &str) -> Result<Child, String> {
+    Command::new("qemu-system-arm")
+        .args(["-machine", machine, "-cpu", cpu])
+        .args(["-display", "none", "-monitor", "none", "-serial", serial])
+        .args(["-icount", "shift=0"])
+        .args(["-semihosting-config", "enable=on,target=native"])
+        .args(["-kernel", elf])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-arm: {e}"))
+}
+
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let usage = "usage: hvae-firmware-host run ELF --machine mps2-an386|microbit [--serial SPEC]";
     let pos = positional(args, &["--machine", "--serial"])?;
@@ -58,16 +74,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     // tcp:127.0.0.1:PORT`: qemu's stdout carries the log only.
     let serial = flag(args, "--serial").unwrap_or("null");
     let bytes = std::fs::read(elf).map_err(|e| format!("{elf}: {e}"))?;
-    let mut qemu = Command::new("qemu-system-arm")
-        .args(["-machine", machine, "-cpu", cpu])
-        .args(["-display", "none", "-monitor", "none", "-serial", serial])
-        .args(["-icount", "shift=0"])
-        .args(["-semihosting-config", "enable=on,target=native"])
-        .args(["-kernel", elf])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start qemu-system-arm: {e}"))?;
+    let mut qemu = qemu(machine, cpu, serial, elf)?;
     let log = qemu.stdout.take().ok_or("qemu's stdout")?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
