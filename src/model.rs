@@ -539,8 +539,9 @@ impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
     /// Rescales every segmenter centre to unit norm. The segmenter only uses their
     /// directions, so the outputs stay the same (to rounding), and inference on unit
     /// centres needs no square root per centre (about 90 instructions each on a
-    /// Cortex-M4F). `hvae train` and `hvae import` store models so. A zero or
-    /// non-finite centre is an error and nothing is changed. Cost: `2 K M`
+    /// Cortex-M4F). `hvae train` stores its models so (`hvae import` keeps imported
+    /// weights bit for bit). A zero or non-finite centre is an error and nothing is
+    /// changed. Cost: `2 K M`
     /// multiply-adds and at most `K` square roots.
     pub fn normalise_centres(&mut self) -> Result<(), InferError> {
         let (m, k) = (self.shape.latent, self.shape.clusters);

@@ -291,8 +291,8 @@ pub(crate) fn sigmoid<T: Real>(x: T) -> T {
 
 /// `1 / ||v||`, or `None` when the norm is zero or not finite.
 ///
-/// Vectors stored at unit norm skip the square root (`hvae train` and `hvae import`
-/// store the segmenter's centres so; see [`Model::normalise_centres`]): for
+/// Vectors stored at unit norm skip the square root (`hvae train` stores the segmenter's
+/// centres so; see [`Model::normalise_centres`]): for
 /// `s = ||v||² = 1 + e` with `e² <= 2 EPS / 3`, one Newton step from 1, `1 - e/2`, is
 /// within `3e²/8 <= EPS/4` of `1/sqrt(s)`, half an ulp (one ulp after rounding; the
 /// square root and reciprocal round twice, 1.5 ulp), while a software `sqrtf`
