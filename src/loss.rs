@@ -322,7 +322,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     // Sweep 2: recompute each row's encoder, back-propagate everything.
     let so = s.segmenter_offset();
     let seg = model.segmenter_params();
-    let kappa_s = seg[k * m].exp();
+    let kappa_s = seg[k * m].fast_exp();
     for i in 0..bsz {
         let x = &batch.inputs[i * d..(i + 1) * d];
         let enc = model.encode_into(x, work)?;
@@ -426,7 +426,7 @@ pub fn segmenter_loss_and_grad<T: Real>(
         da.fill(T::zero());
     }
     cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
-    let kappa_s = seg[k * m].exp();
+    let kappa_s = seg[k * m].fast_exp();
     let so = s.segmenter_offset();
     for i in 0..bsz {
         let r = &cache[i * row..(i + 1) * row];
