@@ -414,7 +414,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         ),
     {
         let (d, wl) = (self.shape.input, self.at.work.end);
-        if d == 0 || xs.len() % d != 0 {
+        if d == 0 || !xs.len().is_multiple_of(d) {
             return Err(InferError::InputLength);
         }
         if work.len() < wl {

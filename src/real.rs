@@ -91,9 +91,9 @@ impl Real for f64 {
 /// the same bits as the device.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    // Above, e^x overflows; NaN fails the comparison too and is returned as it is.
-    if !(x < 88.722_83) {
-        return if x.is_nan() { x } else { f32::INFINITY };
+    // Above, e^x overflows (`x + inf` is `inf`, and NaN for NaN).
+    if x.is_nan() || x >= 88.722_83 {
+        return x + f32::INFINITY;
     }
     // Below, e^x is not a normal number (`ln(2^-126)`).
     if x < -87.336_54 {
@@ -110,7 +110,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let y = p * z + r + 1.0;
     let ki = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     if ki > 127 {
