@@ -1,6 +1,7 @@
 //! Build configuration of the firmware:
 //!
-//! - the board, from the target: `memory.x` on the linker's search path and
+//! - the board, from the target: `memory.x` (and an empty `device.x`, see
+//!   `rt::__INTERRUPTS`) on the linker's search path and
 //!   `cfg(board = "...")` for the drivers;
 //!   - `thumbv7em-none-eabihf`: Cortex-M4F, qemu `mps2-an386` (`memory-mps2-an386.x`);
 //!   - `thumbv6m-none-eabi`: Cortex-M0, qemu `microbit` (`memory-microbit.x`);
@@ -19,6 +20,9 @@ fn main() {
     };
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::copy(file, out.join("memory.x")).expect("copy memory.x");
+    // cortex-m-rt's `device` feature includes `device.x` (a device crate's interrupt
+    // names); the firmware names none: its handlers are all the default one.
+    fs::write(out.join("device.x"), "/* no device interrupt names */\n").expect("write device.x");
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo::rustc-check-cfg=cfg(board, values(\"mps2_an386\", \"microbit\"))");
     println!("cargo:rustc-cfg=board=\"{board}\"");

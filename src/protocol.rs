@@ -17,18 +17,20 @@
 //!
 //! # Conversation
 //!
-//! Strictly one request, one response, in order. Every request gets exactly one
-//! [`Response`]; a frame the device cannot decode gets a [`Response::Error`] with the
-//! frame error's [`ErrorCode`], and the device keeps serving. A host should therefore
-//! send a request, read one response, and so on (pipelining works too, since the device
-//! answers in order, but a damaged request then shifts nothing: it still gets its one
-//! error response).
+//! Requests are answered in order. Every request gets exactly one [`Response`], except
+//! [`Request::Segment`] and [`Request::Encode`], which carry `n >= 1` samples and get
+//! one response per sample ([`answer`]); a frame the device cannot decode gets one
+//! [`Response::Error`] with the frame error's [`ErrorCode`], and the device keeps
+//! serving. A host should therefore send a request, read its responses, and so on
+//! (pipelining works too, since the device answers in order, but a damaged request then
+//! shifts nothing: it still gets its one error response). How many samples fit a
+//! request: [`max_samples`] of the device's [`DeviceInfo::max_frame`].
 //!
 //! | request | response | notes |
 //! |---|---|---|
 //! | [`Request::Info`] | [`Response::Info`] | versions, sizes, weights CRC, limits |
-//! | [`Request::Segment`] | [`Response::Segmented`] | one sample of `D` raw values |
-//! | [`Request::Encode`] | [`Response::Encoded`] | one sample |
+//! | [`Request::Segment`] | one [`Response::Segmented`] per sample | `n` samples of `D` raw values, one after the other |
+//! | [`Request::Encode`] | one [`Response::Encoded`] per sample | `n` samples |
 //! | [`Request::LoadWeights`] | [`Response::Ack`], then [`Response::Loaded`] on the `last` chunk | the weight blob ([`crate::blob`]) in order, [`MAX_CHUNK`] bytes at a time |
 //! | [`Request::ReadWeights`] | [`Response::Weights`] | values of the flat parameter vector |
 //! | [`Request::Checkpoint`] | [`Response::Checkpointed`] | persist the current weights |
@@ -57,6 +59,7 @@
 //! assert_eq!(got, Some(Ok(Request::Segment { sample })));
 //! ```
 
+pub mod answer;
 pub mod borrowed;
 
 use crate::blob::{self, BlobError};
@@ -66,8 +69,9 @@ use heapless::Vec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Protocol version reported by [`Request::Info`].
-pub const VERSION: u16 = 1;
+/// Protocol version reported by [`Request::Info`]. Version 2: `Segment` and `Encode`
+/// carry one or more samples and get one response per sample.
+pub const VERSION: u16 = 2;
 
 /// Most values in one sample ([`Request::Segment`], [`Request::Encode`]) or one
 /// [`Request::TrainBatch`].
@@ -109,14 +113,16 @@ pub enum Request {
         /// This chunk ends the blob: check it and switch to the new weights.
         last: bool,
     },
-    /// Encode one sample (`D` raw values) and apply the segmenter.
+    /// Encode `n >= 1` samples and apply the segmenter: one [`Response::Segmented`] (or
+    /// [`Response::Error`]) per sample, in order.
     Segment {
-        /// The sample, before normalisation.
+        /// `n * D` raw values (before normalisation), one sample after the other.
         sample: Vec<f32, MAX_SAMPLE>,
     },
-    /// Encode one sample.
+    /// Encode `n >= 1` samples: one [`Response::Encoded`] (or [`Response::Error`]) per
+    /// sample, in order.
     Encode {
-        /// The sample, before normalisation.
+        /// `n * D` raw values, one sample after the other.
         sample: Vec<f32, MAX_SAMPLE>,
     },
     /// `count` values (at most [`MAX_VALUES`]) of the flat parameter vector from index
@@ -267,13 +273,9 @@ pub enum Response {
 impl Response {
     /// The answer to [`Request::Segment`] for one result of [`crate::model::Model::segment`].
     pub fn segmented(s: &Segment<'_, f32>) -> Result<Response, ErrorCode> {
-        Ok(Response::Segmented {
-            label: u8::try_from(s.label).map_err(|_| ErrorCode::Internal)?,
-            probs: Vec::from_slice(s.probs).map_err(|_| ErrorCode::Internal)?,
-            cosine: s.cosine,
-            mu: Vec::from_slice(s.mu).map_err(|_| ErrorCode::Internal)?,
-            kappa: s.kappa,
-        })
+        let mut r = Response::Ack;
+        answer::set_segmented(&mut r, s)?;
+        Ok(r)
     }
 }
 
@@ -690,6 +692,24 @@ pub const fn max_request_frame(sample_values: usize) -> usize {
         m = sample;
     }
     cobs_max_len(m) + 1
+}
+
+/// How many samples of `d` values one [`Request::Segment`] or [`Request::Encode`] frame
+/// carries to a device whose receive buffer is `max_frame` bytes
+/// ([`DeviceInfo::max_frame`]); at most `MAX_SAMPLE / d`, 0 if not even one fits.
+pub const fn max_samples(max_frame: usize, d: usize) -> usize {
+    if d == 0 {
+        return 0;
+    }
+    let mut n = MAX_SAMPLE / d;
+    while n > 0 {
+        let v = n * d;
+        if cobs_max_len(1 + varint_len(v) + 4 * v) + 1 <= max_frame {
+            return n;
+        }
+        n -= 1;
+    }
+    0
 }
 
 /// Longest frame (with its `0x00`) of any [`Response`] of a device with `clusters`

@@ -40,6 +40,7 @@ use embedded_storage::nor_flash::NorFlash;
 use hvae::checkpoint::{Checkpoints, Layout};
 use hvae::model::Model;
 use hvae::optim::{state_len, OptimKind, Optimiser};
+use hvae::protocol::answer::{answer_encode, answer_segment};
 use hvae::protocol::{
     blob_header, DeviceInfo, ErrorCode, Request, Response, TrainOptimiser, TrainSettings,
     WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN,
@@ -208,9 +209,28 @@ where
         }
     }
 
-    /// Answers one request.
+    /// Answers one request: its response, or for `Segment` and `Encode` the last of
+    /// their responses (one per sample; [`Learner::handle_each`] gives them all).
     pub fn handle(&mut self, req: &Request) -> Response {
-        self.try_handle(req).unwrap_or_else(Response::Error)
+        let mut last = Response::Ack;
+        self.handle_each(req, &mut |r| last = r.clone());
+        last
+    }
+
+    /// Answers one request, handing each response to `emit`: one, or one per sample for
+    /// `Segment` and `Encode` (the core's `protocol::answer`, two samples at a time
+    /// when `W` holds two workspaces).
+    pub fn handle_each(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
+        let mut out = Response::Ack;
+        match req {
+            Request::Segment { sample } => {
+                answer_segment::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
+            }
+            Request::Encode { sample } => {
+                answer_encode::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
+            }
+            _ => emit(&self.try_handle(req).unwrap_or_else(Response::Error)),
+        }
     }
 
     fn try_handle(&mut self, req: &Request) -> Result<Response, ErrorCode> {
@@ -226,17 +246,8 @@ where
                     CAPABILITIES,
                 )))
             }
-            Request::Segment { sample } => {
-                let s = self.model.segment(sample, &mut self.work)?;
-                Response::segmented(&s)
-            }
-            Request::Encode { sample } => {
-                let e = self.model.encode(sample, &mut self.work)?;
-                Ok(Response::Encoded {
-                    mu: heapless::Vec::from_slice(e.mu).map_err(|_| ErrorCode::Internal)?,
-                    kappa: e.kappa,
-                })
-            }
+            // Answered by `handle_each`.
+            Request::Segment { .. } | Request::Encode { .. } => Err(ErrorCode::Internal),
             Request::ReadWeights { offset, count } => {
                 let start = *offset as usize;
                 let n = usize::from(*count);

@@ -194,6 +194,20 @@ impl defmt::Format for Fixed3 {
     }
 }
 
+extern "C" {
+    /// cortex-m-rt's default exception and interrupt handler.
+    fn DefaultHandler();
+}
+
+/// The device-specific part of the vector table: 32 interrupt vectors (the nRF51 of the
+/// micro:bit has 26 interrupt lines, the CMSDK subsystem of mps2-an386 32), all to
+/// cortex-m-rt's default handler: the firmware polls its UART and enables no interrupt.
+/// cortex-m-rt's generic table has 240 entries, 960 bytes of flash on the M4F, more than
+/// the inference image could spare.
+#[link_section = ".vector_table.interrupts"]
+#[no_mangle]
+pub static __INTERRUPTS: [unsafe extern "C" fn(); 32] = [DefaultHandler; 32];
+
 /// On a panic (a bug: the device path returns typed errors instead), logs where it
 /// happened (defmt, `error` level) and exits with status 1. A panic while logging it (the
 /// logger refuses reentry by panicking) exits without a second attempt.

@@ -291,6 +291,72 @@ pub fn run(args: &[String]) -> Result<(), String> {
         || format!("{r:?}"),
     )?;
 
+    // Batches: several samples per request, one answer each, the bits of single
+    // requests; a bad sample fails alone.
+    let per = hvae::protocol::max_samples(info.max_frame as usize, shape.input);
+    check(
+        per >= 2,
+        "Info: the receive buffer takes several samples per request",
+        || format!("max_frame {} = {per} samples", info.max_frame),
+    )?;
+    let n = per.min(4);
+    let mut singles = Vec::new();
+    for x in &xs[..n] {
+        singles.push(dev.ask(&Request::Segment { sample: sample(x) })?);
+    }
+    let mut batch: Vec<f32> = xs[..n].concat();
+    dev.send(&Request::Segment {
+        sample: sample(&batch),
+    })?;
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        answers.push(dev.recv()?);
+    }
+    check(
+        answers == singles,
+        &format!("Segment of {n} samples: {n} answers, each as the sample alone"),
+        || format!("{answers:?}"),
+    )?;
+    batch[shape.input + 3] = f32::NAN;
+    dev.send(&Request::Segment {
+        sample: sample(&batch),
+    })?;
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        answers.push(dev.recv()?);
+    }
+    let mut want = singles.clone();
+    want[1] = Response::Error(ErrorCode::NonFiniteInput);
+    check(
+        answers == want,
+        "... a NaN in the second sample: NonFiniteInput for it, the others answered",
+        || format!("{answers:?}"),
+    )?;
+    let mut singles = Vec::new();
+    for x in &xs[..n] {
+        singles.push(dev.ask(&Request::Encode { sample: sample(x) })?);
+    }
+    dev.send(&Request::Encode {
+        sample: sample(&xs[..n].concat()),
+    })?;
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        answers.push(dev.recv()?);
+    }
+    check(
+        answers == singles,
+        &format!("Encode of {n} samples: {n} answers, each as the sample alone"),
+        || format!("{answers:?}"),
+    )?;
+    let r = dev.ask(&Request::Segment {
+        sample: sample(&xs[..2].concat()[..shape.input + 1]),
+    })?;
+    expect_error(
+        &r,
+        ErrorCode::InputLength,
+        "Segment of a sample and a bit: one InputLength answer",
+    )?;
+
     // Bad input: typed errors.
     let r = dev.ask(&Request::Segment {
         sample: sample(&xs[0][..shape.input - 1]),

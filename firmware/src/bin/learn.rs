@@ -36,7 +36,9 @@ use learn::{checkpoint_slot_len, optim_len, scratch_len, Learner, Store};
 const PARAM_LEN: usize = SHAPE.param_len();
 const SCRATCH_LEN: usize = scratch_len(&SHAPE);
 const OPTIM_LEN: usize = optim_len(&SHAPE);
-const WORK_LEN: usize = SHAPE.work_len();
+/// Two workspaces: `Segment` and `Encode` requests go through the encoder two samples
+/// at a time (`Model::segment_batch`).
+const WORK_LEN: usize = 2 * SHAPE.work_len();
 /// A training batch fills a request: the longest frame of `MAX_SAMPLE` values.
 const RX_FRAME: usize = max_request_frame(MAX_SAMPLE);
 
@@ -141,10 +143,9 @@ fn main() -> ! {
         let Some(frame) = rx.push_frame(byte) else {
             continue;
         };
-        let resp = match frame.and_then(borrowed::parse) {
-            Ok(req) => learner.handle(&req.to_request()),
-            Err(e) => Response::Error(e.into()),
-        };
-        send(&mut uart, &resp);
+        match frame.and_then(borrowed::parse) {
+            Ok(req) => learner.handle_each(&req.to_request(), &mut |r| send(&mut uart, r)),
+            Err(e) => send(&mut uart, &Response::Error(e.into())),
+        }
     }
 }

@@ -245,7 +245,7 @@ fn load(svc: &mut Service<Flash>, negate_from: usize, crc: u32) -> Response {
             bytes: &chunk[..n],
             last: offset + n == total,
         };
-        svc.handle(&req, Resources::default(), &mut out);
+        svc.handle(&req, Resources::default(), &mut out, &mut |_| {});
         if out != Response::Ack {
             break;
         }

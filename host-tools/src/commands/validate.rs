@@ -374,33 +374,44 @@ pub fn validate_on(
     let mut work = vec![0.0f32; m.shape().work_len()];
     let mut acc = Acc::default();
     let n = rows.unwrap_or(data.len()).min(data.len());
+    // As many rows per request as the device's receive buffer takes (the device answers
+    // each): fewer round trips, and a device with room runs them two at a time.
+    let d = m.shape().input;
+    let max_frame = dev.info().map_err(|e| fmt_err(e, &name))?.max_frame as usize;
+    let per = hvae::protocol::max_samples(max_frame, d).max(1);
+    let rows: Vec<&[f32]> = data.rows().take(n).collect();
     let start = Instant::now();
-    for (i, row) in data.rows().take(n).enumerate() {
-        let host = m.segment(row, &mut work);
-        let got = dev.segment(row);
-        let (host, got) = match (host, got) {
-            (Ok(h), Ok(g)) => (h, g),
-            (Err(e), Err(DeviceError::Refused { code, .. }))
-                if hvae::protocol::ErrorCode::from(e) == code =>
-            {
-                // Both refuse the row for the same reason: they agree.
-                continue;
-            }
-            (_, Err(e)) => {
-                return Err(Error::Failed(format!(
-                    "{name}: data row {} of {n}: {e}",
-                    i + 1
-                )))
-            }
-            (Err(e), Ok(_)) => {
-                return Err(Error::Failed(format!(
-                    "data row {}: the host's model fails ({e}) but the device answered",
-                    i + 1
-                )))
-            }
-        };
-        acc.add(&host, &got, th.tie_tolerance)
-            .map_err(|e| Error::Failed(format!("{name}: data row {}: {e}", i + 1)))?;
+    for (c, chunk) in rows.chunks(per).enumerate() {
+        let first = c * per + 1;
+        let answers = dev.segment_batch(&chunk.concat(), d).map_err(|e| {
+            Error::Failed(format!(
+                "{name}: data rows {first}..{} of {n}: {e}",
+                first + chunk.len() - 1
+            ))
+        })?;
+        for (k, (row, got)) in chunk.iter().zip(answers).enumerate() {
+            let i = first + k;
+            let host = m.segment(row, &mut work);
+            let (host, got) = match (host, got) {
+                (Ok(h), Ok(g)) => (h, g),
+                (Err(e), Err(code)) if hvae::protocol::ErrorCode::from(e) == code => {
+                    // Both refuse the row for the same reason: they agree.
+                    continue;
+                }
+                (_, Err(code)) => {
+                    return Err(Error::Failed(format!(
+                        "{name}: data row {i} of {n}: the device refused it: {code}"
+                    )))
+                }
+                (Err(e), Ok(_)) => {
+                    return Err(Error::Failed(format!(
+                        "data row {i}: the host's model fails ({e}) but the device answered"
+                    )))
+                }
+            };
+            acc.add(&host, &got, th.tie_tolerance)
+                .map_err(|e| Error::Failed(format!("{name}: data row {i}: {e}")))?;
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
     let mu_rmse = (acc.mu_sq / acc.mu_n.max(1) as f64).sqrt();

@@ -202,6 +202,10 @@ impl Default for Timeouts {
 pub struct Device {
     link: Link,
     rx: Box<FrameDecoder<MAX_RESPONSE_FRAME>>,
+    /// Bytes received after the last answer taken: the next answers of a request that
+    /// gets several (one per sample), or a device out of step (dropped at the next
+    /// request).
+    pending: Vec<u8>,
     tx: Vec<u8>,
     /// Timeouts in use.
     pub timeouts: Timeouts,
@@ -225,6 +229,7 @@ impl Device {
         Device {
             link,
             rx: Box::new(FrameDecoder::new()),
+            pending: Vec::new(),
             tx: vec![0u8; MAX_REQUEST_FRAME],
             timeouts,
         }
@@ -241,6 +246,7 @@ impl Device {
     pub fn sync(&mut self) -> Result<DeviceInfo, DeviceError> {
         let request = "Info";
         self.rx.reset();
+        self.pending.clear();
         self.link.send(&[0]).map_err(|e| DeviceError::Send {
             request,
             error: e.to_string(),
@@ -278,6 +284,12 @@ impl Device {
 
     fn send(&mut self, req: &Request) -> Result<(), DeviceError> {
         let request = request_name(req);
+        if !self.pending.is_empty() {
+            // More answers than the last request gets: the device is out of step; the
+            // extra bytes are dropped.
+            self.pending.clear();
+            self.rx.reset();
+        }
         let frame = encode(req, &mut self.tx).map_err(|e| DeviceError::Send {
             request,
             error: e.to_string(),
@@ -296,7 +308,12 @@ impl Device {
         waited: Duration,
     ) -> Result<Response, DeviceError> {
         loop {
-            match self.link.recv(deadline) {
+            let received = if self.pending.is_empty() {
+                self.link.recv(deadline)
+            } else {
+                Recv::Bytes(std::mem::take(&mut self.pending))
+            };
+            match received {
                 Recv::Bytes(bytes) => {
                     let mut rest = &bytes[..];
                     while !rest.is_empty() {
@@ -305,12 +322,8 @@ impl Device {
                         match got {
                             None => {}
                             Some(Ok(r)) => {
-                                if !rest.is_empty() {
-                                    // More than one answer to one request: the device is
-                                    // out of step; the extra bytes are dropped at the next
-                                    // sync.
-                                    self.rx.reset();
-                                }
+                                // The next answers of this request, if it gets several.
+                                self.pending = rest.to_vec();
                                 return Ok(r);
                             }
                             Some(Err(error)) => {
@@ -384,6 +397,62 @@ impl Device {
             }),
             r => Err(Self::wrong("Segment", &r)),
         }
+    }
+
+    /// Encodes and segments the samples `xs` (`n` samples of `d` values, one after the
+    /// other, `n * d <= MAX_SAMPLE`) with one request; returns each sample's answer in
+    /// order (a sample the device refuses gets its error code, the others their
+    /// results). See [`max_samples`] for how many fit a device's receive buffer.
+    ///
+    /// [`max_samples`]: hvae::protocol::max_samples
+    pub fn segment_batch(
+        &mut self,
+        xs: &[f32],
+        d: usize,
+    ) -> Result<Vec<Result<DeviceSegment, ErrorCode>>, DeviceError> {
+        let request = "Segment";
+        if d == 0 || xs.is_empty() || xs.len() % d != 0 {
+            return Err(DeviceError::Incompatible(format!(
+                "{} values are not a whole number of samples of {d}",
+                xs.len()
+            )));
+        }
+        let sample = heapless::Vec::from_slice(xs).map_err(|_| {
+            DeviceError::Incompatible(format!(
+                "{} values are more than the protocol's {MAX_SAMPLE} per request",
+                xs.len()
+            ))
+        })?;
+        self.send(&Request::Segment { sample })?;
+        let n = xs.len() / d;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let timeout = self.timeouts.answer;
+            out.push(
+                match self.receive(request, Instant::now() + timeout, timeout)? {
+                    Response::Segmented {
+                        label,
+                        probs,
+                        cosine,
+                        mu,
+                        kappa,
+                    } => Ok(DeviceSegment {
+                        label: usize::from(label),
+                        probs: probs.to_vec(),
+                        cosine,
+                        mu: mu.to_vec(),
+                        kappa,
+                    }),
+                    Response::Error(code) if out.is_empty() && code == ErrorCode::InputLength => {
+                        // The whole request was refused: one answer, not one per sample.
+                        return Err(DeviceError::Refused { request, code });
+                    }
+                    Response::Error(code) => Err(code),
+                    r => return Err(Self::wrong(request, &r)),
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// Loads a weight blob in [`MAX_CHUNK`]-byte chunks; returns the CRC the device

@@ -15,7 +15,9 @@ use std::io::{Read, Write};
 /// Inputs of the models the host reference runs: the firmware's (the digits' 8x8 pixels).
 /// The engine's input size is a compile-time constant, as on the device.
 pub const INPUTS: usize = 64;
-/// Workspace of the host engine (the device's is exactly `Shape::work_len`).
+/// Workspace of the host engine (the device's is two `Shape::work_len`s; a workspace
+/// of two or more makes `Segment` requests go two samples at a time, with the same
+/// results).
 pub const WORK: usize = 8192;
 
 /// NOR flash in memory, with the firmware's geometry (1 KiB pages, word writes): a
@@ -141,18 +143,24 @@ pub fn spawn(mut learner: HostLearner) -> std::io::Result<Link> {
                 rest = &rest[used..];
                 let resp = match got {
                     None => continue,
-                    Some(Ok(req)) => learner.handle(&req),
-                    Some(Err(e)) => Response::Error(e.into()),
+                    Some(Ok(req)) => {
+                        let mut resps = Vec::new();
+                        learner.handle_each(&req, &mut |r| resps.push(r.clone()));
+                        resps
+                    }
+                    Some(Err(e)) => vec![Response::Error(e.into())],
                 };
-                let Ok(frame) = encode(&resp, &mut out) else {
-                    return;
-                };
-                if resp_tx
-                    .write_all(frame)
-                    .and_then(|()| resp_tx.flush())
-                    .is_err()
-                {
-                    return;
+                for resp in &resp {
+                    let Ok(frame) = encode(resp, &mut out) else {
+                        return;
+                    };
+                    if resp_tx
+                        .write_all(frame)
+                        .and_then(|()| resp_tx.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             }
         }

@@ -10,6 +10,7 @@
 
 use super::link::Link;
 use hvae::model::VecModel;
+use hvae::protocol::answer::{answer_encode, answer_segment};
 use hvae::protocol::{
     encode, DeviceInfo, ErrorCode, FrameDecoder, Request, Response, WeightLoader, CAP_CHECKPOINT,
     CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, MAX_VALUES,
@@ -90,26 +91,36 @@ impl SimState {
         )
     }
 
-    /// Answers one request, as the firmware does.
+    /// Answers one request, as the firmware does: its response, or for `Segment` and
+    /// `Encode` the last of their responses (one per sample; see
+    /// [`SimState::handle_each`]).
     pub fn handle(&mut self, req: &Request) -> Response {
-        self.try_handle(req).unwrap_or_else(Response::Error)
+        let mut last = Response::Ack;
+        self.handle_each(req, &mut |r| last = r.clone());
+        last
+    }
+
+    /// Answers one request, handing each response to `emit`: one, or one per sample for
+    /// `Segment` and `Encode` (the core's `protocol::answer`, two samples at a time).
+    pub fn handle_each(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
+        let mut out = Response::Ack;
+        let mut work = vec![0.0f32; 2 * self.model.shape().work_len()];
+        match req {
+            Request::Segment { sample } => {
+                answer_segment::<_, true>(&self.model, sample, &mut work, &mut out, emit)
+            }
+            Request::Encode { sample } => {
+                answer_encode::<_, true>(&self.model, sample, &mut work, &mut out, emit)
+            }
+            _ => emit(&self.try_handle(req).unwrap_or_else(Response::Error)),
+        }
     }
 
     fn try_handle(&mut self, req: &Request) -> Result<Response, ErrorCode> {
-        let mut work = vec![0.0f32; self.model.shape().work_len()];
         match req {
             Request::Info => Ok(Response::Info(self.info())),
-            Request::Segment { sample } => {
-                let s = self.model.segment(sample, &mut work)?;
-                Response::segmented(&s)
-            }
-            Request::Encode { sample } => {
-                let e = self.model.encode(sample, &mut work)?;
-                Ok(Response::Encoded {
-                    mu: heapless::Vec::from_slice(e.mu).map_err(|_| ErrorCode::Internal)?,
-                    kappa: e.kappa,
-                })
-            }
+            // Answered by `handle_each`.
+            Request::Segment { .. } | Request::Encode { .. } => Err(ErrorCode::Internal),
             Request::ReadWeights { offset, count } => {
                 let start = *offset as usize;
                 let n = usize::from(*count);
@@ -240,15 +251,21 @@ fn serve(state: Arc<Mutex<SimState>>, mut rx: impl Read, mut tx: impl Write) {
                 Some((at, f)) if index >= at => Some(f),
                 _ => None,
             };
-            let resp = match &got {
-                Ok(req) => st.handle(req),
-                Err(e) => Response::Error((*e).into()),
-            };
-            let Ok(frame) = encode(&resp, &mut out) else {
-                return;
-            };
+            let mut resps = Vec::new();
+            match &got {
+                Ok(req) => st.handle_each(req, &mut |r| resps.push(r.clone())),
+                Err(e) => resps.push(Response::Error((*e).into())),
+            }
+            let mut frames = Vec::with_capacity(resps.len());
+            for r in &resps {
+                let Ok(f) = encode(r, &mut out) else { return };
+                frames.push(f.to_vec());
+            }
+            let Some(frame) = frames.first() else { return };
+            // A fault hits the request's first response (and a device that stalls or
+            // resets sends none of the others).
             let written = match fault {
-                None => tx.write_all(frame),
+                None => frames.iter().try_for_each(|f| tx.write_all(f)),
                 Some(Fault::Stall) => Ok(()),
                 Some(Fault::Garbage) => {
                     st.fault = None;

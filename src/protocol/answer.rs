@@ -1,0 +1,131 @@
+//! The answers to [`Request::Segment`] and [`Request::Encode`], shared by every server
+//! of the protocol (the firmware's services, the host tool's simulated device).
+//!
+//! A request carries `n >= 1` samples of `D` raw values, one after the other, and gets
+//! `n` responses in order: [`Response::Segmented`] / [`Response::Encoded`] for a sample
+//! that went through, [`Response::Error`] for one that did not (the others still get
+//! theirs). A request that is not a whole, non-zero number of samples gets one
+//! [`ErrorCode::InputLength`].
+//!
+//! `PAIRS` chooses the code: `true` runs the samples through [`Model::segment_batch`] /
+//! [`Model::encode_batch`] (two at a time when the workspace has room for two: a fifth
+//! fewer instructions per sample, about 7 KB more code on a Cortex-M4F); `false` calls
+//! [`Model::segment`] / [`Model::encode`] on each sample, for images that must stay
+//! small (the 32 KiB inference firmware). The responses are the same bits either way.
+//!
+//! [`Request::Segment`]: super::Request::Segment
+//! [`Request::Encode`]: super::Request::Encode
+
+use super::{ErrorCode, Response};
+use crate::model::{Encoding, InferError, Model, Segment};
+use heapless::Vec;
+
+/// Answers a `Segment` request for the samples `xs` with `model`, calling `emit` with
+/// each response. `out` is where the responses are built (in place: a [`Response`] is
+/// about 1.3 KiB, too big to move around, or to keep as a constant, on a small device);
+/// `work` holds one model workspace, or two for pairs ([`Model::segment_batch`]).
+/// Cost: `n` segment calls.
+pub fn answer_segment<S: AsRef<[f32]>, const PAIRS: bool>(
+    model: &Model<f32, S>,
+    xs: &[f32],
+    work: &mut [f32],
+    out: &mut Response,
+    emit: &mut dyn FnMut(&Response),
+) {
+    if !whole(xs, model.shape().input, out, emit) {
+        return;
+    }
+    let mut each = |r: Result<Segment<'_, f32>, InferError>| {
+        if let Err(e) = r
+            .map_err(ErrorCode::from)
+            .and_then(|s| set_segmented(out, &s))
+        {
+            *out = Response::Error(e);
+        }
+        emit(out);
+    };
+    if PAIRS {
+        // Checked above: a whole number of samples. A short workspace is one error.
+        if let Err(e) = model.segment_batch(xs, work, |_, r| each(r)) {
+            each(Err(e));
+        }
+    } else {
+        for x in xs.chunks_exact(model.shape().input) {
+            each(model.segment(x, work));
+        }
+    }
+}
+
+/// Answers an `Encode` request for the samples `xs`, as [`answer_segment`] does.
+pub fn answer_encode<S: AsRef<[f32]>, const PAIRS: bool>(
+    model: &Model<f32, S>,
+    xs: &[f32],
+    work: &mut [f32],
+    out: &mut Response,
+    emit: &mut dyn FnMut(&Response),
+) {
+    if !whole(xs, model.shape().input, out, emit) {
+        return;
+    }
+    let mut each = |r: Result<Encoding<'_, f32>, InferError>| {
+        if let Err(e) = r
+            .map_err(ErrorCode::from)
+            .and_then(|e| set_encoded(out, &e))
+        {
+            *out = Response::Error(e);
+        }
+        emit(out);
+    };
+    if PAIRS {
+        if let Err(e) = model.encode_batch(xs, work, |_, r| each(r)) {
+            each(Err(e));
+        }
+    } else {
+        for x in xs.chunks_exact(model.shape().input) {
+            each(model.encode(x, work));
+        }
+    }
+}
+
+/// True when `xs` is a whole, non-zero number of samples of `d` values; otherwise
+/// emits one `InputLength` error.
+fn whole(xs: &[f32], d: usize, out: &mut Response, emit: &mut dyn FnMut(&Response)) -> bool {
+    if xs.is_empty() || d == 0 || !xs.len().is_multiple_of(d) {
+        *out = Response::Error(ErrorCode::InputLength);
+        emit(out);
+        return false;
+    }
+    true
+}
+
+/// Makes `out` the [`Response::Segmented`] of `s`, in place.
+pub fn set_segmented(out: &mut Response, s: &Segment<'_, f32>) -> Result<(), ErrorCode> {
+    *out = Response::Segmented {
+        label: u8::try_from(s.label).map_err(|_| ErrorCode::Internal)?,
+        probs: Vec::new(),
+        cosine: s.cosine,
+        mu: Vec::new(),
+        kappa: s.kappa,
+    };
+    if let Response::Segmented { probs, mu, .. } = out {
+        probs
+            .extend_from_slice(s.probs)
+            .map_err(|_| ErrorCode::Internal)?;
+        mu.extend_from_slice(s.mu)
+            .map_err(|_| ErrorCode::Internal)?;
+    }
+    Ok(())
+}
+
+/// Makes `out` the [`Response::Encoded`] of `e`, in place.
+pub fn set_encoded(out: &mut Response, e: &Encoding<'_, f32>) -> Result<(), ErrorCode> {
+    *out = Response::Encoded {
+        mu: Vec::new(),
+        kappa: e.kappa,
+    };
+    if let Response::Encoded { mu, .. } = out {
+        mu.extend_from_slice(e.mu)
+            .map_err(|_| ErrorCode::Internal)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `protocol::answer`: a `Segment` / `Encode` request of `n` samples gets `n` responses
+//! in order, the same with and without the pair kernels, each equal to the answer to
+//! the sample alone; a bad sample gets its error alone; a request that is not a whole
+//! number of samples gets one `InputLength`.
+#![cfg(feature = "protocol")]
+
+use hvae::model::Model;
+use hvae::protocol::answer::{answer_encode, answer_segment};
+use hvae::protocol::{ErrorCode, Response};
+use hvae::shape::Shape;
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+const S: Shape = Shape::new(12, &[16], 4, 5);
+
+fn model() -> Model<f32, Vec<f32>> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+    Model::with_shape(S, &mut rng).unwrap()
+}
+
+fn samples(n: usize) -> Vec<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(6);
+    (0..n * S.input)
+        .map(|_| hvae::rng::standard_normal::<f32, _>(&mut rng))
+        .collect()
+}
+
+fn segment_all<const PAIRS: bool>(m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
+    let mut work = vec![0.0f32; 2 * S.work_len()];
+    let mut out = Response::Ack;
+    let mut got = Vec::new();
+    answer_segment::<_, PAIRS>(m, xs, &mut work, &mut out, &mut |r| got.push(r.clone()));
+    got
+}
+
+fn encode_all<const PAIRS: bool>(m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
+    let mut work = vec![0.0f32; 2 * S.work_len()];
+    let mut out = Response::Ack;
+    let mut got = Vec::new();
+    answer_encode::<_, PAIRS>(m, xs, &mut work, &mut out, &mut |r| got.push(r.clone()));
+    got
+}
+
+#[test]
+fn one_response_per_sample_each_as_alone() {
+    let m = model();
+    for n in 1..=5 {
+        let mut xs = samples(n);
+        if n >= 3 {
+            xs[2 * S.input + 1] = f32::INFINITY;
+        }
+        let alone: Vec<Response> = xs
+            .chunks(S.input)
+            .flat_map(|x| segment_all::<false>(&m, x))
+            .collect();
+        assert_eq!(alone.len(), n);
+        if n >= 3 {
+            assert_eq!(alone[2], Response::Error(ErrorCode::NonFiniteInput));
+            assert!(matches!(alone[1], Response::Segmented { .. }));
+        }
+        assert_eq!(
+            segment_all::<false>(&m, &xs),
+            alone,
+            "n = {n}, one at a time"
+        );
+        assert_eq!(segment_all::<true>(&m, &xs), alone, "n = {n}, pairs");
+        let alone: Vec<Response> = xs
+            .chunks(S.input)
+            .flat_map(|x| encode_all::<false>(&m, x))
+            .collect();
+        assert_eq!(encode_all::<false>(&m, &xs), alone, "n = {n}");
+        assert_eq!(encode_all::<true>(&m, &xs), alone, "n = {n}");
+        // The segment answers hold the model's own outputs.
+        let mut work = vec![0.0f32; S.work_len()];
+        let s = m.segment(&xs[..S.input], &mut work).unwrap();
+        assert_eq!(
+            segment_all::<true>(&m, &xs)[0],
+            Response::segmented(&s).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_request_that_is_not_whole_samples_gets_one_error() {
+    let m = model();
+    let xs = samples(2);
+    let one = vec![Response::Error(ErrorCode::InputLength)];
+    for bad in [&[][..], &xs[..S.input - 1], &xs[..S.input + 1]] {
+        assert_eq!(segment_all::<true>(&m, bad), one);
+        assert_eq!(segment_all::<false>(&m, bad), one);
+        assert_eq!(encode_all::<true>(&m, bad), one);
+        assert_eq!(encode_all::<false>(&m, bad), one);
+    }
+    // A workspace too short for one sample: one error per sample without pairs (each
+    // call fails), one for the request with them (nothing runs).
+    let mut out = Response::Ack;
+    let mut got = Vec::new();
+    answer_segment::<_, true>(&m, &xs, &mut [0.0; 3], &mut out, &mut |r| {
+        got.push(r.clone())
+    });
+    assert_eq!(
+        got,
+        vec![Response::Error(ErrorCode::from(
+            hvae::model::InferError::BufferLength
+        ))]
+    );
+}
+
+#[test]
+fn max_samples_fits_the_frame() {
+    use hvae::protocol::{max_request_frame, max_samples, MAX_SAMPLE};
+    for d in [1, 7, 64, 100, 256] {
+        for n in 1..=MAX_SAMPLE / d {
+            let frame = max_request_frame(n * d);
+            assert!(max_samples(frame, d) >= n, "d {d}, n {n}");
+        }
+    }
+    assert_eq!(max_samples(max_request_frame(4 * 64), 64), 4);
+    assert_eq!(max_samples(10, 64), 0);
+    assert_eq!(max_samples(100_000, 64), MAX_SAMPLE / 64);
+    assert_eq!(max_samples(100_000, 0), 0);
+}
