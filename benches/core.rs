@@ -1,5 +1,6 @@
 //! Host speed of the core on the digits-sized model (64 inputs, hidden 32, latent 8,
-//! K = 10): one encode+segment, and one training step per sample for each posterior.
+//! K = 10): one encode+segment, a batch of them, and one training step per sample for
+//! each posterior.
 //! Run: `cargo bench -p hvae --bench core`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -30,6 +31,23 @@ fn bench_inference(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode+segment (digits model)", |b| {
         b.iter(|| black_box(model.segment(black_box(&x), &mut work).unwrap().label))
+    });
+    g.finish();
+    // A batch of B samples, two at a time through the encoder (two workspaces).
+    let xs = inputs(B, &mut rng);
+    let mut work2 = vec![0.0f32; 2 * DIGITS.work_len()];
+    let mut g = c.benchmark_group("inference");
+    g.throughput(Throughput::Elements(B as u64));
+    g.bench_function("encode+segment batch of 64 (digits model)", |b| {
+        b.iter(|| {
+            let mut labels = 0usize;
+            model
+                .segment_batch(black_box(&xs), &mut work2, |_, s| {
+                    labels += s.map_or(0, |s| s.label)
+                })
+                .unwrap();
+            black_box(labels)
+        })
     });
     g.finish();
 }

@@ -116,6 +116,8 @@ fn max_samples_fits_the_frame() {
         }
     }
     assert_eq!(max_samples(max_request_frame(4 * 64), 64), 4);
+    // The firmware's receive buffer (4 samples of 64, firmware/README.md).
+    assert_eq!(max_request_frame(4 * 64), 1048);
     assert_eq!(max_samples(10, 64), 0);
     assert_eq!(max_samples(100_000, 64), MAX_SAMPLE / 64);
     assert_eq!(max_samples(100_000, 0), 0);
