@@ -69,8 +69,8 @@ fn same_weights_pass_bit_exact() {
     assert_eq!(r.probs_max_abs_err, 0.0);
     assert_eq!(r.labels.compared + r.labels.ties, ROWS);
     assert_eq!(r.labels.agree, r.labels.compared);
-    // Info + one Segment per row.
-    assert_eq!(sim.state.lock().unwrap().requests(), 1 + ROWS);
+    // Info + one Segment per 4 rows (the simulated device's receive buffer takes 4).
+    assert_eq!(sim.state.lock().unwrap().requests(), 1 + ROWS / 4);
 }
 
 #[test]
@@ -82,9 +82,9 @@ fn other_weights_are_loaded_first() {
     assert!(r.pass, "{r:?}");
     assert!(r.loaded_weights);
     assert_eq!(sim.state.lock().unwrap().crc(), model.crc);
-    // The blob went in 256-byte chunks: Info, chunks, Info, rows.
+    // The blob went in 256-byte chunks: Info, chunks, Info, rows 4 at a time.
     let chunks = hvae::blob::blob_len(&DIGITS).div_ceil(256);
-    assert_eq!(sim.state.lock().unwrap().requests(), 2 + chunks + ROWS);
+    assert_eq!(sim.state.lock().unwrap().requests(), 2 + chunks + ROWS / 4);
     // The weights read back are the model's, bit for bit.
     let mut dev = session(&sim);
     dev.sync().unwrap();
@@ -119,7 +119,8 @@ fn stall_is_a_timeout_naming_the_request() {
         e.contains("device stalled: no answer to Segment within 0.4 s"),
         "{e}"
     );
-    assert!(e.contains("data row 6 of 120"), "{e}");
+    // Request 6: Info, then rows 4 at a time, the sixth batch.
+    assert!(e.contains("data rows 21..24 of 120"), "{e}");
     assert!(!e.contains('\n'));
 }
 
@@ -136,7 +137,7 @@ fn garbage_is_reported_then_a_rerun_passes() {
         e.contains("answered Segment with garbage (frame is not valid COBS)"),
         "{e}"
     );
-    assert!(e.contains("data row 10 of"), "{e}");
+    assert!(e.contains("data rows 37..40 of"), "{e}");
     let r = run(&mut dev, &model, &data).unwrap();
     assert!(r.pass && r.rows == ROWS, "{r:?}");
 }
@@ -161,7 +162,7 @@ fn wrong_answer_is_reported() {
 fn reset_while_streaming_is_reported_then_a_rerun_passes() {
     let model = loaded(1);
     let sim =
-        SimDevice::new(SimState::new(model.model.clone(), model.crc).with_fault(50, Fault::Reset));
+        SimDevice::new(SimState::new(model.model.clone(), model.crc).with_fault(20, Fault::Reset));
     let data = digits();
     let mut dev = session(&sim);
     let e = run(&mut dev, &model, &data).unwrap_err();
@@ -216,8 +217,8 @@ fn half_a_frame_left_by_an_interrupted_host_is_flushed() {
     let mut dev = Device::new(link, timeouts());
     let r = run(&mut dev, &model, &data).unwrap();
     assert!(r.pass && r.rows == ROWS, "{r:?}");
-    // Info, the flushed half frame's error answer, and the rows.
-    assert_eq!(sim.state.lock().unwrap().requests(), 2 + ROWS);
+    // Info, the flushed half frame's error answer, and the rows 4 at a time.
+    assert_eq!(sim.state.lock().unwrap().requests(), 2 + ROWS / 4);
 }
 
 #[test]

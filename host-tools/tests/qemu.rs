@@ -177,7 +177,7 @@ fn device_dying_mid_stream_is_reported_and_a_restart_passes() {
         "{e}"
     );
     assert!(e.contains("qemu was killed"), "{e}");
-    assert!(e.contains("data row "), "{e}");
+    assert!(e.contains("data rows "), "{e}");
     // A restarted validation (a new qemu: the device rebooted) passes.
     let (_q2, mut dev2) = start(&elf, machine);
     let r = validate_on(

@@ -120,6 +120,12 @@ impl Device {
         self.send(req)?;
         self.recv()
     }
+
+    /// Sends `req` and reads `n` answers (a request of `n` samples).
+    fn ask_n(&mut self, req: &Request, n: usize) -> Result<Vec<Response>, String> {
+        self.send(req)?;
+        (0..n).map(|_| self.recv()).collect()
+    }
 }
 
 fn check(ok: bool, what: &str, detail: impl FnOnce() -> String) -> Result<(), String> {
@@ -305,26 +311,24 @@ pub fn run(args: &[String]) -> Result<(), String> {
         singles.push(dev.ask(&Request::Segment { sample: sample(x) })?);
     }
     let mut batch: Vec<f32> = xs[..n].concat();
-    dev.send(&Request::Segment {
-        sample: sample(&batch),
-    })?;
-    let mut answers = Vec::new();
-    for _ in 0..n {
-        answers.push(dev.recv()?);
-    }
+    let answers = dev.ask_n(
+        &Request::Segment {
+            sample: sample(&batch),
+        },
+        n,
+    )?;
     check(
         answers == singles,
         &format!("Segment of {n} samples: {n} answers, each as the sample alone"),
         || format!("{answers:?}"),
     )?;
     batch[shape.input + 3] = f32::NAN;
-    dev.send(&Request::Segment {
-        sample: sample(&batch),
-    })?;
-    let mut answers = Vec::new();
-    for _ in 0..n {
-        answers.push(dev.recv()?);
-    }
+    let answers = dev.ask_n(
+        &Request::Segment {
+            sample: sample(&batch),
+        },
+        n,
+    )?;
     let mut want = singles.clone();
     want[1] = Response::Error(ErrorCode::NonFiniteInput);
     check(
@@ -336,13 +340,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for x in &xs[..n] {
         singles.push(dev.ask(&Request::Encode { sample: sample(x) })?);
     }
-    dev.send(&Request::Encode {
-        sample: sample(&xs[..n].concat()),
-    })?;
-    let mut answers = Vec::new();
-    for _ in 0..n {
-        answers.push(dev.recv()?);
-    }
+    let answers = dev.ask_n(
+        &Request::Encode {
+            sample: sample(&xs[..n].concat()),
+        },
+        n,
+    )?;
     check(
         answers == singles,
         &format!("Encode of {n} samples: {n} answers, each as the sample alone"),

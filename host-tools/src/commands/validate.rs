@@ -300,13 +300,13 @@ fn fmt_err(e: DeviceError, device: &str) -> Error {
 
 /// Makes the device run `model`'s weights: syncs, checks the protocol, capabilities and
 /// architecture, and loads the weights if the device's CRC differs. Returns whether it
-/// loaded them.
+/// loaded them, and the device's info (from before a load; its limits do not change).
 pub fn prepare(
     dev: &mut Device,
     model: &LoadedModel,
     model_path: &std::path::Path,
     need: u32,
-) -> Result<bool, Error> {
+) -> Result<(bool, hvae::protocol::DeviceInfo), Error> {
     let name = dev.name().to_string();
     let info = dev.sync().map_err(|e| fmt_err(e, &name))?;
     if info.capabilities & need != need {
@@ -336,7 +336,7 @@ pub fn prepare(
         )));
     }
     if info.weights_crc == model.crc {
-        return Ok(false);
+        return Ok((false, info));
     }
     if info.capabilities & CAP_LOAD == 0 {
         return Err(Error::Failed(format!(
@@ -356,7 +356,7 @@ pub fn prepare(
             model.crc
         )));
     }
-    Ok(true)
+    Ok((true, info))
 }
 
 /// Validates `model` on an open device with the rows of `data` (the first `rows`).
@@ -369,7 +369,7 @@ pub fn validate_on(
     th: Thresholds,
 ) -> Result<ValidateReport, Error> {
     let name = dev.name().to_string();
-    let loaded = prepare(dev, model, model_path, CAP_SEGMENT)?;
+    let (loaded, info) = prepare(dev, model, model_path, CAP_SEGMENT)?;
     let m = &model.model;
     let mut work = vec![0.0f32; m.shape().work_len()];
     let mut acc = Acc::default();
@@ -377,8 +377,7 @@ pub fn validate_on(
     // As many rows per request as the device's receive buffer takes (the device answers
     // each): fewer round trips, and a device with room runs them two at a time.
     let d = m.shape().input;
-    let max_frame = dev.info().map_err(|e| fmt_err(e, &name))?.max_frame as usize;
-    let per = hvae::protocol::max_samples(max_frame, d).max(1);
+    let per = hvae::protocol::max_samples(info.max_frame as usize, d).max(1);
     let rows: Vec<&[f32]> = data.rows().take(n).collect();
     let start = Instant::now();
     for (c, chunk) in rows.chunks(per).enumerate() {

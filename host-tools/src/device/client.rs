@@ -375,27 +375,11 @@ impl Device {
 
     /// Encodes and segments one sample on the device.
     pub fn segment(&mut self, sample: &[f32]) -> Result<DeviceSegment, DeviceError> {
-        let sample = heapless::Vec::from_slice(sample).map_err(|_| {
-            DeviceError::Incompatible(format!(
-                "a sample of {} values is longer than the protocol's {MAX_SAMPLE}",
-                sample.len()
-            ))
-        })?;
-        match self.request(&Request::Segment { sample }, self.timeouts.answer)? {
-            Response::Segmented {
-                label,
-                probs,
-                cosine,
-                mu,
-                kappa,
-            } => Ok(DeviceSegment {
-                label: usize::from(label),
-                probs: probs.to_vec(),
-                cosine,
-                mu: mu.to_vec(),
-                kappa,
-            }),
-            r => Err(Self::wrong("Segment", &r)),
+        let request = "Segment";
+        match self.segment_batch(sample, sample.len())?.pop() {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(code)) => Err(DeviceError::Refused { request, code }),
+            None => Err(DeviceError::Incompatible("an empty sample".to_string())),
         }
     }
 
