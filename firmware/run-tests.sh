@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The firmware's tests, on a machine with qemu-system-arm (.ci/run installs it):
 #   0. checks the formatting of the firmware and its host tool, and lints the firmware
-#      (clippy, warnings are errors);
+#      (clippy and rustdoc, warnings are errors);
 #   1. builds cluster, selftest and bench for the Cortex-M4F (thumbv7em-none-eabihf) and
 #      cluster and selftest for the Cortex-M0 (thumbv6m-none-eabi), release;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
@@ -36,11 +36,12 @@ run() { # machine elf
   timeout 600 "$tool" run --machine "$1" "$2"
 }
 
-step "lint: rustfmt (firmware, host tool), clippy -D warnings (firmware library and programs)"
+step "lint: rustfmt (firmware, host tool), clippy and rustdoc -D warnings (firmware library and programs)"
 cargo fmt --check
 (cd host && cargo fmt --check)
 # Both targets build the same code (the board is a cfg); the M4F build has every program.
 cargo clippy --release --target "$m4" --lib --bins -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 
 step "build (release)"
 cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench

@@ -296,7 +296,8 @@ pub struct DeviceInfo {
     pub params_held: u32,
     /// CRC-32 of the weight blob of the weights in use (the weights' identity).
     pub weights_crc: u32,
-    /// Longest request frame the device accepts, in bytes with the `0x00`.
+    /// Longest request frame the device accepts, in bytes with the `0x00`: how many
+    /// samples one `Segment` or `Encode` request may carry is [`max_samples`] of it.
     pub max_frame: u32,
     /// `CAP_*` bits: which requests the device serves.
     pub capabilities: u32,

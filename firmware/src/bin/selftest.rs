@@ -5,7 +5,7 @@
 //! 2. Golden outputs: `segment` and `encode` of 16 digits rows equal the outputs the core
 //!    computed on the host (`model/golden.rs`, written by `model/regen.sh`).
 //! 3. Bad input: typed errors (wrong length, NaN, infinity), never a panic.
-//! 4. Frames and requests: [`borrowed::parse`] agrees with the core's
+//! 4. Frames and requests: [`hvae::protocol::borrowed::parse`] agrees with the core's
 //!    `protocol::decode::<Request>` on every request variant and on thousands of
 //!    truncated and corrupted encodings; the receiver reports oversized and non-COBS
 //!    frames once and resynchronises; the hard-coded internal-error frame is the core's.
