@@ -216,9 +216,10 @@ pub(crate) fn dense_forward<T: Real>(
 }
 
 /// [`dense_forward`] of two inputs at once, `y0 = W x0 + b` and `y1 = W x1 + b`: each
-/// weight is loaded once for both, which takes a third fewer instructions per
-/// multiply-add on a Cortex-M4F than two calls (eight rows by four inputs by two
-/// inputs per iteration: 16 accumulators and 8 input values in registers). Every
+/// weight is loaded once for both: on a Cortex-M4F the loop takes 123 instructions per
+/// 64 multiply-adds (1.9 per MAC, against 2.3 for two calls; eight rows by four inputs
+/// by two inputs per iteration: 16 accumulators and 8 input values in registers, two
+/// spilled). Every
 /// output is the same sum in the same order as [`dense_forward`]'s, so the results are
 /// the same bits. Returns both first outputs before the activation, as
 /// [`dense_forward`] does. `x1` is as long as `x0`, `y1` as `y0`.

@@ -14,7 +14,7 @@
 //!   weight loader's state and the samples being answered (`BATCH D` floats, 1,024
 //!   bytes). The samples of a request are answered one at a time: the pair kernels
 //!   of [`hvae::model::Model::segment_batch`] (a fifth fewer instructions per sample)
-//!   take about 7 KB more flash than the 32 KiB budget leaves;
+//!   take 7.4 KB more flash than the 32 KiB budget leaves;
 //! - [`serve`](Service::serve): the receive buffer ([`RX_FRAME`] bytes) and, while
 //!   answering, one [`Response`] (about 1.3 KiB: the protocol's vectors have fixed
 //!   capacities) and the transmit buffer ([`TX_FRAME`] bytes).

@@ -9,7 +9,7 @@
 //!
 //! `PAIRS` chooses the code: `true` runs the samples through [`Model::segment_batch`] /
 //! [`Model::encode_batch`] (two at a time when the workspace has room for two: a fifth
-//! fewer instructions per sample, about 7 KB more code on a Cortex-M4F); `false` calls
+//! fewer instructions per sample, 7.4 KB more code on a Cortex-M4F); `false` calls
 //! [`Model::segment`] / [`Model::encode`] on each sample, for images that must stay
 //! small (the 32 KiB inference firmware). The responses are the same bits either way.
 //!
