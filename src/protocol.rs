@@ -705,7 +705,8 @@ pub const fn max_samples(max_frame: usize, d: usize) -> usize {
     let mut n = MAX_SAMPLE / d;
     while n > 0 {
         let v = n * d;
-        if cobs_max_len(1 + varint_len(v) + 4 * v) + 1 <= max_frame {
+        // The COBS frame and its `0x00` must fit: `len + 1 <= max_frame`.
+        if cobs_max_len(1 + varint_len(v) + 4 * v) < max_frame {
             return n;
         }
         n -= 1;

@@ -15,7 +15,9 @@ const S: Shape = Shape::new(12, &[16], 4, 5);
 
 fn model() -> Model<f32, Vec<f32>> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
-    Model::with_shape(S, &mut rng).unwrap()
+    let mut m = Model::new(S, vec![0.0f32; S.param_len()]).unwrap();
+    m.init(&mut rng);
+    m
 }
 
 fn samples(n: usize) -> Vec<f32> {

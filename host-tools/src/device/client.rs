@@ -395,7 +395,7 @@ impl Device {
         d: usize,
     ) -> Result<Vec<Result<DeviceSegment, ErrorCode>>, DeviceError> {
         let request = "Segment";
-        if d == 0 || xs.is_empty() || xs.len() % d != 0 {
+        if d == 0 || xs.is_empty() || !xs.len().is_multiple_of(d) {
             return Err(DeviceError::Incompatible(format!(
                 "{} values are not a whole number of samples of {d}",
                 xs.len()
