@@ -263,6 +263,11 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         &self.shape
     }
 
+    /// Scalars of workspace one call needs: [`Shape::work_len`], kept by the model.
+    pub fn work_len(&self) -> usize {
+        self.at.work.end
+    }
+
     /// True when the decoder's weights are present (needed by `reconstruct` and by
     /// training in the `Full` and `EncoderAndSegmenter` scopes).
     pub fn has_decoder(&self) -> bool {
@@ -444,6 +449,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         }
         Ok(())
     }
+
     /// The segmenter on an encoded workspace (`mu` in place): logits, probabilities,
     /// label.
     fn segment_encoded<'w>(
@@ -457,19 +463,8 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let (head, tail) = work.split_at_mut(l.logp);
         let mu = &head[l.mu..l.mu + m];
         let (logp, rest) = tail.split_at_mut(l.p - l.logp);
-        let probs = &mut rest[..k];
-        let cosine = segmenter_logits(seg, m, k, mu, logp)?;
-        // Finite logits (checked by `segmenter_logits`) give finite probabilities: every
-        // exponent is <= 0 and the sum is >= 1.
-        let (label, _, _) = softmax(logp, probs);
-        let probs = &rest[..k];
-        Ok(Segment {
-            label,
-            probs,
-            cosine,
-            mu,
-            kappa,
-        })
+        let cosine = segmenter_logits(seg, m, k, mu, logp);
+        finish_segment(cosine, logp, &mut rest[..k], mu, kappa)
     }
 
     /// [`Model::segment_encoded`] of two encoded workspaces, with
@@ -492,19 +487,9 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let (logp0, rest0) = t0.split_at_mut(l.p - l.logp);
         let (logp1, rest1) = t1.split_at_mut(l.p - l.logp);
         let (c0, c1) = segmenter_logits2(seg, m, k, (mu0, mu1), (&mut *logp0, &mut *logp1));
-        let finish = |cosine: Result<T, InferError>,
-                      logp: &[T],
-                      rest: &'_ mut [T]|
-         -> Result<(usize, T), InferError> {
-            let cosine = cosine?;
-            let (label, _, _) = softmax(logp, &mut rest[..k]);
-            Ok((label, cosine))
-        };
-        let r0 = finish(c0, logp0, rest0);
-        let r1 = finish(c1, logp1, rest1);
         (
-            assemble(r0, &rest0[..k], mu0, kappa0),
-            assemble(r1, &rest1[..k], mu1, kappa1),
+            finish_segment(c0, logp0, &mut rest0[..k], mu0, kappa0),
+            finish_segment(c1, logp1, &mut rest1[..k], mu1, kappa1),
         )
     }
 
@@ -877,14 +862,20 @@ impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
     }
 }
 
-/// A [`Segment`] from the label and cosine (or the error) and the workspace's slices.
-fn assemble<'w, T: Real>(
-    r: Result<(usize, T), InferError>,
-    probs: &'w [T],
+/// The segmenter's output from its logits (`logp`, `K` values) and largest cosine (or
+/// the error that stopped it): the probabilities into `probs` (`K` values) and the label.
+fn finish_segment<'w, T: Real>(
+    cosine: Result<T, InferError>,
+    logp: &[T],
+    probs: &'w mut [T],
     mu: &'w [T],
     kappa: T,
 ) -> Result<Segment<'w, T>, InferError> {
-    r.map(|(label, cosine)| Segment {
+    let cosine = cosine?;
+    // Finite logits (checked by the segmenter) give finite probabilities: every
+    // exponent is <= 0 and the sum is >= 1.
+    let (label, _, _) = softmax(logp, probs);
+    Ok(Segment {
         label,
         probs,
         cosine,

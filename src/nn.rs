@@ -215,13 +215,12 @@ pub(crate) fn dense_forward<T: Real>(
     first.unwrap_or(T::zero())
 }
 
-/// [`dense_forward`] of two inputs at once, `y0 = W x0 + b` and `y1 = W x1 + b`: each
-/// weight is loaded once for both: on a Cortex-M4F the loop takes 123 instructions per
-/// 64 multiply-adds (1.9 per MAC, against 2.3 for two calls; eight rows by four inputs
-/// by two inputs per iteration: 16 accumulators and 8 input values in registers, two
-/// spilled). Every
-/// output is the same sum in the same order as [`dense_forward`]'s, so the results are
-/// the same bits. Returns both first outputs before the activation, as
+/// [`dense_forward`] of two inputs at once, `y0 = W x0 + b` and `y1 = W x1 + b`, each
+/// weight loaded once for both: on a Cortex-M4F the loop takes 123 instructions per 64
+/// multiply-adds (1.9 per MAC, against 2.3 for two calls; eight rows by four inputs by
+/// two inputs per iteration: 16 accumulators and 8 input values in registers, two
+/// spilled). Every output is the same sum in the same order as [`dense_forward`]'s, so
+/// the results are the same bits. Returns both first outputs before the activation, as
 /// [`dense_forward`] does. `x1` is as long as `x0`, `y1` as `y0`.
 #[inline]
 pub(crate) fn dense_forward2<T: Real>(
@@ -697,22 +696,47 @@ mod tests {
                 let w: std::vec::Vec<f32> = (0..n_out * n_in).map(|_| next()).collect();
                 let b: std::vec::Vec<f32> = (0..n_out).map(|_| next()).collect();
                 let x: std::vec::Vec<f32> = (0..n_in).map(|_| next()).collect();
+                let z: std::vec::Vec<f32> = (0..n_in).map(|_| next()).collect();
+                let sequential = |x: &[f32]| -> std::vec::Vec<f32> {
+                    (0..n_out)
+                        .map(|o| {
+                            let mut want = b[o];
+                            for i in 0..n_in {
+                                want += w[o * n_in + i] * x[i];
+                            }
+                            want
+                        })
+                        .collect()
+                };
+                let (want_x, want_z) = (sequential(&x), sequential(&z));
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<std::vec::Vec<_>>();
                 let mut y = std::vec![f32::NAN; n_out];
-                dense_forward(&w, &b, &x, &mut y, None);
-                for o in 0..n_out {
-                    let mut want = b[o];
-                    for i in 0..n_in {
-                        want += w[o * n_in + i] * x[i];
-                    }
-                    assert_eq!(y[o].to_bits(), want.to_bits(), "{n_out}x{n_in} row {o}");
-                }
-                // The fused activation is the activation of the same sums.
+                let first = dense_forward(&w, &b, &x, &mut y, None);
+                assert_eq!(bits(&y), bits(&want_x), "{n_out}x{n_in}");
+                assert_eq!(first.to_bits(), want_x[0].to_bits());
+                // Two inputs at once: the same sums.
+                let (mut y0, mut y1) = (std::vec![f32::NAN; n_out], std::vec![f32::NAN; n_out]);
+                let (f0, f1) = dense_forward2(&w, &b, (&x, &z), (&mut y0, &mut y1), None);
+                assert_eq!(bits(&y0), bits(&want_x), "pair {n_out}x{n_in}");
+                assert_eq!(bits(&y1), bits(&want_z), "pair {n_out}x{n_in}");
+                assert_eq!(
+                    (f0.to_bits(), f1.to_bits()),
+                    (want_x[0].to_bits(), want_z[0].to_bits())
+                );
+                // The fused activation is the activation of the same sums; the first
+                // output is returned before it.
                 for act in [Activation::Relu, Activation::Tanh] {
+                    let act_of =
+                        |v: &[f32]| v.iter().map(|&f| act.of(f)).collect::<std::vec::Vec<_>>();
                     let mut ya = std::vec![f32::NAN; n_out];
-                    dense_forward(&w, &b, &x, &mut ya, Some(act));
-                    for o in 0..n_out {
-                        assert_eq!(ya[o].to_bits(), act.of(y[o]).to_bits());
-                    }
+                    let first = dense_forward(&w, &b, &x, &mut ya, Some(act));
+                    assert_eq!(bits(&ya), bits(&act_of(&want_x)));
+                    assert_eq!(first.to_bits(), want_x[0].to_bits());
+                    let (mut y0, mut y1) = (std::vec![f32::NAN; n_out], std::vec![f32::NAN; n_out]);
+                    let (f0, _) = dense_forward2(&w, &b, (&x, &z), (&mut y0, &mut y1), Some(act));
+                    assert_eq!(bits(&y0), bits(&act_of(&want_x)));
+                    assert_eq!(bits(&y1), bits(&act_of(&want_z)));
+                    assert_eq!(f0.to_bits(), want_x[0].to_bits());
                 }
             }
         }
@@ -758,13 +782,22 @@ mod tests {
     }
 
     #[test]
-    fn fused_square_and_dot_are_two_dots() {
-        for n in 0..=9 {
+    fn fused_square_and_dot_are_plain_dots() {
+        // Eight values per iteration: up to two chunks and every remainder.
+        for n in 0..=17 {
             let a: std::vec::Vec<f32> = (0..n).map(|i| 0.3 * i as f32 - 1.1).collect();
             let b: std::vec::Vec<f32> = (0..n).map(|i| 0.7 - 0.2 * i as f32).collect();
+            let c: std::vec::Vec<f32> = (0..n).map(|i| 0.11 * (i * i) as f32 - 0.5).collect();
+            // The plain loop, summed in order.
+            let plain = |u: &[f32], v: &[f32]| u.iter().zip(v).fold(0.0f32, |s, (x, y)| s + x * y);
+            assert_eq!(dot(&a, &b).to_bits(), plain(&a, &b).to_bits(), "{n}");
             let (s, d) = sq_and_dot(&a, &b);
-            assert_eq!(s.to_bits(), dot(&a, &a).to_bits());
-            assert_eq!(d.to_bits(), dot(&a, &b).to_bits());
+            assert_eq!(s.to_bits(), plain(&a, &a).to_bits());
+            assert_eq!(d.to_bits(), plain(&a, &b).to_bits());
+            let (s2, d0, d1) = sq_and_dot2(&a, &b, &c);
+            assert_eq!(s2.to_bits(), s.to_bits());
+            assert_eq!(d0.to_bits(), d.to_bits());
+            assert_eq!(d1.to_bits(), plain(&a, &c).to_bits());
         }
     }
 

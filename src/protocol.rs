@@ -684,7 +684,7 @@ pub const fn max_request_frame(sample_values: usize) -> usize {
     let load = 1 + 5 + varint_len(MAX_CHUNK) + MAX_CHUNK + 1;
     // tag, samples, steps (u16), Some, scope, optimiser (tag + momentum), lr, batch
     let train = 1 + seq + 3 + 1 + 1 + 5 + 4 + 1;
-    let sample = 1 + seq;
+    let sample = sample_message_len(n);
     let mut m = load;
     if train > m {
         m = train;
@@ -693,6 +693,12 @@ pub const fn max_request_frame(sample_values: usize) -> usize {
         m = sample;
     }
     cobs_max_len(m) + 1
+}
+
+/// Longest message (before COBS) of a [`Request::Segment`] or [`Request::Encode`] of
+/// `values` values: tag, length, the floats.
+const fn sample_message_len(values: usize) -> usize {
+    1 + varint_len(values) + 4 * values
 }
 
 /// How many samples of `d` values one [`Request::Segment`] or [`Request::Encode`] frame
@@ -704,9 +710,8 @@ pub const fn max_samples(max_frame: usize, d: usize) -> usize {
     }
     let mut n = MAX_SAMPLE / d;
     while n > 0 {
-        let v = n * d;
         // The COBS frame and its `0x00` must fit: `len + 1 <= max_frame`.
-        if cobs_max_len(1 + varint_len(v) + 4 * v) < max_frame {
+        if cobs_max_len(sample_message_len(n * d)) < max_frame {
             return n;
         }
         n -= 1;

@@ -93,24 +93,56 @@ fn a_request_that_is_not_whole_samples_gets_one_error() {
         assert_eq!(encode_all::<true>(&m, bad), one);
         assert_eq!(encode_all::<false>(&m, bad), one);
     }
-    // A workspace too short for one sample: one error per sample without pairs (each
-    // call fails), one for the request with them (nothing runs).
+    // A workspace too short for one sample: one error for the request, with and
+    // without pairs, for both requests.
+    let short = vec![Response::Error(ErrorCode::from(
+        hvae::model::InferError::BufferLength,
+    ))];
+    let mut work = vec![0.0f32; S.work_len() - 1];
     let mut out = Response::Ack;
-    let mut got = Vec::new();
-    answer_segment::<_, true>(&m, &xs, &mut [0.0; 3], &mut out, &mut |r| {
-        got.push(r.clone())
-    });
-    assert_eq!(
-        got,
-        vec![Response::Error(ErrorCode::from(
-            hvae::model::InferError::BufferLength
-        ))]
-    );
+    for pairs in [false, true] {
+        for encode in [false, true] {
+            let mut got = Vec::new();
+            let mut emit = |r: &Response| got.push(r.clone());
+            match (pairs, encode) {
+                (false, false) => {
+                    answer_segment::<_, false>(&m, &xs, &mut work, &mut out, &mut emit)
+                }
+                (true, false) => answer_segment::<_, true>(&m, &xs, &mut work, &mut out, &mut emit),
+                (false, true) => answer_encode::<_, false>(&m, &xs, &mut work, &mut out, &mut emit),
+                (true, true) => answer_encode::<_, true>(&m, &xs, &mut work, &mut out, &mut emit),
+            }
+            assert_eq!(got, short, "pairs {pairs}, encode {encode}");
+        }
+    }
 }
 
 #[test]
 fn max_samples_fits_the_frame() {
-    use hvae::protocol::{max_request_frame, max_samples, MAX_SAMPLE};
+    use hvae::protocol::{
+        encode, max_request_frame, max_samples, FrameDecoder, Request, MAX_SAMPLE,
+    };
+    // Real frames: the samples max_samples allows for a 1048-byte buffer (the
+    // firmware's) encode within it and decode in a receiver of that size, with values
+    // whose bytes COBS cannot shorten (no zero bytes) and with zeros.
+    const FRAME: usize = 1048;
+    for d in [1, 7, 64, 100] {
+        let n = max_samples(FRAME, d);
+        assert!(n >= 1);
+        for v in [f32::from_bits(0x3f81_8181), 0.0] {
+            let sample = heapless::Vec::from_slice(&vec![v; n * d]).unwrap();
+            let mut buf = vec![0u8; 4 * FRAME];
+            let frame = encode(&Request::Segment { sample }, &mut buf).unwrap();
+            assert!(
+                frame.len() <= FRAME,
+                "d {d}: {n} samples take {}",
+                frame.len()
+            );
+            let mut rx = FrameDecoder::<FRAME>::new();
+            let (_, got) = rx.feed::<Request>(frame);
+            assert!(matches!(got, Some(Ok(Request::Segment { .. }))), "d {d}");
+        }
+    }
     for d in [1, 7, 64, 100, 256] {
         for n in 1..=MAX_SAMPLE / d {
             let frame = max_request_frame(n * d);

@@ -56,6 +56,7 @@ fn batches_give_the_bits_of_single_calls() {
     for (si, s) in SHAPES.iter().enumerate() {
         let m = model(*s, 10 + si as u64);
         let wl = s.work_len();
+        assert_eq!(m.work_len(), wl);
         for n in 0..=7 {
             let mut xs = samples(s, n, 100 + n as u64);
             // Sample 2 (when there is one) is bad: NaN; sample 5 has an infinity.

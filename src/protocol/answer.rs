@@ -23,8 +23,8 @@ use heapless::Vec;
 /// Answers a `Segment` request for the samples `xs` with `model`, calling `emit` with
 /// each response. `out` is where the responses are built (in place: a [`Response`] is
 /// about 1.3 KiB, too big to move around, or to keep as a constant, on a small device);
-/// `work` holds one model workspace, or two for pairs ([`Model::segment_batch`]).
-/// Cost: `n` segment calls.
+/// `work` holds one model workspace, or two for pairs ([`Model::segment_batch`]); a
+/// shorter one is one `BufferLength` error for the request. Cost: `n` segment calls.
 pub fn answer_segment<S: AsRef<[f32]>, const PAIRS: bool>(
     model: &Model<f32, S>,
     xs: &[f32],
@@ -32,27 +32,26 @@ pub fn answer_segment<S: AsRef<[f32]>, const PAIRS: bool>(
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
 ) {
-    if !whole(xs, model.shape().input, out, emit) {
+    if !acceptable(model, xs, work, out, emit) {
         return;
     }
     let mut each = |r: Result<Segment<'_, f32>, InferError>| {
-        if let Err(e) = r
+        let r = r
             .map_err(ErrorCode::from)
-            .and_then(|s| set_segmented(out, &s))
-        {
-            *out = Response::Error(e);
-        }
-        emit(out);
+            .and_then(|s| set_segmented(out, &s));
+        reply(r, out, emit);
     };
-    if PAIRS {
-        // Checked above: a whole number of samples. A short workspace is one error.
-        if let Err(e) = model.segment_batch(xs, work, |_, r| each(r)) {
-            each(Err(e));
-        }
+    let r = if PAIRS {
+        model.segment_batch(xs, work, |_, r| each(r))
     } else {
         for x in xs.chunks_exact(model.shape().input) {
             each(model.segment(x, work));
         }
+        Ok(())
+    };
+    // Checked by `acceptable`: whole samples and a long enough workspace.
+    if let Err(e) = r {
+        reply(Err(e.into()), out, emit);
     }
 }
 
@@ -64,38 +63,55 @@ pub fn answer_encode<S: AsRef<[f32]>, const PAIRS: bool>(
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
 ) {
-    if !whole(xs, model.shape().input, out, emit) {
+    if !acceptable(model, xs, work, out, emit) {
         return;
     }
     let mut each = |r: Result<Encoding<'_, f32>, InferError>| {
-        if let Err(e) = r
+        let r = r
             .map_err(ErrorCode::from)
-            .and_then(|e| set_encoded(out, &e))
-        {
-            *out = Response::Error(e);
-        }
-        emit(out);
+            .and_then(|e| set_encoded(out, &e));
+        reply(r, out, emit);
     };
-    if PAIRS {
-        if let Err(e) = model.encode_batch(xs, work, |_, r| each(r)) {
-            each(Err(e));
-        }
+    let r = if PAIRS {
+        model.encode_batch(xs, work, |_, r| each(r))
     } else {
         for x in xs.chunks_exact(model.shape().input) {
             each(model.encode(x, work));
         }
+        Ok(())
+    };
+    if let Err(e) = r {
+        reply(Err(e.into()), out, emit);
     }
 }
 
-/// True when `xs` is a whole, non-zero number of samples of `d` values; otherwise
-/// emits one `InputLength` error.
-fn whole(xs: &[f32], d: usize, out: &mut Response, emit: &mut dyn FnMut(&Response)) -> bool {
-    if xs.is_empty() || d == 0 || !xs.len().is_multiple_of(d) {
-        *out = Response::Error(ErrorCode::InputLength);
-        emit(out);
-        return false;
+/// True when `xs` is a whole, non-zero number of samples and `work` holds at least one
+/// workspace; otherwise emits one error (`InputLength`, `BufferLength`).
+fn acceptable<S: AsRef<[f32]>>(
+    model: &Model<f32, S>,
+    xs: &[f32],
+    work: &[f32],
+    out: &mut Response,
+    emit: &mut dyn FnMut(&Response),
+) -> bool {
+    let d = model.shape().input;
+    let e = if xs.is_empty() || d == 0 || !xs.len().is_multiple_of(d) {
+        InferError::InputLength
+    } else if work.len() < model.work_len() {
+        InferError::BufferLength
+    } else {
+        return true;
+    };
+    reply(Err(e.into()), out, emit);
+    false
+}
+
+/// Emits `out` as built, or the error.
+fn reply(r: Result<(), ErrorCode>, out: &mut Response, emit: &mut dyn FnMut(&Response)) {
+    if let Err(e) = r {
+        *out = Response::Error(e);
     }
-    true
+    emit(out);
 }
 
 /// Makes `out` the [`Response::Segmented`] of `s`, in place.

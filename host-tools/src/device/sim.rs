@@ -91,17 +91,9 @@ impl SimState {
         )
     }
 
-    /// Answers one request, as the firmware does: its response, or for `Segment` and
-    /// `Encode` the last of their responses (one per sample; see
-    /// [`SimState::handle_each`]).
-    pub fn handle(&mut self, req: &Request) -> Response {
-        let mut last = Response::Ack;
-        self.handle_each(req, &mut |r| last = r.clone());
-        last
-    }
-
-    /// Answers one request, handing each response to `emit`: one, or one per sample for
-    /// `Segment` and `Encode` (the core's `protocol::answer`, two samples at a time).
+    /// Answers one request as the firmware does, handing each response to `emit`: one,
+    /// or one per sample for `Segment` and `Encode` (the core's `protocol::answer`, two
+    /// samples at a time).
     pub fn handle_each(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
         let mut out = Response::Ack;
         let mut work = vec![0.0f32; 2 * self.model.shape().work_len()];
