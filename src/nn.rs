@@ -22,9 +22,9 @@ use nalgebra::{DMatrixView, DMatrixViewMut, DVectorView, DVectorViewMut};
 /// Cortex-M4F rather than left to nalgebra: eight output rows at a time (eight
 /// accumulators in registers, each input loaded once for eight rows) and eight inputs
 /// per iteration, spelled out so that the loop is unrolled at any optimisation level
-/// (firmware is built for size). That is 149 instructions per 64 multiply-adds on the
-/// M4F (`vldr` + `vmla.f32` per weight, one `vldr` per input, a pointer update per row;
-/// four rows by four inputs took 43 per 16). Rows past the last block of eight are
+/// (firmware is built for size). That is 151 instructions per 64 multiply-adds on the
+/// M4F (`vldr` + `vmla.f32` per weight, one `vldr` per input, the row pointers and the
+/// loop; four rows by four inputs took 43 per 16; counted in a qemu trace). Rows past the last block of eight are
 /// done one at a time. `act` is applied as each output is stored (no second pass).
 /// Each output is still the sum `b + w_0 x_0 + w_1 x_1 + ...` in input order, so the
 /// result does not depend on the blocking.
@@ -217,7 +217,7 @@ pub(crate) fn dense_forward<T: Real>(
 
 /// [`dense_forward`] of two inputs at once, `y0 = W x0 + b` and `y1 = W x1 + b`, each
 /// weight loaded once for both: on a Cortex-M4F the loop takes 123 instructions per 64
-/// multiply-adds (1.9 per MAC, against 2.3 for two calls; eight rows by four inputs by
+/// multiply-adds (1.9 per MAC, against 2.4 for two calls; eight rows by four inputs by
 /// two inputs per iteration: 16 accumulators and 8 input values in registers, two
 /// spilled). Every output is the same sum in the same order as [`dense_forward`]'s, so
 /// the results are the same bits. Returns both first outputs before the activation, as

@@ -8,7 +8,8 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// The digits model's sizes, and odd ones that leave remainders everywhere in the
-/// blocked kernels (13 inputs: 4-chunks and 1; 19 rows: two blocks of 8 and 3; 11; M = 5).
+/// blocked kernels (13 inputs: a chunk of 8 and 5 alone, three of 4 and 1 in pairs; 19
+/// rows: two blocks of 8 and 3; 11; M = 5).
 const SHAPES: [Shape; 3] = [
     Shape::new(64, &[32], 8, 10),
     Shape::new(13, &[19, 11], 5, 3),
