@@ -2,17 +2,19 @@
 # The firmware's tests, on a machine with qemu-system-arm (.ci/run installs it):
 #   0. checks the formatting of the firmware and its host tool, and lints the firmware
 #      (clippy and rustdoc, warnings are errors);
-#   1. builds cluster, selftest and bench for the Cortex-M4F (thumbv7em-none-eabihf) and
-#      cluster and selftest for the Cortex-M0 (thumbv6m-none-eabi), release;
+#   1. builds cluster, selftest, bench and learn for the Cortex-M4F
+#      (thumbv7em-none-eabihf) and cluster and selftest for the Cortex-M0
+#      (thumbv6m-none-eabi), release; runs the host tool's unit tests;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
 #      mps2-an386 and microbit, and checks that the log is defmt: qemu's raw stdout is
 #      frames, not the text, and decodes to the expected lines;
 #   3. runs the protocol probe against cluster on both machines (over the emulated
 #      UART) and checks the inference firmware's flash and RAM (static + measured peak
-#      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM;
+#      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM,
+#      and that no panic site of the core is linked into it;
 #   4. runs bench (instructions per MAC, training step cost and RAM per scope) and
 #      fails if a budget is exceeded;
-#   5. prints the sizes table.
+#   5. prints the sizes table and the panic sites of cluster and learn.
 # Exit status: 0 only if everything passed. HVAE_BENCH_ALLOW_OVER="encode+segment:"
 # (a space-separated list of strings; a result line containing one of them) lets those
 # budgets be exceeded without failing; every other budget still fails the run.
@@ -44,10 +46,12 @@ cargo clippy --release --target "$m4" --lib --bins -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 
 step "build (release)"
-cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench
+cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench --bin learn
 cargo build --release --target "$m0" --bin cluster --bin selftest
-# The host side of the tests (firmware/.cargo/config.toml defaults to the device).
+# The host side of the tests (firmware/.cargo/config.toml defaults to the device), and
+# its own unit tests (the ELF scanner of the panic-site check).
 cargo build --release --target "$host" --manifest-path host/Cargo.toml
+cargo test --release --target "$host" --manifest-path host/Cargo.toml
 
 step "selftest on mps2-an386 (Cortex-M4F), as \`cargo run --release\` runs it (the default program, the runner)"
 timeout 600 cargo run --release
@@ -87,6 +91,9 @@ run mps2-an386 "target/$m4/release/bench" | tee target/bench.txt || bench_ok=0
 step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = .data + .bss)"
 "$tool" size "target/$m4/release/cluster" "target/$m0/release/cluster" \
   "target/$m4/release/selftest" "target/$m0/release/selftest" "target/$m4/release/bench"
+echo
+echo "panic sites linked in (the probe fails cluster on any in the core):"
+"$tool" panics "target/$m4/release/cluster" "target/$m4/release/learn"
 echo
 echo "device-reported (cluster after the probe):"
 grep -h HVAE_DEVICE_FIGURES target/probe-m4.txt target/probe-m0.txt |

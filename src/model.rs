@@ -17,6 +17,12 @@ use crate::{Activation, Real};
 use core::marker::PhantomData;
 use core::ops::Range;
 
+/// The error of a slice out of range on the inference path. Lengths come from a
+/// validated shape and a checked workspace, so it does not happen; checked slicing
+/// returns it instead of linking a panic into the firmware (the `probe` of the
+/// firmware checks that the inference image has no panic site in this crate).
+const SHORT: InferError = InferError::BufferLength;
+
 /// Why an inference call failed. The model is never changed by inference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -294,8 +300,9 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     pub fn encode<'w>(&self, x: &[T], work: &'w mut [T]) -> Result<Encoding<'w, T>, InferError> {
         let kappa = self.encode_into(x, work)?.kappa;
         let l = self.at.work;
+        let mu = work.get(l.mu..l.mu + self.shape.latent);
         Ok(Encoding {
-            mu: &work[l.mu..l.mu + self.shape.latent],
+            mu: mu.ok_or(InferError::BufferLength)?,
             kappa,
         })
     }
@@ -309,7 +316,13 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     /// [`Shape::segmenter_len`] values), a slice of [`Model::params`].
     pub fn segmenter_params(&self) -> &[T] {
         let so = self.at.segmenter;
-        &self.params.as_ref()[so..so + self.shape.segmenter_len()]
+        // Always in range (the length was validated with the shape); an empty slice
+        // otherwise, which the segmenter rejects, rather than a panic.
+        let seg = self
+            .params
+            .as_ref()
+            .get(so..so + self.shape.segmenter_len());
+        seg.unwrap_or(&[])
     }
 
     /// [`Model::segment`] with the segmenter parameters `seg` ([`Shape::segmenter_len`]
@@ -458,13 +471,10 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         kappa: T,
         work: &'w mut [T],
     ) -> Result<Segment<'w, T>, InferError> {
-        let l = self.at.work;
         let (m, k) = (self.shape.latent, self.shape.clusters);
-        let (head, tail) = work.split_at_mut(l.logp);
-        let mu = &head[l.mu..l.mu + m];
-        let (logp, rest) = tail.split_at_mut(l.p - l.logp);
+        let (mu, logp, probs) = segment_regions(self.at.work, m, k, work)?;
         let cosine = segmenter_logits(seg, m, k, mu, logp);
-        finish_segment(cosine, logp, &mut rest[..k], mu, kappa)
+        finish_segment(cosine, logp, probs, mu, kappa)
     }
 
     /// [`Model::segment_encoded`] of two encoded workspaces, with
@@ -481,15 +491,15 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     ) {
         let l = self.at.work;
         let (m, k) = (self.shape.latent, self.shape.clusters);
-        let (h0, t0) = w0.split_at_mut(l.logp);
-        let (h1, t1) = w1.split_at_mut(l.logp);
-        let (mu0, mu1) = (&h0[l.mu..l.mu + m], &h1[l.mu..l.mu + m]);
-        let (logp0, rest0) = t0.split_at_mut(l.p - l.logp);
-        let (logp1, rest1) = t1.split_at_mut(l.p - l.logp);
+        let (Ok((mu0, logp0, p0)), Ok((mu1, logp1, p1))) =
+            (segment_regions(l, m, k, w0), segment_regions(l, m, k, w1))
+        else {
+            return (Err(SHORT), Err(SHORT));
+        };
         let (c0, c1) = segmenter_logits2(seg, m, k, (mu0, mu1), (&mut *logp0, &mut *logp1));
         (
-            finish_segment(c0, logp0, &mut rest0[..k], mu0, kappa0),
-            finish_segment(c1, logp1, &mut rest1[..k], mu1, kappa1),
+            finish_segment(c0, logp0, p0, mu0, kappa0),
+            finish_segment(c1, logp1, p1, mu1, kappa1),
         )
     }
 
@@ -504,10 +514,11 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         }
         self.encode_into(x, work)?;
         let l = self.at.work;
-        let (head, tail) = work.split_at_mut(l.z);
-        tail[..self.shape.latent].copy_from_slice(&head[l.mu..l.mu + self.shape.latent]);
-        self.decoder_forward(work);
-        let xhat = &work[l.xhat..l.xhat + self.shape.input];
+        let (head, tail) = work.split_at_mut_checked(l.z).ok_or(SHORT)?;
+        let mu = head.get(l.mu..l.mu + self.shape.latent).ok_or(SHORT)?;
+        tail.get_mut(..mu.len()).ok_or(SHORT)?.copy_from_slice(mu);
+        self.decoder_forward(work)?;
+        let xhat = work.get(l.xhat..l.xhat + self.shape.input).ok_or(SHORT)?;
         if !xhat.iter().all(|v| v.is_finite()) {
             return Err(InferError::NonFinite);
         }
@@ -527,12 +538,14 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     /// the concentration pre-activation (both needed by the backward pass).
     pub(crate) fn encode_into(&self, x: &[T], work: &mut [T]) -> Result<EncoderOut<T>, InferError> {
         self.check_lengths(x, work)?;
-        self.normalise_into(x, work);
+        self.normalise_into(x, work)?;
         let mut first = T::zero();
         for layer in 0..=self.shape.depth() {
-            let (w, b, input, output, act) = self.encoder_layer(layer);
-            let (head, tail) = work.split_at_mut(output.start);
-            let pre = dense_forward(w, b, &head[input], &mut tail[..output.len()], act);
+            let (w, b, input, output, act) = self.encoder_layer(layer)?;
+            let (head, tail) = work.split_at_mut_checked(output.start).ok_or(SHORT)?;
+            let input = head.get(input).ok_or(SHORT)?;
+            let output = tail.get_mut(..output.len()).ok_or(SHORT)?;
+            let pre = dense_forward(w, b, input, output, act);
             if layer == 0 {
                 first = pre;
             }
@@ -552,31 +565,50 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         Result<EncoderOut<T>, InferError>,
         Result<EncoderOut<T>, InferError>,
     ) {
-        if let Err(e) = self.check_lengths(x0, w0).and(self.check_lengths(x1, w1)) {
-            return (Err(e), Err(e));
-        }
-        self.normalise_pair_into((x0, x1), (&mut *w0, &mut *w1));
+        let first = self
+            .check_lengths(x0, w0)
+            .and(self.check_lengths(x1, w1))
+            .and_then(|()| self.dense_pair_into((x0, x1), (&mut *w0, &mut *w1)));
+        (
+            first
+                .and_then(|f| check_first(f.0, x0))
+                .and_then(|()| self.encoder_head(w0)),
+            first
+                .and_then(|f| check_first(f.1, x1))
+                .and_then(|()| self.encoder_head(w1)),
+        )
+    }
+
+    /// The normalisation and the dense layers of [`Model::encode_pair_into`]; returns
+    /// the first layer's first outputs before the activation.
+    #[inline(never)]
+    fn dense_pair_into(
+        &self,
+        (x0, x1): (&[T], &[T]),
+        (w0, w1): (&mut [T], &mut [T]),
+    ) -> Result<(T, T), InferError> {
+        self.normalise_pair_into((x0, x1), (&mut *w0, &mut *w1))?;
         let mut first = (T::zero(), T::zero());
         for layer in 0..=self.shape.depth() {
-            let (w, b, input, output, act) = self.encoder_layer(layer);
-            let (h0, t0) = w0.split_at_mut(output.start);
-            let (h1, t1) = w1.split_at_mut(output.start);
+            let (w, b, input, output, act) = self.encoder_layer(layer)?;
+            let (h0, t0) = w0.split_at_mut_checked(output.start).ok_or(SHORT)?;
+            let (h1, t1) = w1.split_at_mut_checked(output.start).ok_or(SHORT)?;
             let n = output.len();
             let pre = dense_forward2(
                 w,
                 b,
-                (&h0[input.clone()], &h1[input]),
-                (&mut t0[..n], &mut t1[..n]),
+                (
+                    h0.get(input.clone()).ok_or(SHORT)?,
+                    h1.get(input).ok_or(SHORT)?,
+                ),
+                (t0.get_mut(..n).ok_or(SHORT)?, t1.get_mut(..n).ok_or(SHORT)?),
                 act,
             );
             if layer == 0 {
                 first = pre;
             }
         }
-        (
-            check_first(first.0, x0).and_then(|()| self.encoder_head(w0)),
-            check_first(first.1, x1).and_then(|()| self.encoder_head(w1)),
-        )
+        Ok(first)
     }
 
     /// `x` has `D` values and `work` is long enough.
@@ -593,12 +625,10 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     /// Normalises `x` with the stored per-feature offset and scale into the workspace.
     /// The input is checked for NaN and infinity after the first layer
     /// ([`check_first`]), not here.
-    fn normalise_into(&self, x: &[T], work: &mut [T]) {
-        let (d, l) = (self.shape.input, self.at.work);
-        let p = self.params.as_ref();
-        let no = self.shape.norm_offset();
-        let (offset, scale) = (&p[no..no + d], &p[no + d..no + 2 * d]);
-        let xn = &mut work[l.xn..l.xn + d];
+    fn normalise_into(&self, x: &[T], work: &mut [T]) -> Result<(), InferError> {
+        let (offset, scale) = self.normalisation()?;
+        let l = self.at.work;
+        let xn = work.get_mut(l.xn..l.xn + offset.len()).ok_or(SHORT)?;
         // Four values per iteration, spelled out (the firmware is built for size).
         let (xq, xr) = x.as_chunks::<4>();
         let (oq, or) = offset.as_chunks::<4>();
@@ -613,15 +643,27 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         for (((n, &xi), &o), &sc) in nr.iter_mut().zip(xr).zip(or).zip(sr) {
             *n = (xi - o) * sc;
         }
+        Ok(())
+    }
+
+    /// The input normalisation's per-feature offset and scale (`D` values each).
+    fn normalisation(&self) -> Result<(&[T], &[T]), InferError> {
+        let d = self.shape.input;
+        let no = self.shape.norm_offset();
+        let p = self.params.as_ref().get(no..no + 2 * d).ok_or(SHORT)?;
+        p.split_at_checked(d).ok_or(SHORT)
     }
 
     /// [`Model::normalise_into`] of two inputs, each offset and scale loaded once.
-    fn normalise_pair_into(&self, (x0, x1): (&[T], &[T]), (w0, w1): (&mut [T], &mut [T])) {
-        let (d, l) = (self.shape.input, self.at.work);
-        let p = self.params.as_ref();
-        let no = self.shape.norm_offset();
-        let (offset, scale) = (&p[no..no + d], &p[no + d..no + 2 * d]);
-        let (n0, n1) = (&mut w0[l.xn..l.xn + d], &mut w1[l.xn..l.xn + d]);
+    fn normalise_pair_into(
+        &self,
+        (x0, x1): (&[T], &[T]),
+        (w0, w1): (&mut [T], &mut [T]),
+    ) -> Result<(), InferError> {
+        let (offset, scale) = self.normalisation()?;
+        let xn = self.at.work.xn..self.at.work.xn + offset.len();
+        let n0 = w0.get_mut(xn.clone()).ok_or(SHORT)?;
+        let n1 = w1.get_mut(xn).ok_or(SHORT)?;
         let (aq, ar) = x0.as_chunks::<4>();
         let (bq, br) = x1.as_chunks::<4>();
         let (oq, or) = offset.as_chunks::<4>();
@@ -643,6 +685,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             *m = (a - o) * sc;
             *n = (b - o) * sc;
         }
+        Ok(())
     }
 
     /// Dense layer `layer` of the encoder (`depth` is the mean-direction head): its
@@ -652,7 +695,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     fn encoder_layer(
         &self,
         layer: usize,
-    ) -> (&[T], &[T], Range<usize>, Range<usize>, Option<Activation>) {
+    ) -> Result<(&[T], &[T], Range<usize>, Range<usize>, Option<Activation>), InferError> {
         let s = &self.shape;
         let l = self.at.work;
         let p = self.params.as_ref();
@@ -672,13 +715,9 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             let m = s.latent;
             (m, s.last_hidden(), l.mu..l.mu + m, None)
         };
-        (
-            &p[off..off + o * i],
-            &p[off + o * i..off + o * i + o],
-            input,
-            output,
-            act,
-        )
+        let wb = p.get(off..off + o * i + o).ok_or(SHORT)?;
+        let (w, b) = wb.split_at_checked(o * i).ok_or(SHORT)?;
+        Ok((w, b, input, output, act))
     }
 
     /// The rest of the encoder after its dense layers: `mu` normalised in place, the
@@ -688,9 +727,9 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let l = self.at.work;
         let p = self.params.as_ref();
         let (m, h_l) = (s.latent, s.last_hidden());
-        let (front, rest) = work.split_at_mut(l.mu);
-        let h = &front[l.mu - h_l..l.mu];
-        let mu = &mut rest[..m];
+        let (front, rest) = work.split_at_mut_checked(l.mu).ok_or(SHORT)?;
+        let h = front.get(l.mu - h_l..).ok_or(SHORT)?;
+        let mu = rest.get_mut(..m).ok_or(SHORT)?;
         let norm = dot(mu, mu).sqrt();
         if !norm.is_finite() || norm <= T::EPS * T::EPS {
             return Err(InferError::ZeroDirection);
@@ -700,7 +739,12 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         }
         // The concentration head follows the mean-direction head's weights and biases.
         let off = self.at.segmenter - (h_l + 1);
-        let pre = dot(&p[off..off + h_l], h) + p[off + h_l];
+        let (&bias, w) = p
+            .get(off..=off + h_l)
+            .ok_or(SHORT)?
+            .split_last()
+            .ok_or(SHORT)?;
+        let pre = dot(w, h) + bias;
         if !pre.is_finite() {
             return Err(InferError::NonFinite);
         }
@@ -725,30 +769,36 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
 
     /// Decoder forward from the `z` region of the workspace into the `xhat` region
     /// (logits for Bernoulli), keeping the hidden activations.
-    pub(crate) fn decoder_forward(&self, work: &mut [T]) {
+    pub(crate) fn decoder_forward(&self, work: &mut [T]) -> Result<(), InferError> {
         let s = &self.shape;
         let l = self.at.work;
         let p = self.params.as_ref();
-        let (front, rest) = work.split_at_mut(l.dec);
-        let z = &front[l.z..l.z + s.latent];
-        let (dec, rest) = rest.split_at_mut(l.xhat - l.dec);
-        let xhat = &mut rest[..s.input];
+        let (front, rest) = work.split_at_mut_checked(l.dec).ok_or(SHORT)?;
+        let z = front.get(l.z..l.z + s.latent).ok_or(SHORT)?;
+        let (dec, rest) = rest.split_at_mut_checked(l.xhat - l.dec).ok_or(SHORT)?;
+        let xhat = rest.get_mut(..s.input).ok_or(SHORT)?;
         let mut off = s.decoder_offset();
         let mut act_off = 0;
         for layer in 0..=s.depth() {
             let (o, i) = s.decoder_layer(layer);
-            let (w, b) = (&p[off..off + o * i], &p[off + o * i..off + o * i + o]);
+            let wb = p.get(off..off + o * i + o).ok_or(SHORT)?;
+            let (w, b) = wb.split_at_checked(o * i).ok_or(SHORT)?;
             off += o * i + o;
-            let (prev, cur) = dec.split_at_mut(act_off);
-            let input = if layer == 0 { z } else { &prev[act_off - i..] };
+            let (prev, cur) = dec.split_at_mut_checked(act_off).ok_or(SHORT)?;
+            let input = if layer == 0 {
+                z
+            } else {
+                prev.get(act_off - i..).ok_or(SHORT)?
+            };
             if layer == s.depth() {
                 dense_forward(w, b, input, xhat, None);
             } else {
-                let y = &mut cur[..o];
+                let y = cur.get_mut(..o).ok_or(SHORT)?;
                 dense_forward(w, b, input, y, Some(s.activation));
                 act_off += o;
             }
         }
+        Ok(())
     }
 }
 
@@ -884,6 +934,21 @@ fn finish_segment<'w, T: Real>(
     })
 }
 
+/// The segmenter's regions of an encoded workspace: `mu` (`M` values), the logits and
+/// the probabilities (`K` each).
+#[allow(clippy::type_complexity)]
+fn segment_regions<T>(
+    l: WorkLayout,
+    m: usize,
+    k: usize,
+    work: &mut [T],
+) -> Result<(&[T], &mut [T], &mut [T]), InferError> {
+    let (head, tail) = work.split_at_mut_checked(l.logp).ok_or(SHORT)?;
+    let (logp, rest) = tail.split_at_mut_checked(l.p - l.logp).ok_or(SHORT)?;
+    let mu = head.get(l.mu..l.mu + m).ok_or(SHORT)?;
+    Ok((mu, logp, rest.get_mut(..k).ok_or(SHORT)?))
+}
+
 /// The input check after the first layer: a NaN or infinite input makes the first
 /// layer's first output non-finite (see `dense_forward`; `(x - o) s` keeps a non-finite
 /// value non-finite), so one comparison replaces one per input. Which error it is needs
@@ -959,12 +1024,12 @@ pub(crate) fn segmenter_logits<T: Real>(
     z: &[T],
     logits: &mut [T],
 ) -> Result<T, InferError> {
-    if seg.len() != k * m + 1 + k || z.len() != m || logits.len() < k {
+    if m == 0 || seg.len() != k * m + 1 + k || z.len() != m || logits.len() < k {
         return Err(InferError::BufferLength);
     }
-    let centres = &seg[..k * m];
-    let kappa_s = seg[k * m].fast_exp();
-    let log_w = &seg[k * m + 1..];
+    let (centres, rest) = seg.split_at_checked(k * m).ok_or(SHORT)?;
+    let (&ln_kappa_s, log_w) = rest.split_first().ok_or(SHORT)?;
+    let kappa_s = ln_kappa_s.fast_exp();
     let mut best = -T::one() - T::one();
     let mut probe = T::zero();
     for ((ck, &lw), a) in centres.chunks_exact(m).zip(log_w).zip(logits.iter_mut()) {
@@ -994,13 +1059,17 @@ fn segmenter_logits2<T: Real>(
     (z0, z1): (&[T], &[T]),
     (l0, l1): (&mut [T], &mut [T]),
 ) -> (Result<T, InferError>, Result<T, InferError>) {
-    if seg.len() != k * m + 1 + k || z0.len() != m || z1.len() != m || l0.len() < k || l1.len() < k
+    let parts = seg
+        .split_at_checked(k * m)
+        .and_then(|(c, rest)| Some((c, rest.split_first()?)));
+    let Some((centres, (&ln_kappa_s, log_w))) = parts else {
+        return (Err(SHORT), Err(SHORT));
+    };
+    if m == 0 || log_w.len() != k || z0.len() != m || z1.len() != m || l0.len() < k || l1.len() < k
     {
-        return (Err(InferError::BufferLength), Err(InferError::BufferLength));
+        return (Err(SHORT), Err(SHORT));
     }
-    let centres = &seg[..k * m];
-    let kappa_s = seg[k * m].fast_exp();
-    let log_w = &seg[k * m + 1..];
+    let kappa_s = ln_kappa_s.fast_exp();
     let (mut best0, mut best1) = (-T::one() - T::one(), -T::one() - T::one());
     let (mut probe0, mut probe1) = (T::zero(), T::zero());
     for (((ck, &lw), a0), a1) in centres

@@ -63,14 +63,11 @@ pub(crate) fn dense_forward<T: Real>(
     let (b_rest, w_rest) = (bb.remainder(), wb.remainder());
     // 8 rows at a time.
     for ((yq, bq), wq) in (&mut yb).zip(bb).zip(wb) {
-        let (w0, rest) = wq.split_at(n);
-        let (w1, rest) = rest.split_at(n);
-        let (w2, rest) = rest.split_at(n);
-        let (w3, rest) = rest.split_at(n);
-        let (w4, rest) = rest.split_at(n);
-        let (w5, rest) = rest.split_at(n);
-        let (w6, rest) = rest.split_at(n);
-        let w7 = rest;
+        // A block is `8 n` values, so this always splits; checked rather than indexed
+        // so that no panic path is linked in (NaN: the encoder's error for it).
+        let Some([w0, w1, w2, w3, w4, w5, w6, w7]) = rows8(wq, n) else {
+            return T::zero() / T::zero();
+        };
         let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) =
             (bq[0], bq[1], bq[2], bq[3], bq[4], bq[5], bq[6], bq[7]);
         let (q0, r0) = w0.as_chunks::<8>();
@@ -215,6 +212,19 @@ pub(crate) fn dense_forward<T: Real>(
     first.unwrap_or(T::zero())
 }
 
+/// The eight rows of `n` values of a block `wq` (`8 n` values).
+#[inline(always)]
+fn rows8<T>(wq: &[T], n: usize) -> Option<[&[T]; 8]> {
+    let (w0, rest) = wq.split_at_checked(n)?;
+    let (w1, rest) = rest.split_at_checked(n)?;
+    let (w2, rest) = rest.split_at_checked(n)?;
+    let (w3, rest) = rest.split_at_checked(n)?;
+    let (w4, rest) = rest.split_at_checked(n)?;
+    let (w5, rest) = rest.split_at_checked(n)?;
+    let (w6, w7) = rest.split_at_checked(n)?;
+    Some([w0, w1, w2, w3, w4, w5, w6, w7])
+}
+
 /// [`dense_forward`] of two inputs at once, `y0 = W x0 + b` and `y1 = W x1 + b`, each
 /// weight loaded once for both: on a Cortex-M4F the loop takes 123 instructions per 64
 /// multiply-adds (1.9 per MAC, against 2.4 for two calls; eight rows by four inputs by
@@ -247,18 +257,19 @@ pub(crate) fn dense_forward2<T: Real>(
     let mut yab = y0.chunks_exact_mut(8);
     let mut ybb = y1.chunks_exact_mut(8);
     let bb = b.chunks_exact(8);
-    let wb = w.chunks_exact(8 * n);
+    // Checked (no panic path in the firmware); `8 n` fits whenever `W` does.
+    let nan = T::zero() / T::zero();
+    let Some(block) = n.checked_mul(8).filter(|&c| c > 0) else {
+        return (nan, nan);
+    };
+    let wb = w.chunks_exact(block);
     let (b_rest, w_rest) = (bb.remainder(), wb.remainder());
     // 8 rows at a time, both inputs.
     for (((ya, yb), bq), wq) in (&mut yab).zip(&mut ybb).zip(bb).zip(wb) {
-        let (w0, rest) = wq.split_at(n);
-        let (w1, rest) = rest.split_at(n);
-        let (w2, rest) = rest.split_at(n);
-        let (w3, rest) = rest.split_at(n);
-        let (w4, rest) = rest.split_at(n);
-        let (w5, rest) = rest.split_at(n);
-        let (w6, rest) = rest.split_at(n);
-        let w7 = rest;
+        // Always splits (see `dense_forward`).
+        let Some([w0, w1, w2, w3, w4, w5, w6, w7]) = rows8(wq, n) else {
+            return (nan, nan);
+        };
         let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) =
             (bq[0], bq[1], bq[2], bq[3], bq[4], bq[5], bq[6], bq[7]);
         let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5, mut c6, mut c7) =

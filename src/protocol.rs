@@ -1031,8 +1031,9 @@ impl WeightLoader {
                     }
                     sink(index, v)?;
                 }
-            } else {
-                self.trailer[at - values_end] = b;
+            } else if let Some(t) = self.trailer.get_mut(at - values_end) {
+                // Always in range: `bytes` was checked against what is left.
+                *t = b;
                 self.received += 1;
             }
         }

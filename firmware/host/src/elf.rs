@@ -41,8 +41,18 @@ fn u32_at(d: &[u8], at: usize) -> Result<u32, String> {
         .ok_or_else(|| "ELF cut short".to_string())
 }
 
-/// The sizes of the ELF file at `path`.
-pub fn sizes(path: &str) -> Result<Sizes, String> {
+/// One section header: name offset, type, flags, address, file offset, size.
+struct Section {
+    name: u32,
+    kind: u32,
+    flags: u32,
+    addr: u32,
+    offset: u32,
+    size: u32,
+}
+
+/// The ELF file at `path` and its section headers.
+fn read(path: &str) -> Result<(Vec<u8>, Vec<Section>), String> {
     let d = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     if d.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 1, 1][..]) {
         return Err(format!("{path}: not a 32-bit little-endian ELF file"));
@@ -50,10 +60,81 @@ pub fn sizes(path: &str) -> Result<Sizes, String> {
     let shoff = u32_at(&d, 0x20)? as usize;
     let shentsize = usize::from(u16_at(&d, 0x2E)?);
     let shnum = usize::from(u16_at(&d, 0x30)?);
-    let mut s = Sizes::default();
+    let mut secs = Vec::with_capacity(shnum);
     for i in 0..shnum {
         let h = shoff + i * shentsize;
-        let (kind, flags, size) = (u32_at(&d, h + 4)?, u32_at(&d, h + 8)?, u32_at(&d, h + 20)?);
+        secs.push(Section {
+            name: u32_at(&d, h)?,
+            kind: u32_at(&d, h + 4)?,
+            flags: u32_at(&d, h + 8)?,
+            addr: u32_at(&d, h + 12)?,
+            offset: u32_at(&d, h + 16)?,
+            size: u32_at(&d, h + 20)?,
+        });
+    }
+    Ok((d, secs))
+}
+
+/// A panic site linked into an image: the `core::panic::Location` (file, line, column)
+/// that the code passes to the panic handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PanicSite {
+    /// The source file, as the compiler saw its path.
+    pub file: String,
+    /// Line.
+    pub line: u32,
+    /// Column.
+    pub col: u32,
+}
+
+/// The panic sites of the image at `path`: every `Location` in `.rodata`, found as
+/// 16 bytes `(file pointer, file length, line, column)` whose pointer and length
+/// designate a string in `.rodata` ending in `.rs`. Each site that can panic (an index
+/// out of range, an `unwrap`, an overflow check) has its own `Location`, and the
+/// linker keeps only those some kept code refers to.
+pub fn panic_sites(path: &str) -> Result<Vec<PanicSite>, String> {
+    let (d, secs) = read(path)?;
+    let shstrndx = usize::from(u16_at(&d, 0x32)?);
+    let names = secs.get(shstrndx).ok_or("ELF: no section names")?;
+    let name_of = |s: &Section| -> &[u8] {
+        let at = (names.offset + s.name) as usize;
+        let rest = d.get(at..).unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    };
+    let Some(ro) = secs.iter().find(|s| name_of(s) == b".rodata") else {
+        return Ok(Vec::new());
+    };
+    let bytes = d
+        .get(ro.offset as usize..(ro.offset + ro.size) as usize)
+        .ok_or("ELF: .rodata out of the file")?;
+    let (lo, hi) = (ro.addr, ro.addr + ro.size);
+    let mut out = Vec::new();
+    for at in (0..bytes.len().saturating_sub(15)).step_by(4) {
+        let (ptr, len) = (u32_at(bytes, at)?, u32_at(bytes, at + 4)?);
+        let (line, col) = (u32_at(bytes, at + 8)?, u32_at(bytes, at + 12)?);
+        if ptr < lo || len < 4 || len > 4096 || ptr + len > hi || line == 0 {
+            continue;
+        }
+        let s = &bytes[(ptr - lo) as usize..(ptr - lo + len) as usize];
+        if let Ok(file) = std::str::from_utf8(s) {
+            if file.ends_with(".rs") {
+                out.push(PanicSite {
+                    file: file.to_string(),
+                    line,
+                    col,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The sizes of the ELF file at `path`.
+pub fn sizes(path: &str) -> Result<Sizes, String> {
+    let (_, secs) = read(path)?;
+    let mut s = Sizes::default();
+    for sec in &secs {
+        let (kind, flags, size) = (sec.kind, sec.flags, sec.size);
         if flags & SHF_ALLOC == 0 {
             continue;
         }
@@ -95,4 +176,103 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     print!("{out}");
     Ok(())
+}
+
+/// The core crate's source directory, as the firmware's build names its files (the
+/// firmware and this tool are built from the same checkout).
+pub fn core_src() -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../src");
+    let dir = std::fs::canonicalize(dir).map_or_else(|_| dir.into(), |p| p.display().to_string());
+    format!("{dir}/")
+}
+
+/// `panics ELF...`: the panic sites of each image, counted per source file, the core's
+/// (`hvae`) first.
+pub fn panics(args: &[String]) -> Result<(), String> {
+    if args.is_empty() {
+        return Err("panics: no ELF file given".into());
+    }
+    let core = core_src();
+    for p in args {
+        let sites = panic_sites(p)?;
+        let in_core = sites.iter().filter(|s| s.file.starts_with(&core)).count();
+        println!(
+            "{p}: {} panic sites, {in_core} in the core (hvae), {} in dependencies",
+            sites.len(),
+            sites.len() - in_core
+        );
+        let mut per_file = std::collections::BTreeMap::<(bool, &str), usize>::new();
+        for s in &sites {
+            let c = s.file.starts_with(&core);
+            let name = s.file.strip_prefix(&core).unwrap_or(&s.file);
+            *per_file.entry((!c, name)).or_default() += 1;
+        }
+        for ((dep, file), n) in per_file {
+            let file = if dep {
+                file.to_string()
+            } else {
+                format!("hvae/src/{file}")
+            };
+            println!("  {n:>4}  {file}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 32-bit little-endian ELF with a `.rodata` at `addr` holding `ro`.
+    fn elf_with_rodata(addr: u32, ro: &[u8]) -> Vec<u8> {
+        let names = b"\0.shstrtab\0.rodata\0";
+        let (ro_off, names_off) = (52u32, 52 + ro.len() as u32);
+        let shoff = (names_off + names.len() as u32).next_multiple_of(4);
+        let mut d = vec![0u8; 52];
+        d[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1]);
+        d[0x20..0x24].copy_from_slice(&shoff.to_le_bytes());
+        d[0x2E..0x30].copy_from_slice(&40u16.to_le_bytes());
+        d[0x30..0x32].copy_from_slice(&3u16.to_le_bytes());
+        d[0x32..0x34].copy_from_slice(&1u16.to_le_bytes());
+        d.extend_from_slice(ro);
+        d.extend_from_slice(names);
+        d.resize(shoff as usize, 0);
+        let header = |name: u32, kind: u32, flags: u32, addr: u32, off: u32, size: u32| {
+            let mut h = [0u8; 40];
+            for (i, v) in [name, kind, flags, addr, off, size].into_iter().enumerate() {
+                h[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            h
+        };
+        d.extend_from_slice(&[0u8; 40]);
+        d.extend_from_slice(&header(1, 3, 0, 0, names_off, names.len() as u32));
+        d.extend_from_slice(&header(11, 1, SHF_ALLOC, addr, ro_off, ro.len() as u32));
+        d
+    }
+
+    #[test]
+    fn finds_locations_and_nothing_else() {
+        let addr = 0x4000u32;
+        let mut ro = Vec::new();
+        ro.extend_from_slice(b"/x/src/model.rs\0"); // 15 bytes + padding
+        ro.extend_from_slice(b"data.txt"); // not a source file
+        let loc = |ptr: u32, len: u32, line: u32, col: u32| {
+            [ptr, len, line, col].map(u32::to_le_bytes).concat()
+        };
+        ro.extend(loc(addr, 15, 965, 23));
+        ro.extend(loc(addr, 15, 12, 5));
+        ro.extend(loc(addr + 16, 8, 3, 1)); // points at "data.txt"
+        ro.extend(loc(addr + 0x1000, 15, 3, 1)); // outside .rodata
+        ro.extend(loc(addr, 15, 0, 0)); // line 0: not a location
+        let dir = std::env::temp_dir().join(format!("hvae-elf-test-{}", std::process::id()));
+        std::fs::write(&dir, elf_with_rodata(addr, &ro)).unwrap();
+        let sites = panic_sites(dir.to_str().unwrap()).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        let at = |line, col| PanicSite {
+            file: "/x/src/model.rs".into(),
+            line,
+            col,
+        };
+        assert_eq!(sites, vec![at(965, 23), at(12, 5)]);
+    }
 }

@@ -1,5 +1,6 @@
 //! `probe ELF --machine M --blob MODEL.hvae [--flash-budget B] [--ram-budget B]`:
-//! the protocol conformance test of the `cluster` firmware under qemu.
+//! the protocol conformance test of the `cluster` firmware under qemu, and its budgets
+//! (flash, RAM, no panic site of the core).
 //!
 //! qemu is started with the board's UART0 on a TCP socket this program listens on
 //! (`-serial tcp:127.0.0.1:PORT`); semihosting output (the firmware's defmt log) goes to
@@ -597,6 +598,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
             || "over budget".into(),
         )?;
     }
+    // Inference cannot panic: the core's inference path returns typed errors for
+    // everything, so no panic site of the core may be linked in.
+    let sites = crate::elf::panic_sites(elf)?;
+    let core = crate::elf::core_src();
+    let in_core: Vec<_> = sites.iter().filter(|s| s.file.starts_with(&core)).collect();
+    check(
+        in_core.is_empty(),
+        &format!(
+            "no panic site of the core linked in ({} in dependencies: framing, semihosting)",
+            sites.len() - in_core.len()
+        ),
+        || format!("{in_core:?}"),
+    )?;
     println!("probe: all checks passed");
     Ok(())
 }
