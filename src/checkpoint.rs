@@ -562,8 +562,12 @@ impl<F: NorFlash> Checkpoints<F> {
             return Ok(SlotState::Corrupt(Damage::Header));
         }
         let mut word = [0u8; 4];
+        // `read_with` hands out pieces of the range asked for, so every `get` below
+        // is in range; checked rather than indexed, so that no panic path is linked in.
         self.read_with(slot, commit_at, 4, |at, b| {
-            word[at - commit_at..at - commit_at + b.len()].copy_from_slice(b)
+            if let Some(dst) = word.get_mut(at - commit_at..at - commit_at + b.len()) {
+                dst.copy_from_slice(b);
+            }
         })?;
         if u32::from_le_bytes(word) != COMMIT {
             return Ok(SlotState::Corrupt(Damage::Uncommitted));
@@ -580,7 +584,9 @@ impl<F: NorFlash> Checkpoints<F> {
                 if at + i < HEADER_LEN {
                     continue;
                 }
-                val[filled] = byte;
+                if let Some(v) = val.get_mut(filled) {
+                    *v = byte;
+                }
                 filled += 1;
                 if filled == width {
                     filled = 0;
@@ -593,7 +599,9 @@ impl<F: NorFlash> Checkpoints<F> {
                 }
             }
             for (i, &byte) in b[in_body..].iter().enumerate() {
-                word[at + in_body + i - body] = byte;
+                if let Some(w) = word.get_mut(at + in_body + i - body) {
+                    *w = byte;
+                }
             }
         })?;
         if digest.finalize() != u32::from_le_bytes(word) {
@@ -669,7 +677,10 @@ impl<F: NorFlash> Checkpoints<F> {
             layout.body_len() - HEADER_LEN,
             |_, b| {
                 for &byte in b {
-                    val[filled] = byte;
+                    // `filled < width <= 8`.
+                    if let Some(v) = val.get_mut(filled) {
+                        *v = byte;
+                    }
                     filled += 1;
                     if filled < width {
                         continue;
@@ -904,9 +915,13 @@ impl<F: NorFlash> Stager<'_, F> {
     fn put(&mut self, mut bytes: &[u8]) -> Result<(), CheckpointError> {
         while !bytes.is_empty() {
             let n = (CHUNK - self.fill).min(bytes.len());
-            self.buf[self.fill..self.fill + n].copy_from_slice(&bytes[..n]);
+            let (head, rest) = bytes.split_at(n);
+            // `fill + n <= CHUNK`; checked, so that no panic path is linked in.
+            if let Some(dst) = self.buf.get_mut(self.fill..self.fill + n) {
+                dst.copy_from_slice(head);
+            }
             self.fill += n;
-            bytes = &bytes[n..];
+            bytes = rest;
             if self.fill == CHUNK {
                 self.flush(1)?;
             }
@@ -920,7 +935,9 @@ impl<F: NorFlash> Stager<'_, F> {
         if n == 0 {
             return Ok(());
         }
-        self.buf[self.fill..n].fill(0xFF);
+        if let Some(pad) = self.buf.get_mut(self.fill..n) {
+            pad.fill(0xFF);
+        }
         self.flash
             .write(self.base + self.written as u32, &self.buf[..n])
             .map_err(flash_err)?;

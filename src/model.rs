@@ -404,11 +404,14 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     {
         let (l, m) = (self.at.work, self.shape.latent);
         let mut one = |i: usize, r: Result<EncoderOut<T>, InferError>, w: &mut [T]| {
+            let mu = w.get(l.mu..l.mu + m).ok_or(SHORT);
             each(
                 i,
-                r.map(|e| Encoding {
-                    mu: &w[l.mu..l.mu + m],
-                    kappa: e.kappa,
+                r.and_then(|e| {
+                    Ok(Encoding {
+                        mu: mu?,
+                        kappa: e.kappa,
+                    })
                 }),
             )
         };

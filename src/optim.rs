@@ -389,7 +389,9 @@ impl<S> OptimState<S> {
                     bc1: one - pow_u32(beta1, step),
                     bc2: one - pow_u32(beta2, step),
                 };
-                let (m, v) = state.split_at_mut(n);
+                let (m, v) = state
+                    .split_at_mut_checked(n)
+                    .ok_or(OptimError::LengthMismatch)?;
                 // Check pass. The square root is the dearest part of an update on a
                 // device without a hardware `sqrt` in reach, so it is skipped where a
                 // bound proves the new parameter finite: `|m_hat| / (sqrt(v_hat) + eps)

@@ -60,8 +60,10 @@ impl<'a> F32s<'a> {
     /// The values in order.
     pub fn iter(&self) -> impl Iterator<Item = f32> + 'a {
         self.0
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|&b| f32::from_le_bytes(b))
     }
 
     /// Copies the values into `out` if it has exactly [`F32s::len`] slots; returns

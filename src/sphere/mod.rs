@@ -397,8 +397,10 @@ pub fn reflect_backward<T: Real>(mu: &[T], z: &[T], w: T, grad_z: &[T], grad_mu:
         let ug = u_dot(mu, grad_z);
         (two * uz / uu, two * ug / uu, uz, ug)
     };
-    let x_at = |i: usize| z[i] - fz * u_at(mu[i], i);
-    let hg_at = |i: usize| grad_z[i] - fg * u_at(mu[i], i);
+    // `get` (0 past the end, which the length check rules out): no panic path linked in.
+    let at = |v: &[T], i: usize| v.get(i).copied().unwrap_or(T::of(0.0));
+    let x_at = |i: usize| at(z, i) - fz * u_at(at(mu, i), i);
+    let hg_at = |i: usize| at(grad_z, i) - fg * u_at(at(mu, i), i);
     let (mut hgx, mut r2) = (T::of(0.0), T::of(0.0));
     for i in 1..m {
         let xi = x_at(i);
@@ -411,8 +413,8 @@ pub fn reflect_backward<T: Real>(mu: &[T], z: &[T], w: T, grad_z: &[T], grad_mu:
         let c = -uz;
         let a = two / uu;
         let b = T::of(4.0) * c * ug / (uu * uu);
-        for (i, gm) in grad_mu.iter_mut().enumerate() {
-            *gm += a * (ug * x_at(i) + c * grad_z[i]) - b * u_at(mu[i], i);
+        for (i, ((gm, &gzi), &mi)) in grad_mu.iter_mut().zip(grad_z).zip(mu).enumerate() {
+            *gm += a * (ug * x_at(i) + c * gzi) - b * u_at(mi, i);
         }
     }
     dldw
