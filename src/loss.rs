@@ -287,15 +287,12 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
 
     // Sweep 1: encode, draw, segment; keep z, p, w, dw/dkappa per row.
     for i in 0..bsz {
-        let x = &batch.inputs[i * d..(i + 1) * d];
+        let x = row_of(batch.inputs, d, i)?;
         let enc = model.encode_into(x, work)?;
-        let r = &mut cache[i * row..(i + 1) * row];
-        let (z, r) = r.split_at_mut(m);
-        let (da, r) = r.split_at_mut(k);
+        let (z, da, p, scalars) = cache_row_mut(cache, row, m, k, i)?;
         // The cluster terms accumulate into `da`: start from zero, not from the last call.
         da.fill(T::zero());
-        let (p, r) = r.split_at_mut(k);
-        let mu = &work[lay.mu..lay.mu + m];
+        let mu = work.get(lay.mu..lay.mu + m).ok_or(SHORT)?;
         let draw = if scope == Scope::SegmenterOnly {
             z.copy_from_slice(mu);
             Draw {
@@ -305,58 +302,67 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         } else {
             draws.draw(s.posterior, mu, enc.kappa, z)?
         };
-        r[0] = draw.w;
-        r[1] = draw.dw_dkappa;
-        let (front, back) = work.split_at_mut(lay.logp);
-        let logits = &mut back[..k];
+        let [w_slot, dwdk_slot] = scalars else {
+            return Err(SHORT);
+        };
+        (*w_slot, *dwdk_slot) = (draw.w, draw.dw_dkappa);
+        let (front, back) = work.split_at_mut_checked(lay.logp).ok_or(SHORT)?;
+        let logits = back.get_mut(..k).ok_or(SHORT)?;
         let input = match cfg.cluster_input {
-            ClusterInput::Mean => &front[lay.mu..lay.mu + m],
+            ClusterInput::Mean => front.get(lay.mu..lay.mu + m).ok_or(SHORT)?,
             ClusterInput::Draw => &*z,
         };
         model.segmenter_logits(input, logits)?;
         softmax_from_logits(logits, p);
     }
 
-    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
+    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts)?;
 
     // Sweep 2: recompute each row's encoder, back-propagate everything.
     let so = s.segmenter_offset();
     let seg = model.segmenter_params();
-    let kappa_s = seg[k * m].fast_exp();
+    let kappa_s = seg.get(k * m).ok_or(SHORT)?.fast_exp();
     for i in 0..bsz {
-        let x = &batch.inputs[i * d..(i + 1) * d];
+        let x = row_of(batch.inputs, d, i)?;
         let enc = model.encode_into(x, work)?;
-        let r = &cache[i * row..(i + 1) * row];
-        let (z, da, w, dwdk) = (&r[..m], &r[m..m + k], r[m + 2 * k], r[m + 2 * k + 1]);
-        work[lay.z..lay.z + m].copy_from_slice(z);
-        work[lay.gz..lay.gz + m].fill(T::zero());
+        let (z, da, _, scalars) = cache_row_mut(cache, row, m, k, i)?;
+        let (z, da) = (&*z, &*da);
+        let &mut [w, dwdk] = scalars else {
+            return Err(SHORT);
+        };
+        work.get_mut(lay.z..lay.z + m)
+            .ok_or(SHORT)?
+            .copy_from_slice(z);
+        work.get_mut(lay.gz..lay.gz + m)
+            .ok_or(SHORT)?
+            .fill(T::zero());
         if scope != Scope::SegmenterOnly {
             parts.recon +=
-                reconstruction_backward(model, x, scope, bsz, cfg, work, grads, range.start);
+                reconstruction_backward(model, x, scope, bsz, cfg, work, grads, range.start)?;
         }
         let on_mean = cfg.cluster_input == ClusterInput::Mean;
         if scope == Scope::SegmenterOnly || !on_mean {
             // z is the draw (or mu itself when no draw is made).
-            let gz = &mut work[lay.gz..lay.gz + m];
-            segmenter_backward(seg, so, z, da, kappa_s, grads, range.start, Some(gz));
+            let gz = work.get_mut(lay.gz..lay.gz + m).ok_or(SHORT)?;
+            segmenter_backward(seg, so, z, da, kappa_s, grads, range.start, Some(gz))?;
         }
         if scope == Scope::SegmenterOnly {
             continue;
         }
         // Through the reparameterisation: dL/dmu (unit vector) and dL/dw.
-        let (front, back) = work.split_at_mut(lay.gmu);
-        let gmu = &mut back[..m];
+        let (front, back) = work.split_at_mut_checked(lay.gmu).ok_or(SHORT)?;
+        let gmu = back.get_mut(..m).ok_or(SHORT)?;
         gmu.fill(T::zero());
+        let mu = front.get(lay.mu..lay.mu + m).ok_or(SHORT)?;
         let dldw = reflect_backward(
-            &front[lay.mu..lay.mu + m],
-            &front[lay.z..lay.z + m],
+            mu,
+            front.get(lay.z..lay.z + m).ok_or(SHORT)?,
             w,
-            &front[lay.gz..lay.gz + m],
+            front.get(lay.gz..lay.gz + m).ok_or(SHORT)?,
             gmu,
         );
         if on_mean {
-            let mu = &front[lay.mu..lay.mu + m];
-            segmenter_backward(seg, so, mu, da, kappa_s, grads, range.start, Some(gmu));
+            segmenter_backward(seg, so, mu, da, kappa_s, grads, range.start, Some(gmu))?;
         }
         parts.kl += s.posterior.kl_to_uniform(m, enc.kappa) / bf;
         let dkappa = dldw * dwdk + cfg.beta * s.posterior.dkl_dkappa(m, enc.kappa) / bf;
@@ -365,7 +371,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         } else {
             dkappa * sigmoid(enc.pre)
         };
-        encoder_backward(model, &enc, dpre, work, grads, range.start);
+        encoder_backward(model, &enc, dpre, work, grads, range.start)?;
     }
 
     parts.total = parts.recon
@@ -374,8 +380,36 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
             * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
                 + parts.supervised);
     check_finite(&parts, grads)?;
-    p_bar.copy_from_slice(&cache[bsz * row..bsz * row + k]);
+    p_bar.copy_from_slice(cache.get(bsz * row..bsz * row + k).ok_or(SHORT)?);
     Ok(parts)
+}
+
+/// The error of a slice out of range in the training math. The lengths were checked
+/// against a validated shape on entry, so it does not happen; checked slicing returns
+/// it instead of linking a panic into the firmware (`learn` has no panic site in the
+/// core; the firmware's tests check that).
+const SHORT: LossError = LossError::BufferLength;
+
+/// Row `i` of `xs` (rows of `width` values).
+fn row_of<T>(xs: &[T], width: usize, i: usize) -> Result<&[T], LossError> {
+    xs.get(i * width..(i + 1) * width).ok_or(SHORT)
+}
+
+/// Row `i` of the cache (one [`cache_row`]): `z` (`M`), `da` (`K`), `p` (`K`) and the
+/// two scalars `w`, `dw/dkappa`.
+#[allow(clippy::type_complexity)]
+fn cache_row_mut<T>(
+    cache: &mut [T],
+    row: usize,
+    m: usize,
+    k: usize,
+    i: usize,
+) -> Result<(&mut [T], &mut [T], &mut [T], &mut [T]), LossError> {
+    let r = cache.get_mut(i * row..(i + 1) * row).ok_or(SHORT)?;
+    let (z, r) = r.split_at_mut_checked(m).ok_or(SHORT)?;
+    let (da, r) = r.split_at_mut_checked(k).ok_or(SHORT)?;
+    let (p, scalars) = r.split_at_mut_checked(k).ok_or(SHORT)?;
+    Ok((z, da, p, scalars))
 }
 
 /// The cluster loss of a batch of latent mean directions and its gradient with respect
@@ -414,38 +448,34 @@ pub fn segmenter_loss_and_grad<T: Real>(
     let mut parts = LossParts::<T>::default();
     grads.fill(T::zero());
     for i in 0..bsz {
-        let mu = &batch.inputs[i * m..(i + 1) * m];
-        let r = &mut cache[i * row..(i + 1) * row];
-        let (z, r) = r.split_at_mut(m);
-        let (da, r) = r.split_at_mut(k);
-        let (p, _) = r.split_at_mut(k);
+        let mu = row_of(batch.inputs, m, i)?;
+        let (z, da, p, _) = cache_row_mut(cache, row, m, k, i)?;
         z.copy_from_slice(mu);
         // The logits go through `da`, which the cluster terms then overwrite from zero.
         segmenter_logits(seg, m, k, mu, da)?;
         softmax_from_logits(da, p);
         da.fill(T::zero());
     }
-    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
-    let kappa_s = seg[k * m].fast_exp();
+    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts)?;
+    let kappa_s = seg.get(k * m).ok_or(SHORT)?.fast_exp();
     let so = s.segmenter_offset();
     for i in 0..bsz {
-        let r = &cache[i * row..(i + 1) * row];
-        let (z, da) = (&r[..m], &r[m..m + k]);
+        let (z, da, _, _) = cache_row_mut(cache, row, m, k, i)?;
         // dL/dz is not needed: the encoder is frozen.
-        segmenter_backward(seg, so, z, da, kappa_s, grads, so, None);
+        segmenter_backward(seg, so, z, da, kappa_s, grads, so, None)?;
     }
     parts.total = cfg.gamma
         * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
             + parts.supervised);
     check_finite(&parts, grads)?;
-    p_bar.copy_from_slice(&cache[bsz * row..bsz * row + k]);
+    p_bar.copy_from_slice(cache.get(bsz * row..bsz * row + k).ok_or(SHORT)?);
     Ok(parts)
 }
 
 /// Rows of `batch` (inputs of `width` values each), checking the labels (`< k`) and the
 /// pair indices against them.
 fn batch_rows<T>(batch: &Batch<'_, T>, width: usize, k: usize) -> Result<usize, LossError> {
-    let bsz = batch.inputs.len() / width;
+    let bsz = batch.inputs.len().checked_div(width).unwrap_or(0);
     if bsz == 0 || !batch.inputs.len().is_multiple_of(width) || bsz > u16::MAX as usize {
         return Err(LossError::BadBatch);
     }
@@ -493,39 +523,49 @@ fn cluster_terms<T: Real>(
     cfg: &LossConfig<T>,
     p_bar: &[T],
     parts: &mut LossParts<T>,
-) {
+) -> Result<(), LossError> {
     let (m, k) = (s.latent, s.clusters);
     let row = cache_row(s);
     let bf = T::of(bsz as f64);
     let g = cfg.gamma;
     let t = tiny::<T>();
+    // Checked reads and updates of one cache value (see `SHORT`).
+    let at = |cache: &[T], i: usize| cache.get(i).copied().ok_or(SHORT);
+    let add = |cache: &mut [T], i: usize, v: T| -> Result<(), LossError> {
+        *cache.get_mut(i).ok_or(SHORT)? += v;
+        Ok(())
+    };
     if !batch.pairs.is_empty() {
         let np = T::of(batch.pairs.len() as f64);
         for &(i, j) in batch.pairs {
             let (i, j) = (i as usize, j as usize);
             let sdot = {
-                let pi = &cache[i * row + m + k..i * row + m + 2 * k];
-                let pj = &cache[j * row + m + k..j * row + m + 2 * k];
+                let pi = cache
+                    .get(i * row + m + k..i * row + m + 2 * k)
+                    .ok_or(SHORT)?;
+                let pj = cache
+                    .get(j * row + m + k..j * row + m + 2 * k)
+                    .ok_or(SHORT)?;
                 dot(pi, pj).max(t)
             };
             parts.consistency += -sdot.ln() / np;
             let c = -g / (sdot * np);
             for q in 0..k {
-                let pj = cache[j * row + m + k + q];
-                let pi = cache[i * row + m + k + q];
-                cache[i * row + m + q] += c * pj;
-                cache[j * row + m + q] += c * pi;
+                let pj = at(cache, j * row + m + k + q)?;
+                let pi = at(cache, i * row + m + k + q)?;
+                add(cache, i * row + m + q, c * pj)?;
+                add(cache, j * row + m + q, c * pi)?;
             }
         }
     }
     if cfg.entropy != T::zero() {
         for i in 0..bsz {
-            let (da, p) = cache[i * row + m..i * row + m + 2 * k].split_at_mut(k);
+            let (_, da, p, _) = cache_row_mut(cache, row, m, k, i)?;
             let mut h = T::zero();
-            for q in 0..k {
-                let lp = p[q].max(t).ln();
-                h -= p[q] * lp;
-                da[q] -= g * cfg.entropy * (lp + T::one()) / bf;
+            for (d, &pq) in da.iter_mut().zip(p.iter()) {
+                let lp = pq.max(t).ln();
+                h -= pq * lp;
+                *d -= g * cfg.entropy * (lp + T::one()) / bf;
             }
             parts.entropy += h / bf;
         }
@@ -533,18 +573,19 @@ fn cluster_terms<T: Real>(
     let rho = cfg.balance_momentum;
     // p_bar_new = rho p_bar + (1 - rho) mean_i p_i, staged after the rows in the cache.
     {
-        let (rows, pb) = cache.split_at_mut(bsz * row);
-        let pb = &mut pb[..k];
-        for q in 0..k {
-            pb[q] = if rho == T::zero() {
+        let (rows, pb) = cache.split_at_mut_checked(bsz * row).ok_or(SHORT)?;
+        let pb = pb.get_mut(..k).ok_or(SHORT)?;
+        for (v, &prev) in pb.iter_mut().zip(p_bar) {
+            *v = if rho == T::zero() {
                 T::zero()
             } else {
-                rho * p_bar[q]
+                rho * prev
             };
         }
         for i in 0..bsz {
-            for q in 0..k {
-                pb[q] += (T::one() - rho) * rows[i * row + m + k + q] / bf;
+            let (_, _, p, _) = cache_row_mut(rows, row, m, k, i)?;
+            for (v, &pq) in pb.iter_mut().zip(p.iter()) {
+                *v += (T::one() - rho) * pq / bf;
             }
         }
         let mut h = T::zero();
@@ -554,9 +595,10 @@ fn cluster_terms<T: Real>(
         parts.balance = h;
         if cfg.eta != T::zero() {
             for i in 0..bsz {
-                for q in 0..k {
-                    let lp = pb[q].max(t).ln();
-                    rows[i * row + m + q] += g * cfg.eta * (T::one() - rho) / bf * (lp + T::one());
+                let (_, da, _, _) = cache_row_mut(rows, row, m, k, i)?;
+                for (d, &v) in da.iter_mut().zip(pb.iter()) {
+                    let lp = v.max(t).ln();
+                    *d += g * cfg.eta * (T::one() - rho) / bf * (lp + T::one());
                 }
             }
         }
@@ -564,21 +606,22 @@ fn cluster_terms<T: Real>(
     // Softmax Jacobian: da_q = p_q (g_q - sum_r p_r g_r); then cross-entropy in logits.
     let n_lab = batch.labels.iter().flatten().count();
     for i in 0..bsz {
-        let (da, p) = cache[i * row + m..i * row + m + 2 * k].split_at_mut(k);
+        let (_, da, p, _) = cache_row_mut(cache, row, m, k, i)?;
         let mean = dot(da, p);
-        for q in 0..k {
-            da[q] = p[q] * (da[q] - mean);
+        for (d, &pq) in da.iter_mut().zip(p.iter()) {
+            *d = pq * (*d - mean);
         }
         if let Some(Some(y)) = batch.labels.get(i) {
             let nl = T::of(n_lab as f64);
             let y = *y as usize;
-            parts.supervised -= p[y].max(t).ln() / nl;
-            for q in 0..k {
+            parts.supervised -= p.get(y).ok_or(SHORT)?.max(t).ln() / nl;
+            for (q, (d, &pq)) in da.iter_mut().zip(p.iter()).enumerate() {
                 let onehot = if q == y { T::one() } else { T::zero() };
-                da[q] += g * (p[q] - onehot) / nl;
+                *d += g * (pq - onehot) / nl;
             }
         }
     }
+    Ok(())
 }
 
 /// Gradient slice for parameters `offset..offset + len` within a scope starting at
@@ -601,31 +644,30 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
     work: &mut [T],
     grads: &mut [T],
     start: usize,
-) -> T {
+) -> Result<T, LossError> {
     let s = *model.shape();
     let lay = WorkLayout::of(&s);
     let d = s.input;
     let bf = T::of(bsz as f64);
-    if model.decoder_forward(work).is_err() {
-        // Unreachable with a validated shape and workspace; a non-finite loss makes the
-        // step fail without changing anything.
-        return T::zero() / T::zero();
-    }
+    model.decoder_forward(work)?;
     let mut loss = T::zero();
     // dL/dxhat into ga.
-    for q in 0..d {
-        let a = work[lay.xhat + q];
+    let (front, back) = work.split_at_mut_checked(lay.ga).ok_or(SHORT)?;
+    let ga = back.get_mut(..d).ok_or(SHORT)?;
+    let xhat = front.get(lay.xhat..lay.xhat + d).ok_or(SHORT)?;
+    let xn = front.get(lay.xn..lay.xn + d).ok_or(SHORT)?;
+    for (((g, &a), &xnq), &xq) in ga.iter_mut().zip(xhat).zip(xn).zip(x) {
         let (l, gq) = match s.likelihood {
             Likelihood::Gaussian => {
-                let e = a - work[lay.xn + q];
+                let e = a - xnq;
                 let s2 = cfg.sigma * cfg.sigma;
                 (e * e / (s2 + s2), e / s2)
             }
             // -ln Bernoulli(x | sigmoid(a)) = softplus(a) - x a
-            Likelihood::Bernoulli => (softplus(a) - x[q] * a, sigmoid(a) - x[q]),
+            Likelihood::Bernoulli => (softplus(a) - xq * a, sigmoid(a) - xq),
         };
         loss += l;
-        work[lay.ga + q] = gq / bf;
+        *g = gq / bf;
     }
     let p = model.params();
     let train_decoder = scope == Scope::Full;
@@ -640,48 +682,64 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
     // Activation offsets within the dec region: layer l's output starts at act[l].
     let mut act = [0usize; crate::shape::MAX_HIDDEN + 1];
     for layer in 1..=s.depth() {
-        act[layer] = act[layer - 1] + s.decoder_layer(layer - 1).0;
+        let prev = *act.get(layer - 1).ok_or(SHORT)?;
+        *act.get_mut(layer).ok_or(SHORT)? = prev + s.decoder_layer(layer - 1).0;
     }
     let mut cur_is_a = true; // the upstream gradient lives in ga (true) or gb
     for layer in (0..=s.depth()).rev() {
         let (no, ni) = s.decoder_layer(layer);
-        let w = &p[offs[layer]..offs[layer] + no * ni];
-        let (front, back) = work.split_at_mut(lay.ga);
-        let (ga, back) = back.split_at_mut(lay.gb - lay.ga);
-        let (gb, back) = back.split_at_mut(lay.gz - lay.gb);
-        let gz = &mut back[..s.latent];
-        let (dy, dx_buf) = if cur_is_a {
-            (&mut ga[..no], &mut gb[..])
-        } else {
-            (&mut gb[..no], &mut ga[..])
-        };
+        let (off, out_at) = (
+            *offs.get(layer).ok_or(SHORT)?,
+            *act.get(layer).ok_or(SHORT)?,
+        );
+        let w = p.get(off..off + no * ni).ok_or(SHORT)?;
+        let (front, ga, gb, back) = gradient_regions(work, &lay)?;
+        let gz = back.get_mut(..s.latent).ok_or(SHORT)?;
+        let (dy, dx_buf) = if cur_is_a { (ga, gb) } else { (gb, ga) };
+        let dy = dy.get_mut(..no).ok_or(SHORT)?;
         if layer < s.depth() {
-            let y = &front[lay.dec + act[layer]..lay.dec + act[layer] + no];
+            let y = front
+                .get(lay.dec + out_at..lay.dec + out_at + no)
+                .ok_or(SHORT)?;
             s.activation.backward(y, dy);
         }
         let input = if layer == 0 {
-            &front[lay.z..lay.z + s.latent]
+            front.get(lay.z..lay.z + s.latent)
         } else {
-            &front[lay.dec + act[layer - 1]..lay.dec + act[layer - 1] + ni]
+            let in_at = *act.get(layer - 1).ok_or(SHORT)?;
+            front.get(lay.dec + in_at..lay.dec + in_at + ni)
         };
+        let input = input.ok_or(SHORT)?;
         let pg = if train_decoder {
-            let g = gslot(grads, start, offs[layer], no * ni + no);
-            g.map(|g| g.split_at_mut(no * ni))
+            let g = gslot(grads, start, off, no * ni + no);
+            g.and_then(|g| g.split_at_mut_checked(no * ni))
         } else {
             None
         };
+        let dx = dx_buf.get_mut(..ni).ok_or(SHORT)?;
+        dense_backward(w, input, dy, pg, Some(&mut *dx));
         if layer == 0 {
-            // dL/dz from the decoder: accumulate into gz via dx_buf then add.
-            dense_backward(w, input, dy, pg, Some(&mut dx_buf[..ni]));
-            for (a, &b) in gz.iter_mut().zip(dx_buf.iter()) {
+            // dL/dz from the decoder: accumulated into gz via dx_buf.
+            for (a, &b) in gz.iter_mut().zip(dx.iter()) {
                 *a += b;
             }
-        } else {
-            dense_backward(w, input, dy, pg, Some(&mut dx_buf[..ni]));
         }
         cur_is_a = !cur_is_a;
     }
-    loss / bf
+    Ok(loss / bf)
+}
+
+/// The gradient regions of the workspace: everything before `ga`, then `ga`, `gb` and
+/// everything from `gz` on.
+#[allow(clippy::type_complexity)]
+fn gradient_regions<'w, T>(
+    work: &'w mut [T],
+    lay: &WorkLayout,
+) -> Result<(&'w [T], &'w mut [T], &'w mut [T], &'w mut [T]), LossError> {
+    let (front, back) = work.split_at_mut_checked(lay.ga).ok_or(SHORT)?;
+    let (ga, back) = back.split_at_mut_checked(lay.gb - lay.ga).ok_or(SHORT)?;
+    let (gb, back) = back.split_at_mut_checked(lay.gz - lay.gb).ok_or(SHORT)?;
+    Ok((front, ga, gb, back))
 }
 
 /// Segmenter backward for one row: `da = dL/dlogits`, logits `a_c = kappa_s ĉ_c . z +
@@ -699,34 +757,35 @@ fn segmenter_backward<T: Real>(
     grads: &mut [T],
     start: usize,
     mut gz: Option<&mut [T]>,
-) {
+) -> Result<(), LossError> {
     let (m, k) = (z.len(), da.len());
-    let p = seg;
+    let centres = seg.get(..k * m).ok_or(SHORT)?;
     let mut dlogk = T::zero();
-    for c in 0..k {
-        let ck = &p[c * m..(c + 1) * m];
+    for (c, (ck, &dac)) in centres.chunks(m.max(1)).zip(da).enumerate() {
         // The forward pass has checked every centre's norm.
         let inv = inv_norm(ck).unwrap_or(T::zero());
         let cos = dot(ck, z) * inv;
-        dlogk += da[c] * kappa_s * cos;
+        dlogk += dac * kappa_s * cos;
         // d cos / d c = (z - ĉ cos) / ||c||; d cos / d z = ĉ.
         if let Some(gc) = gslot(grads, start, so + c * m, m) {
-            for q in 0..m {
-                gc[q] += da[c] * kappa_s * (z[q] - ck[q] * inv * cos) * inv;
+            for ((g, &zq), &cq) in gc.iter_mut().zip(z).zip(ck) {
+                *g += dac * kappa_s * (zq - cq * inv * cos) * inv;
             }
         }
         if let Some(gz) = gz.as_deref_mut() {
-            for q in 0..m {
-                gz[q] += da[c] * kappa_s * ck[q] * inv;
+            for (g, &cq) in gz.iter_mut().zip(ck) {
+                *g += dac * kappa_s * cq * inv;
             }
         }
     }
-    if let Some(g) = gslot(grads, start, so + k * m, 1 + k) {
-        g[0] += dlogk;
-        for c in 0..k {
-            g[1 + c] += da[c];
+    if let Some((g0, gw)) = gslot(grads, start, so + k * m, 1 + k).and_then(|g| g.split_first_mut())
+    {
+        *g0 += dlogk;
+        for (g, &dac) in gw.iter_mut().zip(da) {
+            *g += dac;
         }
     }
+    Ok(())
 }
 
 /// Encoder backward for one row, given `dL/dmu` in `work.gmu` and `dL/d(kappa
@@ -738,73 +797,92 @@ fn encoder_backward<T: Real, S: AsRef<[T]>>(
     work: &mut [T],
     grads: &mut [T],
     start: usize,
-) {
+) -> Result<(), LossError> {
     let s = *model.shape();
     let lay = WorkLayout::of(&s);
     let m = s.latent;
     let p = model.params();
-    let (front, back) = work.split_at_mut(lay.ga);
-    let (ga, back) = back.split_at_mut(lay.gb - lay.ga);
-    let (gb, back) = back.split_at_mut(lay.gz - lay.gb);
-    let gmu = &back[lay.gmu - lay.gz..lay.gmu - lay.gz + m];
-    let mu = &front[lay.mu..lay.mu + m];
+    let (front, ga, gb, back) = gradient_regions(work, &lay)?;
+    let gmu = back
+        .get(lay.gmu - lay.gz..lay.gmu - lay.gz + m)
+        .ok_or(SHORT)?;
+    let mu = front.get(lay.mu..lay.mu + m).ok_or(SHORT)?;
     // mu = m / ||m||: dL/dm = (g - mu (mu . g)) / ||m||, into ga.
     let proj = dot(mu, gmu);
-    for q in 0..m {
-        ga[q] = (gmu[q] - mu[q] * proj) / enc.norm;
+    for ((g, &gq), &mq) in ga.iter_mut().zip(gmu).zip(mu) {
+        *g = (gq - mq * proj) / enc.norm;
     }
     // Layer offsets and activation offsets.
     let mut offs = [0usize; crate::shape::MAX_HIDDEN];
     let mut act = [0usize; crate::shape::MAX_HIDDEN + 1];
     let mut off = s.encoder_offset();
     for layer in 0..s.depth() {
-        offs[layer] = off;
         let (o, i) = s.encoder_layer(layer);
+        *offs.get_mut(layer).ok_or(SHORT)? = off;
         off += o * i + o;
-        act[layer + 1] = act[layer] + o;
+        let prev = *act.get(layer).ok_or(SHORT)?;
+        *act.get_mut(layer + 1).ok_or(SHORT)? = prev + o;
     }
     let hl = s.last_hidden();
-    let h = &front[lay.enc + act[s.depth()] - hl..lay.enc + act[s.depth()]];
+    let last = *act.get(s.depth()).ok_or(SHORT)?;
+    let h = front
+        .get(lay.enc + last - hl..lay.enc + last)
+        .ok_or(SHORT)?;
     // Direction head: y = Wmu h + bmu; dL/dh into gb.
-    let wmu = &p[off..off + m * hl];
-    let pg = gslot(grads, start, off, m * hl + m).map(|g| g.split_at_mut(m * hl));
-    dense_backward(wmu, h, &ga[..m], pg, Some(&mut gb[..hl]));
+    let wmu = p.get(off..off + m * hl).ok_or(SHORT)?;
+    let pg = gslot(grads, start, off, m * hl + m).and_then(|g| g.split_at_mut_checked(m * hl));
+    let (ga_m, gb_h) = (ga.get(..m).ok_or(SHORT)?, gb.get_mut(..hl).ok_or(SHORT)?);
+    dense_backward(wmu, h, ga_m, pg, Some(gb_h));
     off += m * hl + m;
     // Concentration head: pre = wk . h + bk.
-    let wk = &p[off..off + hl];
-    if let Some(g) = gslot(grads, start, off, hl + 1) {
-        for q in 0..hl {
-            g[q] += dpre * h[q];
+    let wk = p.get(off..off + hl).ok_or(SHORT)?;
+    if let Some((g, gbias)) =
+        gslot(grads, start, off, hl + 1).and_then(|g| g.split_at_mut_checked(hl))
+    {
+        for (gq, &hq) in g.iter_mut().zip(h) {
+            *gq += dpre * hq;
         }
-        g[hl] += dpre;
+        if let Some(gb0) = gbias.first_mut() {
+            *gb0 += dpre;
+        }
     }
-    for q in 0..hl {
-        gb[q] += dpre * wk[q];
+    for (g, &wq) in gb.iter_mut().zip(wk) {
+        *g += dpre * wq;
     }
     // Hidden layers, last to first; the upstream gradient alternates gb -> ga -> gb ...
     let mut cur_is_b = true;
     for layer in (0..s.depth()).rev() {
         let (o, i) = s.encoder_layer(layer);
-        let w = &p[offs[layer]..offs[layer] + o * i];
+        let (off, out_at) = (
+            *offs.get(layer).ok_or(SHORT)?,
+            *act.get(layer).ok_or(SHORT)?,
+        );
+        let w = p.get(off..off + o * i).ok_or(SHORT)?;
         let (dy, dx_buf) = if cur_is_b {
-            (&mut gb[..o], &mut ga[..])
+            (&mut *gb, &mut *ga)
         } else {
-            (&mut ga[..o], &mut gb[..])
+            (&mut *ga, &mut *gb)
         };
-        let y = &front[lay.enc + act[layer]..lay.enc + act[layer] + o];
+        let dy = dy.get_mut(..o).ok_or(SHORT)?;
+        let y = front
+            .get(lay.enc + out_at..lay.enc + out_at + o)
+            .ok_or(SHORT)?;
         s.activation.backward(y, dy);
         let input = if layer == 0 {
-            &front[lay.xn..lay.xn + s.input]
+            front.get(lay.xn..lay.xn + s.input)
         } else {
-            &front[lay.enc + act[layer - 1]..lay.enc + act[layer]]
+            let in_at = *act.get(layer - 1).ok_or(SHORT)?;
+            front.get(lay.enc + in_at..lay.enc + out_at)
         };
-        let pg = gslot(grads, start, offs[layer], o * i + o).map(|g| g.split_at_mut(o * i));
+        let input = input.ok_or(SHORT)?;
+        let pg = gslot(grads, start, off, o * i + o).and_then(|g| g.split_at_mut_checked(o * i));
         let dx = if layer == 0 {
             None
         } else {
-            Some(&mut dx_buf[..i])
+            Some(dx_buf.get_mut(..i).ok_or(SHORT)?)
         };
         dense_backward(w, input, dy, pg, dx);
         cur_is_b = !cur_is_b;
     }
+    Ok(())
 }
