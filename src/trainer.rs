@@ -366,7 +366,7 @@ where
         };
         // A uniform marginal to start the moving average from.
         let k = shape.clusters;
-        let pb = &mut t.scratch.as_mut()[n..n + k];
+        let pb = t.scratch.as_mut().get_mut(n..n + k).ok_or(STORAGE)?;
         pb.fill(T::one() / T::of(k as f64));
         Ok(t)
     }
@@ -502,34 +502,41 @@ where
         if scratch.len() != TrainConfig::<T>::storage_len(&shape, self.cfg.scope, b, CAP) {
             return Err(TrainError::Storage);
         }
-        let (grads, rest) = scratch.split_at_mut(n);
-        let (p_bar, rest) = rest.split_at_mut(k);
-        let (work, rest) = rest.split_at_mut(shape.work_len());
-        let (cache, rest) = rest.split_at_mut(cache_len(&shape, 2 * b));
-        let rows = &mut rest[..2 * b * D];
+        let (grads, rest) = scratch.split_at_mut_checked(n).ok_or(STORAGE)?;
+        let (p_bar, rest) = rest.split_at_mut_checked(k).ok_or(STORAGE)?;
+        let (work, rest) = rest.split_at_mut_checked(shape.work_len()).ok_or(STORAGE)?;
+        let (cache, rest) = rest
+            .split_at_mut_checked(cache_len(&shape, 2 * b))
+            .ok_or(STORAGE)?;
+        let rows = rest.get_mut(..2 * b * D).ok_or(STORAGE)?;
 
         // Anchors, and their partners in rows b..2b.
         let mut pairs = [(0u16, 0u16); MAX_BATCH];
         let samples = self.samples.as_slice();
-        for i in 0..b {
+        let (anchors, partners) = rows.split_at_mut_checked(b * D).ok_or(STORAGE)?;
+        let (anchors, partners) = (
+            anchors.as_chunks_mut::<D>().0,
+            partners.as_chunks_mut::<D>().0,
+        );
+        for (i, (anchor, partner)) in anchors.iter_mut().zip(partners).enumerate() {
             let a = uniform_index(rng, n_buf);
-            rows[i * D..(i + 1) * D].copy_from_slice(&samples[a]);
+            let sample = samples.get(a).ok_or(STORAGE)?;
+            anchor.copy_from_slice(sample);
             if warm {
                 continue;
             }
-            pairs[i] = (i as u16, (b + i) as u16);
-            let partner = &mut rows[(b + i) * D..(b + i + 1) * D];
+            *pairs.get_mut(i).ok_or(STORAGE)? = (i as u16, (b + i) as u16);
             match self.cfg.consistency {
                 Consistency::Neighbours(nn) => {
                     let j = nearest_neighbour(samples, a, nn, rng);
-                    partner.copy_from_slice(&samples[j]);
+                    partner.copy_from_slice(samples.get(j).ok_or(STORAGE)?);
                 }
                 Consistency::Noise(sigma) => {
-                    for (p, &x) in partner.iter_mut().zip(samples[a].iter()) {
+                    for (p, &x) in partner.iter_mut().zip(sample.iter()) {
                         *p = x + sigma * crate::rng::standard_normal(rng);
                     }
                 }
-                Consistency::None => partner.copy_from_slice(&samples[a]),
+                Consistency::None => partner.copy_from_slice(sample),
             }
         }
         let (n_rows, n_pairs) = match (warm, self.cfg.consistency) {
@@ -537,8 +544,9 @@ where
             (false, Consistency::None) => (b, 0),
             (false, _) => (2 * b, b),
         };
+        let rows = rows.get_mut(..n_rows * D).ok_or(STORAGE)?;
         if self.cfg.input_clip.is_finite() {
-            for row in rows[..n_rows * D].chunks_exact_mut(D) {
+            for row in rows.as_chunks_mut::<D>().0 {
                 clip_row(model, row, self.cfg.input_clip);
             }
         }
@@ -547,20 +555,21 @@ where
             loss_cfg.gamma = T::zero();
         }
         let batch = Batch {
-            inputs: &rows[..n_rows * D],
+            inputs: rows,
             labels: &[],
-            pairs: &pairs[..n_pairs],
+            pairs: pairs.get(..n_pairs).ok_or(STORAGE)?,
         };
         // The new marginal is staged in the scratch copy and committed after the update.
         let mut p_new = [T::zero(); 255];
-        p_new[..k].copy_from_slice(p_bar);
+        let p_new = p_new.get_mut(..k).ok_or(STORAGE)?;
+        p_new.copy_from_slice(p_bar);
         let parts = loss_and_grad(
             model,
             &batch,
             &loss_cfg,
             self.cfg.scope,
             &mut RandomDraws(rng),
-            &mut p_new[..k],
+            p_new,
             work,
             cache,
             grads,
@@ -568,11 +577,10 @@ where
         // Divergence guard, before anything is changed.
         let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
         self.guard.check(&self.cfg.guard, monitored)?;
-        let info = self
-            .optim
-            .step(&self.cfg.optim, &mut model.params_mut()[range], grads)?;
+        let params = model.params_mut().get_mut(range).ok_or(STORAGE)?;
+        let info = self.optim.step(&self.cfg.optim, params, grads)?;
         if !warm {
-            p_bar.copy_from_slice(&p_new[..k]);
+            p_bar.copy_from_slice(p_new);
         }
         // The loss changes scale when the cluster terms switch on: re-arm.
         let rearm = initialised || (!warm && self.steps == self.cfg.warmup_steps);
@@ -643,10 +651,12 @@ where
         let b = self.cfg.batch;
         let scratch = self.scratch.as_mut();
         let skip = n + k + shape.work_len() + cache_len(&shape, 2 * b) + 2 * b * D;
-        let (front, rest) = scratch.split_at_mut(skip);
-        let work = &mut front[n + k..n + k + shape.work_len()];
-        let (mus, rest) = rest.split_at_mut(CAP * m);
-        let (centres, km) = rest.split_at_mut(k * m);
+        let (front, rest) = scratch.split_at_mut_checked(skip).ok_or(STORAGE)?;
+        let work = front
+            .get_mut(n + k..n + k + shape.work_len())
+            .ok_or(STORAGE)?;
+        let (mus, rest) = rest.split_at_mut_checked(CAP * m).ok_or(STORAGE)?;
+        let (centres, km) = rest.split_at_mut_checked(k * m).ok_or(STORAGE)?;
         let lay = WorkLayout::of(&shape);
         for (i, x) in self.samples.as_slice().iter().enumerate() {
             let mut row = *x;
@@ -654,27 +664,37 @@ where
                 clip_row(model, &mut row, self.cfg.input_clip);
             }
             model.encode_into(&row, work)?;
-            mus[i * m..(i + 1) * m].copy_from_slice(&work[lay.mu..lay.mu + m]);
+            let mu = work.get(lay.mu..lay.mu + m).ok_or(STORAGE)?;
+            mus.get_mut(i * m..(i + 1) * m)
+                .ok_or(STORAGE)?
+                .copy_from_slice(mu);
         }
         spherical_kmeans(
-            &mus[..n_buf * m],
+            mus.get(..n_buf * m).ok_or(STORAGE)?,
             m,
             k,
             self.cfg.kmeans_iters,
             rng,
             centres,
             km,
-            &mut self.labels[..n_buf],
+            self.labels.get_mut(..n_buf).ok_or(STORAGE)?,
         )?;
         let so = shape.segmenter_offset();
         let p = model.params_mut();
-        p[so..so + k * m].copy_from_slice(centres);
-        p[so + k * m + 1..so + k * m + 1 + k].fill(T::zero());
+        let seg = p.get_mut(so..so + k * m + 1 + k).ok_or(STORAGE)?;
+        let (c, rest) = seg.split_at_mut_checked(k * m).ok_or(STORAGE)?;
+        c.copy_from_slice(centres);
+        rest.get_mut(1..).ok_or(STORAGE)?.fill(T::zero());
         self.optim.reset::<T>();
         self.centres_ready = true;
         Ok(())
     }
 }
+
+/// The error of a slice out of range in the trainer's storage. The lengths were checked
+/// against a validated shape and configuration, so it does not happen; checked slicing
+/// returns it instead of linking a panic into the firmware.
+const STORAGE: TrainError = TrainError::Storage;
 
 /// Clamps `row` (raw units) so that each feature, normalised by the model's input
 /// offset and scale, lies in `[-c, c]` ([`TrainConfig::input_clip`]).
@@ -708,11 +728,16 @@ pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
     nn: usize,
     rng: &mut R,
 ) -> usize {
-    let x = &samples[a];
+    let Some(x) = samples.get(a) else {
+        return a;
+    };
     let nx = crate::nn::dot(x, x).sqrt();
     let mut best = [(T::zero(), usize::MAX); MAX_NEIGHBOURS];
-    let mut have = 0;
-    let nn = nn.min(samples.len() - 1).max(1);
+    let mut have = 0usize;
+    // At most MAX_NEIGHBOURS (the configuration's bound): the indices below stay in range.
+    let nn = nn
+        .min(samples.len().saturating_sub(1))
+        .clamp(1, MAX_NEIGHBOURS);
     for (j, y) in samples.iter().enumerate() {
         if j == a {
             continue;
@@ -724,14 +749,22 @@ pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
         } else {
             -T::one() - T::one()
         };
-        // Insert into the sorted (descending) top-nn list.
-        if have < nn || cos > best[have - 1].0 {
+        // Insert into the sorted (descending) top-nn list (checked indexing: `pos < nn`).
+        let worst = best.get(have.wrapping_sub(1)).map_or(cos, |w| w.0);
+        if have < nn || cos > worst {
             let mut pos = if have < nn { have } else { nn - 1 };
-            while pos > 0 && best[pos - 1].0 < cos {
-                best[pos] = best[pos - 1];
+            while let Some(&prev) = best.get(pos.wrapping_sub(1)) {
+                if !(prev.0 < cos) {
+                    break;
+                }
+                if let Some(slot) = best.get_mut(pos) {
+                    *slot = prev;
+                }
                 pos -= 1;
             }
-            best[pos] = (cos, j);
+            if let Some(slot) = best.get_mut(pos) {
+                *slot = (cos, j);
+            }
             if have < nn {
                 have += 1;
             }
@@ -740,5 +773,5 @@ pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
     if have == 0 {
         return a;
     }
-    best[uniform_index(rng, have)].1
+    best.get(uniform_index(rng, have)).map_or(a, |b| b.1)
 }
