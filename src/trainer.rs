@@ -753,10 +753,7 @@ pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
         let worst = best.get(have.wrapping_sub(1)).map_or(cos, |w| w.0);
         if have < nn || cos > worst {
             let mut pos = if have < nn { have } else { nn - 1 };
-            while let Some(&prev) = best.get(pos.wrapping_sub(1)) {
-                if !(prev.0 < cos) {
-                    break;
-                }
+            while let Some(&prev) = best.get(pos.wrapping_sub(1)).filter(|p| p.0 < cos) {
                 if let Some(slot) = best.get_mut(pos) {
                     *slot = prev;
                 }
