@@ -241,17 +241,17 @@ pub fn spherical_kmeans<T: Real, R: Rng + ?Sized>(
     for (row, x) in points.chunks_exact(dim).enumerate() {
         check_row(x, row)?;
     }
-    let acc = &mut scratch[..scratch_len(k, dim)];
+    let acc = scratch.get_mut(..scratch_len(k, dim)).ok_or(SHORT)?;
 
-    seed(points, dim, k, rng, centres, labels);
-    let (_, mut total) = assign(points, dim, centres, labels, acc);
+    seed(points, dim, k, rng, centres, labels)?;
+    let (_, mut total) = assign(points, dim, centres, labels, acc)?;
     let mut iterations = 0;
     let mut converged = false;
     let mut reseeds = 0;
     while iterations < max_iter {
-        reseeds += update(points, dim, k, centres, labels, acc);
+        reseeds += update(points, dim, k, centres, labels, acc)?;
         iterations += 1;
-        let (changed, t) = assign(points, dim, centres, labels, acc);
+        let (changed, t) = assign(points, dim, centres, labels, acc)?;
         total = t;
         if !changed {
             converged = true;
@@ -305,19 +305,18 @@ fn seed<T: Real, R: Rng + ?Sized>(
     rng: &mut R,
     centres: &mut [T],
     labels: &mut [u8],
-) {
+) -> Result<(), KMeansError> {
     let n = labels.len();
     let zero = T::zero();
     let one = T::one();
-    let trials = local_trials(k);
-    let row = |i: usize| &points[i * dim..(i + 1) * dim];
+    let trials = local_trials(k).min(MAX_TRIALS);
     let first = uniform_index(rng, n);
-    set_direction(&mut centres[..dim], row(first));
+    set_direction(centre_mut(centres, dim, 0)?, row(points, dim, first)?);
     labels.fill(0);
     // Weight of a point: 1 - cos to its nearest chosen centre (unit), clamped at 0.
-    let weight = |x: &[T], centres: &[T], l: u8| -> T {
-        let l = usize::from(l);
-        dissimilarity(x, &centres[l * dim..(l + 1) * dim], norm(x), one)
+    let weight = |x: &[T], centres: &[T], l: u8| -> Result<T, KMeansError> {
+        let c = row(centres, dim, usize::from(l))?;
+        Ok(dissimilarity(x, c, norm(x), one))
     };
     for j in 1..k {
         let newest = j - 1;
@@ -325,45 +324,49 @@ fn seed<T: Real, R: Rng + ?Sized>(
         let mut total = zero;
         for (x, l) in points.chunks_exact(dim).zip(labels.iter_mut()) {
             if newest > 0 {
-                let cur = usize::from(*l);
-                let d_cur = dot(x, &centres[cur * dim..(cur + 1) * dim]);
-                let d_new = dot(x, &centres[newest * dim..(newest + 1) * dim]);
+                let d_cur = dot(x, row(centres, dim, usize::from(*l))?);
+                let d_new = dot(x, row(centres, dim, newest)?);
                 if d_new > d_cur {
                     *l = newest as u8;
                 }
             }
-            total += weight(x, centres, *l);
+            total += weight(x, centres, *l)?;
         }
         if total <= zero {
             // Every point sits on a chosen centre: any point will do.
             let pick = uniform_index(rng, n);
-            set_direction(&mut centres[j * dim..(j + 1) * dim], row(pick));
+            set_direction(centre_mut(centres, dim, j)?, row(points, dim, pick)?);
             continue;
         }
         // Pass B: draw `trials` candidates with probability weight / total, in one scan
         // over the sorted targets.
         let mut targets = [zero; MAX_TRIALS];
-        for t in targets[..trials].iter_mut() {
+        let targets = &mut targets[..trials];
+        for t in targets.iter_mut() {
             *t = T::of(uniform01(rng)) * total;
         }
         for a in 1..trials {
             let mut b = a;
-            while b > 0 && targets[b - 1] > targets[b] {
+            while b > 0 && targets.get(b - 1) > targets.get(b) {
                 targets.swap(b - 1, b);
                 b -= 1;
             }
         }
         let mut picks = [0usize; MAX_TRIALS];
+        let picks = &mut picks[..trials];
         let mut found = 0;
         let mut cum = zero;
         let mut last_positive = 0;
         for (i, (x, l)) in points.chunks_exact(dim).zip(labels.iter()).enumerate() {
-            let w = weight(x, centres, *l);
+            let w = weight(x, centres, *l)?;
             if w > zero {
                 last_positive = i;
                 cum += w;
-                while found < trials && cum > targets[found] {
-                    picks[found] = i;
+                let below = |t: &&T| cum > **t;
+                while let (Some(p), Some(_)) =
+                    (picks.get_mut(found), targets.get(found).filter(below))
+                {
+                    *p = i;
                     found += 1;
                 }
                 if found == trials {
@@ -372,45 +375,66 @@ fn seed<T: Real, R: Rng + ?Sized>(
             }
         }
         // Rounding can leave a target at or past the final sum.
-        for p in picks[found..trials].iter_mut() {
+        for p in picks.iter_mut().skip(found) {
             *p = last_positive;
         }
         // Distinct candidates (sorted targets give non-decreasing indices).
         let mut cands = 1;
         for t in 1..trials {
-            if picks[t] != picks[cands - 1] {
-                picks[cands] = picks[t];
+            let (Some(&pt), Some(&last)) = (picks.get(t), picks.get(cands - 1)) else {
+                break;
+            };
+            if pt != last {
+                if let Some(p) = picks.get_mut(cands) {
+                    *p = pt;
+                }
                 cands += 1;
             }
         }
+        let picks = picks.get(..cands).ok_or(SHORT)?;
         // Pass C: keep the candidate that leaves the smallest total weight.
-        let pick = if cands == 1 {
-            picks[0]
+        let pick = if let [only] = picks {
+            *only
         } else {
             let mut cand_norm = [one; MAX_TRIALS];
-            for (c, &p) in cand_norm.iter_mut().zip(&picks[..cands]) {
-                *c = norm(row(p));
+            for (c, &p) in cand_norm.iter_mut().zip(picks) {
+                *c = norm(row(points, dim, p)?);
             }
             let mut potential = [zero; MAX_TRIALS];
             for (x, l) in points.chunks_exact(dim).zip(labels.iter()) {
                 let nx = norm(x);
-                let l = usize::from(*l);
-                let d = dissimilarity(x, &centres[l * dim..(l + 1) * dim], nx, one);
-                for t in 0..cands {
-                    let dc = dissimilarity(x, row(picks[t]), nx, cand_norm[t]);
-                    potential[t] += if dc < d { dc } else { d };
+                let d = dissimilarity(x, row(centres, dim, usize::from(*l))?, nx, one);
+                for ((pot, &p), &nc) in potential.iter_mut().zip(picks).zip(&cand_norm) {
+                    let dc = dissimilarity(x, row(points, dim, p)?, nx, nc);
+                    *pot += if dc < d { dc } else { d };
                 }
             }
-            let mut best = 0;
-            for t in 1..cands {
-                if potential[t] < potential[best] {
-                    best = t;
+            let (mut best, mut best_pot) = (0, potential[0]);
+            for (t, &pot) in potential.iter().enumerate().take(cands).skip(1) {
+                if pot < best_pot {
+                    (best, best_pot) = (t, pot);
                 }
             }
-            picks[best]
+            *picks.get(best).ok_or(SHORT)?
         };
-        set_direction(&mut centres[j * dim..(j + 1) * dim], row(pick));
+        set_direction(centre_mut(centres, dim, j)?, row(points, dim, pick)?);
     }
+    Ok(())
+}
+
+/// The error of a slice out of range here: the lengths were checked on entry, so it
+/// does not happen; checked slicing returns it instead of linking a panic into the
+/// firmware.
+const SHORT: KMeansError = KMeansError::LengthMismatch;
+
+/// Row `i` of `rows` (rows of `dim` values).
+fn row<T>(rows: &[T], dim: usize, i: usize) -> Result<&[T], KMeansError> {
+    rows.get(i * dim..(i + 1) * dim).ok_or(SHORT)
+}
+
+/// Centre `i` of `centres`, to write.
+fn centre_mut<T>(centres: &mut [T], dim: usize, i: usize) -> Result<&mut [T], KMeansError> {
+    centres.get_mut(i * dim..(i + 1) * dim).ok_or(SHORT)
 }
 
 /// Assignment step: each label moves to the centre of largest cosine unless its current
@@ -422,10 +446,10 @@ fn assign<T: Real>(
     centres: &[T],
     labels: &mut [u8],
     acc: &mut [T],
-) -> (bool, T) {
-    let k = centres.len() / dim;
+) -> Result<(bool, T), KMeansError> {
+    let k = centres.len().checked_div(dim).ok_or(SHORT)?;
     acc.fill(T::zero());
-    let (sums, counts) = acc.split_at_mut(k * dim);
+    let (sums, counts) = acc.split_at_mut_checked(k * dim).ok_or(SHORT)?;
     let mut changed = false;
     let mut total = T::zero();
     for (x, l) in points.chunks_exact(dim).zip(labels.iter_mut()) {
@@ -450,12 +474,12 @@ fn assign<T: Real>(
         }
         let nx = norm(x);
         total += best / nx;
-        for (s, x) in sums[j * dim..(j + 1) * dim].iter_mut().zip(x) {
+        for (s, x) in centre_mut(sums, dim, j)?.iter_mut().zip(x) {
             *s += *x / nx;
         }
-        counts[j] += T::one();
+        *counts.get_mut(j).ok_or(SHORT)? += T::one();
     }
-    (changed, total)
+    Ok((changed, total))
 }
 
 /// Update step: centres from the sums in `acc`, then re-seeding of empty clusters.
@@ -467,10 +491,10 @@ fn update<T: Real>(
     centres: &mut [T],
     labels: &mut [u8],
     acc: &mut [T],
-) -> usize {
+) -> Result<usize, KMeansError> {
     let zero = T::zero();
     let one = T::one();
-    let (sums, counts) = acc.split_at_mut(k * dim);
+    let (sums, counts) = acc.split_at_mut_checked(k * dim).ok_or(SHORT)?;
     for ((c, s), count) in centres
         .chunks_exact_mut(dim)
         .zip(sums.chunks_exact(dim))
@@ -487,8 +511,9 @@ fn update<T: Real>(
         }
     }
     let mut reseeds = 0;
+    let count = |counts: &[T], l: usize| counts.get(l).copied().ok_or(SHORT);
     for e in 0..k {
-        if counts[e] > zero {
+        if count(counts, e)? > zero {
             continue;
         }
         // The point farthest from its own centre, among clusters that keep a point.
@@ -496,8 +521,8 @@ fn update<T: Real>(
         let mut worst_cos = T::MAX;
         for (i, (x, l)) in points.chunks_exact(dim).zip(labels.iter()).enumerate() {
             let l = usize::from(*l);
-            if counts[l] > one {
-                let cos = dot(x, &centres[l * dim..(l + 1) * dim]) / norm(x);
+            if count(counts, l)? > one {
+                let cos = dot(x, row(centres, dim, l)?) / norm(x);
                 if worst.is_none() || cos < worst_cos {
                     worst = Some(i);
                     worst_cos = cos;
@@ -505,14 +530,13 @@ fn update<T: Real>(
             }
         }
         if let Some(i) = worst {
-            let x = &points[i * dim..(i + 1) * dim];
-            set_direction(&mut centres[e * dim..(e + 1) * dim], x);
-            let old = usize::from(labels[i]);
-            counts[old] -= one;
-            counts[e] = one;
-            labels[i] = e as u8;
+            set_direction(centre_mut(centres, dim, e)?, row(points, dim, i)?);
+            let label = labels.get_mut(i).ok_or(SHORT)?;
+            *counts.get_mut(usize::from(*label)).ok_or(SHORT)? -= one;
+            *counts.get_mut(e).ok_or(SHORT)? = one;
+            *label = e as u8;
             reseeds += 1;
         }
     }
-    reseeds
+    Ok(reseeds)
 }

@@ -369,7 +369,12 @@ where
         }
         let crc = self.loader.finish()?;
         let stage = staging.as_ref().get(..n).ok_or(ErrorCode::Internal)?;
-        self.model.params_mut().copy_from_slice(stage);
+        let params = self.model.params_mut();
+        // Equal lengths (checked, so that no panic path is linked in).
+        if params.len() != stage.len() {
+            return Err(ErrorCode::Internal);
+        }
+        params.copy_from_slice(stage);
         self.crc = Some(crc);
         Ok(Response::Loaded { weights_crc: crc })
     }

@@ -180,41 +180,72 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 /// The core crate's source directory, as the firmware's build names its files (the
 /// firmware and this tool are built from the same checkout).
-pub fn core_src() -> String {
+fn core_src() -> String {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../src");
     let dir = std::fs::canonicalize(dir).map_or_else(|_| dir.into(), |p| p.display().to_string());
     format!("{dir}/")
 }
 
-/// `panics ELF...`: the panic sites of each image, counted per source file, the core's
-/// (`hvae`) first.
+impl PanicSite {
+    /// In this project's code: the core (`hvae`, named by its absolute path) or the
+    /// firmware (the package being built, whose files the compiler names relative to
+    /// it); dependencies and the standard library have absolute paths elsewhere.
+    pub fn is_ours(&self, core_src: &str) -> bool {
+        self.file.starts_with(core_src) || !std::path::Path::new(&self.file).is_absolute()
+    }
+}
+
+/// The panic sites of the image at `path` in this project's code, and how many there
+/// are in dependencies.
+pub fn our_panic_sites(path: &str) -> Result<(Vec<PanicSite>, usize), String> {
+    let core = core_src();
+    let (ours, deps): (Vec<_>, Vec<_>) = panic_sites(path)?
+        .into_iter()
+        .partition(|s| s.is_ours(&core));
+    Ok((ours, deps.len()))
+}
+
+/// `panics [--deny-ours] ELF...`: the panic sites of each image, counted per source
+/// file, this project's (core and firmware) first; with `--deny-ours`, an error if an
+/// image has one in this project's code.
 pub fn panics(args: &[String]) -> Result<(), String> {
-    if args.is_empty() {
+    let deny = args.iter().any(|a| a == "--deny-ours");
+    let elfs: Vec<&String> = args.iter().filter(|a| *a != "--deny-ours").collect();
+    if elfs.is_empty() {
         return Err("panics: no ELF file given".into());
     }
     let core = core_src();
-    for p in args {
+    let mut offenders = Vec::new();
+    for p in elfs {
         let sites = panic_sites(p)?;
-        let in_core = sites.iter().filter(|s| s.file.starts_with(&core)).count();
+        let ours = sites.iter().filter(|s| s.is_ours(&core)).count();
         println!(
-            "{p}: {} panic sites, {in_core} in the core (hvae), {} in dependencies",
+            "{p}: {} panic sites, {ours} in this project's code (core, firmware), {} in dependencies",
             sites.len(),
-            sites.len() - in_core
+            sites.len() - ours
         );
-        let mut per_file = std::collections::BTreeMap::<(bool, &str), usize>::new();
+        // Ours first: (false, name) sorts before (true, name).
+        let mut per_file = std::collections::BTreeMap::<(bool, String), usize>::new();
         for s in &sites {
-            let c = s.file.starts_with(&core);
-            let name = s.file.strip_prefix(&core).unwrap_or(&s.file);
-            *per_file.entry((!c, name)).or_default() += 1;
-        }
-        for ((dep, file), n) in per_file {
-            let file = if dep {
-                file.to_string()
-            } else {
-                format!("hvae/src/{file}")
+            let name = match s.file.strip_prefix(&core) {
+                Some(rest) => format!("hvae/src/{rest}"),
+                None if s.is_ours(&core) => format!("firmware/{}", s.file),
+                None => s.file.clone(),
             };
+            *per_file.entry((!s.is_ours(&core), name)).or_default() += 1;
+        }
+        for ((_, file), n) in per_file {
             println!("  {n:>4}  {file}");
         }
+        if ours > 0 {
+            offenders.push(p.as_str());
+        }
+    }
+    if deny && !offenders.is_empty() {
+        return Err(format!(
+            "panic sites in this project's code: {}",
+            offenders.join(", ")
+        ));
     }
     Ok(())
 }
@@ -274,5 +305,20 @@ mod tests {
             col,
         };
         assert_eq!(sites, vec![at(965, 23), at(12, 5)]);
+    }
+
+    #[test]
+    fn ours_is_the_core_or_the_package_being_built() {
+        let site = |file: &str| PanicSite {
+            file: file.into(),
+            line: 1,
+            col: 1,
+        };
+        let core = "/w/hvae/src/";
+        assert!(site("/w/hvae/src/model.rs").is_ours(core));
+        assert!(site("src/bin/../learn.rs").is_ours(core));
+        assert!(!site("/home/u/.cargo/registry/src/x/cobs-0.3.0/src/dec.rs").is_ours(core));
+        assert!(!site("/rustc/0123/library/core/src/slice/mod.rs").is_ours(core));
+        assert!(!site("/w/hvae/srcx/model.rs").is_ours(core));
     }
 }

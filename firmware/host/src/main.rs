@@ -5,17 +5,18 @@
 //!     inputs and the core's outputs for them, as a Rust file for `selftest` and `bench`
 //! hvae-firmware-host size ELF...
 //!     flash (vector table + .text + .rodata + .data image) and static RAM of each ELF
-//! hvae-firmware-host panics ELF...
+//! hvae-firmware-host panics [--deny-ours] ELF...
 //!     the panic sites linked into each image (every `core::panic::Location` in
-//!     `.rodata`), counted per source file, the core's apart from the dependencies'
+//!     `.rodata`), counted per source file, this project's (core, firmware) apart from
+//!     the dependencies'; `--deny-ours` fails if an image has one in this project's code
 //! hvae-firmware-host probe ELF --machine mps2-an386|microbit --blob MODEL.hvae
 //!         [--flash-budget BYTES] [--ram-budget BYTES]
 //!     starts `cluster` under qemu, talks the protocol to it over the emulated UART and
 //!     checks every answer (results against the core on the host, typed errors for bad
 //!     input and bad frames, weight loading all or nothing, reading weights back), then
 //!     checks the device's own flash/RAM/stack report against the budgets and that the
-//!     image has no panic site in the core (the firmware's log, decoded, is printed among
-//!     the checks)
+//!     image has no panic site in the core or the firmware (the firmware's log,
+//!     decoded, is printed among the checks)
 //! hvae-firmware-host run ELF --machine mps2-an386|microbit [--serial SPEC]
 //!     runs the program under qemu (`-icount shift=0`, semihosting; the UART on `SPEC`,
 //!     default `null`) and prints its defmt log decoded, one line per message; the exit
