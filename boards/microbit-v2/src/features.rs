@@ -39,7 +39,10 @@ impl Window {
     /// Adds one sample (in g). When this fills the window, returns its features and
     /// starts the next window empty (windows do not overlap).
     pub fn push(&mut self, a: [f32; 3]) -> Option<[f32; FEATURES]> {
-        self.samples[self.len] = a;
+        // `len < WINDOW` between calls; `get_mut` keeps a panic path out of the image.
+        if let Some(slot) = self.samples.get_mut(self.len) {
+            *slot = a;
+        }
         self.len += 1;
         if self.len < WINDOW {
             return None;

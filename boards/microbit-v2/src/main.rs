@@ -150,7 +150,7 @@ fn main() -> ! {
                     count,
                     seg.label,
                     CLUSTER_NAMES.get(seg.label).copied().unwrap_or("?"),
-                    Fixed(seg.probs[seg.label], 2),
+                    Fixed(seg.probs.get(seg.label).copied().unwrap_or(0.0), 2),
                     Fixed(novelty, 3),
                     if novelty > NOVELTY_FLAG { " NOVEL" } else { "" }
                 );

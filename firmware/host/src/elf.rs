@@ -220,7 +220,7 @@ pub fn panics(args: &[String]) -> Result<(), String> {
         let sites = panic_sites(p)?;
         let ours = sites.iter().filter(|s| s.is_ours(&core)).count();
         println!(
-            "{p}: {} panic sites, {ours} in this project's code (core, firmware), {} in dependencies",
+            "{p}: {} panic sites, {ours} in this project's code (core, the program), {} in dependencies",
             sites.len(),
             sites.len() - ours
         );
@@ -229,7 +229,7 @@ pub fn panics(args: &[String]) -> Result<(), String> {
         for s in &sites {
             let name = match s.file.strip_prefix(&core) {
                 Some(rest) => format!("hvae/src/{rest}"),
-                None if s.is_ours(&core) => format!("firmware/{}", s.file),
+                None if s.is_ours(&core) => format!("{} (this program)", s.file),
                 None => s.file.clone(),
             };
             *per_file.entry((!s.is_ours(&core), name)).or_default() += 1;
