@@ -19,8 +19,8 @@ use core::ops::Range;
 
 /// The error of a slice out of range on the inference path. Lengths come from a
 /// validated shape and a checked workspace, so it does not happen; checked slicing
-/// returns it instead of linking a panic into the firmware (the `probe` of the
-/// firmware checks that the inference image has no panic site in this crate).
+/// returns it instead of linking a panic into the firmware (the firmware's tests check
+/// that its images have no panic site in this crate).
 const SHORT: InferError = InferError::BufferLength;
 
 /// Why an inference call failed. The model is never changed by inference.
@@ -302,7 +302,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let l = self.at.work;
         let mu = work.get(l.mu..l.mu + self.shape.latent);
         Ok(Encoding {
-            mu: mu.ok_or(InferError::BufferLength)?,
+            mu: mu.ok_or(SHORT)?,
             kappa,
         })
     }
