@@ -10,8 +10,7 @@
 #      frames, not the text, and decodes to the expected lines;
 #   3. runs the protocol probe against cluster on both machines (over the emulated
 #      UART) and checks the inference firmware's flash and RAM (static + measured peak
-#      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM,
-#      and that no panic site of the core or the firmware is linked into it;
+#      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM;
 #   4. runs bench (instructions per MAC, training step cost and RAM per scope) and
 #      fails if a budget is exceeded;
 #   5. prints the sizes table and the panic sites of cluster and learn, and fails if one

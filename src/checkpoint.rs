@@ -917,9 +917,9 @@ impl<F: NorFlash> Stager<'_, F> {
             let n = (CHUNK - self.fill).min(bytes.len());
             let (head, rest) = bytes.split_at(n);
             // `fill + n <= CHUNK`; checked, so that no panic path is linked in.
-            if let Some(dst) = self.buf.get_mut(self.fill..self.fill + n) {
-                dst.copy_from_slice(head);
-            }
+            let dst = self.buf.get_mut(self.fill..self.fill + n);
+            dst.ok_or(CheckpointError::BufferLength)?
+                .copy_from_slice(head);
             self.fill += n;
             bytes = rest;
             if self.fill == CHUNK {
@@ -935,9 +935,8 @@ impl<F: NorFlash> Stager<'_, F> {
         if n == 0 {
             return Ok(());
         }
-        if let Some(pad) = self.buf.get_mut(self.fill..n) {
-            pad.fill(0xFF);
-        }
+        let pad = self.buf.get_mut(self.fill..n);
+        pad.ok_or(CheckpointError::BufferLength)?.fill(0xFF);
         self.flash
             .write(self.base + self.written as u32, &self.buf[..n])
             .map_err(flash_err)?;

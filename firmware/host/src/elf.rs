@@ -112,7 +112,8 @@ pub fn panic_sites(path: &str) -> Result<Vec<PanicSite>, String> {
     for at in (0..bytes.len().saturating_sub(15)).step_by(4) {
         let (ptr, len) = (u32_at(bytes, at)?, u32_at(bytes, at + 4)?);
         let (line, col) = (u32_at(bytes, at + 8)?, u32_at(bytes, at + 12)?);
-        if ptr < lo || len < 4 || len > 4096 || ptr + len > hi || line == 0 {
+        let outside = ptr < lo || ptr.saturating_add(len) > hi;
+        if outside || !(4..=4096).contains(&len) || line == 0 {
             continue;
         }
         let s = &bytes[(ptr - lo) as usize..(ptr - lo + len) as usize];
@@ -195,16 +196,6 @@ impl PanicSite {
     }
 }
 
-/// The panic sites of the image at `path` in this project's code, and how many there
-/// are in dependencies.
-pub fn our_panic_sites(path: &str) -> Result<(Vec<PanicSite>, usize), String> {
-    let core = core_src();
-    let (ours, deps): (Vec<_>, Vec<_>) = panic_sites(path)?
-        .into_iter()
-        .partition(|s| s.is_ours(&core));
-    Ok((ours, deps.len()))
-}
-
 /// `panics [--deny-ours] ELF...`: the panic sites of each image, counted per source
 /// file, this project's (core and firmware) first; with `--deny-ours`, an error if an
 /// image has one in this project's code.
@@ -217,24 +208,30 @@ pub fn panics(args: &[String]) -> Result<(), String> {
     let core = core_src();
     let mut offenders = Vec::new();
     for p in elfs {
-        let sites = panic_sites(p)?;
-        let ours = sites.iter().filter(|s| s.is_ours(&core)).count();
-        println!(
-            "{p}: {} panic sites, {ours} in this project's code (core, the program), {} in dependencies",
-            sites.len(),
-            sites.len() - ours
-        );
         // Ours first: (false, name) sorts before (true, name).
         let mut per_file = std::collections::BTreeMap::<(bool, String), usize>::new();
-        for s in &sites {
+        for s in panic_sites(p)? {
+            let dep = !s.is_ours(&core);
             let name = match s.file.strip_prefix(&core) {
                 Some(rest) => format!("hvae/src/{rest}"),
-                None if s.is_ours(&core) => format!("{} (this program)", s.file),
-                None => s.file.clone(),
+                None if !dep => format!("{} (this program)", s.file),
+                None => s.file,
             };
-            *per_file.entry((!s.is_ours(&core), name)).or_default() += 1;
+            *per_file.entry((dep, name)).or_default() += 1;
         }
-        for ((_, file), n) in per_file {
+        let count = |dep: bool| -> usize {
+            per_file
+                .iter()
+                .filter(|((d, _), _)| *d == dep)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let ours = count(false);
+        println!(
+            "{p}: {ours} panic sites in this project's code (core, the program), {} in dependencies",
+            count(true)
+        );
+        for ((_, file), n) in &per_file {
             println!("  {n:>4}  {file}");
         }
         if ours > 0 {

@@ -14,9 +14,8 @@
 //!     starts `cluster` under qemu, talks the protocol to it over the emulated UART and
 //!     checks every answer (results against the core on the host, typed errors for bad
 //!     input and bad frames, weight loading all or nothing, reading weights back), then
-//!     checks the device's own flash/RAM/stack report against the budgets and that the
-//!     image has no panic site in the core or the firmware (the firmware's log,
-//!     decoded, is printed among the checks)
+//!     checks the device's own flash/RAM/stack report against the budgets (the
+//!     firmware's log, decoded, is printed among the checks)
 //! hvae-firmware-host run ELF --machine mps2-an386|microbit [--serial SPEC]
 //!     runs the program under qemu (`-icount shift=0`, semihosting; the UART on `SPEC`,
 //!     default `null`) and prints its defmt log decoded, one line per message; the exit
