@@ -11,6 +11,7 @@
 
 use crate::nn::{
     dense_forward, dense_forward2, dot, inv_norm, inv_sqrt, softplus, sq_and_dot, sq_and_dot2,
+    sq_and_dot8,
 };
 use crate::shape::{Shape, ShapeError, KAPPA_MAX};
 use crate::{Activation, Real};
@@ -1035,8 +1036,14 @@ pub(crate) fn segmenter_logits<T: Real>(
     let kappa_s = ln_kappa_s.fast_exp();
     let mut best = -T::one() - T::one();
     let mut probe = T::zero();
+    // A latent space of 8 (the digits model): `z` stays in registers for all the
+    // centres instead of being loaded again for each (the same sums, in order).
+    let z8 = <&[T; 8]>::try_from(z).ok().copied();
     for ((ck, &lw), a) in centres.chunks_exact(m).zip(log_w).zip(logits.iter_mut()) {
-        let (sq, d) = sq_and_dot(ck, z);
+        let (sq, d) = match (z8, <&[T; 8]>::try_from(ck)) {
+            (Some(z8), Ok(c8)) => sq_and_dot8(c8, &z8, (T::zero(), T::zero())),
+            _ => sq_and_dot(ck, z),
+        };
         let inv = inv_sqrt(sq).ok_or(InferError::ZeroCentre)?;
         let cos = d * inv;
         if cos > best {

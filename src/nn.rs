@@ -554,39 +554,44 @@ pub(crate) fn inv_sqrt<T: Real>(s: T) -> Option<T> {
     Some(T::one() / n)
 }
 
-/// `(a . a, a . b)` in one pass, each summed in order (the same bits as two [`dot`]s):
-/// eight values per iteration, spelled out, so a latent direction of 8 takes one pass
-/// without a loop (a segmenter centre each).
+/// `(a . a, a . b)` in one pass, each summed in order (the same bits as two [`dot`]s).
+/// A plain loop: the segmenter of a latent space of 8 uses [`sq_and_dot8`] instead, with
+/// its direction in registers, and this general form is kept small (it is linked into
+/// every inference image next to that one).
 #[inline]
 pub(crate) fn sq_and_dot<T: Real>(a: &[T], b: &[T]) -> (T, T) {
     if a.len() != b.len() {
         return (dot(a, a), dot(a, b));
     }
-    let (aq, ar) = a.as_chunks::<8>();
-    let (bq, br) = b.as_chunks::<8>();
     let (mut s, mut d) = (T::zero(), T::zero());
-    for (x, y) in aq.iter().zip(bq) {
-        s += x[0] * x[0];
-        d += x[0] * y[0];
-        s += x[1] * x[1];
-        d += x[1] * y[1];
-        s += x[2] * x[2];
-        d += x[2] * y[2];
-        s += x[3] * x[3];
-        d += x[3] * y[3];
-        s += x[4] * x[4];
-        d += x[4] * y[4];
-        s += x[5] * x[5];
-        d += x[5] * y[5];
-        s += x[6] * x[6];
-        d += x[6] * y[6];
-        s += x[7] * x[7];
-        d += x[7] * y[7];
-    }
-    for (&x, &y) in ar.iter().zip(br) {
+    for (&x, &y) in a.iter().zip(b) {
         s += x * x;
         d += x * y;
     }
+    (s, d)
+}
+
+/// `(s + x . x, d + x . y)` for eight values, summed in order: [`sq_and_dot`] of one
+/// chunk, spelled out. A caller that keeps `y` in a local (the segmenter's direction,
+/// for a latent space of 8) has it in registers across calls.
+#[inline(always)]
+pub(crate) fn sq_and_dot8<T: Real>(x: &[T; 8], y: &[T; 8], (mut s, mut d): (T, T)) -> (T, T) {
+    s += x[0] * x[0];
+    d += x[0] * y[0];
+    s += x[1] * x[1];
+    d += x[1] * y[1];
+    s += x[2] * x[2];
+    d += x[2] * y[2];
+    s += x[3] * x[3];
+    d += x[3] * y[3];
+    s += x[4] * x[4];
+    d += x[4] * y[4];
+    s += x[5] * x[5];
+    d += x[5] * y[5];
+    s += x[6] * x[6];
+    d += x[6] * y[6];
+    s += x[7] * x[7];
+    d += x[7] * y[7];
     (s, d)
 }
 
@@ -794,7 +799,7 @@ mod tests {
 
     #[test]
     fn fused_square_and_dot_are_plain_dots() {
-        // Eight values per iteration: up to two chunks and every remainder.
+        // Up to two chunks of eight and every remainder.
         for n in 0..=17 {
             let a: std::vec::Vec<f32> = (0..n).map(|i| 0.3 * i as f32 - 1.1).collect();
             let b: std::vec::Vec<f32> = (0..n).map(|i| 0.7 - 0.2 * i as f32).collect();
@@ -805,6 +810,12 @@ mod tests {
             let (s, d) = sq_and_dot(&a, &b);
             assert_eq!(s.to_bits(), plain(&a, &a).to_bits());
             assert_eq!(d.to_bits(), plain(&a, &b).to_bits());
+            if let (Ok(a8), Ok(b8)) = (<&[f32; 8]>::try_from(&a[..]), <&[f32; 8]>::try_from(&b[..]))
+            {
+                // The segmenter's form for a latent space of 8.
+                let (s8, d8) = sq_and_dot8(a8, b8, (0.0, 0.0));
+                assert_eq!((s8.to_bits(), d8.to_bits()), (s.to_bits(), d.to_bits()));
+            }
             let (s2, d0, d1) = sq_and_dot2(&a, &b, &c);
             assert_eq!(s2.to_bits(), s.to_bits());
             assert_eq!(d0.to_bits(), d.to_bits());

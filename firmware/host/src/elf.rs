@@ -187,18 +187,39 @@ fn core_src() -> String {
     format!("{dir}/")
 }
 
+/// Whose code a panic site is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    /// The core (`hvae`) or the program being built.
+    Ours,
+    /// The standard library's own code (`/rustc/...`): a panic that is not attributed to
+    /// its caller (no `#[track_caller]`), so whichever crate reached it cannot be told.
+    Std,
+    /// A dependency.
+    Dependency,
+}
+
 impl PanicSite {
-    /// In this project's code: the core (`hvae`, named by its absolute path) or the
-    /// firmware (the package being built, whose files the compiler names relative to
-    /// it); dependencies and the standard library have absolute paths elsewhere.
-    pub fn is_ours(&self, core_src: &str) -> bool {
-        self.file.starts_with(core_src) || !std::path::Path::new(&self.file).is_absolute()
+    /// Whose code the site is in: the core (named by its absolute path) and the firmware
+    /// (the package being built, whose files the compiler names relative to it) are
+    /// ours; the standard library's files are under `/rustc/`; everything else (absolute
+    /// paths into the cargo registry or git checkouts) is a dependency's.
+    pub fn origin(&self, core_src: &str) -> Origin {
+        if self.file.starts_with(core_src) || !std::path::Path::new(&self.file).is_absolute() {
+            Origin::Ours
+        } else if self.file.starts_with("/rustc/") {
+            Origin::Std
+        } else {
+            Origin::Dependency
+        }
     }
 }
 
 /// `panics [--deny-ours] ELF...`: the panic sites of each image, counted per source
-/// file, this project's (core and firmware) first; with `--deny-ours`, an error if an
-/// image has one in this project's code.
+/// file, this project's (core and firmware) first, then the standard library's, then the
+/// dependencies'; with `--deny-ours`, an error if an image has one in this project's code
+/// or in the standard library's own (one of those could be reached from our code, and
+/// nothing in the image says from where).
 pub fn panics(args: &[String]) -> Result<(), String> {
     let deny = args.iter().any(|a| a == "--deny-ours");
     let elfs: Vec<&String> = args.iter().filter(|a| *a != "--deny-ours").collect();
@@ -208,39 +229,40 @@ pub fn panics(args: &[String]) -> Result<(), String> {
     let core = core_src();
     let mut offenders = Vec::new();
     for p in elfs {
-        // Ours first: (false, name) sorts before (true, name).
-        let mut per_file = std::collections::BTreeMap::<(bool, String), usize>::new();
+        // Ours first, then the standard library's, then the dependencies'.
+        let mut per_file = std::collections::BTreeMap::<(Origin, String), usize>::new();
         for s in panic_sites(p)? {
-            let dep = !s.is_ours(&core);
-            let name = match s.file.strip_prefix(&core) {
-                Some(rest) => format!("hvae/src/{rest}"),
-                None if !dep => format!("{} (this program)", s.file),
-                None => s.file,
+            let origin = s.origin(&core);
+            let name = match (s.file.strip_prefix(&core), origin) {
+                (Some(rest), _) => format!("hvae/src/{rest}"),
+                (None, Origin::Ours) => format!("{} (this program)", s.file),
+                (None, Origin::Std) => format!("{} (standard library)", s.file),
+                (None, Origin::Dependency) => s.file,
             };
-            *per_file.entry((dep, name)).or_default() += 1;
+            *per_file.entry((origin, name)).or_default() += 1;
         }
-        let count = |dep: bool| -> usize {
+        let count = |origin: Origin| -> usize {
             per_file
                 .iter()
-                .filter(|((d, _), _)| *d == dep)
+                .filter(|((o, _), _)| *o == origin)
                 .map(|(_, n)| n)
                 .sum()
         };
-        let ours = count(false);
+        let (ours, std_lib) = (count(Origin::Ours), count(Origin::Std));
         println!(
-            "{p}: {ours} panic sites in this project's code (core, the program), {} in dependencies",
-            count(true)
+            "{p}: {ours} panic sites in this project's code (core, the program), {std_lib} in the standard library's own code, {} in dependencies",
+            count(Origin::Dependency)
         );
         for ((_, file), n) in &per_file {
             println!("  {n:>4}  {file}");
         }
-        if ours > 0 {
+        if ours + std_lib > 0 {
             offenders.push(p.as_str());
         }
     }
     if deny && !offenders.is_empty() {
         return Err(format!(
-            "panic sites in this project's code: {}",
+            "panic sites in this project's code or the standard library's: {}",
             offenders.join(", ")
         ));
     }
@@ -305,17 +327,22 @@ mod tests {
     }
 
     #[test]
-    fn ours_is_the_core_or_the_package_being_built() {
+    fn origin_is_ours_std_or_a_dependency() {
         let site = |file: &str| PanicSite {
             file: file.into(),
             line: 1,
             col: 1,
         };
         let core = "/w/hvae/src/";
-        assert!(site("/w/hvae/src/model.rs").is_ours(core));
-        assert!(site("src/bin/../learn.rs").is_ours(core));
-        assert!(!site("/home/u/.cargo/registry/src/x/cobs-0.3.0/src/dec.rs").is_ours(core));
-        assert!(!site("/rustc/0123/library/core/src/slice/mod.rs").is_ours(core));
-        assert!(!site("/w/hvae/srcx/model.rs").is_ours(core));
+        assert_eq!(site("/w/hvae/src/model.rs").origin(core), Origin::Ours);
+        assert_eq!(site("src/bin/../learn.rs").origin(core), Origin::Ours);
+        let cobs = site("/home/u/.cargo/registry/src/x/cobs-0.3.0/src/dec.rs");
+        assert_eq!(cobs.origin(core), Origin::Dependency);
+        let slice = site("/rustc/0123/library/core/src/slice/mod.rs");
+        assert_eq!(slice.origin(core), Origin::Std);
+        assert_eq!(
+            site("/w/hvae/srcx/model.rs").origin(core),
+            Origin::Dependency
+        );
     }
 }

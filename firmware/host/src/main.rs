@@ -7,8 +7,9 @@
 //!     flash (vector table + .text + .rodata + .data image) and static RAM of each ELF
 //! hvae-firmware-host panics [--deny-ours] ELF...
 //!     the panic sites linked into each image (every `core::panic::Location` in
-//!     `.rodata`), counted per source file, this project's (core, firmware) apart from
-//!     the dependencies'; `--deny-ours` fails if an image has one in this project's code
+//!     `.rodata`), counted per source file: this project's (core, firmware), the
+//!     standard library's own (`/rustc/...`, not attributed to a caller) and the
+//!     dependencies'; `--deny-ours` fails if an image has one of the first two kinds
 //! hvae-firmware-host probe ELF --machine mps2-an386|microbit --blob MODEL.hvae
 //!         [--flash-budget BYTES] [--ram-budget BYTES]
 //!     starts `cluster` under qemu, talks the protocol to it over the emulated UART and
