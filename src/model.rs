@@ -11,7 +11,7 @@
 
 use crate::nn::{
     dense_forward, dense_forward2, dot, inv_norm, inv_sqrt, softplus, sq_and_dot, sq_and_dot2,
-    sq_and_dot8,
+    sq_and_dot2_8, sq_and_dot8,
 };
 use crate::shape::{Shape, ShapeError, KAPPA_MAX};
 use crate::{Activation, Real};
@@ -1080,6 +1080,11 @@ fn segmenter_logits2<T: Real>(
         return (Err(SHORT), Err(SHORT));
     }
     let kappa_s = ln_kappa_s.fast_exp();
+    // A latent space of 8: both directions stay in registers (as in `segmenter_logits`).
+    let z8 = <&[T; 8]>::try_from(z0)
+        .ok()
+        .copied()
+        .zip(<&[T; 8]>::try_from(z1).ok().copied());
     let (mut best0, mut best1) = (-T::one() - T::one(), -T::one() - T::one());
     let (mut probe0, mut probe1) = (T::zero(), T::zero());
     for (((ck, &lw), a0), a1) in centres
@@ -1088,7 +1093,12 @@ fn segmenter_logits2<T: Real>(
         .zip(l0.iter_mut())
         .zip(l1.iter_mut())
     {
-        let (sq, d0, d1) = sq_and_dot2(ck, z0, z1);
+        let (sq, d0, d1) = match (z8, <&[T; 8]>::try_from(ck)) {
+            (Some((z0, z1)), Ok(c8)) => {
+                sq_and_dot2_8(c8, &z0, &z1, (T::zero(), T::zero(), T::zero()))
+            }
+            _ => sq_and_dot2(ck, z0, z1),
+        };
         let Some(inv) = inv_sqrt(sq) else {
             return (Err(InferError::ZeroCentre), Err(InferError::ZeroCentre));
         };

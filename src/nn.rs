@@ -609,36 +609,49 @@ pub(crate) fn sq_and_dot2<T: Real>(a: &[T], b0: &[T], b1: &[T]) -> (T, T, T) {
     let (cq, cr) = b1.as_chunks::<8>();
     let (mut s, mut d, mut e) = (T::zero(), T::zero(), T::zero());
     for ((x, y), z) in aq.iter().zip(bq).zip(cq) {
-        s += x[0] * x[0];
-        d += x[0] * y[0];
-        e += x[0] * z[0];
-        s += x[1] * x[1];
-        d += x[1] * y[1];
-        e += x[1] * z[1];
-        s += x[2] * x[2];
-        d += x[2] * y[2];
-        e += x[2] * z[2];
-        s += x[3] * x[3];
-        d += x[3] * y[3];
-        e += x[3] * z[3];
-        s += x[4] * x[4];
-        d += x[4] * y[4];
-        e += x[4] * z[4];
-        s += x[5] * x[5];
-        d += x[5] * y[5];
-        e += x[5] * z[5];
-        s += x[6] * x[6];
-        d += x[6] * y[6];
-        e += x[6] * z[6];
-        s += x[7] * x[7];
-        d += x[7] * y[7];
-        e += x[7] * z[7];
+        (s, d, e) = sq_and_dot2_8(x, y, z, (s, d, e));
     }
     for ((&x, &y), &z) in ar.iter().zip(br).zip(cr) {
         s += x * x;
         d += x * y;
         e += x * z;
     }
+    (s, d, e)
+}
+
+/// `(s + x . x, d + x . y, e + x . z)` for eight values, summed in order:
+/// [`sq_and_dot2`] of one chunk, spelled out (see [`sq_and_dot8`]).
+#[inline(always)]
+pub(crate) fn sq_and_dot2_8<T: Real>(
+    x: &[T; 8],
+    y: &[T; 8],
+    z: &[T; 8],
+    (mut s, mut d, mut e): (T, T, T),
+) -> (T, T, T) {
+    s += x[0] * x[0];
+    d += x[0] * y[0];
+    e += x[0] * z[0];
+    s += x[1] * x[1];
+    d += x[1] * y[1];
+    e += x[1] * z[1];
+    s += x[2] * x[2];
+    d += x[2] * y[2];
+    e += x[2] * z[2];
+    s += x[3] * x[3];
+    d += x[3] * y[3];
+    e += x[3] * z[3];
+    s += x[4] * x[4];
+    d += x[4] * y[4];
+    e += x[4] * z[4];
+    s += x[5] * x[5];
+    d += x[5] * y[5];
+    e += x[5] * z[5];
+    s += x[6] * x[6];
+    d += x[6] * y[6];
+    e += x[6] * z[6];
+    s += x[7] * x[7];
+    d += x[7] * y[7];
+    e += x[7] * z[7];
     (s, d, e)
 }
 
@@ -815,6 +828,10 @@ mod tests {
                 // The segmenter's form for a latent space of 8.
                 let (s8, d8) = sq_and_dot8(a8, b8, (0.0, 0.0));
                 assert_eq!((s8.to_bits(), d8.to_bits()), (s.to_bits(), d.to_bits()));
+                let c8 = <&[f32; 8]>::try_from(&c[..]).unwrap();
+                let (s8, d8, e8) = sq_and_dot2_8(a8, b8, c8, (0.0, 0.0, 0.0));
+                assert_eq!((s8.to_bits(), d8.to_bits()), (s.to_bits(), d.to_bits()));
+                assert_eq!(e8.to_bits(), plain(&a, &c).to_bits());
             }
             let (s2, d0, d1) = sq_and_dot2(&a, &b, &c);
             assert_eq!(s2.to_bits(), s.to_bits());
