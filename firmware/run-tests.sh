@@ -14,7 +14,7 @@
 #   4. runs bench (instructions per MAC, training step cost and RAM per scope) and
 #      fails if a budget is exceeded;
 #   5. prints the sizes table and the panic sites of cluster and learn, and fails if one
-#      is in the core or the firmware.
+#      is in the core, the firmware or the standard library's own code.
 # Exit status: 0 only if everything passed. HVAE_BENCH_ALLOW_OVER="encode+segment:"
 # (a space-separated list of strings; a result line containing one of them) lets those
 # budgets be exceeded without failing; every other budget still fails the run.
@@ -92,7 +92,7 @@ step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = 
 "$tool" size "target/$m4/release/cluster" "target/$m0/release/cluster" \
   "target/$m4/release/selftest" "target/$m0/release/selftest" "target/$m4/release/bench"
 echo
-echo "panic sites linked in (none may be in the core or the firmware: the device path returns typed errors):"
+echo "panic sites linked in (none may be in the core, the firmware or the standard library: the device path returns typed errors):"
 "$tool" panics --deny-ours "target/$m4/release/cluster" "target/$m4/release/learn" \
   "target/$m0/release/cluster"
 echo

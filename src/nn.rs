@@ -25,7 +25,8 @@ use nalgebra::{DMatrixView, DMatrixViewMut, DVectorView, DVectorViewMut};
 /// (firmware is built for size). That is 151 instructions per 64 multiply-adds on the
 /// M4F (`vldr` + `vmla.f32` per weight, one `vldr` per input, the row pointers and the
 /// loop; four rows by four inputs took 43 per 16; counted in a qemu trace). Rows past
-/// the last block of eight are done one at a time. `act` is applied as each output is stored (no second pass).
+/// the last block of eight are done one at a time. `act` is applied as each output is
+/// stored (no second pass).
 /// Each output is still the sum `b + w_0 x_0 + w_1 x_1 + ...` in input order, so the
 /// result does not depend on the blocking.
 ///

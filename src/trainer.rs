@@ -750,10 +750,17 @@ pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
             -T::one() - T::one()
         };
         // Insert into the sorted (descending) top-nn list (checked indexing: `pos < nn`).
-        let worst = best.get(have.wrapping_sub(1)).map_or(cos, |w| w.0);
+        let worst = have
+            .checked_sub(1)
+            .and_then(|i| best.get(i))
+            .map_or(cos, |w| w.0);
         if have < nn || cos > worst {
             let mut pos = if have < nn { have } else { nn - 1 };
-            while let Some(&prev) = best.get(pos.wrapping_sub(1)).filter(|p| p.0 < cos) {
+            while let Some(&prev) = pos
+                .checked_sub(1)
+                .and_then(|i| best.get(i))
+                .filter(|p| p.0 < cos)
+            {
                 if let Some(slot) = best.get_mut(pos) {
                     *slot = prev;
                 }

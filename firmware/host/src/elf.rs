@@ -249,9 +249,10 @@ pub fn panics(args: &[String]) -> Result<(), String> {
                 .sum()
         };
         let (ours, std_lib) = (count(Origin::Ours), count(Origin::Std));
+        let deps = count(Origin::Dependency);
         println!(
-            "{p}: {ours} panic sites in this project's code (core, the program), {std_lib} in the standard library's own code, {} in dependencies",
-            count(Origin::Dependency)
+            "{p}: {ours} panic sites in this project's code (core, the program), \
+             {std_lib} in the standard library's own code, {deps} in dependencies"
         );
         for ((_, file), n) in &per_file {
             println!("  {n:>4}  {file}");
@@ -324,6 +325,36 @@ mod tests {
             col,
         };
         assert_eq!(sites, vec![at(965, 23), at(12, 5)]);
+    }
+
+    /// `panics --deny-ours` on a one-location image whose location names `file`.
+    fn deny_ours_on(file: &str) -> Result<(), String> {
+        let addr = 0x4000u32;
+        let mut ro = file.as_bytes().to_vec();
+        ro.resize(ro.len().next_multiple_of(4), 0);
+        let loc = [addr, file.len() as u32, 10, 5]
+            .map(u32::to_le_bytes)
+            .concat();
+        ro.extend(loc);
+        let path = std::env::temp_dir().join(format!(
+            "hvae-deny-test-{}-{}",
+            std::process::id(),
+            file.len()
+        ));
+        std::fs::write(&path, elf_with_rodata(addr, &ro)).unwrap();
+        let args = ["--deny-ours".to_string(), path.display().to_string()];
+        let r = panics(&args);
+        std::fs::remove_file(&path).unwrap();
+        r
+    }
+
+    #[test]
+    fn deny_ours_fails_on_our_sites_and_the_standard_librarys_only() {
+        let core = format!("{}model.rs", core_src());
+        assert!(deny_ours_on(&core).is_err());
+        assert!(deny_ours_on("/rustc/0123abcd/library/core/src/slice/mod.rs").is_err());
+        let dep = "/home/u/.cargo/registry/src/index/cobs-0.3.0/src/dec.rs";
+        assert!(deny_ours_on(dep).is_ok());
     }
 
     #[test]
