@@ -6,9 +6,9 @@
 //! output `mu(x)` of a sample never changes, so [`SegmenterAdapter`] keeps the `M`-value
 //! directions of the last `CAP` samples, a RAM copy of the segmenter's
 //! [`Shape::segmenter_len`] parameters, and its optimiser state, while the model (the
-//! encoder) can be a `static` in flash. For the digits model (64 inputs, hidden 32,
-//! latent 8, `K` = 10, 64 buffered samples, batch 8, Adam) that is 7.6 KiB instead
-//! of the 40+ KiB of the general trainer ([`AdapterMemory`]).
+//! encoder) can be a `static` in flash. For a model the size of the digits model that
+//! is a few KiB instead of the general trainer's tens of KiB ([`AdapterMemory`] counts
+//! the bytes; the figures are in docs/benchmarks.md).
 //!
 //! The loss is [`segmenter_loss_and_grad`]: the cluster terms of
 //! [`loss_and_grad`](crate::loss::loss_and_grad) with `SegmenterOnly`, on the stored

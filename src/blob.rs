@@ -21,7 +21,7 @@
 //! | 36 | 4 | latent size `M`, `u32` | `2..=64` |
 //! | 40 | 4 | clusters `K`, `u32` | `1..=255` |
 //! | 44 | 4 | parameter count `P`, `u32` | [`Shape::param_len`] of the sizes above |
-//! | 48 | `4 P` | parameters, `P x f32` | finite; in [`Shape`] layout order (normalisation offset and scale last) |
+//! | 48 | `4 P` | parameters, `P x f32` | finite; in [`Shape`] layout order (normalisation offset and scale first) |
 //! | `48 + 4 P` | 4 | CRC-32, `u32` | CRC-32/ISO-HDLC of bytes `0 .. 48 + 4 P` |
 //!
 //! The whole blob is [`blob_len`] bytes, a `const fn`, so a device can reserve a

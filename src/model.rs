@@ -194,8 +194,8 @@ impl<T: Real> Segment<'_, T> {
 pub struct Model<T, S> {
     shape: Shape,
     params: S,
-    /// Offsets derived from `shape`, computed once: working them out in every call took
-    /// about 250 instructions of a 9,000-instruction `segment` on a Cortex-M4F.
+    /// Offsets derived from `shape`, computed once rather than in every call (a
+    /// noticeable share of a `segment` on a Cortex-M4F; figures in docs/device.md).
     at: Offsets,
     _scalar: PhantomData<T>,
 }
@@ -350,8 +350,8 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     ///
     /// With room for two samples in `work` (`2 Shape::work_len()` scalars) the samples
     /// go through the encoder two at a time, every weight loaded once for both: on a
-    /// Cortex-M4F that takes a fifth fewer instructions per sample than one at a time
-    /// (firmware `bench`), for one more workspace (1,488 bytes for the digits model).
+    /// Cortex-M4F that takes fewer instructions per sample than one at a time (firmware
+    /// `bench`; docs/device.md), for one more workspace and more code.
     /// With room for one, one at a time. Cost: `n` [`Model::segment`]s.
     ///
     /// Errors (nothing is processed): `xs` is not a whole number of samples
@@ -876,7 +876,7 @@ impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
 
     /// Rescales every segmenter centre to unit norm. The segmenter only uses their
     /// directions, so the outputs stay the same (to rounding), and inference on unit
-    /// centres needs no square root per centre (about 90 instructions each on a
+    /// centres needs no square root per centre (a software square root on a
     /// Cortex-M4F). `hvae train` stores its models so (`hvae import` keeps imported
     /// weights bit for bit). A zero or non-finite centre is an error and nothing is
     /// changed. Cost: `2 K M`

@@ -6,8 +6,8 @@
 //!
 //! Weights are row-major `out x in` (PyTorch's `nn.Linear` layout), so the forward pass
 //! is a run of contiguous dot products: a plain loop, blocked and unrolled by hand,
-//! which takes 40% fewer instructions than nalgebra's `gemv` on a Cortex-M4F whatever
-//! the optimisation level (measured by the firmware's `bench`). The backward products
+//! which takes fewer instructions than nalgebra's `gemv` on a Cortex-M4F whatever the
+//! optimisation level (the firmware's `bench`; docs/device.md). The backward products
 //! are nalgebra's `ger`/`gemv` on views of the same weights (faster on the host).
 //!
 //! Callers guarantee the lengths (they come from a validated [`Shape`](crate::Shape));
@@ -22,13 +22,12 @@ use nalgebra::{DMatrixView, DMatrixViewMut, DVectorView, DVectorViewMut};
 /// Cortex-M4F rather than left to nalgebra: eight output rows at a time (eight
 /// accumulators in registers, each input loaded once for eight rows) and eight inputs
 /// per iteration, spelled out so that the loop is unrolled at any optimisation level
-/// (firmware is built for size). That is 151 instructions per 64 multiply-adds on the
-/// M4F (`vldr` + `vmla.f32` per weight, one `vldr` per input, the row pointers and the
-/// loop; four rows by four inputs took 43 per 16; counted in a qemu trace). Rows past
-/// the last block of eight are done one at a time. `act` is applied as each output is
-/// stored (no second pass).
-/// Each output is still the sum `b + w_0 x_0 + w_1 x_1 + ...` in input order, so the
-/// result does not depend on the blocking.
+/// (firmware is built for size): on the M4F one `vldr` + `vmla.f32` per weight, one
+/// `vldr` per input for eight rows, plus the row pointers and the loop (the counts are
+/// in docs/device.md). Rows past the last block of eight are done one at a time. `act`
+/// is applied as each output is stored (no second pass). Each output is still the sum
+/// `b + w_0 x_0 + w_1 x_1 + ...` in input order, so the result does not depend on the
+/// blocking.
 ///
 /// Returns the first output before the activation (zero without outputs). Once a
 /// product is NaN or infinite, the sum stays so (`inf + finite = inf`,
@@ -227,12 +226,13 @@ fn rows8<T>(wq: &[T], n: usize) -> Option<[&[T]; 8]> {
 }
 
 /// [`dense_forward`] of two inputs at once, `y0 = W x0 + b` and `y1 = W x1 + b`, each
-/// weight loaded once for both: on a Cortex-M4F the loop takes 123 instructions per 64
-/// multiply-adds (1.9 per MAC, against 2.4 for two calls; eight rows by four inputs by
-/// two inputs per iteration: 16 accumulators and 8 input values in registers, two
-/// spilled). Every output is the same sum in the same order as [`dense_forward`]'s, so
-/// the results are the same bits. Returns both first outputs before the activation, as
-/// [`dense_forward`] does. `x1` is as long as `x0`, `y1` as `y0`.
+/// weight loaded once for both, so on a Cortex-M4F the loop takes fewer instructions
+/// per multiply-add than two calls (eight rows by four inputs by two inputs per
+/// iteration: 16 accumulators and 8 input values in registers, two spilled; counts in
+/// docs/device.md). Every output is the same sum in the same order as
+/// [`dense_forward`]'s, so the results are the same bits. Returns both first outputs
+/// before the activation, as [`dense_forward`] does. `x1` is as long as `x0`, `y1` as
+/// `y0`.
 #[inline]
 pub(crate) fn dense_forward2<T: Real>(
     w: &[T],
@@ -442,7 +442,7 @@ pub(crate) fn dense_forward2<T: Real>(
 /// adds `dy xᵀ` into `dw` and `dy` into `db` when given (a frozen layer passes `None`),
 /// and writes `Wᵀ dy` into `dx` when given (the first layer needs no input gradient).
 /// nalgebra's `ger` and `gemv` on views of the row-major weights: on the host they are
-/// vectorised and beat plain `axpy` loops by 40% in training; on the device the
+/// vectorised and faster than plain `axpy` loops in training; on the device the
 /// backward pass is a smaller share of a training step than the forward pass.
 #[inline]
 pub(crate) fn dense_backward<T: Real>(
@@ -530,8 +530,8 @@ pub(crate) fn sigmoid<T: Real>(x: T) -> T {
 /// centres so; see [`Model::normalise_centres`]): for
 /// `s = ||v||² = 1 + e` with `e² <= 2 EPS / 3`, one Newton step from 1, `1 - e/2`, is
 /// within `3e²/8 <= EPS/4` of `1/sqrt(s)`, half an ulp (one ulp after rounding; the
-/// square root and reciprocal round twice, 1.5 ulp), while a software `sqrtf`
-/// takes about 90 instructions on a Cortex-M4F (one per centre in every `segment`).
+/// square root and reciprocal round twice, 1.5 ulp), while a software `sqrtf` on a
+/// Cortex-M4F would cost one costly call per centre in every `segment`.
 /// Any other norm takes the square root.
 ///
 /// [`Model::normalise_centres`]: crate::model::Model::normalise_centres

@@ -22,7 +22,7 @@ pub trait Real: RealField + Copy + Default + core::fmt::Debug + 'static {
     /// Largest finite value of the type.
     const MAX: Self;
     /// `e^x` for the inference path (softmax, the segmenter's concentration): `f32` uses
-    /// [`exp_f32`] (within 1 ulp, a third of libm's instructions on a Cortex-M4F),
+    /// [`exp_f32`] (within 1 ulp, and cheaper than libm's on a Cortex-M4F),
     /// `f64` libm's `exp`.
     fn fast_exp(self) -> Self;
 }
@@ -77,17 +77,16 @@ impl Real for f64 {
     }
 }
 
-/// `e^x` in single precision, within 1 ulp of the exact value (0.97 measured) for `x` in
+/// `e^x` in single precision, within 1 ulp of the exact value for `x` in
 /// `[-87.33, 88.72]` (checked against `f64` in the tests); `+inf` above, `0` below
 /// (the subnormal results `e^-87.34 .. e^-103.9` are flushed to zero), NaN for NaN.
 ///
-/// Why not libm's `expf`: within half an ulp, but about 67 instructions per call on a
-/// Cortex-M4F, and a segment call needs one per cluster and one for the segmenter's
-/// concentration (the ten softmax terms took 674 of 8,680 instructions, measured in a
-/// qemu trace). This is Cephes' `expf`, inlined: `x = k ln 2 + r` with
-/// `|r| <= ln 2 / 2` (Cody-Waite, `k ln 2` in two parts so `r` is exact), a degree-5
-/// minimax polynomial for `(e^r - 1 - r) / r²`, and `2^k` built in the exponent bits;
-/// about 35 instructions in the softmax's loop (counted in a qemu trace), no table.
+/// Why not libm's `expf`: within half an ulp, but a long call on a Cortex-M4F, and a
+/// segment call needs one per cluster and one for the segmenter's concentration, a
+/// visible share of the whole call (the counts are in docs/device.md). This is Cephes'
+/// `expf`, inlined: `x = k ln 2 + r` with `|r| <= ln 2 / 2` (Cody-Waite, `k ln 2` in
+/// two parts so `r` is exact), a degree-5 minimax polynomial for
+/// `(e^r - 1 - r) / r²`, and `2^k` built in the exponent bits; no table, no call.
 /// `e^0 = 1` exactly, so the softmax's largest term is 1. Pure `f32` arithmetic: the
 /// host computes the same bits as the device.
 #[inline(always)]

@@ -4,10 +4,10 @@
 //! Each [`OnlineTrainer::step`] draws a mini-batch of `B` anchors from the buffer,
 //! pairs each anchor with one of its nearest neighbours *inside the buffer* (cosine on
 //! the raw features) — or with a noisy copy of itself — and takes one optimiser step on
-//! the loss of [`crate::loss`]. The schedule of DESIGN section 2 is built in: the first
-//! `warmup_steps` steps train the VAE alone (`gamma = 0`, no pairs); then the centres
-//! are initialised by spherical k-means++ on the `mu(x)` of the buffer; then training is
-//! joint.
+//! the loss of [`crate::loss`]. The schedule of docs/design.md#training-schedule is
+//! built in: the first `warmup_steps` steps train the VAE alone (`gamma = 0`, no
+//! pairs); then the centres are initialised by spherical k-means++ on the `mu(x)` of
+//! the buffer; then training is joint.
 //!
 //! # Memory
 //! Everything lives in the trainer: the ring buffer (`CAP * D` scalars), `CAP` bytes of

@@ -8,8 +8,8 @@
 //! [`ErrorCode::InputLength`].
 //!
 //! `PAIRS` chooses the code: `true` runs the samples through [`Model::segment_batch`] /
-//! [`Model::encode_batch`] (two at a time when the workspace has room for two: a fifth
-//! fewer instructions per sample, 7.4 KB more code on a Cortex-M4F); `false` calls
+//! [`Model::encode_batch`] (two at a time when the workspace has room for two: fewer
+//! instructions per sample, more code on a Cortex-M4F; docs/device.md); `false` calls
 //! [`Model::segment`] / [`Model::encode`] on each sample, for images that must stay
 //! small (the 32 KiB inference firmware). The responses are the same bits either way.
 //!

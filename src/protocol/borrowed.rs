@@ -2,12 +2,13 @@
 //! from the received frame.
 //!
 //! # Why not `postcard::from_bytes::<Request>`
-//! `Request`'s vectors have fixed capacities ([`MAX_SAMPLE`] = 256 floats), so a decoded
-//! `Request` is over 1 KiB, and serde builds it through several temporaries: decoding
-//! one `Segment` request took 7 KiB of stack on the Cortex-M4F, most of an 8 KiB RAM
-//! budget, and the deserialiser 4 KiB of flash. [`parse`] reads the same bytes into
-//! [`RequestRef`], which points into the frame (`Segment`'s values stay little-endian
-//! bytes until the caller copies the `D` it needs), in a few dozen bytes of stack.
+//! `Request`'s vectors have fixed capacities ([`MAX_SAMPLE`] = 256 floats), so a
+//! decoded `Request` is over 1 KiB, and serde builds it through several temporaries:
+//! decoding one `Segment` request takes several times that in stack on a Cortex-M4F,
+//! most of an 8 KiB RAM budget, and the deserialiser's code takes flash (figures in
+//! docs/device.md). [`parse`] reads the same bytes into [`RequestRef`], which points
+//! into the frame (`Segment`'s values stay little-endian bytes until the caller copies
+//! the `D` it needs), in a few dozen bytes of stack.
 //!
 //! # Same answers as [`decode`](super::decode)
 //! [`parse`] follows postcard 1.x exactly: enum tags and `u32`/`u16` fields are

@@ -1,5 +1,5 @@
 //! The two posterior families on the unit sphere `S^{M-1}`: von Mises-Fisher and Power
-//! Spherical (DESIGN section 3), as methods on [`Posterior`].
+//! Spherical (docs/design.md#posteriors), as methods on [`Posterior`].
 //!
 //! Both are rotation-symmetric about their mean direction `mu`, so every quantity except
 //! the density depends only on `M` and the concentration `kappa`, and a draw is built in
@@ -243,10 +243,10 @@ impl Posterior {
     ///
     /// vMF gradient: `dw/dkappa` is Wood's map `w(eps, b(kappa))` differentiated with
     /// `eps` fixed, the pathwise estimator of the S-VAE reference. It omits the
-    /// rejection-correction term and so under-estimates `dE[w]/dkappa` (by about 13% at
-    /// `M = 5`, `kappa = 2`; 0.7% at `M = 16`, `kappa = 2`; see `tests/dist_gradients.rs`
-    /// for the measured table); [`Posterior::rejection_score`] gives the correction. The
-    /// `M = 3` exact inverse-CDF path and the Power Spherical gradient are unbiased.
+    /// rejection-correction term and so under-estimates `dE[w]/dkappa`, most at small
+    /// `M` (`tests/dist_gradients.rs` measures it; figures in docs/benchmarks.md);
+    /// [`Posterior::rejection_score`] gives the correction. The `M = 3` exact
+    /// inverse-CDF path and the Power Spherical gradient are unbiased.
     pub fn sample<T: Real, R: Rng + ?Sized>(
         self,
         mu: &[T],
