@@ -59,9 +59,8 @@ pub const CAP: usize = 32;
 pub const MAX_BATCH: usize = 8;
 /// Steps of the VAE alone before the centres are initialised (Full scope). Far longer
 /// than the core's default 200: with 8 anchors per step, a short warm-up leaves k-means++
-/// a barely trained encoder. Measured on the digits (2000 steps in all, fresh models,
-/// seeds 0-2, host run of this engine): mean ACC 0.34 after 300, 0.50 after 600, 0.54
-/// after 1000, 0.56 after 1500 (0.58 with 3 neighbours).
+/// a barely trained encoder (the measurements behind the choice are in
+/// docs/device.md#train-on-the-device).
 pub const WARMUP_STEPS: u32 = 1000;
 /// Steps between two periodic checkpoints (when the device has checkpoint slots): 500,
 /// or the positive integer in the environment variable `HVAE_CHECKPOINT_EVERY` at build
@@ -475,14 +474,14 @@ pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
         cfg.warmup_steps = WARMUP_STEPS;
     } else {
         // The adaptation scopes refine a trained model: no warm-up, and the model's
-        // centres kept (k-means++ on a 32-sample buffer would throw them away: on the
-        // digits, SegmenterOnly fell from ACC 0.85 to 0.55 with the re-initialisation).
+        // centres kept (k-means++ on a 32-sample buffer would throw the trained clusters
+        // away; docs/device.md#train-on-the-device).
         cfg.warmup_steps = 0;
         cfg.init_centres = false;
     }
-    // Partners among the 3 nearest of the buffer's 32 samples (10 of 1797 on the host):
-    // in so small a buffer the 4th and 5th are often of another class (mean ACC 0.54 with
-    // 5, 0.58 with 3, in the measurement of `WARMUP_STEPS`).
+    // Partners among the 3 nearest of the buffer's 32 samples (the host draws from the
+    // 10 nearest of the whole set): in so small a buffer the 4th and 5th are often of
+    // another class (docs/device.md#train-on-the-device).
     cfg.consistency = Consistency::Neighbours(3);
     Some(cfg)
 }

@@ -202,8 +202,8 @@ extern "C" {
 /// The device-specific part of the vector table: 32 interrupt vectors (the nRF51 of the
 /// micro:bit has 26 interrupt lines, the CMSDK subsystem of mps2-an386 32), all to
 /// cortex-m-rt's default handler: the firmware polls its UART and enables no interrupt.
-/// cortex-m-rt's generic table has 240 entries, 960 bytes of flash on the M4F, more than
-/// the inference image could spare.
+/// cortex-m-rt's generic table has 240 entries, whose flash the inference image cannot
+/// spare.
 #[link_section = ".vector_table.interrupts"]
 #[no_mangle]
 pub static __INTERRUPTS: [unsafe extern "C" fn(); 32] = [DefaultHandler; 32];

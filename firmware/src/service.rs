@@ -2,9 +2,9 @@
 //! into a flash slot, and keeps serving after any bad frame or request.
 //!
 //! Frames are received with the core's [`FrameDecoder::push_frame`] and read in place
-//! with [`borrowed::parse`] (deserialising an owned `Request` would need 7 KiB of stack,
-//! see [`hvae::protocol::borrowed`]); responses are the core's [`Response`], encoded
-//! by the core. Every request gets exactly one response, except `Segment` and
+//! with [`borrowed::parse`] (deserialising an owned `Request` would need several KiB of
+//! stack, see [`hvae::protocol::borrowed`]); responses are the core's [`Response`],
+//! encoded by the core. Every request gets exactly one response, except `Segment` and
 //! `Encode`: up to [`BATCH`] samples, one response each (the core's
 //! [`hvae::protocol::answer`]); failures are [`Response::Error`] with a typed
 //! [`ErrorCode`], never a panic.
@@ -12,15 +12,16 @@
 //! # Memory (digits model: D = 64, hidden 32, M = 8, K = 10)
 //! - [`Service`]: the model workspace (`SHAPE.work_len()` floats, 1,488 bytes), the
 //!   weight loader's state and the samples being answered (`BATCH D` floats, 1,024
-//!   bytes). The samples of a request are answered one at a time: with the pair
-//!   kernels of [`hvae::model::Model::segment_batch`] (a fifth fewer instructions per
-//!   sample) this image measured 39,888 bytes of flash, over its 32 KiB budget;
+//!   bytes). The samples of a request are answered one at a time: the pair kernels of
+//!   [`hvae::model::Model::segment_batch`] (fewer instructions per sample) take more
+//!   code than the 32 KiB flash budget leaves (figures in docs/device.md);
 //! - [`serve`](Service::serve): the receive buffer ([`RX_FRAME`] bytes) and, while
 //!   answering, one [`Response`] (about 1.3 KiB: the protocol's vectors have fixed
 //!   capacities) and the transmit buffer ([`TX_FRAME`] bytes).
 //!
-//! The `learn` program wraps the same service and answers `TrainBatch` itself
-//! ([`Service::serve_with`]).
+//! The `learn` program runs its own engine (`src/learn.rs`: it serves the RAM copy of
+//! all the weights it trains) over the same framing ([`send`]); a program that only
+//! adds requests to this service answers them itself with [`Service::serve_with`].
 
 use crate::board::{FlashWriter, Serial};
 use crate::weights::{Active, SlotWriter, INFER_LEN, SHAPE};
@@ -103,7 +104,7 @@ impl<F: FlashWriter> Service<F> {
     /// `Segment` and `Encode`). `TrainBatch` is `Unsupported` here.
     ///
     /// The answers are built in `out`, in place: a `Response` is about 1.3 KiB, and
-    /// returning one by value through `Result`s left several copies on the stack.
+    /// returning one by value through `Result`s would leave several copies on the stack.
     #[inline(never)]
     pub fn handle(
         &mut self,

@@ -69,10 +69,10 @@ fn main() -> ! {
     defmt::println!("selftest: bad input");
     bad_input(&mut c);
     defmt::println!("selftest: frames and requests");
-    // The comparison with the core's serde decoder needs about 15 KiB of stack (the
-    // decoder alone takes 7 KiB, see `hvae::protocol::borrowed`): more than the
-    // micro:bit's 16 KiB RAM leaves. The parser is target-independent code (both targets are 32-bit, which
-    // is what postcard's length encoding depends on), checked on the M4F.
+    // The comparison with the core's serde decoder needs more stack than the micro:bit's
+    // 16 KiB RAM leaves (the decoder's temporaries, see `hvae::protocol::borrowed`). The
+    // parser is target-independent code (both targets are 32-bit, which is what
+    // postcard's length encoding depends on), checked on the M4F.
     #[cfg(board = "mps2_an386")]
     frames::frames(&mut c);
     #[cfg(board = "microbit")]
