@@ -14,14 +14,15 @@
 //!
 //! - Seeding (greedy k-means++): the first centre is a uniformly drawn point. For each
 //!   next centre, `L = 2 + floor(ln k)` candidate points (at most 7; scikit-learn's
-//!   rule) are drawn with probability proportional to `d(x) = 1 - cos(x, nearest chosen
-//!   centre)`, and the candidate that leaves the smallest total `sum_x d(x)` is kept.
-//!   For unit vectors `1 - cos = |x - c|^2 / 2`, so this weight *is* the squared
-//!   (chordal) distance of Euclidean k-means++'s "D^2" weighting, as in spherical
-//!   k-means++ (Endo & Miyamoto 2015). The greedy choice is what makes well-separated
-//!   clusters come out reliably: with a single draw per centre, two seeds land in one
-//!   cluster far more often (figures in docs/design.md#training-schedule). If every
-//!   weight is zero (fewer distinct directions than `k`) the point is drawn uniformly.
+//!   rule) are drawn with probability proportional to
+//!   `d(x) = 1 - cos(x, nearest chosen centre)`, and the candidate that leaves the
+//!   smallest total `sum_x d(x)` is kept. For unit vectors `1 - cos = |x - c|^2 / 2`,
+//!   so this weight *is* the squared (chordal) distance of Euclidean k-means++'s "D^2"
+//!   weighting, as in spherical k-means++ (Endo & Miyamoto 2015). The greedy choice is
+//!   what makes well-separated clusters come out reliably: with a single draw per
+//!   centre, two seeds land in one cluster far more often (figures in
+//!   docs/design.md#training-schedule). If every weight is zero (fewer distinct
+//!   directions than `k`) the point is drawn uniformly.
 //! - Lloyd iterations on the sphere: each point goes to the centre of largest cosine (it
 //!   keeps its current centre on a tie, which makes the iteration stop on duplicated
 //!   points); each centre becomes the normalised mean of its points' directions (a

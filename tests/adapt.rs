@@ -272,7 +272,7 @@ fn same_seed_same_bits() {
 
 #[test]
 fn digits_adapter_fits_in_eight_kib() {
-    // The device budget of issue 4: SegmenterOnly training of the digits model
+    // The device budget: SegmenterOnly training of the digits model
     // (64-32-8, K = 10) in at most 8 KiB of RAM, the encoder in flash.
     const DIGITS: Shape = Shape::new(64, &[32], 8, 10).with_posterior(Posterior::PowerSpherical);
     const BATCH: usize = 8;

@@ -6,17 +6,18 @@
 //! a row the last checkpoint is restored (`Checkpoints::restore_if_needed`). The model
 //! must stay finite after every step.
 //!
-//! Main test, for 3 seeds: a model trained from scratch on the clean stream (4000 steps)
-//! is checkpointed, then a "device" restores that checkpoint and keeps learning on the
-//! next 4000 samples of the stream, clean or with garbage, same seed and schedule: the
-//! spiked run's ACC must end within 0.02 of the clean run's with clipping on, and within
-//! 0.05 with the guard alone (clipping off: the guard then rejects about 30% of the
-//! steps and restores checkpoints). The comparison starts from a trained model because
-//! from scratch the outcome of unsupervised clustering depends on the trajectory as a
-//! whole (any change to the stream, garbage or not, moves a seed's ACC by up to 0.1
-//! either way, the spread across seeds); a second test runs the garbage from the very
-//! first step (warm-up and the k-means++ initialisation included) and asserts finiteness
-//! and clustering quality.
+//! Main test, for 3 seeds: a model trained from scratch on the clean stream (4000
+//! steps) is checkpointed, then a "device" restores that checkpoint and keeps learning
+//! on the next 4000 samples of the stream, clean or with garbage, same seed and
+//! schedule: the spiked run's ACC must end within 0.02 of the clean run's with clipping
+//! on, and within 0.05 with the guard alone (clipping off: the guard then rejects every
+//! step that draws a spike and restores checkpoints). The comparison starts from a
+//! trained model because from scratch the outcome of unsupervised clustering depends on
+//! the trajectory as a whole (any change to the stream, garbage or not, moves a seed's
+//! ACC about as much as the spread across seeds; the measured figures are in
+//! docs/reliability.md); a second test runs the garbage from the very first step
+//! (warm-up and the k-means++ initialisation included) and asserts finiteness and
+//! clustering quality.
 //!
 //! Run: `cargo test --release --test spikes -- --nocapture` (prints both ACCs).
 
@@ -344,8 +345,7 @@ fn spiked_stream_ends_within_two_points_of_a_clean_one() {
                 assert!(spiked.rejected < STEPS / 100, "{spiked:?}");
             } else {
                 // Without clipping the guard does the work: it rejects every step that
-                // draws a spike (about 30% of them), which shifts the trajectory more;
-                // the bar there is 0.05.
+                // draws a spike, which shifts the trajectory more; the bar there is 0.05.
                 assert!(gap <= 0.05, "{clean:?}\n{spiked:?}");
                 assert!(spiked.diverged > 100, "{spiked:?}");
             }

@@ -2,14 +2,14 @@
 # Regenerates the compiled-in model and the golden outputs the on-target tests compare
 # against (run from anywhere; takes a few seconds):
 #   1. trains the digits model of the budget size (64 inputs, hidden 32, latent 8,
-#      K = 10, Power Spherical) with the host tool: firmware/model/digits.hvae
-#      (seed 1: ACC 0.85 / NMI 0.83 on the bundled digits);
+#      K = 10, Power Spherical, seed 1) with the host tool: firmware/model/digits.hvae
+#      (its scores: docs/benchmarks.md);
 #   2. exports it as Rust for the firmware build: firmware/model/digits.rs;
 #   3. writes firmware/model/golden.rs: 64 rows of the digits data and the core's
 #      `segment` outputs for 16 of them, computed on the host (firmware/host).
 #
 # To build the firmware with another model without touching these files, point
-# HVAE_MODEL_RS at an `hvae export --format rust` file (see firmware/README.md);
+# HVAE_MODEL_RS at an `hvae export --format rust` file (see docs/device.md);
 # `selftest` checks the golden outputs and so needs this model.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"

@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // The training-speed bar: 100 epochs on the digits, batch 64, one core.
+    // The training-speed bar (< 2 s): 100 epochs on the digits, batch 64, one core.
     let mut g = c.benchmark_group("train digits");
     g.sample_size(10);
     let shape = hvae::Shape::new(64, &[32], 16, 10).with_posterior(hvae::Posterior::PowerSpherical);

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Reference baselines on the bundled digits, computed by scikit-learn, for the README's
-side-by-side table: k-means on the raw pixels and agglomerative clustering (Ward).
+"""Reference baselines on the bundled digits, computed by scikit-learn, for the
+side-by-side table in docs/benchmarks.md: k-means on the raw pixels and agglomerative
+clustering (Ward).
 
     host-tools/reference/.venv/bin/python host-tools/reference/baselines.py
 """

@@ -292,8 +292,8 @@ impl<R: std::io::Read> std::io::Read for TimesOut<R> {
 
 #[test]
 fn a_quiet_line_does_not_end_the_simulated_device() {
-    // A read timeout is not the end of the stream: the device keeps serving (it used to
-    // quit at the first timeout, which made the serial test below flaky).
+    // A read timeout is not the end of the stream: the device keeps serving (quitting at
+    // the first timeout would make the serial test below flaky).
     let model = loaded(1);
     let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc));
     let (req_rx, req_tx) = std::io::pipe().unwrap();

@@ -150,7 +150,8 @@ fn device_dying_mid_stream_is_reported_and_a_restart_passes() {
     let data = data::load(&common::digits_path()).unwrap();
     let (q, mut dev) = start(&elf, machine);
     // Booted and answering before the clock starts, so that the kill lands in the
-    // stream of rows (1797 rows take over 10 s) however slow the machine is.
+    // stream of rows (streaming all of them takes many seconds) however slow the
+    // machine is.
     dev.sync().unwrap();
     let q = std::sync::Arc::new(q);
     let killer = {

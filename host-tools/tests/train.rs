@@ -1,4 +1,4 @@
-//! `hvae train` end to end: quality on the bundled digits (the bar), a
+//! `hvae train` end to end: quality on the bundled digits (the project's bar), a
 //! synthetic mixture with known labels, determinism, and every bad input as a one-line
 //! error with a non-zero exit and no output file.
 
@@ -15,7 +15,7 @@ fn hvae() -> Command {
     Command::cargo_bin("hvae").unwrap()
 }
 
-/// The quality bar: defaults, unsupervised, mean of 5 seeds, ACC >= 0.85 and
+/// The quality bar: defaults, unsupervised, mean of 5 seeds, ACC >= 0.85 and
 /// NMI >= 0.80 with a device-sized model (latent 16, hidden 32, K = 10).
 #[test]
 fn digits_quality_with_defaults_over_five_seeds() {

@@ -12,7 +12,7 @@
 //!
 //! The model (12 features -> 16 -> S^2, K = 4) was trained on synthetic windows of four
 //! activities by `model/make_model.py`; the names below are the activities its clusters
-//! matched there (ACC 1.00 on that data). Sensor errors are logged and retried; nothing
+//! matched there. Sensor errors are logged and retried; nothing
 //! the sensor returns can make the program panic.
 
 #![no_std]
@@ -42,8 +42,8 @@ const _: () = assert!(model::SHAPE.input == FEATURES);
 const CLUSTER_NAMES: [&str; model::SHAPE.clusters] =
     ["shaking", "held upright", "resting flat", "walking"];
 
-/// Novelty (`1 - cosine` to the nearest centre) above which a window is flagged: the
-/// training windows average 0.06.
+/// Novelty (`1 - cosine` to the nearest centre) above which a window is flagged: several
+/// times the training windows' mean (docs/device.md).
 const NOVELTY_FLAG: f32 = 0.25;
 
 /// Stops with a message when the board cannot start (no sensor, peripherals taken).

@@ -2,14 +2,15 @@
 //! UART on a local TCP socket, stop it when done.
 //!
 //! The UART is put on a socket rather than on qemu's stdio because stdio carries the
-//! firmware's semihosting output (its defmt log, exit messages), and because `-nographic`
-//! multiplexes the monitor onto stdio, where `0x01` (Ctrl-A) — a byte frames contain —
-//! is an escape. qemu connects to a listener of ours (`-serial tcp:127.0.0.1:PORT`),
-//! so no port is guessed, with `nodelay=on`: qemu writes the UART's bytes one by one, and
-//! with Nagle's algorithm each answer waited for the host's delayed ACK (50 ms a row
-//! instead of 5). qemu's stdout (the firmware's log: defmt frames, decoded with the ELF by
-//! [`super::defmt_log`]) and stderr are kept as text (the last few KiB) for the error
-//! message when the firmware dies.
+//! firmware's semihosting output (its defmt log, exit messages), and because
+//! `-nographic` multiplexes the monitor onto stdio, where `0x01` (Ctrl-A) — a byte
+//! frames contain — is an escape. qemu connects to a listener of ours
+//! (`-serial tcp:127.0.0.1:PORT`), so no port is guessed, with `nodelay=on`: qemu
+//! writes the UART's bytes one by one, and with Nagle's algorithm each answer would
+//! wait for the host's delayed ACK (many times slower; docs/device.md). qemu's stdout
+//! (the firmware's log: defmt frames, decoded with the ELF by [`super::defmt_log`]) and
+//! stderr are kept as text (the last few KiB) for the error message when the firmware
+//! dies.
 
 use super::defmt_log;
 use super::link::Link;
