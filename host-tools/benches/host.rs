@@ -1,7 +1,8 @@
 //! Host-side costs: reading the shipped digits, scoring a labelling, the baselines,
-//! generating the Rust export and training 100 epochs on the digits. `cargo bench -p hvae-host-tools --bench host`.
+//! generating the Rust export, training 100 epochs on the digits and `hvae predict`'s
+//! throughput in rows per second. `cargo bench -p hvae-host-tools --bench host`.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hvae_host::baselines::{self, BaselineConfig};
 use hvae_host::{data, metrics};
 use std::hint::black_box;
@@ -46,6 +47,59 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let cfg = hvae_host::train::FitConfig::default();
             hvae_host::train::fit(shape, d.features(), None, &cfg, |_, _| {}).unwrap()
+        })
+    });
+    g.finish();
+
+    predict(c, &d);
+}
+
+/// `hvae predict` on the digits with a model trained as `hvae train --clusters 10` does
+/// (default architecture and schedule), on one core: the whole command path (gzip, CSV
+/// parsing, the batch segmenter, CSV formatting into a sink), the same without gzip and
+/// disk (the text in memory), and the core's batch segmenter alone on the parsed rows.
+fn predict(c: &mut Criterion, d: &data::Dataset) {
+    use hvae_host::commands::predict::{self as p, Format, Hooks, Options, Summary};
+    let shape = hvae::Shape::new(64, &[32], 16, 10).with_posterior(hvae::Posterior::PowerSpherical);
+    let cfg = hvae_host::train::FitConfig::default();
+    let model = hvae_host::train::fit(shape, d.features(), None, &cfg, |_, _| {}).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz");
+    let mut text = Vec::new();
+    data::write_csv_to(&mut text, d).unwrap();
+    let run = |input: &mut dyn std::io::Read| {
+        let mut rows = data::RowReader::new(input, "digits", true).unwrap();
+        let opts = Options {
+            columns: p::resolve_columns(None, false, true, None, Format::Csv, "digits").unwrap(),
+            novelty_above: None,
+            skip_bad: false,
+            chunk: 256,
+        };
+        let hooks = Hooks {
+            chunk: &mut |_: &Summary| {},
+            skipped: &mut |_: &str| {},
+        };
+        let out = std::io::sink();
+        let s = p::stream(&model, &mut rows, "digits", &opts, Format::Csv, out, hooks);
+        assert_eq!(s.ok().map(|s| s.rows), Some(1797));
+    };
+    let mut g = c.benchmark_group("predict digits, 1797 rows, one core");
+    g.throughput(Throughput::Elements(d.len() as u64));
+    g.bench_function("digits.csv.gz -> CSV (the command's path)", |b| {
+        b.iter(|| run(&mut std::fs::File::open(black_box(&path)).unwrap()))
+    });
+    g.bench_function("CSV text in memory -> CSV", |b| {
+        b.iter(|| run(&mut black_box(&text[..])))
+    });
+    let mut work = vec![0f32; 2 * shape.work_len()];
+    g.bench_function("segment_batch alone (parsed rows)", |b| {
+        b.iter(|| {
+            let mut sum = 0usize;
+            model
+                .segment_batch(black_box(d.features()), &mut work, |_, r| {
+                    sum += r.map_or(0, |s| s.label)
+                })
+                .unwrap();
+            sum
         })
     });
     g.finish();

@@ -4,7 +4,7 @@
 //! module only assembles them. [`run`] writes results to the given stream and returns
 //! an [`Error`] (one line, with an exit status) on failure; `main` prints it.
 
-use crate::commands::{demo, eval, export, import, inspect, plot, train, validate};
+use crate::commands::{demo, eval, export, import, inspect, plot, predict, train, validate};
 use crate::Error;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -42,6 +42,10 @@ pub enum Command {
     /// spherical k-means run on the same data, and report the mean novelty.
     #[command(long_about = eval::LONG_ABOUT)]
     Eval(eval::EvalArgs),
+    /// Write the model's answer for every row of a data file (label, cluster
+    /// probabilities, novelty, kappa, mu), streamed: CSV, JSON Lines or .npy.
+    #[command(long_about = predict::LONG_ABOUT)]
+    Predict(predict::PredictArgs),
     /// Show a model file's sizes, kinds, parameter count, memory needs and CRC.
     #[command(long_about = inspect::LONG_ABOUT)]
     Inspect(inspect::InspectArgs),
@@ -70,6 +74,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Train(a) => train::run(a, out),
         Command::Demo(a) => demo::run(a, out),
         Command::Eval(a) => eval::run(a, out),
+        Command::Predict(a) => predict::run(a, out),
         Command::Inspect(a) => inspect::run(a, out),
         Command::Export(a) => export::run(a, out),
         Command::Import(a) => import::run(a, out),

@@ -12,7 +12,10 @@
 //!
 //! Reading streams: the file is read record by record through a buffer, and only the
 //! parsed `f32` matrix (and the labels) are kept, so the memory needed is about 4 bytes
-//! per value whatever the text looks like.
+//! per value whatever the text looks like. [`load`] is a [`RowReader`] collected into a
+//! [`Dataset`]; `hvae predict` uses the same reader one row at a time and keeps nothing
+//! (a Fortran-order `.npy` is the exception: a row needs every column, so it is read
+//! whole).
 //!
 //! # Errors
 //!
@@ -174,7 +177,7 @@ pub enum DataErrorKind {
     #[error("line 1: column '{0}' appears twice")]
     DuplicateColumn(String),
     /// The only column is `label`.
-    #[error("no feature columns (only a '{LABEL_COLUMN}' column)")]
+    #[error("no feature columns")]
     NoFeatures,
     /// A header but no data row.
     #[error("no data rows")]
@@ -260,33 +263,196 @@ fn io_error(file: &str, e: io::Error) -> DataError {
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 
-/// Loads a data set from `path`: `.npy` or CSV, gzipped or not, recognised by content.
-pub fn load(path: &Path) -> Result<Dataset, DataError> {
+/// Opens `path` for reading; a missing file is [`DataErrorKind::NotFound`].
+pub fn open(path: &Path) -> Result<std::fs::File, DataError> {
     let name = path.display().to_string();
-    let file = fsio::open(path).map_err(|e| match e.kind() {
+    fsio::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => error(&name, DataErrorKind::NotFound),
         _ => io_error(&name, e),
-    })?;
-    read(file, &name)
+    })
+}
+
+/// Loads a data set from `path`: `.npy` or CSV, gzipped or not, recognised by content.
+pub fn load(path: &Path) -> Result<Dataset, DataError> {
+    let file = open(path)?;
+    read(file, &path.display().to_string())
 }
 
 /// Loads a data set from a stream (see [`load`]); `name` is used in error messages.
 pub fn read<R: Read>(reader: R, name: &str) -> Result<Dataset, DataError> {
-    let mut reader = BufReader::with_capacity(1 << 16, reader);
-    let head = reader.fill_buf().map_err(|e| io_error(name, e))?;
-    if head.starts_with(&GZIP_MAGIC) {
-        let gz = flate2::read::MultiGzDecoder::new(reader);
-        let mut inner = BufReader::with_capacity(1 << 16, gz);
-        let head = inner.fill_buf().map_err(|e| io_error(name, e))?;
-        if head.starts_with(NPY_MAGIC) {
-            return read_npy(inner, name);
+    let mut rows = RowReader::new(reader, name, false)?;
+    let columns = rows.columns().to_vec();
+    let labelled = rows.has_labels();
+    collect(name, columns, labelled, |out| rows.next_into(out))
+}
+
+/// Reads every row with `next` into a [`Dataset`]; the first error stops it.
+fn collect(
+    name: &str,
+    columns: Vec<String>,
+    labelled: bool,
+    mut next: impl FnMut(&mut Vec<f32>) -> Result<Option<RowMeta>, DataError>,
+) -> Result<Dataset, DataError> {
+    let mut features = Vec::new();
+    let mut labels = labelled.then(Vec::new);
+    while let Some(meta) = next(&mut features)? {
+        if let (Some(l), Some(label)) = (labels.as_mut(), meta.label) {
+            l.push(label);
         }
-        return read_csv(inner, name);
     }
-    if head.starts_with(NPY_MAGIC) {
-        return read_npy(reader, name);
+    if features.is_empty() {
+        return Err(error(name, DataErrorKind::NoRows));
     }
-    read_csv(reader, name)
+    Ok(Dataset {
+        columns,
+        features,
+        labels,
+    })
+}
+
+/// Name of a column of row identifiers. A [`RowReader`] made with `keep_id` keeps its
+/// cells as text beside the features (`hvae predict` carries them to its output); for
+/// [`load`] it is an ordinary feature column.
+pub const ID_COLUMN: &str = "id";
+
+/// Where a row is in its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowPosition {
+    /// 1-based line of a CSV file, the header being line 1.
+    Line(u64),
+    /// 0-based row of a `.npy` array.
+    Row(u64),
+}
+
+impl fmt::Display for RowPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RowPosition::Line(l) => write!(f, "line {l}"),
+            RowPosition::Row(r) => write!(f, "row {r}"),
+        }
+    }
+}
+
+/// What a row carries beside its features.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowMeta {
+    /// Where the row is.
+    pub position: RowPosition,
+    /// Its `label` cell, when the file has a `label` column.
+    pub label: Option<i64>,
+    /// Its `id` cell (trimmed text), when the reader keeps ids and the file has an `id`
+    /// column.
+    pub id: Option<String>,
+}
+
+impl DataErrorKind {
+    /// True for a problem confined to one data row (a ragged row, a bad cell or label,
+    /// malformed CSV in a record, a non-finite `.npy` value): the rows after it can
+    /// still be read. Everything else (reading failed, a bad header, no rows) ends the
+    /// file.
+    pub fn is_row_error(&self) -> bool {
+        matches!(
+            self,
+            DataErrorKind::Ragged { .. }
+                | DataErrorKind::EmptyCell { .. }
+                | DataErrorKind::NotANumber { .. }
+                | DataErrorKind::NonFinite { .. }
+                | DataErrorKind::BadLabel { .. }
+                | DataErrorKind::Csv { .. }
+                | DataErrorKind::NpyNonFinite { .. }
+        )
+    }
+}
+
+/// A data file read one row at a time, in bounded memory: what [`load`] collects into a
+/// [`Dataset`] and `hvae predict` streams. The format (CSV or `.npy`, gzipped or not) is
+/// recognised by content; rows are checked exactly as [`load`] checks them, with the
+/// same errors. A row error ([`DataErrorKind::is_row_error`]) leaves the reader at the
+/// next row, so a caller may report it and go on.
+pub struct RowReader<'r> {
+    columns: Vec<String>,
+    labelled: bool,
+    ids: bool,
+    source: Source<'r>,
+}
+
+enum Source<'r> {
+    Csv(CsvRows<Box<dyn Read + 'r>>),
+    Npy(NpyRows<Box<dyn Read + 'r>>),
+}
+
+impl std::fmt::Debug for RowReader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RowReader")
+            .field("columns", &self.columns)
+            .field("labelled", &self.labelled)
+            .field("ids", &self.ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'r> RowReader<'r> {
+    /// Reads the header of `reader` (the magic bytes, a CSV header line or a `.npy`
+    /// header); `name` is used in error messages. With `keep_id`, a CSV column named
+    /// [`ID_COLUMN`] is not a feature: its cells come back in [`RowMeta::id`].
+    pub fn new<R: Read + 'r>(reader: R, name: &str, keep_id: bool) -> Result<Self, DataError> {
+        let mut reader = BufReader::with_capacity(1 << 16, reader);
+        let head = reader.fill_buf().map_err(|e| io_error(name, e))?;
+        let (npy, reader): (bool, Box<dyn Read + 'r>) = if head.starts_with(&GZIP_MAGIC) {
+            let gz = flate2::read::MultiGzDecoder::new(reader);
+            let mut inner = BufReader::with_capacity(1 << 16, gz);
+            let head = inner.fill_buf().map_err(|e| io_error(name, e))?;
+            (head.starts_with(NPY_MAGIC), Box::new(inner))
+        } else {
+            (head.starts_with(NPY_MAGIC), Box::new(reader))
+        };
+        if npy {
+            let rows = NpyRows::new(reader, name)?;
+            Ok(RowReader {
+                columns: (0..rows.cols).map(|j| format!("x{j}")).collect(),
+                labelled: false,
+                ids: false,
+                source: Source::Npy(rows),
+            })
+        } else {
+            let rows = CsvRows::new(reader, name, keep_id)?;
+            Ok(RowReader {
+                columns: rows.columns.clone(),
+                labelled: rows.label_col.is_some(),
+                ids: rows.id_col.is_some(),
+                source: Source::Csv(rows),
+            })
+        }
+    }
+
+    /// Feature names (for `.npy`, `x0`, `x1`, ...).
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Features per row.
+    pub fn dim(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// True when the file has a `label` column.
+    pub fn has_labels(&self) -> bool {
+        self.labelled
+    }
+
+    /// True when the reader keeps ids and the file has an `id` column.
+    pub fn has_ids(&self) -> bool {
+        self.ids
+    }
+
+    /// Reads the next row, appending its [`RowReader::dim`] features to `features`;
+    /// `None` at the end. On an error nothing is appended.
+    pub fn next_into(&mut self, features: &mut Vec<f32>) -> Result<Option<RowMeta>, DataError> {
+        match &mut self.source {
+            Source::Csv(r) => r.next_into(features),
+            Source::Npy(r) => r.next_into(features),
+        }
+    }
 }
 
 /// The 1-based line of the record just read (0 if unknown).
@@ -312,51 +478,101 @@ fn csv_error(name: &str, e: csv::Error) -> DataError {
 
 /// Parses a CSV stream with a header line (not gzipped; [`read`] handles that).
 pub fn read_csv<R: Read>(reader: R, name: &str) -> Result<Dataset, DataError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .buffer_capacity(1 << 16)
-        .from_reader(reader);
-    let header = rdr.headers().map_err(|e| csv_error(name, e))?.clone();
-    if header.is_empty() {
-        return Err(error(name, DataErrorKind::NoHeader));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for h in &header {
-        if !seen.insert(h) {
-            return Err(error(name, DataErrorKind::DuplicateColumn(h.to_string())));
+    let mut rows = CsvRows::new(reader, name, false)?;
+    let columns = rows.columns.clone();
+    let labelled = rows.label_col.is_some();
+    collect(name, columns, labelled, |out| rows.next_into(out))
+}
+
+/// The rows of a CSV stream, one record at a time.
+struct CsvRows<R> {
+    name: String,
+    rdr: csv::Reader<R>,
+    rec: csv::StringRecord,
+    /// Feature names.
+    columns: Vec<String>,
+    label_col: Option<usize>,
+    id_col: Option<usize>,
+    /// Fields per record.
+    fields: usize,
+}
+
+impl<R: Read> CsvRows<R> {
+    fn new(reader: R, name: &str, keep_id: bool) -> Result<Self, DataError> {
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .buffer_capacity(1 << 16)
+            .from_reader(reader);
+        let header = rdr.headers().map_err(|e| csv_error(name, e))?.clone();
+        if header.is_empty() {
+            return Err(error(name, DataErrorKind::NoHeader));
         }
+        let mut seen = std::collections::HashSet::new();
+        for h in &header {
+            if !seen.insert(h) {
+                return Err(error(name, DataErrorKind::DuplicateColumn(h.to_string())));
+            }
+        }
+        let label_col = header.iter().position(|h| h == LABEL_COLUMN);
+        let id_col = keep_id
+            .then(|| header.iter().position(|h| h == ID_COLUMN))
+            .flatten();
+        let columns: Vec<String> = header
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| Some(i) != label_col && Some(i) != id_col)
+            .map(|(_, h)| h.to_string())
+            .collect();
+        if columns.is_empty() {
+            return Err(error(name, DataErrorKind::NoFeatures));
+        }
+        Ok(CsvRows {
+            name: name.to_string(),
+            rdr,
+            rec: csv::StringRecord::new(),
+            columns,
+            label_col,
+            id_col,
+            fields: header.len(),
+        })
     }
-    let label_col = header.iter().position(|h| h == LABEL_COLUMN);
-    let columns: Vec<String> = header
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| Some(i) != label_col)
-        .map(|(_, h)| h.to_string())
-        .collect();
-    if columns.is_empty() {
-        return Err(error(name, DataErrorKind::NoFeatures));
+
+    fn next_into(&mut self, features: &mut Vec<f32>) -> Result<Option<RowMeta>, DataError> {
+        let start = features.len();
+        let r = self.parse_next(features);
+        if r.is_err() {
+            features.truncate(start);
+        }
+        r
     }
-    let expected = header.len();
-    let mut features = Vec::new();
-    let mut labels = label_col.map(|_| Vec::new());
-    let mut rec = csv::StringRecord::new();
-    while rdr.read_record(&mut rec).map_err(|e| csv_error(name, e))? {
-        let line = line_of(&rec);
-        if rec.len() != expected {
+
+    fn parse_next(&mut self, features: &mut Vec<f32>) -> Result<Option<RowMeta>, DataError> {
+        let name = self.name.as_str();
+        let rec = &mut self.rec;
+        if !self.rdr.read_record(rec).map_err(|e| csv_error(name, e))? {
+            return Ok(None);
+        }
+        let line = line_of(rec);
+        if rec.len() != self.fields {
             return Err(error(
                 name,
                 DataErrorKind::Ragged {
                     line,
-                    expected,
+                    expected: self.fields,
                     found: rec.len(),
                 },
             ));
         }
+        let mut meta = RowMeta {
+            position: RowPosition::Line(line),
+            label: None,
+            id: None,
+        };
         let mut feature = 0;
         for (i, cell) in rec.iter().enumerate() {
-            if Some(i) == label_col {
+            if Some(i) == self.label_col {
                 let label = parse_label(cell).ok_or_else(|| {
                     error(
                         name,
@@ -366,12 +582,14 @@ pub fn read_csv<R: Read>(reader: R, name: &str) -> Result<Dataset, DataError> {
                         },
                     )
                 })?;
-                if let Some(l) = labels.as_mut() {
-                    l.push(label);
-                }
+                meta.label = Some(label);
                 continue;
             }
-            let column = || columns[feature].clone();
+            if Some(i) == self.id_col {
+                meta.id = Some(cell.to_string());
+                continue;
+            }
+            let column = || self.columns[feature].clone();
             if cell.is_empty() {
                 return Err(error(
                     name,
@@ -404,15 +622,8 @@ pub fn read_csv<R: Read>(reader: R, name: &str) -> Result<Dataset, DataError> {
             features.push(v);
             feature += 1;
         }
+        Ok(Some(meta))
     }
-    if features.is_empty() {
-        return Err(error(name, DataErrorKind::NoRows));
-    }
-    Ok(Dataset {
-        columns,
-        features,
-        labels,
-    })
 }
 
 /// An integer label: `7`, `-1`, or an integral float such as `7.0` (as pandas writes).
@@ -441,117 +652,201 @@ fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Parses a `.npy` stream holding a 2-D `f32` or `f64` array (rows are samples).
-pub fn read_npy<R: Read>(mut reader: R, name: &str) -> Result<Dataset, DataError> {
-    // The header length is read before npyz sees the file: npyz allocates a buffer of the
-    // declared length, so a damaged or hostile file declaring 4 GB would exhaust memory
-    // (found by `fuzz/` target `csv_load`). NumPy itself refuses headers over 10 000
-    // bytes by default.
-    const MAX_HEADER: u32 = 1 << 16;
-    let mut prefix = [0u8; 12];
-    let got = read_up_to(&mut reader, &mut prefix).map_err(|e| io_error(name, e))?;
-    let declared = match (prefix.get(6), got) {
-        (Some(1), 10..) => Some(u32::from(u16::from_le_bytes([prefix[8], prefix[9]]))),
-        (Some(2 | 3), 12..) => Some(u32::from_le_bytes([
-            prefix[8], prefix[9], prefix[10], prefix[11],
-        ])),
-        _ => None,
-    };
-    if let Some(n) = declared.filter(|&n| n > MAX_HEADER) {
-        return Err(error(
-            name,
-            DataErrorKind::NpyLayout(format!(
-                "bad header: declared length {n} bytes (at most {MAX_HEADER})"
-            )),
-        ));
-    }
-    let reader = io::Cursor::new(prefix[..got].to_vec()).chain(reader);
-    let npy = npyz::NpyFile::new(reader).map_err(|e| {
-        error(
-            name,
-            DataErrorKind::NpyLayout(format!(
-                "bad header: {}",
-                crate::error::one_line(&e.to_string())
-            )),
-        )
-    })?;
-    let shape = npy.shape().to_vec();
-    let [rows, cols] = shape[..] else {
-        return Err(error(
-            name,
-            DataErrorKind::NpyLayout(format!("array has {} dimensions", shape.len())),
-        ));
-    };
-    if cols == 0 {
-        return Err(error(name, DataErrorKind::NoFeatures));
-    }
-    if rows == 0 {
-        return Err(error(name, DataErrorKind::NoRows));
-    }
-    let too_big = || {
-        error(
-            name,
-            DataErrorKind::NpyLayout(format!("{rows} x {cols} is too large")),
-        )
-    };
-    let total = rows.checked_mul(cols).ok_or_else(too_big)?;
-    let total = usize::try_from(total).map_err(|_| too_big())?;
-    let fortran = npy.order() == npyz::Order::Fortran;
-    let dtype = npy.dtype();
-    // Values in file order, narrowed to f32 (an f64 beyond f32's range becomes infinite
-    // and is reported as not finite).
-    let values: Vec<f32> = match npy.try_data::<f32>() {
-        Ok(data) => data
-            .collect::<io::Result<Vec<f32>>>()
-            .map_err(|e| io_error(name, e))?,
-        Err(npy) => match npy.try_data::<f64>() {
-            Ok(data) => {
-                let mut v = Vec::with_capacity(total.min(1 << 24));
-                for x in data {
-                    v.push(x.map_err(|e| io_error(name, e))? as f32);
-                }
-                v
-            }
-            Err(_) => {
-                return Err(error(
-                    name,
-                    DataErrorKind::NpyLayout(format!("element type {dtype:?} is not f32 or f64")),
-                ))
-            }
-        },
-    };
-    if values.len() != total {
-        return Err(error(
-            name,
-            DataErrorKind::NpyLayout(format!("{} values for {rows} x {cols}", values.len())),
-        ));
-    }
-    let (r, c) = (rows as usize, cols as usize);
-    let features = if fortran {
-        // Column-major in the file: transpose.
-        let mut t = vec![0.0f32; total];
-        for j in 0..c {
-            for i in 0..r {
-                t[i * c + j] = values[j * r + i];
+pub fn read_npy<R: Read>(reader: R, name: &str) -> Result<Dataset, DataError> {
+    let mut rows = NpyRows::new(reader, name)?;
+    let columns = (0..rows.cols).map(|j| format!("x{j}")).collect();
+    collect(name, columns, false, |out| rows.next_into(out))
+}
+
+/// The header of a `.npy` stream is followed by its values in this order.
+type NpyStream<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
+/// The values of a `.npy` array, narrowed to `f32` (an `f64` beyond `f32`'s range
+/// becomes infinite and is reported as not finite).
+enum NpyValues<R: Read> {
+    /// C order, `f32`: streamed.
+    F32(npyz::NpyReader<f32, NpyStream<R>>),
+    /// C order, `f64`: streamed.
+    F64(npyz::NpyReader<f64, NpyStream<R>>),
+    /// Fortran (column-major) order, transposed in memory: a row needs every column.
+    Rows(Vec<f32>),
+}
+
+/// Every value of `values` in file order (`total` of them, a capacity hint).
+fn read_all<R: Read>(
+    values: NpyValues<R>,
+    name: &str,
+    total: usize,
+) -> Result<Vec<f32>, DataError> {
+    let mut v = Vec::with_capacity(total.min(1 << 24));
+    match values {
+        NpyValues::F32(data) => {
+            for x in data {
+                v.push(x.map_err(|e| io_error(name, e))?);
             }
         }
-        t
-    } else {
-        values
-    };
-    if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-        return Err(error(
-            name,
-            DataErrorKind::NpyNonFinite {
-                row: (i / c) as u64,
-                column: (i % c) as u64,
-            },
-        ));
+        NpyValues::F64(data) => {
+            for x in data {
+                v.push(x.map_err(|e| io_error(name, e))? as f32);
+            }
+        }
+        NpyValues::Rows(t) => v = t,
     }
-    Ok(Dataset {
-        columns: (0..c).map(|j| format!("x{j}")).collect(),
-        features,
-        labels: None,
-    })
+    Ok(v)
+}
+
+/// The rows of a `.npy` stream, one at a time.
+struct NpyRows<R: Read> {
+    name: String,
+    rows: u64,
+    cols: usize,
+    /// Rows read so far.
+    next: u64,
+    values: NpyValues<R>,
+}
+
+impl<R: Read> NpyRows<R> {
+    fn new(mut reader: R, name: &str) -> Result<Self, DataError> {
+        // The header length is read before npyz sees the file: npyz allocates a buffer
+        // of the declared length, so a damaged or hostile file declaring 4 GB would
+        // exhaust memory (found by `fuzz/` target `csv_load`). NumPy itself refuses
+        // headers over 10 000 bytes by default.
+        const MAX_HEADER: u32 = 1 << 16;
+        let mut prefix = [0u8; 12];
+        let got = read_up_to(&mut reader, &mut prefix).map_err(|e| io_error(name, e))?;
+        let declared = match (prefix.get(6), got) {
+            (Some(1), 10..) => Some(u32::from(u16::from_le_bytes([prefix[8], prefix[9]]))),
+            (Some(2 | 3), 12..) => Some(u32::from_le_bytes([
+                prefix[8], prefix[9], prefix[10], prefix[11],
+            ])),
+            _ => None,
+        };
+        if let Some(n) = declared.filter(|&n| n > MAX_HEADER) {
+            return Err(error(
+                name,
+                DataErrorKind::NpyLayout(format!(
+                    "bad header: declared length {n} bytes (at most {MAX_HEADER})"
+                )),
+            ));
+        }
+        let reader = io::Cursor::new(prefix[..got].to_vec()).chain(reader);
+        let npy = npyz::NpyFile::new(reader).map_err(|e| {
+            error(
+                name,
+                DataErrorKind::NpyLayout(format!(
+                    "bad header: {}",
+                    crate::error::one_line(&e.to_string())
+                )),
+            )
+        })?;
+        let shape = npy.shape().to_vec();
+        let [rows, cols] = shape[..] else {
+            return Err(error(
+                name,
+                DataErrorKind::NpyLayout(format!("array has {} dimensions", shape.len())),
+            ));
+        };
+        if cols == 0 {
+            return Err(error(name, DataErrorKind::NoFeatures));
+        }
+        if rows == 0 {
+            return Err(error(name, DataErrorKind::NoRows));
+        }
+        let too_big = || {
+            error(
+                name,
+                DataErrorKind::NpyLayout(format!("{rows} x {cols} is too large")),
+            )
+        };
+        let total = rows.checked_mul(cols).ok_or_else(too_big)?;
+        let total = usize::try_from(total).map_err(|_| too_big())?;
+        let fortran = npy.order() == npyz::Order::Fortran;
+        let dtype = npy.dtype();
+        let not_float = || {
+            error(
+                name,
+                DataErrorKind::NpyLayout(format!("element type {dtype:?} is not f32 or f64")),
+            )
+        };
+        let streamed = match npy.try_data::<f32>() {
+            Ok(data) => NpyValues::F32(data),
+            Err(npy) => match npy.try_data::<f64>() {
+                Ok(data) => NpyValues::F64(data),
+                Err(_) => return Err(not_float()),
+            },
+        };
+        let (r, c) = (rows as usize, cols as usize);
+        let values = if fortran {
+            // Column-major in the file: read it all, then transpose.
+            let v = read_all(streamed, name, total)?;
+            let mut t = vec![0.0f32; total];
+            for j in 0..c {
+                for i in 0..r {
+                    t[i * c + j] = v[j * r + i];
+                }
+            }
+            NpyValues::Rows(t)
+        } else {
+            streamed
+        };
+        Ok(NpyRows {
+            name: name.to_string(),
+            rows,
+            cols: c,
+            next: 0,
+            values,
+        })
+    }
+
+    fn next_into(&mut self, features: &mut Vec<f32>) -> Result<Option<RowMeta>, DataError> {
+        if self.next == self.rows {
+            return Ok(None);
+        }
+        let (row, c) = (self.next, self.cols);
+        self.next += 1;
+        let start = features.len();
+        let read = match &mut self.values {
+            NpyValues::F32(data) => data
+                .by_ref()
+                .take(c)
+                .try_for_each(|x| x.map(|x| features.push(x))),
+            NpyValues::F64(data) => data
+                .by_ref()
+                .take(c)
+                .try_for_each(|x| x.map(|x| features.push(x as f32))),
+            NpyValues::Rows(t) => {
+                let i = row as usize * c;
+                features.extend_from_slice(&t[i..i + c]);
+                Ok(())
+            }
+        };
+        let bad = match read {
+            Err(e) => Some(io_error(&self.name, e)),
+            Ok(()) => features[start..]
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|j| {
+                    error(
+                        &self.name,
+                        DataErrorKind::NpyNonFinite {
+                            row,
+                            column: j as u64,
+                        },
+                    )
+                }),
+        };
+        match bad {
+            Some(e) => {
+                features.truncate(start);
+                Err(e)
+            }
+            None => Ok(Some(RowMeta {
+                position: RowPosition::Row(row),
+                label: None,
+                id: None,
+            })),
+        }
+    }
 }
 
 /// Writes `data` as CSV (header, then one line per row; the labels, if any, as a last

@@ -7,6 +7,7 @@ pub mod export;
 pub mod import;
 pub mod inspect;
 pub mod plot;
+pub mod predict;
 pub mod train;
 pub mod validate;
 
