@@ -18,6 +18,7 @@ pub mod loss;
 pub mod memory;
 pub mod model;
 mod nn;
+pub mod normalise;
 pub mod optim;
 #[cfg(feature = "protocol")]
 pub mod protocol;

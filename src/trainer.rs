@@ -595,40 +595,26 @@ where
         })
     }
 
-    /// Sets the model's input normalisation to the per-feature mean and inverse standard
-    /// deviation of the buffered samples (a feature that is constant there gets scale 1),
-    /// for a device that starts learning from scratch. Cost: `2 CAP D` operations.
+    /// Sets the model's input normalisation to the buffered samples' (the rule of
+    /// [`crate::normalise`], the host trainer's too), for a device that starts learning
+    /// from scratch. Cost: `3 CAP D` operations.
     pub fn fit_normalisation<P>(&self, model: &mut Model<T, P>) -> Result<(), TrainError>
     where
         P: AsRef<[T]> + AsMut<[T]>,
     {
-        let n = self.samples.len();
-        if n < 2 {
+        if self.samples.len() < 2 {
             return Err(TrainError::NotEnoughSamples);
         }
-        let nf = T::of(n as f64);
-        let mut mean = [T::zero(); D];
+        let mut offset = [T::zero(); D];
         let mut scale = [T::zero(); D];
-        for x in self.samples.as_slice() {
-            for (m, &v) in mean.iter_mut().zip(x.iter()) {
-                *m += v / nf;
-            }
-        }
-        for x in self.samples.as_slice() {
-            for ((s, &m), &v) in scale.iter_mut().zip(mean.iter()).zip(x.iter()) {
-                *s += (v - m) * (v - m) / nf;
-            }
-        }
-        for s in scale.iter_mut() {
-            let sd = s.sqrt();
-            *s = if sd > T::of(1e-6) {
-                T::one() / sd
-            } else {
-                T::one()
-            };
-        }
+        crate::normalise::fit(
+            self.samples.as_slice().iter().map(|x| &x[..]),
+            &mut offset,
+            &mut scale,
+        )
+        .map_err(|_| TrainError::BadSample)?;
         model
-            .set_normalisation(&mean, &scale)
+            .set_normalisation(&offset, &scale)
             .map_err(|_| TrainError::BadSample)
     }
 

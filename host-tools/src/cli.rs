@@ -4,7 +4,7 @@
 //! module only assembles them. [`run`] writes results to the given stream and returns
 //! an [`Error`] (one line, with an exit status) on failure; `main` prints it.
 
-use crate::commands::{demo, eval, export, import, inspect, plot, predict, train, validate};
+use crate::commands::{demo, eval, export, import, inspect, plot, predict, suite, train, validate};
 use crate::Error;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -66,6 +66,10 @@ pub enum Command {
     /// same schedule run on the host.
     #[command(long_about = crate::commands::device_train::LONG_ABOUT)]
     DeviceTrain(crate::commands::device_train::DeviceTrainArgs),
+    /// Run the clustering quality suite: the defaults on every data set over several
+    /// seeds, beside classical methods.
+    #[command(long_about = suite::LONG_ABOUT)]
+    Suite(suite::SuiteArgs),
 }
 
 /// Runs one command, writing its results to `out`.
@@ -81,6 +85,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Plot(a) => plot::run(a, out),
         Command::Validate(a) => validate::run(a, out),
         Command::DeviceTrain(a) => crate::commands::device_train::run(a, out),
+        Command::Suite(a) => suite::run(a, out),
     }
 }
 

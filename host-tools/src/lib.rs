@@ -13,6 +13,8 @@
 //! | [`device`] | talk to a device (qemu or a serial port): requests, faults, weights |
 //! | [`model_io`] | load and save a model's weight blob |
 //! | [`import`] | a model from a PyTorch `safetensors` file |
+//! | [`select`] | restarts and the number of clusters, chosen without labels |
+//! | [`suite`] | the clustering quality suite: data sets, classical results, regressions |
 //! | [`plot`] | PNG figures: latent directions by cluster, training curves |
 //! | [`export`] | a model as a blob, a Rust source file or a C header |
 //! | [`fsio`] | write a file atomically (temporary file, then rename) |
@@ -31,6 +33,8 @@ pub mod import;
 pub mod metrics;
 pub mod model_io;
 pub mod plot;
+pub mod select;
+pub mod suite;
 pub mod synth;
 pub mod train;
 

@@ -1,16 +1,17 @@
-//! Training on the host: epochs over a data set held in memory.
+//! Training on the host: optimiser steps over a data set held in memory.
 //!
-//! The schedule is the core's (DESIGN section 2) with the host's advantages: the
-//! normalisation is fitted on the whole training set, and the nearest neighbours of the
-//! cluster loss are mined over the whole set (cosine on the raw features) instead of
-//! inside a ring buffer. Every number is computed by the core: the loss and its
-//! gradient ([`hvae::loss::loss_and_grad`]), the optimiser ([`hvae::optim`]) and the
-//! centre initialisation ([`hvae::kmeans::spherical_kmeans`]).
+//! The schedule is the core's (`docs/design.md#training-schedule`) with the host's
+//! advantages: the normalisation is fitted on the whole training set, and the nearest
+//! neighbours of the cluster loss are mined over the whole set ([`NeighbourSpace`])
+//! instead of inside a ring buffer. Every number is computed by the core: the loss and
+//! its gradient ([`hvae::loss::loss_and_grad`]), the optimiser ([`hvae::optim`]), the
+//! normalisation ([`hvae::normalise`]) and the centre initialisation
+//! ([`hvae::kmeans::spherical_kmeans`]).
 //!
-//! One epoch makes every sample an anchor once, in a shuffled order: a step takes
-//! `batch / 2` anchors and pairs each with one of its `neighbours` nearest neighbours,
-//! drawn at random (`batch` rows in all). Warm-up epochs train the VAE alone on `batch`
-//! anchors with no pairs. Deterministic: the seed fixes every random number.
+//! A step takes `batch / 2` anchors (in a shuffled order, reshuffled after each pass)
+//! and pairs each with one of its `neighbours` nearest neighbours, drawn at random
+//! (`batch` rows in all). Warm-up steps train the VAE alone on `batch` anchors with no
+//! pairs. Deterministic: the seed fixes every random number.
 
 use hvae::kmeans::{scratch_len, spherical_kmeans};
 use hvae::loss::{cache_len, loss_and_grad, Batch, LossConfig, LossParts, RandomDraws};
@@ -20,13 +21,30 @@ use hvae::shape::{Scope, Shape, TensorId};
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+/// Where the neighbours of the consistency term are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeighbourSpace {
+    /// Cosine on the raw features.
+    Raw,
+    /// Cosine on the features after the model's input normalisation.
+    Normalised,
+    /// Both views of the features: the rows nearest by the sum of their ranks under
+    /// the raw cosine and under the normalised cosine ([`mine_neighbours_both`]).
+    Both,
+}
+
 /// Hyper-parameters of [`fit`].
 #[derive(Clone, Debug)]
 pub struct FitConfig {
-    /// Epochs in all (warm-up included).
+    /// Epochs in all (warm-up included); used when `steps` is 0.
     pub epochs: usize,
-    /// Epochs of the VAE alone before the centres are initialised.
+    /// Epochs of the VAE alone before the centres are initialised; used when `steps`
+    /// is 0.
     pub warmup_epochs: usize,
+    /// Optimiser steps in all (warm-up included); 0 to count in epochs instead.
+    pub steps: usize,
+    /// Optimiser steps of the VAE alone (with `steps`).
+    pub warmup_steps: usize,
     /// Rows per step (half anchors, half their neighbours, in the joint phase).
     pub batch: usize,
     /// Adam learning rate.
@@ -37,12 +55,32 @@ pub struct FitConfig {
     pub seed: u64,
     /// A partner is drawn from this many nearest neighbours.
     pub neighbours: usize,
+    /// Where the neighbours are mined.
+    pub neighbour_space: NeighbourSpace,
     /// Loss weights.
     pub loss: LossConfig<f32>,
     /// Use the labels for a cross-entropy term.
     pub supervised: bool,
     /// Lloyd iterations of the centre initialisation.
     pub kmeans_iters: usize,
+    /// Runs of the centre initialisation; the best by its objective is kept.
+    pub kmeans_restarts: usize,
+    /// How the centres are initialised after the warm-up.
+    pub init: CentreInit,
+}
+
+/// How the centres are initialised after the warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CentreInit {
+    /// Spherical k-means++ on the mean directions (best of `kmeans_restarts` runs by
+    /// its objective).
+    Latent,
+    /// Candidate partitions from spherical k-means on the mean directions and on the
+    /// normalised inputs (`kmeans_restarts` runs of each); the one that agrees best
+    /// with the input neighbourhoods (times the balance of its cluster sizes,
+    /// [`crate::select::agreement`]) gives the centres: the normalised mean direction
+    /// of each of its clusters.
+    Selected,
 }
 
 impl Default for FitConfig {
@@ -50,20 +88,36 @@ impl Default for FitConfig {
         FitConfig {
             epochs: 100,
             warmup_epochs: 20,
+            steps: 0,
+            warmup_steps: 0,
             batch: 64,
             lr: 2e-3,
             clip: 10.0,
             seed: 0,
             neighbours: 10,
-            // gamma 6: on the digits (5 seeds, latent 16) it gives ACC 0.90 / NMI 0.86,
-            // against 0.88 / 0.85 at 4 and 0.80 / 0.80 at the core's default of 2.
+            neighbour_space: NeighbourSpace::Both,
             loss: LossConfig {
                 gamma: 6.0,
                 ..LossConfig::default()
             },
             supervised: false,
             kmeans_iters: 50,
+            kmeans_restarts: 1,
+            init: CentreInit::Latent,
         }
+    }
+}
+
+impl FitConfig {
+    /// `(warm-up steps, steps in all)` for `n` rows.
+    pub fn schedule(&self, n: usize) -> (usize, usize) {
+        if self.steps > 0 {
+            return (self.warmup_steps.min(self.steps), self.steps);
+        }
+        let warm = n.div_ceil(self.batch.max(1)) * self.warmup_epochs;
+        let joint =
+            n.div_ceil((self.batch / 2).max(1)) * self.epochs.saturating_sub(self.warmup_epochs);
+        (warm, warm + joint)
     }
 }
 
@@ -103,31 +157,16 @@ pub enum FitError {
     Infer(#[from] hvae::model::InferError),
 }
 
-/// Per-feature mean and inverse standard deviation of `x` (`n x d`). A feature whose
-/// standard deviation is below a tenth of the features' root-mean-square deviation is
-/// scaled as if it had that deviation, so that nearly constant features (edge pixels)
-/// are not blown up into outliers.
-pub fn fit_normalisation(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
-    let n = (x.len() / d).max(1) as f64;
-    let mut mean = vec![0f64; d];
-    for row in x.chunks_exact(d) {
-        for (m, &v) in mean.iter_mut().zip(row) {
-            *m += v as f64 / n;
-        }
-    }
-    let mut var = vec![0f64; d];
-    for row in x.chunks_exact(d) {
-        for ((s, &m), &v) in var.iter_mut().zip(&mean).zip(row) {
-            *s += (v as f64 - m).powi(2) / n;
-        }
-    }
-    let rms = (var.iter().sum::<f64>() / d as f64).sqrt();
-    let floor = (0.1 * rms).max(1e-6);
-    let scale = var
-        .iter()
-        .map(|v| (1.0 / v.sqrt().max(floor)) as f32)
-        .collect();
-    (mean.iter().map(|&m| m as f32).collect(), scale)
+/// Per-feature offset and scale of `x` (`n x d`) by the core's rule
+/// ([`hvae::normalise`]): the same normalisation a device fits to its buffer.
+pub fn fit_normalisation(
+    x: &[f32],
+    d: usize,
+) -> Result<(Vec<f32>, Vec<f32>), hvae::normalise::NormaliseError> {
+    let mut offset = vec![0f32; d];
+    let mut scale = vec![0f32; d];
+    hvae::normalise::fit(x.chunks_exact(d), &mut offset, &mut scale)?;
+    Ok((offset, scale))
 }
 
 /// The `k` nearest neighbours of every row by cosine (excluding itself), `n x k` row
@@ -167,6 +206,60 @@ pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
         for (o, &(_, j)) in out[i * k..].iter_mut().zip(&best) {
             *o = j;
         }
+    }
+    out
+}
+
+/// The `k` nearest neighbours of every row under two views at once (`a` and `b`, both
+/// `n x d`): each other row is ranked by cosine in each view, and the rows with the
+/// smallest sum of the two ranks are kept (ties to the smaller row index), nearest
+/// first. A neighbour must be near in both views, which keeps the neighbourhoods of
+/// data whose raw units mislead (one large column) and of data whose normalisation
+/// misleads (near-constant features blown up) mostly right. `O(n^2 (d + log n))`.
+pub fn mine_neighbours_both(a: &[f32], b: &[f32], d: usize, k: usize) -> Vec<u32> {
+    let n = a.len() / d;
+    let k = k.min(n.saturating_sub(1)).max(1);
+    let unit = |x: &[f32]| -> Vec<f32> {
+        x.chunks_exact(d)
+            .flat_map(|r| {
+                let nr = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+                let s = if nr > 0.0 { 1.0 / nr } else { 0.0 };
+                r.iter().map(move |v| v * s)
+            })
+            .collect()
+    };
+    let (ua, ub) = (unit(a), unit(b));
+    let mut out = vec![0u32; n * k];
+    let mut rank = vec![0u32; n];
+    let mut idx: Vec<u32> = Vec::with_capacity(n);
+    let mut sims = vec![0f32; n];
+    for i in 0..n {
+        rank.fill(0);
+        for u in [&ua, &ub] {
+            let xi = &u[i * d..(i + 1) * d];
+            for (j, s) in sims.iter_mut().enumerate() {
+                *s = xi
+                    .iter()
+                    .zip(&u[j * d..(j + 1) * d])
+                    .map(|(p, q)| p * q)
+                    .sum();
+            }
+            sims[i] = f32::NEG_INFINITY;
+            idx.clear();
+            idx.extend(0..n as u32);
+            idx.sort_by(|&p, &q| {
+                sims[q as usize]
+                    .total_cmp(&sims[p as usize])
+                    .then(p.cmp(&q))
+            });
+            for (r, &j) in idx.iter().enumerate() {
+                rank[j as usize] += r as u32;
+            }
+        }
+        idx.clear();
+        idx.extend((0..n as u32).filter(|&j| j as usize != i));
+        idx.sort_by_key(|&j| (rank[j as usize], j));
+        out[i * k..(i + 1) * k].copy_from_slice(&idx[..k]);
     }
     out
 }
@@ -217,11 +310,20 @@ pub fn fit(
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
     let mut model = Model::<f32, Vec<f32>>::with_shape(shape, &mut rng)
         .map_err(|e| FitError::Config(e.to_string()))?;
-    let (offset, scale) = fit_normalisation(x, d);
+    let (offset, scale) =
+        fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
     model
         .set_normalisation(&offset, &scale)
         .map_err(|e| FitError::Config(e.to_string()))?;
-    let neighbours = mine_neighbours(x, d, cfg.neighbours);
+    let neighbours = match cfg.neighbour_space {
+        NeighbourSpace::Raw => mine_neighbours(x, d, cfg.neighbours),
+        NeighbourSpace::Normalised => {
+            mine_neighbours(&normalised(x, &offset, &scale), d, cfg.neighbours)
+        }
+        NeighbourSpace::Both => {
+            mine_neighbours_both(x, &normalised(x, &offset, &scale), d, cfg.neighbours)
+        }
+    };
     let nn = neighbours.len() / n;
 
     let range = shape.scope_range(Scope::Full);
@@ -235,107 +337,210 @@ pub fn fit(
     let mut row_labels: Vec<Option<u8>> = Vec::with_capacity(cfg.batch);
     let mut pairs: Vec<(u16, u16)> = Vec::with_capacity(cfg.batch / 2);
     let mut order: Vec<usize> = (0..n).collect();
-    let mut step = 0;
-
-    for epoch in 0..cfg.epochs {
-        let warm = epoch < cfg.warmup_epochs;
-        if epoch == cfg.warmup_epochs {
-            init_centres(&mut model, x, cfg.kmeans_iters, &mut rng)?;
+    let mut cursor = n;
+    let (warm_steps, total) = cfg.schedule(n);
+    let round_len = |warm: bool| {
+        if cfg.steps > 0 {
+            (total / 100).max(1)
+        } else if warm {
+            n.div_ceil(cfg.batch)
+        } else {
+            n.div_ceil(cfg.batch / 2)
         }
-        shuffle(&mut order, &mut rng);
+    };
+    let mut sum = LossParts::<f32>::default();
+    let mut in_round = 0;
+    let mut round = 0;
+
+    for step in 0..total {
+        let warm = step < warm_steps;
+        if step == warm_steps && !warm {
+            match cfg.init {
+                CentreInit::Latent => init_centres(
+                    &mut model,
+                    x,
+                    cfg.kmeans_iters,
+                    cfg.kmeans_restarts,
+                    &mut rng,
+                )?,
+                CentreInit::Selected => init_selected(
+                    &mut model,
+                    x,
+                    &normalised(x, &offset, &scale),
+                    &neighbours,
+                    cfg,
+                    &mut rng,
+                )?,
+            }
+        }
         let anchors = if warm { cfg.batch } else { cfg.batch / 2 };
-        let mut sum = LossParts::<f32>::default();
-        let mut steps = 0;
+        if cursor + anchors > n {
+            shuffle(&mut order, &mut rng);
+            cursor = 0;
+        }
+        let chunk = &order[cursor..(cursor + anchors).min(n)];
+        cursor += anchors;
         let mut loss_cfg = cfg.loss;
         if warm {
             loss_cfg.gamma = 0.0;
         }
-        for chunk in order.chunks(anchors) {
-            pairs.clear();
-            row_labels.clear();
-            let a = chunk.len();
-            for (i, &r) in chunk.iter().enumerate() {
-                rows[i * d..(i + 1) * d].copy_from_slice(&x[r * d..(r + 1) * d]);
-                if let Some(l) = &labels {
-                    row_labels.push(l[r]);
-                }
-            }
-            let mut used = a;
-            if !warm {
-                for (i, &r) in chunk.iter().enumerate() {
-                    let j = neighbours[r * nn + uniform_index(&mut rng, nn)] as usize;
-                    rows[(a + i) * d..(a + i + 1) * d].copy_from_slice(&x[j * d..(j + 1) * d]);
-                    if let Some(l) = &labels {
-                        row_labels.push(l[j]);
-                    }
-                    pairs.push((i as u16, (a + i) as u16));
-                }
-                used = 2 * a;
-            }
-            let batch = Batch {
-                inputs: &rows[..used * d],
-                labels: &row_labels,
-                pairs: &pairs,
-            };
-            let parts = loss_and_grad(
-                &model,
-                &batch,
-                &loss_cfg,
-                Scope::Full,
-                &mut RandomDraws(&mut rng),
-                &mut p_bar,
-                &mut work,
-                &mut cache,
-                &mut grads,
-            )
-            .map_err(|source| FitError::Step { step, source })?;
-            state.step(&opt, &mut model.params_mut()[range.clone()], &grads)?;
-            add(&mut sum, &parts);
-            steps += 1;
-            step += 1;
+        pairs.clear();
+        row_labels.clear();
+        let a = chunk.len();
+        let label_of = |r: usize| labels.as_ref().and_then(|l| l[r]);
+        for (i, &r) in chunk.iter().enumerate() {
+            rows[i * d..(i + 1) * d].copy_from_slice(&x[r * d..(r + 1) * d]);
+            row_labels.push(if warm { None } else { label_of(r) });
         }
-        let stats = EpochStats {
-            epoch: epoch + 1,
-            warmup: warm,
-            loss: scale_parts(sum, 1.0 / steps as f32),
+        let mut used = a;
+        if !warm {
+            for (i, &r) in chunk.iter().enumerate() {
+                let j = neighbours[r * nn + uniform_index(&mut rng, nn)] as usize;
+                rows[(a + i) * d..(a + i + 1) * d].copy_from_slice(&x[j * d..(j + 1) * d]);
+                row_labels.push(label_of(j));
+                pairs.push((i as u16, (a + i) as u16));
+            }
+            used = 2 * a;
+        }
+        if row_labels.iter().all(Option::is_none) {
+            row_labels.clear();
+        }
+        let batch = Batch {
+            inputs: &rows[..used * d],
+            labels: &row_labels,
+            pairs: &pairs,
         };
-        progress(&stats, &model);
+        let parts = loss_and_grad(
+            &model,
+            &batch,
+            &loss_cfg,
+            Scope::Full,
+            &mut RandomDraws(&mut rng),
+            &mut p_bar,
+            &mut work,
+            &mut cache,
+            &mut grads,
+        )
+        .map_err(|source| FitError::Step { step, source })?;
+        state.step(&opt, &mut model.params_mut()[range.clone()], &grads)?;
+        add(&mut sum, &parts);
+        in_round += 1;
+        let last_of_phase = step + 1 == warm_steps || step + 1 == total;
+        if in_round == round_len(warm) || last_of_phase {
+            round += 1;
+            let stats = EpochStats {
+                epoch: round,
+                warmup: warm,
+                loss: scale_parts(sum, 1.0 / in_round as f32),
+            };
+            progress(&stats, &model);
+            sum = LossParts::default();
+            in_round = 0;
+        }
     }
-    if cfg.warmup_epochs >= cfg.epochs {
-        init_centres(&mut model, x, cfg.kmeans_iters, &mut rng)?;
+    if warm_steps >= total {
+        init_centres(
+            &mut model,
+            x,
+            cfg.kmeans_iters,
+            cfg.kmeans_restarts,
+            &mut rng,
+        )?;
     }
     // Unit centres: the same segmenter, and no square root per centre on the device.
     model.normalise_centres()?;
     Ok(model)
 }
 
-/// Centres := spherical k-means++ on every sample's `mu(x)`; mixing weights uniform.
-fn init_centres(
-    model: &mut Model<f32, Vec<f32>>,
-    x: &[f32],
-    iters: usize,
-    rng: &mut Xoshiro256PlusPlus,
-) -> Result<(), FitError> {
+/// `x` after the normalisation `(x - offset) * scale`.
+pub fn normalised(x: &[f32], offset: &[f32], scale: &[f32]) -> Vec<f32> {
+    x.chunks_exact(offset.len())
+        .flat_map(|r| {
+            r.iter()
+                .zip(offset)
+                .zip(scale)
+                .map(|((v, o), s)| (v - o) * s)
+        })
+        .collect()
+}
+
+/// The mean direction of every row, `n x M`.
+fn encode_all(model: &Model<f32, Vec<f32>>, x: &[f32]) -> Result<Vec<f32>, FitError> {
     let shape = *model.shape();
-    let (m, k) = (shape.latent, shape.clusters);
     let mut work = vec![0f32; shape.work_len()];
-    let mut mus = Vec::with_capacity(x.len() / shape.input * m);
+    let mut mus = Vec::with_capacity(x.len() / shape.input * shape.latent);
     for row in x.chunks_exact(shape.input) {
         mus.extend_from_slice(model.encode(row, &mut work)?.mu);
     }
+    Ok(mus)
+}
+
+/// The centres of [`CentreInit::Selected`].
+fn init_selected(
+    model: &mut Model<f32, Vec<f32>>,
+    x: &[f32],
+    xn: &[f32],
+    neighbours: &[u32],
+    cfg: &FitConfig,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Result<(), FitError> {
+    let shape = *model.shape();
+    let (m, k, d) = (shape.latent, shape.clusters, shape.input);
+    let n = x.len() / d;
+    let mus = encode_all(model, x)?;
+    let mut best: Option<(f64, Vec<u8>)> = None;
+    for (points, dim) in [(&mus[..], m), (xn, d)] {
+        let mut centres = vec![0f32; k * dim];
+        let mut scratch = vec![0f32; scratch_len(k, dim)];
+        let mut labels = vec![0u8; n];
+        for _ in 0..cfg.kmeans_restarts.max(1) {
+            // A row of zeros (all features at their mean) has no direction: such data
+            // leave only the latent candidates.
+            if spherical_kmeans(
+                points,
+                dim,
+                k,
+                cfg.kmeans_iters,
+                rng,
+                &mut centres,
+                &mut scratch,
+                &mut labels,
+            )
+            .is_err()
+            {
+                break;
+            }
+            let l: Vec<usize> = labels.iter().map(|&v| usize::from(v)).collect();
+            let score = crate::select::agreement(&l, neighbours, k);
+            if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                best = Some((score, labels.clone()));
+            }
+        }
+    }
+    let Some((_, labels)) = best else {
+        return init_centres(model, x, cfg.kmeans_iters, 1, rng);
+    };
     let mut centres = vec![0f32; k * m];
-    let mut scratch = vec![0f32; scratch_len(k, m)];
-    let mut labels = vec![0u8; mus.len() / m];
-    spherical_kmeans(
-        &mus,
-        m,
-        k,
-        iters,
-        rng,
-        &mut centres,
-        &mut scratch,
-        &mut labels,
-    )?;
+    for (mu, &l) in mus.chunks_exact(m).zip(&labels) {
+        for (c, v) in centres[usize::from(l) * m..].iter_mut().zip(mu) {
+            *c += v;
+        }
+    }
+    for (c, fallback) in centres.chunks_exact_mut(m).zip(mus.chunks_exact(m)) {
+        let norm = c.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 1e-6 {
+            c.iter_mut().for_each(|v| *v /= norm);
+        } else {
+            // An empty cluster starts on some row's direction.
+            c.copy_from_slice(fallback);
+        }
+    }
+    set_centres(model, &centres);
+    Ok(())
+}
+
+fn set_centres(model: &mut Model<f32, Vec<f32>>, centres: &[f32]) {
+    let shape = *model.shape();
     let c = shape
         .find(TensorId::Centres)
         .map(|t| t.range())
@@ -345,8 +550,44 @@ fn init_centres(
         .map(|t| t.range())
         .unwrap_or(0..0);
     let p = model.params_mut();
-    p[c].copy_from_slice(&centres);
+    p[c].copy_from_slice(centres);
     p[w].fill(0.0);
+}
+
+/// Centres := the best (by mean cosine) of `restarts` spherical k-means++ runs on every
+/// sample's `mu(x)`; mixing weights uniform.
+fn init_centres(
+    model: &mut Model<f32, Vec<f32>>,
+    x: &[f32],
+    iters: usize,
+    restarts: usize,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Result<(), FitError> {
+    let shape = *model.shape();
+    let (m, k) = (shape.latent, shape.clusters);
+    let mus = encode_all(model, x)?;
+    let mut centres = vec![0f32; k * m];
+    let mut best = vec![0f32; k * m];
+    let mut best_objective = f32::NEG_INFINITY;
+    let mut scratch = vec![0f32; scratch_len(k, m)];
+    let mut labels = vec![0u8; mus.len() / m];
+    for _ in 0..restarts.max(1) {
+        let info = spherical_kmeans(
+            &mus,
+            m,
+            k,
+            iters,
+            rng,
+            &mut centres,
+            &mut scratch,
+            &mut labels,
+        )?;
+        if info.objective > best_objective {
+            best_objective = info.objective;
+            best.copy_from_slice(&centres);
+        }
+    }
+    set_centres(model, &best);
     Ok(())
 }
 

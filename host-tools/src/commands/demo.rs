@@ -50,28 +50,13 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<(), Error> {
         data.display(),
         args.seed
     )?;
-    let train_args = train::TrainArgs {
-        data: data.clone(),
-        clusters: 10,
-        out: model.clone(),
-        latent: 16,
-        hidden: vec![32],
-        posterior: train::PosteriorArg::Power,
-        likelihood: train::LikelihoodArg::Gaussian,
-        activation: train::ActivationArg::Relu,
-        epochs: 100,
-        warmup: 20,
-        batch: 64,
-        lr: 2e-3,
-        seed: args.seed,
-        gamma: 6.0,
-        eta: 2.0,
-        beta: 1.0,
-        neighbours: 10,
-        supervised: false,
-        report: Some(args.out_dir.join("report.json")),
-        quiet: args.quiet,
-    };
+    let mut options = vec!["--seed".to_string(), args.seed.to_string()];
+    options.push("--report".into());
+    options.push(args.out_dir.join("report.json").display().to_string());
+    if args.quiet {
+        options.push("--quiet".into());
+    }
+    let train_args = train::args_with(&data, "10", &model, &options)?;
     train::run(&train_args, out)?;
     outln!(out, "\n== 2. evaluate against the baselines")?;
     eval::run(

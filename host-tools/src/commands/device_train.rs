@@ -509,7 +509,8 @@ pub fn with_fitted_normalisation(
     model: &LoadedModel,
     data: &Dataset,
 ) -> Result<LoadedModel, Error> {
-    let (offset, scale) = crate::train::fit_normalisation(data.features(), data.dim());
+    let (offset, scale) = crate::train::fit_normalisation(data.features(), data.dim())
+        .map_err(|e| Error::BadInput(format!("cannot fit a normalisation: {e}")))?;
     let mut m = model.model.clone();
     m.set_normalisation(&offset, &scale)
         .map_err(|e| Error::Failed(format!("cannot set the normalisation: {e}")))?;

@@ -1,0 +1,362 @@
+//! `hvae suite`: the clustering quality suite (see [`crate::suite`]).
+
+use super::outln;
+use super::train;
+use crate::suite::{self, Loaded, Run, SetResult};
+use crate::Error;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Long help of the subcommand (`hvae suite --help`).
+pub const LONG_ABOUT: &str = "Run the clustering quality suite: train a model with `hvae \
+    train`'s defaults on every data set of the manifest, once per seed, and print one table \
+    of ACC, NMI and ARI (mean, min and max over the seeds) and the training time, beside \
+    classical methods on the same data with the same K: scikit-learn's k-means, spherical \
+    k-means, Gaussian mixture, Ward and spectral clustering (read from baselines.json next \
+    to the manifest, made by host-tools/reference/suite_baselines.py) and the tool's own \
+    k-means and spherical k-means (run here). The classical methods see every feature \
+    standardised to zero mean and unit deviation; the model fits its own normalisation. \
+    Sets of the `tune` half were used to choose the defaults; the `held_out` half was not \
+    looked at while tuning and is reported apart.\n\n\
+    --quick runs a few sets with one seed; with --check FILE (a --json output of an earlier \
+    run) the exit status is 1 when a set's ACC or NMI falls more than --tolerance below it.";
+
+/// The sets of `--quick`: small and fast, from both halves.
+pub const QUICK_SETS: &[&str] = &["iris", "wine", "ItalyPowerDemand_feat", "activity"];
+
+/// Which half of the suite to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Half {
+    /// Both halves.
+    All,
+    /// The sets the defaults were tuned on.
+    Tune,
+    /// The sets held out while tuning.
+    HeldOut,
+}
+
+/// Arguments of `hvae suite`.
+#[derive(Debug, clap::Args)]
+pub struct SuiteArgs {
+    /// The suite's manifest (data files and baselines.json are read beside it).
+    #[arg(
+        long,
+        default_value = "host-tools/data/suite/suite.json",
+        value_name = "FILE"
+    )]
+    pub manifest: PathBuf,
+    /// Seeds per set (0, 1, ...).
+    #[arg(long, default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub seeds: u32,
+    /// Only these sets (comma-separated names).
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub sets: Vec<String>,
+    /// Only one half.
+    #[arg(long, value_enum, default_value_t = Half::All)]
+    pub half: Half,
+    /// A few small sets with one seed (for CI; see QUICK_SETS).
+    #[arg(long)]
+    pub quick: bool,
+    /// Options passed to `hvae train` for every run, e.g. "--epochs 200 --gamma 4".
+    #[arg(long, allow_hyphen_values = true, value_name = "OPTIONS")]
+    pub train_args: Option<String>,
+    /// Train with `--clusters auto` (K chosen without labels, up to 10 or the
+    /// `--max-clusters` of --train-args) instead of the number of classes.
+    #[arg(long)]
+    pub clusters_auto: bool,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE.json")]
+    pub json: Option<PathBuf>,
+    /// Write the table as CSV.
+    #[arg(long, value_name = "FILE.csv")]
+    pub csv: Option<PathBuf>,
+    /// Compare with a committed --json output: exit status 1 on a regression.
+    #[arg(long, value_name = "FILE.json")]
+    pub check: Option<PathBuf>,
+    /// Largest allowed drop of a run's ACC or NMI against --check.
+    #[arg(long, default_value_t = 0.02)]
+    pub tolerance: f64,
+    /// Training runs at a time (default: the machine's cores).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+/// The `--json` file.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SuiteReport {
+    /// The `hvae train` options beyond the defaults (empty for the defaults).
+    pub train_args: String,
+    /// Seeds per set.
+    pub seeds: u32,
+    /// Wall-clock seconds of the whole suite.
+    pub seconds: f64,
+    /// One entry per set.
+    pub sets: Vec<SetResult>,
+}
+
+fn one_run(
+    l: &Loaded,
+    path: &Path,
+    seed: u64,
+    extra: Option<&str>,
+    auto: bool,
+) -> Result<Run, Error> {
+    let mut options = vec!["--seed".to_string(), seed.to_string(), "--quiet".into()];
+    options.extend(extra.unwrap_or("").split_whitespace().map(String::from));
+    let k = if auto {
+        "auto".to_string()
+    } else {
+        l.spec.clusters.to_string()
+    };
+    let args = train::args_with(path, &k, Path::new("-"), &options)
+        .map_err(|e| Error::BadInput(format!("--train-args: {}", e.one_line())))?;
+    let start = std::time::Instant::now();
+    let trained = train::train_on(&args, &l.data, |_, _| {})?;
+    let seconds = start.elapsed().as_secs_f64();
+    let pred = train::predict(&trained.model, &l.data);
+    let mut run = suite::run_of(seed, &l.truth, &pred, seconds);
+    run.clusters = trained.model.shape().clusters;
+    run.restarts = trained
+        .restarts
+        .iter()
+        .map(|r| suite::RestartScore::of(&l.truth, r))
+        .collect();
+    Ok(run)
+}
+
+/// Runs `hvae suite`.
+pub fn run(args: &SuiteArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let manifest = suite::read_manifest(&args.manifest).map_err(Error::BadInput)?;
+    let dir = args
+        .manifest
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let classical = suite::read_classical(&dir.join("baselines.json")).map_err(Error::BadInput)?;
+    let seeds = if args.quick { 1 } else { args.seeds };
+    let sets = load_selected(args, &manifest, &dir)?;
+    if sets.is_empty() {
+        return Err(Error::BadInput(
+            "no data set of the manifest was selected".into(),
+        ));
+    }
+    let jobs: Vec<(usize, u64)> = (0..sets.len())
+        .flat_map(|i| (0..u64::from(seeds)).map(move |s| (i, s)))
+        .collect();
+    let threads = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, jobs.len());
+    let start = std::time::Instant::now();
+    let queue = Mutex::new(jobs.into_iter());
+    let results: Mutex<Vec<(usize, Result<Run, Error>)>> = Mutex::new(Vec::new());
+    let extra = args.train_args.as_deref();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+                let Some((i, seed)) = next else { break };
+                let l = &sets[i];
+                let r = one_run(l, &dir.join(&l.spec.file), seed, extra, args.clusters_auto);
+                if let Ok(mut v) = results.lock() {
+                    v.push((i, r));
+                }
+            });
+        }
+    });
+    let results = results
+        .into_inner()
+        .map_err(|_| Error::Failed("a training thread panicked".into()))?;
+    let mut per_set: Vec<Vec<Run>> = vec![Vec::new(); sets.len()];
+    for (i, r) in results {
+        per_set[i].push(
+            r.map_err(|e| Error::Failed(format!("{}: {}", sets[i].spec.name, e.one_line())))?,
+        );
+    }
+    let report: Vec<SetResult> = sets
+        .iter()
+        .zip(per_set)
+        .map(|(l, runs)| {
+            let mut c = classical.get(&l.spec.name).cloned().unwrap_or_default();
+            c.extend(suite::tool_baselines(&l.data, &l.truth, l.spec.clusters));
+            suite::summarise(l, runs, c)
+        })
+        .collect();
+    let seconds = start.elapsed().as_secs_f64();
+    print_table(out, &report, seeds, seconds, threads)?;
+    let file = SuiteReport {
+        train_args: args.train_args.clone().unwrap_or_default(),
+        seeds,
+        seconds,
+        sets: report,
+    };
+    if let Some(p) = &args.json {
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Failed(e.to_string()))?;
+        crate::fsio::write_bytes_atomic(p, &json)?;
+    }
+    if let Some(p) = &args.csv {
+        crate::fsio::write_bytes_atomic(p, csv_of(&file.sets).as_bytes())?;
+    }
+    if let Some(p) = &args.check {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| Error::BadInput(format!("cannot read {}: {e}", p.display())))?;
+        let committed: SuiteReport = serde_json::from_str(&text)
+            .map_err(|e| Error::BadInput(format!("bad {}: {e}", p.display())))?;
+        let bad = suite::regressions(&file.sets, &committed.sets, args.tolerance);
+        if !bad.is_empty() {
+            return Err(Error::Failed(format!(
+                "{} regression(s) against {}: {}",
+                bad.len(),
+                p.display(),
+                bad.join("; ")
+            )));
+        }
+        outln!(
+            out,
+            "no regression beyond {} against {}",
+            args.tolerance,
+            p.display()
+        )?;
+    }
+    Ok(())
+}
+
+fn load_selected(
+    args: &SuiteArgs,
+    manifest: &suite::Manifest,
+    dir: &Path,
+) -> Result<Vec<Loaded>, Error> {
+    for name in &args.sets {
+        if !manifest.sets.iter().any(|s| &s.name == name) {
+            return Err(Error::BadInput(format!(
+                "no set named {name} in the manifest"
+            )));
+        }
+    }
+    suite::load_sets(manifest, dir, |s| {
+        let named = if args.quick && args.sets.is_empty() {
+            QUICK_SETS.contains(&s.name.as_str())
+        } else {
+            args.sets.is_empty() || args.sets.contains(&s.name)
+        };
+        let half = match args.half {
+            Half::All => true,
+            Half::Tune => s.half == "tune",
+            Half::HeldOut => s.half == "held_out",
+        };
+        named && half
+    })
+}
+
+fn short(method: &str) -> &str {
+    method
+        .trim_start_matches("sklearn_")
+        .trim_start_matches("tool_")
+}
+
+fn print_table(
+    out: &mut dyn Write,
+    sets: &[SetResult],
+    seeds: u32,
+    seconds: f64,
+    threads: usize,
+) -> Result<(), Error> {
+    outln!(
+        out,
+        "hvae (defaults, {seeds} seed(s): mean [min, max]) beside the best classical method's mean"
+    )?;
+    outln!(
+        out,
+        "{:<22} {:>5} {:>5} {:>3} | {:<19} {:<19} {:>5} {:>6} | {:<24} {:<24} | {}",
+        "set",
+        "n",
+        "d",
+        "K",
+        "ACC",
+        "NMI",
+        "ARI",
+        "s",
+        "best ACC",
+        "best NMI",
+        "verdict"
+    )?;
+    for half in ["tune", "held_out"] {
+        let rows: Vec<&SetResult> = sets.iter().filter(|s| s.half == half).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        outln!(
+            out,
+            "-- {} --",
+            if half == "tune" {
+                "tuned on"
+            } else {
+                "held out while tuning"
+            }
+        )?;
+        for s in rows {
+            let b = |x: &Option<suite::Best>| {
+                x.as_ref()
+                    .map(|b| format!("{:.3} {}", b.value, short(&b.method)))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let verdict = if s.wins() {
+                "at least best".to_string()
+            } else {
+                format!("{:+.3} ACC {:+.3} NMI", s.acc_margin(), s.nmi_margin())
+            };
+            outln!(
+                out,
+                "{:<22} {:>5} {:>5} {:>3} | {:.3} [{:.3},{:.3}] {:.3} [{:.3},{:.3}] {:>5.3} {:>6.2} | {:<24} {:<24} | {}{}",
+                s.name, s.rows, s.features, s.clusters,
+                s.acc.mean, s.acc.min, s.acc.max,
+                s.nmi.mean, s.nmi.min, s.nmi.max,
+                s.ari.mean, s.seconds.mean,
+                b(&s.best_acc), b(&s.best_nmi),
+                verdict,
+                if s.stable(0.05) { "" } else { " (unstable)" }
+            )?;
+        }
+    }
+    let wins = sets.iter().filter(|s| s.wins()).count();
+    let worst = sets
+        .iter()
+        .map(|s| s.acc_margin().min(s.nmi_margin()))
+        .fold(f64::INFINITY, f64::min);
+    let stable = sets.iter().filter(|s| s.stable(0.05)).count();
+    outln!(
+        out,
+        "at least the best classical method (ACC and NMI) on {wins} of {} sets; worst margin {worst:+.3}; \
+         worst seed within 0.05 of the mean on {stable} of {}; {seconds:.0} s on {threads} thread(s)",
+        sets.len(),
+        sets.len()
+    )?;
+    Ok(())
+}
+
+fn csv_of(sets: &[SetResult]) -> String {
+    let mut s = String::from(
+        "set,half,rows,features,clusters,acc_mean,acc_min,acc_max,nmi_mean,nmi_min,nmi_max,\
+         ari_mean,ari_min,ari_max,seconds_mean,best_acc_method,best_acc,best_nmi_method,best_nmi\n",
+    );
+    for r in sets {
+        let (am, av) = r
+            .best_acc
+            .as_ref()
+            .map_or((String::new(), f64::NAN), |b| (b.method.clone(), b.value));
+        let (nm, nv) = r
+            .best_nmi
+            .as_ref()
+            .map_or((String::new(), f64::NAN), |b| (b.method.clone(), b.value));
+        s.push_str(&format!(
+            "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.3},{am},{av:.4},{nm},{nv:.4}\n",
+            r.name, r.half, r.rows, r.features, r.clusters,
+            r.acc.mean, r.acc.min, r.acc.max, r.nmi.mean, r.nmi.min, r.nmi.max,
+            r.ari.mean, r.ari.min, r.ari.max, r.seconds.mean
+        ));
+    }
+    s
+}

@@ -1,0 +1,248 @@
+//! Choosing among trained models without labels: restarts and the number of clusters.
+//!
+//! [`fit_restarts`] trains `R` models from derived seeds and keeps the one a
+//! label-free criterion ranks best. The criteria ([`Criteria`]) are computed from a
+//! model's answers on its training rows:
+//!
+//! - **silhouette**: the mean silhouette of the labels on the mean directions `mu(x)`
+//!   with the cosine distance `1 - cos` (Rousseeuw 1987): how much closer each row is to
+//!   its own cluster than to the nearest other one, in `[-1, 1]`;
+//! - **agreement**: the labels' agreement with the neighbourhoods of the normalised
+//!   inputs (the fraction of each row's nearest neighbours that share its label),
+//!   times the normalised entropy of the cluster sizes (so that one big cluster,
+//!   which every neighbourhood agrees with, does not win);
+//! - **consensus**: the mean NMI of a restart's labels with every other restart's (the
+//!   medoid of the restarts; with fewer than 3 restarts the silhouette decides).
+//!
+//! [`auto_clusters`] picks `K` by the silhouette of models trained with `K = 2 ..= max`.
+
+use crate::metrics;
+use crate::train::{fit, mine_neighbours, EpochStats, FitConfig, FitError};
+use hvae::model::{Model, VecModel};
+use hvae::shape::Shape;
+use serde::{Deserialize, Serialize};
+
+/// The label-free criterion that picks a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Criterion {
+    /// Silhouette of the labels on the mean directions (cosine distance).
+    Silhouette,
+    /// Agreement with the input neighbourhoods times the balance of the clusters.
+    Agreement,
+    /// Mean NMI with the other restarts.
+    Consensus,
+}
+
+/// The criteria of one trained model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Criteria {
+    /// See [`Criterion::Silhouette`].
+    pub silhouette: f64,
+    /// See [`Criterion::Agreement`].
+    pub agreement: f64,
+    /// See [`Criterion::Consensus`] (0 until the restarts are compared).
+    pub consensus: f64,
+}
+
+impl Criteria {
+    /// The value of `c`.
+    pub fn get(&self, c: Criterion) -> f64 {
+        match c {
+            Criterion::Silhouette => self.silhouette,
+            Criterion::Agreement => self.agreement,
+            Criterion::Consensus => self.consensus,
+        }
+    }
+}
+
+/// One restart: its seed, its criteria and its labels on the training rows.
+#[derive(Clone, Debug)]
+pub struct Restart {
+    /// Seed it was trained with.
+    pub seed: u64,
+    /// Label-free criteria.
+    pub criteria: Criteria,
+    /// Label of every training row.
+    pub labels: Vec<usize>,
+}
+
+/// The seed of restart `r` of a run seeded `seed` (restart 0 is `seed` itself, so one
+/// restart is the plain run).
+pub fn restart_seed(seed: u64, r: usize) -> u64 {
+    seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Labels and mean directions of every row (`n`, `n x M`).
+pub fn answers(
+    model: &Model<f32, Vec<f32>>,
+    x: &[f32],
+) -> Result<(Vec<usize>, Vec<f32>), FitError> {
+    let shape = *model.shape();
+    let mut work = vec![0f32; shape.work_len()];
+    let n = x.len() / shape.input;
+    let mut labels = Vec::with_capacity(n);
+    let mut mus = Vec::with_capacity(n * shape.latent);
+    for row in x.chunks_exact(shape.input) {
+        let s = model.segment(row, &mut work)?;
+        labels.push(s.label);
+        mus.extend_from_slice(s.mu);
+    }
+    Ok((labels, mus))
+}
+
+/// Mean silhouette of `labels` on the unit rows `mus` (`n x m`), cosine distance.
+/// A row alone in its cluster scores 0; with fewer than two clusters in use, -1.
+pub fn silhouette(mus: &[f32], m: usize, labels: &[usize], k: usize) -> f64 {
+    let n = labels.len();
+    let mut sizes = vec![0usize; k];
+    for &l in labels {
+        sizes[l] += 1;
+    }
+    if sizes.iter().filter(|&&s| s > 0).count() < 2 {
+        return -1.0;
+    }
+    let mut sum_to = vec![0f64; k];
+    let mut total = 0.0;
+    for i in 0..n {
+        sum_to.fill(0.0);
+        let xi = &mus[i * m..(i + 1) * m];
+        for j in 0..n {
+            if j == i {
+                continue;
+            }
+            let c: f32 = xi
+                .iter()
+                .zip(&mus[j * m..(j + 1) * m])
+                .map(|(a, b)| a * b)
+                .sum();
+            sum_to[labels[j]] += 1.0 - f64::from(c);
+        }
+        let own = labels[i];
+        if sizes[own] <= 1 {
+            continue;
+        }
+        let a = sum_to[own] / (sizes[own] - 1) as f64;
+        let b = (0..k)
+            .filter(|&c| c != own && sizes[c] > 0)
+            .map(|c| sum_to[c] / sizes[c] as f64)
+            .fold(f64::INFINITY, f64::min);
+        let s = if a.max(b) > 0.0 {
+            (b - a) / a.max(b)
+        } else {
+            0.0
+        };
+        total += s;
+    }
+    total / n as f64
+}
+
+/// Agreement of `labels` with the neighbour lists (`n x nn`), times the normalised
+/// entropy of the cluster sizes.
+pub fn agreement(labels: &[usize], neighbours: &[u32], k: usize) -> f64 {
+    let n = labels.len();
+    let nn = neighbours.len() / n.max(1);
+    let same = labels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            neighbours[i * nn..(i + 1) * nn]
+                .iter()
+                .filter(|&&j| labels[j as usize] == l)
+                .count()
+        })
+        .sum::<usize>() as f64
+        / (n * nn).max(1) as f64;
+    let mut sizes = vec![0f64; k];
+    for &l in labels {
+        sizes[l] += 1.0;
+    }
+    let h: f64 = sizes
+        .iter()
+        .filter(|&&s| s > 0.0)
+        .map(|&s| {
+            let p = s / n as f64;
+            -p * p.ln()
+        })
+        .sum();
+    let balance = if k > 1 { h / (k as f64).ln() } else { 1.0 };
+    same * balance
+}
+
+/// Trains `restarts` models (seeds [`restart_seed`]) and returns the one `criterion`
+/// ranks best, with every restart's criteria. `progress` sees the first restart only.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_restarts(
+    shape: Shape,
+    x: &[f32],
+    labels: Option<&[u8]>,
+    cfg: &FitConfig,
+    restarts: usize,
+    criterion: Criterion,
+    mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
+) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
+    let restarts = restarts.max(1);
+    let d = shape.input;
+    let normalised = {
+        let (o, s) = crate::train::fit_normalisation(x, d)
+            .map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
+        crate::train::normalised(x, &o, &s)
+    };
+    let neighbours = mine_neighbours(&normalised, d, 10);
+    let mut models = Vec::with_capacity(restarts);
+    let mut runs = Vec::with_capacity(restarts);
+    for r in 0..restarts {
+        let c = FitConfig {
+            seed: restart_seed(cfg.seed, r),
+            ..cfg.clone()
+        };
+        let model = if r == 0 {
+            fit(shape, x, labels, &c, &mut progress)?
+        } else {
+            fit(shape, x, labels, &c, |_, _| {})?
+        };
+        let (l, mus) = answers(&model, x)?;
+        let criteria = Criteria {
+            silhouette: silhouette(&mus, shape.latent, &l, shape.clusters),
+            agreement: agreement(&l, &neighbours, shape.clusters),
+            consensus: 0.0,
+        };
+        runs.push(Restart {
+            seed: c.seed,
+            criteria,
+            labels: l,
+        });
+        models.push(model);
+    }
+    if restarts > 1 {
+        let nmis: Vec<f64> = (0..restarts)
+            .map(|i| {
+                (0..restarts)
+                    .filter(|&j| j != i)
+                    .map(|j| metrics::nmi(&runs[i].labels, &runs[j].labels))
+                    .sum::<f64>()
+                    / (restarts - 1) as f64
+            })
+            .collect();
+        for (r, v) in runs.iter_mut().zip(nmis) {
+            r.criteria.consensus = v;
+        }
+    }
+    // Consensus needs three restarts to tell them apart; with fewer, the silhouette.
+    let criterion = if criterion == Criterion::Consensus && restarts < 3 {
+        Criterion::Silhouette
+    } else {
+        criterion
+    };
+    let best = (0..restarts)
+        .max_by(|&a, &b| {
+            runs[a]
+                .criteria
+                .get(criterion)
+                .total_cmp(&runs[b].criteria.get(criterion))
+                .then(b.cmp(&a))
+        })
+        .unwrap_or(0);
+    let model = models.swap_remove(best);
+    Ok((model, runs))
+}

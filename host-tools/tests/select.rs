@@ -1,0 +1,144 @@
+//! Label-free model selection and the suite's statistics against independent values:
+//! the silhouette against scikit-learn's `silhouette_score(metric="cosine")`, Spearman's
+//! rho against SciPy's `spearmanr`, neighbour agreement and the two-view neighbours by
+//! hand, and the suite's regression check.
+
+use hvae_host::select::{agreement, restart_seed, silhouette};
+use hvae_host::suite::{regressions, spearman, Run, SetResult, Stat};
+use hvae_host::train::mine_neighbours_both;
+use std::collections::BTreeMap;
+
+/// Twelve unit vectors in 3-D (NumPy `default_rng(3)`, normalised, as f32; written with
+/// the digits NumPy printed).
+#[allow(clippy::excessive_precision)]
+const MUS: [[f32; 3]; 12] = [
+    [0.618984043598175, -0.7750996947288513, 0.1268039047718048],
+    [
+        -0.7495768070220947,
+        -0.5975934863090515,
+        -0.28463417291641235,
+    ],
+    [
+        -0.9141490459442139,
+        -0.10496149957180023,
+        -0.3915540277957916,
+    ],
+    [0.9921544194221497, 0.06741354614496231, -0.1052856594324112],
+    [
+        -0.21973223984241486,
+        -0.5218552947044373,
+        -0.8242480158805847,
+    ],
+    [-0.5878836512565613, 0.724992573261261, -0.35885724425315857],
+    [0.978624701499939, -0.2041550725698471, 0.024788090959191322],
+    [0.9012409448623657, 0.3178061842918396, -0.2945573031902313],
+    [-0.09062809497117996, 0.2679229974746704, 0.9591683149337769],
+    [-0.2528945803642273, -0.22844965755939484, 0.940135657787323],
+    [
+        -0.6901527047157288,
+        -0.22711855173110962,
+        0.6870999932289124,
+    ],
+    [0.6512072682380676, 0.10269033908843994, 0.7519200444221497],
+];
+
+#[test]
+fn silhouette_matches_scikit_learn() {
+    let flat: Vec<f32> = MUS.iter().flatten().copied().collect();
+    let labels = [0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2];
+    let s = silhouette(&flat, 3, &labels, 3);
+    // sklearn.metrics.silhouette_score(mus, labels, metric="cosine")
+    let want = -0.037_664_942_762_260_095;
+    assert!((s - want).abs() < 1e-6, "{s} vs {want}");
+    // One cluster in use: no separation to measure.
+    assert_eq!(silhouette(&flat, 3, &[1; 12], 3), -1.0);
+}
+
+#[test]
+fn spearman_matches_scipy() {
+    let a = [0.1, 0.4, 0.4, 0.9, 0.3, 0.7];
+    let b = [1.0, 3.0, 2.0, 6.0, 2.0, 5.0];
+    // scipy.stats.spearmanr(a, b)[0], ties at their mean rank
+    assert!((spearman(&a, &b) - 0.955_882_352_941_176_4).abs() < 1e-12);
+    assert_eq!(spearman(&[1.0, 1.0], &[1.0, 2.0]), 0.0);
+    assert_eq!(spearman(&[1.0], &[1.0]), 0.0);
+}
+
+#[test]
+fn agreement_counts_neighbours_and_balance() {
+    // 4 rows, 1 neighbour each: rows 0,1 neighbours of each other, 2,3 likewise.
+    let nb = [1u32, 0, 3, 2];
+    // Labels follow the pairs, two clusters of equal size: agreement 1, balance 1.
+    assert!((agreement(&[0, 0, 1, 1], &nb, 2) - 1.0).abs() < 1e-12);
+    // Everything in one cluster agrees with every neighbour but has no balance.
+    assert_eq!(agreement(&[0, 0, 0, 0], &nb, 2), 0.0);
+    // Labels across the pairs: no neighbour agrees.
+    assert_eq!(agreement(&[0, 1, 0, 1], &nb, 2), 0.0);
+    // One pair split: half the neighbours agree; sizes 3:1 give entropy 0.5623 / ln 2.
+    let h = -(0.75f64 * 0.75f64.ln() + 0.25 * 0.25f64.ln()) / 2f64.ln();
+    assert!((agreement(&[0, 0, 0, 1], &nb, 2) - 0.5 * h).abs() < 1e-12);
+}
+
+#[test]
+fn two_view_neighbours_need_both_views() {
+    // Rows in 2-D. View a (raw): row 0 is nearest to 1 then 2 then 3; view b: nearest
+    // to 3 then 1 then 2. Rank sums for row 0: row 1 = 0 + 1 = 1, row 2 = 1 + 2 = 3,
+    // row 3 = 2 + 0 = 2: row 1 first, then 3.
+    let a = [1.0, 0.0, 0.99, 0.14, 0.9, 0.43, 0.5, 0.86];
+    let b = [1.0, 0.0, 0.9, 0.43, 0.5, 0.86, 0.99, 0.14];
+    let nb = mine_neighbours_both(&a, &b, 2, 2);
+    assert_eq!(&nb[..2], &[1, 3]);
+    // Same data in both views: the plain cosine order.
+    let nb = mine_neighbours_both(&a, &a, 2, 3);
+    assert_eq!(&nb[..3], &[1, 2, 3]);
+}
+
+#[test]
+fn restart_zero_is_the_plain_seed() {
+    assert_eq!(restart_seed(42, 0), 42);
+    assert_ne!(restart_seed(42, 1), restart_seed(42, 2));
+}
+
+fn result(name: &str, runs: &[(u64, f64, f64)]) -> SetResult {
+    SetResult {
+        name: name.into(),
+        half: "tune".into(),
+        rows: 10,
+        features: 2,
+        clusters: 2,
+        runs: runs
+            .iter()
+            .map(|&(seed, acc, nmi)| Run {
+                seed,
+                acc,
+                nmi,
+                ari: 0.0,
+                seconds: 0.0,
+                clusters: 2,
+                restarts: Vec::new(),
+            })
+            .collect(),
+        acc: Stat::default(),
+        nmi: Stat::default(),
+        ari: Stat::default(),
+        seconds: Stat::default(),
+        classical: BTreeMap::new(),
+        best_acc: None,
+        best_nmi: None,
+    }
+}
+
+#[test]
+fn regressions_compare_the_same_seeds() {
+    let committed = [result("a", &[(0, 0.90, 0.80), (1, 0.85, 0.75)])];
+    // Within the tolerance, or better: nothing.
+    assert!(regressions(&[result("a", &[(0, 0.89, 0.80)])], &committed, 0.02).is_empty());
+    assert!(regressions(&[result("a", &[(1, 0.99, 0.99)])], &committed, 0.02).is_empty());
+    // ACC of seed 0 fell by 0.05: one line naming the set, the seed and the measure.
+    let bad = regressions(&[result("a", &[(0, 0.85, 0.80)])], &committed, 0.02);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].contains("a seed 0: ACC"), "{}", bad[0]);
+    // A set or seed the committed file lacks is not compared.
+    assert!(regressions(&[result("b", &[(0, 0.1, 0.1)])], &committed, 0.02).is_empty());
+    assert!(regressions(&[result("a", &[(7, 0.1, 0.1)])], &committed, 0.02).is_empty());
+}

@@ -1,0 +1,116 @@
+//! The input normalisation rule (`hvae::normalise`) against values computed
+//! independently with NumPy (`m = x.mean(0); s = max(x.std(0), |x - m|.max(0) / 10)`,
+//! scale `1 / s`, or 1 where `s <= 1e-6`), its errors, and the device trainer using the
+//! same rule as the host.
+
+use hvae::normalise::{fit, NormaliseError};
+
+/// Columns: ordinary values, a column in large units, a sparse column (one excursion),
+/// a constant column.
+const X: [[f64; 4]; 6] = [
+    [1.0, 1200.0, 0.0, 3.0],
+    [2.0, 900.0, 0.0, 3.0],
+    [0.5, 1500.0, 0.0, 3.0],
+    [1.5, 1100.0, 0.0, 3.0],
+    [3.0, 1000.0, 0.0, 3.0],
+    [2.5, 1300.0, 5.0, 3.0],
+];
+
+#[test]
+fn matches_numpy_on_each_kind_of_feature() {
+    let rows: Vec<&[f64]> = X.iter().map(|r| &r[..]).collect();
+    let (mut offset, mut scale) = ([0.0; 4], [0.0; 4]);
+    fit(rows.iter().copied(), &mut offset, &mut scale).unwrap();
+    let want_offset = [
+        1.75,
+        1.166_666_666_666_666_7e3,
+        8.333_333_333_333_333e-1,
+        3.0,
+    ];
+    // Ordinary and large units: 1/sd each (no floor shared across columns). Sparse:
+    // sd 1.8634 is above the excursion over ten (0.4167), so 1/sd. Constant: 1.
+    let want_scale = [
+        1.171_080_087_538_24,
+        0.005_070_925_528_371_099,
+        0.536_656_314_599_949_4,
+        1.0,
+    ];
+    for j in 0..4 {
+        assert!((offset[j] - want_offset[j]).abs() <= 1e-12 * want_offset[j].abs().max(1.0));
+        assert!(
+            (scale[j] - want_scale[j]).abs() <= 1e-12 * want_scale[j],
+            "feature {j}: {} vs {}",
+            scale[j],
+            want_scale[j]
+        );
+    }
+}
+
+#[test]
+fn a_rare_excursion_is_capped_at_ten_spreads() {
+    // 99 zeros and one 1: sd 0.0995, excursion 0.99; without the cap the 1 would sit at
+    // 9.95 deviations, with it at 10 spreads at most.
+    let mut rows = vec![[0.0f32]; 99];
+    rows.push([1.0]);
+    let (mut o, mut s) = ([0.0f32], [0.0f32]);
+    fit(rows.iter().map(|r| &r[..]), &mut o, &mut s).unwrap();
+    let z = (1.0 - o[0]) * s[0];
+    assert!(z <= 10.0 + 1e-4, "{z}");
+    // 9 zeros and one 1: the sd (0.3) is above the excursion over 10 (0.09): plain
+    // standardisation.
+    let mut rows = vec![[0.0f32]; 9];
+    rows.push([1.0]);
+    fit(rows.iter().map(|r| &r[..]), &mut o, &mut s).unwrap();
+    assert!((s[0] - 1.0 / 0.3).abs() < 1e-5, "{}", s[0]);
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let (mut o, mut s) = ([0.0f32; 2], [0.0f32; 2]);
+    let none: [&[f32]; 0] = [];
+    assert_eq!(fit(none, &mut o, &mut s), Err(NormaliseError::NoRows));
+    let short: [&[f32]; 1] = [&[1.0]];
+    assert_eq!(fit(short, &mut o, &mut s), Err(NormaliseError::Length));
+    let nan: [&[f32]; 2] = [&[1.0, f32::NAN], &[2.0, 1.0]];
+    assert_eq!(fit(nan, &mut o, &mut s), Err(NormaliseError::NonFinite));
+    let inf: [&[f32]; 2] = [&[1.0, f32::INFINITY], &[2.0, 1.0]];
+    assert_eq!(fit(inf, &mut o, &mut s), Err(NormaliseError::NonFinite));
+    let (mut o3, mut s2) = ([0.0f32; 3], [0.0f32; 2]);
+    let ok: [&[f32]; 1] = [&[1.0, 2.0, 3.0]];
+    assert_eq!(fit(ok, &mut o3, &mut s2), Err(NormaliseError::Length));
+}
+
+/// The device's trainer fits its buffer with the same rule, to the same bits.
+#[test]
+fn the_online_trainer_uses_the_same_rule() {
+    use hvae::model::Model;
+    use hvae::optim::state_len;
+    use hvae::shape::{Scope, Shape};
+    use hvae::trainer::{OnlineTrainer, TrainConfig};
+    const D: usize = 4;
+    const CAP: usize = 8;
+    let shape = Shape::new(D, &[8], 3, 2);
+    let cfg = TrainConfig::new(1e-3f32);
+    let scratch = vec![0.0; TrainConfig::<f32>::storage_len(&shape, Scope::Full, cfg.batch, CAP)];
+    let state = vec![
+        0.0;
+        state_len(
+            cfg.optim.optimiser.kind(),
+            shape.scope_range(Scope::Full).len()
+        )
+    ];
+    let mut t: OnlineTrainer<f32, D, CAP, Vec<f32>, Vec<f32>> =
+        OnlineTrainer::new(&shape, cfg, scratch, state).unwrap();
+    let rows: Vec<[f32; D]> = X.iter().map(|r| r.map(|v| v as f32)).collect();
+    for r in &rows {
+        t.push(r).unwrap();
+    }
+    let mut model = Model::<f32, Vec<f32>>::new(shape, vec![0.0; shape.param_len()]).unwrap();
+    t.fit_normalisation(&mut model).unwrap();
+    let (mut o, mut s) = ([0.0f32; D], [0.0f32; D]);
+    fit(rows.iter().map(|r| &r[..]), &mut o, &mut s).unwrap();
+    let at = shape.norm_offset();
+    let p = model.params();
+    assert_eq!(&p[at..at + D], &o[..]);
+    assert_eq!(&p[at + D..at + 2 * D], &s[..]);
+}
