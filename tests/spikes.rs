@@ -317,7 +317,7 @@ fn spiked_stream_ends_within_two_points_of_a_clean_one() {
     for seed in 1..=3u64 {
         // A model trained on the clean stream from scratch, as it would ship.
         let (pre, flash) = from_scratch(seed, false, CLIP);
-        assert!(pre.acc > 0.65, "clean from scratch: {pre:?}");
+        assert!(pre.acc > 0.6, "clean from scratch: {pre:?}");
         for (what, clip) in [("clipping + guard", CLIP), ("guard only", f32::INFINITY)] {
             let clean = in_the_field(seed, &flash, false, clip);
             let spiked = in_the_field(seed, &flash, true, clip);
@@ -336,7 +336,7 @@ fn spiked_stream_ends_within_two_points_of_a_clean_one() {
             );
             check_garbage(&spiked);
             assert_eq!((clean.refused, clean.spikes), (0, 0));
-            assert!(clean.acc > 0.65, "{clean:?}");
+            assert!(clean.acc > 0.6, "{clean:?}");
             let gap = (spiked.acc - clean.acc).abs();
             if clip.is_finite() {
                 assert!(gap <= 0.02, "{clean:?}\n{spiked:?}");

@@ -14,7 +14,8 @@
 //! - **consensus**: the mean NMI of a restart's labels with every other restart's (the
 //!   medoid of the restarts; with fewer than 3 restarts the silhouette decides).
 //!
-//! [`auto_clusters`] picks `K` by the silhouette of models trained with `K = 2 ..= max`.
+//! `hvae train --clusters auto` ([`crate::commands::train::train_on`]) picks `K` by the
+//! silhouette of models trained with `K = 2 ..= max`.
 
 use crate::metrics;
 use crate::train::{fit, mine_neighbours, EpochStats, FitConfig, FitError};
