@@ -13,6 +13,8 @@ pub use shape::{Activation, Likelihood, Posterior, Scope, Shape};
 pub mod adapt;
 pub mod blob;
 pub mod checkpoint;
+#[cfg(feature = "device")]
+pub mod device;
 pub mod kmeans;
 pub mod loss;
 pub mod memory;

@@ -2,7 +2,6 @@
 //! in order, the same with and without the pair kernels, each equal to the answer to
 //! the sample alone; a bad sample gets its error alone; a request that is not a whole
 //! number of samples gets one `InputLength`.
-#![cfg(feature = "protocol")]
 
 use hvae::model::Model;
 use hvae::protocol::answer::{answer_encode, answer_segment};

@@ -2,7 +2,6 @@
 //! generated here, so it follows the formats: this test fails if a committed seed
 //! differs from what the current code generates, or if a seed meant to be valid no
 //! longer parses. Regenerate with `HVAE_WRITE_CORPUS=1 cargo test --test fuzz_corpus`.
-#![cfg(feature = "protocol")]
 
 use heapless::Vec as HVec;
 use hvae::blob;

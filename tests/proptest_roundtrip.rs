@@ -135,7 +135,6 @@ proptest! {
     }
 }
 
-#[cfg(feature = "protocol")]
 mod protocol {
     use super::{finite, shape};
     use heapless::Vec as HVec;

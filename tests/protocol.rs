@@ -1,7 +1,6 @@
 //! The device <-> host protocol: message round trips, frame sizes, and a frame decoder
 //! that survives oversized, garbage and truncated input and resynchronises.
 //! Run with `cargo test -p hvae --features protocol --test protocol`.
-#![cfg(feature = "protocol")]
 
 use heapless::Vec as HVec;
 use hvae::blob;

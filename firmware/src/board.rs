@@ -250,6 +250,19 @@ mod imp {
 
 pub use imp::{Flash, Uart};
 
+/// UART0 as the transport of the core's server ([`hvae::device::Engine::serve`]): a
+/// UART does not fail.
+impl hvae::device::Transport for Uart {
+    type Error = core::convert::Infallible;
+    fn read(&mut self) -> Result<u8, Self::Error> {
+        Ok(Serial::read(self))
+    }
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        Serial::write_all(self, bytes);
+        Ok(())
+    }
+}
+
 use embedded_storage::nor_flash::{
     check_erase, check_read, check_write, ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash,
 };

@@ -19,9 +19,9 @@
 //!   answering, one [`Response`] (about 1.3 KiB: the protocol's vectors have fixed
 //!   capacities) and the transmit buffer ([`TX_FRAME`] bytes).
 //!
-//! The `learn` program runs its own engine (`src/learn.rs`: it serves the RAM copy of
-//! all the weights it trains) over the same framing ([`send`]); a program that only
-//! adds requests to this service answers them itself with [`Service::serve_with`].
+//! The `learn` program runs the core's device engine (`hvae::device`: it serves the RAM
+//! copy of all the weights it trains) over the same framing; a program that only adds
+//! requests to this service answers them itself with [`Service::serve_with`].
 
 use crate::board::{FlashWriter, Serial};
 use crate::weights::{Active, SlotWriter, INFER_LEN, SHAPE};
@@ -340,12 +340,9 @@ fn take_samples<'b>(
     None
 }
 
-/// The frame of `Response::Error(ErrorCode::Internal)`: postcard gives variant index 5
-/// (`Error`) and 23 (`Internal`), COBS prepends the distance to the first zero and the
-/// frame ends with `0x00`. Spelled out as bytes because building the `Response` value to
-/// encode would put a 1.3 KiB constant (the size of `Response`) into flash;
-/// `selftest` checks these bytes against [`encode`].
-pub const INTERNAL_ERROR_FRAME: [u8; 4] = [0x03, 0x05, 0x17, 0x00];
+/// The frame of `Response::Error(ErrorCode::Internal)`, spelled out as bytes (the
+/// core's; `selftest` checks them against [`encode`]).
+pub use hvae::device::INTERNAL_ERROR_FRAME;
 
 /// Sends one response frame. `TX_FRAME` fits every response of this model
 /// ([`max_response_frame`]); should encoding fail anyway, an `Internal` error is sent so

@@ -59,7 +59,7 @@ fn run(
 #[test]
 fn same_weights_pass_bit_exact() {
     let model = loaded(1);
-    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc));
+    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc).unwrap());
     let r = run(&mut session(&sim), &model, &digits()).unwrap();
     assert!(r.pass, "{r:?}");
     assert!(!r.loaded_weights);
@@ -77,7 +77,7 @@ fn same_weights_pass_bit_exact() {
 fn other_weights_are_loaded_first() {
     let model = loaded(1);
     let other = loaded(2);
-    let sim = SimDevice::new(SimState::new(other.model.clone(), other.crc));
+    let sim = SimDevice::new(SimState::new(other.model.clone(), other.crc).unwrap());
     let r = run(&mut session(&sim), &model, &digits()).unwrap();
     assert!(r.pass, "{r:?}");
     assert!(r.loaded_weights);
@@ -101,7 +101,7 @@ fn a_device_that_computes_otherwise_fails() {
     // comparison must catch it.
     let model = loaded(1);
     let other = loaded(3);
-    let sim = SimDevice::new(SimState::new(other.model.clone(), model.crc));
+    let sim = SimDevice::new(SimState::new(other.model.clone(), model.crc).unwrap());
     let r = run(&mut session(&sim), &model, &digits()).unwrap();
     assert!(!r.pass);
     assert!(r.mu.max_abs_err > 0.01, "{r:?}");
@@ -112,8 +112,11 @@ fn a_device_that_computes_otherwise_fails() {
 #[test]
 fn stall_is_a_timeout_naming_the_request() {
     let model = loaded(1);
-    let sim =
-        SimDevice::new(SimState::new(model.model.clone(), model.crc).with_fault(6, Fault::Stall));
+    let sim = SimDevice::new(
+        SimState::new(model.model.clone(), model.crc)
+            .unwrap()
+            .with_fault(6, Fault::Stall),
+    );
     let e = run(&mut session(&sim), &model, &digits()).unwrap_err();
     assert!(
         e.contains("device stalled: no answer to Segment within 0.4 s"),
@@ -128,7 +131,9 @@ fn stall_is_a_timeout_naming_the_request() {
 fn garbage_is_reported_then_a_rerun_passes() {
     let model = loaded(1);
     let sim = SimDevice::new(
-        SimState::new(model.model.clone(), model.crc).with_fault(10, Fault::Garbage),
+        SimState::new(model.model.clone(), model.crc)
+            .unwrap()
+            .with_fault(10, Fault::Garbage),
     );
     let data = digits();
     let mut dev = session(&sim);
@@ -146,7 +151,9 @@ fn garbage_is_reported_then_a_rerun_passes() {
 fn wrong_answer_is_reported() {
     let model = loaded(1);
     let sim = SimDevice::new(
-        SimState::new(model.model.clone(), model.crc).with_fault(3, Fault::WrongAnswer),
+        SimState::new(model.model.clone(), model.crc)
+            .unwrap()
+            .with_fault(3, Fault::WrongAnswer),
     );
     let data = digits();
     let mut dev = session(&sim);
@@ -161,8 +168,11 @@ fn wrong_answer_is_reported() {
 #[test]
 fn reset_while_streaming_is_reported_then_a_rerun_passes() {
     let model = loaded(1);
-    let sim =
-        SimDevice::new(SimState::new(model.model.clone(), model.crc).with_fault(20, Fault::Reset));
+    let sim = SimDevice::new(
+        SimState::new(model.model.clone(), model.crc)
+            .unwrap()
+            .with_fault(20, Fault::Reset),
+    );
     let data = digits();
     let mut dev = session(&sim);
     let e = run(&mut dev, &model, &data).unwrap_err();
@@ -184,8 +194,11 @@ fn reset_during_a_load_then_the_rerun_reloads() {
     let model = loaded(1);
     let other = loaded(2);
     // Request 0 is Info, then the chunks: reset on the 5th chunk.
-    let sim =
-        SimDevice::new(SimState::new(other.model.clone(), other.crc).with_fault(5, Fault::Reset));
+    let sim = SimDevice::new(
+        SimState::new(other.model.clone(), other.crc)
+            .unwrap()
+            .with_fault(5, Fault::Reset),
+    );
     let data = digits();
     let mut dev = session(&sim);
     let e = run(&mut dev, &model, &data).unwrap_err();
@@ -203,7 +216,7 @@ fn reset_during_a_load_then_the_rerun_reloads() {
 #[test]
 fn half_a_frame_left_by_an_interrupted_host_is_flushed() {
     let model = loaded(1);
-    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc));
+    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc).unwrap());
     let data = digits();
     // An earlier host died after sending half a request: the device's decoder holds it.
     let mut buf = [0u8; 600];
@@ -295,7 +308,7 @@ fn a_quiet_line_does_not_end_the_simulated_device() {
     // A read timeout is not the end of the stream: the device keeps serving (quitting at
     // the first timeout would make the serial test below flaky).
     let model = loaded(1);
-    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc));
+    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc).unwrap());
     let (req_rx, req_tx) = std::io::pipe().unwrap();
     let (resp_rx, resp_tx) = std::io::pipe().unwrap();
     let reader = TimesOut {
@@ -331,7 +344,7 @@ fn validate_over_a_serial_port() {
     // Held open until hvae is done: with no slave open, reading the master fails.
     let slave = cloexec(slave);
     let model = loaded(1);
-    let sim = SimDevice::new(SimState::new(loaded(2).model, loaded(2).crc));
+    let sim = SimDevice::new(SimState::new(loaded(2).model, loaded(2).crc).unwrap());
     let reader = File::from(master.try_clone().unwrap());
     sim.serve_on(reader, File::from(master));
     let dir = tempfile::tempdir().unwrap();

@@ -185,7 +185,7 @@ fn engine_refuses_bad_settings_and_samples_and_keeps_serving() {
 
 #[test]
 fn checkpoints_survive_a_reboot_bit_for_bit() {
-    use hvae_host::device::learn::{Learner, CHECKPOINT_EVERY};
+    use hvae::device::{Engine, CHECKPOINT_EVERY};
     let data = data::load(&common::digits_path()).unwrap();
     let model = with_fitted_normalisation(&initial(), &data).unwrap();
     let mut eng = host_learner(model.model.clone(), model.crc).unwrap();
@@ -224,7 +224,7 @@ fn checkpoints_survive_a_reboot_bit_for_bit() {
     // "Reboot": a new engine on the initial weights, with the same flash.
     let store = eng.into_store();
     let mut eng2: hvae_host::device::learn_host::HostLearner =
-        Learner::new(model.model.clone(), model.crc, store, 0).unwrap();
+        Engine::new(model.model.clone(), model.crc, store, 0).unwrap();
     assert_eq!(eng2.crc(), model.crc);
     let seq = eng2.restore().unwrap().expect("a checkpoint");
     assert_eq!(seq, 2, "one periodic save, one on request");
@@ -244,7 +244,7 @@ fn checkpoints_survive_a_reboot_bit_for_bit() {
         hvae::protocol::Response::Checkpointed { .. }
     ));
     let mut eng4: hvae_host::device::learn_host::HostLearner =
-        Learner::new(saved_model(&saved), 0, eng3.into_store(), 0).unwrap();
+        Engine::new(saved_model(&saved), 0, eng3.into_store(), 0).unwrap();
     assert_eq!(eng4.restore().unwrap(), Some(1));
     assert_eq!(eng4.crc(), model.crc);
 }

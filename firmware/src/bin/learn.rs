@@ -2,10 +2,11 @@
 //! streamed samples (`TrainBatch`: scope and optimiser chosen by the host), `ReadWeights`
 //! of the whole parameter vector (decoder included) and `Checkpoint`, on UART0.
 //!
-//! The engine is `src/learn.rs` (shared with the host tool, which runs the same file as
-//! its reference); this program gives it static buffers and the board: the parameters
-//! in RAM (copied from the compiled-in model at boot), the trainer's scratch and
-//! optimiser state sized for Full scope with Adam, and a flash slot for checkpoints.
+//! The engine and its server are the core's (`hvae::device`, with the `LEARN`
+//! capabilities; the host tool runs the same engine as its reference); this program
+//! gives it static buffers and the board: the parameters in RAM (copied from the
+//! compiled-in model at boot), the trainer's scratch and optimiser state sized for Full
+//! scope with Adam, a flash slot for checkpoints, and UART0 as its transport.
 //!
 //! Checkpoints (`hvae::checkpoint`: weights, optimiser state and step counts, two slots,
 //! power-cut safe) go to memory.x's `CKPT` region (two slots of the Full + Adam size,
@@ -14,24 +15,16 @@
 #![no_std]
 #![no_main]
 
-// The host tool calls `Learner::model` for its reference run; this program does not.
-#[allow(dead_code)]
-#[path = "../learn.rs"]
-mod learn;
-
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
 use hvae::checkpoint::Checkpoints;
+use hvae::device::{blob_crc, checkpoint_slot_len, optim_len, scratch_len, Engine, Store};
 use hvae::model::Model;
-use hvae::protocol::borrowed;
-use hvae::protocol::FrameDecoder;
-use hvae::protocol::{max_request_frame, Response, MAX_SAMPLE};
-use hvae_firmware::board::Serial;
+use hvae::protocol::{max_request_frame, MAX_SAMPLE};
 use hvae_firmware::board::{Flash, FlashRegion, Uart};
 use hvae_firmware::rt;
-use hvae_firmware::service::send;
+use hvae_firmware::service::TX_FRAME;
 use hvae_firmware::weights::{generated, SHAPE};
-use learn::{checkpoint_slot_len, optim_len, scratch_len, Learner, Store};
 
 const PARAM_LEN: usize = SHAPE.param_len();
 const SCRATCH_LEN: usize = scratch_len(&SHAPE);
@@ -90,7 +83,7 @@ fn main() -> ! {
     // SAFETY: taken once, here, before anything else can reference PARAMS.
     let params: &'static mut [f32] = unsafe { &mut *addr_of_mut!(PARAMS) };
     params.copy_from_slice(&generated::PARAMS);
-    let crc = learn::blob_crc(&SHAPE, params);
+    let crc = blob_crc(&SHAPE, params);
     let model = match Model::new(SHAPE, params) {
         Ok(m) => m,
         Err(e) => {
@@ -106,8 +99,8 @@ fn main() -> ! {
         defmt::warn!("learn: no room for checkpoints in memory.x's CKPT");
     }
     let board = Board { checkpoints };
-    let mut learner: Learner<{ SHAPE.input }, WORK_LEN, &'static mut [f32], Board> =
-        match Learner::new(model, crc, board, RX_FRAME) {
+    let mut learner: Engine<{ SHAPE.input }, WORK_LEN, &'static mut [f32], Board> =
+        match Engine::new(model, crc, board, RX_FRAME) {
             Ok(l) => l,
             Err(e) => {
                 defmt::error!("learn: the engine refuses the model: {}", e);
@@ -137,15 +130,6 @@ fn main() -> ! {
         ),
     }
     let mut uart = Uart::new();
-    let mut rx = FrameDecoder::<RX_FRAME>::new();
-    loop {
-        let byte = uart.read();
-        let Some(frame) = rx.push_frame(byte) else {
-            continue;
-        };
-        match frame.and_then(borrowed::parse) {
-            Ok(req) => learner.handle_each(&req.to_request(), &mut |r| send(&mut uart, r)),
-            Err(e) => send(&mut uart, &Response::Error(e.into())),
-        }
-    }
+    // A UART does not fail: the server never returns.
+    match learner.serve::<_, RX_FRAME, TX_FRAME>(&mut uart) {}
 }

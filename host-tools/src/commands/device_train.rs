@@ -398,13 +398,13 @@ pub fn train_on(
             batch: args.batch,
         };
         // The device's engine validates these too; checking here gives a clear message.
-        if crate::device::learn::config(&settings).is_none() {
+        if hvae::device::config(&settings).is_none() {
             return Err(Error::BadInput(format!(
                 "training settings out of range: lr {} (> 0), batch {} (1..={}), momentum {} \
                  ([0, 1))",
                 args.lr,
                 args.batch,
-                crate::device::learn::MAX_BATCH,
+                hvae::device::MAX_BATCH,
                 args.momentum
             )));
         }

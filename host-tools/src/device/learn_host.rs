@@ -1,16 +1,15 @@
-//! The firmware's `learn` engine ([`super::learn`]) on the host: heap buffers capped at
-//! the device's sizes, and a simulated learning device in a thread.
+//! The core's device engine ([`hvae::device`], the firmware's `learn` program) on the
+//! host: heap buffers capped at the device's sizes, flash in memory, and a simulated
+//! learning device served by the core's server over in-memory pipes.
 
-use super::learn::{checkpoint_slot_len, optim_len, scratch_len, Learner, Store};
 use super::link::Link;
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::checkpoint::Checkpoints;
+use hvae::device::{checkpoint_slot_len, optim_len, scratch_len, Engine, Store, Transport};
 use hvae::model::VecModel;
-use hvae::protocol::{
-    encode, FrameDecoder, Request, Response, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
-};
+use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use hvae::Shape;
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 
 /// Inputs of the models the host reference runs: the firmware's (the digits' 8x8 pixels).
 /// The engine's input size is a compile-time constant, as on the device.
@@ -106,10 +105,10 @@ impl Store for HostStore {
     }
 }
 
-/// The engine on the host.
-pub type HostLearner = Learner<INPUTS, WORK, Vec<f32>, HostStore>;
+/// The learning engine on the host.
+pub type HostLearner = Engine<INPUTS, WORK, Vec<f32>, HostStore>;
 
-/// The engine for `model` (weights CRC `crc`), or why the host cannot run it.
+/// The learning engine for `model` (weights CRC `crc`), or why the host cannot run it.
 pub fn host_learner(model: VecModel<f32>, crc: u32) -> Result<HostLearner, String> {
     let shape = *model.shape();
     if shape.input != INPUTS || shape.work_len() > WORK || !model.has_decoder() {
@@ -120,50 +119,47 @@ pub fn host_learner(model: VecModel<f32>, crc: u32) -> Result<HostLearner, Strin
         ));
     }
     let store = HostStore::new(&shape)?;
-    Learner::new(model, crc, store, MAX_REQUEST_FRAME)
+    Engine::new(model, crc, store, MAX_REQUEST_FRAME)
         .map_err(|e| format!("the learn engine refuses the model: {e}"))
 }
 
-/// A simulated learning device: `learner` served in a thread over in-memory pipes.
-pub fn spawn(mut learner: HostLearner) -> std::io::Result<Link> {
-    let (mut req_rx, req_tx) = std::io::pipe()?;
-    let (resp_rx, mut resp_tx) = std::io::pipe()?;
-    std::thread::spawn(move || {
-        let mut decoder = FrameDecoder::<MAX_REQUEST_FRAME>::new();
-        let mut buf = [0u8; 1024];
-        let mut out = vec![0u8; MAX_RESPONSE_FRAME];
-        loop {
-            let n = match req_rx.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let (used, got) = decoder.feed::<Request>(rest);
-                rest = &rest[used..];
-                let resp = match got {
-                    None => continue,
-                    Some(Ok(req)) => {
-                        let mut resps = Vec::new();
-                        learner.handle_each(&req, &mut |r| resps.push(r.clone()));
-                        resps
-                    }
-                    Some(Err(e)) => vec![Response::Error(e.into())],
-                };
-                for resp in &resp {
-                    let Ok(frame) = encode(resp, &mut out) else {
-                        return;
-                    };
-                    if resp_tx
-                        .write_all(frame)
-                        .and_then(|()| resp_tx.flush())
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
+/// In-memory pipes as the core server's transport: the device's end of a [`Link`].
+pub struct Pipes<R, W> {
+    rx: BufReader<R>,
+    tx: W,
+}
+
+impl<R: Read, W: Write> Pipes<R, W> {
+    /// The device's end: requests from `rx`, responses to `tx`.
+    pub fn new(rx: R, tx: W) -> Self {
+        Pipes {
+            rx: BufReader::new(rx),
+            tx,
         }
+    }
+}
+
+impl<R: Read, W: Write> Transport for Pipes<R, W> {
+    type Error = std::io::Error;
+    fn read(&mut self) -> std::io::Result<u8> {
+        let mut b = [0u8; 1];
+        self.rx.read_exact(&mut b)?;
+        Ok(b[0])
+    }
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.tx.write_all(bytes)?;
+        self.tx.flush()
+    }
+}
+
+/// A simulated learning device: `learner` served in a thread over in-memory pipes (the
+/// core's server, [`Engine::serve`]), until the link is dropped.
+pub fn spawn(mut learner: HostLearner) -> std::io::Result<Link> {
+    let (req_rx, req_tx) = std::io::pipe()?;
+    let (resp_rx, resp_tx) = std::io::pipe()?;
+    std::thread::spawn(move || {
+        let mut pipes = Pipes::new(req_rx, resp_tx);
+        learner.serve::<_, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME>(&mut pipes)
     });
     Ok(Link::new("simulated learning device", resp_rx, req_tx))
 }

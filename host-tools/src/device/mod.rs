@@ -7,20 +7,14 @@
 //! | [`qemu`] | build the firmware, start qemu with its UART on a local socket |
 //! | [`defmt_log`] | the firmware's defmt log as text lines |
 //! | [`serial`] | a serial port |
-//! | [`sim`] | a simulated device in a thread, with injectable faults (tests) |
-//! | [`learn`], [`learn_host`] | the firmware's `learn` engine, run on the host |
+//! | [`sim`] | a simulated inference device in a thread, with injectable faults (tests) |
+//! | [`learn_host`] | the core's device engine ([`hvae::device`]) on the host: the reference of `device-train`, a simulated learning device |
 
 pub mod client;
 // The firmware's log (defmt frames on qemu's stdout) as text, from the firmware host
 // tool's own source (one decoder for both): the error messages of `qemu`.
 #[path = "../../../firmware/host/src/defmt_log.rs"]
 pub mod defmt_log;
-// The firmware's `learn` engine, compiled for the host from the firmware's own source
-// (one implementation): the reference run of `hvae device-train` and the simulated
-// learning device of the tests. (A `//` comment: with an outer doc comment, rustdoc would
-// resolve the file's own `//!` links in this module's scope.)
-#[path = "../../../firmware/src/learn.rs"]
-pub mod learn;
 pub mod learn_host;
 pub mod link;
 pub mod qemu;

@@ -1,22 +1,25 @@
-//! A simulated device in a thread: the protocol's inference service, built from the
-//! core ([`hvae::protocol`], [`hvae::model::Model`]), talking over in-memory pipes, with
-//! injectable faults. The tests of the client and of `hvae validate` run against it, so
-//! every fault a real device can show (a stall, garbage, a reset in the middle of an
-//! answer, a wrong answer) is exercised without hardware.
+//! A simulated device in a thread: the core's device engine ([`hvae::device::Engine`])
+//! with the inference capabilities ([`hvae::device::INFER`]), talking over in-memory
+//! pipes, with injectable faults. The tests of the client and of `hvae validate` run
+//! against it, so every fault a real device can show (a stall, garbage, a reset in the
+//! middle of an answer, a wrong answer) is exercised without hardware.
 //!
 //! Like the `cluster` firmware it serves `Info`, `Segment`, `Encode`, `LoadWeights`
-//! (all or nothing: staged, switched after the CRC checked out, kept across a reset like
-//! a flash slot), `ReadWeights` and `Checkpoint`.
+//! (all or nothing: staged, switched after the CRC checked out, kept across a reset in
+//! the engine's checkpoint slots, in memory), `ReadWeights` and `Checkpoint`.
 
+use super::learn_host::{HostStore, INPUTS, WORK};
 use super::link::Link;
+use hvae::device::{Engine, INFER};
 use hvae::model::VecModel;
-use hvae::protocol::answer::{answer_encode, answer_segment};
 use hvae::protocol::{
-    encode, DeviceInfo, ErrorCode, FrameDecoder, Request, Response, WeightLoader, CAP_CHECKPOINT,
-    CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, MAX_VALUES,
+    encode, FrameDecoder, Request, Response, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, Mutex};
+
+/// The engine of the simulated device.
+type SimEngine = Engine<INPUTS, WORK, Vec<f32>, HostStore, INFER>;
 
 /// A misbehaviour, triggered when the device receives its `at`-th request (0-based,
 /// counting every request of the device's life).
@@ -34,34 +37,49 @@ pub enum Fault {
 }
 
 /// What the simulated device holds; shared so that a test can look at it.
-#[derive(Debug)]
 pub struct SimState {
-    model: VecModel<f32>,
-    crc: u32,
-    /// Weights that survive a reset (the last loaded or checkpointed ones).
-    persistent: (Vec<f32>, u32),
-    loader: WeightLoader,
-    staging: Vec<f32>,
+    /// The engine; `None` if it refused to boot again after a reset (it then answers
+    /// nothing, as a dead device).
+    engine: Option<SimEngine>,
+    /// The weights a reset boots with (the compiled-in ones), before the newest
+    /// checkpoint's replace them.
+    boot: (VecModel<f32>, u32),
     requests: usize,
     fault: Option<(usize, Fault)>,
     /// Resets so far.
     pub resets: usize,
 }
 
+impl std::fmt::Debug for SimState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimState")
+            .field("requests", &self.requests)
+            .field("fault", &self.fault)
+            .field("resets", &self.resets)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SimState {
-    /// A device running `model`, whose weights have CRC `crc`.
-    pub fn new(model: VecModel<f32>, crc: u32) -> SimState {
-        let shape = *model.shape();
-        SimState {
-            persistent: (model.params().to_vec(), crc),
-            staging: vec![0.0; shape.param_len()],
-            loader: WeightLoader::new(shape),
-            model,
-            crc,
+    /// A device running `model`, whose weights have CRC `crc`; an error when the engine
+    /// cannot run it (not [`INPUTS`] inputs).
+    pub fn new(model: VecModel<f32>, crc: u32) -> Result<SimState, String> {
+        let engine = Self::boot(model.clone(), crc, HostStore::new(model.shape())?)?;
+        Ok(SimState {
+            engine: Some(engine),
+            boot: (model, crc),
             requests: 0,
             fault: None,
             resets: 0,
-        }
+        })
+    }
+
+    fn boot(model: VecModel<f32>, crc: u32, store: HostStore) -> Result<SimEngine, String> {
+        let mut e = Engine::new(model, crc, store, MAX_REQUEST_FRAME)
+            .map_err(|e| format!("the device engine refuses the model: {e}"))?;
+        e.restore()
+            .map_err(|e| format!("the device's checkpoints: {e}"))?;
+        Ok(e)
     }
 
     /// Arms `fault` at the `at`-th request from now.
@@ -70,9 +88,9 @@ impl SimState {
         self
     }
 
-    /// CRC of the weights in use.
-    pub fn crc(&self) -> u32 {
-        self.crc
+    /// CRC of the weights in use (0 for a dead device).
+    pub fn crc(&mut self) -> u32 {
+        self.engine.as_mut().map_or(0, |e| e.crc())
     }
 
     /// Requests received so far.
@@ -80,93 +98,20 @@ impl SimState {
         self.requests
     }
 
-    fn info(&self) -> DeviceInfo {
-        let shape = self.model.shape();
-        DeviceInfo::new(
-            shape,
-            shape.param_len(),
-            self.crc,
-            MAX_REQUEST_FRAME,
-            CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHECKPOINT,
-        )
-    }
-
-    /// Answers one request as the firmware does, handing each response to `emit`: one,
-    /// or one per sample for `Segment` and `Encode` (the core's `protocol::answer`, two
-    /// samples at a time).
+    /// Answers one request with the engine, handing each response to `emit`.
     pub fn handle_each(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
-        let mut out = Response::Ack;
-        let mut work = vec![0.0f32; 2 * self.model.shape().work_len()];
-        match req {
-            Request::Segment { sample } => {
-                answer_segment::<_, true>(&self.model, sample, &mut work, &mut out, emit)
-            }
-            Request::Encode { sample } => {
-                answer_encode::<_, true>(&self.model, sample, &mut work, &mut out, emit)
-            }
-            _ => emit(&self.try_handle(req).unwrap_or_else(Response::Error)),
+        if let Some(e) = self.engine.as_mut() {
+            e.handle_each(req, emit);
         }
     }
 
-    fn try_handle(&mut self, req: &Request) -> Result<Response, ErrorCode> {
-        match req {
-            Request::Info => Ok(Response::Info(self.info())),
-            // Answered by `handle_each`.
-            Request::Segment { .. } | Request::Encode { .. } => Err(ErrorCode::Internal),
-            Request::ReadWeights { offset, count } => {
-                let start = *offset as usize;
-                let n = usize::from(*count);
-                let p = self.model.params();
-                let values = start
-                    .checked_add(n)
-                    .filter(|&end| n <= MAX_VALUES && end <= p.len())
-                    .map(|end| &p[start..end])
-                    .ok_or(ErrorCode::OutOfRange)?;
-                Ok(Response::Weights {
-                    offset: *offset,
-                    values: heapless::Vec::from_slice(values).map_err(|_| ErrorCode::Internal)?,
-                })
-            }
-            Request::LoadWeights {
-                offset,
-                bytes,
-                last,
-            } => {
-                let staging = &mut self.staging;
-                self.loader.feed(*offset, bytes, |i, v| {
-                    *staging.get_mut(i).ok_or(ErrorCode::LoadLength)? = v;
-                    Ok(())
-                })?;
-                if !*last {
-                    return Ok(Response::Ack);
-                }
-                let crc = self.loader.finish()?;
-                let shape = *self.model.shape();
-                self.model = VecModel::new(shape, self.staging.clone())
-                    .map_err(|_| ErrorCode::NonFiniteWeight { index: 0 })?;
-                self.crc = crc;
-                // Loaded weights go to flash as they arrive: they survive a reset.
-                self.persistent = (self.model.params().to_vec(), crc);
-                Ok(Response::Loaded { weights_crc: crc })
-            }
-            Request::Checkpoint => {
-                self.persistent = (self.model.params().to_vec(), self.crc);
-                Ok(Response::Checkpointed {
-                    weights_crc: self.crc,
-                })
-            }
-            Request::TrainBatch { .. } => Err(ErrorCode::Unsupported),
-        }
-    }
-
+    /// A reset: a load in progress is lost, the device boots again on its compiled-in
+    /// weights and puts its newest checkpoint's back.
     fn reset(&mut self) {
-        let shape = *self.model.shape();
-        let (params, crc) = self.persistent.clone();
-        if let Ok(m) = VecModel::new(shape, params) {
-            self.model = m;
-            self.crc = crc;
+        if let Some(e) = self.engine.take() {
+            let (model, crc) = self.boot.clone();
+            self.engine = Self::boot(model, crc, e.into_store()).ok();
         }
-        self.loader.reset();
         self.resets += 1;
     }
 }

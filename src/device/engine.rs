@@ -1,77 +1,20 @@
-//! The `learn` program's engine: the inference service plus online training from
-//! streamed samples ([`Request::TrainBatch`]), reading back the full parameter vector
-//! ([`Request::ReadWeights`], decoder included) and checkpoints.
-//!
-//! `no_std`, no allocation, and free of board code: the firmware runs it over static
-//! buffers (`src/bin/learn.rs`), and the host tool compiles this very file into its
-//! reference run (`hvae device-train`), so that the host repeats the device's schedule
-//! with the same code, the same seed and the same core — and can compare the bits.
-//!
-//! # Training
-//! The first `TrainBatch` carries [`TrainSettings`] (scope, optimiser, learning rate,
-//! anchors per step); settings start a new [`OnlineTrainer`] (an empty ring buffer of
-//! [`CAP`] samples, zeroed optimiser state, the generator re-seeded with [`SEED`]). Each
-//! `TrainBatch` pushes its samples, then takes its steps. The schedule is the core's
-//! ([`TrainConfig::new`]). Full scope trains from scratch: [`WARMUP_STEPS`] steps of the
-//! VAE alone, then the centres by spherical k-means++ on the buffer, then joint
-//! training. EncoderAndSegmenter and SegmenterOnly adapt a trained model: joint training
-//! from the first step, with the model's centres. The divergence guard is on.
-//! A step refused for lack of samples is not an error (the answer says how many steps
-//! were taken in all); a step the guard rejects is skipped; any other failed step ends
-//! the request with [`ErrorCode::Train`] (the steps before it stay applied).
-//!
-//! # Checkpoints
-//! With checkpoint slots ([`Store::checkpoints`], [`hvae::checkpoint`]: two slots,
-//! sequence number, CRC, commit word), the engine saves the weights, the optimiser state
-//! and the step counts every [`CHECKPOINT_EVERY`] steps and on [`Request::Checkpoint`]
-//! (the weights alone when no training is under way); when the divergence guard has
-//! rejected too many steps in a row, it restores the last checkpoint; [`Learner::restore`]
-//! puts the newest checkpoint's weights back at boot. A checkpoint of one (scope,
-//! optimiser) does not count as valid for another, so the first save after a change of
-//! scope may overwrite the newest checkpoint of the old scope.
-//!
-//! # Memory
-//! Buffers come from a [`Store`]: one scratch buffer of [`scratch_len`] and one
-//! optimiser buffer of [`optim_len`] scalars (sized for the largest scope, Full with
-//! Adam); a weight load stages the incoming blob's parameters in the scratch buffer, so
-//! a failed load leaves the weights untouched without a second parameter copy.
+//! The engine: one request dispatch for every device that serves the protocol.
 
-use embedded_storage::nor_flash::NorFlash;
-use hvae::checkpoint::{Checkpoints, Layout};
-use hvae::model::Model;
-use hvae::optim::{state_len, OptimKind, Optimiser};
-use hvae::protocol::answer::{answer_encode, answer_segment};
-use hvae::protocol::{
-    blob_header, DeviceInfo, ErrorCode, Request, Response, TrainOptimiser, TrainSettings,
-    WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN,
-    MAX_VALUES,
+use super::{Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, SEED, WARMUP_STEPS};
+use crate::checkpoint::{Checkpoints, Layout, Restore};
+use crate::model::Model;
+use crate::optim::{state_len, OptimKind, Optimiser};
+use crate::protocol::answer::{answer_encode, answer_segment};
+use crate::protocol::borrowed;
+use crate::protocol::{
+    blob_header, DeviceInfo, ErrorCode, FrameError, Request, Response, TrainOptimiser,
+    TrainSettings, WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT,
+    CAP_TRAIN, MAX_VALUES,
 };
-use hvae::shape::{Scope, Shape};
-use hvae::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
+use crate::shape::{Scope, Shape};
+use crate::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
-
-/// Seed of the training generator, re-applied by every new [`TrainSettings`].
-pub const SEED: u64 = 0x006c_6561_726e; // "learn"
-/// Samples in the training ring buffer.
-pub const CAP: usize = 32;
-/// Most anchors per step ([`TrainSettings::batch`]).
-pub const MAX_BATCH: usize = 8;
-/// Steps of the VAE alone before the centres are initialised (Full scope). Far longer
-/// than the core's default 200: with 8 anchors per step, a short warm-up leaves k-means++
-/// a barely trained encoder (the measurements behind the choice are in
-/// docs/device.md#train-on-the-device).
-pub const WARMUP_STEPS: u32 = 1000;
-/// Steps between two periodic checkpoints (when the device has checkpoint slots): 500,
-/// or the positive integer in the environment variable `HVAE_CHECKPOINT_EVERY` at build
-/// time (flash wear against work lost on a reset is the firmware's choice).
-pub const CHECKPOINT_EVERY: u32 = match option_env!("HVAE_CHECKPOINT_EVERY") {
-    None => 500,
-    Some(s) => match u32::from_str_radix(s, 10) {
-        Ok(n) if n > 0 => n,
-        _ => panic!("HVAE_CHECKPOINT_EVERY must be a positive integer"),
-    },
-};
 
 /// Every (scope, optimiser) a checkpoint may have been saved with.
 const LAYOUTS: [(Scope, OptimKind); 6] = [
@@ -86,63 +29,14 @@ const LAYOUTS: [(Scope, OptimKind); 6] = [
 /// The layout of a checkpoint of the weights alone (no trainer): the smallest state.
 const WEIGHTS_ONLY: (Scope, OptimKind) = (Scope::SegmenterOnly, OptimKind::Sgd);
 
-/// Requests the engine serves.
-pub const CAPABILITIES: u32 =
-    CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHECKPOINT | CAP_TRAIN;
-
-const SCOPES: [Scope; 3] = [
-    Scope::Full,
-    Scope::EncoderAndSegmenter,
-    Scope::SegmenterOnly,
-];
-
-/// Scalars of the scratch buffer: the trainer's storage for the largest scope, and at
-/// least one parameter vector (the staging area of a load).
-pub const fn scratch_len(shape: &Shape) -> usize {
-    let mut n = shape.param_len();
-    let mut i = 0;
-    while i < SCOPES.len() {
-        let s = TrainConfig::<f32>::storage_len(shape, SCOPES[i], MAX_BATCH, CAP);
-        if s > n {
-            n = s;
-        }
-        i += 1;
-    }
-    n
-}
-
-/// Scalars of the optimiser buffer: Adam's state over the Full scope (the largest).
-pub const fn optim_len(shape: &Shape) -> usize {
-    let r = shape.scope_range(Scope::Full);
-    state_len(OptimKind::Adam, r.end - r.start)
-}
-
-/// Where the engine's big buffers live, and where checkpoints go.
-pub trait Store {
-    /// A buffer of scalars.
-    type Buf: AsRef<[f32]> + AsMut<[f32]>;
-    /// A zeroed scratch buffer of `scratch` scalars and a zeroed optimiser buffer of
-    /// `optim` scalars. The engine calls this only after dropping every buffer of the
-    /// previous call (so a device may hand out the same static memory again). `None`
-    /// when the lengths exceed the memory.
-    fn take(&mut self, scratch: usize, optim: usize) -> Option<(Self::Buf, Self::Buf)>;
-    /// The flash the checkpoints live in.
-    type Flash: NorFlash;
-    /// The two checkpoint slots ([`hvae::checkpoint`]), if the device has them; they must
-    /// hold a checkpoint of the Full scope with Adam ([`checkpoint_slot_len`]).
-    fn checkpoints(&mut self) -> Option<&mut Checkpoints<Self::Flash>>;
-}
-
-/// Bytes of one checkpoint slot on flash `F`: the largest layout (Full scope, Adam).
-pub const fn checkpoint_slot_len<F: NorFlash>(shape: &Shape) -> usize {
-    hvae::checkpoint::slot_len::<f32, F>(shape, Scope::Full, OptimKind::Adam)
-}
-
 type Trainer<const D: usize, B> = OnlineTrainer<f32, D, CAP, B, B>;
 
-/// The engine: a full model (decoder included) in `P`, a workspace of `W` scalars,
-/// `D` inputs.
-pub struct Learner<const D: usize, const W: usize, P, S: Store> {
+/// The engine: a model in `P` (all of its parameters; the decoder too when it trains),
+/// a workspace of `W` scalars (two model workspaces answer samples two at a time), `D`
+/// inputs, buffers and checkpoint slots from the store `S`, and the requests it serves
+/// in `CAPS` ([`LEARN`](super::LEARN), [`INFER`](super::INFER)): a request outside them
+/// is answered [`ErrorCode::Unsupported`], and its code is not linked.
+pub struct Engine<const D: usize, const W: usize, P, S: Store, const CAPS: u32 = LEARN> {
     model: Model<f32, P>,
     /// CRC of the current weights' blob; `None` after training changed them.
     crc: Option<u32>,
@@ -155,13 +49,17 @@ pub struct Learner<const D: usize, const W: usize, P, S: Store> {
     max_frame: usize,
 }
 
-impl<const D: usize, const W: usize, P, S> Learner<D, W, P, S>
+impl<const D: usize, const W: usize, P, S, const CAPS: u32> Engine<D, W, P, S, CAPS>
 where
     P: AsRef<[f32]> + AsMut<[f32]>,
     S: Store,
 {
+    const TRAINS: bool = CAPS & CAP_TRAIN != 0;
+
     /// An engine running `model` (all of its parameters), whose blob has CRC `crc`;
-    /// `max_frame` is the longest request frame the caller receives.
+    /// `max_frame` is the longest request frame the caller receives. `Internal` when the
+    /// model does not have `D` inputs, needs more than `W` scalars of workspace, or lacks
+    /// the decoder an engine that trains needs.
     pub fn new(
         model: Model<f32, P>,
         crc: u32,
@@ -169,10 +67,10 @@ where
         max_frame: usize,
     ) -> Result<Self, ErrorCode> {
         let shape = *model.shape();
-        if !model.has_decoder() || shape.input != D || shape.work_len() > W {
+        if (Self::TRAINS && !model.has_decoder()) || shape.input != D || shape.work_len() > W {
             return Err(ErrorCode::Internal);
         }
-        Ok(Learner {
+        Ok(Engine {
             loader: WeightLoader::new(shape),
             model,
             crc: Some(crc),
@@ -191,7 +89,7 @@ where
     }
 
     /// The store (buffers and checkpoint slots), giving up the engine: what survives a
-    /// reset, for a test to boot a new engine on.
+    /// reset, for a new engine to boot on.
     pub fn into_store(self) -> S {
         self.store
     }
@@ -209,11 +107,21 @@ where
     }
 
     /// Answers one request: its response, or for `Segment` and `Encode` the last of
-    /// their responses (one per sample; [`Learner::handle_each`] gives them all).
+    /// their responses (one per sample; [`Engine::handle_each`] gives them all).
     pub fn handle(&mut self, req: &Request) -> Response {
         let mut last = Response::Ack;
         self.handle_each(req, &mut |r| last = r.clone());
         last
+    }
+
+    /// The answers to one received frame (the message bytes after COBS decoding, or why
+    /// there are none), each handed to `emit`: the request's responses, or one error
+    /// response for a frame that is not a request.
+    pub fn respond(&mut self, frame: Result<&[u8], FrameError>, emit: &mut dyn FnMut(&Response)) {
+        match frame.and_then(borrowed::parse) {
+            Ok(req) => self.handle_each(&req.to_request(), emit),
+            Err(e) => emit(&Response::Error(e.into())),
+        }
     }
 
     /// Answers one request, handing each response to `emit`: one, or one per sample for
@@ -222,10 +130,10 @@ where
     pub fn handle_each(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
         let mut out = Response::Ack;
         match req {
-            Request::Segment { sample } => {
+            Request::Segment { sample } if CAPS & CAP_SEGMENT != 0 => {
                 answer_segment::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
             }
-            Request::Encode { sample } => {
+            Request::Encode { sample } if CAPS & CAP_ENCODE != 0 => {
                 answer_encode::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
             }
             _ => emit(&self.try_handle(req).unwrap_or_else(Response::Error)),
@@ -236,18 +144,17 @@ where
         match req {
             Request::Info => {
                 let shape = *self.model.shape();
+                let held = self.model.params().len();
                 let crc = self.crc();
                 Ok(Response::Info(DeviceInfo::new(
                     &shape,
-                    shape.param_len(),
+                    held,
                     crc,
                     self.max_frame,
-                    CAPABILITIES,
+                    CAPS,
                 )))
             }
-            // Answered by `handle_each`.
-            Request::Segment { .. } | Request::Encode { .. } => Err(ErrorCode::Internal),
-            Request::ReadWeights { offset, count } => {
+            Request::ReadWeights { offset, count } if CAPS & CAP_READ != 0 => {
                 let start = *offset as usize;
                 let n = usize::from(*count);
                 let p = self.model.params();
@@ -265,14 +172,20 @@ where
                 offset,
                 bytes,
                 last,
-            } => {
+            } if CAPS & CAP_LOAD != 0 => {
                 let r = self.load(*offset, bytes, *last);
                 if r.is_err() || *last {
                     self.staging = None;
                 }
-                r
+                let r = r?;
+                // An engine that does not train keeps loaded weights at once, as an
+                // inference device writes a load into flash.
+                if !Self::TRAINS && *last && self.store.checkpoints().is_some() {
+                    self.checkpoint()?;
+                }
+                Ok(r)
             }
-            Request::Checkpoint => {
+            Request::Checkpoint if CAPS & CAP_CHECKPOINT != 0 => {
                 self.checkpoint()?;
                 Ok(Response::Checkpointed {
                     weights_crc: self.crc(),
@@ -282,7 +195,10 @@ where
                 samples,
                 steps,
                 settings,
-            } => self.train(samples, *steps, settings.as_ref()),
+            } if Self::TRAINS => self.train(samples, *steps, settings.as_ref()),
+            // `Segment` and `Encode` are answered by `handle_each`; the rest are outside
+            // this engine's capabilities.
+            _ => Err(ErrorCode::Unsupported),
         }
     }
 
@@ -338,7 +254,7 @@ where
             .store
             .take(0, layout.state())
             .ok_or(ErrorCode::Internal)?;
-        let c = self.store.checkpoints().ok_or(ErrorCode::Internal)?;
+        let c: &mut Checkpoints<S::Flash> = self.store.checkpoints().ok_or(ErrorCode::Internal)?;
         c.load(&layout, self.model.params_mut(), state.as_mut())
             .map_err(|_| ErrorCode::Storage)?;
         self.crc = None;
@@ -346,7 +262,7 @@ where
     }
 
     fn load(&mut self, offset: u32, bytes: &[u8], last: bool) -> Result<Response, ErrorCode> {
-        let n = self.model.shape().param_len();
+        let n = self.model.params().len();
         if offset == 0 {
             // New weights end any training: its buffers become the staging area.
             self.trainer = None;
@@ -359,8 +275,12 @@ where
             return Err(ErrorCode::LoadOrder { expected: 0 });
         };
         let stage = staging.as_mut();
+        // Values past the parameters the model holds (the decoder of an inference-only
+        // model) are checked and counted in the CRC, not kept.
         self.loader.feed(offset, bytes, |i, v| {
-            *stage.get_mut(i).ok_or(ErrorCode::LoadLength)? = v;
+            if let Some(s) = stage.get_mut(i) {
+                *s = v;
+            }
             Ok(())
         })?;
         if !last {
@@ -433,7 +353,7 @@ where
                 Err(TrainError::Diverged) => {
                     if let Some(c) = self.store.checkpoints() {
                         let r = c.restore_if_needed(&mut self.model, t);
-                        if matches!(r, Ok(hvae::checkpoint::Restore::Restored(_))) {
+                        if matches!(r, Ok(Restore::Restored(_))) {
                             self.crc = None;
                         }
                         r.map_err(|_| ErrorCode::Storage)?;
@@ -486,7 +406,7 @@ pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
     Some(cfg)
 }
 
-/// CRC-32 of the weight blob of `params` (header, values, as [`hvae::blob::write`]
+/// CRC-32 of the weight blob of `params` (header, values, as [`crate::blob::write`]
 /// computes it), without building the blob.
 pub fn blob_crc(shape: &Shape, params: &[f32]) -> u32 {
     static CRC: crc::Crc<u32, crc::NoTable> =

@@ -1,0 +1,139 @@
+//! The device side of the protocol ([`crate::protocol`]): one engine that serves
+//! requests, learns from streamed samples and keeps checkpoints, and one server that runs
+//! it over a byte stream. Enabled by the `device` feature (which implies `protocol`);
+//! `no_std`, no allocation, free of board code.
+//!
+//! | item | job |
+//! |---|---|
+//! | [`Engine`] | the request dispatch (info, answers, weight loading, read back, checkpoints, training), the capabilities chosen by a const ([`LEARN`], [`INFER`]) |
+//! | [`Store`] | where the engine's big buffers live and where checkpoints go ([`crate::checkpoint`] over `embedded-storage` NOR flash) |
+//! | [`Transport`], [`Engine::serve`] | the server: frames from a byte stream, answers back |
+//!
+//! The firmware's `learn` program runs the engine over static buffers and its UART; the
+//! host tool runs the same engine over heap buffers and in-memory pipes, as the reference
+//! of `hvae device-train` and as the simulated device of its tests (which wraps the
+//! transport with injected faults). Same code, same seed, same core: host and device
+//! compute the same bits.
+//!
+//! # Training
+//! The first `TrainBatch` carries [`TrainSettings`] (scope, optimiser, learning rate,
+//! anchors per step); settings start a new [`OnlineTrainer`] (an empty ring buffer of
+//! [`CAP`] samples, zeroed optimiser state, the generator re-seeded with [`SEED`]). Each
+//! `TrainBatch` pushes its samples, then takes its steps. The schedule is the core's
+//! ([`TrainConfig::new`], through [`config`]). Full scope trains from scratch:
+//! [`WARMUP_STEPS`] steps of the VAE alone, then the centres by spherical k-means++ on
+//! the buffer, then joint training. EncoderAndSegmenter and SegmenterOnly adapt a trained
+//! model: joint training from the first step, with the model's centres. The divergence
+//! guard is on. A step refused for lack of samples is not an error (the answer says how
+//! many steps were taken in all); a step the guard rejects is skipped; any other failed
+//! step ends the request with [`ErrorCode::Train`] (the steps before it stay applied).
+//!
+//! # Checkpoints
+//! With checkpoint slots ([`Store::checkpoints`], [`crate::checkpoint`]: two slots,
+//! sequence number, CRC, commit word), the engine saves the weights, the optimiser state
+//! and the step counts every [`CHECKPOINT_EVERY`] steps and on `Checkpoint` (the weights
+//! alone when no training is under way); when the divergence guard has rejected too many
+//! steps in a row, it restores the last checkpoint; [`Engine::restore`] puts the newest
+//! checkpoint's weights back at boot. A checkpoint of one (scope, optimiser) does not
+//! count as valid for another, so the first save after a change of scope may overwrite
+//! the newest checkpoint of the old scope. An engine that does not train ([`INFER`])
+//! saves loaded weights at once, as an inference device writes a load into flash; one
+//! that trains keeps them in RAM until `Checkpoint`.
+//!
+//! # Memory
+//! Buffers come from a [`Store`]: one scratch buffer of [`scratch_len`] and one
+//! optimiser buffer of [`optim_len`] scalars (sized for the largest scope, Full with
+//! Adam); a weight load stages the incoming blob's parameters in the scratch buffer, so
+//! a failed load leaves the weights untouched without a second parameter copy.
+//!
+//! [`TrainSettings`]: crate::protocol::TrainSettings
+//! [`OnlineTrainer`]: crate::trainer::OnlineTrainer
+//! [`TrainConfig::new`]: crate::trainer::TrainConfig::new
+//! [`ErrorCode::Train`]: crate::protocol::ErrorCode::Train
+
+mod engine;
+mod server;
+
+pub use engine::{blob_crc, config, Engine};
+pub use server::{Transport, INTERNAL_ERROR_FRAME};
+
+use crate::checkpoint::Checkpoints;
+use crate::optim::{state_len, OptimKind};
+use crate::protocol::{CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN};
+use crate::shape::{Scope, Shape};
+use crate::trainer::TrainConfig;
+use embedded_storage::nor_flash::NorFlash;
+
+/// Capabilities of a learning device: every request.
+pub const LEARN: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHECKPOINT | CAP_TRAIN;
+/// Capabilities of an inference device: every request but `TrainBatch`.
+pub const INFER: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHECKPOINT;
+
+/// Seed of the training generator, re-applied by every new training settings.
+pub const SEED: u64 = 0x006c_6561_726e; // "learn"
+/// Samples in the training ring buffer.
+pub const CAP: usize = 32;
+/// Most anchors per step (`TrainSettings::batch`).
+pub const MAX_BATCH: usize = 8;
+/// Steps of the VAE alone before the centres are initialised (Full scope). Far longer
+/// than the core's default 200: with 8 anchors per step, a short warm-up leaves k-means++
+/// a barely trained encoder (docs/device.md#train-on-the-device).
+pub const WARMUP_STEPS: u32 = 1000;
+/// Steps between two periodic checkpoints (when the device has checkpoint slots): 500,
+/// or the positive integer in the environment variable `HVAE_CHECKPOINT_EVERY` at build
+/// time (flash wear against work lost on a reset is the firmware's choice).
+pub const CHECKPOINT_EVERY: u32 = match option_env!("HVAE_CHECKPOINT_EVERY") {
+    None => 500,
+    Some(s) => match u32::from_str_radix(s, 10) {
+        Ok(n) if n > 0 => n,
+        _ => panic!("HVAE_CHECKPOINT_EVERY must be a positive integer"),
+    },
+};
+
+const SCOPES: [Scope; 3] = [
+    Scope::Full,
+    Scope::EncoderAndSegmenter,
+    Scope::SegmenterOnly,
+];
+
+/// Scalars of the scratch buffer: the trainer's storage for the largest scope, and at
+/// least one parameter vector (the staging area of a load).
+pub const fn scratch_len(shape: &Shape) -> usize {
+    let mut n = shape.param_len();
+    let mut i = 0;
+    while i < SCOPES.len() {
+        let s = TrainConfig::<f32>::storage_len(shape, SCOPES[i], MAX_BATCH, CAP);
+        if s > n {
+            n = s;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// Scalars of the optimiser buffer: Adam's state over the Full scope (the largest).
+pub const fn optim_len(shape: &Shape) -> usize {
+    let r = shape.scope_range(Scope::Full);
+    state_len(OptimKind::Adam, r.end - r.start)
+}
+
+/// Bytes of one checkpoint slot on flash `F`: the largest layout (Full scope, Adam).
+pub const fn checkpoint_slot_len<F: NorFlash>(shape: &Shape) -> usize {
+    crate::checkpoint::slot_len::<f32, F>(shape, Scope::Full, OptimKind::Adam)
+}
+
+/// Where the engine's big buffers live, and where checkpoints go.
+pub trait Store {
+    /// A buffer of scalars.
+    type Buf: AsRef<[f32]> + AsMut<[f32]>;
+    /// A zeroed scratch buffer of `scratch` scalars and a zeroed optimiser buffer of
+    /// `optim` scalars. The engine calls this only after dropping every buffer of the
+    /// previous call (so a device may hand out the same static memory again). `None`
+    /// when the lengths exceed the memory.
+    fn take(&mut self, scratch: usize, optim: usize) -> Option<(Self::Buf, Self::Buf)>;
+    /// The flash the checkpoints live in.
+    type Flash: NorFlash;
+    /// The two checkpoint slots ([`crate::checkpoint`]), if the device has them; they
+    /// must hold a checkpoint of the Full scope with Adam ([`checkpoint_slot_len`]).
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<Self::Flash>>;
+}

@@ -1,0 +1,284 @@
+//! `hvae::device`: the engine's dispatch with each set of capabilities (an inference
+//! engine refuses `TrainBatch` and keeps loaded weights across a reboot; a learning one
+//! trains and keeps them only on `Checkpoint`), the server over an in-memory transport,
+//! and the `Internal` error frame the server falls back on.
+
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
+use hvae::checkpoint::Checkpoints;
+use hvae::device::{
+    checkpoint_slot_len, optim_len, scratch_len, Engine, Store, Transport, INFER,
+    INTERNAL_ERROR_FRAME, LEARN,
+};
+use hvae::model::Model;
+use hvae::protocol::{
+    encode, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope, TrainSettings,
+    CAP_TRAIN, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+};
+use hvae::shape::Shape;
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+const S: Shape = Shape::new(12, &[16], 4, 5);
+const D: usize = 12;
+const W: usize = 2048;
+
+/// NOR flash in memory: 1 KiB pages, word writes that only clear bits.
+struct Ram(Vec<u8>);
+
+impl ErrorType for Ram {
+    type Error = NorFlashErrorKind;
+}
+
+impl ReadNorFlash for Ram {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), NorFlashErrorKind> {
+        let at = offset as usize;
+        let src = self.0.get(at..at + bytes.len());
+        bytes.copy_from_slice(src.ok_or(NorFlashErrorKind::OutOfBounds)?);
+        Ok(())
+    }
+    fn capacity(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl NorFlash for Ram {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = 1024;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), NorFlashErrorKind> {
+        let r = self.0.get_mut(from as usize..to as usize);
+        r.ok_or(NorFlashErrorKind::OutOfBounds)?.fill(0xFF);
+        Ok(())
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), NorFlashErrorKind> {
+        let at = offset as usize;
+        let dst = self.0.get_mut(at..at + bytes.len());
+        for (d, s) in dst
+            .ok_or(NorFlashErrorKind::OutOfBounds)?
+            .iter_mut()
+            .zip(bytes)
+        {
+            *d &= *s;
+        }
+        Ok(())
+    }
+}
+
+/// Heap buffers no larger than a device's, and two checkpoint slots.
+struct Heap {
+    checkpoints: Checkpoints<Ram>,
+}
+
+impl Heap {
+    fn new() -> Heap {
+        let slot = checkpoint_slot_len::<Ram>(&S);
+        let checkpoints = Checkpoints::new(Ram(vec![0xFF; 2 * slot]), 0, slot as u32).unwrap();
+        Heap { checkpoints }
+    }
+}
+
+impl Store for Heap {
+    type Buf = Vec<f32>;
+    type Flash = Ram;
+    fn take(&mut self, scratch: usize, optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        (scratch <= scratch_len(&S) && optim <= optim_len(&S))
+            .then(|| (vec![0.0; scratch], vec![0.0; optim]))
+    }
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<Ram>> {
+        Some(&mut self.checkpoints)
+    }
+}
+
+fn model(seed: u64) -> Model<f32, Vec<f32>> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut m = Model::new(S, vec![0.0f32; S.param_len()]).unwrap();
+    m.init(&mut rng);
+    m
+}
+
+fn blob(m: &Model<f32, Vec<f32>>) -> Vec<u8> {
+    let mut bytes = vec![0u8; hvae::blob::blob_len(&S)];
+    let n = hvae::blob::write(&S, m.params(), &mut bytes).unwrap();
+    bytes.truncate(n);
+    bytes
+}
+
+type Infer = Engine<D, W, Vec<f32>, Heap, INFER>;
+type Learn = Engine<D, W, Vec<f32>, Heap, LEARN>;
+
+fn engine<const CAPS: u32>(
+    m: Model<f32, Vec<f32>>,
+    store: Heap,
+) -> Engine<D, W, Vec<f32>, Heap, CAPS> {
+    let crc = hvae::device::blob_crc(&S, m.params());
+    Engine::new(m, crc, store, MAX_REQUEST_FRAME).unwrap()
+}
+
+/// Loads `bytes` in chunks; the last response.
+fn load<const CAPS: u32>(e: &mut Engine<D, W, Vec<f32>, Heap, CAPS>, bytes: &[u8]) -> Response {
+    let mut last = Response::Ack;
+    let n = bytes.len().div_ceil(MAX_CHUNK);
+    for (i, c) in bytes.chunks(MAX_CHUNK).enumerate() {
+        last = e.handle(&Request::LoadWeights {
+            offset: (i * MAX_CHUNK) as u32,
+            bytes: heapless::Vec::from_slice(c).unwrap(),
+            last: i + 1 == n,
+        });
+    }
+    last
+}
+
+fn settings() -> TrainSettings {
+    TrainSettings {
+        scope: TrainScope::SegmenterOnly,
+        optimiser: TrainOptimiser::Adam,
+        lr: 1e-3,
+        batch: 4,
+    }
+}
+
+fn train_request(steps: u16) -> Request {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    let xs: Vec<f32> = (0..8 * D)
+        .map(|_| hvae::rng::standard_normal::<f32, _>(&mut rng))
+        .collect();
+    Request::TrainBatch {
+        samples: heapless::Vec::from_slice(&xs).unwrap(),
+        steps,
+        settings: Some(settings()),
+    }
+}
+
+#[test]
+fn capabilities_choose_the_requests_served() {
+    let mut infer: Infer = engine(model(1), Heap::new());
+    let Response::Info(info) = infer.handle(&Request::Info) else {
+        panic!("Info")
+    };
+    assert_eq!(info.capabilities, INFER);
+    assert_eq!(info.capabilities & CAP_TRAIN, 0);
+    assert_eq!(
+        infer.handle(&train_request(1)),
+        Response::Error(ErrorCode::Unsupported)
+    );
+    let mut learn: Learn = engine(model(1), Heap::new());
+    let Response::Info(info) = learn.handle(&Request::Info) else {
+        panic!("Info")
+    };
+    assert_eq!(info.capabilities, LEARN);
+    assert!(matches!(
+        learn.handle(&train_request(2)),
+        Response::Trained { .. }
+    ));
+}
+
+#[test]
+fn an_inference_engine_keeps_loaded_weights_across_a_reboot() {
+    let new = model(2);
+    let crc = hvae::device::blob_crc(&S, new.params());
+    let mut e: Infer = engine(model(1), Heap::new());
+    assert_eq!(
+        load(&mut e, &blob(&new)),
+        Response::Loaded { weights_crc: crc }
+    );
+    // Reboot on the first weights: the checkpoint written by the load comes back.
+    let mut e: Infer = engine(model(1), e.into_store());
+    assert_eq!(e.restore().unwrap(), Some(1));
+    assert_eq!(e.crc(), crc);
+    assert_eq!(e.model().params(), new.params());
+}
+
+#[test]
+fn a_learning_engine_keeps_loaded_weights_on_checkpoint_only() {
+    let new = model(2);
+    let crc = hvae::device::blob_crc(&S, new.params());
+    let mut e: Learn = engine(model(1), Heap::new());
+    assert_eq!(
+        load(&mut e, &blob(&new)),
+        Response::Loaded { weights_crc: crc }
+    );
+    let mut e: Learn = engine(model(1), e.into_store());
+    assert_eq!(e.restore().unwrap(), None);
+    assert_eq!(
+        load(&mut e, &blob(&new)),
+        Response::Loaded { weights_crc: crc }
+    );
+    assert_eq!(
+        e.handle(&Request::Checkpoint),
+        Response::Checkpointed { weights_crc: crc }
+    );
+    let mut e: Learn = engine(model(1), e.into_store());
+    assert_eq!(e.restore().unwrap(), Some(1));
+    assert_eq!(e.crc(), crc);
+}
+
+/// Requests in, responses out, in memory.
+struct Bytes {
+    rx: std::vec::IntoIter<u8>,
+    tx: Vec<u8>,
+}
+
+impl Transport for Bytes {
+    type Error = ();
+    fn read(&mut self) -> Result<u8, ()> {
+        self.rx.next().ok_or(())
+    }
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        self.tx.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+#[test]
+fn the_server_answers_each_frame_as_the_engine_does() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
+    let xs: Vec<f32> = (0..3 * D)
+        .map(|_| hvae::rng::standard_normal::<f32, _>(&mut rng))
+        .collect();
+    let requests = [
+        Request::Info,
+        Request::Segment {
+            sample: heapless::Vec::from_slice(&xs).unwrap(),
+        },
+        Request::ReadWeights {
+            offset: 0,
+            count: 10,
+        },
+        train_request(3),
+    ];
+    let mut wire = Vec::new();
+    let mut buf = vec![0u8; MAX_REQUEST_FRAME];
+    for r in &requests {
+        wire.extend_from_slice(encode(r, &mut buf).unwrap());
+    }
+    // Garbage: one error answer, then the server is back in step.
+    wire.extend_from_slice(&[0x05, 0xFF, 0x13, 0x00]);
+    let mut t = Bytes {
+        rx: wire.into_iter(),
+        tx: Vec::new(),
+    };
+    let mut served: Learn = engine(model(1), Heap::new());
+    served.serve::<_, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME>(&mut t);
+    let mut got = Vec::new();
+    let mut rx = FrameDecoder::<MAX_RESPONSE_FRAME>::new();
+    for &b in &t.tx {
+        if let Some(r) = rx.push::<Response>(b) {
+            got.push(r.unwrap());
+        }
+    }
+    let mut want = Vec::new();
+    let mut direct: Learn = engine(model(1), Heap::new());
+    for r in &requests {
+        direct.handle_each(r, &mut |x| want.push(x.clone()));
+    }
+    assert_eq!(got.len(), want.len() + 1);
+    assert_eq!(got[..want.len()], want[..]);
+    assert!(matches!(got.last(), Some(Response::Error(_))));
+}
+
+#[test]
+fn the_internal_error_frame_is_the_encoded_response() {
+    let mut buf = [0u8; 16];
+    let f = encode(&Response::Error(ErrorCode::Internal), &mut buf).unwrap();
+    assert_eq!(*f, INTERNAL_ERROR_FRAME);
+}
