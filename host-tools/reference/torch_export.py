@@ -3,13 +3,25 @@
 
 Two ways in, one file format out:
 
-* PyTorch (optional; not installed in CI): :class:`HvaeModule` is an ``nn.Module`` of the
-  hvae architecture whose ``state_dict()`` names are exactly the names ``hvae import``
-  expects. Train it however you like, then ``save_torch(module, "model.safetensors")``.
+* PyTorch (optional; CI runs it with Debian's ``python3-torch``): :class:`HvaeModule` is an
+  ``nn.Module`` of the hvae architecture whose ``state_dict()`` names are exactly the names
+  ``hvae import`` expects. Train it however you like (``train_torch.py`` trains it with
+  ``hvae train``'s loss, on one or many processes), then
+  ``save_torch(module, "model.safetensors")``; ``load_torch`` reads such a file back.
 * NumPy (no torch needed): ``save_numpy({name: array}, path, ...)`` writes any dict of
   arrays with the expected names, and ``python torch_export.py from-blob MODEL.hvae
   OUT.safetensors`` converts an hvae weight blob (used by the tests to check that
   ``hvae import`` gives back the same blob, bit for bit).
+
+``python torch_export.py forward MODEL.safetensors DATA OUT.npy`` writes PyTorch's answers
+for every row of a data file (CSV with a header, plain or gzipped, a ``label`` column
+skipped; or a 2-D ``.npy``): a float32 array of ``M + 1 + K`` columns, ``mu``, ``kappa``
+and the cluster probabilities, to compare with the core's (``hvae predict``).
+
+A torch built against NumPy 1 (Debian's 1.13) beside NumPy 2 has no NumPy bridge
+(``Tensor.numpy()`` and ``torch.from_numpy`` raise): the conversions here go through
+raw buffers instead (:func:`tensor_to_numpy`, :func:`numpy_to_tensor`), which work with
+any pairing.
 
 Expected tensors, with ``D`` inputs, hidden widths ``h1..hL`` (``L`` in 1..4, ``h0 = D``),
 latent ``M`` (the sphere ``S^(M-1)``) and ``K`` clusters; weights are ``out x in`` as
@@ -35,8 +47,13 @@ The header's ``__metadata__`` carries the kinds: ``posterior`` (``vmf`` | ``powe
 ``hvae import`` flags override them.
 """
 
+import contextlib
+import ctypes
+import gzip
+import io
 import struct
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -118,13 +135,78 @@ def blob_to_safetensors(blob_path, out_path):
     save_numpy(tensors, out_path, **kinds)
 
 
-try:  # PyTorch is optional: only the module definition needs it.
-    import torch
-    from torch import nn
-except ImportError:  # pragma: no cover - CI has no torch
-    torch = None
+def read_rows(path):
+    """``(x, labels)`` of a data file as ``hvae`` reads it: a CSV with a header (plain or
+    gzipped, recognised by its magic bytes; every column a feature except one named
+    ``label``) or a 2-D ``.npy`` array (no labels). ``x`` is float32 ``n x D``; ``labels``
+    int64 or ``None``."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"\x93NUMPY"):
+        x = np.load(path)
+        if x.ndim != 2:
+            raise ValueError(f"{path}: a .npy data file must be 2-D, not {x.ndim}-D")
+        return np.ascontiguousarray(x, dtype=np.float32), None
+    opener = gzip.open if head.startswith(b"\x1f\x8b") else open
+    with opener(path, "rt") as f:
+        names = [c.strip() for c in f.readline().split(",")]
+        table = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
+    if table.shape[1] != len(names):
+        raise ValueError(f"{path}: {table.shape[1]} fields per row but {len(names)} names")
+    keep = [i for i, c in enumerate(names) if c != "label"]
+    labels = None
+    if len(keep) < len(names):
+        labels = table[:, names.index("label")].astype(np.int64)
+    return np.ascontiguousarray(table[:, keep], dtype=np.float32), labels
+
+
+def _import_torch():
+    """``torch``, or ``None`` when it is not installed. A torch built against NumPy 1
+    beside NumPy 2, on first touching NumPy (parsing a shape argument does), makes NumPy
+    print a long "compiled using NumPy 1.x" notice and torch warn "Failed to initialize
+    NumPy"; both say only that the bridge this module does not use is missing, so that
+    first touch is made here and they are dropped (any other output is kept)."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+            import torch as t
+
+            t.frombuffer(bytearray(4), dtype=t.float32).reshape((1,))
+    except ImportError:
+        return None
+    finally:
+        text = err.getvalue()
+        if text and "compiled using NumPy 1.x" not in text:
+            sys.stderr.write(text)
+    return t
+
+
+torch = _import_torch()  # PyTorch is optional: only the module definition needs it.
 
 if torch is not None:
+    from torch import nn
+
+    _NP_OF = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
+    _TORCH_OF = {np.dtype(v): k for k, v in _NP_OF.items()}
+
+    def tensor_to_numpy(t):
+        """A NumPy copy of a float32, float64 or int64 tensor, through its raw bytes (no
+        NumPy bridge needed)."""
+        t = t.detach().to("cpu").contiguous()
+        dtype = _NP_OF[t.dtype]
+        if t.numel() == 0:
+            return np.empty(tuple(t.shape), dtype=dtype)
+        raw = (ctypes.c_char * (t.numel() * t.element_size())).from_address(t.data_ptr())
+        return np.frombuffer(raw, dtype=dtype).reshape(tuple(t.shape)).copy()
+
+    def numpy_to_tensor(a):
+        """A tensor copy of a float32, float64 or int64 array, through its raw bytes."""
+        a = np.ascontiguousarray(a)
+        dtype = _TORCH_OF[a.dtype]
+        if a.size == 0:
+            return torch.empty(a.shape, dtype=dtype)
+        return torch.frombuffer(bytearray(a.tobytes()), dtype=dtype).reshape(a.shape)
 
     class Norm(nn.Module):
         """Fixed input normalisation ``(x - offset) * scale`` (buffers, not trained)."""
@@ -198,16 +280,66 @@ if torch is not None:
 
     def save_torch(module, path, posterior="vmf", likelihood="gaussian"):
         """Writes ``module.state_dict()`` (an :class:`HvaeModule`) for ``hvae import``."""
-        tensors = {name: t.detach().cpu().to(torch.float32).numpy()
+        tensors = {name: tensor_to_numpy(t.to(torch.float32))
                    for name, t in module.state_dict().items()}
         save_numpy(tensors, path, posterior, likelihood, module.activation)
+
+    def load_torch(path):
+        """``(module, kinds)``: an :class:`HvaeModule` holding the weights of a safetensors
+        file in the layout above (``save_torch``'s, or ``from-blob``'s), and its
+        ``metadata`` kinds (defaults where absent)."""
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        arrays = load_file(path)
+        with safe_open(path, framework="np") as f:
+            meta = f.metadata() or {}
+        given = {}
+        for key, allowed in (("posterior", POSTERIORS), ("likelihood", LIKELIHOODS),
+                             ("activation", ACTIVATIONS)):
+            value = meta.get(key, allowed[0])  # a name, or the blob's numeric code
+            given[key] = allowed[int(value)] if value in ("0", "1") else value
+        kinds = metadata(**given)
+        hidden = []
+        while f"encoder.{len(hidden)}.weight" in arrays:
+            hidden.append(arrays[f"encoder.{len(hidden)}.weight"].shape[0])
+        if not hidden or "segmenter.centres" not in arrays:
+            raise ValueError(f"{path}: not an hvae weight file (no encoder or centres)")
+        k, m = arrays["segmenter.centres"].shape
+        d = arrays["encoder.0.weight"].shape[1]
+        module = HvaeModule(d, hidden, m, k, activation=kinds["activation"])
+        state = module.state_dict()
+        module.load_state_dict({
+            name: numpy_to_tensor(np.asarray(arrays[name], dtype=np.float32))
+            .reshape(state[name].shape) if name in arrays else state[name]
+            for name in state})
+        return module, kinds
+
+    def forward_rows(module, x, chunk=4096):
+        """``mu | kappa | p`` for every row of ``x`` (float32 ``n x D``), ``n x (M+1+K)``
+        float32, computed by ``module`` in chunks."""
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), chunk):
+                mu, kappa, p = module(numpy_to_tensor(x[i:i + chunk]))
+                out.append(tensor_to_numpy(torch.cat([mu, kappa[:, None], p], dim=1)))
+        return np.concatenate(out).astype(np.float32)
 
 
 def _main(argv):
     if len(argv) == 4 and argv[1] == "from-blob":
         blob_to_safetensors(argv[2], argv[3])
         return 0
-    print("usage: torch_export.py from-blob MODEL.hvae OUT.safetensors", file=sys.stderr)
+    if len(argv) == 5 and argv[1] == "forward":
+        if torch is None:
+            print("torch_export.py: forward needs PyTorch (import torch failed)",
+                  file=sys.stderr)
+            return 2
+        module, _ = load_torch(argv[2])
+        np.save(argv[4], forward_rows(module.eval(), read_rows(argv[3])[0]))
+        return 0
+    print("usage: torch_export.py from-blob MODEL.hvae OUT.safetensors\n"
+          "       torch_export.py forward MODEL.safetensors DATA OUT.npy", file=sys.stderr)
     return 2
 
 
