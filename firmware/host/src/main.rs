@@ -27,12 +27,13 @@
 //! Exit status 0 when everything checked out, 1 otherwise (with the reason on stderr);
 //! `run`: the program's.
 
-mod defmt_log;
 mod elf;
 mod golden;
 mod probe;
 mod run;
 
+// The decoder shared with `hvae` (`host-tools/devkit`).
+use hvae_devkit::defmt_log;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

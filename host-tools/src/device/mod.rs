@@ -11,10 +11,7 @@
 //! | [`learn_host`] | the core's device engine ([`hvae::device`]) on the host: the reference of `device-train`, a simulated learning device |
 
 pub mod client;
-// The firmware's log (defmt frames on qemu's stdout) as text, from the firmware host
-// tool's own source (one decoder for both): the error messages of `qemu`.
-#[path = "../../../firmware/host/src/defmt_log.rs"]
-pub mod defmt_log;
+pub use hvae_devkit::defmt_log;
 pub mod learn_host;
 pub mod link;
 pub mod qemu;

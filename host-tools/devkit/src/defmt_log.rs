@@ -2,9 +2,8 @@
 //! arguments, rzCOBS-framed) to semihosting stdout, i.e. qemu's stdout; the format strings
 //! are in the ELF's `.defmt` section. [`decode`] turns such a stream into lines.
 //!
-//! One file for both host programs: `hvae-firmware-host` (`firmware/host`: `run`,
-//! `decode`, the probe) and `hvae` (`host-tools`, `device::qemu`), which includes it by
-//! path.
+//! Used by both host programs: `hvae-firmware-host` (`firmware/host`: `run`, `decode`,
+//! the probe) and `hvae` (`host-tools`, `device::qemu`).
 
 use std::io::Read;
 
