@@ -6,11 +6,7 @@
 //! Python (for the synthetic windows): `$HVAE_PYTHON`, else `reference/.venv/bin/python`;
 //! without either the test fails under CI (`CI` set) and is skipped with a note otherwise.
 
-#[path = "../../boards/microbit-v2/src/features.rs"]
-#[allow(dead_code)]
-mod features;
-
-use features::{features, FEATURES, WINDOW};
+use hvae_accel_features::{features, FEATURES, WINDOW};
 use std::path::{Path, PathBuf};
 
 fn board_dir() -> PathBuf {

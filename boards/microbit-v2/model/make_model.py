@@ -5,8 +5,8 @@ reads (NumPy only).
 Four activities, 50 Hz, windows of WINDOW = 32 samples in g (what the LSM303AGR gives
 at +-2 g, divided by 1000 from milli-g): resting flat, held upright (slow sway), walking
 (about 2 steps per second) and shaking (4-7 Hz, up to the sensor's 2 g range). Every
-window is turned into the 12 features of `src/features.rs` -- this file and that one
-must compute the same thing:
+window is turned into the 12 features of `boards/accel-features/src/lib.rs` -- this
+file and that one must compute the same thing:
 
     mean x, y, z | std x, y, z | |a|: mean, std, min, max | mean | d|a| | | crossing rate
 
@@ -69,7 +69,7 @@ def window(rng, activity):
 
 
 def features(a):
-    """The 12 features of one window (WINDOW x 3, in g); see src/features.rs."""
+    """The 12 features of one window (WINDOW x 3, in g); see boards/accel-features."""
     mean = a.mean(axis=0)
     std = np.sqrt(((a - mean) ** 2).mean(axis=0))
     m = np.sqrt((a ** 2).sum(axis=1))

@@ -1,6 +1,6 @@
 //! hvae on a BBC micro:bit v2: read the LSM303AGR accelerometer over the internal I2C bus
 //! (through the `lsm303agr` embedded-hal driver), cut the stream into windows, turn each
-//! window into features ([`features`]) and let a compiled-in hvae model ([`model`],
+//! window into features ([`hvae_accel_features`]) and let a compiled-in hvae model ([`model`],
 //! exported by `hvae export --format rust`) say which cluster it belongs to and how novel
 //! it is. The log is defmt over RTT (`probe-rs run --chip nRF52833_xxAA <elf>` decodes and
 //! shows it):
@@ -18,14 +18,13 @@
 #![no_std]
 #![no_main]
 
-mod features;
 #[allow(clippy::all)]
 #[rustfmt::skip]
 mod model;
 
 use cortex_m_rt::entry;
-use features::{Window, FEATURES};
 use hvae::model::Model;
+use hvae_accel_features::{Window, FEATURES};
 use lsm303agr::{AccelMode, AccelOutputDataRate, Lsm303agr};
 use microbit::hal::twim::{self, Twim};
 use microbit::hal::Timer;

@@ -1,8 +1,11 @@
-//! Accelerometer windows to model inputs.
+//! Accelerometer windows to model inputs, `no_std`: the feature code of the micro:bit v2
+//! example (`boards/microbit-v2`), a crate of its own so that the host tests
+//! (`host-tools/tests/board_features.rs`) check the very code the board runs.
 //!
 //! A window is [`WINDOW`] consecutive samples `(x, y, z)` in g. Its [`FEATURES`] features
 //! are, in this order (the column order of the training CSV written by
-//! `model/make_model.py`, which computes exactly the same thing in NumPy):
+//! `boards/microbit-v2/model/make_model.py`, which computes exactly the same thing in
+//! NumPy):
 //!
 //! | # | feature |
 //! |---|---|
@@ -14,6 +17,9 @@
 //!
 //! The means capture orientation (resting flat vs held upright), the spreads and the
 //! jerk capture motion energy (walking vs shaking), the crossing rate its frequency.
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 /// Samples per window (0.64 s at 50 Hz).
 pub const WINDOW: usize = 32;
@@ -49,6 +55,12 @@ impl Window {
         }
         self.len = 0;
         Some(features(&self.samples))
+    }
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window::new()
     }
 }
 
