@@ -169,20 +169,24 @@ pub fn fit_normalisation(
     Ok((offset, scale))
 }
 
+/// The rows of `x` (`d` columns) scaled to unit length; a row of zeros stays zero.
+fn unit_rows(x: &[f32], d: usize) -> Vec<f32> {
+    x.chunks_exact(d)
+        .flat_map(|r| {
+            let nr = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let s = if nr > 0.0 { 1.0 / nr } else { 0.0 };
+            r.iter().map(move |v| v * s)
+        })
+        .collect()
+}
+
 /// The `k` nearest neighbours of every row by cosine (excluding itself), `n x k` row
 /// indices, nearest first. Exact: `n^2 d / 2` multiply-adds, computed in blocks so that
 /// memory stays `O(n k + n d)`.
 pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
     let n = x.len() / d;
     let k = k.min(n.saturating_sub(1)).max(1);
-    let unit: Vec<f32> = x
-        .chunks_exact(d)
-        .flat_map(|r| {
-            let nr = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-            let s = if nr > 0.0 { 1.0 / nr } else { 0.0 };
-            r.iter().map(move |v| v * s)
-        })
-        .collect();
+    let unit = unit_rows(x, d);
     let mut out = vec![0u32; n * k];
     let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
     for i in 0..n {
@@ -219,16 +223,7 @@ pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
 pub fn mine_neighbours_both(a: &[f32], b: &[f32], d: usize, k: usize) -> Vec<u32> {
     let n = a.len() / d;
     let k = k.min(n.saturating_sub(1)).max(1);
-    let unit = |x: &[f32]| -> Vec<f32> {
-        x.chunks_exact(d)
-            .flat_map(|r| {
-                let nr = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-                let s = if nr > 0.0 { 1.0 / nr } else { 0.0 };
-                r.iter().map(move |v| v * s)
-            })
-            .collect()
-    };
-    let (ua, ub) = (unit(a), unit(b));
+    let (ua, ub) = (unit_rows(a, d), unit_rows(b, d));
     let mut out = vec![0u32; n * k];
     let mut rank = vec![0u32; n];
     let mut idx: Vec<u32> = Vec::with_capacity(n);
