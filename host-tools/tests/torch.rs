@@ -66,7 +66,10 @@ fn python_with_torch() -> Option<PathBuf> {
         return skip(&format!(
             "{} cannot import torch (Debian: apt-get install python3-torch; .ci/run links it): {}",
             py.display(),
-            String::from_utf8_lossy(&probe.stderr).trim()
+            String::from_utf8_lossy(&probe.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         ));
     }
     Some(py)
