@@ -13,7 +13,7 @@
 //!   spread is at least [`SPARSE_RATIO`]-th of that excursion;
 //! - a constant feature (spread at most [`MIN_SPREAD`]) gets scale 1.
 //!
-//! Cost: two passes over the rows, `3 n D` operations; no allocation.
+//! Cost: three passes over the rows, about `5 n D` operations; no allocation.
 
 use crate::Real;
 

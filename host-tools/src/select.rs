@@ -171,7 +171,8 @@ pub fn agreement(labels: &[usize], neighbours: &[u32], k: usize) -> f64 {
 }
 
 /// Trains `restarts` models (seeds [`restart_seed`]) and returns the one `criterion`
-/// ranks best, with every restart's criteria. `progress` sees the first restart only.
+/// ranks best, with every restart's criteria (none with one restart: nothing is
+/// chosen). `progress` sees the first restart only.
 #[allow(clippy::too_many_arguments)]
 pub fn fit_restarts(
     shape: Shape,
@@ -182,7 +183,10 @@ pub fn fit_restarts(
     criterion: Criterion,
     mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
-    let restarts = restarts.max(1);
+    if restarts <= 1 {
+        // Nothing to choose between: no criteria (they cost a neighbour search).
+        return Ok((fit(shape, x, labels, cfg, progress)?, Vec::new()));
+    }
     let d = shape.input;
     let normalised = {
         let (o, s) = crate::train::fit_normalisation(x, d)
@@ -215,19 +219,17 @@ pub fn fit_restarts(
         });
         models.push(model);
     }
-    if restarts > 1 {
-        let nmis: Vec<f64> = (0..restarts)
-            .map(|i| {
-                (0..restarts)
-                    .filter(|&j| j != i)
-                    .map(|j| metrics::nmi(&runs[i].labels, &runs[j].labels))
-                    .sum::<f64>()
-                    / (restarts - 1) as f64
-            })
-            .collect();
-        for (r, v) in runs.iter_mut().zip(nmis) {
-            r.criteria.consensus = v;
-        }
+    let nmis: Vec<f64> = (0..restarts)
+        .map(|i| {
+            (0..restarts)
+                .filter(|&j| j != i)
+                .map(|j| metrics::nmi(&runs[i].labels, &runs[j].labels))
+                .sum::<f64>()
+                / (restarts - 1) as f64
+        })
+        .collect();
+    for (r, v) in runs.iter_mut().zip(nmis) {
+        r.criteria.consensus = v;
     }
     // Consensus needs three restarts to tell them apart; with fewer, the silhouette.
     let criterion = if criterion == Criterion::Consensus && restarts < 3 {

@@ -349,7 +349,7 @@ pub fn fit(
 
     for step in 0..total {
         let warm = step < warm_steps;
-        if step == warm_steps && !warm {
+        if step == warm_steps {
             match cfg.init {
                 CentreInit::Latent => init_centres(
                     &mut model,

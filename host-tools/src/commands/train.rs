@@ -412,7 +412,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
 pub struct Trained {
     /// The model kept.
     pub model: hvae::model::VecModel<f32>,
-    /// Every restart of the kept K, with its label-free criteria.
+    /// Every restart of the kept K, with its label-free criteria (empty with one).
     pub restarts: Vec<Restart>,
     /// With `--clusters auto`: each K tried and the silhouette of its model.
     pub auto: Vec<(usize, f64)>,

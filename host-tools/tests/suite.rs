@@ -1,0 +1,128 @@
+//! `hvae suite` end to end on one small set of the shipped suite, and `--clusters auto`
+//! on a mixture whose number of clusters is known.
+
+use assert_cmd::Command;
+use hvae_host::data;
+use std::path::{Path, PathBuf};
+
+fn manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/suite/suite.json")
+}
+
+fn hvae() -> Command {
+    Command::cargo_bin("hvae").unwrap()
+}
+
+/// A run writes its JSON; checked against itself it passes; against a committed file
+/// whose ACC is 0.05 higher it fails with exit 1, naming the set and the seed.
+#[test]
+fn check_passes_on_the_same_run_and_fails_on_a_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let m = manifest();
+    let r = hvae()
+        .args(["suite", "--sets", "iris", "--seeds", "1", "--jobs", "1"])
+        .arg("--manifest")
+        .arg(&m)
+        .arg("--json")
+        .arg(&json)
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
+    assert!(out.contains("iris"), "{out}");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let acc = v["sets"][0]["runs"][0]["acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{acc}");
+    // The same seed trains the same model: the check against this run passes.
+    hvae()
+        .args([
+            "suite",
+            "--sets",
+            "iris",
+            "--seeds",
+            "1",
+            "--tolerance",
+            "0",
+        ])
+        .arg("--manifest")
+        .arg(&m)
+        .arg("--check")
+        .arg(&json)
+        .assert()
+        .success();
+    v["sets"][0]["runs"][0]["acc"] = serde_json::json!(acc + 0.05);
+    let higher = dir.path().join("higher.json");
+    std::fs::write(&higher, serde_json::to_vec(&v).unwrap()).unwrap();
+    let r = hvae()
+        .args([
+            "suite",
+            "--sets",
+            "iris",
+            "--seeds",
+            "1",
+            "--tolerance",
+            "0.02",
+        ])
+        .arg("--manifest")
+        .arg(&m)
+        .arg("--check")
+        .arg(&higher)
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&r.get_output().stderr).to_string();
+    assert!(err.contains("iris seed 0: ACC"), "{err}");
+    // An unknown set is bad input.
+    hvae()
+        .args(["suite", "--sets", "no_such_set"])
+        .arg("--manifest")
+        .arg(&m)
+        .assert()
+        .code(2);
+}
+
+/// Four well-separated vMF clusters in 12-D: `--clusters auto` tries K = 2..6 and keeps
+/// K = 4, and the model written has 4 clusters.
+#[test]
+fn clusters_auto_finds_well_separated_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mix = hvae_host::synth::VmfMixture::new(12, 4, 600, 50.0, 3)
+        .generate()
+        .unwrap();
+    let csv = dir.path().join("mix.csv");
+    data::write_csv(&csv, &mix.data).unwrap();
+    let model = dir.path().join("auto.hvae");
+    let r = hvae()
+        .args([
+            "train",
+            "--quiet",
+            "--clusters",
+            "auto",
+            "--max-clusters",
+            "6",
+        ])
+        .args([
+            "--latent", "4", "--hidden", "16", "--epochs", "40", "--warmup", "10",
+        ])
+        .arg("--data")
+        .arg(&csv)
+        .arg("--out")
+        .arg(&model)
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
+    for k in 2..=6 {
+        assert!(out.contains(&format!("K = {k}: silhouette")), "{out}");
+    }
+    let m = hvae_host::model_io::load(&model).unwrap();
+    assert_eq!(m.model.shape().clusters, 4, "{out}");
+    // `auto` with --supervised is refused.
+    hvae()
+        .args(["train", "--clusters", "auto", "--supervised"])
+        .arg("--data")
+        .arg(&csv)
+        .arg("--out")
+        .arg(dir.path().join("x.hvae"))
+        .assert()
+        .code(2);
+}
