@@ -3,8 +3,9 @@
 # ends up here as `qemu-run.sh --machine MACHINE ELF`. Builds the host tool (host/, for
 # this machine; quick when it is up to date) and runs the program under qemu through it:
 # the defmt log decoded on stdout, the program's semihosting exit status as this script's.
-# Nothing is installed. Extra `hvae-firmware-host run` options (e.g. `--serial
-# tcp:127.0.0.1:PORT` to reach the UART) can be given in HVAE_RUN_ARGS.
+# Nothing is installed; qemu is started by the host tool only. Extra `hvae-firmware-host
+# run` options (e.g. `--serial tcp:127.0.0.1:PORT` to reach the UART, `--timeout SECS`)
+# can be given in HVAE_RUN_ARGS.
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
 host="$(rustc -vV | sed -n 's/^host: //p')"

@@ -6,15 +6,17 @@
 #      (thumbv7em-none-eabihf) and cluster and selftest for the Cortex-M0
 #      (thumbv6m-none-eabi), release; runs the host tool's unit tests;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
-#      mps2-an386 and microbit, and checks that the log is defmt: qemu's raw stdout is
+#      mps2-an386 and microbit, and checks that the log is defmt: the raw log is
 #      frames, not the text, and decodes to the expected lines;
-#   3. runs the protocol probe against cluster on both machines (over the emulated
+#   3. runs the conformance checks against cluster on both machines (over the emulated
 #      UART) and checks the inference firmware's flash and RAM (static + measured peak
 #      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM;
 #   4. runs bench (instructions per MAC, training step cost and RAM per scope) and
 #      fails if a budget is exceeded;
 #   5. prints the sizes table and the panic sites of cluster and learn, and fails if one
 #      is in the core, the firmware or the standard library's own code.
+# Every qemu run goes through the host tool (`hvae-firmware-host run` / `probe`, built on
+# the device toolkit's launcher), never qemu directly.
 # Exit status: 0 only if everything passed. HVAE_BENCH_ALLOW_OVER="encode+segment:"
 # (a space-separated list of strings; a result line containing one of them) lets those
 # budgets be exceeded without failing; every other budget still fails the run.
@@ -32,10 +34,11 @@ m0=thumbv6m-none-eabi
 tool="host/target/$host/release/hvae-firmware-host"
 
 # Runs an ELF on a machine with the UART disconnected (qemu with -icount shift=0 and
-# semihosting, through the host tool); prints the program's defmt log decoded; its exit
-# status is the program's semihosting exit status. The timeout only catches a hang.
-run() { # machine elf
-  timeout 600 "$tool" run --machine "$1" "$2"
+# semihosting, through the host tool); prints the program's defmt log decoded (with
+# --raw: undecoded); its exit status is the program's semihosting exit status. The time
+# limit only catches a hang.
+run() { # machine elf [--raw]
+  "$tool" run --timeout 600 --machine "$@"
 }
 
 step "lint: rustfmt (firmware, host tool), clippy and rustdoc -D warnings (firmware library and programs)"
@@ -54,15 +57,13 @@ cargo build --release --target "$host" --manifest-path host/Cargo.toml
 cargo test --release --target "$host" --manifest-path host/Cargo.toml
 
 step "selftest on mps2-an386 (Cortex-M4F), as \`cargo run --release\` runs it (the default program, the runner)"
-timeout 600 cargo run --release
+HVAE_RUN_ARGS="--timeout 600" cargo run --release
 
-step "selftest on microbit (Cortex-M0): qemu's raw stdout, then decoded"
+step "selftest on microbit (Cortex-M0): the raw log, then decoded"
 # The log is defmt: what qemu writes is frames (format-string indices and arguments), in
 # which the program's text does not appear; decoded with the ELF it is the text.
 status=0
-timeout 600 qemu-system-arm -machine microbit -cpu cortex-m0 -display none -monitor none \
-  -serial null -icount shift=0 -semihosting-config enable=on,target=native \
-  -kernel "target/$m0/release/selftest" >target/selftest-m0.defmt || status=$?
+run microbit "target/$m0/release/selftest" --raw >target/selftest-m0.defmt || status=$?
 "$tool" decode "target/$m0/release/selftest" target/selftest-m0.defmt |
   tee target/selftest-m0.txt
 if [ "$status" != 0 ]; then
@@ -77,10 +78,10 @@ if grep -aqF 'selftest: weights at boot' target/selftest-m0.defmt ||
 fi
 echo "log: $(wc -c <target/selftest-m0.defmt) bytes of defmt frames decode to $(wc -c <target/selftest-m0.txt) bytes of text"
 
-step "cluster on mps2-an386: protocol probe, flash <= 32 KiB, RAM <= 8 KiB"
+step "cluster on mps2-an386: conformance checks, flash <= 32 KiB, RAM <= 8 KiB"
 "$tool" probe "target/$m4/release/cluster" --machine mps2-an386 --blob model/digits.hvae \
   --flash-budget 32768 --ram-budget 8192 | tee target/probe-m4.txt
-step "cluster on microbit: protocol probe, RAM <= 16 KiB"
+step "cluster on microbit: conformance checks, RAM <= 16 KiB"
 "$tool" probe "target/$m0/release/cluster" --machine microbit --blob model/digits.hvae \
   --ram-budget 16384 | tee target/probe-m0.txt
 
@@ -96,7 +97,7 @@ echo "panic sites linked in (none may be in the core, the firmware or the standa
 "$tool" panics --deny-ours "target/$m4/release/cluster" "target/$m4/release/learn" \
   "target/$m0/release/cluster"
 echo
-echo "device-reported (cluster after the probe):"
+echo "device-reported (cluster after the conformance checks):"
 grep -h HVAE_DEVICE_FIGURES target/probe-m4.txt target/probe-m0.txt |
   sed 's/^HVAE_DEVICE_FIGURES/  /' | paste -d' ' <(printf '  mps2-an386\n  microbit\n') -
 

@@ -234,6 +234,43 @@ fn half_a_frame_left_by_an_interrupted_host_is_flushed() {
     assert_eq!(sim.state.lock().unwrap().requests(), 2 + ROWS / 4);
 }
 
+/// The client's raw side, as the firmware's conformance checks use it: bytes put on the
+/// line as they are, and answers taken as they come (error answers are answers, not
+/// client errors), one per sample of a batch.
+#[test]
+fn raw_frames_and_answers_as_they_come() {
+    use hvae::protocol::{ErrorCode, Request, Response};
+    let model = loaded(1);
+    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc).unwrap());
+    let data = digits();
+    let mut dev = session(&sim);
+    dev.sync().unwrap();
+    // COBS says 4 bytes follow, the frame ends after 1.
+    dev.send_raw(&[0x05, 0x01, 0x00]).unwrap();
+    assert_eq!(
+        dev.answer().unwrap(),
+        Response::Error(ErrorCode::BadEncoding)
+    );
+    let segment = |xs: &[f32]| Request::Segment {
+        sample: heapless::Vec::from_slice(xs).unwrap(),
+    };
+    let singles: Vec<Response> = (0..3)
+        .map(|i| dev.exchange(&segment(data.row(i))).unwrap())
+        .collect();
+    assert!(singles
+        .iter()
+        .all(|r| matches!(r, Response::Segmented { .. })));
+    let batch = [data.row(0), data.row(1), data.row(2)].concat();
+    assert_eq!(dev.answers(&segment(&batch), 3).unwrap(), singles);
+    assert_eq!(
+        dev.exchange(&segment(&data.row(0)[..63])).unwrap(),
+        Response::Error(ErrorCode::InputLength)
+    );
+    // Nothing more to read: the wait names what was sent last.
+    let e = dev.answer().unwrap_err().to_string();
+    assert!(e.contains("no answer to Segment"), "{e}");
+}
+
 #[test]
 fn device_specs_parse() {
     use hvae_host::device::qemu::Machine;

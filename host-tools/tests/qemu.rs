@@ -14,8 +14,8 @@ mod common;
 use hvae_host::commands::device_train::{self, DeviceTrainArgs, OptimiserArg, ScopeArg};
 use hvae_host::commands::validate::{validate_on, Thresholds};
 use hvae_host::data;
-use hvae_host::device::qemu::{self, Machine, Qemu};
-use hvae_host::device::{Device, DeviceSpec, Timeouts};
+use hvae_host::device::qemu::{self, Launch, Machine, Qemu};
+use hvae_host::device::{firmware, Device, DeviceSpec, Timeouts};
 use hvae_host::model_io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -33,17 +33,17 @@ fn skip(why: &str) -> Option<PathBuf> {
 /// The firmware program `bin` built for `machine`, or `None` (after the note) when
 /// qemu or the build is unavailable.
 fn firmware(bin: &str, machine: Machine) -> Option<PathBuf> {
-    if !qemu::qemu_available() {
+    if !qemu::available() {
         return skip("qemu-system-arm is not installed");
     }
-    match qemu::build_firmware(&qemu::default_firmware_dir(), bin, machine, &[]) {
+    match firmware::build(&firmware::default_dir(), bin, machine, &[]) {
         Ok(elf) => Some(elf),
         Err(e) => skip(&e),
     }
 }
 
 fn start(elf: &std::path::Path, machine: Machine) -> (Qemu, Device) {
-    let (q, link) = Qemu::start(elf, machine, &[]).unwrap();
+    let (q, link) = Launch::new(machine, elf).connect().unwrap();
     let t = Timeouts {
         first: Duration::from_secs(20),
         answer: Duration::from_secs(10),
@@ -53,7 +53,7 @@ fn start(elf: &std::path::Path, machine: Machine) -> (Qemu, Device) {
 }
 
 fn compiled_model() -> PathBuf {
-    qemu::default_firmware_dir().join("model/digits.hvae")
+    firmware::default_dir().join("model/digits.hvae")
 }
 
 fn validate_cluster(machine: Machine, rows: Option<usize>) {
@@ -293,13 +293,40 @@ fn validate_command_prints_json() {
     assert_eq!(v["labels"]["agreement"], 1.0);
 }
 
+/// The launcher's foreground run (as `hvae-firmware-host run` uses it): the log decoded
+/// line by line, and a program that does not end (`cluster` serves forever) killed at
+/// the time limit, which fails the run.
+#[test]
+fn a_run_past_its_time_limit_is_killed() {
+    let machine = Machine::Microbit;
+    let Some(elf) = firmware("cluster", machine) else {
+        return;
+    };
+    let crc = model_io::load(&compiled_model()).unwrap().crc;
+    let mut lines = Vec::new();
+    let t = Instant::now();
+    let e = Launch::new(machine, &elf)
+        .icount()
+        .limit(Duration::from_secs(2))
+        .run("null", |l| lines.push(l.to_string()))
+        .unwrap_err();
+    assert!(e.contains("did not end within 2 s: qemu was killed"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(
+        lines,
+        [format!(
+            "INFO  cluster: compiled-in weights, CRC {crc:#010x}; serving on UART0"
+        )]
+    );
+}
+
 /// The firmware logs with defmt: qemu's raw stdout carries frames (indices of format
 /// strings kept in the ELF, and arguments), not the text, and `device::defmt_log` decodes
 /// them to the text.
 #[test]
 fn firmware_log_is_defmt_and_decodes() {
     use std::io::Read;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let machine = Machine::Microbit;
     let Some(elf) = firmware("cluster", machine) else {
         return;
@@ -308,16 +335,9 @@ fn firmware_log_is_defmt_and_decodes() {
     let crc = model_io::load(&compiled_model()).unwrap().crc;
     let boot = format!("INFO  cluster: compiled-in weights, CRC {crc:#010x}; serving on UART0");
     // qemu as run-tests.sh and the runner start it, the UART disconnected: stdout is the log.
-    let mut qemu = Command::new("qemu-system-arm")
-        .args(["-machine", machine.name(), "-cpu", machine.cpu()])
-        .args(["-display", "none", "-monitor", "none", "-serial", "null"])
-        .args(["-icount", "shift=0"])
-        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
-        .arg(&elf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+    let mut qemu = Launch::new(machine, &elf)
+        .icount()
+        .spawn("null", Stdio::null())
         .unwrap();
     let mut out = qemu.stdout.take().unwrap();
     let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

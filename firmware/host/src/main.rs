@@ -12,15 +12,18 @@
 //!     dependencies'; `--deny-ours` fails if an image has one of the first two kinds
 //! hvae-firmware-host probe ELF --machine mps2-an386|microbit --blob MODEL.hvae
 //!         [--flash-budget BYTES] [--ram-budget BYTES]
-//!     starts `cluster` under qemu, talks the protocol to it over the emulated UART and
-//!     checks every answer (results against the core on the host, typed errors for bad
-//!     input and bad frames, weight loading all or nothing, reading weights back), then
-//!     checks the device's own flash/RAM/stack report against the budgets (the
-//!     firmware's log, decoded, is printed among the checks)
+//!     starts `cluster` under qemu and runs the conformance checks (`probe/checks.rs`),
+//!     each a function printing its name and ok/FAIL: every answer over the emulated
+//!     UART (results against the core on the host, typed errors for bad input and bad
+//!     frames, weight loading all or nothing, reading weights back), then the device's
+//!     own flash/RAM/stack report against the ELF and the budgets (the firmware's log,
+//!     decoded, is printed among the checks)
 //! hvae-firmware-host run ELF --machine mps2-an386|microbit [--serial SPEC]
+//!         [--timeout SECS] [--raw]
 //!     runs the program under qemu (`-icount shift=0`, semihosting; the UART on `SPEC`,
-//!     default `null`) and prints its defmt log decoded, one line per message; the exit
-//!     status is qemu's, i.e. the program's semihosting exit status
+//!     default `null`; killed after `SECS`) and prints its defmt log decoded, one line
+//!     per message (`--raw`: the frames undecoded); the exit status is qemu's, i.e. the
+//!     program's semihosting exit status
 //! hvae-firmware-host decode ELF [LOG]
 //!     decodes a raw defmt log (a file, or stdin) with the ELF's format strings
 //! ```

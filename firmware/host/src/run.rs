@@ -1,31 +1,41 @@
-//! `run ELF --machine M [--serial SPEC]`: the program under qemu, its defmt log decoded
-//! line by line on stdout, qemu's exit status (the program's semihosting exit status) as
-//! this command's. `.cargo/config.toml`'s runner (`qemu-run.sh`) and `run-tests.sh` use it.
+//! `run ELF --machine M [--serial SPEC] [--timeout SECS] [--raw]`: the program under qemu
+//! (`-icount shift=0`: SysTick counts instructions, runs are deterministic), its defmt
+//! log decoded line by line on stdout (`--raw`: the frames as qemu writes them), qemu's
+//! exit status (the program's semihosting exit status) as this command's.
+//! `.cargo/config.toml`'s runner (`qemu-run.sh`) and `run-tests.sh` use it.
 //!
 //! `decode ELF [LOG]`: decodes a raw log captured earlier (a file, or stdin without
-//! `LOG`), e.g. qemu's stdout or `-chardev file` of `-semihosting-config ...,chardev=`.
+//! `LOG`), e.g. the output of `run --raw`.
 
 use crate::{defmt_log, flag};
+use hvae_devkit::{Launch, Machine};
 use std::io::Write;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
+use std::time::Duration;
 
-/// The qemu CPU of a machine.
-pub fn cpu(machine: &str) -> Result<&'static str, String> {
-    match machine {
-        "mps2-an386" => Ok("cortex-m4"),
-        "microbit" => Ok("cortex-m0"),
-        m => Err(format!("unknown machine {m} (mps2-an386 or microbit)")),
-    }
+/// The board named by `--machine` in `args` (default `mps2-an386`).
+pub fn machine(args: &[String]) -> Result<Machine, String> {
+    let name = flag(args, "--machine").unwrap_or("mps2-an386");
+    Machine::parse(name).ok_or_else(|| format!("unknown machine {name} (mps2-an386 or microbit)"))
 }
 
-/// The arguments of `args` that are neither a `--flag` of `flags` nor a flag's value.
-fn positional<'a>(args: &'a [String], flags: &[&str]) -> Result<Vec<&'a str>, String> {
+/// The arguments of `args` that are neither a `--flag` of `valued` nor a flag's value,
+/// nor a switch of `switches`.
+fn positional<'a>(
+    args: &'a [String],
+    valued: &[&str],
+    switches: &[&str],
+) -> Result<Vec<&'a str>, String> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
-        if flags.contains(&a) {
+        if valued.contains(&a) {
             i += 2;
+            continue;
+        }
+        if switches.contains(&a) {
+            i += 1;
             continue;
         }
         if a.starts_with("--") {
@@ -43,49 +53,34 @@ fn print_line(out: &mut impl Write, text: &str) {
     let _ = out.flush();
 }
 
-/// Starts `elf` on `machine` as every program here runs it: UART0 on `serial` (a qemu
-/// `-serial` spec), `-icount shift=0` (one instruction per ns: SysTick counts
-/// instructions), semihosting on (the exit status and the defmt log, on the piped stdout).
-pub fn qemu(machine: &str, cpu: &str, serial: &str, elf: &str) -> Result<Child, String> {
-    Command::new("qemu-system-arm")
-        .args(["-machine", machine, "-cpu", cpu])
-        .args(["-display", "none", "-monitor", "none", "-serial", serial])
-        .args(["-icount", "shift=0"])
-        .args(["-semihosting-config", "enable=on,target=native"])
-        .args(["-kernel", elf])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start qemu-system-arm: {e}"))
-}
-
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
-    let usage = "usage: hvae-firmware-host run ELF --machine mps2-an386|microbit [--serial SPEC]";
-    let pos = positional(args, &["--machine", "--serial"])?;
+    let usage = "usage: hvae-firmware-host run ELF --machine mps2-an386|microbit \
+                 [--serial SPEC] [--timeout SECS] [--raw]";
+    let pos = positional(args, &["--machine", "--serial", "--timeout"], &["--raw"])?;
     let [elf] = pos[..] else {
         // cargo passes the program's arguments after the ELF: the firmware takes none.
         return Err(format!(
             "{usage} (one ELF; the firmware takes no arguments, got {pos:?})"
         ));
     };
-    let machine = flag(args, "--machine").ok_or(usage)?;
-    let cpu = cpu(machine)?;
+    let mut launch = Launch::new(machine(args)?, elf).icount();
+    if let Some(secs) = flag(args, "--timeout") {
+        let secs: u64 = secs
+            .parse()
+            .map_err(|_| format!("--timeout {secs}: not a number of seconds"))?;
+        launch = launch.limit(Duration::from_secs(secs));
+    }
     // The UART (the protocol) is disconnected unless asked for, e.g. `--serial
     // tcp:127.0.0.1:PORT`: qemu's stdout carries the log only.
     let serial = flag(args, "--serial").unwrap_or("null");
-    let bytes = std::fs::read(elf).map_err(|e| format!("{elf}: {e}"))?;
-    let mut qemu = qemu(machine, cpu, serial, elf)?;
-    let log = qemu.stdout.take().ok_or("qemu's stdout")?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let decoded = defmt_log::decode(&bytes, log, |l| print_line(&mut out, l));
-    drop(out);
-    if let Err(e) = decoded {
-        let _ = qemu.kill();
-        let _ = qemu.wait();
-        return Err(format!("{elf}: {e}"));
-    }
-    let status = qemu.wait().map_err(|e| format!("qemu: {e}"))?;
+    let status = if args.iter().any(|a| a == "--raw") {
+        launch.run_raw(serial, &mut out)
+    } else {
+        launch.run(serial, |l| print_line(&mut out, l))
+    }?;
+    let _ = out.flush();
     Ok(match status.code() {
         Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
         None => {
@@ -96,7 +91,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
 }
 
 pub fn decode(args: &[String]) -> Result<(), String> {
-    let pos = positional(args, &[])?;
+    let pos = positional(args, &[], &[])?;
     let (elf, log) = match pos[..] {
         [elf] => (elf, None),
         [elf, log] => (elf, Some(log)),

@@ -2,8 +2,8 @@
 //! arguments, rzCOBS-framed) to semihosting stdout, i.e. qemu's stdout; the format strings
 //! are in the ELF's `.defmt` section. [`decode`] turns such a stream into lines.
 //!
-//! Used by both host programs: `hvae-firmware-host` (`firmware/host`: `run`, `decode`,
-//! the probe) and `hvae` (`host-tools`, `device::qemu`).
+//! [`crate::qemu`] decodes every log it reads with it; `hvae-firmware-host decode` decodes
+//! a log captured earlier.
 
 use std::io::Read;
 

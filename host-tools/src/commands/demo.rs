@@ -111,9 +111,9 @@ fn run_on_device(
     data_path: &std::path::Path,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    use crate::device::qemu::{self, Machine, Qemu};
-    use crate::device::{Device, Timeouts};
-    if !qemu::qemu_available() {
+    use crate::device::qemu::{self, Launch, Machine};
+    use crate::device::{firmware, Device, Timeouts};
+    if !qemu::available() {
         return outln!(
             out,
             "skipped: qemu-system-arm is not installed (install it to run the model on the \
@@ -130,7 +130,7 @@ fn run_on_device(
         ("CARGO_TARGET_DIR", target_dir.as_os_str()),
     ];
     let machine = Machine::Mps2An386;
-    let elf = match qemu::build_firmware(&qemu::default_firmware_dir(), "cluster", machine, &envs) {
+    let elf = match firmware::build(&firmware::default_dir(), "cluster", machine, &envs) {
         Ok(e) => e,
         Err(e) => {
             return outln!(
@@ -142,7 +142,7 @@ fn run_on_device(
         }
     };
     outln!(out, "firmware: {}", elf.display())?;
-    let (_qemu, link) = Qemu::start(&elf, machine, &[]).map_err(Error::Failed)?;
+    let (_qemu, link) = Launch::new(machine, elf).connect().map_err(Error::Failed)?;
     let mut dev = Device::new(link, Timeouts::default());
     let loaded = crate::model_io::load(model_path)?;
     let data = crate::data::load(data_path)?;

@@ -176,7 +176,7 @@ pub const ACC_TOLERANCE: f64 = 0.03;
 
 /// The firmware's compiled-in model.
 pub fn default_model() -> PathBuf {
-    device::qemu::default_firmware_dir().join("model/digits.hvae")
+    device::firmware::default_dir().join("model/digits.hvae")
 }
 
 /// The schedule: which rows go in which request.

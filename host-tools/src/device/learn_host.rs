@@ -2,13 +2,13 @@
 //! host: heap buffers capped at the device's sizes, flash in memory, and a simulated
 //! learning device served by the core's server over in-memory pipes.
 
-use super::link::Link;
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::checkpoint::Checkpoints;
 use hvae::device::{checkpoint_slot_len, optim_len, scratch_len, Engine, Store, Transport};
 use hvae::model::VecModel;
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use hvae::Shape;
+use hvae_devkit::Link;
 use std::io::{BufReader, Read, Write};
 
 /// Inputs of the models the host reference runs: the firmware's (the digits' 8x8 pixels).

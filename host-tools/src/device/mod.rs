@@ -1,25 +1,27 @@
 //! Talking to a device that runs the firmware: under qemu, or a board on a serial port.
 //!
+//! The client, the link, the qemu launcher and the log decoder are the device toolkit
+//! shared with the firmware's host tool ([`hvae_devkit`], re-exported here); this module
+//! adds what only `hvae` needs.
+//!
 //! | module | job |
 //! |---|---|
 //! | [`link`] | a byte stream with receive timeouts (reader thread + channel) |
 //! | [`client`] | requests and responses: framing, re-sync, weights in chunks and pages, faults as one-line errors |
-//! | [`qemu`] | build the firmware, start qemu with its UART on a local socket |
+//! | [`qemu`] | start a firmware ELF under qemu, with its UART on a local socket |
 //! | [`defmt_log`] | the firmware's defmt log as text lines |
+//! | [`firmware`] | build this repository's firmware for a board |
 //! | [`serial`] | a serial port |
 //! | [`sim`] | a simulated inference device in a thread, with injectable faults (tests) |
 //! | [`learn_host`] | the core's device engine ([`hvae::device`]) on the host: the reference of `device-train`, a simulated learning device |
 
-pub mod client;
-pub use hvae_devkit::defmt_log;
+pub mod firmware;
 pub mod learn_host;
-pub mod link;
-pub mod qemu;
 pub mod serial;
 pub mod sim;
 
-pub use client::{Device, DeviceError, DeviceSegment, Timeouts};
-pub use link::Link;
+pub use hvae_devkit::{client, defmt_log, link, qemu};
+pub use hvae_devkit::{Device, DeviceError, DeviceSegment, Link, Timeouts};
 
 use std::path::PathBuf;
 
@@ -93,7 +95,7 @@ pub fn open(
             qemu: None,
         }),
         DeviceSpec::Qemu(machine) => {
-            if !qemu::qemu_available() {
+            if !qemu::available() {
                 return Err(
                     "qemu-system-arm is not installed (install it, e.g. apt-get install \
                      qemu-system-arm)"
@@ -103,16 +105,16 @@ pub fn open(
             let elf = match &fw.elf {
                 Some(e) => e.clone(),
                 None => {
-                    let dir = fw.dir.clone().unwrap_or_else(qemu::default_firmware_dir);
+                    let dir = fw.dir.clone().unwrap_or_else(firmware::default_dir);
                     let env: Vec<(&str, &std::ffi::OsStr)> = fw
                         .env
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_os_str()))
                         .collect();
-                    qemu::build_firmware(&dir, bin, *machine, &env)?
+                    firmware::build(&dir, bin, *machine, &env)?
                 }
             };
-            let (q, link) = qemu::Qemu::start(&elf, *machine, &[])?;
+            let (q, link) = qemu::Launch::new(*machine, elf).connect()?;
             Ok(Opened {
                 device: Device::new(link, timeouts),
                 qemu: Some(q),

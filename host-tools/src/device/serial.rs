@@ -2,7 +2,7 @@
 //! 8N1, the given baud rate) with a short read timeout, so that the link's reader thread
 //! notices when the session ends.
 
-use super::link::Link;
+use hvae_devkit::Link;
 use std::time::Duration;
 
 /// Opens `path` at `baud` and returns the link to it.

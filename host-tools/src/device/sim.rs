@@ -9,12 +9,12 @@
 //! the engine's checkpoint slots, in memory), `ReadWeights` and `Checkpoint`.
 
 use super::learn_host::{HostStore, INPUTS, WORK};
-use super::link::Link;
 use hvae::device::{Engine, INFER};
 use hvae::model::VecModel;
 use hvae::protocol::{
     encode, FrameDecoder, Request, Response, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
 };
+use hvae_devkit::Link;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, Mutex};
 

@@ -20,8 +20,13 @@
 //! frames), drops whatever stale bytes are still in flight, then asks for
 //! [`Request::Info`], skipping up to a few stale frames. So a session that follows a
 //! failed one starts cleanly.
+//!
+//! Besides the typed requests, [`Device::exchange`], [`Device::answers`] and
+//! [`Device::send_raw`] give the answers as they come (error answers included) and put
+//! arbitrary bytes on the line: the firmware's conformance checks send malformed frames
+//! on purpose and check the error answers.
 
-use super::link::{Link, Recv};
+use crate::link::{Link, Recv};
 use hvae::protocol::{
     encode, DeviceInfo, ErrorCode, FrameDecoder, FrameError, Request, Response, TrainSettings,
     MAX_CHUNK, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, MAX_SAMPLE, MAX_VALUES, VERSION,
@@ -207,6 +212,8 @@ pub struct Device {
     /// request).
     pending: Vec<u8>,
     tx: Vec<u8>,
+    /// What was sent last, for messages.
+    last_request: &'static str,
     /// Timeouts in use.
     pub timeouts: Timeouts,
 }
@@ -231,6 +238,7 @@ impl Device {
             rx: Box::new(FrameDecoder::new()),
             pending: Vec::new(),
             tx: vec![0u8; MAX_REQUEST_FRAME],
+            last_request: "nothing",
             timeouts,
         }
     }
@@ -283,13 +291,7 @@ impl Device {
     }
 
     fn send(&mut self, req: &Request) -> Result<(), DeviceError> {
-        let request = request_name(req);
-        if !self.pending.is_empty() {
-            // More answers than the last request gets: the device is out of step; the
-            // extra bytes are dropped.
-            self.pending.clear();
-            self.rx.reset();
-        }
+        let request = self.start(request_name(req));
         let frame = encode(req, &mut self.tx).map_err(|e| DeviceError::Send {
             request,
             error: e.to_string(),
@@ -298,6 +300,50 @@ impl Device {
             request,
             error: e.to_string(),
         })
+    }
+
+    /// Puts `bytes` on the line as they are (a frame made by hand, a malformed one, a
+    /// lone `0x00`); read what the device makes of them with [`Device::answer`].
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), DeviceError> {
+        let request = self.start("raw bytes");
+        self.link.send(bytes).map_err(|e| DeviceError::Send {
+            request,
+            error: e.to_string(),
+        })
+    }
+
+    /// Begins an exchange: remembers `request` for messages and drops the answers the
+    /// last one left unread.
+    fn start(&mut self, request: &'static str) -> &'static str {
+        if !self.pending.is_empty() {
+            // More answers than the last request gets: the device is out of step; the
+            // extra bytes are dropped.
+            self.pending.clear();
+            self.rx.reset();
+        }
+        self.last_request = request;
+        request
+    }
+
+    /// The device's next answer as it comes (an error answer is a
+    /// [`Response::Error`], not a [`DeviceError`]), waiting at most
+    /// [`Timeouts::answer`].
+    pub fn answer(&mut self) -> Result<Response, DeviceError> {
+        let timeout = self.timeouts.answer;
+        self.receive(self.last_request, Instant::now() + timeout, timeout)
+    }
+
+    /// Sends `req` and returns its answer as it comes (see [`Device::answer`]).
+    pub fn exchange(&mut self, req: &Request) -> Result<Response, DeviceError> {
+        self.send(req)?;
+        self.answer()
+    }
+
+    /// Sends `req` and returns its first `n` answers as they come: a request of `n`
+    /// samples gets one answer per sample.
+    pub fn answers(&mut self, req: &Request, n: usize) -> Result<Vec<Response>, DeviceError> {
+        self.send(req)?;
+        (0..n).map(|_| self.answer()).collect()
     }
 
     /// Reads one frame (until `deadline`).

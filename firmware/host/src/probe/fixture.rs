@@ -1,0 +1,300 @@
+//! What the checks share: the device under test (`cluster` under qemu, through the
+//! toolkit's client), the model it was built with, the inputs and the other weights the
+//! checks send, and the helpers that compare the device's answers with the core on the
+//! host.
+
+use hvae::model::Model;
+use hvae::protocol::{DeviceInfo, Request, Response, MAX_CHUNK, MAX_SAMPLE, MAX_VALUES};
+use hvae::Shape;
+use hvae_devkit::{Device, DeviceError, Launch, Qemu, Timeouts};
+use std::time::Duration;
+
+/// Why a check failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The device answered, wrongly.
+    Check(String),
+    /// Talking to the device failed.
+    Device(DeviceError),
+}
+
+impl Failure {
+    /// True when the device is gone or stuck (no answer, a cut answer, a closed line):
+    /// the checks after this one cannot run.
+    pub fn ends_run(&self) -> bool {
+        matches!(
+            self,
+            Failure::Device(
+                DeviceError::Stalled { .. }
+                    | DeviceError::Cut { .. }
+                    | DeviceError::Closed { .. }
+                    | DeviceError::Send { .. }
+            )
+        )
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Check(s) => f.write_str(s),
+            Failure::Device(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<DeviceError> for Failure {
+    fn from(e: DeviceError) -> Failure {
+        Failure::Device(e)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure::Check(s)
+    }
+}
+
+/// Fails with `detail()` unless `ok`.
+pub fn ensure(ok: bool, detail: impl FnOnce() -> String) -> Result<(), Failure> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Check(detail()))
+    }
+}
+
+/// A sample (or several, one after the other) as a request carries it.
+pub fn sample(v: &[f32]) -> heapless::Vec<f32, MAX_SAMPLE> {
+    heapless::Vec::from_slice(v).expect("sample fits MAX_SAMPLE")
+}
+
+/// The device, and what its answers are checked against.
+pub struct Fixture {
+    /// The session with the device.
+    pub dev: Device,
+    /// The emulator, kept alive for the session.
+    _qemu: Qemu,
+    /// The ELF under test (its sizes are checked against the device's report).
+    pub elf: String,
+    /// The model's shape.
+    pub shape: Shape,
+    /// The model's parameters, as compiled into the firmware.
+    pub params: Vec<f32>,
+    /// Their blob's CRC.
+    pub crc: u32,
+    /// Other weights of the same shape (the encoder and the rest negated), to load.
+    pub new_params: Vec<f32>,
+    /// Their blob.
+    pub new_blob: Vec<u8>,
+    /// Its CRC.
+    pub new_crc: u32,
+    /// The inputs the checks send.
+    pub xs: Vec<Vec<f32>>,
+    /// The flash budget in bytes, if given.
+    pub flash_budget: Option<u32>,
+    /// The RAM budget in bytes (static + peak stack), if given.
+    pub ram_budget: Option<u32>,
+    /// The device's info, once asked.
+    info: Option<DeviceInfo>,
+}
+
+impl Fixture {
+    /// Starts `launch` (the `cluster` firmware built with the model `blob_path`) and
+    /// prepares what the checks compare it with.
+    pub fn start(
+        launch: &Launch,
+        blob_path: &str,
+        flash_budget: Option<u32>,
+        ram_budget: Option<u32>,
+    ) -> Result<Fixture, String> {
+        let (shape, params, crc) = crate::read_blob(blob_path)?;
+        let new_params: Vec<f32> = params
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i >= shape.encoder_offset() { -v } else { *v })
+            .collect();
+        let new_blob = blob_of(&shape, &new_params)?;
+        let new_crc = hvae::blob::crc32(&new_blob[..new_blob.len() - 4]);
+        let (qemu, link) = launch.connect()?;
+        // Generous: qemu with -icount on a loaded machine.
+        let timeouts = Timeouts {
+            first: Duration::from_secs(30),
+            answer: Duration::from_secs(30),
+            train: Duration::from_secs(60),
+        };
+        Ok(Fixture {
+            dev: Device::new(link, timeouts),
+            _qemu: qemu,
+            elf: launch.elf().display().to_string(),
+            xs: inputs(24, shape.input),
+            shape,
+            params,
+            crc,
+            new_params,
+            new_blob,
+            new_crc,
+            flash_budget,
+            ram_budget,
+            info: None,
+        })
+    }
+
+    /// The original weights' model on the host.
+    pub fn model(&self) -> Result<Model<f32, &[f32]>, String> {
+        Model::new(self.shape, &self.params[..]).map_err(|e| e.to_string())
+    }
+
+    /// Asks the device for its info (an `Info` request, answered as such).
+    pub fn ask_info(&mut self) -> Result<DeviceInfo, Failure> {
+        match self.dev.exchange(&Request::Info)? {
+            Response::Info(i) => {
+                self.info = Some(i);
+                Ok(i)
+            }
+            other => Err(Failure::Check(format!("Info answered {other:?}"))),
+        }
+    }
+
+    /// Remembers the info the session started with.
+    pub fn set_info(&mut self, info: DeviceInfo) {
+        self.info = Some(info);
+    }
+
+    /// The device's info: as last answered, or asked now.
+    pub fn info(&mut self) -> Result<DeviceInfo, Failure> {
+        match &self.info {
+            Some(i) => Ok(*i),
+            None => self.ask_info(),
+        }
+    }
+
+    /// How many samples the batch checks send in one request: as many as the device's
+    /// receive buffer takes, at most 4, at least 2 (or the batch checks fail: they put a
+    /// bad sample second).
+    pub fn batch(&mut self) -> Result<usize, Failure> {
+        let info = self.info()?;
+        let per = hvae::protocol::max_samples(info.max_frame as usize, self.shape.input);
+        ensure(per >= 2, || {
+            format!(
+                "max_frame {} takes {per} samples, not a batch",
+                info.max_frame
+            )
+        })?;
+        Ok(per.min(4))
+    }
+
+    /// Segments `xs` on the device one by one against `model` on the host; returns the
+    /// largest relative difference of the outputs (labels must be equal).
+    pub fn segments_against(&mut self, params: Weights, n: usize) -> Result<f32, Failure> {
+        let shape = self.shape;
+        let p = match params {
+            Weights::Original => &self.params,
+            Weights::New => &self.new_params,
+        };
+        let model = Model::new(shape, &p[..]).map_err(|e| e.to_string())?;
+        let mut work = vec![0.0f32; shape.work_len()];
+        let mut max_err = 0.0f32;
+        for x in &self.xs[..n] {
+            let want = model.segment(x, &mut work).map_err(|e| e.to_string())?;
+            match self.dev.exchange(&Request::Segment { sample: sample(x) })? {
+                Response::Segmented {
+                    label,
+                    probs,
+                    cosine,
+                    mu,
+                    kappa,
+                } => {
+                    if usize::from(label) != want.label {
+                        return Err(format!("label {label}, host says {}", want.label).into());
+                    }
+                    let pairs = probs
+                        .iter()
+                        .zip(want.probs)
+                        .chain(mu.iter().zip(want.mu))
+                        .chain([(&cosine, &want.cosine), (&kappa, &want.kappa)]);
+                    for (a, b) in pairs {
+                        // kappa can be large: compare it relatively.
+                        let e = (a - b).abs() / b.abs().max(1.0);
+                        max_err = max_err.max(e);
+                    }
+                    if probs.len() != shape.clusters || mu.len() != shape.latent {
+                        return Err("wrong output lengths".to_string().into());
+                    }
+                }
+                other => return Err(format!("Segment answered {other:?}").into()),
+            }
+        }
+        Ok(max_err)
+    }
+
+    /// Sends `blob` in `MAX_CHUNK` pieces; returns the final answer (or the first that
+    /// is not an `Ack`).
+    pub fn load(&mut self, blob: &[u8]) -> Result<Response, Failure> {
+        let chunks: Vec<&[u8]> = blob.chunks(MAX_CHUNK).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let r = self.dev.exchange(&Request::LoadWeights {
+                offset: (i * MAX_CHUNK) as u32,
+                bytes: heapless::Vec::from_slice(c).expect("chunk fits"),
+                last,
+            })?;
+            if last || r != Response::Ack {
+                return Ok(r);
+            }
+        }
+        Err(Failure::Check("empty blob".into()))
+    }
+
+    /// Reads the device's first `n` parameters, `MAX_VALUES` per request.
+    pub fn read_weights(&mut self, n: usize) -> Result<Vec<f32>, Failure> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let count = (n - out.len()).min(MAX_VALUES);
+            match self.dev.exchange(&Request::ReadWeights {
+                offset: out.len() as u32,
+                count: count as u16,
+            })? {
+                Response::Weights { offset, values } if offset as usize == out.len() => {
+                    out.extend_from_slice(&values)
+                }
+                other => return Err(format!("ReadWeights answered {other:?}").into()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Which weights the host compares the device with.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights {
+    /// The model compiled into the firmware.
+    Original,
+    /// [`Fixture::new_params`].
+    New,
+}
+
+/// A weight blob of `params`.
+pub fn blob_of(shape: &Shape, params: &[f32]) -> Result<Vec<u8>, String> {
+    let mut b = vec![0u8; hvae::blob::blob_len(shape)];
+    hvae::blob::write(shape, params, &mut b).map_err(|e| e.to_string())?;
+    Ok(b)
+}
+
+/// Inputs of the checks: deterministic, in the range of digits pixels, reaching every
+/// pixel (a pseudo-random sequence, not data: the device must agree on any input).
+fn inputs(n: usize, d: usize) -> Vec<Vec<f32>> {
+    let mut s: u32 = 0x1234_5678;
+    (0..n)
+        .map(|_| {
+            (0..d)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 17;
+                    s ^= s << 5;
+                    (s % 17) as f32 / 16.0
+                })
+                .collect()
+        })
+        .collect()
+}
