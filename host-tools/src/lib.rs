@@ -21,19 +21,27 @@
 //! | [`cli`] | the command line: arguments and subcommands |
 //! | [`error`] | the tool's error type and exit statuses |
 
+#[cfg(feature = "tool")]
 pub mod baselines;
+#[cfg(feature = "tool")]
 pub mod cli;
+#[cfg(feature = "tool")]
 pub mod commands;
 pub mod data;
+#[cfg(feature = "tool")]
 pub mod device;
 pub mod error;
+#[cfg(feature = "tool")]
 pub mod export;
 pub mod fsio;
+#[cfg(feature = "tool")]
 pub mod import;
 pub mod metrics;
 pub mod model_io;
+#[cfg(feature = "tool")]
 pub mod plot;
 pub mod select;
+#[cfg(feature = "tool")]
 pub mod suite;
 pub mod synth;
 pub mod train;
