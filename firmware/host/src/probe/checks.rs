@@ -62,12 +62,15 @@ fn pass() -> Outcome {
     Ok(Pass::Ok(String::new()))
 }
 
+/// Passes if `got` is `want`.
+fn answer_is(got: &Response, want: &Response) -> Outcome {
+    ensure(got == want, || format!("expected {want:?}, got {got:?}"))?;
+    pass()
+}
+
 /// Passes if `got` is the error answer `want`.
 fn error_answer(got: &Response, want: ErrorCode) -> Outcome {
-    ensure(*got == Response::Error(want), || {
-        format!("expected Error({want:?}), got {got:?}")
-    })?;
-    pass()
+    answer_is(got, &Response::Error(want))
 }
 
 /// The answer to a hand-made frame (`body` COBS-encoded, then the delimiter).
@@ -255,7 +258,7 @@ fn serves_again(f: &mut Fixture) -> Outcome {
 
 /// Passes if the device's inference prefix is `want`'s, bit for bit.
 fn weights_are(f: &mut Fixture, want: Weights) -> Outcome {
-    let got = f.read_weights(f.shape.inference_param_len())?;
+    let got = f.dev.read_weights(f.shape.inference_param_len())?;
     let want = match want {
         Weights::Original => &f.params,
         Weights::New => &f.new_params,
@@ -326,13 +329,12 @@ fn old_weights_answer(f: &mut Fixture) -> Outcome {
 fn load_new(f: &mut Fixture) -> Outcome {
     let blob = f.new_blob.clone();
     let r = f.load(&blob)?;
-    ensure(
-        r == Response::Loaded {
+    answer_is(
+        &r,
+        &Response::Loaded {
             weights_crc: f.new_crc,
         },
-        || format!("{r:?}"),
-    )?;
-    pass()
+    )
 }
 
 fn new_weights_answer(f: &mut Fixture) -> Outcome {
@@ -345,23 +347,19 @@ fn read_new_weights(f: &mut Fixture) -> Outcome {
 
 fn checkpoint(f: &mut Fixture) -> Outcome {
     let r = f.dev.exchange(&Request::Checkpoint)?;
-    ensure(
-        r == Response::Checkpointed {
+    answer_is(
+        &r,
+        &Response::Checkpointed {
             weights_crc: f.new_crc,
         },
-        || format!("{r:?}"),
-    )?;
-    pass()
+    )
 }
 
 fn load_original(f: &mut Fixture) -> Outcome {
     // Back to the original, through the other slot.
     let blob = blob_of(&f.shape, &f.params)?;
     let r = f.load(&blob)?;
-    ensure(r == Response::Loaded { weights_crc: f.crc }, || {
-        format!("{r:?}")
-    })?;
-    pass()
+    answer_is(&r, &Response::Loaded { weights_crc: f.crc })
 }
 
 fn original_weights_answer(f: &mut Fixture) -> Outcome {

@@ -4,7 +4,7 @@
 //! host.
 
 use hvae::model::Model;
-use hvae::protocol::{DeviceInfo, Request, Response, MAX_CHUNK, MAX_SAMPLE, MAX_VALUES};
+use hvae::protocol::{DeviceInfo, Request, Response, MAX_SAMPLE};
 use hvae::Shape;
 use hvae_devkit::{Device, DeviceError, Launch, Qemu, Timeouts};
 use std::time::Duration;
@@ -147,13 +147,9 @@ impl Fixture {
 
     /// Asks the device for its info (an `Info` request, answered as such).
     pub fn ask_info(&mut self) -> Result<DeviceInfo, Failure> {
-        match self.dev.exchange(&Request::Info)? {
-            Response::Info(i) => {
-                self.info = Some(i);
-                Ok(i)
-            }
-            other => Err(Failure::Check(format!("Info answered {other:?}"))),
-        }
+        let info = self.dev.info()?;
+        self.info = Some(info);
+        Ok(info)
     }
 
     /// Remembers the info the session started with.
@@ -228,40 +224,14 @@ impl Fixture {
         Ok(max_err)
     }
 
-    /// Sends `blob` in `MAX_CHUNK` pieces; returns the final answer (or the first that
-    /// is not an `Ack`).
+    /// Loads `blob` with the client (in `MAX_CHUNK` pieces); returns the device's final
+    /// answer: `Loaded`, or the error answer that stopped the load.
     pub fn load(&mut self, blob: &[u8]) -> Result<Response, Failure> {
-        let chunks: Vec<&[u8]> = blob.chunks(MAX_CHUNK).collect();
-        for (i, c) in chunks.iter().enumerate() {
-            let last = i + 1 == chunks.len();
-            let r = self.dev.exchange(&Request::LoadWeights {
-                offset: (i * MAX_CHUNK) as u32,
-                bytes: heapless::Vec::from_slice(c).expect("chunk fits"),
-                last,
-            })?;
-            if last || r != Response::Ack {
-                return Ok(r);
-            }
+        match self.dev.load_weights(blob) {
+            Ok(weights_crc) => Ok(Response::Loaded { weights_crc }),
+            Err(DeviceError::Refused { code, .. }) => Ok(Response::Error(code)),
+            Err(e) => Err(e.into()),
         }
-        Err(Failure::Check("empty blob".into()))
-    }
-
-    /// Reads the device's first `n` parameters, `MAX_VALUES` per request.
-    pub fn read_weights(&mut self, n: usize) -> Result<Vec<f32>, Failure> {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let count = (n - out.len()).min(MAX_VALUES);
-            match self.dev.exchange(&Request::ReadWeights {
-                offset: out.len() as u32,
-                count: count as u16,
-            })? {
-                Response::Weights { offset, values } if offset as usize == out.len() => {
-                    out.extend_from_slice(&values)
-                }
-                other => return Err(format!("ReadWeights answered {other:?}").into()),
-            }
-        }
-        Ok(out)
     }
 }
 
