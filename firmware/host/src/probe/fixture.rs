@@ -4,7 +4,7 @@
 //! host.
 
 use hvae::model::Model;
-use hvae::protocol::{DeviceInfo, Request, Response, MAX_SAMPLE};
+use hvae::protocol::{DeviceInfo, Response, MAX_SAMPLE};
 use hvae::Shape;
 use hvae_devkit::{Device, DeviceError, Launch, Qemu, Timeouts};
 use std::time::Duration;
@@ -180,8 +180,9 @@ impl Fixture {
         Ok(per.min(4))
     }
 
-    /// Segments `xs` on the device one by one against `model` on the host; returns the
-    /// largest relative difference of the outputs (labels must be equal).
+    /// Segments the first `n` inputs on the device one by one and compares the answers
+    /// with the core on the host with weights `params`: labels and output lengths must
+    /// be equal; returns the largest relative difference of the outputs.
     pub fn segments_against(&mut self, params: Weights, n: usize) -> Result<f32, Failure> {
         let shape = self.shape;
         let p = match params {
@@ -193,32 +194,23 @@ impl Fixture {
         let mut max_err = 0.0f32;
         for x in &self.xs[..n] {
             let want = model.segment(x, &mut work).map_err(|e| e.to_string())?;
-            match self.dev.exchange(&Request::Segment { sample: sample(x) })? {
-                Response::Segmented {
-                    label,
-                    probs,
-                    cosine,
-                    mu,
-                    kappa,
-                } => {
-                    if usize::from(label) != want.label {
-                        return Err(format!("label {label}, host says {}", want.label).into());
-                    }
-                    let pairs = probs
-                        .iter()
-                        .zip(want.probs)
-                        .chain(mu.iter().zip(want.mu))
-                        .chain([(&cosine, &want.cosine), (&kappa, &want.kappa)]);
-                    for (a, b) in pairs {
-                        // kappa can be large: compare it relatively.
-                        let e = (a - b).abs() / b.abs().max(1.0);
-                        max_err = max_err.max(e);
-                    }
-                    if probs.len() != shape.clusters || mu.len() != shape.latent {
-                        return Err("wrong output lengths".to_string().into());
-                    }
-                }
-                other => return Err(format!("Segment answered {other:?}").into()),
+            let got = self.dev.segment(x)?;
+            if got.label != want.label {
+                return Err(format!("label {}, host says {}", got.label, want.label).into());
+            }
+            if got.probs.len() != shape.clusters || got.mu.len() != shape.latent {
+                return Err("wrong output lengths".to_string().into());
+            }
+            let pairs = got
+                .probs
+                .iter()
+                .zip(want.probs)
+                .chain(got.mu.iter().zip(want.mu))
+                .chain([(&got.cosine, &want.cosine), (&got.kappa, &want.kappa)]);
+            for (a, b) in pairs {
+                // kappa can be large: compare it relatively.
+                let e = (a - b).abs() / b.abs().max(1.0);
+                max_err = max_err.max(e);
             }
         }
         Ok(max_err)
