@@ -36,9 +36,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             Ok(Pass::Ok(note)) => println!("  ok    {name} ({note})"),
             Ok(Pass::NotApplicable(why)) => println!("  n/a   {name} ({why})"),
             Err(e) => {
-                println!("  FAIL  {name}: {e}");
+                println!("  FAIL  {name}: {}", e.reason);
                 failed += 1;
-                if e.ends_run() {
+                if e.ends_run {
                     break;
                 }
             }

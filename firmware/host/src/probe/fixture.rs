@@ -9,49 +9,38 @@ use hvae::Shape;
 use hvae_devkit::{Device, DeviceError, Launch, Qemu, Timeouts};
 use std::time::Duration;
 
-/// Why a check failed.
+/// Why a check failed, and whether the checks after it can still run.
 #[derive(Debug)]
-pub enum Failure {
-    /// The device answered, wrongly.
-    Check(String),
-    /// Talking to the device failed.
-    Device(DeviceError),
-}
-
-impl Failure {
-    /// True when the device is gone or stuck (no answer, a cut answer, a closed line):
-    /// the checks after this one cannot run.
-    pub fn ends_run(&self) -> bool {
-        matches!(
-            self,
-            Failure::Device(
-                DeviceError::Stalled { .. }
-                    | DeviceError::Cut { .. }
-                    | DeviceError::Closed { .. }
-                    | DeviceError::Send { .. }
-            )
-        )
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Check(s) => f.write_str(s),
-            Failure::Device(e) => e.fmt(f),
-        }
-    }
+pub struct Failure {
+    /// The reason, in one line.
+    pub reason: String,
+    /// The device is gone or stuck (no answer, a cut answer, a closed line): the checks
+    /// after this one cannot run.
+    pub ends_run: bool,
 }
 
 impl From<DeviceError> for Failure {
     fn from(e: DeviceError) -> Failure {
-        Failure::Device(e)
+        let ends_run = matches!(
+            e,
+            DeviceError::Stalled { .. }
+                | DeviceError::Cut { .. }
+                | DeviceError::Closed { .. }
+                | DeviceError::Send { .. }
+        );
+        Failure {
+            reason: e.to_string(),
+            ends_run,
+        }
     }
 }
 
 impl From<String> for Failure {
-    fn from(s: String) -> Failure {
-        Failure::Check(s)
+    fn from(reason: String) -> Failure {
+        Failure {
+            reason,
+            ends_run: false,
+        }
     }
 }
 
@@ -60,7 +49,7 @@ pub fn ensure(ok: bool, detail: impl FnOnce() -> String) -> Result<(), Failure> 
     if ok {
         Ok(())
     } else {
-        Err(Failure::Check(detail()))
+        Err(detail().into())
     }
 }
 
