@@ -4,10 +4,10 @@
 //! Run: `cargo bench -p hvae --bench core`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use hvae::loss::{cache_len, loss_and_grad, Batch, LossConfig, RandomDraws};
-use hvae::model::Model;
-use hvae::optim::{state_len, OptimConfig, OptimState, Optimiser};
 use hvae::shape::{Posterior, Scope, Shape};
+use hvae::train::loss::{cache_len, loss_and_grad, Batch, LossConfig, RandomDraws};
+use hvae::train::optim::{state_len, OptimConfig, OptimState, Optimiser};
+use hvae::Model;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::hint::black_box;
@@ -17,7 +17,7 @@ const B: usize = 64;
 
 fn inputs(n: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32> {
     (0..n * 64)
-        .map(|_| hvae::rng::uniform::<f32, _>(rng))
+        .map(|_| hvae::dist::rng::uniform::<f32, _>(rng))
         .collect()
 }
 
@@ -107,8 +107,8 @@ fn bench_training(c: &mut Criterion) {
 /// One adapter step (segmenter only, encoder frozen; batch 8 anchors + 8 neighbours
 /// among 64 stored directions), the on-device cluster adaptation.
 fn bench_adapter(c: &mut Criterion) {
-    use hvae::adapt::{adapter_storage_len, SegmenterAdapter};
-    use hvae::trainer::TrainConfig;
+    use hvae::train::adapt::{adapter_storage_len, SegmenterAdapter};
+    use hvae::TrainConfig;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
     let mut model = Model::<f32, Vec<f32>>::new(DIGITS, vec![0.0; DIGITS.param_len()]).unwrap();
     model.init(&mut rng);

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use hvae::memory::{Memory};
-//! use hvae::optim::OptimKind;
+//! use hvae::train::optim::OptimKind;
 //! use hvae::{Scope, Shape};
 //! const DIGITS: Shape = Shape::new(64, &[32], 8, 10);
 //! // Inference: encoder + segmenter + normalisation weights, and one workspace.
@@ -18,9 +18,9 @@
 //! assert!(seg_only.total() < full_adam.total());
 //! ```
 
-use crate::optim::{state_len, OptimKind};
 use crate::shape::{Scope, Shape};
-use crate::trainer::TrainConfig;
+use crate::train::optim::{state_len, OptimKind};
+use crate::train::trainer::TrainConfig;
 
 /// Bytes by purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,7 +54,7 @@ impl Memory {
         }
     }
 
-    /// An [`OnlineTrainer`](crate::trainer::OnlineTrainer) with `batch` anchors and a
+    /// An [`OnlineTrainer`](crate::train::trainer::OnlineTrainer) with `batch` anchors and a
     /// ring buffer of `cap` samples, training `scope` with optimiser `kind`, plus the
     /// full parameter vector it trains.
     pub const fn training<T>(

@@ -3,12 +3,12 @@
 //! vMF mixture from scratch on a frozen encoder; its RAM fits the 8 KiB budget for the
 //! digits model; bad input changes nothing; the same seed gives the same bits.
 
-use hvae::adapt::{adapter_storage_len, AdapterMemory, SegmenterAdapter};
-use hvae::loss::{cache_len, loss_and_grad, segmenter_loss_and_grad, Batch, LossConfig};
-use hvae::model::Model;
-use hvae::optim::{state_len, OptimKind};
 use hvae::shape::{Posterior, Scope, Shape};
-use hvae::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
+use hvae::train::adapt::{adapter_storage_len, AdapterMemory, SegmenterAdapter};
+use hvae::train::loss::{cache_len, loss_and_grad, segmenter_loss_and_grad, Batch, LossConfig};
+use hvae::train::optim::{state_len, OptimKind};
+use hvae::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
+use hvae::Model;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -22,7 +22,7 @@ fn mixture(n: usize, seed: u64) -> (Vec<[f32; D]>, Vec<usize>) {
     for (k, c) in centres.iter_mut().enumerate() {
         c[k * 2] = 1.0;
         for v in c.iter_mut() {
-            *v += 0.2 * hvae::rng::standard_normal::<f32, _>(&mut rng);
+            *v += 0.2 * hvae::dist::rng::standard_normal::<f32, _>(&mut rng);
         }
         let n = c.iter().map(|v| v * v).sum::<f32>().sqrt();
         c.iter_mut().for_each(|v| *v /= n);
@@ -30,7 +30,7 @@ fn mixture(n: usize, seed: u64) -> (Vec<[f32; D]>, Vec<usize>) {
     let mut xs = Vec::with_capacity(n);
     let mut ys = Vec::with_capacity(n);
     for _ in 0..n {
-        let k = (hvae::rng::uniform::<f64, _>(&mut rng) * K as f64) as usize % K;
+        let k = (hvae::dist::rng::uniform::<f64, _>(&mut rng) * K as f64) as usize % K;
         let mut z = [0f32; D];
         Posterior::VonMisesFisher
             .sample(&centres[k], 40.0f32, &mut rng, &mut z)
@@ -145,11 +145,11 @@ fn adapter_loss_is_the_segmenter_only_loss() {
     let mut model = Model::<f64, Vec<f64>>::new(shape, vec![0.0; shape.param_len()]).unwrap();
     model.init(&mut rng);
     for v in model.params_mut().iter_mut() {
-        *v += 0.3 * hvae::rng::standard_normal::<f64, _>(&mut rng);
+        *v += 0.3 * hvae::dist::rng::standard_normal::<f64, _>(&mut rng);
     }
     let b = 6;
     let inputs: Vec<f64> = (0..b * 5)
-        .map(|_| hvae::rng::standard_normal::<f64, _>(&mut rng))
+        .map(|_| hvae::dist::rng::standard_normal::<f64, _>(&mut rng))
         .collect();
     let mut work = vec![0.0; shape.work_len()];
     let mut mus = Vec::new();
@@ -177,7 +177,7 @@ fn adapter_loss_is_the_segmenter_only_loss() {
         },
         &cfg,
         Scope::SegmenterOnly,
-        &mut hvae::loss::RandomDraws(&mut rng),
+        &mut hvae::train::loss::RandomDraws(&mut rng),
         &mut pa,
         &mut work,
         &mut cache,

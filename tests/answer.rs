@@ -3,10 +3,10 @@
 //! the sample alone; a bad sample gets its error alone; a request that is not a whole
 //! number of samples gets one `InputLength`.
 
-use hvae::model::Model;
 use hvae::protocol::answer::{answer_encode, answer_segment};
 use hvae::protocol::{ErrorCode, Response};
-use hvae::shape::Shape;
+use hvae::Model;
+use hvae::Shape;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -22,7 +22,7 @@ fn model() -> Model<f32, Vec<f32>> {
 fn samples(n: usize) -> Vec<f32> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(6);
     (0..n * S.input)
-        .map(|_| hvae::rng::standard_normal::<f32, _>(&mut rng))
+        .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
         .collect()
 }
 
@@ -95,7 +95,7 @@ fn a_request_that_is_not_whole_samples_gets_one_error() {
     // A workspace too short for one sample: one error for the request, with and
     // without pairs, for both requests.
     let short = vec![Response::Error(ErrorCode::from(
-        hvae::model::InferError::BufferLength,
+        hvae::infer::model::InferError::BufferLength,
     ))];
     let mut work = vec![0.0f32; S.work_len() - 1];
     let mut out = Response::Ack;

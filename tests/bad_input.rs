@@ -1,11 +1,11 @@
 //! Bad input on the device path: every case returns a typed error and changes nothing
 //! (model parameters, optimiser state, trainer buffer all bit-identical afterwards).
 
-use hvae::loss::{cache_len, loss_and_grad, Batch, LossConfig, LossError, RandomDraws};
-use hvae::model::{InferError, Model, ModelError};
-use hvae::optim::state_len;
+use hvae::infer::model::{InferError, Model, ModelError};
 use hvae::shape::{Scope, Shape, TensorId};
-use hvae::trainer::{OnlineTrainer, TrainConfig, TrainError};
+use hvae::train::loss::{cache_len, loss_and_grad, Batch, LossConfig, LossError, RandomDraws};
+use hvae::train::optim::state_len;
+use hvae::train::trainer::{OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 

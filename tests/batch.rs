@@ -2,8 +2,8 @@
 //! `segment` / `encode` on it alone, whether the samples go through the encoder two at
 //! a time (two workspaces) or one at a time, and a bad sample fails alone.
 
-use hvae::model::{InferError, Model};
-use hvae::shape::Shape;
+use hvae::infer::model::{InferError, Model};
+use hvae::Shape;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -31,12 +31,12 @@ fn model(s: Shape, seed: u64) -> Model<f32, Vec<f32>> {
 fn samples(s: &Shape, n: usize, seed: u64) -> Vec<f32> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     (0..n * s.input)
-        .map(|_| 3.0 * hvae::rng::standard_normal::<f32, _>(&mut rng))
+        .map(|_| 3.0 * hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
         .collect()
 }
 
 /// One sample's segment output as bits (label, probabilities, cosine, mu, kappa).
-fn seg_bits(r: Result<hvae::model::Segment<'_, f32>, InferError>) -> Result<Vec<u32>, InferError> {
+fn seg_bits(r: Result<hvae::Segment<'_, f32>, InferError>) -> Result<Vec<u32>, InferError> {
     r.map(|s| {
         let mut v = vec![s.label as u32, s.cosine.to_bits(), s.kappa.to_bits()];
         v.extend(s.probs.iter().chain(s.mu).map(|x| x.to_bits()));
@@ -44,7 +44,7 @@ fn seg_bits(r: Result<hvae::model::Segment<'_, f32>, InferError>) -> Result<Vec<
     })
 }
 
-fn enc_bits(r: Result<hvae::model::Encoding<'_, f32>, InferError>) -> Result<Vec<u32>, InferError> {
+fn enc_bits(r: Result<hvae::Encoding<'_, f32>, InferError>) -> Result<Vec<u32>, InferError> {
     r.map(|e| {
         let mut v = vec![e.kappa.to_bits()];
         v.extend(e.mu.iter().map(|x| x.to_bits()));

@@ -1,8 +1,8 @@
 //! Weight blob: round trips, and every kind of corruption rejected with its own error and
 //! without touching the destination.
 
-use hvae::blob::{self, BlobError, HEADER_LEN, MAGIC, VERSION};
-use hvae::shape::ShapeError;
+use hvae::store::blob::{self, BlobError, HEADER_LEN, MAGIC, VERSION};
+use hvae::ShapeError;
 use hvae::{Activation, Likelihood, Posterior, Shape};
 
 // Header offsets, as documented in the module's layout table.

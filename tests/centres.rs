@@ -2,7 +2,7 @@
 //! rescaling them to unit norm keeps its outputs (to rounding) while inference skips a
 //! square root per centre; a zero centre is refused and nothing changes.
 
-use hvae::model::{InferError, Model};
+use hvae::infer::model::{InferError, Model};
 use hvae::shape::{Shape, TensorId};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -42,7 +42,7 @@ fn unit_centres_keep_the_segmenter_outputs() {
     let mut worst = 0.0f32;
     for _ in 0..200 {
         let x: Vec<f32> = (0..S.input)
-            .map(|_| hvae::rng::standard_normal::<f32, _>(&mut rng))
+            .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
             .collect();
         let a = before.segment(&x, &mut w0).unwrap();
         let b = m.segment(&x, &mut w1).unwrap();

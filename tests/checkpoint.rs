@@ -17,13 +17,13 @@
 //! Run: `cargo test --release --test checkpoint -- --nocapture` (prints the counts).
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
-use hvae::checkpoint::{
+use hvae::shape::{Scope, Shape};
+use hvae::store::checkpoint::{
     CheckpointError, Checkpoints, Damage, Layout, Loaded, Restore, SlotState, COMMIT, HEADER_LEN,
 };
-use hvae::model::Model;
-use hvae::optim::{state_len, OptimKind};
-use hvae::shape::{Scope, Shape};
-use hvae::trainer::{OnlineTrainer, TrainConfig, TrainError};
+use hvae::train::optim::{state_len, OptimKind};
+use hvae::train::trainer::{OnlineTrainer, TrainConfig, TrainError};
+use hvae::Model;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -241,7 +241,7 @@ fn save<const W: usize, const E: usize>(
     base: u32,
     slot: u32,
     c: &Ckpt,
-) -> Result<hvae::checkpoint::Saved, CheckpointError> {
+) -> Result<hvae::store::checkpoint::Saved, CheckpointError> {
     let mut cp = Checkpoints::new(&mut *sim, base, slot).unwrap();
     cp.save(&layout(), &c.params, &c.state, c.steps * 10, c.steps)
 }
@@ -415,7 +415,7 @@ fn geometry_buffers_and_values_are_checked() {
     let slot = l.slot_len(4, 256) as u32;
     assert_eq!(slot as usize % 256, 0);
     assert_eq!(
-        hvae::checkpoint::slot_len::<f32, F>(&SHAPE, Scope::Full, OptimKind::Adam),
+        hvae::store::checkpoint::slot_len::<f32, F>(&SHAPE, Scope::Full, OptimKind::Adam),
         slot as usize
     );
     let mut sim = F::new(2 * slot as usize + 256);
@@ -535,7 +535,8 @@ fn trainer_and_model() -> (Trainer, Model<f32, Vec<f32>>, Xoshiro256PlusPlus) {
 #[test]
 fn after_too_many_rejections_one_call_restores_the_last_checkpoint() {
     type F = Sim<4, 256>;
-    let slot = hvae::checkpoint::slot_len::<f32, F>(&SHAPE, Scope::Full, OptimKind::Adam) as u32;
+    let slot =
+        hvae::store::checkpoint::slot_len::<f32, F>(&SHAPE, Scope::Full, OptimKind::Adam) as u32;
     let mut sim = F::new(2 * slot as usize);
     let (mut t, mut model, mut rng) = trainer_and_model();
     {
@@ -603,7 +604,8 @@ fn after_too_many_rejections_one_call_restores_the_last_checkpoint() {
 #[test]
 fn a_rebooted_trainer_resumes_without_repeating_warm_up() {
     type F = Sim<8, 2048>;
-    let slot = hvae::checkpoint::slot_len::<f32, F>(&SHAPE, Scope::Full, OptimKind::Adam) as u32;
+    let slot =
+        hvae::store::checkpoint::slot_len::<f32, F>(&SHAPE, Scope::Full, OptimKind::Adam) as u32;
     let mut sim = F::new(2 * slot as usize);
     let (mut t, mut model, mut rng) = trainer_and_model();
     for _ in 0..25 {
@@ -633,7 +635,7 @@ fn a_rebooted_trainer_resumes_without_repeating_warm_up() {
     let before = model2.params()[centres.clone()].to_vec();
     let r = t2.step(&mut model2, &mut rng2).unwrap();
     assert!(!r.initialised_centres);
-    assert_eq!(r.phase, hvae::trainer::Phase::Joint);
+    assert_eq!(r.phase, hvae::train::trainer::Phase::Joint);
     assert_eq!(r.steps, 26);
     let moved: f32 = model2.params()[centres]
         .iter()

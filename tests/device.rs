@@ -4,17 +4,17 @@
 //! and the `Internal` error frame the server falls back on.
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
-use hvae::checkpoint::Checkpoints;
 use hvae::device::{
     checkpoint_slot_len, optim_len, scratch_len, Engine, Store, Transport, INFER,
     INTERNAL_ERROR_FRAME, LEARN,
 };
-use hvae::model::Model;
 use hvae::protocol::{
     encode, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope, TrainSettings,
     CAP_TRAIN, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
 };
-use hvae::shape::Shape;
+use hvae::Checkpoints;
+use hvae::Model;
+use hvae::Shape;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -97,8 +97,8 @@ fn model(seed: u64) -> Model<f32, Vec<f32>> {
 }
 
 fn blob(m: &Model<f32, Vec<f32>>) -> Vec<u8> {
-    let mut bytes = vec![0u8; hvae::blob::blob_len(&S)];
-    let n = hvae::blob::write(&S, m.params(), &mut bytes).unwrap();
+    let mut bytes = vec![0u8; hvae::store::blob::blob_len(&S)];
+    let n = hvae::store::blob::write(&S, m.params(), &mut bytes).unwrap();
     bytes.truncate(n);
     bytes
 }
@@ -140,7 +140,7 @@ fn settings() -> TrainSettings {
 fn train_request(steps: u16) -> Request {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
     let xs: Vec<f32> = (0..8 * D)
-        .map(|_| hvae::rng::standard_normal::<f32, _>(&mut rng))
+        .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
         .collect();
     Request::TrainBatch {
         samples: heapless::Vec::from_slice(&xs).unwrap(),
@@ -233,7 +233,7 @@ impl Transport for Bytes {
 fn the_server_answers_each_frame_as_the_engine_does() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
     let xs: Vec<f32> = (0..3 * D)
-        .map(|_| hvae::rng::standard_normal::<f32, _>(&mut rng))
+        .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
         .collect();
     let requests = [
         Request::Info,

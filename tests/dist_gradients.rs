@@ -6,8 +6,8 @@
 mod dist_common;
 
 use dist_common::random_unit;
-use hvae::special::{bessel_ratio, beta_inc, log_sphere_area};
-use hvae::sphere::reflect_backward;
+use hvae::dist::special::{bessel_ratio, beta_inc, log_sphere_area};
+use hvae::dist::sphere::reflect_backward;
 use hvae::Posterior;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus as Rng;

@@ -5,9 +5,9 @@
 mod dist_common;
 
 use dist_common::{ks_pvalue, random_unit, vmf_marginal_cdf, CycleRng};
-use hvae::rng::{beta, gamma, standard_normal, uniform, VariateError};
-use hvae::special::{bessel_ratio, beta_inc};
-use hvae::sphere::{Draw, SampleError};
+use hvae::dist::rng::{beta, gamma, standard_normal, uniform, VariateError};
+use hvae::dist::special::{bessel_ratio, beta_inc};
+use hvae::dist::sphere::{Draw, SampleError};
 use hvae::Posterior;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus as Rng;
@@ -299,7 +299,7 @@ fn wood_acceptance_rate_is_high() {
     for m in 2usize..=64 {
         let m1 = (m - 1) as f64;
         let half = m1 / 2.0;
-        let ln_beta = 2.0 * hvae::special::ln_gamma(half) - hvae::special::ln_gamma(m1);
+        let ln_beta = 2.0 * hvae::dist::special::ln_gamma(half) - hvae::dist::special::ln_gamma(m1);
         for i in 0..57 {
             let k = 10f64.powf(-3.0 + 7.0 * i as f64 / 56.0);
             let s = (4.0 * k * k + m1 * m1).sqrt();

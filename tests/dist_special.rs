@@ -12,7 +12,7 @@ mod golden {
     include!("golden/special.rs");
 }
 
-use hvae::special::{
+use hvae::dist::special::{
     bessel_ratio, beta_inc, digamma, digamma_diff, ln_gamma, ln_gamma_ratio, log_bessel_i,
     log_sphere_area, trigamma, trigamma_diff,
 };
@@ -288,7 +288,7 @@ fn bad_arguments_give_documented_values() {
 /// the Monte Carlo noise of the estimator itself.
 #[test]
 fn beta_quantile_gradient_f32_against_f64() {
-    use hvae::special::beta_quantile_da;
+    use hvae::dist::special::beta_quantile_da;
     use rand_core::SeedableRng;
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(4);
     let mut errs = Vec::new();
@@ -298,7 +298,7 @@ fn beta_quantile_gradient_f32_against_f64() {
         for i in 0..29 {
             let a = b + 10f64.powf(-3.0 + 7.0 * i as f64 / 28.0);
             for _ in 0..20 {
-                let (x, omx) = hvae::rng::beta(a, b, &mut rng).unwrap();
+                let (x, omx) = hvae::dist::rng::beta(a, b, &mut rng).unwrap();
                 let (a32, b32, x32, o32) = (a as f32, b as f32, x as f32, omx as f32);
                 let want = beta_quantile_da(a32 as f64, b32 as f64, x32 as f64, o32 as f64)
                     .expect("f64 continued fraction did not converge");

@@ -12,7 +12,7 @@ mod golden {
     include!("golden/sphere.rs");
 }
 
-use hvae::special::{bessel_ratio, log_sphere_area};
+use hvae::dist::special::{bessel_ratio, log_sphere_area};
 use hvae::Posterior;
 
 const R32: f64 = 1e-4;

@@ -4,11 +4,11 @@
 //! longer parses. Regenerate with `HVAE_WRITE_CORPUS=1 cargo test --test fuzz_corpus`.
 
 use heapless::Vec as HVec;
-use hvae::blob;
 use hvae::protocol::{
     self, DeviceInfo, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope,
     TrainSettings, WeightLoader, CAP_SEGMENT, CAP_TRAIN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
 };
+use hvae::store::blob;
 use hvae::{Activation, Likelihood, Posterior, Shape};
 use std::path::PathBuf;
 

@@ -11,10 +11,10 @@
 //! checked against finite differences of their own transforms in the distribution
 //! tests.
 
-use hvae::loss::{loss_and_grad, Batch, ClusterInput, DrawSource, LossConfig};
-use hvae::model::Model;
+use hvae::dist::sphere::{Draw, SampleError};
 use hvae::shape::{Activation, Likelihood, Posterior, Scope, Shape};
-use hvae::sphere::{Draw, SampleError};
+use hvae::train::loss::{loss_and_grad, Batch, ClusterInput, DrawSource, LossConfig};
+use hvae::Model;
 
 /// A fixed draw: `w = tanh(a + c ln kappa)`, tangent `v` fixed, `z = H(mu) (w, sqrt(1-w²) v)`
 /// with the Householder reflection `H = I - 2 u uᵀ / (u.u)`, `u = e1 - mu` written here
@@ -114,7 +114,7 @@ fn run(case: &Case, seed: u64) -> f64 {
     let eval = |params: &[f64], grads: &mut [f64]| -> f64 {
         let model = Model::new(s, params.to_vec()).unwrap();
         let mut work = vec![0.0; s.work_len()];
-        let mut cache = vec![0.0; hvae::loss::cache_len(&s, b)];
+        let mut cache = vec![0.0; hvae::train::loss::cache_len(&s, b)];
         let mut p_bar = p_bar0.clone();
         let mut draws = FixedDraws::new(b, s.latent, 99);
         loss_and_grad(
@@ -288,7 +288,7 @@ fn marginal_is_the_moving_average_of_the_batch() {
     let prev = [0.1, 0.2, 0.3, 0.4];
     let mut p_bar = prev;
     let mut work = vec![0.0; s.work_len()];
-    let mut cache = vec![0.0; hvae::loss::cache_len(&s, b)];
+    let mut cache = vec![0.0; hvae::train::loss::cache_len(&s, b)];
     let mut grads = vec![0.0; s.scope_range(Scope::SegmenterOnly).len()];
     let parts = loss_and_grad(
         &model,
@@ -358,9 +358,9 @@ fn a_dirty_cache_gives_the_same_loss_and_gradient() {
             .unwrap();
             (parts.total, grads, p_bar)
         };
-        let mut clean = vec![0.0; hvae::loss::cache_len(&s, b)];
+        let mut clean = vec![0.0; hvae::train::loss::cache_len(&s, b)];
         let want = run_with(&mut clean);
-        let mut dirty = vec![1.0e3; hvae::loss::cache_len(&s, b)];
+        let mut dirty = vec![1.0e3; hvae::train::loss::cache_len(&s, b)];
         assert_eq!(
             run_with(&mut dirty),
             want,

@@ -1,7 +1,7 @@
 //! Spherical k-means++ tests: recovery of well-separated clusters, determinism, the
 //! monotone objective, degenerate inputs and errors.
 
-use hvae::kmeans::{nearest_centre, scratch_len, spherical_kmeans, KMeansError, KMeansInfo};
+use hvae::train::kmeans::{nearest_centre, scratch_len, spherical_kmeans, KMeansError, KMeansInfo};
 use hvae::Real;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;

@@ -1,9 +1,9 @@
-//! The input normalisation rule (`hvae::normalise`) against values computed
+//! The input normalisation rule (`hvae::infer::normalise`) against values computed
 //! independently with NumPy (`m = x.mean(0); s = max(x.std(0), |x - m|.max(0) / 10)`,
 //! scale `1 / s`, or 1 where `s <= 1e-6`), its errors, and the device trainer using the
 //! same rule as the host.
 
-use hvae::normalise::{fit, NormaliseError};
+use hvae::infer::normalise::{fit, NormaliseError};
 
 /// Columns: ordinary values, a column in large units, a sparse column (one excursion),
 /// a constant column.
@@ -83,10 +83,10 @@ fn bad_input_is_an_error() {
 /// The device's trainer fits its buffer with the same rule, to the same bits.
 #[test]
 fn the_online_trainer_uses_the_same_rule() {
-    use hvae::model::Model;
-    use hvae::optim::state_len;
     use hvae::shape::{Scope, Shape};
-    use hvae::trainer::{OnlineTrainer, TrainConfig};
+    use hvae::train::optim::state_len;
+    use hvae::train::trainer::{OnlineTrainer, TrainConfig};
+    use hvae::Model;
     const D: usize = 4;
     const CAP: usize = 8;
     let shape = Shape::new(D, &[8], 3, 2);

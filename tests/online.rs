@@ -2,10 +2,10 @@
 //! labels: it must recover the clusters (ACC >= 0.95 after Hungarian matching), and the
 //! same seed must give bit-identical training.
 
-use hvae::model::Model;
-use hvae::optim::state_len;
 use hvae::shape::{Posterior, Scope, Shape};
-use hvae::trainer::{OnlineTrainer, TrainConfig};
+use hvae::train::optim::state_len;
+use hvae::train::trainer::{OnlineTrainer, TrainConfig};
+use hvae::Model;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -22,7 +22,7 @@ fn mixture(n: usize, seed: u64) -> (Vec<[f32; D]>, Vec<usize>) {
         // Orthogonal-ish directions: a basis vector plus a little noise.
         c[k * 2] = 1.0;
         for v in c.iter_mut() {
-            *v += 0.2 * hvae::rng::standard_normal::<f32, _>(&mut rng);
+            *v += 0.2 * hvae::dist::rng::standard_normal::<f32, _>(&mut rng);
         }
         let n = c.iter().map(|v| v * v).sum::<f32>().sqrt();
         c.iter_mut().for_each(|v| *v /= n);
@@ -30,7 +30,7 @@ fn mixture(n: usize, seed: u64) -> (Vec<[f32; D]>, Vec<usize>) {
     let mut xs = Vec::with_capacity(n);
     let mut ys = Vec::with_capacity(n);
     for i in 0..n {
-        let k = (hvae::rng::uniform::<f64, _>(&mut rng) * K as f64) as usize % K;
+        let k = (hvae::dist::rng::uniform::<f64, _>(&mut rng) * K as f64) as usize % K;
         let _ = i;
         let mut z = [0f32; D];
         Posterior::VonMisesFisher

@@ -1,7 +1,7 @@
 //! Optimiser tests: textbook updates, convergence, clipping, and the all-or-nothing
 //! guarantee on errors.
 
-use hvae::optim::{
+use hvae::train::optim::{
     clip_global_norm, global_norm, state_len, OptimConfig, OptimError, OptimKind, OptimState,
     Optimiser,
 };

@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo test --release --features protocol --test proptest_roundtrip`.
 
-use hvae::blob::{self, BlobError};
+use hvae::store::blob::{self, BlobError};
 use hvae::{Activation, Likelihood, Posterior, Shape};
 use proptest::prelude::*;
 

@@ -3,9 +3,9 @@
 //! Run with `cargo test -p hvae --features protocol --test protocol`.
 
 use heapless::Vec as HVec;
-use hvae::blob;
-use hvae::model::{InferError, Model};
+use hvae::infer::model::{InferError, Model};
 use hvae::protocol::*;
+use hvae::store::blob;
 use hvae::{Activation, Likelihood, Posterior, Shape};
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;

@@ -22,11 +22,11 @@
 //! Run: `cargo test --release --test spikes -- --nocapture` (prints both ACCs).
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
-use hvae::checkpoint::{self, Checkpoints, Restore};
-use hvae::model::Model;
-use hvae::optim::{state_len, OptimKind};
 use hvae::shape::{Posterior, Scope, Shape};
-use hvae::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
+use hvae::store::checkpoint::{self, Checkpoints, Restore};
+use hvae::train::optim::{state_len, OptimKind};
+use hvae::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
+use hvae::Model;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::io::Read;

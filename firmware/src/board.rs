@@ -268,7 +268,7 @@ use embedded_storage::nor_flash::{
 };
 
 /// A range of the board's flash as `embedded-storage` NOR flash (for
-/// `hvae::checkpoint::Checkpoints`): offsets are relative to the start of the range,
+/// `hvae::Checkpoints`): offsets are relative to the start of the range,
 /// reads are bytes, writes whole 4-byte words (aligned), erases whole
 /// [`FlashWriter::PAGE`]s. Writes program words with [`FlashWriter::write_word`], which
 /// verifies them; on the micro:bit's NVMC a write can only clear bits, as on real NOR

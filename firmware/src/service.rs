@@ -13,7 +13,7 @@
 //! - [`Service`]: the model workspace (`SHAPE.work_len()` floats, 1,488 bytes), the
 //!   weight loader's state and the samples being answered (`BATCH D` floats, 1,024
 //!   bytes). The samples of a request are answered one at a time: the pair kernels of
-//!   [`hvae::model::Model::segment_batch`] (fewer instructions per sample) take more
+//!   [`hvae::infer::model::Model::segment_batch`] (fewer instructions per sample) take more
 //!   code than the 32 KiB flash budget leaves (figures in docs/device.md);
 //! - [`serve`](Service::serve): the receive buffer ([`RX_FRAME`] bytes) and, while
 //!   answering, one [`Response`] (about 1.3 KiB: the protocol's vectors have fixed

@@ -18,7 +18,7 @@
 //! boot only if its prefix CRC checks out.
 
 use crate::board::{FlashError, FlashWriter};
-use hvae::model::{ArrayModel, Model};
+use hvae::infer::model::{ArrayModel, Model};
 use hvae::protocol::blob_header;
 use hvae::Shape;
 
@@ -40,7 +40,7 @@ pub const INFER_LEN: usize = SHAPE.inference_param_len();
 /// CRC-32 of the compiled-in model's weight blob.
 pub const BLOB_CRC: u32 = generated::BLOB_CRC;
 /// The blob header of [`SHAPE`].
-pub const HEADER: [u8; hvae::blob::HEADER_LEN] = blob_header(&SHAPE);
+pub const HEADER: [u8; hvae::store::blob::HEADER_LEN] = blob_header(&SHAPE);
 
 const CRC_TABLE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 static CRC: crc::Crc<u32, crc::NoTable> = crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISO_HDLC);

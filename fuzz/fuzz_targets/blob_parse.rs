@@ -4,8 +4,8 @@
 //! sizes, shape, values) are fuzzed too.
 #![no_main]
 
-use hvae::blob;
-use hvae::shape::Shape;
+use hvae::store::blob;
+use hvae::Shape;
 use libfuzzer_sys::fuzz_target;
 
 /// A compiled-in shape, as on a device.

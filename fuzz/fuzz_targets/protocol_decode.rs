@@ -4,12 +4,12 @@
 //! the serde decoder agree on every input.
 #![no_main]
 
-use hvae::blob;
 use hvae::protocol::{
     self, ErrorCode, FrameDecoder, Request, Response, WeightLoader, MAX_REQUEST_FRAME,
     MAX_RESPONSE_FRAME,
 };
-use hvae::shape::Shape;
+use hvae::store::blob;
+use hvae::Shape;
 use libfuzzer_sys::fuzz_target;
 
 const DEVICE: Shape = Shape::new(4, &[6], 3, 2).checked();

@@ -2,7 +2,7 @@
 """An independent reference implementation of the hvae model, written from the maths.
 
 It is deliberately *not* a translation of the Rust core: it is the model of
-docs/design.md and of the loss documentation (`src/loss.rs`), written in vectorised NumPy
+docs/design.md and of the loss documentation (`src/train/loss.rs`), written in vectorised NumPy
 with SciPy's special functions, and differentiated by `autograd` (reverse-mode automatic
 differentiation of NumPy code) instead of by hand. Nothing in it is tuned for speed or
 for f32: it runs in float64 throughout.

@@ -16,12 +16,12 @@ machines, ``torchrun``'s ``--nnodes`` and ``--rdzv_endpoint`` as usual; every pr
 the data file (a ``.npy`` is memory-mapped, only a process's own rows read). The options
 and their defaults are ``hvae train``'s; ``--threads`` (1) is PyTorch's per process.
 
-The same as ``hvae train`` (``host-tools/src/train.rs``, ``src/loss.rs``):
+The same as ``hvae train`` (``host-tools/src/train.rs``, ``src/train/loss.rs``):
 
 * the model (:class:`torch_export.HvaeModule`) and its initialisation: He-uniform weights
   for ReLU layers (Glorot-uniform for tanh), zero biases, ``kappa = 10`` at the start,
   centres standard normal, ``kappa_s = 10``, uniform mixing weights;
-* the input normalisation rule of ``src/normalise.rs`` (offset the mean, scale one over
+* the input normalisation rule of ``src/infer/normalise.rs`` (offset the mean, scale one over
   ``max(sd, max |x - mean| / 10)``, 1 for a constant feature), fitted on every row of
   every shard (sums all-reduced);
 * the loss: ``recon + beta KL + gamma (consistency - eta H(p_bar))`` with the Gaussian
@@ -76,7 +76,7 @@ CLIP = 10.0
 #: Smallest probability inside a logarithm: the core's ``max(1e-30, eps^3)`` in f32.
 TINY = max(1e-30, float(np.finfo(np.float32).eps) ** 3)
 #: Below this spread a feature is constant (scale 1); the largest excursion counts in
-#: tenths of the spread (src/normalise.rs).
+#: tenths of the spread (src/infer/normalise.rs).
 MIN_SPREAD, SPARSE_RATIO = 1e-6, 10.0
 
 
@@ -181,7 +181,7 @@ def all_reduce(array, op="sum"):
 
 
 def fit_normalisation(x):
-    """``(offset, scale)`` by the core's rule (``src/normalise.rs``) over the rows of
+    """``(offset, scale)`` by the core's rule (``src/infer/normalise.rs``) over the rows of
     every shard: mean; spread ``max(sd, max |x - mean| / 10)``; scale ``1 / spread``,
     or 1 where the spread is at most ``1e-6``."""
     xd = x.astype(np.float64)
@@ -231,7 +231,7 @@ def mine_neighbours(views, k, block=1024):
 
 def spherical_kmeans(points, k, iters, rng):
     """``(centres, objective)``: spherical k-means of the rows of ``points`` (float64)
-    into ``k`` clusters, as ``src/kmeans.rs``: greedy k-means++ seeding (``2 + floor(ln
+    into ``k`` clusters, as ``src/train/kmeans.rs``: greedy k-means++ seeding (``2 + floor(ln
     k)`` candidates drawn by ``1 - cos`` to the nearest chosen centre, the one leaving the
     smallest total kept), then Lloyd iterations (a point keeps its centre on a tie; an
     empty cluster takes the point farthest from its own centre, from a cluster of two or
@@ -309,7 +309,7 @@ def _entropy(q):
 
 
 class Objective(nn.Module):
-    """The loss of one batch (``src/loss.rs``), as a module for DDP: every parameter takes
+    """The loss of one batch (``src/train/loss.rs``), as a module for DDP: every parameter takes
     part in every step (the cluster terms are weighted by ``gamma = 0`` in the warm-up),
     as DDP needs."""
 

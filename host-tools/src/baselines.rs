@@ -4,7 +4,7 @@
 //!   several restarts by inertia. This is `linfa-clustering`'s `KMeans` (Lloyd
 //!   iterations, stops when no centroid moves more than `1e-4` or after 300 iterations);
 //!   the data are copied once into an `f64` `ndarray` for it.
-//! - [`spherical_kmeans`]: the core's [`hvae::kmeans::spherical_kmeans`] (greedy
+//! - [`spherical_kmeans`]: the core's [`hvae::train::kmeans::spherical_kmeans`] (greedy
 //!   k-means++ on the sphere, then Lloyd iterations on cosines) on the rows as
 //!   directions, the best of several restarts by mean cosine. It is the very routine that
 //!   initialises the model's centres, so the comparison is like for like.
@@ -81,7 +81,7 @@ pub enum BaselineError {
     /// The core's spherical k-means refused the data (e.g. a row of zeros has no
     /// direction).
     #[error("spherical k-means: {0}")]
-    Spherical(hvae::kmeans::KMeansError),
+    Spherical(hvae::train::kmeans::KMeansError),
 }
 
 /// Euclidean k-means (k-means++ seeding, best of `cfg.restarts` runs by inertia) on the
@@ -119,7 +119,7 @@ pub struct SphericalResult {
     pub objective: f32,
 }
 
-/// Spherical k-means with the core's [`hvae::kmeans::spherical_kmeans`]: the best of
+/// Spherical k-means with the core's [`hvae::train::kmeans::spherical_kmeans`]: the best of
 /// `cfg.restarts` runs (largest mean cosine), all drawing from one seeded
 /// `Xoshiro256PlusPlus` stream. A row of zeros is an error (it has no direction).
 pub fn spherical_kmeans(
@@ -134,11 +134,11 @@ pub fn spherical_kmeans(
     cfg.check(n)?;
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
     let mut centres = vec![0.0f32; cfg.k * dim];
-    let mut scratch = vec![0.0f32; hvae::kmeans::scratch_len(cfg.k, dim)];
+    let mut scratch = vec![0.0f32; hvae::train::kmeans::scratch_len(cfg.k, dim)];
     let mut labels = vec![0u8; n];
     let mut best: Option<SphericalResult> = None;
     for _ in 0..cfg.restarts {
-        let info = hvae::kmeans::spherical_kmeans(
+        let info = hvae::train::kmeans::spherical_kmeans(
             features,
             dim,
             cfg.k,

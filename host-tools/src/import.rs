@@ -27,7 +27,7 @@
 //! codes `0`/`1` are accepted too), overridden by the caller's choices; when neither says,
 //! the defaults of [`hvae::Shape::new`] apply (vMF, Gaussian, ReLU).
 
-use hvae::model::{Model, VecModel};
+use hvae::infer::model::{Model, VecModel};
 use hvae::shape::{Activation, Likelihood, Posterior, Shape, TensorId, MAX_HIDDEN};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeSet, HashMap};

@@ -1,13 +1,13 @@
-//! Model files: the core's weight blob ([`hvae::blob`]) on disk.
+//! Model files: the core's weight blob ([`hvae::store::blob`]) on disk.
 //!
-//! [`load`] reads a file, checks it with [`hvae::blob::read_shape`] (magic, version,
-//! header, length, CRC, kinds and sizes) and [`hvae::blob::read_params`] (every value
+//! [`load`] reads a file, checks it with [`hvae::store::blob::read_shape`] (magic, version,
+//! header, length, CRC, kinds and sizes) and [`hvae::store::blob::read_params`] (every value
 //! finite) and builds a [`VecModel`]. Anything wrong is a [`ModelFileError`] whose
 //! message is one line naming the file. [`save`] writes the blob atomically.
 
 use crate::fsio::{self, WriteError};
-use hvae::blob::{self, BlobError};
-use hvae::model::{Model, ModelError, VecModel};
+use hvae::infer::model::{Model, ModelError, VecModel};
+use hvae::store::blob::{self, BlobError};
 use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;

@@ -16,8 +16,8 @@
 //!   iteration); the unit vectors are projected on them, so they fall inside the unit
 //!   disk, nearer the rim the better the plane explains them.
 
-use hvae::model::VecModel;
 use hvae::shape::TensorId;
+use hvae::VecModel;
 use plotters::prelude::*;
 use serde_json::Value;
 

@@ -19,8 +19,8 @@
 
 use crate::metrics;
 use crate::train::{fit, mine_neighbours, EpochStats, FitConfig, FitError};
-use hvae::model::{Model, VecModel};
-use hvae::shape::Shape;
+use hvae::infer::model::{Model, VecModel};
+use hvae::Shape;
 use serde::{Deserialize, Serialize};
 
 /// The label-free criterion that picks a restart.

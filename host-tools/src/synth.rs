@@ -14,7 +14,7 @@
 //! while independent random centres have cosines of order `1/sqrt(dim)`.
 
 use crate::data::Dataset;
-use hvae::rng::standard_normal;
+use hvae::dist::rng::standard_normal;
 use hvae::Posterior;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -51,7 +51,7 @@ pub enum SynthError {
     Parameters(String),
     /// The core's sampler failed (its rejection cap; practically never).
     #[error("sampling failed: {0}")]
-    Sample(hvae::sphere::SampleError),
+    Sample(hvae::dist::sphere::SampleError),
 }
 
 impl VmfMixture {

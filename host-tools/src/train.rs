@@ -4,20 +4,20 @@
 //! advantages: the normalisation is fitted on the whole training set, and the nearest
 //! neighbours of the cluster loss are mined over the whole set ([`NeighbourSpace`])
 //! instead of inside a ring buffer. Every number is computed by the core: the loss and
-//! its gradient ([`hvae::loss::loss_and_grad`]), the optimiser ([`hvae::optim`]), the
-//! normalisation ([`hvae::normalise`]) and the centre initialisation
-//! ([`hvae::kmeans::spherical_kmeans`]).
+//! its gradient ([`hvae::train::loss::loss_and_grad`]), the optimiser ([`hvae::train::optim`]), the
+//! normalisation ([`hvae::infer::normalise`]) and the centre initialisation
+//! ([`hvae::train::kmeans::spherical_kmeans`]).
 //!
 //! A step takes `batch / 2` anchors (in a shuffled order, reshuffled after each pass)
 //! and pairs each with one of its `neighbours` nearest neighbours, drawn at random
 //! (`batch` rows in all). Warm-up steps train the VAE alone on `batch` anchors with no
 //! pairs. Deterministic: the seed fixes every random number.
 
-use hvae::kmeans::{scratch_len, spherical_kmeans};
-use hvae::loss::{cache_len, loss_and_grad, Batch, LossConfig, LossParts, RandomDraws};
-use hvae::model::Model;
-use hvae::optim::{state_len, OptimConfig, OptimState, Optimiser};
 use hvae::shape::{Scope, Shape, TensorId};
+use hvae::train::kmeans::{scratch_len, spherical_kmeans};
+use hvae::train::loss::{cache_len, loss_and_grad, Batch, LossConfig, LossParts, RandomDraws};
+use hvae::train::optim::{state_len, OptimConfig, OptimState, Optimiser};
+use hvae::Model;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -144,28 +144,28 @@ pub enum FitError {
         /// Step index.
         step: usize,
         /// The core's error.
-        source: hvae::loss::LossError,
+        source: hvae::train::loss::LossError,
     },
     /// The optimiser refused an update.
     #[error("optimiser: {0}")]
-    Optim(#[from] hvae::optim::OptimError),
+    Optim(#[from] hvae::train::optim::OptimError),
     /// The centre initialisation failed.
     #[error("centre initialisation: {0}")]
-    KMeans(#[from] hvae::kmeans::KMeansError),
+    KMeans(#[from] hvae::train::kmeans::KMeansError),
     /// Encoding failed after training.
     #[error("encoding: {0}")]
-    Infer(#[from] hvae::model::InferError),
+    Infer(#[from] hvae::InferError),
 }
 
 /// Per-feature offset and scale of `x` (`n x d`) by the core's rule
-/// ([`hvae::normalise`]): the same normalisation a device fits to its buffer.
+/// ([`hvae::infer::normalise`]): the same normalisation a device fits to its buffer.
 pub fn fit_normalisation(
     x: &[f32],
     d: usize,
-) -> Result<(Vec<f32>, Vec<f32>), hvae::normalise::NormaliseError> {
+) -> Result<(Vec<f32>, Vec<f32>), hvae::infer::normalise::NormaliseError> {
     let mut offset = vec![0f32; d];
     let mut scale = vec![0f32; d];
-    hvae::normalise::fit(x.chunks_exact(d), &mut offset, &mut scale)?;
+    hvae::infer::normalise::fit(x.chunks_exact(d), &mut offset, &mut scale)?;
     Ok((offset, scale))
 }
 
@@ -286,7 +286,7 @@ pub fn fit(
             shape.clusters
         )));
     }
-    if cfg.batch < 2 || cfg.batch > 2 * hvae::trainer::MAX_BATCH || cfg.epochs == 0 {
+    if cfg.batch < 2 || cfg.batch > 2 * hvae::train::trainer::MAX_BATCH || cfg.epochs == 0 {
         return Err(FitError::Config(
             "batch must be in 2..=128 and epochs >= 1".into(),
         ));

@@ -1,6 +1,6 @@
 //! The `hvae` binary end to end: help, eval, inspect, export, exit statuses and
 //! one-line errors. Model files are built here with the core API and written with
-//! `hvae::blob::write` (the `train` command does not exist yet).
+//! `hvae::store::blob::write` (the `train` command does not exist yet).
 
 mod common;
 
@@ -289,10 +289,10 @@ fn inspect_reports_sizes_memory_and_crc() {
     assert_eq!(v["parameters"]["inference"], shape.inference_param_len());
     let mem = v["memory"].as_array().unwrap();
     assert_eq!(mem.len(), 7);
-    let want = hvae::memory::Memory::training::<f32>(
+    let want = hvae::Memory::training::<f32>(
         &shape,
         hvae::Scope::SegmenterOnly,
-        hvae::optim::OptimKind::Adam,
+        hvae::OptimKind::Adam,
         4,
         32,
     );
@@ -303,7 +303,7 @@ fn inspect_reports_sizes_memory_and_crc() {
     assert_eq!(row["total"], want.total());
     assert_eq!(
         mem[0]["total"],
-        hvae::memory::Memory::inference::<f32>(&shape).total()
+        hvae::Memory::inference::<f32>(&shape).total()
     );
 
     // Out-of-range assumptions are usage errors.
@@ -365,7 +365,7 @@ fn array_literals<'a>(text: &'a str, open: &str, close: &str) -> Vec<&'a str> {
 
 /// Parameters with awkward values: subnormals, -0.0, extremes, values that need 9
 /// significant digits.
-fn awkward_model() -> hvae::model::VecModel<f32> {
+fn awkward_model() -> hvae::VecModel<f32> {
     let shape = Shape::new(3, &[2], 2, 2);
     let mut p = common::params(&shape, 9);
     let specials = [
@@ -383,7 +383,7 @@ fn awkward_model() -> hvae::model::VecModel<f32> {
     ];
     let so = shape.segmenter_offset() + shape.segmenter_len(); // start of the decoder
     p[so..so + specials.len()].copy_from_slice(&specials);
-    hvae::model::Model::new(shape, p).unwrap()
+    hvae::infer::model::Model::new(shape, p).unwrap()
 }
 
 #[test]

@@ -83,7 +83,7 @@ fn other_weights_are_loaded_first() {
     assert!(r.loaded_weights);
     assert_eq!(sim.state.lock().unwrap().crc(), model.crc);
     // The blob went in 256-byte chunks: Info, chunks, Info, rows 4 at a time.
-    let chunks = hvae::blob::blob_len(&DIGITS).div_ceil(256);
+    let chunks = hvae::store::blob::blob_len(&DIGITS).div_ceil(256);
     assert_eq!(sim.state.lock().unwrap().requests(), 2 + chunks + ROWS / 4);
     // The weights read back are the model's, bit for bit.
     let mut dev = session(&sim);

@@ -6,8 +6,8 @@
 
 mod common;
 
-use hvae::model::Model;
 use hvae::protocol::{Request, TrainOptimiser, TrainScope, TrainSettings};
+use hvae::Model;
 use hvae::Posterior;
 use hvae::Shape;
 use hvae_host::commands::device_train::{
@@ -249,6 +249,6 @@ fn checkpoints_survive_a_reboot_bit_for_bit() {
     assert_eq!(eng4.crc(), model.crc);
 }
 
-fn saved_model(p: &[f32]) -> hvae::model::VecModel<f32> {
+fn saved_model(p: &[f32]) -> hvae::VecModel<f32> {
     Model::new(DIGITS, p.to_vec()).unwrap()
 }

@@ -9,7 +9,7 @@
 mod common;
 
 use assert_cmd::Command;
-use hvae::model::VecModel;
+use hvae::VecModel;
 use hvae::{Activation, Likelihood, Posterior, Shape};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;

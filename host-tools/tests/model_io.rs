@@ -14,7 +14,7 @@ fn save_and_load_round_trip() {
     let l = model_io::load(&p).unwrap();
     assert_eq!(l.model, m);
     assert_eq!(l.crc, crc);
-    assert_eq!(l.bytes, hvae::blob::blob_len(m.shape()));
+    assert_eq!(l.bytes, hvae::store::blob::blob_len(m.shape()));
     // Same bytes as the core's writer.
     let core = common::write_model(dir.path(), "core.hvae", &m);
     assert_eq!(std::fs::read(core).unwrap(), std::fs::read(&p).unwrap());

@@ -7,8 +7,8 @@
 mod common;
 
 use assert_cmd::Command;
-use hvae::model::VecModel;
 use hvae::Shape;
+use hvae::VecModel;
 use hvae_host::data::{self, Dataset};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

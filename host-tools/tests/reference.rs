@@ -18,13 +18,13 @@
 //! Run with `cargo test --release -p hvae-host-tools --test reference -- --nocapture` to
 //! see the per-case tables and the worst errors.
 
-use hvae::blob;
-use hvae::loss::{
+use hvae::dist::sphere::{reflect, Draw, SampleError};
+use hvae::infer::model::{Model, VecModel};
+use hvae::shape::TensorId;
+use hvae::store::blob;
+use hvae::train::loss::{
     cache_len, loss_and_grad, Batch, ClusterInput, DrawSource, LossConfig, LossParts, ReplayDraws,
 };
-use hvae::model::{Model, VecModel};
-use hvae::shape::TensorId;
-use hvae::sphere::{reflect, Draw, SampleError};
 use hvae::{Activation, Likelihood, Posterior, Real, Scope, Shape};
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -220,11 +220,11 @@ impl<R: Rng> DrawSource<f64> for Recorder<'_, R> {
 }
 
 fn uniform(rng: &mut Xoshiro256PlusPlus, lo: f64, hi: f64) -> f64 {
-    lo + (hi - lo) * hvae::rng::uniform::<f64, _>(rng)
+    lo + (hi - lo) * hvae::dist::rng::uniform::<f64, _>(rng)
 }
 
 fn normal(rng: &mut Xoshiro256PlusPlus) -> f64 {
-    hvae::rng::standard_normal::<f64, _>(rng)
+    hvae::dist::rng::standard_normal::<f64, _>(rng)
 }
 
 /// The core's initialisation, then every tensor perturbed (see the module docs).

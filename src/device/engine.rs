@@ -1,9 +1,7 @@
 //! The engine: one request dispatch for every device that serves the protocol.
 
 use super::{Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, SEED, WARMUP_STEPS};
-use crate::checkpoint::{Checkpoints, Layout, Restore};
-use crate::model::Model;
-use crate::optim::{state_len, OptimKind, Optimiser};
+use crate::infer::model::Model;
 use crate::protocol::answer::{answer_encode, answer_segment};
 use crate::protocol::borrowed;
 use crate::protocol::{
@@ -12,7 +10,9 @@ use crate::protocol::{
     CAP_TRAIN, MAX_VALUES,
 };
 use crate::shape::{Scope, Shape};
-use crate::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
+use crate::store::checkpoint::{Checkpoints, Layout, Restore};
+use crate::train::optim::{state_len, OptimKind, Optimiser};
+use crate::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -406,7 +406,7 @@ pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
     Some(cfg)
 }
 
-/// CRC-32 of the weight blob of `params` (header, values, as [`crate::blob::write`]
+/// CRC-32 of the weight blob of `params` (header, values, as [`crate::store::blob::write`]
 /// computes it), without building the blob.
 pub fn blob_crc(shape: &Shape, params: &[f32]) -> u32 {
     static CRC: crc::Crc<u32, crc::NoTable> =

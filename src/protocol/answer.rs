@@ -17,7 +17,7 @@
 //! [`Request::Encode`]: super::Request::Encode
 
 use super::{ErrorCode, Response};
-use crate::model::{Encoding, InferError, Model, Segment};
+use crate::infer::model::{Encoding, InferError, Model, Segment};
 use heapless::Vec;
 
 /// Answers a `Segment` request for the samples `xs` with `model`, calling `emit` with

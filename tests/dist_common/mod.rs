@@ -9,7 +9,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 pub fn random_unit(m: usize, seed: u64) -> Vec<f64> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let v: Vec<f64> = (0..m)
-        .map(|_| hvae::rng::standard_normal::<f64, _>(&mut rng))
+        .map(|_| hvae::dist::rng::standard_normal::<f64, _>(&mut rng))
         .collect();
     let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
     v.iter().map(|x| x / n).collect()

@@ -23,7 +23,7 @@
 mod model;
 
 use cortex_m_rt::entry;
-use hvae::model::Model;
+use hvae::Model;
 use hvae_accel_features::{Window, FEATURES};
 use lsm303agr::{AccelMode, AccelOutputDataRate, Lsm303agr};
 use microbit::hal::twim::{self, Twim};

@@ -5,7 +5,7 @@
 //! round-trip form, so the file holds the host's exact `f32` values.
 
 use flate2::read::MultiGzDecoder;
-use hvae::model::Model;
+use hvae::Model;
 use std::fmt::Write as _;
 use std::io::Read;
 

@@ -76,9 +76,9 @@ pub fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 /// Reads a weight blob and returns its shape, all parameters and CRC.
 pub fn read_blob(path: &str) -> Result<(hvae::Shape, Vec<f32>, u32), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    let shape = hvae::blob::read_shape(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    let shape = hvae::store::blob::read_shape(&bytes).map_err(|e| format!("{path}: {e}"))?;
     let mut params = vec![0.0f32; shape.param_len()];
-    let crc =
-        hvae::blob::read_params(&bytes, &shape, &mut params).map_err(|e| format!("{path}: {e}"))?;
+    let crc = hvae::store::blob::read_params(&bytes, &shape, &mut params)
+        .map_err(|e| format!("{path}: {e}"))?;
     Ok((shape, params, crc))
 }

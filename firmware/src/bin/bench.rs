@@ -26,10 +26,10 @@ compile_error!(
 );
 
 use cortex_m_rt::entry;
-use hvae::adapt::{adapter_storage_len, SegmenterAdapter};
-use hvae::model::Model;
-use hvae::optim::{state_len, OptimKind};
-use hvae::trainer::{OnlineTrainer, TrainConfig};
+use hvae::train::adapt::{adapter_storage_len, SegmenterAdapter};
+use hvae::train::optim::{state_len, OptimKind};
+use hvae::train::trainer::{OnlineTrainer, TrainConfig};
+use hvae::Model;
 use hvae::{Scope, Shape};
 use hvae_firmware::rt::{self, Counter, Fixed3};
 use hvae_firmware::weights::{generated, COMPILED, SHAPE};
@@ -45,7 +45,7 @@ mod golden {
 const PER_TICK: u32 = 40;
 /// Samples in the training buffer: Full + Adam must fit 96 KiB, and the parameters, the
 /// gradient and the rest of the trainer's scratch and Adam's moments leave room for a
-/// few rows of 64 floats and the stack (`hvae::memory::Memory::training` gives the
+/// few rows of 64 floats and the stack (`hvae::Memory::training` gives the
 /// figures).
 const CAP: usize = 8;
 /// Directions the `SegmenterAdapter` keeps (8 floats each) and its anchors per step:

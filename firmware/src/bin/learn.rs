@@ -8,7 +8,7 @@
 //! compiled-in model at boot), the trainer's scratch and optimiser state sized for Full
 //! scope with Adam, a flash slot for checkpoints, and UART0 as its transport.
 //!
-//! Checkpoints (`hvae::checkpoint`: weights, optimiser state and step counts, two slots,
+//! Checkpoints (`hvae::store::checkpoint`: weights, optimiser state and step counts, two slots,
 //! power-cut safe) go to memory.x's `CKPT` region (two slots of the Full + Adam size,
 //! through `board::FlashRegion`). At boot the newest valid checkpoint's weights replace
 //! the compiled-in ones.
@@ -17,10 +17,10 @@
 
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
-use hvae::checkpoint::Checkpoints;
 use hvae::device::{blob_crc, checkpoint_slot_len, optim_len, scratch_len, Engine, Store};
-use hvae::model::Model;
 use hvae::protocol::{max_request_frame, MAX_SAMPLE};
+use hvae::Checkpoints;
+use hvae::Model;
 use hvae_firmware::board::{Flash, FlashRegion, Uart};
 use hvae_firmware::rt;
 use hvae_firmware::service::TX_FRAME;

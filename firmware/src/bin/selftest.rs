@@ -18,9 +18,9 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use hvae::model::InferError;
 use hvae::protocol::borrowed::RequestRef;
 use hvae::protocol::{ErrorCode, Response, MAX_CHUNK};
+use hvae::InferError;
 use hvae_firmware::board::Flash;
 use hvae_firmware::rt;
 use hvae_firmware::service::{Resources, Service};

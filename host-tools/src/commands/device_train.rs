@@ -8,10 +8,10 @@ use crate::device::{self, Device, DeviceError, DeviceSpec, FirmwareOptions, Time
 use crate::metrics;
 use crate::model_io::{self, LoadedModel};
 use crate::Error;
-use hvae::model::Model;
 use hvae::protocol::{
     Request, Response, ShapeInfo, TrainOptimiser, TrainScope, TrainSettings, CAP_TRAIN, MAX_SAMPLE,
 };
+use hvae::Model;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;

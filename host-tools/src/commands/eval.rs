@@ -6,7 +6,7 @@ use crate::data::{self, Dataset};
 use crate::metrics::{self, Scores};
 use crate::model_io;
 use crate::Error;
-use hvae::model::VecModel;
+use hvae::VecModel;
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;

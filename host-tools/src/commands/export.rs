@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 /// Long help of the subcommand (`hvae export --help`).
 pub const LONG_ABOUT: &str = "Write a model in a form the firmware can use.\n\n\
-    bin: the weight blob, byte for byte (load it at run time with hvae::blob::read_params).\n\
+    bin: the weight blob, byte for byte (load it at run time with hvae::store::blob::read_params).\n\
     rust: a source file to include!: `pub const SHAPE: hvae::Shape` (built with the const \
     fns), PARAM_LEN, INFERENCE_PARAM_LEN, BLOB_CRC and `pub static PARAMS: [f32; PARAM_LEN]` \
     with every value printed so that it parses back to the exact same f32.\n\

@@ -4,8 +4,8 @@ use super::outln;
 use crate::export::{activation_name, hidden_widths, likelihood_name, posterior_name};
 use crate::model_io;
 use crate::Error;
-use hvae::memory::Memory;
-use hvae::optim::OptimKind;
+use hvae::Memory;
+use hvae::OptimKind;
 use hvae::{Scope, Shape};
 use serde::Serialize;
 use std::io::Write;
@@ -16,7 +16,7 @@ pub const LONG_ABOUT: &str = "Show what a model file holds: sizes, posterior, li
     activation, parameter count per block, the weights' CRC-32, and the bytes of RAM it \
     needs (f32) for inference and for on-device training in each update scope (Full, \
     EncoderAndSegmenter, SegmenterOnly) with each optimiser (SGD with momentum, Adam), \
-    counted by the core's hvae::memory::Memory for the stated batch and sample-buffer \
+    counted by the core's hvae::Memory for the stated batch and sample-buffer \
     sizes. A corrupt or foreign file is a one-line error with exit status 2.";
 
 /// Arguments of `hvae inspect`.
@@ -27,7 +27,7 @@ pub struct InspectArgs {
     pub model: PathBuf,
     /// Anchors per training step assumed for the training memory.
     #[arg(long, default_value_t = 8, value_name = "B",
-          value_parser = clap::value_parser!(u32).range(1..=hvae::trainer::MAX_BATCH as i64))]
+          value_parser = clap::value_parser!(u32).range(1..=hvae::train::trainer::MAX_BATCH as i64))]
     pub batch: u32,
     /// Samples in the on-device ring buffer assumed for the training memory.
     #[arg(long, default_value_t = 64, value_name = "N",
@@ -162,7 +162,7 @@ pub fn report(
     InspectReport {
         file: file.to_string(),
         bytes: loaded.bytes,
-        format_version: hvae::blob::VERSION,
+        format_version: hvae::store::blob::VERSION,
         crc: format!("{:#010x}", loaded.crc),
         input: s.input,
         hidden: hidden_widths(s),

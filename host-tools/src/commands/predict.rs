@@ -13,7 +13,7 @@ use super::outln;
 use crate::data::{self, DataError, DataErrorKind, RowMeta, RowReader};
 use crate::fsio::WriteError;
 use crate::{model_io, Error};
-use hvae::model::{Model, Segment};
+use hvae::infer::model::{Model, Segment};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::cell::Cell;
 use std::fs::File;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 /// Long help of the subcommand (`hvae train --help`).
 pub const LONG_ABOUT: &str = "Train a model on a data file.\n\n\
-    The input normalisation (per-feature offset and scale, the rule of hvae::normalise) is \
+    The input normalisation (per-feature offset and scale, the rule of hvae::infer::normalise) is \
     fitted on the data and stored in the model. The cluster loss pairs every sample with \
     one of its nearest neighbours, mined over the whole file (by default near both in \
     cosine on the raw features and on the normalised ones). Schedule: --warmup epochs of \
@@ -411,7 +411,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
 /// A trained model and how it was chosen.
 pub struct Trained {
     /// The model kept.
-    pub model: hvae::model::VecModel<f32>,
+    pub model: hvae::VecModel<f32>,
     /// Every restart of the kept K, with its label-free criteria (empty with one).
     pub restarts: Vec<Restart>,
     /// With `--clusters auto`: each K tried and the silhouette of its model.
@@ -423,7 +423,7 @@ pub struct Trained {
 pub fn train_on(
     args: &TrainArgs,
     data: &Dataset,
-    progress: impl FnMut(&crate::train::EpochStats, &hvae::model::VecModel<f32>),
+    progress: impl FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>),
 ) -> Result<Trained, Error> {
     let ks: Vec<usize> = match args.clusters {
         Clusters::Fixed(k) => vec![k as usize],
@@ -618,7 +618,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
 }
 
 /// The model's label for every row (a row it cannot encode gets cluster 0).
-pub fn predict<S: AsRef<[f32]>>(model: &hvae::model::Model<f32, S>, data: &Dataset) -> Vec<usize> {
+pub fn predict<S: AsRef<[f32]>>(model: &hvae::Model<f32, S>, data: &Dataset) -> Vec<usize> {
     let mut work = vec![0f32; model.shape().work_len()];
     data.rows()
         .map(|r| model.segment(r, &mut work).map(|s| s.label).unwrap_or(0))

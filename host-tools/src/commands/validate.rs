@@ -200,7 +200,7 @@ struct Acc {
 impl Acc {
     fn add(
         &mut self,
-        host: &hvae::model::Segment<'_, f32>,
+        host: &hvae::Segment<'_, f32>,
         dev: &device::DeviceSegment,
         tie_tol: f64,
     ) -> Result<(), String> {

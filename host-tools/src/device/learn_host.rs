@@ -3,11 +3,11 @@
 //! learning device served by the core's server over in-memory pipes.
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
-use hvae::checkpoint::Checkpoints;
 use hvae::device::{checkpoint_slot_len, optim_len, scratch_len, Engine, Store, Transport};
-use hvae::model::VecModel;
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+use hvae::Checkpoints;
 use hvae::Shape;
+use hvae::VecModel;
 use hvae_devkit::Link;
 use std::io::{BufReader, Read, Write};
 

@@ -10,10 +10,10 @@
 
 use super::learn_host::{HostStore, INPUTS, WORK};
 use hvae::device::{Engine, INFER};
-use hvae::model::VecModel;
 use hvae::protocol::{
     encode, FrameDecoder, Request, Response, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
 };
+use hvae::VecModel;
 use hvae_devkit::Link;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: deterministic models and data files.
 #![allow(dead_code)]
 
-use hvae::model::{Model, VecModel};
+use hvae::infer::model::{Model, VecModel};
 use hvae::Shape;
 use std::path::{Path, PathBuf};
 
@@ -33,8 +33,8 @@ pub fn model(shape: Shape, salt: u64) -> VecModel<f32> {
 /// Writes `model` as a blob with the core's writer and returns the path.
 pub fn write_model(dir: &Path, name: &str, model: &VecModel<f32>) -> PathBuf {
     let shape = model.shape();
-    let mut bytes = vec![0u8; hvae::blob::blob_len(shape)];
-    let n = hvae::blob::write(shape, model.params(), &mut bytes).expect("blob");
+    let mut bytes = vec![0u8; hvae::store::blob::blob_len(shape)];
+    let n = hvae::store::blob::write(shape, model.params(), &mut bytes).expect("blob");
     bytes.truncate(n);
     let path = dir.join(name);
     std::fs::write(&path, &bytes).unwrap();

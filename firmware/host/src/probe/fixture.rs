@@ -3,8 +3,8 @@
 //! checks send, and the helpers that compare the device's answers with the core on the
 //! host.
 
-use hvae::model::Model;
 use hvae::protocol::{DeviceInfo, Response, MAX_SAMPLE};
+use hvae::Model;
 use hvae::Shape;
 use hvae_devkit::{Device, DeviceError, Launch, Qemu, Timeouts};
 use std::time::Duration;
@@ -104,7 +104,7 @@ impl Fixture {
             .map(|(i, v)| if i >= shape.encoder_offset() { -v } else { *v })
             .collect();
         let new_blob = blob_of(&shape, &new_params)?;
-        let new_crc = hvae::blob::crc32(&new_blob[..new_blob.len() - 4]);
+        let new_crc = hvae::store::blob::crc32(&new_blob[..new_blob.len() - 4]);
         let (qemu, link) = launch.connect()?;
         // Generous: qemu with -icount on a loaded machine.
         let timeouts = Timeouts {
@@ -227,8 +227,8 @@ pub enum Weights {
 
 /// A weight blob of `params`.
 pub fn blob_of(shape: &Shape, params: &[f32]) -> Result<Vec<u8>, String> {
-    let mut b = vec![0u8; hvae::blob::blob_len(shape)];
-    hvae::blob::write(shape, params, &mut b).map_err(|e| e.to_string())?;
+    let mut b = vec![0u8; hvae::store::blob::blob_len(shape)];
+    hvae::store::blob::write(shape, params, &mut b).map_err(|e| e.to_string())?;
     Ok(b)
 }
 

@@ -7,8 +7,8 @@
 //! (`ln Gamma(alpha)` is about `8e4` at `k = 1e4`).
 
 use super::{SampleError, WDraw};
-use crate::rng::beta;
-use crate::special::{beta_quantile_da, digamma_diff, ln_gamma_ratio, trigamma_diff};
+use crate::dist::rng::beta;
+use crate::dist::special::{beta_quantile_da, digamma_diff, ln_gamma_ratio, trigamma_diff};
 use crate::Real;
 use rand_core::Rng;
 

@@ -18,8 +18,8 @@
 mod power;
 mod vmf;
 
-use crate::rng::{normal_pair, VariateError};
-use crate::special::{is_nan, log_sphere_area, nan};
+use crate::dist::rng::{normal_pair, VariateError};
+use crate::dist::special::{is_nan, log_sphere_area, nan};
 use crate::{Posterior, Real};
 use rand_core::Rng;
 
@@ -48,10 +48,10 @@ pub enum SampleError {
     /// `kappa` is not a finite positive number.
     Kappa,
     /// A rejection loop hit its cap (Wood: [`WOOD_MAX_TRIES`]; Gamma variates:
-    /// [`crate::rng::GAMMA_MAX_TRIES`]). Probability below `1e-25` per draw.
+    /// [`crate::dist::rng::GAMMA_MAX_TRIES`]). Probability below `1e-25` per draw.
     RejectionCap,
     /// The incomplete-beta continued fraction behind the Power Spherical gradient did not
-    /// converge within [`crate::special::CF_CAP`] terms (never observed).
+    /// converge within [`crate::dist::special::CF_CAP`] terms (never observed).
     NoConvergence,
 }
 
@@ -173,7 +173,7 @@ impl Posterior {
     pub fn mean_cosine<T: Real>(self, m: usize, kappa: T) -> T {
         let k = clamp_kappa(kappa);
         match self {
-            Posterior::VonMisesFisher => crate::special::bessel_ratio(m, k),
+            Posterior::VonMisesFisher => crate::dist::special::bessel_ratio(m, k),
             Posterior::PowerSpherical => {
                 let m1 = T::of(m.max(2) as f64 - 1.0);
                 k / (m1 + k)

@@ -9,7 +9,7 @@
 //! (`sum_l h_l h_{l-1} + (M + 1) h_L`), `segment` = `encode` + `2 K M`,
 //! `reconstruct` = `encode` + decoder. No loops depend on the data.
 
-use crate::nn::{
+use crate::infer::nn::{
     dense_forward, dense_forward2, dot, inv_norm, inv_sqrt, softplus, sq_and_dot, sq_and_dot2,
     sq_and_dot2_8, sq_and_dot8,
 };
@@ -328,7 +328,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
 
     /// [`Model::segment`] with the segmenter parameters `seg` ([`Shape::segmenter_len`]
     /// values, laid out as in the model) instead of the model's own: the encoder can
-    /// stay in flash while a [`SegmenterAdapter`](crate::adapt::SegmenterAdapter) keeps
+    /// stay in flash while a [`SegmenterAdapter`](crate::train::adapt::SegmenterAdapter) keeps
     /// adapting its own copy of the segmenter in RAM. Same cost as [`Model::segment`].
     pub fn segment_with<'w>(
         &self,
@@ -530,7 +530,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             crate::Likelihood::Gaussian => out.copy_from_slice(xhat),
             crate::Likelihood::Bernoulli => {
                 for (o, &v) in out.iter_mut().zip(xhat) {
-                    *o = crate::nn::sigmoid(v);
+                    *o = crate::infer::nn::sigmoid(v);
                 }
             }
         }
@@ -853,7 +853,7 @@ impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
                         crate::Activation::Tanh => (T::of(6.0) / (fan_in + fan_out)).sqrt(),
                     };
                     for w in v.iter_mut() {
-                        let u: T = crate::rng::uniform(rng);
+                        let u: T = crate::dist::rng::uniform(rng);
                         *w = (u + u - T::one()) * limit;
                     }
                 }
@@ -866,7 +866,7 @@ impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
                 Id::KappaBias => v.fill(T::of(libm::log(libm::expm1(9.0)))),
                 Id::Centres => {
                     for w in v.iter_mut() {
-                        *w = crate::rng::standard_normal(rng);
+                        *w = crate::dist::rng::standard_normal(rng);
                     }
                 }
                 Id::LogKappaS => v.fill(T::of(core::f64::consts::LN_10)),

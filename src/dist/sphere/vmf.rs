@@ -9,8 +9,8 @@
 //! `special::bessel_terms` evaluates without the cancellation of its two large parts.
 
 use super::WDraw;
-use crate::rng::{beta, uniform};
-use crate::special::{bessel_terms, log_sphere_area, order, positive};
+use crate::dist::rng::{beta, uniform};
+use crate::dist::special::{bessel_terms, log_sphere_area, order, positive};
 use crate::Real;
 use rand_core::Rng;
 

@@ -1,6 +1,6 @@
 //! Adapting the clusters on a device whose encoder stays frozen in flash.
 //!
-//! [`OnlineTrainer`](crate::trainer::OnlineTrainer) with
+//! [`OnlineTrainer`](crate::train::trainer::OnlineTrainer) with
 //! [`Scope::SegmenterOnly`] keeps raw samples (`D` values each) and the whole parameter
 //! vector in RAM. When only the segmenter learns, neither is needed: the encoder's
 //! output `mu(x)` of a sample never changes, so [`SegmenterAdapter`] keeps the `M`-value
@@ -11,7 +11,7 @@
 //! the bytes; the figures are in docs/benchmarks.md).
 //!
 //! The loss is [`segmenter_loss_and_grad`]: the cluster terms of
-//! [`loss_and_grad`](crate::loss::loss_and_grad) with `SegmenterOnly`, on the stored
+//! [`loss_and_grad`](crate::train::loss::loss_and_grad) with `SegmenterOnly`, on the stored
 //! directions (no reconstruction, no KL, no draw); neighbours for the consistency term
 //! are mined among the stored directions by cosine. The divergence guard, the k-means++
 //! initialisation and the optimiser are the general trainer's.
@@ -24,10 +24,10 @@
 //! `init_centres` adds a bounded spherical k-means over the buffer.
 //!
 //! ```
-//! use hvae::adapt::{adapter_storage_len, SegmenterAdapter};
-//! use hvae::model::Model;
-//! use hvae::optim::{state_len, OptimKind};
-//! use hvae::trainer::TrainConfig;
+//! use hvae::train::adapt::{adapter_storage_len, SegmenterAdapter};
+//! use hvae::infer::model::Model;
+//! use hvae::train::optim::{state_len, OptimKind};
+//! use hvae::train::trainer::TrainConfig;
 //! use hvae::{Scope, Shape};
 //! use rand_core::SeedableRng;
 //!
@@ -59,12 +59,12 @@
 //! }
 //! ```
 
-use crate::kmeans::{scratch_len as kmeans_scratch_len, spherical_kmeans};
-use crate::loss::{cache_len, segmenter_loss_and_grad, Batch};
-use crate::model::{Model, Segment};
-use crate::optim::{state_len, OptimState};
+use crate::infer::model::{Model, Segment};
 use crate::shape::{Scope, Shape};
-use crate::trainer::{
+use crate::train::kmeans::{scratch_len as kmeans_scratch_len, spherical_kmeans};
+use crate::train::loss::{cache_len, segmenter_loss_and_grad, Batch};
+use crate::train::optim::{state_len, OptimState};
+use crate::train::trainer::{
     nearest_neighbour, uniform_index, Consistency, GuardState, Phase, StepReport, TrainConfig,
     TrainError, MAX_BATCH,
 };
@@ -117,7 +117,7 @@ impl AdapterMemory {
         shape: &Shape,
         batch: usize,
         cap: usize,
-        kind: crate::optim::OptimKind,
+        kind: crate::train::optim::OptimKind,
     ) -> AdapterMemory {
         let s = core::mem::size_of::<T>();
         AdapterMemory {
@@ -179,7 +179,7 @@ where
             || CAP < 2
             || CAP > u16::MAX as usize
             || matches!(cfg.consistency, Consistency::Noise(_))
-            || matches!(cfg.consistency, Consistency::Neighbours(n) if n == 0 || n > crate::trainer::MAX_NEIGHBOURS)
+            || matches!(cfg.consistency, Consistency::Neighbours(n) if n == 0 || n > crate::train::trainer::MAX_NEIGHBOURS)
         {
             return Err(TrainError::BadConfig);
         }
@@ -269,7 +269,7 @@ where
     /// Keeps a direction `mu` (`M` values of unit norm, from [`Model::encode`]).
     pub fn push_direction(&mut self, mu: &[T]) -> Result<(), TrainError> {
         let row: [T; M] = mu.try_into().map_err(|_| TrainError::BadSample)?;
-        let n2 = crate::nn::dot(&row, &row);
+        let n2 = crate::infer::nn::dot(&row, &row);
         if !row.iter().all(|v| v.is_finite()) || (n2 - T::one()).abs() > T::of(1e-3) {
             return Err(TrainError::BadSample);
         }
@@ -303,7 +303,7 @@ where
         self.guard.rejected()
     }
 
-    /// True once [`Guard::max_rejections`](crate::trainer::Guard::max_rejections)
+    /// True once [`Guard::max_rejections`](crate::train::trainer::Guard::max_rejections)
     /// steps in a row were rejected: restore the segmenter and the optimiser from the
     /// last checkpoint, then call [`SegmenterAdapter::restored`].
     pub fn needs_restore(&self) -> bool {
@@ -380,7 +380,7 @@ where
             pairs: &pairs[..n_pairs],
         };
         let loss_cfg = self.cfg.loss;
-        let mut p_new = [T::zero(); crate::kmeans::MAX_CLUSTERS];
+        let mut p_new = [T::zero(); crate::train::kmeans::MAX_CLUSTERS];
         p_new[..k].copy_from_slice(p_bar);
         let parts = segmenter_loss_and_grad(
             &shape,

@@ -19,8 +19,8 @@
 //!
 //! ```
 //! use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
-//! use hvae::checkpoint::{self, Checkpoints, Layout};
-//! use hvae::optim::OptimKind;
+//! use hvae::store::checkpoint::{self, Checkpoints, Layout};
+//! use hvae::train::optim::OptimKind;
 //! use hvae::{Scope, Shape};
 //!
 //! // A RAM "flash" for the example; a firmware passes its HAL's flash driver instead.
@@ -88,7 +88,7 @@
 //! | 34 | 1 | optimiser code (0 SGD, 1 Adam) |
 //! | 35 | 5 | reserved, zero |
 //! | 40 | `w P` | parameters, in [`Shape`] layout order |
-//! | `40 + w P` | `w S` | optimiser state ([`crate::optim::OptimState`] storage layout) |
+//! | `40 + w P` | `w S` | optimiser state ([`crate::train::optim::OptimState`] storage layout) |
 //! | `B = 40 + w (P + S)` | 4 | CRC-32/ISO-HDLC of bytes `0..B` (zlib's `crc32`) |
 //! | `C = round_up(B + 4, WRITE_SIZE)` | 4 | commit word [`COMMIT`], in its own write unit(s) |
 //!
@@ -134,10 +134,10 @@
 //! must divide 256 (true of every common part: 1 to 32 bytes) and `ERASE_SIZE` must be
 //! a multiple of both.
 
-use crate::model::Model;
-use crate::optim::{state_len, OptimKind};
+use crate::infer::model::Model;
 use crate::shape::{Activation, Likelihood, Posterior, Scope, Shape, MAX_HIDDEN};
-use crate::trainer::OnlineTrainer;
+use crate::train::optim::{state_len, OptimKind};
+use crate::train::trainer::OnlineTrainer;
 use crate::Real;
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
 

@@ -239,7 +239,7 @@ mod tests {
             for i in 0..29 {
                 let a = b + 10f64.powf(-3.0 + 7.0 * i as f64 / 28.0);
                 for _ in 0..20 {
-                    let (x, omx) = crate::rng::beta(a, b, &mut rng).unwrap();
+                    let (x, omx) = crate::dist::rng::beta(a, b, &mut rng).unwrap();
                     let n = if use_direct(a, b, x) {
                         terms_needed(a, b, x)
                     } else {

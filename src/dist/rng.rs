@@ -12,7 +12,7 @@
 //!
 //! `f32` variates use one 32-bit word per uniform, `f64` variates one 64-bit word.
 
-use crate::special::is_nan;
+use crate::dist::special::is_nan;
 use crate::Real;
 use rand_core::Rng;
 

@@ -22,10 +22,10 @@
 //! network, plus `B` encoder passes, plus `B` backward passes; memory: a workspace of
 //! [`Shape::work_len`] plus [`cache_len`] per batch.
 
-use crate::model::{segmenter_logits, softmax_from_logits, InferError, Model, WorkLayout};
-use crate::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
+use crate::dist::sphere::{reflect_backward, Draw, SampleError};
+use crate::infer::model::{segmenter_logits, softmax_from_logits, InferError, Model, WorkLayout};
+use crate::infer::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
 use crate::shape::{Likelihood, Posterior, Scope, Shape};
-use crate::sphere::{reflect_backward, Draw, SampleError};
 use crate::Real;
 
 /// Weights and constants of the loss.
@@ -221,7 +221,7 @@ impl<T: Real> DrawSource<T> for ReplayDraws<'_, T> {
         for (zi, &vi) in z[1..].iter_mut().zip(v) {
             *zi = r * vi;
         }
-        crate::sphere::reflect(mu, z);
+        crate::dist::sphere::reflect(mu, z);
         Ok(Draw { w, dw_dkappa })
     }
 }
@@ -414,8 +414,8 @@ fn cache_row_mut<T>(
 
 /// The cluster loss of a batch of latent mean directions and its gradient with respect
 /// to the segmenter parameters only, for a segmenter adapted on a frozen encoder
-/// ([`crate::adapt::SegmenterAdapter`]): `batch.inputs` holds `B` rows of `M` values
-/// (`mu(x_i)`, as [`crate::model::Model::encode`] gives them), `seg` the segmenter
+/// ([`crate::train::adapt::SegmenterAdapter`]): `batch.inputs` holds `B` rows of `M` values
+/// (`mu(x_i)`, as [`crate::infer::model::Model::encode`] gives them), `seg` the segmenter
 /// parameters ([`Shape::segmenter_len`] values), `grads` receives the gradient (same
 /// length, overwritten). Equal to [`loss_and_grad`] with [`Scope::SegmenterOnly`] on
 /// inputs whose encodings are these rows, without running the encoder.
@@ -435,7 +435,9 @@ pub fn segmenter_loss_and_grad<T: Real>(
     let (m, k) = (s.latent, s.clusters);
     let bsz = batch_rows(batch, m, k)?;
     if !batch.inputs.iter().all(|v| v.is_finite()) {
-        return Err(LossError::Infer(crate::model::InferError::NonFiniteInput));
+        return Err(LossError::Infer(
+            crate::infer::model::InferError::NonFiniteInput,
+        ));
     }
     if seg.len() != s.segmenter_len()
         || cache.len() < cache_len(&s, bsz)
@@ -792,7 +794,7 @@ fn segmenter_backward<T: Real>(
 /// pre-activation)` as `dpre`. Adds the encoder's gradients.
 fn encoder_backward<T: Real, S: AsRef<[T]>>(
     model: &Model<T, S>,
-    enc: &crate::model::EncoderOut<T>,
+    enc: &crate::infer::model::EncoderOut<T>,
     dpre: T,
     work: &mut [T],
     grads: &mut [T],

@@ -534,7 +534,7 @@ pub(crate) fn sigmoid<T: Real>(x: T) -> T {
 /// Cortex-M4F would cost one costly call per centre in every `segment`.
 /// Any other norm takes the square root.
 ///
-/// [`Model::normalise_centres`]: crate::model::Model::normalise_centres
+/// [`Model::normalise_centres`]: crate::infer::model::Model::normalise_centres
 #[inline]
 pub(crate) fn inv_norm<T: Real>(v: &[T]) -> Option<T> {
     inv_sqrt(dot(v, v))
@@ -851,7 +851,7 @@ mod tests {
         // Softmax of extreme logits: finite, exact where it can be.
         let mut a = [1000.0f32, 0.0, -1000.0];
         let mut p = [0.0f32; 3];
-        assert_eq!(crate::model::softmax_from_logits(&mut a, &mut p), 0);
+        assert_eq!(crate::infer::model::softmax_from_logits(&mut a, &mut p), 0);
         assert_eq!(p, [1.0, 0.0, 0.0]);
         assert_eq!(a[0], 0.0);
         assert_eq!(a[1], -1000.0);
@@ -860,7 +860,7 @@ mod tests {
         let mut a = [0.3f64, -1.2, 2.0, 0.0];
         let mut p = [0.0f64; 4];
         let z: f64 = [0.3f64, -1.2, 2.0, 0.0].iter().map(|v| v.exp()).sum();
-        assert_eq!(crate::model::softmax_from_logits(&mut a, &mut p), 2);
+        assert_eq!(crate::infer::model::softmax_from_logits(&mut a, &mut p), 2);
         for (i, v) in [0.3f64, -1.2, 2.0, 0.0].iter().enumerate() {
             assert!((p[i] - v.exp() / z).abs() < 1e-15);
             assert!((a[i] - (v - z.ln())).abs() < 1e-15);
@@ -868,6 +868,6 @@ mod tests {
         // The label is the first of exactly tied maxima.
         let mut a = [0.5f32, 2.0, -1.0, 2.0];
         let mut p = [0.0f32; 4];
-        assert_eq!(crate::model::softmax_from_logits(&mut a, &mut p), 1);
+        assert_eq!(crate::infer::model::softmax_from_logits(&mut a, &mut p), 1);
     }
 }

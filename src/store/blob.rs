@@ -74,7 +74,7 @@
 //!    are the parameters copied out, so a failed load leaves the old weights in place.
 //!
 //! ```
-//! use hvae::blob;
+//! use hvae::store::blob;
 //! use hvae::shape::Shape;
 //!
 //! const SHAPE: Shape = Shape::new(4, &[3], 2, 2).checked();

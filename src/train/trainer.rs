@@ -4,14 +4,14 @@
 //! Each [`OnlineTrainer::step`] draws a mini-batch of `B` anchors from the buffer,
 //! pairs each anchor with one of its nearest neighbours *inside the buffer* (cosine on
 //! the raw features) — or with a noisy copy of itself — and takes one optimiser step on
-//! the loss of [`crate::loss`]. The schedule of docs/design.md#training-schedule is
+//! the loss of [`crate::train::loss`]. The schedule of docs/design.md#training-schedule is
 //! built in: the first `warmup_steps` steps train the VAE alone (`gamma = 0`, no
 //! pairs); then the centres are initialised by spherical k-means++ on the `mu(x)` of
 //! the buffer; then training is joint.
 //!
 //! # Memory
 //! Everything lives in the trainer: the ring buffer (`CAP * D` scalars), `CAP` bytes of
-//! k-means labels, the optimiser state ([`crate::optim::state_len`]) and one scratch
+//! k-means labels, the optimiser state ([`crate::train::optim::state_len`]) and one scratch
 //! storage of [`TrainConfig::storage_len`] scalars (gradient, marginal, workspace, batch
 //! cache, batch rows, k-means buffers). [`crate::memory`] adds it up in bytes.
 //!
@@ -23,11 +23,13 @@
 //! k-means run. Nothing depends on the data's values except the posterior sampler's
 //! capped rejection loop.
 
-use crate::kmeans::{scratch_len as kmeans_scratch_len, spherical_kmeans, KMeansError};
-use crate::loss::{cache_len, loss_and_grad, Batch, LossConfig, LossError, LossParts, RandomDraws};
-use crate::model::{InferError, Model, WorkLayout};
-use crate::optim::{state_len, OptimConfig, OptimError, OptimState};
+use crate::infer::model::{InferError, Model, WorkLayout};
 use crate::shape::{Scope, Shape};
+use crate::train::kmeans::{scratch_len as kmeans_scratch_len, spherical_kmeans, KMeansError};
+use crate::train::loss::{
+    cache_len, loss_and_grad, Batch, LossConfig, LossError, LossParts, RandomDraws,
+};
+use crate::train::optim::{state_len, OptimConfig, OptimError, OptimState};
 use crate::Real;
 use heapless::HistoryBuf;
 use rand_core::Rng;
@@ -188,7 +190,8 @@ impl<T: Real> TrainConfig<T> {
                 balance_momentum: T::of(0.9),
                 ..LossConfig::default()
             },
-            optim: OptimConfig::new(crate::optim::Optimiser::adam(lr)).with_clip_norm(T::of(10.0)),
+            optim: OptimConfig::new(crate::train::optim::Optimiser::adam(lr))
+                .with_clip_norm(T::of(10.0)),
             scope: Scope::Full,
             batch: 8,
             consistency: Consistency::Neighbours(5),
@@ -422,7 +425,7 @@ where
 
     /// Continues the schedule from a checkpoint taken after `steps` steps (the model and
     /// optimiser having been restored from it, e.g. by
-    /// [`crate::checkpoint::Checkpoints::restore_trainer`]): past the warm-up, the centres
+    /// [`crate::store::checkpoint::Checkpoints::restore_trainer`]): past the warm-up, the centres
     /// count as initialised, since they are part of the restored model. Also clears the
     /// rejection count and re-arms the guard ([`OnlineTrainer::restored`]).
     pub fn resume(&mut self, steps: u32) {
@@ -533,7 +536,7 @@ where
                 }
                 Consistency::Noise(sigma) => {
                     for (p, &x) in partner.iter_mut().zip(sample.iter()) {
-                        *p = x + sigma * crate::rng::standard_normal(rng);
+                        *p = x + sigma * crate::dist::rng::standard_normal(rng);
                     }
                 }
                 Consistency::None => partner.copy_from_slice(sample),
@@ -596,7 +599,7 @@ where
     }
 
     /// Sets the model's input normalisation to the buffered samples' (the rule of
-    /// [`crate::normalise`], the host trainer's too), for a device that starts learning
+    /// [`crate::infer::normalise`], the host trainer's too), for a device that starts learning
     /// from scratch. Cost: `3 CAP D` operations.
     pub fn fit_normalisation<P>(&self, model: &mut Model<T, P>) -> Result<(), TrainError>
     where
@@ -607,7 +610,7 @@ where
         }
         let mut offset = [T::zero(); D];
         let mut scale = [T::zero(); D];
-        crate::normalise::fit(
+        crate::infer::normalise::fit(
             self.samples.as_slice().iter().map(|x| &x[..]),
             &mut offset,
             &mut scale,
@@ -717,7 +720,7 @@ pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
     let Some(x) = samples.get(a) else {
         return a;
     };
-    let nx = crate::nn::dot(x, x).sqrt();
+    let nx = crate::infer::nn::dot(x, x).sqrt();
     let mut best = [(T::zero(), usize::MAX); MAX_NEIGHBOURS];
     let mut have = 0usize;
     // At most MAX_NEIGHBOURS (the configuration's bound): the indices below stay in range.
@@ -728,10 +731,10 @@ pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
         if j == a {
             continue;
         }
-        let ny = crate::nn::dot(y, y).sqrt();
+        let ny = crate::infer::nn::dot(y, y).sqrt();
         let den = nx * ny;
         let cos = if den > T::zero() {
-            crate::nn::dot(x, y) / den
+            crate::infer::nn::dot(x, y) / den
         } else {
             -T::one() - T::one()
         };

@@ -9,7 +9,7 @@
 //! sized to the scope, not to the whole model.
 //!
 //! ```
-//! use hvae::optim::{state_len, OptimConfig, OptimKind, OptimState, Optimiser};
+//! use hvae::train::optim::{state_len, OptimConfig, OptimKind, OptimState, Optimiser};
 //! const N: usize = 4;
 //! let mut state = OptimState::new([0.0f32; state_len(OptimKind::Adam, N)]);
 //! let cfg = OptimConfig::new(Optimiser::adam(1e-2)).with_clip_norm(1.0);
@@ -292,7 +292,7 @@ impl<S> OptimState<S> {
     }
 
     /// The moments, mutably: to restore saved ones in place (a device cannot move its
-    /// static storage); see [`crate::checkpoint`]. Anything but a saved state gives
+    /// static storage); see [`crate::store::checkpoint`]. Anything but a saved state gives
     /// meaningless updates.
     pub fn storage_mut(&mut self) -> &mut S {
         &mut self.storage

@@ -6,7 +6,7 @@
 //! | item | job |
 //! |---|---|
 //! | [`Engine`] | the request dispatch (info, answers, weight loading, read back, checkpoints, training), the capabilities chosen by a const ([`LEARN`], [`INFER`]) |
-//! | [`Store`] | where the engine's big buffers live and where checkpoints go ([`crate::checkpoint`] over `embedded-storage` NOR flash) |
+//! | [`Store`] | where the engine's big buffers live and where checkpoints go ([`crate::store::checkpoint`] over `embedded-storage` NOR flash) |
 //! | [`Transport`], [`Engine::serve`] | the server: frames from a byte stream, answers back |
 //!
 //! The firmware's `learn` program runs the engine over static buffers and its UART; the
@@ -29,7 +29,7 @@
 //! step ends the request with [`ErrorCode::Train`] (the steps before it stay applied).
 //!
 //! # Checkpoints
-//! With checkpoint slots ([`Store::checkpoints`], [`crate::checkpoint`]: two slots,
+//! With checkpoint slots ([`Store::checkpoints`], [`crate::store::checkpoint`]: two slots,
 //! sequence number, CRC, commit word), the engine saves the weights, the optimiser state
 //! and the step counts every [`CHECKPOINT_EVERY`] steps and on `Checkpoint` (the weights
 //! alone when no training is under way); when the divergence guard has rejected too many
@@ -47,8 +47,8 @@
 //! a failed load leaves the weights untouched without a second parameter copy.
 //!
 //! [`TrainSettings`]: crate::protocol::TrainSettings
-//! [`OnlineTrainer`]: crate::trainer::OnlineTrainer
-//! [`TrainConfig::new`]: crate::trainer::TrainConfig::new
+//! [`OnlineTrainer`]: crate::train::trainer::OnlineTrainer
+//! [`TrainConfig::new`]: crate::train::trainer::TrainConfig::new
 //! [`ErrorCode::Train`]: crate::protocol::ErrorCode::Train
 
 mod engine;
@@ -57,11 +57,11 @@ mod server;
 pub use engine::{blob_crc, config, Engine};
 pub use server::{Transport, INTERNAL_ERROR_FRAME};
 
-use crate::checkpoint::Checkpoints;
-use crate::optim::{state_len, OptimKind};
 use crate::protocol::{CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN};
 use crate::shape::{Scope, Shape};
-use crate::trainer::TrainConfig;
+use crate::store::checkpoint::Checkpoints;
+use crate::train::optim::{state_len, OptimKind};
+use crate::train::trainer::TrainConfig;
 use embedded_storage::nor_flash::NorFlash;
 
 /// Capabilities of a learning device: every request.
@@ -119,7 +119,7 @@ pub const fn optim_len(shape: &Shape) -> usize {
 
 /// Bytes of one checkpoint slot on flash `F`: the largest layout (Full scope, Adam).
 pub const fn checkpoint_slot_len<F: NorFlash>(shape: &Shape) -> usize {
-    crate::checkpoint::slot_len::<f32, F>(shape, Scope::Full, OptimKind::Adam)
+    crate::store::checkpoint::slot_len::<f32, F>(shape, Scope::Full, OptimKind::Adam)
 }
 
 /// Where the engine's big buffers live, and where checkpoints go.
@@ -133,7 +133,7 @@ pub trait Store {
     fn take(&mut self, scratch: usize, optim: usize) -> Option<(Self::Buf, Self::Buf)>;
     /// The flash the checkpoints live in.
     type Flash: NorFlash;
-    /// The two checkpoint slots ([`crate::checkpoint`]), if the device has them; they
+    /// The two checkpoint slots ([`crate::store::checkpoint`]), if the device has them; they
     /// must hold a checkpoint of the Full scope with Adam ([`checkpoint_slot_len`]).
     fn checkpoints(&mut self) -> Option<&mut Checkpoints<Self::Flash>>;
 }

@@ -1,0 +1,12 @@
+//! Inference: the model over its flat parameter vector, the dense kernels it runs, and
+//! the input normalisation.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`model`] | [`Model`](model::Model): encode, segment, reconstruct, over a caller-owned workspace |
+//! | [`normalise`] | the per-feature offset and scale fitted to data, one rule for host and device |
+//! | `nn` (private) | dense layers and activations over slices: the crate's only matrix code, shared by inference and training |
+
+pub mod model;
+pub(crate) mod nn;
+pub mod normalise;
