@@ -185,6 +185,7 @@ fn unsupervised() -> LossConfig<f64> {
         entropy: 0.3,
         sigma: 0.8,
         balance_momentum: 0.6,
+        balance_floor: 0.0,
         cluster_input: ClusterInput::Mean,
     }
 }
@@ -216,6 +217,15 @@ fn every_tensor_matches_finite_differences() {
                     let variants = [
                         // Unsupervised: pairs + entropy + balance.
                         (vec![], unsupervised()),
+                        // The balance as a floor: at a floor of 1 (a share of 1 / K)
+                        // the hinge is active on at least one cluster.
+                        (
+                            vec![],
+                            LossConfig {
+                                balance_floor: 1.0,
+                                ..unsupervised()
+                            },
+                        ),
                         // Mixed: some rows labelled, cluster terms still on.
                         (vec![Some(2), None, Some(0), Some(3), None], unsupervised()),
                         // Supervised only.
@@ -321,6 +331,31 @@ fn marginal_is_the_moving_average_of_the_batch() {
     }
     assert!((parts.balance - h).abs() < 1e-12);
     assert!((p_bar.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+
+    // With a balance floor the same marginal gives minus the hinge below `f / K`.
+    let floored = LossConfig {
+        balance_floor: 0.8,
+        ..cfg
+    };
+    let mut p_bar = prev;
+    let parts = loss_and_grad(
+        &model,
+        &batch,
+        &floored,
+        Scope::SegmenterOnly,
+        &mut FixedDraws::new(b, 3, 1),
+        &mut p_bar,
+        &mut work,
+        &mut cache,
+        &mut grads,
+    )
+    .unwrap();
+    let hinge: f64 = p_bar
+        .iter()
+        .map(|&v| (f64::ln(0.8 / 4.0) - v.ln()).max(0.0))
+        .sum();
+    assert!(hinge > 0.0, "{p_bar:?}");
+    assert!((parts.balance + hinge).abs() < 1e-12);
 }
 
 #[test]

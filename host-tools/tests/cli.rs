@@ -188,6 +188,26 @@ fn eval_without_labels_says_so() {
 }
 
 #[test]
+fn train_rejects_bad_schedule_and_loss_settings() {
+    let f = fixture();
+    let out = f.dir.path().join("never.hvae");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--data", s(&f.data), "--clusters", "4"];
+        args.extend(["--out", s(&out)]);
+        args.extend(extra);
+        run(&args)
+    };
+    for floor in ["1.5", "-0.1", "NaN"] {
+        let r = train(&[&format!("--balance-floor={floor}")]);
+        assert_one_line_error(&r, 2, "--balance-floor must be in [0, 1]");
+    }
+    assert_one_line_error(&train(&["--lr", "0"]), 2, "--lr must be a positive number");
+    let r = train(&["--epochs", "5", "--warmup", "5"]);
+    assert_one_line_error(&r, 2, "--warmup 5 must be below --epochs 5");
+    assert!(!out.exists());
+}
+
+#[test]
 fn eval_bad_inputs() {
     let f = fixture();
     // A model for 5 inputs on 8-column data.

@@ -310,6 +310,7 @@ fn config<T: Real>(case: &Case) -> LossConfig<T> {
         entropy: T::of(case.entropy),
         sigma: T::of(case.sigma),
         balance_momentum: T::of(case.rho),
+        balance_floor: T::zero(),
         cluster_input: case.cluster_input,
     }
 }

@@ -5,6 +5,7 @@
 //! L_seg = mean_pairs[-ln(p_i . p_j)]            (consistency: neighbours or noisy copies)
 //!       + lambda mean_i H(p_i)                  (low per-sample entropy; 0 by default)
 //!       - eta H(p_bar)                          (balance; p_bar a moving average)
+//!         or + eta sum_q max(0, ln(f / K) - ln p_bar_q)   (balance floor f > 0)
 //!       + mean_labelled[-ln p_{y_i}]            (cross-entropy where a label is given)
 //! ```
 //!
@@ -44,6 +45,12 @@ pub struct LossConfig<T> {
     pub sigma: T,
     /// Momentum `rho` of the moving-average marginal `p_bar` in `[0, 1)`.
     pub balance_momentum: T,
+    /// The form of the balance term. `0` (default): the entropy `-eta H(p_bar)`, which
+    /// pulls every cluster towards a share of `1 / K`. `f` in `(0, 1]`: a floor, `eta
+    /// sum_q max(0, ln(f / K) - ln p_bar_q)`, which only keeps each cluster's share from
+    /// falling below `f / K` and leaves the sizes above it free (classes of unequal
+    /// sizes).
+    pub balance_floor: T,
     /// What the segmenter sees in training.
     pub cluster_input: ClusterInput,
 }
@@ -72,6 +79,7 @@ impl<T: Real> Default for LossConfig<T> {
             entropy: T::zero(),
             sigma: T::one(),
             balance_momentum: T::zero(),
+            balance_floor: T::zero(),
             cluster_input: ClusterInput::Mean,
         }
     }
@@ -102,7 +110,8 @@ pub struct LossParts<T> {
     pub consistency: T,
     /// Mean per-sample entropy `H(p_i)`.
     pub entropy: T,
-    /// Entropy of the moving-average marginal `H(p_bar)`.
+    /// The balance reward: the entropy of the moving-average marginal `H(p_bar)`, or
+    /// with a balance floor minus its hinge `sum_q max(0, ln(f / K) - ln p_bar_q)`.
     pub balance: T,
     /// Mean cross-entropy over labelled samples.
     pub supervised: T,
@@ -590,17 +599,34 @@ fn cluster_terms<T: Real>(
                 *v += (T::one() - rho) * pq / bf;
             }
         }
+        // `-balance` and its derivative in `p_bar_q`: the negative entropy (`ln v + 1`)
+        // or the hinge (`-1 / v` below the floor, 0 above).
+        let floor = cfg.balance_floor;
+        let ln_floor = (floor / T::of(k as f64)).max(t).ln();
+        let slope = |v: T| {
+            if floor == T::zero() {
+                v.max(t).ln() + T::one()
+            } else if v.max(t).ln() < ln_floor {
+                -T::one() / v.max(t)
+            } else {
+                T::zero()
+            }
+        };
         let mut h = T::zero();
         for &v in pb.iter() {
-            h -= v * v.max(t).ln();
+            let lv = v.max(t).ln();
+            h -= if floor == T::zero() {
+                v * lv
+            } else {
+                (ln_floor - lv).max(T::zero())
+            };
         }
         parts.balance = h;
         if cfg.eta != T::zero() {
             for i in 0..bsz {
                 let (_, da, _, _) = cache_row_mut(rows, row, m, k, i)?;
                 for (d, &v) in da.iter_mut().zip(pb.iter()) {
-                    let lp = v.max(t).ln();
-                    *d += g * cfg.eta * (T::one() - rho) / bf * (lp + T::one());
+                    *d += g * cfg.eta * (T::one() - rho) / bf * slope(v);
                 }
             }
         }

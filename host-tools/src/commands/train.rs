@@ -178,6 +178,10 @@ pub struct TrainArgs {
     /// Weight of the balance term (eta).
     #[arg(long, default_value_t = 2.0)]
     pub eta: f32,
+    /// The balance term as a floor: 0 pulls every cluster towards a share of 1/K (the
+    /// entropy of the mean assignment); f in (0, 1] only keeps each share above f/K.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub balance_floor: f32,
     /// Weight of the KL term (beta).
     #[arg(long, default_value_t = 1.0)]
     pub beta: f32,
@@ -380,6 +384,9 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
     if !(args.lr > 0.0 && args.lr.is_finite()) {
         return Err(Error::BadInput("--lr must be a positive number".into()));
     }
+    if !(0.0..=1.0).contains(&args.balance_floor) {
+        return Err(Error::BadInput("--balance-floor must be in [0, 1]".into()));
+    }
     let mut cfg = FitConfig {
         epochs: args.epochs,
         warmup_epochs: args.warmup,
@@ -404,6 +411,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
     };
     cfg.loss.gamma = args.gamma;
     cfg.loss.eta = args.eta;
+    cfg.loss.balance_floor = args.balance_floor;
     cfg.loss.beta = args.beta;
     Ok(cfg)
 }
