@@ -7,60 +7,18 @@
 //! zero and relative error means nothing; each floor is explained where it is set.
 //! The worst errors are printed (`cargo test -- --nocapture`).
 
+mod dist_common;
+
 #[allow(dead_code, clippy::approx_constant)]
 mod golden {
     include!("golden/special.rs");
 }
 
+use dist_common::Check;
 use hvae::dist::special::{
     bessel_ratio, beta_inc, digamma, digamma_diff, ln_gamma, ln_gamma_ratio, log_bessel_i,
     log_sphere_area, trigamma, trigamma_diff,
 };
-
-/// Tracks the worst error of one function over its table and fails on the first value
-/// outside `rtol * |want| + atol`.
-struct Check {
-    name: &'static str,
-    rtol: f64,
-    worst: f64,
-    at: String,
-}
-
-impl Check {
-    fn new(name: &'static str, rtol: f64) -> Self {
-        Check {
-            name,
-            rtol,
-            worst: 0.0,
-            at: String::new(),
-        }
-    }
-    fn at(&mut self, what: impl core::fmt::Display, got: f64, want: f64, atol: f64) {
-        let err = (got - want).abs();
-        assert!(
-            err <= self.rtol * want.abs() + atol,
-            "{} at {what}: got {got:e}, want {want:e} (rel {:e})",
-            self.name,
-            err / want.abs()
-        );
-        // Report relative error where it is meaningful (where the relative part of the
-        // tolerance dominates the absolute floor).
-        let rel = err / want.abs().max(1e-300);
-        if self.rtol * want.abs() >= atol && rel > self.worst {
-            self.worst = rel;
-            self.at = what.to_string();
-        }
-    }
-}
-
-impl Drop for Check {
-    fn drop(&mut self) {
-        eprintln!(
-            "{:<28} worst relative error {:.2e} at {}",
-            self.name, self.worst, self.at
-        );
-    }
-}
 
 const R32: f64 = 1e-4;
 const R64: f64 = 1e-10;

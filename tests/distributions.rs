@@ -7,57 +7,19 @@
 //! the inputs themselves cannot resolve; each floor is explained where it is set. The
 //! worst errors are printed (`cargo test -- --nocapture`).
 
+mod dist_common;
+
 #[allow(dead_code, clippy::approx_constant)]
 mod golden {
     include!("golden/sphere.rs");
 }
 
+use dist_common::Check;
 use hvae::dist::special::{bessel_ratio, log_sphere_area};
 use hvae::Posterior;
 
 const R32: f64 = 1e-4;
 const R64: f64 = 1e-10;
-
-struct Check {
-    name: String,
-    rtol: f64,
-    worst: f64,
-    at: String,
-}
-
-impl Check {
-    fn new(name: impl Into<String>, rtol: f64) -> Self {
-        Check {
-            name: name.into(),
-            rtol,
-            worst: 0.0,
-            at: String::new(),
-        }
-    }
-    fn at(&mut self, what: &str, got: f64, want: f64, atol: f64) {
-        let err = (got - want).abs();
-        assert!(
-            err <= self.rtol * want.abs() + atol,
-            "{} at {what}: got {got:e}, want {want:e} (rel {:e}, atol {atol:e})",
-            self.name,
-            err / want.abs()
-        );
-        let rel = err / want.abs().max(1e-300);
-        if self.rtol * want.abs() >= atol && rel > self.worst {
-            self.worst = rel;
-            self.at = what.to_string();
-        }
-    }
-}
-
-impl Drop for Check {
-    fn drop(&mut self) {
-        eprintln!(
-            "{:<32} worst relative error {:.2e} at {}",
-            self.name, self.worst, self.at
-        );
-    }
-}
 
 /// The unit vector `(w, sqrt(1 - w^2), 0, ...)` in `R^m`.
 fn at_cosine(m: usize, w: f64) -> Vec<f64> {

@@ -69,6 +69,29 @@ pub fn open(path: &Path) -> io::Result<File> {
     File::open(path)
 }
 
+/// Reads the whole of `path`, refusing anything larger than `max` bytes (`what` says
+/// what the file should have been, for the message). Every failure is bad input.
+pub fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, crate::Error> {
+    use crate::Error::BadInput;
+    use std::io::Read;
+    let name = path.display();
+    let file = open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => BadInput(format!("{name}: no such file")),
+        _ => BadInput(format!("{name}: cannot read: {e}")),
+    })?;
+    let mut bytes = Vec::new();
+    // `take` bounds the read even if the file grows meanwhile.
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| BadInput(format!("{name}: cannot read: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(BadInput(format!(
+            "{name}: larger than {max} bytes, not {what}"
+        )));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,34 +4,11 @@
 
 mod common;
 
-use assert_cmd::Command;
+use common::{run, s, Run};
 use hvae::{Likelihood, Posterior, Shape};
 use hvae_host::data;
 use hvae_host::synth::VmfMixture;
 use std::path::{Path, PathBuf};
-
-fn hvae() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hvae"))
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(args: &[&str]) -> Run {
-    let out = hvae().args(args).output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Asserts a failure with `code` and exactly one line on stderr containing `needle`.
 fn assert_one_line_error(r: &Run, code: i32, needle: &str) {

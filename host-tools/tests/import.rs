@@ -8,34 +8,12 @@
 
 mod common;
 
-use assert_cmd::Command;
+use common::{run, s, Run};
 use hvae::VecModel;
 use hvae::{Activation, Likelihood, Posterior, Shape};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_hvae"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// The names and PyTorch shapes of the documented layout, written out by hand (not
 /// taken from the importer) for `D`, `hidden`, `M`, `K`.

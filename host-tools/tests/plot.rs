@@ -4,35 +4,13 @@
 
 mod common;
 
-use assert_cmd::Command;
+use common::{run, s, Run};
 use hvae::{Posterior, Shape};
 use hvae_host::data;
 use hvae_host::plot::{cluster_colour, principal_axes};
 use hvae_host::synth::VmfMixture;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_hvae"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Decodes a PNG: width, height and a histogram of its RGB colours.
 fn decode(path: &Path) -> (u32, u32, HashMap<[u8; 3], usize>) {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use assert_cmd::Command;
+use common::{run, run_stdin, s, Run};
 use hvae::Shape;
 use hvae::VecModel;
 use hvae_host::data::{self, Dataset};
@@ -14,36 +14,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
-
-fn hvae() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hvae"))
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(args: &[&str]) -> Run {
-    finish(hvae().args(args).output().unwrap())
-}
-
-fn run_stdin(args: &[&str], input: Vec<u8>) -> Run {
-    finish(hvae().args(args).write_stdin(input).output().unwrap())
-}
-
-fn finish(out: std::process::Output) -> Run {
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A model trained on the digits by `hvae train --clusters 10` (once per test process,
 /// in cargo's temporary directory for tests).

@@ -1,16 +1,14 @@
 //! `hvae suite` end to end on one small set of the shipped suite, and `--clusters auto`
 //! on a mixture whose number of clusters is known.
 
-use assert_cmd::Command;
+mod common;
+
+use common::hvae;
 use hvae_host::data;
 use std::path::{Path, PathBuf};
 
 fn manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/suite/suite.json")
-}
-
-fn hvae() -> Command {
-    Command::cargo_bin("hvae").unwrap()
 }
 
 /// A run writes its JSON; checked against itself it passes; against a committed file

@@ -2,18 +2,12 @@
 //! synthetic mixture with known labels, determinism, and every bad input as a one-line
 //! error with a non-zero exit and no output file.
 
-use assert_cmd::Command;
+mod common;
+
+use common::{digits_path as digits, hvae};
 use hvae_host::train::{fit, FitConfig};
 use hvae_host::{data, metrics};
-use std::path::{Path, PathBuf};
-
-fn digits() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz")
-}
-
-fn hvae() -> Command {
-    Command::cargo_bin("hvae").unwrap()
-}
+use std::path::Path;
 
 /// The quality bar: defaults, unsupervised, mean of 5 seeds, ACC >= 0.85 and
 /// NMI >= 0.80 with a device-sized model (latent 16, hidden 32, K = 10).

@@ -101,3 +101,53 @@ impl TryRng for CycleRng {
         Ok(())
     }
 }
+
+/// Tracks the worst error of one function over its golden table and fails on the first
+/// value outside `rtol * |want| + atol`; prints the worst relative error when dropped
+/// (`cargo test -- --nocapture`).
+pub struct Check {
+    name: String,
+    rtol: f64,
+    worst: f64,
+    at: String,
+}
+
+impl Check {
+    /// A check of `name` at relative tolerance `rtol`.
+    pub fn new(name: impl Into<String>, rtol: f64) -> Self {
+        Check {
+            name: name.into(),
+            rtol,
+            worst: 0.0,
+            at: String::new(),
+        }
+    }
+
+    /// Checks one value: `got` against `want` at the point `what`, with the absolute
+    /// floor `atol` (0 unless the value crosses zero).
+    pub fn at(&mut self, what: impl core::fmt::Display, got: f64, want: f64, atol: f64) {
+        let err = (got - want).abs();
+        assert!(
+            err <= self.rtol * want.abs() + atol,
+            "{} at {what}: got {got:e}, want {want:e} (rel {:e}, atol {atol:e})",
+            self.name,
+            err / want.abs()
+        );
+        // The worst relative error where it is meaningful (where the relative part of the
+        // tolerance dominates the absolute floor).
+        let rel = err / want.abs().max(1e-300);
+        if self.rtol * want.abs() >= atol && rel > self.worst {
+            self.worst = rel;
+            self.at = what.to_string();
+        }
+    }
+}
+
+impl Drop for Check {
+    fn drop(&mut self) {
+        eprintln!(
+            "{:<32} worst relative error {:.2e} at {}",
+            self.name, self.worst, self.at
+        );
+    }
+}

@@ -5,8 +5,8 @@ use super::train::{ActivationArg, LikelihoodArg, PosteriorArg};
 use crate::import::{self, ImportOptions, MAX_FILE};
 use crate::{fsio, model_io, Error};
 use hvae::shape::{Activation, Likelihood, Posterior};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 
 /// Long help of the subcommand (`hvae import --help`).
 pub const LONG_ABOUT: &str = "Convert weights trained elsewhere (e.g. PyTorch) from a \
@@ -89,29 +89,9 @@ impl ImportArgs {
     }
 }
 
-/// Reads the whole file, refusing anything larger than [`MAX_FILE`].
-fn read_input(path: &Path) -> Result<Vec<u8>, Error> {
-    let name = path.display();
-    let file = fsio::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::BadInput(format!("{name}: no such file")),
-        _ => Error::BadInput(format!("{name}: cannot read: {e}")),
-    })?;
-    let mut bytes = Vec::new();
-    // `take` bounds the read even if the file grows meanwhile.
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::BadInput(format!("{name}: cannot read: {e}")))?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(Error::BadInput(format!(
-            "{name}: larger than {MAX_FILE} bytes, not a model's weights"
-        )));
-    }
-    Ok(bytes)
-}
-
 /// Runs `hvae import`.
 pub fn run(args: &ImportArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let bytes = read_input(&args.safetensors)?;
+    let bytes = fsio::read_limited(&args.safetensors, MAX_FILE, "a model's weights")?;
     let imported = import::from_bytes(&bytes, &args.options())
         .map_err(|e| Error::BadInput(format!("{}: {e}", args.safetensors.display())))?;
     let crc = model_io::save(&args.out, &imported.model).map_err(|e| match e {

@@ -4,7 +4,7 @@ use super::eval::check_sizes;
 use super::outln;
 use crate::plot::{self, Curves, LatentPoints, MAX_SIZE, MIN_SIZE};
 use crate::{data, fsio, model_io, Error};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Long help of the subcommand (`hvae plot --help`).
@@ -57,20 +57,8 @@ pub struct PlotArgs {
 const MAX_REPORT: u64 = 64 << 20;
 
 fn read_report(path: &Path) -> Result<Curves, Error> {
+    let bytes = fsio::read_limited(path, MAX_REPORT, "a training report")?;
     let name = path.display();
-    let file = fsio::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::BadInput(format!("{name}: no such file")),
-        _ => Error::BadInput(format!("{name}: cannot read: {e}")),
-    })?;
-    let mut bytes = Vec::new();
-    file.take(MAX_REPORT + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::BadInput(format!("{name}: cannot read: {e}")))?;
-    if bytes.len() as u64 > MAX_REPORT {
-        return Err(Error::BadInput(format!(
-            "{name}: larger than {MAX_REPORT} bytes, not a training report"
-        )));
-    }
     plot::parse_report(&bytes).map_err(|e| Error::BadInput(format!("{name}: {e}")))
 }
 

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: deterministic models and data files.
+//! Helpers shared by the integration tests: deterministic models and data files, and
+//! runs of the `hvae` command.
 #![allow(dead_code)]
 
 use hvae::infer::model::{Model, VecModel};
@@ -44,4 +45,39 @@ pub fn write_model(dir: &Path, name: &str, model: &VecModel<f32>) -> PathBuf {
 /// The shipped digits data.
 pub fn digits_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz")
+}
+
+/// The `hvae` command of this package.
+pub fn hvae() -> assert_cmd::Command {
+    assert_cmd::Command::new(env!("CARGO_BIN_EXE_hvae"))
+}
+
+/// A finished run of `hvae`: its exit status (-1 when killed by a signal) and output.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `hvae` with `args` to the end.
+pub fn run(args: &[&str]) -> Run {
+    finish(hvae().args(args).output().unwrap())
+}
+
+/// Runs `hvae` with `args` and `input` on its standard input.
+pub fn run_stdin(args: &[&str], input: Vec<u8>) -> Run {
+    finish(hvae().args(args).write_stdin(input).output().unwrap())
+}
+
+fn finish(out: std::process::Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// A path as an argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
 }
