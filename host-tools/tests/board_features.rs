@@ -6,28 +6,14 @@
 //! Python (for the synthetic windows): `$HVAE_PYTHON`, else `reference/.venv/bin/python`;
 //! without either the test fails under CI (`CI` set) and is skipped with a note otherwise.
 
+mod common;
+
+use common::reference_python;
 use hvae_accel_features::{features, FEATURES, WINDOW};
 use std::path::{Path, PathBuf};
 
 fn board_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/microbit-v2")
-}
-
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HVAE_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/.venv/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI: no Python for make_model.py: set HVAE_PYTHON or create {}",
-        venv.display()
-    );
-    eprintln!("SKIPPED: board feature parity (no HVAE_PYTHON, no reference/.venv)");
-    None
 }
 
 /// Per line from Python: activity, the window's `WINDOW x 3` samples, its 12 features.
@@ -45,7 +31,9 @@ for i in range(80):
 
 #[test]
 fn rust_features_match_the_training_features_and_the_model_separates_activities() {
-    let Some(py) = python() else { return };
+    let Some(py) = reference_python("make_model.py") else {
+        return;
+    };
     let out = std::process::Command::new(py)
         .arg("-c")
         .arg(SCRIPT)

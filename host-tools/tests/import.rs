@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{run, s, Run};
+use common::{reference_python, run, s, Run};
 use hvae::VecModel;
 use hvae::{Activation, Likelihood, Posterior, Shape};
 use safetensors::tensor::{Dtype, TensorView};
@@ -169,7 +169,9 @@ fn rust_serialized_file_imports_to_the_identical_blob() {
 
 #[test]
 fn python_numpy_export_imports_to_the_identical_blob() {
-    let Some(py) = python() else { return };
+    let Some(py) = reference_python("the torch_export.py round trip") else {
+        return;
+    };
     for i in 0..SHAPES.len() {
         let shape = shape_variant(i);
         let (model, blob) = model_and_blob(shape, 21 + i as u64);
@@ -523,22 +525,4 @@ fn help_documents_the_names() {
     ] {
         assert!(r.stdout.contains(needle), "help lacks {needle}");
     }
-}
-
-/// The Python to run `torch_export.py` with, or `None` (skip) outside CI.
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HVAE_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/.venv/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI: no Python for torch_export.py: set HVAE_PYTHON or create {}",
-        venv.display()
-    );
-    eprintln!("SKIPPED: the torch_export.py round trip (no HVAE_PYTHON, no reference/.venv)");
-    None
 }

@@ -18,6 +18,9 @@
 //! Run with `cargo test --release -p hvae-host-tools --test reference -- --nocapture` to
 //! see the per-case tables and the worst errors.
 
+mod common;
+
+use common::reference_python;
 use hvae::dist::sphere::{reflect, Draw, SampleError};
 use hvae::infer::model::{Model, VecModel};
 use hvae::shape::TensorId;
@@ -560,32 +563,6 @@ fn reference_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("reference")
 }
 
-/// The Python to run the reference with, or `None` (skip) outside CI.
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HVAE_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = reference_dir().join(".venv/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI: no Python for the reference: set HVAE_PYTHON or create {}",
-        venv.display()
-    );
-    eprintln!(
-        "\n********************************************************************\n\
-         * SKIPPED: the Python reference comparison (no HVAE_PYTHON and no   *\n\
-         * host-tools/reference/.venv). Set it up with:                      *\n\
-         *   python3 -m venv host-tools/reference/.venv                      *\n\
-         *   host-tools/reference/.venv/bin/pip install \\                    *\n\
-         *       -r host-tools/reference/requirements.txt                    *\n\
-         ********************************************************************\n"
-    );
-    None
-}
-
 fn run_python(py: &Path, args: &[&std::ffi::OsStr]) -> (bool, String) {
     let out = Command::new(py)
         .args(args)
@@ -601,7 +578,9 @@ fn run_python(py: &Path, args: &[&std::ffi::OsStr]) -> (bool, String) {
 
 #[test]
 fn core_matches_the_independent_reference() {
-    let Some(py) = python() else { return };
+    let Some(py) = reference_python("the Python reference comparison") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut args: Vec<std::ffi::OsString> = vec![reference_dir().join("compare.py").into()];
     for case in cases() {
@@ -619,7 +598,9 @@ fn core_matches_the_independent_reference() {
 
 #[test]
 fn reference_parses_blobs_and_checks_the_crc() {
-    let Some(py) = python() else { return };
+    let Some(py) = reference_python("the Python reference comparison") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
     let case = &cases()[1];

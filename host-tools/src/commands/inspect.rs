@@ -91,17 +91,9 @@ pub struct ParamCounts {
     pub inference: usize,
 }
 
-/// The report of `hvae inspect`.
+/// A model's architecture as `hvae inspect` and `hvae train --report` print it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct InspectReport {
-    /// The file.
-    pub file: String,
-    /// File size in bytes.
-    pub bytes: usize,
-    /// Weight blob format version.
-    pub format_version: u16,
-    /// CRC-32 of the blob, `0x........`.
-    pub crc: String,
+pub struct ShapeReport {
     /// Input size `D`.
     pub input: usize,
     /// Hidden widths.
@@ -116,6 +108,37 @@ pub struct InspectReport {
     pub likelihood: String,
     /// Activation.
     pub activation: String,
+}
+
+impl ShapeReport {
+    /// The report of `s`.
+    pub fn of(s: &Shape) -> Self {
+        ShapeReport {
+            input: s.input,
+            hidden: hidden_widths(s),
+            latent: s.latent,
+            clusters: s.clusters,
+            posterior: posterior_name(s.posterior).to_string(),
+            likelihood: likelihood_name(s.likelihood).to_string(),
+            activation: activation_name(s.activation).to_string(),
+        }
+    }
+}
+
+/// The report of `hvae inspect`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InspectReport {
+    /// The file.
+    pub file: String,
+    /// File size in bytes.
+    pub bytes: usize,
+    /// Weight blob format version.
+    pub format_version: u16,
+    /// CRC-32 of the blob, `0x........`.
+    pub crc: String,
+    /// The architecture (its fields inline in the JSON).
+    #[serde(flatten)]
+    pub shape: ShapeReport,
     /// Parameter counts.
     pub parameters: ParamCounts,
     /// Workspace scalars per call (`Shape::work_len`).
@@ -164,13 +187,7 @@ pub fn report(
         bytes: loaded.bytes,
         format_version: hvae::store::blob::VERSION,
         crc: format!("{:#010x}", loaded.crc),
-        input: s.input,
-        hidden: hidden_widths(s),
-        latent: s.latent,
-        clusters: s.clusters,
-        posterior: posterior_name(s.posterior).to_string(),
-        likelihood: likelihood_name(s.likelihood).to_string(),
-        activation: activation_name(s.activation).to_string(),
+        shape: ShapeReport::of(s),
         parameters: ParamCounts {
             total: s.param_len(),
             normalisation: 2 * s.input,
@@ -209,18 +226,18 @@ pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
         r.format_version
     )?;
     outln!(out, "CRC-32      {}", r.crc)?;
-    outln!(out, "input       {}", r.input)?;
-    outln!(out, "hidden      {:?}", r.hidden)?;
+    outln!(out, "input       {}", r.shape.input)?;
+    outln!(out, "hidden      {:?}", r.shape.hidden)?;
     outln!(
         out,
         "latent      {} (the sphere S^{})",
-        r.latent,
-        r.latent - 1
+        r.shape.latent,
+        r.shape.latent - 1
     )?;
-    outln!(out, "clusters    {}", r.clusters)?;
-    outln!(out, "posterior   {}", r.posterior)?;
-    outln!(out, "likelihood  {}", r.likelihood)?;
-    outln!(out, "activation  {}", r.activation)?;
+    outln!(out, "clusters    {}", r.shape.clusters)?;
+    outln!(out, "posterior   {}", r.shape.posterior)?;
+    outln!(out, "likelihood  {}", r.shape.likelihood)?;
+    outln!(out, "activation  {}", r.shape.activation)?;
     outln!(
         out,
         "parameters  {} = normalisation {} + encoder {} + segmenter {} + decoder {}",

@@ -1,5 +1,6 @@
 //! `hvae train`: fit a model on a data file.
 
+use super::inspect::ShapeReport;
 use super::outln;
 use crate::data::{self, Dataset};
 use crate::metrics;
@@ -277,25 +278,6 @@ pub struct TrainReport {
     pub final_scores: Option<metrics::Scores>,
     /// CRC of the written model.
     pub crc: u32,
-}
-
-/// The architecture, for the report.
-#[derive(Clone, Debug, Serialize)]
-pub struct ShapeReport {
-    /// Inputs D.
-    pub input: usize,
-    /// Hidden widths.
-    pub hidden: Vec<usize>,
-    /// Latent M.
-    pub latent: usize,
-    /// Clusters K.
-    pub clusters: usize,
-    /// Posterior.
-    pub posterior: String,
-    /// Likelihood.
-    pub likelihood: String,
-    /// Activation.
-    pub activation: String,
 }
 
 /// The shape the arguments ask for, for data with `d` features
@@ -604,15 +586,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         let report = TrainReport {
             data: args.data.display().to_string(),
             n: data.len(),
-            shape: ShapeReport {
-                input: shape.input,
-                hidden: (0..shape.depth()).map(|l| shape.hidden(l)).collect(),
-                latent: shape.latent,
-                clusters: shape.clusters,
-                posterior: crate::export::posterior_name(shape.posterior).into(),
-                likelihood: crate::export::likelihood_name(shape.likelihood).into(),
-                activation: crate::export::activation_name(shape.activation).into(),
-            },
+            shape: ShapeReport::of(&shape),
             seed: args.seed,
             seconds,
             epochs,

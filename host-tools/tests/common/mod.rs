@@ -81,3 +81,27 @@ fn finish(out: std::process::Output) -> Run {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// The Python of the reference environment (`$HVAE_PYTHON`, else
+/// `host-tools/reference/.venv`), or `None` outside CI when there is none: the test that
+/// needs it for `what` is skipped, and says so. Under CI a missing Python fails the test.
+pub fn reference_python(what: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HVAE_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/.venv/bin/python");
+    if venv.exists() {
+        return Some(venv);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI: no Python for {what}: set HVAE_PYTHON or create {}",
+        venv.display()
+    );
+    eprintln!(
+        "SKIPPED: {what}: no HVAE_PYTHON and no host-tools/reference/.venv (python3 -m venv \
+         host-tools/reference/.venv && host-tools/reference/.venv/bin/pip install -r \
+         host-tools/reference/requirements.txt)"
+    );
+    None
+}
