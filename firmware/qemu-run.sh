@@ -8,9 +8,9 @@
 # can be given in HVAE_RUN_ARGS.
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
-host="$(rustc -vV | sed -n 's/^host: //p')"
-# The host tool's own target directory, whatever CARGO_TARGET_DIR says for the firmware.
-cargo build --quiet --release --target "$host" --manifest-path "$here/host/Cargo.toml" \
-  --target-dir "$here/host/target"
+# A member of the root's workspace, built there (where the firmware's default target does
+# not apply) into the root's target directory, whatever CARGO_TARGET_DIR says for the
+# firmware.
+(cd "$here/.." && cargo build --quiet --release -p hvae-firmware-host --target-dir target)
 # shellcheck disable=SC2086 # HVAE_RUN_ARGS is split into options on purpose.
-exec "$here/host/target/$host/release/hvae-firmware-host" run "$@" ${HVAE_RUN_ARGS:-}
+exec "$here/../target/release/hvae-firmware-host" run "$@" ${HVAE_RUN_ARGS:-}

@@ -28,10 +28,10 @@ command -v qemu-system-arm >/dev/null || {
   echo "qemu-system-arm not found (apt-get install qemu-system-arm)" >&2
   exit 1
 }
-host="$(rustc -vV | sed -n 's/^host: //p')"
 m4=thumbv7em-none-eabihf
 m0=thumbv6m-none-eabi
-tool="host/target/$host/release/hvae-firmware-host"
+# The host tool is a member of the repository root's workspace (built from there).
+tool="../target/release/hvae-firmware-host"
 
 # Runs an ELF on a machine with the UART disconnected (qemu with -icount shift=0 and
 # semihosting, through the host tool); prints the program's defmt log decoded (with
@@ -43,7 +43,7 @@ run() { # machine elf [--raw]
 
 step "lint: rustfmt (firmware, host tool), clippy and rustdoc -D warnings (firmware library and programs)"
 cargo fmt --check
-(cd host && cargo fmt --check)
+(cd .. && cargo fmt -p hvae-firmware-host --check)
 # Both targets build the same code (the board is a cfg); the M4F build has every program.
 cargo clippy --release --target "$m4" --lib --bins -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
@@ -51,10 +51,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 step "build (release)"
 cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench --bin learn
 cargo build --release --target "$m0" --bin cluster --bin selftest
-# The host side of the tests (firmware/.cargo/config.toml defaults to the device), and
-# its own unit tests (the ELF scanner of the panic-site check).
-cargo build --release --target "$host" --manifest-path host/Cargo.toml
-cargo test --release --target "$host" --manifest-path host/Cargo.toml
+# The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
+# device), and its own unit tests (the ELF scanner of the panic-site check).
+(cd .. && cargo build --release -p hvae-firmware-host && cargo test --release -p hvae-firmware-host)
 
 step "selftest on mps2-an386 (Cortex-M4F), as \`cargo run --release\` runs it (the default program, the runner)"
 HVAE_RUN_ARGS="--timeout 600" cargo run --release

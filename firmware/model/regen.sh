@@ -18,7 +18,5 @@ hvae() { cargo run --quiet --release -p hvae-host-tools -- "$@"; }
 hvae train --data host-tools/data/digits.csv.gz --clusters 10 --latent 8 --hidden 32 \
   --seed 1 --quiet --out firmware/model/digits.hvae
 hvae export --model firmware/model/digits.hvae --format rust --out firmware/model/digits.rs
-# firmware/.cargo/config.toml makes the device the default target there: name the host.
-host="$(rustc -vV | sed -n 's/^host: //p')"
-cargo run --quiet --release --target "$host" --manifest-path firmware/host/Cargo.toml -- \
+cargo run --quiet --release -p hvae-firmware-host -- \
   golden firmware/model/digits.hvae host-tools/data/digits.csv.gz firmware/model/golden.rs
