@@ -36,6 +36,16 @@ fn timeouts() -> Timeouts {
     }
 }
 
+/// A simulated device holding `weights` (flash CRC `crc`), with `fault` at request `at`
+/// when given.
+fn sim_device(weights: &LoadedModel, crc: u32, fault: Option<(usize, Fault)>) -> SimDevice {
+    let state = SimState::new(weights.model.clone(), crc).unwrap();
+    SimDevice::new(match fault {
+        Some((at, f)) => state.with_fault(at, f),
+        None => state,
+    })
+}
+
 fn session(sim: &SimDevice) -> Device {
     Device::new(sim.connect().unwrap(), timeouts())
 }
@@ -59,7 +69,7 @@ fn run(
 #[test]
 fn same_weights_pass_bit_exact() {
     let model = loaded(1);
-    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc).unwrap());
+    let sim = sim_device(&model, model.crc, None);
     let r = run(&mut session(&sim), &model, &digits()).unwrap();
     assert!(r.pass, "{r:?}");
     assert!(!r.loaded_weights);
@@ -77,7 +87,7 @@ fn same_weights_pass_bit_exact() {
 fn other_weights_are_loaded_first() {
     let model = loaded(1);
     let other = loaded(2);
-    let sim = SimDevice::new(SimState::new(other.model.clone(), other.crc).unwrap());
+    let sim = sim_device(&other, other.crc, None);
     let r = run(&mut session(&sim), &model, &digits()).unwrap();
     assert!(r.pass, "{r:?}");
     assert!(r.loaded_weights);
@@ -101,7 +111,7 @@ fn a_device_that_computes_otherwise_fails() {
     // comparison must catch it.
     let model = loaded(1);
     let other = loaded(3);
-    let sim = SimDevice::new(SimState::new(other.model.clone(), model.crc).unwrap());
+    let sim = sim_device(&other, model.crc, None);
     let r = run(&mut session(&sim), &model, &digits()).unwrap();
     assert!(!r.pass);
     assert!(r.mu.max_abs_err > 0.01, "{r:?}");
@@ -112,11 +122,7 @@ fn a_device_that_computes_otherwise_fails() {
 #[test]
 fn stall_is_a_timeout_naming_the_request() {
     let model = loaded(1);
-    let sim = SimDevice::new(
-        SimState::new(model.model.clone(), model.crc)
-            .unwrap()
-            .with_fault(6, Fault::Stall),
-    );
+    let sim = sim_device(&model, model.crc, Some((6, Fault::Stall)));
     let e = run(&mut session(&sim), &model, &digits()).unwrap_err();
     assert!(
         e.contains("device stalled: no answer to Segment within 0.4 s"),
@@ -130,11 +136,7 @@ fn stall_is_a_timeout_naming_the_request() {
 #[test]
 fn garbage_is_reported_then_a_rerun_passes() {
     let model = loaded(1);
-    let sim = SimDevice::new(
-        SimState::new(model.model.clone(), model.crc)
-            .unwrap()
-            .with_fault(10, Fault::Garbage),
-    );
+    let sim = sim_device(&model, model.crc, Some((10, Fault::Garbage)));
     let data = digits();
     let mut dev = session(&sim);
     let e = run(&mut dev, &model, &data).unwrap_err();
@@ -150,11 +152,7 @@ fn garbage_is_reported_then_a_rerun_passes() {
 #[test]
 fn wrong_answer_is_reported() {
     let model = loaded(1);
-    let sim = SimDevice::new(
-        SimState::new(model.model.clone(), model.crc)
-            .unwrap()
-            .with_fault(3, Fault::WrongAnswer),
-    );
+    let sim = sim_device(&model, model.crc, Some((3, Fault::WrongAnswer)));
     let data = digits();
     let mut dev = session(&sim);
     let e = run(&mut dev, &model, &data).unwrap_err();
@@ -168,11 +166,7 @@ fn wrong_answer_is_reported() {
 #[test]
 fn reset_while_streaming_is_reported_then_a_rerun_passes() {
     let model = loaded(1);
-    let sim = SimDevice::new(
-        SimState::new(model.model.clone(), model.crc)
-            .unwrap()
-            .with_fault(20, Fault::Reset),
-    );
+    let sim = sim_device(&model, model.crc, Some((20, Fault::Reset)));
     let data = digits();
     let mut dev = session(&sim);
     let e = run(&mut dev, &model, &data).unwrap_err();
@@ -194,11 +188,7 @@ fn reset_during_a_load_then_the_rerun_reloads() {
     let model = loaded(1);
     let other = loaded(2);
     // Request 0 is Info, then the chunks: reset on the 5th chunk.
-    let sim = SimDevice::new(
-        SimState::new(other.model.clone(), other.crc)
-            .unwrap()
-            .with_fault(5, Fault::Reset),
-    );
+    let sim = sim_device(&other, other.crc, Some((5, Fault::Reset)));
     let data = digits();
     let mut dev = session(&sim);
     let e = run(&mut dev, &model, &data).unwrap_err();
@@ -216,7 +206,7 @@ fn reset_during_a_load_then_the_rerun_reloads() {
 #[test]
 fn half_a_frame_left_by_an_interrupted_host_is_flushed() {
     let model = loaded(1);
-    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc).unwrap());
+    let sim = sim_device(&model, model.crc, None);
     let data = digits();
     // An earlier host died after sending half a request: the device's decoder holds it.
     let mut buf = [0u8; 600];
@@ -241,7 +231,7 @@ fn half_a_frame_left_by_an_interrupted_host_is_flushed() {
 fn raw_frames_and_answers_as_they_come() {
     use hvae::protocol::{ErrorCode, Request, Response};
     let model = loaded(1);
-    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc).unwrap());
+    let sim = sim_device(&model, model.crc, None);
     let data = digits();
     let mut dev = session(&sim);
     dev.sync().unwrap();
@@ -345,7 +335,7 @@ fn a_quiet_line_does_not_end_the_simulated_device() {
     // A read timeout is not the end of the stream: the device keeps serving (quitting at
     // the first timeout would make the serial test below flaky).
     let model = loaded(1);
-    let sim = SimDevice::new(SimState::new(model.model.clone(), model.crc).unwrap());
+    let sim = sim_device(&model, model.crc, None);
     let (req_rx, req_tx) = std::io::pipe().unwrap();
     let (resp_rx, resp_tx) = std::io::pipe().unwrap();
     let reader = TimesOut {
