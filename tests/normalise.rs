@@ -114,3 +114,131 @@ fn the_online_trainer_uses_the_same_rule() {
     assert_eq!(&p[at..at + D], &o[..]);
     assert_eq!(&p[at + D..at + 2 * D], &s[..]);
 }
+
+/// A seeded stream of `n` rows of 4 Gaussian features, each with its own mean and
+/// deviation (in different units), passed through `gain` and `offset` per feature.
+fn stream(n: usize, seed: u64, gain: [f32; 4], offset: [f32; 4]) -> Vec<[f32; 4]> {
+    use rand_core::SeedableRng;
+    const MEAN: [f32; 4] = [0.0, 100.0, -3.0, 0.5];
+    const SD: [f32; 4] = [1.0, 20.0, 0.1, 2.0];
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            core::array::from_fn(|f| {
+                let z: f32 = hvae::dist::rng::standard_normal(&mut rng);
+                gain[f] * (MEAN[f] + SD[f] * z) + offset[f]
+            })
+        })
+        .collect()
+}
+
+/// Mean and deviation of each feature of `rows` after `(x - offset) * scale`.
+fn normalised_moments(rows: &[[f32; 4]], offset: &[f32; 4], scale: &[f32; 4]) -> [(f64, f64); 4] {
+    core::array::from_fn(|f| {
+        let v: Vec<f64> = rows
+            .iter()
+            .map(|r| f64::from((r[f] - offset[f]) * scale[f]))
+            .collect();
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt();
+        (m, sd)
+    })
+}
+
+#[test]
+fn a_tracker_that_never_forgets_matches_the_batch_rule() {
+    use hvae::infer::normalise::Tracker;
+    let rows = stream(5000, 1, [1.0; 4], [0.0; 4]);
+    let mut t = Tracker::<4>::new(1.0);
+    for r in &rows {
+        t.push(r).unwrap();
+    }
+    assert_eq!(t.rows(), 5000);
+    let (mut o, mut s) = ([0.0f32; 4], [0.0f32; 4]);
+    t.normalisation(&mut o, &mut s).unwrap();
+    let (mut fo, mut fs) = ([0.0f32; 4], [0.0f32; 4]);
+    fit(rows.iter().map(|r| &r[..]), &mut fo, &mut fs).unwrap();
+    for f in 0..4 {
+        // Gaussian features: the deviation is the spread (the largest excursion, about
+        // 4 deviations, stays under 10). The running sums differ from the batch's
+        // only by f32 rounding: a hundred-thousandth of a deviation.
+        let sd = 1.0 / fs[f];
+        assert!(
+            (o[f] - fo[f]).abs() <= 1e-4 * sd,
+            "offset {f}: {o:?} vs {fo:?}"
+        );
+        assert!(
+            (s[f] / fs[f] - 1.0).abs() <= 1e-4,
+            "scale {f}: {s:?} vs {fs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_tracker_follows_a_sudden_drift_and_the_frozen_rule_does_not() {
+    use hvae::infer::normalise::Tracker;
+    // Time constant 200 rows: about 400 rows' worth of statistics, so the normalised
+    // mean has a standard error of about 0.05 and the deviation about 0.035.
+    let mut t = Tracker::<4>::new(0.995);
+    for r in &stream(3000, 2, [1.0; 4], [0.0; 4]) {
+        t.push(r).unwrap();
+    }
+    let (mut o0, mut s0) = ([0.0f32; 4], [0.0f32; 4]);
+    t.normalisation(&mut o0, &mut s0).unwrap();
+    // The sensor changes: gains in [0.7, 1.3], offsets of up to half a deviation.
+    let gain = [0.7, 1.3, 1.2, 0.8];
+    let offset = [0.5, -10.0, 0.05, -1.0];
+    for r in &stream(2000, 3, gain, offset) {
+        t.push(r).unwrap();
+    }
+    let (mut o, mut s) = ([0.0f32; 4], [0.0f32; 4]);
+    t.normalisation(&mut o, &mut s).unwrap();
+    let fresh = stream(20_000, 4, gain, offset);
+    for (f, (m, sd)) in normalised_moments(&fresh, &o, &s).into_iter().enumerate() {
+        assert!(
+            m.abs() <= 0.2,
+            "feature {f}: normalised mean {m} (4 standard errors)"
+        );
+        assert!(
+            (sd - 1.0).abs() <= 0.15,
+            "feature {f}: normalised deviation {sd}"
+        );
+    }
+    // The normalisation from before the change is off by far more on every feature.
+    for (f, (m, sd)) in normalised_moments(&fresh, &o0, &s0).into_iter().enumerate() {
+        assert!(
+            m.abs() >= 0.25 || (sd - 1.0).abs() >= 0.19,
+            "feature {f}: {m} {sd}"
+        );
+    }
+}
+
+#[test]
+fn a_tracker_refuses_bad_rows_and_changes_nothing() {
+    use hvae::infer::normalise::Tracker;
+    let mut t = Tracker::<2>::new(0.9);
+    let (mut o, mut s) = ([7.0f32; 2], [7.0f32; 2]);
+    assert_eq!(t.normalisation(&mut o, &mut s), Err(NormaliseError::NoRows));
+    t.push(&[1.0, 2.0]).unwrap();
+    t.push(&[3.0, 5.0]).unwrap();
+    let before = t.clone();
+    assert_eq!(t.push(&[f32::NAN, 1.0]), Err(NormaliseError::NonFinite));
+    assert_eq!(
+        t.push(&[1.0, f32::INFINITY]),
+        Err(NormaliseError::NonFinite)
+    );
+    assert_eq!(t.push(&[1.0]), Err(NormaliseError::Length));
+    assert_eq!(t, before);
+    assert_eq!(
+        t.normalisation(&mut o[..1], &mut s),
+        Err(NormaliseError::Length)
+    );
+    assert_eq!((o, s), ([7.0; 2], [7.0; 2]));
+    t.normalisation(&mut o, &mut s).unwrap();
+    // Two rows, averaged exactly: mean (2, 3.5), deviations 1 and 1.5.
+    assert_eq!(o, [2.0, 3.5]);
+    assert!(
+        (s[0] - 1.0).abs() < 1e-6 && (s[1] - 1.0 / 1.5).abs() < 1e-6,
+        "{s:?}"
+    );
+}

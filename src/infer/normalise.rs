@@ -14,6 +14,9 @@
 //! - a constant feature (spread at most [`MIN_SPREAD`]) gets scale 1.
 //!
 //! Cost: three passes over the rows, about `5 n D` operations; no allocation.
+//!
+//! For a stream whose sensor drifts (gain, offset), [`Tracker`] follows the same rule
+//! with exponentially weighted statistics, one row at a time, in fixed memory.
 
 use crate::Real;
 
@@ -101,4 +104,129 @@ where
         *s = if *s > min { T::one() / *s } else { T::one() };
     }
     Ok(())
+}
+
+/// The normalisation of a stream, tracked one row at a time: the rule of the
+/// [module](self) on exponentially weighted statistics, for a deployed model whose
+/// sensor drifts (a gain or an offset that changes, suddenly or slowly).
+///
+/// Each row moves the per-feature mean and variance by a weight `a = max(1 / n, 1 -
+/// decay)` (`n` rows so far): the first rows are averaged exactly (with `decay = 1`
+/// the estimates are the whole stream's, the variance by Welford's update), later
+/// ones forget the past with a time constant of `1 / (1 - decay)` rows. The largest
+/// excursion `|x - mean|` fades by `decay` per row. Memory: `3 D` scalars (`12 D`
+/// bytes); cost of [`push`](Self::push): about `10 D` operations.
+///
+/// ```
+/// use hvae::infer::normalise::Tracker;
+///
+/// let mut t = Tracker::<2>::new(0.99);
+/// for i in 0..1000 {
+///     let v = (i % 10) as f32;
+///     t.push(&[v, 3.0 * v + 5.0]).unwrap();
+/// }
+/// let (mut offset, mut scale) = ([0.0; 2], [0.0; 2]);
+/// t.normalisation(&mut offset, &mut scale).unwrap();
+/// // The second feature is the first one, scaled by 3 and moved by 5.
+/// assert!((offset[1] - (3.0 * offset[0] + 5.0)).abs() < 1e-3);
+/// assert!((scale[0] / scale[1] - 3.0).abs() < 1e-3);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tracker<const D: usize> {
+    mean: [f32; D],
+    var: [f32; D],
+    peak: [f32; D],
+    decay: f32,
+    rows: u32,
+}
+
+impl<const D: usize> Tracker<D> {
+    /// A tracker with no rows yet, forgetting with `decay` per row (in `(0, 1]`; `1`
+    /// never forgets; values outside are clamped into it).
+    pub const fn new(decay: f32) -> Self {
+        // `max`/`min` are not `const` on floats; a NaN decay becomes 1.
+        let decay = if decay > 0.0 && decay < 1.0 {
+            decay
+        } else if decay <= 0.0 {
+            f32::MIN_POSITIVE
+        } else {
+            1.0
+        };
+        Tracker {
+            mean: [0.0; D],
+            var: [0.0; D],
+            peak: [0.0; D],
+            decay,
+            rows: 0,
+        }
+    }
+
+    /// Rows taken so far (saturating).
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// Takes one row (`D` values). `Length` or `NonFinite` leave the tracker unchanged.
+    pub fn push(&mut self, x: &[f32]) -> Result<(), NormaliseError> {
+        if x.len() != D {
+            return Err(NormaliseError::Length);
+        }
+        if !x.iter().all(|v| v.is_finite()) {
+            return Err(NormaliseError::NonFinite);
+        }
+        self.rows = self.rows.saturating_add(1);
+        let a = (1.0 / self.rows as f32).max(1.0 - self.decay);
+        for (((m, v), p), &xi) in self
+            .mean
+            .iter_mut()
+            .zip(&mut self.var)
+            .zip(&mut self.peak)
+            .zip(x)
+        {
+            let delta = xi - *m;
+            *m += a * delta;
+            *v = (1.0 - a) * (*v + a * delta * delta);
+            *p = (*p * self.decay).max((xi - *m).abs());
+        }
+        Ok(())
+    }
+
+    /// The normalisation now (`offset` and `scale`, `D` values each), by the rule of the
+    /// [module](self). `NoRows` before the first row, `Length` for buffers not `D` long,
+    /// `NonFinite` if the statistics overflowed; on error the buffers are unchanged.
+    pub fn normalisation(
+        &self,
+        offset: &mut [f32],
+        scale: &mut [f32],
+    ) -> Result<(), NormaliseError> {
+        if self.rows == 0 {
+            return Err(NormaliseError::NoRows);
+        }
+        if offset.len() != D || scale.len() != D {
+            return Err(NormaliseError::Length);
+        }
+        if !self
+            .mean
+            .iter()
+            .chain(&self.var)
+            .chain(&self.peak)
+            .all(|v| v.is_finite())
+        {
+            return Err(NormaliseError::NonFinite);
+        }
+        let ratio = SPARSE_RATIO as f32;
+        let min = MIN_SPREAD as f32;
+        for ((((o, s), &m), &v), &p) in offset
+            .iter_mut()
+            .zip(scale.iter_mut())
+            .zip(&self.mean)
+            .zip(&self.var)
+            .zip(&self.peak)
+        {
+            let spread = libm::sqrtf(v).max(p / ratio);
+            *o = m;
+            *s = if spread > min { 1.0 / spread } else { 1.0 };
+        }
+        Ok(())
+    }
 }
