@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hvae::shape::{Posterior, Scope, Shape};
-use hvae::train::loss::{cache_len, loss_and_grad, Batch, LossConfig, RandomDraws};
+use hvae::train::loss::{loss_and_grad, Batch, LossBuffers, LossConfig, RandomDraws};
 use hvae::train::optim::{state_len, OptimConfig, OptimState, Optimiser};
 use hvae::Model;
 use rand_core::SeedableRng;
@@ -66,10 +66,9 @@ fn bench_training(c: &mut Criterion) {
         let range = shape.scope_range(Scope::Full);
         let opt = OptimConfig::new(Optimiser::adam(1e-3f32));
         let mut state = OptimState::new(vec![0.0f32; state_len(opt.optimiser.kind(), range.len())]);
-        let mut work = vec![0.0; shape.work_len()];
-        let mut cache = vec![0.0; cache_len(&shape, B)];
-        let mut grads = vec![0.0; range.len()];
-        let mut p_bar = vec![0.1f32; 10];
+        let mut store = vec![0.0; LossBuffers::<f32>::storage_len(&shape, Scope::Full, B)];
+        let mut bufs = LossBuffers::new(&shape, Scope::Full, B, &mut store).unwrap();
+        bufs.marginal_mut().fill(0.1);
         let name =
             format!("{posterior:?}, Full + Adam, batch {B} (per batch; throughput per sample)");
         g.bench_function(name, |b| {
@@ -81,20 +80,10 @@ fn bench_training(c: &mut Criterion) {
                         labels: &[],
                         pairs: &pairs,
                     };
-                    loss_and_grad(
-                        &model,
-                        &batch,
-                        &cfg,
-                        Scope::Full,
-                        &mut RandomDraws(&mut rng),
-                        &mut p_bar,
-                        &mut work,
-                        &mut cache,
-                        &mut grads,
-                    )
-                    .unwrap();
+                    loss_and_grad(&model, &batch, &cfg, &mut RandomDraws(&mut rng), &mut bufs)
+                        .unwrap();
                     state
-                        .step(&opt, &mut model.params_mut()[range.clone()], &grads)
+                        .step(&opt, &mut model.params_mut()[range.clone()], bufs.grads())
                         .unwrap();
                 },
                 BatchSize::SmallInput,

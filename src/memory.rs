@@ -19,7 +19,7 @@
 //! ```
 
 use crate::shape::{Scope, Shape};
-use crate::train::optim::{state_len, OptimKind};
+use crate::train::optim::OptimKind;
 use crate::train::trainer::TrainConfig;
 
 /// Bytes by purpose.
@@ -65,7 +65,6 @@ impl Memory {
         cap: usize,
     ) -> Memory {
         let s = core::mem::size_of::<T>();
-        let r = shape.scope_range(scope);
         let params = match scope {
             // Adapting the segmenter needs no decoder weights.
             Scope::SegmenterOnly => shape.inference_param_len(),
@@ -74,7 +73,7 @@ impl Memory {
         Memory {
             params: s * params,
             workspace: 0,
-            optimiser: s * state_len(kind, r.end - r.start) + 4,
+            optimiser: s * TrainConfig::<f32>::optim_len(shape, scope, kind) + 4,
             scratch: s * TrainConfig::<f32>::storage_len(shape, scope, batch, cap),
             samples: s * cap * shape.input + cap,
         }

@@ -5,7 +5,9 @@
 
 use hvae::shape::{Posterior, Scope, Shape};
 use hvae::train::adapt::{adapter_storage_len, AdapterMemory, SegmenterAdapter};
-use hvae::train::loss::{cache_len, loss_and_grad, segmenter_loss_and_grad, Batch, LossConfig};
+use hvae::train::loss::{
+    cache_len, loss_and_grad, segmenter_loss_and_grad, Batch, LossBuffers, LossConfig,
+};
 use hvae::train::optim::{state_len, OptimKind};
 use hvae::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use hvae::Model;
@@ -164,10 +166,12 @@ fn adapter_loss_is_the_segmenter_only_loss() {
         ..LossConfig::default()
     };
     let l = shape.segmenter_len();
-    let (mut pa, mut pb) = ([0.2, 0.3, 0.5], [0.2, 0.3, 0.5]);
-    let mut ga = vec![0.0; l];
+    let mut pb = [0.2, 0.3, 0.5];
     let mut gb = vec![0.0; l];
     let mut cache = vec![7.0; cache_len(&shape, b)];
+    let mut store = vec![7.0; LossBuffers::<f64>::storage_len(&shape, Scope::SegmenterOnly, b)];
+    let mut bufs = LossBuffers::new(&shape, Scope::SegmenterOnly, b, &mut store).unwrap();
+    bufs.marginal_mut().copy_from_slice(&pb);
     let general = loss_and_grad(
         &model,
         &Batch {
@@ -176,14 +180,11 @@ fn adapter_loss_is_the_segmenter_only_loss() {
             pairs: &pairs,
         },
         &cfg,
-        Scope::SegmenterOnly,
         &mut hvae::train::loss::RandomDraws(&mut rng),
-        &mut pa,
-        &mut work,
-        &mut cache,
-        &mut ga,
+        &mut bufs,
     )
     .unwrap();
+    let (pa, ga) = (bufs.marginal(), bufs.grads());
     let adapted = segmenter_loss_and_grad(
         &shape,
         model.segmenter_params(),

@@ -3,7 +3,7 @@
 
 use hvae::infer::model::{InferError, Model, ModelError};
 use hvae::shape::{Scope, Shape, TensorId};
-use hvae::train::loss::{cache_len, loss_and_grad, Batch, LossConfig, LossError, RandomDraws};
+use hvae::train::loss::{loss_and_grad, Batch, LossBuffers, LossConfig, LossError, RandomDraws};
 use hvae::train::optim::state_len;
 use hvae::train::trainer::{OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
@@ -113,25 +113,15 @@ fn inference_only_models_refuse_decoder_work() {
         Some(InferError::NoDecoder)
     );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
-    let mut cache = vec![0.0; cache_len(&S, 1)];
-    let mut grads = vec![0.0; S.scope_range(Scope::Full).len()];
-    let mut p_bar = [0.5f32; 2];
+    let mut store = vec![0.0; LossBuffers::<f32>::storage_len(&S, Scope::Full, 1)];
+    let mut bufs = LossBuffers::new(&S, Scope::Full, 1, &mut store).unwrap();
     let batch = Batch {
         inputs: &x,
         labels: &[],
         pairs: &[],
     };
-    let r = loss_and_grad(
-        &m,
-        &batch,
-        &LossConfig::default(),
-        Scope::Full,
-        &mut RandomDraws(&mut rng),
-        &mut p_bar,
-        &mut work,
-        &mut cache,
-        &mut grads,
-    );
+    let cfg = LossConfig::default();
+    let r = loss_and_grad(&m, &batch, &cfg, &mut RandomDraws(&mut rng), &mut bufs);
     assert_eq!(r.err(), Some(LossError::Infer(InferError::NoDecoder)));
 }
 
@@ -139,9 +129,8 @@ fn inference_only_models_refuse_decoder_work() {
 fn malformed_batches_are_rejected() {
     let m = model();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
-    let mut work = vec![0.0f32; S.work_len()];
-    let mut cache = vec![0.0; cache_len(&S, 2)];
-    let mut grads = vec![0.0; S.scope_range(Scope::Full).len()];
+    let mut store = vec![0.0; LossBuffers::<f32>::storage_len(&S, Scope::Full, 2)];
+    let mut bufs = LossBuffers::new(&S, Scope::Full, 2, &mut store).unwrap();
     let x = [0.1f32; 8];
     let cfg = LossConfig::default();
     type Case<'a> = (&'a [f32], &'a [Option<u8>], &'a [(u16, u16)]);
@@ -153,45 +142,34 @@ fn malformed_batches_are_rejected() {
         (&x, &[], &[(0, 2)]),           // pair out of range
     ];
     for (inputs, labels, pairs) in cases {
-        let mut p_bar = [0.5f32; 2];
+        bufs.marginal_mut().fill(0.5);
         let batch = Batch {
             inputs,
             labels,
             pairs,
         };
-        let r = loss_and_grad(
-            &m,
-            &batch,
-            &cfg,
-            Scope::Full,
-            &mut RandomDraws(&mut rng),
-            &mut p_bar,
-            &mut work,
-            &mut cache,
-            &mut grads,
-        );
+        let r = loss_and_grad(&m, &batch, &cfg, &mut RandomDraws(&mut rng), &mut bufs);
         assert_eq!(r.err(), Some(LossError::BadBatch));
-        assert_eq!(p_bar, [0.5, 0.5]);
+        assert_eq!(bufs.marginal(), [0.5, 0.5]);
     }
-    let mut p_bar = [0.5f32; 2];
+    // Buffers for fewer rows than the batch, or for another shape.
     let batch = Batch {
         inputs: &x,
         labels: &[],
         pairs: &[],
     };
-    let mut short = vec![0.0; grads.len() - 1];
-    let r = loss_and_grad(
-        &m,
-        &batch,
-        &cfg,
-        Scope::Full,
-        &mut RandomDraws(&mut rng),
-        &mut p_bar,
-        &mut work,
-        &mut cache,
-        &mut short,
-    );
+    let mut one = vec![0.0; LossBuffers::<f32>::storage_len(&S, Scope::Full, 1)];
+    let mut one = LossBuffers::new(&S, Scope::Full, 1, &mut one).unwrap();
+    let r = loss_and_grad(&m, &batch, &cfg, &mut RandomDraws(&mut rng), &mut one);
     assert_eq!(r.err(), Some(LossError::BufferLength));
+    let other = Shape::new(4, &[3], 2, 2).with_activation(hvae::Activation::Tanh);
+    let mut o = vec![0.0; LossBuffers::<f32>::storage_len(&other, Scope::Full, 2)];
+    let mut o = LossBuffers::new(&other, Scope::Full, 2, &mut o).unwrap();
+    let r = loss_and_grad(&m, &batch, &cfg, &mut RandomDraws(&mut rng), &mut o);
+    assert_eq!(r.err(), Some(LossError::BufferLength));
+    // Storage of the wrong length makes no buffers.
+    let mut short = vec![0.0; store.len() - 1];
+    assert!(LossBuffers::new(&S, Scope::Full, 2, &mut short).is_none());
 }
 
 type Trainer = OnlineTrainer<f32, 4, 16, Vec<f32>, Vec<f32>>;

@@ -13,7 +13,7 @@
 
 use hvae::dist::sphere::{Draw, SampleError};
 use hvae::shape::{Activation, Likelihood, Posterior, Scope, Shape};
-use hvae::train::loss::{loss_and_grad, Batch, ClusterInput, DrawSource, LossConfig};
+use hvae::train::loss::{loss_and_grad, Batch, ClusterInput, DrawSource, LossBuffers, LossConfig};
 use hvae::Model;
 
 /// A fixed draw: `w = tanh(a + c ln kappa)`, tangent `v` fixed, `z = H(mu) (w, sqrt(1-w²) v)`
@@ -113,16 +113,15 @@ fn run(case: &Case, seed: u64) -> f64 {
 
     let eval = |params: &[f64], grads: &mut [f64]| -> f64 {
         let model = Model::new(s, params.to_vec()).unwrap();
-        let mut work = vec![0.0; s.work_len()];
-        let mut cache = vec![0.0; hvae::train::loss::cache_len(&s, b)];
-        let mut p_bar = p_bar0.clone();
+        let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, case.scope, b)];
+        let mut bufs = LossBuffers::new(&s, case.scope, b, &mut store).unwrap();
+        bufs.marginal_mut().copy_from_slice(&p_bar0);
         let mut draws = FixedDraws::new(b, s.latent, 99);
-        loss_and_grad(
-            &model, &batch, &case.cfg, case.scope, &mut draws, &mut p_bar, &mut work, &mut cache,
-            grads,
-        )
-        .unwrap()
-        .total
+        let total = loss_and_grad(&model, &batch, &case.cfg, &mut draws, &mut bufs)
+            .unwrap()
+            .total;
+        grads.copy_from_slice(bufs.grads());
+        total
     };
     let mut grads = vec![0.0; range.len()];
     eval(&params, &mut grads);
@@ -296,22 +295,19 @@ fn marginal_is_the_moving_average_of_the_batch() {
         ..unsupervised()
     };
     let prev = [0.1, 0.2, 0.3, 0.4];
-    let mut p_bar = prev;
-    let mut work = vec![0.0; s.work_len()];
-    let mut cache = vec![0.0; hvae::train::loss::cache_len(&s, b)];
-    let mut grads = vec![0.0; s.scope_range(Scope::SegmenterOnly).len()];
+    let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::SegmenterOnly, b)];
+    let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
+    bufs.marginal_mut().copy_from_slice(&prev);
     let parts = loss_and_grad(
         &model,
         &batch,
         &cfg,
-        Scope::SegmenterOnly,
         &mut FixedDraws::new(b, 3, 1),
-        &mut p_bar,
-        &mut work,
-        &mut cache,
-        &mut grads,
+        &mut bufs,
     )
     .unwrap();
+    let p_bar = bufs.marginal().to_vec();
+    let mut work = vec![0.0; s.work_len()];
     let mut mean = [0.0; 4];
     for x in inputs.chunks(s.input) {
         let seg = model.segment(x, &mut work).unwrap();
@@ -337,19 +333,17 @@ fn marginal_is_the_moving_average_of_the_batch() {
         balance_floor: 0.8,
         ..cfg
     };
-    let mut p_bar = prev;
+    let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
+    bufs.marginal_mut().copy_from_slice(&prev);
     let parts = loss_and_grad(
         &model,
         &batch,
         &floored,
-        Scope::SegmenterOnly,
         &mut FixedDraws::new(b, 3, 1),
-        &mut p_bar,
-        &mut work,
-        &mut cache,
-        &mut grads,
+        &mut bufs,
     )
     .unwrap();
+    let p_bar = bufs.marginal();
     let hinge: f64 = p_bar
         .iter()
         .map(|&v| (f64::ln(0.8 / 4.0) - v.ln()).max(0.0))
@@ -375,27 +369,24 @@ fn a_dirty_cache_gives_the_same_loss_and_gradient() {
     };
     let cfg = unsupervised();
     for scope in [Scope::Full, Scope::SegmenterOnly] {
-        let run_with = |cache: &mut Vec<f64>| {
-            let mut p_bar = [0.25; 4];
-            let mut work = vec![0.0; s.work_len()];
-            let mut grads = vec![0.0; s.scope_range(scope).len()];
+        // Everything but the marginal is scratch: workspace, cache and gradient.
+        let run_with = |store: &mut Vec<f64>| {
+            let mut bufs = LossBuffers::new(&s, scope, b, store).unwrap();
+            bufs.marginal_mut().fill(0.25);
             let parts = loss_and_grad(
                 &model,
                 &batch,
                 &cfg,
-                scope,
                 &mut FixedDraws::new(b, 3, 1),
-                &mut p_bar,
-                &mut work,
-                cache,
-                &mut grads,
+                &mut bufs,
             )
             .unwrap();
-            (parts.total, grads, p_bar)
+            (parts.total, bufs.grads().to_vec(), bufs.marginal().to_vec())
         };
-        let mut clean = vec![0.0; hvae::train::loss::cache_len(&s, b)];
+        let len = LossBuffers::<f64>::storage_len(&s, scope, b);
+        let mut clean = vec![0.0; len];
         let want = run_with(&mut clean);
-        let mut dirty = vec![1.0e3; hvae::train::loss::cache_len(&s, b)];
+        let mut dirty = vec![1.0e3; len];
         assert_eq!(
             run_with(&mut dirty),
             want,

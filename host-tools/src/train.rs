@@ -15,7 +15,7 @@
 
 use hvae::shape::{Scope, Shape, TensorId};
 use hvae::train::kmeans::{scratch_len, spherical_kmeans};
-use hvae::train::loss::{cache_len, loss_and_grad, Batch, LossConfig, LossParts, RandomDraws};
+use hvae::train::loss::{loss_and_grad, Batch, LossBuffers, LossConfig, LossParts, RandomDraws};
 use hvae::train::optim::{state_len, OptimConfig, OptimState, Optimiser};
 use hvae::Model;
 use rand_core::{Rng, SeedableRng};
@@ -324,10 +324,10 @@ pub fn fit(
     let range = shape.scope_range(Scope::Full);
     let opt = OptimConfig::new(Optimiser::adam(cfg.lr)).with_clip_norm(cfg.clip);
     let mut state = OptimState::new(vec![0f32; state_len(opt.optimiser.kind(), range.len())]);
-    let mut work = vec![0f32; shape.work_len()];
-    let mut cache = vec![0f32; cache_len(&shape, cfg.batch)];
-    let mut grads = vec![0f32; range.len()];
-    let mut p_bar = vec![1.0 / shape.clusters as f32; shape.clusters];
+    let mut store = vec![0f32; LossBuffers::<f32>::storage_len(&shape, Scope::Full, cfg.batch)];
+    let mut bufs = LossBuffers::new(&shape, Scope::Full, cfg.batch, &mut store)
+        .expect("storage of LossBuffers::storage_len");
+    bufs.marginal_mut().fill(1.0 / shape.clusters as f32);
     let mut rows = vec![0f32; cfg.batch * d];
     let mut row_labels: Vec<Option<u8>> = Vec::with_capacity(cfg.batch);
     let mut pairs: Vec<(u16, u16)> = Vec::with_capacity(cfg.batch / 2);
@@ -409,15 +409,11 @@ pub fn fit(
             &model,
             &batch,
             &loss_cfg,
-            Scope::Full,
             &mut RandomDraws(&mut rng),
-            &mut p_bar,
-            &mut work,
-            &mut cache,
-            &mut grads,
+            &mut bufs,
         )
         .map_err(|source| FitError::Step { step, source })?;
-        state.step(&opt, &mut model.params_mut()[range.clone()], &grads)?;
+        state.step(&opt, &mut model.params_mut()[range.clone()], bufs.grads())?;
         add(&mut sum, &parts);
         in_round += 1;
         let last_of_phase = step + 1 == warm_steps || step + 1 == total;

@@ -26,7 +26,7 @@ use hvae::infer::model::{Model, VecModel};
 use hvae::shape::TensorId;
 use hvae::store::blob;
 use hvae::train::loss::{
-    cache_len, loss_and_grad, Batch, ClusterInput, DrawSource, LossConfig, LossParts, ReplayDraws,
+    loss_and_grad, Batch, ClusterInput, DrawSource, LossBuffers, LossConfig, LossParts, ReplayDraws,
 };
 use hvae::{Activation, Likelihood, Posterior, Real, Scope, Shape};
 use rand_core::{Rng, SeedableRng};
@@ -335,18 +335,14 @@ fn run_loss<T: Real, D: DrawSource<T>>(
 ) -> Grad<T> {
     let s = *model.shape();
     let bsz = batch.inputs.len() / s.input;
-    let mut work = vec![T::zero(); s.work_len()];
-    let mut cache = vec![T::zero(); cache_len(&s, bsz)];
-    let mut grads = vec![T::zero(); s.scope_range(scope).len()];
-    let mut p_bar = p_bar_prev.to_vec();
-    let parts = loss_and_grad(
-        model, batch, cfg, scope, draws, &mut p_bar, &mut work, &mut cache, &mut grads,
-    )
-    .expect("loss_and_grad");
+    let mut store = vec![T::zero(); LossBuffers::<T>::storage_len(&s, scope, bsz)];
+    let mut bufs = LossBuffers::new(&s, scope, bsz, &mut store).expect("loss buffers");
+    bufs.marginal_mut().copy_from_slice(p_bar_prev);
+    let parts = loss_and_grad(model, batch, cfg, draws, &mut bufs).expect("loss_and_grad");
     Grad {
         parts,
-        p_bar,
-        grads,
+        p_bar: bufs.marginal().to_vec(),
+        grads: bufs.grads().to_vec(),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::protocol::{
 };
 use crate::shape::{Scope, Shape};
 use crate::store::checkpoint::{Checkpoints, Layout, Restore};
-use crate::train::optim::{state_len, OptimKind, Optimiser};
+use crate::train::optim::{OptimKind, Optimiser};
 use crate::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -316,12 +316,11 @@ where
             self.trainer = None;
             self.staging = None;
             self.loader.reset();
-            let n = shape.scope_range(cfg.scope).len();
             let (scratch, optim) = self
                 .store
                 .take(
                     TrainConfig::<f32>::storage_len(&shape, cfg.scope, cfg.batch, CAP),
-                    state_len(cfg.optim.optimiser.kind(), n),
+                    TrainConfig::<f32>::optim_len(&shape, cfg.scope, cfg.optim.optimiser.kind()),
                 )
                 .ok_or(ErrorCode::Train)?;
             let t = Trainer::<D, S::Buf>::new(&shape, cfg, scratch, optim)

@@ -60,7 +60,7 @@ pub use server::{Transport, INTERNAL_ERROR_FRAME};
 use crate::protocol::{CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN};
 use crate::shape::{Scope, Shape};
 use crate::store::checkpoint::Checkpoints;
-use crate::train::optim::{state_len, OptimKind};
+use crate::train::optim::OptimKind;
 use crate::train::trainer::TrainConfig;
 use embedded_storage::nor_flash::NorFlash;
 
@@ -113,8 +113,7 @@ pub const fn scratch_len(shape: &Shape) -> usize {
 
 /// Scalars of the optimiser buffer: Adam's state over the Full scope (the largest).
 pub const fn optim_len(shape: &Shape) -> usize {
-    let r = shape.scope_range(Scope::Full);
-    state_len(OptimKind::Adam, r.end - r.start)
+    TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Adam)
 }
 
 /// Bytes of one checkpoint slot on flash `F`: the largest layout (Full scope, Adam).

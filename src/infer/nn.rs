@@ -63,10 +63,11 @@ pub(crate) fn dense_forward<T: Real>(
     let (b_rest, w_rest) = (bb.remainder(), wb.remainder());
     // 8 rows at a time.
     for ((yq, bq), wq) in (&mut yb).zip(bb).zip(wb) {
-        // A block is `8 n` values, so this always splits; checked rather than indexed
-        // so that no panic path is linked in (NaN: the encoder's error for it).
+        // A block is `8 n` values, so this always splits; checked rather than indexed,
+        // so that no panic path is linked in, and with a correct answer either way.
         let Some([w0, w1, w2, w3, w4, w5, w6, w7]) = rows8(wq, n) else {
-            return T::zero() / T::zero();
+            first.get_or_insert(dense_rows(wq, bq, x, yq, &f));
+            continue;
         };
         let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) =
             (bq[0], bq[1], bq[2], bq[3], bq[4], bq[5], bq[6], bq[7]);
@@ -212,6 +213,24 @@ pub(crate) fn dense_forward<T: Real>(
     first.unwrap_or(T::zero())
 }
 
+/// `y = f(W x + b)` one row at a time (`W` row-major `y.len() x x.len()`, `x` not
+/// empty), each output the same sum in the same order as [`dense_forward`]'s; returns
+/// the first output before `f`. The blocked loops' way out for a block that does not
+/// split into eight rows, which their blocks' length rules out.
+#[cold]
+fn dense_rows<T: Real>(w: &[T], b: &[T], x: &[T], y: &mut [T], f: &impl Fn(T) -> T) -> T {
+    let mut first = None;
+    for ((yo, &bo), wr) in y.iter_mut().zip(b).zip(w.chunks(x.len().max(1))) {
+        let mut a = bo;
+        for (&xj, &p) in x.iter().zip(wr) {
+            a += p * xj;
+        }
+        first.get_or_insert(a);
+        *yo = f(a);
+    }
+    first.unwrap_or(T::zero())
+}
+
 /// The eight rows of `n` values of a block `wq` (`8 n` values).
 #[inline(always)]
 fn rows8<T>(wq: &[T], n: usize) -> Option<[&[T]; 8]> {
@@ -258,10 +277,13 @@ pub(crate) fn dense_forward2<T: Real>(
     let mut yab = y0.chunks_exact_mut(8);
     let mut ybb = y1.chunks_exact_mut(8);
     let bb = b.chunks_exact(8);
-    // Checked (no panic path in the firmware); `8 n` fits whenever `W` does.
-    let nan = T::zero() / T::zero();
+    // Checked (no panic path in the firmware); `8 n` fits whenever `W` does, and
+    // otherwise the one-input path serves.
     let Some(block) = n.checked_mul(8).filter(|&c| c > 0) else {
-        return (nan, nan);
+        return (
+            dense_forward(w, b, x0, y0, act),
+            dense_forward(w, b, x1, y1, act),
+        );
     };
     let wb = w.chunks_exact(block);
     let (b_rest, w_rest) = (bb.remainder(), wb.remainder());
@@ -269,7 +291,9 @@ pub(crate) fn dense_forward2<T: Real>(
     for (((ya, yb), bq), wq) in (&mut yab).zip(&mut ybb).zip(bb).zip(wb) {
         // Always splits (see `dense_forward`).
         let Some([w0, w1, w2, w3, w4, w5, w6, w7]) = rows8(wq, n) else {
-            return (nan, nan);
+            let a = dense_rows(wq, bq, x0, ya, &f);
+            first.get_or_insert((a, dense_rows(wq, bq, x1, yb, &f)));
+            continue;
         };
         let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) =
             (bq[0], bq[1], bq[2], bq[3], bq[4], bq[5], bq[6], bq[7]);

@@ -124,7 +124,8 @@ pub enum LossError {
     /// Empty batch, `inputs.len()` not a multiple of `D`, labels not `B` long, a label
     /// `>= K`, or a pair index `>= B`.
     BadBatch,
-    /// A buffer (workspace, cache, gradient, marginal) has the wrong length.
+    /// The [`LossBuffers`] were made for another shape, or for fewer rows than the
+    /// batch has; or a buffer of [`segmenter_loss_and_grad`] has the wrong length.
     BufferLength,
     /// Encoding a sample failed.
     Infer(InferError),
@@ -253,41 +254,115 @@ fn tiny<T: Real>() -> T {
     T::of(1e-30).max(T::EPS * T::EPS * T::EPS)
 }
 
+/// The buffers of a loss pass over one [`Scope`] for batches of up to `rows` rows, as
+/// views of one caller-owned slice of [`LossBuffers::storage_len`] scalars, split once
+/// when made: the gradient over the scope's parameters, the moving marginal `p_bar`
+/// (`K`), the workspace ([`Shape::work_len`]) and the per-row cache ([`cache_len`]).
+/// Only [`LossBuffers::new`] makes one, so every view has its length.
+#[derive(Debug)]
+pub struct LossBuffers<'a, T> {
+    shape: Shape,
+    scope: Scope,
+    rows: usize,
+    grads: &'a mut [T],
+    p_bar: &'a mut [T],
+    work: &'a mut [T],
+    cache: &'a mut [T],
+}
+
+impl<'a, T> LossBuffers<'a, T> {
+    /// Scalars of the storage of buffers for `shape`, `scope` and batches of up to `rows`
+    /// rows.
+    pub const fn storage_len(shape: &Shape, scope: Scope, rows: usize) -> usize {
+        let r = shape.scope_range(scope);
+        (r.end - r.start) + shape.clusters + shape.work_len() + cache_len(shape, rows)
+    }
+
+    /// Splits `storage` ([`LossBuffers::storage_len`] scalars, any contents) into the
+    /// buffers; `None` when its length differs.
+    pub fn new(shape: &Shape, scope: Scope, rows: usize, storage: &'a mut [T]) -> Option<Self> {
+        if storage.len() != Self::storage_len(shape, scope, rows) {
+            return None;
+        }
+        let (grads, rest) = storage.split_at_mut_checked(shape.scope_range(scope).len())?;
+        let (p_bar, rest) = rest.split_at_mut_checked(shape.clusters)?;
+        let (work, cache) = rest.split_at_mut_checked(shape.work_len())?;
+        Some(LossBuffers {
+            shape: *shape,
+            scope,
+            rows,
+            grads,
+            p_bar,
+            work,
+            cache,
+        })
+    }
+
+    /// The scope the gradient covers.
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+
+    /// The gradient of the last successful pass over the scope's parameters
+    /// ([`Shape::scope_range`]).
+    pub fn grads(&self) -> &[T] {
+        self.grads
+    }
+
+    /// The moving-average marginal `p_bar` (`K` values): read on entry, replaced by a
+    /// successful pass.
+    pub fn marginal(&self) -> &[T] {
+        self.p_bar
+    }
+
+    /// The marginal, to set it before a pass (or put it back after one).
+    pub fn marginal_mut(&mut self) -> &mut [T] {
+        self.p_bar
+    }
+
+    /// The workspace ([`Shape::work_len`] scalars), free between passes.
+    pub(crate) fn work_mut(&mut self) -> &mut [T] {
+        self.work
+    }
+}
+
 /// Computes the loss of `batch` and writes its gradient with respect to the parameters
-/// in `scope` into `grads` (`shape.scope_range(scope).len()` values, overwritten).
+/// of the buffers' scope into their gradient (overwritten).
 ///
-/// `p_bar` holds the previous moving-average marginal on entry (`K` values; ignored
-/// when `rho = 0`) and receives the new one; `p_bar` is written only on success. With
+/// The buffers' marginal holds the previous moving-average `p_bar` on entry (ignored
+/// when `rho = 0`) and receives the new one, only on success. With
 /// [`Scope::SegmenterOnly`] the segmenter is applied to `mu(x)` (no draw, no
 /// reconstruction or KL term) and only the cluster terms are formed.
 ///
-/// On error nothing but the scratch buffers (`work`, `cache`, `grads`) is written.
-#[allow(clippy::too_many_arguments)]
+/// [`LossError::BufferLength`] when the buffers were made for another shape than the
+/// model's or for fewer rows than the batch has. On error nothing but the workspace,
+/// the cache and the gradient is written.
 pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     model: &Model<T, S>,
     batch: &Batch<'_, T>,
     cfg: &LossConfig<T>,
-    scope: Scope,
     draws: &mut D,
-    p_bar: &mut [T],
-    work: &mut [T],
-    cache: &mut [T],
-    grads: &mut [T],
+    bufs: &mut LossBuffers<'_, T>,
 ) -> Result<LossParts<T>, LossError> {
     let s = *model.shape();
     let (d, m, k) = (s.input, s.latent, s.clusters);
     let bsz = batch_rows(batch, d, k)?;
+    let scope = bufs.scope;
     if scope != Scope::SegmenterOnly && !model.has_decoder() {
         return Err(LossError::Infer(InferError::NoDecoder));
     }
-    let range = s.scope_range(scope);
-    if work.len() < s.work_len()
-        || cache.len() < cache_len(&s, bsz)
-        || grads.len() != range.len()
-        || p_bar.len() != k
-    {
+    if bufs.shape != s || bsz > bufs.rows {
         return Err(LossError::BufferLength);
     }
+    let range = s.scope_range(scope);
+    let LossBuffers {
+        grads,
+        p_bar,
+        work,
+        cache,
+        ..
+    } = bufs;
+    let (grads, p_bar, work, cache) = (&mut **grads, &mut **p_bar, &mut **work, &mut **cache);
     let row = cache_row(&s);
     let lay = WorkLayout::of(&s);
     let bf = T::of(bsz as f64);
@@ -389,8 +464,17 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
             * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
                 + parts.supervised);
     check_finite(&parts, grads)?;
-    p_bar.copy_from_slice(cache.get(bsz * row..bsz * row + k).ok_or(SHORT)?);
+    copy_over(p_bar, cache.get(bsz * row..bsz * row + k).ok_or(SHORT)?);
     Ok(parts)
+}
+
+/// Copies `src` over the start of `dst`, as far as both go: for views whose lengths
+/// agree by construction ([`LossBuffers`]), without the panic path of
+/// `copy_from_slice` (the compiler cannot see the agreement).
+pub(crate) fn copy_over<T: Copy>(dst: &mut [T], src: &[T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s;
+    }
 }
 
 /// The error of a slice out of range in the training math. The lengths were checked

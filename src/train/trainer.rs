@@ -11,7 +11,7 @@
 //!
 //! # Memory
 //! Everything lives in the trainer: the ring buffer (`CAP * D` scalars), `CAP` bytes of
-//! k-means labels, the optimiser state ([`crate::train::optim::state_len`]) and one scratch
+//! k-means labels, the optimiser state ([`TrainConfig::optim_len`] scalars) and one scratch
 //! storage of [`TrainConfig::storage_len`] scalars (gradient, marginal, workspace, batch
 //! cache, batch rows, k-means buffers). [`crate::memory`] adds it up in bytes.
 //!
@@ -25,11 +25,13 @@
 
 use crate::infer::model::{InferError, Model, WorkLayout};
 use crate::shape::{Scope, Shape};
-use crate::train::kmeans::{scratch_len as kmeans_scratch_len, spherical_kmeans, KMeansError};
-use crate::train::loss::{
-    cache_len, loss_and_grad, Batch, LossConfig, LossError, LossParts, RandomDraws,
+use crate::train::kmeans::{
+    scratch_len as kmeans_scratch_len, spherical_kmeans, KMeansError, MAX_CLUSTERS,
 };
-use crate::train::optim::{state_len, OptimConfig, OptimError, OptimState};
+use crate::train::loss::{
+    copy_over, loss_and_grad, Batch, LossBuffers, LossConfig, LossError, LossParts, RandomDraws,
+};
+use crate::train::optim::{state_len, OptimConfig, OptimError, OptimKind, OptimState};
 use crate::Real;
 use heapless::HistoryBuf;
 use rand_core::Rng;
@@ -207,16 +209,59 @@ impl<T: Real> TrainConfig<T> {
     /// samples: gradient (scope size), marginal `p_bar` (`K`), workspace, batch cache
     /// and rows for `2 batch` rows, and the k-means buffers (`CAP M + K M + K (M + 1)`).
     pub const fn storage_len(shape: &Shape, scope: Scope, batch: usize, cap: usize) -> usize {
-        let r = shape.scope_range(scope);
         let (m, k) = (shape.latent, shape.clusters);
-        (r.end - r.start)
-            + k
-            + shape.work_len()
-            + cache_len(shape, 2 * batch)
+        LossBuffers::<T>::storage_len(shape, scope, 2 * batch)
             + 2 * batch * shape.input
             + cap * m
             + k * m
             + kmeans_scratch_len(k, m)
+    }
+
+    /// Scalars of optimiser state the trainer needs for `shape` with optimiser `kind`
+    /// ([`state_len`] over the scope's parameters).
+    pub const fn optim_len(shape: &Shape, scope: Scope, kind: OptimKind) -> usize {
+        let r = shape.scope_range(scope);
+        state_len(kind, r.end - r.start)
+    }
+}
+
+/// The trainer's scratch storage ([`TrainConfig::storage_len`]) as views, split once per
+/// call, in this order: the loss buffers for `2 batch` rows, the batch rows
+/// (`2 batch D`), the encoded directions of the buffer (`CAP M`), the k-means centres
+/// (`K M`) and the k-means scratch.
+struct Scratch<'a, T> {
+    loss: LossBuffers<'a, T>,
+    rows: &'a mut [T],
+    mus: &'a mut [T],
+    centres: &'a mut [T],
+    kmeans: &'a mut [T],
+}
+
+impl<'a, T> Scratch<'a, T> {
+    /// The views of `storage`; `None` unless it is [`TrainConfig::storage_len`] long.
+    fn split(
+        storage: &'a mut [T],
+        shape: &Shape,
+        scope: Scope,
+        batch: usize,
+        cap: usize,
+    ) -> Option<Self> {
+        let (m, k) = (shape.latent, shape.clusters);
+        let loss_len = LossBuffers::<T>::storage_len(shape, scope, 2 * batch);
+        let (loss, rest) = storage.split_at_mut_checked(loss_len)?;
+        let (rows, rest) = rest.split_at_mut_checked(2 * batch * shape.input)?;
+        let (mus, rest) = rest.split_at_mut_checked(cap * m)?;
+        let (centres, kmeans) = rest.split_at_mut_checked(k * m)?;
+        if kmeans.len() != kmeans_scratch_len(k, m) {
+            return None;
+        }
+        Some(Scratch {
+            loss: LossBuffers::new(shape, scope, 2 * batch, loss)?,
+            rows,
+            mus,
+            centres,
+            kmeans,
+        })
     }
 }
 
@@ -314,7 +359,7 @@ pub struct StepReport<T> {
 
 /// Online trainer over a ring buffer of the `CAP` most recent `D`-dimensional samples.
 /// `S` is scratch storage of [`TrainConfig::storage_len`] scalars and `O` optimiser
-/// state of [`state_len`] scalars (arrays on a device, `Vec`s on the host).
+/// state of [`TrainConfig::optim_len`] scalars (arrays on a device, `Vec`s on the host).
 pub struct OnlineTrainer<T, const D: usize, const CAP: usize, S, O> {
     samples: HistoryBuf<[T; D], CAP>,
     labels: [u8; CAP],
@@ -339,7 +384,6 @@ where
         scratch: S,
         optim_state: O,
     ) -> Result<Self, TrainError> {
-        let n = shape.scope_range(cfg.scope).len();
         if shape.input != D
             || cfg.batch == 0
             || cfg.batch > MAX_BATCH
@@ -353,11 +397,20 @@ where
         }
         cfg.optim.validate()?;
         if scratch.as_ref().len() != TrainConfig::<T>::storage_len(shape, cfg.scope, cfg.batch, CAP)
-            || optim_state.as_ref().len() != state_len(cfg.optim.optimiser.kind(), n)
+            || optim_state.as_ref().len()
+                != TrainConfig::<T>::optim_len(shape, cfg.scope, cfg.optim.optimiser.kind())
         {
             return Err(TrainError::Storage);
         }
-        let mut t = OnlineTrainer {
+        // A uniform marginal to start the moving average from.
+        let mut scratch = scratch;
+        let k = T::of(shape.clusters as f64);
+        Scratch::split(scratch.as_mut(), shape, cfg.scope, cfg.batch, CAP)
+            .ok_or(STORAGE)?
+            .loss
+            .marginal_mut()
+            .fill(T::one() / k);
+        Ok(OnlineTrainer {
             samples: HistoryBuf::new(),
             labels: [0; CAP],
             scratch,
@@ -366,12 +419,7 @@ where
             steps: 0,
             centres_ready: !cfg.init_centres,
             guard: GuardState::new(T::zero()),
-        };
-        // A uniform marginal to start the moving average from.
-        let k = shape.clusters;
-        let pb = t.scratch.as_mut().get_mut(n..n + k).ok_or(STORAGE)?;
-        pb.fill(T::one() / T::of(k as f64));
-        Ok(t)
+        })
     }
 
     /// Adds a sample (raw units, `D` values), evicting the oldest when full. Cost: `D`
@@ -500,18 +548,8 @@ where
         }
         let b = self.cfg.batch;
         let range = shape.scope_range(self.cfg.scope);
-        let n = range.len();
-        let scratch = self.scratch.as_mut();
-        if scratch.len() != TrainConfig::<T>::storage_len(&shape, self.cfg.scope, b, CAP) {
-            return Err(TrainError::Storage);
-        }
-        let (grads, rest) = scratch.split_at_mut_checked(n).ok_or(STORAGE)?;
-        let (p_bar, rest) = rest.split_at_mut_checked(k).ok_or(STORAGE)?;
-        let (work, rest) = rest.split_at_mut_checked(shape.work_len()).ok_or(STORAGE)?;
-        let (cache, rest) = rest
-            .split_at_mut_checked(cache_len(&shape, 2 * b))
-            .ok_or(STORAGE)?;
-        let rows = rest.get_mut(..2 * b * D).ok_or(STORAGE)?;
+        let Scratch { mut loss, rows, .. } =
+            Scratch::split(self.scratch.as_mut(), &shape, self.cfg.scope, b, CAP).ok_or(STORAGE)?;
 
         // Anchors, and their partners in rows b..2b.
         let mut pairs = [(0u16, 0u16); MAX_BATCH];
@@ -562,29 +600,22 @@ where
             labels: &[],
             pairs: pairs.get(..n_pairs).ok_or(STORAGE)?,
         };
-        // The new marginal is staged in the scratch copy and committed after the update.
-        let mut p_new = [T::zero(); 255];
-        let p_new = p_new.get_mut(..k).ok_or(STORAGE)?;
-        p_new.copy_from_slice(p_bar);
-        let parts = loss_and_grad(
-            model,
-            &batch,
-            &loss_cfg,
-            self.cfg.scope,
-            &mut RandomDraws(rng),
-            p_new,
-            work,
-            cache,
-            grads,
-        )?;
+        // The pass replaces the marginal; the old one is put back unless the update is
+        // made after the warm-up.
+        let mut p_old = [T::zero(); MAX_CLUSTERS];
+        let p_old = p_old.get_mut(..k).ok_or(STORAGE)?;
+        copy_over(p_old, loss.marginal());
+        let parts = loss_and_grad(model, &batch, &loss_cfg, &mut RandomDraws(rng), &mut loss)?;
         // Divergence guard, before anything is changed.
         let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
-        self.guard.check(&self.cfg.guard, monitored)?;
-        let params = model.params_mut().get_mut(range).ok_or(STORAGE)?;
-        let info = self.optim.step(&self.cfg.optim, params, grads)?;
-        if !warm {
-            p_bar.copy_from_slice(p_new);
+        let update = self.guard.check(&self.cfg.guard, monitored).and_then(|()| {
+            let params = model.params_mut().get_mut(range).ok_or(STORAGE)?;
+            Ok(self.optim.step(&self.cfg.optim, params, loss.grads())?)
+        });
+        if warm || update.is_err() {
+            copy_over(loss.marginal_mut(), p_old);
         }
+        let info = update?;
         // The loss changes scale when the cluster terms switch on: re-arm.
         let rearm = initialised || (!warm && self.steps == self.cfg.warmup_steps);
         self.guard.accept(&self.cfg.guard, monitored, rearm);
@@ -636,16 +667,21 @@ where
         let shape = *model.shape();
         let (m, k) = (shape.latent, shape.clusters);
         let n_buf = self.samples.len();
-        let n = shape.scope_range(self.cfg.scope).len();
-        let b = self.cfg.batch;
-        let scratch = self.scratch.as_mut();
-        let skip = n + k + shape.work_len() + cache_len(&shape, 2 * b) + 2 * b * D;
-        let (front, rest) = scratch.split_at_mut_checked(skip).ok_or(STORAGE)?;
-        let work = front
-            .get_mut(n + k..n + k + shape.work_len())
-            .ok_or(STORAGE)?;
-        let (mus, rest) = rest.split_at_mut_checked(CAP * m).ok_or(STORAGE)?;
-        let (centres, km) = rest.split_at_mut_checked(k * m).ok_or(STORAGE)?;
+        let Scratch {
+            mut loss,
+            mus,
+            centres,
+            kmeans: km,
+            ..
+        } = Scratch::split(
+            self.scratch.as_mut(),
+            &shape,
+            self.cfg.scope,
+            self.cfg.batch,
+            CAP,
+        )
+        .ok_or(STORAGE)?;
+        let work = loss.work_mut();
         let lay = WorkLayout::of(&shape);
         for (i, x) in self.samples.as_slice().iter().enumerate() {
             let mut row = *x;

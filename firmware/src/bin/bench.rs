@@ -117,8 +117,7 @@ macro_rules! train_fn {
         fn $name(counter: &mut Counter) -> Train {
             const SCOPE: Scope = $scope;
             const STORE: usize = TrainConfig::<f32>::storage_len(&SHAPE, SCOPE, BATCH, CAP);
-            const RANGE: core::ops::Range<usize> = SHAPE.scope_range(SCOPE);
-            const STATE: usize = state_len(OptimKind::Adam, RANGE.end - RANGE.start);
+            const STATE: usize = TrainConfig::<f32>::optim_len(&SHAPE, SCOPE, OptimKind::Adam);
             const P: usize = SHAPE.param_len();
             let mut out = Train::default();
             // Storage as arrays in this frame, lent to the trainer: moving arrays this
