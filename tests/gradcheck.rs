@@ -295,18 +295,22 @@ fn marginal_is_the_moving_average_of_the_batch() {
         ..unsupervised()
     };
     let prev = [0.1, 0.2, 0.3, 0.4];
-    let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::SegmenterOnly, b)];
-    let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
-    bufs.marginal_mut().copy_from_slice(&prev);
-    let parts = loss_and_grad(
-        &model,
-        &batch,
-        &cfg,
-        &mut FixedDraws::new(b, 3, 1),
-        &mut bufs,
-    )
-    .unwrap();
-    let p_bar = bufs.marginal().to_vec();
+    // The loss parts and the new marginal, from `prev`.
+    let run = |cfg: &LossConfig<f64>| {
+        let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::SegmenterOnly, b)];
+        let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
+        bufs.marginal_mut().copy_from_slice(&prev);
+        let parts = loss_and_grad(
+            &model,
+            &batch,
+            cfg,
+            &mut FixedDraws::new(b, 3, 1),
+            &mut bufs,
+        )
+        .unwrap();
+        (parts, bufs.marginal().to_vec())
+    };
+    let (parts, p_bar) = run(&cfg);
     let mut work = vec![0.0; s.work_len()];
     let mut mean = [0.0; 4];
     for x in inputs.chunks(s.input) {
@@ -333,17 +337,7 @@ fn marginal_is_the_moving_average_of_the_batch() {
         balance_floor: 0.8,
         ..cfg
     };
-    let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
-    bufs.marginal_mut().copy_from_slice(&prev);
-    let parts = loss_and_grad(
-        &model,
-        &batch,
-        &floored,
-        &mut FixedDraws::new(b, 3, 1),
-        &mut bufs,
-    )
-    .unwrap();
-    let p_bar = bufs.marginal();
+    let (parts, p_bar) = run(&floored);
     let hinge: f64 = p_bar
         .iter()
         .map(|&v| (f64::ln(0.8 / 4.0) - v.ln()).max(0.0))
