@@ -10,13 +10,9 @@ use hvae_host::data;
 use hvae_host::synth::VmfMixture;
 use std::path::{Path, PathBuf};
 
-/// Asserts a failure with `code` and exactly one line on stderr containing `needle`.
+/// [`common::assert_one_line_error`], and nothing on stdout.
 fn assert_one_line_error(r: &Run, code: i32, needle: &str) {
-    assert_eq!(r.code, code, "stderr: {}", r.stderr);
-    assert_eq!(r.stderr.lines().count(), 1, "stderr: {:?}", r.stderr);
-    assert!(r.stderr.starts_with("hvae: error: "), "{}", r.stderr);
-    assert!(r.stderr.contains(needle), "{:?} lacks {needle:?}", r.stderr);
-    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    common::assert_one_line_error(r, code, needle);
     assert!(r.stdout.is_empty(), "stdout: {}", r.stdout);
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{run, run_stdin, s, Run};
+use common::{assert_one_line_error, run, run_stdin, s};
 use hvae::Shape;
 use hvae::VecModel;
 use hvae_host::data::{self, Dataset};
@@ -425,14 +425,6 @@ fn digits_text_with(bad: &[(usize, &str)]) -> String {
         lines[row + 1] = text.to_string();
     }
     lines.join("\n") + "\n"
-}
-
-fn assert_one_line_error(r: &Run, code: i32, needle: &str) {
-    assert_eq!(r.code, code, "stderr: {}", r.stderr);
-    assert_eq!(r.stderr.lines().count(), 1, "stderr: {:?}", r.stderr);
-    assert!(r.stderr.starts_with("hvae: error: "), "{}", r.stderr);
-    assert!(r.stderr.contains(needle), "{:?} lacks {needle:?}", r.stderr);
-    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
 
 #[test]

@@ -4,7 +4,6 @@
 mod common;
 
 use common::hvae;
-use hvae_host::data;
 use std::path::{Path, PathBuf};
 
 fn manifest() -> PathBuf {
@@ -84,11 +83,7 @@ fn check_passes_on_the_same_run_and_fails_on_a_drop() {
 #[test]
 fn clusters_auto_finds_well_separated_clusters() {
     let dir = tempfile::tempdir().unwrap();
-    let mix = hvae_host::synth::VmfMixture::new(12, 4, 600, 50.0, 3)
-        .generate()
-        .unwrap();
-    let csv = dir.path().join("mix.csv");
-    data::write_csv(&csv, &mix.data).unwrap();
+    let csv = common::four_cluster_csv(dir.path());
     let model = dir.path().join("auto.hvae");
     let r = hvae()
         .args([

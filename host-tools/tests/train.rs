@@ -42,11 +42,7 @@ fn digits_quality_with_defaults_over_five_seeds() {
 #[test]
 fn mixture_is_recovered_and_training_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
-    let mix = hvae_host::synth::VmfMixture::new(12, 4, 600, 50.0, 3)
-        .generate()
-        .unwrap();
-    let csv = dir.path().join("mix.csv");
-    data::write_csv(&csv, &mix.data).unwrap();
+    let csv = common::four_cluster_csv(dir.path());
     let (a, b) = (dir.path().join("a.hvae"), dir.path().join("b.hvae"));
     for out in [&a, &b] {
         hvae()

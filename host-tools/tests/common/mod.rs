@@ -105,3 +105,24 @@ pub fn reference_python(what: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// Asserts a failure with exit status `code` and exactly one line on stderr, the tool's
+/// error containing `needle` (no panic).
+pub fn assert_one_line_error(r: &Run, code: i32, needle: &str) {
+    assert_eq!(r.code, code, "stderr: {}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "stderr: {:?}", r.stderr);
+    assert!(r.stderr.starts_with("hvae: error: "), "{}", r.stderr);
+    assert!(r.stderr.contains(needle), "{:?} lacks {needle:?}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+/// Four well-separated von Mises-Fisher clusters in 12-D (600 labelled rows, seed 3),
+/// written as `mix.csv` in `dir`.
+pub fn four_cluster_csv(dir: &Path) -> PathBuf {
+    let mix = hvae_host::synth::VmfMixture::new(12, 4, 600, 50.0, 3)
+        .generate()
+        .unwrap();
+    let csv = dir.join("mix.csv");
+    hvae_host::data::write_csv(&csv, &mix.data).unwrap();
+    csv
+}
