@@ -96,14 +96,23 @@ where
             *s = s.max((v - m).abs() / ratio);
         }
     }
-    let min = T::of(MIN_SPREAD);
     for (s, m) in scale.iter_mut().zip(offset.iter()) {
         if !s.is_finite() || !m.is_finite() {
             return Err(NormaliseError::NonFinite);
         }
-        *s = if *s > min { T::one() / *s } else { T::one() };
+        *s = scale_of_spread(*s);
     }
     Ok(())
+}
+
+/// The scale for a feature's spread: its inverse, or 1 for a constant feature (spread
+/// at most [`MIN_SPREAD`]). The one place of that rule for [`fit`] and [`Tracker`].
+fn scale_of_spread<T: Real>(spread: T) -> T {
+    if spread > T::of(MIN_SPREAD) {
+        T::one() / spread
+    } else {
+        T::one()
+    }
 }
 
 /// The normalisation of a stream, tracked one row at a time: the rule of the
@@ -215,7 +224,6 @@ impl<const D: usize> Tracker<D> {
             return Err(NormaliseError::NonFinite);
         }
         let ratio = SPARSE_RATIO as f32;
-        let min = MIN_SPREAD as f32;
         for ((((o, s), &m), &v), &p) in offset
             .iter_mut()
             .zip(scale.iter_mut())
@@ -225,7 +233,7 @@ impl<const D: usize> Tracker<D> {
         {
             let spread = libm::sqrtf(v).max(p / ratio);
             *o = m;
-            *s = if spread > min { 1.0 / spread } else { 1.0 };
+            *s = scale_of_spread(spread);
         }
         Ok(())
     }
