@@ -282,3 +282,63 @@ fn the_internal_error_frame_is_the_encoded_response() {
     let f = encode(&Response::Error(ErrorCode::Internal), &mut buf).unwrap();
     assert_eq!(*f, INTERNAL_ERROR_FRAME);
 }
+
+/// `SegmenterAndNormalisation`: the model's normalisation after a request is a
+/// `Tracker`'s, started from the model's own and fed the request's samples; the encoder
+/// stays as it was; `SegmenterOnly` leaves the normalisation alone; a non-finite sample
+/// changes nothing.
+#[test]
+fn the_normalisation_scope_tracks_the_stream_and_nothing_else_moves() {
+    use hvae::device::NORM_DECAY;
+    use hvae::infer::normalise::Tracker;
+    let m = model(1);
+    let before = m.params().to_vec();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+    // A shifted sensor: every feature reads 3 x + 2.
+    let xs: Vec<f32> = (0..8 * D)
+        .map(|_| 3.0 * hvae::dist::rng::standard_normal::<f32, _>(&mut rng) + 2.0)
+        .collect();
+    let request = |scope, samples: &[f32]| Request::TrainBatch {
+        samples: heapless::Vec::from_slice(samples).unwrap(),
+        steps: 2,
+        settings: Some(TrainSettings {
+            scope,
+            ..settings()
+        }),
+    };
+    let mut e: Learn = engine(m, Heap::new());
+    let r = e.handle(&request(TrainScope::SegmenterAndNormalisation, &xs));
+    assert!(matches!(r, Response::Trained { steps: 2, .. }), "{r:?}");
+    let mut t =
+        Tracker::<D>::from_normalisation(&before[..D], &before[D..2 * D], NORM_DECAY).unwrap();
+    for x in xs.chunks_exact(D) {
+        t.push(x).unwrap();
+    }
+    let (mut o, mut s) = ([0.0f32; D], [0.0f32; D]);
+    t.normalisation(&mut o, &mut s).unwrap();
+    let after = e.model().params().to_vec();
+    assert_eq!(&after[..D], &o[..]);
+    assert_eq!(&after[D..2 * D], &s[..]);
+    // It moved towards the stream's mean of 2.
+    for f in 0..D {
+        assert!(after[f] > before[f], "feature {f}");
+    }
+    let seg = S.segmenter_offset();
+    assert_eq!(&after[2 * D..seg], &before[2 * D..seg], "the encoder moved");
+    // A non-finite sample: refused, nothing changes.
+    let mut bad = xs.clone();
+    bad[5] = f32::NAN;
+    let mut bad_req = request(TrainScope::SegmenterAndNormalisation, &bad);
+    if let Request::TrainBatch { settings, .. } = &mut bad_req {
+        *settings = None;
+    }
+    assert_eq!(
+        e.handle(&bad_req),
+        Response::Error(ErrorCode::NonFiniteInput)
+    );
+    assert_eq!(e.model().params(), &after[..]);
+    // SegmenterOnly leaves the normalisation as it is.
+    let mut e: Learn = engine(model(1), Heap::new());
+    e.handle(&request(TrainScope::SegmenterOnly, &xs));
+    assert_eq!(&e.model().params()[..2 * D], &before[..2 * D]);
+}

@@ -242,3 +242,38 @@ fn a_tracker_refuses_bad_rows_and_changes_nothing() {
         "{s:?}"
     );
 }
+
+#[test]
+fn a_tracker_started_from_a_normalisation_gives_it_back_and_moves_by_one_minus_decay() {
+    use hvae::infer::normalise::Tracker;
+    let (offset, scale) = ([2.0f32, -1.0, 0.0], [0.5f32, 4.0, 1.0]);
+    let t = Tracker::<3>::from_normalisation(&offset, &scale, 0.99).unwrap();
+    // A window of rows: 1 / (1 - 0.99) = 100 (rounded up from f32's 100.000...).
+    assert!((100..=101).contains(&t.rows()), "{}", t.rows());
+    let (mut o, mut s) = ([0.0f32; 3], [0.0f32; 3]);
+    t.normalisation(&mut o, &mut s).unwrap();
+    assert_eq!(o, offset);
+    for f in 0..3 {
+        assert!((s[f] / scale[f] - 1.0).abs() <= 1e-6, "{s:?}");
+    }
+    // One row moves the mean by (1 - decay) of its distance, not by 1 / n.
+    let mut t = t;
+    t.push(&[12.0, -1.0, 0.0]).unwrap();
+    t.normalisation(&mut o, &mut s).unwrap();
+    let a = 1.0 - 0.99f32;
+    assert!((o[0] - (2.0 + a * 10.0)).abs() <= 1e-5, "{o:?}");
+    assert_eq!(o[1], -1.0);
+    // Bad input: lengths, non-finite or non-positive scales.
+    assert_eq!(
+        Tracker::<3>::from_normalisation(&offset[..2], &scale, 0.99),
+        Err(NormaliseError::Length)
+    );
+    assert_eq!(
+        Tracker::<3>::from_normalisation(&offset, &[1.0, 0.0, 1.0], 0.99),
+        Err(NormaliseError::NonFinite)
+    );
+    assert_eq!(
+        Tracker::<3>::from_normalisation(&[f32::NAN, 0.0, 0.0], &scale, 0.99),
+        Err(NormaliseError::NonFinite)
+    );
+}

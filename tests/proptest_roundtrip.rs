@@ -154,7 +154,8 @@ mod protocol {
                 prop_oneof![
                     Just(TrainScope::Full),
                     Just(TrainScope::EncoderAndSegmenter),
-                    Just(TrainScope::SegmenterOnly)
+                    Just(TrainScope::SegmenterOnly),
+                    Just(TrainScope::SegmenterAndNormalisation)
                 ],
                 prop_oneof![
                     Just(TrainOptimiser::Adam),

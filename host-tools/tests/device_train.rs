@@ -40,7 +40,7 @@ fn args(scope: ScopeArg, steps: u32) -> DeviceTrainArgs {
         per_request: 4,
         optimiser: OptimiserArg::Adam,
         momentum: 0.9,
-        lr: 3e-3,
+        lr: Some(3e-3),
         batch: 8,
         seed: 0,
         keep_normalisation: false,
@@ -48,6 +48,9 @@ fn args(scope: ScopeArg, steps: u32) -> DeviceTrainArgs {
         out_dir: None,
         firmware: None,
         baud: 115_200,
+        scenario: None,
+        drift_gain: 0.3,
+        drift_offset: 1.5,
     }
 }
 

@@ -1,11 +1,12 @@
 //! The engine: one request dispatch for every device that serves the protocol.
 
-use super::{Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, SEED, WARMUP_STEPS};
+use super::{Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, SEED, WARMUP_STEPS};
 use crate::infer::model::Model;
+use crate::infer::normalise::Tracker;
 use crate::protocol::answer::{answer_encode, answer_segment};
 use crate::protocol::borrowed;
 use crate::protocol::{
-    blob_header, DeviceInfo, ErrorCode, FrameError, Request, Response, TrainOptimiser,
+    blob_header, DeviceInfo, ErrorCode, FrameError, Request, Response, TrainOptimiser, TrainScope,
     TrainSettings, WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT,
     CAP_TRAIN, MAX_VALUES,
 };
@@ -43,6 +44,8 @@ pub struct Engine<const D: usize, const W: usize, P, S: Store, const CAPS: u32 =
     loader: WeightLoader,
     staging: Option<S::Buf>,
     trainer: Option<Trainer<D, S::Buf>>,
+    /// The stream's normalisation, while a `SegmenterAndNormalisation` training runs.
+    tracker: Option<Tracker<D>>,
     rng: Xoshiro256PlusPlus,
     work: [f32; W],
     store: S,
@@ -76,6 +79,7 @@ where
             crc: Some(crc),
             staging: None,
             trainer: None,
+            tracker: None,
             rng: Xoshiro256PlusPlus::seed_from_u64(SEED),
             work: [0.0; W],
             store,
@@ -249,6 +253,7 @@ where
             return Ok(None);
         };
         self.trainer = None;
+        self.tracker = None;
         self.staging = None;
         let (_, mut state) = self
             .store
@@ -266,6 +271,7 @@ where
         if offset == 0 {
             // New weights end any training: its buffers become the staging area.
             self.trainer = None;
+            self.tracker = None;
             self.staging = None;
             let (scratch, _) = self.store.take(n, 0).ok_or(ErrorCode::Internal)?;
             self.staging = Some(scratch);
@@ -326,12 +332,32 @@ where
             let t = Trainer::<D, S::Buf>::new(&shape, cfg, scratch, optim)
                 .map_err(|_| ErrorCode::Train)?;
             self.trainer = Some(t);
+            self.tracker = None;
+            if s.scope == TrainScope::SegmenterAndNormalisation {
+                let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
+                let tracker = Tracker::from_normalisation(offset, scale, NORM_DECAY)
+                    .map_err(|_| ErrorCode::Train)?;
+                self.tracker = Some(tracker);
+            }
             self.rng = Xoshiro256PlusPlus::seed_from_u64(SEED);
         }
         let t = self.trainer.as_mut().ok_or(ErrorCode::Train)?;
         for x in samples.chunks_exact(D) {
+            if let Some(tracker) = self.tracker.as_mut() {
+                tracker.push(x).map_err(|_| ErrorCode::NonFiniteInput)?;
+            }
             t.push(x).map_err(|_| ErrorCode::NonFiniteInput)?;
         }
+        // The buffered samples are encoded afresh at every step: with the normalisation
+        // of the stream so far, once per request.
+        if let Some(tracker) = self.tracker.as_ref() {
+            let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
+            tracker
+                .normalisation(offset, scale)
+                .map_err(|_| ErrorCode::Train)?;
+            self.crc = None;
+        }
+        let t = self.trainer.as_mut().ok_or(ErrorCode::Train)?;
         let mut loss = f32::NAN;
         for _ in 0..steps {
             match t.step(&mut self.model, &mut self.rng) {
@@ -370,6 +396,17 @@ where
             loss,
         })
     }
+}
+
+/// `model`'s input normalisation: offsets and scales, `D` each.
+fn normalisation_mut<const D: usize, P: AsRef<[f32]> + AsMut<[f32]>>(
+    model: &mut Model<f32, P>,
+) -> Result<(&mut [f32], &mut [f32]), ErrorCode> {
+    model
+        .params_mut()
+        .get_mut(..2 * D)
+        .and_then(|p| p.split_at_mut_checked(D))
+        .ok_or(ErrorCode::Internal)
 }
 
 /// The trainer configuration for the host's settings; `None` when out of range.

@@ -23,7 +23,12 @@
 //! ([`TrainConfig::new`], through [`config`]). Full scope trains from scratch:
 //! [`WARMUP_STEPS`] steps of the VAE alone, then the centres by spherical k-means++ on
 //! the buffer, then joint training. EncoderAndSegmenter and SegmenterOnly adapt a trained
-//! model: joint training from the first step, with the model's centres. The divergence
+//! model: joint training from the first step, with the model's centres.
+//! SegmenterAndNormalisation trains as SegmenterOnly and, for a sensor whose gain or
+//! offset drifts, lets the input normalisation follow the stream: every sample updates a
+//! [`Tracker`](crate::infer::normalise::Tracker) started from the model's normalisation
+//! (forgetting by [`NORM_DECAY`] per sample), whose normalisation replaces the model's
+//! after each request's samples are buffered. The divergence
 //! guard is on. A step refused for lack of samples is not an error (the answer says how
 //! many steps were taken in all); a step the guard rejects is skipped; any other failed
 //! step ends the request with [`ErrorCode::Train`] (the steps before it stay applied).
@@ -71,6 +76,10 @@ pub const INFER: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHEC
 
 /// Seed of the training generator, re-applied by every new training settings.
 pub const SEED: u64 = 0x006c_6561_726e; // "learn"
+/// Forgetting factor per sample of the input normalisation tracked by the
+/// `SegmenterAndNormalisation` scope ([`Tracker`](crate::infer::normalise::Tracker)):
+/// its statistics weigh about the last `1 / (1 - NORM_DECAY)` samples.
+pub const NORM_DECAY: f32 = 0.995;
 /// Samples in the training ring buffer.
 pub const CAP: usize = 32;
 /// Most anchors per step (`TrainSettings::batch`).

@@ -170,6 +170,40 @@ impl<const D: usize> Tracker<D> {
         }
     }
 
+    /// A tracker that starts from a normalisation in use (`offset`, `scale`: `D` values
+    /// each: the first `2 D` of a model's parameters, [`Model::set_normalisation`](crate::infer::model::Model::set_normalisation)),
+    /// as if it had seen a full window of rows (`1 / (1 - decay)`) with that mean and
+    /// spread: the first rows of a stream move it by `1 - decay` each, not by `1 / n`, so
+    /// a deployed model's normalisation changes only as fast as the stream shows it
+    /// should. `Length` or `NonFinite` (a non-finite or non-positive `scale`) on bad
+    /// input.
+    pub fn from_normalisation(
+        offset: &[f32],
+        scale: &[f32],
+        decay: f32,
+    ) -> Result<Self, NormaliseError> {
+        if offset.len() != D || scale.len() != D {
+            return Err(NormaliseError::Length);
+        }
+        if !offset.iter().chain(scale).all(|v| v.is_finite()) || scale.iter().any(|&s| s <= 0.0) {
+            return Err(NormaliseError::NonFinite);
+        }
+        let mut t = Self::new(decay);
+        for (((m, v), &o), &s) in t.mean.iter_mut().zip(&mut t.var).zip(offset).zip(scale) {
+            let spread = 1.0 / s;
+            *m = o;
+            *v = spread * spread;
+        }
+        // A window of rows: `1 / rows <= 1 - decay` from the first push on.
+        let window = 1.0 / (1.0 - t.decay);
+        t.rows = if window < u32::MAX as f32 {
+            libm::ceilf(window) as u32
+        } else {
+            u32::MAX
+        };
+        Ok(t)
+    }
+
     /// Rows taken so far (saturating).
     pub fn rows(&self) -> u32 {
         self.rows

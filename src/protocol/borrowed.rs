@@ -280,6 +280,7 @@ pub fn parse(body: &[u8]) -> Result<RequestRef<'_>, FrameError> {
                     0 => TrainScope::Full,
                     1 => TrainScope::EncoderAndSegmenter,
                     2 => TrainScope::SegmenterOnly,
+                    3 => TrainScope::SegmenterAndNormalisation,
                     _ => return Err(FrameError::Malformed),
                 };
                 let optimiser = match r.u32()? {

@@ -111,6 +111,10 @@ pub enum TrainScope {
     EncoderAndSegmenter,
     /// [`Scope::SegmenterOnly`].
     SegmenterOnly,
+    /// [`Scope::SegmenterOnly`], and the input normalisation follows the stream (a
+    /// [`Tracker`](crate::infer::normalise::Tracker) started from the model's own
+    /// normalisation): adaptation to a sensor whose gain or offset drifts.
+    SegmenterAndNormalisation,
 }
 
 impl From<TrainScope> for Scope {
@@ -118,7 +122,9 @@ impl From<TrainScope> for Scope {
         match s {
             TrainScope::Full => Scope::Full,
             TrainScope::EncoderAndSegmenter => Scope::EncoderAndSegmenter,
-            TrainScope::SegmenterOnly => Scope::SegmenterOnly,
+            TrainScope::SegmenterOnly | TrainScope::SegmenterAndNormalisation => {
+                Scope::SegmenterOnly
+            }
         }
     }
 }

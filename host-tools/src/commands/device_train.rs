@@ -2,6 +2,7 @@
 //! compared with the same schedule run on the host by the same engine.
 
 use super::outln;
+use super::scenario::{self, ScenarioArg};
 use crate::data::{self, Dataset};
 use crate::device::learn_host::{host_learner, HostLearner};
 use crate::device::{self, Device, DeviceError, DeviceSpec, FirmwareOptions, Timeouts};
@@ -47,7 +48,9 @@ pub enum ScopeArg {
     EncoderAndSegmenter,
     /// Centres and weights only.
     SegmenterOnly,
-    /// The three, one after the other.
+    /// Centres and weights, and the input normalisation follows the stream.
+    SegmenterAndNormalisation,
+    /// Full, encoder-and-segmenter and segmenter-only, one after the other.
     All,
 }
 
@@ -63,7 +66,8 @@ pub enum OptimiserArg {
 /// Arguments of `hvae device-train`.
 #[derive(Debug, clap::Args)]
 pub struct DeviceTrainArgs {
-    /// The device: qemu, qemu:mps2-an386 or serial:PATH (the `learn` program).
+    /// The device: host (the firmware's engine compiled for this machine), qemu,
+    /// qemu:mps2-an386 or serial:PATH (the `learn` program).
     #[arg(long, value_name = "DEVICE", value_parser = DeviceSpec::parse)]
     pub device: DeviceSpec,
     /// Initial model (default: a fresh initialisation, seeded by --init-seed, of the
@@ -93,9 +97,11 @@ pub struct DeviceTrainArgs {
     /// Momentum of SGD.
     #[arg(long, default_value_t = 0.9, value_name = "M")]
     pub momentum: f32,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-3, value_name = "LR")]
-    pub lr: f32,
+    /// Learning rate (default 1e-3; with --scenario 1e-4: an adaptation refines a trained
+    /// model, and the 32-sample buffer's cluster loss pulls a good segmenter apart at
+    /// 1e-3, docs/device.md#scenarios).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f32>,
     /// Anchors per step (at most the firmware's 8).
     #[arg(long, default_value_t = 8, value_name = "B")]
     pub batch: u8,
@@ -118,6 +124,16 @@ pub struct DeviceTrainArgs {
     /// Baud rate of a serial device.
     #[arg(long, default_value_t = 115_200, value_name = "BAUD")]
     pub baud: u32,
+    /// Run a scenario instead (a deployed model: --model, by default the firmware's
+    /// trained model; --scope all means every adaptation scope).
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub scenario: Option<ScenarioArg>,
+    /// `drift`: per-feature gains uniform in [1 - G, 1 + G].
+    #[arg(long, default_value_t = 0.3, value_name = "G")]
+    pub drift_gain: f32,
+    /// `drift`: per-feature offsets uniform in [-O, O] standard deviations.
+    #[arg(long, default_value_t = 2.0, value_name = "O")]
+    pub drift_offset: f32,
 }
 
 /// Scores of one model.
@@ -171,6 +187,9 @@ pub struct DeviceTrainReport {
     pub scopes: Vec<ScopeReport>,
 }
 
+/// Learning rate of training on the device (without --scenario).
+pub const TRAIN_LR: f32 = 1e-3;
+
 /// Tolerance of the acceptance test.
 pub const ACC_TOLERANCE: f64 = 0.03;
 
@@ -196,7 +215,18 @@ impl Schedule {
     /// The requests: each with `per_request` rows of a seeded permutation (cycled) and
     /// as many steps; the first with the settings.
     pub fn requests(&self, data: &Dataset) -> Result<Vec<Request>, Error> {
-        let d = data.dim();
+        let order = permutation(data.len(), self.seed);
+        let rows = (0..).map(|i| data.row(order[i % order.len()]).to_vec());
+        self.requests_of(data.dim(), rows)
+    }
+
+    /// The requests streaming `rows` (`d` values each) in their order, `per_request` rows
+    /// and as many steps each, `steps` steps in all; the first with the settings.
+    pub fn requests_of(
+        &self,
+        d: usize,
+        mut rows: impl Iterator<Item = Vec<f32>>,
+    ) -> Result<Vec<Request>, Error> {
         let per = usize::from(self.per_request);
         if per * d > MAX_SAMPLE {
             return Err(Error::BadInput(format!(
@@ -204,23 +234,17 @@ impl Schedule {
                  per request"
             )));
         }
-        let mut order: Vec<usize> = (0..data.len()).collect();
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.seed);
-        for i in (1..order.len()).rev() {
-            let j = ((rng.next_u32() as u64 * (i as u64 + 1)) >> 32) as usize;
-            order.swap(i, j);
-        }
         let n_req = (self.steps as usize).div_ceil(per);
         let mut out = Vec::with_capacity(n_req);
-        let mut next = 0usize;
         let mut left = self.steps as usize;
         for r in 0..n_req {
             let mut samples = heapless::Vec::<f32, MAX_SAMPLE>::new();
             for _ in 0..per {
-                let row = data.row(order[next % order.len()]);
-                next += 1;
+                let row = rows
+                    .next()
+                    .ok_or_else(|| Error::Failed("the stream ended early".to_string()))?;
                 samples
-                    .extend_from_slice(row)
+                    .extend_from_slice(&row)
                     .map_err(|_| Error::Failed("training batch overflow".to_string()))?;
             }
             let steps = left.min(per);
@@ -235,15 +259,29 @@ impl Schedule {
     }
 }
 
-fn scope_name(s: TrainScope) -> &'static str {
+/// A seeded permutation of `0..n` (Fisher-Yates on xoshiro256++).
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    for i in (1..order.len()).rev() {
+        let j = ((rng.next_u32() as u64 * (i as u64 + 1)) >> 32) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The scope's name in reports.
+pub fn scope_name(s: TrainScope) -> &'static str {
     match s {
         TrainScope::Full => "full",
         TrainScope::EncoderAndSegmenter => "encoder-and-segmenter",
         TrainScope::SegmenterOnly => "segmenter-only",
+        TrainScope::SegmenterAndNormalisation => "segmenter-and-normalisation",
     }
 }
 
-fn quality(params: Vec<f32>, model: &LoadedModel, data: &Dataset) -> Result<Quality, Error> {
+/// ACC and NMI of `model`'s architecture with `params` on `data`.
+pub fn quality(params: Vec<f32>, model: &LoadedModel, data: &Dataset) -> Result<Quality, Error> {
     let m = Model::new(*model.model.shape(), params)
         .map_err(|e| Error::Failed(format!("the trained weights are not a model: {e}")))?;
     let seg = super::eval::segment_all(&m, data)?;
@@ -268,8 +306,20 @@ pub fn run_scope(
     data: &Dataset,
     schedule: &Schedule,
 ) -> Result<(ScopeReport, Vec<f32>), Error> {
-    let name = dev.name().to_string();
     let requests = schedule.requests(data)?;
+    run_requests(dev, model, data, schedule.settings.scope, &requests)
+}
+
+/// Loads `model` on the device, sends it `requests` (training of `scope`), reads the
+/// weights back and does the same on the host engine; scores both on `data`.
+pub fn run_requests(
+    dev: &mut Device,
+    model: &LoadedModel,
+    data: &Dataset,
+    scope: TrainScope,
+    requests: &[Request],
+) -> Result<(ScopeReport, Vec<f32>), Error> {
+    let name = dev.name().to_string();
     let n = model.model.shape().param_len();
     // The device.
     let t0 = Instant::now();
@@ -327,7 +377,7 @@ pub fn run_scope(
     let host_q = quality(host_params, model, data)?;
     Ok((
         ScopeReport {
-            scope: scope_name(schedule.settings.scope).to_string(),
+            scope: scope_name(scope).to_string(),
             steps,
             device: device_q,
             host: host_q,
@@ -374,6 +424,7 @@ pub fn train_on(
         ScopeArg::Full => &[TrainScope::Full],
         ScopeArg::EncoderAndSegmenter => &[TrainScope::EncoderAndSegmenter],
         ScopeArg::SegmenterOnly => &[TrainScope::SegmenterOnly],
+        ScopeArg::SegmenterAndNormalisation => &[TrainScope::SegmenterAndNormalisation],
         ScopeArg::All => &[
             TrainScope::Full,
             TrainScope::EncoderAndSegmenter,
@@ -394,7 +445,7 @@ pub fn train_on(
         let settings = TrainSettings {
             scope,
             optimiser,
-            lr: args.lr,
+            lr: args.lr.unwrap_or(TRAIN_LR),
             batch: args.batch,
         };
         // The device's engine validates these too; checking here gives a clear message.
@@ -402,7 +453,7 @@ pub fn train_on(
             return Err(Error::BadInput(format!(
                 "training settings out of range: lr {} (> 0), batch {} (1..={}), momentum {} \
                  ([0, 1))",
-                args.lr,
+                args.lr.unwrap_or(TRAIN_LR),
                 args.batch,
                 hvae::device::MAX_BATCH,
                 args.momentum
@@ -522,6 +573,9 @@ pub fn with_fitted_normalisation(
 
 /// Runs `hvae device-train`.
 pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
+    if let Some(s) = args.scenario {
+        return run_scenario(s, args, out);
+    }
     let model_path = args.model.clone().unwrap_or_else(default_model);
     let data_path = args
         .data
@@ -545,16 +599,7 @@ pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     }
     // Fail on a model the host reference cannot run before starting the device.
     host_learner(model.model.clone(), model.crc).map_err(Error::BadInput)?;
-    let fw = FirmwareOptions {
-        elf: args.firmware.clone(),
-        ..FirmwareOptions::default()
-    };
-    let timeouts = Timeouts {
-        train: Duration::from_secs(120),
-        ..Timeouts::default()
-    };
-    let mut opened =
-        device::open(&args.device, "learn", &fw, args.baud, timeouts).map_err(Error::Failed)?;
+    let mut opened = open_learn(args)?;
     let report = train_on(&mut opened.device, &model, &data, args)?;
     print_report(&report, args.json, out)?;
     if report.pass {
@@ -564,5 +609,60 @@ pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
             "device training failed: full-scope ACC differs from the host's by more than {}",
             ACC_TOLERANCE
         )))
+    }
+}
+
+fn open_learn(args: &DeviceTrainArgs) -> Result<device::Opened, Error> {
+    let fw = FirmwareOptions {
+        elf: args.firmware.clone(),
+        ..FirmwareOptions::default()
+    };
+    let timeouts = Timeouts {
+        train: Duration::from_secs(120),
+        ..Timeouts::default()
+    };
+    device::open(&args.device, "learn", &fw, args.baud, timeouts).map_err(Error::Failed)
+}
+
+/// Runs `hvae device-train --scenario`.
+fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let model_path = args.model.clone().unwrap_or_else(default_model);
+    let data_path = args
+        .data
+        .clone()
+        .unwrap_or_else(super::demo::bundled_digits);
+    let model = model_io::load(&model_path)?;
+    let data = data::load(&data_path)?;
+    super::eval::check_sizes(&model.model, &model_path, &data, &data_path)?;
+    if data.labels().is_none() {
+        return Err(Error::BadInput(format!(
+            "{} has no '{}' column: the adapted models cannot be scored",
+            data_path.display(),
+            data::LABEL_COLUMN
+        )));
+    }
+    host_learner(model.model.clone(), model.crc).map_err(Error::BadInput)?;
+    let mut opened = open_learn(args)?;
+    let (pass, text) = match s {
+        ScenarioArg::Drift => {
+            let r = scenario::drift(&mut opened.device, &model, &data, args)?;
+            let mut buf = Vec::new();
+            if args.json {
+                let j = serde_json::json!({ "scenarios": [r] });
+                outln!(&mut buf, "{j}")?;
+            } else {
+                scenario::print_drift(&r, &mut buf)?;
+            }
+            (r.pass, buf)
+        }
+    };
+    out.write_all(&text)
+        .map_err(|e| Error::Failed(format!("cannot write the report: {e}")))?;
+    if pass {
+        Ok(())
+    } else {
+        Err(Error::Failed(
+            "the scenario missed a bar (see the table)".to_string(),
+        ))
     }
 }

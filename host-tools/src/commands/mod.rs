@@ -8,6 +8,7 @@ pub mod import;
 pub mod inspect;
 pub mod plot;
 pub mod predict;
+pub mod scenario;
 pub mod suite;
 pub mod train;
 pub mod validate;

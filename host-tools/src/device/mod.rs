@@ -28,6 +28,9 @@ use std::path::PathBuf;
 /// Where the device is, as given on the command line (`--device`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
+    /// The firmware's engine ([`hvae::device`]) compiled for this machine, running the
+    /// firmware's compiled-in model, over in-memory pipes: no emulator, the same bits.
+    Host,
     /// The firmware under qemu on this machine.
     Qemu(qemu::Machine),
     /// A board on this serial port.
@@ -35,14 +38,17 @@ pub enum DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// Parses `qemu`, `qemu:mps2-an386`, `qemu:microbit` or `serial:PATH`.
+    /// Parses `host`, `qemu`, `qemu:mps2-an386`, `qemu:microbit` or `serial:PATH`.
     pub fn parse(s: &str) -> Result<DeviceSpec, String> {
         let bad = || {
             format!(
-                "unknown device '{s}': expected qemu, qemu:mps2-an386, qemu:microbit or \
+                "unknown device '{s}': expected host, qemu, qemu:mps2-an386, qemu:microbit or \
                  serial:PATH"
             )
         };
+        if s == "host" {
+            return Ok(DeviceSpec::Host);
+        }
         if s == "qemu" {
             return Ok(DeviceSpec::Qemu(qemu::Machine::Mps2An386));
         }
@@ -80,7 +86,8 @@ pub struct Opened {
     pub qemu: Option<qemu::Qemu>,
 }
 
-/// Opens the device: builds and starts program `bin` under qemu, or opens the serial
+/// Opens the device: the host engine (which serves every request, whatever `bin`), or
+/// builds and starts program `bin` under qemu, or opens the serial
 /// port at `baud`.
 pub fn open(
     spec: &DeviceSpec,
@@ -90,6 +97,18 @@ pub fn open(
     timeouts: Timeouts,
 ) -> Result<Opened, String> {
     match spec {
+        DeviceSpec::Host => {
+            let dir = fw.dir.clone().unwrap_or_else(firmware::default_dir);
+            let path = dir.join("model/digits.hvae");
+            let m = crate::model_io::load(&path).map_err(|e| e.to_string())?;
+            let learner = learn_host::host_learner(m.model, m.crc)?;
+            let link = learn_host::spawn(learner)
+                .map_err(|e| format!("cannot start the host engine: {e}"))?;
+            Ok(Opened {
+                device: Device::new(link, timeouts),
+                qemu: None,
+            })
+        }
         DeviceSpec::Serial(path) => Ok(Opened {
             device: Device::new(serial::open(path, baud)?, timeouts),
             qemu: None,

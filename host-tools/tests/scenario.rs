@@ -1,0 +1,103 @@
+//! `hvae device-train --scenario drift --device host`: the firmware's engine compiled for
+//! the host adapts the deployed digits model to a drifted sensor. The drift must cost the
+//! frozen model at least 0.10 ACC, the segmenter-and-normalisation scope must win back
+//! at least 95% of the oracle's ACC on both streams, and the device's engine and the
+//! host's reference must agree bit for bit.
+
+mod common;
+
+use hvae_host::commands::device_train::{default_model, DeviceTrainArgs, OptimiserArg, ScopeArg};
+use hvae_host::commands::scenario::{self, Drift, ScenarioArg};
+use hvae_host::data;
+use hvae_host::device::{self, DeviceSpec, FirmwareOptions, Timeouts};
+use hvae_host::model_io;
+
+fn args(scope: ScopeArg) -> DeviceTrainArgs {
+    DeviceTrainArgs {
+        device: DeviceSpec::Host,
+        model: None,
+        init_seed: 0,
+        data: None,
+        scope,
+        steps: 2000,
+        per_request: 4,
+        optimiser: OptimiserArg::Adam,
+        momentum: 0.9,
+        lr: None,
+        batch: 8,
+        seed: 0,
+        keep_normalisation: true,
+        json: false,
+        out_dir: None,
+        firmware: None,
+        baud: 115_200,
+        scenario: Some(ScenarioArg::Drift),
+        drift_gain: 0.3,
+        drift_offset: 2.0,
+    }
+}
+
+#[test]
+fn drift_is_undone_and_the_engines_agree() {
+    let data = data::load(&common::digits_path()).unwrap();
+    let model = model_io::load(&default_model()).unwrap();
+    let a = args(ScopeArg::All);
+    let mut opened = device::open(
+        &a.device,
+        "learn",
+        &FirmwareOptions::default(),
+        a.baud,
+        Timeouts::default(),
+    )
+    .unwrap();
+    let r = scenario::drift(&mut opened.device, &model, &data, &a).unwrap();
+    let mut text = Vec::new();
+    scenario::print_drift(&r, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    println!("{text}");
+    assert!(r.frozen_drop >= 0.10, "{text}");
+    assert_eq!(r.runs.len(), 6, "{text}");
+    for run in &r.runs {
+        assert!(run.bit_identical, "{text}");
+        assert!(run.device.acc.is_finite() && run.device.acc > 0.1, "{text}");
+    }
+    let sn: Vec<_> = r
+        .runs
+        .iter()
+        .filter(|x| x.scope == "segmenter-and-normalisation")
+        .collect();
+    assert_eq!(sn.len(), 2);
+    for run in sn {
+        assert!(run.share_of_oracle >= 0.95, "{text}");
+        // Far above the frozen model: the adaptation did the work.
+        assert!(run.device.acc >= r.frozen.acc + 0.08, "{text}");
+    }
+    assert!(r.pass, "{text}");
+}
+
+#[test]
+fn drift_is_an_affine_map_per_feature_and_zero_share_is_the_identity() {
+    let data = data::load(&common::digits_path()).unwrap();
+    let d = Drift::new(&data, 0.3, 1.5, 4);
+    assert!(d.gain.iter().all(|&g| (0.7..=1.3).contains(&g)));
+    // Offsets within 1.5 deviations of each feature; a constant feature gets none.
+    let n = data.len() as f64;
+    for j in 0..data.dim() {
+        let col: Vec<f64> = data.rows().map(|r| f64::from(r[j])).collect();
+        let m = col.iter().sum::<f64>() / n;
+        let sd = (col.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n).sqrt();
+        assert!(
+            f64::from(d.offset[j].abs()) <= 1.5 * sd + 1e-4,
+            "feature {j}"
+        );
+    }
+    let x = data.row(3);
+    assert_eq!(d.apply(x, 0.0), x.to_vec());
+    let y = d.apply(x, 1.0);
+    for j in 0..x.len() {
+        assert_eq!(y[j], d.gain[j] * x[j] + d.offset[j]);
+    }
+    // The same seed, the same drift; another seed, another one.
+    assert_eq!(Drift::new(&data, 0.3, 1.5, 4), d);
+    assert_ne!(Drift::new(&data, 0.3, 1.5, 5), d);
+}
