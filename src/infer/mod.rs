@@ -6,7 +6,9 @@
 //! | [`model`] | [`Model`](model::Model): encode, segment, reconstruct, over a caller-owned workspace |
 //! | [`normalise`] | the per-feature offset and scale fitted to data, one rule for host and device |
 //! | `nn` (private) | dense layers and activations over slices: the crate's only matrix code, shared by inference and training |
+//! | `views` (private) | a parameter vector, a gradient and a workspace split once into named slices by a shape |
 
 pub mod model;
 pub(crate) mod nn;
 pub mod normalise;
+pub(crate) mod views;

@@ -13,16 +13,10 @@ use crate::infer::nn::{
     dense_forward, dense_forward2, dot, inv_norm, inv_sqrt, softplus, sq_and_dot, sq_and_dot2,
     sq_and_dot2_8, sq_and_dot8,
 };
-use crate::shape::{Shape, ShapeError, KAPPA_MAX};
-use crate::{Activation, Real};
+use crate::infer::views::{Params, Work};
+use crate::shape::{Shape, ShapeError, KAPPA_MAX, MAX_HIDDEN};
+use crate::Real;
 use core::marker::PhantomData;
-use core::ops::Range;
-
-/// The error of a slice out of range on the inference path. Lengths come from a
-/// validated shape and a checked workspace, so it does not happen; checked slicing
-/// returns it instead of linking a panic into the firmware (the firmware's tests check
-/// that its images have no panic site in this crate).
-const SHORT: InferError = InferError::BufferLength;
 
 /// Why an inference call failed. The model is never changed by inference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -299,18 +293,16 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
 
     /// Encodes `x` into the posterior's mean direction and concentration.
     pub fn encode<'w>(&self, x: &[T], work: &'w mut [T]) -> Result<Encoding<'w, T>, InferError> {
-        let kappa = self.encode_into(x, work)?.kappa;
-        let l = self.at.work;
-        let mu = work.get(l.mu..l.mu + self.shape.latent);
-        Ok(Encoding {
-            mu: mu.ok_or(SHORT)?,
-            kappa,
-        })
+        self.check_input(x)?;
+        let mut w = self.work(work)?;
+        let kappa = self.encode_into(&self.views(), x, &mut w)?.kappa;
+        Ok(Encoding { mu: w.mu, kappa })
     }
 
     /// Encodes `x` and applies the segmenter to its mean direction.
     pub fn segment<'w>(&self, x: &[T], work: &'w mut [T]) -> Result<Segment<'w, T>, InferError> {
-        self.segment_with(self.segmenter_params(), x, work)
+        let p = self.views();
+        self.segment_views(&p, p.seg, x, work)
     }
 
     /// The segmenter's parameters (centres, `ln kappa_s`, log-weights:
@@ -336,11 +328,27 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         x: &[T],
         work: &'w mut [T],
     ) -> Result<Segment<'w, T>, InferError> {
+        self.segment_views(&self.views(), seg, x, work)
+    }
+
+    /// [`Model::segment_with`] on the model's parameters `p`.
+    fn segment_views<'w>(
+        &self,
+        p: &Params<'_, T>,
+        seg: &[T],
+        x: &[T],
+        work: &'w mut [T],
+    ) -> Result<Segment<'w, T>, InferError> {
         if seg.len() != self.shape.segmenter_len() {
             return Err(InferError::BufferLength);
         }
-        let kappa = self.encode_into(x, work)?.kappa;
-        self.segment_encoded(seg, kappa, work)
+        self.check_input(x)?;
+        let mut w = self.work(work)?;
+        let kappa = self.encode_into(p, x, &mut w)?.kappa;
+        let Work { mu, logp, p, .. } = w;
+        let (m, k) = (self.shape.latent, self.shape.clusters);
+        let cosine = segmenter_logits(seg, m, k, mu, logp);
+        finish_segment(cosine, logp, p, mu, kappa)
     }
 
     /// Encodes and segments every sample of `xs` (`n D` values, one sample after the
@@ -403,16 +411,12 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     where
         F: FnMut(usize, Result<Encoding<'_, T>, InferError>),
     {
-        let (l, m) = (self.at.work, self.shape.latent);
-        let mut one = |i: usize, r: Result<EncoderOut<T>, InferError>, w: &mut [T]| {
-            let mu = w.get(l.mu..l.mu + m).ok_or(SHORT);
+        let mut one = |i: usize, r: Result<EncoderOut<T>, InferError>, w: &mut Work<'_, T>| {
             each(
                 i,
-                r.and_then(|e| {
-                    Ok(Encoding {
-                        mu: mu?,
-                        kappa: e.kappa,
-                    })
+                r.map(|e| Encoding {
+                    mu: &*w.mu,
+                    kappa: e.kappa,
                 }),
             )
         };
@@ -431,36 +435,36 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     fn batch<F>(&self, xs: &[T], work: &mut [T], mut f: F) -> Result<(), InferError>
     where
         F: FnMut(
-            (usize, Result<EncoderOut<T>, InferError>, &mut [T]),
-            Option<(usize, Result<EncoderOut<T>, InferError>, &mut [T])>,
+            (usize, Result<EncoderOut<T>, InferError>, &mut Work<'_, T>),
+            Option<(usize, Result<EncoderOut<T>, InferError>, &mut Work<'_, T>)>,
         ),
     {
-        let (d, wl) = (self.shape.input, self.at.work.end);
+        let d = self.shape.input;
         if d == 0 || !xs.len().is_multiple_of(d) {
             return Err(InferError::InputLength);
         }
-        if work.len() < wl {
-            return Err(InferError::BufferLength);
-        }
+        let (mut w0, rest) = self
+            .shape
+            .work_and_rest(work)
+            .ok_or(InferError::BufferLength)?;
+        let p = self.views();
         let mut rows = xs.chunks_exact(d).enumerate();
-        if work.len() < 2 * wl {
+        let Some(mut w1) = self.shape.work(rest) else {
             for (i, x) in rows {
-                let r = self.encode_into(x, work);
-                f((i, r, work), None);
+                let r = self.encode_into(&p, x, &mut w0);
+                f((i, r, &mut w0), None);
             }
             return Ok(());
-        }
-        let (w0, rest) = work.split_at_mut(wl);
-        let w1 = &mut rest[..wl];
+        };
         while let Some((i, x0)) = rows.next() {
             match rows.next() {
                 Some((j, x1)) => {
-                    let (r0, r1) = self.encode_pair_into((x0, x1), (&mut *w0, &mut *w1));
-                    f((i, r0, w0), Some((j, r1, w1)));
+                    let (r0, r1) = self.encode_pair_into(&p, (x0, x1), (&mut w0, &mut w1));
+                    f((i, r0, &mut w0), Some((j, r1, &mut w1)));
                 }
                 None => {
-                    let r = self.encode_into(x0, w0);
-                    f((i, r, w0), None);
+                    let r = self.encode_into(&p, x0, &mut w0);
+                    f((i, r, &mut w0), None);
                 }
             }
         }
@@ -473,12 +477,12 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         &self,
         seg: &[T],
         kappa: T,
-        work: &'w mut [T],
+        w: &'w mut Work<'_, T>,
     ) -> Result<Segment<'w, T>, InferError> {
         let (m, k) = (self.shape.latent, self.shape.clusters);
-        let (mu, logp, probs) = segment_regions(self.at.work, m, k, work)?;
+        let Work { mu, logp, p, .. } = w;
         let cosine = segmenter_logits(seg, m, k, mu, logp);
-        finish_segment(cosine, logp, probs, mu, kappa)
+        finish_segment(cosine, logp, p, mu, kappa)
     }
 
     /// [`Model::segment_encoded`] of two encoded workspaces, with
@@ -487,20 +491,26 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     fn segment_encoded2<'a, 'b>(
         &self,
         seg: &[T],
-        (kappa0, w0): (T, &'a mut [T]),
-        (kappa1, w1): (T, &'b mut [T]),
+        (kappa0, w0): (T, &'a mut Work<'_, T>),
+        (kappa1, w1): (T, &'b mut Work<'_, T>),
     ) -> (
         Result<Segment<'a, T>, InferError>,
         Result<Segment<'b, T>, InferError>,
     ) {
-        let l = self.at.work;
         let (m, k) = (self.shape.latent, self.shape.clusters);
-        let (Ok((mu0, logp0, p0)), Ok((mu1, logp1, p1))) =
-            (segment_regions(l, m, k, w0), segment_regions(l, m, k, w1))
-        else {
-            return (Err(SHORT), Err(SHORT));
-        };
-        let (c0, c1) = segmenter_logits2(seg, m, k, (mu0, mu1), (&mut *logp0, &mut *logp1));
+        let Work {
+            mu: mu0,
+            logp: logp0,
+            p: p0,
+            ..
+        } = w0;
+        let Work {
+            mu: mu1,
+            logp: logp1,
+            p: p1,
+            ..
+        } = w1;
+        let (c0, c1) = segmenter_logits2(seg, m, k, (mu0, mu1), (logp0, logp1));
         (
             finish_segment(c0, logp0, p0, mu0, kappa0),
             finish_segment(c1, logp1, p1, mu1, kappa1),
@@ -516,18 +526,18 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         if !self.has_decoder() {
             return Err(InferError::NoDecoder);
         }
-        self.encode_into(x, work)?;
-        let l = self.at.work;
-        let (head, tail) = work.split_at_mut_checked(l.z).ok_or(SHORT)?;
-        let mu = head.get(l.mu..l.mu + self.shape.latent).ok_or(SHORT)?;
-        tail.get_mut(..mu.len()).ok_or(SHORT)?.copy_from_slice(mu);
-        self.decoder_forward(work)?;
-        let xhat = work.get(l.xhat..l.xhat + self.shape.input).ok_or(SHORT)?;
+        self.check_input(x)?;
+        let mut w = self.work(work)?;
+        let p = self.views();
+        self.encode_into(&p, x, &mut w)?;
+        copy_over(w.z, w.mu);
+        self.decoder_forward(&p, &mut w);
+        let xhat = &*w.xhat;
         if !xhat.iter().all(|v| v.is_finite()) {
             return Err(InferError::NonFinite);
         }
         match self.shape.likelihood {
-            crate::Likelihood::Gaussian => out.copy_from_slice(xhat),
+            crate::Likelihood::Gaussian => copy_over(out, xhat),
             crate::Likelihood::Bernoulli => {
                 for (o, &v) in out.iter_mut().zip(xhat) {
                     *o = crate::infer::nn::sigmoid(v);
@@ -537,25 +547,49 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         Ok(())
     }
 
-    /// Runs the encoder on `x`, leaving the normalised input, the hidden activations and
-    /// `mu` in the workspace. Returns `kappa` and the norm of the raw direction `m` and
-    /// the concentration pre-activation (both needed by the backward pass).
-    pub(crate) fn encode_into(&self, x: &[T], work: &mut [T]) -> Result<EncoderOut<T>, InferError> {
-        self.check_lengths(x, work)?;
-        self.normalise_into(x, work)?;
-        let mut first = T::zero();
-        for layer in 0..=self.shape.depth() {
-            let (w, b, input, output, act) = self.encoder_layer(layer)?;
-            let (head, tail) = work.split_at_mut_checked(output.start).ok_or(SHORT)?;
-            let input = head.get(input).ok_or(SHORT)?;
-            let output = tail.get_mut(..output.len()).ok_or(SHORT)?;
-            let pre = dense_forward(w, b, input, output, act);
-            if layer == 0 {
-                first = pre;
-            }
+    /// The model's parameters by tensor.
+    pub(crate) fn views(&self) -> Params<'_, T> {
+        self.shape.params(self.params.as_ref())
+    }
+
+    /// The regions of a caller's workspace; [`InferError::BufferLength`] when it is
+    /// shorter than [`Shape::work_len`].
+    fn work<'w>(&self, work: &'w mut [T]) -> Result<Work<'w, T>, InferError> {
+        self.shape.work(work).ok_or(InferError::BufferLength)
+    }
+
+    /// `x` has `D` values.
+    fn check_input(&self, x: &[T]) -> Result<(), InferError> {
+        if x.len() != self.shape.input {
+            return Err(InferError::InputLength);
         }
-        check_first(first, x)?;
-        self.encoder_head(work)
+        Ok(())
+    }
+
+    /// Runs the encoder (parameters `p`) on `x`, leaving the normalised input, the
+    /// hidden activations and `mu` in the workspace. Returns `kappa` and the norm of the
+    /// raw direction `m` and the concentration pre-activation (both needed by the
+    /// backward pass).
+    pub(crate) fn encode_into(
+        &self,
+        p: &Params<'_, T>,
+        x: &[T],
+        w: &mut Work<'_, T>,
+    ) -> Result<EncoderOut<T>, InferError> {
+        self.check_input(x)?;
+        normalise_into(p, x, w.xn);
+        let act = Some(self.shape.activation);
+        let mut input: &[T] = w.xn;
+        let mut first = None;
+        for (layer, out) in p.enc.iter().zip(w.enc.iter_mut()).take(self.shape.depth()) {
+            let out: &mut [T] = out;
+            let pre = dense_forward(layer.w, layer.b, input, out, act);
+            first.get_or_insert(pre);
+            input = out;
+        }
+        let pre = dense_forward(p.mu.w, p.mu.b, input, w.mu, None);
+        check_first(first.unwrap_or(pre), x)?;
+        encoder_head(p, input, w.mu)
     }
 
     /// [`Model::encode_into`] of two inputs, `x0` into `w0` and `x1` into `w1`, with
@@ -563,23 +597,23 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     #[allow(clippy::type_complexity)]
     fn encode_pair_into(
         &self,
+        p: &Params<'_, T>,
         (x0, x1): (&[T], &[T]),
-        (w0, w1): (&mut [T], &mut [T]),
+        (w0, w1): (&mut Work<'_, T>, &mut Work<'_, T>),
     ) -> (
         Result<EncoderOut<T>, InferError>,
         Result<EncoderOut<T>, InferError>,
     ) {
-        let first = self
-            .check_lengths(x0, w0)
-            .and(self.check_lengths(x1, w1))
-            .and_then(|()| self.dense_pair_into((x0, x1), (&mut *w0, &mut *w1)));
+        if self.check_input(x0).and(self.check_input(x1)).is_err() {
+            return (Err(InferError::InputLength), Err(InferError::InputLength));
+        }
+        let first = self.dense_pair_into(p, (x0, x1), (&mut *w0, &mut *w1));
+        let depth = self.shape.depth();
         (
-            first
-                .and_then(|f| check_first(f.0, x0))
-                .and_then(|()| self.encoder_head(w0)),
-            first
-                .and_then(|f| check_first(f.1, x1))
-                .and_then(|()| self.encoder_head(w1)),
+            check_first(first.0, x0)
+                .and_then(|()| encoder_head(p, last_hidden(&w0.enc, depth), w0.mu)),
+            check_first(first.1, x1)
+                .and_then(|()| encoder_head(p, last_hidden(&w1.enc, depth), w1.mu)),
         )
     }
 
@@ -588,224 +622,132 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     #[inline(never)]
     fn dense_pair_into(
         &self,
+        p: &Params<'_, T>,
         (x0, x1): (&[T], &[T]),
-        (w0, w1): (&mut [T], &mut [T]),
-    ) -> Result<(T, T), InferError> {
-        self.normalise_pair_into((x0, x1), (&mut *w0, &mut *w1))?;
-        let mut first = (T::zero(), T::zero());
-        for layer in 0..=self.shape.depth() {
-            let (w, b, input, output, act) = self.encoder_layer(layer)?;
-            let (h0, t0) = w0.split_at_mut_checked(output.start).ok_or(SHORT)?;
-            let (h1, t1) = w1.split_at_mut_checked(output.start).ok_or(SHORT)?;
-            let n = output.len();
-            let pre = dense_forward2(
-                w,
-                b,
-                (
-                    h0.get(input.clone()).ok_or(SHORT)?,
-                    h1.get(input).ok_or(SHORT)?,
-                ),
-                (t0.get_mut(..n).ok_or(SHORT)?, t1.get_mut(..n).ok_or(SHORT)?),
-                act,
-            );
-            if layer == 0 {
-                first = pre;
-            }
+        (w0, w1): (&mut Work<'_, T>, &mut Work<'_, T>),
+    ) -> (T, T) {
+        normalise_pair_into(p, (x0, x1), (w0.xn, w1.xn));
+        let act = Some(self.shape.activation);
+        let (mut in0, mut in1): (&[T], &[T]) = (w0.xn, w1.xn);
+        let mut first = None;
+        let outs = w0.enc.iter_mut().zip(w1.enc.iter_mut());
+        for (layer, (o0, o1)) in p.enc.iter().zip(outs).take(self.shape.depth()) {
+            let (o0, o1): (&mut [T], &mut [T]) = (o0, o1);
+            let pre = dense_forward2(layer.w, layer.b, (in0, in1), (&mut *o0, &mut *o1), act);
+            first.get_or_insert(pre);
+            (in0, in1) = (o0, o1);
         }
-        Ok(first)
+        let pre = dense_forward2(p.mu.w, p.mu.b, (in0, in1), (w0.mu, w1.mu), None);
+        first.unwrap_or(pre)
     }
 
-    /// `x` has `D` values and `work` is long enough.
-    fn check_lengths(&self, x: &[T], work: &[T]) -> Result<(), InferError> {
-        if x.len() != self.shape.input {
-            return Err(InferError::InputLength);
+    /// Decoder forward (parameters `p`) from the `z` region of the workspace into the
+    /// `xhat` region (logits for Bernoulli), keeping the hidden activations. The model
+    /// has its decoder (the callers check).
+    pub(crate) fn decoder_forward(&self, p: &Params<'_, T>, w: &mut Work<'_, T>) {
+        let act = Some(self.shape.activation);
+        let mut input: &[T] = w.z;
+        for (layer, out) in p.dec.iter().zip(w.dec.iter_mut()).take(self.shape.depth()) {
+            let out: &mut [T] = out;
+            dense_forward(layer.w, layer.b, input, out, act);
+            input = out;
         }
-        if work.len() < self.at.work.end {
-            return Err(InferError::BufferLength);
-        }
-        Ok(())
-    }
-
-    /// Normalises `x` with the stored per-feature offset and scale into the workspace.
-    /// The input is checked for NaN and infinity after the first layer
-    /// ([`check_first`]), not here.
-    fn normalise_into(&self, x: &[T], work: &mut [T]) -> Result<(), InferError> {
-        let (offset, scale) = self.normalisation()?;
-        let l = self.at.work;
-        let xn = work.get_mut(l.xn..l.xn + offset.len()).ok_or(SHORT)?;
-        // Four values per iteration, spelled out (the firmware is built for size).
-        let (xq, xr) = x.as_chunks::<4>();
-        let (oq, or) = offset.as_chunks::<4>();
-        let (sq, sr) = scale.as_chunks::<4>();
-        let (nq, nr) = xn.as_chunks_mut::<4>();
-        for (((n, xs), os), ss) in nq.iter_mut().zip(xq).zip(oq).zip(sq) {
-            n[0] = (xs[0] - os[0]) * ss[0];
-            n[1] = (xs[1] - os[1]) * ss[1];
-            n[2] = (xs[2] - os[2]) * ss[2];
-            n[3] = (xs[3] - os[3]) * ss[3];
-        }
-        for (((n, &xi), &o), &sc) in nr.iter_mut().zip(xr).zip(or).zip(sr) {
-            *n = (xi - o) * sc;
-        }
-        Ok(())
-    }
-
-    /// The input normalisation's per-feature offset and scale (`D` values each).
-    fn normalisation(&self) -> Result<(&[T], &[T]), InferError> {
-        let d = self.shape.input;
-        let no = self.shape.norm_offset();
-        let p = self.params.as_ref().get(no..no + 2 * d).ok_or(SHORT)?;
-        p.split_at_checked(d).ok_or(SHORT)
-    }
-
-    /// [`Model::normalise_into`] of two inputs, each offset and scale loaded once.
-    fn normalise_pair_into(
-        &self,
-        (x0, x1): (&[T], &[T]),
-        (w0, w1): (&mut [T], &mut [T]),
-    ) -> Result<(), InferError> {
-        let (offset, scale) = self.normalisation()?;
-        let xn = self.at.work.xn..self.at.work.xn + offset.len();
-        let n0 = w0.get_mut(xn.clone()).ok_or(SHORT)?;
-        let n1 = w1.get_mut(xn).ok_or(SHORT)?;
-        let (aq, ar) = x0.as_chunks::<4>();
-        let (bq, br) = x1.as_chunks::<4>();
-        let (oq, or) = offset.as_chunks::<4>();
-        let (sq, sr) = scale.as_chunks::<4>();
-        let (mq, mr) = n0.as_chunks_mut::<4>();
-        let (nq, nr) = n1.as_chunks_mut::<4>();
-        for (((((m, n), a), b), os), ss) in mq.iter_mut().zip(nq).zip(aq).zip(bq).zip(oq).zip(sq) {
-            m[0] = (a[0] - os[0]) * ss[0];
-            n[0] = (b[0] - os[0]) * ss[0];
-            m[1] = (a[1] - os[1]) * ss[1];
-            n[1] = (b[1] - os[1]) * ss[1];
-            m[2] = (a[2] - os[2]) * ss[2];
-            n[2] = (b[2] - os[2]) * ss[2];
-            m[3] = (a[3] - os[3]) * ss[3];
-            n[3] = (b[3] - os[3]) * ss[3];
-        }
-        for (((((m, n), &a), &b), &o), &sc) in mr.iter_mut().zip(nr).zip(ar).zip(br).zip(or).zip(sr)
-        {
-            *m = (a - o) * sc;
-            *n = (b - o) * sc;
-        }
-        Ok(())
-    }
-
-    /// Dense layer `layer` of the encoder (`depth` is the mean-direction head): its
-    /// weights and biases, where its input and output are in the workspace (the input
-    /// before the output), and its activation.
-    #[allow(clippy::type_complexity)]
-    fn encoder_layer(
-        &self,
-        layer: usize,
-    ) -> Result<(&[T], &[T], Range<usize>, Range<usize>, Option<Activation>), InferError> {
-        let s = &self.shape;
-        let l = self.at.work;
-        let p = self.params.as_ref();
-        let mut off = s.encoder_offset();
-        let mut act_off = l.enc;
-        let mut input = l.xn..l.xn + s.input;
-        for k in 0..layer {
-            let (o, i) = s.encoder_layer(k);
-            off += o * i + o;
-            input = act_off..act_off + o;
-            act_off += o;
-        }
-        let (o, i, output, act) = if layer < s.depth() {
-            let (o, i) = s.encoder_layer(layer);
-            (o, i, act_off..act_off + o, Some(s.activation))
-        } else {
-            let m = s.latent;
-            (m, s.last_hidden(), l.mu..l.mu + m, None)
-        };
-        let wb = p.get(off..off + o * i + o).ok_or(SHORT)?;
-        let (w, b) = wb.split_at_checked(o * i).ok_or(SHORT)?;
-        Ok((w, b, input, output, act))
-    }
-
-    /// The rest of the encoder after its dense layers: `mu` normalised in place, the
-    /// concentration head.
-    fn encoder_head(&self, work: &mut [T]) -> Result<EncoderOut<T>, InferError> {
-        let s = &self.shape;
-        let l = self.at.work;
-        let p = self.params.as_ref();
-        let (m, h_l) = (s.latent, s.last_hidden());
-        let (front, rest) = work.split_at_mut_checked(l.mu).ok_or(SHORT)?;
-        let h = front.get(l.mu - h_l..).ok_or(SHORT)?;
-        let mu = rest.get_mut(..m).ok_or(SHORT)?;
-        let norm = dot(mu, mu).sqrt();
-        if !norm.is_finite() || norm <= T::EPS * T::EPS {
-            return Err(InferError::ZeroDirection);
-        }
-        for v in mu.iter_mut() {
-            *v /= norm;
-        }
-        // The concentration head follows the mean-direction head's weights and biases.
-        let off = self.at.segmenter - (h_l + 1);
-        let (&bias, w) = p
-            .get(off..=off + h_l)
-            .ok_or(SHORT)?
-            .split_last()
-            .ok_or(SHORT)?;
-        let pre = dot(w, h) + bias;
-        if !pre.is_finite() {
-            return Err(InferError::NonFinite);
-        }
-        let kmax = T::of(KAPPA_MAX);
-        let raw = softplus(pre) + T::one();
-        let clamped = raw > kmax;
-        let kappa = if clamped { kmax } else { raw };
-        Ok(EncoderOut {
-            kappa,
-            norm,
-            pre,
-            clamped,
-        })
-    }
-
-    /// Segmenter logits `a_k = kappa_s ĉ_k . z + ln pi_k` into `logits` (`K` values);
-    /// returns the largest cosine `max_k ĉ_k . z`.
-    pub(crate) fn segmenter_logits(&self, z: &[T], logits: &mut [T]) -> Result<T, InferError> {
-        let (m, k) = (self.shape.latent, self.shape.clusters);
-        segmenter_logits(self.segmenter_params(), m, k, z, logits)
-    }
-
-    /// Decoder forward from the `z` region of the workspace into the `xhat` region
-    /// (logits for Bernoulli), keeping the hidden activations.
-    pub(crate) fn decoder_forward(&self, work: &mut [T]) -> Result<(), InferError> {
-        let s = &self.shape;
-        let l = self.at.work;
-        let p = self.params.as_ref();
-        let (front, rest) = work.split_at_mut_checked(l.dec).ok_or(SHORT)?;
-        let z = front.get(l.z..l.z + s.latent).ok_or(SHORT)?;
-        let (dec, rest) = rest.split_at_mut_checked(l.xhat - l.dec).ok_or(SHORT)?;
-        let xhat = rest.get_mut(..s.input).ok_or(SHORT)?;
-        let mut off = s.decoder_offset();
-        let mut act_off = 0;
-        for layer in 0..=s.depth() {
-            let (o, i) = s.decoder_layer(layer);
-            let wb = p.get(off..off + o * i + o).ok_or(SHORT)?;
-            let (w, b) = wb.split_at_checked(o * i).ok_or(SHORT)?;
-            off += o * i + o;
-            let (prev, cur) = dec.split_at_mut_checked(act_off).ok_or(SHORT)?;
-            let input = if layer == 0 {
-                z
-            } else {
-                prev.get(act_off - i..).ok_or(SHORT)?
-            };
-            if layer == s.depth() {
-                dense_forward(w, b, input, xhat, None);
-            } else {
-                let y = cur.get_mut(..o).ok_or(SHORT)?;
-                dense_forward(w, b, input, y, Some(s.activation));
-                act_off += o;
-            }
-        }
-        Ok(())
+        dense_forward(p.out.w, p.out.b, input, w.xhat, None);
     }
 }
 
+/// The last hidden layer's activations (`h_L`) of the encoder activations `enc` of a
+/// network `depth` layers deep.
+pub(crate) fn last_hidden<'s, T>(enc: &'s [&mut [T]; MAX_HIDDEN], depth: usize) -> &'s [T] {
+    let last = depth.checked_sub(1).and_then(|l| enc.get(l));
+    last.map_or(&[], |h| &**h)
+}
+
+/// The rest of the encoder after its dense layers, from the last hidden layer `h`:
+/// `mu` normalised in place, the concentration head.
+fn encoder_head<T: Real>(
+    p: &Params<'_, T>,
+    h: &[T],
+    mu: &mut [T],
+) -> Result<EncoderOut<T>, InferError> {
+    let norm = dot(mu, mu).sqrt();
+    if !norm.is_finite() || norm <= T::EPS * T::EPS {
+        return Err(InferError::ZeroDirection);
+    }
+    for v in mu.iter_mut() {
+        *v /= norm;
+    }
+    let pre = dot(p.kappa_w, h) + p.kappa_b;
+    if !pre.is_finite() {
+        return Err(InferError::NonFinite);
+    }
+    let kmax = T::of(KAPPA_MAX);
+    let raw = softplus(pre) + T::one();
+    let clamped = raw > kmax;
+    let kappa = if clamped { kmax } else { raw };
+    Ok(EncoderOut {
+        kappa,
+        norm,
+        pre,
+        clamped,
+    })
+}
+
+/// Normalises `x` with the stored per-feature offset and scale into `xn`. The input is
+/// checked for NaN and infinity after the first layer ([`check_first`]), not here.
+fn normalise_into<T: Real>(p: &Params<'_, T>, x: &[T], xn: &mut [T]) {
+    // Four values per iteration, spelled out (the firmware is built for size).
+    let (xq, xr) = x.as_chunks::<4>();
+    let (oq, or) = p.offset.as_chunks::<4>();
+    let (sq, sr) = p.scale.as_chunks::<4>();
+    let (nq, nr) = xn.as_chunks_mut::<4>();
+    for (((n, xs), os), ss) in nq.iter_mut().zip(xq).zip(oq).zip(sq) {
+        n[0] = (xs[0] - os[0]) * ss[0];
+        n[1] = (xs[1] - os[1]) * ss[1];
+        n[2] = (xs[2] - os[2]) * ss[2];
+        n[3] = (xs[3] - os[3]) * ss[3];
+    }
+    for (((n, &xi), &o), &sc) in nr.iter_mut().zip(xr).zip(or).zip(sr) {
+        *n = (xi - o) * sc;
+    }
+}
+
+/// [`normalise_into`] of two inputs, each offset and scale loaded once.
+fn normalise_pair_into<T: Real>(
+    p: &Params<'_, T>,
+    (x0, x1): (&[T], &[T]),
+    (n0, n1): (&mut [T], &mut [T]),
+) {
+    let (aq, ar) = x0.as_chunks::<4>();
+    let (bq, br) = x1.as_chunks::<4>();
+    let (oq, or) = p.offset.as_chunks::<4>();
+    let (sq, sr) = p.scale.as_chunks::<4>();
+    let (mq, mr) = n0.as_chunks_mut::<4>();
+    let (nq, nr) = n1.as_chunks_mut::<4>();
+    for (((((m, n), a), b), os), ss) in mq.iter_mut().zip(nq).zip(aq).zip(bq).zip(oq).zip(sq) {
+        m[0] = (a[0] - os[0]) * ss[0];
+        n[0] = (b[0] - os[0]) * ss[0];
+        m[1] = (a[1] - os[1]) * ss[1];
+        n[1] = (b[1] - os[1]) * ss[1];
+        m[2] = (a[2] - os[2]) * ss[2];
+        n[2] = (b[2] - os[2]) * ss[2];
+        m[3] = (a[3] - os[3]) * ss[3];
+        n[3] = (b[3] - os[3]) * ss[3];
+    }
+    for (((((m, n), &a), &b), &o), &sc) in mr.iter_mut().zip(nr).zip(ar).zip(br).zip(or).zip(sr) {
+        *m = (a - o) * sc;
+        *n = (b - o) * sc;
+    }
+}
+
+/// Copies `src` over the start of `dst`, as far as both go: for views whose lengths
+/// agree by construction, without the panic path of `copy_from_slice` (the compiler
+/// cannot see the agreement).
+pub(crate) fn copy_over<T: Copy>(dst: &mut [T], src: &[T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s;
+    }
+}
 #[cfg(feature = "alloc")]
 impl<T: Real> Model<T, alloc::vec::Vec<T>> {
     /// A heap-backed model with freshly initialised parameters ([`Model::init`]).
@@ -938,21 +880,6 @@ fn finish_segment<'w, T: Real>(
     })
 }
 
-/// The segmenter's regions of an encoded workspace: `mu` (`M` values), the logits and
-/// the probabilities (`K` each).
-#[allow(clippy::type_complexity)]
-fn segment_regions<T>(
-    l: WorkLayout,
-    m: usize,
-    k: usize,
-    work: &mut [T],
-) -> Result<(&[T], &mut [T], &mut [T]), InferError> {
-    let (head, tail) = work.split_at_mut_checked(l.logp).ok_or(SHORT)?;
-    let (logp, rest) = tail.split_at_mut_checked(l.p - l.logp).ok_or(SHORT)?;
-    let mu = head.get(l.mu..l.mu + m).ok_or(SHORT)?;
-    Ok((mu, logp, rest.get_mut(..k).ok_or(SHORT)?))
-}
-
 /// The input check after the first layer: a NaN or infinite input makes the first
 /// layer's first output non-finite (see `dense_forward`; `(x - o) s` keeps a non-finite
 /// value non-finite), so one comparison replaces one per input. Which error it is needs
@@ -1028,11 +955,15 @@ pub(crate) fn segmenter_logits<T: Real>(
     z: &[T],
     logits: &mut [T],
 ) -> Result<T, InferError> {
-    if m == 0 || seg.len() != k * m + 1 + k || z.len() != m || logits.len() < k {
+    let parts = seg
+        .split_at_checked(k * m)
+        .and_then(|(c, rest)| Some((c, rest.split_first()?)));
+    let Some((centres, (&ln_kappa_s, log_w))) = parts else {
+        return Err(InferError::BufferLength);
+    };
+    if m == 0 || log_w.len() != k || z.len() != m || logits.len() < k {
         return Err(InferError::BufferLength);
     }
-    let (centres, rest) = seg.split_at_checked(k * m).ok_or(SHORT)?;
-    let (&ln_kappa_s, log_w) = rest.split_first().ok_or(SHORT)?;
     let kappa_s = ln_kappa_s.fast_exp();
     let mut best = -T::one() - T::one();
     let mut probe = T::zero();
@@ -1073,11 +1004,11 @@ fn segmenter_logits2<T: Real>(
         .split_at_checked(k * m)
         .and_then(|(c, rest)| Some((c, rest.split_first()?)));
     let Some((centres, (&ln_kappa_s, log_w))) = parts else {
-        return (Err(SHORT), Err(SHORT));
+        return (Err(InferError::BufferLength), Err(InferError::BufferLength));
     };
     if m == 0 || log_w.len() != k || z0.len() != m || z1.len() != m || l0.len() < k || l1.len() < k
     {
-        return (Err(SHORT), Err(SHORT));
+        return (Err(InferError::BufferLength), Err(InferError::BufferLength));
     }
     let kappa_s = ln_kappa_s.fast_exp();
     // A latent space of 8: both directions stay in registers (as in `segmenter_logits`).

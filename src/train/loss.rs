@@ -24,10 +24,13 @@
 //! [`Shape::work_len`] plus [`cache_len`] per batch.
 
 use crate::dist::sphere::{reflect_backward, Draw, SampleError};
-use crate::infer::model::{segmenter_logits, softmax_from_logits, InferError, Model, WorkLayout};
+use crate::infer::model::{
+    copy_over, last_hidden, segmenter_logits, softmax_from_logits, InferError, Model,
+};
 use crate::infer::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
+use crate::infer::views::{carve, prefix_mut, Dense, DenseMut, Grads, Params, Work};
 use crate::shape::{Likelihood, Posterior, Scope, Shape};
-use crate::Real;
+use crate::{Activation, Real};
 
 /// Weights and constants of the loss.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -254,6 +257,54 @@ fn tiny<T: Real>() -> T {
     T::of(1e-30).max(T::EPS * T::EPS * T::EPS)
 }
 
+/// The cache of [`cache_len`] scalars for `rows` rows by quantity, each a column of
+/// rows: `z` (`M` per row), `da` and `p` (`K` per row), the draw's `w` and `dw/dkappa`,
+/// and the new marginal (`K`).
+#[derive(Debug)]
+struct Cache<'a, T> {
+    z: &'a mut [T],
+    da: &'a mut [T],
+    p: &'a mut [T],
+    draws: &'a mut [[T; 2]],
+    p_new: &'a mut [T],
+}
+
+impl<'a, T> Cache<'a, T> {
+    /// The columns of `cache` (at least [`cache_len`] for `rows` rows).
+    fn split(shape: &Shape, rows: usize, cache: &'a mut [T]) -> Self {
+        let (m, k) = (shape.latent, shape.clusters);
+        let mut rest = cache;
+        Cache {
+            z: carve(&mut rest, rows * m),
+            da: carve(&mut rest, rows * k),
+            p: carve(&mut rest, rows * k),
+            draws: carve(&mut rest, 2 * rows).as_chunks_mut::<2>().0,
+            p_new: carve(&mut rest, k),
+        }
+    }
+}
+
+/// The rows of `s`, `width` values each (at least 1 for a valid shape).
+fn rows<T>(s: &[T], width: usize) -> core::slice::ChunksExact<'_, T> {
+    s.chunks_exact(width.max(1))
+}
+
+/// [`rows`], mutable.
+fn rows_mut<T>(s: &mut [T], width: usize) -> core::slice::ChunksExactMut<'_, T> {
+    s.chunks_exact_mut(width.max(1))
+}
+
+/// Row `i` of `s` (rows of `width`); the batch's row indices are checked on entry
+/// ([`batch_rows`]), so it is never past the end (it would be empty).
+fn row<T>(s: &[T], width: usize, i: usize) -> &[T] {
+    s.get(i * width..(i + 1) * width).unwrap_or_default()
+}
+
+/// [`row`], mutable.
+fn row_mut<T>(s: &mut [T], width: usize, i: usize) -> &mut [T] {
+    s.get_mut(i * width..(i + 1) * width).unwrap_or_default()
+}
+
 /// The buffers of a loss pass over one [`Scope`] for batches of up to `rows` rows, as
 /// views of one caller-owned slice of [`LossBuffers::storage_len`] scalars, split once
 /// when made: the gradient over the scope's parameters, the moving marginal `p_bar`
@@ -266,8 +317,8 @@ pub struct LossBuffers<'a, T> {
     rows: usize,
     grads: &'a mut [T],
     p_bar: &'a mut [T],
-    work: &'a mut [T],
-    cache: &'a mut [T],
+    work: Work<'a, T>,
+    cache: Cache<'a, T>,
 }
 
 impl<'a, T> LossBuffers<'a, T> {
@@ -284,9 +335,10 @@ impl<'a, T> LossBuffers<'a, T> {
         if storage.len() != Self::storage_len(shape, scope, rows) {
             return None;
         }
-        let (grads, rest) = storage.split_at_mut_checked(shape.scope_range(scope).len())?;
-        let (p_bar, rest) = rest.split_at_mut_checked(shape.clusters)?;
-        let (work, cache) = rest.split_at_mut_checked(shape.work_len())?;
+        let mut rest = storage;
+        let grads = carve(&mut rest, shape.scope_range(scope).len());
+        let p_bar = carve(&mut rest, shape.clusters);
+        let work = shape.work(carve(&mut rest, shape.work_len()))?;
         Some(LossBuffers {
             shape: *shape,
             scope,
@@ -294,7 +346,7 @@ impl<'a, T> LossBuffers<'a, T> {
             grads,
             p_bar,
             work,
-            cache,
+            cache: Cache::split(shape, rows, rest),
         })
     }
 
@@ -320,9 +372,9 @@ impl<'a, T> LossBuffers<'a, T> {
         self.p_bar
     }
 
-    /// The workspace ([`Shape::work_len`] scalars), free between passes.
-    pub(crate) fn work_mut(&mut self) -> &mut [T] {
-        self.work
+    /// The workspace, free between passes.
+    pub(crate) fn work_mut(&mut self) -> &mut Work<'a, T> {
+        &mut self.work
     }
 }
 
@@ -354,7 +406,6 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     if bufs.shape != s || bsz > bufs.rows {
         return Err(LossError::BufferLength);
     }
-    let range = s.scope_range(scope);
     let LossBuffers {
         grads,
         p_bar,
@@ -362,91 +413,68 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         cache,
         ..
     } = bufs;
-    let (grads, p_bar, work, cache) = (&mut **grads, &mut **p_bar, &mut **work, &mut **cache);
-    let row = cache_row(&s);
-    let lay = WorkLayout::of(&s);
+    let p = model.views();
     let bf = T::of(bsz as f64);
     let mut parts = LossParts::<T>::default();
     grads.fill(T::zero());
 
     // Sweep 1: encode, draw, segment; keep z, p, w, dw/dkappa per row.
-    for i in 0..bsz {
-        let x = row_of(batch.inputs, d, i)?;
-        let enc = model.encode_into(x, work)?;
-        let (z, da, p, scalars) = cache_row_mut(cache, row, m, k, i)?;
+    let cached = rows_mut(cache.z, m)
+        .zip(rows_mut(cache.da, k))
+        .zip(rows_mut(cache.p, k))
+        .zip(cache.draws.iter_mut());
+    for (x, (((z, da), pr), slots)) in rows(batch.inputs, d).zip(cached) {
+        let enc = model.encode_into(&p, x, work)?;
         // The cluster terms accumulate into `da`: start from zero, not from the last call.
         da.fill(T::zero());
-        let mu = work.get(lay.mu..lay.mu + m).ok_or(SHORT)?;
         let draw = if scope == Scope::SegmenterOnly {
-            z.copy_from_slice(mu);
+            copy_over(z, work.mu);
             Draw {
                 w: T::one(),
                 dw_dkappa: T::zero(),
             }
         } else {
-            draws.draw(s.posterior, mu, enc.kappa, z)?
+            draws.draw(s.posterior, work.mu, enc.kappa, z)?
         };
-        let [w_slot, dwdk_slot] = scalars else {
-            return Err(SHORT);
+        *slots = [draw.w, draw.dw_dkappa];
+        let input: &[T] = match cfg.cluster_input {
+            ClusterInput::Mean => work.mu,
+            ClusterInput::Draw => z,
         };
-        (*w_slot, *dwdk_slot) = (draw.w, draw.dw_dkappa);
-        let (front, back) = work.split_at_mut_checked(lay.logp).ok_or(SHORT)?;
-        let logits = back.get_mut(..k).ok_or(SHORT)?;
-        let input = match cfg.cluster_input {
-            ClusterInput::Mean => front.get(lay.mu..lay.mu + m).ok_or(SHORT)?,
-            ClusterInput::Draw => &*z,
-        };
-        model.segmenter_logits(input, logits)?;
-        softmax_from_logits(logits, p);
+        segmenter_logits(p.seg, m, k, input, work.logp)?;
+        softmax_from_logits(work.logp, pr);
     }
 
-    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts)?;
+    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
 
     // Sweep 2: recompute each row's encoder, back-propagate everything.
-    let so = s.segmenter_offset();
-    let seg = model.segmenter_params();
-    let kappa_s = seg.get(k * m).ok_or(SHORT)?.fast_exp();
-    for i in 0..bsz {
-        let x = row_of(batch.inputs, d, i)?;
-        let enc = model.encode_into(x, work)?;
-        let (z, da, _, scalars) = cache_row_mut(cache, row, m, k, i)?;
-        let (z, da) = (&*z, &*da);
-        let &mut [w, dwdk] = scalars else {
-            return Err(SHORT);
-        };
-        work.get_mut(lay.z..lay.z + m)
-            .ok_or(SHORT)?
-            .copy_from_slice(z);
-        work.get_mut(lay.gz..lay.gz + m)
-            .ok_or(SHORT)?
-            .fill(T::zero());
+    let kappa_s = p.log_kappa_s.fast_exp();
+    let mut g = s.grads(scope, grads);
+    let cached = rows(cache.z, m)
+        .zip(rows(cache.da, k))
+        .zip(cache.draws.iter());
+    for (x, ((z, da), &[w, dwdk])) in rows(batch.inputs, d).zip(cached) {
+        let enc = model.encode_into(&p, x, work)?;
+        copy_over(work.z, z);
+        work.gz.fill(T::zero());
         if scope != Scope::SegmenterOnly {
-            parts.recon +=
-                reconstruction_backward(model, x, scope, bsz, cfg, work, grads, range.start)?;
+            parts.recon += reconstruction_backward(model, &p, x, bsz, cfg, work, &mut g);
         }
         let on_mean = cfg.cluster_input == ClusterInput::Mean;
         if scope == Scope::SegmenterOnly || !on_mean {
             // z is the draw (or mu itself when no draw is made).
-            let gz = work.get_mut(lay.gz..lay.gz + m).ok_or(SHORT)?;
-            segmenter_backward(seg, so, z, da, kappa_s, grads, range.start, Some(gz))?;
+            let gz = Some(&mut *work.gz);
+            segmenter_backward(p.seg, z, da, kappa_s, g.seg.as_deref_mut(), gz);
         }
         if scope == Scope::SegmenterOnly {
             continue;
         }
         // Through the reparameterisation: dL/dmu (unit vector) and dL/dw.
-        let (front, back) = work.split_at_mut_checked(lay.gmu).ok_or(SHORT)?;
-        let gmu = back.get_mut(..m).ok_or(SHORT)?;
-        gmu.fill(T::zero());
-        let mu = front.get(lay.mu..lay.mu + m).ok_or(SHORT)?;
-        let dldw = reflect_backward(
-            mu,
-            front.get(lay.z..lay.z + m).ok_or(SHORT)?,
-            w,
-            front.get(lay.gz..lay.gz + m).ok_or(SHORT)?,
-            gmu,
-        );
+        work.gmu.fill(T::zero());
+        let dldw = reflect_backward(work.mu, work.z, w, work.gz, work.gmu);
         if on_mean {
-            segmenter_backward(seg, so, mu, da, kappa_s, grads, range.start, Some(gmu))?;
+            let gmu = Some(&mut *work.gmu);
+            segmenter_backward(p.seg, work.mu, da, kappa_s, g.seg.as_deref_mut(), gmu);
         }
         parts.kl += s.posterior.kl_to_uniform(m, enc.kappa) / bf;
         let dkappa = dldw * dwdk + cfg.beta * s.posterior.dkl_dkappa(m, enc.kappa) / bf;
@@ -455,7 +483,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         } else {
             dkappa * sigmoid(enc.pre)
         };
-        encoder_backward(model, &enc, dpre, work, grads, range.start)?;
+        encoder_backward(&s, &p, &enc, dpre, work, &mut g);
     }
 
     parts.total = parts.recon
@@ -464,45 +492,8 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
             * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
                 + parts.supervised);
     check_finite(&parts, grads)?;
-    copy_over(p_bar, cache.get(bsz * row..bsz * row + k).ok_or(SHORT)?);
+    copy_over(p_bar, cache.p_new);
     Ok(parts)
-}
-
-/// Copies `src` over the start of `dst`, as far as both go: for views whose lengths
-/// agree by construction ([`LossBuffers`]), without the panic path of
-/// `copy_from_slice` (the compiler cannot see the agreement).
-pub(crate) fn copy_over<T: Copy>(dst: &mut [T], src: &[T]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = s;
-    }
-}
-
-/// The error of a slice out of range in the training math. The lengths were checked
-/// against a validated shape on entry, so it does not happen; checked slicing returns
-/// it instead of linking a panic into the firmware (`learn` has no panic site in the
-/// core; the firmware's tests check that).
-const SHORT: LossError = LossError::BufferLength;
-
-/// Row `i` of `xs` (rows of `width` values).
-fn row_of<T>(xs: &[T], width: usize, i: usize) -> Result<&[T], LossError> {
-    xs.get(i * width..(i + 1) * width).ok_or(SHORT)
-}
-
-/// Row `i` of the cache (one [`cache_row`]): `z` (`M`), `da` (`K`), `p` (`K`) and the
-/// two scalars `w`, `dw/dkappa`.
-#[allow(clippy::type_complexity)]
-fn cache_row_mut<T>(
-    cache: &mut [T],
-    row: usize,
-    m: usize,
-    k: usize,
-    i: usize,
-) -> Result<(&mut [T], &mut [T], &mut [T], &mut [T]), LossError> {
-    let r = cache.get_mut(i * row..(i + 1) * row).ok_or(SHORT)?;
-    let (z, r) = r.split_at_mut_checked(m).ok_or(SHORT)?;
-    let (da, r) = r.split_at_mut_checked(k).ok_or(SHORT)?;
-    let (p, scalars) = r.split_at_mut_checked(k).ok_or(SHORT)?;
-    Ok((z, da, p, scalars))
 }
 
 /// The cluster loss of a batch of latent mean directions and its gradient with respect
@@ -539,31 +530,31 @@ pub fn segmenter_loss_and_grad<T: Real>(
     {
         return Err(LossError::BufferLength);
     }
-    let row = cache_row(&s);
+    let mut cache = Cache::split(&s, bsz, cache);
     let mut parts = LossParts::<T>::default();
     grads.fill(T::zero());
-    for i in 0..bsz {
-        let mu = row_of(batch.inputs, m, i)?;
-        let (z, da, p, _) = cache_row_mut(cache, row, m, k, i)?;
-        z.copy_from_slice(mu);
+    let cached = rows_mut(cache.z, m)
+        .zip(rows_mut(cache.da, k))
+        .zip(rows_mut(cache.p, k));
+    for (mu, ((z, da), pr)) in rows(batch.inputs, m).zip(cached) {
+        copy_over(z, mu);
         // The logits go through `da`, which the cluster terms then overwrite from zero.
         segmenter_logits(seg, m, k, mu, da)?;
-        softmax_from_logits(da, p);
+        softmax_from_logits(da, pr);
         da.fill(T::zero());
     }
-    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts)?;
-    let kappa_s = seg.get(k * m).ok_or(SHORT)?.fast_exp();
-    let so = s.segmenter_offset();
-    for i in 0..bsz {
-        let (z, da, _, _) = cache_row_mut(cache, row, m, k, i)?;
+    cluster_terms(&mut cache, &s, bsz, batch, cfg, p_bar, &mut parts);
+    // In range: the length was checked above.
+    let kappa_s = seg.get(k * m).copied().unwrap_or(T::zero()).fast_exp();
+    for (z, da) in rows(cache.z, m).zip(rows(cache.da, k)) {
         // dL/dz is not needed: the encoder is frozen.
-        segmenter_backward(seg, so, z, da, kappa_s, grads, so, None)?;
+        segmenter_backward(seg, z, da, kappa_s, Some(&mut *grads), None);
     }
     parts.total = cfg.gamma
         * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
             + parts.supervised);
     check_finite(&parts, grads)?;
-    p_bar.copy_from_slice(cache.get(bsz * row..bsz * row + k).ok_or(SHORT)?);
+    copy_over(p_bar, cache.p_new);
     Ok(parts)
 }
 
@@ -605,59 +596,46 @@ fn check_finite<T: Real>(parts: &LossParts<T>, grads: &[T]) -> Result<(), LossEr
     Ok(())
 }
 
-/// The cluster terms of a batch whose rows' probabilities `p_i` are in the cache (one
-/// [`cache_row`] per row: `z`, `da`, `p`, ...): adds their values to `parts` and writes
-/// `dL/da_i` (the gradient with respect to row `i`'s segmenter logits) into the `da`
-/// slots, and the new moving marginal after the rows. Shared by [`loss_and_grad`] and
-/// [`segmenter_loss_and_grad`].
+/// The cluster terms of a batch of `bsz` rows whose probabilities `p_i` are in the
+/// cache: adds their values to `parts` and writes `dL/da_i` (the gradient with respect
+/// to row `i`'s segmenter logits) into the cache's `da`, and the new moving marginal
+/// into its `p_new`. Shared by [`loss_and_grad`] and [`segmenter_loss_and_grad`].
 fn cluster_terms<T: Real>(
-    cache: &mut [T],
+    cache: &mut Cache<'_, T>,
     s: &Shape,
     bsz: usize,
     batch: &Batch<'_, T>,
     cfg: &LossConfig<T>,
     p_bar: &[T],
     parts: &mut LossParts<T>,
-) -> Result<(), LossError> {
-    let (m, k) = (s.latent, s.clusters);
-    let row = cache_row(s);
+) {
+    let k = s.clusters;
     let bf = T::of(bsz as f64);
     let g = cfg.gamma;
     let t = tiny::<T>();
-    // Checked reads and updates of one cache value (see `SHORT`).
-    let at = |cache: &[T], i: usize| cache.get(i).copied().ok_or(SHORT);
-    let add = |cache: &mut [T], i: usize, v: T| -> Result<(), LossError> {
-        *cache.get_mut(i).ok_or(SHORT)? += v;
-        Ok(())
-    };
+    let Cache { da, p, p_new, .. } = cache;
+    let (da, p, pb) = (&mut **da, &**p, &mut **p_new);
     if !batch.pairs.is_empty() {
         let np = T::of(batch.pairs.len() as f64);
         for &(i, j) in batch.pairs {
-            let (i, j) = (i as usize, j as usize);
-            let sdot = {
-                let pi = cache
-                    .get(i * row + m + k..i * row + m + 2 * k)
-                    .ok_or(SHORT)?;
-                let pj = cache
-                    .get(j * row + m + k..j * row + m + 2 * k)
-                    .ok_or(SHORT)?;
-                dot(pi, pj).max(t)
-            };
+            let (pi, pj) = (row(p, k, i as usize), row(p, k, j as usize));
+            let sdot = dot(pi, pj).max(t);
             parts.consistency += -sdot.ln() / np;
             let c = -g / (sdot * np);
-            for q in 0..k {
-                let pj = at(cache, j * row + m + k + q)?;
-                let pi = at(cache, i * row + m + k + q)?;
-                add(cache, i * row + m + q, c * pj)?;
-                add(cache, j * row + m + q, c * pi)?;
+            // Row i's share, then row j's (the same row twice when i = j: each value
+            // still gets row i's term first).
+            for (d, &pq) in row_mut(da, k, i as usize).iter_mut().zip(pj) {
+                *d += c * pq;
+            }
+            for (d, &pq) in row_mut(da, k, j as usize).iter_mut().zip(pi) {
+                *d += c * pq;
             }
         }
     }
     if cfg.entropy != T::zero() {
-        for i in 0..bsz {
-            let (_, da, p, _) = cache_row_mut(cache, row, m, k, i)?;
+        for (da, pr) in rows_mut(da, k).zip(rows(p, k)).take(bsz) {
             let mut h = T::zero();
-            for (d, &pq) in da.iter_mut().zip(p.iter()) {
+            for (d, &pq) in da.iter_mut().zip(pr) {
                 let lp = pq.max(t).ln();
                 h -= pq * lp;
                 *d -= g * cfg.entropy * (lp + T::one()) / bf;
@@ -666,81 +644,72 @@ fn cluster_terms<T: Real>(
         }
     }
     let rho = cfg.balance_momentum;
-    // p_bar_new = rho p_bar + (1 - rho) mean_i p_i, staged after the rows in the cache.
-    {
-        let (rows, pb) = cache.split_at_mut_checked(bsz * row).ok_or(SHORT)?;
-        let pb = pb.get_mut(..k).ok_or(SHORT)?;
-        for (v, &prev) in pb.iter_mut().zip(p_bar) {
-            *v = if rho == T::zero() {
-                T::zero()
-            } else {
-                rho * prev
-            };
-        }
-        for i in 0..bsz {
-            let (_, _, p, _) = cache_row_mut(rows, row, m, k, i)?;
-            for (v, &pq) in pb.iter_mut().zip(p.iter()) {
-                *v += (T::one() - rho) * pq / bf;
-            }
-        }
-        // `-balance` and its derivative in `p_bar_q`: the negative entropy (`ln v + 1`)
-        // or the hinge (`-1 / v` below the floor, 0 above).
-        let floor = cfg.balance_floor;
-        let ln_floor = (floor / T::of(k as f64)).max(t).ln();
-        let slope = |v: T| {
-            if floor == T::zero() {
-                v.max(t).ln() + T::one()
-            } else if v.max(t).ln() < ln_floor {
-                -T::one() / v.max(t)
-            } else {
-                T::zero()
-            }
+    // p_bar_new = rho p_bar + (1 - rho) mean_i p_i, staged in the cache.
+    for (v, &prev) in pb.iter_mut().zip(p_bar) {
+        *v = if rho == T::zero() {
+            T::zero()
+        } else {
+            rho * prev
         };
-        let mut h = T::zero();
-        for &v in pb.iter() {
-            let lv = v.max(t).ln();
-            h -= if floor == T::zero() {
-                v * lv
-            } else {
-                (ln_floor - lv).max(T::zero())
-            };
+    }
+    for pr in rows(p, k).take(bsz) {
+        for (v, &pq) in pb.iter_mut().zip(pr) {
+            *v += (T::one() - rho) * pq / bf;
         }
-        parts.balance = h;
-        if cfg.eta != T::zero() {
-            for i in 0..bsz {
-                let (_, da, _, _) = cache_row_mut(rows, row, m, k, i)?;
-                for (d, &v) in da.iter_mut().zip(pb.iter()) {
-                    *d += g * cfg.eta * (T::one() - rho) / bf * slope(v);
-                }
+    }
+    // `-balance` and its derivative in `p_bar_q`: the negative entropy (`ln v + 1`)
+    // or the hinge (`-1 / v` below the floor, 0 above).
+    let floor = cfg.balance_floor;
+    let ln_floor = (floor / T::of(k as f64)).max(t).ln();
+    let slope = |v: T| {
+        if floor == T::zero() {
+            v.max(t).ln() + T::one()
+        } else if v.max(t).ln() < ln_floor {
+            -T::one() / v.max(t)
+        } else {
+            T::zero()
+        }
+    };
+    let mut h = T::zero();
+    for &v in pb.iter() {
+        let lv = v.max(t).ln();
+        h -= if floor == T::zero() {
+            v * lv
+        } else {
+            (ln_floor - lv).max(T::zero())
+        };
+    }
+    parts.balance = h;
+    if cfg.eta != T::zero() {
+        for da in rows_mut(da, k).take(bsz) {
+            for (d, &v) in da.iter_mut().zip(pb.iter()) {
+                *d += g * cfg.eta * (T::one() - rho) / bf * slope(v);
             }
         }
     }
     // Softmax Jacobian: da_q = p_q (g_q - sum_r p_r g_r); then cross-entropy in logits.
     let n_lab = batch.labels.iter().flatten().count();
-    for i in 0..bsz {
-        let (_, da, p, _) = cache_row_mut(cache, row, m, k, i)?;
-        let mean = dot(da, p);
-        for (d, &pq) in da.iter_mut().zip(p.iter()) {
+    for (i, (da, pr)) in rows_mut(da, k).zip(rows(p, k)).take(bsz).enumerate() {
+        let mean = dot(da, pr);
+        for (d, &pq) in da.iter_mut().zip(pr) {
             *d = pq * (*d - mean);
         }
         if let Some(Some(y)) = batch.labels.get(i) {
             let nl = T::of(n_lab as f64);
             let y = *y as usize;
-            parts.supervised -= p.get(y).ok_or(SHORT)?.max(t).ln() / nl;
-            for (q, (d, &pq)) in da.iter_mut().zip(p.iter()).enumerate() {
-                let onehot = if q == y { T::one() } else { T::zero() };
+            let mut py = T::zero();
+            for (q, (d, &pq)) in da.iter_mut().zip(pr).enumerate() {
+                let onehot = if q == y {
+                    py = pq;
+                    T::one()
+                } else {
+                    T::zero()
+                };
                 *d += g * (pq - onehot) / nl;
             }
+            parts.supervised -= py.max(t).ln() / nl;
         }
     }
-    Ok(())
-}
-
-/// Gradient slice for parameters `offset..offset + len` within a scope starting at
-/// `start`, or `None` when those parameters are outside the scope (frozen).
-fn gslot<T>(grads: &mut [T], start: usize, offset: usize, len: usize) -> Option<&mut [T]> {
-    let a = offset.checked_sub(start)?;
-    grads.get_mut(a..a + len)
 }
 
 /// Decoder forward from `work.z`, the reconstruction loss of one row (returned, already
@@ -749,27 +718,21 @@ fn gslot<T>(grads: &mut [T], start: usize, offset: usize, len: usize) -> Option<
 #[allow(clippy::too_many_arguments)]
 fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
     model: &Model<T, S>,
+    p: &Params<'_, T>,
     x: &[T],
-    scope: Scope,
     bsz: usize,
     cfg: &LossConfig<T>,
-    work: &mut [T],
-    grads: &mut [T],
-    start: usize,
-) -> Result<T, LossError> {
+    work: &mut Work<'_, T>,
+    g: &mut Grads<'_, T>,
+) -> T {
     let s = *model.shape();
-    let lay = WorkLayout::of(&s);
-    let d = s.input;
     let bf = T::of(bsz as f64);
-    model.decoder_forward(work)?;
+    model.decoder_forward(p, work);
     let mut loss = T::zero();
     // dL/dxhat into ga.
-    let (front, back) = work.split_at_mut_checked(lay.ga).ok_or(SHORT)?;
-    let ga = back.get_mut(..d).ok_or(SHORT)?;
-    let xhat = front.get(lay.xhat..lay.xhat + d).ok_or(SHORT)?;
-    let xn = front.get(lay.xn..lay.xn + d).ok_or(SHORT)?;
-    for (((g, &a), &xnq), &xq) in ga.iter_mut().zip(xhat).zip(xn).zip(x) {
-        let (l, gq) = match s.likelihood {
+    let out = work.ga.iter_mut().zip(&*work.xhat).zip(&*work.xn).zip(x);
+    for (((gq, &a), &xnq), &xq) in out {
+        let (l, dq) = match s.likelihood {
             Likelihood::Gaussian => {
                 let e = a - xnq;
                 let s2 = cfg.sigma * cfg.sigma;
@@ -779,107 +742,93 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
             Likelihood::Bernoulli => (softplus(a) - xq * a, sigmoid(a) - xq),
         };
         loss += l;
-        *g = gq / bf;
+        *gq = dq / bf;
     }
-    let p = model.params();
-    let train_decoder = scope == Scope::Full;
-    // Offsets of each decoder layer, walked backwards.
-    let mut offs = [0usize; crate::shape::MAX_HIDDEN + 1];
-    let mut off = s.decoder_offset();
-    for (layer, o) in offs.iter_mut().enumerate().take(s.depth() + 1) {
-        *o = off;
-        let (no, ni) = s.decoder_layer(layer);
-        off += no * ni + no;
-    }
-    // Activation offsets within the dec region: layer l's output starts at act[l].
-    let mut act = [0usize; crate::shape::MAX_HIDDEN + 1];
-    for layer in 1..=s.depth() {
-        let prev = *act.get(layer - 1).ok_or(SHORT)?;
-        *act.get_mut(layer).ok_or(SHORT)? = prev + s.decoder_layer(layer - 1).0;
-    }
-    let mut cur_is_a = true; // the upstream gradient lives in ga (true) or gb
-    for layer in (0..=s.depth()).rev() {
-        let (no, ni) = s.decoder_layer(layer);
-        let (off, out_at) = (
-            *offs.get(layer).ok_or(SHORT)?,
-            *act.get(layer).ok_or(SHORT)?,
-        );
-        let w = p.get(off..off + no * ni).ok_or(SHORT)?;
-        let (front, ga, gb, back) = gradient_regions(work, &lay)?;
-        let gz = back.get_mut(..s.latent).ok_or(SHORT)?;
-        let (dy, dx_buf) = if cur_is_a { (ga, gb) } else { (gb, ga) };
-        let dy = dy.get_mut(..no).ok_or(SHORT)?;
-        if layer < s.depth() {
-            let y = front
-                .get(lay.dec + out_at..lay.dec + out_at + no)
-                .ok_or(SHORT)?;
-            s.activation.backward(y, dy);
-        }
-        let input = if layer == 0 {
-            front.get(lay.z..lay.z + s.latent)
+    let depth = s.depth();
+    // The output layer: its upstream gradient is in ga, its input gradient goes to gb.
+    let (no, ni) = s.decoder_layer(depth);
+    dense_backward(
+        p.out.w,
+        last_hidden(&work.dec, depth),
+        prefix_mut(work.ga, no),
+        g.out.as_mut().map(DenseMut::both),
+        Some(prefix_mut(work.gb, ni)),
+    );
+    // The hidden layers, last to first: layer `l > 0` reads layer `l - 1`'s output,
+    // layer 0 reads z. The upstream gradient alternates gb -> ga -> gb ...
+    let [p0, p_rest @ ..] = &p.dec;
+    let [g0, g_rest @ ..] = &mut g.dec;
+    let [y0, y_rest @ ..] = &work.dec;
+    let mut cur_is_a = false;
+    let layers = p_rest.iter().zip(g_rest.iter_mut());
+    let acts = work.dec.iter().zip(y_rest);
+    for ((layer, gl), (input, y)) in layers.zip(acts).take(depth.saturating_sub(1)).rev() {
+        let (dy, dx) = if cur_is_a {
+            (&mut *work.ga, &mut *work.gb)
         } else {
-            let in_at = *act.get(layer - 1).ok_or(SHORT)?;
-            front.get(lay.dec + in_at..lay.dec + in_at + ni)
+            (&mut *work.gb, &mut *work.ga)
         };
-        let input = input.ok_or(SHORT)?;
-        let pg = if train_decoder {
-            let g = gslot(grads, start, off, no * ni + no);
-            g.and_then(|g| g.split_at_mut_checked(no * ni))
-        } else {
-            None
-        };
-        let dx = dx_buf.get_mut(..ni).ok_or(SHORT)?;
-        dense_backward(w, input, dy, pg, Some(&mut *dx));
-        if layer == 0 {
-            // dL/dz from the decoder: accumulated into gz via dx_buf.
-            for (a, &b) in gz.iter_mut().zip(dx.iter()) {
-                *a += b;
-            }
-        }
+        hidden_backward(s.activation, layer, gl, input, y, dy, Some(dx));
         cur_is_a = !cur_is_a;
     }
-    Ok(loss / bf)
+    let (dy, dx) = if cur_is_a {
+        (&mut *work.ga, &mut *work.gb)
+    } else {
+        (&mut *work.gb, &mut *work.ga)
+    };
+    hidden_backward(s.activation, p0, g0, work.z, y0, dy, Some(&mut *dx));
+    // dL/dz from the decoder: layer 0's input gradient, added into gz.
+    for (a, &b) in work.gz.iter_mut().zip(dx.iter()) {
+        *a += b;
+    }
+    loss / bf
 }
 
-/// The gradient regions of the workspace: everything before `ga`, then `ga`, `gb` and
-/// everything from `gz` on.
-#[allow(clippy::type_complexity)]
-fn gradient_regions<'w, T>(
-    work: &'w mut [T],
-    lay: &WorkLayout,
-) -> Result<(&'w [T], &'w mut [T], &'w mut [T], &'w mut [T]), LossError> {
-    let (front, back) = work.split_at_mut_checked(lay.ga).ok_or(SHORT)?;
-    let (ga, back) = back.split_at_mut_checked(lay.gb - lay.ga).ok_or(SHORT)?;
-    let (gb, back) = back.split_at_mut_checked(lay.gz - lay.gb).ok_or(SHORT)?;
-    Ok((front, ga, gb, back))
+/// Backward through one hidden layer (parameters `layer`, gradient `g`, input `input`,
+/// output `y`): the upstream gradient in `dy` through the activation, the parameter
+/// gradients added, the input gradient written into `dx` when given.
+fn hidden_backward<T: Real>(
+    act: Activation,
+    layer: &Dense<'_, T>,
+    g: &mut Option<DenseMut<'_, T>>,
+    input: &[T],
+    y: &[T],
+    dy: &mut [T],
+    dx: Option<&mut [T]>,
+) {
+    let dy = prefix_mut(dy, y.len());
+    act.backward(y, dy);
+    let dx = dx.map(|dx| prefix_mut(dx, input.len()));
+    dense_backward(layer.w, input, dy, g.as_mut().map(DenseMut::both), dx);
 }
 
-/// Segmenter backward for one row: `da = dL/dlogits`, logits `a_c = kappa_s ĉ_c . z +
-/// ln pi_c`. Adds the segmenter gradients and `dL/dz` (into `gz`).
-/// Backward through the segmenter logits of one row: adds `dL/dparams` of the segmenter
-/// `seg` (at absolute offset `so` of the parameter vector, for a gradient over a scope
-/// starting at `start`) and, if asked, `dL/dz` into `gz`, given `dL/da` in `da`.
-#[allow(clippy::too_many_arguments)]
+/// Backward through the segmenter logits of one row, `a_c = kappa_s ĉ_c . z + ln pi_c`
+/// with segmenter parameters `seg`: given `dL/da` in `da`, adds `dL/dparams` into
+/// `gseg` (the segmenter's gradient, when trained) and, if asked, `dL/dz` into `gz`.
 fn segmenter_backward<T: Real>(
     seg: &[T],
-    so: usize,
     z: &[T],
     da: &[T],
     kappa_s: T,
-    grads: &mut [T],
-    start: usize,
+    gseg: Option<&mut [T]>,
     mut gz: Option<&mut [T]>,
-) -> Result<(), LossError> {
+) {
     let (m, k) = (z.len(), da.len());
-    let centres = seg.get(..k * m).ok_or(SHORT)?;
+    let centres = seg.split_at_checked(k * m).unwrap_or_default().0;
+    // The centres' gradient by centre, and the rest (`ln kappa_s`, log-weights).
+    let (mut gcs, mut tail) = (None, None);
+    if let Some(mut g) = gseg {
+        gcs = Some(rows_mut(carve(&mut g, k * m), m));
+        tail = Some(g);
+    }
     let mut dlogk = T::zero();
-    for (c, (ck, &dac)) in centres.chunks(m.max(1)).zip(da).enumerate() {
+    for (ck, &dac) in rows(centres, m).zip(da) {
         // The forward pass has checked every centre's norm.
         let inv = inv_norm(ck).unwrap_or(T::zero());
         let cos = dot(ck, z) * inv;
         dlogk += dac * kappa_s * cos;
         // d cos / d c = (z - ĉ cos) / ||c||; d cos / d z = ĉ.
-        if let Some(gc) = gslot(grads, start, so + c * m, m) {
+        if let Some(gc) = gcs.as_mut().and_then(Iterator::next) {
             for ((g, &zq), &cq) in gc.iter_mut().zip(z).zip(ck) {
                 *g += dac * kappa_s * (zq - cq * inv * cos) * inv;
             }
@@ -890,111 +839,73 @@ fn segmenter_backward<T: Real>(
             }
         }
     }
-    if let Some((g0, gw)) = gslot(grads, start, so + k * m, 1 + k).and_then(|g| g.split_first_mut())
-    {
+    if let Some((g0, gw)) = tail.and_then(|g| g.split_first_mut()) {
         *g0 += dlogk;
         for (g, &dac) in gw.iter_mut().zip(da) {
             *g += dac;
         }
     }
-    Ok(())
 }
 
 /// Encoder backward for one row, given `dL/dmu` in `work.gmu` and `dL/d(kappa
 /// pre-activation)` as `dpre`. Adds the encoder's gradients.
-fn encoder_backward<T: Real, S: AsRef<[T]>>(
-    model: &Model<T, S>,
+fn encoder_backward<T: Real>(
+    s: &Shape,
+    p: &Params<'_, T>,
     enc: &crate::infer::model::EncoderOut<T>,
     dpre: T,
-    work: &mut [T],
-    grads: &mut [T],
-    start: usize,
-) -> Result<(), LossError> {
-    let s = *model.shape();
-    let lay = WorkLayout::of(&s);
-    let m = s.latent;
-    let p = model.params();
-    let (front, ga, gb, back) = gradient_regions(work, &lay)?;
-    let gmu = back
-        .get(lay.gmu - lay.gz..lay.gmu - lay.gz + m)
-        .ok_or(SHORT)?;
-    let mu = front.get(lay.mu..lay.mu + m).ok_or(SHORT)?;
+    work: &mut Work<'_, T>,
+    g: &mut Grads<'_, T>,
+) {
+    let (m, depth) = (s.latent, s.depth());
     // mu = m / ||m||: dL/dm = (g - mu (mu . g)) / ||m||, into ga.
-    let proj = dot(mu, gmu);
-    for ((g, &gq), &mq) in ga.iter_mut().zip(gmu).zip(mu) {
-        *g = (gq - mq * proj) / enc.norm;
+    let proj = dot(work.mu, work.gmu);
+    for ((gq, &gm), &mq) in work.ga.iter_mut().zip(&*work.gmu).zip(&*work.mu) {
+        *gq = (gm - mq * proj) / enc.norm;
     }
-    // Layer offsets and activation offsets.
-    let mut offs = [0usize; crate::shape::MAX_HIDDEN];
-    let mut act = [0usize; crate::shape::MAX_HIDDEN + 1];
-    let mut off = s.encoder_offset();
-    for layer in 0..s.depth() {
-        let (o, i) = s.encoder_layer(layer);
-        *offs.get_mut(layer).ok_or(SHORT)? = off;
-        off += o * i + o;
-        let prev = *act.get(layer).ok_or(SHORT)?;
-        *act.get_mut(layer + 1).ok_or(SHORT)? = prev + o;
-    }
-    let hl = s.last_hidden();
-    let last = *act.get(s.depth()).ok_or(SHORT)?;
-    let h = front
-        .get(lay.enc + last - hl..lay.enc + last)
-        .ok_or(SHORT)?;
+    let h = last_hidden(&work.enc, depth);
     // Direction head: y = Wmu h + bmu; dL/dh into gb.
-    let wmu = p.get(off..off + m * hl).ok_or(SHORT)?;
-    let pg = gslot(grads, start, off, m * hl + m).and_then(|g| g.split_at_mut_checked(m * hl));
-    let (ga_m, gb_h) = (ga.get(..m).ok_or(SHORT)?, gb.get_mut(..hl).ok_or(SHORT)?);
-    dense_backward(wmu, h, ga_m, pg, Some(gb_h));
-    off += m * hl + m;
+    dense_backward(
+        p.mu.w,
+        h,
+        prefix_mut(work.ga, m),
+        g.mu.as_mut().map(DenseMut::both),
+        Some(prefix_mut(work.gb, h.len())),
+    );
     // Concentration head: pre = wk . h + bk.
-    let wk = p.get(off..off + hl).ok_or(SHORT)?;
-    if let Some((g, gbias)) =
-        gslot(grads, start, off, hl + 1).and_then(|g| g.split_at_mut_checked(hl))
-    {
-        for (gq, &hq) in g.iter_mut().zip(h) {
+    if let Some(gk) = g.kappa.as_mut() {
+        for (gq, &hq) in gk.w.iter_mut().zip(h) {
             *gq += dpre * hq;
         }
-        if let Some(gb0) = gbias.first_mut() {
+        if let Some(gb0) = gk.b.first_mut() {
             *gb0 += dpre;
         }
     }
-    for (g, &wq) in gb.iter_mut().zip(wk) {
-        *g += dpre * wq;
+    for (gq, &wq) in work.gb.iter_mut().zip(p.kappa_w) {
+        *gq += dpre * wq;
     }
-    // Hidden layers, last to first; the upstream gradient alternates gb -> ga -> gb ...
+    // Hidden layers, last to first (layer `l > 0` reads layer `l - 1`'s output, layer 0
+    // the normalised input); the upstream gradient alternates gb -> ga -> gb ...
+    let [p0, p_rest @ ..] = &p.enc;
+    let [g0, g_rest @ ..] = &mut g.enc;
+    let [y0, y_rest @ ..] = &work.enc;
     let mut cur_is_b = true;
-    for layer in (0..s.depth()).rev() {
-        let (o, i) = s.encoder_layer(layer);
-        let (off, out_at) = (
-            *offs.get(layer).ok_or(SHORT)?,
-            *act.get(layer).ok_or(SHORT)?,
-        );
-        let w = p.get(off..off + o * i).ok_or(SHORT)?;
-        let (dy, dx_buf) = if cur_is_b {
-            (&mut *gb, &mut *ga)
+    let layers = p_rest.iter().zip(g_rest.iter_mut());
+    let acts = work.enc.iter().zip(y_rest);
+    for ((layer, gl), (input, y)) in layers.zip(acts).take(depth.saturating_sub(1)).rev() {
+        let (dy, dx) = if cur_is_b {
+            (&mut *work.gb, &mut *work.ga)
         } else {
-            (&mut *ga, &mut *gb)
+            (&mut *work.ga, &mut *work.gb)
         };
-        let dy = dy.get_mut(..o).ok_or(SHORT)?;
-        let y = front
-            .get(lay.enc + out_at..lay.enc + out_at + o)
-            .ok_or(SHORT)?;
-        s.activation.backward(y, dy);
-        let input = if layer == 0 {
-            front.get(lay.xn..lay.xn + s.input)
-        } else {
-            let in_at = *act.get(layer - 1).ok_or(SHORT)?;
-            front.get(lay.enc + in_at..lay.enc + out_at)
-        };
-        let input = input.ok_or(SHORT)?;
-        let pg = gslot(grads, start, off, o * i + o).and_then(|g| g.split_at_mut_checked(o * i));
-        let dx = if layer == 0 {
-            None
-        } else {
-            Some(dx_buf.get_mut(..i).ok_or(SHORT)?)
-        };
-        dense_backward(w, input, dy, pg, dx);
+        hidden_backward(s.activation, layer, gl, input, y, dy, Some(dx));
         cur_is_b = !cur_is_b;
     }
-    Ok(())
+    let dy = if cur_is_b {
+        &mut *work.gb
+    } else {
+        &mut *work.ga
+    };
+    // The first layer needs no input gradient.
+    hidden_backward(s.activation, p0, g0, work.xn, y0, dy, None);
 }

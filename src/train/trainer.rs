@@ -23,13 +23,14 @@
 //! k-means run. Nothing depends on the data's values except the posterior sampler's
 //! capped rejection loop.
 
-use crate::infer::model::{InferError, Model, WorkLayout};
+use crate::infer::model::{copy_over, InferError, Model};
+use crate::infer::views::{carve, prefix, prefix_mut};
 use crate::shape::{Scope, Shape};
 use crate::train::kmeans::{
     scratch_len as kmeans_scratch_len, spherical_kmeans, KMeansError, MAX_CLUSTERS,
 };
 use crate::train::loss::{
-    copy_over, loss_and_grad, Batch, LossBuffers, LossConfig, LossError, LossParts, RandomDraws,
+    loss_and_grad, Batch, LossBuffers, LossConfig, LossError, LossParts, RandomDraws,
 };
 use crate::train::optim::{state_len, OptimConfig, OptimError, OptimKind, OptimState};
 use crate::Real;
@@ -237,8 +238,9 @@ struct Scratch<'a, T> {
     kmeans: &'a mut [T],
 }
 
-impl<'a, T> Scratch<'a, T> {
-    /// The views of `storage`; `None` unless it is [`TrainConfig::storage_len`] long.
+impl<'a, T: Real> Scratch<'a, T> {
+    /// The views of `storage`; `None` unless it is [`TrainConfig::storage_len`] long
+    /// (for a trainer made for another shape than the model's).
     fn split(
         storage: &'a mut [T],
         shape: &Shape,
@@ -246,21 +248,21 @@ impl<'a, T> Scratch<'a, T> {
         batch: usize,
         cap: usize,
     ) -> Option<Self> {
-        let (m, k) = (shape.latent, shape.clusters);
-        let loss_len = LossBuffers::<T>::storage_len(shape, scope, 2 * batch);
-        let (loss, rest) = storage.split_at_mut_checked(loss_len)?;
-        let (rows, rest) = rest.split_at_mut_checked(2 * batch * shape.input)?;
-        let (mus, rest) = rest.split_at_mut_checked(cap * m)?;
-        let (centres, kmeans) = rest.split_at_mut_checked(k * m)?;
-        if kmeans.len() != kmeans_scratch_len(k, m) {
+        if storage.len() != TrainConfig::<T>::storage_len(shape, scope, batch, cap) {
             return None;
         }
+        let (m, k) = (shape.latent, shape.clusters);
+        let mut rest = storage;
+        let loss = carve(
+            &mut rest,
+            LossBuffers::<T>::storage_len(shape, scope, 2 * batch),
+        );
         Some(Scratch {
             loss: LossBuffers::new(shape, scope, 2 * batch, loss)?,
-            rows,
-            mus,
-            centres,
-            kmeans,
+            rows: carve(&mut rest, 2 * batch * shape.input),
+            mus: carve(&mut rest, cap * m),
+            centres: carve(&mut rest, k * m),
+            kmeans: rest,
         })
     }
 }
@@ -276,7 +278,7 @@ pub enum TrainError {
     /// Configuration out of range (batch size, neighbours, input clip, sizes vs the
     /// model).
     BadConfig,
-    /// Scratch or optimiser storage has the wrong length.
+    /// Scratch or optimiser storage has the wrong length (for the model's shape).
     Storage,
     /// The loss or its gradient failed.
     Loss(LossError),
@@ -396,9 +398,8 @@ where
             return Err(TrainError::BadConfig);
         }
         cfg.optim.validate()?;
-        if scratch.as_ref().len() != TrainConfig::<T>::storage_len(shape, cfg.scope, cfg.batch, CAP)
-            || optim_state.as_ref().len()
-                != TrainConfig::<T>::optim_len(shape, cfg.scope, cfg.optim.optimiser.kind())
+        if optim_state.as_ref().len()
+            != TrainConfig::<T>::optim_len(shape, cfg.scope, cfg.optim.optimiser.kind())
         {
             return Err(TrainError::Storage);
         }
@@ -500,7 +501,8 @@ where
     /// The moving-average cluster marginal `p_bar`.
     pub fn marginal(&self, shape: &Shape) -> &[T] {
         let n = shape.scope_range(self.cfg.scope).len();
-        &self.scratch.as_ref()[n..n + shape.clusters]
+        let marginal = self.scratch.as_ref().get(n..n + shape.clusters);
+        marginal.unwrap_or_default()
     }
 
     /// One training step on a mini-batch drawn from the buffer (see the module docs).
@@ -554,30 +556,32 @@ where
         // Anchors, and their partners in rows b..2b.
         let mut pairs = [(0u16, 0u16); MAX_BATCH];
         let samples = self.samples.as_slice();
-        let (anchors, partners) = rows.split_at_mut_checked(b * D).ok_or(STORAGE)?;
-        let (anchors, partners) = (
-            anchors.as_chunks_mut::<D>().0,
-            partners.as_chunks_mut::<D>().0,
-        );
-        for (i, (anchor, partner)) in anchors.iter_mut().zip(partners).enumerate() {
+        let rows_d = rows.as_chunks_mut::<D>().0;
+        let (anchors, partners) = rows_d.split_at_mut_checked(b).unwrap_or_default();
+        let slots = anchors.iter_mut().zip(partners).zip(pairs.iter_mut());
+        for (i, ((anchor, partner), pair)) in slots.enumerate() {
+            // Buffered samples, at least 2 (`uniform_index` is below their count).
             let a = uniform_index(rng, n_buf);
-            let sample = samples.get(a).ok_or(STORAGE)?;
-            anchor.copy_from_slice(sample);
+            let Some(sample) = samples.get(a) else {
+                return Err(TrainError::NotEnoughSamples);
+            };
+            *anchor = *sample;
             if warm {
                 continue;
             }
-            *pairs.get_mut(i).ok_or(STORAGE)? = (i as u16, (b + i) as u16);
+            *pair = (i as u16, (b + i) as u16);
             match self.cfg.consistency {
                 Consistency::Neighbours(nn) => {
+                    // The anchor itself if it has no neighbour (as `nearest_neighbour`).
                     let j = nearest_neighbour(samples, a, nn, rng);
-                    partner.copy_from_slice(samples.get(j).ok_or(STORAGE)?);
+                    *partner = *samples.get(j).unwrap_or(sample);
                 }
                 Consistency::Noise(sigma) => {
                     for (p, &x) in partner.iter_mut().zip(sample.iter()) {
                         *p = x + sigma * crate::dist::rng::standard_normal(rng);
                     }
                 }
-                Consistency::None => partner.copy_from_slice(sample),
+                Consistency::None => *partner = *sample,
             }
         }
         let (n_rows, n_pairs) = match (warm, self.cfg.consistency) {
@@ -585,7 +589,7 @@ where
             (false, Consistency::None) => (b, 0),
             (false, _) => (2 * b, b),
         };
-        let rows = rows.get_mut(..n_rows * D).ok_or(STORAGE)?;
+        let rows = prefix_mut(rows, n_rows * D);
         if self.cfg.input_clip.is_finite() {
             for row in rows.as_chunks_mut::<D>().0 {
                 clip_row(model, row, self.cfg.input_clip);
@@ -598,18 +602,19 @@ where
         let batch = Batch {
             inputs: rows,
             labels: &[],
-            pairs: pairs.get(..n_pairs).ok_or(STORAGE)?,
+            pairs: prefix(&pairs, n_pairs),
         };
         // The pass replaces the marginal; the old one is put back unless the update is
         // made after the warm-up.
         let mut p_old = [T::zero(); MAX_CLUSTERS];
-        let p_old = p_old.get_mut(..k).ok_or(STORAGE)?;
+        let p_old = prefix_mut(&mut p_old, k);
         copy_over(p_old, loss.marginal());
         let parts = loss_and_grad(model, &batch, &loss_cfg, &mut RandomDraws(rng), &mut loss)?;
         // Divergence guard, before anything is changed.
         let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
         let update = self.guard.check(&self.cfg.guard, monitored).and_then(|()| {
-            let params = model.params_mut().get_mut(range).ok_or(STORAGE)?;
+            // In range: the pass checked that the model has the scope's parameters.
+            let params = model.params_mut().get_mut(range).unwrap_or_default();
             Ok(self.optim.step(&self.cfg.optim, params, loss.grads())?)
         });
         if warm || update.is_err() {
@@ -682,43 +687,44 @@ where
         )
         .ok_or(STORAGE)?;
         let work = loss.work_mut();
-        let lay = WorkLayout::of(&shape);
-        for (i, x) in self.samples.as_slice().iter().enumerate() {
+        let p = model.views();
+        for (x, mu) in self
+            .samples
+            .as_slice()
+            .iter()
+            .zip(mus.chunks_exact_mut(m.max(1)))
+        {
             let mut row = *x;
             if self.cfg.input_clip.is_finite() {
                 clip_row(model, &mut row, self.cfg.input_clip);
             }
-            model.encode_into(&row, work)?;
-            let mu = work.get(lay.mu..lay.mu + m).ok_or(STORAGE)?;
-            mus.get_mut(i * m..(i + 1) * m)
-                .ok_or(STORAGE)?
-                .copy_from_slice(mu);
+            model.encode_into(&p, &row, work)?;
+            copy_over(mu, work.mu);
         }
         spherical_kmeans(
-            mus.get(..n_buf * m).ok_or(STORAGE)?,
+            prefix(mus, n_buf * m),
             m,
             k,
             self.cfg.kmeans_iters,
             rng,
             centres,
             km,
-            self.labels.get_mut(..n_buf).ok_or(STORAGE)?,
+            prefix_mut(&mut self.labels, n_buf),
         )?;
-        let so = shape.segmenter_offset();
-        let p = model.params_mut();
-        let seg = p.get_mut(so..so + k * m + 1 + k).ok_or(STORAGE)?;
-        let (c, rest) = seg.split_at_mut_checked(k * m).ok_or(STORAGE)?;
-        c.copy_from_slice(centres);
-        rest.get_mut(1..).ok_or(STORAGE)?.fill(T::zero());
+        // The segmenter: centres, `ln kappa_s` (kept), log-weights.
+        let mut rest = model.params_mut();
+        carve(&mut rest, shape.segmenter_offset());
+        copy_over(carve(&mut rest, k * m), centres);
+        carve(&mut rest, 1);
+        carve(&mut rest, k).fill(T::zero());
         self.optim.reset::<T>();
         self.centres_ready = true;
         Ok(())
     }
 }
 
-/// The error of a slice out of range in the trainer's storage. The lengths were checked
-/// against a validated shape and configuration, so it does not happen; checked slicing
-/// returns it instead of linking a panic into the firmware.
+/// The trainer's scratch does not split for the model's shape: the model is not the
+/// one the trainer was made for.
 const STORAGE: TrainError = TrainError::Storage;
 
 /// Clamps `row` (raw units) so that each feature, normalised by the model's input
