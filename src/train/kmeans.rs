@@ -242,17 +242,22 @@ pub fn spherical_kmeans<T: Real, R: Rng + ?Sized>(
     for (row, x) in points.chunks_exact(dim).enumerate() {
         check_row(x, row)?;
     }
-    let acc = scratch.get_mut(..scratch_len(k, dim)).ok_or(SHORT)?;
+    // The running sums (`k x dim`) and counts (`k`), split once.
+    let (sums, rest) = scratch.split_at_mut_checked(k * dim).unwrap_or_default();
+    let mut acc = Acc {
+        sums,
+        counts: rest.get_mut(..k).unwrap_or_default(),
+    };
 
-    seed(points, dim, k, rng, centres, labels)?;
-    let (_, mut total) = assign(points, dim, centres, labels, acc)?;
+    seed(points, dim, k, rng, centres, labels);
+    let (_, mut total) = assign(points, dim, centres, labels, &mut acc);
     let mut iterations = 0;
     let mut converged = false;
     let mut reseeds = 0;
     while iterations < max_iter {
-        reseeds += update(points, dim, k, centres, labels, acc)?;
+        reseeds += update(points, dim, k, centres, labels, &mut acc);
         iterations += 1;
-        let (changed, t) = assign(points, dim, centres, labels, acc)?;
+        let (changed, t) = assign(points, dim, centres, labels, &mut acc);
         total = t;
         if !changed {
             converged = true;
@@ -306,18 +311,18 @@ fn seed<T: Real, R: Rng + ?Sized>(
     rng: &mut R,
     centres: &mut [T],
     labels: &mut [u8],
-) -> Result<(), KMeansError> {
+) {
     let n = labels.len();
     let zero = T::zero();
     let one = T::one();
     let trials = local_trials(k).min(MAX_TRIALS);
     let first = uniform_index(rng, n);
-    set_direction(centre_mut(centres, dim, 0)?, row(points, dim, first)?);
+    set_direction(centre_mut(centres, dim, 0), row(points, dim, first));
     labels.fill(0);
     // Weight of a point: 1 - cos to its nearest chosen centre (unit), clamped at 0.
-    let weight = |x: &[T], centres: &[T], l: u8| -> Result<T, KMeansError> {
-        let c = row(centres, dim, usize::from(l))?;
-        Ok(dissimilarity(x, c, norm(x), one))
+    let weight = |x: &[T], centres: &[T], l: u8| {
+        let c = row(centres, dim, usize::from(l));
+        dissimilarity(x, c, norm(x), one)
     };
     for j in 1..k {
         let newest = j - 1;
@@ -325,18 +330,18 @@ fn seed<T: Real, R: Rng + ?Sized>(
         let mut total = zero;
         for (x, l) in points.chunks_exact(dim).zip(labels.iter_mut()) {
             if newest > 0 {
-                let d_cur = dot(x, row(centres, dim, usize::from(*l))?);
-                let d_new = dot(x, row(centres, dim, newest)?);
+                let d_cur = dot(x, row(centres, dim, usize::from(*l)));
+                let d_new = dot(x, row(centres, dim, newest));
                 if d_new > d_cur {
                     *l = newest as u8;
                 }
             }
-            total += weight(x, centres, *l)?;
+            total += weight(x, centres, *l);
         }
         if total <= zero {
             // Every point sits on a chosen centre: any point will do.
             let pick = uniform_index(rng, n);
-            set_direction(centre_mut(centres, dim, j)?, row(points, dim, pick)?);
+            set_direction(centre_mut(centres, dim, j), row(points, dim, pick));
             continue;
         }
         // Pass B: draw `trials` candidates with probability weight / total, in one scan
@@ -359,7 +364,7 @@ fn seed<T: Real, R: Rng + ?Sized>(
         let mut cum = zero;
         let mut last_positive = 0;
         for (i, (x, l)) in points.chunks_exact(dim).zip(labels.iter()).enumerate() {
-            let w = weight(x, centres, *l)?;
+            let w = weight(x, centres, *l);
             if w > zero {
                 last_positive = i;
                 cum += w;
@@ -392,50 +397,54 @@ fn seed<T: Real, R: Rng + ?Sized>(
                 cands += 1;
             }
         }
-        let picks = picks.get(..cands).ok_or(SHORT)?;
+        let picks = picks.get(..cands).unwrap_or_default();
         // Pass C: keep the candidate that leaves the smallest total weight.
         let pick = if let [only] = picks {
             *only
         } else {
             let mut cand_norm = [one; MAX_TRIALS];
             for (c, &p) in cand_norm.iter_mut().zip(picks) {
-                *c = norm(row(points, dim, p)?);
+                *c = norm(row(points, dim, p));
             }
             let mut potential = [zero; MAX_TRIALS];
             for (x, l) in points.chunks_exact(dim).zip(labels.iter()) {
                 let nx = norm(x);
-                let d = dissimilarity(x, row(centres, dim, usize::from(*l))?, nx, one);
+                let d = dissimilarity(x, row(centres, dim, usize::from(*l)), nx, one);
                 for ((pot, &p), &nc) in potential.iter_mut().zip(picks).zip(&cand_norm) {
-                    let dc = dissimilarity(x, row(points, dim, p)?, nx, nc);
+                    let dc = dissimilarity(x, row(points, dim, p), nx, nc);
                     *pot += if dc < d { dc } else { d };
                 }
             }
-            let (mut best, mut best_pot) = (0, potential[0]);
-            for (t, &pot) in potential.iter().enumerate().take(cands).skip(1) {
-                if pot < best_pot {
-                    (best, best_pot) = (t, pot);
+            // The first candidate, then any with a strictly smaller potential.
+            let mut best = (picks.first().copied().unwrap_or(0), potential[0]);
+            for (&pot, &p) in potential.iter().zip(picks).skip(1) {
+                if pot < best.1 {
+                    best = (p, pot);
                 }
             }
-            *picks.get(best).ok_or(SHORT)?
+            best.0
         };
-        set_direction(centre_mut(centres, dim, j)?, row(points, dim, pick)?);
+        set_direction(centre_mut(centres, dim, j), row(points, dim, pick));
     }
-    Ok(())
 }
 
-/// The error of a slice out of range here: the lengths were checked on entry, so it
-/// does not happen; checked slicing returns it instead of linking a panic into the
-/// firmware.
-const SHORT: KMeansError = KMeansError::LengthMismatch;
-
-/// Row `i` of `rows` (rows of `dim` values).
-fn row<T>(rows: &[T], dim: usize, i: usize) -> Result<&[T], KMeansError> {
-    rows.get(i * dim..(i + 1) * dim).ok_or(SHORT)
+/// The running sums of [`spherical_kmeans`]'s scratch: per cluster, the sum of its
+/// points' directions (`k x dim`) and its count (`k`).
+struct Acc<'a, T> {
+    sums: &'a mut [T],
+    counts: &'a mut [T],
 }
 
-/// Centre `i` of `centres`, to write.
-fn centre_mut<T>(centres: &mut [T], dim: usize, i: usize) -> Result<&mut [T], KMeansError> {
-    centres.get_mut(i * dim..(i + 1) * dim).ok_or(SHORT)
+/// Row `i` of `rows` (rows of `dim` values). The row indices here are point indices
+/// below `n` and labels below `k`, and the lengths were checked on entry, so it is
+/// never past the end (it would be empty).
+fn row<T>(rows: &[T], dim: usize, i: usize) -> &[T] {
+    rows.get(i * dim..(i + 1) * dim).unwrap_or_default()
+}
+
+/// Centre `i` of `centres`, to write (as [`row`]).
+fn centre_mut<T>(centres: &mut [T], dim: usize, i: usize) -> &mut [T] {
+    centres.get_mut(i * dim..(i + 1) * dim).unwrap_or_default()
 }
 
 /// Assignment step: each label moves to the centre of largest cosine unless its current
@@ -446,11 +455,11 @@ fn assign<T: Real>(
     dim: usize,
     centres: &[T],
     labels: &mut [u8],
-    acc: &mut [T],
-) -> Result<(bool, T), KMeansError> {
-    let k = centres.len().checked_div(dim).ok_or(SHORT)?;
-    acc.fill(T::zero());
-    let (sums, counts) = acc.split_at_mut_checked(k * dim).ok_or(SHORT)?;
+    acc: &mut Acc<'_, T>,
+) -> (bool, T) {
+    acc.sums.fill(T::zero());
+    acc.counts.fill(T::zero());
+    let Acc { sums, counts } = acc;
     let mut changed = false;
     let mut total = T::zero();
     for (x, l) in points.chunks_exact(dim).zip(labels.iter_mut()) {
@@ -475,12 +484,14 @@ fn assign<T: Real>(
         }
         let nx = norm(x);
         total += best / nx;
-        for (s, x) in centre_mut(sums, dim, j)?.iter_mut().zip(x) {
+        for (s, x) in centre_mut(sums, dim, j).iter_mut().zip(x) {
             *s += *x / nx;
         }
-        *counts.get_mut(j).ok_or(SHORT)? += T::one();
+        if let Some(c) = counts.get_mut(j) {
+            *c += T::one();
+        }
     }
-    Ok((changed, total))
+    (changed, total)
 }
 
 /// Update step: centres from the sums in `acc`, then re-seeding of empty clusters.
@@ -491,11 +502,11 @@ fn update<T: Real>(
     k: usize,
     centres: &mut [T],
     labels: &mut [u8],
-    acc: &mut [T],
-) -> Result<usize, KMeansError> {
+    acc: &mut Acc<'_, T>,
+) -> usize {
     let zero = T::zero();
     let one = T::one();
-    let (sums, counts) = acc.split_at_mut_checked(k * dim).ok_or(SHORT)?;
+    let Acc { sums, counts } = acc;
     for ((c, s), count) in centres
         .chunks_exact_mut(dim)
         .zip(sums.chunks_exact(dim))
@@ -512,9 +523,10 @@ fn update<T: Real>(
         }
     }
     let mut reseeds = 0;
-    let count = |counts: &[T], l: usize| counts.get(l).copied().ok_or(SHORT);
+    // Labels are below `k`, the counts' length.
+    let count = |counts: &[T], l: usize| counts.get(l).copied().unwrap_or(zero);
     for e in 0..k {
-        if count(counts, e)? > zero {
+        if count(counts, e) > zero {
             continue;
         }
         // The point farthest from its own centre, among clusters that keep a point.
@@ -522,22 +534,25 @@ fn update<T: Real>(
         let mut worst_cos = T::MAX;
         for (i, (x, l)) in points.chunks_exact(dim).zip(labels.iter()).enumerate() {
             let l = usize::from(*l);
-            if count(counts, l)? > one {
-                let cos = dot(x, row(centres, dim, l)?) / norm(x);
+            if count(counts, l) > one {
+                let cos = dot(x, row(centres, dim, l)) / norm(x);
                 if worst.is_none() || cos < worst_cos {
                     worst = Some(i);
                     worst_cos = cos;
                 }
             }
         }
-        if let Some(i) = worst {
-            set_direction(centre_mut(centres, dim, e)?, row(points, dim, i)?);
-            let label = labels.get_mut(i).ok_or(SHORT)?;
-            *counts.get_mut(usize::from(*label)).ok_or(SHORT)? -= one;
-            *counts.get_mut(e).ok_or(SHORT)? = one;
+        if let Some((i, label)) = worst.and_then(|i| Some((i, labels.get_mut(i)?))) {
+            set_direction(centre_mut(centres, dim, e), row(points, dim, i));
+            if let Some(c) = counts.get_mut(usize::from(*label)) {
+                *c -= one;
+            }
+            if let Some(c) = counts.get_mut(e) {
+                *c = one;
+            }
             *label = e as u8;
             reseeds += 1;
         }
     }
-    Ok(reseeds)
+    reseeds
 }
