@@ -295,13 +295,13 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     pub fn encode<'w>(&self, x: &[T], work: &'w mut [T]) -> Result<Encoding<'w, T>, InferError> {
         self.check_input(x)?;
         let mut w = self.work(work)?;
-        let kappa = self.encode_into(&self.views(), x, &mut w)?.kappa;
+        let kappa = self.encode_into(&self.inference_views(), x, &mut w)?.kappa;
         Ok(Encoding { mu: w.mu, kappa })
     }
 
     /// Encodes `x` and applies the segmenter to its mean direction.
     pub fn segment<'w>(&self, x: &[T], work: &'w mut [T]) -> Result<Segment<'w, T>, InferError> {
-        let p = self.views();
+        let p = self.inference_views();
         self.segment_views(&p, p.seg, x, work)
     }
 
@@ -328,7 +328,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         x: &[T],
         work: &'w mut [T],
     ) -> Result<Segment<'w, T>, InferError> {
-        self.segment_views(&self.views(), seg, x, work)
+        self.segment_views(&self.inference_views(), seg, x, work)
     }
 
     /// [`Model::segment_with`] on the model's parameters `p`.
@@ -443,19 +443,21 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         if d == 0 || !xs.len().is_multiple_of(d) {
             return Err(InferError::InputLength);
         }
-        let (mut w0, rest) = self
-            .shape
-            .work_and_rest(work)
+        let wl = self.at.work.end;
+        let (w0, rest) = work
+            .split_at_mut_checked(wl)
             .ok_or(InferError::BufferLength)?;
-        let p = self.views();
+        let mut w0 = self.shape.inference_work(w0);
+        let p = self.inference_views();
         let mut rows = xs.chunks_exact(d).enumerate();
-        let Some(mut w1) = self.shape.work(rest) else {
+        let Some(w1) = rest.get_mut(..wl) else {
             for (i, x) in rows {
                 let r = self.encode_into(&p, x, &mut w0);
                 f((i, r, &mut w0), None);
             }
             return Ok(());
         };
+        let mut w1 = self.shape.inference_work(w1);
         while let Some((i, x0)) = rows.next() {
             match rows.next() {
                 Some((j, x1)) => {
@@ -527,7 +529,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             return Err(InferError::NoDecoder);
         }
         self.check_input(x)?;
-        let mut w = self.work(work)?;
+        let mut w = self.shape.work(work).ok_or(InferError::BufferLength)?;
         let p = self.views();
         self.encode_into(&p, x, &mut w)?;
         copy_over(w.z, w.mu);
@@ -552,10 +554,18 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         self.shape.params(self.params.as_ref())
     }
 
-    /// The regions of a caller's workspace; [`InferError::BufferLength`] when it is
-    /// shorter than [`Shape::work_len`].
+    /// [`Model::views`] without the decoder.
+    fn inference_views(&self) -> Params<'_, T> {
+        self.shape.inference_params(self.params.as_ref())
+    }
+
+    /// The inference regions of a caller's workspace; [`InferError::BufferLength`]
+    /// when it is shorter than [`Shape::work_len`].
     fn work<'w>(&self, work: &'w mut [T]) -> Result<Work<'w, T>, InferError> {
-        self.shape.work(work).ok_or(InferError::BufferLength)
+        if work.len() < self.at.work.end {
+            return Err(InferError::BufferLength);
+        }
+        Ok(self.shape.inference_work(work))
     }
 
     /// `x` has `D` values.

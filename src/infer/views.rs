@@ -100,6 +100,17 @@ impl Shape {
     /// The tensors of `params`, a parameter vector of this (valid) shape:
     /// [`Shape::param_len`] values, or [`Shape::inference_param_len`] (no decoder).
     pub(crate) fn params<'a, T: Real>(&self, params: &'a [T]) -> Params<'a, T> {
+        self.params_of(params, true)
+    }
+
+    /// [`Shape::params`] without the decoder (left empty): what inference reads, for
+    /// less work per call.
+    pub(crate) fn inference_params<'a, T: Real>(&self, params: &'a [T]) -> Params<'a, T> {
+        self.params_of(params, false)
+    }
+
+    #[inline(always)]
+    fn params_of<'a, T: Real>(&self, params: &'a [T], decoder: bool) -> Params<'a, T> {
         let d = self.input;
         let mut rest = params;
         let offset = carve_ref(&mut rest, d);
@@ -115,10 +126,13 @@ impl Shape {
         let seg = carve_ref(&mut rest, self.segmenter_len());
         let log_kappa_s = first(seg.get(self.clusters * m..).unwrap_or_default());
         let mut dec = [Dense::default(); MAX_HIDDEN];
-        for (l, e) in dec.iter_mut().enumerate().take(self.depth()) {
-            *e = Dense::carve(&mut rest, self.decoder_layer(l));
+        let mut out = Dense::default();
+        if decoder {
+            for (l, e) in dec.iter_mut().enumerate().take(self.depth()) {
+                *e = Dense::carve(&mut rest, self.decoder_layer(l));
+            }
+            out = Dense::carve(&mut rest, self.decoder_layer(self.depth()));
         }
-        let out = Dense::carve(&mut rest, self.decoder_layer(self.depth()));
         Params {
             offset,
             scale,
@@ -136,19 +150,22 @@ impl Shape {
     /// The regions of `work` ([`WorkLayout`](crate::infer::model::WorkLayout)); `None` when it is shorter than
     /// [`Shape::work_len`] (the rest of a longer one is left out).
     pub(crate) fn work<'a, T>(&self, work: &'a mut [T]) -> Option<Work<'a, T>> {
-        self.work_and_rest(work).map(|(w, _)| w)
-    }
-
-    /// [`Shape::work`] and what is left of `work` after it.
-    pub(crate) fn work_and_rest<'a, T>(
-        &self,
-        work: &'a mut [T],
-    ) -> Option<(Work<'a, T>, &'a mut [T])> {
         if work.len() < self.work_len() {
             return None;
         }
+        Some(self.regions(work, true))
+    }
+
+    /// The regions inference uses (`xn`, `enc`, `mu`, `z`, `logp`, `p`; the others
+    /// left empty) of `work`, which is at least [`Shape::work_len`] long: for less
+    /// work per call.
+    pub(crate) fn inference_work<'a, T>(&self, work: &'a mut [T]) -> Work<'a, T> {
+        self.regions(work, false)
+    }
+
+    #[inline(always)]
+    fn regions<'a, T>(&self, work: &'a mut [T], backward: bool) -> Work<'a, T> {
         let (d, m, k) = (self.input, self.latent, self.clusters);
-        let w = self.max_width();
         let mut rest = work;
         let xn = carve(&mut rest, d);
         let mut enc: [&mut [T]; MAX_HIDDEN] = Default::default();
@@ -159,25 +176,32 @@ impl Shape {
         let z = carve(&mut rest, m);
         let logp = carve(&mut rest, k);
         let p = carve(&mut rest, k);
-        let mut dec: [&mut [T]; MAX_HIDDEN] = Default::default();
-        for (l, e) in dec.iter_mut().enumerate().take(self.depth()) {
-            *e = carve(&mut rest, self.decoder_layer(l).0);
-        }
-        let work = Work {
+        let mut work = Work {
             xn,
             enc,
             mu,
             z,
             logp,
             p,
-            dec,
-            xhat: carve(&mut rest, d),
-            ga: carve(&mut rest, w),
-            gb: carve(&mut rest, w),
-            gz: carve(&mut rest, m),
-            gmu: carve(&mut rest, m),
+            dec: Default::default(),
+            xhat: Default::default(),
+            ga: Default::default(),
+            gb: Default::default(),
+            gz: Default::default(),
+            gmu: Default::default(),
         };
-        Some((work, rest))
+        if backward {
+            for (l, e) in work.dec.iter_mut().enumerate().take(self.depth()) {
+                *e = carve(&mut rest, self.decoder_layer(l).0);
+            }
+            let w = self.max_width();
+            work.xhat = carve(&mut rest, d);
+            work.ga = carve(&mut rest, w);
+            work.gb = carve(&mut rest, w);
+            work.gz = carve(&mut rest, m);
+            work.gmu = carve(&mut rest, m);
+        }
+        work
     }
 
     /// The tensors of a gradient over `scope` ([`Shape::scope_range`] long): those
