@@ -342,3 +342,61 @@ fn the_normalisation_scope_tracks_the_stream_and_nothing_else_moves() {
     e.handle(&request(TrainScope::SegmenterOnly, &xs));
     assert_eq!(&e.model().params()[..2 * D], &before[..2 * D]);
 }
+
+/// Online k-means on the engine: each sample, segmented by the model as it stands, moves
+/// the centre of its label by the core's rule; nothing but the centres moves; the
+/// gradient scopes refuse it.
+#[test]
+fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
+    use hvae::train::centres::CentreCounts;
+    let m = model(1);
+    let mut reference = model(1);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+    let xs: Vec<f32> = (0..8 * D)
+        .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
+        .collect();
+    let km = TrainSettings {
+        scope: TrainScope::SegmenterOnly,
+        optimiser: TrainOptimiser::OnlineKMeans { memory: 5 },
+        lr: 1e-3,
+        batch: 4,
+    };
+    let mut e: Learn = engine(m, Heap::new());
+    let r = e.handle(&Request::TrainBatch {
+        samples: heapless::Vec::from_slice(&xs).unwrap(),
+        steps: 0,
+        settings: Some(km),
+    });
+    let Response::Trained { steps, loss, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(steps, 8);
+    // The reference: the same rule applied by hand.
+    let mut counts = CentreCounts::new(5.0);
+    let mut work = vec![0.0f32; S.work_len()];
+    let mut novelty = 0.0f32;
+    let (so, l) = (S.segmenter_offset(), S.segmenter_len());
+    for x in xs.chunks_exact(D) {
+        let seg = reference.segment(x, &mut work).unwrap();
+        novelty += seg.novelty();
+        let (label, mu) = (seg.label, seg.mu.to_vec());
+        counts
+            .update(&S, &mut reference.params_mut()[so..so + l], &mu, label)
+            .unwrap();
+    }
+    assert_eq!(loss, novelty / 8.0);
+    assert_eq!(e.model().params(), reference.params());
+    assert_ne!(reference.params(), model(1).params());
+    // A gradient scope cannot take it.
+    let mut e: Learn = engine(model(1), Heap::new());
+    let r = e.handle(&Request::TrainBatch {
+        samples: heapless::Vec::from_slice(&xs).unwrap(),
+        steps: 0,
+        settings: Some(TrainSettings {
+            scope: TrainScope::EncoderAndSegmenter,
+            ..km
+        }),
+    });
+    assert_eq!(r, Response::Error(ErrorCode::Train));
+    assert_eq!(e.model().params(), model(1).params());
+}

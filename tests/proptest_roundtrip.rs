@@ -159,7 +159,8 @@ mod protocol {
                 ],
                 prop_oneof![
                     Just(TrainOptimiser::Adam),
-                    finite().prop_map(|momentum| TrainOptimiser::Sgd { momentum })
+                    finite().prop_map(|momentum| TrainOptimiser::Sgd { momentum }),
+                    any::<u16>().prop_map(|memory| TrainOptimiser::OnlineKMeans { memory })
                 ],
                 finite(),
                 any::<u8>(),

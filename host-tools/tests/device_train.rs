@@ -40,6 +40,7 @@ fn args(scope: ScopeArg, steps: u32) -> DeviceTrainArgs {
         per_request: 4,
         optimiser: OptimiserArg::Adam,
         momentum: 0.9,
+        memory: 100,
         lr: Some(3e-3),
         batch: 8,
         seed: 0,

@@ -23,6 +23,7 @@ fn args(scope: ScopeArg) -> DeviceTrainArgs {
         per_request: 4,
         optimiser: OptimiserArg::Adam,
         momentum: 0.9,
+        memory: 100,
         lr: None,
         batch: 8,
         seed: 0,
@@ -73,6 +74,41 @@ fn drift_is_undone_and_the_engines_agree() {
         assert!(run.device.acc >= r.frozen.acc + 0.08, "{text}");
     }
     assert!(r.pass, "{text}");
+}
+
+/// Online k-means of the centres follows a gradual drift without the normalisation
+/// (where the gradient steps of the same scope lose to the frozen model), and keeps a
+/// model on a stream that does not drift within 0.04 ACC.
+#[test]
+fn online_k_means_follows_a_gradual_drift_and_keeps_a_still_stream() {
+    let data = data::load(&common::digits_path()).unwrap();
+    let model = model_io::load(&default_model()).unwrap();
+    let mut a = args(ScopeArg::SegmenterOnly);
+    a.optimiser = OptimiserArg::OnlineKMeans;
+    a.memory = 30;
+    let mut opened = device::open(
+        &a.device,
+        "learn",
+        &FirmwareOptions::default(),
+        a.baud,
+        Timeouts::default(),
+    )
+    .unwrap();
+    let r = scenario::drift(&mut opened.device, &model, &data, &a).unwrap();
+    let mut text = Vec::new();
+    scenario::print_drift(&r, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    println!("{text}");
+    assert_eq!(r.runs.len(), 2, "{text}");
+    assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
+    let gradual = r.runs.iter().find(|x| x.stream == "gradual").unwrap();
+    assert!(gradual.device.acc >= r.frozen.acc + 0.10, "{text}");
+    a.drift_gain = 0.0;
+    a.drift_offset = 0.0;
+    let r = scenario::drift(&mut opened.device, &model, &data, &a).unwrap();
+    for run in &r.runs {
+        assert!(run.device.acc >= r.deployed.acc - 0.04, "{r:?}");
+    }
 }
 
 #[test]

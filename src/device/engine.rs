@@ -12,6 +12,7 @@ use crate::protocol::{
 };
 use crate::shape::{Scope, Shape};
 use crate::store::checkpoint::{Checkpoints, Layout, Restore};
+use crate::train::centres::CentreCounts;
 use crate::train::optim::{OptimKind, Optimiser};
 use crate::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
@@ -46,6 +47,8 @@ pub struct Engine<const D: usize, const W: usize, P, S: Store, const CAPS: u32 =
     trainer: Option<Trainer<D, S::Buf>>,
     /// The stream's normalisation, while a `SegmenterAndNormalisation` training runs.
     tracker: Option<Tracker<D>>,
+    /// The centres' counts, while an online k-means training runs (instead of `trainer`).
+    centres: Option<CentreCounts>,
     rng: Xoshiro256PlusPlus,
     work: [f32; W],
     store: S,
@@ -80,6 +83,7 @@ where
             staging: None,
             trainer: None,
             tracker: None,
+            centres: None,
             rng: Xoshiro256PlusPlus::seed_from_u64(SEED),
             work: [0.0; W],
             store,
@@ -254,6 +258,7 @@ where
         };
         self.trainer = None;
         self.tracker = None;
+        self.centres = None;
         self.staging = None;
         let (_, mut state) = self
             .store
@@ -272,6 +277,7 @@ where
             // New weights end any training: its buffers become the staging area.
             self.trainer = None;
             self.tracker = None;
+            self.centres = None;
             self.staging = None;
             let (scratch, _) = self.store.take(n, 0).ok_or(ErrorCode::Internal)?;
             self.staging = Some(scratch);
@@ -304,6 +310,94 @@ where
         Ok(Response::Loaded { weights_crc: crc })
     }
 
+    /// Starts a training with new settings: a trainer (or the centres' counts of online
+    /// k-means) and, for `SegmenterAndNormalisation`, a normalisation tracker.
+    fn start(&mut self, s: &TrainSettings) -> Result<(), ErrorCode> {
+        self.trainer = None;
+        self.tracker = None;
+        self.centres = None;
+        self.staging = None;
+        self.loader.reset();
+        if let TrainOptimiser::OnlineKMeans { memory } = s.optimiser {
+            if !matches!(
+                s.scope,
+                TrainScope::SegmenterOnly | TrainScope::SegmenterAndNormalisation
+            ) {
+                return Err(ErrorCode::Train);
+            }
+            self.centres = Some(CentreCounts::new(f32::from(memory)));
+        } else {
+            let cfg = config(s).ok_or(ErrorCode::Train)?;
+            let shape = *self.model.shape();
+            let (scratch, optim) = self
+                .store
+                .take(
+                    TrainConfig::<f32>::storage_len(&shape, cfg.scope, cfg.batch, CAP),
+                    TrainConfig::<f32>::optim_len(&shape, cfg.scope, cfg.optim.optimiser.kind()),
+                )
+                .ok_or(ErrorCode::Train)?;
+            let t = Trainer::<D, S::Buf>::new(&shape, cfg, scratch, optim)
+                .map_err(|_| ErrorCode::Train)?;
+            self.trainer = Some(t);
+        }
+        if s.scope == TrainScope::SegmenterAndNormalisation {
+            let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
+            let tracker = Tracker::from_normalisation(offset, scale, NORM_DECAY)
+                .map_err(|_| ErrorCode::Train)?;
+            self.tracker = Some(tracker);
+        }
+        self.rng = Xoshiro256PlusPlus::seed_from_u64(SEED);
+        Ok(())
+    }
+
+    /// Online k-means: the tracker (if any) takes the samples and sets the normalisation,
+    /// then each sample, segmented by the model, moves the centre of its label. The
+    /// answer's `steps` counts the samples taken, its `loss` is the request's mean
+    /// novelty (`1 - cosine` to the nearest centre, before the update).
+    fn update_centres(&mut self, samples: &[f32]) -> Result<Response, ErrorCode> {
+        if let Some(tracker) = self.tracker.as_mut() {
+            for x in samples.chunks_exact(D) {
+                tracker.push(x).map_err(|_| ErrorCode::NonFiniteInput)?;
+            }
+            let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
+            tracker
+                .normalisation(offset, scale)
+                .map_err(|_| ErrorCode::Train)?;
+            self.crc = None;
+        }
+        let shape = *self.model.shape();
+        let (so, l) = (shape.segmenter_offset(), shape.segmenter_len());
+        let mut novelty = 0.0f32;
+        let mut n = 0u32;
+        for x in samples.chunks_exact(D) {
+            let centres = self.centres.as_mut().ok_or(ErrorCode::Internal)?;
+            let seg = self
+                .model
+                .segment(x, &mut self.work)
+                .map_err(|_| ErrorCode::Train)?;
+            novelty += seg.novelty();
+            n += 1;
+            let params = self
+                .model
+                .params_mut()
+                .get_mut(so..so + l)
+                .ok_or(ErrorCode::Internal)?;
+            centres
+                .update(&shape, params, seg.mu, seg.label)
+                .map_err(|_| ErrorCode::Train)?;
+            self.crc = None;
+            if centres.updates() % CHECKPOINT_EVERY == 0 && self.store.checkpoints().is_some() {
+                self.checkpoint()?;
+            }
+        }
+        let updates = self.centres.as_ref().map_or(0, CentreCounts::updates);
+        Ok(Response::Trained {
+            buffered: 0,
+            steps: updates,
+            loss: if n > 0 { novelty / n as f32 } else { f32::NAN },
+        })
+    }
+
     fn train(
         &mut self,
         samples: &[f32],
@@ -317,29 +411,10 @@ where
             return Err(ErrorCode::NonFiniteInput);
         }
         if let Some(s) = settings {
-            let cfg = config(s).ok_or(ErrorCode::Train)?;
-            let shape = *self.model.shape();
-            self.trainer = None;
-            self.staging = None;
-            self.loader.reset();
-            let (scratch, optim) = self
-                .store
-                .take(
-                    TrainConfig::<f32>::storage_len(&shape, cfg.scope, cfg.batch, CAP),
-                    TrainConfig::<f32>::optim_len(&shape, cfg.scope, cfg.optim.optimiser.kind()),
-                )
-                .ok_or(ErrorCode::Train)?;
-            let t = Trainer::<D, S::Buf>::new(&shape, cfg, scratch, optim)
-                .map_err(|_| ErrorCode::Train)?;
-            self.trainer = Some(t);
-            self.tracker = None;
-            if s.scope == TrainScope::SegmenterAndNormalisation {
-                let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
-                let tracker = Tracker::from_normalisation(offset, scale, NORM_DECAY)
-                    .map_err(|_| ErrorCode::Train)?;
-                self.tracker = Some(tracker);
-            }
-            self.rng = Xoshiro256PlusPlus::seed_from_u64(SEED);
+            self.start(s)?;
+        }
+        if self.centres.is_some() {
+            return self.update_centres(samples);
         }
         let t = self.trainer.as_mut().ok_or(ErrorCode::Train)?;
         for x in samples.chunks_exact(D) {
@@ -423,6 +498,8 @@ pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
             }
             Optimiser::sgd(s.lr, momentum)
         }
+        // Not a gradient optimiser: no trainer (`Engine` keeps the centres' counts).
+        TrainOptimiser::OnlineKMeans { .. } => return None,
     };
     cfg.scope = s.scope.into();
     cfg.batch = usize::from(s.batch);

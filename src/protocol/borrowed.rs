@@ -286,6 +286,7 @@ pub fn parse(body: &[u8]) -> Result<RequestRef<'_>, FrameError> {
                 let optimiser = match r.u32()? {
                     0 => TrainOptimiser::Sgd { momentum: r.f32()? },
                     1 => TrainOptimiser::Adam,
+                    2 => TrainOptimiser::OnlineKMeans { memory: r.u16()? },
                     _ => return Err(FrameError::Malformed),
                 };
                 let lr = r.f32()?;

@@ -150,6 +150,13 @@ pub enum TrainOptimiser {
     },
     /// Adam with the default betas.
     Adam,
+    /// No gradient: online k-means of the centres ([`crate::train::centres`]), each
+    /// sample moving the centre of its label by `1 / memory` (the segmenter scopes only;
+    /// `lr`, `batch` and a request's `steps` are not used).
+    OnlineKMeans {
+        /// Samples a centre remembers (its count's bound), at least 1.
+        memory: u16,
+    },
 }
 
 /// A message from the device to the host.

@@ -5,11 +5,13 @@
 //! |---|---|
 //! | [`loss`] | the loss of one batch and its gradient |
 //! | [`optim`] | SGD with momentum and Adam over caller-owned state |
+//! | [`centres`] | online k-means of a trained segmenter's centres (no gradient) |
 //! | [`kmeans`] | spherical k-means++ (centre initialisation, host baseline) |
 //! | [`trainer`] | [`OnlineTrainer`](trainer::OnlineTrainer): learning from a stream with fixed memory |
 //! | [`adapt`] | [`SegmenterAdapter`](adapt::SegmenterAdapter): the clusters alone, the encoder frozen in flash |
 
 pub mod adapt;
+pub mod centres;
 pub mod kmeans;
 pub mod loss;
 pub mod optim;

@@ -61,6 +61,20 @@ pub enum OptimiserArg {
     Adam,
     /// SGD with --momentum.
     Sgd,
+    /// No gradient: online k-means of the centres, each sample moving the centre of its
+    /// label by 1 / --memory (segmenter scopes only).
+    OnlineKMeans,
+}
+
+impl OptimiserArg {
+    /// The optimiser on the wire.
+    pub fn to_wire(self, momentum: f32, memory: u16) -> TrainOptimiser {
+        match self {
+            OptimiserArg::Adam => TrainOptimiser::Adam,
+            OptimiserArg::Sgd => TrainOptimiser::Sgd { momentum },
+            OptimiserArg::OnlineKMeans => TrainOptimiser::OnlineKMeans { memory },
+        }
+    }
 }
 
 /// Arguments of `hvae device-train`.
@@ -97,6 +111,10 @@ pub struct DeviceTrainArgs {
     /// Momentum of SGD.
     #[arg(long, default_value_t = 0.9, value_name = "M")]
     pub momentum: f32,
+    /// Samples a centre remembers, with --optimiser online-k-means.
+    #[arg(long, default_value_t = 100, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub memory: u16,
     /// Learning rate (default 1e-3; with --scenario 1e-4: an adaptation refines a trained
     /// model, and the 32-sample buffer's cluster loss pulls a good segmenter apart at
     /// 1e-3, docs/device.md#scenarios).
@@ -431,12 +449,7 @@ pub fn train_on(
             TrainScope::SegmenterOnly,
         ],
     };
-    let optimiser = match args.optimiser {
-        OptimiserArg::Adam => TrainOptimiser::Adam,
-        OptimiserArg::Sgd => TrainOptimiser::Sgd {
-            momentum: args.momentum,
-        },
-    };
+    let optimiser = args.optimiser.to_wire(args.momentum, args.memory);
     let mut reports = Vec::new();
     // Full starts from the initial model; the adaptation scopes (decoder frozen, or only
     // the centres) start from a trained network when there is one: the Full run's.
@@ -449,7 +462,8 @@ pub fn train_on(
             batch: args.batch,
         };
         // The device's engine validates these too; checking here gives a clear message.
-        if hvae::device::config(&settings).is_none() {
+        let gradient = !matches!(optimiser, TrainOptimiser::OnlineKMeans { .. });
+        if gradient && hvae::device::config(&settings).is_none() {
             return Err(Error::BadInput(format!(
                 "training settings out of range: lr {} (> 0), batch {} (1..={}), momentum {} \
                  ([0, 1))",

@@ -9,7 +9,7 @@
 //! the frozen model and an oracle trained on the host on the drifted data.
 
 use super::device_train::{
-    permutation, quality, run_requests, DeviceTrainArgs, OptimiserArg, Quality, Schedule, ScopeArg,
+    permutation, quality, run_requests, DeviceTrainArgs, Quality, Schedule, ScopeArg,
 };
 use super::outln;
 use crate::data::Dataset;
@@ -198,12 +198,7 @@ pub fn drift(
         };
         quality(loaded.model.params().to_vec(), &loaded, &shifted)?
     };
-    let optimiser = match args.optimiser {
-        OptimiserArg::Adam => TrainOptimiser::Adam,
-        OptimiserArg::Sgd => TrainOptimiser::Sgd {
-            momentum: args.momentum,
-        },
-    };
+    let optimiser = args.optimiser.to_wire(args.momentum, args.memory);
     let order = permutation(data.len(), args.seed);
     let n = args.steps as usize;
     let mut runs = Vec::new();
@@ -217,6 +212,12 @@ pub fn drift(
         };
         for scope in DRIFT_SCOPES {
             if args.scope != ScopeArg::All && scope_arg(scope) != Some(args.scope) {
+                continue;
+            }
+            // Online k-means moves the centres alone.
+            if matches!(optimiser, TrainOptimiser::OnlineKMeans { .. })
+                && scope == TrainScope::EncoderAndSegmenter
+            {
                 continue;
             }
             let schedule = Schedule {
