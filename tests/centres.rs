@@ -1,81 +1,71 @@
-//! Online k-means of the centres (`hvae::train::centres`): the rule against values
-//! computed by hand, a trained centre that moves by `1 / memory`, an empty one that jumps
-//! onto its first sample, refusals that change nothing, and the engine applying the rule
-//! to each sample's label.
+//! `Model::normalise_centres`: the segmenter only uses the centres' directions, so
+//! rescaling them to unit norm keeps its outputs (to rounding) while inference skips a
+//! square root per centre; a zero centre is refused and nothing changes.
 
-use hvae::train::centres::{CentreCounts, CentreError};
-use hvae::Shape;
+use hvae::infer::model::{InferError, Model};
+use hvae::shape::{Shape, TensorId};
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
 
-const S: Shape = Shape::new(4, &[6], 2, 3);
+const S: Shape = Shape::new(6, &[8], 4, 5);
 
-/// Centres (1, 0), (0, 1), (-1, 0); `ln kappa_s` 2; log-weights 0.
-fn segmenter() -> Vec<f32> {
-    vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0, 2.0, 0.0, 0.0, 0.0]
-}
-
-#[test]
-fn a_trained_centre_moves_by_one_over_memory_and_stays_unit() {
-    let mut seg = segmenter();
-    let mut c = CentreCounts::new(4.0);
-    // Centre 0 towards (0, 1): (1, 0) + ((0, 1) - (1, 0)) / 4 = (0.75, 0.25), normalised.
-    c.update(&S, &mut seg, &[0.0, 1.0], 0).unwrap();
-    let n = (0.75f32 * 0.75 + 0.25 * 0.25).sqrt();
-    assert!((seg[0] - 0.75 / n).abs() <= 1e-6, "{seg:?}");
-    assert!((seg[1] - 0.25 / n).abs() <= 1e-6, "{seg:?}");
-    assert!(((seg[0] * seg[0] + seg[1] * seg[1]) - 1.0).abs() <= 1e-6);
-    // Nothing else moved; the count stays at the memory.
-    assert_eq!(&seg[2..], &segmenter()[2..]);
-    assert_eq!(c.count(0), 4.0);
-    assert_eq!(c.updates(), 1);
-    // A hundred samples at (0, 1): the centre converges there.
-    for _ in 0..100 {
-        c.update(&S, &mut seg, &[0.0, 1.0], 0).unwrap();
+fn model() -> Model<f32, Vec<f32>> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    let mut m = Model::new(S, vec![0.0f32; S.param_len()]).unwrap();
+    m.init(&mut rng);
+    // Centres of very different lengths (init draws them from a normal).
+    let c = S.find(TensorId::Centres).unwrap().range();
+    for (i, v) in m.params_mut()[c].iter_mut().enumerate() {
+        *v *= [0.01f32, 3.0, 250.0, 1.0, 0.5][i / S.latent];
     }
-    assert!(
-        seg[0].abs() < 1e-6 && (seg[1] - 1.0).abs() < 1e-6,
-        "{seg:?}"
-    );
+    m
 }
 
 #[test]
-fn an_empty_centre_jumps_onto_its_first_sample_then_averages() {
-    let mut seg = segmenter();
-    let mut c = CentreCounts::new(0.0);
-    // A memory below 1 is 1: every sample replaces the centre.
-    c.update(&S, &mut seg, &[0.6, 0.8], 2).unwrap();
-    assert_eq!(&seg[4..6], &[0.6, 0.8]);
-    let mut c = CentreCounts::new(10.0);
-    // Count 10 -> min(11, 10) = 10: step 1/10.
-    c.update(&S, &mut seg, &[0.0, -1.0], 1).unwrap();
-    let (x, y) = (0.0f32, 1.0f32 + (-1.0 - 1.0) / 10.0);
-    assert!((seg[2] - x).abs() <= 1e-7 && (seg[3] - y / y.abs()).abs() <= 1e-6);
+fn unit_centres_keep_the_segmenter_outputs() {
+    let mut m = model();
+    let before = m.clone();
+    m.normalise_centres().unwrap();
+    let c = S.find(TensorId::Centres).unwrap().range();
+    for centre in m.params()[c.clone()].chunks(S.latent) {
+        let s: f32 = centre.iter().map(|v| v * v).sum();
+        // Inside the fast path of the inverse norm: (s - 1)^2 <= 2 EPS / 3.
+        assert!((s - 1.0).powi(2) <= f32::EPSILON * 2.0 / 3.0, "{s}");
+    }
+    // Nothing but the centres changed.
+    let (p0, p1) = (before.params(), m.params());
+    assert_eq!(p0[..c.start], p1[..c.start]);
+    assert_eq!(p0[c.end..], p1[c.end..]);
+    let mut w0 = vec![0.0f32; S.work_len()];
+    let mut w1 = vec![0.0f32; S.work_len()];
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+    let mut worst = 0.0f32;
+    for _ in 0..200 {
+        let x: Vec<f32> = (0..S.input)
+            .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
+            .collect();
+        let a = before.segment(&x, &mut w0).unwrap();
+        let b = m.segment(&x, &mut w1).unwrap();
+        assert_eq!(a.label, b.label);
+        assert_eq!(a.mu, b.mu);
+        for (p, q) in a.probs.iter().zip(b.probs) {
+            worst = worst.max((p - q).abs());
+        }
+        assert!((a.cosine - b.cosine).abs() <= 2.0 * f32::EPSILON);
+    }
+    // kappa_s = 10: a cosine error of an ulp or two moves a probability by ~1e-6.
+    assert!(worst <= 4e-6, "largest probability change {worst}");
 }
 
 #[test]
-fn bad_input_changes_nothing() {
-    let mut seg = segmenter();
-    let mut c = CentreCounts::new(4.0);
-    let before = c.clone();
+fn a_zero_centre_is_refused_and_nothing_changes() {
+    let mut m = model();
+    let c = S.find(TensorId::Centres).unwrap().range();
+    m.params_mut()[c.start + S.latent..c.start + 2 * S.latent].fill(0.0);
+    let before = m.params().to_vec();
+    assert_eq!(m.normalise_centres(), Err(InferError::ZeroCentre));
     assert_eq!(
-        c.update(&S, &mut seg, &[0.0, 1.0], 3),
-        Err(CentreError::Length)
+        m.params().iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        before.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     );
-    assert_eq!(c.update(&S, &mut seg, &[0.0], 0), Err(CentreError::Length));
-    assert_eq!(
-        c.update(&S, &mut seg[..9], &[0.0, 1.0], 0),
-        Err(CentreError::Length)
-    );
-    assert_eq!(
-        c.update(&S, &mut seg, &[f32::NAN, 1.0], 0),
-        Err(CentreError::NonFinite)
-    );
-    // The exact opposite of a centre with memory 2: the midpoint is zero.
-    let mut c2 = CentreCounts::new(2.0);
-    assert_eq!(
-        c2.update(&S, &mut seg, &[-1.0, 0.0], 0),
-        Err(CentreError::NonFinite)
-    );
-    assert_eq!(seg, segmenter());
-    assert_eq!(c, before);
-    assert_eq!(c2.updates(), 0);
 }

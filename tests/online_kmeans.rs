@@ -1,0 +1,81 @@
+//! Online k-means of the centres (`hvae::train::centres`): the rule against values
+//! computed by hand, a trained centre that moves by `1 / memory`, an empty one that jumps
+//! onto its first sample, refusals that change nothing, and the engine applying the rule
+//! to each sample's label.
+
+use hvae::train::centres::{CentreCounts, CentreError};
+use hvae::Shape;
+
+const S: Shape = Shape::new(4, &[6], 2, 3);
+
+/// Centres (1, 0), (0, 1), (-1, 0); `ln kappa_s` 2; log-weights 0.
+fn segmenter() -> Vec<f32> {
+    vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0, 2.0, 0.0, 0.0, 0.0]
+}
+
+#[test]
+fn a_trained_centre_moves_by_one_over_memory_and_stays_unit() {
+    let mut seg = segmenter();
+    let mut c = CentreCounts::new(4.0);
+    // Centre 0 towards (0, 1): (1, 0) + ((0, 1) - (1, 0)) / 4 = (0.75, 0.25), normalised.
+    c.update(&S, &mut seg, &[0.0, 1.0], 0).unwrap();
+    let n = (0.75f32 * 0.75 + 0.25 * 0.25).sqrt();
+    assert!((seg[0] - 0.75 / n).abs() <= 1e-6, "{seg:?}");
+    assert!((seg[1] - 0.25 / n).abs() <= 1e-6, "{seg:?}");
+    assert!(((seg[0] * seg[0] + seg[1] * seg[1]) - 1.0).abs() <= 1e-6);
+    // Nothing else moved; the count stays at the memory.
+    assert_eq!(&seg[2..], &segmenter()[2..]);
+    assert_eq!(c.count(0), 4.0);
+    assert_eq!(c.updates(), 1);
+    // A hundred samples at (0, 1): the centre converges there.
+    for _ in 0..100 {
+        c.update(&S, &mut seg, &[0.0, 1.0], 0).unwrap();
+    }
+    assert!(
+        seg[0].abs() < 1e-6 && (seg[1] - 1.0).abs() < 1e-6,
+        "{seg:?}"
+    );
+}
+
+#[test]
+fn an_empty_centre_jumps_onto_its_first_sample_then_averages() {
+    let mut seg = segmenter();
+    let mut c = CentreCounts::new(0.0);
+    // A memory below 1 is 1: every sample replaces the centre.
+    c.update(&S, &mut seg, &[0.6, 0.8], 2).unwrap();
+    assert_eq!(&seg[4..6], &[0.6, 0.8]);
+    let mut c = CentreCounts::new(10.0);
+    // Count 10 -> min(11, 10) = 10: step 1/10.
+    c.update(&S, &mut seg, &[0.0, -1.0], 1).unwrap();
+    let (x, y) = (0.0f32, 1.0f32 + (-1.0 - 1.0) / 10.0);
+    assert!((seg[2] - x).abs() <= 1e-7 && (seg[3] - y / y.abs()).abs() <= 1e-6);
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let mut seg = segmenter();
+    let mut c = CentreCounts::new(4.0);
+    let before = c.clone();
+    assert_eq!(
+        c.update(&S, &mut seg, &[0.0, 1.0], 3),
+        Err(CentreError::Length)
+    );
+    assert_eq!(c.update(&S, &mut seg, &[0.0], 0), Err(CentreError::Length));
+    assert_eq!(
+        c.update(&S, &mut seg[..9], &[0.0, 1.0], 0),
+        Err(CentreError::Length)
+    );
+    assert_eq!(
+        c.update(&S, &mut seg, &[f32::NAN, 1.0], 0),
+        Err(CentreError::NonFinite)
+    );
+    // The exact opposite of a centre with memory 2: the midpoint is zero.
+    let mut c2 = CentreCounts::new(2.0);
+    assert_eq!(
+        c2.update(&S, &mut seg, &[-1.0, 0.0], 0),
+        Err(CentreError::NonFinite)
+    );
+    assert_eq!(seg, segmenter());
+    assert_eq!(c, before);
+    assert_eq!(c2.updates(), 0);
+}
