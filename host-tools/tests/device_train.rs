@@ -10,12 +10,10 @@ use hvae::protocol::{Request, TrainOptimiser, TrainScope, TrainSettings};
 use hvae::Model;
 use hvae::Posterior;
 use hvae::Shape;
-use hvae_host::commands::device_train::{
-    train_on, with_fitted_normalisation, DeviceTrainArgs, OptimiserArg, ScopeArg,
-};
+use hvae_host::commands::device_train::{train_on, with_fitted_normalisation, DeviceTrainArgs};
 use hvae_host::data;
 use hvae_host::device::learn_host::{host_learner, spawn};
-use hvae_host::device::{Device, DeviceSpec, Timeouts};
+use hvae_host::device::{Device, Timeouts};
 use hvae_host::model_io::{self, LoadedModel};
 use rand_core::SeedableRng;
 
@@ -29,30 +27,10 @@ fn initial() -> LoadedModel {
     model_io::from_bytes(&model_io::to_bytes(&m).unwrap()).unwrap()
 }
 
-fn args(scope: ScopeArg, steps: u32) -> DeviceTrainArgs {
-    DeviceTrainArgs {
-        device: DeviceSpec::Qemu(hvae_host::device::qemu::Machine::Mps2An386),
-        model: None,
-        init_seed: 0,
-        data: None,
-        scope,
-        steps,
-        per_request: 4,
-        optimiser: OptimiserArg::Adam,
-        momentum: 0.9,
-        memory: 100,
-        lr: Some(3e-3),
-        batch: 8,
-        seed: 0,
-        keep_normalisation: false,
-        json: false,
-        out_dir: None,
-        firmware: None,
-        baud: 115_200,
-        scenario: None,
-        drift_gain: 0.3,
-        drift_offset: 1.5,
-    }
+/// The command line's defaults, with a learning rate of 3e-3 and `steps` steps.
+fn args(steps: u32) -> DeviceTrainArgs {
+    let steps = steps.to_string();
+    DeviceTrainArgs::parse_from(["--device", "qemu", "--lr", "3e-3", "--steps", &steps]).unwrap()
 }
 
 #[test]
@@ -63,7 +41,7 @@ fn simulated_device_matches_the_host_bit_for_bit_in_every_scope() {
     let other = initial_with(8);
     let link = spawn(host_learner(other.model.clone(), other.crc).unwrap()).unwrap();
     let mut dev = Device::new(link, Timeouts::default());
-    let report = train_on(&mut dev, &model, &data, &args(ScopeArg::All, 1200)).unwrap();
+    let report = train_on(&mut dev, &model, &data, &args(1200)).unwrap();
     assert!(report.pass);
     assert_eq!(report.scopes.len(), 3);
     for s in &report.scopes {

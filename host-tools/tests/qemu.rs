@@ -11,12 +11,12 @@
 
 mod common;
 
-use hvae_host::commands::device_train::{self, DeviceTrainArgs, OptimiserArg, ScopeArg};
-use hvae_host::commands::scenario::{self, ScenarioArg};
+use hvae_host::commands::device_train::{self, DeviceTrainArgs};
+use hvae_host::commands::scenario;
 use hvae_host::commands::validate::{validate_on, Thresholds};
 use hvae_host::data;
 use hvae_host::device::qemu::{self, Launch, Machine, Qemu};
-use hvae_host::device::{firmware, Device, DeviceSpec, Timeouts};
+use hvae_host::device::{firmware, Device, Timeouts};
 use hvae_host::model_io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -204,30 +204,12 @@ fn device_training_matches_the_host() {
     let data = data::load(&common::digits_path()).unwrap();
     let model = device_train::with_fitted_normalisation(&model, &data).unwrap();
     let (_q, mut dev) = start(&elf, machine);
-    let args = DeviceTrainArgs {
-        device: DeviceSpec::Qemu(machine),
-        model: None,
-        init_seed: 0,
-        data: None,
-        scope: ScopeArg::All,
+    let args = DeviceTrainArgs::parse_from([
+        "--device", "qemu",
         // Past the Full warm-up (1000 steps): centres initialised, then joint training.
-        steps: 1100,
-        per_request: 4,
-        optimiser: OptimiserArg::Adam,
-        momentum: 0.9,
-        memory: 100,
-        lr: Some(1e-3),
-        batch: 8,
-        seed: 0,
-        keep_normalisation: false,
-        json: false,
-        out_dir: None,
-        firmware: None,
-        baud: 115_200,
-        scenario: None,
-        drift_gain: 0.3,
-        drift_offset: 1.5,
-    };
+        "--steps", "1100",
+    ])
+    .unwrap();
     let t = Instant::now();
     let r = device_train::train_on(&mut dev, &model, &data, &args).unwrap();
     for s in &r.scopes {
@@ -279,31 +261,19 @@ fn drift_scenario_on_the_device() {
     let model = model_io::load(&compiled_model()).unwrap();
     let data = data::load(&common::digits_path()).unwrap();
     let (_q, mut dev) = start(&elf, machine);
-    let args = DeviceTrainArgs {
-        device: DeviceSpec::Qemu(machine),
-        model: None,
-        init_seed: 0,
-        data: None,
-        scope: ScopeArg::SegmenterAndNormalisation,
+    let args = DeviceTrainArgs::parse_from([
+        "--device",
+        "qemu",
+        "--scenario",
+        "drift",
+        "--scope",
+        "segmenter-and-normalisation",
         // Half the host test's stream: a normalisation over ~200 samples has settled
         // long before, and qemu takes ~25 ms a step.
-        steps: 1000,
-        per_request: 4,
-        optimiser: OptimiserArg::Adam,
-        momentum: 0.9,
-        memory: 100,
-        lr: None,
-        batch: 8,
-        seed: 0,
-        keep_normalisation: true,
-        json: false,
-        out_dir: None,
-        firmware: None,
-        baud: 115_200,
-        scenario: Some(ScenarioArg::Drift),
-        drift_gain: 0.3,
-        drift_offset: 2.0,
-    };
+        "--steps",
+        "1000",
+    ])
+    .unwrap();
     let r = scenario::drift(&mut dev, &model, &data, &args).unwrap();
     let mut text = Vec::new();
     scenario::print_drift(&r, &mut text).unwrap();

@@ -6,43 +6,23 @@
 
 mod common;
 
-use hvae_host::commands::device_train::{default_model, DeviceTrainArgs, OptimiserArg, ScopeArg};
-use hvae_host::commands::scenario::{self, Drift, ScenarioArg};
+use hvae_host::commands::device_train::{default_model, DeviceTrainArgs};
+use hvae_host::commands::scenario::{self, Drift, DriftReport};
 use hvae_host::data;
-use hvae_host::device::{self, DeviceSpec, FirmwareOptions, Timeouts};
+use hvae_host::device::{self, FirmwareOptions, Timeouts};
 use hvae_host::model_io;
 
-fn args(scope: ScopeArg) -> DeviceTrainArgs {
-    DeviceTrainArgs {
-        device: DeviceSpec::Host,
-        model: None,
-        init_seed: 0,
-        data: None,
-        scope,
-        steps: 2000,
-        per_request: 4,
-        optimiser: OptimiserArg::Adam,
-        momentum: 0.9,
-        memory: 100,
-        lr: None,
-        batch: 8,
-        seed: 0,
-        keep_normalisation: true,
-        json: false,
-        out_dir: None,
-        firmware: None,
-        baud: 115_200,
-        scenario: Some(ScenarioArg::Drift),
-        drift_gain: 0.3,
-        drift_offset: 2.0,
-    }
+/// The command line's defaults for `--scenario drift --device host`, and `extra`.
+fn args(extra: &[&str]) -> DeviceTrainArgs {
+    let mut argv = vec!["--scenario", "drift", "--device", "host"];
+    argv.extend_from_slice(extra);
+    DeviceTrainArgs::parse_from(argv).unwrap()
 }
 
-#[test]
-fn drift_is_undone_and_the_engines_agree() {
+/// The drift scenario on the host engine with `a`, and its table.
+fn run(a: &DeviceTrainArgs) -> (DriftReport, String) {
     let data = data::load(&common::digits_path()).unwrap();
     let model = model_io::load(&default_model()).unwrap();
-    let a = args(ScopeArg::All);
     let mut opened = device::open(
         &a.device,
         "learn",
@@ -51,11 +31,17 @@ fn drift_is_undone_and_the_engines_agree() {
         Timeouts::default(),
     )
     .unwrap();
-    let r = scenario::drift(&mut opened.device, &model, &data, &a).unwrap();
+    let r = scenario::drift(&mut opened.device, &model, &data, a).unwrap();
     let mut text = Vec::new();
     scenario::print_drift(&r, &mut text).unwrap();
     let text = String::from_utf8(text).unwrap();
     println!("{text}");
+    (r, text)
+}
+
+#[test]
+fn drift_is_undone_and_the_engines_agree() {
+    let (r, text) = run(&args(&[]));
     assert!(r.frozen_drop >= 0.10, "{text}");
     assert_eq!(r.runs.len(), 6, "{text}");
     for run in &r.runs {
@@ -81,33 +67,24 @@ fn drift_is_undone_and_the_engines_agree() {
 /// model on a stream that does not drift within 0.04 ACC.
 #[test]
 fn online_k_means_follows_a_gradual_drift_and_keeps_a_still_stream() {
-    let data = data::load(&common::digits_path()).unwrap();
-    let model = model_io::load(&default_model()).unwrap();
-    let mut a = args(ScopeArg::SegmenterOnly);
-    a.optimiser = OptimiserArg::OnlineKMeans;
-    a.memory = 30;
-    let mut opened = device::open(
-        &a.device,
-        "learn",
-        &FirmwareOptions::default(),
-        a.baud,
-        Timeouts::default(),
-    )
-    .unwrap();
-    let r = scenario::drift(&mut opened.device, &model, &data, &a).unwrap();
-    let mut text = Vec::new();
-    scenario::print_drift(&r, &mut text).unwrap();
-    let text = String::from_utf8(text).unwrap();
-    println!("{text}");
+    let km = [
+        "--scope",
+        "segmenter-only",
+        "--optimiser",
+        "online-k-means",
+        "--memory",
+        "30",
+    ];
+    let (r, text) = run(&args(&km));
     assert_eq!(r.runs.len(), 2, "{text}");
     assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
     let gradual = r.runs.iter().find(|x| x.stream == "gradual").unwrap();
     assert!(gradual.device.acc >= r.frozen.acc + 0.10, "{text}");
-    a.drift_gain = 0.0;
-    a.drift_offset = 0.0;
-    let r = scenario::drift(&mut opened.device, &model, &data, &a).unwrap();
-    for run in &r.runs {
-        assert!(run.device.acc >= r.deployed.acc - 0.04, "{r:?}");
+    let (r, _) = run(&args(
+        &[&km[..], &["--drift-gain", "0", "--drift-offset", "0"]].concat(),
+    ));
+    for x in &r.runs {
+        assert!(x.device.acc >= r.deployed.acc - 0.04, "{r:?}");
     }
 }
 
@@ -136,4 +113,33 @@ fn drift_is_an_affine_map_per_feature_and_zero_share_is_the_identity() {
     // The same seed, the same drift; another seed, another one.
     assert_eq!(Drift::new(&data, 0.3, 1.5, 4), d);
     assert_ne!(Drift::new(&data, 0.3, 1.5, 5), d);
+}
+
+/// The command line: one JSON object with the scenario's numbers, bars and `pass`, exit
+/// status 0; a drift too weak to test anything misses its bar: exit status 1.
+#[test]
+fn the_command_prints_json_and_its_status_follows_the_bars() {
+    let base = [
+        "device-train",
+        "--scenario",
+        "drift",
+        "--device",
+        "host",
+        "--scope",
+        "segmenter-and-normalisation",
+        "--steps",
+        "500",
+    ];
+    let r = common::run(&[&base[..], &["--json"]].concat());
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.trim().lines().count(), 1, "{}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let s = &v["scenarios"][0];
+    assert_eq!(s["scenario"], "drift");
+    assert_eq!(s["pass"], true);
+    assert_eq!(s["runs"].as_array().unwrap().len(), 2);
+    assert!(s["frozen_drop"].as_f64().unwrap() >= s["frozen_drop_bar"].as_f64().unwrap());
+    let r = common::run(&[&base[..], &["--drift-offset", "0.5"]].concat());
+    common::assert_one_line_error(&r, 1, "missed a bar");
+    assert!(r.stdout.contains("FAIL"), "{}", r.stdout);
 }

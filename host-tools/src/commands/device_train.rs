@@ -154,6 +154,25 @@ pub struct DeviceTrainArgs {
     pub drift_offset: f32,
 }
 
+impl DeviceTrainArgs {
+    /// The arguments of `hvae device-train` given `argv` (after the subcommand's name):
+    /// the command line's defaults for everything else.
+    pub fn parse_from<I, T>(argv: I) -> Result<DeviceTrainArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: DeviceTrainArgs,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("device-train"))
+            .chain(argv.into_iter().map(Into::into));
+        <Command as clap::Parser>::try_parse_from(argv).map(|c| c.args)
+    }
+}
+
 /// Scores of one model.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Quality {
