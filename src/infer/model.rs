@@ -13,8 +13,8 @@ use crate::infer::nn::{
     dense_forward, dense_forward2, dot, inv_norm, inv_sqrt, softplus, sq_and_dot, sq_and_dot2,
     sq_and_dot2_8, sq_and_dot8,
 };
-use crate::infer::views::{Params, Work};
-use crate::shape::{Shape, ShapeError, KAPPA_MAX, MAX_HIDDEN};
+use crate::infer::views::{carve, carve_ref, suffix, ParamLayout, Params, Work};
+use crate::shape::{Shape, ShapeError, KAPPA_MAX};
 use crate::Real;
 use core::marker::PhantomData;
 
@@ -198,6 +198,7 @@ pub struct Model<T, S> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Offsets {
     work: WorkLayout,
+    params: ParamLayout,
     /// Start of the segmenter's parameters.
     segmenter: usize,
 }
@@ -206,6 +207,7 @@ impl Offsets {
     const fn of(s: &Shape) -> Offsets {
         Offsets {
             work: WorkLayout::of(s),
+            params: ParamLayout::of(s),
             segmenter: s.segmenter_offset(),
         }
     }
@@ -447,7 +449,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let (w0, rest) = work
             .split_at_mut_checked(wl)
             .ok_or(InferError::BufferLength)?;
-        let mut w0 = self.shape.inference_work(w0);
+        let mut w0 = self.at.work.regions(w0, false);
         let p = self.inference_views();
         let mut rows = xs.chunks_exact(d).enumerate();
         let Some(w1) = rest.get_mut(..wl) else {
@@ -457,7 +459,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             }
             return Ok(());
         };
-        let mut w1 = self.shape.inference_work(w1);
+        let mut w1 = self.at.work.regions(w1, false);
         while let Some((i, x0)) = rows.next() {
             match rows.next() {
                 Some((j, x1)) => {
@@ -551,12 +553,12 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
 
     /// The model's parameters by tensor.
     pub(crate) fn views(&self) -> Params<'_, T> {
-        self.shape.params(self.params.as_ref())
+        self.at.params.params(self.params.as_ref(), true)
     }
 
     /// [`Model::views`] without the decoder.
     fn inference_views(&self) -> Params<'_, T> {
-        self.shape.inference_params(self.params.as_ref())
+        self.at.params.params(self.params.as_ref(), false)
     }
 
     /// The inference regions of a caller's workspace; [`InferError::BufferLength`]
@@ -565,7 +567,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         if work.len() < self.at.work.end {
             return Err(InferError::BufferLength);
         }
-        Ok(self.shape.inference_work(work))
+        Ok(self.at.work.regions(work, false))
     }
 
     /// `x` has `D` values.
@@ -589,11 +591,16 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         self.check_input(x)?;
         normalise_into(p, x, w.xn);
         let act = Some(self.shape.activation);
+        // Layer after layer: its weights and biases off the block, its output off the
+        // activations.
+        let (mut layers, mut outs) = (p.enc, &mut *w.enc);
         let mut input: &[T] = w.xn;
         let mut first = None;
-        for (layer, out) in p.enc.iter().zip(w.enc.iter_mut()).take(self.shape.depth()) {
-            let out: &mut [T] = out;
-            let pre = dense_forward(layer.w, layer.b, input, out, act);
+        for l in 0..self.shape.depth() {
+            let (o, i) = self.shape.encoder_layer(l);
+            let (wt, b) = (carve_ref(&mut layers, o * i), carve_ref(&mut layers, o));
+            let out = carve(&mut outs, o);
+            let pre = dense_forward(wt, b, input, out, act);
             first.get_or_insert(pre);
             input = out;
         }
@@ -618,12 +625,11 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             return (Err(InferError::InputLength), Err(InferError::InputLength));
         }
         let first = self.dense_pair_into(p, (x0, x1), (&mut *w0, &mut *w1));
-        let depth = self.shape.depth();
+        // The last hidden layer's outputs end the activations.
+        let hl = self.shape.last_hidden();
         (
-            check_first(first.0, x0)
-                .and_then(|()| encoder_head(p, last_hidden(&w0.enc, depth), w0.mu)),
-            check_first(first.1, x1)
-                .and_then(|()| encoder_head(p, last_hidden(&w1.enc, depth), w1.mu)),
+            check_first(first.0, x0).and_then(|()| encoder_head(p, suffix(w0.enc, hl), w0.mu)),
+            check_first(first.1, x1).and_then(|()| encoder_head(p, suffix(w1.enc, hl), w1.mu)),
         )
     }
 
@@ -638,12 +644,14 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     ) -> (T, T) {
         normalise_pair_into(p, (x0, x1), (w0.xn, w1.xn));
         let act = Some(self.shape.activation);
+        let (mut layers, mut outs0, mut outs1) = (p.enc, &mut *w0.enc, &mut *w1.enc);
         let (mut in0, mut in1): (&[T], &[T]) = (w0.xn, w1.xn);
         let mut first = None;
-        let outs = w0.enc.iter_mut().zip(w1.enc.iter_mut());
-        for (layer, (o0, o1)) in p.enc.iter().zip(outs).take(self.shape.depth()) {
-            let (o0, o1): (&mut [T], &mut [T]) = (o0, o1);
-            let pre = dense_forward2(layer.w, layer.b, (in0, in1), (&mut *o0, &mut *o1), act);
+        for l in 0..self.shape.depth() {
+            let (o, i) = self.shape.encoder_layer(l);
+            let (wt, b) = (carve_ref(&mut layers, o * i), carve_ref(&mut layers, o));
+            let (o0, o1) = (carve(&mut outs0, o), carve(&mut outs1, o));
+            let pre = dense_forward2(wt, b, (in0, in1), (&mut *o0, &mut *o1), act);
             first.get_or_insert(pre);
             (in0, in1) = (o0, o1);
         }
@@ -656,21 +664,17 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     /// has its decoder (the callers check).
     pub(crate) fn decoder_forward(&self, p: &Params<'_, T>, w: &mut Work<'_, T>) {
         let act = Some(self.shape.activation);
+        let (mut layers, mut outs) = (p.dec, &mut *w.dec);
         let mut input: &[T] = w.z;
-        for (layer, out) in p.dec.iter().zip(w.dec.iter_mut()).take(self.shape.depth()) {
-            let out: &mut [T] = out;
-            dense_forward(layer.w, layer.b, input, out, act);
+        for l in 0..self.shape.depth() {
+            let (o, i) = self.shape.decoder_layer(l);
+            let (wt, b) = (carve_ref(&mut layers, o * i), carve_ref(&mut layers, o));
+            let out = carve(&mut outs, o);
+            dense_forward(wt, b, input, out, act);
             input = out;
         }
         dense_forward(p.out.w, p.out.b, input, w.xhat, None);
     }
-}
-
-/// The last hidden layer's activations (`h_L`) of the encoder activations `enc` of a
-/// network `depth` layers deep.
-pub(crate) fn last_hidden<'s, T>(enc: &'s [&mut [T]; MAX_HIDDEN], depth: usize) -> &'s [T] {
-    let last = depth.checked_sub(1).and_then(|l| enc.get(l));
-    last.map_or(&[], |h| &**h)
 }
 
 /// The rest of the encoder after its dense layers, from the last hidden layer `h`:

@@ -2,30 +2,30 @@
 //! slices by a validated [`Shape`], so that the passes index no flat vector.
 //!
 //! Each view is made by [`carve`]ing its slices off the front of one buffer, in layout
-//! order ([`Shape`]'s parameter layout, [`WorkLayout`](crate::infer::model::WorkLayout)'s workspace regions). The
+//! order ([`Shape`]'s parameter layout, [`WorkLayout`]'s workspace regions). The
 //! length of that buffer is checked once where it enters (a [`Model`](super::model::Model)
 //! checks its parameters when made, a workspace is checked against
 //! [`Shape::work_len`]), so every slice has its exact length by construction: the passes
 //! walk them with iterators and have no index that could be out of range, no error to
 //! return for it and no panic path to link.
 
+use crate::infer::model::WorkLayout;
 use crate::shape::{Scope, Shape, MAX_HIDDEN};
 use crate::Real;
 
 /// Takes the first `n` values off the front of `rest`. The buffers carved are checked
 /// against the shape when they enter, so `n` is never more than is left; if it were,
-/// the slice would come out empty (and the rest too) rather than panic.
+/// the slice would come out short (all that is left) rather than panic.
 pub(crate) fn carve<'a, T>(rest: &mut &'a mut [T], n: usize) -> &'a mut [T] {
-    let (head, tail) = core::mem::take(rest)
-        .split_at_mut_checked(n)
-        .unwrap_or_default();
+    let all = core::mem::take(rest);
+    let (head, tail) = all.split_at_mut(n.min(all.len()));
     *rest = tail;
     head
 }
 
 /// [`carve`] of a shared slice.
 pub(crate) fn carve_ref<'a, T>(rest: &mut &'a [T], n: usize) -> &'a [T] {
-    let (head, tail) = rest.split_at_checked(n).unwrap_or_default();
+    let (head, tail) = rest.split_at(n.min(rest.len()));
     *rest = tail;
     head
 }
@@ -36,9 +36,21 @@ pub(crate) fn prefix_mut<T>(s: &mut [T], n: usize) -> &mut [T] {
     s.split_at_mut_checked(n).unwrap_or_default().0
 }
 
+/// The last `n` values of `s` (all of it when shorter).
+pub(crate) fn suffix<T>(s: &[T], n: usize) -> &[T] {
+    s.get(s.len().saturating_sub(n)..).unwrap_or_default()
+}
+
 /// [`prefix_mut`] of a shared slice.
 pub(crate) fn prefix<T>(s: &[T], n: usize) -> &[T] {
     s.split_at_checked(n).unwrap_or_default().0
+}
+
+/// The last hidden layer's activations (`h_L`) of a network `depth` layers deep, from
+/// the activations by layer ([`Shape::activations`]).
+pub(crate) fn last_hidden<'s, T>(acts: &[&'s [T]; MAX_HIDDEN], depth: usize) -> &'s [T] {
+    let last = depth.checked_sub(1).and_then(|l| acts.get(l));
+    last.map_or(&[], |h| h)
 }
 
 /// The weights (`out x in`, row-major) and biases (`out`) of one dense layer.
@@ -78,8 +90,8 @@ pub(crate) struct Params<'a, T> {
     /// Per-feature input offset and scale (`D` each).
     pub offset: &'a [T],
     pub scale: &'a [T],
-    /// Encoder hidden layers (empty past the depth).
-    pub enc: [Dense<'a, T>; MAX_HIDDEN],
+    /// Encoder hidden layers, each weights then biases ([`Shape::dense_layers`]).
+    pub enc: &'a [T],
     /// Direction head `Wmu`, `bmu`.
     pub mu: Dense<'a, T>,
     /// Concentration head weight `wk` (`h_L`) and bias `bk`.
@@ -89,119 +101,62 @@ pub(crate) struct Params<'a, T> {
     pub seg: &'a [T],
     /// The segmenter's `ln kappa_s`.
     pub log_kappa_s: T,
-    /// Decoder hidden layers, from the latent on (empty past the depth, and all of the
-    /// decoder for an inference-only model).
-    pub dec: [Dense<'a, T>; MAX_HIDDEN],
+    /// Decoder hidden layers, from the latent on, each weights then biases (empty for
+    /// an inference-only model).
+    pub dec: &'a [T],
     /// Decoder output layer (`D x h_1`, `D`).
     pub out: Dense<'a, T>,
 }
 
 impl Shape {
-    /// The tensors of `params`, a parameter vector of this (valid) shape:
-    /// [`Shape::param_len`] values, or [`Shape::inference_param_len`] (no decoder).
-    pub(crate) fn params<'a, T: Real>(&self, params: &'a [T]) -> Params<'a, T> {
-        self.params_of(params, true)
+    /// The hidden layers of the encoder's (`decoder` false) or the decoder's block of
+    /// hidden layers ([`Params::enc`], [`Params::dec`]), in order (empty past the depth).
+    pub(crate) fn dense_layers<'a, T>(
+        &self,
+        block: &'a [T],
+        decoder: bool,
+    ) -> [Dense<'a, T>; MAX_HIDDEN] {
+        let mut rest = block;
+        let mut layers = [Dense::default(); MAX_HIDDEN];
+        for (l, e) in layers.iter_mut().enumerate().take(self.depth()) {
+            let shape = if decoder {
+                self.decoder_layer(l)
+            } else {
+                self.encoder_layer(l)
+            };
+            *e = Dense::carve(&mut rest, shape);
+        }
+        layers
     }
 
-    /// [`Shape::params`] without the decoder (left empty): what inference reads, for
-    /// less work per call.
-    pub(crate) fn inference_params<'a, T: Real>(&self, params: &'a [T]) -> Params<'a, T> {
-        self.params_of(params, false)
+    /// The outputs of the hidden layers in the encoder's (`decoder` false) or the
+    /// decoder's activations ([`Work::enc`], [`Work::dec`]), in order (empty past the
+    /// depth).
+    pub(crate) fn activations<'a, T>(
+        &self,
+        region: &'a [T],
+        decoder: bool,
+    ) -> [&'a [T]; MAX_HIDDEN] {
+        let mut rest = region;
+        let mut acts = [&[][..]; MAX_HIDDEN];
+        for (l, e) in acts.iter_mut().enumerate().take(self.depth()) {
+            let width = if decoder {
+                self.decoder_layer(l).0
+            } else {
+                self.hidden(l)
+            };
+            *e = carve_ref(&mut rest, width);
+        }
+        acts
     }
 
-    #[inline(always)]
-    fn params_of<'a, T: Real>(&self, params: &'a [T], decoder: bool) -> Params<'a, T> {
-        let d = self.input;
-        let mut rest = params;
-        let offset = carve_ref(&mut rest, d);
-        let scale = carve_ref(&mut rest, d);
-        let mut enc = [Dense::default(); MAX_HIDDEN];
-        for (l, e) in enc.iter_mut().enumerate().take(self.depth()) {
-            *e = Dense::carve(&mut rest, self.encoder_layer(l));
-        }
-        let (m, h) = (self.latent, self.last_hidden());
-        let mu = Dense::carve(&mut rest, (m, h));
-        let kappa_w = carve_ref(&mut rest, h);
-        let kappa_b = first(carve_ref(&mut rest, 1));
-        let seg = carve_ref(&mut rest, self.segmenter_len());
-        let log_kappa_s = first(seg.get(self.clusters * m..).unwrap_or_default());
-        let mut dec = [Dense::default(); MAX_HIDDEN];
-        let mut out = Dense::default();
-        if decoder {
-            for (l, e) in dec.iter_mut().enumerate().take(self.depth()) {
-                *e = Dense::carve(&mut rest, self.decoder_layer(l));
-            }
-            out = Dense::carve(&mut rest, self.decoder_layer(self.depth()));
-        }
-        Params {
-            offset,
-            scale,
-            enc,
-            mu,
-            kappa_w,
-            kappa_b,
-            seg,
-            log_kappa_s,
-            dec,
-            out,
-        }
-    }
-
-    /// The regions of `work` ([`WorkLayout`](crate::infer::model::WorkLayout)); `None` when it is shorter than
+    /// The regions of `work` ([`WorkLayout`]); `None` when it is shorter than
     /// [`Shape::work_len`] (the rest of a longer one is left out).
     pub(crate) fn work<'a, T>(&self, work: &'a mut [T]) -> Option<Work<'a, T>> {
         if work.len() < self.work_len() {
             return None;
         }
-        Some(self.regions(work, true))
-    }
-
-    /// The regions inference uses (`xn`, `enc`, `mu`, `z`, `logp`, `p`; the others
-    /// left empty) of `work`, which is at least [`Shape::work_len`] long: for less
-    /// work per call.
-    pub(crate) fn inference_work<'a, T>(&self, work: &'a mut [T]) -> Work<'a, T> {
-        self.regions(work, false)
-    }
-
-    #[inline(always)]
-    fn regions<'a, T>(&self, work: &'a mut [T], backward: bool) -> Work<'a, T> {
-        let (d, m, k) = (self.input, self.latent, self.clusters);
-        let mut rest = work;
-        let xn = carve(&mut rest, d);
-        let mut enc: [&mut [T]; MAX_HIDDEN] = Default::default();
-        for (l, e) in enc.iter_mut().enumerate().take(self.depth()) {
-            *e = carve(&mut rest, self.hidden(l));
-        }
-        let mu = carve(&mut rest, m);
-        let z = carve(&mut rest, m);
-        let logp = carve(&mut rest, k);
-        let p = carve(&mut rest, k);
-        let mut work = Work {
-            xn,
-            enc,
-            mu,
-            z,
-            logp,
-            p,
-            dec: Default::default(),
-            xhat: Default::default(),
-            ga: Default::default(),
-            gb: Default::default(),
-            gz: Default::default(),
-            gmu: Default::default(),
-        };
-        if backward {
-            for (l, e) in work.dec.iter_mut().enumerate().take(self.depth()) {
-                *e = carve(&mut rest, self.decoder_layer(l).0);
-            }
-            let w = self.max_width();
-            work.xhat = carve(&mut rest, d);
-            work.ga = carve(&mut rest, w);
-            work.gb = carve(&mut rest, w);
-            work.gz = carve(&mut rest, m);
-            work.gmu = carve(&mut rest, m);
-        }
-        work
+        Some(WorkLayout::of(self).regions(work, true))
     }
 
     /// The tensors of a gradient over `scope` ([`Shape::scope_range`] long): those
@@ -225,6 +180,126 @@ impl Shape {
             g.out = Some(DenseMut::carve(&mut rest, self.decoder_layer(self.depth())));
         }
         g
+    }
+}
+
+/// Where the tensors of a parameter vector start ([`Shape`]'s layout), for splitting
+/// it by differences of offsets, computed once (a [`Model`](super::model::Model) keeps
+/// its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ParamLayout {
+    /// The encoder's hidden layers.
+    enc: usize,
+    mu_w: usize,
+    mu_b: usize,
+    kappa_w: usize,
+    kappa_b: usize,
+    seg: usize,
+    log_kappa_s: usize,
+    /// The decoder's hidden layers.
+    dec: usize,
+    out_w: usize,
+    out_b: usize,
+    end: usize,
+}
+
+impl ParamLayout {
+    /// The layout of a (valid) shape.
+    pub(crate) const fn of(s: &Shape) -> ParamLayout {
+        let (m, h, k) = (s.latent, s.last_hidden(), s.clusters);
+        let seg = s.segmenter_offset();
+        let kappa_b = seg - 1;
+        let kappa_w = kappa_b - h;
+        let mu_b = kappa_w - m;
+        let mu_w = mu_b - m * h;
+        let (o, i) = s.decoder_layer(s.depth());
+        let end = s.param_len();
+        ParamLayout {
+            enc: s.encoder_offset(),
+            mu_w,
+            mu_b,
+            kappa_w,
+            kappa_b,
+            seg,
+            log_kappa_s: seg + k * m,
+            dec: s.decoder_offset(),
+            out_w: end - (o * i + o),
+            out_b: end - o,
+            end,
+        }
+    }
+
+    /// The tensors of `params`, a parameter vector of the shape ([`Shape::param_len`]
+    /// values, or [`Shape::inference_param_len`] for no decoder), without the decoder
+    /// unless `decoder`.
+    #[inline(always)]
+    pub(crate) fn params<'a, T: Real>(&self, params: &'a [T], decoder: bool) -> Params<'a, T> {
+        let l = self;
+        let mut rest = params;
+        let norm = carve_ref(&mut rest, l.enc);
+        let (offset, scale) = norm.split_at_checked(l.enc / 2).unwrap_or_default();
+        let enc = carve_ref(&mut rest, l.mu_w - l.enc);
+        let mu = Dense {
+            w: carve_ref(&mut rest, l.mu_b - l.mu_w),
+            b: carve_ref(&mut rest, l.kappa_w - l.mu_b),
+        };
+        let kappa_w = carve_ref(&mut rest, l.kappa_b - l.kappa_w);
+        let kappa_b = first(carve_ref(&mut rest, l.seg - l.kappa_b));
+        let seg = carve_ref(&mut rest, l.dec - l.seg);
+        let log_kappa_s = first(seg.get(l.log_kappa_s - l.seg..).unwrap_or_default());
+        let (mut dec, mut out) = (&[][..], Dense::default());
+        if decoder {
+            dec = carve_ref(&mut rest, l.out_w - l.dec);
+            out = Dense {
+                w: carve_ref(&mut rest, l.out_b - l.out_w),
+                b: carve_ref(&mut rest, l.end - l.out_b),
+            };
+        }
+        Params {
+            offset,
+            scale,
+            enc,
+            mu,
+            kappa_w,
+            kappa_b,
+            seg,
+            log_kappa_s,
+            dec,
+            out,
+        }
+    }
+}
+
+impl WorkLayout {
+    /// The regions of `work` (at least [`WorkLayout::end`] long), the backward pass's
+    /// only when `backward`.
+    #[inline(always)]
+    pub(crate) fn regions<'a, T>(&self, work: &'a mut [T], backward: bool) -> Work<'a, T> {
+        let l = self;
+        let mut rest = work;
+        let mut work = Work {
+            xn: carve(&mut rest, l.enc - l.xn),
+            enc: carve(&mut rest, l.mu - l.enc),
+            mu: carve(&mut rest, l.z - l.mu),
+            z: carve(&mut rest, l.logp - l.z),
+            logp: carve(&mut rest, l.p - l.logp),
+            p: carve(&mut rest, l.dec - l.p),
+            dec: Default::default(),
+            xhat: Default::default(),
+            ga: Default::default(),
+            gb: Default::default(),
+            gz: Default::default(),
+            gmu: Default::default(),
+        };
+        if backward {
+            work.dec = carve(&mut rest, l.xhat - l.dec);
+            work.xhat = carve(&mut rest, l.ga - l.xhat);
+            work.ga = carve(&mut rest, l.gb - l.ga);
+            work.gb = carve(&mut rest, l.gz - l.gb);
+            work.gz = carve(&mut rest, l.gmu - l.gz);
+            work.gmu = carve(&mut rest, l.end - l.gmu);
+        }
+        work
     }
 }
 
@@ -281,14 +356,14 @@ impl<T> Default for Grads<'_, T> {
     }
 }
 
-/// The workspace of one sample by region ([`WorkLayout`](crate::infer::model::WorkLayout)): the forward pass's
+/// The workspace of one sample by region ([`WorkLayout`]): the forward pass's
 /// activations and the backward pass's buffers.
 #[derive(Debug)]
 pub(crate) struct Work<'a, T> {
     /// Normalised input (`D`).
     pub xn: &'a mut [T],
-    /// Encoder hidden activations by layer (empty past the depth).
-    pub enc: [&'a mut [T]; MAX_HIDDEN],
+    /// Encoder hidden activations, layer after layer ([`Shape::activations`]).
+    pub enc: &'a mut [T],
     /// Mean direction `mu` (`M`).
     pub mu: &'a mut [T],
     /// Latent vector the decoder starts from (`M`).
@@ -297,8 +372,8 @@ pub(crate) struct Work<'a, T> {
     pub logp: &'a mut [T],
     /// Cluster probabilities (`K`).
     pub p: &'a mut [T],
-    /// Decoder hidden activations by layer (empty past the depth).
-    pub dec: [&'a mut [T]; MAX_HIDDEN],
+    /// Decoder hidden activations, layer after layer.
+    pub dec: &'a mut [T],
     /// Decoder output (`D`).
     pub xhat: &'a mut [T],
     /// Two gradient buffers as wide as the widest layer.
@@ -322,19 +397,31 @@ mod tests {
         ] {
             let mut work = [0.0f32; 400];
             let w = s.work(&mut work[..s.work_len()]).unwrap();
-            let l = crate::infer::model::WorkLayout::of(&s);
+            let l = WorkLayout::of(&s);
             let lens = [
-                &w.xn, &w.mu, &w.z, &w.logp, &w.p, &w.xhat, &w.ga, &w.gb, &w.gz, &w.gmu,
+                &w.xn, &w.enc, &w.mu, &w.z, &w.logp, &w.p, &w.dec, &w.xhat, &w.ga, &w.gb, &w.gz,
+                &w.gmu,
             ];
-            let sum: usize = lens.iter().map(|v| v.len()).sum::<usize>()
-                + w.enc.iter().chain(&w.dec).map(|v| v.len()).sum::<usize>();
+            let sum: usize = lens.iter().map(|v| v.len()).sum::<usize>();
             assert_eq!(sum, l.end);
-            assert_eq!(w.enc.iter().map(|v| v.len()).sum::<usize>(), s.hidden_sum());
+            let acts = s.activations(&*w.enc, false);
+            assert_eq!(acts.iter().map(|v| v.len()).sum::<usize>(), s.hidden_sum());
+            let acts = s.activations(&*w.dec, true);
+            assert_eq!(acts.iter().map(|v| v.len()).sum::<usize>(), s.hidden_sum());
             let params = [0.0f32; 8000];
-            let p = s.params(&params[..s.param_len()]);
+            let p = ParamLayout::of(&s).params(&params[..s.param_len()], true);
             let dense = |d: &Dense<'_, f32>| d.w.len() + d.b.len();
+            let layers = s
+                .dense_layers(p.enc, false)
+                .iter()
+                .map(dense)
+                .sum::<usize>();
+            assert_eq!(layers, p.enc.len());
+            let layers = s.dense_layers(p.dec, true).iter().map(dense).sum::<usize>();
+            assert_eq!(layers, p.dec.len());
             let sum = 2 * s.input
-                + p.enc.iter().chain(&p.dec).map(dense).sum::<usize>()
+                + p.enc.len()
+                + p.dec.len()
                 + dense(&p.mu)
                 + p.kappa_w.len()
                 + 1

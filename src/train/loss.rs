@@ -24,11 +24,9 @@
 //! [`Shape::work_len`] plus [`cache_len`] per batch.
 
 use crate::dist::sphere::{reflect_backward, Draw, SampleError};
-use crate::infer::model::{
-    copy_over, last_hidden, segmenter_logits, softmax_from_logits, InferError, Model,
-};
+use crate::infer::model::{copy_over, segmenter_logits, softmax_from_logits, InferError, Model};
 use crate::infer::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
-use crate::infer::views::{carve, prefix_mut, Dense, DenseMut, Grads, Params, Work};
+use crate::infer::views::{carve, last_hidden, prefix_mut, Dense, DenseMut, Grads, Params, Work};
 use crate::shape::{Likelihood, Posterior, Scope, Shape};
 use crate::{Activation, Real};
 
@@ -747,21 +745,22 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
     let depth = s.depth();
     // The output layer: its upstream gradient is in ga, its input gradient goes to gb.
     let (no, ni) = s.decoder_layer(depth);
+    let (dec, acts) = (s.dense_layers(p.dec, true), s.activations(&*work.dec, true));
     dense_backward(
         p.out.w,
-        last_hidden(&work.dec, depth),
+        last_hidden(&acts, depth),
         prefix_mut(work.ga, no),
         g.out.as_mut().map(DenseMut::both),
         Some(prefix_mut(work.gb, ni)),
     );
     // The hidden layers, last to first: layer `l > 0` reads layer `l - 1`'s output,
     // layer 0 reads z. The upstream gradient alternates gb -> ga -> gb ...
-    let [p0, p_rest @ ..] = &p.dec;
+    let [p0, p_rest @ ..] = &dec;
     let [g0, g_rest @ ..] = &mut g.dec;
-    let [y0, y_rest @ ..] = &work.dec;
+    let [y0, y_rest @ ..] = &acts;
     let mut cur_is_a = false;
     let layers = p_rest.iter().zip(g_rest.iter_mut());
-    let acts = work.dec.iter().zip(y_rest);
+    let acts = acts.iter().zip(y_rest);
     for ((layer, gl), (input, y)) in layers.zip(acts).take(depth.saturating_sub(1)).rev() {
         let (dy, dx) = if cur_is_a {
             (&mut *work.ga, &mut *work.gb)
@@ -863,7 +862,11 @@ fn encoder_backward<T: Real>(
     for ((gq, &gm), &mq) in work.ga.iter_mut().zip(&*work.gmu).zip(&*work.mu) {
         *gq = (gm - mq * proj) / enc.norm;
     }
-    let h = last_hidden(&work.enc, depth);
+    let (enc_layers, acts) = (
+        s.dense_layers(p.enc, false),
+        s.activations(&*work.enc, false),
+    );
+    let h = last_hidden(&acts, depth);
     // Direction head: y = Wmu h + bmu; dL/dh into gb.
     dense_backward(
         p.mu.w,
@@ -886,12 +889,12 @@ fn encoder_backward<T: Real>(
     }
     // Hidden layers, last to first (layer `l > 0` reads layer `l - 1`'s output, layer 0
     // the normalised input); the upstream gradient alternates gb -> ga -> gb ...
-    let [p0, p_rest @ ..] = &p.enc;
+    let [p0, p_rest @ ..] = &enc_layers;
     let [g0, g_rest @ ..] = &mut g.enc;
-    let [y0, y_rest @ ..] = &work.enc;
+    let [y0, y_rest @ ..] = &acts;
     let mut cur_is_b = true;
     let layers = p_rest.iter().zip(g_rest.iter_mut());
-    let acts = work.enc.iter().zip(y_rest);
+    let acts = acts.iter().zip(y_rest);
     for ((layer, gl), (input, y)) in layers.zip(acts).take(depth.saturating_sub(1)).rev() {
         let (dy, dx) = if cur_is_b {
             (&mut *work.gb, &mut *work.ga)
