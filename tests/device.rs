@@ -357,7 +357,12 @@ fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
         .collect();
     let km = TrainSettings {
         scope: TrainScope::SegmenterOnly,
-        optimiser: TrainOptimiser::OnlineKMeans { memory: 5 },
+        optimiser: TrainOptimiser::OnlineKMeans {
+            memory: 5,
+            spawn_above: 2.0,
+            spawn_window: 128,
+            spawn_count: 16,
+        },
         lr: 1e-3,
         batch: 4,
     };

@@ -79,3 +79,70 @@ fn bad_input_changes_nothing() {
     assert_eq!(c, before);
     assert_eq!(c2.updates(), 0);
 }
+
+/// The spawner: novelty that persists (count of the window) spawns the larger group's
+/// mean direction into the first unused slot, with the used slots' mean log-weight;
+/// scattered novelty does not; a full segmenter spawns nothing.
+#[test]
+fn persistent_novelty_spawns_a_centre_into_an_unused_slot() {
+    use hvae::train::centres::{in_use, SpawnRule, Spawner, UNUSED_LOG_WEIGHT};
+    use rand_core::SeedableRng;
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(1);
+    // Slot 2 unused: a copy of centre 0, log-weight UNUSED.
+    let mut seg = vec![
+        1.0,
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        0.0,
+        2.0,
+        -1.0,
+        -2.0,
+        UNUSED_LOG_WEIGHT,
+    ];
+    assert!(in_use(&S, &seg, 0) && in_use(&S, &seg, 1) && !in_use(&S, &seg, 2));
+    let rule = SpawnRule {
+        threshold: 0.5,
+        window: 8,
+        count: 4,
+    };
+    let mut sp = Spawner::new(rule);
+    // Scattered novelty: one novel sample in every 3 never fills 4 of a window of 8.
+    for i in 0..30 {
+        let novel = i % 3 == 0;
+        assert!(
+            !sp.observe(&[0.0, 1.0], if novel { 0.9 } else { 0.1 }),
+            "{i}"
+        );
+    }
+    // Persistent novelty near (-0.6, -0.8), with two strays near (0.6, -0.8).
+    let mut sp = Spawner::new(rule);
+    let dirs = [[-0.6f32, -0.8], [-0.62, -0.78], [0.6, -0.8], [-0.58, -0.81]];
+    let mut fired = false;
+    for d in dirs.iter().chain(&[[0.61f32, -0.79], [-0.6, -0.8]]) {
+        let n = (d[0] * d[0] + d[1] * d[1]).sqrt();
+        fired = sp.observe(&[d[0] / n, d[1] / n], 0.9);
+    }
+    assert!(fired);
+    let mut counts = CentreCounts::new(50.0);
+    let slot = sp.spawn(&S, &mut seg, &mut counts, &mut rng).unwrap();
+    assert_eq!(slot, Some(2));
+    assert!(in_use(&S, &seg, 2));
+    // The larger group's mean direction: near (-0.6, -0.8).
+    assert!(
+        (seg[4] + 0.6).abs() < 0.02 && (seg[5] + 0.8).abs() < 0.02,
+        "{seg:?}"
+    );
+    assert_eq!(seg[9], -1.5);
+    assert_eq!(counts.count(2), 4.0);
+    assert_eq!(sp.spawned(), 1);
+    // Its memory of novelty starts again; with no unused slot left, nothing spawns.
+    assert!(!sp.observe(&[0.0, -1.0], 0.9));
+    for _ in 0..8 {
+        sp.observe(&[0.0, -1.0], 0.9);
+    }
+    let before = seg.clone();
+    assert_eq!(sp.spawn(&S, &mut seg, &mut counts, &mut rng), Ok(None));
+    assert_eq!(seg, before);
+}

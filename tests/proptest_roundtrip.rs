@@ -160,7 +160,16 @@ mod protocol {
                 prop_oneof![
                     Just(TrainOptimiser::Adam),
                     finite().prop_map(|momentum| TrainOptimiser::Sgd { momentum }),
-                    any::<u16>().prop_map(|memory| TrainOptimiser::OnlineKMeans { memory })
+                    (any::<u16>(), finite(), any::<u8>(), any::<u8>()).prop_map(
+                        |(memory, spawn_above, spawn_window, spawn_count)| {
+                            TrainOptimiser::OnlineKMeans {
+                                memory,
+                                spawn_above,
+                                spawn_window,
+                                spawn_count,
+                            }
+                        }
+                    )
                 ],
                 finite(),
                 any::<u8>(),

@@ -12,7 +12,7 @@ use crate::protocol::{
 };
 use crate::shape::{Scope, Shape};
 use crate::store::checkpoint::{Checkpoints, Layout, Restore};
-use crate::train::centres::CentreCounts;
+use crate::train::centres::{in_use, CentreCounts, SpawnRule, Spawner};
 use crate::train::optim::{OptimKind, Optimiser};
 use crate::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
@@ -49,6 +49,8 @@ pub struct Engine<const D: usize, const W: usize, P, S: Store, const CAPS: u32 =
     tracker: Option<Tracker<D>>,
     /// The centres' counts, while an online k-means training runs (instead of `trainer`).
     centres: Option<CentreCounts>,
+    /// What spawns new centres, while an online k-means training runs.
+    spawner: Option<Spawner>,
     rng: Xoshiro256PlusPlus,
     work: [f32; W],
     store: S,
@@ -84,6 +86,7 @@ where
             trainer: None,
             tracker: None,
             centres: None,
+            spawner: None,
             rng: Xoshiro256PlusPlus::seed_from_u64(SEED),
             work: [0.0; W],
             store,
@@ -259,6 +262,7 @@ where
         self.trainer = None;
         self.tracker = None;
         self.centres = None;
+        self.spawner = None;
         self.staging = None;
         let (_, mut state) = self
             .store
@@ -278,6 +282,7 @@ where
             self.trainer = None;
             self.tracker = None;
             self.centres = None;
+            self.spawner = None;
             self.staging = None;
             let (scratch, _) = self.store.take(n, 0).ok_or(ErrorCode::Internal)?;
             self.staging = Some(scratch);
@@ -318,7 +323,14 @@ where
         self.centres = None;
         self.staging = None;
         self.loader.reset();
-        if let TrainOptimiser::OnlineKMeans { memory } = s.optimiser {
+        self.spawner = None;
+        if let TrainOptimiser::OnlineKMeans {
+            memory,
+            spawn_above,
+            spawn_window,
+            spawn_count,
+        } = s.optimiser
+        {
             if !matches!(
                 s.scope,
                 TrainScope::SegmenterOnly | TrainScope::SegmenterAndNormalisation
@@ -326,6 +338,11 @@ where
                 return Err(ErrorCode::Train);
             }
             self.centres = Some(CentreCounts::new(f32::from(memory)));
+            self.spawner = Some(Spawner::new(SpawnRule {
+                threshold: spawn_above,
+                window: spawn_window,
+                count: spawn_count,
+            }));
         } else {
             let cfg = config(s).ok_or(ErrorCode::Train)?;
             let shape = *self.model.shape();
@@ -351,9 +368,11 @@ where
     }
 
     /// Online k-means: the tracker (if any) takes the samples and sets the normalisation,
-    /// then each sample, segmented by the model, moves the centre of its label. The
-    /// answer's `steps` counts the samples taken, its `loss` is the request's mean
-    /// novelty (`1 - cosine` to the nearest centre, before the update).
+    /// then each sample, segmented by the model, moves the centre of its label (a novel
+    /// one moves none and goes to the spawner, which may give an unused slot a centre).
+    /// The answer's `buffered` counts the centre slots in use (a spawn shows as one
+    /// more), `steps` the samples taken, `loss` the request's mean novelty (`1 - cosine`
+    /// to the nearest centre, before the update).
     fn update_centres(&mut self, samples: &[f32]) -> Result<Response, ErrorCode> {
         if let Some(tracker) = self.tracker.as_mut() {
             for x in samples.chunks_exact(D) {
@@ -370,7 +389,10 @@ where
         let mut novelty = 0.0f32;
         let mut n = 0u32;
         for x in samples.chunks_exact(D) {
-            let centres = self.centres.as_mut().ok_or(ErrorCode::Internal)?;
+            let (centres, spawner) = match (self.centres.as_mut(), self.spawner.as_mut()) {
+                (Some(c), Some(s)) => (c, s),
+                _ => return Err(ErrorCode::Internal),
+            };
             let seg = self
                 .model
                 .segment(x, &mut self.work)
@@ -382,17 +404,34 @@ where
                 .params_mut()
                 .get_mut(so..so + l)
                 .ok_or(ErrorCode::Internal)?;
-            centres
-                .update(&shape, params, seg.mu, seg.label)
-                .map_err(|_| ErrorCode::Train)?;
+            // A novel sample moves no centre: it is kept for a spawn.
+            let fire = spawner.observe(seg.mu, seg.novelty());
+            if !spawner.is_novel(seg.novelty()) {
+                centres
+                    .update(&shape, params, seg.mu, seg.label)
+                    .map_err(|_| ErrorCode::Train)?;
+            }
+            if fire {
+                if let Some(_slot) = spawner
+                    .spawn(&shape, params, centres, &mut self.rng)
+                    .map_err(|_| ErrorCode::Train)?
+                {
+                    #[cfg(feature = "defmt")]
+                    defmt::info!("learn: spawned centre {=usize}", _slot);
+                }
+            }
             self.crc = None;
             if centres.updates() % CHECKPOINT_EVERY == 0 && self.store.checkpoints().is_some() {
                 self.checkpoint()?;
             }
         }
         let updates = self.centres.as_ref().map_or(0, CentreCounts::updates);
+        let seg = self.model.segmenter_params();
+        let used = (0..shape.clusters)
+            .filter(|&k| in_use(&shape, seg, k))
+            .count();
         Ok(Response::Trained {
-            buffered: 0,
+            buffered: used as u32,
             steps: updates,
             loss: if n > 0 { novelty / n as f32 } else { f32::NAN },
         })

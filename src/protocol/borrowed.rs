@@ -286,7 +286,12 @@ pub fn parse(body: &[u8]) -> Result<RequestRef<'_>, FrameError> {
                 let optimiser = match r.u32()? {
                     0 => TrainOptimiser::Sgd { momentum: r.f32()? },
                     1 => TrainOptimiser::Adam,
-                    2 => TrainOptimiser::OnlineKMeans { memory: r.u16()? },
+                    2 => TrainOptimiser::OnlineKMeans {
+                        memory: r.u16()?,
+                        spawn_above: r.f32()?,
+                        spawn_window: r.byte()?,
+                        spawn_count: r.byte()?,
+                    },
                     _ => return Err(FrameError::Malformed),
                 };
                 let lr = r.f32()?;

@@ -156,6 +156,15 @@ pub enum TrainOptimiser {
     OnlineKMeans {
         /// Samples a centre remembers (its count's bound), at least 1.
         memory: u16,
+        /// Novelty above which a sample is novel: it moves no centre, and when at
+        /// least `spawn_count` of the last `spawn_window` samples were novel, a centre
+        /// is spawned into an unused slot ([`crate::train::centres::Spawner`]). 2 or
+        /// more: nothing is ever novel.
+        spawn_above: f32,
+        /// Samples the spawn rule looks back on (at most 128).
+        spawn_window: u8,
+        /// Novel samples among them that spawn a centre.
+        spawn_count: u8,
     },
 }
 

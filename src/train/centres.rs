@@ -69,6 +69,13 @@ impl CentreCounts {
         self.counts.get(k).copied().unwrap_or(0.0)
     }
 
+    /// Sets the count of centre `k` (at most the memory; nothing past the last cluster).
+    pub fn set_count(&mut self, k: usize, count: f32) {
+        if let Some(c) = self.counts.get_mut(k) {
+            *c = count.min(self.memory);
+        }
+    }
+
     /// Moves centre `label` of the segmenter parameters `seg` (laid out as
     /// [`Shape::segmenter_len`]: `K M` centre values first) towards the unit direction
     /// `mu` (`M` values), by the rule of the [module](self). On error nothing changes.
@@ -111,5 +118,193 @@ impl CentreCounts {
         *n = next;
         self.updates = self.updates.saturating_add(1);
         Ok(())
+    }
+}
+
+/// The log-weight of a centre slot that is not in use: its probability is zero
+/// (`exp(-1e4)` underflows), so no sample is labelled with it. An unused slot's centre
+/// should be a copy of a used one, so that the largest cosine (the novelty) is that of
+/// the used centres.
+pub const UNUSED_LOG_WEIGHT: f32 = -1.0e4;
+
+/// Most novel directions a [`Spawner`] keeps.
+pub const NOVEL_CAP: usize = 32;
+
+/// Largest latent size a [`Spawner`] handles.
+pub const MAX_SPAWN_LATENT: usize = 16;
+
+/// When novelty persists: at least `count` of the last `window` samples had a novelty
+/// (`1 - cosine` to the nearest centre) above `threshold`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SpawnRule {
+    /// Novelty above which a sample is novel (e.g. a high percentile of the training
+    /// set's novelty).
+    pub threshold: f32,
+    /// Samples looked back on, at most 128.
+    pub window: u8,
+    /// Novel samples among them that spawn a centre, at least 1.
+    pub count: u8,
+}
+
+/// Whether a slot of segmenter `seg` is in use (its log-weight above half of
+/// [`UNUSED_LOG_WEIGHT`]).
+pub fn in_use(shape: &Shape, seg: &[f32], k: usize) -> bool {
+    let (m, kk) = (shape.latent, shape.clusters);
+    k < kk
+        && seg
+            .get(kk * m + 1 + k)
+            .is_some_and(|&w| w > 0.5 * UNUSED_LOG_WEIGHT)
+}
+
+/// Spawns a centre from novelty that persists: it keeps the novelty flags of the last
+/// [`SpawnRule::window`] samples and the directions of the last [`NOVEL_CAP`] novel
+/// ones; when the rule fires and a slot is unused, spherical 2-means over the kept
+/// directions gives the new centre (the mean direction of the larger group), which
+/// takes the unused slot with the mean log-weight of the used ones and a count of its
+/// group's size, and the memory of novelty starts again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spawner {
+    rule: SpawnRule,
+    flags: u128,
+    seen: u8,
+    novel: [[f32; MAX_SPAWN_LATENT]; NOVEL_CAP],
+    len: usize,
+    next: usize,
+    spawned: u32,
+}
+
+impl Spawner {
+    /// A spawner with `rule` (a window above 128 is 128, a count of 0 is 1).
+    pub const fn new(rule: SpawnRule) -> Self {
+        let window = if rule.window > 128 { 128 } else { rule.window };
+        let count = if rule.count == 0 { 1 } else { rule.count };
+        Spawner {
+            rule: SpawnRule {
+                threshold: rule.threshold,
+                window,
+                count,
+            },
+            flags: 0,
+            seen: 0,
+            novel: [[0.0; MAX_SPAWN_LATENT]; NOVEL_CAP],
+            len: 0,
+            next: 0,
+            spawned: 0,
+        }
+    }
+
+    /// Centres spawned so far.
+    pub fn spawned(&self) -> u32 {
+        self.spawned
+    }
+
+    /// True if `novelty` is above the rule's threshold.
+    pub fn is_novel(&self, novelty: f32) -> bool {
+        novelty > self.rule.threshold
+    }
+
+    /// Takes one sample's direction `mu` and novelty; true when the rule fires.
+    pub fn observe(&mut self, mu: &[f32], novelty: f32) -> bool {
+        let novel = self.is_novel(novelty) && mu.len() <= MAX_SPAWN_LATENT;
+        let w = u32::from(self.rule.window);
+        let mask = if w >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << w) - 1
+        };
+        self.flags = ((self.flags << 1) | u128::from(novel)) & mask;
+        self.seen = self.seen.saturating_add(1).min(self.rule.window);
+        if novel {
+            if let Some(row) = self.novel.get_mut(self.next) {
+                row.fill(0.0);
+                for (r, &v) in row.iter_mut().zip(mu) {
+                    *r = v;
+                }
+            }
+            self.next = (self.next + 1) % NOVEL_CAP;
+            self.len = (self.len + 1).min(NOVEL_CAP);
+        }
+        self.flags.count_ones() >= u32::from(self.rule.count)
+    }
+
+    /// Spawns a centre into the first unused slot of `seg` (see the type's docs), with
+    /// its count in `counts`. `Ok(None)` when no slot is unused or fewer than two
+    /// directions are kept (the memory of novelty is kept then). On error nothing
+    /// changes.
+    pub fn spawn<R: rand_core::Rng>(
+        &mut self,
+        shape: &Shape,
+        seg: &mut [f32],
+        counts: &mut CentreCounts,
+        rng: &mut R,
+    ) -> Result<Option<usize>, CentreError> {
+        let (m, k) = (shape.latent, shape.clusters);
+        if seg.len() != shape.segmenter_len() || m == 0 || m > MAX_SPAWN_LATENT || k > MAX_CLUSTERS
+        {
+            return Err(CentreError::Length);
+        }
+        let Some(slot) = (0..k).find(|&j| !in_use(shape, seg, j)) else {
+            return Ok(None);
+        };
+        if self.len < 2 {
+            return Ok(None);
+        }
+        let n = self.len;
+        let kept = self.novel.get(..n).ok_or(CentreError::Length)?;
+        let mut points = [0.0f32; NOVEL_CAP * MAX_SPAWN_LATENT];
+        for (i, row) in kept.iter().enumerate() {
+            let dst = points
+                .get_mut(i * m..(i + 1) * m)
+                .ok_or(CentreError::Length)?;
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d = v;
+            }
+        }
+        let points = points.get(..n * m).ok_or(CentreError::Length)?;
+        let mut centres = [0.0f32; 2 * MAX_SPAWN_LATENT];
+        let mut scratch = [0.0f32; crate::train::kmeans::scratch_len(2, MAX_SPAWN_LATENT)];
+        let mut labels = [0u8; NOVEL_CAP];
+        let labels = labels.get_mut(..n).ok_or(CentreError::Length)?;
+        let two = centres.get_mut(..2 * m).ok_or(CentreError::Length)?;
+        crate::train::kmeans::spherical_kmeans(points, m, 2, 20, rng, two, &mut scratch, labels)
+            .map_err(|_| CentreError::NonFinite)?;
+        let ones = labels.iter().filter(|&&l| l == 1).count();
+        let (group, size) = if 2 * ones > n {
+            (1, ones)
+        } else {
+            (0, n - ones)
+        };
+        let centre = two
+            .get(group * m..(group + 1) * m)
+            .ok_or(CentreError::Length)?;
+        if !centre.iter().all(|v| v.is_finite()) {
+            return Err(CentreError::NonFinite);
+        }
+        // The mean log-weight of the slots in use.
+        let (mut sum, mut used) = (0.0f32, 0u32);
+        for j in 0..k {
+            if in_use(shape, seg, j) {
+                sum += seg.get(k * m + 1 + j).copied().unwrap_or(0.0);
+                used += 1;
+            }
+        }
+        let weight = if used > 0 { sum / used as f32 } else { 0.0 };
+        let target = seg
+            .get_mut(slot * m..(slot + 1) * m)
+            .ok_or(CentreError::Length)?;
+        for (t, &v) in target.iter_mut().zip(centre) {
+            *t = v;
+        }
+        if let Some(w) = seg.get_mut(k * m + 1 + slot) {
+            *w = weight;
+        }
+        counts.set_count(slot, size as f32);
+        self.flags = 0;
+        self.seen = 0;
+        self.len = 0;
+        self.next = 0;
+        self.spawned = self.spawned.saturating_add(1);
+        Ok(Some(slot))
     }
 }

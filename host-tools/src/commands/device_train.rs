@@ -76,12 +76,19 @@ pub enum OptimiserArg {
 }
 
 impl OptimiserArg {
-    /// The optimiser on the wire.
-    pub fn to_wire(self, momentum: f32, memory: u16) -> TrainOptimiser {
+    /// The optimiser on the wire, with the settings of `args`.
+    pub fn to_wire(self, args: &DeviceTrainArgs) -> TrainOptimiser {
         match self {
             OptimiserArg::Adam => TrainOptimiser::Adam,
-            OptimiserArg::Sgd => TrainOptimiser::Sgd { momentum },
-            OptimiserArg::OnlineKMeans => TrainOptimiser::OnlineKMeans { memory },
+            OptimiserArg::Sgd => TrainOptimiser::Sgd {
+                momentum: args.momentum,
+            },
+            OptimiserArg::OnlineKMeans => TrainOptimiser::OnlineKMeans {
+                memory: args.memory,
+                spawn_above: args.spawn_above,
+                spawn_window: args.spawn_window,
+                spawn_count: args.spawn_count,
+            },
         }
     }
 }
@@ -124,6 +131,23 @@ pub struct DeviceTrainArgs {
     #[arg(long, default_value_t = 100, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub memory: u16,
+    /// With --optimiser online-k-means: novelty above which a sample is novel (it moves
+    /// no centre; 2 or more: never).
+    #[arg(long, default_value_t = 2.0, value_name = "T")]
+    pub spawn_above: f32,
+    /// With --optimiser online-k-means: a centre is spawned into an unused slot when at
+    /// least --spawn-count of the last --spawn-window samples were novel.
+    #[arg(long, default_value_t = 128, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub spawn_window: u8,
+    /// `new-clusters`: the percentile of the known rows' novelty that makes a sample
+    /// novel on the device.
+    #[arg(long, default_value_t = 99.0, value_name = "P")]
+    pub novelty_percentile: f64,
+    /// See --spawn-window.
+    #[arg(long, default_value_t = 8, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..))]
+    pub spawn_count: u8,
     /// Learning rate (default 1e-3; with --scenario 1e-4: an adaptation refines a trained
     /// model, and the 32-sample buffer's cluster loss pulls a good segmenter apart at
     /// 1e-3, docs/device.md#scenarios).
@@ -477,7 +501,7 @@ pub fn train_on(
             TrainScope::SegmenterOnly,
         ],
     };
-    let optimiser = args.optimiser.to_wire(args.momentum, args.memory);
+    let optimiser = args.optimiser.to_wire(args);
     let mut reports = Vec::new();
     // Full starts from the initial model; the adaptation scopes (decoder frozen, or only
     // the centres) start from a trained network when there is one: the Full run's.
@@ -694,6 +718,17 @@ fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> 
                 outln!(&mut buf, "{j}")?;
             } else {
                 scenario::print_drift(&r, &mut buf)?;
+            }
+            (r.pass, buf)
+        }
+        ScenarioArg::NewClusters => {
+            let r = scenario::new_clusters(&mut opened.device, &model, &data, args)?;
+            let mut buf = Vec::new();
+            if args.json {
+                let j = serde_json::json!({ "scenarios": [r] });
+                outln!(&mut buf, "{j}")?;
+            } else {
+                scenario::print_new_clusters(&r, &mut buf)?;
             }
             (r.pass, buf)
         }

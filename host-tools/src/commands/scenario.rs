@@ -27,6 +27,8 @@ use std::io::Write;
 pub enum ScenarioArg {
     /// Adapt a deployed model to a drifted sensor.
     Drift,
+    /// Discover classes the host never saw: centres spawned from persistent novelty.
+    NewClusters,
 }
 
 /// Learning rate of the adaptation scopes (without --lr).
@@ -198,7 +200,7 @@ pub fn drift(
         };
         quality(loaded.model.params().to_vec(), &loaded, &shifted)?
     };
-    let optimiser = args.optimiser.to_wire(args.momentum, args.memory);
+    let optimiser = args.optimiser.to_wire(args);
     let order = permutation(data.len(), args.seed);
     let n = args.steps as usize;
     let mut runs = Vec::new();
@@ -328,6 +330,267 @@ pub fn print_drift(r: &DriftReport, out: &mut dyn Write) -> Result<(), Error> {
         "(scored on the whole data set under the full drift; bar: segmenter-and-normalisation \
          >= {} x the oracle's ACC on both streams, every run bit-identical)",
         r.recovery_bar
+    )?;
+    outln!(out, "{}", if r.pass { "PASS" } else { "FAIL" })
+}
+
+/// Classes the host trains on in `new-clusters` (labels below this); the rest are new.
+pub const KNOWN_CLASSES: i64 = 7;
+
+/// Samples of the stream of known classes alone, on which nothing may spawn.
+pub const KNOWN_STREAM: u32 = 10_000;
+
+/// Least number of new classes that must get a centre of their own.
+pub const NEW_CLASSES_BAR: usize = 2;
+
+/// Least ACC on all classes after discovery.
+pub const DISCOVERY_ACC_BAR: f64 = 0.85;
+
+/// The new-clusters scenario's report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NewClustersReport {
+    /// `new-clusters`.
+    pub scenario: String,
+    /// The device.
+    pub device: String,
+    /// The host model (trained on the known classes, unused slots for the rest) on
+    /// every class.
+    pub before: Quality,
+    /// The novelty threshold sent to the device (the percentile of the known rows').
+    pub novelty_threshold: f32,
+    /// Centres spawned on the stream of every class.
+    pub spawned: usize,
+    /// New classes whose rows are mostly labelled with a spawned centre that holds
+    /// mostly them.
+    pub new_classes_found: usize,
+    /// After the stream of every class, on every class.
+    pub after: Quality,
+    /// Centres spawned on the stream of the known classes alone.
+    pub spawned_on_known: usize,
+    /// Device and host weights bit for bit the same, on both streams.
+    pub bit_identical: bool,
+    /// Every bar met.
+    pub pass: bool,
+}
+
+/// The model trained on the host on the known classes, with `K` slots of which the
+/// known classes' take the first and the rest are unused (centre 0's copy, log-weight
+/// [`hvae::train::centres::UNUSED_LOG_WEIGHT`]).
+fn known_model(like: &LoadedModel, data: &Dataset, seed: u64) -> Result<LoadedModel, Error> {
+    let shape = *like.model.shape();
+    let labels = data
+        .labels()
+        .ok_or_else(|| Error::BadInput("the data has no label column".to_string()))?;
+    let known: Vec<f32> = data
+        .rows()
+        .zip(labels)
+        .filter(|(_, &l)| l < KNOWN_CLASSES)
+        .flat_map(|(r, _)| r.iter().copied())
+        .collect();
+    let mut small = shape;
+    small.clusters = KNOWN_CLASSES as usize;
+    let cfg = FitConfig {
+        seed,
+        ..FitConfig::default()
+    };
+    let m = host_train::fit(small, &known, None, &cfg, |_, _| {})
+        .map_err(|e| Error::Failed(format!("training on the known classes failed: {e}")))?;
+    let (m_lat, k_small, k) = (shape.latent, small.clusters, shape.clusters);
+    let p = m.params();
+    let mut params = p[..small.segmenter_offset()].to_vec();
+    let seg = &p[small.segmenter_offset()..small.decoder_offset()];
+    // Centres: the known ones, then copies of the first.
+    params.extend_from_slice(&seg[..k_small * m_lat]);
+    for _ in k_small..k {
+        params.extend_from_slice(&seg[..m_lat]);
+    }
+    params.push(seg[k_small * m_lat]);
+    params.extend_from_slice(&seg[k_small * m_lat + 1..]);
+    params.extend(std::iter::repeat_n(
+        hvae::train::centres::UNUSED_LOG_WEIGHT,
+        k - k_small,
+    ));
+    params.extend_from_slice(&p[small.decoder_offset()..]);
+    let model = hvae::Model::new(shape, params)
+        .map_err(|e| Error::Failed(format!("cannot widen the model: {e}")))?;
+    let bytes = crate::model_io::to_bytes(&model)
+        .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
+    crate::model_io::from_bytes(&bytes)
+        .map_err(|e| Error::Failed(format!("cannot re-read the model: {e}")))
+}
+
+/// Slots in use in `params` of `shape`.
+fn slots_in_use(shape: &hvae::Shape, params: &[f32]) -> Vec<usize> {
+    let seg = &params[shape.segmenter_offset()..shape.decoder_offset()];
+    (0..shape.clusters)
+        .filter(|&k| hvae::train::centres::in_use(shape, seg, k))
+        .collect()
+}
+
+/// Runs the new-clusters scenario on an open device.
+pub fn new_clusters(
+    dev: &mut hvae_devkit::Device,
+    like: &LoadedModel,
+    data: &Dataset,
+    args: &DeviceTrainArgs,
+) -> Result<NewClustersReport, Error> {
+    let model = known_model(like, data, args.seed)?;
+    let shape = *model.model.shape();
+    let labels = data
+        .labels()
+        .ok_or_else(|| Error::BadInput("the data has no label column".to_string()))?;
+    // The novelty threshold: a high percentile over the known rows.
+    let mut work = vec![0.0f32; shape.work_len()];
+    let mut nov: Vec<f32> = Vec::new();
+    for (r, &l) in data.rows().zip(labels) {
+        if l < KNOWN_CLASSES {
+            let s = model
+                .model
+                .segment(r, &mut work)
+                .map_err(|e| Error::Failed(format!("the model fails on a row: {e}")))?;
+            nov.push(s.novelty());
+        }
+    }
+    nov.sort_by(f32::total_cmp);
+    let at = ((args.novelty_percentile.clamp(0.0, 100.0) / 100.0) * (nov.len() - 1) as f64).round()
+        as usize;
+    let threshold = nov[at.min(nov.len() - 1)];
+    let settings = TrainSettings {
+        scope: TrainScope::SegmenterOnly,
+        optimiser: TrainOptimiser::OnlineKMeans {
+            memory: args.memory,
+            spawn_above: threshold,
+            spawn_window: args.spawn_window,
+            spawn_count: args.spawn_count,
+        },
+        lr: 1.0,
+        batch: 1,
+    };
+    let before = quality(model.model.params().to_vec(), &model, data)?;
+    let order = permutation(data.len(), args.seed);
+    let all = Schedule {
+        settings,
+        steps: args.steps,
+        per_request: args.per_request,
+        seed: args.seed,
+    };
+    let rows = (0..).map(|i| data.row(order[i % order.len()]).to_vec());
+    let requests = all.requests_of(data.dim(), rows)?;
+    let (r_all, params) = run_requests(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
+    let used = slots_in_use(&shape, &params);
+    let spawned = used.len().saturating_sub(KNOWN_CLASSES as usize);
+    // Which new classes a spawned centre holds: the majority class of its rows, if that
+    // class's rows mostly go to it.
+    let adapted = hvae::Model::new(shape, params)
+        .map_err(|e| Error::Failed(format!("the trained weights are not a model: {e}")))?;
+    let seg = super::eval::segment_all(&adapted, data)?;
+    let k = shape.clusters;
+    let mut table =
+        vec![vec![0usize; k]; 10.max(labels.iter().max().map_or(0, |&m| m as usize + 1))];
+    for (&l, &c) in labels.iter().zip(&seg.labels) {
+        table[l as usize][c] += 1;
+    }
+    let mut found = 0;
+    for class in KNOWN_CLASSES as usize..table.len() {
+        let row = &table[class];
+        let total: usize = row.iter().sum();
+        let Some((best, &n)) = row.iter().enumerate().max_by_key(|(_, &n)| n) else {
+            continue;
+        };
+        let column: usize = table.iter().map(|r| r[best]).sum();
+        if best >= KNOWN_CLASSES as usize && 2 * n > total && 2 * n > column {
+            found += 1;
+        }
+    }
+    // The stream of the known classes alone.
+    let known_rows: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| labels[i] < KNOWN_CLASSES)
+        .collect();
+    let known = Schedule {
+        steps: KNOWN_STREAM,
+        ..all
+    };
+    let rows = (0..).map(|i| data.row(known_rows[i % known_rows.len()]).to_vec());
+    let requests = known.requests_of(data.dim(), rows)?;
+    let (r_known, params_known) =
+        run_requests(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
+    let spawned_on_known = slots_in_use(&shape, &params_known)
+        .len()
+        .saturating_sub(KNOWN_CLASSES as usize);
+    let pass = r_all.bit_identical
+        && r_known.bit_identical
+        && found >= NEW_CLASSES_BAR
+        && r_all.device.acc >= DISCOVERY_ACC_BAR
+        && spawned_on_known == 0;
+    Ok(NewClustersReport {
+        scenario: "new-clusters".to_string(),
+        device: dev.name().to_string(),
+        before,
+        novelty_threshold: threshold,
+        spawned,
+        new_classes_found: found,
+        after: r_all.device,
+        spawned_on_known,
+        bit_identical: r_all.bit_identical && r_known.bit_identical,
+        pass,
+    })
+}
+
+/// Prints the new-clusters scenario's table.
+pub fn print_new_clusters(r: &NewClustersReport, out: &mut dyn Write) -> Result<(), Error> {
+    outln!(
+        out,
+        "scenario new-clusters on {}: the host trains on classes 0-{} with unused slots for \
+         the rest; novel above {:.4} (a percentile of the known rows' novelty)",
+        r.device,
+        KNOWN_CLASSES - 1,
+        r.novelty_threshold,
+    )?;
+    outln!(out, "{:<52} {:>12} {:>10}", "", "measured", "bar")?;
+    let q = |q: Quality| format!("{:.4}/{:.3}", q.acc, q.nmi);
+    outln!(
+        out,
+        "{:<52} {:>12} {:>10}",
+        "before, every class (ACC/NMI)",
+        q(r.before),
+        ""
+    )?;
+    outln!(
+        out,
+        "{:<52} {:>12} {:>10}",
+        "after the stream of every class (ACC/NMI)",
+        q(r.after),
+        format!(">= {DISCOVERY_ACC_BAR}")
+    )?;
+    outln!(
+        out,
+        "{:<52} {:>12} {:>10}",
+        "centres spawned",
+        r.spawned,
+        ""
+    )?;
+    outln!(
+        out,
+        "{:<52} {:>12} {:>10}",
+        "new classes with a centre of their own",
+        r.new_classes_found,
+        format!(">= {NEW_CLASSES_BAR}")
+    )?;
+    outln!(
+        out,
+        "{:<52} {:>12} {:>10}",
+        format!("centres spawned on {KNOWN_STREAM} samples of known classes"),
+        r.spawned_on_known,
+        "0"
+    )?;
+    outln!(
+        out,
+        "{:<52} {:>12} {:>10}",
+        "device and host bit-identical",
+        if r.bit_identical { "yes" } else { "no" },
+        "yes"
     )?;
     outln!(out, "{}", if r.pass { "PASS" } else { "FAIL" })
 }
