@@ -405,3 +405,52 @@ fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
     assert_eq!(r, Response::Error(ErrorCode::Train));
     assert_eq!(e.model().params(), model(1).params());
 }
+
+/// A spawned centre is in flash at once: after a "power cut" right after the request
+/// that spawned it, the engine boots with the slot in use.
+#[test]
+fn a_spawned_centre_survives_a_reboot() {
+    use hvae::train::centres::{in_use, UNUSED_LOG_WEIGHT};
+    let mut m = model(1);
+    let (k, mm) = (S.clusters, S.latent);
+    let so = S.segmenter_offset();
+    m.normalise_centres().unwrap();
+    // Slot 4 unused: centre 0's copy, log-weight UNUSED.
+    let c0: Vec<f32> = m.params()[so..so + mm].to_vec();
+    m.params_mut()[so + 4 * mm..so + 5 * mm].copy_from_slice(&c0);
+    m.params_mut()[so + k * mm + 1 + 4] = UNUSED_LOG_WEIGHT;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+    let xs: Vec<f32> = (0..12 * D)
+        .map(|_| 3.0 * hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
+        .collect();
+    // Every sample novel (threshold below any novelty), 2 of a window of 4 spawn.
+    let km = TrainSettings {
+        scope: TrainScope::SegmenterOnly,
+        optimiser: TrainOptimiser::OnlineKMeans {
+            memory: 50,
+            spawn_above: -1.0,
+            spawn_window: 4,
+            spawn_count: 2,
+        },
+        lr: 1e-3,
+        batch: 4,
+    };
+    let mut e: Learn = engine(m.clone(), Heap::new());
+    let r = e.handle(&Request::TrainBatch {
+        samples: heapless::Vec::from_slice(&xs).unwrap(),
+        steps: 0,
+        settings: Some(km),
+    });
+    let Response::Trained { buffered, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(buffered, 5, "the answer counts the slots in use");
+    let seg = |p: &[f32]| p[so..S.decoder_offset()].to_vec();
+    assert!(in_use(&S, &seg(e.model().params()), 4));
+    let trained = e.model().params().to_vec();
+    // Power cut: a new engine on the same flash, booted on the compiled-in weights.
+    let mut e: Learn = engine(m, e.into_store());
+    assert!(e.restore().unwrap().is_some());
+    assert!(in_use(&S, &seg(e.model().params()), 4));
+    assert_eq!(seg(e.model().params()), seg(&trained));
+}

@@ -411,6 +411,7 @@ where
                     .update(&shape, params, seg.mu, seg.label)
                     .map_err(|_| ErrorCode::Train)?;
             }
+            let mut spawned = false;
             if fire {
                 if let Some(_slot) = spawner
                     .spawn(&shape, params, centres, &mut self.rng)
@@ -418,10 +419,13 @@ where
                 {
                     #[cfg(feature = "defmt")]
                     defmt::info!("learn: spawned centre {=usize}", _slot);
+                    spawned = true;
                 }
             }
             self.crc = None;
-            if centres.updates() % CHECKPOINT_EVERY == 0 && self.store.checkpoints().is_some() {
+            // A spawn is saved at once: a power cut must not lose a discovered cluster.
+            let due = centres.updates() % CHECKPOINT_EVERY == 0;
+            if (spawned || due) && self.store.checkpoints().is_some() {
                 self.checkpoint()?;
             }
         }
