@@ -8,9 +8,9 @@ mod common;
 
 use hvae_host::commands::device_train::{default_model, DeviceTrainArgs};
 use hvae_host::commands::scenario::{self, Drift, DriftReport};
-use hvae_host::data;
+use hvae_host::data::{self, Dataset};
 use hvae_host::device::{self, FirmwareOptions, Timeouts};
-use hvae_host::model_io;
+use hvae_host::model_io::{self, LoadedModel};
 
 /// The command line's defaults for `--scenario drift --device host`, and `extra`.
 fn args(extra: &[&str]) -> DeviceTrainArgs {
@@ -19,11 +19,11 @@ fn args(extra: &[&str]) -> DeviceTrainArgs {
     DeviceTrainArgs::parse_from(argv).unwrap()
 }
 
-/// The drift scenario on the host engine with `a`, and its table.
-fn run(a: &DeviceTrainArgs) -> (DriftReport, String) {
+/// The host engine (`--device host`), the bundled digits and the firmware's model.
+fn setup(a: &DeviceTrainArgs) -> (device::Opened, LoadedModel, Dataset) {
     let data = data::load(&common::digits_path()).unwrap();
     let model = model_io::load(&default_model()).unwrap();
-    let mut opened = device::open(
+    let opened = device::open(
         &a.device,
         "learn",
         &FirmwareOptions::default(),
@@ -31,6 +31,12 @@ fn run(a: &DeviceTrainArgs) -> (DriftReport, String) {
         Timeouts::default(),
     )
     .unwrap();
+    (opened, model, data)
+}
+
+/// The drift scenario on the host engine with `a`, and its table.
+fn run(a: &DeviceTrainArgs) -> (DriftReport, String) {
+    let (mut opened, model, data) = setup(a);
     let r = scenario::drift(&mut opened.device, &model, &data, a).unwrap();
     let mut text = Vec::new();
     scenario::print_drift(&r, &mut text).unwrap();
@@ -163,16 +169,7 @@ fn new_clusters_spawns_for_a_new_class_and_never_on_known_ones() {
         "4000",
     ])
     .unwrap();
-    let data = data::load(&common::digits_path()).unwrap();
-    let model = model_io::load(&default_model()).unwrap();
-    let mut opened = device::open(
-        &a.device,
-        "learn",
-        &FirmwareOptions::default(),
-        a.baud,
-        Timeouts::default(),
-    )
-    .unwrap();
+    let (mut opened, model, data) = setup(&a);
     let r = scenario::new_clusters(&mut opened.device, &model, &data, &a).unwrap();
     let mut text = Vec::new();
     scenario::print_new_clusters(&r, &mut text).unwrap();

@@ -709,28 +709,29 @@ fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> 
     }
     host_learner(model.model.clone(), model.crc).map_err(Error::BadInput)?;
     let mut opened = open_learn(args)?;
+    // The report as one JSON object or as its table.
+    fn report<R: Serialize>(
+        r: &R,
+        json: bool,
+        table: impl FnOnce(&R, &mut dyn Write) -> Result<(), Error>,
+    ) -> Result<Vec<u8>, Error> {
+        let mut buf = Vec::new();
+        if json {
+            let j = serde_json::json!({ "scenarios": [r] });
+            outln!(&mut buf, "{j}")?;
+        } else {
+            table(r, &mut buf)?;
+        }
+        Ok(buf)
+    }
     let (pass, text) = match s {
         ScenarioArg::Drift => {
             let r = scenario::drift(&mut opened.device, &model, &data, args)?;
-            let mut buf = Vec::new();
-            if args.json {
-                let j = serde_json::json!({ "scenarios": [r] });
-                outln!(&mut buf, "{j}")?;
-            } else {
-                scenario::print_drift(&r, &mut buf)?;
-            }
-            (r.pass, buf)
+            (r.pass, report(&r, args.json, scenario::print_drift)?)
         }
         ScenarioArg::NewClusters => {
             let r = scenario::new_clusters(&mut opened.device, &model, &data, args)?;
-            let mut buf = Vec::new();
-            if args.json {
-                let j = serde_json::json!({ "scenarios": [r] });
-                outln!(&mut buf, "{j}")?;
-            } else {
-                scenario::print_new_clusters(&r, &mut buf)?;
-            }
-            (r.pass, buf)
+            (r.pass, report(&r, args.json, scenario::print_new_clusters)?)
         }
     };
     out.write_all(&text)

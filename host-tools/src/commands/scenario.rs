@@ -369,7 +369,11 @@ pub struct NewClustersReport {
     pub spawned_on_known: usize,
     /// Device and host weights bit for bit the same, on both streams.
     pub bit_identical: bool,
-    /// Every bar met.
+    /// Bar on `new_classes_found`.
+    pub new_classes_bar: usize,
+    /// Bar on the ACC after discovery.
+    pub acc_bar: f64,
+    /// Every bar met (and no spawn on the known classes).
     pub pass: bool,
 }
 
@@ -534,6 +538,8 @@ pub fn new_clusters(
         after: r_all.device,
         spawned_on_known,
         bit_identical: r_all.bit_identical && r_known.bit_identical,
+        new_classes_bar: NEW_CLASSES_BAR,
+        acc_bar: DISCOVERY_ACC_BAR,
         pass,
     })
 }
