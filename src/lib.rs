@@ -1,5 +1,5 @@
 #![cfg_attr(not(test), no_std)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![doc = include_str!("../README.md")]
 //!
@@ -10,6 +10,7 @@
 //! | layer | module | what it holds |
 //! |---|---|---|
 //! | ground | [`real`], [`shape`] | the scalar type every kernel is generic over; a model's sizes and where each tensor lives in the flat parameter vector |
+//! | kernels | [`kernels`] | the dense layer `y = act(W x + b)`: the portable kernel and the target kernels (assembly), the only module where `unsafe` is allowed |
 //! | distributions | [`dist`] | random variates ([`dist::rng`]), special functions ([`dist::special`]), the posteriors on the sphere ([`dist::sphere`]) |
 //! | inference | [`infer`] | the [`Model`] and its dense kernels, the input normalisation |
 //! | training | [`train`] | the loss and its gradient, optimisers, spherical k-means, the [`OnlineTrainer`] and the [`SegmenterAdapter`] |
@@ -24,6 +25,8 @@ extern crate alloc;
 
 pub mod dist;
 pub mod infer;
+#[allow(unsafe_code)]
+pub mod kernels;
 pub mod memory;
 pub mod real;
 pub mod shape;

@@ -14,6 +14,11 @@
 //! 5. Weight slots through the service: a streamed blob is loaded into a slot and a
 //!    simulated reboot ([`weights::boot`]) picks it; a blob with a bad CRC is refused and
 //!    changes nothing; the newest of two slots wins; a corrupted slot is skipped.
+//! 7. Kernels: the dense kernel this target runs ([`hvae::kernels::dense_forward`]: the
+//!    assembly one on the M4F) gives the same bits as the portable one, on every dense
+//!    layer of the model (its weights; each activation; one and two inputs; non-finite
+//!    inputs) and on random layers of every size up to 17 x 19 (every remainder of rows
+//!    and inputs).
 #![no_std]
 #![no_main]
 
@@ -81,6 +86,11 @@ fn main() -> ! {
     slots(&mut c);
     defmt::println!("selftest: checkpoint region (embedded-storage NorFlash)");
     nor_flash(&mut c);
+    defmt::println!(
+        "selftest: dense kernel ({=str}) against the portable one",
+        hvae::kernels::KERNEL
+    );
+    kernels::kernels(&mut c);
     defmt::println!(
         "selftest: {=u32} passed, {=u32} failed; peak stack {=usize} B",
         c.passed,
@@ -673,4 +683,131 @@ fn nor_flash(c: &mut Checks) {
         "past the end: OutOfBounds",
     );
     c.check(r.erase(last, cap as u32).is_ok(), "erase again");
+}
+
+mod kernels {
+    use super::{generated, Checks, SHAPE};
+    use hvae::kernels::{dense_forward, dense_forward2, portable};
+    use hvae::shape::TensorId;
+    use hvae::Activation;
+
+    /// The widest layer.
+    const W: usize = SHAPE.max_width();
+    /// The random layers: every size up to this many rows and inputs.
+    const ROWS: usize = 17;
+    const INPUTS: usize = 19;
+
+    /// xorshift32 in [-2, 2), with an occasional zero, negative zero or huge value.
+    struct Rng(u32);
+
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 17;
+            self.0 ^= self.0 << 5;
+            match self.0 % 64 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => 3.0e38,
+                _ => (self.0 >> 8) as f32 / (1u32 << 22) as f32 - 2.0,
+            }
+        }
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// The target kernel against the portable one on `W` (`rows x n`) and `b`, for the
+    /// inputs `x0` and `x1` (`n` values), with each activation, one and two inputs.
+    fn agree(w: &[f32], b: &[f32], x0: &[f32], x1: &[f32]) -> bool {
+        let rows = b.len();
+        let mut ok = true;
+        for act in [None, Some(Activation::Relu), Some(Activation::Tanh)] {
+            let (mut y, mut z) = ([f32::NAN; W], [f32::NAN; W]);
+            let (mut y1, mut z1) = ([f32::NAN; W], [f32::NAN; W]);
+            let (Some(y), Some(z), Some(y1), Some(z1)) = (
+                y.get_mut(..rows),
+                z.get_mut(..rows),
+                y1.get_mut(..rows),
+                z1.get_mut(..rows),
+            ) else {
+                return false;
+            };
+            let f = dense_forward(w, b, x0, y, act);
+            let g = portable::dense_forward(w, b, x0, z, act);
+            ok &= same_bits(y, z) && f.to_bits() == g.to_bits();
+            let (f0, f1) = dense_forward2(w, b, (x0, x1), (&mut *y, &mut *y1), act);
+            let (g0, g1) = portable::dense_forward2(w, b, (x0, x1), (&mut *z, &mut *z1), act);
+            ok &= same_bits(y, z) && same_bits(y1, z1);
+            ok &= f0.to_bits() == g0.to_bits() && f1.to_bits() == g1.to_bits();
+        }
+        ok
+    }
+
+    pub fn kernels(c: &mut Checks) {
+        let mut rng = Rng(0x2545_f491);
+        let params = &generated::PARAMS[..];
+        let (mut ok, mut layers) = (true, 0u32);
+        for t in SHAPE.tensors() {
+            let bias = match t.id {
+                TensorId::EncoderWeight(l) => TensorId::EncoderBias(l),
+                TensorId::MuWeight => TensorId::MuBias,
+                TensorId::DecoderWeight(l) => TensorId::DecoderBias(l),
+                _ => continue,
+            };
+            let w = params.get(t.range());
+            let b = SHAPE.find(bias).and_then(|b| params.get(b.range()));
+            let (Some(w), Some(b)) = (w, b) else {
+                ok = false;
+                continue;
+            };
+            layers += 1;
+            let (mut x0, mut x1) = ([0.0f32; W], [0.0f32; W]);
+            let (Some(x0), Some(x1)) = (x0.get_mut(..t.cols), x1.get_mut(..t.cols)) else {
+                ok = false;
+                continue;
+            };
+            for round in 0..4 {
+                for (a, b) in x0.iter_mut().zip(x1.iter_mut()) {
+                    (*a, *b) = (rng.next(), rng.next());
+                }
+                // A non-finite input in the later rounds (the encoder's input check).
+                let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+                if let (Some(v), Some(&nf)) = (x0.get_mut(round * 3 % t.cols), bad.get(round)) {
+                    *v = nf;
+                }
+                ok &= agree(w, b, x0, x1);
+            }
+        }
+        c.check(
+            ok && layers >= 2,
+            "the model's dense layers: the same bits as the portable kernel",
+        );
+        defmt::println!("       {=u32} layers", layers);
+
+        let mut ok = true;
+        let mut w = [0.0f32; ROWS * INPUTS];
+        let (mut b, mut x0, mut x1) = ([0.0f32; ROWS], [0.0f32; INPUTS], [0.0f32; INPUTS]);
+        for v in w.iter_mut().chain(&mut b) {
+            *v = rng.next();
+        }
+        for rows in 1..=ROWS {
+            for n in 0..=INPUTS {
+                for (a, b) in x0.iter_mut().zip(x1.iter_mut()) {
+                    (*a, *b) = (rng.next(), rng.next());
+                }
+                let parts = (w.get(..rows * n), b.get(..rows), x0.get(..n), x1.get(..n));
+                let (Some(w), Some(b), Some(x0), Some(x1)) = parts else {
+                    ok = false;
+                    continue;
+                };
+                ok &= agree(w, b, x0, x1);
+            }
+        }
+        c.check(
+            ok,
+            "random layers of 1..=17 rows and 0..=19 inputs: the same bits as the portable kernel",
+        );
+    }
 }

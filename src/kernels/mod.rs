@@ -1,0 +1,117 @@
+//! The dense kernels: `y = act(W x + b)`, the inner loop of inference and of training's
+//! forward pass, and the only module of the crate where `unsafe` code is allowed.
+//!
+//! | kernel | where | what |
+//! |---|---|---|
+//! | [`portable`] | every target, every [`Real`] | Rust, blocked and unrolled by hand; the reference |
+//! | `m4f` (private) | `f32` on Arm with a hard-float ABI, bare metal (`thumbv7em-none-eabihf`: Cortex-M4F and M7) | assembly: `vldm` of eight weights, `vmla.f32` |
+//!
+//! [`dense_forward`] and [`dense_forward2`] choose the kernel for the target and the
+//! scalar type; every kernel computes the same floating-point operations in the same
+//! order as the portable one, so the results are the same bits whichever runs (tested
+//! on the host for the portable kernel and on the device under qemu, `selftest`, for the
+//! target's against it). Nothing outside this module knows which one runs; [`KERNEL`]
+//! names it for logs and benchmarks.
+
+use crate::{Activation, Real};
+
+pub mod portable;
+
+#[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
+mod m4f;
+
+/// The name of the `f32` dense kernel this build runs: `"portable"` or `"arm-vfp-asm"`.
+pub const KERNEL: &str = if cfg!(all(
+    target_arch = "arm",
+    target_abi = "eabihf",
+    target_os = "none"
+)) {
+    "arm-vfp-asm"
+} else {
+    "portable"
+};
+
+/// `y = act(W x + b)`, `W` row-major `y.len() x x.len()`, `b` as long as `y`; returns the
+/// first output before the activation (zero without outputs). See
+/// [`portable::dense_forward`] for what it computes: every kernel gives the same bits.
+#[inline]
+pub fn dense_forward<T: Real>(
+    w: &[T],
+    b: &[T],
+    x: &[T],
+    y: &mut [T],
+    act: Option<Activation>,
+) -> T {
+    #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
+    if let Some(v) = as_f32(w, b, x, y) {
+        let (w, b, x, y) = v;
+        return T::of_f32(m4f::dense_forward(w, b, x, y, act));
+    }
+    portable::dense_forward(w, b, x, y, act)
+}
+
+/// [`dense_forward`] of two inputs, `y0 = act(W x0 + b)` and `y1 = act(W x1 + b)`;
+/// returns both first outputs before the activation. The portable kernel loads each
+/// weight once for both; the assembly kernel, which takes fewer instructions per
+/// multiply-add alone than the portable one in pairs, runs once per input. The same bits
+/// as two calls of [`dense_forward`].
+#[inline]
+pub fn dense_forward2<T: Real>(
+    w: &[T],
+    b: &[T],
+    (x0, x1): (&[T], &[T]),
+    (y0, y1): (&mut [T], &mut [T]),
+    act: Option<Activation>,
+) -> (T, T) {
+    #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
+    if core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>() {
+        return (
+            dense_forward(w, b, x0, y0, act),
+            dense_forward(w, b, x1, y1, act),
+        );
+    }
+    portable::dense_forward2(w, b, (x0, x1), (y0, y1), act)
+}
+
+/// The slices as `f32` when `T` is `f32`.
+#[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn as_f32<'a, T: Real>(
+    w: &'a [T],
+    b: &'a [T],
+    x: &'a [T],
+    y: &'a mut [T],
+) -> Option<(&'a [f32], &'a [f32], &'a [f32], &'a mut [f32])> {
+    if core::any::TypeId::of::<T>() != core::any::TypeId::of::<f32>() {
+        return None;
+    }
+    // SAFETY: `T` is `f32` (the same `TypeId`), so each slice is a valid `[f32]` of the
+    // same length and lifetime; `y` is reborrowed mutably once, from the caller's unique
+    // borrow.
+    unsafe {
+        Some((
+            core::slice::from_raw_parts(w.as_ptr().cast::<f32>(), w.len()),
+            core::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len()),
+            core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()),
+            core::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<f32>(), y.len()),
+        ))
+    }
+}
+
+impl Activation {
+    /// The nonlinearity of one value (ReLU maps NaN to 0 as well).
+    #[inline(always)]
+    pub(crate) fn of<T: Real>(self, v: T) -> T {
+        match self {
+            Activation::Relu => {
+                if v > T::zero() {
+                    v
+                } else {
+                    T::zero()
+                }
+            }
+            Activation::Tanh => v.tanh(),
+        }
+    }
+}
