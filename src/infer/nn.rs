@@ -1,53 +1,19 @@
 //! Dense layers and activations over caller-owned slices.
 //!
-//! The layer above the kernels: the forward pass is [`crate::kernels`]' (re-exported
-//! here, which kernel runs is the kernels module's choice); this module holds the
-//! backward pass, the activations' derivatives and the small vector functions (dot
-//! products, norms, softplus, sigmoid). The device (sizes fixed at compile time,
+//! The layer above the kernels: the dense layers' forward and backward passes are
+//! [`crate::kernels`]' (re-exported here; which kernel runs is the kernels module's
+//! choice); this module holds the activations' derivatives and the small vector
+//! functions (dot products, norms, softplus, sigmoid). The device (sizes fixed at compile time,
 //! `[f32; N]` buffers) and the host (sizes chosen at run time, `Vec`) both call them, so
 //! there is one forward and one backward pass to test.
 //!
-//! Weights are row-major `out x in` (PyTorch's `nn.Linear` layout). The backward
-//! products are nalgebra's `ger`/`gemv` on views of the same weights (faster on the
-//! host).
+//! Weights are row-major `out x in` (PyTorch's `nn.Linear` layout).
 //!
 //! Callers guarantee the lengths (they come from a validated [`Shape`](crate::Shape));
 //! every function is `O(out * in)`.
 
+pub(crate) use crate::kernels::{dense_backward, dense_forward, dense_forward2};
 use crate::{Activation, Real};
-use nalgebra::{DMatrixView, DMatrixViewMut, DVectorView, DVectorViewMut};
-
-pub(crate) use crate::kernels::{dense_forward, dense_forward2};
-
-/// Backward pass of [`dense_forward`] for upstream gradient `dy`:
-/// adds `dy xᵀ` into `dw` and `dy` into `db` when given (a frozen layer passes `None`),
-/// and writes `Wᵀ dy` into `dx` when given (the first layer needs no input gradient).
-/// nalgebra's `ger` and `gemv` on views of the row-major weights: on the host they are
-/// vectorised and faster than plain `axpy` loops in training; on the device the
-/// backward pass is a smaller share of a training step than the forward pass.
-#[inline]
-pub(crate) fn dense_backward<T: Real>(
-    w: &[T],
-    x: &[T],
-    dy: &[T],
-    param_grads: Option<(&mut [T], &mut [T])>,
-    dx: Option<&mut [T]>,
-) {
-    let (n_out, n_in) = (dy.len(), x.len());
-    let dyv = DVectorView::from_slice(dy, n_out);
-    if let Some((dw, db)) = param_grads {
-        let mut dwt = DMatrixViewMut::from_slice(dw, n_in, n_out);
-        dwt.ger(T::one(), &DVectorView::from_slice(x, n_in), &dyv, T::one());
-        for (g, &d) in db.iter_mut().zip(dy) {
-            *g += d;
-        }
-    }
-    if let Some(dx) = dx {
-        let wt = DMatrixView::from_slice(w, n_in, n_out);
-        let mut dxv = DVectorViewMut::from_slice(dx, n_in);
-        dxv.gemv(T::one(), &wt, &dyv, T::zero());
-    }
-}
 
 impl Activation {
     /// Multiplies `dy` in place by the derivative, written in terms of the layer's

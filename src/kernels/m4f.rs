@@ -234,6 +234,85 @@ core::arch::global_asm!(
     first = const offset_of!(Args, first),
 );
 
+extern "C" {
+    /// `y[i] = y[i] + a x[i]` (`init` zero) or `y[i] = a x[i]` (`init` non-zero) for
+    /// `i < n`.
+    fn hvae_kernels_axpy_f32(y: *mut f32, x: *const f32, n: usize, init: usize, a: f32);
+}
+
+// AAPCS (hard-float): r0 = y, r1 = x, r2 = n, r3 = init, s0 = a. Chunks of eight in r12
+// (the flags of `lsrs` decide whether there is one), the rest in r2; y in s8-s15, x in
+// s16-s23 (callee-saved, pushed).
+core::arch::global_asm!(
+    ".section .text.hvae_kernels_axpy_f32,\"ax\",%progbits",
+    ".syntax unified",
+    ".thumb",
+    ".fpu fpv4-sp-d16",
+    ".globl hvae_kernels_axpy_f32",
+    ".type hvae_kernels_axpy_f32,%function",
+    ".p2align 2",
+    ".thumb_func",
+    "hvae_kernels_axpy_f32:",
+    "    vpush {{s16-s23}}",
+    "    and r12, r2, #7",
+    "    lsrs r2, r2, #3",
+    "    cbnz r3, .Lhvae_ax_start",
+    "    beq .Lhvae_axpy_rest",
+    ".Lhvae_axpy_chunk:",
+    "    vldmia r1!, {{s16-s23}}",
+    "    vldm r0, {{s8-s15}}",
+    "    vmla.f32 s8, s16, s0",
+    "    vmla.f32 s9, s17, s0",
+    "    vmla.f32 s10, s18, s0",
+    "    vmla.f32 s11, s19, s0",
+    "    vmla.f32 s12, s20, s0",
+    "    vmla.f32 s13, s21, s0",
+    "    vmla.f32 s14, s22, s0",
+    "    vmla.f32 s15, s23, s0",
+    "    vstmia r0!, {{s8-s15}}",
+    "    subs r2, r2, #1",
+    "    bne .Lhvae_axpy_chunk",
+    ".Lhvae_axpy_rest:",
+    "    cmp r12, #0",
+    "    beq .Lhvae_axpy_done",
+    ".Lhvae_axpy_one:",
+    "    vldmia r1!, {{s16}}",
+    "    vldr s8, [r0]",
+    "    vmla.f32 s8, s16, s0",
+    "    vstmia r0!, {{s8}}",
+    "    subs r12, r12, #1",
+    "    bne .Lhvae_axpy_one",
+    ".Lhvae_axpy_done:",
+    "    vpop {{s16-s23}}",
+    "    bx lr",
+    ".Lhvae_ax_start:",
+    "    beq .Lhvae_ax_rest",
+    ".Lhvae_ax_chunk:",
+    "    vldmia r1!, {{s16-s23}}",
+    "    vmul.f32 s8, s16, s0",
+    "    vmul.f32 s9, s17, s0",
+    "    vmul.f32 s10, s18, s0",
+    "    vmul.f32 s11, s19, s0",
+    "    vmul.f32 s12, s20, s0",
+    "    vmul.f32 s13, s21, s0",
+    "    vmul.f32 s14, s22, s0",
+    "    vmul.f32 s15, s23, s0",
+    "    vstmia r0!, {{s8-s15}}",
+    "    subs r2, r2, #1",
+    "    bne .Lhvae_ax_chunk",
+    ".Lhvae_ax_rest:",
+    "    cmp r12, #0",
+    "    beq .Lhvae_axpy_done",
+    ".Lhvae_ax_one:",
+    "    vldmia r1!, {{s16}}",
+    "    vmul.f32 s8, s16, s0",
+    "    vstmia r0!, {{s8}}",
+    "    subs r12, r12, #1",
+    "    bne .Lhvae_ax_one",
+    "    b .Lhvae_axpy_done",
+    ".size hvae_kernels_axpy_f32, . - hvae_kernels_axpy_f32",
+);
+
 /// [`portable::dense_forward`] for `f32`, the same bits, with the assembly for the blocks
 /// of eight rows. Lengths as the portable kernel's callers guarantee them (`w` is
 /// `y.len() x x.len()`, `b` as long as `y`); with others no output is out of bounds and
@@ -292,4 +371,56 @@ pub(super) fn dense_forward(
     }
     portable::dense_rows(wr, br, x, yr, &f);
     args.first
+}
+
+/// `y = y + a x` (or `y = a x` with `init`), value by value, over the shorter of `y`
+/// and `x`.
+#[inline(always)]
+fn axpy(y: &mut [f32], x: &[f32], a: f32, init: bool) {
+    let n = y.len().min(x.len());
+    // SAFETY: the kernel reads `n` values of `x` and reads and writes `n` of `y`, both at
+    // least `n` long; it restores s16-s23 and the stack.
+    unsafe {
+        hvae_kernels_axpy_f32(y.as_mut_ptr(), x.as_ptr(), n, usize::from(init), a);
+    }
+}
+
+/// [`portable::dense_backward`] for `f32`, the same bits (the products and sums it lists,
+/// in its order), with the assembly `axpy` per row. Lengths as the portable kernel's
+/// callers guarantee them (`w` and `dw` `dy.len() x x.len()`, `db` as long as `dy`, `dx`
+/// as `x`); with others the portable kernel runs.
+#[inline]
+pub(super) fn dense_backward(
+    w: &[f32],
+    x: &[f32],
+    dy: &[f32],
+    param_grads: Option<(&mut [f32], &mut [f32])>,
+    dx: Option<&mut [f32]>,
+) {
+    let (n_out, n_in) = (dy.len(), x.len());
+    let fits = |v: usize| n_in.checked_mul(n_out) == Some(v);
+    let lengths = fits(w.len())
+        && param_grads
+            .as_ref()
+            .is_none_or(|(dw, db)| fits(dw.len()) && db.len() == n_out)
+        && dx.as_ref().is_none_or(|dx| dx.len() == n_in);
+    if !lengths || n_in == 0 {
+        return portable::dense_backward(w, x, dy, param_grads, dx);
+    }
+    if let Some((dw, db)) = param_grads {
+        for (row, &d) in dw.chunks_exact_mut(n_in).zip(dy) {
+            axpy(row, x, d, false);
+        }
+        for (g, &d) in db.iter_mut().zip(dy) {
+            *g += d;
+        }
+    }
+    if let Some(dx) = dx {
+        if n_out == 0 {
+            dx.fill(0.0);
+        }
+        for (o, (row, &d)) in w.chunks_exact(n_in).zip(dy).enumerate() {
+            axpy(dx, row, d, o == 0);
+        }
+    }
 }

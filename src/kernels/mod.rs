@@ -43,9 +43,10 @@ pub fn dense_forward<T: Real>(
     act: Option<Activation>,
 ) -> T {
     #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
-    if let Some(v) = as_f32(w, b, x, y) {
-        let (w, b, x, y) = v;
-        return T::of_f32(m4f::dense_forward(w, b, x, y, act));
+    if let (Some(w), Some(b), Some(x)) = (as_f32(w), as_f32(b), as_f32(x)) {
+        if let Some(y) = as_f32_mut(&mut *y) {
+            return T::of_f32(m4f::dense_forward(w, b, x, y, act));
+        }
     }
     portable::dense_forward(w, b, x, y, act)
 }
@@ -73,30 +74,54 @@ pub fn dense_forward2<T: Real>(
     portable::dense_forward2(w, b, (x0, x1), (y0, y1), act)
 }
 
-/// The slices as `f32` when `T` is `f32`.
+/// `v` as `f32` when `T` is `f32`.
 #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
 #[inline(always)]
-#[allow(clippy::type_complexity)]
-fn as_f32<'a, T: Real>(
-    w: &'a [T],
-    b: &'a [T],
-    x: &'a [T],
-    y: &'a mut [T],
-) -> Option<(&'a [f32], &'a [f32], &'a [f32], &'a mut [f32])> {
+fn as_f32<T: Real>(v: &[T]) -> Option<&[f32]> {
     if core::any::TypeId::of::<T>() != core::any::TypeId::of::<f32>() {
         return None;
     }
-    // SAFETY: `T` is `f32` (the same `TypeId`), so each slice is a valid `[f32]` of the
-    // same length and lifetime; `y` is reborrowed mutably once, from the caller's unique
-    // borrow.
-    unsafe {
-        Some((
-            core::slice::from_raw_parts(w.as_ptr().cast::<f32>(), w.len()),
-            core::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len()),
-            core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()),
-            core::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<f32>(), y.len()),
-        ))
+    // SAFETY: `T` is `f32` (the same `TypeId`), so `v` is a valid `[f32]` of the same
+    // length, borrowed for the same lifetime.
+    Some(unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) })
+}
+
+/// `v` as `f32` when `T` is `f32`.
+#[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
+#[inline(always)]
+fn as_f32_mut<T: Real>(v: &mut [T]) -> Option<&mut [f32]> {
+    if core::any::TypeId::of::<T>() != core::any::TypeId::of::<f32>() {
+        return None;
     }
+    // SAFETY: `T` is `f32` (the same `TypeId`), so `v` is a valid `[f32]` of the same
+    // length; the caller's unique borrow moves into the result.
+    Some(unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), v.len()) })
+}
+
+/// The backward pass of [`dense_forward`] (before the activation's derivative): adds
+/// `dy xᵀ` into `dw` and `dy` into `db` when given, and writes `Wᵀ dy` into `dx` when
+/// given. See [`portable::dense_backward`] for what it computes: every kernel gives the
+/// same bits.
+#[inline]
+pub fn dense_backward<T: Real>(
+    w: &[T],
+    x: &[T],
+    dy: &[T],
+    param_grads: Option<(&mut [T], &mut [T])>,
+    dx: Option<&mut [T]>,
+) {
+    #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
+    if let (Some(w), Some(x), Some(dy)) = (as_f32(w), as_f32(x), as_f32(dy)) {
+        let param_grads = match param_grads {
+            Some((dw, db)) => match (as_f32_mut(dw), as_f32_mut(db)) {
+                (Some(dw), Some(db)) => Some((dw, db)),
+                _ => None,
+            },
+            None => None,
+        };
+        return m4f::dense_backward(w, x, dy, param_grads, dx.and_then(as_f32_mut));
+    }
+    portable::dense_backward(w, x, dy, param_grads, dx)
 }
 
 impl Activation {

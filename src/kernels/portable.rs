@@ -2,6 +2,7 @@
 //! reference the target kernels are bit-identical to.
 
 use crate::{Activation, Real};
+use nalgebra::{DMatrixView, DMatrixViewMut, DVectorView, DVectorViewMut};
 
 /// `y = W x + b`, with `W` row-major `y.len() x x.len()`.
 ///
@@ -453,6 +454,39 @@ pub fn dense_forward2<T: Real>(
         *yb = f(c);
     }
     first.unwrap_or((T::zero(), T::zero()))
+}
+
+/// Backward pass of [`dense_forward`] for upstream gradient `dy`:
+/// adds `dy xᵀ` into `dw` and `dy` into `db` when given (a frozen layer passes `None`),
+/// and writes `Wᵀ dy` into `dx` when given (the first layer needs no input gradient).
+/// nalgebra's `ger` and `gemv` on views of the row-major weights (on the host they are
+/// vectorised and faster than plain loops in training). What they compute, value by
+/// value, and what the target kernels repeat: for each output `o`, `dw[o][i] =
+/// dw[o][i] + dy[o] x[i]`; `dx[i] = W[0][i] dy[0]`, then `dx[i] = dx[i] + W[o][i] dy[o]`
+/// for `o = 1, 2, ...` in order (each product rounded, then the sum; zeros when there
+/// are no outputs).
+#[inline]
+pub fn dense_backward<T: Real>(
+    w: &[T],
+    x: &[T],
+    dy: &[T],
+    param_grads: Option<(&mut [T], &mut [T])>,
+    dx: Option<&mut [T]>,
+) {
+    let (n_out, n_in) = (dy.len(), x.len());
+    let dyv = DVectorView::from_slice(dy, n_out);
+    if let Some((dw, db)) = param_grads {
+        let mut dwt = DMatrixViewMut::from_slice(dw, n_in, n_out);
+        dwt.ger(T::one(), &DVectorView::from_slice(x, n_in), &dyv, T::one());
+        for (g, &d) in db.iter_mut().zip(dy) {
+            *g += d;
+        }
+    }
+    if let Some(dx) = dx {
+        let wt = DMatrixView::from_slice(w, n_in, n_out);
+        let mut dxv = DVectorViewMut::from_slice(dx, n_in);
+        dxv.gemv(T::one(), &wt, &dyv, T::zero());
+    }
 }
 
 #[cfg(test)]

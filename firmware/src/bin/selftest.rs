@@ -14,11 +14,13 @@
 //! 5. Weight slots through the service: a streamed blob is loaded into a slot and a
 //!    simulated reboot ([`weights::boot`]) picks it; a blob with a bad CRC is refused and
 //!    changes nothing; the newest of two slots wins; a corrupted slot is skipped.
-//! 7. Kernels: the dense kernel this target runs ([`hvae::kernels::dense_forward`]: the
-//!    assembly one on the M4F) gives the same bits as the portable one, on every dense
-//!    layer of the model (its weights; each activation; one and two inputs; non-finite
-//!    inputs) and on random layers of every size up to 17 x 19 (every remainder of rows
-//!    and inputs).
+//! 7. Kernels: the dense kernels this target runs ([`hvae::kernels`]: the assembly ones
+//!    on the M4F) give the same bits as the portable ones, forward and backward, on
+//!    every dense layer of the model (its weights; each activation; one and two inputs;
+//!    non-finite inputs) and on random layers of every size up to 17 x 19 (every
+//!    remainder of rows and inputs). The backward pass on the model's layers is checked
+//!    on the M4F only (its gradient buffers need more stack than the micro:bit has; the
+//!    micro:bit runs the portable kernels).
 #![no_std]
 #![no_main]
 
@@ -687,7 +689,7 @@ fn nor_flash(c: &mut Checks) {
 
 mod kernels {
     use super::{generated, Checks, SHAPE};
-    use hvae::kernels::{dense_forward, dense_forward2, portable};
+    use hvae::kernels::{dense_backward, dense_forward, dense_forward2, portable};
     use hvae::shape::TensorId;
     use hvae::Activation;
 
@@ -745,6 +747,46 @@ mod kernels {
         ok
     }
 
+    /// The target's backward pass against the portable one on `W` (`dy.len() x
+    /// x.len()`): `dw`, `db` (`dw_len` values, starting from values of `rng`) and `dx`.
+    fn agree_backward<const N: usize>(w: &[f32], x: &[f32], dy: &[f32], rng: &mut Rng) -> bool {
+        let (n_out, n_in) = (dy.len(), x.len());
+        let (mut dw, mut dw_p) = ([0.0f32; N], [0.0f32; N]);
+        let (mut db, mut db_p) = ([0.0f32; W], [0.0f32; W]);
+        let (mut dx, mut dx_p) = ([f32::NAN; W], [f32::NAN; W]);
+        for (a, b) in dw
+            .iter_mut()
+            .zip(&mut dw_p)
+            .chain(db.iter_mut().zip(&mut db_p))
+        {
+            *a = rng.next();
+            *b = *a;
+        }
+        let parts = (
+            dw.get_mut(..n_out * n_in),
+            dw_p.get_mut(..n_out * n_in),
+            db.get_mut(..n_out),
+            db_p.get_mut(..n_out),
+            dx.get_mut(..n_in),
+            dx_p.get_mut(..n_in),
+        );
+        let (Some(dw), Some(dw_p), Some(db), Some(db_p), Some(dx), Some(dx_p)) = parts else {
+            return false;
+        };
+        dense_backward(w, x, dy, Some((&mut *dw, &mut *db)), Some(&mut *dx));
+        portable::dense_backward(w, x, dy, Some((&mut *dw_p, &mut *db_p)), Some(&mut *dx_p));
+        let mut ok = same_bits(dw, dw_p) && same_bits(db, db_p) && same_bits(dx, dx_p);
+        // Without the parameters' gradients (a frozen layer), and without `dx`.
+        dx.fill(f32::NAN);
+        dx_p.fill(f32::NAN);
+        dense_backward(w, x, dy, None, Some(&mut *dx));
+        portable::dense_backward(w, x, dy, None, Some(&mut *dx_p));
+        ok &= same_bits(dx, dx_p);
+        dense_backward(w, x, dy, Some((&mut *dw, &mut *db)), None);
+        portable::dense_backward(w, x, dy, Some((&mut *dw_p, &mut *db_p)), None);
+        ok && same_bits(dw, dw_p) && same_bits(db, db_p)
+    }
+
     pub fn kernels(c: &mut Checks) {
         let mut rng = Rng(0x2545_f491);
         let params = &generated::PARAMS[..];
@@ -778,11 +820,20 @@ mod kernels {
                     *v = nf;
                 }
                 ok &= agree(w, b, x0, x1);
+                // The backward pass, for a random upstream gradient.
+                #[cfg(board = "mps2_an386")]
+                {
+                    let mut dy = [0.0f32; W];
+                    dy.iter_mut().for_each(|v| *v = rng.next());
+                    if let Some(dy) = dy.get(..t.rows) {
+                        ok &= agree_backward::<{ W * W }>(w, x0, dy, &mut rng);
+                    }
+                }
             }
         }
         c.check(
             ok && layers >= 2,
-            "the model's dense layers: the same bits as the portable kernel",
+            "the model's dense layers: the same bits as the portable kernels",
         );
         defmt::println!("       {=u32} layers", layers);
 
@@ -803,11 +854,14 @@ mod kernels {
                     continue;
                 };
                 ok &= agree(w, b, x0, x1);
+                if let Some(dy) = b.get(..rows) {
+                    ok &= agree_backward::<{ ROWS * INPUTS }>(w, x0, dy, &mut rng);
+                }
             }
         }
         c.check(
             ok,
-            "random layers of 1..=17 rows and 0..=19 inputs: the same bits as the portable kernel",
+            "random layers of 1..=17 rows and 0..=19 inputs: the same bits as the portable kernels",
         );
     }
 }
