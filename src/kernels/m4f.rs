@@ -1,15 +1,22 @@
-//! The `f32` dense kernel for the Cortex-M4F (and any Arm core with a hard-float ABI and
-//! VFP registers `s0`-`s31`), in assembly: eight output rows per block, eight inputs per
-//! iteration, each row's eight weights loaded by one `vldm` and the eight inputs by one
-//! `vldm` for all eight rows.
+//! The `f32` dense kernels for the Cortex-M4F (and any bare-metal Arm core with a
+//! hard-float ABI, whose VFP has `s0`-`s31`), in assembly. The `.fpu` directive names
+//! the M4F's FPU for the assembler (module-level assembly does not see the target's
+//! features); every instruction used exists from VFPv2 on.
 //!
+//! Forward: eight output rows per block, eight inputs per iteration, each row's eight
+//! weights loaded by one `vldm` and the eight inputs by one `vldm` for all eight rows.
 //! Bit-identical to [`portable::dense_forward`]: each accumulator starts at its bias and
 //! takes `acc = acc + w_j x_j` for `j` in input order, with `vmla.f32`, which rounds the
-//! product and then the sum (not fused), the same two roundings as Rust's `a + w * x`
-//! (which LLVM compiles to the same instruction here). The ReLU is `v > 0 ? v : +0`
-//! (`vcmp` and a conditional move; NaN fails the comparison), as [`Activation::of`].
-//! Rows past the last block of eight take the portable kernel's one-row loop (the same
-//! sums); tanh is applied after the block (the portable [`Activation::of`]).
+//! product and then the sum (not fused, unlike `vfma`), the same two roundings as Rust's
+//! `acc + w * x` (which LLVM compiles to the same instruction here). The ReLU is
+//! `v > 0 ? v : +0` (`vcmp` and a conditional move; NaN fails the comparison), as
+//! [`Activation::of`]. Rows past the last block of eight take the portable kernel's
+//! one-row loop (the same sums); tanh is applied after the block (the portable
+//! [`Activation::of`]).
+//!
+//! Backward: an `axpy` per row, `y = y + a x` with `vmla.f32` (or `y = a x` with
+//! `vmul.f32` for the first row of `dx`), eight values per `vldm`/`vstm`: the products
+//! and sums of [`portable::dense_backward`], in its order.
 
 use super::portable;
 use crate::Activation;

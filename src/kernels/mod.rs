@@ -1,17 +1,21 @@
-//! The dense kernels: `y = act(W x + b)`, the inner loop of inference and of training's
-//! forward pass, and the only module of the crate where `unsafe` code is allowed.
+//! The dense kernels: the forward pass `y = act(W x + b)` of inference and training and
+//! its backward pass, and the only module of the crate where `unsafe` code is allowed.
 //!
 //! | kernel | where | what |
 //! |---|---|---|
-//! | [`portable`] | every target, every [`Real`] | Rust, blocked and unrolled by hand; the reference |
-//! | `m4f` (private) | `f32` on Arm with a hard-float ABI, bare metal (`thumbv7em-none-eabihf`: Cortex-M4F and M7) | assembly: `vldm` of eight weights, `vmla.f32` |
+//! | [`portable`] | every target, every [`Real`] | Rust, blocked and unrolled by hand (forward); nalgebra's `ger`/`gemv` (backward); the reference |
+//! | `m4f` (private) | `f32` on bare-metal Arm with a hard-float ABI (`thumbv7em-none-eabihf`: the Cortex-M4F) | assembly: `vldm` of eight values, `vmla.f32` |
 //!
-//! [`dense_forward`] and [`dense_forward2`] choose the kernel for the target and the
-//! scalar type; every kernel computes the same floating-point operations in the same
-//! order as the portable one, so the results are the same bits whichever runs (tested
-//! on the host for the portable kernel and on the device under qemu, `selftest`, for the
-//! target's against it). Nothing outside this module knows which one runs; [`KERNEL`]
-//! names it for logs and benchmarks.
+//! [`dense_forward`], [`dense_forward2`] and [`dense_backward`] choose the kernel for
+//! the target and the scalar type; every kernel computes the same floating-point
+//! operations in the same order as the portable one, so the results are the same bits
+//! whichever runs (the portable kernel is tested on the host; the target's against it on
+//! the device under qemu, by the firmware's `selftest`). Nothing outside this module
+//! knows which one runs; [`KERNEL`] names it for logs and benchmarks.
+//!
+//! The assembly is selected by `target_arch`, `target_abi` and `target_os`: Arm's
+//! floating-point target features are not stable `cfg`s, and a hard-float ABI implies
+//! the VFP registers and instructions the kernel uses (`s0`-`s31`, `vldm`, `vmla.f32`).
 
 use crate::{Activation, Real};
 
