@@ -30,7 +30,7 @@ struct Args {
     x: *const f32,
     /// `4 n`: the distance between two rows of weights in bytes.
     row_bytes: usize,
-    /// `n / 8`: iterations of eight inputs.
+    /// `n / 8`: iterations of eight inputs, at least one.
     chunks: usize,
     /// `n % 8`: inputs after them.
     rest: usize,
@@ -43,15 +43,25 @@ struct Args {
 }
 
 extern "C" {
-    /// `y[r] = act(b[r] + w[r][0] x[0] + w[r][1] x[1] + ...)` for the `8 blocks` rows of
-    /// `w` (row-major, `n` values a row; `b` and `y` `8 blocks` values).
-    fn hvae_kernels_dense8_f32(w: *const f32, b: *const f32, y: *mut f32, args: *mut Args);
+    /// `y[r] = act(b[r] + w[r][0] x[0] + w[r][1] x[1] + ...)` for the `8 blocks` rows
+    /// (row-major, `n` values a row) that end at `w_end`, the biases that end at `b_end`
+    /// and the outputs that end at `y_end`; the blocks are done from the last to the
+    /// first.
+    fn hvae_kernels_dense8_f32(
+        w_end: *const f32,
+        b_end: *const f32,
+        y_end: *mut f32,
+        args: *mut Args,
+    );
 }
 
-// AAPCS: r0 = w, r1 = b, r2 = y, r3 = args. Row pointers r4-r11 (row 7's end is the
-// next block's row 0), input cursor r12, loop counters lr and r3 (blocks). Accumulators
-// s0-s7, inputs s8-s15, one row's weights s16-s23 or s24-s31. s16-s31 and r4-r11 are
-// callee-saved.
+// AAPCS: r0 = w_end, r1 = b_end, r2 = y_end, r3 = args (then r0; r3 counts the blocks).
+// The blocks go backwards, so that the last one done is the first, whose row 0's sum is
+// `first` (stored by every block, the last store wins). Row pointers r4-r11: a block's
+// row 0 is 16 rows before where its row 7 ended in the block after it (r11 starts one
+// block past the end). Input cursor r12, loop counter lr. Accumulators s0-s7, inputs
+// s8-s15, one row's weights s16-s23, +0 in s24 (the ReLU's zero). r4-r11 and s16-s24
+// are callee-saved.
 core::arch::global_asm!(
     ".section .text.hvae_kernels_dense8_f32,\"ax\",%progbits",
     ".syntax unified",
@@ -63,13 +73,17 @@ core::arch::global_asm!(
     ".thumb_func",
     "hvae_kernels_dense8_f32:",
     "    push {{r4-r11, lr}}",
-    "    vpush {{s16-s31}}",
-    "    mov r4, r0",
+    "    vpush {{s16-s24}}",
+    "    ldr lr, [r3, #{row_bytes}]",
+    "    add r11, r0, lr, lsl #3",
     "    mov r0, r3",
     "    ldr r3, [r0, #{blocks}]",
+    "    mov r4, #0",
+    "    vmov s24, r4",
     ".Lhvae_dense8_block:",
     "    ldr r12, [r0, #{x}]",
     "    ldr lr, [r0, #{row_bytes}]",
+    "    sub r4, r11, lr, lsl #4",
     "    add r5, r4, lr",
     "    add r6, r5, lr",
     "    add r7, r6, lr",
@@ -77,10 +91,8 @@ core::arch::global_asm!(
     "    add r9, r8, lr",
     "    add r10, r9, lr",
     "    add r11, r10, lr",
-    "    vldmia r1!, {{s0-s7}}",
+    "    vldmdb r1!, {{s0-s7}}",
     "    ldr lr, [r0, #{chunks}]",
-    "    cmp lr, #0",
-    "    beq .Lhvae_dense8_rest",
     ".Lhvae_dense8_chunk:",
     "    vldmia r12!, {{s8-s15}}",
     "    vldmia r4!, {{s16-s23}}",
@@ -92,15 +104,15 @@ core::arch::global_asm!(
     "    vmla.f32 s0, s21, s13",
     "    vmla.f32 s0, s22, s14",
     "    vmla.f32 s0, s23, s15",
-    "    vldmia r5!, {{s24-s31}}",
-    "    vmla.f32 s1, s24, s8",
-    "    vmla.f32 s1, s25, s9",
-    "    vmla.f32 s1, s26, s10",
-    "    vmla.f32 s1, s27, s11",
-    "    vmla.f32 s1, s28, s12",
-    "    vmla.f32 s1, s29, s13",
-    "    vmla.f32 s1, s30, s14",
-    "    vmla.f32 s1, s31, s15",
+    "    vldmia r5!, {{s16-s23}}",
+    "    vmla.f32 s1, s16, s8",
+    "    vmla.f32 s1, s17, s9",
+    "    vmla.f32 s1, s18, s10",
+    "    vmla.f32 s1, s19, s11",
+    "    vmla.f32 s1, s20, s12",
+    "    vmla.f32 s1, s21, s13",
+    "    vmla.f32 s1, s22, s14",
+    "    vmla.f32 s1, s23, s15",
     "    vldmia r6!, {{s16-s23}}",
     "    vmla.f32 s2, s16, s8",
     "    vmla.f32 s2, s17, s9",
@@ -110,15 +122,15 @@ core::arch::global_asm!(
     "    vmla.f32 s2, s21, s13",
     "    vmla.f32 s2, s22, s14",
     "    vmla.f32 s2, s23, s15",
-    "    vldmia r7!, {{s24-s31}}",
-    "    vmla.f32 s3, s24, s8",
-    "    vmla.f32 s3, s25, s9",
-    "    vmla.f32 s3, s26, s10",
-    "    vmla.f32 s3, s27, s11",
-    "    vmla.f32 s3, s28, s12",
-    "    vmla.f32 s3, s29, s13",
-    "    vmla.f32 s3, s30, s14",
-    "    vmla.f32 s3, s31, s15",
+    "    vldmia r7!, {{s16-s23}}",
+    "    vmla.f32 s3, s16, s8",
+    "    vmla.f32 s3, s17, s9",
+    "    vmla.f32 s3, s18, s10",
+    "    vmla.f32 s3, s19, s11",
+    "    vmla.f32 s3, s20, s12",
+    "    vmla.f32 s3, s21, s13",
+    "    vmla.f32 s3, s22, s14",
+    "    vmla.f32 s3, s23, s15",
     "    vldmia r8!, {{s16-s23}}",
     "    vmla.f32 s4, s16, s8",
     "    vmla.f32 s4, s17, s9",
@@ -128,15 +140,15 @@ core::arch::global_asm!(
     "    vmla.f32 s4, s21, s13",
     "    vmla.f32 s4, s22, s14",
     "    vmla.f32 s4, s23, s15",
-    "    vldmia r9!, {{s24-s31}}",
-    "    vmla.f32 s5, s24, s8",
-    "    vmla.f32 s5, s25, s9",
-    "    vmla.f32 s5, s26, s10",
-    "    vmla.f32 s5, s27, s11",
-    "    vmla.f32 s5, s28, s12",
-    "    vmla.f32 s5, s29, s13",
-    "    vmla.f32 s5, s30, s14",
-    "    vmla.f32 s5, s31, s15",
+    "    vldmia r9!, {{s16-s23}}",
+    "    vmla.f32 s5, s16, s8",
+    "    vmla.f32 s5, s17, s9",
+    "    vmla.f32 s5, s18, s10",
+    "    vmla.f32 s5, s19, s11",
+    "    vmla.f32 s5, s20, s12",
+    "    vmla.f32 s5, s21, s13",
+    "    vmla.f32 s5, s22, s14",
+    "    vmla.f32 s5, s23, s15",
     "    vldmia r10!, {{s16-s23}}",
     "    vmla.f32 s6, s16, s8",
     "    vmla.f32 s6, s17, s9",
@@ -146,18 +158,17 @@ core::arch::global_asm!(
     "    vmla.f32 s6, s21, s13",
     "    vmla.f32 s6, s22, s14",
     "    vmla.f32 s6, s23, s15",
-    "    vldmia r11!, {{s24-s31}}",
-    "    vmla.f32 s7, s24, s8",
-    "    vmla.f32 s7, s25, s9",
-    "    vmla.f32 s7, s26, s10",
-    "    vmla.f32 s7, s27, s11",
-    "    vmla.f32 s7, s28, s12",
-    "    vmla.f32 s7, s29, s13",
-    "    vmla.f32 s7, s30, s14",
-    "    vmla.f32 s7, s31, s15",
+    "    vldmia r11!, {{s16-s23}}",
+    "    vmla.f32 s7, s16, s8",
+    "    vmla.f32 s7, s17, s9",
+    "    vmla.f32 s7, s18, s10",
+    "    vmla.f32 s7, s19, s11",
+    "    vmla.f32 s7, s20, s12",
+    "    vmla.f32 s7, s21, s13",
+    "    vmla.f32 s7, s22, s14",
+    "    vmla.f32 s7, s23, s15",
     "    subs lr, lr, #1",
     "    bne .Lhvae_dense8_chunk",
-    ".Lhvae_dense8_rest:",
     "    ldr lr, [r0, #{rest}]",
     "    cmp lr, #0",
     "    beq .Lhvae_dense8_sums",
@@ -182,54 +193,47 @@ core::arch::global_asm!(
     "    subs lr, lr, #1",
     "    bne .Lhvae_dense8_one",
     ".Lhvae_dense8_sums:",
-    // The first block: row 0's sum before the activation.
-    "    ldr lr, [r0, #{blocks}]",
-    "    cmp r3, lr",
-    "    it eq",
-    "    vstreq s0, [r0, #{first}]",
+    "    vstr s0, [r0, #{first}]",
     "    ldr lr, [r0, #{relu}]",
     "    cmp lr, #0",
     "    beq .Lhvae_dense8_store",
-    "    mov lr, #0",
-    "    vmov s8, lr",
     "    vcmp.f32 s0, #0",
     "    vmrs APSR_nzcv, fpscr",
     "    it le",
-    "    vmovle.f32 s0, s8",
+    "    vmovle.f32 s0, s24",
     "    vcmp.f32 s1, #0",
     "    vmrs APSR_nzcv, fpscr",
     "    it le",
-    "    vmovle.f32 s1, s8",
+    "    vmovle.f32 s1, s24",
     "    vcmp.f32 s2, #0",
     "    vmrs APSR_nzcv, fpscr",
     "    it le",
-    "    vmovle.f32 s2, s8",
+    "    vmovle.f32 s2, s24",
     "    vcmp.f32 s3, #0",
     "    vmrs APSR_nzcv, fpscr",
     "    it le",
-    "    vmovle.f32 s3, s8",
+    "    vmovle.f32 s3, s24",
     "    vcmp.f32 s4, #0",
     "    vmrs APSR_nzcv, fpscr",
     "    it le",
-    "    vmovle.f32 s4, s8",
+    "    vmovle.f32 s4, s24",
     "    vcmp.f32 s5, #0",
     "    vmrs APSR_nzcv, fpscr",
     "    it le",
-    "    vmovle.f32 s5, s8",
+    "    vmovle.f32 s5, s24",
     "    vcmp.f32 s6, #0",
     "    vmrs APSR_nzcv, fpscr",
     "    it le",
-    "    vmovle.f32 s6, s8",
+    "    vmovle.f32 s6, s24",
     "    vcmp.f32 s7, #0",
     "    vmrs APSR_nzcv, fpscr",
     "    it le",
-    "    vmovle.f32 s7, s8",
+    "    vmovle.f32 s7, s24",
     ".Lhvae_dense8_store:",
-    "    vstmia r2!, {{s0-s7}}",
-    "    mov r4, r11",
+    "    vstmdb r2!, {{s0-s7}}",
     "    subs r3, r3, #1",
     "    bne .Lhvae_dense8_block",
-    "    vpop {{s16-s31}}",
+    "    vpop {{s16-s24}}",
     "    pop {{r4-r11, pc}}",
     ".size hvae_kernels_dense8_f32, . - hvae_kernels_dense8_f32",
     x = const offset_of!(Args, x),
@@ -324,7 +328,7 @@ core::arch::global_asm!(
 /// of eight rows. Lengths as the portable kernel's callers guarantee them (`w` is
 /// `y.len() x x.len()`, `b` as long as `y`); with others no output is out of bounds and
 /// the rows that fit are computed.
-#[inline]
+#[inline(always)]
 pub(super) fn dense_forward(
     w: &[f32],
     b: &[f32],
@@ -332,6 +336,56 @@ pub(super) fn dense_forward(
     y: &mut [f32],
     act: Option<Activation>,
 ) -> f32 {
+    // The common case on its own short path: whole blocks, no tanh.
+    let (n, rows) = (x.len(), y.len());
+    if n >= 8
+        && rows % 8 == 0
+        && rows > 0
+        && b.len() == rows
+        && rows.checked_mul(n) == Some(w.len())
+        && act != Some(Activation::Tanh)
+    {
+        return blocks(w, b, x, y, act == Some(Activation::Relu));
+    }
+    dense_general(w, b, x, y, act)
+}
+
+/// The assembly on whole blocks: `y.len()` a non-zero multiple of 8, `b` as long as
+/// `y`, `w` `y.len() x x.len()`, `x` at least 8 values (the caller checks). Returns the
+/// first output before the activation.
+#[inline(always)]
+fn blocks(w: &[f32], b: &[f32], x: &[f32], y: &mut [f32], relu: bool) -> f32 {
+    let n = x.len();
+    let mut args = Args {
+        x: x.as_ptr(),
+        row_bytes: 4 * n,
+        chunks: n / 8,
+        rest: n % 8,
+        relu: usize::from(relu),
+        blocks: y.len() / 8,
+        first: 0.0,
+    };
+    // SAFETY: with the lengths the caller checked, the kernel reads the `8 blocks n`
+    // values of `w`, the `8 blocks` of `b` and the `n` of `x`, and writes the `8 blocks`
+    // of `y` (each pointer is one past the end of its slice, and the kernel steps back
+    // from it) and `args.first`; it reads and writes nothing else, restores the
+    // callee-saved registers (r4-r11, s16-s24) and leaves the stack as it found it.
+    unsafe {
+        hvae_kernels_dense8_f32(
+            w.as_ptr_range().end,
+            b.as_ptr_range().end,
+            y.as_mut_ptr_range().end,
+            &mut args,
+        );
+    }
+    args.first
+}
+
+/// [`dense_forward`] for every other case: tanh (applied after the assembly), rows past
+/// the last block of eight (the portable one-row loop), fewer than eight inputs (the
+/// one-row loop), lengths that do not fit.
+#[inline(never)]
+fn dense_general(w: &[f32], b: &[f32], x: &[f32], y: &mut [f32], act: Option<Activation>) -> f32 {
     let f = |v: f32| match act {
         Some(a) => a.of(v),
         None => v,
@@ -343,41 +397,31 @@ pub(super) fn dense_forward(
         }
         return b.first().copied().unwrap_or(0.0);
     }
-    let blocks = y.len().min(b.len()).min(w.len() / n) / 8;
-    let rows = 8 * blocks;
-    let (Some((yq, yr)), Some((_, br)), Some((_, wr))) = (
+    let rows = if n < 8 {
+        0
+    } else {
+        8 * (y.len().min(b.len()).min(w.len() / n) / 8)
+    };
+    let (Some((yq, yr)), Some((bq, br)), Some((wq, wr))) = (
         y.split_at_mut_checked(rows),
         b.split_at_checked(rows),
         w.split_at_checked(rows * n),
     ) else {
         return portable::dense_rows(w, b, x, y, &f);
     };
-    if blocks == 0 {
+    if rows == 0 {
         return portable::dense_rows(wr, br, x, yr, &f);
     }
-    let mut args = Args {
-        x: x.as_ptr(),
-        row_bytes: 4 * n,
-        chunks: n / 8,
-        rest: n % 8,
-        relu: usize::from(act == Some(Activation::Relu)),
-        blocks,
-        first: 0.0,
-    };
-    // SAFETY: the kernel reads `8 blocks n` values of `w` (`rows n <= w.len()`), `8 blocks`
-    // of `b` (`rows <= b.len()`) and `n` of `x`, and writes `8 blocks` of `y` (`yq` is
-    // `rows` long) and `args.first`; it reads and writes nothing else, restores the
-    // callee-saved registers (r4-r11, s16-s31) and leaves the stack as it found it.
-    unsafe {
-        hvae_kernels_dense8_f32(w.as_ptr(), b.as_ptr(), yq.as_mut_ptr(), &mut args);
-    }
+    let first = blocks(wq, bq, x, yq, act == Some(Activation::Relu));
     if act == Some(Activation::Tanh) {
         for v in yq.iter_mut() {
             *v = f(*v);
         }
     }
-    portable::dense_rows(wr, br, x, yr, &f);
-    args.first
+    if !yr.is_empty() {
+        portable::dense_rows(wr, br, x, yr, &f);
+    }
+    first
 }
 
 /// `y = y + a x` (or `y = a x` with `init`), value by value, over the shorter of `y`
