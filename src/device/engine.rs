@@ -12,7 +12,7 @@ use crate::protocol::{
 };
 use crate::shape::{Scope, Shape};
 use crate::store::checkpoint::{Checkpoints, Layout, Restore};
-use crate::train::centres::{in_use, CentreCounts, SpawnRule, Spawner};
+use crate::train::centres::{in_use, CentreCounts, SpawnRule, Spawner, MAX_ONLINE_CLUSTERS};
 use crate::train::optim::{OptimKind, Optimiser};
 use crate::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
@@ -335,6 +335,9 @@ where
                 s.scope,
                 TrainScope::SegmenterOnly | TrainScope::SegmenterAndNormalisation
             ) {
+                return Err(ErrorCode::Train);
+            }
+            if self.model.shape().clusters > MAX_ONLINE_CLUSTERS {
                 return Err(ErrorCode::Train);
             }
             self.centres = Some(CentreCounts::new(f32::from(memory)));

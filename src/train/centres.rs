@@ -16,7 +16,6 @@
 //! the caller for its answer anyway) and `3 M` multiply-adds and one square root.
 
 use crate::shape::Shape;
-use crate::train::kmeans::MAX_CLUSTERS;
 
 /// Why a centre update was refused (nothing changed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,10 +38,14 @@ impl core::fmt::Display for CentreError {
 
 impl core::error::Error for CentreError {}
 
-/// The per-centre counts of online k-means (see the [module](self)).
+/// Most clusters online k-means handles (its counts live in the engine, in RAM).
+pub const MAX_ONLINE_CLUSTERS: usize = 32;
+
+/// The per-centre counts of online k-means (see the [module](self)), for models of at
+/// most [`MAX_ONLINE_CLUSTERS`] clusters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CentreCounts {
-    counts: [f32; MAX_CLUSTERS],
+    counts: [f32; MAX_ONLINE_CLUSTERS],
     memory: f32,
     updates: u32,
 }
@@ -53,7 +56,7 @@ impl CentreCounts {
     pub const fn new(memory: f32) -> Self {
         let memory = if memory >= 1.0 { memory } else { 1.0 };
         CentreCounts {
-            counts: [memory; MAX_CLUSTERS],
+            counts: [memory; MAX_ONLINE_CLUSTERS],
             memory,
             updates: 0,
         }
@@ -90,7 +93,7 @@ impl CentreCounts {
         if seg.len() != shape.segmenter_len()
             || mu.len() != m
             || label >= shape.clusters
-            || label >= MAX_CLUSTERS
+            || label >= MAX_ONLINE_CLUSTERS
         {
             return Err(CentreError::Length);
         }
@@ -128,7 +131,7 @@ impl CentreCounts {
 pub const UNUSED_LOG_WEIGHT: f32 = -1.0e4;
 
 /// Most novel directions a [`Spawner`] keeps.
-pub const NOVEL_CAP: usize = 32;
+pub const NOVEL_CAP: usize = 16;
 
 /// Largest latent size a [`Spawner`] handles.
 pub const MAX_SPAWN_LATENT: usize = 16;
@@ -240,7 +243,10 @@ impl Spawner {
         rng: &mut R,
     ) -> Result<Option<usize>, CentreError> {
         let (m, k) = (shape.latent, shape.clusters);
-        if seg.len() != shape.segmenter_len() || m == 0 || m > MAX_SPAWN_LATENT || k > MAX_CLUSTERS
+        if seg.len() != shape.segmenter_len()
+            || m == 0
+            || m > MAX_SPAWN_LATENT
+            || k > MAX_ONLINE_CLUSTERS
         {
             return Err(CentreError::Length);
         }
