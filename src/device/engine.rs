@@ -47,10 +47,9 @@ pub struct Engine<const D: usize, const W: usize, P, S: Store, const CAPS: u32 =
     trainer: Option<Trainer<D, S::Buf>>,
     /// The stream's normalisation, while a `SegmenterAndNormalisation` training runs.
     tracker: Option<Tracker<D>>,
-    /// The centres' counts, while an online k-means training runs (instead of `trainer`).
-    centres: Option<CentreCounts>,
-    /// What spawns new centres, while an online k-means training runs.
-    spawner: Option<Spawner>,
+    /// The centres' counts and what spawns new centres, while an online k-means
+    /// training runs (instead of `trainer`).
+    kmeans: Option<(CentreCounts, Spawner)>,
     rng: Xoshiro256PlusPlus,
     work: [f32; W],
     store: S,
@@ -85,8 +84,7 @@ where
             staging: None,
             trainer: None,
             tracker: None,
-            centres: None,
-            spawner: None,
+            kmeans: None,
             rng: Xoshiro256PlusPlus::seed_from_u64(SEED),
             work: [0.0; W],
             store,
@@ -261,8 +259,7 @@ where
         };
         self.trainer = None;
         self.tracker = None;
-        self.centres = None;
-        self.spawner = None;
+        self.kmeans = None;
         self.staging = None;
         let (_, mut state) = self
             .store
@@ -281,8 +278,7 @@ where
             // New weights end any training: its buffers become the staging area.
             self.trainer = None;
             self.tracker = None;
-            self.centres = None;
-            self.spawner = None;
+            self.kmeans = None;
             self.staging = None;
             let (scratch, _) = self.store.take(n, 0).ok_or(ErrorCode::Internal)?;
             self.staging = Some(scratch);
@@ -320,10 +316,9 @@ where
     fn start(&mut self, s: &TrainSettings) -> Result<(), ErrorCode> {
         self.trainer = None;
         self.tracker = None;
-        self.centres = None;
+        self.kmeans = None;
         self.staging = None;
         self.loader.reset();
-        self.spawner = None;
         if let TrainOptimiser::OnlineKMeans {
             memory,
             spawn_above,
@@ -340,12 +335,12 @@ where
             if self.model.shape().clusters > MAX_ONLINE_CLUSTERS {
                 return Err(ErrorCode::Train);
             }
-            self.centres = Some(CentreCounts::new(f32::from(memory)));
-            self.spawner = Some(Spawner::new(SpawnRule {
+            let rule = SpawnRule {
                 threshold: spawn_above,
                 window: spawn_window,
                 count: spawn_count,
-            }));
+            };
+            self.kmeans = Some((CentreCounts::new(f32::from(memory)), Spawner::new(rule)));
         } else {
             let cfg = config(s).ok_or(ErrorCode::Train)?;
             let shape = *self.model.shape();
@@ -392,10 +387,7 @@ where
         let mut novelty = 0.0f32;
         let mut n = 0u32;
         for x in samples.chunks_exact(D) {
-            let (centres, spawner) = match (self.centres.as_mut(), self.spawner.as_mut()) {
-                (Some(c), Some(s)) => (c, s),
-                _ => return Err(ErrorCode::Internal),
-            };
+            let (centres, spawner) = self.kmeans.as_mut().ok_or(ErrorCode::Internal)?;
             let seg = self
                 .model
                 .segment(x, &mut self.work)
@@ -432,7 +424,7 @@ where
                 self.checkpoint()?;
             }
         }
-        let updates = self.centres.as_ref().map_or(0, CentreCounts::updates);
+        let updates = self.kmeans.as_ref().map_or(0, |(c, _)| c.updates());
         let seg = self.model.segmenter_params();
         let used = (0..shape.clusters)
             .filter(|&k| in_use(&shape, seg, k))
@@ -459,7 +451,7 @@ where
         if let Some(s) = settings {
             self.start(s)?;
         }
-        if self.centres.is_some() {
+        if self.kmeans.is_some() {
             return self.update_centres(samples);
         }
         let t = self.trainer.as_mut().ok_or(ErrorCode::Train)?;

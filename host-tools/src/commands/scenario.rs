@@ -455,6 +455,12 @@ pub fn new_clusters(
             nov.push(s.novelty());
         }
     }
+    if nov.is_empty() || labels.iter().any(|&l| l < 0) {
+        return Err(Error::BadInput(format!(
+            "new-clusters needs rows of classes 0-{} and no negative label",
+            KNOWN_CLASSES - 1
+        )));
+    }
     nov.sort_by(f32::total_cmp);
     let at = ((args.novelty_percentile.clamp(0.0, 100.0) / 100.0) * (nov.len() - 1) as f64).round()
         as usize;
@@ -489,8 +495,8 @@ pub fn new_clusters(
         .map_err(|e| Error::Failed(format!("the trained weights are not a model: {e}")))?;
     let seg = super::eval::segment_all(&adapted, data)?;
     let k = shape.clusters;
-    let mut table =
-        vec![vec![0usize; k]; 10.max(labels.iter().max().map_or(0, |&m| m as usize + 1))];
+    let classes = labels.iter().max().map_or(0, |&m| m as usize + 1);
+    let mut table = vec![vec![0usize; k]; classes];
     for (&l, &c) in labels.iter().zip(&seg.labels) {
         table[l as usize][c] += 1;
     }
