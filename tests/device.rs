@@ -436,13 +436,24 @@ fn a_spawned_centre_survives_a_reboot() {
         batch: 4,
     };
     let mut e: Learn = engine(m.clone(), Heap::new());
-    let r = e.handle(&Request::TrainBatch {
-        samples: heapless::Vec::from_slice(&xs).unwrap(),
-        steps: 0,
-        settings: Some(km),
-    });
-    let Response::Trained { buffered, .. } = r else {
-        panic!("{r:?}")
+    let mut answers = Vec::new();
+    e.handle_each(
+        &Request::TrainBatch {
+            samples: heapless::Vec::from_slice(&xs).unwrap(),
+            steps: 0,
+            settings: Some(km),
+        },
+        &mut |r| answers.push(r.clone()),
+    );
+    // One event, at the second sample (2 novel of a window of 4), then the answer; the
+    // one unused slot is taken, so nothing more spawns.
+    let [Response::Spawned {
+        slot: 4,
+        sample: 1,
+        in_use: 5,
+    }, Response::Trained { buffered, .. }] = answers[..]
+    else {
+        panic!("{answers:?}")
     };
     assert_eq!(buffered, 5, "the answer counts the slots in use");
     let seg = |p: &[f32]| p[so..S.decoder_offset()].to_vec();

@@ -254,6 +254,13 @@ mod protocol {
                     loss,
                 }
             }),
+            (any::<u8>(), any::<u16>(), any::<u8>()).prop_map(|(slot, sample, in_use)| {
+                Response::Spawned {
+                    slot,
+                    sample,
+                    in_use,
+                }
+            }),
         ]
     }
 

@@ -128,6 +128,11 @@ fn responses() -> Vec<Response> {
             steps: u32::MAX,
             loss: f32::NAN,
         },
+        Response::Spawned {
+            slot: u8::MAX,
+            sample: u16::MAX,
+            in_use: u8::MAX,
+        },
     ];
     v.append(&mut errors);
     v

@@ -145,6 +145,14 @@ where
             Request::Encode { sample } if CAPS & CAP_ENCODE != 0 => {
                 answer_encode::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
             }
+            Request::TrainBatch {
+                samples,
+                steps,
+                settings,
+            } if Self::TRAINS => {
+                let r = self.train(samples, *steps, settings.as_ref(), emit);
+                emit(&r.unwrap_or_else(Response::Error))
+            }
             _ => emit(&self.try_handle(req).unwrap_or_else(Response::Error)),
         }
     }
@@ -200,13 +208,8 @@ where
                     weights_crc: self.crc(),
                 })
             }
-            Request::TrainBatch {
-                samples,
-                steps,
-                settings,
-            } if Self::TRAINS => self.train(samples, *steps, settings.as_ref()),
-            // `Segment` and `Encode` are answered by `handle_each`; the rest are outside
-            // this engine's capabilities.
+            // `Segment`, `Encode` and `TrainBatch` are answered by `handle_each`; the rest
+            // are outside this engine's capabilities.
             _ => Err(ErrorCode::Unsupported),
         }
     }
@@ -371,7 +374,11 @@ where
     /// The answer's `buffered` counts the centre slots in use (a spawn shows as one
     /// more), `steps` the samples taken, `loss` the request's mean novelty (`1 - cosine`
     /// to the nearest centre, before the update).
-    fn update_centres(&mut self, samples: &[f32]) -> Result<Response, ErrorCode> {
+    fn update_centres(
+        &mut self,
+        samples: &[f32],
+        emit: &mut dyn FnMut(&Response),
+    ) -> Result<Response, ErrorCode> {
         if let Some(tracker) = self.tracker.as_mut() {
             for x in samples.chunks_exact(D) {
                 tracker.push(x).map_err(|_| ErrorCode::NonFiniteInput)?;
@@ -386,7 +393,7 @@ where
         let (so, l) = (shape.segmenter_offset(), shape.segmenter_len());
         let mut novelty = 0.0f32;
         let mut n = 0u32;
-        for x in samples.chunks_exact(D) {
+        for (i, x) in samples.chunks_exact(D).enumerate() {
             let (centres, spawner) = self.kmeans.as_mut().ok_or(ErrorCode::Internal)?;
             let seg = self
                 .model
@@ -408,12 +415,20 @@ where
             }
             let mut spawned = false;
             if fire {
-                if let Some(_slot) = spawner
+                if let Some(slot) = spawner
                     .spawn(&shape, params, centres, &mut self.rng)
                     .map_err(|_| ErrorCode::Train)?
                 {
                     #[cfg(feature = "defmt")]
-                    defmt::info!("learn: spawned centre {=usize}", _slot);
+                    defmt::info!("learn: spawned centre {=usize}", slot);
+                    let used = (0..shape.clusters)
+                        .filter(|&k| in_use(&shape, params, k))
+                        .count();
+                    emit(&Response::Spawned {
+                        slot: saturate_u8(slot),
+                        sample: u16::try_from(i).unwrap_or(u16::MAX),
+                        in_use: saturate_u8(used),
+                    });
                     spawned = true;
                 }
             }
@@ -441,6 +456,7 @@ where
         samples: &[f32],
         steps: u16,
         settings: Option<&TrainSettings>,
+        emit: &mut dyn FnMut(&Response),
     ) -> Result<Response, ErrorCode> {
         if !samples.len().is_multiple_of(D) {
             return Err(ErrorCode::InputLength);
@@ -452,7 +468,7 @@ where
             self.start(s)?;
         }
         if self.kmeans.is_some() {
-            return self.update_centres(samples);
+            return self.update_centres(samples, emit);
         }
         let t = self.trainer.as_mut().ok_or(ErrorCode::Train)?;
         for x in samples.chunks_exact(D) {
@@ -568,4 +584,9 @@ pub fn blob_crc(shape: &Shape, params: &[f32]) -> u32 {
         d.update(&v.to_le_bytes());
     }
     d.finalize()
+}
+
+/// `v` as a `u8`, 255 if larger (slot counts are at most [`MAX_ONLINE_CLUSTERS`]).
+fn saturate_u8(v: usize) -> u8 {
+    u8::try_from(v).unwrap_or(u8::MAX)
 }

@@ -229,6 +229,17 @@ pub enum Response {
         /// Loss of the last step (NaN when no step was taken).
         loss: f32,
     },
+    /// An event of [`Request::TrainBatch`] under [`TrainOptimiser::OnlineKMeans`]: a
+    /// centre was spawned from persistent novelty. Sent as it happens, before the
+    /// request's [`Response::Trained`] (or `Error`), one per spawn.
+    Spawned {
+        /// The slot the new centre took.
+        slot: u8,
+        /// Index, in the request's samples, of the sample that completed the rule.
+        sample: u16,
+        /// Centre slots in use after the spawn.
+        in_use: u8,
+    },
 }
 
 impl Response {

@@ -153,6 +153,7 @@ pub fn response_name(r: &Response) -> &'static str {
         Response::Loaded { .. } => "Loaded",
         Response::Checkpointed { .. } => "Checkpointed",
         Response::Trained { .. } => "Trained",
+        Response::Spawned { .. } => "Spawned",
     }
 }
 
@@ -172,14 +173,33 @@ pub struct DeviceSegment {
 }
 
 /// The answer to a [`Request::TrainBatch`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Trained {
-    /// Samples in the device's buffer.
+    /// Samples in the device's buffer (online k-means: centre slots in use).
     pub buffered: u32,
     /// Steps taken so far.
     pub steps: u32,
     /// Loss of the last step (NaN if none).
     pub loss: f32,
+    /// The centres the request spawned (online k-means), in order.
+    pub spawned: Vec<Spawn>,
+}
+
+/// A centre the device spawned ([`Response::Spawned`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spawn {
+    /// The slot the new centre took.
+    pub slot: u8,
+    /// Index, in the request's samples, of the sample that completed the rule.
+    pub sample: u16,
+    /// Centre slots in use after the spawn.
+    pub in_use: u8,
+}
+
+/// True for a response that is an event of a request ([`Response::Spawned`]) rather
+/// than its answer: the answer still follows.
+pub fn is_event(r: &Response) -> bool {
+    matches!(r, Response::Spawned { .. })
 }
 
 /// Timeouts of a session.
@@ -394,13 +414,35 @@ impl Device {
     }
 
     /// Sends `req` and waits for its answer; an error answer becomes
-    /// [`DeviceError::Refused`].
+    /// [`DeviceError::Refused`]. Events before the answer ([`is_event`]) are passed
+    /// over: [`Device::request_all`] keeps them.
     pub fn request(&mut self, req: &Request, timeout: Duration) -> Result<Response, DeviceError> {
+        let mut all = self.request_all(req, timeout)?;
+        all.pop().ok_or(DeviceError::Incompatible(
+            "a request without an answer".to_string(),
+        ))
+    }
+
+    /// Sends `req` and waits for its answer: the events that came first, then the
+    /// answer (last). An error answer becomes [`DeviceError::Refused`]; each response
+    /// has `timeout` to arrive.
+    pub fn request_all(
+        &mut self,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Vec<Response>, DeviceError> {
         let request = request_name(req);
         self.send(req)?;
-        match self.receive(request, Instant::now() + timeout, timeout)? {
-            Response::Error(code) => Err(DeviceError::Refused { request, code }),
-            r => Ok(r),
+        let mut all = Vec::new();
+        loop {
+            match self.receive(request, Instant::now() + timeout, timeout)? {
+                Response::Error(code) => return Err(DeviceError::Refused { request, code }),
+                r if is_event(&r) => all.push(r),
+                r => {
+                    all.push(r);
+                    return Ok(all);
+                }
+            }
         }
     }
 
@@ -559,18 +601,36 @@ impl Device {
             steps,
             settings,
         };
-        match self.request(&req, self.timeouts.train)? {
-            Response::Trained {
-                buffered,
-                steps,
-                loss,
-            } => Ok(Trained {
-                buffered,
-                steps,
-                loss,
-            }),
-            r => Err(Self::wrong("TrainBatch", &r)),
+        let mut spawned = Vec::new();
+        for r in self.request_all(&req, self.timeouts.train)? {
+            match r {
+                Response::Spawned {
+                    slot,
+                    sample,
+                    in_use,
+                } => spawned.push(Spawn {
+                    slot,
+                    sample,
+                    in_use,
+                }),
+                Response::Trained {
+                    buffered,
+                    steps,
+                    loss,
+                } => {
+                    return Ok(Trained {
+                        buffered,
+                        steps,
+                        loss,
+                        spawned,
+                    })
+                }
+                r => return Err(Self::wrong("TrainBatch", &r)),
+            }
         }
+        Err(DeviceError::Incompatible(
+            "a TrainBatch without an answer".to_string(),
+        ))
     }
 
     /// Makes the device's current weights persistent; returns their CRC.

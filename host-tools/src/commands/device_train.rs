@@ -13,6 +13,7 @@ use hvae::protocol::{
     Request, Response, ShapeInfo, TrainOptimiser, TrainScope, TrainSettings, CAP_TRAIN, MAX_SAMPLE,
 };
 use hvae::Model;
+use hvae_devkit::client::is_event;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
@@ -236,6 +237,8 @@ pub struct ScopeReport {
     pub max_abs_param_diff: f64,
     /// First request (0-based) whose answers differed, if any.
     pub first_divergent_request: Option<usize>,
+    /// Centres the device reported spawning ([`Response::Spawned`] events).
+    pub spawn_events: usize,
     /// Loss of the device's last step.
     pub final_loss: f32,
     /// Seconds of the device session (load, stream, read back).
@@ -412,7 +415,7 @@ pub fn run_requests(
     let mut answers = Vec::with_capacity(requests.len());
     for (i, req) in requests.iter().enumerate() {
         let r = dev
-            .request(req, dev.timeouts.train)
+            .request_all(req, dev.timeouts.train)
             .map_err(|e| Error::Failed(format!("{name}: training request {}: {e}", i + 1)))?;
         answers.push(r);
     }
@@ -423,15 +426,19 @@ pub fn run_requests(
     let mut host: HostLearner =
         host_learner(model.model.clone(), model.crc).map_err(Error::Failed)?;
     let mut first_divergent = None;
-    for (i, req) in requests.iter().enumerate() {
-        let h = host.handle(req);
-        if first_divergent.is_none() && !same_answer(&h, &answers[i]) {
+    for (i, (req, dev_answers)) in requests.iter().zip(&answers).enumerate() {
+        let mut h = Vec::new();
+        host.handle_each(req, &mut |r| h.push(r.clone()));
+        let same = h.len() == dev_answers.len()
+            && h.iter().zip(dev_answers).all(|(a, b)| same_answer(a, b));
+        if first_divergent.is_none() && !same {
             first_divergent = Some(i);
         }
     }
+    let spawn_events = answers.iter().flatten().filter(|r| is_event(r)).count();
     let host_params = host.model().params().to_vec();
     let host_seconds = t1.elapsed().as_secs_f64();
-    let (steps, final_loss) = match answers.last() {
+    let (steps, final_loss) = match answers.last().and_then(|a| a.last()) {
         Some(Response::Trained { steps, loss, .. }) => (*steps, *loss),
         _ => (0, f32::NAN),
     };
@@ -456,6 +463,7 @@ pub fn run_requests(
             params_differing: differing,
             max_abs_param_diff: max_diff,
             first_divergent_request: first_divergent,
+            spawn_events,
             final_loss,
             device_seconds,
             host_seconds,

@@ -358,7 +358,7 @@ pub struct NewClustersReport {
     pub before: Quality,
     /// The novelty threshold sent to the device (the percentile of the known rows').
     pub novelty_threshold: f32,
-    /// Centres spawned on the stream of every class.
+    /// Centres spawned on the stream of every class (the device's `Spawned` events).
     pub spawned: usize,
     /// New classes whose rows are mostly labelled with a spawned centre that holds
     /// mostly them.
@@ -487,8 +487,10 @@ pub fn new_clusters(
     let rows = (0..).map(|i| data.row(order[i % order.len()]).to_vec());
     let requests = all.requests_of(data.dim(), rows)?;
     let (r_all, params) = run_requests(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
+    // Spawns as the device reported them (its events), checked against its weights.
+    let spawned = r_all.spawn_events;
     let used = slots_in_use(&shape, &params);
-    let spawned = used.len().saturating_sub(KNOWN_CLASSES as usize);
+    check_spawns(spawned, used.len())?;
     // Which new classes a spawned centre holds: the majority class of its rows, if that
     // class's rows mostly go to it.
     let adapted = hvae::Model::new(shape, params)
@@ -526,9 +528,8 @@ pub fn new_clusters(
     let requests = known.requests_of(data.dim(), rows)?;
     let (r_known, params_known) =
         run_requests(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
-    let spawned_on_known = slots_in_use(&shape, &params_known)
-        .len()
-        .saturating_sub(KNOWN_CLASSES as usize);
+    let spawned_on_known = r_known.spawn_events;
+    check_spawns(spawned_on_known, slots_in_use(&shape, &params_known).len())?;
     let pass = r_all.bit_identical
         && r_known.bit_identical
         && found >= NEW_CLASSES_BAR
@@ -548,6 +549,18 @@ pub fn new_clusters(
         acc_bar: DISCOVERY_ACC_BAR,
         pass,
     })
+}
+
+/// The device's spawn events agree with the slots its weights use.
+fn check_spawns(events: usize, used: usize) -> Result<(), Error> {
+    if KNOWN_CLASSES as usize + events == used {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!(
+            "the device reported {events} spawned centres, but its weights use {used} slots \
+             of which {KNOWN_CLASSES} were trained on the host"
+        )))
+    }
 }
 
 /// Prints the new-clusters scenario's table.
