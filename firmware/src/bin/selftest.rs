@@ -428,17 +428,23 @@ mod frames {
                 samples: floats(rng),
                 steps: (rng.next() >> rng.below(32)) as u16,
                 settings: (rng.below(2) == 1).then(|| TrainSettings {
-                    scope: match rng.below(3) {
+                    scope: match rng.below(4) {
                         0 => TrainScope::Full,
                         1 => TrainScope::EncoderAndSegmenter,
-                        _ => TrainScope::SegmenterOnly,
+                        2 => TrainScope::SegmenterOnly,
+                        _ => TrainScope::SegmenterAndNormalisation,
                     },
-                    optimiser: if rng.below(2) == 0 {
-                        TrainOptimiser::Sgd {
+                    optimiser: match rng.below(3) {
+                        0 => TrainOptimiser::Sgd {
                             momentum: f32::from_bits(rng.next()),
-                        }
-                    } else {
-                        TrainOptimiser::Adam
+                        },
+                        1 => TrainOptimiser::Adam,
+                        _ => TrainOptimiser::OnlineKMeans {
+                            memory: rng.next() as u16,
+                            spawn_above: f32::from_bits(rng.next()),
+                            spawn_window: rng.next() as u8,
+                            spawn_count: rng.next() as u8,
+                        },
                     },
                     lr: f32::from_bits(rng.next()),
                     batch: rng.next() as u8,
@@ -641,6 +647,10 @@ mod frames {
             } => nan(samples) || settings.is_some_and(|s| {
                 s.lr.is_nan()
                     || matches!(s.optimiser, TrainOptimiser::Sgd { momentum } if momentum.is_nan())
+                    || matches!(
+                        s.optimiser,
+                        TrainOptimiser::OnlineKMeans { spawn_above, .. } if spawn_above.is_nan()
+                    )
             }),
             _ => false,
         }
