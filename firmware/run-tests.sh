@@ -2,7 +2,7 @@
 # The firmware's tests, on a machine with qemu-system-arm (.ci/run installs it):
 #   0. checks the formatting of the firmware and its host tool, and lints the firmware
 #      (clippy and rustdoc, warnings are errors);
-#   1. builds cluster, selftest, bench and learn for the Cortex-M4F
+#   1. builds cluster, selftest, bench, bench_adapt and learn for the Cortex-M4F
 #      (thumbv7em-none-eabihf) and cluster and selftest for the Cortex-M0
 #      (thumbv6m-none-eabi), release; runs the host tool's unit tests;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
@@ -12,7 +12,8 @@
 #      UART) and checks the inference firmware's flash and RAM (static + measured peak
 #      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM;
 #   4. runs bench (instructions per MAC, training step cost and RAM per scope) and
-#      fails if a budget is exceeded;
+#      fails if a budget is exceeded, and bench_adapt (online k-means and the
+#      normalisation tracker per sample, reported; fails if a sample fails);
 #   5. prints the sizes table and the panic sites of cluster and learn, and fails if one
 #      is in the core, the firmware or the standard library's own code.
 # Every qemu run goes through the host tool (`hvae-firmware-host run` / `probe`, built on
@@ -49,7 +50,7 @@ cargo clippy --release --target "$m4" --lib --bins -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 
 step "build (release)"
-cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench --bin learn
+cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench --bin bench_adapt --bin learn
 cargo build --release --target "$m0" --bin cluster --bin selftest
 # The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
 # device), and its own unit tests (the ELF scanner of the panic-site check).
@@ -87,6 +88,9 @@ step "cluster on microbit: conformance checks, RAM <= 16 KiB"
 step "bench on mps2-an386"
 bench_ok=1
 run mps2-an386 "target/$m4/release/bench" | tee target/bench.txt || bench_ok=0
+
+step "bench_adapt on mps2-an386 (adapting a deployed model, per sample)"
+run mps2-an386 "target/$m4/release/bench_adapt"
 
 step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = .data + .bss)"
 "$tool" size "target/$m4/release/cluster" "target/$m0/release/cluster" \

@@ -84,6 +84,17 @@ pub fn stack_low() -> usize {
     sym!(_stack_start) - stack_peak()
 }
 
+/// Runs `f` on a freshly painted stack; returns its result and the RAM it needed: the
+/// static RAM plus the stack below the caller's frame (what `f`, its locals and its
+/// callees used; the benchmark harness's own frames are not counted).
+#[inline(never)]
+pub fn with_ram<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    paint_stack();
+    let sp = cortex_m::register::msp::read() as usize;
+    let r = f();
+    (r, ram_static() + sp.saturating_sub(stack_low()))
+}
+
 /// The figures [`crate::service::Service`] reports in `Info`.
 pub fn resources() -> Resources {
     Resources {

@@ -32,7 +32,7 @@ use hvae::train::optim::{state_len, OptimKind};
 use hvae::train::trainer::{OnlineTrainer, TrainConfig};
 use hvae::Model;
 use hvae::{Scope, Shape};
-use hvae_firmware::rt::{self, Counter, Fixed3};
+use hvae_firmware::rt::{self, with_ram, Counter, Fixed3};
 use hvae_firmware::weights::{generated, COMPILED, SHAPE};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -343,17 +343,6 @@ fn forward(counter: &mut Counter) -> Option<u64> {
 
 fn ratio(a: u64, b: u64) -> f32 {
     a as f32 / b.max(1) as f32
-}
-
-/// Runs `f` on a freshly painted stack; returns its result and the RAM it needed: the
-/// static RAM plus the stack below the caller's frame (what `f`, its locals and its
-/// callees used; the benchmark harness's own frames are not counted).
-#[inline(never)]
-fn with_ram<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    rt::paint_stack();
-    let sp = cortex_m::register::msp::read() as usize;
-    let r = f();
-    (r, rt::ram_static() + sp.saturating_sub(rt::stack_low()))
 }
 
 #[entry]
