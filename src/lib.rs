@@ -43,6 +43,7 @@ pub use device::Engine;
 #[cfg(feature = "alloc")]
 pub use infer::model::VecModel;
 pub use infer::model::{ArrayModel, Encoding, InferError, Model, ModelError, Segment};
+pub use infer::quant::{QuantError, QuantModel};
 pub use memory::Memory;
 pub use real::Real;
 pub use shape::{Activation, Likelihood, Posterior, Scope, Shape, ShapeError};

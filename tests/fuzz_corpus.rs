@@ -27,6 +27,30 @@ fn blob_of(shape: &Shape) -> Vec<u8> {
     b
 }
 
+/// An int8 blob (format version 2) of `shape` with made-up values inside their ranges.
+fn int8_blob_of(shape: &Shape) -> Vec<u8> {
+    use hvae::infer::quant::{float_len, int_len, weight_len, QuantModel};
+    let w: Vec<i8> = (0..weight_len(shape))
+        .map(|i| ((i * 37) % 255) as i32 - 127)
+        .map(|v| v as i8)
+        .collect();
+    let channels = 3 * shape.hidden_sum();
+    let n: Vec<i32> = (0..int_len(shape))
+        .map(|i| match (i < channels, i % 3) {
+            (true, 1) => 1 << 30,
+            (true, 2) => 32 + (i as i32 % 5),
+            _ => i as i32 * 3 - 10,
+        })
+        .collect();
+    let f: Vec<f32> = (0..float_len(shape))
+        .map(|i| 0.25 + i as f32 * 0.01)
+        .collect();
+    let q = QuantModel::new(*shape, w, n, f).unwrap();
+    let mut b = vec![0u8; blob::int8_blob_len(shape)];
+    blob::write_int8(&q, &mut b).unwrap();
+    b
+}
+
 fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
     let mut buf = vec![0u8; 4096];
     protocol::encode(msg, &mut buf).unwrap().to_vec()
@@ -48,6 +72,11 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         blob_of(&odd),
     ));
     out.push(("blob_parse", "seed-truncated", device[..60].to_vec()));
+    out.push((
+        "blob_parse",
+        "seed-valid-int8-device",
+        int8_blob_of(&DEVICE),
+    ));
     let mut bad = device.clone();
     bad[70] ^= 0x04;
     out.push(("blob_parse", "seed-bad-crc", bad));
@@ -171,6 +200,10 @@ fn valid_seeds_are_valid() {
     let mut p = vec![0f32; DEVICE.param_len()];
     blob::read_params(get("seed-valid-device"), &DEVICE, &mut p).unwrap();
     assert!(blob::read_shape(get("seed-valid-deep-tanh-ps-bernoulli")).is_ok());
+    assert_eq!(
+        blob::read_int8_shape(get("seed-valid-int8-device")),
+        Ok(DEVICE)
+    );
     assert_eq!(
         blob::read_shape(get("seed-truncated")).err(),
         Some(blob::BlobError::Truncated)

@@ -1,9 +1,11 @@
-//! The weight-blob parser on arbitrary bytes: never panics, and whatever it accepts
-//! re-serialises to exactly the same bytes. Each input is parsed as it is and once more
-//! with its CRC trailer made to match, so the checks behind the CRC (flags, kind codes,
-//! sizes, shape, values) are fuzzed too.
+//! The weight-blob parser on arbitrary bytes, both variants (version 1, `f32`; version
+//! 2, int8): never panics, and whatever it accepts re-serialises to exactly the same
+//! bytes (and, for int8, runs without panicking). Each input is parsed as it is and once
+//! more with its CRC trailer made to match, so the checks behind the CRC (flags, kind
+//! codes, sizes, shape, values) are fuzzed too.
 #![no_main]
 
+use hvae::infer::quant::{float_len, int_len, weight_len, QuantModel};
 use hvae::store::blob;
 use hvae::Shape;
 use libfuzzer_sys::fuzz_target;
@@ -38,13 +40,53 @@ fn check(data: &[u8]) {
     }
 }
 
+/// The int8 variant, as a device loads it and as the host reads it.
+fn check_int8(data: &[u8]) {
+    let mut w = [0i8; weight_len(&DEVICE)];
+    let mut i = [0i32; int_len(&DEVICE)];
+    let mut f = [0f32; float_len(&DEVICE)];
+    match blob::read_int8(data, &DEVICE, &mut w, &mut i, &mut f) {
+        Ok(crc) => {
+            assert_eq!(crc, blob::crc32(&data[..data.len() - 4]));
+            let q = QuantModel::new(DEVICE, &w[..], &i[..], &f[..]).unwrap();
+            let mut again = vec![0u8; blob::int8_blob_len(&DEVICE)];
+            let n = blob::write_int8(&q, &mut again).unwrap();
+            assert_eq!(&again[..n], data);
+            // Any accepted model runs (an error, not a panic, on a degenerate one).
+            let mut work = [0f32; DEVICE.work_len()];
+            let _ = q.segment(&[0.5, -1.0, 2.0, 0.0], &mut work);
+        }
+        // All or nothing.
+        Err(_) => {
+            assert!(w.iter().all(|&v| v == 0) && i.iter().all(|&v| v == 0));
+            assert!(f.iter().all(|v| v.to_bits() == 0));
+        }
+    }
+    if let Ok(shape) = blob::read_int8_shape(data) {
+        assert!(weight_len(&shape) + 4 * (int_len(&shape) + float_len(&shape)) < data.len());
+        let (mut w, mut i, mut f) = (
+            vec![0i8; weight_len(&shape)],
+            vec![0i32; int_len(&shape)],
+            vec![0f32; float_len(&shape)],
+        );
+        if blob::read_int8(data, &shape, &mut w, &mut i, &mut f).is_ok() {
+            let q = QuantModel::new(shape, w, i, f).unwrap();
+            let mut again = vec![0u8; blob::int8_blob_len(&shape)];
+            let n = blob::write_int8(&q, &mut again).unwrap();
+            assert_eq!(&again[..n], data);
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     check(data);
+    check_int8(data);
     if data.len() >= blob::HEADER_LEN + 4 {
         let mut fixed = data.to_vec();
         let n = fixed.len();
         let crc = blob::crc32(&fixed[..n - 4]);
         fixed[n - 4..].copy_from_slice(&crc.to_le_bytes());
         check(&fixed);
+        check_int8(&fixed);
     }
 });

@@ -4,6 +4,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`model`] | [`Model`](model::Model): encode, segment, reconstruct, over a caller-owned workspace |
+//! | [`quant`] | [`QuantModel`](quant::QuantModel): the int8 encoder (integer dense layers) with the `f32` segmenter; calibration and quantisation |
 //! | [`normalise`] | the per-feature offset and scale fitted to data, one rule for host and device |
 //! | `nn` (private) | dense layers and activations over slices: the crate's only matrix code, shared by inference and training |
 //! | `views` (private) | a parameter vector, a gradient and a workspace split once into named slices by a shape |
@@ -11,4 +12,5 @@
 pub mod model;
 pub(crate) mod nn;
 pub mod normalise;
+pub mod quant;
 pub(crate) mod views;

@@ -609,6 +609,19 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         encoder_head(p, input, w.mu)
     }
 
+    /// Encodes `x` and returns the normalised input (`D` values) and the hidden layers'
+    /// outputs (`sum h` values, layer after layer) left in `work`: what calibration
+    /// measures.
+    pub(crate) fn encode_activations<'w>(
+        &self,
+        x: &[T],
+        work: &'w mut [T],
+    ) -> Result<(&'w [T], &'w [T]), InferError> {
+        let mut w = self.work(work)?;
+        self.encode_into(&self.inference_views(), x, &mut w)?;
+        Ok((w.xn, w.enc))
+    }
+
     /// [`Model::encode_into`] of two inputs, `x0` into `w0` and `x1` into `w1`, with
     /// [`dense_forward2`] (every weight loaded once for both); the same bits as two calls.
     #[allow(clippy::type_complexity)]
@@ -684,6 +697,21 @@ fn encoder_head<T: Real>(
     h: &[T],
     mu: &mut [T],
 ) -> Result<EncoderOut<T>, InferError> {
+    let norm = normalise_direction(mu)?;
+    let pre = dot(p.kappa_w, h) + p.kappa_b;
+    let (kappa, clamped) = kappa_of(pre)?;
+    Ok(EncoderOut {
+        kappa,
+        norm,
+        pre,
+        clamped,
+    })
+}
+
+/// `mu = m / ||m||` in place (the direction head's output `m`); returns `||m||`.
+/// [`InferError::ZeroDirection`] on a zero or non-finite norm. Shared by the `f32` and
+/// the int8 encoders.
+pub(crate) fn normalise_direction<T: Real>(mu: &mut [T]) -> Result<T, InferError> {
     let norm = dot(mu, mu).sqrt();
     if !norm.is_finite() || norm <= T::EPS * T::EPS {
         return Err(InferError::ZeroDirection);
@@ -691,20 +719,20 @@ fn encoder_head<T: Real>(
     for v in mu.iter_mut() {
         *v /= norm;
     }
-    let pre = dot(p.kappa_w, h) + p.kappa_b;
+    Ok(norm)
+}
+
+/// The concentration from its pre-activation: `softplus(pre) + 1`, clamped to
+/// [`KAPPA_MAX`]; returns it and whether the clamp hit. Shared by the `f32` and the
+/// int8 encoders.
+pub(crate) fn kappa_of<T: Real>(pre: T) -> Result<(T, bool), InferError> {
     if !pre.is_finite() {
         return Err(InferError::NonFinite);
     }
     let kmax = T::of(KAPPA_MAX);
     let raw = softplus(pre) + T::one();
     let clamped = raw > kmax;
-    let kappa = if clamped { kmax } else { raw };
-    Ok(EncoderOut {
-        kappa,
-        norm,
-        pre,
-        clamped,
-    })
+    Ok((if clamped { kmax } else { raw }, clamped))
 }
 
 /// Normalises `x` with the stored per-feature offset and scale into `xn`. The input is
@@ -874,7 +902,7 @@ impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
 
 /// The segmenter's output from its logits (`logp`, `K` values) and largest cosine (or
 /// the error that stopped it): the probabilities into `probs` (`K` values) and the label.
-fn finish_segment<'w, T: Real>(
+pub(crate) fn finish_segment<'w, T: Real>(
     cosine: Result<T, InferError>,
     logp: &[T],
     probs: &'w mut [T],

@@ -4,6 +4,7 @@
 //! | kernel | where | what |
 //! |---|---|---|
 //! | [`portable`] | every target, every [`Real`] | Rust, blocked and unrolled by hand (forward); nalgebra's `ger`/`gemv` (backward); the reference |
+//! | [`portable::dense_i8`] | every target | the int8 layer: `i32` dot products of int8 weights and activations, requantised by a fixed-point multiplier and shift |
 //! | `m4f` (private) | `f32` on bare-metal Arm with a hard-float ABI (`thumbv7em-none-eabihf`: the Cortex-M4F) | assembly: `vldm` of eight values, `vmla.f32` |
 //!
 //! [`dense_forward`], [`dense_forward2`] and [`dense_backward`] choose the kernel for
@@ -126,6 +127,33 @@ pub fn dense_backward<T: Real>(
         return m4f::dense_backward(w, x, dy, param_grads, dx.and_then(as_f32_mut));
     }
     portable::dense_backward(w, x, dy, param_grads, dx)
+}
+
+/// The int8 dense layer `y = requantize(W x + b)`: see [`portable::dense_i8`] for what it
+/// computes (integer arithmetic only, so every kernel gives the same bits).
+#[inline]
+pub fn dense_i8(w: &[i8], x: &[i8], ch: &[portable::Channel], y: &mut [i8], min: i8) {
+    portable::dense_i8(w, x, ch, y, min)
+}
+
+/// The int8 dense layer with real outputs `y = (W x + b) * scale`: see
+/// [`portable::dense_i8_dequant`].
+#[inline]
+pub fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut [f32]) {
+    portable::dense_i8_dequant(w, x, bias, scale, y)
+}
+
+/// The bytes of an `f32` workspace as `i8` scratch (four per value): the int8 model's
+/// activations live in the same caller-owned `f32` workspace as the `f32` model's, so a
+/// program switches models without changing its buffers.
+#[inline]
+pub(crate) fn scratch_i8(v: &mut [f32]) -> &mut [i8] {
+    let len = core::mem::size_of_val(v);
+    // SAFETY: `v` is a valid, exclusively borrowed region of `len` bytes; `i8` has size
+    // and alignment 1 and every bit pattern is a valid `i8` (and, for the `f32` the
+    // caller sees again after the borrow ends, a valid `f32`); the unique borrow moves
+    // into the result for the same lifetime.
+    unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<i8>(), len) }
 }
 
 impl Activation {

@@ -489,6 +489,77 @@ pub fn dense_backward<T: Real>(
     }
 }
 
+/// One output channel of an int8 layer: `[bias, multiplier, shift]`.
+///
+/// `bias` is at the accumulator's scale (`s_w s_x`); the output is
+/// [`requantize`]`(acc, multiplier, shift, min)`.
+pub type Channel = [i32; 3];
+
+/// The requantisation of an int32 accumulator to int8: `round(acc * mult / 2^shift)`,
+/// clamped to `[min, 127]`.
+///
+/// Exactly: `p = acc * mult` in `i64` (at most `2^62` in magnitude, no overflow),
+/// `q = (p + 2^(shift - 1)) >> shift` with an arithmetic shift (round half up, towards
+/// `+inf`), then the clamp. `shift` is `1..=62` (the int8 blob and
+/// [`QuantModel::new`](crate::infer::quant::QuantModel::new) refuse others; outside that
+/// range the shifts wrap modulo 64 instead of panicking). `min` is `-127`, or `0` for a
+/// layer followed by a ReLU (the ReLU folded into the clamp). The same integer
+/// operations on every target.
+#[inline(always)]
+pub fn requantize(acc: i32, mult: i32, shift: u32, min: i8) -> i8 {
+    let p = i64::from(acc) * i64::from(mult);
+    let half = 1i64.wrapping_shl(shift.wrapping_sub(1));
+    let q = p.wrapping_add(half).wrapping_shr(shift);
+    q.max(i64::from(min)).min(127) as i8
+}
+
+/// `bias + sum_j w_j x_j` in `i32`, in input order, with wrapping additions (the int8
+/// export keeps `|bias| <= 2^30` and at most `2^16` inputs, so no sum wraps; see
+/// docs/design.md). Four products per iteration.
+#[inline(always)]
+pub fn dot_i8(bias: i32, w: &[i8], x: &[i8]) -> i32 {
+    let mut a = bias;
+    let (wq, wr) = w.as_chunks::<4>();
+    let (xq, xr) = x.as_chunks::<4>();
+    for (p, q) in wq.iter().zip(xq) {
+        let s = i32::from(p[0]) * i32::from(q[0])
+            + i32::from(p[1]) * i32::from(q[1])
+            + i32::from(p[2]) * i32::from(q[2])
+            + i32::from(p[3]) * i32::from(q[3]);
+        a = a.wrapping_add(s);
+    }
+    for (&p, &q) in wr.iter().zip(xr) {
+        a = a.wrapping_add(i32::from(p) * i32::from(q));
+    }
+    a
+}
+
+/// An int8 dense layer: `y_i = requantize(b_i + W_i . x, m_i, s_i, min)` for each
+/// output `i`, `W` row-major `y.len() x x.len()` (symmetric int8 weights), `ch` one
+/// [`Channel`] per output; `min` is `0` for a ReLU layer, `-127` otherwise. No floating
+/// point. A product of two int8 values is at most `2^14` in magnitude and four of them
+/// are summed before the accumulator takes them, so the partial sums never wrap.
+#[inline]
+pub fn dense_i8(w: &[i8], x: &[i8], ch: &[Channel], y: &mut [i8], min: i8) {
+    let n = x.len().max(1);
+    for ((yo, &[b, m, s]), wr) in y.iter_mut().zip(ch).zip(w.chunks_exact(n)) {
+        let acc = dot_i8(b, wr, x);
+        *yo = requantize(acc, m, s as u32, min);
+    }
+}
+
+/// An int8 dense layer whose outputs stay real: `y_i = (b_i + W_i . x) * scale_i`, the
+/// `i32` accumulator converted to `f32` (round to nearest) and multiplied by the
+/// channel's scale (`s_w,i s_x`) in `f32`. The direction head of the int8 encoder,
+/// whose output is normalised to unit length anyway.
+#[inline]
+pub fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut [f32]) {
+    let n = x.len().max(1);
+    for (((yo, &b), &sc), wr) in y.iter_mut().zip(bias).zip(scale).zip(w.chunks_exact(n)) {
+        *yo = dot_i8(b, wr, x) as f32 * sc;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,33 @@
 //! instead of misreading it. A change to the meaning of existing fields bumps
 //! [`VERSION`].
 //!
+//! # The int8 variant (format version 2)
+//!
+//! The parameters of a [`QuantModel`] (see [`crate::infer::quant`] for what each vector
+//! holds), written by [`write_int8`] and read by [`read_int8_shape`] and
+//! [`read_int8`]. The header is version 1's up to offset 44, then three counts:
+//!
+//! | offset | size | field | version 2 rule |
+//! |---:|---:|---|---|
+//! | 0 | 4 | magic | `b"HVAE"` |
+//! | 4 | 2 | format version, `u16` | `2` ([`VERSION_INT8`]) |
+//! | 6 | 2 | header length, `u16` | `56` ([`HEADER_LEN_INT8`]) |
+//! | 8 .. 44 | 36 | flags, kinds, sizes | as version 1; the activation must be ReLU |
+//! | 44 | 4 | weight count `W`, `u32` | [`quant::weight_len`] of the sizes |
+//! | 48 | 4 | int count `I`, `u32` | [`quant::int_len`] |
+//! | 52 | 4 | float count `F`, `u32` | [`quant::float_len`] |
+//! | 56 | `W` | weights, `i8` | `-127..=127` |
+//! | `56 + W` | `pad` | zero bytes to the next multiple of 4 | `0` |
+//! | | `4 I` | channels and direction biases, `i32` | multiplier `>= 0`, shift `1..=62`, biases within [`quant::MAX_BIAS`] |
+//! | | `4 F` | reals, `f32` | finite; scales positive |
+//! | end - 4 | 4 | CRC-32, `u32` | of every byte before it |
+//!
+//! The checks run in version 1's order (the counts frame the blob as the parameter
+//! count does), then the padding ([`BlobError::BadPadding`]) and the values
+//! ([`BlobError::Int8`], the checks of [`QuantModel::new`]). A version-1 reader refuses a
+//! version-2 blob and the version-2 functions refuse a version-1 blob
+//! ([`BlobError::UnsupportedVersion`]). [`int8_blob_len`] is a `const fn`.
+//!
 //! # Scalar types
 //!
 //! Parameters are always stored as `f32`. Writing `f32` and reading it back is bit-exact
@@ -91,6 +118,7 @@
 //! # Ok::<(), blob::BlobError>(())
 //! ```
 
+use crate::infer::quant::{self, QuantError, QuantModel};
 use crate::real::Real;
 use crate::shape::{Activation, Likelihood, Posterior, Shape, ShapeError, MAX_HIDDEN};
 
@@ -102,6 +130,14 @@ pub const VERSION: u16 = 1;
 
 /// Bytes before the first parameter (the header length field of a version-1 blob).
 pub const HEADER_LEN: usize = 48;
+
+/// Format version of the int8 variant ([`write_int8`], [`read_int8`]). A version-1
+/// reader refuses it ([`BlobError::UnsupportedVersion`]`(2)`), and the version-1
+/// functions here do too: an int8 blob is never misread as `f32` parameters.
+pub const VERSION_INT8: u16 = 2;
+
+/// Bytes before the int8 weights (the header length field of a version-2 blob).
+pub const HEADER_LEN_INT8: usize = 56;
 
 /// Bytes of the CRC trailer.
 const CRC_LEN: usize = 4;
@@ -157,6 +193,13 @@ pub enum BlobError {
     /// A parameter count disagrees with the shape: the blob's count field, or the length
     /// of the caller's parameter slice; also a shape with more than `u32::MAX` parameters.
     ParamCount,
+    /// An int8 blob ([`VERSION_INT8`]) whose values an int8 model refuses (a weight of
+    /// `-128`, a shift outside `1..=62`, a non-finite or non-positive scale, ...; the
+    /// index is in the vector the [`QuantError`] names), or a model that has no int8 form
+    /// (not ReLU).
+    Int8(QuantError),
+    /// The padding after an int8 blob's weights is not zero.
+    BadPadding,
 }
 
 impl core::fmt::Display for BlobError {
@@ -189,6 +232,8 @@ impl core::fmt::Display for BlobError {
             BlobError::NonFinite { index } => write!(f, "parameter {index} is not finite"),
             BlobError::BufferTooSmall => f.write_str("output buffer too small for the blob"),
             BlobError::ParamCount => f.write_str("parameter count does not match the shape"),
+            BlobError::Int8(e) => write!(f, "int8 weight blob: {e}"),
+            BlobError::BadPadding => f.write_str("int8 weight blob padding is not zero"),
         }
     }
 }
@@ -241,7 +286,31 @@ pub fn write<T: Real>(shape: &Shape, params: &[T], out: &mut [u8]) -> Result<usi
         });
     }
 
-    // Every size is at most the parameter count, which fits a u32, so these cannot fail.
+    let (body, trailer) = out
+        .split_last_chunk_mut::<CRC_LEN>()
+        .ok_or(BlobError::BufferTooSmall)?;
+    let mut w = Writer { rest: body };
+    put_header(&mut w, shape, Variant::F32, [count, 0, 0])?;
+    for x in params {
+        w.put(x.to_f32().to_le_bytes())?;
+    }
+    if !w.rest.is_empty() {
+        // Unreachable while `blob_len` and the header above agree; an error, not a panic.
+        return Err(BlobError::BufferTooSmall);
+    }
+    *trailer = crc32(body).to_le_bytes();
+    Ok(total)
+}
+
+/// The header of `shape` for `variant` with the count fields `counts` (version 1 writes
+/// the first).
+fn put_header(
+    w: &mut Writer<'_>,
+    shape: &Shape,
+    variant: Variant,
+    counts: [u32; 3],
+) -> Result<(), BlobError> {
+    // Every size is at most a count, which fits a u32, so these cannot fail.
     let size = |x: usize| u32::try_from(x).map_err(|_| BlobError::ParamCount);
     let mut hidden = [0u32; MAX_HIDDEN];
     for (l, h) in hidden.iter_mut().enumerate() {
@@ -250,15 +319,11 @@ pub fn write<T: Real>(shape: &Shape, params: &[T], out: &mut [u8]) -> Result<usi
     // depth is 1..=MAX_HIDDEN after `validate`.
     let depth =
         u8::try_from(shape.depth()).map_err(|_| BlobError::BadShape(ShapeError::BadHidden))?;
-
-    let (body, trailer) = out
-        .split_last_chunk_mut::<CRC_LEN>()
-        .ok_or(BlobError::BufferTooSmall)?;
-    let mut w = Writer { rest: body };
+    let header_len = u16::try_from(variant.header_len()).map_err(|_| BlobError::BufferTooSmall)?;
     w.put(MAGIC)?;
-    w.put(VERSION.to_le_bytes())?;
-    w.put((HEADER_LEN as u16).to_le_bytes())?;
-    w.put(0u32.to_le_bytes())?; // flags: none defined in version 1
+    w.put(variant.version().to_le_bytes())?;
+    w.put(header_len.to_le_bytes())?;
+    w.put(0u32.to_le_bytes())?; // flags: none defined
     w.put([
         posterior_code(shape.posterior),
         likelihood_code(shape.likelihood),
@@ -271,23 +336,190 @@ pub fn write<T: Real>(shape: &Shape, params: &[T], out: &mut [u8]) -> Result<usi
     }
     w.put(size(shape.latent)?.to_le_bytes())?;
     w.put(size(shape.clusters)?.to_le_bytes())?;
-    w.put(count.to_le_bytes())?;
-    for x in params {
-        w.put(x.to_f32().to_le_bytes())?;
+    let [c0, c1, c2] = counts;
+    w.put(c0.to_le_bytes())?;
+    if variant == Variant::Int8 {
+        w.put(c1.to_le_bytes())?;
+        w.put(c2.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Total size in bytes of the int8 blob of `shape`: header, the weights padded to a
+/// multiple of four bytes, four bytes per int and per float, CRC trailer. A `const fn`
+/// (`usize::MAX` for a shape too large to represent), as [`blob_len`].
+pub const fn int8_blob_len(shape: &Shape) -> usize {
+    let payload = match checked_int8_lens(shape) {
+        Some(c) => Variant::Int8.payload(c),
+        None => None,
+    };
+    match payload {
+        Some(p) => p.saturating_add(HEADER_LEN_INT8 + CRC_LEN),
+        None => usize::MAX,
+    }
+}
+
+/// Writes the int8 blob of `model` to the start of `out` and returns the number of bytes
+/// written ([`int8_blob_len`]). The model's values were checked when it was made; on
+/// error `out` is untouched.
+pub fn write_int8<W, I, F>(model: &QuantModel<W, I, F>, out: &mut [u8]) -> Result<usize, BlobError>
+where
+    W: AsRef<[i8]>,
+    I: AsRef<[i32]>,
+    F: AsRef<[f32]>,
+{
+    let shape = model.shape();
+    shape.validate().map_err(BlobError::BadShape)?;
+    let counts = checked_int8_lens(shape).ok_or(BlobError::ParamCount)?;
+    let [c0, c1, c2] = counts.map(u32::try_from);
+    let counts = [c0, c1, c2].map(|c| c.unwrap_or(u32::MAX));
+    if counts.contains(&u32::MAX) {
+        return Err(BlobError::ParamCount);
+    }
+    let total = int8_blob_len(shape);
+    let out = out.get_mut(..total).ok_or(BlobError::BufferTooSmall)?;
+    let (body, trailer) = out
+        .split_last_chunk_mut::<CRC_LEN>()
+        .ok_or(BlobError::BufferTooSmall)?;
+    let mut w = Writer { rest: body };
+    put_header(&mut w, shape, Variant::Int8, counts)?;
+    for &v in model.weights() {
+        w.put(v.to_le_bytes())?;
+    }
+    for _ in 0..model.weights().len().next_multiple_of(4) - model.weights().len() {
+        w.put([0u8])?;
+    }
+    for &v in model.ints() {
+        w.put(v.to_le_bytes())?;
+    }
+    for &v in model.floats() {
+        w.put(v.to_le_bytes())?;
     }
     if !w.rest.is_empty() {
-        // Unreachable while `blob_len` and the header above agree; an error, not a panic.
         return Err(BlobError::BufferTooSmall);
     }
     *trailer = crc32(body).to_le_bytes();
     Ok(total)
 }
 
+/// [`read_shape`] of an int8 blob ([`VERSION_INT8`]): header, length and CRC checked,
+/// the values not yet.
+pub fn read_int8_shape(bytes: &[u8]) -> Result<Shape, BlobError> {
+    parse(bytes, None, Variant::Int8).map(|b| b.shape)
+}
+
+/// Loads an int8 blob written for `expected` into the three vectors of a
+/// [`QuantModel`] ([`quant::weight_len`], [`quant::int_len`], [`quant::float_len`] long;
+/// [`BlobError::ParamCount`] otherwise) and returns the blob's CRC.
+///
+/// The checks of [`read_params`], in the same order, then the padding
+/// ([`BlobError::BadPadding`]) and every value as [`QuantModel::new`] checks it
+/// ([`BlobError::Int8`]); all or nothing, so on error the vectors are untouched.
+pub fn read_int8(
+    bytes: &[u8],
+    expected: &Shape,
+    weights: &mut [i8],
+    ints: &mut [i32],
+    floats: &mut [f32],
+) -> Result<u32, BlobError> {
+    let blob = parse(bytes, Some(expected), Variant::Int8)?;
+    let shape = blob.shape;
+    let (nw, ni, nf) = (weights.len(), ints.len(), floats.len());
+    if nw != quant::weight_len(&shape)
+        || ni != quant::int_len(&shape)
+        || nf != quant::float_len(&shape)
+    {
+        return Err(BlobError::ParamCount);
+    }
+    let (w, rest) = blob
+        .values
+        .split_at_checked(nw)
+        .ok_or(BlobError::Truncated)?;
+    let (pad, rest) = rest
+        .split_at_checked(nw.next_multiple_of(4) - nw)
+        .ok_or(BlobError::Truncated)?;
+    if pad.iter().any(|&b| b != 0) {
+        return Err(BlobError::BadPadding);
+    }
+    let (words, tail) = rest.as_chunks::<4>();
+    let (iw, fw) = words.split_at_checked(ni).ok_or(BlobError::Truncated)?;
+    if fw.len() != nf || !tail.is_empty() {
+        return Err(BlobError::ParamCount);
+    }
+    let wi = || w.iter().map(|&b| i8::from_le_bytes([b]));
+    let ii = || iw.iter().map(|b| i32::from_le_bytes(*b));
+    let fi = || fw.iter().map(|b| f32::from_le_bytes(*b));
+    quant::check_values(&shape, wi(), ii(), fi()).map_err(BlobError::Int8)?;
+    for (d, v) in weights.iter_mut().zip(wi()) {
+        *d = v;
+    }
+    for (d, v) in ints.iter_mut().zip(ii()) {
+        *d = v;
+    }
+    for (d, v) in floats.iter_mut().zip(fi()) {
+        *d = v;
+    }
+    Ok(blob.crc)
+}
+
+/// [`quant::weight_len`], [`quant::int_len`] and [`quant::float_len`] with checked
+/// arithmetic (sizes read from untrusted bytes), `None` on overflow; a unit test pins
+/// them equal.
+const fn checked_int8_lens(s: &Shape) -> Option<[usize; 3]> {
+    let mut w = Some(0usize);
+    let mut hs = Some(0usize);
+    let mut l = 0;
+    while l < s.depth() {
+        let (o, i) = s.encoder_layer(l);
+        w = match (w, o.checked_mul(i)) {
+            (Some(a), Some(b)) => a.checked_add(b),
+            _ => None,
+        };
+        hs = match hs {
+            Some(a) => a.checked_add(o),
+            None => None,
+        };
+        l += 1;
+    }
+    let (Some(w), Some(hs)) = (w, hs) else {
+        return None;
+    };
+    let h = s.last_hidden();
+    let Some(mu) = s.latent.checked_mul(h) else {
+        return None;
+    };
+    let Some(w) = w.checked_add(mu) else {
+        return None;
+    };
+    let Some(ints) = hs.checked_mul(3) else {
+        return None;
+    };
+    let Some(ints) = ints.checked_add(s.latent) else {
+        return None;
+    };
+    // 2 D + sum h + (L + 1) + M + h_L + 1 + K M + 1 + K; M, K and L are small.
+    let Some(d2) = s.input.checked_mul(2) else {
+        return None;
+    };
+    let small = s.depth() + 1 + s.latent + 1 + s.clusters * s.latent + 1 + s.clusters;
+    let floats = match d2.checked_add(hs) {
+        Some(a) => match a.checked_add(h) {
+            Some(b) => b.checked_add(small),
+            None => None,
+        },
+        None => None,
+    };
+    match floats {
+        Some(f) => Some([w, ints, f]),
+        None => None,
+    }
+}
+
 /// Reads and validates a blob's header, total length and CRC, and returns the shape it
 /// describes, so the host can learn the sizes before allocating. The parameter values
 /// are not inspected ([`read_params`] does that).
 pub fn read_shape(bytes: &[u8]) -> Result<Shape, BlobError> {
-    parse(bytes, None).map(|b| b.shape)
+    parse(bytes, None, Variant::F32).map(|b| b.shape)
 }
 
 /// Loads the parameters of a blob written for `expected` into `params` and returns the
@@ -303,7 +535,7 @@ pub fn read_params<T: Real>(
     expected: &Shape,
     params: &mut [T],
 ) -> Result<u32, BlobError> {
-    let blob = parse(bytes, Some(expected))?;
+    let blob = parse(bytes, Some(expected), Variant::F32)?;
     let (values, rest) = blob.values.as_chunks::<VALUE_LEN>();
     if values.len() != params.len() || !rest.is_empty() {
         return Err(BlobError::ParamCount);
@@ -326,9 +558,57 @@ pub fn read_params<T: Real>(
 /// A blob that passed every check except the per-value ones.
 struct Parsed<'a> {
     shape: Shape,
-    /// The `4 P` parameter bytes.
+    /// The parameter bytes (version 1: `4 P`; version 2: the weights, their padding, the
+    /// ints and the floats).
     values: &'a [u8],
     crc: u32,
+}
+
+/// The two variants of the format.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// Version 1: `f32` parameters.
+    F32,
+    /// Version 2: int8 weights, `i32` channels, `f32` reals.
+    Int8,
+}
+
+impl Variant {
+    const fn version(self) -> u16 {
+        match self {
+            Variant::F32 => VERSION,
+            Variant::Int8 => VERSION_INT8,
+        }
+    }
+    const fn header_len(self) -> usize {
+        match self {
+            Variant::F32 => HEADER_LEN,
+            Variant::Int8 => HEADER_LEN_INT8,
+        }
+    }
+    /// The count fields a shape implies (version 1 uses the first), `None` on overflow.
+    const fn counts(self, s: &Shape) -> Option<[usize; 3]> {
+        match self {
+            Variant::F32 => match checked_param_len(s) {
+                Some(p) => Some([p, 0, 0]),
+                None => None,
+            },
+            Variant::Int8 => checked_int8_lens(s),
+        }
+    }
+    /// Payload bytes of the count fields, `None` on overflow.
+    const fn payload(self, [a, b, c]: [usize; 3]) -> Option<usize> {
+        match self {
+            Variant::F32 => a.checked_mul(VALUE_LEN),
+            Variant::Int8 => match (a.checked_next_multiple_of(4), b.checked_add(c)) {
+                (Some(w), Some(n)) => match n.checked_mul(4) {
+                    Some(n) => w.checked_add(n),
+                    None => None,
+                },
+                _ => None,
+            },
+        }
+    }
 }
 
 /// The fixed-layout header fields after the preamble, decoded but not yet judged.
@@ -342,21 +622,27 @@ struct RawHeader {
     hidden: [u32; MAX_HIDDEN],
     latent: u32,
     clusters: u32,
-    count: u32,
+    /// Version 1: the parameter count; version 2: weights, ints, floats.
+    counts: [u32; 3],
 }
 
 /// Every check but the per-value ones, in the documented order.
-fn parse<'a>(bytes: &'a [u8], expected: Option<&Shape>) -> Result<Parsed<'a>, BlobError> {
+fn parse<'a>(
+    bytes: &'a [u8],
+    expected: Option<&Shape>,
+    variant: Variant,
+) -> Result<Parsed<'a>, BlobError> {
     let mut r = Reader { rest: bytes };
     // 1. Preamble, each field judged as soon as it is there.
     if r.take::<4>()? != MAGIC {
         return Err(BlobError::BadMagic);
     }
     let version = r.u16()?;
-    if version != VERSION {
+    if version != variant.version() {
         return Err(BlobError::UnsupportedVersion(version));
     }
-    if usize::from(r.u16()?) != HEADER_LEN {
+    let header_len = variant.header_len();
+    if usize::from(r.u16()?) != header_len {
         return Err(BlobError::BadHeaderLength);
     }
     // 2. The rest of the header (Truncated if it is not all there).
@@ -370,18 +656,25 @@ fn parse<'a>(bytes: &'a [u8], expected: Option<&Shape>) -> Result<Parsed<'a>, Bl
         hidden: [r.u32()?, r.u32()?, r.u32()?, r.u32()?],
         latent: r.u32()?,
         clusters: r.u32()?,
-        count: r.u32()?,
+        counts: match variant {
+            Variant::F32 => [r.u32()?, 0, 0],
+            Variant::Int8 => [r.u32()?, r.u32()?, r.u32()?],
+        },
     };
 
-    // 3. Length. The count field frames the blob; when the length disagrees, look at the
+    // 3. Length. The count fields frame the blob; when the length disagrees, look at the
     // sizes (not yet trusted: only used to pick the error) to tell a corrupted count from
     // a truncated or padded blob.
-    let count = usize::try_from(raw.count).ok();
+    let [c0, c1, c2] = raw.counts.map(|c| usize::try_from(c).ok());
+    let count = match (c0, c1, c2) {
+        (Some(a), Some(b), Some(c)) => Some([a, b, c]),
+        _ => None,
+    };
     let want = count
-        .and_then(|p| p.checked_mul(VALUE_LEN))
-        .and_then(|n| n.checked_add(HEADER_LEN + CRC_LEN));
+        .and_then(|c| variant.payload(c))
+        .and_then(|n| n.checked_add(header_len + CRC_LEN));
     if want != Some(bytes.len()) {
-        let implied = sizes(&raw).ok().and_then(|s| checked_param_len(&s));
+        let implied = sizes(&raw).ok().and_then(|s| variant.counts(&s));
         if implied.is_some() && implied != count {
             return Err(BlobError::ParamCount);
         }
@@ -431,12 +724,15 @@ fn parse<'a>(bytes: &'a [u8], expected: Option<&Shape>) -> Result<Parsed<'a>, Bl
         return Err(BlobError::ShapeMismatch);
     }
 
-    // 7. The count must be the one the sizes imply.
-    if checked_param_len(&shape) != count {
+    // 7. The counts must be the ones the sizes imply.
+    if variant.counts(&shape) != count {
         return Err(BlobError::ParamCount);
     }
+    if variant == Variant::Int8 && shape.activation != Activation::Relu {
+        return Err(BlobError::Int8(QuantError::Activation));
+    }
 
-    let values = body.get(HEADER_LEN..).ok_or(BlobError::Truncated)?;
+    let values = body.get(header_len..).ok_or(BlobError::Truncated)?;
     Ok(Parsed {
         shape,
         values,
@@ -596,6 +892,29 @@ mod tests {
             assert_eq!(checked_param_len(&s), Some(s.param_len()), "{s:?}");
             assert_eq!(blob_len(&s), HEADER_LEN + 4 * s.param_len() + CRC_LEN);
         }
+    }
+
+    #[test]
+    fn checked_int8_lens_match_the_model() {
+        let shapes = [
+            Shape::new(64, &[32], 8, 10),
+            Shape::new(5, &[7, 3], 3, 2),
+            Shape::new(2, &[4, 4, 4, 4], 2, 1),
+            Shape::new(100, &[50, 20, 10], 64, 255),
+        ];
+        for s in shapes {
+            let want = [
+                quant::weight_len(&s),
+                quant::int_len(&s),
+                quant::float_len(&s),
+            ];
+            assert_eq!(checked_int8_lens(&s), Some(want), "{s:?}");
+            let pad = want[0].next_multiple_of(4);
+            assert_eq!(int8_blob_len(&s), 56 + pad + 4 * (want[1] + want[2]) + 4);
+        }
+        let huge = Shape::new(usize::MAX, &[usize::MAX], 64, 255);
+        assert_eq!(checked_int8_lens(&huge), None);
+        assert_eq!(int8_blob_len(&huge), usize::MAX);
     }
 
     #[test]

@@ -1,0 +1,729 @@
+//! The int8 model: symmetric per-output-channel int8 weights, `i32` accumulators and
+//! biases, each hidden layer's output requantised to int8 by a fixed-point multiplier
+//! and shift, with no floating point inside the encoder's dense layers.
+//!
+//! | piece | arithmetic |
+//! |---|---|
+//! | input | `f32`: `q_i = round(clamp((x_i - o_i) * r_i, -127, 127))` with `r_i = scale_i / s_0` (the normalisation and the input's quantisation folded into one multiply per feature) |
+//! | hidden layer `l` | integer: `acc = b + W q` in `i32`, `q' = clamp(round(acc * m / 2^s), 0, 127)` (the ReLU folded into the clamp; [`requantize`]) |
+//! | direction head | integer `acc = b + Wmu q`, then `f32`: `m_j = acc_j * (s_w,j s_L)`, `mu = m / ‖m‖` |
+//! | concentration head | `f32`: `kappa = softplus(sum_i (w_i s_L) q_i + b) + 1` |
+//! | segmenter | `f32`, the same code as the `f32` model's |
+//!
+//! The parameters are three flat vectors, borrowed or owned (`&[i8]`, `Vec<i8>`,
+//! `[i8; N]`, ...), in this order ([`QuantLayout`]):
+//!
+//! - **weights** (`i8`, [`weight_len`]): each hidden layer's `h_l x h_{l-1}` weights, then
+//!   the direction head's `M x h_L`, row-major; every value in `-127..=127`;
+//! - **ints** (`i32`, [`int_len`]): each hidden layer's channels `[bias, multiplier,
+//!   shift]` ([`Channel`]), then the direction head's `M` biases;
+//! - **floats** (`f32`, [`float_len`]): input offset (`D`), input multiplier `r` (`D`),
+//!   each hidden channel's weight scale `s_w` (`sum h`, for inspection and
+//!   re-quantisation), the activation scales `s_0 .. s_L` (`L + 1`), the direction head's
+//!   output scales `s_w,j s_L` (`M`), the concentration head's weights times `s_L` (`h_L`)
+//!   and bias (1), the segmenter as in the `f32` model ([`Shape::segmenter_len`]).
+//!
+//! [`quantize`] makes them from an `f32` [`Model`] and a [`Calibration`]; the int8 blob
+//! ([`crate::store::blob::write_int8`]) stores them. [`QuantModel::encode`] and
+//! [`QuantModel::segment`] return the `f32` model's [`Encoding`] and [`Segment`] and
+//! take the same workspace (any `f32` slice of at least [`QuantModel::work_len`] values,
+//! which [`Shape::work_len`] always is), so a program switches models in one line.
+//! Only ReLU models quantise (a tanh layer would need a table per layer).
+//!
+//! The calibration rule (max) and the fidelity measured are in docs/design.md and
+//! docs/benchmarks.md.
+
+use crate::infer::model::{
+    finish_segment, kappa_of, normalise_direction, segmenter_logits, Encoding, InferError, Model,
+    Segment,
+};
+use crate::infer::views::{carve, carve_ref};
+use crate::kernels::{self, portable::Channel};
+use crate::shape::{Activation, Shape, ShapeError, MAX_HIDDEN};
+
+pub use crate::kernels::portable::requantize;
+
+/// Largest magnitude of a stored int8 weight or activation (symmetric: `-128` is never
+/// used).
+pub const QMAX: i32 = 127;
+
+/// Largest magnitude of a quantised bias: with at most [`MAX_FAN_IN`] inputs the
+/// accumulator stays inside `i32` (`2^30 + 2^16 * 127^2 < 2^31`).
+pub const MAX_BIAS: i32 = 1 << 30;
+
+/// Most inputs of an int8 layer (see [`MAX_BIAS`]).
+pub const MAX_FAN_IN: usize = 1 << 16;
+
+/// Why int8 parameters cannot form a model, or a model cannot be quantised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum QuantError {
+    /// The shape is invalid.
+    Shape(ShapeError),
+    /// Only ReLU models have an int8 form.
+    Activation,
+    /// A parameter vector's length disagrees with the shape ([`weight_len`],
+    /// [`int_len`], [`float_len`]), or a layer has more than [`MAX_FAN_IN`] inputs.
+    Length,
+    /// A weight is `-128` (outside the symmetric range).
+    WeightRange {
+        /// Index in the weight vector.
+        index: u32,
+    },
+    /// A channel's multiplier is negative, its shift outside `1..=62` or its bias
+    /// larger than [`MAX_BIAS`] in magnitude.
+    Channel {
+        /// Index in the int vector.
+        index: u32,
+    },
+    /// A real parameter is NaN or infinite, or a scale is not positive.
+    NonFinite {
+        /// Index in the float vector.
+        index: u32,
+    },
+    /// [`quantize`]: the calibration saw no sample.
+    NotCalibrated,
+    /// [`quantize`]: a value does not fit its integer (a multiplier of `2^30` or more, a
+    /// bias beyond [`MAX_BIAS`]).
+    Range,
+}
+
+impl core::fmt::Display for QuantError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            QuantError::Shape(e) => write!(f, "invalid shape: {e}"),
+            QuantError::Activation => f.write_str("only ReLU models have an int8 form"),
+            QuantError::Length => f.write_str("int8 parameter vector has the wrong length"),
+            QuantError::WeightRange { index } => write!(f, "int8 weight {index} is -128"),
+            QuantError::Channel { index } => {
+                write!(f, "int8 channel value {index} is out of range")
+            }
+            QuantError::NonFinite { index } => {
+                write!(f, "int8 model real {index} is not finite or not positive")
+            }
+            QuantError::NotCalibrated => f.write_str("calibration saw no sample"),
+            QuantError::Range => f.write_str("a quantised value does not fit its integer"),
+        }
+    }
+}
+
+impl core::error::Error for QuantError {}
+
+impl From<ShapeError> for QuantError {
+    fn from(e: ShapeError) -> Self {
+        QuantError::Shape(e)
+    }
+}
+
+/// `i8` weights of the int8 form of `shape`: `sum_l h_l h_{l-1} + M h_L`.
+pub const fn weight_len(shape: &Shape) -> usize {
+    let mut n = 0;
+    let mut l = 0;
+    while l < shape.depth() {
+        let (o, i) = shape.encoder_layer(l);
+        n += o * i;
+        l += 1;
+    }
+    n + shape.latent * shape.last_hidden()
+}
+
+/// `i32` values of the int8 form of `shape`: `3 sum h + M`.
+pub const fn int_len(shape: &Shape) -> usize {
+    3 * shape.hidden_sum() + shape.latent
+}
+
+/// `f32` values of the int8 form of `shape`:
+/// `2 D + sum h + (L + 1) + M + h_L + 1 + segmenter`.
+pub const fn float_len(shape: &Shape) -> usize {
+    2 * shape.input
+        + shape.hidden_sum()
+        + shape.depth()
+        + 1
+        + shape.latent
+        + shape.last_hidden()
+        + 1
+        + shape.segmenter_len()
+}
+
+/// `f32` values of workspace an int8 model of `shape` needs per call
+/// ([`QuantModel::work_len`]): `M + 2 K + ceil((D + sum h) / 4)`.
+pub const fn work_len(shape: &Shape) -> usize {
+    shape.latent + 2 * shape.clusters + (shape.input + shape.hidden_sum()).div_ceil(4)
+}
+
+/// Where the pieces of the float vector start (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantLayout {
+    /// Input offset `o` (`D`).
+    pub offset: usize,
+    /// Input multiplier `r` (`D`).
+    pub input_mult: usize,
+    /// Hidden channels' weight scales (`sum h`).
+    pub weight_scales: usize,
+    /// Activation scales `s_0 .. s_L` (`L + 1`).
+    pub act_scales: usize,
+    /// Direction head's output scales (`M`).
+    pub mu_scales: usize,
+    /// Concentration head's weights (`h_L`), then its bias.
+    pub kappa: usize,
+    /// The segmenter ([`Shape::segmenter_len`]).
+    pub segmenter: usize,
+    /// End of the float vector ([`float_len`]).
+    pub end: usize,
+}
+
+impl QuantLayout {
+    /// The layout of `shape`'s float vector.
+    pub const fn of(s: &Shape) -> QuantLayout {
+        let offset = 0;
+        let input_mult = offset + s.input;
+        let weight_scales = input_mult + s.input;
+        let act_scales = weight_scales + s.hidden_sum();
+        let mu_scales = act_scales + s.depth() + 1;
+        let kappa = mu_scales + s.latent;
+        let segmenter = kappa + s.last_hidden() + 1;
+        QuantLayout {
+            offset,
+            input_mult,
+            weight_scales,
+            act_scales,
+            mu_scales,
+            kappa,
+            segmenter,
+            end: segmenter + s.segmenter_len(),
+        }
+    }
+}
+
+/// An int8 H-VAE encoder and its (`f32`) segmenter, over three parameter vectors
+/// (see the [module docs](self)): borrowed slices (`&[i8]`, ...), arrays or `Vec`s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantModel<W, I, F> {
+    shape: Shape,
+    weights: W,
+    ints: I,
+    floats: F,
+    at: QuantLayout,
+}
+
+/// The int8 layers' views of a [`QuantModel`]'s vectors.
+struct Views<'a> {
+    /// Hidden layers: weights and channels.
+    layers: [(&'a [i8], &'a [Channel]); MAX_HIDDEN],
+    mu_w: &'a [i8],
+    mu_b: &'a [i32],
+    offset: &'a [f32],
+    input_mult: &'a [f32],
+    mu_scales: &'a [f32],
+    kappa_w: &'a [f32],
+    kappa_b: f32,
+    seg: &'a [f32],
+}
+
+impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> QuantModel<W, I, F> {
+    /// Wraps the three parameter vectors; checks the shape (ReLU), their lengths
+    /// ([`weight_len`], [`int_len`], [`float_len`]), every weight in `-127..=127`,
+    /// every multiplier `>= 0`, shift in `1..=62` and bias within [`MAX_BIAS`], every
+    /// real finite and every scale positive.
+    pub fn new(shape: Shape, weights: W, ints: I, floats: F) -> Result<Self, QuantError> {
+        shape.validate()?;
+        if shape.activation != Activation::Relu {
+            return Err(QuantError::Activation);
+        }
+        let (w, n, f) = (weights.as_ref(), ints.as_ref(), floats.as_ref());
+        if w.len() != weight_len(&shape)
+            || n.len() != int_len(&shape)
+            || f.len() != float_len(&shape)
+            || (0..shape.depth()).any(|l| shape.encoder_layer(l).1 > MAX_FAN_IN)
+            || shape.last_hidden() > MAX_FAN_IN
+        {
+            return Err(QuantError::Length);
+        }
+        check_values(
+            &shape,
+            w.iter().copied(),
+            n.iter().copied(),
+            f.iter().copied(),
+        )?;
+        let at = QuantLayout::of(&shape);
+        Ok(QuantModel {
+            shape,
+            weights,
+            ints,
+            floats,
+            at,
+        })
+    }
+
+    /// The model's shape (the `f32` model's it was quantised from).
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The int8 weights.
+    pub fn weights(&self) -> &[i8] {
+        self.weights.as_ref()
+    }
+
+    /// The `i32` values (channels, direction biases).
+    pub fn ints(&self) -> &[i32] {
+        self.ints.as_ref()
+    }
+
+    /// The `f32` values.
+    pub fn floats(&self) -> &[f32] {
+        self.floats.as_ref()
+    }
+
+    /// Where the pieces of [`QuantModel::floats`] start.
+    pub fn layout(&self) -> &QuantLayout {
+        &self.at
+    }
+
+    /// The activation scales `s_0 .. s_L` (input, then each hidden layer's output).
+    pub fn activation_scales(&self) -> &[f32] {
+        let a = self.at.act_scales;
+        self.floats()
+            .get(a..a + self.shape.depth() + 1)
+            .unwrap_or_default()
+    }
+
+    /// The segmenter's parameters, laid out as in the `f32` model.
+    pub fn segmenter_params(&self) -> &[f32] {
+        self.floats().get(self.at.segmenter..).unwrap_or_default()
+    }
+
+    /// `f32` values of workspace one call needs: `M + 2 K` values and
+    /// `ceil((D + sum h) / 4)` more for the int8 activations. At most
+    /// [`Shape::work_len`], so an `f32` model's workspace serves.
+    pub fn work_len(&self) -> usize {
+        work_len(&self.shape)
+    }
+
+    /// The parameters by piece (lengths checked by [`QuantModel::new`]).
+    fn views(&self) -> Views<'_> {
+        let s = &self.shape;
+        let (mut w, f) = (self.weights(), self.floats());
+        let (ch, _) = self.ints().as_chunks::<3>();
+        let mut ch = ch;
+        let mut layers = [(&[][..], &[][..]); MAX_HIDDEN];
+        for (l, e) in layers.iter_mut().enumerate().take(s.depth()) {
+            let (o, i) = s.encoder_layer(l);
+            *e = (carve_ref(&mut w, o * i), carve_ref(&mut ch, o));
+        }
+        let at = &self.at;
+        let part = |a: usize, b: usize| f.get(a..b).unwrap_or_default();
+        let kappa = part(at.kappa, at.segmenter);
+        let (kappa_b, kappa_w) = kappa.split_last().unwrap_or((&0.0, &[]));
+        Views {
+            layers,
+            mu_w: w,
+            mu_b: self.ints().get(3 * s.hidden_sum()..).unwrap_or_default(),
+            offset: part(at.offset, at.input_mult),
+            input_mult: part(at.input_mult, at.weight_scales),
+            mu_scales: part(at.mu_scales, at.kappa),
+            kappa_w,
+            kappa_b: *kappa_b,
+            seg: part(at.segmenter, at.end),
+        }
+    }
+
+    /// Encodes `x` (`D` raw values, as the `f32` model takes them) into the mean
+    /// direction and concentration. `work`: at least [`QuantModel::work_len`] values.
+    pub fn encode<'w>(
+        &self,
+        x: &[f32],
+        work: &'w mut [f32],
+    ) -> Result<Encoding<'w, f32>, InferError> {
+        let v = self.views();
+        let (mu, _, _, kappa) = self.encode_into(&v, x, work)?;
+        Ok(Encoding { mu, kappa })
+    }
+
+    /// Encodes `x` and applies the segmenter to its mean direction (the `f32` model's
+    /// segmenter, on the int8 encoder's `mu`).
+    pub fn segment<'w>(
+        &self,
+        x: &[f32],
+        work: &'w mut [f32],
+    ) -> Result<Segment<'w, f32>, InferError> {
+        let v = self.views();
+        let (mu, logp, p, kappa) = self.encode_into(&v, x, work)?;
+        let (m, k) = (self.shape.latent, self.shape.clusters);
+        let cosine = segmenter_logits(v.seg, m, k, mu, logp);
+        finish_segment(cosine, logp, p, mu, kappa)
+    }
+
+    /// The int8 encoder: returns `mu`, the logits' and probabilities' regions and
+    /// `kappa`.
+    #[allow(clippy::type_complexity)]
+    fn encode_into<'w>(
+        &self,
+        v: &Views<'_>,
+        x: &[f32],
+        work: &'w mut [f32],
+    ) -> Result<(&'w mut [f32], &'w mut [f32], &'w mut [f32], f32), InferError> {
+        let s = &self.shape;
+        if x.len() != s.input {
+            return Err(InferError::InputLength);
+        }
+        if work.len() < self.work_len() {
+            return Err(InferError::BufferLength);
+        }
+        let mut rest = work;
+        let mu = carve(&mut rest, s.latent);
+        let logp = carve(&mut rest, s.clusters);
+        let p = carve(&mut rest, s.clusters);
+        let mut scratch = kernels::scratch_i8(rest);
+        let xq = carve(&mut scratch, s.input);
+        quantize_input(x, v.offset, v.input_mult, xq)?;
+        let mut input: &[i8] = xq;
+        for (l, &(w, ch)) in v.layers.iter().enumerate().take(s.depth()) {
+            let out = carve(&mut scratch, s.hidden(l));
+            kernels::dense_i8(w, input, ch, out, 0);
+            input = out;
+        }
+        kernels::dense_i8_dequant(v.mu_w, input, v.mu_b, v.mu_scales, mu);
+        normalise_direction(mu)?;
+        let mut pre = 0.0f32;
+        for (&w, &h) in v.kappa_w.iter().zip(input) {
+            pre += w * f32::from(h);
+        }
+        let (kappa, _) = kappa_of(pre + v.kappa_b)?;
+        Ok((mu, logp, p, kappa))
+    }
+}
+
+/// The value checks of [`QuantModel::new`] over the three vectors in order (their
+/// lengths are checked separately): every weight in `-127..=127`, every channel's
+/// multiplier `>= 0`, shift in `1..=62` and bias within [`MAX_BIAS`], every real finite
+/// and every scale positive. The int8 blob's reader runs the same checks on the bytes
+/// before it copies anything out.
+pub(crate) fn check_values(
+    shape: &Shape,
+    weights: impl Iterator<Item = i8>,
+    ints: impl Iterator<Item = i32>,
+    floats: impl Iterator<Item = f32>,
+) -> Result<(), QuantError> {
+    let mut weights = weights;
+    if let Some(i) = weights.position(|v| v == i8::MIN) {
+        return Err(QuantError::WeightRange { index: index(i) });
+    }
+    let channels = 3 * shape.hidden_sum();
+    let bias = |b: &i32| (-MAX_BIAS..=MAX_BIAS).contains(b);
+    let mut ints = ints.enumerate();
+    let bad_int = ints.find(|&(i, v)| match (i < channels, i % 3) {
+        (true, 1) => v < 0,
+        (true, 2) => !(1..=62).contains(&v),
+        _ => !bias(&v),
+    });
+    if let Some((i, _)) = bad_int {
+        let start = if i < channels { i - i % 3 } else { i };
+        return Err(QuantError::Channel {
+            index: index(start),
+        });
+    }
+    // Scales must be positive as well as finite (the input multiplier may be any finite
+    // value: a zero normalisation scale is a constant feature).
+    let at = QuantLayout::of(shape);
+    let positive = at.weight_scales..at.kappa;
+    let mut floats = floats.enumerate();
+    let bad = floats.find(|(i, v)| !v.is_finite() || (positive.contains(i) && *v <= 0.0));
+    if let Some((i, _)) = bad {
+        return Err(QuantError::NonFinite { index: index(i) });
+    }
+    Ok(())
+}
+
+/// `q_i = round(clamp((x_i - o_i) r_i, -127, 127))` (`roundf`: halves away from zero);
+/// a NaN or infinite `x_i` is [`InferError::NonFiniteInput`], a finite one whose
+/// product is not finite [`InferError::NonFinite`].
+fn quantize_input(x: &[f32], offset: &[f32], mult: &[f32], q: &mut [i8]) -> Result<(), InferError> {
+    let lim = QMAX as f32;
+    for (((qi, &xi), &o), &r) in q.iter_mut().zip(x).zip(offset).zip(mult) {
+        let v = (xi - o) * r;
+        if !v.is_finite() {
+            return Err(if xi.is_finite() {
+                InferError::NonFinite
+            } else {
+                InferError::NonFiniteInput
+            });
+        }
+        *qi = libm::roundf(v.clamp(-lim, lim)) as i8;
+    }
+    Ok(())
+}
+
+/// An index as `u32` for an error.
+fn index(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// The activation ranges of an `f32` model over data, for [`quantize`]: the largest
+/// magnitude of the normalised input and of each hidden layer's output.
+///
+/// The rule is the maximum over the calibration data (scale = max / 127); why max and
+/// not a percentile or the MSE-optimal clip is in docs/design.md. No allocation: a
+/// device can calibrate too.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Calibration {
+    /// Largest `|x_n|`, then each hidden layer's largest output.
+    max: [f32; MAX_HIDDEN + 1],
+    /// Samples observed.
+    samples: usize,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration::new()
+    }
+}
+
+impl Calibration {
+    /// No sample seen.
+    pub const fn new() -> Calibration {
+        Calibration {
+            max: [0.0; MAX_HIDDEN + 1],
+            samples: 0,
+        }
+    }
+
+    /// Runs `model`'s encoder on `x` (workspace `work`, [`Shape::work_len`] values)
+    /// and takes its activations into the ranges. A sample the encoder rejects is not
+    /// counted (its error is returned).
+    pub fn observe<S: AsRef<[f32]>>(
+        &mut self,
+        model: &Model<f32, S>,
+        x: &[f32],
+        work: &mut [f32],
+    ) -> Result<(), InferError> {
+        let s = *model.shape();
+        let (xn, mut enc) = model.encode_activations(x, work)?;
+        let mut max = self.max;
+        let mut it = max.iter_mut();
+        if let Some(m0) = it.next() {
+            *m0 = xn.iter().fold(*m0, |a, v| a.max(v.abs()));
+        }
+        for (l, m) in it.enumerate().take(s.depth()) {
+            let h = carve_ref(&mut enc, s.hidden(l));
+            *m = h.iter().fold(*m, |a, v| a.max(v.abs()));
+        }
+        self.max = max;
+        self.samples += 1;
+        Ok(())
+    }
+
+    /// Samples observed.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// The activation scales `s_0 .. s_L` (`max / 127`; `1` for a range of zero, a layer
+    /// that never fired), in the first `L + 1` values.
+    pub fn scales(&self) -> [f32; MAX_HIDDEN + 1] {
+        self.max
+            .map(|m| if m > 0.0 { m / QMAX as f32 } else { 1.0 })
+    }
+}
+
+/// The fixed-point form of a positive real multiplier: `(m, s)` with
+/// `real ≈ m / 2^s`, `m` in `[2^30, 2^31)` (31 significant bits) and `s` in `1..=62`
+/// (for a real below `2^-32` the multiplier gives up low bits to keep `s <= 62`).
+/// `None` for a real that is not finite and positive or is `2^30` or more.
+pub fn quantize_multiplier(real: f64) -> Option<(i32, u32)> {
+    if !(real.is_finite() && real > 0.0) {
+        return None;
+    }
+    let (f, e) = libm::frexp(real); // real = f 2^e, f in [0.5, 1)
+    let mut m = libm::round(f * (1u64 << 31) as f64) as i64; // in [2^30, 2^31]
+    let mut s = 31 - e;
+    if m == 1 << 31 {
+        m >>= 1;
+        s -= 1;
+    }
+    if s > 62 {
+        let drop = s - 62;
+        m = if drop >= 63 {
+            0
+        } else {
+            (m + (1 << (drop - 1))) >> drop
+        };
+        s = 62;
+    }
+    if s < 1 {
+        return None;
+    }
+    Some((i32::try_from(m).ok()?, u32::try_from(s).ok()?))
+}
+
+/// The int8 form of an `f32` ReLU model with the activation scales of `cal`, into
+/// `weights`, `ints` and `floats` ([`weight_len`], [`int_len`], [`float_len`]
+/// long). Nothing is written on error.
+///
+/// Per output channel `j` of a layer with input scale `s_in` and output scale `s_out`:
+/// `s_w,j = max_i |W_ji| / 127` (`1/127` for a row of zeros), `W_q = round(W / s_w,j)`,
+/// `b_q = round(b_j / (s_w,j s_in))`, `(m, s) =`
+/// [`quantize_multiplier`]`(s_w,j s_in / s_out)`. Roundings are to nearest, halves away
+/// from zero, computed in `f64` from the `f32` values (the scales stored are `f32` and
+/// everything derived from them is derived from the stored value).
+pub fn quantize<S: AsRef<[f32]>>(
+    model: &Model<f32, S>,
+    cal: &Calibration,
+    weights: &mut [i8],
+    ints: &mut [i32],
+    floats: &mut [f32],
+) -> Result<(), QuantError> {
+    let s = *model.shape();
+    s.validate()?;
+    if s.activation != Activation::Relu {
+        return Err(QuantError::Activation);
+    }
+    if cal.samples == 0 {
+        return Err(QuantError::NotCalibrated);
+    }
+    if weights.len() != weight_len(&s) || ints.len() != int_len(&s) || floats.len() != float_len(&s)
+    {
+        return Err(QuantError::Length);
+    }
+    use crate::shape::TensorId as Id;
+    let t = |id| model.tensor(id).ok_or(QuantError::Length);
+    let act = cal.scales();
+    let at = QuantLayout::of(&s);
+    // Two passes over the same computation: the first only checks, the second writes,
+    // so that nothing is written on error.
+    for write in [false, true] {
+        let (mut wq, mut iq) = (&mut *weights, &mut *ints);
+        let mut fl = FloatWriter {
+            out: &mut *floats,
+            write,
+            bad: false,
+        };
+        // Input: offset, multiplier r = scale / s_0.
+        let scale = |l: usize| act.get(l).copied().unwrap_or(1.0);
+        let s0 = scale(0);
+        fl.put_all(t(Id::NormOffset)?.iter().copied(), at.offset);
+        fl.put_all(t(Id::NormScale)?.iter().map(|&c| c / s0), at.input_mult);
+        let mut ws_at = at.weight_scales;
+        for l in 0..s.depth() {
+            let (o, i) = s.encoder_layer(l);
+            if i > MAX_FAN_IN {
+                return Err(QuantError::Length);
+            }
+            let id = u8::try_from(l).map_err(|_| QuantError::Length)?;
+            let (w, b) = (t(Id::EncoderWeight(id))?, t(Id::EncoderBias(id))?);
+            let (s_in, s_out) = (scale(l), scale(l + 1));
+            let wl = carve(&mut wq, o * i);
+            let il = carve(&mut iq, 3 * o);
+            for (((row, &bj), wrow), ch) in w
+                .chunks_exact(i)
+                .zip(b)
+                .zip(wl.chunks_exact_mut(i))
+                .zip(il.chunks_exact_mut(3))
+            {
+                let sw = row_scale(row);
+                let acc_scale = f64::from(sw) * f64::from(s_in);
+                let bq = quantize_bias(bj, acc_scale)?;
+                let (m, sh) =
+                    quantize_multiplier(acc_scale / f64::from(s_out)).ok_or(QuantError::Range)?;
+                if write {
+                    quantize_row(row, sw, wrow);
+                    for (c, v) in ch.iter_mut().zip([bq, m, sh as i32]) {
+                        *c = v;
+                    }
+                }
+                fl.put(sw, ws_at);
+                ws_at += 1;
+            }
+        }
+        for (l, &a) in act.iter().enumerate().take(s.depth() + 1) {
+            fl.put(a, at.act_scales + l);
+        }
+        // Direction head: int8 weights, i32 biases, f32 output scales.
+        let (h, m) = (s.last_hidden(), s.latent);
+        let s_l = scale(s.depth());
+        let (w, b) = (t(Id::MuWeight)?, t(Id::MuBias)?);
+        let wl = carve(&mut wq, m * h);
+        for (j, ((row, &bj), wrow)) in w
+            .chunks_exact(h)
+            .zip(b)
+            .zip(wl.chunks_exact_mut(h))
+            .enumerate()
+        {
+            let sw = row_scale(row);
+            let acc_scale = sw * s_l;
+            let bq = quantize_bias(bj, f64::from(acc_scale))?;
+            if write {
+                quantize_row(row, sw, wrow);
+                if let Some(v) = iq.get_mut(j) {
+                    *v = bq;
+                }
+            }
+            fl.put(acc_scale, at.mu_scales + j);
+        }
+        // Concentration head, on the dequantised last layer: weights times s_L.
+        fl.put_all(t(Id::KappaWeight)?.iter().map(|&w| w * s_l), at.kappa);
+        fl.put_all(t(Id::KappaBias)?.iter().copied(), at.kappa + h);
+        fl.put_all(model.segmenter_params().iter().copied(), at.segmenter);
+        if !fl.ok() {
+            return Err(QuantError::Range);
+        }
+    }
+    Ok(())
+}
+
+/// `s_w = max |w| / 127` of one row (`1/127` for a row of zeros, whose weights stay 0).
+fn row_scale(row: &[f32]) -> f32 {
+    let m = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    if m > 0.0 {
+        m / QMAX as f32
+    } else {
+        1.0 / QMAX as f32
+    }
+}
+
+/// `round(w / s_w)` of a row, in `-127..=127`.
+fn quantize_row(row: &[f32], sw: f32, out: &mut [i8]) {
+    let lim = f64::from(QMAX);
+    for (q, &w) in out.iter_mut().zip(row) {
+        *q = libm::round(f64::from(w) / f64::from(sw)).clamp(-lim, lim) as i8;
+    }
+}
+
+/// `round(b / acc_scale)` within [`MAX_BIAS`].
+fn quantize_bias(b: f32, acc_scale: f64) -> Result<i32, QuantError> {
+    let q = libm::round(f64::from(b) / acc_scale);
+    if q.is_finite() && q.abs() <= f64::from(MAX_BIAS) {
+        Ok(q as i32)
+    } else {
+        Err(QuantError::Range)
+    }
+}
+
+/// Writes reals into the float vector (on the second pass) and remembers whether any
+/// was not finite.
+struct FloatWriter<'a> {
+    out: &'a mut [f32],
+    write: bool,
+    bad: bool,
+}
+
+impl FloatWriter<'_> {
+    fn put(&mut self, v: f32, at: usize) {
+        if !v.is_finite() {
+            self.bad = true;
+        }
+        if self.write {
+            if let Some(o) = self.out.get_mut(at) {
+                *o = v;
+            }
+        }
+    }
+    fn put_all(&mut self, vs: impl Iterator<Item = f32>, at: usize) {
+        for (k, v) in vs.enumerate() {
+            self.put(v, at + k);
+        }
+    }
+    fn ok(&self) -> bool {
+        !self.bad
+    }
+}
