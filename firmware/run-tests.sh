@@ -3,7 +3,7 @@
 #   0. checks the formatting of the firmware and its host tool, and lints the firmware
 #      (clippy and rustdoc, warnings are errors);
 #   1. builds cluster, selftest, bench, bench_adapt and learn for the Cortex-M4F
-#      (thumbv7em-none-eabihf) and cluster and selftest for the Cortex-M0
+#      (thumbv7em-none-eabihf) and cluster, selftest and bench for the Cortex-M0
 #      (thumbv6m-none-eabi), release; runs the host tool's unit tests;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
 #      mps2-an386 and microbit, and checks that the log is defmt: the raw log is
@@ -13,7 +13,8 @@
 #      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM;
 #   4. runs bench (instructions per MAC, training step cost and RAM per scope) and
 #      fails if a budget is exceeded, and bench_adapt (online k-means and the
-#      normalisation tracker per sample, reported; fails if a sample fails);
+#      normalisation tracker per sample, reported; fails if a sample fails), and bench
+#      on the microbit (inference in soft float, reported);
 #   5. prints the sizes table and the panic sites of cluster and learn, and fails if one
 #      is in the core, the firmware or the standard library's own code.
 # Every qemu run goes through the host tool (`hvae-firmware-host run` / `probe`, built on
@@ -51,7 +52,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 
 step "build (release)"
 cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench --bin bench_adapt --bin learn
-cargo build --release --target "$m0" --bin cluster --bin selftest
+cargo build --release --target "$m0" --bin cluster --bin selftest --bin bench
 # The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
 # device), and its own unit tests (the ELF scanner of the panic-site check).
 (cd .. && cargo build --release -p hvae-firmware-host && cargo test --release -p hvae-firmware-host)
@@ -91,6 +92,9 @@ run mps2-an386 "target/$m4/release/bench" | tee target/bench.txt || bench_ok=0
 
 step "bench_adapt on mps2-an386 (adapting a deployed model, per sample)"
 run mps2-an386 "target/$m4/release/bench_adapt"
+
+step "bench on microbit (Cortex-M0, soft float): inference, reported"
+run microbit "target/$m0/release/bench"
 
 step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = .data + .bss)"
 "$tool" size "target/$m4/release/cluster" "target/$m0/release/cluster" \

@@ -9,6 +9,13 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
+/// The core clock in Hz: what SysTick counts on the processor clock (`rt::Counter`).
+#[cfg(board = "mps2_an386")]
+pub const CORE_HZ: u32 = 25_000_000;
+/// The core clock in Hz: what SysTick counts on the processor clock (`rt::Counter`).
+#[cfg(board = "microbit")]
+pub const CORE_HZ: u32 = 16_000_000;
+
 /// A byte stream.
 pub trait Serial {
     /// A received byte, if one is waiting.

@@ -124,25 +124,26 @@ pub fn exit(ok: bool) -> ! {
 
 /// Counts instructions with SysTick under `qemu-system-arm -icount shift=0`: there
 /// every instruction takes 1 ns of virtual time, and SysTick on the processor clock
-/// ticks every `1e9 / core_hz` ns (40 on mps2-an386's 25 MHz). SysTick is 24 bits and
-/// counts down; it wraps every 2^24 ticks (0.67 s, 671 M instructions at 25 MHz), so one
-/// measured interval must be shorter than that (the caller checks [`Counter::wrapped`]).
+/// ticks every `1e9 / core_hz` ns (40 on mps2-an386's 25 MHz, 62.5 on the micro:bit's
+/// 16 MHz). SysTick is 24 bits and counts down; it wraps every 2^24 ticks (0.67 s at
+/// 25 MHz, 1.05 s at 16 MHz), so one measured interval must be shorter than that (the
+/// caller checks [`Counter::wrapped`]).
 pub struct Counter {
     syst: cortex_m::peripheral::SYST,
-    per_tick: u32,
+    core_hz: u32,
 }
 
 impl Counter {
-    /// Starts SysTick, free running on the core clock, no interrupt. `per_tick` is the
-    /// number of instructions per tick (`1e9 / core_hz` under `-icount shift=0`).
-    pub fn new(mut syst: cortex_m::peripheral::SYST, per_tick: u32) -> Counter {
+    /// Starts SysTick, free running on the core clock of `core_hz` Hz
+    /// ([`crate::board::CORE_HZ`]), no interrupt.
+    pub fn new(mut syst: cortex_m::peripheral::SYST, core_hz: u32) -> Counter {
         use cortex_m::peripheral::syst::SystClkSource;
         syst.set_clock_source(SystClkSource::Core);
         syst.set_reload(0x00FF_FFFF);
         syst.clear_current();
         syst.disable_interrupt();
         syst.enable_counter();
-        Counter { syst, per_tick }
+        Counter { syst, core_hz }
     }
 
     /// The current count (ticks, counting down).
@@ -164,7 +165,8 @@ impl Counter {
 
     /// Instructions between two [`Counter::now`] readings (`start` first).
     pub fn instructions(&self, start: u32, end: u32) -> u64 {
-        u64::from(start.wrapping_sub(end) & 0x00FF_FFFF) * u64::from(self.per_tick)
+        let ticks = u64::from(start.wrapping_sub(end) & 0x00FF_FFFF);
+        ticks * 1_000_000_000 / u64::from(self.core_hz.max(1))
     }
 
     /// Runs `f` and returns its result and the instructions it took, or `None` for the

@@ -26,8 +26,6 @@ mod golden {
     include!("../../model/golden.rs");
 }
 
-/// Instructions per SysTick tick: 1e9 ns/s / 25 MHz under `-icount shift=0`.
-const PER_TICK: u32 = 40;
 /// Samples averaged.
 const CALLS: usize = 16;
 
@@ -138,7 +136,7 @@ fn main() -> ! {
         defmt::println!("bench_adapt: no core peripherals");
         rt::exit(false)
     };
-    let mut counter = Counter::new(cp.SYST, PER_TICK);
+    let mut counter = Counter::new(cp.SYST, hvae_firmware::board::CORE_HZ);
     let (km, ram) = with_ram(|| online_kmeans(&mut counter));
     let ok = km.failed == 0 && km.kmeans > 0;
     let macs = infer_macs(&SHAPE) as u64;
