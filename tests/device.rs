@@ -9,8 +9,8 @@ use hvae::device::{
     INTERNAL_ERROR_FRAME, LEARN,
 };
 use hvae::protocol::{
-    encode, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope, TrainSettings,
-    CAP_TRAIN, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+    encode, CentreChange, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope,
+    TrainSettings, CAP_TRAIN, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
 };
 use hvae::Checkpoints;
 use hvae::Model;
@@ -348,7 +348,7 @@ fn the_normalisation_scope_tracks_the_stream_and_nothing_else_moves() {
 /// gradient scopes refuse it.
 #[test]
 fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
-    use hvae::train::centres::CentreCounts;
+    use hvae::train::centres::{in_use, CentreCounts, Tidied};
     let m = model(1);
     let mut reference = model(1);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
@@ -367,28 +367,49 @@ fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
         batch: 4,
     };
     let mut e: Learn = engine(m, Heap::new());
-    let r = e.handle(&Request::TrainBatch {
-        samples: heapless::Vec::from_slice(&xs).unwrap(),
-        steps: 0,
-        settings: Some(km),
-    });
-    let Response::Trained { steps, loss, .. } = r else {
-        panic!("{r:?}")
+    let mut answers = Vec::new();
+    e.handle_each(
+        &Request::TrainBatch {
+            samples: heapless::Vec::from_slice(&xs).unwrap(),
+            steps: 0,
+            settings: Some(km),
+        },
+        &mut |r| answers.push(r.clone()),
+    );
+    let Some(Response::Trained { steps, loss, .. }) = answers.pop() else {
+        panic!("{answers:?}")
     };
     assert_eq!(steps, 8);
-    // The reference: the same rule applied by hand.
+    // The reference: the same rules applied by hand (the update, then the engine's
+    // retire-and-merge rule), with the events the engine must have sent.
     let mut counts = CentreCounts::new(5.0);
     let mut work = vec![0.0f32; S.work_len()];
     let mut novelty = 0.0f32;
+    let mut events = Vec::new();
     let (so, l) = (S.segmenter_offset(), S.segmenter_len());
-    for x in xs.chunks_exact(D) {
+    for (i, x) in xs.chunks_exact(D).enumerate() {
         let seg = reference.segment(x, &mut work).unwrap();
         novelty += seg.novelty();
         let (label, mu) = (seg.label, seg.mu.to_vec());
-        counts
-            .update(&S, &mut reference.params_mut()[so..so + l], &mu, label)
-            .unwrap();
+        let p = &mut reference.params_mut()[so..so + l];
+        counts.update(&S, p, &mu, label).unwrap();
+        if let Some(t) = counts.tidy(&S, p, label, &hvae::device::TIDY).unwrap() {
+            let (slot, change) = match t {
+                Tidied::Merged { from, into } => (from as u8, CentreChange::MergedInto(into as u8)),
+                Tidied::Retired { slot } => (slot as u8, CentreChange::Starved),
+            };
+            let in_use = (0..S.clusters).filter(|&k| in_use(&S, p, k)).count() as u8;
+            events.push(Response::Centre {
+                slot,
+                change,
+                sample: i as u16,
+                in_use,
+            });
+        }
     }
+    // The random model's centres lie close together: some merge.
+    assert!(!events.is_empty());
+    assert_eq!(answers, events);
     assert_eq!(loss, novelty / 8.0);
     assert_eq!(e.model().params(), reference.params());
     assert_ne!(reference.params(), model(1).params());
@@ -447,8 +468,9 @@ fn a_spawned_centre_survives_a_reboot() {
     );
     // One event, at the second sample (2 novel of a window of 4), then the answer; the
     // one unused slot is taken, so nothing more spawns.
-    let [Response::Spawned {
+    let [Response::Centre {
         slot: 4,
+        change: CentreChange::Spawned,
         sample: 1,
         in_use: 5,
     }, Response::Trained { buffered, .. }] = answers[..]

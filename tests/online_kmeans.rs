@@ -3,7 +3,9 @@
 //! onto its first sample, refusals that change nothing, and the engine applying the rule
 //! to each sample's label.
 
-use hvae::train::centres::{CentreCounts, CentreError};
+use hvae::train::centres::{
+    in_use, CentreCounts, CentreError, Tidied, TidyRule, UNUSED_LOG_WEIGHT,
+};
 use hvae::Shape;
 
 const S: Shape = Shape::new(4, &[6], 2, 3);
@@ -145,4 +147,117 @@ fn persistent_novelty_spawns_a_centre_into_an_unused_slot() {
     let before = seg.clone();
     assert_eq!(sp.spawn(&S, &mut seg, &mut counts, &mut rng), Ok(None));
     assert_eq!(seg, before);
+}
+
+/// `tidy` never retires or merges: the rule's "never" values.
+const NEVER: TidyRule = TidyRule {
+    merge_above: 2.0,
+    starve_after: u32::MAX,
+};
+
+#[test]
+fn coinciding_centres_merge_into_the_one_with_the_larger_count() {
+    let rule = TidyRule {
+        merge_above: 0.98,
+        ..NEVER
+    };
+    let (x, y) = (0.99f32, (1.0f32 - 0.99 * 0.99).sqrt());
+    // Equal counts: the lower slot stays. Centre 1 sits at cosine 0.99 to centre 0.
+    let mut seg = segmenter();
+    seg[2..4].copy_from_slice(&[x, y]);
+    let mut c = CentreCounts::new(4.0);
+    c.update(&S, &mut seg, &[x, y], 1).unwrap();
+    let moved = seg.clone();
+    let t = c.tidy(&S, &mut seg, 1, &rule).unwrap();
+    assert_eq!(t, Some(Tidied::Merged { from: 1, into: 0 }));
+    // (4 c0 + 4 c1) / |...|, by hand.
+    let (sx, sy) = (
+        4.0 * moved[0] + 4.0 * moved[2],
+        4.0 * moved[1] + 4.0 * moved[3],
+    );
+    let n = (sx * sx + sy * sy).sqrt();
+    assert!((seg[0] - sx / n).abs() <= 1e-6 && (seg[1] - sy / n).abs() <= 1e-6);
+    // Slot 1 is unused: the kept centre's direction, the unused log-weight, count 0.
+    assert_eq!(&seg[2..4], &seg[0..2]);
+    assert!(!in_use(&S, &seg, 1) && in_use(&S, &seg, 0) && in_use(&S, &seg, 2));
+    assert_eq!(seg[7 + 1], UNUSED_LOG_WEIGHT);
+    assert_eq!((c.count(0), c.count(1)), (4.0, 0.0));
+    // Centre 2, far from every other, merges with nothing.
+    assert_eq!(c.tidy(&S, &mut seg, 2, &rule), Ok(None));
+
+    // The larger count stays, and takes the sum of the counts up to the memory.
+    let mut seg = segmenter();
+    seg[2..4].copy_from_slice(&[x, y]);
+    let mut c = CentreCounts::new(4.0);
+    c.set_count(0, 1.0);
+    c.set_count(1, 2.0);
+    let t = c.tidy(&S, &mut seg, 1, &rule).unwrap();
+    assert_eq!(t, Some(Tidied::Merged { from: 0, into: 1 }));
+    let (sx, sy) = (1.0 + 2.0 * x, 2.0 * y);
+    let n = (sx * sx + sy * sy).sqrt();
+    assert!((seg[2] - sx / n).abs() <= 1e-6 && (seg[3] - sy / n).abs() <= 1e-6);
+    assert_eq!(&seg[0..2], &seg[2..4]);
+    assert!(!in_use(&S, &seg, 0));
+    assert_eq!((c.count(0), c.count(1)), (0.0, 3.0));
+}
+
+#[test]
+fn a_starving_centre_retires_but_never_the_last_one() {
+    let rule = TidyRule {
+        starve_after: 5,
+        ..NEVER
+    };
+    let mut seg = segmenter();
+    let mut c = CentreCounts::new(4.0);
+    let mut events = Vec::new();
+    for i in 0..10 {
+        c.update(&S, &mut seg, &[1.0, 0.0], 0).unwrap();
+        if let Some(t) = c.tidy(&S, &mut seg, 0, &rule).unwrap() {
+            events.push((i + 1, t));
+        }
+    }
+    // After 6 samples centres 1 and 2 went 6 > 5 without one: the first retires, the
+    // other after the next sample; centre 0, the last in use, stays.
+    assert_eq!(
+        events,
+        vec![
+            (6, Tidied::Retired { slot: 1 }),
+            (7, Tidied::Retired { slot: 2 })
+        ]
+    );
+    assert!(in_use(&S, &seg, 0) && !in_use(&S, &seg, 1) && !in_use(&S, &seg, 2));
+    // Retired slots hold a centre in use's direction (the novelty is that of centre 0).
+    assert_eq!(&seg[2..4], &seg[0..2]);
+    assert_eq!(&seg[4..6], &seg[0..2]);
+    // A centre that takes samples does not starve: with centres 0 and 1 fed in turn,
+    // nothing retires.
+    let mut seg = segmenter();
+    seg[7 + 2] = UNUSED_LOG_WEIGHT;
+    let mut c = CentreCounts::new(4.0);
+    for i in 0..50 {
+        let (mu, k) = if i % 2 == 0 {
+            ([1.0, 0.0], 0)
+        } else {
+            ([0.0, 1.0], 1)
+        };
+        c.update(&S, &mut seg, &mu, k).unwrap();
+        assert_eq!(c.tidy(&S, &mut seg, k, &rule), Ok(None));
+    }
+}
+
+#[test]
+fn tidy_refuses_a_segmenter_of_another_shape_and_changes_nothing() {
+    let mut seg = segmenter();
+    let mut c = CentreCounts::new(4.0);
+    let before = c.clone();
+    let rule = TidyRule {
+        merge_above: -2.0,
+        starve_after: 0,
+    };
+    assert_eq!(
+        c.tidy(&S, &mut seg[..9], 0, &rule),
+        Err(CentreError::Length)
+    );
+    assert_eq!(c.tidy(&S, &mut seg, 3, &rule), Err(CentreError::Length));
+    assert_eq!((seg, c), (segmenter(), before));
 }

@@ -139,8 +139,8 @@ mod protocol {
     use super::{finite, shape};
     use heapless::Vec as HVec;
     use hvae::protocol::{
-        self, borrowed, DeviceInfo, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser,
-        TrainScope, TrainSettings, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+        self, borrowed, CentreChange, DeviceInfo, ErrorCode, FrameDecoder, Request, Response,
+        TrainOptimiser, TrainScope, TrainSettings, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
     };
     use proptest::prelude::*;
 
@@ -254,13 +254,18 @@ mod protocol {
                     loss,
                 }
             }),
-            (any::<u8>(), any::<u16>(), any::<u8>()).prop_map(|(slot, sample, in_use)| {
-                Response::Spawned {
+            (any::<u8>(), 0u8..3, any::<u8>(), any::<u16>(), any::<u8>()).prop_map(
+                |(slot, c, into, sample, in_use)| Response::Centre {
                     slot,
+                    change: match c {
+                        0 => CentreChange::Spawned,
+                        1 => CentreChange::Starved,
+                        _ => CentreChange::MergedInto(into),
+                    },
                     sample,
                     in_use,
                 }
-            }),
+            ),
         ]
     }
 

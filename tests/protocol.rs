@@ -128,8 +128,9 @@ fn responses() -> Vec<Response> {
             steps: u32::MAX,
             loss: f32::NAN,
         },
-        Response::Spawned {
+        Response::Centre {
             slot: u8::MAX,
+            change: CentreChange::MergedInto(u8::MAX),
             sample: u16::MAX,
             in_use: u8::MAX,
         },

@@ -1,18 +1,20 @@
 //! The engine: one request dispatch for every device that serves the protocol.
 
-use super::{Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, SEED, WARMUP_STEPS};
+use super::{Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, SEED, TIDY, WARMUP_STEPS};
 use crate::infer::model::Model;
 use crate::infer::normalise::Tracker;
 use crate::protocol::answer::{answer_encode, answer_segment};
 use crate::protocol::borrowed;
 use crate::protocol::{
-    blob_header, DeviceInfo, ErrorCode, FrameError, Request, Response, TrainOptimiser, TrainScope,
-    TrainSettings, WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT,
-    CAP_TRAIN, MAX_VALUES,
+    blob_header, CentreChange, DeviceInfo, ErrorCode, FrameError, Request, Response,
+    TrainOptimiser, TrainScope, TrainSettings, WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD,
+    CAP_READ, CAP_SEGMENT, CAP_TRAIN, MAX_VALUES,
 };
 use crate::shape::{Scope, Shape};
 use crate::store::checkpoint::{Checkpoints, Layout, Restore};
-use crate::train::centres::{in_use, CentreCounts, SpawnRule, Spawner, MAX_ONLINE_CLUSTERS};
+use crate::train::centres::{
+    in_use, CentreCounts, SpawnRule, Spawner, Tidied, MAX_ONLINE_CLUSTERS,
+};
 use crate::train::optim::{OptimKind, Optimiser};
 use crate::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
@@ -424,18 +426,49 @@ where
                     let used = (0..shape.clusters)
                         .filter(|&k| in_use(&shape, params, k))
                         .count();
-                    emit(&Response::Spawned {
+                    emit(&Response::Centre {
                         slot: saturate_u8(slot),
+                        change: CentreChange::Spawned,
                         sample: u16::try_from(i).unwrap_or(u16::MAX),
                         in_use: saturate_u8(used),
                     });
                     spawned = true;
                 }
             }
+            // Retire a starved centre or merge two that coincide (after a move only).
+            let mut retired = false;
+            let tidied = if spawner.is_novel(seg.novelty()) {
+                None
+            } else {
+                centres
+                    .tidy(&shape, params, seg.label, &TIDY)
+                    .map_err(|_| ErrorCode::Train)?
+            };
+            if let Some(t) = tidied {
+                let (slot, change) = match t {
+                    Tidied::Merged { from, into } => {
+                        (from, CentreChange::MergedInto(saturate_u8(into)))
+                    }
+                    Tidied::Retired { slot } => (slot, CentreChange::Starved),
+                };
+                #[cfg(feature = "defmt")]
+                defmt::info!("learn: retired centre {=usize} ({})", slot, t);
+                let used = (0..shape.clusters)
+                    .filter(|&k| in_use(&shape, params, k))
+                    .count();
+                emit(&Response::Centre {
+                    slot: saturate_u8(slot),
+                    change,
+                    sample: u16::try_from(i).unwrap_or(u16::MAX),
+                    in_use: saturate_u8(used),
+                });
+                retired = true;
+            }
             self.crc = None;
-            // A spawn is saved at once: a power cut must not lose a discovered cluster.
+            // A spawn or a retirement is saved at once: a power cut must not lose a
+            // discovered cluster, nor bring back one that was merged away.
             let due = centres.updates() % CHECKPOINT_EVERY == 0;
-            if (spawned || due) && self.store.checkpoints().is_some() {
+            if (spawned || retired || due) && self.store.checkpoints().is_some() {
                 self.checkpoint()?;
             }
         }

@@ -80,6 +80,15 @@ pub const SEED: u64 = 0x006c_6561_726e; // "learn"
 /// `SegmenterAndNormalisation` scope ([`Tracker`](crate::infer::normalise::Tracker)):
 /// its statistics weigh about the last `1 / (1 - NORM_DECAY)` samples.
 pub const NORM_DECAY: f32 = 0.995;
+/// How online k-means retires and merges centres ([`TidyRule`](crate::train::centres::TidyRule)):
+/// the centre a sample moved merges with another in use when their cosine reaches
+/// 0.98 (two centres that close label the same cluster), and a centre in use that no
+/// sample was labelled with in the last 20,000 samples retires (its slot is free for a
+/// spawn).
+pub const TIDY: crate::train::centres::TidyRule = crate::train::centres::TidyRule {
+    merge_above: 0.98,
+    starve_after: 20_000,
+};
 /// Samples in the training ring buffer.
 pub const CAP: usize = 32;
 /// Most anchors per step (`TrainSettings::batch`).

@@ -1,6 +1,7 @@
 //! Framing: postcard messages in COBS frames, and the bounds on a frame's length.
 
 use super::messages::{MAX_CHUNK, MAX_CLUSTERS, MAX_LATENT, MAX_SAMPLE, MAX_VALUES};
+use postcard::ser_flavors::{Cobs, Flavor, Slice};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -41,7 +42,31 @@ impl core::error::Error for FrameError {}
 /// Serialises `msg` and COBS-encodes it into `buf`, with the closing `0x00`; returns the
 /// frame (the bytes to send).
 pub fn encode<'a, T: Serialize>(msg: &T, buf: &'a mut [u8]) -> Result<&'a mut [u8], FrameError> {
-    postcard::to_slice_cobs(msg, buf).map_err(|_| FrameError::BufferFull)
+    let cobs = Cobs::try_new(Slice::new(buf)).map_err(|_| FrameError::BufferFull)?;
+    postcard::serialize_with_flavor(msg, OneCall(cobs)).map_err(|_| FrameError::BufferFull)
+}
+
+/// postcard's COBS flavor behind one out-of-line call per byte: the same bytes, but the
+/// serialiser of a large message enum calls one function instead of carrying the COBS
+/// step inlined at every field (kilobytes of flash on a small device).
+struct OneCall<'a>(Cobs<Slice<'a>>);
+
+impl<'a> Flavor for OneCall<'a> {
+    type Output = &'a mut [u8];
+
+    #[inline(never)]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.try_push(data)
+    }
+
+    #[inline(never)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        data.iter().try_for_each(|&b| self.0.try_push(b))
+    }
+
+    fn finalize(self) -> postcard::Result<Self::Output> {
+        self.0.finalize()
+    }
 }
 
 /// Decodes one frame's bytes (COBS, without the closing `0x00`) in place into a message.

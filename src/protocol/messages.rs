@@ -168,6 +168,18 @@ pub enum TrainOptimiser {
     },
 }
 
+/// What happened to a centre slot ([`Response::Centre`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CentreChange {
+    /// A new centre took the unused slot.
+    Spawned,
+    /// The centre starved: the slot is unused now.
+    Starved,
+    /// The centre merged into this one: the slot is unused now.
+    MergedInto(u8),
+}
+
 /// A message from the device to the host.
 // No heap to box the large variants into: a device holds one `Response` at a time, and
 // its size is bounded by the MAX_* constants.
@@ -230,14 +242,17 @@ pub enum Response {
         loss: f32,
     },
     /// An event of [`Request::TrainBatch`] under [`TrainOptimiser::OnlineKMeans`]: a
-    /// centre was spawned from persistent novelty. Sent as it happens, before the
-    /// request's [`Response::Trained`] (or `Error`), one per spawn.
-    Spawned {
-        /// The slot the new centre took.
+    /// centre slot changed (spawned from persistent novelty, or retired because it
+    /// starved or merged into another; [`crate::train::centres`]). Sent as it happens,
+    /// before the request's [`Response::Trained`] (or `Error`), one per change.
+    Centre {
+        /// The slot that changed.
         slot: u8,
-        /// Index, in the request's samples, of the sample that completed the rule.
+        /// What happened to it.
+        change: CentreChange,
+        /// Index, in the request's samples, of the sample after which it happened.
         sample: u16,
-        /// Centre slots in use after the spawn.
+        /// Centre slots in use after it.
         in_use: u8,
     },
 }

@@ -20,7 +20,7 @@
 //! Requests are answered in order. Every request gets exactly one [`Response`], except
 //! [`Request::Segment`] and [`Request::Encode`], which carry `n >= 1` samples and get
 //! one response per sample ([`answer`]), and [`Request::TrainBatch`], whose answer may
-//! be preceded by [`Response::Spawned`] events (online k-means only); a frame the device cannot decode gets one
+//! be preceded by [`Response::Centre`] events (online k-means only); a frame the device cannot decode gets one
 //! [`Response::Error`] with the frame error's [`ErrorCode`], and the device keeps
 //! serving. A host should therefore send a request, read its responses, and so on
 //! (pipelining works too, since the device answers in order, but a damaged request then
@@ -35,7 +35,7 @@
 //! | [`Request::LoadWeights`] | [`Response::Ack`], then [`Response::Loaded`] on the `last` chunk | the weight blob ([`crate::store::blob`]) in order, [`MAX_CHUNK`] bytes at a time |
 //! | [`Request::ReadWeights`] | [`Response::Weights`] | values of the flat parameter vector |
 //! | [`Request::Checkpoint`] | [`Response::Checkpointed`] | persist the current weights |
-//! | [`Request::TrainBatch`] | a [`Response::Spawned`] per spawned centre, then [`Response::Trained`] | devices that learn ([`CAP_TRAIN`]) |
+//! | [`Request::TrainBatch`] | a [`Response::Centre`] per centre spawned or retired, then [`Response::Trained`] | devices that learn ([`CAP_TRAIN`]) |
 //!
 //! Loading weights is all or nothing: the device streams the blob through a
 //! [`WeightLoader`] (header, sizes and finiteness checked as the bytes arrive, CRC at

@@ -46,6 +46,8 @@ pub const MAX_ONLINE_CLUSTERS: usize = 32;
 #[derive(Clone, Debug, PartialEq)]
 pub struct CentreCounts {
     counts: [f32; MAX_ONLINE_CLUSTERS],
+    /// [`CentreCounts::updates`] when each centre last took a sample (or was spawned).
+    last: [u32; MAX_ONLINE_CLUSTERS],
     memory: f32,
     updates: u32,
 }
@@ -57,9 +59,15 @@ impl CentreCounts {
         let memory = if memory >= 1.0 { memory } else { 1.0 };
         CentreCounts {
             counts: [memory; MAX_ONLINE_CLUSTERS],
+            last: [0; MAX_ONLINE_CLUSTERS],
             memory,
             updates: 0,
         }
+    }
+
+    /// The memory (the counts' bound).
+    pub fn memory(&self) -> f32 {
+        self.memory
     }
 
     /// Samples taken so far (saturating).
@@ -72,10 +80,14 @@ impl CentreCounts {
         self.counts.get(k).copied().unwrap_or(0.0)
     }
 
-    /// Sets the count of centre `k` (at most the memory; nothing past the last cluster).
+    /// Sets the count of centre `k` (at most the memory; nothing past the last cluster)
+    /// and counts it as fed now (a spawned centre does not starve at once).
     pub fn set_count(&mut self, k: usize, count: f32) {
         if let Some(c) = self.counts.get_mut(k) {
             *c = count.min(self.memory);
+        }
+        if let Some(l) = self.last.get_mut(k) {
+            *l = self.updates;
         }
     }
 
@@ -120,8 +132,186 @@ impl CentreCounts {
         }
         *n = next;
         self.updates = self.updates.saturating_add(1);
+        if let Some(l) = self.last.get_mut(label) {
+            *l = self.updates;
+        }
         Ok(())
     }
+
+    /// Retires a centre that starves or merges two that coincide, by `rule`, after the
+    /// update of centre `label` (see [`TidyRule`]); at most one change per call, and
+    /// never the last centre in use. A retired slot gets the direction of a centre in
+    /// use and [`UNUSED_LOG_WEIGHT`], as an unused slot has, and a count of 0. Cost: `K M`
+    /// multiply-adds. On error nothing changes.
+    pub fn tidy(
+        &mut self,
+        shape: &Shape,
+        seg: &mut [f32],
+        label: usize,
+        rule: &TidyRule,
+    ) -> Result<Option<Tidied>, CentreError> {
+        let (m, k) = (shape.latent, shape.clusters);
+        if seg.len() != shape.segmenter_len() || label >= k || k > MAX_ONLINE_CLUSTERS {
+            return Err(CentreError::Length);
+        }
+        let used = (0..k).filter(|&j| in_use(shape, seg, j)).count();
+        if used < 2 {
+            return Ok(None);
+        }
+        // Merge: the centre just moved and the closest other centre in use.
+        let centres = seg.get(..k * m).ok_or(CentreError::Length)?;
+        let c = centres
+            .get(label * m..(label + 1) * m)
+            .ok_or(CentreError::Length)?;
+        let mut closest: Option<(usize, f32)> = None;
+        for (j, cj) in centres.chunks_exact(m.max(1)).enumerate() {
+            if j == label || !in_use(shape, seg, j) {
+                continue;
+            }
+            let cos: f32 = c.iter().zip(cj).map(|(a, b)| a * b).sum();
+            if closest.is_none_or(|(_, best)| cos > best) {
+                closest = Some((j, cos));
+            }
+        }
+        if in_use(shape, seg, label) {
+            if let Some((j, _)) = closest.filter(|&(_, cos)| cos >= rule.merge_above) {
+                // The centre with the larger count stays (the lower slot on a tie).
+                let (nl, nj) = (self.count(label), self.count(j));
+                let (keep, drop) = if nj > nl || (nj == nl && j < label) {
+                    (j, label)
+                } else {
+                    (label, j)
+                };
+                self.merge(shape, seg, keep, drop)?;
+                return Ok(Some(Tidied::Merged {
+                    from: drop,
+                    into: keep,
+                }));
+            }
+        }
+        // Starve: the centre in use that went longest without a sample.
+        let mut oldest: Option<(usize, u32)> = None;
+        for j in 0..k {
+            let age = self
+                .updates
+                .saturating_sub(self.last.get(j).copied().unwrap_or(0));
+            if in_use(shape, seg, j) && oldest.is_none_or(|(_, a)| age > a) {
+                oldest = Some((j, age));
+            }
+        }
+        if let Some((j, _)) = oldest.filter(|&(_, age)| age > rule.starve_after) {
+            let donor = (0..k)
+                .find(|&i| i != j && in_use(shape, seg, i))
+                .ok_or(CentreError::Length)?;
+            self.retire(shape, seg, j, donor)?;
+            return Ok(Some(Tidied::Retired { slot: j }));
+        }
+        Ok(None)
+    }
+
+    /// Merges centre `drop` into centre `keep`: `c_keep <- (n_keep c_keep + n_drop
+    /// c_drop) / |...|`, `n_keep <- min(n_keep + n_drop, memory)`; `drop` retires.
+    fn merge(
+        &mut self,
+        shape: &Shape,
+        seg: &mut [f32],
+        keep: usize,
+        drop: usize,
+    ) -> Result<(), CentreError> {
+        let m = shape.latent;
+        let (nk, nd) = (self.count(keep), self.count(drop));
+        let (ck, cd) = pair_mut(seg, m, keep, drop)?;
+        let sq: f32 = ck
+            .iter()
+            .zip(cd.iter())
+            .map(|(&a, &b)| (nk * a + nd * b) * (nk * a + nd * b))
+            .sum();
+        let norm = libm::sqrtf(sq);
+        if !(norm.is_finite() && norm > 0.0) {
+            return Err(CentreError::NonFinite);
+        }
+        for (a, &b) in ck.iter_mut().zip(cd.iter()) {
+            *a = (nk * *a + nd * b) / norm;
+        }
+        if let Some(c) = self.counts.get_mut(keep) {
+            *c = (nk + nd).min(self.memory);
+        }
+        self.retire(shape, seg, drop, keep)
+    }
+
+    /// Slot `slot` becomes unused: the direction of centre `donor`, [`UNUSED_LOG_WEIGHT`],
+    /// a count of 0.
+    fn retire(
+        &mut self,
+        shape: &Shape,
+        seg: &mut [f32],
+        slot: usize,
+        donor: usize,
+    ) -> Result<(), CentreError> {
+        let (m, k) = (shape.latent, shape.clusters);
+        if slot == donor || slot >= k || donor >= k {
+            return Err(CentreError::Length);
+        }
+        let (dst, src) = pair_mut(seg, m, slot, donor)?;
+        for (d, &s) in dst.iter_mut().zip(src.iter()) {
+            *d = s;
+        }
+        let w = seg.get_mut(k * m + 1 + slot).ok_or(CentreError::Length)?;
+        *w = UNUSED_LOG_WEIGHT;
+        if let Some(c) = self.counts.get_mut(slot) {
+            *c = 0.0;
+        }
+        Ok(())
+    }
+}
+
+/// Centres `a` and `b` (`a != b`) of the segmenter `seg`, `m` values each, both mutable.
+fn pair_mut(
+    seg: &mut [f32],
+    m: usize,
+    a: usize,
+    b: usize,
+) -> Result<(&mut [f32], &mut [f32]), CentreError> {
+    let (lo, hi) = (a.min(b), a.max(b));
+    if lo == hi {
+        return Err(CentreError::Length);
+    }
+    let (x, y) = seg
+        .split_at_mut_checked(hi * m)
+        .ok_or(CentreError::Length)?;
+    let low = x.get_mut(lo * m..(lo + 1) * m).ok_or(CentreError::Length)?;
+    let high = y.get_mut(..m).ok_or(CentreError::Length)?;
+    Ok(if a == lo { (low, high) } else { (high, low) })
+}
+
+/// When [`CentreCounts::tidy`] retires or merges centres.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TidyRule {
+    /// Cosine at or above which the centre just moved and its closest other centre in
+    /// use coincide: they merge (2 or more: never).
+    pub merge_above: f32,
+    /// Samples without one labelled with it after which a centre in use starves and
+    /// retires (`u32::MAX`: never).
+    pub starve_after: u32,
+}
+
+/// What [`CentreCounts::tidy`] changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Tidied {
+    /// Centre `from` merged into centre `into`; slot `from` is unused now.
+    Merged {
+        /// The slot that retired.
+        from: usize,
+        /// The centre that took its count and moved to the weighted mean direction.
+        into: usize,
+    },
+    /// Centre `slot` starved; its slot is unused now.
+    Retired {
+        /// The slot that retired.
+        slot: usize,
+    },
 }
 
 /// The log-weight of a centre slot that is not in use: its probability is zero

@@ -28,8 +28,9 @@
 
 use crate::link::{Link, Recv};
 use hvae::protocol::{
-    encode, DeviceInfo, ErrorCode, FrameDecoder, FrameError, Request, Response, TrainSettings,
-    MAX_CHUNK, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, MAX_SAMPLE, MAX_VALUES, VERSION,
+    encode, CentreChange, DeviceInfo, ErrorCode, FrameDecoder, FrameError, Request, Response,
+    TrainSettings, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, MAX_SAMPLE, MAX_VALUES,
+    VERSION,
 };
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -153,7 +154,7 @@ pub fn response_name(r: &Response) -> &'static str {
         Response::Loaded { .. } => "Loaded",
         Response::Checkpointed { .. } => "Checkpointed",
         Response::Trained { .. } => "Trained",
-        Response::Spawned { .. } => "Spawned",
+        Response::Centre { .. } => "Centre",
     }
 }
 
@@ -181,25 +182,28 @@ pub struct Trained {
     pub steps: u32,
     /// Loss of the last step (NaN if none).
     pub loss: f32,
-    /// The centres the request spawned (online k-means), in order.
-    pub spawned: Vec<Spawn>,
+    /// The centre slots the request changed (online k-means: spawned, starved,
+    /// merged), in order.
+    pub centres: Vec<CentreEvent>,
 }
 
-/// A centre the device spawned ([`Response::Spawned`]).
+/// A centre slot the device changed ([`Response::Centre`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Spawn {
-    /// The slot the new centre took.
+pub struct CentreEvent {
+    /// The slot that changed.
     pub slot: u8,
-    /// Index, in the request's samples, of the sample that completed the rule.
+    /// What happened to it.
+    pub change: CentreChange,
+    /// Index, in the request's samples, of the sample after which it happened.
     pub sample: u16,
-    /// Centre slots in use after the spawn.
+    /// Centre slots in use after it.
     pub in_use: u8,
 }
 
-/// True for a response that is an event of a request ([`Response::Spawned`]) rather
+/// True for a response that is an event of a request ([`Response::Centre`]) rather
 /// than its answer: the answer still follows.
 pub fn is_event(r: &Response) -> bool {
-    matches!(r, Response::Spawned { .. })
+    matches!(r, Response::Centre { .. })
 }
 
 /// Timeouts of a session.
@@ -601,15 +605,17 @@ impl Device {
             steps,
             settings,
         };
-        let mut spawned = Vec::new();
+        let mut centres = Vec::new();
         for r in self.request_all(&req, self.timeouts.train)? {
             match r {
-                Response::Spawned {
+                Response::Centre {
                     slot,
+                    change,
                     sample,
                     in_use,
-                } => spawned.push(Spawn {
+                } => centres.push(CentreEvent {
                     slot,
+                    change,
                     sample,
                     in_use,
                 }),
@@ -622,7 +628,7 @@ impl Device {
                         buffered,
                         steps,
                         loss,
-                        spawned,
+                        centres,
                     })
                 }
                 r => return Err(Self::wrong("TrainBatch", &r)),

@@ -10,10 +10,10 @@ use crate::metrics;
 use crate::model_io::{self, LoadedModel};
 use crate::Error;
 use hvae::protocol::{
-    Request, Response, ShapeInfo, TrainOptimiser, TrainScope, TrainSettings, CAP_TRAIN, MAX_SAMPLE,
+    CentreChange, Request, Response, ShapeInfo, TrainOptimiser, TrainScope, TrainSettings,
+    CAP_TRAIN, MAX_SAMPLE,
 };
 use hvae::Model;
-use hvae_devkit::client::is_event;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
@@ -237,8 +237,11 @@ pub struct ScopeReport {
     pub max_abs_param_diff: f64,
     /// First request (0-based) whose answers differed, if any.
     pub first_divergent_request: Option<usize>,
-    /// Centres the device reported spawning ([`Response::Spawned`] events).
+    /// Centres the device reported spawning ([`Response::Centre`] events).
     pub spawn_events: usize,
+    /// Centres the device reported retiring, starved or merged ([`Response::Centre`]
+    /// events).
+    pub retire_events: usize,
     /// Loss of the device's last step.
     pub final_loss: f32,
     /// Seconds of the device session (load, stream, read back).
@@ -435,7 +438,25 @@ pub fn run_requests(
             first_divergent = Some(i);
         }
     }
-    let spawn_events = answers.iter().flatten().filter(|r| is_event(r)).count();
+    let count = |f: fn(&Response) -> bool| answers.iter().flatten().filter(|r| f(r)).count();
+    let spawn_events = count(|r| {
+        matches!(
+            r,
+            Response::Centre {
+                change: CentreChange::Spawned,
+                ..
+            }
+        )
+    });
+    let retire_events = count(|r| {
+        matches!(
+            r,
+            Response::Centre {
+                change: CentreChange::Starved | CentreChange::MergedInto(_),
+                ..
+            }
+        )
+    });
     let host_params = host.model().params().to_vec();
     let host_seconds = t1.elapsed().as_secs_f64();
     let (steps, final_loss) = match answers.last().and_then(|a| a.last()) {
@@ -464,6 +485,7 @@ pub fn run_requests(
             max_abs_param_diff: max_diff,
             first_divergent_request: first_divergent,
             spawn_events,
+            retire_events,
             final_loss,
             device_seconds,
             host_seconds,

@@ -9,7 +9,7 @@
 //! the frozen model and an oracle trained on the host on the drifted data.
 
 use super::device_train::{
-    permutation, quality, run_requests, DeviceTrainArgs, Quality, Schedule, ScopeArg,
+    permutation, quality, run_requests, DeviceTrainArgs, Quality, Schedule, ScopeArg, ScopeReport,
 };
 use super::outln;
 use crate::data::Dataset;
@@ -358,7 +358,7 @@ pub struct NewClustersReport {
     pub before: Quality,
     /// The novelty threshold sent to the device (the percentile of the known rows').
     pub novelty_threshold: f32,
-    /// Centres spawned on the stream of every class (the device's `Spawned` events).
+    /// Centres spawned on the stream of every class (the device's `Centre` events).
     pub spawned: usize,
     /// New classes whose rows are mostly labelled with a spawned centre that holds
     /// mostly them.
@@ -367,6 +367,9 @@ pub struct NewClustersReport {
     pub after: Quality,
     /// Centres spawned on the stream of the known classes alone.
     pub spawned_on_known: usize,
+    /// Centres retired (starved or merged) on the stream of every class, and on the
+    /// stream of the known classes (the device's `Centre` events).
+    pub retired: [usize; 2],
     /// Device and host weights bit for bit the same, on both streams.
     pub bit_identical: bool,
     /// Bar on `new_classes_found`.
@@ -490,7 +493,7 @@ pub fn new_clusters(
     // Spawns as the device reported them (its events), checked against its weights.
     let spawned = r_all.spawn_events;
     let used = slots_in_use(&shape, &params);
-    check_spawns(spawned, used.len())?;
+    check_spawns(&r_all, used.len())?;
     // Which new classes a spawned centre holds: the majority class of its rows, if that
     // class's rows mostly go to it.
     let adapted = hvae::Model::new(shape, params)
@@ -529,7 +532,7 @@ pub fn new_clusters(
     let (r_known, params_known) =
         run_requests(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
     let spawned_on_known = r_known.spawn_events;
-    check_spawns(spawned_on_known, slots_in_use(&shape, &params_known).len())?;
+    check_spawns(&r_known, slots_in_use(&shape, &params_known).len())?;
     let pass = r_all.bit_identical
         && r_known.bit_identical
         && found >= NEW_CLASSES_BAR
@@ -544,6 +547,7 @@ pub fn new_clusters(
         new_classes_found: found,
         after: r_all.device,
         spawned_on_known,
+        retired: [r_all.retire_events, r_known.retire_events],
         bit_identical: r_all.bit_identical && r_known.bit_identical,
         new_classes_bar: NEW_CLASSES_BAR,
         acc_bar: DISCOVERY_ACC_BAR,
@@ -551,14 +555,15 @@ pub fn new_clusters(
     })
 }
 
-/// The device's spawn events agree with the slots its weights use.
-fn check_spawns(events: usize, used: usize) -> Result<(), Error> {
-    if KNOWN_CLASSES as usize + events == used {
+/// The device's spawn and retirement events agree with the slots its weights use.
+fn check_spawns(r: &ScopeReport, used: usize) -> Result<(), Error> {
+    let (spawned, retired) = (r.spawn_events, r.retire_events);
+    if KNOWN_CLASSES as usize + spawned == used + retired {
         Ok(())
     } else {
         Err(Error::Failed(format!(
-            "the device reported {events} spawned centres, but its weights use {used} slots \
-             of which {KNOWN_CLASSES} were trained on the host"
+            "the device reported {spawned} spawned and {retired} retired centres, but its \
+             weights use {used} slots of which {KNOWN_CLASSES} were trained on the host"
         )))
     }
 }
@@ -609,6 +614,13 @@ pub fn print_new_clusters(r: &NewClustersReport, out: &mut dyn Write) -> Result<
         format!("centres spawned on {KNOWN_STREAM} samples of known classes"),
         r.spawned_on_known,
         "0"
+    )?;
+    outln!(
+        out,
+        "{:<52} {:>12} {:>10}",
+        "centres retired (starved or merged): every class / known",
+        format!("{} / {}", r.retired[0], r.retired[1]),
+        ""
     )?;
     outln!(
         out,
