@@ -343,6 +343,21 @@ fn the_normalisation_scope_tracks_the_stream_and_nothing_else_moves() {
     assert_eq!(&e.model().params()[..2 * D], &before[..2 * D]);
 }
 
+/// Every response of one `TrainBatch` of `xs` with `settings`: its events, then its
+/// answer.
+fn train_batch(e: &mut Learn, xs: &[f32], settings: TrainSettings) -> Vec<Response> {
+    let mut answers = Vec::new();
+    e.handle_each(
+        &Request::TrainBatch {
+            samples: heapless::Vec::from_slice(xs).unwrap(),
+            steps: 0,
+            settings: Some(settings),
+        },
+        &mut |r| answers.push(r.clone()),
+    );
+    answers
+}
+
 /// Online k-means on the engine: each sample, segmented by the model as it stands, moves
 /// the centre of its label by the core's rule; nothing but the centres moves; the
 /// gradient scopes refuse it.
@@ -367,15 +382,7 @@ fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
         batch: 4,
     };
     let mut e: Learn = engine(m, Heap::new());
-    let mut answers = Vec::new();
-    e.handle_each(
-        &Request::TrainBatch {
-            samples: heapless::Vec::from_slice(&xs).unwrap(),
-            steps: 0,
-            settings: Some(km),
-        },
-        &mut |r| answers.push(r.clone()),
-    );
+    let mut answers = train_batch(&mut e, &xs, km);
     let Some(Response::Trained { steps, loss, .. }) = answers.pop() else {
         panic!("{answers:?}")
     };
@@ -457,15 +464,7 @@ fn a_spawned_centre_survives_a_reboot() {
         batch: 4,
     };
     let mut e: Learn = engine(m.clone(), Heap::new());
-    let mut answers = Vec::new();
-    e.handle_each(
-        &Request::TrainBatch {
-            samples: heapless::Vec::from_slice(&xs).unwrap(),
-            steps: 0,
-            settings: Some(km),
-        },
-        &mut |r| answers.push(r.clone()),
-    );
+    let answers = train_batch(&mut e, &xs, km);
     // One event, at the second sample (2 novel of a window of 4), then the answer; the
     // one unused slot is taken, so nothing more spawns.
     let [Response::Centre {
