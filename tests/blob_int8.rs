@@ -40,7 +40,11 @@ fn model(shape: Shape, seed: u64) -> Owned {
     // Non-zero direction biases: a sample that no hidden unit fires for keeps a direction.
     let mu_b = shape.find(hvae::shape::TensorId::MuBias).unwrap();
     m.params_mut()[mu_b.range()].fill(0.25);
-    let mut cal = Calibration::new();
+    let mut cal = Calibration::new(
+        &shape,
+        vec![0f32; hvae::infer::quant::calibration_len(&shape)],
+    )
+    .unwrap();
     let mut work = vec![0f32; shape.work_len()];
     for _ in 0..50 {
         let x: Vec<f32> = (0..shape.input)
@@ -127,11 +131,11 @@ fn header_and_round_trip() {
         let bits = |f: &[f32]| f.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(back.floats()), bits(q.floats()));
     }
-    // The digits model: 64 x 32 + 8 x 32 weights; 3 x 32 + 8 ints; 2 x 64 + 32 + 2 + 8
+    // The digits model: 64 x 32 + 8 x 32 weights; 3 x 32 + 8 ints; 3 x 64 + 2 x 32 + 8
     // + 32 + 1 + (80 + 1 + 10) floats.
     assert_eq!(
         blob::int8_blob_len(&digits()),
-        56 + 2304 + 4 * (104 + 294) + 4
+        56 + 2304 + 4 * (104 + 388) + 4
     );
 }
 

@@ -3,8 +3,8 @@
 //! parameters, and agreement with the `f32` model it was quantised from.
 
 use hvae::infer::quant::{
-    self, float_len, int_len, quantize, quantize_multiplier, requantize, weight_len, Calibration,
-    QuantLayout, QuantModel,
+    self, calibration_len, float_len, int_len, quantize, quantize_multiplier, requantize,
+    weight_len, Calibration, QuantLayout, QuantModel,
 };
 use hvae::kernels::portable::{dense_i8, dense_i8_dequant, dot_i8};
 use hvae::{Activation, InferError, Model, QuantError, Shape};
@@ -131,7 +131,7 @@ type Owned = QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>;
 
 fn quantised(m: &VecModel<f32>, xs: &[f32]) -> Owned {
     let s = *m.shape();
-    let mut cal = Calibration::new();
+    let mut cal = Calibration::new(&s, vec![0f32; calibration_len(&s)]).unwrap();
     let mut work = vec![0f32; s.work_len()];
     for x in xs.chunks_exact(s.input) {
         cal.observe(m, x, &mut work).unwrap();
@@ -271,7 +271,12 @@ fn calibration_takes_the_maxima() {
     p[w0..w0 + 14].copy_from_slice(&[
         1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 1.0, 0.1, 0.2,
     ]);
-    let mut cal = Calibration::new();
+    assert_eq!(calibration_len(&shape), 5);
+    assert_eq!(
+        Calibration::new(&shape, vec![0f32; 4]).unwrap_err(),
+        QuantError::Length
+    );
+    let mut cal = Calibration::new(&shape, vec![7f32; 5]).unwrap();
     assert_eq!(cal.samples(), 0);
     let mut work = vec![0f32; shape.work_len()];
     cal.observe(&m, &[2.0, -3.0, 1.0], &mut work).unwrap();
@@ -281,11 +286,37 @@ fn calibration_takes_the_maxima() {
         Err(InferError::NonFiniteInput)
     );
     assert_eq!(cal.samples(), 2);
-    let sc = cal.scales();
-    // max |x| = 6; layer: relu(x0 + 0.5) -> 2.5, relu(-x1) -> 3.
-    assert_eq!(sc[0], 6.0 / 127.0);
-    assert_eq!(sc[1], 3.0 / 127.0);
-    assert_eq!(sc[2], 1.0);
+    // Per feature max |x|: 6, 3, 1; the layer: relu(x0 + 0.5) -> 2.5, relu(-x1) -> 3.
+    assert_eq!(cal.maxima(), &[6.0, 3.0, 1.0, 2.5, 3.0]);
+    // A model of another size.
+    let other = fresh(Shape::new(4, &[2], 2, 1), &mut rng);
+    assert_eq!(
+        cal.observe(&other, &[1.0; 4], &mut vec![0f32; 400]),
+        Err(InferError::BufferLength)
+    );
+    // The quantisation by hand: the input scales 6/127, 3/127, 1/127 fold into the
+    // weights, so row 0 ([1, 0, 0]) becomes [6/127, 0, 0]: s_w = 6/127^2, W_q = [127, 0,
+    // 0], b_q = round(0.5 / s_w) = round(1344.08) = 1344, multiplier s_w / (2.5/127) =
+    // 6/317.5; row 1 ([0, -1, 0]): W_q = [0, -127, 0], b_q = 0, multiplier 3/381 = 1/127.
+    let (mut w, mut n, mut f) = (
+        vec![0; weight_len(&shape)],
+        vec![0; int_len(&shape)],
+        vec![0.0; float_len(&shape)],
+    );
+    quantize(&m, &cal, &mut w, &mut n, &mut f).unwrap();
+    assert_eq!(&w[..6], &[127, 0, 0, 0, -127, 0]);
+    assert_eq!((n[0], n[3]), (1344, 0));
+    let real = |k: usize| n[k] as f64 / 2f64.powi(n[k + 1]);
+    assert!((real(1) - 6.0 / 317.5).abs() < 1e-8, "{}", real(1));
+    assert!((real(4) - 1.0 / 127.0).abs() < 1e-8, "{}", real(4));
+    let at = QuantLayout::of(&shape);
+    // r_i = scale_i / s_i with the identity normalisation.
+    assert_eq!(
+        &f[at.input_mult..at.input_mult + 3],
+        &[127.0 / 6.0, 127.0 / 3.0, 127.0]
+    );
+    let q = QuantModel::new(shape, w, n, f).unwrap();
+    assert_eq!(q.activation_scales().len(), 5);
     // A tanh model has no int8 form.
     let t = Model::new(shape.with_activation(Activation::Tanh), m.params().to_vec()).unwrap();
     let s = *t.shape();
@@ -300,7 +331,7 @@ fn calibration_takes_the_maxima() {
     // An empty calibration.
     let r = quantize(
         &m,
-        &Calibration::new(),
+        &Calibration::new(&shape, vec![0f32; 5]).unwrap(),
         &mut vec![0; weight_len(&shape)],
         &mut vec![0; int_len(&shape)],
         &mut vec![0.0; float_len(&shape)],

@@ -4,10 +4,14 @@
 //!
 //! | piece | arithmetic |
 //! |---|---|
-//! | input | `f32`: `q_i = round(clamp((x_i - o_i) * r_i, -127, 127))` with `r_i = scale_i / s_0` (the normalisation and the input's quantisation folded into one multiply per feature) |
+//! | input | `f32`: `q_i = round(clamp((x_i - o_i) * r_i, -127, 127))` with `r_i = scale_i / s_i` (the normalisation and the feature's quantisation in one multiply) |
 //! | hidden layer `l` | integer: `acc = b + W q` in `i32`, `q' = clamp(round(acc * m / 2^s), 0, 127)` (the ReLU folded into the clamp; [`requantize`]) |
-//! | direction head | integer `acc = b + Wmu q`, then `f32`: `m_j = acc_j * (s_w,j s_L)`, `mu = m / ‖m‖` |
-//! | concentration head | `f32`: `kappa = softplus(sum_i (w_i s_L) q_i + b) + 1` |
+//! | direction head | integer `acc = b + Wmu q`, then `f32`: `m_j = acc_j * s_w,j`, `mu = m / ‖m‖` |
+//! | concentration head | `f32`: `kappa = softplus(sum_i (w_i s_L,i) q_i + b) + 1` |
+//!
+//! Every activation (each input feature, each hidden unit) has its own scale `s_i`,
+//! folded into the weights that read it ([`quantize`]), so a weight row's scale `s_w,j`
+//! is also its accumulator's.
 //! | segmenter | `f32`, the same code as the `f32` model's |
 //!
 //! The parameters are three flat vectors, borrowed or owned (`&[i8]`, `Vec<i8>`,
@@ -18,10 +22,11 @@
 //! - **ints** (`i32`, [`int_len`]): each hidden layer's channels `[bias, multiplier,
 //!   shift]` ([`Channel`]), then the direction head's `M` biases;
 //! - **floats** (`f32`, [`float_len`]): input offset (`D`), input multiplier `r` (`D`),
-//!   each hidden channel's weight scale `s_w` (`sum h`, for inspection and
-//!   re-quantisation), the activation scales `s_0 .. s_L` (`L + 1`), the direction head's
-//!   output scales `s_w,j s_L` (`M`), the concentration head's weights times `s_L` (`h_L`)
-//!   and bias (1), the segmenter as in the `f32` model ([`Shape::segmenter_len`]).
+//!   each hidden channel's weight scale `s_w` (`sum h`), the activation scales (`D + sum
+//!   h`; these two for inspection and re-quantisation), the direction head's output
+//!   scales `s_w,j` (`M`), the concentration head's weights times their inputs' scales
+//!   (`h_L`) and bias (1), the segmenter as in the `f32` model
+//!   ([`Shape::segmenter_len`]).
 //!
 //! [`quantize`] makes them from an `f32` [`Model`] and a [`Calibration`]; the int8 blob
 //! ([`crate::store::blob::write_int8`]) stores them. [`QuantModel::encode`] and
@@ -133,12 +138,10 @@ pub const fn int_len(shape: &Shape) -> usize {
 }
 
 /// `f32` values of the int8 form of `shape`:
-/// `2 D + sum h + (L + 1) + M + h_L + 1 + segmenter`.
+/// `3 D + 2 sum h + M + h_L + 1 + segmenter`.
 pub const fn float_len(shape: &Shape) -> usize {
-    2 * shape.input
-        + shape.hidden_sum()
-        + shape.depth()
-        + 1
+    3 * shape.input
+        + 2 * shape.hidden_sum()
         + shape.latent
         + shape.last_hidden()
         + 1
@@ -160,7 +163,7 @@ pub struct QuantLayout {
     pub input_mult: usize,
     /// Hidden channels' weight scales (`sum h`).
     pub weight_scales: usize,
-    /// Activation scales `s_0 .. s_L` (`L + 1`).
+    /// Activation scales, one per input feature and per hidden unit (`D + sum h`).
     pub act_scales: usize,
     /// Direction head's output scales (`M`).
     pub mu_scales: usize,
@@ -179,7 +182,7 @@ impl QuantLayout {
         let input_mult = offset + s.input;
         let weight_scales = input_mult + s.input;
         let act_scales = weight_scales + s.hidden_sum();
-        let mu_scales = act_scales + s.depth() + 1;
+        let mu_scales = act_scales + s.input + s.hidden_sum();
         let kappa = mu_scales + s.latent;
         let segmenter = kappa + s.last_hidden() + 1;
         QuantLayout {
@@ -280,11 +283,10 @@ impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> QuantModel<W, I, F> {
         &self.at
     }
 
-    /// The activation scales `s_0 .. s_L` (input, then each hidden layer's output).
+    /// The activation scales: one per input feature, then one per hidden unit.
     pub fn activation_scales(&self) -> &[f32] {
-        let a = self.at.act_scales;
         self.floats()
-            .get(a..a + self.shape.depth() + 1)
+            .get(self.at.act_scales..self.at.mu_scales)
             .unwrap_or_default()
     }
 
@@ -459,56 +461,63 @@ fn index(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(u32::MAX)
 }
 
+/// Values of a [`Calibration`]'s storage for `shape`: one range per input feature and
+/// per hidden unit, `D + sum h`.
+pub const fn calibration_len(shape: &Shape) -> usize {
+    shape.input + shape.hidden_sum()
+}
+
 /// The activation ranges of an `f32` model over data, for [`quantize`]: the largest
-/// magnitude of the normalised input and of each hidden layer's output.
+/// magnitude of each normalised input feature and of each hidden unit's output, in a
+/// caller's storage of [`calibration_len`] values (`[f32; N]` on a device, `Vec` on the
+/// host).
 ///
 /// The rule is the maximum over the calibration data (scale = max / 127); why max and
-/// not a percentile or the MSE-optimal clip is in docs/design.md. No allocation: a
-/// device can calibrate too.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Calibration {
-    /// Largest `|x_n|`, then each hidden layer's largest output.
-    max: [f32; MAX_HIDDEN + 1],
+/// not a percentile or the MSE-optimal clip is in docs/design.md.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Calibration<S> {
+    /// Largest `|x_n,i|` per feature, then each hidden unit's largest output, layer
+    /// after layer.
+    max: S,
+    /// The model's shape.
+    shape: Shape,
     /// Samples observed.
     samples: usize,
 }
 
-impl Default for Calibration {
-    fn default() -> Self {
-        Calibration::new()
-    }
-}
-
-impl Calibration {
-    /// No sample seen.
-    pub const fn new() -> Calibration {
-        Calibration {
-            max: [0.0; MAX_HIDDEN + 1],
-            samples: 0,
+impl<S: AsRef<[f32]> + AsMut<[f32]>> Calibration<S> {
+    /// No sample seen; `storage` ([`calibration_len`] values, overwritten) holds the
+    /// ranges. [`QuantError::Length`] for storage of another length.
+    pub fn new(shape: &Shape, mut storage: S) -> Result<Self, QuantError> {
+        if storage.as_ref().len() != calibration_len(shape) {
+            return Err(QuantError::Length);
         }
+        storage.as_mut().fill(0.0);
+        Ok(Calibration {
+            max: storage,
+            shape: *shape,
+            samples: 0,
+        })
     }
 
     /// Runs `model`'s encoder on `x` (workspace `work`, [`Shape::work_len`] values)
     /// and takes its activations into the ranges. A sample the encoder rejects is not
-    /// counted (its error is returned).
-    pub fn observe<S: AsRef<[f32]>>(
+    /// counted (its error is returned); a model of another shape is
+    /// [`InferError::BufferLength`].
+    pub fn observe<M: AsRef<[f32]>>(
         &mut self,
-        model: &Model<f32, S>,
+        model: &Model<f32, M>,
         x: &[f32],
         work: &mut [f32],
     ) -> Result<(), InferError> {
-        let s = *model.shape();
-        let (xn, mut enc) = model.encode_activations(x, work)?;
-        let mut max = self.max;
-        let mut it = max.iter_mut();
-        if let Some(m0) = it.next() {
-            *m0 = xn.iter().fold(*m0, |a, v| a.max(v.abs()));
+        if *model.shape() != self.shape {
+            return Err(InferError::BufferLength);
         }
-        for (l, m) in it.enumerate().take(s.depth()) {
-            let h = carve_ref(&mut enc, s.hidden(l));
-            *m = h.iter().fold(*m, |a, v| a.max(v.abs()));
+        let (xn, enc) = model.encode_activations(x, work)?;
+        // The storage's order is the workspace's: the input, then the hidden layers.
+        for (m, v) in self.max.as_mut().iter_mut().zip(xn.iter().chain(enc)) {
+            *m = m.max(v.abs());
         }
-        self.max = max;
         self.samples += 1;
         Ok(())
     }
@@ -518,11 +527,37 @@ impl Calibration {
         self.samples
     }
 
-    /// The activation scales `s_0 .. s_L` (`max / 127`; `1` for a range of zero, a layer
-    /// that never fired), in the first `L + 1` values.
-    pub fn scales(&self) -> [f32; MAX_HIDDEN + 1] {
-        self.max
-            .map(|m| if m > 0.0 { m / QMAX as f32 } else { 1.0 })
+    /// The ranges: per input feature, then per hidden unit.
+    pub fn maxima(&self) -> &[f32] {
+        self.max.as_ref()
+    }
+
+    /// Raises every range to at least `floor` times the largest range of its activation
+    /// (the input, or its hidden layer): `0` keeps one scale per feature and unit, `1`
+    /// gives one scale per activation (per tensor). In between, a feature or unit of a
+    /// small range keeps a finer grid than the tensor's without letting a rare one
+    /// coarsen the weights that read it. `hvae export` picks the floor (docs/design.md).
+    pub fn floor_ranges(&mut self, floor: f32) {
+        let s = self.shape;
+        let mut rest = self.max.as_mut();
+        let widths = core::iter::once(s.input).chain((0..s.depth()).map(|l| s.hidden(l)));
+        for w in widths {
+            let part = carve(&mut rest, w);
+            let top = part.iter().fold(0.0f32, |a, &v| a.max(v));
+            for v in part.iter_mut() {
+                *v = v.max(floor * top);
+            }
+        }
+    }
+}
+
+/// The scale of a range: `max / 127`, `1` for a range of zero (a feature that is
+/// constant at 0 or a unit that never fired; its value is 0 either way).
+fn range_scale(max: f32) -> f32 {
+    if max > 0.0 {
+        max / QMAX as f32
+    } else {
+        1.0
     }
 }
 
@@ -556,19 +591,23 @@ pub fn quantize_multiplier(real: f64) -> Option<(i32, u32)> {
     Some((i32::try_from(m).ok()?, u32::try_from(s).ok()?))
 }
 
-/// The int8 form of an `f32` ReLU model with the activation scales of `cal`, into
+/// The int8 form of an `f32` ReLU model with the activation ranges of `cal`, into
 /// `weights`, `ints` and `floats` ([`weight_len`], [`int_len`], [`float_len`]
 /// long). Nothing is written on error.
 ///
-/// Per output channel `j` of a layer with input scale `s_in` and output scale `s_out`:
-/// `s_w,j = max_i |W_ji| / 127` (`1/127` for a row of zeros), `W_q = round(W / s_w,j)`,
-/// `b_q = round(b_j / (s_w,j s_in))`, `(m, s) =`
-/// [`quantize_multiplier`]`(s_w,j s_in / s_out)`. Roundings are to nearest, halves away
-/// from zero, computed in `f64` from the `f32` values (the scales stored are `f32` and
-/// everything derived from them is derived from the stored value).
-pub fn quantize<S: AsRef<[f32]>>(
+/// Every activation has its own scale, one per input feature and per hidden unit
+/// (`s_i = max_i / 127`), folded into the weights that read it: a layer's real weights
+/// are `W~_ji = W_ji s_in,i`. Per output channel `j`: `s_w,j = max_i |W~_ji| / 127`
+/// (`1/127` for a row of zeros), `W_q = round(W~ / s_w,j)`, `b_q = round(b_j / s_w,j)`,
+/// so the accumulator's scale is `s_w,j`, and `(m, s) =`
+/// [`quantize_multiplier`]`(s_w,j / s_out,j)`. The input multiplier is
+/// `r_i = scale_i / s_in,i`, the direction head's output scale `s_w,j`, the
+/// concentration head's weights `w_i s_L,i`. Roundings are to nearest, halves away from
+/// zero, computed in `f64` from the `f32` values (each scale is stored as `f32` and
+/// everything derived from it is derived from the stored value).
+pub fn quantize<S: AsRef<[f32]>, C: AsRef<[f32]> + AsMut<[f32]>>(
     model: &Model<f32, S>,
-    cal: &Calibration,
+    cal: &Calibration<C>,
     weights: &mut [i8],
     ints: &mut [i32],
     floats: &mut [f32],
@@ -581,13 +620,16 @@ pub fn quantize<S: AsRef<[f32]>>(
     if cal.samples == 0 {
         return Err(QuantError::NotCalibrated);
     }
-    if weights.len() != weight_len(&s) || ints.len() != int_len(&s) || floats.len() != float_len(&s)
+    let maxima = cal.maxima();
+    if weights.len() != weight_len(&s)
+        || ints.len() != int_len(&s)
+        || floats.len() != float_len(&s)
+        || maxima.len() != calibration_len(&s)
     {
         return Err(QuantError::Length);
     }
     use crate::shape::TensorId as Id;
     let t = |id| model.tensor(id).ok_or(QuantError::Length);
-    let act = cal.scales();
     let at = QuantLayout::of(&s);
     // Two passes over the same computation: the first only checks, the second writes,
     // so that nothing is written on error.
@@ -598,11 +640,17 @@ pub fn quantize<S: AsRef<[f32]>>(
             write,
             bad: false,
         };
-        // Input: offset, multiplier r = scale / s_0.
-        let scale = |l: usize| act.get(l).copied().unwrap_or(1.0);
-        let s0 = scale(0);
+        let mut ranges = maxima;
+        let inputs = carve_ref(&mut ranges, s.input);
+        fl.put_all(maxima.iter().map(|&m| range_scale(m)), at.act_scales);
+        // Input: offset, multiplier r_i = scale_i / s_in,i.
         fl.put_all(t(Id::NormOffset)?.iter().copied(), at.offset);
-        fl.put_all(t(Id::NormScale)?.iter().map(|&c| c / s0), at.input_mult);
+        let r = t(Id::NormScale)?
+            .iter()
+            .zip(inputs)
+            .map(|(&c, &m)| c / range_scale(m));
+        fl.put_all(r, at.input_mult);
+        let mut s_in = inputs;
         let mut ws_at = at.weight_scales;
         for l in 0..s.depth() {
             let (o, i) = s.encoder_layer(l);
@@ -611,22 +659,22 @@ pub fn quantize<S: AsRef<[f32]>>(
             }
             let id = u8::try_from(l).map_err(|_| QuantError::Length)?;
             let (w, b) = (t(Id::EncoderWeight(id))?, t(Id::EncoderBias(id))?);
-            let (s_in, s_out) = (scale(l), scale(l + 1));
+            let s_out = carve_ref(&mut ranges, o);
             let wl = carve(&mut wq, o * i);
             let il = carve(&mut iq, 3 * o);
-            for (((row, &bj), wrow), ch) in w
+            for ((((row, &bj), wrow), ch), &mo) in w
                 .chunks_exact(i)
                 .zip(b)
                 .zip(wl.chunks_exact_mut(i))
                 .zip(il.chunks_exact_mut(3))
+                .zip(s_out)
             {
-                let sw = row_scale(row);
-                let acc_scale = f64::from(sw) * f64::from(s_in);
-                let bq = quantize_bias(bj, acc_scale)?;
-                let (m, sh) =
-                    quantize_multiplier(acc_scale / f64::from(s_out)).ok_or(QuantError::Range)?;
+                let sw = row_scale(row, s_in);
+                let bq = quantize_bias(bj, f64::from(sw))?;
+                let (m, sh) = quantize_multiplier(f64::from(sw) / f64::from(range_scale(mo)))
+                    .ok_or(QuantError::Range)?;
                 if write {
-                    quantize_row(row, sw, wrow);
+                    quantize_row(row, s_in, sw, wrow);
                     for (c, v) in ch.iter_mut().zip([bq, m, sh as i32]) {
                         *c = v;
                     }
@@ -634,34 +682,34 @@ pub fn quantize<S: AsRef<[f32]>>(
                 fl.put(sw, ws_at);
                 ws_at += 1;
             }
-        }
-        for (l, &a) in act.iter().enumerate().take(s.depth() + 1) {
-            fl.put(a, at.act_scales + l);
+            s_in = s_out;
         }
         // Direction head: int8 weights, i32 biases, f32 output scales.
-        let (h, m) = (s.last_hidden(), s.latent);
-        let s_l = scale(s.depth());
+        let h = s.last_hidden();
         let (w, b) = (t(Id::MuWeight)?, t(Id::MuBias)?);
-        let wl = carve(&mut wq, m * h);
+        let wl = carve(&mut wq, s.latent * h);
         for (j, ((row, &bj), wrow)) in w
             .chunks_exact(h)
             .zip(b)
             .zip(wl.chunks_exact_mut(h))
             .enumerate()
         {
-            let sw = row_scale(row);
-            let acc_scale = sw * s_l;
-            let bq = quantize_bias(bj, f64::from(acc_scale))?;
+            let sw = row_scale(row, s_in);
+            let bq = quantize_bias(bj, f64::from(sw))?;
             if write {
-                quantize_row(row, sw, wrow);
+                quantize_row(row, s_in, sw, wrow);
                 if let Some(v) = iq.get_mut(j) {
                     *v = bq;
                 }
             }
-            fl.put(acc_scale, at.mu_scales + j);
+            fl.put(sw, at.mu_scales + j);
         }
-        // Concentration head, on the dequantised last layer: weights times s_L.
-        fl.put_all(t(Id::KappaWeight)?.iter().map(|&w| w * s_l), at.kappa);
+        // Concentration head, on the dequantised last layer: weights times its scales.
+        let kw = t(Id::KappaWeight)?
+            .iter()
+            .zip(s_in)
+            .map(|(&w, &m)| w * range_scale(m));
+        fl.put_all(kw, at.kappa);
         fl.put_all(t(Id::KappaBias)?.iter().copied(), at.kappa + h);
         fl.put_all(model.segmenter_params().iter().copied(), at.segmenter);
         if !fl.ok() {
@@ -671,21 +719,25 @@ pub fn quantize<S: AsRef<[f32]>>(
     Ok(())
 }
 
-/// `s_w = max |w| / 127` of one row (`1/127` for a row of zeros, whose weights stay 0).
-fn row_scale(row: &[f32]) -> f32 {
-    let m = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+/// `s_w = max_i |w_i s_i| / 127` of one row whose inputs have the ranges `ranges`
+/// (`s_i = range_scale(range_i)`; `1/127` for a row of zeros, whose weights stay 0).
+fn row_scale(row: &[f32], ranges: &[f32]) -> f32 {
+    let m = row.iter().zip(ranges).fold(0.0f64, |a, (&w, &r)| {
+        a.max((f64::from(w) * f64::from(range_scale(r))).abs())
+    });
     if m > 0.0 {
-        m / QMAX as f32
+        (m / f64::from(QMAX)) as f32
     } else {
         1.0 / QMAX as f32
     }
 }
 
-/// `round(w / s_w)` of a row, in `-127..=127`.
-fn quantize_row(row: &[f32], sw: f32, out: &mut [i8]) {
+/// `round(w_i s_i / s_w)` of a row, in `-127..=127`.
+fn quantize_row(row: &[f32], ranges: &[f32], sw: f32, out: &mut [i8]) {
     let lim = f64::from(QMAX);
-    for (q, &w) in out.iter_mut().zip(row) {
-        *q = libm::round(f64::from(w) / f64::from(sw)).clamp(-lim, lim) as i8;
+    for ((q, &w), &r) in out.iter_mut().zip(row).zip(ranges) {
+        let v = f64::from(w) * f64::from(range_scale(r)) / f64::from(sw);
+        *q = libm::round(v).clamp(-lim, lim) as i8;
     }
 }
 

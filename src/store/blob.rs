@@ -497,14 +497,17 @@ const fn checked_int8_lens(s: &Shape) -> Option<[usize; 3]> {
     let Some(ints) = ints.checked_add(s.latent) else {
         return None;
     };
-    // 2 D + sum h + (L + 1) + M + h_L + 1 + K M + 1 + K; M, K and L are small.
-    let Some(d2) = s.input.checked_mul(2) else {
+    // 3 D + 2 sum h + M + h_L + 1 + K M + 1 + K; M and K are small.
+    let Some(d3) = s.input.checked_mul(3) else {
         return None;
     };
-    let small = s.depth() + 1 + s.latent + 1 + s.clusters * s.latent + 1 + s.clusters;
-    let floats = match d2.checked_add(hs) {
-        Some(a) => match a.checked_add(h) {
-            Some(b) => b.checked_add(small),
+    let small = s.latent + 1 + s.clusters * s.latent + 1 + s.clusters;
+    let floats = match d3.checked_add(hs) {
+        Some(a) => match a.checked_add(hs) {
+            Some(b) => match b.checked_add(h) {
+                Some(c) => c.checked_add(small),
+                None => None,
+            },
             None => None,
         },
         None => None,
