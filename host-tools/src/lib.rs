@@ -12,6 +12,7 @@
 //! | [`baselines`] | k-means on the raw features, spherical k-means |
 //! | [`device`] | talk to a device (qemu or a serial port): requests, faults, weights |
 //! | [`model_io`] | load and save a model's weight blob |
+//! | [`quant`] | the int8 form of a model: calibration, its blob, fidelity to the `f32` model |
 //! | [`import`] | a model from a PyTorch `safetensors` file |
 //! | [`select`] | restarts and the number of clusters, chosen without labels |
 //! | [`suite`] | the clustering quality suite: data sets, classical results, regressions |
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod model_io;
 #[cfg(feature = "tool")]
 pub mod plot;
+pub mod quant;
 pub mod select;
 #[cfg(feature = "tool")]
 pub mod suite;

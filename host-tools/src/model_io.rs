@@ -65,8 +65,49 @@ const MAX_BLOB: u64 = blob::HEADER_LEN as u64 + 4 * u32::MAX as u64 + 4;
 
 /// Loads the model in `path`.
 pub fn load(path: &Path) -> Result<LoadedModel, ModelFileError> {
+    let (bytes, err) = read_file(path)?;
+    from_bytes(&bytes).map_err(err)
+}
+
+/// An int8 model read from a file (format version 2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedInt8 {
+    /// The model.
+    pub model: crate::quant::QuantVecModel,
+    /// CRC-32 of the blob.
+    pub crc: u32,
+    /// Size of the file in bytes.
+    pub bytes: usize,
+}
+
+/// Loads the int8 model in `path`.
+pub fn load_int8(path: &Path) -> Result<LoadedInt8, ModelFileError> {
+    let (bytes, err) = read_file(path)?;
+    let (model, crc) = crate::quant::from_bytes(&bytes)
+        .map_err(ModelFileErrorKind::Blob)
+        .map_err(err)?;
+    Ok(LoadedInt8 {
+        model,
+        crc,
+        bytes: bytes.len(),
+    })
+}
+
+/// True when `e` says the file is an int8 blob (read it with [`load_int8`]).
+pub fn is_int8(e: &ModelFileError) -> bool {
+    matches!(
+        e.kind,
+        ModelFileErrorKind::Blob(BlobError::UnsupportedVersion(blob::VERSION_INT8))
+    )
+}
+
+/// The bytes of a model file, and how to name the file in an error.
+#[allow(clippy::type_complexity)]
+fn read_file(
+    path: &Path,
+) -> Result<(Vec<u8>, impl Fn(ModelFileErrorKind) -> ModelFileError), ModelFileError> {
     let name = path.display().to_string();
-    let err = |kind| ModelFileError {
+    let err = move |kind| ModelFileError {
         file: name.clone(),
         kind,
     };
@@ -88,7 +129,7 @@ pub fn load(path: &Path) -> Result<LoadedModel, ModelFileError> {
     file.take(MAX_BLOB + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| err(ModelFileErrorKind::Io(e)))?;
-    from_bytes(&bytes).map_err(err)
+    Ok((bytes, err))
 }
 
 /// Parses a blob held in memory.

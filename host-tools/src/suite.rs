@@ -97,6 +97,9 @@ pub struct Run {
     /// Every restart's label-free criteria beside its scores.
     #[serde(default)]
     pub restarts: Vec<RestartScore>,
+    /// With `--int8`: the int8 model's fidelity to this run's `f32` model on the set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<crate::quant::Fidelity>,
 }
 
 /// A restart's label-free criteria and its scores (to judge the criteria).
@@ -422,6 +425,7 @@ pub fn run_of(seed: u64, truth: &[u8], labels: &[usize], seconds: f64) -> Run {
         seconds,
         clusters: 0,
         restarts: Vec::new(),
+        int8: None,
     }
 }
 

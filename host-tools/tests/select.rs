@@ -116,6 +116,7 @@ fn result(name: &str, runs: &[(u64, f64, f64)]) -> SetResult {
                 seconds: 0.0,
                 clusters: 2,
                 restarts: Vec::new(),
+                int8: None,
             })
             .collect(),
         acc: Stat::default(),

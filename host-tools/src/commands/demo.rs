@@ -80,6 +80,9 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<(), Error> {
                 model: model.clone(),
                 format,
                 out: args.out_dir.join(file),
+                quantize: None,
+                data: None,
+                check: false,
             },
             out,
         )?;

@@ -3,6 +3,7 @@
 use super::outln;
 use crate::export::{activation_name, hidden_widths, likelihood_name, posterior_name};
 use crate::model_io;
+use crate::quant::Int8Sizes;
 use crate::Error;
 use hvae::Memory;
 use hvae::OptimKind;
@@ -17,7 +18,9 @@ pub const LONG_ABOUT: &str = "Show what a model file holds: sizes, posterior, li
     needs (f32) for inference and for on-device training in each update scope (Full, \
     EncoderAndSegmenter, SegmenterOnly) with each optimiser (SGD with momentum, Adam), \
     counted by the core's hvae::Memory for the stated batch and sample-buffer \
-    sizes. A corrupt or foreign file is a one-line error with exit status 2.";
+    sizes, and the bytes of its int8 form (hvae export --quantize int8). On an int8 model \
+    file: its sizes, CRC and activation scales. A corrupt or foreign file is a one-line \
+    error with exit status 2.";
 
 /// Arguments of `hvae inspect`.
 #[derive(Debug, clap::Args)]
@@ -149,6 +152,29 @@ pub struct InspectReport {
     pub buffer: usize,
     /// Inference, then every scope x optimiser, in bytes of `f32`.
     pub memory: Vec<MemoryRow>,
+    /// The sizes of the model's int8 form (`hvae export --quantize int8`); null for a
+    /// model that has none (tanh).
+    pub int8: Option<Int8Sizes>,
+}
+
+/// The report of `hvae inspect` on an int8 model file.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Int8Report {
+    /// The file.
+    pub file: String,
+    /// File size in bytes.
+    pub bytes: usize,
+    /// Weight blob format version (2).
+    pub format_version: u16,
+    /// CRC-32 of the blob, `0x........`.
+    pub crc: String,
+    /// The architecture (its fields inline in the JSON).
+    #[serde(flatten)]
+    pub shape: ShapeReport,
+    /// The sizes.
+    pub int8: Int8Sizes,
+    /// The activation scales `s_0 .. s_L` the model was calibrated with.
+    pub activation_scales: Vec<f32>,
 }
 
 const SCOPES: [(Scope, &str); 3] = [
@@ -200,12 +226,81 @@ pub fn report(
         batch,
         buffer,
         memory: memory_rows(s, batch, buffer),
+        int8: Int8Sizes::of(s),
     }
+}
+
+/// `hvae inspect` of an int8 model file.
+fn run_int8(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let l = model_io::load_int8(&args.model)?;
+    let s = l.model.shape();
+    let sizes = Int8Sizes::of(s)
+        .ok_or_else(|| Error::Failed("an int8 model without an int8 form".into()))?;
+    let r = Int8Report {
+        file: args.model.display().to_string(),
+        bytes: l.bytes,
+        format_version: hvae::store::blob::VERSION_INT8,
+        crc: format!("{:#010x}", l.crc),
+        shape: ShapeReport::of(s),
+        int8: sizes,
+        activation_scales: l.model.activation_scales().to_vec(),
+    };
+    if args.json {
+        let text = serde_json::to_string(&r)
+            .map_err(|e| Error::Failed(format!("cannot encode the report: {e}")))?;
+        return outln!(out, "{text}");
+    }
+    outln!(
+        out,
+        "file        {} ({} bytes, int8 weight blob, format version {})",
+        r.file,
+        r.bytes,
+        r.format_version
+    )?;
+    outln!(out, "CRC-32      {}", r.crc)?;
+    outln!(out, "input       {}", r.shape.input)?;
+    outln!(out, "hidden      {:?}", r.shape.hidden)?;
+    outln!(out, "latent      {}", r.shape.latent)?;
+    outln!(out, "clusters    {}", r.shape.clusters)?;
+    outln!(out, "posterior   {}", r.shape.posterior)?;
+    outln!(out, "activation  {}", r.shape.activation)?;
+    let (lo, hi) = r
+        .activation_scales
+        .iter()
+        .fold((f32::INFINITY, 0.0f32), |(a, b), &v| (a.min(v), b.max(v)));
+    outln!(
+        out,
+        "act. scales {} (one per input feature and hidden unit), {lo} .. {hi}",
+        r.activation_scales.len()
+    )?;
+    int8_lines(&r.int8, out)
+}
+
+/// The int8 sizes, as text.
+fn int8_lines(z: &Int8Sizes, out: &mut dyn Write) -> Result<(), Error> {
+    outln!(
+        out,
+        "int8 form   {} B = int8 weights {} B + i32 channels {} B + f32 {} B (f32 inference: {} B)",
+        z.total_bytes,
+        z.weight_bytes,
+        z.int_bytes,
+        z.float_bytes,
+        z.f32_inference_bytes
+    )?;
+    outln!(
+        out,
+        "            int8 blob {} B, workspace {} floats per call",
+        z.blob_bytes,
+        z.work_len
+    )
 }
 
 /// Runs `hvae inspect`.
 pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let loaded = model_io::load(&args.model)?;
+    let loaded = match model_io::load(&args.model) {
+        Err(e) if model_io::is_int8(&e) => return run_int8(args, out),
+        r => r?,
+    };
     let r = report(
         &args.model.display().to_string(),
         &loaded,
@@ -253,6 +348,9 @@ pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
         p.inference
     )?;
     outln!(out, "workspace   {} floats per call", r.work_len)?;
+    if let Some(z) = &r.int8 {
+        int8_lines(z, out)?;
+    }
     outln!(out)?;
     outln!(
         out,
