@@ -18,5 +18,7 @@ hvae() { cargo run --quiet --release -p hvae-host-tools -- "$@"; }
 hvae train --data host-tools/data/digits.csv.gz --clusters 10 --latent 8 --hidden 32 \
   --seed 1 --quiet --out firmware/model/digits.hvae
 hvae export --model firmware/model/digits.hvae --format rust --out firmware/model/digits.rs
+hvae export --model firmware/model/digits.hvae --quantize int8 \
+  --data host-tools/data/digits.csv.gz --format rust --out firmware/model/digits_int8.rs
 cargo run --quiet --release -p hvae-firmware-host -- \
   golden firmware/model/digits.hvae host-tools/data/digits.csv.gz firmware/model/golden.rs

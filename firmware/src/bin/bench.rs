@@ -42,6 +42,13 @@ mod golden {
     include!("../../model/golden.rs");
 }
 
+/// The int8 form of the compiled-in digits model (`hvae export --quantize int8 --format
+/// rust`, calibrated on the digits).
+#[allow(dead_code)]
+mod int8 {
+    include!("../../model/digits_int8.rs");
+}
+
 /// Samples in the training buffer: Full + Adam must fit 96 KiB, and the parameters, the
 /// gradient and the rest of the trainer's scratch and Adam's moments leave room for a
 /// few rows of 64 floats and the stack (`hvae::Memory::training` gives the
@@ -243,6 +250,61 @@ fn inference(counter: &mut Counter) -> Option<u64> {
     Some(total / CALLS as u64)
 }
 
+/// Mean instructions of one int8 encode+segment ([`hvae::QuantModel`], weights in
+/// flash) over the same rows, and of each of its dense layers with the portable int8
+/// kernel: one line per layer. Reported, no budget yet (issue 14).
+#[inline(never)]
+fn inference_int8(counter: &mut Counter) -> Option<u64> {
+    use hvae::kernels::portable::{dense_i8, dense_i8_dequant};
+    let model = hvae::QuantModel::new(
+        int8::SHAPE,
+        &int8::WEIGHTS[..],
+        &int8::INTS[..],
+        &int8::FLOATS[..],
+    )
+    .ok()?;
+    let mut work = [0.0f32; hvae::infer::quant::work_len(&int8::SHAPE)];
+    let mut total = 0;
+    for x in golden::SAMPLES.iter().take(CALLS) {
+        let (r, n) = counter.measure(|| {
+            model
+                .segment(core::hint::black_box(x), &mut work)
+                .map(|s| s.label)
+        });
+        r.ok()?;
+        total += n?;
+    }
+    // The layers of the digits model: 64 -> 32 (ReLU, requantised), 32 -> 8 (direction).
+    let (d, h, m) = (int8::SHAPE.input, int8::SHAPE.hidden(0), int8::SHAPE.latent);
+    let (w1, w2) = int8::WEIGHTS.split_at_checked(h * d)?;
+    let (ch, mu_b) = int8::INTS.split_at_checked(3 * h)?;
+    let (ch, _) = ch.as_chunks::<3>();
+    let at = model.layout();
+    let mu_s = int8::FLOATS.get(at.mu_scales..at.mu_scales + m)?;
+    let x = [37i8; 64];
+    let (mut y, mut z) = ([0i8; 32], [0.0f32; 8]);
+    let (mut l1, mut l2) = (0u64, 0u64);
+    for _ in 0..CALLS {
+        let (_, n) = counter.measure(|| dense_i8(w1, core::hint::black_box(&x), ch, &mut y, 0));
+        l1 += n.unwrap_or(0);
+        let (_, n) =
+            counter.measure(|| dense_i8_dequant(w2, core::hint::black_box(&y), mu_b, mu_s, &mut z));
+        l2 += n.unwrap_or(0);
+    }
+    for (i, o, n) in [(d, h, l1), (h, m, l2)] {
+        let n = n / CALLS as u64;
+        defmt::println!(
+            "int8 dense {=u32} -> {=u32}: {=u32} MACs: portable {=u32} instructions = {} instr/MAC",
+            i as u32,
+            o as u32,
+            (i * o) as u32,
+            n as u32,
+            Fixed3(ratio(n, (i * o) as u64)),
+        );
+    }
+    Some(total / CALLS as u64)
+}
+
 /// Mean instructions per sample of `Model::segment_batch` over the same rows, two
 /// workspaces (two samples through the encoder at a time).
 #[inline(never)]
@@ -404,6 +466,16 @@ fn main() -> ! {
     );
 
     layers(&mut counter);
+
+    let int8 = inference_int8(&mut counter).unwrap_or(0);
+    let status = check(int8 > 0);
+    defmt::println!(
+        "int8 encode+segment: {=u32} instructions, {=u32} MACs: {} instr/MAC (reported){=str}",
+        int8 as u32,
+        macs as u32,
+        Fixed3(ratio(int8, macs)),
+        status
+    );
 
     let fwd = forward(&mut counter).unwrap_or(0);
     defmt::println!(
