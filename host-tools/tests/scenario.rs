@@ -180,3 +180,44 @@ fn new_clusters_spawns_for_a_new_class_and_never_on_known_ones() {
     assert!(r.spawned >= 1 && r.new_classes_found >= 1, "{text}");
     assert!(r.after.acc >= r.before.acc + 0.02, "{text}");
 }
+
+/// `--scenario scratch --device host`: a fresh 64-16-8 network learns on the scratch
+/// engine (SGD with momentum, a reservoir of 120 samples as bytes) within 48 KiB of
+/// training state, over 3 stream orders, bit-identical to the host's reference. The
+/// 0.85 bar is not reached: the floor measured is a mean ACC of 0.533 (worst order
+/// 0.472; docs/device.md#scenarios), asserted here within 0.03.
+#[test]
+fn scratch_learns_within_48_kib_and_the_engines_agree() {
+    let a = DeviceTrainArgs::parse_from(["--scenario", "scratch", "--device", "host"]).unwrap();
+    let data = data::load(&common::digits_path()).unwrap();
+    let model = model_io::load(&default_model()).unwrap();
+    let mut opened = device::open(
+        &a.device,
+        device::SCRATCH_BIN,
+        &FirmwareOptions::default(),
+        a.baud,
+        Timeouts::default(),
+    )
+    .unwrap();
+    let r = scenario::scratch(&mut opened.device, &model, &data, &a).unwrap();
+    let mut text = Vec::new();
+    scenario::print_scratch(&r, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    println!("{text}");
+    assert_eq!(r.runs.len(), 3, "{text}");
+    assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
+    assert_eq!(r.architecture, "64-16-8, K 10", "{text}");
+    assert_eq!(r.memory, 120, "{text}");
+    // Parameters, gradient, momentum, memory, workspace: within the budget.
+    assert!(
+        r.train_ram <= scenario::SCRATCH_RAM_BAR && r.train_ram > 45_000,
+        "{text}"
+    );
+    // The floor (measured 0.533 mean, 0.472 worst), not the bar.
+    assert!(r.mean.acc >= 0.50, "{text}");
+    assert!(r.worst.acc >= 0.44, "{text}");
+    assert!(r.mean.nmi >= 0.48, "{text}");
+    // The same architecture on the host (`hvae train`, seed 0): 0.756.
+    assert!(r.host_train.acc >= 0.72, "{text}");
+    assert_eq!(r.pass, r.mean.acc >= scenario::SCRATCH_ACC_BAR, "{text}");
+}

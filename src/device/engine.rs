@@ -1,6 +1,9 @@
 //! The engine: one request dispatch for every device that serves the protocol.
 
-use super::{Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, SEED, TIDY, WARMUP_STEPS};
+use super::{
+    Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, QUANT_SD, SCRATCH_INIT_SAMPLES,
+    SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY, WARMUP_STEPS,
+};
 use crate::infer::model::Model;
 use crate::infer::normalise::Tracker;
 use crate::protocol::answer::{answer_encode, answer_segment};
@@ -16,6 +19,7 @@ use crate::train::centres::{
     in_use, CentreCounts, SpawnRule, Spawner, Tidied, MAX_ONLINE_CLUSTERS,
 };
 use crate::train::optim::{OptimKind, Optimiser};
+use crate::train::samples::{Policy, Quant, Stored};
 use crate::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -33,20 +37,34 @@ const LAYOUTS: [(Scope, OptimKind); 6] = [
 /// The layout of a checkpoint of the weights alone (no trainer): the smallest state.
 const WEIGHTS_ONLY: (Scope, OptimKind) = (Scope::SegmenterOnly, OptimKind::Sgd);
 
-type Trainer<const D: usize, B> = OnlineTrainer<f32, D, CAP, B, B>;
+type Trainer<const D: usize, const MEM: usize, B, E> = OnlineTrainer<f32, D, MEM, B, B, E>;
 
 /// The engine: a model in `P` (all of its parameters; the decoder too when it trains),
 /// a workspace of `W` scalars (two model workspaces answer samples two at a time), `D`
 /// inputs, buffers and checkpoint slots from the store `S`, and the requests it serves
 /// in `CAPS` ([`LEARN`](super::LEARN), [`INFER`](super::INFER)): a request outside them
 /// is answered [`ErrorCode::Unsupported`], and its code is not linked.
-pub struct Engine<const D: usize, const W: usize, P, S: Store, const CAPS: u32 = LEARN> {
+///
+/// The trainer remembers `MEM` past samples, each value stored as `E`: by default the
+/// [`CAP`] most recent as `f32` (a ring). A larger memory (`MEM > CAP`) keeps a
+/// reservoir (a uniform sample of the stream) and mines partners among more neighbours
+/// ([`config_with_memory`]); with `E = u8` each value takes one byte, quantised over
+/// the span of the model's normalisation ([`quant_of`]).
+pub struct Engine<
+    const D: usize,
+    const W: usize,
+    P,
+    S: Store,
+    const CAPS: u32 = LEARN,
+    const MEM: usize = CAP,
+    E = f32,
+> {
     model: Model<f32, P>,
     /// CRC of the current weights' blob; `None` after training changed them.
     crc: Option<u32>,
     loader: WeightLoader,
     staging: Option<S::Buf>,
-    trainer: Option<Trainer<D, S::Buf>>,
+    trainer: Option<Trainer<D, MEM, S::Buf, E>>,
     /// The stream's normalisation, while a `SegmenterAndNormalisation` training runs.
     tracker: Option<Tracker<D>>,
     /// The centres' counts and what spawns new centres, while an online k-means
@@ -58,10 +76,12 @@ pub struct Engine<const D: usize, const W: usize, P, S: Store, const CAPS: u32 =
     max_frame: usize,
 }
 
-impl<const D: usize, const W: usize, P, S, const CAPS: u32> Engine<D, W, P, S, CAPS>
+impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E>
+    Engine<D, W, P, S, CAPS, MEM, E>
 where
     P: AsRef<[f32]> + AsMut<[f32]>,
     S: Store,
+    E: Stored<f32>,
 {
     const TRAINS: bool = CAPS & CAP_TRAIN != 0;
 
@@ -97,6 +117,19 @@ where
     /// The model.
     pub fn model(&self) -> &Model<f32, P> {
         &self.model
+    }
+
+    /// Bytes of the training under way (`None` when none): the parameter vector, the
+    /// trainer's state ([`OnlineTrainer::state_bytes`]: gradient, workspace, optimiser
+    /// moments, memory of past samples), or for online k-means the centres' counts.
+    pub fn train_ram(&self) -> Option<usize> {
+        let params = 4 * self.model.params().len();
+        if let Some(t) = self.trainer.as_ref() {
+            return Some(params + t.state_bytes());
+        }
+        self.kmeans
+            .as_ref()
+            .map(|k| params + core::mem::size_of_val(k))
     }
 
     /// The store (buffers and checkpoint slots), giving up the engine: what survives a
@@ -347,16 +380,22 @@ where
             };
             self.kmeans = Some((CentreCounts::new(f32::from(memory)), Spawner::new(rule)));
         } else {
-            let cfg = config(s).ok_or(ErrorCode::Train)?;
+            let mut cfg = config_with_memory(s, MEM).ok_or(ErrorCode::Train)?;
+            cfg.quant = quant_of::<D, P>(&self.model).ok_or(ErrorCode::Train)?;
             let shape = *self.model.shape();
             let (scratch, optim) = self
                 .store
                 .take(
-                    TrainConfig::<f32>::storage_len(&shape, cfg.scope, cfg.batch, CAP),
+                    TrainConfig::<f32>::storage_len(
+                        &shape,
+                        cfg.scope,
+                        cfg.batch,
+                        cfg.init_rows(MEM),
+                    ),
                     TrainConfig::<f32>::optim_len(&shape, cfg.scope, cfg.optim.optimiser.kind()),
                 )
                 .ok_or(ErrorCode::Train)?;
-            let t = Trainer::<D, S::Buf>::new(&shape, cfg, scratch, optim)
+            let t = Trainer::<D, MEM, S::Buf, E>::new(&shape, cfg, scratch, optim)
                 .map_err(|_| ErrorCode::Train)?;
             self.trainer = Some(t);
         }
@@ -571,8 +610,36 @@ fn normalisation_mut<const D: usize, P: AsRef<[f32]> + AsMut<[f32]>>(
         .ok_or(ErrorCode::Internal)
 }
 
-/// The trainer configuration for the host's settings; `None` when out of range.
+/// The quantisation of a memory of bytes for `model`: codes spanning every feature's
+/// normalised range `[-QUANT_SD, QUANT_SD]` in raw units (offset `o`, scale `s`: raw
+/// `o - QUANT_SD / s ..= o + QUANT_SD / s`), the lowest bound to the highest. `None`
+/// when the normalisation gives no finite span.
+pub fn quant_of<const D: usize, P: AsRef<[f32]>>(model: &Model<f32, P>) -> Option<Quant<f32>> {
+    let p = model.params();
+    let (offset, scale) = p.get(..2 * D)?.split_at_checked(D)?;
+    let mut lo = f32::INFINITY;
+    let mut hi = f32::NEG_INFINITY;
+    for (&o, &s) in offset.iter().zip(scale) {
+        let half = QUANT_SD / s.abs();
+        lo = lo.min(o - half);
+        hi = hi.max(o + half);
+    }
+    Quant::spanning(lo, hi)
+}
+
+/// The trainer configuration for the host's settings with the default memory ([`CAP`]
+/// samples, a ring); `None` when out of range.
 pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
+    config_with_memory(s, CAP)
+}
+
+/// The trainer configuration for the host's settings with a memory of `mem` samples:
+/// up to [`CAP`] a ring whose partners are drawn among the 3 nearest; beyond, a
+/// reservoir with partners among the [`SCRATCH_NEIGHBOURS`] nearest, and for Full
+/// scope (learning from scratch) [`SCRATCH_WARMUP_STEPS`] of warm-up, the centres
+/// initialised on [`SCRATCH_INIT_SAMPLES`] of the memory by 50 Lloyd iterations.
+/// `None` when out of range.
+pub fn config_with_memory(s: &TrainSettings, mem: usize) -> Option<TrainConfig<f32>> {
     if !(s.lr.is_finite() && s.lr > 0.0) || s.batch == 0 || usize::from(s.batch) > MAX_BATCH {
         return None;
     }
@@ -603,6 +670,15 @@ pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
     // 10 nearest of the whole set): in so small a buffer the 4th and 5th are often of
     // another class (docs/device.md#train-on-the-device).
     cfg.consistency = Consistency::Neighbours(3);
+    if mem > CAP {
+        cfg.memory = Policy::Reservoir;
+        cfg.consistency = Consistency::Neighbours(SCRATCH_NEIGHBOURS);
+        cfg.kmeans_iters = 50;
+        cfg.init_samples = SCRATCH_INIT_SAMPLES;
+        if cfg.scope == Scope::Full {
+            cfg.warmup_steps = SCRATCH_WARMUP_STEPS;
+        }
+    }
     Some(cfg)
 }
 

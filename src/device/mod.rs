@@ -59,7 +59,7 @@
 mod engine;
 mod server;
 
-pub use engine::{blob_crc, config, Engine};
+pub use engine::{blob_crc, config, config_with_memory, quant_of, Engine};
 pub use server::{Transport, INTERNAL_ERROR_FRAME};
 
 use crate::protocol::{CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN};
@@ -91,6 +91,21 @@ pub const TIDY: crate::train::centres::TidyRule = crate::train::centres::TidyRul
 };
 /// Samples in the training ring buffer.
 pub const CAP: usize = 32;
+/// Partners of the consistency loss are drawn among this many nearest neighbours in a
+/// memory larger than [`CAP`] (a reservoir): the host draws from the 10 nearest of the
+/// whole set.
+pub const SCRATCH_NEIGHBOURS: usize = 5;
+/// Warm-up steps of Full training with a memory larger than [`CAP`] (learning from
+/// scratch).
+pub const SCRATCH_WARMUP_STEPS: u32 = 3000;
+/// Samples the centre initialisation encodes with a memory larger than [`CAP`] (a
+/// uniform sample of the stream; its directions take `SCRATCH_INIT_SAMPLES * M`
+/// scalars of scratch).
+pub const SCRATCH_INIT_SAMPLES: usize = 64;
+const _: () = assert!(CAP <= SCRATCH_INIT_SAMPLES);
+/// Half-width, in standard deviations of each feature, of the span a memory of bytes
+/// quantises ([`quant_of`]).
+pub const QUANT_SD: f32 = 4.0;
 /// Most anchors per step (`TrainSettings::batch`).
 pub const MAX_BATCH: usize = 8;
 /// Steps of the VAE alone before the centres are initialised (Full scope). Far longer
@@ -117,10 +132,22 @@ const SCOPES: [Scope; 3] = [
 /// Scalars of the scratch buffer: the trainer's storage for the largest scope, and at
 /// least one parameter vector (the staging area of a load).
 pub const fn scratch_len(shape: &Shape) -> usize {
+    scratch_len_with(shape, CAP)
+}
+
+/// [`scratch_len`] for an engine whose trainer remembers `mem` samples.
+pub const fn scratch_len_with(shape: &Shape, mem: usize) -> usize {
     let mut n = shape.param_len();
+    // Samples the centre initialisation encodes (`engine::config_with_memory`).
+    // A ring (at most `CAP <= SCRATCH_INIT_SAMPLES`) encodes all of its samples.
+    let init = if mem > SCRATCH_INIT_SAMPLES {
+        SCRATCH_INIT_SAMPLES
+    } else {
+        mem
+    };
     let mut i = 0;
     while i < SCOPES.len() {
-        let s = TrainConfig::<f32>::storage_len(shape, SCOPES[i], MAX_BATCH, CAP);
+        let s = TrainConfig::<f32>::storage_len(shape, SCOPES[i], MAX_BATCH, init);
         if s > n {
             n = s;
         }

@@ -5,6 +5,7 @@
 
 use super::{Engine, Store};
 use crate::protocol::{encode, FrameDecoder, Response};
+use crate::train::samples::Stored;
 
 /// A byte stream a device serves on.
 pub trait Transport {
@@ -34,10 +35,12 @@ pub fn send<T: Transport>(t: &mut T, resp: &Response, tx: &mut [u8]) -> Result<(
     }
 }
 
-impl<const D: usize, const W: usize, P, S, const CAPS: u32> Engine<D, W, P, S, CAPS>
+impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E>
+    Engine<D, W, P, S, CAPS, MEM, E>
 where
     P: AsRef<[f32]> + AsMut<[f32]>,
     S: Store,
+    E: Stored<f32>,
 {
     /// Serves requests from `t` until it fails: the response frames of each request frame
     /// (one per sample for `Segment` and `Encode`), each encoded in a buffer of `TX`

@@ -818,16 +818,17 @@ impl<F: NorFlash> Checkpoints<F> {
 
     /// Saves `model`'s parameters, `trainer`'s optimiser state and both step counters
     /// ([`Checkpoints::save`] with the layout of this model and trainer).
-    pub fn save_trainer<T, P, const D: usize, const CAP: usize, S, O>(
+    pub fn save_trainer<T, P, const D: usize, const CAP: usize, S, O, E>(
         &mut self,
         model: &Model<T, P>,
-        trainer: &OnlineTrainer<T, D, CAP, S, O>,
+        trainer: &OnlineTrainer<T, D, CAP, S, O, E>,
     ) -> Result<Saved, CheckpointError>
     where
         T: Real,
         P: AsRef<[T]>,
         S: AsRef<[T]> + AsMut<[T]>,
         O: AsRef<[T]> + AsMut<[T]>,
+        E: crate::train::samples::Stored<T>,
     {
         let layout = trainer_layout(model.shape(), trainer);
         let opt = trainer.optimiser();
@@ -844,16 +845,17 @@ impl<F: NorFlash> Checkpoints<F> {
     /// newest checkpoint ([`OnlineTrainer::resume`]); `None` (nothing changed) when there
     /// is none. At boot, call it after building the trainer; after a divergence, see
     /// [`Checkpoints::restore_if_needed`].
-    pub fn restore_trainer<T, P, const D: usize, const CAP: usize, S, O>(
+    pub fn restore_trainer<T, P, const D: usize, const CAP: usize, S, O, E>(
         &mut self,
         model: &mut Model<T, P>,
-        trainer: &mut OnlineTrainer<T, D, CAP, S, O>,
+        trainer: &mut OnlineTrainer<T, D, CAP, S, O, E>,
     ) -> Result<Option<Loaded>, CheckpointError>
     where
         T: Real,
         P: AsRef<[T]> + AsMut<[T]>,
         S: AsRef<[T]> + AsMut<[T]>,
         O: AsRef<[T]> + AsMut<[T]>,
+        E: crate::train::samples::Stored<T>,
     {
         let layout = trainer_layout(model.shape(), trainer);
         let opt = trainer.optimiser_mut();
@@ -868,16 +870,17 @@ impl<F: NorFlash> Checkpoints<F> {
     /// The divergence hook in one call: when [`OnlineTrainer::needs_restore`] (the guard
     /// rejected `max_rejections` steps in a row), restores model, optimiser and step
     /// count from the newest checkpoint and re-arms the guard.
-    pub fn restore_if_needed<T, P, const D: usize, const CAP: usize, S, O>(
+    pub fn restore_if_needed<T, P, const D: usize, const CAP: usize, S, O, E>(
         &mut self,
         model: &mut Model<T, P>,
-        trainer: &mut OnlineTrainer<T, D, CAP, S, O>,
+        trainer: &mut OnlineTrainer<T, D, CAP, S, O, E>,
     ) -> Result<Restore, CheckpointError>
     where
         T: Real,
         P: AsRef<[T]> + AsMut<[T]>,
         S: AsRef<[T]> + AsMut<[T]>,
         O: AsRef<[T]> + AsMut<[T]>,
+        E: crate::train::samples::Stored<T>,
     {
         if !trainer.needs_restore() {
             return Ok(Restore::NotNeeded);
@@ -889,14 +892,15 @@ impl<F: NorFlash> Checkpoints<F> {
     }
 }
 
-fn trainer_layout<T, const D: usize, const CAP: usize, S, O>(
+fn trainer_layout<T, const D: usize, const CAP: usize, S, O, E>(
     shape: &Shape,
-    trainer: &OnlineTrainer<T, D, CAP, S, O>,
+    trainer: &OnlineTrainer<T, D, CAP, S, O, E>,
 ) -> Layout
 where
     T: Real,
     S: AsRef<[T]> + AsMut<[T]>,
     O: AsRef<[T]> + AsMut<[T]>,
+    E: crate::train::samples::Stored<T>,
 {
     let cfg = trainer.config();
     Layout::new::<T>(*shape, cfg.scope, cfg.optim.optimiser.kind())

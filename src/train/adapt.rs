@@ -365,7 +365,13 @@ where
             rows[i * m..(i + 1) * m].copy_from_slice(&dirs[a]);
             pairs[i] = (i as u16, (b + i) as u16);
             let j = match self.cfg.consistency {
-                Consistency::Neighbours(nn) => nearest_neighbour(dirs, a, nn, rng),
+                Consistency::Neighbours(nn) => {
+                    let q = crate::train::samples::Quant {
+                        lo: T::zero(),
+                        step: T::one(),
+                    };
+                    nearest_neighbour(dirs, a, nn, rng, &q)
+                }
                 _ => a,
             };
             rows[(b + i) * m..(b + i + 1) * m].copy_from_slice(&dirs[j]);

@@ -1,6 +1,8 @@
 //! Online training from a stream of samples, with fixed memory.
 //!
-//! [`OnlineTrainer`] keeps the `CAP` most recent samples in a heapless ring buffer.
+//! [`OnlineTrainer`] keeps `CAP` past samples in a [`SampleMemory`]: the most recent
+//! ones (a ring, the default) or a uniform sample of the stream (a reservoir), each value
+//! stored as `E` (the scalar itself by default, or one byte by [`TrainConfig::quant`]).
 //! Each [`OnlineTrainer::step`] draws a mini-batch of `B` anchors from the buffer,
 //! pairs each anchor with one of its nearest neighbours *inside the buffer* (cosine on
 //! the raw features) — or with a noisy copy of itself — and takes one optimiser step on
@@ -33,8 +35,8 @@ use crate::train::loss::{
     loss_and_grad, Batch, LossBuffers, LossConfig, LossError, LossParts, RandomDraws,
 };
 use crate::train::optim::{state_len, OptimConfig, OptimError, OptimKind, OptimState};
+use crate::train::samples::{load_row, Policy, Quant, SampleMemory, Stored};
 use crate::Real;
-use heapless::HistoryBuf;
 use rand_core::Rng;
 
 /// Largest number of anchors per step (each brings a partner row).
@@ -182,6 +184,16 @@ pub struct TrainConfig<T> {
     /// to reject every step that draws it. Infinity (the default) turns it off; about
     /// 5-10 suits standardised data. Cost: two comparisons per feature and row.
     pub input_clip: T,
+    /// Which samples the memory keeps: the most recent ([`Policy::Ring`], the default)
+    /// or a uniform sample of the stream ([`Policy::Reservoir`]).
+    pub memory: Policy,
+    /// How a memory of bytes (`E = u8`) stores raw values; unused by a memory of
+    /// scalars. Default: codes 0..=255 for the values 0..=255.
+    pub quant: Quant<T>,
+    /// The centre initialisation encodes at most this many of the memory's samples (the
+    /// first ones; a reservoir's are a uniform sample of the stream), which bounds its
+    /// buffer of directions ([`TrainConfig::init_rows`]). Default: all.
+    pub init_samples: usize,
 }
 
 impl<T: Real> TrainConfig<T> {
@@ -203,11 +215,28 @@ impl<T: Real> TrainConfig<T> {
             kmeans_iters: 20,
             guard: Guard::default(),
             input_clip: T::of(f64::INFINITY),
+            memory: Policy::Ring,
+            init_samples: usize::MAX,
+            quant: Quant {
+                lo: T::zero(),
+                step: T::one(),
+            },
         }
     }
 
-    /// Scalars of scratch storage the trainer needs for `shape` with `CAP` buffered
-    /// samples: gradient (scope size), marginal `p_bar` (`K`), workspace, batch cache
+    /// Samples the centre initialisation encodes with a memory of `cap`: the `cap`
+    /// argument of [`TrainConfig::storage_len`] for this configuration.
+    pub const fn init_rows(&self, cap: usize) -> usize {
+        if cap < self.init_samples {
+            cap
+        } else {
+            self.init_samples
+        }
+    }
+
+    /// Scalars of scratch storage the trainer needs for `shape` when the centre
+    /// initialisation encodes `cap` samples ([`TrainConfig::init_rows`]; all `CAP`
+    /// buffered samples by default): gradient (scope size), marginal `p_bar` (`K`), workspace, batch cache
     /// and rows for `2 batch` rows, and the k-means buffers (`CAP M + K M + K (M + 1)`).
     pub const fn storage_len(shape: &Shape, scope: Scope, batch: usize, cap: usize) -> usize {
         let (m, k) = (shape.latent, shape.clusters);
@@ -359,11 +388,12 @@ pub struct StepReport<T> {
     pub steps: u32,
 }
 
-/// Online trainer over a ring buffer of the `CAP` most recent `D`-dimensional samples.
-/// `S` is scratch storage of [`TrainConfig::storage_len`] scalars and `O` optimiser
-/// state of [`TrainConfig::optim_len`] scalars (arrays on a device, `Vec`s on the host).
-pub struct OnlineTrainer<T, const D: usize, const CAP: usize, S, O> {
-    samples: HistoryBuf<[T; D], CAP>,
+/// Online trainer over a memory of `CAP` past `D`-dimensional samples, each value stored
+/// as `E` ([`Stored`]: `T` itself, or `u8` by [`TrainConfig::quant`]). `S` is scratch
+/// storage of [`TrainConfig::storage_len`] scalars and `O` optimiser state of
+/// [`TrainConfig::optim_len`] scalars (arrays on a device, `Vec`s on the host).
+pub struct OnlineTrainer<T, const D: usize, const CAP: usize, S, O, E = T> {
+    samples: SampleMemory<E, D, CAP>,
     labels: [u8; CAP],
     scratch: S,
     optim: OptimState<O>,
@@ -373,10 +403,11 @@ pub struct OnlineTrainer<T, const D: usize, const CAP: usize, S, O> {
     guard: GuardState<T>,
 }
 
-impl<T: Real, const D: usize, const CAP: usize, S, O> OnlineTrainer<T, D, CAP, S, O>
+impl<T: Real, const D: usize, const CAP: usize, S, O, E> OnlineTrainer<T, D, CAP, S, O, E>
 where
     S: AsRef<[T]> + AsMut<[T]>,
     O: AsRef<[T]> + AsMut<[T]>,
+    E: Stored<T>,
 {
     /// A trainer for `shape` with zeroed `scratch` and `optim_state` storage. Checks every
     /// size against the configuration.
@@ -394,6 +425,7 @@ where
             || matches!(cfg.consistency, Consistency::Neighbours(n) if n == 0 || n > MAX_NEIGHBOURS)
             || matches!(cfg.consistency, Consistency::Noise(s) if !s.is_finite() || s < T::zero())
             || cfg.input_clip.partial_cmp(&T::zero()) != Some(core::cmp::Ordering::Greater)
+            || !cfg.quant.is_valid()
         {
             return Err(TrainError::BadConfig);
         }
@@ -406,13 +438,19 @@ where
         // A uniform marginal to start the moving average from.
         let mut scratch = scratch;
         let k = T::of(shape.clusters as f64);
-        Scratch::split(scratch.as_mut(), shape, cfg.scope, cfg.batch, CAP)
-            .ok_or(STORAGE)?
-            .loss
-            .marginal_mut()
-            .fill(T::one() / k);
+        Scratch::split(
+            scratch.as_mut(),
+            shape,
+            cfg.scope,
+            cfg.batch,
+            cfg.init_rows(CAP),
+        )
+        .ok_or(STORAGE)?
+        .loss
+        .marginal_mut()
+        .fill(T::one() / k);
         Ok(OnlineTrainer {
-            samples: HistoryBuf::new(),
+            samples: SampleMemory::new(cfg.memory, E::empty()),
             labels: [0; CAP],
             scratch,
             optim: OptimState::new(optim_state),
@@ -423,15 +461,30 @@ where
         })
     }
 
-    /// Adds a sample (raw units, `D` values), evicting the oldest when full. Cost: `D`
-    /// copies.
+    /// Offers a sample (raw units, `D` values) to the memory: with a ring it evicts the
+    /// oldest when full, with a reservoir it may replace a random one or be dropped.
+    /// Cost: `D` copies (or quantisations).
     pub fn push(&mut self, sample: &[T]) -> Result<(), TrainError> {
-        let row: [T; D] = sample.try_into().map_err(|_| TrainError::BadSample)?;
+        let row: &[T; D] = sample.try_into().map_err(|_| TrainError::BadSample)?;
         if !row.iter().all(|v| v.is_finite()) {
             return Err(TrainError::BadSample);
         }
-        self.samples.write(row);
+        let q = self.cfg.quant;
+        self.samples.push(row.map(|x| E::store(x, &q)));
         Ok(())
+    }
+
+    /// Bytes of the trainer's state: this value (the memory of past samples, its k-means
+    /// labels, the configuration and counters) and its scratch and optimiser storage.
+    pub fn state_bytes(&self) -> usize {
+        core::mem::size_of::<Self>()
+            + core::mem::size_of::<T>()
+                * (self.scratch.as_ref().len() + self.optim.storage().as_ref().len())
+    }
+
+    /// Samples offered to the memory so far.
+    pub fn seen(&self) -> u64 {
+        self.samples.seen()
     }
 
     /// Samples currently buffered.
@@ -550,12 +603,19 @@ where
         }
         let b = self.cfg.batch;
         let range = shape.scope_range(self.cfg.scope);
-        let Scratch { mut loss, rows, .. } =
-            Scratch::split(self.scratch.as_mut(), &shape, self.cfg.scope, b, CAP).ok_or(STORAGE)?;
+        let Scratch { mut loss, rows, .. } = Scratch::split(
+            self.scratch.as_mut(),
+            &shape,
+            self.cfg.scope,
+            b,
+            self.cfg.init_rows(CAP),
+        )
+        .ok_or(STORAGE)?;
 
         // Anchors, and their partners in rows b..2b.
         let mut pairs = [(0u16, 0u16); MAX_BATCH];
         let samples = self.samples.as_slice();
+        let q = self.cfg.quant;
         let rows_d = rows.as_chunks_mut::<D>().0;
         let (anchors, partners) = rows_d.split_at_mut_checked(b).unwrap_or_default();
         let slots = anchors.iter_mut().zip(partners).zip(pairs.iter_mut());
@@ -565,7 +625,7 @@ where
             let Some(sample) = samples.get(a) else {
                 return Err(TrainError::NotEnoughSamples);
             };
-            *anchor = *sample;
+            load_row(anchor, sample, &q);
             if warm {
                 continue;
             }
@@ -573,15 +633,15 @@ where
             match self.cfg.consistency {
                 Consistency::Neighbours(nn) => {
                     // The anchor itself if it has no neighbour (as `nearest_neighbour`).
-                    let j = nearest_neighbour(samples, a, nn, rng);
-                    *partner = *samples.get(j).unwrap_or(sample);
+                    let j = nearest_neighbour(samples, a, nn, rng, &q);
+                    load_row(partner, samples.get(j).unwrap_or(sample), &q);
                 }
                 Consistency::Noise(sigma) => {
-                    for (p, &x) in partner.iter_mut().zip(sample.iter()) {
+                    for (p, &x) in partner.iter_mut().zip(anchor.iter()) {
                         *p = x + sigma * crate::dist::rng::standard_normal(rng);
                     }
                 }
-                Consistency::None => *partner = *sample,
+                Consistency::None => *partner = *anchor,
             }
         }
         let (n_rows, n_pairs) = match (warm, self.cfg.consistency) {
@@ -634,29 +694,6 @@ where
         })
     }
 
-    /// Sets the model's input normalisation to the buffered samples' (the rule of
-    /// [`crate::infer::normalise`], the host trainer's too), for a device that starts learning
-    /// from scratch. Cost: `3 CAP D` operations.
-    pub fn fit_normalisation<P>(&self, model: &mut Model<T, P>) -> Result<(), TrainError>
-    where
-        P: AsRef<[T]> + AsMut<[T]>,
-    {
-        if self.samples.len() < 2 {
-            return Err(TrainError::NotEnoughSamples);
-        }
-        let mut offset = [T::zero(); D];
-        let mut scale = [T::zero(); D];
-        crate::infer::normalise::fit(
-            self.samples.as_slice().iter().map(|x| &x[..]),
-            &mut offset,
-            &mut scale,
-        )
-        .map_err(|_| TrainError::BadSample)?;
-        model
-            .set_normalisation(&offset, &scale)
-            .map_err(|_| TrainError::BadSample)
-    }
-
     /// Sets the centres to spherical k-means++ on the `mu(x)` of every buffered sample,
     /// the mixing weights to uniform, and keeps `kappa_s`. Restarts the optimiser state
     /// (its moments describe the old centres).
@@ -671,7 +708,7 @@ where
     {
         let shape = *model.shape();
         let (m, k) = (shape.latent, shape.clusters);
-        let n_buf = self.samples.len();
+        let n_buf = self.samples.len().min(self.cfg.init_rows(CAP));
         let Scratch {
             mut loss,
             mus,
@@ -683,7 +720,7 @@ where
             &shape,
             self.cfg.scope,
             self.cfg.batch,
-            CAP,
+            self.cfg.init_rows(CAP),
         )
         .ok_or(STORAGE)?;
         let work = loss.work_mut();
@@ -694,7 +731,8 @@ where
             .iter()
             .zip(mus.chunks_exact_mut(m.max(1)))
         {
-            let mut row = *x;
+            let mut row = [T::zero(); D];
+            load_row(&mut row, x, &self.cfg.quant);
             if self.cfg.input_clip.is_finite() {
                 clip_row(model, &mut row, self.cfg.input_clip);
             }
@@ -720,6 +758,35 @@ where
         self.optim.reset::<T>();
         self.centres_ready = true;
         Ok(())
+    }
+}
+
+impl<T: Real, const D: usize, const CAP: usize, S, O> OnlineTrainer<T, D, CAP, S, O, T>
+where
+    S: AsRef<[T]> + AsMut<[T]>,
+    O: AsRef<[T]> + AsMut<[T]>,
+{
+    /// Sets the model's input normalisation to the buffered samples' (the rule of
+    /// [`crate::infer::normalise`], the host trainer's too), for a device that starts learning
+    /// from scratch. Cost: `3 CAP D` operations.
+    pub fn fit_normalisation<P>(&self, model: &mut Model<T, P>) -> Result<(), TrainError>
+    where
+        P: AsRef<[T]> + AsMut<[T]>,
+    {
+        if self.samples.len() < 2 {
+            return Err(TrainError::NotEnoughSamples);
+        }
+        let mut offset = [T::zero(); D];
+        let mut scale = [T::zero(); D];
+        crate::infer::normalise::fit(
+            self.samples.as_slice().iter().map(|x| &x[..]),
+            &mut offset,
+            &mut scale,
+        )
+        .map_err(|_| TrainError::BadSample)?;
+        model
+            .set_normalisation(&offset, &scale)
+            .map_err(|_| TrainError::BadSample)
     }
 }
 
@@ -753,15 +820,20 @@ pub(crate) fn uniform_index<R: Rng>(rng: &mut R, n: usize) -> usize {
 
 /// One of the `nn` nearest rows to row `a` by cosine (excluding `a`), drawn uniformly.
 /// Cost: `len * D` multiply-adds plus an insertion into a list of `nn`.
-pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
-    samples: &[[T; D]],
+pub(crate) fn nearest_neighbour<T: Real, E: Stored<T>, const D: usize, R: Rng>(
+    samples: &[[E; D]],
     a: usize,
     nn: usize,
     rng: &mut R,
+    q: &Quant<T>,
 ) -> usize {
-    let Some(x) = samples.get(a) else {
+    let Some(xs) = samples.get(a) else {
         return a;
     };
+    let mut x = [T::zero(); D];
+    load_row(&mut x, xs, q);
+    let x = &x;
+    let mut y = [T::zero(); D];
     let nx = crate::infer::nn::dot(x, x).sqrt();
     let mut best = [(T::zero(), usize::MAX); MAX_NEIGHBOURS];
     let mut have = 0usize;
@@ -769,10 +841,12 @@ pub(crate) fn nearest_neighbour<T: Real, const D: usize, R: Rng>(
     let nn = nn
         .min(samples.len().saturating_sub(1))
         .clamp(1, MAX_NEIGHBOURS);
-    for (j, y) in samples.iter().enumerate() {
+    for (j, ys) in samples.iter().enumerate() {
         if j == a {
             continue;
         }
+        load_row(&mut y, ys, q);
+        let y = &y;
         let ny = crate::infer::nn::dot(y, y).sqrt();
         let den = nx * ny;
         let cos = if den > T::zero() {

@@ -4,7 +4,7 @@
 use super::outln;
 use super::scenario::{self, ScenarioArg};
 use crate::data::{self, Dataset};
-use crate::device::learn_host::{host_learner, HostLearner};
+use crate::device::learn_host::{host_learner, scratch_learner, HostEngine};
 use crate::device::{self, Device, DeviceError, DeviceSpec, FirmwareOptions, Timeouts};
 use crate::metrics;
 use crate::model_io::{self, LoadedModel};
@@ -180,6 +180,10 @@ pub struct DeviceTrainArgs {
     /// trained model; --scope all means every adaptation scope).
     #[arg(long, value_enum, value_name = "NAME")]
     pub scenario: Option<ScenarioArg>,
+    /// `scratch`: passes over the data per stream order.
+    #[arg(long, default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub passes: u32,
     /// `drift`: per-feature gains uniform in [1 - G, 1 + G].
     #[arg(long, default_value_t = 0.3, value_name = "G")]
     pub drift_gain: f32,
@@ -248,6 +252,9 @@ pub struct ScopeReport {
     pub device_seconds: f64,
     /// Seconds of the host reference.
     pub host_seconds: f64,
+    /// Bytes of the training's state in the host engine ([`hvae::device::Engine::train_ram`]:
+    /// parameters, gradient, workspace, optimiser moments, memory of past samples).
+    pub train_ram: Option<usize>,
 }
 
 /// The report of `hvae device-train`.
@@ -386,6 +393,15 @@ pub fn run_scope(
     run_requests(dev, model, data, schedule.settings.scope, &requests)
 }
 
+/// Which engine of the host is the reference of a device run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    /// The `learn` program's.
+    Learn,
+    /// The scratch engine (a reservoir of bytes).
+    Scratch,
+}
+
 /// Loads `model` on the device, sends it `requests` (training of `scope`), reads the
 /// weights back and does the same on the host engine; scores both on `data`.
 pub fn run_requests(
@@ -394,6 +410,18 @@ pub fn run_requests(
     data: &Dataset,
     scope: TrainScope,
     requests: &[Request],
+) -> Result<(ScopeReport, Vec<f32>), Error> {
+    run_requests_on(dev, model, data, scope, requests, Reference::Learn)
+}
+
+/// [`run_requests`] with `reference` as the host's engine.
+pub fn run_requests_on(
+    dev: &mut Device,
+    model: &LoadedModel,
+    data: &Dataset,
+    scope: TrainScope,
+    requests: &[Request],
+    reference: Reference,
 ) -> Result<(ScopeReport, Vec<f32>), Error> {
     let name = dev.name().to_string();
     let n = model.model.shape().param_len();
@@ -426,12 +454,20 @@ pub fn run_requests(
     let device_seconds = t0.elapsed().as_secs_f64();
     // The host, same engine, same requests.
     let t1 = Instant::now();
-    let mut host: HostLearner =
-        host_learner(model.model.clone(), model.crc).map_err(Error::Failed)?;
+    let mut host = match reference {
+        Reference::Learn => {
+            host_learner(model.model.clone(), model.crc).map(|e| HostEngine::Learn(Box::new(e)))
+        }
+        Reference::Scratch => scratch_learner(model.model.clone(), model.crc)
+            .map(|e| HostEngine::Scratch(Box::new(e))),
+    }
+    .map_err(Error::Failed)?;
     let mut first_divergent = None;
+    let mut train_ram = None;
     for (i, (req, dev_answers)) in requests.iter().zip(&answers).enumerate() {
         let mut h = Vec::new();
         host.handle_each(req, &mut |r| h.push(r.clone()));
+        train_ram = train_ram.max(host.train_ram());
         let same = h.len() == dev_answers.len()
             && h.iter().zip(dev_answers).all(|(a, b)| same_answer(a, b));
         if first_divergent.is_none() && !same {
@@ -457,7 +493,7 @@ pub fn run_requests(
             }
         )
     });
-    let host_params = host.model().params().to_vec();
+    let host_params = host.params().to_vec();
     let host_seconds = t1.elapsed().as_secs_f64();
     let (steps, final_loss) = match answers.last().and_then(|a| a.last()) {
         Some(Response::Trained { steps, loss, .. }) => (*steps, *loss),
@@ -489,6 +525,7 @@ pub fn run_requests(
             final_loss,
             device_seconds,
             host_seconds,
+            train_ram,
         },
         dev_params,
     ))
@@ -709,6 +746,10 @@ pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
 }
 
 fn open_learn(args: &DeviceTrainArgs) -> Result<device::Opened, Error> {
+    open_program(args, "learn")
+}
+
+fn open_program(args: &DeviceTrainArgs, bin: &str) -> Result<device::Opened, Error> {
     let fw = FirmwareOptions {
         elf: args.firmware.clone(),
         ..FirmwareOptions::default()
@@ -717,7 +758,7 @@ fn open_learn(args: &DeviceTrainArgs) -> Result<device::Opened, Error> {
         train: Duration::from_secs(120),
         ..Timeouts::default()
     };
-    device::open(&args.device, "learn", &fw, args.baud, timeouts).map_err(Error::Failed)
+    device::open(&args.device, bin, &fw, args.baud, timeouts).map_err(Error::Failed)
 }
 
 /// Runs `hvae device-train --scenario`.
@@ -738,7 +779,18 @@ fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> 
         )));
     }
     host_learner(model.model.clone(), model.crc).map_err(Error::BadInput)?;
-    let mut opened = open_learn(args)?;
+    if s == ScenarioArg::Scratch && args.device != DeviceSpec::Host {
+        return Err(Error::BadInput(
+            "--scenario scratch runs on --device host only: no firmware program carries the \
+             scratch engine yet (docs/device.md#scenarios)"
+                .to_string(),
+        ));
+    }
+    let mut opened = if s == ScenarioArg::Scratch {
+        open_program(args, crate::device::SCRATCH_BIN)?
+    } else {
+        open_learn(args)?
+    };
     // The report as one JSON object or as its table.
     fn report<R: Serialize>(
         r: &R,
@@ -755,6 +807,10 @@ fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> 
         Ok(buf)
     }
     let (pass, text) = match s {
+        ScenarioArg::Scratch => {
+            let r = scenario::scratch(&mut opened.device, &model, &data, args)?;
+            (r.pass, report(&r, args.json, scenario::print_scratch)?)
+        }
         ScenarioArg::Drift => {
             let r = scenario::drift(&mut opened.device, &model, &data, args)?;
             (r.pass, report(&r, args.json, scenario::print_drift)?)

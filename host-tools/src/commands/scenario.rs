@@ -7,9 +7,18 @@
 //! [`RAMP_SHARE`] of the stream, then held (gradual). Each adaptation scope learns from
 //! each stream; the result is scored on the whole data set under the full drift, beside
 //! the frozen model and an oracle trained on the host on the drifted data.
+//!
+//! `new-clusters`: the host trains on 7 of the 10 classes; the device spawns centres for
+//! the others from persistent novelty.
+//!
+//! `scratch`: a fresh initialisation of a small network ([`SCRATCH_HIDDEN`] hidden
+//! units) learns on the device from the stream alone, within [`SCRATCH_RAM_BAR`] bytes
+//! of training state: SGD with momentum, and a reservoir of past samples stored as bytes
+//! (the scratch engine, [`crate::device::learn_host::ScratchLearner`]).
 
 use super::device_train::{
-    permutation, quality, run_requests, DeviceTrainArgs, Quality, Schedule, ScopeArg, ScopeReport,
+    fresh, permutation, quality, run_requests, run_requests_on, with_fitted_normalisation,
+    DeviceTrainArgs, Quality, Reference, Schedule, ScopeArg, ScopeReport,
 };
 use super::outln;
 use crate::data::Dataset;
@@ -29,6 +38,8 @@ pub enum ScenarioArg {
     Drift,
     /// Discover classes the host never saw: centres spawned from persistent novelty.
     NewClusters,
+    /// Learn from nothing: a fresh small network trained on the stream in 48 KiB.
+    Scratch,
 }
 
 /// Learning rate of the adaptation scopes (without --lr).
@@ -628,6 +639,277 @@ pub fn print_new_clusters(r: &NewClustersReport, out: &mut dyn Write) -> Result<
         "device and host bit-identical",
         if r.bit_identical { "yes" } else { "no" },
         "yes"
+    )?;
+    outln!(out, "{}", if r.pass { "PASS" } else { "FAIL" })
+}
+
+/// Hidden units of the `scratch` scenario's network (one layer; the input, latent and
+/// clusters of the firmware's model): the widest that fits [`SCRATCH_RAM_BAR`] with
+/// SGD's momentum and the memory of past samples (docs/device.md#scenarios).
+pub const SCRATCH_HIDDEN: usize = 16;
+
+/// Most bytes of training state in the `scratch` scenario (parameters, gradient,
+/// optimiser moments, memory of past samples, workspace).
+pub const SCRATCH_RAM_BAR: usize = 48 * 1024;
+
+/// Least mean ACC over the stream orders in the `scratch` scenario.
+pub const SCRATCH_ACC_BAR: f64 = 0.85;
+
+/// Stream orders of the `scratch` scenario (seeds `--seed`, `--seed + 1`, ...).
+pub const SCRATCH_ORDERS: u64 = 3;
+
+/// Learning rate of the `scratch` scenario (without --lr).
+pub const SCRATCH_LR: f32 = 0.002;
+
+/// The `scratch` scenario's architecture: `like`'s with [`SCRATCH_HIDDEN`] hidden units
+/// (a fresh initialisation, seed 0).
+pub fn scratch_model(like: &LoadedModel) -> Result<LoadedModel, Error> {
+    let s = like.model.shape();
+    let shape = hvae::Shape::new(s.input, &[SCRATCH_HIDDEN], s.latent, s.clusters)
+        .with_activation(s.activation)
+        .with_posterior(s.posterior)
+        .with_likelihood(s.likelihood);
+    let m =
+        hvae::Model::<f32, Vec<f32>>::with_shape(shape, &mut Xoshiro256PlusPlus::seed_from_u64(0))
+            .map_err(|e| Error::Failed(format!("cannot initialise the scratch model: {e}")))?;
+    let bytes = crate::model_io::to_bytes(&m)
+        .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
+    crate::model_io::from_bytes(&bytes)
+        .map_err(|e| Error::Failed(format!("cannot re-read the model: {e}")))
+}
+
+/// One stream order of the scratch scenario.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScratchRun {
+    /// Seed of the stream order.
+    pub order_seed: u64,
+    /// The device's model.
+    pub device: Quality,
+    /// The host engine's model.
+    pub host: Quality,
+    /// Device and host weights bit for bit the same.
+    pub bit_identical: bool,
+    /// Seconds of the device session.
+    pub device_seconds: f64,
+}
+
+/// The scratch scenario's report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScratchReport {
+    /// `scratch`.
+    pub scenario: String,
+    /// The device.
+    pub device: String,
+    /// Layer sizes, e.g. `64-24-8, K 10`.
+    pub architecture: String,
+    /// Parameters of the network.
+    pub params: usize,
+    /// The optimiser (SGD with momentum) and its learning rate.
+    pub optimiser: String,
+    /// Passes over the data per stream order.
+    pub passes: u32,
+    /// Samples (and steps) per stream order.
+    pub samples: u32,
+    /// Samples the device remembers (a reservoir of bytes).
+    pub memory: usize,
+    /// Bytes of training state (the engine's count, [`hvae::device::Engine::train_ram`]).
+    pub train_ram: usize,
+    /// Bar on `train_ram`.
+    pub ram_bar: usize,
+    /// Every stream order.
+    pub runs: Vec<ScratchRun>,
+    /// Mean over the orders of the device's ACC and NMI.
+    pub mean: Quality,
+    /// The worst order's ACC and NMI.
+    pub worst: Quality,
+    /// The same architecture trained by `hvae train` on the host (defaults, seed
+    /// `--seed`).
+    pub host_train: Quality,
+    /// Bar on the mean ACC.
+    pub acc_bar: f64,
+    /// Every bar met and every run bit-identical.
+    pub pass: bool,
+}
+
+/// Runs the scratch scenario on an open device (the scratch engine: `learn-scratch`).
+pub fn scratch(
+    dev: &mut hvae_devkit::Device,
+    like: &LoadedModel,
+    data: &Dataset,
+    args: &DeviceTrainArgs,
+) -> Result<ScratchReport, Error> {
+    let arch = scratch_model(like)?;
+    let model = with_fitted_normalisation(&fresh(&arch, args.init_seed)?, data)?;
+    let shape = *model.model.shape();
+    let settings = TrainSettings {
+        scope: TrainScope::Full,
+        optimiser: TrainOptimiser::Sgd {
+            momentum: args.momentum,
+        },
+        lr: args.lr.unwrap_or(SCRATCH_LR),
+        batch: args.batch,
+    };
+    if hvae::device::config(&settings).is_none() {
+        return Err(Error::BadInput(format!(
+            "training settings out of range: lr {} (> 0), batch {} (1..={}), momentum {} ([0, 1))",
+            settings.lr,
+            args.batch,
+            hvae::device::MAX_BATCH,
+            args.momentum
+        )));
+    }
+    let samples = args.passes.saturating_mul(data.len() as u32);
+    let mut runs = Vec::new();
+    let mut ram = 0;
+    for i in 0..SCRATCH_ORDERS {
+        let schedule = Schedule {
+            settings,
+            steps: samples,
+            per_request: args.per_request,
+            seed: args.seed + i,
+        };
+        let requests = schedule.requests(data)?;
+        let (r, _) = run_requests_on(
+            dev,
+            &model,
+            data,
+            TrainScope::Full,
+            &requests,
+            Reference::Scratch,
+        )?;
+        ram = ram.max(r.train_ram.unwrap_or(0));
+        runs.push(ScratchRun {
+            order_seed: args.seed + i,
+            device: r.device,
+            host: r.host,
+            bit_identical: r.bit_identical,
+            device_seconds: r.device_seconds,
+        });
+    }
+    let n = runs.len().max(1) as f64;
+    let mean = Quality {
+        acc: runs.iter().map(|r| r.device.acc).sum::<f64>() / n,
+        nmi: runs.iter().map(|r| r.device.nmi).sum::<f64>() / n,
+    };
+    let worst = Quality {
+        acc: runs
+            .iter()
+            .map(|r| r.device.acc)
+            .fold(f64::INFINITY, f64::min),
+        nmi: runs
+            .iter()
+            .map(|r| r.device.nmi)
+            .fold(f64::INFINITY, f64::min),
+    };
+    let host_train = {
+        let cfg = FitConfig {
+            seed: args.seed,
+            ..FitConfig::default()
+        };
+        let m = host_train::fit(shape, data.features(), None, &cfg, |_, _| {})
+            .map_err(|e| Error::Failed(format!("the host's training failed: {e}")))?;
+        let loaded = LoadedModel {
+            model: m,
+            crc: 0,
+            bytes: 0,
+        };
+        quality(loaded.model.params().to_vec(), &loaded, data)?
+    };
+    let pass = mean.acc >= SCRATCH_ACC_BAR
+        && ram > 0
+        && ram <= SCRATCH_RAM_BAR
+        && runs.iter().all(|r| r.bit_identical);
+    Ok(ScratchReport {
+        scenario: "scratch".to_string(),
+        device: dev.name().to_string(),
+        architecture: format!(
+            "{}-{}-{}, K {}",
+            shape.input, SCRATCH_HIDDEN, shape.latent, shape.clusters
+        ),
+        params: shape.param_len(),
+        optimiser: format!(
+            "SGD, momentum {}, lr {}, {} anchors per step",
+            args.momentum, settings.lr, args.batch
+        ),
+        passes: args.passes,
+        samples,
+        memory: crate::device::learn_host::SCRATCH_MEM,
+        train_ram: ram,
+        ram_bar: SCRATCH_RAM_BAR,
+        runs,
+        mean,
+        worst,
+        host_train,
+        acc_bar: SCRATCH_ACC_BAR,
+        pass,
+    })
+}
+
+/// Prints the scratch scenario's table.
+pub fn print_scratch(r: &ScratchReport, out: &mut dyn Write) -> Result<(), Error> {
+    outln!(
+        out,
+        "scenario scratch on {}: {} ({} parameters), fresh initialisation; {}; {} passes \
+         ({} samples) per stream order; a reservoir of {} samples as bytes",
+        r.device,
+        r.architecture,
+        r.params,
+        r.optimiser,
+        r.passes,
+        r.samples,
+        r.memory
+    )?;
+    outln!(
+        out,
+        "{:<10} {:>16} {:>16} {:>14} {:>9}",
+        "order",
+        "device ACC/NMI",
+        "host ACC/NMI",
+        "bit-identical",
+        "device s"
+    )?;
+    for run in &r.runs {
+        outln!(
+            out,
+            "{:<10} {:>9.4}/{:.3} {:>9.4}/{:.3} {:>14} {:>9.1}",
+            run.order_seed,
+            run.device.acc,
+            run.device.nmi,
+            run.host.acc,
+            run.host.nmi,
+            if run.bit_identical { "yes" } else { "no" },
+            run.device_seconds
+        )?;
+    }
+    outln!(out, "{:<44} {:>14} {:>10}", "", "measured", "bar")?;
+    let q = |q: Quality| format!("{:.4}/{:.3}", q.acc, q.nmi);
+    outln!(
+        out,
+        "{:<44} {:>14} {:>10}",
+        "mean over the orders (ACC/NMI)",
+        q(r.mean),
+        format!(">= {}", r.acc_bar)
+    )?;
+    outln!(
+        out,
+        "{:<44} {:>14} {:>10}",
+        "worst order (ACC/NMI)",
+        q(r.worst),
+        ""
+    )?;
+    outln!(
+        out,
+        "{:<44} {:>14} {:>10}",
+        "training state, bytes",
+        r.train_ram,
+        format!("<= {}", r.ram_bar)
+    )?;
+    outln!(
+        out,
+        "{:<44} {:>14} {:>10}",
+        "same architecture, `hvae train` on the host",
+        q(r.host_train),
+        ""
     )?;
     outln!(out, "{}", if r.pass { "PASS" } else { "FAIL" })
 }

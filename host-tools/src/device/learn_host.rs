@@ -3,7 +3,10 @@
 //! learning device served by the core's server over in-memory pipes.
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
-use hvae::device::{checkpoint_slot_len, optim_len, scratch_len, Engine, Store, Transport};
+use hvae::device::{
+    checkpoint_slot_len, optim_len, scratch_len_with, Engine, Store, Transport, CAP, LEARN,
+};
+use hvae::protocol::{Request, Response};
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use hvae::Checkpoints;
 use hvae::Shape;
@@ -81,12 +84,17 @@ pub struct HostStore {
 impl HostStore {
     /// A store sized as the firmware's for `shape`.
     pub fn new(shape: &Shape) -> Result<HostStore, String> {
+        Self::with_memory(shape, CAP)
+    }
+
+    /// A store sized for `shape` and a trainer that remembers `mem` samples.
+    pub fn with_memory(shape: &Shape, mem: usize) -> Result<HostStore, String> {
         let slot = checkpoint_slot_len::<RamFlash>(shape);
         let flash = RamFlash(vec![0xFF; 2 * slot]);
         let checkpoints = Checkpoints::new(flash, 0, slot as u32)
             .map_err(|e| format!("checkpoint slots: {e:?}"))?;
         Ok(HostStore {
-            scratch: scratch_len(shape),
+            scratch: scratch_len_with(shape, mem),
             optim: optim_len(shape),
             checkpoints,
         })
@@ -107,6 +115,64 @@ impl Store for HostStore {
 
 /// The learning engine on the host.
 pub type HostLearner = Engine<INPUTS, WORK, Vec<f32>, HostStore>;
+
+/// Samples the scratch engine remembers (a reservoir of bytes: `SCRATCH_MEM * INPUTS`
+/// bytes).
+pub const SCRATCH_MEM: usize = 120;
+
+/// The scratch engine: the learning engine whose trainer remembers a reservoir of
+/// [`SCRATCH_MEM`] samples stored as bytes (the `scratch` scenario,
+/// docs/device.md#scenarios).
+pub type ScratchLearner = Engine<INPUTS, WORK, Vec<f32>, HostStore, LEARN, SCRATCH_MEM, u8>;
+
+/// The scratch engine for `model` (weights CRC `crc`), or why the host cannot run it.
+pub fn scratch_learner(model: VecModel<f32>, crc: u32) -> Result<ScratchLearner, String> {
+    let shape = *model.shape();
+    if shape.input != INPUTS || shape.work_len() > WORK || !model.has_decoder() {
+        return Err(format!(
+            "the scratch engine runs models of {INPUTS} inputs with their decoder (this one \
+             has {} inputs)",
+            shape.input
+        ));
+    }
+    let store = HostStore::with_memory(&shape, SCRATCH_MEM)?;
+    Engine::new(model, crc, store, MAX_REQUEST_FRAME)
+        .map_err(|e| format!("the scratch engine refuses the model: {e}"))
+}
+
+/// Either engine on the host, as the reference of a device run.
+pub enum HostEngine {
+    /// The `learn` program's engine.
+    Learn(Box<HostLearner>),
+    /// The scratch engine.
+    Scratch(Box<ScratchLearner>),
+}
+
+impl HostEngine {
+    /// Answers one request, handing each response to `emit` ([`Engine::handle_each`]).
+    pub fn handle_each(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
+        match self {
+            HostEngine::Learn(e) => e.handle_each(req, emit),
+            HostEngine::Scratch(e) => e.handle_each(req, emit),
+        }
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &[f32] {
+        match self {
+            HostEngine::Learn(e) => e.model().params(),
+            HostEngine::Scratch(e) => e.model().params(),
+        }
+    }
+
+    /// Bytes of the training under way ([`Engine::train_ram`]).
+    pub fn train_ram(&self) -> Option<usize> {
+        match self {
+            HostEngine::Learn(e) => e.train_ram(),
+            HostEngine::Scratch(e) => e.train_ram(),
+        }
+    }
+}
 
 /// The learning engine for `model` (weights CRC `crc`), or why the host cannot run it.
 pub fn host_learner(model: VecModel<f32>, crc: u32) -> Result<HostLearner, String> {
@@ -154,7 +220,9 @@ impl<R: Read, W: Write> Transport for Pipes<R, W> {
 
 /// A simulated learning device: `learner` served in a thread over in-memory pipes (the
 /// core's server, [`Engine::serve`]), until the link is dropped.
-pub fn spawn(mut learner: HostLearner) -> std::io::Result<Link> {
+pub fn spawn<const MEM: usize, E: hvae::train::samples::Stored<f32> + Send + 'static>(
+    mut learner: Engine<INPUTS, WORK, Vec<f32>, HostStore, LEARN, MEM, E>,
+) -> std::io::Result<Link> {
     let (req_rx, req_tx) = std::io::pipe()?;
     let (resp_rx, resp_tx) = std::io::pipe()?;
     std::thread::spawn(move || {

@@ -86,6 +86,9 @@ pub struct Opened {
     pub qemu: Option<qemu::Qemu>,
 }
 
+/// The firmware program of the `scratch` scenario (the scratch engine on the host).
+pub const SCRATCH_BIN: &str = "learn-scratch";
+
 /// Opens the device: the host engine (which serves every request, whatever `bin`), or
 /// builds and starts program `bin` under qemu, or opens the serial
 /// port at `baud`.
@@ -101,9 +104,13 @@ pub fn open(
             let dir = fw.dir.clone().unwrap_or_else(firmware::default_dir);
             let path = dir.join("model/digits.hvae");
             let m = crate::model_io::load(&path).map_err(|e| e.to_string())?;
-            let learner = learn_host::host_learner(m.model, m.crc)?;
-            let link = learn_host::spawn(learner)
-                .map_err(|e| format!("cannot start the host engine: {e}"))?;
+            let link = if bin == SCRATCH_BIN {
+                let m = crate::commands::scenario::scratch_model(&m).map_err(|e| e.to_string())?;
+                learn_host::spawn(learn_host::scratch_learner(m.model, m.crc)?)
+            } else {
+                learn_host::spawn(learn_host::host_learner(m.model, m.crc)?)
+            }
+            .map_err(|e| format!("cannot start the host engine: {e}"))?;
             Ok(Opened {
                 device: Device::new(link, timeouts),
                 qemu: None,
