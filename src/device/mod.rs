@@ -49,7 +49,11 @@
 //! Buffers come from a [`Store`]: one scratch buffer of [`scratch_len`] and one
 //! optimiser buffer of [`optim_len`] scalars (sized for the largest scope, Full with
 //! Adam); a weight load stages the incoming blob's parameters in the scratch buffer, so
-//! a failed load leaves the weights untouched without a second parameter copy.
+//! a failed load leaves the weights untouched without a second parameter copy. The
+//! trainer's memory of past samples lives in the engine itself: by default a ring of
+//! [`CAP`] `f32` samples; an engine built with a larger memory (`Engine`'s `MEM` and `E`,
+//! e.g. a reservoir of bytes for learning from scratch) takes [`scratch_len_with`]
+//! scalars of scratch, and [`Engine::train_ram`] reports the bytes a training holds.
 //!
 //! [`TrainSettings`]: crate::protocol::TrainSettings
 //! [`OnlineTrainer`]: crate::train::trainer::OnlineTrainer

@@ -8,8 +8,8 @@
 //! holds the whole stream's mix (docs/device.md#scenarios measures both).
 //!
 //! # Memory
-//! `CAP * D` stored values (`CAP * D * size_of::<E>()` bytes), inline; three `usize`s of
-//! bookkeeping.
+//! `CAP * D` stored values (`CAP * D * size_of::<E>()` bytes), inline; a length, a
+//! ring index, a count and the policy of bookkeeping.
 
 use crate::Real;
 
@@ -52,8 +52,6 @@ impl<T: Real> Quant<T> {
 
 /// How a scalar `T` is stored in the memory.
 pub trait Stored<T>: Copy {
-    /// The value of an empty slot.
-    fn empty() -> Self;
     /// `x` as stored.
     fn store(x: T, q: &Quant<T>) -> Self;
     /// The stored value read back.
@@ -62,10 +60,6 @@ pub trait Stored<T>: Copy {
 
 /// Stored as itself (the quantisation is not used).
 impl<T: Real> Stored<T> for T {
-    #[inline(always)]
-    fn empty() -> Self {
-        T::zero()
-    }
     #[inline(always)]
     fn store(x: T, _: &Quant<T>) -> Self {
         x
@@ -78,9 +72,6 @@ impl<T: Real> Stored<T> for T {
 
 /// One byte per value, by [`Quant`] (values outside its span are clamped to it).
 impl<T: Real> Stored<T> for u8 {
-    fn empty() -> Self {
-        0
-    }
     #[inline]
     fn store(x: T, q: &Quant<T>) -> Self {
         // `as` saturates (NaN to 0): no panic; + 0.5 and truncation round to nearest.
@@ -92,11 +83,12 @@ impl<T: Real> Stored<T> for u8 {
     }
 }
 
-/// `CAP` rows of `D` values stored as `E`, kept by a [`Policy`].
+/// `CAP` rows of `D` values stored as `E`, kept by a [`Policy`]. The rows live in a
+/// `heapless::Vec` (no initialisation of the empty slots: an empty memory is built
+/// without writing, or copying on the stack, its `CAP * D` values).
 #[derive(Clone, Debug)]
 pub struct SampleMemory<E, const D: usize, const CAP: usize> {
-    rows: [[E; D]; CAP],
-    len: usize,
+    rows: heapless::Vec<[E; D], CAP>,
     /// The ring's next slot.
     next: usize,
     /// Rows offered so far (saturating).
@@ -105,11 +97,10 @@ pub struct SampleMemory<E, const D: usize, const CAP: usize> {
 }
 
 impl<E: Copy, const D: usize, const CAP: usize> SampleMemory<E, D, CAP> {
-    /// An empty memory, every slot `empty`.
-    pub fn new(policy: Policy, empty: E) -> Self {
+    /// An empty memory.
+    pub const fn new(policy: Policy) -> Self {
         SampleMemory {
-            rows: [[empty; D]; CAP],
-            len: 0,
+            rows: heapless::Vec::new(),
             next: 0,
             seen: 0,
             policy,
@@ -120,9 +111,16 @@ impl<E: Copy, const D: usize, const CAP: usize> SampleMemory<E, D, CAP> {
     /// are in the order `heapless::HistoryBuf` keeps them.
     pub fn push(&mut self, row: [E; D]) {
         self.seen = self.seen.saturating_add(1);
-        let slot = if self.len < CAP {
-            Some(self.len)
-        } else {
+        let len = self.rows.len();
+        if len < CAP {
+            // Not full: room for it (`push` cannot fail).
+            let _ = self.rows.push(row);
+            if self.policy == Policy::Ring {
+                self.next = (len + 1) % CAP.max(1);
+            }
+            return;
+        }
+        let slot = {
             match self.policy {
                 Policy::Ring => Some(self.next),
                 Policy::Reservoir => {
@@ -135,7 +133,6 @@ impl<E: Copy, const D: usize, const CAP: usize> SampleMemory<E, D, CAP> {
             if let Some(r) = self.rows.get_mut(s) {
                 *r = row;
             }
-            self.len = (self.len + 1).min(CAP);
             if self.policy == Policy::Ring {
                 self.next = (s + 1) % CAP.max(1);
             }
@@ -144,17 +141,17 @@ impl<E: Copy, const D: usize, const CAP: usize> SampleMemory<E, D, CAP> {
 
     /// The rows held (in slot order).
     pub fn as_slice(&self) -> &[[E; D]] {
-        self.rows.get(..self.len).unwrap_or_default()
+        self.rows.as_slice()
     }
 
     /// Rows held.
     pub fn len(&self) -> usize {
-        self.len
+        self.rows.len()
     }
 
     /// True when no row is held.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.rows.is_empty()
     }
 
     /// Rows offered so far.
@@ -185,7 +182,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_the_most_recent_in_history_buf_order() {
-        let mut m = SampleMemory::<f32, 1, 3>::new(Policy::Ring, 0.0);
+        let mut m = SampleMemory::<f32, 1, 3>::new(Policy::Ring);
         let mut h = heapless::HistoryBuf::<[f32; 1], 3>::new();
         for i in 0..8 {
             m.push([i as f32]);
@@ -197,7 +194,7 @@ mod tests {
     #[test]
     fn reservoir_keeps_a_uniform_sample() {
         // 1000 rows into 100 slots: each decile of the stream holds about 10.
-        let mut m = SampleMemory::<u16, 1, 100>::new(Policy::Reservoir, 0);
+        let mut m = SampleMemory::<u16, 1, 100>::new(Policy::Reservoir);
         for i in 0..1000u16 {
             m.push([i]);
         }

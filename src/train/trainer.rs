@@ -450,7 +450,7 @@ where
         .marginal_mut()
         .fill(T::one() / k);
         Ok(OnlineTrainer {
-            samples: SampleMemory::new(cfg.memory, E::empty()),
+            samples: SampleMemory::new(cfg.memory),
             labels: [0; CAP],
             scratch,
             optim: OptimState::new(optim_state),
