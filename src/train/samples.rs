@@ -124,8 +124,9 @@ impl<E: Copy, const D: usize, const CAP: usize> SampleMemory<E, D, CAP> {
             match self.policy {
                 Policy::Ring => Some(self.next),
                 Policy::Reservoir => {
-                    let j = mix(self.seen) % self.seen;
-                    usize::try_from(j).ok().filter(|&j| j < CAP)
+                    // `seen` is at least 1 here; `checked_rem` keeps a panic path out.
+                    let j = mix(self.seen).checked_rem(self.seen);
+                    j.and_then(|j| usize::try_from(j).ok()).filter(|&j| j < CAP)
                 }
             }
         };
