@@ -316,6 +316,26 @@ impl Shape {
         }
     }
 
+    /// Multiply-adds of the encoder's dense layers: `sum_l h_l h_{l-1} + M h_L` (the
+    /// hidden layers and the mean direction's layer; also the number of their weights).
+    pub const fn encoder_macs(&self) -> usize {
+        let mut n = 0;
+        let mut l = 0;
+        while l < self.depth() {
+            let (o, i) = self.encoder_layer(l);
+            n += o * i;
+            l += 1;
+        }
+        n + self.latent * self.last_hidden()
+    }
+
+    /// Multiply-adds of one encode+segment: [`Shape::encoder_macs`], the kappa head
+    /// (`h_L`) and the segmenter's dot products (`K M`); what an instructions-per-MAC
+    /// figure divides by.
+    pub const fn segment_macs(&self) -> usize {
+        self.encoder_macs() + self.last_hidden() + self.clusters * self.latent
+    }
+
     /// Sum of the encoder hidden widths.
     pub const fn hidden_sum(&self) -> usize {
         let mut s = 0;
@@ -633,6 +653,12 @@ mod tests {
         assert_eq!(s.segmenter_len(), 10 * 8 + 1 + 10);
         assert_eq!(s.decoder_len(), 32 * 8 + 32 + 64 * 32 + 64);
         assert_eq!(s.scope_range(Scope::SegmenterOnly).len(), 91);
+        // Encoder 64x32 + 32x8, kappa head 32, segmenter 10x8.
+        assert_eq!(s.encoder_macs(), 2048 + 256);
+        assert_eq!(s.segment_macs(), 2048 + 256 + 32 + 80);
+        let two = Shape::new(6, &[5, 4], 3, 2);
+        assert_eq!(two.encoder_macs(), 6 * 5 + 5 * 4 + 4 * 3);
+        assert_eq!(two.segment_macs(), 6 * 5 + 5 * 4 + 4 * 3 + 4 + 2 * 3);
     }
 
     #[test]

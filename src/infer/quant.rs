@@ -122,14 +122,7 @@ impl From<ShapeError> for QuantError {
 
 /// `i8` weights of the int8 form of `shape`: `sum_l h_l h_{l-1} + M h_L`.
 pub const fn weight_len(shape: &Shape) -> usize {
-    let mut n = 0;
-    let mut l = 0;
-    while l < shape.depth() {
-        let (o, i) = shape.encoder_layer(l);
-        n += o * i;
-        l += 1;
-    }
-    n + shape.latent * shape.last_hidden()
+    shape.encoder_macs()
 }
 
 /// `i32` values of the int8 form of `shape`: `3 sum h + M`.

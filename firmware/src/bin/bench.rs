@@ -31,7 +31,7 @@ use hvae::train::adapt::{adapter_storage_len, SegmenterAdapter};
 use hvae::train::optim::{state_len, OptimKind};
 use hvae::train::trainer::{OnlineTrainer, TrainConfig};
 use hvae::Model;
-use hvae::{Scope, Shape};
+use hvae::Scope;
 use hvae_firmware::rt::{self, with_ram, Counter, Fixed3};
 use hvae_firmware::weights::{generated, COMPILED, SHAPE};
 use rand_core::SeedableRng;
@@ -78,20 +78,6 @@ const BUDGET_INSTR_PER_MAC: Option<f32> = if cfg!(board = "microbit") {
 const BUDGET_STEP_RATIO: f32 = 4.0;
 const BUDGET_FULL_RAM: usize = 96 * 1024;
 const BUDGET_SEG_RAM: usize = 8 * 1024;
-
-/// Multiply-accumulates of one encode+segment: the encoder's dense layers, the kappa
-/// head, the segmenter's dot products.
-const fn infer_macs(s: &Shape) -> usize {
-    let mut n = 0;
-    let mut l = 0;
-    while l < s.depth() {
-        let (i, o) = s.encoder_layer(l);
-        n += i * o;
-        l += 1;
-    }
-    let h = s.last_hidden();
-    n + h * s.latent + h + s.clusters * s.latent
-}
 
 /// One training configuration's results.
 #[derive(Clone, Copy, Default)]
@@ -440,7 +426,7 @@ fn main() -> ! {
         }
     };
 
-    let macs = infer_macs(&SHAPE) as u64;
+    let macs = SHAPE.segment_macs() as u64;
     let infer = inference(&mut counter).unwrap_or(0);
     let per_mac = ratio(infer, macs);
     let status = check(infer > 0 && BUDGET_INSTR_PER_MAC.is_none_or(|b| per_mac <= b));

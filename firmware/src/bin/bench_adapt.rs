@@ -17,7 +17,6 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use hvae::Shape;
 use hvae_firmware::rt::{self, with_ram, Counter, Fixed3};
 use hvae_firmware::weights::{COMPILED, SHAPE};
 
@@ -117,19 +116,6 @@ fn ratio(a: u64, b: u64) -> f32 {
     a as f32 / b.max(1) as f32
 }
 
-/// Multiply-accumulates of one encode+segment (as `bench` counts them).
-const fn infer_macs(s: &Shape) -> usize {
-    let mut n = 0;
-    let mut l = 0;
-    while l < s.depth() {
-        let (i, o) = s.encoder_layer(l);
-        n += i * o;
-        l += 1;
-    }
-    let h = s.last_hidden();
-    n + h * s.latent + h + s.clusters * s.latent
-}
-
 #[entry]
 fn main() -> ! {
     let Some(cp) = cortex_m::Peripherals::take() else {
@@ -139,7 +125,7 @@ fn main() -> ! {
     let mut counter = Counter::new(cp.SYST, hvae_firmware::board::CORE_HZ);
     let (km, ram) = with_ram(|| online_kmeans(&mut counter));
     let ok = km.failed == 0 && km.kmeans > 0;
-    let macs = infer_macs(&SHAPE) as u64;
+    let macs = SHAPE.segment_macs() as u64;
     defmt::println!(
         "online k-means (encoder in flash, segmenter in RAM): {=u32} instructions per sample ({} per MAC of encode+segment); normalisation tracker {=u32} per sample, {=u32} per request to write it; failed {=u32}",
         km.kmeans as u32,
