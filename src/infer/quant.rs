@@ -444,9 +444,24 @@ fn quantize_input(x: &[f32], offset: &[f32], mult: &[f32], q: &mut [i8]) -> Resu
                 InferError::NonFiniteInput
             });
         }
-        *qi = libm::roundf(v.clamp(-lim, lim)) as i8;
+        *qi = round_i8(v.clamp(-lim, lim));
     }
     Ok(())
+}
+
+/// `roundf(v) as i8` for `v` in `[-127, 127]` (halves away from zero): `t = trunc(v)` by
+/// the conversion, `f = v - t` (exact: `|v| < 2^23`), then one step away from zero when
+/// `|f| >= 0.5`; the same values. With a hardware FPU these beat `roundf`'s bit
+/// manipulation; in soft float (Arm without a hard-float ABI: the Cortex-M0) they do not,
+/// so `roundf` stays there (docs/device.md).
+#[inline(always)]
+fn round_i8(v: f32) -> i8 {
+    if cfg!(all(target_arch = "arm", not(target_abi = "eabihf"))) {
+        return libm::roundf(v) as i8;
+    }
+    let t = v as i32;
+    let f = v - t as f32;
+    (t + i32::from(f >= 0.5) - i32::from(f <= -0.5)) as i8
 }
 
 /// An index as `u32` for an error.
@@ -770,5 +785,39 @@ impl FloatWriter<'_> {
     }
     fn ok(&self) -> bool {
         !self.bad
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_i8;
+
+    #[test]
+    fn round_i8_is_roundf_on_the_clamped_range() {
+        // Every value of [-127, 127] near the halves and the integers, and a sweep.
+        let mut n = 0;
+        for k in -254i32..=254 {
+            let c = k as f32 / 2.0;
+            let mut v = c;
+            let mut w = c;
+            for _ in 0..8 {
+                for u in [v, w] {
+                    if (-127.0..=127.0).contains(&u) {
+                        assert_eq!(round_i8(u), libm::roundf(u) as i8, "{u}");
+                        n += 1;
+                    }
+                }
+                v = v.next_up();
+                w = w.next_down();
+            }
+        }
+        let mut x = -127.0f32;
+        while x <= 127.0 {
+            assert_eq!(round_i8(x), libm::roundf(x) as i8, "{x}");
+            x += 0.000_37;
+            n += 1;
+        }
+        assert_eq!(round_i8(-0.0), 0);
+        assert!(n > 600_000);
     }
 }

@@ -17,6 +17,15 @@
 //! Backward: an `axpy` per row, `y = y + a x` with `vmla.f32` (or `y = a x` with
 //! `vmul.f32` for the first row of `dx`), eight values per `vldm`/`vstm`: the products
 //! and sums of [`portable::dense_backward`], in its order.
+//!
+//! int8 ([`dense_i8`], [`dense_i8_dequant`]): the DSP extension's `sxtb16` and `smlad`
+//! (Armv7E-M, which every M4F and M7 is; `.arch armv7e-m` for the assembler). The input
+//! is sign-extended to 16-bit lanes once on the stack; then two rows at a time, eight
+//! inputs per step, each weight word split into its even and odd bytes and multiplied
+//! two products at a time, then requantised as [`portable::requantize`] (or stored as
+//! `i32` accumulators for the dequantised head). The same values as
+//! [`portable::dense_i8`]: `i32` sums modulo 2^32, equal in any order. The counts and
+//! the floor are in docs/device.md.
 
 use super::portable;
 use crate::Activation;
@@ -472,6 +481,492 @@ pub(super) fn dense_backward(
         }
         for (o, (row, &d)) in w.chunks_exact(n_in).zip(dy).enumerate() {
             axpy(dx, row, d, o == 0);
+        }
+    }
+}
+
+/// What the int8 assembly reads; `ch`, `y` and `pairs` are advanced as it goes.
+#[repr(C)]
+struct ArgsI8 {
+    /// The input, `n` values.
+    x: *const i8,
+    /// The input after its blocks of eight: `x + 8 blocks`.
+    xt: *const i8,
+    /// The first row's weights, 4-byte aligned (`n` a multiple of 4: every row is).
+    w: *const i8,
+    /// The first pair's channels ([`portable::Channel`], `bstep` 12) or biases (`bstep` 4).
+    ch: *const i32,
+    /// Where the first pair's outputs go: `i8` (requantised) or `i32` (accumulators).
+    y: *mut u8,
+    /// `n`: the distance between two rows in bytes.
+    n: usize,
+    /// `n / 8`.
+    blocks: usize,
+    /// `n / 32`: iterations of four blocks.
+    quads: usize,
+    /// `(n / 8) % 4`: blocks after them.
+    ones: usize,
+    /// `n % 8`: inputs after the blocks.
+    tail: usize,
+    /// `ones + tail`: non-zero when there is anything after the blocks of 32 inputs.
+    more: usize,
+    /// Pairs of rows, at least one.
+    pairs: usize,
+    /// Bytes from one row's bias to the next's: 12 (channels) or 4 (biases).
+    bstep: usize,
+    /// Non-zero: requantise to `i8`; zero: store the `i32` accumulators.
+    requant: usize,
+    /// The clamp's lower end (`min` of [`portable::requantize`]).
+    min: i32,
+}
+
+extern "C" {
+    /// The int8 layer of `2 pairs` rows described by `args` (see [`ArgsI8`]).
+    fn hvae_kernels_dense_i8(args: *mut ArgsI8);
+}
+
+// AAPCS: r0 = args, kept in lr. The input's blocks of eight values are first sign-extended
+// to 16 bits on the stack (16 bytes a block, four words: (x0, x2), (x1, x3), (x4, x6),
+// (x5, x7), the order `sxtb16` and `sxtb16 ror 8` give a weight word's lanes). Then two
+// rows at a time: expanded input cursor r0, rows r1 and r2, loop counter r3, four input
+// words r4-r7, two weight words r8-r9 (one `ldrd`), the sign-extended lanes r10 (and in
+// place), accumulators r11 and r12 (starting at the biases). `smlad` adds two 16-bit
+// products to an accumulator modulo 2^32, as the portable kernel's wrapping sums. Then
+// the requantisation, rows 0 and 1: `p = acc m` (`smull`, high word in r10 / r11); for a
+// shift `s` in 33..=62, `q = ((hi >> (s - 33)) + 1) >> 1` (the rounded `p >> s`: the low
+// word cannot change it); other shifts take the general path (the 64-bit sum and shift
+// of `requantize`, wrapping as it does, saturated to 32 bits); then `max(q, min)` and
+// `ssat` to `[-128, 127]` (`min >= -128`, so the two give `requantize`'s clamp).
+core::arch::global_asm!(
+    ".section .text.hvae_kernels_dense_i8,\"ax\",%progbits",
+    ".syntax unified",
+    ".thumb",
+    ".arch armv7e-m",
+    ".fpu fpv4-sp-d16",
+    ".globl hvae_kernels_dense_i8",
+    ".type hvae_kernels_dense_i8,%function",
+    ".p2align 2",
+    ".thumb_func",
+    "hvae_kernels_dense_i8:",
+    "    push {{r4-r11, lr}}",
+    "    mov lr, r0",
+    "    ldr r1, [lr, #{blocks}]",
+    "    sub sp, sp, r1, lsl #4",
+    "    ldr r2, [lr, #{x}]",
+    "    mov r0, sp",
+    "    cmp r1, #0",
+    "    beq .Lhvae_i8_rows",
+    ".Lhvae_i8_expand:",
+    "    ldr r4, [r2], #4",
+    "    ldr r5, [r2], #4",
+    "    sxtb16 r6, r4",
+    "    sxtb16 r7, r4, ror #8",
+    "    sxtb16 r8, r5",
+    "    sxtb16 r9, r5, ror #8",
+    "    stm r0!, {{r6-r9}}",
+    "    subs r1, r1, #1",
+    "    bne .Lhvae_i8_expand",
+    ".Lhvae_i8_rows:",
+    "    ldr r1, [lr, #{w}]",
+    ".Lhvae_i8_pair:",
+    "    ldr r3, [lr, #{n}]",
+    "    add r2, r1, r3",
+    "    ldr r10, [lr, #{ch}]",
+    "    ldr r3, [lr, #{bstep}]",
+    "    ldr r11, [r10]",
+    "    ldr r12, [r10, r3]",
+    "    mov r0, sp",
+    "    ldr r3, [lr, #{quads}]",
+    "    cmp r3, #0",
+    "    beq .Lhvae_i8_ones",
+    ".Lhvae_i8_quad:",
+    "    ldm r0!, {{r4-r7}}",
+    "    ldrd r8, r9, [r1], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r11, r10, r4, r11",
+    "    smlad r11, r8, r5, r11",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r11, r10, r6, r11",
+    "    smlad r11, r9, r7, r11",
+    "    ldrd r8, r9, [r2], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r12, r10, r4, r12",
+    "    smlad r12, r8, r5, r12",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r12, r10, r6, r12",
+    "    smlad r12, r9, r7, r12",
+    "    ldm r0!, {{r4-r7}}",
+    "    ldrd r8, r9, [r1], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r11, r10, r4, r11",
+    "    smlad r11, r8, r5, r11",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r11, r10, r6, r11",
+    "    smlad r11, r9, r7, r11",
+    "    ldrd r8, r9, [r2], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r12, r10, r4, r12",
+    "    smlad r12, r8, r5, r12",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r12, r10, r6, r12",
+    "    smlad r12, r9, r7, r12",
+    "    ldm r0!, {{r4-r7}}",
+    "    ldrd r8, r9, [r1], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r11, r10, r4, r11",
+    "    smlad r11, r8, r5, r11",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r11, r10, r6, r11",
+    "    smlad r11, r9, r7, r11",
+    "    ldrd r8, r9, [r2], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r12, r10, r4, r12",
+    "    smlad r12, r8, r5, r12",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r12, r10, r6, r12",
+    "    smlad r12, r9, r7, r12",
+    "    ldm r0!, {{r4-r7}}",
+    "    ldrd r8, r9, [r1], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r11, r10, r4, r11",
+    "    smlad r11, r8, r5, r11",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r11, r10, r6, r11",
+    "    smlad r11, r9, r7, r11",
+    "    ldrd r8, r9, [r2], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r12, r10, r4, r12",
+    "    smlad r12, r8, r5, r12",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r12, r10, r6, r12",
+    "    smlad r12, r9, r7, r12",
+    "    subs r3, r3, #1",
+    "    bne .Lhvae_i8_quad",
+    ".Lhvae_i8_ones:",
+    "    ldr r3, [lr, #{more}]",
+    "    cmp r3, #0",
+    "    beq .Lhvae_i8_sums",
+    "    ldr r3, [lr, #{ones}]",
+    "    cmp r3, #0",
+    "    beq .Lhvae_i8_tail",
+    ".Lhvae_i8_one:",
+    "    ldm r0!, {{r4-r7}}",
+    "    ldrd r8, r9, [r1], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r11, r10, r4, r11",
+    "    smlad r11, r8, r5, r11",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r11, r10, r6, r11",
+    "    smlad r11, r9, r7, r11",
+    "    ldrd r8, r9, [r2], #8",
+    "    sxtb16 r10, r8",
+    "    sxtb16 r8, r8, ror #8",
+    "    smlad r12, r10, r4, r12",
+    "    smlad r12, r8, r5, r12",
+    "    sxtb16 r10, r9",
+    "    sxtb16 r9, r9, ror #8",
+    "    smlad r12, r10, r6, r12",
+    "    smlad r12, r9, r7, r12",
+    "    subs r3, r3, #1",
+    "    bne .Lhvae_i8_one",
+    ".Lhvae_i8_tail:",
+    "    ldr r3, [lr, #{tail}]",
+    "    cmp r3, #0",
+    "    beq .Lhvae_i8_sums",
+    "    ldr r0, [lr, #{xt}]",
+    ".Lhvae_i8_tail1:",
+    "    ldrsb r4, [r0], #1",
+    "    ldrsb r8, [r1], #1",
+    "    ldrsb r9, [r2], #1",
+    "    mla r11, r8, r4, r11",
+    "    mla r12, r9, r4, r12",
+    "    subs r3, r3, #1",
+    "    bne .Lhvae_i8_tail1",
+    ".Lhvae_i8_sums:",
+    "    ldr r3, [lr, #{y}]",
+    "    ldr r0, [lr, #{requant}]",
+    "    ldr r10, [lr, #{ch}]",
+    "    cmp r0, #0",
+    "    bne .Lhvae_i8_requant",
+    "    add r10, r10, #8",
+    "    str r10, [lr, #{ch}]",
+    "    strd r11, r12, [r3], #8",
+    "    b .Lhvae_i8_next",
+    ".Lhvae_i8_requant:",
+    "    ldm r10!, {{r4-r9}}",
+    "    str r10, [lr, #{ch}]",
+    "    ldr r0, [lr, #{min}]",
+    "    smull r4, r10, r11, r5",
+    "    subs r6, r6, #33",
+    "    cmp r6, #29",
+    "    bhi .Lhvae_i8_slow0",
+    "    asr r10, r10, r6",
+    "    add r10, r10, #1",
+    "    asr r10, r10, #1",
+    ".Lhvae_i8_clamp0:",
+    "    cmp r0, #0",
+    "    bne .Lhvae_i8_min0",
+    "    usat r10, #7, r10",
+    "    b .Lhvae_i8_store0",
+    ".Lhvae_i8_min0:",
+    "    cmp r10, r0",
+    "    it lt",
+    "    movlt r10, r0",
+    "    ssat r10, #8, r10",
+    ".Lhvae_i8_store0:",
+    "    strb r10, [r3], #1",
+    "    smull r7, r11, r12, r8",
+    "    subs r9, r9, #33",
+    "    cmp r9, #29",
+    "    bhi .Lhvae_i8_slow1",
+    "    asr r11, r11, r9",
+    "    add r11, r11, #1",
+    "    asr r11, r11, #1",
+    ".Lhvae_i8_clamp1:",
+    "    cmp r0, #0",
+    "    bne .Lhvae_i8_min1",
+    "    usat r11, #7, r11",
+    "    b .Lhvae_i8_store1",
+    ".Lhvae_i8_min1:",
+    "    cmp r11, r0",
+    "    it lt",
+    "    movlt r11, r0",
+    "    ssat r11, #8, r11",
+    ".Lhvae_i8_store1:",
+    "    strb r11, [r3], #1",
+    ".Lhvae_i8_next:",
+    "    str r3, [lr, #{y}]",
+    "    mov r1, r2",
+    "    ldr r3, [lr, #{pairs}]",
+    "    subs r3, r3, #1",
+    "    str r3, [lr, #{pairs}]",
+    "    bne .Lhvae_i8_pair",
+    "    ldr r1, [lr, #{blocks}]",
+    "    add sp, sp, r1, lsl #4",
+    "    pop {{r4-r11, pc}}",
+    ".Lhvae_i8_slow0:",
+    "    add r6, r6, #33",
+    "    and r6, r6, #63",
+    "    sub r5, r6, #1",
+    "    and r5, r5, #63",
+    "    subs r11, r5, #32",
+    "    bpl .Lhvae_i8_halfhi0",
+    "    movs r11, #1",
+    "    lsl r11, r11, r5",
+    "    adds r4, r4, r11",
+    "    adc r10, r10, #0",
+    "    b .Lhvae_i8_shift0",
+    ".Lhvae_i8_halfhi0:",
+    "    movs r5, #1",
+    "    lsl r5, r5, r11",
+    "    add r10, r10, r5",
+    ".Lhvae_i8_shift0:",
+    "    subs r11, r6, #32",
+    "    bpl .Lhvae_i8_shhi0",
+    "    lsr r4, r4, r6",
+    "    rsb r5, r6, #32",
+    "    lsl r5, r10, r5",
+    "    orr r4, r4, r5",
+    "    asr r10, r10, r6",
+    "    b .Lhvae_i8_sat0",
+    ".Lhvae_i8_shhi0:",
+    "    asr r4, r10, r11",
+    "    asr r10, r10, #31",
+    ".Lhvae_i8_sat0:",
+    "    cmp r10, r4, asr #31",
+    "    beq .Lhvae_i8_fits0",
+    "    mvn r4, #0x80000000",
+    "    eor r4, r4, r10, asr #31",
+    ".Lhvae_i8_fits0:",
+    "    mov r10, r4",
+    "    b .Lhvae_i8_clamp0",
+    ".Lhvae_i8_slow1:",
+    "    add r9, r9, #33",
+    "    and r9, r9, #63",
+    "    sub r8, r9, #1",
+    "    and r8, r8, #63",
+    "    subs r12, r8, #32",
+    "    bpl .Lhvae_i8_halfhi1",
+    "    movs r12, #1",
+    "    lsl r12, r12, r8",
+    "    adds r7, r7, r12",
+    "    adc r11, r11, #0",
+    "    b .Lhvae_i8_shift1",
+    ".Lhvae_i8_halfhi1:",
+    "    movs r8, #1",
+    "    lsl r8, r8, r12",
+    "    add r11, r11, r8",
+    ".Lhvae_i8_shift1:",
+    "    subs r12, r9, #32",
+    "    bpl .Lhvae_i8_shhi1",
+    "    lsr r7, r7, r9",
+    "    rsb r8, r9, #32",
+    "    lsl r8, r11, r8",
+    "    orr r7, r7, r8",
+    "    asr r11, r11, r9",
+    "    b .Lhvae_i8_sat1",
+    ".Lhvae_i8_shhi1:",
+    "    asr r7, r11, r12",
+    "    asr r11, r11, #31",
+    ".Lhvae_i8_sat1:",
+    "    cmp r11, r7, asr #31",
+    "    beq .Lhvae_i8_fits1",
+    "    mvn r7, #0x80000000",
+    "    eor r7, r7, r11, asr #31",
+    ".Lhvae_i8_fits1:",
+    "    mov r11, r7",
+    "    b .Lhvae_i8_clamp1",
+    ".size hvae_kernels_dense_i8, . - hvae_kernels_dense_i8",
+    x = const offset_of!(ArgsI8, x),
+    xt = const offset_of!(ArgsI8, xt),
+    w = const offset_of!(ArgsI8, w),
+    ch = const offset_of!(ArgsI8, ch),
+    y = const offset_of!(ArgsI8, y),
+    n = const offset_of!(ArgsI8, n),
+    blocks = const offset_of!(ArgsI8, blocks),
+    quads = const offset_of!(ArgsI8, quads),
+    ones = const offset_of!(ArgsI8, ones),
+    tail = const offset_of!(ArgsI8, tail),
+    more = const offset_of!(ArgsI8, more),
+    pairs = const offset_of!(ArgsI8, pairs),
+    bstep = const offset_of!(ArgsI8, bstep),
+    requant = const offset_of!(ArgsI8, requant),
+    min = const offset_of!(ArgsI8, min),
+);
+
+/// Most inputs the int8 kernel takes: it sign-extends them on the stack (2 bytes each);
+/// wider layers take the portable kernel.
+const MAX_I8_INPUTS: usize = 512;
+
+/// The rows of an int8 layer (the portable kernel's: as many as the outputs, the
+/// channels and the whole weight rows allow) and whether the assembly takes their pairs:
+/// at least one pair, `1..=MAX_I8_INPUTS` inputs, a multiple of 4, and the weights 4-byte
+/// aligned (so every row is: `ldrd` needs it).
+#[inline(always)]
+fn i8_rows(w: &[i8], n: usize, rows: usize) -> (usize, bool) {
+    let rows = if n == 0 { rows } else { rows.min(w.len() / n) };
+    let asm = rows >= 2
+        && (1..=MAX_I8_INPUTS).contains(&n)
+        && n.is_multiple_of(4)
+        && (w.as_ptr() as usize).is_multiple_of(4);
+    (rows, asm)
+}
+
+/// Runs the int8 assembly on the `2 (rows / 2)` first rows of `w` (`n = x.len()` inputs
+/// each) with the biases at `ch` (`bstep` bytes apart), writing to `y` (`i8` outputs
+/// requantised, or `i32` accumulators when `requant` is false).
+///
+/// # Safety
+/// `i8_rows` allowed it for `w`, `x.len()` and `rows`; `ch` points at `rows` biases
+/// `bstep` bytes apart (with the multiplier and shift after each when `requant`); `y`
+/// has room for `rows` outputs (`i32`, 4-byte aligned, when not `requant`).
+#[inline(always)]
+unsafe fn run_i8(
+    w: &[i8],
+    x: &[i8],
+    (ch, bstep): (*const i32, usize),
+    y: *mut u8,
+    rows: usize,
+    requant: Option<i8>,
+) {
+    let n = x.len();
+    let mut args = ArgsI8 {
+        x: x.as_ptr(),
+        xt: x.as_ptr().wrapping_add(n - n % 8),
+        w: w.as_ptr(),
+        ch,
+        y,
+        n,
+        blocks: n / 8,
+        quads: n / 32,
+        ones: (n / 8) % 4,
+        tail: n % 8,
+        more: (n / 8) % 4 + n % 8,
+        pairs: rows / 2,
+        bstep,
+        requant: usize::from(requant.is_some()),
+        min: i32::from(requant.unwrap_or(0)),
+    };
+    // SAFETY: by the caller's contract the kernel reads `2 pairs n` weights (from a
+    // 4-byte aligned start, rows of a multiple of 4 bytes), `n` inputs, the pairs'
+    // channels or biases, and writes their outputs; below the stack pointer it uses
+    // `16 (n / 8) <= 1024` bytes, which it releases; it restores r4-r11 and the stack
+    // pointer.
+    unsafe { hvae_kernels_dense_i8(&mut args) }
+}
+
+/// [`portable::dense_i8`], the same values (integer arithmetic: the sums modulo 2^32 in
+/// any order are the same), with the assembly for pairs of rows.
+#[inline]
+pub(super) fn dense_i8(w: &[i8], x: &[i8], ch: &[portable::Channel], y: &mut [i8], min: i8) {
+    let n = x.len();
+    let (rows, asm) = i8_rows(w, n, y.len().min(ch.len()));
+    if !asm {
+        return portable::dense_i8(w, x, ch, y, min);
+    }
+    // SAFETY: `i8_rows` allowed it; `ch` holds `rows` channels of three `i32` (12
+    // bytes); `y` holds `rows` outputs.
+    unsafe {
+        run_i8(
+            w,
+            x,
+            (ch.as_ptr().cast(), 12),
+            y.as_mut_ptr().cast(),
+            rows,
+            Some(min),
+        );
+    }
+    if rows % 2 == 1 {
+        let last = rows - 1;
+        let row = w.get(last * n..rows * n).unwrap_or_default();
+        if let (Some(yo), Some(&[b, m, s])) = (y.get_mut(last), ch.get(last)) {
+            *yo = portable::requantize(portable::dot_i8(b, row, x), m, s as u32, min);
+        }
+    }
+}
+
+/// [`portable::dense_i8_dequant`], the same bits (the same `i32` accumulators, then the
+/// same conversion and product), with the assembly for pairs of rows.
+#[inline]
+pub(super) fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut [f32]) {
+    let n = x.len();
+    let (rows, asm) = i8_rows(w, n, y.len().min(bias.len()).min(scale.len()));
+    if !asm {
+        return portable::dense_i8_dequant(w, x, bias, scale, y);
+    }
+    // SAFETY: `i8_rows` allowed it; `bias` holds `rows` values (4 bytes apart); `y`
+    // holds `rows` `f32`, whose 4-byte aligned slots take the `i32` accumulators.
+    unsafe {
+        run_i8(w, x, (bias.as_ptr(), 4), y.as_mut_ptr().cast(), rows, None);
+    }
+    let pairs = 2 * (rows / 2);
+    for (yo, &sc) in y.iter_mut().zip(scale).take(pairs) {
+        *yo = (yo.to_bits() as i32) as f32 * sc;
+    }
+    if rows % 2 == 1 {
+        let last = rows - 1;
+        let row = w.get(last * n..rows * n).unwrap_or_default();
+        if let (Some(yo), Some(&b), Some(&sc)) = (y.get_mut(last), bias.get(last), scale.get(last))
+        {
+            *yo = portable::dot_i8(b, row, x) as f32 * sc;
         }
     }
 }

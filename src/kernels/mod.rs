@@ -6,13 +6,16 @@
 //! | [`portable`] | every target, every [`Real`] | Rust, blocked and unrolled by hand (forward); nalgebra's `ger`/`gemv` (backward); the reference |
 //! | [`portable::dense_i8`] | every target | the int8 layer: `i32` dot products of int8 weights and activations, requantised by a fixed-point multiplier and shift |
 //! | `m4f` (private) | `f32` on bare-metal Arm with a hard-float ABI (`thumbv7em-none-eabihf`: the Cortex-M4F) | assembly: `vldm` of eight values, `vmla.f32` |
+//! | `m4f` (private), int8 | the same targets (Armv7E-M: the DSP extension comes with the M4F's FPU) | assembly: `sxtb16` and `smlad` (two 16-bit products per instruction), two rows at a time |
 //!
 //! [`dense_forward`], [`dense_forward2`] and [`dense_backward`] choose the kernel for
 //! the target and the scalar type; every kernel computes the same floating-point
 //! operations in the same order as the portable one, so the results are the same bits
 //! whichever runs (the portable kernel is tested on the host; the target's against it on
-//! the device under qemu, by the firmware's `selftest`). Nothing outside this module
-//! knows which one runs; [`KERNEL`] names it for logs and benchmarks.
+//! the device under qemu, by the firmware's `selftest`). [`dense_i8`] and
+//! [`dense_i8_dequant`] do the same for int8 layers, whose integer sums are the same in
+//! any order. Nothing outside this module knows which one runs; [`KERNEL`] and
+//! [`KERNEL_I8`] name them for logs and benchmarks.
 //!
 //! The assembly is selected by `target_arch`, `target_abi` and `target_os`: Arm's
 //! floating-point target features are not stable `cfg`s, and a hard-float ABI implies
@@ -32,6 +35,17 @@ pub const KERNEL: &str = if cfg!(all(
     target_os = "none"
 )) {
     "arm-vfp-asm"
+} else {
+    "portable"
+};
+
+/// The name of the int8 dense kernel this build runs: `"portable"` or `"arm-dsp-asm"`.
+pub const KERNEL_I8: &str = if cfg!(all(
+    target_arch = "arm",
+    target_abi = "eabihf",
+    target_os = "none"
+)) {
+    "arm-dsp-asm"
 } else {
     "portable"
 };
@@ -130,16 +144,23 @@ pub fn dense_backward<T: Real>(
 }
 
 /// The int8 dense layer `y = requantize(W x + b)`: see [`portable::dense_i8`] for what it
-/// computes (integer arithmetic only, so every kernel gives the same bits).
+/// computes (integer arithmetic only, so every kernel gives the same values).
 #[inline]
 pub fn dense_i8(w: &[i8], x: &[i8], ch: &[portable::Channel], y: &mut [i8], min: i8) {
+    #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
+    return m4f::dense_i8(w, x, ch, y, min);
+    #[cfg(not(all(target_arch = "arm", target_abi = "eabihf", target_os = "none")))]
     portable::dense_i8(w, x, ch, y, min)
 }
 
 /// The int8 dense layer with real outputs `y = (W x + b) * scale`: see
-/// [`portable::dense_i8_dequant`].
+/// [`portable::dense_i8_dequant`] (every kernel gives the same bits: the same `i32`
+/// sums, then the same conversion and product).
 #[inline]
 pub fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut [f32]) {
+    #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
+    return m4f::dense_i8_dequant(w, x, bias, scale, y);
+    #[cfg(not(all(target_arch = "arm", target_abi = "eabihf", target_os = "none")))]
     portable::dense_i8_dequant(w, x, bias, scale, y)
 }
 

@@ -21,6 +21,13 @@
 //!    remainder of rows and inputs). The backward pass on the model's layers is checked
 //!    on the M4F only (its gradient buffers need more stack than the micro:bit has; the
 //!    micro:bit runs the portable kernels).
+//! 8. The int8 kernels ([`hvae::kernels::dense_i8`] and `dense_i8_dequant`: the `smlad`
+//!    assembly on the M4F) give the same values as the portable ones on the int8 digits
+//!    model's layers (its weights and channels, random inputs, each clamp) and on random
+//!    layers of 1..=9 rows and 0..=44 inputs (every remainder of pairs, blocks of 8 and
+//!    32 inputs; weights aligned and not), random channels (every shift `0..=63`, the
+//!    fast and the general requantisation, negative multipliers) and every int8 value
+//!    (`-128` too).
 #![no_std]
 #![no_main]
 
@@ -36,6 +43,13 @@ use hvae_firmware::weights::{self, generated, Source, BLOB_CRC, COMPILED, HEADER
 #[allow(dead_code)]
 mod golden {
     include!("../../model/golden.rs");
+}
+
+/// The int8 form of the digits model (`hvae export --quantize int8 --format rust`): its
+/// layers for the int8 kernel's check.
+#[allow(dead_code)]
+mod int8 {
+    include!("../../model/digits_int8.rs");
 }
 
 // The golden outputs belong to one model: build the selftest with it.
@@ -93,6 +107,11 @@ fn main() -> ! {
         hvae::kernels::KERNEL
     );
     kernels::kernels(&mut c);
+    defmt::println!(
+        "selftest: int8 dense kernel ({=str}) against the portable one",
+        hvae::kernels::KERNEL_I8
+    );
+    kernels_i8::kernels_i8(&mut c);
     defmt::println!(
         "selftest: {=u32} passed, {=u32} failed; peak stack {=usize} B",
         c.passed,
@@ -872,6 +891,147 @@ mod kernels {
         c.check(
             ok,
             "random layers of 1..=17 rows and 0..=19 inputs: the same bits as the portable kernels",
+        );
+    }
+}
+
+mod kernels_i8 {
+    use super::{int8, Checks};
+    use hvae::kernels::{dense_i8, dense_i8_dequant, portable};
+
+    /// Random layers: every size up to this many rows and inputs.
+    const ROWS: usize = 9;
+    const INPUTS: usize = 44;
+
+    /// Weights 4-byte aligned (the assembly's case), one spare byte to misalign them.
+    #[repr(C, align(4))]
+    struct Aligned([i8; ROWS * INPUTS + 4]);
+
+    /// xorshift32.
+    struct Rng(u32);
+
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 17;
+            self.0 ^= self.0 << 5;
+            self.0
+        }
+        fn i8(&mut self) -> i8 {
+            self.next() as i8
+        }
+    }
+
+    /// Both kernels on one layer, each clamp and the dequantised head: the same values.
+    fn agree(w: &[i8], x: &[i8], ch: &[portable::Channel], bias: &[i32], scale: &[f32]) -> bool {
+        let rows = ch.len();
+        let mut ok = true;
+        for min in [0i8, -127, -128, 5, 127] {
+            let (mut y, mut z) = ([0x55i8; ROWS * 4], [0x55i8; ROWS * 4]);
+            let (Some(y), Some(z)) = (y.get_mut(..rows), z.get_mut(..rows)) else {
+                return false;
+            };
+            dense_i8(w, x, ch, y, min);
+            portable::dense_i8(w, x, ch, z, min);
+            ok &= y == z;
+        }
+        let rows = bias.len();
+        let (mut y, mut z) = ([f32::NAN; ROWS * 4], [f32::NAN; ROWS * 4]);
+        let (Some(y), Some(z)) = (y.get_mut(..rows), z.get_mut(..rows)) else {
+            return false;
+        };
+        dense_i8_dequant(w, x, bias, scale, y);
+        portable::dense_i8_dequant(w, x, bias, scale, z);
+        ok && y
+            .iter()
+            .zip(z.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+
+    pub fn kernels_i8(c: &mut Checks) {
+        let mut rng = Rng(0x9e37_79b9);
+        // The digits model's layers: 64 -> 32 (channels), 32 -> 8 (the direction head).
+        let s = int8::SHAPE;
+        let (d, h, m) = (s.input, s.hidden(0), s.latent);
+        let mut ok = true;
+        let parts = (
+            int8::WEIGHTS.split_at_checked(h * d),
+            int8::INTS.split_at_checked(3 * h),
+        );
+        if let (Some((w1, w2)), Some((ch, mu_b))) = parts {
+            let (ch, _) = ch.as_chunks::<3>();
+            let scale = [0.001f32, -2.5, 1.0e-7, 3.0e5, 1.0, 0.5, 7.0, 1.0e-3];
+            for round in 0..8 {
+                let mut x = [0i8; 64];
+                let mut hx = [0i8; 32];
+                for v in x.iter_mut().chain(hx.iter_mut()) {
+                    *v = match round {
+                        0 => 127,
+                        1 => -128,
+                        _ => rng.i8(),
+                    };
+                }
+                let (Some(x), Some(hx), Some(scale)) = (x.get(..d), hx.get(..h), scale.get(..m))
+                else {
+                    ok = false;
+                    break;
+                };
+                ok &= agree(w1, x, ch, &[], &[]);
+                ok &= agree(w2, hx, &[], mu_b, scale);
+            }
+        } else {
+            ok = false;
+        }
+        c.check(
+            ok,
+            "the int8 model's layers: the same values as the portable kernels",
+        );
+
+        let mut ok = true;
+        let mut buf = Aligned([0; ROWS * INPUTS + 4]);
+        let mut chs = [[0i32; 3]; ROWS];
+        let (mut bias, mut scale) = ([0i32; ROWS], [0.0f32; ROWS]);
+        let mut x = [0i8; INPUTS];
+        for rows in 1..=ROWS {
+            for n in 0..=INPUTS {
+                for v in buf.0.iter_mut().chain(x.iter_mut()) {
+                    *v = rng.i8();
+                }
+                for ((c, b), sc) in chs.iter_mut().zip(&mut bias).zip(&mut scale) {
+                    let r = rng.next();
+                    // Mostly the fast path (shift 33..=62), sometimes any shift 0..=63.
+                    let shift = if r.is_multiple_of(4) {
+                        r >> 26
+                    } else {
+                        33 + (r >> 8) % 30
+                    };
+                    *c = [
+                        rng.next() as i32 >> (r % 8),
+                        rng.next() as i32,
+                        shift as i32,
+                    ];
+                    *b = rng.next() as i32 >> 4;
+                    *sc = (rng.next() >> 8) as f32 * 1.0e-6;
+                }
+                for skew in [0, 1] {
+                    let parts = (
+                        buf.0.get(skew..skew + rows * n),
+                        x.get(..n),
+                        chs.get(..rows),
+                        bias.get(..rows),
+                        scale.get(..rows),
+                    );
+                    let (Some(w), Some(x), Some(ch), Some(b), Some(sc)) = parts else {
+                        ok = false;
+                        continue;
+                    };
+                    ok &= agree(w, x, ch, b, sc);
+                }
+            }
+        }
+        c.check(
+            ok,
+            "random int8 layers of 1..=9 rows and 0..=44 inputs: the same values as the portable kernels",
         );
     }
 }
