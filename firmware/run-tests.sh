@@ -11,10 +11,11 @@
 #   3. runs the conformance checks against cluster on both machines (over the emulated
 #      UART) and checks the inference firmware's flash and RAM (static + measured peak
 #      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM;
-#   4. runs bench (instructions per MAC, training step cost and RAM per scope) and
-#      fails if a budget is exceeded, and bench_adapt (online k-means and the
-#      normalisation tracker per sample, reported; fails if a sample fails), and bench
-#      on the microbit (inference in soft float, reported);
+#   4. runs bench (instructions per MAC of the f32 and the int8 model and of the int8
+#      dense layers, training step cost and RAM per scope) and fails if a budget is
+#      exceeded, and bench_adapt (online k-means and the normalisation tracker per
+#      sample, reported; fails if a sample fails), and bench on the microbit (inference
+#      in soft float, reported; fails if an int8 dense layer exceeds the M0's budget);
 #   5. prints the sizes table and the panic sites of cluster and learn, and fails if one
 #      is in the core, the firmware or the standard library's own code.
 # Every qemu run goes through the host tool (`hvae-firmware-host run` / `probe`, built on
@@ -93,7 +94,7 @@ run mps2-an386 "target/$m4/release/bench" | tee target/bench.txt || bench_ok=0
 step "bench_adapt on mps2-an386 (adapting a deployed model, per sample)"
 run mps2-an386 "target/$m4/release/bench_adapt"
 
-step "bench on microbit (Cortex-M0, soft float): inference, reported"
+step "bench on microbit (Cortex-M0, soft float): inference, reported; the int8 dense layers' budgets"
 run microbit "target/$m0/release/bench"
 
 step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = .data + .bss)"
