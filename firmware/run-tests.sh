@@ -2,8 +2,8 @@
 # The firmware's tests, on a machine with qemu-system-arm (.ci/run installs it):
 #   0. checks the formatting of the firmware and its host tool, and lints the firmware
 #      (clippy and rustdoc, warnings are errors);
-#   1. builds cluster, selftest, bench, bench_adapt and learn for the Cortex-M4F
-#      (thumbv7em-none-eabihf) and cluster, selftest and bench for the Cortex-M0
+#   1. builds cluster, selftest, bench, bench_adapt, learn and learn_scratch for the
+#      Cortex-M4F (thumbv7em-none-eabihf) and cluster, selftest and bench for the Cortex-M0
 #      (thumbv6m-none-eabi), release; runs the host tool's unit tests;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
 #      mps2-an386 and microbit, and checks that the log is defmt: the raw log is
@@ -16,8 +16,8 @@
 #      exceeded, and bench_adapt (online k-means and the normalisation tracker per
 #      sample, reported; fails if a sample fails), and bench on the microbit (inference
 #      in soft float, reported; fails if an int8 dense layer exceeds the M0's budget);
-#   5. prints the sizes table and the panic sites of cluster and learn, and fails if one
-#      is in the core, the firmware or the standard library's own code.
+#   5. prints the sizes table and the panic sites of cluster, learn and learn_scratch, and
+#      fails if one is in the core, the firmware or the standard library's own code.
 # Every qemu run goes through the host tool (`hvae-firmware-host run` / `probe`, built on
 # the device toolkit's launcher), never qemu directly.
 # Exit status: 0 only if everything passed. HVAE_BENCH_ALLOW_OVER="encode+segment:"
@@ -52,7 +52,8 @@ cargo clippy --release --target "$m4" --lib --bins -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 
 step "build (release)"
-cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench --bin bench_adapt --bin learn
+cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench --bin bench_adapt --bin learn \
+  --bin learn_scratch
 cargo build --release --target "$m0" --bin cluster --bin selftest --bin bench
 # The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
 # device), and its own unit tests (the ELF scanner of the panic-site check).
@@ -99,11 +100,12 @@ run microbit "target/$m0/release/bench"
 
 step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = .data + .bss)"
 "$tool" size "target/$m4/release/cluster" "target/$m0/release/cluster" \
-  "target/$m4/release/selftest" "target/$m0/release/selftest" "target/$m4/release/bench"
+  "target/$m4/release/selftest" "target/$m0/release/selftest" "target/$m4/release/bench" \
+  "target/$m4/release/learn" "target/$m4/release/learn_scratch"
 echo
 echo "panic sites linked in (none may be in the core, the firmware or the standard library: the device path returns typed errors):"
 "$tool" panics --deny-ours "target/$m4/release/cluster" "target/$m4/release/learn" \
-  "target/$m0/release/cluster"
+  "target/$m4/release/learn_scratch" "target/$m0/release/cluster"
 echo
 echo "device-reported (cluster after the conformance checks):"
 grep -h HVAE_DEVICE_FIGURES target/probe-m4.txt target/probe-m0.txt |

@@ -48,16 +48,9 @@ pub const WORK_LEN: usize = SHAPE.work_len();
 /// Requests this service answers.
 pub const CAPABILITIES: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHECKPOINT;
 
-/// Memory figures the device reports in [`DeviceInfo`] (bytes; 0 when unknown).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Resources {
-    /// Program image in flash.
-    pub flash: u32,
-    /// Static RAM (`.data` + `.bss`).
-    pub ram: u32,
-    /// Peak stack so far.
-    pub stack: u32,
-}
+/// Memory figures the device reports in [`DeviceInfo`] (the core's, shared with the
+/// learning engine's `Store`).
+pub use hvae::device::Resources;
 
 /// The service's state: the weights in use, a workspace, a load in progress.
 pub struct Service<F> {

@@ -248,6 +248,111 @@ fn device_training_matches_the_host() {
     assert_eq!(dev.checkpoint().unwrap(), info.weights_crc);
 }
 
+/// The `learn_scratch` program on the emulated Cortex-M4F: it boots the fresh 64-16-8
+/// network the host's `scratch_model` initialises (same CRC), learns with SGD and a
+/// reservoir of bytes bit for bit as the host's scratch engine, keeps its training state
+/// within the scenario's 48 KiB, reports its RAM in `Info`, and refuses Adam (its
+/// buffers hold SGD's momentum only). 400 steps of the warm-up (qemu takes ~27 ms a
+/// step; the whole scenario, 3 x 8985 steps, is `hvae device-train --scenario scratch
+/// --device qemu`).
+#[test]
+fn scratch_program_matches_the_host_engine() {
+    use hvae::protocol::{ErrorCode, TrainOptimiser, TrainScope, TrainSettings};
+    use hvae_host::device::DeviceError;
+    let machine = Machine::Mps2An386;
+    let Some(elf) = firmware(hvae_host::device::SCRATCH_BIN, machine) else {
+        return;
+    };
+    let like = model_io::load(&compiled_model()).unwrap();
+    let data = data::load(&common::digits_path()).unwrap();
+    let arch = scenario::scratch_model(&like).unwrap();
+    let (_q, mut dev) = start(&elf, machine);
+    let boot = dev.info().unwrap();
+    assert_eq!(
+        boot.weights_crc, arch.crc,
+        "the device booted another initialisation"
+    );
+    assert_eq!(boot.params_held as usize, arch.model.shape().param_len());
+
+    let model = device_train::with_fitted_normalisation(&arch, &data).unwrap();
+    let settings = TrainSettings {
+        scope: TrainScope::Full,
+        optimiser: TrainOptimiser::Sgd { momentum: 0.9 },
+        lr: scenario::SCRATCH_LR,
+        batch: 8,
+    };
+    let schedule = device_train::Schedule {
+        settings,
+        steps: 400,
+        per_request: 4,
+        seed: 3,
+    };
+    let requests = schedule.requests(&data).unwrap();
+    let (r, _) = device_train::run_requests_on(
+        &mut dev,
+        &model,
+        &data,
+        TrainScope::Full,
+        &requests,
+        device_train::Reference::Scratch,
+    )
+    .unwrap();
+    println!(
+        "learn_scratch, 400 steps: device ACC {:.4}, host {:.4}, bit-identical {}, training \
+         state {:?} B, {:.1} s",
+        r.device.acc, r.host.acc, r.bit_identical, r.train_ram, r.device_seconds
+    );
+    assert!(r.bit_identical, "{r:?}");
+    assert_eq!(r.steps, 400, "{r:?}");
+    let state = r.train_ram.unwrap();
+    assert!(
+        state > 45_000 && state <= scenario::SCRATCH_RAM_BAR,
+        "{r:?}"
+    );
+
+    // The device's own report: the parameters, the trainer's buffers and SGD's momentum
+    // are static (their sizes from the core's const fns, plus under 4 KiB of the
+    // program's own statics); the engine, with its memory of samples, is on the stack.
+    let info = dev.info().unwrap();
+    println!(
+        "learn_scratch: static RAM {} B, peak stack {} B, flash {} B",
+        info.ram_static, info.stack_peak, info.flash_used
+    );
+    let shape = model.model.shape();
+    let sgd = hvae::train::trainer::TrainConfig::<f32>::optim_len(
+        shape,
+        hvae::Scope::Full,
+        hvae::train::optim::OptimKind::Sgd,
+    );
+    let buffers = 4
+        * (shape.param_len()
+            + hvae::device::scratch_len_with(shape, hvae::device::SCRATCH_MEM)
+            + sgd);
+    let statics = info.ram_static as usize;
+    assert!(
+        statics >= buffers && statics < buffers + 4096,
+        "{info:?}: {buffers}"
+    );
+    let memory = hvae::device::SCRATCH_MEM * shape.input;
+    assert!(info.stack_peak as usize > memory, "{info:?}");
+    assert!(info.flash_used > 0, "{info:?}");
+
+    // Adam's second moment does not fit: refused, and the weights stay.
+    let adam = TrainSettings {
+        optimiser: TrainOptimiser::Adam,
+        ..settings
+    };
+    let before = dev.info().unwrap().weights_crc;
+    match dev.train(&data.features()[..64], 1, Some(adam)) {
+        Err(DeviceError::Refused {
+            code: ErrorCode::Train,
+            ..
+        }) => {}
+        other => panic!("Adam on learn_scratch: {other:?}"),
+    }
+    assert_eq!(dev.info().unwrap().weights_crc, before);
+}
+
 /// The drift scenario on the emulated Cortex-M4F: the deployed digits model adapts its
 /// input normalisation and segmenter to a drifted sensor, bit for bit as the host
 /// engine does, and wins back the oracle's ACC (the adaptation scope alone: the others

@@ -208,6 +208,8 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
     assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
     assert_eq!(r.architecture, "64-16-8, K 10", "{text}");
     assert_eq!(r.memory, 120, "{text}");
+    // The host engine measures no RAM of its own (qemu.rs checks the device's report).
+    assert!(r.device_ram.is_none(), "{text}");
     // Parameters, gradient, momentum, memory, workspace: within the budget.
     assert!(
         r.train_ram <= scenario::SCRATCH_RAM_BAR && r.train_ram > 45_000,

@@ -198,13 +198,12 @@ where
                 let shape = *self.model.shape();
                 let held = self.model.params().len();
                 let crc = self.crc();
-                Ok(Response::Info(DeviceInfo::new(
-                    &shape,
-                    held,
-                    crc,
-                    self.max_frame,
-                    CAPS,
-                )))
+                let r = self.store.resources();
+                let mut info = DeviceInfo::new(&shape, held, crc, self.max_frame, CAPS);
+                info.flash_used = r.flash;
+                info.ram_static = r.ram;
+                info.stack_peak = r.stack;
+                Ok(Response::Info(info))
             }
             Request::ReadWeights { offset, count } if CAPS & CAP_READ != 0 => {
                 let start = *offset as usize;

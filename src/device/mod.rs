@@ -107,6 +107,23 @@ pub const SCRATCH_WARMUP_STEPS: u32 = 3000;
 /// scalars of scratch).
 pub const SCRATCH_INIT_SAMPLES: usize = 64;
 const _: () = assert!(CAP <= SCRATCH_INIT_SAMPLES);
+/// Samples a learning-from-scratch engine remembers: a reservoir of this many samples,
+/// each value stored as a byte (`Engine<.., SCRATCH_MEM, u8>`; `SCRATCH_MEM * D` bytes).
+pub const SCRATCH_MEM: usize = 120;
+/// Hidden units of the network a device learns from scratch (one layer): the widest that
+/// fits 48 KiB of training state with SGD's momentum and a [`SCRATCH_MEM`] memory
+/// (docs/device.md#scenarios).
+pub const SCRATCH_HIDDEN: usize = 16;
+
+/// The network a device learns from scratch: `like`'s inputs, latent, clusters,
+/// activation, posterior and likelihood, with one hidden layer of [`SCRATCH_HIDDEN`].
+pub const fn scratch_shape(like: &Shape) -> Shape {
+    Shape::new(like.input, &[SCRATCH_HIDDEN], like.latent, like.clusters)
+        .with_activation(like.activation)
+        .with_posterior(like.posterior)
+        .with_likelihood(like.likelihood)
+}
+
 /// Half-width, in standard deviations of each feature, of the span a memory of bytes
 /// quantises ([`quant_of`]).
 pub const QUANT_SD: f32 = 4.0;
@@ -170,6 +187,17 @@ pub const fn checkpoint_slot_len<F: NorFlash>(shape: &Shape) -> usize {
     crate::store::checkpoint::slot_len::<f32, F>(shape, Scope::Full, OptimKind::Adam)
 }
 
+/// Memory figures a device reports in its `Info` answer (bytes; 0 when not measured).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Program image in flash.
+    pub flash: u32,
+    /// Static RAM (`.data` + `.bss`).
+    pub ram: u32,
+    /// Peak stack so far.
+    pub stack: u32,
+}
+
 /// Where the engine's big buffers live, and where checkpoints go.
 pub trait Store {
     /// A buffer of scalars.
@@ -184,4 +212,9 @@ pub trait Store {
     /// The two checkpoint slots ([`crate::store::checkpoint`]), if the device has them; they
     /// must hold a checkpoint of the Full scope with Adam ([`checkpoint_slot_len`]).
     fn checkpoints(&mut self) -> Option<&mut Checkpoints<Self::Flash>>;
+    /// The device's memory figures, read when `Info` is answered (a board measures its
+    /// image, static RAM and peak stack; the default: none measured).
+    fn resources(&mut self) -> Resources {
+        Resources::default()
+    }
 }

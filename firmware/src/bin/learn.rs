@@ -75,6 +75,10 @@ impl Store for Board {
     fn checkpoints(&mut self) -> Option<&mut Checkpoints<CkptFlash>> {
         self.checkpoints.as_mut()
     }
+
+    fn resources(&mut self) -> hvae::device::Resources {
+        rt::resources()
+    }
 }
 
 #[entry]

@@ -643,10 +643,9 @@ pub fn print_new_clusters(r: &NewClustersReport, out: &mut dyn Write) -> Result<
     outln!(out, "{}", if r.pass { "PASS" } else { "FAIL" })
 }
 
-/// Hidden units of the `scratch` scenario's network (one layer; the input, latent and
-/// clusters of the firmware's model): the widest that fits [`SCRATCH_RAM_BAR`] with
-/// SGD's momentum and the memory of past samples (docs/device.md#scenarios).
-pub const SCRATCH_HIDDEN: usize = 16;
+/// Hidden units of the `scratch` scenario's network (the core's, which the
+/// `learn_scratch` program is built with).
+pub use hvae::device::SCRATCH_HIDDEN;
 
 /// Most bytes of training state in the `scratch` scenario (parameters, gradient,
 /// optimiser moments, memory of past samples, workspace).
@@ -662,13 +661,10 @@ pub const SCRATCH_ORDERS: u64 = 3;
 pub const SCRATCH_LR: f32 = 0.002;
 
 /// The `scratch` scenario's architecture: `like`'s with [`SCRATCH_HIDDEN`] hidden units
-/// (a fresh initialisation, seed 0).
+/// ([`hvae::device::scratch_shape`]), a fresh initialisation with seed 0 (as the
+/// `learn_scratch` program boots).
 pub fn scratch_model(like: &LoadedModel) -> Result<LoadedModel, Error> {
-    let s = like.model.shape();
-    let shape = hvae::Shape::new(s.input, &[SCRATCH_HIDDEN], s.latent, s.clusters)
-        .with_activation(s.activation)
-        .with_posterior(s.posterior)
-        .with_likelihood(s.likelihood);
+    let shape = hvae::device::scratch_shape(like.model.shape());
     let m =
         hvae::Model::<f32, Vec<f32>>::with_shape(shape, &mut Xoshiro256PlusPlus::seed_from_u64(0))
             .map_err(|e| Error::Failed(format!("cannot initialise the scratch model: {e}")))?;
@@ -691,6 +687,23 @@ pub struct ScratchRun {
     pub bit_identical: bool,
     /// Seconds of the device session.
     pub device_seconds: f64,
+}
+
+/// RAM as a device reports it in `Info`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct DeviceRam {
+    /// Static RAM (`.data` + `.bss`): the parameters, the trainer's buffers, the
+    /// checkpoint and frame state.
+    pub ram_static: u32,
+    /// Peak stack since reset (the engine, with its memory of samples, lives there).
+    pub stack_peak: u32,
+}
+
+impl DeviceRam {
+    /// All the RAM the program used: static and peak stack.
+    pub fn total(&self) -> u32 {
+        self.ram_static.saturating_add(self.stack_peak)
+    }
 }
 
 /// The scratch scenario's report.
@@ -716,6 +729,9 @@ pub struct ScratchReport {
     pub train_ram: usize,
     /// Bar on `train_ram`.
     pub ram_bar: usize,
+    /// The device's own report after the last order (its `Info`: static RAM and peak
+    /// stack; `None` when it measures neither, as the host engine).
+    pub device_ram: Option<DeviceRam>,
     /// Every stream order.
     pub runs: Vec<ScratchRun>,
     /// Mean over the orders of the device's ACC and NMI.
@@ -786,6 +802,13 @@ pub fn scratch(
             device_seconds: r.device_seconds,
         });
     }
+    let info = dev
+        .info()
+        .map_err(|e| Error::Failed(format!("{}: Info after training: {e}", dev.name())))?;
+    let device_ram = (info.ram_static > 0).then_some(DeviceRam {
+        ram_static: info.ram_static,
+        stack_peak: info.stack_peak,
+    });
     let n = runs.len().max(1) as f64;
     let mean = Quality {
         acc: runs.iter().map(|r| r.device.acc).sum::<f64>() / n,
@@ -833,9 +856,10 @@ pub fn scratch(
         ),
         passes: args.passes,
         samples,
-        memory: crate::device::learn_host::SCRATCH_MEM,
+        memory: hvae::device::SCRATCH_MEM,
         train_ram: ram,
         ram_bar: SCRATCH_RAM_BAR,
+        device_ram,
         runs,
         mean,
         worst,
@@ -904,6 +928,18 @@ pub fn print_scratch(r: &ScratchReport, out: &mut dyn Write) -> Result<(), Error
         r.train_ram,
         format!("<= {}", r.ram_bar)
     )?;
+    if let Some(d) = r.device_ram {
+        outln!(
+            out,
+            "{:<44} {:>14} {:>10}",
+            format!(
+                "device RAM: static {} + peak stack {}",
+                d.ram_static, d.stack_peak
+            ),
+            d.total(),
+            ""
+        )?;
+    }
     outln!(
         out,
         "{:<44} {:>14} {:>10}",

@@ -5,6 +5,7 @@
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
     checkpoint_slot_len, optim_len, scratch_len_with, Engine, Store, Transport, CAP, LEARN,
+    SCRATCH_MEM,
 };
 use hvae::protocol::{Request, Response};
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
@@ -82,20 +83,32 @@ pub struct HostStore {
 }
 
 impl HostStore {
-    /// A store sized as the firmware's for `shape`.
+    /// A store sized as the `learn` program's for `shape`.
     pub fn new(shape: &Shape) -> Result<HostStore, String> {
-        Self::with_memory(shape, CAP)
+        Self::with_memory(shape, CAP, optim_len(shape))
     }
 
-    /// A store sized for `shape` and a trainer that remembers `mem` samples.
-    pub fn with_memory(shape: &Shape, mem: usize) -> Result<HostStore, String> {
+    /// A store sized as the `learn_scratch` program's for `shape`: a trainer that
+    /// remembers [`SCRATCH_MEM`] samples, and SGD's momentum (not Adam's moments).
+    pub fn scratch(shape: &Shape) -> Result<HostStore, String> {
+        let sgd = hvae::train::trainer::TrainConfig::<f32>::optim_len(
+            shape,
+            hvae::Scope::Full,
+            hvae::train::optim::OptimKind::Sgd,
+        );
+        Self::with_memory(shape, SCRATCH_MEM, sgd)
+    }
+
+    /// A store sized for `shape`, a trainer that remembers `mem` samples and `optim`
+    /// scalars of optimiser state.
+    fn with_memory(shape: &Shape, mem: usize, optim: usize) -> Result<HostStore, String> {
         let slot = checkpoint_slot_len::<RamFlash>(shape);
         let flash = RamFlash(vec![0xFF; 2 * slot]);
         let checkpoints = Checkpoints::new(flash, 0, slot as u32)
             .map_err(|e| format!("checkpoint slots: {e:?}"))?;
         Ok(HostStore {
             scratch: scratch_len_with(shape, mem),
-            optim: optim_len(shape),
+            optim,
             checkpoints,
         })
     }
@@ -116,10 +129,6 @@ impl Store for HostStore {
 /// The learning engine on the host.
 pub type HostLearner = Engine<INPUTS, WORK, Vec<f32>, HostStore>;
 
-/// Samples the scratch engine remembers (a reservoir of bytes: `SCRATCH_MEM * INPUTS`
-/// bytes).
-pub const SCRATCH_MEM: usize = 120;
-
 /// The scratch engine: the learning engine whose trainer remembers a reservoir of
 /// [`SCRATCH_MEM`] samples stored as bytes (the `scratch` scenario,
 /// docs/device.md#scenarios).
@@ -135,7 +144,7 @@ pub fn scratch_learner(model: VecModel<f32>, crc: u32) -> Result<ScratchLearner,
             shape.input
         ));
     }
-    let store = HostStore::with_memory(&shape, SCRATCH_MEM)?;
+    let store = HostStore::scratch(&shape)?;
     Engine::new(model, crc, store, MAX_REQUEST_FRAME)
         .map_err(|e| format!("the scratch engine refuses the model: {e}"))
 }

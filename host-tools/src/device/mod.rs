@@ -87,7 +87,7 @@ pub struct Opened {
 }
 
 /// The firmware program of the `scratch` scenario (the scratch engine on the host).
-pub const SCRATCH_BIN: &str = "learn-scratch";
+pub const SCRATCH_BIN: &str = "learn_scratch";
 
 /// Opens the device: the host engine (which serves every request, whatever `bin`), or
 /// builds and starts program `bin` under qemu, or opens the serial

@@ -1,0 +1,151 @@
+//! Learning from scratch: the `learn` service for a network small enough to train from a
+//! fresh initialisation within 48 KiB of training state (the `scratch` scenario of
+//! `hvae device-train`).
+//!
+//! The network is the compiled-in model's with one hidden layer of
+//! [`hvae::device::SCRATCH_HIDDEN`] units ([`hvae::device::scratch_shape`]), freshly
+//! initialised at boot ([`hvae::Model::init`], generator seeded with 0: the host's
+//! `scratch_model`); the host loads the weights it wants to start from (`LoadWeights`),
+//! then streams `TrainBatch` requests. The core's engine remembers a reservoir of
+//! [`SCRATCH_MEM`] samples as bytes; the buffers are sized for the Full scope with SGD
+//! (momentum is one parameter vector): Adam's second moment does not fit the budget, and
+//! a training with Adam is refused (`ErrorCode::Train`).
+//!
+//! `Info` reports the program's static RAM and peak stack: with the engine (and its
+//! memory of samples) on the stack, their sum is all the RAM the program uses.
+#![no_std]
+#![no_main]
+
+use core::ptr::addr_of_mut;
+use cortex_m_rt::entry;
+use hvae::device::{
+    blob_crc, checkpoint_slot_len, scratch_len_with, scratch_shape, Engine, Resources, Store,
+    LEARN, SCRATCH_MEM,
+};
+use hvae::protocol::{max_request_frame, max_response_frame, MAX_SAMPLE};
+use hvae::shape::{Scope, Shape};
+use hvae::train::optim::OptimKind;
+use hvae::train::trainer::TrainConfig;
+use hvae::Checkpoints;
+use hvae::Model;
+use hvae_firmware::board::{Flash, FlashRegion, Uart};
+use hvae_firmware::rt;
+use hvae_firmware::weights::SHAPE as DEPLOYED;
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// The network learnt from scratch.
+const SHAPE: Shape = scratch_shape(&DEPLOYED);
+const PARAM_LEN: usize = SHAPE.param_len();
+/// The trainer's storage (Full scope, a reservoir of `SCRATCH_MEM` samples); also the
+/// staging area of a weight load.
+const SCRATCH_LEN: usize = scratch_len_with(&SHAPE, SCRATCH_MEM);
+/// SGD's momentum over the Full scope.
+const OPTIM_LEN: usize = TrainConfig::<f32>::optim_len(&SHAPE, Scope::Full, OptimKind::Sgd);
+/// Two workspaces (`Segment` and `Encode` answer two samples at a time).
+const WORK_LEN: usize = 2 * SHAPE.work_len();
+/// A training batch fills a request: the longest frame of `MAX_SAMPLE` values.
+const RX_FRAME: usize = max_request_frame(MAX_SAMPLE);
+/// The longest response frame of this network.
+const TX_FRAME: usize = max_response_frame(SHAPE.clusters, SHAPE.latent);
+/// Bytes of one checkpoint slot (1 KiB flash pages); memory.x's `CKPT` holds two.
+const CKPT_SLOT: usize = checkpoint_slot_len::<CkptFlash>(&SHAPE);
+
+/// The checkpoint region (`CKPT` in memory.x) as NOR flash.
+type CkptFlash = FlashRegion<Flash>;
+
+static mut PARAMS: [f32; PARAM_LEN] = [0.0; PARAM_LEN];
+static mut SCRATCH: [f32; SCRATCH_LEN] = [0.0; SCRATCH_LEN];
+static mut OPTIM: [f32; OPTIM_LEN] = [0.0; OPTIM_LEN];
+/// The engine of this program: the trainer remembers a reservoir of bytes.
+type Learner = Engine<{ SHAPE.input }, WORK_LEN, &'static mut [f32], Board, LEARN, SCRATCH_MEM, u8>;
+
+/// The static buffers and the checkpoint slots.
+struct Board {
+    checkpoints: Option<Checkpoints<CkptFlash>>,
+}
+
+impl Store for Board {
+    type Buf = &'static mut [f32];
+    type Flash = CkptFlash;
+
+    fn take(&mut self, scratch: usize, optim: usize) -> Option<(Self::Buf, Self::Buf)> {
+        if scratch > SCRATCH_LEN || optim > OPTIM_LEN {
+            return None;
+        }
+        // SAFETY: the engine calls `take` only after dropping every buffer of the
+        // previous call (the `Store` contract), so no other reference into SCRATCH or
+        // OPTIM is live; nothing else touches them.
+        let (s, o) = unsafe {
+            (
+                &mut (&mut *addr_of_mut!(SCRATCH))[..scratch],
+                &mut (&mut *addr_of_mut!(OPTIM))[..optim],
+            )
+        };
+        s.fill(0.0);
+        o.fill(0.0);
+        Some((s, o))
+    }
+
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<CkptFlash>> {
+        self.checkpoints.as_mut()
+    }
+
+    fn resources(&mut self) -> Resources {
+        rt::resources()
+    }
+}
+
+#[entry]
+fn main() -> ! {
+    rt::paint_stack();
+    // SAFETY: taken once, here, before anything else can reference PARAMS.
+    let params: &'static mut [f32] = unsafe { &mut *addr_of_mut!(PARAMS) };
+    let mut model = match Model::new(SHAPE, params) {
+        Ok(m) => m,
+        Err(e) => {
+            defmt::error!("learn_scratch: the network's shape is refused: {}", e);
+            rt::exit(false)
+        }
+    };
+    model.init(&mut Xoshiro256PlusPlus::seed_from_u64(0));
+    let crc = blob_crc(&SHAPE, model.params());
+    let checkpoints =
+        Checkpoints::new(FlashRegion::checkpoints(Flash::new()), 0, CKPT_SLOT as u32).ok();
+    if checkpoints.is_none() {
+        defmt::warn!("learn_scratch: no room for checkpoints in memory.x's CKPT");
+    }
+    let board = Board { checkpoints };
+    let mut learner = match Learner::new(model, crc, board, RX_FRAME) {
+        Ok(l) => l,
+        Err(e) => {
+            defmt::error!("learn_scratch: the engine refuses the network: {}", e);
+            rt::exit(false)
+        }
+    };
+    let restored = learner.restore();
+    let crc = learner.crc();
+    match restored {
+        Ok(Some(seq)) => defmt::info!(
+            "learn_scratch: weights of checkpoint {=u32}, CRC {=u32:#010x}; serving on UART0",
+            seq,
+            crc
+        ),
+        Ok(None) => defmt::info!(
+            "learn_scratch: fresh {=usize}-{=usize}-{=usize} network, CRC {=u32:#010x}, {=usize} bytes of training buffers; serving on UART0",
+            SHAPE.input,
+            hvae::device::SCRATCH_HIDDEN,
+            SHAPE.latent,
+            crc,
+            4 * (SCRATCH_LEN + OPTIM_LEN + PARAM_LEN)
+        ),
+        Err(e) => defmt::warn!(
+            "learn_scratch: checkpoint unreadable ({}), fresh network, CRC {=u32:#010x}; serving on UART0",
+            e,
+            crc
+        ),
+    }
+    let mut uart = Uart::new();
+    // A UART does not fail: the server never returns.
+    match learner.serve::<_, RX_FRAME, TX_FRAME>(&mut uart) {}
+}
