@@ -4,10 +4,12 @@
 //! - [`weights`]: the compiled-in model (CRC-checked), and two flash slots that
 //!   `LoadWeights` fills;
 //! - [`service`]: the request handler of the protocol (`hvae::protocol`);
+//! - [`learning`]: the static buffers and checkpoint slots of a learning program;
 //! - [`rt`]: image and RAM figures, stack painting, the semihosting exit, an
 //!   instruction counter, the panic handlers.
 //!
 //! Programs: `cluster` (inference service), `learn` (inference and on-device training),
+//! `learn_scratch` (learning a small network from a fresh initialisation),
 //! `selftest` (on-target tests), `bench` (instruction counts and RAM of inference and
 //! training, against the budgets). See `README.md` in this directory.
 //!
@@ -21,6 +23,7 @@
 use defmt_semihosting as _;
 
 pub mod board;
+pub mod learning;
 pub mod rt;
 pub mod service;
 pub mod weights;

@@ -17,11 +17,11 @@
 
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
-use hvae::device::{blob_crc, checkpoint_slot_len, optim_len, scratch_len, Engine, Store};
+use hvae::device::{blob_crc, checkpoint_slot_len, optim_len, scratch_len, Engine};
 use hvae::protocol::{max_request_frame, MAX_SAMPLE};
-use hvae::Checkpoints;
 use hvae::Model;
-use hvae_firmware::board::{Flash, FlashRegion, Uart};
+use hvae_firmware::board::Uart;
+use hvae_firmware::learning::{CkptFlash, StaticStore};
 use hvae_firmware::rt;
 use hvae_firmware::service::TX_FRAME;
 use hvae_firmware::weights::{generated, SHAPE};
@@ -38,48 +38,12 @@ const RX_FRAME: usize = max_request_frame(MAX_SAMPLE);
 /// Bytes of one checkpoint slot (1 KiB flash pages); memory.x's `CKPT` holds two.
 const CKPT_SLOT: usize = checkpoint_slot_len::<CkptFlash>(&SHAPE);
 
-/// The checkpoint region (`CKPT` in memory.x) as NOR flash.
-type CkptFlash = FlashRegion<Flash>;
-
 static mut PARAMS: [f32; PARAM_LEN] = [0.0; PARAM_LEN];
 static mut SCRATCH: [f32; SCRATCH_LEN] = [0.0; SCRATCH_LEN];
 static mut OPTIM: [f32; OPTIM_LEN] = [0.0; OPTIM_LEN];
 
-/// The static buffers and the checkpoint slots.
-struct Board {
-    checkpoints: Option<Checkpoints<CkptFlash>>,
-}
-
-impl Store for Board {
-    type Buf = &'static mut [f32];
-    type Flash = CkptFlash;
-
-    fn take(&mut self, scratch: usize, optim: usize) -> Option<(Self::Buf, Self::Buf)> {
-        if scratch > SCRATCH_LEN || optim > OPTIM_LEN {
-            return None;
-        }
-        // SAFETY: the engine calls `take` only after dropping every buffer of the
-        // previous call (the `Store` contract), so no other reference into SCRATCH or
-        // OPTIM is live; nothing else touches them.
-        let (s, o) = unsafe {
-            (
-                &mut (&mut *addr_of_mut!(SCRATCH))[..scratch],
-                &mut (&mut *addr_of_mut!(OPTIM))[..optim],
-            )
-        };
-        s.fill(0.0);
-        o.fill(0.0);
-        Some((s, o))
-    }
-
-    fn checkpoints(&mut self) -> Option<&mut Checkpoints<CkptFlash>> {
-        self.checkpoints.as_mut()
-    }
-
-    fn resources(&mut self) -> hvae::device::Resources {
-        rt::resources()
-    }
-}
+/// The engine of this program.
+type Learner = Engine<{ SHAPE.input }, WORK_LEN, &'static mut [f32], StaticStore>;
 
 #[entry]
 fn main() -> ! {
@@ -97,20 +61,22 @@ fn main() -> ! {
     };
     // `None` when memory.x gives no room for two slots (a misconfigured build): the
     // engine then answers `Checkpoint` with `Unsupported`, and says so here.
-    let checkpoints =
-        Checkpoints::new(FlashRegion::checkpoints(Flash::new()), 0, CKPT_SLOT as u32).ok();
-    if checkpoints.is_none() {
+    // SAFETY: taken once, here; from now on only the store touches them.
+    let (scratch, optim) = unsafe { (&mut *addr_of_mut!(SCRATCH), &mut *addr_of_mut!(OPTIM)) };
+    let store = StaticStore::new(scratch, optim, CKPT_SLOT);
+    if !store.has_checkpoints() {
         defmt::warn!("learn: no room for checkpoints in memory.x's CKPT");
     }
-    let board = Board { checkpoints };
-    let mut learner: Engine<{ SHAPE.input }, WORK_LEN, &'static mut [f32], Board> =
-        match Engine::new(model, crc, board, RX_FRAME) {
-            Ok(l) => l,
-            Err(e) => {
-                defmt::error!("learn: the engine refuses the model: {}", e);
-                rt::exit(false)
-            }
-        };
+    // Used where it is built: moving the engine out of the `Result` would leave a
+    // second copy of it on the stack for good.
+    let mut built = Learner::new(model, crc, store, RX_FRAME);
+    let learner = match &mut built {
+        Ok(l) => l,
+        Err(e) => {
+            defmt::error!("learn: the engine refuses the model: {}", e);
+            rt::exit(false)
+        }
+    };
     let buffers = 4 * (SCRATCH_LEN + OPTIM_LEN + PARAM_LEN);
     let restored = learner.restore();
     let crc = learner.crc();

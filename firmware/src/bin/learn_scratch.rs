@@ -19,16 +19,15 @@
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
 use hvae::device::{
-    blob_crc, checkpoint_slot_len, scratch_len_with, scratch_shape, Engine, Resources, Store,
-    LEARN, SCRATCH_MEM,
+    blob_crc, checkpoint_slot_len, scratch_len_with, scratch_shape, Engine, LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{max_request_frame, max_response_frame, MAX_SAMPLE};
 use hvae::shape::{Scope, Shape};
 use hvae::train::optim::OptimKind;
 use hvae::train::trainer::TrainConfig;
-use hvae::Checkpoints;
 use hvae::Model;
-use hvae_firmware::board::{Flash, FlashRegion, Uart};
+use hvae_firmware::board::Uart;
+use hvae_firmware::learning::{CkptFlash, StaticStore};
 use hvae_firmware::rt;
 use hvae_firmware::weights::SHAPE as DEPLOYED;
 use rand_core::SeedableRng;
@@ -51,50 +50,12 @@ const TX_FRAME: usize = max_response_frame(SHAPE.clusters, SHAPE.latent);
 /// Bytes of one checkpoint slot (1 KiB flash pages); memory.x's `CKPT` holds two.
 const CKPT_SLOT: usize = checkpoint_slot_len::<CkptFlash>(&SHAPE);
 
-/// The checkpoint region (`CKPT` in memory.x) as NOR flash.
-type CkptFlash = FlashRegion<Flash>;
-
 static mut PARAMS: [f32; PARAM_LEN] = [0.0; PARAM_LEN];
 static mut SCRATCH: [f32; SCRATCH_LEN] = [0.0; SCRATCH_LEN];
 static mut OPTIM: [f32; OPTIM_LEN] = [0.0; OPTIM_LEN];
 /// The engine of this program: the trainer remembers a reservoir of bytes.
-type Learner = Engine<{ SHAPE.input }, WORK_LEN, &'static mut [f32], Board, LEARN, SCRATCH_MEM, u8>;
-
-/// The static buffers and the checkpoint slots.
-struct Board {
-    checkpoints: Option<Checkpoints<CkptFlash>>,
-}
-
-impl Store for Board {
-    type Buf = &'static mut [f32];
-    type Flash = CkptFlash;
-
-    fn take(&mut self, scratch: usize, optim: usize) -> Option<(Self::Buf, Self::Buf)> {
-        if scratch > SCRATCH_LEN || optim > OPTIM_LEN {
-            return None;
-        }
-        // SAFETY: the engine calls `take` only after dropping every buffer of the
-        // previous call (the `Store` contract), so no other reference into SCRATCH or
-        // OPTIM is live; nothing else touches them.
-        let (s, o) = unsafe {
-            (
-                &mut (&mut *addr_of_mut!(SCRATCH))[..scratch],
-                &mut (&mut *addr_of_mut!(OPTIM))[..optim],
-            )
-        };
-        s.fill(0.0);
-        o.fill(0.0);
-        Some((s, o))
-    }
-
-    fn checkpoints(&mut self) -> Option<&mut Checkpoints<CkptFlash>> {
-        self.checkpoints.as_mut()
-    }
-
-    fn resources(&mut self) -> Resources {
-        rt::resources()
-    }
-}
+type Learner =
+    Engine<{ SHAPE.input }, WORK_LEN, &'static mut [f32], StaticStore, LEARN, SCRATCH_MEM, u8>;
 
 #[entry]
 fn main() -> ! {
@@ -110,13 +71,16 @@ fn main() -> ! {
     };
     model.init(&mut Xoshiro256PlusPlus::seed_from_u64(0));
     let crc = blob_crc(&SHAPE, model.params());
-    let checkpoints =
-        Checkpoints::new(FlashRegion::checkpoints(Flash::new()), 0, CKPT_SLOT as u32).ok();
-    if checkpoints.is_none() {
+    // SAFETY: taken once, here; from now on only the store touches them.
+    let (scratch, optim) = unsafe { (&mut *addr_of_mut!(SCRATCH), &mut *addr_of_mut!(OPTIM)) };
+    let store = StaticStore::new(scratch, optim, CKPT_SLOT);
+    if !store.has_checkpoints() {
         defmt::warn!("learn_scratch: no room for checkpoints in memory.x's CKPT");
     }
-    let board = Board { checkpoints };
-    let mut learner = match Learner::new(model, crc, board, RX_FRAME) {
+    // Used where it is built: moving the engine out of the `Result` would leave a
+    // second copy of it on the stack for good.
+    let mut built = Learner::new(model, crc, store, RX_FRAME);
+    let learner = match &mut built {
         Ok(l) => l,
         Err(e) => {
             defmt::error!("learn_scratch: the engine refuses the network: {}", e);
