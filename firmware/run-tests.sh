@@ -2,22 +2,26 @@
 # The firmware's tests, on a machine with qemu-system-arm (.ci/run installs it):
 #   0. checks the formatting of the firmware and its host tool, and lints the firmware
 #      (clippy and rustdoc, warnings are errors);
-#   1. builds cluster, selftest, bench, bench_adapt, learn and learn_scratch for the
-#      Cortex-M4F (thumbv7em-none-eabihf) and cluster, selftest and bench for the Cortex-M0
-#      (thumbv6m-none-eabi), release; runs the host tool's unit tests;
+#   1. builds cluster, cluster_int8, selftest, bench, bench_adapt, learn and learn_scratch
+#      for the Cortex-M4F (thumbv7em-none-eabihf) and cluster, cluster_int8, selftest and
+#      bench for the Cortex-M0 (thumbv6m-none-eabi), release; runs the host tool's unit
+#      tests;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
 #      mps2-an386 and microbit, and checks that the log is defmt: the raw log is
 #      frames, not the text, and decodes to the expected lines;
 #   3. runs the conformance checks against cluster on both machines (over the emulated
 #      UART) and checks the inference firmware's flash and RAM (static + measured peak
 #      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM;
+#      and the int8 checks against cluster_int8 on both (its answers bit for bit against
+#      the host's QuantModel): flash M4F <= 24 KiB, M0 <= 28 KiB, RAM <= 6 KiB;
 #   4. runs bench (instructions per MAC of the f32 and the int8 model and of the int8
 #      dense layers, training step cost and RAM per scope) and fails if a budget is
 #      exceeded, and bench_adapt (online k-means and the normalisation tracker per
 #      sample, reported; fails if a sample fails), and bench on the microbit (inference
 #      in soft float, reported; fails if an int8 dense layer exceeds the M0's budget);
-#   5. prints the sizes table and the panic sites of cluster, learn and learn_scratch, and
-#      fails if one is in the core, the firmware or the standard library's own code.
+#   5. prints the sizes table and the panic sites of cluster, cluster_int8, learn and
+#      learn_scratch, and fails if one is in the core, the firmware or the standard
+#      library's own code.
 # Every qemu run goes through the host tool (`hvae-firmware-host run` / `probe`, built on
 # the device toolkit's launcher), never qemu directly.
 # Exit status: 0 only if everything passed. HVAE_BENCH_ALLOW_OVER="encode+segment:"
@@ -52,9 +56,9 @@ cargo clippy --release --target "$m4" --lib --bins -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 
 step "build (release)"
-cargo build --release --target "$m4" --bin cluster --bin selftest --bin bench --bin bench_adapt --bin learn \
-  --bin learn_scratch
-cargo build --release --target "$m0" --bin cluster --bin selftest --bin bench
+cargo build --release --target "$m4" --bin cluster --bin cluster_int8 --bin selftest --bin bench \
+  --bin bench_adapt --bin learn --bin learn_scratch
+cargo build --release --target "$m0" --bin cluster --bin cluster_int8 --bin selftest --bin bench
 # The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
 # device), and its own unit tests (the ELF scanner of the panic-site check).
 (cd .. && cargo build --release -p hvae-firmware-host && cargo test --release -p hvae-firmware-host)
@@ -88,6 +92,13 @@ step "cluster on microbit: conformance checks, RAM <= 16 KiB"
 "$tool" probe "target/$m0/release/cluster" --machine microbit --blob model/digits.hvae \
   --ram-budget 16384 | tee target/probe-m0.txt
 
+step "cluster_int8 on mps2-an386: the int8 checks (bit for bit against the host's QuantModel), flash <= 24 KiB, RAM <= 6 KiB"
+"$tool" probe "target/$m4/release/cluster_int8" --machine mps2-an386 --blob model/digits.hvae \
+  --int8 model/digits_int8.hvae --flash-budget 24576 --ram-budget 6144 | tee target/probe-int8-m4.txt
+step "cluster_int8 on microbit: the int8 checks, flash <= 28 KiB, RAM <= 6 KiB"
+"$tool" probe "target/$m0/release/cluster_int8" --machine microbit --blob model/digits.hvae \
+  --int8 model/digits_int8.hvae --flash-budget 28672 --ram-budget 6144 | tee target/probe-int8-m0.txt
+
 step "bench on mps2-an386"
 bench_ok=1
 run mps2-an386 "target/$m4/release/bench" | tee target/bench.txt || bench_ok=0
@@ -100,16 +111,20 @@ run microbit "target/$m0/release/bench"
 
 step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = .data + .bss)"
 "$tool" size "target/$m4/release/cluster" "target/$m0/release/cluster" \
+  "target/$m4/release/cluster_int8" "target/$m0/release/cluster_int8" \
   "target/$m4/release/selftest" "target/$m0/release/selftest" "target/$m4/release/bench" \
   "target/$m4/release/learn" "target/$m4/release/learn_scratch"
 echo
 echo "panic sites linked in (none may be in the core, the firmware or the standard library: the device path returns typed errors):"
 "$tool" panics --deny-ours "target/$m4/release/cluster" "target/$m4/release/learn" \
-  "target/$m4/release/learn_scratch" "target/$m0/release/cluster"
+  "target/$m4/release/learn_scratch" "target/$m0/release/cluster" \
+  "target/$m4/release/cluster_int8" "target/$m0/release/cluster_int8"
 echo
 echo "device-reported (cluster after the conformance checks):"
-grep -h HVAE_DEVICE_FIGURES target/probe-m4.txt target/probe-m0.txt |
-  sed 's/^HVAE_DEVICE_FIGURES/  /' | paste -d' ' <(printf '  mps2-an386\n  microbit\n') -
+grep -h HVAE_DEVICE_FIGURES target/probe-m4.txt target/probe-m0.txt \
+  target/probe-int8-m4.txt target/probe-int8-m0.txt |
+  sed 's/^HVAE_DEVICE_FIGURES/  /' |
+  paste -d' ' <(printf '  mps2-an386\n  microbit\n  mps2-an386 int8\n  microbit int8\n') -
 
 if [ "$bench_ok" != 1 ]; then
   # Which results are over budget: a result line, or the RAM line under it.

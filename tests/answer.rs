@@ -155,3 +155,79 @@ fn max_samples_fits_the_frame() {
     assert_eq!(max_samples(100_000, 64), MAX_SAMPLE / 64);
     assert_eq!(max_samples(100_000, 0), 0);
 }
+
+/// The int8 answers: one per sample, each [`QuantModel::segment`] / `encode` of the
+/// sample alone; a bad sample gets its error alone; a request that is not whole samples
+/// one `InputLength`.
+#[test]
+fn int8_answers_are_the_quant_models_values() {
+    use hvae::infer::quant::{
+        calibration_len, float_len, int_len, quantize, weight_len, Calibration, QuantModel,
+    };
+    use hvae::protocol::answer::{answer_encode_int8, answer_segment_int8};
+    let m = model();
+    let mut cal = Calibration::new(&S, vec![0.0f32; calibration_len(&S)]).unwrap();
+    let mut work = vec![0.0f32; S.work_len()];
+    for x in samples(20).chunks(S.input) {
+        cal.observe(&m, x, &mut work).unwrap();
+    }
+    let (mut w, mut n, mut f) = (
+        vec![0i8; weight_len(&S)],
+        vec![0i32; int_len(&S)],
+        vec![0.0f32; float_len(&S)],
+    );
+    quantize(&m, &cal, &mut w, &mut n, &mut f).unwrap();
+    let q = QuantModel::new(S, w, n, f).unwrap();
+    let mut xs = samples(3);
+    xs[S.input + 2] = f32::NAN;
+    let mut out = Response::Ack;
+    let (mut seg, mut enc) = (Vec::new(), Vec::new());
+    answer_segment_int8(&q, &xs, &mut work, &mut out, &mut |r| seg.push(r.clone()));
+    answer_encode_int8(&q, &xs, &mut work, &mut out, &mut |r| enc.push(r.clone()));
+    assert_eq!((seg.len(), enc.len()), (3, 3));
+    for (i, x) in xs.chunks(S.input).enumerate() {
+        if i == 1 {
+            assert_eq!(seg[i], Response::Error(ErrorCode::NonFiniteInput));
+            assert_eq!(enc[i], Response::Error(ErrorCode::NonFiniteInput));
+            continue;
+        }
+        let s = q.segment(x, &mut work).unwrap();
+        let Response::Segmented {
+            label,
+            probs,
+            cosine,
+            mu,
+            kappa,
+        } = &seg[i]
+        else {
+            panic!("{:?}", seg[i]);
+        };
+        assert_eq!(usize::from(*label), s.label);
+        assert_eq!(
+            (cosine.to_bits(), kappa.to_bits()),
+            (s.cosine.to_bits(), s.kappa.to_bits())
+        );
+        assert!(probs
+            .iter()
+            .zip(s.probs.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(mu
+            .iter()
+            .zip(s.mu.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let e = q.encode(x, &mut work).unwrap();
+        let Response::Encoded { mu, kappa } = &enc[i] else {
+            panic!("{:?}", enc[i]);
+        };
+        assert_eq!(kappa.to_bits(), e.kappa.to_bits());
+        assert!(mu
+            .iter()
+            .zip(e.mu.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    let mut got = Vec::new();
+    answer_segment_int8(&q, &xs[..S.input + 1], &mut work, &mut out, &mut |r| {
+        got.push(r.clone())
+    });
+    assert_eq!(got, vec![Response::Error(ErrorCode::InputLength)]);
+}

@@ -4,7 +4,9 @@
 #   1. trains the digits model of the budget size (64 inputs, hidden 32, latent 8,
 #      K = 10, Power Spherical, seed 1) with the host tool: firmware/model/digits.hvae
 #      (its scores: docs/benchmarks.md);
-#   2. exports it as Rust for the firmware build: firmware/model/digits.rs;
+#   2. exports it as Rust for the firmware build: firmware/model/digits.rs, and its int8
+#      form as Rust and as an int8 blob: firmware/model/digits_int8.rs (bench, selftest,
+#      cluster_int8) and digits_int8.hvae (the int8 checks of run-tests.sh);
 #   3. writes firmware/model/golden.rs: 64 rows of the digits data and the core's
 #      `segment` outputs for 16 of them, computed on the host (firmware/host).
 #
@@ -20,5 +22,7 @@ hvae train --data host-tools/data/digits.csv.gz --clusters 10 --latent 8 --hidde
 hvae export --model firmware/model/digits.hvae --format rust --out firmware/model/digits.rs
 hvae export --model firmware/model/digits.hvae --quantize int8 \
   --data host-tools/data/digits.csv.gz --format rust --out firmware/model/digits_int8.rs
+hvae export --model firmware/model/digits.hvae --quantize int8 \
+  --data host-tools/data/digits.csv.gz --format bin --out firmware/model/digits_int8.hvae
 cargo run --quiet --release -p hvae-firmware-host -- \
   golden firmware/model/digits.hvae host-tools/data/digits.csv.gz firmware/model/golden.rs

@@ -317,7 +317,7 @@ impl<F: FlashWriter> Service<F> {
 
 /// Copies a request's samples into `buf` and returns them: a whole number of samples,
 /// at most [`BATCH`]; else one `InputLength` error response (the core checks the rest).
-fn take_samples<'b>(
+pub fn take_samples<'b>(
     buf: &'b mut [f32; BATCH * SHAPE.input],
     x: F32s<'_>,
     out: &mut Response,

@@ -18,6 +18,7 @@
 
 use super::{ErrorCode, Response};
 use crate::infer::model::{Encoding, InferError, Model, Segment};
+use crate::infer::quant::QuantModel;
 use heapless::Vec;
 
 /// Answers a `Segment` request for the samples `xs` with `model`, calling `emit` with
@@ -85,6 +86,50 @@ pub fn answer_encode<S: AsRef<[f32]>, const PAIRS: bool>(
     }
 }
 
+/// Answers a `Segment` request with an int8 model, one sample at a time: the responses
+/// of [`answer_segment`] (`PAIRS` false) with [`QuantModel::segment`]'s values. `work`
+/// holds at least [`QuantModel::work_len`] values.
+pub fn answer_segment_int8<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>>(
+    model: &QuantModel<W, I, F>,
+    xs: &[f32],
+    work: &mut [f32],
+    out: &mut Response,
+    emit: &mut dyn FnMut(&Response),
+) {
+    let d = model.shape().input;
+    if !acceptable_for(d, model.work_len(), xs, work, out, emit) {
+        return;
+    }
+    for x in xs.chunks_exact(d) {
+        let r = model
+            .segment(x, work)
+            .map_err(ErrorCode::from)
+            .and_then(|s| set_segmented(out, &s));
+        reply(r, out, emit);
+    }
+}
+
+/// Answers an `Encode` request with an int8 model, as [`answer_segment_int8`] does.
+pub fn answer_encode_int8<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>>(
+    model: &QuantModel<W, I, F>,
+    xs: &[f32],
+    work: &mut [f32],
+    out: &mut Response,
+    emit: &mut dyn FnMut(&Response),
+) {
+    let d = model.shape().input;
+    if !acceptable_for(d, model.work_len(), xs, work, out, emit) {
+        return;
+    }
+    for x in xs.chunks_exact(d) {
+        let r = model
+            .encode(x, work)
+            .map_err(ErrorCode::from)
+            .and_then(|e| set_encoded(out, &e));
+        reply(r, out, emit);
+    }
+}
+
 /// True when `xs` is a whole, non-zero number of samples and `work` holds at least one
 /// workspace; otherwise emits one error (`InputLength`, `BufferLength`).
 fn acceptable<S: AsRef<[f32]>>(
@@ -94,10 +139,21 @@ fn acceptable<S: AsRef<[f32]>>(
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
 ) -> bool {
-    let d = model.shape().input;
+    acceptable_for(model.shape().input, model.work_len(), xs, work, out, emit)
+}
+
+/// [`acceptable`] for a model of `d` inputs whose calls take `work_len` workspace values.
+fn acceptable_for(
+    d: usize,
+    work_len: usize,
+    xs: &[f32],
+    work: &[f32],
+    out: &mut Response,
+    emit: &mut dyn FnMut(&Response),
+) -> bool {
     let e = if xs.is_empty() || d == 0 || !xs.len().is_multiple_of(d) {
         InferError::InputLength
-    } else if work.len() < model.work_len() {
+    } else if work.len() < work_len {
         InferError::BufferLength
     } else {
         return true;

@@ -1,6 +1,9 @@
-//! `probe ELF --machine M --blob MODEL.hvae [--flash-budget B] [--ram-budget B]`:
-//! the protocol conformance checks of the `cluster` firmware under qemu, and its budgets
-//! (flash, RAM).
+//! `probe ELF --machine M --blob MODEL.hvae [--int8 INT8.hvae] [--flash-budget B]
+//! [--ram-budget B]`: the protocol conformance checks of the `cluster` firmware under
+//! qemu, and its budgets (flash, RAM). With `--int8` (the int8 blob of `--blob`'s model,
+//! the one compiled into `cluster_int8`), the checks of the int8 service
+//! ([`checks::CHECKS_INT8`]): its answers bit for bit against the host's
+//! `hvae::QuantModel`.
 //!
 //! qemu is started by the device toolkit (`hvae_devkit::qemu`) with the board's UART0 on
 //! a local socket and `-icount shift=0`; the firmware's log (defmt, decoded) is printed
@@ -11,7 +14,7 @@
 mod checks;
 mod fixture;
 
-use checks::{Pass, CHECKS};
+use checks::{Pass, CHECKS, CHECKS_INT8};
 use fixture::Fixture;
 use hvae_devkit::Launch;
 
@@ -27,9 +30,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let (flash_budget, ram_budget) = (budget("--flash-budget")?, budget("--ram-budget")?);
     println!("probe: {elf} on {}", machine.name());
     let launch = Launch::new(machine, elf).icount().print_log();
-    let mut fixture = Fixture::start(&launch, blob_path, flash_budget, ram_budget)?;
+    let int8 = crate::flag(args, "--int8");
+    let list = if int8.is_some() { CHECKS_INT8 } else { CHECKS };
+    let mut fixture = Fixture::start(&launch, blob_path, int8, (flash_budget, ram_budget))?;
     let mut failed = 0;
-    let mut checks = CHECKS.iter();
+    let mut checks = list.iter();
     for (name, check) in checks.by_ref() {
         match check(&mut fixture) {
             Ok(Pass::Ok(note)) if note.is_empty() => println!("  ok    {name}"),
@@ -52,12 +57,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     drop(fixture);
     match (failed, not_run.len()) {
         (0, 0) => {
-            println!("probe: all {} checks passed", CHECKS.len());
+            println!("probe: all {} checks passed", list.len());
             Ok(())
         }
         (f, n) => Err(format!(
             "probe: {f} of {} checks failed, {n} not run",
-            CHECKS.len()
+            list.len()
         )),
     }
 }

@@ -58,6 +58,35 @@ pub const CHECKS: &[Check] = &[
     ("RAM (static + peak stack) within the budget", ram_budget),
 ];
 
+/// The checks of the int8 service (`cluster_int8`, `probe --int8 BLOB`): its answers
+/// bit for bit against the host's [`hvae::QuantModel`], the requests it does not serve,
+/// and the checks that do not depend on the model.
+#[rustfmt::skip] // a table: one check a line
+pub const CHECKS_INT8: &[Check] = &[
+    ("Info: the model's shape, the int8 blob's version and CRC", info_int8),
+    ("Segment: 24 inputs, the same bits as the host's QuantModel", segment_int8),
+    ("Encode: 24 inputs, the same bits as the host's QuantModel", encode_int8),
+    ("Info: the receive buffer takes several samples per request", capacity),
+    ("Segment of several samples: one answer each, as the sample alone", segment_batch),
+    ("... a NaN in the second sample: NonFiniteInput for it, the others answered", segment_batch_nan),
+    ("Encode of several samples: one answer each, as the sample alone", encode_batch),
+    ("Segment of a sample and a bit: one InputLength answer", segment_and_a_bit),
+    ("Segment of D-1 values: InputLength", segment_short),
+    ("Encode with a NaN: NonFiniteInput", encode_nan),
+    ("TrainBatch on the inference firmware: Unsupported", train_unsupported),
+    ("LoadWeights and ReadWeights (weights compiled in): Unsupported", weights_unsupported),
+    ("frame that is not COBS: BadEncoding", frame_not_cobs),
+    ("unknown request variant: Malformed", unknown_variant),
+    ("request cut in half: Truncated", request_cut),
+    ("Info with a trailing byte: TrailingBytes", trailing_byte),
+    ("5000-byte frame: Oversized (one answer)", oversized),
+    ("serves again after the bad frames", serves_again),
+    ("the device's flash and static RAM equal the ELF's", sizes),
+    ("stack peak measured", stack_peak),
+    ("flash within the budget", flash_budget),
+    ("RAM (static + peak stack) within the budget", ram_budget),
+];
+
 fn pass() -> Outcome {
     Ok(Pass::Ok(String::new()))
 }
@@ -411,4 +440,82 @@ fn ram_budget(f: &mut Fixture) -> Outcome {
     let ram = info.ram_static + info.stack_peak;
     ensure(ram <= b, || format!("RAM {ram} over budget {b}"))?;
     Ok(Pass::Ok(format!("RAM {ram} <= budget {b}")))
+}
+
+fn info_int8(f: &mut Fixture) -> Outcome {
+    let info = f.dev.sync()?;
+    f.set_info(info);
+    let q = f.int8()?;
+    let held = q.weights().len() + q.ints().len() + q.floats().len();
+    let crc = f.int8_crc;
+    ensure(
+        info.shape.to_shape() == Some(f.shape)
+            && info.blob == hvae::store::blob::VERSION_INT8
+            && info.weights_crc == crc
+            && info.params_held as usize == held,
+        || format!("{info:?}"),
+    )?;
+    pass()
+}
+
+/// The device's answers to each input alone, `request` made, against `want`'s on the
+/// host: the same responses, bit for bit.
+fn int8_against(
+    f: &mut Fixture,
+    request: fn(&[f32]) -> Request,
+    want: impl Fn(&hvae::QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>, &[f32], &mut Response),
+) -> Outcome {
+    let q = f.int8()?.clone();
+    let mut out = Response::Ack;
+    let n = f.xs.len();
+    for i in 0..n {
+        want(&q, &f.xs[i], &mut out);
+        let got = f.dev.exchange(&request(&f.xs[i]))?;
+        // `Response`'s equality is the values'; the bits are compared through the frame.
+        let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
+        let same = match (encode(&got, &mut a), encode(&out, &mut b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        ensure(same, || format!("input {i}: device {got:?}, host {out:?}"))?;
+    }
+    Ok(Pass::Ok(format!("{n} inputs bit-exact")))
+}
+
+fn segment_int8(f: &mut Fixture) -> Outcome {
+    int8_against(f, segment_request, |q, x, out| {
+        let mut work = vec![0.0f32; q.work_len()];
+        hvae::protocol::answer::answer_segment_int8(
+            q,
+            x,
+            &mut work,
+            &mut Response::Ack,
+            &mut |r| *out = r.clone(),
+        );
+    })
+}
+
+fn encode_int8(f: &mut Fixture) -> Outcome {
+    int8_against(f, encode_request, |q, x, out| {
+        let mut work = vec![0.0f32; q.work_len()];
+        hvae::protocol::answer::answer_encode_int8(q, x, &mut work, &mut Response::Ack, &mut |r| {
+            *out = r.clone()
+        });
+    })
+}
+
+fn weights_unsupported(f: &mut Fixture) -> Outcome {
+    let r = f.dev.exchange(&Request::ReadWeights {
+        offset: 0,
+        count: 4,
+    })?;
+    ensure(r == Response::Error(ErrorCode::Unsupported), || {
+        format!("{r:?}")
+    })?;
+    let r = f.dev.exchange(&Request::LoadWeights {
+        offset: 0,
+        bytes: heapless::Vec::from_slice(&f.new_blob[..MAX_CHUNK]).expect("chunk"),
+        last: false,
+    })?;
+    error_answer(&r, ErrorCode::Unsupported)
 }

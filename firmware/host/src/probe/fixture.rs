@@ -86,7 +86,14 @@ pub struct Fixture {
     pub ram_budget: Option<u32>,
     /// The device's info, once asked.
     info: Option<DeviceInfo>,
+    /// The int8 model the device serves (`probe --int8 BLOB`), as the host reads it.
+    int8: Option<Int8Model>,
+    /// Its blob's CRC (0 without one).
+    pub int8_crc: u32,
 }
+
+/// An int8 model read from its blob.
+pub type Int8Model = hvae::QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>;
 
 impl Fixture {
     /// Starts `launch` (the `cluster` firmware built with the model `blob_path`) and
@@ -94,10 +101,17 @@ impl Fixture {
     pub fn start(
         launch: &Launch,
         blob_path: &str,
-        flash_budget: Option<u32>,
-        ram_budget: Option<u32>,
+        int8_path: Option<&str>,
+        (flash_budget, ram_budget): (Option<u32>, Option<u32>),
     ) -> Result<Fixture, String> {
         let (shape, params, crc) = crate::read_blob(blob_path)?;
+        let (int8, int8_crc) = match int8_path {
+            Some(p) => {
+                let (q, c) = read_int8(p, &shape)?;
+                (Some(q), c)
+            }
+            None => (None, 0),
+        };
         let new_params: Vec<f32> = params
             .iter()
             .enumerate()
@@ -126,7 +140,16 @@ impl Fixture {
             flash_budget,
             ram_budget,
             info: None,
+            int8,
+            int8_crc,
         })
+    }
+
+    /// The int8 model the device serves (`probe --int8 BLOB`).
+    pub fn int8(&self) -> Result<&Int8Model, Failure> {
+        self.int8
+            .as_ref()
+            .ok_or_else(|| "no --int8 blob given".to_string().into())
     }
 
     /// The original weights' model on the host.
@@ -230,6 +253,21 @@ pub fn blob_of(shape: &Shape, params: &[f32]) -> Result<Vec<u8>, String> {
     let mut b = vec![0u8; hvae::store::blob::blob_len(shape)];
     hvae::store::blob::write(shape, params, &mut b).map_err(|e| e.to_string())?;
     Ok(b)
+}
+
+/// The int8 blob at `path` (of the model `shape`: `--blob`'s) and its CRC.
+fn read_int8(path: &str, shape: &Shape) -> Result<(Int8Model, u32), String> {
+    use hvae::infer::quant::{float_len, int_len, weight_len};
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let (mut w, mut n, mut f) = (
+        vec![0i8; weight_len(shape)],
+        vec![0i32; int_len(shape)],
+        vec![0.0f32; float_len(shape)],
+    );
+    let crc = hvae::store::blob::read_int8(&bytes, shape, &mut w, &mut n, &mut f)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let q = hvae::QuantModel::new(*shape, w, n, f).map_err(|e| format!("{path}: {e}"))?;
+    Ok((q, crc))
 }
 
 /// Inputs of the checks: deterministic, in the range of digits pixels, reaching every
