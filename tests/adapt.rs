@@ -140,6 +140,15 @@ fn adapt(model: &Model<f32, Vec<f32>>, xs: &[[f32; D]], seed: u64) -> Adapter {
 
 #[test]
 fn adapter_loss_is_the_segmenter_only_loss() {
+    adapter_matches_segmenter_only(0.0);
+}
+
+#[test]
+fn adapter_loss_is_the_segmenter_only_loss_with_the_density_term() {
+    adapter_matches_segmenter_only(0.7);
+}
+
+fn adapter_matches_segmenter_only(density: f64) {
     // f64, random parameters: the adapter's loss on mu(x_i) must be the general loss
     // with SegmenterOnly on x_i, and its gradient the same numbers.
     let shape = Shape::new(5, &[7], 4, 3);
@@ -163,6 +172,7 @@ fn adapter_loss_is_the_segmenter_only_loss() {
     let cfg = LossConfig {
         entropy: 0.3,
         balance_momentum: 0.6,
+        density,
         ..LossConfig::default()
     };
     let l = shape.segmenter_len();
@@ -208,6 +218,8 @@ fn adapter_loss_is_the_segmenter_only_loss() {
     assert!(close(general.entropy, adapted.entropy));
     assert!(close(general.balance, adapted.balance));
     assert!(close(general.supervised, adapted.supervised));
+    assert!(close(general.density, adapted.density));
+    assert_eq!(general.density == 0.0, density == 0.0);
     for q in 0..3 {
         assert!(close(pa[q], pb[q]));
     }

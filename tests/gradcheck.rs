@@ -186,6 +186,7 @@ fn unsupervised() -> LossConfig<f64> {
         balance_momentum: 0.6,
         balance_floor: 0.0,
         cluster_input: ClusterInput::Mean,
+        density: 0.0,
     }
 }
 
@@ -222,6 +223,15 @@ fn every_tensor_matches_finite_differences() {
                             vec![],
                             LossConfig {
                                 balance_floor: 1.0,
+                                ..unsupervised()
+                            },
+                        ),
+                        // The density term (the segmenter as a vMF mixture) on top of
+                        // the unsupervised terms.
+                        (
+                            vec![],
+                            LossConfig {
+                                density: 0.7,
                                 ..unsupervised()
                             },
                         ),
@@ -389,4 +399,80 @@ fn a_dirty_cache_gives_the_same_loss_and_gradient() {
         // And the cache as a first call leaves it.
         assert_eq!(run_with(&mut clean), want, "{scope:?}: second call differs");
     }
+}
+
+#[test]
+fn density_is_the_mixture_negative_log_likelihood() {
+    // On S^2 (M = 3) the vMF normaliser is C_3(kappa) = kappa / (4 pi sinh kappa): the
+    // density part must be mean_i[-ln sum_c pi_c C_3(kappa) e^{kappa ĉ_c . mu_i}] with
+    // pi = softmax(log-weights), computed here from the parameters alone.
+    let s = Shape::new(6, &[5], 3, 4);
+    let mut r = Lcg(21);
+    let params: Vec<f64> = (0..s.param_len()).map(|_| 0.5 * r.normal()).collect();
+    let model = Model::new(s, params).unwrap();
+    let b = 5;
+    let inputs: Vec<f64> = (0..b * s.input).map(|_| r.uniform()).collect();
+    let batch = Batch {
+        inputs: &inputs,
+        labels: &[],
+        pairs: &[(0, 1)],
+    };
+    let cfg = LossConfig {
+        density: 0.5,
+        ..unsupervised()
+    };
+    let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::SegmenterOnly, b)];
+    let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
+    bufs.marginal_mut().fill(0.25);
+    let parts = loss_and_grad(
+        &model,
+        &batch,
+        &cfg,
+        &mut FixedDraws::new(b, 3, 1),
+        &mut bufs,
+    )
+    .unwrap();
+    let seg = model.segmenter_params();
+    let (m, k) = (3, 4);
+    let kappa = seg[k * m].exp();
+    let lw = &seg[k * m + 1..];
+    let zw: f64 = lw.iter().map(|w| w.exp()).sum();
+    let c3 = kappa / (4.0 * std::f64::consts::PI * kappa.sinh());
+    let mut work = vec![0.0; s.work_len()];
+    let mut want = 0.0;
+    for x in inputs.chunks(s.input) {
+        let mu = model.encode(x, &mut work).unwrap().mu.to_vec();
+        let f: f64 = (0..k)
+            .map(|c| {
+                let ck = &seg[c * m..(c + 1) * m];
+                let n = ck.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let cos = ck.iter().zip(&mu).map(|(a, b)| a * b).sum::<f64>() / n;
+                lw[c].exp() / zw * c3 * (kappa * cos).exp()
+            })
+            .sum();
+        want -= f.ln() / b as f64;
+    }
+    assert!(
+        (parts.density - want).abs() < 1e-10 * (1.0 + want.abs()),
+        "{} vs {want}",
+        parts.density
+    );
+    // And it enters the total as gamma delta density.
+    let without = LossConfig {
+        density: 0.0,
+        ..unsupervised()
+    };
+    let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
+    bufs.marginal_mut().fill(0.25);
+    let base = loss_and_grad(
+        &model,
+        &batch,
+        &without,
+        &mut FixedDraws::new(b, 3, 1),
+        &mut bufs,
+    )
+    .unwrap();
+    assert_eq!(base.density, 0.0);
+    let added = parts.total - base.total;
+    assert!((added - 1.5 * 0.5 * want).abs() < 1e-10, "{added}");
 }

@@ -138,12 +138,12 @@ pub fn silhouette(mus: &[f32], m: usize, labels: &[usize], k: usize) -> f64 {
     total / n as f64
 }
 
-/// Agreement of `labels` with the neighbour lists (`n x nn`), times the normalised
-/// entropy of the cluster sizes.
-pub fn agreement(labels: &[usize], neighbours: &[u32], k: usize) -> f64 {
+/// The share of the neighbour lists' pairs (`n x nn`) that `labels` put in the same
+/// cluster.
+pub fn neighbour_agreement(labels: &[usize], neighbours: &[u32]) -> f64 {
     let n = labels.len();
     let nn = neighbours.len() / n.max(1);
-    let same = labels
+    labels
         .iter()
         .enumerate()
         .map(|(i, &l)| {
@@ -153,7 +153,97 @@ pub fn agreement(labels: &[usize], neighbours: &[u32], k: usize) -> f64 {
                 .count()
         })
         .sum::<usize>() as f64
-        / (n * nn).max(1) as f64;
+        / (n * nn).max(1) as f64
+}
+
+/// The `k` nearest neighbours of every row of `x` (`d` columns) by Euclidean
+/// distance (excluding itself; ties to the smaller row index), `n x k` row indices,
+/// nearest first. Exact: `n^2 d` multiply-adds.
+pub fn euclidean_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
+    let n = x.len() / d.max(1);
+    let k = k.min(n.saturating_sub(1)).max(1);
+    let mut out = Vec::with_capacity(n * k);
+    let mut dist: Vec<(f32, u32)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let xi = &x[i * d..(i + 1) * d];
+        dist.clear();
+        dist.extend((0..n).filter(|&j| j != i).map(|j| {
+            let e: f32 = xi
+                .iter()
+                .zip(&x[j * d..(j + 1) * d])
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum();
+            (e, j as u32)
+        }));
+        let cmp = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+        if dist.len() > k {
+            dist.select_nth_unstable_by(k, cmp);
+            dist.truncate(k);
+        }
+        dist.sort_by(cmp);
+        out.extend(dist.iter().map(|&(_, j)| j));
+    }
+    out
+}
+
+/// Which model [`fit_with_gmm_candidate`] kept, and the criterion of each.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct GmmChoice {
+    /// True when the mixture-trained candidate was kept.
+    pub gmm_kept: bool,
+    /// [`neighbour_agreement`] of the model trained as configured.
+    pub agreement_plain: f64,
+    /// [`neighbour_agreement`] of the mixture-trained candidate.
+    pub agreement_gmm: f64,
+}
+
+/// Trains the model `cfg` asks for ([`fit_restarts`]) and a candidate whose clusters
+/// start from a diagonal Gaussian mixture of the normalised inputs and are trained
+/// towards its partition ([`crate::train::CentreInit::Gmm`] with `gmm_targets`), and
+/// keeps the one whose partition agrees more with the inputs' 10 nearest neighbours
+/// (Euclidean, on the normalised features; [`neighbour_agreement`], ties to the
+/// model as configured). Costs twice the training. `progress` sees the first model.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_with_gmm_candidate(
+    shape: Shape,
+    x: &[f32],
+    labels: Option<&[u8]>,
+    cfg: &FitConfig,
+    restarts: usize,
+    criterion: Criterion,
+    progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
+) -> Result<(VecModel<f32>, Vec<Restart>, GmmChoice), FitError> {
+    let d = shape.input;
+    let normalised = {
+        let (o, s) = crate::train::fit_normalisation(x, d)
+            .map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
+        crate::train::normalised(x, &o, &s)
+    };
+    let neighbours = euclidean_neighbours(&normalised, d, 10);
+    let plain = fit_restarts(shape, x, labels, cfg, restarts, criterion, progress)?;
+    let gmm_cfg = FitConfig {
+        init: crate::train::CentreInit::Gmm,
+        gmm_targets: true,
+        ..cfg.clone()
+    };
+    let gmm = fit_restarts(shape, x, labels, &gmm_cfg, restarts, criterion, |_, _| {})?;
+    let agreement_plain = neighbour_agreement(&answers(&plain.0, x)?.0, &neighbours);
+    let agreement_gmm = neighbour_agreement(&answers(&gmm.0, x)?.0, &neighbours);
+    let gmm_kept = agreement_gmm > agreement_plain;
+    let choice = GmmChoice {
+        gmm_kept,
+        agreement_plain,
+        agreement_gmm,
+    };
+    let (model, runs) = if gmm_kept { gmm } else { plain };
+    Ok((model, runs, choice))
+}
+
+/// Agreement of `labels` with the neighbour lists (`n x nn`), times the normalised
+/// entropy of the cluster sizes.
+pub fn agreement(labels: &[usize], neighbours: &[u32], k: usize) -> f64 {
+    let n = labels.len();
+    let same = neighbour_agreement(labels, neighbours);
     let mut sizes = vec![0f64; k];
     for &l in labels {
         sizes[l] += 1.0;

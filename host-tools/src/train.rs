@@ -67,6 +67,11 @@ pub struct FitConfig {
     pub kmeans_restarts: usize,
     /// How the centres are initialised after the warm-up.
     pub init: CentreInit,
+    /// Weight of the KL term in the warm-up alone (`None`: `loss.beta` throughout).
+    pub warmup_beta: Option<f32>,
+    /// With [`CentreInit::Gmm`]: the mixture's partition as targets of the
+    /// cross-entropy term for the rest of training (pseudo-labels).
+    pub gmm_targets: bool,
 }
 
 /// How the centres are initialised after the warm-up.
@@ -81,6 +86,13 @@ pub enum CentreInit {
     /// [`crate::select::agreement`]) gives the centres: the normalised mean direction
     /// of each of its clusters.
     Selected,
+    /// A Gaussian mixture with diagonal covariances fitted to the normalised inputs
+    /// ([`diagonal_gmm`]): each of its clusters gives a centre (the normalised mean
+    /// direction of its rows) and a mixing weight (its share of the rows). The latent
+    /// the warm-up shapes loses the inputs' Gaussian-mixture structure (measured:
+    /// re-clustering it never recovers a mixture fitted on the inputs); this carries it
+    /// over into the segmenter.
+    Gmm,
 }
 
 impl Default for FitConfig {
@@ -104,6 +116,8 @@ impl Default for FitConfig {
             kmeans_iters: 50,
             kmeans_restarts: 1,
             init: CentreInit::Latent,
+            warmup_beta: None,
+            gmm_targets: false,
         }
     }
 }
@@ -344,6 +358,7 @@ pub fn fit(
         }
     };
     let mut sum = LossParts::<f32>::default();
+    let mut pseudo: Option<Vec<Option<u8>>> = None;
     let mut in_round = 0;
     let mut round = 0;
 
@@ -366,6 +381,18 @@ pub fn fit(
                     cfg,
                     &mut rng,
                 )?,
+                CentreInit::Gmm => {
+                    let xn = normalised(x, &offset, &scale);
+                    let parts = diagonal_gmm(&xn, d, shape.clusters, GMM_RUNS, &mut rng);
+                    let mus = encode_all(&model, x)?;
+                    let (centres, weights) =
+                        partition_centres(&mus, shape.latent, shape.clusters, &parts);
+                    set_centres(&mut model, &centres);
+                    set_log_weights(&mut model, &weights);
+                    if cfg.gmm_targets && labels.is_none() {
+                        pseudo = Some(parts.iter().map(|&l| Some(l as u8)).collect());
+                    }
+                }
             }
         }
         let anchors = if warm { cfg.batch } else { cfg.batch / 2 };
@@ -378,11 +405,14 @@ pub fn fit(
         let mut loss_cfg = cfg.loss;
         if warm {
             loss_cfg.gamma = 0.0;
+            if let Some(b) = cfg.warmup_beta {
+                loss_cfg.beta = b;
+            }
         }
         pairs.clear();
         row_labels.clear();
         let a = chunk.len();
-        let label_of = |r: usize| labels.as_ref().and_then(|l| l[r]);
+        let label_of = |r: usize| labels.as_ref().or(pseudo.as_ref()).and_then(|l| l[r]);
         for (i, &r) in chunk.iter().enumerate() {
             rows[i * d..(i + 1) * d].copy_from_slice(&x[r * d..(r + 1) * d]);
             row_labels.push(if warm { None } else { label_of(r) });
@@ -511,9 +541,20 @@ fn init_selected(
     let Some((_, labels)) = best else {
         return init_centres(model, x, cfg.kmeans_iters, 1, rng);
     };
+    let labels: Vec<usize> = labels.iter().map(|&l| usize::from(l)).collect();
+    set_centres(model, &partition_centres(&mus, m, k, &labels).0);
+    Ok(())
+}
+
+/// The centres of a partition of the rows (`labels`, one in `0..k` per row of the mean
+/// directions `mus`, `M` columns): each cluster's normalised mean direction (an empty
+/// cluster starts on some row's direction), and each cluster's share of the rows.
+fn partition_centres(mus: &[f32], m: usize, k: usize, labels: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let mut centres = vec![0f32; k * m];
-    for (mu, &l) in mus.chunks_exact(m).zip(&labels) {
-        for (c, v) in centres[usize::from(l) * m..].iter_mut().zip(mu) {
+    let mut counts = vec![0f32; k];
+    for (mu, &l) in mus.chunks_exact(m).zip(labels) {
+        counts[l] += 1.0;
+        for (c, v) in centres[l * m..].iter_mut().zip(mu) {
             *c += v;
         }
     }
@@ -522,12 +563,154 @@ fn init_selected(
         if norm > 1e-6 {
             c.iter_mut().for_each(|v| *v /= norm);
         } else {
-            // An empty cluster starts on some row's direction.
             c.copy_from_slice(fallback);
         }
     }
-    set_centres(model, &centres);
-    Ok(())
+    let n = labels.len().max(1) as f32;
+    (centres, counts.iter().map(|c| c / n).collect())
+}
+
+/// Runs of [`diagonal_gmm`] behind [`CentreInit::Gmm`] (the best by likelihood kept).
+pub const GMM_RUNS: usize = 3;
+
+/// A Gaussian mixture of `k` components with diagonal covariances fitted by EM to the
+/// rows of `x` (`d` columns), the best of `runs` runs by log-likelihood; returns each
+/// row's most likely component. A run starts from k-means++ seeds and 20 Lloyd
+/// iterations, then at most 100 EM iterations (stopping when the mean log-likelihood
+/// gains less than `1e-4`); every variance is floored at `1e-4` (as scikit-learn's
+/// `reg_covar`), so a component on constant features stays finite.
+pub fn diagonal_gmm(x: &[f32], d: usize, k: usize, runs: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let n = x.len() / d.max(1);
+    let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let mut best: Option<(f64, Vec<usize>)> = None;
+    for _ in 0..runs.max(1) {
+        let (ll, labels) = gmm_run(&x, n, d, k, rng);
+        if best.as_ref().is_none_or(|(b, _)| ll > *b) {
+            best = Some((ll, labels));
+        }
+    }
+    best.map(|(_, l)| l).unwrap_or_else(|| vec![0; n])
+}
+
+/// One run of [`diagonal_gmm`]: `(mean log-likelihood, labels)`.
+fn gmm_run(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> (f64, Vec<usize>) {
+    let row = |i: usize| &x[i * d..(i + 1) * d];
+    let sq = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>();
+    // k-means++ seeds.
+    let mut means = vec![0f64; k * d];
+    means[..d].copy_from_slice(row(uniform_index(rng, n)));
+    let mut dist: Vec<f64> = (0..n).map(|i| sq(row(i), &means[..d])).collect();
+    for c in 1..k {
+        let total: f64 = dist.iter().sum();
+        let mut u = f64::from(rng.next_u32()) / f64::from(u32::MAX) * total;
+        let mut pick = n - 1;
+        for (i, &v) in dist.iter().enumerate() {
+            if u < v {
+                pick = i;
+                break;
+            }
+            u -= v;
+        }
+        means[c * d..(c + 1) * d].copy_from_slice(row(pick));
+        for (i, v) in dist.iter_mut().enumerate() {
+            *v = v.min(sq(row(i), &means[c * d..(c + 1) * d]));
+        }
+    }
+    // Lloyd iterations.
+    let mut labels = vec![0usize; n];
+    for _ in 0..20 {
+        for (i, l) in labels.iter_mut().enumerate() {
+            *l = (0..k)
+                .min_by(|&a, &b| {
+                    sq(row(i), &means[a * d..(a + 1) * d])
+                        .total_cmp(&sq(row(i), &means[b * d..(b + 1) * d]))
+                })
+                .unwrap_or(0);
+        }
+        let mut sums = vec![0f64; k * d];
+        let mut counts = vec![0f64; k];
+        for (i, &l) in labels.iter().enumerate() {
+            counts[l] += 1.0;
+            for (s, v) in sums[l * d..].iter_mut().zip(row(i)) {
+                *s += v;
+            }
+        }
+        for c in 0..k {
+            if counts[c] > 0.0 {
+                for (m, s) in means[c * d..(c + 1) * d].iter_mut().zip(&sums[c * d..]) {
+                    *m = s / counts[c];
+                }
+            }
+        }
+    }
+    // EM from the hard k-means responsibilities.
+    const FLOOR: f64 = 1e-4;
+    let mut resp = vec![0f64; n * k];
+    for (i, &l) in labels.iter().enumerate() {
+        resp[i * k + l] = 1.0;
+    }
+    let mut vars = vec![1f64; k * d];
+    let mut logw = vec![0f64; k];
+    let mut last = f64::NEG_INFINITY;
+    let mut ll = f64::NEG_INFINITY;
+    for _ in 0..100 {
+        // M step.
+        for c in 0..k {
+            let nc: f64 = (0..n).map(|i| resp[i * k + c]).sum::<f64>() + 1e-10;
+            logw[c] = (nc / n as f64).ln();
+            let (mc, vc) = (
+                &mut means[c * d..(c + 1) * d],
+                &mut vars[c * d..(c + 1) * d],
+            );
+            mc.fill(0.0);
+            vc.fill(0.0);
+            for i in 0..n {
+                let r = resp[i * k + c];
+                for (m, v) in mc.iter_mut().zip(row(i)) {
+                    *m += r * v;
+                }
+            }
+            mc.iter_mut().for_each(|m| *m /= nc);
+            for i in 0..n {
+                let r = resp[i * k + c];
+                for ((s, m), v) in vc.iter_mut().zip(mc.iter()).zip(row(i)) {
+                    *s += r * (v - m) * (v - m);
+                }
+            }
+            vc.iter_mut().for_each(|v| *v = *v / nc + FLOOR);
+        }
+        // E step.
+        ll = 0.0;
+        for i in 0..n {
+            let ri = &mut resp[i * k..(i + 1) * k];
+            for c in 0..k {
+                let (mc, vc) = (&means[c * d..(c + 1) * d], &vars[c * d..(c + 1) * d]);
+                let mut l = logw[c];
+                for ((&v, &m), &s) in row(i).iter().zip(mc).zip(vc) {
+                    l -= 0.5 * ((v - m) * (v - m) / s + s.ln() + std::f64::consts::TAU.ln());
+                }
+                ri[c] = l;
+            }
+            let mx = ri.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = ri.iter().map(|l| (l - mx).exp()).sum();
+            ll += mx + sum.ln();
+            ri.iter_mut().for_each(|l| *l = (*l - mx).exp() / sum);
+        }
+        ll /= n as f64;
+        if ll - last < 1e-4 {
+            break;
+        }
+        last = ll;
+    }
+    let labels = resp
+        .chunks_exact(k)
+        .map(|r| {
+            (0..k)
+                .max_by(|&a, &b| r[a].total_cmp(&r[b]).then(b.cmp(&a)))
+                .unwrap_or(0)
+        })
+        .collect();
+    (ll, labels)
 }
 
 fn set_centres(model: &mut Model<f32, Vec<f32>>, centres: &[f32]) {
@@ -543,6 +726,18 @@ fn set_centres(model: &mut Model<f32, Vec<f32>>, centres: &[f32]) {
     let p = model.params_mut();
     p[c].copy_from_slice(centres);
     p[w].fill(0.0);
+}
+
+/// The segmenter's log-weights := `ln share` (each share at least `1e-3`).
+fn set_log_weights(model: &mut Model<f32, Vec<f32>>, shares: &[f32]) {
+    let shape = *model.shape();
+    let w = shape
+        .find(TensorId::LogWeights)
+        .map(|t| t.range())
+        .unwrap_or(0..0);
+    for (p, &s) in model.params_mut()[w].iter_mut().zip(shares) {
+        *p = s.max(1e-3).ln();
+    }
 }
 
 /// Centres := the best (by mean cosine) of `restarts` spherical k-means++ runs on every
@@ -601,6 +796,7 @@ fn add(a: &mut LossParts<f32>, b: &LossParts<f32>) {
     a.entropy += b.entropy;
     a.balance += b.balance;
     a.supervised += b.supervised;
+    a.density += b.density;
 }
 
 fn scale_parts(mut a: LossParts<f32>, s: f32) -> LossParts<f32> {
@@ -611,5 +807,6 @@ fn scale_parts(mut a: LossParts<f32>, s: f32) -> LossParts<f32> {
     a.entropy *= s;
     a.balance *= s;
     a.supervised *= s;
+    a.density *= s;
     a
 }

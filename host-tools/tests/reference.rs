@@ -315,6 +315,7 @@ fn config<T: Real>(case: &Case) -> LossConfig<T> {
         balance_momentum: T::of(case.rho),
         balance_floor: T::zero(),
         cluster_input: case.cluster_input,
+        density: T::zero(),
     }
 }
 

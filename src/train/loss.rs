@@ -7,7 +7,18 @@
 //!       - eta H(p_bar)                          (balance; p_bar a moving average)
 //!         or + eta sum_q max(0, ln(f / K) - ln p_bar_q)   (balance floor f > 0)
 //!       + mean_labelled[-ln p_{y_i}]            (cross-entropy where a label is given)
+//!       + delta mean_i[-ln f(u_i)]              (density; 0 by default)
+//! f(u) = sum_c pi_c C_M(kappa_s) exp(kappa_s ĉ_c . u),   pi = softmax(ln pi)
 //! ```
+//!
+//! The density term reads the segmenter as a von Mises-Fisher mixture on the sphere
+//! (centres `ĉ_c`, one concentration `kappa_s`, mixing weights from its log-weights,
+//! normalised here): its responsibilities are exactly the segmenter's `p_i`, so the
+//! term is the mixture's negative log-likelihood of the cluster input `u_i` (the
+//! VaDE-style prior; with `delta > 0` cluster shapes follow the density of the latent
+//! rather than the neighbour lists). `-ln f(u) = -lse_c(a_c) - ln C_M(kappa_s) +
+//! lse_c(ln pi_c)` with the logits `a_c`; its gradient is `-p_c` in each logit, `pi_c`
+//! in each log-weight and `kappa_s A_M(kappa_s)` in `ln kappa_s`.
 //!
 //! `p_i` is the segmenter applied to `mu(x_i)` ([`ClusterInput::Mean`], the default) or to
 //! the posterior draw `z_i` ([`ClusterInput::Draw`]). The balance
@@ -54,6 +65,9 @@ pub struct LossConfig<T> {
     pub balance_floor: T,
     /// What the segmenter sees in training.
     pub cluster_input: ClusterInput,
+    /// Weight `delta` of the density term, the negative log-likelihood of the cluster
+    /// input under the segmenter's von Mises-Fisher mixture (0 by default: off).
+    pub density: T,
 }
 
 /// The latent vector the segmenter is applied to in training.
@@ -82,6 +96,7 @@ impl<T: Real> Default for LossConfig<T> {
             balance_momentum: T::zero(),
             balance_floor: T::zero(),
             cluster_input: ClusterInput::Mean,
+            density: T::zero(),
         }
     }
 }
@@ -101,7 +116,8 @@ pub struct Batch<'a, T> {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct LossParts<T> {
-    /// `recon + beta kl + gamma (consistency + lambda entropy - eta balance + supervised)`.
+    /// `recon + beta kl + gamma (consistency + lambda entropy - eta balance + supervised
+    /// + delta density)`.
     pub total: T,
     /// Mean negative log-likelihood (without its constant).
     pub recon: T,
@@ -116,6 +132,9 @@ pub struct LossParts<T> {
     pub balance: T,
     /// Mean cross-entropy over labelled samples.
     pub supervised: T,
+    /// Mean negative log-likelihood of the cluster input under the segmenter's
+    /// mixture, `mean_i[-ln f(u_i)]` (0 when its weight is 0).
+    pub density: T,
 }
 
 /// Why a loss or gradient could not be formed. Nothing is changed.
@@ -414,6 +433,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     let p = model.views();
     let bf = T::of(bsz as f64);
     let mut parts = LossParts::<T>::default();
+    let mut lse_sum = T::zero();
     grads.fill(T::zero());
 
     // Sweep 1: encode, draw, segment; keep z, p, w, dw/dkappa per row.
@@ -440,7 +460,10 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
             ClusterInput::Draw => z,
         };
         segmenter_logits(p.seg, m, k, input, work.logp)?;
+        let a0 = work.logp.first().copied().unwrap_or(T::zero());
         softmax_from_logits(work.logp, pr);
+        // lse_c(a_c) = a_0 - ln p_0 (the logits are now log-probabilities).
+        lse_sum += a0 - work.logp.first().copied().unwrap_or(T::zero());
     }
 
     cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
@@ -483,12 +506,11 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         };
         encoder_backward(&s, &p, &enc, dpre, work, &mut g);
     }
+    if cfg.density != T::zero() {
+        parts.density = density_tail(p.seg, m, k, lse_sum / bf, cfg, g.seg.as_deref_mut());
+    }
 
-    parts.total = parts.recon
-        + cfg.beta * parts.kl
-        + cfg.gamma
-            * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
-                + parts.supervised);
+    parts.total = parts.recon + cfg.beta * parts.kl + cluster_total(&parts, cfg);
     check_finite(&parts, grads)?;
     copy_over(p_bar, cache.p_new);
     Ok(parts)
@@ -534,11 +556,14 @@ pub fn segmenter_loss_and_grad<T: Real>(
     let cached = rows_mut(cache.z, m)
         .zip(rows_mut(cache.da, k))
         .zip(rows_mut(cache.p, k));
+    let mut lse_sum = T::zero();
     for (mu, ((z, da), pr)) in rows(batch.inputs, m).zip(cached) {
         copy_over(z, mu);
         // The logits go through `da`, which the cluster terms then overwrite from zero.
         segmenter_logits(seg, m, k, mu, da)?;
+        let a0 = da.first().copied().unwrap_or(T::zero());
         softmax_from_logits(da, pr);
+        lse_sum += a0 - da.first().copied().unwrap_or(T::zero());
         da.fill(T::zero());
     }
     cluster_terms(&mut cache, &s, bsz, batch, cfg, p_bar, &mut parts);
@@ -548,12 +573,62 @@ pub fn segmenter_loss_and_grad<T: Real>(
         // dL/dz is not needed: the encoder is frozen.
         segmenter_backward(seg, z, da, kappa_s, Some(&mut *grads), None);
     }
-    parts.total = cfg.gamma
-        * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
-            + parts.supervised);
+    if cfg.density != T::zero() {
+        let bf = T::of(bsz as f64);
+        parts.density = density_tail(seg, m, k, lse_sum / bf, cfg, Some(&mut *grads));
+    }
+    parts.total = cluster_total(&parts, cfg);
     check_finite(&parts, grads)?;
     copy_over(p_bar, cache.p_new);
     Ok(parts)
+}
+
+/// `gamma (consistency + lambda entropy - eta balance + supervised + delta density)`.
+fn cluster_total<T: Real>(parts: &LossParts<T>, cfg: &LossConfig<T>) -> T {
+    cfg.gamma
+        * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
+            + parts.supervised
+            + cfg.density * parts.density)
+}
+
+/// The parts of the density term that do not go through the logits: returns
+/// `mean_i[-ln f(u_i)] = -lse_mean - ln C_M(kappa_s) + lse_c(ln pi_c)` (`lse_mean` the
+/// batch mean of `lse_c(a_ic)`) and adds `gamma delta` times its gradient in `ln
+/// kappa_s` (`kappa_s A_M(kappa_s)`) and in the log-weights (`softmax(ln pi)`) into the
+/// segmenter's gradient `gseg`, when it is trained. The logits' share (`-p_ic / B`) is
+/// added by [`cluster_terms`].
+fn density_tail<T: Real>(
+    seg: &[T],
+    m: usize,
+    k: usize,
+    lse_mean: T,
+    cfg: &LossConfig<T>,
+    gseg: Option<&mut [T]>,
+) -> T {
+    use crate::dist::special::{bessel_ratio, log_bessel_i};
+    let (ln_kappa, log_w) = match seg.get(k * m..).and_then(<[T]>::split_first) {
+        Some((&l, w)) => (l, w),
+        None => return T::zero(),
+    };
+    let kappa = ln_kappa.fast_exp();
+    // ln C_M(kappa) = nu ln kappa - (nu + 1) ln 2 pi - ln I_nu(kappa), nu = M/2 - 1.
+    let nu = T::of(m as f64 * 0.5 - 1.0);
+    let two_pi = T::pi() + T::pi();
+    let ln_c = nu * ln_kappa - (nu + T::one()) * two_pi.ln() - log_bessel_i(nu, kappa);
+    let mx = log_w.iter().copied().fold(-T::MAX, T::max);
+    let sum = log_w.iter().fold(T::zero(), |acc, &w| acc + (w - mx).exp());
+    let lse_w = mx + sum.ln();
+    if let Some((g0, gw)) = gseg
+        .and_then(|g| g.get_mut(k * m..))
+        .and_then(<[T]>::split_first_mut)
+    {
+        let c = cfg.gamma * cfg.density;
+        *g0 += c * kappa * bessel_ratio(m, kappa);
+        for (g, &w) in gw.iter_mut().zip(log_w) {
+            *g += c * (w - mx).exp() / sum;
+        }
+    }
+    -lse_mean - ln_c + lse_w
 }
 
 /// Rows of `batch` (inputs of `width` values each), checking the labels (`< k`) and the
@@ -585,6 +660,7 @@ fn check_finite<T: Real>(parts: &LossParts<T>, grads: &[T]) -> Result<(), LossEr
         parts.entropy,
         parts.balance,
         parts.supervised,
+        parts.density,
     ]
     .iter()
     .all(|v| v.is_finite());
@@ -706,6 +782,12 @@ fn cluster_terms<T: Real>(
                 *d += g * (pq - onehot) / nl;
             }
             parts.supervised -= py.max(t).ln() / nl;
+        }
+        // The density term in the logits: d(-lse_c a_c)/da_q = -p_q, per row / B.
+        if cfg.density != T::zero() {
+            for (d, &pq) in da.iter_mut().zip(pr) {
+                *d -= g * cfg.density * pq / bf;
+            }
         }
     }
 }

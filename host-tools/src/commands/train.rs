@@ -5,7 +5,7 @@ use super::outln;
 use crate::data::{self, Dataset};
 use crate::metrics;
 use crate::model_io;
-use crate::select::{fit_restarts, Criterion, Restart};
+use crate::select::{fit_restarts, fit_with_gmm_candidate, Criterion, GmmChoice, Restart};
 use crate::train::{CentreInit, FitConfig, NeighbourSpace};
 use crate::Error;
 use hvae::shape::{Activation, Likelihood, Posterior, Shape};
@@ -118,6 +118,8 @@ pub enum InitArg {
     Latent,
     /// The candidate partition that agrees best with the input neighbourhoods.
     Selected,
+    /// A diagonal Gaussian mixture on the normalised inputs (centres and weights).
+    Gmm,
 }
 
 /// Arguments of `hvae train`.
@@ -186,6 +188,14 @@ pub struct TrainArgs {
     /// Weight of the KL term (beta).
     #[arg(long, default_value_t = 1.0)]
     pub beta: f32,
+    /// Weight of the KL term during the warm-up alone (default: --beta throughout).
+    #[arg(long, value_name = "B")]
+    pub warmup_beta: Option<f32>,
+    /// Weight of the density term (delta): the negative log-likelihood of the mean
+    /// directions under the segmenter read as a von Mises-Fisher mixture (its centres,
+    /// concentration and mixing weights); 0 leaves it off.
+    #[arg(long, default_value_t = 0.0, value_name = "DELTA")]
+    pub density: f32,
     /// Neighbours a partner is drawn from.
     #[arg(long, default_value_t = 10)]
     pub neighbours: usize,
@@ -214,6 +224,16 @@ pub struct TrainArgs {
     /// best with the input neighbourhoods.
     #[arg(long, value_enum, default_value_t = InitArg::Latent)]
     pub init: InitArg,
+    /// With --init gmm: the mixture's partition as the targets of a cross-entropy term
+    /// for the rest of training (pseudo-labels).
+    #[arg(long)]
+    pub gmm_targets: bool,
+    /// Also train a candidate whose clusters start from and are trained towards a
+    /// diagonal Gaussian mixture of the normalised inputs (--init gmm --gmm-targets), and
+    /// keep whichever of the two partitions agrees more with the inputs' 10 nearest
+    /// neighbours (Euclidean, normalised features). Twice the training time.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub gmm_candidate: bool,
     /// Train with the `label` column (cross-entropy on labelled rows).
     #[arg(long)]
     pub supervised: bool,
@@ -242,6 +262,8 @@ pub struct LossReport {
     pub balance: f32,
     /// Cross-entropy on labelled rows.
     pub supervised: f32,
+    /// Negative log-likelihood under the segmenter's mixture (0 with --density 0).
+    pub density: f32,
 }
 
 /// One epoch of the report.
@@ -366,6 +388,17 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
     if !(args.lr > 0.0 && args.lr.is_finite()) {
         return Err(Error::BadInput("--lr must be a positive number".into()));
     }
+    if !(args.density >= 0.0 && args.density.is_finite()) {
+        return Err(Error::BadInput("--density must be a number >= 0".into()));
+    }
+    if args
+        .warmup_beta
+        .is_some_and(|b| !(b >= 0.0 && b.is_finite()))
+    {
+        return Err(Error::BadInput(
+            "--warmup-beta must be a number >= 0".into(),
+        ));
+    }
     if !(0.0..=1.0).contains(&args.balance_floor) {
         return Err(Error::BadInput("--balance-floor must be in [0, 1]".into()));
     }
@@ -388,13 +421,17 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         init: match args.init {
             InitArg::Latent => CentreInit::Latent,
             InitArg::Selected => CentreInit::Selected,
+            InitArg::Gmm => CentreInit::Gmm,
         },
+        warmup_beta: args.warmup_beta,
+        gmm_targets: args.gmm_targets,
         ..FitConfig::default()
     };
     cfg.loss.gamma = args.gamma;
     cfg.loss.eta = args.eta;
     cfg.loss.balance_floor = args.balance_floor;
     cfg.loss.beta = args.beta;
+    cfg.loss.density = args.density;
     Ok(cfg)
 }
 
@@ -406,6 +443,8 @@ pub struct Trained {
     pub restarts: Vec<Restart>,
     /// With `--clusters auto`: each K tried and the silhouette of its model.
     pub auto: Vec<(usize, f64)>,
+    /// With `--gmm-candidate`: which model was kept and why.
+    pub gmm: Option<GmmChoice>,
 }
 
 /// Trains the model `args` ask for on `data` (restarts, `--clusters auto`).
@@ -440,38 +479,51 @@ pub fn train_on(
     };
     let cfg = fit_config(args)?;
     let fail = |e: crate::train::FitError| Error::Failed(format!("training failed: {e}"));
+    // The model as configured, or with --gmm-candidate the better of it and the
+    // mixture-trained candidate (not with labels: they are the targets then).
+    type Progress<'p> = &'p mut dyn FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>);
+    let fit_one = |shape, classes: Option<&[u8]>, progress: Progress<'_>| {
+        if args.gmm_candidate && classes.is_none() {
+            let (m, r, c) = fit_with_gmm_candidate(
+                shape,
+                data.features(),
+                None,
+                &cfg,
+                args.restarts as usize,
+                args.select.criterion(),
+                progress,
+            )?;
+            Ok((m, r, Some(c)))
+        } else {
+            let (m, r) = fit_restarts(
+                shape,
+                data.features(),
+                classes,
+                &cfg,
+                args.restarts as usize,
+                args.select.criterion(),
+                progress,
+            )?;
+            Ok((m, r, None))
+        }
+    };
     if let [k] = ks[..] {
         let shape = shape_of(args, data.dim(), k)?;
-        let (model, restarts) = fit_restarts(
-            shape,
-            data.features(),
-            classes.as_deref(),
-            &cfg,
-            args.restarts as usize,
-            args.select.criterion(),
-            progress,
-        )
-        .map_err(fail)?;
+        let mut progress = progress;
+        let (model, restarts, gmm) =
+            fit_one(shape, classes.as_deref(), &mut progress).map_err(fail)?;
         return Ok(Trained {
             model,
             restarts,
             auto: Vec::new(),
+            gmm,
         });
     }
     let mut best: Option<(f64, Trained)> = None;
     let mut auto = Vec::with_capacity(ks.len());
     for k in ks {
         let shape = shape_of(args, data.dim(), k)?;
-        let (model, restarts) = fit_restarts(
-            shape,
-            data.features(),
-            None,
-            &cfg,
-            args.restarts as usize,
-            args.select.criterion(),
-            |_, _| {},
-        )
-        .map_err(fail)?;
+        let (model, restarts, gmm) = fit_one(shape, None, &mut |_, _| {}).map_err(fail)?;
         let (labels, mus) = crate::select::answers(&model, data.features()).map_err(fail)?;
         let score = crate::select::silhouette(&mus, shape.latent, &labels, k);
         auto.push((k, score));
@@ -482,6 +534,7 @@ pub fn train_on(
                     model,
                     restarts,
                     auto: Vec::new(),
+                    gmm,
                 },
             ));
         }
@@ -555,6 +608,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
                 entropy: l.entropy,
                 balance: l.balance,
                 supervised: l.supervised,
+                density: l.density,
             },
             acc,
             nmi,
