@@ -51,4 +51,4 @@ pub use store::blob::BlobError;
 pub use store::checkpoint::{CheckpointError, Checkpoints};
 pub use train::adapt::SegmenterAdapter;
 pub use train::optim::{OptimConfig, OptimKind, OptimState, Optimiser};
-pub use train::trainer::{OnlineTrainer, TrainConfig, TrainError};
+pub use train::trainer::{OnlineTrainer, TrainConfig, TrainError, TrainerStorage};

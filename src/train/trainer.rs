@@ -253,6 +253,42 @@ impl<T: Real> TrainConfig<T> {
         let r = shape.scope_range(scope);
         state_len(kind, r.end - r.start)
     }
+
+    /// Both buffers a trainer for `shape` needs ([`TrainConfig::storage_len`] and
+    /// [`TrainConfig::optim_len`]), as one constant a firmware sizes its arrays with:
+    ///
+    /// ```
+    /// use hvae::{OptimKind, Scope, Shape, TrainConfig, TrainerStorage};
+    /// const SHAPE: Shape = Shape::new(6, &[16], 3, 3);
+    /// const STORAGE: TrainerStorage =
+    ///     TrainConfig::<f32>::storage(&SHAPE, Scope::Full, 8, 64, OptimKind::Adam);
+    /// let (scratch, optim) = ([0.0f32; STORAGE.scratch], [0.0f32; STORAGE.optim]);
+    /// assert_eq!(scratch.len(), TrainConfig::<f32>::storage_len(&SHAPE, Scope::Full, 8, 64));
+    /// // Adam: two moments per trained parameter.
+    /// assert_eq!(optim.len(), 2 * SHAPE.scope_range(Scope::Full).len());
+    /// ```
+    pub const fn storage(
+        shape: &Shape,
+        scope: Scope,
+        batch: usize,
+        cap: usize,
+        kind: OptimKind,
+    ) -> TrainerStorage {
+        TrainerStorage {
+            scratch: Self::storage_len(shape, scope, batch, cap),
+            optim: Self::optim_len(shape, scope, kind),
+        }
+    }
+}
+
+/// Scalars of the two buffers an [`OnlineTrainer`] takes ([`TrainConfig::storage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TrainerStorage {
+    /// The scratch buffer: loss buffers, batch rows, the memory's directions, k-means.
+    pub scratch: usize,
+    /// The optimiser's state (moments).
+    pub optim: usize,
 }
 
 /// The trainer's scratch storage ([`TrainConfig::storage_len`]) as views, split once per
