@@ -2,7 +2,8 @@
 # The firmware's tests, on a machine with qemu-system-arm (.ci/run installs it):
 #   0. checks the formatting of the firmware and its host tool, and lints the firmware
 #      (clippy and rustdoc, warnings are errors);
-#   1. builds cluster, cluster_int8, selftest, bench, bench_adapt, learn and learn_scratch
+#   1. builds cluster, cluster_int8, selftest, bench, bench_adapt, bench_scratch, learn and
+#      learn_scratch
 #      for the Cortex-M4F (thumbv7em-none-eabihf) and cluster, cluster_int8, selftest and
 #      bench for the Cortex-M0 (thumbv6m-none-eabi), release; runs the host tool's unit
 #      tests;
@@ -16,8 +17,9 @@
 #      the host's QuantModel): flash M4F <= 24 KiB, M0 <= 28 KiB, RAM <= 6 KiB;
 #   4. runs bench (instructions per MAC of the f32 and the int8 model and of the int8
 #      dense layers, training step cost and RAM per scope) and fails if a budget is
-#      exceeded, and bench_adapt (online k-means and the normalisation tracker per
-#      sample, reported; fails if a sample fails), and bench on the microbit (inference
+#      exceeded, bench_adapt (online k-means and the normalisation tracker per
+#      sample, reported; fails if a sample fails), bench_scratch (a training step of
+#      learn_scratch, reported; fails if a step fails), and bench on the microbit (inference
 #      in soft float, reported; fails if an int8 dense layer exceeds the M0's budget);
 #   5. prints the sizes table and the panic sites of cluster, cluster_int8, learn and
 #      learn_scratch, and fails if one is in the core, the firmware or the standard
@@ -57,7 +59,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 
 step "build (release)"
 cargo build --release --target "$m4" --bin cluster --bin cluster_int8 --bin selftest --bin bench \
-  --bin bench_adapt --bin learn --bin learn_scratch
+  --bin bench_adapt --bin bench_scratch --bin learn --bin learn_scratch
 cargo build --release --target "$m0" --bin cluster --bin cluster_int8 --bin selftest --bin bench
 # The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
 # device), and its own unit tests (the ELF scanner of the panic-site check).
@@ -105,6 +107,9 @@ run mps2-an386 "target/$m4/release/bench" | tee target/bench.txt || bench_ok=0
 
 step "bench_adapt on mps2-an386 (adapting a deployed model, per sample)"
 run mps2-an386 "target/$m4/release/bench_adapt"
+
+step "bench_scratch on mps2-an386 (learning from scratch, per step)"
+run mps2-an386 "target/$m4/release/bench_scratch"
 
 step "bench on microbit (Cortex-M0, soft float): inference, reported; the int8 dense layers' budgets"
 run microbit "target/$m0/release/bench"
