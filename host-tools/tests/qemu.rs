@@ -1,5 +1,6 @@
 //! The real firmware under qemu: `hvae validate` against `cluster` on both boards
-//! (Cortex-M4F mps2-an386, Cortex-M0 microbit), a device that dies mid-stream,
+//! (Cortex-M4F mps2-an386, Cortex-M0 microbit), of the int8 model against `cluster_int8`
+//! on both (bit for bit), a device that dies mid-stream,
 //! `hvae device-train` against `learn`, and the firmware's log (defmt frames, decoded).
 //!
 //! These need `qemu-system-arm` and the firmware's targets. Without them each test
@@ -515,4 +516,57 @@ fn firmware_log_is_defmt_and_decodes() {
         "{} bytes for one line with one u32",
         raw.len()
     );
+}
+
+/// `hvae validate` of the int8 digits model against `cluster_int8`: every row bit for
+/// bit the host's `QuantModel` (the M4F runs the `smlad` kernel, the M0 the portable one).
+fn validate_cluster_int8(machine: Machine, rows: usize) {
+    use hvae_host::commands::validate::validate_on_int8;
+    let Some(elf) = firmware("cluster_int8", machine) else {
+        return;
+    };
+    let model_path = firmware::default_dir().join("model/digits_int8.hvae");
+    let model = model_io::load_int8(&model_path).unwrap();
+    let data = data::load(&common::digits_path()).unwrap();
+    let (_q, mut dev) = start(&elf, machine);
+    let r = validate_on_int8(
+        &mut dev,
+        &model,
+        &model_path,
+        &data,
+        Some(rows),
+        Thresholds::default(),
+    )
+    .unwrap();
+    println!(
+        "{} int8: {} rows in {:.1} s, {} bit-exact",
+        machine.name(),
+        r.rows,
+        r.seconds,
+        r.bit_exact_rows
+    );
+    assert!(r.pass, "{r:?}");
+    assert_eq!((r.rows, r.bit_exact_rows), (rows, rows));
+    // The f32 model is not what it runs: refused, with the reason.
+    let f32_model = model_io::load(&compiled_model()).unwrap();
+    let e = validate_on(
+        &mut dev,
+        &f32_model,
+        &compiled_model(),
+        &data,
+        Some(10),
+        Thresholds::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("cannot load"), "{e}");
+}
+
+#[test]
+fn validate_cluster_int8_on_mps2_an386() {
+    validate_cluster_int8(Machine::Mps2An386, 400);
+}
+
+#[test]
+fn validate_cluster_int8_on_microbit() {
+    validate_cluster_int8(Machine::Microbit, 200);
 }

@@ -27,6 +27,12 @@ pub const LONG_ABOUT: &str =
     relative error; cluster-probability max abs error; label agreement over the rows that \
     are not ties (a tie: the host's two largest probabilities differ by at most the tie \
     tolerance; ties are counted and excluded).\n\n\
+    An int8 model (a format-version-2 blob, `hvae export --quantize int8 --format bin`) \
+    is validated against the `cluster_int8` program, which serves the int8 model compiled \
+    into it (firmware/model/digits_int8.rs) and cannot load weights: its Info must report \
+    the int8 blob's version and CRC, and every row must be the host's int8 computation \
+    (hvae::QuantModel) bit for bit, besides the thresholds below; --reference F32MODEL \
+    prints the int8 model's fidelity to its f32 model on the data beside it.\n\n\
     Pass thresholds: label agreement 100% (ties excluded); mu max abs error <= 1e-5, mu \
     RMSE <= 1e-5, mu relative L2 <= 1e-5, smallest row cosine >= 1 - 1e-5; kappa relative \
     error <= 1e-4; probability max abs error <= 1e-4 (tie tolerance 1e-4). Exit status 1 \
@@ -61,6 +67,11 @@ pub struct ValidateArgs {
     /// Baud rate of a serial device.
     #[arg(long, default_value_t = 115_200, value_name = "BAUD")]
     pub baud: u32,
+    /// With an int8 model: its `f32` model (the one it was quantised from), whose fidelity
+    /// to the int8 one on the data is printed beside the validation (label agreement,
+    /// worst and mean mu cosine, ACC and NMI of both when the data has labels).
+    #[arg(long, value_name = "F32MODEL")]
+    pub reference: Option<PathBuf>,
     /// Seconds to wait for one answer before calling the device stalled.
     #[arg(long, default_value_t = 5.0, value_name = "S")]
     pub timeout: f64,
@@ -174,6 +185,52 @@ pub struct ValidateReport {
     pub failures: Vec<String>,
     /// Seconds spent streaming the rows.
     pub seconds: f64,
+}
+
+/// What the device's answers are compared with: the `f32` model or the int8 one.
+pub trait HostModel {
+    /// Inputs per sample.
+    fn input(&self) -> usize;
+    /// Workspace values of one call.
+    fn work(&self) -> usize;
+    /// The host's answer to one row.
+    fn segment_row<'w>(
+        &self,
+        x: &[f32],
+        work: &'w mut [f32],
+    ) -> Result<hvae::Segment<'w, f32>, hvae::InferError>;
+}
+
+impl HostModel for hvae::VecModel<f32> {
+    fn input(&self) -> usize {
+        self.shape().input
+    }
+    fn work(&self) -> usize {
+        self.shape().work_len()
+    }
+    fn segment_row<'w>(
+        &self,
+        x: &[f32],
+        work: &'w mut [f32],
+    ) -> Result<hvae::Segment<'w, f32>, hvae::InferError> {
+        self.segment(x, work)
+    }
+}
+
+impl HostModel for crate::quant::QuantVecModel {
+    fn input(&self) -> usize {
+        self.shape().input
+    }
+    fn work(&self) -> usize {
+        self.work_len()
+    }
+    fn segment_row<'w>(
+        &self,
+        x: &[f32],
+        work: &'w mut [f32],
+    ) -> Result<hvae::Segment<'w, f32>, hvae::InferError> {
+        self.segment(x, work)
+    }
 }
 
 /// Accumulates the comparisons.
@@ -368,15 +425,79 @@ pub fn validate_on(
     rows: Option<usize>,
     th: Thresholds,
 ) -> Result<ValidateReport, Error> {
-    let name = dev.name().to_string();
     let (loaded, info) = prepare(dev, model, model_path, CAP_SEGMENT)?;
-    let m = &model.model;
-    let mut work = vec![0.0f32; m.shape().work_len()];
+    compare(
+        dev,
+        &model.model,
+        (info, model.crc, loaded),
+        data,
+        rows,
+        th,
+        false,
+    )
+}
+
+/// Validates the int8 `model` on an open device (the `cluster_int8` program, which runs
+/// its compiled-in int8 model) with the rows of `data` (the first `rows`): the device
+/// must report the int8 blob's version and `model`'s CRC, and every row must be the
+/// host's [`hvae::QuantModel`] answer bit for bit (integer arithmetic), besides the
+/// thresholds of the `f32` validation.
+pub fn validate_on_int8(
+    dev: &mut Device,
+    model: &model_io::LoadedInt8,
+    model_path: &std::path::Path,
+    data: &Dataset,
+    rows: Option<usize>,
+    th: Thresholds,
+) -> Result<ValidateReport, Error> {
+    let name = dev.name().to_string();
+    let info = dev.sync().map_err(|e| fmt_err(e, &name))?;
+    let shape = *model.model.shape();
+    if info.capabilities & CAP_SEGMENT == 0 || info.shape != ShapeInfo::from(&shape) {
+        return Err(Error::BadInput(format!(
+            "{name} does not serve Segment for the architecture of {} (capabilities {:#x})",
+            model_path.display(),
+            info.capabilities
+        )));
+    }
+    if info.blob != hvae::store::blob::VERSION_INT8 || info.weights_crc != model.crc {
+        return Err(Error::Failed(format!(
+            "{name} runs other weights (blob format {}, CRC {:#010x}; the int8 model's: {},              {:#010x}); `cluster_int8` serves the int8 model compiled into it              (firmware/model/digits_int8.rs) and cannot load one",
+            info.blob,
+            info.weights_crc,
+            hvae::store::blob::VERSION_INT8,
+            model.crc
+        )));
+    }
+    compare(
+        dev,
+        &model.model,
+        (info, model.crc, false),
+        data,
+        rows,
+        th,
+        true,
+    )
+}
+
+/// Streams the rows to the device and compares its answers with `m`'s; with `exact`,
+/// every row must also be bit for bit the host's.
+fn compare<M: HostModel>(
+    dev: &mut Device,
+    m: &M,
+    (info, crc, loaded): (hvae::protocol::DeviceInfo, u32, bool),
+    data: &Dataset,
+    rows: Option<usize>,
+    th: Thresholds,
+    exact: bool,
+) -> Result<ValidateReport, Error> {
+    let name = dev.name().to_string();
+    let mut work = vec![0.0f32; m.work()];
     let mut acc = Acc::default();
     let n = rows.unwrap_or(data.len()).min(data.len());
     // As many rows per request as the device's receive buffer takes (the device answers
     // each): fewer round trips, and a device with room runs them two at a time.
-    let d = m.shape().input;
+    let d = m.input();
     let per = hvae::protocol::max_samples(info.max_frame as usize, d).max(1);
     let rows: Vec<&[f32]> = data.rows().take(n).collect();
     let start = Instant::now();
@@ -390,7 +511,7 @@ pub fn validate_on(
         })?;
         for (k, (row, got)) in chunk.iter().zip(answers).enumerate() {
             let i = first + k;
-            let host = m.segment(row, &mut work);
+            let host = m.segment_row(row, &mut work);
             let (host, got) = match (host, got) {
                 (Ok(h), Ok(g)) => (h, g),
                 (Err(e), Err(code)) if hvae::protocol::ErrorCode::from(e) == code => {
@@ -485,11 +606,20 @@ pub fn validate_on(
             labels.agree, labels.compared, labels.ties
         ),
     );
+    if exact {
+        check(
+            acc.exact == acc.rows,
+            format!(
+                "bit-exact rows {}/{} (int8: integer arithmetic, every row bit for bit)",
+                acc.exact, acc.rows
+            ),
+        );
+    }
     Ok(ValidateReport {
         pass: failures.is_empty(),
         device: name,
         rows: acc.rows,
-        weights_crc: format!("{:#010x}", model.crc),
+        weights_crc: format!("{:#010x}", crc),
         loaded_weights: loaded,
         bit_exact_rows: acc.exact,
         mu,
@@ -619,11 +749,27 @@ pub fn print_report(r: &ValidateReport, json: bool, out: &mut dyn Write) -> Resu
     }
 }
 
+/// Whether the file at `path` is an int8 blob (format version 2): its version field says
+/// so (a file that cannot be read is left to the `f32` loader's error).
+fn is_int8(path: &std::path::Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| {
+        b.get(4..6).map(|v| u16::from_le_bytes([v[0], v[1]]))
+            == Some(hvae::store::blob::VERSION_INT8)
+    })
+}
+
 /// Runs `hvae validate`.
 pub fn run(args: &ValidateArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let model = model_io::load(&args.model)?;
+    let int8 = is_int8(&args.model);
+    let (model, int8) = if int8 {
+        (None, Some(model_io::load_int8(&args.model)?))
+    } else {
+        (Some(model_io::load(&args.model)?), None)
+    };
     let data = data::load(&args.data)?;
-    super::eval::check_sizes(&model.model, &args.model, &data, &args.data)?;
+    if let Some(model) = &model {
+        super::eval::check_sizes(&model.model, &args.model, &data, &args.data)?;
+    }
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         return Err(Error::BadInput(format!(
             "--timeout must be a positive number of seconds, got {}",
@@ -639,17 +785,36 @@ pub fn run(args: &ValidateArgs, out: &mut dyn Write) -> Result<(), Error> {
         dir: args.firmware_dir.clone(),
         env: Vec::new(),
     };
+    let bin = if int8.is_some() {
+        "cluster_int8"
+    } else {
+        "cluster"
+    };
     let mut opened =
-        device::open(&args.device, "cluster", &fw, args.baud, timeouts).map_err(Error::Failed)?;
-    let report = validate_on(
-        &mut opened.device,
-        &model,
-        &args.model,
-        &data,
-        args.rows,
-        Thresholds::default(),
-    )?;
+        device::open(&args.device, bin, &fw, args.baud, timeouts).map_err(Error::Failed)?;
+    let th = Thresholds::default();
+    let dev = &mut opened.device;
+    let report = match (&model, &int8) {
+        (Some(m), _) => validate_on(dev, m, &args.model, &data, args.rows, th)?,
+        (None, Some(q)) => validate_on_int8(dev, q, &args.model, &data, args.rows, th)?,
+        (None, None) => return Err(Error::Failed("no model".to_string())),
+    };
     print_report(&report, args.json, out)?;
+    if let (Some(q), Some(path)) = (&int8, &args.reference) {
+        let f32_model = model_io::load(path)?;
+        let fid =
+            crate::quant::fidelity(&f32_model.model, &q.model, data.features(), data.labels());
+        if !args.json {
+            outln!(
+                out,
+                "int8 fidelity to {} on {} ({} rows): {}",
+                path.display(),
+                args.data.display(),
+                fid.rows,
+                fid.line()
+            )?;
+        }
+    }
     if report.pass {
         Ok(())
     } else {
