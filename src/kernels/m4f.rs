@@ -496,7 +496,7 @@ struct ArgsI8 {
     w: *const i8,
     /// The first pair's channels ([`portable::Channel`], `bstep` 12) or biases (`bstep` 4).
     ch: *const i32,
-    /// Where the first pair's outputs go: `i8` (requantised) or `i32` (accumulators).
+    /// Where the first pair's outputs go: `i8` (requantised) or `f32` (dequantised).
     y: *mut u8,
     /// `n`: the distance between two rows in bytes.
     n: usize,
@@ -514,10 +514,12 @@ struct ArgsI8 {
     pairs: usize,
     /// Bytes from one row's bias to the next's: 12 (channels) or 4 (biases).
     bstep: usize,
-    /// Non-zero: requantise to `i8`; zero: store the `i32` accumulators.
+    /// Non-zero: requantise to `i8`; zero: store `acc as f32 * scale` (`f32`).
     requant: usize,
     /// The clamp's lower end (`min` of [`portable::requantize`]).
     min: i32,
+    /// Without `requant`: the first pair's output scales (`f32`); advanced as it goes.
+    scale: *const f32,
 }
 
 extern "C" {
@@ -535,8 +537,11 @@ extern "C" {
 // the requantisation, rows 0 and 1: `p = acc m` (`smull`, high word in r10 / r11); for a
 // shift `s` in 33..=62, `q = ((hi >> (s - 33)) + 1) >> 1` (the rounded `p >> s`: the low
 // word cannot change it); other shifts take the general path (the 64-bit sum and shift
-// of `requantize`, wrapping as it does, saturated to 32 bits); then `max(q, min)` and
-// `ssat` to `[-128, 127]` (`min >= -128`, so the two give `requantize`'s clamp).
+// of `requantize`, wrapping as it does, saturated to 32 bits); then `usat` to [0, 127]
+// when `min` is 0 (ReLU), else `max(q, min)` and `ssat` to `[-128, 127]` (`min >= -128`,
+// so the two give `requantize`'s clamp). The dequantised head instead converts both
+// accumulators to `f32` (`vcvt.f32.s32`, round to nearest) and multiplies them by their
+// rows' scales (`vmul.f32`), as the portable kernel's `acc as f32 * scale`.
 core::arch::global_asm!(
     ".section .text.hvae_kernels_dense_i8,\"ax\",%progbits",
     ".syntax unified",
@@ -706,9 +711,17 @@ core::arch::global_asm!(
     "    ldr r10, [lr, #{ch}]",
     "    cmp r0, #0",
     "    bne .Lhvae_i8_requant",
+    "    ldr r0, [lr, #{scale}]",
+    "    vmov s0, s1, r11, r12",
+    "    vcvt.f32.s32 s0, s0",
+    "    vcvt.f32.s32 s1, s1",
+    "    vldmia r0!, {{s2-s3}}",
+    "    vmul.f32 s0, s0, s2",
+    "    vmul.f32 s1, s1, s3",
+    "    vstmia r3!, {{s0-s1}}",
+    "    str r0, [lr, #{scale}]",
     "    add r10, r10, #8",
     "    str r10, [lr, #{ch}]",
-    "    strd r11, r12, [r3], #8",
     "    b .Lhvae_i8_next",
     ".Lhvae_i8_requant:",
     "    ldm r10!, {{r4-r9}}",
@@ -722,15 +735,8 @@ core::arch::global_asm!(
     "    add r10, r10, #1",
     "    asr r10, r10, #1",
     ".Lhvae_i8_clamp0:",
-    "    cmp r0, #0",
-    "    bne .Lhvae_i8_min0",
+    "    cbnz r0, .Lhvae_i8_min0",
     "    usat r10, #7, r10",
-    "    b .Lhvae_i8_store0",
-    ".Lhvae_i8_min0:",
-    "    cmp r10, r0",
-    "    it lt",
-    "    movlt r10, r0",
-    "    ssat r10, #8, r10",
     ".Lhvae_i8_store0:",
     "    strb r10, [r3], #1",
     "    smull r7, r11, r12, r8",
@@ -741,15 +747,8 @@ core::arch::global_asm!(
     "    add r11, r11, #1",
     "    asr r11, r11, #1",
     ".Lhvae_i8_clamp1:",
-    "    cmp r0, #0",
-    "    bne .Lhvae_i8_min1",
+    "    cbnz r0, .Lhvae_i8_min1",
     "    usat r11, #7, r11",
-    "    b .Lhvae_i8_store1",
-    ".Lhvae_i8_min1:",
-    "    cmp r11, r0",
-    "    it lt",
-    "    movlt r11, r0",
-    "    ssat r11, #8, r11",
     ".Lhvae_i8_store1:",
     "    strb r11, [r3], #1",
     ".Lhvae_i8_next:",
@@ -762,6 +761,18 @@ core::arch::global_asm!(
     "    ldr r1, [lr, #{blocks}]",
     "    add sp, sp, r1, lsl #4",
     "    pop {{r4-r11, pc}}",
+    ".Lhvae_i8_min0:",
+    "    cmp r10, r0",
+    "    it lt",
+    "    movlt r10, r0",
+    "    ssat r10, #8, r10",
+    "    b .Lhvae_i8_store0",
+    ".Lhvae_i8_min1:",
+    "    cmp r11, r0",
+    "    it lt",
+    "    movlt r11, r0",
+    "    ssat r11, #8, r11",
+    "    b .Lhvae_i8_store1",
     ".Lhvae_i8_slow0:",
     "    add r6, r6, #33",
     "    and r6, r6, #63",
@@ -850,6 +861,7 @@ core::arch::global_asm!(
     bstep = const offset_of!(ArgsI8, bstep),
     requant = const offset_of!(ArgsI8, requant),
     min = const offset_of!(ArgsI8, min),
+    scale = const offset_of!(ArgsI8, scale),
 );
 
 /// Most inputs the int8 kernel takes: it sign-extends them on the stack (2 bytes each);
@@ -870,14 +882,23 @@ fn i8_rows(w: &[i8], n: usize, rows: usize) -> (usize, bool) {
     (rows, asm)
 }
 
+/// How the int8 assembly writes its outputs.
+#[derive(Clone, Copy)]
+enum Out {
+    /// Requantised to `i8`, clamped below at this value.
+    Requant(i8),
+    /// As `f32`: the accumulator converted, times the row's scale (these, one per row).
+    Dequant(*const f32),
+}
+
 /// Runs the int8 assembly on the `2 (rows / 2)` first rows of `w` (`n = x.len()` inputs
-/// each) with the biases at `ch` (`bstep` bytes apart), writing to `y` (`i8` outputs
-/// requantised, or `i32` accumulators when `requant` is false).
+/// each) with the biases at `ch` (`bstep` bytes apart), writing to `y` as `out` says.
 ///
 /// # Safety
 /// `i8_rows` allowed it for `w`, `x.len()` and `rows`; `ch` points at `rows` biases
-/// `bstep` bytes apart (with the multiplier and shift after each when `requant`); `y`
-/// has room for `rows` outputs (`i32`, 4-byte aligned, when not `requant`).
+/// `bstep` bytes apart (with the multiplier and shift after each for `Out::Requant`);
+/// `y` has room for `rows` outputs (`f32`, 4-byte aligned, for `Out::Dequant`, whose
+/// pointer has `rows` scales).
 #[inline(always)]
 unsafe fn run_i8(
     w: &[i8],
@@ -885,7 +906,7 @@ unsafe fn run_i8(
     (ch, bstep): (*const i32, usize),
     y: *mut u8,
     rows: usize,
-    requant: Option<i8>,
+    out: Out,
 ) {
     let n = x.len();
     let mut args = ArgsI8 {
@@ -902,12 +923,20 @@ unsafe fn run_i8(
         more: (n / 8) % 4 + n % 8,
         pairs: rows / 2,
         bstep,
-        requant: usize::from(requant.is_some()),
-        min: i32::from(requant.unwrap_or(0)),
+        requant: usize::from(matches!(out, Out::Requant(_))),
+        min: match out {
+            Out::Requant(min) => i32::from(min),
+            Out::Dequant(_) => 0,
+        },
+        scale: match out {
+            Out::Requant(_) => core::ptr::null(),
+            Out::Dequant(scale) => scale,
+        },
     };
     // SAFETY: by the caller's contract the kernel reads `2 pairs n` weights (from a
     // 4-byte aligned start, rows of a multiple of 4 bytes), `n` inputs, the pairs'
-    // channels or biases, and writes their outputs; below the stack pointer it uses
+    // channels or biases (and scales), and writes their outputs; it uses s0-s3
+    // (caller-saved); below the stack pointer it uses
     // `16 (n / 8) <= 1024` bytes, which it releases; it restores r4-r11 and the stack
     // pointer.
     unsafe { hvae_kernels_dense_i8(&mut args) }
@@ -931,7 +960,7 @@ pub(super) fn dense_i8(w: &[i8], x: &[i8], ch: &[portable::Channel], y: &mut [i8
             (ch.as_ptr().cast(), 12),
             y.as_mut_ptr().cast(),
             rows,
-            Some(min),
+            Out::Requant(min),
         );
     }
     if rows % 2 == 1 {
@@ -944,7 +973,8 @@ pub(super) fn dense_i8(w: &[i8], x: &[i8], ch: &[portable::Channel], y: &mut [i8
 }
 
 /// [`portable::dense_i8_dequant`], the same bits (the same `i32` accumulators, then the
-/// same conversion and product), with the assembly for pairs of rows.
+/// same conversion, `vcvt.f32.s32` rounding to nearest as Rust's `as f32`, and product,
+/// `vmul.f32`), with the assembly for pairs of rows.
 #[inline]
 pub(super) fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut [f32]) {
     let n = x.len();
@@ -952,14 +982,11 @@ pub(super) fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], 
     if !asm {
         return portable::dense_i8_dequant(w, x, bias, scale, y);
     }
-    // SAFETY: `i8_rows` allowed it; `bias` holds `rows` values (4 bytes apart); `y`
-    // holds `rows` `f32`, whose 4-byte aligned slots take the `i32` accumulators.
+    // SAFETY: `i8_rows` allowed it; `bias` and `scale` hold `rows` values (4 bytes
+    // apart); `y` holds `rows` `f32`.
     unsafe {
-        run_i8(w, x, (bias.as_ptr(), 4), y.as_mut_ptr().cast(), rows, None);
-    }
-    let pairs = 2 * (rows / 2);
-    for (yo, &sc) in y.iter_mut().zip(scale).take(pairs) {
-        *yo = (yo.to_bits() as i32) as f32 * sc;
+        let out = Out::Dequant(scale.as_ptr());
+        run_i8(w, x, (bias.as_ptr(), 4), y.as_mut_ptr().cast(), rows, out);
     }
     if rows % 2 == 1 {
         let last = rows - 1;
