@@ -57,8 +57,16 @@ pub fn uniform<T: Real, R: Rng + ?Sized>(rng: &mut R) -> T {
         T::of((k as f64 + 0.5) * (1.0 / (1u64 << 52) as f64))
     } else {
         let k = rng.next_u32() >> 9;
-        T::of((k as f64 + 0.5) * (1.0 / (1u32 << 23) as f64))
+        T::of_f32(narrow_uniform(k))
     }
+}
+
+/// `(k + 1/2) 2^-23` in `f32` arithmetic, for `k < 2^23`: every step is exact (`k` and
+/// `k + 1/2` fit the 24-bit significand, the scaling is a power of two), so it is the
+/// same value as in `f64`, without the software double precision a Cortex-M pays.
+#[inline]
+fn narrow_uniform(k: u32) -> f32 {
+    (k as f32 + 0.5) * (1.0 / (1u32 << 23) as f32)
 }
 
 /// Two independent standard normal variates (Box-Muller, two uniforms).
@@ -155,5 +163,20 @@ pub fn beta<T: Real, R: Rng + ?Sized>(a: T, b: T, rng: &mut R) -> Result<(T, T),
         let lb = ln_gamma_variate(b, rng)?;
         // x = 1 / (1 + e^{lb - la}), 1 - x = 1 / (1 + e^{la - lb}).
         Ok((one / (one + (lb - la).exp()), one / (one + (la - lb).exp())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::narrow_uniform;
+
+    /// The `f32` scaling gives the `f64` route's value for every one of the 2^23 words.
+    #[test]
+    fn narrow_uniform_is_the_f64_value_for_every_word() {
+        for k in 0..(1u32 << 23) {
+            let wide = ((k as f64 + 0.5) * (1.0 / (1u32 << 23) as f64)) as f32;
+            assert_eq!(narrow_uniform(k).to_bits(), wide.to_bits(), "k = {k}");
+        }
+        assert!(narrow_uniform(0) > 0.0 && narrow_uniform((1 << 23) - 1) < 1.0);
     }
 }
