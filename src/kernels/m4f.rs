@@ -22,10 +22,11 @@
 //! (Armv7E-M, which every M4F and M7 is; `.arch armv7e-m` for the assembler). The input
 //! is sign-extended to 16-bit lanes once on the stack; then two rows at a time, eight
 //! inputs per step, each weight word split into its even and odd bytes and multiplied
-//! two products at a time, then requantised as [`portable::requantize`] (or stored as
-//! `i32` accumulators for the dequantised head). The same values as
-//! [`portable::dense_i8`]: `i32` sums modulo 2^32, equal in any order. The counts and
-//! the floor are in docs/device.md.
+//! two products at a time, then requantised as [`portable::requantize`] (or, for the
+//! dequantised head, converted to `f32` and multiplied by the row's scale). The same
+//! values as [`portable::dense_i8`] and [`portable::dense_i8_dequant`]: `i32` sums modulo
+//! 2^32, equal in any order, then the same integer or `f32` steps. The counts and the
+//! floor are in docs/device.md.
 
 use super::portable;
 use crate::Activation;
