@@ -15,8 +15,9 @@
 //! (centres `ĉ_c`, one concentration `kappa_s`, mixing weights from its log-weights,
 //! normalised here): its responsibilities are exactly the segmenter's `p_i`, so the
 //! term is the mixture's negative log-likelihood of the cluster input `u_i` (the
-//! VaDE-style prior; with `delta > 0` cluster shapes follow the density of the latent
-//! rather than the neighbour lists). `-ln f(u) = -lse_c(a_c) - ln C_M(kappa_s) +
+//! VaDE-style prior: cluster shapes from the latent's density rather than the neighbour
+//! lists; measured on the host's suite it does not help, docs/benchmarks.md, so it is
+//! off by default). `-ln f(u) = -lse_c(a_c) - ln C_M(kappa_s) +
 //! lse_c(ln pi_c)` with the logits `a_c`; its gradient is `-p_c` in each logit, `pi_c`
 //! in each log-weight and `kappa_s A_M(kappa_s)` in `ln kappa_s`.
 //!
