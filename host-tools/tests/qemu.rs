@@ -320,15 +320,10 @@ fn scratch_program_matches_the_host_engine() {
         info.ram_static, info.stack_peak, info.flash_used
     );
     let shape = model.model.shape();
-    let sgd = hvae::train::trainer::TrainConfig::<f32>::optim_len(
-        shape,
-        hvae::Scope::Full,
-        hvae::train::optim::OptimKind::Sgd,
-    );
     let buffers = 4
         * (shape.param_len()
             + hvae::device::scratch_len_with(shape, hvae::device::SCRATCH_MEM)
-            + sgd);
+            + hvae::device::scratch_optim_len(shape));
     let statics = info.ram_static as usize;
     assert!(
         statics >= buffers && statics < buffers + 4096,

@@ -182,6 +182,13 @@ pub const fn optim_len(shape: &Shape) -> usize {
     TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Adam)
 }
 
+/// Scalars of the optimiser buffer of an engine that learns from scratch: SGD's momentum
+/// over the Full scope (Adam's second moment does not fit its budget; such an engine
+/// refuses Adam for want of buffer).
+pub const fn scratch_optim_len(shape: &Shape) -> usize {
+    TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Sgd)
+}
+
 /// Bytes of one checkpoint slot on flash `F`: the largest layout (Full scope, Adam).
 pub const fn checkpoint_slot_len<F: NorFlash>(shape: &Shape) -> usize {
     crate::store::checkpoint::slot_len::<f32, F>(shape, Scope::Full, OptimKind::Adam)

@@ -16,10 +16,11 @@
 
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
-use hvae::device::{config_with_memory, quant_of, scratch_len_with, scratch_shape, SCRATCH_MEM};
+use hvae::device::{
+    config_with_memory, quant_of, scratch_len_with, scratch_optim_len, scratch_shape, SCRATCH_MEM,
+};
 use hvae::protocol::{TrainOptimiser, TrainScope, TrainSettings};
-use hvae::shape::{Scope, Shape};
-use hvae::train::optim::OptimKind;
+use hvae::shape::Shape;
 use hvae::train::trainer::{OnlineTrainer, Phase, TrainConfig};
 use hvae::Model;
 use hvae_firmware::rt::{self, with_ram, Counter};
@@ -36,7 +37,7 @@ const SHAPE: Shape = scratch_shape(&DEPLOYED);
 const D: usize = SHAPE.input;
 const PARAM_LEN: usize = SHAPE.param_len();
 const SCRATCH_LEN: usize = scratch_len_with(&SHAPE, SCRATCH_MEM);
-const OPTIM_LEN: usize = TrainConfig::<f32>::optim_len(&SHAPE, Scope::Full, OptimKind::Sgd);
+const OPTIM_LEN: usize = scratch_optim_len(&SHAPE);
 /// Steps averaged per phase.
 const STEPS: u32 = 16;
 
@@ -100,7 +101,7 @@ fn scratch_steps(counter: &mut Counter) -> Costs {
     cfg.warmup_steps = STEPS;
     let (s_len, o_len) = (
         TrainConfig::<f32>::storage_len(&SHAPE, cfg.scope, cfg.batch, cfg.init_rows(SCRATCH_MEM)),
-        TrainConfig::<f32>::optim_len(&SHAPE, cfg.scope, OptimKind::Sgd),
+        scratch_optim_len(&SHAPE),
     );
     let (Some(scratch), Some(optim)) = (scratch.get_mut(..s_len), optim.get_mut(..o_len)) else {
         out.failed = u32::MAX;

@@ -19,12 +19,11 @@
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
 use hvae::device::{
-    blob_crc, checkpoint_slot_len, scratch_len_with, scratch_shape, Engine, LEARN, SCRATCH_MEM,
+    blob_crc, checkpoint_slot_len, scratch_len_with, scratch_optim_len, scratch_shape, Engine,
+    LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{max_request_frame, max_response_frame, MAX_SAMPLE};
-use hvae::shape::{Scope, Shape};
-use hvae::train::optim::OptimKind;
-use hvae::train::trainer::TrainConfig;
+use hvae::shape::Shape;
 use hvae::Model;
 use hvae_firmware::board::Uart;
 use hvae_firmware::learning::{CkptFlash, StaticStore};
@@ -40,7 +39,7 @@ const PARAM_LEN: usize = SHAPE.param_len();
 /// staging area of a weight load.
 const SCRATCH_LEN: usize = scratch_len_with(&SHAPE, SCRATCH_MEM);
 /// SGD's momentum over the Full scope.
-const OPTIM_LEN: usize = TrainConfig::<f32>::optim_len(&SHAPE, Scope::Full, OptimKind::Sgd);
+const OPTIM_LEN: usize = scratch_optim_len(&SHAPE);
 /// Two workspaces (`Segment` and `Encode` answer two samples at a time).
 const WORK_LEN: usize = 2 * SHAPE.work_len();
 /// A training batch fills a request: the longest frame of `MAX_SAMPLE` values.

@@ -4,8 +4,8 @@
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
-    checkpoint_slot_len, optim_len, scratch_len_with, Engine, Store, Transport, CAP, LEARN,
-    SCRATCH_MEM,
+    checkpoint_slot_len, optim_len, scratch_len_with, scratch_optim_len, Engine, Store, Transport,
+    CAP, LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{Request, Response};
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
@@ -91,12 +91,7 @@ impl HostStore {
     /// A store sized as the `learn_scratch` program's for `shape`: a trainer that
     /// remembers [`SCRATCH_MEM`] samples, and SGD's momentum (not Adam's moments).
     pub fn scratch(shape: &Shape) -> Result<HostStore, String> {
-        let sgd = hvae::train::trainer::TrainConfig::<f32>::optim_len(
-            shape,
-            hvae::Scope::Full,
-            hvae::train::optim::OptimKind::Sgd,
-        );
-        Self::with_memory(shape, SCRATCH_MEM, sgd)
+        Self::with_memory(shape, SCRATCH_MEM, scratch_optim_len(shape))
     }
 
     /// A store sized for `shape`, a trainer that remembers `mem` samples and `optim`
