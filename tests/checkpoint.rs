@@ -660,3 +660,37 @@ fn there_are_two_slots() {
     assert_eq!(c.slot_state(&l, 1).unwrap(), SlotState::Empty);
     assert_eq!(c.slot_state(&l, 2).err(), Some(CheckpointError::NoSuchSlot));
 }
+
+#[test]
+fn an_adapted_layout_holds_normalisation_and_segmenter_of_one_model() {
+    let layout = Layout::adapted::<f32>(SHAPE, 0xABCD);
+    let n = 2 * SHAPE.input + SHAPE.segmenter_len();
+    assert_eq!((layout.params(), layout.state()), (n, 0));
+    let slot = layout.slot_len(4, 1024);
+    let mut c = Checkpoints::new(Sim::<4, 1024>::new(4 * slot), 0, slot as u32).unwrap();
+    let values: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 1.0).collect();
+    c.save(&layout, &values, &[], 0, 42).unwrap();
+    let mut back = vec![0.0f32; n];
+    let l = c.load(&layout, &mut back, &mut []).unwrap().unwrap();
+    assert_eq!((l.seq, l.train_steps), (1, 42));
+    assert_eq!(bits(&back), bits(&values));
+    // Stored with scope code 3.
+    let mut flash = c.into_inner();
+    let mut h = [0u8; HEADER_LEN];
+    flash.read(0, &mut h).unwrap();
+    assert_eq!(h[33], 3);
+    // Other weights of the same shape, or the whole-model layout of the same shape:
+    // never loaded.
+    let mut c = Checkpoints::new(flash, 0, slot as u32).unwrap();
+    let other = Layout::adapted::<f32>(SHAPE, 0xABCE);
+    assert_eq!(
+        c.slot_state(&other, 0).unwrap(),
+        SlotState::Incompatible { seq: 1 }
+    );
+    assert!(c.load(&other, &mut back, &mut []).unwrap().is_none());
+    let whole = Layout::new::<f32>(SHAPE, Scope::SegmenterOnly, OptimKind::Sgd);
+    assert_eq!(
+        c.slot_state(&whole, 0).unwrap(),
+        SlotState::Incompatible { seq: 1 }
+    );
+}

@@ -893,9 +893,20 @@ impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
             return Err(ModelError::NonFinite);
         }
         let no = self.shape.norm_offset();
-        let p = self.params.as_mut();
-        p[no..no + d].copy_from_slice(offset);
-        p[no + d..no + 2 * d].copy_from_slice(scale);
+        // Checked, and copied by loops, so that no panic path is linked into a device
+        // program that adapts its normalisation (the lengths were checked above).
+        let (o, s) = self
+            .params
+            .as_mut()
+            .get_mut(no..no + 2 * d)
+            .and_then(|p| p.split_at_mut_checked(d))
+            .ok_or(ModelError::ParamLength)?;
+        for (dst, &v) in o.iter_mut().zip(offset) {
+            *dst = v;
+        }
+        for (dst, &v) in s.iter_mut().zip(scale) {
+            *dst = v;
+        }
         Ok(())
     }
 }

@@ -84,10 +84,10 @@
 //! | 24 | 4 | optimiser step counter |
 //! | 28 | 4 | trainer step counter |
 //! | 32 | 1 | scalar width `w` in bytes (4: `f32`, 8: `f64`) |
-//! | 33 | 1 | scope code (0 full, 1 encoder and segmenter, 2 segmenter only) |
+//! | 33 | 1 | scope code (0 full, 1 encoder and segmenter, 2 segmenter only, 3 normalisation and segmenter of [`Layout::adapted`]) |
 //! | 34 | 1 | optimiser code (0 SGD, 1 Adam) |
 //! | 35 | 5 | reserved, zero |
-//! | 40 | `w P` | parameters, in [`Shape`] layout order |
+//! | 40 | `w P` | parameters, in [`Shape`] layout order ([`Layout::adapted`]: normalisation offset, scale, segmenter) |
 //! | `40 + w P` | `w S` | optimiser state ([`crate::train::optim::OptimState`] storage layout) |
 //! | `B = 40 + w (P + S)` | 4 | CRC-32/ISO-HDLC of bytes `0..B` (zlib's `crc32`) |
 //! | `C = round_up(B + 4, WRITE_SIZE)` | 4 | commit word [`COMMIT`], in its own write unit(s) |
@@ -172,6 +172,8 @@ pub struct Layout {
     scope: Scope,
     kind: OptimKind,
     width: usize,
+    /// `Some(identity)` for [`Layout::adapted`].
+    adapted: Option<u32>,
 }
 
 impl Layout {
@@ -182,6 +184,24 @@ impl Layout {
             scope,
             kind,
             width: core::mem::size_of::<T>(),
+            adapted: None,
+        }
+    }
+
+    /// What a deployed model adapts without an optimiser (online k-means of the centres,
+    /// a tracked input normalisation): its input normalisation (offset, then scale: `2 D`
+    /// values) and its segmenter ([`Shape::segmenter_len`] values), in that order, and no
+    /// optimiser state. `identity` names the weights they were adapted on (e.g. the
+    /// weight blob's CRC): it enters the fingerprint, so a checkpoint adapted on other
+    /// weights of the same shape is [`SlotState::Incompatible`], never loaded. Stored
+    /// with scope code 3.
+    pub const fn adapted<T>(shape: Shape, identity: u32) -> Layout {
+        Layout {
+            shape,
+            scope: Scope::SegmenterOnly,
+            kind: OptimKind::Sgd,
+            width: core::mem::size_of::<T>(),
+            adapted: Some(identity),
         }
     }
 
@@ -190,13 +210,21 @@ impl Layout {
         &self.shape
     }
 
-    /// Parameters stored ([`Shape::param_len`]).
+    /// Parameters stored ([`Shape::param_len`]; `2 D` plus [`Shape::segmenter_len`] for
+    /// [`Layout::adapted`]).
     pub const fn params(&self) -> usize {
+        if self.adapted.is_some() {
+            return 2 * self.shape.input + self.shape.segmenter_len();
+        }
         self.shape.param_len()
     }
 
-    /// Optimiser state scalars stored ([`state_len`] of the scope's parameters).
+    /// Optimiser state scalars stored ([`state_len`] of the scope's parameters; none for
+    /// [`Layout::adapted`]).
     pub const fn state(&self) -> usize {
+        if self.adapted.is_some() {
+            return 0;
+        }
         let r = self.shape.scope_range(self.scope);
         state_len(self.kind, r.end - r.start)
     }
@@ -245,11 +273,22 @@ impl Layout {
                 Activation::Relu => 0,
                 Activation::Tanh => 1,
             },
-            scope_code(self.scope),
+            self.scope_code(),
             kind_code(self.kind),
             self.width as u8,
         ]);
+        if let Some(identity) = self.adapted {
+            d.update(&identity.to_le_bytes());
+        }
         d.finalize()
+    }
+
+    /// The scope code stored in the header: [`Layout::adapted`]'s is 3.
+    const fn scope_code(&self) -> u8 {
+        if self.adapted.is_some() {
+            return 3;
+        }
+        scope_code(self.scope)
     }
 }
 
@@ -614,7 +653,7 @@ impl<F: NorFlash> Checkpoints<F> {
             && p == layout.params()
             && s == layout.state()
             && width == layout.width
-            && h[33] == scope_code(layout.scope)
+            && h[33] == layout.scope_code()
             && h[34] == kind_code(layout.kind);
         if !compatible {
             return Ok(SlotState::Incompatible { seq });
@@ -761,7 +800,7 @@ impl<F: NorFlash> Checkpoints<F> {
         h[24..28].copy_from_slice(&optim_steps.to_le_bytes());
         h[28..32].copy_from_slice(&train_steps.to_le_bytes());
         h[32] = layout.width as u8;
-        h[33] = scope_code(layout.scope);
+        h[33] = layout.scope_code();
         h[34] = kind_code(layout.kind);
         let mut out = Stager {
             flash: &mut self.flash,

@@ -187,6 +187,14 @@ fn core_src() -> String {
     format!("{dir}/")
 }
 
+/// The real-board crates' directory (`boards/`: the examples and the host-tested
+/// crates they use, whose files a board's build names by absolute path, as the core's).
+fn boards_src() -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../boards");
+    let dir = std::fs::canonicalize(dir).map_or_else(|_| dir.into(), |p| p.display().to_string());
+    format!("{dir}/")
+}
+
 /// Whose code a panic site is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Origin {
@@ -216,7 +224,7 @@ impl PanicSite {
 }
 
 /// `panics [--deny-ours] ELF...`: the panic sites of each image, counted per source
-/// file, this project's (core and firmware) first, then the standard library's, then the
+/// file, this project's (core, firmware, `boards/`) first, then the standard library's, then the
 /// dependencies'; with `--deny-ours`, an error if an image has one in this project's code
 /// or in the standard library's own (one of those could be reached from our code, and
 /// nothing in the image says from where).
@@ -226,18 +234,23 @@ pub fn panics(args: &[String]) -> Result<(), String> {
     if elfs.is_empty() {
         return Err("panics: no ELF file given".into());
     }
-    let core = core_src();
+    let (core, boards) = (core_src(), boards_src());
     let mut offenders = Vec::new();
     for p in elfs {
         // Ours first, then the standard library's, then the dependencies'.
         let mut per_file = std::collections::BTreeMap::<(Origin, String), usize>::new();
         for s in panic_sites(p)? {
-            let origin = s.origin(&core);
-            let name = match (s.file.strip_prefix(&core), origin) {
-                (Some(rest), _) => format!("hvae/src/{rest}"),
-                (None, Origin::Ours) => format!("{} (this program)", s.file),
-                (None, Origin::Std) => format!("{} (standard library)", s.file),
-                (None, Origin::Dependency) => s.file,
+            let in_boards = s.file.strip_prefix(&boards);
+            let origin = match in_boards {
+                Some(_) => Origin::Ours,
+                None => s.origin(&core),
+            };
+            let name = match (s.file.strip_prefix(&core), in_boards, origin) {
+                (Some(rest), _, _) => format!("hvae/src/{rest}"),
+                (None, Some(rest), _) => format!("hvae/boards/{rest}"),
+                (None, None, Origin::Ours) => format!("{} (this program)", s.file),
+                (None, None, Origin::Std) => format!("{} (standard library)", s.file),
+                (None, None, Origin::Dependency) => s.file,
             };
             *per_file.entry((origin, name)).or_default() += 1;
         }
@@ -355,6 +368,8 @@ mod tests {
         assert!(deny_ours_on("/rustc/0123abcd/library/core/src/slice/mod.rs").is_err());
         let dep = "/home/u/.cargo/registry/src/index/cobs-0.3.0/src/dec.rs";
         assert!(deny_ours_on(dep).is_ok());
+        // A board's crates are ours too (a board's build names them by absolute path).
+        assert!(deny_ours_on(&format!("{}adapt/src/learner.rs", boards_src())).is_err());
     }
 
     #[test]
