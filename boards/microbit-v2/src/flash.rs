@@ -10,7 +10,7 @@ pub const REGION_LEN: usize = 8 * 1024;
 
 /// The pages, page-aligned (the NVMC erases whole pages; the HAL checks it).
 #[repr(C, align(4096))]
-pub struct Pages([u8; REGION_LEN]);
+struct Pages([u8; REGION_LEN]);
 
 /// Placed in `.checkpoints` (NOLOAD, in flash): never written by the loader, never
 /// touched by the program but through [`checkpoint_flash`]. (Placing an item in a
