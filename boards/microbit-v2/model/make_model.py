@@ -20,6 +20,12 @@ Regenerate the model compiled into the firmware (from the repository root):
         --latent 3 --hidden 16 --seed 1 --out boards/microbit-v2/model/acc.hvae
     cargo run --release -p hvae-host-tools -- export --model boards/microbit-v2/model/acc.hvae \\
         --format rust --out boards/microbit-v2/src/model.rs
+
+and its int8 form (`--features int8`), calibrated on the same windows:
+
+    cargo run --release -p hvae-host-tools -- export --model boards/microbit-v2/model/acc.hvae \\
+        --quantize int8 --data /tmp/acc.csv --check --format rust \\
+        --out boards/microbit-v2/src/model_int8.rs
 """
 
 import sys
