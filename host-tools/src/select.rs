@@ -18,7 +18,7 @@
 //! silhouette of models trained with `K = 2 ..= max`.
 
 use crate::metrics;
-use crate::train::{fit, mine_neighbours, EpochStats, FitConfig, FitError};
+use crate::train::{fit_branches, mine_neighbours, Branch, EpochStats, FitConfig, FitError};
 use hvae::infer::model::{Model, VecModel};
 use hvae::Shape;
 use serde::{Deserialize, Serialize};
@@ -202,7 +202,10 @@ pub struct GmmChoice {
 /// towards its partition ([`crate::train::CentreInit::Gmm`] with `gmm_targets`), and
 /// keeps the one whose partition agrees more with the inputs' 10 nearest neighbours
 /// (Euclidean, on the normalised features; [`neighbour_agreement`], ties to the
-/// model as configured). Costs twice the training. `progress` sees the first model.
+/// model as configured). The two share their warm-up ([`fit_branches`]): each is bit
+/// for bit the model trained alone, for the cost of one warm-up and two joint phases.
+/// With restarts, each restart's seed gives one model of each kind and each kind
+/// picks its restart by `criterion` first. `progress` sees the first model.
 #[allow(clippy::too_many_arguments)]
 pub fn fit_with_gmm_candidate(
     shape: Shape,
@@ -220,13 +223,16 @@ pub fn fit_with_gmm_candidate(
         crate::train::normalised(x, &o, &s)
     };
     let neighbours = euclidean_neighbours(&normalised, d, 10);
-    let plain = fit_restarts(shape, x, labels, cfg, restarts, criterion, progress)?;
-    let gmm_cfg = FitConfig {
-        init: crate::train::CentreInit::Gmm,
-        gmm_targets: true,
-        ..cfg.clone()
-    };
-    let gmm = fit_restarts(shape, x, labels, &gmm_cfg, restarts, criterion, |_, _| {})?;
+    let branches = [
+        Branch::of(cfg),
+        Branch {
+            init: crate::train::CentreInit::Gmm,
+            gmm_targets: true,
+        },
+    ];
+    let mut kinds = train_restarts(shape, x, labels, cfg, &branches, restarts, progress)?;
+    let gmm = choose(shape, x, kinds.pop().unwrap_or_default(), criterion)?;
+    let plain = choose(shape, x, kinds.pop().unwrap_or_default(), criterion)?;
     let agreement_plain = neighbour_agreement(&answers(&plain.0, x)?.0, &neighbours);
     let agreement_gmm = neighbour_agreement(&answers(&gmm.0, x)?.0, &neighbours);
     let gmm_kept = agreement_gmm > agreement_plain;
@@ -271,11 +277,65 @@ pub fn fit_restarts(
     cfg: &FitConfig,
     restarts: usize,
     criterion: Criterion,
-    mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
+    progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
+    let mut kinds = train_restarts(
+        shape,
+        x,
+        labels,
+        cfg,
+        &[Branch::of(cfg)],
+        restarts,
+        progress,
+    )?;
+    choose(shape, x, kinds.pop().unwrap_or_default(), criterion)
+}
+
+/// The models of `restarts` restarts (seeds [`restart_seed`]), each restart training
+/// one model per branch from one warm-up ([`fit_branches`]): `[branch][restart]`, each
+/// with its seed. `progress` sees the first restart's first branch.
+fn train_restarts(
+    shape: Shape,
+    x: &[f32],
+    labels: Option<&[u8]>,
+    cfg: &FitConfig,
+    branches: &[Branch],
+    restarts: usize,
+    mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
+) -> Result<Vec<Vec<(u64, VecModel<f32>)>>, FitError> {
+    let mut kinds: Vec<Vec<(u64, VecModel<f32>)>> = branches.iter().map(|_| Vec::new()).collect();
+    for r in 0..restarts.max(1) {
+        let c = FitConfig {
+            seed: restart_seed(cfg.seed, r),
+            ..cfg.clone()
+        };
+        let models = if r == 0 {
+            fit_branches(shape, x, labels, &c, branches, &mut progress)?
+        } else {
+            fit_branches(shape, x, labels, &c, branches, |_, _| {})?
+        };
+        for (kind, m) in kinds.iter_mut().zip(models) {
+            kind.push((c.seed, m));
+        }
+    }
+    Ok(kinds)
+}
+
+/// The model `criterion` ranks best among restarts (with every restart's criteria;
+/// none when there is only one: nothing is chosen).
+fn choose(
+    shape: Shape,
+    x: &[f32],
+    mut trained: Vec<(u64, VecModel<f32>)>,
+    criterion: Criterion,
+) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
+    let restarts = trained.len();
     if restarts <= 1 {
         // Nothing to choose between: no criteria (they cost a neighbour search).
-        return Ok((fit(shape, x, labels, cfg, progress)?, Vec::new()));
+        let (_, model) = trained
+            .pop()
+            .ok_or_else(|| FitError::Config("no model trained".into()))?;
+        return Ok((model, Vec::new()));
     }
     let d = shape.input;
     let normalised = {
@@ -286,16 +346,7 @@ pub fn fit_restarts(
     let neighbours = mine_neighbours(&normalised, d, 10);
     let mut models = Vec::with_capacity(restarts);
     let mut runs = Vec::with_capacity(restarts);
-    for r in 0..restarts {
-        let c = FitConfig {
-            seed: restart_seed(cfg.seed, r),
-            ..cfg.clone()
-        };
-        let model = if r == 0 {
-            fit(shape, x, labels, &c, &mut progress)?
-        } else {
-            fit(shape, x, labels, &c, |_, _| {})?
-        };
+    for (seed, model) in trained {
         let (l, mus) = answers(&model, x)?;
         let criteria = Criteria {
             silhouette: silhouette(&mus, shape.latent, &l, shape.clusters),
@@ -303,7 +354,7 @@ pub fn fit_restarts(
             consensus: 0.0,
         };
         runs.push(Restart {
-            seed: c.seed,
+            seed,
             criteria,
             labels: l,
         });

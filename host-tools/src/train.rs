@@ -282,195 +282,342 @@ pub fn fit(
     x: &[f32],
     labels: Option<&[u8]>,
     cfg: &FitConfig,
-    mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
+    progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<Model<f32, Vec<f32>>, FitError> {
-    shape
-        .validate()
-        .map_err(|e| FitError::Config(e.to_string()))?;
-    let d = shape.input;
-    let n = x.len() / d;
-    if !x.len().is_multiple_of(d) || n < 2 {
-        return Err(FitError::Config(format!(
-            "need at least 2 rows of {d} values"
-        )));
-    }
-    if n < shape.clusters {
-        return Err(FitError::Config(format!(
-            "{} clusters but only {n} rows",
-            shape.clusters
-        )));
-    }
-    if cfg.batch < 2 || cfg.batch > 2 * hvae::train::trainer::MAX_BATCH || cfg.epochs == 0 {
-        return Err(FitError::Config(
-            "batch must be in 2..=128 and epochs >= 1".into(),
-        ));
-    }
-    let labels = if cfg.supervised {
-        let l =
-            labels.ok_or_else(|| FitError::Config("--supervised needs a label column".into()))?;
-        if l.len() != n {
-            return Err(FitError::Config("one label per row needed".into()));
-        }
-        Some(l.iter().map(|&y| Some(y)).collect::<Vec<Option<u8>>>())
-    } else {
-        None
-    };
+    let mut run = Run::start(shape, x, labels, cfg)?;
+    run.train(cfg, run.total, progress)?;
+    run.finish(cfg)
+}
 
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
-    let mut model = Model::<f32, Vec<f32>>::with_shape(shape, &mut rng)
-        .map_err(|e| FitError::Config(e.to_string()))?;
-    let (offset, scale) =
-        fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
-    model
-        .set_normalisation(&offset, &scale)
-        .map_err(|e| FitError::Config(e.to_string()))?;
-    let neighbours = match cfg.neighbour_space {
-        NeighbourSpace::Raw => mine_neighbours(x, d, cfg.neighbours),
-        NeighbourSpace::Normalised => {
-            mine_neighbours(&normalised(x, &offset, &scale), d, cfg.neighbours)
-        }
-        NeighbourSpace::Both => {
-            mine_neighbours_both(x, &normalised(x, &offset, &scale), d, cfg.neighbours)
-        }
-    };
-    let nn = neighbours.len() / n;
+/// How one branch of [`fit_branches`] places its centres after the shared warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Branch {
+    /// See [`FitConfig::init`].
+    pub init: CentreInit,
+    /// See [`FitConfig::gmm_targets`].
+    pub gmm_targets: bool,
+}
 
-    let range = shape.scope_range(Scope::Full);
-    let opt = OptimConfig::new(Optimiser::adam(cfg.lr)).with_clip_norm(cfg.clip);
-    let mut state = OptimState::new(vec![0f32; state_len(opt.optimiser.kind(), range.len())]);
-    let mut store = vec![0f32; LossBuffers::<f32>::storage_len(&shape, Scope::Full, cfg.batch)];
-    let mut bufs = LossBuffers::new(&shape, Scope::Full, cfg.batch, &mut store)
-        .expect("storage of LossBuffers::storage_len");
-    bufs.marginal_mut().fill(1.0 / shape.clusters as f32);
-    let mut rows = vec![0f32; cfg.batch * d];
-    let mut row_labels: Vec<Option<u8>> = Vec::with_capacity(cfg.batch);
-    let mut pairs: Vec<(u16, u16)> = Vec::with_capacity(cfg.batch / 2);
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut cursor = n;
-    let (warm_steps, total) = cfg.schedule(n);
-    let round_len = |warm: bool| {
-        if cfg.steps > 0 {
-            (total / 100).max(1)
-        } else if warm {
-            n.div_ceil(cfg.batch)
+impl Branch {
+    /// The branch `cfg` itself asks for.
+    pub fn of(cfg: &FitConfig) -> Self {
+        Branch {
+            init: cfg.init,
+            gmm_targets: cfg.gmm_targets,
+        }
+    }
+}
+
+/// Trains one model per branch from one warm-up: the VAE's warm-up (and everything
+/// before it: the initial weights, the normalisation, the neighbours) does not depend
+/// on how the centres are placed after it, so it runs once and each branch continues
+/// from a copy of its state (weights, optimiser moments, marginal, random stream,
+/// shuffled order). Each model is bit for bit the one [`fit`] trains with `cfg` and
+/// the branch's `init` and `gmm_targets`. `progress` sees the warm-up and the first
+/// branch.
+pub fn fit_branches(
+    shape: Shape,
+    x: &[f32],
+    labels: Option<&[u8]>,
+    cfg: &FitConfig,
+    branches: &[Branch],
+    mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
+) -> Result<Vec<Model<f32, Vec<f32>>>, FitError> {
+    let mut warm = Run::start(shape, x, labels, cfg)?;
+    warm.train(cfg, warm.warm_steps, &mut progress)?;
+    let mut models = Vec::with_capacity(branches.len());
+    for (i, b) in branches.iter().enumerate() {
+        let c = FitConfig {
+            init: b.init,
+            gmm_targets: b.gmm_targets,
+            ..cfg.clone()
+        };
+        let mut run = warm.clone();
+        let total = run.total;
+        if i == 0 {
+            run.train(&c, total, &mut progress)?;
         } else {
-            n.div_ceil(cfg.batch / 2)
+            run.train(&c, total, |_, _| {})?;
         }
-    };
-    let mut sum = LossParts::<f32>::default();
-    let mut pseudo: Option<Vec<Option<u8>>> = None;
-    let mut in_round = 0;
-    let mut round = 0;
+        models.push(run.finish(&c)?);
+    }
+    Ok(models)
+}
 
-    for step in 0..total {
-        let warm = step < warm_steps;
-        if step == warm_steps {
-            match cfg.init {
-                CentreInit::Latent => init_centres(
-                    &mut model,
-                    x,
-                    cfg.kmeans_iters,
-                    cfg.kmeans_restarts,
-                    &mut rng,
-                )?,
-                CentreInit::Selected => init_selected(
-                    &mut model,
-                    x,
-                    &normalised(x, &offset, &scale),
-                    &neighbours,
-                    cfg,
-                    &mut rng,
-                )?,
-                CentreInit::Gmm => {
-                    let xn = normalised(x, &offset, &scale);
-                    let parts = diagonal_gmm(&xn, d, shape.clusters, GMM_RUNS, &mut rng);
-                    let mus = encode_all(&model, x)?;
-                    let (centres, weights) =
-                        partition_centres(&mus, shape.latent, shape.clusters, &parts);
-                    set_centres(&mut model, &centres);
-                    set_log_weights(&mut model, &weights);
-                    if cfg.gmm_targets && labels.is_none() {
-                        pseudo = Some(parts.iter().map(|&l| Some(l as u8)).collect());
-                    }
+/// A training run that can stop after any step and be copied: everything
+/// [`fit`]'s steps read and write between two steps.
+#[derive(Clone)]
+struct Run<'d> {
+    shape: Shape,
+    x: &'d [f32],
+    labels: Option<Vec<Option<u8>>>,
+    model: Model<f32, Vec<f32>>,
+    rng: Xoshiro256PlusPlus,
+    offset: Vec<f32>,
+    scale: Vec<f32>,
+    neighbours: Vec<u32>,
+    state: OptimState<Vec<f32>>,
+    /// The loss's moving-average marginal, the one value of [`LossBuffers`] that
+    /// lives across steps.
+    marginal: Vec<f32>,
+    order: Vec<usize>,
+    cursor: usize,
+    pseudo: Option<Vec<Option<u8>>>,
+    round: usize,
+    step: usize,
+    warm_steps: usize,
+    total: usize,
+}
+
+impl<'d> Run<'d> {
+    /// Checks the inputs and sets up the model before its first step.
+    fn start(
+        shape: Shape,
+        x: &'d [f32],
+        labels: Option<&[u8]>,
+        cfg: &FitConfig,
+    ) -> Result<Self, FitError> {
+        shape
+            .validate()
+            .map_err(|e| FitError::Config(e.to_string()))?;
+        let d = shape.input;
+        let n = x.len() / d;
+        if !x.len().is_multiple_of(d) || n < 2 {
+            return Err(FitError::Config(format!(
+                "need at least 2 rows of {d} values"
+            )));
+        }
+        if n < shape.clusters {
+            return Err(FitError::Config(format!(
+                "{} clusters but only {n} rows",
+                shape.clusters
+            )));
+        }
+        if cfg.batch < 2 || cfg.batch > 2 * hvae::train::trainer::MAX_BATCH || cfg.epochs == 0 {
+            return Err(FitError::Config(
+                "batch must be in 2..=128 and epochs >= 1".into(),
+            ));
+        }
+        let labels = if cfg.supervised {
+            let l = labels
+                .ok_or_else(|| FitError::Config("--supervised needs a label column".into()))?;
+            if l.len() != n {
+                return Err(FitError::Config("one label per row needed".into()));
+            }
+            Some(l.iter().map(|&y| Some(y)).collect::<Vec<Option<u8>>>())
+        } else {
+            None
+        };
+
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
+        let mut model = Model::<f32, Vec<f32>>::with_shape(shape, &mut rng)
+            .map_err(|e| FitError::Config(e.to_string()))?;
+        let (offset, scale) =
+            fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
+        model
+            .set_normalisation(&offset, &scale)
+            .map_err(|e| FitError::Config(e.to_string()))?;
+        let neighbours = match cfg.neighbour_space {
+            NeighbourSpace::Raw => mine_neighbours(x, d, cfg.neighbours),
+            NeighbourSpace::Normalised => {
+                mine_neighbours(&normalised(x, &offset, &scale), d, cfg.neighbours)
+            }
+            NeighbourSpace::Both => {
+                mine_neighbours_both(x, &normalised(x, &offset, &scale), d, cfg.neighbours)
+            }
+        };
+        let range = shape.scope_range(Scope::Full);
+        let opt = OptimConfig::new(Optimiser::adam(cfg.lr));
+        let state = OptimState::new(vec![0f32; state_len(opt.optimiser.kind(), range.len())]);
+        let (warm_steps, total) = cfg.schedule(n);
+        Ok(Run {
+            shape,
+            x,
+            labels,
+            model,
+            rng,
+            offset,
+            scale,
+            neighbours,
+            state,
+            marginal: vec![1.0 / shape.clusters as f32; shape.clusters],
+            order: (0..n).collect(),
+            cursor: n,
+            pseudo: None,
+            round: 0,
+            step: 0,
+            warm_steps,
+            total,
+        })
+    }
+
+    /// Runs the steps from where the run stands up to step `until` (exclusive); the
+    /// centres are placed by `cfg.init` when the warm-up ends.
+    fn train(
+        &mut self,
+        cfg: &FitConfig,
+        until: usize,
+        mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
+    ) -> Result<(), FitError> {
+        let (shape, x) = (self.shape, self.x);
+        let d = shape.input;
+        let n = x.len() / d;
+        let nn = self.neighbours.len() / n;
+        let (warm_steps, total) = (self.warm_steps, self.total);
+        let range = shape.scope_range(Scope::Full);
+        let opt = OptimConfig::new(Optimiser::adam(cfg.lr)).with_clip_norm(cfg.clip);
+        let mut store = vec![0f32; LossBuffers::<f32>::storage_len(&shape, Scope::Full, cfg.batch)];
+        let mut bufs = LossBuffers::new(&shape, Scope::Full, cfg.batch, &mut store)
+            .expect("storage of LossBuffers::storage_len");
+        bufs.marginal_mut().copy_from_slice(&self.marginal);
+        let mut rows = vec![0f32; cfg.batch * d];
+        let mut row_labels: Vec<Option<u8>> = Vec::with_capacity(cfg.batch);
+        let mut pairs: Vec<(u16, u16)> = Vec::with_capacity(cfg.batch / 2);
+        let round_len = |warm: bool| {
+            if cfg.steps > 0 {
+                (total / 100).max(1)
+            } else if warm {
+                n.div_ceil(cfg.batch)
+            } else {
+                n.div_ceil(cfg.batch / 2)
+            }
+        };
+        // A run stops only at the end of a round (the warm-up's last step ends one),
+        // so every round's sum starts empty here.
+        let mut sum = LossParts::<f32>::default();
+        let mut in_round = 0;
+
+        for step in self.step..until.min(total) {
+            let warm = step < warm_steps;
+            if step == warm_steps {
+                self.place_centres(cfg)?;
+            }
+            let anchors = if warm { cfg.batch } else { cfg.batch / 2 };
+            if self.cursor + anchors > n {
+                shuffle(&mut self.order, &mut self.rng);
+                self.cursor = 0;
+            }
+            let chunk = &self.order[self.cursor..(self.cursor + anchors).min(n)];
+            self.cursor += anchors;
+            let mut loss_cfg = cfg.loss;
+            if warm {
+                loss_cfg.gamma = 0.0;
+                if let Some(b) = cfg.warmup_beta {
+                    loss_cfg.beta = b;
                 }
             }
-        }
-        let anchors = if warm { cfg.batch } else { cfg.batch / 2 };
-        if cursor + anchors > n {
-            shuffle(&mut order, &mut rng);
-            cursor = 0;
-        }
-        let chunk = &order[cursor..(cursor + anchors).min(n)];
-        cursor += anchors;
-        let mut loss_cfg = cfg.loss;
-        if warm {
-            loss_cfg.gamma = 0.0;
-            if let Some(b) = cfg.warmup_beta {
-                loss_cfg.beta = b;
-            }
-        }
-        pairs.clear();
-        row_labels.clear();
-        let a = chunk.len();
-        let label_of = |r: usize| labels.as_ref().or(pseudo.as_ref()).and_then(|l| l[r]);
-        for (i, &r) in chunk.iter().enumerate() {
-            rows[i * d..(i + 1) * d].copy_from_slice(&x[r * d..(r + 1) * d]);
-            row_labels.push(if warm { None } else { label_of(r) });
-        }
-        let mut used = a;
-        if !warm {
-            for (i, &r) in chunk.iter().enumerate() {
-                let j = neighbours[r * nn + uniform_index(&mut rng, nn)] as usize;
-                rows[(a + i) * d..(a + i + 1) * d].copy_from_slice(&x[j * d..(j + 1) * d]);
-                row_labels.push(label_of(j));
-                pairs.push((i as u16, (a + i) as u16));
-            }
-            used = 2 * a;
-        }
-        if row_labels.iter().all(Option::is_none) {
+            pairs.clear();
             row_labels.clear();
-        }
-        let batch = Batch {
-            inputs: &rows[..used * d],
-            labels: &row_labels,
-            pairs: &pairs,
-        };
-        let parts = loss_and_grad(
-            &model,
-            &batch,
-            &loss_cfg,
-            &mut RandomDraws(&mut rng),
-            &mut bufs,
-        )
-        .map_err(|source| FitError::Step { step, source })?;
-        state.step(&opt, &mut model.params_mut()[range.clone()], bufs.grads())?;
-        add(&mut sum, &parts);
-        in_round += 1;
-        let last_of_phase = step + 1 == warm_steps || step + 1 == total;
-        if in_round == round_len(warm) || last_of_phase {
-            round += 1;
-            let stats = EpochStats {
-                epoch: round,
-                warmup: warm,
-                loss: scale_parts(sum, 1.0 / in_round as f32),
+            let a = chunk.len();
+            let (labels, pseudo) = (&self.labels, &self.pseudo);
+            let label_of = |r: usize| labels.as_ref().or(pseudo.as_ref()).and_then(|l| l[r]);
+            for (i, &r) in chunk.iter().enumerate() {
+                rows[i * d..(i + 1) * d].copy_from_slice(&x[r * d..(r + 1) * d]);
+                row_labels.push(if warm { None } else { label_of(r) });
+            }
+            let mut used = a;
+            if !warm {
+                for (i, &r) in chunk.iter().enumerate() {
+                    let j = self.neighbours[r * nn + uniform_index(&mut self.rng, nn)] as usize;
+                    rows[(a + i) * d..(a + i + 1) * d].copy_from_slice(&x[j * d..(j + 1) * d]);
+                    row_labels.push(label_of(j));
+                    pairs.push((i as u16, (a + i) as u16));
+                }
+                used = 2 * a;
+            }
+            if row_labels.iter().all(Option::is_none) {
+                row_labels.clear();
+            }
+            let batch = Batch {
+                inputs: &rows[..used * d],
+                labels: &row_labels,
+                pairs: &pairs,
             };
-            progress(&stats, &model);
-            sum = LossParts::default();
-            in_round = 0;
+            let parts = loss_and_grad(
+                &self.model,
+                &batch,
+                &loss_cfg,
+                &mut RandomDraws(&mut self.rng),
+                &mut bufs,
+            )
+            .map_err(|source| FitError::Step { step, source })?;
+            self.state.step(
+                &opt,
+                &mut self.model.params_mut()[range.clone()],
+                bufs.grads(),
+            )?;
+            add(&mut sum, &parts);
+            in_round += 1;
+            self.step = step + 1;
+            let last_of_phase = step + 1 == warm_steps || step + 1 == total;
+            if in_round == round_len(warm) || last_of_phase {
+                self.round += 1;
+                let stats = EpochStats {
+                    epoch: self.round,
+                    warmup: warm,
+                    loss: scale_parts(sum, 1.0 / in_round as f32),
+                };
+                progress(&stats, &self.model);
+                sum = LossParts::default();
+                in_round = 0;
+            }
+        }
+        self.marginal.copy_from_slice(bufs.marginal());
+        Ok(())
+    }
+
+    /// The centres (and with [`CentreInit::Gmm`] the log-weights and targets) at the
+    /// end of the warm-up.
+    fn place_centres(&mut self, cfg: &FitConfig) -> Result<(), FitError> {
+        let (shape, x) = (self.shape, self.x);
+        let d = shape.input;
+        match cfg.init {
+            CentreInit::Latent => init_centres(
+                &mut self.model,
+                x,
+                cfg.kmeans_iters,
+                cfg.kmeans_restarts,
+                &mut self.rng,
+            ),
+            CentreInit::Selected => init_selected(
+                &mut self.model,
+                x,
+                &normalised(x, &self.offset, &self.scale),
+                &self.neighbours,
+                cfg,
+                &mut self.rng,
+            ),
+            CentreInit::Gmm => {
+                let xn = normalised(x, &self.offset, &self.scale);
+                let parts = diagonal_gmm(&xn, d, shape.clusters, GMM_RUNS, &mut self.rng);
+                let mus = encode_all(&self.model, x)?;
+                let (centres, weights) =
+                    partition_centres(&mus, shape.latent, shape.clusters, &parts);
+                set_centres(&mut self.model, &centres);
+                set_log_weights(&mut self.model, &weights);
+                if cfg.gmm_targets && self.labels.is_none() {
+                    self.pseudo = Some(parts.iter().map(|&l| Some(l as u8)).collect());
+                }
+                Ok(())
+            }
         }
     }
-    if warm_steps >= total {
-        init_centres(
-            &mut model,
-            x,
-            cfg.kmeans_iters,
-            cfg.kmeans_restarts,
-            &mut rng,
-        )?;
+
+    /// The trained model, its centres at unit norm (the same segmenter, and no square
+    /// root per centre on the device).
+    fn finish(mut self, cfg: &FitConfig) -> Result<Model<f32, Vec<f32>>, FitError> {
+        if self.warm_steps >= self.total {
+            init_centres(
+                &mut self.model,
+                self.x,
+                cfg.kmeans_iters,
+                cfg.kmeans_restarts,
+                &mut self.rng,
+            )?;
+        }
+        self.model.normalise_centres()?;
+        Ok(self.model)
     }
-    // Unit centres: the same segmenter, and no square root per centre on the device.
-    model.normalise_centres()?;
-    Ok(model)
 }
 
 /// `x` after the normalisation `(x - offset) * scale`.
@@ -621,11 +768,10 @@ fn gmm_run(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> (f64,
     for _ in 0..20 {
         for (i, l) in labels.iter_mut().enumerate() {
             *l = (0..k)
-                .min_by(|&a, &b| {
-                    sq(row(i), &means[a * d..(a + 1) * d])
-                        .total_cmp(&sq(row(i), &means[b * d..(b + 1) * d]))
-                })
-                .unwrap_or(0);
+                .map(|c| sq(row(i), &means[c * d..(c + 1) * d]))
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(0, |(c, _)| c);
         }
         let mut sums = vec![0f64; k * d];
         let mut counts = vec![0f64; k];
@@ -650,6 +796,8 @@ fn gmm_run(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> (f64,
         resp[i * k + l] = 1.0;
     }
     let mut vars = vec![1f64; k * d];
+    // ln of every variance, once per M step rather than once per row in the E step.
+    let mut ln_vars = vec![0f64; k * d];
     let mut logw = vec![0f64; k];
     let mut last = f64::NEG_INFINITY;
     let mut ll = f64::NEG_INFINITY;
@@ -679,15 +827,19 @@ fn gmm_run(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> (f64,
             }
             vc.iter_mut().for_each(|v| *v = *v / nc + FLOOR);
         }
+        for (l, v) in ln_vars.iter_mut().zip(&vars) {
+            *l = v.ln();
+        }
         // E step.
         ll = 0.0;
         for i in 0..n {
             let ri = &mut resp[i * k..(i + 1) * k];
             for c in 0..k {
                 let (mc, vc) = (&means[c * d..(c + 1) * d], &vars[c * d..(c + 1) * d]);
+                let lc = &ln_vars[c * d..(c + 1) * d];
                 let mut l = logw[c];
-                for ((&v, &m), &s) in row(i).iter().zip(mc).zip(vc) {
-                    l -= 0.5 * ((v - m) * (v - m) / s + s.ln() + std::f64::consts::TAU.ln());
+                for (((&v, &m), &s), &ls) in row(i).iter().zip(mc).zip(vc).zip(lc) {
+                    l -= 0.5 * ((v - m) * (v - m) / s + ls + std::f64::consts::TAU.ln());
                 }
                 ri[c] = l;
             }
