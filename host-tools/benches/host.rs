@@ -1,6 +1,6 @@
 //! Host-side costs: reading the shipped digits, scoring a labelling, the baselines,
-//! generating the Rust export, training 100 epochs on the digits and `hvae predict`'s
-//! throughput in rows per second. `cargo bench -p hvae-host-tools --bench host`.
+//! generating the Rust export, training 100 epochs on the digits (one model, and the
+//! two of `hvae train`'s default) and `hvae predict`'s throughput in rows per second. `cargo bench -p hvae-host-tools --bench host`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hvae_host::baselines::{self, BaselineConfig};
@@ -47,6 +47,23 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let cfg = hvae_host::train::FitConfig::default();
             hvae_host::train::fit(shape, d.features(), None, &cfg, |_, _| {}).unwrap()
+        })
+    });
+    // `hvae train`'s default: the model above and the GMM candidate from one warm-up,
+    // the one kept chosen by neighbour agreement.
+    g.bench_function("hvae train defaults (with the GMM candidate)", |b| {
+        b.iter(|| {
+            let cfg = hvae_host::train::FitConfig::default();
+            hvae_host::select::fit_with_gmm_candidate(
+                shape,
+                d.features(),
+                None,
+                &cfg,
+                1,
+                hvae_host::select::Criterion::Consensus,
+                |_, _| {},
+            )
+            .unwrap()
         })
     });
     g.finish();

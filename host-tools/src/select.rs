@@ -291,6 +291,9 @@ pub fn fit_restarts(
     choose(shape, x, kinds.pop().unwrap_or_default(), criterion)
 }
 
+/// A trained model and the seed it was trained with.
+type Seeded = (u64, VecModel<f32>);
+
 /// The models of `restarts` restarts (seeds [`restart_seed`]), each restart training
 /// one model per branch from one warm-up ([`fit_branches`]): `[branch][restart]`, each
 /// with its seed. `progress` sees the first restart's first branch.
@@ -302,8 +305,8 @@ fn train_restarts(
     branches: &[Branch],
     restarts: usize,
     mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
-) -> Result<Vec<Vec<(u64, VecModel<f32>)>>, FitError> {
-    let mut kinds: Vec<Vec<(u64, VecModel<f32>)>> = branches.iter().map(|_| Vec::new()).collect();
+) -> Result<Vec<Vec<Seeded>>, FitError> {
+    let mut kinds: Vec<Vec<Seeded>> = branches.iter().map(|_| Vec::new()).collect();
     for r in 0..restarts.max(1) {
         let c = FitConfig {
             seed: restart_seed(cfg.seed, r),
@@ -326,7 +329,7 @@ fn train_restarts(
 fn choose(
     shape: Shape,
     x: &[f32],
-    mut trained: Vec<(u64, VecModel<f32>)>,
+    mut trained: Vec<Seeded>,
     criterion: Criterion,
 ) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
     let restarts = trained.len();

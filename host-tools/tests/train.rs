@@ -279,3 +279,59 @@ fn density_and_gmm_options_train() {
         assert!(acc >= 0.95, "{extra:?}: ACC {acc}");
     }
 }
+
+/// Models trained from one shared warm-up (`fit_branches`, how `hvae train` trains its
+/// plain model and the GMM candidate) are bit for bit the models `fit` trains alone
+/// with each branch's centre initialisation, and the first branch reports the same
+/// epochs as its model trained alone.
+#[test]
+fn branches_from_one_warm_up_equal_models_trained_alone() {
+    use hvae_host::train::{fit_branches, Branch, CentreInit};
+    let mix = hvae_host::synth::VmfMixture::new(12, 4, 300, 20.0, 3)
+        .generate()
+        .unwrap();
+    let x = mix.data.features();
+    let shape = hvae::Shape::new(12, &[16], 4, 4);
+    let cfg = FitConfig {
+        epochs: 12,
+        warmup_epochs: 4,
+        seed: 11,
+        ..FitConfig::default()
+    };
+    let branches = [
+        Branch::of(&cfg),
+        Branch {
+            init: CentreInit::Gmm,
+            gmm_targets: true,
+        },
+        Branch {
+            init: CentreInit::Selected,
+            gmm_targets: false,
+        },
+    ];
+    let mut shared_epochs = Vec::new();
+    let models = fit_branches(shape, x, None, &cfg, &branches, |s, _| {
+        shared_epochs.push((s.epoch, s.warmup, s.loss.total.to_bits()))
+    })
+    .unwrap();
+    assert_eq!(models.len(), 3);
+    for (b, shared) in branches.iter().zip(&models) {
+        let c = FitConfig {
+            init: b.init,
+            gmm_targets: b.gmm_targets,
+            ..cfg.clone()
+        };
+        let mut epochs = Vec::new();
+        let alone = fit(shape, x, None, &c, |s, _| {
+            epochs.push((s.epoch, s.warmup, s.loss.total.to_bits()))
+        })
+        .unwrap();
+        assert_eq!(shared.params(), alone.params(), "{b:?}");
+        if b.init == CentreInit::Latent {
+            assert_eq!(shared_epochs, epochs);
+            assert_eq!(epochs.len(), 12);
+        }
+    }
+    // The branches do differ after the warm-up.
+    assert_ne!(models[0].params(), models[1].params());
+}
