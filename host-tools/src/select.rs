@@ -228,6 +228,7 @@ pub fn fit_with_gmm_candidate(
         Branch {
             init: crate::train::CentreInit::Gmm,
             gmm_targets: true,
+            joint_share: cfg.gmm_joint_share,
         },
     ];
     let mut kinds = train_restarts(shape, x, labels, cfg, &branches, restarts, progress)?;

@@ -72,6 +72,19 @@ pub struct FitConfig {
     /// With [`CentreInit::Gmm`]: the mixture's partition as targets of the
     /// cross-entropy term for the rest of training (pseudo-labels).
     pub gmm_targets: bool,
+    /// With `gmm_targets`: only rows whose most likely component has at least this
+    /// posterior probability get a target (0: every row).
+    pub gmm_confidence: f32,
+    /// With `gmm_targets`: only rows on which the mixture's partition and spherical
+    /// k-means on the mean directions agree (their clusters matched one to one by the
+    /// most rows in common) get a target.
+    pub gmm_agree: bool,
+    /// Length of the joint phase of the GMM candidate that
+    /// [`crate::select::fit_with_gmm_candidate`] trains beside the model as configured,
+    /// as a share of the configured joint phase (in `(0, 1]`). Trained towards the
+    /// mixture's labels, the candidate drifts from the mixture's partition the longer
+    /// it trains on (measured: docs/benchmarks.md).
+    pub gmm_joint_share: f32,
 }
 
 /// How the centres are initialised after the warm-up.
@@ -118,6 +131,9 @@ impl Default for FitConfig {
             init: CentreInit::Latent,
             warmup_beta: None,
             gmm_targets: false,
+            gmm_confidence: 0.0,
+            gmm_agree: false,
+            gmm_joint_share: 0.25,
         }
     }
 }
@@ -290,12 +306,15 @@ pub fn fit(
 }
 
 /// How one branch of [`fit_branches`] places its centres after the shared warm-up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Branch {
     /// See [`FitConfig::init`].
     pub init: CentreInit,
     /// See [`FitConfig::gmm_targets`].
     pub gmm_targets: bool,
+    /// The branch's joint phase as a share of the configured one (1: all of it; at
+    /// least one step).
+    pub joint_share: f32,
 }
 
 impl Branch {
@@ -304,6 +323,7 @@ impl Branch {
         Branch {
             init: cfg.init,
             gmm_targets: cfg.gmm_targets,
+            joint_share: 1.0,
         }
     }
 }
@@ -333,6 +353,11 @@ pub fn fit_branches(
             ..cfg.clone()
         };
         let mut run = warm.clone();
+        if b.joint_share < 1.0 {
+            let joint = run.total - run.warm_steps;
+            let share = (joint as f64 * f64::from(b.joint_share.max(0.0))).round() as usize;
+            run.total = run.warm_steps + share.clamp(1, joint.max(1));
+        }
         let total = run.total;
         if i == 0 {
             run.train(&c, total, &mut progress)?;
@@ -589,15 +614,47 @@ impl<'d> Run<'d> {
             ),
             CentreInit::Gmm => {
                 let xn = normalised(x, &self.offset, &self.scale);
-                let parts = diagonal_gmm(&xn, d, shape.clusters, GMM_RUNS, &mut self.rng);
+                let (parts, confidence) =
+                    diagonal_gmm_posterior(&xn, d, shape.clusters, GMM_RUNS, &mut self.rng);
                 let mus = encode_all(&self.model, x)?;
                 let (centres, weights) =
                     partition_centres(&mus, shape.latent, shape.clusters, &parts);
+                if cfg.gmm_targets && self.labels.is_none() {
+                    let agree = if cfg.gmm_agree {
+                        let (m, k) = (shape.latent, shape.clusters);
+                        let mut c = vec![0f32; k * m];
+                        let mut scratch = vec![0f32; scratch_len(k, m)];
+                        let mut latent = vec![0u8; parts.len()];
+                        spherical_kmeans(
+                            &mus,
+                            m,
+                            k,
+                            cfg.kmeans_iters,
+                            &mut self.rng,
+                            &mut c,
+                            &mut scratch,
+                            &mut latent,
+                        )?;
+                        let latent: Vec<usize> = latent.iter().map(|&l| usize::from(l)).collect();
+                        matched(&parts, &latent, k)
+                    } else {
+                        vec![true; parts.len()]
+                    };
+                    self.pseudo = Some(
+                        parts
+                            .iter()
+                            .zip(&confidence)
+                            .zip(&agree)
+                            .map(|((&l, &p), &a)| {
+                                (a && (cfg.gmm_confidence <= 0.0
+                                    || p >= f64::from(cfg.gmm_confidence)))
+                                .then_some(l as u8)
+                            })
+                            .collect(),
+                    );
+                }
                 set_centres(&mut self.model, &centres);
                 set_log_weights(&mut self.model, &weights);
-                if cfg.gmm_targets && self.labels.is_none() {
-                    self.pseudo = Some(parts.iter().map(|&l| Some(l as u8)).collect());
-                }
                 Ok(())
             }
         }
@@ -727,20 +784,52 @@ pub const GMM_RUNS: usize = 3;
 /// gains less than `1e-4`); every variance is floored at `1e-4` (as scikit-learn's
 /// `reg_covar`), so a component on constant features stays finite.
 pub fn diagonal_gmm(x: &[f32], d: usize, k: usize, runs: usize, rng: &mut impl Rng) -> Vec<usize> {
-    let n = x.len() / d.max(1);
-    let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-    let mut best: Option<(f64, Vec<usize>)> = None;
-    for _ in 0..runs.max(1) {
-        let (ll, labels) = gmm_run(&x, n, d, k, rng);
-        if best.as_ref().is_none_or(|(b, _)| ll > *b) {
-            best = Some((ll, labels));
-        }
-    }
-    best.map(|(_, l)| l).unwrap_or_else(|| vec![0; n])
+    diagonal_gmm_posterior(x, d, k, runs, rng).0
 }
 
-/// One run of [`diagonal_gmm`]: `(mean log-likelihood, labels)`.
-fn gmm_run(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> (f64, Vec<usize>) {
+/// [`diagonal_gmm`]'s labels and each row's posterior probability of its label.
+pub fn diagonal_gmm_posterior(
+    x: &[f32],
+    d: usize,
+    k: usize,
+    runs: usize,
+    rng: &mut impl Rng,
+) -> (Vec<usize>, Vec<f64>) {
+    let n = x.len() / d.max(1);
+    let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let mut best: Option<(f64, Vec<usize>, Vec<f64>)> = None;
+    for _ in 0..runs.max(1) {
+        let (ll, labels, p) = gmm_run(&x, n, d, k, rng);
+        if best.as_ref().is_none_or(|(b, _, _)| ll > *b) {
+            best = Some((ll, labels, p));
+        }
+    }
+    best.map(|(_, l, p)| (l, p))
+        .unwrap_or_else(|| (vec![0; n], vec![1.0; n]))
+}
+
+/// Whether each row's cluster under `a` is the one its cluster under `b` is matched
+/// to (clusters `0..k` matched one to one by the most rows in common).
+fn matched(a: &[usize], b: &[usize], k: usize) -> Vec<bool> {
+    let mut counts = vec![0i64; k * k];
+    for (&p, &q) in a.iter().zip(b) {
+        counts[p * k + q] += 1;
+    }
+    let Ok(m) = pathfinding::matrix::Matrix::from_vec(k, k, counts) else {
+        return vec![true; a.len()];
+    };
+    let (_, to) = pathfinding::kuhn_munkres::kuhn_munkres(&m);
+    a.iter().zip(b).map(|(&p, &q)| to[p] == q).collect()
+}
+
+/// One run of [`diagonal_gmm`]: `(mean log-likelihood, labels, posterior of each label)`.
+fn gmm_run(
+    x: &[f64],
+    n: usize,
+    d: usize,
+    k: usize,
+    rng: &mut impl Rng,
+) -> (f64, Vec<usize>, Vec<f64>) {
     let row = |i: usize| &x[i * d..(i + 1) * d];
     let sq = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>();
     // k-means++ seeds.
@@ -854,7 +943,7 @@ fn gmm_run(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> (f64,
         }
         last = ll;
     }
-    let labels = resp
+    let labels: Vec<usize> = resp
         .chunks_exact(k)
         .map(|r| {
             (0..k)
@@ -862,7 +951,12 @@ fn gmm_run(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> (f64,
                 .unwrap_or(0)
         })
         .collect();
-    (ll, labels)
+    let posterior = resp
+        .chunks_exact(k)
+        .zip(&labels)
+        .map(|(r, &l)| r[l])
+        .collect();
+    (ll, labels, posterior)
 }
 
 fn set_centres(model: &mut Model<f32, Vec<f32>>, centres: &[f32]) {

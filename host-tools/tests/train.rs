@@ -303,10 +303,12 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
         Branch {
             init: CentreInit::Gmm,
             gmm_targets: true,
+            joint_share: 1.0,
         },
         Branch {
             init: CentreInit::Selected,
             gmm_targets: false,
+            joint_share: 0.5,
         },
     ];
     let mut shared_epochs = Vec::new();
@@ -319,6 +321,8 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
         let c = FitConfig {
             init: b.init,
             gmm_targets: b.gmm_targets,
+            // Half of the 8 joint epochs after the 4 of the warm-up.
+            epochs: if b.joint_share < 1.0 { 8 } else { cfg.epochs },
             ..cfg.clone()
         };
         let mut epochs = Vec::new();

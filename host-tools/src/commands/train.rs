@@ -228,11 +228,26 @@ pub struct TrainArgs {
     /// for the rest of training (pseudo-labels).
     #[arg(long)]
     pub gmm_targets: bool,
+    /// With --gmm-targets: only rows the mixture assigns with at least this
+    /// probability get a target (0: every row).
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub gmm_confidence: f32,
+    /// With --gmm-targets: only rows whose mixture component matches their cluster under
+    /// spherical k-means on the warm-up's mean directions (clusters matched one to one)
+    /// get a target.
+    #[arg(long)]
+    pub gmm_agree: bool,
+    /// The GMM candidate's joint phase (after the warm-up it shares with the model as
+    /// configured) as a share of the configured one, in (0, 1]: trained towards the
+    /// mixture's labels, it drifts from them the longer it trains (docs/benchmarks.md).
+    #[arg(long, default_value_t = 0.25, value_name = "SHARE")]
+    pub gmm_joint_share: f32,
     /// Also train a candidate whose clusters start from and are trained towards a
     /// diagonal Gaussian mixture of the normalised inputs (--init gmm --gmm-targets), and
     /// keep whichever of the two partitions agrees more with the inputs' 10 nearest
     /// neighbours (Euclidean, normalised features). On by default (it won on the suite's
-    /// tuned half, docs/benchmarks.md); twice the training time; `false` trains one model.
+    /// tuned half, docs/benchmarks.md); the two share their warm-up, and the candidate's
+    /// joint phase is --gmm-joint-share of the configured one; `false` trains one model.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub gmm_candidate: bool,
     /// Train with the `label` column (cross-entropy on labelled rows).
@@ -403,6 +418,14 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
     if !(0.0..=1.0).contains(&args.balance_floor) {
         return Err(Error::BadInput("--balance-floor must be in [0, 1]".into()));
     }
+    if !(args.gmm_joint_share > 0.0 && args.gmm_joint_share <= 1.0) {
+        return Err(Error::BadInput(
+            "--gmm-joint-share must be in (0, 1]".into(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&args.gmm_confidence) {
+        return Err(Error::BadInput("--gmm-confidence must be in [0, 1]".into()));
+    }
     let mut cfg = FitConfig {
         epochs: args.epochs,
         warmup_epochs: args.warmup,
@@ -426,6 +449,9 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         },
         warmup_beta: args.warmup_beta,
         gmm_targets: args.gmm_targets,
+        gmm_confidence: args.gmm_confidence,
+        gmm_agree: args.gmm_agree,
+        gmm_joint_share: args.gmm_joint_share,
         ..FitConfig::default()
     };
     cfg.loss.gamma = args.gamma;
