@@ -75,15 +75,10 @@ pub struct FitConfig {
     /// With `gmm_targets`: only rows whose most likely component has at least this
     /// posterior probability get a target (0: every row).
     pub gmm_confidence: f32,
-    /// With `gmm_targets`: only rows on which the mixture's partition and spherical
-    /// k-means on the mean directions agree (their clusters matched one to one by the
-    /// most rows in common) get a target.
-    pub gmm_agree: bool,
     /// Length of the joint phase of the GMM candidate that
     /// [`crate::select::fit_with_gmm_candidate`] trains beside the model as configured,
-    /// as a share of the configured joint phase (in `(0, 1]`). Trained towards the
-    /// mixture's labels, the candidate drifts from the mixture's partition the longer
-    /// it trains on (measured: docs/benchmarks.md).
+    /// as a share of the configured joint phase (in `(0, 1]`; 1 by default). A
+    /// shorter one costs less: docs/benchmarks.md has what it does to the suite.
     pub gmm_joint_share: f32,
 }
 
@@ -132,8 +127,7 @@ impl Default for FitConfig {
             warmup_beta: None,
             gmm_targets: false,
             gmm_confidence: 0.0,
-            gmm_agree: false,
-            gmm_joint_share: 0.25,
+            gmm_joint_share: 1.0,
         }
     }
 }
@@ -620,35 +614,13 @@ impl<'d> Run<'d> {
                 let (centres, weights) =
                     partition_centres(&mus, shape.latent, shape.clusters, &parts);
                 if cfg.gmm_targets && self.labels.is_none() {
-                    let agree = if cfg.gmm_agree {
-                        let (m, k) = (shape.latent, shape.clusters);
-                        let mut c = vec![0f32; k * m];
-                        let mut scratch = vec![0f32; scratch_len(k, m)];
-                        let mut latent = vec![0u8; parts.len()];
-                        spherical_kmeans(
-                            &mus,
-                            m,
-                            k,
-                            cfg.kmeans_iters,
-                            &mut self.rng,
-                            &mut c,
-                            &mut scratch,
-                            &mut latent,
-                        )?;
-                        let latent: Vec<usize> = latent.iter().map(|&l| usize::from(l)).collect();
-                        matched(&parts, &latent, k)
-                    } else {
-                        vec![true; parts.len()]
-                    };
                     self.pseudo = Some(
                         parts
                             .iter()
                             .zip(&confidence)
-                            .zip(&agree)
-                            .map(|((&l, &p), &a)| {
-                                (a && (cfg.gmm_confidence <= 0.0
-                                    || p >= f64::from(cfg.gmm_confidence)))
-                                .then_some(l as u8)
+                            .map(|(&l, &p)| {
+                                (cfg.gmm_confidence <= 0.0 || p >= f64::from(cfg.gmm_confidence))
+                                    .then_some(l as u8)
                             })
                             .collect(),
                     );
@@ -806,20 +778,6 @@ pub fn diagonal_gmm_posterior(
     }
     best.map(|(_, l, p)| (l, p))
         .unwrap_or_else(|| (vec![0; n], vec![1.0; n]))
-}
-
-/// Whether each row's cluster under `a` is the one its cluster under `b` is matched
-/// to (clusters `0..k` matched one to one by the most rows in common).
-fn matched(a: &[usize], b: &[usize], k: usize) -> Vec<bool> {
-    let mut counts = vec![0i64; k * k];
-    for (&p, &q) in a.iter().zip(b) {
-        counts[p * k + q] += 1;
-    }
-    let Ok(m) = pathfinding::matrix::Matrix::from_vec(k, k, counts) else {
-        return vec![true; a.len()];
-    };
-    let (_, to) = pathfinding::kuhn_munkres::kuhn_munkres(&m);
-    a.iter().zip(b).map(|(&p, &q)| to[p] == q).collect()
 }
 
 /// One run of [`diagonal_gmm`]: `(mean log-likelihood, labels, posterior of each label)`.

@@ -190,6 +190,18 @@ fn bad_input_is_a_one_line_error_and_no_file() {
         "--warmup-beta",
     );
     fails(
+        &["--clusters", "2", "--gmm-joint-share", "0"],
+        &small,
+        2,
+        "--gmm-joint-share",
+    );
+    fails(
+        &["--clusters", "2", "--gmm-confidence", "1.5"],
+        &small,
+        2,
+        "--gmm-confidence",
+    );
+    fails(
         &["--clusters", "2", "--hidden", "1,1,1,1,1"],
         &small,
         2,
@@ -230,8 +242,9 @@ fn diagonal_gmm_follows_spreads() {
     assert!(s.acc >= 0.97, "ACC {}", s.acc);
 }
 
-/// The density term, the warm-up's KL weight and the mixture initialisation are
-/// options of `hvae train`; with them a well-separated mixture is still recovered.
+/// The density term, the warm-up's KL weight, the mixture initialisation and its
+/// targets (all rows or the confident ones) and the GMM candidate's shorter joint phase
+/// are options of `hvae train`; with them a well-separated mixture is still recovered.
 #[test]
 fn density_and_gmm_options_train() {
     let dir = tempfile::tempdir().unwrap();
@@ -240,6 +253,8 @@ fn density_and_gmm_options_train() {
         &["--density", "0.05"][..],
         &["--init", "gmm", "--gmm-targets"][..],
         &["--warmup-beta", "0.5", "--init", "gmm"][..],
+        &["--init", "gmm", "--gmm-targets", "--gmm-confidence", "0.9"][..],
+        &["--gmm-joint-share", "0.25"][..],
     ] {
         let out = dir.path().join("m.hvae");
         hvae()

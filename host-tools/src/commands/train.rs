@@ -232,15 +232,10 @@ pub struct TrainArgs {
     /// probability get a target (0: every row).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub gmm_confidence: f32,
-    /// With --gmm-targets: only rows whose mixture component matches their cluster under
-    /// spherical k-means on the warm-up's mean directions (clusters matched one to one)
-    /// get a target.
-    #[arg(long)]
-    pub gmm_agree: bool,
     /// The GMM candidate's joint phase (after the warm-up it shares with the model as
-    /// configured) as a share of the configured one, in (0, 1]: trained towards the
-    /// mixture's labels, it drifts from them the longer it trains (docs/benchmarks.md).
-    #[arg(long, default_value_t = 0.25, value_name = "SHARE")]
+    /// configured) as a share of the configured one, in (0, 1]: less costs less; what it
+    /// does to the suite is in docs/benchmarks.md.
+    #[arg(long, default_value_t = 1.0, value_name = "SHARE")]
     pub gmm_joint_share: f32,
     /// Also train a candidate whose clusters start from and are trained towards a
     /// diagonal Gaussian mixture of the normalised inputs (--init gmm --gmm-targets), and
@@ -450,7 +445,6 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         warmup_beta: args.warmup_beta,
         gmm_targets: args.gmm_targets,
         gmm_confidence: args.gmm_confidence,
-        gmm_agree: args.gmm_agree,
         gmm_joint_share: args.gmm_joint_share,
         ..FitConfig::default()
     };
