@@ -203,7 +203,8 @@ pub struct GmmChoice {
 /// keeps the one whose partition agrees more with the inputs' 10 nearest neighbours
 /// (Euclidean, on the normalised features; [`neighbour_agreement`], ties to the
 /// model as configured). The two share their warm-up ([`fit_branches`]): each is bit
-/// for bit the model trained alone, for the cost of one warm-up and two joint phases.
+/// for bit the model trained alone, for the cost of one warm-up and two joint phases
+/// (the candidate's [`FitConfig::gmm_joint_share`] of the configured one).
 /// With restarts, each restart's seed gives one model of each kind and each kind
 /// picks its restart by `criterion` first. `progress` sees the first model.
 #[allow(clippy::too_many_arguments)]
