@@ -80,6 +80,8 @@ pub struct FitConfig {
     /// as a share of the configured joint phase (in `(0, 1]`; 1 by default). A
     /// shorter one costs less: docs/benchmarks.md has what it does to the suite.
     pub gmm_joint_share: f32,
+    /// Runs of the mixture fit behind [`CentreInit::Gmm`], the best by likelihood kept.
+    pub gmm_runs: usize,
 }
 
 /// How the centres are initialised after the warm-up.
@@ -128,6 +130,7 @@ impl Default for FitConfig {
             gmm_targets: false,
             gmm_confidence: 0.0,
             gmm_joint_share: 1.0,
+            gmm_runs: GMM_RUNS,
         }
     }
 }
@@ -608,8 +611,13 @@ impl<'d> Run<'d> {
             ),
             CentreInit::Gmm => {
                 let xn = normalised(x, &self.offset, &self.scale);
-                let (parts, confidence) =
-                    diagonal_gmm_posterior(&xn, d, shape.clusters, GMM_RUNS, &mut self.rng);
+                let (parts, confidence) = diagonal_gmm_posterior(
+                    &xn,
+                    d,
+                    shape.clusters,
+                    cfg.gmm_runs.max(1),
+                    &mut self.rng,
+                );
                 let mus = encode_all(&self.model, x)?;
                 let (centres, weights) =
                     partition_centres(&mus, shape.latent, shape.clusters, &parts);
@@ -746,7 +754,8 @@ fn partition_centres(mus: &[f32], m: usize, k: usize, labels: &[usize]) -> (Vec<
     (centres, counts.iter().map(|c| c / n).collect())
 }
 
-/// Runs of [`diagonal_gmm`] behind [`CentreInit::Gmm`] (the best by likelihood kept).
+/// Runs of [`diagonal_gmm`] behind [`CentreInit::Gmm`] by default (the best by
+/// likelihood kept; [`FitConfig::gmm_runs`]).
 pub const GMM_RUNS: usize = 3;
 
 /// A Gaussian mixture of `k` components with diagonal covariances fitted by EM to the

@@ -242,8 +242,9 @@ fn diagonal_gmm_follows_spreads() {
     assert!(s.acc >= 0.97, "ACC {}", s.acc);
 }
 
-/// The density term, the warm-up's KL weight, the mixture initialisation and its
-/// targets (all rows or the confident ones) and the GMM candidate's shorter joint phase
+/// The density term, the warm-up's KL weight, the mixture initialisation (its number
+/// of runs) and its targets (all rows or the confident ones) and the GMM candidate's
+/// shorter joint phase
 /// are options of `hvae train`; with them a well-separated mixture is still recovered.
 #[test]
 fn density_and_gmm_options_train() {
@@ -253,7 +254,15 @@ fn density_and_gmm_options_train() {
         &["--density", "0.05"][..],
         &["--init", "gmm", "--gmm-targets"][..],
         &["--warmup-beta", "0.5", "--init", "gmm"][..],
-        &["--init", "gmm", "--gmm-targets", "--gmm-confidence", "0.9"][..],
+        &[
+            "--init",
+            "gmm",
+            "--gmm-targets",
+            "--gmm-confidence",
+            "0.9",
+            "--gmm-runs",
+            "5",
+        ][..],
         &["--gmm-joint-share", "0.25"][..],
     ] {
         let out = dir.path().join("m.hvae");

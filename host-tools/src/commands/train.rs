@@ -237,6 +237,10 @@ pub struct TrainArgs {
     /// does to the suite is in docs/benchmarks.md.
     #[arg(long, default_value_t = 1.0, value_name = "SHARE")]
     pub gmm_joint_share: f32,
+    /// Runs of the mixture fit behind --init gmm (k-means++ seeds, Lloyd, EM); the one
+    /// with the largest likelihood is kept.
+    #[arg(long, default_value_t = crate::train::GMM_RUNS, value_name = "N")]
+    pub gmm_runs: usize,
     /// Also train a candidate whose clusters start from and are trained towards a
     /// diagonal Gaussian mixture of the normalised inputs (--init gmm --gmm-targets), and
     /// keep whichever of the two partitions agrees more with the inputs' 10 nearest
@@ -446,6 +450,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         gmm_targets: args.gmm_targets,
         gmm_confidence: args.gmm_confidence,
         gmm_joint_share: args.gmm_joint_share,
+        gmm_runs: args.gmm_runs.max(1),
         ..FitConfig::default()
     };
     cfg.loss.gamma = args.gamma;
