@@ -176,8 +176,17 @@ impl<const W: usize, const E: usize> NorFlash for Sim<W, E> {
 // ---------------------------------------------------------------------------------------
 // Checkpoint contents.
 
-fn layout() -> Layout {
+/// Extra bytes of the campaign's checkpoints (an odd count: the CRC and the commit word
+/// then sit at unaligned offsets).
+const EXTRA: usize = 37;
+
+fn plain_layout() -> Layout {
     Layout::new::<f32>(SHAPE, Scope::Full, OptimKind::Adam)
+}
+
+/// The checkpoints of the power-cut and bit-flip campaigns: values and extra bytes.
+fn layout() -> Layout {
+    plain_layout().with_extra(EXTRA)
 }
 
 /// A checkpoint's values: pseudo-random, with the awkward ones (`-0.0`, subnormals,
@@ -186,6 +195,7 @@ fn layout() -> Layout {
 struct Ckpt {
     params: Vec<f32>,
     state: Vec<f32>,
+    extra: Vec<u8>,
     steps: u32,
 }
 
@@ -200,9 +210,11 @@ fn ckpt(id: u32) -> Ckpt {
     };
     let params = (0..l.params()).map(&mut v).collect();
     let state = (0..l.state()).map(|i| v(i + 3)).collect();
+    let extra = (0..l.extra()).map(|_| rng.next_u32() as u8).collect();
     Ckpt {
         params,
         state,
+        extra,
         steps: id,
     }
 }
@@ -224,7 +236,10 @@ fn boot<const W: usize, const E: usize>(
     let mut c = Checkpoints::new(&mut *sim, base, slot).unwrap();
     let mut p = vec![0f32; l.params()];
     let mut s = vec![0f32; l.state()];
-    let loaded: Option<Loaded> = c.load(&l, &mut p, &mut s).unwrap();
+    let mut x = vec![0u8; l.extra()];
+    let loaded: Option<Loaded> = c
+        .load_with_extra(&l, &mut p, &mut s, &mut |i, b| x[i] = b)
+        .unwrap();
     let loaded = loaded?;
     let want = known
         .iter()
@@ -233,6 +248,7 @@ fn boot<const W: usize, const E: usize>(
     assert_eq!(loaded.optim_steps, want.steps * 10);
     assert_eq!(bits(&p), bits(&want.params), "params of {}", want.steps);
     assert_eq!(bits(&s), bits(&want.state), "state of {}", want.steps);
+    assert_eq!(x, want.extra, "extra bytes of {}", want.steps);
     Some(want.steps)
 }
 
@@ -243,7 +259,14 @@ fn save<const W: usize, const E: usize>(
     c: &Ckpt,
 ) -> Result<hvae::store::checkpoint::Saved, CheckpointError> {
     let mut cp = Checkpoints::new(&mut *sim, base, slot).unwrap();
-    cp.save(&layout(), &c.params, &c.state, c.steps * 10, c.steps)
+    cp.save_with_extra(
+        &layout(),
+        &c.params,
+        &c.state,
+        c.steps * 10,
+        c.steps,
+        &mut |out| out(&c.extra),
+    )
 }
 
 /// Cuts the power before every operation of a save in three situations; returns the cut
@@ -337,7 +360,7 @@ fn every_power_cut_point_loads_old_or_new() {
         l.record_len(4)
     );
     assert_eq!(total, expected);
-    assert_eq!(total, 18_876);
+    assert_eq!(total, 19_200);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -411,7 +434,7 @@ fn bit_flips_in_a_stored_slot_are_detected_and_the_other_slot_is_used() {
 #[test]
 fn geometry_buffers_and_values_are_checked() {
     type F = Sim<4, 256>;
-    let l = layout();
+    let l = plain_layout();
     let slot = l.slot_len(4, 256) as u32;
     assert_eq!(slot as usize % 256, 0);
     assert_eq!(
@@ -432,8 +455,19 @@ fn geometry_buffers_and_values_are_checked() {
             "{base} {len}"
         );
     }
-    let mut c = Checkpoints::new(&mut sim, 256, slot).unwrap();
     let k = ckpt(1);
+    // Extra bytes: exactly the layout's count, or nothing is committed.
+    let lx = l.with_extra(3);
+    let mut bigger = Checkpoints::new(&mut sim, 256, lx.slot_len(4, 256) as u32).unwrap();
+    for n in [2usize, 4] {
+        let r = bigger.save_with_extra(&lx, &k.params, &k.state, 0, 0, &mut |out| {
+            out(&[7u8; 4][..n])
+        });
+        assert_eq!(r.err(), Some(CheckpointError::BufferLength), "{n} bytes");
+    }
+    assert_eq!(bigger.newest(&lx).unwrap(), None);
+    bigger.erase_all().unwrap();
+    let mut c = Checkpoints::new(&mut sim, 256, slot).unwrap();
     assert_eq!(
         c.save(&l, &k.params[1..], &k.state, 0, 0).err(),
         Some(CheckpointError::BufferLength)
@@ -512,6 +546,17 @@ const D: usize = 8;
 const CAP: usize = 32;
 type Trainer = OnlineTrainer<f32, D, CAP, Vec<f32>, Vec<f32>>;
 
+/// Bytes of a slot for [`Checkpoints::save_trainer`] of a [`Trainer`] on flash `F`.
+fn trainer_slot_len<F: NorFlash>() -> u32 {
+    let layout = hvae::store::checkpoint::trainer_layout::<f32, D, CAP, Vec<f32>, Vec<f32>, f32>(
+        &SHAPE,
+        Scope::Full,
+        OptimKind::Adam,
+        0,
+    );
+    layout.slot_len(F::WRITE_SIZE, F::ERASE_SIZE) as u32
+}
+
 fn trainer_and_model() -> (Trainer, Model<f32, Vec<f32>>, Xoshiro256PlusPlus) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
     let mut model = Model::new(SHAPE, vec![0.0f32; SHAPE.param_len()]).unwrap();
@@ -535,8 +580,7 @@ fn trainer_and_model() -> (Trainer, Model<f32, Vec<f32>>, Xoshiro256PlusPlus) {
 #[test]
 fn after_too_many_rejections_one_call_restores_the_last_checkpoint() {
     type F = Sim<4, 256>;
-    let slot =
-        hvae::store::checkpoint::slot_len::<f32, F>(&SHAPE, Scope::Full, OptimKind::Adam) as u32;
+    let slot = trainer_slot_len::<F>();
     let mut sim = F::new(2 * slot as usize);
     let (mut t, mut model, mut rng) = trainer_and_model();
     {
@@ -590,8 +634,15 @@ fn after_too_many_rejections_one_call_restores_the_last_checkpoint() {
     assert_eq!(bits(model.params()), saved_params);
     assert_eq!(bits(t.optimiser().storage()), saved_state);
     assert_eq!((t.steps(), t.optimiser().steps()), saved_steps);
+    // The memory came back too: the stuck sensor's samples are gone, training goes on.
+    let r = t.step(&mut model, &mut rng).unwrap();
+    assert_eq!(r.steps, 31);
     // With the flash blank, the same situation says so.
     c.erase_all().unwrap();
+    for _ in 0..CAP {
+        t.push(&[3e19, -3e19, 3e19, -3e19, 3e19, -3e19, 3e19, -3e19])
+            .unwrap();
+    }
     for _ in 0..max {
         let _ = t.step(&mut model, &mut rng);
     }
@@ -604,8 +655,7 @@ fn after_too_many_rejections_one_call_restores_the_last_checkpoint() {
 #[test]
 fn a_rebooted_trainer_resumes_without_repeating_warm_up() {
     type F = Sim<8, 2048>;
-    let slot =
-        hvae::store::checkpoint::slot_len::<f32, F>(&SHAPE, Scope::Full, OptimKind::Adam) as u32;
+    let slot = trainer_slot_len::<F>();
     let mut sim = F::new(2 * slot as usize);
     let (mut t, mut model, mut rng) = trainer_and_model();
     for _ in 0..25 {
@@ -615,6 +665,7 @@ fn a_rebooted_trainer_resumes_without_repeating_warm_up() {
         .unwrap()
         .save_trainer(&model, &t)
         .unwrap();
+    let rng_at_save = rng.clone();
     // Power cycle: a fresh model (compiled-in weights) and trainer.
     let (mut t2, mut model2, mut rng2) = trainer_and_model();
     let loaded = Checkpoints::new(&mut sim, 0, slot)
@@ -643,6 +694,34 @@ fn a_rebooted_trainer_resumes_without_repeating_warm_up() {
         .map(|(a, b)| (a - b).abs())
         .sum();
     assert!(moved > 0.0 && moved < 0.5, "{moved}");
+    // With the generator of the run that saved it, the resumed trainer takes the very
+    // steps that run takes (its memory, marginal and guard came back too).
+    let (mut t4, mut model4, _) = trainer_and_model();
+    for i in 0..CAP {
+        // Another memory: the record must replace it.
+        t4.push(&[i as f32; D]).unwrap();
+    }
+    Checkpoints::new(&mut sim, 0, slot)
+        .unwrap()
+        .restore_trainer(&mut model4, &mut t4)
+        .unwrap()
+        .unwrap();
+    // The record it restored is the record saved, byte for byte, at its stated length.
+    let record = |t: &Trainer| {
+        let mut v = Vec::new();
+        t.write_resume(&SHAPE, &mut |b| v.extend_from_slice(b));
+        v
+    };
+    assert_eq!(record(&t).len(), Trainer::resume_len(&SHAPE));
+    assert_eq!(record(&t4), record(&t));
+    let mut rng4 = rng_at_save;
+    for _ in 0..5 {
+        let a = t.step(&mut model, &mut rng).unwrap();
+        let b = t4.step(&mut model4, &mut rng4).unwrap();
+        assert_eq!(a.loss.total.to_bits(), b.loss.total.to_bits());
+        assert_eq!(bits(model4.params()), bits(model.params()));
+        assert_eq!(bits(t4.marginal(&SHAPE)), bits(t.marginal(&SHAPE)));
+    }
     // A fresh trainer that did not restore would have re-initialised them.
     let (mut t3, mut model3, mut rng3) = trainer_and_model();
     for _ in 0..10 {
@@ -693,4 +772,42 @@ fn an_adapted_layout_holds_normalisation_and_segmenter_of_one_model() {
         c.slot_state(&whole, 0).unwrap(),
         SlotState::Incompatible { seq: 1 }
     );
+}
+
+#[test]
+fn a_version_1_slot_still_loads_and_extra_bytes_change_the_layout() {
+    type F = Sim<4, 256>;
+    let l = plain_layout();
+    let slot = l.slot_len(4, 256) as u32;
+    let mut sim = F::new(2 * slot as usize);
+    let k = ckpt(1);
+    Checkpoints::new(&mut sim, 0, slot)
+        .unwrap()
+        .save(&l, &k.params, &k.state, 10, 1)
+        .unwrap();
+    // What an older device wrote: version 1, no extra bytes (35..40 zero), its CRC.
+    assert_eq!(&sim.mem[4..6], &2u16.to_le_bytes());
+    assert_eq!(&sim.mem[35..40], &[0; 5]);
+    sim.mem[4..6].copy_from_slice(&1u16.to_le_bytes());
+    let body = l.body_len();
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&sim.mem[..body]);
+    sim.mem[body..body + 4].copy_from_slice(&crc.to_le_bytes());
+    let mut c = Checkpoints::new(&mut sim, 0, slot).unwrap();
+    let (mut p, mut s) = (vec![0f32; l.params()], vec![0f32; l.state()]);
+    let loaded = c.load(&l, &mut p, &mut s).unwrap().unwrap();
+    assert_eq!((loaded.seq, loaded.train_steps), (1, 1));
+    assert_eq!((bits(&p), bits(&s)), (bits(&k.params), bits(&k.state)));
+    // The same checkpoint is another layout's when extra bytes are asked for.
+    let lx = l.with_extra(8);
+    assert_eq!(
+        c.slot_state(&lx, 0).unwrap(),
+        SlotState::Incompatible { seq: 1 }
+    );
+    // A version this module does not know is a damaged header.
+    sim.mem[4..6].copy_from_slice(&3u16.to_le_bytes());
+    let state = Checkpoints::new(&mut sim, 0, slot)
+        .unwrap()
+        .slot_state(&l, 0)
+        .unwrap();
+    assert_eq!(state, SlotState::Corrupt(Damage::Header));
 }

@@ -5,8 +5,8 @@
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
-    checkpoint_slot_len, optim_len, scratch_len, Engine, Store, Transport, INFER,
-    INTERNAL_ERROR_FRAME, LEARN,
+    checkpoint_slot_len, checkpoint_slot_len_with, optim_len, scratch_len, scratch_len_with,
+    Engine, Store, Transport, INFER, INTERNAL_ERROR_FRAME, LEARN,
 };
 use hvae::protocol::{
     encode, CentreChange, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope,
@@ -67,13 +67,30 @@ impl NorFlash for Ram {
 /// Heap buffers no larger than a device's, and two checkpoint slots.
 struct Heap {
     checkpoints: Checkpoints<Ram>,
+    scratch: usize,
+    optim: usize,
 }
 
 impl Heap {
     fn new() -> Heap {
         let slot = checkpoint_slot_len::<Ram>(&S);
         let checkpoints = Checkpoints::new(Ram(vec![0xFF; 2 * slot]), 0, slot as u32).unwrap();
-        Heap { checkpoints }
+        Heap {
+            checkpoints,
+            scratch: scratch_len(&S),
+            optim: optim_len(&S),
+        }
+    }
+
+    /// Sized for an engine that remembers `mem` samples of `value_bytes` per value.
+    fn with_memory(mem: usize, value_bytes: usize) -> Heap {
+        let slot = checkpoint_slot_len_with::<Ram>(&S, mem, value_bytes);
+        let checkpoints = Checkpoints::new(Ram(vec![0xFF; 2 * slot]), 0, slot as u32).unwrap();
+        Heap {
+            checkpoints,
+            scratch: scratch_len_with(&S, mem),
+            optim: optim_len(&S),
+        }
     }
 }
 
@@ -81,7 +98,7 @@ impl Store for Heap {
     type Buf = Vec<f32>;
     type Flash = Ram;
     fn take(&mut self, scratch: usize, optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        (scratch <= scratch_len(&S) && optim <= optim_len(&S))
+        (scratch <= self.scratch && optim <= self.optim)
             .then(|| (vec![0.0; scratch], vec![0.0; optim]))
     }
     fn checkpoints(&mut self) -> Option<&mut Checkpoints<Ram>> {
@@ -485,4 +502,124 @@ fn a_spawned_centre_survives_a_reboot() {
     assert!(e.restore().unwrap().is_some());
     assert!(in_use(&S, &seg(e.model().params()), 4));
     assert_eq!(seg(e.model().params()), seg(&trained));
+}
+
+/// Training requests of `n` samples each (the first carries `settings`).
+fn resume_requests(settings: TrainSettings, n: usize) -> Vec<Request> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
+    (0..4)
+        .map(|i| {
+            let xs: Vec<f32> = (0..n * D)
+                .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
+                .collect();
+            Request::TrainBatch {
+                samples: heapless::Vec::from_slice(&xs).unwrap(),
+                steps: 15,
+                settings: (i == 0).then_some(settings),
+            }
+        })
+        .collect()
+}
+
+/// Runs the first request and a `Checkpoint`, then — on the same engine, or after a
+/// reset (a new engine on the compiled-in weights and the same flash, which restores
+/// the checkpoint) — the rest; returns the rest's answers and the final weights.
+fn run_with_reset<const MEM: usize, E: hvae::train::samples::Stored<f32>>(
+    reqs: &[Request],
+    store: Heap,
+    reset: bool,
+) -> (Vec<Response>, Vec<f32>) {
+    let m = model(1);
+    let crc = hvae::device::blob_crc(&S, m.params());
+    let new = |m, store| {
+        Engine::<D, W, Vec<f32>, Heap, LEARN, MEM, E>::new(m, crc, store, MAX_REQUEST_FRAME)
+            .unwrap()
+    };
+    let mut e = new(m.clone(), store);
+    assert!(matches!(e.handle(&reqs[0]), Response::Trained { .. }));
+    assert!(matches!(
+        e.handle(&Request::Checkpoint),
+        Response::Checkpointed { .. }
+    ));
+    if reset {
+        e = new(m, e.into_store());
+        assert_eq!(e.restore().unwrap(), Some(1));
+    }
+    let answers = reqs[1..].iter().map(|r| e.handle(r)).collect();
+    (answers, e.model().params().to_vec())
+}
+
+/// A reset between two requests changes nothing: the training resumes from its
+/// checkpoint (settings, generator, optimiser state, step count, memory of past samples,
+/// marginal, guard) and takes the very steps it would have taken without the reset —
+/// the default engine (a ring of `f32`, Adam) and one that remembers a reservoir of
+/// bytes (SGD, Full scope from the first step, in its warm-up).
+#[test]
+fn a_training_resumes_bit_for_bit_after_a_reset() {
+    let ring = settings_with(TrainScope::EncoderAndSegmenter, TrainOptimiser::Adam);
+    let reqs = resume_requests(ring, 8);
+    let (a, pa) = run_with_reset::<32, f32>(&reqs, Heap::new(), false);
+    let (b, pb) = run_with_reset::<32, f32>(&reqs, Heap::new(), true);
+    assert_eq!(a, b);
+    assert_eq!(bits(&pa), bits(&pb));
+    // The memory came back: 8 samples of the first request and 8 of the second.
+    assert!(
+        matches!(
+            b[0],
+            Response::Trained {
+                buffered: 16,
+                steps: 30,
+                ..
+            }
+        ),
+        "{b:?}"
+    );
+    let sgd = settings_with(TrainScope::Full, TrainOptimiser::Sgd { momentum: 0.9 });
+    let reqs = resume_requests(sgd, 20);
+    let (a, pa) = run_with_reset::<48, u8>(&reqs, Heap::with_memory(48, 1), false);
+    let (b, pb) = run_with_reset::<48, u8>(&reqs, Heap::with_memory(48, 1), true);
+    assert_eq!(a, b);
+    assert_eq!(bits(&pa), bits(&pb));
+    assert!(
+        matches!(
+            b[0],
+            Response::Trained {
+                buffered: 40,
+                steps: 30,
+                ..
+            }
+        ),
+        "{b:?}"
+    );
+    // Without the checkpoint's memory the same requests train otherwise: a reset that
+    // starts the training afresh (its first request carries the settings again).
+    let mut fresh = reqs.clone();
+    if let Request::TrainBatch { settings, .. } = &mut fresh[1] {
+        *settings = Some(sgd);
+    }
+    let (c, pc) = run_with_reset::<48, u8>(&fresh, Heap::with_memory(48, 1), true);
+    assert_ne!(bits(&pc), bits(&pb));
+    assert!(
+        matches!(
+            c[0],
+            Response::Trained {
+                buffered: 20,
+                steps: 15,
+                ..
+            }
+        ),
+        "{c:?}"
+    );
+}
+
+fn settings_with(scope: TrainScope, optimiser: TrainOptimiser) -> TrainSettings {
+    TrainSettings {
+        scope,
+        optimiser,
+        ..settings()
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }

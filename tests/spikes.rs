@@ -168,7 +168,14 @@ fn trainer(cfg: TrainConfig<f32>) -> Trainer {
 }
 
 fn blank_flash() -> Flash {
-    let slot = checkpoint::slot_len::<f32, Ram>(&SHAPE, Scope::Full, OptimKind::Adam);
+    // The layout of `save_trainer`: the model, Adam's state and the trainer's record.
+    let layout = checkpoint::trainer_layout::<f32, D, CAP, Vec<f32>, Vec<f32>, f32>(
+        &SHAPE,
+        Scope::Full,
+        OptimKind::Adam,
+        0,
+    );
+    let slot = layout.slot_len(Ram::WRITE_SIZE, Ram::ERASE_SIZE);
     Checkpoints::new(Ram(vec![0xFF; 2 * slot]), 0, slot as u32).unwrap()
 }
 

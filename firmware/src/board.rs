@@ -293,7 +293,7 @@ extern "C" {
 }
 
 impl<F: FlashWriter> FlashRegion<F> {
-    /// The checkpoint region of memory.x (`CKPT`, 116 KiB on mps2-an386; empty on the
+    /// The checkpoint region of memory.x (`CKPT`, 132 KiB on mps2-an386; empty on the
     /// micro:bit), written with `flash`.
     pub fn checkpoints(flash: F) -> Self {
         // Linker symbols: only their addresses are used, never read.

@@ -1,8 +1,8 @@
 //! The engine: one request dispatch for every device that serves the protocol.
 
 use super::{
-    Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, QUANT_SD, SCRATCH_INIT_SAMPLES,
-    SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY, WARMUP_STEPS,
+    Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX,
+    SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY, WARMUP_STEPS,
 };
 use crate::infer::model::Model;
 use crate::infer::normalise::Tracker;
@@ -14,14 +14,14 @@ use crate::protocol::{
     CAP_READ, CAP_SEGMENT, CAP_TRAIN, MAX_VALUES,
 };
 use crate::shape::{Scope, Shape};
-use crate::store::checkpoint::{Checkpoints, Layout, Restore};
+use crate::store::checkpoint::{trainer_layout, Checkpoints, Layout, Loaded, Restore};
 use crate::train::centres::{
     in_use, CentreCounts, SpawnRule, Spawner, Tidied, MAX_ONLINE_CLUSTERS,
 };
 use crate::train::optim::{OptimKind, Optimiser};
 use crate::train::samples::{Policy, Quant, Stored};
 use crate::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
-use rand_core::SeedableRng;
+use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// Every (scope, optimiser) a checkpoint may have been saved with.
@@ -65,6 +65,8 @@ pub struct Engine<
     loader: WeightLoader,
     staging: Option<S::Buf>,
     trainer: Option<Trainer<D, MEM, S::Buf, E>>,
+    /// The settings of the training under way (saved with its checkpoints).
+    settings: Option<TrainSettings>,
     /// The stream's normalisation, while a `SegmenterAndNormalisation` training runs.
     tracker: Option<Tracker<D>>,
     /// The centres' counts and what spawns new centres, while an online k-means
@@ -105,6 +107,7 @@ where
             crc: Some(crc),
             staging: None,
             trainer: None,
+            settings: None,
             tracker: None,
             kmeans: None,
             rng: Xoshiro256PlusPlus::seed_from_u64(SEED),
@@ -255,9 +258,10 @@ where
             return Err(ErrorCode::Unsupported);
         }
         if let Some(t) = self.trainer.as_ref() {
+            let prefix = resume_prefix(self.settings.as_ref(), &mut self.rng)?;
             let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
             return c
-                .save_trainer(&self.model, t)
+                .save_trainer_after(&self.model, t, &prefix)
                 .map(|_| ())
                 .map_err(|_| ErrorCode::Storage);
         }
@@ -273,31 +277,51 @@ where
             .map_err(|_| ErrorCode::Storage)
     }
 
-    /// At boot: the weights of the newest valid checkpoint of any layout, if there is
-    /// one (the optimiser state is not kept: training restarts with the host's next
-    /// settings). Returns the checkpoint's sequence number.
+    /// At boot: the newest valid checkpoint of any layout, if there is one. One saved
+    /// while training ([`Engine`]'s checkpoints of a trainer: its settings, generator,
+    /// optimiser state, step count and memory of past samples) resumes that training
+    /// exactly where it stopped: the next `TrainBatch` without settings goes on as if
+    /// there had been no reset (a `SegmenterAndNormalisation` training restarts its
+    /// normalisation tracker from the saved normalisation). Any other puts its weights
+    /// back. Returns the checkpoint's sequence number.
     pub fn restore(&mut self) -> Result<Option<u32>, ErrorCode> {
         let shape = *self.model.shape();
-        let mut best: Option<(u32, Layout)> = None;
+        // Checkpoints of a trainer, and of weights (or of a trainer from before the
+        // resume record) without extra bytes.
+        let mut best: Option<(Loaded, Layout)> = None;
         for (scope, kind) in LAYOUTS {
-            let layout = Layout::new::<f32>(shape, scope, kind);
-            let Some(c) = self.store.checkpoints() else {
-                return Ok(None);
-            };
-            if let Some(l) = c.newest(&layout).map_err(|_| ErrorCode::Storage)? {
-                // Serial-number order: the counter may wrap.
-                if best.is_none_or(|(s, _)| (l.seq.wrapping_sub(s) as i32) > 0) {
-                    best = Some((l.seq, layout));
+            let layouts = [
+                trainer_layout::<f32, D, MEM, S::Buf, S::Buf, E>(
+                    &shape,
+                    scope,
+                    kind,
+                    RESUME_PREFIX,
+                ),
+                Layout::new::<f32>(shape, scope, kind),
+            ];
+            for layout in layouts {
+                let Some(c) = self.store.checkpoints() else {
+                    return Ok(None);
+                };
+                if let Some(l) = c.newest(&layout).map_err(|_| ErrorCode::Storage)? {
+                    // Serial-number order: the counter may wrap.
+                    if best.is_none_or(|(b, _)| (l.seq.wrapping_sub(b.seq) as i32) > 0) {
+                        best = Some((l, layout));
+                    }
                 }
             }
         }
-        let Some((seq, layout)) = best else {
+        let Some((found, layout)) = best else {
             return Ok(None);
         };
         self.trainer = None;
+        self.settings = None;
         self.tracker = None;
         self.kmeans = None;
         self.staging = None;
+        if layout.extra() > 0 && self.resume(&layout, &found)? {
+            return Ok(Some(found.seq));
+        }
         let (_, mut state) = self
             .store
             .take(0, layout.state())
@@ -306,7 +330,45 @@ where
         c.load(&layout, self.model.params_mut(), state.as_mut())
             .map_err(|_| ErrorCode::Storage)?;
         self.crc = None;
-        Ok(Some(seq))
+        Ok(Some(found.seq))
+    }
+
+    /// Resumes the training of the checkpoint `found` of a trainer: its settings start
+    /// a trainer, the checkpoint fills it, the generator goes on from the saved state.
+    /// `false` (nothing resumed) when the settings do not start a trainer here.
+    fn resume(&mut self, layout: &Layout, found: &Loaded) -> Result<bool, ErrorCode> {
+        let mut prefix = [0u8; RESUME_PREFIX];
+        let c = self.store.checkpoints().ok_or(ErrorCode::Internal)?;
+        c.read_extra(layout, found, 0, &mut prefix)
+            .map_err(|_| ErrorCode::Storage)?;
+        let Some((settings, rng)) = read_resume_prefix(&prefix) else {
+            return Ok(false);
+        };
+        if self.start(&settings).is_err() || self.trainer.is_none() {
+            self.trainer = None;
+            self.settings = None;
+            self.tracker = None;
+            return Ok(false);
+        }
+        let c = self.store.checkpoints().ok_or(ErrorCode::Internal)?;
+        let t = self.trainer.as_mut().ok_or(ErrorCode::Internal)?;
+        let loaded = c
+            .restore_trainer_after(&mut self.model, t, RESUME_PREFIX)
+            .map_err(|_| ErrorCode::Storage)?;
+        if loaded.is_none() {
+            return Err(ErrorCode::Storage);
+        }
+        self.rng = rng;
+        // The tracker restarts from the restored normalisation (its statistics are not
+        // part of the checkpoint).
+        if self.tracker.is_some() {
+            let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
+            let tracker = Tracker::from_normalisation(offset, scale, NORM_DECAY)
+                .map_err(|_| ErrorCode::Train)?;
+            self.tracker = Some(tracker);
+        }
+        self.crc = None;
+        Ok(true)
     }
 
     fn load(&mut self, offset: u32, bytes: &[u8], last: bool) -> Result<Response, ErrorCode> {
@@ -314,6 +376,7 @@ where
         if offset == 0 {
             // New weights end any training: its buffers become the staging area.
             self.trainer = None;
+            self.settings = None;
             self.tracker = None;
             self.kmeans = None;
             self.staging = None;
@@ -352,6 +415,7 @@ where
     /// k-means) and, for `SegmenterAndNormalisation`, a normalisation tracker.
     fn start(&mut self, s: &TrainSettings) -> Result<(), ErrorCode> {
         self.trainer = None;
+        self.settings = None;
         self.tracker = None;
         self.kmeans = None;
         self.staging = None;
@@ -397,6 +461,7 @@ where
             let t = Trainer::<D, MEM, S::Buf, E>::new(&shape, cfg, scratch, optim)
                 .map_err(|_| ErrorCode::Train)?;
             self.trainer = Some(t);
+            self.settings = Some(*s);
         }
         if s.scope == TrainScope::SegmenterAndNormalisation {
             let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
@@ -566,7 +631,8 @@ where
                     self.crc = None;
                     if r.steps % CHECKPOINT_EVERY == 0 {
                         if let Some(c) = self.store.checkpoints() {
-                            c.save_trainer(&self.model, t)
+                            let prefix = resume_prefix(self.settings.as_ref(), &mut self.rng)?;
+                            c.save_trainer_after(&self.model, t, &prefix)
                                 .map_err(|_| ErrorCode::Storage)?;
                         }
                     }
@@ -577,7 +643,7 @@ where
                 // `max_rejections` in a row, back to the last checkpoint.
                 Err(TrainError::Diverged) => {
                     if let Some(c) = self.store.checkpoints() {
-                        let r = c.restore_if_needed(&mut self.model, t);
+                        let r = c.restore_if_needed_after(&mut self.model, t, RESUME_PREFIX);
                         if matches!(r, Ok(Restore::Restored(_))) {
                             self.crc = None;
                         }
@@ -596,6 +662,46 @@ where
             loss,
         })
     }
+}
+
+/// Bytes of the engine's settings in a checkpoint's prefix (a length byte, then the
+/// postcard encoding); the generator's seed follows.
+const SETTINGS_BYTES: usize = RESUME_PREFIX - 32;
+
+/// The engine's part of a checkpoint of its trainer ([`RESUME_PREFIX`] bytes, before the
+/// trainer's record): the training settings (a length byte and their postcard
+/// encoding), then a seed of 32 bytes drawn from the generator, which is re-seeded with
+/// it (`rng` afterwards: `Xoshiro256PlusPlus::from_seed(seed)`). The generator's state
+/// cannot be read out, so a checkpoint forks it instead: a run that resumes from the
+/// checkpoint draws what the run that saved it draws next. `Internal` without settings
+/// (no training) or when they do not fit.
+fn resume_prefix(
+    settings: Option<&TrainSettings>,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Result<[u8; RESUME_PREFIX], ErrorCode> {
+    let settings = settings.ok_or(ErrorCode::Internal)?;
+    let mut out = [0u8; RESUME_PREFIX];
+    let (a, seed) = out.split_at_mut(SETTINGS_BYTES);
+    let (len, rest) = a.split_first_mut().ok_or(ErrorCode::Internal)?;
+    let n = postcard::to_slice(settings, rest)
+        .map_err(|_| ErrorCode::Internal)?
+        .len();
+    *len = saturate_u8(n);
+    rng.fill_bytes(seed);
+    *rng = Xoshiro256PlusPlus::from_seed(seed.try_into().map_err(|_| ErrorCode::Internal)?);
+    Ok(out)
+}
+
+/// The settings and the generator of a prefix of [`resume_prefix`]; `None` when it does
+/// not decode.
+fn read_resume_prefix(p: &[u8; RESUME_PREFIX]) -> Option<(TrainSettings, Xoshiro256PlusPlus)> {
+    let (a, seed) = p.split_at(SETTINGS_BYTES);
+    let (&len, rest) = a.split_first()?;
+    let settings = postcard::from_bytes(rest.get(..usize::from(len))?).ok()?;
+    Some((
+        settings,
+        Xoshiro256PlusPlus::from_seed(seed.try_into().ok()?),
+    ))
 }
 
 /// `model`'s input normalisation: offsets and scales, `D` each.

@@ -35,11 +35,17 @@
 //!
 //! # Checkpoints
 //! With checkpoint slots ([`Store::checkpoints`], [`crate::store::checkpoint`]: two slots,
-//! sequence number, CRC, commit word), the engine saves the weights, the optimiser state
-//! and the step counts every [`CHECKPOINT_EVERY`] steps and on `Checkpoint` (the weights
-//! alone when no training is under way); when the divergence guard has rejected too many
-//! steps in a row, it restores the last checkpoint; [`Engine::restore`] puts the newest
-//! checkpoint's weights back at boot. A checkpoint of one (scope, optimiser) does not
+//! sequence number, CRC, commit word), the engine saves every [`CHECKPOINT_EVERY`] steps
+//! and on `Checkpoint` what its training needs to go on: the weights, the optimiser
+//! state, the step counts, the trainer's resume record (memory of past samples,
+//! marginal, guard) and its own settings and generator seed ([`RESUME_PREFIX`]); the
+//! weights alone when no training is under way. When the divergence guard has rejected
+//! too many steps in a row, it restores the last checkpoint (the memory too, so the
+//! samples that diverged are gone). At boot, [`Engine::restore`] resumes the training
+//! of the newest checkpoint where it stopped — the next `TrainBatch` without settings
+//! takes the very steps it would have taken without the reset — or puts its weights
+//! back. A save forks the generator (it draws the seed it stores and goes on from it),
+//! so a run's bits depend on when it checkpointed, the same on every device. A checkpoint of one (scope, optimiser) does not
 //! count as valid for another, so the first save after a change of scope may overwrite
 //! the newest checkpoint of the old scope. An engine that does not train ([`INFER`])
 //! saves loaded weights at once, as an inference device writes a load into flash; one
@@ -189,9 +195,27 @@ pub const fn scratch_optim_len(shape: &Shape) -> usize {
     TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Sgd)
 }
 
-/// Bytes of one checkpoint slot on flash `F`: the largest layout (Full scope, Adam).
+/// Bytes the engine stores in a checkpoint of its trainer before the trainer's resume
+/// record: its training settings and the seed its generator goes on from.
+pub const RESUME_PREFIX: usize = 64;
+
+/// Bytes of one checkpoint slot on flash `F` for an engine with the default memory
+/// ([`CAP`] samples of `f32`): the largest layout (Full scope, Adam, the resume record).
 pub const fn checkpoint_slot_len<F: NorFlash>(shape: &Shape) -> usize {
-    crate::store::checkpoint::slot_len::<f32, F>(shape, Scope::Full, OptimKind::Adam)
+    checkpoint_slot_len_with::<F>(shape, CAP, 4)
+}
+
+/// [`checkpoint_slot_len`] for an engine whose trainer remembers `mem` samples of
+/// `value_bytes` per value (`Engine`'s `MEM` and `E`: 1 for `u8`).
+pub const fn checkpoint_slot_len_with<F: NorFlash>(
+    shape: &Shape,
+    mem: usize,
+    value_bytes: usize,
+) -> usize {
+    let record = crate::train::trainer::resume_len(shape, shape.input, mem, value_bytes, 4);
+    crate::store::checkpoint::Layout::new::<f32>(*shape, Scope::Full, OptimKind::Adam)
+        .with_extra(RESUME_PREFIX + record)
+        .slot_len(F::WRITE_SIZE, F::ERASE_SIZE)
 }
 
 /// Memory figures a device reports in its `Info` answer (bytes; 0 when not measured).

@@ -68,7 +68,7 @@
 //! # Ok::<(), checkpoint::CheckpointError>(())
 //! ```
 //!
-//! # Slot format (version 1)
+//! # Slot format (version 2)
 //!
 //! Little-endian; offsets from the start of the slot.
 //!
@@ -86,10 +86,12 @@
 //! | 32 | 1 | scalar width `w` in bytes (4: `f32`, 8: `f64`) |
 //! | 33 | 1 | scope code (0 full, 1 encoder and segmenter, 2 segmenter only, 3 normalisation and segmenter of [`Layout::adapted`]) |
 //! | 34 | 1 | optimiser code (0 SGD, 1 Adam) |
-//! | 35 | 5 | reserved, zero |
+//! | 35 | 4 | extra bytes `X` `u32` (version 2; zero in version 1) |
+//! | 39 | 1 | reserved, zero |
 //! | 40 | `w P` | parameters, in [`Shape`] layout order ([`Layout::adapted`]: normalisation offset, scale, segmenter) |
 //! | `40 + w P` | `w S` | optimiser state ([`crate::train::optim::OptimState`] storage layout) |
-//! | `B = 40 + w (P + S)` | 4 | CRC-32/ISO-HDLC of bytes `0..B` (zlib's `crc32`) |
+//! | `40 + w (P + S)` | `X` | extra bytes: the trainer's resume record ([`OnlineTrainer::write_resume`]: memory of past samples, marginal, guard), after the caller's own (e.g. the device engine's settings and generator) |
+//! | `B = 40 + w (P + S) + X` | 4 | CRC-32/ISO-HDLC of bytes `0..B` (zlib's `crc32`) |
 //! | `C = round_up(B + 4, WRITE_SIZE)` | 4 | commit word [`COMMIT`], in its own write unit(s) |
 //!
 //! Bytes between the CRC and the commit word, after the commit word and up to the end of
@@ -143,8 +145,9 @@ use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
 
 /// First four bytes of a checkpoint slot.
 pub const MAGIC: [u8; 4] = *b"HVCK";
-/// Slot format version this module writes and reads.
-pub const VERSION: u16 = 1;
+/// Slot format version this module writes. It reads version 1 too (written before
+/// extra bytes existed: the same layout with none).
+pub const VERSION: u16 = 2;
 /// Bytes of the slot header; the first value starts here.
 pub const HEADER_LEN: usize = 40;
 /// The commit word, written last: a slot without it is an unfinished save.
@@ -174,6 +177,7 @@ pub struct Layout {
     width: usize,
     /// `Some(identity)` for [`Layout::adapted`].
     adapted: Option<u32>,
+    extra: usize,
 }
 
 impl Layout {
@@ -185,6 +189,7 @@ impl Layout {
             kind,
             width: core::mem::size_of::<T>(),
             adapted: None,
+            extra: 0,
         }
     }
 
@@ -202,7 +207,28 @@ impl Layout {
             kind: OptimKind::Sgd,
             width: core::mem::size_of::<T>(),
             adapted: Some(identity),
+            extra: 0,
         }
+    }
+
+    /// The layout with `bytes` extra bytes after the values (none by default): a
+    /// checkpoint of it holds them, one of another count is incompatible.
+    pub const fn with_extra(self, bytes: usize) -> Layout {
+        Layout {
+            extra: bytes,
+            ..self
+        }
+    }
+
+    /// Extra bytes stored after the values.
+    pub const fn extra(&self) -> usize {
+        self.extra
+    }
+
+    /// Bytes of the values (parameters and optimiser state): where the extra bytes start,
+    /// counted from the end of the header.
+    const fn values_len(&self) -> usize {
+        self.width * (self.params() + self.state())
     }
 
     /// The model's shape.
@@ -231,7 +257,7 @@ impl Layout {
 
     /// Bytes covered by the CRC: header and values.
     pub const fn body_len(&self) -> usize {
-        HEADER_LEN + self.width * (self.params() + self.state())
+        HEADER_LEN + self.values_len() + self.extra
     }
 
     /// Offset of the commit word for a flash with `write_size`-byte words.
@@ -313,6 +339,10 @@ const fn kind_code(k: OptimKind) -> u8 {
 pub const fn slot_len<T, F: NorFlash>(shape: &Shape, scope: Scope, kind: OptimKind) -> usize {
     Layout::new::<T>(*shape, scope, kind).slot_len(F::WRITE_SIZE, F::ERASE_SIZE)
 }
+
+/// Writes a checkpoint's extra bytes, in pieces, to the function it is given
+/// ([`Checkpoints::save_with_extra`]).
+pub type ExtraWriter<'a> = &'a mut dyn FnMut(&mut dyn FnMut(&[u8]));
 
 /// What went wrong with the flash driver ([`NorFlashErrorKind`], which is not `Copy`-stable
 /// across versions, folded to three cases).
@@ -580,20 +610,24 @@ impl<F: NorFlash> Checkpoints<F> {
         }
         let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
         let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-        if h[..4] != MAGIC || u16_at(4) != VERSION || u16_at(6) as usize != HEADER_LEN {
+        let version = u16_at(4);
+        if h[..4] != MAGIC || !(1..=VERSION).contains(&version) || u16_at(6) as usize != HEADER_LEN
+        {
             return Ok(SlotState::Corrupt(Damage::Header));
         }
+        // Version 1 has no extra bytes (its bytes 35..40 are reserved, zero).
+        let extra = u32_at(35) as usize;
         let (seq, fingerprint) = (u32_at(8), u32_at(12));
         let (p, s) = (u32_at(16) as usize, u32_at(20) as usize);
         let (optim_steps, train_steps) = (u32_at(24), u32_at(28));
         let width = h[32] as usize;
         let w = F::WRITE_SIZE;
-        let body = p
-            .checked_add(s)
-            .and_then(|n| n.checked_mul(width))
-            .and_then(|n| n.checked_add(HEADER_LEN));
-        let body = match body {
-            Some(b) if (width == 4 || width == 8) && h[35..40].iter().all(|&b| b == 0) => b,
+        let values = p.checked_add(s).and_then(|n| n.checked_mul(width));
+        let body = values
+            .and_then(|n| n.checked_add(HEADER_LEN))
+            .and_then(|n| n.checked_add(extra));
+        let (values, body) = match (values, body) {
+            (Some(v), Some(b)) if (width == 4 || width == 8) && h[39] == 0 => (HEADER_LEN + v, b),
             _ => return Ok(SlotState::Corrupt(Damage::Header)),
         };
         let commit_at = round_up(body + CRC_LEN, w);
@@ -620,7 +654,8 @@ impl<F: NorFlash> Checkpoints<F> {
             let in_body = body.saturating_sub(at).min(b.len());
             digest.update(&b[..in_body]);
             for (i, &byte) in b[..in_body].iter().enumerate() {
-                if at + i < HEADER_LEN {
+                // The values only: the header and the extra bytes are not scalars.
+                if at + i < HEADER_LEN || at + i >= values {
                     continue;
                 }
                 if let Some(v) = val.get_mut(filled) {
@@ -653,6 +688,7 @@ impl<F: NorFlash> Checkpoints<F> {
             && p == layout.params()
             && s == layout.state()
             && width == layout.width
+            && extra == layout.extra
             && h[33] == layout.scope_code()
             && h[34] == kind_code(layout.kind);
         if !compatible {
@@ -696,6 +732,18 @@ impl<F: NorFlash> Checkpoints<F> {
         params: &mut [T],
         state: &mut [T],
     ) -> Result<Option<Loaded>, CheckpointError> {
+        self.load_with_extra(layout, params, state, &mut |_, _| {})
+    }
+
+    /// [`Checkpoints::load`], handing each of the layout's extra bytes to
+    /// `extra(index, byte)`, in order, after the values.
+    pub fn load_with_extra<T: Real>(
+        &mut self,
+        layout: &Layout,
+        params: &mut [T],
+        state: &mut [T],
+        extra: &mut dyn FnMut(usize, u8),
+    ) -> Result<Option<Loaded>, CheckpointError> {
         if params.len() != layout.params()
             || state.len() != layout.state()
             || core::mem::size_of::<T>() != layout.width
@@ -707,6 +755,7 @@ impl<F: NorFlash> Checkpoints<F> {
         };
         let width = layout.width;
         let np = params.len();
+        let values = HEADER_LEN + layout.values_len();
         let mut val = [0u8; 8];
         let mut filled = 0usize;
         let mut index = 0usize;
@@ -714,8 +763,12 @@ impl<F: NorFlash> Checkpoints<F> {
             found.slot as usize,
             HEADER_LEN,
             layout.body_len() - HEADER_LEN,
-            |_, b| {
-                for &byte in b {
+            |at, b| {
+                for (i, &byte) in b.iter().enumerate() {
+                    if at + i >= values {
+                        extra(at + i - values, byte);
+                        continue;
+                    }
                     // `filled < width <= 8`.
                     if let Some(v) = val.get_mut(filled) {
                         *v = byte;
@@ -745,6 +798,27 @@ impl<F: NorFlash> Checkpoints<F> {
         Ok(Some(found))
     }
 
+    /// Reads `buf.len()` extra bytes from byte `from` of the extra bytes of the valid
+    /// checkpoint `found` of `layout` (from [`Checkpoints::newest`]): the part a caller
+    /// needs before it can take the rest (e.g. the settings its trainer is built from).
+    pub fn read_extra(
+        &mut self,
+        layout: &Layout,
+        found: &Loaded,
+        from: usize,
+        buf: &mut [u8],
+    ) -> Result<(), CheckpointError> {
+        if from.saturating_add(buf.len()) > layout.extra {
+            return Err(CheckpointError::BufferLength);
+        }
+        let start = HEADER_LEN + layout.values_len() + from;
+        self.read_with(usize::from(found.slot), start, buf.len(), |at, b| {
+            if let Some(dst) = buf.get_mut(at - start..at - start + b.len()) {
+                dst.copy_from_slice(b);
+            }
+        })
+    }
+
     /// Saves `params` and `state` (lengths of `layout`, every value finite) with the
     /// optimiser's and the trainer's step counters, into the slot that does not hold the
     /// newest checkpoint, and verifies it. The previous checkpoint stays loadable until
@@ -756,6 +830,22 @@ impl<F: NorFlash> Checkpoints<F> {
         state: &[T],
         optim_steps: u32,
         train_steps: u32,
+    ) -> Result<Saved, CheckpointError> {
+        self.save_with_extra(layout, params, state, optim_steps, train_steps, &mut |_| {})
+    }
+
+    /// [`Checkpoints::save`] with the layout's extra bytes, which `extra` writes (in
+    /// pieces) to the function it is given, after the values; anything but exactly
+    /// [`Layout::extra`] bytes is [`CheckpointError::BufferLength`] (and the slot is
+    /// left unfinished: the previous checkpoint stays the newest).
+    pub fn save_with_extra<T: Real>(
+        &mut self,
+        layout: &Layout,
+        params: &[T],
+        state: &[T],
+        optim_steps: u32,
+        train_steps: u32,
+        extra: ExtraWriter<'_>,
     ) -> Result<Saved, CheckpointError> {
         if params.len() != layout.params()
             || state.len() != layout.state()
@@ -802,6 +892,7 @@ impl<F: NorFlash> Checkpoints<F> {
         h[32] = layout.width as u8;
         h[33] = layout.scope_code();
         h[34] = kind_code(layout.kind);
+        h[35..39].copy_from_slice(&(layout.extra as u32).to_le_bytes());
         let mut out = Stager {
             flash: &mut self.flash,
             base,
@@ -822,6 +913,20 @@ impl<F: NorFlash> Checkpoints<F> {
                 digest.update(&bytes);
                 out.put(&bytes)?;
             }
+        }
+        let (mut count, mut failed) = (0usize, None);
+        extra(&mut |b: &[u8]| {
+            count += b.len();
+            if failed.is_none() && count <= layout.extra {
+                digest.update(b);
+                failed = out.put(b).err();
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if count != layout.extra {
+            return Err(CheckpointError::BufferLength);
         }
         out.put(&digest.finalize().to_le_bytes())?;
         out.flush(w)?;
@@ -855,8 +960,10 @@ impl<F: NorFlash> Checkpoints<F> {
         Ok(())
     }
 
-    /// Saves `model`'s parameters, `trainer`'s optimiser state and both step counters
-    /// ([`Checkpoints::save`] with the layout of this model and trainer).
+    /// Saves `model`'s parameters, `trainer`'s optimiser state, both step counters and
+    /// the trainer's resume record ([`OnlineTrainer::write_resume`]: memory of past
+    /// samples, marginal, guard), with the layout of this model and trainer
+    /// ([`trainer_layout`]).
     pub fn save_trainer<T, P, const D: usize, const CAP: usize, S, O, E>(
         &mut self,
         model: &Model<T, P>,
@@ -869,20 +976,51 @@ impl<F: NorFlash> Checkpoints<F> {
         O: AsRef<[T]> + AsMut<[T]>,
         E: crate::train::samples::Stored<T>,
     {
-        let layout = trainer_layout(model.shape(), trainer);
+        self.save_trainer_after(model, trainer, &[])
+    }
+
+    /// [`Checkpoints::save_trainer`] with the caller's `prefix` bytes before the
+    /// trainer's record (the layout: [`trainer_layout`] with `prefix.len()`).
+    pub fn save_trainer_after<T, P, const D: usize, const CAP: usize, S, O, E>(
+        &mut self,
+        model: &Model<T, P>,
+        trainer: &OnlineTrainer<T, D, CAP, S, O, E>,
+        prefix: &[u8],
+    ) -> Result<Saved, CheckpointError>
+    where
+        T: Real,
+        P: AsRef<[T]>,
+        S: AsRef<[T]> + AsMut<[T]>,
+        O: AsRef<[T]> + AsMut<[T]>,
+        E: crate::train::samples::Stored<T>,
+    {
+        let shape = model.shape();
+        let cfg = trainer.config();
+        let layout = trainer_layout::<T, D, CAP, S, O, E>(
+            shape,
+            cfg.scope,
+            cfg.optim.optimiser.kind(),
+            prefix.len(),
+        );
         let opt = trainer.optimiser();
-        self.save(
+        self.save_with_extra(
             &layout,
             model.params(),
             opt.storage().as_ref(),
             opt.steps(),
             trainer.steps(),
+            &mut |out| {
+                out(prefix);
+                trainer.write_resume(shape, out);
+            },
         )
     }
 
-    /// Restores `model`'s parameters, `trainer`'s optimiser state and step count from the
-    /// newest checkpoint ([`OnlineTrainer::resume`]); `None` (nothing changed) when there
-    /// is none. At boot, call it after building the trainer; after a divergence, see
+    /// Restores `model`'s parameters, `trainer`'s optimiser state, step count and resume
+    /// record from the newest checkpoint of [`Checkpoints::save_trainer`]: the trainer
+    /// goes on exactly as if it had not stopped ([`OnlineTrainer::resume_exact`]).
+    /// `None` (nothing changed) when there is none. At boot, call it after building the
+    /// trainer with the configuration it was saved with; after a divergence, see
     /// [`Checkpoints::restore_if_needed`].
     pub fn restore_trainer<T, P, const D: usize, const CAP: usize, S, O, E>(
         &mut self,
@@ -896,19 +1034,67 @@ impl<F: NorFlash> Checkpoints<F> {
         O: AsRef<[T]> + AsMut<[T]>,
         E: crate::train::samples::Stored<T>,
     {
-        let layout = trainer_layout(model.shape(), trainer);
-        let opt = trainer.optimiser_mut();
-        let loaded = self.load(&layout, model.params_mut(), opt.storage_mut().as_mut())?;
-        if let Some(l) = loaded {
-            opt.set_steps(l.optim_steps);
-            trainer.resume(l.train_steps);
+        self.restore_trainer_after(model, trainer, 0)
+    }
+
+    /// [`Checkpoints::restore_trainer`] from a checkpoint of
+    /// [`Checkpoints::save_trainer_after`] with a prefix of `prefix` bytes (skipped: read
+    /// it with [`Checkpoints::read_extra`]).
+    pub fn restore_trainer_after<T, P, const D: usize, const CAP: usize, S, O, E>(
+        &mut self,
+        model: &mut Model<T, P>,
+        trainer: &mut OnlineTrainer<T, D, CAP, S, O, E>,
+        prefix: usize,
+    ) -> Result<Option<Loaded>, CheckpointError>
+    where
+        T: Real,
+        P: AsRef<[T]> + AsMut<[T]>,
+        S: AsRef<[T]> + AsMut<[T]>,
+        O: AsRef<[T]> + AsMut<[T]>,
+        E: crate::train::samples::Stored<T>,
+    {
+        let shape = *model.shape();
+        let cfg = trainer.config();
+        let layout = trainer_layout::<T, D, CAP, S, O, E>(
+            &shape,
+            cfg.scope,
+            cfg.optim.optimiser.kind(),
+            prefix,
+        );
+        let Some(found) = self.newest(&layout)? else {
+            return Ok(None);
+        };
+        // The values first (the optimiser's storage is borrowed from the trainer), then
+        // the record, read again from the slot a chunk at a time.
+        let loaded = {
+            let opt = trainer.optimiser_mut();
+            self.load(&layout, model.params_mut(), opt.storage_mut().as_mut())?
+        };
+        if loaded.is_none() {
+            return Ok(None);
         }
-        Ok(loaded)
+        let record = OnlineTrainer::<T, D, CAP, S, O, E>::resume_len(&shape);
+        let mut buf = [0u8; CHUNK];
+        let mut at = 0usize;
+        while at < record {
+            let n = (record - at).min(CHUNK);
+            let piece = buf.get_mut(..n).ok_or(CheckpointError::BufferLength)?;
+            self.read_extra(&layout, &found, prefix + at, piece)?;
+            for (i, &b) in piece.iter().enumerate() {
+                trainer.set_resume_byte(&shape, at + i, b);
+            }
+            at += n;
+        }
+        let opt = trainer.optimiser_mut();
+        opt.set_steps(found.optim_steps);
+        trainer.resume_exact(found.train_steps);
+        Ok(Some(found))
     }
 
     /// The divergence hook in one call: when [`OnlineTrainer::needs_restore`] (the guard
-    /// rejected `max_rejections` steps in a row), restores model, optimiser and step
-    /// count from the newest checkpoint and re-arms the guard.
+    /// rejected `max_rejections` steps in a row), restores model, optimiser, step count
+    /// and memory from the newest checkpoint of [`Checkpoints::save_trainer`] and
+    /// re-arms the guard.
     pub fn restore_if_needed<T, P, const D: usize, const CAP: usize, S, O, E>(
         &mut self,
         model: &mut Model<T, P>,
@@ -921,19 +1107,45 @@ impl<F: NorFlash> Checkpoints<F> {
         O: AsRef<[T]> + AsMut<[T]>,
         E: crate::train::samples::Stored<T>,
     {
+        self.restore_if_needed_after(model, trainer, 0)
+    }
+
+    /// [`Checkpoints::restore_if_needed`] for checkpoints of
+    /// [`Checkpoints::save_trainer_after`] with `prefix` bytes.
+    pub fn restore_if_needed_after<T, P, const D: usize, const CAP: usize, S, O, E>(
+        &mut self,
+        model: &mut Model<T, P>,
+        trainer: &mut OnlineTrainer<T, D, CAP, S, O, E>,
+        prefix: usize,
+    ) -> Result<Restore, CheckpointError>
+    where
+        T: Real,
+        P: AsRef<[T]> + AsMut<[T]>,
+        S: AsRef<[T]> + AsMut<[T]>,
+        O: AsRef<[T]> + AsMut<[T]>,
+        E: crate::train::samples::Stored<T>,
+    {
         if !trainer.needs_restore() {
             return Ok(Restore::NotNeeded);
         }
-        Ok(match self.restore_trainer(model, trainer)? {
-            Some(l) => Restore::Restored(l),
+        Ok(match self.restore_trainer_after(model, trainer, prefix)? {
+            Some(l) => {
+                trainer.restored();
+                Restore::Restored(l)
+            }
             None => Restore::NoCheckpoint,
         })
     }
 }
 
-fn trainer_layout<T, const D: usize, const CAP: usize, S, O, E>(
+/// The layout of a checkpoint of [`Checkpoints::save_trainer_after`]: the model of
+/// `shape`, the optimiser `kind`'s state over `scope`, and as extra bytes `prefix`
+/// bytes and the resume record of an `OnlineTrainer<T, D, CAP, S, O, E>`.
+pub const fn trainer_layout<T, const D: usize, const CAP: usize, S, O, E>(
     shape: &Shape,
-    trainer: &OnlineTrainer<T, D, CAP, S, O, E>,
+    scope: Scope,
+    kind: OptimKind,
+    prefix: usize,
 ) -> Layout
 where
     T: Real,
@@ -941,8 +1153,8 @@ where
     O: AsRef<[T]> + AsMut<[T]>,
     E: crate::train::samples::Stored<T>,
 {
-    let cfg = trainer.config();
-    Layout::new::<T>(*shape, cfg.scope, cfg.optim.optimiser.kind())
+    Layout::new::<T>(*shape, scope, kind)
+        .with_extra(prefix + OnlineTrainer::<T, D, CAP, S, O, E>::resume_len(shape))
 }
 
 /// Buffers bytes into [`CHUNK`]-sized writes from the start of a slot.

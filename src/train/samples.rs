@@ -52,14 +52,23 @@ impl<T: Real> Quant<T> {
 
 /// How a scalar `T` is stored in the memory.
 pub trait Stored<T>: Copy {
+    /// Bytes of one stored value in a checkpoint ([`SampleMemory::write_record`]).
+    const BYTES: usize;
     /// `x` as stored.
     fn store(x: T, q: &Quant<T>) -> Self;
     /// The stored value read back.
     fn load(self, q: &Quant<T>) -> T;
+    /// Byte `k` (little-endian, `k < BYTES`) of the stored value's exact bits.
+    fn byte(self, k: usize) -> u8;
+    /// The value with byte `k` of its bits replaced by `b`.
+    fn with_byte(self, k: usize, b: u8) -> Self;
+    /// The value of all-zero bits (a slot restored before its bytes arrive).
+    fn zero() -> Self;
 }
 
 /// Stored as itself (the quantisation is not used).
 impl<T: Real> Stored<T> for T {
+    const BYTES: usize = core::mem::size_of::<T>();
     #[inline(always)]
     fn store(x: T, _: &Quant<T>) -> Self {
         x
@@ -68,10 +77,54 @@ impl<T: Real> Stored<T> for T {
     fn load(self, _: &Quant<T>) -> T {
         self
     }
+    fn byte(self, k: usize) -> u8 {
+        real_byte(self, k)
+    }
+    fn with_byte(self, k: usize, b: u8) -> Self {
+        real_with_byte(self, k, b)
+    }
+    fn zero() -> Self {
+        T::zero()
+    }
+}
+
+/// The exact bits of a scalar `T` (`f32` or `f64`), widened to `u64`.
+fn real_bits<T: Real>(v: T) -> u64 {
+    if core::mem::size_of::<T>() == 8 {
+        v.to_f64().to_bits()
+    } else {
+        u64::from(v.to_f32().to_bits())
+    }
+}
+
+/// Byte `k` (little-endian) of `v`'s exact bits: how checkpoints store a scalar.
+pub(crate) fn real_byte<T: Real>(v: T, k: usize) -> u8 {
+    (real_bits(v).checked_shr(8 * k as u32).unwrap_or(0) & 0xFF) as u8
+}
+
+/// `v` with byte `k` (little-endian) of its bits replaced by `b`: the inverse of
+/// [`real_byte`], byte by byte.
+pub(crate) fn real_with_byte<T: Real>(v: T, k: usize, b: u8) -> T {
+    let shift = 8 * k as u32;
+    let mask = 0xFFu64.checked_shl(shift).unwrap_or(0);
+    let bits = (real_bits(v) & !mask) | u64::from(b).checked_shl(shift).unwrap_or(0);
+    if core::mem::size_of::<T>() == 8 {
+        T::of(f64::from_bits(bits))
+    } else {
+        T::of_f32(f32::from_bits(bits as u32))
+    }
+}
+
+/// `x` with byte `k` (little-endian) replaced by `b`.
+pub(crate) fn u64_with_byte(x: u64, k: usize, b: u8) -> u64 {
+    let shift = 8 * k as u32;
+    let mask = 0xFFu64.checked_shl(shift).unwrap_or(0);
+    (x & !mask) | u64::from(b).checked_shl(shift).unwrap_or(0)
 }
 
 /// One byte per value, by [`Quant`] (values outside its span are clamped to it).
 impl<T: Real> Stored<T> for u8 {
+    const BYTES: usize = 1;
     #[inline]
     fn store(x: T, q: &Quant<T>) -> Self {
         // `as` saturates (NaN to 0): no panic; + 0.5 and truncation round to nearest.
@@ -80,6 +133,15 @@ impl<T: Real> Stored<T> for u8 {
     #[inline]
     fn load(self, q: &Quant<T>) -> T {
         q.lo + q.step * T::of(f64::from(self))
+    }
+    fn byte(self, _: usize) -> u8 {
+        self
+    }
+    fn with_byte(self, _: usize, b: u8) -> Self {
+        b
+    }
+    fn zero() -> Self {
+        0
     }
 }
 
@@ -158,6 +220,74 @@ impl<E: Copy, const D: usize, const CAP: usize> SampleMemory<E, D, CAP> {
     /// Rows offered so far.
     pub fn seen(&self) -> u64 {
         self.seen
+    }
+}
+
+/// Bytes of the memory's record in a checkpoint: rows offered (8), the ring's next slot
+/// (4), rows held (4), then `CAP` rows of `D` values of `bytes` each (the slots not
+/// held written as zeros, so that the length does not depend on the contents).
+pub const fn record_len(d: usize, cap: usize, bytes: usize) -> usize {
+    16 + cap * d * bytes
+}
+
+impl<E: Copy, const D: usize, const CAP: usize> SampleMemory<E, D, CAP> {
+    /// Writes the memory's record ([`record_len`] bytes), in pieces, to `out`.
+    pub fn write_record<T>(&self, out: &mut dyn FnMut(&[u8]))
+    where
+        E: Stored<T>,
+    {
+        out(&self.seen.to_le_bytes());
+        out(&(self.next as u32).to_le_bytes());
+        out(&(self.rows.len() as u32).to_le_bytes());
+        let mut buf = [0u8; 8];
+        let n = E::BYTES.min(buf.len());
+        for slot in 0..CAP {
+            match self.rows.get(slot) {
+                Some(row) => {
+                    for &v in row {
+                        for (k, b) in buf.iter_mut().take(n).enumerate() {
+                            *b = v.byte(k);
+                        }
+                        out(&buf[..n]);
+                    }
+                }
+                None => {
+                    buf = [0; 8];
+                    for _ in 0..D {
+                        out(&buf[..n]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets byte `at` of the memory's record (bytes given in order, as
+    /// [`SampleMemory::write_record`] wrote them, rebuild the memory; a byte past the
+    /// record changes nothing).
+    pub fn set_record_byte<T>(&mut self, at: usize, b: u8)
+    where
+        E: Stored<T>,
+    {
+        match at {
+            0..8 => self.seen = u64_with_byte(self.seen, at, b),
+            8..12 => self.next = u64_with_byte(self.next as u64, at - 8, b) as usize,
+            12..16 => {
+                let len = u64_with_byte(self.rows.len() as u64, at - 12, b) as usize;
+                // A record of this memory holds at most `CAP` rows (clamped, not trusted).
+                let _ = self.rows.resize(len.min(CAP), [E::zero(); D]);
+            }
+            _ => {
+                let i = at - 16;
+                let (v, k) = (i / E::BYTES.max(1), i % E::BYTES.max(1));
+                let (row, col) = (v.checked_div(D), v.checked_rem(D));
+                let x = row
+                    .zip(col)
+                    .and_then(|(r, c)| self.rows.get_mut(r)?.get_mut(c));
+                if let Some(x) = x {
+                    *x = x.with_byte(k, b);
+                }
+            }
+        }
     }
 }
 

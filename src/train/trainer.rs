@@ -35,7 +35,10 @@ use crate::train::loss::{
     loss_and_grad, Batch, LossBuffers, LossConfig, LossError, LossParts, RandomDraws,
 };
 use crate::train::optim::{state_len, OptimConfig, OptimError, OptimKind, OptimState};
-use crate::train::samples::{load_row, Policy, Quant, SampleMemory, Stored};
+use crate::train::samples::{
+    load_row, real_byte, real_with_byte, record_len, u64_with_byte, Policy, Quant, SampleMemory,
+    Stored,
+};
 use crate::Real;
 use rand_core::Rng;
 
@@ -88,6 +91,20 @@ impl<T: Real> Default for Guard<T> {
             max_rejections: 8,
         }
     }
+}
+
+/// Bytes of an [`OnlineTrainer`]'s resume record ([`OnlineTrainer::write_resume`]) for
+/// `shape`, a memory of `cap` rows of `d` values of `value_bytes` each, and scalars of
+/// `scalar_bytes`: the memory's record, the marginal (`K` scalars), the guard (a scalar
+/// and two `u32`) and one byte.
+pub const fn resume_len(
+    shape: &Shape,
+    d: usize,
+    cap: usize,
+    value_bytes: usize,
+    scalar_bytes: usize,
+) -> usize {
+    record_len(d, cap, value_bytes) + (shape.clusters + 1) * scalar_bytes + 9
 }
 
 /// The guard's running state: the average of accepted monitored losses, how many
@@ -575,6 +592,73 @@ where
         self.steps = steps;
         self.centres_ready = !self.cfg.init_centres || steps > warm;
         self.restored();
+    }
+
+    /// Bytes of the trainer's resume record for `shape` ([`OnlineTrainer::write_resume`]).
+    pub const fn resume_len(shape: &Shape) -> usize {
+        resume_len(shape, D, CAP, E::BYTES, core::mem::size_of::<T>())
+    }
+
+    /// Writes the trainer's resume record, in pieces, to `out`: what a checkpoint needs
+    /// beyond the model, the optimiser state and the step counters for the trainer to
+    /// go on exactly as if it had never stopped — the memory of past samples
+    /// ([`SampleMemory::write_record`]), the cluster marginal, the divergence guard's
+    /// state and whether the centres are initialised. [`OnlineTrainer::resume_len`]
+    /// bytes; scalars as their exact little-endian bits.
+    pub fn write_resume(&self, shape: &Shape, out: &mut dyn FnMut(&[u8])) {
+        self.samples.write_record::<T>(out);
+        let mut put = |v: T| {
+            let mut b = [0u8; 8];
+            let n = core::mem::size_of::<T>().min(8);
+            for (k, x) in b.iter_mut().take(n).enumerate() {
+                *x = real_byte(v, k);
+            }
+            out(&b[..n]);
+        };
+        for k in 0..shape.clusters {
+            put(self.marginal(shape).get(k).copied().unwrap_or_else(T::zero));
+        }
+        put(self.guard.loss_avg);
+        out(&self.guard.armed.to_le_bytes());
+        out(&self.guard.rejected.to_le_bytes());
+        out(&[u8::from(self.centres_ready)]);
+    }
+
+    /// Sets byte `at` of the resume record: all of a record's bytes, in order, restore
+    /// what [`OnlineTrainer::write_resume`] wrote (then [`OnlineTrainer::resume_exact`]
+    /// sets the step count). A byte past the record changes nothing.
+    pub fn set_resume_byte(&mut self, shape: &Shape, at: usize, b: u8) {
+        let mem = record_len(D, CAP, E::BYTES);
+        let w = core::mem::size_of::<T>();
+        let k = shape.clusters;
+        if at < mem {
+            self.samples.set_record_byte::<T>(at, b);
+            return;
+        }
+        let at = at - mem;
+        if at < k * w {
+            let n = shape.scope_range(self.cfg.scope).len();
+            if let Some(v) = self.scratch.as_mut().get_mut(n + at / w) {
+                *v = real_with_byte(*v, at % w, b);
+            }
+            return;
+        }
+        let g = &mut self.guard;
+        match at - k * w {
+            i if i < w => g.loss_avg = real_with_byte(g.loss_avg, i, b),
+            i if i < w + 4 => g.armed = u64_with_byte(g.armed.into(), i - w, b) as u32,
+            i if i < w + 8 => g.rejected = u64_with_byte(g.rejected.into(), i - w - 4, b) as u32,
+            i if i == w + 8 => self.centres_ready = b != 0,
+            _ => {}
+        }
+    }
+
+    /// Continues from a checkpoint taken after `steps` steps whose resume record was
+    /// restored ([`OnlineTrainer::set_resume_byte`]): the next step is the one that
+    /// would have followed, the same bits. Unlike [`OnlineTrainer::resume`], the guard
+    /// keeps the record's state.
+    pub fn resume_exact(&mut self, steps: u32) {
+        self.steps = steps;
     }
 
     /// The optimiser state (to checkpoint it).

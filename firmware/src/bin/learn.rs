@@ -8,10 +8,10 @@
 //! compiled-in model at boot), the trainer's scratch and optimiser state sized for Full
 //! scope with Adam, a flash slot for checkpoints, and UART0 as its transport.
 //!
-//! Checkpoints (`hvae::store::checkpoint`: weights, optimiser state and step counts, two slots,
-//! power-cut safe) go to memory.x's `CKPT` region (two slots of the Full + Adam size,
-//! through `board::FlashRegion`). At boot the newest valid checkpoint's weights replace
-//! the compiled-in ones.
+//! Checkpoints (`hvae::store::checkpoint`: weights, optimiser state, step counts and the
+//! trainer's memory, two slots, power-cut safe) go to memory.x's `CKPT` region (two slots
+//! of the Full + Adam size, through `board::FlashRegion`). At boot the newest valid
+//! checkpoint's training resumes (or its weights replace the compiled-in ones).
 #![no_std]
 #![no_main]
 
@@ -82,7 +82,7 @@ fn main() -> ! {
     let crc = learner.crc();
     match restored {
         Ok(Some(seq)) => defmt::info!(
-            "learn: weights of checkpoint {=u32}, CRC {=u32:#010x}, {=usize} bytes of training buffers; serving on UART0",
+            "learn: checkpoint {=u32} restored, CRC {=u32:#010x}, {=usize} bytes of training buffers; serving on UART0",
             seq,
             crc,
             buffers

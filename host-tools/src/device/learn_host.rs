@@ -4,8 +4,8 @@
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
-    checkpoint_slot_len, optim_len, scratch_len_with, scratch_optim_len, Engine, Store, Transport,
-    CAP, LEARN, SCRATCH_MEM,
+    checkpoint_slot_len_with, optim_len, scratch_len_with, scratch_optim_len, Engine, Store,
+    Transport, CAP, LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{Request, Response};
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
@@ -85,19 +85,24 @@ pub struct HostStore {
 impl HostStore {
     /// A store sized as the `learn` program's for `shape`.
     pub fn new(shape: &Shape) -> Result<HostStore, String> {
-        Self::with_memory(shape, CAP, optim_len(shape))
+        Self::with_memory(shape, CAP, 4, optim_len(shape))
     }
 
     /// A store sized as the `learn_scratch` program's for `shape`: a trainer that
     /// remembers [`SCRATCH_MEM`] samples, and SGD's momentum (not Adam's moments).
     pub fn scratch(shape: &Shape) -> Result<HostStore, String> {
-        Self::with_memory(shape, SCRATCH_MEM, scratch_optim_len(shape))
+        Self::with_memory(shape, SCRATCH_MEM, 1, scratch_optim_len(shape))
     }
 
-    /// A store sized for `shape`, a trainer that remembers `mem` samples and `optim`
-    /// scalars of optimiser state.
-    fn with_memory(shape: &Shape, mem: usize, optim: usize) -> Result<HostStore, String> {
-        let slot = checkpoint_slot_len::<RamFlash>(shape);
+    /// A store sized for `shape`, a trainer that remembers `mem` samples of
+    /// `value_bytes` per value, and `optim` scalars of optimiser state.
+    fn with_memory(
+        shape: &Shape,
+        mem: usize,
+        value_bytes: usize,
+        optim: usize,
+    ) -> Result<HostStore, String> {
+        let slot = checkpoint_slot_len_with::<RamFlash>(shape, mem, value_bytes);
         let flash = RamFlash(vec![0xFF; 2 * slot]);
         let checkpoints = Checkpoints::new(flash, 0, slot as u32)
             .map_err(|e| format!("checkpoint slots: {e:?}"))?;
