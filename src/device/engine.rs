@@ -258,7 +258,7 @@ where
             return Err(ErrorCode::Unsupported);
         }
         if let Some(t) = self.trainer.as_ref() {
-            let prefix = resume_prefix(self.settings.as_ref(), &mut self.rng)?;
+            let prefix = resume_prefix(self.settings.as_ref(), &mut self.rng, true)?;
             let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
             return c
                 .save_trainer_after(&self.model, t, &prefix)
@@ -631,7 +631,8 @@ where
                     self.crc = None;
                     if r.steps % CHECKPOINT_EVERY == 0 {
                         if let Some(c) = self.store.checkpoints() {
-                            let prefix = resume_prefix(self.settings.as_ref(), &mut self.rng)?;
+                            let prefix =
+                                resume_prefix(self.settings.as_ref(), &mut self.rng, false)?;
                             c.save_trainer_after(&self.model, t, &prefix)
                                 .map_err(|_| ErrorCode::Storage)?;
                         }
@@ -670,14 +671,19 @@ const SETTINGS_BYTES: usize = RESUME_PREFIX - 32;
 
 /// The engine's part of a checkpoint of its trainer ([`RESUME_PREFIX`] bytes, before the
 /// trainer's record): the training settings (a length byte and their postcard
-/// encoding), then a seed of 32 bytes drawn from the generator, which is re-seeded with
-/// it (`rng` afterwards: `Xoshiro256PlusPlus::from_seed(seed)`). The generator's state
-/// cannot be read out, so a checkpoint forks it instead: a run that resumes from the
-/// checkpoint draws what the run that saved it draws next. `Internal` without settings
-/// (no training) or when they do not fit.
+/// encoding), then a seed of 32 bytes for the generator of a resumed run
+/// (`Xoshiro256PlusPlus::from_seed(seed)`). The generator's state cannot be read out, so
+/// with `fork` (a `Checkpoint` request, between two requests) the seed is drawn from the
+/// generator and the generator re-seeded with it: a run that resumes from that
+/// checkpoint draws what the run that saved it draws next. Without (a periodic save, in
+/// the middle of a request), the seed comes from a copy and the generator goes on
+/// undisturbed: a run's bits do not depend on its periodic saves, and one resumed from
+/// such a save draws its own stream. `Internal` without settings (no training) or when
+/// they do not fit.
 fn resume_prefix(
     settings: Option<&TrainSettings>,
     rng: &mut Xoshiro256PlusPlus,
+    fork: bool,
 ) -> Result<[u8; RESUME_PREFIX], ErrorCode> {
     let settings = settings.ok_or(ErrorCode::Internal)?;
     let mut out = [0u8; RESUME_PREFIX];
@@ -687,8 +693,12 @@ fn resume_prefix(
         .map_err(|_| ErrorCode::Internal)?
         .len();
     *len = saturate_u8(n);
-    rng.fill_bytes(seed);
-    *rng = Xoshiro256PlusPlus::from_seed(seed.try_into().map_err(|_| ErrorCode::Internal)?);
+    if fork {
+        rng.fill_bytes(seed);
+        *rng = Xoshiro256PlusPlus::from_seed(seed.try_into().map_err(|_| ErrorCode::Internal)?);
+    } else {
+        rng.clone().fill_bytes(seed);
+    }
     Ok(out)
 }
 

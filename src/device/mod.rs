@@ -42,10 +42,12 @@
 //! weights alone when no training is under way. When the divergence guard has rejected
 //! too many steps in a row, it restores the last checkpoint (the memory too, so the
 //! samples that diverged are gone). At boot, [`Engine::restore`] resumes the training
-//! of the newest checkpoint where it stopped — the next `TrainBatch` without settings
-//! takes the very steps it would have taken without the reset — or puts its weights
-//! back. A save forks the generator (it draws the seed it stores and goes on from it),
-//! so a run's bits depend on when it checkpointed, the same on every device. A checkpoint of one (scope, optimiser) does not
+//! of the newest checkpoint where it stopped, or puts its weights back. After a
+//! `Checkpoint` request the next `TrainBatch` without settings takes the very steps it
+//! would have taken without the reset (the request forks the generator: it draws the
+//! seed it stores and goes on from it); a periodic save leaves the generator alone (a
+//! run's bits do not depend on it), and a run resumed from it draws a stream of its
+//! own. A checkpoint of one (scope, optimiser) does not
 //! count as valid for another, so the first save after a change of scope may overwrite
 //! the newest checkpoint of the old scope. An engine that does not train ([`INFER`])
 //! saves loaded weights at once, as an inference device writes a load into flash; one
