@@ -15,6 +15,7 @@ use crate::protocol::{
 };
 use crate::shape::{Scope, Shape};
 use crate::store::checkpoint::{trainer_layout, Checkpoints, Layout, Loaded, Restore};
+use crate::store::record::Record;
 use crate::train::centres::{
     in_use, CentreCounts, SpawnRule, Spawner, Tidied, MAX_ONLINE_CLUSTERS,
 };
@@ -251,8 +252,9 @@ where
         }
     }
 
-    /// Saves a checkpoint: with the trainer's optimiser state and step counts while
-    /// training, else the weights alone.
+    /// Saves a checkpoint: the weights, and what the training under way needs to resume
+    /// (a trainer's optimiser state, step counts and record; online k-means' counts,
+    /// spawner and tracker).
     fn checkpoint(&mut self) -> Result<(), ErrorCode> {
         if self.store.checkpoints().is_none() {
             return Err(ErrorCode::Unsupported);
@@ -265,30 +267,70 @@ where
                 .map(|_| ())
                 .map_err(|_| ErrorCode::Storage);
         }
-        let layout = Layout::new::<f32>(*self.model.shape(), WEIGHTS_ONLY.0, WEIGHTS_ONLY.1);
+        let shape = *self.model.shape();
+        let weights = Layout::new::<f32>(shape, WEIGHTS_ONLY.0, WEIGHTS_ONLY.1);
         self.staging = None;
         let (_, zeros) = self
             .store
-            .take(0, layout.state())
+            .take(0, weights.state())
             .ok_or(ErrorCode::Internal)?;
+        // Online k-means: its settings, counts, spawner and tracker after the weights.
+        if let Some((counts, spawner)) = self.kmeans.as_ref() {
+            let prefix = resume_prefix(self.settings.as_ref(), &mut self.rng, false)?;
+            let layout = weights.with_extra(Self::KMEANS_EXTRA);
+            let tracker = self.tracker.as_ref();
+            let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
+            return c
+                .save_with_extra(
+                    &layout,
+                    self.model.params(),
+                    zeros.as_ref(),
+                    0,
+                    counts.updates(),
+                    &mut |out| {
+                        out(&prefix);
+                        counts.put(out);
+                        spawner.put(out);
+                        match tracker {
+                            Some(t) => t.put(out),
+                            None => Tracker::<D>::new(1.0).put(out),
+                        }
+                    },
+                )
+                .map(|_| ())
+                .map_err(|_| ErrorCode::Storage);
+        }
         let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
-        c.save(&layout, self.model.params(), zeros.as_ref(), 0, 0)
+        c.save(&weights, self.model.params(), zeros.as_ref(), 0, 0)
             .map(|_| ())
             .map_err(|_| ErrorCode::Storage)
     }
 
+    /// Extra bytes of a checkpoint of online k-means: the settings prefix, the centres'
+    /// counts, the spawner's memory and the normalisation tracker.
+    const KMEANS_EXTRA: usize =
+        RESUME_PREFIX + CentreCounts::LEN + Spawner::LEN + Tracker::<D>::LEN;
+
     /// At boot: the newest valid checkpoint of any layout, if there is one. One saved
-    /// while training ([`Engine`]'s checkpoints of a trainer: its settings, generator,
-    /// optimiser state, step count and memory of past samples) resumes that training
-    /// exactly where it stopped: the next `TrainBatch` without settings goes on as if
-    /// there had been no reset (a `SegmenterAndNormalisation` training restarts its
-    /// normalisation tracker from the saved normalisation). Any other puts its weights
-    /// back. Returns the checkpoint's sequence number.
+    /// while training resumes that training where it stopped: a trainer (its settings,
+    /// generator seed, optimiser state, step count and memory of past samples; a
+    /// `SegmenterAndNormalisation` trainer restarts its normalisation tracker from the
+    /// saved normalisation) or online k-means (its settings, the centres' counts, the
+    /// spawner's memory of novelty and the tracker). The next `TrainBatch` without
+    /// settings goes on as if there had been no reset. Any other checkpoint puts its
+    /// weights back. Returns the checkpoint's sequence number.
     pub fn restore(&mut self) -> Result<Option<u32>, ErrorCode> {
         let shape = *self.model.shape();
         // Checkpoints of a trainer, and of weights (or of a trainer from before the
         // resume record) without extra bytes.
         let mut best: Option<(Loaded, Layout)> = None;
+        let kmeans = Layout::new::<f32>(shape, WEIGHTS_ONLY.0, WEIGHTS_ONLY.1)
+            .with_extra(Self::KMEANS_EXTRA);
+        if let Some(c) = self.store.checkpoints() {
+            if let Some(l) = c.newest(&kmeans).map_err(|_| ErrorCode::Storage)? {
+                best = Some((l, kmeans));
+            }
+        }
         for (scope, kind) in LAYOUTS {
             let layouts = [
                 trainer_layout::<f32, D, MEM, S::Buf, S::Buf, E>(
@@ -319,7 +361,10 @@ where
         self.tracker = None;
         self.kmeans = None;
         self.staging = None;
-        if layout.extra() > 0 && self.resume(&layout, &found)? {
+        if layout == kmeans && self.resume_kmeans(&layout)? {
+            return Ok(Some(found.seq));
+        }
+        if layout != kmeans && layout.extra() > 0 && self.resume(&layout, &found)? {
             return Ok(Some(found.seq));
         }
         let (_, mut state) = self
@@ -331,6 +376,64 @@ where
             .map_err(|_| ErrorCode::Storage)?;
         self.crc = None;
         Ok(Some(found.seq))
+    }
+
+    /// Resumes the online k-means of the newest checkpoint of `layout` (weights,
+    /// settings, counts, spawner, tracker). `false` (nothing resumed) when the settings
+    /// do not start online k-means here.
+    fn resume_kmeans(&mut self, layout: &Layout) -> Result<bool, ErrorCode> {
+        let c = self.store.checkpoints().ok_or(ErrorCode::Internal)?;
+        let Some(found) = c.newest(layout).map_err(|_| ErrorCode::Storage)? else {
+            return Ok(false);
+        };
+        let mut prefix = [0u8; RESUME_PREFIX];
+        c.read_extra(layout, &found, 0, &mut prefix)
+            .map_err(|_| ErrorCode::Storage)?;
+        let Some((settings, _)) = read_resume_prefix(&prefix) else {
+            return Ok(false);
+        };
+        if self.start(&settings).is_err() || self.kmeans.is_none() {
+            self.kmeans = None;
+            self.settings = None;
+            self.tracker = None;
+            return Ok(false);
+        }
+        let (_, mut zeros) = self
+            .store
+            .take(0, layout.state())
+            .ok_or(ErrorCode::Internal)?;
+        let Engine {
+            store,
+            model,
+            kmeans,
+            tracker,
+            ..
+        } = self;
+        let (counts, spawner) = kmeans.as_mut().ok_or(ErrorCode::Internal)?;
+        let c = store.checkpoints().ok_or(ErrorCode::Internal)?;
+        let (nc, ns) = (CentreCounts::LEN, Spawner::LEN);
+        let loaded = c
+            .load_with_extra(
+                layout,
+                model.params_mut(),
+                zeros.as_mut(),
+                &mut |at, b| match at.checked_sub(RESUME_PREFIX) {
+                    Some(i) if i < nc => counts.set(i, b),
+                    Some(i) if i < nc + ns => spawner.set(i - nc, b),
+                    Some(i) => {
+                        if let Some(t) = tracker.as_mut() {
+                            t.set(i - nc - ns, b);
+                        }
+                    }
+                    None => {}
+                },
+            )
+            .map_err(|_| ErrorCode::Storage)?;
+        if loaded.is_none() {
+            return Err(ErrorCode::Storage);
+        }
+        self.crc = None;
+        Ok(true)
     }
 
     /// Resumes the training of the checkpoint `found` of a trainer: its settings start
@@ -442,6 +545,7 @@ where
                 count: spawn_count,
             };
             self.kmeans = Some((CentreCounts::new(f32::from(memory)), Spawner::new(rule)));
+            self.settings = Some(*s);
         } else {
             let mut cfg = config_with_memory(s, MEM).ok_or(ErrorCode::Train)?;
             cfg.quant = quant_of::<D, P>(&self.model).ok_or(ErrorCode::Train)?;

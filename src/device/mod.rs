@@ -38,8 +38,10 @@
 //! sequence number, CRC, commit word), the engine saves every [`CHECKPOINT_EVERY`] steps
 //! and on `Checkpoint` what its training needs to go on: the weights, the optimiser
 //! state, the step counts, the trainer's resume record (memory of past samples,
-//! marginal, guard) and its own settings and generator seed ([`RESUME_PREFIX`]); the
-//! weights alone when no training is under way. When the divergence guard has rejected
+//! marginal, guard) and its own settings and generator seed ([`RESUME_PREFIX`]); for
+//! online k-means the weights, the settings, the centres' counts, the spawner's memory
+//! of novelty and the normalisation tracker ([`crate::store::record`]); the weights
+//! alone when no training is under way. When the divergence guard has rejected
 //! too many steps in a row, it restores the last checkpoint (the memory too, so the
 //! samples that diverged are gone). At boot, [`Engine::restore`] resumes the training
 //! of the newest checkpoint where it stopped, or puts its weights back. After a

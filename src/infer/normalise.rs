@@ -149,6 +149,17 @@ pub struct Tracker<const D: usize> {
     rows: u32,
 }
 
+/// The running statistics, the forgetting factor and the rows seen.
+impl<const D: usize> crate::store::record::Record for Tracker<D> {
+    crate::store::record::fields_record!(
+        mean: [f32; D],
+        var: [f32; D],
+        peak: [f32; D],
+        decay: f32,
+        rows: u32,
+    );
+}
+
 impl<const D: usize> Tracker<D> {
     /// A tracker with no rows yet, forgetting with `decay` per row (in `(0, 1]`; `1`
     /// never forgets; values outside are clamped into it).

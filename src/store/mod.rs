@@ -5,6 +5,8 @@
 //! |---|---|
 //! | [`blob`] | the versioned weight blob (wire, flash, files) |
 //! | [`checkpoint`] | weights, optimiser state and step counts in two slots of NOR flash |
+//! | [`record`] | fixed-length byte records of the state a checkpoint keeps beside them |
 
 pub mod blob;
 pub mod checkpoint;
+pub mod record;

@@ -52,6 +52,16 @@ pub struct CentreCounts {
     updates: u32,
 }
 
+/// The counts, the samples each centre last took, the memory and the updates.
+impl crate::store::record::Record for CentreCounts {
+    crate::store::record::fields_record!(
+        counts: [f32; MAX_ONLINE_CLUSTERS],
+        last: [u32; MAX_ONLINE_CLUSTERS],
+        memory: f32,
+        updates: u32,
+    );
+}
+
 impl CentreCounts {
     /// Counts for the centres of a trained model: each starts with a full `memory`
     /// (at least 1; a NaN memory becomes 1).
@@ -365,6 +375,19 @@ pub struct Spawner {
     len: usize,
     next: usize,
     spawned: u32,
+}
+
+/// The memory of novelty (flags, novel directions, counters); not the rule, which comes
+/// from the settings.
+impl crate::store::record::Record for Spawner {
+    crate::store::record::fields_record!(
+        flags: u128,
+        seen: u8,
+        novel: [[f32; MAX_SPAWN_LATENT]; NOVEL_CAP],
+        len: usize,
+        next: usize,
+        spawned: u32,
+    );
 }
 
 impl Spawner {
