@@ -61,6 +61,20 @@ pub fn uniform<T: Real, R: Rng + ?Sized>(rng: &mut R) -> T {
     }
 }
 
+/// Uniform index in `0..n` from one 32-bit word (Lemire's multiply-shift: the bias is
+/// below `n / 2^32`); 0 when `n` is 0. Used by the trainers and the host's shuffles.
+#[inline]
+pub fn uniform_index<R: Rng + ?Sized>(rng: &mut R, n: usize) -> usize {
+    ((u64::from(rng.next_u32()) * n as u64) >> 32) as usize
+}
+
+/// [`uniform_index`] from one 64-bit word (bias below `n / 2^64`), as k-means++ draws
+/// its centres.
+#[inline]
+pub fn uniform_index_u64<R: Rng + ?Sized>(rng: &mut R, n: usize) -> usize {
+    ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize
+}
+
 /// `(k + 1/2) 2^-23` in `f32` arithmetic, for `k < 2^23`: every step is exact (`k` and
 /// `k + 1/2` fit the 24-bit significand, the scaling is a power of two), so it is the
 /// same value as in `f64`, without the software double precision a Cortex-M pays.

@@ -59,14 +59,15 @@
 //! }
 //! ```
 
+use crate::dist::rng::uniform_index;
 use crate::infer::model::{Model, Segment};
 use crate::shape::{Scope, Shape};
 use crate::train::kmeans::{scratch_len as kmeans_scratch_len, spherical_kmeans};
 use crate::train::loss::{cache_len, segmenter_loss_and_grad, Batch};
 use crate::train::optim::{state_len, OptimState};
 use crate::train::trainer::{
-    nearest_neighbour, uniform_index, Consistency, GuardState, Phase, StepReport, TrainConfig,
-    TrainError, MAX_BATCH,
+    nearest_neighbour, Consistency, GuardState, Phase, StepReport, TrainConfig, TrainError,
+    MAX_BATCH,
 };
 use crate::Real;
 use heapless::HistoryBuf;

@@ -47,6 +47,7 @@
 //! `k dim` divisions for the centres, and, per empty cluster, one more pass of
 //! `2 n dim`; at most `max_iter + 1` assignment passes.
 
+use crate::dist::rng::uniform_index_u64;
 use crate::Real;
 use rand_core::Rng;
 
@@ -133,12 +134,6 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 #[inline]
 fn norm<T: Real>(a: &[T]) -> T {
     dot(a, a).sqrt()
-}
-
-/// Uniform index in `0..n` (`n >= 1`) from one `next_u64` (multiply-shift; the bias is
-/// below `n / 2^64`).
-fn uniform_index<R: Rng + ?Sized>(rng: &mut R, n: usize) -> usize {
-    ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize
 }
 
 /// Uniform in `[0, 1)` as `f64` (53 random bits).
@@ -316,7 +311,7 @@ fn seed<T: Real, R: Rng + ?Sized>(
     let zero = T::zero();
     let one = T::one();
     let trials = local_trials(k).min(MAX_TRIALS);
-    let first = uniform_index(rng, n);
+    let first = uniform_index_u64(rng, n);
     set_direction(centre_mut(centres, dim, 0), row(points, dim, first));
     labels.fill(0);
     // Weight of a point: 1 - cos to its nearest chosen centre (unit), clamped at 0.
@@ -340,7 +335,7 @@ fn seed<T: Real, R: Rng + ?Sized>(
         }
         if total <= zero {
             // Every point sits on a chosen centre: any point will do.
-            let pick = uniform_index(rng, n);
+            let pick = uniform_index_u64(rng, n);
             set_direction(centre_mut(centres, dim, j), row(points, dim, pick));
             continue;
         }

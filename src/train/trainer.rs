@@ -25,6 +25,7 @@
 //! k-means run. Nothing depends on the data's values except the posterior sampler's
 //! capped rejection loop.
 
+use crate::dist::rng::uniform_index;
 use crate::infer::model::{copy_over, InferError, Model};
 use crate::infer::views::{carve, prefix, prefix_mut};
 use crate::shape::{Scope, Shape};
@@ -931,11 +932,6 @@ fn clip_row<T: Real, P: AsRef<[T]>>(model: &Model<T, P>, row: &mut [T], c: T) {
             *x = o - c / s;
         }
     }
-}
-
-/// Uniform index in `0..n` (Lemire's multiply-shift; bias below `n / 2^32`).
-pub(crate) fn uniform_index<R: Rng>(rng: &mut R, n: usize) -> usize {
-    ((rng.next_u32() as u64 * n as u64) >> 32) as usize
 }
 
 /// One of the `nn` nearest rows to row `a` by cosine (excluding `a`), drawn uniformly.
