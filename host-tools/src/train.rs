@@ -13,6 +13,7 @@
 //! (`batch` rows in all). Warm-up steps train the VAE alone on `batch` anchors with no
 //! pairs. Deterministic: the seed fixes every random number.
 
+use hvae::dist::rng::uniform_index;
 use hvae::shape::{Scope, Shape, TensorId};
 use hvae::train::kmeans::{scratch_len, spherical_kmeans};
 use hvae::train::loss::{loss_and_grad, Batch, LossBuffers, LossConfig, LossParts, RandomDraws};
@@ -988,10 +989,6 @@ fn init_centres(
     }
     set_centres(model, &best);
     Ok(())
-}
-
-fn uniform_index(rng: &mut impl Rng, n: usize) -> usize {
-    ((rng.next_u32() as u64 * n as u64) >> 32) as usize
 }
 
 /// Fisher-Yates.
