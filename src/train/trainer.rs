@@ -579,22 +579,6 @@ where
         self.guard.restored();
     }
 
-    /// Continues the schedule from a checkpoint taken after `steps` steps (the model and
-    /// optimiser having been restored from it, e.g. by
-    /// [`crate::store::checkpoint::Checkpoints::restore_trainer`]): past the warm-up, the centres
-    /// count as initialised, since they are part of the restored model. Also clears the
-    /// rejection count and re-arms the guard ([`OnlineTrainer::restored`]).
-    pub fn resume(&mut self, steps: u32) {
-        let warm = if self.cfg.scope == Scope::SegmenterOnly {
-            0
-        } else {
-            self.cfg.warmup_steps
-        };
-        self.steps = steps;
-        self.centres_ready = !self.cfg.init_centres || steps > warm;
-        self.restored();
-    }
-
     /// Bytes of the trainer's resume record for `shape` ([`OnlineTrainer::write_resume`]).
     pub const fn resume_len(shape: &Shape) -> usize {
         resume_len(shape, D, CAP, E::BYTES, core::mem::size_of::<T>())
@@ -656,8 +640,7 @@ where
 
     /// Continues from a checkpoint taken after `steps` steps whose resume record was
     /// restored ([`OnlineTrainer::set_resume_byte`]): the next step is the one that
-    /// would have followed, the same bits. Unlike [`OnlineTrainer::resume`], the guard
-    /// keeps the record's state.
+    /// would have followed, the same bits (the guard keeps the record's state).
     pub fn resume_exact(&mut self, steps: u32) {
         self.steps = steps;
     }
