@@ -7,6 +7,7 @@
 //! | [`portable::dense_i8`] | every target | the int8 layer: `i32` dot products of int8 weights and activations, requantised by a fixed-point multiplier and shift |
 //! | `m4f` (private) | `f32` on bare-metal Arm with a hard-float ABI (`thumbv7em-none-eabihf`: the Cortex-M4F) | assembly: `vldm` of eight values, `vmla.f32` |
 //! | `m4f` (private), int8 | the same targets (Armv7E-M: the DSP extension comes with the M4F's FPU) | assembly: `sxtb16` and `smlad` (two 16-bit products per instruction), two rows at a time |
+//! | `m0` (private), int8 | bare-metal Arm without a hard-float ABI (`thumbv6m-none-eabi`: the Cortex-M0; Thumb-1 runs on every M-profile core) | assembly: `ldrsb`, `muls` and `add` per product, four rows at a time; the requantisation with 32-bit multiplies |
 //!
 //! [`dense_forward`], [`dense_forward2`] and [`dense_backward`] choose the kernel for
 //! the target and the scalar type; every kernel computes the same floating-point
@@ -28,6 +29,9 @@ pub mod portable;
 #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
 mod m4f;
 
+#[cfg(all(target_arch = "arm", target_abi = "eabi", target_os = "none"))]
+mod m0;
+
 /// The name of the `f32` dense kernel this build runs: `"portable"` or `"arm-vfp-asm"`.
 pub const KERNEL: &str = if cfg!(all(
     target_arch = "arm",
@@ -39,13 +43,20 @@ pub const KERNEL: &str = if cfg!(all(
     "portable"
 };
 
-/// The name of the int8 dense kernel this build runs: `"portable"` or `"arm-dsp-asm"`.
+/// The name of the int8 dense kernel this build runs: `"portable"`, `"arm-dsp-asm"` or
+/// `"thumb1-asm"`.
 pub const KERNEL_I8: &str = if cfg!(all(
     target_arch = "arm",
     target_abi = "eabihf",
     target_os = "none"
 )) {
     "arm-dsp-asm"
+} else if cfg!(all(
+    target_arch = "arm",
+    target_abi = "eabi",
+    target_os = "none"
+)) {
+    "thumb1-asm"
 } else {
     "portable"
 };
@@ -149,7 +160,13 @@ pub fn dense_backward<T: Real>(
 pub fn dense_i8(w: &[i8], x: &[i8], ch: &[portable::Channel], y: &mut [i8], min: i8) {
     #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
     return m4f::dense_i8(w, x, ch, y, min);
-    #[cfg(not(all(target_arch = "arm", target_abi = "eabihf", target_os = "none")))]
+    #[cfg(all(target_arch = "arm", target_abi = "eabi", target_os = "none"))]
+    return m0::dense_i8(w, x, ch, y, min);
+    #[cfg(not(all(
+        target_arch = "arm",
+        any(target_abi = "eabihf", target_abi = "eabi"),
+        target_os = "none"
+    )))]
     portable::dense_i8(w, x, ch, y, min)
 }
 
@@ -160,7 +177,13 @@ pub fn dense_i8(w: &[i8], x: &[i8], ch: &[portable::Channel], y: &mut [i8], min:
 pub fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut [f32]) {
     #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
     return m4f::dense_i8_dequant(w, x, bias, scale, y);
-    #[cfg(not(all(target_arch = "arm", target_abi = "eabihf", target_os = "none")))]
+    #[cfg(all(target_arch = "arm", target_abi = "eabi", target_os = "none"))]
+    return m0::dense_i8_dequant(w, x, bias, scale, y);
+    #[cfg(not(all(
+        target_arch = "arm",
+        any(target_abi = "eabihf", target_abi = "eabi"),
+        target_os = "none"
+    )))]
     portable::dense_i8_dequant(w, x, bias, scale, y)
 }
 

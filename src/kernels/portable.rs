@@ -513,6 +513,36 @@ pub fn requantize(acc: i32, mult: i32, shift: u32, min: i8) -> i8 {
     q.max(i64::from(min)).min(127) as i8
 }
 
+/// [`requantize`] with 32-bit multiplies only (the Cortex-M0 has no 64-bit product):
+/// the same value for every input.
+///
+/// For `mult >= 0` and `shift` in `33..=62` (what [`quantize_multiplier`] gives; other
+/// channels take [`requantize`]): the high word `hi = floor(acc mult / 2^32)` from the
+/// four products of the 16-bit halves (`acc = a_h 2^16 + a_l`, `mult = m_h 2^16 + m_l`,
+/// `a_l` and `m_l` unsigned): `hi = a_h m_h + floor((a_h m_l + a_l m_h + floor(a_l m_l /
+/// 2^16)) / 2^16)`, every term and partial sum inside `i32` or `u32`; then `q =
+/// ((hi >> (shift - 33)) + 1) >> 1`, which is `floor((p + 2^(shift - 1)) / 2^shift)`
+/// for `p = acc mult` (the low word cannot change it: `shift > 32`), and the clamp.
+///
+/// [`quantize_multiplier`]: crate::infer::quant::quantize_multiplier
+#[inline(always)]
+pub fn requantize_narrow(acc: i32, mult: i32, shift: u32, min: i8) -> i8 {
+    if mult < 0 || !(33..=62).contains(&shift) {
+        return requantize(acc, mult, shift, min);
+    }
+    let (al, ah) = (acc as u32 & 0xFFFF, acc >> 16);
+    let (ml, mh) = (mult as u32 & 0xFFFF, mult >> 16);
+    // |a_h m_l| < 2^31; a_l m_h + (a_l m_l >> 16) <= 2^31 - 2^15; a_h m_h < 2^30; the
+    // low half of a_h m_l plus that sum is below 2^32 (unsigned).
+    let ll = al * ml;
+    let m1 = ah * ml as i32;
+    let m2 = al * mh as u32 + (ll >> 16);
+    let carry = ((m1 as u32 & 0xFFFF) + m2) >> 16;
+    let hi = ah * mh + (m1 >> 16) + carry as i32;
+    let q = ((hi >> (shift - 33)) + 1) >> 1;
+    q.max(i32::from(min)).min(127) as i8
+}
+
 /// `bias + sum_j w_j x_j` in `i32`, in input order, with wrapping additions (the int8
 /// export keeps `|bias| <= 2^30` and at most `2^16` inputs, so no sum wraps; see
 /// docs/design.md). Four products per iteration.
@@ -563,6 +593,80 @@ pub fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requantize_narrow_is_requantize() {
+        // Extremes and random accumulators, multipliers and shifts (every shift 0..=63,
+        // negative multipliers: the fallback), every clamp.
+        let mut seed = 0x9e37_79b9u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let edges = [
+            i32::MIN,
+            i32::MIN + 1,
+            -65537,
+            -65536,
+            -65535,
+            -1,
+            0,
+            1,
+            65535,
+            65536,
+            i32::MAX,
+        ];
+        let mults = [
+            0,
+            1,
+            0xFFFF,
+            0x1_0000,
+            1 << 30,
+            (1 << 30) + 12345,
+            i32::MAX,
+            -1,
+            i32::MIN,
+        ];
+        let mut n = 0;
+        for &acc in &edges {
+            for &m in &mults {
+                for s in 0..64 {
+                    for min in [0i8, -127, -128, 5, 127] {
+                        assert_eq!(
+                            requantize_narrow(acc, m, s, min),
+                            requantize(acc, m, s, min),
+                            "{acc} {m} {s} {min}"
+                        );
+                        n += 1;
+                    }
+                }
+            }
+        }
+        for _ in 0..2_000_000 {
+            let r = next();
+            let acc = next() as i32 >> (r % 32);
+            let m = if r & 0x100 == 0 {
+                (next() >> 1) as i32
+            } else {
+                next() as i32
+            };
+            let s = if r & 0x200 == 0 {
+                33 + (r >> 10) % 30
+            } else {
+                r >> 26
+            };
+            let min = [0i8, -127][(r >> 9) as usize & 1];
+            assert_eq!(
+                requantize_narrow(acc, m, s, min),
+                requantize(acc, m, s, min),
+                "{acc} {m} {s} {min}"
+            );
+            n += 1;
+        }
+        assert!(n > 2_000_000);
+    }
 
     #[test]
     fn blocked_dense_is_the_sequential_sum_for_every_size() {

@@ -22,12 +22,14 @@
 //!    on the M4F only (its gradient buffers need more stack than the micro:bit has; the
 //!    micro:bit runs the portable kernels).
 //! 8. The int8 kernels ([`hvae::kernels::dense_i8`] and `dense_i8_dequant`: the `smlad`
-//!    assembly on the M4F) give the same values as the portable ones on the int8 digits
-//!    model's layers (its weights and channels, random inputs, each clamp) and on random
-//!    layers of 1..=9 rows and 0..=44 inputs (every remainder of pairs, blocks of 8 and
-//!    32 inputs; weights aligned and not), random channels (every shift `0..=63`, the
-//!    fast and the general requantisation, negative multipliers) and every int8 value
-//!    (`-128` too).
+//!    assembly on the M4F, the Thumb-1 assembly on the micro:bit) give the same values as
+//!    the portable ones on the int8 digits model's layers (its weights and channels,
+//!    random inputs, each clamp), on random layers of 1..=9 rows and 0..=44 inputs
+//!    (every remainder of pairs and blocks of four rows, of blocks of 8 and 32 inputs;
+//!    weights aligned and not), on layers of 33..=71 rows (more than one call of the M0
+//!    assembly) and 8..=64 inputs, random channels (every shift `0..=63`, the fast and
+//!    the general requantisation, negative multipliers) and every int8 value (`-128`
+//!    too).
 #![no_std]
 #![no_main]
 
@@ -1033,5 +1035,90 @@ mod kernels_i8 {
             ok,
             "random int8 layers of 1..=9 rows and 0..=44 inputs: the same values as the portable kernels",
         );
+
+        // Wider layers over the model's weights (in flash): more rows than one call of
+        // the M0 assembly takes (32), inputs a multiple of 8 and not.
+        let mut ok = true;
+        let mut chs = [[0i32; 3]; BIG_ROWS];
+        let (mut bias, mut scale) = ([0i32; BIG_ROWS], [0.0f32; BIG_ROWS]);
+        let mut x = [0i8; 64];
+        for (rows, n) in [
+            (33, 64),
+            (36, 56),
+            (40, 57),
+            (45, 48),
+            (71, 32),
+            (36, 8),
+            (37, 9),
+        ] {
+            for v in x.iter_mut() {
+                *v = rng.i8();
+            }
+            for ((c, b), sc) in chs.iter_mut().zip(&mut bias).zip(&mut scale) {
+                let r = rng.next();
+                *c = [
+                    rng.next() as i32 >> 8,
+                    (rng.next() >> 1) as i32,
+                    if r.is_multiple_of(16) {
+                        r >> 26
+                    } else {
+                        33 + (r >> 8) % 30
+                    } as i32,
+                ];
+                *b = rng.next() as i32 >> 4;
+                *sc = (rng.next() >> 8) as f32 * 1.0e-6;
+            }
+            let parts = (
+                int8::WEIGHTS.get(..rows * n),
+                x.get(..n),
+                chs.get(..rows),
+                bias.get(..rows),
+                scale.get(..rows),
+            );
+            let (Some(w), Some(x), Some(ch), Some(b), Some(sc)) = parts else {
+                ok = false;
+                continue;
+            };
+            ok &= agree_wide(w, x, ch, b, sc);
+        }
+        c.check(
+            ok,
+            "int8 layers of 33..=71 rows and 8..=64 inputs: the same values as the portable kernels",
+        );
+    }
+
+    /// Rows of the wider layers.
+    const BIG_ROWS: usize = 72;
+
+    /// [`agree`] for layers of up to [`BIG_ROWS`] rows.
+    fn agree_wide(
+        w: &[i8],
+        x: &[i8],
+        ch: &[portable::Channel],
+        bias: &[i32],
+        scale: &[f32],
+    ) -> bool {
+        let rows = ch.len();
+        let mut ok = true;
+        for min in [0i8, -127] {
+            let (mut y, mut z) = ([0x55i8; BIG_ROWS], [0x55i8; BIG_ROWS]);
+            let (Some(y), Some(z)) = (y.get_mut(..rows), z.get_mut(..rows)) else {
+                return false;
+            };
+            dense_i8(w, x, ch, y, min);
+            portable::dense_i8(w, x, ch, z, min);
+            ok &= y == z;
+        }
+        let rows = bias.len();
+        let (mut y, mut z) = ([f32::NAN; BIG_ROWS], [f32::NAN; BIG_ROWS]);
+        let (Some(y), Some(z)) = (y.get_mut(..rows), z.get_mut(..rows)) else {
+            return false;
+        };
+        dense_i8_dequant(w, x, bias, scale, y);
+        portable::dense_i8_dequant(w, x, bias, scale, z);
+        ok && y
+            .iter()
+            .zip(z.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits())
     }
 }
