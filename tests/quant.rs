@@ -256,6 +256,13 @@ fn int8_model_follows_the_f32_model() {
         let pb: f32 = b.probs.iter().sum();
         assert!((pa - pb).abs() < 1e-5);
     }
+    // The label alone: the segment's label and cosine.
+    for x in xs.chunks_exact(64) {
+        let s = q.segment(x, &mut w8).unwrap();
+        let (label, cosine) = (s.label, s.cosine.to_bits());
+        let l = q.label(x, &mut w8).unwrap();
+        assert_eq!((l.0, l.1.to_bits()), (label, cosine));
+    }
     assert!(worst >= 0.99, "worst cosine {worst}");
     assert!(sum / 500.0 >= 0.999, "mean cosine {}", sum / 500.0);
 }
@@ -436,6 +443,31 @@ fn bad_input_and_buffers_are_typed_errors() {
     bad[4] = f32::NAN;
     assert_eq!(
         q.segment(&bad, &mut work).unwrap_err(),
+        InferError::NonFiniteInput
+    );
+    assert_eq!(
+        q.label(&bad, &mut work).unwrap_err(),
+        InferError::NonFiniteInput
+    );
+    // A finite input whose normalised value is not: NonFinite (the first bad feature's
+    // error, before a non-finite input).
+    let mut floats = q.floats().to_vec();
+    floats[QuantLayout::of(&shape).input_mult + 2] = 4.0;
+    let wide = QuantModel::new(shape, q.weights(), q.ints(), &floats[..]).unwrap();
+    let mut huge = x.clone();
+    huge[2] = 1.0e38;
+    assert_eq!(
+        wide.encode(&huge, &mut work).unwrap_err(),
+        InferError::NonFinite
+    );
+    huge[7] = f32::NAN;
+    assert_eq!(
+        wide.label(&huge, &mut work).unwrap_err(),
+        InferError::NonFinite
+    );
+    huge[1] = f32::INFINITY;
+    assert_eq!(
+        wide.segment(&huge, &mut work).unwrap_err(),
         InferError::NonFiniteInput
     );
     // Far outside the calibrated range: clamped, not wrapped.

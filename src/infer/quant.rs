@@ -331,7 +331,8 @@ impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> QuantModel<W, I, F> {
         work: &'w mut [f32],
     ) -> Result<Encoding<'w, f32>, InferError> {
         let v = self.views();
-        let (mu, _, _, kappa) = self.encode_into(&v, x, work)?;
+        let (mu, _, _, pre) = self.encode_into(&v, x, work)?;
+        let (kappa, _) = kappa_of(pre)?;
         Ok(Encoding { mu, kappa })
     }
 
@@ -343,14 +344,38 @@ impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> QuantModel<W, I, F> {
         work: &'w mut [f32],
     ) -> Result<Segment<'w, f32>, InferError> {
         let v = self.views();
-        let (mu, logp, p, kappa) = self.encode_into(&v, x, work)?;
+        let (mu, logp, p, pre) = self.encode_into(&v, x, work)?;
+        let (kappa, _) = kappa_of(pre)?;
         let (m, k) = (self.shape.latent, self.shape.clusters);
         let cosine = segmenter_logits(v.seg, m, k, mu, logp);
         finish_segment(cosine, logp, p, mu, kappa)
     }
 
-    /// The int8 encoder: returns `mu`, the logits' and probabilities' regions and
-    /// `kappa`.
+    /// The label and the cosine to the nearest centre of `x` (its novelty is `1 -
+    /// cosine`): [`QuantModel::segment`]'s `label` and `cosine`, the same values and
+    /// errors, without the probabilities and the concentration (the softmax's and the
+    /// softplus's exponentials and logarithm are a large share of a segment call on a
+    /// device; the concentration's pre-activation is still checked, as `segment` does).
+    pub fn label(&self, x: &[f32], work: &mut [f32]) -> Result<(usize, f32), InferError> {
+        let v = self.views();
+        let (mu, logp, _, pre) = self.encode_into(&v, x, work)?;
+        if !pre.is_finite() {
+            return Err(InferError::NonFinite);
+        }
+        let (m, k) = (self.shape.latent, self.shape.clusters);
+        let cosine = segmenter_logits(v.seg, m, k, mu, logp)?;
+        // The largest logit, the first on exact ties (as the softmax picks it).
+        let mut best = (0, logp.first().copied().unwrap_or(0.0));
+        for (i, &a) in logp.iter().enumerate() {
+            if a > best.1 {
+                best = (i, a);
+            }
+        }
+        Ok((best.0, cosine))
+    }
+
+    /// The int8 encoder: returns `mu`, the logits' and probabilities' regions and the
+    /// concentration's pre-activation (`kappa` is [`kappa_of`] it).
     #[allow(clippy::type_complexity)]
     fn encode_into<'w>(
         &self,
@@ -384,8 +409,7 @@ impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> QuantModel<W, I, F> {
         for (&w, &h) in v.kappa_w.iter().zip(input) {
             pre += w * f32::from(h);
         }
-        let (kappa, _) = kappa_of(pre + v.kappa_b)?;
-        Ok((mu, logp, p, kappa))
+        Ok((mu, logp, p, pre + v.kappa_b))
     }
 }
 
@@ -432,8 +456,38 @@ pub(crate) fn check_values(
 
 /// `q_i = round(clamp((x_i - o_i) r_i, -127, 127))` (`roundf`: halves away from zero);
 /// a NaN or infinite `x_i` is [`InferError::NonFiniteInput`], a finite one whose
-/// product is not finite [`InferError::NonFinite`].
+/// product is not finite [`InferError::NonFinite`] (the first such feature's error).
+///
+/// With a hardware FPU: no test per feature, one sum `probe += v - v` (zero while every
+/// `v` is finite, NaN after one that is not) checked after the loop, which on error runs
+/// [`quantize_input_checked`] for the error; the rounding and the clamp in integers
+/// ([`round_clamp_i8`]). In soft float (Arm without a hard-float ABI: the Cortex-M0)
+/// every float operation is a call, so [`quantize_input_checked`] serves. The same
+/// values either way (docs/device.md).
+#[allow(clippy::eq_op)] // `v - v`: zero, or NaN when `v` is not finite
 fn quantize_input(x: &[f32], offset: &[f32], mult: &[f32], q: &mut [i8]) -> Result<(), InferError> {
+    if cfg!(all(target_arch = "arm", not(target_abi = "eabihf"))) {
+        return quantize_input_checked(x, offset, mult, q);
+    }
+    let mut probe = 0.0f32;
+    for (((qi, &xi), &o), &r) in q.iter_mut().zip(x).zip(offset).zip(mult) {
+        let v = (xi - o) * r;
+        probe += v - v;
+        *qi = round_clamp_i8(v);
+    }
+    if probe == 0.0 {
+        return Ok(());
+    }
+    quantize_input_checked(x, offset, mult, q)
+}
+
+/// [`quantize_input`] with a test of each feature (the first non-finite one's error).
+fn quantize_input_checked(
+    x: &[f32],
+    offset: &[f32],
+    mult: &[f32],
+    q: &mut [i8],
+) -> Result<(), InferError> {
     let lim = QMAX as f32;
     for (((qi, &xi), &o), &r) in q.iter_mut().zip(x).zip(offset).zip(mult) {
         let v = (xi - o) * r;
@@ -447,6 +501,20 @@ fn quantize_input(x: &[f32], offset: &[f32], mult: &[f32], q: &mut [i8]) -> Resu
         *qi = round_i8(v.clamp(-lim, lim));
     }
     Ok(())
+}
+
+/// `roundf(clamp(v, -127, 127)) as i8` for a finite `v`, in integers after one
+/// conversion: `t = trunc(2 v)` (exact below `2^31`, saturating above), then
+/// `sign(t) min((|t| + 1) >> 1, 127)`: `floor(|v| + 1/2) = floor((floor(2 |v|) + 1) / 2)`,
+/// so this is `roundf`'s half away from zero; beyond `±127` the clamp (`roundf` and the
+/// clamp commute there, `±127` being integers).
+#[inline(always)]
+fn round_clamp_i8(v: f32) -> i8 {
+    let t = (v * 2.0) as i32;
+    let s = t >> 31;
+    let a = (t ^ s).wrapping_sub(s) as u32;
+    let m = (a.wrapping_add(1) >> 1).min(QMAX as u32) as i32;
+    ((m ^ s) - s) as i8
 }
 
 /// `roundf(v) as i8` for `v` in `[-127, 127]` (halves away from zero): `t = trunc(v)` by
@@ -790,7 +858,55 @@ impl FloatWriter<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::round_i8;
+    use super::{round_clamp_i8, round_i8};
+
+    #[test]
+    fn round_clamp_i8_is_roundf_of_the_clamp() {
+        // Near every half and integer of [-260, 260], a sweep, and far beyond the range.
+        let want = |v: f32| libm::roundf(v.clamp(-127.0, 127.0)) as i8;
+        let mut n = 0;
+        for k in -520i32..=520 {
+            let (mut v, mut w) = (k as f32 / 2.0, k as f32 / 2.0);
+            for _ in 0..8 {
+                for u in [v, w] {
+                    assert_eq!(round_clamp_i8(u), want(u), "{u}");
+                    n += 1;
+                }
+                v = v.next_up();
+                w = w.next_down();
+            }
+        }
+        let mut x = -300.0f32;
+        while x <= 300.0 {
+            assert_eq!(round_clamp_i8(x), want(x), "{x}");
+            x += 0.000_37;
+            n += 1;
+        }
+        for u in [
+            -0.0,
+            0.0,
+            1.0e-30,
+            -1.0e-30,
+            1.0e9,
+            -1.0e9,
+            2147483520.0,
+            -2147483648.0,
+            3.0e9,
+            -3.0e9,
+            f32::MAX,
+            f32::MIN,
+            0.49999997,
+            -0.49999997,
+            126.5,
+            -126.5,
+            127.49999,
+            -127.49999,
+        ] {
+            assert_eq!(round_clamp_i8(u), want(u), "{u}");
+            n += 1;
+        }
+        assert!(n > 1_600_000);
+    }
 
     #[test]
     fn round_i8_is_roundf_on_the_clamped_range() {
