@@ -11,7 +11,9 @@
 //! The accumulators start at the biases (the caller writes them where the kernel
 //! stores its sums); the inputs after `n8`, the rows after the last block of four and
 //! the requantisation ([`portable::requantize_narrow`]: only 32-bit multiplies, which
-//! the M0 has) or the dequantisation (`acc as f32 * scale`, soft float) are Rust. The
+//! the M0 has) or the dequantisation (`acc as f32 * scale` by
+//! [`portable::dequantize_narrow`]: integer operations, not the soft-float calls) are
+//! Rust. The
 //! same values as [`portable::dense_i8`] and [`portable::dense_i8_dequant`]: `i32` sums
 //! modulo 2^32, equal in any order, then the same integer or `f32` steps. The counts and
 //! the floor are in docs/device.md.
@@ -358,7 +360,8 @@ pub(super) fn dense_i8(w: &[i8], x: &[i8], ch: &[Channel], y: &mut [i8], min: i8
 }
 
 /// [`portable::dense_i8_dequant`], the same bits (the same `i32` sums, then the same
-/// conversion and product), with the assembly for the blocks of four rows.
+/// conversion and product: [`portable::dequantize_narrow`]), with the assembly for the
+/// blocks of four rows.
 #[inline]
 pub(super) fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut [f32]) {
     let n = x.len();
@@ -399,7 +402,7 @@ pub(super) fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], 
                 ),
                 _ => portable::dot_i8(b, row, x),
             };
-            *yo = a as f32 * s;
+            *yo = portable::dequantize_narrow(a, s);
         }
         done += k;
     }

@@ -543,6 +543,50 @@ pub fn requantize_narrow(acc: i32, mult: i32, shift: u32, min: i8) -> i8 {
     q.max(i32::from(min)).min(127) as i8
 }
 
+/// `acc as f32 * scale`, the same bits, with 32-bit integer operations on the common
+/// path (soft-float targets: the Cortex-M0's dequantised head).
+///
+/// For `0 < |acc| < 2^24` (so `acc as f32` is exact) and a normal `scale`: the 24-bit
+/// significands `m_a` (`|acc|` shifted up to 24 bits) and `m_s`, their 48-bit product
+/// from four 16-bit partial products, rounded to 24 bits to nearest, ties to even (IEEE's
+/// rounding of the product), the exponent from `scale`'s and `|acc|`'s length; a result
+/// that would overflow, and every other input, take `acc as f32 * scale` itself. No
+/// result on the path is subnormal (`|acc| >= 1` and `scale` normal).
+#[inline]
+pub fn dequantize_narrow(acc: i32, scale: f32) -> f32 {
+    let sb = scale.to_bits();
+    let es = (sb >> 23) & 0xFF;
+    let a = acc.unsigned_abs();
+    if a == 0 || a >= 1 << 24 || es == 0 || es == 0xFF {
+        return acc as f32 * scale;
+    }
+    // |acc| = m_a 2^(8 - lz), scale = ±m_s 2^(es - 150).
+    let lz = a.leading_zeros();
+    let ma = a << (lz - 8);
+    let ms = (sb & 0x7F_FFFF) | 0x80_0000;
+    let (xh, xl) = (ma >> 16, ma & 0xFFFF);
+    let (sh, sl) = (ms >> 16, ms & 0xFFFF);
+    // P = m_a m_s = hi 2^32 + lo, in [2^46, 2^48).
+    let ll = xl * sl;
+    let mid = xl * sh + xh * sl;
+    let lo = ll.wrapping_add(mid << 16);
+    let hi = xh * sh + (mid >> 16) + u32::from(lo < ll);
+    let top = hi >> 15;
+    let (mant, rem, half) = if top != 0 {
+        ((hi << 8) | (lo >> 24), lo & 0xFF_FFFF, 0x80_0000)
+    } else {
+        ((hi << 9) | (lo >> 23), lo & 0x7F_FFFF, 0x40_0000)
+    };
+    let up = rem > half || (rem == half && mant & 1 == 1);
+    // The biased exponent of `mant` (in [2^23, 2^24]; 2^24 carries into it): at least 1.
+    let e = es + top + 31 - lz;
+    let bits = ((e - 1) << 23) + mant + u32::from(up);
+    if bits >= 0x7F80_0000 {
+        return acc as f32 * scale;
+    }
+    f32::from_bits(bits | ((acc as u32 ^ sb) & 0x8000_0000))
+}
+
 /// `bias + sum_j w_j x_j` in `i32`, in input order, with wrapping additions (the int8
 /// export keeps `|bias| <= 2^30` and at most `2^16` inputs, so no sum wraps; see
 /// docs/design.md). Four products per iteration.
@@ -593,6 +637,74 @@ pub fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dequantize_narrow_is_the_product() {
+        let mut seed = 0x2545_f491u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let accs = [
+            0,
+            1,
+            -1,
+            2,
+            3,
+            (1 << 24) - 1,
+            -(1 << 24) + 1,
+            1 << 24,
+            -(1 << 24),
+            12345,
+            i32::MAX,
+            i32::MIN,
+        ];
+        let scales = [
+            1.0f32,
+            -1.0,
+            0.5,
+            1.0e-3,
+            3.0e5,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            1.0e-40,
+            f32::MAX,
+            f32::MAX / 2.0,
+            1.0e30,
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1.0e-38,
+            f32::from_bits(0x3F80_0001),
+            f32::from_bits(0x3FFF_FFFF),
+        ];
+        let same = |a: i32, s: f32| {
+            let (got, want) = (dequantize_narrow(a, s), a as f32 * s);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{a} {s:e}: {got:e} {want:e}"
+            );
+        };
+        for &a in &accs {
+            for &s in &scales {
+                same(a, s);
+            }
+        }
+        for _ in 0..3_000_000 {
+            let r = next();
+            let a = next() as i32 >> (r % 32);
+            let s = f32::from_bits(next());
+            same(a, s);
+            // Scales of the int8 export's range, and ties (few significand bits).
+            let s = f32::from_bits((next() & 0x807F_FFFF) | (((r >> 8) % 60 + 90) << 23));
+            same(a, s);
+            same(a & !0xFF, f32::from_bits(s.to_bits() & !0xFFF));
+        }
+    }
 
     #[test]
     fn requantize_narrow_is_requantize() {
