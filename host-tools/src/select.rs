@@ -216,7 +216,7 @@ pub fn fit_with_gmm_candidate(
     restarts: usize,
     criterion: Criterion,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
-) -> Result<(VecModel<f32>, Vec<Restart>, GmmChoice), FitError> {
+) -> Result<GmmFit, FitError> {
     let d = shape.input;
     let normalised = {
         let (o, s) = crate::train::fit_normalisation(x, d)
@@ -243,8 +243,25 @@ pub fn fit_with_gmm_candidate(
         agreement_plain,
         agreement_gmm,
     };
-    let (model, runs) = if gmm_kept { gmm } else { plain };
-    Ok((model, runs, choice))
+    let ((model, restarts), (other, _)) = if gmm_kept { (gmm, plain) } else { (plain, gmm) };
+    Ok(GmmFit {
+        model,
+        restarts,
+        choice,
+        other,
+    })
+}
+
+/// What [`fit_with_gmm_candidate`] returns.
+pub struct GmmFit {
+    /// The model kept.
+    pub model: VecModel<f32>,
+    /// The kept kind's restarts with their criteria (empty with one restart).
+    pub restarts: Vec<Restart>,
+    /// Which kind was kept and the criterion of each.
+    pub choice: GmmChoice,
+    /// The model not kept (to judge the choice, as `hvae suite` does).
+    pub other: VecModel<f32>,
 }
 
 /// Agreement of `labels` with the neighbour lists (`n x nn`), times the normalised

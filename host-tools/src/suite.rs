@@ -100,6 +100,27 @@ pub struct Run {
     /// With `--int8`: the int8 model's fidelity to this run's `f32` model on the set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub int8: Option<crate::quant::Fidelity>,
+    /// With the GMM candidate (the default): which model was kept, each one's
+    /// criterion and scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<ChoiceScore>,
+}
+
+/// The plain model and the GMM candidate of one run: which was kept, the criterion
+/// of each ([`crate::select::neighbour_agreement`]) and the scores of each (to judge
+/// the choice).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+pub struct ChoiceScore {
+    /// True when the candidate was kept.
+    pub gmm_kept: bool,
+    /// The plain model's criterion.
+    pub agreement_plain: f64,
+    /// The candidate's criterion.
+    pub agreement_gmm: f64,
+    /// The plain model's ACC and NMI.
+    pub plain: (f64, f64),
+    /// The candidate's ACC and NMI.
+    pub gmm: (f64, f64),
 }
 
 /// A restart's label-free criteria and its scores (to judge the criteria).
@@ -426,6 +447,7 @@ pub fn run_of(seed: u64, truth: &[u8], labels: &[usize], seconds: f64) -> Run {
         clusters: 0,
         restarts: Vec::new(),
         int8: None,
+        choice: None,
     }
 }
 

@@ -31,6 +31,26 @@ fn check_passes_on_the_same_run_and_fails_on_a_drop() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let acc = v["sets"][0]["runs"][0]["acc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc), "{acc}");
+    // The run records which of the two models was kept: the kept one's scores are the
+    // run's, and it is the one with the larger criterion.
+    let c = &v["sets"][0]["runs"][0]["choice"];
+    let gmm_kept = c["gmm_kept"].as_bool().unwrap();
+    let kept = if gmm_kept { &c["gmm"] } else { &c["plain"] };
+    assert_eq!(kept[0].as_f64().unwrap(), acc, "{c}");
+    assert_eq!(
+        kept[1].as_f64().unwrap(),
+        v["sets"][0]["runs"][0]["nmi"].as_f64().unwrap()
+    );
+    let (ap, ag) = (
+        c["agreement_plain"].as_f64().unwrap(),
+        c["agreement_gmm"].as_f64().unwrap(),
+    );
+    assert_eq!(gmm_kept, ag > ap, "{c}");
+    // Seed 0 on iris: the candidate is kept and is the better model.
+    assert!(
+        gmm_kept && c["gmm"][0].as_f64().unwrap() > c["plain"][0].as_f64().unwrap() + 0.1,
+        "{c}"
+    );
     // The same seed trains the same model: the check against this run passes.
     hvae()
         .args([

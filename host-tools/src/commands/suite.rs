@@ -139,6 +139,17 @@ fn one_run(
             Some(&l.truth[..]),
         ));
     }
+    if let (Some(c), Some(other)) = (trained.gmm, &trained.other) {
+        let o = crate::metrics::scores(&l.truth, &train::predict(other, &l.data));
+        let (kept, o) = ((run.acc, run.nmi), (o.acc, o.nmi));
+        run.choice = Some(suite::ChoiceScore {
+            gmm_kept: c.gmm_kept,
+            agreement_plain: c.agreement_plain,
+            agreement_gmm: c.agreement_gmm,
+            plain: if c.gmm_kept { o } else { kept },
+            gmm: if c.gmm_kept { kept } else { o },
+        });
+    }
     run.restarts = trained
         .restarts
         .iter()

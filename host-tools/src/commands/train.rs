@@ -471,6 +471,8 @@ pub struct Trained {
     pub auto: Vec<(usize, f64)>,
     /// With `--gmm-candidate`: which model was kept and why.
     pub gmm: Option<GmmChoice>,
+    /// With `--gmm-candidate`: the model not kept.
+    pub other: Option<hvae::VecModel<f32>>,
 }
 
 /// Trains the model `args` ask for on `data` (restarts, `--clusters auto`).
@@ -510,7 +512,7 @@ pub fn train_on(
     type Progress<'p> = &'p mut dyn FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>);
     let fit_one = |shape, classes: Option<&[u8]>, progress: Progress<'_>| {
         if args.gmm_candidate && classes.is_none() {
-            let (m, r, c) = fit_with_gmm_candidate(
+            let f = fit_with_gmm_candidate(
                 shape,
                 data.features(),
                 None,
@@ -519,7 +521,7 @@ pub fn train_on(
                 args.select.criterion(),
                 progress,
             )?;
-            Ok((m, r, Some(c)))
+            Ok((f.model, f.restarts, Some((f.choice, f.other))))
         } else {
             let (m, r) = fit_restarts(
                 shape,
@@ -538,11 +540,13 @@ pub fn train_on(
         let mut progress = progress;
         let (model, restarts, gmm) =
             fit_one(shape, classes.as_deref(), &mut progress).map_err(fail)?;
+        let (gmm, other) = gmm.unzip();
         return Ok(Trained {
             model,
             restarts,
             auto: Vec::new(),
             gmm,
+            other,
         });
     }
     let mut best: Option<(f64, Trained)> = None;
@@ -550,6 +554,7 @@ pub fn train_on(
     for k in ks {
         let shape = shape_of(args, data.dim(), k)?;
         let (model, restarts, gmm) = fit_one(shape, None, &mut |_, _| {}).map_err(fail)?;
+        let (gmm, other) = gmm.unzip();
         let (labels, mus) = crate::select::answers(&model, data.features()).map_err(fail)?;
         let score = crate::select::silhouette(&mus, shape.latent, &labels, k);
         auto.push((k, score));
@@ -561,6 +566,7 @@ pub fn train_on(
                     restarts,
                     auto: Vec::new(),
                     gmm,
+                    other,
                 },
             ));
         }
