@@ -200,7 +200,7 @@ pub struct GmmChoice {
 /// Trains the model `cfg` asks for ([`fit_restarts`]) and a candidate whose clusters
 /// start from a diagonal Gaussian mixture of the normalised inputs and are trained
 /// towards its partition ([`crate::train::CentreInit::Gmm`] with `gmm_targets`), and
-/// keeps the one whose partition agrees more with the inputs' 10 nearest neighbours
+/// keeps the one whose partition agrees more with the inputs' nearest neighbours
 /// (Euclidean, on the normalised features; [`neighbour_agreement`], ties to the
 /// model as configured). The two share their warm-up ([`fit_branches`]): each is bit
 /// for bit the model trained alone, for the cost of one warm-up and two joint phases
@@ -223,7 +223,7 @@ pub fn fit_with_gmm_candidate(
             .map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
         crate::train::normalised(x, &o, &s)
     };
-    let neighbours = euclidean_neighbours(&normalised, d, 10);
+    let neighbours = euclidean_neighbours(&normalised, d, cfg.choice_neighbours);
     let branches = [
         Branch::of(cfg),
         Branch {

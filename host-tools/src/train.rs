@@ -83,6 +83,10 @@ pub struct FitConfig {
     pub gmm_joint_share: f32,
     /// Runs of the mixture fit behind [`CentreInit::Gmm`], the best by likelihood kept.
     pub gmm_runs: usize,
+    /// Nearest neighbours (Euclidean, normalised inputs) whose agreement chooses
+    /// between the model and the GMM candidate
+    /// ([`crate::select::fit_with_gmm_candidate`]).
+    pub choice_neighbours: usize,
 }
 
 /// How the centres are initialised after the warm-up.
@@ -132,6 +136,7 @@ impl Default for FitConfig {
             gmm_confidence: 0.0,
             gmm_joint_share: 1.0,
             gmm_runs: GMM_RUNS,
+            choice_neighbours: CHOICE_NEIGHBOURS,
         }
     }
 }
@@ -754,6 +759,10 @@ fn partition_centres(mus: &[f32], m: usize, k: usize, labels: &[usize]) -> (Vec<
     let n = labels.len().max(1) as f32;
     (centres, counts.iter().map(|c| c / n).collect())
 }
+
+/// Neighbours of the choice between the model and the GMM candidate by default
+/// ([`FitConfig::choice_neighbours`]).
+pub const CHOICE_NEIGHBOURS: usize = 20;
 
 /// Runs of [`diagonal_gmm`] behind [`CentreInit::Gmm`] by default (the best by
 /// likelihood kept; [`FitConfig::gmm_runs`]).

