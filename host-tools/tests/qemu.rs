@@ -514,7 +514,7 @@ fn firmware_log_is_defmt_and_decodes() {
 }
 
 /// `hvae validate` of the int8 digits model against `cluster_int8`: every row bit for
-/// bit the host's `QuantModel` (the M4F runs the `smlad` kernel, the M0 the portable one).
+/// bit the host's `QuantModel` (the M4F runs the `smlad` kernel, the M0 the Thumb-1 one).
 fn validate_cluster_int8(machine: Machine, rows: usize) {
     use hvae_host::commands::validate::validate_on_int8;
     let Some(elf) = firmware("cluster_int8", machine) else {

@@ -462,8 +462,9 @@ pub(crate) fn check_values(
 /// `v` is finite, NaN after one that is not) checked after the loop, which on error runs
 /// [`quantize_input_checked`] for the error; the rounding and the clamp in integers
 /// ([`round_clamp_i8`]). In soft float (Arm without a hard-float ABI: the Cortex-M0)
-/// every float operation is a call, so [`quantize_input_checked`] serves. The same
-/// values either way (docs/device.md).
+/// every float operation is a call, so [`quantize_input_checked`] serves (its finite
+/// test and its rounding, [`round_clamp_i8_bits`], on the value's bits). The same values
+/// either way (docs/device.md).
 #[allow(clippy::eq_op)] // `v - v`: zero, or NaN when `v` is not finite
 fn quantize_input(x: &[f32], offset: &[f32], mult: &[f32], q: &mut [i8]) -> Result<(), InferError> {
     if cfg!(all(target_arch = "arm", not(target_abi = "eabihf"))) {
@@ -488,17 +489,17 @@ fn quantize_input_checked(
     mult: &[f32],
     q: &mut [i8],
 ) -> Result<(), InferError> {
-    let lim = QMAX as f32;
     for (((qi, &xi), &o), &r) in q.iter_mut().zip(x).zip(offset).zip(mult) {
         let v = (xi - o) * r;
-        if !v.is_finite() {
+        // `v.is_finite()` on the bits (in soft float a comparison is a call).
+        if v.to_bits() & 0x7FFF_FFFF >= 0x7F80_0000 {
             return Err(if xi.is_finite() {
                 InferError::NonFinite
             } else {
                 InferError::NonFiniteInput
             });
         }
-        *qi = round_i8(v.clamp(-lim, lim));
+        *qi = round_clamp_i8_bits(v);
     }
     Ok(())
 }
@@ -517,19 +518,24 @@ fn round_clamp_i8(v: f32) -> i8 {
     ((m ^ s) - s) as i8
 }
 
-/// `roundf(v) as i8` for `v` in `[-127, 127]` (halves away from zero): `t = trunc(v)` by
-/// the conversion, `f = v - t` (exact: `|v| < 2^23`), then one step away from zero when
-/// `|f| >= 0.5`; the same values. With a hardware FPU these beat `roundf`'s bit
-/// manipulation; in soft float (Arm without a hard-float ABI: the Cortex-M0) they do not,
-/// so `roundf` stays there (docs/device.md).
+/// [`round_clamp_i8`] from the bits of `v` (finite), with no float operation: the
+/// soft-float targets' path (each float operation is a call there). For `|v|` in
+/// `[0.5, 128)` (exponent field `e` in `126..=133`), `|v| = m 2^(e - 150)` with the
+/// 24-bit significand `m`, so `floor(2 |v|) = m >> (149 - e)`, then `(t + 1) >> 1`
+/// clamped to 127 and the sign; below 0.5 it is 0, from 128 on 127.
 #[inline(always)]
-fn round_i8(v: f32) -> i8 {
-    if cfg!(all(target_arch = "arm", not(target_abi = "eabihf"))) {
-        return libm::roundf(v) as i8;
-    }
-    let t = v as i32;
-    let f = v - t as f32;
-    (t + i32::from(f >= 0.5) - i32::from(f <= -0.5)) as i8
+fn round_clamp_i8_bits(v: f32) -> i8 {
+    let b = v.to_bits();
+    let e = (b >> 23) & 0xFF;
+    let mag = if e < 126 {
+        0
+    } else if e >= 134 {
+        QMAX
+    } else {
+        let t = ((b & 0x7F_FFFF) | 0x80_0000) >> (149 - e);
+        (((t + 1) >> 1) as i32).min(QMAX)
+    };
+    (if b >> 31 != 0 { -mag } else { mag }) as i8
 }
 
 /// An index as `u32` for an error.
@@ -858,7 +864,7 @@ impl FloatWriter<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{round_clamp_i8, round_i8};
+    use super::{round_clamp_i8, round_clamp_i8_bits};
 
     #[test]
     fn round_clamp_i8_is_roundf_of_the_clamp() {
@@ -909,31 +915,55 @@ mod tests {
     }
 
     #[test]
-    fn round_i8_is_roundf_on_the_clamped_range() {
-        // Every value of [-127, 127] near the halves and the integers, and a sweep.
+    fn round_clamp_i8_bits_is_roundf_of_the_clamp() {
+        // Every exponent with random significands (both signs), near every half and
+        // integer of [-260, 260], and the edges.
+        let want = |v: f32| libm::roundf(v.clamp(-127.0, 127.0)) as i8;
+        let mut seed = 0x9e37_79b9u32;
         let mut n = 0;
-        for k in -254i32..=254 {
-            let c = k as f32 / 2.0;
-            let mut v = c;
-            let mut w = c;
-            for _ in 0..8 {
+        for bits in 0..=0x1FFu32 {
+            if bits & 0xFF == 0xFF {
+                continue;
+            }
+            for _ in 0..4_000 {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                let v =
+                    f32::from_bits(((bits & 0x100) << 23) | ((bits & 0xFF) << 23) | (seed >> 9));
+                assert_eq!(round_clamp_i8_bits(v), want(v), "{v}");
+                n += 1;
+            }
+        }
+        for k in -520i32..=520 {
+            let (mut v, mut w) = (k as f32 / 2.0, k as f32 / 2.0);
+            for _ in 0..16 {
                 for u in [v, w] {
-                    if (-127.0..=127.0).contains(&u) {
-                        assert_eq!(round_i8(u), libm::roundf(u) as i8, "{u}");
-                        n += 1;
-                    }
+                    assert_eq!(round_clamp_i8_bits(u), want(u), "{u}");
+                    assert_eq!(round_clamp_i8_bits(u), round_clamp_i8(u), "{u}");
+                    n += 1;
                 }
                 v = v.next_up();
                 w = w.next_down();
             }
         }
-        let mut x = -127.0f32;
-        while x <= 127.0 {
-            assert_eq!(round_i8(x), libm::roundf(x) as i8, "{x}");
-            x += 0.000_37;
+        for u in [
+            -0.0,
+            0.0,
+            f32::MIN_POSITIVE,
+            1.0e-45,
+            f32::MAX,
+            f32::MIN,
+            0.49999997,
+            0.5,
+            127.49999,
+            127.5,
+            128.0,
+            -127.5,
+        ] {
+            assert_eq!(round_clamp_i8_bits(u), want(u), "{u}");
             n += 1;
         }
-        assert_eq!(round_i8(-0.0), 0);
-        assert!(n > 600_000);
+        assert!(n > 2_000_000);
     }
 }
