@@ -73,3 +73,24 @@ impl Store for StaticStore {
         rt::resources()
     }
 }
+
+/// The store of a program without training buffers or checkpoint slots (`adapt`): the
+/// engine's online k-means needs neither; anything that does is refused.
+pub struct NoBuffers;
+
+impl Store for NoBuffers {
+    type Buf = &'static mut [f32];
+    type Flash = CkptFlash;
+
+    fn take(&mut self, _scratch: usize, _optim: usize) -> Option<(Self::Buf, Self::Buf)> {
+        None
+    }
+
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<CkptFlash>> {
+        None
+    }
+
+    fn resources(&mut self) -> Resources {
+        rt::resources()
+    }
+}

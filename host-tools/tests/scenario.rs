@@ -19,25 +19,37 @@ fn args(extra: &[&str]) -> DeviceTrainArgs {
     DeviceTrainArgs::parse_from(argv).unwrap()
 }
 
-/// The host engine (`--device host`), the bundled digits and the firmware's model.
-fn setup(a: &DeviceTrainArgs) -> (device::Opened, LoadedModel, Dataset) {
-    let data = data::load(&common::digits_path()).unwrap();
-    let model = model_io::load(&default_model()).unwrap();
-    let opened = device::open(
+/// The host engine of `program` (`--device host`).
+fn open(a: &DeviceTrainArgs, program: &str) -> device::Opened {
+    device::open(
         &a.device,
-        "learn",
+        program,
         &FirmwareOptions::default(),
         a.baud,
         Timeouts::default(),
     )
-    .unwrap();
-    (opened, model, data)
+    .unwrap()
+}
+
+/// The bundled digits and the model compiled into the firmware's `program`.
+fn setup(program: &str) -> (LoadedModel, Dataset) {
+    let data = data::load(&common::digits_path()).unwrap();
+    let path = device::firmware::default_dir().join(device::model_of(program));
+    let model = model_io::load(&path).unwrap();
+    (model, data)
 }
 
 /// The drift scenario on the host engine with `a`, and its table.
 fn run(a: &DeviceTrainArgs) -> (DriftReport, String) {
-    let (mut opened, model, data) = setup(a);
-    let r = scenario::drift(&mut opened.device, &model, &data, a).unwrap();
+    run_program(a, device::LEARN_BIN)
+}
+
+/// [`run`] on the host engine of `program`.
+fn run_program(a: &DeviceTrainArgs, program: &str) -> (DriftReport, String) {
+    let (model, data) = setup(program);
+    let mut opened = open(a, program);
+    let mut reopen = || Ok(open(a, program));
+    let r = scenario::drift(&mut opened, &mut reopen, &model, &data, a).unwrap();
     let mut text = Vec::new();
     scenario::print_drift(&r, &mut text).unwrap();
     let text = String::from_utf8(text).unwrap();
@@ -92,6 +104,32 @@ fn online_k_means_follows_a_gradual_drift_and_keeps_a_still_stream() {
     for x in &r.runs {
         assert!(x.device.acc >= r.deployed.acc - 0.04, "{r:?}");
     }
+}
+
+/// The `adapt` program's engine (the Cortex-M0's: the inference weights alone, no
+/// trainer, no weight load; a fresh engine per run) adapts by online k-means with the
+/// tracked normalisation and meets the bar of the segmenter-and-normalisation scope.
+#[test]
+fn the_adapting_engine_undoes_the_drift_without_a_trainer() {
+    let a = args(&[
+        "--program",
+        "adapt",
+        "--scope",
+        "segmenter-and-normalisation",
+        "--optimiser",
+        "online-k-means",
+        "--memory",
+        "300",
+    ]);
+    let (r, text) = run_program(&a, device::ADAPT_BIN);
+    assert_eq!(r.runs.len(), 2, "{text}");
+    assert!(r.frozen_drop >= 0.10, "{text}");
+    for run in &r.runs {
+        assert!(run.bit_identical, "{text}");
+        assert!(run.share_of_oracle >= 0.95, "{text}");
+        assert!(run.device.acc >= r.frozen.acc + 0.08, "{text}");
+    }
+    assert!(r.pass, "{text}");
 }
 
 #[test]
@@ -169,7 +207,8 @@ fn new_clusters_spawns_for_a_new_class_and_never_on_known_ones() {
         "4000",
     ])
     .unwrap();
-    let (mut opened, model, data) = setup(&a);
+    let (model, data) = setup(device::LEARN_BIN);
+    let mut opened = open(&a, device::LEARN_BIN);
     let r = scenario::new_clusters(&mut opened.device, &model, &data, &a).unwrap();
     let mut text = Vec::new();
     scenario::print_new_clusters(&r, &mut text).unwrap();

@@ -11,7 +11,7 @@ use crate::protocol::borrowed;
 use crate::protocol::{
     blob_header, CentreChange, DeviceInfo, ErrorCode, FrameError, Request, Response,
     TrainOptimiser, TrainScope, TrainSettings, WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD,
-    CAP_READ, CAP_SEGMENT, CAP_TRAIN, MAX_VALUES,
+    CAP_READ, CAP_SEGMENT, CAP_TRAIN, MAX_SAMPLE, MAX_VALUES,
 };
 use crate::shape::{Scope, Shape};
 use crate::store::checkpoint::{trainer_layout, Checkpoints, Layout, Loaded, Restore};
@@ -90,18 +90,17 @@ where
 
     /// An engine running `model` (all of its parameters), whose blob has CRC `crc`;
     /// `max_frame` is the longest request frame the caller receives. `Internal` when the
-    /// model does not have `D` inputs, needs more than `W` scalars of workspace, or lacks
-    /// the decoder an engine that trains needs.
+    /// model does not have `D` inputs or needs more than `W` scalars of workspace. A
+    /// model without its decoder (inference parameters only) adapts by online k-means;
+    /// training with a gradient optimiser is then refused (`Train`).
     pub fn new(
         model: Model<f32, P>,
         crc: u32,
         store: S,
         max_frame: usize,
     ) -> Result<Self, ErrorCode> {
+        Self::check(&model)?;
         let shape = *model.shape();
-        if (Self::TRAINS && !model.has_decoder()) || shape.input != D || shape.work_len() > W {
-            return Err(ErrorCode::Internal);
-        }
         Ok(Engine {
             loader: WeightLoader::new(shape),
             model,
@@ -116,6 +115,44 @@ where
             store,
             max_frame,
         })
+    }
+
+    /// [`Engine::new`] into `slot` (e.g. a `static`), which it returns: the engine is
+    /// written where it stays, not built on the stack and moved (it holds the
+    /// workspace, the tracker and the spawner's memory: several KiB a small device
+    /// cannot have twice). Errors as [`Engine::new`]'s (`slot` unchanged).
+    pub fn new_in(
+        slot: &mut Option<Self>,
+        model: Model<f32, P>,
+        crc: u32,
+        store: S,
+        max_frame: usize,
+    ) -> Result<&mut Self, ErrorCode> {
+        Self::check(&model)?;
+        let shape = *model.shape();
+        Ok(slot.insert(Engine {
+            loader: WeightLoader::new(shape),
+            model,
+            crc: Some(crc),
+            staging: None,
+            trainer: None,
+            settings: None,
+            tracker: None,
+            kmeans: None,
+            rng: Xoshiro256PlusPlus::seed_from_u64(SEED),
+            work: [0.0; W],
+            store,
+            max_frame,
+        }))
+    }
+
+    /// What [`Engine::new`] checks of its model.
+    fn check(model: &Model<f32, P>) -> Result<(), ErrorCode> {
+        let shape = model.shape();
+        if shape.input != D || shape.work_len() > W {
+            return Err(ErrorCode::Internal);
+        }
+        Ok(())
     }
 
     /// The model.
@@ -167,36 +204,119 @@ where
     /// response for a frame that is not a request.
     pub fn respond(&mut self, frame: Result<&[u8], FrameError>, emit: &mut dyn FnMut(&Response)) {
         match frame.and_then(borrowed::parse) {
-            Ok(req) => self.handle_each(&req.to_request(), emit),
-            Err(e) => emit(&Response::Error(e.into())),
+            Ok(req) => self.respond_to(&req, emit),
+            Err(e) => emit_error(emit, e.into()),
         }
+    }
+
+    /// [`Engine::handle_each`] of a request read in place: the samples of `Segment`,
+    /// `Encode` and `TrainBatch` are copied into one buffer on the stack (`MAX_SAMPLE`
+    /// values), the other requests (a few bytes, a weight chunk) made owned. Not
+    /// inlined: the buffer takes stack only while a request is answered.
+    #[inline(never)]
+    fn respond_to(&mut self, req: &borrowed::RequestRef<'_>, emit: &mut dyn FnMut(&Response)) {
+        use borrowed::RequestRef as R;
+        let samples = match req {
+            R::Segment(s) | R::Encode(s) | R::TrainBatch { samples: s, .. } => s,
+            _ => return self.respond_owned(req, emit),
+        };
+        let mut buf = [0.0f32; MAX_SAMPLE];
+        // `parse` checked the length against `MAX_SAMPLE`.
+        let Some(x) = buf.get_mut(..samples.len()) else {
+            return emit_error(emit, ErrorCode::Oversized);
+        };
+        samples.copy_to(x);
+        match *req {
+            R::Segment(_) if CAPS & CAP_SEGMENT != 0 => self.segment(x, emit),
+            R::Encode(_) if CAPS & CAP_ENCODE != 0 => self.encode(x, emit),
+            R::TrainBatch {
+                steps, settings, ..
+            } if Self::TRAINS => self.train_and_answer(x, steps, settings.as_ref(), emit),
+            _ => emit_error(emit, ErrorCode::Unsupported),
+        }
+    }
+
+    /// [`Engine::handle_each`] of a request without samples, made owned.
+    #[inline(never)]
+    fn respond_owned(&mut self, req: &borrowed::RequestRef<'_>, emit: &mut dyn FnMut(&Response)) {
+        self.answer(&req.to_request(), emit)
     }
 
     /// Answers one request, handing each response to `emit`: one, or one per sample for
     /// `Segment` and `Encode` (the core's `protocol::answer`, two samples at a time
     /// when `W` holds two workspaces).
+    ///
+    /// Each kind of request is answered in a function of its own (not inlined), so that
+    /// the stack of a request is that of its own answer, not the sum of every answer's
+    /// (each holds a `Response` of about 1.3 KiB): what lets the engine serve in the
+    /// micro:bit's 16 KiB.
     pub fn handle_each(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
-        let mut out = Response::Ack;
         match req {
-            Request::Segment { sample } if CAPS & CAP_SEGMENT != 0 => {
-                answer_segment::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
-            }
-            Request::Encode { sample } if CAPS & CAP_ENCODE != 0 => {
-                answer_encode::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
-            }
+            Request::Segment { sample } if CAPS & CAP_SEGMENT != 0 => self.segment(sample, emit),
+            Request::Encode { sample } if CAPS & CAP_ENCODE != 0 => self.encode(sample, emit),
             Request::TrainBatch {
                 samples,
                 steps,
                 settings,
-            } if Self::TRAINS => {
-                let r = self.train(samples, *steps, settings.as_ref(), emit);
-                emit(&r.unwrap_or_else(Response::Error))
-            }
-            _ => emit(&self.try_handle(req).unwrap_or_else(Response::Error)),
+            } if Self::TRAINS => self.train_and_answer(samples, *steps, settings.as_ref(), emit),
+            _ => self.answer(req, emit),
         }
     }
 
-    fn try_handle(&mut self, req: &Request) -> Result<Response, ErrorCode> {
+    #[inline(never)]
+    fn segment(&mut self, sample: &[f32], emit: &mut dyn FnMut(&Response)) {
+        let mut out = Response::Ack;
+        answer_segment::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
+    }
+
+    #[inline(never)]
+    fn encode(&mut self, sample: &[f32], emit: &mut dyn FnMut(&Response)) {
+        let mut out = Response::Ack;
+        answer_encode::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
+    }
+
+    #[inline(never)]
+    fn train_and_answer(
+        &mut self,
+        samples: &[f32],
+        steps: u16,
+        settings: Option<&TrainSettings>,
+        emit: &mut dyn FnMut(&Response),
+    ) {
+        let r = self.train(samples, steps, settings, emit);
+        emit_small(emit, r.unwrap_or_else(Small::Error));
+    }
+
+    #[inline(never)]
+    fn answer(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
+        if let Request::ReadWeights { offset, count } = req {
+            if CAPS & CAP_READ != 0 {
+                return self.read_weights(*offset, *count, emit);
+            }
+        }
+        let r = self.try_handle(req);
+        emit_small(emit, r.unwrap_or_else(Small::Error));
+    }
+
+    /// Answers `ReadWeights`. Not inlined: its `Response` (about 1.3 KiB) takes stack only
+    /// while it is sent.
+    #[inline(never)]
+    fn read_weights(&self, offset: u32, count: u16, emit: &mut dyn FnMut(&Response)) {
+        let start = offset as usize;
+        let n = usize::from(count);
+        let p = self.model.params();
+        let values = start
+            .checked_add(n)
+            .filter(|&end| n <= MAX_VALUES && end <= p.len())
+            .and_then(|end| p.get(start..end));
+        match values.map(heapless::Vec::from_slice) {
+            Some(Ok(values)) => emit(&Response::Weights { offset, values }),
+            Some(Err(_)) => emit_small(emit, Small::Error(ErrorCode::Internal)),
+            None => emit_small(emit, Small::Error(ErrorCode::OutOfRange)),
+        }
+    }
+
+    fn try_handle(&mut self, req: &Request) -> Result<Small, ErrorCode> {
         match req {
             Request::Info => {
                 let shape = *self.model.shape();
@@ -207,21 +327,7 @@ where
                 info.flash_used = r.flash;
                 info.ram_static = r.ram;
                 info.stack_peak = r.stack;
-                Ok(Response::Info(info))
-            }
-            Request::ReadWeights { offset, count } if CAPS & CAP_READ != 0 => {
-                let start = *offset as usize;
-                let n = usize::from(*count);
-                let p = self.model.params();
-                let values = start
-                    .checked_add(n)
-                    .filter(|&end| n <= MAX_VALUES && end <= p.len())
-                    .map(|end| &p[start..end])
-                    .ok_or(ErrorCode::OutOfRange)?;
-                Ok(Response::Weights {
-                    offset: *offset,
-                    values: heapless::Vec::from_slice(values).map_err(|_| ErrorCode::Internal)?,
-                })
+                Ok(Small::Info(info))
             }
             Request::LoadWeights {
                 offset,
@@ -242,12 +348,10 @@ where
             }
             Request::Checkpoint if CAPS & CAP_CHECKPOINT != 0 => {
                 self.checkpoint()?;
-                Ok(Response::Checkpointed {
-                    weights_crc: self.crc(),
-                })
+                Ok(Small::Checkpointed(self.crc()))
             }
-            // `Segment`, `Encode` and `TrainBatch` are answered by `handle_each`; the rest
-            // are outside this engine's capabilities.
+            // `Segment`, `Encode`, `TrainBatch` and `ReadWeights` are answered by their
+            // own functions; the rest are outside this engine's capabilities.
             _ => Err(ErrorCode::Unsupported),
         }
     }
@@ -255,6 +359,7 @@ where
     /// Saves a checkpoint: the weights, and what the training under way needs to resume
     /// (a trainer's optimiser state, step counts and record; online k-means' counts,
     /// spawner and tracker).
+    #[inline(never)]
     fn checkpoint(&mut self) -> Result<(), ErrorCode> {
         if self.store.checkpoints().is_none() {
             return Err(ErrorCode::Unsupported);
@@ -474,7 +579,7 @@ where
         Ok(true)
     }
 
-    fn load(&mut self, offset: u32, bytes: &[u8], last: bool) -> Result<Response, ErrorCode> {
+    fn load(&mut self, offset: u32, bytes: &[u8], last: bool) -> Result<Small, ErrorCode> {
         let n = self.model.params().len();
         if offset == 0 {
             // New weights end any training: its buffers become the staging area.
@@ -500,7 +605,7 @@ where
             Ok(())
         })?;
         if !last {
-            return Ok(Response::Ack);
+            return Ok(Small::Ack);
         }
         let crc = self.loader.finish()?;
         let stage = staging.as_ref().get(..n).ok_or(ErrorCode::Internal)?;
@@ -511,11 +616,15 @@ where
         }
         params.copy_from_slice(stage);
         self.crc = Some(crc);
-        Ok(Response::Loaded { weights_crc: crc })
+        Ok(Small::Loaded(crc))
     }
 
     /// Starts a training with new settings: a trainer (or the centres' counts of online
     /// k-means) and, for `SegmenterAndNormalisation`, a normalisation tracker.
+    ///
+    /// Not inlined: the new state is built on its stack (the spawner's memory, the
+    /// tracker, the trainer), which a training step then does not keep.
+    #[inline(never)]
     fn start(&mut self, s: &TrainSettings) -> Result<(), ErrorCode> {
         self.trainer = None;
         self.settings = None;
@@ -547,6 +656,9 @@ where
             self.kmeans = Some((CentreCounts::new(f32::from(memory)), Spawner::new(rule)));
             self.settings = Some(*s);
         } else {
+            if !self.model.has_decoder() {
+                return Err(ErrorCode::Train);
+            }
             let mut cfg = config_with_memory(s, MEM).ok_or(ErrorCode::Train)?;
             cfg.quant = quant_of::<D, P>(&self.model).ok_or(ErrorCode::Train)?;
             let shape = *self.model.shape();
@@ -583,11 +695,12 @@ where
     /// The answer's `buffered` counts the centre slots in use (a spawn shows as one
     /// more), `steps` the samples taken, `loss` the request's mean novelty (`1 - cosine`
     /// to the nearest centre, before the update).
+    #[inline(never)]
     fn update_centres(
         &mut self,
         samples: &[f32],
         emit: &mut dyn FnMut(&Response),
-    ) -> Result<Response, ErrorCode> {
+    ) -> Result<Small, ErrorCode> {
         if let Some(tracker) = self.tracker.as_mut() {
             for x in samples.chunks_exact(D) {
                 tracker.push(x).map_err(|_| ErrorCode::NonFiniteInput)?;
@@ -633,12 +746,7 @@ where
                     let used = (0..shape.clusters)
                         .filter(|&k| in_use(&shape, params, k))
                         .count();
-                    emit(&Response::Centre {
-                        slot: saturate_u8(slot),
-                        change: CentreChange::Spawned,
-                        sample: u16::try_from(i).unwrap_or(u16::MAX),
-                        in_use: saturate_u8(used),
-                    });
+                    emit_centre(emit, slot, CentreChange::Spawned, i, used);
                     spawned = true;
                 }
             }
@@ -663,12 +771,7 @@ where
                 let used = (0..shape.clusters)
                     .filter(|&k| in_use(&shape, params, k))
                     .count();
-                emit(&Response::Centre {
-                    slot: saturate_u8(slot),
-                    change,
-                    sample: u16::try_from(i).unwrap_or(u16::MAX),
-                    in_use: saturate_u8(used),
-                });
+                emit_centre(emit, slot, change, i, used);
                 retired = true;
             }
             self.crc = None;
@@ -684,7 +787,7 @@ where
         let used = (0..shape.clusters)
             .filter(|&k| in_use(&shape, seg, k))
             .count();
-        Ok(Response::Trained {
+        Ok(Small::Trained {
             buffered: used as u32,
             steps: updates,
             loss: if n > 0 { novelty / n as f32 } else { f32::NAN },
@@ -697,7 +800,7 @@ where
         steps: u16,
         settings: Option<&TrainSettings>,
         emit: &mut dyn FnMut(&Response),
-    ) -> Result<Response, ErrorCode> {
+    ) -> Result<Small, ErrorCode> {
         if !samples.len().is_multiple_of(D) {
             return Err(ErrorCode::InputLength);
         }
@@ -710,6 +813,12 @@ where
         if self.kmeans.is_some() {
             return self.update_centres(samples, emit);
         }
+        self.train_steps(samples, steps)
+    }
+
+    /// A trainer's part of [`Engine::train`]: buffers the samples, takes the steps.
+    #[inline(never)]
+    fn train_steps(&mut self, samples: &[f32], steps: u16) -> Result<Small, ErrorCode> {
         let t = self.trainer.as_mut().ok_or(ErrorCode::Train)?;
         for x in samples.chunks_exact(D) {
             if let Some(tracker) = self.tracker.as_mut() {
@@ -761,7 +870,7 @@ where
                 Err(_) => return Err(ErrorCode::Train),
             }
         }
-        Ok(Response::Trained {
+        Ok(Small::Trained {
             buffered: t.len() as u32,
             steps: t.steps(),
             loss,
@@ -912,6 +1021,65 @@ pub fn blob_crc(shape: &Shape, params: &[f32]) -> u32 {
         d.update(&v.to_le_bytes());
     }
     d.finalize()
+}
+
+/// The engine's answers without a vector, a few bytes each: the `Response` (about 1.3
+/// KiB, the protocol's vectors have fixed capacities) is built only to be sent
+/// ([`emit_small`]), so the functions that compute an answer keep none on their stack.
+#[derive(Clone, Copy, Debug)]
+enum Small {
+    Info(DeviceInfo),
+    Ack,
+    Loaded(u32),
+    Checkpointed(u32),
+    Trained { buffered: u32, steps: u32, loss: f32 },
+    Error(ErrorCode),
+}
+
+/// Sends `s` as its `Response`. Not inlined: the `Response` takes stack only while it
+/// is sent.
+#[inline(never)]
+fn emit_small(emit: &mut dyn FnMut(&Response), s: Small) {
+    emit(&match s {
+        Small::Info(info) => Response::Info(info),
+        Small::Ack => Response::Ack,
+        Small::Loaded(weights_crc) => Response::Loaded { weights_crc },
+        Small::Checkpointed(weights_crc) => Response::Checkpointed { weights_crc },
+        Small::Trained {
+            buffered,
+            steps,
+            loss,
+        } => Response::Trained {
+            buffered,
+            steps,
+            loss,
+        },
+        Small::Error(e) => Response::Error(e),
+    });
+}
+
+/// Emits `Response::Error(code)`.
+fn emit_error(emit: &mut dyn FnMut(&Response), code: ErrorCode) {
+    emit_small(emit, Small::Error(code));
+}
+
+/// Emits the event of a centre's change: `slot` changed by `change` at sample `i` of the
+/// request, `used` slots in use after it. Not inlined: its `Response` (about 1.3 KiB)
+/// takes stack only while it is sent.
+#[inline(never)]
+fn emit_centre(
+    emit: &mut dyn FnMut(&Response),
+    slot: usize,
+    change: CentreChange,
+    i: usize,
+    used: usize,
+) {
+    emit(&Response::Centre {
+        slot: saturate_u8(slot),
+        change,
+        sample: u16::try_from(i).unwrap_or(u16::MAX),
+        in_use: saturate_u8(used),
+    });
 }
 
 /// `v` as a `u8`, 255 if larger (slot counts are at most [`MAX_ONLINE_CLUSTERS`]).

@@ -88,6 +88,16 @@ pub const LEARN: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHEC
 /// Capabilities of an inference device: every request but `TrainBatch`.
 pub const INFER: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHECKPOINT;
 
+/// Capabilities of an adapting device that holds no trainer (the firmware's `adapt`):
+/// answers, reading the weights back, and `TrainBatch` with online k-means of the
+/// centres (a gradient optimiser needs buffers such a device does not have). No
+/// `LoadWeights`: staging a load beside the weights in use takes a second parameter
+/// vector of RAM.
+pub const ADAPT: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_READ | CAP_TRAIN;
+/// Samples the trainer of an [`ADAPT`] engine remembers (`Engine`'s `MEM`): the least a
+/// trainer takes; online k-means keeps no memory of past samples.
+pub const ADAPT_MEM: usize = 2;
+
 /// Seed of the training generator, re-applied by every new training settings.
 pub const SEED: u64 = 0x006c_6561_726e; // "learn"
 /// Forgetting factor per sample of the input normalisation tracked by the

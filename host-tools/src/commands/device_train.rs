@@ -4,14 +4,14 @@
 use super::outln;
 use super::scenario::{self, ScenarioArg};
 use crate::data::{self, Dataset};
-use crate::device::learn_host::{host_learner, scratch_learner, HostEngine};
+use crate::device::learn_host::{adapt_learner, host_learner, scratch_learner, HostEngine};
 use crate::device::{self, Device, DeviceError, DeviceSpec, FirmwareOptions, Timeouts};
 use crate::metrics;
 use crate::model_io::{self, LoadedModel};
 use crate::Error;
 use hvae::protocol::{
     CentreChange, Request, Response, ShapeInfo, TrainOptimiser, TrainScope, TrainSettings,
-    CAP_TRAIN, MAX_SAMPLE,
+    CAP_LOAD, CAP_TRAIN, MAX_SAMPLE,
 };
 use hvae::Model;
 use rand_core::{Rng, SeedableRng};
@@ -105,9 +105,15 @@ impl OptimiserArg {
 #[derive(Debug, clap::Args)]
 pub struct DeviceTrainArgs {
     /// The device: host (the firmware's engine compiled for this machine), qemu,
-    /// qemu:mps2-an386 or serial:PATH (the `learn` program).
+    /// qemu:mps2-an386, qemu:microbit or serial:PATH.
     #[arg(long, value_name = "DEVICE", value_parser = DeviceSpec::parse)]
     pub device: DeviceSpec,
+    /// The firmware program: `learn` (every scope and optimiser) or `adapt` (online
+    /// k-means of the centres, for parts without the RAM of a trainer; the inference
+    /// weights alone, no weight load). Default: `adapt` on qemu:microbit, `learn`
+    /// elsewhere.
+    #[arg(long, value_enum, value_name = "PROGRAM")]
+    pub program: Option<ProgramArg>,
     /// Initial model (default: a fresh initialisation, seeded by --init-seed, of the
     /// architecture of the firmware's compiled-in model firmware/model/digits.hvae: Full
     /// scope then learns from scratch on the device).
@@ -403,7 +409,8 @@ pub fn run_scope(
 /// Which engine of the host is the reference of a device run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reference {
-    /// The `learn` program's.
+    /// The `learn` program's (the `adapt` program's for a device that holds the
+    /// inference parameters alone).
     Learn,
     /// The scratch engine (a reservoir of bytes).
     Scratch,
@@ -431,25 +438,38 @@ pub fn run_requests_on(
     reference: Reference,
 ) -> Result<(ScopeReport, Vec<f32>), Error> {
     let name = dev.name().to_string();
-    let n = model.model.shape().param_len();
+    let shape = *model.model.shape();
     // The device.
     let t0 = Instant::now();
     let info = dev.sync().map_err(|e| dev_err(&name, e))?;
     if info.capabilities & CAP_TRAIN == 0 {
         return Err(Error::Failed(format!(
-            "{name}: the device program does not train (run the firmware's `learn`)"
+            "{name}: the device program does not train (run the firmware's `learn` or `adapt`)"
         )));
     }
-    if info.shape != ShapeInfo::from(model.model.shape()) || (info.params_held as usize) < n {
+    // A device holds every parameter, or (the `adapt` program) the inference ones.
+    let n = info.params_held as usize;
+    if info.shape != ShapeInfo::from(&shape)
+        || (n != shape.param_len() && n != shape.inference_param_len())
+    {
         return Err(Error::BadInput(format!(
-            "{name} runs another architecture than the model, or holds only {} of its {n} \
+            "{name} runs another architecture than the model, or holds {n} of its {} \
              parameters",
-            info.params_held
+            shape.param_len()
         )));
     }
-    let blob = model_io::to_bytes(&model.model)
-        .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
-    dev.load_weights(&blob).map_err(|e| dev_err(&name, e))?;
+    // A device that cannot load weights (`adapt`) must already run the model's.
+    if info.capabilities & CAP_LOAD != 0 {
+        let blob = model_io::to_bytes(&model.model)
+            .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
+        dev.load_weights(&blob).map_err(|e| dev_err(&name, e))?;
+    } else if info.weights_crc != model.crc {
+        return Err(Error::BadInput(format!(
+            "{name} runs weights of CRC {:#010x}, not the model's ({:#010x}), and cannot load \
+             weights: build the firmware with the model",
+            info.weights_crc, model.crc
+        )));
+    }
     let mut answers = Vec::with_capacity(requests.len());
     for (i, req) in requests.iter().enumerate() {
         let r = dev
@@ -462,6 +482,9 @@ pub fn run_requests_on(
     // The host, same engine, same requests.
     let t1 = Instant::now();
     let mut host = match reference {
+        Reference::Learn if n < shape.param_len() => {
+            adapt_learner(model.model.clone(), model.crc).map(|e| HostEngine::Adapt(Box::new(e)))
+        }
         Reference::Learn => {
             host_learner(model.model.clone(), model.crc).map(|e| HostEngine::Learn(Box::new(e)))
         }
@@ -711,6 +734,15 @@ pub fn with_fitted_normalisation(
         .map_err(|e| Error::Failed(format!("cannot re-read the model: {e}")))
 }
 
+/// The firmware programs that learn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgramArg {
+    /// Every scope and optimiser (the whole model in RAM, a trainer's buffers).
+    Learn,
+    /// Online k-means of the centres only (the inference weights, no buffers).
+    Adapt,
+}
+
 /// Runs `hvae device-train`.
 pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     if let Some(s) = args.scenario {
@@ -752,8 +784,24 @@ pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     }
 }
 
+/// The learning program of `args` (`--program`, or the device's default).
+fn learn_bin(args: &DeviceTrainArgs) -> &'static str {
+    match args.program {
+        Some(ProgramArg::Learn) => device::LEARN_BIN,
+        Some(ProgramArg::Adapt) => device::ADAPT_BIN,
+        None => device::learn_program(&args.device),
+    }
+}
+
 fn open_learn(args: &DeviceTrainArgs) -> Result<device::Opened, Error> {
-    open_program(args, "learn")
+    let bin = learn_bin(args);
+    if bin == device::ADAPT_BIN && !matches!(args.optimiser, OptimiserArg::OnlineKMeans) {
+        return Err(Error::BadInput(
+            "the `adapt` program adapts by online k-means alone: --optimiser online-k-means"
+                .to_string(),
+        ));
+    }
+    open_program(args, bin)
 }
 
 fn open_program(args: &DeviceTrainArgs, bin: &str) -> Result<device::Opened, Error> {
@@ -770,7 +818,9 @@ fn open_program(args: &DeviceTrainArgs, bin: &str) -> Result<device::Opened, Err
 
 /// Runs `hvae device-train --scenario`.
 fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let model_path = args.model.clone().unwrap_or_else(default_model);
+    let model_path = args.model.clone().unwrap_or_else(|| {
+        device::firmware::default_dir().join(device::model_of(learn_bin(args)))
+    });
     let data_path = args
         .data
         .clone()
@@ -812,7 +862,8 @@ fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> 
             (r.pass, report(&r, args.json, scenario::print_scratch)?)
         }
         ScenarioArg::Drift => {
-            let r = scenario::drift(&mut opened.device, &model, &data, args)?;
+            let mut reopen = || open_learn(args);
+            let r = scenario::drift(&mut opened, &mut reopen, &model, &data, args)?;
             (r.pass, report(&r, args.json, scenario::print_drift)?)
         }
         ScenarioArg::NewClusters => {

@@ -22,10 +22,11 @@ use super::device_train::{
 };
 use super::outln;
 use crate::data::Dataset;
+use crate::device::Opened;
 use crate::model_io::LoadedModel;
 use crate::train::{self as host_train, FitConfig};
 use crate::Error;
-use hvae::protocol::{TrainOptimiser, TrainScope, TrainSettings};
+use hvae::protocol::{max_request_frame, TrainOptimiser, TrainScope, TrainSettings};
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
@@ -179,9 +180,13 @@ fn scope_arg(s: TrainScope) -> Option<ScopeArg> {
 }
 
 /// Runs the drift scenario on an open device: the scopes of `args.scope` (`all`: every
-/// adaptation scope).
+/// adaptation scope). Each run starts from the deployed model: a device that loads
+/// weights gets it loaded; one that cannot (the `adapt` program, which runs its
+/// compiled-in weights) is replaced by a fresh one from `reopen` before every run but the
+/// first (a qemu device starts again; a board must be reset by hand).
 pub fn drift(
-    dev: &mut hvae_devkit::Device,
+    opened: &mut Opened,
+    reopen: &mut dyn FnMut() -> Result<Opened, Error>,
     model: &LoadedModel,
     data: &Dataset,
     args: &DeviceTrainArgs,
@@ -214,6 +219,13 @@ pub fn drift(
     let optimiser = args.optimiser.to_wire(args);
     let order = permutation(data.len(), args.seed);
     let n = args.steps as usize;
+    // As many samples per request as asked for and the device's receive buffer holds
+    // (the `adapt` program on the micro:bit receives one at a time).
+    let max_frame = device_info(&mut opened.device)?.max_frame as usize;
+    let per_request = (1..=args.per_request)
+        .rev()
+        .find(|&p| max_request_frame(usize::from(p) * data.dim()) <= max_frame)
+        .unwrap_or(1);
     let mut runs = Vec::new();
     for stream in ["sudden", "gradual"] {
         let share = |i: usize| -> f32 {
@@ -241,12 +253,15 @@ pub fn drift(
                     batch: args.batch,
                 },
                 steps: args.steps,
-                per_request: args.per_request,
+                per_request,
                 seed: args.seed,
             };
             let rows = (0..).map(|i| drift.apply(data.row(order[i % order.len()]), share(i)));
             let requests = schedule.requests_of(data.dim(), rows)?;
-            let (r, _) = run_requests(dev, model, &shifted, scope, &requests)?;
+            if !runs.is_empty() && !loads_weights(&mut opened.device)? {
+                *opened = reopen()?;
+            }
+            let (r, _) = run_requests(&mut opened.device, model, &shifted, scope, &requests)?;
             runs.push(DriftRun {
                 stream: stream.to_string(),
                 scope: r.scope,
@@ -267,7 +282,7 @@ pub fn drift(
             .all(|r| r.share_of_oracle >= RECOVERY_BAR);
     Ok(DriftReport {
         scenario: "drift".to_string(),
-        device: dev.name().to_string(),
+        device: opened.device.name().to_string(),
         gain: args.drift_gain,
         offset_sd: args.drift_offset,
         seed: args.seed,
@@ -281,6 +296,17 @@ pub fn drift(
         runs,
         pass,
     })
+}
+
+/// The device's `Info`.
+fn device_info(dev: &mut hvae_devkit::Device) -> Result<hvae::protocol::DeviceInfo, Error> {
+    dev.sync()
+        .map_err(|e| Error::Failed(format!("{}: {e}", dev.name())))
+}
+
+/// Whether the device takes `LoadWeights`.
+fn loads_weights(dev: &mut hvae_devkit::Device) -> Result<bool, Error> {
+    Ok(device_info(dev)?.capabilities & hvae::protocol::CAP_LOAD != 0)
 }
 
 /// Prints the drift scenario's table.

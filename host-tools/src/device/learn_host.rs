@@ -5,7 +5,7 @@
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
     checkpoint_slot_len_with, optim_len, scratch_len_with, scratch_optim_len, Engine, Store,
-    Transport, CAP, LEARN, SCRATCH_MEM,
+    Transport, ADAPT, ADAPT_MEM, CAP, LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{Request, Response};
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
@@ -149,12 +149,54 @@ pub fn scratch_learner(model: VecModel<f32>, crc: u32) -> Result<ScratchLearner,
         .map_err(|e| format!("the scratch engine refuses the model: {e}"))
 }
 
-/// Either engine on the host, as the reference of a device run.
+/// The store of the `adapt` program: no training buffers, no checkpoint slots.
+#[derive(Debug)]
+pub struct NoBuffers;
+
+impl Store for NoBuffers {
+    type Buf = Vec<f32>;
+    type Flash = RamFlash;
+    fn take(&mut self, _scratch: usize, _optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<RamFlash>> {
+        None
+    }
+}
+
+/// The adapting engine (the `adapt` program's, for parts without the RAM of a trainer):
+/// the inference parameters alone, online k-means of the centres, no buffers.
+pub type AdaptLearner = Engine<INPUTS, WORK, Vec<f32>, NoBuffers, ADAPT, ADAPT_MEM, u8>;
+
+/// The adapting engine for `model`'s inference parameters (its decoder is dropped, as
+/// the `adapt` program holds none; `crc` is the whole blob's), or why the host cannot
+/// run it.
+pub fn adapt_learner(model: VecModel<f32>, crc: u32) -> Result<AdaptLearner, String> {
+    let shape = *model.shape();
+    if shape.input != INPUTS || shape.work_len() > WORK {
+        return Err(format!(
+            "the adapting engine runs models of {INPUTS} inputs (this one has {})",
+            shape.input
+        ));
+    }
+    let prefix = model
+        .params()
+        .get(..shape.inference_param_len())
+        .ok_or("the model lacks its inference parameters")?
+        .to_vec();
+    let model = VecModel::new(shape, prefix).map_err(|e| e.to_string())?;
+    Engine::new(model, crc, NoBuffers, MAX_REQUEST_FRAME)
+        .map_err(|e| format!("the adapting engine refuses the model: {e}"))
+}
+
+/// Any engine on the host, as the reference of a device run.
 pub enum HostEngine {
     /// The `learn` program's engine.
     Learn(Box<HostLearner>),
     /// The scratch engine.
     Scratch(Box<ScratchLearner>),
+    /// The `adapt` program's engine.
+    Adapt(Box<AdaptLearner>),
 }
 
 impl HostEngine {
@@ -163,6 +205,7 @@ impl HostEngine {
         match self {
             HostEngine::Learn(e) => e.handle_each(req, emit),
             HostEngine::Scratch(e) => e.handle_each(req, emit),
+            HostEngine::Adapt(e) => e.handle_each(req, emit),
         }
     }
 
@@ -171,6 +214,7 @@ impl HostEngine {
         match self {
             HostEngine::Learn(e) => e.model().params(),
             HostEngine::Scratch(e) => e.model().params(),
+            HostEngine::Adapt(e) => e.model().params(),
         }
     }
 
@@ -179,6 +223,7 @@ impl HostEngine {
         match self {
             HostEngine::Learn(e) => e.train_ram(),
             HostEngine::Scratch(e) => e.train_ram(),
+            HostEngine::Adapt(e) => e.train_ram(),
         }
     }
 }
@@ -229,8 +274,13 @@ impl<R: Read, W: Write> Transport for Pipes<R, W> {
 
 /// A simulated learning device: `learner` served in a thread over in-memory pipes (the
 /// core's server, [`Engine::serve`]), until the link is dropped.
-pub fn spawn<const MEM: usize, E: hvae::train::samples::Stored<f32> + Send + 'static>(
-    mut learner: Engine<INPUTS, WORK, Vec<f32>, HostStore, LEARN, MEM, E>,
+pub fn spawn<
+    S: Store<Buf = Vec<f32>> + Send + 'static,
+    const CAPS: u32,
+    const MEM: usize,
+    E: hvae::train::samples::Stored<f32> + Send + 'static,
+>(
+    mut learner: Engine<INPUTS, WORK, Vec<f32>, S, CAPS, MEM, E>,
 ) -> std::io::Result<Link> {
     let (req_rx, req_tx) = std::io::pipe()?;
     let (resp_rx, resp_tx) = std::io::pipe()?;

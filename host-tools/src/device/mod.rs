@@ -88,6 +88,34 @@ pub struct Opened {
 
 /// The firmware program of the `scratch` scenario (the scratch engine on the host).
 pub const SCRATCH_BIN: &str = "learn_scratch";
+/// The firmware program that adapts without a trainer (online k-means; the adapting
+/// engine on the host): the one that learns on the Cortex-M0.
+pub const ADAPT_BIN: &str = "adapt";
+/// The firmware program that learns (every scope and optimiser).
+pub const LEARN_BIN: &str = "learn";
+/// The model compiled into [`ADAPT_BIN`] (under the firmware's directory): the digits
+/// with 16 hidden units, whose weights and the engine fit the micro:bit's 16 KiB of RAM.
+pub const ADAPT_MODEL: &str = "model/digits_m0.hvae";
+/// The model compiled into every other program (under the firmware's directory).
+pub const MODEL: &str = "model/digits.hvae";
+
+/// The model compiled into firmware program `bin` (under the firmware's directory).
+pub fn model_of(bin: &str) -> &'static str {
+    if bin == ADAPT_BIN {
+        ADAPT_MODEL
+    } else {
+        MODEL
+    }
+}
+
+/// The learning program for `spec`: [`ADAPT_BIN`] on the micro:bit machine (16 KiB of
+/// RAM: `learn` does not link there), [`LEARN_BIN`] elsewhere.
+pub fn learn_program(spec: &DeviceSpec) -> &'static str {
+    match spec {
+        DeviceSpec::Qemu(qemu::Machine::Microbit) => ADAPT_BIN,
+        _ => LEARN_BIN,
+    }
+}
 
 /// Opens the device: the host engine (which serves every request, whatever `bin`), or
 /// builds and starts program `bin` under qemu, or opens the serial
@@ -102,11 +130,13 @@ pub fn open(
     match spec {
         DeviceSpec::Host => {
             let dir = fw.dir.clone().unwrap_or_else(firmware::default_dir);
-            let path = dir.join("model/digits.hvae");
+            let path = dir.join(model_of(bin));
             let m = crate::model_io::load(&path).map_err(|e| e.to_string())?;
             let link = if bin == SCRATCH_BIN {
                 let m = crate::commands::scenario::scratch_model(&m).map_err(|e| e.to_string())?;
                 learn_host::spawn(learn_host::scratch_learner(m.model, m.crc)?)
+            } else if bin == ADAPT_BIN {
+                learn_host::spawn(learn_host::adapt_learner(m.model, m.crc)?)
             } else {
                 learn_host::spawn(learn_host::host_learner(m.model, m.crc)?)
             }
