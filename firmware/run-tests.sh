@@ -4,9 +4,9 @@
 #      (clippy and rustdoc, warnings are errors);
 #   1. builds cluster, cluster_int8, selftest, bench, bench_adapt, bench_scratch, learn and
 #      learn_scratch
-#      for the Cortex-M4F (thumbv7em-none-eabihf) and cluster, cluster_int8, selftest and
-#      bench for the Cortex-M0 (thumbv6m-none-eabi), release; runs the host tool's unit
-#      tests;
+#      for the Cortex-M4F (thumbv7em-none-eabihf) and cluster, cluster_int8, selftest,
+#      bench and adapt for the Cortex-M0 (thumbv6m-none-eabi), release; runs the host
+#      tool's unit tests;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
 #      mps2-an386 and microbit, and checks that the log is defmt: the raw log is
 #      frames, not the text, and decodes to the expected lines;
@@ -21,9 +21,10 @@
 #      sample, reported; fails if a sample fails), bench_scratch (a training step of
 #      learn_scratch, reported; fails if a step fails), and bench on the microbit (inference
 #      in soft float, reported; fails if an int8 dense layer exceeds the M0's budget);
-#   5. prints the sizes table and the panic sites of cluster, cluster_int8, learn and
-#      learn_scratch, and fails if one is in the core, the firmware or the standard
-#      library's own code.
+#   5. prints the sizes table and the panic sites of cluster, cluster_int8, learn,
+#      learn_scratch and adapt, and fails if one is in the core, the firmware or the
+#      standard library's own code.
+# (adapt's drift scenario on the microbit runs in the host tool's tests/qemu.rs.)
 # Every qemu run goes through the host tool (`hvae-firmware-host run` / `probe`, built on
 # the device toolkit's launcher), never qemu directly.
 # Exit status: 0 only if everything passed. HVAE_BENCH_ALLOW_OVER="encode+segment:"
@@ -60,7 +61,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 step "build (release)"
 cargo build --release --target "$m4" --bin cluster --bin cluster_int8 --bin selftest --bin bench \
   --bin bench_adapt --bin bench_scratch --bin learn --bin learn_scratch
-cargo build --release --target "$m0" --bin cluster --bin cluster_int8 --bin selftest --bin bench
+cargo build --release --target "$m0" --bin cluster --bin cluster_int8 --bin selftest --bin bench \
+  --bin adapt
 # The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
 # device), and its own unit tests (the ELF scanner of the panic-site check).
 (cd .. && cargo build --release -p hvae-firmware-host && cargo test --release -p hvae-firmware-host)
@@ -118,12 +120,13 @@ step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = 
 "$tool" size "target/$m4/release/cluster" "target/$m0/release/cluster" \
   "target/$m4/release/cluster_int8" "target/$m0/release/cluster_int8" \
   "target/$m4/release/selftest" "target/$m0/release/selftest" "target/$m4/release/bench" \
-  "target/$m4/release/learn" "target/$m4/release/learn_scratch"
+  "target/$m4/release/learn" "target/$m4/release/learn_scratch" "target/$m0/release/adapt"
 echo
 echo "panic sites linked in (none may be in the core, the firmware or the standard library: the device path returns typed errors):"
 "$tool" panics --deny-ours "target/$m4/release/cluster" "target/$m4/release/learn" \
   "target/$m4/release/learn_scratch" "target/$m0/release/cluster" \
-  "target/$m4/release/cluster_int8" "target/$m0/release/cluster_int8"
+  "target/$m4/release/cluster_int8" "target/$m0/release/cluster_int8" \
+  "target/$m0/release/adapt"
 echo
 echo "device-reported (cluster after the conformance checks):"
 grep -h HVAE_DEVICE_FIGURES target/probe-m4.txt target/probe-m0.txt \

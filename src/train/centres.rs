@@ -448,6 +448,10 @@ impl Spawner {
     /// its count in `counts`. `Ok(None)` when no slot is unused or fewer than two
     /// directions are kept (the memory of novelty is kept then). On error nothing
     /// changes.
+    ///
+    /// Not inlined: its 2-means works on the stack, which its caller then does not keep
+    /// while it reports the spawn.
+    #[inline(never)]
     pub fn spawn<R: rand_core::Rng>(
         &mut self,
         shape: &Shape,
