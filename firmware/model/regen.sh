@@ -7,7 +7,9 @@
 #   2. exports it as Rust for the firmware build: firmware/model/digits.rs, and its int8
 #      form as Rust and as an int8 blob: firmware/model/digits_int8.rs (bench, selftest,
 #      cluster_int8) and digits_int8.hvae (the int8 checks of run-tests.sh);
-#   3. writes firmware/model/golden.rs: 64 rows of the digits data and the core's
+#   3. trains and exports the `adapt` program's model (hidden 16):
+#      firmware/model/digits_m0.hvae and .rs;
+#   4. writes firmware/model/golden.rs: 64 rows of the digits data and the core's
 #      `segment` outputs for 16 of them, computed on the host (firmware/host).
 #
 # To build the firmware with another model without touching these files, point
@@ -24,5 +26,9 @@ hvae export --model firmware/model/digits.hvae --quantize int8 \
   --data host-tools/data/digits.csv.gz --format rust --out firmware/model/digits_int8.rs
 hvae export --model firmware/model/digits.hvae --quantize int8 \
   --data host-tools/data/digits.csv.gz --format bin --out firmware/model/digits_int8.hvae
+# The `adapt` program's model (the micro:bit's 16 KiB of RAM hold 16 hidden units).
+hvae train --data host-tools/data/digits.csv.gz --clusters 10 --latent 8 --hidden 16 \
+  --seed 1 --quiet --out firmware/model/digits_m0.hvae
+hvae export --model firmware/model/digits_m0.hvae --format rust --out firmware/model/digits_m0.rs
 cargo run --quiet --release -p hvae-firmware-host -- \
   golden firmware/model/digits.hvae host-tools/data/digits.csv.gz firmware/model/golden.rs

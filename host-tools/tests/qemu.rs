@@ -402,10 +402,8 @@ fn drift_scenario_on_the_cortex_m0() {
     let Some(elf) = firmware(hvae_host::device::ADAPT_BIN, machine) else {
         return;
     };
-    let model = model_io::load(
-        &firmware::default_dir().join(hvae_host::device::ADAPT_MODEL),
-    )
-    .unwrap();
+    let model =
+        model_io::load(&firmware::default_dir().join(hvae_host::device::ADAPT_MODEL)).unwrap();
     let data = data::load(&common::digits_path()).unwrap();
     let args = DeviceTrainArgs::parse_from([
         "--device",

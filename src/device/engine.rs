@@ -1032,7 +1032,11 @@ enum Small {
     Ack,
     Loaded(u32),
     Checkpointed(u32),
-    Trained { buffered: u32, steps: u32, loss: f32 },
+    Trained {
+        buffered: u32,
+        steps: u32,
+        loss: f32,
+    },
     Error(ErrorCode),
 }
 

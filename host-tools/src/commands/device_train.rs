@@ -818,9 +818,10 @@ fn open_program(args: &DeviceTrainArgs, bin: &str) -> Result<device::Opened, Err
 
 /// Runs `hvae device-train --scenario`.
 fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let model_path = args.model.clone().unwrap_or_else(|| {
-        device::firmware::default_dir().join(device::model_of(learn_bin(args)))
-    });
+    let model_path = args
+        .model
+        .clone()
+        .unwrap_or_else(|| device::firmware::default_dir().join(device::model_of(learn_bin(args))));
     let data_path = args
         .data
         .clone()
