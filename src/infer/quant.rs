@@ -458,14 +458,13 @@ pub(crate) fn check_values(
 /// a NaN or infinite `x_i` is [`InferError::NonFiniteInput`], a finite one whose
 /// product is not finite [`InferError::NonFinite`] (the first such feature's error).
 ///
-/// With a hardware FPU: no test per feature, one sum `probe += v - v` (zero while every
+/// With a hardware FPU: no test per feature, one sum `probe += v * 0` (zero while every
 /// `v` is finite, NaN after one that is not) checked after the loop, which on error runs
 /// [`quantize_input_checked`] for the error; the rounding and the clamp in integers
 /// ([`round_clamp_i8`]). In soft float (Arm without a hard-float ABI: the Cortex-M0)
 /// every float operation is a call, so [`quantize_input_checked`] serves (its finite
 /// test and its rounding, [`round_clamp_i8_bits`], on the value's bits). The same values
 /// either way (docs/device.md).
-#[allow(clippy::eq_op)] // `v - v`: zero, or NaN when `v` is not finite
 fn quantize_input(x: &[f32], offset: &[f32], mult: &[f32], q: &mut [i8]) -> Result<(), InferError> {
     if cfg!(all(target_arch = "arm", not(target_abi = "eabihf"))) {
         return quantize_input_checked(x, offset, mult, q);
@@ -473,7 +472,7 @@ fn quantize_input(x: &[f32], offset: &[f32], mult: &[f32], q: &mut [i8]) -> Resu
     let mut probe = 0.0f32;
     for (((qi, &xi), &o), &r) in q.iter_mut().zip(x).zip(offset).zip(mult) {
         let v = (xi - o) * r;
-        probe += v - v;
+        probe += v * 0.0;
         *qi = round_clamp_i8(v);
     }
     if probe == 0.0 {
@@ -514,7 +513,8 @@ fn round_clamp_i8(v: f32) -> i8 {
     let t = (v * 2.0) as i32;
     let s = t >> 31;
     let a = (t ^ s).wrapping_sub(s) as u32;
-    let m = (a.wrapping_add(1) >> 1).min(QMAX as u32) as i32;
+    // At most 2^30: non-negative as `i32` (`usat` on Arm).
+    let m = ((a.wrapping_add(1) >> 1) as i32).clamp(0, QMAX);
     ((m ^ s) - s) as i8
 }
 
