@@ -5,7 +5,7 @@
 #   1. builds cluster, cluster_int8, selftest, bench, bench_adapt, bench_scratch, learn and
 #      learn_scratch
 #      for the Cortex-M4F (thumbv7em-none-eabihf) and cluster, cluster_int8, selftest,
-#      bench and adapt for the Cortex-M0 (thumbv6m-none-eabi), release; runs the host
+#      bench, adapt and bench_adapt for the Cortex-M0 (thumbv6m-none-eabi), release; runs the host
 #      tool's unit tests;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
 #      mps2-an386 and microbit, and checks that the log is defmt: the raw log is
@@ -19,8 +19,9 @@
 #      dense layers, training step cost and RAM per scope) and fails if a budget is
 #      exceeded, bench_adapt (online k-means and the normalisation tracker per
 #      sample, reported; fails if a sample fails), bench_scratch (a training step of
-#      learn_scratch, reported; fails if a step fails), and bench on the microbit (inference
-#      in soft float, reported; fails if an int8 dense layer exceeds the M0's budget);
+#      learn_scratch, reported; fails if a step fails), and bench and bench_adapt on the
+#      microbit (inference and adaptation in soft float, reported; fails if an int8 dense
+#      layer exceeds the M0's budget or a sample fails);
 #   5. prints the sizes table and the panic sites of cluster, cluster_int8, learn,
 #      learn_scratch and adapt, and fails if one is in the core, the firmware or the
 #      standard library's own code.
@@ -62,7 +63,7 @@ step "build (release)"
 cargo build --release --target "$m4" --bin cluster --bin cluster_int8 --bin selftest --bin bench \
   --bin bench_adapt --bin bench_scratch --bin learn --bin learn_scratch
 cargo build --release --target "$m0" --bin cluster --bin cluster_int8 --bin selftest --bin bench \
-  --bin adapt
+  --bin adapt --bin bench_adapt
 # The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
 # device), and its own unit tests (the ELF scanner of the panic-site check).
 (cd .. && cargo build --release -p hvae-firmware-host && cargo test --release -p hvae-firmware-host)
@@ -115,6 +116,9 @@ run mps2-an386 "target/$m4/release/bench_scratch"
 
 step "bench on microbit (Cortex-M0, soft float): inference, reported; the int8 dense layers' budgets"
 run microbit "target/$m0/release/bench"
+
+step "bench_adapt on microbit (adapting on the Cortex-M0: the adapt program's model, per sample)"
+run microbit "target/$m0/release/bench_adapt"
 
 step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = .data + .bss)"
 "$tool" size "target/$m4/release/cluster" "target/$m0/release/cluster" \

@@ -65,7 +65,8 @@ const _: () = assert!(
 /// CRC of the header and the inference prefix of the compiled-in weights.
 pub const PREFIX_CRC: u32 = const_crc(&generated::PARAMS, INFER_LEN);
 
-const fn prefix<const N: usize>(all: &[f32]) -> [f32; N] {
+/// The first `N` of `all`, at compile time (a model's inference prefix).
+pub const fn prefix<const N: usize>(all: &[f32]) -> [f32; N] {
     let mut out = [0.0; N];
     let mut i = 0;
     while i < N {

@@ -1,5 +1,6 @@
 //! Instruction counts and RAM of adapting a deployed model on the Cortex-M4F
-//! (mps2-an386): online k-means of the centres with the encoder in flash and the
+//! (mps2-an386; the compiled-in digits model) and on the Cortex-M0 (microbit; the
+//! `adapt` program's model, 16 hidden units): online k-means of the centres with the encoder in flash and the
 //! segmenter in RAM, and the input normalisation tracker (the `learn` engine's
 //! `SegmenterOnly` / `SegmenterAndNormalisation` scopes with `OnlineKMeans`; see
 //! docs/device.md#scenarios). Reported, no budget; exit status 1 if a sample fails.
@@ -18,7 +19,23 @@
 
 use cortex_m_rt::entry;
 use hvae_firmware::rt::{self, with_ram, Counter, Fixed3};
+#[cfg(not(board = "microbit"))]
 use hvae_firmware::weights::{COMPILED, SHAPE};
+#[cfg(board = "microbit")]
+use m0::{COMPILED, SHAPE};
+
+/// The `adapt` program's model, the one that adapts on the micro:bit.
+#[cfg(board = "microbit")]
+mod m0 {
+    #[allow(dead_code)]
+    mod generated {
+        include!("../../model/digits_m0.rs");
+    }
+    pub const SHAPE: hvae::Shape = generated::SHAPE;
+    const LEN: usize = SHAPE.inference_param_len();
+    pub static COMPILED: hvae::ArrayModel<LEN> =
+        hvae::Model::from_array(SHAPE, hvae_firmware::weights::prefix(&generated::PARAMS));
+}
 
 #[allow(dead_code)]
 mod golden {
