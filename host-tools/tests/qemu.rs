@@ -361,11 +361,6 @@ fn drift_scenario_on_the_device() {
     };
     let model = model_io::load(&compiled_model()).unwrap();
     let data = data::load(&common::digits_path()).unwrap();
-    let (q, device) = start(&elf, machine);
-    let mut opened = hvae_host::device::Opened {
-        device,
-        qemu: Some(q),
-    };
     let args = DeviceTrainArgs::parse_from([
         "--device",
         "qemu",
@@ -379,9 +374,29 @@ fn drift_scenario_on_the_device() {
         "1000",
     ])
     .unwrap();
-    // `learn` loads the deployed model for each run: one device serves them all.
-    let mut reopen = || Err(hvae_host::Error::Failed("learn loads weights".to_string()));
-    let r = scenario::drift(&mut opened, &mut reopen, &model, &data, &args).unwrap();
+    drift_on(&elf, machine, &model, &data, &args);
+}
+
+/// Runs the drift scenario of `args` on program `elf` under qemu (a fresh device for
+/// each run when the program cannot load the deployed model, as `adapt`), prints its
+/// table and asserts two runs, bit identity and the bars; the device, for more checks.
+fn drift_on(
+    elf: &std::path::Path,
+    machine: Machine,
+    model: &model_io::LoadedModel,
+    data: &data::Dataset,
+    args: &DeviceTrainArgs,
+) -> hvae_host::device::Opened {
+    let open = || {
+        let (q, device) = start(elf, machine);
+        hvae_host::device::Opened {
+            device,
+            qemu: Some(q),
+        }
+    };
+    let mut opened = open();
+    let mut reopen = || Ok(open());
+    let r = scenario::drift(&mut opened, &mut reopen, model, data, args).unwrap();
     let mut text = Vec::new();
     scenario::print_drift(&r, &mut text).unwrap();
     let text = String::from_utf8(text).unwrap();
@@ -389,6 +404,7 @@ fn drift_scenario_on_the_device() {
     assert_eq!(r.runs.len(), 2, "{text}");
     assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
     assert!(r.pass, "{text}");
+    opened
 }
 
 /// The drift scenario on the emulated Cortex-M0 (micro:bit, 16 KiB of RAM, soft-float):
@@ -421,23 +437,7 @@ fn drift_scenario_on_the_cortex_m0() {
         "1000",
     ])
     .unwrap();
-    let open = || {
-        let (q, device) = start(&elf, machine);
-        hvae_host::device::Opened {
-            device,
-            qemu: Some(q),
-        }
-    };
-    let mut opened = open();
-    let mut reopen = || Ok(open());
-    let r = scenario::drift(&mut opened, &mut reopen, &model, &data, &args).unwrap();
-    let mut text = Vec::new();
-    scenario::print_drift(&r, &mut text).unwrap();
-    let text = String::from_utf8(text).unwrap();
-    println!("{text}");
-    assert_eq!(r.runs.len(), 2, "{text}");
-    assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
-    assert!(r.pass, "{text}");
+    let mut opened = drift_on(&elf, machine, &model, &data, &args);
     // What the device reports after serving: its RAM, static and peak stack (by stack
     // painting, which cannot see past the end of RAM: a stack that reached it would
     // read as exactly 16 KiB in all), with at least 512 bytes never touched.

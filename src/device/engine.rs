@@ -100,21 +100,7 @@ where
         max_frame: usize,
     ) -> Result<Self, ErrorCode> {
         Self::check(&model)?;
-        let shape = *model.shape();
-        Ok(Engine {
-            loader: WeightLoader::new(shape),
-            model,
-            crc: Some(crc),
-            staging: None,
-            trainer: None,
-            settings: None,
-            tracker: None,
-            kmeans: None,
-            rng: Xoshiro256PlusPlus::seed_from_u64(SEED),
-            work: [0.0; W],
-            store,
-            max_frame,
-        })
+        Ok(Self::fresh(model, crc, store, max_frame))
     }
 
     /// [`Engine::new`] into `slot` (e.g. a `static`), which it returns: the engine is
@@ -129,8 +115,15 @@ where
         max_frame: usize,
     ) -> Result<&mut Self, ErrorCode> {
         Self::check(&model)?;
+        Ok(slot.insert(Self::fresh(model, crc, store, max_frame)))
+    }
+
+    /// The engine of a checked model, before any request. Always inlined, so that
+    /// [`Engine::new_in`] writes it into its slot.
+    #[inline(always)]
+    fn fresh(model: Model<f32, P>, crc: u32, store: S, max_frame: usize) -> Self {
         let shape = *model.shape();
-        Ok(slot.insert(Engine {
+        Engine {
             loader: WeightLoader::new(shape),
             model,
             crc: Some(crc),
@@ -143,7 +136,7 @@ where
             work: [0.0; W],
             store,
             max_frame,
-        }))
+        }
     }
 
     /// What [`Engine::new`] checks of its model.
