@@ -33,6 +33,9 @@
 # budgets be exceeded without failing; every other budget still fails the run.
 set -euo pipefail
 cd "$(dirname "$0")"
+# The paths below are the default target directories (firmware/target, ../target): a
+# CARGO_TARGET_DIR from the caller would build elsewhere and test stale binaries.
+unset CARGO_TARGET_DIR
 
 step() { printf '\n--> %s\n' "$*"; }
 command -v qemu-system-arm >/dev/null || {
