@@ -95,6 +95,22 @@ pub fn crc_of(values: impl Iterator<Item = f32>) -> u32 {
     d.finalize()
 }
 
+/// The `adapt` program's model (`model/digits_m0.rs`, from `model/regen.sh`): the digits
+/// with 16 hidden units, whose weights and the engine fit the micro:bit's 16 KiB of
+/// RAM. Linked only into the programs that use it.
+pub mod m0 {
+    #[allow(dead_code)]
+    mod generated {
+        include!("../model/digits_m0.rs");
+    }
+    pub use generated::{BLOB_CRC, PARAMS, SHAPE};
+    /// Parameters of the inference prefix (no decoder).
+    pub const INFER_LEN: usize = SHAPE.inference_param_len();
+    /// The model's inference prefix, built and checked at compile time.
+    pub static COMPILED: hvae::ArrayModel<INFER_LEN> =
+        hvae::Model::from_array(SHAPE, super::prefix(&PARAMS));
+}
+
 /// The model the device runs: parameters in flash, compiled-in or in a slot.
 pub type ActiveModel = Model<f32, &'static [f32]>;
 

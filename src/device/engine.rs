@@ -204,55 +204,63 @@ where
 
     /// [`Engine::handle_each`] of a request read in place: the samples of `Segment`,
     /// `Encode` and `TrainBatch` are copied into one buffer on the stack (`MAX_SAMPLE`
-    /// values), the other requests (a few bytes, a weight chunk) made owned. Not
-    /// inlined: the buffer takes stack only while a request is answered.
+    /// values, the most `parse` accepts), the other requests (a few bytes, a weight
+    /// chunk) made owned. Not inlined: the buffer takes stack only while a request is
+    /// answered.
     #[inline(never)]
     fn respond_to(&mut self, req: &borrowed::RequestRef<'_>, emit: &mut dyn FnMut(&Response)) {
         use borrowed::RequestRef as R;
-        let samples = match req {
-            R::Segment(s) | R::Encode(s) | R::TrainBatch { samples: s, .. } => s,
+        let mut buf = [0.0f32; MAX_SAMPLE];
+        let job = match req {
+            R::Segment(s) => Job::Segment(read_samples(s, &mut buf)),
+            R::Encode(s) => Job::Encode(read_samples(s, &mut buf)),
+            R::TrainBatch {
+                samples,
+                steps,
+                settings,
+            } => Job::Train(read_samples(samples, &mut buf), *steps, settings.as_ref()),
             _ => return self.respond_owned(req, emit),
         };
-        let mut buf = [0.0f32; MAX_SAMPLE];
-        // `parse` checked the length against `MAX_SAMPLE`.
-        let Some(x) = buf.get_mut(..samples.len()) else {
-            return emit_error(emit, ErrorCode::Oversized);
-        };
-        samples.copy_to(x);
-        match *req {
-            R::Segment(_) if CAPS & CAP_SEGMENT != 0 => self.segment(x, emit),
-            R::Encode(_) if CAPS & CAP_ENCODE != 0 => self.encode(x, emit),
-            R::TrainBatch {
-                steps, settings, ..
-            } if Self::TRAINS => self.train_and_answer(x, steps, settings.as_ref(), emit),
-            _ => emit_error(emit, ErrorCode::Unsupported),
-        }
+        self.dispatch(job, emit)
     }
 
     /// [`Engine::handle_each`] of a request without samples, made owned.
     #[inline(never)]
     fn respond_owned(&mut self, req: &borrowed::RequestRef<'_>, emit: &mut dyn FnMut(&Response)) {
-        self.answer(&req.to_request(), emit)
+        self.dispatch(Job::Other(&req.to_request()), emit)
     }
 
     /// Answers one request, handing each response to `emit`: one, or one per sample for
     /// `Segment` and `Encode` (the core's `protocol::answer`, two samples at a time
     /// when `W` holds two workspaces).
-    ///
-    /// Each kind of request is answered in a function of its own (not inlined), so that
-    /// the stack of a request is that of its own answer, not the sum of every answer's
-    /// (each holds a `Response` of about 1.3 KiB): what lets the engine serve in the
-    /// micro:bit's 16 KiB.
     pub fn handle_each(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
-        match req {
-            Request::Segment { sample } if CAPS & CAP_SEGMENT != 0 => self.segment(sample, emit),
-            Request::Encode { sample } if CAPS & CAP_ENCODE != 0 => self.encode(sample, emit),
+        let job = match req {
+            Request::Segment { sample } => Job::Segment(sample),
+            Request::Encode { sample } => Job::Encode(sample),
             Request::TrainBatch {
                 samples,
                 steps,
                 settings,
-            } if Self::TRAINS => self.train_and_answer(samples, *steps, settings.as_ref(), emit),
-            _ => self.answer(req, emit),
+            } => Job::Train(samples, *steps, settings.as_ref()),
+            _ => Job::Other(req),
+        };
+        self.dispatch(job, emit)
+    }
+
+    /// The one dispatch, whatever the request was read from: each kind of request
+    /// answered in a function of its own (not inlined), so that the stack of a request
+    /// is that of its own answer, not the sum of every answer's (each holds a
+    /// `Response` of about 1.3 KiB): what lets the engine serve in the micro:bit's
+    /// 16 KiB. A request outside `CAPS` is answered `Unsupported`.
+    fn dispatch(&mut self, job: Job<'_>, emit: &mut dyn FnMut(&Response)) {
+        match job {
+            Job::Segment(x) if CAPS & CAP_SEGMENT != 0 => self.segment(x, emit),
+            Job::Encode(x) if CAPS & CAP_ENCODE != 0 => self.encode(x, emit),
+            Job::Train(x, steps, settings) if Self::TRAINS => {
+                self.train_and_answer(x, steps, settings, emit)
+            }
+            Job::Other(req) => self.answer(req, emit),
+            _ => emit_error(emit, ErrorCode::Unsupported),
         }
     }
 
@@ -1014,6 +1022,23 @@ pub fn blob_crc(shape: &Shape, params: &[f32]) -> u32 {
         d.update(&v.to_le_bytes());
     }
     d.finalize()
+}
+
+/// The values of `s` in `buf` (`parse` accepts at most `MAX_SAMPLE`).
+fn read_samples<'b>(s: &borrowed::F32s<'_>, buf: &'b mut [f32; MAX_SAMPLE]) -> &'b [f32] {
+    let n = buf.iter_mut().zip(s.iter()).map(|(o, v)| *o = v).count();
+    buf.get(..n).unwrap_or_default()
+}
+
+/// A request as [`Engine::dispatch`] takes it: the samples as values, whether the
+/// request was read in place from a frame or given owned.
+enum Job<'a> {
+    Segment(&'a [f32]),
+    Encode(&'a [f32]),
+    /// Samples, steps, new settings.
+    Train(&'a [f32], u16, Option<&'a TrainSettings>),
+    /// A request without samples.
+    Other(&'a Request),
 }
 
 /// The engine's answers without a vector, a few bytes each: the `Response` (about 1.3

@@ -23,16 +23,8 @@ use hvae_firmware::board::Uart;
 use hvae_firmware::learning::NoBuffers;
 use hvae_firmware::rt;
 
-/// The compiled-in model: the digits with 16 hidden units (`model/digits_m0.rs`, from
-/// `model/regen.sh`), whose weights and the engine fit the micro:bit's 16 KiB of RAM.
-#[allow(dead_code)]
-mod generated {
-    include!("../../model/digits_m0.rs");
-}
-use generated::{BLOB_CRC, SHAPE};
-
-/// Parameters held: the inference prefix (online k-means needs no decoder).
-const INFER_LEN: usize = SHAPE.inference_param_len();
+// The compiled-in model: the digits with 16 hidden units (`weights::m0`).
+use hvae_firmware::weights::m0::{BLOB_CRC, COMPILED, INFER_LEN, SHAPE};
 
 /// One model workspace: the samples of a request are answered one at a time.
 const WORK_LEN: usize = SHAPE.work_len();
@@ -58,14 +50,15 @@ type Adapter = Engine<
     u8,
 >;
 
-/// Builds the engine into [`ENGINE`] over the compiled-in weights. Not inlined: the
-/// engine is built on this function's stack, which is gone once serving starts.
+/// Builds the engine in [`ENGINE`] (in place: `Engine::new_in`) over a RAM copy of the
+/// compiled-in weights. Not inlined: what it uses on the stack is gone once serving
+/// starts.
 #[inline(never)]
 fn build() -> Result<&'static mut Adapter, &'static str> {
     // SAFETY: taken once, here (`main` calls `build` once, before anything else can
     // reference PARAMS).
     let params: &'static mut [f32] = unsafe { &mut *addr_of_mut!(PARAMS) };
-    for (p, &v) in params.iter_mut().zip(generated::PARAMS.iter()) {
+    for (p, &v) in params.iter_mut().zip(COMPILED.params()) {
         *p = v;
     }
     let model = Model::new(SHAPE, params).map_err(|_| "the compiled-in weights are not a model")?;

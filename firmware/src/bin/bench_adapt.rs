@@ -19,23 +19,10 @@
 
 use cortex_m_rt::entry;
 use hvae_firmware::rt::{self, with_ram, Counter, Fixed3};
+#[cfg(board = "microbit")]
+use hvae_firmware::weights::m0::{COMPILED, SHAPE};
 #[cfg(not(board = "microbit"))]
 use hvae_firmware::weights::{COMPILED, SHAPE};
-#[cfg(board = "microbit")]
-use m0::{COMPILED, SHAPE};
-
-/// The `adapt` program's model, the one that adapts on the micro:bit.
-#[cfg(board = "microbit")]
-mod m0 {
-    #[allow(dead_code)]
-    mod generated {
-        include!("../../model/digits_m0.rs");
-    }
-    pub const SHAPE: hvae::Shape = generated::SHAPE;
-    const LEN: usize = SHAPE.inference_param_len();
-    pub static COMPILED: hvae::ArrayModel<LEN> =
-        hvae::Model::from_array(SHAPE, hvae_firmware::weights::prefix(&generated::PARAMS));
-}
 
 #[allow(dead_code)]
 mod golden {
