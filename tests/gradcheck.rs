@@ -13,7 +13,9 @@
 
 use hvae::dist::sphere::{Draw, SampleError};
 use hvae::shape::{Activation, Likelihood, Posterior, Scope, Shape};
-use hvae::train::loss::{loss_and_grad, Batch, ClusterInput, DrawSource, LossBuffers, LossConfig};
+use hvae::train::loss::{
+    loss_and_grad, Batch, ClusterInput, DrawSource, LossBuffers, LossConfig, LossParts,
+};
 use hvae::Model;
 
 /// A fixed draw: `w = tanh(a + c ln kappa)`, tangent `v` fixed, `z = H(mu) (w, sqrt(1-w²) v)`
@@ -83,6 +85,36 @@ impl Lcg {
     }
 }
 
+/// `loss_and_grad` of `batch` on `model` for `scope`, in `store`, with the marginal
+/// starting at `marginal` and the fixed draws of `draw_seed`: the loss parts, the
+/// gradient and the new marginal.
+fn loss_in(
+    model: &Model<f64, Vec<f64>>,
+    batch: &Batch<'_, f64>,
+    cfg: &LossConfig<f64>,
+    scope: Scope,
+    marginal: &[f64],
+    store: &mut [f64],
+    draw_seed: u64,
+) -> (LossParts<f64>, Vec<f64>, Vec<f64>) {
+    let s = *model.shape();
+    let b = batch.inputs.len() / s.input;
+    let mut bufs = LossBuffers::new(&s, scope, b, store).unwrap();
+    bufs.marginal_mut().copy_from_slice(marginal);
+    let mut draws = FixedDraws::new(b, s.latent, draw_seed);
+    let parts = loss_and_grad(model, batch, cfg, &mut draws, &mut bufs).unwrap();
+    (parts, bufs.grads().to_vec(), bufs.marginal().to_vec())
+}
+
+/// A model of `s` with parameters drawn from `Lcg(seed)` and `b` input rows drawn
+/// after them.
+fn model_and_inputs(s: Shape, seed: u64, b: usize) -> (Model<f64, Vec<f64>>, Vec<f64>) {
+    let mut r = Lcg(seed);
+    let params: Vec<f64> = (0..s.param_len()).map(|_| 0.5 * r.normal()).collect();
+    let inputs = (0..b * s.input).map(|_| r.uniform()).collect();
+    (Model::new(s, params).unwrap(), inputs)
+}
+
 struct Case {
     shape: Shape,
     scope: Scope,
@@ -114,14 +146,11 @@ fn run(case: &Case, seed: u64) -> f64 {
     let eval = |params: &[f64], grads: &mut [f64]| -> f64 {
         let model = Model::new(s, params.to_vec()).unwrap();
         let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, case.scope, b)];
-        let mut bufs = LossBuffers::new(&s, case.scope, b, &mut store).unwrap();
-        bufs.marginal_mut().copy_from_slice(&p_bar0);
-        let mut draws = FixedDraws::new(b, s.latent, 99);
-        let total = loss_and_grad(&model, &batch, &case.cfg, &mut draws, &mut bufs)
-            .unwrap()
-            .total;
-        grads.copy_from_slice(bufs.grads());
-        total
+        let (parts, g, _) = loss_in(
+            &model, &batch, &case.cfg, case.scope, &p_bar0, &mut store, 99,
+        );
+        grads.copy_from_slice(&g);
+        parts.total
     };
     let mut grads = vec![0.0; range.len()];
     eval(&params, &mut grads);
@@ -290,11 +319,8 @@ fn marginal_is_the_moving_average_of_the_batch() {
     // With SegmenterOnly the segmenter sees mu(x), so p_i is exactly `segment(x).probs`
     // and the returned marginal must be rho p_bar + (1 - rho) mean_i p_i.
     let s = Shape::new(6, &[5], 3, 4);
-    let mut r = Lcg(3);
-    let params: Vec<f64> = (0..s.param_len()).map(|_| 0.5 * r.normal()).collect();
-    let model = Model::new(s, params).unwrap();
     let b = 7;
-    let inputs: Vec<f64> = (0..b * s.input).map(|_| r.uniform()).collect();
+    let (model, inputs) = model_and_inputs(s, 3, b);
     let batch = Batch {
         inputs: &inputs,
         labels: &[],
@@ -308,17 +334,16 @@ fn marginal_is_the_moving_average_of_the_batch() {
     // The loss parts and the new marginal, from `prev`.
     let run = |cfg: &LossConfig<f64>| {
         let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::SegmenterOnly, b)];
-        let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
-        bufs.marginal_mut().copy_from_slice(&prev);
-        let parts = loss_and_grad(
+        let (parts, _, p_bar) = loss_in(
             &model,
             &batch,
             cfg,
-            &mut FixedDraws::new(b, 3, 1),
-            &mut bufs,
-        )
-        .unwrap();
-        (parts, bufs.marginal().to_vec())
+            Scope::SegmenterOnly,
+            &prev,
+            &mut store,
+            1,
+        );
+        (parts, p_bar)
     };
     let (parts, p_bar) = run(&cfg);
     let mut work = vec![0.0; s.work_len()];
@@ -361,11 +386,8 @@ fn a_dirty_cache_gives_the_same_loss_and_gradient() {
     // The trainer reuses its cache from step to step: nothing left there by an earlier
     // call may leak into the next gradient (the cluster terms accumulate into it).
     let s = Shape::new(6, &[5], 3, 4);
-    let mut r = Lcg(11);
-    let params: Vec<f64> = (0..s.param_len()).map(|_| 0.5 * r.normal()).collect();
-    let model = Model::new(s, params).unwrap();
     let b = 6;
-    let inputs: Vec<f64> = (0..b * s.input).map(|_| r.uniform()).collect();
+    let (model, inputs) = model_and_inputs(s, 11, b);
     let batch = Batch {
         inputs: &inputs,
         labels: &[],
@@ -375,17 +397,8 @@ fn a_dirty_cache_gives_the_same_loss_and_gradient() {
     for scope in [Scope::Full, Scope::SegmenterOnly] {
         // Everything but the marginal is scratch: workspace, cache and gradient.
         let run_with = |store: &mut Vec<f64>| {
-            let mut bufs = LossBuffers::new(&s, scope, b, store).unwrap();
-            bufs.marginal_mut().fill(0.25);
-            let parts = loss_and_grad(
-                &model,
-                &batch,
-                &cfg,
-                &mut FixedDraws::new(b, 3, 1),
-                &mut bufs,
-            )
-            .unwrap();
-            (parts.total, bufs.grads().to_vec(), bufs.marginal().to_vec())
+            let (parts, grads, p_bar) = loss_in(&model, &batch, &cfg, scope, &[0.25; 4], store, 1);
+            (parts.total, grads, p_bar)
         };
         let len = LossBuffers::<f64>::storage_len(&s, scope, b);
         let mut clean = vec![0.0; len];
@@ -407,11 +420,8 @@ fn density_is_the_mixture_negative_log_likelihood() {
     // density part must be mean_i[-ln sum_c pi_c C_3(kappa) e^{kappa ĉ_c . mu_i}] with
     // pi = softmax(log-weights), computed here from the parameters alone.
     let s = Shape::new(6, &[5], 3, 4);
-    let mut r = Lcg(21);
-    let params: Vec<f64> = (0..s.param_len()).map(|_| 0.5 * r.normal()).collect();
-    let model = Model::new(s, params).unwrap();
     let b = 5;
-    let inputs: Vec<f64> = (0..b * s.input).map(|_| r.uniform()).collect();
+    let (model, inputs) = model_and_inputs(s, 21, b);
     let batch = Batch {
         inputs: &inputs,
         labels: &[],
@@ -422,16 +432,19 @@ fn density_is_the_mixture_negative_log_likelihood() {
         ..unsupervised()
     };
     let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::SegmenterOnly, b)];
-    let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
-    bufs.marginal_mut().fill(0.25);
-    let parts = loss_and_grad(
-        &model,
-        &batch,
-        &cfg,
-        &mut FixedDraws::new(b, 3, 1),
-        &mut bufs,
-    )
-    .unwrap();
+    let loss = |cfg: &LossConfig<f64>, store: &mut [f64]| {
+        loss_in(
+            &model,
+            &batch,
+            cfg,
+            Scope::SegmenterOnly,
+            &[0.25; 4],
+            store,
+            1,
+        )
+        .0
+    };
+    let parts = loss(&cfg, &mut store);
     let seg = model.segmenter_params();
     let (m, k) = (3, 4);
     let kappa = seg[k * m].exp();
@@ -462,16 +475,7 @@ fn density_is_the_mixture_negative_log_likelihood() {
         density: 0.0,
         ..unsupervised()
     };
-    let mut bufs = LossBuffers::new(&s, Scope::SegmenterOnly, b, &mut store).unwrap();
-    bufs.marginal_mut().fill(0.25);
-    let base = loss_and_grad(
-        &model,
-        &batch,
-        &without,
-        &mut FixedDraws::new(b, 3, 1),
-        &mut bufs,
-    )
-    .unwrap();
+    let base = loss(&without, &mut store);
     assert_eq!(base.density, 0.0);
     let added = parts.total - base.total;
     assert!((added - 1.5 * 0.5 * want).abs() < 1e-10, "{added}");

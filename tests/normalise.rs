@@ -84,7 +84,6 @@ fn bad_input_is_an_error() {
 #[test]
 fn the_online_trainer_uses_the_same_rule() {
     use hvae::shape::{Scope, Shape};
-    use hvae::train::optim::state_len;
     use hvae::train::trainer::{OnlineTrainer, TrainConfig};
     use hvae::Model;
     const D: usize = 4;
@@ -92,13 +91,8 @@ fn the_online_trainer_uses_the_same_rule() {
     let shape = Shape::new(D, &[8], 3, 2);
     let cfg = TrainConfig::new(1e-3f32);
     let scratch = vec![0.0; TrainConfig::<f32>::storage_len(&shape, Scope::Full, cfg.batch, CAP)];
-    let state = vec![
-        0.0;
-        state_len(
-            cfg.optim.optimiser.kind(),
-            shape.scope_range(Scope::Full).len()
-        )
-    ];
+    let state =
+        vec![0.0; TrainConfig::<f32>::optim_len(&shape, Scope::Full, cfg.optim.optimiser.kind())];
     let mut t: OnlineTrainer<f32, D, CAP, Vec<f32>, Vec<f32>> =
         OnlineTrainer::new(&shape, cfg, scratch, state).unwrap();
     let rows: Vec<[f32; D]> = X.iter().map(|r| r.map(|v| v as f32)).collect();

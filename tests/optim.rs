@@ -292,6 +292,22 @@ fn warmed(cfg: &OptimConfig<f64>) -> (OptimState<Vec<f64>>, [f64; 3]) {
     (state, p)
 }
 
+/// Asserts that a step of `state` with `cfg` and gradient `g` is refused with `err`
+/// and changes neither the parameters `p` nor the state (moments and step count).
+fn refused_unchanged(
+    state: &mut OptimState<Vec<f64>>,
+    cfg: &OptimConfig<f64>,
+    p: &mut [f64],
+    g: &[f64],
+    err: OptimError,
+) {
+    let (sb, pb, steps) = (bits(state.storage()), bits(p), state.steps());
+    assert_eq!(state.step(cfg, p, g), Err(err));
+    assert_eq!(bits(p), pb);
+    assert_eq!(bits(state.storage()), sb);
+    assert_eq!(state.steps(), steps);
+}
+
 #[test]
 fn non_finite_gradient_changes_nothing() {
     for opt in [Optimiser::adam(0.1), Optimiser::sgd(0.1, 0.9)] {
@@ -299,17 +315,10 @@ fn non_finite_gradient_changes_nothing() {
         for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             for pos in 0..3 {
                 let (mut state, mut p) = warmed(&cfg);
-                let (sb, pb, steps) = (bits(state.storage()), bits(&p), state.steps());
                 let mut g = G[2];
                 g[pos] = bad;
                 let g_bits = bits(&g);
-                assert_eq!(
-                    state.step(&cfg, &mut p, &g),
-                    Err(OptimError::NonFiniteGradient)
-                );
-                assert_eq!(bits(&p), pb);
-                assert_eq!(bits(state.storage()), sb);
-                assert_eq!(state.steps(), steps);
+                refused_unchanged(&mut state, &cfg, &mut p, &g, OptimError::NonFiniteGradient);
                 assert_eq!(bits(&g), g_bits);
                 // And the state still works.
                 state.step(&cfg, &mut p, &G[2]).unwrap();
@@ -325,14 +334,8 @@ fn non_finite_update_changes_nothing() {
     // that a single-pass implementation would already have written the first two.
     let cfg = OptimConfig::new(Optimiser::adam(0.1));
     let (mut state, mut p) = warmed(&cfg);
-    let (sb, pb) = (bits(state.storage()), bits(&p));
     let g = [0.1, 0.2, 1.0e200];
-    assert_eq!(
-        state.step(&cfg, &mut p, &g),
-        Err(OptimError::NonFiniteUpdate)
-    );
-    assert_eq!(bits(&p), pb);
-    assert_eq!(bits(state.storage()), sb);
+    refused_unchanged(&mut state, &cfg, &mut p, &g, OptimError::NonFiniteUpdate);
     assert_eq!(state.steps(), 2);
 
     // An Adam step whose parameter overflows (finite moments; the cheap bound fails
@@ -355,14 +358,8 @@ fn non_finite_update_changes_nothing() {
     // An SGD step whose parameter overflows.
     let cfg = OptimConfig::new(Optimiser::sgd(1.0e300, 0.9));
     let (mut state, mut p) = warmed(&OptimConfig::new(Optimiser::sgd(0.1, 0.9)));
-    let (sb, pb) = (bits(state.storage()), bits(&p));
     let g = [0.0, 0.0, 1.0e10];
-    assert_eq!(
-        state.step(&cfg, &mut p, &g),
-        Err(OptimError::NonFiniteUpdate)
-    );
-    assert_eq!(bits(&p), pb);
-    assert_eq!(bits(state.storage()), sb);
+    refused_unchanged(&mut state, &cfg, &mut p, &g, OptimError::NonFiniteUpdate);
     assert_eq!(state.steps(), 2);
 
     // A non-finite parameter cannot be updated either.

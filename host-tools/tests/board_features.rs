@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::reference_python;
+use common::{output_ok, reference_python};
 use hvae_accel_features::{features, FEATURES, WINDOW};
 use std::path::{Path, PathBuf};
 
@@ -34,16 +34,11 @@ fn rust_features_match_the_training_features_and_the_model_separates_activities(
     let Some(py) = reference_python("make_model.py") else {
         return;
     };
-    let out = std::process::Command::new(py)
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(board_dir().join("model"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        std::process::Command::new(py)
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(board_dir().join("model")),
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let model = hvae_host::model_io::load(&board_dir().join("model/acc.hvae"))

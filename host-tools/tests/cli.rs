@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{run, s, Run};
+use common::{run, run_model, s, Run};
 use hvae::{Likelihood, Posterior, Shape};
 use hvae_host::data;
 use hvae_host::synth::VmfMixture;
@@ -78,14 +78,7 @@ fn unit(v: &serde_json::Value) -> f64 {
 #[test]
 fn eval_json_has_every_field() {
     let f = fixture();
-    let r = run(&[
-        "eval",
-        "--model",
-        s(&f.model),
-        "--data",
-        s(&f.data),
-        "--json",
-    ]);
+    let r = run_model("eval", &f.model, &["--data", s(&f.data), "--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = json(&r.stdout);
     assert_eq!(v["n"], 200);
@@ -115,14 +108,7 @@ fn eval_json_has_every_field() {
     assert_eq!(novelty, seg.mean_novelty);
 
     // Same seed, same report; the text form names the three rows.
-    let again = run(&[
-        "eval",
-        "--model",
-        s(&f.model),
-        "--data",
-        s(&f.data),
-        "--json",
-    ]);
+    let again = run_model("eval", &f.model, &["--data", s(&f.data), "--json"]);
     assert_eq!(again.stdout, r.stdout);
     let text = run(&["eval", "--model", s(&f.model), "--data", s(&f.data)]);
     assert_eq!(text.code, 0);
@@ -216,16 +202,11 @@ fn eval_on_digits() {
     let shape = Shape::new(64, &[32], 8, 10).with_likelihood(Likelihood::Bernoulli);
     let model = common::write_model(dir.path(), "digits.hvae", &common::model(shape, 3));
     let digits = common::digits_path();
-    let r = run(&[
+    let r = run_model(
         "eval",
-        "--model",
-        s(&model),
-        "--data",
-        s(&digits),
-        "--json",
-        "--restarts",
-        "2",
-    ]);
+        &model,
+        &["--data", s(&digits), "--json", "--restarts", "2"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = json(&r.stdout);
     assert_eq!(v["n"], 1797);
@@ -261,16 +242,11 @@ fn inspect_reports_sizes_memory_and_crc() {
     let shape = *loaded.model.shape();
     assert!(r.stdout.contains(&shape.param_len().to_string()));
 
-    let r = run(&[
+    let r = run_model(
         "inspect",
-        "--model",
-        s(&f.model),
-        "--json",
-        "--batch",
-        "4",
-        "--buffer",
-        "32",
-    ]);
+        &f.model,
+        &["--json", "--batch", "4", "--buffer", "32"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = json(&r.stdout);
     assert_eq!(v["crc"], crc.as_str());
@@ -388,29 +364,13 @@ fn export_bin_rust_and_c() {
 
     // bin: the blob itself.
     let bin = dir.path().join("out.bin");
-    let r = run(&[
-        "export",
-        "--model",
-        s(&model),
-        "--format",
-        "bin",
-        "--out",
-        s(&bin),
-    ]);
+    let r = run_model("export", &model, &["--format", "bin", "--out", s(&bin)]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read(&bin).unwrap(), std::fs::read(&model).unwrap());
 
     // rust: every literal parses back to the exact bits.
     let rs = dir.path().join("model.rs");
-    let r = run(&[
-        "export",
-        "--model",
-        s(&model),
-        "--format",
-        "rust",
-        "--out",
-        s(&rs),
-    ]);
+    let r = run_model("export", &model, &["--format", "rust", "--out", s(&rs)]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let text = std::fs::read_to_string(&rs).unwrap();
     assert!(
@@ -431,15 +391,7 @@ fn export_bin_rust_and_c() {
 
     // c: the defines and the array, same exact values.
     let h = dir.path().join("model.h");
-    let r = run(&[
-        "export",
-        "--model",
-        s(&model),
-        "--format",
-        "c",
-        "--out",
-        s(&h),
-    ]);
+    let r = run_model("export", &model, &["--format", "c", "--out", s(&h)]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let text = std::fs::read_to_string(&h).unwrap();
     for needle in [
@@ -523,15 +475,7 @@ fn export_failures_leave_no_file() {
     );
     // Unwritable destination: exit 1, one line, nothing left behind.
     let out = dir.path().join("missing-dir/out.rs");
-    let r = run(&[
-        "export",
-        "--model",
-        s(&model),
-        "--format",
-        "rust",
-        "--out",
-        s(&out),
-    ]);
+    let r = run_model("export", &model, &["--format", "rust", "--out", s(&out)]);
     assert_one_line_error(&r, 1, "cannot write");
     assert!(!out.exists());
     // A corrupt model: exit 2, the old output is untouched, no temporary file remains.
@@ -539,15 +483,7 @@ fn export_failures_leave_no_file() {
     std::fs::write(&old, "keep me").unwrap();
     let bad = dir.path().join("bad.hvae");
     std::fs::write(&bad, b"HVAE\x01\x00").unwrap();
-    let r = run(&[
-        "export",
-        "--model",
-        s(&bad),
-        "--format",
-        "c",
-        "--out",
-        s(&old),
-    ]);
+    let r = run_model("export", &bad, &["--format", "c", "--out", s(&old)]);
     assert_one_line_error(&r, 2, "truncated");
     assert_eq!(std::fs::read_to_string(&old).unwrap(), "keep me");
     let names: Vec<String> = std::fs::read_dir(dir.path())

@@ -65,16 +65,20 @@ fn initial_with(seed: u64) -> LoadedModel {
     model_io::from_bytes(&model_io::to_bytes(&m).unwrap()).unwrap()
 }
 
+/// Settings every request here trains with unless it tests others: the whole model,
+/// Adam, batches of 8.
+const ADAM_FULL: TrainSettings = TrainSettings {
+    scope: TrainScope::Full,
+    optimiser: TrainOptimiser::Adam,
+    lr: 1e-3,
+    batch: 8,
+};
+
 #[test]
 fn engine_refuses_bad_settings_and_samples_and_keeps_serving() {
     let model = initial();
     let mut eng = host_learner(model.model.clone(), model.crc).unwrap();
-    let ok = TrainSettings {
-        scope: TrainScope::Full,
-        optimiser: TrainOptimiser::Adam,
-        lr: 1e-3,
-        batch: 8,
-    };
+    let ok = ADAM_FULL;
     let code = |r| match r {
         hvae::protocol::Response::Error(c) => Some(c),
         _ => None,
@@ -171,12 +175,7 @@ fn checkpoints_survive_a_reboot_bit_for_bit() {
     let data = data::load(&common::digits_path()).unwrap();
     let model = with_fitted_normalisation(&initial(), &data).unwrap();
     let mut eng = host_learner(model.model.clone(), model.crc).unwrap();
-    let ok = TrainSettings {
-        scope: TrainScope::Full,
-        optimiser: TrainOptimiser::Adam,
-        lr: 1e-3,
-        batch: 8,
-    };
+    let ok = ADAM_FULL;
     let rows: Vec<&[f32]> = data.rows().collect();
     let mut first = true;
     // Past one periodic checkpoint, then one on request.

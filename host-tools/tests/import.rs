@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{reference_python, run, s, Run};
+use common::{output_ok, reference_python, run, s, Run};
 use hvae::VecModel;
 use hvae::{Activation, Likelihood, Posterior, Shape};
 use safetensors::tensor::{Dtype, TensorView};
@@ -47,6 +47,11 @@ fn documented_names(d: usize, hidden: &[usize], m: usize, k: usize) -> Vec<(Stri
 
 /// Named float tensors to serialize: `(name, dtype, shape, little-endian bytes)`.
 type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+
+/// The tensor named `name` in `t`: its name, dtype, shape and bytes.
+fn named<'a>(t: &'a mut Tensors, name: &str) -> &'a mut (String, Dtype, Vec<usize>, Vec<u8>) {
+    t.iter_mut().find(|(n, ..)| n == name).unwrap()
+}
 
 /// The model's parameters cut into the documented tensors, as F32.
 fn tensors_of(model: &VecModel<f32>, hidden: &[usize]) -> Tensors {
@@ -179,17 +184,12 @@ fn python_numpy_export_imports_to_the_identical_blob() {
         let src = common::write_model(dir.path(), "src.hvae", &model);
         let st = dir.path().join("py.safetensors");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/torch_export.py");
-        let out = std::process::Command::new(&py)
-            .arg(&script)
-            .arg("from-blob")
-            .arg(&src)
-            .arg(&st)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "torch_export.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        output_ok(
+            std::process::Command::new(&py)
+                .arg(&script)
+                .arg("from-blob")
+                .arg(&src)
+                .arg(&st),
         );
         let dst = dir.path().join("back.hvae");
         let r = run(&["import", "--safetensors", s(&st), "--out", s(&dst)]);
@@ -311,11 +311,8 @@ fn scalar_log_kappa_and_absent_normalisation_are_accepted() {
     let blob = std::fs::read(common::write_model(dir.path(), "m.hvae", &model)).unwrap();
     let mut t = tensors_of(&model, &[6]);
     t.retain(|(n, ..)| !n.starts_with("norm."));
-    for (n, _, sh, _) in t.iter_mut() {
-        if n == "segmenter.log_kappa" {
-            sh.clear(); // a 0-d tensor, as nn.Parameter(torch.tensor(x)) saves
-        }
-    }
+    let (_, _, sh, _) = named(&mut t, "segmenter.log_kappa");
+    sh.clear(); // a 0-d tensor, as nn.Parameter(torch.tensor(x)) saves
     let (r, out) = import(dir.path(), &serialize(&t, Some(&kinds(&shape))), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("identity normalisation"), "{}", r.stdout);
@@ -375,13 +372,10 @@ fn bad_files_are_one_line_errors_without_output() {
         (
             "wrong shape",
             edit(&|t| {
-                for (n, _, sh, b) in t.iter_mut() {
-                    if n == "kappa.weight" {
-                        // [1, 6] stored as [6]: same values, wrong shape.
-                        *sh = vec![6];
-                        assert_eq!(b.len(), 24);
-                    }
-                }
+                let (_, _, sh, b) = named(t, "kappa.weight");
+                // [1, 6] stored as [6]: same values, wrong shape.
+                *sh = vec![6];
+                assert_eq!(b.len(), 24);
             }),
             vec![],
             "tensor kappa.weight has shape [6], expected [1, 6]",
@@ -389,11 +383,8 @@ fn bad_files_are_one_line_errors_without_output() {
         (
             "transposed weight",
             edit(&|t| {
-                for (n, _, sh, _) in t.iter_mut() {
-                    if n == "decoder.0.weight" {
-                        sh.reverse();
-                    }
-                }
+                let (_, _, sh, _) = named(t, "decoder.0.weight");
+                sh.reverse();
             }),
             vec![],
             "decoder.0.weight has shape [3, 6], expected [6, 3]",
@@ -401,11 +392,8 @@ fn bad_files_are_one_line_errors_without_output() {
         (
             "NaN",
             edit(&|t| {
-                for (n, _, _, b) in t.iter_mut() {
-                    if n == "segmenter.centres" {
-                        b[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
-                    }
-                }
+                let (_, _, _, b) = named(t, "segmenter.centres");
+                b[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
             }),
             vec![],
             "segmenter.centres has a non-finite value at flat index 2",
@@ -414,11 +402,8 @@ fn bad_files_are_one_line_errors_without_output() {
             "f64 beyond f32",
             {
                 let mut t = recode(&good, Dtype::F64, |v| f64::from(v).to_le_bytes().to_vec());
-                for (n, _, _, b) in t.iter_mut() {
-                    if n == "mu.weight" {
-                        b[0..8].copy_from_slice(&1e300f64.to_le_bytes());
-                    }
-                }
+                let (_, _, _, b) = named(&mut t, "mu.weight");
+                b[0..8].copy_from_slice(&1e300f64.to_le_bytes());
                 serialize(&t, Some(&meta))
             },
             vec![],
@@ -428,12 +413,9 @@ fn bad_files_are_one_line_errors_without_output() {
             "wrong dtype",
             {
                 let mut t = good.clone();
-                for (n, dt, _, _) in t.iter_mut() {
-                    if n == "mu.bias" {
-                        // Same byte count (3 x 4 bytes): the dtype alone is wrong.
-                        *dt = Dtype::I32;
-                    }
-                }
+                let (_, dt, _, _) = named(&mut t, "mu.bias");
+                // Same byte count (3 x 4 bytes): the dtype alone is wrong.
+                *dt = Dtype::I32;
                 serialize(&t, Some(&meta))
             },
             vec![],

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{run, s, Run};
+use common::{run, run_model, s, Run};
 use hvae::{Posterior, Shape};
 use hvae_host::data;
 use hvae_host::plot::{cluster_colour, principal_axes};
@@ -63,19 +63,20 @@ fn latent_pictures_for_m_2_3_and_8() {
         let (data_path, model) = fixture(dir.path(), m);
         let out = dir.path().join(format!("latent{m}.png"));
         let (ws, hs) = (w.to_string(), h.to_string());
-        let r = run(&[
+        let r = run_model(
             "plot",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data_path),
-            "--out",
-            s(&out),
-            "--width",
-            &ws,
-            "--height",
-            &hs,
-        ]);
+            &model,
+            &[
+                "--data",
+                s(&data_path),
+                "--out",
+                s(&out),
+                "--width",
+                &ws,
+                "--height",
+                &hs,
+            ],
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(
             r.stdout.contains(&format!("{w}x{h} PNG") as &str),
@@ -130,17 +131,18 @@ fn curves_from_a_training_report_and_the_default_size() {
     assert!(hist.get(&[235, 235, 235]).copied().unwrap_or(0) > 1000);
 
     let both = dir.path().join("both.png");
-    let r = run(&[
+    let r = run_model(
         "plot",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data_path),
-        "--curves",
-        s(&report),
-        "--out",
-        s(&both),
-    ]);
+        &model,
+        &[
+            "--data",
+            s(&data_path),
+            "--curves",
+            s(&report),
+            "--out",
+            s(&both),
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_latent_picture(&both, 1800, 800, 4);
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_one_line_error, run, run_stdin, s};
+use common::{assert_one_line_error, run, run_stdin, s, Run};
 use hvae::Shape;
 use hvae::VecModel;
 use hvae_host::data::{self, Dataset};
@@ -115,30 +115,51 @@ fn default_header(k: usize, m: usize, extra: &[&str]) -> Vec<String> {
     h
 }
 
+/// `hvae predict --model <model> --data <data>` with `extra` arguments after them.
+fn predict(model: &Path, data: &Path, extra: &[&str]) -> Run {
+    let mut args = vec!["predict", "--model", s(model), "--data", s(data)];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// The digits model, the digits and the core's answer for every row.
+fn digits_answers() -> (&'static Path, Dataset, Vec<Expected>) {
+    let model_path = digits_model();
+    let d = data::load(&common::digits_path()).unwrap();
+    let want = segment_each(&load_model(model_path), &d);
+    (model_path, d, want)
+}
+
+/// Checks CSV records (default columns, `true_label` last) against the core's answers
+/// for the rows `rows` of the data.
+fn check_records(
+    header: &[String],
+    recs: &[Vec<String>],
+    rows: impl IntoIterator<Item = usize>,
+    want: &[Expected],
+    truth: &[i64],
+) {
+    let mut n = 0;
+    for (rec, i) in recs.iter().zip(rows) {
+        check_record(header, rec, &want[i], truth[i]);
+        n += 1;
+    }
+    assert_eq!(n, recs.len());
+}
+
 #[test]
 fn digits_answers_are_the_cores_bit_for_bit() {
-    let model_path = digits_model();
-    let model = load_model(model_path);
-    let d = data::load(&common::digits_path()).unwrap();
-    let want = segment_each(&model, &d);
-    let truth = d.labels().unwrap();
+    let (model_path, d, want) = digits_answers();
+    let digits = common::digits_path();
 
-    let r = run(&[
-        "predict",
-        "--model",
-        s(model_path),
-        "--data",
-        s(&common::digits_path()),
-    ]);
+    let r = predict(model_path, &digits, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // Nothing on a stderr that is not a terminal: no progress bar, no note.
     assert_eq!(r.stderr, "");
     let (header, rows) = parse_csv(&r.stdout);
     assert_eq!(header, default_header(10, 16, &["true_label"]));
     assert_eq!(rows.len(), 1797);
-    for (i, rec) in rows.iter().enumerate() {
-        check_record(&header, rec, &want[i], truth[i]);
-    }
+    check_records(&header, &rows, 0.., &want, d.labels().unwrap());
     // The trained model clusters: every cluster is used.
     let mut used = [false; 10];
     want.iter().for_each(|w| used[w.label] = true);
@@ -147,15 +168,7 @@ fn digits_answers_are_the_cores_bit_for_bit() {
     // Chunks of one row (odd, through the batch path's single-row branch) and of 7: the
     // same bytes.
     for chunk in ["1", "7"] {
-        let again = run(&[
-            "predict",
-            "--model",
-            s(model_path),
-            "--data",
-            s(&common::digits_path()),
-            "--chunk",
-            chunk,
-        ]);
+        let again = predict(model_path, &digits, &["--chunk", chunk]);
         assert_eq!(again.code, 0, "{}", again.stderr);
         assert!(again.stdout == r.stdout, "--chunk {chunk} differs");
     }
@@ -165,7 +178,7 @@ fn digits_answers_are_the_cores_bit_for_bit() {
 fn stdin_to_stdout_and_file_outputs_agree() {
     let model_path = digits_model();
     let digits = common::digits_path();
-    let by_file = run(&["predict", "--model", s(model_path), "--data", s(&digits)]);
+    let by_file = predict(model_path, &digits, &[]);
     assert_eq!(by_file.code, 0, "{}", by_file.stderr);
 
     // Gzipped bytes on stdin, and plain CSV on stdin; `--out -` is stdout too.
@@ -173,12 +186,7 @@ fn stdin_to_stdout_and_file_outputs_agree() {
     let r = run_stdin(&["predict", "--model", s(model_path), "--data", "-"], gz);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout == by_file.stdout);
-    let mut plain = String::new();
-    std::io::Read::read_to_string(
-        &mut flate2::read::GzDecoder::new(std::fs::File::open(&digits).unwrap()),
-        &mut plain,
-    )
-    .unwrap();
+    let plain = digits_text_with(&[]);
     let r = run_stdin(
         &[
             "predict",
@@ -197,15 +205,7 @@ fn stdin_to_stdout_and_file_outputs_agree() {
     // A .csv file: the same text, and a line on stdout.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("answers.csv");
-    let r = run(&[
-        "predict",
-        "--model",
-        s(model_path),
-        "--data",
-        s(&digits),
-        "--out",
-        s(&out),
-    ]);
+    let r = predict(model_path, &digits, &["--out", s(&out)]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         r.stdout.trim_end(),
@@ -216,23 +216,13 @@ fn stdin_to_stdout_and_file_outputs_agree() {
 
 #[test]
 fn json_lines_and_npy_hold_the_same_values() {
-    let model_path = digits_model();
-    let model = load_model(model_path);
-    let d = data::load(&common::digits_path()).unwrap();
-    let want = segment_each(&model, &d);
+    let (model_path, d, want) = digits_answers();
+    let digits = common::digits_path();
     let truth = d.labels().unwrap();
     let dir = tempfile::tempdir().unwrap();
 
     let json = dir.path().join("a.json");
-    let r = run(&[
-        "predict",
-        "--model",
-        s(model_path),
-        "--data",
-        s(&common::digits_path()),
-        "--out",
-        s(&json),
-    ]);
+    let r = predict(model_path, &digits, &["--out", s(&json)]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let text = std::fs::read_to_string(&json).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -269,17 +259,11 @@ fn json_lines_and_npy_hold_the_same_values() {
     }
 
     let npy = dir.path().join("a.npy");
-    let r = run(&[
-        "predict",
-        "--model",
-        s(model_path),
-        "--data",
-        s(&common::digits_path()),
-        "--out",
-        s(&npy),
-        "--columns",
-        "novelty,label,mu,true_label",
-    ]);
+    let r = predict(
+        model_path,
+        &digits,
+        &["--out", s(&npy), "--columns", "novelty,label,mu,true_label"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let bytes = std::fs::read(&npy).unwrap();
     // The header (patched in place) is a multiple of 64 bytes; numpy's rule.
@@ -305,35 +289,23 @@ fn json_lines_and_npy_hold_the_same_values() {
     let with_id = dir.path().join("id.csv");
     std::fs::write(&with_id, "id,a,b,c,d,e,f,g,h\nx,1,2,3,4,5,6,7,8\n").unwrap();
     let small = small_model(dir.path());
-    let r = run(&[
-        "predict",
-        "--model",
-        s(&small),
-        "--data",
-        s(&with_id),
-        "--out",
-        s(&npy),
-        "--columns",
-        "id,label",
-    ]);
+    let r = predict(
+        &small,
+        &with_id,
+        &["--out", s(&npy), "--columns", "id,label"],
+    );
     assert_one_line_error(&r, 2, "'id' column is text");
 }
 
 #[test]
 fn columns_select_and_order() {
-    let model_path = digits_model();
-    let model = load_model(model_path);
-    let d = data::load(&common::digits_path()).unwrap();
-    let want = segment_each(&model, &d);
-    let r = run(&[
-        "predict",
-        "--model",
-        s(model_path),
-        "--data",
-        s(&common::digits_path()),
-        "--columns",
-        "novelty,true_label,label",
-    ]);
+    let (model_path, d, want) = digits_answers();
+    let digits = common::digits_path();
+    let r = predict(
+        model_path,
+        &digits,
+        &["--columns", "novelty,true_label,label"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let (header, rows) = parse_csv(&r.stdout);
     assert_eq!(header, ["novelty", "true_label", "label"]);
@@ -344,29 +316,14 @@ fn columns_select_and_order() {
         assert_eq!(rec[2].parse::<usize>().unwrap(), want[i].label);
     }
 
-    let r = run(&[
-        "predict",
-        "--model",
-        s(model_path),
-        "--data",
-        s(&common::digits_path()),
-        "--columns",
-        "mu",
-    ]);
+    let r = predict(model_path, &digits, &["--columns", "mu"]);
     let (header, _) = parse_csv(&r.stdout);
     assert_eq!(
         header,
         (0..16).map(|j| format!("mu_{j}")).collect::<Vec<_>>()
     );
 
-    let base = ["predict", "--model", s(model_path), "--data"];
-    let digits = common::digits_path();
-    let with = |extra: &[&str]| {
-        let mut a: Vec<&str> = base.to_vec();
-        a.push(s(&digits));
-        a.extend_from_slice(extra);
-        run(&a)
-    };
+    let with = |extra: &[&str]| predict(model_path, &digits, extra);
     assert_one_line_error(&with(&["--columns", "label,label"]), 2, "'label' twice");
     assert_one_line_error(&with(&["--columns", "id"]), 2, "no 'id' column");
     assert_one_line_error(&with(&["--columns", "novel"]), 2, "--novelty-above");
@@ -378,25 +335,21 @@ fn columns_select_and_order() {
 
 #[test]
 fn novelty_above_marks_exactly_the_rows_above() {
-    let model_path = digits_model();
-    let model = load_model(model_path);
-    let d = data::load(&common::digits_path()).unwrap();
-    let want = segment_each(&model, &d);
+    let (model_path, _, want) = digits_answers();
     let mut sorted: Vec<f32> = want.iter().map(|w| w.novelty).collect();
     sorted.sort_by(f32::total_cmp);
     // A threshold equal to one row's novelty: that row is not above it.
     let t = sorted[sorted.len() * 3 / 4];
-    let r = run(&[
-        "predict",
-        "--model",
-        s(model_path),
-        "--data",
-        s(&common::digits_path()),
-        "--columns",
-        "novelty,label",
-        "--novelty-above",
-        &t.to_string(),
-    ]);
+    let r = predict(
+        model_path,
+        &common::digits_path(),
+        &[
+            "--columns",
+            "novelty,label",
+            "--novelty-above",
+            &t.to_string(),
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let (header, rows) = parse_csv(&r.stdout);
     assert_eq!(header, ["novelty", "label", "novel"]);
@@ -429,10 +382,7 @@ fn digits_text_with(bad: &[(usize, &str)]) -> String {
 
 #[test]
 fn a_bad_row_stops_with_exit_2_and_skip_bad_skips_it() {
-    let model_path = digits_model();
-    let model = load_model(model_path);
-    let d = data::load(&common::digits_path()).unwrap();
-    let want = segment_each(&model, &d);
+    let (model_path, d, want) = digits_answers();
     let truth = d.labels().unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Data row 4 (line 6) has a word in its first cell; row 1000 (line 1002) is short.
@@ -447,7 +397,7 @@ fn a_bad_row_stops_with_exit_2_and_skip_bad_skips_it() {
 
     // Stops at the first: one line naming line and column, exit 2; the rows before it
     // were written to stdout.
-    let r = run(&["predict", "--model", s(model_path), "--data", s(&bad)]);
+    let r = predict(model_path, &bad, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert_eq!(
@@ -459,33 +409,16 @@ fn a_bad_row_stops_with_exit_2_and_skip_bad_skips_it() {
     );
     let (header, rows) = parse_csv(&r.stdout);
     assert_eq!(rows.len(), 4);
-    for (i, rec) in rows.iter().enumerate() {
-        check_record(&header, rec, &want[i], truth[i]);
-    }
+    check_records(&header, &rows, 0.., &want, truth);
     // Into a file: nothing is written, no temporary file is left.
     let out = dir.path().join("out.csv");
-    let r = run(&[
-        "predict",
-        "--model",
-        s(model_path),
-        "--data",
-        s(&bad),
-        "--out",
-        s(&out),
-    ]);
+    let r = predict(model_path, &bad, &["--out", s(&out)]);
     assert_one_line_error(&r, 2, "line 6");
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
     // --skip-bad: one line per bad row and the count, every other row right.
-    let r = run(&[
-        "predict",
-        "--model",
-        s(model_path),
-        "--data",
-        s(&bad),
-        "--skip-bad",
-    ]);
+    let r = predict(model_path, &bad, &["--skip-bad"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let err: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(err.len(), 3, "{}", r.stderr);
@@ -500,10 +433,8 @@ fn a_bad_row_stops_with_exit_2_and_skip_bad_skips_it() {
     assert_eq!(err[2], "hvae: note: skipped 2 bad rows of 1797");
     let (header, rows) = parse_csv(&r.stdout);
     assert_eq!(rows.len(), 1795);
-    let kept: Vec<usize> = (0..1797).filter(|&i| i != 4 && i != 1000).collect();
-    for (rec, &i) in rows.iter().zip(&kept) {
-        check_record(&header, rec, &want[i], truth[i]);
-    }
+    let kept = (0..1797).filter(|&i| i != 4 && i != 1000);
+    check_records(&header, &rows, kept, &want, truth);
 }
 
 /// An 8-input model with 4 clusters (deterministic weights, no training).
@@ -548,7 +479,7 @@ fn id_and_label_columns_are_carried_through() {
     let d = Dataset::new(names, features, None).unwrap();
     let want = segment_each(&model, &d);
 
-    let r = run(&["predict", "--model", s(&model_path), "--data", s(&input)]);
+    let r = predict(&model_path, &input, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let (header, rows) = parse_csv(&r.stdout);
     let mut expected = vec!["id".to_string()];
@@ -562,17 +493,11 @@ fn id_and_label_columns_are_carried_through() {
 
     // JSON Lines: the id as a string, the label as an integer.
     let json = dir.path().join("ids.jsonl");
-    let r = run(&[
-        "predict",
-        "--model",
-        s(&model_path),
-        "--data",
-        s(&input),
-        "--out",
-        s(&json),
-        "--columns",
-        "id,true_label,label",
-    ]);
+    let r = predict(
+        &model_path,
+        &input,
+        &["--out", s(&json), "--columns", "id,true_label,label"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let text = std::fs::read_to_string(&json).unwrap();
     for (i, line) in text.lines().enumerate() {
@@ -595,7 +520,7 @@ fn id_and_label_columns_are_carried_through() {
         w.extend(d.features().iter().copied()).unwrap();
         w.finish().unwrap();
     }
-    let r = run(&["predict", "--model", s(&model_path), "--data", s(&npy)]);
+    let r = predict(&model_path, &npy, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let (header, rows) = parse_csv(&r.stdout);
     assert_eq!(header, default_header(4, 3, &[]));
@@ -611,7 +536,7 @@ fn a_wrong_feature_count_is_a_typed_error() {
     let model_path = small_model(dir.path());
     let seven = dir.path().join("seven.csv");
     std::fs::write(&seven, "a,b,c,d,e,f,g\n1,2,3,4,5,6,7\n").unwrap();
-    let r = run(&["predict", "--model", s(&model_path), "--data", s(&seven)]);
+    let r = predict(&model_path, &seven, &[]);
     assert_one_line_error(&r, 2, "expects 8 input features");
     assert!(r.stderr.contains("7 feature columns"), "{}", r.stderr);
     assert!(r.stdout.is_empty());
@@ -619,7 +544,7 @@ fn a_wrong_feature_count_is_a_typed_error() {
     // difference.
     let with_id = dir.path().join("id.csv");
     std::fs::write(&with_id, "a,b,c,d,e,f,g,id\n1,2,3,4,5,6,7,8\n").unwrap();
-    let r = run(&["predict", "--model", s(&model_path), "--data", s(&with_id)]);
+    let r = predict(&model_path, &with_id, &[]);
     assert_one_line_error(&r, 2, "'id' column is an identifier");
     // The same error on the library side: the size check.
     let model = load_model(&model_path);
@@ -630,18 +555,14 @@ fn a_wrong_feature_count_is_a_typed_error() {
     // Headers only: no data row.
     let empty = dir.path().join("empty.csv");
     std::fs::write(&empty, "a,b,c,d,e,f,g,h\n").unwrap();
-    let r = run(&["predict", "--model", s(&model_path), "--data", s(&empty)]);
+    let r = predict(&model_path, &empty, &[]);
     assert_one_line_error(&r, 2, "no data rows");
     // An unknown output extension.
-    let r = run(&[
-        "predict",
-        "--model",
-        s(&model_path),
-        "--data",
-        s(&seven),
-        "--out",
-        s(&dir.path().join("a.txt")),
-    ]);
+    let r = predict(
+        &model_path,
+        &seven,
+        &["--out", s(&dir.path().join("a.txt"))],
+    );
     assert_one_line_error(&r, 2, "unknown output format");
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{digits_path, run, s};
+use common::{digits_path, run, s, Run};
 use hvae_host::quant::{self, Fidelity};
 use hvae_host::train::{fit, FitConfig};
 use hvae_host::{data, model_io};
@@ -70,20 +70,7 @@ fn export_quantize_int8_and_inspect() {
     let dir = tempfile::tempdir().unwrap();
     let (model, digits) = (shipped(), digits_path());
     let bin = dir.path().join("digits.int8");
-    let r = run(&[
-        "export",
-        "--model",
-        s(&model),
-        "--quantize",
-        "int8",
-        "--data",
-        s(&digits),
-        "--format",
-        "bin",
-        "--out",
-        s(&bin),
-        "--check",
-    ]);
+    let r = export_int8(&model, Some(&digits), "bin", &bin, &["--check"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("int8 fidelity on"), "{}", r.stdout);
     assert!(r.stdout.contains("agreement 0.99"), "{}", r.stdout);
@@ -120,21 +107,7 @@ fn export_quantize_int8_and_inspect() {
 
     // rust and c: the int8 arrays, value for value.
     let rs = dir.path().join("digits_int8.rs");
-    let r = run(&[
-        "export",
-        "--model",
-        s(&model),
-        "--quantize",
-        "int8",
-        "--data",
-        s(&digits),
-        "--format",
-        "rust",
-        "--out",
-        s(&rs),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let text = std::fs::read_to_string(&rs).unwrap();
+    let text = exported_text(&model, &digits, "rust", &rs);
     assert!(text.contains("pub static WEIGHTS: [i8; WEIGHT_LEN] = ["));
     assert!(text.contains("pub static INTS: [i32; INT_LEN] = ["));
     assert!(text.contains("pub static FLOATS: [f32; FLOAT_LEN] = ["));
@@ -151,21 +124,7 @@ fn export_quantize_int8_and_inspect() {
     let want: Vec<u32> = q.floats().iter().map(|v| v.to_bits()).collect();
     assert_eq!(floats, want);
     let h = dir.path().join("digits_int8.h");
-    let r = run(&[
-        "export",
-        "--model",
-        s(&model),
-        "--quantize",
-        "int8",
-        "--data",
-        s(&digits),
-        "--format",
-        "c",
-        "--out",
-        s(&h),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let text = std::fs::read_to_string(&h).unwrap();
+    let text = exported_text(&model, &digits, "c", &h);
     assert!(text.contains("static const int8_t hvae_weights[HVAE_WEIGHT_LEN] = {"));
     assert!(text.contains("#define HVAE_WEIGHT_LEN 2304"));
     let weights = array_values(&text, "static const int8_t hvae_weights");
@@ -173,33 +132,11 @@ fn export_quantize_int8_and_inspect() {
 
     // --quantize needs --data; a data set of the wrong width is bad input.
     let out = dir.path().join("x");
-    let r = run(&[
-        "export",
-        "--model",
-        s(&model),
-        "--quantize",
-        "int8",
-        "--format",
-        "bin",
-        "--out",
-        s(&out),
-    ]);
+    let r = export_int8(&model, None, "bin", &out, &[]);
     assert_eq!(r.code, 2);
     let narrow = dir.path().join("narrow.csv");
     std::fs::write(&narrow, "a,b\n1,2\n3,4\n").unwrap();
-    let r = run(&[
-        "export",
-        "--model",
-        s(&model),
-        "--quantize",
-        "int8",
-        "--data",
-        s(&narrow),
-        "--format",
-        "bin",
-        "--out",
-        s(&out),
-    ]);
+    let r = export_int8(&model, Some(&narrow), "bin", &out, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr.contains("2 features, the model takes 64"),
@@ -207,6 +144,25 @@ fn export_quantize_int8_and_inspect() {
         r.stderr
     );
     assert!(!out.exists());
+}
+
+/// `hvae export --model <model> --quantize int8 [--data <data>] --format <format> --out
+/// <out>` with `extra` arguments after them.
+fn export_int8(model: &Path, data: Option<&Path>, format: &str, out: &Path, extra: &[&str]) -> Run {
+    let mut args = vec!["export", "--model", s(model), "--quantize", "int8"];
+    if let Some(data) = data {
+        args.extend(["--data", s(data)]);
+    }
+    args.extend(["--format", format, "--out", s(out)]);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// The text `export_int8` writes to `out` for `format`, calibrated on `data`.
+fn exported_text(model: &Path, data: &Path, format: &str, out: &Path) -> String {
+    let r = export_int8(model, Some(data), format, out, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::read_to_string(out).unwrap()
 }
 
 /// The comma-separated values of the array that starts after `decl` (up to `]` or `}`).

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::hvae;
+use common::{hvae, s};
 use std::path::{Path, PathBuf};
 
 fn manifest() -> PathBuf {
@@ -17,14 +17,7 @@ fn check_passes_on_the_same_run_and_fails_on_a_drop() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
     let m = manifest();
-    let r = hvae()
-        .args(["suite", "--sets", "iris", "--seeds", "1", "--jobs", "1"])
-        .arg("--manifest")
-        .arg(&m)
-        .arg("--json")
-        .arg(&json)
-        .assert()
-        .success();
+    let r = suite_iris(&m, &["--jobs", "1", "--json", s(&json)]).success();
     let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
     assert!(out.contains("iris"), "{out}");
     let mut v: serde_json::Value =
@@ -52,41 +45,11 @@ fn check_passes_on_the_same_run_and_fails_on_a_drop() {
         "{c}"
     );
     // The same seed trains the same model: the check against this run passes.
-    hvae()
-        .args([
-            "suite",
-            "--sets",
-            "iris",
-            "--seeds",
-            "1",
-            "--tolerance",
-            "0",
-        ])
-        .arg("--manifest")
-        .arg(&m)
-        .arg("--check")
-        .arg(&json)
-        .assert()
-        .success();
+    suite_iris(&m, &["--tolerance", "0", "--check", s(&json)]).success();
     v["sets"][0]["runs"][0]["acc"] = serde_json::json!(acc + 0.05);
     let higher = dir.path().join("higher.json");
     std::fs::write(&higher, serde_json::to_vec(&v).unwrap()).unwrap();
-    let r = hvae()
-        .args([
-            "suite",
-            "--sets",
-            "iris",
-            "--seeds",
-            "1",
-            "--tolerance",
-            "0.02",
-        ])
-        .arg("--manifest")
-        .arg(&m)
-        .arg("--check")
-        .arg(&higher)
-        .assert()
-        .code(1);
+    let r = suite_iris(&m, &["--tolerance", "0.02", "--check", s(&higher)]).code(1);
     let err = String::from_utf8_lossy(&r.get_output().stderr).to_string();
     assert!(err.contains("iris seed 0: ACC"), "{err}");
     // An unknown set is bad input.
@@ -96,6 +59,23 @@ fn check_passes_on_the_same_run_and_fails_on_a_drop() {
         .arg(&m)
         .assert()
         .code(2);
+}
+
+/// `hvae suite` of iris with one seed and the sets of `manifest`, with `extra`
+/// arguments.
+fn suite_iris(manifest: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    hvae()
+        .args([
+            "suite",
+            "--sets",
+            "iris",
+            "--seeds",
+            "1",
+            "--manifest",
+            s(manifest),
+        ])
+        .args(extra)
+        .assert()
 }
 
 /// Four well-separated vMF clusters in 12-D: `--clusters auto` tries K = 2..6 and keeps

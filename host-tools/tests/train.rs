@@ -45,47 +45,59 @@ fn mixture_is_recovered_and_training_is_deterministic() {
     let csv = common::four_cluster_csv(dir.path());
     let (a, b) = (dir.path().join("a.hvae"), dir.path().join("b.hvae"));
     for out in [&a, &b] {
-        hvae()
-            .args([
-                "train",
-                "--quiet",
-                "--clusters",
-                "4",
-                "--latent",
-                "4",
-                "--hidden",
-                "16",
-                "--epochs",
-                "40",
-                "--warmup",
-                "10",
-                "--seed",
-                "9",
-            ])
-            .arg("--data")
-            .arg(&csv)
-            .arg("--out")
-            .arg(out)
-            .assert()
-            .success();
+        train_mixture(&csv, out, &[]);
     }
     assert_eq!(
         std::fs::read(&a).unwrap(),
         std::fs::read(&b).unwrap(),
         "same seed, same model"
     );
+    let acc = eval_acc(&a, &csv);
+    assert!(acc >= 0.98, "ACC {acc}");
+}
+
+/// `hvae train` of the four-cluster mixture `csv` into `out` (4-D latent, 16 hidden,
+/// 40 epochs, seed 9) with `extra` options.
+fn train_mixture(csv: &Path, out: &Path, extra: &[&str]) {
+    hvae()
+        .args([
+            "train",
+            "--quiet",
+            "--clusters",
+            "4",
+            "--latent",
+            "4",
+            "--hidden",
+            "16",
+            "--epochs",
+            "40",
+            "--warmup",
+            "10",
+            "--seed",
+            "9",
+        ])
+        .args(extra)
+        .arg("--data")
+        .arg(csv)
+        .arg("--out")
+        .arg(out)
+        .assert()
+        .success();
+}
+
+/// The ACC `hvae eval --json` reports for `model` on `csv`.
+fn eval_acc(model: &Path, csv: &Path) -> f64 {
     let json = hvae()
         .args(["eval", "--json"])
         .arg("--model")
-        .arg(&a)
+        .arg(model)
         .arg("--data")
-        .arg(&csv)
+        .arg(csv)
         .output()
         .unwrap();
     assert!(json.status.success());
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    let acc = v["acc"].as_f64().unwrap();
-    assert!(acc >= 0.98, "ACC {acc}");
+    v["acc"].as_f64().unwrap()
 }
 
 #[test]
@@ -177,42 +189,22 @@ fn bad_input_is_a_one_line_error_and_no_file() {
     let labels = write("labels.csv", "a,b,label\n1,2,0\n3,4,1\n5,6,2\n7,8,2\n");
     fails(&["--clusters", "2"], &labels, 2, "3 classes");
     fails(&["--clusters", "2", "--supervised"], &small, 2, "label");
-    fails(
-        &["--clusters", "2", "--density", "inf"],
-        &small,
-        2,
-        "--density",
-    );
-    fails(
-        &["--clusters", "2", "--warmup-beta", "nan"],
-        &small,
-        2,
-        "--warmup-beta",
-    );
-    fails(
-        &["--clusters", "2", "--gmm-joint-share", "0"],
-        &small,
-        2,
-        "--gmm-joint-share",
-    );
-    fails(
-        &["--clusters", "2", "--choice-neighbours", "0"],
-        &small,
-        2,
-        "--choice-neighbours",
-    );
-    fails(
-        &["--clusters", "2", "--gmm-confidence", "1.5"],
-        &small,
-        2,
-        "--gmm-confidence",
-    );
-    fails(
-        &["--clusters", "2", "--hidden", "1,1,1,1,1"],
-        &small,
-        2,
-        "architecture",
-    );
+    // Each option's bad value, named in the error.
+    for (args, needle) in [
+        (["--density", "inf"], "--density"),
+        (["--warmup-beta", "nan"], "--warmup-beta"),
+        (["--gmm-joint-share", "0"], "--gmm-joint-share"),
+        (["--choice-neighbours", "0"], "--choice-neighbours"),
+        (["--gmm-confidence", "1.5"], "--gmm-confidence"),
+        (["--hidden", "1,1,1,1,1"], "architecture"),
+    ] {
+        fails(
+            &[&["--clusters", "2"][..], &args].concat(),
+            &small,
+            2,
+            needle,
+        );
+    }
 }
 
 /// The diagonal Gaussian mixture behind `--init gmm` follows clusters of different
@@ -273,40 +265,8 @@ fn density_and_gmm_options_train() {
         &["--choice-neighbours", "5"][..],
     ] {
         let out = dir.path().join("m.hvae");
-        hvae()
-            .args([
-                "train",
-                "--quiet",
-                "--clusters",
-                "4",
-                "--latent",
-                "4",
-                "--hidden",
-                "16",
-                "--epochs",
-                "40",
-                "--warmup",
-                "10",
-                "--seed",
-                "9",
-            ])
-            .args(extra)
-            .arg("--data")
-            .arg(&csv)
-            .arg("--out")
-            .arg(&out)
-            .assert()
-            .success();
-        let json = hvae()
-            .args(["eval", "--json"])
-            .arg("--model")
-            .arg(&out)
-            .arg("--data")
-            .arg(&csv)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-        let acc = v["acc"].as_f64().unwrap();
+        train_mixture(&csv, &out, extra);
+        let acc = eval_acc(&out, &csv);
         assert!(acc >= 0.95, "{extra:?}: ACC {acc}");
     }
 }

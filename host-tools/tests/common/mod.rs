@@ -64,6 +64,13 @@ pub fn run(args: &[&str]) -> Run {
     finish(hvae().args(args).output().unwrap())
 }
 
+/// Runs `hvae <command> --model <model>` with `rest` after them.
+pub fn run_model(command: &str, model: &Path, rest: &[&str]) -> Run {
+    let mut args = vec![command, "--model", s(model)];
+    args.extend_from_slice(rest);
+    run(&args)
+}
+
 /// Runs `hvae` with `args` and `input` on its standard input.
 pub fn run_stdin(args: &[&str], input: Vec<u8>) -> Run {
     finish(hvae().args(args).write_stdin(input).output().unwrap())
@@ -104,6 +111,18 @@ pub fn reference_python(what: &str) -> Option<PathBuf> {
          host-tools/reference/requirements.txt)"
     );
     None
+}
+
+/// Runs `cmd` to the end and returns its output; a failure fails the test with the
+/// command's stderr.
+pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Asserts a failure with exit status `code` and exactly one line on stderr, the tool's
