@@ -6,7 +6,7 @@
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
     checkpoint_slot_len, checkpoint_slot_len_with, optim_len, scratch_len, scratch_len_with,
-    Engine, Store, Transport, INFER, INTERNAL_ERROR_FRAME, LEARN,
+    Engine, Learns, Params, Slots, Store, Transport, CAP, INFER, INTERNAL_ERROR_FRAME, LEARN,
 };
 use hvae::protocol::{
     encode, CentreChange, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope,
@@ -132,7 +132,10 @@ fn engine<const CAPS: u32>(
 }
 
 /// Loads `bytes` in chunks; the last response.
-fn load<const CAPS: u32>(e: &mut Engine<D, W, Vec<f32>, Heap, CAPS>, bytes: &[u8]) -> Response {
+fn load<P: Params, const CAPS: u32, L: Learns<D, CAP, Vec<f32>, f32>>(
+    e: &mut Engine<D, W, P, Heap, CAPS, CAP, f32, L>,
+    bytes: &[u8],
+) -> Response {
     let mut last = Response::Ack;
     let n = bytes.len().div_ceil(MAX_CHUNK);
     for (i, c) in bytes.chunks(MAX_CHUNK).enumerate() {
@@ -203,6 +206,124 @@ fn an_inference_engine_keeps_loaded_weights_across_a_reboot() {
     assert_eq!(e.restore().unwrap(), Some(1));
     assert_eq!(e.crc(), crc);
     assert_eq!(e.model().params(), new.params());
+}
+
+/// Weights "in flash": two slots of inference parameters, the one in use and the one a
+/// load fills (values kept as they arrive, the slot switched only on commit), as the
+/// firmware's `cluster` holds them.
+struct FlashSlots {
+    slots: [Vec<f32>; 2],
+    running: usize,
+    filling: Option<usize>,
+    commits: Vec<u32>,
+}
+
+impl AsRef<[f32]> for FlashSlots {
+    fn as_ref(&self) -> &[f32] {
+        &self.slots[self.running]
+    }
+}
+
+impl Params for FlashSlots {
+    fn writable(&mut self) -> Option<&mut [f32]> {
+        None
+    }
+    fn slots(&mut self) -> Option<&mut dyn Slots> {
+        Some(self)
+    }
+}
+
+impl Slots for FlashSlots {
+    fn begin(&mut self) -> Result<(), ErrorCode> {
+        let other = 1 - self.running;
+        self.slots[other].fill(f32::NAN);
+        self.filling = Some(other);
+        Ok(())
+    }
+    fn put(&mut self, index: usize, value: f32) -> Result<(), ErrorCode> {
+        let slot = self.filling.ok_or(ErrorCode::Storage)?;
+        if let Some(v) = self.slots[slot].get_mut(index) {
+            *v = value;
+        }
+        Ok(())
+    }
+    fn commit(&mut self, crc: u32) -> Result<(), ErrorCode> {
+        self.running = self.filling.take().ok_or(ErrorCode::Storage)?;
+        self.commits.push(crc);
+        Ok(())
+    }
+}
+
+type InferFlash = Engine<D, W, FlashSlots, Heap, INFER, CAP, f32, ()>;
+
+fn in_flash(m: &Model<f32, Vec<f32>>) -> InferFlash {
+    let n = S.inference_param_len();
+    let params = FlashSlots {
+        slots: [m.params()[..n].to_vec(), vec![0.0; n]],
+        running: 0,
+        filling: None,
+        commits: Vec::new(),
+    };
+    let crc = hvae::device::blob_crc(&S, m.params());
+    Engine::new(
+        Model::new(S, params).unwrap(),
+        crc,
+        Heap::new(),
+        MAX_REQUEST_FRAME,
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_engine_over_flash_slots_loads_into_the_other_slot() {
+    let (first, new) = (model(1), model(2));
+    let crc = hvae::device::blob_crc(&S, new.params());
+    let n = S.inference_param_len();
+    let mut e = in_flash(&first);
+    let Response::Info(info) = e.handle(&Request::Info) else {
+        panic!("Info")
+    };
+    assert_eq!(info.params_held as usize, n);
+
+    // A blob with a bad CRC: refused, the slot in use unchanged, nothing committed.
+    let mut bad = blob(&new);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(
+        load(&mut e, &bad),
+        Response::Error(ErrorCode::BadCrc { .. })
+    ));
+    assert_eq!(e.model().params(), &first.params()[..n]);
+    assert!(e.model().storage().commits.is_empty());
+
+    // A good blob: the other slot, the inference prefix only, committed with its CRC.
+    assert_eq!(
+        load(&mut e, &blob(&new)),
+        Response::Loaded { weights_crc: crc }
+    );
+    assert_eq!(e.model().storage().running, 1);
+    assert_eq!(e.model().params(), &new.params()[..n]);
+    assert_eq!(e.model().storage().commits, [crc]);
+    // Already in flash: a checkpoint has nothing to write, and says which weights.
+    assert_eq!(
+        e.handle(&Request::Checkpoint),
+        Response::Checkpointed { weights_crc: crc }
+    );
+    assert_eq!(e.crc(), crc);
+    // Answers come from the new weights, as the model in RAM gives them.
+    let x: Vec<f32> = (0..D).map(|i| i as f32 * 0.1 - 0.5).collect();
+    let Response::Segmented { label, .. } = e.handle(&Request::Segment {
+        sample: heapless::Vec::from_slice(&x).unwrap(),
+    }) else {
+        panic!("Segment")
+    };
+    let mut work = vec![0.0; S.work_len()];
+    assert_eq!(label as usize, new.segment(&x, &mut work).unwrap().label);
+    // It trains nothing.
+    assert_eq!(
+        e.handle(&train_request(1)),
+        Response::Error(ErrorCode::Unsupported)
+    );
 }
 
 #[test]

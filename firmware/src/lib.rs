@@ -3,7 +3,8 @@
 //! - [`board`]: the two boards' UART (the protocol's byte stream) and flash writer;
 //! - [`weights`]: the compiled-in model (CRC-checked), and two flash slots that
 //!   `LoadWeights` fills;
-//! - [`service`]: the request handler of the protocol (`hvae::protocol`);
+//! - [`inference`]: the inference program's engine (the core's, over the weights in
+//!   flash);
 //! - [`learning`]: the static buffers and checkpoint slots of a learning program;
 //! - [`rt`]: image and RAM figures, stack painting, the semihosting exit, an
 //!   instruction counter, the panic handlers.
@@ -23,7 +24,7 @@
 use defmt_semihosting as _;
 
 pub mod board;
+pub mod inference;
 pub mod learning;
 pub mod rt;
-pub mod service;
 pub mod weights;

@@ -7,8 +7,8 @@
 //! qemu's stdout, never to the UART; `hvae-firmware-host run` / `decode` (in `host/`)
 //! prints them as text.
 
-use crate::service::Resources;
 use core::ptr::{addr_of, read_volatile, write_volatile};
+use hvae::device::Resources;
 
 extern "C" {
     // memory.x
@@ -95,7 +95,7 @@ pub fn with_ram<R>(f: impl FnOnce() -> R) -> (R, usize) {
     (r, ram_static() + sp.saturating_sub(stack_low()))
 }
 
-/// The figures [`crate::service::Service`] reports in `Info`.
+/// The figures the device reports in `Info`.
 pub fn resources() -> Resources {
     Resources {
         flash: saturate(flash_used()),

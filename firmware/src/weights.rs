@@ -18,8 +18,9 @@
 //! boot only if its prefix CRC checks out.
 
 use crate::board::{FlashError, FlashWriter};
+use hvae::device::{Params, Slots};
 use hvae::infer::model::{ArrayModel, Model};
-use hvae::protocol::blob_header;
+use hvae::protocol::{blob_header, ErrorCode};
 use hvae::Shape;
 
 /// The exported model file, as chosen by `build.rs`: `SHAPE`, `PARAM_LEN`,
@@ -111,9 +112,6 @@ pub mod m0 {
         hvae::Model::from_array(SHAPE, super::prefix(&PARAMS));
 }
 
-/// The model the device runs: parameters in flash, compiled-in or in a slot.
-pub type ActiveModel = Model<f32, &'static [f32]>;
-
 /// Where the weights in use come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -128,11 +126,12 @@ pub enum Source {
     },
 }
 
-/// Weights in use: the model, where it lives and the CRC of its blob.
-#[derive(Clone, Debug)]
+/// Weights in use: the parameters (the inference prefix, in flash), where they live and
+/// the CRC of their blob.
+#[derive(Clone, Copy, Debug)]
 pub struct Active {
-    /// The model.
-    pub model: ActiveModel,
+    /// The parameters: every one finite.
+    pub params: &'static [f32],
     /// Where its parameters live.
     pub source: Source,
     /// CRC of its weight blob.
@@ -145,9 +144,9 @@ pub fn compiled() -> Result<Active, &'static str> {
     if prefix_crc(params) != PREFIX_CRC {
         return Err("compiled-in weights fail their CRC");
     }
-    let model = Model::new(SHAPE, params).map_err(|_| "compiled-in weights are not a model")?;
+    // Checked finite when the compiled-in model was built (at compile time).
     Ok(Active {
-        model,
+        params,
         source: Source::Compiled,
         blob_crc: BLOB_CRC,
     })
@@ -204,9 +203,11 @@ pub fn slot(index: usize) -> Option<Active> {
     if prefix_crc(params) != read_word(base + 12) {
         return None;
     }
-    let model = Model::new(SHAPE, params).ok()?;
+    if !params.iter().all(|v| v.is_finite()) {
+        return None;
+    }
     Some(Active {
-        model,
+        params,
         source: Source::Slot { index, seq },
         blob_crc,
     })
@@ -294,4 +295,74 @@ pub fn erase_slots<F: FlashWriter>(flash: &mut F) -> Result<(), FlashError> {
         flash.erase_page(page)?;
     }
     Ok(())
+}
+
+/// The weights of an inference device as the core's engine holds them
+/// ([`hvae::device::Params`]): the parameters in use, in flash (compiled in or in a
+/// slot), and the two slots a `LoadWeights` blob fills ([`hvae::device::Slots`]).
+pub struct FlashWeights<F> {
+    active: Active,
+    writing: Option<SlotWriter>,
+    flash: F,
+}
+
+impl<F: FlashWriter> FlashWeights<F> {
+    /// The weights `active`, with `flash` to write the slots.
+    pub fn new(active: Active, flash: F) -> Self {
+        FlashWeights {
+            active,
+            writing: None,
+            flash,
+        }
+    }
+
+    /// The weights in use: where they live and their blob's CRC.
+    pub fn active(&self) -> &Active {
+        &self.active
+    }
+}
+
+impl<F> AsRef<[f32]> for FlashWeights<F> {
+    fn as_ref(&self) -> &[f32] {
+        self.active.params
+    }
+}
+
+impl<F: FlashWriter> Params for FlashWeights<F> {
+    fn writable(&mut self) -> Option<&mut [f32]> {
+        None
+    }
+
+    fn slots(&mut self) -> Option<&mut dyn Slots> {
+        Some(self)
+    }
+}
+
+impl<F: FlashWriter> Slots for FlashWeights<F> {
+    fn begin(&mut self) -> Result<(), ErrorCode> {
+        self.writing = None;
+        let w = SlotWriter::begin(&mut self.flash, &self.active).map_err(|_| ErrorCode::Storage)?;
+        self.writing = Some(w);
+        Ok(())
+    }
+
+    fn put(&mut self, index: usize, value: f32) -> Result<(), ErrorCode> {
+        let w = self
+            .writing
+            .as_ref()
+            .ok_or(ErrorCode::LoadOrder { expected: 0 })?;
+        w.put(&mut self.flash, index, value)
+            .map_err(|_| ErrorCode::Storage)
+    }
+
+    fn commit(&mut self, crc: u32) -> Result<(), ErrorCode> {
+        let w = self
+            .writing
+            .take()
+            .ok_or(ErrorCode::LoadOrder { expected: 0 })?;
+        self.active = w
+            .commit(&mut self.flash, crc, &self.active)
+            .map_err(|_| ErrorCode::Storage)?;
+        Ok(())
+    }
 }

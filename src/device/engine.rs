@@ -1,7 +1,8 @@
 //! The engine: one request dispatch for every device that serves the protocol.
 
+use super::learning::{Learning, Learns, Trainer};
 use super::{
-    Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX,
+    Params, Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX,
     SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY, WARMUP_STEPS,
 };
 use crate::infer::model::Model;
@@ -21,7 +22,8 @@ use crate::train::centres::{
 };
 use crate::train::optim::{OptimKind, Optimiser};
 use crate::train::samples::{Policy, Quant, Stored};
-use crate::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
+use crate::train::trainer::{Consistency, TrainConfig, TrainError};
+use core::marker::PhantomData;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -38,7 +40,13 @@ const LAYOUTS: [(Scope, OptimKind); 6] = [
 /// The layout of a checkpoint of the weights alone (no trainer): the smallest state.
 const WEIGHTS_ONLY: (Scope, OptimKind) = (Scope::SegmenterOnly, OptimKind::Sgd);
 
-type Trainer<const D: usize, const MEM: usize, B, E> = OnlineTrainer<f32, D, MEM, B, B, E>;
+/// Where the values of a load under way go: a store buffer, copied over the weights
+/// when the blob checks out (weights in RAM), or the flash slot not in use (weights in
+/// flash: [`Params::slots`]).
+enum Staging<B> {
+    Ram(B),
+    Slot,
+}
 
 /// The engine: a model in `P` (all of its parameters; the decoder too when it trains),
 /// a workspace of `W` scalars (two model workspaces answer samples two at a time), `D`
@@ -59,34 +67,35 @@ pub struct Engine<
     const CAPS: u32 = LEARN,
     const MEM: usize = CAP,
     E = f32,
+    L = Learning<D, MEM, <S as Store>::Buf, E>,
 > {
     model: Model<f32, P>,
     /// CRC of the current weights' blob; `None` after training changed them.
     crc: Option<u32>,
     loader: WeightLoader,
-    staging: Option<S::Buf>,
-    trainer: Option<Trainer<D, MEM, S::Buf, E>>,
-    /// The settings of the training under way (saved with its checkpoints).
-    settings: Option<TrainSettings>,
-    /// The stream's normalisation, while a `SegmenterAndNormalisation` training runs.
-    tracker: Option<Tracker<D>>,
-    /// The centres' counts and what spawns new centres, while an online k-means
-    /// training runs (instead of `trainer`).
-    kmeans: Option<(CentreCounts, Spawner)>,
-    rng: Xoshiro256PlusPlus,
+    staging: Option<Staging<S::Buf>>,
+    /// The training under way ([`Learning`]; `()` in an engine that trains nothing).
+    learn: L,
+    /// The trainer's stored values are `E` (a field of `L`).
+    _stored: PhantomData<E>,
     work: [f32; W],
     store: S,
     max_frame: usize,
 }
 
-impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E>
-    Engine<D, W, P, S, CAPS, MEM, E>
+impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E, L>
+    Engine<D, W, P, S, CAPS, MEM, E, L>
 where
-    P: AsRef<[f32]> + AsMut<[f32]>,
+    P: Params,
     S: Store,
     E: Stored<f32>,
+    L: Learns<D, MEM, S::Buf, E>,
 {
     const TRAINS: bool = CAPS & CAP_TRAIN != 0;
+    /// Whether `Segment` and `Encode` link the code that runs samples two at a time:
+    /// only when `W` may hold two workspaces (one is at least `4 D`: the input and the
+    /// widest layer, twice), as in an image with flash to spare; one at a time otherwise.
+    const PAIRS: bool = W >= 8 * D;
 
     /// An engine running `model` (all of its parameters), whose blob has CRC `crc`;
     /// `max_frame` is the longest request frame the caller receives. `Internal` when the
@@ -128,11 +137,8 @@ where
             model,
             crc: Some(crc),
             staging: None,
-            trainer: None,
-            settings: None,
-            tracker: None,
-            kmeans: None,
-            rng: Xoshiro256PlusPlus::seed_from_u64(SEED),
+            learn: L::new(),
+            _stored: PhantomData,
             work: [0.0; W],
             store,
             max_frame,
@@ -142,7 +148,7 @@ where
     /// What [`Engine::new`] checks of its model.
     fn check(model: &Model<f32, P>) -> Result<(), ErrorCode> {
         let shape = model.shape();
-        if shape.input != D || shape.work_len() > W {
+        if shape.input != D || model.work_len() > W {
             return Err(ErrorCode::Internal);
         }
         Ok(())
@@ -158,10 +164,11 @@ where
     /// moments, memory of past samples), or for online k-means the centres' counts.
     pub fn train_ram(&self) -> Option<usize> {
         let params = 4 * self.model.params().len();
-        if let Some(t) = self.trainer.as_ref() {
+        let l = self.learn.state_ref()?;
+        if let Some(t) = l.trainer.as_ref() {
             return Some(params + t.state_bytes());
         }
-        self.kmeans
+        l.kmeans
             .as_ref()
             .map(|k| params + core::mem::size_of_val(k))
     }
@@ -204,30 +211,30 @@ where
 
     /// [`Engine::handle_each`] of a request read in place: the samples of `Segment`,
     /// `Encode` and `TrainBatch` are copied into one buffer on the stack (`MAX_SAMPLE`
-    /// values, the most `parse` accepts), the other requests (a few bytes, a weight
-    /// chunk) made owned. Not inlined: the buffer takes stack only while a request is
-    /// answered.
+    /// values, the most `parse` accepts); a weight chunk is answered from the frame.
+    /// Not inlined: the buffer takes stack only while a request is answered.
     #[inline(never)]
     fn respond_to(&mut self, req: &borrowed::RequestRef<'_>, emit: &mut dyn FnMut(&Response)) {
         use borrowed::RequestRef as R;
         let mut buf = [0.0f32; MAX_SAMPLE];
-        let job = match req {
-            R::Segment(s) => Job::Segment(read_samples(s, &mut buf)),
-            R::Encode(s) => Job::Encode(read_samples(s, &mut buf)),
+        let job = match *req {
+            R::Info => Job::Info,
+            R::Segment(s) => Job::Segment(read_samples(&s, &mut buf)),
+            R::Encode(s) => Job::Encode(read_samples(&s, &mut buf)),
             R::TrainBatch {
                 samples,
                 steps,
-                settings,
-            } => Job::Train(read_samples(samples, &mut buf), *steps, settings.as_ref()),
-            _ => return self.respond_owned(req, emit),
+                ref settings,
+            } => Job::Train(read_samples(&samples, &mut buf), steps, settings.as_ref()),
+            R::LoadWeights {
+                offset,
+                bytes,
+                last,
+            } => Job::Load(offset, bytes, last),
+            R::ReadWeights { offset, count } => Job::Read(offset, count),
+            R::Checkpoint => Job::Checkpoint,
         };
         self.dispatch(job, emit)
-    }
-
-    /// [`Engine::handle_each`] of a request without samples, made owned.
-    #[inline(never)]
-    fn respond_owned(&mut self, req: &borrowed::RequestRef<'_>, emit: &mut dyn FnMut(&Response)) {
-        self.dispatch(Job::Other(&req.to_request()), emit)
     }
 
     /// Answers one request, handing each response to `emit`: one, or one per sample for
@@ -235,6 +242,7 @@ where
     /// when `W` holds two workspaces).
     pub fn handle_each(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
         let job = match req {
+            Request::Info => Job::Info,
             Request::Segment { sample } => Job::Segment(sample),
             Request::Encode { sample } => Job::Encode(sample),
             Request::TrainBatch {
@@ -242,7 +250,13 @@ where
                 steps,
                 settings,
             } => Job::Train(samples, *steps, settings.as_ref()),
-            _ => Job::Other(req),
+            Request::LoadWeights {
+                offset,
+                bytes,
+                last,
+            } => Job::Load(*offset, bytes, *last),
+            Request::ReadWeights { offset, count } => Job::Read(*offset, *count),
+            Request::Checkpoint => Job::Checkpoint,
         };
         self.dispatch(job, emit)
     }
@@ -259,21 +273,36 @@ where
             Job::Train(x, steps, settings) if Self::TRAINS => {
                 self.train_and_answer(x, steps, settings, emit)
             }
-            Job::Other(req) => self.answer(req, emit),
-            _ => emit_error(emit, ErrorCode::Unsupported),
+            Job::Read(offset, count) if CAPS & CAP_READ != 0 => {
+                self.read_weights(offset, count, emit)
+            }
+            Job::Segment(_) | Job::Encode(_) | Job::Train(..) | Job::Read(..) => {
+                emit_error(emit, ErrorCode::Unsupported)
+            }
+            Job::Info | Job::Load(..) | Job::Checkpoint => self.answer(job, emit),
         }
     }
 
     #[inline(never)]
     fn segment(&mut self, sample: &[f32], emit: &mut dyn FnMut(&Response)) {
         let mut out = Response::Ack;
-        answer_segment::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
+        let (m, w) = (&self.model, &mut self.work);
+        if Self::PAIRS {
+            answer_segment::<_, true>(m, sample, w, &mut out, emit)
+        } else {
+            answer_segment::<_, false>(m, sample, w, &mut out, emit)
+        }
     }
 
     #[inline(never)]
     fn encode(&mut self, sample: &[f32], emit: &mut dyn FnMut(&Response)) {
         let mut out = Response::Ack;
-        answer_encode::<_, true>(&self.model, sample, &mut self.work, &mut out, emit)
+        let (m, w) = (&self.model, &mut self.work);
+        if Self::PAIRS {
+            answer_encode::<_, true>(m, sample, w, &mut out, emit)
+        } else {
+            answer_encode::<_, false>(m, sample, w, &mut out, emit)
+        }
     }
 
     #[inline(never)]
@@ -288,14 +317,10 @@ where
         emit_small(emit, r.unwrap_or_else(Small::Error));
     }
 
+    /// Answers the requests whose answer is [`Small`].
     #[inline(never)]
-    fn answer(&mut self, req: &Request, emit: &mut dyn FnMut(&Response)) {
-        if let Request::ReadWeights { offset, count } = req {
-            if CAPS & CAP_READ != 0 {
-                return self.read_weights(*offset, *count, emit);
-            }
-        }
-        let r = self.try_handle(req);
+    fn answer(&mut self, job: Job<'_>, emit: &mut dyn FnMut(&Response)) {
+        let r = self.try_handle(job);
         emit_small(emit, r.unwrap_or_else(Small::Error));
     }
 
@@ -317,9 +342,9 @@ where
         }
     }
 
-    fn try_handle(&mut self, req: &Request) -> Result<Small, ErrorCode> {
-        match req {
-            Request::Info => {
+    fn try_handle(&mut self, job: Job<'_>) -> Result<Small, ErrorCode> {
+        match job {
+            Job::Info => {
                 let shape = *self.model.shape();
                 let held = self.model.params().len();
                 let crc = self.crc();
@@ -330,29 +355,25 @@ where
                 info.stack_peak = r.stack;
                 Ok(Small::Info(info))
             }
-            Request::LoadWeights {
-                offset,
-                bytes,
-                last,
-            } if CAPS & CAP_LOAD != 0 => {
-                let r = self.load(*offset, bytes, *last);
-                if r.is_err() || *last {
+            Job::Load(offset, bytes, last) if CAPS & CAP_LOAD != 0 => {
+                let r = self.load(offset, bytes, last);
+                if r.is_err() || last {
                     self.staging = None;
                 }
                 let r = r?;
                 // An engine that does not train keeps loaded weights at once, as an
                 // inference device writes a load into flash.
-                if !Self::TRAINS && *last && self.store.checkpoints().is_some() {
+                if !Self::TRAINS && last && self.store.checkpoints().is_some() {
                     self.checkpoint()?;
                 }
                 Ok(r)
             }
-            Request::Checkpoint if CAPS & CAP_CHECKPOINT != 0 => {
+            Job::Checkpoint if CAPS & CAP_CHECKPOINT != 0 => {
                 self.checkpoint()?;
                 Ok(Small::Checkpointed(self.crc()))
             }
             // `Segment`, `Encode`, `TrainBatch` and `ReadWeights` are answered by their
-            // own functions; the rest are outside this engine's capabilities.
+            // own functions; a load or checkpoint outside this engine's capabilities.
             _ => Err(ErrorCode::Unsupported),
         }
     }
@@ -362,16 +383,23 @@ where
     /// spawner and tracker).
     #[inline(never)]
     fn checkpoint(&mut self) -> Result<(), ErrorCode> {
+        // Weights in flash slots were saved as they were loaded, and such an engine
+        // trains nothing: there is nothing more to save.
+        if self.model.storage_mut().slots().is_some() {
+            return Ok(());
+        }
         if self.store.checkpoints().is_none() {
             return Err(ErrorCode::Unsupported);
         }
-        if let Some(t) = self.trainer.as_ref() {
-            let prefix = resume_prefix(self.settings.as_ref(), &mut self.rng, true)?;
-            let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
-            return c
-                .save_trainer_after(&self.model, t, &prefix)
-                .map(|_| ())
-                .map_err(|_| ErrorCode::Storage);
+        if let Some(l) = self.learn.state() {
+            if let Some(t) = l.trainer.as_ref() {
+                let prefix = resume_prefix(l.settings.as_ref(), &mut l.rng, true)?;
+                let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
+                return c
+                    .save_trainer_after(&self.model, t, &prefix)
+                    .map(|_| ())
+                    .map_err(|_| ErrorCode::Storage);
+            }
         }
         let shape = *self.model.shape();
         let weights = Layout::new::<f32>(shape, WEIGHTS_ONLY.0, WEIGHTS_ONLY.1);
@@ -381,30 +409,32 @@ where
             .take(0, weights.state())
             .ok_or(ErrorCode::Internal)?;
         // Online k-means: its settings, counts, spawner and tracker after the weights.
-        if let Some((counts, spawner)) = self.kmeans.as_ref() {
-            let prefix = resume_prefix(self.settings.as_ref(), &mut self.rng, false)?;
-            let layout = weights.with_extra(Self::KMEANS_EXTRA);
-            let tracker = self.tracker.as_ref();
-            let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
-            return c
-                .save_with_extra(
-                    &layout,
-                    self.model.params(),
-                    zeros.as_ref(),
-                    0,
-                    counts.updates(),
-                    &mut |out| {
-                        out(&prefix);
-                        counts.put(out);
-                        spawner.put(out);
-                        match tracker {
-                            Some(t) => t.put(out),
-                            None => Tracker::<D>::new(1.0).put(out),
-                        }
-                    },
-                )
-                .map(|_| ())
-                .map_err(|_| ErrorCode::Storage);
+        if let Some(l) = self.learn.state() {
+            if let Some((counts, spawner)) = l.kmeans.as_ref() {
+                let prefix = resume_prefix(l.settings.as_ref(), &mut l.rng, false)?;
+                let layout = weights.with_extra(Self::KMEANS_EXTRA);
+                let tracker = l.tracker.as_ref();
+                let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
+                return c
+                    .save_with_extra(
+                        &layout,
+                        self.model.params(),
+                        zeros.as_ref(),
+                        0,
+                        counts.updates(),
+                        &mut |out| {
+                            out(&prefix);
+                            counts.put(out);
+                            spawner.put(out);
+                            match tracker {
+                                Some(t) => t.put(out),
+                                None => Tracker::<D>::new(1.0).put(out),
+                            }
+                        },
+                    )
+                    .map(|_| ())
+                    .map_err(|_| ErrorCode::Storage);
+            }
         }
         let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
         c.save(&weights, self.model.params(), zeros.as_ref(), 0, 0)
@@ -462,10 +492,7 @@ where
         let Some((found, layout)) = best else {
             return Ok(None);
         };
-        self.trainer = None;
-        self.settings = None;
-        self.tracker = None;
-        self.kmeans = None;
+        self.learn.stop();
         self.staging = None;
         if layout == kmeans && self.resume_kmeans(&layout)? {
             return Ok(Some(found.seq));
@@ -478,7 +505,7 @@ where
             .take(0, layout.state())
             .ok_or(ErrorCode::Internal)?;
         let c: &mut Checkpoints<S::Flash> = self.store.checkpoints().ok_or(ErrorCode::Internal)?;
-        c.load(&layout, self.model.params_mut(), state.as_mut())
+        c.load(&layout, writable(&mut self.model)?, state.as_mut())
             .map_err(|_| ErrorCode::Storage)?;
         self.crc = None;
         Ok(Some(found.seq))
@@ -498,10 +525,9 @@ where
         let Some((settings, _)) = read_resume_prefix(&prefix) else {
             return Ok(false);
         };
-        if self.start(&settings).is_err() || self.kmeans.is_none() {
-            self.kmeans = None;
-            self.settings = None;
-            self.tracker = None;
+        if self.start(&settings).is_err() || !self.learn.state().is_some_and(|l| l.kmeans.is_some())
+        {
+            self.learn.stop();
             return Ok(false);
         }
         let (_, mut zeros) = self
@@ -511,29 +537,29 @@ where
         let Engine {
             store,
             model,
-            kmeans,
-            tracker,
+            learn,
             ..
         } = self;
+        let Learning {
+            kmeans, tracker, ..
+        } = learn.state().ok_or(ErrorCode::Internal)?;
         let (counts, spawner) = kmeans.as_mut().ok_or(ErrorCode::Internal)?;
+        let params = writable(model)?;
         let c = store.checkpoints().ok_or(ErrorCode::Internal)?;
         let (nc, ns) = (CentreCounts::LEN, Spawner::LEN);
         let loaded = c
-            .load_with_extra(
-                layout,
-                model.params_mut(),
-                zeros.as_mut(),
-                &mut |at, b| match at.checked_sub(RESUME_PREFIX) {
-                    Some(i) if i < nc => counts.set(i, b),
-                    Some(i) if i < nc + ns => spawner.set(i - nc, b),
-                    Some(i) => {
-                        if let Some(t) = tracker.as_mut() {
-                            t.set(i - nc - ns, b);
-                        }
+            .load_with_extra(layout, params, zeros.as_mut(), &mut |at, b| match at
+                .checked_sub(RESUME_PREFIX)
+            {
+                Some(i) if i < nc => counts.set(i, b),
+                Some(i) if i < nc + ns => spawner.set(i - nc, b),
+                Some(i) => {
+                    if let Some(t) = tracker.as_mut() {
+                        t.set(i - nc - ns, b);
                     }
-                    None => {}
-                },
-            )
+                }
+                None => {}
+            })
             .map_err(|_| ErrorCode::Storage)?;
         if loaded.is_none() {
             return Err(ErrorCode::Storage);
@@ -553,69 +579,101 @@ where
         let Some((settings, rng)) = read_resume_prefix(&prefix) else {
             return Ok(false);
         };
-        if self.start(&settings).is_err() || self.trainer.is_none() {
-            self.trainer = None;
-            self.settings = None;
-            self.tracker = None;
+        if self.start(&settings).is_err()
+            || !self.learn.state().is_some_and(|l| l.trainer.is_some())
+        {
+            self.learn.stop();
             return Ok(false);
         }
         let c = self.store.checkpoints().ok_or(ErrorCode::Internal)?;
-        let t = self.trainer.as_mut().ok_or(ErrorCode::Internal)?;
+        let l = self.learn.state().ok_or(ErrorCode::Internal)?;
+        let t = l.trainer.as_mut().ok_or(ErrorCode::Internal)?;
         let loaded = c
-            .restore_trainer_after(&mut self.model, t, RESUME_PREFIX)
+            .restore_trainer_after(&mut trainable(&mut self.model)?, t, RESUME_PREFIX)
             .map_err(|_| ErrorCode::Storage)?;
         if loaded.is_none() {
             return Err(ErrorCode::Storage);
         }
-        self.rng = rng;
+        l.rng = rng;
         // The tracker restarts from the restored normalisation (its statistics are not
         // part of the checkpoint).
-        if self.tracker.is_some() {
-            let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
+        if l.tracker.is_some() {
+            let (offset, scale) = normalisation_mut::<D>(writable(&mut self.model)?)?;
             let tracker = Tracker::from_normalisation(offset, scale, NORM_DECAY)
                 .map_err(|_| ErrorCode::Train)?;
-            self.tracker = Some(tracker);
+            l.tracker = Some(tracker);
         }
         self.crc = None;
         Ok(true)
     }
 
+    /// One `LoadWeights` chunk. A chunk at offset 0 starts a new blob (and ends any
+    /// training): its values go into a store buffer, or into the flash slot not in use
+    /// when the weights live in flash; the weights change only once the last chunk has
+    /// checked out (length, header, finiteness, CRC). Any error abandons the load.
     fn load(&mut self, offset: u32, bytes: &[u8], last: bool) -> Result<Small, ErrorCode> {
         let n = self.model.params().len();
         if offset == 0 {
             // New weights end any training: its buffers become the staging area.
-            self.trainer = None;
-            self.settings = None;
-            self.tracker = None;
-            self.kmeans = None;
+            self.learn.stop();
             self.staging = None;
-            let (scratch, _) = self.store.take(n, 0).ok_or(ErrorCode::Internal)?;
-            self.staging = Some(scratch);
+            let staging = match self.model.storage_mut().slots() {
+                Some(slots) => {
+                    slots.begin()?;
+                    Staging::Slot
+                }
+                None => Staging::Ram(self.store.take(n, 0).ok_or(ErrorCode::Internal)?.0),
+            };
+            self.staging = Some(staging);
         }
         let Some(staging) = self.staging.as_mut() else {
             self.loader.reset();
             return Err(ErrorCode::LoadOrder { expected: 0 });
         };
-        let stage = staging.as_mut();
         // Values past the parameters the model holds (the decoder of an inference-only
         // model) are checked and counted in the CRC, not kept.
-        self.loader.feed(offset, bytes, |i, v| {
-            if let Some(s) = stage.get_mut(i) {
-                *s = v;
+        match staging {
+            Staging::Ram(buf) => {
+                let stage = buf.as_mut();
+                self.loader.feed(offset, bytes, |i, v| {
+                    if let Some(s) = stage.get_mut(i) {
+                        *s = v;
+                    }
+                    Ok(())
+                })?;
             }
-            Ok(())
-        })?;
+            Staging::Slot => {
+                let slots = self
+                    .model
+                    .storage_mut()
+                    .slots()
+                    .ok_or(ErrorCode::Internal)?;
+                self.loader.feed(offset, bytes, |i, v| slots.put(i, v))?;
+            }
+        }
         if !last {
             return Ok(Small::Ack);
         }
         let crc = self.loader.finish()?;
-        let stage = staging.as_ref().get(..n).ok_or(ErrorCode::Internal)?;
-        let params = self.model.params_mut();
-        // Equal lengths (checked, so that no panic path is linked in).
-        if params.len() != stage.len() {
-            return Err(ErrorCode::Internal);
+        match staging {
+            Staging::Ram(buf) => {
+                let stage = buf.as_ref().get(..n).ok_or(ErrorCode::Internal)?;
+                let params = writable(&mut self.model)?;
+                // Equal lengths (checked, so that no panic path is linked in).
+                if params.len() != stage.len() {
+                    return Err(ErrorCode::Internal);
+                }
+                params.copy_from_slice(stage);
+            }
+            Staging::Slot => {
+                let slots = self
+                    .model
+                    .storage_mut()
+                    .slots()
+                    .ok_or(ErrorCode::Internal)?;
+                slots.commit(crc)?;
+            }
         }
-        params.copy_from_slice(stage);
         self.crc = Some(crc);
         Ok(Small::Loaded(crc))
     }
@@ -627,12 +685,10 @@ where
     /// tracker, the trainer), which a training step then does not keep.
     #[inline(never)]
     fn start(&mut self, s: &TrainSettings) -> Result<(), ErrorCode> {
-        self.trainer = None;
-        self.settings = None;
-        self.tracker = None;
-        self.kmeans = None;
+        self.learn.stop();
         self.staging = None;
         self.loader.reset();
+        let l = self.learn.state().ok_or(ErrorCode::Unsupported)?;
         if let TrainOptimiser::OnlineKMeans {
             memory,
             spawn_above,
@@ -654,8 +710,8 @@ where
                 window: spawn_window,
                 count: spawn_count,
             };
-            self.kmeans = Some((CentreCounts::new(f32::from(memory)), Spawner::new(rule)));
-            self.settings = Some(*s);
+            l.kmeans = Some((CentreCounts::new(f32::from(memory)), Spawner::new(rule)));
+            l.settings = Some(*s);
         } else {
             if !self.model.has_decoder() {
                 return Err(ErrorCode::Train);
@@ -677,16 +733,16 @@ where
                 .ok_or(ErrorCode::Train)?;
             let t = Trainer::<D, MEM, S::Buf, E>::new(&shape, cfg, scratch, optim)
                 .map_err(|_| ErrorCode::Train)?;
-            self.trainer = Some(t);
-            self.settings = Some(*s);
+            l.trainer = Some(t);
+            l.settings = Some(*s);
         }
         if s.scope == TrainScope::SegmenterAndNormalisation {
-            let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
+            let (offset, scale) = normalisation_mut::<D>(writable(&mut self.model)?)?;
             let tracker = Tracker::from_normalisation(offset, scale, NORM_DECAY)
                 .map_err(|_| ErrorCode::Train)?;
-            self.tracker = Some(tracker);
+            l.tracker = Some(tracker);
         }
-        self.rng = Xoshiro256PlusPlus::seed_from_u64(SEED);
+        l.rng = Xoshiro256PlusPlus::seed_from_u64(SEED);
         Ok(())
     }
 
@@ -702,11 +758,12 @@ where
         samples: &[f32],
         emit: &mut dyn FnMut(&Response),
     ) -> Result<Small, ErrorCode> {
-        if let Some(tracker) = self.tracker.as_mut() {
+        let lr = self.learn.state().ok_or(ErrorCode::Internal)?;
+        if let Some(tracker) = lr.tracker.as_mut() {
             for x in samples.chunks_exact(D) {
                 tracker.push(x).map_err(|_| ErrorCode::NonFiniteInput)?;
             }
-            let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
+            let (offset, scale) = normalisation_mut::<D>(writable(&mut self.model)?)?;
             tracker
                 .normalisation(offset, scale)
                 .map_err(|_| ErrorCode::Train)?;
@@ -717,16 +774,15 @@ where
         let mut novelty = 0.0f32;
         let mut n = 0u32;
         for (i, x) in samples.chunks_exact(D).enumerate() {
-            let (centres, spawner) = self.kmeans.as_mut().ok_or(ErrorCode::Internal)?;
+            let lr = self.learn.state().ok_or(ErrorCode::Internal)?;
+            let (centres, spawner) = lr.kmeans.as_mut().ok_or(ErrorCode::Internal)?;
             let seg = self
                 .model
                 .segment(x, &mut self.work)
                 .map_err(|_| ErrorCode::Train)?;
             novelty += seg.novelty();
             n += 1;
-            let params = self
-                .model
-                .params_mut()
+            let params = writable(&mut self.model)?
                 .get_mut(so..so + l)
                 .ok_or(ErrorCode::Internal)?;
             // A novel sample moves no centre: it is kept for a spawn.
@@ -739,7 +795,7 @@ where
             let mut spawned = false;
             if fire {
                 if let Some(slot) = spawner
-                    .spawn(&shape, params, centres, &mut self.rng)
+                    .spawn(&shape, params, centres, &mut lr.rng)
                     .map_err(|_| ErrorCode::Train)?
                 {
                     #[cfg(feature = "defmt")]
@@ -783,7 +839,11 @@ where
                 self.checkpoint()?;
             }
         }
-        let updates = self.kmeans.as_ref().map_or(0, |(c, _)| c.updates());
+        let updates = self
+            .learn
+            .state_ref()
+            .and_then(|l| l.kmeans.as_ref())
+            .map_or(0, |(c, _)| c.updates());
         let seg = self.model.segmenter_params();
         let used = (0..shape.clusters)
             .filter(|&k| in_use(&shape, seg, k))
@@ -811,7 +871,7 @@ where
         if let Some(s) = settings {
             self.start(s)?;
         }
-        if self.kmeans.is_some() {
+        if self.learn.state().is_some_and(|l| l.kmeans.is_some()) {
             return self.update_centres(samples, emit);
         }
         self.train_steps(samples, steps)
@@ -820,33 +880,32 @@ where
     /// A trainer's part of [`Engine::train`]: buffers the samples, takes the steps.
     #[inline(never)]
     fn train_steps(&mut self, samples: &[f32], steps: u16) -> Result<Small, ErrorCode> {
-        let t = self.trainer.as_mut().ok_or(ErrorCode::Train)?;
+        let l = self.learn.state().ok_or(ErrorCode::Train)?;
+        let t = l.trainer.as_mut().ok_or(ErrorCode::Train)?;
         for x in samples.chunks_exact(D) {
-            if let Some(tracker) = self.tracker.as_mut() {
+            if let Some(tracker) = l.tracker.as_mut() {
                 tracker.push(x).map_err(|_| ErrorCode::NonFiniteInput)?;
             }
             t.push(x).map_err(|_| ErrorCode::NonFiniteInput)?;
         }
         // The buffered samples are encoded afresh at every step: with the normalisation
         // of the stream so far, once per request.
-        if let Some(tracker) = self.tracker.as_ref() {
-            let (offset, scale) = normalisation_mut::<D, P>(&mut self.model)?;
+        if let Some(tracker) = l.tracker.as_ref() {
+            let (offset, scale) = normalisation_mut::<D>(writable(&mut self.model)?)?;
             tracker
                 .normalisation(offset, scale)
                 .map_err(|_| ErrorCode::Train)?;
             self.crc = None;
         }
-        let t = self.trainer.as_mut().ok_or(ErrorCode::Train)?;
         let mut loss = f32::NAN;
         for _ in 0..steps {
-            match t.step(&mut self.model, &mut self.rng) {
+            match t.step(&mut trainable(&mut self.model)?, &mut l.rng) {
                 Ok(r) => {
                     loss = r.loss.total;
                     self.crc = None;
                     if r.steps % CHECKPOINT_EVERY == 0 {
                         if let Some(c) = self.store.checkpoints() {
-                            let prefix =
-                                resume_prefix(self.settings.as_ref(), &mut self.rng, false)?;
+                            let prefix = resume_prefix(l.settings.as_ref(), &mut l.rng, false)?;
                             c.save_trainer_after(&self.model, t, &prefix)
                                 .map_err(|_| ErrorCode::Storage)?;
                         }
@@ -858,7 +917,11 @@ where
                 // `max_rejections` in a row, back to the last checkpoint.
                 Err(TrainError::Diverged) => {
                     if let Some(c) = self.store.checkpoints() {
-                        let r = c.restore_if_needed_after(&mut self.model, t, RESUME_PREFIX);
+                        let r = c.restore_if_needed_after(
+                            &mut trainable(&mut self.model)?,
+                            t,
+                            RESUME_PREFIX,
+                        );
                         if matches!(r, Ok(Restore::Restored(_))) {
                             self.crc = None;
                         }
@@ -928,12 +991,22 @@ fn read_resume_prefix(p: &[u8; RESUME_PREFIX]) -> Option<(TrainSettings, Xoshiro
     ))
 }
 
-/// `model`'s input normalisation: offsets and scales, `D` each.
-fn normalisation_mut<const D: usize, P: AsRef<[f32]> + AsMut<[f32]>>(
-    model: &mut Model<f32, P>,
+/// The parameters of `model`, writable: `Train` when they live in flash (an engine
+/// over flash slots answers, loads and keeps weights, and trains nothing).
+fn writable<P: Params>(model: &mut Model<f32, P>) -> Result<&mut [f32], ErrorCode> {
+    model.storage_mut().writable().ok_or(ErrorCode::Train)
+}
+
+/// `model` over writable parameters, for a trainer (`Train` as [`writable`]).
+fn trainable<P: Params>(model: &mut Model<f32, P>) -> Result<Model<f32, &mut [f32]>, ErrorCode> {
+    model.view(|p| p.writable()).ok_or(ErrorCode::Train)
+}
+
+/// The input normalisation in `params`: offsets and scales, `D` each.
+fn normalisation_mut<const D: usize>(
+    params: &mut [f32],
 ) -> Result<(&mut [f32], &mut [f32]), ErrorCode> {
-    model
-        .params_mut()
+    params
         .get_mut(..2 * D)
         .and_then(|p| p.split_at_mut_checked(D))
         .ok_or(ErrorCode::Internal)
@@ -1037,8 +1110,12 @@ enum Job<'a> {
     Encode(&'a [f32]),
     /// Samples, steps, new settings.
     Train(&'a [f32], u16, Option<&'a TrainSettings>),
-    /// A request without samples.
-    Other(&'a Request),
+    Info,
+    /// A weight chunk: offset, bytes, last.
+    Load(u32, &'a [u8], bool),
+    /// Offset, count.
+    Read(u32, u16),
+    Checkpoint,
 }
 
 /// The engine's answers without a vector, a few bytes each: the `Response` (about 1.3

@@ -7,11 +7,15 @@
 //! |---|---|
 //! | [`Engine`] | the request dispatch (info, answers, weight loading, read back, checkpoints, training), the capabilities chosen by a const ([`LEARN`], [`INFER`]) |
 //! | [`Store`] | where the engine's big buffers live and where checkpoints go ([`crate::store::checkpoint`] over `embedded-storage` NOR flash) |
+//! | [`Params`], [`Slots`] | where the weights live: in RAM (trained in place, loads staged and copied), or in flash slots a load fills as it arrives |
+//! | [`Learns`], [`Learning`] | the training state an engine keeps: all of it, or `()` in an engine that only answers |
 //! | [`Transport`], [`Engine::serve`] | the server: frames from a byte stream, answers back |
 //!
-//! The firmware's `learn` program runs the engine over static buffers and its UART; the
-//! host tool runs the same engine over heap buffers and in-memory pipes, as the reference
-//! of `hvae device-train` and as the simulated device of its tests (which wraps the
+//! The firmware's programs are thin binaries over the engine: `cluster` with the
+//! [`INFER`] capabilities, the weights in flash and no training state; `learn` and
+//! `learn_scratch` over static buffers; `adapt` with the [`ADAPT`] capabilities. The host
+//! tool runs the same engine over heap buffers and in-memory pipes, as the reference of
+//! `hvae device-train` and as the simulated device of its tests (which wraps the
 //! transport with injected faults). Same code, same seed, same core: host and device
 //! compute the same bits.
 //!
@@ -52,8 +56,10 @@
 //! own. A checkpoint of one (scope, optimiser) does not
 //! count as valid for another, so the first save after a change of scope may overwrite
 //! the newest checkpoint of the old scope. An engine that does not train ([`INFER`])
-//! saves loaded weights at once, as an inference device writes a load into flash; one
-//! that trains keeps them in RAM until `Checkpoint`.
+//! saves loaded weights at once: straight into the slot not in use when its weights
+//! live in flash ([`Slots`]; `Checkpoint` then has nothing more to save), else as a
+//! checkpoint after the last chunk; one that trains keeps them in RAM until
+//! `Checkpoint`.
 //!
 //! # Memory
 //! Buffers come from a [`Store`]: one scratch buffer of [`scratch_len`] and one
@@ -71,10 +77,14 @@
 //! [`ErrorCode::Train`]: crate::protocol::ErrorCode::Train
 
 mod engine;
+mod learning;
+mod params;
 mod server;
 
 pub use engine::{blob_crc, config, config_with_memory, quant_of, Engine};
-pub use server::{Transport, INTERNAL_ERROR_FRAME};
+pub use learning::{Learning, Learns};
+pub use params::{Params, Slots};
+pub use server::{send, Transport, INTERNAL_ERROR_FRAME};
 
 use crate::protocol::{CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN};
 use crate::shape::{Scope, Shape};

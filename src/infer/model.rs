@@ -806,6 +806,38 @@ impl<T: Real> Model<T, alloc::vec::Vec<T>> {
     }
 }
 
+impl<T: Real, S: AsRef<[T]>> Model<T, S> {
+    #[cfg(feature = "device")]
+    /// The same model over the storage `f` makes of this one's (a writable view of
+    /// parameters that may be read-only); `None` when `f` gives none or storage of
+    /// another length. Nothing is checked again: the values are the same.
+    pub(crate) fn view<'a, Q: AsRef<[T]>>(
+        &'a mut self,
+        f: impl FnOnce(&'a mut S) -> Option<Q>,
+    ) -> Option<Model<T, Q>> {
+        let n = self.params.as_ref().len();
+        let params = f(&mut self.params).filter(|q| q.as_ref().len() == n)?;
+        Some(Model {
+            shape: self.shape,
+            params,
+            at: self.at,
+            _scalar: PhantomData,
+        })
+    }
+
+    /// The parameters' storage (e.g. where a device's weights live).
+    pub fn storage(&self) -> &S {
+        &self.params
+    }
+
+    #[cfg(feature = "device")]
+    /// The parameters' storage (for the device engine's weights in flash slots, whose
+    /// commit switches the storage to another slot of the same length).
+    pub(crate) fn storage_mut(&mut self) -> &mut S {
+        &mut self.params
+    }
+}
+
 impl<T: Real, S: AsRef<[T]> + AsMut<[T]>> Model<T, S> {
     /// Mutable access to the parameters (for optimisers and loaders). Keeping them
     /// finite is the caller's job; [`Model::new`] and the trainers check.

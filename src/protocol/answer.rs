@@ -19,6 +19,7 @@
 use super::{ErrorCode, Response};
 use crate::infer::model::{Encoding, InferError, Model, Segment};
 use crate::infer::quant::QuantModel;
+use core::num::NonZeroUsize;
 use heapless::Vec;
 
 /// Answers a `Segment` request for the samples `xs` with `model`, calling `emit` with
@@ -33,9 +34,9 @@ pub fn answer_segment<S: AsRef<[f32]>, const PAIRS: bool>(
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
 ) {
-    if !acceptable(model, xs, work, out, emit) {
+    let Some(d) = acceptable(model, xs, work, out, emit) else {
         return;
-    }
+    };
     let mut each = |r: Result<Segment<'_, f32>, InferError>| {
         let r = r
             .map_err(ErrorCode::from)
@@ -45,7 +46,7 @@ pub fn answer_segment<S: AsRef<[f32]>, const PAIRS: bool>(
     let r = if PAIRS {
         model.segment_batch(xs, work, |_, r| each(r))
     } else {
-        for x in xs.chunks_exact(model.shape().input) {
+        for x in xs.chunks_exact(d.get()) {
             each(model.segment(x, work));
         }
         Ok(())
@@ -64,9 +65,9 @@ pub fn answer_encode<S: AsRef<[f32]>, const PAIRS: bool>(
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
 ) {
-    if !acceptable(model, xs, work, out, emit) {
+    let Some(d) = acceptable(model, xs, work, out, emit) else {
         return;
-    }
+    };
     let mut each = |r: Result<Encoding<'_, f32>, InferError>| {
         let r = r
             .map_err(ErrorCode::from)
@@ -76,7 +77,7 @@ pub fn answer_encode<S: AsRef<[f32]>, const PAIRS: bool>(
     let r = if PAIRS {
         model.encode_batch(xs, work, |_, r| each(r))
     } else {
-        for x in xs.chunks_exact(model.shape().input) {
+        for x in xs.chunks_exact(d.get()) {
             each(model.encode(x, work));
         }
         Ok(())
@@ -96,11 +97,10 @@ pub fn answer_segment_int8<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>>(
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
 ) {
-    let d = model.shape().input;
-    if !acceptable_for(d, model.work_len(), xs, work, out, emit) {
+    let Some(d) = acceptable_for(model.shape().input, model.work_len(), xs, work, out, emit) else {
         return;
-    }
-    for x in xs.chunks_exact(d) {
+    };
+    for x in xs.chunks_exact(d.get()) {
         let r = model
             .segment(x, work)
             .map_err(ErrorCode::from)
@@ -117,11 +117,10 @@ pub fn answer_encode_int8<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>>(
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
 ) {
-    let d = model.shape().input;
-    if !acceptable_for(d, model.work_len(), xs, work, out, emit) {
+    let Some(d) = acceptable_for(model.shape().input, model.work_len(), xs, work, out, emit) else {
         return;
-    }
-    for x in xs.chunks_exact(d) {
+    };
+    for x in xs.chunks_exact(d.get()) {
         let r = model
             .encode(x, work)
             .map_err(ErrorCode::from)
@@ -130,15 +129,16 @@ pub fn answer_encode_int8<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>>(
     }
 }
 
-/// True when `xs` is a whole, non-zero number of samples and `work` holds at least one
-/// workspace; otherwise emits one error (`InputLength`, `BufferLength`).
+/// The length of a sample when `xs` is a whole, non-zero number of samples and `work`
+/// holds at least one workspace; otherwise emits one error (`InputLength`,
+/// `BufferLength`) and gives `None`.
 fn acceptable<S: AsRef<[f32]>>(
     model: &Model<f32, S>,
     xs: &[f32],
     work: &[f32],
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
-) -> bool {
+) -> Option<NonZeroUsize> {
     acceptable_for(model.shape().input, model.work_len(), xs, work, out, emit)
 }
 
@@ -150,16 +150,18 @@ fn acceptable_for(
     work: &[f32],
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
-) -> bool {
-    let e = if xs.is_empty() || d == 0 || !xs.len().is_multiple_of(d) {
-        InferError::InputLength
-    } else if work.len() < work_len {
-        InferError::BufferLength
-    } else {
-        return true;
+) -> Option<NonZeroUsize> {
+    let e = match NonZeroUsize::new(d) {
+        Some(n) if !xs.is_empty() && xs.len().is_multiple_of(d) => {
+            if work.len() >= work_len {
+                return Some(n);
+            }
+            InferError::BufferLength
+        }
+        _ => InferError::InputLength,
     };
     reply(Err(e.into()), out, emit);
-    false
+    None
 }
 
 /// Emits `out` as built, or the error.

@@ -1,6 +1,11 @@
 //! The inference service: answers the protocol's requests (info, segment, encode, load
 //! weights into a flash slot, read weights, checkpoint) on UART0, forever.
 //!
+//! The engine and its server are the core's (`hvae::device`, with the `INFER`
+//! capabilities: the same dispatch as `learn` and `adapt`, without their training); this
+//! program gives it the weights in flash, no buffers, and UART0
+//! ([`hvae_firmware::inference`]).
+//!
 //! Boot: paint the stack (for the peak reported in `Info`), pick the weights (the
 //! newest valid flash slot, else the compiled-in model, whose CRC is checked), then
 //! serve. Logs (defmt) go to semihosting (qemu's stdout), never to the UART.
@@ -8,9 +13,9 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use hvae_firmware::board::{Flash, Uart};
+use hvae_firmware::board::Uart;
+use hvae_firmware::inference::{self, RX_FRAME, TX_FRAME};
 use hvae_firmware::rt;
-use hvae_firmware::service::Service;
 use hvae_firmware::weights::{self, Source};
 
 #[entry]
@@ -35,7 +40,16 @@ fn main() -> ! {
             active.blob_crc
         ),
     }
+    // Built where it stays (a local of `main`, which never returns).
+    let mut slot = None;
+    let server = match inference::engine(&mut slot, active) {
+        Ok(s) => s,
+        Err(why) => {
+            defmt::error!("cluster: {=str}", why);
+            rt::exit(false)
+        }
+    };
     let mut uart = Uart::new();
-    let mut service = Service::new(active, Flash::new());
-    service.serve(&mut uart, rt::resources)
+    // A UART does not fail: the server never returns.
+    match server.serve::<_, RX_FRAME, TX_FRAME>(&mut uart) {}
 }

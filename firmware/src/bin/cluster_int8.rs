@@ -6,21 +6,25 @@
 //!
 //! `Info` reports the int8 blob's format version ([`hvae::store::blob::VERSION_INT8`])
 //! and its CRC, and as `params_held` the int8 model's values (weights, integers and
-//! reals). Frames, parsing and responses are the `cluster` program's (the core's
-//! framing, [`hvae::protocol::borrowed::parse`], [`hvae_firmware::service::send`]); the answers are
+//! reals). Frames, parsing and responses are the core's (its framing,
+//! [`hvae::protocol::borrowed::parse`], [`hvae::device::send`]); the answers are
 //! [`hvae::protocol::answer::answer_segment_int8`]'s. Logs (defmt) go to semihosting.
 #![no_std]
 #![no_main]
 
 use cortex_m_rt::entry;
+use hvae::device::send;
 use hvae::infer::quant::{float_len, int_len, weight_len};
 use hvae::protocol::answer::{answer_encode_int8, answer_segment_int8};
+use hvae::protocol::borrowed::F32s;
 use hvae::protocol::borrowed::{self, RequestRef};
-use hvae::protocol::{DeviceInfo, ErrorCode, FrameDecoder, Response, CAP_ENCODE, CAP_SEGMENT};
+use hvae::protocol::{
+    max_request_frame, max_response_frame, DeviceInfo, ErrorCode, FrameDecoder, Response,
+    CAP_ENCODE, CAP_SEGMENT,
+};
 use hvae::QuantModel;
 use hvae_firmware::board::{Serial, Uart};
 use hvae_firmware::rt;
-use hvae_firmware::service::{send, take_samples, BATCH, RX_FRAME};
 
 /// The int8 form of the digits model.
 #[allow(dead_code)]
@@ -28,13 +32,19 @@ mod int8 {
     include!("../../model/digits_int8.rs");
 }
 
-/// The service's frames are sized for the `f32` model's shape: the int8 model must be
-/// the same.
+/// The frames are sized as the `f32` model's (`cluster`): the int8 model must have the
+/// same shape.
 const _: () = assert!(int8::SHAPE.input == hvae_firmware::weights::SHAPE.input);
 const _: () = assert!(int8::SHAPE.latent == hvae_firmware::weights::SHAPE.latent);
 const _: () = assert!(int8::SHAPE.clusters == hvae_firmware::weights::SHAPE.clusters);
 
 const D: usize = int8::SHAPE.input;
+/// Most samples in one `Segment` or `Encode` request (as `cluster`).
+const BATCH: usize = 4;
+/// Receive buffer: the longest request frame of `BATCH` samples.
+const RX_FRAME: usize = max_request_frame(BATCH * D);
+/// Transmit buffer: the longest response frame of this model.
+const TX_FRAME: usize = max_response_frame(int8::SHAPE.clusters, int8::SHAPE.latent);
 const WORK_LEN: usize = hvae::infer::quant::work_len(&int8::SHAPE);
 /// The int8 model's values: weights, integers and reals.
 const HELD: usize = weight_len(&int8::SHAPE) + int_len(&int8::SHAPE) + float_len(&int8::SHAPE);
@@ -67,7 +77,7 @@ fn main() -> ! {
 
 /// Answers every frame from `serial`: the request's responses, or one error response
 /// for a frame that is not a request.
-fn serve<S: Serial>(model: &Int8Model, serial: &mut S) -> ! {
+fn serve(model: &Int8Model, serial: &mut Uart) -> ! {
     let mut rx = FrameDecoder::<RX_FRAME>::new();
     let mut work = [0.0f32; WORK_LEN];
     let mut samples = [0.0f32; BATCH * D];
@@ -78,7 +88,10 @@ fn serve<S: Serial>(model: &Int8Model, serial: &mut S) -> ! {
         let Some(frame) = rx.push_frame(byte) else {
             continue;
         };
-        let mut emit = |r: &Response| send(serial, r);
+        // A UART does not fail.
+        let mut emit = |r: &Response| {
+            let _ = send(serial, r, &mut [0u8; TX_FRAME]);
+        };
         let req = match frame.and_then(borrowed::parse) {
             Ok(req) => req,
             Err(e) => {
@@ -126,4 +139,22 @@ fn info() -> DeviceInfo {
     info.ram_static = res.ram;
     info.stack_peak = res.stack;
     info
+}
+
+/// Copies a request's samples into `buf` and returns them: a whole number of samples,
+/// at most [`BATCH`]; else one `InputLength` error response (the core checks the rest).
+fn take_samples<'b>(
+    buf: &'b mut [f32; BATCH * D],
+    x: F32s<'_>,
+    out: &mut Response,
+    emit: &mut dyn FnMut(&Response),
+) -> Option<&'b [f32]> {
+    if let Some(xs) = buf.get_mut(..x.len()) {
+        if x.copy_to(xs) {
+            return Some(xs);
+        }
+    }
+    *out = Response::Error(ErrorCode::InputLength);
+    emit(out);
+    None
 }

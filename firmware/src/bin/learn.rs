@@ -18,12 +18,11 @@
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
 use hvae::device::{blob_crc, checkpoint_slot_len, optim_len, scratch_len, Engine};
-use hvae::protocol::{max_request_frame, MAX_SAMPLE};
+use hvae::protocol::{max_request_frame, max_response_frame, MAX_SAMPLE};
 use hvae::Model;
 use hvae_firmware::board::Uart;
 use hvae_firmware::learning::{CkptFlash, StaticStore};
 use hvae_firmware::rt;
-use hvae_firmware::service::TX_FRAME;
 use hvae_firmware::weights::{generated, SHAPE};
 
 const PARAM_LEN: usize = SHAPE.param_len();
@@ -34,6 +33,8 @@ const OPTIM_LEN: usize = optim_len(&SHAPE);
 const WORK_LEN: usize = 2 * SHAPE.work_len();
 /// A training batch fills a request: the longest frame of `MAX_SAMPLE` values.
 const RX_FRAME: usize = max_request_frame(MAX_SAMPLE);
+/// Transmit buffer: the longest response frame of this model.
+const TX_FRAME: usize = max_response_frame(SHAPE.clusters, SHAPE.latent);
 
 /// Bytes of one checkpoint slot (1 KiB flash pages); memory.x's `CKPT` holds two.
 const CKPT_SLOT: usize = checkpoint_slot_len::<CkptFlash>(&SHAPE);

@@ -34,12 +34,11 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use hvae::protocol::borrowed::RequestRef;
-use hvae::protocol::{ErrorCode, Response, MAX_CHUNK};
+use hvae::protocol::{ErrorCode, Request, Response, MAX_CHUNK};
 use hvae::InferError;
 use hvae_firmware::board::Flash;
+use hvae_firmware::inference::{self, InferEngine};
 use hvae_firmware::rt;
-use hvae_firmware::service::{Resources, Service};
 use hvae_firmware::weights::{self, generated, Source, BLOB_CRC, COMPILED, HEADER, SHAPE};
 
 #[allow(dead_code)]
@@ -261,30 +260,35 @@ fn blob_byte(i: usize, params: &[f32], negate_from: usize, crc: u32) -> u8 {
     }
 }
 
-/// Streams a blob through the service; returns the last answer.
-fn load(svc: &mut Service<Flash>, negate_from: usize, crc: u32) -> Response {
+/// Streams a blob through the inference engine; returns the last answer.
+fn load(svc: &mut InferEngine, negate_from: usize, crc: u32) -> Response {
     let params: &[f32] = &generated::PARAMS;
     let total = HEADER.len() + 4 * params.len() + 4;
     let mut out = Response::Ack;
     let mut offset = 0;
     while offset < total {
         let n = (total - offset).min(MAX_CHUNK);
-        let mut chunk = [0u8; MAX_CHUNK];
-        for (j, b) in chunk[..n].iter_mut().enumerate() {
-            *b = blob_byte(offset + j, params, negate_from, crc);
+        let mut bytes = heapless::Vec::new();
+        for j in 0..n {
+            let _ = bytes.push(blob_byte(offset + j, params, negate_from, crc));
         }
-        let req = RequestRef::LoadWeights {
+        let req = Request::LoadWeights {
             offset: offset as u32,
-            bytes: &chunk[..n],
+            bytes,
             last: offset + n == total,
         };
-        svc.handle(&req, Resources::default(), &mut out, &mut |_| {});
+        svc.handle_each(&req, &mut |r| out = r.clone());
         if out != Response::Ack {
             break;
         }
         offset += n;
     }
     out
+}
+
+/// Where the weights `svc` runs come from.
+fn source(svc: &InferEngine) -> Source {
+    svc.model().storage().active().source
 }
 
 fn slots(c: &mut Checks) {
@@ -294,16 +298,20 @@ fn slots(c: &mut Checks) {
         c.check(false, "boot");
         return;
     };
-    let mut svc = Service::new(active, Flash::new());
+    let mut slot = None;
+    let Ok(svc) = inference::engine(&mut slot, active) else {
+        c.check(false, "the inference engine");
+        return;
+    };
     let params: &[f32] = &generated::PARAMS;
     let never = usize::MAX;
 
     // The compiled-in weights, streamed as a blob: slot 0.
-    let r = load(&mut svc, never, BLOB_CRC);
+    let r = load(svc, never, BLOB_CRC);
     c.check(
         r == Response::Loaded {
             weights_crc: BLOB_CRC,
-        } && svc.active().source == (Source::Slot { index: 0, seq: 1 }),
+        } && source(svc) == (Source::Slot { index: 0, seq: 1 }),
         "load: the blob goes to slot 0 and is in use",
     );
     c.check(
@@ -313,10 +321,10 @@ fn slots(c: &mut Checks) {
 
     // Changed weights with a wrong CRC: refused, nothing changes.
     let from = SHAPE.segmenter_offset();
-    let r = load(&mut svc, from, BLOB_CRC);
+    let r = load(svc, from, BLOB_CRC);
     c.check(
         matches!(r, Response::Error(ErrorCode::BadCrc { .. }))
-            && svc.active().source == (Source::Slot { index: 0, seq: 1 }),
+            && source(svc) == (Source::Slot { index: 0, seq: 1 }),
         "load with a bad CRC: BadCrc, slot 0 still in use",
     );
     c.check(
@@ -331,25 +339,20 @@ fn slots(c: &mut Checks) {
             .enumerate()
             .map(|(k, &v)| if k >= from { -v } else { v }),
     );
-    let r = load(&mut svc, from, crc);
+    let r = load(svc, from, crc);
     c.check(
         r == Response::Loaded { weights_crc: crc }
-            && svc.active().source == (Source::Slot { index: 1, seq: 2 }),
+            && source(svc) == (Source::Slot { index: 1, seq: 2 }),
         "load of new weights: slot 1, write 2",
     );
     let mut work = [0.0f32; SHAPE.work_len()];
     let seg = svc
-        .active()
-        .model
+        .model()
         .segmenter_params()
         .iter()
         .zip(&params[from..])
         .all(|(a, b)| *a == -*b);
-    let runs = svc
-        .active()
-        .model
-        .segment(&golden::SAMPLES[0], &mut work)
-        .is_ok();
+    let runs = svc.model().segment(&golden::SAMPLES[0], &mut work).is_ok();
     c.check(seg && runs, "the new weights are in use");
     c.check(
         matches!(weights::boot(), Ok(a) if a.source == (Source::Slot { index: 1, seq: 2 }) && a.blob_crc == crc),
@@ -382,12 +385,12 @@ fn slots(c: &mut Checks) {
 #[cfg(board = "mps2_an386")]
 mod frames {
     use super::Checks;
+    use hvae::device::INTERNAL_ERROR_FRAME;
     use hvae::protocol::{borrowed, FrameDecoder};
     use hvae::protocol::{
         decode, encode, ErrorCode, FrameError, Request, Response, TrainOptimiser, TrainScope,
         TrainSettings, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_SAMPLE,
     };
-    use hvae_firmware::service::INTERNAL_ERROR_FRAME;
     use hvae_firmware::weights::SHAPE;
 
     /// xorshift32: deterministic test inputs.
