@@ -160,7 +160,7 @@ where
     }
 
     /// Bytes of the training under way (`None` when none): the parameter vector, the
-    /// trainer's state ([`OnlineTrainer::state_bytes`]: gradient, workspace, optimiser
+    /// trainer's state ([`OnlineTrainer::state_bytes`](crate::train::trainer::OnlineTrainer::state_bytes): gradient, workspace, optimiser
     /// moments, memory of past samples), or for online k-means the centres' counts.
     pub fn train_ram(&self) -> Option<usize> {
         let params = 4 * self.model.params().len();
@@ -525,8 +525,7 @@ where
         let Some((settings, _)) = read_resume_prefix(&prefix) else {
             return Ok(false);
         };
-        if self.start(&settings).is_err() || !self.learn.state().is_some_and(|l| l.kmeans.is_some())
-        {
+        if self.start(&settings).is_err() || self.learn.state().is_none_or(|l| l.kmeans.is_none()) {
             self.learn.stop();
             return Ok(false);
         }
@@ -579,8 +578,7 @@ where
         let Some((settings, rng)) = read_resume_prefix(&prefix) else {
             return Ok(false);
         };
-        if self.start(&settings).is_err()
-            || !self.learn.state().is_some_and(|l| l.trainer.is_some())
+        if self.start(&settings).is_err() || self.learn.state().is_none_or(|l| l.trainer.is_none())
         {
             self.learn.stop();
             return Ok(false);
