@@ -9,7 +9,7 @@
 //! the engine's checkpoint slots, in memory), `ReadWeights` and `Checkpoint`.
 
 use super::learn_host::{HostStore, INPUTS, WORK};
-use hvae::device::{Engine, INFER};
+use hvae::device::{Engine, CAP, INFER};
 use hvae::protocol::{
     encode, FrameDecoder, Request, Response, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
 };
@@ -18,8 +18,8 @@ use hvae_devkit::Link;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, Mutex};
 
-/// The engine of the simulated device.
-type SimEngine = Engine<INPUTS, WORK, Vec<f32>, HostStore, INFER>;
+/// The engine of the simulated device: like `cluster`'s, it keeps no training state.
+type SimEngine = Engine<INPUTS, WORK, Vec<f32>, HostStore, INFER, CAP, f32, ()>;
 
 /// A misbehaviour, triggered when the device receives its `at`-th request (0-based,
 /// counting every request of the device's life).
