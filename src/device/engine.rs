@@ -2,8 +2,9 @@
 
 use super::learning::{Learning, Learns, Trainer};
 use super::{
-    Params, Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX,
-    SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY, WARMUP_STEPS,
+    Params, Slots, Store, CAP, CHECKPOINT_EVERY, LEARN, MAX_BATCH, NORM_DECAY, QUANT_SD,
+    RESUME_PREFIX, SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY,
+    WARMUP_STEPS,
 };
 use crate::infer::model::Model;
 use crate::infer::normalise::Tracker;
@@ -641,11 +642,7 @@ where
                 })?;
             }
             Staging::Slot => {
-                let slots = self
-                    .model
-                    .storage_mut()
-                    .slots()
-                    .ok_or(ErrorCode::Internal)?;
+                let slots = slots_of(&mut self.model)?;
                 self.loader.feed(offset, bytes, |i, v| slots.put(i, v))?;
             }
         }
@@ -664,11 +661,7 @@ where
                 params.copy_from_slice(stage);
             }
             Staging::Slot => {
-                let slots = self
-                    .model
-                    .storage_mut()
-                    .slots()
-                    .ok_or(ErrorCode::Internal)?;
+                let slots = slots_of(&mut self.model)?;
                 slots.commit(crc)?;
             }
         }
@@ -993,6 +986,12 @@ fn read_resume_prefix(p: &[u8; RESUME_PREFIX]) -> Option<(TrainSettings, Xoshiro
 /// over flash slots answers, loads and keeps weights, and trains nothing).
 fn writable<P: Params>(model: &mut Model<f32, P>) -> Result<&mut [f32], ErrorCode> {
     model.storage_mut().writable().ok_or(ErrorCode::Train)
+}
+
+/// The flash slots `model`'s weights live in (`Internal` for weights in RAM: a load is
+/// staged in a slot only when they have slots).
+fn slots_of<P: Params>(model: &mut Model<f32, P>) -> Result<&mut dyn Slots, ErrorCode> {
+    model.storage_mut().slots().ok_or(ErrorCode::Internal)
 }
 
 /// `model` over writable parameters, for a trainer (`Train` as [`writable`]).
