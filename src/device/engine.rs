@@ -132,6 +132,12 @@ where
     /// [`Engine::new_in`] writes it into its slot.
     #[inline(always)]
     fn fresh(model: Model<f32, P>, crc: u32, store: S, max_frame: usize) -> Self {
+        const {
+            assert!(
+                !Self::TRAINS || L::KEEPS,
+                "an engine that serves `TrainBatch` keeps a training state (`L` = `Learning`)"
+            )
+        };
         let shape = *model.shape();
         Engine {
             loader: WeightLoader::new(shape),

@@ -32,6 +32,8 @@ pub struct Learning<const D: usize, const MEM: usize, B, E> {
 
 /// The training state an engine holds: [`Learning`], or `()` for none.
 pub trait Learns<const D: usize, const MEM: usize, B, E> {
+    /// Whether this keeps a training state (an engine with `CAP_TRAIN` must).
+    const KEEPS: bool;
     /// The state before any training.
     fn new() -> Self;
     /// The training state, if the engine keeps one.
@@ -50,6 +52,8 @@ pub trait Learns<const D: usize, const MEM: usize, B, E> {
 }
 
 impl<const D: usize, const MEM: usize, B, E> Learns<D, MEM, B, E> for Learning<D, MEM, B, E> {
+    const KEEPS: bool = true;
+
     #[inline(always)]
     fn new() -> Self {
         Learning {
@@ -71,6 +75,8 @@ impl<const D: usize, const MEM: usize, B, E> Learns<D, MEM, B, E> for Learning<D
 }
 
 impl<const D: usize, const MEM: usize, B, E> Learns<D, MEM, B, E> for () {
+    const KEEPS: bool = false;
+
     fn new() -> Self {}
 
     fn state(&mut self) -> Option<&mut Learning<D, MEM, B, E>> {
