@@ -79,12 +79,15 @@
 mod engine;
 mod learning;
 mod params;
+mod persist;
 mod server;
+mod training;
 
-pub use engine::{blob_crc, config, config_with_memory, quant_of, Engine};
+pub use engine::{blob_crc, Engine};
 pub use learning::{Learning, Learns};
 pub use params::{Params, Slots};
 pub use server::{send, Transport, INTERNAL_ERROR_FRAME};
+pub use training::{config, config_with_memory, quant_of};
 
 use crate::protocol::{CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN};
 use crate::shape::{Scope, Shape};
