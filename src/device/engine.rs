@@ -22,17 +22,21 @@ pub(super) enum Staging<B> {
     Slot,
 }
 
-/// The engine: a model in `P` (all of its parameters; the decoder too when it trains),
-/// a workspace of `W` scalars (two model workspaces answer samples two at a time), `D`
-/// inputs, buffers and checkpoint slots from the store `S`, and the requests it serves
-/// in `CAPS` ([`LEARN`](super::LEARN), [`INFER`](super::INFER)): a request outside them
-/// is answered [`ErrorCode::Unsupported`], and its code is not linked.
+/// The engine: a model whose parameters are `P` ([`Params`]: in RAM, all of them when
+/// it trains, or in flash slots), a workspace of `W` scalars (two model workspaces
+/// answer samples two at a time), `D` inputs, buffers and checkpoint slots from the
+/// store `S`, and the requests it serves in `CAPS` ([`LEARN`](super::LEARN),
+/// [`INFER`](super::INFER), [`ADAPT`](super::ADAPT)): a request outside them is
+/// answered [`ErrorCode::Unsupported`], and its code is not linked.
 ///
-/// The trainer remembers `MEM` past samples, each value stored as `E`: by default the
-/// [`CAP`] most recent as `f32` (a ring). A larger memory (`MEM > CAP`) keeps a
-/// reservoir (a uniform sample of the stream) and mines partners among more neighbours
-/// ([`config_with_memory`](super::config_with_memory)); with `E = u8` each value takes one byte, quantised over
-/// the span of the model's normalisation ([`quant_of`](super::quant_of)).
+/// The training state is `L` ([`Learning`], or `()` in an engine that serves no
+/// `TrainBatch`: no RAM for a trainer, a tracker or online k-means). The trainer
+/// remembers `MEM` past samples, each value stored as `E`: by default the [`CAP`] most
+/// recent as `f32` (a ring). A larger memory (`MEM > CAP`) keeps a reservoir (a uniform
+/// sample of the stream) and mines partners among more neighbours
+/// ([`config_with_memory`](super::config_with_memory)); with `E = u8` each value takes
+/// one byte, quantised over the span of the model's normalisation
+/// ([`quant_of`](super::quant_of)).
 pub struct Engine<
     const D: usize,
     const W: usize,
