@@ -480,121 +480,40 @@ impl Shape {
     /// Tensor `i` of the layout (in layout order), or `None` past the end.
     pub const fn tensor(&self, i: usize) -> Option<Tensor> {
         let d = self.input;
-        if i == 0 {
-            return Some(Tensor {
-                id: TensorId::NormOffset,
-                offset: 0,
-                rows: 1,
-                cols: d,
-            });
-        }
-        if i == 1 {
-            return Some(Tensor {
-                id: TensorId::NormScale,
-                offset: d,
-                rows: 1,
-                cols: d,
-            });
-        }
-        let mut off = 2 * d;
-        let mut idx = 2;
-        // Encoder hidden layers.
+        let mut walk = Walk {
+            want: i,
+            at: 0,
+            offset: 0,
+            found: None,
+        };
+        // Normalisation, then the encoder's hidden layers.
+        walk.add(TensorId::NormOffset, 1, d);
+        walk.add(TensorId::NormScale, 1, d);
         let mut l = 0;
         while l < self.depth {
             let (o, n) = self.encoder_layer(l);
-            if idx == i {
-                return Some(Tensor {
-                    id: TensorId::EncoderWeight(l as u8),
-                    offset: off,
-                    rows: o,
-                    cols: n,
-                });
-            }
-            off += o * n;
-            idx += 1;
-            if idx == i {
-                return Some(Tensor {
-                    id: TensorId::EncoderBias(l as u8),
-                    offset: off,
-                    rows: 1,
-                    cols: o,
-                });
-            }
-            off += o;
-            idx += 1;
+            walk.add(TensorId::EncoderWeight(l as u8), o, n);
+            walk.add(TensorId::EncoderBias(l as u8), 1, o);
             l += 1;
         }
-        let h = self.last_hidden();
-        let m = self.latent;
-        let k = self.clusters;
-        let heads: [(TensorId, usize, usize); 7] = [
-            (TensorId::MuWeight, m, h),
-            (TensorId::MuBias, 1, m),
-            (TensorId::KappaWeight, 1, h),
-            (TensorId::KappaBias, 1, 1),
-            (TensorId::Centres, k, m),
-            (TensorId::LogKappaS, 1, 1),
-            (TensorId::LogWeights, 1, k),
-        ];
-        let mut j = 0;
-        while j < heads.len() {
-            let (id, r, c) = heads[j];
-            if idx == i {
-                return Some(Tensor {
-                    id,
-                    offset: off,
-                    rows: r,
-                    cols: c,
-                });
-            }
-            off += r * c;
-            idx += 1;
-            j += 1;
-        }
+        // The heads and the segmenter.
+        let (h, m, k) = (self.last_hidden(), self.latent, self.clusters);
+        walk.add(TensorId::MuWeight, m, h);
+        walk.add(TensorId::MuBias, 1, m);
+        walk.add(TensorId::KappaWeight, 1, h);
+        walk.add(TensorId::KappaBias, 1, 1);
+        walk.add(TensorId::Centres, k, m);
+        walk.add(TensorId::LogKappaS, 1, 1);
+        walk.add(TensorId::LogWeights, 1, k);
+        // The decoder.
         let mut l = 0;
         while l <= self.depth {
             let (o, n) = self.decoder_layer(l);
-            if idx == i {
-                return Some(Tensor {
-                    id: TensorId::DecoderWeight(l as u8),
-                    offset: off,
-                    rows: o,
-                    cols: n,
-                });
-            }
-            off += o * n;
-            idx += 1;
-            if idx == i {
-                return Some(Tensor {
-                    id: TensorId::DecoderBias(l as u8),
-                    offset: off,
-                    rows: 1,
-                    cols: o,
-                });
-            }
-            off += o;
-            idx += 1;
+            walk.add(TensorId::DecoderWeight(l as u8), o, n);
+            walk.add(TensorId::DecoderBias(l as u8), 1, o);
             l += 1;
         }
-        if idx == i {
-            return Some(Tensor {
-                id: TensorId::NormOffset,
-                offset: off,
-                rows: 1,
-                cols: d,
-            });
-        }
-        off += d;
-        idx += 1;
-        if idx == i {
-            return Some(Tensor {
-                id: TensorId::NormScale,
-                offset: off,
-                rows: 1,
-                cols: d,
-            });
-        }
-        None
+        walk.found
     }
 
     /// All tensors, in layout order.
@@ -605,6 +524,31 @@ impl Shape {
     /// The tensor with this id, if the shape has it.
     pub fn find(&self, id: TensorId) -> Option<Tensor> {
         self.tensors().find(|t| t.id == id)
+    }
+}
+
+/// A walk through the layout in order, each tensor at the offset after the last,
+/// keeping tensor number `want`.
+struct Walk {
+    want: usize,
+    at: usize,
+    offset: usize,
+    found: Option<Tensor>,
+}
+
+impl Walk {
+    /// The next tensor, `id` of `rows x cols`.
+    const fn add(&mut self, id: TensorId, rows: usize, cols: usize) {
+        if self.at == self.want {
+            self.found = Some(Tensor {
+                id,
+                offset: self.offset,
+                rows,
+                cols,
+            });
+        }
+        self.at += 1;
+        self.offset += rows * cols;
     }
 }
 

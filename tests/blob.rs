@@ -5,6 +5,10 @@ use hvae::store::blob::{self, BlobError, HEADER_LEN, MAGIC, VERSION};
 use hvae::ShapeError;
 use hvae::{Activation, Likelihood, Posterior, Shape};
 
+mod blob_bytes;
+
+use blob_bytes::{fix_crc, set_u32};
+
 // Header offsets, as documented in the module's layout table.
 const OFF_VERSION: usize = 4;
 const OFF_HEADER_LEN: usize = 6;
@@ -81,16 +85,6 @@ fn blob_of(shape: &Shape, params: &[f32]) -> Vec<u8> {
     let n = blob::write(shape, params, &mut out).expect("write");
     assert_eq!(n, out.len());
     out
-}
-
-fn fix_crc(b: &mut [u8]) {
-    let n = b.len();
-    let crc = blob::crc32(&b[..n - 4]);
-    b[n - 4..].copy_from_slice(&crc.to_le_bytes());
-}
-
-fn set_u32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 fn bits(p: &[f32]) -> Vec<u32> {

@@ -10,6 +10,10 @@ use hvae::{Activation, Model, QuantError, Shape};
 use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+mod blob_bytes;
+
+use blob_bytes::{fix_crc, set_u32};
+
 // Header offsets, as documented in the module's layout table.
 const OFF_VERSION: usize = 4;
 const OFF_HEADER_LEN: usize = 6;
@@ -70,16 +74,6 @@ fn blob_of(q: &Owned) -> Vec<u8> {
     let n = blob::write_int8(q, &mut out).unwrap();
     assert_eq!(n, out.len());
     out
-}
-
-fn fix_crc(b: &mut [u8]) {
-    let n = b.len();
-    let crc = blob::crc32(&b[..n - 4]);
-    b[n - 4..].copy_from_slice(&crc.to_le_bytes());
-}
-
-fn set_u32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Reads into vectors filled with a sentinel and checks they are untouched on error.

@@ -503,15 +503,20 @@ fn byte_at_a_time_equals_bulk() {
     }
 }
 
-#[test]
-fn shape_info_round_trips() {
-    for shape in [
+/// The digits model's shape, a tanh and Bernoulli one of two layers, and one of four.
+fn shapes() -> [Shape; 3] {
+    [
         DIGITS,
         Shape::new(5, &[7, 3], 3, 2)
             .with_activation(Activation::Tanh)
             .with_likelihood(Likelihood::Bernoulli),
         Shape::new(2, &[4, 4, 4, 4], 2, 1),
-    ] {
+    ]
+}
+
+#[test]
+fn shape_info_round_trips() {
+    for shape in shapes() {
         let info = ShapeInfo::from(&shape);
         assert_eq!(info.to_shape(), Some(shape));
         assert_eq!(info.param_len as usize, shape.param_len());
@@ -583,13 +588,7 @@ fn stream_blob(
 
 #[test]
 fn blob_header_is_what_the_blob_writer_writes() {
-    for shape in [
-        DIGITS,
-        Shape::new(5, &[7, 3], 3, 2)
-            .with_activation(Activation::Tanh)
-            .with_likelihood(Likelihood::Bernoulli),
-        Shape::new(2, &[4, 4, 4, 4], 2, 1),
-    ] {
+    for shape in shapes() {
         let (_, bytes) = model_and_blob(shape, 9);
         assert_eq!(blob_header(&shape)[..], bytes[..blob::HEADER_LEN]);
     }

@@ -56,6 +56,9 @@ import autograd.numpy as np
 from autograd import grad
 from autograd.scipy.special import digamma, gammaln, ive, logsumexp
 
+# (name, shape) of every tensor in the blob's order: the one table, torch_export.py's.
+from torch_export import layout
+
 # Largest posterior concentration the encoder emits (shape.rs KAPPA_MAX): larger values
 # are clamped and carry no gradient.
 KAPPA_MAX = 1.0e4
@@ -105,28 +108,6 @@ class RefModel:
         if scope == "SegmenterOnly":
             return seg
         raise ValueError(f"unknown scope {scope!r}")
-
-
-def layout(d, hidden, m, k):
-    """(name, shape) of every tensor, in the blob's order: normalisation, encoder layers,
-    direction head, concentration head, segmenter, decoder layers. Weights are
-    ``out x in`` (PyTorch's ``nn.Linear``)."""
-    out = [("norm.offset", (d,)), ("norm.scale", (d,))]
-    widths = [d] + list(hidden)
-    for l in range(len(hidden)):
-        out += [(f"encoder.{l}.weight", (widths[l + 1], widths[l])),
-                (f"encoder.{l}.bias", (widths[l + 1],))]
-    h = hidden[-1]
-    out += [("mu.weight", (m, h)), ("mu.bias", (m,)),
-            ("kappa.weight", (1, h)), ("kappa.bias", (1,)),
-            ("segmenter.centres", (k, m)), ("segmenter.log_kappa", (1,)),
-            ("segmenter.log_weights", (k,))]
-    # The decoder mirrors the encoder: M -> h_L -> ... -> h_1 -> D.
-    dec = [m] + list(reversed(hidden)) + [d]
-    for l in range(len(dec) - 1):
-        out += [(f"decoder.{l}.weight", (dec[l + 1], dec[l])),
-                (f"decoder.{l}.bias", (dec[l + 1],))]
-    return out
 
 
 def load_blob(data):
@@ -371,12 +352,19 @@ def loss_and_grad(model, batch, cfg, scope, draws):
 
 # ------------------------------------------------------------------------- command line
 
+def _load_or_say(path):
+    """The model in ``path``, or ``None`` after saying on stderr why it cannot be read."""
+    try:
+        return load_blob_file(path)
+    except (OSError, BlobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
 def _main(argv):
     if len(argv) >= 2 and argv[0] == "info":
-        try:
-            mdl = load_blob_file(argv[1])
-        except (OSError, BlobError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        mdl = _load_or_say(argv[1])
+        if mdl is None:
             return 2
         n = sum(t.size for t in mdl.tensors.values())
         print(json.dumps({"posterior": mdl.posterior, "likelihood": mdl.likelihood,
@@ -385,10 +373,8 @@ def _main(argv):
                           "params": int(n), "crc": mdl.crc}))
         return 0
     if len(argv) >= 3 and argv[0] == "segment":
-        try:
-            mdl = load_blob_file(argv[1])
-        except (OSError, BlobError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        mdl = _load_or_say(argv[1])
+        if mdl is None:
             return 2
         x = np.loadtxt(argv[2], delimiter=",", ndmin=2)
         out = segment(mdl, x)

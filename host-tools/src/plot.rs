@@ -496,6 +496,12 @@ fn draw_latent(
     let legend_rows = shown.div_ceil(legend_cols) as i32 + i32::from(shown < k);
     let top = r.y + pad + 4 * g;
     let bottom = r.y + r.h - pad - legend_rows * (g + g / 2);
+    // One disk in the middle of the panel (M = 2, and the projection for M > 3).
+    let centred = Disk {
+        cx: r.x + r.w / 2,
+        cy: top + g + (bottom - top - 2 * g) / 2,
+        r: ((r.w - 2 * pad) / 2).min((bottom - top - 2 * g) / 2).max(8),
+    };
     let (title, disks, place): (String, Vec<(Disk, &str)>, Placer<'_>) = match pts.m {
         3 => {
             let rad = ((r.w - 3 * pad) / 4).min((bottom - top - 2 * g) / 2).max(8);
@@ -533,24 +539,13 @@ fn draw_latent(
                 }),
             )
         }
-        2 => {
-            let rad = ((r.w - 2 * pad) / 2).min((bottom - top - 2 * g) / 2).max(8);
-            (
-                "latent directions mu on the circle S^1".into(),
-                vec![(
-                    Disk {
-                        cx: r.x + r.w / 2,
-                        cy: top + g + (bottom - top - 2 * g) / 2,
-                        r: rad,
-                    },
-                    "(mu_1, mu_2)",
-                )],
-                Box::new(|v: &[f32]| (0, f64::from(v[0]), f64::from(v[1]))),
-            )
-        }
+        2 => (
+            "latent directions mu on the circle S^1".into(),
+            vec![(centred, "(mu_1, mu_2)")],
+            Box::new(|v: &[f32]| (0, f64::from(v[0]), f64::from(v[1]))),
+        ),
         m => {
             let ([a1, a2], share) = principal_axes(&pts.mu, m);
-            let rad = ((r.w - 2 * pad) / 2).min((bottom - top - 2 * g) / 2).max(8);
             let proj = move |v: &[f32]| {
                 let p = |a: &[f64]| a.iter().zip(v).map(|(x, y)| x * f64::from(*y)).sum();
                 (0, p(&a1), p(&a2))
@@ -562,14 +557,7 @@ fn draw_latent(
                     share[0] * 100.0,
                     share[1] * 100.0
                 ),
-                vec![(
-                    Disk {
-                        cx: r.x + r.w / 2,
-                        cy: top + g + (bottom - top - 2 * g) / 2,
-                        r: rad,
-                    },
-                    "projection on PC1, PC2",
-                )],
+                vec![(centred, "projection on PC1, PC2")],
                 Box::new(proj),
             )
         }

@@ -50,11 +50,17 @@ fn run_program(a: &DeviceTrainArgs, program: &str) -> (DriftReport, String) {
     let mut opened = open(a, program);
     let mut reopen = || Ok(open(a, program));
     let r = scenario::drift(&mut opened, &mut reopen, &model, &data, a).unwrap();
+    let text = printed(|out| scenario::print_drift(&r, out));
+    (r, text)
+}
+
+/// A scenario's table as `print` writes it, echoed to the test's output.
+fn printed(print: impl FnOnce(&mut Vec<u8>) -> Result<(), hvae_host::Error>) -> String {
     let mut text = Vec::new();
-    scenario::print_drift(&r, &mut text).unwrap();
+    print(&mut text).unwrap();
     let text = String::from_utf8(text).unwrap();
     println!("{text}");
-    (r, text)
+    text
 }
 
 #[test]
@@ -210,10 +216,7 @@ fn new_clusters_spawns_for_a_new_class_and_never_on_known_ones() {
     let (model, data) = setup(device::LEARN_BIN);
     let mut opened = open(&a, device::LEARN_BIN);
     let r = scenario::new_clusters(&mut opened.device, &model, &data, &a).unwrap();
-    let mut text = Vec::new();
-    scenario::print_new_clusters(&r, &mut text).unwrap();
-    let text = String::from_utf8(text).unwrap();
-    println!("{text}");
+    let text = printed(|out| scenario::print_new_clusters(&r, out));
     assert!(r.bit_identical, "{text}");
     assert_eq!(r.spawned_on_known, 0, "{text}");
     assert!(r.spawned >= 1 && r.new_classes_found >= 1, "{text}");
@@ -239,10 +242,7 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
     )
     .unwrap();
     let r = scenario::scratch(&mut opened.device, &model, &data, &a).unwrap();
-    let mut text = Vec::new();
-    scenario::print_scratch(&r, &mut text).unwrap();
-    let text = String::from_utf8(text).unwrap();
-    println!("{text}");
+    let text = printed(|out| scenario::print_scratch(&r, out));
     assert_eq!(r.runs.len(), 3, "{text}");
     assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
     assert_eq!(r.architecture, "64-16-8, K 10", "{text}");

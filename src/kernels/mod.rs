@@ -154,20 +154,28 @@ pub fn dense_backward<T: Real>(
     portable::dense_backward(w, x, dy, param_grads, dx)
 }
 
+/// Calls the int8 kernel `$f` of the target: the M4F's or the M0's assembly, else the
+/// portable one.
+macro_rules! int8_kernel {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
+        return m4f::$f($($arg),*);
+        #[cfg(all(target_arch = "arm", target_abi = "eabi", target_os = "none"))]
+        return m0::$f($($arg),*);
+        #[cfg(not(all(
+            target_arch = "arm",
+            any(target_abi = "eabihf", target_abi = "eabi"),
+            target_os = "none"
+        )))]
+        portable::$f($($arg),*)
+    }};
+}
+
 /// The int8 dense layer `y = requantize(W x + b)`: see [`portable::dense_i8`] for what it
 /// computes (integer arithmetic only, so every kernel gives the same values).
 #[inline]
 pub fn dense_i8(w: &[i8], x: &[i8], ch: &[portable::Channel], y: &mut [i8], min: i8) {
-    #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
-    return m4f::dense_i8(w, x, ch, y, min);
-    #[cfg(all(target_arch = "arm", target_abi = "eabi", target_os = "none"))]
-    return m0::dense_i8(w, x, ch, y, min);
-    #[cfg(not(all(
-        target_arch = "arm",
-        any(target_abi = "eabihf", target_abi = "eabi"),
-        target_os = "none"
-    )))]
-    portable::dense_i8(w, x, ch, y, min)
+    int8_kernel!(dense_i8(w, x, ch, y, min))
 }
 
 /// The int8 dense layer with real outputs `y = (W x + b) * scale`: see
@@ -175,16 +183,7 @@ pub fn dense_i8(w: &[i8], x: &[i8], ch: &[portable::Channel], y: &mut [i8], min:
 /// sums, then the same conversion and product).
 #[inline]
 pub fn dense_i8_dequant(w: &[i8], x: &[i8], bias: &[i32], scale: &[f32], y: &mut [f32]) {
-    #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
-    return m4f::dense_i8_dequant(w, x, bias, scale, y);
-    #[cfg(all(target_arch = "arm", target_abi = "eabi", target_os = "none"))]
-    return m0::dense_i8_dequant(w, x, bias, scale, y);
-    #[cfg(not(all(
-        target_arch = "arm",
-        any(target_abi = "eabihf", target_abi = "eabi"),
-        target_os = "none"
-    )))]
-    portable::dense_i8_dequant(w, x, bias, scale, y)
+    int8_kernel!(dense_i8_dequant(w, x, bias, scale, y))
 }
 
 /// The bytes of an `f32` workspace as `i8` scratch (four per value): the int8 model's

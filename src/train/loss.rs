@@ -39,7 +39,7 @@ use crate::dist::sphere::{reflect_backward, Draw, SampleError};
 use crate::infer::model::{copy_over, segmenter_logits, softmax_from_logits, InferError, Model};
 use crate::infer::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
 use crate::infer::views::{carve, last_hidden, prefix_mut, Dense, DenseMut, Grads, Params, Work};
-use crate::shape::{Likelihood, Posterior, Scope, Shape};
+use crate::shape::{Likelihood, Posterior, Scope, Shape, MAX_HIDDEN};
 use crate::{Activation, Real};
 
 /// Weights and constants of the loss.
@@ -836,34 +836,56 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
         g.out.as_mut().map(DenseMut::both),
         Some(prefix_mut(work.gb, ni)),
     );
-    // The hidden layers, last to first: layer `l > 0` reads layer `l - 1`'s output,
-    // layer 0 reads z. The upstream gradient alternates gb -> ga -> gb ...
-    let [p0, p_rest @ ..] = &dec;
-    let [g0, g_rest @ ..] = &mut g.dec;
-    let [y0, y_rest @ ..] = &acts;
-    let mut cur_is_a = false;
-    let layers = p_rest.iter().zip(g_rest.iter_mut());
-    let acts = acts.iter().zip(y_rest);
-    for ((layer, gl), (input, y)) in layers.zip(acts).take(depth.saturating_sub(1)).rev() {
-        let (dy, dx) = if cur_is_a {
-            (&mut *work.ga, &mut *work.gb)
-        } else {
-            (&mut *work.gb, &mut *work.ga)
-        };
-        hidden_backward(s.activation, layer, gl, input, y, dy, Some(dx));
-        cur_is_a = !cur_is_a;
-    }
-    let (dy, dx) = if cur_is_a {
-        (&mut *work.ga, &mut *work.gb)
-    } else {
-        (&mut *work.gb, &mut *work.ga)
-    };
-    hidden_backward(s.activation, p0, g0, work.z, y0, dy, Some(&mut *dx));
+    // The hidden layers, last to first; layer 0 reads z.
+    let dx = hidden_layers_backward(
+        &s,
+        &dec,
+        &mut g.dec,
+        &acts,
+        work.z,
+        (&mut *work.ga, &mut *work.gb),
+        true,
+    );
     // dL/dz from the decoder: layer 0's input gradient, added into gz.
     for (a, &b) in work.gz.iter_mut().zip(dx.iter()) {
         *a += b;
     }
     loss / bf
+}
+
+/// Backward through the hidden layers of the encoder or the decoder, last to first
+/// (`layers`, `grads`, `acts`: each layer's parameters, gradients and output; layer
+/// `l > 0` reads layer `l - 1`'s output, layer 0 reads `input`). The upstream gradient
+/// starts in `gb` and alternates gb -> ga -> gb ...; layer 0's input gradient, when
+/// `input_grad`, goes into the buffer returned.
+fn hidden_layers_backward<'g, T: Real>(
+    s: &Shape,
+    layers: &[Dense<'_, T>; MAX_HIDDEN],
+    grads: &mut [Option<DenseMut<'_, T>>; MAX_HIDDEN],
+    acts: &[&[T]; MAX_HIDDEN],
+    input: &[T],
+    (ga, gb): (&'g mut [T], &'g mut [T]),
+    input_grad: bool,
+) -> &'g mut [T] {
+    let [p0, p_rest @ ..] = layers;
+    let [g0, g_rest @ ..] = grads;
+    let [y0, y_rest @ ..] = acts;
+    let mut cur_is_b = true;
+    let upper = p_rest.iter().zip(g_rest.iter_mut());
+    let ios = acts.iter().zip(y_rest);
+    for ((layer, gl), (x, y)) in upper.zip(ios).take(s.depth().saturating_sub(1)).rev() {
+        let (dy, dx) = if cur_is_b {
+            (&mut *gb, &mut *ga)
+        } else {
+            (&mut *ga, &mut *gb)
+        };
+        hidden_backward(s.activation, layer, gl, x, y, dy, Some(dx));
+        cur_is_b = !cur_is_b;
+    }
+    let (dy, dx) = if cur_is_b { (gb, ga) } else { (ga, gb) };
+    let dx0 = if input_grad { Some(&mut *dx) } else { None };
+    hidden_backward(s.activation, p0, g0, input, y0, dy, dx0);
+    dx
 }
 
 /// Backward through one hidden layer (parameters `layer`, gradient `g`, input `input`,
@@ -970,28 +992,15 @@ fn encoder_backward<T: Real>(
     for (gq, &wq) in work.gb.iter_mut().zip(p.kappa_w) {
         *gq += dpre * wq;
     }
-    // Hidden layers, last to first (layer `l > 0` reads layer `l - 1`'s output, layer 0
-    // the normalised input); the upstream gradient alternates gb -> ga -> gb ...
-    let [p0, p_rest @ ..] = &enc_layers;
-    let [g0, g_rest @ ..] = &mut g.enc;
-    let [y0, y_rest @ ..] = &acts;
-    let mut cur_is_b = true;
-    let layers = p_rest.iter().zip(g_rest.iter_mut());
-    let acts = acts.iter().zip(y_rest);
-    for ((layer, gl), (input, y)) in layers.zip(acts).take(depth.saturating_sub(1)).rev() {
-        let (dy, dx) = if cur_is_b {
-            (&mut *work.gb, &mut *work.ga)
-        } else {
-            (&mut *work.ga, &mut *work.gb)
-        };
-        hidden_backward(s.activation, layer, gl, input, y, dy, Some(dx));
-        cur_is_b = !cur_is_b;
-    }
-    let dy = if cur_is_b {
-        &mut *work.gb
-    } else {
-        &mut *work.ga
-    };
-    // The first layer needs no input gradient.
-    hidden_backward(s.activation, p0, g0, work.xn, y0, dy, None);
+    // Hidden layers, last to first; layer 0 reads the normalised input and needs no
+    // input gradient.
+    hidden_layers_backward(
+        s,
+        &enc_layers,
+        &mut g.enc,
+        &acts,
+        work.xn,
+        (&mut *work.ga, &mut *work.gb),
+        false,
+    );
 }

@@ -14,7 +14,7 @@
 mod checks;
 mod fixture;
 
-use checks::{Pass, CHECKS, CHECKS_INT8};
+use checks::{Check, Pass, CHECKS, CHECKS_INT8};
 use fixture::Fixture;
 use hvae_devkit::Launch;
 
@@ -31,11 +31,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     println!("probe: {elf} on {}", machine.name());
     let launch = Launch::new(machine, elf).icount().print_log();
     let int8 = crate::flag(args, "--int8");
-    let list = if int8.is_some() { CHECKS_INT8 } else { CHECKS };
+    let groups = if int8.is_some() { CHECKS_INT8 } else { CHECKS };
+    let list: Vec<&Check> = groups.iter().copied().flatten().collect();
     let mut fixture = Fixture::start(&launch, blob_path, int8, (flash_budget, ram_budget))?;
     let mut failed = 0;
-    let mut checks = list.iter();
-    for (name, check) in checks.by_ref() {
+    let mut checks = list.iter().copied();
+    for &(name, check) in checks.by_ref() {
         match check(&mut fixture) {
             Ok(Pass::Ok(note)) if note.is_empty() => println!("  ok    {name}"),
             Ok(Pass::Ok(note)) => println!("  ok    {name} ({note})"),
@@ -49,7 +50,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
         }
     }
-    let not_run: Vec<&str> = checks.map(|(name, _)| *name).collect();
+    let not_run: Vec<&str> = checks.map(|&(name, _)| name).collect();
     for name in &not_run {
         println!("  --    {name} (not run: the device is gone)");
     }

@@ -255,13 +255,11 @@ fn inference(counter: &mut Counter) -> Option<u64> {
     let mut work = [0.0f32; SHAPE.work_len()];
     let mut total = 0;
     for x in golden::SAMPLES.iter().take(CALLS) {
-        let (r, n) = counter.measure(|| {
+        total += counted(counter, || {
             COMPILED
                 .segment(core::hint::black_box(x), &mut work)
                 .map(|s| s.label)
-        });
-        r.ok()?;
-        total += n?;
+        })?;
     }
     Some(total / CALLS as u64)
 }
@@ -287,16 +285,12 @@ fn inference_int8(
     let mut work = [0.0f32; hvae::infer::quant::work_len(&int8::SHAPE)];
     let (mut total, mut total_label) = (0, 0);
     for x in golden::SAMPLES.iter().take(CALLS) {
-        let (r, n) = counter.measure(|| {
+        total += counted(counter, || {
             model
                 .segment(core::hint::black_box(x), &mut work)
                 .map(|s| s.label)
-        });
-        r.ok()?;
-        total += n?;
-        let (r, n) = counter.measure(|| model.label(core::hint::black_box(x), &mut work));
-        r.ok()?;
-        total_label += n?;
+        })?;
+        total_label += counted(counter, || model.label(core::hint::black_box(x), &mut work))?;
     }
     // The layers of the digits model: 64 -> 32 (ReLU, requantised), 32 -> 8 (direction).
     let (d, h, m) = (int8::SHAPE.input, int8::SHAPE.hidden(0), int8::SHAPE.latent);
@@ -435,17 +429,24 @@ fn forward(counter: &mut Counter) -> Option<u64> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
     let mut total = 0;
     for x in golden::SAMPLES.iter().take(CALLS) {
-        let (r, n) =
-            counter.measure(|| model.reconstruct(core::hint::black_box(x), &mut work, &mut xhat));
-        r.ok()?;
-        total += n?;
+        total += counted(counter, || {
+            model.reconstruct(core::hint::black_box(x), &mut work, &mut xhat)
+        })?;
         let e = model.encode(x, &mut work).ok()?;
         let (mu, kappa) = (e.mu, e.kappa);
-        let (r, n) = counter.measure(|| SHAPE.posterior.sample(mu, kappa, &mut rng, &mut z));
-        r.ok()?;
-        total += n?;
+        total += counted(counter, || {
+            SHAPE.posterior.sample(mu, kappa, &mut rng, &mut z)
+        })?;
     }
     Some(total / CALLS as u64)
+}
+
+/// Instructions of one call of `f`, measured by `counter`; `None` when `f` fails or the
+/// counter cannot tell.
+fn counted<R, E>(counter: &mut Counter, f: impl FnOnce() -> Result<R, E>) -> Option<u64> {
+    let (r, n) = counter.measure(f);
+    r.ok()?;
+    n
 }
 
 /// A budget in a result line: its value, or "none" where the figure is reported only.

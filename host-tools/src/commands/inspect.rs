@@ -128,9 +128,10 @@ impl ShapeReport {
     }
 }
 
-/// The report of `hvae inspect`.
+/// What `hvae inspect` reports of any model file: the file, its blob and the
+/// architecture.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct InspectReport {
+pub struct FileReport {
     /// The file.
     pub file: String,
     /// File size in bytes.
@@ -142,6 +143,26 @@ pub struct InspectReport {
     /// The architecture (its fields inline in the JSON).
     #[serde(flatten)]
     pub shape: ShapeReport,
+}
+
+impl FileReport {
+    fn new(file: &str, bytes: usize, format_version: u16, crc: u32, shape: &Shape) -> Self {
+        FileReport {
+            file: file.to_string(),
+            bytes,
+            format_version,
+            crc: format!("{crc:#010x}"),
+            shape: ShapeReport::of(shape),
+        }
+    }
+}
+
+/// The report of `hvae inspect`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InspectReport {
+    /// The file, its blob and the architecture (inline in the JSON).
+    #[serde(flatten)]
+    pub file: FileReport,
     /// Parameter counts.
     pub parameters: ParamCounts,
     /// Workspace scalars per call (`Shape::work_len`).
@@ -160,17 +181,9 @@ pub struct InspectReport {
 /// The report of `hvae inspect` on an int8 model file.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Int8Report {
-    /// The file.
-    pub file: String,
-    /// File size in bytes.
-    pub bytes: usize,
-    /// Weight blob format version (2).
-    pub format_version: u16,
-    /// CRC-32 of the blob, `0x........`.
-    pub crc: String,
-    /// The architecture (its fields inline in the JSON).
+    /// The file, its blob (format version 2) and the architecture (inline in the JSON).
     #[serde(flatten)]
-    pub shape: ShapeReport,
+    pub file: FileReport,
     /// The sizes.
     pub int8: Int8Sizes,
     /// The activation scales `s_0 .. s_L` the model was calibrated with.
@@ -209,11 +222,13 @@ pub fn report(
 ) -> InspectReport {
     let s = loaded.model.shape();
     InspectReport {
-        file: file.to_string(),
-        bytes: loaded.bytes,
-        format_version: hvae::store::blob::VERSION,
-        crc: format!("{:#010x}", loaded.crc),
-        shape: ShapeReport::of(s),
+        file: FileReport::new(
+            file,
+            loaded.bytes,
+            hvae::store::blob::VERSION,
+            loaded.crc,
+            s,
+        ),
         parameters: ParamCounts {
             total: s.param_len(),
             normalisation: 2 * s.input,
@@ -237,33 +252,25 @@ fn run_int8(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
     let sizes = Int8Sizes::of(s)
         .ok_or_else(|| Error::Failed("an int8 model without an int8 form".into()))?;
     let r = Int8Report {
-        file: args.model.display().to_string(),
-        bytes: l.bytes,
-        format_version: hvae::store::blob::VERSION_INT8,
-        crc: format!("{:#010x}", l.crc),
-        shape: ShapeReport::of(s),
+        file: FileReport::new(
+            &args.model.display().to_string(),
+            l.bytes,
+            hvae::store::blob::VERSION_INT8,
+            l.crc,
+            s,
+        ),
         int8: sizes,
         activation_scales: l.model.activation_scales().to_vec(),
     };
     if args.json {
-        let text = serde_json::to_string(&r)
-            .map_err(|e| Error::Failed(format!("cannot encode the report: {e}")))?;
-        return outln!(out, "{text}");
+        return print_json(&r, out);
     }
-    outln!(
-        out,
-        "file        {} ({} bytes, int8 weight blob, format version {})",
-        r.file,
-        r.bytes,
-        r.format_version
-    )?;
-    outln!(out, "CRC-32      {}", r.crc)?;
-    outln!(out, "input       {}", r.shape.input)?;
-    outln!(out, "hidden      {:?}", r.shape.hidden)?;
-    outln!(out, "latent      {}", r.shape.latent)?;
-    outln!(out, "clusters    {}", r.shape.clusters)?;
-    outln!(out, "posterior   {}", r.shape.posterior)?;
-    outln!(out, "activation  {}", r.shape.activation)?;
+    let f = &r.file;
+    file_lines(f, "int8 weight blob, format version", out)?;
+    outln!(out, "latent      {}", f.shape.latent)?;
+    outln!(out, "clusters    {}", f.shape.clusters)?;
+    outln!(out, "posterior   {}", f.shape.posterior)?;
+    outln!(out, "activation  {}", f.shape.activation)?;
     let (lo, hi) = r
         .activation_scales
         .iter()
@@ -274,6 +281,28 @@ fn run_int8(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
         r.activation_scales.len()
     )?;
     int8_lines(&r.int8, out)
+}
+
+/// The report as one line of JSON.
+fn print_json(r: &impl Serialize, out: &mut dyn Write) -> Result<(), Error> {
+    let text = serde_json::to_string(r)
+        .map_err(|e| Error::Failed(format!("cannot encode the report: {e}")))?;
+    outln!(out, "{text}")
+}
+
+/// The file, CRC, input and hidden lines of the text report; `blob` names the blob's
+/// kind before its format version.
+fn file_lines(f: &FileReport, blob: &str, out: &mut dyn Write) -> Result<(), Error> {
+    outln!(
+        out,
+        "file        {} ({} bytes, {blob} {})",
+        f.file,
+        f.bytes,
+        f.format_version
+    )?;
+    outln!(out, "CRC-32      {}", f.crc)?;
+    outln!(out, "input       {}", f.shape.input)?;
+    outln!(out, "hidden      {:?}", f.shape.hidden)
 }
 
 /// The int8 sizes, as text.
@@ -308,31 +337,20 @@ pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
         args.buffer as usize,
     );
     if args.json {
-        let text = serde_json::to_string(&r)
-            .map_err(|e| Error::Failed(format!("cannot encode the report: {e}")))?;
-        return outln!(out, "{text}");
+        return print_json(&r, out);
     }
     let p = &r.parameters;
-    outln!(
-        out,
-        "file        {} ({} bytes, weight blob format version {})",
-        r.file,
-        r.bytes,
-        r.format_version
-    )?;
-    outln!(out, "CRC-32      {}", r.crc)?;
-    outln!(out, "input       {}", r.shape.input)?;
-    outln!(out, "hidden      {:?}", r.shape.hidden)?;
+    file_lines(&r.file, "weight blob format version", out)?;
     outln!(
         out,
         "latent      {} (the sphere S^{})",
-        r.shape.latent,
-        r.shape.latent - 1
+        r.file.shape.latent,
+        r.file.shape.latent - 1
     )?;
-    outln!(out, "clusters    {}", r.shape.clusters)?;
-    outln!(out, "posterior   {}", r.shape.posterior)?;
-    outln!(out, "likelihood  {}", r.shape.likelihood)?;
-    outln!(out, "activation  {}", r.shape.activation)?;
+    outln!(out, "clusters    {}", r.file.shape.clusters)?;
+    outln!(out, "posterior   {}", r.file.shape.posterior)?;
+    outln!(out, "likelihood  {}", r.file.shape.likelihood)?;
+    outln!(out, "activation  {}", r.file.shape.activation)?;
     outln!(
         out,
         "parameters  {} = normalisation {} + encoder {} + segmenter {} + decoder {}",

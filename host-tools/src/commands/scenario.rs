@@ -350,13 +350,10 @@ pub fn print_drift(r: &DriftReport, out: &mut dyn Write) -> Result<(), Error> {
     for run in &r.runs {
         outln!(
             out,
-            "{:<8} {:<28} {:>9.4}/{:.3} {:>9.4}/{:.3} {:>9.3} {:>14} {:>9.1}",
+            "{:<8} {:<28} {} {:>9.3} {:>14} {:>9.1}",
             run.stream,
             run.scope,
-            run.device.acc,
-            run.device.nmi,
-            run.host.acc,
-            run.host.nmi,
+            device_and_host(run.device, run.host),
             run.share_of_oracle,
             if run.bit_identical { "yes" } else { "no" },
             run.device_seconds
@@ -605,6 +602,38 @@ fn check_spawns(r: &ScopeReport, used: usize) -> Result<(), Error> {
     }
 }
 
+/// The device's and the host's ACC/NMI, side by side in a run's row.
+fn device_and_host(device: Quality, host: Quality) -> String {
+    format!(
+        "{:>9.4}/{:.3} {:>9.4}/{:.3}",
+        device.acc, device.nmi, host.acc, host.nmi
+    )
+}
+
+/// One row of a scenario's table: what is measured, the value, the bar it must meet
+/// (empty where there is none).
+fn bar_row(
+    what: impl Into<String>,
+    measured: impl std::fmt::Display,
+    bar: impl Into<String>,
+) -> [String; 3] {
+    [what.into(), measured.to_string(), bar.into()]
+}
+
+/// Prints a scenario's table of measured values and bars under its header, the first
+/// two columns `widths` wide.
+fn print_bars(
+    out: &mut dyn Write,
+    (what, measured): (usize, usize),
+    rows: &[[String; 3]],
+) -> Result<(), Error> {
+    outln!(out, "{:<what$} {:>measured$} {:>10}", "", "measured", "bar")?;
+    for [w, m, b] in rows {
+        outln!(out, "{w:<what$} {m:>measured$} {b:>10}")?;
+    }
+    Ok(())
+}
+
 /// Prints the new-clusters scenario's table.
 pub fn print_new_clusters(r: &NewClustersReport, out: &mut dyn Write) -> Result<(), Error> {
     outln!(
@@ -615,57 +644,37 @@ pub fn print_new_clusters(r: &NewClustersReport, out: &mut dyn Write) -> Result<
         KNOWN_CLASSES - 1,
         r.novelty_threshold,
     )?;
-    outln!(out, "{:<52} {:>12} {:>10}", "", "measured", "bar")?;
     let q = |q: Quality| format!("{:.4}/{:.3}", q.acc, q.nmi);
-    outln!(
-        out,
-        "{:<52} {:>12} {:>10}",
-        "before, every class (ACC/NMI)",
-        q(r.before),
-        ""
-    )?;
-    outln!(
-        out,
-        "{:<52} {:>12} {:>10}",
-        "after the stream of every class (ACC/NMI)",
-        q(r.after),
-        format!(">= {DISCOVERY_ACC_BAR}")
-    )?;
-    outln!(
-        out,
-        "{:<52} {:>12} {:>10}",
-        "centres spawned",
-        r.spawned,
-        ""
-    )?;
-    outln!(
-        out,
-        "{:<52} {:>12} {:>10}",
-        "new classes with a centre of their own",
-        r.new_classes_found,
-        format!(">= {NEW_CLASSES_BAR}")
-    )?;
-    outln!(
-        out,
-        "{:<52} {:>12} {:>10}",
-        format!("centres spawned on {KNOWN_STREAM} samples of known classes"),
-        r.spawned_on_known,
-        "0"
-    )?;
-    outln!(
-        out,
-        "{:<52} {:>12} {:>10}",
-        "centres retired (starved or merged): every class / known",
-        format!("{} / {}", r.retired[0], r.retired[1]),
-        ""
-    )?;
-    outln!(
-        out,
-        "{:<52} {:>12} {:>10}",
-        "device and host bit-identical",
-        if r.bit_identical { "yes" } else { "no" },
-        "yes"
-    )?;
+    let rows = [
+        bar_row("before, every class (ACC/NMI)", q(r.before), ""),
+        bar_row(
+            "after the stream of every class (ACC/NMI)",
+            q(r.after),
+            format!(">= {DISCOVERY_ACC_BAR}"),
+        ),
+        bar_row("centres spawned", r.spawned, ""),
+        bar_row(
+            "new classes with a centre of their own",
+            r.new_classes_found,
+            format!(">= {NEW_CLASSES_BAR}"),
+        ),
+        bar_row(
+            format!("centres spawned on {KNOWN_STREAM} samples of known classes"),
+            r.spawned_on_known,
+            "0",
+        ),
+        bar_row(
+            "centres retired (starved or merged): every class / known",
+            format!("{} / {}", r.retired[0], r.retired[1]),
+            "",
+        ),
+        bar_row(
+            "device and host bit-identical",
+            if r.bit_identical { "yes" } else { "no" },
+            "yes",
+        ),
+    ];
+    print_bars(out, (52, 12), &rows)?;
     outln!(out, "{}", if r.pass { "PASS" } else { "FAIL" })
 }
 
@@ -921,57 +930,42 @@ pub fn print_scratch(r: &ScratchReport, out: &mut dyn Write) -> Result<(), Error
     for run in &r.runs {
         outln!(
             out,
-            "{:<10} {:>9.4}/{:.3} {:>9.4}/{:.3} {:>14} {:>9.1}",
+            "{:<10} {} {:>14} {:>9.1}",
             run.order_seed,
-            run.device.acc,
-            run.device.nmi,
-            run.host.acc,
-            run.host.nmi,
+            device_and_host(run.device, run.host),
             if run.bit_identical { "yes" } else { "no" },
             run.device_seconds
         )?;
     }
-    outln!(out, "{:<44} {:>14} {:>10}", "", "measured", "bar")?;
     let q = |q: Quality| format!("{:.4}/{:.3}", q.acc, q.nmi);
-    outln!(
-        out,
-        "{:<44} {:>14} {:>10}",
-        "mean over the orders (ACC/NMI)",
-        q(r.mean),
-        format!(">= {}", r.acc_bar)
-    )?;
-    outln!(
-        out,
-        "{:<44} {:>14} {:>10}",
-        "worst order (ACC/NMI)",
-        q(r.worst),
-        ""
-    )?;
-    outln!(
-        out,
-        "{:<44} {:>14} {:>10}",
-        "training state, bytes",
-        r.train_ram,
-        format!("<= {}", r.ram_bar)
-    )?;
+    let mut rows = vec![
+        bar_row(
+            "mean over the orders (ACC/NMI)",
+            q(r.mean),
+            format!(">= {}", r.acc_bar),
+        ),
+        bar_row("worst order (ACC/NMI)", q(r.worst), ""),
+        bar_row(
+            "training state, bytes",
+            r.train_ram,
+            format!("<= {}", r.ram_bar),
+        ),
+    ];
     if let Some(d) = r.device_ram {
-        outln!(
-            out,
-            "{:<44} {:>14} {:>10}",
+        rows.push(bar_row(
             format!(
                 "device RAM: static {} + peak stack {}",
                 d.ram_static, d.stack_peak
             ),
             d.total(),
-            ""
-        )?;
+            "",
+        ));
     }
-    outln!(
-        out,
-        "{:<44} {:>14} {:>10}",
+    rows.push(bar_row(
         "same architecture, `hvae train` on the host",
         q(r.host_train),
-        ""
-    )?;
+        "",
+    ));
+    print_bars(out, (44, 14), &rows)?;
     outln!(out, "{}", if r.pass { "PASS" } else { "FAIL" })
 }

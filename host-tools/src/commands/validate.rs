@@ -201,37 +201,29 @@ pub trait HostModel {
     ) -> Result<hvae::Segment<'w, f32>, hvae::InferError>;
 }
 
-impl HostModel for hvae::VecModel<f32> {
-    fn input(&self) -> usize {
-        self.shape().input
-    }
-    fn work(&self) -> usize {
-        self.shape().work_len()
-    }
-    fn segment_row<'w>(
-        &self,
-        x: &[f32],
-        work: &'w mut [f32],
-    ) -> Result<hvae::Segment<'w, f32>, hvae::InferError> {
-        self.segment(x, work)
-    }
+/// The `f32` and the int8 model answer alike: the trait passes each call on to the
+/// model's own method of that name.
+macro_rules! host_model {
+    ($model:ty) => {
+        impl HostModel for $model {
+            fn input(&self) -> usize {
+                self.shape().input
+            }
+            fn work(&self) -> usize {
+                self.work_len()
+            }
+            fn segment_row<'w>(
+                &self,
+                x: &[f32],
+                work: &'w mut [f32],
+            ) -> Result<hvae::Segment<'w, f32>, hvae::InferError> {
+                self.segment(x, work)
+            }
+        }
+    };
 }
-
-impl HostModel for crate::quant::QuantVecModel {
-    fn input(&self) -> usize {
-        self.shape().input
-    }
-    fn work(&self) -> usize {
-        self.work_len()
-    }
-    fn segment_row<'w>(
-        &self,
-        x: &[f32],
-        work: &'w mut [f32],
-    ) -> Result<hvae::Segment<'w, f32>, hvae::InferError> {
-        self.segment(x, work)
-    }
-}
+host_model!(hvae::VecModel<f32>);
+host_model!(crate::quant::QuantVecModel);
 
 /// Accumulates the comparisons.
 #[derive(Default)]
@@ -563,49 +555,36 @@ fn compare<M: HostModel>(
             failures.push(what);
         }
     };
-    check(
-        mu.max_abs_err <= th.mu_max_abs_err,
-        format!(
-            "mu max abs error {:.3e} > {:.0e}",
-            mu.max_abs_err, th.mu_max_abs_err
+    // An error that must stay within its bar.
+    let within =
+        |what: &str, err: f64, bar: f64| (err <= bar, format!("{what} {err:.3e} > {bar:.0e}"));
+    for (ok, what) in [
+        within("mu max abs error", mu.max_abs_err, th.mu_max_abs_err),
+        within("mu RMSE", mu.rmse, th.mu_rmse),
+        within("mu relative L2", mu.rel_l2, th.mu_rel_l2),
+        (
+            mu.min_row_cosine >= th.mu_min_row_cosine,
+            format!(
+                "mu smallest row cosine {:.8} < {:.8}",
+                mu.min_row_cosine, th.mu_min_row_cosine
+            ),
         ),
-    );
-    check(
-        mu.rmse <= th.mu_rmse,
-        format!("mu RMSE {:.3e} > {:.0e}", mu.rmse, th.mu_rmse),
-    );
-    check(
-        mu.rel_l2 <= th.mu_rel_l2,
-        format!("mu relative L2 {:.3e} > {:.0e}", mu.rel_l2, th.mu_rel_l2),
-    );
-    check(
-        mu.min_row_cosine >= th.mu_min_row_cosine,
-        format!(
-            "mu smallest row cosine {:.8} < {:.8}",
-            mu.min_row_cosine, th.mu_min_row_cosine
+        within("kappa relative error", acc.kappa_rel, th.kappa_rel_err),
+        within(
+            "probability max abs error",
+            acc.probs_max,
+            th.probs_max_abs_err,
         ),
-    );
-    check(
-        acc.kappa_rel <= th.kappa_rel_err,
-        format!(
-            "kappa relative error {:.3e} > {:.0e}",
-            acc.kappa_rel, th.kappa_rel_err
+        (
+            labels.agreement >= th.label_agreement,
+            format!(
+                "label agreement {}/{} ({} ties excluded)",
+                labels.agree, labels.compared, labels.ties
+            ),
         ),
-    );
-    check(
-        acc.probs_max <= th.probs_max_abs_err,
-        format!(
-            "probability max abs error {:.3e} > {:.0e}",
-            acc.probs_max, th.probs_max_abs_err
-        ),
-    );
-    check(
-        labels.agreement >= th.label_agreement,
-        format!(
-            "label agreement {}/{} ({} ties excluded)",
-            labels.agree, labels.compared, labels.ties
-        ),
-    );
+    ] {
+        check(ok, what);
+    }
     if exact {
         check(
             acc.exact == acc.rows,

@@ -19,12 +19,41 @@ pub type Outcome = Result<Pass, Failure>;
 /// A check: its name (what it establishes) and its function.
 pub type Check = (&'static str, fn(&mut Fixture) -> Outcome);
 
-/// Every check, in order.
+/// Every check, in order, in groups.
+pub const CHECKS: &[&[Check]] = &[F32_MODEL, REQUESTS, BAD_FRAMES, WEIGHTS, SIZES];
+
+/// The checks of the int8 service (`cluster_int8`, `probe --int8 BLOB`): its answers
+/// bit for bit against the host's [`hvae::QuantModel`], the requests it does not serve,
+/// and the checks that do not depend on the model.
+pub const CHECKS_INT8: &[&[Check]] = &[
+    INT8_MODEL,
+    REQUESTS,
+    &[(
+        "LoadWeights and ReadWeights (weights compiled in): Unsupported",
+        weights_unsupported,
+    )],
+    BAD_FRAMES,
+    SIZES,
+];
+
 #[rustfmt::skip] // a table: one check a line
-pub const CHECKS: &[Check] = &[
+const F32_MODEL: &[Check] = &[
     ("Info: the model's shape, CRC and the inference prefix only", info),
     ("Segment: 24 inputs, labels equal, outputs within 1e-5 of the host", segment),
     ("Encode: mu and kappa as on the host", encode_one),
+];
+
+#[rustfmt::skip] // a table: one check a line
+const INT8_MODEL: &[Check] = &[
+    ("Info: the model's shape, the int8 blob's version and CRC", info_int8),
+    ("Segment: 24 inputs, the same bits as the host's QuantModel", segment_int8),
+    ("Encode: 24 inputs, the same bits as the host's QuantModel", encode_int8),
+];
+
+/// Requests any inference firmware answers alike: several samples in one, bad lengths
+/// and values, training it does not serve.
+#[rustfmt::skip] // a table: one check a line
+const REQUESTS: &[Check] = &[
     ("Info: the receive buffer takes several samples per request", capacity),
     ("Segment of several samples: one answer each, as the sample alone", segment_batch),
     ("... a NaN in the second sample: NonFiniteInput for it, the others answered", segment_batch_nan),
@@ -33,12 +62,22 @@ pub const CHECKS: &[Check] = &[
     ("Segment of D-1 values: InputLength", segment_short),
     ("Encode with a NaN: NonFiniteInput", encode_nan),
     ("TrainBatch on the inference firmware: Unsupported", train_unsupported),
+];
+
+/// Frames the protocol refuses, then the service again.
+#[rustfmt::skip] // a table: one check a line
+const BAD_FRAMES: &[Check] = &[
     ("frame that is not COBS: BadEncoding", frame_not_cobs),
     ("unknown request variant: Malformed", unknown_variant),
     ("request cut in half: Truncated", request_cut),
     ("Info with a trailing byte: TrailingBytes", trailing_byte),
     ("5000-byte frame: Oversized (one answer)", oversized),
     ("serves again after the bad frames", serves_again),
+];
+
+/// Reading, loading and checkpointing weights (the `f32` service).
+#[rustfmt::skip] // a table: one check a line
+const WEIGHTS: &[Check] = &[
     ("ReadWeights: the inference prefix, bit-exact", read_weights),
     ("ReadWeights past the prefix: OutOfRange", read_past_prefix),
     ("load of a blob with a flipped bit: BadCrc", load_flipped_bit),
@@ -52,35 +91,11 @@ pub const CHECKS: &[Check] = &[
     ("Checkpoint: the new weights' CRC", checkpoint),
     ("load of the original weights again", load_original),
     ("... answered with them", original_weights_answer),
-    ("the device's flash and static RAM equal the ELF's", sizes),
-    ("stack peak measured", stack_peak),
-    ("flash within the budget", flash_budget),
-    ("RAM (static + peak stack) within the budget", ram_budget),
 ];
 
-/// The checks of the int8 service (`cluster_int8`, `probe --int8 BLOB`): its answers
-/// bit for bit against the host's [`hvae::QuantModel`], the requests it does not serve,
-/// and the checks that do not depend on the model.
+/// The image's flash and RAM against the ELF and the budgets.
 #[rustfmt::skip] // a table: one check a line
-pub const CHECKS_INT8: &[Check] = &[
-    ("Info: the model's shape, the int8 blob's version and CRC", info_int8),
-    ("Segment: 24 inputs, the same bits as the host's QuantModel", segment_int8),
-    ("Encode: 24 inputs, the same bits as the host's QuantModel", encode_int8),
-    ("Info: the receive buffer takes several samples per request", capacity),
-    ("Segment of several samples: one answer each, as the sample alone", segment_batch),
-    ("... a NaN in the second sample: NonFiniteInput for it, the others answered", segment_batch_nan),
-    ("Encode of several samples: one answer each, as the sample alone", encode_batch),
-    ("Segment of a sample and a bit: one InputLength answer", segment_and_a_bit),
-    ("Segment of D-1 values: InputLength", segment_short),
-    ("Encode with a NaN: NonFiniteInput", encode_nan),
-    ("TrainBatch on the inference firmware: Unsupported", train_unsupported),
-    ("LoadWeights and ReadWeights (weights compiled in): Unsupported", weights_unsupported),
-    ("frame that is not COBS: BadEncoding", frame_not_cobs),
-    ("unknown request variant: Malformed", unknown_variant),
-    ("request cut in half: Truncated", request_cut),
-    ("Info with a trailing byte: TrailingBytes", trailing_byte),
-    ("5000-byte frame: Oversized (one answer)", oversized),
-    ("serves again after the bad frames", serves_again),
+const SIZES: &[Check] = &[
     ("the device's flash and static RAM equal the ELF's", sizes),
     ("stack peak measured", stack_peak),
     ("flash within the budget", flash_budget),
