@@ -26,20 +26,25 @@ fn samples(n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn segment_all<const PAIRS: bool>(m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
+/// `answer_segment` or `answer_encode`.
+type Answer =
+    fn(&Model<f32, Vec<f32>>, &[f32], &mut [f32], &mut Response, &mut dyn FnMut(&Response));
+
+/// Every response `answer` emits for the samples `xs`.
+fn answers(answer: Answer, m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
     let mut work = vec![0.0f32; 2 * S.work_len()];
     let mut out = Response::Ack;
     let mut got = Vec::new();
-    answer_segment::<_, PAIRS>(m, xs, &mut work, &mut out, &mut |r| got.push(r.clone()));
+    answer(m, xs, &mut work, &mut out, &mut |r| got.push(r.clone()));
     got
 }
 
+fn segment_all<const PAIRS: bool>(m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
+    answers(answer_segment::<_, PAIRS>, m, xs)
+}
+
 fn encode_all<const PAIRS: bool>(m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
-    let mut work = vec![0.0f32; 2 * S.work_len()];
-    let mut out = Response::Ack;
-    let mut got = Vec::new();
-    answer_encode::<_, PAIRS>(m, xs, &mut work, &mut out, &mut |r| got.push(r.clone()));
-    got
+    answers(answer_encode::<_, PAIRS>, m, xs)
 }
 
 #[test]

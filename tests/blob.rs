@@ -6,8 +6,10 @@ use hvae::ShapeError;
 use hvae::{Activation, Likelihood, Posterior, Shape};
 
 mod blob_bytes;
+mod lcg;
 
 use blob_bytes::{fix_crc, set_u32};
+use lcg::Lcg;
 
 // Header offsets, as documented in the module's layout table.
 const OFF_VERSION: usize = 4;
@@ -41,17 +43,7 @@ fn deep() -> Shape {
     Shape::new(3, &[4, 5, 6, 2], 2, 1)
 }
 
-/// Deterministic LCG (Knuth's MMIX constants).
-struct Lcg(u64);
-
 impl Lcg {
-    fn next_u32(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 32) as u32
-    }
     fn below(&mut self, n: usize) -> usize {
         (self.next_u32() as usize) % n
     }

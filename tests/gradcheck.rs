@@ -18,6 +18,10 @@ use hvae::train::loss::{
 };
 use hvae::Model;
 
+mod lcg;
+
+use lcg::Lcg;
+
 /// A fixed draw: `w = tanh(a + c ln kappa)`, tangent `v` fixed, `z = H(mu) (w, sqrt(1-w²) v)`
 /// with the Householder reflection `H = I - 2 u uᵀ / (u.u)`, `u = e1 - mu` written here
 /// independently of the crate's.
@@ -67,21 +71,6 @@ impl DrawSource<f64> for FixedDraws {
             z[i] = x[i] - 2.0 * u[i] * ux / uu;
         }
         Ok(Draw { w, dw_dkappa })
-    }
-}
-
-struct Lcg(u64);
-impl Lcg {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
     }
 }
 

@@ -150,32 +150,35 @@ fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
     bytes_of(a) == bytes_of(b)
 }
 
+/// `msg` framed in at most `N` bytes (one zero byte, at the end) and read back by a
+/// decoder of `N` bytes, which uses the whole frame and keeps nothing.
+fn framed_and_back<T, const N: usize>(msg: &T) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + core::fmt::Debug,
+{
+    let mut buf = [0u8; N];
+    let frame = encode(msg, &mut buf).unwrap();
+    assert!(frame.len() <= N, "{msg:?}");
+    assert_eq!(frame.iter().filter(|&&b| b == 0).count(), 1);
+    assert_eq!(frame.last(), Some(&0));
+    let mut rx = FrameDecoder::<N>::new();
+    let (used, got) = rx.feed::<T>(frame);
+    assert_eq!(used, frame.len());
+    assert_eq!(rx.pending(), 0);
+    got.unwrap().unwrap()
+}
+
 #[test]
 fn every_request_round_trips_within_the_frame_bound() {
     for req in requests() {
-        let mut buf = [0u8; MAX_REQUEST_FRAME];
-        let frame = encode(&req, &mut buf).unwrap();
-        assert!(frame.len() <= MAX_REQUEST_FRAME, "{req:?}");
-        assert_eq!(frame.iter().filter(|&&b| b == 0).count(), 1);
-        assert_eq!(frame.last(), Some(&0));
-        let mut rx = FrameDecoder::<MAX_REQUEST_FRAME>::new();
-        let (used, got) = rx.feed::<Request>(frame);
-        assert_eq!(used, frame.len());
-        assert_eq!(got, Some(Ok(req)));
-        assert_eq!(rx.pending(), 0);
+        assert_eq!(framed_and_back::<_, MAX_REQUEST_FRAME>(&req), req);
     }
 }
 
 #[test]
 fn every_response_round_trips_within_the_frame_bound() {
     for resp in responses() {
-        let mut buf = [0u8; MAX_RESPONSE_FRAME];
-        let frame = encode(&resp, &mut buf).unwrap();
-        assert!(frame.len() <= MAX_RESPONSE_FRAME, "{resp:?}");
-        let mut rx = FrameDecoder::<MAX_RESPONSE_FRAME>::new();
-        let (used, got) = rx.feed::<Response>(frame);
-        assert_eq!(used, frame.len());
-        let got = got.unwrap().unwrap();
+        let got = framed_and_back::<_, MAX_RESPONSE_FRAME>(&resp);
         assert!(same(&got, &resp), "{got:?} != {resp:?}");
     }
 }
