@@ -1,6 +1,6 @@
 //! The engine: one request dispatch for every device that serves the protocol.
 
-use super::learning::{Learning, Learns};
+use super::learning::Learning;
 use super::{Params, Slots, Store, CAP, LEARN};
 use crate::infer::model::Model;
 use crate::protocol::answer::{answer_encode, answer_segment};
@@ -11,7 +11,6 @@ use crate::protocol::{
     MAX_SAMPLE, MAX_VALUES,
 };
 use crate::shape::Shape;
-use crate::train::samples::Stored;
 use core::marker::PhantomData;
 
 /// Where the values of a load under way go: a store buffer, copied over the weights
@@ -61,14 +60,7 @@ pub struct Engine<
     pub(super) max_frame: usize,
 }
 
-impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E, L>
-    Engine<D, W, P, S, CAPS, MEM, E, L>
-where
-    P: Params,
-    S: Store,
-    E: Stored<f32>,
-    L: Learns<D, MEM, S::Buf, E>,
-{
+engine_impl! {
     const TRAINS: bool = CAPS & CAP_TRAIN != 0;
     /// Whether `Segment` and `Encode` link the code that runs samples two at a time:
     /// only when `W` may hold two workspaces (one is at least `4 D`: the input and the

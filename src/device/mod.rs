@@ -76,6 +76,23 @@
 //! [`TrainConfig::new`]: crate::train::trainer::TrainConfig::new
 //! [`ErrorCode::Train`]: crate::protocol::ErrorCode::Train
 
+/// An `impl` block of [`Engine`] with its generic parameters and their bounds, written
+/// once for the files that implement its parts (engine, training, persist, server).
+macro_rules! engine_impl {
+    ($($item:item)*) => {
+        impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E, L>
+            $crate::device::Engine<D, W, P, S, CAPS, MEM, E, L>
+        where
+            P: $crate::device::Params,
+            S: $crate::device::Store,
+            E: $crate::train::samples::Stored<f32>,
+            L: $crate::device::Learns<D, MEM, <S as $crate::device::Store>::Buf, E>,
+        {
+            $($item)*
+        }
+    };
+}
+
 mod engine;
 mod learning;
 mod params;

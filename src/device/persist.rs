@@ -3,9 +3,9 @@
 //! an engine restores the newest one at boot.
 
 use super::engine::{saturate_u8, writable, Engine};
-use super::learning::{Learning, Learns};
+use super::learning::Learning;
 use super::training::{normalisation_mut, trainable};
-use super::{Params, Store, NORM_DECAY, RESUME_PREFIX};
+use super::{NORM_DECAY, RESUME_PREFIX};
 use crate::infer::normalise::Tracker;
 use crate::protocol::{ErrorCode, TrainSettings};
 use crate::shape::Scope;
@@ -13,7 +13,6 @@ use crate::store::checkpoint::{trainer_layout, Checkpoints, Layout, Loaded};
 use crate::store::record::Record;
 use crate::train::centres::{CentreCounts, Spawner};
 use crate::train::optim::OptimKind;
-use crate::train::samples::Stored;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -30,14 +29,7 @@ const LAYOUTS: [(Scope, OptimKind); 6] = [
 /// The layout of a checkpoint of the weights alone (no trainer): the smallest state.
 const WEIGHTS_ONLY: (Scope, OptimKind) = (Scope::SegmenterOnly, OptimKind::Sgd);
 
-impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E, L>
-    Engine<D, W, P, S, CAPS, MEM, E, L>
-where
-    P: Params,
-    S: Store,
-    E: Stored<f32>,
-    L: Learns<D, MEM, S::Buf, E>,
-{
+engine_impl! {
     /// Saves a checkpoint: the weights, and what the training under way needs to resume
     /// (a trainer's optimiser state, step counts and record; online k-means' counts,
     /// spawner and tracker).

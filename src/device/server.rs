@@ -3,9 +3,7 @@
 //! firmware's UART on the device, in-memory pipes with injectable faults in the host
 //! tool's simulated device).
 
-use super::{Engine, Learns, Params, Store};
 use crate::protocol::{encode, FrameDecoder, Response};
-use crate::train::samples::Stored;
 
 /// A byte stream a device serves on.
 pub trait Transport {
@@ -35,14 +33,7 @@ pub fn send<T: Transport>(t: &mut T, resp: &Response, tx: &mut [u8]) -> Result<(
     }
 }
 
-impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E, L>
-    Engine<D, W, P, S, CAPS, MEM, E, L>
-where
-    P: Params,
-    S: Store,
-    E: Stored<f32>,
-    L: Learns<D, MEM, S::Buf, E>,
-{
+engine_impl! {
     /// Serves requests from `t` until it fails: the response frames of each request frame
     /// (one per sample for `Segment` and `Encode`), each encoded in a buffer of `TX`
     /// bytes, and an error response for every frame that is malformed, truncated or

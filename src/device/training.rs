@@ -2,11 +2,11 @@
 //! k-means of the centres), then each request's samples are buffered and its steps
 //! taken; the schedule and the configuration the core's trainer gets.
 
-use super::engine::{emit_centre, saturate_u8, writable, Engine, Small};
-use super::learning::{Learns, Trainer};
+use super::engine::{emit_centre, saturate_u8, writable, Small};
+use super::learning::Trainer;
 use super::persist::resume_prefix;
 use super::{
-    Params, Store, CAP, CHECKPOINT_EVERY, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX,
+    Params, CAP, CHECKPOINT_EVERY, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX,
     SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY, WARMUP_STEPS,
 };
 use crate::infer::model::Model;
@@ -20,19 +20,12 @@ use crate::train::centres::{
     in_use, CentreCounts, SpawnRule, Spawner, Tidied, MAX_ONLINE_CLUSTERS,
 };
 use crate::train::optim::Optimiser;
-use crate::train::samples::{Policy, Quant, Stored};
+use crate::train::samples::{Policy, Quant};
 use crate::train::trainer::{Consistency, TrainConfig, TrainError};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E, L>
-    Engine<D, W, P, S, CAPS, MEM, E, L>
-where
-    P: Params,
-    S: Store,
-    E: Stored<f32>,
-    L: Learns<D, MEM, S::Buf, E>,
-{
+engine_impl! {
     /// Starts a training with new settings: a trainer (or the centres' counts of online
     /// k-means) and, for `SegmenterAndNormalisation`, a normalisation tracker.
     ///
