@@ -7,7 +7,7 @@
 mod common;
 
 use hvae::Shape;
-use hvae_host::commands::validate::{validate_on, Thresholds};
+use hvae_host::commands::validate::{validate_on, Thresholds, ValidateReport};
 use hvae_host::data::{self, Dataset};
 use hvae_host::device::sim::{Fault, SimDevice, SimState};
 use hvae_host::device::{Device, DeviceSpec, Link, Timeouts};
@@ -50,11 +50,7 @@ fn session(sim: &SimDevice) -> Device {
     Device::new(sim.connect().unwrap(), timeouts())
 }
 
-fn run(
-    dev: &mut Device,
-    model: &LoadedModel,
-    data: &Dataset,
-) -> Result<hvae_host::commands::validate::ValidateReport, String> {
+fn run(dev: &mut Device, model: &LoadedModel, data: &Dataset) -> Result<ValidateReport, String> {
     validate_on(
         dev,
         model,
@@ -64,6 +60,29 @@ fn run(
         Thresholds::default(),
     )
     .map_err(|e| e.one_line())
+}
+
+/// Validates `loaded(1)` on a device that runs `on` and shows `fault` at request `at`:
+/// the error names every one of `expect`, and `between` looks at the device; then
+/// validates again on the same device. The device and the second run's report.
+fn faulted_then_rerun(
+    on: &LoadedModel,
+    at: usize,
+    fault: Fault,
+    expect: &[&str],
+    between: impl FnOnce(&SimDevice),
+) -> (SimDevice, ValidateReport) {
+    let model = loaded(1);
+    let sim = sim_device(on, on.crc, Some((at, fault)));
+    let data = digits();
+    let mut dev = session(&sim);
+    let e = run(&mut dev, &model, &data).unwrap_err();
+    for x in expect {
+        assert!(e.contains(x), "{e}");
+    }
+    between(&sim);
+    let r = run(&mut dev, &model, &data).unwrap();
+    (sim, r)
 }
 
 #[test]
@@ -135,48 +154,29 @@ fn stall_is_a_timeout_naming_the_request() {
 
 #[test]
 fn garbage_is_reported_then_a_rerun_passes() {
-    let model = loaded(1);
-    let sim = sim_device(&model, model.crc, Some((10, Fault::Garbage)));
-    let data = digits();
-    let mut dev = session(&sim);
-    let e = run(&mut dev, &model, &data).unwrap_err();
-    assert!(
-        e.contains("answered Segment with garbage (frame is not valid COBS)"),
-        "{e}"
-    );
-    assert!(e.contains("data rows 37..40 of"), "{e}");
-    let r = run(&mut dev, &model, &data).unwrap();
+    let expect = [
+        "answered Segment with garbage (frame is not valid COBS)",
+        "data rows 37..40 of",
+    ];
+    let (_, r) = faulted_then_rerun(&loaded(1), 10, Fault::Garbage, &expect, |_| {});
     assert!(r.pass && r.rows == ROWS, "{r:?}");
 }
 
 #[test]
 fn wrong_answer_is_reported() {
-    let model = loaded(1);
-    let sim = sim_device(&model, model.crc, Some((3, Fault::WrongAnswer)));
-    let data = digits();
-    let mut dev = session(&sim);
-    let e = run(&mut dev, &model, &data).unwrap_err();
-    assert!(
-        e.contains("answered Segment with an unrelated Ack response"),
-        "{e}"
-    );
-    assert!(run(&mut dev, &model, &data).unwrap().pass);
+    let expect = ["answered Segment with an unrelated Ack response"];
+    let (_, r) = faulted_then_rerun(&loaded(1), 3, Fault::WrongAnswer, &expect, |_| {});
+    assert!(r.pass, "{r:?}");
 }
 
 #[test]
 fn reset_while_streaming_is_reported_then_a_rerun_passes() {
-    let model = loaded(1);
-    let sim = sim_device(&model, model.crc, Some((20, Fault::Reset)));
-    let data = digits();
-    let mut dev = session(&sim);
-    let e = run(&mut dev, &model, &data).unwrap_err();
-    assert!(
-        e.contains("device stopped in the middle of its answer to Segment"),
-        "{e}"
-    );
-    assert!(e.contains("reset"), "{e}");
+    let expect = [
+        "device stopped in the middle of its answer to Segment",
+        "reset",
+    ];
+    let (sim, r) = faulted_then_rerun(&loaded(1), 20, Fault::Reset, &expect, |_| {});
     assert_eq!(sim.state.lock().unwrap().resets, 1);
-    let r = run(&mut dev, &model, &data).unwrap();
     assert!(
         r.pass && r.rows == ROWS && r.bit_exact_rows == ROWS,
         "{r:?}"
@@ -185,22 +185,14 @@ fn reset_while_streaming_is_reported_then_a_rerun_passes() {
 
 #[test]
 fn reset_during_a_load_then_the_rerun_reloads() {
-    let model = loaded(1);
     let other = loaded(2);
     // Request 0 is Info, then the chunks: reset on the 5th chunk.
-    let sim = sim_device(&other, other.crc, Some((5, Fault::Reset)));
-    let data = digits();
-    let mut dev = session(&sim);
-    let e = run(&mut dev, &model, &data).unwrap_err();
-    assert!(
-        e.contains("in the middle of its answer to LoadWeights"),
-        "{e}"
-    );
+    let expect = ["in the middle of its answer to LoadWeights"];
     // The device still runs its old weights: the half-loaded blob was never switched to.
-    assert_eq!(sim.state.lock().unwrap().crc(), other.crc);
-    let r = run(&mut dev, &model, &data).unwrap();
+    let old_weights = |sim: &SimDevice| assert_eq!(sim.state.lock().unwrap().crc(), other.crc);
+    let (sim, r) = faulted_then_rerun(&other, 5, Fault::Reset, &expect, old_weights);
     assert!(r.pass && r.loaded_weights, "{r:?}");
-    assert_eq!(sim.state.lock().unwrap().crc(), model.crc);
+    assert_eq!(sim.state.lock().unwrap().crc(), loaded(1).crc);
 }
 
 #[test]
@@ -285,25 +277,19 @@ fn device_specs_parse() {
 fn cli_rejects_a_bad_device_and_a_missing_port() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::write_model(dir.path(), "m.hvae", &common::model(DIGITS, 1));
-    let out = assert_cmd::Command::cargo_bin("hvae")
-        .unwrap()
-        .args(["validate", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(common::digits_path())
-        .args(["--device", "usb"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let out = assert_cmd::Command::cargo_bin("hvae")
-        .unwrap()
-        .args(["validate", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(common::digits_path())
-        .args(["--device", "serial:/nonexistent/tty"])
-        .output()
-        .unwrap();
+    let validate = |device: &str| {
+        assert_cmd::Command::cargo_bin("hvae")
+            .unwrap()
+            .args(["validate", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(common::digits_path())
+            .args(["--device", device])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(validate("usb").status.code(), Some(2));
+    let out = validate("serial:/nonexistent/tty");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
