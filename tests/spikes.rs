@@ -320,14 +320,40 @@ fn check_garbage(o: &Outcome) {
 
 #[test]
 fn spiked_stream_ends_within_two_points_of_a_clean_one() {
+    const CLIPS: [(&str, f32); 2] = [("clipping + guard", CLIP), ("guard only", f32::INFINITY)];
+    // The seeds' runs are independent and deterministic: each seed on a thread of its
+    // own, its four runs in the field side by side once its model is trained; the
+    // results are checked below in seed order.
+    let runs: Vec<(Outcome, Vec<(Outcome, Outcome)>)> = std::thread::scope(|s| {
+        let seeds: Vec<_> = (1..=3u64)
+            .map(|seed| {
+                s.spawn(move || {
+                    // A model trained on the clean stream from scratch, as it would ship.
+                    let (pre, flash) = from_scratch(seed, false, CLIP);
+                    let flash = &flash;
+                    let field = std::thread::scope(|s| {
+                        let runs: Vec<_> = CLIPS
+                            .iter()
+                            .map(|&(_, clip)| {
+                                let clean = s.spawn(move || in_the_field(seed, flash, false, clip));
+                                let spiked = s.spawn(move || in_the_field(seed, flash, true, clip));
+                                (clean, spiked)
+                            })
+                            .collect();
+                        runs.into_iter()
+                            .map(|(c, sp)| (c.join().unwrap(), sp.join().unwrap()))
+                            .collect()
+                    });
+                    (pre, field)
+                })
+            })
+            .collect();
+        seeds.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let mut worst: f64 = 0.0;
-    for seed in 1..=3u64 {
-        // A model trained on the clean stream from scratch, as it would ship.
-        let (pre, flash) = from_scratch(seed, false, CLIP);
+    for (seed, (pre, field)) in (1..=3u64).zip(runs) {
         assert!(pre.acc > 0.6, "clean from scratch: {pre:?}");
-        for (what, clip) in [("clipping + guard", CLIP), ("guard only", f32::INFINITY)] {
-            let clean = in_the_field(seed, &flash, false, clip);
-            let spiked = in_the_field(seed, &flash, true, clip);
+        for (&(what, clip), (clean, spiked)) in CLIPS.iter().zip(field) {
             println!(
                 "seed {seed}, {what}: ACC pre-trained {:.3}, clean stream {:.3}, spiked stream {:.3} ({:+.3}); \
                  spiked: {} refused at push, {} finite spikes, {} steps rejected ({} by the loss ratio), {} restores",
@@ -365,8 +391,11 @@ fn spiked_stream_ends_within_two_points_of_a_clean_one() {
 fn spiked_stream_from_scratch_stays_finite_and_clusters() {
     // Garbage from the very first step, through warm-up and the k-means++
     // initialisation of the centres (which encodes every buffered sample).
-    let (clean, _) = from_scratch(1, false, CLIP);
-    let (spiked, _) = from_scratch(1, true, CLIP);
+    let ((clean, _), (spiked, _)) = std::thread::scope(|s| {
+        let clean = s.spawn(|| from_scratch(1, false, CLIP));
+        let spiked = s.spawn(|| from_scratch(1, true, CLIP));
+        (clean.join().unwrap(), spiked.join().unwrap())
+    });
     println!(
         "from scratch, seed 1: ACC clean {:.3}, spiked {:.3}; spiked: {spiked:?}",
         clean.acc, spiked.acc
