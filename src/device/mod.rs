@@ -64,8 +64,11 @@
 //! # Memory
 //! Buffers come from a [`Store`]: one scratch buffer of [`scratch_len`] and one
 //! optimiser buffer of [`optim_len`] scalars (sized for the largest scope, Full with
-//! Adam); a weight load stages the incoming blob's parameters in the scratch buffer, so
-//! a failed load leaves the weights untouched without a second parameter copy. The
+//! Adam); a weight load stages the incoming blob's parameters in the scratch buffer
+//! (weights in RAM) or writes them into the flash slot not in use (weights in flash,
+//! [`Slots`]), so a failed load leaves the weights untouched without a second copy of
+//! them in RAM. An engine that trains nothing (`L = ()`, as `cluster`) over weights in
+//! flash takes no buffer at all. The
 //! trainer's memory of past samples lives in the engine itself: by default a ring of
 //! [`CAP`] `f32` samples; an engine built with a larger memory (`Engine`'s `MEM` and `E`,
 //! e.g. a reservoir of bytes for learning from scratch) takes [`scratch_len_with`]
