@@ -18,12 +18,10 @@ use hvae::infer::quant::{float_len, int_len, weight_len};
 use hvae::protocol::answer::{answer_encode_int8, answer_segment_int8};
 use hvae::protocol::borrowed::F32s;
 use hvae::protocol::borrowed::{self, RequestRef};
-use hvae::protocol::{
-    max_request_frame, max_response_frame, DeviceInfo, ErrorCode, FrameDecoder, Response,
-    CAP_ENCODE, CAP_SEGMENT,
-};
+use hvae::protocol::{DeviceInfo, ErrorCode, FrameDecoder, Response, CAP_ENCODE, CAP_SEGMENT};
 use hvae::QuantModel;
 use hvae_firmware::board::{Serial, Uart};
+use hvae_firmware::inference::{BATCH, RX_FRAME, TX_FRAME};
 use hvae_firmware::rt;
 
 /// The int8 form of the digits model.
@@ -32,19 +30,13 @@ mod int8 {
     include!("../../model/digits_int8.rs");
 }
 
-/// The frames are sized as the `f32` model's (`cluster`): the int8 model must have the
-/// same shape.
+/// The frames and batches are `cluster`'s (`hvae_firmware::inference`), sized for the
+/// `f32` model: the int8 model must have the same shape.
 const _: () = assert!(int8::SHAPE.input == hvae_firmware::weights::SHAPE.input);
 const _: () = assert!(int8::SHAPE.latent == hvae_firmware::weights::SHAPE.latent);
 const _: () = assert!(int8::SHAPE.clusters == hvae_firmware::weights::SHAPE.clusters);
 
 const D: usize = int8::SHAPE.input;
-/// Most samples in one `Segment` or `Encode` request (as `cluster`).
-const BATCH: usize = 4;
-/// Receive buffer: the longest request frame of `BATCH` samples.
-const RX_FRAME: usize = max_request_frame(BATCH * D);
-/// Transmit buffer: the longest response frame of this model.
-const TX_FRAME: usize = max_response_frame(int8::SHAPE.clusters, int8::SHAPE.latent);
 const WORK_LEN: usize = hvae::infer::quant::work_len(&int8::SHAPE);
 /// The int8 model's values: weights, integers and reals.
 const HELD: usize = weight_len(&int8::SHAPE) + int_len(&int8::SHAPE) + float_len(&int8::SHAPE);
