@@ -17,6 +17,7 @@
 //! | training step | mean of 8 joint steps (after the warm-up and the centre initialisation) of `OnlineTrainer` with a buffer of 8 digits rows, 10 anchors + 10 neighbours = 20 rows, Adam; per row | Full: <= 4x the forward pass |
 //! | training RAM | stack used by a function that owns the trainer, its storage and the RAM copy of the parameters (measured by stack painting from the caller's stack pointer down), plus static RAM | Full+Adam <= 96 KiB |
 //! | SegmenterOnly RAM | the same for `SegmenterAdapter` (encoder frozen in flash, 16 stored directions, 4 anchors per step) | <= 8 KiB |
+//! | micromath | `exp`, `sqrt` and `invsqrt` of `micromath` beside the functions the core runs (its [`hvae::real::exp_f32`], libm's `sqrtf` and `1 / sqrtf`): mean instructions of one call over a sweep, and the worst relative deviation from the core's value over it | reported |
 //!
 //! On the micro:bit (`--target thumbv6m-none-eabi`: Cortex-M0, no FPU, 16 KiB of RAM)
 //! it measures inference alone (encode+segment, the batch, the dense layers and the
@@ -461,6 +462,81 @@ impl defmt::Format for Budget {
     }
 }
 
+/// One function the core runs beside micromath's approximation of it: mean instructions
+/// per call of each and the approximation's worst relative deviation, in parts per
+/// million, over `xs`.
+fn compare(
+    counter: &mut Counter,
+    xs: impl Iterator<Item = f32>,
+    core: impl Fn(f32) -> f32,
+    approx: impl Fn(f32) -> f32,
+) -> (u64, u64, u32) {
+    let (mut n, mut t_core, mut t_approx, mut worst) = (0u64, 0u64, 0u64, 0.0f32);
+    for x in xs {
+        let x = core::hint::black_box(x);
+        let (a, ta) = counter.measure(|| core::hint::black_box(core(x)));
+        let (b, tb) = counter.measure(|| core::hint::black_box(approx(x)));
+        let (Some(ta), Some(tb)) = (ta, tb) else {
+            continue;
+        };
+        n += 1;
+        t_core += ta;
+        t_approx += tb;
+        let dev = ((b - a) / a).abs();
+        // A NaN deviation counts as the worst.
+        if dev.is_nan() || dev > worst {
+            worst = dev;
+        }
+    }
+    let ppm = if worst.is_finite() {
+        (worst * 1.0e6 + 0.5) as u32
+    } else {
+        u32::MAX
+    };
+    (t_core / n.max(1), t_approx / n.max(1), ppm)
+}
+
+/// micromath's `exp`, `sqrt` and `invsqrt` beside what the core computes with (one line
+/// each): `exp` over `[-30, 10]` (the softmax's arguments are at most 0, the
+/// concentration's softplus takes larger ones), the square roots over `[0.01, 100]`
+/// (squared norms), 200 points each.
+#[inline(never)]
+fn approximations(counter: &mut Counter) {
+    use hvae::real::exp_f32;
+    use micromath::F32Ext;
+    // The core's square root: nalgebra's, on libm's `sqrtf` (through its `Real` bound,
+    // not micromath's method of the same name).
+    fn sqrt<T: hvae::Real>(s: T) -> T {
+        s.sqrt()
+    }
+    const N: u16 = 200;
+    let lin = || (0..N).map(|i| -30.0 + 40.0 * f32::from(i) / f32::from(N - 1));
+    let geo = || (0..N).map(|i| 0.01 * exp_f32(f32::from(i) * (9.21034 / f32::from(N - 1))));
+    let lines: [(&str, (u64, u64, u32)); 3] = [
+        (
+            "exp: the core's exp_f32",
+            compare(counter, lin(), exp_f32, F32Ext::exp),
+        ),
+        (
+            "sqrt: libm's sqrtf",
+            compare(counter, geo(), sqrt, F32Ext::sqrt),
+        ),
+        (
+            "1/sqrt: 1 / libm's sqrtf",
+            compare(counter, geo(), |s| 1.0 / sqrt(s), F32Ext::invsqrt),
+        ),
+    ];
+    for (name, (core, approx, ppm)) in lines {
+        defmt::println!(
+            "micromath: {=str} {=u32} instructions, micromath's {=u32}; its worst relative deviation {=u32} ppm",
+            name,
+            core as u32,
+            approx as u32,
+            ppm
+        );
+    }
+}
+
 fn ratio(a: u64, b: u64) -> f32 {
     a as f32 / b.max(1) as f32
 }
@@ -538,6 +614,8 @@ fn main() -> ! {
         "forward pass (encoder + decoder + posterior draw): {=u32} instructions",
         fwd as u32
     );
+
+    approximations(&mut counter);
 
     if cfg!(board = "microbit") {
         // Inference only: the trainers need more RAM than the micro:bit has.
