@@ -6,7 +6,8 @@
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
     checkpoint_slot_len, checkpoint_slot_len_with, optim_len, scratch_len, scratch_len_with,
-    Engine, Learns, Params, Slots, Store, Transport, CAP, INFER, INTERNAL_ERROR_FRAME, LEARN,
+    Engine, Learns, Params, Served, Slots, Store, Transport, CAP, INFER, INTERNAL_ERROR_FRAME,
+    LEARN,
 };
 use hvae::protocol::{
     encode, CentreChange, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope,
@@ -120,20 +121,20 @@ fn blob(m: &Model<f32, Vec<f32>>) -> Vec<u8> {
     bytes
 }
 
-type Infer = Engine<D, W, Vec<f32>, Heap, INFER>;
-type Learn = Engine<D, W, Vec<f32>, Heap, LEARN>;
+type Infer = Engine<D, W, Model<f32, Vec<f32>>, Heap, INFER>;
+type Learn = Engine<D, W, Model<f32, Vec<f32>>, Heap, LEARN>;
 
 fn engine<const CAPS: u32>(
     m: Model<f32, Vec<f32>>,
     store: Heap,
-) -> Engine<D, W, Vec<f32>, Heap, CAPS> {
+) -> Engine<D, W, Model<f32, Vec<f32>>, Heap, CAPS> {
     let crc = hvae::device::blob_crc(&S, m.params());
     Engine::new(m, crc, store, MAX_REQUEST_FRAME).unwrap()
 }
 
 /// Loads `bytes` in chunks; the last response.
-fn load<P: Params, const CAPS: u32, L: Learns<D, CAP, Vec<f32>, f32>>(
-    e: &mut Engine<D, W, P, Heap, CAPS, CAP, f32, L>,
+fn load<M: Served, const CAPS: u32, L: Learns<D, CAP, Vec<f32>, f32>>(
+    e: &mut Engine<D, W, M, Heap, CAPS, CAP, f32, L>,
     bytes: &[u8],
 ) -> Response {
     let mut last = Response::Ack;
@@ -240,10 +241,10 @@ impl Slots for FlashSlots {
         self.filling = Some(other);
         Ok(())
     }
-    fn put(&mut self, index: usize, value: f32) -> Result<(), ErrorCode> {
+    fn put(&mut self, index: usize, word: u32) -> Result<(), ErrorCode> {
         let slot = self.filling.ok_or(ErrorCode::Storage)?;
         if let Some(v) = self.slots[slot].get_mut(index) {
-            *v = value;
+            *v = f32::from_bits(word);
         }
         Ok(())
     }
@@ -254,7 +255,7 @@ impl Slots for FlashSlots {
     }
 }
 
-type InferFlash = Engine<D, W, FlashSlots, Heap, INFER, CAP, f32, ()>;
+type InferFlash = Engine<D, W, Model<f32, FlashSlots>, Heap, INFER, CAP, f32, ()>;
 
 fn in_flash(m: &Model<f32, Vec<f32>>) -> InferFlash {
     let n = S.inference_param_len();
@@ -653,8 +654,13 @@ fn run_with_reset<const MEM: usize, E: hvae::train::samples::Stored<f32>>(
     let m = model(1);
     let crc = hvae::device::blob_crc(&S, m.params());
     let new = |m, store| {
-        Engine::<D, W, Vec<f32>, Heap, LEARN, MEM, E>::new(m, crc, store, MAX_REQUEST_FRAME)
-            .unwrap()
+        Engine::<D, W, Model<f32, Vec<f32>>, Heap, LEARN, MEM, E>::new(
+            m,
+            crc,
+            store,
+            MAX_REQUEST_FRAME,
+        )
+        .unwrap()
     };
     let mut e = new(m.clone(), store);
     assert!(matches!(e.handle(&reqs[0]), Response::Trained { .. }));

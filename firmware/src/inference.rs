@@ -24,7 +24,7 @@ pub const WORK_LEN: usize = SHAPE.work_len();
 
 /// The inference engine: it trains nothing, so it keeps no training state (`()`).
 pub type InferEngine =
-    Engine<{ SHAPE.input }, WORK_LEN, FlashWeights<Flash>, NoBuffers, INFER, CAP, f32, ()>;
+    Engine<{ SHAPE.input }, WORK_LEN, Model<f32, FlashWeights<Flash>>, NoBuffers, INFER, CAP, f32, ()>;
 
 /// The inference engine running `active`, built in `slot` (where it stays: it holds a
 /// model workspace and the weight loader, which a small device does not have twice).

@@ -1,28 +1,28 @@
 //! The engine: one request dispatch for every device that serves the protocol.
 
 use super::learning::Learning;
-use super::{Params, Slots, Store, CAP, LEARN};
+use super::{Params, Served, Slots, Store, CAP, LEARN};
 use crate::infer::model::Model;
-use crate::protocol::answer::{answer_encode, answer_segment};
 use crate::protocol::borrowed;
 use crate::protocol::{
-    blob_header, CentreChange, DeviceInfo, ErrorCode, FrameError, Request, Response, TrainSettings,
-    WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN,
-    MAX_SAMPLE, MAX_VALUES,
+    blob_header, BlobFormat, CentreChange, DeviceInfo, ErrorCode, FrameError, Request, Response,
+    TrainSettings, WeightLoader, CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT,
+    CAP_TRAIN, MAX_SAMPLE, MAX_VALUES,
 };
 use crate::shape::Shape;
 use core::marker::PhantomData;
 
 /// Where the values of a load under way go: a store buffer, copied over the weights
 /// when the blob checks out (weights in RAM), or the flash slot not in use (weights in
-/// flash: [`Params::slots`]).
+/// flash: [`Served::slots`]).
 pub(super) enum Staging<B> {
     Ram(B),
     Slot,
 }
 
-/// The engine: a model whose parameters are `P` ([`Params`]: in RAM, all of them when
-/// it trains, or in flash slots), a workspace of `W` scalars (two model workspaces
+/// The engine: the model `M` it serves ([`Served`]: an `f32` [`Model`] whose parameters
+/// are a [`Params`], in RAM, all of them when it trains, or in flash slots; or the int8
+/// model in flash slots, [`Int8`](super::Int8)), a workspace of `W` scalars (two model workspaces
 /// answer samples two at a time), `D` inputs, buffers and checkpoint slots from the
 /// store `S`, and the requests it serves in `CAPS` ([`LEARN`](super::LEARN),
 /// [`INFER`](super::INFER), [`ADAPT`](super::ADAPT)): a request outside them is
@@ -39,17 +39,17 @@ pub(super) enum Staging<B> {
 pub struct Engine<
     const D: usize,
     const W: usize,
-    P,
+    M: Served,
     S: Store,
     const CAPS: u32 = LEARN,
     const MEM: usize = CAP,
     E = f32,
     L = Learning<D, MEM, <S as Store>::Buf, E>,
 > {
-    pub(super) model: Model<f32, P>,
+    pub(super) model: M,
     /// CRC of the current weights' blob; `None` after training changed them.
     pub(super) crc: Option<u32>,
-    pub(super) loader: WeightLoader,
+    pub(super) loader: WeightLoader<<M as Served>::Blob>,
     pub(super) staging: Option<Staging<S::Buf>>,
     /// The training under way ([`Learning`]; `()` in an engine that trains nothing).
     pub(super) learn: L,
@@ -73,7 +73,7 @@ engine_impl! {
     /// model without its decoder (inference parameters only) adapts by online k-means;
     /// training with a gradient optimiser is then refused (`Train`).
     pub fn new(
-        model: Model<f32, P>,
+        model: M,
         crc: u32,
         store: S,
         max_frame: usize,
@@ -88,7 +88,7 @@ engine_impl! {
     /// cannot have twice). Errors as [`Engine::new`]'s (`slot` unchanged).
     pub fn new_in(
         slot: &mut Option<Self>,
-        model: Model<f32, P>,
+        model: M,
         crc: u32,
         store: S,
         max_frame: usize,
@@ -100,7 +100,7 @@ engine_impl! {
     /// The engine of a checked model, before any request. Always inlined, so that
     /// [`Engine::new_in`] writes it into its slot.
     #[inline(always)]
-    fn fresh(model: Model<f32, P>, crc: u32, store: S, max_frame: usize) -> Self {
+    fn fresh(model: M, crc: u32, store: S, max_frame: usize) -> Self {
         const {
             assert!(
                 !Self::TRAINS || L::KEEPS,
@@ -122,7 +122,7 @@ engine_impl! {
     }
 
     /// What [`Engine::new`] checks of its model.
-    fn check(model: &Model<f32, P>) -> Result<(), ErrorCode> {
+    fn check(model: &M) -> Result<(), ErrorCode> {
         let shape = model.shape();
         if shape.input != D || model.work_len() > W {
             return Err(ErrorCode::Internal);
@@ -131,7 +131,7 @@ engine_impl! {
     }
 
     /// The model.
-    pub fn model(&self) -> &Model<f32, P> {
+    pub fn model(&self) -> &M {
         &self.model
     }
 
@@ -139,7 +139,7 @@ engine_impl! {
     /// trainer's state ([`OnlineTrainer::state_bytes`](crate::train::trainer::OnlineTrainer::state_bytes): gradient, workspace, optimiser
     /// moments, memory of past samples), or for online k-means the centres' counts.
     pub fn train_ram(&self) -> Option<usize> {
-        let params = 4 * self.model.params().len();
+        let params = 4 * self.model.f32()?.params().len();
         let l = self.learn.state_ref()?;
         if let Some(t) = l.trainer.as_ref() {
             return Some(params + t.state_bytes());
@@ -160,7 +160,10 @@ engine_impl! {
         match self.crc {
             Some(c) => c,
             None => {
-                let c = blob_crc(self.model.shape(), self.model.params());
+                let c = self
+                    .model
+                    .f32()
+                    .map_or(0, |m| blob_crc(m.shape(), m.params()));
                 self.crc = Some(c);
                 c
             }
@@ -264,9 +267,9 @@ engine_impl! {
         let mut out = Response::Ack;
         let (m, w) = (&self.model, &mut self.work);
         if Self::PAIRS {
-            answer_segment::<_, true>(m, sample, w, &mut out, emit)
+            m.segment::<true>(sample, w, &mut out, emit)
         } else {
-            answer_segment::<_, false>(m, sample, w, &mut out, emit)
+            m.segment::<false>(sample, w, &mut out, emit)
         }
     }
 
@@ -275,9 +278,9 @@ engine_impl! {
         let mut out = Response::Ack;
         let (m, w) = (&self.model, &mut self.work);
         if Self::PAIRS {
-            answer_encode::<_, true>(m, sample, w, &mut out, emit)
+            m.encode::<true>(sample, w, &mut out, emit)
         } else {
-            answer_encode::<_, false>(m, sample, w, &mut out, emit)
+            m.encode::<false>(sample, w, &mut out, emit)
         }
     }
 
@@ -306,7 +309,7 @@ engine_impl! {
     fn read_weights(&self, offset: u32, count: u16, emit: &mut dyn FnMut(&Response)) {
         let start = offset as usize;
         let n = usize::from(count);
-        let p = self.model.params();
+        let p = self.model.f32().map(|m| m.params()).unwrap_or_default();
         let values = start
             .checked_add(n)
             .filter(|&end| n <= MAX_VALUES && end <= p.len())
@@ -322,10 +325,11 @@ engine_impl! {
         match job {
             Job::Info => {
                 let shape = *self.model.shape();
-                let held = self.model.params().len();
+                let held = self.model.held();
                 let crc = self.crc();
                 let r = self.store.resources();
                 let mut info = DeviceInfo::new(&shape, held, crc, self.max_frame, CAPS);
+                info.blob = <M::Blob as BlobFormat>::VERSION;
                 info.flash_used = r.flash;
                 info.ram_static = r.ram;
                 info.stack_peak = r.stack;
@@ -359,17 +363,19 @@ engine_impl! {
     /// when the weights live in flash; the weights change only once the last chunk has
     /// checked out (length, header, finiteness, CRC). Any error abandons the load.
     fn load(&mut self, offset: u32, bytes: &[u8], last: bool) -> Result<Small, ErrorCode> {
-        let n = self.model.params().len();
         if offset == 0 {
             // New weights end any training: its buffers become the staging area.
             self.learn.stop();
             self.staging = None;
-            let staging = match self.model.storage_mut().slots() {
+            let staging = match self.model.slots() {
                 Some(slots) => {
                     slots.begin()?;
                     Staging::Slot
                 }
-                None => Staging::Ram(self.store.take(n, 0).ok_or(ErrorCode::Internal)?.0),
+                None => {
+                    let n = net(&self.model)?.params().len();
+                    Staging::Ram(self.store.take(n, 0).ok_or(ErrorCode::Internal)?.0)
+                }
             };
             self.staging = Some(staging);
         }
@@ -384,14 +390,15 @@ engine_impl! {
                 let stage = buf.as_mut();
                 self.loader.feed(offset, bytes, |i, v| {
                     if let Some(s) = stage.get_mut(i) {
-                        *s = v;
+                        *s = f32::from_bits(M::Blob::word(v));
                     }
                     Ok(())
                 })?;
             }
             Staging::Slot => {
                 let slots = slots_of(&mut self.model)?;
-                self.loader.feed(offset, bytes, |i, v| slots.put(i, v))?;
+                self.loader
+                    .feed(offset, bytes, |i, v| slots.put(i, M::Blob::word(v)))?;
             }
         }
         if !last {
@@ -400,8 +407,8 @@ engine_impl! {
         let crc = self.loader.finish()?;
         match staging {
             Staging::Ram(buf) => {
-                let stage = buf.as_ref().get(..n).ok_or(ErrorCode::Internal)?;
                 let params = writable(&mut self.model)?;
+                let stage = buf.as_ref().get(..params.len()).ok_or(ErrorCode::Internal)?;
                 // Equal lengths (checked, so that no panic path is linked in).
                 if params.len() != stage.len() {
                     return Err(ErrorCode::Internal);
@@ -418,16 +425,30 @@ engine_impl! {
     }
 }
 
+/// The `f32` model of `model` (`Train` for the int8 model: what needs `f32` parameters
+/// is training, and an engine that serves the int8 model trains nothing).
+pub(super) fn net<M: Served>(model: &M) -> Result<&Model<f32, M::Params>, ErrorCode> {
+    model.f32().ok_or(ErrorCode::Train)
+}
+
+/// [`net`], writable.
+pub(super) fn net_mut<M: Served>(model: &mut M) -> Result<&mut Model<f32, M::Params>, ErrorCode> {
+    model.f32_mut().ok_or(ErrorCode::Train)
+}
+
 /// The parameters of `model`, writable: `Train` when they live in flash (an engine
 /// over flash slots answers, loads and keeps weights, and trains nothing).
-pub(super) fn writable<P: Params>(model: &mut Model<f32, P>) -> Result<&mut [f32], ErrorCode> {
-    model.storage_mut().writable().ok_or(ErrorCode::Train)
+pub(super) fn writable<M: Served>(model: &mut M) -> Result<&mut [f32], ErrorCode> {
+    net_mut(model)?
+        .storage_mut()
+        .writable()
+        .ok_or(ErrorCode::Train)
 }
 
 /// The flash slots `model`'s weights live in (`Internal` for weights in RAM: a load is
 /// staged in a slot only when they have slots).
-fn slots_of<P: Params>(model: &mut Model<f32, P>) -> Result<&mut dyn Slots, ErrorCode> {
-    model.storage_mut().slots().ok_or(ErrorCode::Internal)
+fn slots_of<M: Served>(model: &mut M) -> Result<&mut dyn Slots, ErrorCode> {
+    model.slots().ok_or(ErrorCode::Internal)
 }
 
 /// CRC-32 of the weight blob of `params` (header, values, as [`crate::store::blob::write`]

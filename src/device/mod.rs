@@ -83,10 +83,10 @@
 /// once for the files that implement its parts (engine, training, persist, server).
 macro_rules! engine_impl {
     ($($item:item)*) => {
-        impl<const D: usize, const W: usize, P, S, const CAPS: u32, const MEM: usize, E, L>
-            $crate::device::Engine<D, W, P, S, CAPS, MEM, E, L>
+        impl<const D: usize, const W: usize, M, S, const CAPS: u32, const MEM: usize, E, L>
+            $crate::device::Engine<D, W, M, S, CAPS, MEM, E, L>
         where
-            P: $crate::device::Params,
+            M: $crate::device::Served,
             S: $crate::device::Store,
             E: $crate::train::samples::Stored<f32>,
             L: $crate::device::Learns<D, MEM, <S as $crate::device::Store>::Buf, E>,
@@ -100,12 +100,14 @@ mod engine;
 mod learning;
 mod params;
 mod persist;
+mod served;
 mod server;
 mod training;
 
 pub use engine::{blob_crc, Engine};
 pub use learning::{Learning, Learns};
 pub use params::{Params, Slots};
+pub use served::{int8_words, Int8, Int8Weights, Served};
 pub use server::{send, Transport, INTERNAL_ERROR_FRAME};
 pub use training::{config, config_with_memory, quant_of};
 
@@ -120,6 +122,10 @@ use embedded_storage::nor_flash::NorFlash;
 pub const LEARN: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHECKPOINT | CAP_TRAIN;
 /// Capabilities of an inference device: every request but `TrainBatch`.
 pub const INFER: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHECKPOINT;
+/// Capabilities of an inference device that serves the int8 model ([`Int8`]): answers,
+/// and `LoadWeights` of an int8 blob into its flash slots (no `f32` values to read back;
+/// a load is in flash once committed, so `Checkpoint` has nothing to save).
+pub const INFER_INT8: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD;
 
 /// Capabilities of an adapting device that holds no trainer (the firmware's `adapt`):
 /// answers, reading the weights back, and `TrainBatch` with online k-means of the

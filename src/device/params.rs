@@ -25,9 +25,10 @@ pub trait Params: AsRef<[f32]> {
 pub trait Slots {
     /// Starts a new blob: prepares (erases) the slot not in use.
     fn begin(&mut self) -> Result<(), ErrorCode>;
-    /// Stores parameter `index` of the blob; values past the parameters the slot holds
-    /// (the decoder, for an inference-only device) are not kept.
-    fn put(&mut self, index: usize, value: f32) -> Result<(), ErrorCode>;
+    /// Stores word `index` of the blob after its header: an `f32` parameter's bits, or a
+    /// word of an int8 blob ([`Int8Weights`](super::Int8Weights)); words past the ones
+    /// the slot holds (the decoder, for an inference-only device) are not kept.
+    fn put(&mut self, index: usize, word: u32) -> Result<(), ErrorCode>;
     /// Seals the filled slot (the whole blob checked out, its CRC `crc`) and switches
     /// the parameters to it.
     fn commit(&mut self, crc: u32) -> Result<(), ErrorCode>;

@@ -2,7 +2,7 @@
 //! saves write (the weights, and what the training under way needs to resume), and how
 //! an engine restores the newest one at boot.
 
-use super::engine::{saturate_u8, writable, Engine};
+use super::engine::{net, net_mut, saturate_u8, writable, Engine};
 use super::learning::Learning;
 use super::training::{normalisation_mut, trainable};
 use super::{NORM_DECAY, RESUME_PREFIX};
@@ -37,7 +37,7 @@ engine_impl! {
     pub(super) fn checkpoint(&mut self) -> Result<(), ErrorCode> {
         // Weights in flash slots were saved as they were loaded, and such an engine
         // trains nothing: there is nothing more to save.
-        if self.model.storage_mut().slots().is_some() {
+        if self.model.slots().is_some() {
             return Ok(());
         }
         if self.store.checkpoints().is_none() {
@@ -48,7 +48,7 @@ engine_impl! {
                 let prefix = resume_prefix(l.settings.as_ref(), &mut l.rng, true)?;
                 let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
                 return c
-                    .save_trainer_after(&self.model, t, &prefix)
+                    .save_trainer_after(net(&self.model)?, t, &prefix)
                     .map(|_| ())
                     .map_err(|_| ErrorCode::Storage);
             }
@@ -70,7 +70,7 @@ engine_impl! {
                 return c
                     .save_with_extra(
                         &layout,
-                        self.model.params(),
+                        net(&self.model)?.params(),
                         zeros.as_ref(),
                         0,
                         counts.updates(),
@@ -89,7 +89,7 @@ engine_impl! {
             }
         }
         let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
-        c.save(&weights, self.model.params(), zeros.as_ref(), 0, 0)
+        c.save(&weights, net(&self.model)?.params(), zeros.as_ref(), 0, 0)
             .map(|_| ())
             .map_err(|_| ErrorCode::Storage)
     }
@@ -239,7 +239,7 @@ engine_impl! {
         let l = self.learn.state().ok_or(ErrorCode::Internal)?;
         let t = l.trainer.as_mut().ok_or(ErrorCode::Internal)?;
         let loaded = c
-            .restore_trainer_after(&mut trainable(&mut self.model)?, t, RESUME_PREFIX)
+            .restore_trainer_after(&mut trainable(net_mut(&mut self.model)?)?, t, RESUME_PREFIX)
             .map_err(|_| ErrorCode::Storage)?;
         if loaded.is_none() {
             return Err(ErrorCode::Storage);

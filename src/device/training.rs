@@ -2,7 +2,7 @@
 //! k-means of the centres), then each request's samples are buffered and its steps
 //! taken; the schedule and the configuration the core's trainer gets.
 
-use super::engine::{emit_centre, saturate_u8, writable, Small};
+use super::engine::{emit_centre, net, net_mut, saturate_u8, writable, Small};
 use super::learning::Trainer;
 use super::persist::resume_prefix;
 use super::{
@@ -61,11 +61,11 @@ engine_impl! {
             l.kmeans = Some((CentreCounts::new(f32::from(memory)), Spawner::new(rule)));
             l.settings = Some(*s);
         } else {
-            if !self.model.has_decoder() {
+            if !net(&self.model)?.has_decoder() {
                 return Err(ErrorCode::Train);
             }
             let mut cfg = config_with_memory(s, MEM).ok_or(ErrorCode::Train)?;
-            cfg.quant = quant_of::<D, P>(&self.model).ok_or(ErrorCode::Train)?;
+            cfg.quant = quant_of::<D, _>(net(&self.model)?).ok_or(ErrorCode::Train)?;
             let shape = *self.model.shape();
             let (scratch, optim) = self
                 .store
@@ -124,8 +124,7 @@ engine_impl! {
         for (i, x) in samples.chunks_exact(D).enumerate() {
             let lr = self.learn.state().ok_or(ErrorCode::Internal)?;
             let (centres, spawner) = lr.kmeans.as_mut().ok_or(ErrorCode::Internal)?;
-            let seg = self
-                .model
+            let seg = net(&self.model)?
                 .segment(x, &mut self.work)
                 .map_err(|_| ErrorCode::Train)?;
             novelty += seg.novelty();
@@ -192,7 +191,7 @@ engine_impl! {
             .state_ref()
             .and_then(|l| l.kmeans.as_ref())
             .map_or(0, |(c, _)| c.updates());
-        let seg = self.model.segmenter_params();
+        let seg = net(&self.model)?.segmenter_params();
         let used = (0..shape.clusters)
             .filter(|&k| in_use(&shape, seg, k))
             .count();
@@ -247,14 +246,14 @@ engine_impl! {
         }
         let mut loss = f32::NAN;
         for _ in 0..steps {
-            match t.step(&mut trainable(&mut self.model)?, &mut l.rng) {
+            match t.step(&mut trainable(net_mut(&mut self.model)?)?, &mut l.rng) {
                 Ok(r) => {
                     loss = r.loss.total;
                     self.crc = None;
                     if r.steps % CHECKPOINT_EVERY == 0 {
                         if let Some(c) = self.store.checkpoints() {
                             let prefix = resume_prefix(l.settings.as_ref(), &mut l.rng, false)?;
-                            c.save_trainer_after(&self.model, t, &prefix)
+                            c.save_trainer_after(net(&self.model)?, t, &prefix)
                                 .map_err(|_| ErrorCode::Storage)?;
                         }
                     }
@@ -266,7 +265,7 @@ engine_impl! {
                 Err(TrainError::Diverged) => {
                     if let Some(c) = self.store.checkpoints() {
                         let r = c.restore_if_needed_after(
-                            &mut trainable(&mut self.model)?,
+                            &mut trainable(net_mut(&mut self.model)?)?,
                             t,
                             RESUME_PREFIX,
                         );

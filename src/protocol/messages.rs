@@ -3,6 +3,7 @@
 use super::answer;
 use super::frame::FrameError;
 use crate::infer::model::{InferError, Segment};
+use crate::infer::quant::QuantError;
 use crate::shape::{Activation, Likelihood, Posterior, Scope, Shape, MAX_HIDDEN};
 use crate::store::blob::{self, BlobError};
 use heapless::Vec;
@@ -463,7 +464,9 @@ pub enum ErrorCode {
     NoDecoder,
     /// A computed value overflowed ([`InferError::NonFinite`]).
     NonFinite,
-    /// A parameter range past the values the device holds, or too many values.
+    /// A parameter range past the values the device holds, or too many values; or a
+    /// value of an int8 blob outside its range (a weight of `-128`, a channel's
+    /// multiplier, shift or bias, padding that is not zero).
     OutOfRange,
     /// A weight chunk not at the next expected offset (`expected`; 0 restarts a load).
     LoadOrder {
@@ -487,9 +490,10 @@ pub enum ErrorCode {
         /// CRC of the bytes received.
         computed: u32,
     },
-    /// Parameter `index` of the blob is NaN or infinite.
+    /// Parameter `index` of the blob is NaN or infinite (of an int8 blob: real `index`
+    /// is not finite, or a scale not positive).
     NonFiniteWeight {
-        /// Index in the flat parameter vector.
+        /// Index in the flat parameter vector (of an int8 blob: in its reals).
         index: u32,
     },
     /// Writing persistent storage (flash) failed.
@@ -565,7 +569,26 @@ impl From<BlobError> for ErrorCode {
             BlobError::Truncated | BlobError::TrailingBytes => ErrorCode::LoadLength,
             BlobError::BadCrc { stored, computed } => ErrorCode::BadCrc { stored, computed },
             BlobError::NonFinite { index } => ErrorCode::NonFiniteWeight { index },
+            BlobError::Int8(e) => e.into(),
+            BlobError::BadPadding => ErrorCode::OutOfRange,
             _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Why an int8 blob's values do not form a model ([`QuantModel::new`]), as a device
+/// refuses its load.
+///
+/// [`QuantModel::new`]: crate::infer::quant::QuantModel::new
+impl From<QuantError> for ErrorCode {
+    fn from(e: QuantError) -> ErrorCode {
+        match e {
+            QuantError::NonFinite { index } => ErrorCode::NonFiniteWeight { index },
+            QuantError::WeightRange { .. } | QuantError::Channel { .. } => ErrorCode::OutOfRange,
+            QuantError::Shape(_) | QuantError::Activation | QuantError::Length => {
+                ErrorCode::ShapeMismatch
+            }
+            QuantError::NotCalibrated | QuantError::Range => ErrorCode::Internal,
         }
     }
 }

@@ -43,7 +43,7 @@ static mut ENGINE: Option<Adapter> = None;
 type Adapter = Engine<
     { SHAPE.input },
     WORK_LEN,
-    &'static mut [f32],
+    hvae::Model<f32, &'static mut [f32]>,
     NoBuffers,
     ADAPT,
     { hvae::device::ADAPT_MEM },

@@ -44,7 +44,7 @@ static mut SCRATCH: [f32; SCRATCH_LEN] = [0.0; SCRATCH_LEN];
 static mut OPTIM: [f32; OPTIM_LEN] = [0.0; OPTIM_LEN];
 
 /// The engine of this program.
-type Learner = Engine<{ SHAPE.input }, WORK_LEN, &'static mut [f32], StaticStore>;
+type Learner = Engine<{ SHAPE.input }, WORK_LEN, hvae::Model<f32, &'static mut [f32]>, StaticStore>;
 
 #[entry]
 fn main() -> ! {

@@ -127,12 +127,12 @@ impl Store for HostStore {
 }
 
 /// The learning engine on the host.
-pub type HostLearner = Engine<INPUTS, WORK, Vec<f32>, HostStore>;
+pub type HostLearner = Engine<INPUTS, WORK, VecModel, HostStore>;
 
 /// The scratch engine: the learning engine whose trainer remembers a reservoir of
 /// [`SCRATCH_MEM`] samples stored as bytes (the `scratch` scenario,
 /// docs/device.md#scenarios).
-pub type ScratchLearner = Engine<INPUTS, WORK, Vec<f32>, HostStore, LEARN, SCRATCH_MEM, u8>;
+pub type ScratchLearner = Engine<INPUTS, WORK, VecModel, HostStore, LEARN, SCRATCH_MEM, u8>;
 
 /// The scratch engine for `model` (weights CRC `crc`), or why the host cannot run it.
 pub fn scratch_learner(model: VecModel<f32>, crc: u32) -> Result<ScratchLearner, String> {
@@ -166,7 +166,7 @@ impl Store for NoBuffers {
 
 /// The adapting engine (the `adapt` program's, for parts without the RAM of a trainer):
 /// the inference parameters alone, online k-means of the centres, no buffers.
-pub type AdaptLearner = Engine<INPUTS, WORK, Vec<f32>, NoBuffers, ADAPT, ADAPT_MEM, u8>;
+pub type AdaptLearner = Engine<INPUTS, WORK, VecModel, NoBuffers, ADAPT, ADAPT_MEM, u8>;
 
 /// The adapting engine for `model`'s inference parameters (its decoder is dropped, as
 /// the `adapt` program holds none; `crc` is the whole blob's), or why the host cannot
@@ -280,7 +280,7 @@ pub fn spawn<
     const MEM: usize,
     E: hvae::train::samples::Stored<f32> + Send + 'static,
 >(
-    mut learner: Engine<INPUTS, WORK, Vec<f32>, S, CAPS, MEM, E>,
+    mut learner: Engine<INPUTS, WORK, VecModel, S, CAPS, MEM, E>,
 ) -> std::io::Result<Link> {
     let (req_rx, req_tx) = std::io::pipe()?;
     let (resp_rx, resp_tx) = std::io::pipe()?;

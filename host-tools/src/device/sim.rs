@@ -19,7 +19,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, Mutex};
 
 /// The engine of the simulated device: like `cluster`'s, it keeps no training state.
-type SimEngine = Engine<INPUTS, WORK, Vec<f32>, HostStore, INFER, CAP, f32, ()>;
+type SimEngine = Engine<INPUTS, WORK, VecModel, HostStore, INFER, CAP, f32, ()>;
 
 /// A misbehaviour, triggered when the device receives its `at`-th request (0-based,
 /// counting every request of the device's life).

@@ -1,0 +1,170 @@
+//! What an engine serves: the `f32` [`Model`] (over any [`Params`]: in RAM, trained in
+//! place, or in flash slots) or the int8 [`QuantModel`] in flash slots
+//! ([`Int8Weights`]). The engine's dispatch is the same for both; [`Served`] says what
+//! differs: the answers, the blob format a load takes, and whether there is an `f32`
+//! parameter vector to train, read back and checkpoint.
+
+use super::{Params, Slots};
+use crate::infer::model::Model;
+use crate::infer::quant::{self, QuantModel};
+use crate::protocol::answer::{
+    answer_encode, answer_encode_int8, answer_segment, answer_segment_int8,
+};
+use crate::protocol::{BlobFormat, F32Blob, Int8Blob, Response};
+use crate::shape::Shape;
+
+/// A model an [`Engine`](super::Engine) serves.
+pub trait Served {
+    /// The blob format `LoadWeights` takes.
+    type Blob: BlobFormat;
+    /// The `f32` parameters, when the model is the `f32` one (`[f32; 0]` otherwise).
+    type Params: Params;
+    /// The model's shape.
+    fn shape(&self) -> &Shape;
+    /// The values the device holds (`Info`'s `params_held`).
+    fn held(&self) -> usize;
+    /// Workspace values one call needs.
+    fn work_len(&self) -> usize;
+    /// The `f32` model (trained, read back, checkpointed), or `None`.
+    fn f32(&self) -> Option<&Model<f32, Self::Params>>;
+    /// The `f32` model, writable, or `None`.
+    fn f32_mut(&mut self) -> Option<&mut Model<f32, Self::Params>>;
+    /// The flash slots a load fills, when the weights live in flash.
+    fn slots(&mut self) -> Option<&mut dyn Slots>;
+    /// Answers a `Segment` request for the samples `xs` ([`crate::protocol::answer`];
+    /// `PAIRS`: two samples at a time, where the model has such code).
+    fn segment<const PAIRS: bool>(
+        &self,
+        xs: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+        emit: &mut dyn FnMut(&Response),
+    );
+    /// Answers an `Encode` request, as [`Served::segment`].
+    fn encode<const PAIRS: bool>(
+        &self,
+        xs: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+        emit: &mut dyn FnMut(&Response),
+    );
+}
+
+impl<P: Params> Served for Model<f32, P> {
+    type Blob = F32Blob;
+    type Params = P;
+    fn shape(&self) -> &Shape {
+        Model::shape(self)
+    }
+    fn held(&self) -> usize {
+        self.params().len()
+    }
+    fn work_len(&self) -> usize {
+        Model::work_len(self)
+    }
+    #[inline(always)]
+    fn f32(&self) -> Option<&Model<f32, P>> {
+        Some(self)
+    }
+    #[inline(always)]
+    fn f32_mut(&mut self) -> Option<&mut Model<f32, P>> {
+        Some(self)
+    }
+    #[inline(always)]
+    fn slots(&mut self) -> Option<&mut dyn Slots> {
+        self.storage_mut().slots()
+    }
+    #[inline(always)]
+    fn segment<const PAIRS: bool>(
+        &self,
+        xs: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+        emit: &mut dyn FnMut(&Response),
+    ) {
+        answer_segment::<_, PAIRS>(self, xs, work, out, emit)
+    }
+    #[inline(always)]
+    fn encode<const PAIRS: bool>(
+        &self,
+        xs: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+        emit: &mut dyn FnMut(&Response),
+    ) {
+        answer_encode::<_, PAIRS>(self, xs, work, out, emit)
+    }
+}
+
+/// Int8 weights in two flash slots: the [`QuantModel`] in use, and the slots an int8
+/// blob ([`crate::store::blob::VERSION_INT8`]) fills as it arrives. [`Slots::put`] gets
+/// the blob's words after the header (the int8 weights four to a word, the last one
+/// padded with zeros; the `i32` channels; the `f32` reals; each as the blob stores it,
+/// little-endian), and [`Slots::commit`] forms the new model with [`QuantModel::new`]
+/// from the filled slot: when it refuses the values (as [`ErrorCode`] from its
+/// [`QuantError`]), the slot is not sealed and the model in use stays.
+///
+/// [`ErrorCode`]: crate::protocol::ErrorCode
+/// [`QuantError`]: crate::infer::quant::QuantError
+pub trait Int8Weights: Slots {
+    /// The int8 weights.
+    type W: AsRef<[i8]>;
+    /// The `i32` values.
+    type I: AsRef<[i32]>;
+    /// The `f32` values.
+    type F: AsRef<[f32]>;
+    /// The model in use.
+    fn model(&self) -> &QuantModel<Self::W, Self::I, Self::F>;
+}
+
+/// Words of the int8 blob of `shape` after its header, before its CRC: the weights (four
+/// to a word, padded), the ints and the floats (what [`Int8Weights`] slots hold).
+pub const fn int8_words(shape: &Shape) -> usize {
+    quant::weight_len(shape).div_ceil(4) + quant::int_len(shape) + quant::float_len(shape)
+}
+
+/// The int8 model an engine serves, over its [`Int8Weights`].
+#[derive(Debug)]
+pub struct Int8<T>(pub T);
+
+impl<T: Int8Weights> Served for Int8<T> {
+    type Blob = Int8Blob;
+    type Params = [f32; 0];
+    fn shape(&self) -> &Shape {
+        self.0.model().shape()
+    }
+    fn held(&self) -> usize {
+        let s = self.shape();
+        quant::weight_len(s) + quant::int_len(s) + quant::float_len(s)
+    }
+    fn work_len(&self) -> usize {
+        self.0.model().work_len()
+    }
+    fn f32(&self) -> Option<&Model<f32, [f32; 0]>> {
+        None
+    }
+    fn f32_mut(&mut self) -> Option<&mut Model<f32, [f32; 0]>> {
+        None
+    }
+    fn slots(&mut self) -> Option<&mut dyn Slots> {
+        Some(&mut self.0)
+    }
+    fn segment<const PAIRS: bool>(
+        &self,
+        xs: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+        emit: &mut dyn FnMut(&Response),
+    ) {
+        answer_segment_int8(self.0.model(), xs, work, out, emit)
+    }
+    fn encode<const PAIRS: bool>(
+        &self,
+        xs: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+        emit: &mut dyn FnMut(&Response),
+    ) {
+        answer_encode_int8(self.0.model(), xs, work, out, emit)
+    }
+}
