@@ -373,7 +373,9 @@ engine_impl! {
                     Staging::Slot
                 }
                 None => {
-                    let n = net(&self.model)?.params().len();
+                    // Int8 weights without slots have nowhere to load into.
+                    let m = self.model.f32().ok_or(ErrorCode::Unsupported)?;
+                    let n = m.params().len();
                     Staging::Ram(self.store.take(n, 0).ok_or(ErrorCode::Internal)?.0)
                 }
             };

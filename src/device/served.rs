@@ -96,17 +96,21 @@ impl<P: Params> Served for Model<f32, P> {
     }
 }
 
-/// Int8 weights in two flash slots: the [`QuantModel`] in use, and the slots an int8
-/// blob ([`crate::store::blob::VERSION_INT8`]) fills as it arrives. [`Slots::put`] gets
-/// the blob's words after the header (the int8 weights four to a word, the last one
-/// padded with zeros; the `i32` channels; the `f32` reals; each as the blob stores it,
-/// little-endian), and [`Slots::commit`] forms the new model with [`QuantModel::new`]
-/// from the filled slot: when it refuses the values (as [`ErrorCode`] from its
-/// [`QuantError`]), the slot is not sealed and the model in use stays.
+/// The int8 weights an engine serves ([`Int8`]): the [`QuantModel`] in use and, when
+/// they live in flash, the two slots an int8 blob ([`crate::store::blob::VERSION_INT8`])
+/// fills as it arrives. [`Slots::put`] gets the blob's words after the header (the int8
+/// weights four to a word, the last one padded with zeros; the `i32` channels; the
+/// `f32` reals; each as the blob stores it, little-endian: [`int8_words`] of them), and
+/// [`Slots::commit`] forms the new model with [`QuantModel::new`] from the filled slot:
+/// when it refuses the values (as the [`ErrorCode`] of its [`QuantError`]), the slot is
+/// not sealed and the model in use stays.
+///
+/// A [`QuantModel`] itself is int8 weights without slots (compiled in: `LoadWeights`
+/// is then `Internal`, so such an engine leaves `CAP_LOAD` out).
 ///
 /// [`ErrorCode`]: crate::protocol::ErrorCode
 /// [`QuantError`]: crate::infer::quant::QuantError
-pub trait Int8Weights: Slots {
+pub trait Int8Weights {
     /// The int8 weights.
     type W: AsRef<[i8]>;
     /// The `i32` values.
@@ -115,6 +119,20 @@ pub trait Int8Weights: Slots {
     type F: AsRef<[f32]>;
     /// The model in use.
     fn model(&self) -> &QuantModel<Self::W, Self::I, Self::F>;
+    /// The flash slots an int8 blob is loaded into; `None` (the default) for weights
+    /// without slots.
+    fn slots(&mut self) -> Option<&mut dyn Slots> {
+        None
+    }
+}
+
+impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> Int8Weights for QuantModel<W, I, F> {
+    type W = W;
+    type I = I;
+    type F = F;
+    fn model(&self) -> &QuantModel<W, I, F> {
+        self
+    }
 }
 
 /// Words of the int8 blob of `shape` after its header, before its CRC: the weights (four
@@ -134,8 +152,8 @@ impl<T: Int8Weights> Served for Int8<T> {
         self.0.model().shape()
     }
     fn held(&self) -> usize {
-        let s = self.shape();
-        quant::weight_len(s) + quant::int_len(s) + quant::float_len(s)
+        let m = self.0.model();
+        m.weights().len() + m.ints().len() + m.floats().len()
     }
     fn work_len(&self) -> usize {
         self.0.model().work_len()
@@ -147,7 +165,7 @@ impl<T: Int8Weights> Served for Int8<T> {
         None
     }
     fn slots(&mut self) -> Option<&mut dyn Slots> {
-        Some(&mut self.0)
+        self.0.slots()
     }
     fn segment<const PAIRS: bool>(
         &self,

@@ -177,8 +177,11 @@ impl BlobFormat for Int8Blob {
     fn header(shape: &Shape) -> [u8; blob::HEADER_LEN_INT8] {
         int8_blob_header(shape)
     }
+    /// [`blob::int8_blob_len`] of a valid shape (the device's), in plain arithmetic.
     fn blob_len(shape: &Shape) -> usize {
-        blob::int8_blob_len(shape)
+        let words =
+            quant::weight_len(shape).div_ceil(4) + quant::int_len(shape) + quant::float_len(shape);
+        blob::HEADER_LEN_INT8 + 4 * words + CRC_LEN
     }
     /// The padding after the weights must be zero ([`ErrorCode::OutOfRange`], as
     /// [`blob::read_int8`] refuses it).
