@@ -23,8 +23,16 @@ pub const TX_FRAME: usize = max_response_frame(SHAPE.clusters, SHAPE.latent);
 pub const WORK_LEN: usize = SHAPE.work_len();
 
 /// The inference engine: it trains nothing, so it keeps no training state (`()`).
-pub type InferEngine =
-    Engine<{ SHAPE.input }, WORK_LEN, Model<f32, FlashWeights<Flash>>, NoBuffers, INFER, CAP, f32, ()>;
+pub type InferEngine = Engine<
+    { SHAPE.input },
+    WORK_LEN,
+    Model<f32, FlashWeights<Flash>>,
+    NoBuffers,
+    INFER,
+    CAP,
+    f32,
+    (),
+>;
 
 /// The inference engine running `active`, built in `slot` (where it stays: it holds a
 /// model workspace and the weight loader, which a small device does not have twice).

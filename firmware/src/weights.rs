@@ -346,12 +346,12 @@ impl<F: FlashWriter> Slots for FlashWeights<F> {
         Ok(())
     }
 
-    fn put(&mut self, index: usize, value: f32) -> Result<(), ErrorCode> {
+    fn put(&mut self, index: usize, word: u32) -> Result<(), ErrorCode> {
         let w = self
             .writing
             .as_ref()
             .ok_or(ErrorCode::LoadOrder { expected: 0 })?;
-        w.put(&mut self.flash, index, value)
+        w.put(&mut self.flash, index, f32::from_bits(word))
             .map_err(|_| ErrorCode::Storage)
     }
 

@@ -53,8 +53,15 @@ static mut PARAMS: [f32; PARAM_LEN] = [0.0; PARAM_LEN];
 static mut SCRATCH: [f32; SCRATCH_LEN] = [0.0; SCRATCH_LEN];
 static mut OPTIM: [f32; OPTIM_LEN] = [0.0; OPTIM_LEN];
 /// The engine of this program: the trainer remembers a reservoir of bytes.
-type Learner =
-    Engine<{ SHAPE.input }, WORK_LEN, hvae::Model<f32, &'static mut [f32]>, StaticStore, LEARN, SCRATCH_MEM, u8>;
+type Learner = Engine<
+    { SHAPE.input },
+    WORK_LEN,
+    hvae::Model<f32, &'static mut [f32]>,
+    StaticStore,
+    LEARN,
+    SCRATCH_MEM,
+    u8,
+>;
 
 #[entry]
 fn main() -> ! {
