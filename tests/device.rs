@@ -1,18 +1,25 @@
 //! `hvae::device`: the engine's dispatch with each set of capabilities (an inference
 //! engine refuses `TrainBatch` and keeps loaded weights across a reboot; a learning one
 //! trains and keeps them only on `Checkpoint`), the server over an in-memory transport,
-//! and the `Internal` error frame the server falls back on.
+//! and the `Internal` error frame the server falls back on; the int8 model on the same
+//! engine (its answers, loads of int8 blobs into flash slots, the blobs it refuses).
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
-    checkpoint_slot_len, checkpoint_slot_len_with, optim_len, scratch_len, scratch_len_with,
-    Engine, Learns, Params, Served, Slots, Store, Transport, CAP, INFER, INTERNAL_ERROR_FRAME,
-    LEARN,
+    checkpoint_slot_len, checkpoint_slot_len_with, int8_words, optim_len, scratch_len,
+    scratch_len_with, Engine, Int8, Int8Weights, Learns, Params, Served, Slots, Store, Transport,
+    CAP, INFER, INFER_INT8, INTERNAL_ERROR_FRAME, LEARN,
 };
+use hvae::infer::quant::{
+    calibration_len, float_len, int_len, quantize, weight_len, Calibration, QuantModel,
+};
+use hvae::protocol::answer::{answer_encode_int8, answer_segment_int8};
 use hvae::protocol::{
-    encode, CentreChange, ErrorCode, FrameDecoder, Request, Response, TrainOptimiser, TrainScope,
-    TrainSettings, CAP_TRAIN, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+    encode, int8_blob_header, CentreChange, DeviceInfo, ErrorCode, FrameDecoder, Request, Response,
+    TrainOptimiser, TrainScope, TrainSettings, CAP_TRAIN, MAX_CHUNK, MAX_REQUEST_FRAME,
+    MAX_RESPONSE_FRAME,
 };
+use hvae::store::blob::crc32;
 use hvae::Checkpoints;
 use hvae::Model;
 use hvae::Shape;
@@ -132,7 +139,8 @@ fn engine<const CAPS: u32>(
     Engine::new(m, crc, store, MAX_REQUEST_FRAME).unwrap()
 }
 
-/// Loads `bytes` in chunks; the last response.
+/// Loads `bytes` in chunks; the last response, or the first that is not `Ack` (the
+/// device abandons the load there).
 fn load<M: Served, const CAPS: u32, L: Learns<D, CAP, Vec<f32>, f32>>(
     e: &mut Engine<D, W, M, Heap, CAPS, CAP, f32, L>,
     bytes: &[u8],
@@ -145,6 +153,9 @@ fn load<M: Served, const CAPS: u32, L: Learns<D, CAP, Vec<f32>, f32>>(
             bytes: heapless::Vec::from_slice(c).unwrap(),
             last: i + 1 == n,
         });
+        if last != Response::Ack {
+            break;
+        }
     }
     last
 }
@@ -790,4 +801,345 @@ fn settings_with(scope: TrainScope, optimiser: TrainOptimiser) -> TrainSettings 
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+// --- The int8 model on the same engine, over in-memory flash slots ------------------
+
+type Quant = QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>;
+
+/// The int8 form of [`model`]`(seed)`, calibrated on normal samples.
+fn quantised(seed: u64) -> Quant {
+    let m = model(seed);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x51);
+    let mut cal = Calibration::new(&S, vec![0f32; calibration_len(&S)]).unwrap();
+    let mut work = vec![0f32; S.work_len()];
+    for _ in 0..50 {
+        let x: Vec<f32> = (0..D)
+            .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
+            .collect();
+        cal.observe(&m, &x, &mut work).unwrap();
+    }
+    let mut w = vec![0; weight_len(&S)];
+    let mut i = vec![0; int_len(&S)];
+    let mut f = vec![0.0; float_len(&S)];
+    quantize(&m, &cal, &mut w, &mut i, &mut f).unwrap();
+    QuantModel::new(S, w, i, f).unwrap()
+}
+
+fn int8_blob(q: &Quant) -> Vec<u8> {
+    let mut out = vec![0u8; hvae::store::blob::int8_blob_len(q.shape())];
+    let n = hvae::store::blob::write_int8(q, &mut out).unwrap();
+    assert_eq!(n, out.len());
+    out
+}
+
+/// Int8 weights in two flash slots of words, as a device keeps them: a load fills the
+/// other slot, and a commit forms the model from its words (or refuses them).
+struct Int8Slots {
+    model: Quant,
+    words: [Vec<u32>; 2],
+    running: usize,
+    filling: Option<usize>,
+    commits: Vec<u32>,
+}
+
+impl Int8Slots {
+    fn new(q: Quant) -> Int8Slots {
+        let n = int8_words(&S);
+        Int8Slots {
+            model: q,
+            words: [vec![0; n], vec![0; n]],
+            running: 0,
+            filling: None,
+            commits: Vec::new(),
+        }
+    }
+}
+
+impl Slots for Int8Slots {
+    fn begin(&mut self) -> Result<(), ErrorCode> {
+        let other = 1 - self.running;
+        self.words[other].fill(u32::MAX);
+        self.filling = Some(other);
+        Ok(())
+    }
+    fn put(&mut self, index: usize, word: u32) -> Result<(), ErrorCode> {
+        let slot = self.filling.ok_or(ErrorCode::Storage)?;
+        if let Some(w) = self.words[slot].get_mut(index) {
+            *w = word;
+        }
+        Ok(())
+    }
+    fn commit(&mut self, crc: u32) -> Result<(), ErrorCode> {
+        let slot = self.filling.take().ok_or(ErrorCode::Storage)?;
+        let words = &self.words[slot];
+        let nw = weight_len(&S);
+        let (wq, rest) = words.split_at(nw.div_ceil(4));
+        let (iq, fq) = rest.split_at(int_len(&S));
+        let w: Vec<i8> = wq
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .take(nw)
+            .map(|b| b as i8)
+            .collect();
+        let i: Vec<i32> = iq.iter().map(|&v| v as i32).collect();
+        let f: Vec<f32> = fq.iter().map(|&v| f32::from_bits(v)).collect();
+        self.model = QuantModel::new(S, w, i, f).map_err(ErrorCode::from)?;
+        self.running = slot;
+        self.commits.push(crc);
+        Ok(())
+    }
+}
+
+impl Int8Weights for Int8Slots {
+    type W = Vec<i8>;
+    type I = Vec<i32>;
+    type F = Vec<f32>;
+    fn model(&self) -> &Quant {
+        &self.model
+    }
+    fn slots(&mut self) -> Option<&mut dyn Slots> {
+        Some(self)
+    }
+}
+
+type Int8Engine = Engine<D, W, Int8<Int8Slots>, Heap, INFER_INT8, CAP, f32, ()>;
+
+fn int8_engine(q: Quant) -> Int8Engine {
+    let crc = crc32(&int8_blob(&q)[..hvae::store::blob::int8_blob_len(&S) - 4]);
+    Engine::new(Int8(Int8Slots::new(q)), crc, Heap::new(), MAX_REQUEST_FRAME).unwrap()
+}
+
+/// Samples that tell two int8 models apart (and one with a NaN).
+fn int8_samples() -> Vec<Vec<f32>> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(77);
+    let mut xs: Vec<Vec<f32>> = (0..8)
+        .map(|_| {
+            (0..D)
+                .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
+                .collect()
+        })
+        .collect();
+    xs[3][5] = f32::NAN;
+    xs
+}
+
+/// The answers of `q` itself (the core's answer functions): `Segment` then `Encode` of
+/// each sample, one request each.
+fn int8_answers_of(q: &Quant) -> Vec<Response> {
+    let mut out = Vec::new();
+    let mut work = vec![0.0f32; q.work_len()];
+    for x in int8_samples() {
+        let mut r = Response::Ack;
+        answer_segment_int8(q, &x, &mut work, &mut r, &mut |a| out.push(a.clone()));
+        answer_encode_int8(q, &x, &mut work, &mut r, &mut |a| out.push(a.clone()));
+    }
+    out
+}
+
+/// The engine's answers to the same requests.
+fn int8_answers(e: &mut Int8Engine) -> Vec<Response> {
+    let mut out = Vec::new();
+    for x in int8_samples() {
+        let sample = heapless::Vec::from_slice(&x).unwrap();
+        e.handle_each(&Request::Segment { sample }, &mut |a| out.push(a.clone()));
+        let sample = heapless::Vec::from_slice(&x).unwrap();
+        e.handle_each(&Request::Encode { sample }, &mut |a| out.push(a.clone()));
+    }
+    out
+}
+
+fn info_of<M: Served, const CAPS: u32, L: Learns<D, CAP, Vec<f32>, f32>>(
+    e: &mut Engine<D, W, M, Heap, CAPS, CAP, f32, L>,
+) -> DeviceInfo {
+    match e.handle(&Request::Info) {
+        Response::Info(info) => info,
+        r => panic!("Info: {r:?}"),
+    }
+}
+
+#[test]
+fn the_int8_blob_header_is_what_the_int8_blob_writer_writes() {
+    for shape in [
+        S,
+        Shape::new(5, &[7, 3], 3, 2),
+        Shape::new(64, &[32], 8, 10),
+    ] {
+        let q = QuantModel::new(
+            shape,
+            vec![1i8; weight_len(&shape)],
+            vec![1i32; int_len(&shape)],
+            vec![1.0f32; float_len(&shape)],
+        )
+        .unwrap();
+        let mut out = vec![0u8; hvae::store::blob::int8_blob_len(&shape)];
+        hvae::store::blob::write_int8(&q, &mut out).unwrap();
+        assert_eq!(
+            int8_blob_header(&shape)[..],
+            out[..hvae::store::blob::HEADER_LEN_INT8]
+        );
+    }
+}
+
+#[test]
+fn an_int8_engine_answers_as_its_model_and_reports_the_int8_blob() {
+    let q = quantised(1);
+    let crc = crc32(&int8_blob(&q)[..hvae::store::blob::int8_blob_len(&S) - 4]);
+    let mut e = int8_engine(q.clone());
+    let info = info_of(&mut e);
+    assert_eq!(info.blob, hvae::store::blob::VERSION_INT8);
+    assert_eq!(info.weights_crc, crc);
+    assert_eq!(
+        info.params_held as usize,
+        weight_len(&S) + int_len(&S) + float_len(&S)
+    );
+    assert_eq!(info.capabilities, INFER_INT8);
+    let want = int8_answers_of(&q);
+    assert!(want.contains(&Response::Error(ErrorCode::NonFiniteInput)));
+    assert!(want.iter().any(|r| matches!(r, Response::Segmented { .. })));
+    assert_eq!(int8_answers(&mut e), want);
+    // No f32 values to read back, no training, nothing to checkpoint.
+    let refused = [
+        Request::ReadWeights {
+            offset: 0,
+            count: 4,
+        },
+        Request::Checkpoint,
+        Request::TrainBatch {
+            samples: heapless::Vec::from_slice(&[0.5; D]).unwrap(),
+            steps: 1,
+            settings: None,
+        },
+    ];
+    for r in refused {
+        assert_eq!(
+            e.handle(&r),
+            Response::Error(ErrorCode::Unsupported),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn an_int8_engine_loads_another_int8_blob_into_the_other_slot() {
+    let (first, second) = (quantised(1), quantised(2));
+    let mut e = int8_engine(first.clone());
+    let before = int8_answers(&mut e);
+    let bytes = int8_blob(&second);
+    let crc = crc32(&bytes[..bytes.len() - 4]);
+    assert_eq!(load(&mut e, &bytes), Response::Loaded { weights_crc: crc });
+    assert_eq!(e.model().0.running, 1);
+    assert_eq!(e.model().0.commits, [crc]);
+    assert_eq!(e.model().0.model, second);
+    assert_eq!(info_of(&mut e).weights_crc, crc);
+    // The new model's exact answers, not the old one's.
+    let after = int8_answers(&mut e);
+    assert_eq!(after, int8_answers_of(&second));
+    assert_ne!(after, before);
+    // And back: the first slot again.
+    let bytes = int8_blob(&first);
+    assert!(matches!(load(&mut e, &bytes), Response::Loaded { .. }));
+    assert_eq!(e.model().0.running, 0);
+    assert_eq!(int8_answers(&mut e), before);
+}
+
+#[test]
+fn an_int8_engine_refuses_bad_blobs_and_keeps_its_model() {
+    let first = quantised(1);
+    let second = quantised(2);
+    let good = int8_blob(&second);
+    let fix = |mut b: Vec<u8>| {
+        let n = b.len() - 4;
+        let crc = crc32(&b[..n]);
+        b[n..].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
+    let h = hvae::store::blob::HEADER_LEN_INT8;
+    let at = |what: &str| -> usize {
+        // Offsets of the first int and the first float after the header.
+        let w = weight_len(&S).next_multiple_of(4);
+        match what {
+            "int" => h + w,
+            _ => h + w + 4 * int_len(&S),
+        }
+    };
+    let mut flipped = good.clone();
+    flipped[h + 10] ^= 0x10;
+    let mut weight_128 = good.clone();
+    weight_128[h] = 0x80;
+    let mut bad_shift = good.clone();
+    // The first channel's shift (bias, multiplier, shift): 0 is out of range.
+    let s = at("int") + 8;
+    bad_shift[s..s + 4].copy_from_slice(&0i32.to_le_bytes());
+    let mut nan = good.clone();
+    let f = at("float");
+    nan[f..f + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let other_shape = Shape::new(12, &[8], 4, 5);
+    let other = QuantModel::new(
+        other_shape,
+        vec![1i8; weight_len(&other_shape)],
+        vec![1i32; int_len(&other_shape)],
+        vec![1.0f32; float_len(&other_shape)],
+    )
+    .unwrap();
+    let mut other_bytes = vec![0u8; hvae::store::blob::int8_blob_len(&other_shape)];
+    hvae::store::blob::write_int8(&other, &mut other_bytes).unwrap();
+    let n = good.len() - 4;
+    let bad_crc = ErrorCode::BadCrc {
+        stored: crc32(&good[..n]),
+        computed: crc32(&flipped[..n]),
+    };
+    let cases = [
+        ("a flipped bit", flipped, bad_crc),
+        (
+            "an f32 blob (version 1)",
+            blob(&model(2)),
+            ErrorCode::UnsupportedVersion(1),
+        ),
+        (
+            "an int8 blob of another shape",
+            other_bytes,
+            ErrorCode::ShapeMismatch,
+        ),
+        ("a weight of -128", fix(weight_128), ErrorCode::OutOfRange),
+        ("a shift of 0", fix(bad_shift), ErrorCode::OutOfRange),
+        (
+            "a NaN real",
+            fix(nan),
+            ErrorCode::NonFiniteWeight { index: 0 },
+        ),
+        (
+            "cut short",
+            good[..good.len() - 8].to_vec(),
+            ErrorCode::LoadLength,
+        ),
+    ];
+    let mut e = int8_engine(first.clone());
+    let before = int8_answers(&mut e);
+    let crc = info_of(&mut e).weights_crc;
+    for (what, bytes, refused) in cases {
+        assert_eq!(load(&mut e, &bytes), Response::Error(refused), "{what}");
+        assert_eq!(e.model().0.running, 0, "{what}");
+        assert!(e.model().0.commits.is_empty(), "{what}");
+        assert_eq!(e.model().0.model, first, "{what}");
+        assert_eq!(info_of(&mut e).weights_crc, crc, "{what}");
+        assert_eq!(int8_answers(&mut e), before, "{what}");
+    }
+    // The good blob still loads after them.
+    assert!(matches!(load(&mut e, &good), Response::Loaded { .. }));
+    assert_eq!(int8_answers(&mut e), int8_answers_of(&second));
+}
+
+#[test]
+fn int8_weights_without_slots_cannot_load() {
+    let q = quantised(1);
+    let crc = crc32(&int8_blob(&q)[..hvae::store::blob::int8_blob_len(&S) - 4]);
+    let mut e: Engine<D, W, Int8<Quant>, Heap, INFER_INT8, CAP, f32, ()> =
+        Engine::new(Int8(q.clone()), crc, Heap::new(), MAX_REQUEST_FRAME).unwrap();
+    assert_eq!(
+        load(&mut e, &int8_blob(&quantised(2))),
+        Response::Error(ErrorCode::Unsupported)
+    );
+    assert_eq!(e.model().0, q);
+    assert_eq!(info_of(&mut e).weights_crc, crc);
 }

@@ -695,6 +695,62 @@ fn weight_loader_enforces_order_and_sink_errors() {
 }
 
 #[test]
+fn int8_weight_loader_hands_on_the_words_and_checks_the_padding() {
+    use hvae::infer::quant::{float_len, int_len, weight_len, QuantModel};
+    // 35 + 21 + 9 = 65 int8 weights: three bytes of padding after them.
+    let shape = Shape::new(5, &[7, 3], 3, 2);
+    let w: Vec<i8> = (0..weight_len(&shape))
+        .map(|i| (i % 251) as i8 - 100)
+        .collect();
+    let n: Vec<i32> = (0..int_len(&shape)).map(|i| 1 + (i % 7) as i32).collect();
+    let f: Vec<f32> = (0..float_len(&shape)).map(|i| 0.5 + i as f32).collect();
+    let q = QuantModel::new(shape, w, n, f).unwrap();
+    let mut bytes = vec![0u8; blob::int8_blob_len(&shape)];
+    blob::write_int8(&q, &mut bytes).unwrap();
+    let stream = |bytes: &[u8]| -> Result<(Vec<u32>, u32), ErrorCode> {
+        let mut loader = WeightLoader::<Int8Blob>::of_format(shape);
+        let mut words = Vec::new();
+        for (i, c) in bytes.chunks(7).enumerate() {
+            loader.feed((i * 7) as u32, c, |idx, v| {
+                assert_eq!(idx, words.len());
+                words.push(v);
+                Ok(())
+            })?;
+        }
+        Ok((words, loader.finish()?))
+    };
+    let (words, crc) = stream(&bytes).unwrap();
+    let h = blob::HEADER_LEN_INT8;
+    let want: Vec<u32> = bytes[h..bytes.len() - 4]
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(words, want);
+    assert_eq!(words.len(), hvae::device::int8_words(&shape));
+    assert_eq!(crc, blob::crc32(&bytes[..bytes.len() - 4]));
+    // A padding byte that is not zero (CRC fixed): refused, as the blob reader does.
+    let mut padded = bytes.clone();
+    padded[h + 66] = 1;
+    let end = padded.len() - 4;
+    let c = blob::crc32(&padded[..end]);
+    padded[end..].copy_from_slice(&c.to_le_bytes());
+    assert_eq!(
+        blob::read_int8_shape(&padded).map(|_| ()),
+        Ok(()),
+        "header, length and CRC are fine"
+    );
+    assert_eq!(stream(&padded), Err(ErrorCode::OutOfRange));
+    // An f32 blob to the int8 loader, and an int8 blob to the f32 loader.
+    let (_, f32_blob) = model_and_blob(shape, 3);
+    assert_eq!(stream(&f32_blob), Err(ErrorCode::UnsupportedVersion(1)));
+    let mut loader = WeightLoader::new(shape);
+    assert_eq!(
+        loader.feed(0, &bytes, |_, _| Ok(())),
+        Err(ErrorCode::UnsupportedVersion(2))
+    );
+}
+
+#[test]
 fn segmented_response_carries_the_model_output() {
     let (params, _) = model_and_blob(DIGITS, 6);
     let model = Model::new(DIGITS, &params[..]).unwrap();

@@ -109,7 +109,7 @@ engine_impl! {
         };
         let shape = *model.shape();
         Engine {
-            loader: WeightLoader::new(shape),
+            loader: WeightLoader::of_format(shape),
             model,
             crc: Some(crc),
             staging: None,

@@ -252,9 +252,17 @@ impl<V> core::fmt::Debug for WeightLoader<V> {
     }
 }
 
-impl<V: BlobFormat> WeightLoader<V> {
-    /// A loader for blobs of `shape` (the device's compiled shape).
+impl WeightLoader {
+    /// A loader for `f32` blobs of `shape` (the device's compiled shape).
     pub const fn new(shape: Shape) -> Self {
+        Self::of_format(shape)
+    }
+}
+
+impl<V: BlobFormat> WeightLoader<V> {
+    /// A loader for blobs of `shape` (the device's compiled shape) in the format `V`
+    /// (`WeightLoader::<Int8Blob>::of_format(shape)`).
+    pub const fn of_format(shape: Shape) -> Self {
         WeightLoader {
             shape,
             received: 0,
@@ -268,7 +276,7 @@ impl<V: BlobFormat> WeightLoader<V> {
 
     /// Abandons the current blob.
     pub fn reset(&mut self) {
-        *self = WeightLoader::new(self.shape);
+        *self = Self::of_format(self.shape);
     }
 
     /// Bytes of the current blob accepted so far (the offset the next chunk must have).
