@@ -7,12 +7,14 @@
 //! |---|---|
 //! | [`Engine`] | the request dispatch (info, answers, weight loading, read back, checkpoints, training), the capabilities chosen by a const ([`LEARN`], [`INFER`]) |
 //! | [`Store`] | where the engine's big buffers live and where checkpoints go ([`crate::store::checkpoint`] over `embedded-storage` NOR flash) |
+//! | [`Served`], [`Int8`] | the model the engine serves: the `f32` [`Model`](crate::Model), or the int8 [`QuantModel`](crate::QuantModel) ([`Int8Weights`]); what differs between them (answers, the blob a load takes) |
 //! | [`Params`], [`Slots`] | where the weights live: in RAM (trained in place, loads staged and copied), or in flash slots a load fills as it arrives |
 //! | [`Learns`], [`Learning`] | the training state an engine keeps: all of it, or `()` in an engine that only answers |
 //! | [`Transport`], [`Engine::serve`] | the server: frames from a byte stream, answers back |
 //!
 //! The firmware's programs are thin binaries over the engine: `cluster` with the
-//! [`INFER`] capabilities, the weights in flash and no training state; `learn` and
+//! [`INFER`] capabilities, the weights in flash and no training state; `cluster_int8`
+//! the same over the compiled-in int8 model ([`Int8`], `Segment` and `Encode`); `learn` and
 //! `learn_scratch` over static buffers; `adapt` with the [`ADAPT`] capabilities. The host
 //! tool runs the same engine over heap buffers and in-memory pipes, as the reference of
 //! `hvae device-train` and as the simulated device of its tests (which wraps the
