@@ -469,3 +469,78 @@ fn density_is_the_mixture_negative_log_likelihood() {
     let added = parts.total - base.total;
     assert!((added - 1.5 * 0.5 * want).abs() < 1e-10, "{added}");
 }
+
+#[test]
+fn transposed_weights_give_the_same_bits() {
+    // `LossBuffers::with_transposed`: the forward passes read every dense layer's
+    // weights transposed (`dense_forward_t`); the loss, the gradient and the marginal
+    // must be the bits of the plain buffers', in f32 with the real samplers, for layer
+    // widths on and off the kernel's blocks of sixteen, two hidden layers, both
+    // posteriors, likelihoods and activations, and every scope.
+    use hvae::train::loss::RandomDraws;
+    use rand_core::SeedableRng;
+    use rand_xoshiro::Xoshiro256PlusPlus;
+    let shapes = [
+        Shape::new(64, &[32], 16, 10).with_posterior(Posterior::PowerSpherical),
+        Shape::new(13, &[21, 17], 5, 3)
+            .with_activation(Activation::Tanh)
+            .with_likelihood(Likelihood::Bernoulli),
+        Shape::new(40, &[48], 33, 4),
+    ];
+    let mut compared = 0;
+    for (n, s) in shapes.into_iter().enumerate() {
+        let mut r = Lcg(40 + n as u64);
+        let params: Vec<f32> = (0..s.param_len())
+            .map(|_| 0.3 * r.normal() as f32)
+            .collect();
+        let model = Model::new(s, params).unwrap();
+        let b = 12;
+        let inputs: Vec<f32> = (0..b * s.input).map(|_| r.uniform() as f32).collect();
+        let pairs: Vec<(u16, u16)> = (0..b as u16 / 2).map(|i| (i, i + b as u16 / 2)).collect();
+        let batch = Batch {
+            inputs: &inputs,
+            labels: &[],
+            pairs: &pairs,
+        };
+        let cfg = LossConfig::<f32> {
+            gamma: 6.0,
+            ..LossConfig::default()
+        };
+        for scope in [
+            Scope::Full,
+            Scope::EncoderAndSegmenter,
+            Scope::SegmenterOnly,
+        ] {
+            let run = |transposed: bool| {
+                let mut store;
+                let mut bufs = if transposed {
+                    store =
+                        vec![f32::NAN; LossBuffers::<f32>::storage_len_transposed(&s, scope, b)];
+                    LossBuffers::with_transposed(&s, scope, b, &mut store).unwrap()
+                } else {
+                    store = vec![f32::NAN; LossBuffers::<f32>::storage_len(&s, scope, b)];
+                    LossBuffers::new(&s, scope, b, &mut store).unwrap()
+                };
+                bufs.marginal_mut().fill(0.2);
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+                let parts =
+                    loss_and_grad(&model, &batch, &cfg, &mut RandomDraws(&mut rng), &mut bufs)
+                        .unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                (
+                    bits(&[parts.total, parts.recon, parts.kl, parts.consistency]),
+                    bits(bufs.grads()),
+                    bits(bufs.marginal()),
+                )
+            };
+            let plain = run(false);
+            assert!(
+                plain.1.iter().any(|&g| g != 0),
+                "{s:?} {scope:?}: a zero gradient"
+            );
+            assert_eq!(run(true), plain, "{s:?} {scope:?}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 9);
+}

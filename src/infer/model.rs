@@ -10,10 +10,11 @@
 //! `reconstruct` = `encode` + decoder. No loops depend on the data.
 
 use crate::infer::nn::{
-    dense_forward, dense_forward2, dot, inv_norm, inv_sqrt, softplus, sq_and_dot, sq_and_dot2,
-    sq_and_dot2_8, sq_and_dot8,
+    dense_forward2, dot, inv_norm, inv_sqrt, softplus, sq_and_dot, sq_and_dot2, sq_and_dot2_8,
+    sq_and_dot8,
 };
 use crate::infer::views::{carve, carve_ref, suffix, ParamLayout, Params, Work};
+use crate::kernels::portable::transpose;
 use crate::shape::{Shape, ShapeError, KAPPA_MAX};
 use crate::Real;
 use core::marker::PhantomData;
@@ -556,6 +557,30 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         self.at.params.params(self.params.as_ref(), true)
     }
 
+    /// The parameters as the forward passes of training read them from `copy`
+    /// ([`Shape::param_len`] values, overwritten): the model's parameters with every
+    /// dense layer's weights transposed ([`Params::transposed`]), so that the layers run
+    /// [`crate::kernels::dense_forward_t`] (the same bits as
+    /// [`crate::kernels::dense_forward`]). `None` without the
+    /// decoder or when `copy` has another length.
+    pub(crate) fn transposed_views<'c>(&self, copy: &'c mut [T]) -> Option<Params<'c, T>> {
+        let (s, params) = (&self.shape, self.params.as_ref());
+        if !self.has_decoder() || copy.len() != params.len() {
+            return None;
+        }
+        copy.copy_from_slice(params);
+        // The encoder's hidden layers and the direction head, then the decoder's hidden
+        // layers and its output layer, each block weights then biases.
+        let (m, h) = (s.latent, s.last_hidden());
+        let encoder = (0..s.depth()).map(|l| s.encoder_layer(l)).chain([(m, h)]);
+        let decoder = (0..=s.depth()).map(|l| s.decoder_layer(l));
+        transpose_block(params, copy, s.encoder_offset(), encoder)?;
+        transpose_block(params, copy, s.decoder_offset(), decoder)?;
+        let mut p = self.at.params.params(copy, true);
+        p.transposed = true;
+        Some(p)
+    }
+
     /// [`Model::views`] without the decoder.
     fn inference_views(&self) -> Params<'_, T> {
         self.at.params.params(self.params.as_ref(), false)
@@ -600,11 +625,11 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             let (o, i) = self.shape.encoder_layer(l);
             let (wt, b) = (carve_ref(&mut layers, o * i), carve_ref(&mut layers, o));
             let out = carve(&mut outs, o);
-            let pre = dense_forward(wt, b, input, out, act);
+            let pre = p.dense(wt, b, input, out, act);
             first.get_or_insert(pre);
             input = out;
         }
-        let pre = dense_forward(p.mu.w, p.mu.b, input, w.mu, None);
+        let pre = p.dense(p.mu.w, p.mu.b, input, w.mu, None);
         check_first(first.unwrap_or(pre), x)?;
         encoder_head(p, input, w.mu)
     }
@@ -683,11 +708,28 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             let (o, i) = self.shape.decoder_layer(l);
             let (wt, b) = (carve_ref(&mut layers, o * i), carve_ref(&mut layers, o));
             let out = carve(&mut outs, o);
-            dense_forward(wt, b, input, out, act);
+            p.dense(wt, b, input, out, act);
             input = out;
         }
-        dense_forward(p.out.w, p.out.b, input, w.xhat, None);
+        p.dense(p.out.w, p.out.b, input, w.xhat, None);
     }
+}
+
+/// The weights of the dense layers `layers` (`(out, in)` each, weights then biases,
+/// from `start` on) transposed from `params` into `copy`; `None` past either end.
+fn transpose_block<T: Copy>(
+    params: &[T],
+    copy: &mut [T],
+    start: usize,
+    layers: impl Iterator<Item = (usize, usize)>,
+) -> Option<()> {
+    let mut at = start;
+    for (o, i) in layers {
+        let end = at + o * i;
+        transpose(params.get(at..end)?, o, i, copy.get_mut(at..end)?);
+        at = end + o;
+    }
+    Some(())
 }
 
 /// The rest of the encoder after its dense layers, from the last hidden layer `h`:

@@ -12,7 +12,7 @@
 //! Callers guarantee the lengths (they come from a validated [`Shape`](crate::Shape));
 //! every function is `O(out * in)`.
 
-pub(crate) use crate::kernels::{dense_backward, dense_forward, dense_forward2};
+pub(crate) use crate::kernels::{dense_backward, dense_forward2};
 use crate::{Activation, Real};
 
 impl Activation {

@@ -104,6 +104,22 @@ pub fn dense_forward2<T: Real>(
     portable::dense_forward2(w, b, (x0, x1), (y0, y1), act)
 }
 
+/// [`dense_forward`] with the weights transposed (`wt` = `Wᵀ`, row-major `x.len() x
+/// y.len()`): the same sums in the same order, so the same bits, with the outputs
+/// worked on side by side (vector registers on the host). The portable kernel on every
+/// target: see [`portable::dense_forward_t`]. Training on the host reads its forward
+/// passes' weights this way ([`crate::train::loss::LossBuffers::with_transposed`]).
+#[inline]
+pub fn dense_forward_t<T: Real>(
+    wt: &[T],
+    b: &[T],
+    x: &[T],
+    y: &mut [T],
+    act: Option<Activation>,
+) -> T {
+    portable::dense_forward_t(wt, b, x, y, act)
+}
+
 /// `v` as `f32` when `T` is `f32`.
 #[cfg(all(target_arch = "arm", target_abi = "eabihf", target_os = "none"))]
 #[inline(always)]

@@ -456,6 +456,76 @@ pub fn dense_forward2<T: Real>(
     first.unwrap_or((T::zero(), T::zero()))
 }
 
+/// Outputs summed side by side by [`dense_forward_t`].
+const T_BLOCK: usize = 16;
+
+/// [`dense_forward`] with the weights transposed: `wt` is `Wᵀ`, row-major `x.len() x
+/// y.len()` (the weights of input `j` to every output, side by side; [`transpose`]
+/// makes it). Each output is the same sum in the same order as [`dense_forward`]'s,
+/// `b + w_0 x_0 + w_1 x_1 + ...`, so the results are the same bits; what changes is
+/// the order in which the outputs are worked on: sixteen at a time, each input's
+/// sixteen weights contiguous, so that the sixteen sums advance together in vector
+/// registers where the target has them (the row-major kernel reads each output's
+/// weights as a row and sums one output per accumulator). Outputs past the last block
+/// of sixteen are done one at a time. Returns the first output before the activation
+/// (zero without outputs), as [`dense_forward`] does.
+#[inline]
+pub fn dense_forward_t<T: Real>(
+    wt: &[T],
+    b: &[T],
+    x: &[T],
+    y: &mut [T],
+    act: Option<Activation>,
+) -> T {
+    let m = y.len();
+    let f = |v: T| match act {
+        Some(a) => a.of(v),
+        None => v,
+    };
+    // The rows of `Wᵀ`, one per input (`m` values each).
+    let rows = wt.chunks_exact(m.max(1)).zip(x);
+    let (yq, yr) = y.as_chunks_mut::<T_BLOCK>();
+    let (bq, br) = b.as_chunks::<T_BLOCK>();
+    let mut first = None;
+    for (blk, (yo, bo)) in yq.iter_mut().zip(bq).enumerate() {
+        let mut acc = *bo;
+        for (wr, &xj) in rows.clone() {
+            // Every row has `m` values, so the block is always there.
+            if let Some(wq) = wr.as_chunks::<T_BLOCK>().0.get(blk) {
+                for (a, &w) in acc.iter_mut().zip(wq) {
+                    *a += w * xj;
+                }
+            }
+        }
+        first.get_or_insert(acc[0]);
+        for (yv, &a) in yo.iter_mut().zip(&acc) {
+            *yv = f(a);
+        }
+    }
+    let done = yq.len() * T_BLOCK;
+    for (o, (yo, &bo)) in yr.iter_mut().zip(br).enumerate() {
+        let mut a = bo;
+        for (wr, &xj) in rows.clone() {
+            if let Some(&w) = wr.get(done + o) {
+                a += w * xj;
+            }
+        }
+        first.get_or_insert(a);
+        *yo = f(a);
+    }
+    first.unwrap_or(T::zero())
+}
+
+/// `wt = Wᵀ` for `W` row-major `n_out x n_in` (`wt` row-major `n_in x n_out`); values
+/// past either length are left alone.
+pub fn transpose<T: Copy>(w: &[T], n_out: usize, n_in: usize, wt: &mut [T]) {
+    for (o, wr) in w.chunks_exact(n_in.max(1)).take(n_out).enumerate() {
+        for (t, &v) in wt.iter_mut().skip(o).step_by(n_out.max(1)).zip(wr) {
+            *t = v;
+        }
+    }
+}
+
 /// Backward pass of [`dense_forward`] for upstream gradient `dy`:
 /// adds `dy xᵀ` into `dw` and `dy` into `db` when given (a frozen layer passes `None`),
 /// and writes `Wᵀ dy` into `dx` when given (the first layer needs no input gradient).
@@ -791,7 +861,7 @@ mod tests {
             seed ^= seed << 5;
             (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
         };
-        for n_out in 1..=17 {
+        for n_out in (1..=17).chain([31, 32, 33, 48]) {
             for n_in in 0..=19 {
                 let w: std::vec::Vec<f32> = (0..n_out * n_in).map(|_| next()).collect();
                 let b: std::vec::Vec<f32> = (0..n_out).map(|_| next()).collect();
@@ -823,6 +893,13 @@ mod tests {
                     (f0.to_bits(), f1.to_bits()),
                     (want_x[0].to_bits(), want_z[0].to_bits())
                 );
+                // The transposed weights: the same sums.
+                let mut wt = std::vec![f32::NAN; n_out * n_in];
+                transpose(&w, n_out, n_in, &mut wt);
+                let mut yt = std::vec![f32::NAN; n_out];
+                let first_t = dense_forward_t(&wt, &b, &x, &mut yt, None);
+                assert_eq!(bits(&yt), bits(&want_x), "transposed {n_out}x{n_in}");
+                assert_eq!(first_t.to_bits(), want_x[0].to_bits());
                 // The fused activation is the activation of the same sums; the first
                 // output is returned before it.
                 for act in [Activation::Relu, Activation::Tanh] {
@@ -832,6 +909,10 @@ mod tests {
                     let first = dense_forward(&w, &b, &x, &mut ya, Some(act));
                     assert_eq!(bits(&ya), bits(&act_of(&want_x)));
                     assert_eq!(first.to_bits(), want_x[0].to_bits());
+                    let mut yt = std::vec![f32::NAN; n_out];
+                    let first_t = dense_forward_t(&wt, &b, &x, &mut yt, Some(act));
+                    assert_eq!(bits(&yt), bits(&act_of(&want_x)));
+                    assert_eq!(first_t.to_bits(), want_x[0].to_bits());
                     let (mut y0, mut y1) = (std::vec![f32::NAN; n_out], std::vec![f32::NAN; n_out]);
                     let (f0, _) = dense_forward2(&w, &b, (&x, &z), (&mut y0, &mut y1), Some(act));
                     assert_eq!(bits(&y0), bits(&act_of(&want_x)));

@@ -337,6 +337,9 @@ pub struct LossBuffers<'a, T> {
     p_bar: &'a mut [T],
     work: Work<'a, T>,
     cache: Cache<'a, T>,
+    /// The parameters with the weights transposed, rewritten by every pass and read by
+    /// its forward passes ([`LossBuffers::with_transposed`]); empty otherwise.
+    transposed: &'a mut [T],
 }
 
 impl<'a, T> LossBuffers<'a, T> {
@@ -347,12 +350,49 @@ impl<'a, T> LossBuffers<'a, T> {
         (r.end - r.start) + shape.clusters + shape.work_len() + cache_len(shape, rows)
     }
 
+    /// Scalars of the storage of [`LossBuffers::with_transposed`]: those of
+    /// [`LossBuffers::storage_len`] and a copy of the parameters ([`Shape::param_len`]).
+    pub const fn storage_len_transposed(shape: &Shape, scope: Scope, rows: usize) -> usize {
+        Self::storage_len(shape, scope, rows) + shape.param_len()
+    }
+
     /// Splits `storage` ([`LossBuffers::storage_len`] scalars, any contents) into the
     /// buffers; `None` when its length differs.
     pub fn new(shape: &Shape, scope: Scope, rows: usize, storage: &'a mut [T]) -> Option<Self> {
         if storage.len() != Self::storage_len(shape, scope, rows) {
             return None;
         }
+        Self::split(shape, scope, rows, storage, &mut [])
+    }
+
+    /// [`LossBuffers::new`] with a copy of the parameters in which every dense layer's
+    /// weights are transposed (`in x out`), made at the start of each pass of a model
+    /// with its decoder and read by its forward passes
+    /// ([`crate::kernels::dense_forward_t`]): the same sums in the same order, so the
+    /// same loss and gradient bit for bit, with each layer's outputs summed side by side
+    /// (in vector registers on a host; the copy costs [`Shape::param_len`] scalars
+    /// more). `storage` has [`LossBuffers::storage_len_transposed`] scalars.
+    pub fn with_transposed(
+        shape: &Shape,
+        scope: Scope,
+        rows: usize,
+        storage: &'a mut [T],
+    ) -> Option<Self> {
+        if storage.len() != Self::storage_len_transposed(shape, scope, rows) {
+            return None;
+        }
+        let (storage, transposed) = storage.split_at_mut(Self::storage_len(shape, scope, rows));
+        Self::split(shape, scope, rows, storage, transposed)
+    }
+
+    /// The views of `storage` ([`LossBuffers::storage_len`] scalars) and `transposed`.
+    fn split(
+        shape: &Shape,
+        scope: Scope,
+        rows: usize,
+        storage: &'a mut [T],
+        transposed: &'a mut [T],
+    ) -> Option<Self> {
         let mut rest = storage;
         let grads = carve(&mut rest, shape.scope_range(scope).len());
         let p_bar = carve(&mut rest, shape.clusters);
@@ -365,6 +405,7 @@ impl<'a, T> LossBuffers<'a, T> {
             p_bar,
             work,
             cache: Cache::split(shape, rows, rest),
+            transposed,
         })
     }
 
@@ -429,9 +470,17 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         p_bar,
         work,
         cache,
+        transposed,
         ..
     } = bufs;
     let p = model.views();
+    // What the forward passes read: the transposed copy when the buffers have one (the
+    // same bits), else the parameters themselves.
+    let pt = match scope {
+        Scope::SegmenterOnly => None,
+        _ => model.transposed_views(transposed),
+    };
+    let pt = pt.unwrap_or_else(|| model.views());
     let bf = T::of(bsz as f64);
     let mut parts = LossParts::<T>::default();
     let mut lse_sum = T::zero();
@@ -443,7 +492,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         .zip(rows_mut(cache.p, k))
         .zip(cache.draws.iter_mut());
     for (x, (((z, da), pr), slots)) in rows(batch.inputs, d).zip(cached) {
-        let enc = model.encode_into(&p, x, work)?;
+        let enc = model.encode_into(&pt, x, work)?;
         // The cluster terms accumulate into `da`: start from zero, not from the last call.
         da.fill(T::zero());
         let draw = if scope == Scope::SegmenterOnly {
@@ -476,11 +525,11 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         .zip(rows(cache.da, k))
         .zip(cache.draws.iter());
     for (x, ((z, da), &[w, dwdk])) in rows(batch.inputs, d).zip(cached) {
-        let enc = model.encode_into(&p, x, work)?;
+        let enc = model.encode_into(&pt, x, work)?;
         copy_over(work.z, z);
         work.gz.fill(T::zero());
         if scope != Scope::SegmenterOnly {
-            parts.recon += reconstruction_backward(model, &p, x, bsz, cfg, work, &mut g);
+            parts.recon += reconstruction_backward(model, (&p, &pt), x, bsz, cfg, work, &mut g);
         }
         let on_mean = cfg.cluster_input == ClusterInput::Mean;
         if scope == Scope::SegmenterOnly || !on_mean {
@@ -793,13 +842,13 @@ fn cluster_terms<T: Real>(
     }
 }
 
-/// Decoder forward from `work.z`, the reconstruction loss of one row (returned, already
-/// divided by `B`), and its backward pass: decoder gradients (if in scope) and
-/// `dL/dz` added into `work.gz`.
+/// Decoder forward from `work.z` (parameters `pt`), the reconstruction loss of one row
+/// (returned, already divided by `B`), and its backward pass (parameters `p`): decoder
+/// gradients (if in scope) and `dL/dz` added into `work.gz`.
 #[allow(clippy::too_many_arguments)]
 fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
     model: &Model<T, S>,
-    p: &Params<'_, T>,
+    (p, pt): (&Params<'_, T>, &Params<'_, T>),
     x: &[T],
     bsz: usize,
     cfg: &LossConfig<T>,
@@ -808,7 +857,7 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
 ) -> T {
     let s = *model.shape();
     let bf = T::of(bsz as f64);
-    model.decoder_forward(p, work);
+    model.decoder_forward(pt, work);
     let mut loss = T::zero();
     // dL/dxhat into ga.
     let out = work.ga.iter_mut().zip(&*work.xhat).zip(&*work.xn).zip(x);
