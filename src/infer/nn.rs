@@ -221,6 +221,7 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::dense_forward;
 
     #[test]
     fn dense_matches_hand_computation() {
