@@ -1,6 +1,7 @@
 //! Host speed of the core on the digits-sized model (64 inputs, hidden 32, latent 8,
 //! K = 10): one encode+segment, a batch of them, and one training step per sample for
-//! each posterior.
+//! each posterior (and with the forward passes on transposed weights, as the host's
+//! trainer runs them).
 //! Run: `cargo bench -p hvae --bench core`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -55,7 +56,12 @@ fn bench_inference(c: &mut Criterion) {
 fn bench_training(c: &mut Criterion) {
     let mut g = c.benchmark_group("training step");
     g.throughput(Throughput::Elements(B as u64));
-    for posterior in [Posterior::VonMisesFisher, Posterior::PowerSpherical] {
+    let cases = [
+        (Posterior::VonMisesFisher, false),
+        (Posterior::PowerSpherical, false),
+        (Posterior::PowerSpherical, true),
+    ];
+    for (posterior, transposed) in cases {
         let shape = DIGITS.with_posterior(posterior);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
         let mut model = Model::<f32, Vec<f32>>::new(shape, vec![0.0; shape.param_len()]).unwrap();
@@ -66,11 +72,18 @@ fn bench_training(c: &mut Criterion) {
         let range = shape.scope_range(Scope::Full);
         let opt = OptimConfig::new(Optimiser::adam(1e-3f32));
         let mut state = OptimState::new(vec![0.0f32; state_len(opt.optimiser.kind(), range.len())]);
-        let mut store = vec![0.0; LossBuffers::<f32>::storage_len(&shape, Scope::Full, B)];
-        let mut bufs = LossBuffers::new(&shape, Scope::Full, B, &mut store).unwrap();
+        let (mut store, mut bufs);
+        let name = if transposed {
+            store =
+                vec![0.0; LossBuffers::<f32>::storage_len_batch_kernels(&shape, Scope::Full, B)];
+            bufs = LossBuffers::with_batch_kernels(&shape, Scope::Full, B, &mut store).unwrap();
+            format!("{posterior:?}, Full + Adam, batch {B}, forward on transposed weights (as the host trains)")
+        } else {
+            store = vec![0.0; LossBuffers::<f32>::storage_len(&shape, Scope::Full, B)];
+            bufs = LossBuffers::new(&shape, Scope::Full, B, &mut store).unwrap();
+            format!("{posterior:?}, Full + Adam, batch {B} (per batch; throughput per sample)")
+        };
         bufs.marginal_mut().fill(0.1);
-        let name =
-            format!("{posterior:?}, Full + Adam, batch {B} (per batch; throughput per sample)");
         g.bench_function(name, |b| {
             b.iter_batched(
                 || (),

@@ -471,12 +471,14 @@ fn density_is_the_mixture_negative_log_likelihood() {
 }
 
 #[test]
-fn transposed_weights_give_the_same_bits() {
-    // `LossBuffers::with_transposed`: the forward passes read every dense layer's
-    // weights transposed (`dense_forward_t`); the loss, the gradient and the marginal
-    // must be the bits of the plain buffers', in f32 with the real samplers, for layer
-    // widths on and off the kernel's blocks of sixteen, two hidden layers, both
-    // posteriors, likelihoods and activations, and every scope.
+fn batch_kernels_give_the_same_bits() {
+    // `LossBuffers::with_batch_kernels`: the forward passes read every dense layer's
+    // weights transposed (`dense_forward_t`) and the parameter gradients are summed over
+    // the batch's recorded rows (`dense_grads_rows`); the loss, the gradient and the
+    // marginal must be the bits of the plain buffers', in f32 with the real samplers,
+    // for layer widths on and off the kernels' blocks of sixteen, two hidden layers,
+    // both posteriors, likelihoods and activations, every scope, and buffers for more
+    // rows than the batch has, used twice.
     use hvae::train::loss::RandomDraws;
     use rand_core::SeedableRng;
     use rand_xoshiro::Xoshiro256PlusPlus;
@@ -511,21 +513,24 @@ fn transposed_weights_give_the_same_bits() {
             Scope::EncoderAndSegmenter,
             Scope::SegmenterOnly,
         ] {
-            let run = |transposed: bool| {
-                let mut store;
-                let mut bufs = if transposed {
-                    store =
-                        vec![f32::NAN; LossBuffers::<f32>::storage_len_transposed(&s, scope, b)];
-                    LossBuffers::with_transposed(&s, scope, b, &mut store).unwrap()
+            let run = |batched: bool| {
+                let (mut store, mut bufs);
+                let rows = b + 3;
+                if batched {
+                    let len = LossBuffers::<f32>::storage_len_batch_kernels(&s, scope, rows);
+                    store = vec![f32::NAN; len];
+                    bufs = LossBuffers::with_batch_kernels(&s, scope, rows, &mut store).unwrap();
                 } else {
-                    store = vec![f32::NAN; LossBuffers::<f32>::storage_len(&s, scope, b)];
-                    LossBuffers::new(&s, scope, b, &mut store).unwrap()
-                };
-                bufs.marginal_mut().fill(0.2);
-                let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-                let parts =
-                    loss_and_grad(&model, &batch, &cfg, &mut RandomDraws(&mut rng), &mut bufs)
-                        .unwrap();
+                    store = vec![f32::NAN; LossBuffers::<f32>::storage_len(&s, scope, rows)];
+                    bufs = LossBuffers::new(&s, scope, rows, &mut store).unwrap();
+                }
+                let mut parts = LossParts::default();
+                for _ in 0..2 {
+                    bufs.marginal_mut().fill(0.2);
+                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+                    let mut draws = RandomDraws(&mut rng);
+                    parts = loss_and_grad(&model, &batch, &cfg, &mut draws, &mut bufs).unwrap();
+                }
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 (
                     bits(&[parts.total, parts.recon, parts.kl, parts.consistency]),

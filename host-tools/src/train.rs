@@ -495,10 +495,10 @@ impl<'d> Run<'d> {
         let range = shape.scope_range(Scope::Full);
         let opt = OptimConfig::new(Optimiser::adam(cfg.lr)).with_clip_norm(cfg.clip);
         // The forward passes read the weights transposed: the same bits, vectorised.
-        let len = LossBuffers::<f32>::storage_len_transposed(&shape, Scope::Full, cfg.batch);
+        let len = LossBuffers::<f32>::storage_len_batch_kernels(&shape, Scope::Full, cfg.batch);
         let mut store = vec![0f32; len];
-        let mut bufs = LossBuffers::with_transposed(&shape, Scope::Full, cfg.batch, &mut store)
-            .expect("storage of LossBuffers::storage_len_transposed");
+        let mut bufs = LossBuffers::with_batch_kernels(&shape, Scope::Full, cfg.batch, &mut store)
+            .expect("storage of LossBuffers::storage_len_batch_kernels");
         bufs.marginal_mut().copy_from_slice(&self.marginal);
         let mut rows = vec![0f32; cfg.batch * d];
         let mut row_labels: Vec<Option<u8>> = Vec::with_capacity(cfg.batch);

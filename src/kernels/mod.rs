@@ -108,7 +108,7 @@ pub fn dense_forward2<T: Real>(
 /// y.len()`): the same sums in the same order, so the same bits, with the outputs
 /// worked on side by side (vector registers on the host). The portable kernel on every
 /// target: see [`portable::dense_forward_t`]. Training on the host reads its forward
-/// passes' weights this way ([`crate::train::loss::LossBuffers::with_transposed`]).
+/// passes' weights this way ([`crate::train::loss::LossBuffers::with_batch_kernels`]).
 #[inline]
 pub fn dense_forward_t<T: Real>(
     wt: &[T],
@@ -118,6 +118,16 @@ pub fn dense_forward_t<T: Real>(
     act: Option<Activation>,
 ) -> T {
     portable::dense_forward_t(wt, b, x, y, act)
+}
+
+/// The parameter gradients of a dense layer over a batch of recorded rows (`dy` then
+/// the layer's input, per row): the same sums in the same order as one
+/// [`dense_backward`] per row, so the same bits, each gradient value loaded and stored
+/// once per batch. The portable kernel on every target: see
+/// [`portable::dense_grads_rows`].
+#[inline]
+pub fn dense_grads_rows<T: Real>(records: &[T], n_in: usize, dw: &mut [T], db: &mut [T]) {
+    portable::dense_grads_rows(records, n_in, dw, db)
 }
 
 /// `v` as `f32` when `T` is `f32`.

@@ -2,7 +2,7 @@
 //! reference the target kernels are bit-identical to.
 
 use crate::{Activation, Real};
-use nalgebra::{DMatrixView, DMatrixViewMut, DVectorView, DVectorViewMut};
+use nalgebra::{DMatrixViewMut, DVectorView};
 
 /// `y = W x + b`, with `W` row-major `y.len() x x.len()`.
 ///
@@ -529,9 +529,9 @@ pub fn transpose<T: Copy>(w: &[T], n_out: usize, n_in: usize, wt: &mut [T]) {
 /// Backward pass of [`dense_forward`] for upstream gradient `dy`:
 /// adds `dy xᵀ` into `dw` and `dy` into `db` when given (a frozen layer passes `None`),
 /// and writes `Wᵀ dy` into `dx` when given (the first layer needs no input gradient).
-/// nalgebra's `ger` and `gemv` on views of the row-major weights (on the host they are
-/// vectorised and faster than plain loops in training). What they compute, value by
-/// value, and what the target kernels repeat: for each output `o`, `dw[o][i] =
+/// The parameter gradient is nalgebra's `ger` on a view of the row-major weights
+/// (vectorised on the host); the input gradient keeps sixteen values in registers over
+/// every output. What they compute, value by value, and what the target kernels repeat: for each output `o`, `dw[o][i] =
 /// dw[o][i] + dy[o] x[i]`; `dx[i] = W[0][i] dy[0]`, then `dx[i] = dx[i] + W[o][i] dy[o]`
 /// for `o = 1, 2, ...` in order (each product rounded, then the sum; zeros when there
 /// are no outputs).
@@ -553,9 +553,120 @@ pub fn dense_backward<T: Real>(
         }
     }
     if let Some(dx) = dx {
-        let wt = DMatrixView::from_slice(w, n_in, n_out);
-        let mut dxv = DVectorViewMut::from_slice(dx, n_in);
-        dxv.gemv(T::one(), &wt, &dyv, T::zero());
+        input_grad(w, dy, dx);
+    }
+}
+
+/// `dx = Wᵀ dy` as [`dense_backward`] defines it (`dx[i] = W[0][i] dy[0]`, then `dx[i]
+/// + W[o][i] dy[o]` for `o = 1, 2, ...`; zeros without outputs), sixteen inputs at a time
+/// kept in registers over every output (one store of each `dx` value, not one per output).
+fn input_grad<T: Real>(w: &[T], dy: &[T], dx: &mut [T]) {
+    let n_in = dx.len();
+    let mut rows = w.chunks_exact(n_in.max(1)).zip(dy);
+    let Some((w0, &d0)) = rows.next() else {
+        dx.fill(T::zero());
+        return;
+    };
+    let (dq, dr) = dx.as_chunks_mut::<T_BLOCK>();
+    let (w0q, w0r) = w0.as_chunks::<T_BLOCK>();
+    for (blk, (acc, w0b)) in dq.iter_mut().zip(w0q).enumerate() {
+        let mut a = [T::zero(); T_BLOCK];
+        for (g, &wi) in a.iter_mut().zip(w0b) {
+            *g = d0 * wi;
+        }
+        for (wr, &d) in rows.clone() {
+            if let Some(wq) = wr.as_chunks::<T_BLOCK>().0.get(blk) {
+                for (g, &wi) in a.iter_mut().zip(wq) {
+                    *g += d * wi;
+                }
+            }
+        }
+        *acc = a;
+    }
+    let done = dq.len() * T_BLOCK;
+    for (i, (g, &wi)) in dr.iter_mut().zip(w0r).enumerate() {
+        let mut a = d0 * wi;
+        for (wr, &d) in rows.clone() {
+            if let Some(&wj) = wr.get(done + i) {
+                a += d * wj;
+            }
+        }
+        *g = a;
+    }
+}
+
+/// The parameter gradients of a dense layer over a batch, as [`dense_backward`] adds them
+/// row after row: `records` holds one record per row, `dy` (`db.len()` values) then the
+/// layer's input `x` (`n_in` values), and for each row in order `dw[o][i] = dw[o][i] +
+/// dy[o] x[i]` and `db[o] = db[o] + dy[o]`: the same sums in the same order, so the same
+/// bits as one [`dense_backward`] per row. Sixteen weights of an output row at a time
+/// stay in registers while every row's products are added (one load and one store of
+/// each gradient value per batch, not per row). `dw` is row-major `db.len() x n_in`.
+pub fn dense_grads_rows<T: Real>(records: &[T], n_in: usize, dw: &mut [T], db: &mut [T]) {
+    let n_out = db.len();
+    let rec = n_out + n_in;
+    if rec == 0 || n_in == 0 {
+        for (dy, _) in records.chunks_exact(rec.max(1)).map(|r| r.split_at(n_out)) {
+            for (g, &d) in db.iter_mut().zip(dy) {
+                *g += d;
+            }
+        }
+        return;
+    }
+    let rows = || records.chunks_exact(rec).map(|r| r.split_at(n_out));
+    // Two output rows at a time (sixteen weights of each: eight sums in flight), then
+    // the last one alone.
+    let mut pairs = dw.chunks_exact_mut(2 * n_in);
+    for (pair, dwp) in (&mut pairs).enumerate() {
+        let (w0, w1) = dwp.split_at_mut(n_in);
+        let (o0, o1) = (2 * pair, 2 * pair + 1);
+        let ((q0, r0), (q1, r1)) = (w0.as_chunks_mut::<T_BLOCK>(), w1.as_chunks_mut::<T_BLOCK>());
+        for (blk, (acc0, acc1)) in q0.iter_mut().zip(q1.iter_mut()).enumerate() {
+            let (mut a0, mut a1) = (*acc0, *acc1);
+            for (dy, x) in rows() {
+                let (Some(&d0), Some(&d1)) = (dy.get(o0), dy.get(o1)) else {
+                    continue;
+                };
+                let Some(xq) = x.as_chunks::<T_BLOCK>().0.get(blk) else {
+                    continue;
+                };
+                for ((g0, g1), &xi) in a0.iter_mut().zip(a1.iter_mut()).zip(xq) {
+                    *g0 += d0 * xi;
+                    *g1 += d1 * xi;
+                }
+            }
+            (*acc0, *acc1) = (a0, a1);
+        }
+        let done = q0.len() * T_BLOCK;
+        for (o, rest) in [(o0, r0), (o1, r1)] {
+            grads_tail(rows(), o, done, rest);
+        }
+    }
+    let last = n_out - n_out % 2;
+    if let Some(w) = pairs.into_remainder().get_mut(..n_in) {
+        grads_tail(rows(), last, 0, w);
+    }
+    for (dy, _) in rows() {
+        for (g, &d) in db.iter_mut().zip(dy) {
+            *g += d;
+        }
+    }
+}
+
+/// [`dense_grads_rows`] for the weights `g` of output `o` from input `from` on, one at
+/// a time, over the rows `(dy, x)`.
+fn grads_tail<'r, T: Real + 'r>(
+    rows: impl Iterator<Item = (&'r [T], &'r [T])> + Clone,
+    o: usize,
+    from: usize,
+    g: &mut [T],
+) {
+    for (i, gi) in g.iter_mut().enumerate() {
+        for (dy, x) in rows.clone() {
+            if let (Some(&d), Some(&xi)) = (dy.get(o), x.get(from + i)) {
+                *gi += d * xi;
+            }
+        }
     }
 }
 
@@ -848,6 +959,69 @@ mod tests {
             n += 1;
         }
         assert!(n > 2_000_000);
+    }
+
+    #[test]
+    fn batch_gradients_are_the_row_by_row_sums() {
+        // `dense_grads_rows` over a batch must give the bits of one `dense_backward`
+        // per row, and `dense_backward`'s input gradient the sequential sums, for widths
+        // on and off the blocks of sixteen.
+        let mut seed = 0x1234_5678u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        for (n_out, n_in, rows) in [
+            (1, 1, 1),
+            (3, 17, 5),
+            (32, 64, 12),
+            (64, 32, 7),
+            (17, 33, 3),
+        ] {
+            let start: std::vec::Vec<f32> = (0..n_out * n_in + n_out).map(|_| next()).collect();
+            let records: std::vec::Vec<f32> = (0..rows * (n_out + n_in)).map(|_| next()).collect();
+            let (mut dw, mut db) = (
+                start[..n_out * n_in].to_vec(),
+                start[n_out * n_in..].to_vec(),
+            );
+            let w = std::vec![0f32; n_out * n_in];
+            for r in records.chunks_exact(n_out + n_in) {
+                let (dy, x) = r.split_at(n_out);
+                dense_backward(&w, x, dy, Some((&mut dw, &mut db)), None);
+            }
+            // The input gradient: `W[0][i] dy[0]`, then `+ W[o][i] dy[o]` in order.
+            let wr: std::vec::Vec<f32> = (0..n_out * n_in).map(|_| next()).collect();
+            let dy: std::vec::Vec<f32> = (0..n_out).map(|_| next()).collect();
+            let want: std::vec::Vec<f32> = (0..n_in)
+                .map(|i| {
+                    let mut a = wr[i] * dy[0];
+                    for o in 1..n_out {
+                        a += wr[o * n_in + i] * dy[o];
+                    }
+                    a
+                })
+                .collect();
+            let mut dx = std::vec![f32::NAN; n_in];
+            dense_backward(&wr, &want, &dy, None, Some(&mut dx));
+            assert_eq!(
+                dx.iter().map(|f| f.to_bits()).collect::<std::vec::Vec<_>>(),
+                want.iter()
+                    .map(|f| f.to_bits())
+                    .collect::<std::vec::Vec<_>>(),
+                "input gradient {n_out}x{n_in}"
+            );
+            let (mut dw2, mut db2) = (
+                start[..n_out * n_in].to_vec(),
+                start[n_out * n_in..].to_vec(),
+            );
+            dense_grads_rows(&records, n_in, &mut dw2, &mut db2);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<std::vec::Vec<_>>();
+            assert_eq!(bits(&dw2), bits(&dw), "{n_out}x{n_in}, {rows} rows");
+            assert_eq!(bits(&db2), bits(&db), "{n_out}x{n_in}, {rows} rows");
+            assert_ne!(bits(&db2), bits(&start[n_out * n_in..]));
+        }
     }
 
     #[test]

@@ -39,6 +39,7 @@ use crate::dist::sphere::{reflect_backward, Draw, SampleError};
 use crate::infer::model::{copy_over, segmenter_logits, softmax_from_logits, InferError, Model};
 use crate::infer::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
 use crate::infer::views::{carve, last_hidden, prefix_mut, Dense, DenseMut, Grads, Params, Work};
+use crate::kernels::dense_grads_rows;
 use crate::shape::{Likelihood, Posterior, Scope, Shape, MAX_HIDDEN};
 use crate::{Activation, Real};
 
@@ -323,6 +324,110 @@ fn row_mut<T>(s: &mut [T], width: usize, i: usize) -> &mut [T] {
     s.get_mut(i * width..(i + 1) * width).unwrap_or_default()
 }
 
+/// Dense layers of a shape, in the order of their records: the encoder's hidden
+/// layers, the direction head, the decoder's hidden layers and its output layer.
+const fn layers(s: &Shape) -> usize {
+    2 * s.depth() + 2
+}
+
+/// `(out, in)` of dense layer `k` ([`layers`]'s order).
+const fn layer_dims(s: &Shape, k: usize) -> (usize, usize) {
+    let depth = s.depth();
+    if k < depth {
+        s.encoder_layer(k)
+    } else if k == depth {
+        (s.latent, s.last_hidden())
+    } else {
+        s.decoder_layer(k - depth - 1)
+    }
+}
+
+/// Scalars of the records of the backward pass for `rows` rows: per row and dense layer,
+/// its `dy` and its input ([`LossBuffers::with_batch_kernels`]).
+pub const fn record_len(shape: &Shape, rows: usize) -> usize {
+    let (mut n, mut k) = (0, 0);
+    while k < layers(shape) {
+        let (o, i) = layer_dims(shape, k);
+        n += o + i;
+        k += 1;
+    }
+    n * rows
+}
+
+/// The records of the backward pass (empty without the batch kernels), at one row.
+struct Records<'r, T> {
+    store: &'r mut [T],
+    shape: Shape,
+    rows: usize,
+    row: usize,
+}
+
+impl<T: Real> Records<'_, T> {
+    /// Layer `k`'s records: `rows` of `out + in` values.
+    fn layer(&mut self, k: usize) -> Option<&mut [T]> {
+        let (mut at, mut j) = (0, 0);
+        while j < k {
+            let (o, i) = layer_dims(&self.shape, j);
+            at += (o + i) * self.rows;
+            j += 1;
+        }
+        let (o, i) = layer_dims(&self.shape, k);
+        self.store.get_mut(at..at + (o + i) * self.rows)
+    }
+
+    /// The backward pass of dense layer `k` (weights `w`) on this row: the parameter
+    /// gradient added into `g` at once, or, with records, `dy` and `x` recorded for
+    /// [`Records::flush`]; the input gradient into `dx` when given.
+    fn backward(
+        &mut self,
+        k: usize,
+        w: &[T],
+        x: &[T],
+        dy: &[T],
+        g: &mut Option<DenseMut<'_, T>>,
+        dx: Option<&mut [T]>,
+    ) {
+        let row = self.row;
+        let rec = match g {
+            Some(_) => self
+                .layer(k)
+                .and_then(|l| l.chunks_exact_mut(dy.len() + x.len()).nth(row)),
+            None => None,
+        };
+        match rec {
+            Some(rec) => {
+                let (rd, rx) = rec.split_at_mut(dy.len());
+                copy_over(rd, dy);
+                copy_over(rx, x);
+                dense_backward(w, x, dy, None, dx);
+            }
+            None => dense_backward(w, x, dy, g.as_mut().map(DenseMut::both), dx),
+        }
+    }
+
+    /// The parameter gradients of the first `rows` recorded rows of every layer added
+    /// into `g` (nothing without records).
+    fn flush(&mut self, rows: usize, g: &mut Grads<'_, T>) {
+        let depth = self.shape.depth();
+        for k in 0..layers(&self.shape) {
+            let grads = if k < depth {
+                g.enc.get_mut(k)
+            } else if k == depth {
+                Some(&mut g.mu)
+            } else if k < 2 * depth + 1 {
+                g.dec.get_mut(k - depth - 1)
+            } else {
+                Some(&mut g.out)
+            };
+            let (o, i) = layer_dims(&self.shape, k);
+            if let (Some(Some(gl)), Some(rec)) = (grads, self.layer(k)) {
+                let rec = rec.get(..rows * (o + i)).unwrap_or_default();
+                dense_grads_rows(rec, i, gl.w, gl.b);
+            }
+        }
+    }
+}
+
 /// The buffers of a loss pass over one [`Scope`] for batches of up to `rows` rows, as
 /// views of one caller-owned slice of [`LossBuffers::storage_len`] scalars, split once
 /// when made: the gradient over the scope's parameters, the moving marginal `p_bar`
@@ -338,8 +443,12 @@ pub struct LossBuffers<'a, T> {
     work: Work<'a, T>,
     cache: Cache<'a, T>,
     /// The parameters with the weights transposed, rewritten by every pass and read by
-    /// its forward passes ([`LossBuffers::with_transposed`]); empty otherwise.
+    /// its forward passes ([`LossBuffers::with_batch_kernels`]); empty otherwise.
     transposed: &'a mut [T],
+    /// Each dense layer's rows of the backward pass (`dy` and the layer's input), whose
+    /// parameter gradients are summed once the batch is through
+    /// ([`LossBuffers::with_batch_kernels`]); empty otherwise.
+    records: &'a mut [T],
 }
 
 impl<'a, T> LossBuffers<'a, T> {
@@ -350,10 +459,11 @@ impl<'a, T> LossBuffers<'a, T> {
         (r.end - r.start) + shape.clusters + shape.work_len() + cache_len(shape, rows)
     }
 
-    /// Scalars of the storage of [`LossBuffers::with_transposed`]: those of
-    /// [`LossBuffers::storage_len`] and a copy of the parameters ([`Shape::param_len`]).
-    pub const fn storage_len_transposed(shape: &Shape, scope: Scope, rows: usize) -> usize {
-        Self::storage_len(shape, scope, rows) + shape.param_len()
+    /// Scalars of the storage of [`LossBuffers::with_batch_kernels`]: those of
+    /// [`LossBuffers::storage_len`], a copy of the parameters ([`Shape::param_len`]) and
+    /// [`record_len`] for `rows` rows.
+    pub const fn storage_len_batch_kernels(shape: &Shape, scope: Scope, rows: usize) -> usize {
+        Self::storage_len(shape, scope, rows) + shape.param_len() + record_len(shape, rows)
     }
 
     /// Splits `storage` ([`LossBuffers::storage_len`] scalars, any contents) into the
@@ -362,36 +472,43 @@ impl<'a, T> LossBuffers<'a, T> {
         if storage.len() != Self::storage_len(shape, scope, rows) {
             return None;
         }
-        Self::split(shape, scope, rows, storage, &mut [])
+        Self::split(shape, scope, rows, storage, &mut [], &mut [])
     }
 
-    /// [`LossBuffers::new`] with a copy of the parameters in which every dense layer's
-    /// weights are transposed (`in x out`), made at the start of each pass of a model
-    /// with its decoder and read by its forward passes
-    /// ([`crate::kernels::dense_forward_t`]): the same sums in the same order, so the
-    /// same loss and gradient bit for bit, with each layer's outputs summed side by side
-    /// (in vector registers on a host; the copy costs [`Shape::param_len`] scalars
-    /// more). `storage` has [`LossBuffers::storage_len_transposed`] scalars.
-    pub fn with_transposed(
+    /// [`LossBuffers::new`] with room for the batch kernels, which give the same loss and
+    /// gradient bit for bit and run faster on a host with vector units (they cost
+    /// [`Shape::param_len`] + [`record_len`] scalars more): a copy of the parameters in
+    /// which every dense layer's weights are transposed (`in x out`), made at the start
+    /// of each pass of a model with its decoder and read by its forward passes
+    /// ([`crate::kernels::dense_forward_t`]: each layer's outputs summed side by side);
+    /// and each dense layer's rows of the backward pass, whose parameter gradients are
+    /// summed once the batch is through ([`crate::kernels::dense_grads_rows`]: each
+    /// gradient value loaded and stored once per batch, not once per row). `storage` has
+    /// [`LossBuffers::storage_len_batch_kernels`] scalars.
+    pub fn with_batch_kernels(
         shape: &Shape,
         scope: Scope,
         rows: usize,
         storage: &'a mut [T],
     ) -> Option<Self> {
-        if storage.len() != Self::storage_len_transposed(shape, scope, rows) {
+        if storage.len() != Self::storage_len_batch_kernels(shape, scope, rows) {
             return None;
         }
-        let (storage, transposed) = storage.split_at_mut(Self::storage_len(shape, scope, rows));
-        Self::split(shape, scope, rows, storage, transposed)
+        let mut rest = storage;
+        let plain = carve(&mut rest, Self::storage_len(shape, scope, rows));
+        let transposed = carve(&mut rest, shape.param_len());
+        Self::split(shape, scope, rows, plain, transposed, rest)
     }
 
-    /// The views of `storage` ([`LossBuffers::storage_len`] scalars) and `transposed`.
+    /// The views of `storage` ([`LossBuffers::storage_len`] scalars), `transposed` and
+    /// `records`.
     fn split(
         shape: &Shape,
         scope: Scope,
         rows: usize,
         storage: &'a mut [T],
         transposed: &'a mut [T],
+        records: &'a mut [T],
     ) -> Option<Self> {
         let mut rest = storage;
         let grads = carve(&mut rest, shape.scope_range(scope).len());
@@ -406,6 +523,7 @@ impl<'a, T> LossBuffers<'a, T> {
             work,
             cache: Cache::split(shape, rows, rest),
             transposed,
+            records,
         })
     }
 
@@ -465,12 +583,14 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     if bufs.shape != s || bsz > bufs.rows {
         return Err(LossError::BufferLength);
     }
+    let bufs_rows = bufs.rows;
     let LossBuffers {
         grads,
         p_bar,
         work,
         cache,
         transposed,
+        records,
         ..
     } = bufs;
     let p = model.views();
@@ -521,15 +641,23 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     // Sweep 2: recompute each row's encoder, back-propagate everything.
     let kappa_s = p.log_kappa_s.fast_exp();
     let mut g = s.grads(scope, grads);
+    let mut rec = Records {
+        store: records,
+        shape: s,
+        rows: bufs_rows,
+        row: 0,
+    };
     let cached = rows(cache.z, m)
         .zip(rows(cache.da, k))
         .zip(cache.draws.iter());
-    for (x, ((z, da), &[w, dwdk])) in rows(batch.inputs, d).zip(cached) {
+    for (r, (x, ((z, da), &[w, dwdk]))) in rows(batch.inputs, d).zip(cached).enumerate() {
+        rec.row = r;
         let enc = model.encode_into(&pt, x, work)?;
         copy_over(work.z, z);
         work.gz.fill(T::zero());
         if scope != Scope::SegmenterOnly {
-            parts.recon += reconstruction_backward(model, (&p, &pt), x, bsz, cfg, work, &mut g);
+            let pp = (&p, &pt);
+            parts.recon += reconstruction_backward(model, pp, x, bsz, cfg, work, &mut g, &mut rec);
         }
         let on_mean = cfg.cluster_input == ClusterInput::Mean;
         if scope == Scope::SegmenterOnly || !on_mean {
@@ -554,8 +682,9 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         } else {
             dkappa * sigmoid(enc.pre)
         };
-        encoder_backward(&s, &p, &enc, dpre, work, &mut g);
+        encoder_backward(&s, &p, &enc, dpre, work, &mut g, &mut rec);
     }
+    rec.flush(bsz, &mut g);
     if cfg.density != T::zero() {
         parts.density = density_tail(p.seg, m, k, lse_sum / bf, cfg, g.seg.as_deref_mut());
     }
@@ -854,6 +983,7 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
     cfg: &LossConfig<T>,
     work: &mut Work<'_, T>,
     g: &mut Grads<'_, T>,
+    rec: &mut Records<'_, T>,
 ) -> T {
     let s = *model.shape();
     let bf = T::of(bsz as f64);
@@ -878,22 +1008,24 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
     // The output layer: its upstream gradient is in ga, its input gradient goes to gb.
     let (no, ni) = s.decoder_layer(depth);
     let (dec, acts) = (s.dense_layers(p.dec, true), s.activations(&*work.dec, true));
-    dense_backward(
+    rec.backward(
+        layers(&s) - 1,
         p.out.w,
         last_hidden(&acts, depth),
         prefix_mut(work.ga, no),
-        g.out.as_mut().map(DenseMut::both),
+        &mut g.out,
         Some(prefix_mut(work.gb, ni)),
     );
     // The hidden layers, last to first; layer 0 reads z.
     let dx = hidden_layers_backward(
         &s,
-        &dec,
+        (&dec, depth + 1),
         &mut g.dec,
         &acts,
         work.z,
         (&mut *work.ga, &mut *work.gb),
         true,
+        rec,
     );
     // dL/dz from the decoder: layer 0's input gradient, added into gz.
     for (a, &b) in work.gz.iter_mut().zip(dx.iter()) {
@@ -906,15 +1038,18 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
 /// (`layers`, `grads`, `acts`: each layer's parameters, gradients and output; layer
 /// `l > 0` reads layer `l - 1`'s output, layer 0 reads `input`). The upstream gradient
 /// starts in `gb` and alternates gb -> ga -> gb ...; layer 0's input gradient, when
-/// `input_grad`, goes into the buffer returned.
+/// `input_grad`, goes into the buffer returned. `first` is layer 0's index in the
+/// records ([`layers`]' order).
+#[allow(clippy::too_many_arguments)]
 fn hidden_layers_backward<'g, T: Real>(
     s: &Shape,
-    layers: &[Dense<'_, T>; MAX_HIDDEN],
+    (layers, first): (&[Dense<'_, T>; MAX_HIDDEN], usize),
     grads: &mut [Option<DenseMut<'_, T>>; MAX_HIDDEN],
     acts: &[&[T]; MAX_HIDDEN],
     input: &[T],
     (ga, gb): (&'g mut [T], &'g mut [T]),
     input_grad: bool,
+    rec: &mut Records<'_, T>,
 ) -> &'g mut [T] {
     let [p0, p_rest @ ..] = layers;
     let [g0, g_rest @ ..] = grads;
@@ -922,37 +1057,39 @@ fn hidden_layers_backward<'g, T: Real>(
     let mut cur_is_b = true;
     let upper = p_rest.iter().zip(g_rest.iter_mut());
     let ios = acts.iter().zip(y_rest);
-    for ((layer, gl), (x, y)) in upper.zip(ios).take(s.depth().saturating_sub(1)).rev() {
+    let upper = upper.zip(ios).take(s.depth().saturating_sub(1)).enumerate();
+    for (l, ((layer, gl), (x, y))) in upper.rev() {
         let (dy, dx) = if cur_is_b {
             (&mut *gb, &mut *ga)
         } else {
             (&mut *ga, &mut *gb)
         };
-        hidden_backward(s.activation, layer, gl, x, y, dy, Some(dx));
+        let io = (*x, *y, dy, Some(dx));
+        hidden_backward(s.activation, (layer, first + l + 1), gl, io, rec);
         cur_is_b = !cur_is_b;
     }
     let (dy, dx) = if cur_is_b { (gb, ga) } else { (ga, gb) };
     let dx0 = if input_grad { Some(&mut *dx) } else { None };
-    hidden_backward(s.activation, p0, g0, input, y0, dy, dx0);
+    hidden_backward(s.activation, (p0, first), g0, (input, y0, dy, dx0), rec);
     dx
 }
 
-/// Backward through one hidden layer (parameters `layer`, gradient `g`, input `input`,
-/// output `y`): the upstream gradient in `dy` through the activation, the parameter
-/// gradients added, the input gradient written into `dx` when given.
+/// Backward through one hidden layer (parameters `layer`, layer `k` of the records,
+/// gradient `g`, input `input`, output `y`): the upstream gradient in `dy` through the
+/// activation, the parameter gradients added (or recorded), the input gradient written
+/// into `dx` when given.
+#[allow(clippy::type_complexity)]
 fn hidden_backward<T: Real>(
     act: Activation,
-    layer: &Dense<'_, T>,
+    (layer, k): (&Dense<'_, T>, usize),
     g: &mut Option<DenseMut<'_, T>>,
-    input: &[T],
-    y: &[T],
-    dy: &mut [T],
-    dx: Option<&mut [T]>,
+    (input, y, dy, dx): (&[T], &[T], &mut [T], Option<&mut [T]>),
+    rec: &mut Records<'_, T>,
 ) {
     let dy = prefix_mut(dy, y.len());
     act.backward(y, dy);
     let dx = dx.map(|dx| prefix_mut(dx, input.len()));
-    dense_backward(layer.w, input, dy, g.as_mut().map(DenseMut::both), dx);
+    rec.backward(k, layer.w, input, dy, g, dx);
 }
 
 /// Backward through the segmenter logits of one row, `a_c = kappa_s ĉ_c . z + ln pi_c`
@@ -1009,6 +1146,7 @@ fn encoder_backward<T: Real>(
     dpre: T,
     work: &mut Work<'_, T>,
     g: &mut Grads<'_, T>,
+    rec: &mut Records<'_, T>,
 ) {
     let (m, depth) = (s.latent, s.depth());
     // mu = m / ||m||: dL/dm = (g - mu (mu . g)) / ||m||, into ga.
@@ -1022,11 +1160,12 @@ fn encoder_backward<T: Real>(
     );
     let h = last_hidden(&acts, depth);
     // Direction head: y = Wmu h + bmu; dL/dh into gb.
-    dense_backward(
+    rec.backward(
+        depth,
         p.mu.w,
         h,
         prefix_mut(work.ga, m),
-        g.mu.as_mut().map(DenseMut::both),
+        &mut g.mu,
         Some(prefix_mut(work.gb, h.len())),
     );
     // Concentration head: pre = wk . h + bk.
@@ -1045,11 +1184,12 @@ fn encoder_backward<T: Real>(
     // input gradient.
     hidden_layers_backward(
         s,
-        &enc_layers,
+        (&enc_layers, 0),
         &mut g.enc,
         &acts,
         work.xn,
         (&mut *work.ga, &mut *work.gb),
         false,
+        rec,
     );
 }

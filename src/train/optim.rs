@@ -396,15 +396,26 @@ impl<S> OptimState<S> {
                 // device without a hardware `sqrt` in reach, so it is skipped where a
                 // bound proves the new parameter finite: `|m_hat| / (sqrt(v_hat) + eps)
                 // <= |m_hat| / eps`.
+                // The pass has no branch (the flags are and-ed), so that it runs in
+                // vector registers where the target has them; only when some bound is
+                // not finite does a second pass compute those parameters' updates.
                 let lr_over_eps = lr / eps;
+                let (mut moments_finite, mut bounded) = (true, true);
                 for (((p, g), m), v) in params.iter().zip(grads).zip(m.iter()).zip(v.iter()) {
                     let (m_new, v_new) = c.moments(*p, *g, *m, *v);
-                    if !(m_new.is_finite() && v_new.is_finite()) {
-                        return Err(OptimError::NonFiniteUpdate);
-                    }
-                    let bound = p.abs() + lr_over_eps * (m_new / c.bc1).abs();
-                    if !bound.is_finite() && !c.update(*p, *g, *m, *v).0.is_finite() {
-                        return Err(OptimError::NonFiniteUpdate);
+                    moments_finite &= m_new.is_finite() & v_new.is_finite();
+                    bounded &= (p.abs() + lr_over_eps * (m_new / c.bc1).abs()).is_finite();
+                }
+                if !moments_finite {
+                    return Err(OptimError::NonFiniteUpdate);
+                }
+                if !bounded {
+                    for (((p, g), m), v) in params.iter().zip(grads).zip(m.iter()).zip(v.iter()) {
+                        let m_new = c.moments(*p, *g, *m, *v).0;
+                        let bound = p.abs() + lr_over_eps * (m_new / c.bc1).abs();
+                        if !bound.is_finite() && !c.update(*p, *g, *m, *v).0.is_finite() {
+                            return Err(OptimError::NonFiniteUpdate);
+                        }
                     }
                 }
                 for (((p, g), m), v) in params
