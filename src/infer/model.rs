@@ -536,7 +536,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let p = self.views();
         self.encode_into(&p, x, &mut w)?;
         copy_over(w.z, w.mu);
-        self.decoder_forward(&p, &mut w);
+        self.decoder_forward::<false>(&p, &mut w);
         let xhat = &*w.xhat;
         if !xhat.iter().all(|v| v.is_finite()) {
             return Err(InferError::NonFinite);
@@ -559,10 +559,11 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
 
     /// The parameters as the forward passes of training read them from `copy`
     /// ([`Shape::param_len`] values, overwritten): the model's parameters with every
-    /// dense layer's weights transposed ([`Params::transposed`]), so that the layers run
+    /// dense layer's weights transposed (`in x out`), for [`Model::encode_layers`] and
+    /// [`Model::decoder_forward`] with `TRANSPOSED`, whose layers then run
     /// [`crate::kernels::dense_forward_t`] (the same bits as
-    /// [`crate::kernels::dense_forward`]). `None` without the
-    /// decoder or when `copy` has another length.
+    /// [`crate::kernels::dense_forward`]). `None` without the decoder or when `copy`
+    /// has another length.
     pub(crate) fn transposed_views<'c>(&self, copy: &'c mut [T]) -> Option<Params<'c, T>> {
         let (s, params) = (&self.shape, self.params.as_ref());
         if !self.has_decoder() || copy.len() != params.len() {
@@ -576,9 +577,7 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         let decoder = (0..=s.depth()).map(|l| s.decoder_layer(l));
         transpose_block(params, copy, s.encoder_offset(), encoder)?;
         transpose_block(params, copy, s.decoder_offset(), decoder)?;
-        let mut p = self.at.params.params(copy, true);
-        p.transposed = true;
-        Some(p)
+        Some(self.at.params.params(copy, true))
     }
 
     /// [`Model::views`] without the decoder.
@@ -613,6 +612,17 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
         x: &[T],
         w: &mut Work<'_, T>,
     ) -> Result<EncoderOut<T>, InferError> {
+        self.encode_layers::<false>(p, x, w)
+    }
+
+    /// [`Model::encode_into`], with `p`'s dense weights `TRANSPOSED` or not
+    /// ([`Model::transposed_views`]).
+    pub(crate) fn encode_layers<const TRANSPOSED: bool>(
+        &self,
+        p: &Params<'_, T>,
+        x: &[T],
+        w: &mut Work<'_, T>,
+    ) -> Result<EncoderOut<T>, InferError> {
         self.check_input(x)?;
         normalise_into(p, x, w.xn);
         let act = Some(self.shape.activation);
@@ -625,11 +635,11 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             let (o, i) = self.shape.encoder_layer(l);
             let (wt, b) = (carve_ref(&mut layers, o * i), carve_ref(&mut layers, o));
             let out = carve(&mut outs, o);
-            let pre = p.dense(wt, b, input, out, act);
+            let pre = p.dense::<TRANSPOSED>(wt, b, input, out, act);
             first.get_or_insert(pre);
             input = out;
         }
-        let pre = p.dense(p.mu.w, p.mu.b, input, w.mu, None);
+        let pre = p.dense::<TRANSPOSED>(p.mu.w, p.mu.b, input, w.mu, None);
         check_first(first.unwrap_or(pre), x)?;
         encoder_head(p, input, w.mu)
     }
@@ -698,9 +708,14 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
     }
 
     /// Decoder forward (parameters `p`) from the `z` region of the workspace into the
-    /// `xhat` region (logits for Bernoulli), keeping the hidden activations. The model
-    /// has its decoder (the callers check).
-    pub(crate) fn decoder_forward(&self, p: &Params<'_, T>, w: &mut Work<'_, T>) {
+    /// `xhat` region (logits for Bernoulli), keeping the hidden activations, with `p`'s
+    /// dense weights `TRANSPOSED` or not ([`Model::transposed_views`]). The model has its
+    /// decoder (the callers check).
+    pub(crate) fn decoder_forward<const TRANSPOSED: bool>(
+        &self,
+        p: &Params<'_, T>,
+        w: &mut Work<'_, T>,
+    ) {
         let act = Some(self.shape.activation);
         let (mut layers, mut outs) = (p.dec, &mut *w.dec);
         let mut input: &[T] = w.z;
@@ -708,10 +723,10 @@ impl<T: Real, S: AsRef<[T]>> Model<T, S> {
             let (o, i) = self.shape.decoder_layer(l);
             let (wt, b) = (carve_ref(&mut layers, o * i), carve_ref(&mut layers, o));
             let out = carve(&mut outs, o);
-            p.dense(wt, b, input, out, act);
+            p.dense::<TRANSPOSED>(wt, b, input, out, act);
             input = out;
         }
-        p.dense(p.out.w, p.out.b, input, w.xhat, None);
+        p.dense::<TRANSPOSED>(p.out.w, p.out.b, input, w.xhat, None);
     }
 }
 

@@ -106,19 +106,16 @@ pub(crate) struct Params<'a, T> {
     pub dec: &'a [T],
     /// Decoder output layer (`D x h_1`, `D`).
     pub out: Dense<'a, T>,
-    /// Every dense layer's weights transposed (`in x out`, row-major: the layout of
-    /// [`crate::kernels::dense_forward_t`]), in a copy made for the forward passes
-    /// ([`crate::infer::model::Model::transposed_views`]); row-major `out x in` otherwise.
-    pub transposed: bool,
 }
 
 impl<T: Real> Params<'_, T> {
     /// One dense layer's forward pass `y = act(W x + b)` with weights `w` off this view:
-    /// [`crate::kernels::dense_forward_t`] when they are transposed, else
+    /// [`crate::kernels::dense_forward_t`] when they are `TRANSPOSED` (`in x out`, a view
+    /// of [`crate::infer::model::Model::transposed_views`]), else
     /// [`crate::kernels::dense_forward`] (the same bits); returns the first output before
-    /// the activation.
+    /// the activation. A constant, so that inference links the row-major kernel alone.
     #[inline(always)]
-    pub(crate) fn dense(
+    pub(crate) fn dense<const TRANSPOSED: bool>(
         &self,
         w: &[T],
         b: &[T],
@@ -126,7 +123,7 @@ impl<T: Real> Params<'_, T> {
         y: &mut [T],
         act: Option<crate::Activation>,
     ) -> T {
-        if self.transposed {
+        if TRANSPOSED {
             crate::kernels::dense_forward_t(w, b, x, y, act)
         } else {
             crate::kernels::dense_forward(w, b, x, y, act)
@@ -292,7 +289,6 @@ impl ParamLayout {
             log_kappa_s,
             dec,
             out,
-            transposed: false,
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! | kernel | where | what |
 //! |---|---|---|
-//! | [`portable`] | every target, every [`Real`] | Rust, blocked and unrolled by hand (forward); nalgebra's `ger`/`gemv` (backward); the reference |
+//! | [`portable`] | every target, every [`Real`] | Rust, blocked and unrolled by hand (forward); nalgebra's `ger` and blocks of sixteen inputs (backward); the reference |
+//! | [`portable::dense_forward_t`], [`portable::dense_grads_rows`] | every target (training on a host) | the forward pass on transposed weights and the parameter gradient of a whole batch, blocks of sixteen outputs or weights in vector registers: the same sums in the same order |
 //! | [`portable::dense_i8`] | every target | the int8 layer: `i32` dot products of int8 weights and activations, requantised by a fixed-point multiplier and shift |
 //! | `m4f` (private) | `f32` on bare-metal Arm with a hard-float ABI (`thumbv7em-none-eabihf`: the Cortex-M4F) | assembly: `vldm` of eight values, `vmla.f32` |
 //! | `m4f` (private), int8 | the same targets (Armv7E-M: the DSP extension comes with the M4F's FPU) | assembly: `sxtb16` and `smlad` (two 16-bit products per instruction), two rows at a time |

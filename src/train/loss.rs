@@ -36,7 +36,9 @@
 //! [`Shape::work_len`] plus [`cache_len`] per batch.
 
 use crate::dist::sphere::{reflect_backward, Draw, SampleError};
-use crate::infer::model::{copy_over, segmenter_logits, softmax_from_logits, InferError, Model};
+use crate::infer::model::{
+    copy_over, segmenter_logits, softmax_from_logits, EncoderOut, InferError, Model,
+};
 use crate::infer::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
 use crate::infer::views::{carve, last_hidden, prefix_mut, Dense, DenseMut, Grads, Params, Work};
 use crate::kernels::dense_grads_rows;
@@ -388,11 +390,12 @@ impl<T: Real> Records<'_, T> {
         dx: Option<&mut [T]>,
     ) {
         let row = self.row;
+        // Only a host's build makes buffers with records (`alloc`).
         let rec = match g {
-            Some(_) => self
+            Some(_) if cfg!(feature = "alloc") => self
                 .layer(k)
                 .and_then(|l| l.chunks_exact_mut(dy.len() + x.len()).nth(row)),
-            None => None,
+            _ => None,
         };
         match rec {
             Some(rec) => {
@@ -408,6 +411,9 @@ impl<T: Real> Records<'_, T> {
     /// The parameter gradients of the first `rows` recorded rows of every layer added
     /// into `g` (nothing without records).
     fn flush(&mut self, rows: usize, g: &mut Grads<'_, T>) {
+        if !cfg!(feature = "alloc") {
+            return;
+        }
         let depth = self.shape.depth();
         for k in 0..layers(&self.shape) {
             let grads = if k < depth {
@@ -459,9 +465,10 @@ impl<'a, T> LossBuffers<'a, T> {
         (r.end - r.start) + shape.clusters + shape.work_len() + cache_len(shape, rows)
     }
 
-    /// Scalars of the storage of [`LossBuffers::with_batch_kernels`]: those of
+    /// Scalars of the storage of [`LossBuffers::with_batch_kernels`] (`alloc`): those of
     /// [`LossBuffers::storage_len`], a copy of the parameters ([`Shape::param_len`]) and
     /// [`record_len`] for `rows` rows.
+    #[cfg(feature = "alloc")]
     pub const fn storage_len_batch_kernels(shape: &Shape, scope: Scope, rows: usize) -> usize {
         Self::storage_len(shape, scope, rows) + shape.param_len() + record_len(shape, rows)
     }
@@ -475,7 +482,8 @@ impl<'a, T> LossBuffers<'a, T> {
         Self::split(shape, scope, rows, storage, &mut [], &mut [])
     }
 
-    /// [`LossBuffers::new`] with room for the batch kernels, which give the same loss and
+    /// [`LossBuffers::new`] with room for the batch kernels (feature `alloc`: a host's
+    /// build; a device's links none of their code), which give the same loss and
     /// gradient bit for bit and run faster on a host with vector units (they cost
     /// [`Shape::param_len`] + [`record_len`] scalars more): a copy of the parameters in
     /// which every dense layer's weights are transposed (`in x out`), made at the start
@@ -485,6 +493,7 @@ impl<'a, T> LossBuffers<'a, T> {
     /// summed once the batch is through ([`crate::kernels::dense_grads_rows`]: each
     /// gradient value loaded and stored once per batch, not once per row). `storage` has
     /// [`LossBuffers::storage_len_batch_kernels`] scalars.
+    #[cfg(feature = "alloc")]
     pub fn with_batch_kernels(
         shape: &Shape,
         scope: Scope,
@@ -596,11 +605,13 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     let p = model.views();
     // What the forward passes read: the transposed copy when the buffers have one (the
     // same bits), else the parameters themselves.
+    // Only a host's build makes buffers with the copy (`alloc`).
     let pt = match scope {
+        _ if !cfg!(feature = "alloc") => None,
         Scope::SegmenterOnly => None,
         _ => model.transposed_views(transposed),
     };
-    let pt = pt.unwrap_or_else(|| model.views());
+    let pt = pt.as_ref();
     let bf = T::of(bsz as f64);
     let mut parts = LossParts::<T>::default();
     let mut lse_sum = T::zero();
@@ -612,7 +623,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         .zip(rows_mut(cache.p, k))
         .zip(cache.draws.iter_mut());
     for (x, (((z, da), pr), slots)) in rows(batch.inputs, d).zip(cached) {
-        let enc = model.encode_into(&pt, x, work)?;
+        let enc = encode(model, (&p, pt), x, work)?;
         // The cluster terms accumulate into `da`: start from zero, not from the last call.
         da.fill(T::zero());
         let draw = if scope == Scope::SegmenterOnly {
@@ -652,11 +663,11 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         .zip(cache.draws.iter());
     for (r, (x, ((z, da), &[w, dwdk]))) in rows(batch.inputs, d).zip(cached).enumerate() {
         rec.row = r;
-        let enc = model.encode_into(&pt, x, work)?;
+        let enc = encode(model, (&p, pt), x, work)?;
         copy_over(work.z, z);
         work.gz.fill(T::zero());
         if scope != Scope::SegmenterOnly {
-            let pp = (&p, &pt);
+            let pp = (&p, pt);
             parts.recon += reconstruction_backward(model, pp, x, bsz, cfg, work, &mut g, &mut rec);
         }
         let on_mean = cfg.cluster_input == ClusterInput::Mean;
@@ -971,13 +982,28 @@ fn cluster_terms<T: Real>(
     }
 }
 
-/// Decoder forward from `work.z` (parameters `pt`), the reconstruction loss of one row
-/// (returned, already divided by `B`), and its backward pass (parameters `p`): decoder
-/// gradients (if in scope) and `dL/dz` added into `work.gz`.
+/// The encoder's forward pass of one row: on the transposed copy `pt` when there is one
+/// (the same bits), else on the parameters `p`.
+fn encode<T: Real, S: AsRef<[T]>>(
+    model: &Model<T, S>,
+    (p, pt): (&Params<'_, T>, Option<&Params<'_, T>>),
+    x: &[T],
+    work: &mut Work<'_, T>,
+) -> Result<EncoderOut<T>, InferError> {
+    match pt {
+        Some(pt) => model.encode_layers::<true>(pt, x, work),
+        None => model.encode_into(p, x, work),
+    }
+}
+
+/// Decoder forward from `work.z` (on the transposed copy `pt` when there is one, else on
+/// `p`), the reconstruction loss of one row (returned, already divided by `B`), and its
+/// backward pass (parameters `p`): decoder gradients (if in scope) and `dL/dz` added
+/// into `work.gz`.
 #[allow(clippy::too_many_arguments)]
 fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
     model: &Model<T, S>,
-    (p, pt): (&Params<'_, T>, &Params<'_, T>),
+    (p, pt): (&Params<'_, T>, Option<&Params<'_, T>>),
     x: &[T],
     bsz: usize,
     cfg: &LossConfig<T>,
@@ -987,7 +1013,10 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
 ) -> T {
     let s = *model.shape();
     let bf = T::of(bsz as f64);
-    model.decoder_forward(pt, work);
+    match pt {
+        Some(pt) => model.decoder_forward::<true>(pt, work),
+        None => model.decoder_forward::<false>(p, work),
+    }
     let mut loss = T::zero();
     // dL/dxhat into ga.
     let out = work.ga.iter_mut().zip(&*work.xhat).zip(&*work.xn).zip(x);
