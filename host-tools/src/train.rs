@@ -256,40 +256,85 @@ pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
 pub fn mine_neighbours_both(a: &[f32], b: &[f32], d: usize, k: usize) -> Vec<u32> {
     let n = a.len() / d;
     let k = k.min(n.saturating_sub(1)).max(1);
-    let (ua, ub) = (unit_rows(a, d), unit_rows(b, d));
+    // Each view's unit rows transposed (`d x n`): the cosines of one row with every
+    // other are then summed side by side, each still in feature order.
+    let (ua, ub) = (
+        transposed(&unit_rows(a, d), d),
+        transposed(&unit_rows(b, d), d),
+    );
     let mut out = vec![0u32; n * k];
     let mut rank = vec![0u32; n];
-    let mut idx: Vec<u32> = Vec::with_capacity(n);
+    let mut keys: Vec<u64> = Vec::with_capacity(n);
     let mut sims = vec![0f32; n];
     for i in 0..n {
         rank.fill(0);
         for u in [&ua, &ub] {
-            let xi = &u[i * d..(i + 1) * d];
-            for (j, s) in sims.iter_mut().enumerate() {
-                *s = xi
-                    .iter()
-                    .zip(&u[j * d..(j + 1) * d])
-                    .map(|(p, q)| p * q)
-                    .sum();
-            }
+            cosines_of(u, n, i, &mut sims);
             sims[i] = f32::NEG_INFINITY;
-            idx.clear();
-            idx.extend(0..n as u32);
-            idx.sort_by(|&p, &q| {
-                sims[q as usize]
-                    .total_cmp(&sims[p as usize])
-                    .then(p.cmp(&q))
-            });
-            for (r, &j) in idx.iter().enumerate() {
-                rank[j as usize] += r as u32;
+            // Descending cosine (total order), ties to the smaller index: one key each.
+            keys.clear();
+            keys.extend(
+                sims.iter()
+                    .enumerate()
+                    .map(|(j, &s)| (u64::from(!total_order(s)) << 32) | j as u64),
+            );
+            keys.sort_unstable();
+            for (r, &key) in keys.iter().enumerate() {
+                rank[key as u32 as usize] += r as u32;
             }
         }
-        idx.clear();
-        idx.extend((0..n as u32).filter(|&j| j as usize != i));
-        idx.sort_by_key(|&j| (rank[j as usize], j));
-        out[i * k..(i + 1) * k].copy_from_slice(&idx[..k]);
+        keys.clear();
+        keys.extend(
+            (0..n)
+                .filter(|&j| j != i)
+                .map(|j| (u64::from(rank[j]) << 32) | j as u64),
+        );
+        if keys.len() > k {
+            keys.select_nth_unstable(k);
+            keys.truncate(k);
+        }
+        keys.sort_unstable();
+        for (o, &key) in out[i * k..(i + 1) * k].iter_mut().zip(&keys) {
+            *o = key as u32;
+        }
     }
     out
+}
+
+/// `x` (`n x d`, row-major) transposed to `d x n`.
+fn transposed(x: &[f32], d: usize) -> Vec<f32> {
+    let n = x.len() / d;
+    let mut t = vec![0f32; x.len()];
+    for (j, row) in x.chunks_exact(d).enumerate() {
+        for (f, &v) in row.iter().enumerate() {
+            t[f * n + j] = v;
+        }
+    }
+    t
+}
+
+/// The dot products of row `i` of `ut` (the rows transposed, `d x n`) with every row,
+/// into `sims`: each the sum of the products in feature order, from the value an
+/// empty `f32` sum starts at (the bits of `Iterator::sum` over the products).
+fn cosines_of(ut: &[f32], n: usize, i: usize, sims: &mut [f32]) {
+    let start: f32 = std::iter::empty::<f32>().sum();
+    sims.fill(start);
+    for col in ut.chunks_exact(n) {
+        let xi = col[i];
+        for (s, &v) in sims.iter_mut().zip(col) {
+            *s += xi * v;
+        }
+    }
+}
+
+/// `x`'s place in `f32::total_cmp`'s order as an unsigned integer.
+fn total_order(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
 }
 
 /// Trains a model of `shape` on `x` (`n x D`, raw units). `labels` (class indices

@@ -94,6 +94,64 @@ fn two_view_neighbours_need_both_views() {
 }
 
 #[test]
+fn two_view_neighbours_are_the_rank_sums() {
+    // Against the definition written plainly (a stable sort of every row by cosine in
+    // each view, ranks summed, the smallest sums kept, ties to the smaller index), on
+    // rows with repeats, zeros and disjoint supports (cosines tied, or exactly 0).
+    let (n, d) = (157, 9);
+    let mut seed = 0x9e37_79b9u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let mut a: Vec<f32> = (0..n * d)
+        .map(|_| match next() % 4 {
+            0 => 0.0,
+            _ => (next() % 5) as f32 - 1.0,
+        })
+        .collect();
+    a.copy_within(0..5 * d, 20 * d);
+    let b: Vec<f32> = a
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1.0 + (i % d) as f32))
+        .collect();
+    let unit = |x: &[f32]| -> Vec<f32> {
+        x.chunks_exact(d)
+            .flat_map(|r| {
+                let nr = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+                let s = if nr > 0.0 { 1.0 / nr } else { 0.0 };
+                r.iter().map(move |v| v * s).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    for k in [1, 10, n - 1] {
+        let (ua, ub) = (unit(&a), unit(&b));
+        let mut want = Vec::new();
+        for i in 0..n {
+            let mut rank = vec![0u32; n];
+            for u in [&ua, &ub] {
+                let mut sims: Vec<f32> = (0..n)
+                    .map(|j| (0..d).map(|f| u[i * d + f] * u[j * d + f]).sum())
+                    .collect();
+                sims[i] = f32::NEG_INFINITY;
+                let mut idx: Vec<usize> = (0..n).collect();
+                idx.sort_by(|&p, &q| sims[q].total_cmp(&sims[p]).then(p.cmp(&q)));
+                for (r, &j) in idx.iter().enumerate() {
+                    rank[j] += r as u32;
+                }
+            }
+            let mut idx: Vec<u32> = (0..n as u32).filter(|&j| j as usize != i).collect();
+            idx.sort_by_key(|&j| (rank[j as usize], j));
+            want.extend_from_slice(&idx[..k]);
+        }
+        assert_eq!(mine_neighbours_both(&a, &b, d, k), want, "k = {k}");
+    }
+}
+
+#[test]
 fn restart_zero_is_the_plain_seed() {
     assert_eq!(restart_seed(42, 0), 42);
     assert_ne!(restart_seed(42, 1), restart_seed(42, 2));
