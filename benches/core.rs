@@ -1,7 +1,7 @@
 //! Host speed of the core on the digits-sized model (64 inputs, hidden 32, latent 8,
 //! K = 10): one encode+segment, a batch of them, and one training step per sample for
-//! each posterior (and with the forward passes on transposed weights, as the host's
-//! trainer runs them).
+//! each posterior (and with the batch kernels, `LossBuffers::with_batch_kernels`, as
+//! the host's trainer runs it).
 //! Run: `cargo bench -p hvae --bench core`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -77,7 +77,7 @@ fn bench_training(c: &mut Criterion) {
             store =
                 vec![0.0; LossBuffers::<f32>::storage_len_batch_kernels(&shape, Scope::Full, B)];
             bufs = LossBuffers::with_batch_kernels(&shape, Scope::Full, B, &mut store).unwrap();
-            format!("{posterior:?}, Full + Adam, batch {B}, forward on transposed weights (as the host trains)")
+            format!("{posterior:?}, Full + Adam, batch {B}, batch kernels (as the host trains)")
         } else {
             store = vec![0.0; LossBuffers::<f32>::storage_len(&shape, Scope::Full, B)];
             bufs = LossBuffers::new(&shape, Scope::Full, B, &mut store).unwrap();
