@@ -14,7 +14,9 @@
 #      UART) and checks the inference firmware's flash and RAM (static + measured peak
 #      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM;
 #      and the int8 checks against cluster_int8 on both (its answers bit for bit against
-#      the host's QuantModel): flash M4F <= 24 KiB, M0 <= 28 KiB, RAM <= 6 KiB;
+#      the host's QuantModel, before and after loading another int8 model): flash M4F
+#      <= 27 KiB, M0 <= 31 KiB (the figures reached with int8 loading: docs/device.md),
+#      RAM <= 6 KiB;
 #   4. runs bench (instructions per MAC of the f32 and the int8 model and of the int8
 #      dense layers, training step cost and RAM per scope) and fails if a budget is
 #      exceeded, bench_adapt (online k-means and the normalisation tracker per
@@ -104,12 +106,12 @@ step "cluster on microbit: conformance checks, RAM <= 16 KiB"
 "$tool" probe "target/$m0/release/cluster" --machine microbit --blob model/digits.hvae \
   --ram-budget 16384 | tee target/probe-m0.txt
 
-step "cluster_int8 on mps2-an386: the int8 checks (bit for bit against the host's QuantModel), flash <= 24 KiB, RAM <= 6 KiB"
+step "cluster_int8 on mps2-an386: the int8 checks (bit for bit against the host's QuantModel, int8 loads), flash <= 27 KiB, RAM <= 6 KiB"
 "$tool" probe "target/$m4/release/cluster_int8" --machine mps2-an386 --blob model/digits.hvae \
-  --int8 model/digits_int8.hvae --flash-budget 24576 --ram-budget 6144 | tee target/probe-int8-m4.txt
-step "cluster_int8 on microbit: the int8 checks, flash <= 28 KiB, RAM <= 6 KiB"
+  --int8 model/digits_int8.hvae --flash-budget 27648 --ram-budget 6144 | tee target/probe-int8-m4.txt
+step "cluster_int8 on microbit: the int8 checks, flash <= 31 KiB, RAM <= 6 KiB"
 "$tool" probe "target/$m0/release/cluster_int8" --machine microbit --blob model/digits.hvae \
-  --int8 model/digits_int8.hvae --flash-budget 28672 --ram-budget 6144 | tee target/probe-int8-m0.txt
+  --int8 model/digits_int8.hvae --flash-budget 31744 --ram-budget 6144 | tee target/probe-int8-m0.txt
 
 step "bench on mps2-an386"
 bench_ok=1

@@ -1,7 +1,9 @@
 //! The weights: the model compiled in from `model/digits.rs` or the file named by
 //! `HVAE_MODEL_RS` at build time (the host tool's `hvae export --format rust`; see
 //! `build.rs`), CRC-checked at compile time and again at boot, and two flash slots that
-//! `LoadWeights` fills, so that new weights survive a reset.
+//! `LoadWeights` fills, so that new weights survive a reset. What a slot keeps is a
+//! [`Content`]: the `f32` model's inference prefix ([`F32`]), or all of an int8 blob's
+//! words ([`int8`], `cluster_int8`'s compiled-in int8 model and slots).
 //!
 //! Only the inference prefix of the exported parameters (normalisation, encoder,
 //! segmenter: [`hvae::Shape::inference_param_len`]) is linked: the export's full
@@ -82,7 +84,19 @@ pub static COMPILED: ArrayModel<INFER_LEN> = Model::from_array(SHAPE, prefix(&ge
 
 /// CRC of the blob header followed by `params`, computed from memory (flash).
 pub fn prefix_crc(params: &[f32]) -> u32 {
-    crc_of(params.iter().copied())
+    // SAFETY: the bytes of `params` (every byte of an f32 is a u8; little-endian, as
+    // the blob stores them).
+    let bytes =
+        unsafe { core::slice::from_raw_parts(params.as_ptr().cast::<u8>(), 4 * params.len()) };
+    crc_after(&HEADER, bytes)
+}
+
+/// CRC of `header` followed by `bytes`.
+fn crc_after(header: &[u8], bytes: &[u8]) -> u32 {
+    let mut d = CRC.digest();
+    d.update(header);
+    d.update(bytes);
+    d.finalize()
 }
 
 /// CRC of the blob header followed by `values` (a blob's CRC when `values` are all the
@@ -126,12 +140,13 @@ pub enum Source {
     },
 }
 
-/// Weights in use: the parameters (the inference prefix, in flash), where they live and
-/// the CRC of their blob.
+/// Weights in use: the parameters (in flash: compiled in or in a slot), where they live
+/// and the CRC of their blob. `W` is what the engine serves: the `f32` inference prefix
+/// (by default), or the int8 model ([`int8`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Active {
-    /// The parameters: every one finite.
-    pub params: &'static [f32],
+pub struct Active<W = &'static [f32]> {
+    /// The parameters: every one finite (of the int8 model: every value checked).
+    pub params: W,
     /// Where its parameters live.
     pub source: Source,
     /// CRC of its weight blob.
@@ -152,16 +167,48 @@ pub fn compiled() -> Result<Active, &'static str> {
     })
 }
 
+/// What a weight slot keeps of a `LoadWeights` blob: its words after the header, as they
+/// arrive, up to [`Content::WORDS`] (the `f32` model's inference prefix, [`F32`]; all of
+/// an int8 blob, [`int8::Int8`]), and how they form the weights the engine serves.
+pub trait Content {
+    /// The blob header the CRC of a slot's words starts from.
+    const HEADER: &'static [u8];
+    /// Words a slot keeps.
+    const WORDS: usize;
+    /// The weights, as the engine serves them.
+    type Weights: Clone;
+    /// The weights of the [`Content::WORDS`] words at `addr` (in flash, 4-aligned), or
+    /// why they do not form a model.
+    fn weights(addr: usize) -> Result<Self::Weights, ErrorCode>;
+}
+
+/// The `f32` model's slots: the inference prefix (no decoder), every value finite.
+#[derive(Clone, Copy, Debug)]
+pub struct F32;
+
+impl Content for F32 {
+    const HEADER: &'static [u8] = &HEADER;
+    const WORDS: usize = INFER_LEN;
+    type Weights = &'static [f32];
+    fn weights(addr: usize) -> Result<&'static [f32], ErrorCode> {
+        // SAFETY: `addr` is a slot's words, INFER_LEN of them (checked to fit a slot),
+        // in flash: 4-aligned, always mapped; every bit pattern is an f32. The slice
+        // aliases flash that `SlotWriter` programs: the service never writes the slot it
+        // runs from, and drops a slot's model before erasing that slot.
+        let params = unsafe { core::slice::from_raw_parts(addr as *const f32, INFER_LEN) };
+        if !params.iter().all(|v| v.is_finite()) {
+            return Err(ErrorCode::NonFiniteWeight { index: 0 });
+        }
+        Ok(params)
+    }
+}
+
 /// Marks a complete slot; written last.
 const SLOT_MAGIC: u32 = 0x534C_5631; // "1VLS"
-/// Slot header: magic, sequence number, blob CRC, prefix CRC.
+/// Slot header: magic, sequence number, blob CRC, CRC of the header and the words kept.
 const SLOT_HEADER: usize = 16;
 /// Bytes per slot (16 flash pages on both boards).
 pub const SLOT_LEN: usize = 16 * 1024;
-const _: () = assert!(
-    SLOT_HEADER + 4 * INFER_LEN <= SLOT_LEN,
-    "weights do not fit a slot"
-);
 
 extern "C" {
     static _hvae_slots_start: u32;
@@ -180,34 +227,28 @@ fn read_word(addr: usize) -> u32 {
     unsafe { core::ptr::read_volatile(addr as *const u32) }
 }
 
-/// The parameters stored in slot `index`, as a `'static` slice of flash.
-///
-/// The slice aliases flash that [`SlotWriter`] programs: the service never writes the
-/// slot it runs from, and drops a slot's model before erasing that slot.
-fn slot_params(index: usize) -> &'static [f32] {
+/// CRC of `C`'s blob header followed by the words of slot `index`.
+fn words_crc<C: Content>(index: usize) -> u32 {
     let addr = slot_addr(index) + SLOT_HEADER;
-    // SAFETY: INFER_LEN floats fit the slot (checked above); flash is 4-aligned, always
-    // mapped, and every bit pattern is an f32.
-    unsafe { core::slice::from_raw_parts(addr as *const f32, INFER_LEN) }
+    // SAFETY: a slot holds its header and `C::WORDS` words (checked where a slot is
+    // written, `SlotWriter::begin`); flash is always mapped and every byte is a u8.
+    let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, 4 * C::WORDS) };
+    crc_after(C::HEADER, bytes)
 }
 
-/// Slot `index`, if it holds a complete, CRC-clean, finite model.
-pub fn slot(index: usize) -> Option<Active> {
+/// Slot `index`, if it holds a complete, CRC-clean model.
+pub fn slot<C: Content>(index: usize) -> Option<Active<C::Weights>> {
     let base = slot_addr(index);
     if read_word(base) != SLOT_MAGIC {
         return None;
     }
     let seq = read_word(base + 4);
     let blob_crc = read_word(base + 8);
-    let params = slot_params(index);
-    if prefix_crc(params) != read_word(base + 12) {
-        return None;
-    }
-    if !params.iter().all(|v| v.is_finite()) {
+    if words_crc::<C>(index) != read_word(base + 12) {
         return None;
     }
     Some(Active {
-        params,
+        params: C::weights(base + SLOT_HEADER).ok()?,
         source: Source::Slot { index, seq },
         blob_crc,
     })
@@ -216,8 +257,15 @@ pub fn slot(index: usize) -> Option<Active> {
 /// The weights to run after a reset: the valid slot written last, else the compiled-in
 /// weights.
 pub fn boot() -> Result<Active, &'static str> {
-    let a = slot(0);
-    let b = slot(1);
+    boot_with::<F32>(compiled)
+}
+
+/// [`boot`] for slots of `C`, with its compiled-in weights from `compiled`.
+pub fn boot_with<C: Content>(
+    compiled: impl FnOnce() -> Result<Active<C::Weights>, &'static str>,
+) -> Result<Active<C::Weights>, &'static str> {
+    let a = slot::<C>(0);
+    let b = slot::<C>(1);
     let newest = match (a, b) {
         (Some(a), Some(b)) => Some(if seq(&b) > seq(&a) { b } else { a }),
         (a, b) => a.or(b),
@@ -228,15 +276,16 @@ pub fn boot() -> Result<Active, &'static str> {
     }
 }
 
-fn seq(a: &Active) -> u32 {
+fn seq<W>(a: &Active<W>) -> u32 {
     match a.source {
         Source::Slot { seq, .. } => seq,
         Source::Compiled => 0,
     }
 }
 
-/// Writes a new model into a slot the device is not running from: erase, values as they
-/// arrive, then the header (magic last) once the whole blob checked out.
+/// Writes a new model into a slot the device is not running from: erase, words as they
+/// arrive, then (once the whole blob checked out and its words form a model) the
+/// header, magic last.
 #[derive(Debug)]
 pub struct SlotWriter {
     index: usize,
@@ -244,7 +293,10 @@ pub struct SlotWriter {
 
 impl SlotWriter {
     /// Erases the slot that `running` does not use and prepares to fill it.
-    pub fn begin<F: FlashWriter>(flash: &mut F, running: &Active) -> Result<Self, FlashError> {
+    pub fn begin<F: FlashWriter, W>(
+        flash: &mut F,
+        running: &Active<W>,
+    ) -> Result<Self, FlashError> {
         let index = match running.source {
             Source::Slot { index, .. } => 1 - index,
             Source::Compiled => 0,
@@ -256,35 +308,47 @@ impl SlotWriter {
         Ok(SlotWriter { index })
     }
 
-    /// Stores parameter `index` (values past the inference prefix are not kept).
-    pub fn put<F: FlashWriter>(
+    /// Stores word `index` of the blob after its header (words past the ones `C` keeps
+    /// are not kept).
+    pub fn put<C: Content, F: FlashWriter>(
         &self,
         flash: &mut F,
         index: usize,
-        value: f32,
+        word: u32,
     ) -> Result<(), FlashError> {
-        if index >= INFER_LEN {
+        const {
+            assert!(
+                SLOT_HEADER + 4 * C::WORDS <= SLOT_LEN,
+                "weights do not fit a slot"
+            )
+        };
+        if index >= C::WORDS {
             return Ok(());
         }
         let addr = slot_addr(self.index) + SLOT_HEADER + 4 * index;
-        flash.write_word(addr, value.to_bits())
+        flash.write_word(addr, word)
     }
 
     /// Seals the slot after the whole blob checked out (CRC `blob_crc`) and returns it as
-    /// the weights to run.
-    pub fn commit<F: FlashWriter>(
+    /// the weights to run; refused, the slot unsealed, when its words do not form a
+    /// model (`C::weights`' error) or the flash fails (`Storage`).
+    pub fn commit<C: Content, F: FlashWriter, W>(
         self,
         flash: &mut F,
         blob_crc: u32,
-        running: &Active,
-    ) -> Result<Active, FlashError> {
+        running: &Active<W>,
+    ) -> Result<Active<C::Weights>, ErrorCode> {
         let base = slot_addr(self.index);
-        let crc = prefix_crc(slot_params(self.index));
-        flash.write_word(base + 4, seq(running).wrapping_add(1))?;
-        flash.write_word(base + 8, blob_crc)?;
-        flash.write_word(base + 12, crc)?;
-        flash.write_word(base, SLOT_MAGIC)?;
-        slot(self.index).ok_or(FlashError)
+        C::weights(base + SLOT_HEADER)?;
+        let crc = words_crc::<C>(self.index);
+        let seal = |flash: &mut F| -> Result<(), FlashError> {
+            flash.write_word(base + 4, seq(running).wrapping_add(1))?;
+            flash.write_word(base + 8, blob_crc)?;
+            flash.write_word(base + 12, crc)?;
+            flash.write_word(base, SLOT_MAGIC)
+        };
+        seal(flash).map_err(|_| ErrorCode::Storage)?;
+        slot::<C>(self.index).ok_or(ErrorCode::Storage)
     }
 }
 
@@ -297,18 +361,20 @@ pub fn erase_slots<F: FlashWriter>(flash: &mut F) -> Result<(), FlashError> {
     Ok(())
 }
 
-/// The weights of an inference device as the core's engine holds them
-/// ([`hvae::device::Params`]): the parameters in use, in flash (compiled in or in a
-/// slot), and the two slots a `LoadWeights` blob fills ([`hvae::device::Slots`]).
-pub struct FlashWeights<F> {
-    active: Active,
+/// The weights of an inference device as the core's engine holds them: the weights in
+/// use, in flash (compiled in or in a slot), and the two slots a `LoadWeights` blob
+/// fills ([`hvae::device::Slots`]). Of the `f32` model ([`F32`]) they are the
+/// [`hvae::device::Params`] of a `Model`; of the int8 model ([`int8::Int8`]), the
+/// [`hvae::device::Int8Weights`] of the engine's [`hvae::device::Int8`].
+pub struct FlashWeights<F, C: Content = F32> {
+    active: Active<C::Weights>,
     writing: Option<SlotWriter>,
     flash: F,
 }
 
-impl<F: FlashWriter> FlashWeights<F> {
+impl<F: FlashWriter, C: Content> FlashWeights<F, C> {
     /// The weights `active`, with `flash` to write the slots.
-    pub fn new(active: Active, flash: F) -> Self {
+    pub fn new(active: Active<C::Weights>, flash: F) -> Self {
         FlashWeights {
             active,
             writing: None,
@@ -317,7 +383,7 @@ impl<F: FlashWriter> FlashWeights<F> {
     }
 
     /// The weights in use: where they live and their blob's CRC.
-    pub fn active(&self) -> &Active {
+    pub fn active(&self) -> &Active<C::Weights> {
         &self.active
     }
 }
@@ -338,7 +404,7 @@ impl<F: FlashWriter> Params for FlashWeights<F> {
     }
 }
 
-impl<F: FlashWriter> Slots for FlashWeights<F> {
+impl<F: FlashWriter, C: Content> Slots for FlashWeights<F, C> {
     fn begin(&mut self) -> Result<(), ErrorCode> {
         self.writing = None;
         let w = SlotWriter::begin(&mut self.flash, &self.active).map_err(|_| ErrorCode::Storage)?;
@@ -351,7 +417,7 @@ impl<F: FlashWriter> Slots for FlashWeights<F> {
             .writing
             .as_ref()
             .ok_or(ErrorCode::LoadOrder { expected: 0 })?;
-        w.put(&mut self.flash, index, f32::from_bits(word))
+        w.put::<C, F>(&mut self.flash, index, word)
             .map_err(|_| ErrorCode::Storage)
     }
 
@@ -360,9 +426,124 @@ impl<F: FlashWriter> Slots for FlashWeights<F> {
             .writing
             .take()
             .ok_or(ErrorCode::LoadOrder { expected: 0 })?;
-        self.active = w
-            .commit(&mut self.flash, crc, &self.active)
-            .map_err(|_| ErrorCode::Storage)?;
+        self.active = w.commit::<C, F, _>(&mut self.flash, crc, &self.active)?;
         Ok(())
+    }
+}
+
+/// The int8 model (`model/digits_int8.rs`: `hvae export --quantize int8 --format
+/// rust`), compiled in, and the int8 slots of `cluster_int8`: every word of an int8 blob
+/// after its header (weights, channels, reals), formed into a [`hvae::QuantModel`] that
+/// checks every value. Linked only into the programs that use it.
+pub mod int8 {
+    use super::{Active, Content, FlashWeights, Source};
+    use crate::board::FlashWriter;
+    use hvae::device::{int8_words, Int8Weights, Slots};
+    use hvae::infer::quant::{float_len, int_len, weight_len};
+    use hvae::protocol::{int8_blob_header, ErrorCode};
+    use hvae::store::blob::HEADER_LEN_INT8;
+    use hvae::{QuantModel, Shape};
+
+    #[allow(dead_code)]
+    mod generated {
+        include!("../model/digits_int8.rs");
+    }
+    pub use generated::BLOB_CRC;
+
+    /// Architecture of the int8 model.
+    pub const SHAPE: Shape = generated::SHAPE;
+    /// The int8 blob header of [`SHAPE`].
+    pub const HEADER: [u8; HEADER_LEN_INT8] = int8_blob_header(&SHAPE);
+    /// The int8 model over its three vectors in flash.
+    pub type FlashModel = QuantModel<&'static [i8], &'static [i32], &'static [f32]>;
+
+    /// The int8 model's slots: all of an int8 blob's words.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Int8;
+
+    const W: usize = weight_len(&SHAPE);
+    const W_WORDS: usize = W.div_ceil(4);
+    const I: usize = int_len(&SHAPE);
+    const F: usize = float_len(&SHAPE);
+
+    impl Content for Int8 {
+        const HEADER: &'static [u8] = &HEADER;
+        const WORDS: usize = int8_words(&SHAPE);
+        type Weights = FlashModel;
+        fn weights(addr: usize) -> Result<FlashModel, ErrorCode> {
+            // SAFETY: `addr` is a slot's words (int8_words of them, checked to fit a
+            // slot), in flash: 4-aligned, always mapped, every bit pattern a valid i8,
+            // i32 and f32; the ints start after the padded weights, 4-aligned. The
+            // slices alias flash that `SlotWriter` programs: the service never writes
+            // the slot it runs from.
+            let (w, i, f) = unsafe {
+                (
+                    core::slice::from_raw_parts(addr as *const i8, W),
+                    core::slice::from_raw_parts((addr + 4 * W_WORDS) as *const i32, I),
+                    core::slice::from_raw_parts((addr + 4 * (W_WORDS + I)) as *const f32, F),
+                )
+            };
+            QuantModel::new(SHAPE, w, i, f).map_err(ErrorCode::from)
+        }
+    }
+
+    /// CRC-32 of the int8 blob of the compiled-in vectors, at compile time.
+    const fn const_crc() -> u32 {
+        let mut d = super::CRC_TABLE.digest();
+        d.update(&HEADER);
+        let mut i = 0;
+        while i < W {
+            d.update(&generated::WEIGHTS[i].to_le_bytes());
+            i += 1;
+        }
+        while i < 4 * W_WORDS {
+            d.update(&[0]);
+            i += 1;
+        }
+        i = 0;
+        while i < I {
+            d.update(&generated::INTS[i].to_le_bytes());
+            i += 1;
+        }
+        i = 0;
+        while i < F {
+            d.update(&generated::FLOATS[i].to_le_bytes());
+            i += 1;
+        }
+        d.finalize()
+    }
+
+    const _: () = assert!(
+        const_crc() == BLOB_CRC,
+        "the compiled-in int8 model file: its vectors do not match BLOB_CRC"
+    );
+
+    /// The compiled-in int8 model (its CRC checked at compile time), its values checked
+    /// ([`hvae::QuantModel::new`]).
+    pub fn compiled() -> Result<Active<FlashModel>, &'static str> {
+        let model = QuantModel::new(
+            SHAPE,
+            &generated::WEIGHTS[..],
+            &generated::INTS[..],
+            &generated::FLOATS[..],
+        )
+        .map_err(|_| "the compiled-in int8 model is not a model")?;
+        Ok(Active {
+            params: model,
+            source: Source::Compiled,
+            blob_crc: BLOB_CRC,
+        })
+    }
+
+    impl<Fl: FlashWriter> Int8Weights for FlashWeights<Fl, Int8> {
+        type W = &'static [i8];
+        type I = &'static [i32];
+        type F = &'static [f32];
+        fn model(&self) -> &FlashModel {
+            &self.active().params
+        }
+        fn slots(&mut self) -> Option<&mut dyn Slots> {
+            Some(self)
+        }
     }
 }

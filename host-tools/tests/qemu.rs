@@ -581,7 +581,8 @@ fn firmware_log_is_defmt_and_decodes() {
 }
 
 /// `hvae validate` of the int8 digits model against `cluster_int8`: every row bit for
-/// bit the host's `QuantModel` (the M4F runs the `smlad` kernel, the M0 the Thumb-1 one).
+/// bit the host's `QuantModel` (the M4F runs the `smlad` kernel, the M0 the Thumb-1 one);
+/// another int8 model loaded over the wire by `validate`, its rows bit for bit too.
 fn validate_cluster_int8(machine: Machine, rows: usize) {
     use hvae_host::commands::validate::validate_on_int8;
     let Some(elf) = firmware("cluster_int8", machine) else {
@@ -621,6 +622,27 @@ fn validate_cluster_int8(machine: Machine, rows: usize) {
     )
     .unwrap_err();
     assert!(e.to_string().contains("cannot load"), "{e}");
+    // Another int8 model (the weights negated): loaded over the wire, then every row is
+    // that model's, bit for bit; then the original again.
+    let w: Vec<i8> = model.model.weights().iter().map(|v| -v).collect();
+    let other = hvae::QuantModel::new(
+        *model.model.shape(),
+        w,
+        model.model.ints().to_vec(),
+        model.model.floats().to_vec(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other_path = dir.path().join("other_int8.hvae");
+    std::fs::write(&other_path, hvae_host::quant::to_bytes(&other).unwrap()).unwrap();
+    let other = model_io::load_int8(&other_path).unwrap();
+    assert_ne!(other.crc, model.crc);
+    for (m, path) in [(&other, &other_path), (&model, &model_path)] {
+        let r =
+            validate_on_int8(&mut dev, m, path, &data, Some(40), Thresholds::default()).unwrap();
+        assert!(r.pass && r.loaded_weights, "{r:?}");
+        assert_eq!((r.rows, r.bit_exact_rows), (40, 40));
+    }
 }
 
 #[test]

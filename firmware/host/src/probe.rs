@@ -3,7 +3,8 @@
 //! qemu, and its budgets (flash, RAM). With `--int8` (the int8 blob of `--blob`'s model,
 //! the one compiled into `cluster_int8`), the checks of the int8 service
 //! ([`checks::CHECKS_INT8`]): its answers bit for bit against the host's
-//! `hvae::QuantModel`.
+//! `hvae::QuantModel`, before and after a load of another int8 model over the wire, and
+//! the int8 blobs it refuses (the weights in use unchanged).
 //!
 //! qemu is started by the device toolkit (`hvae_devkit::qemu`) with the board's UART0 on
 //! a local socket and `-icount shift=0`; the firmware's log (defmt, decoded) is printed

@@ -101,6 +101,8 @@ fn main() -> ! {
     defmt::println!("  skipped on the micro:bit (stack); run on mps2-an386");
     defmt::println!("selftest: weight slots");
     slots(&mut c);
+    defmt::println!("selftest: int8 weight slots");
+    int8_slots(&mut c);
     defmt::println!("selftest: checkpoint region (embedded-storage NorFlash)");
     nor_flash(&mut c);
     defmt::println!(
@@ -370,7 +372,7 @@ fn slots(c: &mut Checks) {
     let wrote = word != 0 && flash.write_word(addr, cleared).is_ok();
     c.check(
         wrote
-            && weights::slot(1).is_none()
+            && weights::slot::<weights::F32>(1).is_none()
             && matches!(weights::boot(), Ok(a) if a.source == (Source::Slot { index: 0, seq: 1 })),
         "a corrupted newest slot is skipped: slot 0",
     );
@@ -378,6 +380,72 @@ fn slots(c: &mut Checks) {
         weights::erase_slots(&mut flash).is_ok()
             && matches!(weights::boot(), Ok(a) if a.source == Source::Compiled),
         "slots erased: the compiled-in weights again",
+    );
+}
+
+/// Word `k` of the int8 blob of `m` after its header (what `LoadWeights` hands the
+/// slots): the weights four to a word (padded with zeros), the ints, the floats.
+fn int8_word(m: &weights::int8::FlashModel, k: usize) -> u32 {
+    let w = m.weights();
+    let nw = w.len().div_ceil(4);
+    if k < nw {
+        let b = |i: usize| w.get(4 * k + i).map_or(0, |&v| v as u8);
+        return u32::from_le_bytes([b(0), b(1), b(2), b(3)]);
+    }
+    match m.ints().get(k - nw) {
+        Some(&v) => v as u32,
+        None => m
+            .floats()
+            .get(k - nw - m.ints().len())
+            .map_or(0, |v| v.to_bits()),
+    }
+}
+
+/// The int8 slots (`cluster_int8`'s): a blob's words written, committed only when they
+/// form a model, picked at boot; a refused one leaves the slot in use.
+fn int8_slots(c: &mut Checks) {
+    use hvae::device::{int8_words, Int8Weights, Slots};
+    use weights::int8::{self, Int8};
+    let mut flash = Flash::new();
+    c.check(weights::erase_slots(&mut flash).is_ok(), "erase both slots");
+    let Ok(compiled) = int8::compiled() else {
+        c.check(false, "the compiled-in int8 model");
+        return;
+    };
+    let model = compiled.params.clone();
+    let mut w = weights::FlashWeights::<Flash, Int8>::new(compiled, Flash::new());
+    let n = int8_words(&int8::SHAPE);
+    let fill = |w: &mut weights::FlashWeights<Flash, Int8>, bad: bool| -> Result<(), ErrorCode> {
+        w.begin()?;
+        for k in 0..n {
+            // A weight of -128 in the first word when `bad`.
+            let v = int8_word(&model, k);
+            w.put(k, if bad && k == 0 { (v & !0xFF) | 0x80 } else { v })?;
+        }
+        w.commit(int8::BLOB_CRC)
+    };
+    let ok = fill(&mut w, false);
+    let in_slot0 = w.active().source == (Source::Slot { index: 0, seq: 1 });
+    c.check(
+        ok.is_ok() && in_slot0 && w.model().weights() == model.weights(),
+        "int8 blob written: slot 0, the same model",
+    );
+    let boot = weights::boot_with::<Int8>(int8::compiled);
+    c.check(
+        matches!(&boot, Ok(a) if a.source == (Source::Slot { index: 0, seq: 1 }) && a.blob_crc == int8::BLOB_CRC && a.params.floats() == model.floats()),
+        "reboot: int8 slot 0 is picked",
+    );
+    let bad = fill(&mut w, true);
+    c.check(
+        bad == Err(ErrorCode::OutOfRange)
+            && w.active().source == (Source::Slot { index: 0, seq: 1 })
+            && weights::slot::<Int8>(1).is_none(),
+        "a weight of -128: OutOfRange, slot 1 not sealed, slot 0 in use",
+    );
+    c.check(
+        weights::erase_slots(&mut flash).is_ok()
+            && matches!(weights::boot_with::<Int8>(int8::compiled), Ok(a) if a.source == Source::Compiled),
+        "int8 slots erased: the compiled-in int8 model again",
     );
 }
 

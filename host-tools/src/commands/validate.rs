@@ -29,8 +29,10 @@ pub const LONG_ABOUT: &str =
     tolerance; ties are counted and excluded).\n\n\
     An int8 model (a format-version-2 blob, `hvae export --quantize int8 --format bin`) \
     is validated against the `cluster_int8` program, which serves the int8 model compiled \
-    into it (firmware/model/digits_int8.rs) and cannot load weights: its Info must report \
-    the int8 blob's version and CRC, and every row must be the host's int8 computation \
+    into it (firmware/model/digits_int8.rs) or the int8 blob last loaded into its flash \
+    slots: if it runs other weights, the tool loads the int8 blob (chunked LoadWeights, \
+    CRC-checked, all or nothing); its Info must then report the int8 blob's version and \
+    CRC, and every row must be the host's int8 computation \
     (hvae::QuantModel) bit for bit, besides the thresholds below; --reference F32MODEL \
     prints the int8 model's fidelity to its f32 model on the data beside it.\n\n\
     Pass thresholds: label agreement 100% (ties excluded); mu max abs error <= 1e-5, mu \
@@ -384,8 +386,16 @@ pub fn prepare(
             show(&info.shape)
         )));
     }
-    if info.weights_crc == model.crc {
+    if info.weights_crc == model.crc && info.blob == hvae::store::blob::VERSION {
         return Ok((false, info));
+    }
+    if info.blob != hvae::store::blob::VERSION {
+        return Err(Error::Failed(format!(
+            "{name} runs weights of blob format {} (the f32 model's is {}) and cannot load \
+             an f32 model",
+            info.blob,
+            hvae::store::blob::VERSION
+        )));
     }
     if info.capabilities & CAP_LOAD == 0 {
         return Err(Error::Failed(format!(
@@ -429,9 +439,10 @@ pub fn validate_on(
     )
 }
 
-/// Validates the int8 `model` on an open device (the `cluster_int8` program, which runs
-/// its compiled-in int8 model) with the rows of `data` (the first `rows`): the device
-/// must report the int8 blob's version and `model`'s CRC, and every row must be the
+/// Validates the int8 `model` on an open device (the `cluster_int8` program) with the
+/// rows of `data` (the first `rows`): if the device runs other weights, the int8 blob at
+/// `model_path` is loaded into it first (when it takes `LoadWeights`); the device must
+/// then report the int8 blob's version and `model`'s CRC, and every row must be the
 /// host's [`hvae::QuantModel`] answer bit for bit (integer arithmetic), besides the
 /// thresholds of the `f32` validation.
 pub fn validate_on_int8(
@@ -452,19 +463,40 @@ pub fn validate_on_int8(
             info.capabilities
         )));
     }
-    if info.blob != hvae::store::blob::VERSION_INT8 || info.weights_crc != model.crc {
+    let runs_it = info.blob == hvae::store::blob::VERSION_INT8 && info.weights_crc == model.crc;
+    if !runs_it && info.capabilities & CAP_LOAD == 0 {
         return Err(Error::Failed(format!(
-            "{name} runs other weights (blob format {}, CRC {:#010x}; the int8 model's: {},              {:#010x}); `cluster_int8` serves the int8 model compiled into it              (firmware/model/digits_int8.rs) and cannot load one",
+            "{name} runs other weights (blob format {}, CRC {:#010x}; the int8 model's: {}, \
+             {:#010x}) and cannot load new ones",
             info.blob,
             info.weights_crc,
             hvae::store::blob::VERSION_INT8,
             model.crc
         )));
     }
+    if !runs_it {
+        let blob = std::fs::read(model_path)
+            .map_err(|e| Error::Failed(format!("{}: {e}", model_path.display())))?;
+        let crc = dev.load_weights(&blob).map_err(|e| fmt_err(e, &name))?;
+        let now = dev.info().map_err(|e| fmt_err(e, &name))?;
+        if crc != model.crc
+            || now.weights_crc != model.crc
+            || now.blob != hvae::store::blob::VERSION_INT8
+        {
+            return Err(Error::Failed(format!(
+                "{name}: after loading, the device reports blob format {} and CRC {:#010x}, \
+                 the int8 model's are {} and {:#010x}",
+                now.blob,
+                now.weights_crc,
+                hvae::store::blob::VERSION_INT8,
+                model.crc
+            )));
+        }
+    }
     compare(
         dev,
         &model.model,
-        (info, model.crc, false),
+        (info, model.crc, !runs_it),
         data,
         rows,
         th,

@@ -2,7 +2,7 @@
 //! function of the [`Fixture`]; later checks rely on the weights the loading checks left
 //! on the device.
 
-use super::fixture::{blob_of, ensure, sample, Failure, Fixture, Weights};
+use super::fixture::{blob_of, ensure, sample, Failure, Fixture, Int8Weights, Weights};
 use hvae::protocol::{encode, ErrorCode, Request, Response, MAX_CHUNK};
 
 /// What a check that did not fail says.
@@ -24,17 +24,8 @@ pub const CHECKS: &[&[Check]] = &[F32_MODEL, REQUESTS, BAD_FRAMES, WEIGHTS, SIZE
 
 /// The checks of the int8 service (`cluster_int8`, `probe --int8 BLOB`): its answers
 /// bit for bit against the host's [`hvae::QuantModel`], the requests it does not serve,
-/// and the checks that do not depend on the model.
-pub const CHECKS_INT8: &[&[Check]] = &[
-    INT8_MODEL,
-    REQUESTS,
-    &[(
-        "LoadWeights and ReadWeights (weights compiled in): Unsupported",
-        weights_unsupported,
-    )],
-    BAD_FRAMES,
-    SIZES,
-];
+/// the checks that do not depend on the model, and loading int8 weights.
+pub const CHECKS_INT8: &[&[Check]] = &[INT8_MODEL, REQUESTS, BAD_FRAMES, INT8_WEIGHTS, SIZES];
 
 #[rustfmt::skip] // a table: one check a line
 const F32_MODEL: &[Check] = &[
@@ -48,6 +39,20 @@ const INT8_MODEL: &[Check] = &[
     ("Info: the model's shape, the int8 blob's version and CRC", info_int8),
     ("Segment: 24 inputs, the same bits as the host's QuantModel", segment_int8),
     ("Encode: 24 inputs, the same bits as the host's QuantModel", encode_int8),
+];
+
+/// Loading int8 weights: all or nothing, then another model's exact answers.
+#[rustfmt::skip] // a table: one check a line
+const INT8_WEIGHTS: &[Check] = &[
+    ("ReadWeights (no f32 values) and Checkpoint: Unsupported", int8_read_unsupported),
+    ("int8 load of a blob with a flipped bit: BadCrc", int8_load_flipped_bit),
+    ("int8 load of an f32 blob: UnsupportedVersion(1)", int8_load_f32_blob),
+    ("int8 blob of another shape: ShapeMismatch", int8_load_other_shape),
+    ("int8 blob with a weight of -128 (CRC fixed): OutOfRange", int8_load_bad_weight),
+    ("after the failed loads the old int8 weights are in use, bit for bit", int8_old_kept),
+    ("load of another int8 model: Loaded with its CRC", int8_load_new),
+    ("the device now answers with it, bit for bit", int8_new_answers),
+    ("load of the original int8 model again, answered with it", int8_load_original),
 ];
 
 /// Requests any inference firmware answers alike: several samples in one, bad lengths
@@ -480,9 +485,20 @@ fn int8_against(
     request: fn(&[f32]) -> Request,
     want: impl Fn(&hvae::QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>, &[f32], &mut Response),
 ) -> Outcome {
-    let q = f.int8()?.clone();
+    int8_answers(f, Int8Weights::Original, f.xs.len(), request, want)
+}
+
+/// [`int8_against`] with the int8 model `which`, on the first `n` inputs.
+fn int8_answers(
+    f: &mut Fixture,
+    which: Int8Weights,
+    n: usize,
+    request: fn(&[f32]) -> Request,
+    want: impl Fn(&hvae::QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>, &[f32], &mut Response),
+) -> Outcome {
+    let (q, _, _) = f.int8_of(which)?;
     let mut out = Response::Ack;
-    let n = f.xs.len();
+    let n = n.min(f.xs.len());
     for i in 0..n {
         want(&q, &f.xs[i], &mut out);
         let got = f.dev.exchange(&request(&f.xs[i]))?;
@@ -497,17 +513,16 @@ fn int8_against(
     Ok(Pass::Ok(format!("{n} inputs bit-exact")))
 }
 
+/// The host's answer to `Segment` of `x` with `q`.
+fn int8_segment(q: &hvae::QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>, x: &[f32], out: &mut Response) {
+    let mut work = vec![0.0f32; q.work_len()];
+    hvae::protocol::answer::answer_segment_int8(q, x, &mut work, &mut Response::Ack, &mut |r| {
+        *out = r.clone()
+    });
+}
+
 fn segment_int8(f: &mut Fixture) -> Outcome {
-    int8_against(f, segment_request, |q, x, out| {
-        let mut work = vec![0.0f32; q.work_len()];
-        hvae::protocol::answer::answer_segment_int8(
-            q,
-            x,
-            &mut work,
-            &mut Response::Ack,
-            &mut |r| *out = r.clone(),
-        );
-    })
+    int8_against(f, segment_request, int8_segment)
 }
 
 fn encode_int8(f: &mut Fixture) -> Outcome {
@@ -519,18 +534,100 @@ fn encode_int8(f: &mut Fixture) -> Outcome {
     })
 }
 
-fn weights_unsupported(f: &mut Fixture) -> Outcome {
+// Loading int8 weights: all or nothing.
+
+fn int8_read_unsupported(f: &mut Fixture) -> Outcome {
     let r = f.dev.exchange(&Request::ReadWeights {
         offset: 0,
         count: 4,
     })?;
     ensure(r == Response::Error(ErrorCode::Unsupported), || {
-        format!("{r:?}")
+        format!("ReadWeights: {r:?}")
     })?;
-    let r = f.dev.exchange(&Request::LoadWeights {
-        offset: 0,
-        bytes: heapless::Vec::from_slice(&f.new_blob[..MAX_CHUNK]).expect("chunk"),
-        last: false,
-    })?;
+    let r = f.dev.exchange(&Request::Checkpoint)?;
     error_answer(&r, ErrorCode::Unsupported)
+}
+
+fn int8_load_flipped_bit(f: &mut Fixture) -> Outcome {
+    let (_, mut corrupt, _) = f.int8_of(Int8Weights::New)?;
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0x40;
+    let r = f.load(&corrupt)?;
+    ensure(
+        matches!(r, Response::Error(ErrorCode::BadCrc { .. })),
+        || format!("{r:?}"),
+    )?;
+    pass()
+}
+
+fn int8_load_f32_blob(f: &mut Fixture) -> Outcome {
+    let blob = f.new_blob.clone();
+    let r = f.load(&blob)?;
+    error_answer(&r, ErrorCode::UnsupportedVersion(1))
+}
+
+fn int8_load_other_shape(f: &mut Fixture) -> Outcome {
+    let (_, mut other, _) = f.int8_of(Int8Weights::New)?;
+    other[40] = 11; // K = 11 in the header
+    let r = f.load(&other)?;
+    error_answer(&r, ErrorCode::ShapeMismatch)
+}
+
+fn int8_load_bad_weight(f: &mut Fixture) -> Outcome {
+    let (_, mut bad, _) = f.int8_of(Int8Weights::New)?;
+    bad[hvae::store::blob::HEADER_LEN_INT8] = 0x80;
+    let n = bad.len() - 4;
+    let crc = hvae::store::blob::crc32(&bad[..n]);
+    bad[n..].copy_from_slice(&crc.to_le_bytes());
+    let r = f.load(&bad)?;
+    error_answer(&r, ErrorCode::OutOfRange)
+}
+
+/// Passes if the device reports the CRC of the int8 model `which` and answers `Segment`
+/// as it, bit for bit, on `n` inputs.
+fn int8_in_use(f: &mut Fixture, which: Int8Weights, n: usize) -> Outcome {
+    let (_, _, crc) = f.int8_of(which)?;
+    let info = f.ask_info()?;
+    ensure(info.weights_crc == crc, || {
+        format!("CRC {:#010x}, expected {crc:#010x}", info.weights_crc)
+    })?;
+    int8_answers(f, which, n, segment_request, int8_segment)
+}
+
+fn int8_old_kept(f: &mut Fixture) -> Outcome {
+    int8_in_use(f, Int8Weights::Original, 4)
+}
+
+fn int8_load_new(f: &mut Fixture) -> Outcome {
+    let (_, blob, crc) = f.int8_of(Int8Weights::New)?;
+    let r = f.load(&blob)?;
+    answer_is(&r, &Response::Loaded { weights_crc: crc })
+}
+
+fn int8_new_answers(f: &mut Fixture) -> Outcome {
+    // The two models answer differently (else this check could not tell them apart).
+    let (old, _, _) = f.int8_of(Int8Weights::Original)?;
+    let (new, _, _) = f.int8_of(Int8Weights::New)?;
+    let differ = f.xs.iter().take(8).any(|x| {
+        let (mut a, mut b) = (Response::Ack, Response::Ack);
+        int8_segment(&old, x, &mut a);
+        int8_segment(&new, x, &mut b);
+        a != b
+    });
+    ensure(differ, || "the two int8 models answer alike".into())?;
+    int8_in_use(f, Int8Weights::New, 8)?;
+    int8_answers(f, Int8Weights::New, 8, encode_request, |q, x, out| {
+        let mut work = vec![0.0f32; q.work_len()];
+        hvae::protocol::answer::answer_encode_int8(q, x, &mut work, &mut Response::Ack, &mut |r| {
+            *out = r.clone()
+        });
+    })
+}
+
+fn int8_load_original(f: &mut Fixture) -> Outcome {
+    // Back to the original, through the other slot.
+    let (_, blob, crc) = f.int8_of(Int8Weights::Original)?;
+    let r = f.load(&blob)?;
+    answer_is(&r, &Response::Loaded { weights_crc: crc })?;
+    int8_in_use(f, Int8Weights::Original, 4)
 }

@@ -90,6 +90,18 @@ pub struct Fixture {
     int8: Option<Int8Model>,
     /// Its blob's CRC (0 without one).
     pub int8_crc: u32,
+    /// Another int8 model of the same shape (the weights negated: other answers), its
+    /// blob and the blob's CRC, for the loading checks.
+    int8_new: Option<(Int8Model, Vec<u8>, u32)>,
+}
+
+/// Which int8 model the device should be answering with.
+#[derive(Clone, Copy, Debug)]
+pub enum Int8Weights {
+    /// The one it was built with (`probe --int8 BLOB`).
+    Original,
+    /// The other one the loading checks send.
+    New,
 }
 
 /// An int8 model read from its blob.
@@ -111,6 +123,17 @@ impl Fixture {
                 (Some(q), c)
             }
             None => (None, 0),
+        };
+        let int8_new = match &int8 {
+            Some(q) => {
+                let w: Vec<i8> = q.weights().iter().map(|v| -v).collect();
+                let n = hvae::QuantModel::new(shape, w, q.ints().to_vec(), q.floats().to_vec())
+                    .map_err(|e| e.to_string())?;
+                let b = int8_blob_of(&n)?;
+                let c = hvae::store::blob::crc32(&b[..b.len() - 4]);
+                Some((n, b, c))
+            }
+            None => None,
         };
         let new_params: Vec<f32> = params
             .iter()
@@ -142,6 +165,7 @@ impl Fixture {
             info: None,
             int8,
             int8_crc,
+            int8_new,
         })
     }
 
@@ -150,6 +174,21 @@ impl Fixture {
         self.int8
             .as_ref()
             .ok_or_else(|| "no --int8 blob given".to_string().into())
+    }
+
+    /// The int8 model `which`, its blob and the blob's CRC.
+    pub fn int8_of(&self, which: Int8Weights) -> Result<(Int8Model, Vec<u8>, u32), Failure> {
+        match which {
+            Int8Weights::Original => {
+                let q = self.int8()?.clone();
+                let b = int8_blob_of(&q)?;
+                Ok((q, b, self.int8_crc))
+            }
+            Int8Weights::New => self
+                .int8_new
+                .clone()
+                .ok_or_else(|| "no --int8 blob given".to_string().into()),
+        }
     }
 
     /// The original weights' model on the host.
@@ -252,6 +291,13 @@ pub enum Weights {
 pub fn blob_of(shape: &Shape, params: &[f32]) -> Result<Vec<u8>, String> {
     let mut b = vec![0u8; hvae::store::blob::blob_len(shape)];
     hvae::store::blob::write(shape, params, &mut b).map_err(|e| e.to_string())?;
+    Ok(b)
+}
+
+/// The int8 blob of `q`.
+pub fn int8_blob_of(q: &Int8Model) -> Result<Vec<u8>, String> {
+    let mut b = vec![0u8; hvae::store::blob::int8_blob_len(q.shape())];
+    hvae::store::blob::write_int8(q, &mut b).map_err(|e| e.to_string())?;
     Ok(b)
 }
 
