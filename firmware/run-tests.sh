@@ -2,21 +2,22 @@
 # The firmware's tests, on a machine with qemu-system-arm (.ci/run installs it):
 #   0. checks the formatting of the firmware and its host tool, and lints the firmware
 #      (clippy and rustdoc, warnings are errors);
-#   1. builds cluster, cluster_int8, selftest, bench, bench_adapt, bench_scratch, learn and
-#      learn_scratch
-#      for the Cortex-M4F (thumbv7em-none-eabihf) and cluster, cluster_int8, selftest,
-#      bench, adapt and bench_adapt for the Cortex-M0 (thumbv6m-none-eabi), release; runs the host
-#      tool's unit tests;
+#   1. builds cluster, cluster_int8, cluster_int8_fixed, selftest, bench, bench_adapt,
+#      bench_scratch, learn and learn_scratch
+#      for the Cortex-M4F (thumbv7em-none-eabihf) and cluster, cluster_int8,
+#      cluster_int8_fixed, selftest, bench, adapt and bench_adapt for the Cortex-M0
+#      (thumbv6m-none-eabi), release; runs the host tool's unit tests;
 #   2. runs selftest (on-target tests, exit status through semihosting) on qemu's
 #      mps2-an386 and microbit, and checks that the log is defmt: the raw log is
 #      frames, not the text, and decodes to the expected lines;
 #   3. runs the conformance checks against cluster on both machines (over the emulated
 #      UART) and checks the inference firmware's flash and RAM (static + measured peak
 #      stack) against the budgets: M4F <= 32 KiB flash and <= 8 KiB RAM, M0 <= 16 KiB RAM;
-#      and the int8 checks against cluster_int8 on both (its answers bit for bit against
-#      the host's QuantModel, before and after loading another int8 model): flash M4F
-#      <= 27 KiB, M0 <= 31 KiB (the figures reached with int8 loading: docs/device.md),
-#      RAM <= 6 KiB;
+#      and the int8 checks against cluster_int8_fixed (compiled-in weights) on both (its
+#      answers bit for bit against the host's QuantModel): flash M4F <= 24 KiB, M0 <= 28
+#      KiB, RAM <= 6 KiB; and against cluster_int8 (weight slots, int8 loads: the same
+#      before and after loading another int8 model): flash M4F <= 27 KiB, M0 <= 31 KiB
+#      (the figures it reached: docs/device.md), RAM <= 6 KiB;
 #   4. runs bench (instructions per MAC of the f32 and the int8 model and of the int8
 #      dense layers, training step cost and RAM per scope) and fails if a budget is
 #      exceeded, bench_adapt (online k-means and the normalisation tracker per
@@ -65,9 +66,9 @@ cargo clippy --release --target "$m4" --lib --bins -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --release --target "$m4" --no-deps
 
 step "build (release)"
-cargo build --release --target "$m4" --bin cluster --bin cluster_int8 --bin selftest --bin bench \
+cargo build --release --target "$m4" --bin cluster --bin cluster_int8 --bin cluster_int8_fixed --bin selftest --bin bench \
   --bin bench_adapt --bin bench_scratch --bin learn --bin learn_scratch
-cargo build --release --target "$m0" --bin cluster --bin cluster_int8 --bin selftest --bin bench \
+cargo build --release --target "$m0" --bin cluster --bin cluster_int8 --bin cluster_int8_fixed --bin selftest --bin bench \
   --bin adapt --bin bench_adapt
 # The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
 # device), and its own unit tests (the ELF scanner of the panic-site check); unless the
@@ -106,6 +107,12 @@ step "cluster on microbit: conformance checks, RAM <= 16 KiB"
 "$tool" probe "target/$m0/release/cluster" --machine microbit --blob model/digits.hvae \
   --ram-budget 16384 | tee target/probe-m0.txt
 
+step "cluster_int8_fixed on mps2-an386: the int8 checks (bit for bit against the host's QuantModel; weights compiled in), flash <= 24 KiB, RAM <= 6 KiB"
+"$tool" probe "target/$m4/release/cluster_int8_fixed" --machine mps2-an386 --blob model/digits.hvae \
+  --int8 model/digits_int8.hvae --flash-budget 24576 --ram-budget 6144 | tee target/probe-int8f-m4.txt
+step "cluster_int8_fixed on microbit: the int8 checks, flash <= 28 KiB, RAM <= 6 KiB"
+"$tool" probe "target/$m0/release/cluster_int8_fixed" --machine microbit --blob model/digits.hvae \
+  --int8 model/digits_int8.hvae --flash-budget 28672 --ram-budget 6144 | tee target/probe-int8f-m0.txt
 step "cluster_int8 on mps2-an386: the int8 checks (bit for bit against the host's QuantModel, int8 loads), flash <= 27 KiB, RAM <= 6 KiB"
 "$tool" probe "target/$m4/release/cluster_int8" --machine mps2-an386 --blob model/digits.hvae \
   --int8 model/digits_int8.hvae --flash-budget 27648 --ram-budget 6144 | tee target/probe-int8-m4.txt
@@ -132,6 +139,7 @@ run microbit "target/$m0/release/bench_adapt"
 step "sizes (flash = vector table + .text + .rodata + .data image; RAM static = .data + .bss)"
 "$tool" size "target/$m4/release/cluster" "target/$m0/release/cluster" \
   "target/$m4/release/cluster_int8" "target/$m0/release/cluster_int8" \
+  "target/$m4/release/cluster_int8_fixed" "target/$m0/release/cluster_int8_fixed" \
   "target/$m4/release/selftest" "target/$m0/release/selftest" "target/$m4/release/bench" \
   "target/$m4/release/learn" "target/$m4/release/learn_scratch" "target/$m0/release/adapt"
 echo
@@ -139,13 +147,15 @@ echo "panic sites linked in (none may be in the core, the firmware or the standa
 "$tool" panics --deny-ours "target/$m4/release/cluster" "target/$m4/release/learn" \
   "target/$m4/release/learn_scratch" "target/$m0/release/cluster" \
   "target/$m4/release/cluster_int8" "target/$m0/release/cluster_int8" \
+  "target/$m4/release/cluster_int8_fixed" "target/$m0/release/cluster_int8_fixed" \
   "target/$m0/release/adapt"
 echo
 echo "device-reported (cluster after the conformance checks):"
 grep -h HVAE_DEVICE_FIGURES target/probe-m4.txt target/probe-m0.txt \
-  target/probe-int8-m4.txt target/probe-int8-m0.txt |
+  target/probe-int8-m4.txt target/probe-int8-m0.txt target/probe-int8f-m4.txt \
+  target/probe-int8f-m0.txt |
   sed 's/^HVAE_DEVICE_FIGURES/  /' |
-  paste -d' ' <(printf '  mps2-an386\n  microbit\n  mps2-an386 int8\n  microbit int8\n') -
+  paste -d' ' <(printf '  mps2-an386\n  microbit\n  mps2-an386 int8\n  microbit int8\n  mps2-an386 int8 fixed\n  microbit int8 fixed\n') -
 
 if [ "$bench_ok" != 1 ]; then
   # Which results are over budget: a result line, or the RAM line under it.

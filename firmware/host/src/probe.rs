@@ -4,7 +4,9 @@
 //! the one compiled into `cluster_int8`), the checks of the int8 service
 //! ([`checks::CHECKS_INT8`]): its answers bit for bit against the host's
 //! `hvae::QuantModel`, before and after a load of another int8 model over the wire, and
-//! the int8 blobs it refuses (the weights in use unchanged).
+//! the int8 blobs it refuses (the weights in use unchanged); a device without
+//! `LoadWeights` among its capabilities (`cluster_int8_fixed`) must refuse the load
+//! instead ([`checks::CHECKS_INT8_FIXED`]).
 //!
 //! qemu is started by the device toolkit (`hvae_devkit::qemu`) with the board's UART0 on
 //! a local socket and `-icount shift=0`; the firmware's log (defmt, decoded) is printed
@@ -15,8 +17,9 @@
 mod checks;
 mod fixture;
 
-use checks::{Check, Pass, CHECKS, CHECKS_INT8};
+use checks::{Check, Pass, CHECKS, CHECKS_INT8, CHECKS_INT8_FIXED};
 use fixture::Fixture;
+use hvae::protocol::CAP_LOAD;
 use hvae_devkit::Launch;
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -32,9 +35,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
     println!("probe: {elf} on {}", machine.name());
     let launch = Launch::new(machine, elf).icount().print_log();
     let int8 = crate::flag(args, "--int8");
-    let groups = if int8.is_some() { CHECKS_INT8 } else { CHECKS };
-    let list: Vec<&Check> = groups.iter().copied().flatten().collect();
     let mut fixture = Fixture::start(&launch, blob_path, int8, (flash_budget, ram_budget))?;
+    // The int8 service with weight slots loads int8 blobs; the one without refuses.
+    let groups = match int8 {
+        None => CHECKS,
+        Some(_) => {
+            let info = fixture.info().map_err(|e| e.reason)?;
+            if info.capabilities & CAP_LOAD != 0 {
+                CHECKS_INT8
+            } else {
+                CHECKS_INT8_FIXED
+            }
+        }
+    };
+    let list: Vec<&Check> = groups.iter().copied().flatten().collect();
     let mut failed = 0;
     let mut checks = list.iter().copied();
     for &(name, check) in checks.by_ref() {

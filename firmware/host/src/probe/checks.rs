@@ -27,6 +27,20 @@ pub const CHECKS: &[&[Check]] = &[F32_MODEL, REQUESTS, BAD_FRAMES, WEIGHTS, SIZE
 /// the checks that do not depend on the model, and loading int8 weights.
 pub const CHECKS_INT8: &[&[Check]] = &[INT8_MODEL, REQUESTS, BAD_FRAMES, INT8_WEIGHTS, SIZES];
 
+/// The checks of the int8 service without weight slots (`cluster_int8_fixed`: no
+/// `LoadWeights` among its capabilities): [`CHECKS_INT8`] with a load refused instead
+/// of the loads.
+pub const CHECKS_INT8_FIXED: &[&[Check]] = &[
+    INT8_MODEL,
+    REQUESTS,
+    &[(
+        "LoadWeights and ReadWeights (weights compiled in): Unsupported",
+        weights_unsupported,
+    )],
+    BAD_FRAMES,
+    SIZES,
+];
+
 #[rustfmt::skip] // a table: one check a line
 const F32_MODEL: &[Check] = &[
     ("Info: the model's shape, CRC and the inference prefix only", info),
@@ -532,6 +546,23 @@ fn encode_int8(f: &mut Fixture) -> Outcome {
             *out = r.clone()
         });
     })
+}
+
+fn weights_unsupported(f: &mut Fixture) -> Outcome {
+    let r = f.dev.exchange(&Request::ReadWeights {
+        offset: 0,
+        count: 4,
+    })?;
+    ensure(r == Response::Error(ErrorCode::Unsupported), || {
+        format!("{r:?}")
+    })?;
+    let (_, blob, _) = f.int8_of(Int8Weights::New)?;
+    let r = f.dev.exchange(&Request::LoadWeights {
+        offset: 0,
+        bytes: heapless::Vec::from_slice(&blob[..MAX_CHUNK]).expect("chunk"),
+        last: false,
+    })?;
+    error_answer(&r, ErrorCode::Unsupported)
 }
 
 // Loading int8 weights: all or nothing.
