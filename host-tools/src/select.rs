@@ -162,26 +162,36 @@ pub fn neighbour_agreement(labels: &[usize], neighbours: &[u32]) -> f64 {
 pub fn euclidean_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
     let n = x.len() / d.max(1);
     let k = k.min(n.saturating_sub(1)).max(1);
+    // The rows transposed (`d x n`): the distances of one row to every other are summed
+    // side by side, each still in feature order from the value an empty `f32` sum
+    // starts at (the bits of `Iterator::sum` over the squares).
+    let xt = crate::train::transposed(x, d.max(1));
+    let start: f32 = std::iter::empty::<f32>().sum();
     let mut out = Vec::with_capacity(n * k);
-    let mut dist: Vec<(f32, u32)> = Vec::with_capacity(n);
+    let mut dist = vec![0f32; n];
+    let mut keys: Vec<u64> = Vec::with_capacity(n);
     for i in 0..n {
-        let xi = &x[i * d..(i + 1) * d];
-        dist.clear();
-        dist.extend((0..n).filter(|&j| j != i).map(|j| {
-            let e: f32 = xi
-                .iter()
-                .zip(&x[j * d..(j + 1) * d])
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum();
-            (e, j as u32)
-        }));
-        let cmp = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-        if dist.len() > k {
-            dist.select_nth_unstable_by(k, cmp);
-            dist.truncate(k);
+        dist.fill(start);
+        for col in xt.chunks_exact(n.max(1)) {
+            let xi = col[i];
+            for (e, &v) in dist.iter_mut().zip(col) {
+                *e += (xi - v) * (xi - v);
+            }
         }
-        dist.sort_by(cmp);
-        out.extend(dist.iter().map(|&(_, j)| j));
+        // Nearest first (total order), ties to the smaller index: one key each.
+        keys.clear();
+        keys.extend(
+            dist.iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(j, &e)| (u64::from(crate::train::total_order(e)) << 32) | j as u64),
+        );
+        if keys.len() > k {
+            keys.select_nth_unstable(k);
+            keys.truncate(k);
+        }
+        keys.sort_unstable();
+        out.extend(keys.iter().map(|&key| key as u32));
     }
     out
 }

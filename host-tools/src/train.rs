@@ -302,7 +302,7 @@ pub fn mine_neighbours_both(a: &[f32], b: &[f32], d: usize, k: usize) -> Vec<u32
 }
 
 /// `x` (`n x d`, row-major) transposed to `d x n`.
-fn transposed(x: &[f32], d: usize) -> Vec<f32> {
+pub(crate) fn transposed(x: &[f32], d: usize) -> Vec<f32> {
     let n = x.len() / d;
     let mut t = vec![0f32; x.len()];
     for (j, row) in x.chunks_exact(d).enumerate() {
@@ -328,7 +328,7 @@ fn cosines_of(ut: &[f32], n: usize, i: usize, sims: &mut [f32]) {
 }
 
 /// `x`'s place in `f32::total_cmp`'s order as an unsigned integer.
-fn total_order(x: f32) -> u32 {
+pub(crate) fn total_order(x: f32) -> u32 {
     let b = x.to_bits();
     if b >> 31 == 1 {
         !b

@@ -3,7 +3,7 @@
 //! rho against SciPy's `spearmanr`, neighbour agreement and the two-view neighbours by
 //! hand, and the suite's regression check.
 
-use hvae_host::select::{agreement, restart_seed, silhouette};
+use hvae_host::select::{agreement, euclidean_neighbours, restart_seed, silhouette};
 use hvae_host::suite::{regressions, spearman, Run, SetResult, Stat};
 use hvae_host::train::mine_neighbours_both;
 use std::collections::BTreeMap;
@@ -148,6 +148,39 @@ fn two_view_neighbours_are_the_rank_sums() {
             want.extend_from_slice(&idx[..k]);
         }
         assert_eq!(mine_neighbours_both(&a, &b, d, k), want, "k = {k}");
+    }
+}
+
+#[test]
+fn euclidean_neighbours_are_the_nearest_by_definition() {
+    // Against the definition written plainly (every other row sorted by its squared
+    // distance summed in feature order, ties to the smaller index), on rows with
+    // repeats (distances tied, or exactly 0).
+    let (n, d) = (143, 7);
+    let mut seed = 0x2545_f491u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let mut x: Vec<f32> = (0..n * d)
+        .map(|_| (next() % 7) as f32 * 0.5 - 1.0)
+        .collect();
+    x.copy_within(0..4 * d, 30 * d);
+    for k in [1, 20, n - 1] {
+        let mut want = Vec::new();
+        for i in 0..n {
+            let dist = |j: usize| -> f32 {
+                (0..d)
+                    .map(|f| (x[i * d + f] - x[j * d + f]) * (x[i * d + f] - x[j * d + f]))
+                    .sum()
+            };
+            let mut idx: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+            idx.sort_by(|&p, &q| dist(p).total_cmp(&dist(q)).then(p.cmp(&q)));
+            want.extend(idx[..k].iter().map(|&j| j as u32));
+        }
+        assert_eq!(euclidean_neighbours(&x, d, k), want, "k = {k}");
     }
 }
 
