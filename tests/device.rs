@@ -1143,3 +1143,365 @@ fn int8_weights_without_slots_cannot_load() {
     assert_eq!(e.model().0, q);
     assert_eq!(info_of(&mut e).weights_crc, crc);
 }
+
+// ---------------------------------------------------------------------------------------
+// The adapting engine (`ADAPT`, the `adapt` program's): the inference parameters alone,
+// online k-means, no buffers; what it adapts checkpointed with `Layout::adapted`.
+
+/// NOR flash that loses power before operation `cut` (each sector erase and each word
+/// write is one operation; the ones before it complete, it and every later one fail).
+struct CutRam {
+    ram: Ram,
+    ops: u64,
+    cut: Option<u64>,
+}
+
+impl CutRam {
+    fn new(bytes: usize) -> CutRam {
+        CutRam {
+            ram: Ram(vec![0xFF; bytes]),
+            ops: 0,
+            cut: None,
+        }
+    }
+
+    /// One more operation, or the power is gone.
+    fn op(&mut self) -> Result<(), NorFlashErrorKind> {
+        if self.cut.is_some_and(|c| self.ops >= c) {
+            return Err(NorFlashErrorKind::Other);
+        }
+        self.ops += 1;
+        Ok(())
+    }
+}
+
+impl ErrorType for CutRam {
+    type Error = NorFlashErrorKind;
+}
+
+impl ReadNorFlash for CutRam {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), NorFlashErrorKind> {
+        self.ram.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.ram.capacity()
+    }
+}
+
+impl NorFlash for CutRam {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = 1024;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), NorFlashErrorKind> {
+        for at in (from..to).step_by(Self::ERASE_SIZE) {
+            self.op()?;
+            self.ram.erase(at, at + Self::ERASE_SIZE as u32)?;
+        }
+        Ok(())
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), NorFlashErrorKind> {
+        for (i, w) in bytes.chunks(4).enumerate() {
+            self.op()?;
+            self.ram.write(offset + 4 * i as u32, w)?;
+        }
+        Ok(())
+    }
+}
+
+/// The adapting engine's store: no buffers, the `adapt` program's checkpoint slots.
+struct AdaptSlots {
+    checkpoints: Option<Checkpoints<CutRam>>,
+}
+
+impl AdaptSlots {
+    fn new() -> AdaptSlots {
+        let slot = hvae::device::adapt_slot_len::<CutRam, D>(&S);
+        let c = Checkpoints::new(CutRam::new(2 * slot), 0, slot as u32).unwrap();
+        AdaptSlots {
+            checkpoints: Some(c),
+        }
+    }
+
+    /// `f` of the flash under the slots.
+    fn flash<R>(&mut self, f: impl FnOnce(&mut CutRam) -> R) -> R {
+        let c = self.checkpoints.take().unwrap();
+        let slot = c.slot_len();
+        let mut flash = c.into_inner();
+        let r = f(&mut flash);
+        self.checkpoints = Some(Checkpoints::new(flash, 0, slot).unwrap());
+        r
+    }
+}
+
+impl Store for AdaptSlots {
+    type Buf = Vec<f32>;
+    type Flash = CutRam;
+    fn take(&mut self, _scratch: usize, _optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<CutRam>> {
+        self.checkpoints.as_mut()
+    }
+}
+
+type Adapt = Engine<D, W, Vec<f32>, AdaptSlots, { hvae::device::ADAPT }, 2, u8>;
+
+/// A model with slot 4 unused (centre 0's copy, log-weight UNUSED): a spawn can take it.
+fn spawnable(seed: u64) -> Model<f32, Vec<f32>> {
+    use hvae::train::centres::UNUSED_LOG_WEIGHT;
+    let mut m = model(seed);
+    let (k, mm, so) = (S.clusters, S.latent, S.segmenter_offset());
+    m.normalise_centres().unwrap();
+    let c0: Vec<f32> = m.params()[so..so + mm].to_vec();
+    m.params_mut()[so + 4 * mm..so + 5 * mm].copy_from_slice(&c0);
+    m.params_mut()[so + k * mm + 1 + 4] = UNUSED_LOG_WEIGHT;
+    m
+}
+
+/// The adapting engine on `m`'s inference parameters (the CRC of `m`'s whole blob, as
+/// the `adapt` program is built), booted on `store`: what it restored.
+fn adapt_on(m: &Model<f32, Vec<f32>>, store: AdaptSlots) -> (Adapt, Option<u32>) {
+    let crc = hvae::device::blob_crc(&S, m.params());
+    let infer = Model::new(S, m.params()[..S.inference_param_len()].to_vec()).unwrap();
+    let mut e = Adapt::new(infer, crc, store, MAX_REQUEST_FRAME).unwrap();
+    let restored = e.restore().unwrap();
+    (e, restored)
+}
+
+/// Online k-means with the tracked normalisation; every sample novel (`spawn_above`
+/// below any novelty), 2 of a window of 4 spawn.
+fn spawning() -> TrainSettings {
+    settings_with(
+        TrainScope::SegmenterAndNormalisation,
+        TrainOptimiser::OnlineKMeans {
+            memory: 50,
+            spawn_above: -1.0,
+            spawn_window: 4,
+            spawn_count: 2,
+        },
+    )
+}
+
+/// One `TrainBatch` of `n` samples from `seed` (with `settings` if given): its responses.
+fn adapt_batch(
+    e: &mut Adapt,
+    n: usize,
+    seed: u64,
+    settings: Option<TrainSettings>,
+) -> Vec<Response> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let xs: Vec<f32> = (0..n * D)
+        .map(|_| 2.0 * hvae::dist::rng::standard_normal::<f32, _>(&mut rng) + 1.0)
+        .collect();
+    let mut out = Vec::new();
+    e.handle_each(
+        &Request::TrainBatch {
+            samples: heapless::Vec::from_slice(&xs).unwrap(),
+            steps: 0,
+            settings,
+        },
+        &mut |r| out.push(r.clone()),
+    );
+    out
+}
+
+/// What the adapting engine learned comes back after a reset: a `Checkpoint` request
+/// saves the normalisation, the segmenter and online k-means' state (no parameter
+/// vector, no buffer), a new engine on the compiled-in weights restores them, and the
+/// requests after the reset answer and adapt exactly as without it (a spawn included).
+#[test]
+fn an_adapting_engine_resumes_bit_for_bit_after_a_reset() {
+    let m = spawnable(1);
+    let run = |reset: bool| {
+        let (mut e, restored) = adapt_on(&m, AdaptSlots::new());
+        assert_eq!(restored, None, "blank flash");
+        // One novel sample: no spawn yet.
+        let first = adapt_batch(&mut e, 1, 31, Some(spawning()));
+        assert!(
+            matches!(first[..], [Response::Trained { buffered: 4, .. }]),
+            "{first:?}"
+        );
+        let crc = e.crc();
+        assert_eq!(
+            e.handle(&Request::Checkpoint),
+            Response::Checkpointed { weights_crc: crc }
+        );
+        let saved = e.model().params().to_vec();
+        if reset {
+            let (back, restored) = adapt_on(&m, e.into_store());
+            e = back;
+            assert_eq!(restored, Some(1));
+            assert_eq!(bits(e.model().params()), bits(&saved));
+            assert_eq!(e.crc(), crc);
+        }
+        // The next samples spawn into slot 4 and go on adapting.
+        let rest: Vec<Response> = (0..3)
+            .flat_map(|i| adapt_batch(&mut e, 3, 40 + i, None))
+            .collect();
+        (rest, e.model().params().to_vec())
+    };
+    let (a, pa) = run(false);
+    let (b, pb) = run(true);
+    assert_eq!(a, b);
+    assert_eq!(bits(&pa), bits(&pb));
+    assert!(
+        b.iter().any(|r| matches!(
+            r,
+            Response::Centre {
+                slot: 4,
+                change: CentreChange::Spawned,
+                ..
+            }
+        )),
+        "{b:?}"
+    );
+    // The normalisation followed the stream, and the encoder stayed as deployed.
+    assert_ne!(bits(&pb[..2 * D]), bits(&m.params()[..2 * D]));
+    let so = S.segmenter_offset();
+    assert_eq!(bits(&pb[2 * D..so]), bits(&m.params()[2 * D..so]));
+}
+
+/// A checkpoint adapted on other weights of the same shape, or of another shape, is
+/// never restored (the weights stay as compiled in); a corrupt newest slot falls back
+/// to the older one, bit for bit.
+#[test]
+fn an_adapted_checkpoint_restores_only_on_its_own_weights_and_survives_a_bad_slot() {
+    let m = spawnable(1);
+    let (mut e, _) = adapt_on(&m, AdaptSlots::new());
+    // No sample novel: only the requests save.
+    let calm = settings_with(
+        TrainScope::SegmenterAndNormalisation,
+        TrainOptimiser::OnlineKMeans {
+            memory: 50,
+            spawn_above: 2.0,
+            spawn_window: 4,
+            spawn_count: 2,
+        },
+    );
+    adapt_batch(&mut e, 3, 50, Some(calm));
+    assert!(matches!(
+        e.handle(&Request::Checkpoint),
+        Response::Checkpointed { .. }
+    ));
+    let older = e.model().params().to_vec();
+    adapt_batch(&mut e, 3, 51, None);
+    assert!(matches!(
+        e.handle(&Request::Checkpoint),
+        Response::Checkpointed { .. }
+    ));
+    let newer = e.model().params().to_vec();
+    assert_ne!(bits(&older), bits(&newer));
+    let mut store = e.into_store();
+    // Its own weights: the newest.
+    let (e, restored) = adapt_on(&m, store);
+    assert_eq!(restored, Some(2));
+    assert_eq!(bits(e.model().params()), bits(&newer));
+    store = e.into_store();
+    // Other weights of the same shape: nothing restored.
+    let other = spawnable(2);
+    let (e, restored) = adapt_on(&other, store);
+    assert_eq!(restored, None);
+    assert_eq!(
+        bits(e.model().params()),
+        bits(&other.params()[..S.inference_param_len()])
+    );
+    store = e.into_store();
+    // Another shape (one more cluster) on the same flash: nothing restored.
+    {
+        const S6: Shape = Shape::new(12, &[16], 4, 6);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        let mut m6 = Model::new(S6, vec![0.0f32; S6.param_len()]).unwrap();
+        m6.init(&mut rng);
+        let crc = hvae::device::blob_crc(&S6, m.params());
+        let infer = Model::new(S6, m6.params()[..S6.inference_param_len()].to_vec()).unwrap();
+        let mut e6 = Adapt::new(infer, crc, store, MAX_REQUEST_FRAME).unwrap();
+        assert_eq!(e6.restore().unwrap(), None);
+        store = e6.into_store();
+    }
+    // The newest slot (seq 2, the second save: slot 1) damaged: the older comes back.
+    let slot = hvae::device::adapt_slot_len::<CutRam, D>(&S);
+    store.flash(|f| f.ram.0[slot + 300] ^= 0x10);
+    let (e, restored) = adapt_on(&m, store);
+    assert_eq!(restored, Some(1));
+    assert_eq!(bits(e.model().params()), bits(&older));
+}
+
+/// A spawn is never lost across a power cut: the save that keeps it is cut before each
+/// of its flash operations in turn; at every reboot the engine restores either the
+/// checkpoint before the spawn or the one with it (the cut before the last operation
+/// leaves the old one, no cut the new one), and goes on from it exactly as an engine
+/// booted on that checkpoint uncut: weights, counts, spawner and tracker as saved.
+#[test]
+fn a_spawn_is_never_lost_across_a_power_cut() {
+    let m = spawnable(3);
+    // Up to the checkpoint before the spawn: one novel sample, `Checkpoint`.
+    let before = || {
+        let (mut e, _) = adapt_on(&m, AdaptSlots::new());
+        adapt_batch(&mut e, 1, 60, Some(spawning()));
+        assert!(matches!(
+            e.handle(&Request::Checkpoint),
+            Response::Checkpointed { .. }
+        ));
+        e
+    };
+    // The sample that spawns (the second novel one), saved at once.
+    let spawn = |e: &mut Adapt| adapt_batch(e, 1, 61, None);
+    // After a reboot: the weights and what the next request does.
+    let after = |store: AdaptSlots| {
+        let (mut e, restored) = adapt_on(&m, store);
+        let params = e.model().params().to_vec();
+        let next = adapt_batch(&mut e, 4, 62, None);
+        (restored, bits(&params), next, bits(e.model().params()))
+    };
+    // The references: rebooted on the checkpoint before the spawn, and after it.
+    let mut e = before();
+    let ops_before = e.into_store().flash(|f| f.ops);
+    let old = after({
+        let e = before();
+        e.into_store()
+    });
+    let mut e2 = before();
+    let spawned = spawn(&mut e2);
+    assert!(
+        matches!(
+            spawned[..],
+            [
+                Response::Centre {
+                    slot: 4,
+                    change: CentreChange::Spawned,
+                    ..
+                },
+                Response::Trained { buffered: 5, .. }
+            ]
+        ),
+        "{spawned:?}"
+    );
+    let mut store = e2.into_store();
+    let n_ops = store.flash(|f| f.ops) - ops_before;
+    let new = after(store);
+    assert_eq!(old.0, Some(1));
+    assert_eq!(new.0, Some(2));
+    assert_ne!(old.1, new.1, "the spawn changed the segmenter");
+    // A save: every sector of the slot erased, every word of the record written.
+    assert!(n_ops > 100, "{n_ops}");
+    for k in 0..=n_ops {
+        e = before();
+        let mut store = e.into_store();
+        store.flash(|f| f.cut = Some(f.ops + k));
+        let (mut e, _) = adapt_on(&m, store);
+        let answers = spawn(&mut e);
+        let mut store = e.into_store();
+        store.flash(|f| f.cut = None);
+        let got = after(store);
+        if k < n_ops {
+            assert_eq!(
+                answers.last(),
+                Some(&Response::Error(ErrorCode::Storage)),
+                "k = {k}"
+            );
+            assert_eq!(got, old, "cut before operation {k} of {n_ops}");
+        } else {
+            assert_eq!(got, new, "no cut");
+        }
+    }
+}

@@ -287,13 +287,14 @@ pub struct FlashRegion<F> {
 }
 
 extern "C" {
-    // memory.x: the region reserved for training checkpoints (empty on the micro:bit).
+    // memory.x: the region reserved for checkpoints (`learn`'s on mps2-an386, `adapt`'s
+    // on the micro:bit).
     static _hvae_ckpt_start: u32;
     static _hvae_ckpt_end: u32;
 }
 
 impl<F: FlashWriter> FlashRegion<F> {
-    /// The checkpoint region of memory.x (`CKPT`, 132 KiB on mps2-an386; empty on the
+    /// The checkpoint region of memory.x (`CKPT`, 132 KiB on mps2-an386, 8 KiB on the
     /// micro:bit), written with `flash`.
     pub fn checkpoints(flash: F) -> Self {
         // Linker symbols: only their addresses are used, never read.

@@ -1,4 +1,4 @@
-//! What a learning program (`learn`, `learn_scratch`) gives the core's engine
+//! What a learning program (`learn`, `learn_scratch`, `adapt`) gives the core's engine
 //! ([`hvae::device`]): its big buffers as statics, its checkpoint slots in memory.x's
 //! `CKPT` region, and the RAM figures it reports.
 
@@ -24,9 +24,7 @@ pub struct StaticStore {
 impl StaticStore {
     /// The store over `scratch` and `optim`, with two checkpoint slots of `slot` bytes.
     pub fn new(scratch: &'static mut [f32], optim: &'static mut [f32], slot: usize) -> Self {
-        let checkpoints = u32::try_from(slot)
-            .ok()
-            .and_then(|s| Checkpoints::new(FlashRegion::checkpoints(Flash::new()), 0, s).ok());
+        let checkpoints = checkpoints(slot);
         StaticStore {
             scratch: (scratch.as_mut_ptr(), scratch.len()),
             optim: (optim.as_mut_ptr(), optim.len()),
@@ -74,8 +72,8 @@ impl Store for StaticStore {
     }
 }
 
-/// The store of a program without training buffers or checkpoint slots (`adapt`): the
-/// engine's online k-means needs neither; anything that does is refused.
+/// The store of a program without training buffers or checkpoint slots (`cluster`,
+/// whose loads go into its weight slots): anything that needs either is refused.
 pub struct NoBuffers;
 
 impl Store for NoBuffers {
@@ -88,6 +86,53 @@ impl Store for NoBuffers {
 
     fn checkpoints(&mut self) -> Option<&mut Checkpoints<CkptFlash>> {
         None
+    }
+
+    fn resources(&mut self) -> Resources {
+        rt::resources()
+    }
+}
+
+/// The store of `adapt`: no training buffers (the engine's online k-means needs none,
+/// and anything that does is refused), and checkpoint slots of `slot` bytes in `CKPT`
+/// for what it adapts (`None` when memory.x gives no room for two).
+pub struct AdaptStore {
+    checkpoints: Option<Checkpoints<CkptFlash>>,
+}
+
+impl AdaptStore {
+    /// The store, with two checkpoint slots of `slot` bytes.
+    pub fn new(slot: usize) -> Self {
+        AdaptStore {
+            checkpoints: checkpoints(slot),
+        }
+    }
+
+    /// Whether the checkpoint slots fit memory.x's `CKPT` (without them the engine
+    /// answers `Checkpoint` with `Unsupported`).
+    pub fn has_checkpoints(&self) -> bool {
+        self.checkpoints.is_some()
+    }
+}
+
+/// Two checkpoint slots of `slot` bytes at the start of `CKPT`; `None` when they do not
+/// fit.
+fn checkpoints(slot: usize) -> Option<Checkpoints<CkptFlash>> {
+    u32::try_from(slot)
+        .ok()
+        .and_then(|s| Checkpoints::new(FlashRegion::checkpoints(Flash::new()), 0, s).ok())
+}
+
+impl Store for AdaptStore {
+    type Buf = &'static mut [f32];
+    type Flash = CkptFlash;
+
+    fn take(&mut self, _scratch: usize, _optim: usize) -> Option<(Self::Buf, Self::Buf)> {
+        None
+    }
+
+    fn checkpoints(&mut self) -> Option<&mut Checkpoints<CkptFlash>> {
+        self.checkpoints.as_mut()
     }
 
     fn resources(&mut self) -> Resources {

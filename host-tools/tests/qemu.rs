@@ -439,6 +439,11 @@ fn drift_scenario_on_the_cortex_m0() {
     ])
     .unwrap();
     let mut opened = drift_on(&elf, machine, &model, &data, &args);
+    // What it adapted goes to its flash (the periodic saves of the runs went through, or
+    // a request would have failed with a storage error): the checkpoint of the weights
+    // it runs.
+    let crc = opened.device.sync().unwrap().weights_crc;
+    assert_eq!(opened.device.checkpoint().unwrap(), crc);
     // What the device reports after serving: its RAM, static and peak stack (by stack
     // painting, which cannot see past the end of RAM: a stack that reached it would
     // read as exactly 16 KiB in all), with at least 512 bytes never touched.

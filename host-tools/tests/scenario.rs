@@ -262,3 +262,72 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
     assert!(r.host_train.acc >= 0.72, "{text}");
     assert_eq!(r.pass, r.mean.acc >= scenario::SCRATCH_ACC_BAR, "{text}");
 }
+
+/// The host's adapting engine (`learn_host::AdaptLearner`, the reference of the `adapt`
+/// program) keeps what it adapted across a reset, as the program does in its flash: on
+/// the drifted stream, a `Checkpoint` halfway, a new engine on the same slots restores
+/// the normalisation and segmenter bit for bit, and the rest of the stream adapts it
+/// exactly as without the reset; without the checkpoint the rest adapts otherwise.
+#[test]
+fn the_adapting_engine_keeps_what_it_adapted_across_a_reset() {
+    use hvae::protocol::{Request, Response, TrainOptimiser, TrainScope, TrainSettings};
+    use hvae_host::commands::device_train::{permutation, Schedule};
+    use hvae_host::device::learn_host::{adapt_learner, adapt_learner_on, AdaptStore};
+    let (model, data) = setup(device::ADAPT_BIN);
+    let drift = Drift::new(&data, 0.3, 2.0, 0);
+    let order = permutation(data.len(), 0);
+    let schedule = Schedule {
+        settings: TrainSettings {
+            scope: TrainScope::SegmenterAndNormalisation,
+            optimiser: TrainOptimiser::OnlineKMeans {
+                memory: 300,
+                spawn_above: 2.0,
+                spawn_window: 128,
+                spawn_count: 16,
+            },
+            lr: 1e-4,
+            batch: 4,
+        },
+        steps: 400,
+        per_request: 4,
+        seed: 0,
+    };
+    let rows = (0..).map(|i| drift.apply(data.row(order[i % order.len()]), 1.0));
+    let requests = schedule.requests_of(data.dim(), rows).unwrap();
+    let (first, rest) = requests.split_at(requests.len() / 2);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let run = |reset: Option<bool>| {
+        let mut e = adapt_learner(model.model.clone(), model.crc).unwrap();
+        for r in first {
+            assert!(matches!(e.handle(r), Response::Trained { .. }));
+        }
+        let crc = e.crc();
+        assert_eq!(
+            e.handle(&Request::Checkpoint),
+            Response::Checkpointed { weights_crc: crc }
+        );
+        let saved = e.model().params().to_vec();
+        if let Some(keep) = reset {
+            let store = if keep {
+                e.into_store()
+            } else {
+                AdaptStore::new(model.model.shape()).unwrap()
+            };
+            let (back, restored) = adapt_learner_on(model.model.clone(), model.crc, store).unwrap();
+            e = back;
+            if keep {
+                assert_eq!(restored, Some(1));
+                assert_eq!(bits(e.model().params()), bits(&saved));
+            } else {
+                assert_eq!(restored, None);
+            }
+        }
+        let answers: Vec<Response> = rest.iter().map(|r| e.handle(r)).collect();
+        (answers, bits(e.model().params()))
+    };
+    let uninterrupted = run(None);
+    assert_eq!(run(Some(true)), uninterrupted);
+    // A reset without the checkpoint: the compiled-in model, and no training under way.
+    let (answers, _) = run(Some(false));
+    assert_ne!(answers, uninterrupted.0);
+}

@@ -49,6 +49,10 @@ pub struct Engine<
     pub(super) model: M,
     /// CRC of the current weights' blob; `None` after training changed them.
     pub(super) crc: Option<u32>,
+    /// CRC of the blob the engine was built with or last loaded: what the values of a
+    /// checkpoint of an inference-only model were adapted on
+    /// ([`Layout::adapted`](crate::store::checkpoint::Layout::adapted)'s identity).
+    pub(super) deployed: u32,
     pub(super) loader: WeightLoader<<M as Served>::Blob>,
     pub(super) staging: Option<Staging<S::Buf>>,
     /// The training under way ([`Learning`]; `()` in an engine that trains nothing).
@@ -112,6 +116,7 @@ engine_impl! {
             loader: WeightLoader::of_format(shape),
             model,
             crc: Some(crc),
+            deployed: crc,
             staging: None,
             learn: L::new(),
             _stored: PhantomData,
@@ -344,12 +349,12 @@ engine_impl! {
                 // An engine that does not train keeps loaded weights at once, as an
                 // inference device writes a load into flash.
                 if !Self::TRAINS && last && self.store.checkpoints().is_some() {
-                    self.checkpoint()?;
+                    self.checkpoint(true)?;
                 }
                 Ok(r)
             }
             Job::Checkpoint if CAPS & CAP_CHECKPOINT != 0 => {
-                self.checkpoint()?;
+                self.checkpoint(true)?;
                 Ok(Small::Checkpointed(self.crc()))
             }
             // `Segment`, `Encode`, `TrainBatch` and `ReadWeights` are answered by their
@@ -423,6 +428,7 @@ engine_impl! {
             }
         }
         self.crc = Some(crc);
+        self.deployed = crc;
         Ok(Small::Loaded(crc))
     }
 }

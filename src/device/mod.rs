@@ -130,11 +130,11 @@ pub const INFER: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD | CAP_READ | CAP_CHEC
 pub const INFER_INT8: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_LOAD;
 
 /// Capabilities of an adapting device that holds no trainer (the firmware's `adapt`):
-/// answers, reading the weights back, and `TrainBatch` with online k-means of the
-/// centres (a gradient optimiser needs buffers such a device does not have). No
-/// `LoadWeights`: staging a load beside the weights in use takes a second parameter
-/// vector of RAM.
-pub const ADAPT: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_READ | CAP_TRAIN;
+/// answers, reading the weights back, `TrainBatch` with online k-means of the centres (a
+/// gradient optimiser needs buffers such a device does not have) and `Checkpoint` (what
+/// it adapted, [`adapt_slot_len`]). No `LoadWeights`: staging a load beside the weights
+/// in use takes a second parameter vector of RAM.
+pub const ADAPT: u32 = CAP_SEGMENT | CAP_ENCODE | CAP_READ | CAP_TRAIN | CAP_CHECKPOINT;
 /// Samples the trainer of an [`ADAPT`] engine remembers (`Engine`'s `MEM`): the least a
 /// trainer takes; online k-means keeps no memory of past samples.
 pub const ADAPT_MEM: usize = 2;
@@ -270,6 +270,28 @@ pub const fn checkpoint_slot_len_with<F: NorFlash>(
     let record = crate::train::trainer::resume_len(shape, shape.input, mem, value_bytes, 4);
     crate::store::checkpoint::Layout::new::<f32>(*shape, Scope::Full, OptimKind::Adam)
         .with_extra(RESUME_PREFIX + record)
+        .slot_len(F::WRITE_SIZE, F::ERASE_SIZE)
+}
+
+/// Extra bytes of a checkpoint of online k-means in an engine of `D` inputs: the
+/// settings prefix ([`RESUME_PREFIX`]), the centres' counts, the spawner's memory and the
+/// normalisation tracker.
+pub const fn kmeans_extra<const D: usize>() -> usize {
+    use crate::store::record::Record;
+    RESUME_PREFIX
+        + crate::train::centres::CentreCounts::LEN
+        + crate::train::centres::Spawner::LEN
+        + crate::infer::normalise::Tracker::<D>::LEN
+}
+
+/// Bytes of one checkpoint slot on flash `F` for an engine of `D` inputs whose model
+/// holds its inference parameters alone (the `adapt` program): what it adapts, its
+/// normalisation and segmenter
+/// ([`Layout::adapted`](crate::store::checkpoint::Layout::adapted)), with the state of
+/// online k-means ([`kmeans_extra`]).
+pub const fn adapt_slot_len<F: NorFlash, const D: usize>(shape: &Shape) -> usize {
+    crate::store::checkpoint::Layout::adapted::<f32>(*shape, 0)
+        .with_extra(kmeans_extra::<D>())
         .slot_len(F::WRITE_SIZE, F::ERASE_SIZE)
 }
 

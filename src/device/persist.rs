@@ -5,7 +5,7 @@
 use super::engine::{net, net_mut, saturate_u8, writable, Engine};
 use super::learning::Learning;
 use super::training::{normalisation_mut, trainable};
-use super::{NORM_DECAY, RESUME_PREFIX};
+use super::{kmeans_extra, NORM_DECAY, RESUME_PREFIX};
 use crate::infer::normalise::Tracker;
 use crate::protocol::{ErrorCode, TrainSettings};
 use crate::shape::Scope;
@@ -32,9 +32,14 @@ const WEIGHTS_ONLY: (Scope, OptimKind) = (Scope::SegmenterOnly, OptimKind::Sgd);
 engine_impl! {
     /// Saves a checkpoint: the weights, and what the training under way needs to resume
     /// (a trainer's optimiser state, step counts and record; online k-means' counts,
-    /// spawner and tracker).
+    /// spawner and tracker). A model of its inference parameters alone (it adapts by
+    /// online k-means only) saves what it adapts: its normalisation and segmenter
+    /// ([`Layout::adapted`], named by the deployed weights' CRC). With `fork` (a
+    /// `Checkpoint` request, between two requests) the generator goes on from the seed it
+    /// stores ([`resume_prefix`]); without (a save in the middle of a request), it is
+    /// left alone.
     #[inline(never)]
-    pub(super) fn checkpoint(&mut self) -> Result<(), ErrorCode> {
+    pub(super) fn checkpoint(&mut self, fork: bool) -> Result<(), ErrorCode> {
         // Weights in flash slots were saved as they were loaded, and such an engine
         // trains nothing: there is nothing more to save.
         if self.model.slots().is_some() {
@@ -42,6 +47,9 @@ engine_impl! {
         }
         if self.store.checkpoints().is_none() {
             return Err(ErrorCode::Unsupported);
+        }
+        if self.inference_only() {
+            return self.checkpoint_adapted(fork);
         }
         if let Some(l) = self.learn.state() {
             if let Some(t) = l.trainer.as_ref() {
@@ -63,7 +71,7 @@ engine_impl! {
         // Online k-means: its settings, counts, spawner and tracker after the weights.
         if let Some(l) = self.learn.state() {
             if let Some((counts, spawner)) = l.kmeans.as_ref() {
-                let prefix = resume_prefix(l.settings.as_ref(), &mut l.rng, false)?;
+                let prefix = resume_prefix(l.settings.as_ref(), &mut l.rng, fork)?;
                 let layout = weights.with_extra(Self::KMEANS_EXTRA);
                 let tracker = l.tracker.as_ref();
                 let c = self.store.checkpoints().ok_or(ErrorCode::Unsupported)?;
@@ -94,10 +102,55 @@ engine_impl! {
             .map_err(|_| ErrorCode::Storage)
     }
 
-    /// Extra bytes of a checkpoint of online k-means: the settings prefix, the centres'
-    /// counts, the spawner's memory and the normalisation tracker.
-    const KMEANS_EXTRA: usize =
-        RESUME_PREFIX + CentreCounts::LEN + Spawner::LEN + Tracker::<D>::LEN;
+    /// Whether the model is an `f32` one of its inference parameters alone (no decoder):
+    /// its checkpoints hold what online k-means adapts ([`Layout::adapted`]).
+    fn inference_only(&self) -> bool {
+        self.model.f32().is_some_and(|m| !m.has_decoder())
+    }
+
+    /// [`Engine::checkpoint`] of a model of its inference parameters alone: its
+    /// normalisation and segmenter, with the state of online k-means when it runs.
+    fn checkpoint_adapted(&mut self, fork: bool) -> Result<(), ErrorCode> {
+        let adapted = Layout::adapted::<f32>(*self.model.shape(), self.deployed);
+        let Engine {
+            store,
+            model,
+            learn,
+            ..
+        } = self;
+        let c = store.checkpoints().ok_or(ErrorCode::Unsupported)?;
+        let saved = match learn.state() {
+            Some(Learning {
+                kmeans: Some((counts, spawner)),
+                tracker,
+                settings,
+                rng,
+                ..
+            }) => {
+                let prefix = resume_prefix(settings.as_ref(), rng, fork)?;
+                let tracker = tracker.as_ref();
+                c.save_adapted(
+                    &adapted.with_extra(Self::KMEANS_EXTRA),
+                    net(&*model)?.params(),
+                    counts.updates(),
+                    &mut |out| {
+                        out(&prefix);
+                        counts.put(out);
+                        spawner.put(out);
+                        match tracker {
+                            Some(t) => t.put(out),
+                            None => Tracker::<D>::new(1.0).put(out),
+                        }
+                    },
+                )
+            }
+            _ => c.save_adapted(&adapted, net(&*model)?.params(), 0, &mut |_| {}),
+        };
+        saved.map(|_| ()).map_err(|_| ErrorCode::Storage)
+    }
+
+    /// Extra bytes of a checkpoint of online k-means ([`kmeans_extra`]).
+    const KMEANS_EXTRA: usize = kmeans_extra::<D>();
 
     /// At boot: the newest valid checkpoint of any layout, if there is one. One saved
     /// while training resumes that training where it stopped: a trainer (its settings,
@@ -107,7 +160,15 @@ engine_impl! {
     /// spawner's memory of novelty and the tracker). The next `TrainBatch` without
     /// settings goes on as if there had been no reset. Any other checkpoint puts its
     /// weights back. Returns the checkpoint's sequence number.
+    ///
+    /// A model of its inference parameters alone restores what it adapted
+    /// ([`Layout::adapted`]: its normalisation and segmenter, and online k-means' state
+    /// when it was running), and only from a checkpoint of the same shape adapted on the
+    /// same deployed weights (their CRC); a corrupt newest slot leaves the older one.
     pub fn restore(&mut self) -> Result<Option<u32>, ErrorCode> {
+        if self.inference_only() {
+            return self.restore_adapted();
+        }
         let shape = *self.model.shape();
         // Checkpoints of a trainer, and of weights (or of a trainer from before the
         // resume record) without extra bytes.
@@ -163,7 +224,37 @@ engine_impl! {
         Ok(Some(found.seq))
     }
 
-    /// Resumes the online k-means of the newest checkpoint of `layout` (weights,
+    /// [`Engine::restore`] of a model of its inference parameters alone: the newest
+    /// valid checkpoint of what it adapted, with or without online k-means' state.
+    fn restore_adapted(&mut self) -> Result<Option<u32>, ErrorCode> {
+        let adapted = Layout::adapted::<f32>(*self.model.shape(), self.deployed);
+        let kmeans = adapted.with_extra(Self::KMEANS_EXTRA);
+        let Some(c) = self.store.checkpoints() else {
+            return Ok(None);
+        };
+        let running = c.newest(&kmeans).map_err(|_| ErrorCode::Storage)?;
+        let values = c.newest(&adapted).map_err(|_| ErrorCode::Storage)?;
+        let (found, layout) = match (running, values) {
+            (Some(k), Some(v)) if (v.seq.wrapping_sub(k.seq) as i32) > 0 => (v, adapted),
+            (Some(k), _) => (k, kmeans),
+            (None, Some(v)) => (v, adapted),
+            (None, None) => return Ok(None),
+        };
+        self.learn.stop();
+        self.staging = None;
+        if layout == kmeans && self.resume_kmeans(&layout)? {
+            return Ok(Some(found.seq));
+        }
+        let c = self.store.checkpoints().ok_or(ErrorCode::Internal)?;
+        c.load_adapted(&layout, writable(&mut self.model)?, &mut |_, _| {})
+            .map_err(|_| ErrorCode::Storage)?
+            .ok_or(ErrorCode::Storage)?;
+        self.crc = None;
+        Ok(Some(found.seq))
+    }
+
+    /// Resumes the online k-means of the newest checkpoint of `layout` (weights, or
+    /// for a model of its inference parameters alone its normalisation and segmenter;
     /// settings, counts, spawner, tracker). `false` (nothing resumed) when the settings
     /// do not start online k-means here.
     fn resume_kmeans(&mut self, layout: &Layout) -> Result<bool, ErrorCode> {
@@ -174,17 +265,24 @@ engine_impl! {
         let mut prefix = [0u8; RESUME_PREFIX];
         c.read_extra(layout, &found, 0, &mut prefix)
             .map_err(|_| ErrorCode::Storage)?;
-        let Some((settings, _)) = read_resume_prefix(&prefix) else {
+        let Some((settings, rng)) = read_resume_prefix(&prefix) else {
             return Ok(false);
         };
         if self.start(&settings).is_err() || self.learn.state().is_none_or(|l| l.kmeans.is_none()) {
             self.learn.stop();
             return Ok(false);
         }
-        let (_, mut zeros) = self
-            .store
-            .take(0, layout.state())
-            .ok_or(ErrorCode::Internal)?;
+        // A whole parameter vector comes with the (zero) state of its layout.
+        let adapted = self.inference_only();
+        let mut zeros = match adapted {
+            true => None,
+            false => Some(
+                self.store
+                    .take(0, layout.state())
+                    .ok_or(ErrorCode::Internal)?
+                    .1,
+            ),
+        };
         let Engine {
             store,
             model,
@@ -192,26 +290,32 @@ engine_impl! {
             ..
         } = self;
         let Learning {
-            kmeans, tracker, ..
+            kmeans,
+            tracker,
+            rng: generator,
+            ..
         } = learn.state().ok_or(ErrorCode::Internal)?;
+        // The spawner's 2-means draws from where the saved run's generator went on.
+        *generator = rng;
         let (counts, spawner) = kmeans.as_mut().ok_or(ErrorCode::Internal)?;
         let params = writable(model)?;
         let c = store.checkpoints().ok_or(ErrorCode::Internal)?;
         let (nc, ns) = (CentreCounts::LEN, Spawner::LEN);
-        let loaded = c
-            .load_with_extra(layout, params, zeros.as_mut(), &mut |at, b| match at
-                .checked_sub(RESUME_PREFIX)
-            {
-                Some(i) if i < nc => counts.set(i, b),
-                Some(i) if i < nc + ns => spawner.set(i - nc, b),
-                Some(i) => {
-                    if let Some(t) = tracker.as_mut() {
-                        t.set(i - nc - ns, b);
-                    }
+        let mut extra = |at: usize, b| match at.checked_sub(RESUME_PREFIX) {
+            Some(i) if i < nc => counts.set(i, b),
+            Some(i) if i < nc + ns => spawner.set(i - nc, b),
+            Some(i) => {
+                if let Some(t) = tracker.as_mut() {
+                    t.set(i - nc - ns, b);
                 }
-                None => {}
-            })
-            .map_err(|_| ErrorCode::Storage)?;
+            }
+            None => {}
+        };
+        let loaded = match zeros.as_mut() {
+            None => c.load_adapted(layout, params, &mut extra),
+            Some(z) => c.load_with_extra(layout, params, z.as_mut(), &mut extra),
+        }
+        .map_err(|_| ErrorCode::Storage)?;
         if loaded.is_none() {
             return Err(ErrorCode::Storage);
         }

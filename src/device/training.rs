@@ -180,10 +180,11 @@ engine_impl! {
             }
             self.crc = None;
             // A spawn or a retirement is saved at once: a power cut must not lose a
-            // discovered cluster, nor bring back one that was merged away.
-            let due = centres.updates() % CHECKPOINT_EVERY == 0;
+            // discovered cluster, nor bring back one that was merged away. Periodic saves
+            // count the samples that moved a centre (a novel one moves none).
+            let due = !spawner.is_novel(seg.novelty()) && centres.updates() % CHECKPOINT_EVERY == 0;
             if (spawned || retired || due) && self.store.checkpoints().is_some() {
-                self.checkpoint()?;
+                self.checkpoint(false)?;
             }
         }
         let updates = self

@@ -750,11 +750,40 @@ impl<F: NorFlash> Checkpoints<F> {
         {
             return Err(CheckpointError::BufferLength);
         }
+        self.read_values(layout, [params, state], extra)
+    }
+
+    /// Loads the newest valid checkpoint of a [`Layout::adapted`] layout straight into a
+    /// model's parameter vector `params` (all of them, or the inference parameters: the
+    /// [`Shape::inference_param_len`] prefix): its normalisation and its segmenter, the
+    /// other parameters untouched; each extra byte goes to `extra(index, byte)`, in
+    /// order. `None` (nothing changed) when neither slot holds one. `BufferLength` for
+    /// a layout that is not adapted or a vector shorter than the inference parameters.
+    pub fn load_adapted<T: Real>(
+        &mut self,
+        layout: &Layout,
+        params: &mut [T],
+        extra: &mut dyn FnMut(usize, u8),
+    ) -> Result<Option<Loaded>, CheckpointError> {
+        let (norm, seg) = adapted_parts_mut(layout, params)?;
+        self.read_values(layout, [norm, seg], extra)
+    }
+
+    /// The newest valid checkpoint of `layout`, its values into `into[0]` then
+    /// `into[1]` (of [`Layout::params`] + [`Layout::state`] values in all), its extra
+    /// bytes to `extra`.
+    fn read_values<T: Real>(
+        &mut self,
+        layout: &Layout,
+        into: [&mut [T]; 2],
+        extra: &mut dyn FnMut(usize, u8),
+    ) -> Result<Option<Loaded>, CheckpointError> {
         let Some(found) = self.newest(layout)? else {
             return Ok(None);
         };
         let width = layout.width;
-        let np = params.len();
+        let [first, second] = into;
+        let np = first.len();
         let values = HEADER_LEN + layout.values_len();
         let mut val = [0u8; 8];
         let mut filled = 0usize;
@@ -784,9 +813,9 @@ impl<F: NorFlash> Checkpoints<F> {
                         T::of_f32(f32::from_le_bytes([val[0], val[1], val[2], val[3]]))
                     };
                     let dst = if index < np {
-                        params.get_mut(index)
+                        first.get_mut(index)
                     } else {
-                        state.get_mut(index - np)
+                        second.get_mut(index - np)
                     };
                     if let Some(d) = dst {
                         *d = v;
@@ -853,11 +882,43 @@ impl<F: NorFlash> Checkpoints<F> {
         {
             return Err(CheckpointError::BufferLength);
         }
+        self.write_values(layout, [params, state], optim_steps, train_steps, extra)
+    }
+
+    /// Saves a checkpoint of a [`Layout::adapted`] layout straight from a model's
+    /// parameter vector `params` (all of them, or the inference parameters): its
+    /// normalisation and its segmenter, without a copy of them; the extra bytes as
+    /// [`Checkpoints::save_with_extra`]'s, the trainer's step counter `train_steps`.
+    /// `BufferLength` for a layout that is not adapted or a vector shorter than the
+    /// inference parameters.
+    pub fn save_adapted<T: Real>(
+        &mut self,
+        layout: &Layout,
+        params: &[T],
+        train_steps: u32,
+        extra: ExtraWriter<'_>,
+    ) -> Result<Saved, CheckpointError> {
+        let (norm, seg) = adapted_parts(layout, params)?;
+        self.write_values(layout, [norm, seg], 0, train_steps, extra)
+    }
+
+    /// The save of [`Checkpoints::save_with_extra`]: the values `values[0]` then
+    /// `values[1]` ([`Layout::params`] + [`Layout::state`] in all, checked by the
+    /// callers).
+    fn write_values<T: Real>(
+        &mut self,
+        layout: &Layout,
+        values: [&[T]; 2],
+        optim_steps: u32,
+        train_steps: u32,
+        extra: ExtraWriter<'_>,
+    ) -> Result<Saved, CheckpointError> {
+        let [first, second] = values;
         let (w, e) = (F::WRITE_SIZE, F::ERASE_SIZE);
         if layout.record_len(w) > self.slot_len as usize {
             return Err(CheckpointError::SlotTooSmall);
         }
-        if let Some(i) = params.iter().chain(state).position(|v| !v.is_finite()) {
+        if let Some(i) = first.iter().chain(second).position(|v| !v.is_finite()) {
             return Err(CheckpointError::NonFinite {
                 index: u32::try_from(i).unwrap_or(u32::MAX),
             });
@@ -885,8 +946,8 @@ impl<F: NorFlash> Checkpoints<F> {
         h[6..8].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
         h[8..12].copy_from_slice(&seq.to_le_bytes());
         h[12..16].copy_from_slice(&layout.fingerprint().to_le_bytes());
-        h[16..20].copy_from_slice(&(params.len() as u32).to_le_bytes());
-        h[20..24].copy_from_slice(&(state.len() as u32).to_le_bytes());
+        h[16..20].copy_from_slice(&(layout.params() as u32).to_le_bytes());
+        h[20..24].copy_from_slice(&(layout.state() as u32).to_le_bytes());
         h[24..28].copy_from_slice(&optim_steps.to_le_bytes());
         h[28..32].copy_from_slice(&train_steps.to_le_bytes());
         h[32] = layout.width as u8;
@@ -903,7 +964,7 @@ impl<F: NorFlash> Checkpoints<F> {
         let mut digest = CRC.digest();
         digest.update(&h);
         out.put(&h)?;
-        for &v in params.iter().chain(state) {
+        for &v in first.iter().chain(second) {
             if layout.width == 8 {
                 let bytes = v.to_f64().to_le_bytes();
                 digest.update(&bytes);
@@ -1155,6 +1216,46 @@ where
 {
     Layout::new::<T>(*shape, scope, kind)
         .with_extra(prefix + OnlineTrainer::<T, D, CAP, S, O, E>::resume_len(shape))
+}
+
+/// The normalisation (`2 D` values) and the segmenter of a model's parameter vector
+/// `params`, the values of a [`Layout::adapted`] checkpoint. `BufferLength` for another
+/// layout, other scalars or a vector without them.
+fn adapted_parts<'p, T>(
+    layout: &Layout,
+    params: &'p [T],
+) -> Result<(&'p [T], &'p [T]), CheckpointError> {
+    let s = &layout.shape;
+    let so = s.segmenter_offset();
+    if layout.adapted.is_none() || core::mem::size_of::<T>() != layout.width {
+        return Err(CheckpointError::BufferLength);
+    }
+    match (
+        params.get(..2 * s.input),
+        params.get(so..so + s.segmenter_len()),
+    ) {
+        (Some(n), Some(g)) => Ok((n, g)),
+        _ => Err(CheckpointError::BufferLength),
+    }
+}
+
+/// [`adapted_parts`], writable.
+fn adapted_parts_mut<'p, T>(
+    layout: &Layout,
+    params: &'p mut [T],
+) -> Result<(&'p mut [T], &'p mut [T]), CheckpointError> {
+    let s = &layout.shape;
+    let (n, so, l) = (2 * s.input, s.segmenter_offset(), s.segmenter_len());
+    if layout.adapted.is_none() || core::mem::size_of::<T>() != layout.width || so < n {
+        return Err(CheckpointError::BufferLength);
+    }
+    let (front, back) = params
+        .split_at_mut_checked(so)
+        .ok_or(CheckpointError::BufferLength)?;
+    match (front.get_mut(..n), back.get_mut(..l)) {
+        (Some(n), Some(g)) => Ok((n, g)),
+        _ => Err(CheckpointError::BufferLength),
+    }
 }
 
 /// Buffers bytes into [`CHUNK`]-sized writes from the start of a slot.

@@ -11,16 +11,23 @@
 //! training buffers: a `TrainBatch` with a gradient optimiser is refused (`Train`), as
 //! is a weight load (`LoadWeights` is not among its capabilities: no room to stage the
 //! incoming weights beside the ones in use).
+//!
+//! What it adapts is kept across resets: on `Checkpoint`, at every spawn or retirement of
+//! a centre and every `CHECKPOINT_EVERY` centre updates, the engine saves the
+//! normalisation, the segmenter and the state of online k-means (settings, counts,
+//! spawner, tracker) to two A/B slots in memory.x's `CKPT` (`hvae::store::checkpoint`,
+//! `Layout::adapted` named by the compiled-in blob's CRC); at boot the newest valid one
+//! of this model is restored and its online k-means goes on.
 #![no_std]
 #![no_main]
 
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
-use hvae::device::{Engine, ADAPT};
+use hvae::device::{adapt_slot_len, Engine, ADAPT};
 use hvae::protocol::{max_request_frame, max_response_frame};
 use hvae::Model;
 use hvae_firmware::board::Uart;
-use hvae_firmware::learning::NoBuffers;
+use hvae_firmware::learning::{AdaptStore, CkptFlash};
 use hvae_firmware::rt;
 
 // The compiled-in model: the digits with 16 hidden units (`weights::m0`).
@@ -33,6 +40,8 @@ const WORK_LEN: usize = SHAPE.work_len();
 const RX_FRAME: usize = max_request_frame(SHAPE.input);
 /// Transmit buffer: the longest response of this model.
 const TX_FRAME: usize = max_response_frame(SHAPE.clusters, SHAPE.latent);
+/// Bytes of one checkpoint slot (1 KiB flash pages); memory.x's `CKPT` holds two.
+const CKPT_SLOT: usize = adapt_slot_len::<CkptFlash, { SHAPE.input }>(&SHAPE);
 
 static mut PARAMS: [f32; INFER_LEN] = [0.0; INFER_LEN];
 /// The engine, built once at boot (in a static rather than on `main`'s stack: the
@@ -44,7 +53,7 @@ type Adapter = Engine<
     { SHAPE.input },
     WORK_LEN,
     hvae::Model<f32, &'static mut [f32]>,
-    NoBuffers,
+    AdaptStore,
     ADAPT,
     { hvae::device::ADAPT_MEM },
     u8,
@@ -64,7 +73,7 @@ fn build() -> Result<&'static mut Adapter, &'static str> {
     let model = Model::new(SHAPE, params).map_err(|_| "the compiled-in weights are not a model")?;
     // SAFETY: as PARAMS: taken once, here.
     let slot = unsafe { &mut *addr_of_mut!(ENGINE) };
-    Adapter::new_in(slot, model, BLOB_CRC, NoBuffers, RX_FRAME)
+    Adapter::new_in(slot, model, BLOB_CRC, AdaptStore::new(CKPT_SLOT), RX_FRAME)
         .map_err(|_| "the engine refuses the model")
 }
 
@@ -78,10 +87,22 @@ fn main() -> ! {
             rt::exit(false)
         }
     };
-    defmt::info!(
-        "adapt: compiled-in weights, CRC {=u32:#010x}; serving on UART0",
-        BLOB_CRC
-    );
+    match adapter.restore() {
+        Ok(Some(seq)) => defmt::info!(
+            "adapt: checkpoint {=u32} of the compiled-in weights (CRC {=u32:#010x}) restored; serving on UART0",
+            seq,
+            BLOB_CRC
+        ),
+        Ok(None) => defmt::info!(
+            "adapt: compiled-in weights, CRC {=u32:#010x}; serving on UART0",
+            BLOB_CRC
+        ),
+        Err(e) => defmt::warn!(
+            "adapt: checkpoint unreadable ({}), compiled-in weights, CRC {=u32:#010x}; serving on UART0",
+            e,
+            BLOB_CRC
+        ),
+    }
     let mut uart = Uart::new();
     // A UART does not fail: the server never returns.
     match adapter.serve::<_, RX_FRAME, TX_FRAME>(&mut uart) {}

@@ -4,8 +4,8 @@
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
-    checkpoint_slot_len_with, optim_len, scratch_len_with, scratch_optim_len, Engine, Store,
-    Transport, ADAPT, ADAPT_MEM, CAP, LEARN, SCRATCH_MEM,
+    adapt_slot_len, checkpoint_slot_len_with, optim_len, scratch_len_with, scratch_optim_len,
+    Engine, Store, Transport, ADAPT, ADAPT_MEM, CAP, LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{Request, Response};
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
@@ -149,29 +149,58 @@ pub fn scratch_learner(model: VecModel<f32>, crc: u32) -> Result<ScratchLearner,
         .map_err(|e| format!("the scratch engine refuses the model: {e}"))
 }
 
-/// The store of the `adapt` program: no training buffers, no checkpoint slots.
+/// The store of the `adapt` program: no training buffers, and checkpoint slots of its
+/// size ([`adapt_slot_len`]) in a [`RamFlash`].
 #[derive(Debug)]
-pub struct NoBuffers;
+pub struct AdaptStore {
+    /// The checkpoint slots.
+    pub checkpoints: Checkpoints<RamFlash>,
+}
 
-impl Store for NoBuffers {
+impl AdaptStore {
+    /// A store sized as the `adapt` program's for `shape`.
+    pub fn new(shape: &Shape) -> Result<AdaptStore, String> {
+        let slot = adapt_slot_len::<RamFlash, INPUTS>(shape);
+        let flash = RamFlash(vec![0xFF; 2 * slot]);
+        let checkpoints = Checkpoints::new(flash, 0, slot as u32)
+            .map_err(|e| format!("checkpoint slots: {e:?}"))?;
+        Ok(AdaptStore { checkpoints })
+    }
+}
+
+impl Store for AdaptStore {
     type Buf = Vec<f32>;
     type Flash = RamFlash;
     fn take(&mut self, _scratch: usize, _optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
         None
     }
     fn checkpoints(&mut self) -> Option<&mut Checkpoints<RamFlash>> {
-        None
+        Some(&mut self.checkpoints)
     }
 }
 
 /// The adapting engine (the `adapt` program's, for parts without the RAM of a trainer):
-/// the inference parameters alone, online k-means of the centres, no buffers.
-pub type AdaptLearner = Engine<INPUTS, WORK, VecModel, NoBuffers, ADAPT, ADAPT_MEM, u8>;
+/// the inference parameters alone, online k-means of the centres, no buffers, what it
+/// adapts checkpointed in the `adapt` program's slots.
+pub type AdaptLearner = Engine<INPUTS, WORK, VecModel, AdaptStore, ADAPT, ADAPT_MEM, u8>;
 
 /// The adapting engine for `model`'s inference parameters (its decoder is dropped, as
-/// the `adapt` program holds none; `crc` is the whole blob's), or why the host cannot
-/// run it.
+/// the `adapt` program holds none; `crc` is the whole blob's), with blank checkpoint
+/// slots, or why the host cannot run it.
 pub fn adapt_learner(model: VecModel<f32>, crc: u32) -> Result<AdaptLearner, String> {
+    let store = AdaptStore::new(model.shape())?;
+    adapt_learner_on(model, crc, store).map(|(e, _)| e)
+}
+
+/// [`adapt_learner`] booted on `store` (e.g. the slots of an engine before a reset, from
+/// [`Engine::into_store`]): the newest checkpoint of what it adapted on these weights is
+/// restored, as the `adapt` program does at boot. The engine and the checkpoint's
+/// sequence number (`None`: nothing restored).
+pub fn adapt_learner_on(
+    model: VecModel<f32>,
+    crc: u32,
+    store: AdaptStore,
+) -> Result<(AdaptLearner, Option<u32>), String> {
     let shape = *model.shape();
     if shape.input != INPUTS || shape.work_len() > WORK {
         return Err(format!(
@@ -185,8 +214,12 @@ pub fn adapt_learner(model: VecModel<f32>, crc: u32) -> Result<AdaptLearner, Str
         .ok_or("the model lacks its inference parameters")?
         .to_vec();
     let model = VecModel::new(shape, prefix).map_err(|e| e.to_string())?;
-    Engine::new(model, crc, NoBuffers, MAX_REQUEST_FRAME)
-        .map_err(|e| format!("the adapting engine refuses the model: {e}"))
+    let mut e = Engine::new(model, crc, store, MAX_REQUEST_FRAME)
+        .map_err(|e| format!("the adapting engine refuses the model: {e}"))?;
+    let restored = e
+        .restore()
+        .map_err(|e| format!("the adapting engine's checkpoint: {e}"))?;
+    Ok((e, restored))
 }
 
 /// Any engine on the host, as the reference of a device run.
