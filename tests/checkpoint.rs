@@ -774,6 +774,66 @@ fn an_adapted_layout_holds_normalisation_and_segmenter_of_one_model() {
     );
 }
 
+/// `save_adapted` / `load_adapted`: the values of an adapted checkpoint straight from and
+/// into a model's parameter vector (whole, or its inference prefix): the same slot bytes
+/// as `save` of the gathered values, the other parameters untouched on load; any other
+/// layout is refused.
+#[test]
+fn an_adapted_checkpoint_goes_straight_from_and_into_the_parameter_vector() {
+    let layout = Layout::adapted::<f32>(SHAPE, 7).with_extra(5);
+    let (d2, so, l) = (
+        2 * SHAPE.input,
+        SHAPE.segmenter_offset(),
+        SHAPE.segmenter_len(),
+    );
+    let slot = layout.slot_len(4, 1024);
+    let whole: Vec<f32> = (0..SHAPE.param_len()).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let gathered: Vec<f32> = whole[..d2].iter().chain(&whole[so..so + l]).copied().collect();
+    let extra = [1u8, 2, 3, 4, 5];
+    let mut by_save = Checkpoints::new(Sim::<4, 1024>::new(2 * slot), 0, slot as u32).unwrap();
+    by_save
+        .save_with_extra(&layout, &gathered, &[], 0, 9, &mut |out| out(&extra))
+        .unwrap();
+    for params in [&whole[..], &whole[..SHAPE.inference_param_len()]] {
+        let mut c = Checkpoints::new(Sim::<4, 1024>::new(2 * slot), 0, slot as u32).unwrap();
+        c.save_adapted(&layout, params, 9, &mut |out| out(&extra))
+            .unwrap();
+        let mut into: Vec<f32> = vec![-1.0; params.len()];
+        let mut x = Vec::new();
+        let loaded = c
+            .load_adapted(&layout, &mut into, &mut |_, b| x.push(b))
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.train_steps, 9);
+        assert_eq!(x, extra);
+        for (i, (&got, &want)) in into.iter().zip(params).enumerate() {
+            let adapted = i < d2 || (so..so + l).contains(&i);
+            assert_eq!(got, if adapted { want } else { -1.0 }, "parameter {i}");
+        }
+        let a = c.into_inner();
+        let mut want = Checkpoints::new(Sim::<4, 1024>::new(2 * slot), 0, slot as u32).unwrap();
+        want.save_with_extra(&layout, &gathered, &[], 0, 9, &mut |out| out(&extra))
+            .unwrap();
+        assert_eq!(a.mem, want.into_inner().mem, "the same slot bytes as save");
+    }
+    // Not an adapted layout, or a vector without the segmenter: refused.
+    let mut c = Checkpoints::new(Sim::<4, 1024>::new(2 * slot), 0, slot as u32).unwrap();
+    let whole_layout = Layout::new::<f32>(SHAPE, Scope::SegmenterOnly, OptimKind::Sgd);
+    assert_eq!(
+        c.save_adapted(&whole_layout, &whole, 0, &mut |_| {}).err(),
+        Some(CheckpointError::BufferLength)
+    );
+    assert_eq!(
+        c.save_adapted(&layout, &whole[..so], 0, &mut |_| {}).err(),
+        Some(CheckpointError::BufferLength)
+    );
+    let mut short = vec![0.0f32; so];
+    assert_eq!(
+        c.load_adapted(&layout, &mut short, &mut |_, _| {}).err(),
+        Some(CheckpointError::BufferLength)
+    );
+}
+
 #[test]
 fn a_version_1_slot_still_loads_and_extra_bytes_change_the_layout() {
     type F = Sim<4, 256>;
