@@ -47,7 +47,13 @@
 //! marginal, guard) and its own settings and generator seed ([`RESUME_PREFIX`]); for
 //! online k-means the weights, the settings, the centres' counts, the spawner's memory
 //! of novelty and the normalisation tracker ([`crate::store::record`]); the weights
-//! alone when no training is under way. When the divergence guard has rejected
+//! alone when no training is under way. An engine whose model holds its inference
+//! parameters alone ([`ADAPT`], no decoder) saves, instead of the weights, what online
+//! k-means changes: the normalisation and the segmenter
+//! ([`Layout::adapted`](crate::store::checkpoint::Layout::adapted), named by the CRC of
+//! the blob the engine was built with or last loaded, so that a checkpoint adapted on
+//! other weights is never restored; slots of [`adapt_slot_len`]), with the same state.
+//! When the divergence guard has rejected
 //! too many steps in a row, it restores the last checkpoint (the memory too, so the
 //! samples that diverged are gone). At boot, [`Engine::restore`] resumes the training
 //! of the newest checkpoint where it stopped, or puts its weights back. After a

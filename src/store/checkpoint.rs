@@ -199,7 +199,8 @@ impl Layout {
     /// optimiser state. `identity` names the weights they were adapted on (e.g. the
     /// weight blob's CRC): it enters the fingerprint, so a checkpoint adapted on other
     /// weights of the same shape is [`SlotState::Incompatible`], never loaded. Stored
-    /// with scope code 3.
+    /// with scope code 3. [`Checkpoints::save_adapted`] and [`Checkpoints::load_adapted`]
+    /// take the values straight from and into a model's parameter vector.
     pub const fn adapted<T>(shape: Shape, identity: u32) -> Layout {
         Layout {
             shape,
