@@ -787,8 +787,14 @@ fn an_adapted_checkpoint_goes_straight_from_and_into_the_parameter_vector() {
         SHAPE.segmenter_len(),
     );
     let slot = layout.slot_len(4, 1024);
-    let whole: Vec<f32> = (0..SHAPE.param_len()).map(|i| i as f32 * 0.5 - 3.0).collect();
-    let gathered: Vec<f32> = whole[..d2].iter().chain(&whole[so..so + l]).copied().collect();
+    let whole: Vec<f32> = (0..SHAPE.param_len())
+        .map(|i| i as f32 * 0.5 - 3.0)
+        .collect();
+    let gathered: Vec<f32> = whole[..d2]
+        .iter()
+        .chain(&whole[so..so + l])
+        .copied()
+        .collect();
     let extra = [1u8, 2, 3, 4, 5];
     let mut by_save = Checkpoints::new(Sim::<4, 1024>::new(2 * slot), 0, slot as u32).unwrap();
     by_save

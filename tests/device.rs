@@ -1504,5 +1504,8 @@ fn a_spawn_is_never_lost_across_a_power_cut() {
             assert_eq!(got, new, "no cut");
         }
     }
-    println!("the adapting engine's spawn under a power cut: {} cut points", n_ops + 1);
+    println!(
+        "the adapting engine's spawn under a power cut: {} cut points",
+        n_ops + 1
+    );
 }

@@ -68,6 +68,18 @@ fn drift_is_undone_and_the_engines_agree() {
     let (r, text) = run(&args(&[]));
     assert!(r.frozen_drop >= 0.10, "{text}");
     assert_eq!(r.runs.len(), 6, "{text}");
+    // The core's SegmenterAdapter (host only) on each stream: the segmenter-only loss
+    // on stored directions, so close to the engine's segmenter-only run.
+    assert_eq!(r.adapter.len(), 2, "{text}");
+    for a in &r.adapter {
+        let so = r
+            .runs
+            .iter()
+            .find(|x| x.stream == a.stream && x.scope == "segmenter-only")
+            .unwrap();
+        assert!((a.host.acc - so.device.acc).abs() <= 0.05, "{text}");
+        assert_eq!(a.share_of_oracle, a.host.acc / r.oracle.acc);
+    }
     for run in &r.runs {
         assert!(run.bit_identical, "{text}");
         assert!(run.device.acc.is_finite() && run.device.acc > 0.1, "{text}");
@@ -101,6 +113,7 @@ fn online_k_means_follows_a_gradual_drift_and_keeps_a_still_stream() {
     ];
     let (r, text) = run(&args(&km));
     assert_eq!(r.runs.len(), 2, "{text}");
+    assert!(r.adapter.is_empty(), "no gradient optimiser: {text}");
     assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
     let gradual = r.runs.iter().find(|x| x.stream == "gradual").unwrap();
     assert!(gradual.device.acc >= r.frozen.acc + 0.10, "{text}");

@@ -130,6 +130,19 @@ pub struct DriftRun {
     pub device_seconds: f64,
 }
 
+/// The core's [`SegmenterAdapter`](hvae::train::adapt::SegmenterAdapter) on one stream of
+/// the drift scenario, on the host (it is not on the device engine:
+/// docs/device.md#scenarios says why).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AdapterRun {
+    /// `sudden` or `gradual`.
+    pub stream: String,
+    /// The adapted model on the drifted data.
+    pub host: Quality,
+    /// Its ACC over the oracle's.
+    pub share_of_oracle: f64,
+}
+
 /// The drift scenario's report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DriftReport {
@@ -159,6 +172,9 @@ pub struct DriftReport {
     pub recovery_bar: f64,
     /// Every run.
     pub runs: Vec<DriftRun>,
+    /// The `SegmenterAdapter` on each stream (host only), beside the `segmenter-only`
+    /// runs of a gradient optimiser.
+    pub adapter: Vec<AdapterRun>,
     /// Every bar met and every run bit-identical.
     pub pass: bool,
 }
@@ -227,6 +243,7 @@ pub fn drift(
         .find(|&p| max_request_frame(usize::from(p) * data.dim()) <= max_frame)
         .unwrap_or(1);
     let mut runs = Vec::new();
+    let mut adapter = Vec::new();
     for stream in ["sudden", "gradual"] {
         let share = |i: usize| -> f32 {
             if stream == "sudden" {
@@ -262,6 +279,17 @@ pub fn drift(
                 *opened = reopen()?;
             }
             let (r, _) = run_requests(&mut opened.device, model, &shifted, scope, &requests)?;
+            // The same stream and settings through the core's `SegmenterAdapter`.
+            if scope == TrainScope::SegmenterOnly
+                && !matches!(optimiser, TrainOptimiser::OnlineKMeans { .. })
+            {
+                let host = segmenter_adapter(model, &requests, &shifted)?;
+                adapter.push(AdapterRun {
+                    stream: stream.to_string(),
+                    host,
+                    share_of_oracle: host.acc / oracle.acc,
+                });
+            }
             runs.push(DriftRun {
                 stream: stream.to_string(),
                 scope: r.scope,
@@ -294,8 +322,87 @@ pub fn drift(
         frozen_drop_bar: FROZEN_DROP_BAR,
         recovery_bar: RECOVERY_BAR,
         runs,
+        adapter,
         pass,
     })
+}
+
+/// Directions the host's `SegmenterAdapter` keeps: the engine's ring of samples.
+const ADAPTER_CAP: usize = hvae::device::CAP;
+
+/// The core's `SegmenterAdapter` fed `requests` as the engine takes them (each request's
+/// samples, then its steps; the first request's settings, with the engine's
+/// configuration for them: [`hvae::device::config`]), from `model`, with the engine's
+/// seed: the model it leaves, scored on `data`. The encoder and the normalisation stay as
+/// deployed; the adapter keeps the [`ADAPTER_CAP`] last directions `mu(x)`.
+fn segmenter_adapter(
+    model: &LoadedModel,
+    requests: &[hvae::protocol::Request],
+    data: &Dataset,
+) -> Result<Quality, Error> {
+    macro_rules! latents {
+        ($($m:literal)*) => {
+            match model.model.shape().latent {
+                $($m => adapter_on::<$m>(model, requests, data),)*
+                m => Err(Error::BadInput(format!(
+                    "the SegmenterAdapter row is built for latent sizes up to 16 (this model's is {m})"
+                ))),
+            }
+        };
+    }
+    latents!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+/// [`segmenter_adapter`] for a latent of `M`.
+fn adapter_on<const M: usize>(
+    model: &LoadedModel,
+    requests: &[hvae::protocol::Request],
+    data: &Dataset,
+) -> Result<Quality, Error> {
+    use hvae::protocol::Request;
+    use hvae::train::adapt::{adapter_storage_len, SegmenterAdapter};
+    use hvae::train::optim::state_len;
+    use hvae::train::trainer::TrainError;
+    let failed = |e: TrainError| Error::Failed(format!("the SegmenterAdapter failed: {e}"));
+    let settings = match requests.first() {
+        Some(Request::TrainBatch {
+            settings: Some(s), ..
+        }) => *s,
+        _ => return Err(Error::Failed("a run without settings".to_string())),
+    };
+    let cfg = hvae::device::config(&settings)
+        .ok_or_else(|| Error::BadInput("settings out of range".to_string()))?;
+    let m = &model.model;
+    let shape = *m.shape();
+    let store = vec![0.0f32; adapter_storage_len(&shape, cfg.batch)];
+    let optim = vec![0.0f32; state_len(cfg.optim.optimiser.kind(), shape.segmenter_len())];
+    let mut a =
+        SegmenterAdapter::<f32, M, ADAPTER_CAP, _, _>::new(m, cfg, store, optim).map_err(failed)?;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(hvae::device::SEED);
+    let mut work = vec![0.0f32; shape.work_len()];
+    for r in requests {
+        let Request::TrainBatch { samples, steps, .. } = r else {
+            continue;
+        };
+        for x in samples.chunks_exact(shape.input) {
+            a.push(m, x, &mut work).map_err(failed)?;
+        }
+        for _ in 0..*steps {
+            match a.step(&mut rng) {
+                // A spike the guard rejected changed nothing.
+                Ok(_) | Err(TrainError::Diverged) => {}
+                Err(TrainError::NotEnoughSamples) => break,
+                Err(e) => return Err(failed(e)),
+            }
+        }
+    }
+    let mut params = m.params().to_vec();
+    let so = shape.segmenter_offset();
+    params
+        .get_mut(so..so + shape.segmenter_len())
+        .ok_or_else(|| Error::Failed("the model lacks its segmenter".to_string()))?
+        .copy_from_slice(a.segmenter());
+    quality(params, model, data)
 }
 
 /// The device's `Info`.
@@ -357,6 +464,19 @@ pub fn print_drift(r: &DriftReport, out: &mut dyn Write) -> Result<(), Error> {
             run.share_of_oracle,
             if run.bit_identical { "yes" } else { "no" },
             run.device_seconds
+        )?;
+    }
+    for a in &r.adapter {
+        outln!(
+            out,
+            "{:<8} {:<28} {:>16} {:>9.4}/{:.3} {:>9.3} {:>14}",
+            a.stream,
+            "segmenter-adapter (host)",
+            "-",
+            a.host.acc,
+            a.host.nmi,
+            a.share_of_oracle,
+            "-"
         )?;
     }
     outln!(
