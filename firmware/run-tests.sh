@@ -21,7 +21,8 @@
 #   4. runs bench (instructions per MAC of the f32 and the int8 model and of the int8
 #      dense layers, training step cost and RAM per scope) and fails if a budget is
 #      exceeded, bench_adapt (online k-means and the normalisation tracker per
-#      sample, reported; fails if a sample fails), bench_scratch (a training step of
+#      sample, a checkpoint of what adapt adapts, reported; fails if a sample or the
+#      checkpoint fails), bench_scratch (a training step of
 #      learn_scratch, reported; fails if a step fails), and bench and bench_adapt on the
 #      microbit (inference and adaptation in soft float, reported; fails if an int8 dense
 #      layer exceeds the M0's budget or a sample fails);

@@ -3,7 +3,8 @@
 //! `adapt` program's model, 16 hidden units): online k-means of the centres with the encoder in flash and the
 //! segmenter in RAM, and the input normalisation tracker (the `learn` engine's
 //! `SegmenterOnly` / `SegmenterAndNormalisation` scopes with `OnlineKMeans`; see
-//! docs/device.md#scenarios). Reported, no budget; exit status 1 if a sample fails.
+//! docs/device.md#scenarios), and a checkpoint of what `adapt` adapts. Reported, no
+//! budget; exit status 1 if a sample or the checkpoint fails.
 //!
 //! Its own program rather than a part of `bench`: a second use of the segmenter's code
 //! changes how the compiler inlines `Model::segment`, and with it `bench`'s lone
@@ -13,6 +14,7 @@
 //! |---|---|
 //! | online k-means | mean of 16 digits rows: encode+segment (encoder in flash, segmenter in RAM), the spawn rule's bookkeeping, the centre update |
 //! | tracker | the same rows through `Tracker::push`; writing its normalisation once (per request) |
+//! | checkpoint | what `adapt` saves of what it adapted (normalisation, segmenter and online k-means' state, `Checkpoints::save_adapted` straight from the parameters) into memory.x's `CKPT`: one save (erase, write, read back), and the validation of both slots a boot does before it restores |
 //! | RAM | static RAM plus the stack of the function that owns the state (stack painting) |
 #![no_std]
 #![no_main]
@@ -116,6 +118,60 @@ fn online_kmeans(counter: &mut Counter) -> Adapt {
     out
 }
 
+/// A checkpoint of what `adapt` adapts, as its engine saves it.
+#[derive(Clone, Copy, Default)]
+struct Ckpt {
+    /// Instructions of one save.
+    save: u64,
+    /// Instructions of validating both slots (`Checkpoints::newest`), as at boot.
+    boot: u64,
+    /// Bytes of one slot.
+    slot: usize,
+    /// Steps that failed.
+    failed: u32,
+}
+
+/// One save of an adapted checkpoint with the state of online k-means
+/// ([`hvae::device::adapt_slot_len`]) into memory.x's `CKPT`, from the compiled-in
+/// parameters, then the validation of both slots.
+#[inline(never)]
+fn checkpoint(counter: &mut Counter) -> Ckpt {
+    use hvae::device::{adapt_slot_len, kmeans_extra};
+    use hvae::store::checkpoint::Layout;
+    use hvae::Checkpoints;
+    use hvae_firmware::board::{Flash, FlashRegion};
+    use hvae_firmware::learning::CkptFlash;
+    const SLOT: usize = adapt_slot_len::<CkptFlash, { SHAPE.input }>(&SHAPE);
+    const EXTRA: usize = kmeans_extra::<{ SHAPE.input }>();
+    let mut out = Ckpt {
+        slot: SLOT,
+        ..Ckpt::default()
+    };
+    let Ok(mut c) = Checkpoints::new(FlashRegion::checkpoints(Flash::new()), 0, SLOT as u32) else {
+        out.failed = 1;
+        return out;
+    };
+    let layout = Layout::adapted::<f32>(SHAPE, 0).with_extra(EXTRA);
+    let params = COMPILED.params();
+    let (r, n) = counter.measure(|| {
+        c.save_adapted(&layout, params, 0, &mut |put| {
+            let zeros = [0u8; 64];
+            let mut left = EXTRA;
+            while left > 0 {
+                let k = left.min(zeros.len());
+                put(zeros.get(..k).unwrap_or_default());
+                left -= k;
+            }
+        })
+    });
+    out.failed += u32::from(r.is_err() || n.is_none());
+    out.save = n.unwrap_or(0);
+    let (r, n) = counter.measure(|| c.newest(&layout));
+    out.failed += u32::from(!matches!(r, Ok(Some(_))) || n.is_none());
+    out.boot = n.unwrap_or(0);
+    out
+}
+
 fn ratio(a: u64, b: u64) -> f32 {
     a as f32 / b.max(1) as f32
 }
@@ -128,7 +184,8 @@ fn main() -> ! {
     };
     let mut counter = Counter::new(cp.SYST, hvae_firmware::board::CORE_HZ);
     let (km, ram) = with_ram(|| online_kmeans(&mut counter));
-    let ok = km.failed == 0 && km.kmeans > 0;
+    let ck = checkpoint(&mut counter);
+    let ok = km.failed == 0 && km.kmeans > 0 && ck.failed == 0;
     let macs = SHAPE.segment_macs() as u64;
     defmt::println!(
         "online k-means (encoder in flash, segmenter in RAM): {=u32} instructions per sample ({} per MAC of encode+segment); normalisation tracker {=u32} per sample, {=u32} per request to write it; failed {=u32}",
@@ -144,12 +201,21 @@ fn main() -> ! {
         km.state as u32,
     );
     defmt::println!(
-        "HVAE_BENCH_ADAPT kmeans_instr={=u32} track_instr={=u32} write_instr={=u32} state={=u32} ram={=u32}",
+        "checkpoint of what adapt adapts ({=u32} B slot): save {=u32} instructions, both slots validated at boot {=u32}; failed {=u32}",
+        ck.slot as u32,
+        ck.save as u32,
+        ck.boot as u32,
+        ck.failed,
+    );
+    defmt::println!(
+        "HVAE_BENCH_ADAPT kmeans_instr={=u32} track_instr={=u32} write_instr={=u32} state={=u32} ram={=u32} ckpt_save_instr={=u32} ckpt_boot_instr={=u32}",
         km.kmeans as u32,
         km.track as u32,
         km.write as u32,
         km.state as u32,
-        ram as u32
+        ram as u32,
+        ck.save as u32,
+        ck.boot as u32
     );
     rt::exit(ok)
 }
