@@ -1244,7 +1244,7 @@ impl Store for AdaptSlots {
     }
 }
 
-type Adapt = Engine<D, W, Vec<f32>, AdaptSlots, { hvae::device::ADAPT }, 2, u8>;
+type Adapt = Engine<D, W, Model<f32, Vec<f32>>, AdaptSlots, { hvae::device::ADAPT }, 2, u8>;
 
 /// A model with slot 4 unused (centre 0's copy, log-weight UNUSED): a spawn can take it.
 fn spawnable(seed: u64) -> Model<f32, Vec<f32>> {
