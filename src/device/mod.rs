@@ -14,7 +14,8 @@
 //!
 //! The firmware's programs are thin binaries over the engine: `cluster` with the
 //! [`INFER`] capabilities, the weights in flash and no training state; `cluster_int8`
-//! the same over the int8 model in flash ([`Int8`], [`INFER_INT8`]); `learn` and
+//! the same over the int8 model in flash ([`Int8`], [`INFER_INT8`]), and
+//! `cluster_int8_fixed` over the compiled-in int8 model (answers only); `learn` and
 //! `learn_scratch` over static buffers; `adapt` with the [`ADAPT`] capabilities. The host
 //! tool runs the same engine over heap buffers and in-memory pipes, as the reference of
 //! `hvae device-train` and as the simulated device of its tests (which wraps the

@@ -109,7 +109,7 @@ pub fn dense_forward2<T: Real>(
 /// y.len()`): the same sums in the same order, so the same bits, with the outputs
 /// worked on side by side (vector registers on the host). The portable kernel on every
 /// target: see [`portable::dense_forward_t`]. Training on the host reads its forward
-/// passes' weights this way ([`crate::train::loss::LossBuffers::with_batch_kernels`]).
+/// passes' weights this way (`LossBuffers::with_batch_kernels`, with the `alloc` feature).
 #[inline]
 pub fn dense_forward_t<T: Real>(
     wt: &[T],

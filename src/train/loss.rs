@@ -345,7 +345,7 @@ const fn layer_dims(s: &Shape, k: usize) -> (usize, usize) {
 }
 
 /// Scalars of the records of the backward pass for `rows` rows: per row and dense layer,
-/// its `dy` and its input ([`LossBuffers::with_batch_kernels`]).
+/// its `dy` and its input (`LossBuffers::with_batch_kernels`, with the `alloc` feature).
 pub const fn record_len(shape: &Shape, rows: usize) -> usize {
     let (mut n, mut k) = (0, 0);
     while k < layers(shape) {
