@@ -82,15 +82,7 @@ engine_impl! {
                         zeros.as_ref(),
                         0,
                         counts.updates(),
-                        &mut |out| {
-                            out(&prefix);
-                            counts.put(out);
-                            spawner.put(out);
-                            match tracker {
-                                Some(t) => t.put(out),
-                                None => Tracker::<D>::new(1.0).put(out),
-                            }
-                        },
+                        &mut |out| put_kmeans(out, &prefix, counts, spawner, tracker),
                     )
                     .map(|_| ())
                     .map_err(|_| ErrorCode::Storage);
@@ -133,15 +125,7 @@ engine_impl! {
                     &adapted.with_extra(Self::KMEANS_EXTRA),
                     net(&*model)?.params(),
                     counts.updates(),
-                    &mut |out| {
-                        out(&prefix);
-                        counts.put(out);
-                        spawner.put(out);
-                        match tracker {
-                            Some(t) => t.put(out),
-                            None => Tracker::<D>::new(1.0).put(out),
-                        }
-                    },
+                    &mut |out| put_kmeans(out, &prefix, counts, spawner, tracker),
                 )
             }
             _ => c.save_adapted(&adapted, net(&*model)?.params(), 0, &mut |_| {}),
@@ -397,6 +381,25 @@ pub(super) fn resume_prefix(
         rng.clone().fill_bytes(seed);
     }
     Ok(out)
+}
+
+/// Writes the extra bytes of a checkpoint of online k-means ([`kmeans_extra`]): the
+/// [`resume_prefix`], the centres' counts, the spawner, and the tracker (a fresh one
+/// when the normalisation is not tracked: the layout has a tracker either way).
+fn put_kmeans<const D: usize>(
+    out: &mut dyn FnMut(&[u8]),
+    prefix: &[u8; RESUME_PREFIX],
+    counts: &CentreCounts,
+    spawner: &Spawner,
+    tracker: Option<&Tracker<D>>,
+) {
+    out(prefix);
+    counts.put(out);
+    spawner.put(out);
+    match tracker {
+        Some(t) => t.put(out),
+        None => Tracker::<D>::new(1.0).put(out),
+    }
 }
 
 /// The settings and the generator of a prefix of [`resume_prefix`]; `None` when it does
