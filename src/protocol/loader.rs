@@ -2,110 +2,11 @@
 
 use super::messages::{saturate, ErrorCode};
 use crate::infer::quant;
-use crate::shape::{Activation, Likelihood, Posterior, Shape, MAX_HIDDEN};
+use crate::shape::Shape;
 use crate::store::blob;
 use core::marker::PhantomData;
 
-/// The first [`blob::HEADER_LEN`] bytes of every weight blob of `shape` (format version
-/// [`blob::VERSION`]): what [`blob::write`] puts before the parameters. A `const fn`, so
-/// a device can check the CRC of compiled-in weights against the blob's without the
-/// blob. Sizes that do not fit the header's fields are stored saturated; such a shape
-/// has no blob.
-pub const fn blob_header(shape: &Shape) -> [u8; blob::HEADER_LEN] {
-    const fn put(h: &mut [u8; blob::HEADER_LEN], at: usize, v: usize) {
-        let v = if v > u32::MAX as usize {
-            u32::MAX
-        } else {
-            v as u32
-        };
-        let b = v.to_le_bytes();
-        h[at] = b[0];
-        h[at + 1] = b[1];
-        h[at + 2] = b[2];
-        h[at + 3] = b[3];
-    }
-    let mut h = [0u8; blob::HEADER_LEN];
-    h[0] = blob::MAGIC[0];
-    h[1] = blob::MAGIC[1];
-    h[2] = blob::MAGIC[2];
-    h[3] = blob::MAGIC[3];
-    let v = blob::VERSION.to_le_bytes();
-    h[4] = v[0];
-    h[5] = v[1];
-    let l = (blob::HEADER_LEN as u16).to_le_bytes();
-    h[6] = l[0];
-    h[7] = l[1];
-    // 8..12: flags, none in version 1.
-    h[12] = match shape.posterior {
-        Posterior::VonMisesFisher => 0,
-        Posterior::PowerSpherical => 1,
-    };
-    h[13] = match shape.likelihood {
-        Likelihood::Gaussian => 0,
-        Likelihood::Bernoulli => 1,
-    };
-    h[14] = match shape.activation {
-        Activation::Relu => 0,
-        Activation::Tanh => 1,
-    };
-    h[15] = if shape.depth() > u8::MAX as usize {
-        u8::MAX
-    } else {
-        shape.depth() as u8
-    };
-    put(&mut h, 16, shape.input);
-    let mut l = 0;
-    while l < MAX_HIDDEN {
-        put(&mut h, 20 + 4 * l, shape.hidden(l));
-        l += 1;
-    }
-    put(&mut h, 36, shape.latent);
-    put(&mut h, 40, shape.clusters);
-    put(&mut h, 44, shape.param_len());
-    h
-}
-
-/// The first [`blob::HEADER_LEN_INT8`] bytes of every int8 weight blob of `shape`
-/// (format version [`blob::VERSION_INT8`]): what [`blob::write_int8`] puts before the
-/// int8 weights. Version 1's header with the version and header length of the int8
-/// variant and, from offset 44, the three counts (weights, ints, floats; saturated as
-/// [`blob_header`]'s sizes are).
-pub const fn int8_blob_header(shape: &Shape) -> [u8; blob::HEADER_LEN_INT8] {
-    let v1 = blob_header(shape);
-    let mut h = [0u8; blob::HEADER_LEN_INT8];
-    let mut i = 0;
-    while i < 44 {
-        h[i] = v1[i];
-        i += 1;
-    }
-    let v = blob::VERSION_INT8.to_le_bytes();
-    h[4] = v[0];
-    h[5] = v[1];
-    let l = (blob::HEADER_LEN_INT8 as u16).to_le_bytes();
-    h[6] = l[0];
-    h[7] = l[1];
-    let counts = [
-        quant::weight_len(shape),
-        quant::int_len(shape),
-        quant::float_len(shape),
-    ];
-    let mut c = 0;
-    while c < 3 {
-        let n = if counts[c] > u32::MAX as usize {
-            u32::MAX
-        } else {
-            counts[c] as u32
-        };
-        let b = n.to_le_bytes();
-        let mut k = 0;
-        while k < 4 {
-            h[44 + 4 * c + k] = b[k];
-            k += 1;
-        }
-        c += 1;
-    }
-    h
-}
+pub use crate::store::blob::{blob_header, int8_blob_header};
 
 /// The format of the blobs a [`WeightLoader`] takes: `f32` parameters ([`F32Blob`],
 /// format version [`blob::VERSION`]) or the int8 variant ([`Int8Blob`],

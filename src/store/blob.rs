@@ -145,8 +145,9 @@ const CRC_LEN: usize = 4;
 /// Bytes per stored parameter (`f32`).
 const VALUE_LEN: usize = 4;
 
-// The header length travels as a u16, and the parameters start 4-aligned.
+// The header lengths travel as a u16, and the parameters start 4-aligned.
 const _: () = assert!(HEADER_LEN <= u16::MAX as usize && HEADER_LEN.is_multiple_of(4));
+const _: () = assert!(HEADER_LEN_INT8 <= u16::MAX as usize && HEADER_LEN_INT8 > HEADER_LEN);
 
 /// CRC-32/ISO-HDLC with a 1 KiB lookup table. A `static` so the table is in flash once,
 /// not copied to the stack at each use as a `const` might be.
@@ -290,7 +291,7 @@ pub fn write<T: Real>(shape: &Shape, params: &[T], out: &mut [u8]) -> Result<usi
         .split_last_chunk_mut::<CRC_LEN>()
         .ok_or(BlobError::BufferTooSmall)?;
     let mut w = Writer { rest: body };
-    put_header(&mut w, shape, Variant::F32, [count, 0, 0])?;
+    w.put(blob_header(shape))?;
     for x in params {
         w.put(x.to_f32().to_le_bytes())?;
     }
@@ -302,47 +303,88 @@ pub fn write<T: Real>(shape: &Shape, params: &[T], out: &mut [u8]) -> Result<usi
     Ok(total)
 }
 
-/// The header of `shape` for `variant` with the count fields `counts` (version 1 writes
-/// the first).
-fn put_header(
-    w: &mut Writer<'_>,
-    shape: &Shape,
-    variant: Variant,
-    counts: [u32; 3],
-) -> Result<(), BlobError> {
-    // Every size is at most a count, which fits a u32, so these cannot fail.
-    let size = |x: usize| u32::try_from(x).map_err(|_| BlobError::ParamCount);
-    let mut hidden = [0u32; MAX_HIDDEN];
-    for (l, h) in hidden.iter_mut().enumerate() {
-        *h = size(shape.hidden(l))?;
+/// The first [`HEADER_LEN`] bytes of every weight blob of `shape` (format version
+/// [`VERSION`]): what [`write()`] puts before the parameters. A `const fn`, so a device
+/// can check the CRC of compiled-in weights against the blob's without the blob. Sizes
+/// that do not fit the header's fields are stored saturated; such a shape has no blob.
+pub const fn blob_header(shape: &Shape) -> [u8; HEADER_LEN] {
+    let all = encode_header(shape, Variant::F32);
+    let mut h = [0u8; HEADER_LEN];
+    let mut i = 0;
+    while i < HEADER_LEN {
+        h[i] = all[i];
+        i += 1;
     }
-    // depth is 1..=MAX_HIDDEN after `validate`.
-    let depth =
-        u8::try_from(shape.depth()).map_err(|_| BlobError::BadShape(ShapeError::BadHidden))?;
-    let header_len = u16::try_from(variant.header_len()).map_err(|_| BlobError::BufferTooSmall)?;
-    w.put(MAGIC)?;
-    w.put(variant.version().to_le_bytes())?;
-    w.put(header_len.to_le_bytes())?;
-    w.put(0u32.to_le_bytes())?; // flags: none defined
-    w.put([
-        posterior_code(shape.posterior),
-        likelihood_code(shape.likelihood),
-        activation_code(shape.activation),
-        depth,
-    ])?;
-    w.put(size(shape.input)?.to_le_bytes())?;
-    for h in hidden {
-        w.put(h.to_le_bytes())?;
+    h
+}
+
+/// The first [`HEADER_LEN_INT8`] bytes of every int8 weight blob of `shape` (format
+/// version [`VERSION_INT8`]): what [`write_int8`] puts before the int8 weights. Version
+/// 1's header with the version and header length of the int8 variant and, from offset
+/// 44, the three counts (weights, ints, floats; saturated as [`blob_header`]'s sizes
+/// are).
+pub const fn int8_blob_header(shape: &Shape) -> [u8; HEADER_LEN_INT8] {
+    encode_header(shape, Variant::Int8)
+}
+
+/// The header of `shape` for `variant`, the one encoding of [`blob_header`] (its first
+/// [`HEADER_LEN`] bytes) and [`int8_blob_header`].
+const fn encode_header(shape: &Shape, variant: Variant) -> [u8; HEADER_LEN_INT8] {
+    /// Writes `v` at `at`, little-endian, saturated to a `u32`.
+    const fn put(h: &mut [u8; HEADER_LEN_INT8], at: usize, v: usize) {
+        let v = if v > u32::MAX as usize {
+            u32::MAX
+        } else {
+            v as u32
+        };
+        let b = v.to_le_bytes();
+        let mut k = 0;
+        while k < 4 {
+            h[at + k] = b[k];
+            k += 1;
+        }
     }
-    w.put(size(shape.latent)?.to_le_bytes())?;
-    w.put(size(shape.clusters)?.to_le_bytes())?;
-    let [c0, c1, c2] = counts;
-    w.put(c0.to_le_bytes())?;
-    if variant == Variant::Int8 {
-        w.put(c1.to_le_bytes())?;
-        w.put(c2.to_le_bytes())?;
+    let mut h = [0u8; HEADER_LEN_INT8];
+    let mut i = 0;
+    while i < 4 {
+        h[i] = MAGIC[i];
+        i += 1;
     }
-    Ok(())
+    let v = variant.version().to_le_bytes();
+    h[4] = v[0];
+    h[5] = v[1];
+    // Both header lengths fit a u16 (checked where they are defined).
+    let l = (variant.header_len() as u16).to_le_bytes();
+    h[6] = l[0];
+    h[7] = l[1];
+    // 8..12: flags, none defined.
+    h[12] = posterior_code(shape.posterior);
+    h[13] = likelihood_code(shape.likelihood);
+    h[14] = activation_code(shape.activation);
+    h[15] = if shape.depth() > u8::MAX as usize {
+        u8::MAX
+    } else {
+        shape.depth() as u8
+    };
+    put(&mut h, 16, shape.input);
+    let mut l = 0;
+    while l < MAX_HIDDEN {
+        put(&mut h, 20 + 4 * l, shape.hidden(l));
+        l += 1;
+    }
+    put(&mut h, 36, shape.latent);
+    put(&mut h, 40, shape.clusters);
+    // Version 1 has the first count field only; its header ends before the others.
+    let counts = match variant.counts(shape) {
+        Some(c) => c,
+        None => [usize::MAX; 3],
+    };
+    let mut c = 0;
+    while c < 3 {
+        put(&mut h, 44 + 4 * c, counts[c]);
+        c += 1;
+    }
+    h
 }
 
 /// Total size in bytes of the int8 blob of `shape`: header, the weights padded to a
@@ -382,7 +424,7 @@ where
         .split_last_chunk_mut::<CRC_LEN>()
         .ok_or(BlobError::BufferTooSmall)?;
     let mut w = Writer { rest: body };
-    put_header(&mut w, shape, Variant::Int8, counts)?;
+    w.put(int8_blob_header(shape))?;
     for &v in model.weights() {
         w.put(v.to_le_bytes())?;
     }
