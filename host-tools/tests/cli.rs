@@ -373,16 +373,13 @@ fn export_bin_rust_and_c() {
     let r = run_model("export", &model, &["--format", "rust", "--out", s(&rs)]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let text = std::fs::read_to_string(&rs).unwrap();
+    assert!(text.contains("hvae::exported_model! {\n"), "{text}");
     assert!(
-        text.contains("pub const SHAPE: hvae::Shape = hvae::Shape::new(3, &[2], 2, 2)"),
+        text.contains("shape: (3, [2], 2, 2, Relu, VonMisesFisher, Gaussian),"),
         "{text}"
     );
-    assert!(text.contains(&format!(
-        "pub const PARAM_LEN: usize = {};",
-        m.params().len()
-    )));
-    assert!(text.contains(&format!("pub const BLOB_CRC: u32 = {crc:#010x};")));
-    let lits = array_literals(&text, "pub static PARAMS: [f32; PARAM_LEN] = [", "];");
+    assert!(text.contains(&format!("blob_crc: {crc:#010x},")));
+    let lits = array_literals(&text, "params: [", "],");
     assert_eq!(lits.len(), m.params().len());
     for (lit, &want) in lits.iter().zip(m.params()) {
         let got: f32 = lit.parse().unwrap();

@@ -116,16 +116,15 @@ fn export_quantize_int8_and_inspect() {
     // rust and c: the int8 arrays, value for value.
     let rs = dir.path().join("digits_int8.rs");
     let text = exported_text(&model, &digits, "rust", &rs);
-    assert!(text.contains("pub static WEIGHTS: [i8; WEIGHT_LEN] = ["));
-    assert!(text.contains("pub static INTS: [i32; INT_LEN] = ["));
-    assert!(text.contains("pub static FLOATS: [f32; FLOAT_LEN] = ["));
-    let weights = array_values(&text, "pub static WEIGHTS");
+    assert!(text.contains("hvae::exported_quant_model! {\n"), "{text}");
+    assert!(text.contains("shape: (64, [32], 8, 10, Relu, PowerSpherical, Gaussian),"));
+    let weights = array_values(&text, "weights: [");
     let want: Vec<String> = q.weights().iter().map(|v| v.to_string()).collect();
     assert_eq!(weights, want);
-    let ints = array_values(&text, "pub static INTS");
+    let ints = array_values(&text, "ints: [");
     let want: Vec<String> = q.ints().iter().map(|v| v.to_string()).collect();
     assert_eq!(ints, want);
-    let floats: Vec<u32> = array_values(&text, "pub static FLOATS")
+    let floats: Vec<u32> = array_values(&text, "floats: [")
         .iter()
         .map(|v| v.parse::<f32>().unwrap().to_bits())
         .collect();
@@ -177,12 +176,10 @@ fn exported_text(model: &Path, data: &Path, format: &str, out: &Path) -> String 
 fn array_values(text: &str, decl: &str) -> Vec<String> {
     let start = text.find(decl).unwrap();
     let body = &text[start..];
-    let open = body.find(['[', '{']).unwrap();
-    let body = &body[open + 1..];
-    // Skip the length inside `[i8; WEIGHT_LEN]` (Rust) to the initialiser's bracket.
-    let body = if decl.starts_with("pub static") {
-        let eq = body.find("= [").unwrap();
-        &body[eq + 3..]
+    // Rust: the values follow the declaration's bracket; C: skip the length inside
+    // `hvae_weights[HVAE_WEIGHT_LEN]` to the initialiser's brace.
+    let body = if decl.ends_with('[') {
+        &body[decl.len()..]
     } else {
         let eq = body.find("= {").unwrap();
         &body[eq + 3..]

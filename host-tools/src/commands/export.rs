@@ -9,17 +9,18 @@ use std::path::PathBuf;
 /// Long help of the subcommand (`hvae export --help`).
 pub const LONG_ABOUT: &str = "Write a model in a form the firmware can use.\n\n\
     bin: the weight blob, byte for byte (load it at run time with hvae::store::blob::read_params).\n\
-    rust: a source file to include!: `pub const SHAPE: hvae::Shape` (built with the const \
-    fns), PARAM_LEN, INFERENCE_PARAM_LEN, BLOB_CRC and `pub static PARAMS: [f32; PARAM_LEN]` \
-    with every value printed so that it parses back to the exact same f32.\n\
+    rust: a source file to include!: one invocation of hvae::exported_model! (the shape, \
+    the blob's CRC and the values), which defines `pub const SHAPE: hvae::Shape`, PARAM_LEN, \
+    INFERENCE_PARAM_LEN, BLOB_CRC and `pub static PARAMS: [f32; PARAM_LEN]`, with every \
+    value printed so that it parses back to the exact same f32.\n\
     c: a header with #defines for the sizes, kinds, lengths, CRC and every tensor's offset, \
     rows and columns, and `static const float hvae_params[HVAE_PARAM_LEN]`.\n\n\
     --quantize int8 --data FILE: the int8 form instead (symmetric per-channel int8 \
     weights, i32 accumulators, fixed-point requantisation; the segmenter stays f32), \
     calibrated on the rows of FILE (the training data: the largest activation of each \
     layer). bin is then the int8 blob (format version 2, hvae::store::blob::read_int8), \
-    rust the int8 arrays WEIGHTS: [i8; _], INTS: [i32; _], FLOATS: [f32; _] for \
-    hvae::QuantModel::new, c the same arrays as int8_t, int32_t and float. The fidelity of \
+    rust one invocation of hvae::exported_quant_model! (the int8 arrays WEIGHTS: [i8; _], INTS: [i32; _], FLOATS: [f32; _] for \
+    hvae::QuantModel::new), c the same arrays as int8_t, int32_t and float. The fidelity of \
     the int8 model to the f32 one on FILE is printed (label agreement, worst and mean mu \
     cosine, ACC and NMI of both when FILE has labels); --check makes a missed bar \
     (agreement >= 0.99, worst cosine >= 0.99, mean >= 0.999, ACC/NMI drop <= 0.01) an \
