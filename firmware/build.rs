@@ -42,7 +42,7 @@ fn main() {
             model.display()
         )
     });
-    if !text.contains("pub static PARAMS") || !text.contains("pub const BLOB_CRC") {
+    if !text.contains("hvae::exported_model!") {
         panic!(
             "{} is not an `hvae export --format rust` file",
             model.display()

@@ -304,60 +304,35 @@ pub fn write<T: Real>(shape: &Shape, params: &[T], out: &mut [u8]) -> Result<usi
 }
 
 /// The first [`HEADER_LEN`] bytes of every weight blob of `shape` (format version
-/// [`VERSION`]): what [`write()`] puts before the parameters. A `const fn`, so a device
-/// can check the CRC of compiled-in weights against the blob's without the blob. Sizes
-/// that do not fit the header's fields are stored saturated; such a shape has no blob.
+/// [`VERSION`]): what [`write()`] puts before the parameters. A `const fn`, so
+/// a device can check the CRC of compiled-in weights against the blob's without the
+/// blob. Sizes that do not fit the header's fields are stored saturated; such a shape
+/// has no blob.
 pub const fn blob_header(shape: &Shape) -> [u8; HEADER_LEN] {
-    let all = encode_header(shape, Variant::F32);
-    let mut h = [0u8; HEADER_LEN];
-    let mut i = 0;
-    while i < HEADER_LEN {
-        h[i] = all[i];
-        i += 1;
-    }
-    h
-}
-
-/// The first [`HEADER_LEN_INT8`] bytes of every int8 weight blob of `shape` (format
-/// version [`VERSION_INT8`]): what [`write_int8`] puts before the int8 weights. Version
-/// 1's header with the version and header length of the int8 variant and, from offset
-/// 44, the three counts (weights, ints, floats; saturated as [`blob_header`]'s sizes
-/// are).
-pub const fn int8_blob_header(shape: &Shape) -> [u8; HEADER_LEN_INT8] {
-    encode_header(shape, Variant::Int8)
-}
-
-/// The header of `shape` for `variant`, the one encoding of [`blob_header`] (its first
-/// [`HEADER_LEN`] bytes) and [`int8_blob_header`].
-const fn encode_header(shape: &Shape, variant: Variant) -> [u8; HEADER_LEN_INT8] {
-    /// Writes `v` at `at`, little-endian, saturated to a `u32`.
-    const fn put(h: &mut [u8; HEADER_LEN_INT8], at: usize, v: usize) {
+    const fn put(h: &mut [u8; HEADER_LEN], at: usize, v: usize) {
         let v = if v > u32::MAX as usize {
             u32::MAX
         } else {
             v as u32
         };
         let b = v.to_le_bytes();
-        let mut k = 0;
-        while k < 4 {
-            h[at + k] = b[k];
-            k += 1;
-        }
+        h[at] = b[0];
+        h[at + 1] = b[1];
+        h[at + 2] = b[2];
+        h[at + 3] = b[3];
     }
-    let mut h = [0u8; HEADER_LEN_INT8];
-    let mut i = 0;
-    while i < 4 {
-        h[i] = MAGIC[i];
-        i += 1;
-    }
-    let v = variant.version().to_le_bytes();
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = MAGIC[0];
+    h[1] = MAGIC[1];
+    h[2] = MAGIC[2];
+    h[3] = MAGIC[3];
+    let v = VERSION.to_le_bytes();
     h[4] = v[0];
     h[5] = v[1];
-    // Both header lengths fit a u16 (checked where they are defined).
-    let l = (variant.header_len() as u16).to_le_bytes();
+    let l = (HEADER_LEN as u16).to_le_bytes();
     h[6] = l[0];
     h[7] = l[1];
-    // 8..12: flags, none defined.
+    // 8..12: flags, none in version 1.
     h[12] = posterior_code(shape.posterior);
     h[13] = likelihood_code(shape.likelihood);
     h[14] = activation_code(shape.activation);
@@ -374,14 +349,47 @@ const fn encode_header(shape: &Shape, variant: Variant) -> [u8; HEADER_LEN_INT8]
     }
     put(&mut h, 36, shape.latent);
     put(&mut h, 40, shape.clusters);
-    // Version 1 has the first count field only; its header ends before the others.
-    let counts = match variant.counts(shape) {
-        Some(c) => c,
-        None => [usize::MAX; 3],
-    };
+    put(&mut h, 44, shape.param_len());
+    h
+}
+
+/// The first [`HEADER_LEN_INT8`] bytes of every int8 weight blob of `shape`
+/// (format version [`VERSION_INT8`]): what [`write_int8`] puts before the
+/// int8 weights. Version 1's header with the version and header length of the int8
+/// variant and, from offset 44, the three counts (weights, ints, floats; saturated as
+/// [`blob_header`]'s sizes are).
+pub const fn int8_blob_header(shape: &Shape) -> [u8; HEADER_LEN_INT8] {
+    let v1 = blob_header(shape);
+    let mut h = [0u8; HEADER_LEN_INT8];
+    let mut i = 0;
+    while i < 44 {
+        h[i] = v1[i];
+        i += 1;
+    }
+    let v = VERSION_INT8.to_le_bytes();
+    h[4] = v[0];
+    h[5] = v[1];
+    let l = (HEADER_LEN_INT8 as u16).to_le_bytes();
+    h[6] = l[0];
+    h[7] = l[1];
+    let counts = [
+        quant::weight_len(shape),
+        quant::int_len(shape),
+        quant::float_len(shape),
+    ];
     let mut c = 0;
     while c < 3 {
-        put(&mut h, 44 + 4 * c, counts[c]);
+        let n = if counts[c] > u32::MAX as usize {
+            u32::MAX
+        } else {
+            counts[c] as u32
+        };
+        let b = n.to_le_bytes();
+        let mut k = 0;
+        while k < 4 {
+            h[44 + 4 * c + k] = b[k];
+            k += 1;
+        }
         c += 1;
     }
     h
