@@ -1,6 +1,8 @@
 //! `hvae demo` on a machine without qemu: the host part runs, the device step says
 //! plainly why it is skipped, and the command succeeds.
 
+mod common;
+
 #[test]
 fn demo_without_qemu_says_so_and_succeeds() {
     let dir = tempfile::tempdir().unwrap();
@@ -13,12 +15,7 @@ fn demo_without_qemu_says_so_and_succeeds() {
         .env("PATH", empty.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::success_stdout(&out);
     assert!(
         stdout.contains("== 4. run on the emulated device"),
         "{stdout}"

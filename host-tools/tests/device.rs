@@ -373,12 +373,7 @@ fn validate_over_a_serial_port() {
         .output()
         .unwrap();
     drop(slave);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::success_stdout(&out);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["pass"], true);
     assert_eq!(v["rows"], 50);

@@ -22,25 +22,15 @@ use hvae_host::model_io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-fn skip(why: &str) -> Option<PathBuf> {
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so the qemu tests must run, but: {why}");
-    }
-    eprintln!("\n***************************************************************");
-    eprintln!("*** SKIPPED qemu test: {why}");
-    eprintln!("***************************************************************\n");
-    None
-}
-
 /// The firmware program `bin` built for `machine`, or `None` (after the note) when
 /// qemu or the build is unavailable.
 fn firmware(bin: &str, machine: Machine) -> Option<PathBuf> {
     if !qemu::available() {
-        return skip("qemu-system-arm is not installed");
+        return common::skip("qemu", "qemu-system-arm is not installed");
     }
     match firmware::build(&firmware::default_dir(), bin, machine, &[]) {
         Ok(elf) => Some(elf),
-        Err(e) => skip(&e),
+        Err(e) => common::skip("qemu", &e),
     }
 }
 
@@ -56,6 +46,15 @@ fn start(elf: &std::path::Path, machine: Machine) -> (Qemu, Device) {
 
 fn compiled_model() -> PathBuf {
     firmware::default_dir().join("model/digits.hvae")
+}
+
+/// The program `bin` built for the Cortex-M4F (`None`: skipped, as [`firmware`]), the
+/// compiled-in model and the digits.
+fn on_m4f(bin: &str) -> Option<(PathBuf, model_io::LoadedModel, data::Dataset)> {
+    let elf = firmware(bin, Machine::Mps2An386)?;
+    let model = model_io::load(&compiled_model()).unwrap();
+    let data = data::load(&common::digits_path()).unwrap();
+    Some((elf, model, data))
 }
 
 fn validate_cluster(machine: Machine, rows: Option<usize>) {
@@ -198,11 +197,9 @@ fn device_dying_mid_stream_is_reported_and_a_restart_passes() {
 #[test]
 fn device_training_matches_the_host() {
     let machine = Machine::Mps2An386;
-    let Some(elf) = firmware("learn", machine) else {
+    let Some((elf, model, data)) = on_m4f("learn") else {
         return;
     };
-    let model = model_io::load(&compiled_model()).unwrap();
-    let data = data::load(&common::digits_path()).unwrap();
     let model = device_train::with_fitted_normalisation(&model, &data).unwrap();
     let (_q, mut dev) = start(&elf, machine);
     let args = DeviceTrainArgs::parse_from([
@@ -356,11 +353,9 @@ fn scratch_program_matches_the_host_engine() {
 #[test]
 fn drift_scenario_on_the_device() {
     let machine = Machine::Mps2An386;
-    let Some(elf) = firmware("learn", machine) else {
+    let Some((elf, model, data)) = on_m4f("learn") else {
         return;
     };
-    let model = model_io::load(&compiled_model()).unwrap();
-    let data = data::load(&common::digits_path()).unwrap();
     let args = DeviceTrainArgs::parse_from([
         "--device",
         "qemu",
@@ -474,12 +469,7 @@ fn validate_command_prints_json() {
         .arg(common::digits_path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::success_stdout(&out);
     assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["pass"], true);

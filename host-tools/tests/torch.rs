@@ -32,16 +32,6 @@ fn reference_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("reference")
 }
 
-fn skip(why: &str) -> Option<PathBuf> {
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so the PyTorch tests must run, but: {why}");
-    }
-    eprintln!("\n***************************************************************");
-    eprintln!("*** SKIPPED PyTorch test: {why}");
-    eprintln!("***************************************************************\n");
-    None
-}
-
 /// The Python whose `torch_export.py` sees `torch`, or `None` (after the note).
 fn python_with_torch() -> Option<PathBuf> {
     let py = match std::env::var_os("HVAE_PYTHON") {
@@ -49,10 +39,10 @@ fn python_with_torch() -> Option<PathBuf> {
         None => reference_dir().join(".venv/bin/python"),
     };
     if !py.exists() {
-        return skip(&format!(
-            "no Python: set HVAE_PYTHON or create {}",
-            py.display()
-        ));
+        return common::skip(
+            "PyTorch",
+            &format!("no Python: set HVAE_PYTHON or create {}", py.display()),
+        );
     }
     let probe = Command::new(&py)
         .current_dir(reference_dir())
@@ -63,44 +53,30 @@ fn python_with_torch() -> Option<PathBuf> {
         .output()
         .unwrap();
     if !probe.status.success() {
-        return skip(&format!(
+        return common::skip(
+            "PyTorch",
+            &format!(
             "{} cannot import torch (Debian: apt-get install python3-torch; .ci/run links it): {}",
             py.display(),
             String::from_utf8_lossy(&probe.stderr)
                 .lines()
                 .last()
                 .unwrap_or("")
-        ));
+        ),
+        );
     }
     Some(py)
 }
 
 /// Runs `py args...` in `reference/`, panicking with its stderr on failure; its stdout.
 fn run_python(py: &Path, args: &[&str]) -> String {
-    let out = Command::new(py)
-        .current_dir(reference_dir())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output_ok(Command::new(py).current_dir(reference_dir()).args(args));
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// `hvae args...`; panics with its stderr on failure; its stdout.
 fn hvae(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_hvae"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "hvae {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output_ok(Command::new(env!("CARGO_BIN_EXE_hvae")).args(args));
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -89,6 +89,19 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Skips a test of `kind` (`qemu`, `PyTorch`) for `why`, with a loud note: `None`.
+/// Under CI (the `CI` environment variable) the test fails instead, so that CI cannot
+/// skip it silently.
+pub fn skip<T>(kind: &str, why: &str) -> Option<T> {
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set, so the {kind} tests must run, but: {why}");
+    }
+    eprintln!("\n***************************************************************");
+    eprintln!("*** SKIPPED {kind} test: {why}");
+    eprintln!("***************************************************************\n");
+    None
+}
+
 /// The Python of the reference environment (`$HVAE_PYTHON`, else
 /// `host-tools/reference/.venv`), or `None` outside CI when there is none: the test that
 /// needs it for `what` is skipped, and says so. Under CI a missing Python fails the test.
@@ -123,6 +136,18 @@ pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The stdout of a finished command; a failure fails the test with its stdout and
+/// stderr.
+pub fn success_stdout(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// Asserts a failure with exit status `code` and exactly one line on stderr, the tool's
