@@ -20,6 +20,7 @@ use hvae::protocol::{
     MAX_RESPONSE_FRAME,
 };
 use hvae::store::blob::crc32;
+use hvae::store::RamFlash;
 use hvae::Checkpoints;
 use hvae::Model;
 use hvae::Shape;
@@ -31,46 +32,7 @@ const D: usize = 12;
 const W: usize = 2048;
 
 /// NOR flash in memory: 1 KiB pages, word writes that only clear bits.
-struct Ram(Vec<u8>);
-
-impl ErrorType for Ram {
-    type Error = NorFlashErrorKind;
-}
-
-impl ReadNorFlash for Ram {
-    const READ_SIZE: usize = 1;
-    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), NorFlashErrorKind> {
-        let at = offset as usize;
-        let src = self.0.get(at..at + bytes.len());
-        bytes.copy_from_slice(src.ok_or(NorFlashErrorKind::OutOfBounds)?);
-        Ok(())
-    }
-    fn capacity(&self) -> usize {
-        self.0.len()
-    }
-}
-
-impl NorFlash for Ram {
-    const WRITE_SIZE: usize = 4;
-    const ERASE_SIZE: usize = 1024;
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), NorFlashErrorKind> {
-        let r = self.0.get_mut(from as usize..to as usize);
-        r.ok_or(NorFlashErrorKind::OutOfBounds)?.fill(0xFF);
-        Ok(())
-    }
-    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), NorFlashErrorKind> {
-        let at = offset as usize;
-        let dst = self.0.get_mut(at..at + bytes.len());
-        for (d, s) in dst
-            .ok_or(NorFlashErrorKind::OutOfBounds)?
-            .iter_mut()
-            .zip(bytes)
-        {
-            *d &= *s;
-        }
-        Ok(())
-    }
-}
+type Ram = RamFlash<1024>;
 
 /// Heap buffers no larger than a device's, and two checkpoint slots.
 struct Heap {
@@ -82,7 +44,7 @@ struct Heap {
 impl Heap {
     fn new() -> Heap {
         let slot = checkpoint_slot_len::<Ram>(&S);
-        let checkpoints = Checkpoints::new(Ram(vec![0xFF; 2 * slot]), 0, slot as u32).unwrap();
+        let checkpoints = Checkpoints::new(Ram::blank(2 * slot), 0, slot as u32).unwrap();
         Heap {
             checkpoints,
             scratch: scratch_len(&S),
@@ -93,7 +55,7 @@ impl Heap {
     /// Sized for an engine that remembers `mem` samples of `value_bytes` per value.
     fn with_memory(mem: usize, value_bytes: usize) -> Heap {
         let slot = checkpoint_slot_len_with::<Ram>(&S, mem, value_bytes);
-        let checkpoints = Checkpoints::new(Ram(vec![0xFF; 2 * slot]), 0, slot as u32).unwrap();
+        let checkpoints = Checkpoints::new(Ram::blank(2 * slot), 0, slot as u32).unwrap();
         Heap {
             checkpoints,
             scratch: scratch_len_with(&S, mem),
@@ -1159,7 +1121,7 @@ struct CutRam {
 impl CutRam {
     fn new(bytes: usize) -> CutRam {
         CutRam {
-            ram: Ram(vec![0xFF; bytes]),
+            ram: Ram::blank(bytes),
             ops: 0,
             cut: None,
         }
@@ -1420,7 +1382,7 @@ fn an_adapted_checkpoint_restores_only_on_its_own_weights_and_survives_a_bad_slo
     }
     // The newest slot (seq 2, the second save: slot 1) damaged: the older comes back.
     let slot = hvae::device::adapt_slot_len::<CutRam, D>(&S);
-    store.flash(|f| f.ram.0[slot + 300] ^= 0x10);
+    store.flash(|f| f.ram.bytes_mut()[slot + 300] ^= 0x10);
     let (e, restored) = adapt_on(&m, store);
     assert_eq!(restored, Some(1));
     assert_eq!(bits(e.model().params()), bits(&older));

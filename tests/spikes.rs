@@ -21,9 +21,10 @@
 //!
 //! Run: `cargo test --release --test spikes -- --nocapture` (prints both ACCs).
 
-use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
+use embedded_storage::nor_flash::NorFlash;
 use hvae::shape::{Posterior, Scope, Shape};
 use hvae::store::checkpoint::{self, Checkpoints, Restore};
+use hvae::store::RamFlash;
 use hvae::train::optim::{state_len, OptimKind};
 use hvae::train::trainer::{Consistency, OnlineTrainer, TrainConfig, TrainError};
 use hvae::Model;
@@ -74,35 +75,7 @@ fn accuracy(pred: &[usize], truth: &[usize]) -> f64 {
 }
 
 /// A NOR flash in RAM for the checkpoints (4-byte words, 2 KiB sectors).
-struct Ram(Vec<u8>);
-impl ErrorType for Ram {
-    type Error = NorFlashErrorKind;
-}
-impl ReadNorFlash for Ram {
-    const READ_SIZE: usize = 1;
-    fn read(&mut self, at: u32, out: &mut [u8]) -> Result<(), NorFlashErrorKind> {
-        let at = at as usize;
-        out.copy_from_slice(&self.0[at..at + out.len()]);
-        Ok(())
-    }
-    fn capacity(&self) -> usize {
-        self.0.len()
-    }
-}
-impl NorFlash for Ram {
-    const WRITE_SIZE: usize = 4;
-    const ERASE_SIZE: usize = 2048;
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), NorFlashErrorKind> {
-        self.0[from as usize..to as usize].fill(0xFF);
-        Ok(())
-    }
-    fn write(&mut self, at: u32, data: &[u8]) -> Result<(), NorFlashErrorKind> {
-        for (m, d) in self.0[at as usize..].iter_mut().zip(data) {
-            *m &= *d;
-        }
-        Ok(())
-    }
-}
+type Ram = RamFlash<2048>;
 
 type Trainer = OnlineTrainer<f32, D, CAP, Vec<f32>, Vec<f32>>;
 type Flash = Checkpoints<Ram>;
@@ -176,7 +149,7 @@ fn blank_flash() -> Flash {
         0,
     );
     let slot = layout.slot_len(Ram::WRITE_SIZE, Ram::ERASE_SIZE);
-    Checkpoints::new(Ram(vec![0xFF; 2 * slot]), 0, slot as u32).unwrap()
+    Checkpoints::new(Ram::blank(2 * slot), 0, slot as u32).unwrap()
 }
 
 /// The stream: a fixed shuffle of the data (by `seed`), cycled.
@@ -278,7 +251,7 @@ fn from_scratch(seed: u64, spiked: bool, clip: f32) -> (Outcome, Vec<u8>) {
         &mut model, &mut t, &mut flash, &mut rng, &xs, &order, CAP, g,
     );
     out.acc = accuracy_of(&model, &xs, &ys);
-    (out, flash.into_inner().0)
+    (out, flash.into_inner().into_bytes())
 }
 
 /// In the field: a device boots with the checkpoint of a model trained on clean data
@@ -291,7 +264,7 @@ fn in_the_field(seed: u64, pretrained: &[u8], spiked: bool, clip: f32) -> Outcom
     let mut model = Model::<f32, Vec<f32>>::new(SHAPE, vec![0.0; SHAPE.param_len()]).unwrap();
     let mut t = trainer(config(FIELD_LR, clip));
     let slot = blank_flash().slot_len();
-    let mut flash = Checkpoints::new(Ram(pretrained.to_vec()), 0, slot).unwrap();
+    let mut flash = Checkpoints::new(Ram::new(pretrained.to_vec()), 0, slot).unwrap();
     let loaded = flash.restore_trainer(&mut model, &mut t).unwrap().unwrap();
     assert!(loaded.train_steps > 600, "{loaded:?}");
     let g = spiked.then(|| Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xF1E1D));

@@ -3,8 +3,8 @@
 //! centres follow a drifted sensor, novel windows move none, what was learned survives a
 //! "reset" bit for bit, a corrupt slot falls back, another model's checkpoint is ignored.
 
-use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::dist::rng::standard_normal;
+use hvae::store::RamFlash;
 use hvae::train::centres::{in_use, SpawnRule, UNUSED_LOG_WEIGHT};
 use hvae::{Model, Shape};
 use hvae_accel_features::{features, FEATURES, WINDOW};
@@ -53,51 +53,11 @@ fn settings(save_every: u32) -> Settings {
 
 /// The nRF52833's flash as the NVMC driver presents it: 4-byte words, 4 KiB pages, bits
 /// only cleared by a write.
-struct Ram(Vec<u8>);
+type Ram = RamFlash<4096>;
 
-impl Ram {
-    fn new(pages: usize) -> Self {
-        Ram(vec![0xFF; pages * 4096])
-    }
-}
-
-impl ErrorType for Ram {
-    type Error = NorFlashErrorKind;
-}
-
-impl ReadNorFlash for Ram {
-    const READ_SIZE: usize = 1;
-    fn read(&mut self, at: u32, out: &mut [u8]) -> Result<(), NorFlashErrorKind> {
-        let at = at as usize;
-        let src = self.0.get(at..at + out.len());
-        out.copy_from_slice(src.ok_or(NorFlashErrorKind::OutOfBounds)?);
-        Ok(())
-    }
-    fn capacity(&self) -> usize {
-        self.0.len()
-    }
-}
-
-impl NorFlash for Ram {
-    const WRITE_SIZE: usize = 4;
-    const ERASE_SIZE: usize = 4096;
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), NorFlashErrorKind> {
-        let r = self.0.get_mut(from as usize..to as usize);
-        r.ok_or(NorFlashErrorKind::OutOfBounds)?.fill(0xFF);
-        Ok(())
-    }
-    fn write(&mut self, at: u32, data: &[u8]) -> Result<(), NorFlashErrorKind> {
-        let at = at as usize;
-        let dst = self.0.get_mut(at..at + data.len());
-        for (m, d) in dst
-            .ok_or(NorFlashErrorKind::OutOfBounds)?
-            .iter_mut()
-            .zip(data)
-        {
-            *m &= *d;
-        }
-        Ok(())
-    }
+/// An erased flash of `pages` pages.
+fn blank(pages: usize) -> Ram {
+    Ram::blank(pages * 4096)
 }
 
 /// A sensor: `gain` on every axis and `offset` (g) added, as a drifted LSM303AGR would.
@@ -336,7 +296,7 @@ fn survives_a_reset<M: Adaptable>(make: fn() -> M, identity: u32) {
     assert_eq!(slot, 4096);
     let mut model = make();
     let compiled = adapted(&model);
-    let mut store = Persist::<Ram, N>::new(Ram::new(2), SHAPE, identity).unwrap();
+    let mut store = Persist::<Ram, N>::new(blank(2), SHAPE, identity).unwrap();
     // Blank flash: nothing restored, the model unchanged.
     assert_eq!(store.restore(&mut model).unwrap(), Restored::None);
     assert_eq!(adapted(&model), compiled);
@@ -383,7 +343,7 @@ fn int8_model_survives_a_reset() {
 #[test]
 fn a_corrupt_slot_falls_back_to_the_other() {
     let mut model = f32_model();
-    let mut store = Persist::<Ram, N>::new(Ram::new(2), SHAPE, f32m::BLOB_CRC).unwrap();
+    let mut store = Persist::<Ram, N>::new(blank(2), SHAPE, f32m::BLOB_CRC).unwrap();
     let learner = learn(&mut model, &stream(3, 300, DRIFTED), settings(u32::MAX));
     store.save(&model, learner.windows()).unwrap();
     let first = adapted(&model);
@@ -392,7 +352,7 @@ fn a_corrupt_slot_falls_back_to_the_other() {
     assert_eq!((saved.slot, saved.seq), (1, 2));
     // A bit flipped in the newest slot's values (second page).
     let mut flash = store.into_inner();
-    flash.0[4096 + 60] ^= 0x10;
+    flash.bytes_mut()[4096 + 60] ^= 0x10;
     let mut store = Persist::<Ram, N>::new(flash, SHAPE, f32m::BLOB_CRC).unwrap();
     let mut fresh = f32_model();
     match store.restore(&mut fresh).unwrap() {
@@ -402,7 +362,7 @@ fn a_corrupt_slot_falls_back_to_the_other() {
     assert_eq!(adapted(&fresh), first);
     // Both slots damaged: the compiled-in model, unchanged.
     let mut flash = store.into_inner();
-    flash.0[60] ^= 0x10;
+    flash.bytes_mut()[60] ^= 0x10;
     let mut store = Persist::<Ram, N>::new(flash, SHAPE, f32m::BLOB_CRC).unwrap();
     let mut fresh = f32_model();
     assert_eq!(store.restore(&mut fresh).unwrap(), Restored::None);
@@ -413,7 +373,7 @@ fn a_corrupt_slot_falls_back_to_the_other() {
 fn another_models_checkpoint_is_not_restored() {
     let mut model = f32_model();
     learn(&mut model, &stream(3, 300, DRIFTED), settings(u32::MAX));
-    let mut store = Persist::<Ram, N>::new(Ram::new(2), SHAPE, f32m::BLOB_CRC).unwrap();
+    let mut store = Persist::<Ram, N>::new(blank(2), SHAPE, f32m::BLOB_CRC).unwrap();
     store.save(&model, 300).unwrap();
     let flash = store.into_inner();
     // Same shape, other weights (the int8 model's identity, or a retrained model).
@@ -431,7 +391,7 @@ fn another_models_checkpoint_is_not_restored() {
     assert_eq!(store.restore(&mut other).unwrap(), Restored::None);
     assert_eq!(adapted_of(&other, NO), before);
     // A state of the wrong length is refused at construction.
-    assert!(Persist::<Ram, { N + 1 }>::new(Ram::new(2), SHAPE, 0).is_err());
+    assert!(Persist::<Ram, { N + 1 }>::new(blank(2), SHAPE, 0).is_err());
 }
 
 fn adapted_of<M: Adaptable>(model: &M, n: usize) -> Vec<f32> {

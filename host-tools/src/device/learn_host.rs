@@ -2,7 +2,6 @@
 //! host: heap buffers capped at the device's sizes, flash in memory, and a simulated
 //! learning device served by the core's server over in-memory pipes.
 
-use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
     adapt_slot_len, checkpoint_slot_len_with, optim_len, scratch_len_with, scratch_optim_len,
     Engine, Store, Transport, ADAPT, ADAPT_MEM, CAP, LEARN, SCRATCH_MEM,
@@ -25,52 +24,7 @@ pub const WORK: usize = 8192;
 
 /// NOR flash in memory, with the firmware's geometry (1 KiB pages, word writes): a
 /// write can only clear bits, as on the real part.
-#[derive(Debug)]
-pub struct RamFlash(pub Vec<u8>);
-
-impl ErrorType for RamFlash {
-    type Error = NorFlashErrorKind;
-}
-
-impl ReadNorFlash for RamFlash {
-    const READ_SIZE: usize = 1;
-    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), NorFlashErrorKind> {
-        let at = offset as usize;
-        let src = self
-            .0
-            .get(at..at + bytes.len())
-            .ok_or(NorFlashErrorKind::OutOfBounds)?;
-        bytes.copy_from_slice(src);
-        Ok(())
-    }
-    fn capacity(&self) -> usize {
-        self.0.len()
-    }
-}
-
-impl NorFlash for RamFlash {
-    const WRITE_SIZE: usize = 4;
-    const ERASE_SIZE: usize = 1024;
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), NorFlashErrorKind> {
-        let r = self
-            .0
-            .get_mut(from as usize..to as usize)
-            .ok_or(NorFlashErrorKind::OutOfBounds)?;
-        r.fill(0xFF);
-        Ok(())
-    }
-    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), NorFlashErrorKind> {
-        let at = offset as usize;
-        let dst = self
-            .0
-            .get_mut(at..at + bytes.len())
-            .ok_or(NorFlashErrorKind::OutOfBounds)?;
-        for (d, s) in dst.iter_mut().zip(bytes) {
-            *d &= *s;
-        }
-        Ok(())
-    }
-}
+pub type RamFlash = hvae::store::RamFlash<1024>;
 
 /// Heap buffers no larger than the device's static ones, and checkpoint slots in a
 /// [`RamFlash`] of the device's size.
@@ -103,7 +57,7 @@ impl HostStore {
         optim: usize,
     ) -> Result<HostStore, String> {
         let slot = checkpoint_slot_len_with::<RamFlash>(shape, mem, value_bytes);
-        let flash = RamFlash(vec![0xFF; 2 * slot]);
+        let flash = RamFlash::blank(2 * slot);
         let checkpoints = Checkpoints::new(flash, 0, slot as u32)
             .map_err(|e| format!("checkpoint slots: {e:?}"))?;
         Ok(HostStore {
@@ -161,7 +115,7 @@ impl AdaptStore {
     /// A store sized as the `adapt` program's for `shape`.
     pub fn new(shape: &Shape) -> Result<AdaptStore, String> {
         let slot = adapt_slot_len::<RamFlash, INPUTS>(shape);
-        let flash = RamFlash(vec![0xFF; 2 * slot]);
+        let flash = RamFlash::blank(2 * slot);
         let checkpoints = Checkpoints::new(flash, 0, slot as u32)
             .map_err(|e| format!("checkpoint slots: {e:?}"))?;
         Ok(AdaptStore { checkpoints })
