@@ -7,7 +7,9 @@
 //!   flash);
 //! - [`learning`]: the static buffers and checkpoint slots of a learning program;
 //! - [`rt`]: image and RAM figures, stack painting, the semihosting exit, an
-//!   instruction counter, the panic handlers.
+//!   instruction counter, the panic handlers;
+//! - [`golden`]: rows of the digits and the host's outputs for them, which the on-target
+//!   tests and benches use.
 //!
 //! Programs: `cluster` (inference service), `learn` (inference and on-device training),
 //! `learn_scratch` (learning a small network from a fresh initialisation),
@@ -24,6 +26,13 @@
 use defmt_semihosting as _;
 
 pub mod board;
+/// Rows of the digits and the outputs of `Model::segment` for the first of them,
+/// computed on the host (`model/golden.rs`, from `model/regen.sh`): what `selftest`
+/// checks the compiled-in model against and what the benches run.
+#[allow(dead_code)]
+pub mod golden {
+    include!("../model/golden.rs");
+}
 pub mod inference;
 pub mod learning;
 pub mod rt;

@@ -444,8 +444,9 @@ pub mod int8 {
     use hvae::store::blob::HEADER_LEN_INT8;
     use hvae::{QuantModel, Shape};
 
+    /// The exported file's items: its shape, lengths, `BLOB_CRC` and arrays.
     #[allow(dead_code)]
-    mod generated {
+    pub mod generated {
         include!("../model/digits_int8.rs");
     }
     pub use generated::BLOB_CRC;

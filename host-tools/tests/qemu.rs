@@ -48,22 +48,23 @@ fn compiled_model() -> PathBuf {
     firmware::default_dir().join("model/digits.hvae")
 }
 
-/// The program `bin` built for the Cortex-M4F (`None`: skipped, as [`firmware`]), the
+/// The program `bin` built for `machine` (`None`: skipped, as [`firmware`]), the
 /// compiled-in model and the digits.
-fn on_m4f(bin: &str) -> Option<(PathBuf, model_io::LoadedModel, data::Dataset)> {
-    let elf = firmware(bin, Machine::Mps2An386)?;
+fn with_digits(
+    bin: &str,
+    machine: Machine,
+) -> Option<(PathBuf, model_io::LoadedModel, data::Dataset)> {
+    let elf = firmware(bin, machine)?;
     let model = model_io::load(&compiled_model()).unwrap();
     let data = data::load(&common::digits_path()).unwrap();
     Some((elf, model, data))
 }
 
 fn validate_cluster(machine: Machine, rows: Option<usize>) {
-    let Some(elf) = firmware("cluster", machine) else {
+    let Some((elf, model, data)) = with_digits("cluster", machine) else {
         return;
     };
     let model_path = compiled_model();
-    let model = model_io::load(&model_path).unwrap();
-    let data = data::load(&common::digits_path()).unwrap();
     let (q, mut dev) = start(&elf, machine);
     // The boot line of the firmware's log (defmt), as the qemu runner keeps it: decoded.
     let boot = format!(
@@ -143,12 +144,10 @@ fn validate_cluster_on_microbit() {
 #[test]
 fn device_dying_mid_stream_is_reported_and_a_restart_passes() {
     let machine = Machine::Mps2An386;
-    let Some(elf) = firmware("cluster", machine) else {
+    let Some((elf, model, data)) = with_digits("cluster", machine) else {
         return;
     };
     let model_path = compiled_model();
-    let model = model_io::load(&model_path).unwrap();
-    let data = data::load(&common::digits_path()).unwrap();
     let (q, mut dev) = start(&elf, machine);
     // Booted and answering before the clock starts, so that the kill lands in the
     // stream of rows (streaming all of them takes many seconds) however slow the
@@ -197,7 +196,7 @@ fn device_dying_mid_stream_is_reported_and_a_restart_passes() {
 #[test]
 fn device_training_matches_the_host() {
     let machine = Machine::Mps2An386;
-    let Some((elf, model, data)) = on_m4f("learn") else {
+    let Some((elf, model, data)) = with_digits("learn", machine) else {
         return;
     };
     let model = device_train::with_fitted_normalisation(&model, &data).unwrap();
@@ -353,7 +352,7 @@ fn scratch_program_matches_the_host_engine() {
 #[test]
 fn drift_scenario_on_the_device() {
     let machine = Machine::Mps2An386;
-    let Some((elf, model, data)) = on_m4f("learn") else {
+    let Some((elf, model, data)) = with_digits("learn", machine) else {
         return;
     };
     let args = DeviceTrainArgs::parse_from([

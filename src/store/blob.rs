@@ -309,18 +309,6 @@ pub fn write<T: Real>(shape: &Shape, params: &[T], out: &mut [u8]) -> Result<usi
 /// blob. Sizes that do not fit the header's fields are stored saturated; such a shape
 /// has no blob.
 pub const fn blob_header(shape: &Shape) -> [u8; HEADER_LEN] {
-    const fn put(h: &mut [u8; HEADER_LEN], at: usize, v: usize) {
-        let v = if v > u32::MAX as usize {
-            u32::MAX
-        } else {
-            v as u32
-        };
-        let b = v.to_le_bytes();
-        h[at] = b[0];
-        h[at + 1] = b[1];
-        h[at + 2] = b[2];
-        h[at + 3] = b[3];
-    }
     let mut h = [0u8; HEADER_LEN];
     h[0] = MAGIC[0];
     h[1] = MAGIC[1];
@@ -372,27 +360,24 @@ pub const fn int8_blob_header(shape: &Shape) -> [u8; HEADER_LEN_INT8] {
     let l = (HEADER_LEN_INT8 as u16).to_le_bytes();
     h[6] = l[0];
     h[7] = l[1];
-    let counts = [
-        quant::weight_len(shape),
-        quant::int_len(shape),
-        quant::float_len(shape),
-    ];
-    let mut c = 0;
-    while c < 3 {
-        let n = if counts[c] > u32::MAX as usize {
-            u32::MAX
-        } else {
-            counts[c] as u32
-        };
-        let b = n.to_le_bytes();
-        let mut k = 0;
-        while k < 4 {
-            h[44 + 4 * c + k] = b[k];
-            k += 1;
-        }
-        c += 1;
-    }
+    put(&mut h, 44, quant::weight_len(shape));
+    put(&mut h, 48, quant::int_len(shape));
+    put(&mut h, 52, quant::float_len(shape));
     h
+}
+
+/// Writes the size `v` at `at` of a header, a little-endian `u32`, saturated.
+const fn put<const N: usize>(h: &mut [u8; N], at: usize, v: usize) {
+    let v = if v > u32::MAX as usize {
+        u32::MAX
+    } else {
+        v as u32
+    };
+    let b = v.to_le_bytes();
+    h[at] = b[0];
+    h[at + 1] = b[1];
+    h[at + 2] = b[2];
+    h[at + 3] = b[3];
 }
 
 /// Total size in bytes of the int8 blob of `shape`: header, the weights padded to a

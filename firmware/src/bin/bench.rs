@@ -37,22 +37,12 @@ use hvae::train::optim::{state_len, OptimKind};
 use hvae::train::trainer::{OnlineTrainer, TrainConfig};
 use hvae::Model;
 use hvae::Scope;
+use hvae_firmware::golden;
 use hvae_firmware::rt::{self, with_ram, Counter, Fixed3};
+use hvae_firmware::weights::int8::generated as int8;
 use hvae_firmware::weights::{generated, COMPILED, SHAPE};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
-
-#[allow(dead_code)]
-mod golden {
-    include!("../../model/golden.rs");
-}
-
-/// The int8 form of the compiled-in digits model (`hvae export --quantize int8 --format
-/// rust`, calibrated on the digits).
-#[allow(dead_code)]
-mod int8 {
-    include!("../../model/digits_int8.rs");
-}
 
 /// Samples in the training buffer: Full + Adam must fit 96 KiB, and the parameters, the
 /// gradient and the rest of the trainer's scratch and Adam's moments leave room for a

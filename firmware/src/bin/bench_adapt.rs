@@ -20,16 +20,12 @@
 #![no_main]
 
 use cortex_m_rt::entry;
+use hvae_firmware::golden;
 use hvae_firmware::rt::{self, with_ram, Counter, Fixed3};
 #[cfg(board = "microbit")]
 use hvae_firmware::weights::m0::{COMPILED, SHAPE};
 #[cfg(not(board = "microbit"))]
 use hvae_firmware::weights::{COMPILED, SHAPE};
-
-#[allow(dead_code)]
-mod golden {
-    include!("../../model/golden.rs");
-}
 
 /// Samples averaged.
 const CALLS: usize = 16;

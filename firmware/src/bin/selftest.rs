@@ -37,21 +37,11 @@ use cortex_m_rt::entry;
 use hvae::protocol::{ErrorCode, Request, Response, MAX_CHUNK};
 use hvae::InferError;
 use hvae_firmware::board::Flash;
+use hvae_firmware::golden;
 use hvae_firmware::inference::{self, InferEngine};
 use hvae_firmware::rt;
+use hvae_firmware::weights::int8::generated as int8;
 use hvae_firmware::weights::{self, generated, Source, BLOB_CRC, COMPILED, HEADER, SHAPE};
-
-#[allow(dead_code)]
-mod golden {
-    include!("../../model/golden.rs");
-}
-
-/// The int8 form of the digits model (`hvae export --quantize int8 --format rust`): its
-/// layers for the int8 kernel's check.
-#[allow(dead_code)]
-mod int8 {
-    include!("../../model/digits_int8.rs");
-}
 
 // The golden outputs belong to one model: build the selftest with it.
 const _: () = assert!(
