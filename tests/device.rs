@@ -43,13 +43,14 @@ struct Heap {
 
 impl Heap {
     fn new() -> Heap {
-        let slot = checkpoint_slot_len::<Ram>(&S);
-        let checkpoints = Checkpoints::new(Ram::blank(2 * slot), 0, slot as u32).unwrap();
-        Heap {
-            checkpoints,
-            scratch: scratch_len(&S),
-            optim: optim_len(&S),
-        }
+        let heap = Self::with_memory(CAP, 4);
+        // The sizes of a device's `learn` program.
+        assert_eq!(heap.scratch, scratch_len(&S));
+        assert_eq!(
+            heap.checkpoints.slot_len(),
+            checkpoint_slot_len::<Ram>(&S) as u32
+        );
+        heap
     }
 
     /// Sized for an engine that remembers `mem` samples of `value_bytes` per value.
@@ -182,15 +183,61 @@ fn an_inference_engine_keeps_loaded_weights_across_a_reboot() {
     assert_eq!(e.model().params(), new.params());
 }
 
-/// Weights "in flash": two slots of inference parameters, the one in use and the one a
-/// load fills (values kept as they arrive, the slot switched only on commit), as the
-/// firmware's `cluster` holds them.
-struct FlashSlots {
-    slots: [Vec<f32>; 2],
+/// Two slots of values "in flash", the one in use and the one a load fills: values kept
+/// as they arrive over a blank slot, the slot in use switched only on commit, as a
+/// device keeps them.
+struct TwoSlots<T> {
+    slots: [Vec<T>; 2],
     running: usize,
     filling: Option<usize>,
     commits: Vec<u32>,
+    /// An erased value.
+    blank: T,
+    /// A value from a word of the blob.
+    from_word: fn(u32) -> T,
 }
+
+impl<T: Copy> TwoSlots<T> {
+    /// `running` in use, the other slot of its length blank.
+    fn new(running: Vec<T>, blank: T, from_word: fn(u32) -> T) -> Self {
+        TwoSlots {
+            slots: [running.clone(), vec![blank; running.len()]],
+            running: 0,
+            filling: None,
+            commits: Vec::new(),
+            blank,
+            from_word,
+        }
+    }
+    /// [`Slots::begin`]: the other slot erased, to fill.
+    fn begin(&mut self) -> Result<(), ErrorCode> {
+        let other = 1 - self.running;
+        self.slots[other].fill(self.blank);
+        self.filling = Some(other);
+        Ok(())
+    }
+    /// [`Slots::put`]: one word of the load (past the slot's end, dropped).
+    fn put(&mut self, index: usize, word: u32) -> Result<(), ErrorCode> {
+        let slot = self.filling.ok_or(ErrorCode::Storage)?;
+        if let Some(v) = self.slots[slot].get_mut(index) {
+            *v = (self.from_word)(word);
+        }
+        Ok(())
+    }
+    /// The slot the load filled (the load is over either way).
+    fn filled(&mut self) -> Result<usize, ErrorCode> {
+        self.filling.take().ok_or(ErrorCode::Storage)
+    }
+    /// `slot` in use, with the weights of CRC `crc`.
+    fn switch(&mut self, slot: usize, crc: u32) {
+        self.running = slot;
+        self.commits.push(crc);
+    }
+}
+
+/// Weights "in flash": two slots of inference parameters, as the firmware's `cluster`
+/// holds them.
+type FlashSlots = TwoSlots<f32>;
 
 impl AsRef<[f32]> for FlashSlots {
     fn as_ref(&self) -> &[f32] {
@@ -209,21 +256,14 @@ impl Params for FlashSlots {
 
 impl Slots for FlashSlots {
     fn begin(&mut self) -> Result<(), ErrorCode> {
-        let other = 1 - self.running;
-        self.slots[other].fill(f32::NAN);
-        self.filling = Some(other);
-        Ok(())
+        TwoSlots::begin(self)
     }
     fn put(&mut self, index: usize, word: u32) -> Result<(), ErrorCode> {
-        let slot = self.filling.ok_or(ErrorCode::Storage)?;
-        if let Some(v) = self.slots[slot].get_mut(index) {
-            *v = f32::from_bits(word);
-        }
-        Ok(())
+        TwoSlots::put(self, index, word)
     }
     fn commit(&mut self, crc: u32) -> Result<(), ErrorCode> {
-        self.running = self.filling.take().ok_or(ErrorCode::Storage)?;
-        self.commits.push(crc);
+        let slot = self.filled()?;
+        self.switch(slot, crc);
         Ok(())
     }
 }
@@ -232,12 +272,7 @@ type InferFlash = Engine<D, W, Model<f32, FlashSlots>, Heap, INFER, CAP, f32, ()
 
 fn in_flash(m: &Model<f32, Vec<f32>>) -> InferFlash {
     let n = S.inference_param_len();
-    let params = FlashSlots {
-        slots: [m.params()[..n].to_vec(), vec![0.0; n]],
-        running: 0,
-        filling: None,
-        commits: Vec::new(),
-    };
+    let params = FlashSlots::new(m.params()[..n].to_vec(), f32::NAN, f32::from_bits);
     let crc = hvae::device::blob_crc(&S, m.params());
     Engine::new(
         Model::new(S, params).unwrap(),
@@ -799,10 +834,7 @@ fn int8_blob(q: &Quant) -> Vec<u8> {
 /// other slot, and a commit forms the model from its words (or refuses them).
 struct Int8Slots {
     model: Quant,
-    words: [Vec<u32>; 2],
-    running: usize,
-    filling: Option<usize>,
-    commits: Vec<u32>,
+    words: TwoSlots<u32>,
 }
 
 impl Int8Slots {
@@ -810,31 +842,21 @@ impl Int8Slots {
         let n = int8_words(&S);
         Int8Slots {
             model: q,
-            words: [vec![0; n], vec![0; n]],
-            running: 0,
-            filling: None,
-            commits: Vec::new(),
+            words: TwoSlots::new(vec![0; n], u32::MAX, |w| w),
         }
     }
 }
 
 impl Slots for Int8Slots {
     fn begin(&mut self) -> Result<(), ErrorCode> {
-        let other = 1 - self.running;
-        self.words[other].fill(u32::MAX);
-        self.filling = Some(other);
-        Ok(())
+        self.words.begin()
     }
     fn put(&mut self, index: usize, word: u32) -> Result<(), ErrorCode> {
-        let slot = self.filling.ok_or(ErrorCode::Storage)?;
-        if let Some(w) = self.words[slot].get_mut(index) {
-            *w = word;
-        }
-        Ok(())
+        self.words.put(index, word)
     }
     fn commit(&mut self, crc: u32) -> Result<(), ErrorCode> {
-        let slot = self.filling.take().ok_or(ErrorCode::Storage)?;
-        let words = &self.words[slot];
+        let slot = self.words.filled()?;
+        let words = &self.words.slots[slot];
         let nw = weight_len(&S);
         let (wq, rest) = words.split_at(nw.div_ceil(4));
         let (iq, fq) = rest.split_at(int_len(&S));
@@ -847,8 +869,7 @@ impl Slots for Int8Slots {
         let i: Vec<i32> = iq.iter().map(|&v| v as i32).collect();
         let f: Vec<f32> = fq.iter().map(|&v| f32::from_bits(v)).collect();
         self.model = QuantModel::new(S, w, i, f).map_err(ErrorCode::from)?;
-        self.running = slot;
-        self.commits.push(crc);
+        self.words.switch(slot, crc);
         Ok(())
     }
 }
@@ -990,8 +1011,8 @@ fn an_int8_engine_loads_another_int8_blob_into_the_other_slot() {
     let bytes = int8_blob(&second);
     let crc = crc32(&bytes[..bytes.len() - 4]);
     assert_eq!(load(&mut e, &bytes), Response::Loaded { weights_crc: crc });
-    assert_eq!(e.model().0.running, 1);
-    assert_eq!(e.model().0.commits, [crc]);
+    assert_eq!(e.model().0.words.running, 1);
+    assert_eq!(e.model().0.words.commits, [crc]);
     assert_eq!(e.model().0.model, second);
     assert_eq!(info_of(&mut e).weights_crc, crc);
     // The new model's exact answers, not the old one's.
@@ -1001,7 +1022,7 @@ fn an_int8_engine_loads_another_int8_blob_into_the_other_slot() {
     // And back: the first slot again.
     let bytes = int8_blob(&first);
     assert!(matches!(load(&mut e, &bytes), Response::Loaded { .. }));
-    assert_eq!(e.model().0.running, 0);
+    assert_eq!(e.model().0.words.running, 0);
     assert_eq!(int8_answers(&mut e), before);
 }
 
@@ -1081,8 +1102,8 @@ fn an_int8_engine_refuses_bad_blobs_and_keeps_its_model() {
     let crc = info_of(&mut e).weights_crc;
     for (what, bytes, refused) in cases {
         assert_eq!(load(&mut e, &bytes), Response::Error(refused), "{what}");
-        assert_eq!(e.model().0.running, 0, "{what}");
-        assert!(e.model().0.commits.is_empty(), "{what}");
+        assert_eq!(e.model().0.words.running, 0, "{what}");
+        assert!(e.model().0.words.commits.is_empty(), "{what}");
         assert_eq!(e.model().0.model, first, "{what}");
         assert_eq!(info_of(&mut e).weights_crc, crc, "{what}");
         assert_eq!(int8_answers(&mut e), before, "{what}");

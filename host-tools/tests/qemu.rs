@@ -210,21 +210,7 @@ fn device_training_matches_the_host() {
     let t = Instant::now();
     let r = device_train::train_on(&mut dev, &model, &data, &args).unwrap();
     for s in &r.scopes {
-        println!(
-            "{}: {} steps, device ACC {:.4} NMI {:.4}, host ACC {:.4} NMI {:.4}, bit-identical {} \
-             ({} differ, max {:.3e}, first divergent request {:?}), device {:.1} s",
-            s.scope,
-            s.steps,
-            s.device.acc,
-            s.device.nmi,
-            s.host.acc,
-            s.host.nmi,
-            s.bit_identical,
-            s.params_differing,
-            s.max_abs_param_diff,
-            s.first_divergent_request,
-            s.device_seconds
-        );
+        println!("{s:?}");
     }
     println!(
         "device training, all scopes: {:.1} s",
@@ -415,23 +401,12 @@ fn drift_scenario_on_the_cortex_m0() {
     let model =
         model_io::load(&firmware::default_dir().join(hvae_host::device::ADAPT_MODEL)).unwrap();
     let data = data::load(&common::digits_path()).unwrap();
-    let args = DeviceTrainArgs::parse_from([
-        "--device",
-        "qemu:microbit",
-        "--scenario",
-        "drift",
-        "--scope",
-        "segmenter-and-normalisation",
-        "--optimiser",
-        "online-k-means",
-        "--memory",
-        "300",
-        // Half the command's stream (a quarter, as on the M4F, brings the gradual
-        // stream's share of the oracle close to its bar).
-        "--steps",
-        "1000",
-    ])
-    .unwrap();
+    let device = ["--device", "qemu:microbit", "--scenario", "drift"];
+    // Half the command's stream (a quarter, as on the M4F, brings the gradual stream's
+    // share of the oracle close to its bar).
+    let steps = ["--steps", "1000"];
+    let args = DeviceTrainArgs::parse_from([&device[..], &common::ADAPT_SETTINGS, &steps].concat())
+        .unwrap();
     let mut opened = drift_on(&elf, machine, &model, &data, &args);
     // What it adapted goes to its flash (the periodic saves of the runs went through, or
     // a request would have failed with a storage error): the checkpoint of the weights

@@ -130,16 +130,7 @@ fn online_k_means_follows_a_gradual_drift_and_keeps_a_still_stream() {
 /// tracked normalisation and meets the bar of the segmenter-and-normalisation scope.
 #[test]
 fn the_adapting_engine_undoes_the_drift_without_a_trainer() {
-    let a = args(&[
-        "--program",
-        "adapt",
-        "--scope",
-        "segmenter-and-normalisation",
-        "--optimiser",
-        "online-k-means",
-        "--memory",
-        "300",
-    ]);
+    let a = args(&[&["--program", "adapt"][..], &common::ADAPT_SETTINGS].concat());
     let (r, text) = run_program(&a, device::ADAPT_BIN);
     assert_eq!(r.runs.len(), 2, "{text}");
     assert!(r.frozen_drop >= 0.10, "{text}");

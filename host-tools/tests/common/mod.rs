@@ -89,6 +89,17 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The `adapt` program's settings in a drift scenario (`hvae device-train` arguments):
+/// online k-means with the tracked normalisation, 300 samples of memory.
+pub const ADAPT_SETTINGS: [&str; 6] = [
+    "--scope",
+    "segmenter-and-normalisation",
+    "--optimiser",
+    "online-k-means",
+    "--memory",
+    "300",
+];
+
 /// Skips a test of `kind` (`qemu`, `PyTorch`) for `why`, with a loud note: `None`.
 /// Under CI (the `CI` environment variable) the test fails instead, so that CI cannot
 /// skip it silently.
