@@ -32,6 +32,8 @@
 # (adapt's drift scenario on the microbit runs in the host tool's tests/qemu.rs.)
 # Every qemu run goes through the host tool (`hvae-firmware-host run` / `probe`, built on
 # the device toolkit's launcher), never qemu directly.
+# HVAE_FIRMWARE_BUILD_ONLY=1 stops after step 1's builds (before the host tool), so that
+# .ci/run can lint and build the programs beside other work.
 # Exit status: 0 only if everything passed. HVAE_BENCH_ALLOW_OVER="encode+segment:"
 # (a space-separated list of strings; a result line containing one of them) lets those
 # budgets be exceeded without failing; every other budget still fails the run.
@@ -71,6 +73,10 @@ cargo build --release --target "$m4" --bin cluster --bin cluster_int8 --bin clus
   --bin bench_adapt --bin bench_scratch --bin learn --bin learn_scratch
 cargo build --release --target "$m0" --bin cluster --bin cluster_int8 --bin cluster_int8_fixed --bin selftest --bin bench \
   --bin adapt --bin bench_adapt
+if [ -n "${HVAE_FIRMWARE_BUILD_ONLY:-}" ]; then
+  echo "firmware linted and built (HVAE_FIRMWARE_BUILD_ONLY)"
+  exit 0
+fi
 # The host side of the tests, from the root (firmware/.cargo/config.toml defaults to the
 # device), and its own unit tests (the ELF scanner of the panic-site check); unless the
 # caller built it and ran them already (HVAE_FIRMWARE_HOST_BUILT=1: .ci/run, whose
