@@ -983,16 +983,14 @@ fn gmm_run(
     (ll, labels, posterior)
 }
 
+/// Where tensor `id` of `model` lies in its parameters (empty when it has none).
+fn range_of(model: &Model<f32, Vec<f32>>, id: TensorId) -> std::ops::Range<usize> {
+    model.shape().find(id).map(|t| t.range()).unwrap_or(0..0)
+}
+
 fn set_centres(model: &mut Model<f32, Vec<f32>>, centres: &[f32]) {
-    let shape = *model.shape();
-    let c = shape
-        .find(TensorId::Centres)
-        .map(|t| t.range())
-        .unwrap_or(0..0);
-    let w = shape
-        .find(TensorId::LogWeights)
-        .map(|t| t.range())
-        .unwrap_or(0..0);
+    let c = range_of(model, TensorId::Centres);
+    let w = range_of(model, TensorId::LogWeights);
     let p = model.params_mut();
     p[c].copy_from_slice(centres);
     p[w].fill(0.0);
@@ -1000,11 +998,7 @@ fn set_centres(model: &mut Model<f32, Vec<f32>>, centres: &[f32]) {
 
 /// The segmenter's log-weights := `ln share` (each share at least `1e-3`).
 fn set_log_weights(model: &mut Model<f32, Vec<f32>>, shares: &[f32]) {
-    let shape = *model.shape();
-    let w = shape
-        .find(TensorId::LogWeights)
-        .map(|t| t.range())
-        .unwrap_or(0..0);
+    let w = range_of(model, TensorId::LogWeights);
     for (p, &s) in model.params_mut()[w].iter_mut().zip(shares) {
         *p = s.max(1e-3).ln();
     }

@@ -18,7 +18,7 @@ use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Long help of the subcommand.
@@ -762,13 +762,7 @@ pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     if !args.keep_normalisation {
         model = with_fitted_normalisation(&model, &data)?;
     }
-    if data.labels().is_none() {
-        return Err(Error::BadInput(format!(
-            "{} has no '{}' column: the trained models cannot be scored",
-            data_path.display(),
-            data::LABEL_COLUMN
-        )));
-    }
+    labelled(&data, &data_path, "trained")?;
     // Fail on a model the host reference cannot run before starting the device.
     host_learner(model.model.clone(), model.crc).map_err(Error::BadInput)?;
     let mut opened = open_learn(args)?;
@@ -782,6 +776,19 @@ pub fn run(args: &DeviceTrainArgs, out: &mut dyn Write) -> Result<(), Error> {
             ACC_TOLERANCE
         )))
     }
+}
+
+/// `BadInput` unless `data` (read from `path`) has labels: the `what` (trained,
+/// adapted) models are scored against them.
+fn labelled(data: &data::Dataset, path: &Path, what: &str) -> Result<(), Error> {
+    if data.labels().is_none() {
+        return Err(Error::BadInput(format!(
+            "{} has no '{}' column: the {what} models cannot be scored",
+            path.display(),
+            data::LABEL_COLUMN
+        )));
+    }
+    Ok(())
 }
 
 /// The learning program of `args` (`--program`, or the device's default).
@@ -829,13 +836,7 @@ fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> 
     let model = model_io::load(&model_path)?;
     let data = data::load(&data_path)?;
     super::eval::check_sizes(&model.model, &model_path, &data, &data_path)?;
-    if data.labels().is_none() {
-        return Err(Error::BadInput(format!(
-            "{} has no '{}' column: the adapted models cannot be scored",
-            data_path.display(),
-            data::LABEL_COLUMN
-        )));
-    }
+    labelled(&data, &data_path, "adapted")?;
     host_learner(model.model.clone(), model.crc).map_err(Error::BadInput)?;
     let mut opened = if s == ScenarioArg::Scratch {
         open_program(args, crate::device::SCRATCH_BIN)?
