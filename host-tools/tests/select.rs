@@ -6,6 +6,8 @@
 use hvae_host::select::{agreement, euclidean_neighbours, restart_seed, silhouette};
 use hvae_host::suite::{regressions, spearman, Run, SetResult, Stat};
 use hvae_host::train::mine_neighbours_both;
+use rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
 use std::collections::BTreeMap;
 
 /// Twelve unit vectors in 3-D (NumPy `default_rng(3)`, normalised, as f32; written with
@@ -99,13 +101,8 @@ fn two_view_neighbours_are_the_rank_sums() {
     // each view, ranks summed, the smallest sums kept, ties to the smaller index), on
     // rows with repeats, zeros and disjoint supports (cosines tied, or exactly 0).
     let (n, d) = (157, 9);
-    let mut seed = 0x9e37_79b9u32;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        seed
-    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0x9e37_79b9);
+    let mut next = || rng.next_u32();
     let mut a: Vec<f32> = (0..n * d)
         .map(|_| match next() % 4 {
             0 => 0.0,
@@ -157,13 +154,8 @@ fn euclidean_neighbours_are_the_nearest_by_definition() {
     // distance summed in feature order, ties to the smaller index), on rows with
     // repeats (distances tied, or exactly 0).
     let (n, d) = (143, 7);
-    let mut seed = 0x2545_f491u32;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        seed
-    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0x2545_f491);
+    let mut next = || rng.next_u32();
     let mut x: Vec<f32> = (0..n * d)
         .map(|_| (next() % 7) as f32 * 0.5 - 1.0)
         .collect();
