@@ -440,6 +440,30 @@ fn counted<R, E>(counter: &mut Counter, f: impl FnOnce() -> Result<R, E>) -> Opt
     n
 }
 
+/// Prints the result line of `name`, an inference of `macs` MACs that took `instr`
+/// instructions, against `budget` (instructions per MAC; `check` judges and counts it);
+/// its instructions per MAC.
+fn per_mac_line(
+    name: &str,
+    instr: u64,
+    macs: u64,
+    budget: Option<f32>,
+    check: &mut impl FnMut(bool) -> &'static str,
+) -> f32 {
+    let per_mac = ratio(instr, macs);
+    let status = check(instr > 0 && budget.is_none_or(|b| per_mac <= b));
+    defmt::println!(
+        "{=str}: {=u32} instructions, {=u32} MACs: {} instr/MAC (budget {}){=str}",
+        name,
+        instr as u32,
+        macs as u32,
+        Fixed3(per_mac),
+        Budget(budget),
+        status
+    );
+    per_mac
+}
+
 /// A budget in a result line: its value, or "none" where the figure is reported only.
 struct Budget(Option<f32>);
 
@@ -551,15 +575,12 @@ fn main() -> ! {
 
     let macs = SHAPE.segment_macs() as u64;
     let infer = inference(&mut counter).unwrap_or(0);
-    let per_mac = ratio(infer, macs);
-    let status = check(infer > 0 && BUDGET_INSTR_PER_MAC.is_none_or(|b| per_mac <= b));
-    defmt::println!(
-        "encode+segment: {=u32} instructions, {=u32} MACs: {} instr/MAC (budget {}){=str}",
-        infer as u32,
-        macs as u32,
-        Fixed3(per_mac),
-        Budget(BUDGET_INSTR_PER_MAC),
-        status
+    let per_mac = per_mac_line(
+        "encode+segment",
+        infer,
+        macs,
+        BUDGET_INSTR_PER_MAC,
+        &mut check,
     );
 
     let batch = inference_batch(&mut counter).unwrap_or(0);
@@ -578,25 +599,19 @@ fn main() -> ! {
 
     let (int8, int8_label, int8_dense) =
         inference_int8(&mut counter, &mut check).unwrap_or((0, 0, 0.0));
-    let int8_per_mac = ratio(int8, macs);
-    let status = check(int8 > 0 && BUDGET_I8_INFER.is_none_or(|b| int8_per_mac <= b));
-    defmt::println!(
-        "int8 encode+segment: {=u32} instructions, {=u32} MACs: {} instr/MAC (budget {}){=str}",
-        int8 as u32,
-        macs as u32,
-        Fixed3(int8_per_mac),
-        Budget(BUDGET_I8_INFER),
-        status
+    let int8_per_mac = per_mac_line(
+        "int8 encode+segment",
+        int8,
+        macs,
+        BUDGET_I8_INFER,
+        &mut check,
     );
-    let label_per_mac = ratio(int8_label, macs);
-    let status = check(int8_label > 0 && BUDGET_I8_LABEL.is_none_or(|b| label_per_mac <= b));
-    defmt::println!(
-        "int8 encode+label (label and novelty, no probabilities): {=u32} instructions, {=u32} MACs: {} instr/MAC (budget {}){=str}",
-        int8_label as u32,
-        macs as u32,
-        Fixed3(label_per_mac),
-        Budget(BUDGET_I8_LABEL),
-        status
+    per_mac_line(
+        "int8 encode+label (label and novelty, no probabilities)",
+        int8_label,
+        macs,
+        BUDGET_I8_LABEL,
+        &mut check,
     );
 
     let fwd = forward(&mut counter).unwrap_or(0);
