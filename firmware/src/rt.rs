@@ -146,6 +146,17 @@ impl Counter {
         Counter { syst, core_hz }
     }
 
+    /// The counter of a bench program named `program`, over the core's SysTick at
+    /// [`crate::board::CORE_HZ`]; when the core peripherals are taken already, says so
+    /// and exits failed.
+    pub fn take(program: &str) -> Counter {
+        let Some(cp) = cortex_m::Peripherals::take() else {
+            defmt::println!("{=str}: no core peripherals", program);
+            exit(false)
+        };
+        Counter::new(cp.SYST, crate::board::CORE_HZ)
+    }
+
     /// The current count (ticks, counting down).
     #[inline(always)]
     pub fn now(&self) -> u32 {
@@ -245,4 +256,9 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 #[defmt::panic_handler]
 fn defmt_panic() -> ! {
     exit(false)
+}
+
+/// `a / b` as an `f32` (`b` of 0 counts as 1): instructions per MAC, per row, per call.
+pub fn ratio(a: u64, b: u64) -> f32 {
+    a as f32 / b.max(1) as f32
 }

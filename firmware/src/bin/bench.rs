@@ -38,7 +38,7 @@ use hvae::train::trainer::{OnlineTrainer, TrainConfig};
 use hvae::Model;
 use hvae::Scope;
 use hvae_firmware::golden;
-use hvae_firmware::rt::{self, with_ram, Counter, Fixed3};
+use hvae_firmware::rt::{self, ratio, with_ram, Counter, Fixed3};
 use hvae_firmware::weights::int8::generated as int8;
 use hvae_firmware::weights::{generated, COMPILED, SHAPE};
 use rand_core::SeedableRng;
@@ -551,17 +551,9 @@ fn approximations(counter: &mut Counter) {
     }
 }
 
-fn ratio(a: u64, b: u64) -> f32 {
-    a as f32 / b.max(1) as f32
-}
-
 #[entry]
 fn main() -> ! {
-    let Some(cp) = cortex_m::Peripherals::take() else {
-        defmt::println!("bench: no core peripherals");
-        rt::exit(false)
-    };
-    let mut counter = Counter::new(cp.SYST, hvae_firmware::board::CORE_HZ);
+    let mut counter = Counter::take("bench");
     let mut ok = true;
     // The end of a result line: "  ok" or "  OVER BUDGET".
     let mut check = |pass: bool| {

@@ -21,7 +21,7 @@
 
 use cortex_m_rt::entry;
 use hvae_firmware::golden;
-use hvae_firmware::rt::{self, with_ram, Counter, Fixed3};
+use hvae_firmware::rt::{self, ratio, with_ram, Counter, Fixed3};
 #[cfg(board = "microbit")]
 use hvae_firmware::weights::m0::{COMPILED, SHAPE};
 #[cfg(not(board = "microbit"))]
@@ -168,17 +168,9 @@ fn checkpoint(counter: &mut Counter) -> Ckpt {
     out
 }
 
-fn ratio(a: u64, b: u64) -> f32 {
-    a as f32 / b.max(1) as f32
-}
-
 #[entry]
 fn main() -> ! {
-    let Some(cp) = cortex_m::Peripherals::take() else {
-        defmt::println!("bench_adapt: no core peripherals");
-        rt::exit(false)
-    };
-    let mut counter = Counter::new(cp.SYST, hvae_firmware::board::CORE_HZ);
+    let mut counter = Counter::take("bench_adapt");
     let (km, ram) = with_ram(|| online_kmeans(&mut counter));
     let ck = checkpoint(&mut counter);
     let ok = km.failed == 0 && km.kmeans > 0 && ck.failed == 0;
