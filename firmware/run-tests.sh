@@ -107,25 +107,32 @@ if grep -aqF 'selftest: weights at boot' target/selftest-m0.defmt ||
 fi
 echo "log: $(wc -c <target/selftest-m0.defmt) bytes of defmt frames decode to $(wc -c <target/selftest-m0.txt) bytes of text"
 
+# The conformance checks of an ELF on a machine against the digits model (`probe`'s
+# options after them: budgets, the int8 model); the output kept in target/NAME.txt.
+probe() { # elf machine name [options]
+  local elf=$1 machine=$2 name=$3
+  shift 3
+  "$tool" probe "$elf" --machine "$machine" --blob model/digits.hvae "$@" | tee "target/$name.txt"
+}
+int8=(--int8 model/digits_int8.hvae)
+
 step "cluster on mps2-an386: conformance checks, flash <= 32 KiB, RAM <= 8 KiB"
-"$tool" probe "target/$m4/release/cluster" --machine mps2-an386 --blob model/digits.hvae \
-  --flash-budget 32768 --ram-budget 8192 | tee target/probe-m4.txt
+probe "target/$m4/release/cluster" mps2-an386 probe-m4 --flash-budget 32768 --ram-budget 8192
 step "cluster on microbit: conformance checks, RAM <= 16 KiB"
-"$tool" probe "target/$m0/release/cluster" --machine microbit --blob model/digits.hvae \
-  --ram-budget 16384 | tee target/probe-m0.txt
+probe "target/$m0/release/cluster" microbit probe-m0 --ram-budget 16384
 
 step "cluster_int8_fixed on mps2-an386: the int8 checks (bit for bit against the host's QuantModel; weights compiled in), flash <= 24 KiB, RAM <= 6 KiB"
-"$tool" probe "target/$m4/release/cluster_int8_fixed" --machine mps2-an386 --blob model/digits.hvae \
-  --int8 model/digits_int8.hvae --flash-budget 24576 --ram-budget 6144 | tee target/probe-int8f-m4.txt
+probe "target/$m4/release/cluster_int8_fixed" mps2-an386 probe-int8f-m4 "${int8[@]}" \
+  --flash-budget 24576 --ram-budget 6144
 step "cluster_int8_fixed on microbit: the int8 checks, flash <= 28 KiB, RAM <= 6 KiB"
-"$tool" probe "target/$m0/release/cluster_int8_fixed" --machine microbit --blob model/digits.hvae \
-  --int8 model/digits_int8.hvae --flash-budget 28672 --ram-budget 6144 | tee target/probe-int8f-m0.txt
+probe "target/$m0/release/cluster_int8_fixed" microbit probe-int8f-m0 "${int8[@]}" \
+  --flash-budget 28672 --ram-budget 6144
 step "cluster_int8 on mps2-an386: the int8 checks (bit for bit against the host's QuantModel, int8 loads), flash <= 27 KiB, RAM <= 6 KiB"
-"$tool" probe "target/$m4/release/cluster_int8" --machine mps2-an386 --blob model/digits.hvae \
-  --int8 model/digits_int8.hvae --flash-budget 27648 --ram-budget 6144 | tee target/probe-int8-m4.txt
+probe "target/$m4/release/cluster_int8" mps2-an386 probe-int8-m4 "${int8[@]}" \
+  --flash-budget 27648 --ram-budget 6144
 step "cluster_int8 on microbit: the int8 checks, flash <= 31 KiB, RAM <= 6 KiB"
-"$tool" probe "target/$m0/release/cluster_int8" --machine microbit --blob model/digits.hvae \
-  --int8 model/digits_int8.hvae --flash-budget 31744 --ram-budget 6144 | tee target/probe-int8-m0.txt
+probe "target/$m0/release/cluster_int8" microbit probe-int8-m0 "${int8[@]}" \
+  --flash-budget 31744 --ram-budget 6144
 
 step "bench on mps2-an386"
 bench_ok=1
