@@ -236,7 +236,12 @@ pub const fn scratch_len_with(shape: &Shape, mem: usize) -> usize {
     };
     let mut i = 0;
     while i < SCOPES.len() {
-        let s = TrainConfig::<f32>::storage_len(shape, SCOPES[i], MAX_BATCH, init);
+        // A memory larger than the ring's trains layer by layer (`config_with_memory`).
+        let s = if mem > CAP && !matches!(SCOPES[i], Scope::SegmenterOnly) {
+            TrainConfig::<f32>::storage_len_layerwise(shape, SCOPES[i], MAX_BATCH, init)
+        } else {
+            TrainConfig::<f32>::storage_len(shape, SCOPES[i], MAX_BATCH, init)
+        };
         if s > n {
             n = s;
         }

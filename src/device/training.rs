@@ -70,12 +70,7 @@ engine_impl! {
             let (scratch, optim) = self
                 .store
                 .take(
-                    TrainConfig::<f32>::storage_len(
-                        &shape,
-                        cfg.scope,
-                        cfg.batch,
-                        cfg.init_rows(MEM),
-                    ),
+                    cfg.scratch_len(&shape, MEM),
                     TrainConfig::<f32>::optim_len(&shape, cfg.scope, cfg.optim.optimiser.kind()),
                 )
                 .ok_or(ErrorCode::Train)?;
@@ -332,9 +327,11 @@ pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
 
 /// The trainer configuration for the host's settings with a memory of `mem` samples:
 /// up to [`CAP`] a ring whose partners are drawn among the 3 nearest; beyond, a
-/// reservoir with partners among the [`SCRATCH_NEIGHBOURS`] nearest, and for Full
-/// scope (learning from scratch) [`SCRATCH_WARMUP_STEPS`] of warm-up, the centres
-/// initialised on [`SCRATCH_INIT_SAMPLES`] of the memory by 50 Lloyd iterations.
+/// reservoir with partners among the [`SCRATCH_NEIGHBOURS`] nearest, the backward pass
+/// and the update layer by layer ([`TrainConfig::layerwise`], but for SegmenterOnly),
+/// and for Full scope (learning from scratch) [`SCRATCH_WARMUP_STEPS`] of warm-up, the
+/// centres initialised on [`SCRATCH_INIT_SAMPLES`] of the memory by 50 Lloyd
+/// iterations.
 /// `None` when out of range.
 pub fn config_with_memory(s: &TrainSettings, mem: usize) -> Option<TrainConfig<f32>> {
     if !(s.lr.is_finite() && s.lr > 0.0) || s.batch == 0 || usize::from(s.batch) > MAX_BATCH {
@@ -372,6 +369,7 @@ pub fn config_with_memory(s: &TrainSettings, mem: usize) -> Option<TrainConfig<f
         cfg.consistency = Consistency::Neighbours(SCRATCH_NEIGHBOURS);
         cfg.kmeans_iters = 50;
         cfg.init_samples = SCRATCH_INIT_SAMPLES;
+        cfg.layerwise = cfg.scope != Scope::SegmenterOnly;
         if cfg.scope == Scope::Full {
             cfg.warmup_steps = SCRATCH_WARMUP_STEPS;
         }

@@ -794,7 +794,7 @@ pub(crate) fn kappa_of<T: Real>(pre: T) -> Result<(T, bool), InferError> {
 
 /// Normalises `x` with the stored per-feature offset and scale into `xn`. The input is
 /// checked for NaN and infinity after the first layer ([`check_first`]), not here.
-fn normalise_into<T: Real>(p: &Params<'_, T>, x: &[T], xn: &mut [T]) {
+pub(crate) fn normalise_into<T: Real>(p: &Params<'_, T>, x: &[T], xn: &mut [T]) {
     // Four values per iteration, spelled out (the firmware is built for size).
     let (xq, xr) = x.as_chunks::<4>();
     let (oq, or) = p.offset.as_chunks::<4>();

@@ -37,12 +37,16 @@
 
 use crate::dist::sphere::{reflect_backward, Draw, SampleError};
 use crate::infer::model::{
-    copy_over, segmenter_logits, softmax_from_logits, EncoderOut, InferError, Model,
+    copy_over, normalise_into, segmenter_logits, softmax_from_logits, EncoderOut, InferError,
+    Model,
 };
 use crate::infer::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
-use crate::infer::views::{carve, last_hidden, prefix_mut, Dense, DenseMut, Grads, Params, Work};
+use crate::infer::views::{
+    carve, carve_ref, last_hidden, prefix, prefix_mut, Dense, DenseMut, Grads, Params, Work,
+};
 use crate::kernels::dense_grads_rows;
 use crate::shape::{Likelihood, Posterior, Scope, Shape, MAX_HIDDEN};
+use crate::train::optim::{OptimConfig, OptimError, OptimState};
 use crate::{Activation, Real};
 
 /// Weights and constants of the loss.
@@ -455,6 +459,12 @@ pub struct LossBuffers<'a, T> {
     /// parameter gradients are summed once the batch is through
     /// ([`LossBuffers::with_batch_kernels`]); empty otherwise.
     records: &'a mut [T],
+    /// The gradient flowing down between two blocks of a layer-wise pass, one row of
+    /// [`flow_width`] per batch row ([`LossBuffers::layerwise`]); empty otherwise.
+    flow: &'a mut [T],
+    /// The batch mean of `lse_c(a_ic)` of the last [`layerwise_loss`] (the density term's
+    /// share that does not go through the logits).
+    lse_mean: T,
 }
 
 impl<'a, T> LossBuffers<'a, T> {
@@ -475,11 +485,51 @@ impl<'a, T> LossBuffers<'a, T> {
 
     /// Splits `storage` ([`LossBuffers::storage_len`] scalars, any contents) into the
     /// buffers; `None` when its length differs.
-    pub fn new(shape: &Shape, scope: Scope, rows: usize, storage: &'a mut [T]) -> Option<Self> {
+    pub fn new(shape: &Shape, scope: Scope, rows: usize, storage: &'a mut [T]) -> Option<Self>
+    where
+        T: Real,
+    {
         if storage.len() != Self::storage_len(shape, scope, rows) {
             return None;
         }
-        Self::split(shape, scope, rows, storage, &mut [], &mut [])
+        let grads = shape.scope_range(scope).len();
+        Self::split(shape, (scope, grads), rows, storage, (&mut [], &mut [], &mut []))
+    }
+
+    /// Scalars of the storage of [`LossBuffers::layerwise`]: [`LossBuffers::storage_len`]
+    /// with, in place of the gradient over the scope, the largest block's
+    /// ([`block_len`]), and a row of [`flow_width`] per batch row.
+    pub const fn storage_len_layerwise(shape: &Shape, scope: Scope, rows: usize) -> usize {
+        let r = shape.scope_range(scope);
+        Self::storage_len(shape, scope, rows) - (r.end - r.start)
+            + block_len(shape)
+            + rows * flow_width(shape)
+    }
+
+    /// The buffers of a layer-wise pass ([`layerwise_loss`], then [`layerwise_update`]):
+    /// no gradient over the whole scope, but one of the largest block ([`block_len`]),
+    /// which each block's gradient fills in turn, and the gradient flowing down between
+    /// blocks, per row. `storage` has [`LossBuffers::storage_len_layerwise`] scalars
+    /// (any contents); `None` when its length differs, or for
+    /// [`Scope::SegmenterOnly`] (no network to go down).
+    pub fn layerwise(
+        shape: &Shape,
+        scope: Scope,
+        rows: usize,
+        storage: &'a mut [T],
+    ) -> Option<Self>
+    where
+        T: Real,
+    {
+        if scope == Scope::SegmenterOnly
+            || storage.len() != Self::storage_len_layerwise(shape, scope, rows)
+        {
+            return None;
+        }
+        let mut rest = storage;
+        let plain_len = Self::storage_len_layerwise(shape, scope, rows) - rows * flow_width(shape);
+        let plain = carve(&mut rest, plain_len);
+        Self::split(shape, (scope, block_len(shape)), rows, plain, (&mut [], &mut [], rest))
     }
 
     /// [`LossBuffers::new`] with room for the batch kernels (feature `alloc`: a host's
@@ -499,28 +549,35 @@ impl<'a, T> LossBuffers<'a, T> {
         scope: Scope,
         rows: usize,
         storage: &'a mut [T],
-    ) -> Option<Self> {
+    ) -> Option<Self>
+    where
+        T: Real,
+    {
         if storage.len() != Self::storage_len_batch_kernels(shape, scope, rows) {
             return None;
         }
         let mut rest = storage;
         let plain = carve(&mut rest, Self::storage_len(shape, scope, rows));
         let transposed = carve(&mut rest, shape.param_len());
-        Self::split(shape, scope, rows, plain, transposed, rest)
+        let grads = shape.scope_range(scope).len();
+        Self::split(shape, (scope, grads), rows, plain, (transposed, rest, &mut []))
     }
 
-    /// The views of `storage` ([`LossBuffers::storage_len`] scalars), `transposed` and
-    /// `records`.
+    /// The views of `storage` (a gradient of `grads` scalars, the marginal, the
+    /// workspace and the cache), `transposed`, `records` and `flow`.
+    #[allow(clippy::type_complexity)]
     fn split(
         shape: &Shape,
-        scope: Scope,
+        (scope, grads): (Scope, usize),
         rows: usize,
         storage: &'a mut [T],
-        transposed: &'a mut [T],
-        records: &'a mut [T],
-    ) -> Option<Self> {
+        (transposed, records, flow): (&'a mut [T], &'a mut [T], &'a mut [T]),
+    ) -> Option<Self>
+    where
+        T: Real,
+    {
         let mut rest = storage;
-        let grads = carve(&mut rest, shape.scope_range(scope).len());
+        let grads = carve(&mut rest, grads);
         let p_bar = carve(&mut rest, shape.clusters);
         let work = shape.work(carve(&mut rest, shape.work_len()))?;
         Some(LossBuffers {
@@ -533,6 +590,8 @@ impl<'a, T> LossBuffers<'a, T> {
             cache: Cache::split(shape, rows, rest),
             transposed,
             records,
+            flow,
+            lse_mean: T::zero(),
         })
     }
 
@@ -542,7 +601,8 @@ impl<'a, T> LossBuffers<'a, T> {
     }
 
     /// The gradient of the last successful pass over the scope's parameters
-    /// ([`Shape::scope_range`]).
+    /// ([`Shape::scope_range`]); for layer-wise buffers ([`LossBuffers::layerwise`]),
+    /// the block buffer, which holds the last block's gradient at its start.
     pub fn grads(&self) -> &[T] {
         self.grads
     }
@@ -589,7 +649,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     if scope != Scope::SegmenterOnly && !model.has_decoder() {
         return Err(LossError::Infer(InferError::NoDecoder));
     }
-    if bufs.shape != s || bsz > bufs.rows {
+    if bufs.shape != s || bsz > bufs.rows || !bufs.flow.is_empty() {
         return Err(LossError::BufferLength);
     }
     let bufs_rows = bufs.rows;
@@ -704,6 +764,405 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     check_finite(&parts, grads)?;
     copy_over(p_bar, cache.p_new);
     Ok(parts)
+}
+
+/// Scalars of the largest block of a layer-wise update ([`layerwise_update`]): each
+/// dense layer of the encoder and the decoder (weights and biases) is a block, and the
+/// heads with the segmenter (the direction and concentration heads, the centres, `ln
+/// kappa_s` and the log-weights: contiguous in the parameter vector) are one.
+pub const fn block_len(shape: &Shape) -> usize {
+    let mut n = head_len(shape);
+    let mut l = 0;
+    while l <= shape.depth() {
+        let (o, i) = shape.decoder_layer(l);
+        if o * i + o > n {
+            n = o * i + o;
+        }
+        if l < shape.depth() {
+            let (o, i) = shape.encoder_layer(l);
+            if o * i + o > n {
+                n = o * i + o;
+            }
+        }
+        l += 1;
+    }
+    n
+}
+
+/// Scalars of the block of the heads and the segmenter.
+const fn head_len(s: &Shape) -> usize {
+    let (m, h) = (s.latent, s.last_hidden());
+    m * h + m + h + 1 + s.segmenter_len()
+}
+
+/// Scalars per batch row of the gradient flowing down between two blocks of a layer-wise
+/// pass: the widest hidden layer, or the latent (`dL/dz`).
+pub const fn flow_width(shape: &Shape) -> usize {
+    let mut w = shape.latent;
+    let mut l = 0;
+    while l < shape.depth() {
+        if shape.hidden(l) > w {
+            w = shape.hidden(l);
+        }
+        l += 1;
+    }
+    w
+}
+
+/// The first sweep of a layer-wise pass: the loss of `batch`, each row's draw, cluster
+/// probabilities and `dL/da` kept in the buffers' cache for [`layerwise_update`], the
+/// new marginal into the buffers' (only on success); no gradient yet. The same loss
+/// parts, bit for bit, as [`loss_and_grad`] on the same draws.
+///
+/// `bufs` from [`LossBuffers::layerwise`], else [`LossError::BufferLength`].
+/// Cost: one forward pass of the whole network per row, and the cluster terms.
+pub fn layerwise_loss<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
+    model: &Model<T, S>,
+    batch: &Batch<'_, T>,
+    cfg: &LossConfig<T>,
+    draws: &mut D,
+    bufs: &mut LossBuffers<'_, T>,
+) -> Result<LossParts<T>, LossError> {
+    let s = *model.shape();
+    let (d, m, k) = (s.input, s.latent, s.clusters);
+    let bsz = batch_rows(batch, d, k)?;
+    if !model.has_decoder() {
+        return Err(LossError::Infer(InferError::NoDecoder));
+    }
+    if bufs.shape != s || bsz > bufs.rows || bufs.flow.is_empty() {
+        return Err(LossError::BufferLength);
+    }
+    let LossBuffers {
+        p_bar, work, cache, ..
+    } = bufs;
+    let p = model.views();
+    let bf = T::of(bsz as f64);
+    let mut parts = LossParts::<T>::default();
+    let mut lse_sum = T::zero();
+    let cached = rows_mut(cache.z, m)
+        .zip(rows_mut(cache.da, k))
+        .zip(rows_mut(cache.p, k))
+        .zip(cache.draws.iter_mut());
+    for (x, (((z, da), pr), slots)) in rows(batch.inputs, d).zip(cached) {
+        let enc = model.encode_into(&p, x, work)?;
+        da.fill(T::zero());
+        let draw = draws.draw(s.posterior, work.mu, enc.kappa, z)?;
+        *slots = [draw.w, draw.dw_dkappa];
+        let input: &[T] = match cfg.cluster_input {
+            ClusterInput::Mean => work.mu,
+            ClusterInput::Draw => z,
+        };
+        segmenter_logits(p.seg, m, k, input, work.logp)?;
+        let a0 = work.logp.first().copied().unwrap_or(T::zero());
+        softmax_from_logits(work.logp, pr);
+        lse_sum += a0 - work.logp.first().copied().unwrap_or(T::zero());
+        copy_over(work.z, z);
+        model.decoder_forward::<false>(&p, work);
+        parts.recon += output_grad(s.likelihood, cfg, bf, x, (work.ga, work.xhat, work.xn)) / bf;
+        parts.kl += s.posterior.kl_to_uniform(m, enc.kappa) / bf;
+    }
+    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
+    if cfg.density != T::zero() {
+        parts.density = density_tail(p.seg, m, k, lse_sum / bf, cfg, None);
+    }
+    bufs.lse_mean = lse_sum / bf;
+    parts.total = parts.recon + cfg.beta * parts.kl + cluster_total(&parts, cfg);
+    check_finite(&parts, &[])?;
+    copy_over(bufs.p_bar, bufs.cache.p_new);
+    Ok(parts)
+}
+
+/// What a layer-wise update did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct LayerwiseInfo<T> {
+    /// Euclidean norm of the whole gradient (the blocks' norms combined), before
+    /// clipping.
+    pub grad_norm: T,
+    /// Some block's gradient was scaled down to the clipping norm.
+    pub clipped: bool,
+}
+
+/// Why a layer-wise update stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LayerwiseError {
+    /// Re-encoding a row failed.
+    Loss(LossError),
+    /// The optimiser refused a block's update (a non-finite gradient or update).
+    Optim(OptimError),
+}
+
+/// The second sweep of a layer-wise pass, after [`layerwise_loss`] on the same `batch`
+/// and buffers: the backward pass and the optimiser's update, one block at a time from
+/// the top (the decoder's output layer, its hidden layers last to first, the heads with
+/// the segmenter, the encoder's hidden layers last to first). For each block, every
+/// row's gradient of the block is added into the buffers' block buffer (the same
+/// kernels and order as [`loss_and_grad`]), the gradient flowing to the block below is
+/// computed with the block's weights before they change and kept per row, then
+/// `optim` updates the block in place ([`OptimState::step_part`]); the step counter
+/// advances once at the end. No gradient of the whole scope is ever held: without
+/// clipping the result is bit for bit [`loss_and_grad`] then [`OptimState::step`].
+///
+/// Clipping (`ocfg.clip_norm`) acts on each block's gradient by its own norm (a
+/// global norm needs the whole gradient before any update).
+///
+/// `scope` is the buffers': Full updates every block; EncoderAndSegmenter goes
+/// through the decoder (its gradient flows down) without updating it. On error the
+/// blocks above the failing one are updated, it and those below are not, and the step
+/// counter does not advance (a failure is an encoder that no longer encodes a row, or a
+/// non-finite gradient; the divergence guard's restore is the remedy).
+///
+/// Cost: for each row, a decoder forward pass per decoder block and an encoder forward
+/// pass per encoder block (the activations are recomputed, not kept), one backward
+/// pass, and the optimiser over every trained parameter once.
+pub fn layerwise_update<T: Real, S, O>(
+    model: &mut Model<T, S>,
+    batch: &Batch<'_, T>,
+    cfg: &LossConfig<T>,
+    bufs: &mut LossBuffers<'_, T>,
+    optim: &mut OptimState<O>,
+    ocfg: &OptimConfig<T>,
+) -> Result<LayerwiseInfo<T>, LayerwiseError>
+where
+    S: AsRef<[T]> + AsMut<[T]>,
+    O: AsRef<[T]> + AsMut<[T]>,
+{
+    let s = *model.shape();
+    let (d, m, k, depth) = (s.input, s.latent, s.clusters, s.depth());
+    let bsz = batch_rows(batch, d, k).map_err(LayerwiseError::Loss)?;
+    if bufs.shape != s || bsz > bufs.rows || bufs.flow.is_empty() || !model.has_decoder() {
+        return Err(LayerwiseError::Loss(LossError::BufferLength));
+    }
+    let scope = bufs.scope;
+    let range = s.scope_range(scope);
+    let n = range.len();
+    let fw = flow_width(&s);
+    let bf = T::of(bsz as f64);
+    let mut sum_sq = T::zero();
+    let mut clipped = false;
+    // The block at parameter offset `at` (`len` values, its gradient at the start of
+    // the block buffer) updated in place.
+    let mut update = |model: &mut Model<T, S>, grads: &[T], at: usize, len: usize| {
+        let g = prefix(grads, len);
+        let params = model.params_mut().get_mut(at..at + len).unwrap_or_default();
+        let info = optim
+            .step_part(ocfg, params, g, at - range.start, n)
+            .map_err(LayerwiseError::Optim)?;
+        sum_sq += info.grad_norm * info.grad_norm;
+        clipped |= info.clipped;
+        Ok::<(), LayerwiseError>(())
+    };
+    // The decoder: its output layer, then its hidden layers, last to first. Decoder
+    // layer `l` starts at `dec_at[l]`.
+    let train_dec = scope == Scope::Full;
+    let mut dec_at = [0usize; MAX_HIDDEN + 1];
+    let mut at = s.decoder_offset();
+    for (l, a) in dec_at.iter_mut().enumerate().take(depth + 1) {
+        *a = at;
+        let (o, i) = s.decoder_layer(l);
+        at += o * i + o;
+    }
+    for l in (0..=depth).rev() {
+        let (o, i) = s.decoder_layer(l);
+        let len = o * i + o;
+        {
+            let LossBuffers {
+                grads,
+                work,
+                cache,
+                flow,
+                ..
+            } = &mut *bufs;
+            let block = prefix_mut(grads, len);
+            block.fill(T::zero());
+            let (gw, gb) = block.split_at_mut_checked(o * i).unwrap_or_default();
+            let p = model.views();
+            let dec = s.dense_layers(p.dec, true);
+            let layer = if l == depth {
+                p.out
+            } else {
+                dec.get(l).copied().unwrap_or_default()
+            };
+            let per_row = rows(batch.inputs, d).zip(rows(cache.z, m));
+            for ((x, z), f) in per_row.zip(rows_mut(flow, fw)) {
+                copy_over(work.z, z);
+                model.decoder_forward::<false>(&p, work);
+                let acts = s.activations(&*work.dec, true);
+                let input: &[T] = match l.checked_sub(1) {
+                    None => work.z,
+                    Some(below) => acts.get(below).copied().unwrap_or_default(),
+                };
+                if l == depth {
+                    normalise_into(&p, x, work.xn);
+                    output_grad(s.likelihood, cfg, bf, x, (work.ga, work.xhat, work.xn));
+                } else {
+                    let dy = prefix_mut(work.ga, o);
+                    copy_over(dy, f);
+                    s.activation
+                        .backward(acts.get(l).copied().unwrap_or_default(), dy);
+                }
+                let dy = prefix(work.ga, o);
+                let g = train_dec.then_some((&mut *gw, &mut *gb));
+                let dx = prefix_mut(work.gb, i);
+                dense_backward(layer.w, input, dy, g, Some(&mut *dx));
+                if l == 0 {
+                    // dL/dz, as the two-pass form adds it into a zeroed `gz`.
+                    for (fq, &v) in f.iter_mut().zip(dx.iter()) {
+                        *fq = T::zero() + v;
+                    }
+                } else {
+                    copy_over(f, dx);
+                }
+            }
+        }
+        if train_dec {
+            update(model, bufs.grads, dec_at.get(l).copied().unwrap_or(0), len)?;
+        }
+    }
+    // The heads and the segmenter.
+    let h = s.last_hidden();
+    let head_at = s.segmenter_offset() - (m * h + m + h + 1);
+    {
+        let LossBuffers {
+            grads,
+            work,
+            cache,
+            flow,
+            lse_mean,
+            ..
+        } = &mut *bufs;
+        let mut block = prefix_mut(grads, head_len(&s));
+        block.fill(T::zero());
+        let gmu_w = carve(&mut block, m * h);
+        let gmu_b = carve(&mut block, m);
+        let gk_w = carve(&mut block, h);
+        let gk_b = carve(&mut block, 1);
+        let gseg = block;
+        let p = model.views();
+        let kappa_s = p.log_kappa_s.fast_exp();
+        let on_mean = cfg.cluster_input == ClusterInput::Mean;
+        let cached = rows(cache.z, m)
+            .zip(rows(cache.da, k))
+            .zip(cache.draws.iter());
+        let per_row = rows(batch.inputs, d).zip(cached).zip(rows_mut(flow, fw));
+        for ((x, ((z, da), &[w, dwdk])), f) in per_row {
+            let enc = model
+                .encode_into(&p, x, work)
+                .map_err(|e| LayerwiseError::Loss(e.into()))?;
+            copy_over(work.z, z);
+            copy_over(work.gz, f);
+            if !on_mean {
+                segmenter_backward(p.seg, z, da, kappa_s, Some(&mut *gseg), Some(&mut *work.gz));
+            }
+            work.gmu.fill(T::zero());
+            let dldw = reflect_backward(work.mu, work.z, w, work.gz, work.gmu);
+            if on_mean {
+                let gmu = Some(&mut *work.gmu);
+                segmenter_backward(p.seg, work.mu, da, kappa_s, Some(&mut *gseg), gmu);
+            }
+            let dkappa = dldw * dwdk + cfg.beta * s.posterior.dkl_dkappa(m, enc.kappa) / bf;
+            let dpre = if enc.clamped {
+                T::zero()
+            } else {
+                dkappa * sigmoid(enc.pre)
+            };
+            // mu = m / ||m||: dL/dm into ga; the direction head's input gradient into gb.
+            let proj = dot(work.mu, work.gmu);
+            for ((gq, &gm), &mq) in work.ga.iter_mut().zip(&*work.gmu).zip(&*work.mu) {
+                *gq = (gm - mq * proj) / enc.norm;
+            }
+            let acts = s.activations(&*work.enc, false);
+            let hl = last_hidden(&acts, depth);
+            let dx = prefix_mut(work.gb, h);
+            let g = Some((&mut *gmu_w, &mut *gmu_b));
+            dense_backward(p.mu.w, hl, prefix(work.ga, m), g, Some(&mut *dx));
+            for (gq, &hq) in gk_w.iter_mut().zip(hl) {
+                *gq += dpre * hq;
+            }
+            if let Some(gb0) = gk_b.first_mut() {
+                *gb0 += dpre;
+            }
+            for (gq, &wq) in dx.iter_mut().zip(p.kappa_w) {
+                *gq += dpre * wq;
+            }
+            copy_over(f, dx);
+        }
+        if cfg.density != T::zero() {
+            density_tail(p.seg, m, k, *lse_mean, cfg, Some(gseg));
+        }
+    }
+    update(model, bufs.grads, head_at, head_len(&s))?;
+    // The encoder's hidden layers, last to first; layer `l` starts at `enc_at[l]`.
+    let mut enc_at = [0usize; MAX_HIDDEN];
+    let mut at = s.encoder_offset();
+    for (l, a) in enc_at.iter_mut().enumerate().take(depth) {
+        *a = at;
+        let (o, i) = s.encoder_layer(l);
+        at += o * i + o;
+    }
+    for l in (0..depth).rev() {
+        let (o, i) = s.encoder_layer(l);
+        let len = o * i + o;
+        {
+            let LossBuffers {
+                grads, work, flow, ..
+            } = &mut *bufs;
+            let block = prefix_mut(grads, len);
+            block.fill(T::zero());
+            let (gw, gb) = block.split_at_mut_checked(o * i).unwrap_or_default();
+            let p = model.views();
+            let enc = s.dense_layers(p.enc, false);
+            let layer = enc.get(l).copied().unwrap_or_default();
+            for (x, f) in rows(batch.inputs, d).zip(rows_mut(flow, fw)) {
+                encoder_hidden(&s, &p, x, work, l);
+                let acts = s.activations(&*work.enc, false);
+                let input: &[T] = match l.checked_sub(1) {
+                    None => work.xn,
+                    Some(below) => acts.get(below).copied().unwrap_or_default(),
+                };
+                let dy = prefix_mut(work.ga, o);
+                copy_over(dy, f);
+                s.activation
+                    .backward(acts.get(l).copied().unwrap_or_default(), dy);
+                let dy = prefix(work.ga, o);
+                let dx = (l > 0).then(|| prefix_mut(work.gb, i));
+                let has_dx = dx.is_some();
+                dense_backward(layer.w, input, dy, Some((&mut *gw, &mut *gb)), dx);
+                if has_dx {
+                    copy_over(f, prefix(work.gb, i));
+                }
+            }
+        }
+        update(model, bufs.grads, enc_at.get(l).copied().unwrap_or(0), len)?;
+    }
+    optim.finish_parts();
+    Ok(LayerwiseInfo {
+        grad_norm: sum_sq.sqrt(),
+        clipped,
+    })
+}
+
+/// The encoder's normalisation and hidden layers `0..=last` on `x` (parameters `p`), into
+/// `work.xn` and `work.enc`, as [`Model::encode_into`] computes them.
+fn encoder_hidden<T: Real>(
+    s: &Shape,
+    p: &Params<'_, T>,
+    x: &[T],
+    work: &mut Work<'_, T>,
+    last: usize,
+) {
+    normalise_into(p, x, work.xn);
+    let act = Some(s.activation);
+    let (mut layers, mut outs) = (p.enc, &mut *work.enc);
+    let mut input: &[T] = work.xn;
+    for l in 0..=last.min(s.depth().saturating_sub(1)) {
+        let (o, i) = s.encoder_layer(l);
+        let (wt, b) = (carve_ref(&mut layers, o * i), carve_ref(&mut layers, o));
+        let out = carve(&mut outs, o);
+        p.dense::<false>(wt, b, input, out, act);
+        input = out;
+    }
 }
 
 /// The cluster loss of a batch of latent mean directions and its gradient with respect
@@ -1017,22 +1476,7 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
         Some(pt) => model.decoder_forward::<true>(pt, work),
         None => model.decoder_forward::<false>(p, work),
     }
-    let mut loss = T::zero();
-    // dL/dxhat into ga.
-    let out = work.ga.iter_mut().zip(&*work.xhat).zip(&*work.xn).zip(x);
-    for (((gq, &a), &xnq), &xq) in out {
-        let (l, dq) = match s.likelihood {
-            Likelihood::Gaussian => {
-                let e = a - xnq;
-                let s2 = cfg.sigma * cfg.sigma;
-                (e * e / (s2 + s2), e / s2)
-            }
-            // -ln Bernoulli(x | sigmoid(a)) = softplus(a) - x a
-            Likelihood::Bernoulli => (softplus(a) - xq * a, sigmoid(a) - xq),
-        };
-        loss += l;
-        *gq = dq / bf;
-    }
+    let loss = output_grad(s.likelihood, cfg, bf, x, (work.ga, work.xhat, work.xn));
     let depth = s.depth();
     // The output layer: its upstream gradient is in ga, its input gradient goes to gb.
     let (no, ni) = s.decoder_layer(depth);
@@ -1061,6 +1505,34 @@ fn reconstruction_backward<T: Real, S: AsRef<[T]>>(
         *a += b;
     }
     loss / bf
+}
+
+/// The reconstruction loss of one row (summed over the outputs, not divided by `bf`)
+/// from the decoder's output `xhat` and the normalised input `xn`, and `dL/dxhat / bf`
+/// into `ga`.
+fn output_grad<T: Real>(
+    likelihood: Likelihood,
+    cfg: &LossConfig<T>,
+    bf: T,
+    x: &[T],
+    (ga, xhat, xn): (&mut [T], &[T], &[T]),
+) -> T {
+    let mut loss = T::zero();
+    let out = ga.iter_mut().zip(xhat).zip(xn).zip(x);
+    for (((gq, &a), &xnq), &xq) in out {
+        let (l, dq) = match likelihood {
+            Likelihood::Gaussian => {
+                let e = a - xnq;
+                let s2 = cfg.sigma * cfg.sigma;
+                (e * e / (s2 + s2), e / s2)
+            }
+            // -ln Bernoulli(x | sigmoid(a)) = softplus(a) - x a
+            Likelihood::Bernoulli => (softplus(a) - xq * a, sigmoid(a) - xq),
+        };
+        loss += l;
+        *gq = dq / bf;
+    }
+    loss
 }
 
 /// Backward through the hidden layers of the encoder or the decoder, last to first

@@ -337,9 +337,41 @@ impl<S> OptimState<S> {
     where
         S: AsRef<[T]> + AsMut<[T]>,
     {
-        cfg.validate()?;
         let n = params.len();
-        if grads.len() != n || self.storage.as_ref().len() != state_len(cfg.optimiser.kind(), n) {
+        let info = self.step_part(cfg, params, grads, 0, n)?;
+        self.steps = info.step;
+        Ok(info)
+    }
+
+    /// One block's share of an update over `n` parameters (a layer of a layer-wise
+    /// backward pass, [`crate::train::loss::layerwise_update`]): `params` and `grads` are
+    /// parameters `at..at + params.len()` of the `n` the state was made for, updated
+    /// with their moments at step [`OptimState::steps`]` + 1`, and the step counter is
+    /// left alone ([`OptimState::finish_parts`] advances it once every block is
+    /// through). Clipping acts on this block's gradient alone (its own norm). The same
+    /// per-value arithmetic as [`OptimState::step`]: blocks that cover the parameters
+    /// once, without clipping, give [`OptimState::step`]'s bits. On error nothing of the
+    /// block is changed.
+    ///
+    /// Cost: [`OptimState::step`]'s over the block.
+    pub fn step_part<T: Real>(
+        &mut self,
+        cfg: &OptimConfig<T>,
+        params: &mut [T],
+        grads: &[T],
+        at: usize,
+        n: usize,
+    ) -> Result<StepInfo<T>, OptimError>
+    where
+        S: AsRef<[T]> + AsMut<[T]>,
+    {
+        cfg.validate()?;
+        let len = params.len();
+        let kind = cfg.optimiser.kind();
+        if grads.len() != len
+            || at.checked_add(len).is_none_or(|end| end > n)
+            || self.storage.as_ref().len() != state_len(kind, n)
+        {
             return Err(OptimError::LengthMismatch);
         }
         let (f, r) = norm_parts(grads).ok_or(OptimError::NonFiniteGradient)?;
@@ -359,6 +391,9 @@ impl<S> OptimState<S> {
                     lr,
                     momentum,
                 };
+                let state = state
+                    .get_mut(at..at + len)
+                    .ok_or(OptimError::LengthMismatch)?;
                 // Check pass: nothing is written.
                 for ((p, g), v) in params.iter().zip(grads).zip(state.iter()) {
                     let (p, v) = c.update(*p, *g, *v);
@@ -392,6 +427,10 @@ impl<S> OptimState<S> {
                 let (m, v) = state
                     .split_at_mut_checked(n)
                     .ok_or(OptimError::LengthMismatch)?;
+                let (m, v) = (
+                    m.get_mut(at..at + len).ok_or(OptimError::LengthMismatch)?,
+                    v.get_mut(at..at + len).ok_or(OptimError::LengthMismatch)?,
+                );
                 // Check pass. The square root is the dearest part of an update on a
                 // device without a hardware `sqrt` in reach, so it is skipped where a
                 // bound proves the new parameter finite: `|m_hat| / (sqrt(v_hat) + eps)
@@ -428,12 +467,16 @@ impl<S> OptimState<S> {
                 }
             }
         }
-        self.steps = step;
         Ok(StepInfo {
             grad_norm,
             clipped,
             step,
         })
+    }
+
+    /// Ends a step made of [`OptimState::step_part`] calls: the step counter advances.
+    pub fn finish_parts(&mut self) {
+        self.steps = self.steps.saturating_add(1);
     }
 }
 

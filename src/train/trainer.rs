@@ -33,7 +33,8 @@ use crate::train::kmeans::{
     scratch_len as kmeans_scratch_len, spherical_kmeans, KMeansError, MAX_CLUSTERS,
 };
 use crate::train::loss::{
-    loss_and_grad, Batch, LossBuffers, LossConfig, LossError, LossParts, RandomDraws,
+    layerwise_loss, layerwise_update, loss_and_grad, Batch, LayerwiseError, LossBuffers,
+    LossConfig, LossError, LossParts, RandomDraws,
 };
 use crate::train::optim::{state_len, OptimConfig, OptimError, OptimKind, OptimState};
 use crate::train::samples::{
@@ -212,6 +213,13 @@ pub struct TrainConfig<T> {
     /// first ones; a reservoir's are a uniform sample of the stream), which bounds its
     /// buffer of directions ([`TrainConfig::init_rows`]). Default: all.
     pub init_samples: usize,
+    /// The backward pass and the update layer by layer
+    /// ([`crate::train::loss::layerwise_update`]): no gradient over the whole scope is
+    /// held, only the largest block's ([`TrainConfig::storage_len_layerwise`]). Clipping
+    /// then acts on each block's gradient by its own norm. Not with
+    /// [`Scope::SegmenterOnly`] ([`TrainError::BadConfig`]). Default: false (the whole
+    /// gradient, then the optimiser).
+    pub layerwise: bool,
 }
 
 impl<T: Real> TrainConfig<T> {
@@ -235,6 +243,7 @@ impl<T: Real> TrainConfig<T> {
             input_clip: T::of(f64::INFINITY),
             memory: Policy::Ring,
             init_samples: usize::MAX,
+            layerwise: false,
             quant: Quant {
                 lo: T::zero(),
                 step: T::one(),
@@ -263,6 +272,44 @@ impl<T: Real> TrainConfig<T> {
             + cap * m
             + k * m
             + kmeans_scratch_len(k, m)
+    }
+
+    /// [`TrainConfig::storage_len`] for a layer-wise trainer ([`TrainConfig::layerwise`]):
+    /// the loss buffers of [`LossBuffers::storage_len_layerwise`] (the largest block's
+    /// gradient and the gradient flowing between blocks, in place of the whole scope's
+    /// gradient).
+    pub const fn storage_len_layerwise(
+        shape: &Shape,
+        scope: Scope,
+        batch: usize,
+        cap: usize,
+    ) -> usize {
+        Self::storage_len(shape, scope, batch, cap)
+            - LossBuffers::<T>::storage_len(shape, scope, 2 * batch)
+            + LossBuffers::<T>::storage_len_layerwise(shape, scope, 2 * batch)
+    }
+
+    /// The scratch storage this configuration needs for `shape` and a memory of `cap`
+    /// samples: [`TrainConfig::storage_len`] or [`TrainConfig::storage_len_layerwise`]
+    /// as [`TrainConfig::layerwise`] says, for [`TrainConfig::init_rows`] of `cap`.
+    pub const fn scratch_len(&self, shape: &Shape, cap: usize) -> usize {
+        let rows = self.init_rows(cap);
+        if self.layerwise {
+            Self::storage_len_layerwise(shape, self.scope, self.batch, rows)
+        } else {
+            Self::storage_len(shape, self.scope, self.batch, rows)
+        }
+    }
+
+    /// Scalars of the gradient at the start of the scratch storage, before the
+    /// marginal: the scope's, or the largest block's when layer-wise.
+    const fn grads_len(&self, shape: &Shape) -> usize {
+        if self.layerwise {
+            crate::train::loss::block_len(shape)
+        } else {
+            let r = shape.scope_range(self.scope);
+            r.end - r.start
+        }
     }
 
     /// Scalars of optimiser state the trainer needs for `shape` with optimiser `kind`
@@ -322,26 +369,26 @@ struct Scratch<'a, T> {
 }
 
 impl<'a, T: Real> Scratch<'a, T> {
-    /// The views of `storage`; `None` unless it is [`TrainConfig::storage_len`] long
-    /// (for a trainer made for another shape than the model's).
-    fn split(
-        storage: &'a mut [T],
-        shape: &Shape,
-        scope: Scope,
-        batch: usize,
-        cap: usize,
-    ) -> Option<Self> {
-        if storage.len() != TrainConfig::<T>::storage_len(shape, scope, batch, cap) {
+    /// The views of `storage`; `None` unless it is [`TrainConfig::scratch_len`] long
+    /// for a memory of `cap` samples (for a trainer made for another shape than the
+    /// model's).
+    fn split(storage: &'a mut [T], shape: &Shape, cfg: &TrainConfig<T>, cap: usize) -> Option<Self> {
+        if storage.len() != cfg.scratch_len(shape, cap) {
             return None;
         }
+        let (scope, batch) = (cfg.scope, cfg.batch);
         let (m, k) = (shape.latent, shape.clusters);
+        let cap = cfg.init_rows(cap);
         let mut rest = storage;
-        let loss = carve(
-            &mut rest,
-            LossBuffers::<T>::storage_len(shape, scope, 2 * batch),
-        );
+        let loss = if cfg.layerwise {
+            let n = LossBuffers::<T>::storage_len_layerwise(shape, scope, 2 * batch);
+            LossBuffers::layerwise(shape, scope, 2 * batch, carve(&mut rest, n))?
+        } else {
+            let n = LossBuffers::<T>::storage_len(shape, scope, 2 * batch);
+            LossBuffers::new(shape, scope, 2 * batch, carve(&mut rest, n))?
+        };
         Some(Scratch {
-            loss: LossBuffers::new(shape, scope, 2 * batch, loss)?,
+            loss,
             rows: carve(&mut rest, 2 * batch * shape.input),
             mus: carve(&mut rest, cap * m),
             centres: carve(&mut rest, k * m),
@@ -480,6 +527,7 @@ where
             || matches!(cfg.consistency, Consistency::Noise(s) if !s.is_finite() || s < T::zero())
             || cfg.input_clip.partial_cmp(&T::zero()) != Some(core::cmp::Ordering::Greater)
             || !cfg.quant.is_valid()
+            || (cfg.layerwise && cfg.scope == Scope::SegmenterOnly)
         {
             return Err(TrainError::BadConfig);
         }
@@ -492,13 +540,7 @@ where
         // A uniform marginal to start the moving average from.
         let mut scratch = scratch;
         let k = T::of(shape.clusters as f64);
-        Scratch::split(
-            scratch.as_mut(),
-            shape,
-            cfg.scope,
-            cfg.batch,
-            cfg.init_rows(CAP),
-        )
+        Scratch::split(scratch.as_mut(), shape, &cfg, CAP)
         .ok_or(STORAGE)?
         .loss
         .marginal_mut()
@@ -622,7 +664,7 @@ where
         }
         let at = at - mem;
         if at < k * w {
-            let n = shape.scope_range(self.cfg.scope).len();
+            let n = self.cfg.grads_len(shape);
             if let Some(v) = self.scratch.as_mut().get_mut(n + at / w) {
                 *v = real_with_byte(*v, at % w, b);
             }
@@ -657,7 +699,7 @@ where
 
     /// The moving-average cluster marginal `p_bar`.
     pub fn marginal(&self, shape: &Shape) -> &[T] {
-        let n = shape.scope_range(self.cfg.scope).len();
+        let n = self.cfg.grads_len(shape);
         let marginal = self.scratch.as_ref().get(n..n + shape.clusters);
         marginal.unwrap_or_default()
     }
@@ -707,14 +749,8 @@ where
         }
         let b = self.cfg.batch;
         let range = shape.scope_range(self.cfg.scope);
-        let Scratch { mut loss, rows, .. } = Scratch::split(
-            self.scratch.as_mut(),
-            &shape,
-            self.cfg.scope,
-            b,
-            self.cfg.init_rows(CAP),
-        )
-        .ok_or(STORAGE)?;
+        let Scratch { mut loss, rows, .. } =
+            Scratch::split(self.scratch.as_mut(), &shape, &self.cfg, CAP).ok_or(STORAGE)?;
 
         // Anchors, and their partners in rows b..2b.
         let mut pairs = [(0u16, 0u16); MAX_BATCH];
@@ -773,25 +809,38 @@ where
         let mut p_old = [T::zero(); MAX_CLUSTERS];
         let p_old = prefix_mut(&mut p_old, k);
         copy_over(p_old, loss.marginal());
-        let parts = loss_and_grad(model, &batch, &loss_cfg, &mut RandomDraws(rng), &mut loss)?;
+        let draws = &mut RandomDraws(rng);
+        let parts = if self.cfg.layerwise {
+            layerwise_loss(model, &batch, &loss_cfg, draws, &mut loss)?
+        } else {
+            loss_and_grad(model, &batch, &loss_cfg, draws, &mut loss)?
+        };
         // Divergence guard, before anything is changed.
         let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
         let update = self.guard.check(&self.cfg.guard, monitored).and_then(|()| {
+            if self.cfg.layerwise {
+                let (optim, ocfg) = (&mut self.optim, &self.cfg.optim);
+                return match layerwise_update(model, &batch, &loss_cfg, &mut loss, optim, ocfg) {
+                    Ok(i) => Ok(i.grad_norm),
+                    Err(LayerwiseError::Loss(e)) => Err(e.into()),
+                    Err(LayerwiseError::Optim(e)) => Err(e.into()),
+                };
+            }
             // In range: the pass checked that the model has the scope's parameters.
             let params = model.params_mut().get_mut(range).unwrap_or_default();
-            Ok(self.optim.step(&self.cfg.optim, params, loss.grads())?)
+            Ok(self.optim.step(&self.cfg.optim, params, loss.grads())?.grad_norm)
         });
         if warm || update.is_err() {
             copy_over(loss.marginal_mut(), p_old);
         }
-        let info = update?;
+        let grad_norm = update?;
         // The loss changes scale when the cluster terms switch on: re-arm.
         let rearm = initialised || (!warm && self.steps == self.cfg.warmup_steps);
         self.guard.accept(&self.cfg.guard, monitored, rearm);
         self.steps = self.steps.saturating_add(1);
         Ok(StepReport {
             loss: parts,
-            grad_norm: info.grad_norm,
+            grad_norm,
             phase: if warm { Phase::WarmUp } else { Phase::Joint },
             initialised_centres: initialised,
             steps: self.steps,
@@ -819,14 +868,7 @@ where
             centres,
             kmeans: km,
             ..
-        } = Scratch::split(
-            self.scratch.as_mut(),
-            &shape,
-            self.cfg.scope,
-            self.cfg.batch,
-            self.cfg.init_rows(CAP),
-        )
-        .ok_or(STORAGE)?;
+        } = Scratch::split(self.scratch.as_mut(), &shape, &self.cfg, CAP).ok_or(STORAGE)?;
         let work = loss.work_mut();
         let p = model.views();
         for (x, mu) in self
