@@ -73,7 +73,19 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// The two forms with `optimiser`, no clipping, on `shape` and `scope`.
 fn same_bits(shape: Shape, scope: Scope, optimiser: Optimiser<f32>, input: ClusterInput) {
+    same_bits_init(shape, scope, optimiser, input, CAP);
+}
+
+/// [`same_bits`] with the centres initialised on `init` samples.
+fn same_bits_init(
+    shape: Shape,
+    scope: Scope,
+    optimiser: Optimiser<f32>,
+    input: ClusterInput,
+    init: usize,
+) {
     let mut cfg = TrainConfig::new(1e-2f32);
+    cfg.init_samples = init;
     cfg.optim = OptimConfig::new(optimiser).with_weight_decay(1e-4);
     cfg.scope = scope;
     cfg.batch = 4;
@@ -90,10 +102,21 @@ fn same_bits(shape: Shape, scope: Scope, optimiser: Optimiser<f32>, input: Clust
     // The parameters moved, and the layer-wise trainer holds less: the largest block's
     // gradient and a flow row per batch row in place of the scope's gradient.
     assert_ne!(bits(&two_pass[0]), bits(&two_pass[19]));
+    // The centre initialisation's buffers share the block buffer when they fit there.
     let rows = 2 * cfg.batch;
     let n = shape.scope_range(scope).len();
-    assert_eq!(len_a - len_b, n - block_len(&shape) - rows * flow_width(&shape));
+    let (m, k) = (shape.latent, shape.clusters);
+    let kmeans = init * m + k * m + k * (m + 1);
+    let shared = if kmeans <= block_len(&shape) { kmeans } else { 0 };
+    assert_eq!(len_a - len_b, n - block_len(&shape) - rows * flow_width(&shape) + shared);
     assert!(len_b < len_a);
+}
+
+#[test]
+fn layerwise_equals_the_two_pass_update_kmeans_in_the_block_buffer() {
+    let shape = Shape::new(D, &[12], 3, 3);
+    assert!(8 * 3 + 9 + 12 <= block_len(&shape));
+    same_bits_init(shape, Scope::Full, Optimiser::adam(1e-2), ClusterInput::Mean, 8);
 }
 
 #[test]

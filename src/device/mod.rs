@@ -177,11 +177,23 @@ pub const SCRATCH_INIT_SAMPLES: usize = 64;
 const _: () = assert!(CAP <= SCRATCH_INIT_SAMPLES);
 /// Samples a learning-from-scratch engine remembers: a reservoir of this many samples,
 /// each value stored as a byte (`Engine<.., SCRATCH_MEM, u8>`; `SCRATCH_MEM * D` bytes).
-pub const SCRATCH_MEM: usize = 120;
+pub const SCRATCH_MEM: usize = match option_env!("SCR_MEM") {
+    None => 120,
+    Some(s) => match usize::from_str_radix(s, 10) {
+        Ok(n) => n,
+        _ => panic!("x"),
+    },
+};
 /// Hidden units of the network a device learns from scratch (one layer): the widest that
 /// fits 48 KiB of training state with SGD's momentum and a [`SCRATCH_MEM`] memory
 /// (docs/device.md#scenarios).
-pub const SCRATCH_HIDDEN: usize = 16;
+pub const SCRATCH_HIDDEN: usize = match option_env!("SCR_HIDDEN") {
+    None => 16,
+    Some(s) => match usize::from_str_radix(s, 10) {
+        Ok(n) => n,
+        _ => panic!("x"),
+    },
+};
 
 /// The network a device learns from scratch: `like`'s inputs, latent, clusters,
 /// activation, posterior and likelihood, with one hidden layer of [`SCRATCH_HIDDEN`].
@@ -259,6 +271,9 @@ pub const fn optim_len(shape: &Shape) -> usize {
 /// over the Full scope (Adam's second moment does not fit its budget; such an engine
 /// refuses Adam for want of buffer).
 pub const fn scratch_optim_len(shape: &Shape) -> usize {
+    if option_env!("SCR_ADAM").is_some() {
+        return TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Adam);
+    }
     TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Sgd)
 }
 

@@ -370,6 +370,11 @@ pub fn config_with_memory(s: &TrainSettings, mem: usize) -> Option<TrainConfig<f
         cfg.kmeans_iters = 50;
         cfg.init_samples = SCRATCH_INIT_SAMPLES;
         cfg.layerwise = cfg.scope != Scope::SegmenterOnly;
+        // EXPERIMENT
+        if let Some(c) = option_env!("SCR_CLIP") {
+            let c: f32 = c.parse().unwrap_or(10.0);
+            cfg.optim.clip_norm = if c > 0.0 { Some(c) } else { None };
+        }
         if cfg.scope == Scope::Full {
             cfg.warmup_steps = SCRATCH_WARMUP_STEPS;
         }

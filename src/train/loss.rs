@@ -618,9 +618,9 @@ impl<'a, T> LossBuffers<'a, T> {
         self.p_bar
     }
 
-    /// The workspace, free between passes.
-    pub(crate) fn work_mut(&mut self) -> &mut Work<'a, T> {
-        &mut self.work
+    /// The gradient (or block) buffer and the workspace, both free between passes.
+    pub(crate) fn grads_and_work(&mut self) -> (&mut [T], &mut Work<'a, T>) {
+        (&mut *self.grads, &mut self.work)
     }
 }
 

@@ -277,16 +277,18 @@ impl<T: Real> TrainConfig<T> {
     /// [`TrainConfig::storage_len`] for a layer-wise trainer ([`TrainConfig::layerwise`]):
     /// the loss buffers of [`LossBuffers::storage_len_layerwise`] (the largest block's
     /// gradient and the gradient flowing between blocks, in place of the whole scope's
-    /// gradient).
+    /// gradient) and the batch rows; the centre initialisation's buffers (`cap M + K M +
+    /// K (M + 1)`) live in the block buffer, free outside an update, when they fit there,
+    /// else after the rows.
     pub const fn storage_len_layerwise(
         shape: &Shape,
         scope: Scope,
         batch: usize,
         cap: usize,
     ) -> usize {
-        Self::storage_len(shape, scope, batch, cap)
-            - LossBuffers::<T>::storage_len(shape, scope, 2 * batch)
-            + LossBuffers::<T>::storage_len_layerwise(shape, scope, 2 * batch)
+        LossBuffers::<T>::storage_len_layerwise(shape, scope, 2 * batch)
+            + 2 * batch * shape.input
+            + kmeans_beside_block(shape, cap)
     }
 
     /// The scratch storage this configuration needs for `shape` and a memory of `cap`
@@ -346,6 +348,24 @@ impl<T: Real> TrainConfig<T> {
     }
 }
 
+/// Scalars of the centre initialisation's buffers for `cap` samples (directions,
+/// centres, k-means scratch).
+const fn kmeans_len(shape: &Shape, cap: usize) -> usize {
+    let (m, k) = (shape.latent, shape.clusters);
+    cap * m + k * m + kmeans_scratch_len(k, m)
+}
+
+/// Scalars a layer-wise trainer keeps for the centre initialisation beside its block
+/// buffer: none when they fit in it.
+const fn kmeans_beside_block(shape: &Shape, cap: usize) -> usize {
+    let n = kmeans_len(shape, cap);
+    if n > crate::train::loss::block_len(shape) {
+        n
+    } else {
+        0
+    }
+}
+
 /// Scalars of the two buffers an [`OnlineTrainer`] takes ([`TrainConfig::storage`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -366,6 +386,9 @@ struct Scratch<'a, T> {
     mus: &'a mut [T],
     centres: &'a mut [T],
     kmeans: &'a mut [T],
+    /// The three above are empty: the centre initialisation carves them from the
+    /// loss buffers' block buffer.
+    in_block: bool,
 }
 
 impl<'a, T: Real> Scratch<'a, T> {
@@ -387,12 +410,17 @@ impl<'a, T: Real> Scratch<'a, T> {
             let n = LossBuffers::<T>::storage_len(shape, scope, 2 * batch);
             LossBuffers::new(shape, scope, 2 * batch, carve(&mut rest, n))?
         };
+        let rows = carve(&mut rest, 2 * batch * shape.input);
+        // Layer-wise, the centre initialisation's buffers are in the block buffer when
+        // they fit there (`rest` is then empty).
+        let in_block = cfg.layerwise && kmeans_beside_block(shape, cap) == 0;
         Some(Scratch {
             loss,
-            rows: carve(&mut rest, 2 * batch * shape.input),
+            rows,
             mus: carve(&mut rest, cap * m),
             centres: carve(&mut rest, k * m),
             kmeans: rest,
+            in_block,
         })
     }
 }
@@ -867,9 +895,19 @@ where
             mus,
             centres,
             kmeans: km,
+            in_block,
             ..
         } = Scratch::split(self.scratch.as_mut(), &shape, &self.cfg, CAP).ok_or(STORAGE)?;
-        let work = loss.work_mut();
+        let (block, work) = loss.grads_and_work();
+        let (mus, centres, km) = if in_block {
+            let mut rest = block;
+            let rows = self.cfg.init_rows(CAP);
+            let mus = carve(&mut rest, rows * m);
+            let centres = carve(&mut rest, k * m);
+            (mus, centres, carve(&mut rest, kmeans_scratch_len(k, m)))
+        } else {
+            (mus, centres, km)
+        };
         let p = model.views();
         for (x, mu) in self
             .samples
