@@ -6,11 +6,11 @@
 
 use hvae::shape::{Activation, Scope, Shape};
 use hvae::train::loss::{
-    block_len, flow_width, layerwise_loss, layerwise_update, loss_and_grad, Batch, ClusterInput,
+    block_len, flow_width, layerwise_loss, FlatRows, layerwise_update, loss_and_grad, Batch, ClusterInput,
     LossBuffers, LossConfig, RandomDraws,
 };
 use hvae::train::optim::{state_len, OptimConfig, OptimState, Optimiser};
-use hvae::train::trainer::{OnlineTrainer, TrainConfig};
+use hvae::train::trainer::{Consistency, OnlineTrainer, TrainConfig};
 use hvae::Model;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -92,6 +92,7 @@ fn same_bits_init(
     cfg.warmup_steps = 6;
     cfg.loss.cluster_input = input;
     cfg.loss.entropy = 0.1;
+    cfg.input_clip = 1.2;
     let (two_pass, state_a, len_a) = run(shape, cfg, 20);
     cfg.layerwise = true;
     let (layerwise, state_b, len_b) = run(shape, cfg, 20);
@@ -108,7 +109,12 @@ fn same_bits_init(
     let (m, k) = (shape.latent, shape.clusters);
     let kmeans = init * m + k * m + k * (m + 1);
     let shared = if kmeans <= block_len(&shape) { kmeans } else { 0 };
-    assert_eq!(len_a - len_b, n - block_len(&shape) - rows * flow_width(&shape) + shared);
+    // No copy of the batch's rows but one row to load them into.
+    let batch_rows = rows * D - D;
+    assert_eq!(
+        len_a - len_b,
+        n - block_len(&shape) - rows * flow_width(&shape) + batch_rows + shared
+    );
     assert!(len_b < len_a);
 }
 
@@ -157,15 +163,22 @@ fn layerwise_equals_the_two_pass_update_decoder_frozen() {
 }
 
 #[test]
-fn segmenter_only_is_refused_layerwise() {
+fn segmenter_only_and_noisy_partners_are_refused_layerwise() {
     let shape = Shape::new(D, &[5], 3, 3);
-    let mut cfg = TrainConfig::new(1e-2f32);
-    cfg.scope = Scope::SegmenterOnly;
-    cfg.layerwise = true;
-    let scratch = vec![0.0; TrainConfig::<f32>::storage_len(&shape, cfg.scope, cfg.batch, CAP)];
-    let optim =
-        vec![0.0; TrainConfig::<f32>::optim_len(&shape, cfg.scope, cfg.optim.optimiser.kind())];
-    assert!(Trainer::new(&shape, cfg, scratch, optim).is_err());
+    let mut only = TrainConfig::new(1e-2f32);
+    only.scope = Scope::SegmenterOnly;
+    let mut noise = TrainConfig::new(1e-2f32);
+    noise.consistency = Consistency::Noise(0.1);
+    for mut cfg in [only, noise] {
+        let scratch = vec![0.0; cfg.scratch_len(&shape, CAP)];
+        let optim = vec![
+            0.0;
+            TrainConfig::<f32>::optim_len(&shape, cfg.scope, cfg.optim.optimiser.kind())
+        ];
+        assert!(Trainer::new(&shape, cfg, scratch.clone(), optim.clone()).is_ok());
+        cfg.layerwise = true;
+        assert!(Trainer::new(&shape, cfg, scratch, optim).is_err());
+    }
 }
 
 /// The kernels alone: one batch, `loss_and_grad` + `OptimState::step` against
@@ -229,10 +242,15 @@ fn one_step_kernels_and_per_block_clip() {
         let mut bufs = LossBuffers::layerwise(&shape, scope, rows, &mut store).unwrap();
         bufs.marginal_mut().fill(1.0 / 3.0);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
-        let pb = layerwise_loss(&b, &batch, &cfg, &mut RandomDraws(&mut rng), &mut bufs).unwrap();
+        let flat = FlatRows {
+            data: &inputs,
+            width: D,
+        };
+        let lw = (&flat, &batch);
+        let pb = layerwise_loss(&b, lw, &cfg, &mut RandomDraws(&mut rng), &mut bufs).unwrap();
         assert_eq!(pa, pb);
         let mut sb = OptimState::new(vec![0.0f32; state_len(ocfg.optimiser.kind(), n)]);
-        let info = layerwise_update(&mut b, &batch, &cfg, &mut bufs, &mut sb, &ocfg).unwrap();
+        let info = layerwise_update(&mut b, lw, &cfg, &mut bufs, &mut sb, &ocfg).unwrap();
         assert_eq!(bits(a.params()), bits(b.params()), "clip {clip:?}");
         assert_eq!(bits(sa.storage()), bits(sb.storage()));
         assert_eq!((sa.steps(), sb.steps()), (1, 1));

@@ -462,6 +462,9 @@ pub struct LossBuffers<'a, T> {
     /// The gradient flowing down between two blocks of a layer-wise pass, one row of
     /// [`flow_width`] per batch row ([`LossBuffers::layerwise`]); empty otherwise.
     flow: &'a mut [T],
+    /// One input row of a layer-wise pass, loaded from its [`Inputs`] (`D` values;
+    /// empty otherwise).
+    row: &'a mut [T],
     /// The batch mean of `lse_c(a_ic)` of the last [`layerwise_loss`] (the density term's
     /// share that does not go through the logits).
     lse_mean: T,
@@ -498,12 +501,13 @@ impl<'a, T> LossBuffers<'a, T> {
 
     /// Scalars of the storage of [`LossBuffers::layerwise`]: [`LossBuffers::storage_len`]
     /// with, in place of the gradient over the scope, the largest block's
-    /// ([`block_len`]), and a row of [`flow_width`] per batch row.
+    /// ([`block_len`]), a row of [`flow_width`] per batch row and one input row (`D`).
     pub const fn storage_len_layerwise(shape: &Shape, scope: Scope, rows: usize) -> usize {
         let r = shape.scope_range(scope);
         Self::storage_len(shape, scope, rows) - (r.end - r.start)
             + block_len(shape)
             + rows * flow_width(shape)
+            + shape.input
     }
 
     /// The buffers of a layer-wise pass ([`layerwise_loss`], then [`layerwise_update`]):
@@ -527,9 +531,14 @@ impl<'a, T> LossBuffers<'a, T> {
             return None;
         }
         let mut rest = storage;
-        let plain_len = Self::storage_len_layerwise(shape, scope, rows) - rows * flow_width(shape);
+        let plain_len = Self::storage_len_layerwise(shape, scope, rows)
+            - rows * flow_width(shape)
+            - shape.input;
         let plain = carve(&mut rest, plain_len);
-        Self::split(shape, (scope, block_len(shape)), rows, plain, (&mut [], &mut [], rest))
+        let flow = carve(&mut rest, rows * flow_width(shape));
+        let mut b = Self::split(shape, (scope, block_len(shape)), rows, plain, (&mut [], &mut [], flow))?;
+        b.row = rest;
+        Some(b)
     }
 
     /// [`LossBuffers::new`] with room for the batch kernels (feature `alloc`: a host's
@@ -591,6 +600,7 @@ impl<'a, T> LossBuffers<'a, T> {
             transposed,
             records,
             flow,
+            row: &mut [],
             lse_mean: T::zero(),
         })
     }
@@ -766,6 +776,50 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     Ok(parts)
 }
 
+/// The input rows of a layer-wise pass, loaded on demand: [`layerwise_update`] reads each
+/// row once per block, so a caller whose rows are in a memory of samples need not keep
+/// a copy of the batch (the trainer loads them from its memory of bytes).
+pub trait Inputs<T> {
+    /// Rows in the batch (at least 1, at most `u16::MAX`).
+    fn rows(&self) -> usize;
+    /// Writes row `i < rows()` (raw units, `D` values) into `out`; the same values at
+    /// every call.
+    fn load(&self, i: usize, out: &mut [T]);
+}
+
+/// Rows of `width` values, one after the other in `data`.
+#[derive(Clone, Copy, Debug)]
+pub struct FlatRows<'a, T> {
+    /// The rows, row-major.
+    pub data: &'a [T],
+    /// Values per row (`D`).
+    pub width: usize,
+}
+
+impl<T: Copy> Inputs<T> for FlatRows<'_, T> {
+    fn rows(&self) -> usize {
+        self.data.len().checked_div(self.width).unwrap_or(0)
+    }
+    fn load(&self, i: usize, out: &mut [T]) {
+        copy_over(out, row(self.data, self.width, i));
+    }
+}
+
+/// The rows of `inputs`, checked (at least 1, at most `u16::MAX`), with the labels and
+/// pairs of `batch` checked against them (its `inputs` are not read).
+fn input_rows<T, I: Inputs<T> + ?Sized>(
+    inputs: &I,
+    batch: &Batch<'_, T>,
+    k: usize,
+) -> Result<usize, LossError> {
+    let bsz = inputs.rows();
+    if bsz == 0 || bsz > u16::MAX as usize {
+        return Err(LossError::BadBatch);
+    }
+    check_labels_pairs(batch, bsz, k)?;
+    Ok(bsz)
+}
+
 /// Scalars of the largest block of a layer-wise update ([`layerwise_update`]): each
 /// dense layer of the encoder and the decoder (weights and biases) is a block, and the
 /// heads with the segmenter (the direction and concentration heads, the centres, `ln
@@ -809,23 +863,24 @@ pub const fn flow_width(shape: &Shape) -> usize {
     w
 }
 
-/// The first sweep of a layer-wise pass: the loss of `batch`, each row's draw, cluster
+/// The first sweep of a layer-wise pass: the loss of the batch of `inputs` (with the
+/// labels and pairs of `batch`, whose `inputs` are not read), each row's draw, cluster
 /// probabilities and `dL/da` kept in the buffers' cache for [`layerwise_update`], the
 /// new marginal into the buffers' (only on success); no gradient yet. The same loss
 /// parts, bit for bit, as [`loss_and_grad`] on the same draws.
 ///
 /// `bufs` from [`LossBuffers::layerwise`], else [`LossError::BufferLength`].
 /// Cost: one forward pass of the whole network per row, and the cluster terms.
-pub fn layerwise_loss<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
+pub fn layerwise_loss<T: Real, S: AsRef<[T]>, D: DrawSource<T>, I: Inputs<T> + ?Sized>(
     model: &Model<T, S>,
-    batch: &Batch<'_, T>,
+    (inputs, batch): (&I, &Batch<'_, T>),
     cfg: &LossConfig<T>,
     draws: &mut D,
     bufs: &mut LossBuffers<'_, T>,
 ) -> Result<LossParts<T>, LossError> {
     let s = *model.shape();
-    let (d, m, k) = (s.input, s.latent, s.clusters);
-    let bsz = batch_rows(batch, d, k)?;
+    let (m, k) = (s.latent, s.clusters);
+    let bsz = input_rows(inputs, batch, k)?;
     if !model.has_decoder() {
         return Err(LossError::Infer(InferError::NoDecoder));
     }
@@ -833,7 +888,11 @@ pub fn layerwise_loss<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         return Err(LossError::BufferLength);
     }
     let LossBuffers {
-        p_bar, work, cache, ..
+        p_bar,
+        work,
+        cache,
+        row: x,
+        ..
     } = bufs;
     let p = model.views();
     let bf = T::of(bsz as f64);
@@ -842,8 +901,11 @@ pub fn layerwise_loss<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     let cached = rows_mut(cache.z, m)
         .zip(rows_mut(cache.da, k))
         .zip(rows_mut(cache.p, k))
-        .zip(cache.draws.iter_mut());
-    for (x, (((z, da), pr), slots)) in rows(batch.inputs, d).zip(cached) {
+        .zip(cache.draws.iter_mut())
+        .take(bsz);
+    for (r, (((z, da), pr), slots)) in cached.enumerate() {
+        inputs.load(r, x);
+        let x: &[T] = x;
         let enc = model.encode_into(&p, x, work)?;
         da.fill(T::zero());
         let draw = draws.draw(s.posterior, work.mu, enc.kappa, z)?;
@@ -893,8 +955,8 @@ pub enum LayerwiseError {
     Optim(OptimError),
 }
 
-/// The second sweep of a layer-wise pass, after [`layerwise_loss`] on the same `batch`
-/// and buffers: the backward pass and the optimiser's update, one block at a time from
+/// The second sweep of a layer-wise pass, after [`layerwise_loss`] on the same batch
+/// (`inputs` and `batch`) and buffers: the backward pass and the optimiser's update, one block at a time from
 /// the top (the decoder's output layer, its hidden layers last to first, the heads with
 /// the segmenter, the encoder's hidden layers last to first). For each block, every
 /// row's gradient of the block is added into the buffers' block buffer (the same
@@ -916,9 +978,9 @@ pub enum LayerwiseError {
 /// Cost: for each row, a decoder forward pass per decoder block and an encoder forward
 /// pass per encoder block (the activations are recomputed, not kept), one backward
 /// pass, and the optimiser over every trained parameter once.
-pub fn layerwise_update<T: Real, S, O>(
+pub fn layerwise_update<T: Real, S, O, I: Inputs<T> + ?Sized>(
     model: &mut Model<T, S>,
-    batch: &Batch<'_, T>,
+    (inputs, batch): (&I, &Batch<'_, T>),
     cfg: &LossConfig<T>,
     bufs: &mut LossBuffers<'_, T>,
     optim: &mut OptimState<O>,
@@ -929,8 +991,8 @@ where
     O: AsRef<[T]> + AsMut<[T]>,
 {
     let s = *model.shape();
-    let (d, m, k, depth) = (s.input, s.latent, s.clusters, s.depth());
-    let bsz = batch_rows(batch, d, k).map_err(LayerwiseError::Loss)?;
+    let (m, k, depth) = (s.latent, s.clusters, s.depth());
+    let bsz = input_rows(inputs, batch, k).map_err(LayerwiseError::Loss)?;
     if bufs.shape != s || bsz > bufs.rows || bufs.flow.is_empty() || !model.has_decoder() {
         return Err(LayerwiseError::Loss(LossError::BufferLength));
     }
@@ -972,6 +1034,7 @@ where
                 work,
                 cache,
                 flow,
+                row: x,
                 ..
             } = &mut *bufs;
             let block = prefix_mut(grads, len);
@@ -984,8 +1047,12 @@ where
             } else {
                 dec.get(l).copied().unwrap_or_default()
             };
-            let per_row = rows(batch.inputs, d).zip(rows(cache.z, m));
-            for ((x, z), f) in per_row.zip(rows_mut(flow, fw)) {
+            let per_row = rows(cache.z, m).zip(rows_mut(flow, fw)).take(bsz);
+            for (r, (z, f)) in per_row.enumerate() {
+                if l == depth {
+                    inputs.load(r, x);
+                }
+                let x: &[T] = x;
                 copy_over(work.z, z);
                 model.decoder_forward::<false>(&p, work);
                 let acts = s.activations(&*work.dec, true);
@@ -1030,6 +1097,7 @@ where
             cache,
             flow,
             lse_mean,
+            row: x,
             ..
         } = &mut *bufs;
         let mut block = prefix_mut(grads, head_len(&s));
@@ -1045,8 +1113,10 @@ where
         let cached = rows(cache.z, m)
             .zip(rows(cache.da, k))
             .zip(cache.draws.iter());
-        let per_row = rows(batch.inputs, d).zip(cached).zip(rows_mut(flow, fw));
-        for ((x, ((z, da), &[w, dwdk])), f) in per_row {
+        let per_row = cached.zip(rows_mut(flow, fw)).take(bsz).enumerate();
+        for (r, (((z, da), &[w, dwdk]), f)) in per_row {
+            inputs.load(r, x);
+            let x: &[T] = x;
             let enc = model
                 .encode_into(&p, x, work)
                 .map_err(|e| LayerwiseError::Loss(e.into()))?;
@@ -1106,7 +1176,11 @@ where
         let len = o * i + o;
         {
             let LossBuffers {
-                grads, work, flow, ..
+                grads,
+                work,
+                flow,
+                row: x,
+                ..
             } = &mut *bufs;
             let block = prefix_mut(grads, len);
             block.fill(T::zero());
@@ -1114,7 +1188,8 @@ where
             let p = model.views();
             let enc = s.dense_layers(p.enc, false);
             let layer = enc.get(l).copied().unwrap_or_default();
-            for (x, f) in rows(batch.inputs, d).zip(rows_mut(flow, fw)) {
+            for (r, f) in rows_mut(flow, fw).take(bsz).enumerate() {
+                inputs.load(r, x);
                 encoder_hidden(&s, &p, x, work, l);
                 let acts = s.activations(&*work.enc, false);
                 let input: &[T] = match l.checked_sub(1) {
@@ -1287,6 +1362,12 @@ fn batch_rows<T>(batch: &Batch<'_, T>, width: usize, k: usize) -> Result<usize, 
     if bsz == 0 || !batch.inputs.len().is_multiple_of(width) || bsz > u16::MAX as usize {
         return Err(LossError::BadBatch);
     }
+    check_labels_pairs(batch, bsz, k)?;
+    Ok(bsz)
+}
+
+/// The labels (none, or `bsz` each `< k`) and the pair indices (`< bsz`) of `batch`.
+fn check_labels_pairs<T>(batch: &Batch<'_, T>, bsz: usize, k: usize) -> Result<(), LossError> {
     if !(batch.labels.is_empty() || batch.labels.len() == bsz)
         || batch.labels.iter().flatten().any(|&y| y as usize >= k)
         || batch
@@ -1296,7 +1377,7 @@ fn batch_rows<T>(batch: &Batch<'_, T>, width: usize, k: usize) -> Result<usize, 
     {
         return Err(LossError::BadBatch);
     }
-    Ok(bsz)
+    Ok(())
 }
 
 /// `NonFinite` unless every loss part and every gradient value is finite.

@@ -215,10 +215,13 @@ pub struct TrainConfig<T> {
     pub init_samples: usize,
     /// The backward pass and the update layer by layer
     /// ([`crate::train::loss::layerwise_update`]): no gradient over the whole scope is
-    /// held, only the largest block's ([`TrainConfig::storage_len_layerwise`]). Clipping
-    /// then acts on each block's gradient by its own norm. Not with
-    /// [`Scope::SegmenterOnly`] ([`TrainError::BadConfig`]). Default: false (the whole
-    /// gradient, then the optimiser).
+    /// held, only the largest block's, and no copy of the batch's rows: each is loaded
+    /// from the memory of samples when a block needs it
+    /// ([`TrainConfig::storage_len_layerwise`]). Clipping then acts on each block's
+    /// gradient by its own norm. Not with [`Scope::SegmenterOnly`] nor with
+    /// [`Consistency::Noise`] (a noisy partner is not in the memory):
+    /// [`TrainError::BadConfig`]. Default: false (the whole gradient, then the
+    /// optimiser).
     pub layerwise: bool,
 }
 
@@ -277,9 +280,10 @@ impl<T: Real> TrainConfig<T> {
     /// [`TrainConfig::storage_len`] for a layer-wise trainer ([`TrainConfig::layerwise`]):
     /// the loss buffers of [`LossBuffers::storage_len_layerwise`] (the largest block's
     /// gradient and the gradient flowing between blocks, in place of the whole scope's
-    /// gradient) and the batch rows; the centre initialisation's buffers (`cap M + K M +
-    /// K (M + 1)`) live in the block buffer, free outside an update, when they fit there,
-    /// else after the rows.
+    /// gradient); no batch rows (a step loads each row from the memory of samples when a
+    /// block needs it); the centre initialisation's buffers (`cap M + K M + K (M + 1)`)
+    /// live in the block buffer, free outside an update, when they fit there, else after
+    /// the loss buffers.
     pub const fn storage_len_layerwise(
         shape: &Shape,
         scope: Scope,
@@ -287,7 +291,6 @@ impl<T: Real> TrainConfig<T> {
         cap: usize,
     ) -> usize {
         LossBuffers::<T>::storage_len_layerwise(shape, scope, 2 * batch)
-            + 2 * batch * shape.input
             + kmeans_beside_block(shape, cap)
     }
 
@@ -410,7 +413,11 @@ impl<'a, T: Real> Scratch<'a, T> {
             let n = LossBuffers::<T>::storage_len(shape, scope, 2 * batch);
             LossBuffers::new(shape, scope, 2 * batch, carve(&mut rest, n))?
         };
-        let rows = carve(&mut rest, 2 * batch * shape.input);
+        let rows = if cfg.layerwise {
+            &mut []
+        } else {
+            carve(&mut rest, 2 * batch * shape.input)
+        };
         // Layer-wise, the centre initialisation's buffers are in the block buffer when
         // they fit there (`rest` is then empty).
         let in_block = cfg.layerwise && kmeans_beside_block(shape, cap) == 0;
@@ -555,7 +562,9 @@ where
             || matches!(cfg.consistency, Consistency::Noise(s) if !s.is_finite() || s < T::zero())
             || cfg.input_clip.partial_cmp(&T::zero()) != Some(core::cmp::Ordering::Greater)
             || !cfg.quant.is_valid()
-            || (cfg.layerwise && cfg.scope == Scope::SegmenterOnly)
+            || (cfg.layerwise
+                && (cfg.scope == Scope::SegmenterOnly
+                    || matches!(cfg.consistency, Consistency::Noise(_))))
         {
             return Err(TrainError::BadConfig);
         }
@@ -777,6 +786,9 @@ where
         }
         let b = self.cfg.batch;
         let range = shape.scope_range(self.cfg.scope);
+        if self.cfg.layerwise {
+            return self.step_layerwise(model, rng, warm, initialised);
+        }
         let Scratch { mut loss, rows, .. } =
             Scratch::split(self.scratch.as_mut(), &shape, &self.cfg, CAP).ok_or(STORAGE)?;
 
@@ -837,23 +849,10 @@ where
         let mut p_old = [T::zero(); MAX_CLUSTERS];
         let p_old = prefix_mut(&mut p_old, k);
         copy_over(p_old, loss.marginal());
-        let draws = &mut RandomDraws(rng);
-        let parts = if self.cfg.layerwise {
-            layerwise_loss(model, &batch, &loss_cfg, draws, &mut loss)?
-        } else {
-            loss_and_grad(model, &batch, &loss_cfg, draws, &mut loss)?
-        };
+        let parts = loss_and_grad(model, &batch, &loss_cfg, &mut RandomDraws(rng), &mut loss)?;
         // Divergence guard, before anything is changed.
         let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
         let update = self.guard.check(&self.cfg.guard, monitored).and_then(|()| {
-            if self.cfg.layerwise {
-                let (optim, ocfg) = (&mut self.optim, &self.cfg.optim);
-                return match layerwise_update(model, &batch, &loss_cfg, &mut loss, optim, ocfg) {
-                    Ok(i) => Ok(i.grad_norm),
-                    Err(LayerwiseError::Loss(e)) => Err(e.into()),
-                    Err(LayerwiseError::Optim(e)) => Err(e.into()),
-                };
-            }
             // In range: the pass checked that the model has the scope's parameters.
             let params = model.params_mut().get_mut(range).unwrap_or_default();
             Ok(self.optim.step(&self.cfg.optim, params, loss.grads())?.grad_norm)
@@ -863,6 +862,114 @@ where
         }
         let grad_norm = update?;
         // The loss changes scale when the cluster terms switch on: re-arm.
+        let rearm = initialised || (!warm && self.steps == self.cfg.warmup_steps);
+        self.guard.accept(&self.cfg.guard, monitored, rearm);
+        self.steps = self.steps.saturating_add(1);
+        Ok(StepReport {
+            loss: parts,
+            grad_norm,
+            phase: if warm { Phase::WarmUp } else { Phase::Joint },
+            initialised_centres: initialised,
+            steps: self.steps,
+        })
+    }
+
+    /// [`OnlineTrainer::step`] layer by layer ([`TrainConfig::layerwise`]): the same
+    /// draws of anchors and partners, as indices into the memory; the rows loaded from
+    /// it by every pass that reads them.
+    fn step_layerwise<P, R>(
+        &mut self,
+        model: &mut Model<T, P>,
+        rng: &mut R,
+        warm: bool,
+        initialised: bool,
+    ) -> Result<StepReport<T>, TrainError>
+    where
+        P: AsRef<[T]> + AsMut<[T]>,
+        R: Rng,
+    {
+        let shape = *model.shape();
+        let k = shape.clusters;
+        let b = self.cfg.batch;
+        let n_buf = self.samples.len();
+        let Scratch { mut loss, .. } =
+            Scratch::split(self.scratch.as_mut(), &shape, &self.cfg, CAP).ok_or(STORAGE)?;
+        // Anchors in rows 0..b, their partners in rows b..2b.
+        let mut pairs = [(0u16, 0u16); MAX_BATCH];
+        let mut idx = [0u16; 2 * MAX_BATCH];
+        let samples = self.samples.as_slice();
+        let q = self.cfg.quant;
+        let (anchors, partners) = idx.split_at_mut_checked(MAX_BATCH).unwrap_or_default();
+        let slots = anchors.iter_mut().zip(partners.iter_mut()).zip(pairs.iter_mut());
+        for (i, ((anchor, partner), pair)) in slots.take(b).enumerate() {
+            let a = uniform_index(rng, n_buf);
+            if samples.get(a).is_none() {
+                return Err(TrainError::NotEnoughSamples);
+            }
+            *anchor = a as u16;
+            if warm {
+                continue;
+            }
+            *pair = (i as u16, (b + i) as u16);
+            let j = match self.cfg.consistency {
+                Consistency::Neighbours(nn) => nearest_neighbour(samples, a, nn, rng, &q),
+                _ => a,
+            };
+            *partner = if samples.get(j).is_some() { j } else { a } as u16;
+        }
+        // The partners after the anchors.
+        let mut order = [0u16; 2 * MAX_BATCH];
+        let both = anchors.iter().take(b).chain(partners.iter().take(b));
+        for (o, &i) in order.iter_mut().zip(both) {
+            *o = i;
+        }
+        let (n_rows, n_pairs) = match (warm, self.cfg.consistency) {
+            (true, _) | (false, Consistency::None) => (b, 0),
+            (false, _) => (2 * b, b),
+        };
+        let mut norm = ([T::zero(); D], [T::zero(); D]);
+        if let (Some(o), Some(s)) = (
+            model.tensor(crate::shape::TensorId::NormOffset),
+            model.tensor(crate::shape::TensorId::NormScale),
+        ) {
+            copy_over(&mut norm.0, o);
+            copy_over(&mut norm.1, s);
+        }
+        let inputs = MemoryRows {
+            samples,
+            idx: prefix(&order, n_rows),
+            quant: q,
+            clip: self.cfg.input_clip,
+            norm: &norm,
+        };
+        let mut loss_cfg = self.cfg.loss;
+        if warm {
+            loss_cfg.gamma = T::zero();
+        }
+        let batch = Batch {
+            inputs: &[],
+            labels: &[],
+            pairs: prefix(&pairs, n_pairs),
+        };
+        let mut p_old = [T::zero(); MAX_CLUSTERS];
+        let p_old = prefix_mut(&mut p_old, k);
+        copy_over(p_old, loss.marginal());
+        let draws = &mut RandomDraws(rng);
+        let parts = layerwise_loss(model, (&inputs, &batch), &loss_cfg, draws, &mut loss)?;
+        // Divergence guard, before anything is changed.
+        let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
+        let update = self.guard.check(&self.cfg.guard, monitored).and_then(|()| {
+            let (optim, ocfg) = (&mut self.optim, &self.cfg.optim);
+            match layerwise_update(model, (&inputs, &batch), &loss_cfg, &mut loss, optim, ocfg) {
+                Ok(i) => Ok(i.grad_norm),
+                Err(LayerwiseError::Loss(e)) => Err(e.into()),
+                Err(LayerwiseError::Optim(e)) => Err(e.into()),
+            }
+        });
+        if warm || update.is_err() {
+            copy_over(loss.marginal_mut(), p_old);
+        }
+        let grad_norm = update?;
         let rearm = initialised || (!warm && self.steps == self.cfg.warmup_steps);
         self.guard.accept(&self.cfg.guard, monitored, rearm);
         self.steps = self.steps.saturating_add(1);
@@ -987,6 +1094,40 @@ fn clip_row<T: Real, P: AsRef<[T]>>(model: &Model<T, P>, row: &mut [T], c: T) {
     ) else {
         return;
     };
+    clip_with(offset, scale, row, c);
+}
+
+/// A layer-wise step's rows: samples of the memory by index, loaded (and clipped to
+/// [`TrainConfig::input_clip`] with the model's normalisation `norm`, offsets and
+/// scales) when a pass reads them.
+struct MemoryRows<'a, T, E, const D: usize> {
+    samples: &'a [[E; D]],
+    idx: &'a [u16],
+    quant: Quant<T>,
+    clip: T,
+    norm: &'a ([T; D], [T; D]),
+}
+
+impl<T: Real, E: Stored<T>, const D: usize> crate::train::loss::Inputs<T>
+    for MemoryRows<'_, T, E, D>
+{
+    fn rows(&self) -> usize {
+        self.idx.len()
+    }
+    fn load(&self, i: usize, out: &mut [T]) {
+        let Some(sample) = self.idx.get(i).and_then(|&j| self.samples.get(usize::from(j)))
+        else {
+            return;
+        };
+        load_row(out, sample, &self.quant);
+        if self.clip.is_finite() {
+            clip_with(&self.norm.0, &self.norm.1, out, self.clip);
+        }
+    }
+}
+
+/// [`clip_row`] with the normalisation's `offset` and `scale`.
+fn clip_with<T: Real>(offset: &[T], scale: &[T], row: &mut [T], c: T) {
     for ((x, &o), &s) in row.iter_mut().zip(offset).zip(scale) {
         let z = (*x - o) * s;
         if z > c {
