@@ -6,8 +6,8 @@
 
 use hvae::shape::{Activation, Scope, Shape};
 use hvae::train::loss::{
-    block_len, flow_width, layerwise_loss, FlatRows, layerwise_update, loss_and_grad, Batch, ClusterInput,
-    LossBuffers, LossConfig, RandomDraws,
+    block_len, flow_width, layerwise_loss, layerwise_update, loss_and_grad, Batch, ClusterInput,
+    FlatRows, LossBuffers, LossConfig, RandomDraws,
 };
 use hvae::train::optim::{state_len, OptimConfig, OptimState, Optimiser};
 use hvae::train::trainer::{Consistency, OnlineTrainer, TrainConfig};
@@ -59,7 +59,9 @@ fn run(shape: Shape, cfg: TrainConfig<f32>, steps: usize) -> (Vec<Vec<f32>>, Vec
     let mut params = Vec::new();
     for x in &xs[CAP / 2..CAP / 2 + steps] {
         trainer.push(x).unwrap();
-        let r = trainer.step(&mut model, &mut rng).unwrap_or_else(|e| panic!("step {}: {e:?}", params.len()));
+        let r = trainer
+            .step(&mut model, &mut rng)
+            .unwrap_or_else(|e| panic!("step {}: {e:?}", params.len()));
         assert!(r.loss.total.is_finite() && r.grad_norm > 0.0);
         params.push(model.params().to_vec());
     }
@@ -97,7 +99,12 @@ fn same_bits_init(
     cfg.layerwise = true;
     let (layerwise, state_b, len_b) = run(shape, cfg, 20);
     for (step, (a, b)) in two_pass.iter().zip(&layerwise).enumerate() {
-        assert_eq!(bits(a), bits(b), "parameters differ after step {}", step + 1);
+        assert_eq!(
+            bits(a),
+            bits(b),
+            "parameters differ after step {}",
+            step + 1
+        );
     }
     assert_eq!(bits(&state_a), bits(&state_b));
     // The parameters moved, and the layer-wise trainer holds less: the largest block's
@@ -108,7 +115,11 @@ fn same_bits_init(
     let n = shape.scope_range(scope).len();
     let (m, k) = (shape.latent, shape.clusters);
     let kmeans = init * m + k * m + k * (m + 1);
-    let shared = if kmeans <= block_len(&shape) { kmeans } else { 0 };
+    let shared = if kmeans <= block_len(&shape) {
+        kmeans
+    } else {
+        0
+    };
     // No copy of the batch's rows but one row to load them into.
     let batch_rows = rows * D - D;
     assert_eq!(
@@ -122,33 +133,64 @@ fn same_bits_init(
 fn layerwise_equals_the_two_pass_update_kmeans_in_the_block_buffer() {
     let shape = Shape::new(D, &[12], 3, 3);
     assert!(8 * 3 + 9 + 12 <= block_len(&shape));
-    same_bits_init(shape, Scope::Full, Optimiser::adam(1e-2), ClusterInput::Mean, 8);
+    same_bits_init(
+        shape,
+        Scope::Full,
+        Optimiser::adam(1e-2),
+        ClusterInput::Mean,
+        8,
+    );
 }
 
 #[test]
 fn layerwise_sgd_equals_the_two_pass_update() {
     let shape = Shape::new(D, &[5], 3, 3);
-    same_bits(shape, Scope::Full, Optimiser::sgd(1e-2, 0.9), ClusterInput::Mean);
+    same_bits(
+        shape,
+        Scope::Full,
+        Optimiser::sgd(1e-2, 0.9),
+        ClusterInput::Mean,
+    );
 }
 
 #[test]
 fn layerwise_adam_equals_the_two_pass_update() {
     let shape = Shape::new(D, &[5], 3, 3);
-    same_bits(shape, Scope::Full, Optimiser::adam(1e-2), ClusterInput::Mean);
+    same_bits(
+        shape,
+        Scope::Full,
+        Optimiser::adam(1e-2),
+        ClusterInput::Mean,
+    );
 }
 
 #[test]
 fn layerwise_equals_the_two_pass_update_two_hidden_layers_tanh_draw() {
     let shape = Shape::new(D, &[7, 4], 3, 3).with_activation(Activation::Tanh);
-    same_bits(shape, Scope::Full, Optimiser::adam(1e-2), ClusterInput::Draw);
-    same_bits(shape, Scope::Full, Optimiser::sgd(1e-2, 0.5), ClusterInput::Mean);
+    same_bits(
+        shape,
+        Scope::Full,
+        Optimiser::adam(1e-2),
+        ClusterInput::Draw,
+    );
+    same_bits(
+        shape,
+        Scope::Full,
+        Optimiser::sgd(1e-2, 0.5),
+        ClusterInput::Mean,
+    );
 }
 
 #[test]
 fn layerwise_equals_the_two_pass_update_decoder_frozen() {
     let shape = Shape::new(D, &[7, 4], 3, 3).with_activation(Activation::Tanh);
     let before = model(shape, 3);
-    same_bits(shape, Scope::EncoderAndSegmenter, Optimiser::sgd(1e-2, 0.9), ClusterInput::Mean);
+    same_bits(
+        shape,
+        Scope::EncoderAndSegmenter,
+        Optimiser::sgd(1e-2, 0.9),
+        ClusterInput::Mean,
+    );
     // (`same_bits` checks both forms agree; here, that the decoder is left as it was.)
     let mut cfg = TrainConfig::new(1e-2f32);
     cfg.scope = Scope::EncoderAndSegmenter;
@@ -171,10 +213,8 @@ fn segmenter_only_and_noisy_partners_are_refused_layerwise() {
     noise.consistency = Consistency::Noise(0.1);
     for mut cfg in [only, noise] {
         let scratch = vec![0.0; cfg.scratch_len(&shape, CAP)];
-        let optim = vec![
-            0.0;
-            TrainConfig::<f32>::optim_len(&shape, cfg.scope, cfg.optim.optimiser.kind())
-        ];
+        let optim =
+            vec![0.0; TrainConfig::<f32>::optim_len(&shape, cfg.scope, cfg.optim.optimiser.kind())];
         assert!(Trainer::new(&shape, cfg, scratch.clone(), optim.clone()).is_ok());
         cfg.layerwise = true;
         assert!(Trainer::new(&shape, cfg, scratch, optim).is_err());
@@ -231,8 +271,14 @@ fn one_step_kernels_and_per_block_clip() {
             assert_eq!(bounds[1], head);
             for w in bounds.windows(2).filter(|w| w[0] < w[1]) {
                 let g = &grads[w[0] - range.start..w[1] - range.start];
-                sa.step_part(&ocfg, &mut a.params_mut()[w[0]..w[1]], g, w[0] - range.start, n)
-                    .unwrap();
+                sa.step_part(
+                    &ocfg,
+                    &mut a.params_mut()[w[0]..w[1]],
+                    g,
+                    w[0] - range.start,
+                    n,
+                )
+                .unwrap();
             }
             sa.finish_parts();
         }
@@ -255,7 +301,11 @@ fn one_step_kernels_and_per_block_clip() {
         assert_eq!(bits(sa.storage()), bits(sb.storage()));
         assert_eq!((sa.steps(), sb.steps()), (1, 1));
         let norm = grads.iter().map(|g| g * g).sum::<f32>().sqrt();
-        assert!((info.grad_norm - norm).abs() <= 1e-4 * norm, "{} {norm}", info.grad_norm);
+        assert!(
+            (info.grad_norm - norm).abs() <= 1e-4 * norm,
+            "{} {norm}",
+            info.grad_norm
+        );
         assert_eq!(info.clipped, clip.is_some());
         assert_ne!(bits(a.params()), bits(model(shape, 5).params()));
     }

@@ -177,23 +177,32 @@ pub const SCRATCH_INIT_SAMPLES: usize = 64;
 const _: () = assert!(CAP <= SCRATCH_INIT_SAMPLES);
 /// Samples a learning-from-scratch engine remembers: a reservoir of this many samples,
 /// each value stored as a byte (`Engine<.., SCRATCH_MEM, u8>`; `SCRATCH_MEM * D` bytes).
-pub const SCRATCH_MEM: usize = match option_env!("SCR_MEM") {
-    None => 120,
-    Some(s) => match usize::from_str_radix(s, 10) {
-        Ok(n) => n,
-        _ => panic!("x"),
-    },
-};
-/// Hidden units of the network a device learns from scratch (one layer): the widest that
-/// fits 48 KiB of training state with SGD's momentum and a [`SCRATCH_MEM`] memory
-/// (docs/device.md#scenarios).
-pub const SCRATCH_HIDDEN: usize = match option_env!("SCR_HIDDEN") {
-    None => 16,
-    Some(s) => match usize::from_str_radix(s, 10) {
-        Ok(n) => n,
-        _ => panic!("x"),
-    },
-};
+/// 120, or the integer (at least [`SCRATCH_INIT_SAMPLES`]) in the environment variable
+/// `HVAE_SCRATCH_MEM` at build time (to measure other choices; docs/device.md#scenarios).
+pub const SCRATCH_MEM: usize = build_setting(option_env!("HVAE_SCRATCH_MEM"), 120);
+const _: () = assert!(SCRATCH_MEM >= SCRATCH_INIT_SAMPLES);
+/// Hidden units of the network a device learns from scratch (one layer): with Adam, the
+/// layer-wise update and a [`SCRATCH_MEM`] memory, what fits 48 KiB of training state
+/// (docs/device.md#scenarios). 16, or the positive integer in the environment variable
+/// `HVAE_SCRATCH_HIDDEN` at build time.
+pub const SCRATCH_HIDDEN: usize = build_setting(option_env!("HVAE_SCRATCH_HIDDEN"), 16);
+const _: () = assert!(SCRATCH_HIDDEN > 0);
+/// Clipping norm of each block's gradient in learning from scratch (the layer-wise
+/// update clips each block by its own norm; a global norm needs the whole gradient
+/// before any update): 5, or the integer in the environment variable
+/// `HVAE_SCRATCH_CLIP` at build time (0: no clipping).
+pub const SCRATCH_CLIP: usize = build_setting(option_env!("HVAE_SCRATCH_CLIP"), 5);
+
+/// A setting of the build: the decimal integer in `var`, or `default` without one.
+const fn build_setting(var: Option<&str>, default: usize) -> usize {
+    match var {
+        None => default,
+        Some(s) => match usize::from_str_radix(s, 10) {
+            Ok(n) => n,
+            Err(_) => panic!("an HVAE_SCRATCH_* setting must be a decimal integer"),
+        },
+    }
+}
 
 /// The network a device learns from scratch: `like`'s inputs, latent, clusters,
 /// activation, posterior and likelihood, with one hidden layer of [`SCRATCH_HIDDEN`].
@@ -267,14 +276,11 @@ pub const fn optim_len(shape: &Shape) -> usize {
     TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Adam)
 }
 
-/// Scalars of the optimiser buffer of an engine that learns from scratch: SGD's momentum
-/// over the Full scope (Adam's second moment does not fit its budget; such an engine
-/// refuses Adam for want of buffer).
+/// Scalars of the optimiser buffer of an engine that learns from scratch: Adam's
+/// moments over the Full scope (the layer-wise update holds no gradient of the whole
+/// scope, which leaves them room in the budget; SGD takes a half of the buffer).
 pub const fn scratch_optim_len(shape: &Shape) -> usize {
-    if option_env!("SCR_ADAM").is_some() {
-        return TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Adam);
-    }
-    TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Sgd)
+    TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Adam)
 }
 
 /// Bytes the engine stores in a checkpoint of its trainer before the trainer's resume

@@ -6,7 +6,7 @@ use super::engine::{emit_centre, net, net_mut, saturate_u8, writable, Small};
 use super::learning::Trainer;
 use super::persist::resume_prefix;
 use super::{
-    Params, CAP, CHECKPOINT_EVERY, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX,
+    Params, CAP, CHECKPOINT_EVERY, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX, SCRATCH_CLIP,
     SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY, WARMUP_STEPS,
 };
 use crate::infer::model::Model;
@@ -328,7 +328,8 @@ pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
 /// The trainer configuration for the host's settings with a memory of `mem` samples:
 /// up to [`CAP`] a ring whose partners are drawn among the 3 nearest; beyond, a
 /// reservoir with partners among the [`SCRATCH_NEIGHBOURS`] nearest, the backward pass
-/// and the update layer by layer ([`TrainConfig::layerwise`], but for SegmenterOnly),
+/// and the update layer by layer ([`TrainConfig::layerwise`], but for SegmenterOnly)
+/// with each block's gradient clipped to [`SCRATCH_CLIP`],
 /// and for Full scope (learning from scratch) [`SCRATCH_WARMUP_STEPS`] of warm-up, the
 /// centres initialised on [`SCRATCH_INIT_SAMPLES`] of the memory by 50 Lloyd
 /// iterations.
@@ -370,11 +371,10 @@ pub fn config_with_memory(s: &TrainSettings, mem: usize) -> Option<TrainConfig<f
         cfg.kmeans_iters = 50;
         cfg.init_samples = SCRATCH_INIT_SAMPLES;
         cfg.layerwise = cfg.scope != Scope::SegmenterOnly;
-        // EXPERIMENT
-        if let Some(c) = option_env!("SCR_CLIP") {
-            let c: f32 = c.parse().unwrap_or(10.0);
-            cfg.optim.clip_norm = if c > 0.0 { Some(c) } else { None };
-        }
+        cfg.optim.clip_norm = match SCRATCH_CLIP {
+            0 => None,
+            c => Some(c as f32),
+        };
         if cfg.scope == Scope::Full {
             cfg.warmup_steps = SCRATCH_WARMUP_STEPS;
         }

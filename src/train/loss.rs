@@ -37,8 +37,7 @@
 
 use crate::dist::sphere::{reflect_backward, Draw, SampleError};
 use crate::infer::model::{
-    copy_over, normalise_into, segmenter_logits, softmax_from_logits, EncoderOut, InferError,
-    Model,
+    copy_over, normalise_into, segmenter_logits, softmax_from_logits, EncoderOut, InferError, Model,
 };
 use crate::infer::nn::{dense_backward, dot, inv_norm, sigmoid, softplus};
 use crate::infer::views::{
@@ -496,7 +495,13 @@ impl<'a, T> LossBuffers<'a, T> {
             return None;
         }
         let grads = shape.scope_range(scope).len();
-        Self::split(shape, (scope, grads), rows, storage, (&mut [], &mut [], &mut []))
+        Self::split(
+            shape,
+            (scope, grads),
+            rows,
+            storage,
+            (&mut [], &mut [], &mut []),
+        )
     }
 
     /// Scalars of the storage of [`LossBuffers::layerwise`]: [`LossBuffers::storage_len`]
@@ -516,12 +521,7 @@ impl<'a, T> LossBuffers<'a, T> {
     /// blocks, per row. `storage` has [`LossBuffers::storage_len_layerwise`] scalars
     /// (any contents); `None` when its length differs, or for
     /// [`Scope::SegmenterOnly`] (no network to go down).
-    pub fn layerwise(
-        shape: &Shape,
-        scope: Scope,
-        rows: usize,
-        storage: &'a mut [T],
-    ) -> Option<Self>
+    pub fn layerwise(shape: &Shape, scope: Scope, rows: usize, storage: &'a mut [T]) -> Option<Self>
     where
         T: Real,
     {
@@ -536,7 +536,13 @@ impl<'a, T> LossBuffers<'a, T> {
             - shape.input;
         let plain = carve(&mut rest, plain_len);
         let flow = carve(&mut rest, rows * flow_width(shape));
-        let mut b = Self::split(shape, (scope, block_len(shape)), rows, plain, (&mut [], &mut [], flow))?;
+        let mut b = Self::split(
+            shape,
+            (scope, block_len(shape)),
+            rows,
+            plain,
+            (&mut [], &mut [], flow),
+        )?;
         b.row = rest;
         Some(b)
     }
@@ -569,7 +575,13 @@ impl<'a, T> LossBuffers<'a, T> {
         let plain = carve(&mut rest, Self::storage_len(shape, scope, rows));
         let transposed = carve(&mut rest, shape.param_len());
         let grads = shape.scope_range(scope).len();
-        Self::split(shape, (scope, grads), rows, plain, (transposed, rest, &mut []))
+        Self::split(
+            shape,
+            (scope, grads),
+            rows,
+            plain,
+            (transposed, rest, &mut []),
+        )
     }
 
     /// The views of `storage` (a gradient of `grads` scalars, the marginal, the

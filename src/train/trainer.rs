@@ -398,7 +398,12 @@ impl<'a, T: Real> Scratch<'a, T> {
     /// The views of `storage`; `None` unless it is [`TrainConfig::scratch_len`] long
     /// for a memory of `cap` samples (for a trainer made for another shape than the
     /// model's).
-    fn split(storage: &'a mut [T], shape: &Shape, cfg: &TrainConfig<T>, cap: usize) -> Option<Self> {
+    fn split(
+        storage: &'a mut [T],
+        shape: &Shape,
+        cfg: &TrainConfig<T>,
+        cap: usize,
+    ) -> Option<Self> {
         if storage.len() != cfg.scratch_len(shape, cap) {
             return None;
         }
@@ -578,10 +583,10 @@ where
         let mut scratch = scratch;
         let k = T::of(shape.clusters as f64);
         Scratch::split(scratch.as_mut(), shape, &cfg, CAP)
-        .ok_or(STORAGE)?
-        .loss
-        .marginal_mut()
-        .fill(T::one() / k);
+            .ok_or(STORAGE)?
+            .loss
+            .marginal_mut()
+            .fill(T::one() / k);
         Ok(OnlineTrainer {
             samples: SampleMemory::new(cfg.memory),
             labels: [0; CAP],
@@ -855,7 +860,10 @@ where
         let update = self.guard.check(&self.cfg.guard, monitored).and_then(|()| {
             // In range: the pass checked that the model has the scope's parameters.
             let params = model.params_mut().get_mut(range).unwrap_or_default();
-            Ok(self.optim.step(&self.cfg.optim, params, loss.grads())?.grad_norm)
+            Ok(self
+                .optim
+                .step(&self.cfg.optim, params, loss.grads())?
+                .grad_norm)
         });
         if warm || update.is_err() {
             copy_over(loss.marginal_mut(), p_old);
@@ -900,7 +908,10 @@ where
         let samples = self.samples.as_slice();
         let q = self.cfg.quant;
         let (anchors, partners) = idx.split_at_mut_checked(MAX_BATCH).unwrap_or_default();
-        let slots = anchors.iter_mut().zip(partners.iter_mut()).zip(pairs.iter_mut());
+        let slots = anchors
+            .iter_mut()
+            .zip(partners.iter_mut())
+            .zip(pairs.iter_mut());
         for (i, ((anchor, partner), pair)) in slots.take(b).enumerate() {
             let a = uniform_index(rng, n_buf);
             if samples.get(a).is_none() {
@@ -1115,7 +1126,10 @@ impl<T: Real, E: Stored<T>, const D: usize> crate::train::loss::Inputs<T>
         self.idx.len()
     }
     fn load(&self, i: usize, out: &mut [T]) {
-        let Some(sample) = self.idx.get(i).and_then(|&j| self.samples.get(usize::from(j)))
+        let Some(sample) = self
+            .idx
+            .get(i)
+            .and_then(|&j| self.samples.get(usize::from(j)))
         else {
             return;
         };

@@ -18,7 +18,7 @@
 
 use super::device_train::{
     fresh, permutation, quality, run_requests, run_requests_on, with_fitted_normalisation,
-    DeviceTrainArgs, Quality, Reference, Schedule, ScopeArg, ScopeReport,
+    DeviceTrainArgs, OptimiserArg, Quality, Reference, Schedule, ScopeArg, ScopeReport,
 };
 use super::outln;
 use crate::data::Dataset;
@@ -872,7 +872,7 @@ pub struct ScratchReport {
     pub architecture: String,
     /// Parameters of the network.
     pub params: usize,
-    /// The optimiser (SGD with momentum) and its learning rate.
+    /// The optimiser (Adam, or SGD with momentum) and its learning rate.
     pub optimiser: String,
     /// Passes over the data per stream order.
     pub passes: u32,
@@ -914,8 +914,18 @@ pub fn scratch(
     let shape = *model.model.shape();
     let settings = TrainSettings {
         scope: TrainScope::Full,
-        optimiser: TrainOptimiser::Sgd {
-            momentum: args.momentum,
+        optimiser: match args.optimiser {
+            OptimiserArg::Adam => TrainOptimiser::Adam,
+            OptimiserArg::Sgd => TrainOptimiser::Sgd {
+                momentum: args.momentum,
+            },
+            OptimiserArg::OnlineKMeans => {
+                return Err(Error::BadInput(
+                    "the scratch scenario trains with a gradient optimiser: --optimiser adam \
+                     or sgd"
+                        .to_string(),
+                ))
+            }
         },
         lr: args.lr.unwrap_or(SCRATCH_LR),
         batch: args.batch,
@@ -1005,10 +1015,16 @@ pub fn scratch(
             shape.input, SCRATCH_HIDDEN, shape.latent, shape.clusters
         ),
         params: shape.param_len(),
-        optimiser: format!(
-            "SGD, momentum {}, lr {}, {} anchors per step",
-            args.momentum, settings.lr, args.batch
-        ),
+        optimiser: match settings.optimiser {
+            TrainOptimiser::Sgd { momentum } => format!(
+                "SGD, momentum {momentum}, lr {}, {} anchors per step, layer by layer",
+                settings.lr, args.batch
+            ),
+            _ => format!(
+                "Adam, lr {}, {} anchors per step, layer by layer",
+                settings.lr, args.batch
+            ),
+        },
         passes: args.passes,
         samples,
         memory: hvae::device::SCRATCH_MEM,
