@@ -228,10 +228,10 @@ fn new_clusters_spawns_for_a_new_class_and_never_on_known_ones() {
 }
 
 /// `--scenario scratch --device host`: a fresh 64-16-8 network learns on the scratch
-/// engine (SGD with momentum, a reservoir of 120 samples as bytes) within 48 KiB of
-/// training state, over 3 stream orders, bit-identical to the host's reference. The
-/// 0.85 bar is not reached: the floor measured is a mean ACC of 0.533 (worst order
-/// 0.472; docs/device.md#scenarios), asserted here within 0.03.
+/// engine (Adam, the backward pass and the update layer by layer, a reservoir of 120
+/// samples as bytes) within 48 KiB of training state, over 3 stream orders,
+/// bit-identical to the host's reference. The 0.85 bar is not reached: the floor
+/// measured (docs/device.md#scenarios) is asserted here within 0.03.
 #[test]
 fn scratch_learns_within_48_kib_and_the_engines_agree() {
     let a = DeviceTrainArgs::parse_from(["--scenario", "scratch", "--device", "host"]).unwrap();
@@ -253,15 +253,17 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
     assert_eq!(r.memory, 120, "{text}");
     // The host engine measures no RAM of its own (qemu.rs checks the device's report).
     assert!(r.device_ram.is_none(), "{text}");
-    // Parameters, gradient, momentum, memory, workspace: within the budget.
+    // Parameters, the largest block's gradient, Adam's moments, memory, workspace:
+    // within the budget.
     assert!(
         r.train_ram <= scenario::SCRATCH_RAM_BAR && r.train_ram > 45_000,
         "{text}"
     );
-    // The floor (measured 0.533 mean, 0.472 worst), not the bar.
-    assert!(r.mean.acc >= 0.50, "{text}");
-    assert!(r.worst.acc >= 0.44, "{text}");
-    assert!(r.mean.nmi >= 0.48, "{text}");
+    assert!(r.optimiser.starts_with("Adam"), "{text}");
+    // The floor, not the bar.
+    assert!(r.mean.acc >= 0.65, "{text}");
+    assert!(r.worst.acc >= 0.58, "{text}");
+    assert!(r.mean.nmi >= 0.59, "{text}");
     // The same architecture on the host (`hvae train`, seed 0): 0.756.
     assert!(r.host_train.acc >= 0.72, "{text}");
     assert_eq!(r.pass, r.mean.acc >= scenario::SCRATCH_ACC_BAR, "{text}");

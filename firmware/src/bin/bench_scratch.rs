@@ -1,6 +1,7 @@
 //! Instruction counts and RAM of learning from scratch on the Cortex-M4F (mps2-an386):
 //! one training step of the `learn_scratch` program's trainer (the 64-16-8 network,
-//! SGD with momentum, a reservoir of 120 samples as bytes, 8 anchors), in the warm-up
+//! Adam, the backward pass and the update layer by layer, a reservoir of 120 samples as
+//! bytes, 8 anchors), in the warm-up
 //! (the VAE alone) and in joint training, the centre initialisation, and a forward pass
 //! of encoder + decoder for scale (the `scratch` scenario, docs/device.md#scenarios).
 //! Reported, no budget; exit status 1 if a step fails.
@@ -85,7 +86,7 @@ fn scratch_steps(counter: &mut Counter) -> Costs {
     }
     let settings = TrainSettings {
         scope: TrainScope::Full,
-        optimiser: TrainOptimiser::Sgd { momentum: 0.9 },
+        optimiser: TrainOptimiser::Adam,
         lr: 0.002,
         batch: 8,
     };
@@ -100,8 +101,8 @@ fn scratch_steps(counter: &mut Counter) -> Costs {
     // The cost of a step does not depend on how long the warm-up is.
     cfg.warmup_steps = STEPS;
     let (s_len, o_len) = (
-        TrainConfig::<f32>::storage_len(&SHAPE, cfg.scope, cfg.batch, cfg.init_rows(SCRATCH_MEM)),
-        scratch_optim_len(&SHAPE),
+        cfg.scratch_len(&SHAPE, SCRATCH_MEM),
+        TrainConfig::<f32>::optim_len(&SHAPE, cfg.scope, cfg.optim.optimiser.kind()),
     );
     let (Some(scratch), Some(optim)) = (scratch.get_mut(..s_len), optim.get_mut(..o_len)) else {
         out.failed = u32::MAX;
@@ -156,7 +157,7 @@ fn main() -> ! {
     let (c, ram) = with_ram(|| scratch_steps(&mut counter));
     let ok = c.failed == 0 && c.warmup > 0 && c.joint > 0;
     defmt::println!(
-        "learning from scratch ({=usize}-{=usize}-{=usize}, SGD, {=usize} samples as bytes, 8 anchors): warm-up step {=u32} instructions, joint step {=u32} ({=u32} per anchor; a forward pass of encoder + decoder {=u32}), centre initialisation {=u32}; failed {=u32}",
+        "learning from scratch ({=usize}-{=usize}-{=usize}, Adam, layer by layer, {=usize} samples as bytes, 8 anchors): warm-up step {=u32} instructions, joint step {=u32} ({=u32} per anchor; a forward pass of encoder + decoder {=u32}), centre initialisation {=u32}; failed {=u32}",
         SHAPE.input,
         hvae::device::SCRATCH_HIDDEN,
         SHAPE.latent,
@@ -169,7 +170,7 @@ fn main() -> ! {
         c.failed,
     );
     defmt::println!(
-        "    RAM {=u32} B (training state {=u32} B: parameters, gradient, momentum, reservoir, workspace; + stack)",
+        "    RAM {=u32} B (training state {=u32} B: parameters, the largest block's gradient, Adam's moments, reservoir, workspace; + stack)",
         ram as u32,
         c.state as u32,
     );
