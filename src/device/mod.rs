@@ -172,8 +172,9 @@ pub const SCRATCH_NEIGHBOURS: usize = 5;
 pub const SCRATCH_WARMUP_STEPS: u32 = 3000;
 /// Samples the centre initialisation encodes with a memory larger than [`CAP`] (a
 /// uniform sample of the stream; its directions take `SCRATCH_INIT_SAMPLES * M`
-/// scalars of scratch).
-pub const SCRATCH_INIT_SAMPLES: usize = 64;
+/// scalars of scratch, in the layer-wise update's block buffer when they fit there).
+/// 64, or the integer in the environment variable `HVAE_SCRATCH_INIT` at build time.
+pub const SCRATCH_INIT_SAMPLES: usize = build_setting(option_env!("HVAE_SCRATCH_INIT"), 64);
 const _: () = assert!(CAP <= SCRATCH_INIT_SAMPLES);
 /// Samples a learning-from-scratch engine remembers: a reservoir of this many samples,
 /// each value stored as a byte (`Engine<.., SCRATCH_MEM, u8>`; `SCRATCH_MEM * D` bytes).

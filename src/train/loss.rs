@@ -740,10 +740,10 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         rows: bufs_rows,
         row: 0,
     };
-    let cached = rows(cache.z, m)
-        .zip(rows(cache.da, k))
-        .zip(cache.draws.iter());
-    for (r, (x, ((z, da), &[w, dwdk]))) in rows(batch.inputs, d).zip(cached).enumerate() {
+    // By index: each row's input and cache are one `row` away.
+    for r in 0..bsz {
+        let (x, z, da) = (row(batch.inputs, d, r), row(cache.z, m, r), row(cache.da, k, r));
+        let [w, dwdk] = cache.draws.get(r).copied().unwrap_or_default();
         rec.row = r;
         let enc = encode(model, (&p, pt), x, work)?;
         copy_over(work.z, z);
@@ -910,12 +910,16 @@ pub fn layerwise_loss<T: Real, S: AsRef<[T]>, D: DrawSource<T>, I: Inputs<T> + ?
     let bf = T::of(bsz as f64);
     let mut parts = LossParts::<T>::default();
     let mut lse_sum = T::zero();
-    let cached = rows_mut(cache.z, m)
-        .zip(rows_mut(cache.da, k))
-        .zip(rows_mut(cache.p, k))
-        .zip(cache.draws.iter_mut())
-        .take(bsz);
-    for (r, (((z, da), pr), slots)) in cached.enumerate() {
+    // By index: the rows of the cache are each one `row_mut` away.
+    for r in 0..bsz {
+        let (z, da, pr) = (
+            row_mut(cache.z, m, r),
+            row_mut(cache.da, k, r),
+            row_mut(cache.p, k, r),
+        );
+        let Some(slots) = cache.draws.get_mut(r) else {
+            return Err(LossError::BufferLength);
+        };
         inputs.load(r, x);
         let x: &[T] = x;
         let enc = model.encode_into(&p, x, work)?;
@@ -1059,8 +1063,8 @@ where
             } else {
                 dec.get(l).copied().unwrap_or_default()
             };
-            let per_row = rows(cache.z, m).zip(rows_mut(flow, fw)).take(bsz);
-            for (r, (z, f)) in per_row.enumerate() {
+            for r in 0..bsz {
+                let (z, f) = (row(cache.z, m, r), row_mut(flow, fw, r));
                 if l == depth {
                     inputs.load(r, x);
                 }
@@ -1122,11 +1126,9 @@ where
         let p = model.views();
         let kappa_s = p.log_kappa_s.fast_exp();
         let on_mean = cfg.cluster_input == ClusterInput::Mean;
-        let cached = rows(cache.z, m)
-            .zip(rows(cache.da, k))
-            .zip(cache.draws.iter());
-        let per_row = cached.zip(rows_mut(flow, fw)).take(bsz).enumerate();
-        for (r, (((z, da), &[w, dwdk]), f)) in per_row {
+        for r in 0..bsz {
+            let (z, da, f) = (row(cache.z, m, r), row(cache.da, k, r), row_mut(flow, fw, r));
+            let [w, dwdk] = cache.draws.get(r).copied().unwrap_or_default();
             inputs.load(r, x);
             let x: &[T] = x;
             let enc = model
@@ -1200,7 +1202,8 @@ where
             let p = model.views();
             let enc = s.dense_layers(p.enc, false);
             let layer = enc.get(l).copied().unwrap_or_default();
-            for (r, f) in rows_mut(flow, fw).take(bsz).enumerate() {
+            for r in 0..bsz {
+                let f = row_mut(flow, fw, r);
                 inputs.load(r, x);
                 encoder_hidden(&s, &p, x, work, l);
                 let acts = s.activations(&*work.enc, false);

@@ -884,7 +884,9 @@ where
 
     /// [`OnlineTrainer::step`] layer by layer ([`TrainConfig::layerwise`]): the same
     /// draws of anchors and partners, as indices into the memory; the rows loaded from
-    /// it by every pass that reads them.
+    /// it by every pass that reads them. Not inlined: the two-pass step stays as it was
+    /// in the programs that do not train layer by layer.
+    #[inline(never)]
     fn step_layerwise<P, R>(
         &mut self,
         model: &mut Model<T, P>,
