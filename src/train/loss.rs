@@ -742,7 +742,11 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     };
     // By index: each row's input and cache are one `row` away.
     for r in 0..bsz {
-        let (x, z, da) = (row(batch.inputs, d, r), row(cache.z, m, r), row(cache.da, k, r));
+        let (x, z, da) = (
+            row(batch.inputs, d, r),
+            row(cache.z, m, r),
+            row(cache.da, k, r),
+        );
         let [w, dwdk] = cache.draws.get(r).copied().unwrap_or_default();
         rec.row = r;
         let enc = encode(model, (&p, pt), x, work)?;
@@ -1127,7 +1131,11 @@ where
         let kappa_s = p.log_kappa_s.fast_exp();
         let on_mean = cfg.cluster_input == ClusterInput::Mean;
         for r in 0..bsz {
-            let (z, da, f) = (row(cache.z, m, r), row(cache.da, k, r), row_mut(flow, fw, r));
+            let (z, da, f) = (
+                row(cache.z, m, r),
+                row(cache.da, k, r),
+                row_mut(flow, fw, r),
+            );
             let [w, dwdk] = cache.draws.get(r).copied().unwrap_or_default();
             inputs.load(r, x);
             let x: &[T] = x;
