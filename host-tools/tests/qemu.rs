@@ -319,7 +319,7 @@ fn scratch_program_matches_the_host_engine() {
         ..settings
     };
     let before = dev.info().unwrap().weights_crc;
-    match dev.train(&data.features()[..64], 2, Some(sgd)) {
+    match dev.train(&data.features()[..4 * shape.input], 2, Some(sgd)) {
         Ok(t) => assert_eq!(t.steps, 2, "{t:?}"),
         other => panic!("SGD on learn_scratch: {other:?}"),
     }
