@@ -168,8 +168,10 @@ pub const CAP: usize = 32;
 /// whole set.
 pub const SCRATCH_NEIGHBOURS: usize = 5;
 /// Warm-up steps of Full training with a memory larger than [`CAP`] (learning from
-/// scratch).
-pub const SCRATCH_WARMUP_STEPS: u32 = 3000;
+/// scratch): 3000, or the integer in the environment variable `HVAE_SCRATCH_WARMUP` at
+/// build time.
+pub const SCRATCH_WARMUP_STEPS: u32 =
+    build_setting(option_env!("HVAE_SCRATCH_WARMUP"), 3000) as u32;
 /// Samples the centre initialisation encodes with a memory larger than [`CAP`] (a
 /// uniform sample of the stream; its directions take `SCRATCH_INIT_SAMPLES * M`
 /// scalars of scratch, in the layer-wise update's block buffer when they fit there).
@@ -193,6 +195,11 @@ const _: () = assert!(SCRATCH_HIDDEN > 0);
 /// before any update): 5, or the integer in the environment variable
 /// `HVAE_SCRATCH_CLIP` at build time (0: no clipping).
 pub const SCRATCH_CLIP: usize = build_setting(option_env!("HVAE_SCRATCH_CLIP"), 5);
+
+/// Weight of the cluster loss (`gamma`) in learning from scratch: 2 (the core's
+/// default), or the integer in the environment variable `HVAE_SCRATCH_GAMMA` at build
+/// time.
+pub const SCRATCH_GAMMA: usize = build_setting(option_env!("HVAE_SCRATCH_GAMMA"), 2);
 
 /// A setting of the build: the decimal integer in `var`, or `default` without one.
 const fn build_setting(var: Option<&str>, default: usize) -> usize {

@@ -7,7 +7,8 @@ use super::learning::Trainer;
 use super::persist::resume_prefix;
 use super::{
     Params, CAP, CHECKPOINT_EVERY, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX, SCRATCH_CLIP,
-    SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY, WARMUP_STEPS,
+    SCRATCH_GAMMA, SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY,
+    WARMUP_STEPS,
 };
 use crate::infer::model::Model;
 use crate::infer::normalise::Tracker;
@@ -371,6 +372,7 @@ pub fn config_with_memory(s: &TrainSettings, mem: usize) -> Option<TrainConfig<f
         cfg.kmeans_iters = 50;
         cfg.init_samples = SCRATCH_INIT_SAMPLES;
         cfg.layerwise = cfg.scope != Scope::SegmenterOnly;
+        cfg.loss.gamma = SCRATCH_GAMMA as f32;
         cfg.optim.clip_norm = match SCRATCH_CLIP {
             0 => None,
             c => Some(c as f32),
