@@ -379,6 +379,53 @@ pub struct TrainerStorage {
     pub optim: usize,
 }
 
+/// What a step keeps across steps besides the model and the optimiser: the divergence
+/// guard's state and the step count, with the trainer's settings (borrowed apart from
+/// the optimiser and the scratch, which the update holds at the same time).
+struct Tally<'a, T> {
+    guard: &'a mut GuardState<T>,
+    steps: &'a mut u32,
+    cfg: &'a TrainConfig<T>,
+}
+
+impl<T: Real> Tally<'_, T> {
+    /// A step's end, shared by the two-pass and the layer-wise update: the divergence
+    /// guard on the batch's loss `parts` before anything is changed, then `update`; the
+    /// marginal of `p_old` put back unless the update is made after the warm-up; the
+    /// guard re-armed when the loss changes scale (the cluster terms switch on) and the
+    /// step counted.
+    fn guarded(
+        &mut self,
+        parts: LossParts<T>,
+        loss_cfg: &LossConfig<T>,
+        loss: &mut LossBuffers<'_, T>,
+        p_old: &[T],
+        (warm, initialised): (bool, bool),
+        update: impl FnOnce(&mut LossBuffers<'_, T>) -> Result<T, TrainError>,
+    ) -> Result<StepReport<T>, TrainError> {
+        let k = p_old.len();
+        let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
+        let update = self
+            .guard
+            .check(&self.cfg.guard, monitored)
+            .and_then(|()| update(loss));
+        if warm || update.is_err() {
+            copy_over(loss.marginal_mut(), p_old);
+        }
+        let grad_norm = update?;
+        let rearm = initialised || (!warm && *self.steps == self.cfg.warmup_steps);
+        self.guard.accept(&self.cfg.guard, monitored, rearm);
+        *self.steps = self.steps.saturating_add(1);
+        Ok(StepReport {
+            loss: parts,
+            grad_norm,
+            phase: if warm { Phase::WarmUp } else { Phase::Joint },
+            initialised_centres: initialised,
+            steps: *self.steps,
+        })
+    }
+}
+
 /// The trainer's scratch storage ([`TrainConfig::storage_len`]) as views, split once per
 /// call, in this order: the loss buffers for `2 batch` rows, the batch rows
 /// (`2 batch D`), the encoded directions of the buffer (`CAP M`), the k-means centres
@@ -855,31 +902,24 @@ where
         let p_old = prefix_mut(&mut p_old, k);
         copy_over(p_old, loss.marginal());
         let parts = loss_and_grad(model, &batch, &loss_cfg, &mut RandomDraws(rng), &mut loss)?;
-        // Divergence guard, before anything is changed.
-        let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
-        let update = self.guard.check(&self.cfg.guard, monitored).and_then(|()| {
-            // In range: the pass checked that the model has the scope's parameters.
-            let params = model.params_mut().get_mut(range).unwrap_or_default();
-            Ok(self
-                .optim
-                .step(&self.cfg.optim, params, loss.grads())?
-                .grad_norm)
-        });
-        if warm || update.is_err() {
-            copy_over(loss.marginal_mut(), p_old);
-        }
-        let grad_norm = update?;
-        // The loss changes scale when the cluster terms switch on: re-arm.
-        let rearm = initialised || (!warm && self.steps == self.cfg.warmup_steps);
-        self.guard.accept(&self.cfg.guard, monitored, rearm);
-        self.steps = self.steps.saturating_add(1);
-        Ok(StepReport {
-            loss: parts,
-            grad_norm,
-            phase: if warm { Phase::WarmUp } else { Phase::Joint },
-            initialised_centres: initialised,
-            steps: self.steps,
-        })
+        let (optim, ocfg) = (&mut self.optim, &self.cfg.optim);
+        let mut tally = Tally {
+            guard: &mut self.guard,
+            steps: &mut self.steps,
+            cfg: &self.cfg,
+        };
+        tally.guarded(
+            parts,
+            &loss_cfg,
+            &mut loss,
+            p_old,
+            (warm, initialised),
+            |loss| {
+                // In range: the pass checked that the model has the scope's parameters.
+                let params = model.params_mut().get_mut(range).unwrap_or_default();
+                Ok(optim.step(ocfg, params, loss.grads())?.grad_norm)
+            },
+        )
     }
 
     /// [`OnlineTrainer::step`] layer by layer ([`TrainConfig::layerwise`]): the same
@@ -969,30 +1009,24 @@ where
         copy_over(p_old, loss.marginal());
         let draws = &mut RandomDraws(rng);
         let parts = layerwise_loss(model, (&inputs, &batch), &loss_cfg, draws, &mut loss)?;
-        // Divergence guard, before anything is changed.
-        let monitored = parts.total + loss_cfg.gamma * loss_cfg.eta * T::of(k as f64).ln();
-        let update = self.guard.check(&self.cfg.guard, monitored).and_then(|()| {
-            let (optim, ocfg) = (&mut self.optim, &self.cfg.optim);
-            match layerwise_update(model, (&inputs, &batch), &loss_cfg, &mut loss, optim, ocfg) {
+        let (optim, ocfg) = (&mut self.optim, &self.cfg.optim);
+        let mut tally = Tally {
+            guard: &mut self.guard,
+            steps: &mut self.steps,
+            cfg: &self.cfg,
+        };
+        tally.guarded(
+            parts,
+            &loss_cfg,
+            &mut loss,
+            p_old,
+            (warm, initialised),
+            |loss| match layerwise_update(model, (&inputs, &batch), &loss_cfg, loss, optim, ocfg) {
                 Ok(i) => Ok(i.grad_norm),
                 Err(LayerwiseError::Loss(e)) => Err(e.into()),
                 Err(LayerwiseError::Optim(e)) => Err(e.into()),
-            }
-        });
-        if warm || update.is_err() {
-            copy_over(loss.marginal_mut(), p_old);
-        }
-        let grad_norm = update?;
-        let rearm = initialised || (!warm && self.steps == self.cfg.warmup_steps);
-        self.guard.accept(&self.cfg.guard, monitored, rearm);
-        self.steps = self.steps.saturating_add(1);
-        Ok(StepReport {
-            loss: parts,
-            grad_norm,
-            phase: if warm { Phase::WarmUp } else { Phase::Joint },
-            initialised_centres: initialised,
-            steps: self.steps,
-        })
+            },
+        )
     }
 
     /// Sets the centres to spherical k-means++ on the `mu(x)` of every buffered sample,
