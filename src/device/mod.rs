@@ -201,6 +201,42 @@ pub const SCRATCH_CLIP: usize = build_setting(option_env!("HVAE_SCRATCH_CLIP"), 
 /// time.
 pub const SCRATCH_GAMMA: usize = build_setting(option_env!("HVAE_SCRATCH_GAMMA"), 2);
 
+/// The optimiser a device learning from scratch sizes its state for
+/// ([`scratch_optim_len`]): Adam, or the optimiser named in the environment variable
+/// `HVAE_SCRATCH_OPTIM` at build time (`adam`, `factored`, `factored-rms`, `sgd`).
+pub const SCRATCH_OPTIM: OptimKind = match option_env!("HVAE_SCRATCH_OPTIM") {
+    None => OptimKind::Adam,
+    Some(s) => {
+        if same(s, "adam") {
+            OptimKind::Adam
+        } else if same(s, "factored") {
+            OptimKind::Factored
+        } else if same(s, "factored-rms") {
+            OptimKind::FactoredRms
+        } else if same(s, "sgd") {
+            OptimKind::Sgd
+        } else {
+            panic!("HVAE_SCRATCH_OPTIM must be adam, factored, factored-rms or sgd")
+        }
+    }
+};
+
+/// `a == b`, in a constant.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// A setting of the build: the decimal integer in `var`, or `default` without one.
 const fn build_setting(var: Option<&str>, default: usize) -> usize {
     match var {
@@ -284,11 +320,11 @@ pub const fn optim_len(shape: &Shape) -> usize {
     TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Adam)
 }
 
-/// Scalars of the optimiser buffer of an engine that learns from scratch: Adam's
-/// moments over the Full scope (the layer-wise update holds no gradient of the whole
-/// scope, which leaves them room in the budget; SGD takes a half of the buffer).
+/// Scalars of the optimiser buffer of an engine that learns from scratch: the state of
+/// [`SCRATCH_OPTIM`] over the Full scope (an optimiser whose state is larger is
+/// refused; SGD, with one value per parameter, fits any).
 pub const fn scratch_optim_len(shape: &Shape) -> usize {
-    TrainConfig::<f32>::optim_len(shape, Scope::Full, OptimKind::Adam)
+    TrainConfig::<f32>::optim_len(shape, Scope::Full, SCRATCH_OPTIM)
 }
 
 /// Bytes the engine stores in a checkpoint of its trainer before the trainer's resume

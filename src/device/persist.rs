@@ -17,13 +17,19 @@ use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// Every (scope, optimiser) a checkpoint may have been saved with.
-const LAYOUTS: [(Scope, OptimKind); 6] = [
+const LAYOUTS: [(Scope, OptimKind); 12] = [
     (Scope::Full, OptimKind::Adam),
     (Scope::Full, OptimKind::Sgd),
+    (Scope::Full, OptimKind::Factored),
+    (Scope::Full, OptimKind::FactoredRms),
     (Scope::EncoderAndSegmenter, OptimKind::Adam),
     (Scope::EncoderAndSegmenter, OptimKind::Sgd),
+    (Scope::EncoderAndSegmenter, OptimKind::Factored),
+    (Scope::EncoderAndSegmenter, OptimKind::FactoredRms),
     (Scope::SegmenterOnly, OptimKind::Adam),
     (Scope::SegmenterOnly, OptimKind::Sgd),
+    (Scope::SegmenterOnly, OptimKind::Factored),
+    (Scope::SegmenterOnly, OptimKind::FactoredRms),
 ];
 
 /// The layout of a checkpoint of the weights alone (no trainer): the smallest state.

@@ -342,6 +342,8 @@ pub fn config_with_memory(s: &TrainSettings, mem: usize) -> Option<TrainConfig<f
     let mut cfg = TrainConfig::new(s.lr);
     cfg.optim.optimiser = match s.optimiser {
         TrainOptimiser::Adam => Optimiser::adam(s.lr),
+        TrainOptimiser::Factored => Optimiser::factored(s.lr),
+        TrainOptimiser::FactoredRms => Optimiser::factored_rms(s.lr),
         TrainOptimiser::Sgd { momentum } => {
             if !(0.0..1.0).contains(&momentum) {
                 return None;

@@ -292,6 +292,8 @@ pub fn parse(body: &[u8]) -> Result<RequestRef<'_>, FrameError> {
                         spawn_window: r.byte()?,
                         spawn_count: r.byte()?,
                     },
+                    3 => TrainOptimiser::Factored,
+                    4 => TrainOptimiser::FactoredRms,
                     _ => return Err(FrameError::Malformed),
                 };
                 let lr = r.f32()?;

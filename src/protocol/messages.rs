@@ -167,6 +167,12 @@ pub enum TrainOptimiser {
         /// Novel samples among them that spawn a centre.
         spawn_count: u8,
     },
+    /// Adam with the default betas and a factored second moment: per weight matrix a
+    /// running mean of the squared gradient per row and per column instead of one per
+    /// weight ([`crate::train::optim`]).
+    Factored,
+    /// The factored second moment without a first moment (`beta1 = 0`).
+    FactoredRms,
 }
 
 /// What happened to a centre slot ([`Response::Centre`]).

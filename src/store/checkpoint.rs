@@ -138,7 +138,7 @@
 
 use crate::infer::model::Model;
 use crate::shape::{Activation, Likelihood, Posterior, Scope, Shape, MAX_HIDDEN};
-use crate::train::optim::{state_len, OptimKind};
+use crate::train::optim::{state_len_in, OptimKind};
 use crate::train::trainer::OnlineTrainer;
 use crate::Real;
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
@@ -246,14 +246,13 @@ impl Layout {
         self.shape.param_len()
     }
 
-    /// Optimiser state scalars stored ([`state_len`] of the scope's parameters; none for
-    /// [`Layout::adapted`]).
+    /// Optimiser state scalars stored ([`state_len_in`] of the scope's parameters; none
+    /// for [`Layout::adapted`]).
     pub const fn state(&self) -> usize {
         if self.adapted.is_some() {
             return 0;
         }
-        let r = self.shape.scope_range(self.scope);
-        state_len(self.kind, r.end - r.start)
+        state_len_in(self.kind, &self.shape, self.shape.scope_range(self.scope))
     }
 
     /// Bytes covered by the CRC: header and values.
@@ -331,6 +330,8 @@ const fn kind_code(k: OptimKind) -> u8 {
     match k {
         OptimKind::Sgd => 0,
         OptimKind::Adam => 1,
+        OptimKind::Factored => 2,
+        OptimKind::FactoredRms => 3,
     }
 }
 

@@ -1,5 +1,6 @@
-//! First-order optimisers for on-device training: SGD with momentum and Adam
-//! (bias-corrected), with optional global-norm gradient clipping and L2 weight decay.
+//! First-order optimisers for on-device training: SGD with momentum, Adam
+//! (bias-corrected) and Adam with a factored second moment (Adafactor's, with or
+//! without a first moment), with optional gradient clipping and L2 weight decay.
 //!
 //! Nothing here allocates. The optimiser state (moments and the step counter) lives in an
 //! [`OptimState`] over caller-owned storage: a `[f32; N]` on the device, sized at compile
@@ -31,6 +32,23 @@
 //! - Adam (Kingma & Ba, algorithm 1), `t` the 1-based step: `m <- b1 m + (1 - b1) g`,
 //!   `v <- b2 v + (1 - b2) g^2`, `m^ = m / (1 - b1^t)`, `v^ = v / (1 - b2^t)`,
 //!   `p <- p - lr m^ / (sqrt(v^) + eps)`.
+//! - Factored (Adafactor's second moment, Shazeer & Stern 2018, with Adam's first
+//!   moment and bias correction): for a weight matrix `r x c` (a tensor of the
+//!   [`Shape`] with more than one row and column) the state holds, instead of one
+//!   `v` per weight, a running mean of `g^2` per row, `R_i <- b2 R_i + (1 - b2)
+//!   mean_j g_ij^2`, and per column, `C_j <- b2 C_j + (1 - b2) mean_i g_ij^2`, and
+//!   uses `v_ij = R_i (C_j / mean_i R_i)` (0 when `mean_i R_i` is 0): exact when the
+//!   squared gradients form a rank-1 pattern, and `r + c` values instead of `r c`.
+//!   Vectors (biases, the concentration head, `ln kappa_s`, the log-weights) keep a
+//!   full `v`, updated with Adam's arithmetic bit for bit. `m`, `m^`, `v^` and the
+//!   update as Adam's.
+//! - Factored without a first moment (`b1 = 0`): the same second moment,
+//!   `p <- p - lr g / (sqrt(v^) + eps)`; no `m` is stored.
+//!
+//! The factored kinds need the tensors of the parameters they update
+//! ([`OptimState::with_tensors`]); without them every value is a vector's (a full
+//! `v`), which is Adam's update (or, without a first moment, RMSprop's with bias
+//! correction).
 //!
 //! # Failure leaves everything untouched
 //!
@@ -43,6 +61,7 @@
 //! of `g^2` or of the update); only then a third pass recomputes the same values (the
 //! same operations in the same order, so bit-identical) and stores them.
 
+use crate::shape::{Shape, Tensor};
 use crate::Real;
 
 /// Which optimiser, without its hyper-parameters: all that sizing the state needs.
@@ -53,17 +72,81 @@ pub enum OptimKind {
     Sgd,
     /// Adam: first and second moment per parameter.
     Adam,
+    /// Adam with a factored second moment: a first moment per parameter, a second
+    /// moment per row and per column of each weight matrix and per value of each vector.
+    Factored,
+    /// A factored second moment alone (no first moment).
+    FactoredRms,
 }
 
 /// Floats of optimiser state for `n` trained parameters: `n` for SGD with momentum, `2 n`
 /// for Adam (saturating; a real `n` never comes close). Usable in array lengths.
+/// The factored kinds without their tensors ([`OptimState::with_tensors`]) treat every
+/// value as a vector's: `2 n` ([`OptimKind::Factored`]) and `n`
+/// ([`OptimKind::FactoredRms`]); with them, see [`state_len_in`].
 ///
 /// Bytes of state = `state_len(kind, n) * size_of::<T>()`, plus the 4-byte step counter
 /// of [`OptimState`].
 pub const fn state_len(kind: OptimKind, n: usize) -> usize {
     match kind {
-        OptimKind::Sgd => n,
-        OptimKind::Adam => n.saturating_mul(2),
+        OptimKind::Sgd | OptimKind::FactoredRms => n,
+        OptimKind::Adam | OptimKind::Factored => n.saturating_mul(2),
+    }
+}
+
+/// Floats of optimiser state for the parameters `range` of a model of `shape` (a
+/// [`Shape::scope_range`]), the state an [`OptimState::with_tensors`] over them holds:
+/// [`state_len`] for SGD and Adam; for the factored kinds the first moment (`n`, not
+/// for [`OptimKind::FactoredRms`]) and [`second_moment_len`]. Usable in array lengths.
+pub const fn state_len_in(kind: OptimKind, shape: &Shape, range: core::ops::Range<usize>) -> usize {
+    let n = range.end.saturating_sub(range.start);
+    match kind {
+        OptimKind::Sgd | OptimKind::Adam => state_len(kind, n),
+        OptimKind::Factored => n.saturating_add(second_moment_len(shape, range)),
+        OptimKind::FactoredRms => second_moment_len(shape, range),
+    }
+}
+
+/// Floats of a factored second moment over the parameters `range` of `shape`: `r + c`
+/// for each weight matrix `r x c` inside the range (more than one row and column), one
+/// per value for the rest.
+pub const fn second_moment_len(shape: &Shape, range: core::ops::Range<usize>) -> usize {
+    let mut len = 0;
+    let mut i = 0;
+    while i < shape.tensor_count() {
+        if let Some(t) = shape.tensor(i) {
+            let (a, b) = (max(t.offset, range.start), min(t.offset + t.len(), range.end));
+            if a < b {
+                len += if is_matrix(&t) && a == t.offset && b == t.offset + t.len() {
+                    t.rows + t.cols
+                } else {
+                    b - a
+                };
+            }
+        }
+        i += 1;
+    }
+    len
+}
+
+/// A tensor whose second moment is factored: more than one row and column.
+const fn is_matrix(t: &Tensor) -> bool {
+    t.rows > 1 && t.cols > 1
+}
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+const fn min(a: usize, b: usize) -> usize {
+    if a < b {
+        a
+    } else {
+        b
     }
 }
 
@@ -85,6 +168,26 @@ pub enum Optimiser<T> {
         /// Decay of the first moment, in `[0, 1)`.
         beta1: T,
         /// Decay of the second moment, in `[0, 1)`.
+        beta2: T,
+        /// Added to `sqrt(v^)`, finite and `> 0`.
+        eps: T,
+    },
+    /// Adam with a factored second moment (see the module docs).
+    Factored {
+        /// Learning rate, finite and `>= 0`.
+        lr: T,
+        /// Decay of the first moment, in `[0, 1)`.
+        beta1: T,
+        /// Decay of the second moment's running means, in `[0, 1)`.
+        beta2: T,
+        /// Added to `sqrt(v^)`, finite and `> 0`.
+        eps: T,
+    },
+    /// A factored second moment without a first moment (see the module docs).
+    FactoredRms {
+        /// Learning rate, finite and `>= 0`.
+        lr: T,
+        /// Decay of the second moment's running means, in `[0, 1)`.
         beta2: T,
         /// Added to `sqrt(v^)`, finite and `> 0`.
         eps: T,
@@ -117,18 +220,43 @@ impl<T: Real> Optimiser<T> {
         }
     }
 
+    /// Adam's conventional betas and `eps` (`0.9`, `0.999`, `1e-8`) with a factored
+    /// second moment.
+    pub fn factored(lr: T) -> Self {
+        Optimiser::Factored {
+            lr,
+            beta1: T::of(0.9),
+            beta2: T::of(0.999),
+            eps: T::of(1e-8),
+        }
+    }
+
+    /// A factored second moment without a first moment, Adam's `beta2` and `eps`.
+    pub fn factored_rms(lr: T) -> Self {
+        Optimiser::FactoredRms {
+            lr,
+            beta2: T::of(0.999),
+            eps: T::of(1e-8),
+        }
+    }
+
     /// The kind (sizes the state).
     pub const fn kind(&self) -> OptimKind {
         match self {
             Optimiser::Sgd { .. } => OptimKind::Sgd,
             Optimiser::Adam { .. } => OptimKind::Adam,
+            Optimiser::Factored { .. } => OptimKind::Factored,
+            Optimiser::FactoredRms { .. } => OptimKind::FactoredRms,
         }
     }
 
     /// The learning rate.
     pub fn lr(&self) -> T {
         match *self {
-            Optimiser::Sgd { lr, .. } | Optimiser::Adam { lr, .. } => lr,
+            Optimiser::Sgd { lr, .. }
+            | Optimiser::Adam { lr, .. }
+            | Optimiser::Factored { lr, .. }
+            | Optimiser::FactoredRms { lr, .. } => lr,
         }
     }
 
@@ -144,6 +272,15 @@ impl<T: Real> Optimiser<T> {
                 beta2,
                 eps,
             },
+            Optimiser::Factored {
+                beta1, beta2, eps, ..
+            } => Optimiser::Factored {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            },
+            Optimiser::FactoredRms { beta2, eps, .. } => Optimiser::FactoredRms { lr, beta2, eps },
         }
     }
 }
@@ -201,7 +338,16 @@ impl<T: Real> OptimConfig<T> {
                 beta1,
                 beta2,
                 eps,
+            }
+            | Optimiser::Factored {
+                lr,
+                beta1,
+                beta2,
+                eps,
             } => nonneg(lr) && unit(beta1) && unit(beta2) && eps.is_finite() && eps > zero,
+            Optimiser::FactoredRms { lr, beta2, eps } => {
+                nonneg(lr) && unit(beta2) && eps.is_finite() && eps > zero
+            }
         };
         let clip_ok = match self.clip_norm {
             Some(c) => c > zero,
@@ -219,8 +365,9 @@ impl<T: Real> OptimConfig<T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum OptimError {
-    /// `params` and `grads` differ in length, or the state storage is not
-    /// [`state_len`]`(kind, params.len())` floats long.
+    /// `params` and `grads` differ in length, the state storage is not
+    /// [`state_len`]`(kind, params.len())` floats long ([`state_len_in`] with tensors),
+    /// or a block of a factored optimiser splits a weight matrix.
     LengthMismatch,
     /// A hyper-parameter is out of range ([`OptimConfig::validate`]).
     InvalidConfig,
@@ -261,24 +408,60 @@ pub struct StepInfo<T> {
 /// and the step counter.
 ///
 /// Layout of the storage: SGD: the velocity, `n` floats. Adam: first moment `m` in
-/// `0..n`, second moment `v` in `n..2n`. Save the storage and [`OptimState::steps`] to
-/// resume training later ([`OptimState::from_parts`]).
+/// `0..n`, second moment `v` in `n..2n`. Factored: `m` in `0..n` (none without a first
+/// moment), then the second moment tensor by tensor in layout order: a matrix's row
+/// means (`r`) then column means (`c`), a vector's `v` (one per value). Save the storage
+/// and [`OptimState::steps`] to resume training later ([`OptimState::from_parts`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct OptimState<S> {
     storage: S,
     steps: u32,
+    tensors: Option<Tensors>,
+}
+
+/// The tensors of the parameters a factored optimiser updates: the model's shape and
+/// the range of its parameter vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Tensors {
+    shape: Shape,
+    start: usize,
+    end: usize,
 }
 
 impl<S> OptimState<S> {
     /// A state over `storage`, which must hold zeros (a fresh optimiser) and be
     /// [`state_len`]`(kind, n)` floats long for the `n` parameters it will update.
     pub const fn new(storage: S) -> Self {
-        OptimState { storage, steps: 0 }
+        OptimState {
+            storage,
+            steps: 0,
+            tensors: None,
+        }
     }
 
     /// A state resumed from saved moments and step counter.
     pub const fn from_parts(storage: S, steps: u32) -> Self {
-        OptimState { storage, steps }
+        OptimState {
+            storage,
+            steps,
+            tensors: None,
+        }
+    }
+
+    /// The same state for the parameters `range` of a model of `shape` (a
+    /// [`Shape::scope_range`]): the factored kinds factor the second moment of each
+    /// weight matrix in it, and their storage must be [`state_len_in`] floats long
+    /// (SGD and Adam are unchanged). Updates then go over exactly `range.len()`
+    /// parameters, and a block of [`OptimState::step_part`] must not split a matrix.
+    pub fn with_tensors(self, shape: &Shape, range: core::ops::Range<usize>) -> Self {
+        OptimState {
+            tensors: Some(Tensors {
+                shape: *shape,
+                start: range.start,
+                end: range.end,
+            }),
+            ..self
+        }
     }
 
     /// Steps applied so far (saturates at `u32::MAX`).
@@ -368,9 +551,19 @@ impl<S> OptimState<S> {
         cfg.validate()?;
         let len = params.len();
         let kind = cfg.optimiser.kind();
+        let factored = matches!(kind, OptimKind::Factored | OptimKind::FactoredRms);
+        let expected = match self.tensors {
+            Some(t) if factored => {
+                if t.end.checked_sub(t.start) != Some(n) {
+                    return Err(OptimError::LengthMismatch);
+                }
+                state_len_in(kind, &t.shape, t.start..t.end)
+            }
+            _ => state_len(kind, n),
+        };
         if grads.len() != len
             || at.checked_add(len).is_none_or(|end| end > n)
-            || self.storage.as_ref().len() != state_len(kind, n)
+            || self.storage.as_ref().len() != expected
         {
             return Err(OptimError::LengthMismatch);
         }
@@ -466,6 +659,50 @@ impl<S> OptimState<S> {
                     (*p, *m, *v) = c.update(*p, *g, *m, *v);
                 }
             }
+            Optimiser::Factored { .. } | Optimiser::FactoredRms { .. } => {
+                let one = T::one();
+                let (beta1, first) = match cfg.optimiser {
+                    Optimiser::Factored { beta1, .. } => (beta1, true),
+                    _ => (T::zero(), false),
+                };
+                let (lr, beta2, eps) = match cfg.optimiser {
+                    Optimiser::Factored { lr, beta2, eps, .. }
+                    | Optimiser::FactoredRms { lr, beta2, eps } => (lr, beta2, eps),
+                    _ => return Err(OptimError::InvalidConfig),
+                };
+                let c = Factored {
+                    scale,
+                    wd,
+                    lr,
+                    beta1,
+                    one_m_beta1: one - beta1,
+                    beta2,
+                    one_m_beta2: one - beta2,
+                    eps,
+                    bc1: one - pow_u32(beta1, step),
+                    bc2: one - pow_u32(beta2, step),
+                    first,
+                };
+                let (m, v) = if first {
+                    let (m, v) = state
+                        .split_at_mut_checked(n)
+                        .ok_or(OptimError::LengthMismatch)?;
+                    (m.get_mut(at..at + len).ok_or(OptimError::LengthMismatch)?, v)
+                } else {
+                    (&mut [][..], state)
+                };
+                let tensors = self.tensors.filter(|_| factored);
+                // Check pass over every segment of the block: nothing is written.
+                segments(tensors.as_ref(), n, at, len, |sg| {
+                    let (p, g, m, v) = sg.slices(params, grads, m, v)?;
+                    c.check(sg, p, g, m, v)
+                })?;
+                segments(tensors.as_ref(), n, at, len, |sg| {
+                    let (p, g, m, v) = sg.slices_mut(params, grads, m, v)?;
+                    c.store(sg, p, g, m, v);
+                    Ok(())
+                })?;
+            }
         }
         Ok(StepInfo {
             grad_norm,
@@ -534,6 +771,329 @@ impl<T: Real> Adam<T> {
             self.beta1 * m + self.one_m_beta1 * g,
             self.beta2 * v + self.one_m_beta2 * (g * g),
         )
+    }
+}
+
+/// A run of parameters a factored optimiser updates alike: a weight matrix (`rows x
+/// cols`, its second moment `rows + cols` values) or a part of a vector (`len` values,
+/// one second moment each).
+#[derive(Clone, Copy)]
+struct Segment {
+    /// First parameter, from the start of the block.
+    at: usize,
+    /// Parameters.
+    len: usize,
+    /// Rows and columns of a matrix; `(0, 0)` for a vector.
+    rows: usize,
+    cols: usize,
+    /// First value of its second moment, from the start of the second moment.
+    v_at: usize,
+}
+
+impl Segment {
+    const fn is_matrix(&self) -> bool {
+        self.rows > 0
+    }
+
+    const fn v_len(&self) -> usize {
+        if self.is_matrix() {
+            self.rows + self.cols
+        } else {
+            self.len
+        }
+    }
+
+    /// The segment's parameters, gradient, first moment (empty without one) and second
+    /// moment.
+    #[allow(clippy::type_complexity)]
+    fn slices<'a, T>(
+        &self,
+        p: &'a [T],
+        g: &'a [T],
+        m: &'a [T],
+        v: &'a [T],
+    ) -> Result<(&'a [T], &'a [T], &'a [T], &'a [T]), OptimError> {
+        let r = self.at..self.at + self.len;
+        let m = if m.is_empty() { m } else { m.get(r.clone()).ok_or(OptimError::LengthMismatch)? };
+        Ok((
+            p.get(r.clone()).ok_or(OptimError::LengthMismatch)?,
+            g.get(r).ok_or(OptimError::LengthMismatch)?,
+            m,
+            v.get(self.v_at..self.v_at + self.v_len())
+                .ok_or(OptimError::LengthMismatch)?,
+        ))
+    }
+
+    /// [`Segment::slices`], the parameters and moments mutable.
+    #[allow(clippy::type_complexity)]
+    fn slices_mut<'a, T>(
+        &self,
+        p: &'a mut [T],
+        g: &'a [T],
+        m: &'a mut [T],
+        v: &'a mut [T],
+    ) -> Result<(&'a mut [T], &'a [T], &'a mut [T], &'a mut [T]), OptimError> {
+        let r = self.at..self.at + self.len;
+        let m = if m.is_empty() {
+            m
+        } else {
+            m.get_mut(r.clone()).ok_or(OptimError::LengthMismatch)?
+        };
+        Ok((
+            p.get_mut(r.clone()).ok_or(OptimError::LengthMismatch)?,
+            g.get(r).ok_or(OptimError::LengthMismatch)?,
+            m,
+            v.get_mut(self.v_at..self.v_at + self.v_len())
+                .ok_or(OptimError::LengthMismatch)?,
+        ))
+    }
+}
+
+/// Calls `f` on each segment of the block `at..at + len` of the `n` parameters
+/// (`tensors`' range, or without tensors one vector): a matrix the block holds in part
+/// is [`OptimError::LengthMismatch`], found before `f` sees any segment.
+fn segments(
+    tensors: Option<&Tensors>,
+    n: usize,
+    at: usize,
+    len: usize,
+    mut f: impl FnMut(Segment) -> Result<(), OptimError>,
+) -> Result<(), OptimError> {
+    let end = at + len;
+    let Some(t) = tensors else {
+        return f(Segment {
+            at: 0,
+            len,
+            rows: 0,
+            cols: 0,
+            v_at: at,
+        });
+    };
+    // Two walks: the first only looks for a split matrix.
+    for walk in 0..2 {
+        let mut v_at = 0;
+        for i in 0..t.shape.tensor_count() {
+            let Some(tensor) = t.shape.tensor(i) else {
+                continue;
+            };
+            // The tensor's part of the range, from the range's start.
+            let a = tensor.offset.max(t.start) - t.start;
+            let b = (tensor.offset + tensor.len()).min(t.end).saturating_sub(t.start);
+            if a >= b {
+                continue;
+            }
+            let matrix = is_matrix(&tensor) && a + t.start == tensor.offset && b == tensor.len() + a;
+            // Its part of the block.
+            let (x, y) = (a.max(at), b.min(end));
+            if x < y {
+                if matrix && (x, y) != (a, b) {
+                    return Err(OptimError::LengthMismatch);
+                }
+                if walk == 1 {
+                    f(Segment {
+                        at: x - at,
+                        len: y - x,
+                        rows: if matrix { tensor.rows } else { 0 },
+                        cols: if matrix { tensor.cols } else { 0 },
+                        v_at: if matrix { v_at } else { v_at + (x - a) },
+                    })?;
+                }
+            }
+            v_at += if matrix { tensor.rows + tensor.cols } else { b - a };
+        }
+        if n != t.end - t.start {
+            return Err(OptimError::LengthMismatch);
+        }
+    }
+    Ok(())
+}
+
+/// Per-step constants of the factored optimisers.
+struct Factored<T> {
+    scale: T,
+    wd: T,
+    lr: T,
+    beta1: T,
+    one_m_beta1: T,
+    beta2: T,
+    one_m_beta2: T,
+    eps: T,
+    /// `1 - beta1^t`.
+    bc1: T,
+    /// `1 - beta2^t`.
+    bc2: T,
+    /// A first moment is kept.
+    first: bool,
+}
+
+impl<T: Real> Factored<T> {
+    /// The gradient after clipping and weight decay.
+    #[inline(always)]
+    fn grad(&self, p: T, g: T) -> T {
+        g * self.scale + self.wd * p
+    }
+
+    /// The new first moment (the gradient itself without one) and the step's `m^`.
+    #[inline(always)]
+    fn first(&self, g: T, m: T) -> (T, T) {
+        if self.first {
+            let m = self.beta1 * m + self.one_m_beta1 * g;
+            (m, m / self.bc1)
+        } else {
+            (g, g)
+        }
+    }
+
+    /// A running mean of `g^2` after this step's `mean` (Adam's `v` for a vector's value).
+    #[inline(always)]
+    fn second(&self, v: T, mean: T) -> T {
+        self.beta2 * v + self.one_m_beta2 * mean
+    }
+
+    /// The new parameter from `m^` and the uncorrected `v` (Adam's arithmetic).
+    #[inline(always)]
+    fn param(&self, p: T, m_hat: T, v: T) -> T {
+        let v_hat = v / self.bc2;
+        p - self.lr * m_hat / (v_hat.sqrt() + self.eps)
+    }
+
+    /// Row `i`'s running mean of `g^2` after this step.
+    fn row(&self, (p, g): (&[T], &[T]), cols: usize, i: usize, r: T) -> T {
+        let mut ss = T::zero();
+        for (&p, &g) in p.iter().zip(g).skip(i * cols).take(cols) {
+            let g = self.grad(p, g);
+            ss += g * g;
+        }
+        self.second(r, ss / T::of(cols as f64))
+    }
+
+    /// Column `j`'s running mean of `g^2` after this step.
+    fn col(&self, (p, g): (&[T], &[T]), (rows, cols): (usize, usize), j: usize, c: T) -> T {
+        let mut ss = T::zero();
+        for (&p, &g) in p.iter().zip(g).skip(j).step_by(cols).take(rows) {
+            let g = self.grad(p, g);
+            ss += g * g;
+        }
+        self.second(c, ss / T::of(rows as f64))
+    }
+
+    /// `v_ij = R_i (C_j / mean R)`, 0 when `mean R` is 0.
+    #[inline(always)]
+    fn factored_v(r: T, c: T, mean_r: T) -> T {
+        if mean_r > T::zero() {
+            r * (c / mean_r)
+        } else {
+            T::zero()
+        }
+    }
+
+    /// Checks a segment's update without writing it: every new moment finite, every
+    /// new parameter finite (bounded through `|m^| / eps` where that bound is finite,
+    /// else computed).
+    fn check(&self, sg: Segment, p: &[T], g: &[T], m: &[T], v: &[T]) -> Result<(), OptimError> {
+        let lr_over_eps = self.lr / self.eps;
+        let m_at = |q: usize| m.get(q).copied().unwrap_or(T::zero());
+        if !sg.is_matrix() {
+            for (q, ((&p, &g), &v)) in p.iter().zip(g).zip(v).enumerate() {
+                let g = self.grad(p, g);
+                let (m_new, m_hat) = self.first(g, m_at(q));
+                let v_new = self.second(v, g * g);
+                if !(m_new.is_finite() && v_new.is_finite()) {
+                    return Err(OptimError::NonFiniteUpdate);
+                }
+                if !(p.abs() + lr_over_eps * m_hat.abs()).is_finite()
+                    && !self.param(p, m_hat, v_new).is_finite()
+                {
+                    return Err(OptimError::NonFiniteUpdate);
+                }
+            }
+            return Ok(());
+        }
+        let (rows, cols) = (sg.rows, sg.cols);
+        let (rs, cs) = v.split_at(rows);
+        let mut sum = T::zero();
+        for (i, &r) in rs.iter().enumerate() {
+            let r = self.row((p, g), cols, i, r);
+            if !r.is_finite() {
+                return Err(OptimError::NonFiniteUpdate);
+            }
+            sum += r;
+        }
+        for (j, &c) in cs.iter().enumerate() {
+            if !self.col((p, g), (rows, cols), j, c).is_finite() {
+                return Err(OptimError::NonFiniteUpdate);
+            }
+        }
+        let mean_r = sum / T::of(rows as f64);
+        if !mean_r.is_finite() {
+            return Err(OptimError::NonFiniteUpdate);
+        }
+        for (q, (&pq, &gq)) in p.iter().zip(g).enumerate() {
+            let gq = self.grad(pq, gq);
+            let (m_new, m_hat) = self.first(gq, m_at(q));
+            if !m_new.is_finite() {
+                return Err(OptimError::NonFiniteUpdate);
+            }
+            if !(pq.abs() + lr_over_eps * m_hat.abs()).is_finite() {
+                // Rare: the update itself, with this value's row and column recomputed.
+                let (i, j) = (q / cols, q % cols);
+                let r = self.row((p, g), cols, i, rs.get(i).copied().unwrap_or(T::zero()));
+                let c = self.col((p, g), (rows, cols), j, cs.get(j).copied().unwrap_or(T::zero()));
+                if !self.param(pq, m_hat, Self::factored_v(r, c, mean_r)).is_finite() {
+                    return Err(OptimError::NonFiniteUpdate);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a segment's update ([`Factored::check`]ed: the same arithmetic). A
+    /// matrix's column and row means are stored first, from the gradient and the
+    /// parameters before the update, then every parameter moves.
+    fn store(&self, sg: Segment, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+        let first = !m.is_empty();
+        if !sg.is_matrix() {
+            for (q, ((p, &g), v)) in p.iter_mut().zip(g).zip(v.iter_mut()).enumerate() {
+                let g = self.grad(*p, g);
+                let m_old = m.get(q).copied().unwrap_or(T::zero());
+                let (m_new, m_hat) = self.first(g, m_old);
+                *v = self.second(*v, g * g);
+                *p = self.param(*p, m_hat, *v);
+                if first {
+                    if let Some(mq) = m.get_mut(q) {
+                        *mq = m_new;
+                    }
+                }
+            }
+            return;
+        }
+        let (rows, cols) = (sg.rows, sg.cols);
+        let (rs, cs) = v.split_at_mut(rows);
+        for (j, c) in cs.iter_mut().enumerate() {
+            *c = self.col((p, g), (rows, cols), j, *c);
+        }
+        let mut sum = T::zero();
+        for (i, r) in rs.iter_mut().enumerate() {
+            *r = self.row((p, g), cols, i, *r);
+            sum += *r;
+        }
+        let mean_r = sum / T::of(rows as f64);
+        for (q, (pq, &gq)) in p.iter_mut().zip(g).enumerate() {
+            let (i, j) = (q / cols, q % cols);
+            let gq = self.grad(*pq, gq);
+            let m_old = m.get(q).copied().unwrap_or(T::zero());
+            let (m_new, m_hat) = self.first(gq, m_old);
+            let (r, c) = (
+                rs.get(i).copied().unwrap_or(T::zero()),
+                cs.get(j).copied().unwrap_or(T::zero()),
+            );
+            *pq = self.param(*pq, m_hat, Self::factored_v(r, c, mean_r));
+            if first {
+                if let Some(mq) = m.get_mut(q) {
+                    *mq = m_new;
+                }
+            }
+        }
     }
 }
 

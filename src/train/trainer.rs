@@ -36,7 +36,7 @@ use crate::train::loss::{
     layerwise_loss, layerwise_update, loss_and_grad, Batch, LayerwiseError, LossBuffers,
     LossConfig, LossError, LossParts, RandomDraws,
 };
-use crate::train::optim::{state_len, OptimConfig, OptimError, OptimKind, OptimState};
+use crate::train::optim::{state_len_in, OptimConfig, OptimError, OptimKind, OptimState};
 use crate::train::samples::{
     load_row, real_byte, real_with_byte, record_len, u64_with_byte, Policy, Quant, SampleMemory,
     Stored,
@@ -318,10 +318,9 @@ impl<T: Real> TrainConfig<T> {
     }
 
     /// Scalars of optimiser state the trainer needs for `shape` with optimiser `kind`
-    /// ([`state_len`] over the scope's parameters).
+    /// ([`state_len_in`] over the scope's parameters).
     pub const fn optim_len(shape: &Shape, scope: Scope, kind: OptimKind) -> usize {
-        let r = shape.scope_range(scope);
-        state_len(kind, r.end - r.start)
+        state_len_in(kind, shape, shape.scope_range(scope))
     }
 
     /// Both buffers a trainer for `shape` needs ([`TrainConfig::storage_len`] and
@@ -638,7 +637,7 @@ where
             samples: SampleMemory::new(cfg.memory),
             labels: [0; CAP],
             scratch,
-            optim: OptimState::new(optim_state),
+            optim: OptimState::new(optim_state).with_tensors(shape, shape.scope_range(cfg.scope)),
             cfg,
             steps: 0,
             centres_ready: !cfg.init_centres,

@@ -77,6 +77,11 @@ pub enum ScopeArg {
 pub enum OptimiserArg {
     /// Adam (default betas).
     Adam,
+    /// Adam with a factored second moment (a running mean of the squared gradient per
+    /// row and per column of each weight matrix).
+    Factored,
+    /// The factored second moment without a first moment.
+    FactoredRms,
     /// SGD with --momentum.
     Sgd,
     /// No gradient: online k-means of the centres, each sample moving the centre of its
@@ -85,10 +90,22 @@ pub enum OptimiserArg {
 }
 
 impl OptimiserArg {
+    /// The optimiser of this kind.
+    pub fn of_kind(kind: hvae::OptimKind) -> Self {
+        match kind {
+            hvae::OptimKind::Adam => OptimiserArg::Adam,
+            hvae::OptimKind::Factored => OptimiserArg::Factored,
+            hvae::OptimKind::FactoredRms => OptimiserArg::FactoredRms,
+            hvae::OptimKind::Sgd => OptimiserArg::Sgd,
+        }
+    }
+
     /// The optimiser on the wire, with the settings of `args`.
     pub fn to_wire(self, args: &DeviceTrainArgs) -> TrainOptimiser {
         match self {
             OptimiserArg::Adam => TrainOptimiser::Adam,
+            OptimiserArg::Factored => TrainOptimiser::Factored,
+            OptimiserArg::FactoredRms => TrainOptimiser::FactoredRms,
             OptimiserArg::Sgd => TrainOptimiser::Sgd {
                 momentum: args.momentum,
             },
@@ -136,9 +153,10 @@ pub struct DeviceTrainArgs {
     #[arg(long, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub per_request: u16,
-    /// Optimiser.
-    #[arg(long, value_enum, default_value_t = OptimiserArg::Adam)]
-    pub optimiser: OptimiserArg,
+    /// Optimiser (default: adam; for --scenario scratch, the scratch engine's,
+    /// `hvae::device::SCRATCH_OPTIM`).
+    #[arg(long, value_enum)]
+    pub optimiser: Option<OptimiserArg>,
     /// Momentum of SGD.
     #[arg(long, default_value_t = 0.9, value_name = "M")]
     pub momentum: f32,
@@ -207,6 +225,11 @@ pub struct DeviceTrainArgs {
 }
 
 impl DeviceTrainArgs {
+    /// The optimiser asked for, Adam by default.
+    pub fn optimiser(&self) -> OptimiserArg {
+        self.optimiser.unwrap_or(OptimiserArg::Adam)
+    }
+
     /// The arguments of `hvae device-train` given `argv` (after the subcommand's name):
     /// the command line's defaults for everything else.
     pub fn parse_from<I, T>(argv: I) -> Result<DeviceTrainArgs, clap::Error>
@@ -599,7 +622,7 @@ pub fn train_on(
             TrainScope::SegmenterOnly,
         ],
     };
-    let optimiser = args.optimiser.to_wire(args);
+    let optimiser = args.optimiser().to_wire(args);
     let mut reports = Vec::new();
     // Full starts from the initial model; the adaptation scopes (decoder frozen, or only
     // the centres) start from a trained network when there is one: the Full run's.
@@ -803,7 +826,7 @@ fn learn_bin(args: &DeviceTrainArgs) -> &'static str {
 
 fn open_learn(args: &DeviceTrainArgs) -> Result<device::Opened, Error> {
     let bin = learn_bin(args);
-    if bin == device::ADAPT_BIN && !matches!(args.optimiser, OptimiserArg::OnlineKMeans) {
+    if bin == device::ADAPT_BIN && !matches!(args.optimiser(), OptimiserArg::OnlineKMeans) {
         return Err(Error::BadInput(
             "the `adapt` program adapts by online k-means alone: --optimiser online-k-means"
                 .to_string(),

@@ -232,7 +232,7 @@ pub fn drift(
         };
         quality(loaded.model.params().to_vec(), &loaded, &shifted)?
     };
-    let optimiser = args.optimiser.to_wire(args);
+    let optimiser = args.optimiser().to_wire(args);
     let order = permutation(data.len(), args.seed);
     let n = args.steps as usize;
     // As many samples per request as asked for and the device's receive buffer holds
@@ -914,18 +914,18 @@ pub fn scratch(
     let shape = *model.model.shape();
     let settings = TrainSettings {
         scope: TrainScope::Full,
-        optimiser: match args.optimiser {
-            OptimiserArg::Adam => TrainOptimiser::Adam,
-            OptimiserArg::Sgd => TrainOptimiser::Sgd {
-                momentum: args.momentum,
-            },
+        optimiser: match args
+            .optimiser
+            .unwrap_or(OptimiserArg::of_kind(hvae::device::SCRATCH_OPTIM))
+        {
             OptimiserArg::OnlineKMeans => {
                 return Err(Error::BadInput(
-                    "the scratch scenario trains with a gradient optimiser: --optimiser adam \
-                     or sgd"
+                    "the scratch scenario trains with a gradient optimiser: --optimiser adam, \
+                     factored, factored-rms or sgd"
                         .to_string(),
                 ))
             }
+            o => o.to_wire(args),
         },
         lr: args.lr.unwrap_or(SCRATCH_LR),
         batch: args.batch,
@@ -1018,6 +1018,15 @@ pub fn scratch(
         optimiser: match settings.optimiser {
             TrainOptimiser::Sgd { momentum } => format!(
                 "SGD, momentum {momentum}, lr {}, {} anchors per step, layer by layer",
+                settings.lr, args.batch
+            ),
+            TrainOptimiser::Factored => format!(
+                "Adam with a factored second moment, lr {}, {} anchors per step, layer by layer",
+                settings.lr, args.batch
+            ),
+            TrainOptimiser::FactoredRms => format!(
+                "factored second moment without a first moment, lr {}, {} anchors per step, \
+                 layer by layer",
                 settings.lr, args.batch
             ),
             _ => format!(
