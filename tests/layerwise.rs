@@ -165,6 +165,18 @@ fn layerwise_adam_equals_the_two_pass_update() {
 }
 
 #[test]
+fn layerwise_factored_equals_the_two_pass_update() {
+    // Each block holds whole weight matrices, so the factored second moment of a
+    // layer-wise step is the whole step's.
+    let shape = Shape::new(D, &[5], 3, 3);
+    for optimiser in [Optimiser::factored(1e-2), Optimiser::factored_rms(1e-2)] {
+        same_bits(shape, Scope::Full, optimiser, ClusterInput::Mean);
+    }
+    let two = Shape::new(D, &[7, 4], 3, 3).with_activation(Activation::Tanh);
+    same_bits(two, Scope::Full, Optimiser::factored(1e-2), ClusterInput::Draw);
+}
+
+#[test]
 fn layerwise_equals_the_two_pass_update_two_hidden_layers_tanh_draw() {
     let shape = Shape::new(D, &[7, 4], 3, 3).with_activation(Activation::Tanh);
     same_bits(

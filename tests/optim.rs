@@ -489,3 +489,292 @@ fn errors_display() {
         let _: &dyn core::error::Error = &e;
     }
 }
+
+mod factored {
+    //! The factored second moment: its size, its value against full Adam where the
+    //! two agree (a rank-1 pattern of squared gradients, and every vector), against an
+    //! independent reference where they do not, blocks against whole steps, errors.
+
+    use super::assert_close;
+    use hvae::shape::{Scope, Shape};
+    use hvae::train::optim::{
+        second_moment_len, state_len, state_len_in, OptimConfig, OptimError, OptimKind,
+        OptimState, Optimiser,
+    };
+
+    /// Weight matrices 3x4, 2x3, the centres 2x2, 3x2 and 4x3; vectors between them.
+    const SHAPE: Shape = Shape::new(4, &[3], 2, 2);
+    const FULL: core::ops::Range<usize> = SHAPE.scope_range(Scope::Full);
+    const N: usize = FULL.end - FULL.start;
+
+    fn matrices() -> Vec<(usize, usize, usize)> {
+        SHAPE
+            .tensors()
+            .filter(|t| t.offset >= FULL.start && t.rows > 1 && t.cols > 1)
+            .map(|t| (t.offset - FULL.start, t.rows, t.cols))
+            .collect()
+    }
+
+    fn in_matrix(q: usize) -> Option<(usize, usize, usize, usize)> {
+        matrices()
+            .into_iter()
+            .find(|&(at, r, c)| q >= at && q < at + r * c)
+            .map(|(at, r, c)| (at, r, c, q - at))
+    }
+
+    #[test]
+    fn state_counts_rows_and_columns_of_each_matrix() {
+        const SECOND: usize = second_moment_len(&SHAPE, FULL);
+        assert_eq!(N, 59);
+        // (3+4) + 3 + (2+3) + 2 + 3 + 1 + (2+2) + 1 + 2 + (3+2) + 3 + (4+3) + 4
+        assert_eq!(SECOND, 47);
+        assert_eq!(state_len_in(OptimKind::Factored, &SHAPE, FULL), N + 47);
+        assert_eq!(state_len_in(OptimKind::FactoredRms, &SHAPE, FULL), 47);
+        assert_eq!(state_len_in(OptimKind::Adam, &SHAPE, FULL), 2 * N);
+        assert_eq!(state_len_in(OptimKind::Sgd, &SHAPE, FULL), N);
+        // The scratch scenario's 64-24-8 network, K = 10: 3692 trained parameters,
+        // matrices 24x64, 8x24, 10x8, 24x8 and 64x24 (88 + 32 + 18 + 32 + 88 values)
+        // and 156 values of vectors.
+        const SCRATCH: Shape = Shape::new(64, &[24], 8, 10);
+        let r = SCRATCH.scope_range(Scope::Full);
+        assert_eq!(r.len(), 3692);
+        assert_eq!(second_moment_len(&SCRATCH, r.clone()), 414);
+        assert_eq!(state_len_in(OptimKind::Factored, &SCRATCH, r), 3692 + 414);
+        // The segmenter alone: the centres (2x2) factored, ln kappa_s and the weights not.
+        let seg = SHAPE.scope_range(Scope::SegmenterOnly);
+        assert_eq!(second_moment_len(&SHAPE, seg), 4 + 1 + 2);
+    }
+
+    /// A gradient for step `t`: each matrix `s_t u_i w_j` (squares of rank 1, the same
+    /// pattern every step), each vector value its own sequence.
+    fn rank_one_grads(t: usize) -> Vec<f64> {
+        let s = [1.0, -0.5, 2.0, 0.25, -1.5][t % 5];
+        (0..N)
+            .map(|q| match in_matrix(q) {
+                Some((_, _, c, k)) => {
+                    let (i, j) = (k / c, k % c);
+                    s * (0.3 + 0.2 * i as f64) * (1.1 - 0.25 * j as f64)
+                }
+                None => 0.1 * (((q * 7 + t * 3) % 11) as f64 - 5.0),
+            })
+            .collect()
+    }
+
+    fn start() -> Vec<f64> {
+        (0..N).map(|q| 0.1 * ((q % 9) as f64 - 4.0)).collect()
+    }
+
+    #[test]
+    fn equals_adam_when_the_squared_gradients_are_rank_one() {
+        let lr = 0.05;
+        let (adam, factored) = (
+            OptimConfig::new(Optimiser::<f64>::adam(lr)),
+            OptimConfig::new(Optimiser::<f64>::factored(lr)),
+        );
+        let mut a = OptimState::new(vec![0.0; state_len(OptimKind::Adam, N)]);
+        let mut f = OptimState::new(vec![0.0; state_len_in(OptimKind::Factored, &SHAPE, FULL)])
+            .with_tensors(&SHAPE, FULL);
+        let (mut pa, mut pf) = (start(), start());
+        for t in 0..5 {
+            let g = rank_one_grads(t);
+            a.step(&adam, &mut pa, &g).unwrap();
+            f.step(&factored, &mut pf, &g).unwrap();
+            assert_close(&pf, &pa, 1e-12, "factored vs Adam");
+            // Vectors keep Adam's arithmetic: bit for bit.
+            for q in (0..N).filter(|&q| in_matrix(q).is_none()) {
+                assert_eq!(pf[q].to_bits(), pa[q].to_bits(), "vector value {q}");
+            }
+        }
+        // The first moments are Adam's too, bit for bit (same layout, first).
+        assert_eq!(f.storage()[..N], a.storage()[..N]);
+        assert_ne!(pf, start());
+    }
+
+    /// Independent f64 reference of one factored step for a full-rank gradient.
+    fn reference(steps: &[Vec<f64>], lr: f64, b1: f64, first: bool) -> Vec<f64> {
+        let (b2, eps) = (0.999f64, 1e-8f64);
+        let mut p = start();
+        let mut m = vec![0.0; N];
+        let mut v = vec![0.0; N];
+        let mut rows: Vec<Vec<f64>> = matrices().iter().map(|&(_, r, _)| vec![0.0; r]).collect();
+        let mut cols: Vec<Vec<f64>> = matrices().iter().map(|&(_, _, c)| vec![0.0; c]).collect();
+        for (t, g) in steps.iter().enumerate() {
+            let t = (t + 1) as i32;
+            let mut vhat = vec![0.0; N];
+            for (k, &(at, r, c)) in matrices().iter().enumerate() {
+                for i in 0..r {
+                    let ms: f64 = (0..c).map(|j| g[at + i * c + j].powi(2)).sum::<f64>() / c as f64;
+                    rows[k][i] = b2 * rows[k][i] + (1.0 - b2) * ms;
+                }
+                for j in 0..c {
+                    let ms: f64 = (0..r).map(|i| g[at + i * c + j].powi(2)).sum::<f64>() / r as f64;
+                    cols[k][j] = b2 * cols[k][j] + (1.0 - b2) * ms;
+                }
+                let mean: f64 = rows[k].iter().sum::<f64>() / r as f64;
+                for i in 0..r {
+                    for j in 0..c {
+                        vhat[at + i * c + j] =
+                            rows[k][i] * cols[k][j] / mean / (1.0 - b2.powi(t));
+                    }
+                }
+            }
+            for q in 0..N {
+                if in_matrix(q).is_none() {
+                    v[q] = b2 * v[q] + (1.0 - b2) * g[q] * g[q];
+                    vhat[q] = v[q] / (1.0 - b2.powi(t));
+                }
+                let mhat = if first {
+                    m[q] = b1 * m[q] + (1.0 - b1) * g[q];
+                    m[q] / (1.0 - b1.powi(t))
+                } else {
+                    g[q]
+                };
+                p[q] -= lr * mhat / (vhat[q].sqrt() + eps);
+            }
+        }
+        p
+    }
+
+    fn full_rank_grads(t: usize) -> Vec<f64> {
+        (0..N)
+            .map(|q| 0.05 * (((q * 13 + t * 5) % 17) as f64 - 8.0) + 0.01)
+            .collect()
+    }
+
+    #[test]
+    fn matches_an_independent_reference_for_full_rank_gradients() {
+        let steps: Vec<Vec<f64>> = (0..4).map(full_rank_grads).collect();
+        for (opt, first) in [
+            (Optimiser::<f64>::factored(0.05), true),
+            (Optimiser::<f64>::factored_rms(0.05), false),
+        ] {
+            let cfg = OptimConfig::new(opt);
+            let len = state_len_in(opt.kind(), &SHAPE, FULL);
+            let mut s = OptimState::new(vec![0.0; len]).with_tensors(&SHAPE, FULL);
+            let mut p = start();
+            for g in &steps {
+                s.step(&cfg, &mut p, g).unwrap();
+            }
+            let want = reference(&steps, 0.05, 0.9, first);
+            assert_close(&p, &want, 1e-12, "factored vs reference");
+            // Not Adam: the pattern is not rank 1, so factoring changes the update.
+            let mut a = OptimState::new(vec![0.0; state_len(OptimKind::Adam, N)]);
+            let mut pa = start();
+            let adam = OptimConfig::new(Optimiser::<f64>::adam(0.05));
+            for g in &steps {
+                a.step(&adam, &mut pa, g).unwrap();
+            }
+            let differ = (0..N).filter(|&q| (pa[q] - p[q]).abs() > 1e-6).count();
+            assert!(differ > 10, "{differ} values differ from Adam's");
+        }
+    }
+
+    #[test]
+    fn without_tensors_it_is_adam_bit_for_bit() {
+        let g: Vec<f32> = (0..N).map(|q| 0.01 * (q as f32 - 20.0)).collect();
+        let p0: Vec<f32> = (0..N).map(|q| 0.1 * (q % 5) as f32).collect();
+        let mut a = OptimState::new(vec![0.0f32; state_len(OptimKind::Adam, N)]);
+        let mut f = OptimState::new(vec![0.0f32; state_len(OptimKind::Factored, N)]);
+        let (mut pa, mut pf) = (p0.clone(), p0);
+        let wd = 1e-3;
+        let adam = OptimConfig::new(Optimiser::adam(1e-2f32)).with_weight_decay(wd);
+        let fac = OptimConfig::new(Optimiser::factored(1e-2f32)).with_weight_decay(wd);
+        for _ in 0..3 {
+            a.step(&adam, &mut pa, &g).unwrap();
+            f.step(&fac, &mut pf, &g).unwrap();
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&pa), bits(&pf));
+        assert_eq!(bits(a.storage()), bits(f.storage()));
+    }
+
+    #[test]
+    fn blocks_equal_one_step_and_a_split_matrix_is_refused() {
+        let g: Vec<f32> = full_rank_grads(1).iter().map(|&x| x as f32).collect();
+        let p0: Vec<f32> = start().iter().map(|&x| x as f32).collect();
+        let cfg = OptimConfig::new(Optimiser::factored(1e-2f32)).with_weight_decay(1e-3);
+        let len = state_len_in(OptimKind::Factored, &SHAPE, FULL);
+        let fresh = || OptimState::new(vec![0.0f32; len]).with_tensors(&SHAPE, FULL);
+        let (mut whole, mut parts) = (fresh(), fresh());
+        let (mut pw, mut pp) = (p0.clone(), p0.clone());
+        for _ in 0..3 {
+            whole.step(&cfg, &mut pw, &g).unwrap();
+            // The layer-wise update's blocks, top first: the decoder's output layer
+            // (4x3 + 4), its hidden layer (3x2 + 3), the heads with the segmenter, the
+            // encoder's layer (3x4 + 3).
+            for (at, l) in [(43, 16), (34, 9), (15, 19), (0, 15)] {
+                let (pb, gb) = (&mut pp[at..at + l], &g[at..at + l]);
+                parts.step_part(&cfg, pb, gb, at, N).unwrap();
+            }
+            parts.finish_parts();
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&pw), bits(&pp));
+        assert_eq!(bits(whole.storage()), bits(parts.storage()));
+        assert_eq!(whole.steps(), parts.steps());
+        // A block ending inside the encoder's weight matrix (3x4 from 0).
+        let (before, state) = (pp.clone(), parts.storage().clone());
+        let r = parts.step_part(&cfg, &mut pp[0..6], &g[0..6], 0, N);
+        assert_eq!(r, Err(OptimError::LengthMismatch));
+        assert_eq!(bits(&pp), bits(&before));
+        assert_eq!(bits(parts.storage()), bits(&state));
+        // A wrong storage length.
+        let mut short = OptimState::new(vec![0.0f32; len - 1]).with_tensors(&SHAPE, FULL);
+        assert_eq!(
+            short.step(&cfg, &mut pp, &g),
+            Err(OptimError::LengthMismatch)
+        );
+    }
+
+    #[test]
+    fn errors_leave_parameters_and_state_untouched() {
+        let cfg = OptimConfig::new(Optimiser::factored(1e-2f32));
+        let len = state_len_in(OptimKind::Factored, &SHAPE, FULL);
+        let mut s = OptimState::new(vec![0.0f32; len]).with_tensors(&SHAPE, FULL);
+        let mut p: Vec<f32> = start().iter().map(|&x| x as f32).collect();
+        let g: Vec<f32> = full_rank_grads(0).iter().map(|&x| x as f32).collect();
+        s.step(&cfg, &mut p, &g).unwrap();
+        let (p1, s1) = (p.clone(), s.storage().clone());
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // A NaN in a matrix; a gradient whose square overflows in a matrix (the last
+        // weight of the output layer) and in a vector (the last bias).
+        for (q, x, want) in [
+            (5, f32::NAN, OptimError::NonFiniteGradient),
+            (54, 1e30, OptimError::NonFiniteUpdate),
+            (58, 1e30, OptimError::NonFiniteUpdate),
+        ] {
+            let mut bad = g.clone();
+            bad[q] = x;
+            assert_eq!(s.step(&cfg, &mut p, &bad), Err(want), "value {q}");
+            assert_eq!(bits(&p), bits(&p1));
+            assert_eq!(bits(s.storage()), bits(&s1));
+            assert_eq!(s.steps(), 1);
+        }
+        // Every moment finite after good steps.
+        for _ in 0..10 {
+            s.step(&cfg, &mut p, &g).unwrap();
+        }
+        assert!(s.storage().iter().chain(&p).all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn both_kinds_fit_a_target_matrix() {
+        // Minimise 0.5 ||W - T||^2 over the whole parameter vector.
+        let target: Vec<f32> = (0..N).map(|q| ((q * 5 % 7) as f32 - 3.0) * 0.2).collect();
+        for opt in [Optimiser::factored(0.02f32), Optimiser::factored_rms(0.02f32)] {
+            let cfg = OptimConfig::new(opt);
+            let len = state_len_in(opt.kind(), &SHAPE, FULL);
+            let mut s = OptimState::new(vec![0.0f32; len]).with_tensors(&SHAPE, FULL);
+            let mut p = vec![0.0f32; N];
+            let loss = |p: &[f32]| -> f32 {
+                p.iter().zip(&target).map(|(a, b)| 0.5 * (a - b) * (a - b)).sum()
+            };
+            let l0 = loss(&p);
+            for _ in 0..600 {
+                let g: Vec<f32> = p.iter().zip(&target).map(|(a, b)| a - b).collect();
+                s.step(&cfg, &mut p, &g).unwrap();
+            }
+            assert!(loss(&p) < 1e-3 * l0, "{:?}: {} from {l0}", opt.kind(), loss(&p));
+        }
+    }
+}

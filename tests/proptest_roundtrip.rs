@@ -159,6 +159,8 @@ mod protocol {
                 ],
                 prop_oneof![
                     Just(TrainOptimiser::Adam),
+                    Just(TrainOptimiser::Factored),
+                    Just(TrainOptimiser::FactoredRms),
                     finite().prop_map(|momentum| TrainOptimiser::Sgd { momentum }),
                     (any::<u16>(), finite(), any::<u8>(), any::<u8>()).prop_map(
                         |(memory, spawn_above, spawn_window, spawn_count)| {

@@ -231,12 +231,14 @@ fn device_training_matches_the_host() {
     assert_eq!(dev.checkpoint().unwrap(), info.weights_crc);
 }
 
-/// The `learn_scratch` program on the emulated Cortex-M4F: it boots the fresh 64-16-8
-/// network the host's `scratch_model` initialises (same CRC), learns with Adam layer by
-/// layer and a reservoir of bytes bit for bit as the host's scratch engine, keeps its
-/// training state within the scenario's 48 KiB, reports its RAM in `Info`, and takes SGD
-/// too (half of Adam's buffer). 400 steps of the warm-up (the whole scenario, 3 x 8985
-/// steps, is `hvae device-train --scenario scratch --device qemu`).
+/// The `learn_scratch` program on the emulated Cortex-M4F: it boots the fresh network
+/// the host's `scratch_model` initialises (same CRC), learns with the scratch engine's
+/// optimiser (`hvae::device::SCRATCH_OPTIMISER`) layer by layer and a reservoir of bytes
+/// bit for bit as the host's scratch engine, keeps its training state within the
+/// scenario's 48 KiB, reports its RAM in `Info`, takes SGD too (one value per parameter
+/// fits the factored optimiser's buffer) and refuses Adam (two values per parameter do
+/// not). 400 steps of the warm-up (the whole scenario, 3 x 8985 steps, is `hvae
+/// device-train --scenario scratch --device qemu`).
 #[test]
 fn scratch_program_matches_the_host_engine() {
     use hvae::protocol::{TrainOptimiser, TrainScope, TrainSettings};
@@ -258,7 +260,7 @@ fn scratch_program_matches_the_host_engine() {
     let model = device_train::with_fitted_normalisation(&arch, &data).unwrap();
     let settings = TrainSettings {
         scope: TrainScope::Full,
-        optimiser: TrainOptimiser::Adam,
+        optimiser: hvae::device::SCRATCH_OPTIMISER,
         lr: scenario::SCRATCH_LR,
         batch: 8,
     };
@@ -291,8 +293,8 @@ fn scratch_program_matches_the_host_engine() {
         "{r:?}"
     );
 
-    // The device's own report: the parameters, the trainer's buffers and Adam's moments
-    // are static (their sizes from the core's const fns, plus under 4 KiB of the
+    // The device's own report: the parameters, the trainer's buffers and the optimiser's
+    // state are static (their sizes from the core's const fns, plus under 4 KiB of the
     // program's own statics); the engine, with its memory of samples, is on the stack.
     let info = dev.info().unwrap();
     println!(
@@ -313,13 +315,25 @@ fn scratch_program_matches_the_host_engine() {
     assert!(info.stack_peak as usize > memory, "{info:?}");
     assert!(info.flash_used > 0, "{info:?}");
 
+    // Adam's two moments per parameter do not fit the factored optimiser's buffer: the
+    // settings are refused and nothing changes.
+    let samples = &data.features()[..4 * shape.input];
+    let adam = TrainSettings {
+        optimiser: TrainOptimiser::Adam,
+        ..settings
+    };
+    let before = dev.info().unwrap().weights_crc;
+    assert!(
+        dev.train(samples, 2, Some(adam)).is_err(),
+        "Adam fitted learn_scratch's buffer"
+    );
+    assert_eq!(dev.info().unwrap().weights_crc, before);
     // SGD with momentum fits the same buffers: a new training with it takes its steps.
     let sgd = TrainSettings {
         optimiser: TrainOptimiser::Sgd { momentum: 0.9 },
         ..settings
     };
-    let before = dev.info().unwrap().weights_crc;
-    match dev.train(&data.features()[..4 * shape.input], 2, Some(sgd)) {
+    match dev.train(samples, 2, Some(sgd)) {
         Ok(t) => assert_eq!(t.steps, 2, "{t:?}"),
         other => panic!("SGD on learn_scratch: {other:?}"),
     }

@@ -221,6 +221,14 @@ pub const SCRATCH_OPTIM: OptimKind = match option_env!("HVAE_SCRATCH_OPTIM") {
     }
 };
 
+/// [`SCRATCH_OPTIM`] on the wire (SGD with momentum 0.9), with Adam's default betas.
+pub const SCRATCH_OPTIMISER: crate::protocol::TrainOptimiser = match SCRATCH_OPTIM {
+    OptimKind::Adam => crate::protocol::TrainOptimiser::Adam,
+    OptimKind::Factored => crate::protocol::TrainOptimiser::Factored,
+    OptimKind::FactoredRms => crate::protocol::TrainOptimiser::FactoredRms,
+    OptimKind::Sgd => crate::protocol::TrainOptimiser::Sgd { momentum: 0.9 },
+};
+
 /// `a == b`, in a constant.
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());

@@ -1,6 +1,7 @@
 //! Instruction counts and RAM of learning from scratch on the Cortex-M4F (mps2-an386):
-//! one training step of the `learn_scratch` program's trainer (the 64-16-8 network,
-//! Adam, the backward pass and the update layer by layer, a reservoir of 120 samples as
+//! one training step of the `learn_scratch` program's trainer (the network of
+//! [`hvae::device::scratch_shape`], its optimiser [`hvae::device::SCRATCH_OPTIMISER`], the
+//! backward pass and the update layer by layer, a reservoir of [`SCRATCH_MEM`] samples as
 //! bytes, 8 anchors), in the warm-up
 //! (the VAE alone) and in joint training, the centre initialisation, and a forward pass
 //! of encoder + decoder for scale (the `scratch` scenario, docs/device.md#scenarios).
@@ -20,7 +21,7 @@ use cortex_m_rt::entry;
 use hvae::device::{
     config_with_memory, quant_of, scratch_len_with, scratch_optim_len, scratch_shape, SCRATCH_MEM,
 };
-use hvae::protocol::{TrainOptimiser, TrainScope, TrainSettings};
+use hvae::protocol::{TrainScope, TrainSettings};
 use hvae::shape::Shape;
 use hvae::train::trainer::{OnlineTrainer, Phase, TrainConfig};
 use hvae::Model;
@@ -86,7 +87,7 @@ fn scratch_steps(counter: &mut Counter) -> Costs {
     }
     let settings = TrainSettings {
         scope: TrainScope::Full,
-        optimiser: TrainOptimiser::Adam,
+        optimiser: hvae::device::SCRATCH_OPTIMISER,
         lr: 0.002,
         batch: 8,
     };

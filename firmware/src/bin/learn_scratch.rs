@@ -8,8 +8,8 @@
 //! `scratch_model`); the host loads the weights it wants to start from (`LoadWeights`),
 //! then streams `TrainBatch` requests. The core's engine remembers a reservoir of
 //! [`SCRATCH_MEM`] samples as bytes and trains layer by layer (no gradient of the whole
-//! parameter vector); the buffers are sized for the Full scope with Adam (two moments per
-//! parameter; SGD with momentum takes half of them).
+//! parameter vector); the optimiser's buffer is sized for the Full scope with
+//! [`hvae::device::SCRATCH_OPTIM`] (an optimiser whose state is larger is refused).
 //!
 //! `Info` reports the program's static RAM and peak stack: with the engine (and its
 //! memory of samples) on the stack, their sum is all the RAM the program uses.
@@ -38,7 +38,7 @@ const PARAM_LEN: usize = SHAPE.param_len();
 /// The trainer's storage (Full scope, a reservoir of `SCRATCH_MEM` samples); also the
 /// staging area of a weight load.
 const SCRATCH_LEN: usize = scratch_len_with(&SHAPE, SCRATCH_MEM);
-/// Adam's moments over the Full scope.
+/// The optimiser's state over the Full scope.
 const OPTIM_LEN: usize = scratch_optim_len(&SHAPE);
 /// Two workspaces (`Segment` and `Encode` answer two samples at a time).
 const WORK_LEN: usize = 2 * SHAPE.work_len();
