@@ -235,9 +235,8 @@ fn device_training_matches_the_host() {
 /// the host's `scratch_model` initialises (same CRC), learns with the scratch engine's
 /// optimiser (`hvae::device::SCRATCH_OPTIMISER`) layer by layer and a reservoir of bytes
 /// bit for bit as the host's scratch engine, keeps its training state within the
-/// scenario's 48 KiB, reports its RAM in `Info`, takes SGD too (one value per parameter
-/// fits the factored optimiser's buffer) and refuses Adam (two values per parameter do
-/// not). 400 steps of the warm-up (the whole scenario, 3 x 8985 steps, is `hvae
+/// scenario's 48 KiB, reports its RAM in `Info`, and refuses an optimiser whose state
+/// does not fit its buffer. 400 steps of the warm-up (the whole scenario, 3 x 8985 steps, is `hvae
 /// device-train --scenario scratch --device qemu`).
 #[test]
 fn scratch_program_matches_the_host_engine() {
@@ -315,29 +314,35 @@ fn scratch_program_matches_the_host_engine() {
     assert!(info.stack_peak as usize > memory, "{info:?}");
     assert!(info.flash_used > 0, "{info:?}");
 
-    // Adam's two moments per parameter do not fit the factored optimiser's buffer: the
-    // settings are refused and nothing changes.
+    // Another optimiser in the same buffers: refused, nothing changed, when its state
+    // is larger than the scratch optimiser's (Adam's two values per parameter, SGD's
+    // one, against the factored moment's few hundred), else it takes its steps.
     let samples = &data.features()[..4 * shape.input];
-    let adam = TrainSettings {
-        optimiser: TrainOptimiser::Adam,
-        ..settings
-    };
-    let before = dev.info().unwrap().weights_crc;
-    assert!(
-        dev.train(samples, 2, Some(adam)).is_err(),
-        "Adam fitted learn_scratch's buffer"
-    );
-    assert_eq!(dev.info().unwrap().weights_crc, before);
-    // SGD with momentum fits the same buffers: a new training with it takes its steps.
-    let sgd = TrainSettings {
-        optimiser: TrainOptimiser::Sgd { momentum: 0.9 },
-        ..settings
-    };
-    match dev.train(samples, 2, Some(sgd)) {
-        Ok(t) => assert_eq!(t.steps, 2, "{t:?}"),
-        other => panic!("SGD on learn_scratch: {other:?}"),
+    let mut refused = 0;
+    for (optimiser, kind) in [
+        (TrainOptimiser::Adam, hvae::OptimKind::Adam),
+        (TrainOptimiser::Sgd { momentum: 0.9 }, hvae::OptimKind::Sgd),
+    ] {
+        let other = TrainSettings {
+            optimiser,
+            ..settings
+        };
+        let before = dev.info().unwrap().weights_crc;
+        let need = hvae::TrainConfig::<f32>::optim_len(shape, hvae::Scope::Full, kind);
+        let result = dev.train(samples, 2, Some(other));
+        if need > hvae::device::scratch_optim_len(shape) {
+            assert!(result.is_err(), "{kind:?} fitted learn_scratch: {result:?}");
+            assert_eq!(dev.info().unwrap().weights_crc, before);
+            refused += 1;
+        } else {
+            assert_eq!(result.unwrap().steps, 2, "{kind:?}");
+            assert_ne!(dev.info().unwrap().weights_crc, before);
+        }
     }
-    assert_ne!(dev.info().unwrap().weights_crc, before);
+    // The default (the factored moment without a first moment) fits neither.
+    if hvae::device::SCRATCH_OPTIM == hvae::OptimKind::FactoredRms {
+        assert_eq!(refused, 2);
+    }
 }
 
 /// The drift scenario on the emulated Cortex-M4F: the deployed digits model adapts its

@@ -227,11 +227,12 @@ fn new_clusters_spawns_for_a_new_class_and_never_on_known_ones() {
     assert!(r.after.acc >= r.before.acc + 0.02, "{text}");
 }
 
-/// `--scenario scratch --device host`: a fresh 64-16-8 network learns on the scratch
-/// engine (Adam, the backward pass and the update layer by layer, a reservoir of 120
-/// samples as bytes) within 48 KiB of training state, over 3 stream orders,
-/// bit-identical to the host's reference. The 0.85 bar is not reached: the floor
-/// measured (docs/device.md#scenarios) is asserted here within 0.03.
+/// `--scenario scratch --device host`: a fresh 64-28-8 network learns on the scratch
+/// engine (a factored second moment without a first moment, the backward pass and the
+/// update layer by layer, a reservoir of 240 samples as bytes) within 48 KiB of training
+/// state, over 3 stream orders, bit-identical to the host's reference. The 0.85 bar is
+/// not reached: the floor measured (docs/device.md#scenarios) is asserted here a little
+/// below.
 #[test]
 fn scratch_learns_within_48_kib_and_the_engines_agree() {
     let a = DeviceTrainArgs::parse_from(["--scenario", "scratch", "--device", "host"]).unwrap();
@@ -249,23 +250,23 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
     let text = printed(|out| scenario::print_scratch(&r, out));
     assert_eq!(r.runs.len(), 3, "{text}");
     assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
-    assert_eq!(r.architecture, "64-16-8, K 10", "{text}");
-    assert_eq!(r.memory, 120, "{text}");
+    assert_eq!(r.architecture, "64-28-8, K 10", "{text}");
+    assert_eq!(r.memory, 240, "{text}");
     // The host engine measures no RAM of its own (qemu.rs checks the device's report).
     assert!(r.device_ram.is_none(), "{text}");
-    // Parameters, the largest block's gradient, Adam's moments, memory, workspace:
-    // within the budget.
+    // Parameters, the largest block's gradient, the factored second moment, memory,
+    // workspace: within the budget.
     assert!(
         r.train_ram <= scenario::SCRATCH_RAM_BAR && r.train_ram > 45_000,
         "{text}"
     );
-    assert!(r.optimiser.starts_with("Adam"), "{text}");
+    assert!(r.optimiser.starts_with("factored second moment"), "{text}");
     // The floor, not the bar.
-    assert!(r.mean.acc >= 0.65, "{text}");
-    assert!(r.worst.acc >= 0.58, "{text}");
-    assert!(r.mean.nmi >= 0.59, "{text}");
-    // The same architecture on the host (`hvae train`, seed 0): 0.756.
-    assert!(r.host_train.acc >= 0.72, "{text}");
+    assert!(r.mean.acc >= 0.69, "{text}");
+    assert!(r.worst.acc >= 0.67, "{text}");
+    assert!(r.mean.nmi >= 0.65, "{text}");
+    // The same architecture on the host (`hvae train`, seed 0): 0.830.
+    assert!(r.host_train.acc >= 0.80, "{text}");
     assert_eq!(r.pass, r.mean.acc >= scenario::SCRATCH_ACC_BAR, "{text}");
 }
 

@@ -180,15 +180,15 @@ pub const SCRATCH_INIT_SAMPLES: usize = build_setting(option_env!("HVAE_SCRATCH_
 const _: () = assert!(CAP <= SCRATCH_INIT_SAMPLES);
 /// Samples a learning-from-scratch engine remembers: a reservoir of this many samples,
 /// each value stored as a byte (`Engine<.., SCRATCH_MEM, u8>`; `SCRATCH_MEM * D` bytes).
-/// 120, or the integer (at least [`SCRATCH_INIT_SAMPLES`]) in the environment variable
+/// 240, or the integer (at least [`SCRATCH_INIT_SAMPLES`]) in the environment variable
 /// `HVAE_SCRATCH_MEM` at build time (to measure other choices; docs/device.md#scenarios).
-pub const SCRATCH_MEM: usize = build_setting(option_env!("HVAE_SCRATCH_MEM"), 120);
+pub const SCRATCH_MEM: usize = build_setting(option_env!("HVAE_SCRATCH_MEM"), 240);
 const _: () = assert!(SCRATCH_MEM >= SCRATCH_INIT_SAMPLES);
-/// Hidden units of the network a device learns from scratch (one layer): with Adam, the
-/// layer-wise update and a [`SCRATCH_MEM`] memory, what fits 48 KiB of training state
-/// (docs/device.md#scenarios). 16, or the positive integer in the environment variable
-/// `HVAE_SCRATCH_HIDDEN` at build time.
-pub const SCRATCH_HIDDEN: usize = build_setting(option_env!("HVAE_SCRATCH_HIDDEN"), 16);
+/// Hidden units of the network a device learns from scratch (one layer): with
+/// [`SCRATCH_OPTIM`], the layer-wise update and a [`SCRATCH_MEM`] memory, what fits 48 KiB
+/// of training state (docs/device.md#scenarios). 28, or the positive integer in the
+/// environment variable `HVAE_SCRATCH_HIDDEN` at build time.
+pub const SCRATCH_HIDDEN: usize = build_setting(option_env!("HVAE_SCRATCH_HIDDEN"), 28);
 const _: () = assert!(SCRATCH_HIDDEN > 0);
 /// Clipping norm of each block's gradient in learning from scratch (the layer-wise
 /// update clips each block by its own norm; a global norm needs the whole gradient
@@ -202,10 +202,13 @@ pub const SCRATCH_CLIP: usize = build_setting(option_env!("HVAE_SCRATCH_CLIP"), 
 pub const SCRATCH_GAMMA: usize = build_setting(option_env!("HVAE_SCRATCH_GAMMA"), 2);
 
 /// The optimiser a device learning from scratch sizes its state for
-/// ([`scratch_optim_len`]): Adam, or the optimiser named in the environment variable
+/// ([`scratch_optim_len`]) and trains with by default ([`SCRATCH_OPTIMISER`]): the
+/// factored second moment without a first moment ([`OptimKind::FactoredRms`]: a few
+/// hundred values where Adam keeps two per parameter, which buys the wider network and
+/// the larger memory), or the optimiser named in the environment variable
 /// `HVAE_SCRATCH_OPTIM` at build time (`adam`, `factored`, `factored-rms`, `sgd`).
 pub const SCRATCH_OPTIM: OptimKind = match option_env!("HVAE_SCRATCH_OPTIM") {
-    None => OptimKind::Adam,
+    None => OptimKind::FactoredRms,
     Some(s) => {
         if same(s, "adam") {
             OptimKind::Adam
@@ -352,8 +355,25 @@ pub const fn checkpoint_slot_len_with<F: NorFlash>(
     mem: usize,
     value_bytes: usize,
 ) -> usize {
+    slot_len_for::<F>(shape, mem, value_bytes, OptimKind::Adam)
+}
+
+/// Bytes of one checkpoint slot on flash `F` for the engine that learns from scratch
+/// (a reservoir of [`SCRATCH_MEM`] byte samples): the Full scope with [`SCRATCH_OPTIM`],
+/// the largest state its optimiser buffer ([`scratch_optim_len`]) admits.
+pub const fn scratch_checkpoint_slot_len<F: NorFlash>(shape: &Shape) -> usize {
+    slot_len_for::<F>(shape, SCRATCH_MEM, 1, SCRATCH_OPTIM)
+}
+
+/// A slot for the Full scope with `kind` and a memory of `mem` samples.
+const fn slot_len_for<F: NorFlash>(
+    shape: &Shape,
+    mem: usize,
+    value_bytes: usize,
+    kind: OptimKind,
+) -> usize {
     let record = crate::train::trainer::resume_len(shape, shape.input, mem, value_bytes, 4);
-    crate::store::checkpoint::Layout::new::<f32>(*shape, Scope::Full, OptimKind::Adam)
+    crate::store::checkpoint::Layout::new::<f32>(*shape, Scope::Full, kind)
         .with_extra(RESUME_PREFIX + record)
         .slot_len(F::WRITE_SIZE, F::ERASE_SIZE)
 }

@@ -19,8 +19,8 @@
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
 use hvae::device::{
-    blob_crc, checkpoint_slot_len_with, scratch_len_with, scratch_optim_len, scratch_shape, Engine,
-    LEARN, SCRATCH_MEM,
+    blob_crc, scratch_checkpoint_slot_len, scratch_len_with, scratch_optim_len, scratch_shape,
+    Engine, LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{max_request_frame, max_response_frame, MAX_SAMPLE};
 use hvae::shape::Shape;
@@ -47,7 +47,7 @@ const RX_FRAME: usize = max_request_frame(MAX_SAMPLE);
 /// The longest response frame of this network.
 const TX_FRAME: usize = max_response_frame(SHAPE.clusters, SHAPE.latent);
 /// Bytes of one checkpoint slot (1 KiB flash pages); memory.x's `CKPT` holds two.
-const CKPT_SLOT: usize = checkpoint_slot_len_with::<CkptFlash>(&SHAPE, SCRATCH_MEM, 1);
+const CKPT_SLOT: usize = scratch_checkpoint_slot_len::<CkptFlash>(&SHAPE);
 
 static mut PARAMS: [f32; PARAM_LEN] = [0.0; PARAM_LEN];
 static mut SCRATCH: [f32; SCRATCH_LEN] = [0.0; SCRATCH_LEN];

@@ -3,7 +3,8 @@
 //! learning device served by the core's server over in-memory pipes.
 
 use hvae::device::{
-    adapt_slot_len, checkpoint_slot_len_with, optim_len, scratch_len_with, scratch_optim_len,
+    adapt_slot_len, checkpoint_slot_len_with, optim_len, scratch_checkpoint_slot_len,
+    scratch_len_with, scratch_optim_len,
     Engine, Store, Transport, ADAPT, ADAPT_MEM, CAP, LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{Request, Response};
@@ -39,24 +40,26 @@ pub struct HostStore {
 impl HostStore {
     /// A store sized as the `learn` program's for `shape`.
     pub fn new(shape: &Shape) -> Result<HostStore, String> {
-        Self::with_memory(shape, CAP, 4, optim_len(shape))
+        let slot = checkpoint_slot_len_with::<RamFlash>(shape, CAP, 4);
+        Self::with_memory(shape, CAP, slot, optim_len(shape))
     }
 
     /// A store sized as the `learn_scratch` program's for `shape`: a trainer that
-    /// remembers [`SCRATCH_MEM`] samples, and SGD's momentum (not Adam's moments).
+    /// remembers [`SCRATCH_MEM`] samples, and the state of the scratch optimiser
+    /// (`hvae::device::SCRATCH_OPTIM`).
     pub fn scratch(shape: &Shape) -> Result<HostStore, String> {
-        Self::with_memory(shape, SCRATCH_MEM, 1, scratch_optim_len(shape))
+        let slot = scratch_checkpoint_slot_len::<RamFlash>(shape);
+        Self::with_memory(shape, SCRATCH_MEM, slot, scratch_optim_len(shape))
     }
 
-    /// A store sized for `shape`, a trainer that remembers `mem` samples of
-    /// `value_bytes` per value, and `optim` scalars of optimiser state.
+    /// A store sized for `shape`, a trainer that remembers `mem` samples, checkpoint
+    /// slots of `slot` bytes and `optim` scalars of optimiser state.
     fn with_memory(
         shape: &Shape,
         mem: usize,
-        value_bytes: usize,
+        slot: usize,
         optim: usize,
     ) -> Result<HostStore, String> {
-        let slot = checkpoint_slot_len_with::<RamFlash>(shape, mem, value_bytes);
         let flash = RamFlash::blank(2 * slot);
         let checkpoints = Checkpoints::new(flash, 0, slot as u32)
             .map_err(|e| format!("checkpoint slots: {e:?}"))?;
