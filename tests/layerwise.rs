@@ -173,7 +173,12 @@ fn layerwise_factored_equals_the_two_pass_update() {
         same_bits(shape, Scope::Full, optimiser, ClusterInput::Mean);
     }
     let two = Shape::new(D, &[7, 4], 3, 3).with_activation(Activation::Tanh);
-    same_bits(two, Scope::Full, Optimiser::factored(1e-2), ClusterInput::Draw);
+    same_bits(
+        two,
+        Scope::Full,
+        Optimiser::factored(1e-2),
+        ClusterInput::Draw,
+    );
 }
 
 #[test]

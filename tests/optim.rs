@@ -498,8 +498,8 @@ mod factored {
     use super::assert_close;
     use hvae::shape::{Scope, Shape};
     use hvae::train::optim::{
-        second_moment_len, state_len, state_len_in, OptimConfig, OptimError, OptimKind,
-        OptimState, Optimiser,
+        second_moment_len, state_len, state_len_in, OptimConfig, OptimError, OptimKind, OptimState,
+        Optimiser,
     };
 
     /// Weight matrices 3x4, 2x3, the centres 2x2, 3x2 and 4x3; vectors between them.
@@ -613,8 +613,7 @@ mod factored {
                 let mean: f64 = rows[k].iter().sum::<f64>() / r as f64;
                 for i in 0..r {
                     for j in 0..c {
-                        vhat[at + i * c + j] =
-                            rows[k][i] * cols[k][j] / mean / (1.0 - b2.powi(t));
+                        vhat[at + i * c + j] = rows[k][i] * cols[k][j] / mean / (1.0 - b2.powi(t));
                     }
                 }
             }
@@ -761,20 +760,31 @@ mod factored {
     fn both_kinds_fit_a_target_matrix() {
         // Minimise 0.5 ||W - T||^2 over the whole parameter vector.
         let target: Vec<f32> = (0..N).map(|q| ((q * 5 % 7) as f32 - 3.0) * 0.2).collect();
-        for opt in [Optimiser::factored(0.02f32), Optimiser::factored_rms(0.02f32)] {
+        for opt in [
+            Optimiser::factored(0.02f32),
+            Optimiser::factored_rms(0.02f32),
+        ] {
             let cfg = OptimConfig::new(opt);
             let len = state_len_in(opt.kind(), &SHAPE, FULL);
             let mut s = OptimState::new(vec![0.0f32; len]).with_tensors(&SHAPE, FULL);
             let mut p = vec![0.0f32; N];
             let loss = |p: &[f32]| -> f32 {
-                p.iter().zip(&target).map(|(a, b)| 0.5 * (a - b) * (a - b)).sum()
+                p.iter()
+                    .zip(&target)
+                    .map(|(a, b)| 0.5 * (a - b) * (a - b))
+                    .sum()
             };
             let l0 = loss(&p);
             for _ in 0..600 {
                 let g: Vec<f32> = p.iter().zip(&target).map(|(a, b)| a - b).collect();
                 s.step(&cfg, &mut p, &g).unwrap();
             }
-            assert!(loss(&p) < 1e-3 * l0, "{:?}: {} from {l0}", opt.kind(), loss(&p));
+            assert!(
+                loss(&p) < 1e-3 * l0,
+                "{:?}: {} from {l0}",
+                opt.kind(),
+                loss(&p)
+            );
         }
     }
 }

@@ -115,7 +115,10 @@ pub const fn second_moment_len(shape: &Shape, range: core::ops::Range<usize>) ->
     let mut i = 0;
     while i < shape.tensor_count() {
         if let Some(t) = shape.tensor(i) {
-            let (a, b) = (max(t.offset, range.start), min(t.offset + t.len(), range.end));
+            let (a, b) = (
+                max(t.offset, range.start),
+                min(t.offset + t.len(), range.end),
+            );
             if a < b {
                 len += if is_matrix(&t) && a == t.offset && b == t.offset + t.len() {
                     t.rows + t.cols
@@ -687,7 +690,10 @@ impl<S> OptimState<S> {
                     let (m, v) = state
                         .split_at_mut_checked(n)
                         .ok_or(OptimError::LengthMismatch)?;
-                    (m.get_mut(at..at + len).ok_or(OptimError::LengthMismatch)?, v)
+                    (
+                        m.get_mut(at..at + len).ok_or(OptimError::LengthMismatch)?,
+                        v,
+                    )
                 } else {
                     (&mut [][..], state)
                 };
@@ -814,7 +820,11 @@ impl Segment {
         v: &'a [T],
     ) -> Result<(&'a [T], &'a [T], &'a [T], &'a [T]), OptimError> {
         let r = self.at..self.at + self.len;
-        let m = if m.is_empty() { m } else { m.get(r.clone()).ok_or(OptimError::LengthMismatch)? };
+        let m = if m.is_empty() {
+            m
+        } else {
+            m.get(r.clone()).ok_or(OptimError::LengthMismatch)?
+        };
         Ok((
             p.get(r.clone()).ok_or(OptimError::LengthMismatch)?,
             g.get(r).ok_or(OptimError::LengthMismatch)?,
@@ -878,11 +888,14 @@ fn segments(
             };
             // The tensor's part of the range, from the range's start.
             let a = tensor.offset.max(t.start) - t.start;
-            let b = (tensor.offset + tensor.len()).min(t.end).saturating_sub(t.start);
+            let b = (tensor.offset + tensor.len())
+                .min(t.end)
+                .saturating_sub(t.start);
             if a >= b {
                 continue;
             }
-            let matrix = is_matrix(&tensor) && a + t.start == tensor.offset && b == tensor.len() + a;
+            let matrix =
+                is_matrix(&tensor) && a + t.start == tensor.offset && b == tensor.len() + a;
             // Its part of the block.
             let (x, y) = (a.max(at), b.min(end));
             if x < y {
@@ -899,7 +912,11 @@ fn segments(
                     })?;
                 }
             }
-            v_at += if matrix { tensor.rows + tensor.cols } else { b - a };
+            v_at += if matrix {
+                tensor.rows + tensor.cols
+            } else {
+                b - a
+            };
         }
         if n != t.end - t.start {
             return Err(OptimError::LengthMismatch);
@@ -1038,8 +1055,16 @@ impl<T: Real> Factored<T> {
                 // Rare: the update itself, with this value's row and column recomputed.
                 let (i, j) = (q / cols, q % cols);
                 let r = self.row((p, g), cols, i, rs.get(i).copied().unwrap_or(T::zero()));
-                let c = self.col((p, g), (rows, cols), j, cs.get(j).copied().unwrap_or(T::zero()));
-                if !self.param(pq, m_hat, Self::factored_v(r, c, mean_r)).is_finite() {
+                let c = self.col(
+                    (p, g),
+                    (rows, cols),
+                    j,
+                    cs.get(j).copied().unwrap_or(T::zero()),
+                );
+                if !self
+                    .param(pq, m_hat, Self::factored_v(r, c, mean_r))
+                    .is_finite()
+                {
                     return Err(OptimError::NonFiniteUpdate);
                 }
             }

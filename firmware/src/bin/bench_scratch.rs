@@ -148,6 +148,14 @@ fn scratch_steps(counter: &mut Counter) -> Costs {
     out
 }
 
+/// The optimiser's name in the report.
+const OPTIMISER: &str = match hvae::device::SCRATCH_OPTIM {
+    hvae::OptimKind::Adam => "Adam",
+    hvae::OptimKind::Factored => "Adam with a factored second moment",
+    hvae::OptimKind::FactoredRms => "a factored second moment without a first moment",
+    hvae::OptimKind::Sgd => "SGD with momentum 0.9",
+};
+
 #[entry]
 fn main() -> ! {
     let Some(cp) = cortex_m::Peripherals::take() else {
@@ -158,10 +166,11 @@ fn main() -> ! {
     let (c, ram) = with_ram(|| scratch_steps(&mut counter));
     let ok = c.failed == 0 && c.warmup > 0 && c.joint > 0;
     defmt::println!(
-        "learning from scratch ({=usize}-{=usize}-{=usize}, Adam, layer by layer, {=usize} samples as bytes, 8 anchors): warm-up step {=u32} instructions, joint step {=u32} ({=u32} per anchor; a forward pass of encoder + decoder {=u32}), centre initialisation {=u32}; failed {=u32}",
+        "learning from scratch ({=usize}-{=usize}-{=usize}, {=str}, layer by layer, {=usize} samples as bytes, 8 anchors): warm-up step {=u32} instructions, joint step {=u32} ({=u32} per anchor; a forward pass of encoder + decoder {=u32}), centre initialisation {=u32}; failed {=u32}",
         SHAPE.input,
         hvae::device::SCRATCH_HIDDEN,
         SHAPE.latent,
+        OPTIMISER,
         SCRATCH_MEM,
         c.warmup as u32,
         c.joint as u32,
@@ -171,7 +180,7 @@ fn main() -> ! {
         c.failed,
     );
     defmt::println!(
-        "    RAM {=u32} B (training state {=u32} B: parameters, the largest block's gradient, Adam's moments, reservoir, workspace; + stack)",
+        "    RAM {=u32} B (training state {=u32} B: parameters, the largest block's gradient, the optimiser's state, reservoir, workspace; + stack)",
         ram as u32,
         c.state as u32,
     );

@@ -48,10 +48,11 @@ pub const LONG_ABOUT: &str = "Train on the device and compare with the host.\n\n
     frozen model >= 0.10 ACC, segmenter-and-normalisation reaches >= 95% of the oracle's \
     ACC on both streams, every run bit-identical; exit status 1 when one is missed. \
     --device host runs the firmware's engine compiled for this machine (no qemu).\n\n\
-    --scenario scratch trains a fresh 64-16-8 network from the stream alone (--passes \
-    passes over the data, 3 stream orders from --seed) on the scratch engine (--optimiser \
-    adam, or sgd with --momentum; the backward pass and the update layer by layer; a \
-    reservoir of 120 samples stored as bytes), within 48 KiB of training \
+    --scenario scratch trains a fresh 64-28-8 network from the stream alone (--passes \
+    passes over the data, 3 stream orders from --seed) on the scratch engine (by default \
+    a factored second moment without a first moment, --optimiser factored-rms; the \
+    backward pass and the update layer by layer; a reservoir of 240 samples stored as \
+    bytes), within 48 KiB of training \
     state; bars: mean ACC >= 0.85, the engine's training RAM <= 48 KiB, every run \
     bit-identical; reported beside `hvae train` on the same network. On qemu or a board the \
     device runs the firmware's learn_scratch program, and its RAM report (static + peak \

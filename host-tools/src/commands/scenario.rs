@@ -13,8 +13,9 @@
 //!
 //! `scratch`: a fresh initialisation of a small network ([`SCRATCH_HIDDEN`] hidden
 //! units) learns on the device from the stream alone, within [`SCRATCH_RAM_BAR`] bytes
-//! of training state: SGD with momentum, and a reservoir of past samples stored as bytes
-//! (the scratch engine, [`crate::device::learn_host::ScratchLearner`]).
+//! of training state: the optimiser `hvae::device::SCRATCH_OPTIM`, the update layer by
+//! layer, and a reservoir of past samples stored as bytes (the scratch engine,
+//! [`crate::device::learn_host::ScratchLearner`]).
 
 use super::device_train::{
     fresh, permutation, quality, run_requests, run_requests_on, with_fitted_normalisation,

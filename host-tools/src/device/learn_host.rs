@@ -4,8 +4,8 @@
 
 use hvae::device::{
     adapt_slot_len, checkpoint_slot_len_with, optim_len, scratch_checkpoint_slot_len,
-    scratch_len_with, scratch_optim_len,
-    Engine, Store, Transport, ADAPT, ADAPT_MEM, CAP, LEARN, SCRATCH_MEM,
+    scratch_len_with, scratch_optim_len, Engine, Store, Transport, ADAPT, ADAPT_MEM, CAP, LEARN,
+    SCRATCH_MEM,
 };
 use hvae::protocol::{Request, Response};
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
