@@ -572,13 +572,12 @@ mod factored {
             OptimConfig::new(Optimiser::<f64>::factored(lr)),
         );
         let mut a = OptimState::new(vec![0.0; state_len(OptimKind::Adam, N)]);
-        let mut f = OptimState::new(vec![0.0; state_len_in(OptimKind::Factored, &SHAPE, FULL)])
-            .with_tensors(&SHAPE, FULL);
+        let mut f = OptimState::new(vec![0.0; state_len_in(OptimKind::Factored, &SHAPE, FULL)]);
         let (mut pa, mut pf) = (start(), start());
         for t in 0..5 {
             let g = rank_one_grads(t);
             a.step(&adam, &mut pa, &g).unwrap();
-            f.step(&factored, &mut pf, &g).unwrap();
+            f.step_in(&factored, (&SHAPE, FULL), &mut pf, &g).unwrap();
             assert_close(&pf, &pa, 1e-12, "factored vs Adam");
             // Vectors keep Adam's arithmetic: bit for bit.
             for q in (0..N).filter(|&q| in_matrix(q).is_none()) {
@@ -649,10 +648,10 @@ mod factored {
         ] {
             let cfg = OptimConfig::new(opt);
             let len = state_len_in(opt.kind(), &SHAPE, FULL);
-            let mut s = OptimState::new(vec![0.0; len]).with_tensors(&SHAPE, FULL);
+            let mut s = OptimState::new(vec![0.0; len]);
             let mut p = start();
             for g in &steps {
-                s.step(&cfg, &mut p, g).unwrap();
+                s.step_in(&cfg, (&SHAPE, FULL), &mut p, g).unwrap();
             }
             let want = reference(&steps, 0.05, 0.9, first);
             assert_close(&p, &want, 1e-12, "factored vs reference");
@@ -693,17 +692,19 @@ mod factored {
         let p0: Vec<f32> = start().iter().map(|&x| x as f32).collect();
         let cfg = OptimConfig::new(Optimiser::factored(1e-2f32)).with_weight_decay(1e-3);
         let len = state_len_in(OptimKind::Factored, &SHAPE, FULL);
-        let fresh = || OptimState::new(vec![0.0f32; len]).with_tensors(&SHAPE, FULL);
+        let fresh = || OptimState::new(vec![0.0f32; len]);
         let (mut whole, mut parts) = (fresh(), fresh());
         let (mut pw, mut pp) = (p0.clone(), p0.clone());
         for _ in 0..3 {
-            whole.step(&cfg, &mut pw, &g).unwrap();
+            whole.step_in(&cfg, (&SHAPE, FULL), &mut pw, &g).unwrap();
             // The layer-wise update's blocks, top first: the decoder's output layer
             // (4x3 + 4), its hidden layer (3x2 + 3), the heads with the segmenter, the
             // encoder's layer (3x4 + 3).
             for (at, l) in [(43, 16), (34, 9), (15, 19), (0, 15)] {
                 let (pb, gb) = (&mut pp[at..at + l], &g[at..at + l]);
-                parts.step_part(&cfg, pb, gb, at, N).unwrap();
+                parts
+                    .step_part_in(&cfg, (&SHAPE, FULL), pb, gb, at)
+                    .unwrap();
             }
             parts.finish_parts();
         }
@@ -713,14 +714,20 @@ mod factored {
         assert_eq!(whole.steps(), parts.steps());
         // A block ending inside the encoder's weight matrix (3x4 from 0).
         let (before, state) = (pp.clone(), parts.storage().clone());
-        let r = parts.step_part(&cfg, &mut pp[0..6], &g[0..6], 0, N);
+        let r = parts.step_part_in(&cfg, (&SHAPE, FULL), &mut pp[0..6], &g[0..6], 0);
         assert_eq!(r, Err(OptimError::LengthMismatch));
         assert_eq!(bits(&pp), bits(&before));
         assert_eq!(bits(parts.storage()), bits(&state));
         // A wrong storage length.
-        let mut short = OptimState::new(vec![0.0f32; len - 1]).with_tensors(&SHAPE, FULL);
+        let mut short = OptimState::new(vec![0.0f32; len - 1]);
         assert_eq!(
-            short.step(&cfg, &mut pp, &g),
+            short.step_in(&cfg, (&SHAPE, FULL), &mut pp, &g),
+            Err(OptimError::LengthMismatch)
+        );
+        // The factored state without the tensors: the wrong length (every value a
+        // vector's).
+        assert_eq!(
+            parts.step(&cfg, &mut pp, &g),
             Err(OptimError::LengthMismatch)
         );
     }
@@ -729,10 +736,10 @@ mod factored {
     fn errors_leave_parameters_and_state_untouched() {
         let cfg = OptimConfig::new(Optimiser::factored(1e-2f32));
         let len = state_len_in(OptimKind::Factored, &SHAPE, FULL);
-        let mut s = OptimState::new(vec![0.0f32; len]).with_tensors(&SHAPE, FULL);
+        let mut s = OptimState::new(vec![0.0f32; len]);
         let mut p: Vec<f32> = start().iter().map(|&x| x as f32).collect();
         let g: Vec<f32> = full_rank_grads(0).iter().map(|&x| x as f32).collect();
-        s.step(&cfg, &mut p, &g).unwrap();
+        s.step_in(&cfg, (&SHAPE, FULL), &mut p, &g).unwrap();
         let (p1, s1) = (p.clone(), s.storage().clone());
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         // A NaN in a matrix; a gradient whose square overflows in a matrix (the last
@@ -744,14 +751,15 @@ mod factored {
         ] {
             let mut bad = g.clone();
             bad[q] = x;
-            assert_eq!(s.step(&cfg, &mut p, &bad), Err(want), "value {q}");
+            let r = s.step_in(&cfg, (&SHAPE, FULL), &mut p, &bad);
+            assert_eq!(r, Err(want), "value {q}");
             assert_eq!(bits(&p), bits(&p1));
             assert_eq!(bits(s.storage()), bits(&s1));
             assert_eq!(s.steps(), 1);
         }
         // Every moment finite after good steps.
         for _ in 0..10 {
-            s.step(&cfg, &mut p, &g).unwrap();
+            s.step_in(&cfg, (&SHAPE, FULL), &mut p, &g).unwrap();
         }
         assert!(s.storage().iter().chain(&p).all(|x| x.is_finite()));
     }
@@ -766,7 +774,7 @@ mod factored {
         ] {
             let cfg = OptimConfig::new(opt);
             let len = state_len_in(opt.kind(), &SHAPE, FULL);
-            let mut s = OptimState::new(vec![0.0f32; len]).with_tensors(&SHAPE, FULL);
+            let mut s = OptimState::new(vec![0.0f32; len]);
             let mut p = vec![0.0f32; N];
             let loss = |p: &[f32]| -> f32 {
                 p.iter()
@@ -777,7 +785,7 @@ mod factored {
             let l0 = loss(&p);
             for _ in 0..600 {
                 let g: Vec<f32> = p.iter().zip(&target).map(|(a, b)| a - b).collect();
-                s.step(&cfg, &mut p, &g).unwrap();
+                s.step_in(&cfg, (&SHAPE, FULL), &mut p, &g).unwrap();
             }
             assert!(
                 loss(&p) < 1e-3 * l0,

@@ -982,7 +982,7 @@ pub enum LayerwiseError {
 /// row's gradient of the block is added into the buffers' block buffer (the same
 /// kernels and order as [`loss_and_grad`]), the gradient flowing to the block below is
 /// computed with the block's weights before they change and kept per row, then
-/// `optim` updates the block in place ([`OptimState::step_part`]); the step counter
+/// `optim` updates the block in place ([`OptimState::step_part_in`]); the step counter
 /// advances once at the end. No gradient of the whole scope is ever held: without
 /// clipping the result is bit for bit [`loss_and_grad`] then [`OptimState::step`].
 ///
@@ -1018,7 +1018,6 @@ where
     }
     let scope = bufs.scope;
     let range = s.scope_range(scope);
-    let n = range.len();
     let fw = flow_width(&s);
     let bf = T::of(bsz as f64);
     let mut sum_sq = T::zero();
@@ -1029,7 +1028,7 @@ where
         let g = prefix(grads, len);
         let params = model.params_mut().get_mut(at..at + len).unwrap_or_default();
         let info = optim
-            .step_part(ocfg, params, g, at - range.start, n)
+            .step_part_in(ocfg, (&s, range.clone()), params, g, at - range.start)
             .map_err(LayerwiseError::Optim)?;
         sum_sq += info.grad_norm * info.grad_norm;
         clipped |= info.clipped;

@@ -46,7 +46,7 @@
 //!   `p <- p - lr g / (sqrt(v^) + eps)`; no `m` is stored.
 //!
 //! The factored kinds need the tensors of the parameters they update
-//! ([`OptimState::with_tensors`]); without them every value is a vector's (a full
+//! ([`OptimState::step_in`], [`OptimState::step_part_in`]); without them every value is a vector's (a full
 //! `v`), which is Adam's update (or, without a first moment, RMSprop's with bias
 //! correction).
 //!
@@ -81,7 +81,7 @@ pub enum OptimKind {
 
 /// Floats of optimiser state for `n` trained parameters: `n` for SGD with momentum, `2 n`
 /// for Adam (saturating; a real `n` never comes close). Usable in array lengths.
-/// The factored kinds without their tensors ([`OptimState::with_tensors`]) treat every
+/// The factored kinds without their tensors ([`OptimState::step_in`]) treat every
 /// value as a vector's: `2 n` ([`OptimKind::Factored`]) and `n`
 /// ([`OptimKind::FactoredRms`]); with them, see [`state_len_in`].
 ///
@@ -95,7 +95,7 @@ pub const fn state_len(kind: OptimKind, n: usize) -> usize {
 }
 
 /// Floats of optimiser state for the parameters `range` of a model of `shape` (a
-/// [`Shape::scope_range`]), the state an [`OptimState::with_tensors`] over them holds:
+/// [`Shape::scope_range`]), the state [`OptimState::step_in`] over them updates:
 /// [`state_len`] for SGD and Adam; for the factored kinds the first moment (`n`, not
 /// for [`OptimKind::FactoredRms`]) and [`second_moment_len`]. Usable in array lengths.
 pub const fn state_len_in(kind: OptimKind, shape: &Shape, range: core::ops::Range<usize>) -> usize {
@@ -419,14 +419,13 @@ pub struct StepInfo<T> {
 pub struct OptimState<S> {
     storage: S,
     steps: u32,
-    tensors: Option<Tensors>,
 }
 
 /// The tensors of the parameters a factored optimiser updates: the model's shape and
 /// the range of its parameter vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Tensors {
-    shape: Shape,
+#[derive(Clone, Copy)]
+struct Tensors<'a> {
+    shape: &'a Shape,
     start: usize,
     end: usize,
 }
@@ -435,36 +434,12 @@ impl<S> OptimState<S> {
     /// A state over `storage`, which must hold zeros (a fresh optimiser) and be
     /// [`state_len`]`(kind, n)` floats long for the `n` parameters it will update.
     pub const fn new(storage: S) -> Self {
-        OptimState {
-            storage,
-            steps: 0,
-            tensors: None,
-        }
+        OptimState { storage, steps: 0 }
     }
 
     /// A state resumed from saved moments and step counter.
     pub const fn from_parts(storage: S, steps: u32) -> Self {
-        OptimState {
-            storage,
-            steps,
-            tensors: None,
-        }
-    }
-
-    /// The same state for the parameters `range` of a model of `shape` (a
-    /// [`Shape::scope_range`]): the factored kinds factor the second moment of each
-    /// weight matrix in it, and their storage must be [`state_len_in`] floats long
-    /// (SGD and Adam are unchanged). Updates then go over exactly `range.len()`
-    /// parameters, and a block of [`OptimState::step_part`] must not split a matrix.
-    pub fn with_tensors(self, shape: &Shape, range: core::ops::Range<usize>) -> Self {
-        OptimState {
-            tensors: Some(Tensors {
-                shape: *shape,
-                start: range.start,
-                end: range.end,
-            }),
-            ..self
-        }
+        OptimState { storage, steps }
     }
 
     /// Steps applied so far (saturates at `u32::MAX`).
@@ -524,20 +499,48 @@ impl<S> OptimState<S> {
         S: AsRef<[T]> + AsMut<[T]>,
     {
         let n = params.len();
-        let info = self.step_part(cfg, params, grads, 0, n)?;
+        let info = self.update(cfg, None, params, grads, 0, n)?;
+        self.steps = info.step;
+        Ok(info)
+    }
+
+    /// [`OptimState::step`] of the parameters `range` of a model of `shape` (a
+    /// [`Shape::scope_range`]; `params` is that range): the factored kinds factor the
+    /// second moment of each weight matrix in it, their storage [`state_len_in`] floats
+    /// long. SGD and Adam are [`OptimState::step`]'s.
+    ///
+    /// Cost: [`OptimState::step`]'s (Adam's per value), and for each weight matrix two
+    /// more passes over its gradient (its row and column means, once to check, once to
+    /// store; the column pass strided); a walk over the shape's tensors per call.
+    pub fn step_in<T: Real>(
+        &mut self,
+        cfg: &OptimConfig<T>,
+        (shape, range): (&Shape, core::ops::Range<usize>),
+        params: &mut [T],
+        grads: &[T],
+    ) -> Result<StepInfo<T>, OptimError>
+    where
+        S: AsRef<[T]> + AsMut<[T]>,
+    {
+        let n = params.len();
+        let t = Tensors {
+            shape,
+            start: range.start,
+            end: range.end,
+        };
+        let info = self.update(cfg, Some(t), params, grads, 0, n)?;
         self.steps = info.step;
         Ok(info)
     }
 
     /// One block's share of an update over `n` parameters (a layer of a layer-wise
-    /// backward pass, [`crate::train::loss::layerwise_update`]): `params` and `grads` are
-    /// parameters `at..at + params.len()` of the `n` the state was made for, updated
-    /// with their moments at step [`OptimState::steps`]` + 1`, and the step counter is
-    /// left alone ([`OptimState::finish_parts`] advances it once every block is
-    /// through). Clipping acts on this block's gradient alone (its own norm). The same
-    /// per-value arithmetic as [`OptimState::step`]: blocks that cover the parameters
-    /// once, without clipping, give [`OptimState::step`]'s bits. On error nothing of the
-    /// block is changed.
+    /// backward pass): `params` and `grads` are parameters `at..at + params.len()` of the
+    /// `n` the state was made for, updated with their moments at step
+    /// [`OptimState::steps`]` + 1`, and the step counter is left alone
+    /// ([`OptimState::finish_parts`] advances it once every block is through). Clipping
+    /// acts on this block's gradient alone (its own norm). The same per-value arithmetic
+    /// as [`OptimState::step`]: blocks that cover the parameters once, without clipping,
+    /// give [`OptimState::step`]'s bits. On error nothing of the block is changed.
     ///
     /// Cost: [`OptimState::step`]'s over the block.
     pub fn step_part<T: Real>(
@@ -551,16 +554,58 @@ impl<S> OptimState<S> {
     where
         S: AsRef<[T]> + AsMut<[T]>,
     {
+        self.update(cfg, None, params, grads, at, n)
+    }
+
+    /// [`OptimState::step_part`] of a block of the parameters `range` of a model of
+    /// `shape` ([`OptimState::step_in`]; `at` counts from `range.start`, `n` is
+    /// `range.len()`), as [`crate::train::loss::layerwise_update`] calls it: a block
+    /// must hold each weight matrix it touches whole, else
+    /// [`OptimError::LengthMismatch`]. Blocks that cover the range once, without
+    /// clipping, give [`OptimState::step_in`]'s bits.
+    pub fn step_part_in<T: Real>(
+        &mut self,
+        cfg: &OptimConfig<T>,
+        (shape, range): (&Shape, core::ops::Range<usize>),
+        params: &mut [T],
+        grads: &[T],
+        at: usize,
+    ) -> Result<StepInfo<T>, OptimError>
+    where
+        S: AsRef<[T]> + AsMut<[T]>,
+    {
+        let n = range.len();
+        let t = Tensors {
+            shape,
+            start: range.start,
+            end: range.end,
+        };
+        self.update(cfg, Some(t), params, grads, at, n)
+    }
+
+    /// The update of a block, with or without the tensors.
+    fn update<T: Real>(
+        &mut self,
+        cfg: &OptimConfig<T>,
+        tensors: Option<Tensors<'_>>,
+        params: &mut [T],
+        grads: &[T],
+        at: usize,
+        n: usize,
+    ) -> Result<StepInfo<T>, OptimError>
+    where
+        S: AsRef<[T]> + AsMut<[T]>,
+    {
         cfg.validate()?;
         let len = params.len();
         let kind = cfg.optimiser.kind();
         let factored = matches!(kind, OptimKind::Factored | OptimKind::FactoredRms);
-        let expected = match self.tensors {
+        let expected = match tensors {
             Some(t) if factored => {
                 if t.end.checked_sub(t.start) != Some(n) {
                     return Err(OptimError::LengthMismatch);
                 }
-                state_len_in(kind, &t.shape, t.start..t.end)
+                state_len_in(kind, t.shape, t.start..t.end)
             }
             _ => state_len(kind, n),
         };
@@ -697,7 +742,7 @@ impl<S> OptimState<S> {
                 } else {
                     (&mut [][..], state)
                 };
-                let tensors = self.tensors.filter(|_| factored);
+                let tensors = tensors.filter(|_| factored);
                 // Check pass over every segment of the block: nothing is written.
                 segments(tensors.as_ref(), n, at, len, |sg| {
                     let (p, g, m, v) = sg.slices(params, grads, m, v)?;
@@ -863,7 +908,7 @@ impl Segment {
 /// (`tensors`' range, or without tensors one vector): a matrix the block holds in part
 /// is [`OptimError::LengthMismatch`], found before `f` sees any segment.
 fn segments(
-    tensors: Option<&Tensors>,
+    tensors: Option<&Tensors<'_>>,
     n: usize,
     at: usize,
     len: usize,

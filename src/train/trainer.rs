@@ -637,7 +637,7 @@ where
             samples: SampleMemory::new(cfg.memory),
             labels: [0; CAP],
             scratch,
-            optim: OptimState::new(optim_state).with_tensors(shape, shape.scope_range(cfg.scope)),
+            optim: OptimState::new(optim_state),
             cfg,
             steps: 0,
             centres_ready: !cfg.init_centres,
@@ -915,8 +915,14 @@ where
             (warm, initialised),
             |loss| {
                 // In range: the pass checked that the model has the scope's parameters.
-                let params = model.params_mut().get_mut(range).unwrap_or_default();
-                Ok(optim.step(ocfg, params, loss.grads())?.grad_norm)
+                let params = model
+                    .params_mut()
+                    .get_mut(range.clone())
+                    .unwrap_or_default();
+                let tensors = (&shape, range);
+                Ok(optim
+                    .step_in(ocfg, tensors, params, loss.grads())?
+                    .grad_norm)
             },
         )
     }
