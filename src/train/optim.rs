@@ -46,9 +46,9 @@
 //!   `p <- p - lr g / (sqrt(v^) + eps)`; no `m` is stored.
 //!
 //! The factored kinds need the tensors of the parameters they update
-//! ([`OptimState::step_in`], [`OptimState::step_part_in`]); without them every value is a vector's (a full
-//! `v`), which is Adam's update (or, without a first moment, RMSprop's with bias
-//! correction).
+//! ([`OptimState::step_in`], [`OptimState::step_part_in`]); without them every value
+//! is a vector's (a full `v`), which is Adam's update (or, without a first moment,
+//! RMSprop's with bias correction).
 //!
 //! # Failure leaves everything untouched
 //!
@@ -1032,9 +1032,13 @@ impl<T: Real> Factored<T> {
     /// Column `j`'s running mean of `g^2` after this step.
     fn col(&self, (p, g): (&[T], &[T]), (rows, cols): (usize, usize), j: usize, c: T) -> T {
         let mut ss = T::zero();
-        for (&p, &g) in p.iter().zip(g).skip(j).step_by(cols).take(rows) {
-            let g = self.grad(p, g);
-            ss += g * g;
+        // By index: a strided walk without `step_by`, whose zero step would be a panic.
+        for i in 0..rows {
+            let q = i * cols + j;
+            if let (Some(&p), Some(&g)) = (p.get(q), g.get(q)) {
+                let g = self.grad(p, g);
+                ss += g * g;
+            }
         }
         self.second(c, ss / T::of(rows as f64))
     }
@@ -1072,7 +1076,7 @@ impl<T: Real> Factored<T> {
             return Ok(());
         }
         let (rows, cols) = (sg.rows, sg.cols);
-        let (rs, cs) = v.split_at(rows);
+        let (rs, cs) = v.split_at_checked(rows).ok_or(OptimError::LengthMismatch)?;
         let mut sum = T::zero();
         for (i, &r) in rs.iter().enumerate() {
             let r = self.row((p, g), cols, i, r);
@@ -1090,7 +1094,10 @@ impl<T: Real> Factored<T> {
         if !mean_r.is_finite() {
             return Err(OptimError::NonFiniteUpdate);
         }
+        // Row `i`, column `j` of value `q`, counted (no division).
+        let (mut i, mut j) = (0, 0);
         for (q, (&pq, &gq)) in p.iter().zip(g).enumerate() {
+            let (i, j) = next_cell(&mut i, &mut j, cols);
             let gq = self.grad(pq, gq);
             let (m_new, m_hat) = self.first(gq, m_at(q));
             if !m_new.is_finite() {
@@ -1098,7 +1105,6 @@ impl<T: Real> Factored<T> {
             }
             if !(pq.abs() + lr_over_eps * m_hat.abs()).is_finite() {
                 // Rare: the update itself, with this value's row and column recomputed.
-                let (i, j) = (q / cols, q % cols);
                 let r = self.row((p, g), cols, i, rs.get(i).copied().unwrap_or(T::zero()));
                 let c = self.col(
                     (p, g),
@@ -1138,7 +1144,10 @@ impl<T: Real> Factored<T> {
             return;
         }
         let (rows, cols) = (sg.rows, sg.cols);
-        let (rs, cs) = v.split_at_mut(rows);
+        // The check found the second moment `rows + cols` long.
+        let Some((rs, cs)) = v.split_at_mut_checked(rows) else {
+            return;
+        };
         for (j, c) in cs.iter_mut().enumerate() {
             *c = self.col((p, g), (rows, cols), j, *c);
         }
@@ -1148,8 +1157,9 @@ impl<T: Real> Factored<T> {
             sum += *r;
         }
         let mean_r = sum / T::of(rows as f64);
+        let (mut i, mut j) = (0, 0);
         for (q, (pq, &gq)) in p.iter_mut().zip(g).enumerate() {
-            let (i, j) = (q / cols, q % cols);
+            let (i, j) = next_cell(&mut i, &mut j, cols);
             let gq = self.grad(*pq, gq);
             let m_old = m.get(q).copied().unwrap_or(T::zero());
             let (m_new, m_hat) = self.first(gq, m_old);
@@ -1165,6 +1175,19 @@ impl<T: Real> Factored<T> {
             }
         }
     }
+}
+
+/// The current cell `(i, j)` of a row-major walk over `cols` columns, and the walk moved
+/// to the next one.
+#[inline(always)]
+fn next_cell(i: &mut usize, j: &mut usize, cols: usize) -> (usize, usize) {
+    let cell = (*i, *j);
+    *j += 1;
+    if *j >= cols {
+        *j = 0;
+        *i += 1;
+    }
+    cell
 }
 
 /// `b^t` by binary exponentiation: plain multiplications, so bit-identical on every
