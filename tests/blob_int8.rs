@@ -174,9 +174,9 @@ fn header_fields() {
     assert_eq!(s, Err(BlobError::UnsupportedFlags(1)));
     let (s, _) = edited(&|c| c[OFF_ACTIVATION] = 7);
     assert_eq!(s, Err(BlobError::UnknownKind));
-    // A tanh int8 blob is intact but has no int8 form.
+    // A tanh model's header: its shape, not the one the reader expects.
     let (s, r) = edited(&|c| c[OFF_ACTIVATION] = 1);
-    assert_eq!(s, Err(BlobError::Int8(QuantError::Activation)));
+    assert_eq!(s, Ok(shape.with_activation(Activation::Tanh)));
     assert_eq!(r, Err(BlobError::ShapeMismatch));
     // Other valid sizes: the counts no longer match them.
     let (s, _) = edited(&|c| set_u32(c, OFF_LATENT, 4));
@@ -336,7 +336,7 @@ fn bad_values_with_valid_crc() {
 }
 
 #[test]
-fn writer_refuses_short_buffers_and_tanh_cannot_be_built() {
+fn writer_refuses_short_buffers_and_a_tanh_model_needs_its_tables() {
     let q = model(small(), 9);
     let n = blob::int8_blob_len(q.shape());
     let mut out = vec![7u8; n - 1];
@@ -345,10 +345,11 @@ fn writer_refuses_short_buffers_and_tanh_cannot_be_built() {
         Err(BlobError::BufferTooSmall)
     );
     assert!(out.iter().all(|&b| b == 7));
+    // A tanh model of the same sizes takes a table per hidden layer more.
     let s = small().with_activation(Activation::Tanh);
     assert_eq!(
         QuantModel::new(s, q.weights(), q.ints(), q.floats()).unwrap_err(),
-        QuantError::Activation
+        QuantError::Length
     );
 }
 

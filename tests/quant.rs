@@ -171,7 +171,15 @@ fn reference(q: &Owned, x: &[f32]) -> (Vec<f32>, f32) {
                 }
                 let p = acc * m as i64;
                 let v = (p + (1i64 << (sh - 1))) >> sh;
-                v.clamp(0, 127) as i8
+                match s.activation {
+                    Activation::Relu => v.clamp(0, 127) as i8,
+                    // The layer's table, after every weight, indexed by the clamped
+                    // pre-activation.
+                    Activation::Tanh => {
+                        let table = s.encoder_macs() + 128 * l;
+                        q.weights()[table + v.clamp(0, 127) as usize]
+                    }
+                }
             })
             .collect();
         wo += o * n;
@@ -205,10 +213,14 @@ fn reference(q: &Owned, x: &[f32]) -> (Vec<f32>, f32) {
 
 #[test]
 fn int8_encoder_matches_the_written_out_reference_bit_for_bit() {
+    let tanh = Activation::Tanh;
     for (shape, seed) in [
         (Shape::new(64, &[32], 8, 10), 1),
         (Shape::new(13, &[9, 6], 3, 4), 2),
         (Shape::new(5, &[7, 3, 4, 2], 2, 3), 3),
+        (Shape::new(64, &[32], 8, 10).with_activation(tanh), 4),
+        (Shape::new(13, &[9, 6], 3, 4).with_activation(tanh), 5),
+        (Shape::new(5, &[7, 3, 4, 2], 2, 3).with_activation(tanh), 6),
     ] {
         let m = trained_like(shape, seed);
         let xs = data(shape.input, 200, seed + 10);
@@ -231,7 +243,11 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn int8_model_follows_the_f32_model() {
-    let shape = Shape::new(64, &[32], 8, 10);
+    follows(Shape::new(64, &[32], 8, 10));
+    follows(Shape::new(64, &[32], 8, 10).with_activation(Activation::Tanh));
+}
+
+fn follows(shape: Shape) {
     let m = trained_like(shape, 7);
     let xs = data(64, 500, 8);
     let q = quantised(&m, &xs);
@@ -324,17 +340,49 @@ fn calibration_takes_the_maxima() {
     );
     let q = QuantModel::new(shape, w, n, f).unwrap();
     assert_eq!(q.activation_scales().len(), 5);
-    // A tanh model has no int8 form.
+    // The same weights with tanh: the layer's outputs reach tanh(5.5) (x0 + 0.5 at -6)
+    // and tanh(3); beyond tanh(4) a table resolves nothing more, so the layer's
+    // pre-activation grid is P = 4/63 (63 steps above its zero at 64) and its output's
+    // tanh(4)/127, one for both units. Each row's multiplier is s_w / P, its bias
+    // round((b + 64 P) / s_w); the table (after the 6 + 4 weights) is
+    // T[p] = round(127 tanh((p - 64) P) / tanh(4)).
     let t = Model::new(shape.with_activation(Activation::Tanh), m.params().to_vec()).unwrap();
     let s = *t.shape();
-    let r = quantize(
-        &t,
-        &cal,
-        &mut vec![0; weight_len(&s)],
-        &mut vec![0; int_len(&s)],
-        &mut vec![0.0; float_len(&s)],
+    let mut tc = Calibration::new(&s, vec![0f32; 5]).unwrap();
+    for x in [[2.0, -3.0, 1.0], [-6.0, 1.0, 0.0]] {
+        tc.observe(&t, &x, &mut work).unwrap();
+    }
+    assert_eq!(tc.maxima()[3..], [5.5f32.tanh(), 3f32.tanh()]);
+    assert_eq!(weight_len(&s), 10 + 128);
+    let (mut w, mut n, mut f) = (
+        vec![0; weight_len(&s)],
+        vec![0; int_len(&s)],
+        vec![0.0; float_len(&s)],
     );
-    assert_eq!(r, Err(QuantError::Activation));
+    quantize(&t, &tc, &mut w, &mut n, &mut f).unwrap();
+    assert_eq!(&w[..6], &[127, 0, 0, 0, -127, 0]);
+    let p = 4.0 / 63.0;
+    for (k, sw, b) in [(0, 6.0 / 127.0 / 127.0, 0.5), (3, 3.0 / 127.0 / 127.0, 0.0)] {
+        let mult = n[k + 1] as f64 / 2f64.powi(n[k + 2]);
+        assert!((mult - sw / p).abs() < 1e-8, "{k}: {mult}");
+        let bias = ((b + 64.0 * p) / sw).round() as i32;
+        assert!((n[k] - bias).abs() <= 1, "{k}: {} {bias}", n[k]);
+    }
+    assert_eq!((n[0], n[3]), (12267, 21847));
+    let table = &w[10..];
+    let want = |q: usize| (127.0 * ((q as f64 - 64.0) * p).tanh() / 4f64.tanh()).round();
+    for (q, &t) in table.iter().enumerate() {
+        assert_eq!(t, want(q).clamp(-127.0, 127.0) as i8, "{q}");
+    }
+    assert_eq!(
+        (table[0], table[64], table[65], table[127]),
+        (-127, 0, 8, 127)
+    );
+    let out = 4f32.tanh() / 127.0;
+    for &v in &f[at.act_scales + 3..at.act_scales + 5] {
+        assert!((v - out).abs() <= 1e-9, "{v} {out}");
+    }
+    assert!(QuantModel::new(s, w, n, f).is_ok());
     // An empty calibration.
     let r = quantize(
         &m,
@@ -412,9 +460,10 @@ fn new_refuses_bad_parameters() {
     assert_eq!(new(&w[1..], &i, &f), Err(QuantError::Length));
     assert_eq!(new(&w, &i[1..], &f), Err(QuantError::Length));
     assert_eq!(new(&w, &i, &f[1..]), Err(QuantError::Length));
+    // A tanh model of the same sizes: a table per hidden layer is missing.
     assert_eq!(
         QuantModel::new(shape.with_activation(Activation::Tanh), w, i, f),
-        Err(QuantError::Activation)
+        Err(QuantError::Length)
     );
 }
 

@@ -255,9 +255,9 @@ pub struct Int8Sizes {
 }
 
 impl Int8Sizes {
-    /// The sizes of `s`'s int8 form; `None` when it has none (not ReLU).
+    /// The sizes of `s`'s int8 form; `None` for an invalid shape.
     pub fn of(s: &hvae::Shape) -> Option<Int8Sizes> {
-        if s.activation != hvae::Activation::Relu || s.validate().is_err() {
+        if s.validate().is_err() {
             return None;
         }
         let (w, i, f) = (

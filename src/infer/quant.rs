@@ -5,7 +5,8 @@
 //! | piece | arithmetic |
 //! |---|---|
 //! | input | `f32`: `q_i = round(clamp((x_i - o_i) * r_i, -127, 127))` with `r_i = scale_i / s_i` (the normalisation and the feature's quantisation in one multiply) |
-//! | hidden layer `l` | integer: `acc = b + W q` in `i32`, `q' = clamp(round(acc * m / 2^s), 0, 127)` (the ReLU folded into the clamp; [`requantize`]) |
+//! | hidden layer `l`, ReLU | integer: `acc = b + W q` in `i32`, `q' = clamp(round(acc * m / 2^s), 0, 127)` (the ReLU folded into the clamp; [`requantize`]) |
+//! | hidden layer `l`, tanh | integer: the pre-activation `p = clamp(round(acc * m / 2^s), 0, 127)`, its zero at [`TANH_ZERO`] (folded into the bias), then `q' = T_l[p]`, the layer's table of 128 values ([`TABLE_LEN`]) |
 //! | direction head | integer `acc = b + Wmu q`, then `f32`: `m_j = acc_j * s_w,j`, `mu = m / ‖m‖` |
 //! | concentration head | `f32`: `kappa = softplus(sum_i (w_i s_L,i) q_i + b) + 1` |
 //!
@@ -18,7 +19,9 @@
 //! `[i8; N]`, ...), in this order ([`QuantLayout`]):
 //!
 //! - **weights** (`i8`, [`weight_len`]): each hidden layer's `h_l x h_{l-1}` weights, then
-//!   the direction head's `M x h_L`, row-major; every value in `-127..=127`;
+//!   the direction head's `M x h_L`, row-major; in a tanh model then each hidden layer's
+//!   table `T_l` ([`TABLE_LEN`] values, indexed by the pre-activation);
+//!   every value in `-127..=127`;
 //! - **ints** (`i32`, [`int_len`]): each hidden layer's channels `[bias, multiplier,
 //!   shift]` ([`Channel`]), then the direction head's `M` biases;
 //! - **floats** (`f32`, [`float_len`]): input offset (`D`), input multiplier `r` (`D`),
@@ -33,7 +36,9 @@
 //! [`QuantModel::segment`] return the `f32` model's [`Encoding`] and [`Segment`] and
 //! take the same workspace (any `f32` slice of at least [`QuantModel::work_len`] values,
 //! which [`Shape::work_len`] always is), so a program switches models in one line.
-//! Only ReLU models quantise (a tanh layer would need a table per layer).
+//! A tanh layer's units share one scale for their pre-activation and one for their
+//! output (a table per layer: per unit it would be 256 bytes each); a ReLU layer's have
+//! one each.
 //!
 //! The calibration rule (max) and the fidelity measured are in docs/design.md and
 //! docs/benchmarks.md.
@@ -59,14 +64,27 @@ pub const MAX_BIAS: i32 = 1 << 30;
 /// Most inputs of an int8 layer (see [`MAX_BIAS`]).
 pub const MAX_FAN_IN: usize = 1 << 16;
 
+/// Values of a tanh layer's table: one per pre-activation `0..=127`.
+///
+/// A tanh layer's accumulator is requantised as a ReLU layer's is (the same kernel and
+/// clamp to `0..=127`), with its zero moved to [`TANH_ZERO`] by the bias, so the
+/// pre-activation has 7 bits and no kernel needs a second form.
+pub const TABLE_LEN: usize = 128;
+
+/// Where a tanh layer's pre-activation of 0 sits on its grid (`-64 ..= 63` steps).
+pub const TANH_ZERO: i32 = 64;
+
+/// The largest pre-activation a tanh layer's table resolves: `tanh(4)` is within
+/// `1 / 1400` of 1, less than half of the output's step, so beyond it every value
+/// is the table's end.
+pub const TANH_RANGE: f64 = 4.0;
+
 /// Why int8 parameters cannot form a model, or a model cannot be quantised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum QuantError {
     /// The shape is invalid.
     Shape(ShapeError),
-    /// Only ReLU models have an int8 form.
-    Activation,
     /// A parameter vector's length disagrees with the shape ([`weight_len`],
     /// [`int_len`], [`float_len`]), or a layer has more than [`MAX_FAN_IN`] inputs.
     Length,
@@ -97,7 +115,6 @@ impl core::fmt::Display for QuantError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             QuantError::Shape(e) => write!(f, "invalid shape: {e}"),
-            QuantError::Activation => f.write_str("only ReLU models have an int8 form"),
             QuantError::Length => f.write_str("int8 parameter vector has the wrong length"),
             QuantError::WeightRange { index } => write!(f, "int8 weight {index} is -128"),
             QuantError::Channel { index } => {
@@ -120,9 +137,17 @@ impl From<ShapeError> for QuantError {
     }
 }
 
-/// `i8` weights of the int8 form of `shape`: `sum_l h_l h_{l-1} + M h_L`.
+/// `i8` weights of the int8 form of `shape`: `sum_l h_l h_{l-1} + M h_L`, and in a tanh
+/// model [`TABLE_LEN`] more per hidden layer.
 pub const fn weight_len(shape: &Shape) -> usize {
-    shape.encoder_macs()
+    shape.encoder_macs() + table_len(shape)
+}
+
+/// The tanh layers' tables in the weight vector: [`TABLE_LEN`] per hidden layer of a
+/// tanh model, none in a ReLU model.
+pub const fn table_len(shape: &Shape) -> usize {
+    let tanh = matches!(shape.activation, Activation::Tanh) as usize;
+    tanh * TABLE_LEN * shape.depth()
 }
 
 /// `i32` values of the int8 form of `shape`: `3 sum h + M`.
@@ -206,6 +231,8 @@ pub struct QuantModel<W, I, F> {
 struct Views<'a> {
     /// Hidden layers: weights and channels.
     layers: [(&'a [i8], &'a [Channel]); MAX_HIDDEN],
+    /// The direction head's weights; in a tanh model the layers' tables follow them
+    /// (the kernel reads its `M` rows and no further).
     mu_w: &'a [i8],
     mu_b: &'a [i32],
     offset: &'a [f32],
@@ -217,15 +244,12 @@ struct Views<'a> {
 }
 
 impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> QuantModel<W, I, F> {
-    /// Wraps the three parameter vectors; checks the shape (ReLU), their lengths
+    /// Wraps the three parameter vectors; checks the shape, their lengths
     /// ([`weight_len`], [`int_len`], [`float_len`]), every weight in `-127..=127`,
     /// every multiplier `>= 0`, shift in `1..=62` and bias within [`MAX_BIAS`], every
     /// real finite and every scale positive.
     pub fn new(shape: Shape, weights: W, ints: I, floats: F) -> Result<Self, QuantError> {
         shape.validate()?;
-        if shape.activation != Activation::Relu {
-            return Err(QuantError::Activation);
-        }
         let (w, n, f) = (weights.as_ref(), ints.as_ref(), floats.as_ref());
         if w.len() != weight_len(&shape)
             || n.len() != int_len(&shape)
@@ -400,7 +424,18 @@ impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> QuantModel<W, I, F> {
         let mut input: &[i8] = xq;
         for (l, &(w, ch)) in v.layers.iter().enumerate().take(s.depth()) {
             let out = carve(&mut scratch, s.hidden(l));
+            // ReLU: the clamp at 0. Tanh: the same clamp of the pre-activation (its zero
+            // at TANH_ZERO), then the layer's table (`tables` is empty in a ReLU model).
             kernels::dense_i8(w, input, ch, out, 0);
+            if s.activation == Activation::Tanh {
+                let at = s.latent * s.last_hidden() + l * TABLE_LEN;
+                if let Some(table) = v.mu_w.get(at..).and_then(|t| t.first_chunk::<TABLE_LEN>()) {
+                    for q in out.iter_mut() {
+                        // `q` is in 0..=127: the mask is the index itself.
+                        *q = table[usize::from(*q as u8) & (TABLE_LEN - 1)];
+                    }
+                }
+            }
             input = out;
         }
         kernels::dense_i8_dequant(v.mu_w, input, v.mu_b, v.mu_scales, mu);
@@ -696,9 +731,6 @@ pub fn quantize<S: AsRef<[f32]>, C: AsRef<[f32]> + AsMut<[f32]>>(
 ) -> Result<(), QuantError> {
     let s = *model.shape();
     s.validate()?;
-    if s.activation != Activation::Relu {
-        return Err(QuantError::Activation);
-    }
     if cal.samples == 0 {
         return Err(QuantError::NotCalibrated);
     }
@@ -724,7 +756,12 @@ pub fn quantize<S: AsRef<[f32]>, C: AsRef<[f32]> + AsMut<[f32]>>(
         };
         let mut ranges = maxima;
         let inputs = carve_ref(&mut ranges, s.input);
-        fl.put_all(maxima.iter().map(|&m| range_scale(m)), at.act_scales);
+        fl.put_all(inputs.iter().map(|&m| range_scale(m)), at.act_scales);
+        let mut act_at = at.act_scales + s.input;
+        // The tanh layers' tables at the end of the weights.
+        let body = wq.len().saturating_sub(table_len(&s));
+        let (body, mut tables) = wq.split_at_mut(body);
+        wq = body;
         // Input: offset, multiplier r_i = scale_i / s_in,i.
         fl.put_all(t(Id::NormOffset)?.iter().copied(), at.offset);
         let r = t(Id::NormScale)?
@@ -732,7 +769,7 @@ pub fn quantize<S: AsRef<[f32]>, C: AsRef<[f32]> + AsMut<[f32]>>(
             .zip(inputs)
             .map(|(&c, &m)| c / range_scale(m));
         fl.put_all(r, at.input_mult);
-        let mut s_in = inputs;
+        let mut s_in = Ranges::Units(inputs);
         let mut ws_at = at.weight_scales;
         for l in 0..s.depth() {
             let (o, i) = s.encoder_layer(l);
@@ -741,20 +778,40 @@ pub fn quantize<S: AsRef<[f32]>, C: AsRef<[f32]> + AsMut<[f32]>>(
             }
             let id = u8::try_from(l).map_err(|_| QuantError::Length)?;
             let (w, b) = (t(Id::EncoderWeight(id))?, t(Id::EncoderBias(id))?);
-            let s_out = carve_ref(&mut ranges, o);
+            let units = carve_ref(&mut ranges, o);
+            // What the accumulator is requantised to: each unit's output (ReLU), or the
+            // layer's pre-activation, which its table turns into the output (tanh).
+            let (s_out, pre) = match s.activation {
+                Activation::Relu => (Ranges::Units(units), None),
+                Activation::Tanh => {
+                    let t = TanhTable::of(units);
+                    (Ranges::Layer(t.out_range, o), Some(t))
+                }
+            };
+            fl.put_all(s_out.iter().map(range_scale), act_at);
+            act_at += o;
+            if let Some(t) = pre {
+                let table = carve(&mut tables, TABLE_LEN);
+                if write {
+                    t.fill(table);
+                }
+            }
             let wl = carve(&mut wq, o * i);
             let il = carve(&mut iq, 3 * o);
-            for ((((row, &bj), wrow), ch), &mo) in w
+            for ((((row, &bj), wrow), ch), mo) in w
                 .chunks_exact(i)
                 .zip(b)
                 .zip(wl.chunks_exact_mut(i))
                 .zip(il.chunks_exact_mut(3))
-                .zip(s_out)
+                .zip(s_out.iter())
             {
                 let sw = row_scale(row, s_in);
-                let bq = quantize_bias(bj, f64::from(sw))?;
-                let (m, sh) = quantize_multiplier(f64::from(sw) / f64::from(range_scale(mo)))
-                    .ok_or(QuantError::Range)?;
+                // A tanh pre-activation's zero at TANH_ZERO steps of its grid.
+                let zero = pre.map_or(0.0, |t| f64::from(TANH_ZERO) * t.pre_scale);
+                let bq = quantize_bias(f64::from(bj) + zero, f64::from(sw))?;
+                let target = pre.map_or(f64::from(range_scale(mo)), |t| t.pre_scale);
+                let (m, sh) =
+                    quantize_multiplier(f64::from(sw) / target).ok_or(QuantError::Range)?;
                 if write {
                     quantize_row(row, s_in, sw, wrow);
                     for (c, v) in ch.iter_mut().zip([bq, m, sh as i32]) {
@@ -777,7 +834,7 @@ pub fn quantize<S: AsRef<[f32]>, C: AsRef<[f32]> + AsMut<[f32]>>(
             .enumerate()
         {
             let sw = row_scale(row, s_in);
-            let bq = quantize_bias(bj, f64::from(sw))?;
+            let bq = quantize_bias(f64::from(bj), f64::from(sw))?;
             if write {
                 quantize_row(row, s_in, sw, wrow);
                 if let Some(v) = iq.get_mut(j) {
@@ -789,8 +846,8 @@ pub fn quantize<S: AsRef<[f32]>, C: AsRef<[f32]> + AsMut<[f32]>>(
         // Concentration head, on the dequantised last layer: weights times its scales.
         let kw = t(Id::KappaWeight)?
             .iter()
-            .zip(s_in)
-            .map(|(&w, &m)| w * range_scale(m));
+            .zip(s_in.iter())
+            .map(|(&w, m)| w * range_scale(m));
         fl.put_all(kw, at.kappa);
         fl.put_all(t(Id::KappaBias)?.iter().copied(), at.kappa + h);
         fl.put_all(model.segmenter_params().iter().copied(), at.segmenter);
@@ -801,10 +858,76 @@ pub fn quantize<S: AsRef<[f32]>, C: AsRef<[f32]> + AsMut<[f32]>>(
     Ok(())
 }
 
+/// The ranges of a layer's inputs: one per unit, or one for all (the units of a tanh
+/// layer).
+#[derive(Clone, Copy)]
+enum Ranges<'a> {
+    /// One per unit.
+    Units(&'a [f32]),
+    /// The one range of all `n` units.
+    Layer(f32, usize),
+}
+
+impl<'a> Ranges<'a> {
+    fn iter(self) -> impl Iterator<Item = f32> + 'a {
+        let (units, n) = match self {
+            Ranges::Units(u) => (u, u.len()),
+            Ranges::Layer(_, n) => (&[][..], n),
+        };
+        (0..n).map(move |i| match self {
+            Ranges::Units(_) => units.get(i).copied().unwrap_or(0.0),
+            Ranges::Layer(r, _) => r,
+        })
+    }
+}
+
+/// A tanh layer's int8 form: its pre-activation on a grid of `pre_scale` (the largest
+/// the calibration saw, at most [`TANH_RANGE`], at 63 steps from [`TANH_ZERO`]), its
+/// output on a grid of
+/// `range_scale(out_range)`, and the table from one to the other.
+#[derive(Clone, Copy)]
+struct TanhTable {
+    pre_scale: f64,
+    out_range: f32,
+}
+
+impl TanhTable {
+    /// From the largest outputs `|tanh|` of the layer's units: the largest
+    /// pre-activation is `atanh` of the largest of them (`tanh` is odd and increasing).
+    fn of(units: &[f32]) -> TanhTable {
+        let top = units.iter().fold(0.0f32, |a, &v| a.max(v));
+        let pre = libm::atanh(f64::from(top).min(libm::tanh(TANH_RANGE)));
+        if pre > 0.0 {
+            TanhTable {
+                pre_scale: pre / f64::from(QMAX - TANH_ZERO),
+                out_range: libm::tanh(pre) as f32,
+            }
+        } else {
+            // A layer that never left 0: any grid gives it 0.
+            TanhTable {
+                pre_scale: 1.0 / f64::from(QMAX - TANH_ZERO),
+                out_range: 0.0,
+            }
+        }
+    }
+
+    /// `T[p] = round(tanh((p - TANH_ZERO) pre_scale) / s_out)` within `-127..=127`, for
+    /// every pre-activation `p` in `0..=127`.
+    fn fill(self, table: &mut [i8]) {
+        let s_out = f64::from(range_scale(self.out_range));
+        let lim = f64::from(QMAX);
+        for (b, t) in table.iter_mut().enumerate() {
+            let p = b as f64 - f64::from(TANH_ZERO);
+            let v = libm::tanh(p * self.pre_scale) / s_out;
+            *t = libm::round(v).clamp(-lim, lim) as i8;
+        }
+    }
+}
+
 /// `s_w = max_i |w_i s_i| / 127` of one row whose inputs have the ranges `ranges`
 /// (`s_i = range_scale(range_i)`; `1/127` for a row of zeros, whose weights stay 0).
-fn row_scale(row: &[f32], ranges: &[f32]) -> f32 {
-    let m = row.iter().zip(ranges).fold(0.0f64, |a, (&w, &r)| {
+fn row_scale(row: &[f32], ranges: Ranges<'_>) -> f32 {
+    let m = row.iter().zip(ranges.iter()).fold(0.0f64, |a, (&w, r)| {
         a.max((f64::from(w) * f64::from(range_scale(r))).abs())
     });
     if m > 0.0 {
@@ -815,17 +938,17 @@ fn row_scale(row: &[f32], ranges: &[f32]) -> f32 {
 }
 
 /// `round(w_i s_i / s_w)` of a row, in `-127..=127`.
-fn quantize_row(row: &[f32], ranges: &[f32], sw: f32, out: &mut [i8]) {
+fn quantize_row(row: &[f32], ranges: Ranges<'_>, sw: f32, out: &mut [i8]) {
     let lim = f64::from(QMAX);
-    for ((q, &w), &r) in out.iter_mut().zip(row).zip(ranges) {
+    for ((q, &w), r) in out.iter_mut().zip(row).zip(ranges.iter()) {
         let v = f64::from(w) * f64::from(range_scale(r)) / f64::from(sw);
         *q = libm::round(v).clamp(-lim, lim) as i8;
     }
 }
 
 /// `round(b / acc_scale)` within [`MAX_BIAS`].
-fn quantize_bias(b: f32, acc_scale: f64) -> Result<i32, QuantError> {
-    let q = libm::round(f64::from(b) / acc_scale);
+fn quantize_bias(b: f64, acc_scale: f64) -> Result<i32, QuantError> {
+    let q = libm::round(b / acc_scale);
     if q.is_finite() && q.abs() <= f64::from(MAX_BIAS) {
         Ok(q as i32)
     } else {

@@ -591,9 +591,7 @@ impl From<QuantError> for ErrorCode {
         match e {
             QuantError::NonFinite { index } => ErrorCode::NonFiniteWeight { index },
             QuantError::WeightRange { .. } | QuantError::Channel { .. } => ErrorCode::OutOfRange,
-            QuantError::Shape(_) | QuantError::Activation | QuantError::Length => {
-                ErrorCode::ShapeMismatch
-            }
+            QuantError::Shape(_) | QuantError::Length => ErrorCode::ShapeMismatch,
             QuantError::NotCalibrated | QuantError::Range => ErrorCode::Internal,
         }
     }

@@ -766,9 +766,6 @@ fn parse<'a>(
     if variant.counts(&shape) != count {
         return Err(BlobError::ParamCount);
     }
-    if variant == Variant::Int8 && shape.activation != Activation::Relu {
-        return Err(BlobError::Int8(QuantError::Activation));
-    }
 
     let values = body.get(header_len..).ok_or(BlobError::Truncated)?;
     Ok(Parsed {

@@ -174,7 +174,7 @@ pub struct InspectReport {
     /// Inference, then every scope x optimiser, in bytes of `f32`.
     pub memory: Vec<MemoryRow>,
     /// The sizes of the model's int8 form (`hvae export --quantize int8`); null for a
-    /// model that has none (tanh).
+    /// shape that has none (invalid).
     pub int8: Option<Int8Sizes>,
 }
 
