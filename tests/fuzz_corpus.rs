@@ -77,6 +77,11 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         "seed-valid-int8-device",
         int8_blob_of(&DEVICE),
     ));
+    out.push((
+        "blob_parse",
+        "seed-valid-int8-deep-tanh",
+        int8_blob_of(&odd),
+    ));
     let mut bad = device.clone();
     bad[70] ^= 0x04;
     out.push(("blob_parse", "seed-bad-crc", bad));
@@ -204,6 +209,11 @@ fn valid_seeds_are_valid() {
         blob::read_int8_shape(get("seed-valid-int8-device")),
         Ok(DEVICE)
     );
+    let tanh = get("seed-valid-int8-deep-tanh");
+    let shape = blob::read_int8_shape(tanh).unwrap();
+    assert_eq!(shape.activation, Activation::Tanh);
+    let q = int8_model(tanh, &shape);
+    assert_eq!(q.shape(), &shape);
     assert_eq!(
         blob::read_shape(get("seed-truncated")).err(),
         Some(blob::BlobError::Truncated)
@@ -253,4 +263,16 @@ fn committed_corpus_matches_the_generator() {
         stale.is_empty(),
         "stale or missing seeds (HVAE_WRITE_CORPUS=1 regenerates): {stale:?}"
     );
+}
+
+/// The int8 model of an int8 blob of `shape` (read and checked as a device would).
+fn int8_model(bytes: &[u8], shape: &Shape) -> hvae::QuantModel<Vec<i8>, Vec<i32>, Vec<f32>> {
+    use hvae::infer::quant::{float_len, int_len, weight_len, QuantModel};
+    let (mut w, mut i, mut f) = (
+        vec![0i8; weight_len(shape)],
+        vec![0i32; int_len(shape)],
+        vec![0f32; float_len(shape)],
+    );
+    blob::read_int8(bytes, shape, &mut w, &mut i, &mut f).unwrap();
+    QuantModel::new(*shape, w, i, f).unwrap()
 }

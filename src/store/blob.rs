@@ -526,6 +526,10 @@ const fn checked_int8_lens(s: &Shape) -> Option<[usize; 3]> {
     let Some(w) = w.checked_add(mu) else {
         return None;
     };
+    // A tanh model's tables (depth is at most MAX_HIDDEN: no overflow).
+    let Some(w) = w.checked_add(quant::table_len(s)) else {
+        return None;
+    };
     let Some(ints) = hs.checked_mul(3) else {
         return None;
     };
@@ -937,7 +941,8 @@ mod tests {
             Shape::new(2, &[4, 4, 4, 4], 2, 1),
             Shape::new(100, &[50, 20, 10], 64, 255),
         ];
-        for s in shapes {
+        let tanh = shapes.map(|s| s.with_activation(Activation::Tanh));
+        for s in shapes.into_iter().chain(tanh) {
             let want = [
                 quant::weight_len(&s),
                 quant::int_len(&s),
