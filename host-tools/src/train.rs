@@ -87,6 +87,9 @@ pub struct FitConfig {
     /// between the model and the GMM candidate
     /// ([`crate::select::fit_with_gmm_candidate`]).
     pub choice_neighbours: usize,
+    /// Full covariances in the mixture behind [`CentreInit::Gmm`] where the data allow
+    /// ([`full_covariance_fits`]), diagonal ones elsewhere; `false`: diagonal always.
+    pub gmm_full: bool,
 }
 
 /// How the centres are initialised after the warm-up.
@@ -137,6 +140,7 @@ impl Default for FitConfig {
             gmm_joint_share: 1.0,
             gmm_runs: GMM_RUNS,
             choice_neighbours: CHOICE_NEIGHBOURS,
+            gmm_full: false,
         }
     }
 }
@@ -664,11 +668,14 @@ impl<'d> Run<'d> {
             ),
             CentreInit::Gmm => {
                 let xn = normalised(x, &self.offset, &self.scale);
-                let (parts, confidence) = diagonal_gmm_posterior(
+                let n = xn.len() / d;
+                let full = cfg.gmm_full && full_covariance_fits(n, d);
+                let (parts, confidence) = gmm_posterior(
                     &xn,
                     d,
                     shape.clusters,
                     cfg.gmm_runs.max(1),
+                    full,
                     &mut self.rng,
                 );
                 let mus = encode_all(&self.model, x)?;
@@ -833,11 +840,33 @@ pub fn diagonal_gmm_posterior(
     runs: usize,
     rng: &mut impl Rng,
 ) -> (Vec<usize>, Vec<f64>) {
+    gmm_posterior(x, d, k, runs, false, rng)
+}
+
+/// Whether a mixture of full covariances is fitted to `n` rows of `d` features: at
+/// least 10 rows per feature (scikit-learn's rule in the suite's baselines) and at most
+/// [`FULL_COVARIANCE_MAX_DIM`] features (each E step costs `n k d^2`).
+pub fn full_covariance_fits(n: usize, d: usize) -> bool {
+    n >= 10 * d && d <= FULL_COVARIANCE_MAX_DIM
+}
+
+/// Most features a full-covariance mixture is fitted to ([`full_covariance_fits`]).
+pub const FULL_COVARIANCE_MAX_DIM: usize = 32;
+
+/// [`diagonal_gmm_posterior`], with full covariances when `full`.
+pub fn gmm_posterior(
+    x: &[f32],
+    d: usize,
+    k: usize,
+    runs: usize,
+    full: bool,
+    rng: &mut impl Rng,
+) -> (Vec<usize>, Vec<f64>) {
     let n = x.len() / d.max(1);
     let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
     let mut best: Option<(f64, Vec<usize>, Vec<f64>)> = None;
     for _ in 0..runs.max(1) {
-        let (ll, labels, p) = gmm_run(&x, n, d, k, rng);
+        let (ll, labels, p) = gmm_run(&x, n, d, k, full, rng);
         if best.as_ref().is_none_or(|(b, _, _)| ll > *b) {
             best = Some((ll, labels, p));
         }
@@ -852,6 +881,7 @@ fn gmm_run(
     n: usize,
     d: usize,
     k: usize,
+    full: bool,
     rng: &mut impl Rng,
 ) -> (f64, Vec<usize>, Vec<f64>) {
     let row = |i: usize| &x[i * d..(i + 1) * d];
@@ -912,6 +942,10 @@ fn gmm_run(
     // ln of every variance, once per M step rather than once per row in the E step.
     let mut ln_vars = vec![0f64; k * d];
     let mut logw = vec![0f64; k];
+    // With `full`: each component's covariance's Cholesky factor (row-major lower
+    // triangle, `d x d`) and the log of its determinant.
+    let mut chol: Vec<Option<(Vec<f64>, f64)>> = vec![None; k];
+    let mut diff = vec![0f64; d];
     let mut last = f64::NEG_INFINITY;
     let mut ll = f64::NEG_INFINITY;
     for _ in 0..100 {
@@ -939,6 +973,9 @@ fn gmm_run(
                 }
             }
             vc.iter_mut().for_each(|v| *v = *v / nc + FLOOR);
+            if full {
+                chol[c] = full_cholesky(x, n, d, k, c, &resp, mc, nc, FLOOR);
+            }
         }
         for (l, v) in ln_vars.iter_mut().zip(&vars) {
             *l = v.ln();
@@ -951,8 +988,22 @@ fn gmm_run(
                 let (mc, vc) = (&means[c * d..(c + 1) * d], &vars[c * d..(c + 1) * d]);
                 let lc = &ln_vars[c * d..(c + 1) * d];
                 let mut l = logw[c];
-                for (((&v, &m), &s), &ls) in row(i).iter().zip(mc).zip(vc).zip(lc) {
-                    l -= 0.5 * ((v - m) * (v - m) / s + ls + std::f64::consts::TAU.ln());
+                if let Some((lo, logdet)) = &chol[c] {
+                    // Solve L y = x - mu: the quadratic form is |y|^2.
+                    let mut quad = 0.0;
+                    for a in 0..d {
+                        let mut v = row(i)[a] - mc[a];
+                        for b in 0..a {
+                            v -= lo[a * d + b] * diff[b];
+                        }
+                        diff[a] = v / lo[a * d + a];
+                        quad += diff[a] * diff[a];
+                    }
+                    l -= 0.5 * (quad + logdet + d as f64 * std::f64::consts::TAU.ln());
+                } else {
+                    for (((&v, &m), &s), &ls) in row(i).iter().zip(mc).zip(vc).zip(lc) {
+                        l -= 0.5 * ((v - m) * (v - m) / s + ls + std::f64::consts::TAU.ln());
+                    }
                 }
                 ri[c] = l;
             }
@@ -981,6 +1032,50 @@ fn gmm_run(
         .map(|(r, &l)| r[l])
         .collect();
     (ll, labels, posterior)
+}
+
+/// The Cholesky factor of component `c`'s covariance `sum_i r_ic (x_i - mu)(x_i - mu)^T /
+/// n_c + floor I` (row-major lower triangle) and its log-determinant; `None` when it is
+/// not positive definite (the component then keeps its diagonal).
+#[allow(clippy::too_many_arguments)]
+fn full_cholesky(
+    x: &[f64],
+    n: usize,
+    d: usize,
+    k: usize,
+    c: usize,
+    resp: &[f64],
+    mean: &[f64],
+    nc: f64,
+    floor: f64,
+) -> Option<(Vec<f64>, f64)> {
+    let mut cov = nalgebra::DMatrix::<f64>::zeros(d, d);
+    let mut diff = nalgebra::DVector::<f64>::zeros(d);
+    for i in 0..n {
+        let r = resp[i * k + c];
+        if r == 0.0 {
+            continue;
+        }
+        for (a, (v, m)) in x[i * d..(i + 1) * d].iter().zip(mean).enumerate() {
+            diff[a] = v - m;
+        }
+        cov.syger(r, &diff, &diff, 1.0);
+    }
+    cov /= nc;
+    for a in 0..d {
+        cov[(a, a)] += floor;
+    }
+    // The lower triangle is what `syger` filled; make it symmetric for the factorisation.
+    cov.fill_upper_triangle_with_lower_triangle();
+    let l = cov.cholesky()?.unpack();
+    let logdet = 2.0 * (0..d).map(|a| l[(a, a)].ln()).sum::<f64>();
+    let mut lo = vec![0f64; d * d];
+    for a in 0..d {
+        for b in 0..=a {
+            lo[a * d + b] = l[(a, b)];
+        }
+    }
+    Some((lo, logdet))
 }
 
 /// Where tensor `id` of `model` lies in its parameters (empty when it has none).

@@ -241,6 +241,11 @@ pub struct TrainArgs {
     /// with the largest likelihood is kept.
     #[arg(long, default_value_t = crate::train::GMM_RUNS, value_name = "N")]
     pub gmm_runs: usize,
+    /// Full covariances in the GMM candidate's mixture where there are at least 10 rows
+    /// per feature and at most 32 features (diagonal ones elsewhere); measured on the
+    /// suite, not the default (docs/benchmarks.md).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub gmm_full: bool,
     /// Nearest neighbours (Euclidean, normalised features) whose agreement decides
     /// --gmm-candidate's choice (docs/benchmarks.md: how the default was chosen).
     #[arg(long, default_value_t = crate::train::CHOICE_NEIGHBOURS, value_name = "N")]
@@ -460,6 +465,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         gmm_confidence: args.gmm_confidence,
         gmm_joint_share: args.gmm_joint_share,
         gmm_runs: args.gmm_runs.max(1),
+        gmm_full: args.gmm_full,
         choice_neighbours: args.choice_neighbours,
         ..FitConfig::default()
     };
