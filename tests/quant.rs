@@ -129,6 +129,15 @@ fn data(d: usize, n: usize, seed: u64) -> Vec<f32> {
 
 type Owned = QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>;
 
+/// The three zeroed vectors of `s`'s int8 form.
+fn vectors(s: &Shape) -> (Vec<i8>, Vec<i32>, Vec<f32>) {
+    (
+        vec![0; weight_len(s)],
+        vec![0; int_len(s)],
+        vec![0.0; float_len(s)],
+    )
+}
+
 fn quantised(m: &VecModel<f32>, xs: &[f32]) -> Owned {
     let s = *m.shape();
     let mut cal = Calibration::new(&s, vec![0f32; calibration_len(&s)]).unwrap();
@@ -136,11 +145,7 @@ fn quantised(m: &VecModel<f32>, xs: &[f32]) -> Owned {
     for x in xs.chunks_exact(s.input) {
         cal.observe(m, x, &mut work).unwrap();
     }
-    let (mut w, mut i, mut f) = (
-        vec![0i8; weight_len(&s)],
-        vec![0i32; int_len(&s)],
-        vec![0f32; float_len(&s)],
-    );
+    let (mut w, mut i, mut f) = vectors(&s);
     quantize(m, &cal, &mut w, &mut i, &mut f).unwrap();
     QuantModel::new(s, w, i, f).unwrap()
 }
@@ -321,11 +326,7 @@ fn calibration_takes_the_maxima() {
     // weights, so row 0 ([1, 0, 0]) becomes [6/127, 0, 0]: s_w = 6/127^2, W_q = [127, 0,
     // 0], b_q = round(0.5 / s_w) = round(1344.08) = 1344, multiplier s_w / (2.5/127) =
     // 6/317.5; row 1 ([0, -1, 0]): W_q = [0, -127, 0], b_q = 0, multiplier 3/381 = 1/127.
-    let (mut w, mut n, mut f) = (
-        vec![0; weight_len(&shape)],
-        vec![0; int_len(&shape)],
-        vec![0.0; float_len(&shape)],
-    );
+    let (mut w, mut n, mut f) = vectors(&shape);
     quantize(&m, &cal, &mut w, &mut n, &mut f).unwrap();
     assert_eq!(&w[..6], &[127, 0, 0, 0, -127, 0]);
     assert_eq!((n[0], n[3]), (1344, 0));
@@ -354,11 +355,7 @@ fn calibration_takes_the_maxima() {
     }
     assert_eq!(tc.maxima()[3..], [5.5f32.tanh(), 3f32.tanh()]);
     assert_eq!(weight_len(&s), 10 + 128);
-    let (mut w, mut n, mut f) = (
-        vec![0; weight_len(&s)],
-        vec![0; int_len(&s)],
-        vec![0.0; float_len(&s)],
-    );
+    let (mut w, mut n, mut f) = vectors(&s);
     quantize(&t, &tc, &mut w, &mut n, &mut f).unwrap();
     assert_eq!(&w[..6], &[127, 0, 0, 0, -127, 0]);
     let p = 4.0 / 63.0;

@@ -207,19 +207,25 @@ fn bad_input_is_a_one_line_error_and_no_file() {
     }
 }
 
+/// Standard normal draws (Box-Muller) from a seeded generator.
+fn normals(seed: u64) -> impl FnMut() -> f64 {
+    use rand_core::{Rng, SeedableRng};
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    move || {
+        let u = (f64::from(rng.next_u32()) + 0.5) / 4_294_967_296.0;
+        let v = f64::from(rng.next_u32()) / 4_294_967_296.0;
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
 /// The diagonal Gaussian mixture behind `--init gmm` follows clusters of different
 /// spreads: a narrow one beside a wide one (k-means puts the boundary half-way and
 /// gives the narrow cluster a tail of the wide one: ACC 0.90 with scikit-learn's on
 /// such data; its Gaussian mixture 0.99), and a third apart, smaller.
 #[test]
 fn diagonal_gmm_follows_spreads() {
-    use rand_core::{Rng, SeedableRng};
-    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(5);
-    let mut normal = || {
-        let u = (f64::from(rng.next_u32()) + 0.5) / 4_294_967_296.0;
-        let v = f64::from(rng.next_u32()) / 4_294_967_296.0;
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    };
+    use rand_core::SeedableRng;
+    let mut normal = normals(5);
     // (centre x, centre y, spread, rows)
     let parts = [
         (0.0, 0.0, 0.3, 300),
@@ -247,13 +253,8 @@ fn diagonal_gmm_follows_spreads() {
 /// right); the full one finds them but for the rows near the crossing.
 #[test]
 fn full_covariance_gmm_follows_correlated_clusters() {
-    use rand_core::{Rng, SeedableRng};
-    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
-    let mut normal = || {
-        let u = (f64::from(rng.next_u32()) + 0.5) / 4_294_967_296.0;
-        let v = f64::from(rng.next_u32()) / 4_294_967_296.0;
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    };
+    use rand_core::SeedableRng;
+    let mut normal = normals(7);
     let (mut x, mut truth) = (Vec::new(), Vec::new());
     let r = std::f64::consts::FRAC_1_SQRT_2;
     for c in 0..2 {
