@@ -37,7 +37,7 @@
 //! take the same workspace (any `f32` slice of at least [`QuantModel::work_len`] values,
 //! which [`Shape::work_len`] always is), so a program switches models in one line.
 //! A tanh layer's units share one scale for their pre-activation and one for their
-//! output (a table per layer: per unit it would be 256 bytes each); a ReLU layer's have
+//! output (a table per layer: per unit it would be 128 bytes each); a ReLU layer's have
 //! one each.
 //!
 //! The calibration rule (max) and the fidelity measured are in docs/design.md and
@@ -425,7 +425,7 @@ impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> QuantModel<W, I, F> {
         for (l, &(w, ch)) in v.layers.iter().enumerate().take(s.depth()) {
             let out = carve(&mut scratch, s.hidden(l));
             // ReLU: the clamp at 0. Tanh: the same clamp of the pre-activation (its zero
-            // at TANH_ZERO), then the layer's table (`tables` is empty in a ReLU model).
+            // at TANH_ZERO), then the layer's table, after the direction head's weights.
             kernels::dense_i8(w, input, ch, out, 0);
             if s.activation == Activation::Tanh {
                 let at = s.latent * s.last_hidden() + l * TABLE_LEN;
