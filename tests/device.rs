@@ -132,16 +132,37 @@ fn settings() -> TrainSettings {
     }
 }
 
-fn train_request(steps: u16) -> Request {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
-    let xs: Vec<f32> = (0..8 * D)
+/// `n` standard normal values from `seed`.
+fn normals(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    (0..n)
         .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
-        .collect();
+        .collect()
+}
+
+/// A `TrainBatch` of the samples `xs`.
+fn train_on(xs: &[f32], steps: u16, settings: Option<TrainSettings>) -> Request {
     Request::TrainBatch {
-        samples: heapless::Vec::from_slice(&xs).unwrap(),
+        samples: heapless::Vec::from_slice(xs).unwrap(),
         steps,
-        settings: Some(settings()),
+        settings,
     }
+}
+
+fn train_request(steps: u16) -> Request {
+    train_on(&normals(3, 8 * D), steps, Some(settings()))
+}
+
+/// An engine on `model(1)` that has loaded `model(2)`'s blob, and that blob's CRC.
+fn loaded_engine<const CAPS: u32>() -> (Engine<D, W, Model<f32, Vec<f32>>, Heap, CAPS>, u32) {
+    let new = model(2);
+    let crc = hvae::device::blob_crc(&S, new.params());
+    let mut e = engine(model(1), Heap::new());
+    assert_eq!(
+        load(&mut e, &blob(&new)),
+        Response::Loaded { weights_crc: crc }
+    );
+    (e, crc)
 }
 
 #[test]
@@ -169,18 +190,12 @@ fn capabilities_choose_the_requests_served() {
 
 #[test]
 fn an_inference_engine_keeps_loaded_weights_across_a_reboot() {
-    let new = model(2);
-    let crc = hvae::device::blob_crc(&S, new.params());
-    let mut e: Infer = engine(model(1), Heap::new());
-    assert_eq!(
-        load(&mut e, &blob(&new)),
-        Response::Loaded { weights_crc: crc }
-    );
+    let (e, crc) = loaded_engine::<INFER>();
     // Reboot on the first weights: the checkpoint written by the load comes back.
     let mut e: Infer = engine(model(1), e.into_store());
     assert_eq!(e.restore().unwrap(), Some(1));
     assert_eq!(e.crc(), crc);
-    assert_eq!(e.model().params(), new.params());
+    assert_eq!(e.model().params(), model(2).params());
 }
 
 /// Two slots of values "in flash", the one in use and the one a load fills: values kept
@@ -337,17 +352,11 @@ fn an_engine_over_flash_slots_loads_into_the_other_slot() {
 
 #[test]
 fn a_learning_engine_keeps_loaded_weights_on_checkpoint_only() {
-    let new = model(2);
-    let crc = hvae::device::blob_crc(&S, new.params());
-    let mut e: Learn = engine(model(1), Heap::new());
-    assert_eq!(
-        load(&mut e, &blob(&new)),
-        Response::Loaded { weights_crc: crc }
-    );
+    let (e, crc) = loaded_engine::<LEARN>();
     let mut e: Learn = engine(model(1), e.into_store());
     assert_eq!(e.restore().unwrap(), None);
     assert_eq!(
-        load(&mut e, &blob(&new)),
+        load(&mut e, &blob(&model(2))),
         Response::Loaded { weights_crc: crc }
     );
     assert_eq!(
@@ -378,10 +387,7 @@ impl Transport for Bytes {
 
 #[test]
 fn the_server_answers_each_frame_as_the_engine_does() {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
-    let xs: Vec<f32> = (0..3 * D)
-        .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
-        .collect();
+    let xs = normals(4, 3 * D);
     let requests = [
         Request::Info,
         Request::Segment {
@@ -440,18 +446,17 @@ fn the_normalisation_scope_tracks_the_stream_and_nothing_else_moves() {
     use hvae::infer::normalise::Tracker;
     let m = model(1);
     let before = m.params().to_vec();
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
     // A shifted sensor: every feature reads 3 x + 2.
-    let xs: Vec<f32> = (0..8 * D)
-        .map(|_| 3.0 * hvae::dist::rng::standard_normal::<f32, _>(&mut rng) + 2.0)
-        .collect();
-    let request = |scope, samples: &[f32]| Request::TrainBatch {
-        samples: heapless::Vec::from_slice(samples).unwrap(),
-        steps: 2,
-        settings: Some(TrainSettings {
-            scope,
-            ..settings()
-        }),
+    let xs: Vec<f32> = normals(9, 8 * D).iter().map(|x| 3.0 * x + 2.0).collect();
+    let request = |scope, samples: &[f32]| {
+        train_on(
+            samples,
+            2,
+            Some(TrainSettings {
+                scope,
+                ..settings()
+            }),
+        )
     };
     let mut e: Learn = engine(m, Heap::new());
     let r = e.handle(&request(TrainScope::SegmenterAndNormalisation, &xs));
@@ -494,14 +499,9 @@ fn the_normalisation_scope_tracks_the_stream_and_nothing_else_moves() {
 /// answer.
 fn train_batch(e: &mut Learn, xs: &[f32], settings: TrainSettings) -> Vec<Response> {
     let mut answers = Vec::new();
-    e.handle_each(
-        &Request::TrainBatch {
-            samples: heapless::Vec::from_slice(xs).unwrap(),
-            steps: 0,
-            settings: Some(settings),
-        },
-        &mut |r| answers.push(r.clone()),
-    );
+    e.handle_each(&train_on(xs, 0, Some(settings)), &mut |r| {
+        answers.push(r.clone())
+    });
     answers
 }
 
@@ -513,21 +513,16 @@ fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
     use hvae::train::centres::{in_use, CentreCounts, Tidied};
     let m = model(1);
     let mut reference = model(1);
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
-    let xs: Vec<f32> = (0..8 * D)
-        .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
-        .collect();
-    let km = TrainSettings {
-        scope: TrainScope::SegmenterOnly,
-        optimiser: TrainOptimiser::OnlineKMeans {
+    let xs = normals(11, 8 * D);
+    let km = settings_with(
+        TrainScope::SegmenterOnly,
+        TrainOptimiser::OnlineKMeans {
             memory: 5,
             spawn_above: 2.0,
             spawn_window: 128,
             spawn_count: 16,
         },
-        lr: 1e-3,
-        batch: 4,
-    };
+    );
     let mut e: Learn = engine(m, Heap::new());
     let mut answers = train_batch(&mut e, &xs, km);
     let Some(Response::Trained { steps, loss, .. }) = answers.pop() else {
@@ -569,14 +564,14 @@ fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
     assert_ne!(reference.params(), model(1).params());
     // A gradient scope cannot take it.
     let mut e: Learn = engine(model(1), Heap::new());
-    let r = e.handle(&Request::TrainBatch {
-        samples: heapless::Vec::from_slice(&xs).unwrap(),
-        steps: 0,
-        settings: Some(TrainSettings {
+    let r = e.handle(&train_on(
+        &xs,
+        0,
+        Some(TrainSettings {
             scope: TrainScope::EncoderAndSegmenter,
             ..km
         }),
-    });
+    ));
     assert_eq!(r, Response::Error(ErrorCode::Train));
     assert_eq!(e.model().params(), model(1).params());
 }
@@ -585,30 +580,13 @@ fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
 /// that spawned it, the engine boots with the slot in use.
 #[test]
 fn a_spawned_centre_survives_a_reboot() {
-    use hvae::train::centres::{in_use, UNUSED_LOG_WEIGHT};
-    let mut m = model(1);
-    let (k, mm) = (S.clusters, S.latent);
+    use hvae::train::centres::in_use;
+    let m = spawnable(1);
     let so = S.segmenter_offset();
-    m.normalise_centres().unwrap();
-    // Slot 4 unused: centre 0's copy, log-weight UNUSED.
-    let c0: Vec<f32> = m.params()[so..so + mm].to_vec();
-    m.params_mut()[so + 4 * mm..so + 5 * mm].copy_from_slice(&c0);
-    m.params_mut()[so + k * mm + 1 + 4] = UNUSED_LOG_WEIGHT;
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
-    let xs: Vec<f32> = (0..12 * D)
-        .map(|_| 3.0 * hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
-        .collect();
-    // Every sample novel (threshold below any novelty), 2 of a window of 4 spawn.
+    let xs: Vec<f32> = normals(5, 12 * D).iter().map(|x| 3.0 * x).collect();
     let km = TrainSettings {
         scope: TrainScope::SegmenterOnly,
-        optimiser: TrainOptimiser::OnlineKMeans {
-            memory: 50,
-            spawn_above: -1.0,
-            spawn_window: 4,
-            spawn_count: 2,
-        },
-        lr: 1e-3,
-        batch: 4,
+        ..spawning()
     };
     let mut e: Learn = engine(m.clone(), Heap::new());
     let answers = train_batch(&mut e, &xs, km);
@@ -636,18 +614,10 @@ fn a_spawned_centre_survives_a_reboot() {
 
 /// Training requests of `n` samples each (the first carries `settings`).
 fn resume_requests(settings: TrainSettings, n: usize) -> Vec<Request> {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
-    (0..4)
-        .map(|i| {
-            let xs: Vec<f32> = (0..n * D)
-                .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
-                .collect();
-            Request::TrainBatch {
-                samples: heapless::Vec::from_slice(&xs).unwrap(),
-                steps: 15,
-                settings: (i == 0).then_some(settings),
-            }
-        })
+    normals(21, 4 * n * D)
+        .chunks_exact(n * D)
+        .enumerate()
+        .map(|(i, xs)| train_on(xs, 15, (i == 0).then_some(settings)))
         .collect()
 }
 
@@ -684,6 +654,28 @@ fn run_with_reset<const MEM: usize, E: hvae::train::samples::Stored<f32>>(
     (answers, e.model().params().to_vec())
 }
 
+/// Runs `reqs` without and with a reset (on a new `heap()` each): the two must answer
+/// and end alike. The first answer after the reset, and the final weights' bits.
+fn resumes_alike<const MEM: usize, E: hvae::train::samples::Stored<f32>>(
+    reqs: &[Request],
+    heap: fn() -> Heap,
+) -> (Response, Vec<u32>) {
+    let (a, pa) = run_with_reset::<MEM, E>(reqs, heap(), false);
+    let (b, pb) = run_with_reset::<MEM, E>(reqs, heap(), true);
+    assert_eq!(a, b);
+    assert_eq!(bits(&pa), bits(&pb));
+    (b[0].clone(), bits(&pb))
+}
+
+/// `reqs` with the second one carrying `settings` again: a training started afresh.
+fn afresh(reqs: &[Request], settings: TrainSettings) -> Vec<Request> {
+    let mut fresh = reqs.to_vec();
+    if let Request::TrainBatch { settings: s, .. } = &mut fresh[1] {
+        *s = Some(settings);
+    }
+    fresh
+}
+
 /// A reset between two requests changes nothing: the training resumes from its
 /// checkpoint (settings, generator, optimiser state, step count, memory of past samples,
 /// marginal, guard) and takes the very steps it would have taken without the reset —
@@ -692,48 +684,38 @@ fn run_with_reset<const MEM: usize, E: hvae::train::samples::Stored<f32>>(
 #[test]
 fn a_training_resumes_bit_for_bit_after_a_reset() {
     let ring = settings_with(TrainScope::EncoderAndSegmenter, TrainOptimiser::Adam);
-    let reqs = resume_requests(ring, 8);
-    let (a, pa) = run_with_reset::<32, f32>(&reqs, Heap::new(), false);
-    let (b, pb) = run_with_reset::<32, f32>(&reqs, Heap::new(), true);
-    assert_eq!(a, b);
-    assert_eq!(bits(&pa), bits(&pb));
+    let (first, _) = resumes_alike::<32, f32>(&resume_requests(ring, 8), Heap::new);
     // The memory came back: 8 samples of the first request and 8 of the second.
     assert!(
         matches!(
-            b[0],
+            first,
             Response::Trained {
                 buffered: 16,
                 steps: 30,
                 ..
             }
         ),
-        "{b:?}"
+        "{first:?}"
     );
     let sgd = settings_with(TrainScope::Full, TrainOptimiser::Sgd { momentum: 0.9 });
     let reqs = resume_requests(sgd, 20);
-    let (a, pa) = run_with_reset::<48, u8>(&reqs, Heap::with_memory(48, 1), false);
-    let (b, pb) = run_with_reset::<48, u8>(&reqs, Heap::with_memory(48, 1), true);
-    assert_eq!(a, b);
-    assert_eq!(bits(&pa), bits(&pb));
+    let bytes = || Heap::with_memory(48, 1);
+    let (first, pb) = resumes_alike::<48, u8>(&reqs, bytes);
     assert!(
         matches!(
-            b[0],
+            first,
             Response::Trained {
                 buffered: 40,
                 steps: 30,
                 ..
             }
         ),
-        "{b:?}"
+        "{first:?}"
     );
     // Without the checkpoint's memory the same requests train otherwise: a reset that
     // starts the training afresh (its first request carries the settings again).
-    let mut fresh = reqs.clone();
-    if let Request::TrainBatch { settings, .. } = &mut fresh[1] {
-        *settings = Some(sgd);
-    }
-    let (c, pc) = run_with_reset::<48, u8>(&fresh, Heap::with_memory(48, 1), true);
-    assert_ne!(bits(&pc), bits(&pb));
+    let (c, pc) = run_with_reset::<48, u8>(&afresh(&reqs, sgd), bytes(), true);
+    assert_ne!(bits(&pc), pb);
     assert!(
         matches!(
             c[0],
@@ -762,26 +744,19 @@ fn online_k_means_resumes_bit_for_bit_after_a_reset() {
         },
     );
     let reqs = resume_requests(km, 8);
-    let (a, pa) = run_with_reset::<32, f32>(&reqs, Heap::new(), false);
-    let (b, pb) = run_with_reset::<32, f32>(&reqs, Heap::new(), true);
-    assert_eq!(a, b);
-    assert_eq!(bits(&pa), bits(&pb));
+    let (first, pb) = resumes_alike::<32, f32>(&reqs, Heap::new);
     // The counts came back: the updates go on from the first request's (8 samples, the
     // novel ones not counted).
     assert!(
-        matches!(b[0], Response::Trained { steps: 9..=16, .. }),
-        "{b:?}"
+        matches!(first, Response::Trained { steps: 9..=16, .. }),
+        "{first:?}"
     );
     // The normalisation moved with the stream after the reset, as without it.
-    assert_ne!(bits(&pb[..2 * D]), bits(&model(1).params()[..2 * D]));
+    assert_ne!(pb[..2 * D], bits(&model(1).params()[..2 * D]));
     // A reset that starts afresh (new counts, a tracker from the saved normalisation)
     // moves them otherwise.
-    let mut fresh = reqs.clone();
-    if let Request::TrainBatch { settings, .. } = &mut fresh[1] {
-        *settings = Some(km);
-    }
-    let (c, pc) = run_with_reset::<32, f32>(&fresh, Heap::new(), true);
-    assert_ne!(bits(&pc), bits(&pb));
+    let (c, pc) = run_with_reset::<32, f32>(&afresh(&reqs, km), Heap::new(), true);
+    assert_ne!(bits(&pc), pb);
     assert!(
         matches!(c[0], Response::Trained { steps: 0..=8, .. }),
         "{c:?}"
@@ -807,14 +782,10 @@ type Quant = QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>;
 /// The int8 form of [`model`]`(seed)`, calibrated on normal samples.
 fn quantised(seed: u64) -> Quant {
     let m = model(seed);
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x51);
     let mut cal = Calibration::new(&S, vec![0f32; calibration_len(&S)]).unwrap();
     let mut work = vec![0f32; S.work_len()];
-    for _ in 0..50 {
-        let x: Vec<f32> = (0..D)
-            .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
-            .collect();
-        cal.observe(&m, &x, &mut work).unwrap();
+    for x in normals(seed ^ 0x51, 50 * D).chunks_exact(D) {
+        cal.observe(&m, x, &mut work).unwrap();
     }
     let mut w = vec![0; weight_len(&S)];
     let mut i = vec![0; int_len(&S)];
@@ -828,6 +799,18 @@ fn int8_blob(q: &Quant) -> Vec<u8> {
     let n = hvae::store::blob::write_int8(q, &mut out).unwrap();
     assert_eq!(n, out.len());
     out
+}
+
+/// The int8 blob of a model of `shape` whose every value is 1.
+fn ones_int8_blob(shape: Shape) -> Vec<u8> {
+    let q = QuantModel::new(
+        shape,
+        vec![1i8; weight_len(&shape)],
+        vec![1i32; int_len(&shape)],
+        vec![1.0f32; float_len(&shape)],
+    )
+    .unwrap();
+    int8_blob(&q)
 }
 
 /// Int8 weights in two flash slots of words, as a device keeps them: a load fills the
@@ -895,13 +878,9 @@ fn int8_engine(q: Quant) -> Int8Engine {
 
 /// Samples that tell two int8 models apart (and one with a NaN).
 fn int8_samples() -> Vec<Vec<f32>> {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(77);
-    let mut xs: Vec<Vec<f32>> = (0..8)
-        .map(|_| {
-            (0..D)
-                .map(|_| hvae::dist::rng::standard_normal::<f32, _>(&mut rng))
-                .collect()
-        })
+    let mut xs: Vec<Vec<f32>> = normals(77, 8 * D)
+        .chunks_exact(D)
+        .map(<[f32]>::to_vec)
         .collect();
     xs[3][5] = f32::NAN;
     xs
@@ -948,15 +927,7 @@ fn the_int8_blob_header_is_what_the_int8_blob_writer_writes() {
         Shape::new(5, &[7, 3], 3, 2),
         Shape::new(64, &[32], 8, 10),
     ] {
-        let q = QuantModel::new(
-            shape,
-            vec![1i8; weight_len(&shape)],
-            vec![1i32; int_len(&shape)],
-            vec![1.0f32; float_len(&shape)],
-        )
-        .unwrap();
-        let mut out = vec![0u8; hvae::store::blob::int8_blob_len(&shape)];
-        hvae::store::blob::write_int8(&q, &mut out).unwrap();
+        let out = ones_int8_blob(shape);
         assert_eq!(
             int8_blob_header(&shape)[..],
             out[..hvae::store::blob::HEADER_LEN_INT8]
@@ -1057,16 +1028,7 @@ fn an_int8_engine_refuses_bad_blobs_and_keeps_its_model() {
     let mut nan = good.clone();
     let f = at("float");
     nan[f..f + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-    let other_shape = Shape::new(12, &[8], 4, 5);
-    let other = QuantModel::new(
-        other_shape,
-        vec![1i8; weight_len(&other_shape)],
-        vec![1i32; int_len(&other_shape)],
-        vec![1.0f32; float_len(&other_shape)],
-    )
-    .unwrap();
-    let mut other_bytes = vec![0u8; hvae::store::blob::int8_blob_len(&other_shape)];
-    hvae::store::blob::write_int8(&other, &mut other_bytes).unwrap();
+    let other_bytes = ones_int8_blob(Shape::new(12, &[8], 4, 5));
     let n = good.len() - 4;
     let bad_crc = ErrorCode::BadCrc {
         stored: crc32(&good[..n]),
@@ -1272,19 +1234,9 @@ fn adapt_batch(
     seed: u64,
     settings: Option<TrainSettings>,
 ) -> Vec<Response> {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let xs: Vec<f32> = (0..n * D)
-        .map(|_| 2.0 * hvae::dist::rng::standard_normal::<f32, _>(&mut rng) + 1.0)
-        .collect();
+    let xs: Vec<f32> = normals(seed, n * D).iter().map(|x| 2.0 * x + 1.0).collect();
     let mut out = Vec::new();
-    e.handle_each(
-        &Request::TrainBatch {
-            samples: heapless::Vec::from_slice(&xs).unwrap(),
-            steps: 0,
-            settings,
-        },
-        &mut |r| out.push(r.clone()),
-    );
+    e.handle_each(&train_on(&xs, 0, settings), &mut |r| out.push(r.clone()));
     out
 }
 
