@@ -104,6 +104,36 @@ fn model_and_inputs(s: Shape, seed: u64, b: usize) -> (Model<f64, Vec<f64>>, Vec
     (Model::new(s, params).unwrap(), inputs)
 }
 
+/// [`loss_in`] of `inputs` for `Scope::SegmenterOnly`, in new buffers, with the marginal
+/// starting at `marginal` and the fixed draws of seed 1: the loss parts and the new
+/// marginal.
+fn segmenter_loss(
+    model: &Model<f64, Vec<f64>>,
+    inputs: &[f64],
+    pairs: &[(u16, u16)],
+    cfg: &LossConfig<f64>,
+    marginal: &[f64],
+) -> (LossParts<f64>, Vec<f64>) {
+    let s = *model.shape();
+    let b = inputs.len() / s.input;
+    let batch = Batch {
+        inputs,
+        labels: &[],
+        pairs,
+    };
+    let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::SegmenterOnly, b)];
+    let (parts, _, p_bar) = loss_in(
+        model,
+        &batch,
+        cfg,
+        Scope::SegmenterOnly,
+        marginal,
+        &mut store,
+        1,
+    );
+    (parts, p_bar)
+}
+
 struct Case {
     shape: Shape,
     scope: Scope,
@@ -310,30 +340,13 @@ fn marginal_is_the_moving_average_of_the_batch() {
     let s = Shape::new(6, &[5], 3, 4);
     let b = 7;
     let (model, inputs) = model_and_inputs(s, 3, b);
-    let batch = Batch {
-        inputs: &inputs,
-        labels: &[],
-        pairs: &[(0, 1)],
-    };
     let cfg = LossConfig {
         balance_momentum: 0.75,
         ..unsupervised()
     };
     let prev = [0.1, 0.2, 0.3, 0.4];
     // The loss parts and the new marginal, from `prev`.
-    let run = |cfg: &LossConfig<f64>| {
-        let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::SegmenterOnly, b)];
-        let (parts, _, p_bar) = loss_in(
-            &model,
-            &batch,
-            cfg,
-            Scope::SegmenterOnly,
-            &prev,
-            &mut store,
-            1,
-        );
-        (parts, p_bar)
-    };
+    let run = |cfg: &LossConfig<f64>| segmenter_loss(&model, &inputs, &[(0, 1)], cfg, &prev);
     let (parts, p_bar) = run(&cfg);
     let mut work = vec![0.0; s.work_len()];
     let mut mean = [0.0; 4];
@@ -411,29 +424,13 @@ fn density_is_the_mixture_negative_log_likelihood() {
     let s = Shape::new(6, &[5], 3, 4);
     let b = 5;
     let (model, inputs) = model_and_inputs(s, 21, b);
-    let batch = Batch {
-        inputs: &inputs,
-        labels: &[],
-        pairs: &[(0, 1)],
-    };
     let cfg = LossConfig {
         density: 0.5,
         ..unsupervised()
     };
-    let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::SegmenterOnly, b)];
-    let loss = |cfg: &LossConfig<f64>, store: &mut [f64]| {
-        loss_in(
-            &model,
-            &batch,
-            cfg,
-            Scope::SegmenterOnly,
-            &[0.25; 4],
-            store,
-            1,
-        )
-        .0
-    };
-    let parts = loss(&cfg, &mut store);
+    let loss =
+        |cfg: &LossConfig<f64>| segmenter_loss(&model, &inputs, &[(0, 1)], cfg, &[0.25; 4]).0;
+    let parts = loss(&cfg);
     let seg = model.segmenter_params();
     let (m, k) = (3, 4);
     let kappa = seg[k * m].exp();
@@ -464,7 +461,7 @@ fn density_is_the_mixture_negative_log_likelihood() {
         density: 0.0,
         ..unsupervised()
     };
-    let base = loss(&without, &mut store);
+    let base = loss(&without);
     assert_eq!(base.density, 0.0);
     let added = parts.total - base.total;
     assert!((added - 1.5 * 0.5 * want).abs() < 1e-10, "{added}");
