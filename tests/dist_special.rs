@@ -14,14 +14,11 @@ mod golden {
     include!("golden/special.rs");
 }
 
-use dist_common::Check;
+use dist_common::checks;
 use hvae::dist::special::{
     bessel_ratio, beta_inc, digamma, digamma_diff, ln_gamma, ln_gamma_ratio, log_bessel_i,
     log_sphere_area, trigamma, trigamma_diff,
 };
-
-const R32: f64 = 1e-4;
-const R64: f64 = 1e-10;
 
 fn f32_of(x: f64) -> f32 {
     x as f32
@@ -29,18 +26,9 @@ fn f32_of(x: f64) -> f32 {
 
 #[test]
 fn gamma_family_matches_scipy() {
-    let mut lg = [
-        Check::new("ln_gamma f32", R32),
-        Check::new("ln_gamma f64", R64),
-    ];
-    let mut dg = [
-        Check::new("digamma f32", R32),
-        Check::new("digamma f64", R64),
-    ];
-    let mut tg = [
-        Check::new("trigamma f32", R32),
-        Check::new("trigamma f64", R64),
-    ];
+    let mut lg = checks("ln_gamma");
+    let mut dg = checks("digamma");
+    let mut tg = checks("trigamma");
     for &(x, l, d, t) in golden::GAMMA {
         // f32 input rounding: x has relative error 6e-8; the outputs' condition numbers
         // are |x psi(x) / lnG|, |x psi'/psi|, |x psi''/psi'| <= about 2 except near the
@@ -48,20 +36,11 @@ fn gamma_family_matches_scipy() {
         // ulp of the magnitudes being combined is used (|lnG(x+10)| ~ 15, |psi| ~ 2.5).
         let near_zero_lg = (x - 1.0).abs() < 0.01 || (x - 2.0).abs() < 0.01;
         let near_zero_dg = (x - 1.4616).abs() < 0.01;
-        let (a32, a64) = if near_zero_lg {
-            (2e-6, 1e-14)
-        } else {
-            (0.0, 0.0)
-        };
-        lg[0].at(x, ln_gamma(f32_of(x)) as f64, l, a32);
-        lg[1].at(x, ln_gamma(x), l, a64);
-        let (a32, a64) = if near_zero_dg {
-            (1e-6, 1e-14)
-        } else {
-            (0.0, 0.0)
-        };
-        dg[0].at(x, digamma(f32_of(x)) as f64, d, a32);
-        dg[1].at(x, digamma(x), d, a64);
+        let floor = |near: bool, atol: f64| if near { atol } else { 0.0 };
+        lg[0].at(x, ln_gamma(f32_of(x)) as f64, l, floor(near_zero_lg, 2e-6));
+        lg[1].at(x, ln_gamma(x), l, floor(near_zero_lg, 1e-14));
+        dg[0].at(x, digamma(f32_of(x)) as f64, d, floor(near_zero_dg, 1e-6));
+        dg[1].at(x, digamma(x), d, floor(near_zero_dg, 1e-14));
         tg[0].at(x, trigamma(f32_of(x)) as f64, t, 0.0);
         tg[1].at(x, trigamma(x), t, 0.0);
     }
@@ -69,18 +48,9 @@ fn gamma_family_matches_scipy() {
 
 #[test]
 fn gamma_differences_match_mpmath() {
-    let mut lr = [
-        Check::new("ln_gamma_ratio f32", R32),
-        Check::new("ln_gamma_ratio f64", R64),
-    ];
-    let mut dd = [
-        Check::new("digamma_diff f32", R32),
-        Check::new("digamma_diff f64", R64),
-    ];
-    let mut td = [
-        Check::new("trigamma_diff f32", R32),
-        Check::new("trigamma_diff f64", R64),
-    ];
+    let mut lr = checks("ln_gamma_ratio");
+    let mut dd = checks("digamma_diff");
+    let mut td = checks("trigamma_diff");
     for &(a, b, l, d, t) in golden::GAMMA_DIFF {
         // ln Gamma(a+b) - ln Gamma(a) crosses zero where Gamma(a+b) = Gamma(a) (a + b/2
         // near 1.46 for small a): floor at a few ulp of |b psi(a)|, the size of the two
@@ -118,10 +88,7 @@ fn gamma_differences_match_mpmath() {
 
 #[test]
 fn log_bessel_i_matches_scipy() {
-    let mut c = [
-        Check::new("log_bessel_i f32", R32),
-        Check::new("log_bessel_i f64", R64),
-    ];
+    let mut c = checks("log_bessel_i");
     for &(nu, x, v) in golden::LOG_BESSEL_I {
         let at = format!("nu={nu} x={x}");
         c[1].at(&at, log_bessel_i(nu, x), v, 0.0);
@@ -131,10 +98,7 @@ fn log_bessel_i_matches_scipy() {
 
 #[test]
 fn bessel_ratio_matches_scipy() {
-    let mut c = [
-        Check::new("bessel_ratio f32", R32),
-        Check::new("bessel_ratio f64", R64),
-    ];
+    let mut c = checks("bessel_ratio");
     for &(m, k, a) in golden::BESSEL_RATIO {
         let at = format!("M={m} kappa={k}");
         c[1].at(&at, bessel_ratio(m as usize, k), a, 0.0);
@@ -171,10 +135,7 @@ fn bessel_ratio_closed_form_m3_and_limits() {
 
 #[test]
 fn beta_inc_matches_scipy() {
-    let mut c = [
-        Check::new("beta_inc f32", R32),
-        Check::new("beta_inc f64", R64),
-    ];
+    let mut c = checks("beta_inc");
     for &(a, b, x, v) in golden::BETA_INC {
         let at = format!("a={a} b={b} x={x}");
         c[1].at(&at, beta_inc(a, b, x), v, 0.0);
@@ -197,10 +158,7 @@ fn beta_inc_matches_scipy() {
 
 #[test]
 fn log_sphere_area_matches() {
-    let mut c = [
-        Check::new("log_sphere_area f32", R32),
-        Check::new("log_sphere_area f64", R64),
-    ];
+    let mut c = checks("log_sphere_area");
     for &(m, v) in golden::LOG_SPHERE_AREA {
         c[1].at(m, log_sphere_area::<f64>(m as usize), v, 0.0);
         c[0].at(m, log_sphere_area::<f32>(m as usize) as f64, v, 0.0);

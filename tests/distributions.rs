@@ -14,12 +14,9 @@ mod golden {
     include!("golden/sphere.rs");
 }
 
-use dist_common::Check;
+use dist_common::{checks, R32, R64};
 use hvae::dist::special::{bessel_ratio, log_sphere_area};
 use hvae::Posterior;
-
-const R32: f64 = 1e-4;
-const R64: f64 = 1e-10;
 
 /// The unit vector `(w, sqrt(1 - w^2), 0, ...)` in `R^m`.
 fn at_cosine(m: usize, w: f64) -> Vec<f64> {
@@ -34,22 +31,10 @@ fn at_cosine(m: usize, w: f64) -> Vec<f64> {
 fn scalar_functions(p: Posterior, rows: &[(f64, f64, f64, f64, f64, f64)]) {
     let tag = format!("{p:?}");
     let mut c = [
-        [
-            Check::new(format!("{tag} log_normalizer f32"), R32),
-            Check::new(format!("{tag} log_normalizer f64"), R64),
-        ],
-        [
-            Check::new(format!("{tag} entropy f32"), R32),
-            Check::new(format!("{tag} entropy f64"), R64),
-        ],
-        [
-            Check::new(format!("{tag} kl_to_uniform f32"), R32),
-            Check::new(format!("{tag} kl_to_uniform f64"), R64),
-        ],
-        [
-            Check::new(format!("{tag} dkl_dkappa f32"), R32),
-            Check::new(format!("{tag} dkl_dkappa f64"), R64),
-        ],
+        checks(&format!("{tag} log_normalizer")),
+        checks(&format!("{tag} entropy")),
+        checks(&format!("{tag} kl_to_uniform")),
+        checks(&format!("{tag} dkl_dkappa")),
     ];
     for &(m, k, logc, ent, kl, dkl) in rows {
         let mu = m as usize;
@@ -76,22 +61,16 @@ fn scalar_functions(p: Posterior, rows: &[(f64, f64, f64, f64, f64, f64)]) {
     }
 }
 
+/// vMF against SciPy, power spherical against closed forms.
 #[test]
-fn vmf_scalar_functions_match_scipy() {
+fn scalar_functions_match_scipy_and_closed_forms() {
     scalar_functions(Posterior::VonMisesFisher, golden::VMF);
-}
-
-#[test]
-fn power_spherical_scalar_functions_match_closed_forms() {
     scalar_functions(Posterior::PowerSpherical, golden::PS);
 }
 
 fn log_density(p: Posterior, rows: &[(f64, f64, f64, f64)]) {
     let tag = format!("{p:?}");
-    let mut c = [
-        Check::new(format!("{tag} log_density f32"), R32),
-        Check::new(format!("{tag} log_density f64"), R64),
-    ];
+    let mut c = checks(&format!("{tag} log_density"));
     for &(m, k, w, want) in rows {
         let m = m as usize;
         let at = format!("M={m} kappa={k} w={w}");
@@ -123,13 +102,10 @@ fn log_density(p: Posterior, rows: &[(f64, f64, f64, f64)]) {
     }
 }
 
+/// vMF against SciPy, power spherical against its closed form.
 #[test]
-fn vmf_log_density_matches_scipy() {
+fn log_density_matches_scipy_and_the_closed_form() {
     log_density(Posterior::VonMisesFisher, golden::VMF_LOGPDF);
-}
-
-#[test]
-fn power_spherical_log_density_matches_closed_form() {
     log_density(Posterior::PowerSpherical, golden::PS_LOGPDF);
 }
 

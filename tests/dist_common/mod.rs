@@ -112,6 +112,19 @@ pub struct Check {
     at: String,
 }
 
+/// Relative tolerance of a golden-value check in `f32`.
+pub const R32: f64 = 1e-4;
+/// Relative tolerance of a golden-value check in `f64`.
+pub const R64: f64 = 1e-10;
+
+/// The checks of `name` in `f32` and in `f64`, in that order, at [`R32`] and [`R64`].
+pub fn checks(name: &str) -> [Check; 2] {
+    [
+        Check::new(format!("{name} f32"), R32),
+        Check::new(format!("{name} f64"), R64),
+    ]
+}
+
 impl Check {
     /// A check of `name` at relative tolerance `rtol`.
     pub fn new(name: impl Into<String>, rtol: f64) -> Self {
