@@ -184,6 +184,18 @@ fn beta_upper_quantile(alpha: f64, beta: f64, q: f64) -> f64 {
     (0.5 * (lo + hi)).exp()
 }
 
+/// Asserts that the finite difference `fd` matches `dw` to 1e-6 relative, above the
+/// absolute `floor`: the relative error where the error is above the floor, else 0.
+fn fd_error(what: &str, fd: f64, dw: f64, floor: f64) -> f64 {
+    let err = (fd - dw).abs();
+    assert!(err <= 1e-6 * dw.abs() + floor, "{what}: {fd} vs {dw}");
+    if err > floor {
+        err / dw.abs()
+    } else {
+        0.0
+    }
+}
+
 /// `dw/dkappa` of every family against central finite differences of the same draw with
 /// the noise held fixed (f64, relative error <= 1e-6, plus the differences' own rounding
 /// floor `4 eps / h`, which matters only where `dw/dkappa` is tiny, e.g. a proposal
@@ -207,15 +219,8 @@ fn dw_dkappa_matches_finite_differences() {
                 let d = one(k);
                 let fd = (one(k + h).w - one(k - h).w) / (2.0 * h);
                 let floor = 4.0 * f64::EPSILON / h;
-                let err = (fd - d.dw_dkappa).abs();
-                assert!(
-                    err <= 1e-6 * d.dw_dkappa.abs() + floor,
-                    "vMF M={m} k={k} seed={seed}: {fd} vs {}",
-                    d.dw_dkappa
-                );
-                if err > floor {
-                    worst = worst.max(err / d.dw_dkappa.abs());
-                }
+                let at = format!("M={m} k={k} seed={seed}");
+                worst = worst.max(fd_error(&format!("vMF {at}"), fd, d.dw_dkappa, floor));
 
                 let mut rng = Rng::seed_from_u64(seed);
                 let d = PS.sample_w(m, k, &mut rng).unwrap();
@@ -227,15 +232,7 @@ fn dw_dkappa_matches_finite_differences() {
                 let ym = beta_upper_quantile(a - h, b, q_upper);
                 // w = 1 - 2y, so dw/dkappa = -2 dy/dalpha.
                 let fd = -2.0 * (yp - ym) / (2.0 * h);
-                let err = (fd - d.dw_dkappa).abs();
-                assert!(
-                    err <= 1e-6 * d.dw_dkappa.abs() + floor,
-                    "PS M={m} k={k} seed={seed}: {fd} vs {}",
-                    d.dw_dkappa
-                );
-                if err > floor {
-                    worst = worst.max(err / d.dw_dkappa.abs());
-                }
+                worst = worst.max(fd_error(&format!("PS {at}"), fd, d.dw_dkappa, floor));
             }
         }
     }

@@ -8,7 +8,7 @@ use dist_common::{ks_pvalue, random_unit, vmf_marginal_cdf, CycleRng};
 use hvae::dist::rng::{beta, gamma, standard_normal, uniform, VariateError};
 use hvae::dist::special::{bessel_ratio, beta_inc};
 use hvae::dist::sphere::{Draw, SampleError};
-use hvae::Posterior;
+use hvae::{Posterior, Real};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus as Rng;
 
@@ -168,36 +168,28 @@ fn rotation_to_any_mean_direction() {
     }
 }
 
+/// The bits of 50 draws around `mu` from `seed`: each draw's `w`, `dw/dkappa` and `z`.
+fn draw_bits<T: Real>(p: Posterior, mu: &[T], kappa: T, seed: u64, bits: fn(T) -> u64) -> Vec<u64> {
+    let mut rng = Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    let mut z = vec![T::zero(); mu.len()];
+    for _ in 0..50 {
+        let d = p.sample(mu, kappa, &mut rng, &mut z).unwrap();
+        out.push(bits(d.w));
+        out.push(bits(d.dw_dkappa));
+        out.extend(z.iter().map(|&v| bits(v)));
+    }
+    out
+}
+
 #[test]
 fn same_seed_gives_bit_identical_draws() {
     for p in FAMILIES {
         for m in [2usize, 3, 7] {
             let mu = random_unit(m, 1);
             let mu32: Vec<f32> = mu.iter().map(|&v| v as f32).collect();
-            let run64 = |seed| {
-                let mut rng = Rng::seed_from_u64(seed);
-                let mut out = Vec::new();
-                let mut z = vec![0.0f64; m];
-                for _ in 0..50 {
-                    let d = p.sample(&mu, 4.0, &mut rng, &mut z).unwrap();
-                    out.push(d.w.to_bits());
-                    out.push(d.dw_dkappa.to_bits());
-                    out.extend(z.iter().map(|v| v.to_bits()));
-                }
-                out
-            };
-            let run32 = |seed| {
-                let mut rng = Rng::seed_from_u64(seed);
-                let mut out = Vec::new();
-                let mut z = vec![0.0f32; m];
-                for _ in 0..50 {
-                    let d = p.sample(&mu32, 4.0f32, &mut rng, &mut z).unwrap();
-                    out.push(d.w.to_bits());
-                    out.push(d.dw_dkappa.to_bits());
-                    out.extend(z.iter().map(|v| v.to_bits()));
-                }
-                out
-            };
+            let run64 = |seed| draw_bits(p, &mu, 4.0, seed, f64::to_bits);
+            let run32 = |seed| draw_bits(p, &mu32, 4.0f32, seed, |v| v.to_bits().into());
             assert_eq!(run64(42), run64(42));
             assert_ne!(run64(42), run64(43));
             assert_eq!(run32(42), run32(42));
