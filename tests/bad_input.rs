@@ -183,6 +183,27 @@ fn trainer() -> Trainer {
     Trainer::new(&S, cfg, scratch, state).unwrap()
 }
 
+/// Sample `i` of a clean cycle of 16.
+fn clean(i: usize) -> [f32; 4] {
+    let v = (i % 16) as f32 / 16.0;
+    [v, 1.0 - v, v * v, 0.5]
+}
+
+/// A [`trainer`] with the 16 clean samples after `steps` steps of [`model`] with the
+/// generator of `seed`: the trainer, the model and the generator.
+fn trained(seed: u64, steps: usize) -> (Trainer, Model<f32, Vec<f32>>, Xoshiro256PlusPlus) {
+    let mut t = trainer();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut m = model();
+    for i in 0..16 {
+        t.push(&clean(i)).unwrap();
+    }
+    for _ in 0..steps {
+        t.step(&mut m, &mut rng).unwrap();
+    }
+    (t, m, rng)
+}
+
 #[test]
 fn trainer_rejects_bad_samples_without_change() {
     let mut t = trainer();
@@ -207,17 +228,8 @@ fn trainer_rejects_bad_samples_without_change() {
 
 #[test]
 fn a_diverging_step_changes_nothing() {
-    let mut t = trainer();
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
-    let mut m = model();
-    for i in 0..16 {
-        let v = i as f32 / 16.0;
-        t.push(&[v, 1.0 - v, v * v, 0.5]).unwrap();
-    }
     // A few good steps so the optimiser has state.
-    for _ in 0..5 {
-        t.step(&mut m, &mut rng).unwrap();
-    }
+    let (mut t, mut m, mut rng) = trained(4, 5);
     // Now samples whose reconstruction error overflows f32: the loss is infinite.
     for _ in 0..16 {
         t.push(&[3e19, -3e19, 3e19, -3e19]).unwrap();
@@ -265,20 +277,8 @@ fn trainer_configuration_is_checked() {
 
 #[test]
 fn the_guard_rejects_spikes_and_asks_for_a_restore() {
-    let mut t = trainer();
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
-    let mut m = model();
-    let clean = |i: usize| {
-        let v = (i % 16) as f32 / 16.0;
-        [v, 1.0 - v, v * v, 0.5]
-    };
-    for i in 0..16 {
-        t.push(&clean(i)).unwrap();
-    }
     // Arm the guard (20 accepted steps by default).
-    for _ in 0..30 {
-        t.step(&mut m, &mut rng).unwrap();
-    }
+    let (mut t, mut m, mut rng) = trained(5, 30);
     assert_eq!(t.rejections_in_a_row(), 0);
     // Finite spikes: the loss is finite but orders of magnitude above its average.
     for i in 0..16 {

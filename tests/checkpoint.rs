@@ -46,6 +46,12 @@ struct Sim<const W: usize, const E: usize> {
 }
 
 impl<const W: usize, const E: usize> Sim<W, E> {
+    /// Flash for two trainer checkpoint slots ([`trainer_slot_len`]), and a slot's length.
+    fn for_trainer() -> (Self, u32) {
+        let slot = trainer_slot_len::<Self>();
+        (Self::new(2 * slot as usize), slot)
+    }
+
     fn new(bytes: usize) -> Self {
         Sim {
             mem: vec![0xFF; bytes],
@@ -579,9 +585,7 @@ fn trainer_and_model() -> (Trainer, Model<f32, Vec<f32>>, Xoshiro256PlusPlus) {
 
 #[test]
 fn after_too_many_rejections_one_call_restores_the_last_checkpoint() {
-    type F = Sim<4, 256>;
-    let slot = trainer_slot_len::<F>();
-    let mut sim = F::new(2 * slot as usize);
+    let (mut sim, slot) = Sim::<4, 256>::for_trainer();
     let (mut t, mut model, mut rng) = trainer_and_model();
     {
         // No checkpoint yet and a restore is needed: the caller is told to fall back.
@@ -654,9 +658,7 @@ fn after_too_many_rejections_one_call_restores_the_last_checkpoint() {
 
 #[test]
 fn a_rebooted_trainer_resumes_without_repeating_warm_up() {
-    type F = Sim<8, 2048>;
-    let slot = trainer_slot_len::<F>();
-    let mut sim = F::new(2 * slot as usize);
+    let (mut sim, slot) = Sim::<8, 2048>::for_trainer();
     let (mut t, mut model, mut rng) = trainer_and_model();
     for _ in 0..25 {
         t.step(&mut model, &mut rng).unwrap();

@@ -143,25 +143,11 @@ fn layerwise_equals_the_two_pass_update_kmeans_in_the_block_buffer() {
 }
 
 #[test]
-fn layerwise_sgd_equals_the_two_pass_update() {
+fn layerwise_sgd_and_adam_equal_the_two_pass_update() {
     let shape = Shape::new(D, &[5], 3, 3);
-    same_bits(
-        shape,
-        Scope::Full,
-        Optimiser::sgd(1e-2, 0.9),
-        ClusterInput::Mean,
-    );
-}
-
-#[test]
-fn layerwise_adam_equals_the_two_pass_update() {
-    let shape = Shape::new(D, &[5], 3, 3);
-    same_bits(
-        shape,
-        Scope::Full,
-        Optimiser::adam(1e-2),
-        ClusterInput::Mean,
-    );
+    for optimiser in [Optimiser::sgd(1e-2, 0.9), Optimiser::adam(1e-2)] {
+        same_bits(shape, Scope::Full, optimiser, ClusterInput::Mean);
+    }
 }
 
 #[test]
@@ -184,18 +170,12 @@ fn layerwise_factored_equals_the_two_pass_update() {
 #[test]
 fn layerwise_equals_the_two_pass_update_two_hidden_layers_tanh_draw() {
     let shape = Shape::new(D, &[7, 4], 3, 3).with_activation(Activation::Tanh);
-    same_bits(
-        shape,
-        Scope::Full,
-        Optimiser::adam(1e-2),
-        ClusterInput::Draw,
-    );
-    same_bits(
-        shape,
-        Scope::Full,
-        Optimiser::sgd(1e-2, 0.5),
-        ClusterInput::Mean,
-    );
+    for (optimiser, input) in [
+        (Optimiser::adam(1e-2), ClusterInput::Draw),
+        (Optimiser::sgd(1e-2, 0.5), ClusterInput::Mean),
+    ] {
+        same_bits(shape, Scope::Full, optimiser, input);
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use hvae::train::optim::{
     clip_global_norm, global_norm, state_len, OptimConfig, OptimError, OptimKind, OptimState,
-    Optimiser,
+    Optimiser, StepInfo,
 };
 
 const P0: [f64; 3] = [0.5, -1.0, 2.0];
@@ -17,6 +17,23 @@ fn assert_close(got: &[f64], want: &[f64], rel: f64, what: &str) {
             (g - w).abs() <= rel * w.abs().max(1e-300),
             "{what}[{i}]: got {g:e}, want {w:e}"
         );
+    }
+}
+
+/// Three steps of `cfg` in `state` from `P0` on the gradients `G`: each step's info must
+/// pass `check(t, info)`, and the parameters after it match `want[t]` to `rel`.
+fn three_steps<S: AsRef<[f64]> + AsMut<[f64]>>(
+    cfg: &OptimConfig<f64>,
+    state: &mut OptimState<S>,
+    want: &[[f64; 3]; 3],
+    rel: f64,
+    what: &str,
+    check: impl Fn(usize, StepInfo<f64>),
+) {
+    let mut p = P0;
+    for t in 0..3 {
+        check(t, state.step(cfg, &mut p, &G[t]).unwrap());
+        assert_close(&p, &want[t], rel, what);
     }
 }
 
@@ -57,14 +74,11 @@ fn adam_matches_textbook_for_three_steps() {
 
     let cfg = OptimConfig::new(Optimiser::adam(0.1));
     let mut state = OptimState::new([0.0f64; state_len(OptimKind::Adam, 3)]);
-    let mut p = P0;
-    for t in 0..3 {
-        let info = state.step(&cfg, &mut p, &G[t]).unwrap();
+    three_steps(&cfg, &mut state, &python, 1e-13, "adam f64", |t, info| {
         assert_eq!(info.step, t as u32 + 1);
         assert!(!info.clipped);
         assert_close(&[info.grad_norm], &[global_norm(&G[t])], 0.0, "grad norm");
-        assert_close(&p, &python[t], 1e-13, "adam f64");
-    }
+    });
     // Moments after three steps, also from python.
     let m = [
         0.023599999999999996,
@@ -102,11 +116,7 @@ fn sgd_momentum_matches_textbook_for_three_steps() {
     ];
     let cfg = OptimConfig::new(Optimiser::sgd(0.1, 0.9));
     let mut state = OptimState::new(vec![0.0f64; state_len(OptimKind::Sgd, 3)]);
-    let mut p = P0;
-    for t in 0..3 {
-        state.step(&cfg, &mut p, &G[t]).unwrap();
-        assert_close(&p, &python[t], 1e-14, "sgd");
-    }
+    three_steps(&cfg, &mut state, &python, 1e-14, "sgd", |_, _| {});
     assert_close(
         state.storage(),
         &[0.23600000000000002, 0.29800000000000004, -0.357],
@@ -128,13 +138,17 @@ fn sgd_with_clipping_and_weight_decay_matches_textbook() {
         .with_clip_norm(0.25)
         .with_weight_decay(0.01);
     let mut state = OptimState::new([0.0f64; 3]);
-    let mut p = P0;
-    for t in 0..3 {
-        let info = state.step(&cfg, &mut p, &G[t]).unwrap();
-        assert!(info.clipped);
-        assert_close(&[info.grad_norm], &[norms[t]], 1e-15, "norm");
-        assert_close(&p, &python[t], 1e-14, "sgd clip wd");
-    }
+    three_steps(
+        &cfg,
+        &mut state,
+        &python,
+        1e-14,
+        "sgd clip wd",
+        |t, info| {
+            assert!(info.clipped);
+            assert_close(&[info.grad_norm], &[norms[t]], 1e-15, "norm");
+        },
+    );
 }
 
 /// Runs `steps` updates of `cfg` on `grad` from `x0`.

@@ -472,50 +472,35 @@ fn bad_input_and_buffers_are_typed_errors() {
     let x = data(13, 1, 5);
     let mut work = vec![0f32; q.work_len()];
     assert!(q.segment(&x, &mut work).is_ok());
-    assert_eq!(
-        q.segment(&x, &mut work[1..]).unwrap_err(),
-        InferError::BufferLength
-    );
-    assert_eq!(
-        q.encode(&x[1..], &mut work).unwrap_err(),
-        InferError::InputLength
-    );
-    let mut bad = x.clone();
-    bad[4] = f32::INFINITY;
-    assert_eq!(
-        q.encode(&bad, &mut work).unwrap_err(),
-        InferError::NonFiniteInput
-    );
-    bad[4] = f32::NAN;
-    assert_eq!(
-        q.segment(&bad, &mut work).unwrap_err(),
-        InferError::NonFiniteInput
-    );
-    assert_eq!(
-        q.label(&bad, &mut work).unwrap_err(),
-        InferError::NonFiniteInput
-    );
+    let with = |i: usize, v: f32, x: &[f32]| {
+        let mut x = x.to_vec();
+        x[i] = v;
+        x
+    };
+    let (inf, nan) = (with(4, f32::INFINITY, &x), with(4, f32::NAN, &x));
     // A finite input whose normalised value is not: NonFinite (the first bad feature's
     // error, before a non-finite input).
     let mut floats = q.floats().to_vec();
     floats[QuantLayout::of(&shape).input_mult + 2] = 4.0;
     let wide = QuantModel::new(shape, q.weights(), q.ints(), &floats[..]).unwrap();
-    let mut huge = x.clone();
-    huge[2] = 1.0e38;
-    assert_eq!(
-        wide.encode(&huge, &mut work).unwrap_err(),
-        InferError::NonFinite
-    );
-    huge[7] = f32::NAN;
-    assert_eq!(
-        wide.label(&huge, &mut work).unwrap_err(),
-        InferError::NonFinite
-    );
-    huge[1] = f32::INFINITY;
-    assert_eq!(
-        wide.segment(&huge, &mut work).unwrap_err(),
-        InferError::NonFiniteInput
-    );
+    let huge = with(2, 1.0e38, &x);
+    let huge_nan = with(7, f32::NAN, &huge);
+    let huge_inf = with(1, f32::INFINITY, &huge_nan);
+    use InferError::{BufferLength, InputLength, NonFinite, NonFiniteInput};
+    // Each call's error, and the one it must be.
+    let refused = [
+        (q.segment(&x, &mut work[1..]).err(), BufferLength),
+        (q.encode(&x[1..], &mut work).err(), InputLength),
+        (q.encode(&inf, &mut work).err(), NonFiniteInput),
+        (q.segment(&nan, &mut work).err(), NonFiniteInput),
+        (q.label(&nan, &mut work).err(), NonFiniteInput),
+        (wide.encode(&huge, &mut work).err(), NonFinite),
+        (wide.label(&huge_nan, &mut work).err(), NonFinite),
+        (wide.segment(&huge_inf, &mut work).err(), NonFiniteInput),
+    ];
+    for (i, (got, want)) in refused.into_iter().enumerate() {
+        assert_eq!(got, Some(want), "call {i}");
+    }
     // Far outside the calibrated range: clamped, not wrapped.
     let big: Vec<f32> = x.iter().map(|v| v * 1.0e6).collect();
     let e = q.encode(&big, &mut work).unwrap();
