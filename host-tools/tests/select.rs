@@ -95,21 +95,32 @@ fn two_view_neighbours_need_both_views() {
     assert_eq!(&nb[..3], &[1, 2, 3]);
 }
 
+/// `n` rows of `d` values, each `value` of the words of a generator seeded `seed`; then
+/// `repeat.0` rows from the first copied over the rows from `repeat.1` on.
+fn rows_with_repeats(
+    n: usize,
+    d: usize,
+    seed: u64,
+    repeat: (usize, usize),
+    mut value: impl FnMut(&mut dyn FnMut() -> u32) -> f32,
+) -> Vec<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut next = || rng.next_u32();
+    let mut x: Vec<f32> = (0..n * d).map(|_| value(&mut next)).collect();
+    x.copy_within(0..repeat.0 * d, repeat.1 * d);
+    x
+}
+
 #[test]
 fn two_view_neighbours_are_the_rank_sums() {
     // Against the definition written plainly (a stable sort of every row by cosine in
     // each view, ranks summed, the smallest sums kept, ties to the smaller index), on
     // rows with repeats, zeros and disjoint supports (cosines tied, or exactly 0).
     let (n, d) = (157, 9);
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0x9e37_79b9);
-    let mut next = || rng.next_u32();
-    let mut a: Vec<f32> = (0..n * d)
-        .map(|_| match next() % 4 {
-            0 => 0.0,
-            _ => (next() % 5) as f32 - 1.0,
-        })
-        .collect();
-    a.copy_within(0..5 * d, 20 * d);
+    let a = rows_with_repeats(n, d, 0x9e37_79b9, (5, 20), |next| match next() % 4 {
+        0 => 0.0,
+        _ => (next() % 5) as f32 - 1.0,
+    });
     let b: Vec<f32> = a
         .iter()
         .enumerate()
@@ -154,12 +165,9 @@ fn euclidean_neighbours_are_the_nearest_by_definition() {
     // distance summed in feature order, ties to the smaller index), on rows with
     // repeats (distances tied, or exactly 0).
     let (n, d) = (143, 7);
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0x2545_f491);
-    let mut next = || rng.next_u32();
-    let mut x: Vec<f32> = (0..n * d)
-        .map(|_| (next() % 7) as f32 * 0.5 - 1.0)
-        .collect();
-    x.copy_within(0..4 * d, 30 * d);
+    let x = rows_with_repeats(n, d, 0x2545_f491, (4, 30), |next| {
+        (next() % 7) as f32 * 0.5 - 1.0
+    });
     for k in [1, 20, n - 1] {
         let mut want = Vec::new();
         for i in 0..n {
