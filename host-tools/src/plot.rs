@@ -769,33 +769,24 @@ fn draw_curves(root: &Area<'_>, fig: &mut Figure, c: &Curves, r: Rect) -> Result
         w: r.w - 2 * pad,
         h: r.h - 2 * pad - 3 * g,
     };
-    let panels = usize::from(!c.loss.is_empty()) + usize::from(!c.scores.is_empty());
-    let ph = inner.h / panels.max(1) as i32;
-    let mut y = inner.y;
-    if !c.loss.is_empty() {
-        draw_series_panel(
-            root,
-            fig,
-            Rect { y, h: ph, ..inner },
-            "loss parts (mean per epoch)",
-            &c.epochs,
-            c.warmup,
-            &c.loss,
-            None,
-        )?;
-        y += ph;
-    }
-    if !c.scores.is_empty() {
-        draw_series_panel(
-            root,
-            fig,
-            Rect { y, h: ph, ..inner },
+    // The panels with series to draw, one above the other: title, series, fixed range.
+    let panels: Vec<_> = [
+        ("loss parts (mean per epoch)", &c.loss, None),
+        (
             "clustering scores against the labels",
-            &c.epochs,
-            c.warmup,
             &c.scores,
             Some((0.0, 1.0)),
-        )?;
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, series, _)| !series.is_empty())
+    .collect();
+    let ph = inner.h / panels.len().max(1) as i32;
+    let mut y = inner.y;
+    for (title, series, fixed) in panels {
+        let r = Rect { y, h: ph, ..inner };
+        draw_series_panel(root, fig, r, title, &c.epochs, c.warmup, series, fixed)?;
+        y += ph;
     }
     Ok(())
 }

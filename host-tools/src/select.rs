@@ -18,7 +18,9 @@
 //! silhouette of models trained with `K = 2 ..= max`.
 
 use crate::metrics;
-use crate::train::{fit_branches, mine_neighbours, Branch, EpochStats, FitConfig, FitError};
+use crate::train::{
+    cosines_with_others, fit_branches, mine_neighbours, Branch, EpochStats, FitConfig, FitError,
+};
 use hvae::infer::model::{Model, VecModel};
 use hvae::Shape;
 use serde::{Deserialize, Serialize};
@@ -107,16 +109,7 @@ pub fn silhouette(mus: &[f32], m: usize, labels: &[usize], k: usize) -> f64 {
     let mut total = 0.0;
     for i in 0..n {
         sum_to.fill(0.0);
-        let xi = &mus[i * m..(i + 1) * m];
-        for j in 0..n {
-            if j == i {
-                continue;
-            }
-            let c: f32 = xi
-                .iter()
-                .zip(&mus[j * m..(j + 1) * m])
-                .map(|(a, b)| a * b)
-                .sum();
+        for (j, c) in cosines_with_others(&mus[..n * m], m, i) {
             sum_to[labels[j]] += 1.0 - f64::from(c);
         }
         let own = labels[i];

@@ -217,6 +217,20 @@ fn unit_rows(x: &[f32], d: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The cosine of the unit row `i` of `rows` (`d` columns) with every other row, in row
+/// order: `(j, cosine)`, each a sum in feature order.
+pub(crate) fn cosines_with_others(
+    rows: &[f32],
+    d: usize,
+    i: usize,
+) -> impl Iterator<Item = (usize, f32)> + '_ {
+    let xi = &rows[i * d..(i + 1) * d];
+    rows.chunks_exact(d)
+        .enumerate()
+        .filter(move |&(j, _)| j != i)
+        .map(move |(j, r)| (j, xi.iter().zip(r).map(|(a, b)| a * b).sum()))
+}
+
 /// The `k` nearest neighbours of every row by cosine (excluding itself), `n x k` row
 /// indices, nearest first. Exact: `n^2 d / 2` multiply-adds, computed in blocks so that
 /// memory stays `O(n k + n d)`.
@@ -228,16 +242,7 @@ pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
     let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
     for i in 0..n {
         best.clear();
-        let xi = &unit[i * d..(i + 1) * d];
-        for j in 0..n {
-            if j == i {
-                continue;
-            }
-            let c: f32 = xi
-                .iter()
-                .zip(&unit[j * d..(j + 1) * d])
-                .map(|(a, b)| a * b)
-                .sum();
+        for (j, c) in cosines_with_others(&unit, d, i) {
             if best.len() < k || c > best[best.len() - 1].0 {
                 let pos = best.partition_point(|&(b, _)| b >= c);
                 best.insert(pos, (c, j as u32));

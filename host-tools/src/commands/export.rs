@@ -81,14 +81,26 @@ pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<(), Error> {
             "C header",
         ),
     };
-    fsio::write_bytes_atomic(&args.out, &bytes)?;
+    let sizes = format!(", {} parameters,", loaded.model.params().len());
+    write_out(args, out, &bytes, what, &sizes, loaded.crc)
+}
+
+/// Writes `bytes` to `--out` and says so: what they are, their length, `sizes` (its own
+/// punctuation around it) and the CRC.
+fn write_out(
+    args: &ExportArgs,
+    out: &mut dyn Write,
+    bytes: &[u8],
+    what: &str,
+    sizes: &str,
+    crc: u32,
+) -> Result<(), Error> {
+    fsio::write_bytes_atomic(&args.out, bytes)?;
     outln!(
         out,
-        "wrote {} ({what}, {} bytes, {} parameters, CRC {:#010x})",
+        "wrote {} ({what}, {} bytes{sizes} CRC {crc:#010x})",
         args.out.display(),
-        bytes.len(),
-        loaded.model.params().len(),
-        loaded.crc
+        bytes.len()
     )
 }
 
@@ -132,15 +144,11 @@ fn run_int8(
             "C header, int8",
         ),
     };
-    fsio::write_bytes_atomic(&args.out, &bytes)?;
-    outln!(
-        out,
-        "wrote {} ({what}, {} bytes; int8 weights {} B, i32 {} B, f32 {} B; CRC {:#010x})",
-        args.out.display(),
-        bytes.len(),
+    let sizes = format!(
+        "; int8 weights {} B, i32 {} B, f32 {} B;",
         q.weights().len(),
         4 * q.ints().len(),
-        4 * q.floats().len(),
-        crc
-    )
+        4 * q.floats().len()
+    );
+    write_out(args, out, &bytes, what, &sizes, crc)
 }
