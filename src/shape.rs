@@ -552,17 +552,22 @@ impl Walk {
     }
 }
 
+/// Shapes the unit tests of layouts go over: one hidden layer, two, and four with the
+/// smallest latent sphere.
+#[cfg(test)]
+pub(crate) const TEST_SHAPES: [Shape; 3] = [
+    Shape::new(64, &[32], 8, 10),
+    Shape::new(5, &[7, 3], 3, 2),
+    Shape::new(2, &[4, 4, 4, 4], 2, 1),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn layout_is_contiguous_and_complete() {
-        for shape in [
-            Shape::new(64, &[32], 8, 10),
-            Shape::new(5, &[7, 3], 3, 2),
-            Shape::new(2, &[4, 4, 4, 4], 2, 1),
-        ] {
+        for shape in TEST_SHAPES {
             shape.validate().unwrap();
             let mut off = 0;
             for t in shape.tensors() {

@@ -413,11 +413,7 @@ mod tests {
 
     #[test]
     fn views_cover_their_buffers_exactly() {
-        for s in [
-            Shape::new(64, &[32], 8, 10),
-            Shape::new(5, &[7, 3], 3, 2),
-            Shape::new(2, &[4, 4, 4, 4], 2, 1),
-        ] {
+        for s in crate::shape::TEST_SHAPES {
             let mut work = [0.0f32; 400];
             let w = s.work(&mut work[..s.work_len()]).unwrap();
             let l = WorkLayout::of(&s);
