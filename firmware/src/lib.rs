@@ -37,3 +37,19 @@ pub mod inference;
 pub mod learning;
 pub mod rt;
 pub mod weights;
+
+/// The value of `$r: Result<_, _>`; or, on an error, the error logged with the defmt
+/// format `$fmt` (one argument, the error) and the program ended as failed
+/// ([`rt::exit`]): what a program cannot run without at boot.
+#[macro_export]
+macro_rules! or_exit {
+    ($r:expr, $fmt:literal) => {
+        match $r {
+            Ok(v) => v,
+            Err(e) => {
+                ::defmt::error!($fmt, e);
+                $crate::rt::exit(false)
+            }
+        }
+    };
+}

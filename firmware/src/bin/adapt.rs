@@ -28,7 +28,7 @@ use hvae::protocol::{max_request_frame, max_response_frame};
 use hvae::Model;
 use hvae_firmware::board::Uart;
 use hvae_firmware::learning::{AdaptStore, CkptFlash};
-use hvae_firmware::rt;
+use hvae_firmware::{or_exit, rt};
 
 // The compiled-in model: the digits with 16 hidden units (`weights::m0`).
 use hvae_firmware::weights::m0::{BLOB_CRC, COMPILED, INFER_LEN, SHAPE};
@@ -80,13 +80,7 @@ fn build() -> Result<&'static mut Adapter, &'static str> {
 #[entry]
 fn main() -> ! {
     rt::paint_stack();
-    let adapter = match build() {
-        Ok(a) => a,
-        Err(why) => {
-            defmt::error!("adapt: {=str}", why);
-            rt::exit(false)
-        }
-    };
+    let adapter = or_exit!(build(), "adapt: {=str}");
     match adapter.restore() {
         Ok(Some(seq)) => defmt::info!(
             "adapt: checkpoint {=u32} of the compiled-in weights (CRC {=u32:#010x}) restored; serving on UART0",

@@ -15,19 +15,13 @@
 use cortex_m_rt::entry;
 use hvae_firmware::board::Uart;
 use hvae_firmware::inference::{self, RX_FRAME, TX_FRAME};
-use hvae_firmware::rt;
 use hvae_firmware::weights::{self, Source};
+use hvae_firmware::{or_exit, rt};
 
 #[entry]
 fn main() -> ! {
     rt::paint_stack();
-    let active = match weights::boot() {
-        Ok(a) => a,
-        Err(why) => {
-            defmt::error!("cluster: {=str}", why);
-            rt::exit(false)
-        }
-    };
+    let active = or_exit!(weights::boot(), "cluster: {=str}");
     match active.source {
         Source::Compiled => defmt::info!(
             "cluster: compiled-in weights, CRC {=u32:#010x}; serving on UART0",
@@ -42,13 +36,7 @@ fn main() -> ! {
     }
     // Built where it stays (a local of `main`, which never returns).
     let mut slot = None;
-    let server = match inference::engine(&mut slot, active) {
-        Ok(s) => s,
-        Err(why) => {
-            defmt::error!("cluster: {=str}", why);
-            rt::exit(false)
-        }
-    };
+    let server = or_exit!(inference::engine(&mut slot, active), "cluster: {=str}");
     let mut uart = Uart::new();
     // A UART does not fail: the server never returns.
     match server.serve::<_, RX_FRAME, TX_FRAME>(&mut uart) {}

@@ -20,9 +20,9 @@ use hvae::device::{Engine, Int8, CAP, INFER_INT8};
 use hvae_firmware::board::{Flash, Uart};
 use hvae_firmware::inference::{RX_FRAME, TX_FRAME};
 use hvae_firmware::learning::NoBuffers;
-use hvae_firmware::rt;
 use hvae_firmware::weights::int8::{self, SHAPE};
 use hvae_firmware::weights::{self, FlashWeights, Source};
+use hvae_firmware::{or_exit, rt};
 
 /// The frames are `cluster`'s (`hvae_firmware::inference`), sized for the `f32` model:
 /// the int8 model must have the same shape.
@@ -48,13 +48,10 @@ type Int8Engine = Engine<
 #[entry]
 fn main() -> ! {
     rt::paint_stack();
-    let active = match weights::boot_with::<int8::Int8>(int8::compiled) {
-        Ok(a) => a,
-        Err(why) => {
-            defmt::error!("cluster_int8: {=str}", why);
-            rt::exit(false)
-        }
-    };
+    let active = or_exit!(
+        weights::boot_with::<int8::Int8>(int8::compiled),
+        "cluster_int8: {=str}"
+    );
     match active.source {
         Source::Compiled => defmt::info!(
             "cluster_int8: compiled-in int8 weights, CRC {=u32:#010x}, kernel {=str}; serving on UART0",

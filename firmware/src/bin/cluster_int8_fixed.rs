@@ -17,8 +17,8 @@ use hvae::device::{Engine, Int8, CAP};
 use hvae::protocol::{CAP_ENCODE, CAP_SEGMENT};
 use hvae_firmware::inference::{RX_FRAME, TX_FRAME};
 use hvae_firmware::learning::NoBuffers;
-use hvae_firmware::rt;
 use hvae_firmware::weights::int8::{self, FlashModel, SHAPE};
+use hvae_firmware::{or_exit, rt};
 
 /// The frames are `cluster`'s (`hvae_firmware::inference`), sized for the `f32` model:
 /// the int8 model must have the same shape.
@@ -44,13 +44,7 @@ type Int8Engine = Engine<
 #[entry]
 fn main() -> ! {
     rt::paint_stack();
-    let active = match int8::compiled() {
-        Ok(a) => a,
-        Err(why) => {
-            defmt::error!("cluster_int8_fixed: {=str}", why);
-            rt::exit(false)
-        }
-    };
+    let active = or_exit!(int8::compiled(), "cluster_int8_fixed: {=str}");
     defmt::info!(
         "cluster_int8_fixed: compiled-in int8 weights, CRC {=u32:#010x}, kernel {=str}; serving on UART0",
         active.blob_crc,

@@ -22,8 +22,8 @@ use hvae::protocol::{max_request_frame, max_response_frame, MAX_SAMPLE};
 use hvae::Model;
 use hvae_firmware::board::Uart;
 use hvae_firmware::learning::{CkptFlash, StaticStore};
-use hvae_firmware::rt;
 use hvae_firmware::weights::{generated, SHAPE};
+use hvae_firmware::{or_exit, rt};
 
 const PARAM_LEN: usize = SHAPE.param_len();
 const SCRATCH_LEN: usize = scratch_len(&SHAPE);
@@ -53,13 +53,10 @@ fn main() -> ! {
     let params: &'static mut [f32] = unsafe { &mut *addr_of_mut!(PARAMS) };
     params.copy_from_slice(&generated::PARAMS);
     let crc = blob_crc(&SHAPE, params);
-    let model = match Model::new(SHAPE, params) {
-        Ok(m) => m,
-        Err(e) => {
-            defmt::error!("learn: the compiled-in weights are not a model: {}", e);
-            rt::exit(false)
-        }
-    };
+    let model = or_exit!(
+        Model::new(SHAPE, params),
+        "learn: the compiled-in weights are not a model: {}"
+    );
     // `None` when memory.x gives no room for two slots (a misconfigured build): the
     // engine then answers `Checkpoint` with `Unsupported`, and says so here.
     // SAFETY: taken once, here; from now on only the store touches them.
@@ -71,13 +68,7 @@ fn main() -> ! {
     // Used where it is built: moving the engine out of the `Result` would leave a
     // second copy of it on the stack for good.
     let mut built = Learner::new(model, crc, store, RX_FRAME);
-    let learner = match &mut built {
-        Ok(l) => l,
-        Err(e) => {
-            defmt::error!("learn: the engine refuses the model: {}", e);
-            rt::exit(false)
-        }
-    };
+    let learner = or_exit!(&mut built, "learn: the engine refuses the model: {}");
     let buffers = 4 * (SCRATCH_LEN + OPTIM_LEN + PARAM_LEN);
     let restored = learner.restore();
     let crc = learner.crc();

@@ -27,8 +27,8 @@ use hvae::shape::Shape;
 use hvae::Model;
 use hvae_firmware::board::Uart;
 use hvae_firmware::learning::{CkptFlash, StaticStore};
-use hvae_firmware::rt;
 use hvae_firmware::weights::SHAPE as DEPLOYED;
+use hvae_firmware::{or_exit, rt};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -68,13 +68,10 @@ fn main() -> ! {
     rt::paint_stack();
     // SAFETY: taken once, here, before anything else can reference PARAMS.
     let params: &'static mut [f32] = unsafe { &mut *addr_of_mut!(PARAMS) };
-    let mut model = match Model::new(SHAPE, params) {
-        Ok(m) => m,
-        Err(e) => {
-            defmt::error!("learn_scratch: the network's shape is refused: {}", e);
-            rt::exit(false)
-        }
-    };
+    let mut model = or_exit!(
+        Model::new(SHAPE, params),
+        "learn_scratch: the network's shape is refused: {}"
+    );
     model.init(&mut Xoshiro256PlusPlus::seed_from_u64(0));
     let crc = blob_crc(&SHAPE, model.params());
     // SAFETY: taken once, here; from now on only the store touches them.
@@ -86,13 +83,10 @@ fn main() -> ! {
     // Used where it is built: moving the engine out of the `Result` would leave a
     // second copy of it on the stack for good.
     let mut built = Learner::new(model, crc, store, RX_FRAME);
-    let learner = match &mut built {
-        Ok(l) => l,
-        Err(e) => {
-            defmt::error!("learn_scratch: the engine refuses the network: {}", e);
-            rt::exit(false)
-        }
-    };
+    let learner = or_exit!(
+        &mut built,
+        "learn_scratch: the engine refuses the network: {}"
+    );
     let restored = learner.restore();
     let crc = learner.crc();
     match restored {
