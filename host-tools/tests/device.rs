@@ -85,11 +85,18 @@ fn faulted_then_rerun(
     (sim, r)
 }
 
+/// Validates `loaded(1)` on a device that runs `on` with the flash CRC `crc`, without
+/// a fault: the device and the report.
+fn validated(on: &LoadedModel, crc: u32) -> (SimDevice, ValidateReport) {
+    let sim = sim_device(on, crc, None);
+    let r = run(&mut session(&sim), &loaded(1), &digits()).unwrap();
+    (sim, r)
+}
+
 #[test]
 fn same_weights_pass_bit_exact() {
     let model = loaded(1);
-    let sim = sim_device(&model, model.crc, None);
-    let r = run(&mut session(&sim), &model, &digits()).unwrap();
+    let (sim, r) = validated(&model, model.crc);
     assert!(r.pass, "{r:?}");
     assert!(!r.loaded_weights);
     assert_eq!(r.rows, ROWS);
@@ -106,8 +113,7 @@ fn same_weights_pass_bit_exact() {
 fn other_weights_are_loaded_first() {
     let model = loaded(1);
     let other = loaded(2);
-    let sim = sim_device(&other, other.crc, None);
-    let r = run(&mut session(&sim), &model, &digits()).unwrap();
+    let (sim, r) = validated(&other, other.crc);
     assert!(r.pass, "{r:?}");
     assert!(r.loaded_weights);
     assert_eq!(sim.state.lock().unwrap().crc(), model.crc);
@@ -128,10 +134,7 @@ fn other_weights_are_loaded_first() {
 fn a_device_that_computes_otherwise_fails() {
     // The device claims the model's CRC but runs other weights: no load, and the
     // comparison must catch it.
-    let model = loaded(1);
-    let other = loaded(3);
-    let sim = sim_device(&other, model.crc, None);
-    let r = run(&mut session(&sim), &model, &digits()).unwrap();
+    let (_, r) = validated(&loaded(3), loaded(1).crc);
     assert!(!r.pass);
     assert!(r.mu.max_abs_err > 0.01, "{r:?}");
     assert!(r.failures.iter().any(|f| f.starts_with("mu max abs error")));
@@ -152,35 +155,34 @@ fn stall_is_a_timeout_naming_the_request() {
     assert!(!e.contains('\n'));
 }
 
+/// Garbage, a wrong answer and a reset in the middle of an answer, each at its request:
+/// reported with the words that name it; then a rerun passes, every row bit for bit;
+/// only the reset resets the device.
 #[test]
-fn garbage_is_reported_then_a_rerun_passes() {
-    let expect = [
+fn faults_while_streaming_are_reported_then_a_rerun_passes() {
+    let garbage = [
         "answered Segment with garbage (frame is not valid COBS)",
         "data rows 37..40 of",
     ];
-    let (_, r) = faulted_then_rerun(&loaded(1), 10, Fault::Garbage, &expect, |_| {});
-    assert!(r.pass && r.rows == ROWS, "{r:?}");
-}
-
-#[test]
-fn wrong_answer_is_reported() {
-    let expect = ["answered Segment with an unrelated Ack response"];
-    let (_, r) = faulted_then_rerun(&loaded(1), 3, Fault::WrongAnswer, &expect, |_| {});
-    assert!(r.pass, "{r:?}");
-}
-
-#[test]
-fn reset_while_streaming_is_reported_then_a_rerun_passes() {
-    let expect = [
+    let wrong = ["answered Segment with an unrelated Ack response"];
+    let reset = [
         "device stopped in the middle of its answer to Segment",
         "reset",
     ];
-    let (sim, r) = faulted_then_rerun(&loaded(1), 20, Fault::Reset, &expect, |_| {});
-    assert_eq!(sim.state.lock().unwrap().resets, 1);
-    assert!(
-        r.pass && r.rows == ROWS && r.bit_exact_rows == ROWS,
-        "{r:?}"
-    );
+    let cases: [(usize, Fault, &[&str]); 3] = [
+        (10, Fault::Garbage, &garbage),
+        (3, Fault::WrongAnswer, &wrong),
+        (20, Fault::Reset, &reset),
+    ];
+    for (at, fault, expect) in cases {
+        let (sim, r) = faulted_then_rerun(&loaded(1), at, fault, expect, |_| {});
+        let resets = sim.state.lock().unwrap().resets;
+        assert_eq!(resets, usize::from(fault == Fault::Reset), "{fault:?}");
+        assert!(
+            r.pass && r.rows == ROWS && r.bit_exact_rows == ROWS,
+            "{fault:?}: {r:?}"
+        );
+    }
 }
 
 #[test]
