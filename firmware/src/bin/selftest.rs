@@ -67,6 +67,34 @@ impl Checks {
     }
 }
 
+/// xorshift32: deterministic test inputs.
+struct Rng(u32);
+
+impl Rng {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        self.0
+    }
+    fn below(&mut self, n: u32) -> u32 {
+        self.next() % n
+    }
+    fn i8(&mut self) -> i8 {
+        self.next() as i8
+    }
+    /// A value in [-2, 2), with an occasional zero, negative zero or huge value.
+    fn f32(&mut self) -> f32 {
+        let v = self.next();
+        match v % 64 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => 3.0e38,
+            _ => (v >> 8) as f32 / (1u32 << 22) as f32 - 2.0,
+        }
+    }
+}
+
 #[entry]
 fn main() -> ! {
     rt::paint_stack();
@@ -442,7 +470,7 @@ fn int8_slots(c: &mut Checks) {
 /// The parser against the core's decoder (mps2-an386 only, see `main`).
 #[cfg(board = "mps2_an386")]
 mod frames {
-    use super::Checks;
+    use super::{Checks, Rng};
     use hvae::device::INTERNAL_ERROR_FRAME;
     use hvae::protocol::{borrowed, FrameDecoder};
     use hvae::protocol::{
@@ -450,21 +478,6 @@ mod frames {
         TrainSettings, MAX_CHUNK, MAX_REQUEST_FRAME, MAX_SAMPLE,
     };
     use hvae_firmware::weights::SHAPE;
-
-    /// xorshift32: deterministic test inputs.
-    struct Rng(u32);
-
-    impl Rng {
-        fn next(&mut self) -> u32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 17;
-            self.0 ^= self.0 << 5;
-            self.0
-        }
-        fn below(&mut self, n: u32) -> u32 {
-            self.next() % n
-        }
-    }
 
     /// A random request of any variant (vectors of random length and bits, NaN included).
     fn random_request(rng: &mut Rng) -> Request {
@@ -780,7 +793,7 @@ fn nor_flash(c: &mut Checks) {
 }
 
 mod kernels {
-    use super::{generated, Checks, SHAPE};
+    use super::{generated, Checks, Rng, SHAPE};
     use hvae::kernels::{dense_backward, dense_forward, dense_forward2, portable};
     use hvae::shape::TensorId;
     use hvae::Activation;
@@ -790,23 +803,6 @@ mod kernels {
     /// The random layers: every size up to this many rows and inputs.
     const ROWS: usize = 17;
     const INPUTS: usize = 19;
-
-    /// xorshift32 in [-2, 2), with an occasional zero, negative zero or huge value.
-    struct Rng(u32);
-
-    impl Rng {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 17;
-            self.0 ^= self.0 << 5;
-            match self.0 % 64 {
-                0 => 0.0,
-                1 => -0.0,
-                2 => 3.0e38,
-                _ => (self.0 >> 8) as f32 / (1u32 << 22) as f32 - 2.0,
-            }
-        }
-    }
 
     fn same_bits(a: &[f32], b: &[f32]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
@@ -851,7 +847,7 @@ mod kernels {
             .zip(&mut dw_p)
             .chain(db.iter_mut().zip(&mut db_p))
         {
-            *a = rng.next();
+            *a = rng.f32();
             *b = *a;
         }
         let parts = (
@@ -904,7 +900,7 @@ mod kernels {
             };
             for round in 0..4 {
                 for (a, b) in x0.iter_mut().zip(x1.iter_mut()) {
-                    (*a, *b) = (rng.next(), rng.next());
+                    (*a, *b) = (rng.f32(), rng.f32());
                 }
                 // A non-finite input in the later rounds (the encoder's input check).
                 let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
@@ -916,7 +912,7 @@ mod kernels {
                 #[cfg(board = "mps2_an386")]
                 {
                     let mut dy = [0.0f32; W];
-                    dy.iter_mut().for_each(|v| *v = rng.next());
+                    dy.iter_mut().for_each(|v| *v = rng.f32());
                     if let Some(dy) = dy.get(..t.rows) {
                         ok &= agree_backward::<{ W * W }>(w, x0, dy, &mut rng);
                     }
@@ -933,12 +929,12 @@ mod kernels {
         let mut w = [0.0f32; ROWS * INPUTS];
         let (mut b, mut x0, mut x1) = ([0.0f32; ROWS], [0.0f32; INPUTS], [0.0f32; INPUTS]);
         for v in w.iter_mut().chain(&mut b) {
-            *v = rng.next();
+            *v = rng.f32();
         }
         for rows in 1..=ROWS {
             for n in 0..=INPUTS {
                 for (a, b) in x0.iter_mut().zip(x1.iter_mut()) {
-                    (*a, *b) = (rng.next(), rng.next());
+                    (*a, *b) = (rng.f32(), rng.f32());
                 }
                 let parts = (w.get(..rows * n), b.get(..rows), x0.get(..n), x1.get(..n));
                 let (Some(w), Some(b), Some(x0), Some(x1)) = parts else {
@@ -959,7 +955,7 @@ mod kernels {
 }
 
 mod kernels_i8 {
-    use super::{int8, Checks};
+    use super::{int8, Checks, Rng};
     use hvae::kernels::{dense_i8, dense_i8_dequant, portable};
 
     /// Random layers: every size up to this many rows and inputs.
@@ -970,27 +966,24 @@ mod kernels_i8 {
     #[repr(C, align(4))]
     struct Aligned([i8; ROWS * INPUTS + 4]);
 
-    /// xorshift32.
-    struct Rng(u32);
-
-    impl Rng {
-        fn next(&mut self) -> u32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 17;
-            self.0 ^= self.0 << 5;
-            self.0
-        }
-        fn i8(&mut self) -> i8 {
-            self.next() as i8
-        }
-    }
-
     /// Both kernels on one layer, each clamp and the dequantised head: the same values.
     fn agree(w: &[i8], x: &[i8], ch: &[portable::Channel], bias: &[i32], scale: &[f32]) -> bool {
+        agree_in::<{ ROWS * 4 }>(&[0, -127, -128, 5, 127], w, x, ch, bias, scale)
+    }
+
+    /// [`agree`] with the clamps `mins`, for layers of up to `N` rows.
+    fn agree_in<const N: usize>(
+        mins: &[i8],
+        w: &[i8],
+        x: &[i8],
+        ch: &[portable::Channel],
+        bias: &[i32],
+        scale: &[f32],
+    ) -> bool {
         let rows = ch.len();
         let mut ok = true;
-        for min in [0i8, -127, -128, 5, 127] {
-            let (mut y, mut z) = ([0x55i8; ROWS * 4], [0x55i8; ROWS * 4]);
+        for &min in mins {
+            let (mut y, mut z) = ([0x55i8; N], [0x55i8; N]);
             let (Some(y), Some(z)) = (y.get_mut(..rows), z.get_mut(..rows)) else {
                 return false;
             };
@@ -999,7 +992,7 @@ mod kernels_i8 {
             ok &= y == z;
         }
         let rows = bias.len();
-        let (mut y, mut z) = ([f32::NAN; ROWS * 4], [f32::NAN; ROWS * 4]);
+        let (mut y, mut z) = ([f32::NAN; N], [f32::NAN; N]);
         let (Some(y), Some(z)) = (y.get_mut(..rows), z.get_mut(..rows)) else {
             return false;
         };
@@ -1151,7 +1144,7 @@ mod kernels_i8 {
     /// Rows of the wider layers.
     const BIG_ROWS: usize = 72;
 
-    /// [`agree`] for layers of up to [`BIG_ROWS`] rows.
+    /// [`agree`] for layers of up to [`BIG_ROWS`] rows, at the two clamps of the model.
     fn agree_wide(
         w: &[i8],
         x: &[i8],
@@ -1159,27 +1152,6 @@ mod kernels_i8 {
         bias: &[i32],
         scale: &[f32],
     ) -> bool {
-        let rows = ch.len();
-        let mut ok = true;
-        for min in [0i8, -127] {
-            let (mut y, mut z) = ([0x55i8; BIG_ROWS], [0x55i8; BIG_ROWS]);
-            let (Some(y), Some(z)) = (y.get_mut(..rows), z.get_mut(..rows)) else {
-                return false;
-            };
-            dense_i8(w, x, ch, y, min);
-            portable::dense_i8(w, x, ch, z, min);
-            ok &= y == z;
-        }
-        let rows = bias.len();
-        let (mut y, mut z) = ([f32::NAN; BIG_ROWS], [f32::NAN; BIG_ROWS]);
-        let (Some(y), Some(z)) = (y.get_mut(..rows), z.get_mut(..rows)) else {
-            return false;
-        };
-        dense_i8_dequant(w, x, bias, scale, y);
-        portable::dense_i8_dequant(w, x, bias, scale, z);
-        ok && y
-            .iter()
-            .zip(z.iter())
-            .all(|(a, b)| a.to_bits() == b.to_bits())
+        agree_in::<BIG_ROWS>(&[0, -127], w, x, ch, bias, scale)
     }
 }
