@@ -314,12 +314,8 @@ pub const fn blob_header(shape: &Shape) -> [u8; HEADER_LEN] {
     h[1] = MAGIC[1];
     h[2] = MAGIC[2];
     h[3] = MAGIC[3];
-    let v = VERSION.to_le_bytes();
-    h[4] = v[0];
-    h[5] = v[1];
-    let l = (HEADER_LEN as u16).to_le_bytes();
-    h[6] = l[0];
-    h[7] = l[1];
+    put_u16(&mut h, 4, VERSION);
+    put_u16(&mut h, 6, HEADER_LEN as u16);
     // 8..12: flags, none in version 1.
     h[12] = posterior_code(shape.posterior);
     h[13] = likelihood_code(shape.likelihood);
@@ -354,16 +350,19 @@ pub const fn int8_blob_header(shape: &Shape) -> [u8; HEADER_LEN_INT8] {
         h[i] = v1[i];
         i += 1;
     }
-    let v = VERSION_INT8.to_le_bytes();
-    h[4] = v[0];
-    h[5] = v[1];
-    let l = (HEADER_LEN_INT8 as u16).to_le_bytes();
-    h[6] = l[0];
-    h[7] = l[1];
+    put_u16(&mut h, 4, VERSION_INT8);
+    put_u16(&mut h, 6, HEADER_LEN_INT8 as u16);
     put(&mut h, 44, quant::weight_len(shape));
     put(&mut h, 48, quant::int_len(shape));
     put(&mut h, 52, quant::float_len(shape));
     h
+}
+
+/// Writes `v` at `at` of a header, a little-endian `u16`.
+const fn put_u16<const N: usize>(h: &mut [u8; N], at: usize, v: u16) {
+    let b = v.to_le_bytes();
+    h[at] = b[0];
+    h[at + 1] = b[1];
 }
 
 /// Writes the size `v` at `at` of a header, a little-endian `u32`, saturated.
@@ -911,6 +910,7 @@ impl Writer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shape::TEST_SHAPES;
 
     #[test]
     fn crc_is_zlib_crc32() {
@@ -918,16 +918,13 @@ mod tests {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
+    /// A larger shape: three hidden layers, 64 latent dimensions, 255 clusters.
+    const BIG: Shape = Shape::new(100, &[50, 20, 10], 64, 255);
+
     #[test]
     fn checked_param_len_matches_shape() {
-        let shapes = [
-            Shape::new(64, &[32], 8, 10),
-            Shape::new(5, &[7, 3], 3, 2),
-            Shape::new(2, &[4, 4, 4, 4], 2, 1),
-            Shape::new(1, &[1], 2, 1),
-            Shape::new(100, &[50, 20, 10], 64, 255),
-        ];
-        for s in shapes {
+        let small_and_big = [Shape::new(1, &[1], 2, 1), BIG];
+        for s in TEST_SHAPES.into_iter().chain(small_and_big) {
             assert_eq!(checked_param_len(&s), Some(s.param_len()), "{s:?}");
             assert_eq!(blob_len(&s), HEADER_LEN + 4 * s.param_len() + CRC_LEN);
         }
@@ -935,14 +932,9 @@ mod tests {
 
     #[test]
     fn checked_int8_lens_match_the_model() {
-        let shapes = [
-            Shape::new(64, &[32], 8, 10),
-            Shape::new(5, &[7, 3], 3, 2),
-            Shape::new(2, &[4, 4, 4, 4], 2, 1),
-            Shape::new(100, &[50, 20, 10], 64, 255),
-        ];
-        let tanh = shapes.map(|s| s.with_activation(Activation::Tanh));
-        for s in shapes.into_iter().chain(tanh) {
+        let relu = TEST_SHAPES.into_iter().chain([BIG]);
+        let tanh = relu.clone().map(|s| s.with_activation(Activation::Tanh));
+        for s in relu.chain(tanh) {
             let want = [
                 quant::weight_len(&s),
                 quant::int_len(&s),
