@@ -679,8 +679,8 @@ fn afresh(reqs: &[Request], settings: TrainSettings) -> Vec<Request> {
 /// A reset between two requests changes nothing: the training resumes from its
 /// checkpoint (settings, generator, optimiser state, step count, memory of past samples,
 /// marginal, guard) and takes the very steps it would have taken without the reset —
-/// the default engine (a ring of `f32`, Adam) and one that remembers a reservoir of
-/// bytes (SGD, Full scope from the first step, in its warm-up).
+/// the default engine (a ring of `f32`, Adam) and one that remembers a sliding sample
+/// of bytes (SGD, Full scope from the first step, in its warm-up).
 #[test]
 fn a_training_resumes_bit_for_bit_after_a_reset() {
     let ring = settings_with(TrainScope::EncoderAndSegmenter, TrainOptimiser::Adam);

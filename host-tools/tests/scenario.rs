@@ -229,7 +229,7 @@ fn new_clusters_spawns_for_a_new_class_and_never_on_known_ones() {
 
 /// `--scenario scratch --device host`: a fresh 64-28-8 network learns on the scratch
 /// engine (a factored second moment without a first moment, the backward pass and the
-/// update layer by layer, a reservoir of 240 samples as bytes) within 48 KiB of training
+/// update layer by layer, a sliding sample of 240 samples as bytes) within 48 KiB of training
 /// state, over 3 stream orders, bit-identical to the host's reference. The 0.85 bar is
 /// not reached: the floor measured (docs/device.md#scenarios) is asserted here a little
 /// below.
@@ -261,10 +261,11 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
         "{text}"
     );
     assert!(r.optimiser.starts_with("factored second moment"), "{text}");
+    assert_eq!(r.memory_kept, "a sliding random sample", "{text}");
     // The floor, not the bar.
-    assert!(r.mean.acc >= 0.69, "{text}");
-    assert!(r.worst.acc >= 0.67, "{text}");
-    assert!(r.mean.nmi >= 0.65, "{text}");
+    assert!(r.mean.acc >= 0.83, "{text}");
+    assert!(r.worst.acc >= 0.82, "{text}");
+    assert!(r.mean.nmi >= 0.76, "{text}");
     // The same architecture on the host (`hvae train`, seed 0): 0.830.
     assert!(r.host_train.acc >= 0.80, "{text}");
     assert_eq!(r.pass, r.mean.acc >= scenario::SCRATCH_ACC_BAR, "{text}");

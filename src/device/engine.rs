@@ -31,8 +31,8 @@ pub(super) enum Staging<B> {
 /// The training state is `L` ([`Learning`], or `()` in an engine that serves no
 /// `TrainBatch`: no RAM for a trainer, a tracker or online k-means). The trainer
 /// remembers `MEM` past samples, each value stored as `E`: by default the [`CAP`] most
-/// recent as `f32` (a ring). A larger memory (`MEM > CAP`) keeps a reservoir (a uniform
-/// sample of the stream) and mines partners among more neighbours
+/// recent as `f32` (a ring). A larger memory (`MEM > CAP`) keeps the samples by
+/// [`SCRATCH_POLICY`](super::SCRATCH_POLICY) and mines partners among more neighbours
 /// ([`config_with_memory`](super::config_with_memory)); with `E = u8` each value takes
 /// one byte, quantised over the span of the model's normalisation
 /// ([`quant_of`](super::quant_of)).

@@ -80,7 +80,7 @@
 //! flash takes no buffer at all. The
 //! trainer's memory of past samples lives in the engine itself: by default a ring of
 //! [`CAP`] `f32` samples; an engine built with a larger memory (`Engine`'s `MEM` and `E`,
-//! e.g. a reservoir of bytes for learning from scratch) takes [`scratch_len_with`]
+//! e.g. 240 samples as bytes for learning from scratch) takes [`scratch_len_with`]
 //! scalars of scratch, and [`Engine::train_ram`] reports the bytes a training holds.
 //!
 //! [`TrainSettings`]: crate::protocol::TrainSettings
@@ -124,6 +124,7 @@ use crate::protocol::{CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMEN
 use crate::shape::{Scope, Shape};
 use crate::store::checkpoint::Checkpoints;
 use crate::train::optim::OptimKind;
+use crate::train::samples::Policy;
 use crate::train::trainer::TrainConfig;
 use embedded_storage::nor_flash::NorFlash;
 
@@ -164,9 +165,12 @@ pub const TIDY: crate::train::centres::TidyRule = crate::train::centres::TidyRul
 /// Samples in the training ring buffer.
 pub const CAP: usize = 32;
 /// Partners of the consistency loss are drawn among this many nearest neighbours in a
-/// memory larger than [`CAP`] (a reservoir): the host draws from the 10 nearest of the
-/// whole set.
-pub const SCRATCH_NEIGHBOURS: usize = 5;
+/// memory larger than [`CAP`] (learning from scratch): 5, or the integer (1 to
+/// `MAX_NEIGHBOURS`) in the environment variable `HVAE_SCRATCH_NEIGHBOURS` at build time.
+/// The host draws from the 10 nearest of the whole set.
+pub const SCRATCH_NEIGHBOURS: usize = build_setting(option_env!("HVAE_SCRATCH_NEIGHBOURS"), 5);
+const _: () =
+    assert!(SCRATCH_NEIGHBOURS >= 1 && SCRATCH_NEIGHBOURS <= crate::train::trainer::MAX_NEIGHBOURS);
 /// Warm-up steps of Full training with a memory larger than [`CAP`] (learning from
 /// scratch): 3000, or the integer in the environment variable `HVAE_SCRATCH_WARMUP` at
 /// build time.
@@ -178,8 +182,8 @@ pub const SCRATCH_WARMUP_STEPS: u32 =
 /// 64, or the integer in the environment variable `HVAE_SCRATCH_INIT` at build time.
 pub const SCRATCH_INIT_SAMPLES: usize = build_setting(option_env!("HVAE_SCRATCH_INIT"), 64);
 const _: () = assert!(CAP <= SCRATCH_INIT_SAMPLES);
-/// Samples a learning-from-scratch engine remembers: a reservoir of this many samples,
-/// each value stored as a byte (`Engine<.., SCRATCH_MEM, u8>`; `SCRATCH_MEM * D` bytes).
+/// Samples a learning-from-scratch engine remembers (kept by [`SCRATCH_POLICY`]), each
+/// value stored as a byte (`Engine<.., SCRATCH_MEM, u8>`; `SCRATCH_MEM * D` bytes).
 /// 240, or the integer (at least [`SCRATCH_INIT_SAMPLES`]) in the environment variable
 /// `HVAE_SCRATCH_MEM` at build time (to measure other choices; docs/device.md#scenarios).
 pub const SCRATCH_MEM: usize = build_setting(option_env!("HVAE_SCRATCH_MEM"), 240);
@@ -196,10 +200,10 @@ const _: () = assert!(SCRATCH_HIDDEN > 0);
 /// `HVAE_SCRATCH_CLIP` at build time (0: no clipping).
 pub const SCRATCH_CLIP: usize = build_setting(option_env!("HVAE_SCRATCH_CLIP"), 5);
 
-/// Weight of the cluster loss (`gamma`) in learning from scratch: 2 (the core's
-/// default), or the integer in the environment variable `HVAE_SCRATCH_GAMMA` at build
-/// time.
-pub const SCRATCH_GAMMA: usize = build_setting(option_env!("HVAE_SCRATCH_GAMMA"), 2);
+/// Weight of the cluster loss (`gamma`) in learning from scratch: 6 (the host trainer's;
+/// with the balance term on each step's batch, [`SCRATCH_RHO_TENTHS`]), or the integer
+/// in the environment variable `HVAE_SCRATCH_GAMMA` at build time.
+pub const SCRATCH_GAMMA: usize = build_setting(option_env!("HVAE_SCRATCH_GAMMA"), 6);
 
 /// The optimiser a device learning from scratch sizes its state for
 /// ([`scratch_optim_len`]) and trains with by default ([`SCRATCH_OPTIMISER`]): the
@@ -223,6 +227,33 @@ pub const SCRATCH_OPTIM: OptimKind = match option_env!("HVAE_SCRATCH_OPTIM") {
         }
     }
 };
+
+/// Which samples a device learning from scratch remembers: a sliding random sample of
+/// the stream ([`Policy::Sliding`]: each new sample replaces a random one, so the memory
+/// turns over as the passes go and every sample is trained on in its turn; a reservoir
+/// keeps the first passes' few hundred samples for good and the model learns them by
+/// heart), or the policy named in the environment variable `HVAE_SCRATCH_POLICY` at
+/// build time (`sliding`, `reservoir`).
+pub const SCRATCH_POLICY: Policy = match option_env!("HVAE_SCRATCH_POLICY") {
+    None => Policy::Sliding,
+    Some(s) => {
+        if same(s, "sliding") {
+            Policy::Sliding
+        } else if same(s, "reservoir") {
+            Policy::Reservoir
+        } else {
+            panic!("HVAE_SCRATCH_POLICY must be sliding or reservoir")
+        }
+    }
+};
+
+/// Momentum of the running cluster marginal the balance term of a device learning from
+/// scratch pulls towards the uniform (`LossConfig::balance_momentum`), in tenths: 0,
+/// each step's own batch (as the host trainer; with 0.9 the marginal moves slowly and
+/// clusters merge more often), or the integer (0 to 9) in the environment variable
+/// `HVAE_SCRATCH_RHO` at build time.
+pub const SCRATCH_RHO_TENTHS: usize = build_setting(option_env!("HVAE_SCRATCH_RHO"), 0);
+const _: () = assert!(SCRATCH_RHO_TENTHS < 10);
 
 /// [`SCRATCH_OPTIM`] on the wire (SGD with momentum 0.9), with Adam's default betas.
 pub const SCRATCH_OPTIMISER: crate::protocol::TrainOptimiser = match SCRATCH_OPTIM {
@@ -359,7 +390,7 @@ pub const fn checkpoint_slot_len_with<F: NorFlash>(
 }
 
 /// Bytes of one checkpoint slot on flash `F` for the engine that learns from scratch
-/// (a reservoir of [`SCRATCH_MEM`] byte samples): the Full scope with [`SCRATCH_OPTIM`],
+/// ([`SCRATCH_MEM`] byte samples): the Full scope with [`SCRATCH_OPTIM`],
 /// the largest state its optimiser buffer ([`scratch_optim_len`]) admits.
 pub const fn scratch_checkpoint_slot_len<F: NorFlash>(shape: &Shape) -> usize {
     slot_len_for::<F>(shape, SCRATCH_MEM, 1, SCRATCH_OPTIM)

@@ -7,8 +7,8 @@ use super::learning::Trainer;
 use super::persist::resume_prefix;
 use super::{
     Params, CAP, CHECKPOINT_EVERY, MAX_BATCH, NORM_DECAY, QUANT_SD, RESUME_PREFIX, SCRATCH_CLIP,
-    SCRATCH_GAMMA, SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_WARMUP_STEPS, SEED, TIDY,
-    WARMUP_STEPS,
+    SCRATCH_GAMMA, SCRATCH_INIT_SAMPLES, SCRATCH_NEIGHBOURS, SCRATCH_POLICY, SCRATCH_RHO_TENTHS,
+    SCRATCH_WARMUP_STEPS, SEED, TIDY, WARMUP_STEPS,
 };
 use crate::infer::model::Model;
 use crate::infer::normalise::Tracker;
@@ -21,7 +21,7 @@ use crate::train::centres::{
     in_use, CentreCounts, SpawnRule, Spawner, Tidied, MAX_ONLINE_CLUSTERS,
 };
 use crate::train::optim::Optimiser;
-use crate::train::samples::{Policy, Quant};
+use crate::train::samples::Quant;
 use crate::train::trainer::{Consistency, TrainConfig, TrainError};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -327,11 +327,11 @@ pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
 }
 
 /// The trainer configuration for the host's settings with a memory of `mem` samples:
-/// up to [`CAP`] a ring whose partners are drawn among the 3 nearest; beyond, a
-/// reservoir with partners among the [`SCRATCH_NEIGHBOURS`] nearest, the backward pass
-/// and the update layer by layer ([`TrainConfig::layerwise`], but for SegmenterOnly)
-/// with each block's gradient clipped to [`SCRATCH_CLIP`],
-/// and for Full scope (learning from scratch) [`SCRATCH_WARMUP_STEPS`] of warm-up, the
+/// up to [`CAP`] a ring whose partners are drawn among the 3 nearest; beyond, a memory
+/// kept by [`SCRATCH_POLICY`] with partners among the [`SCRATCH_NEIGHBOURS`] nearest, the
+/// balance term on each step's batch ([`SCRATCH_RHO_TENTHS`]), the backward pass and the
+/// update layer by layer ([`TrainConfig::layerwise`], but for SegmenterOnly) with each
+/// block's gradient clipped to [`SCRATCH_CLIP`], and for Full scope (learning from scratch) [`SCRATCH_WARMUP_STEPS`] of warm-up, the
 /// centres initialised on [`SCRATCH_INIT_SAMPLES`] of the memory by 50 Lloyd
 /// iterations.
 /// `None` when out of range.
@@ -369,12 +369,13 @@ pub fn config_with_memory(s: &TrainSettings, mem: usize) -> Option<TrainConfig<f
     // another class (docs/device.md#train-on-the-device).
     cfg.consistency = Consistency::Neighbours(3);
     if mem > CAP {
-        cfg.memory = Policy::Reservoir;
+        cfg.memory = SCRATCH_POLICY;
         cfg.consistency = Consistency::Neighbours(SCRATCH_NEIGHBOURS);
         cfg.kmeans_iters = 50;
         cfg.init_samples = SCRATCH_INIT_SAMPLES;
         cfg.layerwise = cfg.scope != Scope::SegmenterOnly;
         cfg.loss.gamma = SCRATCH_GAMMA as f32;
+        cfg.loss.balance_momentum = SCRATCH_RHO_TENTHS as f32 / 10.0;
         cfg.optim.clip_norm = match SCRATCH_CLIP {
             0 => None,
             c => Some(c as f32),

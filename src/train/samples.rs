@@ -1,11 +1,16 @@
 //! The trainer's memory of past samples: `CAP` rows of `D` stored values, kept as a ring
-//! of the most recent rows or as a reservoir (a uniform sample of every row seen), each
-//! value stored as the scalar itself or quantised to one byte.
+//! of the most recent rows, as a reservoir (a uniform sample of every row seen) or as a
+//! sliding random sample of the recent stream, each value stored as the scalar itself or
+//! quantised to one byte.
 //!
 //! The consistency loss mines its neighbours in this memory, so its size and what it
 //! keeps decide how good the neighbours are: a ring of 32 raw `f32` rows (8 KiB for 64
-//! features) sees a few classes at a time; a reservoir of 256 one-byte rows (16 KiB)
-//! holds the whole stream's mix (docs/device.md#scenarios measures both).
+//! features) sees a few classes at a time; 240 one-byte rows (15 KiB) hold the stream's
+//! mix (docs/device.md#scenarios measures them). Of a stream that passes over the same
+//! data again and again, a reservoir keeps the first rows it saw for good (the `n`-th
+//! row enters with probability `CAP / n`), and a trainer that draws its batches from it
+//! learns those few hundred rows by heart; a sliding sample turns over as the stream
+//! goes, and forgets a class that has not come by for a few `CAP` rows.
 //!
 //! # Memory
 //! `CAP * D` stored values (`CAP * D * size_of::<E>()` bytes), inline; a length, a
@@ -23,6 +28,10 @@ pub enum Policy {
     /// a random slot with probability `CAP / n`. The draw is a hash of `n` (no
     /// generator state), so the same stream keeps the same rows.
     Reservoir,
+    /// A random sample of the recent stream: once full, every new row replaces a slot
+    /// drawn by a hash of the row count, so a row stays `CAP` rows on average (its age
+    /// is geometric) and the memory turns over as the stream goes on.
+    Sliding,
 }
 
 /// A quantisation of raw values to one byte: `x` is kept as
@@ -190,6 +199,10 @@ impl<E: Copy, const D: usize, const CAP: usize> SampleMemory<E, D, CAP> {
                     let j = mix(self.seen).checked_rem(self.seen);
                     j.and_then(|j| usize::try_from(j).ok()).filter(|&j| j < CAP)
                 }
+                Policy::Sliding => {
+                    let j = mix(self.seen).checked_rem(CAP as u64);
+                    j.and_then(|j| usize::try_from(j).ok())
+                }
             }
         };
         if let Some(s) = slot {
@@ -335,6 +348,29 @@ mod tests {
             per[usize::from(r[0] / 100)] += 1;
         }
         assert!(per.iter().all(|&n| (3..=20).contains(&n)), "{per:?}");
+    }
+
+    #[test]
+    fn sliding_keeps_the_recent_stream() {
+        // 1000 rows into 100 slots: a row survives the next 100 with probability
+        // (1 - 1/100)^100 = 0.37, the next 500 with 0.0066; every slot is kept full.
+        let mut m = SampleMemory::<u16, 1, 100>::new(Policy::Sliding);
+        for i in 0..1000u16 {
+            m.push([i]);
+            assert_eq!(m.len(), usize::from(i + 1).min(100));
+        }
+        let recent = m.as_slice().iter().filter(|r| r[0] >= 900).count();
+        let old = m.as_slice().iter().filter(|r| r[0] < 500).count();
+        // Expected 63 of the last 100 rows and 0.66 of the first 500 (binomial spreads
+        // of 5 and 0.8): the bounds are 4 deviations out.
+        assert!((43..=83).contains(&recent), "{recent}");
+        assert!(old <= 4, "{old}");
+        // The same stream keeps the same rows.
+        let mut again = SampleMemory::<u16, 1, 100>::new(Policy::Sliding);
+        for i in 0..1000u16 {
+            again.push([i]);
+        }
+        assert_eq!(m.as_slice(), again.as_slice());
     }
 
     #[test]

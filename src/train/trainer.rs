@@ -1,8 +1,9 @@
 //! Online training from a stream of samples, with fixed memory.
 //!
 //! [`OnlineTrainer`] keeps `CAP` past samples in a [`SampleMemory`]: the most recent
-//! ones (a ring, the default) or a uniform sample of the stream (a reservoir), each value
-//! stored as `E` (the scalar itself by default, or one byte by [`TrainConfig::quant`]).
+//! ones (a ring, the default), a uniform sample of the stream (a reservoir) or a random
+//! sample of its recent part (sliding), each value stored as `E` (the scalar itself by
+//! default, or one byte by [`TrainConfig::quant`]).
 //! Each [`OnlineTrainer::step`] draws a mini-batch of `B` anchors from the buffer,
 //! pairs each anchor with one of its nearest neighbours *inside the buffer* (cosine on
 //! the raw features) — or with a noisy copy of itself — and takes one optimiser step on
@@ -203,8 +204,9 @@ pub struct TrainConfig<T> {
     /// to reject every step that draws it. Infinity (the default) turns it off; about
     /// 5-10 suits standardised data. Cost: two comparisons per feature and row.
     pub input_clip: T,
-    /// Which samples the memory keeps: the most recent ([`Policy::Ring`], the default)
-    /// or a uniform sample of the stream ([`Policy::Reservoir`]).
+    /// Which samples the memory keeps: the most recent ([`Policy::Ring`], the default),
+    /// a uniform sample of the stream ([`Policy::Reservoir`]) or a random sample of its
+    /// recent part ([`Policy::Sliding`]).
     pub memory: Policy,
     /// How a memory of bytes (`E = u8`) stores raw values; unused by a memory of
     /// scalars. Default: codes 0..=255 for the values 0..=255.

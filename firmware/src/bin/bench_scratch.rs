@@ -1,7 +1,7 @@
 //! Instruction counts and RAM of learning from scratch on the Cortex-M4F (mps2-an386):
 //! one training step of the `learn_scratch` program's trainer (the network of
 //! [`hvae::device::scratch_shape`], its optimiser [`hvae::device::SCRATCH_OPTIMISER`], the
-//! backward pass and the update layer by layer, a reservoir of [`SCRATCH_MEM`] samples as
+//! backward pass and the update layer by layer, a memory of [`SCRATCH_MEM`] samples as
 //! bytes, 8 anchors), in the warm-up
 //! (the VAE alone) and in joint training, the centre initialisation, and a forward pass
 //! of encoder + decoder for scale (the `scratch` scenario, docs/device.md#scenarios).
@@ -9,8 +9,8 @@
 //!
 //! | measure | how |
 //! |---|---|
-//! | step | mean of 16 steps of each phase, the reservoir filled with the 64 golden digits rows |
-//! | centre initialisation | the step that ends the warm-up (k-means++ on the reservoir's directions), less a joint step |
+//! | step | mean of 16 steps of each phase, the memory filled with the 64 golden digits rows |
+//! | centre initialisation | the step that ends the warm-up (k-means++ on the memory's directions), less a joint step |
 //! | forward | `Model::reconstruct` of one row (encoder, posterior mean, decoder) |
 //! | RAM | the trainer's state (`OnlineTrainer::state_bytes`) and the parameters; static RAM plus the stack (stack painting) |
 #![no_std]
@@ -180,7 +180,7 @@ fn main() -> ! {
         c.failed,
     );
     defmt::println!(
-        "    RAM {=u32} B (training state {=u32} B: parameters, the largest block's gradient, the optimiser's state, reservoir, workspace; + stack)",
+        "    RAM {=u32} B (training state {=u32} B: parameters, the largest block's gradient, the optimiser's state, memory of samples, workspace; + stack)",
         ram as u32,
         c.state as u32,
     );

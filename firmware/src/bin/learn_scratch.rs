@@ -6,8 +6,8 @@
 //! [`hvae::device::SCRATCH_HIDDEN`] units ([`hvae::device::scratch_shape`]), freshly
 //! initialised at boot ([`hvae::Model::init`], generator seeded with 0: the host's
 //! `scratch_model`); the host loads the weights it wants to start from (`LoadWeights`),
-//! then streams `TrainBatch` requests. The core's engine remembers a reservoir of
-//! [`SCRATCH_MEM`] samples as bytes and trains layer by layer (no gradient of the whole
+//! then streams `TrainBatch` requests. The core's engine remembers a sliding sample
+//! of [`SCRATCH_MEM`] samples as bytes and trains layer by layer (no gradient of the whole
 //! parameter vector); the optimiser's buffer is sized for the Full scope with
 //! [`hvae::device::SCRATCH_OPTIM`] (an optimiser whose state is larger is refused).
 //!
@@ -35,7 +35,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 /// The network learnt from scratch.
 const SHAPE: Shape = scratch_shape(&DEPLOYED);
 const PARAM_LEN: usize = SHAPE.param_len();
-/// The trainer's storage (Full scope, a reservoir of `SCRATCH_MEM` samples); also the
+/// The trainer's storage (Full scope, a memory of `SCRATCH_MEM` samples); also the
 /// staging area of a weight load.
 const SCRATCH_LEN: usize = scratch_len_with(&SHAPE, SCRATCH_MEM);
 /// The optimiser's state over the Full scope.
@@ -52,7 +52,7 @@ const CKPT_SLOT: usize = scratch_checkpoint_slot_len::<CkptFlash>(&SHAPE);
 static mut PARAMS: [f32; PARAM_LEN] = [0.0; PARAM_LEN];
 static mut SCRATCH: [f32; SCRATCH_LEN] = [0.0; SCRATCH_LEN];
 static mut OPTIM: [f32; OPTIM_LEN] = [0.0; OPTIM_LEN];
-/// The engine of this program: the trainer remembers a reservoir of bytes.
+/// The engine of this program: the trainer remembers samples as bytes.
 type Learner = Engine<
     { SHAPE.input },
     WORK_LEN,

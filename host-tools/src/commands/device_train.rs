@@ -51,8 +51,8 @@ pub const LONG_ABOUT: &str = "Train on the device and compare with the host.\n\n
     --scenario scratch trains a fresh 64-28-8 network from the stream alone (--passes \
     passes over the data, 3 stream orders from --seed) on the scratch engine (by default \
     a factored second moment without a first moment, --optimiser factored-rms; the \
-    backward pass and the update layer by layer; a reservoir of 240 samples stored as \
-    bytes), within 48 KiB of training \
+    backward pass and the update layer by layer; a sliding random sample of 240 past \
+    samples stored as bytes), within 48 KiB of training \
     state; bars: mean ACC >= 0.85, the engine's training RAM <= 48 KiB, every run \
     bit-identical; reported beside `hvae train` on the same network. On qemu or a board the \
     device runs the firmware's learn_scratch program, and its RAM report (static + peak \
@@ -437,7 +437,7 @@ pub enum Reference {
     /// The `learn` program's (the `adapt` program's for a device that holds the
     /// inference parameters alone).
     Learn,
-    /// The scratch engine (a reservoir of bytes).
+    /// The scratch engine (a memory of bytes).
     Scratch,
 }
 

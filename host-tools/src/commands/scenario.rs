@@ -14,7 +14,7 @@
 //! `scratch`: a fresh initialisation of a small network ([`SCRATCH_HIDDEN`] hidden
 //! units) learns on the device from the stream alone, within [`SCRATCH_RAM_BAR`] bytes
 //! of training state: the optimiser `hvae::device::SCRATCH_OPTIM`, the update layer by
-//! layer, and a reservoir of past samples stored as bytes (the scratch engine,
+//! layer, and a memory of past samples stored as bytes (the scratch engine,
 //! [`crate::device::learn_host::ScratchLearner`]).
 
 use super::device_train::{
@@ -814,7 +814,7 @@ pub const SCRATCH_ACC_BAR: f64 = 0.85;
 pub const SCRATCH_ORDERS: u64 = 3;
 
 /// Learning rate of the `scratch` scenario (without --lr).
-pub const SCRATCH_LR: f32 = 0.002;
+pub const SCRATCH_LR: f32 = 0.006;
 
 /// The `scratch` scenario's architecture: `like`'s with [`SCRATCH_HIDDEN`] hidden units
 /// ([`hvae::device::scratch_shape`]), a fresh initialisation with seed 0 (as the
@@ -879,8 +879,11 @@ pub struct ScratchReport {
     pub passes: u32,
     /// Samples (and steps) per stream order.
     pub samples: u32,
-    /// Samples the device remembers (a reservoir of bytes).
+    /// Samples the device remembers (as bytes).
     pub memory: usize,
+    /// How the memory keeps them (`hvae::device::SCRATCH_POLICY`): "a sliding random
+    /// sample" or "a reservoir".
+    pub memory_kept: String,
     /// Bytes of training state (the engine's count, [`hvae::device::Engine::train_ram`]).
     pub train_ram: usize,
     /// Bar on `train_ram`.
@@ -1038,6 +1041,11 @@ pub fn scratch(
         passes: args.passes,
         samples,
         memory: hvae::device::SCRATCH_MEM,
+        memory_kept: match hvae::device::SCRATCH_POLICY {
+            hvae::train::samples::Policy::Reservoir => "a reservoir",
+            _ => "a sliding random sample",
+        }
+        .to_string(),
         train_ram: ram,
         ram_bar: SCRATCH_RAM_BAR,
         device_ram,
@@ -1055,13 +1063,14 @@ pub fn print_scratch(r: &ScratchReport, out: &mut dyn Write) -> Result<(), Error
     outln!(
         out,
         "scenario scratch on {}: {} ({} parameters), fresh initialisation; {}; {} passes \
-         ({} samples) per stream order; a reservoir of {} samples as bytes",
+         ({} samples) per stream order; {} of {} samples as bytes",
         r.device,
         r.architecture,
         r.params,
         r.optimiser,
         r.passes,
         r.samples,
+        r.memory_kept,
         r.memory
     )?;
     outln!(

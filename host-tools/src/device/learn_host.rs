@@ -86,8 +86,8 @@ impl Store for HostStore {
 /// The learning engine on the host.
 pub type HostLearner = Engine<INPUTS, WORK, VecModel, HostStore>;
 
-/// The scratch engine: the learning engine whose trainer remembers a reservoir of
-/// [`SCRATCH_MEM`] samples stored as bytes (the `scratch` scenario,
+/// The scratch engine: the learning engine whose trainer remembers [`SCRATCH_MEM`]
+/// samples stored as bytes (kept by `hvae::device::SCRATCH_POLICY`) (the `scratch` scenario,
 /// docs/device.md#scenarios).
 pub type ScratchLearner = Engine<INPUTS, WORK, VecModel, HostStore, LEARN, SCRATCH_MEM, u8>;
 
