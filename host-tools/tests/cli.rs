@@ -234,6 +234,7 @@ fn inspect_reports_sizes_memory_and_crc() {
         "SegmenterOnly",
         "adam",
         "sgd",
+        "factored-rms",
         "batch of 8 anchors",
         "buffer of 64 samples",
     ] {
@@ -257,7 +258,8 @@ fn inspect_reports_sizes_memory_and_crc() {
     assert_eq!(v["parameters"]["total"], shape.param_len());
     assert_eq!(v["parameters"]["inference"], shape.inference_param_len());
     let mem = v["memory"].as_array().unwrap();
-    assert_eq!(mem.len(), 7);
+    // Inference, then 3 scopes x 4 optimisers.
+    assert_eq!(mem.len(), 13);
     let want = hvae::Memory::training::<f32>(
         &shape,
         hvae::Scope::SegmenterOnly,
@@ -270,6 +272,25 @@ fn inspect_reports_sizes_memory_and_crc() {
         .find(|m| m["scope"] == "SegmenterOnly" && m["optimiser"] == "adam")
         .unwrap();
     assert_eq!(row["total"], want.total());
+    // The factored second moment alone: a value per row and per column of each matrix
+    // (and per value of each vector) where Adam keeps two per parameter.
+    let state = |o: &str| {
+        let r = mem
+            .iter()
+            .find(|m| m["scope"] == "Full" && m["optimiser"] == o)
+            .unwrap();
+        r["optimiser_state"].as_u64().unwrap() as usize
+    };
+    let kinds = [
+        ("factored-rms", hvae::OptimKind::FactoredRms),
+        ("factored", hvae::OptimKind::Factored),
+    ];
+    for (name, kind) in kinds {
+        let want = hvae::Memory::training::<f32>(&shape, hvae::Scope::Full, kind, 4, 32);
+        assert_eq!(state(name), want.optimiser, "{name}");
+    }
+    assert!(state("factored-rms") < state("adam") / 2);
+    assert!(state("factored") > state("adam") / 2 && state("factored") < state("adam"));
     assert_eq!(
         mem[0]["total"],
         hvae::Memory::inference::<f32>(&shape).total()

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 pub const LONG_ABOUT: &str = "Show what a model file holds: sizes, posterior, likelihood, \
     activation, parameter count per block, the weights' CRC-32, and the bytes of RAM it \
     needs (f32) for inference and for on-device training in each update scope (Full, \
-    EncoderAndSegmenter, SegmenterOnly) with each optimiser (SGD with momentum, Adam), \
+    EncoderAndSegmenter, SegmenterOnly) with each optimiser (SGD with momentum, Adam, Adam with a factored second moment, the \
+    factored second moment alone), \
     counted by the core's hvae::Memory for the stated batch and sample-buffer \
     sizes, and the bytes of its int8 form (hvae export --quantize int8). On an int8 model \
     file: its sizes, CRC and activation scales. A corrupt or foreign file is a one-line \
@@ -46,7 +47,7 @@ pub struct InspectArgs {
 pub struct MemoryRow {
     /// Update scope (`Full`, `EncoderAndSegmenter`, `SegmenterOnly`), or `inference`.
     pub scope: String,
-    /// Optimiser (`sgd`, `adam`), or null for inference.
+    /// Optimiser (`sgd`, `adam`, `factored`, `factored-rms`), or null for inference.
     pub optimiser: Option<String>,
     /// Parameters.
     pub params: usize,
@@ -195,7 +196,12 @@ const SCOPES: [(Scope, &str); 3] = [
     (Scope::EncoderAndSegmenter, "EncoderAndSegmenter"),
     (Scope::SegmenterOnly, "SegmenterOnly"),
 ];
-const OPTIMISERS: [(OptimKind, &str); 2] = [(OptimKind::Sgd, "sgd"), (OptimKind::Adam, "adam")];
+const OPTIMISERS: [(OptimKind, &str); 4] = [
+    (OptimKind::Sgd, "sgd"),
+    (OptimKind::Adam, "adam"),
+    (OptimKind::Factored, "factored"),
+    (OptimKind::FactoredRms, "factored-rms"),
+];
 
 /// The memory table of `shape`.
 pub fn memory_rows(shape: &Shape, batch: usize, buffer: usize) -> Vec<MemoryRow> {
@@ -378,7 +384,7 @@ pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
     )?;
     outln!(
         out,
-        "{:<20} {:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "{:<20} {:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "scope",
         "optimiser",
         "params",
@@ -391,7 +397,7 @@ pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<(), Error> {
     for m in &r.memory {
         outln!(
             out,
-            "{:<20} {:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "{:<20} {:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
             m.scope,
             m.optimiser.as_deref().unwrap_or("-"),
             m.params,
