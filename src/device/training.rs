@@ -331,9 +331,9 @@ pub fn config(s: &TrainSettings) -> Option<TrainConfig<f32>> {
 /// kept by [`SCRATCH_POLICY`] with partners among the [`SCRATCH_NEIGHBOURS`] nearest, the
 /// balance term on each step's batch ([`SCRATCH_RHO_TENTHS`]), the backward pass and the
 /// update layer by layer ([`TrainConfig::layerwise`], but for SegmenterOnly) with each
-/// block's gradient clipped to [`SCRATCH_CLIP`], and for Full scope (learning from scratch) [`SCRATCH_WARMUP_STEPS`] of warm-up, the
-/// centres initialised on [`SCRATCH_INIT_SAMPLES`] of the memory by 50 Lloyd
-/// iterations.
+/// block's gradient clipped to [`SCRATCH_CLIP`], and for Full scope (learning from
+/// scratch) [`SCRATCH_WARMUP_STEPS`] of warm-up, the centres initialised on
+/// [`SCRATCH_INIT_SAMPLES`] of the memory by 50 Lloyd iterations.
 /// `None` when out of range.
 pub fn config_with_memory(s: &TrainSettings, mem: usize) -> Option<TrainConfig<f32>> {
     if !(s.lr.is_finite() && s.lr > 0.0) || s.batch == 0 || usize::from(s.batch) > MAX_BATCH {

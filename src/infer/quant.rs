@@ -870,21 +870,20 @@ enum Ranges<'a> {
 
 impl<'a> Ranges<'a> {
     fn iter(self) -> impl Iterator<Item = f32> + 'a {
-        let (units, n) = match self {
-            Ranges::Units(u) => (u, u.len()),
-            Ranges::Layer(_, n) => (&[][..], n),
+        let (units, layer) = match self {
+            Ranges::Units(u) => (u, (0.0, 0)),
+            Ranges::Layer(r, n) => (&[][..], (r, n)),
         };
-        (0..n).map(move |i| match self {
-            Ranges::Units(_) => units.get(i).copied().unwrap_or(0.0),
-            Ranges::Layer(r, _) => r,
-        })
+        units
+            .iter()
+            .copied()
+            .chain(core::iter::repeat_n(layer.0, layer.1))
     }
 }
 
 /// A tanh layer's int8 form: its pre-activation on a grid of `pre_scale` (the largest
 /// the calibration saw, at most [`TANH_RANGE`], at 63 steps from [`TANH_ZERO`]), its
-/// output on a grid of
-/// `range_scale(out_range)`, and the table from one to the other.
+/// output on a grid of `range_scale(out_range)`, and the table from one to the other.
 #[derive(Clone, Copy)]
 struct TanhTable {
     pre_scale: f64,

@@ -430,6 +430,17 @@ struct Tensors<'a> {
     end: usize,
 }
 
+impl<'a> Tensors<'a> {
+    /// The parameters `range` of a model of `shape`.
+    fn of(shape: &'a Shape, range: core::ops::Range<usize>) -> Self {
+        Tensors {
+            shape,
+            start: range.start,
+            end: range.end,
+        }
+    }
+}
+
 impl<S> OptimState<S> {
     /// A state over `storage`, which must hold zeros (a fresh optimiser) and be
     /// [`state_len`]`(kind, n)` floats long for the `n` parameters it will update.
@@ -498,10 +509,7 @@ impl<S> OptimState<S> {
     where
         S: AsRef<[T]> + AsMut<[T]>,
     {
-        let n = params.len();
-        let info = self.update(cfg, None, params, grads, 0, n)?;
-        self.steps = info.step;
-        Ok(info)
+        self.whole(cfg, None, params, grads)
     }
 
     /// [`OptimState::step`] of the parameters `range` of a model of `shape` (a
@@ -522,13 +530,22 @@ impl<S> OptimState<S> {
     where
         S: AsRef<[T]> + AsMut<[T]>,
     {
+        self.whole(cfg, Some(Tensors::of(shape, range)), params, grads)
+    }
+
+    /// The update of all the parameters, and the step counted.
+    fn whole<T: Real>(
+        &mut self,
+        cfg: &OptimConfig<T>,
+        tensors: Option<Tensors<'_>>,
+        params: &mut [T],
+        grads: &[T],
+    ) -> Result<StepInfo<T>, OptimError>
+    where
+        S: AsRef<[T]> + AsMut<[T]>,
+    {
         let n = params.len();
-        let t = Tensors {
-            shape,
-            start: range.start,
-            end: range.end,
-        };
-        let info = self.update(cfg, Some(t), params, grads, 0, n)?;
+        let info = self.update(cfg, tensors, params, grads, 0, n)?;
         self.steps = info.step;
         Ok(info)
     }
@@ -575,12 +592,7 @@ impl<S> OptimState<S> {
         S: AsRef<[T]> + AsMut<[T]>,
     {
         let n = range.len();
-        let t = Tensors {
-            shape,
-            start: range.start,
-            end: range.end,
-        };
-        self.update(cfg, Some(t), params, grads, at, n)
+        self.update(cfg, Some(Tensors::of(shape, range)), params, grads, at, n)
     }
 
     /// The update of a block, with or without the tensors.

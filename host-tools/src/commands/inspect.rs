@@ -16,9 +16,8 @@ use std::path::PathBuf;
 pub const LONG_ABOUT: &str = "Show what a model file holds: sizes, posterior, likelihood, \
     activation, parameter count per block, the weights' CRC-32, and the bytes of RAM it \
     needs (f32) for inference and for on-device training in each update scope (Full, \
-    EncoderAndSegmenter, SegmenterOnly) with each optimiser (SGD with momentum, Adam, Adam with a factored second moment, the \
-    factored second moment alone), \
-    counted by the core's hvae::Memory for the stated batch and sample-buffer \
+    EncoderAndSegmenter, SegmenterOnly) with each optimiser (SGD with momentum, Adam, \
+    Adam with a factored second moment, the factored second moment alone), counted by the core's hvae::Memory for the stated batch and sample-buffer \
     sizes, and the bytes of its int8 form (hvae export --quantize int8). On an int8 model \
     file: its sizes, CRC and activation scales. A corrupt or foreign file is a one-line \
     error with exit status 2.";

@@ -28,6 +28,7 @@ use crate::model_io::LoadedModel;
 use crate::train::{self as host_train, FitConfig};
 use crate::Error;
 use hvae::protocol::{max_request_frame, TrainOptimiser, TrainScope, TrainSettings};
+use hvae::train::samples::Policy;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
@@ -882,7 +883,7 @@ pub struct ScratchReport {
     /// Samples the device remembers (as bytes).
     pub memory: usize,
     /// How the memory keeps them (`hvae::device::SCRATCH_POLICY`): "a sliding random
-    /// sample" or "a reservoir".
+    /// sample", "a reservoir" or "a ring".
     pub memory_kept: String,
     /// Bytes of training state (the engine's count, [`hvae::device::Engine::train_ram`]).
     pub train_ram: usize,
@@ -1042,8 +1043,9 @@ pub fn scratch(
         samples,
         memory: hvae::device::SCRATCH_MEM,
         memory_kept: match hvae::device::SCRATCH_POLICY {
-            hvae::train::samples::Policy::Reservoir => "a reservoir",
-            _ => "a sliding random sample",
+            Policy::Ring => "a ring",
+            Policy::Reservoir => "a reservoir",
+            Policy::Sliding => "a sliding random sample",
         }
         .to_string(),
         train_ram: ram,

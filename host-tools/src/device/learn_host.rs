@@ -87,8 +87,8 @@ impl Store for HostStore {
 pub type HostLearner = Engine<INPUTS, WORK, VecModel, HostStore>;
 
 /// The scratch engine: the learning engine whose trainer remembers [`SCRATCH_MEM`]
-/// samples stored as bytes (kept by `hvae::device::SCRATCH_POLICY`) (the `scratch` scenario,
-/// docs/device.md#scenarios).
+/// samples stored as bytes, kept by `hvae::device::SCRATCH_POLICY` (the `scratch`
+/// scenario, docs/device.md#scenarios).
 pub type ScratchLearner = Engine<INPUTS, WORK, VecModel, HostStore, LEARN, SCRATCH_MEM, u8>;
 
 /// The scratch engine for `model` (weights CRC `crc`), or why the host cannot run it.
