@@ -11,19 +11,12 @@ twice gives the same bytes.
 Usage: host-tools/reference/.venv/bin/python host-tools/data/make_digits.py [OUT]
 """
 
-import csv
-import gzip
-import io
 import os
 import sys
 
 from sklearn.datasets import load_digits
 
-
-def fmt(v: float) -> str:
-    """Shortest text for k/16 that parses back exactly (`0`, `0.0625`, `1`)."""
-    s = repr(float(v))
-    return s[:-2] if s.endswith(".0") else s
+from csv_gz import write_csv_gz
 
 
 def main() -> None:
@@ -33,20 +26,8 @@ def main() -> None:
     x = digits.data / 16.0
     y = digits.target
     assert x.shape == (1797, 64) and x.min() >= 0.0 and x.max() <= 1.0
-    names = list(digits.feature_names) + ["label"]
-
-    text = io.StringIO(newline="")
-    w = csv.writer(text, lineterminator="\n")
-    w.writerow(names)
-    for row, label in zip(x, y):
-        w.writerow([fmt(v) for v in row] + [int(label)])
-
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as raw:
-        # filename="" and mtime=0: reproducible bytes.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
-            gz.write(text.getvalue().encode("ascii"))
-    os.replace(tmp, out)
+    # Each value is k/16, written exactly (`0`, `0.0625`, `1`).
+    write_csv_gz(out, digits.feature_names, x, y)
     print(f"wrote {out}: {x.shape[0]} rows x {x.shape[1]} features + label")
 
 

@@ -54,10 +54,7 @@ Usage:
 """
 
 import argparse
-import csv
-import gzip
 import hashlib
-import io
 import json
 import os
 import platform
@@ -72,6 +69,9 @@ import scipy
 import scipy.stats
 import sklearn
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from csv_gz import fmt_exact, write_csv_gz  # noqa: E402 (the data folder's shared writer)
 
 SKTIME_VERSION = "1.2.0"
 SKTIME_WHEEL = f"sktime-{SKTIME_VERSION}-py3-none-any.whl"
@@ -88,12 +88,6 @@ SEEDS = {"vmf_overlap": 20240101, "vmf_unequal": 20240102,
 
 # ---------------------------------------------------------------- writing
 
-def fmt_exact(v: float) -> str:
-    """Shortest text that parses back to the same double (`5.1`, `0.0625`, `1`)."""
-    s = repr(float(v))
-    return s[:-2] if s.endswith(".0") else s
-
-
 def fmt_g(v: float) -> str:
     """Compact `%.6g` text; -0 is written as 0."""
     s = "%.6g" % (float(v) + 0.0)
@@ -103,23 +97,6 @@ def fmt_g(v: float) -> str:
 def column_name(s: str) -> str:
     """A plain column name: lower case, runs of other characters as `_`."""
     return re.sub(r"[^a-z0-9]+", "_", s.lower()).strip("_")
-
-
-def write_set(path, names, x, y, fmt):
-    """Writes features `x` (rows) and labels `y` (0..K-1) as a reproducible CSV.gz."""
-    assert "label" not in names and x.shape[1] == len(names) and len(y) == x.shape[0]
-    assert np.isfinite(x).all()
-    text = io.StringIO(newline="")
-    w = csv.writer(text, lineterminator="\n")
-    w.writerow(list(names) + ["label"])
-    for row, label in zip(x, y):
-        w.writerow([fmt(v) for v in row] + [int(label)])
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as raw:
-        # filename="" and mtime=0: reproducible bytes.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
-            gz.write(text.getvalue().encode("ascii"))
-    os.replace(tmp, path)
 
 
 def relabel(classes):
@@ -391,7 +368,7 @@ def main():
         k = int(y.max()) + 1
         assert set(np.unique(y)) == set(range(k)), name
         file = f"{name}.csv.gz"
-        write_set(os.path.join(args.out, file), names, x, y, fmt_exact if exact else fmt_g)
+        write_csv_gz(os.path.join(args.out, file), names, x, y, fmt_exact if exact else fmt_g)
         size = os.path.getsize(os.path.join(args.out, file))
         counts = np.bincount(y, minlength=k)
         print(f"{file:32s} {x.shape[0]:5d} rows x {x.shape[1]:4d} features, K={k:2d} "
