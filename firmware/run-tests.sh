@@ -121,18 +121,20 @@ probe "target/$m4/release/cluster" mps2-an386 probe-m4 --flash-budget 32768 --ra
 step "cluster on microbit: conformance checks, RAM <= 16 KiB"
 probe "target/$m0/release/cluster" microbit probe-m0 --ram-budget 16384
 
-step "cluster_int8_fixed on mps2-an386: the int8 checks (bit for bit against the host's QuantModel; weights compiled in), flash <= 24 KiB, RAM <= 6 KiB"
-probe "target/$m4/release/cluster_int8_fixed" mps2-an386 probe-int8f-m4 "${int8[@]}" \
-  --flash-budget 24576 --ram-budget 6144
-step "cluster_int8_fixed on microbit: the int8 checks, flash <= 28 KiB, RAM <= 6 KiB"
-probe "target/$m0/release/cluster_int8_fixed" microbit probe-int8f-m0 "${int8[@]}" \
-  --flash-budget 28672 --ram-budget 6144
-step "cluster_int8 on mps2-an386: the int8 checks (bit for bit against the host's QuantModel, int8 loads), flash <= 27 KiB, RAM <= 6 KiB"
-probe "target/$m4/release/cluster_int8" mps2-an386 probe-int8-m4 "${int8[@]}" \
-  --flash-budget 27648 --ram-budget 6144
-step "cluster_int8 on microbit: the int8 checks, flash <= 31 872 B, RAM <= 6 KiB"
-probe "target/$m0/release/cluster_int8" microbit probe-int8-m0 "${int8[@]}" \
-  --flash-budget 31872 --ram-budget 6144
+# The int8 checks, bit for bit against the host's QuantModel, RAM <= 6 KiB each:
+# cluster_int8_fixed (weights compiled in, output int8f) and cluster_int8 (int8 loads, int8).
+# Columns: program, machine, its target, output name, flash budget in bytes (the table is
+# the loop's stdin, so the probe reads none).
+while read -r program machine target name flash; do
+  step "$program on $machine: the int8 checks, flash <= $flash B, RAM <= 6 KiB"
+  probe "target/$target/release/$program" "$machine" "probe-$name" "${int8[@]}" \
+    --flash-budget "$flash" --ram-budget 6144 </dev/null
+done <<EOF
+cluster_int8_fixed mps2-an386 $m4 int8f-m4 24576
+cluster_int8_fixed microbit $m0 int8f-m0 28672
+cluster_int8 mps2-an386 $m4 int8-m4 27648
+cluster_int8 microbit $m0 int8-m0 31872
+EOF
 
 step "bench on mps2-an386"
 bench_ok=1
