@@ -54,16 +54,15 @@ fn bench(c: &mut Criterion) {
     g.bench_function("hvae train defaults (with the GMM candidate)", |b| {
         b.iter(|| {
             let cfg = hvae_host::train::FitConfig::default();
-            hvae_host::select::fit_with_gmm_candidate(
+            let job = hvae_host::select::Restarts {
                 shape,
-                d.features(),
-                None,
-                &cfg,
-                1,
-                hvae_host::select::Criterion::Consensus,
-                |_, _| {},
-            )
-            .unwrap()
+                x: d.features(),
+                labels: None,
+                cfg: &cfg,
+                restarts: 1,
+                criterion: hvae_host::select::Criterion::Consensus,
+            };
+            hvae_host::select::fit_with_gmm_candidate(job, |_, _| {}).unwrap()
         })
     });
     g.finish();

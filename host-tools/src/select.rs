@@ -200,6 +200,24 @@ pub struct GmmChoice {
     pub agreement_gmm: f64,
 }
 
+/// What [`fit_restarts`] and [`fit_with_gmm_candidate`] train and how they pick a
+/// restart.
+#[derive(Clone, Copy, Debug)]
+pub struct Restarts<'a> {
+    /// The model's shape.
+    pub shape: Shape,
+    /// The training rows (`n D` values).
+    pub x: &'a [f32],
+    /// Class labels, one per row, when the training is supervised.
+    pub labels: Option<&'a [u8]>,
+    /// The training configuration (its seed seeds the first restart).
+    pub cfg: &'a FitConfig,
+    /// Models trained from derived seeds ([`restart_seed`]; 0 counts as 1).
+    pub restarts: usize,
+    /// What picks among them.
+    pub criterion: Criterion,
+}
+
 /// Trains the model `cfg` asks for ([`fit_restarts`]) and a candidate whose clusters
 /// start from a diagonal Gaussian mixture of the normalised inputs and are trained
 /// towards its partition ([`crate::train::CentreInit::Gmm`] with `gmm_targets`), and
@@ -210,23 +228,13 @@ pub struct GmmChoice {
 /// (the candidate's [`FitConfig::gmm_joint_share`] of the configured one).
 /// With restarts, each restart's seed gives one model of each kind and each kind
 /// picks its restart by `criterion` first. `progress` sees the first model.
-#[allow(clippy::too_many_arguments)]
 pub fn fit_with_gmm_candidate(
-    shape: Shape,
-    x: &[f32],
-    labels: Option<&[u8]>,
-    cfg: &FitConfig,
-    restarts: usize,
-    criterion: Criterion,
+    job: Restarts<'_>,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<GmmFit, FitError> {
+    let Restarts { shape, x, cfg, .. } = job;
     let d = shape.input;
-    let normalised = {
-        let (o, s) = crate::train::fit_normalisation(x, d)
-            .map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
-        crate::train::normalised(x, &o, &s)
-    };
-    let neighbours = euclidean_neighbours(&normalised, d, cfg.choice_neighbours);
+    let neighbours = euclidean_neighbours(&normalised(x, d)?, d, cfg.choice_neighbours);
     let branches = [
         Branch::of(cfg),
         Branch {
@@ -235,9 +243,9 @@ pub fn fit_with_gmm_candidate(
             joint_share: cfg.gmm_joint_share,
         },
     ];
-    let mut kinds = train_restarts(shape, x, labels, cfg, &branches, restarts, progress)?;
-    let gmm = choose(shape, x, kinds.pop().unwrap_or_default(), criterion)?;
-    let plain = choose(shape, x, kinds.pop().unwrap_or_default(), criterion)?;
+    let mut kinds = train_restarts(job, &branches, progress)?;
+    let gmm = choose(job, kinds.pop().unwrap_or_default())?;
+    let plain = choose(job, kinds.pop().unwrap_or_default())?;
     let agreement_plain = neighbour_agreement(&answers(&plain.0, x)?.0, &neighbours);
     let agreement_gmm = neighbour_agreement(&answers(&gmm.0, x)?.0, &neighbours);
     let gmm_kept = agreement_gmm > agreement_plain;
@@ -291,26 +299,20 @@ pub fn agreement(labels: &[usize], neighbours: &[u32], k: usize) -> f64 {
 /// Trains `restarts` models (seeds [`restart_seed`]) and returns the one `criterion`
 /// ranks best, with every restart's criteria (none with one restart: nothing is
 /// chosen). `progress` sees the first restart only.
-#[allow(clippy::too_many_arguments)]
 pub fn fit_restarts(
-    shape: Shape,
-    x: &[f32],
-    labels: Option<&[u8]>,
-    cfg: &FitConfig,
-    restarts: usize,
-    criterion: Criterion,
+    job: Restarts<'_>,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
-    let mut kinds = train_restarts(
-        shape,
-        x,
-        labels,
-        cfg,
-        &[Branch::of(cfg)],
-        restarts,
-        progress,
-    )?;
-    choose(shape, x, kinds.pop().unwrap_or_default(), criterion)
+    let mut kinds = train_restarts(job, &[Branch::of(job.cfg)], progress)?;
+    choose(job, kinds.pop().unwrap_or_default())
+}
+
+/// The rows of `x` (`D = d` values each) in the units of the normalisation fitted on
+/// them.
+fn normalised(x: &[f32], d: usize) -> Result<Vec<f32>, FitError> {
+    let (o, s) = crate::train::fit_normalisation(x, d)
+        .map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
+    Ok(crate::train::normalised(x, &o, &s))
 }
 
 /// A trained model and the seed it was trained with.
@@ -320,14 +322,18 @@ type Seeded = (u64, VecModel<f32>);
 /// one model per branch from one warm-up ([`fit_branches`]): `[branch][restart]`, each
 /// with its seed. `progress` sees the first restart's first branch.
 fn train_restarts(
-    shape: Shape,
-    x: &[f32],
-    labels: Option<&[u8]>,
-    cfg: &FitConfig,
+    job: Restarts<'_>,
     branches: &[Branch],
-    restarts: usize,
     mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<Vec<Vec<Seeded>>, FitError> {
+    let Restarts {
+        shape,
+        x,
+        labels,
+        cfg,
+        restarts,
+        ..
+    } = job;
     let mut kinds: Vec<Vec<Seeded>> = branches.iter().map(|_| Vec::new()).collect();
     for r in 0..restarts.max(1) {
         let c = FitConfig {
@@ -349,11 +355,15 @@ fn train_restarts(
 /// The model `criterion` ranks best among restarts (with every restart's criteria;
 /// none when there is only one: nothing is chosen).
 fn choose(
-    shape: Shape,
-    x: &[f32],
+    job: Restarts<'_>,
     mut trained: Vec<Seeded>,
-    criterion: Criterion,
 ) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
+    let Restarts {
+        shape,
+        x,
+        criterion,
+        ..
+    } = job;
     let restarts = trained.len();
     if restarts <= 1 {
         // Nothing to choose between: no criteria (they cost a neighbour search).
@@ -363,12 +373,7 @@ fn choose(
         return Ok((model, Vec::new()));
     }
     let d = shape.input;
-    let normalised = {
-        let (o, s) = crate::train::fit_normalisation(x, d)
-            .map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
-        crate::train::normalised(x, &o, &s)
-    };
-    let neighbours = mine_neighbours(&normalised, d, 10);
+    let neighbours = mine_neighbours(&normalised(x, d)?, d, 10);
     let mut models = Vec::with_capacity(restarts);
     let mut runs = Vec::with_capacity(restarts);
     for (seed, model) in trained {

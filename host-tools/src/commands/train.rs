@@ -5,7 +5,9 @@ use super::outln;
 use crate::data::{self, Dataset};
 use crate::metrics;
 use crate::model_io;
-use crate::select::{fit_restarts, fit_with_gmm_candidate, Criterion, GmmChoice, Restart};
+use crate::select::{
+    fit_restarts, fit_with_gmm_candidate, Criterion, GmmChoice, Restart, Restarts,
+};
 use crate::train::{CentreInit, FitConfig, NeighbourSpace};
 use crate::Error;
 use hvae::shape::{Activation, Likelihood, Posterior, Shape};
@@ -527,27 +529,19 @@ pub fn train_on(
     // mixture-trained candidate (not with labels: they are the targets then).
     type Progress<'p> = &'p mut dyn FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>);
     let fit_one = |shape, classes: Option<&[u8]>, progress: Progress<'_>| {
+        let job = Restarts {
+            shape,
+            x: data.features(),
+            labels: classes,
+            cfg: &cfg,
+            restarts: args.restarts as usize,
+            criterion: args.select.criterion(),
+        };
         if args.gmm_candidate && classes.is_none() {
-            let f = fit_with_gmm_candidate(
-                shape,
-                data.features(),
-                None,
-                &cfg,
-                args.restarts as usize,
-                args.select.criterion(),
-                progress,
-            )?;
+            let f = fit_with_gmm_candidate(job, progress)?;
             Ok((f.model, f.restarts, Some((f.choice, f.other))))
         } else {
-            let (m, r) = fit_restarts(
-                shape,
-                data.features(),
-                classes,
-                &cfg,
-                args.restarts as usize,
-                args.select.criterion(),
-                progress,
-            )?;
+            let (m, r) = fit_restarts(job, progress)?;
             Ok((m, r, None))
         }
     };
