@@ -264,27 +264,14 @@ impl<T: Real> Optimiser<T> {
     }
 
     /// The same optimiser with another learning rate (for schedules).
-    pub fn with_lr(self, lr: T) -> Self {
-        match self {
-            Optimiser::Sgd { momentum, .. } => Optimiser::Sgd { lr, momentum },
-            Optimiser::Adam {
-                beta1, beta2, eps, ..
-            } => Optimiser::Adam {
-                lr,
-                beta1,
-                beta2,
-                eps,
-            },
-            Optimiser::Factored {
-                beta1, beta2, eps, ..
-            } => Optimiser::Factored {
-                lr,
-                beta1,
-                beta2,
-                eps,
-            },
-            Optimiser::FactoredRms { beta2, eps, .. } => Optimiser::FactoredRms { lr, beta2, eps },
+    pub fn with_lr(mut self, lr: T) -> Self {
+        match &mut self {
+            Optimiser::Sgd { lr: l, .. }
+            | Optimiser::Adam { lr: l, .. }
+            | Optimiser::Factored { lr: l, .. }
+            | Optimiser::FactoredRms { lr: l, .. } => *l = lr,
         }
+        self
     }
 }
 
@@ -757,11 +744,11 @@ impl<S> OptimState<S> {
                 let tensors = tensors.filter(|_| factored);
                 // Check pass over every segment of the block: nothing is written.
                 segments(tensors.as_ref(), n, at, len, |sg| {
-                    let (p, g, m, v) = sg.slices(params, grads, m, v)?;
+                    let (p, g, m, v) = sg.slices(&*params, grads, &*m, &*v)?;
                     c.check(sg, p, g, m, v)
                 })?;
                 segments(tensors.as_ref(), n, at, len, |sg| {
-                    let (p, g, m, v) = sg.slices_mut(params, grads, m, v)?;
+                    let (p, g, m, v) = sg.slices(&mut *params, grads, &mut *m, &mut *v)?;
                     c.store(sg, p, g, m, v);
                     Ok(())
                 })?;
@@ -867,52 +854,47 @@ impl Segment {
     }
 
     /// The segment's parameters, gradient, first moment (empty without one) and second
-    /// moment.
-    #[allow(clippy::type_complexity)]
-    fn slices<'a, T>(
+    /// moment: shared slices for a check, mutable ones for an update.
+    fn slices<'a, T, S: Cut>(
         &self,
-        p: &'a [T],
+        p: S,
         g: &'a [T],
-        m: &'a [T],
-        v: &'a [T],
-    ) -> Result<(&'a [T], &'a [T], &'a [T], &'a [T]), OptimError> {
+        m: S,
+        v: S,
+    ) -> Result<(S, &'a [T], S, S), OptimError> {
         let r = self.at..self.at + self.len;
-        let m = if m.is_empty() {
-            m
-        } else {
-            m.get(r.clone()).ok_or(OptimError::LengthMismatch)?
-        };
+        let m = if m.is_empty() { m } else { m.cut(r.clone())? };
         Ok((
-            p.get(r.clone()).ok_or(OptimError::LengthMismatch)?,
-            g.get(r).ok_or(OptimError::LengthMismatch)?,
+            p.cut(r.clone())?,
+            g.cut(r)?,
             m,
-            v.get(self.v_at..self.v_at + self.v_len())
-                .ok_or(OptimError::LengthMismatch)?,
+            v.cut(self.v_at..self.v_at + self.v_len())?,
         ))
     }
+}
 
-    /// [`Segment::slices`], the parameters and moments mutable.
-    #[allow(clippy::type_complexity)]
-    fn slices_mut<'a, T>(
-        &self,
-        p: &'a mut [T],
-        g: &'a [T],
-        m: &'a mut [T],
-        v: &'a mut [T],
-    ) -> Result<(&'a mut [T], &'a [T], &'a mut [T], &'a mut [T]), OptimError> {
-        let r = self.at..self.at + self.len;
-        let m = if m.is_empty() {
-            m
-        } else {
-            m.get_mut(r.clone()).ok_or(OptimError::LengthMismatch)?
-        };
-        Ok((
-            p.get_mut(r.clone()).ok_or(OptimError::LengthMismatch)?,
-            g.get(r).ok_or(OptimError::LengthMismatch)?,
-            m,
-            v.get_mut(self.v_at..self.v_at + self.v_len())
-                .ok_or(OptimError::LengthMismatch)?,
-        ))
+/// A slice, shared or mutable, that [`Segment::slices`] cuts.
+trait Cut: Sized {
+    /// The values of `r`, or [`OptimError::LengthMismatch`] when the slice is shorter.
+    fn cut(self, r: core::ops::Range<usize>) -> Result<Self, OptimError>;
+    fn is_empty(&self) -> bool;
+}
+
+impl<T> Cut for &[T] {
+    fn cut(self, r: core::ops::Range<usize>) -> Result<Self, OptimError> {
+        self.get(r).ok_or(OptimError::LengthMismatch)
+    }
+    fn is_empty(&self) -> bool {
+        <[T]>::is_empty(self)
+    }
+}
+
+impl<T> Cut for &mut [T] {
+    fn cut(self, r: core::ops::Range<usize>) -> Result<Self, OptimError> {
+        self.get_mut(r).ok_or(OptimError::LengthMismatch)
+    }
+    fn is_empty(&self) -> bool {
+        <[T]>::is_empty(self)
     }
 }
 
