@@ -159,14 +159,8 @@ pub fn ln_gamma_ratio<T: Real>(a: T, b: T) -> T {
     if !(positive(a) && positive(b)) {
         return nan();
     }
-    let n = shifts(a);
     // Shifted part: ln Gamma(a+n) = ln Gamma(a) + sum ln(a+i), same for a+b.
-    let mut shifted = T::of(0.0);
-    let mut x = a;
-    for _ in 0..n {
-        shifted += (b / x).ln_1p();
-        x += T::of(1.0);
-    }
+    let (shifted, x) = shift_up(a, |x| (b / x).ln_1p());
     let c = x + b;
     // Stirling difference rearranged: (c-1/2)ln c - (x-1/2)ln x - b
     //   = b ln c + (x - 1/2) ln(1 + b/x) - b.
@@ -181,13 +175,8 @@ pub fn digamma_diff<T: Real>(a: T, b: T) -> T {
     if !(positive(a) && positive(b)) {
         return nan();
     }
-    let mut acc = T::of(0.0);
-    let mut x = a;
-    for _ in 0..shifts(a) {
-        // 1/x - 1/(x+b), written without the subtraction.
-        acc += (b / (x + b)) / x;
-        x += T::of(1.0);
-    }
+    // 1/x - 1/(x+b), written without the subtraction.
+    let (acc, x) = shift_up(a, |x| (b / (x + b)) / x);
     let c = x + b;
     let half = T::of(0.5);
     acc + (b / x).ln_1p() + half * (b / c) / x + (digamma_tail(x) - digamma_tail(c))
@@ -199,19 +188,29 @@ pub fn trigamma_diff<T: Real>(a: T, b: T) -> T {
     if !(positive(a) && positive(b)) {
         return nan();
     }
-    let mut acc = T::of(0.0);
-    let mut x = a;
-    for _ in 0..shifts(a) {
-        // 1/x^2 - 1/(x+b)^2 = b (2x + b) / (x^2 (x+b)^2), as ratios that cannot overflow.
+    // 1/x^2 - 1/(x+b)^2 = b (2x + b) / (x^2 (x+b)^2), as ratios that cannot overflow.
+    let (acc, x) = shift_up(a, |x| {
         let c = x + b;
-        acc += (b / c) * ((x + c) / c) / (x * x);
-        x += T::of(1.0);
-    }
+        (b / c) * ((x + c) / c) / (x * x)
+    });
     let c = x + b;
     let half = T::of(0.5);
     let first = (b / c) / x; // 1/x - 1/c
     let second = half * first * ((x + c) / c) / x; // (1/x^2 - 1/c^2) / 2
     acc + first + second + (trigamma_tail(x) - trigamma_tail(c))
+}
+
+/// The recurrence's share of a difference at `a`: the sum of `term(x)` over
+/// `x = a, a + 1, ...` for the [`shifts`] that bring `a` where the asymptotic series hold,
+/// and that shifted `x`.
+fn shift_up<T: Real>(a: T, term: impl Fn(T) -> T) -> (T, T) {
+    let mut acc = T::of(0.0);
+    let mut x = a;
+    for _ in 0..shifts(a) {
+        acc += term(x);
+        x += T::of(1.0);
+    }
+    (acc, x)
 }
 
 /// Quiet NaN of `T`.
