@@ -211,22 +211,17 @@ pub const SCRATCH_GAMMA: usize = build_setting(option_env!("HVAE_SCRATCH_GAMMA")
 /// hundred values where Adam keeps two per parameter, which buys the wider network and
 /// the larger memory), or the optimiser named in the environment variable
 /// `HVAE_SCRATCH_OPTIM` at build time (`adam`, `factored`, `factored-rms`, `sgd`).
-pub const SCRATCH_OPTIM: OptimKind = match option_env!("HVAE_SCRATCH_OPTIM") {
-    None => OptimKind::FactoredRms,
-    Some(s) => {
-        if same(s, "adam") {
-            OptimKind::Adam
-        } else if same(s, "factored") {
-            OptimKind::Factored
-        } else if same(s, "factored-rms") {
-            OptimKind::FactoredRms
-        } else if same(s, "sgd") {
-            OptimKind::Sgd
-        } else {
-            panic!("HVAE_SCRATCH_OPTIM must be adam, factored, factored-rms or sgd")
-        }
-    }
-};
+pub const SCRATCH_OPTIM: OptimKind = build_choice(
+    option_env!("HVAE_SCRATCH_OPTIM"),
+    OptimKind::FactoredRms,
+    &[
+        ("adam", OptimKind::Adam),
+        ("factored", OptimKind::Factored),
+        ("factored-rms", OptimKind::FactoredRms),
+        ("sgd", OptimKind::Sgd),
+    ],
+    "HVAE_SCRATCH_OPTIM must be adam, factored, factored-rms or sgd",
+);
 
 /// Which samples a device learning from scratch remembers: a sliding random sample of
 /// the stream ([`Policy::Sliding`]: each new sample replaces a random one, so the memory
@@ -234,18 +229,15 @@ pub const SCRATCH_OPTIM: OptimKind = match option_env!("HVAE_SCRATCH_OPTIM") {
 /// keeps the first passes' few hundred samples for good and the model learns them by
 /// heart), or the policy named in the environment variable `HVAE_SCRATCH_POLICY` at
 /// build time (`sliding`, `reservoir`).
-pub const SCRATCH_POLICY: Policy = match option_env!("HVAE_SCRATCH_POLICY") {
-    None => Policy::Sliding,
-    Some(s) => {
-        if same(s, "sliding") {
-            Policy::Sliding
-        } else if same(s, "reservoir") {
-            Policy::Reservoir
-        } else {
-            panic!("HVAE_SCRATCH_POLICY must be sliding or reservoir")
-        }
-    }
-};
+pub const SCRATCH_POLICY: Policy = build_choice(
+    option_env!("HVAE_SCRATCH_POLICY"),
+    Policy::Sliding,
+    &[
+        ("sliding", Policy::Sliding),
+        ("reservoir", Policy::Reservoir),
+    ],
+    "HVAE_SCRATCH_POLICY must be sliding or reservoir",
+);
 
 /// Momentum of the running cluster marginal the balance term of a device learning from
 /// scratch pulls towards the uniform (`LossConfig::balance_momentum`), in tenths: 0,
@@ -262,6 +254,28 @@ pub const SCRATCH_OPTIMISER: crate::protocol::TrainOptimiser = match SCRATCH_OPT
     OptimKind::FactoredRms => crate::protocol::TrainOptimiser::FactoredRms,
     OptimKind::Sgd => crate::protocol::TrainOptimiser::Sgd { momentum: 0.9 },
 };
+
+/// A setting of the build that names one of a few values: the value of the name in
+/// `var` among `names`, or `default` without one; another name fails the build with
+/// `unknown`.
+const fn build_choice<T: Copy>(
+    var: Option<&str>,
+    default: T,
+    names: &[(&str, T)],
+    unknown: &str,
+) -> T {
+    let Some(s) = var else {
+        return default;
+    };
+    let mut i = 0;
+    while i < names.len() {
+        if same(s, names[i].0) {
+            return names[i].1;
+        }
+        i += 1;
+    }
+    panic!("{}", unknown)
+}
 
 /// `a == b`, in a constant.
 const fn same(a: &str, b: &str) -> bool {
