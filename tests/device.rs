@@ -7,8 +7,8 @@
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
 use hvae::device::{
     checkpoint_slot_len, checkpoint_slot_len_with, int8_words, optim_len, scratch_len,
-    scratch_len_with, Engine, Int8, Int8Weights, Learns, Params, Served, Slots, Store, Transport,
-    CAP, INFER, INFER_INT8, INTERNAL_ERROR_FRAME, LEARN,
+    scratch_len_with, Engine, HeapStore, Int8, Int8Weights, Learns, Params, Served, Slots,
+    SlotsOnly, Transport, CAP, INFER, INFER_INT8, INTERNAL_ERROR_FRAME, LEARN,
 };
 use hvae::infer::quant::{
     calibration_len, float_len, int_len, quantize, weight_len, Calibration, QuantModel,
@@ -35,46 +35,23 @@ const W: usize = 2048;
 type Ram = RamFlash<1024>;
 
 /// Heap buffers no larger than a device's, and two checkpoint slots.
-struct Heap {
-    checkpoints: Checkpoints<Ram>,
-    scratch: usize,
-    optim: usize,
+type Heap = HeapStore<1024>;
+
+/// The sizes of a device's `learn` program.
+fn heap() -> Heap {
+    assert_eq!(scratch_len_with(&S, CAP), scratch_len(&S));
+    let heap = heap_with_memory(CAP, 4);
+    assert_eq!(
+        heap.checkpoints.slot_len(),
+        checkpoint_slot_len::<Ram>(&S) as u32
+    );
+    heap
 }
 
-impl Heap {
-    fn new() -> Heap {
-        let heap = Self::with_memory(CAP, 4);
-        // The sizes of a device's `learn` program.
-        assert_eq!(heap.scratch, scratch_len(&S));
-        assert_eq!(
-            heap.checkpoints.slot_len(),
-            checkpoint_slot_len::<Ram>(&S) as u32
-        );
-        heap
-    }
-
-    /// Sized for an engine that remembers `mem` samples of `value_bytes` per value.
-    fn with_memory(mem: usize, value_bytes: usize) -> Heap {
-        let slot = checkpoint_slot_len_with::<Ram>(&S, mem, value_bytes);
-        let checkpoints = Checkpoints::new(Ram::blank(2 * slot), 0, slot as u32).unwrap();
-        Heap {
-            checkpoints,
-            scratch: scratch_len_with(&S, mem),
-            optim: optim_len(&S),
-        }
-    }
-}
-
-impl Store for Heap {
-    type Buf = Vec<f32>;
-    type Flash = Ram;
-    fn take(&mut self, scratch: usize, optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        (scratch <= self.scratch && optim <= self.optim)
-            .then(|| (vec![0.0; scratch], vec![0.0; optim]))
-    }
-    fn checkpoints(&mut self) -> Option<&mut Checkpoints<Ram>> {
-        Some(&mut self.checkpoints)
-    }
+/// Sized for an engine that remembers `mem` samples of `value_bytes` per value.
+fn heap_with_memory(mem: usize, value_bytes: usize) -> Heap {
+    let slot = checkpoint_slot_len_with::<Ram>(&S, mem, value_bytes);
+    Heap::new(scratch_len_with(&S, mem), optim_len(&S), slot).unwrap()
 }
 
 fn model(seed: u64) -> Model<f32, Vec<f32>> {
@@ -157,7 +134,7 @@ fn train_request(steps: u16) -> Request {
 fn loaded_engine<const CAPS: u32>() -> (Engine<D, W, Model<f32, Vec<f32>>, Heap, CAPS>, u32) {
     let new = model(2);
     let crc = hvae::device::blob_crc(&S, new.params());
-    let mut e = engine(model(1), Heap::new());
+    let mut e = engine(model(1), heap());
     assert_eq!(
         load(&mut e, &blob(&new)),
         Response::Loaded { weights_crc: crc }
@@ -167,7 +144,7 @@ fn loaded_engine<const CAPS: u32>() -> (Engine<D, W, Model<f32, Vec<f32>>, Heap,
 
 #[test]
 fn capabilities_choose_the_requests_served() {
-    let mut infer: Infer = engine(model(1), Heap::new());
+    let mut infer: Infer = engine(model(1), heap());
     let Response::Info(info) = infer.handle(&Request::Info) else {
         panic!("Info")
     };
@@ -177,7 +154,7 @@ fn capabilities_choose_the_requests_served() {
         infer.handle(&train_request(1)),
         Response::Error(ErrorCode::Unsupported)
     );
-    let mut learn: Learn = engine(model(1), Heap::new());
+    let mut learn: Learn = engine(model(1), heap());
     let Response::Info(info) = learn.handle(&Request::Info) else {
         panic!("Info")
     };
@@ -292,7 +269,7 @@ fn in_flash(m: &Model<f32, Vec<f32>>) -> InferFlash {
     Engine::new(
         Model::new(S, params).unwrap(),
         crc,
-        Heap::new(),
+        heap(),
         MAX_REQUEST_FRAME,
     )
     .unwrap()
@@ -410,7 +387,7 @@ fn the_server_answers_each_frame_as_the_engine_does() {
         rx: wire.into_iter(),
         tx: Vec::new(),
     };
-    let mut served: Learn = engine(model(1), Heap::new());
+    let mut served: Learn = engine(model(1), heap());
     served.serve::<_, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME>(&mut t);
     let mut got = Vec::new();
     let mut rx = FrameDecoder::<MAX_RESPONSE_FRAME>::new();
@@ -420,7 +397,7 @@ fn the_server_answers_each_frame_as_the_engine_does() {
         }
     }
     let mut want = Vec::new();
-    let mut direct: Learn = engine(model(1), Heap::new());
+    let mut direct: Learn = engine(model(1), heap());
     for r in &requests {
         direct.handle_each(r, &mut |x| want.push(x.clone()));
     }
@@ -458,7 +435,7 @@ fn the_normalisation_scope_tracks_the_stream_and_nothing_else_moves() {
             }),
         )
     };
-    let mut e: Learn = engine(m, Heap::new());
+    let mut e: Learn = engine(m, heap());
     let r = e.handle(&request(TrainScope::SegmenterAndNormalisation, &xs));
     assert!(matches!(r, Response::Trained { steps: 2, .. }), "{r:?}");
     let mut t =
@@ -490,7 +467,7 @@ fn the_normalisation_scope_tracks_the_stream_and_nothing_else_moves() {
     );
     assert_eq!(e.model().params(), &after[..]);
     // SegmenterOnly leaves the normalisation as it is.
-    let mut e: Learn = engine(model(1), Heap::new());
+    let mut e: Learn = engine(model(1), heap());
     e.handle(&request(TrainScope::SegmenterOnly, &xs));
     assert_eq!(&e.model().params()[..2 * D], &before[..2 * D]);
 }
@@ -523,7 +500,7 @@ fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
             spawn_count: 16,
         },
     );
-    let mut e: Learn = engine(m, Heap::new());
+    let mut e: Learn = engine(m, heap());
     let mut answers = train_batch(&mut e, &xs, km);
     let Some(Response::Trained { steps, loss, .. }) = answers.pop() else {
         panic!("{answers:?}")
@@ -563,7 +540,7 @@ fn online_k_means_moves_each_samples_centre_by_the_core_rule() {
     assert_eq!(e.model().params(), reference.params());
     assert_ne!(reference.params(), model(1).params());
     // A gradient scope cannot take it.
-    let mut e: Learn = engine(model(1), Heap::new());
+    let mut e: Learn = engine(model(1), heap());
     let r = e.handle(&train_on(
         &xs,
         0,
@@ -588,7 +565,7 @@ fn a_spawned_centre_survives_a_reboot() {
         scope: TrainScope::SegmenterOnly,
         ..spawning()
     };
-    let mut e: Learn = engine(m.clone(), Heap::new());
+    let mut e: Learn = engine(m.clone(), heap());
     let answers = train_batch(&mut e, &xs, km);
     // One event, at the second sample (2 novel of a window of 4), then the answer; the
     // one unused slot is taken, so nothing more spawns.
@@ -684,7 +661,7 @@ fn afresh(reqs: &[Request], settings: TrainSettings) -> Vec<Request> {
 #[test]
 fn a_training_resumes_bit_for_bit_after_a_reset() {
     let ring = settings_with(TrainScope::EncoderAndSegmenter, TrainOptimiser::Adam);
-    let (first, _) = resumes_alike::<32, f32>(&resume_requests(ring, 8), Heap::new);
+    let (first, _) = resumes_alike::<32, f32>(&resume_requests(ring, 8), heap);
     // The memory came back: 8 samples of the first request and 8 of the second.
     assert!(
         matches!(
@@ -699,7 +676,7 @@ fn a_training_resumes_bit_for_bit_after_a_reset() {
     );
     let sgd = settings_with(TrainScope::Full, TrainOptimiser::Sgd { momentum: 0.9 });
     let reqs = resume_requests(sgd, 20);
-    let bytes = || Heap::with_memory(48, 1);
+    let bytes = || heap_with_memory(48, 1);
     let (first, pb) = resumes_alike::<48, u8>(&reqs, bytes);
     assert!(
         matches!(
@@ -744,7 +721,7 @@ fn online_k_means_resumes_bit_for_bit_after_a_reset() {
         },
     );
     let reqs = resume_requests(km, 8);
-    let (first, pb) = resumes_alike::<32, f32>(&reqs, Heap::new);
+    let (first, pb) = resumes_alike::<32, f32>(&reqs, heap);
     // The counts came back: the updates go on from the first request's (8 samples, the
     // novel ones not counted).
     assert!(
@@ -755,7 +732,7 @@ fn online_k_means_resumes_bit_for_bit_after_a_reset() {
     assert_ne!(pb[..2 * D], bits(&model(1).params()[..2 * D]));
     // A reset that starts afresh (new counts, a tracker from the saved normalisation)
     // moves them otherwise.
-    let (c, pc) = run_with_reset::<32, f32>(&afresh(&reqs, km), Heap::new(), true);
+    let (c, pc) = run_with_reset::<32, f32>(&afresh(&reqs, km), heap(), true);
     assert_ne!(bits(&pc), pb);
     assert!(
         matches!(c[0], Response::Trained { steps: 0..=8, .. }),
@@ -873,7 +850,7 @@ type Int8Engine = Engine<D, W, Int8<Int8Slots>, Heap, INFER_INT8, CAP, f32, ()>;
 
 fn int8_engine(q: Quant) -> Int8Engine {
     let crc = crc32(&int8_blob(&q)[..hvae::store::blob::int8_blob_len(&S) - 4]);
-    Engine::new(Int8(Int8Slots::new(q)), crc, Heap::new(), MAX_REQUEST_FRAME).unwrap()
+    Engine::new(Int8(Int8Slots::new(q)), crc, heap(), MAX_REQUEST_FRAME).unwrap()
 }
 
 /// Samples that tell two int8 models apart (and one with a NaN).
@@ -1080,7 +1057,7 @@ fn int8_weights_without_slots_cannot_load() {
     let q = quantised(1);
     let crc = crc32(&int8_blob(&q)[..hvae::store::blob::int8_blob_len(&S) - 4]);
     let mut e: Engine<D, W, Int8<Quant>, Heap, INFER_INT8, CAP, f32, ()> =
-        Engine::new(Int8(q.clone()), crc, Heap::new(), MAX_REQUEST_FRAME).unwrap();
+        Engine::new(Int8(q.clone()), crc, heap(), MAX_REQUEST_FRAME).unwrap();
     assert_eq!(
         load(&mut e, &int8_blob(&quantised(2))),
         Response::Error(ErrorCode::Unsupported)
@@ -1154,39 +1131,24 @@ impl NorFlash for CutRam {
 }
 
 /// The adapting engine's store: no buffers, the `adapt` program's checkpoint slots.
-struct AdaptSlots {
-    checkpoints: Option<Checkpoints<CutRam>>,
-}
+type AdaptSlots = SlotsOnly<CutRam>;
 
-impl AdaptSlots {
-    fn new() -> AdaptSlots {
-        let slot = hvae::device::adapt_slot_len::<CutRam, D>(&S);
-        let c = Checkpoints::new(CutRam::new(2 * slot), 0, slot as u32).unwrap();
-        AdaptSlots {
-            checkpoints: Some(c),
-        }
-    }
-
-    /// `f` of the flash under the slots.
-    fn flash<R>(&mut self, f: impl FnOnce(&mut CutRam) -> R) -> R {
-        let c = self.checkpoints.take().unwrap();
-        let slot = c.slot_len();
-        let mut flash = c.into_inner();
-        let r = f(&mut flash);
-        self.checkpoints = Some(Checkpoints::new(flash, 0, slot).unwrap());
-        r
+fn adapt_slots() -> AdaptSlots {
+    let slot = hvae::device::adapt_slot_len::<CutRam, D>(&S);
+    let c = Checkpoints::new(CutRam::new(2 * slot), 0, slot as u32).unwrap();
+    SlotsOnly {
+        checkpoints: Some(c),
     }
 }
 
-impl Store for AdaptSlots {
-    type Buf = Vec<f32>;
-    type Flash = CutRam;
-    fn take(&mut self, _scratch: usize, _optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
-    fn checkpoints(&mut self) -> Option<&mut Checkpoints<CutRam>> {
-        self.checkpoints.as_mut()
-    }
+/// `f` of the flash under the slots of `store`.
+fn under_slots<R>(store: &mut AdaptSlots, f: impl FnOnce(&mut CutRam) -> R) -> R {
+    let c = store.checkpoints.take().unwrap();
+    let slot = c.slot_len();
+    let mut flash = c.into_inner();
+    let r = f(&mut flash);
+    store.checkpoints = Some(Checkpoints::new(flash, 0, slot).unwrap());
+    r
 }
 
 type Adapt = Engine<D, W, Model<f32, Vec<f32>>, AdaptSlots, { hvae::device::ADAPT }, 2, u8>;
@@ -1248,7 +1210,7 @@ fn adapt_batch(
 fn an_adapting_engine_resumes_bit_for_bit_after_a_reset() {
     let m = spawnable(1);
     let run = |reset: bool| {
-        let (mut e, restored) = adapt_on(&m, AdaptSlots::new());
+        let (mut e, restored) = adapt_on(&m, adapt_slots());
         assert_eq!(restored, None, "blank flash");
         // One novel sample: no spawn yet.
         let first = adapt_batch(&mut e, 1, 31, Some(spawning()));
@@ -1302,7 +1264,7 @@ fn an_adapting_engine_resumes_bit_for_bit_after_a_reset() {
 #[test]
 fn an_adapted_checkpoint_restores_only_on_its_own_weights_and_survives_a_bad_slot() {
     let m = spawnable(1);
-    let (mut e, _) = adapt_on(&m, AdaptSlots::new());
+    let (mut e, _) = adapt_on(&m, adapt_slots());
     // No sample novel: only the requests save.
     let calm = settings_with(
         TrainScope::SegmenterAndNormalisation,
@@ -1355,7 +1317,7 @@ fn an_adapted_checkpoint_restores_only_on_its_own_weights_and_survives_a_bad_slo
     }
     // The newest slot (seq 2, the second save: slot 1) damaged: the older comes back.
     let slot = hvae::device::adapt_slot_len::<CutRam, D>(&S);
-    store.flash(|f| f.ram.bytes_mut()[slot + 300] ^= 0x10);
+    under_slots(&mut store, |f| f.ram.bytes_mut()[slot + 300] ^= 0x10);
     let (e, restored) = adapt_on(&m, store);
     assert_eq!(restored, Some(1));
     assert_eq!(bits(e.model().params()), bits(&older));
@@ -1371,7 +1333,7 @@ fn a_spawn_is_never_lost_across_a_power_cut() {
     let m = spawnable(3);
     // Up to the checkpoint before the spawn: one novel sample, `Checkpoint`.
     let before = || {
-        let (mut e, _) = adapt_on(&m, AdaptSlots::new());
+        let (mut e, _) = adapt_on(&m, adapt_slots());
         adapt_batch(&mut e, 1, 60, Some(spawning()));
         assert!(matches!(
             e.handle(&Request::Checkpoint),
@@ -1390,7 +1352,7 @@ fn a_spawn_is_never_lost_across_a_power_cut() {
     };
     // The references: rebooted on the checkpoint before the spawn, and after it.
     let mut e = before();
-    let ops_before = e.into_store().flash(|f| f.ops);
+    let ops_before = under_slots(&mut e.into_store(), |f| f.ops);
     let old = after({
         let e = before();
         e.into_store()
@@ -1412,7 +1374,7 @@ fn a_spawn_is_never_lost_across_a_power_cut() {
         "{spawned:?}"
     );
     let mut store = e2.into_store();
-    let n_ops = store.flash(|f| f.ops) - ops_before;
+    let n_ops = under_slots(&mut store, |f| f.ops) - ops_before;
     let new = after(store);
     assert_eq!(old.0, Some(1));
     assert_eq!(new.0, Some(2));
@@ -1422,11 +1384,11 @@ fn a_spawn_is_never_lost_across_a_power_cut() {
     for k in 0..=n_ops {
         e = before();
         let mut store = e.into_store();
-        store.flash(|f| f.cut = Some(f.ops + k));
+        under_slots(&mut store, |f| f.cut = Some(f.ops + k));
         let (mut e, _) = adapt_on(&m, store);
         let answers = spawn(&mut e);
         let mut store = e.into_store();
-        store.flash(|f| f.cut = None);
+        under_slots(&mut store, |f| f.cut = None);
         let got = after(store);
         if k < n_ops {
             assert_eq!(

@@ -280,7 +280,7 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
 fn the_adapting_engine_keeps_what_it_adapted_across_a_reset() {
     use hvae::protocol::{Request, Response, TrainOptimiser, TrainScope, TrainSettings};
     use hvae_host::commands::device_train::{permutation, Schedule};
-    use hvae_host::device::learn_host::{adapt_learner, adapt_learner_on, AdaptStore};
+    use hvae_host::device::learn_host::{adapt_learner, adapt_learner_on, adapt_store};
     let (model, data) = setup(device::ADAPT_BIN);
     let drift = Drift::new(&data, 0.3, 2.0, 0);
     let order = permutation(data.len(), 0);
@@ -319,7 +319,7 @@ fn the_adapting_engine_keeps_what_it_adapted_across_a_reset() {
             let store = if keep {
                 e.into_store()
             } else {
-                AdaptStore::new(model.model.shape()).unwrap()
+                adapt_store(model.model.shape()).unwrap()
             };
             let (back, restored) = adapt_learner_on(model.model.clone(), model.crc, store).unwrap();
             e = back;

@@ -111,6 +111,7 @@ mod params;
 mod persist;
 mod served;
 mod server;
+mod stores;
 mod training;
 
 pub use engine::{blob_crc, Engine};
@@ -118,6 +119,9 @@ pub use learning::{Learning, Learns};
 pub use params::{Params, Slots};
 pub use served::{int8_words, Int8, Int8Weights, Served};
 pub use server::{send, Transport, INTERNAL_ERROR_FRAME};
+#[cfg(feature = "alloc")]
+pub use stores::HeapStore;
+pub use stores::SlotsOnly;
 pub use training::{config, config_with_memory, quant_of};
 
 use crate::protocol::{CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN};

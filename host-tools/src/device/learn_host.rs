@@ -4,8 +4,8 @@
 
 use hvae::device::{
     adapt_slot_len, checkpoint_slot_len_with, optim_len, scratch_checkpoint_slot_len,
-    scratch_len_with, scratch_optim_len, Engine, Store, Transport, ADAPT, ADAPT_MEM, CAP, LEARN,
-    SCRATCH_MEM,
+    scratch_len_with, scratch_optim_len, Engine, HeapStore, SlotsOnly, Store, Transport, ADAPT,
+    ADAPT_MEM, CAP, LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{Request, Response};
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
@@ -29,58 +29,32 @@ pub type RamFlash = hvae::store::RamFlash<1024>;
 
 /// Heap buffers no larger than the device's static ones, and checkpoint slots in a
 /// [`RamFlash`] of the device's size.
-#[derive(Debug)]
-pub struct HostStore {
-    scratch: usize,
+pub type HostStore = HeapStore<1024>;
+
+/// A store sized as the `learn` program's for `shape`.
+pub fn learn_store(shape: &Shape) -> Result<HostStore, String> {
+    let slot = checkpoint_slot_len_with::<RamFlash>(shape, CAP, 4);
+    store_with_memory(shape, CAP, slot, optim_len(shape))
+}
+
+/// A store sized as the `learn_scratch` program's for `shape`: a trainer that remembers
+/// [`SCRATCH_MEM`] samples, and the state of the scratch optimiser
+/// (`hvae::device::SCRATCH_OPTIM`).
+pub fn scratch_store(shape: &Shape) -> Result<HostStore, String> {
+    let slot = scratch_checkpoint_slot_len::<RamFlash>(shape);
+    store_with_memory(shape, SCRATCH_MEM, slot, scratch_optim_len(shape))
+}
+
+/// A store sized for `shape`, a trainer that remembers `mem` samples, checkpoint slots
+/// of `slot` bytes and `optim` scalars of optimiser state.
+fn store_with_memory(
+    shape: &Shape,
+    mem: usize,
+    slot: usize,
     optim: usize,
-    /// The checkpoint slots.
-    pub checkpoints: Checkpoints<RamFlash>,
-}
-
-impl HostStore {
-    /// A store sized as the `learn` program's for `shape`.
-    pub fn new(shape: &Shape) -> Result<HostStore, String> {
-        let slot = checkpoint_slot_len_with::<RamFlash>(shape, CAP, 4);
-        Self::with_memory(shape, CAP, slot, optim_len(shape))
-    }
-
-    /// A store sized as the `learn_scratch` program's for `shape`: a trainer that
-    /// remembers [`SCRATCH_MEM`] samples, and the state of the scratch optimiser
-    /// (`hvae::device::SCRATCH_OPTIM`).
-    pub fn scratch(shape: &Shape) -> Result<HostStore, String> {
-        let slot = scratch_checkpoint_slot_len::<RamFlash>(shape);
-        Self::with_memory(shape, SCRATCH_MEM, slot, scratch_optim_len(shape))
-    }
-
-    /// A store sized for `shape`, a trainer that remembers `mem` samples, checkpoint
-    /// slots of `slot` bytes and `optim` scalars of optimiser state.
-    fn with_memory(
-        shape: &Shape,
-        mem: usize,
-        slot: usize,
-        optim: usize,
-    ) -> Result<HostStore, String> {
-        let flash = RamFlash::blank(2 * slot);
-        let checkpoints = Checkpoints::new(flash, 0, slot as u32)
-            .map_err(|e| format!("checkpoint slots: {e:?}"))?;
-        Ok(HostStore {
-            scratch: scratch_len_with(shape, mem),
-            optim,
-            checkpoints,
-        })
-    }
-}
-
-impl Store for HostStore {
-    type Buf = Vec<f32>;
-    type Flash = RamFlash;
-    fn take(&mut self, scratch: usize, optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        (scratch <= self.scratch && optim <= self.optim)
-            .then(|| (vec![0.0; scratch], vec![0.0; optim]))
-    }
-    fn checkpoints(&mut self) -> Option<&mut Checkpoints<RamFlash>> {
-        Some(&mut self.checkpoints)
-    }
+) -> Result<HostStore, String> {
+    HostStore::new(scratch_len_with(shape, mem), optim, slot)
+        .map_err(|e| format!("checkpoint slots: {e:?}"))
 }
 
 /// The learning engine on the host.
@@ -101,39 +75,23 @@ pub fn scratch_learner(model: VecModel<f32>, crc: u32) -> Result<ScratchLearner,
             shape.input
         ));
     }
-    let store = HostStore::scratch(&shape)?;
+    let store = scratch_store(&shape)?;
     Engine::new(model, crc, store, MAX_REQUEST_FRAME)
         .map_err(|e| format!("the scratch engine refuses the model: {e}"))
 }
 
 /// The store of the `adapt` program: no training buffers, and checkpoint slots of its
 /// size ([`adapt_slot_len`]) in a [`RamFlash`].
-#[derive(Debug)]
-pub struct AdaptStore {
-    /// The checkpoint slots.
-    pub checkpoints: Checkpoints<RamFlash>,
-}
+pub type AdaptStore = SlotsOnly<RamFlash>;
 
-impl AdaptStore {
-    /// A store sized as the `adapt` program's for `shape`.
-    pub fn new(shape: &Shape) -> Result<AdaptStore, String> {
-        let slot = adapt_slot_len::<RamFlash, INPUTS>(shape);
-        let flash = RamFlash::blank(2 * slot);
-        let checkpoints = Checkpoints::new(flash, 0, slot as u32)
-            .map_err(|e| format!("checkpoint slots: {e:?}"))?;
-        Ok(AdaptStore { checkpoints })
-    }
-}
-
-impl Store for AdaptStore {
-    type Buf = Vec<f32>;
-    type Flash = RamFlash;
-    fn take(&mut self, _scratch: usize, _optim: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
-    fn checkpoints(&mut self) -> Option<&mut Checkpoints<RamFlash>> {
-        Some(&mut self.checkpoints)
-    }
+/// A store sized as the `adapt` program's for `shape`.
+pub fn adapt_store(shape: &Shape) -> Result<AdaptStore, String> {
+    let slot = adapt_slot_len::<RamFlash, INPUTS>(shape);
+    let checkpoints = Checkpoints::new(RamFlash::blank(2 * slot), 0, slot as u32)
+        .map_err(|e| format!("checkpoint slots: {e:?}"))?;
+    Ok(SlotsOnly {
+        checkpoints: Some(checkpoints),
+    })
 }
 
 /// The adapting engine (the `adapt` program's, for parts without the RAM of a trainer):
@@ -145,7 +103,7 @@ pub type AdaptLearner = Engine<INPUTS, WORK, VecModel, AdaptStore, ADAPT, ADAPT_
 /// the `adapt` program holds none; `crc` is the whole blob's), with blank checkpoint
 /// slots, or why the host cannot run it.
 pub fn adapt_learner(model: VecModel<f32>, crc: u32) -> Result<AdaptLearner, String> {
-    let store = AdaptStore::new(model.shape())?;
+    let store = adapt_store(model.shape())?;
     adapt_learner_on(model, crc, store).map(|(e, _)| e)
 }
 
@@ -228,7 +186,7 @@ pub fn host_learner(model: VecModel<f32>, crc: u32) -> Result<HostLearner, Strin
             shape.input
         ));
     }
-    let store = HostStore::new(&shape)?;
+    let store = learn_store(&shape)?;
     Engine::new(model, crc, store, MAX_REQUEST_FRAME)
         .map_err(|e| format!("the learn engine refuses the model: {e}"))
 }
@@ -265,7 +223,7 @@ impl<R: Read, W: Write> Transport for Pipes<R, W> {
 /// A simulated learning device: `learner` served in a thread over in-memory pipes (the
 /// core's server, [`Engine::serve`]), until the link is dropped.
 pub fn spawn<
-    S: Store<Buf = Vec<f32>> + Send + 'static,
+    S: Store<Buf: Send> + Send + 'static,
     const CAPS: u32,
     const MEM: usize,
     E: hvae::train::samples::Stored<f32> + Send + 'static,

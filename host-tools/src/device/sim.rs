@@ -8,7 +8,7 @@
 //! (all or nothing: staged, switched after the CRC checked out, kept across a reset in
 //! the engine's checkpoint slots, in memory), `ReadWeights` and `Checkpoint`.
 
-use super::learn_host::{HostStore, INPUTS, WORK};
+use super::learn_host::{learn_store, HostStore, INPUTS, WORK};
 use hvae::device::{Engine, CAP, INFER};
 use hvae::protocol::{
     encode, FrameDecoder, Request, Response, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
@@ -64,7 +64,7 @@ impl SimState {
     /// A device running `model`, whose weights have CRC `crc`; an error when the engine
     /// cannot run it (not [`INPUTS`] inputs).
     pub fn new(model: VecModel<f32>, crc: u32) -> Result<SimState, String> {
-        let engine = Self::boot(model.clone(), crc, HostStore::new(model.shape())?)?;
+        let engine = Self::boot(model.clone(), crc, learn_store(model.shape())?)?;
         Ok(SimState {
             engine: Some(engine),
             boot: (model, crc),
