@@ -3,7 +3,7 @@
 //! the sample alone; a bad sample gets its error alone; a request that is not a whole
 //! number of samples gets one `InputLength`.
 
-use hvae::protocol::answer::{answer_encode, answer_segment};
+use hvae::protocol::answer::{answer, Ask};
 use hvae::protocol::{ErrorCode, Response};
 use hvae::Model;
 use hvae::Shape;
@@ -26,25 +26,23 @@ fn samples(n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `answer_segment` or `answer_encode`.
-type Answer =
-    fn(&Model<f32, Vec<f32>>, &[f32], &mut [f32], &mut Response, &mut dyn FnMut(&Response));
-
 /// Every response `answer` emits for the samples `xs`.
-fn answers(answer: Answer, m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
+fn answers<const PAIRS: bool>(ask: Ask, m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
     let mut work = vec![0.0f32; 2 * S.work_len()];
     let mut out = Response::Ack;
     let mut got = Vec::new();
-    answer(m, xs, &mut work, &mut out, &mut |r| got.push(r.clone()));
+    answer::<_, PAIRS>(ask, m, xs, &mut work, &mut out, &mut |r| {
+        got.push(r.clone())
+    });
     got
 }
 
 fn segment_all<const PAIRS: bool>(m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
-    answers(answer_segment::<_, PAIRS>, m, xs)
+    answers::<PAIRS>(Ask::Segment, m, xs)
 }
 
 fn encode_all<const PAIRS: bool>(m: &Model<f32, Vec<f32>>, xs: &[f32]) -> Vec<Response> {
-    answers(answer_encode::<_, PAIRS>, m, xs)
+    answers::<PAIRS>(Ask::Encode, m, xs)
 }
 
 #[test]
@@ -105,18 +103,15 @@ fn a_request_that_is_not_whole_samples_gets_one_error() {
     let mut work = vec![0.0f32; S.work_len() - 1];
     let mut out = Response::Ack;
     for pairs in [false, true] {
-        for encode in [false, true] {
+        for ask in [Ask::Segment, Ask::Encode] {
             let mut got = Vec::new();
             let mut emit = |r: &Response| got.push(r.clone());
-            match (pairs, encode) {
-                (false, false) => {
-                    answer_segment::<_, false>(&m, &xs, &mut work, &mut out, &mut emit)
-                }
-                (true, false) => answer_segment::<_, true>(&m, &xs, &mut work, &mut out, &mut emit),
-                (false, true) => answer_encode::<_, false>(&m, &xs, &mut work, &mut out, &mut emit),
-                (true, true) => answer_encode::<_, true>(&m, &xs, &mut work, &mut out, &mut emit),
+            if pairs {
+                answer::<_, true>(ask, &m, &xs, &mut work, &mut out, &mut emit)
+            } else {
+                answer::<_, false>(ask, &m, &xs, &mut work, &mut out, &mut emit)
             }
-            assert_eq!(got, short, "pairs {pairs}, encode {encode}");
+            assert_eq!(got, short, "pairs {pairs}, {ask:?}");
         }
     }
 }
@@ -169,7 +164,6 @@ fn int8_answers_are_the_quant_models_values() {
     use hvae::infer::quant::{
         calibration_len, float_len, int_len, quantize, weight_len, Calibration, QuantModel,
     };
-    use hvae::protocol::answer::{answer_encode_int8, answer_segment_int8};
     let m = model();
     let mut cal = Calibration::new(&S, vec![0.0f32; calibration_len(&S)]).unwrap();
     let mut work = vec![0.0f32; S.work_len()];
@@ -187,8 +181,12 @@ fn int8_answers_are_the_quant_models_values() {
     xs[S.input + 2] = f32::NAN;
     let mut out = Response::Ack;
     let (mut seg, mut enc) = (Vec::new(), Vec::new());
-    answer_segment_int8(&q, &xs, &mut work, &mut out, &mut |r| seg.push(r.clone()));
-    answer_encode_int8(&q, &xs, &mut work, &mut out, &mut |r| enc.push(r.clone()));
+    answer::<_, false>(Ask::Segment, &q, &xs, &mut work, &mut out, &mut |r| {
+        seg.push(r.clone())
+    });
+    answer::<_, false>(Ask::Encode, &q, &xs, &mut work, &mut out, &mut |r| {
+        enc.push(r.clone())
+    });
     assert_eq!((seg.len(), enc.len()), (3, 3));
     for (i, x) in xs.chunks(S.input).enumerate() {
         if i == 1 {
@@ -212,7 +210,8 @@ fn int8_answers_are_the_quant_models_values() {
             .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
     let mut got = Vec::new();
-    answer_segment_int8(&q, &xs[..S.input + 1], &mut work, &mut out, &mut |r| {
+    let xs = &xs[..S.input + 1];
+    answer::<_, false>(Ask::Segment, &q, xs, &mut work, &mut out, &mut |r| {
         got.push(r.clone())
     });
     assert_eq!(got, vec![Response::Error(ErrorCode::InputLength)]);

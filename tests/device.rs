@@ -13,7 +13,7 @@ use hvae::device::{
 use hvae::infer::quant::{
     calibration_len, float_len, int_len, quantize, weight_len, Calibration, QuantModel,
 };
-use hvae::protocol::answer::{answer_encode_int8, answer_segment_int8};
+use hvae::protocol::answer::{answer, Ask};
 use hvae::protocol::{
     encode, int8_blob_header, CentreChange, DeviceInfo, ErrorCode, FrameDecoder, Request, Response,
     TrainOptimiser, TrainScope, TrainSettings, CAP_TRAIN, MAX_CHUNK, MAX_REQUEST_FRAME,
@@ -870,8 +870,9 @@ fn int8_answers_of(q: &Quant) -> Vec<Response> {
     let mut work = vec![0.0f32; q.work_len()];
     for x in int8_samples() {
         let mut r = Response::Ack;
-        answer_segment_int8(q, &x, &mut work, &mut r, &mut |a| out.push(a.clone()));
-        answer_encode_int8(q, &x, &mut work, &mut r, &mut |a| out.push(a.clone()));
+        for ask in [Ask::Segment, Ask::Encode] {
+            answer::<_, false>(ask, q, &x, &mut work, &mut r, &mut |a| out.push(a.clone()));
+        }
     }
     out
 }

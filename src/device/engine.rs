@@ -3,6 +3,7 @@
 use super::learning::Learning;
 use super::{Params, Served, Slots, Store, CAP, LEARN};
 use crate::infer::model::Model;
+use crate::protocol::answer::{answer, Ask};
 use crate::protocol::borrowed;
 use crate::protocol::{
     blob_header, BlobFormat, CentreChange, DeviceInfo, ErrorCode, FrameError, Request, Response,
@@ -252,8 +253,8 @@ engine_impl! {
     /// 16 KiB. A request outside `CAPS` is answered `Unsupported`.
     fn dispatch(&mut self, job: Job<'_>, emit: &mut dyn FnMut(&Response)) {
         match job {
-            Job::Segment(x) if CAPS & CAP_SEGMENT != 0 => self.segment(x, emit),
-            Job::Encode(x) if CAPS & CAP_ENCODE != 0 => self.encode(x, emit),
+            Job::Segment(x) if CAPS & CAP_SEGMENT != 0 => self.answer_samples(Ask::Segment, x, emit),
+            Job::Encode(x) if CAPS & CAP_ENCODE != 0 => self.answer_samples(Ask::Encode, x, emit),
             Job::Train(x, steps, settings) if Self::TRAINS => {
                 self.train_and_answer(x, steps, settings, emit)
             }
@@ -267,25 +268,15 @@ engine_impl! {
         }
     }
 
+    /// Answers a `Segment` or `Encode` request ([`answer`]).
     #[inline(never)]
-    fn segment(&mut self, sample: &[f32], emit: &mut dyn FnMut(&Response)) {
+    fn answer_samples(&mut self, ask: Ask, samples: &[f32], emit: &mut dyn FnMut(&Response)) {
         let mut out = Response::Ack;
-        let (m, w) = (&self.model, &mut self.work);
+        let (m, w) = (self.model.answers(), &mut self.work);
         if Self::PAIRS {
-            m.segment::<true>(sample, w, &mut out, emit)
+            answer::<_, true>(ask, m, samples, w, &mut out, emit)
         } else {
-            m.segment::<false>(sample, w, &mut out, emit)
-        }
-    }
-
-    #[inline(never)]
-    fn encode(&mut self, sample: &[f32], emit: &mut dyn FnMut(&Response)) {
-        let mut out = Response::Ack;
-        let (m, w) = (&self.model, &mut self.work);
-        if Self::PAIRS {
-            m.encode::<true>(sample, w, &mut out, emit)
-        } else {
-            m.encode::<false>(sample, w, &mut out, emit)
+            answer::<_, false>(ask, m, samples, w, &mut out, emit)
         }
     }
 

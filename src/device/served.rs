@@ -7,10 +7,8 @@
 use super::{Params, Slots};
 use crate::infer::model::Model;
 use crate::infer::quant::{self, QuantModel};
-use crate::protocol::answer::{
-    answer_encode, answer_encode_int8, answer_segment, answer_segment_int8,
-};
-use crate::protocol::{BlobFormat, F32Blob, Int8Blob, Response};
+use crate::protocol::answer::Answers;
+use crate::protocol::{BlobFormat, F32Blob, Int8Blob};
 use crate::shape::Shape;
 
 /// A model an [`Engine`](super::Engine) serves.
@@ -31,23 +29,11 @@ pub trait Served {
     fn f32_mut(&mut self) -> Option<&mut Model<f32, Self::Params>>;
     /// The flash slots a load fills, when the weights live in flash.
     fn slots(&mut self) -> Option<&mut dyn Slots>;
-    /// Answers a `Segment` request for the samples `xs` ([`crate::protocol::answer`];
-    /// `PAIRS`: two samples at a time, where the model has such code).
-    fn segment<const PAIRS: bool>(
-        &self,
-        xs: &[f32],
-        work: &mut [f32],
-        out: &mut Response,
-        emit: &mut dyn FnMut(&Response),
-    );
-    /// Answers an `Encode` request, as [`Served::segment`].
-    fn encode<const PAIRS: bool>(
-        &self,
-        xs: &[f32],
-        work: &mut [f32],
-        out: &mut Response,
-        emit: &mut dyn FnMut(&Response),
-    );
+    /// The model that answers `Segment` and `Encode` requests
+    /// ([`crate::protocol::answer`]).
+    type Answers: Answers;
+    /// [`Served::Answers`].
+    fn answers(&self) -> &Self::Answers;
 }
 
 impl<P: Params> Served for Model<f32, P> {
@@ -74,25 +60,10 @@ impl<P: Params> Served for Model<f32, P> {
     fn slots(&mut self) -> Option<&mut dyn Slots> {
         self.storage_mut().slots()
     }
+    type Answers = Self;
     #[inline(always)]
-    fn segment<const PAIRS: bool>(
-        &self,
-        xs: &[f32],
-        work: &mut [f32],
-        out: &mut Response,
-        emit: &mut dyn FnMut(&Response),
-    ) {
-        answer_segment::<_, PAIRS>(self, xs, work, out, emit)
-    }
-    #[inline(always)]
-    fn encode<const PAIRS: bool>(
-        &self,
-        xs: &[f32],
-        work: &mut [f32],
-        out: &mut Response,
-        emit: &mut dyn FnMut(&Response),
-    ) {
-        answer_encode::<_, PAIRS>(self, xs, work, out, emit)
+    fn answers(&self) -> &Self {
+        self
     }
 }
 
@@ -167,22 +138,8 @@ impl<T: Int8Weights> Served for Int8<T> {
     fn slots(&mut self) -> Option<&mut dyn Slots> {
         self.0.slots()
     }
-    fn segment<const PAIRS: bool>(
-        &self,
-        xs: &[f32],
-        work: &mut [f32],
-        out: &mut Response,
-        emit: &mut dyn FnMut(&Response),
-    ) {
-        answer_segment_int8(self.0.model(), xs, work, out, emit)
-    }
-    fn encode<const PAIRS: bool>(
-        &self,
-        xs: &[f32],
-        work: &mut [f32],
-        out: &mut Response,
-        emit: &mut dyn FnMut(&Response),
-    ) {
-        answer_encode_int8(self.0.model(), xs, work, out, emit)
+    type Answers = QuantModel<T::W, T::I, T::F>;
+    fn answers(&self) -> &Self::Answers {
+        self.0.model()
     }
 }

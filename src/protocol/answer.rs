@@ -7,7 +7,8 @@
 //! theirs). A request that is not a whole, non-zero number of samples gets one
 //! [`ErrorCode::InputLength`].
 //!
-//! `PAIRS` chooses the code: `true` runs the samples through [`Model::segment_batch`] /
+//! [`answer`] answers both, for either model ([`Answers`]). `PAIRS` chooses the code:
+//! `true` runs the samples through [`Model::segment_batch`] /
 //! [`Model::encode_batch`] (two at a time when the workspace has room for two: fewer
 //! instructions per sample, more code on a Cortex-M4F; docs/device.md); `false` calls
 //! [`Model::segment`] / [`Model::encode`] on each sample, for images that must stay
@@ -22,128 +23,150 @@ use crate::infer::quant::QuantModel;
 use core::num::NonZeroUsize;
 use heapless::Vec;
 
-/// Answers a `Segment` request for the samples `xs` with `model`, calling `emit` with
-/// each response. `out` is where the responses are built (in place: a [`Response`] is
-/// about 1.3 KiB, too big to move around, or to keep as a constant, on a small device);
-/// `work` holds one model workspace, or two for pairs ([`Model::segment_batch`]); a
-/// shorter one is one `BufferLength` error for the request. Cost: `n` segment calls.
-pub fn answer_segment<S: AsRef<[f32]>, const PAIRS: bool>(
-    model: &Model<f32, S>,
-    xs: &[f32],
-    work: &mut [f32],
-    out: &mut Response,
-    emit: &mut dyn FnMut(&Response),
-) {
-    let Some(d) = acceptable(model, xs, work, out, emit) else {
-        return;
-    };
-    let mut each = |r: Result<Segment<'_, f32>, InferError>| {
-        let r = r
-            .map_err(ErrorCode::from)
-            .and_then(|s| set_segmented(out, &s));
-        reply(r, out, emit);
-    };
-    let r = if PAIRS {
-        model.segment_batch(xs, work, |_, r| each(r))
-    } else {
-        for x in xs.chunks_exact(d.get()) {
-            each(model.segment(x, work));
+/// What a request asks of each of its samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// [`Request::Segment`](super::Request::Segment): [`Response::Segmented`].
+    Segment,
+    /// [`Request::Encode`](super::Request::Encode): [`Response::Encoded`].
+    Encode,
+}
+
+/// A model that answers [`Ask`]s ([`answer`]): the `f32` [`Model`] and the int8
+/// [`QuantModel`].
+pub trait Answers {
+    /// Values of one sample.
+    fn input(&self) -> usize;
+    /// Workspace values one call needs.
+    fn work_len(&self) -> usize;
+    /// Makes `out` the answer to `ask` for the sample `x`.
+    fn answer_one(
+        &self,
+        ask: Ask,
+        x: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+    ) -> Result<(), ErrorCode>;
+    /// Answers `ask` for the samples `xs` (whole samples, `work` at least one
+    /// workspace) with the model's code for pairs of samples, emitting each response as
+    /// [`answer`] does; `None` (the default) for a model without such code.
+    fn answer_pairs(
+        &self,
+        _ask: Ask,
+        _xs: &[f32],
+        _work: &mut [f32],
+        _out: &mut Response,
+        _emit: &mut dyn FnMut(&Response),
+    ) -> Option<Result<(), InferError>> {
+        None
+    }
+}
+
+impl<S: AsRef<[f32]>> Answers for Model<f32, S> {
+    fn input(&self) -> usize {
+        self.shape().input
+    }
+    fn work_len(&self) -> usize {
+        Model::work_len(self)
+    }
+    fn answer_one(
+        &self,
+        ask: Ask,
+        x: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+    ) -> Result<(), ErrorCode> {
+        match ask {
+            Ask::Segment => set_segmented(out, &self.segment(x, work)?),
+            Ask::Encode => set_encoded(out, &self.encode(x, work)?),
         }
-        Ok(())
-    };
-    // Checked by `acceptable`: whole samples and a long enough workspace.
-    if let Err(e) = r {
-        reply(Err(e.into()), out, emit);
+    }
+    /// [`Model::segment_batch`] / [`Model::encode_batch`]: two samples at a time when
+    /// `work` holds two workspaces.
+    fn answer_pairs(
+        &self,
+        ask: Ask,
+        xs: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+        emit: &mut dyn FnMut(&Response),
+    ) -> Option<Result<(), InferError>> {
+        Some(match ask {
+            Ask::Segment => self.segment_batch(xs, work, |_, r| {
+                let r = r
+                    .map_err(ErrorCode::from)
+                    .and_then(|s| set_segmented(out, &s));
+                reply(r, out, emit)
+            }),
+            Ask::Encode => self.encode_batch(xs, work, |_, r| {
+                let r = r
+                    .map_err(ErrorCode::from)
+                    .and_then(|e| set_encoded(out, &e));
+                reply(r, out, emit)
+            }),
+        })
     }
 }
 
-/// Answers an `Encode` request for the samples `xs`, as [`answer_segment`] does.
-pub fn answer_encode<S: AsRef<[f32]>, const PAIRS: bool>(
-    model: &Model<f32, S>,
-    xs: &[f32],
-    work: &mut [f32],
-    out: &mut Response,
-    emit: &mut dyn FnMut(&Response),
-) {
-    let Some(d) = acceptable(model, xs, work, out, emit) else {
-        return;
-    };
-    let mut each = |r: Result<Encoding<'_, f32>, InferError>| {
-        let r = r
-            .map_err(ErrorCode::from)
-            .and_then(|e| set_encoded(out, &e));
-        reply(r, out, emit);
-    };
-    let r = if PAIRS {
-        model.encode_batch(xs, work, |_, r| each(r))
-    } else {
-        for x in xs.chunks_exact(d.get()) {
-            each(model.encode(x, work));
+impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> Answers for QuantModel<W, I, F> {
+    fn input(&self) -> usize {
+        self.shape().input
+    }
+    fn work_len(&self) -> usize {
+        QuantModel::work_len(self)
+    }
+    /// [`QuantModel::segment`] / [`QuantModel::encode`].
+    fn answer_one(
+        &self,
+        ask: Ask,
+        x: &[f32],
+        work: &mut [f32],
+        out: &mut Response,
+    ) -> Result<(), ErrorCode> {
+        match ask {
+            Ask::Segment => set_segmented(out, &self.segment(x, work)?),
+            Ask::Encode => set_encoded(out, &self.encode(x, work)?),
         }
-        Ok(())
-    };
-    if let Err(e) = r {
-        reply(Err(e.into()), out, emit);
     }
 }
 
-/// Answers a `Segment` request with an int8 model, one sample at a time: the responses
-/// of [`answer_segment`] (`PAIRS` false) with [`QuantModel::segment`]'s values. `work`
-/// holds at least [`QuantModel::work_len`] values.
-pub fn answer_segment_int8<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>>(
-    model: &QuantModel<W, I, F>,
+/// Answers `ask` for the samples `xs` with `model`, calling `emit` with each response.
+/// `out` is where the responses are built (in place: a [`Response`] is about 1.3 KiB,
+/// too big to move around, or to keep as a constant, on a small device); `work` holds
+/// one model workspace ([`Answers::work_len`]), or two for pairs; a shorter one is one
+/// `BufferLength` error for the request. `PAIRS`: with the model's code for pairs of
+/// samples where it has some ([`Answers::answer_pairs`]), else one sample at a time.
+/// Cost: `n` calls of the model.
+pub fn answer<M: Answers + ?Sized, const PAIRS: bool>(
+    ask: Ask,
+    model: &M,
     xs: &[f32],
     work: &mut [f32],
     out: &mut Response,
     emit: &mut dyn FnMut(&Response),
 ) {
-    let Some(d) = acceptable_for(model.shape().input, model.work_len(), xs, work, out, emit) else {
+    let Some(d) = acceptable(model.input(), model.work_len(), xs, work, out, emit) else {
         return;
     };
+    if PAIRS {
+        if let Some(r) = model.answer_pairs(ask, xs, work, out, emit) {
+            // Checked by `acceptable`: whole samples and a long enough workspace.
+            if let Err(e) = r {
+                reply(Err(e.into()), out, emit);
+            }
+            return;
+        }
+    }
     for x in xs.chunks_exact(d.get()) {
-        let r = model
-            .segment(x, work)
-            .map_err(ErrorCode::from)
-            .and_then(|s| set_segmented(out, &s));
+        let r = model.answer_one(ask, x, work, out);
         reply(r, out, emit);
     }
 }
 
-/// Answers an `Encode` request with an int8 model, as [`answer_segment_int8`] does.
-pub fn answer_encode_int8<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>>(
-    model: &QuantModel<W, I, F>,
-    xs: &[f32],
-    work: &mut [f32],
-    out: &mut Response,
-    emit: &mut dyn FnMut(&Response),
-) {
-    let Some(d) = acceptable_for(model.shape().input, model.work_len(), xs, work, out, emit) else {
-        return;
-    };
-    for x in xs.chunks_exact(d.get()) {
-        let r = model
-            .encode(x, work)
-            .map_err(ErrorCode::from)
-            .and_then(|e| set_encoded(out, &e));
-        reply(r, out, emit);
-    }
-}
-
-/// The length of a sample when `xs` is a whole, non-zero number of samples and `work`
-/// holds at least one workspace; otherwise emits one error (`InputLength`,
-/// `BufferLength`) and gives `None`.
-fn acceptable<S: AsRef<[f32]>>(
-    model: &Model<f32, S>,
-    xs: &[f32],
-    work: &[f32],
-    out: &mut Response,
-    emit: &mut dyn FnMut(&Response),
-) -> Option<NonZeroUsize> {
-    acceptable_for(model.shape().input, model.work_len(), xs, work, out, emit)
-}
-
-/// [`acceptable`] for a model of `d` inputs whose calls take `work_len` workspace values.
-fn acceptable_for(
+/// The length of a sample when `xs` is a whole, non-zero number of samples of `d` values
+/// and `work` holds at least one workspace of `work_len` values; otherwise emits one
+/// error (`InputLength`, `BufferLength`) and gives `None`.
+fn acceptable(
     d: usize,
     work_len: usize,
     xs: &[f32],

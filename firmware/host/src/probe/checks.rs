@@ -3,6 +3,7 @@
 //! on the device.
 
 use super::fixture::{blob_of, ensure, sample, Failure, Fixture, Int8Weights, Weights};
+use hvae::protocol::answer::{answer, Ask};
 use hvae::protocol::{encode, ErrorCode, Request, Response, MAX_CHUNK};
 
 /// What a check that did not fail says.
@@ -537,12 +538,22 @@ fn int8_answers(
     Ok(Pass::Ok(format!("{n} inputs bit-exact")))
 }
 
-/// The host's answer to `Segment` of `x` with `q`.
-fn int8_segment(q: &hvae::QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>, x: &[f32], out: &mut Response) {
+/// The host's answer to `ask` of `x` with `q`.
+fn int8_answer(
+    ask: Ask,
+    q: &hvae::QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>,
+    x: &[f32],
+    out: &mut Response,
+) {
     let mut work = vec![0.0f32; q.work_len()];
-    hvae::protocol::answer::answer_segment_int8(q, x, &mut work, &mut Response::Ack, &mut |r| {
+    answer::<_, false>(ask, q, x, &mut work, &mut Response::Ack, &mut |r| {
         *out = r.clone()
     });
+}
+
+/// The host's answer to `Segment` of `x` with `q`.
+fn int8_segment(q: &hvae::QuantModel<Vec<i8>, Vec<i32>, Vec<f32>>, x: &[f32], out: &mut Response) {
+    int8_answer(Ask::Segment, q, x, out)
 }
 
 fn segment_int8(f: &mut Fixture) -> Outcome {
@@ -551,10 +562,7 @@ fn segment_int8(f: &mut Fixture) -> Outcome {
 
 fn encode_int8(f: &mut Fixture) -> Outcome {
     int8_against(f, encode_request, |q, x, out| {
-        let mut work = vec![0.0f32; q.work_len()];
-        hvae::protocol::answer::answer_encode_int8(q, x, &mut work, &mut Response::Ack, &mut |r| {
-            *out = r.clone()
-        });
+        int8_answer(Ask::Encode, q, x, out)
     })
 }
 
@@ -649,10 +657,7 @@ fn int8_new_answers(f: &mut Fixture) -> Outcome {
     ensure(differ, || "the two int8 models answer alike".into())?;
     int8_in_use(f, Int8Weights::New, 8)?;
     int8_answers(f, Int8Weights::New, 8, encode_request, |q, x, out| {
-        let mut work = vec![0.0f32; q.work_len()];
-        hvae::protocol::answer::answer_encode_int8(q, x, &mut work, &mut Response::Ack, &mut |r| {
-            *out = r.clone()
-        });
+        int8_answer(Ask::Encode, q, x, out)
     })
 }
 
