@@ -551,6 +551,36 @@ fn approximations(counter: &mut Counter) {
     }
 }
 
+/// The inference figures of the line for scripts (`HVAE_BENCH`), which every board
+/// prints.
+struct Inference {
+    infer: u64,
+    macs: u64,
+    per_mac: f32,
+    batch: u64,
+    per_mac_batch: f32,
+    fwd: u64,
+    int8_per_mac: f32,
+    int8_dense: f32,
+}
+
+impl defmt::Format for Inference {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "infer_instr={=u32} macs={=u32} instr_per_mac={} batch_instr={=u32} batch_instr_per_mac={} forward_instr={=u32} int8_instr_per_mac={} int8_dense_worst={}",
+            self.infer as u32,
+            self.macs as u32,
+            Fixed3(self.per_mac),
+            self.batch as u32,
+            Fixed3(self.per_mac_batch),
+            self.fwd as u32,
+            Fixed3(self.int8_per_mac),
+            Fixed3(self.int8_dense)
+        );
+    }
+}
+
 #[entry]
 fn main() -> ! {
     let mut counter = Counter::take("bench");
@@ -614,19 +644,20 @@ fn main() -> ! {
 
     approximations(&mut counter);
 
+    let figures = Inference {
+        infer,
+        macs,
+        per_mac,
+        batch,
+        per_mac_batch,
+        fwd,
+        int8_per_mac,
+        int8_dense,
+    };
+
     if cfg!(board = "microbit") {
         // Inference only: the trainers need more RAM than the micro:bit has.
-        defmt::println!(
-            "HVAE_BENCH infer_instr={=u32} macs={=u32} instr_per_mac={} batch_instr={=u32} batch_instr_per_mac={} forward_instr={=u32} int8_instr_per_mac={} int8_dense_worst={}",
-            infer as u32,
-            macs as u32,
-            Fixed3(per_mac),
-            batch as u32,
-            Fixed3(per_mac_batch),
-            fwd as u32,
-            Fixed3(int8_per_mac),
-            Fixed3(int8_dense)
-        );
+        defmt::println!("HVAE_BENCH {}", figures);
         defmt::println!("bench: {=str}", if ok { "measured" } else { "FAILED" });
         rt::exit(ok)
     }
@@ -728,15 +759,8 @@ fn main() -> ! {
 
     // One line for scripts.
     defmt::println!(
-        "HVAE_BENCH infer_instr={=u32} macs={=u32} instr_per_mac={} batch_instr={=u32} batch_instr_per_mac={} forward_instr={=u32} int8_instr_per_mac={} int8_dense_worst={} full_step_per_row={=u32} full_ratio={} full_ram={=u32} encseg_ram={=u32} segonly_trainer_ram={=u32} segonly_adapter_ram={=u32}",
-        infer as u32,
-        macs as u32,
-        Fixed3(per_mac),
-        batch as u32,
-        Fixed3(per_mac_batch),
-        fwd as u32,
-        Fixed3(int8_per_mac),
-        Fixed3(int8_dense),
+        "HVAE_BENCH {} full_step_per_row={=u32} full_ratio={} full_ram={=u32} encseg_ram={=u32} segonly_trainer_ram={=u32} segonly_adapter_ram={=u32}",
+        figures,
         full_row as u32,
         Fixed3(full_ratio),
         full_ram as u32,
