@@ -1137,9 +1137,7 @@ type AdaptSlots = SlotsOnly<CutRam>;
 fn adapt_slots() -> AdaptSlots {
     let slot = hvae::device::adapt_slot_len::<CutRam, D>(&S);
     let c = Checkpoints::new(CutRam::new(2 * slot), 0, slot as u32).unwrap();
-    SlotsOnly {
-        checkpoints: Some(c),
-    }
+    SlotsOnly::new(Some(c))
 }
 
 /// `f` of the flash under the slots of `store`.

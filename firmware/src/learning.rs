@@ -4,7 +4,7 @@
 
 use crate::board::{Flash, FlashRegion};
 use crate::rt;
-use hvae::device::{Resources, Store};
+use hvae::device::{Measures, Resources, SlotsOnly, Store};
 use hvae::Checkpoints;
 
 /// The checkpoint region (`CKPT` in memory.x) as NOR flash.
@@ -93,26 +93,24 @@ impl Store for NoBuffers {
     }
 }
 
-/// The store of `adapt`: no training buffers (the engine's online k-means needs none,
-/// and anything that does is refused), and checkpoint slots of `slot` bytes in `CKPT`
-/// for what it adapts (`None` when memory.x gives no room for two).
-pub struct AdaptStore {
-    checkpoints: Option<Checkpoints<CkptFlash>>,
+/// The board's memory figures ([`rt::resources`]).
+pub struct Board;
+
+impl Measures for Board {
+    fn resources() -> Resources {
+        rt::resources()
+    }
 }
 
-impl AdaptStore {
-    /// The store, with two checkpoint slots of `slot` bytes.
-    pub fn new(slot: usize) -> Self {
-        AdaptStore {
-            checkpoints: checkpoints(slot),
-        }
-    }
+/// The store of `adapt`: no training buffers (the engine's online k-means needs none,
+/// and anything that does is refused), and checkpoint slots in `CKPT` for what it
+/// adapts ([`adapt_store`]).
+pub type AdaptStore = SlotsOnly<CkptFlash, Board>;
 
-    /// Whether the checkpoint slots fit memory.x's `CKPT` (without them the engine
-    /// answers `Checkpoint` with `Unsupported`).
-    pub fn has_checkpoints(&self) -> bool {
-        self.checkpoints.is_some()
-    }
+/// The store of `adapt`, with two checkpoint slots of `slot` bytes (`None` when
+/// memory.x gives no room for two).
+pub fn adapt_store(slot: usize) -> AdaptStore {
+    SlotsOnly::new(checkpoints(slot))
 }
 
 /// Two checkpoint slots of `slot` bytes at the start of `CKPT`; `None` when they do not
@@ -121,21 +119,4 @@ fn checkpoints(slot: usize) -> Option<Checkpoints<CkptFlash>> {
     u32::try_from(slot)
         .ok()
         .and_then(|s| Checkpoints::new(FlashRegion::checkpoints(Flash::new()), 0, s).ok())
-}
-
-impl Store for AdaptStore {
-    type Buf = &'static mut [f32];
-    type Flash = CkptFlash;
-
-    fn take(&mut self, _scratch: usize, _optim: usize) -> Option<(Self::Buf, Self::Buf)> {
-        None
-    }
-
-    fn checkpoints(&mut self) -> Option<&mut Checkpoints<CkptFlash>> {
-        self.checkpoints.as_mut()
-    }
-
-    fn resources(&mut self) -> Resources {
-        rt::resources()
-    }
 }

@@ -121,7 +121,7 @@ pub use served::{int8_words, Int8, Int8Weights, Served};
 pub use server::{send, Transport, INTERNAL_ERROR_FRAME};
 #[cfg(feature = "alloc")]
 pub use stores::HeapStore;
-pub use stores::SlotsOnly;
+pub use stores::{Measures, SlotsOnly, Unmeasured};
 pub use training::{config, config_with_memory, quant_of};
 
 use crate::protocol::{CAP_CHECKPOINT, CAP_ENCODE, CAP_LOAD, CAP_READ, CAP_SEGMENT, CAP_TRAIN};

@@ -1,24 +1,36 @@
 //! Stores for engines that need no device of their own: [`SlotsOnly`] (no training
 //! buffers) and, for host tests and simulated devices, [`HeapStore`] (feature `alloc`).
 
-use super::Store;
+use super::{Resources, Store};
 use crate::store::checkpoint::Checkpoints;
 #[cfg(feature = "alloc")]
 use crate::store::{checkpoint::CheckpointError, RamFlash};
 #[cfg(feature = "alloc")]
 use alloc::{vec, vec::Vec};
+use core::marker::PhantomData;
 use embedded_storage::nor_flash::NorFlash;
 
 /// The store of an engine without training buffers (one that serves, or adapts with
 /// online k-means): every request for buffers is refused; the checkpoint slots, when
-/// it has them.
+/// it has them; the memory figures `M` measures.
 #[derive(Debug)]
-pub struct SlotsOnly<F: NorFlash> {
+pub struct SlotsOnly<F: NorFlash, M = Unmeasured> {
     /// The checkpoint slots, if any.
     pub checkpoints: Option<Checkpoints<F>>,
+    measures: PhantomData<M>,
 }
 
-impl<F: NorFlash> Store for SlotsOnly<F> {
+impl<F: NorFlash, M> SlotsOnly<F, M> {
+    /// The store with `checkpoints`.
+    pub const fn new(checkpoints: Option<Checkpoints<F>>) -> Self {
+        SlotsOnly {
+            checkpoints,
+            measures: PhantomData,
+        }
+    }
+}
+
+impl<F: NorFlash, M: Measures> Store for SlotsOnly<F, M> {
     type Buf = &'static mut [f32];
     type Flash = F;
     fn take(&mut self, _scratch: usize, _optim: usize) -> Option<(Self::Buf, Self::Buf)> {
@@ -26,6 +38,26 @@ impl<F: NorFlash> Store for SlotsOnly<F> {
     }
     fn checkpoints(&mut self) -> Option<&mut Checkpoints<F>> {
         self.checkpoints.as_mut()
+    }
+    fn resources(&mut self) -> Resources {
+        M::resources()
+    }
+}
+
+/// Where a store's memory figures come from ([`Store::resources`]): a board measures
+/// its image, static RAM and peak stack.
+pub trait Measures {
+    /// The figures now.
+    fn resources() -> Resources;
+}
+
+/// Nothing measured: every figure 0.
+#[derive(Debug)]
+pub struct Unmeasured;
+
+impl Measures for Unmeasured {
+    fn resources() -> Resources {
+        Resources::default()
     }
 }
 

@@ -27,7 +27,7 @@ use hvae::device::{adapt_slot_len, Engine, ADAPT};
 use hvae::protocol::{max_request_frame, max_response_frame};
 use hvae::Model;
 use hvae_firmware::board::Uart;
-use hvae_firmware::learning::{AdaptStore, CkptFlash};
+use hvae_firmware::learning::{adapt_store, AdaptStore, CkptFlash};
 use hvae_firmware::{or_exit, rt};
 
 // The compiled-in model: the digits with 16 hidden units (`weights::m0`).
@@ -73,7 +73,7 @@ fn build() -> Result<&'static mut Adapter, &'static str> {
     let model = Model::new(SHAPE, params).map_err(|_| "the compiled-in weights are not a model")?;
     // SAFETY: as PARAMS: taken once, here.
     let slot = unsafe { &mut *addr_of_mut!(ENGINE) };
-    Adapter::new_in(slot, model, BLOB_CRC, AdaptStore::new(CKPT_SLOT), RX_FRAME)
+    Adapter::new_in(slot, model, BLOB_CRC, adapt_store(CKPT_SLOT), RX_FRAME)
         .map_err(|_| "the engine refuses the model")
 }
 

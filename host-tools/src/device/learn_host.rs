@@ -89,9 +89,7 @@ pub fn adapt_store(shape: &Shape) -> Result<AdaptStore, String> {
     let slot = adapt_slot_len::<RamFlash, INPUTS>(shape);
     let checkpoints = Checkpoints::new(RamFlash::blank(2 * slot), 0, slot as u32)
         .map_err(|e| format!("checkpoint slots: {e:?}"))?;
-    Ok(SlotsOnly {
-        checkpoints: Some(checkpoints),
-    })
+    Ok(SlotsOnly::new(Some(checkpoints)))
 }
 
 /// The adapting engine (the `adapt` program's, for parts without the RAM of a trainer):
