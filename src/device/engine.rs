@@ -253,7 +253,9 @@ engine_impl! {
     /// 16 KiB. A request outside `CAPS` is answered `Unsupported`.
     fn dispatch(&mut self, job: Job<'_>, emit: &mut dyn FnMut(&Response)) {
         match job {
-            Job::Segment(x) if CAPS & CAP_SEGMENT != 0 => self.answer_samples(Ask::Segment, x, emit),
+            Job::Segment(x) if CAPS & CAP_SEGMENT != 0 => {
+                self.answer_samples(Ask::Segment, x, emit)
+            }
             Job::Encode(x) if CAPS & CAP_ENCODE != 0 => self.answer_samples(Ask::Encode, x, emit),
             Job::Train(x, steps, settings) if Self::TRAINS => {
                 self.train_and_answer(x, steps, settings, emit)

@@ -6,7 +6,7 @@
 //! | item | job |
 //! |---|---|
 //! | [`Engine`] | the request dispatch (info, answers, weight loading, read back, checkpoints, training), the capabilities chosen by a const ([`LEARN`], [`INFER`]) |
-//! | [`Store`] | where the engine's big buffers live and where checkpoints go ([`crate::store::checkpoint`] over `embedded-storage` NOR flash) |
+//! | [`Store`] | where the engine's big buffers live and where checkpoints go ([`crate::store::checkpoint`] over `embedded-storage` NOR flash); [`SlotsOnly`] for an engine without buffers, `HeapStore` (feature `alloc`) for host tests and simulated devices |
 //! | [`Served`], [`Int8`] | the model the engine serves: the `f32` [`Model`](crate::Model), or the int8 [`QuantModel`](crate::QuantModel) ([`Int8Weights`]); what differs between them (answers, the blob a load takes) |
 //! | [`Params`], [`Slots`] | where the weights live: in RAM (trained in place, loads staged and copied), or in flash slots a load fills as it arrives |
 //! | [`Learns`], [`Learning`] | the training state an engine keeps: all of it, or `()` in an engine that only answers |

@@ -61,9 +61,9 @@ impl Measures for Unmeasured {
     }
 }
 
-#[cfg(feature = "alloc")]
 /// Heap buffers of at most `scratch` and `optim` scalars (a device's static sizes), and
 /// two checkpoint slots in a [`RamFlash`] of pages of `ERASE` bytes.
+#[cfg(feature = "alloc")]
 #[derive(Debug)]
 pub struct HeapStore<const ERASE: usize> {
     scratch: usize,
