@@ -34,6 +34,9 @@ pub enum NeighbourSpace {
     Both,
 }
 
+/// The least optimiser steps of a default training ([`FitConfig::min_steps`]).
+pub const MIN_STEPS: usize = 0;
+
 /// Hyper-parameters of [`fit`].
 #[derive(Clone, Debug)]
 pub struct FitConfig {
@@ -46,6 +49,10 @@ pub struct FitConfig {
     pub steps: usize,
     /// Optimiser steps of the VAE alone (with `steps`).
     pub warmup_steps: usize,
+    /// With `steps` 0: the least optimiser steps in all. A data set so small that the
+    /// epochs give fewer trains for a whole multiple of them (warm-up and joint phase
+    /// alike) that reaches this; 0: the epochs as given.
+    pub min_steps: usize,
     /// Rows per step (half anchors, half their neighbours, in the joint phase).
     pub batch: usize,
     /// Adam learning rate.
@@ -120,6 +127,7 @@ impl Default for FitConfig {
             warmup_epochs: 20,
             steps: 0,
             warmup_steps: 0,
+            min_steps: MIN_STEPS,
             batch: 64,
             lr: 2e-3,
             clip: 10.0,
@@ -154,7 +162,8 @@ impl FitConfig {
         let warm = n.div_ceil(self.batch.max(1)) * self.warmup_epochs;
         let joint =
             n.div_ceil((self.batch / 2).max(1)) * self.epochs.saturating_sub(self.warmup_epochs);
-        (warm, warm + joint)
+        let times = self.min_steps.div_ceil((warm + joint).max(1)).max(1);
+        (warm * times, (warm + joint) * times)
     }
 }
 

@@ -371,3 +371,35 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
     // The branches do differ after the warm-up.
     assert_ne!(models[0].params(), models[1].params());
 }
+
+/// `min_steps` lengthens a small set's epochs by a whole number of times (warm-up and
+/// joint phase alike), the fewest that reach it, and leaves a set that reaches it alone.
+#[test]
+fn min_steps_lengthens_small_sets_only() {
+    let cfg = FitConfig::default();
+    // 178 rows, batch 64: 3 batches of warm-up per epoch for 20 epochs, 6 of joint
+    // training (32 anchors) for 80.
+    assert_eq!(cfg.schedule(178), (60, 540));
+    let longer = FitConfig {
+        min_steps: 2500,
+        ..FitConfig::default()
+    };
+    // 5 x 540 = 2700 is the first multiple past 2500.
+    assert_eq!(longer.schedule(178), (300, 2700));
+    assert_eq!(longer.schedule(1797), cfg.schedule(1797));
+    assert_eq!(cfg.schedule(1797), (580, 5140));
+    // Exactly reached: once.
+    let exact = FitConfig {
+        min_steps: 540,
+        ..FitConfig::default()
+    };
+    assert_eq!(exact.schedule(178), (60, 540));
+    // Counted in steps: min_steps does not apply.
+    let steps = FitConfig {
+        steps: 1000,
+        warmup_steps: 100,
+        min_steps: 5000,
+        ..FitConfig::default()
+    };
+    assert_eq!(steps.schedule(178), (100, 1000));
+}

@@ -207,6 +207,11 @@ pub struct TrainArgs {
     /// Optimiser steps of the VAE alone, with --steps.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub warmup_steps: usize,
+    /// Without --steps: the least optimiser steps in all. On a data set so small that
+    /// --epochs give fewer, warm-up and joint phase are both run a whole number of times
+    /// longer, the fewest that reach N (docs/benchmarks.md: what it does to the suite).
+    #[arg(long, default_value_t = crate::train::MIN_STEPS, value_name = "N")]
+    pub min_steps: usize,
     /// Where neighbours are mined: cosine on the raw features, on the normalised
     /// features, or both (nearest by the sum of the two ranks).
     #[arg(long, value_enum, default_value_t = NeighbourArg::Both)]
@@ -451,6 +456,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         supervised: args.supervised,
         steps: args.steps,
         warmup_steps: args.warmup_steps,
+        min_steps: args.min_steps,
         neighbour_space: match args.neighbour_space {
             NeighbourArg::Raw => NeighbourSpace::Raw,
             NeighbourArg::Normalised => NeighbourSpace::Normalised,
