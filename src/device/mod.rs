@@ -308,10 +308,18 @@ const fn build_setting(var: Option<&str>, default: usize) -> usize {
     }
 }
 
+/// The latent dimension of the network a device learns from scratch: 0 (the deployed
+/// model's), or the integer in the environment variable `HVAE_SCRATCH_LATENT` at build time.
+pub const SCRATCH_LATENT: usize = build_setting(option_env!("HVAE_SCRATCH_LATENT"), 0);
+
 /// The network a device learns from scratch: `like`'s inputs, latent, clusters,
 /// activation, posterior and likelihood, with one hidden layer of [`SCRATCH_HIDDEN`].
 pub const fn scratch_shape(like: &Shape) -> Shape {
-    Shape::new(like.input, &[SCRATCH_HIDDEN], like.latent, like.clusters)
+    let latent = match SCRATCH_LATENT {
+        0 => like.latent,
+        m => m,
+    };
+    Shape::new(like.input, &[SCRATCH_HIDDEN], latent, like.clusters)
         .with_activation(like.activation)
         .with_posterior(like.posterior)
         .with_likelihood(like.likelihood)
