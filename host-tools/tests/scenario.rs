@@ -198,14 +198,15 @@ fn the_command_prints_json_and_its_status_follows_the_bars() {
     assert!(r.stdout.contains("FAIL"), "{}", r.stdout);
 }
 
-/// `new-clusters` on the host engine: the host model knows 7 of the 10 digits; on the
-/// stream of every class the device spawns at least one centre, which takes a new class
-/// and lifts the ACC on all classes; on 10,000 samples of the known classes nothing
-/// spawns; device and host agree bit for bit. (The bars, 2 of 3 new classes and
-/// ACC >= 0.85, are not reached: the report says FAIL; docs/device.md#scenarios has the
-/// measured floor.)
+/// `new-clusters` on the host engine: the host model (the scratch network) knows 7 of
+/// the 10 digits; on the stream of every class the device spawns a centre, which starts
+/// the re-learning of the whole model on the device; after it every new class has a
+/// centre of its own and the ACC on all classes is far above the deployed model's; on
+/// 10,000 samples of the known classes nothing spawns (and nothing is re-learnt); device
+/// and host agree bit for bit. (The 0.85 ACC bar is not reached: the report says FAIL;
+/// docs/device.md#scenarios has the measured floor, asserted here a little below.)
 #[test]
-fn new_clusters_spawns_for_a_new_class_and_never_on_known_ones() {
+fn new_clusters_spawns_relearns_and_never_spawns_on_known_ones() {
     let a = DeviceTrainArgs::parse_from([
         "--scenario",
         "new-clusters",
@@ -218,13 +219,17 @@ fn new_clusters_spawns_for_a_new_class_and_never_on_known_ones() {
     ])
     .unwrap();
     let (model, data) = setup(device::LEARN_BIN);
-    let mut opened = open(&a, device::LEARN_BIN);
+    let mut opened = open(&a, device::SCRATCH_BIN);
     let r = scenario::new_clusters(&mut opened.device, &model, &data, &a).unwrap();
     let text = printed(|out| scenario::print_new_clusters(&r, out));
     assert!(r.bit_identical, "{text}");
     assert_eq!(r.spawned_on_known, 0, "{text}");
-    assert!(r.spawned >= 1 && r.new_classes_found >= 1, "{text}");
-    assert!(r.after.acc >= r.before.acc + 0.02, "{text}");
+    assert_eq!(r.spawned, 1, "{text}");
+    assert_eq!(r.relearn_passes, 5, "{text}");
+    assert!(r.discovered.acc >= r.before.acc + 0.01, "{text}");
+    assert!(r.new_classes_found >= scenario::NEW_CLASSES_BAR, "{text}");
+    assert!(r.after.acc >= 0.83 && r.after.nmi >= 0.76, "{text}");
+    assert!(text.contains("after re-learning, 5 passes"), "{text}");
 }
 
 /// `--scenario scratch --device host`: a fresh 64-28-8 network learns on the scratch

@@ -56,7 +56,15 @@ pub const LONG_ABOUT: &str = "Train on the device and compare with the host.\n\n
     state; bars: mean ACC >= 0.85, the engine's training RAM <= 48 KiB, every run \
     bit-identical; reported beside `hvae train` on the same network. On qemu or a board the \
     device runs the firmware's learn_scratch program, and its RAM report (static + peak \
-    stack) is printed too.";
+    stack) is printed too.\n\n\
+    --scenario new-clusters deploys a model the host trained on the digits 0-6 (the \
+    scratch network, 10 slots, 3 unused) on learn_scratch; the device streams every class \
+    with online k-means and the spawn rule (--optimiser online-k-means, --steps, \
+    --novelty-percentile, --spawn-count, --spawn-window), and a spawn starts the \
+    re-learning of the whole model on the device (--passes, the scratch engine's Full \
+    scope: every centre placed afresh on its memory); then 10,000 samples of the known \
+    classes. Bars: at least 2 of the 3 new classes with a centre of their own, ACC >= 0.85 \
+    on every class, no spawn on the known classes, every run bit-identical.";
 
 /// Training scopes on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -182,9 +190,9 @@ pub struct DeviceTrainArgs {
     #[arg(long, default_value_t = 8, value_name = "N",
           value_parser = clap::value_parser!(u8).range(1..))]
     pub spawn_count: u8,
-    /// Learning rate (default 1e-3; with --scenario 1e-4: an adaptation refines a trained
-    /// model, and the 32-sample buffer's cluster loss pulls a good segmenter apart at
-    /// 1e-3, docs/device.md#scenarios).
+    /// Learning rate (default 1e-3; with --scenario drift 1e-4: an adaptation refines a
+    /// trained model, and the 32-sample buffer's cluster loss pulls a good segmenter apart
+    /// at 1e-3, docs/device.md#scenarios; scratch and new-clusters' re-learning 0.006).
     #[arg(long, value_name = "LR")]
     pub lr: Option<f32>,
     /// Anchors per step (at most the firmware's 8).
@@ -213,7 +221,8 @@ pub struct DeviceTrainArgs {
     /// trained model; --scope all means every adaptation scope).
     #[arg(long, value_enum, value_name = "NAME")]
     pub scenario: Option<ScenarioArg>,
-    /// `scratch`: passes over the data per stream order.
+    /// `scratch`: passes over the data per stream order; `new-clusters`: passes of the
+    /// re-learning a spawn starts.
     #[arg(long, default_value_t = 5, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub passes: u32,
@@ -863,7 +872,7 @@ fn run_scenario(s: ScenarioArg, args: &DeviceTrainArgs, out: &mut dyn Write) -> 
     super::eval::check_sizes(&model.model, &model_path, &data, &data_path)?;
     labelled(&data, &data_path, "adapted")?;
     host_learner(model.model.clone(), model.crc).map_err(Error::BadInput)?;
-    let mut opened = if s == ScenarioArg::Scratch {
+    let mut opened = if matches!(s, ScenarioArg::Scratch | ScenarioArg::NewClusters) {
         open_program(args, crate::device::SCRATCH_BIN)?
     } else {
         open_learn(args)?
