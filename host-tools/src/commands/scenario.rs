@@ -522,8 +522,7 @@ pub struct NewClustersReport {
     /// Passes over the data of the re-learning that a spawn starts (0: nothing spawned,
     /// nothing re-learnt).
     pub relearn_passes: u32,
-    /// New classes whose rows are mostly labelled with a spawned centre that holds
-    /// mostly them.
+    /// New classes whose rows mostly go to one centre that holds mostly them.
     pub new_classes_found: usize,
     /// At the end (after re-learning, when a centre was spawned), on every class.
     pub after: Quality,
@@ -582,7 +581,12 @@ fn known_model(like: &LoadedModel, data: &Dataset, seed: u64) -> Result<LoadedMo
     params.extend_from_slice(&p[small.decoder_offset()..]);
     let model = hvae::Model::new(shape, params)
         .map_err(|e| Error::Failed(format!("cannot widen the model: {e}")))?;
-    let bytes = crate::model_io::to_bytes(&model)
+    as_loaded(&model)
+}
+
+/// `model` as a device loads it: its blob read back (the CRC a device reports).
+fn as_loaded(model: &hvae::VecModel<f32>) -> Result<LoadedModel, Error> {
+    let bytes = crate::model_io::to_bytes(model)
         .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
     crate::model_io::from_bytes(&bytes)
         .map_err(|e| Error::Failed(format!("cannot re-read the model: {e}")))
@@ -757,10 +761,7 @@ fn relearn(
 ) -> Result<(ScopeReport, Vec<f32>), Error> {
     let model = hvae::Model::new(*shape, params)
         .map_err(|e| Error::Failed(format!("the trained weights are not a model: {e}")))?;
-    let bytes = crate::model_io::to_bytes(&model)
-        .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
-    let model = crate::model_io::from_bytes(&bytes)
-        .map_err(|e| Error::Failed(format!("cannot re-read the model: {e}")))?;
+    let model = as_loaded(&model)?;
     let settings = TrainSettings {
         scope: TrainScope::Full,
         optimiser: TrainOptimiser::FactoredRms,
@@ -903,10 +904,7 @@ pub fn scratch_model(like: &LoadedModel) -> Result<LoadedModel, Error> {
     let m =
         hvae::Model::<f32, Vec<f32>>::with_shape(shape, &mut Xoshiro256PlusPlus::seed_from_u64(0))
             .map_err(|e| Error::Failed(format!("cannot initialise the scratch model: {e}")))?;
-    let bytes = crate::model_io::to_bytes(&m)
-        .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
-    crate::model_io::from_bytes(&bytes)
-        .map_err(|e| Error::Failed(format!("cannot re-read the model: {e}")))
+    as_loaded(&m)
 }
 
 /// One stream order of the scratch scenario.
