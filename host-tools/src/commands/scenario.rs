@@ -27,7 +27,7 @@ use crate::device::Opened;
 use crate::model_io::LoadedModel;
 use crate::train::{self as host_train, FitConfig};
 use crate::Error;
-use hvae::protocol::{max_request_frame, TrainOptimiser, TrainScope, TrainSettings};
+use hvae::protocol::{max_request_frame, Request, TrainOptimiser, TrainScope, TrainSettings};
 use hvae::train::samples::Policy;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -655,14 +655,7 @@ pub fn new_clusters(
     };
     let rows = (0..).map(|i| data.row(order[i % order.len()]).to_vec());
     let requests = all.requests_of(data.dim(), rows)?;
-    let (r_all, params) = run_requests_on(
-        dev,
-        &model,
-        data,
-        TrainScope::SegmenterOnly,
-        &requests,
-        Reference::Scratch,
-    )?;
+    let (r_all, params) = on_scratch(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
     // Spawns as the device reported them (its events), checked against its weights.
     let spawned = r_all.spawn_events;
     let used = slots_in_use(&shape, &params);
@@ -713,14 +706,8 @@ pub fn new_clusters(
     };
     let rows = (0..).map(|i| data.row(known_rows[i % known_rows.len()]).to_vec());
     let requests = known.requests_of(data.dim(), rows)?;
-    let (r_known, params_known) = run_requests_on(
-        dev,
-        &model,
-        data,
-        TrainScope::SegmenterOnly,
-        &requests,
-        Reference::Scratch,
-    )?;
+    let (r_known, params_known) =
+        on_scratch(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
     let spawned_on_known = r_known.spawn_events;
     check_spawns(&r_known, slots_in_use(&shape, &params_known).len())?;
     let bit_identical = bit_identical && r_known.bit_identical;
@@ -745,6 +732,18 @@ pub fn new_clusters(
         acc_bar: DISCOVERY_ACC_BAR,
         pass,
     })
+}
+
+/// Streams `requests` (of `scope`) to the device that runs `model` (the
+/// `learn_scratch` program), and the same to the scratch engine on the host.
+fn on_scratch(
+    dev: &mut hvae_devkit::Device,
+    model: &LoadedModel,
+    data: &Dataset,
+    scope: TrainScope,
+    requests: &[Request],
+) -> Result<(ScopeReport, Vec<f32>), Error> {
+    run_requests_on(dev, model, data, scope, requests, Reference::Scratch)
 }
 
 /// Learns the whole model again on the device from `params` (the weights after the
@@ -775,14 +774,7 @@ fn relearn(
         seed: args.seed + 1,
     };
     let requests = schedule.requests(data)?;
-    run_requests_on(
-        dev,
-        &model,
-        data,
-        TrainScope::Full,
-        &requests,
-        Reference::Scratch,
-    )
+    on_scratch(dev, &model, data, TrainScope::Full, &requests)
 }
 
 /// The device's spawn and retirement events agree with the slots its weights use.
@@ -1031,14 +1023,7 @@ pub fn scratch(
             seed: args.seed + i,
         };
         let requests = schedule.requests(data)?;
-        let (r, _) = run_requests_on(
-            dev,
-            &model,
-            data,
-            TrainScope::Full,
-            &requests,
-            Reference::Scratch,
-        )?;
+        let (r, _) = on_scratch(dev, &model, data, TrainScope::Full, &requests)?;
         ram = ram.max(r.train_ram.unwrap_or(0));
         runs.push(ScratchRun {
             order_seed: args.seed + i,
