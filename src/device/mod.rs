@@ -120,7 +120,7 @@ pub use params::{Params, Slots};
 pub use served::{int8_words, Int8, Int8Weights, Served};
 pub use server::{send, Transport, INTERNAL_ERROR_FRAME};
 #[cfg(feature = "alloc")]
-pub use stores::HeapStore;
+pub use stores::{blank_slots, HeapStore};
 pub use stores::{Measures, SlotsOnly, Unmeasured};
 pub use training::{config, config_with_memory, quant_of};
 

@@ -77,13 +77,21 @@ impl<const ERASE: usize> HeapStore<ERASE> {
     /// A store that hands out at most `scratch` scratch and `optim` optimiser scalars,
     /// with two checkpoint slots of `slot` bytes in a blank flash.
     pub fn new(scratch: usize, optim: usize, slot: usize) -> Result<Self, CheckpointError> {
-        let checkpoints = Checkpoints::new(RamFlash::blank(2 * slot), 0, slot as u32)?;
         Ok(HeapStore {
             scratch,
             optim,
-            checkpoints,
+            checkpoints: blank_slots(slot)?,
         })
     }
+}
+
+/// Two checkpoint slots of `slot` bytes in a blank [`RamFlash`] of pages of `ERASE`
+/// bytes (a simulated device's flash).
+#[cfg(feature = "alloc")]
+pub fn blank_slots<const ERASE: usize>(
+    slot: usize,
+) -> Result<Checkpoints<RamFlash<ERASE>>, CheckpointError> {
+    Checkpoints::new(RamFlash::blank(2 * slot), 0, slot as u32)
 }
 
 #[cfg(feature = "alloc")]

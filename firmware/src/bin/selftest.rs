@@ -1133,7 +1133,8 @@ mod kernels_i8 {
                 ok = false;
                 continue;
             };
-            ok &= agree_wide(w, x, ch, b, sc);
+            // At the two clamps of the model.
+            ok &= agree_in::<BIG_ROWS>(&[0, -127], w, x, ch, b, sc);
         }
         c.check(
             ok,
@@ -1143,15 +1144,4 @@ mod kernels_i8 {
 
     /// Rows of the wider layers.
     const BIG_ROWS: usize = 72;
-
-    /// [`agree`] for layers of up to [`BIG_ROWS`] rows, at the two clamps of the model.
-    fn agree_wide(
-        w: &[i8],
-        x: &[i8],
-        ch: &[portable::Channel],
-        bias: &[i32],
-        scale: &[f32],
-    ) -> bool {
-        agree_in::<BIG_ROWS>(&[0, -127], w, x, ch, bias, scale)
-    }
 }

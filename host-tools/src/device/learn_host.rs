@@ -3,13 +3,12 @@
 //! learning device served by the core's server over in-memory pipes.
 
 use hvae::device::{
-    adapt_slot_len, checkpoint_slot_len_with, optim_len, scratch_checkpoint_slot_len,
+    adapt_slot_len, blank_slots, checkpoint_slot_len_with, optim_len, scratch_checkpoint_slot_len,
     scratch_len_with, scratch_optim_len, Engine, HeapStore, SlotsOnly, Store, Transport, ADAPT,
     ADAPT_MEM, CAP, LEARN, SCRATCH_MEM,
 };
 use hvae::protocol::{Request, Response};
 use hvae::protocol::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
-use hvae::Checkpoints;
 use hvae::Shape;
 use hvae::VecModel;
 use hvae_devkit::Link;
@@ -87,8 +86,7 @@ pub type AdaptStore = SlotsOnly<RamFlash>;
 /// A store sized as the `adapt` program's for `shape`.
 pub fn adapt_store(shape: &Shape) -> Result<AdaptStore, String> {
     let slot = adapt_slot_len::<RamFlash, INPUTS>(shape);
-    let checkpoints = Checkpoints::new(RamFlash::blank(2 * slot), 0, slot as u32)
-        .map_err(|e| format!("checkpoint slots: {e:?}"))?;
+    let checkpoints = blank_slots(slot).map_err(|e| format!("checkpoint slots: {e:?}"))?;
     Ok(SlotsOnly::new(Some(checkpoints)))
 }
 
