@@ -232,6 +232,41 @@ fn new_clusters_spawns_relearns_and_never_spawns_on_known_ones() {
     assert!(text.contains("after re-learning, 5 passes"), "{text}");
 }
 
+/// The spawn rule with the centres' memory of `new-clusters` (1000 samples): on the
+/// seeds where a memory of 100 let the centres absorb the new classes before novelty
+/// persisted (seed 4: no spawn) or wander on the known classes until they looked novel
+/// (seeds 5 and 23: a spawn on the known stream), a centre is spawned on the stream of
+/// every class and none on the known classes' (docs/device.md#scenarios).
+#[test]
+fn new_clusters_spawn_rule_holds_on_the_seeds_a_fast_memory_failed() {
+    let (model, data) = setup(device::LEARN_BIN);
+    for seed in ["4", "5", "23"] {
+        let a = DeviceTrainArgs::parse_from([
+            "--scenario",
+            "new-clusters",
+            "--device",
+            "host",
+            "--optimiser",
+            "online-k-means",
+            "--steps",
+            "4000",
+            "--seed",
+            seed,
+        ])
+        .unwrap();
+        let mut opened = open(&a, device::SCRATCH_BIN);
+        let r = scenario::new_clusters(&mut opened.device, &model, &data, &a).unwrap();
+        let text = printed(|out| scenario::print_new_clusters(&r, out));
+        assert!(r.bit_identical, "seed {seed}: {text}");
+        assert!(r.spawned >= 1, "seed {seed}: {text}");
+        assert_eq!(r.spawned_on_known, 0, "seed {seed}: {text}");
+        assert!(
+            r.new_classes_found >= scenario::NEW_CLASSES_BAR,
+            "seed {seed}: {text}"
+        );
+    }
+}
+
 /// `--scenario scratch --device host`: a fresh 64-28-8 network learns on the scratch
 /// engine (a factored second moment without a first moment, the backward pass and the
 /// update layer by layer, a sliding sample of 240 samples as bytes) within 48 KiB of training

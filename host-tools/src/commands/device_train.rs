@@ -60,7 +60,8 @@ pub const LONG_ABOUT: &str = "Train on the device and compare with the host.\n\n
     --scenario new-clusters deploys a model the host trained on the digits 0-6 (the \
     scratch network, 10 slots, 3 unused) on learn_scratch; the device streams every class \
     with online k-means and the spawn rule (--optimiser online-k-means, --steps, \
-    --novelty-percentile, --spawn-count, --spawn-window), and a spawn starts the \
+    --novelty-percentile, --spawn-count, --spawn-window; --memory, 1000 here: a deployed \
+    centre moves slower than novelty takes to persist), and a spawn starts the \
     re-learning of the whole model on the device (--passes, the scratch engine's Full \
     scope: every centre placed afresh on its memory); then 10,000 samples of the known \
     classes. Bars: at least 2 of the 3 new classes with a centre of their own, ACC >= 0.85 \
@@ -119,7 +120,7 @@ impl OptimiserArg {
                 momentum: args.momentum,
             },
             OptimiserArg::OnlineKMeans => TrainOptimiser::OnlineKMeans {
-                memory: args.memory,
+                memory: args.memory.unwrap_or(CENTRE_MEMORY),
                 spawn_above: args.spawn_above,
                 spawn_window: args.spawn_window,
                 spawn_count: args.spawn_count,
@@ -169,10 +170,11 @@ pub struct DeviceTrainArgs {
     /// Momentum of SGD.
     #[arg(long, default_value_t = 0.9, value_name = "M")]
     pub momentum: f32,
-    /// Samples a centre remembers, with --optimiser online-k-means.
-    #[arg(long, default_value_t = 100, value_name = "N",
-          value_parser = clap::value_parser!(u16).range(1..))]
-    pub memory: u16,
+    /// Samples a centre remembers, with --optimiser online-k-means (default 100; with
+    /// --scenario new-clusters 1000: a deployed centre must move slower than novelty
+    /// takes to persist, docs/device.md#scenarios).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub memory: Option<u16>,
     /// With --optimiser online-k-means: novelty above which a sample is novel (it moves
     /// no centre; 2 or more: never).
     #[arg(long, default_value_t = 2.0, value_name = "T")]
@@ -319,6 +321,10 @@ pub struct DeviceTrainReport {
 
 /// Learning rate of training on the device (without --scenario).
 pub const TRAIN_LR: f32 = 1e-3;
+
+/// Samples a centre remembers with online k-means (`--memory`), but for `new-clusters`
+/// ([`super::scenario::NEW_CLUSTERS_MEMORY`]).
+pub const CENTRE_MEMORY: u16 = 100;
 
 /// Tolerance of the acceptance test.
 pub const ACC_TOLERANCE: f64 = 0.03;

@@ -502,6 +502,15 @@ pub const NEW_CLASSES_BAR: usize = 2;
 /// Least ACC on all classes after discovery.
 pub const DISCOVERY_ACC_BAR: f64 = 0.85;
 
+/// The samples a deployed centre remembers in `new-clusters` (`--memory`), ten times
+/// [`CENTRE_MEMORY`](super::device_train::CENTRE_MEMORY): a centre must move slower than novelty takes to persist. A new
+/// class's samples below the novelty threshold are labelled with known centres and
+/// pull them; with a memory of 100 a centre goes most of the way to them within one
+/// spawn window, so the new class stops looking novel before the rule fires, and on a
+/// stream of known classes the centres wander from the host's, so their novelty climbs
+/// above the threshold's 1% (docs/device.md#scenarios has the rule's measurements).
+pub const NEW_CLUSTERS_MEMORY: u16 = 1000;
+
 /// The new-clusters scenario's report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NewClustersReport {
@@ -637,7 +646,7 @@ pub fn new_clusters(
     let settings = TrainSettings {
         scope: TrainScope::SegmenterOnly,
         optimiser: TrainOptimiser::OnlineKMeans {
-            memory: args.memory,
+            memory: args.memory.unwrap_or(NEW_CLUSTERS_MEMORY),
             spawn_above: threshold,
             spawn_window: args.spawn_window,
             spawn_count: args.spawn_count,
