@@ -198,6 +198,23 @@ fn the_command_prints_json_and_its_status_follows_the_bars() {
     assert!(r.stdout.contains("FAIL"), "{}", r.stdout);
 }
 
+/// The `new-clusters` scenario on the host engine, with its defaults and `seed`.
+fn new_clusters_args(seed: &str) -> DeviceTrainArgs {
+    DeviceTrainArgs::parse_from([
+        "--scenario",
+        "new-clusters",
+        "--device",
+        "host",
+        "--optimiser",
+        "online-k-means",
+        "--steps",
+        "4000",
+        "--seed",
+        seed,
+    ])
+    .unwrap()
+}
+
 /// `new-clusters` on the host engine: the host model (the scratch network) knows 7 of
 /// the 10 digits; on the stream of every class the device spawns a centre, which starts
 /// the re-learning of the whole model on the device; after it every new class has a
@@ -207,17 +224,7 @@ fn the_command_prints_json_and_its_status_follows_the_bars() {
 /// docs/device.md#scenarios has the measured floor, asserted here a little below.)
 #[test]
 fn new_clusters_spawns_relearns_and_never_spawns_on_known_ones() {
-    let a = DeviceTrainArgs::parse_from([
-        "--scenario",
-        "new-clusters",
-        "--device",
-        "host",
-        "--optimiser",
-        "online-k-means",
-        "--steps",
-        "4000",
-    ])
-    .unwrap();
+    let a = new_clusters_args("0");
     let (model, data) = setup(device::LEARN_BIN);
     let mut opened = open(&a, device::SCRATCH_BIN);
     let r = scenario::new_clusters(&mut opened.device, &model, &data, &a).unwrap();
@@ -241,19 +248,7 @@ fn new_clusters_spawns_relearns_and_never_spawns_on_known_ones() {
 fn new_clusters_spawn_rule_holds_on_the_seeds_a_fast_memory_failed() {
     let (model, data) = setup(device::LEARN_BIN);
     for seed in ["4", "5", "23"] {
-        let a = DeviceTrainArgs::parse_from([
-            "--scenario",
-            "new-clusters",
-            "--device",
-            "host",
-            "--optimiser",
-            "online-k-means",
-            "--steps",
-            "4000",
-            "--seed",
-            seed,
-        ])
-        .unwrap();
+        let a = new_clusters_args(seed);
         let mut opened = open(&a, device::SCRATCH_BIN);
         let r = scenario::new_clusters(&mut opened.device, &model, &data, &a).unwrap();
         let text = printed(|out| scenario::print_new_clusters(&r, out));
