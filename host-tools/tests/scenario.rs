@@ -233,6 +233,12 @@ fn new_clusters_spawns_relearns_and_never_spawns_on_known_ones() {
     assert_eq!(r.spawned_on_known, 0, "{text}");
     assert_eq!(r.spawned, 1, "{text}");
     assert_eq!(r.relearn_passes, 5, "{text}");
+    assert_eq!(
+        (r.spawn_count, r.spawn_window, r.centre_memory),
+        (8, 128, 1000),
+        "{text}"
+    );
+    assert!(text.contains("8 of the last 128 samples are novel, centres remembering 1000"));
     assert!(r.discovered.acc >= r.before.acc + 0.01, "{text}");
     assert!(r.new_classes_found >= scenario::NEW_CLASSES_BAR, "{text}");
     assert!(r.after.acc >= 0.83 && r.after.nmi >= 0.76, "{text}");

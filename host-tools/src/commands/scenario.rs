@@ -523,6 +523,13 @@ pub struct NewClustersReport {
     pub before: Quality,
     /// The novelty threshold sent to the device (the percentile of the known rows').
     pub novelty_threshold: f32,
+    /// The spawn rule sent with it: at least `spawn_count` of the last `spawn_window`
+    /// samples novel.
+    pub spawn_count: u8,
+    /// See `spawn_count`.
+    pub spawn_window: u8,
+    /// Samples a centre remembers (`--memory`).
+    pub centre_memory: u16,
     /// Centres spawned on the stream of every class (the device's `Centre` events).
     pub spawned: usize,
     /// After the stream of every class with online k-means and the spawn rule, before
@@ -643,10 +650,11 @@ pub fn new_clusters(
     let at = ((args.novelty_percentile.clamp(0.0, 100.0) / 100.0) * (nov.len() - 1) as f64).round()
         as usize;
     let threshold = nov[at.min(nov.len() - 1)];
+    let centre_memory = args.memory.unwrap_or(NEW_CLUSTERS_MEMORY);
     let settings = TrainSettings {
         scope: TrainScope::SegmenterOnly,
         optimiser: TrainOptimiser::OnlineKMeans {
-            memory: args.memory.unwrap_or(NEW_CLUSTERS_MEMORY),
+            memory: centre_memory,
             spawn_above: threshold,
             spawn_window: args.spawn_window,
             spawn_count: args.spawn_count,
@@ -729,6 +737,9 @@ pub fn new_clusters(
         device: dev.name().to_string(),
         before,
         novelty_threshold: threshold,
+        spawn_count: args.spawn_count,
+        spawn_window: args.spawn_window,
+        centre_memory,
         spawned,
         discovered,
         relearn_passes,
@@ -836,10 +847,14 @@ pub fn print_new_clusters(r: &NewClustersReport, out: &mut dyn Write) -> Result<
     outln!(
         out,
         "scenario new-clusters on {}: the host trains on classes 0-{} with unused slots for \
-         the rest; novel above {:.4} (a percentile of the known rows' novelty)",
+         the rest; novel above {:.4} (a percentile of the known rows' novelty), a spawn when \
+         {} of the last {} samples are novel, centres remembering {} samples",
         r.device,
         KNOWN_CLASSES - 1,
         r.novelty_threshold,
+        r.spawn_count,
+        r.spawn_window,
+        r.centre_memory,
     )?;
     let q = |q: Quality| format!("{:.4}/{:.3}", q.acc, q.nmi);
     let rows = [
