@@ -198,6 +198,27 @@ fn the_command_prints_json_and_its_status_follows_the_bars() {
     assert!(r.stdout.contains("FAIL"), "{}", r.stdout);
 }
 
+/// `--memory` defaults to 1000 samples where centres can spawn (`--spawn-above` below 2,
+/// and `new-clusters`, whose report says so) and to 100 where they cannot; a given
+/// `--memory` wins.
+#[test]
+fn centres_remember_longer_where_they_can_spawn() {
+    let memory = |argv: &[&str]| {
+        let a = DeviceTrainArgs::parse_from(
+            [&["--device", "host", "--optimiser", "online-k-means"], argv].concat(),
+        )
+        .unwrap();
+        match a.optimiser().to_wire(&a) {
+            hvae::protocol::TrainOptimiser::OnlineKMeans { memory, .. } => memory,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(memory(&[]), 100);
+    assert_eq!(memory(&["--spawn-above", "0.6"]), 1000);
+    assert_eq!(memory(&["--spawn-above", "0.6", "--memory", "300"]), 300);
+    assert_eq!(memory(&["--memory", "300"]), 300);
+}
+
 /// The `new-clusters` scenario on the host engine, with its defaults and `seed`.
 fn new_clusters_args(seed: &str) -> DeviceTrainArgs {
     DeviceTrainArgs::parse_from([

@@ -120,7 +120,7 @@ impl OptimiserArg {
                 momentum: args.momentum,
             },
             OptimiserArg::OnlineKMeans => TrainOptimiser::OnlineKMeans {
-                memory: args.memory.unwrap_or(CENTRE_MEMORY),
+                memory: args.centre_memory(args.spawn_above < 2.0),
                 spawn_above: args.spawn_above,
                 spawn_window: args.spawn_window,
                 spawn_count: args.spawn_count,
@@ -170,9 +170,9 @@ pub struct DeviceTrainArgs {
     /// Momentum of SGD.
     #[arg(long, default_value_t = 0.9, value_name = "M")]
     pub momentum: f32,
-    /// Samples a centre remembers, with --optimiser online-k-means (default 100; with
-    /// --scenario new-clusters 1000: a deployed centre must move slower than novelty
-    /// takes to persist, docs/device.md#scenarios).
+    /// Samples a centre remembers, with --optimiser online-k-means (default 100; 1000
+    /// when centres can spawn, --spawn-above below 2 or --scenario new-clusters: a centre
+    /// must move slower than novelty takes to persist, docs/device.md#scenarios).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub memory: Option<u16>,
     /// With --optimiser online-k-means: novelty above which a sample is novel (it moves
@@ -240,6 +240,13 @@ impl DeviceTrainArgs {
     /// The optimiser asked for, Adam by default.
     pub fn optimiser(&self) -> OptimiserArg {
         self.optimiser.unwrap_or(OptimiserArg::Adam)
+    }
+
+    /// The centres' memory: `--memory`, or by default [`SPAWN_MEMORY`] when centres can
+    /// `spawn`, [`CENTRE_MEMORY`] when they cannot.
+    pub fn centre_memory(&self, spawn: bool) -> u16 {
+        self.memory
+            .unwrap_or(if spawn { SPAWN_MEMORY } else { CENTRE_MEMORY })
     }
 
     /// The arguments of `hvae device-train` given `argv` (after the subcommand's name):
@@ -322,9 +329,17 @@ pub struct DeviceTrainReport {
 /// Learning rate of training on the device (without --scenario).
 pub const TRAIN_LR: f32 = 1e-3;
 
-/// Samples a centre remembers with online k-means (`--memory`), but for `new-clusters`
-/// ([`super::scenario::NEW_CLUSTERS_MEMORY`]).
+/// Samples a centre remembers with online k-means (`--memory`) when no centre can spawn.
 pub const CENTRE_MEMORY: u16 = 100;
+
+/// Samples a centre remembers when centres can spawn (`--spawn-above` below 2, and
+/// `new-clusters`): ten times [`CENTRE_MEMORY`], as a centre must move slower than
+/// novelty takes to persist. A new class's samples below the novelty threshold are
+/// labelled with known centres and pull them; with a memory of 100 a centre goes most of
+/// the way to them within one spawn window, so the new class stops looking novel before
+/// the rule fires, and on a stream of known classes the centres wander from the trained
+/// ones until their novelty climbs above the threshold (docs/device.md#scenarios).
+pub const SPAWN_MEMORY: u16 = 1000;
 
 /// Tolerance of the acceptance test.
 pub const ACC_TOLERANCE: f64 = 0.03;

@@ -502,15 +502,6 @@ pub const NEW_CLASSES_BAR: usize = 2;
 /// Least ACC on all classes after discovery.
 pub const DISCOVERY_ACC_BAR: f64 = 0.85;
 
-/// The samples a deployed centre remembers in `new-clusters` (`--memory`), ten times
-/// [`CENTRE_MEMORY`](super::device_train::CENTRE_MEMORY): a centre must move slower than novelty takes to persist. A new
-/// class's samples below the novelty threshold are labelled with known centres and
-/// pull them; with a memory of 100 a centre goes most of the way to them within one
-/// spawn window, so the new class stops looking novel before the rule fires, and on a
-/// stream of known classes the centres wander from the host's, so their novelty climbs
-/// above the threshold's 1% (docs/device.md#scenarios has the rule's measurements).
-pub const NEW_CLUSTERS_MEMORY: u16 = 1000;
-
 /// The new-clusters scenario's report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NewClustersReport {
@@ -650,7 +641,7 @@ pub fn new_clusters(
     let at = ((args.novelty_percentile.clamp(0.0, 100.0) / 100.0) * (nov.len() - 1) as f64).round()
         as usize;
     let threshold = nov[at.min(nov.len() - 1)];
-    let centre_memory = args.memory.unwrap_or(NEW_CLUSTERS_MEMORY);
+    let centre_memory = args.centre_memory(true);
     let settings = TrainSettings {
         scope: TrainScope::SegmenterOnly,
         optimiser: TrainOptimiser::OnlineKMeans {
