@@ -1027,50 +1027,30 @@ impl<F: NorFlash> Checkpoints<F> {
     /// the trainer's resume record ([`OnlineTrainer::write_resume`]: memory of past
     /// samples, marginal, guard), with the layout of this model and trainer
     /// ([`trainer_layout`]).
-    pub fn save_trainer<T, P, const D: usize, const CAP: usize, S, O, E>(
+    pub fn save_trainer<T: Real>(
         &mut self,
-        model: &Model<T, P>,
-        trainer: &OnlineTrainer<T, D, CAP, S, O, E>,
-    ) -> Result<Saved, CheckpointError>
-    where
-        T: Real,
-        P: AsRef<[T]>,
-        S: AsRef<[T]> + AsMut<[T]>,
-        O: AsRef<[T]> + AsMut<[T]>,
-        E: crate::train::samples::Stored<T>,
-    {
+        model: &Model<T, impl AsRef<[T]>>,
+        trainer: &impl Resumable<T>,
+    ) -> Result<Saved, CheckpointError> {
         self.save_trainer_after(model, trainer, &[])
     }
 
     /// [`Checkpoints::save_trainer`] with the caller's `prefix` bytes before the
     /// trainer's record (the layout: [`trainer_layout`] with `prefix.len()`).
-    pub fn save_trainer_after<T, P, const D: usize, const CAP: usize, S, O, E>(
+    pub fn save_trainer_after<T: Real>(
         &mut self,
-        model: &Model<T, P>,
-        trainer: &OnlineTrainer<T, D, CAP, S, O, E>,
+        model: &Model<T, impl AsRef<[T]>>,
+        trainer: &impl Resumable<T>,
         prefix: &[u8],
-    ) -> Result<Saved, CheckpointError>
-    where
-        T: Real,
-        P: AsRef<[T]>,
-        S: AsRef<[T]> + AsMut<[T]>,
-        O: AsRef<[T]> + AsMut<[T]>,
-        E: crate::train::samples::Stored<T>,
-    {
+    ) -> Result<Saved, CheckpointError> {
         let shape = model.shape();
-        let cfg = trainer.config();
-        let layout = trainer_layout::<T, D, CAP, S, O, E>(
-            shape,
-            cfg.scope,
-            cfg.optim.optimiser.kind(),
-            prefix.len(),
-        );
-        let opt = trainer.optimiser();
+        let layout = trainer.layout(shape, prefix.len());
+        let (state, optim_steps) = trainer.optimiser_state();
         self.save_with_extra(
             &layout,
             model.params(),
-            opt.storage().as_ref(),
-            opt.steps(),
+            state,
+            optim_steps,
             trainer.steps(),
             &mut |out| {
                 out(prefix);
@@ -1085,58 +1065,37 @@ impl<F: NorFlash> Checkpoints<F> {
     /// `None` (nothing changed) when there is none. At boot, call it after building the
     /// trainer with the configuration it was saved with; after a divergence, see
     /// [`Checkpoints::restore_if_needed`].
-    pub fn restore_trainer<T, P, const D: usize, const CAP: usize, S, O, E>(
+    pub fn restore_trainer<T: Real>(
         &mut self,
-        model: &mut Model<T, P>,
-        trainer: &mut OnlineTrainer<T, D, CAP, S, O, E>,
-    ) -> Result<Option<Loaded>, CheckpointError>
-    where
-        T: Real,
-        P: AsRef<[T]> + AsMut<[T]>,
-        S: AsRef<[T]> + AsMut<[T]>,
-        O: AsRef<[T]> + AsMut<[T]>,
-        E: crate::train::samples::Stored<T>,
-    {
+        model: &mut Model<T, impl AsRef<[T]> + AsMut<[T]>>,
+        trainer: &mut impl Resumable<T>,
+    ) -> Result<Option<Loaded>, CheckpointError> {
         self.restore_trainer_after(model, trainer, 0)
     }
 
     /// [`Checkpoints::restore_trainer`] from a checkpoint of
     /// [`Checkpoints::save_trainer_after`] with a prefix of `prefix` bytes (skipped: read
     /// it with [`Checkpoints::read_extra`]).
-    pub fn restore_trainer_after<T, P, const D: usize, const CAP: usize, S, O, E>(
+    pub fn restore_trainer_after<T: Real>(
         &mut self,
-        model: &mut Model<T, P>,
-        trainer: &mut OnlineTrainer<T, D, CAP, S, O, E>,
+        model: &mut Model<T, impl AsRef<[T]> + AsMut<[T]>>,
+        trainer: &mut impl Resumable<T>,
         prefix: usize,
-    ) -> Result<Option<Loaded>, CheckpointError>
-    where
-        T: Real,
-        P: AsRef<[T]> + AsMut<[T]>,
-        S: AsRef<[T]> + AsMut<[T]>,
-        O: AsRef<[T]> + AsMut<[T]>,
-        E: crate::train::samples::Stored<T>,
-    {
+    ) -> Result<Option<Loaded>, CheckpointError> {
         let shape = *model.shape();
-        let cfg = trainer.config();
-        let layout = trainer_layout::<T, D, CAP, S, O, E>(
-            &shape,
-            cfg.scope,
-            cfg.optim.optimiser.kind(),
-            prefix,
-        );
+        let layout = trainer.layout(&shape, prefix);
         let Some(found) = self.newest(&layout)? else {
             return Ok(None);
         };
         // The values first (the optimiser's storage is borrowed from the trainer), then
         // the record, read again from the slot a chunk at a time.
-        let loaded = {
-            let opt = trainer.optimiser_mut();
-            self.load(&layout, model.params_mut(), opt.storage_mut().as_mut())?
-        };
-        if loaded.is_none() {
+        if self
+            .load(&layout, model.params_mut(), trainer.optimiser_state_mut())?
+            .is_none()
+        {
             return Ok(None);
         }
-        let record = OnlineTrainer::<T, D, CAP, S, O, E>::resume_len(&shape);
+        let record = layout.extra().saturating_sub(prefix);
         let mut buf = [0u8; CHUNK];
         let mut at = 0usize;
         while at < record {
@@ -1148,9 +1107,7 @@ impl<F: NorFlash> Checkpoints<F> {
             }
             at += n;
         }
-        let opt = trainer.optimiser_mut();
-        opt.set_steps(found.optim_steps);
-        trainer.resume_exact(found.train_steps);
+        trainer.resume(found.optim_steps, found.train_steps);
         Ok(Some(found))
     }
 
@@ -1158,36 +1115,22 @@ impl<F: NorFlash> Checkpoints<F> {
     /// rejected `max_rejections` steps in a row), restores model, optimiser, step count
     /// and memory from the newest checkpoint of [`Checkpoints::save_trainer`] and
     /// re-arms the guard.
-    pub fn restore_if_needed<T, P, const D: usize, const CAP: usize, S, O, E>(
+    pub fn restore_if_needed<T: Real>(
         &mut self,
-        model: &mut Model<T, P>,
-        trainer: &mut OnlineTrainer<T, D, CAP, S, O, E>,
-    ) -> Result<Restore, CheckpointError>
-    where
-        T: Real,
-        P: AsRef<[T]> + AsMut<[T]>,
-        S: AsRef<[T]> + AsMut<[T]>,
-        O: AsRef<[T]> + AsMut<[T]>,
-        E: crate::train::samples::Stored<T>,
-    {
+        model: &mut Model<T, impl AsRef<[T]> + AsMut<[T]>>,
+        trainer: &mut impl Resumable<T>,
+    ) -> Result<Restore, CheckpointError> {
         self.restore_if_needed_after(model, trainer, 0)
     }
 
     /// [`Checkpoints::restore_if_needed`] for checkpoints of
     /// [`Checkpoints::save_trainer_after`] with `prefix` bytes.
-    pub fn restore_if_needed_after<T, P, const D: usize, const CAP: usize, S, O, E>(
+    pub fn restore_if_needed_after<T: Real>(
         &mut self,
-        model: &mut Model<T, P>,
-        trainer: &mut OnlineTrainer<T, D, CAP, S, O, E>,
+        model: &mut Model<T, impl AsRef<[T]> + AsMut<[T]>>,
+        trainer: &mut impl Resumable<T>,
         prefix: usize,
-    ) -> Result<Restore, CheckpointError>
-    where
-        T: Real,
-        P: AsRef<[T]> + AsMut<[T]>,
-        S: AsRef<[T]> + AsMut<[T]>,
-        O: AsRef<[T]> + AsMut<[T]>,
-        E: crate::train::samples::Stored<T>,
-    {
+    ) -> Result<Restore, CheckpointError> {
         if !trainer.needs_restore() {
             return Ok(Restore::NotNeeded);
         }
@@ -1198,6 +1141,73 @@ impl<F: NorFlash> Checkpoints<F> {
             }
             None => Restore::NoCheckpoint,
         })
+    }
+}
+
+/// A trainer whose state a checkpoint keeps beside the model
+/// ([`Checkpoints::save_trainer`]): its optimiser's state and step counters and its
+/// resume record. [`OnlineTrainer`] is one; the trait keeps the trainer's type
+/// parameters out of the store's signatures.
+pub trait Resumable<T> {
+    /// The layout of its checkpoints of a model of `shape`, with `prefix` bytes of the
+    /// caller's before its record ([`trainer_layout`]).
+    fn layout(&self, shape: &Shape, prefix: usize) -> Layout;
+    /// The optimiser's state and step counter.
+    fn optimiser_state(&self) -> (&[T], u32);
+    /// The optimiser's state, to restore it.
+    fn optimiser_state_mut(&mut self) -> &mut [T];
+    /// Steps taken.
+    fn steps(&self) -> u32;
+    /// Writes its resume record ([`OnlineTrainer::write_resume`]).
+    fn write_resume(&self, shape: &Shape, out: &mut dyn FnMut(&[u8]));
+    /// Sets byte `at` of its resume record ([`OnlineTrainer::set_resume_byte`]).
+    fn set_resume_byte(&mut self, shape: &Shape, at: usize, b: u8);
+    /// Goes on from a restored checkpoint's step counters.
+    fn resume(&mut self, optim_steps: u32, train_steps: u32);
+    /// True when the divergence guard asks for a restore
+    /// ([`OnlineTrainer::needs_restore`]).
+    fn needs_restore(&self) -> bool;
+    /// The restore happened: re-arms the guard ([`OnlineTrainer::restored`]).
+    fn restored(&mut self);
+}
+
+impl<T, const D: usize, const CAP: usize, S, O, E> Resumable<T>
+    for OnlineTrainer<T, D, CAP, S, O, E>
+where
+    T: Real,
+    S: AsRef<[T]> + AsMut<[T]>,
+    O: AsRef<[T]> + AsMut<[T]>,
+    E: crate::train::samples::Stored<T>,
+{
+    fn layout(&self, shape: &Shape, prefix: usize) -> Layout {
+        let cfg = self.config();
+        trainer_layout::<T, D, CAP, S, O, E>(shape, cfg.scope, cfg.optim.optimiser.kind(), prefix)
+    }
+    fn optimiser_state(&self) -> (&[T], u32) {
+        let opt = self.optimiser();
+        (opt.storage().as_ref(), opt.steps())
+    }
+    fn optimiser_state_mut(&mut self) -> &mut [T] {
+        self.optimiser_mut().storage_mut().as_mut()
+    }
+    fn steps(&self) -> u32 {
+        OnlineTrainer::steps(self)
+    }
+    fn write_resume(&self, shape: &Shape, out: &mut dyn FnMut(&[u8])) {
+        OnlineTrainer::write_resume(self, shape, out)
+    }
+    fn set_resume_byte(&mut self, shape: &Shape, at: usize, b: u8) {
+        OnlineTrainer::set_resume_byte(self, shape, at, b)
+    }
+    fn resume(&mut self, optim_steps: u32, train_steps: u32) {
+        self.optimiser_mut().set_steps(optim_steps);
+        self.resume_exact(train_steps);
+    }
+    fn needs_restore(&self) -> bool {
+        OnlineTrainer::needs_restore(self)
+    }
+    fn restored(&mut self) {
+        OnlineTrainer::restored(self)
     }
 }
 
