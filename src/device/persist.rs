@@ -16,21 +16,28 @@ use crate::train::optim::OptimKind;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-/// Every (scope, optimiser) a checkpoint may have been saved with.
-const LAYOUTS: [(Scope, OptimKind); 12] = [
-    (Scope::Full, OptimKind::Adam),
-    (Scope::Full, OptimKind::Sgd),
-    (Scope::Full, OptimKind::Factored),
-    (Scope::Full, OptimKind::FactoredRms),
-    (Scope::EncoderAndSegmenter, OptimKind::Adam),
-    (Scope::EncoderAndSegmenter, OptimKind::Sgd),
-    (Scope::EncoderAndSegmenter, OptimKind::Factored),
-    (Scope::EncoderAndSegmenter, OptimKind::FactoredRms),
-    (Scope::SegmenterOnly, OptimKind::Adam),
-    (Scope::SegmenterOnly, OptimKind::Sgd),
-    (Scope::SegmenterOnly, OptimKind::Factored),
-    (Scope::SegmenterOnly, OptimKind::FactoredRms),
-];
+/// Every (scope, optimiser) a checkpoint may have been saved with: each of the scopes
+/// with each of the optimisers.
+const LAYOUTS: [(Scope, OptimKind); 12] = {
+    let scopes = [
+        Scope::Full,
+        Scope::EncoderAndSegmenter,
+        Scope::SegmenterOnly,
+    ];
+    let kinds = [
+        OptimKind::Adam,
+        OptimKind::Sgd,
+        OptimKind::Factored,
+        OptimKind::FactoredRms,
+    ];
+    let mut pairs = [(Scope::Full, OptimKind::Adam); 12];
+    let mut i = 0;
+    while i < pairs.len() {
+        pairs[i] = (scopes[i / kinds.len()], kinds[i % kinds.len()]);
+        i += 1;
+    }
+    pairs
+};
 
 /// The layout of a checkpoint of the weights alone (no trainer): the smallest state.
 const WEIGHTS_ONLY: (Scope, OptimKind) = (Scope::SegmenterOnly, OptimKind::Sgd);
