@@ -270,15 +270,9 @@ fn scratch_program_matches_the_host_engine() {
         seed: 3,
     };
     let requests = schedule.requests(&data).unwrap();
-    let (r, _) = device_train::run_requests_on(
-        &mut dev,
-        &model,
-        &data,
-        TrainScope::Full,
-        &requests,
-        device_train::Reference::Scratch,
-    )
-    .unwrap();
+    let (r, _) = device_train::Reference::Scratch
+        .run(&mut dev, &model, &data, TrainScope::Full, &requests)
+        .unwrap();
     println!(
         "learn_scratch, 400 steps: device ACC {:.4}, host {:.4}, bit-identical {}, training \
          state {:?} B, {:.1} s",

@@ -458,7 +458,7 @@ pub fn run_scope(
     schedule: &Schedule,
 ) -> Result<(ScopeReport, Vec<f32>), Error> {
     let requests = schedule.requests(data)?;
-    run_requests(dev, model, data, schedule.settings.scope, &requests)
+    Reference::Learn.run(dev, model, data, schedule.settings.scope, &requests)
 }
 
 /// Which engine of the host is the reference of a device run.
@@ -471,149 +471,141 @@ pub enum Reference {
     Scratch,
 }
 
-/// Loads `model` on the device, sends it `requests` (training of `scope`), reads the
-/// weights back and does the same on the host engine; scores both on `data`.
-pub fn run_requests(
-    dev: &mut Device,
-    model: &LoadedModel,
-    data: &Dataset,
-    scope: TrainScope,
-    requests: &[Request],
-) -> Result<(ScopeReport, Vec<f32>), Error> {
-    run_requests_on(dev, model, data, scope, requests, Reference::Learn)
-}
-
-/// [`run_requests`] with `reference` as the host's engine.
-pub fn run_requests_on(
-    dev: &mut Device,
-    model: &LoadedModel,
-    data: &Dataset,
-    scope: TrainScope,
-    requests: &[Request],
-    reference: Reference,
-) -> Result<(ScopeReport, Vec<f32>), Error> {
-    let name = dev.name().to_string();
-    let shape = *model.model.shape();
-    // The device.
-    let t0 = Instant::now();
-    let info = dev.sync().map_err(|e| dev_err(&name, e))?;
-    if info.capabilities & CAP_TRAIN == 0 {
-        return Err(Error::Failed(format!(
-            "{name}: the device program does not train (run the firmware's `learn` or `adapt`)"
-        )));
-    }
-    // A device holds every parameter, or (the `adapt` program) the inference ones.
-    let n = info.params_held as usize;
-    if info.shape != ShapeInfo::from(&shape)
-        || (n != shape.param_len() && n != shape.inference_param_len())
-    {
-        return Err(Error::BadInput(format!(
-            "{name} runs another architecture than the model, or holds {n} of its {} \
-             parameters",
-            shape.param_len()
-        )));
-    }
-    // A device that cannot load weights (`adapt`) must already run the model's.
-    if info.capabilities & CAP_LOAD != 0 {
-        let blob = model_io::to_bytes(&model.model)
-            .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
-        dev.load_weights(&blob).map_err(|e| dev_err(&name, e))?;
-    } else if info.weights_crc != model.crc {
-        return Err(Error::BadInput(format!(
-            "{name} runs weights of CRC {:#010x}, not the model's ({:#010x}), and cannot load \
-             weights: build the firmware with the model",
-            info.weights_crc, model.crc
-        )));
-    }
-    let mut answers = Vec::with_capacity(requests.len());
-    for (i, req) in requests.iter().enumerate() {
-        let r = dev
-            .request_all(req, dev.timeouts.train)
-            .map_err(|e| Error::Failed(format!("{name}: training request {}: {e}", i + 1)))?;
-        answers.push(r);
-    }
-    let dev_params = dev.read_weights(n).map_err(|e| dev_err(&name, e))?;
-    let device_seconds = t0.elapsed().as_secs_f64();
-    // The host, same engine, same requests.
-    let t1 = Instant::now();
-    let mut host = match reference {
-        Reference::Learn if n < shape.param_len() => {
-            adapt_learner(model.model.clone(), model.crc).map(|e| HostEngine::Adapt(Box::new(e)))
+impl Reference {
+    /// Loads `model` on the device, sends it `requests` (training of `scope`), reads the
+    /// weights back and does the same on this engine of the host; scores both on `data`.
+    pub fn run(
+        self,
+        dev: &mut Device,
+        model: &LoadedModel,
+        data: &Dataset,
+        scope: TrainScope,
+        requests: &[Request],
+    ) -> Result<(ScopeReport, Vec<f32>), Error> {
+        let name = dev.name().to_string();
+        let shape = *model.model.shape();
+        // The device.
+        let t0 = Instant::now();
+        let info = dev.sync().map_err(|e| dev_err(&name, e))?;
+        if info.capabilities & CAP_TRAIN == 0 {
+            return Err(Error::Failed(format!(
+                "{name}: the device program does not train (run the firmware's `learn` or `adapt`)"
+            )));
         }
-        Reference::Learn => {
-            host_learner(model.model.clone(), model.crc).map(|e| HostEngine::Learn(Box::new(e)))
+        // A device holds every parameter, or (the `adapt` program) the inference ones.
+        let n = info.params_held as usize;
+        if info.shape != ShapeInfo::from(&shape)
+            || (n != shape.param_len() && n != shape.inference_param_len())
+        {
+            return Err(Error::BadInput(format!(
+                "{name} runs another architecture than the model, or holds {n} of its {} \
+                 parameters",
+                shape.param_len()
+            )));
         }
-        Reference::Scratch => scratch_learner(model.model.clone(), model.crc)
-            .map(|e| HostEngine::Scratch(Box::new(e))),
-    }
-    .map_err(Error::Failed)?;
-    let mut first_divergent = None;
-    let mut train_ram = None;
-    for (i, (req, dev_answers)) in requests.iter().zip(&answers).enumerate() {
-        let mut h = Vec::new();
-        host.handle_each(req, &mut |r| h.push(r.clone()));
-        train_ram = train_ram.max(host.train_ram());
-        let same = h.len() == dev_answers.len()
-            && h.iter().zip(dev_answers).all(|(a, b)| same_answer(a, b));
-        if first_divergent.is_none() && !same {
-            first_divergent = Some(i);
+        // A device that cannot load weights (`adapt`) must already run the model's.
+        if info.capabilities & CAP_LOAD != 0 {
+            let blob = model_io::to_bytes(&model.model)
+                .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
+            dev.load_weights(&blob).map_err(|e| dev_err(&name, e))?;
+        } else if info.weights_crc != model.crc {
+            return Err(Error::BadInput(format!(
+                "{name} runs weights of CRC {:#010x}, not the model's ({:#010x}), and cannot load \
+                 weights: build the firmware with the model",
+                info.weights_crc, model.crc
+            )));
         }
-    }
-    let count = |f: fn(&Response) -> bool| answers.iter().flatten().filter(|r| f(r)).count();
-    let spawn_events = count(|r| {
-        matches!(
-            r,
-            Response::Centre {
-                change: CentreChange::Spawned,
-                ..
+        let mut answers = Vec::with_capacity(requests.len());
+        for (i, req) in requests.iter().enumerate() {
+            let r = dev
+                .request_all(req, dev.timeouts.train)
+                .map_err(|e| Error::Failed(format!("{name}: training request {}: {e}", i + 1)))?;
+            answers.push(r);
+        }
+        let dev_params = dev.read_weights(n).map_err(|e| dev_err(&name, e))?;
+        let device_seconds = t0.elapsed().as_secs_f64();
+        // The host, same engine, same requests.
+        let t1 = Instant::now();
+        let mut host = match self {
+            Reference::Learn if n < shape.param_len() => {
+                adapt_learner(model.model.clone(), model.crc)
+                    .map(|e| HostEngine::Adapt(Box::new(e)))
             }
-        )
-    });
-    let retire_events = count(|r| {
-        matches!(
-            r,
-            Response::Centre {
-                change: CentreChange::Starved | CentreChange::MergedInto(_),
-                ..
+            Reference::Learn => {
+                host_learner(model.model.clone(), model.crc).map(|e| HostEngine::Learn(Box::new(e)))
             }
-        )
-    });
-    let host_params = host.params().to_vec();
-    let host_seconds = t1.elapsed().as_secs_f64();
-    let (steps, final_loss) = match answers.last().and_then(|a| a.last()) {
-        Some(Response::Trained { steps, loss, .. }) => (*steps, *loss),
-        _ => (0, f32::NAN),
-    };
-    let mut differing = 0;
-    let mut max_diff = 0f64;
-    for (a, b) in dev_params.iter().zip(&host_params) {
-        if a.to_bits() != b.to_bits() {
-            differing += 1;
-            max_diff = max_diff.max((f64::from(*a) - f64::from(*b)).abs());
+            Reference::Scratch => scratch_learner(model.model.clone(), model.crc)
+                .map(|e| HostEngine::Scratch(Box::new(e))),
         }
+        .map_err(Error::Failed)?;
+        let mut first_divergent = None;
+        let mut train_ram = None;
+        for (i, (req, dev_answers)) in requests.iter().zip(&answers).enumerate() {
+            let mut h = Vec::new();
+            host.handle_each(req, &mut |r| h.push(r.clone()));
+            train_ram = train_ram.max(host.train_ram());
+            let same = h.len() == dev_answers.len()
+                && h.iter().zip(dev_answers).all(|(a, b)| same_answer(a, b));
+            if first_divergent.is_none() && !same {
+                first_divergent = Some(i);
+            }
+        }
+        let count = |f: fn(&Response) -> bool| answers.iter().flatten().filter(|r| f(r)).count();
+        let spawn_events = count(|r| {
+            matches!(
+                r,
+                Response::Centre {
+                    change: CentreChange::Spawned,
+                    ..
+                }
+            )
+        });
+        let retire_events = count(|r| {
+            matches!(
+                r,
+                Response::Centre {
+                    change: CentreChange::Starved | CentreChange::MergedInto(_),
+                    ..
+                }
+            )
+        });
+        let host_params = host.params().to_vec();
+        let host_seconds = t1.elapsed().as_secs_f64();
+        let (steps, final_loss) = match answers.last().and_then(|a| a.last()) {
+            Some(Response::Trained { steps, loss, .. }) => (*steps, *loss),
+            _ => (0, f32::NAN),
+        };
+        let mut differing = 0;
+        let mut max_diff = 0f64;
+        for (a, b) in dev_params.iter().zip(&host_params) {
+            if a.to_bits() != b.to_bits() {
+                differing += 1;
+                max_diff = max_diff.max((f64::from(*a) - f64::from(*b)).abs());
+            }
+        }
+        let device_q = quality(dev_params.clone(), model, data)?;
+        let host_q = quality(host_params, model, data)?;
+        Ok((
+            ScopeReport {
+                scope: scope_name(scope).to_string(),
+                steps,
+                device: device_q,
+                host: host_q,
+                acc_diff: (device_q.acc - host_q.acc).abs(),
+                bit_identical: differing == 0,
+                params_differing: differing,
+                max_abs_param_diff: max_diff,
+                first_divergent_request: first_divergent,
+                spawn_events,
+                retire_events,
+                final_loss,
+                device_seconds,
+                host_seconds,
+                train_ram,
+            },
+            dev_params,
+        ))
     }
-    let device_q = quality(dev_params.clone(), model, data)?;
-    let host_q = quality(host_params, model, data)?;
-    Ok((
-        ScopeReport {
-            scope: scope_name(scope).to_string(),
-            steps,
-            device: device_q,
-            host: host_q,
-            acc_diff: (device_q.acc - host_q.acc).abs(),
-            bit_identical: differing == 0,
-            params_differing: differing,
-            max_abs_param_diff: max_diff,
-            first_divergent_request: first_divergent,
-            spawn_events,
-            retire_events,
-            final_loss,
-            device_seconds,
-            host_seconds,
-            train_ram,
-        },
-        dev_params,
-    ))
 }
 
 /// Answers equal, with losses compared by their bits (NaN included).

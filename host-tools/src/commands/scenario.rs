@@ -18,8 +18,8 @@
 //! [`crate::device::learn_host::ScratchLearner`]).
 
 use super::device_train::{
-    fresh, permutation, quality, run_requests, run_requests_on, with_fitted_normalisation,
-    DeviceTrainArgs, OptimiserArg, Quality, Reference, Schedule, ScopeArg, ScopeReport,
+    fresh, permutation, quality, with_fitted_normalisation, DeviceTrainArgs, OptimiserArg, Quality,
+    Reference, Schedule, ScopeArg, ScopeReport,
 };
 use super::outln;
 use crate::data::Dataset;
@@ -27,7 +27,7 @@ use crate::device::Opened;
 use crate::model_io::LoadedModel;
 use crate::train::{self as host_train, FitConfig};
 use crate::Error;
-use hvae::protocol::{max_request_frame, Request, TrainOptimiser, TrainScope, TrainSettings};
+use hvae::protocol::{max_request_frame, TrainOptimiser, TrainScope, TrainSettings};
 use hvae::train::samples::Policy;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -280,7 +280,8 @@ pub fn drift(
             if !runs.is_empty() && !loads_weights(&mut opened.device)? {
                 *opened = reopen()?;
             }
-            let (r, _) = run_requests(&mut opened.device, model, &shifted, scope, &requests)?;
+            let (r, _) =
+                Reference::Learn.run(&mut opened.device, model, &shifted, scope, &requests)?;
             // The same stream and settings through the core's `SegmenterAdapter`.
             if scope == TrainScope::SegmenterOnly
                 && !matches!(optimiser, TrainOptimiser::OnlineKMeans { .. })
@@ -663,7 +664,8 @@ pub fn new_clusters(
     };
     let rows = (0..).map(|i| data.row(order[i % order.len()]).to_vec());
     let requests = all.requests_of(data.dim(), rows)?;
-    let (r_all, params) = on_scratch(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
+    let (r_all, params) =
+        Reference::Scratch.run(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
     // Spawns as the device reported them (its events), checked against its weights.
     let spawned = r_all.spawn_events;
     let used = slots_in_use(&shape, &params);
@@ -715,7 +717,7 @@ pub fn new_clusters(
     let rows = (0..).map(|i| data.row(known_rows[i % known_rows.len()]).to_vec());
     let requests = known.requests_of(data.dim(), rows)?;
     let (r_known, params_known) =
-        on_scratch(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
+        Reference::Scratch.run(dev, &model, data, TrainScope::SegmenterOnly, &requests)?;
     let spawned_on_known = r_known.spawn_events;
     check_spawns(&r_known, slots_in_use(&shape, &params_known).len())?;
     let bit_identical = bit_identical && r_known.bit_identical;
@@ -743,18 +745,6 @@ pub fn new_clusters(
         acc_bar: DISCOVERY_ACC_BAR,
         pass,
     })
-}
-
-/// Streams `requests` (of `scope`) to the device that runs `model` (the
-/// `learn_scratch` program), and the same to the scratch engine on the host.
-fn on_scratch(
-    dev: &mut hvae_devkit::Device,
-    model: &LoadedModel,
-    data: &Dataset,
-    scope: TrainScope,
-    requests: &[Request],
-) -> Result<(ScopeReport, Vec<f32>), Error> {
-    run_requests_on(dev, model, data, scope, requests, Reference::Scratch)
 }
 
 /// Learns the whole model again on the device from `params` (the weights after the
@@ -785,7 +775,7 @@ fn relearn(
         seed: args.seed + 1,
     };
     let requests = schedule.requests(data)?;
-    on_scratch(dev, &model, data, TrainScope::Full, &requests)
+    Reference::Scratch.run(dev, &model, data, TrainScope::Full, &requests)
 }
 
 /// The device's spawn and retirement events agree with the slots its weights use.
@@ -1038,7 +1028,7 @@ pub fn scratch(
             seed: args.seed + i,
         };
         let requests = schedule.requests(data)?;
-        let (r, _) = on_scratch(dev, &model, data, TrainScope::Full, &requests)?;
+        let (r, _) = Reference::Scratch.run(dev, &model, data, TrainScope::Full, &requests)?;
         ram = ram.max(r.train_ram.unwrap_or(0));
         runs.push(ScratchRun {
             order_seed: args.seed + i,
