@@ -161,31 +161,22 @@ impl Tensor {
 }
 
 /// Why a [`Shape`] is not a valid architecture.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ShapeError {
     /// Input size `D` is zero.
+    #[error("input size must be at least 1")]
     NoInput,
     /// No hidden layer, more than [`MAX_HIDDEN`], or a zero width.
+    #[error("need 1 to 4 hidden layers, each at least 1 wide")]
     BadHidden,
     /// Latent size `M` below 2 (the sphere `S^{M-1}` needs `M >= 2`) or above 64.
+    #[error("latent size must be in 2..=64")]
     BadLatent,
     /// Cluster count `K` below 1 or above 255.
+    #[error("cluster count must be in 1..=255")]
     BadClusters,
 }
-
-impl core::fmt::Display for ShapeError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            ShapeError::NoInput => "input size must be at least 1",
-            ShapeError::BadHidden => "need 1 to 4 hidden layers, each at least 1 wide",
-            ShapeError::BadLatent => "latent size must be in 2..=64",
-            ShapeError::BadClusters => "cluster count must be in 1..=255",
-        })
-    }
-}
-
-impl core::error::Error for ShapeError {}
 
 /// Sizes and kinds of a model. Cheap to copy; `const`-constructible.
 ///

@@ -20,25 +20,16 @@ use rand_core::Rng;
 pub const GAMMA_MAX_TRIES: u32 = 64;
 
 /// Why a variate could not be drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum VariateError {
     /// A shape parameter was not a finite positive number.
+    #[error("shape parameter must be finite and positive")]
     BadShape,
     /// The rejection loop hit its cap ([`GAMMA_MAX_TRIES`]); probability below `1e-80`.
+    #[error("rejection sampler hit its iteration cap")]
     RejectionCap,
 }
-
-impl core::fmt::Display for VariateError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            VariateError::BadShape => "shape parameter must be finite and positive",
-            VariateError::RejectionCap => "rejection sampler hit its iteration cap",
-        })
-    }
-}
-
-impl core::error::Error for VariateError {}
 
 /// True when `T` carries more than `f32` precision (then 64-bit words are used).
 fn is_wide<T: Real>() -> bool {

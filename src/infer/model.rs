@@ -20,71 +20,47 @@ use crate::Real;
 use core::marker::PhantomData;
 
 /// Why an inference call failed. The model is never changed by inference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum InferError {
     /// The input does not have `D` values.
+    #[error("input length differs from the model's input size")]
     InputLength,
     /// An input value is NaN or infinite.
+    #[error("input contains NaN or infinity")]
     NonFiniteInput,
     /// The workspace is shorter than [`Shape::work_len`], or an output slice has the
     /// wrong length.
+    #[error("workspace or output buffer has the wrong length")]
     BufferLength,
     /// The direction head produced a zero (or non-finite) vector: `mu` is undefined.
+    #[error("direction head produced a zero vector")]
     ZeroDirection,
     /// A segmenter centre has zero norm.
+    #[error("a cluster centre has zero norm")]
     ZeroCentre,
     /// The model was built without decoder weights (inference only).
+    #[error("the model has no decoder weights (inference-only)")]
     NoDecoder,
     /// An intermediate value overflowed (weights too large for the input).
+    #[error("a computed value is not finite")]
     NonFinite,
 }
 
-impl core::fmt::Display for InferError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            InferError::InputLength => "input length differs from the model's input size",
-            InferError::NonFiniteInput => "input contains NaN or infinity",
-            InferError::BufferLength => "workspace or output buffer has the wrong length",
-            InferError::ZeroDirection => "direction head produced a zero vector",
-            InferError::ZeroCentre => "a cluster centre has zero norm",
-            InferError::NoDecoder => "the model has no decoder weights (inference-only)",
-            InferError::NonFinite => "a computed value is not finite",
-        })
-    }
-}
-
-impl core::error::Error for InferError {}
-
 /// Why parameters cannot form a model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ModelError {
     /// The shape is invalid.
-    Shape(ShapeError),
+    #[error("invalid shape: {0}")]
+    Shape(#[from] ShapeError),
     /// The parameter vector's length is neither [`Shape::param_len`] nor
     /// [`Shape::inference_param_len`].
+    #[error("parameter vector has the wrong length")]
     ParamLength,
     /// A parameter is NaN or infinite.
+    #[error("a parameter is not finite")]
     NonFinite,
-}
-
-impl core::fmt::Display for ModelError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ModelError::Shape(e) => write!(f, "invalid shape: {e}"),
-            ModelError::ParamLength => f.write_str("parameter vector has the wrong length"),
-            ModelError::NonFinite => f.write_str("a parameter is not finite"),
-        }
-    }
-}
-
-impl core::error::Error for ModelError {}
-
-impl From<ShapeError> for ModelError {
-    fn from(e: ShapeError) -> Self {
-        ModelError::Shape(e)
-    }
 }
 
 /// Offsets of the workspace regions for one sample's forward and backward pass.

@@ -27,28 +27,19 @@ pub const SPARSE_RATIO: f64 = 10.0;
 pub const MIN_SPREAD: f64 = 1e-6;
 
 /// Why a normalisation could not be fitted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum NormaliseError {
     /// No rows.
+    #[error("no rows to fit a normalisation on")]
     NoRows,
     /// A row, `offset` or `scale` is not `D` long (`D` = `offset.len()`).
+    #[error("a row, offset or scale of the wrong length")]
     Length,
     /// A value is not finite.
+    #[error("a non-finite value")]
     NonFinite,
 }
-
-impl core::fmt::Display for NormaliseError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            NormaliseError::NoRows => "no rows to fit a normalisation on",
-            NormaliseError::Length => "a row, offset or scale of the wrong length",
-            NormaliseError::NonFinite => "a non-finite value",
-        })
-    }
-}
-
-impl core::error::Error for NormaliseError {}
 
 /// Fits `offset` and `scale` (`D` values each) to `rows` (each `D` long), by the rule of
 /// the [module](self). On error `offset` and `scale` hold unspecified values.

@@ -80,61 +80,42 @@ pub const TANH_ZERO: i32 = 64;
 pub const TANH_RANGE: f64 = 4.0;
 
 /// Why int8 parameters cannot form a model, or a model cannot be quantised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum QuantError {
     /// The shape is invalid.
-    Shape(ShapeError),
+    #[error("invalid shape: {0}")]
+    Shape(#[from] ShapeError),
     /// A parameter vector's length disagrees with the shape ([`weight_len`],
     /// [`int_len`], [`float_len`]), or a layer has more than [`MAX_FAN_IN`] inputs.
+    #[error("int8 parameter vector has the wrong length")]
     Length,
     /// A weight is `-128` (outside the symmetric range).
+    #[error("int8 weight {index} is -128")]
     WeightRange {
         /// Index in the weight vector.
         index: u32,
     },
     /// A channel's multiplier is negative, its shift outside `1..=62` or its bias
     /// larger than [`MAX_BIAS`] in magnitude.
+    #[error("int8 channel value {index} is out of range")]
     Channel {
         /// Index in the int vector.
         index: u32,
     },
     /// A real parameter is NaN or infinite, or a scale is not positive.
+    #[error("int8 model real {index} is not finite or not positive")]
     NonFinite {
         /// Index in the float vector.
         index: u32,
     },
     /// [`quantize`]: the calibration saw no sample.
+    #[error("calibration saw no sample")]
     NotCalibrated,
     /// [`quantize`]: a value does not fit its integer (a multiplier of `2^30` or more, a
     /// bias beyond [`MAX_BIAS`]).
+    #[error("a quantised value does not fit its integer")]
     Range,
-}
-
-impl core::fmt::Display for QuantError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            QuantError::Shape(e) => write!(f, "invalid shape: {e}"),
-            QuantError::Length => f.write_str("int8 parameter vector has the wrong length"),
-            QuantError::WeightRange { index } => write!(f, "int8 weight {index} is -128"),
-            QuantError::Channel { index } => {
-                write!(f, "int8 channel value {index} is out of range")
-            }
-            QuantError::NonFinite { index } => {
-                write!(f, "int8 model real {index} is not finite or not positive")
-            }
-            QuantError::NotCalibrated => f.write_str("calibration saw no sample"),
-            QuantError::Range => f.write_str("a quantised value does not fit its integer"),
-        }
-    }
-}
-
-impl core::error::Error for QuantError {}
-
-impl From<ShapeError> for QuantError {
-    fn from(e: ShapeError) -> Self {
-        QuantError::Shape(e)
-    }
 }
 
 /// `i8` weights of the int8 form of `shape`: `sum_l h_l h_{l-1} + M h_L`, and in a tanh

@@ -6,38 +6,29 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Why a frame could not be encoded or decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum FrameError {
     /// More bytes than the decoder's buffer arrived before the `0x00`; they were
     /// dropped up to the next `0x00`.
+    #[error("frame longer than the receive buffer")]
     Oversized,
     /// The frame is not valid COBS (typically a frame cut short).
+    #[error("frame is not valid COBS")]
     BadEncoding,
     /// Valid COBS, but the message ends early.
+    #[error("frame ends inside the message")]
     Truncated,
     /// Valid COBS, but not a message of the expected type.
+    #[error("frame is not a valid message")]
     Malformed,
     /// A message followed by extra bytes.
+    #[error("frame has bytes after the message")]
     TrailingBytes,
     /// [`encode`]: the output buffer is too small.
+    #[error("output buffer too small for the frame")]
     BufferFull,
 }
-
-impl core::fmt::Display for FrameError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            FrameError::Oversized => "frame longer than the receive buffer",
-            FrameError::BadEncoding => "frame is not valid COBS",
-            FrameError::Truncated => "frame ends inside the message",
-            FrameError::Malformed => "frame is not a valid message",
-            FrameError::TrailingBytes => "frame has bytes after the message",
-            FrameError::BufferFull => "output buffer too small for the frame",
-        })
-    }
-}
-
-impl core::error::Error for FrameError {}
 
 /// Serialises `msg` and COBS-encodes it into `buf`, with the closing `0x00`; returns the
 /// frame (the bytes to send).

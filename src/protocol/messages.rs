@@ -443,53 +443,73 @@ impl ShapeInfo {
 }
 
 /// Why a request failed, as the device reports it in [`Response::Error`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ErrorCode {
     /// Frame: longer than the device's receive buffer ([`FrameError::Oversized`]).
+    #[error("frame longer than the device's buffer")]
     Oversized,
     /// Frame: not valid COBS ([`FrameError::BadEncoding`]).
+    #[error("frame is not valid COBS")]
     BadEncoding,
     /// Frame: the message ends early ([`FrameError::Truncated`]).
+    #[error("frame ends inside the message")]
     Truncated,
     /// Frame: not a request ([`FrameError::Malformed`]).
+    #[error("frame is not a valid message")]
     Malformed,
     /// Frame: bytes after the message ([`FrameError::TrailingBytes`]).
+    #[error("frame has bytes after the message")]
     TrailingBytes,
     /// This device (program) does not serve this request.
+    #[error("request not served by this device")]
     Unsupported,
     /// The sample does not have `D` values (or a batch not a multiple of `D`).
+    #[error("sample has the wrong number of values")]
     InputLength,
     /// The sample has a NaN or infinite value.
+    #[error("sample contains NaN or infinity")]
     NonFiniteInput,
     /// The encoder's direction is zero for this input ([`InferError::ZeroDirection`]).
+    #[error("encoder direction is zero")]
     ZeroDirection,
     /// A cluster centre has zero norm ([`InferError::ZeroCentre`]).
+    #[error("a cluster centre has zero norm")]
     ZeroCentre,
     /// Decoder weights are needed but not on the device ([`InferError::NoDecoder`]).
+    #[error("device has no decoder weights")]
     NoDecoder,
     /// A computed value overflowed ([`InferError::NonFinite`]).
+    #[error("a computed value is not finite")]
     NonFinite,
     /// A parameter range past the values the device holds, or too many values; or a
     /// value of an int8 blob outside its range (a weight of `-128`, a channel's
     /// multiplier, shift or bias, padding that is not zero).
+    #[error("parameter range out of bounds")]
     OutOfRange,
     /// A weight chunk not at the next expected offset (`expected`; 0 restarts a load).
+    #[error("weight chunk out of order (expected offset {expected})")]
     LoadOrder {
         /// The offset the device expected.
         expected: u32,
     },
     /// The blob is longer or shorter than the compiled model's blob.
+    #[error("weight blob has the wrong length")]
     LoadLength,
     /// The blob does not start with the blob magic.
+    #[error("not an hvae weight blob")]
     BadMagic,
     /// A blob format version the device does not read.
+    #[error("unsupported blob version {0}")]
     UnsupportedVersion(u16),
     /// A header field the device does not accept (header length, flags, kind codes).
+    #[error("unsupported weight blob header")]
     BadHeader,
     /// The blob is for another architecture than the compiled one.
+    #[error("weight blob is for another architecture")]
     ShapeMismatch,
     /// The blob's CRC trailer does not match its bytes.
+    #[error("weight blob CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")]
     BadCrc {
         /// CRC stored in the trailer.
         stored: u32,
@@ -498,55 +518,21 @@ pub enum ErrorCode {
     },
     /// Parameter `index` of the blob is NaN or infinite (of an int8 blob: real `index`
     /// is not finite, or a scale not positive).
+    #[error("parameter {index} is not finite")]
     NonFiniteWeight {
         /// Index in the flat parameter vector (of an int8 blob: in its reals).
         index: u32,
     },
     /// Writing persistent storage (flash) failed.
+    #[error("persistent storage write failed")]
     Storage,
     /// Training refused: too few samples buffered, or settings out of range.
+    #[error("training refused")]
     Train,
     /// A bug in the device: an answer did not fit its buffers.
+    #[error("internal device error")]
     Internal,
 }
-
-impl core::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ErrorCode::Oversized => f.write_str("frame longer than the device's buffer"),
-            ErrorCode::BadEncoding => f.write_str("frame is not valid COBS"),
-            ErrorCode::Truncated => f.write_str("frame ends inside the message"),
-            ErrorCode::Malformed => f.write_str("frame is not a valid message"),
-            ErrorCode::TrailingBytes => f.write_str("frame has bytes after the message"),
-            ErrorCode::Unsupported => f.write_str("request not served by this device"),
-            ErrorCode::InputLength => f.write_str("sample has the wrong number of values"),
-            ErrorCode::NonFiniteInput => f.write_str("sample contains NaN or infinity"),
-            ErrorCode::ZeroDirection => f.write_str("encoder direction is zero"),
-            ErrorCode::ZeroCentre => f.write_str("a cluster centre has zero norm"),
-            ErrorCode::NoDecoder => f.write_str("device has no decoder weights"),
-            ErrorCode::NonFinite => f.write_str("a computed value is not finite"),
-            ErrorCode::OutOfRange => f.write_str("parameter range out of bounds"),
-            ErrorCode::LoadOrder { expected } => {
-                write!(f, "weight chunk out of order (expected offset {expected})")
-            }
-            ErrorCode::LoadLength => f.write_str("weight blob has the wrong length"),
-            ErrorCode::BadMagic => f.write_str("not an hvae weight blob"),
-            ErrorCode::UnsupportedVersion(v) => write!(f, "unsupported blob version {v}"),
-            ErrorCode::BadHeader => f.write_str("unsupported weight blob header"),
-            ErrorCode::ShapeMismatch => f.write_str("weight blob is for another architecture"),
-            ErrorCode::BadCrc { stored, computed } => write!(
-                f,
-                "weight blob CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
-            ),
-            ErrorCode::NonFiniteWeight { index } => write!(f, "parameter {index} is not finite"),
-            ErrorCode::Storage => f.write_str("persistent storage write failed"),
-            ErrorCode::Train => f.write_str("training refused"),
-            ErrorCode::Internal => f.write_str("internal device error"),
-        }
-    }
-}
-
-impl core::error::Error for ErrorCode {}
 
 impl From<InferError> for ErrorCode {
     fn from(e: InferError) -> ErrorCode {

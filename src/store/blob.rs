@@ -154,29 +154,39 @@ const _: () = assert!(HEADER_LEN_INT8 <= u16::MAX as usize && HEADER_LEN_INT8 > 
 static CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// Why a blob could not be written or read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum BlobError {
     /// The first four bytes are not [`MAGIC`]: not a weight blob.
+    #[error("not an hvae weight blob (bad magic)")]
     BadMagic,
     /// A format version this reader does not understand.
+    #[error("unsupported weight blob version {0} (expected {VERSION})")]
     UnsupportedVersion(u16),
     /// The header length field is not [`HEADER_LEN`].
+    #[error("weight blob header length is not {HEADER_LEN}")]
     BadHeaderLength,
     /// Flag bits this reader does not know are set (a newer writer's feature).
+    #[error("weight blob uses unsupported flags {0:#010x}")]
     UnsupportedFlags(u32),
     /// A posterior, likelihood or activation code outside the known ones.
+    #[error("unknown posterior, likelihood or activation code")]
     UnknownKind,
     /// The sizes in the header (or the shape given to [`write()`]) are not a valid model.
+    #[error("invalid model shape: {0}")]
     BadShape(ShapeError),
     /// A valid model, but not the one the caller was compiled for.
+    #[error("weight blob is for a different model shape")]
     ShapeMismatch,
     /// The blob ends before the header or the parameters it announces do.
+    #[error("weight blob is truncated")]
     Truncated,
     /// The blob goes on after its CRC trailer.
+    #[error("weight blob has trailing bytes")]
     TrailingBytes,
     /// The CRC trailer does not match the bytes: the blob is damaged.
+    #[error("weight blob CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")]
     BadCrc {
         /// CRC stored in the trailer.
         stored: u32,
@@ -185,61 +195,28 @@ pub enum BlobError {
     },
     /// Parameter `index` (in layout order) is NaN or infinite, or an `f64` that
     /// overflows `f32`.
+    #[error("parameter {index} is not finite")]
     NonFinite {
         /// Index in the flat parameter vector.
         index: u32,
     },
     /// The output buffer of [`write()`] is shorter than [`blob_len`].
+    #[error("output buffer too small for the blob")]
     BufferTooSmall,
     /// A parameter count disagrees with the shape: the blob's count field, or the length
     /// of the caller's parameter slice; also a shape with more than `u32::MAX` parameters.
+    #[error("parameter count does not match the shape")]
     ParamCount,
     /// An int8 blob ([`VERSION_INT8`]) whose values an int8 model refuses (a weight of
     /// `-128`, a shift outside `1..=62`, a non-finite or non-positive scale, ...; the
     /// index is in the vector the [`QuantError`] names), or a model that has no int8 form
     /// (not ReLU).
+    #[error("int8 weight blob: {0}")]
     Int8(QuantError),
     /// The padding after an int8 blob's weights is not zero.
+    #[error("int8 weight blob padding is not zero")]
     BadPadding,
 }
-
-impl core::fmt::Display for BlobError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            BlobError::BadMagic => f.write_str("not an hvae weight blob (bad magic)"),
-            BlobError::UnsupportedVersion(v) => {
-                write!(
-                    f,
-                    "unsupported weight blob version {v} (expected {VERSION})"
-                )
-            }
-            BlobError::BadHeaderLength => {
-                write!(f, "weight blob header length is not {HEADER_LEN}")
-            }
-            BlobError::UnsupportedFlags(x) => {
-                write!(f, "weight blob uses unsupported flags {x:#010x}")
-            }
-            BlobError::UnknownKind => {
-                f.write_str("unknown posterior, likelihood or activation code")
-            }
-            BlobError::BadShape(e) => write!(f, "invalid model shape: {e}"),
-            BlobError::ShapeMismatch => f.write_str("weight blob is for a different model shape"),
-            BlobError::Truncated => f.write_str("weight blob is truncated"),
-            BlobError::TrailingBytes => f.write_str("weight blob has trailing bytes"),
-            BlobError::BadCrc { stored, computed } => write!(
-                f,
-                "weight blob CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
-            ),
-            BlobError::NonFinite { index } => write!(f, "parameter {index} is not finite"),
-            BlobError::BufferTooSmall => f.write_str("output buffer too small for the blob"),
-            BlobError::ParamCount => f.write_str("parameter count does not match the shape"),
-            BlobError::Int8(e) => write!(f, "int8 weight blob: {e}"),
-            BlobError::BadPadding => f.write_str("int8 weight blob padding is not zero"),
-        }
-    }
-}
-
-impl core::error::Error for BlobError {}
 
 /// CRC-32/ISO-HDLC (zlib's `crc32`) of `bytes`: the trailer of a blob is `crc32` of
 /// everything before it, and [`read_params`] returns it as the weights' identity.

@@ -361,52 +361,37 @@ pub enum FlashFault {
 
 /// Why a checkpoint operation failed. Corrupt or missing checkpoints are *not* errors:
 /// [`Checkpoints::load`] skips them (see [`SlotState`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum CheckpointError {
     /// The flash driver failed.
+    #[error("flash driver error: {0:?}")]
     Flash(FlashFault),
     /// The region is not usable: `base` or `slot_len` not a multiple of `ERASE_SIZE`
     /// (or zero), the two slots beyond the flash's capacity, or a `READ_SIZE` /
     /// `WRITE_SIZE` that does not divide [`CHUNK`].
+    #[error("checkpoint region not aligned to the flash geometry or too large")]
     Geometry,
     /// The checkpoint does not fit in a slot (see [`slot_len`]).
+    #[error("checkpoint does not fit in a slot")]
     SlotTooSmall,
     /// A parameter or state buffer does not have the layout's length.
+    #[error("buffer length does not match the checkpoint layout")]
     BufferLength,
     /// The value at this index (parameters first, then optimiser state) is not finite:
     /// nothing was written.
+    #[error("value {index} is not finite; nothing was written")]
     NonFinite {
         /// Index of the first bad value.
         index: u32,
     },
     /// The slot just written did not read back as a valid checkpoint.
+    #[error("written checkpoint did not read back valid")]
     Verify,
     /// A slot index other than 0 or 1.
+    #[error("no such checkpoint slot (0 or 1)")]
     NoSuchSlot,
 }
-
-impl core::fmt::Display for CheckpointError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            CheckpointError::Flash(k) => write!(f, "flash driver error: {k:?}"),
-            CheckpointError::Geometry => {
-                f.write_str("checkpoint region not aligned to the flash geometry or too large")
-            }
-            CheckpointError::SlotTooSmall => f.write_str("checkpoint does not fit in a slot"),
-            CheckpointError::BufferLength => {
-                f.write_str("buffer length does not match the checkpoint layout")
-            }
-            CheckpointError::NonFinite { index } => {
-                write!(f, "value {index} is not finite; nothing was written")
-            }
-            CheckpointError::Verify => f.write_str("written checkpoint did not read back valid"),
-            CheckpointError::NoSuchSlot => f.write_str("no such checkpoint slot (0 or 1)"),
-        }
-    }
-}
-
-impl core::error::Error for CheckpointError {}
 
 fn flash_err<E: NorFlashError>(e: E) -> CheckpointError {
     CheckpointError::Flash(match e.kind() {

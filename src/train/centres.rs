@@ -18,25 +18,16 @@
 use crate::shape::Shape;
 
 /// Why a centre update was refused (nothing changed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum CentreError {
     /// The segmenter, the direction or the label does not fit the shape.
+    #[error("a segmenter, direction or label that does not fit the shape")]
     Length,
     /// The direction is not finite, or the moved centre would be (or be zero).
+    #[error("a non-finite direction or centre")]
     NonFinite,
 }
-
-impl core::fmt::Display for CentreError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            CentreError::Length => "a segmenter, direction or label that does not fit the shape",
-            CentreError::NonFinite => "a non-finite direction or centre",
-        })
-    }
-}
-
-impl core::error::Error for CentreError {}
 
 /// Most clusters online k-means handles (its counts live in the engine, in RAM).
 pub const MAX_ONLINE_CLUSTERS: usize = 32;

@@ -62,49 +62,40 @@ pub const fn scratch_len(k: usize, dim: usize) -> usize {
 
 /// Why [`spherical_kmeans`] or [`nearest_centre`] refused its input. Nothing is written
 /// when an error is returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum KMeansError {
     /// `dim` is zero.
+    #[error("dimension must be at least 1")]
     BadDimension,
     /// A slice has the wrong length: `points` not a multiple of `dim`, `centres` not
     /// `k * dim`, `labels` not `n`, `scratch` shorter than [`scratch_len`], or (for
     /// [`nearest_centre`]) `x` not `dim`.
+    #[error("buffer length does not match the sizes")]
     LengthMismatch,
     /// `k` is zero (or [`nearest_centre`] got no centre).
+    #[error("need at least one cluster")]
     NoClusters,
     /// `k` exceeds [`MAX_CLUSTERS`].
+    #[error("at most 255 clusters")]
     TooManyClusters,
     /// `k` exceeds the number of points.
+    #[error("more clusters than points")]
     MoreClustersThanPoints,
     /// The row holds a NaN or an infinity, or its squared norm overflows.
+    #[error("point {row} is not finite")]
     NonFinitePoint {
         /// 0-based row index.
         row: usize,
     },
     /// The row has zero norm (or its squared norm underflows to zero): it has no
     /// direction.
+    #[error("point {row} has zero norm")]
     ZeroPoint {
         /// 0-based row index.
         row: usize,
     },
 }
-
-impl core::fmt::Display for KMeansError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            KMeansError::BadDimension => f.write_str("dimension must be at least 1"),
-            KMeansError::LengthMismatch => f.write_str("buffer length does not match the sizes"),
-            KMeansError::NoClusters => f.write_str("need at least one cluster"),
-            KMeansError::TooManyClusters => f.write_str("at most 255 clusters"),
-            KMeansError::MoreClustersThanPoints => f.write_str("more clusters than points"),
-            KMeansError::NonFinitePoint { row } => write!(f, "point {row} is not finite"),
-            KMeansError::ZeroPoint { row } => write!(f, "point {row} has zero norm"),
-        }
-    }
-}
-
-impl core::error::Error for KMeansError {}
 
 /// Outcome of [`spherical_kmeans`].
 #[derive(Clone, Copy, Debug, PartialEq)]

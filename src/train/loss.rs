@@ -145,47 +145,26 @@ pub struct LossParts<T> {
 }
 
 /// Why a loss or gradient could not be formed. Nothing is changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum LossError {
     /// Empty batch, `inputs.len()` not a multiple of `D`, labels not `B` long, a label
     /// `>= K`, or a pair index `>= B`.
+    #[error("malformed batch (sizes, labels or pairs)")]
     BadBatch,
     /// The [`LossBuffers`] were made for another shape, or for fewer rows than the
     /// batch has; or a buffer of [`segmenter_loss_and_grad`] has the wrong length.
+    #[error("a training buffer has the wrong length")]
     BufferLength,
     /// Encoding a sample failed.
-    Infer(InferError),
+    #[error("encoding failed: {0}")]
+    Infer(#[from] InferError),
     /// Drawing from the posterior failed.
-    Sample(SampleError),
+    #[error("posterior sampling failed: {0}")]
+    Sample(#[from] SampleError),
     /// The loss or a gradient is NaN or infinite.
+    #[error("loss or gradient is not finite")]
     NonFinite,
-}
-
-impl core::fmt::Display for LossError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            LossError::BadBatch => f.write_str("malformed batch (sizes, labels or pairs)"),
-            LossError::BufferLength => f.write_str("a training buffer has the wrong length"),
-            LossError::Infer(e) => write!(f, "encoding failed: {e}"),
-            LossError::Sample(e) => write!(f, "posterior sampling failed: {e}"),
-            LossError::NonFinite => f.write_str("loss or gradient is not finite"),
-        }
-    }
-}
-
-impl core::error::Error for LossError {}
-
-impl From<InferError> for LossError {
-    fn from(e: InferError) -> Self {
-        LossError::Infer(e)
-    }
-}
-
-impl From<SampleError> for LossError {
-    fn from(e: SampleError) -> Self {
-        LossError::Sample(e)
-    }
 }
 
 /// Where the posterior draws come from: a random generator in training

@@ -352,35 +352,24 @@ impl<T: Real> OptimConfig<T> {
 }
 
 /// Why an update was refused. Whatever the error, parameters and state are unchanged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum OptimError {
     /// `params` and `grads` differ in length, the state storage is not
     /// [`state_len`]`(kind, params.len())` floats long ([`state_len_in`] with tensors),
     /// or a block of a factored optimiser splits a weight matrix.
+    #[error("parameter, gradient and optimiser state lengths do not match")]
     LengthMismatch,
     /// A hyper-parameter is out of range ([`OptimConfig::validate`]).
+    #[error("optimiser hyper-parameter out of range")]
     InvalidConfig,
     /// The gradient holds a NaN or an infinity.
+    #[error("gradient is not finite")]
     NonFiniteGradient,
     /// The update would make a parameter or a moment NaN or infinite (overflow).
+    #[error("update would make a parameter or moment non-finite")]
     NonFiniteUpdate,
 }
-
-impl core::fmt::Display for OptimError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            OptimError::LengthMismatch => {
-                "parameter, gradient and optimiser state lengths do not match"
-            }
-            OptimError::InvalidConfig => "optimiser hyper-parameter out of range",
-            OptimError::NonFiniteGradient => "gradient is not finite",
-            OptimError::NonFiniteUpdate => "update would make a parameter or moment non-finite",
-        })
-    }
-}
-
-impl core::error::Error for OptimError {}
 
 /// What an update did.
 #[derive(Clone, Copy, Debug, PartialEq)]

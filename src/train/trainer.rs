@@ -486,65 +486,37 @@ impl<'a, T: Real> Scratch<'a, T> {
 }
 
 /// Why a step or a push was refused. Model and optimiser state are unchanged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum TrainError {
     /// A pushed sample has the wrong length or a non-finite value.
+    #[error("sample has the wrong length or a non-finite value")]
     BadSample,
     /// Fewer buffered samples than a step needs (2, and `K` for the initialisation).
+    #[error("not enough buffered samples for a step")]
     NotEnoughSamples,
     /// Configuration out of range (batch size, neighbours, input clip, sizes vs the
     /// model).
+    #[error("training configuration out of range")]
     BadConfig,
     /// Scratch or optimiser storage has the wrong length (for the model's shape).
+    #[error("trainer storage has the wrong length")]
     Storage,
     /// The loss or its gradient failed.
-    Loss(LossError),
+    #[error("loss: {0}")]
+    Loss(#[from] LossError),
     /// The optimiser refused the update.
-    Optim(OptimError),
+    #[error("optimiser: {0}")]
+    Optim(#[from] OptimError),
     /// The centre initialisation failed.
-    KMeans(KMeansError),
+    #[error("centre initialisation: {0}")]
+    KMeans(#[from] KMeansError),
     /// The divergence guard rejected the step: its loss was more than
     /// `Guard::max_loss_ratio` times the running average.
+    #[error("step rejected: loss far above its running average")]
     Diverged,
 }
 
-impl core::fmt::Display for TrainError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            TrainError::BadSample => {
-                f.write_str("sample has the wrong length or a non-finite value")
-            }
-            TrainError::NotEnoughSamples => f.write_str("not enough buffered samples for a step"),
-            TrainError::BadConfig => f.write_str("training configuration out of range"),
-            TrainError::Storage => f.write_str("trainer storage has the wrong length"),
-            TrainError::Loss(e) => write!(f, "loss: {e}"),
-            TrainError::Optim(e) => write!(f, "optimiser: {e}"),
-            TrainError::KMeans(e) => write!(f, "centre initialisation: {e}"),
-            TrainError::Diverged => {
-                f.write_str("step rejected: loss far above its running average")
-            }
-        }
-    }
-}
-
-impl core::error::Error for TrainError {}
-
-impl From<LossError> for TrainError {
-    fn from(e: LossError) -> Self {
-        TrainError::Loss(e)
-    }
-}
-impl From<OptimError> for TrainError {
-    fn from(e: OptimError) -> Self {
-        TrainError::Optim(e)
-    }
-}
-impl From<KMeansError> for TrainError {
-    fn from(e: KMeansError) -> Self {
-        TrainError::KMeans(e)
-    }
-}
 impl From<InferError> for TrainError {
     fn from(e: InferError) -> Self {
         TrainError::Loss(LossError::Infer(e))

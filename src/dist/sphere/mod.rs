@@ -36,39 +36,30 @@ pub struct Draw<T> {
 }
 
 /// Why a draw could not be made. On every error the output `z` is left untouched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum SampleError {
     /// `mu` and `z` differ in length.
+    #[error("mean direction and output differ in length")]
     Length,
     /// The ambient size `M` (the length of `mu`) is below 2.
+    #[error("ambient size must be at least 2")]
     Dimension,
     /// `mu` has a non-finite entry.
+    #[error("mean direction has a non-finite entry")]
     Direction,
     /// `kappa` is not a finite positive number.
+    #[error("concentration must be finite and positive")]
     Kappa,
     /// A rejection loop hit its cap (Wood: [`WOOD_MAX_TRIES`]; Gamma variates:
     /// [`crate::dist::rng::GAMMA_MAX_TRIES`]). Probability below `1e-25` per draw.
+    #[error("rejection sampler hit its iteration cap")]
     RejectionCap,
     /// The incomplete-beta continued fraction behind the Power Spherical gradient did not
     /// converge within [`crate::dist::special::CF_CAP`] terms (never observed).
+    #[error("continued fraction did not converge")]
     NoConvergence,
 }
-
-impl core::fmt::Display for SampleError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            SampleError::Length => "mean direction and output differ in length",
-            SampleError::Dimension => "ambient size must be at least 2",
-            SampleError::Direction => "mean direction has a non-finite entry",
-            SampleError::Kappa => "concentration must be finite and positive",
-            SampleError::RejectionCap => "rejection sampler hit its iteration cap",
-            SampleError::NoConvergence => "continued fraction did not converge",
-        })
-    }
-}
-
-impl core::error::Error for SampleError {}
 
 impl From<VariateError> for SampleError {
     fn from(e: VariateError) -> Self {
