@@ -386,17 +386,38 @@ impl Shape {
         (self.hidden(l), self.enc_in(l))
     }
 
-    /// Parameters of the encoder (hidden layers and both heads).
-    pub const fn encoder_len(&self) -> usize {
-        let mut n = 0;
+    /// Parameters (weights and biases) of the first `n` encoder hidden layers, or of the
+    /// first `n` decoder layers.
+    const fn layers_len(&self, decoder: bool, n: usize) -> usize {
+        let mut len = 0;
         let mut l = 0;
-        while l < self.depth {
-            let (o, i) = self.encoder_layer(l);
-            n += o * i + o;
+        while l < n {
+            let (o, i) = if decoder {
+                self.decoder_layer(l)
+            } else {
+                self.encoder_layer(l)
+            };
+            len += o * i + o;
             l += 1;
         }
+        len
+    }
+
+    /// Start of encoder hidden layer `l`'s weights (its bias follows them); `l = depth`:
+    /// where the heads start.
+    pub const fn encoder_layer_offset(&self, l: usize) -> usize {
+        self.encoder_offset() + self.layers_len(false, l)
+    }
+
+    /// Start of decoder layer `l`'s weights (its bias follows them).
+    pub const fn decoder_layer_offset(&self, l: usize) -> usize {
+        self.decoder_offset() + self.layers_len(true, l)
+    }
+
+    /// Parameters of the encoder (hidden layers and both heads).
+    pub const fn encoder_len(&self) -> usize {
         let h = self.last_hidden();
-        n + self.latent * h + self.latent + h + 1
+        self.layers_len(false, self.depth) + self.latent * h + self.latent + h + 1
     }
 
     /// Parameters of the segmenter (`K*M + 1 + K`).
@@ -406,14 +427,7 @@ impl Shape {
 
     /// Parameters of the decoder.
     pub const fn decoder_len(&self) -> usize {
-        let mut n = 0;
-        let mut l = 0;
-        while l <= self.depth {
-            let (o, i) = self.decoder_layer(l);
-            n += o * i + o;
-            l += 1;
-        }
-        n
+        self.layers_len(true, self.depth + 1)
     }
 
     /// Trainable parameters (encoder + segmenter + decoder).

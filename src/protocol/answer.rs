@@ -62,25 +62,35 @@ pub trait Answers {
     }
 }
 
-impl<S: AsRef<[f32]>> Answers for Model<f32, S> {
-    fn input(&self) -> usize {
-        self.shape().input
-    }
-    fn work_len(&self) -> usize {
-        Model::work_len(self)
-    }
-    fn answer_one(
-        &self,
-        ask: Ask,
-        x: &[f32],
-        work: &mut [f32],
-        out: &mut Response,
-    ) -> Result<(), ErrorCode> {
-        match ask {
-            Ask::Segment => set_segmented(out, &self.segment(x, work)?),
-            Ask::Encode => set_encoded(out, &self.encode(x, work)?),
+/// [`Answers`]' per-sample methods over a model's inherent `shape`, `work_len`, `segment`
+/// and `encode` (the `f32` and the int8 model have these alike, with no trait between
+/// them).
+macro_rules! one_sample_answers {
+    () => {
+        fn input(&self) -> usize {
+            self.shape().input
         }
-    }
+        fn work_len(&self) -> usize {
+            Self::work_len(self)
+        }
+        /// The model's `segment` / `encode`.
+        fn answer_one(
+            &self,
+            ask: Ask,
+            x: &[f32],
+            work: &mut [f32],
+            out: &mut Response,
+        ) -> Result<(), ErrorCode> {
+            match ask {
+                Ask::Segment => set_segmented(out, &self.segment(x, work)?),
+                Ask::Encode => set_encoded(out, &self.encode(x, work)?),
+            }
+        }
+    };
+}
+
+impl<S: AsRef<[f32]>> Answers for Model<f32, S> {
+    one_sample_answers!();
     /// [`Model::segment_batch`] / [`Model::encode_batch`]: two samples at a time when
     /// `work` holds two workspaces.
     fn answer_pairs(
@@ -109,25 +119,7 @@ impl<S: AsRef<[f32]>> Answers for Model<f32, S> {
 }
 
 impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> Answers for QuantModel<W, I, F> {
-    fn input(&self) -> usize {
-        self.shape().input
-    }
-    fn work_len(&self) -> usize {
-        QuantModel::work_len(self)
-    }
-    /// [`QuantModel::segment`] / [`QuantModel::encode`].
-    fn answer_one(
-        &self,
-        ask: Ask,
-        x: &[f32],
-        work: &mut [f32],
-        out: &mut Response,
-    ) -> Result<(), ErrorCode> {
-        match ask {
-            Ask::Segment => set_segmented(out, &self.segment(x, work)?),
-            Ask::Encode => set_encoded(out, &self.encode(x, work)?),
-        }
-    }
+    one_sample_answers!();
 }
 
 /// Answers `ask` for the samples `xs` with `model`, calling `emit` with each response.

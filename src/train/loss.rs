@@ -1013,16 +1013,8 @@ where
         clipped |= info.clipped;
         Ok::<(), LayerwiseError>(())
     };
-    // The decoder: its output layer, then its hidden layers, last to first. Decoder
-    // layer `l` starts at `dec_at[l]`.
+    // The decoder: its output layer, then its hidden layers, last to first.
     let train_dec = scope == Scope::Full;
-    let mut dec_at = [0usize; MAX_HIDDEN + 1];
-    let mut at = s.decoder_offset();
-    for (l, a) in dec_at.iter_mut().enumerate().take(depth + 1) {
-        *a = at;
-        let (o, i) = s.decoder_layer(l);
-        at += o * i + o;
-    }
     for l in (0..=depth).rev() {
         let (o, i) = s.decoder_layer(l);
         let len = o * i + o;
@@ -1082,7 +1074,7 @@ where
             }
         }
         if train_dec {
-            update(model, bufs.grads, dec_at.get(l).copied().unwrap_or(0), len)?;
+            update(model, bufs.grads, s.decoder_layer_offset(l), len)?;
         }
     }
     // The heads and the segmenter.
@@ -1163,14 +1155,7 @@ where
         }
     }
     update(model, bufs.grads, head_at, head_len(&s))?;
-    // The encoder's hidden layers, last to first; layer `l` starts at `enc_at[l]`.
-    let mut enc_at = [0usize; MAX_HIDDEN];
-    let mut at = s.encoder_offset();
-    for (l, a) in enc_at.iter_mut().enumerate().take(depth) {
-        *a = at;
-        let (o, i) = s.encoder_layer(l);
-        at += o * i + o;
-    }
+    // The encoder's hidden layers, last to first.
     for l in (0..depth).rev() {
         let (o, i) = s.encoder_layer(l);
         let len = o * i + o;
@@ -1210,7 +1195,7 @@ where
                 }
             }
         }
-        update(model, bufs.grads, enc_at.get(l).copied().unwrap_or(0), len)?;
+        update(model, bufs.grads, s.encoder_layer_offset(l), len)?;
     }
     optim.finish_parts();
     Ok(LayerwiseInfo {
