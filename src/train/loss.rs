@@ -1027,9 +1027,7 @@ where
                 row: x,
                 ..
             } = &mut *bufs;
-            let block = prefix_mut(grads, len);
-            block.fill(T::zero());
-            let (gw, gb) = block.split_at_mut_checked(o * i).unwrap_or_default();
+            let (gw, gb) = zeroed_layer_grads(grads, o, i);
             let p = model.views();
             let dec = s.dense_layers(p.dec, true);
             let layer = if l == depth {
@@ -1167,9 +1165,7 @@ where
                 row: x,
                 ..
             } = &mut *bufs;
-            let block = prefix_mut(grads, len);
-            block.fill(T::zero());
-            let (gw, gb) = block.split_at_mut_checked(o * i).unwrap_or_default();
+            let (gw, gb) = zeroed_layer_grads(grads, o, i);
             let p = model.views();
             let enc = s.dense_layers(p.enc, false);
             let layer = enc.get(l).copied().unwrap_or_default();
@@ -1202,6 +1198,14 @@ where
         grad_norm: sum_sq.sqrt(),
         clipped,
     })
+}
+
+/// The gradient of a dense layer of `o` outputs and `i` inputs at the start of the
+/// block buffer `grads`, zeroed: its weights' and its bias's parts.
+fn zeroed_layer_grads<T: Real>(grads: &mut [T], o: usize, i: usize) -> (&mut [T], &mut [T]) {
+    let block = prefix_mut(grads, o * i + o);
+    block.fill(T::zero());
+    block.split_at_mut_checked(o * i).unwrap_or_default()
 }
 
 /// The encoder's normalisation and hidden layers `0..=last` on `x` (parameters `p`), into
