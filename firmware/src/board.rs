@@ -94,7 +94,7 @@ impl Flash {
 impl FlashWriter for Flash {
     const PAGE: usize = 1024;
     fn erase_page(&mut self, addr: usize) -> Result<(), FlashError> {
-        imp::erase_page(addr, Self::PAGE)
+        imp::erase_page(addr)
     }
     fn write_word(&mut self, addr: usize, word: u32) -> Result<(), FlashError> {
         imp::write_word(addr, word)
@@ -143,10 +143,10 @@ mod imp {
         }
     }
 
-    /// Fills the `page` bytes at `addr` with `0xFF`, as an erase of real flash would.
+    /// Fills the page at `addr` with `0xFF`, as an erase of real flash would.
     #[inline(always)]
-    pub fn erase_page(addr: usize, page: usize) -> Result<(), FlashError> {
-        for a in (addr..addr + page).step_by(4) {
+    pub fn erase_page(addr: usize) -> Result<(), FlashError> {
+        for a in (addr..addr + Flash::PAGE).step_by(4) {
             // SAFETY: `addr` is a page of the weight slots or of the checkpoint region
             // (checked by the caller: `weights`, `FlashRegion`),
             // which nothing else writes and no live reference covers.
@@ -235,9 +235,9 @@ mod imp {
         while unsafe { read_volatile(reg(READY)) } & 1 == 0 {}
     }
 
-    /// Erases the page at `addr` (the NVMC's page is the `page` of the caller).
+    /// Erases the page at `addr`.
     #[inline(always)]
-    pub fn erase_page(addr: usize, _page: usize) -> Result<(), FlashError> {
+    pub fn erase_page(addr: usize) -> Result<(), FlashError> {
         // SAFETY: NVMC registers; `addr` is a page of the weight slots or checkpoints (checked by
         // the caller) that no live reference covers.
         unsafe {
