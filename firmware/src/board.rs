@@ -56,6 +56,53 @@ fn reg(addr: usize) -> *mut u32 {
     addr as *mut u32
 }
 
+/// The board's UART0 (its registers: `imp`), the protocol's byte stream.
+pub struct Uart(());
+
+// No `Default`: constructing a driver programs the peripheral, which should be a
+// visible `new()` call.
+#[allow(clippy::new_without_default)]
+impl Uart {
+    /// Programs and starts UART0 at 115200 baud.
+    pub fn new() -> Uart {
+        imp::uart_start();
+        Uart(())
+    }
+}
+
+impl Serial for Uart {
+    fn try_read(&mut self) -> Option<u8> {
+        imp::uart_try_read()
+    }
+    fn write(&mut self, byte: u8) {
+        imp::uart_write(byte)
+    }
+}
+
+/// The board's flash programming (`imp`: qemu's RAM, or the nRF51's NVMC).
+pub struct Flash(());
+
+// No `Default`, like the UART: one visible `new()` per driver.
+#[allow(clippy::new_without_default)]
+impl Flash {
+    /// The flash writer.
+    pub fn new() -> Flash {
+        Flash(())
+    }
+}
+
+impl FlashWriter for Flash {
+    const PAGE: usize = 1024;
+    fn erase_page(&mut self, addr: usize) -> Result<(), FlashError> {
+        imp::erase_page(addr)
+    }
+    fn write_word(&mut self, addr: usize, word: u32) -> Result<(), FlashError> {
+        imp::write_word(addr, word)
+    }
+}
+
+/// The register accesses of the mps2-an386 (qemu): CMSDK APB UART0, and code memory that
+/// qemu's board models as RAM.
 #[cfg(board = "mps2_an386")]
 mod imp {
     use super::*;
@@ -68,76 +115,60 @@ mod imp {
     const TX_FULL: u32 = 1 << 0;
     const RX_FULL: u32 = 1 << 1;
 
-    /// CMSDK APB UART0.
-    pub struct Uart(());
-
-    // No `Default`: constructing a driver programs the peripheral, which should be a
-    // visible `new()` call.
-    #[allow(clippy::new_without_default)]
-    impl Uart {
-        /// Enables transmitter and receiver (the baud divisor is ignored by qemu; 217
-        /// gives 115200 baud from the board's 25 MHz).
-        pub fn new() -> Uart {
-            // SAFETY: UART0's registers, used by this driver only.
-            unsafe {
-                write_volatile(reg(BAUDDIV), 217);
-                write_volatile(reg(CTRL), 0b11);
-            }
-            Uart(())
+    /// Enables transmitter and receiver (the baud divisor is ignored by qemu; 217 gives
+    /// 115200 baud from the board's 25 MHz).
+    #[inline(always)]
+    pub fn uart_start() {
+        // SAFETY: UART0's registers, used by the `Uart` driver only.
+        unsafe {
+            write_volatile(reg(BAUDDIV), 217);
+            write_volatile(reg(CTRL), 0b11);
         }
     }
 
-    impl Serial for Uart {
-        fn try_read(&mut self) -> Option<u8> {
-            // SAFETY: UART0's registers.
-            unsafe {
-                (read_volatile(reg(STATE)) & RX_FULL != 0).then(|| read_volatile(reg(DATA)) as u8)
-            }
-        }
-        fn write(&mut self, byte: u8) {
-            // SAFETY: UART0's registers.
-            unsafe {
-                while read_volatile(reg(STATE)) & TX_FULL != 0 {}
-                write_volatile(reg(DATA), u32::from(byte));
-            }
+    #[inline(always)]
+    pub fn uart_try_read() -> Option<u8> {
+        // SAFETY: UART0's registers.
+        unsafe {
+            (read_volatile(reg(STATE)) & RX_FULL != 0).then(|| read_volatile(reg(DATA)) as u8)
         }
     }
 
-    /// The slots live in code memory, which qemu's board models as RAM.
-    pub struct Flash(());
-
-    // No `Default`, like the UART: one visible `new()` per driver.
-    #[allow(clippy::new_without_default)]
-    impl Flash {
-        /// The flash writer.
-        pub fn new() -> Flash {
-            Flash(())
+    #[inline(always)]
+    pub fn uart_write(byte: u8) {
+        // SAFETY: UART0's registers.
+        unsafe {
+            while read_volatile(reg(STATE)) & TX_FULL != 0 {}
+            write_volatile(reg(DATA), u32::from(byte));
         }
     }
 
-    impl FlashWriter for Flash {
-        const PAGE: usize = 1024;
-        fn erase_page(&mut self, addr: usize) -> Result<(), FlashError> {
-            for a in (addr..addr + Self::PAGE).step_by(4) {
-                // SAFETY: `addr` is a page of the weight slots or of the checkpoint region
-                // (checked by the caller: `weights`, `FlashRegion`),
-                // which nothing else writes and no live reference covers.
-                unsafe { write_volatile(reg(a), u32::MAX) };
-            }
-            Ok(())
+    /// Fills the page at `addr` with `0xFF`, as an erase of real flash would.
+    #[inline(always)]
+    pub fn erase_page(addr: usize) -> Result<(), FlashError> {
+        for a in (addr..addr + Flash::PAGE).step_by(4) {
+            // SAFETY: `addr` is a page of the weight slots or of the checkpoint region
+            // (checked by the caller: `weights`, `FlashRegion`),
+            // which nothing else writes and no live reference covers.
+            unsafe { write_volatile(reg(a), u32::MAX) };
         }
-        fn write_word(&mut self, addr: usize, word: u32) -> Result<(), FlashError> {
-            // SAFETY: as above.
-            unsafe {
-                write_volatile(reg(addr), word);
-                (read_volatile(reg(addr)) == word)
-                    .then_some(())
-                    .ok_or(FlashError)
-            }
+        Ok(())
+    }
+
+    #[inline(always)]
+    pub fn write_word(addr: usize, word: u32) -> Result<(), FlashError> {
+        // SAFETY: as above.
+        unsafe {
+            write_volatile(reg(addr), word);
+            (read_volatile(reg(addr)) == word)
+                .then_some(())
+                .ok_or(FlashError)
         }
     }
 }
 
+/// The register accesses of the micro:bit (nRF51): UART0 on the USB serial pins (TX
+/// P0.24, RX P0.25), and the non-volatile memory controller.
 #[cfg(board = "microbit")]
 mod imp {
     use super::*;
@@ -154,46 +185,40 @@ mod imp {
     const TXD: usize = UART0 + 0x51C;
     const BAUDRATE: usize = UART0 + 0x524;
 
-    /// nRF51 UART0 on the micro:bit's USB serial pins (TX P0.24, RX P0.25).
-    pub struct Uart(());
-
-    // No `Default`: constructing a driver programs the peripheral.
-    #[allow(clippy::new_without_default)]
-    impl Uart {
-        /// 115200 baud, started.
-        pub fn new() -> Uart {
-            // SAFETY: UART0's registers, used by this driver only.
-            unsafe {
-                write_volatile(reg(PSELTXD), 24);
-                write_volatile(reg(PSELRXD), 25);
-                write_volatile(reg(BAUDRATE), 0x01D7_E000);
-                write_volatile(reg(ENABLE), 4);
-                write_volatile(reg(STARTTX), 1);
-                write_volatile(reg(STARTRX), 1);
-            }
-            Uart(())
+    /// 115200 baud, started.
+    #[inline(always)]
+    pub fn uart_start() {
+        // SAFETY: UART0's registers, used by the `Uart` driver only.
+        unsafe {
+            write_volatile(reg(PSELTXD), 24);
+            write_volatile(reg(PSELRXD), 25);
+            write_volatile(reg(BAUDRATE), 0x01D7_E000);
+            write_volatile(reg(ENABLE), 4);
+            write_volatile(reg(STARTTX), 1);
+            write_volatile(reg(STARTRX), 1);
         }
     }
 
-    impl Serial for Uart {
-        fn try_read(&mut self) -> Option<u8> {
-            // SAFETY: UART0's registers. The event is cleared before RXD is read, as
-            // the reference manual asks, so a byte arriving meanwhile raises it again.
-            unsafe {
-                if read_volatile(reg(RXDRDY)) == 0 {
-                    return None;
-                }
-                write_volatile(reg(RXDRDY), 0);
-                Some(read_volatile(reg(RXD)) as u8)
+    #[inline(always)]
+    pub fn uart_try_read() -> Option<u8> {
+        // SAFETY: UART0's registers. The event is cleared before RXD is read, as
+        // the reference manual asks, so a byte arriving meanwhile raises it again.
+        unsafe {
+            if read_volatile(reg(RXDRDY)) == 0 {
+                return None;
             }
+            write_volatile(reg(RXDRDY), 0);
+            Some(read_volatile(reg(RXD)) as u8)
         }
-        fn write(&mut self, byte: u8) {
-            // SAFETY: UART0's registers.
-            unsafe {
-                write_volatile(reg(TXD), u32::from(byte));
-                while read_volatile(reg(TXDRDY)) == 0 {}
-                write_volatile(reg(TXDRDY), 0);
-            }
+    }
+
+    #[inline(always)]
+    pub fn uart_write(byte: u8) {
+        // SAFETY: UART0's registers.
+        unsafe {
+            write_volatile(reg(TXD), u32::from(byte));
+            while read_volatile(reg(TXDRDY)) == 0 {}
+            write_volatile(reg(TXDRDY), 0);
         }
     }
 
@@ -205,57 +230,45 @@ mod imp {
     const CONFIG_WRITE: u32 = 1;
     const CONFIG_ERASE: u32 = 2;
 
-    /// The nRF51 non-volatile memory controller.
-    pub struct Flash(());
-
-    // No `Default`, like the UART: one visible `new()` per driver.
-    #[allow(clippy::new_without_default)]
-    impl Flash {
-        /// The flash writer.
-        pub fn new() -> Flash {
-            Flash(())
-        }
-        fn wait_ready() {
-            // SAFETY: NVMC's READY register.
-            while unsafe { read_volatile(reg(READY)) } & 1 == 0 {}
-        }
+    fn wait_ready() {
+        // SAFETY: NVMC's READY register.
+        while unsafe { read_volatile(reg(READY)) } & 1 == 0 {}
     }
 
-    impl FlashWriter for Flash {
-        const PAGE: usize = 1024;
-        fn erase_page(&mut self, addr: usize) -> Result<(), FlashError> {
-            // SAFETY: NVMC registers; `addr` is a page of the weight slots or checkpoints (checked by
-            // the caller) that no live reference covers.
-            unsafe {
-                Self::wait_ready();
-                write_volatile(reg(CONFIG), CONFIG_ERASE);
-                Self::wait_ready();
-                write_volatile(reg(ERASEPAGE), addr as u32);
-                Self::wait_ready();
-                write_volatile(reg(CONFIG), CONFIG_READ);
-                Self::wait_ready();
-            }
-            Ok(())
+    /// Erases the page at `addr`.
+    #[inline(always)]
+    pub fn erase_page(addr: usize) -> Result<(), FlashError> {
+        // SAFETY: NVMC registers; `addr` is a page of the weight slots or checkpoints (checked by
+        // the caller) that no live reference covers.
+        unsafe {
+            wait_ready();
+            write_volatile(reg(CONFIG), CONFIG_ERASE);
+            wait_ready();
+            write_volatile(reg(ERASEPAGE), addr as u32);
+            wait_ready();
+            write_volatile(reg(CONFIG), CONFIG_READ);
+            wait_ready();
         }
-        fn write_word(&mut self, addr: usize, word: u32) -> Result<(), FlashError> {
-            // SAFETY: as above.
-            unsafe {
-                Self::wait_ready();
-                write_volatile(reg(CONFIG), CONFIG_WRITE);
-                Self::wait_ready();
-                write_volatile(reg(addr), word);
-                Self::wait_ready();
-                write_volatile(reg(CONFIG), CONFIG_READ);
-                Self::wait_ready();
-                (read_volatile(reg(addr)) == word)
-                    .then_some(())
-                    .ok_or(FlashError)
-            }
+        Ok(())
+    }
+
+    #[inline(always)]
+    pub fn write_word(addr: usize, word: u32) -> Result<(), FlashError> {
+        // SAFETY: as above.
+        unsafe {
+            wait_ready();
+            write_volatile(reg(CONFIG), CONFIG_WRITE);
+            wait_ready();
+            write_volatile(reg(addr), word);
+            wait_ready();
+            write_volatile(reg(CONFIG), CONFIG_READ);
+            wait_ready();
+            (read_volatile(reg(addr)) == word)
+                .then_some(())
+                .ok_or(FlashError)
         }
     }
 }
-
-pub use imp::{Flash, Uart};
 
 /// UART0 as the transport of the core's server ([`hvae::device::Engine::serve`]): a
 /// UART does not fail.

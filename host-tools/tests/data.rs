@@ -13,12 +13,7 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
 }
 
 fn load_err(text: &str) -> (DataErrorKind, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, "bad.csv", text);
-    let e = data::load(&p).unwrap_err();
-    let msg = e.to_string();
-    assert!(!msg.contains('\n'), "multi-line message: {msg}");
-    assert!(msg.starts_with(&p.display().to_string()), "{msg}");
+    let (e, msg) = common::load_error("bad.csv", text.as_bytes(), data::load);
     (e.kind, msg)
 }
 
@@ -40,11 +35,12 @@ fn loads_features_and_labels() {
     assert_eq!(d.row(1), [0.5, 1e-3]);
 }
 
-/// The kind of the error loading `text` gives, whose message ends with `suffix`.
-fn load_err_ending(text: &str, suffix: &str) -> DataErrorKind {
+/// Loading `text` fails with a message ending with `suffix`, of a kind `is_kind`
+/// accepts.
+fn assert_load_err(text: &str, suffix: &str, is_kind: impl FnOnce(&DataErrorKind) -> bool) {
     let (kind, msg) = load_err(text);
     assert!(msg.ends_with(suffix), "{msg}");
-    kind
+    assert!(is_kind(&kind), "{kind:?}: {msg}");
 }
 
 #[test]
@@ -58,9 +54,9 @@ fn without_labels() {
 
 #[test]
 fn missing_file() {
-    let e = data::load(std::path::Path::new("/no/such/file.csv")).unwrap_err();
-    assert!(matches!(e.kind, DataErrorKind::NotFound));
-    assert_eq!(e.to_string(), "/no/such/file.csv: no such file");
+    common::assert_missing_file("/no/such/file.csv", data::load, |e| {
+        matches!(e.kind, DataErrorKind::NotFound)
+    });
 }
 
 #[test]
@@ -73,30 +69,32 @@ fn ragged_row_names_its_line() {
         text += &vec!["0"; n].join(",");
         text += "\n";
     }
-    let kind = load_err_ending(&text, ": line 17: expected 64 fields, found 63");
-    assert!(matches!(
-        kind,
-        DataErrorKind::Ragged {
-            line: 17,
-            expected: 64,
-            found: 63
-        }
-    ));
+    assert_load_err(&text, ": line 17: expected 64 fields, found 63", |k| {
+        matches!(
+            k,
+            DataErrorKind::Ragged {
+                line: 17,
+                expected: 64,
+                found: 63
+            }
+        )
+    });
 }
 
 #[test]
 fn non_numeric_cell_names_line_and_column() {
-    let kind = load_err_ending(
+    assert_load_err(
         "a,b,label\n1,2,0\n3,x7,1\n",
         ": line 3, column 'b': 'x7' is not a number",
+        |k| matches!(k, DataErrorKind::NotANumber { line: 3, .. }),
     );
-    assert!(matches!(kind, DataErrorKind::NotANumber { line: 3, .. }));
 }
 
 #[test]
 fn empty_cell() {
-    let kind = load_err_ending("a,b\n1,\n", ": line 2, column 'b': empty cell");
-    assert!(matches!(kind, DataErrorKind::EmptyCell { line: 2, .. }));
+    assert_load_err("a,b\n1,\n", ": line 2, column 'b': empty cell", |k| {
+        matches!(k, DataErrorKind::EmptyCell { line: 2, .. })
+    });
 }
 
 #[test]
@@ -108,24 +106,21 @@ fn nan_and_infinite_cells() {
         ("-Infinity", "'-Infinity'"),
         ("1e39", "'1e39'"),
     ] {
-        let kind = load_err_ending(
+        assert_load_err(
             &format!("a,b\n1,2\n3,{cell}\n"),
             &format!(": line 3, column 'b': {what} is not a finite f32 value"),
-        );
-        assert!(
-            matches!(kind, DataErrorKind::NonFinite { line: 3, .. }),
-            "{cell}"
+            |k| matches!(k, DataErrorKind::NonFinite { line: 3, .. }),
         );
     }
 }
 
 #[test]
 fn bad_label() {
-    let kind = load_err_ending(
+    assert_load_err(
         "a,label\n1,2\n1,2.5\n",
         ": line 3, column 'label': '2.5' is not an integer label",
+        |k| matches!(k, DataErrorKind::BadLabel { line: 3, .. }),
     );
-    assert!(matches!(kind, DataErrorKind::BadLabel { line: 3, .. }));
     let (kind, _) = load_err("a,label\n1,cat\n");
     assert!(matches!(kind, DataErrorKind::BadLabel { line: 2, .. }));
 }
@@ -139,8 +134,9 @@ fn empty_inputs() {
         load_err("label\n1\n").0,
         DataErrorKind::NoFeatures
     ));
-    let kind = load_err_ending("a,b,a\n1,2,3\n", "line 1: column 'a' appears twice");
-    assert!(matches!(kind, DataErrorKind::DuplicateColumn(_)));
+    assert_load_err("a,b,a\n1,2,3\n", "line 1: column 'a' appears twice", |k| {
+        matches!(k, DataErrorKind::DuplicateColumn(_))
+    });
 }
 
 #[test]

@@ -23,14 +23,7 @@ fn save_and_load_round_trip() {
 }
 
 fn err_of(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("x.hvae");
-    std::fs::write(&p, bytes).unwrap();
-    let e = model_io::load(&p).unwrap_err();
-    let msg = e.to_string();
-    assert!(!msg.contains('\n'), "{msg}");
-    assert!(msg.starts_with(&p.display().to_string()), "{msg}");
-    msg
+    common::load_error("x.hvae", bytes, model_io::load).1
 }
 
 #[test]
@@ -57,9 +50,9 @@ fn damaged_and_foreign_files() {
 
 #[test]
 fn missing_file() {
-    let e = model_io::load(std::path::Path::new("/no/such.hvae")).unwrap_err();
-    assert!(matches!(e.kind, ModelFileErrorKind::NotFound));
-    assert_eq!(e.to_string(), "/no/such.hvae: no such file");
+    common::assert_missing_file("/no/such.hvae", model_io::load, |e| {
+        matches!(e.kind, ModelFileErrorKind::NotFound)
+    });
 }
 
 #[test]

@@ -158,11 +158,7 @@ const OPTIMISER: &str = match hvae::device::SCRATCH_OPTIM {
 
 #[entry]
 fn main() -> ! {
-    let Some(cp) = cortex_m::Peripherals::take() else {
-        defmt::println!("bench_scratch: no core peripherals");
-        rt::exit(false)
-    };
-    let mut counter = Counter::new(cp.SYST, hvae_firmware::board::CORE_HZ);
+    let mut counter = Counter::take("bench_scratch");
     let (c, ram) = with_ram(|| scratch_steps(&mut counter));
     let ok = c.failed == 0 && c.warmup > 0 && c.joint > 0;
     defmt::println!(

@@ -65,6 +65,11 @@ impl Checks {
             defmt::println!("  FAIL {=str}", what);
         }
     }
+
+    /// Checks that an inference call was refused with `want`.
+    fn refused<T>(&mut self, r: Result<T, InferError>, want: InferError, what: &str) {
+        self.check(r.err() == Some(want), what);
+    }
 }
 
 /// xorshift32: deterministic test inputs.
@@ -229,33 +234,28 @@ fn bad_input(c: &mut Checks) {
     let model = &COMPILED;
     let mut work = [0.0f32; SHAPE.work_len()];
     let x = &golden::SAMPLES[0];
-    c.check(
-        matches!(
-            model.segment(&x[..SHAPE.input - 1], &mut work),
-            Err(InferError::InputLength)
-        ),
+    c.refused(
+        model.segment(&x[..SHAPE.input - 1], &mut work),
+        InferError::InputLength,
         "segment of D-1 values: InputLength",
     );
     let mut bad = *x;
     bad[3] = f32::NAN;
-    c.check(
-        matches!(
-            model.segment(&bad, &mut work),
-            Err(InferError::NonFiniteInput)
-        ),
+    c.refused(
+        model.segment(&bad, &mut work),
+        InferError::NonFiniteInput,
         "segment with a NaN: NonFiniteInput",
     );
     bad[3] = f32::INFINITY;
-    c.check(
-        matches!(
-            model.encode(&bad, &mut work),
-            Err(InferError::NonFiniteInput)
-        ),
+    c.refused(
+        model.encode(&bad, &mut work),
+        InferError::NonFiniteInput,
         "encode with an infinity: NonFiniteInput",
     );
     let mut short = [0.0f32; 8];
-    c.check(
-        matches!(model.segment(x, &mut short), Err(InferError::BufferLength)),
+    c.refused(
+        model.segment(x, &mut short),
+        InferError::BufferLength,
         "a workspace too short: BufferLength",
     );
 }
@@ -968,7 +968,7 @@ mod kernels_i8 {
 
     /// Both kernels on one layer, each clamp and the dequantised head: the same values.
     fn agree(w: &[i8], x: &[i8], ch: &[portable::Channel], bias: &[i32], scale: &[f32]) -> bool {
-        agree_in::<{ ROWS * 4 }>(&[0, -127, -128, 5, 127], w, x, ch, bias, scale)
+        agree_in::<{ ROWS * 4 }>(&ALL_CLAMPS, w, x, ch, bias, scale)
     }
 
     /// [`agree`] with the clamps `mins`, for layers of up to `N` rows.
@@ -1045,43 +1045,20 @@ mod kernels_i8 {
 
         let mut ok = true;
         let mut buf = Aligned([0; ROWS * INPUTS + 4]);
-        let mut chs = [[0i32; 3]; ROWS];
-        let (mut bias, mut scale) = ([0i32; ROWS], [0.0f32; ROWS]);
+        let mut layer = Channels::<ROWS>::new();
         let mut x = [0i8; INPUTS];
         for rows in 1..=ROWS {
             for n in 0..=INPUTS {
                 for v in buf.0.iter_mut().chain(x.iter_mut()) {
                     *v = rng.i8();
                 }
-                for ((c, b), sc) in chs.iter_mut().zip(&mut bias).zip(&mut scale) {
-                    let r = rng.next();
-                    // Mostly the fast path (shift 33..=62), sometimes any shift 0..=63.
-                    let shift = if r.is_multiple_of(4) {
-                        r >> 26
-                    } else {
-                        33 + (r >> 8) % 30
-                    };
-                    *c = [
-                        rng.next() as i32 >> (r % 8),
-                        rng.next() as i32,
-                        shift as i32,
-                    ];
-                    *b = rng.next() as i32 >> 4;
-                    *sc = (rng.next() >> 8) as f32 * 1.0e-6;
-                }
+                // Any multiplier and offset, the shift sometimes any of 0..=63.
+                layer.draw(&mut rng, 4, |rng, r| {
+                    [rng.next() as i32 >> (r % 8), rng.next() as i32]
+                });
                 for skew in [0, 1] {
-                    let parts = (
-                        buf.0.get(skew..skew + rows * n),
-                        x.get(..n),
-                        chs.get(..rows),
-                        bias.get(..rows),
-                        scale.get(..rows),
-                    );
-                    let (Some(w), Some(x), Some(ch), Some(b), Some(sc)) = parts else {
-                        ok = false;
-                        continue;
-                    };
-                    ok &= agree(w, x, ch, b, sc);
+                    let w = buf.0.get(skew..skew + rows * n);
+                    ok &= layer.agree::<{ ROWS * 4 }>(&ALL_CLAMPS, w, &x, rows, n);
                 }
             }
         }
@@ -1093,8 +1070,7 @@ mod kernels_i8 {
         // Wider layers over the model's weights (in flash): more rows than one call of
         // the M0 assembly takes (32), inputs a multiple of 8 and not.
         let mut ok = true;
-        let mut chs = [[0i32; 3]; BIG_ROWS];
-        let (mut bias, mut scale) = ([0i32; BIG_ROWS], [0.0f32; BIG_ROWS]);
+        let mut layer = Channels::<BIG_ROWS>::new();
         let mut x = [0i8; 64];
         for (rows, n) in [
             (33, 64),
@@ -1108,38 +1084,86 @@ mod kernels_i8 {
             for v in x.iter_mut() {
                 *v = rng.i8();
             }
-            for ((c, b), sc) in chs.iter_mut().zip(&mut bias).zip(&mut scale) {
-                let r = rng.next();
-                *c = [
-                    rng.next() as i32 >> 8,
-                    (rng.next() >> 1) as i32,
-                    if r.is_multiple_of(16) {
-                        r >> 26
-                    } else {
-                        33 + (r >> 8) % 30
-                    } as i32,
-                ];
-                *b = rng.next() as i32 >> 4;
-                *sc = (rng.next() >> 8) as f32 * 1.0e-6;
-            }
-            let parts = (
-                int8::WEIGHTS.get(..rows * n),
-                x.get(..n),
-                chs.get(..rows),
-                bias.get(..rows),
-                scale.get(..rows),
-            );
-            let (Some(w), Some(x), Some(ch), Some(b), Some(sc)) = parts else {
-                ok = false;
-                continue;
-            };
+            // Non-negative multipliers, the shift rarely off the fast path.
+            layer.draw(&mut rng, 16, |rng, _| {
+                [rng.next() as i32 >> 8, (rng.next() >> 1) as i32]
+            });
             // At the two clamps of the model.
-            ok &= agree_in::<BIG_ROWS>(&[0, -127], w, x, ch, b, sc);
+            let w = int8::WEIGHTS.get(..rows * n);
+            ok &= layer.agree::<BIG_ROWS>(&[0, -127], w, &x, rows, n);
         }
         c.check(
             ok,
             "int8 layers of 33..=71 rows and 8..=64 inputs: the same values as the portable kernels",
         );
+    }
+
+    /// Every clamp [`agree`] tries: a ReLU's, the model's other and the extremes.
+    const ALL_CLAMPS: [i8; 5] = [0, -127, -128, 5, 127];
+
+    /// Random requantisation channels, biases and dequantisation scales of a layer of up
+    /// to `N` rows.
+    struct Channels<const N: usize> {
+        ch: [portable::Channel; N],
+        bias: [i32; N],
+        scale: [f32; N],
+    }
+
+    impl<const N: usize> Channels<N> {
+        fn new() -> Self {
+            Channels {
+                ch: [[0; 3]; N],
+                bias: [0; N],
+                scale: [0.0; N],
+            }
+        }
+
+        /// Draws every row: the channel's first two values from `draw(rng, r)` (`r` the
+        /// row's first draw), its shift on the fast path (33..=62) but one row in
+        /// `any_shift_every` (by `r`), then any of 0..=63; the bias, the scale.
+        fn draw(
+            &mut self,
+            rng: &mut Rng,
+            any_shift_every: u32,
+            draw: impl Fn(&mut Rng, u32) -> [i32; 2],
+        ) {
+            for ((c, b), sc) in self.ch.iter_mut().zip(&mut self.bias).zip(&mut self.scale) {
+                let r = rng.next();
+                let [c0, c1] = draw(rng, r);
+                let shift = if r.is_multiple_of(any_shift_every) {
+                    r >> 26
+                } else {
+                    33 + (r >> 8) % 30
+                };
+                *c = [c0, c1, shift as i32];
+                *b = rng.next() as i32 >> 4;
+                *sc = (rng.next() >> 8) as f32 * 1.0e-6;
+            }
+        }
+
+        /// [`agree_in`] with the clamps `mins` on the weights `w` of the layer's first
+        /// `rows` rows over the first `n` of `x`; false when `w` is `None` or a part is
+        /// missing.
+        fn agree<const M: usize>(
+            &self,
+            mins: &[i8],
+            w: Option<&[i8]>,
+            x: &[i8],
+            rows: usize,
+            n: usize,
+        ) -> bool {
+            let parts = (
+                w,
+                x.get(..n),
+                self.ch.get(..rows),
+                self.bias.get(..rows),
+                self.scale.get(..rows),
+            );
+            let (Some(w), Some(x), Some(ch), Some(b), Some(sc)) = parts else {
+                return false;
+            };
+            agree_in::<M>(mins, w, x, ch, b, sc)
+        }
     }
 
     /// Rows of the wider layers.

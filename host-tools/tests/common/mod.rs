@@ -181,3 +181,37 @@ pub fn four_cluster_csv(dir: &Path) -> PathBuf {
     hvae_host::data::write_csv(&csv, &mix.data).unwrap();
     csv
 }
+
+/// Writes `bytes` as the file `name` in a fresh directory, opens it with `load`, which
+/// must fail, and returns the error and its message, checked to be one line that names
+/// the file first (the loaders' error contract).
+pub fn load_error<T, E: std::fmt::Display>(
+    name: &str,
+    bytes: &[u8],
+    load: impl FnOnce(&Path) -> Result<T, E>,
+) -> (E, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    let Err(e) = load(&p) else {
+        panic!("{name} loaded: {:?}", String::from_utf8_lossy(bytes));
+    };
+    let msg = e.to_string();
+    assert!(!msg.contains('\n'), "multi-line message: {msg}");
+    assert!(msg.starts_with(&p.display().to_string()), "{msg}");
+    (e, msg)
+}
+
+/// Opening the missing file `path` with `load` fails with an error `is_not_found`
+/// accepts, whose message is the path and "no such file".
+pub fn assert_missing_file<T, E: std::fmt::Display>(
+    path: &str,
+    load: impl FnOnce(&Path) -> Result<T, E>,
+    is_not_found: impl FnOnce(&E) -> bool,
+) {
+    let Err(e) = load(Path::new(path)) else {
+        panic!("{path} loaded");
+    };
+    assert!(is_not_found(&e), "{e}");
+    assert_eq!(e.to_string(), format!("{path}: no such file"));
+}
