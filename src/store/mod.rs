@@ -6,7 +6,10 @@
 //! | [`blob`] | the versioned weight blob (wire, flash, files) |
 //! | [`checkpoint`] | weights, optimiser state and step counts in two slots of NOR flash |
 //! | [`record`] | fixed-length byte records of the state a checkpoint keeps beside them |
-//! | `ram_flash` | [`RamFlash`]: NOR flash in memory for host tests and simulated devices (feature `alloc`) |
+#![cfg_attr(
+    feature = "alloc",
+    doc = "| `ram_flash` | [`RamFlash`]: NOR flash in memory for host tests and simulated devices (feature `alloc`) |"
+)]
 
 pub mod blob;
 pub mod checkpoint;
