@@ -62,16 +62,16 @@ pub trait Answers {
     }
 }
 
-/// [`Answers`]' per-sample methods over a model's inherent `shape`, `work_len`, `segment`
-/// and `encode` (the `f32` and the int8 model have these alike, with no trait between
-/// them).
+/// [`Answers`]' per-sample methods over the inherent `shape`, `work_len`, `segment` and
+/// `encode` of the model type `$model` (the `f32` and the int8 model have these alike,
+/// with no trait between them).
 macro_rules! one_sample_answers {
-    () => {
+    ($model:ident) => {
         fn input(&self) -> usize {
             self.shape().input
         }
         fn work_len(&self) -> usize {
-            Self::work_len(self)
+            $model::work_len(self)
         }
         /// The model's `segment` / `encode`.
         fn answer_one(
@@ -90,7 +90,7 @@ macro_rules! one_sample_answers {
 }
 
 impl<S: AsRef<[f32]>> Answers for Model<f32, S> {
-    one_sample_answers!();
+    one_sample_answers!(Model);
     /// [`Model::segment_batch`] / [`Model::encode_batch`]: two samples at a time when
     /// `work` holds two workspaces.
     fn answer_pairs(
@@ -119,7 +119,7 @@ impl<S: AsRef<[f32]>> Answers for Model<f32, S> {
 }
 
 impl<W: AsRef<[i8]>, I: AsRef<[i32]>, F: AsRef<[f32]>> Answers for QuantModel<W, I, F> {
-    one_sample_answers!();
+    one_sample_answers!(QuantModel);
 }
 
 /// Answers `ask` for the samples `xs` with `model`, calling `emit` with each response.
