@@ -594,6 +594,19 @@ mod tests {
                 shape.find(TensorId::NormOffset).unwrap().offset,
                 shape.norm_offset()
             );
+            // Every dense layer starts where the tensor table puts its weight.
+            for l in 0..shape.depth() {
+                let w = shape.find(TensorId::EncoderWeight(l as u8)).unwrap();
+                assert_eq!(shape.encoder_layer_offset(l), w.offset, "encoder {l}");
+            }
+            assert_eq!(
+                shape.encoder_layer_offset(shape.depth()),
+                shape.find(TensorId::MuWeight).unwrap().offset
+            );
+            for l in 0..=shape.depth() {
+                let w = shape.find(TensorId::DecoderWeight(l as u8)).unwrap();
+                assert_eq!(shape.decoder_layer_offset(l), w.offset, "decoder {l}");
+            }
             // The decoder mirrors the encoder and ends at D.
             assert_eq!(shape.decoder_layer(0).1, shape.latent);
             assert_eq!(shape.decoder_layer(shape.depth()).0, shape.input);
