@@ -387,7 +387,9 @@ impl Shape {
     }
 
     /// Parameters (weights and biases) of the first `n` encoder hidden layers, or of the
-    /// first `n` decoder layers.
+    /// first `n` decoder layers. Inlined, as the two loops it replaced were: the sizes it
+    /// sums are read on the device's inference path (`Model::has_decoder`).
+    #[inline(always)]
     const fn layers_len(&self, decoder: bool, n: usize) -> usize {
         let mut len = 0;
         let mut l = 0;

@@ -94,12 +94,14 @@ def scores(xs, nn_x, mu, labels):
     }
 
 
-def partition(hvae, header, x, data_path, k, seed, tmp):
-    plain = os.path.join(tmp, "data.csv")
-    with open(plain, "w", newline="") as f:
+def write_unlabelled(header, x, path):
+    with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         w.writerows(x.tolist())
+
+
+def partition(hvae, plain, data_path, k, seed, tmp):
     model = os.path.join(tmp, "model.hvae")
     answers = os.path.join(tmp, "answers.csv")
     train = [hvae, "train", "--data", plain, "--clusters", str(k), "--seed", str(seed)]
@@ -137,9 +139,11 @@ def main():
             nn_x = (
                 NearestNeighbors(n_neighbors=21).fit(xs).kneighbors(xs, return_distance=False)
             )
+            plain = os.path.join(tmp, "data.csv")
+            write_unlabelled(header, x, plain)
             runs = {}
             for k in range(2, a.max_clusters + 1):
-                labels, mu = partition(a.hvae, header, x, path, k, a.seed, tmp)
+                labels, mu = partition(a.hvae, plain, path, k, a.seed, tmp)
                 labels = np.unique(labels, return_inverse=True)[1]
                 if labels.max() < 1:
                     continue

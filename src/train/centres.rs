@@ -29,6 +29,10 @@ pub enum CentreError {
     NonFinite,
 }
 
+/// The largest novelty there is (`1 - cosine` of opposite directions): a
+/// [`SpawnRule::threshold`] at or above it makes no sample novel, so no centre spawns.
+pub const MAX_NOVELTY: f32 = 2.0;
+
 /// Most clusters online k-means handles (its counts live in the engine, in RAM).
 pub const MAX_ONLINE_CLUSTERS: usize = 32;
 

@@ -13,6 +13,7 @@ use hvae::protocol::{
     CentreChange, Request, Response, ShapeInfo, TrainOptimiser, TrainScope, TrainSettings,
     CAP_LOAD, CAP_TRAIN, MAX_SAMPLE,
 };
+use hvae::train::centres::MAX_NOVELTY;
 use hvae::Model;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -120,7 +121,7 @@ impl OptimiserArg {
                 momentum: args.momentum,
             },
             OptimiserArg::OnlineKMeans => TrainOptimiser::OnlineKMeans {
-                memory: args.centre_memory(args.spawn_above < 2.0),
+                memory: args.centre_memory(args.spawn_above < MAX_NOVELTY),
                 spawn_above: args.spawn_above,
                 spawn_window: args.spawn_window,
                 spawn_count: args.spawn_count,
@@ -177,7 +178,7 @@ pub struct DeviceTrainArgs {
     pub memory: Option<u16>,
     /// With --optimiser online-k-means: novelty above which a sample is novel (it moves
     /// no centre; 2 or more: never).
-    #[arg(long, default_value_t = 2.0, value_name = "T")]
+    #[arg(long, default_value_t = MAX_NOVELTY, value_name = "T")]
     pub spawn_above: f32,
     /// With --optimiser online-k-means: a centre is spawned into an unused slot when at
     /// least --spawn-count of the last --spawn-window samples were novel.
