@@ -1,4 +1,4 @@
-//! Special functions against SciPy/mpmath golden values (`tests/golden/special.rs`,
+//! Special functions against SciPy/mpmath golden values (`tests/golden/*.csv`,
 //! written by `host-tools/reference/golden.py`).
 //!
 //! Every function is evaluated in `f32` and in `f64`. Tolerance: relative error at most
@@ -9,12 +9,7 @@
 
 mod dist_common;
 
-#[allow(dead_code, clippy::approx_constant)]
-mod golden {
-    include!("golden/special.rs");
-}
-
-use dist_common::checks;
+use dist_common::{checks, golden};
 use hvae::dist::special::{
     bessel_ratio, beta_inc, digamma, digamma_diff, ln_gamma, ln_gamma_ratio, log_bessel_i,
     log_sphere_area, trigamma, trigamma_diff,
@@ -29,7 +24,7 @@ fn gamma_family_matches_scipy() {
     let mut lg = checks("ln_gamma");
     let mut dg = checks("digamma");
     let mut tg = checks("trigamma");
-    for &(x, l, d, t) in golden::GAMMA {
+    for &[x, l, d, t] in &golden::<4>("gamma") {
         // f32 input rounding: x has relative error 6e-8; the outputs' condition numbers
         // are |x psi(x) / lnG|, |x psi'/psi|, |x psi''/psi'| <= about 2 except near the
         // zeros of lnG (x = 1, 2) and psi (x = 1.4616), where an absolute floor of a few
@@ -51,7 +46,7 @@ fn gamma_differences_match_mpmath() {
     let mut lr = checks("ln_gamma_ratio");
     let mut dd = checks("digamma_diff");
     let mut td = checks("trigamma_diff");
-    for &(a, b, l, d, t) in golden::GAMMA_DIFF {
+    for &[a, b, l, d, t] in &golden::<5>("gamma_diff") {
         // ln Gamma(a+b) - ln Gamma(a) crosses zero where Gamma(a+b) = Gamma(a) (a + b/2
         // near 1.46 for small a): floor at a few ulp of |b psi(a)|, the size of the two
         // pieces that cancel there. f32 inputs are rounded (a = 10031.5 + 1e-3 loses the
@@ -89,7 +84,7 @@ fn gamma_differences_match_mpmath() {
 #[test]
 fn log_bessel_i_matches_scipy() {
     let mut c = checks("log_bessel_i");
-    for &(nu, x, v) in golden::LOG_BESSEL_I {
+    for &[nu, x, v] in &golden::<3>("log_bessel_i") {
         let at = format!("nu={nu} x={x}");
         c[1].at(&at, log_bessel_i(nu, x), v, 0.0);
         c[0].at(&at, log_bessel_i(f32_of(nu), f32_of(x)) as f64, v, 0.0);
@@ -99,7 +94,7 @@ fn log_bessel_i_matches_scipy() {
 #[test]
 fn bessel_ratio_matches_scipy() {
     let mut c = checks("bessel_ratio");
-    for &(m, k, a) in golden::BESSEL_RATIO {
+    for &[m, k, a] in &golden::<3>("bessel_ratio") {
         let at = format!("M={m} kappa={k}");
         c[1].at(&at, bessel_ratio(m as usize, k), a, 0.0);
         c[0].at(&at, bessel_ratio(m as usize, f32_of(k)) as f64, a, 0.0);
@@ -136,7 +131,7 @@ fn bessel_ratio_closed_form_m3_and_limits() {
 #[test]
 fn beta_inc_matches_scipy() {
     let mut c = checks("beta_inc");
-    for &(a, b, x, v) in golden::BETA_INC {
+    for &[a, b, x, v] in &golden::<4>("beta_inc") {
         let at = format!("a={a} b={b} x={x}");
         c[1].at(&at, beta_inc(a, b, x), v, 0.0);
         // f32: x is rounded, and dI/dx = density can be large (a = 1e4 concentrates the
@@ -159,7 +154,7 @@ fn beta_inc_matches_scipy() {
 #[test]
 fn log_sphere_area_matches() {
     let mut c = checks("log_sphere_area");
-    for &(m, v) in golden::LOG_SPHERE_AREA {
+    for &[m, v] in &golden::<2>("log_sphere_area") {
         c[1].at(m, log_sphere_area::<f64>(m as usize), v, 0.0);
         c[0].at(m, log_sphere_area::<f32>(m as usize) as f64, v, 0.0);
     }

@@ -1,5 +1,5 @@
 //! vMF and Power Spherical closed forms against SciPy/mpmath golden values
-//! (`tests/golden/sphere.rs`, written by `host-tools/reference/golden.py`), in `f32` and
+//! (`tests/golden/*.csv`, written by `host-tools/reference/golden.py`), in `f32` and
 //! `f64`, over M in {2, 3, 5, 8, 16, 64} x kappa in {1e-3, 0.1, 1, 10, 100, 1e3, 1e4}.
 //!
 //! Tolerance: relative error at most `1e-4` in `f32` and `1e-10` in `f64`. An absolute
@@ -9,12 +9,7 @@
 
 mod dist_common;
 
-#[allow(dead_code, clippy::approx_constant)]
-mod golden {
-    include!("golden/sphere.rs");
-}
-
-use dist_common::{checks, R32, R64};
+use dist_common::{checks, golden, R32, R64};
 use hvae::dist::special::{bessel_ratio, log_sphere_area};
 use hvae::Posterior;
 
@@ -28,7 +23,7 @@ fn at_cosine(m: usize, w: f64) -> Vec<f64> {
 
 /// Checks one family's scalar functions; `rows` are (M, kappa, log-normaliser, entropy,
 /// KL, dKL/dkappa).
-fn scalar_functions(p: Posterior, rows: &[(f64, f64, f64, f64, f64, f64)]) {
+fn scalar_functions(p: Posterior, rows: &[[f64; 6]]) {
     let tag = format!("{p:?}");
     let mut c = [
         checks(&format!("{tag} log_normalizer")),
@@ -36,7 +31,7 @@ fn scalar_functions(p: Posterior, rows: &[(f64, f64, f64, f64, f64, f64)]) {
         checks(&format!("{tag} kl_to_uniform")),
         checks(&format!("{tag} dkl_dkappa")),
     ];
-    for &(m, k, logc, ent, kl, dkl) in rows {
+    for &[m, k, logc, ent, kl, dkl] in rows {
         let mu = m as usize;
         let at = format!("M={m} kappa={k}");
         let k32 = k as f32;
@@ -64,14 +59,14 @@ fn scalar_functions(p: Posterior, rows: &[(f64, f64, f64, f64, f64, f64)]) {
 /// vMF against SciPy, power spherical against closed forms.
 #[test]
 fn scalar_functions_match_scipy_and_closed_forms() {
-    scalar_functions(Posterior::VonMisesFisher, golden::VMF);
-    scalar_functions(Posterior::PowerSpherical, golden::PS);
+    scalar_functions(Posterior::VonMisesFisher, &golden("vmf"));
+    scalar_functions(Posterior::PowerSpherical, &golden("ps"));
 }
 
-fn log_density(p: Posterior, rows: &[(f64, f64, f64, f64)]) {
+fn log_density(p: Posterior, rows: &[[f64; 4]]) {
     let tag = format!("{p:?}");
     let mut c = checks(&format!("{tag} log_density"));
-    for &(m, k, w, want) in rows {
+    for &[m, k, w, want] in rows {
         let m = m as usize;
         let at = format!("M={m} kappa={k} w={w}");
         let mut mu = vec![0.0; m];
@@ -105,8 +100,8 @@ fn log_density(p: Posterior, rows: &[(f64, f64, f64, f64)]) {
 /// vMF against SciPy, power spherical against its closed form.
 #[test]
 fn log_density_matches_scipy_and_the_closed_form() {
-    log_density(Posterior::VonMisesFisher, golden::VMF_LOGPDF);
-    log_density(Posterior::PowerSpherical, golden::PS_LOGPDF);
+    log_density(Posterior::VonMisesFisher, &golden("vmf_logpdf"));
+    log_density(Posterior::PowerSpherical, &golden("ps_logpdf"));
 }
 
 #[test]

@@ -164,3 +164,31 @@ impl Drop for Check {
         );
     }
 }
+
+/// The rows of the golden table `tests/golden/{name}.csv` (written by
+/// `host-tools/reference/golden.py`; `#` lines say where the values come from and what
+/// each of the `N` columns is). Each value is the shortest decimal of an `f64`, so
+/// parsing gives back the reference's bits. Panics on a missing file, an empty table or
+/// a row that is not `N` numbers: a golden test must never pass on no data.
+pub fn golden<const N: usize>(name: &str) -> Vec<[f64; N]> {
+    let path = format!("{}/tests/golden/{name}.csv", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let rows: Vec<[f64; N]> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let v: Vec<f64> = l
+                .split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{path}: {x:?}: {e}"))
+                })
+                .collect();
+            v.try_into()
+                .unwrap_or_else(|v: Vec<f64>| panic!("{path}: {} values, not {N}", v.len()))
+        })
+        .collect();
+    assert!(!rows.is_empty(), "{path}: no rows");
+    rows
+}
