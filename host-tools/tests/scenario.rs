@@ -9,7 +9,7 @@ mod common;
 use hvae_host::commands::device_train::{default_model, DeviceTrainArgs};
 use hvae_host::commands::scenario::{self, Drift, DriftReport};
 use hvae_host::data::{self, Dataset};
-use hvae_host::device::{self, FirmwareOptions, Timeouts};
+use hvae_host::device::{self, Timeouts};
 use hvae_host::model_io::{self, LoadedModel};
 
 /// The command line's defaults for `--scenario drift --device host`, and `extra`.
@@ -21,14 +21,9 @@ fn args(extra: &[&str]) -> DeviceTrainArgs {
 
 /// The host engine of `program` (`--device host`).
 fn open(a: &DeviceTrainArgs, program: &str) -> device::Opened {
-    device::open(
-        &a.device,
-        program,
-        &FirmwareOptions::default(),
-        a.baud,
-        Timeouts::default(),
-    )
-    .unwrap()
+    a.connection
+        .open(&a.device, program, Timeouts::default())
+        .unwrap()
 }
 
 /// The bundled digits and the model compiled into the firmware's `program`.
@@ -300,14 +295,10 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
     let a = DeviceTrainArgs::parse_from(["--scenario", "scratch", "--device", "host"]).unwrap();
     let data = data::load(&common::digits_path()).unwrap();
     let model = model_io::load(&default_model()).unwrap();
-    let mut opened = device::open(
-        &a.device,
-        device::SCRATCH_BIN,
-        &FirmwareOptions::default(),
-        a.baud,
-        Timeouts::default(),
-    )
-    .unwrap();
+    let mut opened = a
+        .connection
+        .open(&a.device, device::SCRATCH_BIN, Timeouts::default())
+        .unwrap();
     let r = scenario::scratch(&mut opened.device, &model, &data, &a).unwrap();
     let text = printed(|out| scenario::print_scratch(&r, out));
     assert_eq!(r.runs.len(), 3, "{text}");

@@ -1,11 +1,12 @@
 //! `hvae device-train`: online training on the device (the firmware's `learn` program),
 //! compared with the same schedule run on the host by the same engine.
 
+use super::connection::ConnectionArgs;
 use super::outln;
 use super::scenario::{self, ScenarioArg};
 use crate::data::{self, Dataset};
 use crate::device::learn_host::{adapt_learner, host_learner, scratch_learner, HostEngine};
-use crate::device::{self, Device, DeviceError, DeviceSpec, FirmwareOptions, Timeouts};
+use crate::device::{self, Device, DeviceError, DeviceSpec, Timeouts};
 use crate::metrics;
 use crate::model_io::{self, LoadedModel};
 use crate::Error;
@@ -214,12 +215,9 @@ pub struct DeviceTrainArgs {
     /// Write each scope's device-trained model here (`device-<scope>.hvae`).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// Run this firmware ELF under qemu instead of building `learn`.
-    #[arg(long, value_name = "ELF")]
-    pub firmware: Option<PathBuf>,
-    /// Baud rate of a serial device.
-    #[arg(long, default_value_t = 115_200, value_name = "BAUD")]
-    pub baud: u32,
+    /// Firmware, baud rate and answer timeout.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Run a scenario instead (a deployed model: --model, by default the firmware's
     /// trained model; --scope all means every adaptation scope).
     #[arg(long, value_enum, value_name = "NAME")]
@@ -860,15 +858,11 @@ fn open_learn(args: &DeviceTrainArgs) -> Result<device::Opened, Error> {
 }
 
 fn open_program(args: &DeviceTrainArgs, bin: &str) -> Result<device::Opened, Error> {
-    let fw = FirmwareOptions {
-        elf: args.firmware.clone(),
-        ..FirmwareOptions::default()
-    };
-    let timeouts = Timeouts {
+    let waits = Timeouts {
         train: Duration::from_secs(120),
         ..Timeouts::default()
     };
-    device::open(&args.device, bin, &fw, args.baud, timeouts).map_err(Error::Failed)
+    args.connection.open(&args.device, bin, waits)
 }
 
 /// Runs `hvae device-train --scenario`.

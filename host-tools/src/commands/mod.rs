@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap arguments and its `run` function.
 
+pub mod connection;
 pub mod demo;
 pub mod device_train;
 pub mod eval;

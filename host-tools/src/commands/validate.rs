@@ -1,15 +1,16 @@
 //! `hvae validate`: the device's outputs against the host's, row by row.
 
+use super::connection::ConnectionArgs;
 use super::outln;
 use crate::data::{self, Dataset};
-use crate::device::{self, Device, DeviceError, DeviceSpec, FirmwareOptions, Timeouts};
+use crate::device::{self, Device, DeviceError, DeviceSpec, Timeouts};
 use crate::model_io::{self, LoadedModel};
 use crate::Error;
 use hvae::protocol::{ShapeInfo, CAP_LOAD, CAP_SEGMENT};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Long help of the subcommand (`hvae validate --help`).
 pub const LONG_ABOUT: &str =
@@ -60,23 +61,14 @@ pub struct ValidateArgs {
     /// Validate only the first N rows.
     #[arg(long, value_name = "N")]
     pub rows: Option<usize>,
-    /// Run this firmware ELF under qemu instead of building `cluster`.
-    #[arg(long, value_name = "ELF")]
-    pub firmware: Option<PathBuf>,
-    /// The firmware crate to build (default: the repository's `firmware/`).
-    #[arg(long, value_name = "DIR")]
-    pub firmware_dir: Option<PathBuf>,
-    /// Baud rate of a serial device.
-    #[arg(long, default_value_t = 115_200, value_name = "BAUD")]
-    pub baud: u32,
+    /// Firmware, baud rate and answer timeout.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// With an int8 model: its `f32` model (the one it was quantised from), whose fidelity
     /// to the int8 one on the data is printed beside the validation (label agreement,
     /// worst and mean mu cosine, ACC and NMI of both when the data has labels).
     #[arg(long, value_name = "F32MODEL")]
     pub reference: Option<PathBuf>,
-    /// Seconds to wait for one answer before calling the device stalled.
-    #[arg(long, default_value_t = 5.0, value_name = "S")]
-    pub timeout: f64,
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -781,28 +773,14 @@ pub fn run(args: &ValidateArgs, out: &mut dyn Write) -> Result<(), Error> {
     if let Some(model) = &model {
         super::eval::check_sizes(&model.model, &args.model, &data, &args.data)?;
     }
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(Error::BadInput(format!(
-            "--timeout must be a positive number of seconds, got {}",
-            args.timeout
-        )));
-    }
-    let timeouts = Timeouts {
-        answer: Duration::from_secs_f64(args.timeout),
-        ..Timeouts::default()
-    };
-    let fw = FirmwareOptions {
-        elf: args.firmware.clone(),
-        dir: args.firmware_dir.clone(),
-        env: Vec::new(),
-    };
     let bin = if int8.is_some() {
         "cluster_int8"
     } else {
         "cluster"
     };
-    let mut opened =
-        device::open(&args.device, bin, &fw, args.baud, timeouts).map_err(Error::Failed)?;
+    let mut opened = args
+        .connection
+        .open(&args.device, bin, Timeouts::default())?;
     let th = Thresholds::default();
     let dev = &mut opened.device;
     let report = match (&model, &int8) {
