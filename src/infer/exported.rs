@@ -8,6 +8,15 @@
 //! likelihood)`, the kinds by their variant names ([`Activation`](crate::Activation),
 //! [`Posterior`](crate::Posterior), [`Likelihood`](crate::Likelihood)). An array whose
 //! length is not the one the shape implies does not compile.
+//!
+//! The writer of that source is here too (feature `alloc`): `rust_source` turns a
+//! weight blob's bytes into it, for `hvae export --format rust` and for a build script
+//! that generates the file from a committed blob (the firmware's `build.rs`).
+
+#[cfg(feature = "alloc")]
+mod source;
+#[cfg(feature = "alloc")]
+pub use source::rust_source;
 
 /// `SHAPE` of an exported model, from the shape tuple of [`exported_model!`](crate::exported_model).
 #[doc(hidden)]

@@ -66,16 +66,11 @@ pub fn run(args: &ExportArgs, out: &mut dyn Write) -> Result<(), Error> {
         return run_int8(args, &loaded, data, out);
     }
     let source = args.model.display().to_string();
+    let blob = model_io::to_bytes(&loaded.model)
+        .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?;
     let (bytes, what) = match args.format {
-        Format::Bin => (
-            model_io::to_bytes(&loaded.model)
-                .map_err(|e| Error::Failed(format!("cannot encode the model: {e}")))?,
-            "weight blob",
-        ),
-        Format::Rust => (
-            export::rust_source(&loaded.model, loaded.crc, &source).into_bytes(),
-            "Rust source",
-        ),
+        Format::Bin => (blob, "weight blob"),
+        Format::Rust => (rust_source(&blob, &source)?, "Rust source"),
         Format::C => (
             export::c_header(&loaded.model, loaded.crc, &source).into_bytes(),
             "C header",
@@ -135,10 +130,7 @@ fn run_int8(
     let source = args.model.display().to_string();
     let (bytes, what) = match args.format {
         Format::Bin => (blob, "int8 weight blob"),
-        Format::Rust => (
-            export::rust_source_int8(&q, crc, &source).into_bytes(),
-            "Rust source, int8",
-        ),
+        Format::Rust => (rust_source(&blob, &source)?, "Rust source, int8"),
         Format::C => (
             export::c_header_int8(&q, crc, &source).into_bytes(),
             "C header, int8",
@@ -151,4 +143,11 @@ fn run_int8(
         4 * q.floats().len()
     );
     write_out(args, out, &bytes, what, &sizes, crc)
+}
+
+/// The Rust source of `blob` (`f32` or int8), by the core's writer.
+fn rust_source(blob: &[u8], source: &str) -> Result<Vec<u8>, Error> {
+    hvae::infer::exported::rust_source(blob, source)
+        .map(String::into_bytes)
+        .map_err(|e| Error::Failed(format!("cannot write the Rust source: {e}")))
 }
