@@ -5,11 +5,18 @@
 //!   `cfg(board = "...")` for the drivers;
 //!   - `thumbv7em-none-eabihf`: Cortex-M4F, qemu `mps2-an386` (`memory-mps2-an386.x`);
 //!   - `thumbv6m-none-eabi`: Cortex-M0, qemu `microbit` (`memory-microbit.x`);
-//! - the compiled-in model: the file named by the environment variable `HVAE_MODEL_RS`
-//!   (an `hvae export --format rust` file; a relative path is taken from this
-//!   directory), else `model/digits.rs`, copied to `$OUT_DIR/model.rs`, which the
-//!   firmware `include!`s.
-use std::{env, fs, path::PathBuf};
+//! - the compiled-in models, written as Rust sources from the committed weight blobs by
+//!   the core's `hvae::infer::exported::rust_source` (what `hvae export --format rust`
+//!   writes), which the firmware `include!`s:
+//!   - `$OUT_DIR/model.rs`: the blob named by the environment variable `HVAE_MODEL` (a
+//!     `.hvae` weight blob; or an `hvae export --format rust` file, a name ending in
+//!     `.rs`, copied as it is; a relative path is taken from this directory), else
+//!     `model/digits.hvae`;
+//!   - `$OUT_DIR/model_int8.rs`: `model/digits_int8.hvae`, the int8 model;
+//!   - `$OUT_DIR/model_m0.rs`: `model/digits_m0.hvae`, `adapt`'s model.
+//!
+//!   A blob that is not valid fails the build with the blob reader's error.
+use std::{env, fs, path::Path, path::PathBuf};
 
 fn main() {
     let target = env::var("TARGET").unwrap_or_default();
@@ -29,24 +36,50 @@ fn main() {
     println!("cargo:rerun-if-changed={file}");
     println!("cargo:rerun-if-changed=build.rs");
 
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    println!("cargo:rerun-if-env-changed=HVAE_MODEL_RS");
-    let model = match env::var_os("HVAE_MODEL_RS").filter(|p| !p.is_empty()) {
-        Some(p) => manifest.join(p),
-        None => manifest.join("model/digits.rs"),
+    println!("cargo:rerun-if-env-changed=HVAE_MODEL");
+    let main = env::var_os("HVAE_MODEL").filter(|p| !p.is_empty());
+    let main = main
+        .as_deref()
+        .map_or(Path::new("model/digits.hvae"), Path::new);
+    let text = if main.extension().is_some_and(|e| e == "rs") {
+        String::from_utf8(read(main)).unwrap_or_default()
+    } else {
+        source_of(main)
     };
-    println!("cargo:rerun-if-changed={}", model.display());
-    let text = fs::read_to_string(&model).unwrap_or_else(|e| {
-        panic!(
-            "HVAE_MODEL_RS / model/digits.rs: cannot read {}: {e}",
-            model.display()
-        )
-    });
     if !text.contains("hvae::exported_model!") {
         panic!(
-            "{} is not an `hvae export --format rust` file",
-            model.display()
+            "{}: not an f32 model (an f32 weight blob, or an `hvae export --format rust` file of one)",
+            main.display()
         );
     }
-    fs::write(out.join("model.rs"), text).expect("write $OUT_DIR/model.rs");
+    write(&out.join("model.rs"), &text);
+    write(
+        &out.join("model_int8.rs"),
+        &source_of(Path::new("model/digits_int8.hvae")),
+    );
+    write(
+        &out.join("model_m0.rs"),
+        &source_of(Path::new("model/digits_m0.hvae")),
+    );
+}
+
+/// The bytes of `path` (relative: from this directory); a change to it reruns the build
+/// script.
+fn read(path: &Path) -> Vec<u8> {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let path = manifest.join(path);
+    println!("cargo:rerun-if-changed={}", path.display());
+    fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The Rust source of the weight blob at `blob`; its header comment names the blob as
+/// given.
+fn source_of(blob: &Path) -> String {
+    hvae::infer::exported::rust_source(&read(blob), &blob.display().to_string())
+        .unwrap_or_else(|e| panic!("{}: {e}", blob.display()))
+}
+
+/// Writes `text` to `out`.
+fn write(out: &Path, text: &str) {
+    fs::write(out, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
 }

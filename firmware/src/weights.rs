@@ -1,6 +1,6 @@
-//! The weights: the model compiled in from `model/digits.rs` or the file named by
-//! `HVAE_MODEL_RS` at build time (the host tool's `hvae export --format rust`; see
-//! `build.rs`), CRC-checked at compile time and again at boot, and two flash slots that
+//! The weights: the model compiled in from `model/digits.hvae` or the blob named by
+//! `HVAE_MODEL` at build time (`build.rs` writes its Rust source, as `hvae export
+//! --format rust` does), CRC-checked at compile time and again at boot, and two flash slots that
 //! `LoadWeights` fills, so that new weights survive a reset. What a slot keeps is a
 //! [`Content`]: the `f32` model's inference prefix ([`F32`]), or all of an int8 blob's
 //! words ([`int8`], `cluster_int8`'s compiled-in int8 model and slots).
@@ -110,13 +110,13 @@ pub fn crc_of(values: impl Iterator<Item = f32>) -> u32 {
     d.finalize()
 }
 
-/// The `adapt` program's model (`model/digits_m0.rs`, from `model/regen.sh`): the digits
-/// with 16 hidden units, whose weights and the engine fit the micro:bit's 16 KiB of
-/// RAM. Linked only into the programs that use it.
+/// The `adapt` program's model (`model/digits_m0.hvae`, from `model/regen.sh`, its
+/// source written by `build.rs`): the digits with 16 hidden units, whose weights and the
+/// engine fit the micro:bit's 16 KiB of RAM. Linked only into the programs that use it.
 pub mod m0 {
     #[allow(dead_code)]
     mod generated {
-        include!("../model/digits_m0.rs");
+        include!(concat!(env!("OUT_DIR"), "/model_m0.rs"));
     }
     pub use generated::{BLOB_CRC, PARAMS, SHAPE};
     /// Parameters of the inference prefix (no decoder).
@@ -431,8 +431,8 @@ impl<F: FlashWriter, C: Content> Slots for FlashWeights<F, C> {
     }
 }
 
-/// The int8 model (`model/digits_int8.rs`: `hvae export --quantize int8 --format
-/// rust`), compiled in, and the int8 slots of `cluster_int8`: every word of an int8 blob
+/// The int8 model (`model/digits_int8.hvae`, `hvae export --quantize int8 --format bin`;
+/// its Rust source written by `build.rs`), compiled in, and the int8 slots of `cluster_int8`: every word of an int8 blob
 /// after its header (weights, channels, reals), formed into a [`hvae::QuantModel`] that
 /// checks every value. Linked only into the programs that use it.
 pub mod int8 {
@@ -447,7 +447,7 @@ pub mod int8 {
     /// The exported file's items: its shape, lengths, `BLOB_CRC` and arrays.
     #[allow(dead_code)]
     pub mod generated {
-        include!("../model/digits_int8.rs");
+        include!(concat!(env!("OUT_DIR"), "/model_int8.rs"));
     }
     pub use generated::BLOB_CRC;
 

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | encode+segment | mean of 16 `Model::segment` calls on digits rows, weights in flash; per multiply-accumulate of the weights (`sum in*out` of the encoder's dense layers, the kappa head `H`, the segmenter `K M`) | <= 2.5 instr/MAC |
 //! | encode+segment in a batch | the same 16 rows in one `Model::segment_batch` call with two workspaces (two samples through the encoder at a time), per sample and MAC | <= 2.5 instr/MAC |
-//! | int8 encode+segment | mean of 16 `QuantModel::segment` calls (the int8 digits model, `model/digits_int8.rs`, weights in flash) on the same rows, per MAC as above | M4F <= 3.28 instr/MAC, M0 reported |
+//! | int8 encode+segment | mean of 16 `QuantModel::segment` calls (the int8 digits model, `model/digits_int8.hvae`, weights in flash) on the same rows, per MAC as above | M4F <= 3.28 instr/MAC, M0 reported |
 //! | int8 encode+label | the same with `QuantModel::label` (label and novelty, no probabilities: no exponentials) | M4F <= 2.99 instr/MAC, M0 reported |
 //! | int8 dense layers | the int8 kernel the core runs ([`hvae::kernels::dense_i8`], `dense_i8_dequant`: `smlad` assembly on the M4F, Thumb-1 assembly on the M0) and the portable one, mean of 16 calls, on the int8 model's 64 -> 32 and 32 -> 8 layers, per MAC | M4F <= 1.72 and 2.35, M0 <= 4.6 and 9.9 instr/MAC |
 //! | dense layers | the dense kernel the core runs ([`hvae::kernels::dense_forward`]) and the portable kernel, mean of 16 calls, on each of the encoder's dense layers (the model's weights in flash, its activation), per MAC | reported |

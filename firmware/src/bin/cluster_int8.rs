@@ -10,8 +10,8 @@
 //! int8 model's values (weights, integers and reals).
 //!
 //! Boot: paint the stack, pick the weights (the newest valid int8 slot, else the
-//! compiled-in int8 model, `model/digits_int8.rs`: `hvae export --quantize int8
-//! --format rust`), then serve. Logs (defmt) go to semihosting.
+//! compiled-in int8 model, `model/digits_int8.hvae`: `hvae export --quantize int8
+//! --format bin`), then serve. Logs (defmt) go to semihosting.
 #![no_std]
 #![no_main]
 

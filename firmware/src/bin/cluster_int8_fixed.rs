@@ -1,6 +1,6 @@
 //! The smallest int8 inference service: `cluster_int8` without weight slots. The core's
 //! engine (`hvae::device`, the dispatch of `cluster`) serves the compiled-in int8 model
-//! (`model/digits_int8.rs`: `hvae export --quantize int8 --format rust`) through
+//! (`model/digits_int8.hvae`: `hvae export --quantize int8 --format bin`) through
 //! [`hvae::device::Int8`] (answers by [`hvae::QuantModel`]), on UART0, forever: `Info`,
 //! `Segment` and `Encode`; every other request is `Unsupported` (the weights are
 //! compiled in: no slots, no `LoadWeights`, no `ReadWeights` of `f32` values). For a part

@@ -46,7 +46,7 @@ use hvae_firmware::weights::{self, generated, Source, BLOB_CRC, COMPILED, HEADER
 // The golden outputs belong to one model: build the selftest with it.
 const _: () = assert!(
     golden::BLOB_CRC == BLOB_CRC,
-    "model/golden.rs was made for another model: run model/regen.sh, or build the selftest without HVAE_MODEL_RS"
+    "model/golden.rs was made for another model: run model/regen.sh, or build the selftest without HVAE_MODEL"
 );
 
 /// Counts and logs check results.

@@ -11,7 +11,7 @@ pub const LONG_ABOUT: &str = "The main job on the bundled data set (scikit-learn
     1797 x 64, 10 classes): train a model with the defaults, score it against k-means and \
     spherical k-means on the same data, and export it as a blob, a Rust source file and a \
     C header, all into --out-dir; then run it on the emulated device: build the firmware's \
-    `cluster` program with the exported Rust file compiled in (HVAE_MODEL_RS), start it \
+    `cluster` program with the exported blob compiled in (HVAE_MODEL), start it \
     under qemu (mps2-an386, Cortex-M4F) and validate it against the host on every row (as \
     `hvae validate` does). Without qemu-system-arm or the device target the last step says \
     so and is skipped; the host part still succeeds. Prints each step's result.";
@@ -94,13 +94,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<(), Error> {
         out,
         "\n== 4. run on the emulated device (qemu mps2-an386, Cortex-M4F)"
     )?;
-    run_on_device(
-        args,
-        &model,
-        &args.out_dir.join("digits_model.rs"),
-        &data,
-        out,
-    )
+    run_on_device(args, &model, &args.out_dir.join("digits.bin"), &data, out)
 }
 
 /// Builds `cluster` with the exported model compiled in, runs it under qemu and
@@ -110,7 +104,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<(), Error> {
 fn run_on_device(
     args: &DemoArgs,
     model_path: &std::path::Path,
-    rust_model: &std::path::Path,
+    blob: &std::path::Path,
     data_path: &std::path::Path,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
@@ -127,9 +121,9 @@ fn run_on_device(
     // A target directory of the demo's own: the firmware built with this model does not
     // replace the default build (the compiled-in digits model) that tests use.
     let target_dir = absolute(&args.out_dir.join("firmware-target"));
-    let rust_model = absolute(rust_model);
+    let blob = absolute(blob);
     let envs = [
-        ("HVAE_MODEL_RS", rust_model.as_os_str()),
+        ("HVAE_MODEL", blob.as_os_str()),
         ("CARGO_TARGET_DIR", target_dir.as_os_str()),
     ];
     let machine = Machine::Mps2An386;

@@ -30,7 +30,7 @@ pub const LONG_ABOUT: &str =
     tolerance; ties are counted and excluded).\n\n\
     An int8 model (a format-version-2 blob, `hvae export --quantize int8 --format bin`) \
     is validated against the `cluster_int8` program, which serves the int8 model compiled \
-    into it (firmware/model/digits_int8.rs) or the int8 blob last loaded into its flash \
+    into it (firmware/model/digits_int8.hvae) or the int8 blob last loaded into its flash \
     slots: if it runs other weights, the tool loads the int8 blob (chunked LoadWeights, \
     CRC-checked, all or nothing); its Info must then report the int8 blob's version and \
     CRC, and every row must be the host's int8 computation \

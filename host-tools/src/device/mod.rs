@@ -74,7 +74,7 @@ pub struct FirmwareOptions {
     pub elf: Option<PathBuf>,
     /// The firmware crate (default: `firmware/` of this repository).
     pub dir: Option<PathBuf>,
-    /// Extra environment for the firmware build (e.g. `HVAE_MODEL_RS`).
+    /// Extra environment for the firmware build (e.g. `HVAE_MODEL`, the weight blob to compile in).
     pub env: Vec<(String, std::ffi::OsString)>,
 }
 
