@@ -114,7 +114,7 @@ fn export_quantize_int8_and_inspect() {
     assert_eq!(v["activation_scales"].as_array().unwrap().len(), 64 + 32);
 
     // rust and c: the int8 arrays, value for value.
-    let rs = dir.path().join("digits_int8.rs");
+    let rs = dir.path().join("int8_export.rs");
     let text = exported_text(&model, &digits, "rust", &rs);
     assert!(text.contains("hvae::exported_quant_model! {\n"), "{text}");
     assert!(text.contains("shape: (64, [32], 8, 10, Relu, PowerSpherical, Gaussian),"));

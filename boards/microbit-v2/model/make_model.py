@@ -18,14 +18,15 @@ Regenerate the model compiled into the firmware (from the repository root):
     python3 boards/microbit-v2/model/make_model.py > /tmp/acc.csv
     cargo run --release -p hvae-host-tools -- train --data /tmp/acc.csv --clusters 4 \\
         --latent 3 --hidden 16 --seed 1 --out boards/microbit-v2/model/acc.hvae
-    cargo run --release -p hvae-host-tools -- export --model boards/microbit-v2/model/acc.hvae \\
-        --format rust --out boards/microbit-v2/src/model.rs
 
 and its int8 form (`--features int8`), calibrated on the same windows:
 
     cargo run --release -p hvae-host-tools -- export --model boards/microbit-v2/model/acc.hvae \\
-        --quantize int8 --data /tmp/acc.csv --check --format rust \\
-        --out boards/microbit-v2/src/model_int8.rs
+        --quantize int8 --data /tmp/acc.csv --check --format bin \\
+        --out boards/microbit-v2/model/acc_int8.hvae
+
+The blobs are the only committed form: the example's build.rs writes their Rust
+sources (what `hvae export --format rust` writes) at build time.
 """
 
 import sys

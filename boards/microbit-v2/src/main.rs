@@ -18,18 +18,19 @@
 //!
 //! 12 features -> 16 -> S^2, K = 4, trained on synthetic windows of four activities by
 //! `model/make_model.py`; the names below are the activities its clusters matched there.
-//! Two builds: `f32` (default, [`model`], `hvae export --format rust`) and int8
-//! (`--features int8`, `model_int8`: int8 weights, `f32` normalisation and segmenter,
-//! `hvae export --quantize int8 --format rust`). Both adapt the same way: the int8
-//! model's normalisation and segmenter are `f32` too (`hvae_board_adapt::Int8`). To
-//! regenerate the int8 file from `model/acc.hvae` (from the repository root; the
+//! Two builds: `f32` (default, [`model`], the weight blob `model/acc.hvae`) and int8
+//! (`--features int8`, `model_int8`, the int8 blob `model/acc_int8.hvae`: int8 weights,
+//! `f32` normalisation and segmenter). `build.rs` writes each blob's Rust source with
+//! the core's writer, as `hvae export --format rust` would. Both adapt the same way: the
+//! int8 model's normalisation and segmenter are `f32` too (`hvae_board_adapt::Int8`). To
+//! regenerate the int8 blob from `model/acc.hvae` (from the repository root; the
 //! calibration rows are the training windows):
 //!
 //! ```sh
 //! python3 boards/microbit-v2/model/make_model.py > /tmp/acc.csv
 //! cargo run --release -p hvae-host-tools -- export --model boards/microbit-v2/model/acc.hvae \
-//!     --quantize int8 --data /tmp/acc.csv --check --format rust \
-//!     --out boards/microbit-v2/src/model_int8.rs
+//!     --quantize int8 --data /tmp/acc.csv --check --format bin \
+//!     --out boards/microbit-v2/model/acc_int8.hvae
 //! ```
 //!
 //! # Learning on the board
@@ -67,14 +68,18 @@
 #![deny(unsafe_code)]
 
 mod flash;
+/// The `f32` model: `model/acc.hvae`'s Rust source, written by `build.rs`.
 #[cfg(not(feature = "int8"))]
 #[allow(clippy::all)]
-#[rustfmt::skip]
-mod model;
+mod model {
+    include!(concat!(env!("OUT_DIR"), "/model.rs"));
+}
+/// The int8 model: `model/acc_int8.hvae`'s Rust source, written by `build.rs`.
 #[cfg(feature = "int8")]
 #[allow(clippy::all)]
-#[rustfmt::skip]
-mod model_int8;
+mod model_int8 {
+    include!(concat!(env!("OUT_DIR"), "/model_int8.rs"));
+}
 
 use cortex_m_rt::entry;
 use hvae::train::centres::SpawnRule;
