@@ -21,6 +21,7 @@
 
 use crate::quant::QuantVecModel;
 use hvae::shape::{Shape, TensorId};
+use hvae::store::blob::{activation_code, likelihood_code, posterior_code};
 use hvae::Model;
 use hvae::{Activation, Likelihood, Posterior};
 use std::fmt::Write as _;
@@ -60,30 +61,6 @@ pub fn activation_name(a: Activation) -> &'static str {
     match a {
         Activation::Relu => "ReLU",
         Activation::Tanh => "tanh",
-    }
-}
-
-/// The blob's posterior code (`0` vMF, `1` Power Spherical).
-pub fn posterior_code(p: Posterior) -> u8 {
-    match p {
-        Posterior::VonMisesFisher => 0,
-        Posterior::PowerSpherical => 1,
-    }
-}
-
-/// The blob's likelihood code (`0` Gaussian, `1` Bernoulli).
-pub fn likelihood_code(l: Likelihood) -> u8 {
-    match l {
-        Likelihood::Gaussian => 0,
-        Likelihood::Bernoulli => 1,
-    }
-}
-
-/// The blob's activation code (`0` ReLU, `1` tanh).
-pub fn activation_code(a: Activation) -> u8 {
-    match a {
-        Activation::Relu => 0,
-        Activation::Tanh => 1,
     }
 }
 

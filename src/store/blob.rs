@@ -820,21 +820,24 @@ const fn checked_param_len(s: &Shape) -> Option<usize> {
     layer(n, s.input, 1)
 }
 
-const fn posterior_code(p: Posterior) -> u8 {
+/// A posterior's code in the header (`0` von Mises-Fisher, `1` Power Spherical).
+pub const fn posterior_code(p: Posterior) -> u8 {
     match p {
         Posterior::VonMisesFisher => 0,
         Posterior::PowerSpherical => 1,
     }
 }
 
-const fn likelihood_code(l: Likelihood) -> u8 {
+/// A likelihood's code in the header (`0` Gaussian, `1` Bernoulli).
+pub const fn likelihood_code(l: Likelihood) -> u8 {
     match l {
         Likelihood::Gaussian => 0,
         Likelihood::Bernoulli => 1,
     }
 }
 
-const fn activation_code(a: Activation) -> u8 {
+/// An activation's code in the header (`0` ReLU, `1` tanh).
+pub const fn activation_code(a: Activation) -> u8 {
     match a {
         Activation::Relu => 0,
         Activation::Tanh => 1,
