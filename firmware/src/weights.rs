@@ -1,7 +1,7 @@
 //! The weights: the model compiled in from `model/digits.hvae` or the blob named by
 //! `HVAE_MODEL` at build time (`build.rs` writes its Rust source, as `hvae export
-//! --format rust` does), CRC-checked at compile time and again at boot, and two flash slots that
-//! `LoadWeights` fills, so that new weights survive a reset. What a slot keeps is a
+//! --format rust` does), CRC-checked at compile time and again at boot, and two flash
+//! slots that `LoadWeights` fills, so that new weights survive a reset. What a slot keeps is a
 //! [`Content`]: the `f32` model's inference prefix ([`F32`]), or all of an int8 blob's
 //! words ([`int8`], `cluster_int8`'s compiled-in int8 model and slots).
 //!
@@ -432,9 +432,10 @@ impl<F: FlashWriter, C: Content> Slots for FlashWeights<F, C> {
 }
 
 /// The int8 model (`model/digits_int8.hvae`, `hvae export --quantize int8 --format bin`;
-/// its Rust source written by `build.rs`), compiled in, and the int8 slots of `cluster_int8`: every word of an int8 blob
-/// after its header (weights, channels, reals), formed into a [`hvae::QuantModel`] that
-/// checks every value. Linked only into the programs that use it.
+/// its Rust source written by `build.rs`), compiled in, and the int8 slots of
+/// `cluster_int8`: every word of an int8 blob after its header (weights, channels,
+/// reals), formed into a [`hvae::QuantModel`] that checks every value. Linked only into
+/// the programs that use it.
 pub mod int8 {
     use super::{Active, Content, FlashWeights, Source};
     use crate::board::FlashWriter;
