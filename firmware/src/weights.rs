@@ -1,9 +1,9 @@
 //! The weights: the model compiled in from `model/digits.hvae` or the blob named by
 //! `HVAE_MODEL` at build time (`build.rs` writes its Rust source, as `hvae export
 //! --format rust` does), CRC-checked at compile time and again at boot, and two flash
-//! slots that `LoadWeights` fills, so that new weights survive a reset. What a slot keeps is a
-//! [`Content`]: the `f32` model's inference prefix ([`F32`]), or all of an int8 blob's
-//! words ([`int8`], `cluster_int8`'s compiled-in int8 model and slots).
+//! slots that `LoadWeights` fills, so that new weights survive a reset. What a slot
+//! keeps is a [`Content`]: the `f32` model's inference prefix ([`F32`]), or all of an
+//! int8 blob's words ([`int8`], `cluster_int8`'s compiled-in int8 model and slots).
 //!
 //! Only the inference prefix of the exported parameters (normalisation, encoder,
 //! segmenter: [`hvae::Shape::inference_param_len`]) is linked: the export's full
