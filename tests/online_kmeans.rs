@@ -4,7 +4,8 @@
 //! to each sample's label.
 
 use hvae::train::centres::{
-    in_use, CentreCounts, CentreError, Tidied, TidyRule, UNUSED_LOG_WEIGHT,
+    in_use, CentreCounts, CentreError, SpawnRule, Spawner, Tidied, TidyRule, MAX_NOVELTY,
+    UNUSED_LOG_WEIGHT,
 };
 use hvae::Shape;
 
@@ -260,4 +261,28 @@ fn tidy_refuses_a_segmenter_of_another_shape_and_changes_nothing() {
     );
     assert_eq!(c.tidy(&S, &mut seg, 3, &rule), Err(CentreError::Length));
     assert_eq!((seg, c), (segmenter(), before));
+}
+
+/// A threshold at or above `MAX_NOVELTY` turns spawning off: no novelty is novel, not
+/// even one rounded above 2, and a stream of them never fires the rule; below it, the
+/// comparison is strict.
+#[test]
+fn max_novelty_turns_spawning_off() {
+    let rule = |threshold| SpawnRule {
+        threshold,
+        window: 4,
+        count: 1,
+    };
+    let above = f32::from_bits(MAX_NOVELTY.to_bits() + 2);
+    for t in [MAX_NOVELTY, above, f32::INFINITY] {
+        let mut sp = Spawner::new(rule(t));
+        for n in [MAX_NOVELTY, above, f32::MAX, f32::INFINITY] {
+            assert!(!sp.is_novel(n), "threshold {t}, novelty {n}");
+            assert!(!sp.observe(&[0.0, -1.0], n), "threshold {t}, novelty {n}");
+        }
+    }
+    let sp = Spawner::new(rule(1.5));
+    assert!(sp.is_novel(above) && sp.is_novel(1.6) && !sp.is_novel(1.5));
+    let just_below = f32::from_bits(MAX_NOVELTY.to_bits() - 1);
+    assert!(Spawner::new(rule(just_below)).is_novel(above));
 }

@@ -410,9 +410,11 @@ impl Spawner {
         self.spawned
     }
 
-    /// True if `novelty` is above the rule's threshold.
+    /// True if `novelty` is above the rule's threshold. Never with a threshold at or
+    /// above [`MAX_NOVELTY`] (spawning off), even for a novelty that rounding put a few
+    /// ulp above 2 (a direction opposite every centre).
     pub fn is_novel(&self, novelty: f32) -> bool {
-        novelty > self.rule.threshold
+        novelty > self.rule.threshold && self.rule.threshold < MAX_NOVELTY
     }
 
     /// Takes one sample's direction `mu` and novelty; true when the rule fires.
