@@ -19,7 +19,8 @@
 
 use crate::metrics;
 use crate::train::{
-    cosines_with_others, fit_branches, mine_neighbours, Branch, EpochStats, FitConfig, FitError,
+    cosines_with_others, fit_branches, mine_neighbours, Branch, EarlyChoice, EpochStats, FitConfig,
+    FitError,
 };
 use hvae::infer::model::{Model, VecModel};
 use hvae::Shape;
@@ -198,6 +199,10 @@ pub struct GmmChoice {
     pub agreement_plain: f64,
     /// [`neighbour_agreement`] of the mixture-trained candidate.
     pub agreement_gmm: f64,
+    /// True when the choice was made at [`FitConfig::choice_at`] of the joint phase
+    /// (the agreements are the two models' there, and the model not kept was trained no
+    /// further); false when both were trained to the end.
+    pub early: bool,
 }
 
 /// What [`fit_restarts`] and [`fit_with_gmm_candidate`] train and how they pick a
@@ -225,16 +230,29 @@ pub struct Restarts<'a> {
 /// (Euclidean, on the normalised features; [`neighbour_agreement`], ties to the
 /// model as configured). The two share their warm-up ([`fit_branches`]): each is bit
 /// for bit the model trained alone, for the cost of one warm-up and two joint phases
-/// (the candidate's [`FitConfig::gmm_joint_share`] of the configured one).
+/// (the candidate's [`FitConfig::gmm_joint_share`] of the configured one). With one
+/// restart the choice is made at [`FitConfig::choice_at`] of the joint phase when one
+/// model's agreement leads the other's there by [`FitConfig::choice_margin`], and only
+/// the model kept trains on: it is the same model, bit for bit, and the cost is one
+/// warm-up, one joint phase and two short ones; otherwise both train to the end.
 /// With restarts, each restart's seed gives one model of each kind and each kind
 /// picks its restart by `criterion` first. `progress` sees the first model.
 pub fn fit_with_gmm_candidate(
     job: Restarts<'_>,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<GmmFit, FitError> {
-    let Restarts { shape, x, cfg, .. } = job;
+    let Restarts {
+        shape,
+        x,
+        cfg,
+        restarts,
+        ..
+    } = job;
     let d = shape.input;
     let neighbours = euclidean_neighbours(&normalised(x, d)?, d, cfg.choice_neighbours);
+    let agreement_of = |m: &VecModel<f32>| -> Result<f64, FitError> {
+        Ok(neighbour_agreement(&answers(m, x)?.0, &neighbours))
+    };
     let branches = [
         Branch::of(cfg),
         Branch {
@@ -243,18 +261,46 @@ pub fn fit_with_gmm_candidate(
             joint_share: cfg.gmm_joint_share,
         },
     ];
-    let mut kinds = train_restarts(job, &branches, progress)?;
+    // With one restart the choice may be made at `choice_at` of the joint phase, when
+    // one model leads by `choice_margin` there; the other stops.
+    let mut at_pause = None;
+    let mut decide = |models: &[VecModel<f32>]| -> Result<Option<usize>, FitError> {
+        let [plain, gmm] = models else {
+            return Ok(None);
+        };
+        let (p, g) = (agreement_of(plain)?, agreement_of(gmm)?);
+        at_pause = Some((p, g));
+        Ok(((g - p).abs() >= cfg.choice_margin).then_some(usize::from(g > p)))
+    };
+    let early = (restarts <= 1).then(|| EarlyChoice {
+        at: cfg.choice_at,
+        decide: &mut decide,
+    });
+    let (mut kinds, kept_early) = train_restarts(job, &branches, early, progress)?;
     let gmm = choose(job, kinds.pop().unwrap_or_default())?;
     let plain = choose(job, kinds.pop().unwrap_or_default())?;
-    let agreement_plain = neighbour_agreement(&answers(&plain.0, x)?.0, &neighbours);
-    let agreement_gmm = neighbour_agreement(&answers(&gmm.0, x)?.0, &neighbours);
-    let gmm_kept = agreement_gmm > agreement_plain;
-    let choice = GmmChoice {
-        gmm_kept,
-        agreement_plain,
-        agreement_gmm,
+    let choice = match (kept_early, at_pause) {
+        (Some(k), Some((agreement_plain, agreement_gmm))) => GmmChoice {
+            gmm_kept: k == 1,
+            agreement_plain,
+            agreement_gmm,
+            early: true,
+        },
+        _ => {
+            let (agreement_plain, agreement_gmm) = (agreement_of(&plain.0)?, agreement_of(&gmm.0)?);
+            GmmChoice {
+                gmm_kept: agreement_gmm > agreement_plain,
+                agreement_plain,
+                agreement_gmm,
+                early: false,
+            }
+        }
     };
-    let ((model, restarts), (other, _)) = if gmm_kept { (gmm, plain) } else { (plain, gmm) };
+    let ((model, restarts), (other, _)) = if choice.gmm_kept {
+        (gmm, plain)
+    } else {
+        (plain, gmm)
+    };
     Ok(GmmFit {
         model,
         restarts,
@@ -271,7 +317,8 @@ pub struct GmmFit {
     pub restarts: Vec<Restart>,
     /// Which kind was kept and the criterion of each.
     pub choice: GmmChoice,
-    /// The model not kept (to judge the choice, as `hvae suite` does).
+    /// The model not kept (to judge the choice, as `hvae suite` does), as far as it was
+    /// trained ([`GmmChoice::early`]).
     pub other: VecModel<f32>,
 }
 
@@ -303,7 +350,7 @@ pub fn fit_restarts(
     job: Restarts<'_>,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
-    let mut kinds = train_restarts(job, &[Branch::of(job.cfg)], progress)?;
+    let (mut kinds, _) = train_restarts(job, &[Branch::of(job.cfg)], None, progress)?;
     choose(job, kinds.pop().unwrap_or_default())
 }
 
@@ -324,8 +371,9 @@ type Seeded = (u64, VecModel<f32>);
 fn train_restarts(
     job: Restarts<'_>,
     branches: &[Branch],
+    mut early: Option<EarlyChoice<'_>>,
     mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
-) -> Result<Vec<Vec<Seeded>>, FitError> {
+) -> Result<(Vec<Vec<Seeded>>, Option<usize>), FitError> {
     let Restarts {
         shape,
         x,
@@ -335,21 +383,25 @@ fn train_restarts(
         ..
     } = job;
     let mut kinds: Vec<Vec<Seeded>> = branches.iter().map(|_| Vec::new()).collect();
+    let mut kept_early = None;
     for r in 0..restarts.max(1) {
         let c = FitConfig {
             seed: restart_seed(cfg.seed, r),
             ..cfg.clone()
         };
-        let models = if r == 0 {
-            fit_branches(shape, x, labels, &c, branches, &mut progress)?
+        let trained = if r == 0 {
+            fit_branches(shape, x, labels, &c, branches, early.take(), &mut progress)?
         } else {
-            fit_branches(shape, x, labels, &c, branches, |_, _| {})?
+            fit_branches(shape, x, labels, &c, branches, None, |_, _| {})?
         };
-        for (kind, m) in kinds.iter_mut().zip(models) {
+        if r == 0 {
+            kept_early = trained.kept_early;
+        }
+        for (kind, m) in kinds.iter_mut().zip(trained.models) {
             kind.push((c.seed, m));
         }
     }
-    Ok(kinds)
+    Ok((kinds, kept_early))
 }
 
 /// The model `criterion` ranks best among restarts (with every restart's criteria;

@@ -121,6 +121,10 @@ pub struct ChoiceScore {
     pub plain: (f64, f64),
     /// The candidate's ACC and NMI.
     pub gmm: (f64, f64),
+    /// The choice was made early ([`crate::select::GmmChoice::early`]): the model not
+    /// kept is scored as far as it was trained.
+    #[serde(default)]
+    pub early: bool,
 }
 
 /// A restart's label-free criteria and its scores (to judge the criteria).

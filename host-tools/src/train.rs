@@ -94,6 +94,13 @@ pub struct FitConfig {
     /// between the model and the GMM candidate
     /// ([`crate::select::fit_with_gmm_candidate`]).
     pub choice_neighbours: usize,
+    /// Where [`crate::select::fit_with_gmm_candidate`] may make its choice early, as a
+    /// share of the joint phase ([`CHOICE_AT`]; 1: only at the end).
+    pub choice_at: f32,
+    /// How much more one model's neighbour agreement must be than the other's at
+    /// [`FitConfig::choice_at`] for the choice to be made there and the other model
+    /// left ([`CHOICE_MARGIN`]); below it both train to the end and are compared then.
+    pub choice_margin: f64,
     /// Full covariances in the mixture behind [`CentreInit::Gmm`] where the data allow
     /// ([`full_covariance_fits`]), diagonal ones elsewhere; `false`: diagonal always.
     pub gmm_full: bool,
@@ -148,6 +155,8 @@ impl Default for FitConfig {
             gmm_joint_share: 1.0,
             gmm_runs: GMM_RUNS,
             choice_neighbours: CHOICE_NEIGHBOURS,
+            choice_at: CHOICE_AT,
+            choice_margin: CHOICE_MARGIN,
             gmm_full: false,
         }
     }
@@ -394,45 +403,107 @@ impl Branch {
     }
 }
 
+/// A choice among [`fit_branches`]' branches made part of the way through their joint
+/// phases: when the first branch has trained a share `at` of its joint phase (rounded
+/// to whole rounds), `decide` sees every branch's model as it stands and may name the
+/// one branch to train on; the others stop there.
+pub struct EarlyChoice<'c> {
+    /// Where the choice is made, as a share of the configured joint phase; in `(0, 1)`
+    /// (at the end of the shortest branch or later, nothing is chosen early).
+    pub at: f32,
+    /// The branch to train on alone, or `None` to train every branch to its end.
+    #[allow(clippy::type_complexity)]
+    pub decide: &'c mut dyn FnMut(&[Model<f32, Vec<f32>>]) -> Result<Option<usize>, FitError>,
+}
+
+/// What [`fit_branches`] trains.
+pub struct Branches {
+    /// One model per branch: trained to the end of its joint phase, or, for a branch an
+    /// early choice left behind, to the point of that choice.
+    pub models: Vec<Model<f32, Vec<f32>>>,
+    /// The branch an [`EarlyChoice`] kept, when it kept one.
+    pub kept_early: Option<usize>,
+}
+
 /// Trains one model per branch from one warm-up: the VAE's warm-up (and everything
 /// before it: the initial weights, the normalisation, the neighbours) does not depend
 /// on how the centres are placed after it, so it runs once and each branch continues
 /// from a copy of its state (weights, optimiser moments, marginal, random stream,
-/// shuffled order). Each model is bit for bit the one [`fit`] trains with `cfg` and
-/// the branch's `init` and `gmm_targets`. `progress` sees the warm-up and the first
-/// branch.
+/// shuffled order). Each model trained to its end is bit for bit the one [`fit`]
+/// trains with `cfg` and the branch's `init` and `gmm_targets`, whether or not an
+/// `early` choice was asked for: a run paused and continued takes the same steps.
+/// `progress` sees the warm-up and the first branch (up to the early choice when it
+/// keeps another).
 pub fn fit_branches(
     shape: Shape,
     x: &[f32],
     labels: Option<&[u8]>,
     cfg: &FitConfig,
     branches: &[Branch],
+    early: Option<EarlyChoice<'_>>,
     mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
-) -> Result<Vec<Model<f32, Vec<f32>>>, FitError> {
+) -> Result<Branches, FitError> {
     let mut warm = Run::start(shape, x, labels, cfg)?;
     warm.train(cfg, warm.warm_steps, &mut progress)?;
-    let mut models = Vec::with_capacity(branches.len());
-    for (i, b) in branches.iter().enumerate() {
-        let c = FitConfig {
+    let configs: Vec<FitConfig> = branches
+        .iter()
+        .map(|b| FitConfig {
             init: b.init,
             gmm_targets: b.gmm_targets,
             ..cfg.clone()
-        };
-        let mut run = warm.clone();
-        if b.joint_share < 1.0 {
-            let joint = run.total - run.warm_steps;
-            let share = (joint as f64 * f64::from(b.joint_share.max(0.0))).round() as usize;
-            run.total = run.warm_steps + share.clamp(1, joint.max(1));
+        })
+        .collect();
+    let mut runs: Vec<Run<'_>> = branches
+        .iter()
+        .map(|b| {
+            let mut run = warm.clone();
+            if b.joint_share < 1.0 {
+                let joint = run.total - run.warm_steps;
+                let share = (joint as f64 * f64::from(b.joint_share.max(0.0))).round() as usize;
+                run.total = run.warm_steps + share.clamp(1, joint.max(1));
+            }
+            run
+        })
+        .collect();
+    let mut kept_early = None;
+    let mut paused = Vec::new();
+    if let (Some(e), Some(first)) = (early, runs.first()) {
+        let pause = first.joint_step_at(cfg, e.at);
+        if runs.iter().all(|r| pause < r.total) {
+            for (i, (run, c)) in runs.iter_mut().zip(&configs).enumerate() {
+                if i == 0 {
+                    run.train(c, pause, &mut progress)?;
+                } else {
+                    run.train(c, pause, |_, _| {})?;
+                }
+            }
+            paused = runs
+                .iter()
+                .zip(&configs)
+                .map(|(r, c)| r.clone().finish(c))
+                .collect::<Result<_, _>>()?;
+            kept_early = (e.decide)(&paused)?.filter(|&k| k < runs.len());
+        }
+    }
+    let mut models = Vec::with_capacity(branches.len());
+    let mut paused = paused.into_iter();
+    for (i, (mut run, c)) in runs.into_iter().zip(&configs).enumerate() {
+        let left = paused.next();
+        if let (Some(k), Some(m)) = (kept_early, left) {
+            if k != i {
+                models.push(m);
+                continue;
+            }
         }
         let total = run.total;
         if i == 0 {
-            run.train(&c, total, &mut progress)?;
+            run.train(c, total, &mut progress)?;
         } else {
-            run.train(&c, total, |_, _| {})?;
+            run.train(c, total, |_, _| {})?;
         }
-        models.push(run.finish(&c)?);
+        models.push(run.finish(c)?);
     }
-    Ok(models)
+    Ok(Branches { models, kept_early })
 }
 
 /// A training run that can stop after any step and be copied: everything
@@ -542,6 +613,28 @@ impl<'d> Run<'d> {
         })
     }
 
+    /// Steps in one round (an epoch, or a hundredth of a schedule in steps) of the
+    /// warm-up or of the joint phase: where [`EpochStats`] are reported.
+    fn round_len(&self, cfg: &FitConfig, warm: bool) -> usize {
+        let n = self.x.len() / self.shape.input;
+        if cfg.steps > 0 {
+            (self.total / 100).max(1)
+        } else if warm {
+            n.div_ceil(cfg.batch)
+        } else {
+            n.div_ceil(cfg.batch / 2)
+        }
+    }
+
+    /// The step a share `at` of the joint phase into it, rounded to whole rounds (at
+    /// least one).
+    fn joint_step_at(&self, cfg: &FitConfig, at: f32) -> usize {
+        let round = self.round_len(cfg, false);
+        let joint = self.total.saturating_sub(self.warm_steps);
+        let rounds = (joint as f64 * f64::from(at.max(0.0)) / round as f64).round() as usize;
+        self.warm_steps + rounds.max(1) * round
+    }
+
     /// Runs the steps from where the run stands up to step `until` (exclusive); the
     /// centres are placed by `cfg.init` when the warm-up ends.
     fn train(
@@ -566,15 +659,6 @@ impl<'d> Run<'d> {
         let mut rows = vec![0f32; cfg.batch * d];
         let mut row_labels: Vec<Option<u8>> = Vec::with_capacity(cfg.batch);
         let mut pairs: Vec<(u16, u16)> = Vec::with_capacity(cfg.batch / 2);
-        let round_len = |warm: bool| {
-            if cfg.steps > 0 {
-                (total / 100).max(1)
-            } else if warm {
-                n.div_ceil(cfg.batch)
-            } else {
-                n.div_ceil(cfg.batch / 2)
-            }
-        };
         // A run stops only at the end of a round (the warm-up's last step ends one),
         // so every round's sum starts empty here.
         let mut sum = LossParts::<f32>::default();
@@ -643,7 +727,7 @@ impl<'d> Run<'d> {
             in_round += 1;
             self.step = step + 1;
             let last_of_phase = step + 1 == warm_steps || step + 1 == total;
-            if in_round == round_len(warm) || last_of_phase {
+            if in_round == self.round_len(cfg, warm) || last_of_phase {
                 self.round += 1;
                 let stats = EpochStats {
                     epoch: self.round,
@@ -831,6 +915,14 @@ fn partition_centres(mus: &[f32], m: usize, k: usize, labels: &[usize]) -> (Vec<
 /// Neighbours of the choice between the model and the GMM candidate by default
 /// ([`FitConfig::choice_neighbours`]).
 pub const CHOICE_NEIGHBOURS: usize = 20;
+
+/// Where the choice between the model and the GMM candidate may be made by default,
+/// as a share of the joint phase ([`FitConfig::choice_at`]).
+pub const CHOICE_AT: f32 = 0.25;
+
+/// The lead in neighbour agreement that makes the choice there by default
+/// ([`FitConfig::choice_margin`]).
+pub const CHOICE_MARGIN: f64 = 0.02;
 
 /// Runs of [`diagonal_gmm`] behind [`CentreInit::Gmm`] by default (the best by
 /// likelihood kept; [`FitConfig::gmm_runs`]).

@@ -344,10 +344,12 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
         },
     ];
     let mut shared_epochs = Vec::new();
-    let models = fit_branches(shape, x, None, &cfg, &branches, |s, _| {
+    let trained = fit_branches(shape, x, None, &cfg, &branches, None, |s, _| {
         shared_epochs.push((s.epoch, s.warmup, s.loss.total.to_bits()))
     })
     .unwrap();
+    assert_eq!(trained.kept_early, None);
+    let models = trained.models;
     assert_eq!(models.len(), 3);
     for (b, shared) in branches.iter().zip(&models) {
         let c = FitConfig {
@@ -370,6 +372,141 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
     }
     // The branches do differ after the warm-up.
     assert_ne!(models[0].params(), models[1].params());
+}
+
+/// An early choice among the branches: the branch it keeps trains on to the very model
+/// trained without it, the others stop where the choice was made (a quarter of the
+/// joint phase: 2 of its 8 epochs), the first branch reports the epochs up to there,
+/// and a choice that keeps none changes nothing.
+#[test]
+fn an_early_choice_keeps_one_branch_and_its_bits() {
+    use hvae_host::train::{fit_branches, Branch, CentreInit, EarlyChoice};
+    let mix = hvae_host::synth::VmfMixture::new(12, 4, 300, 20.0, 3)
+        .generate()
+        .unwrap();
+    let x = mix.data.features();
+    let shape = hvae::Shape::new(12, &[16], 4, 4);
+    let cfg = FitConfig {
+        epochs: 12,
+        warmup_epochs: 4,
+        seed: 5,
+        ..FitConfig::default()
+    };
+    let branches = [
+        Branch::of(&cfg),
+        Branch {
+            init: CentreInit::Gmm,
+            gmm_targets: true,
+            joint_share: 1.0,
+        },
+    ];
+    let full = fit_branches(shape, x, None, &cfg, &branches, None, |_, _| {})
+        .unwrap()
+        .models;
+    // What each branch is after 4 + 2 epochs: the same configuration, 6 epochs long.
+    let short = FitConfig {
+        epochs: 6,
+        ..cfg.clone()
+    };
+    let at_pause = fit_branches(shape, x, None, &short, &branches, None, |_, _| {})
+        .unwrap()
+        .models;
+    for keep in [0, 1] {
+        let mut seen = Vec::new();
+        let mut decide = |m: &[hvae::VecModel<f32>]| {
+            seen = m.iter().map(|m| m.params().to_vec()).collect();
+            Ok(Some(keep))
+        };
+        let mut epochs = 0;
+        let trained = fit_branches(
+            shape,
+            x,
+            None,
+            &cfg,
+            &branches,
+            Some(EarlyChoice {
+                at: 0.25,
+                decide: &mut decide,
+            }),
+            |_, _| epochs += 1,
+        )
+        .unwrap();
+        assert_eq!(trained.kept_early, Some(keep));
+        for (b, m) in trained.models.iter().enumerate() {
+            let expect = if b == keep { &full[b] } else { &at_pause[b] };
+            assert_eq!(m.params(), expect.params(), "keep {keep}, branch {b}");
+            assert_eq!(seen[b], at_pause[b].params(), "what the choice saw");
+        }
+        assert_eq!(epochs, if keep == 0 { 12 } else { 6 });
+    }
+    let mut decide = |_: &[hvae::VecModel<f32>]| Ok(None);
+    let none = fit_branches(
+        shape,
+        x,
+        None,
+        &cfg,
+        &branches,
+        Some(EarlyChoice {
+            at: 0.25,
+            decide: &mut decide,
+        }),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(none.kept_early, None);
+    for (a, b) in none.models.iter().zip(&full) {
+        assert_eq!(a.params(), b.params());
+    }
+}
+
+/// `fit_with_gmm_candidate` makes its choice early when one model leads by the margin
+/// (0 here: always), and the model it keeps is bit for bit that model trained to the
+/// end without the early choice; with the margin at 1 it trains both to the end.
+#[test]
+fn the_candidate_choice_made_early_keeps_the_same_model() {
+    use hvae_host::select::{fit_with_gmm_candidate, Criterion, Restarts};
+    let mix = hvae_host::synth::VmfMixture::new(12, 4, 300, 20.0, 3)
+        .generate()
+        .unwrap();
+    let x = mix.data.features();
+    let shape = hvae::Shape::new(12, &[16], 4, 4);
+    let fit = |margin: f64| {
+        let cfg = FitConfig {
+            epochs: 12,
+            warmup_epochs: 4,
+            seed: 5,
+            choice_margin: margin,
+            ..FitConfig::default()
+        };
+        let job = Restarts {
+            shape,
+            x,
+            labels: None,
+            cfg: &cfg,
+            restarts: 1,
+            criterion: Criterion::Agreement,
+        };
+        fit_with_gmm_candidate(job, |_, _| {}).unwrap()
+    };
+    let (late, early) = (fit(1.0), fit(0.0));
+    assert!(!late.choice.early);
+    assert!(early.choice.early);
+    // Both models of the late run, trained to the end.
+    let (late_gmm, late_plain) = if late.choice.gmm_kept {
+        (&late.model, &late.other)
+    } else {
+        (&late.other, &late.model)
+    };
+    let (kept, left) = if early.choice.gmm_kept {
+        (late_gmm, late_plain)
+    } else {
+        (late_plain, late_gmm)
+    };
+    assert_eq!(early.model.params(), kept.params());
+    assert_ne!(early.other.params(), left.params());
+    // The lead the early choice saw is the one it acted on.
+    let lead = early.choice.agreement_gmm - early.choice.agreement_plain;
+    assert_eq!(early.choice.gmm_kept, lead > 0.0, "{lead}");
 }
 
 /// `min_steps` lengthens a small set's epochs by a whole number of times (warm-up and

@@ -257,6 +257,14 @@ pub struct TrainArgs {
     /// --gmm-candidate's choice (docs/benchmarks.md: how the default was chosen).
     #[arg(long, default_value_t = crate::train::CHOICE_NEIGHBOURS, value_name = "N")]
     pub choice_neighbours: usize,
+    /// Where --gmm-candidate's choice may be made early, as a share of the joint phase
+    /// in (0, 1] (1: only at the end): if one model's neighbour agreement leads by
+    /// --choice-margin there, only that model trains on (the same model, in less time).
+    #[arg(long, default_value_t = crate::train::CHOICE_AT, value_name = "SHARE")]
+    pub choice_at: f32,
+    /// The lead in neighbour agreement (in [0, 1]) that makes --choice-at's early choice.
+    #[arg(long, default_value_t = crate::train::CHOICE_MARGIN, value_name = "M")]
+    pub choice_margin: f64,
     /// Also train a candidate whose clusters start from and are trained towards a
     /// diagonal Gaussian mixture of the normalised inputs (--init gmm --gmm-targets), and
     /// keep whichever of the two partitions agrees more with the inputs' nearest
@@ -438,6 +446,12 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
             "--gmm-joint-share must be in (0, 1]".into(),
         ));
     }
+    if !(args.choice_at > 0.0 && args.choice_at <= 1.0) {
+        return Err(Error::BadInput("--choice-at must be in (0, 1]".into()));
+    }
+    if !(0.0..=1.0).contains(&args.choice_margin) {
+        return Err(Error::BadInput("--choice-margin must be in [0, 1]".into()));
+    }
     if args.choice_neighbours == 0 {
         return Err(Error::BadInput(
             "--choice-neighbours must be at least 1".into(),
@@ -475,6 +489,8 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         gmm_runs: args.gmm_runs.max(1),
         gmm_full: args.gmm_full,
         choice_neighbours: args.choice_neighbours,
+        choice_at: args.choice_at,
+        choice_margin: args.choice_margin,
         ..FitConfig::default()
     };
     cfg.loss.gamma = args.gamma;
