@@ -272,7 +272,7 @@ pub fn fit_with_gmm_candidate(
         at_pause = Some((p, g));
         Ok(((g - p).abs() >= cfg.choice_margin).then_some(usize::from(g > p)))
     };
-    let early = (restarts <= 1).then(|| EarlyChoice {
+    let early = (restarts <= 1).then_some(EarlyChoice {
         at: cfg.choice_at,
         decide: &mut decide,
     });
