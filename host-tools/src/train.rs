@@ -432,8 +432,8 @@ pub struct Branches {
 /// shuffled order). Each model trained to its end is bit for bit the one [`fit`]
 /// trains with `cfg` and the branch's `init` and `gmm_targets`, whether or not an
 /// `early` choice was asked for: a run paused and continued takes the same steps.
-/// `progress` sees the warm-up and the first branch (up to the early choice when it
-/// keeps another).
+/// `progress` sees the warm-up and then the branch an early choice keeps, or else the
+/// first branch.
 pub fn fit_branches(
     shape: Shape,
     x: &[f32],
@@ -470,12 +470,13 @@ pub fn fit_branches(
     if let (Some(e), Some(first)) = (early, runs.first()) {
         let pause = first.joint_step_at(cfg, e.at);
         if runs.iter().all(|r| pause < r.total) {
-            for (i, (run, c)) in runs.iter_mut().zip(&configs).enumerate() {
-                if i == 0 {
-                    run.train(c, pause, &mut progress)?;
-                } else {
-                    run.train(c, pause, |_, _| {})?;
-                }
+            // Each branch's epochs up to the choice are held back: `progress` is then
+            // shown those of the branch that trains on.
+            let mut held: Vec<Vec<(EpochStats, Model<f32, Vec<f32>>)>> = Vec::new();
+            for (run, c) in runs.iter_mut().zip(&configs) {
+                let mut epochs = Vec::new();
+                run.train(c, pause, |s, m| epochs.push((*s, m.clone())))?;
+                held.push(epochs);
             }
             paused = runs
                 .iter()
@@ -483,8 +484,13 @@ pub fn fit_branches(
                 .map(|(r, c)| r.clone().finish(c))
                 .collect::<Result<_, _>>()?;
             kept_early = (e.decide)(&paused)?.filter(|&k| k < runs.len());
+            let shown = held.into_iter().nth(kept_early.unwrap_or(0));
+            for (s, m) in shown.iter().flatten() {
+                progress(s, m);
+            }
         }
     }
+    let shown = kept_early.unwrap_or(0);
     let mut models = Vec::with_capacity(branches.len());
     let mut paused = paused.into_iter();
     for (i, (mut run, c)) in runs.into_iter().zip(&configs).enumerate() {
@@ -496,7 +502,7 @@ pub fn fit_branches(
             }
         }
         let total = run.total;
-        if i == 0 {
+        if i == shown {
             run.train(c, total, &mut progress)?;
         } else {
             run.train(c, total, |_, _| {})?;

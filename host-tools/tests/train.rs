@@ -376,8 +376,8 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
 
 /// An early choice among the branches: the branch it keeps trains on to the very model
 /// trained without it, the others stop where the choice was made (a quarter of the
-/// joint phase: 2 of its 8 epochs), the first branch reports the epochs up to there,
-/// and a choice that keeps none changes nothing.
+/// joint phase: 2 of its 8 epochs), the progress shown is the kept branch's, and a
+/// choice that keeps none changes nothing.
 #[test]
 fn an_early_choice_keeps_one_branch_and_its_bits() {
     use hvae_host::train::{fit_branches, Branch, CentreInit, EarlyChoice};
@@ -417,7 +417,7 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
             seen = m.iter().map(|m| m.params().to_vec()).collect();
             Ok(Some(keep))
         };
-        let mut epochs = 0;
+        let mut epochs = Vec::new();
         let trained = fit_branches(
             shape,
             x,
@@ -428,7 +428,7 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
                 at: 0.25,
                 decide: &mut decide,
             }),
-            |_, _| epochs += 1,
+            |s, _| epochs.push((s.epoch, s.warmup, s.loss.total.to_bits())),
         )
         .unwrap();
         assert_eq!(trained.kept_early, Some(keep));
@@ -437,7 +437,20 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
             assert_eq!(m.params(), expect.params(), "keep {keep}, branch {b}");
             assert_eq!(seen[b], at_pause[b].params(), "what the choice saw");
         }
-        assert_eq!(epochs, if keep == 0 { 12 } else { 6 });
+        // The warm-up's 4 epochs, then the kept branch's 8: what its model trained
+        // alone reports.
+        let alone = FitConfig {
+            init: branches[keep].init,
+            gmm_targets: branches[keep].gmm_targets,
+            ..cfg.clone()
+        };
+        let mut expected = Vec::new();
+        fit(shape, x, None, &alone, |s, _| {
+            expected.push((s.epoch, s.warmup, s.loss.total.to_bits()))
+        })
+        .unwrap();
+        assert_eq!(epochs.len(), 12);
+        assert_eq!(epochs, expected, "keep {keep}");
     }
     let mut decide = |_: &[hvae::VecModel<f32>]| Ok(None);
     let none = fit_branches(

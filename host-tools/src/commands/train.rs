@@ -277,6 +277,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub supervised: bool,
     /// Write the per-epoch training curves (loss parts, ACC/NMI with labels) as JSON.
+    /// With --gmm-candidate they are the kept model's when the choice is made early
+    /// (--choice-at), else the model's as configured.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// No progress bar.
