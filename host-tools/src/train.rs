@@ -412,9 +412,12 @@ pub struct EarlyChoice<'c> {
     /// (at the end of the shortest branch or later, nothing is chosen early).
     pub at: f32,
     /// The branch to train on alone, or `None` to train every branch to its end.
-    #[allow(clippy::type_complexity)]
-    pub decide: &'c mut dyn FnMut(&[Model<f32, Vec<f32>>]) -> Result<Option<usize>, FitError>,
+    pub decide: &'c mut Decide<'c>,
 }
+
+/// What makes an [`EarlyChoice`]: each branch's model at that point in, the branch to
+/// keep (if any) out.
+pub type Decide<'c> = dyn FnMut(&[Model<f32, Vec<f32>>]) -> Result<Option<usize>, FitError> + 'c;
 
 /// What [`fit_branches`] trains.
 pub struct Branches {
@@ -472,7 +475,7 @@ pub fn fit_branches(
         if runs.iter().all(|r| pause < r.total) {
             // Each branch's epochs up to the choice are held back: `progress` is then
             // shown those of the branch that trains on.
-            let mut held: Vec<Vec<(EpochStats, Model<f32, Vec<f32>>)>> = Vec::new();
+            let mut held = Vec::new();
             for (run, c) in runs.iter_mut().zip(&configs) {
                 let mut epochs = Vec::new();
                 run.train(c, pause, |s, m| epochs.push((*s, m.clone())))?;
