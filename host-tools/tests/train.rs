@@ -312,6 +312,31 @@ fn density_and_gmm_options_train() {
     }
 }
 
+/// The branch tests' job: 300 rows of 4 von Mises-Fisher clusters in 12 dimensions, a
+/// 12-16-4 model with K = 4, 4 epochs of warm-up and 8 joint, the seed `seed`.
+fn branch_job(seed: u64) -> (Vec<f32>, hvae::Shape, FitConfig) {
+    let mix = hvae_host::synth::VmfMixture::new(12, 4, 300, 20.0, 3)
+        .generate()
+        .unwrap();
+    let cfg = FitConfig {
+        epochs: 12,
+        warmup_epochs: 4,
+        seed,
+        ..FitConfig::default()
+    };
+    let shape = hvae::Shape::new(12, &[16], 4, 4);
+    (mix.data.features().to_vec(), shape, cfg)
+}
+
+/// The GMM candidate's branch, as `hvae train` trains it.
+fn gmm_branch() -> hvae_host::train::Branch {
+    hvae_host::train::Branch {
+        init: hvae_host::train::CentreInit::Gmm,
+        gmm_targets: true,
+        joint_share: 1.0,
+    }
+}
+
 /// Models trained from one shared warm-up (`fit_branches`, how `hvae train` trains its
 /// plain model and the GMM candidate) are bit for bit the models `fit` trains alone
 /// with each branch's centre initialisation, and the first branch reports the same
@@ -319,24 +344,11 @@ fn density_and_gmm_options_train() {
 #[test]
 fn branches_from_one_warm_up_equal_models_trained_alone() {
     use hvae_host::train::{fit_branches, Branch, CentreInit};
-    let mix = hvae_host::synth::VmfMixture::new(12, 4, 300, 20.0, 3)
-        .generate()
-        .unwrap();
-    let x = mix.data.features();
-    let shape = hvae::Shape::new(12, &[16], 4, 4);
-    let cfg = FitConfig {
-        epochs: 12,
-        warmup_epochs: 4,
-        seed: 11,
-        ..FitConfig::default()
-    };
+    let (x, shape, cfg) = branch_job(11);
+    let x = &x[..];
     let branches = [
         Branch::of(&cfg),
-        Branch {
-            init: CentreInit::Gmm,
-            gmm_targets: true,
-            joint_share: 1.0,
-        },
+        gmm_branch(),
         Branch {
             init: CentreInit::Selected,
             gmm_targets: false,
@@ -380,26 +392,10 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
 /// choice that keeps none changes nothing.
 #[test]
 fn an_early_choice_keeps_one_branch_and_its_bits() {
-    use hvae_host::train::{fit_branches, Branch, CentreInit, EarlyChoice};
-    let mix = hvae_host::synth::VmfMixture::new(12, 4, 300, 20.0, 3)
-        .generate()
-        .unwrap();
-    let x = mix.data.features();
-    let shape = hvae::Shape::new(12, &[16], 4, 4);
-    let cfg = FitConfig {
-        epochs: 12,
-        warmup_epochs: 4,
-        seed: 5,
-        ..FitConfig::default()
-    };
-    let branches = [
-        Branch::of(&cfg),
-        Branch {
-            init: CentreInit::Gmm,
-            gmm_targets: true,
-            joint_share: 1.0,
-        },
-    ];
+    use hvae_host::train::{fit_branches, Branch, EarlyChoice};
+    let (x, shape, cfg) = branch_job(5);
+    let x = &x[..];
+    let branches = [Branch::of(&cfg), gmm_branch()];
     let full = fit_branches(shape, x, None, &cfg, &branches, None, |_, _| {})
         .unwrap()
         .models;
@@ -478,22 +474,15 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
 #[test]
 fn the_candidate_choice_made_early_keeps_the_same_model() {
     use hvae_host::select::{fit_with_gmm_candidate, Criterion, Restarts};
-    let mix = hvae_host::synth::VmfMixture::new(12, 4, 300, 20.0, 3)
-        .generate()
-        .unwrap();
-    let x = mix.data.features();
-    let shape = hvae::Shape::new(12, &[16], 4, 4);
+    let (x, shape, base) = branch_job(5);
     let fit = |margin: f64| {
         let cfg = FitConfig {
-            epochs: 12,
-            warmup_epochs: 4,
-            seed: 5,
             choice_margin: margin,
-            ..FitConfig::default()
+            ..base.clone()
         };
         let job = Restarts {
             shape,
-            x,
+            x: &x,
             labels: None,
             cfg: &cfg,
             restarts: 1,
