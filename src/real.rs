@@ -25,6 +25,10 @@ pub trait Real: RealField + Copy + Default + core::fmt::Debug + 'static {
     /// [`exp_f32`] (within 1 ulp, and cheaper than libm's on a Cortex-M4F),
     /// `f64` libm's `exp`.
     fn fast_exp(self) -> Self;
+    /// The square root, correctly rounded as IEEE 754 requires of every implementation:
+    /// the standard library's where the `std` feature is on (the compiler may then run
+    /// it over several values at once), libm's elsewhere; the same bits either way.
+    fn sqrt_rounded(self) -> Self;
 }
 
 impl Real for f32 {
@@ -50,6 +54,13 @@ impl Real for f32 {
     fn fast_exp(self) -> Self {
         exp_f32(self)
     }
+    #[inline(always)]
+    fn sqrt_rounded(self) -> Self {
+        #[cfg(feature = "std")]
+        return std::primitive::f32::sqrt(self);
+        #[cfg(not(feature = "std"))]
+        return libm::sqrtf(self);
+    }
 }
 
 impl Real for f64 {
@@ -74,6 +85,13 @@ impl Real for f64 {
     #[inline(always)]
     fn fast_exp(self) -> Self {
         libm::exp(self)
+    }
+    #[inline(always)]
+    fn sqrt_rounded(self) -> Self {
+        #[cfg(feature = "std")]
+        return std::primitive::f64::sqrt(self);
+        #[cfg(not(feature = "std"))]
+        return libm::sqrt(self);
     }
 }
 

@@ -1056,6 +1056,8 @@ fn gmm_run(
     let mut vars = vec![1f64; k * d];
     // ln of every variance, once per M step rather than once per row in the E step.
     let mut ln_vars = vec![0f64; k * d];
+    let (mut means_t, mut vars_t, mut ln_vars_t) =
+        (vec![0f64; d * k], vec![0f64; d * k], vec![0f64; d * k]);
     let mut logw = vec![0f64; k];
     // With `full`: each component's covariance's Cholesky factor (row-major lower
     // triangle, `d x d`) and the log of its determinant.
@@ -1095,11 +1097,42 @@ fn gmm_run(
         for (l, v) in ln_vars.iter_mut().zip(&vars) {
             *l = v.ln();
         }
+        // The diagonal components' means, variances and their logs feature-major
+        // (`d x k`), for the E step's loop over the components side by side.
+        for (t, a) in [
+            (&mut means_t, &means),
+            (&mut vars_t, &vars),
+            (&mut ln_vars_t, &ln_vars),
+        ] {
+            for (c, col) in a.chunks_exact(d).enumerate() {
+                for (j, &v) in col.iter().enumerate() {
+                    t[j * k + c] = v;
+                }
+            }
+        }
+        let diagonal = chol.iter().all(Option::is_none);
         // E step.
         ll = 0.0;
         for i in 0..n {
             let ri = &mut resp[i * k..(i + 1) * k];
-            for c in 0..k {
+            if diagonal {
+                // Each component's sum in the order of the loop below (feature by
+                // feature, so the same bits), the components side by side: independent
+                // sums that the processor overlaps.
+                ri.copy_from_slice(&logw);
+                for (j, &v) in row(i).iter().enumerate() {
+                    let at = j * k..(j + 1) * k;
+                    for (((l, &m), &s), &ls) in ri
+                        .iter_mut()
+                        .zip(&means_t[at.clone()])
+                        .zip(&vars_t[at.clone()])
+                        .zip(&ln_vars_t[at])
+                    {
+                        *l -= 0.5 * ((v - m) * (v - m) / s + ls + std::f64::consts::TAU.ln());
+                    }
+                }
+            }
+            for c in (0..k).filter(|_| !diagonal) {
                 let (mc, vc) = (&means[c * d..(c + 1) * d], &vars[c * d..(c + 1) * d]);
                 let lc = &ln_vars[c * d..(c + 1) * d];
                 let mut l = logw[c];
@@ -1123,9 +1156,10 @@ fn gmm_run(
                 ri[c] = l;
             }
             let mx = ri.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = ri.iter().map(|l| (l - mx).exp()).sum();
+            ri.iter_mut().for_each(|l| *l = (*l - mx).exp());
+            let sum: f64 = ri.iter().sum();
             ll += mx + sum.ln();
-            ri.iter_mut().for_each(|l| *l = (*l - mx).exp() / sum);
+            ri.iter_mut().for_each(|l| *l /= sum);
         }
         ll /= n as f64;
         if ll - last < 1e-4 {

@@ -641,14 +641,16 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     };
     let mut epochs = Vec::with_capacity(args.epochs);
     let start = std::time::Instant::now();
+    // Each epoch's ACC and NMI cost a pass over the data: only for a bar or a report.
+    let scored = !args.quiet || args.report.is_some();
     let trained = train_on(args, &data, |s, model| {
         let (acc, nmi) = match &classes {
-            Some(truth) => {
+            Some(truth) if scored => {
                 let pred = predict(model, &data);
                 let sc = metrics::scores(truth, &pred);
                 (Some(sc.acc), Some(sc.nmi))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         let l = s.loss;
         let mut msg = format!(
