@@ -37,6 +37,29 @@ fn digits_quality_with_defaults_over_five_seeds() {
     assert!(nmi >= 0.80, "NMI {nmi}");
 }
 
+/// `hvae train` with `firmware/model/regen.sh`'s arguments writes the committed firmware
+/// model byte for byte: the firmware's golden outputs, budgets and every on-target
+/// figure were measured on that model, so a change of the training's bits (the early
+/// choice, the optimiser's square root, the mixture's E step) must show here first.
+#[test]
+fn the_firmware_model_is_trained_again_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (hidden, blob) in [("32", "digits.hvae"), ("16", "digits_m0.hvae")] {
+        let out = dir.path().join(blob);
+        hvae()
+            .args(["train", "--data"])
+            .arg(digits())
+            .args(["--clusters", "10", "--latent", "8", "--hidden", hidden])
+            .args(["--seed", "1", "--quiet", "--out"])
+            .arg(&out)
+            .assert()
+            .success();
+        let committed = std::fs::read(root.join("firmware/model").join(blob)).unwrap();
+        assert!(std::fs::read(&out).unwrap() == committed, "{blob} differs");
+    }
+}
+
 /// A well-separated vMF mixture with known labels is recovered almost perfectly, and
 /// the same seed writes the same bytes.
 #[test]

@@ -797,7 +797,11 @@ impl<T: Real> Adam<T> {
         let (m, v) = self.moments(p, g, m, v);
         let m_hat = m / self.bc1;
         let v_hat = v / self.bc2;
-        (p - self.lr * m_hat / (v_hat.sqrt_rounded() + self.eps), m, v)
+        (
+            p - self.lr * m_hat / (v_hat.sqrt_rounded() + self.eps),
+            m,
+            v,
+        )
     }
 }
 
