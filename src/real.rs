@@ -56,10 +56,7 @@ impl Real for f32 {
     }
     #[inline(always)]
     fn sqrt_rounded(self) -> Self {
-        #[cfg(feature = "std")]
-        return std::primitive::f32::sqrt(self);
-        #[cfg(not(feature = "std"))]
-        return libm::sqrtf(self);
+        rounded::sqrt32(self)
     }
 }
 
@@ -88,10 +85,7 @@ impl Real for f64 {
     }
     #[inline(always)]
     fn sqrt_rounded(self) -> Self {
-        #[cfg(feature = "std")]
-        return std::primitive::f64::sqrt(self);
-        #[cfg(not(feature = "std"))]
-        return libm::sqrt(self);
+        rounded::sqrt64(self)
     }
 }
 
@@ -136,6 +130,21 @@ pub fn exp_f32(x: f32) -> f32 {
         return y * 2.0 * f32::from_bits(254 << 23);
     }
     y * f32::from_bits(((ki + 127) as u32) << 23)
+}
+
+/// [`Real::sqrt_rounded`]'s two sources: correctly rounded either way, so the same bits.
+#[cfg(feature = "std")]
+mod rounded {
+    pub(super) fn sqrt32(x: f32) -> f32 {
+        x.sqrt()
+    }
+    pub(super) fn sqrt64(x: f64) -> f64 {
+        x.sqrt()
+    }
+}
+#[cfg(not(feature = "std"))]
+mod rounded {
+    pub(super) use libm::{sqrt as sqrt64, sqrtf as sqrt32};
 }
 
 #[cfg(test)]
