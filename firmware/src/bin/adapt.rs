@@ -23,11 +23,11 @@
 
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
-use hvae::device::{adapt_slot_len, Engine, ADAPT};
+use hvae::device::{adapt_slot_len, Engine, ADAPT, ADAPT_MEM};
 use hvae::protocol::{max_request_frame, max_response_frame};
 use hvae::Model;
 use hvae_firmware::board::Uart;
-use hvae_firmware::learning::{adapt_store, AdaptStore, CkptFlash};
+use hvae_firmware::learning::{adapt_store, log_start, AdaptStore, CkptFlash, RamModel};
 use hvae_firmware::{or_exit, rt};
 
 // The compiled-in model: the digits with 16 hidden units (`weights::m0`).
@@ -49,15 +49,7 @@ static mut PARAMS: [f32; INFER_LEN] = [0.0; INFER_LEN];
 static mut ENGINE: Option<Adapter> = None;
 
 /// The engine of this program: no memory of past samples (online k-means keeps none).
-type Adapter = Engine<
-    { SHAPE.input },
-    WORK_LEN,
-    hvae::Model<f32, &'static mut [f32]>,
-    AdaptStore,
-    ADAPT,
-    { hvae::device::ADAPT_MEM },
-    u8,
->;
+type Adapter = Engine<{ SHAPE.input }, WORK_LEN, RamModel, AdaptStore, ADAPT, ADAPT_MEM, u8>;
 
 /// Builds the engine in [`ENGINE`] (in place: `Engine::new_in`) over a RAM copy of the
 /// compiled-in weights. Not inlined: what it uses on the stack is gone once serving
@@ -81,22 +73,8 @@ fn build() -> Result<&'static mut Adapter, &'static str> {
 fn main() -> ! {
     rt::paint_stack();
     let adapter = or_exit!(build(), "adapt: {=str}");
-    match adapter.restore() {
-        Ok(Some(seq)) => defmt::info!(
-            "adapt: checkpoint {=u32} of the compiled-in weights (CRC {=u32:#010x}) restored; serving on UART0",
-            seq,
-            BLOB_CRC
-        ),
-        Ok(None) => defmt::info!(
-            "adapt: compiled-in weights, CRC {=u32:#010x}; serving on UART0",
-            BLOB_CRC
-        ),
-        Err(e) => defmt::warn!(
-            "adapt: checkpoint unreadable ({}), compiled-in weights, CRC {=u32:#010x}; serving on UART0",
-            e,
-            BLOB_CRC
-        ),
-    }
+    let restored = adapter.restore();
+    log_start("adapt", "compiled-in weights", BLOB_CRC, restored);
     let mut uart = Uart::new();
     // A UART does not fail: the server never returns.
     match adapter.serve::<_, RX_FRAME, TX_FRAME>(&mut uart) {}

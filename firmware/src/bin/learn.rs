@@ -17,34 +17,22 @@
 
 use core::ptr::addr_of_mut;
 use cortex_m_rt::entry;
-use hvae::device::{blob_crc, checkpoint_slot_len, optim_len, scratch_len, Engine};
-use hvae::protocol::{max_request_frame, max_response_frame, MAX_SAMPLE};
+use hvae::device::{blob_crc, Engine};
 use hvae::Model;
 use hvae_firmware::board::Uart;
-use hvae_firmware::learning::{CkptFlash, StaticStore};
+use hvae_firmware::learning::{log_start, RamModel, StaticStore, TrainerSizes};
 use hvae_firmware::weights::{generated, SHAPE};
 use hvae_firmware::{or_exit, rt};
 
-const PARAM_LEN: usize = SHAPE.param_len();
-const SCRATCH_LEN: usize = scratch_len(&SHAPE);
-const OPTIM_LEN: usize = optim_len(&SHAPE);
-/// Two workspaces: `Segment` and `Encode` requests go through the encoder two samples
-/// at a time (`Model::segment_batch`).
-const WORK_LEN: usize = 2 * SHAPE.work_len();
-/// A training batch fills a request: the longest frame of `MAX_SAMPLE` values.
-const RX_FRAME: usize = max_request_frame(MAX_SAMPLE);
-/// Transmit buffer: the longest response frame of this model.
-const TX_FRAME: usize = max_response_frame(SHAPE.clusters, SHAPE.latent);
+/// The buffers' and frames' sizes for the compiled-in model.
+const SIZES: TrainerSizes = TrainerSizes::learn(&SHAPE);
 
-/// Bytes of one checkpoint slot (1 KiB flash pages); memory.x's `CKPT` holds two.
-const CKPT_SLOT: usize = checkpoint_slot_len::<CkptFlash>(&SHAPE);
-
-static mut PARAMS: [f32; PARAM_LEN] = [0.0; PARAM_LEN];
-static mut SCRATCH: [f32; SCRATCH_LEN] = [0.0; SCRATCH_LEN];
-static mut OPTIM: [f32; OPTIM_LEN] = [0.0; OPTIM_LEN];
+static mut PARAMS: [f32; SIZES.params] = [0.0; SIZES.params];
+static mut SCRATCH: [f32; SIZES.scratch] = [0.0; SIZES.scratch];
+static mut OPTIM: [f32; SIZES.optim] = [0.0; SIZES.optim];
 
 /// The engine of this program.
-type Learner = Engine<{ SHAPE.input }, WORK_LEN, hvae::Model<f32, &'static mut [f32]>, StaticStore>;
+type Learner = Engine<{ SHAPE.input }, { SIZES.work }, RamModel, StaticStore>;
 
 #[entry]
 fn main() -> ! {
@@ -57,41 +45,20 @@ fn main() -> ! {
         Model::new(SHAPE, params),
         "learn: the compiled-in weights are not a model: {}"
     );
-    // `None` when memory.x gives no room for two slots (a misconfigured build): the
-    // engine then answers `Checkpoint` with `Unsupported`, and says so here.
     // SAFETY: taken once, here; from now on only the store touches them.
     let (scratch, optim) = unsafe { (&mut *addr_of_mut!(SCRATCH), &mut *addr_of_mut!(OPTIM)) };
-    let store = StaticStore::new(scratch, optim, CKPT_SLOT);
-    if !store.has_checkpoints() {
-        defmt::warn!("learn: no room for checkpoints in memory.x's CKPT");
-    }
+    let store = StaticStore::new(scratch, optim, SIZES.ckpt_slot);
     // Used where it is built: moving the engine out of the `Result` would leave a
     // second copy of it on the stack for good.
-    let mut built = Learner::new(model, crc, store, RX_FRAME);
+    let mut built = Learner::new(model, crc, store, SIZES.rx_frame);
     let learner = or_exit!(&mut built, "learn: the engine refuses the model: {}");
-    let buffers = 4 * (SCRATCH_LEN + OPTIM_LEN + PARAM_LEN);
+    defmt::info!(
+        "learn: {=usize} bytes of training buffers",
+        SIZES.buffer_bytes()
+    );
     let restored = learner.restore();
-    let crc = learner.crc();
-    match restored {
-        Ok(Some(seq)) => defmt::info!(
-            "learn: checkpoint {=u32} restored, CRC {=u32:#010x}, {=usize} bytes of training buffers; serving on UART0",
-            seq,
-            crc,
-            buffers
-        ),
-        Ok(None) => defmt::info!(
-            "learn: compiled-in weights, CRC {=u32:#010x}, {=usize} bytes of training buffers; serving on UART0",
-            crc,
-            buffers
-        ),
-        Err(e) => defmt::warn!(
-            "learn: checkpoint unreadable ({}), compiled-in weights, CRC {=u32:#010x}, {=usize} bytes of training buffers; serving on UART0",
-            e,
-            crc,
-            buffers
-        ),
-    }
+    log_start("learn", "compiled-in weights", learner.crc(), restored);
     let mut uart = Uart::new();
     // A UART does not fail: the server never returns.
-    match learner.serve::<_, RX_FRAME, TX_FRAME>(&mut uart) {}
+    match learner.serve::<_, { SIZES.rx_frame }, { SIZES.tx_frame }>(&mut uart) {}
 }
