@@ -279,7 +279,9 @@ pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
 /// smallest sum of the two ranks are kept (ties to the smaller row index), nearest
 /// first. A neighbour must be near in both views, which keeps the neighbourhoods of
 /// data whose raw units mislead (one large column) and of data whose normalisation
-/// misleads (near-constant features blown up) mostly right. `O(n^2 (d + log n))`.
+/// misleads (near-constant features blown up) mostly right. `O(n^2 d)` for the cosines,
+/// then per row a partial sort of each view's first [`TOP_RANKS`] rows, and the whole
+/// ranking (`O(n log n)`) only for a row whose neighbours those do not settle.
 pub fn mine_neighbours_both(a: &[f32], b: &[f32], d: usize, k: usize) -> Vec<u32> {
     let n = a.len() / d;
     let k = k.min(n.saturating_sub(1)).max(1);
@@ -289,44 +291,72 @@ pub fn mine_neighbours_both(a: &[f32], b: &[f32], d: usize, k: usize) -> Vec<u32
         transposed(&unit_rows(a, d), d),
         transposed(&unit_rows(b, d), d),
     );
+    // A row's rank sum is at least the rank it has in either view, so when the `k`
+    // smallest sums among the rows in the first `top` of both views are below `top`,
+    // no other row can reach them: the neighbours come from the two views' first `top`
+    // (ranked exactly by a partial sort) and the whole ranking is needed only when not.
+    let top = (2 * k).max(TOP_RANKS).min(n);
     let mut out = vec![0u32; n * k];
-    let mut rank = vec![0u32; n];
+    let mut ranks = [vec![0u32; n], vec![0u32; n]];
     let mut keys: Vec<u64> = Vec::with_capacity(n);
+    let mut sums: Vec<u64> = Vec::with_capacity(n);
     let mut sims = vec![0f32; n];
     for i in 0..n {
-        rank.fill(0);
-        for u in [&ua, &ub] {
-            cosines_of(u, n, i, &mut sims);
-            sims[i] = f32::NEG_INFINITY;
-            // Descending cosine (total order), ties to the smaller index: one key each.
-            keys.clear();
-            keys.extend(
-                sims.iter()
-                    .enumerate()
-                    .map(|(j, &s)| (u64::from(!total_order(s)) << 32) | j as u64),
+        for first in [top, n] {
+            for (u, rank) in [&ua, &ub].into_iter().zip(ranks.iter_mut()) {
+                ranked(u, n, i, first, &mut sims, &mut keys);
+                rank.fill(u32::MAX);
+                for (r, &key) in keys.iter().enumerate() {
+                    rank[key as u32 as usize] = r as u32;
+                }
+            }
+            // Ascending rank sum, ties to the smaller index: one key each.
+            sums.clear();
+            sums.extend(
+                (0..n)
+                    .filter(|&j| j != i && ranks[0][j] != u32::MAX && ranks[1][j] != u32::MAX)
+                    .map(|j| (u64::from(ranks[0][j] + ranks[1][j]) << 32) | j as u64),
             );
-            keys.sort_unstable();
-            for (r, &key) in keys.iter().enumerate() {
-                rank[key as u32 as usize] += r as u32;
+            smallest(&mut sums, k);
+            let exact = sums.len() == k && sums.last().is_some_and(|&s| s >> 32 < first as u64);
+            if exact || first == n {
+                break;
             }
         }
-        keys.clear();
-        keys.extend(
-            (0..n)
-                .filter(|&j| j != i)
-                .map(|j| (u64::from(rank[j]) << 32) | j as u64),
-        );
-        if keys.len() > k {
-            keys.select_nth_unstable(k);
-            keys.truncate(k);
-        }
-        keys.sort_unstable();
-        for (o, &key) in out[i * k..(i + 1) * k].iter_mut().zip(&keys) {
+        for (o, &key) in out[i * k..(i + 1) * k].iter_mut().zip(&sums) {
             *o = key as u32;
         }
     }
     out
 }
+
+/// The first `first` of all rows by descending cosine with row `i` (of the unit rows
+/// transposed, `ut`; row `i` itself last, ties to the smaller index), in order, as
+/// `key = (!order(cosine) << 32) | row` in `keys`.
+fn ranked(ut: &[f32], n: usize, i: usize, first: usize, sims: &mut [f32], keys: &mut Vec<u64>) {
+    cosines_of(ut, n, i, sims);
+    sims[i] = f32::NEG_INFINITY;
+    keys.clear();
+    keys.extend(
+        sims.iter()
+            .enumerate()
+            .map(|(j, &s)| (u64::from(!total_order(s)) << 32) | j as u64),
+    );
+    smallest(keys, first);
+}
+
+/// The `k` smallest of `keys`, in order.
+fn smallest(keys: &mut Vec<u64>, k: usize) {
+    if keys.len() > k && k > 0 {
+        keys.select_nth_unstable(k - 1);
+        keys.truncate(k);
+    }
+    keys.sort_unstable();
+}
+
+/// Rows of each view ranked exactly per row by [`mine_neighbours_both`] before it falls
+/// back to ranking them all.
+const TOP_RANKS: usize = 128;
 
 /// `x` (`n x d`, row-major) transposed to `d x n`.
 pub(crate) fn transposed(x: &[f32], d: usize) -> Vec<f32> {

@@ -121,11 +121,21 @@ fn two_view_neighbours_are_the_rank_sums() {
         0 => 0.0,
         _ => (next() % 5) as f32 - 1.0,
     });
-    let b: Vec<f32> = a
+    let scaled: Vec<f32> = a
         .iter()
         .enumerate()
         .map(|(i, v)| v * (1.0 + (i % d) as f32))
         .collect();
+    // A second view unrelated to the first: the nearest rows of one are far in the
+    // other, so the two views' first ranks do not settle the neighbours.
+    let unrelated = rows_with_repeats(n, d, 7, (5, 20), |next| (next() % 7) as f32 - 3.0);
+    for b in [scaled, unrelated] {
+        rank_sums_against_definition(&a, &b, n, d);
+    }
+}
+
+/// [`two_view_neighbours_are_the_rank_sums`] for one pair of views.
+fn rank_sums_against_definition(a: &[f32], b: &[f32], n: usize, d: usize) {
     let unit = |x: &[f32]| -> Vec<f32> {
         x.chunks_exact(d)
             .flat_map(|r| {
@@ -135,8 +145,8 @@ fn two_view_neighbours_are_the_rank_sums() {
             })
             .collect()
     };
-    for k in [1, 10, n - 1] {
-        let (ua, ub) = (unit(&a), unit(&b));
+    for k in [1, 10, 64, n - 1] {
+        let (ua, ub) = (unit(a), unit(b));
         let mut want = Vec::new();
         for i in 0..n {
             let mut rank = vec![0u32; n];
@@ -155,7 +165,7 @@ fn two_view_neighbours_are_the_rank_sums() {
             idx.sort_by_key(|&j| (rank[j as usize], j));
             want.extend_from_slice(&idx[..k]);
         }
-        assert_eq!(mine_neighbours_both(&a, &b, d, k), want, "k = {k}");
+        assert_eq!(mine_neighbours_both(a, b, d, k), want, "k = {k}");
     }
 }
 
