@@ -280,7 +280,7 @@ pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
 /// first. A neighbour must be near in both views, which keeps the neighbourhoods of
 /// data whose raw units mislead (one large column) and of data whose normalisation
 /// misleads (near-constant features blown up) mostly right. `O(n^2 d)` for the cosines,
-/// then per row a partial sort of each view's first [`TOP_RANKS`] rows, and the whole
+/// then per row a partial sort of each view's first 128 rows, and the whole
 /// ranking (`O(n log n)`) only for a row whose neighbours those do not settle.
 pub fn mine_neighbours_both(a: &[f32], b: &[f32], d: usize, k: usize) -> Vec<u32> {
     let n = a.len() / d;
