@@ -218,6 +218,10 @@ fn bad_input_is_a_one_line_error_and_no_file() {
         (["--warmup-beta", "nan"], "--warmup-beta"),
         (["--gmm-joint-share", "0"], "--gmm-joint-share"),
         (["--choice-neighbours", "0"], "--choice-neighbours"),
+        (["--choice-at", "0"], "--choice-at"),
+        (["--choice-at", "1.5"], "--choice-at"),
+        (["--choice-margin", "1.5"], "--choice-margin"),
+        (["--choice-margin", "nan"], "--choice-margin"),
         (["--gmm-confidence", "1.5"], "--gmm-confidence"),
         (["--hidden", "1,1,1,1,1"], "architecture"),
     ] {
