@@ -81,7 +81,7 @@ impl TrainerSizes {
 
     /// Bytes of the three training buffers (parameters, scratch, optimiser state).
     pub const fn buffer_bytes(&self) -> usize {
-        4 * (self.params + self.scratch + self.optim)
+        core::mem::size_of::<f32>() * (self.params + self.scratch + self.optim)
     }
 }
 

@@ -1127,7 +1127,7 @@ fn gmm_run(
         for (l, v) in ln_vars.iter_mut().zip(&vars) {
             *l = v.ln();
         }
-        // The diagonal components' means, variances and their logs feature-major
+        // The components' means, variances and their logs feature-major
         // (`d x k`), for the E step's loop over the components side by side.
         for (t, a) in [
             (&mut means_t, &means),
@@ -1140,50 +1140,43 @@ fn gmm_run(
                 }
             }
         }
-        let diagonal = chol.iter().all(Option::is_none);
         // E step.
         ll = 0.0;
         for i in 0..n {
             let ri = &mut resp[i * k..(i + 1) * k];
-            if diagonal {
-                // Each component's sum in the order of the loop below (feature by
-                // feature, so the same bits), the components side by side: independent
-                // sums that the processor overlaps.
-                ri.copy_from_slice(&logw);
-                for (j, &v) in row(i).iter().enumerate() {
-                    let at = j * k..(j + 1) * k;
-                    for (((l, &m), &s), &ls) in ri
-                        .iter_mut()
-                        .zip(&means_t[at.clone()])
-                        .zip(&vars_t[at.clone()])
-                        .zip(&ln_vars_t[at])
-                    {
-                        *l -= 0.5 * ((v - m) * (v - m) / s + ls + std::f64::consts::TAU.ln());
-                    }
+            // Every component's diagonal log-density, feature by feature (each sum in
+            // feature order), the components side by side: independent sums that the
+            // processor overlaps.
+            ri.copy_from_slice(&logw);
+            for (j, &v) in row(i).iter().enumerate() {
+                let at = j * k..(j + 1) * k;
+                for (((l, &m), &s), &ls) in ri
+                    .iter_mut()
+                    .zip(&means_t[at.clone()])
+                    .zip(&vars_t[at.clone()])
+                    .zip(&ln_vars_t[at])
+                {
+                    *l -= 0.5 * ((v - m) * (v - m) / s + ls + std::f64::consts::TAU.ln());
                 }
             }
-            for c in (0..k).filter(|_| !diagonal) {
-                let (mc, vc) = (&means[c * d..(c + 1) * d], &vars[c * d..(c + 1) * d]);
-                let lc = &ln_vars[c * d..(c + 1) * d];
-                let mut l = logw[c];
-                if let Some((lo, logdet)) = &chol[c] {
-                    // Solve L y = x - mu: the quadratic form is |y|^2.
-                    let mut quad = 0.0;
-                    for a in 0..d {
-                        let mut v = row(i)[a] - mc[a];
-                        for b in 0..a {
-                            v -= lo[a * d + b] * diff[b];
-                        }
-                        diff[a] = v / lo[a * d + a];
-                        quad += diff[a] * diff[a];
+            // A component with a full covariance: its own density instead.
+            for (c, (lo, logdet)) in chol
+                .iter()
+                .enumerate()
+                .filter_map(|(c, f)| Some((c, f.as_ref()?)))
+            {
+                let mc = &means[c * d..(c + 1) * d];
+                // Solve L y = x - mu: the quadratic form is |y|^2.
+                let mut quad = 0.0;
+                for a in 0..d {
+                    let mut v = row(i)[a] - mc[a];
+                    for b in 0..a {
+                        v -= lo[a * d + b] * diff[b];
                     }
-                    l -= 0.5 * (quad + logdet + d as f64 * std::f64::consts::TAU.ln());
-                } else {
-                    for (((&v, &m), &s), &ls) in row(i).iter().zip(mc).zip(vc).zip(lc) {
-                        l -= 0.5 * ((v - m) * (v - m) / s + ls + std::f64::consts::TAU.ln());
-                    }
+                    diff[a] = v / lo[a * d + a];
+                    quad += diff[a] * diff[a];
                 }
-                ri[c] = l;
+                ri[c] = logw[c] - 0.5 * (quad + logdet + d as f64 * std::f64::consts::TAU.ln());
             }
             let mx = ri.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             ri.iter_mut().for_each(|l| *l = (*l - mx).exp());
