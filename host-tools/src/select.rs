@@ -199,10 +199,12 @@ pub struct GmmChoice {
     pub agreement_plain: f64,
     /// [`neighbour_agreement`] of the mixture-trained candidate.
     pub agreement_gmm: f64,
-    /// True when the choice was made at [`FitConfig::choice_at`] of the joint phase
-    /// (the agreements are the two models' there, and the model not kept was trained no
+    /// True when the choice was made at one of [`FitConfig::choice_looks`] (the
+    /// agreements are the two models' there, and the model not kept was trained no
     /// further); false when both were trained to the end.
     pub early: bool,
+    /// Where the choice was made, as a share of the joint phase (1: at the end).
+    pub at: f32,
 }
 
 /// What [`fit_restarts`] and [`fit_with_gmm_candidate`] train and how they pick a
@@ -231,8 +233,8 @@ pub struct Restarts<'a> {
 /// model as configured). The two share their warm-up ([`fit_branches`]): each is bit
 /// for bit the model trained alone, for the cost of one warm-up and two joint phases
 /// (the candidate's [`FitConfig::gmm_joint_share`] of the configured one). With one
-/// restart the choice is made at [`FitConfig::choice_at`] of the joint phase when one
-/// model's agreement leads the other's there by [`FitConfig::choice_margin`], and only
+/// restart the choice is made at the first of [`FitConfig::choice_looks`] where one
+/// model's agreement leads the other's by that look's margin, and only
 /// the model kept trains on: it is the same model, bit for bit, and the cost is one
 /// warm-up, one joint phase and two short ones; otherwise both train to the end.
 /// With restarts, each restart's seed gives one model of each kind and each kind
@@ -261,30 +263,33 @@ pub fn fit_with_gmm_candidate(
             joint_share: cfg.gmm_joint_share,
         },
     ];
-    // With one restart the choice may be made at `choice_at` of the joint phase, when
-    // one model leads by `choice_margin` there; the other stops.
+    // With one restart the choice may be made at one of the looks, when one model
+    // leads by the look's margin there; the other stops.
+    let looks = &cfg.choice_looks;
+    let shares: Vec<f32> = looks.iter().map(|l| l.at).collect();
     let mut at_pause = None;
-    let mut decide = |models: &[VecModel<f32>]| -> Result<Option<usize>, FitError> {
-        let [plain, gmm] = models else {
+    let mut decide = |look: usize, models: &[VecModel<f32>]| -> Result<Option<usize>, FitError> {
+        let ([plain, gmm], Some(l)) = (models, looks.get(look)) else {
             return Ok(None);
         };
         let (p, g) = (agreement_of(plain)?, agreement_of(gmm)?);
-        at_pause = Some((p, g));
-        Ok(((g - p).abs() >= cfg.choice_margin).then_some(usize::from(g > p)))
+        at_pause = Some((p, g, l.at));
+        Ok(((g - p).abs() >= l.margin).then_some(usize::from(g > p)))
     };
     let early = (restarts <= 1).then_some(EarlyChoice {
-        at: cfg.choice_at,
+        at: &shares,
         decide: &mut decide,
     });
     let (mut kinds, kept_early) = train_restarts(job, &branches, early, progress)?;
     let gmm = choose(job, kinds.pop().unwrap_or_default())?;
     let plain = choose(job, kinds.pop().unwrap_or_default())?;
     let choice = match (kept_early, at_pause) {
-        (Some(k), Some((agreement_plain, agreement_gmm))) => GmmChoice {
+        (Some(k), Some((agreement_plain, agreement_gmm, at))) => GmmChoice {
             gmm_kept: k == 1,
             agreement_plain,
             agreement_gmm,
             early: true,
+            at,
         },
         _ => {
             let (agreement_plain, agreement_gmm) = (agreement_of(&plain.0)?, agreement_of(&gmm.0)?);
@@ -293,6 +298,7 @@ pub fn fit_with_gmm_candidate(
                 agreement_plain,
                 agreement_gmm,
                 early: false,
+                at: 1.0,
             }
         }
     };

@@ -125,6 +125,16 @@ pub struct ChoiceScore {
     /// kept is scored as far as it was trained.
     #[serde(default)]
     pub early: bool,
+    /// Where the choice was made, as a share of the joint phase
+    /// ([`crate::select::GmmChoice::at`]; 1: at the end).
+    #[serde(default = "at_the_end")]
+    pub at: f32,
+}
+
+/// [`ChoiceScore::at`] of a file written before it was recorded (read as 1; such a
+/// file's early choices were made at a quarter, and its `early` says which).
+fn at_the_end() -> f32 {
+    1.0
 }
 
 /// A restart's label-free criteria and its scores (to judge the criteria).

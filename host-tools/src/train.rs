@@ -94,13 +94,9 @@ pub struct FitConfig {
     /// between the model and the GMM candidate
     /// ([`crate::select::fit_with_gmm_candidate`]).
     pub choice_neighbours: usize,
-    /// Where [`crate::select::fit_with_gmm_candidate`] may make its choice early, as a
-    /// share of the joint phase ([`CHOICE_AT`]; 1: only at the end).
-    pub choice_at: f32,
-    /// How much more one model's neighbour agreement must be than the other's at
-    /// [`FitConfig::choice_at`] for the choice to be made there and the other model
-    /// left ([`CHOICE_MARGIN`]); below it both train to the end and are compared then.
-    pub choice_margin: f64,
+    /// Where [`crate::select::fit_with_gmm_candidate`] looks at both models to make its
+    /// choice early, in order ([`CHOICE_LOOKS`]; none, or a share of 1: only at the end).
+    pub choice_looks: Vec<ChoiceLook>,
     /// Full covariances in the mixture behind [`CentreInit::Gmm`] where the data allow
     /// ([`full_covariance_fits`]), diagonal ones elsewhere; `false`: diagonal always.
     pub gmm_full: bool,
@@ -155,8 +151,7 @@ impl Default for FitConfig {
             gmm_joint_share: 1.0,
             gmm_runs: GMM_RUNS,
             choice_neighbours: CHOICE_NEIGHBOURS,
-            choice_at: CHOICE_AT,
-            choice_margin: CHOICE_MARGIN,
+            choice_looks: CHOICE_LOOKS.to_vec(),
             gmm_full: false,
         }
     }
@@ -434,20 +429,24 @@ impl Branch {
 }
 
 /// A choice among [`fit_branches`]' branches made part of the way through their joint
-/// phases: when the first branch has trained a share `at` of its joint phase (rounded
-/// to whole rounds), `decide` sees every branch's model as it stands and may name the
-/// one branch to train on; the others stop there.
+/// phases: each time the first branch has trained a share `at[i]` of its joint phase
+/// (rounded to whole rounds), `decide` sees the look's index and every branch's model
+/// as it stands, and may name the one branch to train on; the others stop there. When
+/// no look names one, every branch trains to its end.
 pub struct EarlyChoice<'c> {
-    /// Where the choice is made, as a share of the configured joint phase; in `(0, 1)`
-    /// (at the end of the shortest branch or later, nothing is chosen early).
-    pub at: f32,
-    /// The branch to train on alone, or `None` to train every branch to its end.
+    /// Where the looks are, as shares of the configured joint phase, in increasing
+    /// order (a look at the end of the shortest branch or later, and every one after
+    /// it, is not made).
+    pub at: &'c [f32],
+    /// The branch to train on alone, or `None` to look again (or train every branch to
+    /// its end after the last look).
     pub decide: &'c mut Decide<'c>,
 }
 
-/// What makes an [`EarlyChoice`]: each branch's model at that point in, the branch to
-/// keep (if any) out.
-pub type Decide<'c> = dyn FnMut(&[Model<f32, Vec<f32>>]) -> Result<Option<usize>, FitError> + 'c;
+/// What makes an [`EarlyChoice`]: the look's index into [`EarlyChoice::at`] and each
+/// branch's model at that point in, the branch to keep (if any) out.
+pub type Decide<'c> =
+    dyn FnMut(usize, &[Model<f32, Vec<f32>>]) -> Result<Option<usize>, FitError> + 'c;
 
 /// What [`fit_branches`] trains.
 pub struct Branches {
@@ -500,27 +499,33 @@ pub fn fit_branches(
         .collect();
     let mut kept_early = None;
     let mut paused = Vec::new();
-    if let (Some(e), Some(first)) = (early, runs.first()) {
-        let pause = first.joint_step_at(cfg, e.at);
-        if runs.iter().all(|r| pause < r.total) {
-            // Each branch's epochs up to the choice are held back: `progress` is then
-            // shown those of the branch that trains on.
-            let mut held = Vec::new();
-            for (run, c) in runs.iter_mut().zip(&configs) {
-                let mut epochs = Vec::new();
+    if let Some(e) = early {
+        // Each branch's epochs up to the choice are held back: `progress` is then shown
+        // those of the branch that trains on.
+        let mut held: Vec<Vec<_>> = runs.iter().map(|_| Vec::new()).collect();
+        for (look, &at) in e.at.iter().enumerate() {
+            let Some(pause) = runs.first().map(|first| first.joint_step_at(cfg, at)) else {
+                break;
+            };
+            if !runs.iter().all(|r| pause < r.total) {
+                break;
+            }
+            for ((run, c), epochs) in runs.iter_mut().zip(&configs).zip(&mut held) {
                 run.train(c, pause, |s, m| epochs.push((*s, m.clone())))?;
-                held.push(epochs);
             }
             paused = runs
                 .iter()
                 .zip(&configs)
                 .map(|(r, c)| r.clone().finish(c))
                 .collect::<Result<_, _>>()?;
-            kept_early = (e.decide)(&paused)?.filter(|&k| k < runs.len());
-            let shown = held.into_iter().nth(kept_early.unwrap_or(0));
-            for (s, m) in shown.iter().flatten() {
-                progress(s, m);
+            kept_early = (e.decide)(look, &paused)?.filter(|&k| k < runs.len());
+            if kept_early.is_some() {
+                break;
             }
+        }
+        let shown = held.into_iter().nth(kept_early.unwrap_or(0));
+        for (s, m) in shown.iter().flatten() {
+            progress(s, m);
         }
     }
     let shown = kept_early.unwrap_or(0);
@@ -955,13 +960,31 @@ fn partition_centres(mus: &[f32], m: usize, k: usize, labels: &[usize]) -> (Vec<
 /// ([`FitConfig::choice_neighbours`]).
 pub const CHOICE_NEIGHBOURS: usize = 20;
 
-/// Where the choice between the model and the GMM candidate may be made by default,
-/// as a share of the joint phase ([`FitConfig::choice_at`]).
-pub const CHOICE_AT: f32 = 0.25;
+/// One look of the early choice between the model and the GMM candidate: at a share
+/// `at` of the joint phase, the model whose neighbour agreement leads the other's by at
+/// least `margin` is kept and trains on alone.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ChoiceLook {
+    /// Where, as a share of the joint phase, in `(0, 1]` (1: at the end, no early look).
+    pub at: f32,
+    /// The lead in agreement that makes the choice there, in `[0, 1]`.
+    pub margin: f64,
+}
 
-/// The lead in neighbour agreement that makes the choice there by default
-/// ([`FitConfig::choice_margin`]).
-pub const CHOICE_MARGIN: f64 = 0.02;
+/// The early choice's looks by default ([`FitConfig::choice_looks`]): at an eighth of
+/// the joint phase with a lead of 0.04, then at a quarter with 0.02 (each margin above
+/// the largest lead a pick that differs from the end's had there on the suite's tuned
+/// half; docs/benchmarks.md, "The choice made early").
+pub const CHOICE_LOOKS: [ChoiceLook; 2] = [
+    ChoiceLook {
+        at: 0.125,
+        margin: 0.04,
+    },
+    ChoiceLook {
+        at: 0.25,
+        margin: 0.02,
+    },
+];
 
 /// Runs of [`diagonal_gmm`] behind [`CentreInit::Gmm`] by default (the best by
 /// likelihood kept; [`FitConfig::gmm_runs`]).

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{digits_path as digits, hvae};
-use hvae_host::train::{fit, FitConfig};
+use hvae_host::train::{fit, ChoiceLook, FitConfig};
 use hvae_host::{data, metrics};
 use std::path::Path;
 
@@ -222,6 +222,8 @@ fn bad_input_is_a_one_line_error_and_no_file() {
         (["--choice-at", "1.5"], "--choice-at"),
         (["--choice-margin", "1.5"], "--choice-margin"),
         (["--choice-margin", "nan"], "--choice-margin"),
+        (["--choice-at", "0.25,0.125"], "--choice-at"),
+        (["--choice-margin", "0.1,0.2,0.3"], "--choice-margin"),
         (["--gmm-confidence", "1.5"], "--gmm-confidence"),
         (["--hidden", "1,1,1,1,1"], "architecture"),
     ] {
@@ -414,9 +416,10 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
 }
 
 /// An early choice among the branches: the branch it keeps trains on to the very model
-/// trained without it, the others stop where the choice was made (a quarter of the
-/// joint phase: 2 of its 8 epochs), the progress shown is the kept branch's, and a
-/// choice that keeps none changes nothing.
+/// trained without it, the others stop where the choice was made (its second look, at
+/// a quarter of the joint phase: 2 of its 8 epochs; the first, at an eighth, keeps
+/// none), the progress shown is the kept branch's, and a choice that keeps none
+/// changes nothing.
 #[test]
 fn an_early_choice_keeps_one_branch_and_its_bits() {
     use hvae_host::train::{fit_branches, Branch, EarlyChoice};
@@ -436,9 +439,11 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
         .models;
     for keep in [Some(0), Some(1), None] {
         let mut seen = Vec::new();
-        let mut decide = |m: &[hvae::VecModel<f32>]| {
+        let mut looks = Vec::new();
+        let mut decide = |look: usize, m: &[hvae::VecModel<f32>]| {
+            looks.push(look);
             seen = m.iter().map(|m| m.params().to_vec()).collect();
-            Ok(keep)
+            Ok(if look == 1 { keep } else { None })
         };
         let mut epochs = Vec::new();
         let trained = fit_branches(
@@ -448,13 +453,22 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
             &cfg,
             &branches,
             Some(EarlyChoice {
-                at: 0.25,
+                at: &[0.125, 0.25, 0.5],
                 decide: &mut decide,
             }),
             |s, _| epochs.push((s.epoch, s.warmup, s.loss.total.to_bits())),
         )
         .unwrap();
         assert_eq!(trained.kept_early, keep);
+        // Every look up to the one that keeps a branch (all three when none does).
+        assert_eq!(
+            looks,
+            if keep.is_some() {
+                vec![0, 1]
+            } else {
+                vec![0, 1, 2]
+            }
+        );
         for (b, m) in trained.models.iter().enumerate() {
             let expect = if keep.is_none_or(|k| k == b) {
                 &full[b]
@@ -462,7 +476,9 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
                 &at_pause[b]
             };
             assert_eq!(m.params(), expect.params(), "keep {keep:?}, branch {b}");
-            assert_eq!(seen[b], at_pause[b].params(), "what the choice saw");
+            if keep.is_some() {
+                assert_eq!(seen[b], at_pause[b].params(), "what the choice saw");
+            }
         }
         // The warm-up's 4 epochs, then the kept branch's 8 (the first's when none is
         // kept): what its model trained alone reports.
@@ -484,14 +500,18 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
 
 /// `fit_with_gmm_candidate` makes its choice early when one model leads by the margin
 /// (0 here: always), and the model it keeps is bit for bit that model trained to the
-/// end without the early choice; with the margin at 1 it trains both to the end.
+/// end without the early choice; with the margin at 1 it trains both to the end; with
+/// two looks it chooses at the first whose margin the lead reaches.
 #[test]
 fn the_candidate_choice_made_early_keeps_the_same_model() {
     use hvae_host::select::{fit_with_gmm_candidate, Criterion, Restarts};
     let (x, shape, base) = branch_job(5);
-    let fit = |margin: f64| {
+    let fit_looks = |looks: &[(f32, f64)]| {
         let cfg = FitConfig {
-            choice_margin: margin,
+            choice_looks: looks
+                .iter()
+                .map(|&(at, margin)| ChoiceLook { at, margin })
+                .collect(),
             ..base.clone()
         };
         let job = Restarts {
@@ -504,9 +524,20 @@ fn the_candidate_choice_made_early_keeps_the_same_model() {
         };
         fit_with_gmm_candidate(job, |_, _| {}).unwrap()
     };
+    let fit = |margin: f64| fit_looks(&[(0.25, margin)]);
     let (late, early) = (fit(1.0), fit(0.0));
     assert!(!late.choice.early);
+    assert_eq!(late.choice.at, 1.0);
     assert!(early.choice.early);
+    assert_eq!(early.choice.at, 0.25);
+    // A first look whose margin is not reached, then the same choice at a quarter.
+    let second = fit_looks(&[(0.125, 1.0), (0.25, 0.0)]);
+    assert_eq!(second.choice, early.choice);
+    assert_eq!(second.model.params(), early.model.params());
+    assert_eq!(second.other.params(), early.other.params());
+    // A first look that decides: at an eighth (1 of the 8 joint epochs).
+    let first = fit_looks(&[(0.125, 0.0), (0.25, 0.0)]);
+    assert_eq!(first.choice.at, 0.125);
     // Both models of the late run, trained to the end.
     let (late_gmm, late_plain) = if late.choice.gmm_kept {
         (&late.model, &late.other)

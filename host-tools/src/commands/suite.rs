@@ -149,6 +149,7 @@ fn one_run(
             plain: if c.gmm_kept { o } else { kept },
             gmm: if c.gmm_kept { kept } else { o },
             early: c.early,
+            at: c.at,
         });
     }
     run.restarts = trained

@@ -8,7 +8,7 @@ use crate::model_io;
 use crate::select::{
     fit_restarts, fit_with_gmm_candidate, Criterion, GmmChoice, Restart, Restarts,
 };
-use crate::train::{CentreInit, FitConfig, NeighbourSpace};
+use crate::train::{CentreInit, ChoiceLook, FitConfig, NeighbourSpace};
 use crate::Error;
 use hvae::shape::{Activation, Likelihood, Posterior, Shape};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -257,14 +257,26 @@ pub struct TrainArgs {
     /// --gmm-candidate's choice (docs/benchmarks.md: how the default was chosen).
     #[arg(long, default_value_t = crate::train::CHOICE_NEIGHBOURS, value_name = "N")]
     pub choice_neighbours: usize,
-    /// Where --gmm-candidate's choice may be made early, as a share of the joint phase
-    /// in (0, 1] (1: only at the end): if one model's neighbour agreement leads by
-    /// --choice-margin there, only that model trains on (the same model, in less time).
-    #[arg(long, default_value_t = crate::train::CHOICE_AT, value_name = "SHARE")]
-    pub choice_at: f32,
-    /// The lead in neighbour agreement (in [0, 1]) that makes --choice-at's early choice.
-    #[arg(long, default_value_t = crate::train::CHOICE_MARGIN, value_name = "M")]
-    pub choice_margin: f64,
+    /// Where --gmm-candidate's choice may be made early: shares of the joint phase in
+    /// (0, 1], increasing (1: only at the end). At the first where one model's neighbour
+    /// agreement leads by that share's --choice-margin, only that model trains on (the
+    /// same model, in less time).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = crate::train::CHOICE_LOOKS.map(|l| l.at),
+        value_name = "SHARE,..."
+    )]
+    pub choice_at: Vec<f32>,
+    /// The lead in neighbour agreement (in [0, 1]) that makes the early choice at each
+    /// --choice-at share (one value: the same at every share).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = crate::train::CHOICE_LOOKS.map(|l| l.margin),
+        value_name = "M,..."
+    )]
+    pub choice_margin: Vec<f64>,
     /// Also train a candidate whose clusters start from and are trained towards a
     /// diagonal Gaussian mixture of the normalised inputs (--init gmm --gmm-targets), and
     /// keep whichever of the two partitions agrees more with the inputs' nearest
@@ -448,12 +460,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
             "--gmm-joint-share must be in (0, 1]".into(),
         ));
     }
-    if !(args.choice_at > 0.0 && args.choice_at <= 1.0) {
-        return Err(Error::BadInput("--choice-at must be in (0, 1]".into()));
-    }
-    if !(0.0..=1.0).contains(&args.choice_margin) {
-        return Err(Error::BadInput("--choice-margin must be in [0, 1]".into()));
-    }
+    let choice_looks = choice_looks(&args.choice_at, &args.choice_margin)?;
     if args.choice_neighbours == 0 {
         return Err(Error::BadInput(
             "--choice-neighbours must be at least 1".into(),
@@ -491,8 +498,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         gmm_runs: args.gmm_runs.max(1),
         gmm_full: args.gmm_full,
         choice_neighbours: args.choice_neighbours,
-        choice_at: args.choice_at,
-        choice_margin: args.choice_margin,
+        choice_looks,
         ..FitConfig::default()
     };
     cfg.loss.gamma = args.gamma;
@@ -515,6 +521,34 @@ pub struct Trained {
     pub gmm: Option<GmmChoice>,
     /// With `--gmm-candidate`: the model not kept.
     pub other: Option<hvae::VecModel<f32>>,
+}
+
+/// The early choice's looks from --choice-at and --choice-margin: shares in (0, 1],
+/// increasing; margins in [0, 1], one per share or one for all.
+fn choice_looks(at: &[f32], margin: &[f64]) -> Result<Vec<ChoiceLook>, Error> {
+    if at.is_empty() || !at.iter().all(|a| *a > 0.0 && *a <= 1.0) {
+        return Err(Error::BadInput("--choice-at must be in (0, 1]".into()));
+    }
+    if !at.windows(2).all(|w| w[0] < w[1]) {
+        return Err(Error::BadInput("--choice-at shares must increase".into()));
+    }
+    if margin.is_empty() || !margin.iter().all(|m| (0.0..=1.0).contains(m)) {
+        return Err(Error::BadInput("--choice-margin must be in [0, 1]".into()));
+    }
+    let margins = match margin {
+        [one] => vec![*one; at.len()],
+        many if many.len() == at.len() => many.to_vec(),
+        _ => {
+            return Err(Error::BadInput(
+                "--choice-margin needs one value, or one per --choice-at share".into(),
+            ))
+        }
+    };
+    Ok(at
+        .iter()
+        .zip(margins)
+        .map(|(&at, margin)| ChoiceLook { at, margin })
+        .collect())
 }
 
 /// Trains the model `args` ask for on `data` (restarts, `--clusters auto`).
