@@ -238,7 +238,9 @@ pub struct Restarts<'a> {
 /// the model kept trains on: it is the same model, bit for bit, and the cost is one
 /// warm-up, one joint phase and two short ones; otherwise both train to the end.
 /// With restarts, each restart's seed gives one model of each kind and each kind
-/// picks its restart by `criterion` first. `progress` sees the first model.
+/// picks its restart by `criterion` first. `progress` sees the first restart's warm-up
+/// and both its models' epochs ([`EpochStats::branch`]: 0 the model as configured, 1 the
+/// candidate; [`GmmChoice::gmm_kept`] says which one was kept).
 pub fn fit_with_gmm_candidate(
     job: Restarts<'_>,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
@@ -373,7 +375,7 @@ type Seeded = (u64, VecModel<f32>);
 
 /// The models of `restarts` restarts (seeds [`restart_seed`]), each restart training
 /// one model per branch from one warm-up ([`fit_branches`]): `[branch][restart]`, each
-/// with its seed. `progress` sees the first restart's first branch.
+/// with its seed. `progress` sees the first restart's warm-up and branches.
 fn train_restarts(
     job: Restarts<'_>,
     branches: &[Branch],

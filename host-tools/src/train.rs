@@ -176,6 +176,9 @@ impl FitConfig {
 pub struct EpochStats {
     /// 1-based epoch.
     pub epoch: usize,
+    /// Which of [`fit_branches`]' branches trained it (0 for the warm-up, and for every
+    /// run of one model).
+    pub branch: usize,
     /// True in the warm-up.
     pub warmup: bool,
     /// Mean of each loss part over the epoch's steps.
@@ -464,8 +467,9 @@ pub struct Branches {
 /// shuffled order). Each model trained to its end is bit for bit the one [`fit`]
 /// trains with `cfg` and the branch's `init` and `gmm_targets`, whether or not an
 /// `early` choice was asked for: a run paused and continued takes the same steps.
-/// `progress` sees the warm-up and then the branch an early choice keeps, or else the
-/// first branch.
+/// `progress` sees the warm-up, then each branch's epochs as that branch trains them,
+/// tagged with [`EpochStats::branch`]: every branch's up to where an early choice was
+/// made, then the kept branch's (or every branch's, one branch after the other).
 pub fn fit_branches(
     shape: Shape,
     x: &[f32],
@@ -500,9 +504,6 @@ pub fn fit_branches(
     let mut kept_early = None;
     let mut paused = Vec::new();
     if let Some(e) = early {
-        // Each branch's epochs up to the choice are held back: `progress` is then shown
-        // those of the branch that trains on.
-        let mut held: Vec<Vec<_>> = runs.iter().map(|_| Vec::new()).collect();
         for (look, &at) in e.at.iter().enumerate() {
             let Some(pause) = runs.first().map(|first| first.joint_step_at(cfg, at)) else {
                 break;
@@ -510,8 +511,10 @@ pub fn fit_branches(
             if !runs.iter().all(|r| pause < r.total) {
                 break;
             }
-            for ((run, c), epochs) in runs.iter_mut().zip(&configs).zip(&mut held) {
-                run.train(c, pause, |s, m| epochs.push((*s, m.clone())))?;
+            for (b, (run, c)) in runs.iter_mut().zip(&configs).enumerate() {
+                run.train(c, pause, |s, m| {
+                    progress(&EpochStats { branch: b, ..*s }, m)
+                })?;
             }
             paused = runs
                 .iter()
@@ -523,28 +526,21 @@ pub fn fit_branches(
                 break;
             }
         }
-        let shown = held.into_iter().nth(kept_early.unwrap_or(0));
-        for (s, m) in shown.iter().flatten() {
-            progress(s, m);
-        }
     }
-    let shown = kept_early.unwrap_or(0);
     let mut models = Vec::with_capacity(branches.len());
     let mut paused = paused.into_iter();
-    for (i, (mut run, c)) in runs.into_iter().zip(&configs).enumerate() {
+    for (b, (mut run, c)) in runs.into_iter().zip(&configs).enumerate() {
         let left = paused.next();
         if let (Some(k), Some(m)) = (kept_early, left) {
-            if k != i {
+            if k != b {
                 models.push(m);
                 continue;
             }
         }
         let total = run.total;
-        if i == shown {
-            run.train(c, total, &mut progress)?;
-        } else {
-            run.train(c, total, |_, _| {})?;
-        }
+        run.train(c, total, |s, m| {
+            progress(&EpochStats { branch: b, ..*s }, m)
+        })?;
         models.push(run.finish(c)?);
     }
     Ok(Branches { models, kept_early })
@@ -775,6 +771,7 @@ impl<'d> Run<'d> {
                 self.round += 1;
                 let stats = EpochStats {
                     epoch: self.round,
+                    branch: 0,
                     warmup: warm,
                     loss: scale_parts(sum, 1.0 / in_round as f32),
                 };
@@ -972,19 +969,29 @@ pub struct ChoiceLook {
 }
 
 /// The early choice's looks by default ([`FitConfig::choice_looks`]): at an eighth of
-/// the joint phase with a lead of 0.04, then at a quarter with 0.02 (each margin above
-/// the largest lead a pick that differs from the end's had there on the suite's tuned
-/// half; docs/benchmarks.md, "The choice made early").
+/// the joint phase, then at a quarter, each with [`default_margin`]'s lead.
 pub const CHOICE_LOOKS: [ChoiceLook; 2] = [
     ChoiceLook {
         at: 0.125,
-        margin: 0.04,
+        margin: default_margin(0.125),
     },
     ChoiceLook {
         at: 0.25,
-        margin: 0.02,
+        margin: default_margin(0.25),
     },
 ];
+
+/// The lead in agreement that makes the early choice at share `at` of the joint phase
+/// by default: 0.04 below a quarter, 0.02 from a quarter on (each above the largest
+/// lead a pick that differs from the end's had at an eighth and at a quarter on the
+/// suite's tuned half; docs/benchmarks.md, "The choice made early").
+pub const fn default_margin(at: f32) -> f64 {
+    if at < 0.25 {
+        0.04
+    } else {
+        0.02
+    }
+}
 
 /// Runs of [`diagonal_gmm`] behind [`CentreInit::Gmm`] by default (the best by
 /// likelihood kept; [`FitConfig::gmm_runs`]).

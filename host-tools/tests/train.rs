@@ -155,6 +155,45 @@ fn report_has_one_entry_per_epoch() {
     assert!(epochs[2]["loss"]["total"].as_f64().unwrap().is_finite());
 }
 
+/// A set of the quality suite (`host-tools/data/suite/`).
+fn suite_set(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/suite/{name}.csv.gz"))
+}
+
+/// With the GMM candidate kept (here at the end of both joint phases), the report's
+/// curves are the candidate's: its last epoch scores what the written model scores,
+/// and the report says which model was kept.
+#[test]
+fn report_follows_the_kept_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = suite_set("vmf_unequal");
+    let report = dir.path().join("r.json");
+    hvae()
+        .args(["train", "--quiet", "--clusters", "5", "--epochs", "20"])
+        .args(["--warmup", "4", "--choice-at", "1"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("m.hvae"))
+        .arg("--report")
+        .arg(&report)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(v["choice"]["gmm_kept"], true, "{}", v["choice"]);
+    assert_eq!(v["choice"]["early"], false);
+    let epochs = v["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 20);
+    let numbers: Vec<u64> = epochs
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=20).collect::<Vec<_>>());
+    let last = &epochs[19];
+    assert_eq!(last["acc"], v["final_scores"]["acc"]);
+    assert_eq!(last["nmi"], v["final_scores"]["nmi"]);
+}
+
 /// Runs `hvae train` with `args` and checks: non-zero exit `code`, one line on stderr
 /// containing `needle`, and no model file written.
 fn fails(args: &[&str], data: &Path, code: i32, needle: &str) {
@@ -368,8 +407,8 @@ fn gmm_branch() -> hvae_host::train::Branch {
 
 /// Models trained from one shared warm-up (`fit_branches`, how `hvae train` trains its
 /// plain model and the GMM candidate) are bit for bit the models `fit` trains alone
-/// with each branch's centre initialisation, and the first branch reports the same
-/// epochs as its model trained alone.
+/// with each branch's centre initialisation, and each branch reports (tagged with its
+/// index, after the shared warm-up's) the same epochs as its model trained alone.
 #[test]
 fn branches_from_one_warm_up_equal_models_trained_alone() {
     use hvae_host::train::{fit_branches, Branch, CentreInit};
@@ -386,13 +425,13 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
     ];
     let mut shared_epochs = Vec::new();
     let trained = fit_branches(shape, x, None, &cfg, &branches, None, |s, _| {
-        shared_epochs.push((s.epoch, s.warmup, s.loss.total.to_bits()))
+        shared_epochs.push((s.branch, (s.epoch, s.warmup, s.loss.total.to_bits())))
     })
     .unwrap();
     assert_eq!(trained.kept_early, None);
     let models = trained.models;
     assert_eq!(models.len(), 3);
-    for (b, shared) in branches.iter().zip(&models) {
+    for (i, (b, shared)) in branches.iter().zip(&models).enumerate() {
         let c = FitConfig {
             init: b.init,
             gmm_targets: b.gmm_targets,
@@ -406,10 +445,13 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
         })
         .unwrap();
         assert_eq!(shared.params(), alone.params(), "{b:?}");
-        if b.init == CentreInit::Latent {
-            assert_eq!(shared_epochs, epochs);
-            assert_eq!(epochs.len(), 12);
-        }
+        let reported: Vec<_> = shared_epochs
+            .iter()
+            .filter(|(branch, e)| e.1 || *branch == i)
+            .map(|(_, e)| *e)
+            .collect();
+        assert_eq!(reported, epochs, "{b:?}");
+        assert_eq!(epochs.len(), if b.joint_share < 1.0 { 8 } else { 12 });
     }
     // The branches do differ after the warm-up.
     assert_ne!(models[0].params(), models[1].params());
@@ -418,8 +460,8 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
 /// An early choice among the branches: the branch it keeps trains on to the very model
 /// trained without it, the others stop where the choice was made (its second look, at
 /// a quarter of the joint phase: 2 of its 8 epochs; the first, at an eighth, keeps
-/// none), the progress shown is the kept branch's, and a choice that keeps none
-/// changes nothing.
+/// none), the progress shows each branch's epochs as far as it trained, tagged with
+/// its branch, and a choice that keeps none changes nothing.
 #[test]
 fn an_early_choice_keeps_one_branch_and_its_bits() {
     use hvae_host::train::{fit_branches, Branch, EarlyChoice};
@@ -456,7 +498,7 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
                 at: &[0.125, 0.25, 0.5],
                 decide: &mut decide,
             }),
-            |s, _| epochs.push((s.epoch, s.warmup, s.loss.total.to_bits())),
+            |s, _| epochs.push((s.branch, (s.epoch, s.warmup, s.loss.total.to_bits()))),
         )
         .unwrap();
         assert_eq!(trained.kept_early, keep);
@@ -480,21 +522,31 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
                 assert_eq!(seen[b], at_pause[b].params(), "what the choice saw");
             }
         }
-        // The warm-up's 4 epochs, then the kept branch's 8 (the first's when none is
-        // kept): what its model trained alone reports.
-        let shown = branches[keep.unwrap_or(0)];
-        let alone = FitConfig {
-            init: shown.init,
-            gmm_targets: shown.gmm_targets,
-            ..cfg.clone()
-        };
-        let mut expected = Vec::new();
-        fit(shape, x, None, &alone, |s, _| {
-            expected.push((s.epoch, s.warmup, s.loss.total.to_bits()))
-        })
-        .unwrap();
-        assert_eq!(epochs.len(), 12);
-        assert_eq!(epochs, expected, "keep {keep:?}");
+        // Each branch's epochs (after the shared warm-up's 4) are what its model trained
+        // alone reports: all 8 joint epochs for a branch that trains to the end, the 2
+        // before the choice for one left there.
+        for (b, branch) in branches.iter().enumerate() {
+            let alone = FitConfig {
+                init: branch.init,
+                gmm_targets: branch.gmm_targets,
+                ..cfg.clone()
+            };
+            let mut expected = Vec::new();
+            fit(shape, x, None, &alone, |s, _| {
+                expected.push((s.epoch, s.warmup, s.loss.total.to_bits()))
+            })
+            .unwrap();
+            assert_eq!(expected.len(), 12);
+            let to_end = keep.is_none_or(|k| k == b);
+            expected.truncate(if to_end { 12 } else { 6 });
+            let seen: Vec<_> = epochs
+                .iter()
+                .filter(|(eb, e)| e.1 || *eb == b)
+                .map(|(_, e)| *e)
+                .collect();
+            assert_eq!(seen, expected, "keep {keep:?}, branch {b}");
+        }
+        assert!(epochs.iter().all(|(b, e)| *b < 2 && (*b == 0 || !e.1)));
     }
 }
 

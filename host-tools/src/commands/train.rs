@@ -8,7 +8,7 @@ use crate::model_io;
 use crate::select::{
     fit_restarts, fit_with_gmm_candidate, Criterion, GmmChoice, Restart, Restarts,
 };
-use crate::train::{CentreInit, ChoiceLook, FitConfig, NeighbourSpace};
+use crate::train::{default_margin, CentreInit, ChoiceLook, FitConfig, NeighbourSpace};
 use crate::Error;
 use hvae::shape::{Activation, Likelihood, Posterior, Shape};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -269,14 +269,10 @@ pub struct TrainArgs {
     )]
     pub choice_at: Vec<f32>,
     /// The lead in neighbour agreement (in [0, 1]) that makes the early choice at each
-    /// --choice-at share (one value: the same at every share).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_values_t = crate::train::CHOICE_LOOKS.map(|l| l.margin),
-        value_name = "M,..."
-    )]
-    pub choice_margin: Vec<f64>,
+    /// --choice-at share (one value: the same at every share). Default: 0.04 at a share
+    /// below a quarter, 0.02 from a quarter on.
+    #[arg(long, value_delimiter = ',', value_name = "M,...")]
+    pub choice_margin: Option<Vec<f64>>,
     /// Also train a candidate whose clusters start from and are trained towards a
     /// diagonal Gaussian mixture of the normalised inputs (--init gmm --gmm-targets), and
     /// keep whichever of the two partitions agrees more with the inputs' nearest
@@ -288,9 +284,9 @@ pub struct TrainArgs {
     /// Train with the `label` column (cross-entropy on labelled rows).
     #[arg(long)]
     pub supervised: bool,
-    /// Write the per-epoch training curves (loss parts, ACC/NMI with labels) as JSON.
-    /// With --gmm-candidate they are the kept model's when the choice is made early
-    /// (--choice-at), else the model's as configured.
+    /// Write the per-epoch training curves (loss parts, ACC/NMI with labels) as JSON:
+    /// the warm-up's and the kept model's (with --gmm-candidate, `choice` says which
+    /// model was kept and why; with --restarts, the curves are the first restart's).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// No progress bar.
@@ -347,8 +343,10 @@ pub struct TrainReport {
     pub seed: u64,
     /// Wall-clock seconds of training.
     pub seconds: f64,
-    /// Per-epoch curves.
+    /// Per-epoch curves: the warm-up's, then the kept model's.
     pub epochs: Vec<EpochReport>,
+    /// With --gmm-candidate: which model was kept and why.
+    pub choice: Option<GmmChoice>,
     /// Final scores with labels.
     pub final_scores: Option<metrics::Scores>,
     /// CRC of the written model.
@@ -460,7 +458,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
             "--gmm-joint-share must be in (0, 1]".into(),
         ));
     }
-    let choice_looks = choice_looks(&args.choice_at, &args.choice_margin)?;
+    let choice_looks = choice_looks(&args.choice_at, args.choice_margin.as_deref())?;
     if args.choice_neighbours == 0 {
         return Err(Error::BadInput(
             "--choice-neighbours must be at least 1".into(),
@@ -524,21 +522,23 @@ pub struct Trained {
 }
 
 /// The early choice's looks from --choice-at and --choice-margin: shares in (0, 1],
-/// increasing; margins in [0, 1], one per share or one for all.
-fn choice_looks(at: &[f32], margin: &[f64]) -> Result<Vec<ChoiceLook>, Error> {
+/// increasing; margins in [0, 1], one per share or one for all, or by default
+/// [`default_margin`]'s.
+fn choice_looks(at: &[f32], margin: Option<&[f64]>) -> Result<Vec<ChoiceLook>, Error> {
     if at.is_empty() || !at.iter().all(|a| *a > 0.0 && *a <= 1.0) {
         return Err(Error::BadInput("--choice-at must be in (0, 1]".into()));
     }
     if !at.windows(2).all(|w| w[0] < w[1]) {
         return Err(Error::BadInput("--choice-at shares must increase".into()));
     }
-    if margin.is_empty() || !margin.iter().all(|m| (0.0..=1.0).contains(m)) {
-        return Err(Error::BadInput("--choice-margin must be in [0, 1]".into()));
-    }
     let margins = match margin {
-        [one] => vec![*one; at.len()],
-        many if many.len() == at.len() => many.to_vec(),
-        _ => {
+        None => at.iter().map(|&a| default_margin(a)).collect(),
+        Some(m) if m.is_empty() || !m.iter().all(|m| (0.0..=1.0).contains(m)) => {
+            return Err(Error::BadInput("--choice-margin must be in [0, 1]".into()));
+        }
+        Some([one]) => vec![*one; at.len()],
+        Some(many) if many.len() == at.len() => many.to_vec(),
+        Some(_) => {
             return Err(Error::BadInput(
                 "--choice-margin needs one value, or one per --choice-at share".into(),
             ))
@@ -673,7 +673,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         );
         b
     };
-    let mut epochs = Vec::with_capacity(args.epochs);
+    // Every epoch seen, with the branch that trained it (the model as configured, or
+    // with --gmm-candidate the candidate): the report keeps the kept model's.
+    let mut epochs: Vec<(usize, EpochReport)> = Vec::with_capacity(args.epochs);
     let start = std::time::Instant::now();
     // Each epoch's ACC and NMI cost a pass over the data: only for a bar or a report.
     let scored = !args.quiet || args.report.is_some();
@@ -696,26 +698,38 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         }
         if s.warmup {
             msg.push_str(" [warm-up]");
+        } else if s.branch > 0 {
+            msg.push_str(" [GMM candidate]");
         }
         bar.set_message(msg);
-        bar.inc(1);
-        epochs.push(EpochReport {
-            epoch: s.epoch,
-            warmup: s.warmup,
-            loss: LossReport {
-                total: l.total,
-                recon: l.recon,
-                kl: l.kl,
-                consistency: l.consistency,
-                entropy: l.entropy,
-                balance: l.balance,
-                supervised: l.supervised,
-                density: l.density,
+        // The branches train one after the other: the bar shows the furthest epoch.
+        bar.set_position(bar.position().max(s.epoch as u64));
+        epochs.push((
+            s.branch,
+            EpochReport {
+                epoch: s.epoch,
+                warmup: s.warmup,
+                loss: LossReport {
+                    total: l.total,
+                    recon: l.recon,
+                    kl: l.kl,
+                    consistency: l.consistency,
+                    entropy: l.entropy,
+                    balance: l.balance,
+                    supervised: l.supervised,
+                    density: l.density,
+                },
+                acc,
+                nmi,
             },
-            acc,
-            nmi,
-        });
+        ));
     })?;
+    let kept = trained.gmm.map_or(0, |c| usize::from(c.gmm_kept));
+    let epochs: Vec<EpochReport> = epochs
+        .into_iter()
+        .filter(|(b, e)| e.warmup || *b == kept)
+        .map(|(_, e)| e)
+        .collect();
     let model = trained.model;
     let shape = *model.shape();
     for (k, score) in &trained.auto {
@@ -746,6 +760,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
             seed: args.seed,
             seconds,
             epochs,
+            choice: trained.gmm,
             final_scores,
             crc,
         };
