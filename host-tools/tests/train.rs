@@ -123,23 +123,16 @@ fn eval_acc(model: &Path, csv: &Path) -> f64 {
     v["acc"].as_f64().unwrap()
 }
 
-#[test]
-fn report_has_one_entry_per_epoch() {
+/// `hvae train --quiet --report` on `data` with `args`: the report, checked to end
+/// with the written model's scores (the last epoch's ACC and NMI are the final ones).
+fn train_report(data: &Path, args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
     hvae()
-        .args([
-            "train",
-            "--quiet",
-            "--clusters",
-            "10",
-            "--epochs",
-            "3",
-            "--warmup",
-            "1",
-        ])
+        .args(["train", "--quiet"])
+        .args(args)
         .arg("--data")
-        .arg(digits())
+        .arg(data)
         .arg("--out")
         .arg(dir.path().join("m.hvae"))
         .arg("--report")
@@ -147,6 +140,16 @@ fn report_has_one_entry_per_epoch() {
         .assert()
         .success();
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let last = v["epochs"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["acc"], v["final_scores"]["acc"]);
+    assert_eq!(last["nmi"], v["final_scores"]["nmi"]);
+    v
+}
+
+#[test]
+fn report_has_one_entry_per_epoch() {
+    let args = ["--clusters", "10", "--epochs", "3", "--warmup", "1"];
+    let v = train_report(&digits(), &args);
     let epochs = v["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 3);
     assert_eq!(epochs[0]["warmup"], true);
@@ -161,37 +164,24 @@ fn suite_set(name: &str) -> std::path::PathBuf {
 }
 
 /// With the GMM candidate kept (here at the end of both joint phases), the report's
-/// curves are the candidate's: its last epoch scores what the written model scores,
-/// and the report says which model was kept.
+/// curves are the candidate's: its last epoch scores what the written model scores
+/// ([`train_report`]), and the report says which model was kept.
 #[test]
 fn report_follows_the_kept_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = suite_set("vmf_unequal");
-    let report = dir.path().join("r.json");
-    hvae()
-        .args(["train", "--quiet", "--clusters", "5", "--epochs", "20"])
-        .args(["--warmup", "4", "--choice-at", "1"])
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(dir.path().join("m.hvae"))
-        .arg("--report")
-        .arg(&report)
-        .assert()
-        .success();
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let args = ["--clusters", "5", "--epochs", "20", "--warmup", "4"];
+    let v = train_report(
+        &suite_set("vmf_unequal"),
+        &[&args[..], &["--choice-at", "1"]].concat(),
+    );
     assert_eq!(v["choice"]["gmm_kept"], true, "{}", v["choice"]);
     assert_eq!(v["choice"]["early"], false);
-    let epochs = v["epochs"].as_array().unwrap();
-    assert_eq!(epochs.len(), 20);
-    let numbers: Vec<u64> = epochs
+    let numbers: Vec<u64> = v["epochs"]
+        .as_array()
+        .unwrap()
         .iter()
         .map(|e| e["epoch"].as_u64().unwrap())
         .collect();
     assert_eq!(numbers, (1..=20).collect::<Vec<_>>());
-    let last = &epochs[19];
-    assert_eq!(last["acc"], v["final_scores"]["acc"]);
-    assert_eq!(last["nmi"], v["final_scores"]["nmi"]);
 }
 
 /// Runs `hvae train` with `args` and checks: non-zero exit `code`, one line on stderr
@@ -396,6 +386,34 @@ fn branch_job(seed: u64) -> (Vec<f32>, hvae::Shape, FitConfig) {
     (mix.data.features().to_vec(), shape, cfg)
 }
 
+/// An epoch as the branch tests compare them: its number, whether in the warm-up, and
+/// its mean loss's bits.
+type Epoch = (usize, bool, u32);
+
+/// `fit` with `cfg`: the model and its epochs.
+fn trained_alone(
+    shape: hvae::Shape,
+    x: &[f32],
+    cfg: &FitConfig,
+) -> (hvae::VecModel<f32>, Vec<Epoch>) {
+    let mut epochs = Vec::new();
+    let m = fit(shape, x, None, cfg, |s, _| {
+        epochs.push((s.epoch, s.warmup, s.loss.total.to_bits()))
+    })
+    .unwrap();
+    (m, epochs)
+}
+
+/// The epochs branch `b` reported among every branch's (tagged with the branch), the
+/// shared warm-up's included.
+fn branch_epochs(tagged: &[(usize, Epoch)], b: usize) -> Vec<Epoch> {
+    tagged
+        .iter()
+        .filter(|(branch, e)| e.1 || *branch == b)
+        .map(|(_, e)| *e)
+        .collect()
+}
+
 /// The GMM candidate's branch, as `hvae train` trains it.
 fn gmm_branch() -> hvae_host::train::Branch {
     hvae_host::train::Branch {
@@ -439,18 +457,9 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
             epochs: if b.joint_share < 1.0 { 8 } else { cfg.epochs },
             ..cfg.clone()
         };
-        let mut epochs = Vec::new();
-        let alone = fit(shape, x, None, &c, |s, _| {
-            epochs.push((s.epoch, s.warmup, s.loss.total.to_bits()))
-        })
-        .unwrap();
+        let (alone, epochs) = trained_alone(shape, x, &c);
         assert_eq!(shared.params(), alone.params(), "{b:?}");
-        let reported: Vec<_> = shared_epochs
-            .iter()
-            .filter(|(branch, e)| e.1 || *branch == i)
-            .map(|(_, e)| *e)
-            .collect();
-        assert_eq!(reported, epochs, "{b:?}");
+        assert_eq!(branch_epochs(&shared_epochs, i), epochs, "{b:?}");
         assert_eq!(epochs.len(), if b.joint_share < 1.0 { 8 } else { 12 });
     }
     // The branches do differ after the warm-up.
@@ -531,20 +540,15 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
                 gmm_targets: branch.gmm_targets,
                 ..cfg.clone()
             };
-            let mut expected = Vec::new();
-            fit(shape, x, None, &alone, |s, _| {
-                expected.push((s.epoch, s.warmup, s.loss.total.to_bits()))
-            })
-            .unwrap();
+            let (_, mut expected) = trained_alone(shape, x, &alone);
             assert_eq!(expected.len(), 12);
             let to_end = keep.is_none_or(|k| k == b);
             expected.truncate(if to_end { 12 } else { 6 });
-            let seen: Vec<_> = epochs
-                .iter()
-                .filter(|(eb, e)| e.1 || *eb == b)
-                .map(|(_, e)| *e)
-                .collect();
-            assert_eq!(seen, expected, "keep {keep:?}, branch {b}");
+            assert_eq!(
+                branch_epochs(&epochs, b),
+                expected,
+                "keep {keep:?}, branch {b}"
+            );
         }
         assert!(epochs.iter().all(|(b, e)| *b < 2 && (*b == 0 || !e.1)));
     }
