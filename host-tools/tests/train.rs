@@ -251,8 +251,6 @@ fn bad_input_is_a_one_line_error_and_no_file() {
         (["--choice-at", "1.5"], "--choice-at"),
         (["--choice-margin", "1.5"], "--choice-margin"),
         (["--choice-margin", "nan"], "--choice-margin"),
-        (["--choice-at", "0.25,0.125"], "--choice-at"),
-        (["--choice-margin", "0.1,0.2,0.3"], "--choice-margin"),
         (["--gmm-confidence", "1.5"], "--gmm-confidence"),
         (["--hidden", "1,1,1,1,1"], "architecture"),
     ] {

@@ -345,12 +345,12 @@ pub struct TrainReport {
     pub seconds: f64,
     /// Per-epoch curves: the warm-up's, then the kept model's.
     pub epochs: Vec<EpochReport>,
-    /// With --gmm-candidate: which model was kept and why.
-    pub choice: Option<GmmChoice>,
     /// Final scores with labels.
     pub final_scores: Option<metrics::Scores>,
     /// CRC of the written model.
     pub crc: u32,
+    /// With --gmm-candidate: which model was kept and why.
+    pub choice: Option<GmmChoice>,
 }
 
 /// The shape the arguments ask for, for data with `d` features
@@ -791,4 +791,39 @@ pub fn describe(s: &Shape) -> String {
         crate::export::likelihood_name(s.likelihood),
         crate::export::activation_name(s.activation)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The looks from --choice-at and --choice-margin: margins one per share, one for
+    /// all, or by default by share; shares that do not increase and margins that match
+    /// neither count are refused.
+    #[test]
+    fn choice_looks_pair_shares_with_margins() {
+        let look = |at, margin| ChoiceLook { at, margin };
+        let looks = choice_looks(&[0.125, 0.25], None).unwrap();
+        assert_eq!(looks, crate::train::CHOICE_LOOKS);
+        assert_eq!(looks, [look(0.125, 0.04), look(0.25, 0.02)]);
+        assert_eq!(choice_looks(&[1.0], None).unwrap(), [look(1.0, 0.02)]);
+        assert_eq!(
+            choice_looks(&[0.1, 0.5], Some(&[0.0])).unwrap(),
+            [look(0.1, 0.0), look(0.5, 0.0)]
+        );
+        assert_eq!(
+            choice_looks(&[0.1, 0.5], Some(&[0.3, 0.2])).unwrap(),
+            [look(0.1, 0.3), look(0.5, 0.2)]
+        );
+        for (at, margin, needle) in [
+            (&[0.25, 0.125][..], None, "increase"),
+            (&[0.25, 0.25][..], None, "increase"),
+            (&[0.125, 0.25][..], Some(&[0.1, 0.2, 0.3][..]), "one per"),
+            (&[0.125, 0.25][..], Some(&[][..]), "[0, 1]"),
+            (&[][..], None, "(0, 1]"),
+        ] {
+            let e = choice_looks(at, margin).unwrap_err().to_string();
+            assert!(e.contains(needle), "{at:?} {margin:?}: {e}");
+        }
+    }
 }
