@@ -124,11 +124,12 @@ fn eval_acc(model: &Path, csv: &Path) -> f64 {
 }
 
 /// `hvae train --quiet --report` on `data` with `args`: the report, checked to end
-/// with the written model's scores (the last epoch's ACC and NMI are the final ones).
-fn train_report(data: &Path, args: &[&str]) -> serde_json::Value {
+/// with the written model's scores (the last epoch's ACC and NMI are the final ones),
+/// and what the command printed.
+fn train_report(data: &Path, args: &[&str]) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
-    hvae()
+    let out = hvae()
         .args(["train", "--quiet"])
         .args(args)
         .arg("--data")
@@ -143,13 +144,17 @@ fn train_report(data: &Path, args: &[&str]) -> serde_json::Value {
     let last = v["epochs"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["acc"], v["final_scores"]["acc"]);
     assert_eq!(last["nmi"], v["final_scores"]["nmi"]);
-    v
+    (
+        v,
+        String::from_utf8(out.get_output().stdout.clone()).unwrap(),
+    )
 }
 
 #[test]
 fn report_has_one_entry_per_epoch() {
     let args = ["--clusters", "10", "--epochs", "3", "--warmup", "1"];
-    let v = train_report(&digits(), &args);
+    let (v, printed) = train_report(&digits(), &args);
+    assert!(printed.contains("kept the "), "{printed}");
     let epochs = v["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 3);
     assert_eq!(epochs[0]["warmup"], true);
@@ -165,16 +170,22 @@ fn suite_set(name: &str) -> std::path::PathBuf {
 
 /// With the GMM candidate kept (here at the end of both joint phases), the report's
 /// curves are the candidate's: its last epoch scores what the written model scores
-/// ([`train_report`]), and the report says which model was kept.
+/// ([`train_report`]), and the report and the command's output say which model was kept.
 #[test]
 fn report_follows_the_kept_model() {
     let args = ["--clusters", "5", "--epochs", "20", "--warmup", "4"];
-    let v = train_report(
+    let (v, printed) = train_report(
         &suite_set("vmf_unequal"),
         &[&args[..], &["--choice-at", "1"]].concat(),
     );
     assert_eq!(v["choice"]["gmm_kept"], true, "{}", v["choice"]);
     assert_eq!(v["choice"]["early"], false);
+    let line = printed.lines().find(|l| l.starts_with("kept ")).unwrap();
+    assert!(
+        line.starts_with("kept the GMM candidate: neighbour agreement "),
+        "{line}"
+    );
+    assert!(line.ends_with("chosen at the end"), "{line}");
     let numbers: Vec<u64> = v["epochs"]
         .as_array()
         .unwrap()

@@ -749,6 +749,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         data.dim(),
         args.out.display()
     )?;
+    if let Some(c) = &trained.gmm {
+        outln!(out, "{}", describe_choice(c))?;
+    }
     if let Some(s) = &final_scores {
         outln!(out, "ACC {:.4}  NMI {:.4}  ARI {:.4}", s.acc, s.nmi, s.ari)?;
     }
@@ -768,6 +771,27 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         crate::fsio::write_bytes_atomic(path, &json)?;
     }
     Ok(())
+}
+
+/// One line on --gmm-candidate's choice: the model kept, both neighbour agreements and
+/// where the choice was made.
+pub fn describe_choice(c: &GmmChoice) -> String {
+    let (kept, other) = if c.gmm_kept {
+        ("the GMM candidate", "the model as configured")
+    } else {
+        ("the model as configured", "the GMM candidate")
+    };
+    let (a, b) = if c.gmm_kept {
+        (c.agreement_gmm, c.agreement_plain)
+    } else {
+        (c.agreement_plain, c.agreement_gmm)
+    };
+    let when = if c.early {
+        format!("at {}% of the joint phase", f64::from(c.at) * 100.0)
+    } else {
+        "at the end".to_string()
+    };
+    format!("kept {kept}: neighbour agreement {a:.4} against {b:.4} for {other}, chosen {when}")
 }
 
 /// The model's label for every row (a row it cannot encode gets cluster 0).
