@@ -968,9 +968,13 @@ pub struct ChoiceLook {
     pub margin: f64,
 }
 
-/// The early choice's looks by default ([`FitConfig::choice_looks`]): at an eighth of
-/// the joint phase, then at a quarter, each with [`default_margin`]'s lead.
-pub const CHOICE_LOOKS: [ChoiceLook; 2] = [
+/// The early choice's looks by default ([`FitConfig::choice_looks`]): at a sixteenth
+/// of the joint phase, an eighth and a quarter, each with [`default_margin`]'s lead.
+pub const CHOICE_LOOKS: [ChoiceLook; 3] = [
+    ChoiceLook {
+        at: 0.0625,
+        margin: default_margin(0.0625),
+    },
     ChoiceLook {
         at: 0.125,
         margin: default_margin(0.125),
@@ -982,11 +986,14 @@ pub const CHOICE_LOOKS: [ChoiceLook; 2] = [
 ];
 
 /// The lead in agreement that makes the early choice at share `at` of the joint phase
-/// by default: 0.04 below a quarter, 0.02 from a quarter on (each above the largest
-/// lead a pick that differs from the end's had at an eighth and at a quarter on the
-/// suite's tuned half; docs/benchmarks.md, "The choice made early").
+/// by default: 0.05 below an eighth, 0.04 below a quarter, 0.02 from a quarter on
+/// (each above the largest lead a pick that differs from the end's had at a sixteenth,
+/// an eighth and a quarter on the suite's tuned half: 0.032, 0.032, 0.0095;
+/// docs/benchmarks.md, "The choice made early").
 pub const fn default_margin(at: f32) -> f64 {
-    if at < 0.25 {
+    if at < 0.125 {
+        0.05
+    } else if at < 0.25 {
         0.04
     } else {
         0.02

@@ -269,8 +269,8 @@ pub struct TrainArgs {
     )]
     pub choice_at: Vec<f32>,
     /// The lead in neighbour agreement (in [0, 1]) that makes the early choice at each
-    /// --choice-at share (one value: the same at every share). Default: 0.04 at a share
-    /// below a quarter, 0.02 from a quarter on.
+    /// --choice-at share (one value: the same at every share). Default: 0.05 at a share
+    /// below an eighth, 0.04 below a quarter, 0.02 from a quarter on.
     #[arg(long, value_delimiter = ',', value_name = "M,...")]
     pub choice_margin: Option<Vec<f64>>,
     /// Also train a candidate whose clusters start from and are trained towards a
@@ -827,9 +827,12 @@ mod tests {
     #[test]
     fn choice_looks_pair_shares_with_margins() {
         let look = |at, margin| ChoiceLook { at, margin };
-        let looks = choice_looks(&[0.125, 0.25], None).unwrap();
+        let looks = choice_looks(&[0.0625, 0.125, 0.25], None).unwrap();
         assert_eq!(looks, crate::train::CHOICE_LOOKS);
-        assert_eq!(looks, [look(0.125, 0.04), look(0.25, 0.02)]);
+        assert_eq!(
+            looks,
+            [look(0.0625, 0.05), look(0.125, 0.04), look(0.25, 0.02)]
+        );
         assert_eq!(choice_looks(&[1.0], None).unwrap(), [look(1.0, 0.02)]);
         assert_eq!(
             choice_looks(&[0.1, 0.5], Some(&[0.0])).unwrap(),
