@@ -787,7 +787,7 @@ pub fn describe_choice(c: &GmmChoice) -> String {
         (c.agreement_plain, c.agreement_gmm)
     };
     let when = if c.early {
-        format!("at {}% of the joint phase", f64::from(c.at) * 100.0)
+        format!("at {} of the joint phase", c.at)
     } else {
         "at the end".to_string()
     };
