@@ -199,12 +199,17 @@ pub struct GmmChoice {
     pub agreement_plain: f64,
     /// [`neighbour_agreement`] of the mixture-trained candidate.
     pub agreement_gmm: f64,
-    /// True when the choice was made at one of [`FitConfig::choice_looks`] (the
-    /// agreements are the two models' there, and the model not kept was trained no
-    /// further); false when both were trained to the end.
-    pub early: bool,
-    /// Where the choice was made, as a share of the joint phase (1: at the end).
+    /// Where the choice was made, as a share of the joint phase: one of
+    /// [`FitConfig::choice_looks`] (the agreements are the two models' there, and the
+    /// model not kept was trained no further), or 1 when both were trained to the end.
     pub at: f32,
+}
+
+impl GmmChoice {
+    /// True when the choice was made before the end of the joint phase.
+    pub fn early(&self) -> bool {
+        self.at < 1.0
+    }
 }
 
 /// What [`fit_restarts`] and [`fit_with_gmm_candidate`] train and how they pick a
@@ -290,7 +295,6 @@ pub fn fit_with_gmm_candidate(
             gmm_kept: k == 1,
             agreement_plain,
             agreement_gmm,
-            early: true,
             at,
         },
         _ => {
@@ -299,7 +303,6 @@ pub fn fit_with_gmm_candidate(
                 gmm_kept: agreement_gmm > agreement_plain,
                 agreement_plain,
                 agreement_gmm,
-                early: false,
                 at: 1.0,
             }
         }
@@ -326,7 +329,7 @@ pub struct GmmFit {
     /// Which kind was kept and the criterion of each.
     pub choice: GmmChoice,
     /// The model not kept (to judge the choice, as `hvae suite` does), as far as it was
-    /// trained ([`GmmChoice::early`]).
+    /// trained ([`GmmChoice::at`]).
     pub other: VecModel<f32>,
 }
 

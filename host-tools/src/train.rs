@@ -438,8 +438,8 @@ impl Branch {
 /// no look names one, every branch trains to its end.
 pub struct EarlyChoice<'c> {
     /// Where the looks are, as shares of the configured joint phase, in increasing
-    /// order (a look at the end of the shortest branch or later, and every one after
-    /// it, is not made).
+    /// order (a look at a share of 1 or more, or at the end of the shortest branch or
+    /// later, and every one after it, is not made).
     pub at: &'c [f32],
     /// The branch to train on alone, or `None` to look again (or train every branch to
     /// its end after the last look).
@@ -504,7 +504,9 @@ pub fn fit_branches(
     let mut kept_early = None;
     let mut paused = Vec::new();
     if let Some(e) = early {
-        for (look, &at) in e.at.iter().enumerate() {
+        // A share of 1 is the end, whose choice is not an early one (rounding could put
+        // its step before the end of a short last round).
+        for (look, &at) in e.at.iter().enumerate().take_while(|&(_, &at)| at < 1.0) {
             let Some(pause) = runs.first().map(|first| first.joint_step_at(cfg, at)) else {
                 break;
             };

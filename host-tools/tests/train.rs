@@ -179,7 +179,7 @@ fn report_follows_the_kept_model() {
         &[&args[..], &["--choice-at", "1"]].concat(),
     );
     assert_eq!(v["choice"]["gmm_kept"], true, "{}", v["choice"]);
-    assert_eq!(v["choice"]["early"], false);
+    assert_eq!(v["choice"]["at"], 1.0);
     let line = printed.lines().find(|l| l.starts_with("kept ")).unwrap();
     assert!(
         line.starts_with("kept the GMM candidate: neighbour agreement "),
@@ -563,6 +563,33 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
     }
 }
 
+/// A look at a share of 1 is the end's choice, not an early one: it is not made even
+/// where the joint phase's last round is short and the share rounds to a step before
+/// the end (a schedule in steps: 793 joint steps in rounds of 10).
+#[test]
+fn a_look_at_the_whole_joint_phase_is_not_made() {
+    use hvae_host::train::{fit_branches, Branch, EarlyChoice};
+    let (x, shape, base) = branch_job(5);
+    let cfg = FitConfig {
+        steps: 1000,
+        warmup_steps: 207,
+        ..base
+    };
+    let branches = [Branch::of(&cfg), gmm_branch()];
+    let mut looks = 0;
+    let mut decide = |_: usize, _: &[hvae::VecModel<f32>]| {
+        looks += 1;
+        Ok(Some(1))
+    };
+    let early = EarlyChoice {
+        at: &[1.0],
+        decide: &mut decide,
+    };
+    let trained = fit_branches(shape, &x, None, &cfg, &branches, Some(early), |_, _| {}).unwrap();
+    assert_eq!(looks, 0);
+    assert_eq!(trained.kept_early, None);
+}
+
 /// `fit_with_gmm_candidate` makes its choice early when one model leads by the margin
 /// (0 here: always), and the model it keeps is bit for bit that model trained to the
 /// end without the early choice; with the margin at 1 it trains both to the end; with
@@ -591,9 +618,9 @@ fn the_candidate_choice_made_early_keeps_the_same_model() {
     };
     let fit = |margin: f64| fit_looks(&[(0.25, margin)]);
     let (late, early) = (fit(1.0), fit(0.0));
-    assert!(!late.choice.early);
+    assert!(!late.choice.early());
     assert_eq!(late.choice.at, 1.0);
-    assert!(early.choice.early);
+    assert!(early.choice.early());
     assert_eq!(early.choice.at, 0.25);
     // A first look whose margin is not reached, then the same choice at a quarter.
     let second = fit_looks(&[(0.125, 1.0), (0.25, 0.0)]);

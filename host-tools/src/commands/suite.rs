@@ -148,7 +148,7 @@ fn one_run(
             agreement_gmm: c.agreement_gmm,
             plain: if c.gmm_kept { o } else { kept },
             gmm: if c.gmm_kept { kept } else { o },
-            early: c.early,
+            early: c.early(),
             at: c.at,
         });
     }

@@ -776,17 +776,22 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
 /// One line on --gmm-candidate's choice: the model kept, both neighbour agreements and
 /// where the choice was made.
 pub fn describe_choice(c: &GmmChoice) -> String {
-    let (kept, other) = if c.gmm_kept {
-        ("the GMM candidate", "the model as configured")
+    let (kept, a, other, b) = if c.gmm_kept {
+        (
+            "the GMM candidate",
+            c.agreement_gmm,
+            "the model as configured",
+            c.agreement_plain,
+        )
     } else {
-        ("the model as configured", "the GMM candidate")
+        (
+            "the model as configured",
+            c.agreement_plain,
+            "the GMM candidate",
+            c.agreement_gmm,
+        )
     };
-    let (a, b) = if c.gmm_kept {
-        (c.agreement_gmm, c.agreement_plain)
-    } else {
-        (c.agreement_plain, c.agreement_gmm)
-    };
-    let when = if c.early {
+    let when = if c.early() {
         format!("at {} of the joint phase", c.at)
     } else {
         "at the end".to_string()
