@@ -522,18 +522,44 @@ mod factored {
     const N: usize = FULL.end - FULL.start;
 
     fn matrices() -> Vec<(usize, usize, usize)> {
-        SHAPE
-            .tensors()
-            .filter(|t| t.offset >= FULL.start && t.rows > 1 && t.cols > 1)
-            .map(|t| (t.offset - FULL.start, t.rows, t.cols))
-            .collect()
+        matrices_of(&SHAPE)
+    }
+
+    /// The factored matrices of a shape's full scope, `(first value, rows, columns)`: its
+    /// weight matrices, each of more than 1024 values cut into bands of as many whole
+    /// rows as hold 1024 values.
+    fn matrices_of(shape: &Shape) -> Vec<(usize, usize, usize)> {
+        let full = shape.scope_range(Scope::Full);
+        let mut out = Vec::new();
+        for t in shape.tensors().filter(|t| t.offset >= full.start) {
+            let per = if t.rows * t.cols > 1024 {
+                1024 / t.cols
+            } else {
+                t.rows
+            };
+            let mut first = 0;
+            while first < t.rows {
+                let rows = per.min(t.rows - first);
+                if rows > 1 && t.cols > 1 {
+                    out.push((t.offset - full.start + first * t.cols, rows, t.cols));
+                }
+                first += rows;
+            }
+        }
+        out
     }
 
     fn in_matrix(q: usize) -> Option<(usize, usize, usize, usize)> {
-        matrices()
-            .into_iter()
-            .find(|&(at, r, c)| q >= at && q < at + r * c)
-            .map(|(at, r, c)| (at, r, c, q - at))
+        in_matrix_of(&matrices(), q)
+    }
+
+    fn in_matrix_of(
+        mats: &[(usize, usize, usize)],
+        q: usize,
+    ) -> Option<(usize, usize, usize, usize)> {
+        mats.iter()
+            .find(|&&(at, r, c)| q >= at && q < at + r * c)
+            .map(|&(at, r, c)| (at, r, c, q - at))
     }
 
     #[test]
@@ -546,14 +572,15 @@ mod factored {
         assert_eq!(state_len_in(OptimKind::FactoredRms, &SHAPE, FULL), 47);
         assert_eq!(state_len_in(OptimKind::Adam, &SHAPE, FULL), 2 * N);
         assert_eq!(state_len_in(OptimKind::Sgd, &SHAPE, FULL), N);
-        // The scratch scenario's 64-24-8 network, K = 10: 3692 trained parameters,
-        // matrices 24x64, 8x24, 10x8, 24x8 and 64x24 (88 + 32 + 18 + 32 + 88 values)
-        // and 156 values of vectors.
+        // A 64-24-8 network, K = 10: 3692 trained parameters, matrices 24x64 (bands
+        // of 16 and 8 rows: 16 + 64 + 8 + 64), 8x24, 10x8, 24x8 and 64x24 (bands of 42
+        // and 22 rows: 42 + 24 + 22 + 24), so 152 + 32 + 18 + 32 + 112 values, and 156
+        // values of vectors.
         const SCRATCH: Shape = Shape::new(64, &[24], 8, 10);
         let r = SCRATCH.scope_range(Scope::Full);
         assert_eq!(r.len(), 3692);
-        assert_eq!(second_moment_len(&SCRATCH, r.clone()), 414);
-        assert_eq!(state_len_in(OptimKind::Factored, &SCRATCH, r), 3692 + 414);
+        assert_eq!(second_moment_len(&SCRATCH, r.clone()), 502);
+        assert_eq!(state_len_in(OptimKind::Factored, &SCRATCH, r), 3692 + 502);
         // The segmenter alone: the centres (2x2) factored, ln kappa_s and the weights not.
         let seg = SHAPE.scope_range(Scope::SegmenterOnly);
         assert_eq!(second_moment_len(&SHAPE, seg), 4 + 1 + 2);
@@ -605,16 +632,26 @@ mod factored {
 
     /// Independent f64 reference of one factored step for a full-rank gradient.
     fn reference(steps: &[Vec<f64>], lr: f64, b1: f64, first: bool) -> Vec<f64> {
+        reference_of(&matrices(), start(), steps, (lr, b1, first))
+    }
+
+    /// [`reference`] from `p` with the factored matrices `mats` ([`matrices_of`]).
+    fn reference_of(
+        mats: &[(usize, usize, usize)],
+        mut p: Vec<f64>,
+        steps: &[Vec<f64>],
+        (lr, b1, first): (f64, f64, bool),
+    ) -> Vec<f64> {
         let (b2, eps) = (0.999f64, 1e-8f64);
-        let mut p = start();
-        let mut m = vec![0.0; N];
-        let mut v = vec![0.0; N];
-        let mut rows: Vec<Vec<f64>> = matrices().iter().map(|&(_, r, _)| vec![0.0; r]).collect();
-        let mut cols: Vec<Vec<f64>> = matrices().iter().map(|&(_, _, c)| vec![0.0; c]).collect();
+        let n = p.len();
+        let mut m = vec![0.0; n];
+        let mut v = vec![0.0; n];
+        let mut rows: Vec<Vec<f64>> = mats.iter().map(|&(_, r, _)| vec![0.0; r]).collect();
+        let mut cols: Vec<Vec<f64>> = mats.iter().map(|&(_, _, c)| vec![0.0; c]).collect();
         for (t, g) in steps.iter().enumerate() {
             let t = (t + 1) as i32;
-            let mut vhat = vec![0.0; N];
-            for (k, &(at, r, c)) in matrices().iter().enumerate() {
+            let mut vhat = vec![0.0; n];
+            for (k, &(at, r, c)) in mats.iter().enumerate() {
                 for i in 0..r {
                     let ms: f64 = (0..c).map(|j| g[at + i * c + j].powi(2)).sum::<f64>() / c as f64;
                     rows[k][i] = b2 * rows[k][i] + (1.0 - b2) * ms;
@@ -630,8 +667,8 @@ mod factored {
                     }
                 }
             }
-            for q in 0..N {
-                if in_matrix(q).is_none() {
+            for q in 0..n {
+                if in_matrix_of(mats, q).is_none() {
                     v[q] = b2 * v[q] + (1.0 - b2) * g[q] * g[q];
                     vhat[q] = v[q] / (1.0 - b2.powi(t));
                 }
@@ -679,6 +716,80 @@ mod factored {
             let differ = (0..N).filter(|&q| (pa[q] - p[q]).abs() > 1e-6).count();
             assert!(differ > 10, "{differ} values differ from Adam's");
         }
+    }
+
+    #[test]
+    fn a_matrix_of_more_than_1024_values_is_factored_by_bands_of_rows() {
+        // Encoder layer 30x40 (bands of 25 and 5 rows), decoder output layer 40x30
+        // (bands of 34 and 6 rows); the rest within one band.
+        const WIDE: Shape = Shape::new(40, &[30], 2, 2);
+        let full = WIDE.scope_range(Scope::Full);
+        let n = full.len();
+        let mats = matrices_of(&WIDE);
+        let (enc, dec) = (mats[0], mats[mats.len() - 1]);
+        assert_eq!(
+            (mats[1].1, enc.1, dec.1, mats[mats.len() - 2].1),
+            (5, 25, 6, 34)
+        );
+        assert_eq!(enc.0 + 25 * 40, mats[1].0);
+        let second: usize = (0..n).filter(|&q| in_matrix_of(&mats, q).is_none()).count()
+            + mats.iter().map(|&(_, r, c)| r + c).sum::<usize>();
+        assert_eq!(second_moment_len(&WIDE, full.clone()), second);
+        // Encoder (25+40) + (5+40) + 30, heads (2+30) + 2 + 30 + 1, segmenter (2+2) + 1
+        // + 2, decoder (30+2) + 30 + (34+30) + (6+30) + 40.
+        assert_eq!(second, 414);
+        let steps: Vec<Vec<f64>> = (0..3)
+            .map(|t| {
+                (0..n)
+                    .map(|q| 0.05 * (((q * 13 + t * 5) % 17) as f64 - 8.0) + 0.01)
+                    .collect()
+            })
+            .collect();
+        let p0: Vec<f64> = (0..n).map(|q| 0.1 * ((q % 9) as f64 - 4.0)).collect();
+        for (opt, first) in [
+            (Optimiser::<f64>::factored(0.05), true),
+            (Optimiser::<f64>::factored_rms(0.05), false),
+        ] {
+            let cfg = OptimConfig::new(opt);
+            let mut s = OptimState::new(vec![0.0; state_len_in(opt.kind(), &WIDE, full.clone())]);
+            let mut p = p0.clone();
+            for g in &steps {
+                s.step_in(&cfg, (&WIDE, full.clone()), &mut p, g).unwrap();
+            }
+            let want = reference_of(&mats, p0.clone(), &steps, (0.05, 0.9, first));
+            assert_close(&p, &want, 1e-12, "banded factored vs reference");
+        }
+        // A block that holds a band whole is updated; one that cuts a band is refused.
+        let cfg = OptimConfig::new(Optimiser::<f64>::factored_rms(0.05));
+        let mut s = OptimState::new(vec![
+            0.0;
+            state_len_in(
+                OptimKind::FactoredRms,
+                &WIDE,
+                full.clone()
+            )
+        ]);
+        let (mut p, g) = (p0.clone(), steps[0].clone());
+        let band = enc.0..enc.0 + 25 * 40;
+        s.step_part_in(
+            &cfg,
+            (&WIDE, full.clone()),
+            &mut p[band.clone()],
+            &g[band.clone()],
+            band.start,
+        )
+        .unwrap();
+        let cut = enc.0..enc.0 + 24 * 40;
+        assert_eq!(
+            s.step_part_in(
+                &cfg,
+                (&WIDE, full.clone()),
+                &mut p[cut.clone()],
+                &g[cut.clone()],
+                cut.start
+            ),
+            Err(OptimError::LengthMismatch)
+        );
     }
 
     #[test]

@@ -236,8 +236,8 @@ fn new_clusters_args(seed: &str) -> DeviceTrainArgs {
 /// the re-learning of the whole model on the device; after it every new class has a
 /// centre of its own and the ACC on all classes is far above the deployed model's; on
 /// 10,000 samples of the known classes nothing spawns (and nothing is re-learnt); device
-/// and host agree bit for bit. (The 0.85 ACC bar is not reached: the report says FAIL;
-/// docs/device.md#scenarios has the measured floor, asserted here a little below.)
+/// and host agree bit for bit, and every bar is met (seed 0; docs/device.md#scenarios
+/// has other seeds).
 #[test]
 fn new_clusters_spawns_relearns_and_never_spawns_on_known_ones() {
     let a = new_clusters_args("0");
@@ -257,19 +257,23 @@ fn new_clusters_spawns_relearns_and_never_spawns_on_known_ones() {
     assert!(text.contains("8 of the last 128 samples are novel, centres remembering 1000"));
     assert!(r.discovered.acc >= r.before.acc + 0.01, "{text}");
     assert!(r.new_classes_found >= scenario::NEW_CLASSES_BAR, "{text}");
-    assert!(r.after.acc >= 0.83 && r.after.nmi >= 0.76, "{text}");
+    assert!(
+        r.after.acc >= scenario::DISCOVERY_ACC_BAR && r.after.nmi >= 0.76,
+        "{text}"
+    );
+    assert!(r.pass, "{text}");
     assert!(text.contains("after re-learning, 5 passes"), "{text}");
 }
 
 /// The spawn rule with the centres' memory of `new-clusters` (1000 samples): on the
 /// seeds where a memory of 100 let the centres absorb the new classes before novelty
-/// persisted (seed 4: no spawn) or wander on the known classes until they looked novel
-/// (seeds 5 and 23: a spawn on the known stream), a centre is spawned on the stream of
+/// persisted (seed 5: no spawn) or wander on the known classes until they looked novel
+/// (seeds 11 and 19: a spawn on the known stream), a centre is spawned on the stream of
 /// every class and none on the known classes' (docs/device.md#scenarios).
 #[test]
 fn new_clusters_spawn_rule_holds_on_the_seeds_a_fast_memory_failed() {
     let (model, data) = setup(device::LEARN_BIN);
-    for seed in ["4", "5", "23"] {
+    for seed in ["5", "11", "19"] {
         let a = new_clusters_args(seed);
         let mut opened = open(&a, device::SCRATCH_BIN);
         let r = scenario::new_clusters(&mut opened.device, &model, &data, &a).unwrap();
@@ -284,12 +288,11 @@ fn new_clusters_spawn_rule_holds_on_the_seeds_a_fast_memory_failed() {
     }
 }
 
-/// `--scenario scratch --device host`: a fresh 64-28-8 network learns on the scratch
+/// `--scenario scratch --device host`: a fresh 64-32-8 network learns on the scratch
 /// engine (a factored second moment without a first moment, the backward pass and the
-/// update layer by layer, a sliding sample of 240 samples as bytes) within 48 KiB of training
-/// state, over 3 stream orders, bit-identical to the host's reference. The 0.85 bar is
-/// not reached: the floor measured (docs/device.md#scenarios) is asserted here a little
-/// below.
+/// update layer by layer, the outer layers band by band, a sliding sample of 240 samples
+/// as bytes) within 48 KiB of training state, over 3 stream orders, bit-identical to the
+/// host's reference, and reaches the 0.85 bar.
 #[test]
 fn scratch_learns_within_48_kib_and_the_engines_agree() {
     let a = DeviceTrainArgs::parse_from(["--scenario", "scratch", "--device", "host"]).unwrap();
@@ -303,7 +306,7 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
     let text = printed(|out| scenario::print_scratch(&r, out));
     assert_eq!(r.runs.len(), 3, "{text}");
     assert!(r.runs.iter().all(|x| x.bit_identical), "{text}");
-    assert_eq!(r.architecture, "64-28-8, K 10", "{text}");
+    assert_eq!(r.architecture, "64-32-8, K 10", "{text}");
     assert_eq!(r.memory, 240, "{text}");
     // The host engine measures no RAM of its own (qemu.rs checks the device's report).
     assert!(r.device_ram.is_none(), "{text}");
@@ -315,13 +318,13 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
     );
     assert!(r.optimiser.starts_with("factored second moment"), "{text}");
     assert_eq!(r.memory_kept, "a sliding random sample", "{text}");
-    // The floor, not the bar.
-    assert!(r.mean.acc >= 0.83, "{text}");
-    assert!(r.worst.acc >= 0.82, "{text}");
+    // The bar (measured 0.862, worst order 0.843, NMI 0.780).
+    assert!(r.mean.acc >= scenario::SCRATCH_ACC_BAR, "{text}");
+    assert!(r.worst.acc >= 0.83, "{text}");
     assert!(r.mean.nmi >= 0.76, "{text}");
-    // The same architecture on the host (`hvae train`, seed 0): 0.830.
+    // The same architecture on the host (`hvae train`, seed 0): 0.836.
     assert!(r.host_train.acc >= 0.80, "{text}");
-    assert_eq!(r.pass, r.mean.acc >= scenario::SCRATCH_ACC_BAR, "{text}");
+    assert!(r.pass, "{text}");
 }
 
 /// The host's adapting engine (`learn_host::AdaptLearner`, the reference of the `adapt`

@@ -194,9 +194,9 @@ pub const SCRATCH_MEM: usize = build_setting(option_env!("HVAE_SCRATCH_MEM"), 24
 const _: () = assert!(SCRATCH_MEM >= SCRATCH_INIT_SAMPLES);
 /// Hidden units of the network a device learns from scratch (one layer): with
 /// [`SCRATCH_OPTIM`], the layer-wise update and a [`SCRATCH_MEM`] memory, what fits 48 KiB
-/// of training state (docs/device.md#scenarios). 28, or the positive integer in the
+/// of training state (docs/device.md#scenarios). 32, or the positive integer in the
 /// environment variable `HVAE_SCRATCH_HIDDEN` at build time.
-pub const SCRATCH_HIDDEN: usize = build_setting(option_env!("HVAE_SCRATCH_HIDDEN"), 28);
+pub const SCRATCH_HIDDEN: usize = build_setting(option_env!("HVAE_SCRATCH_HIDDEN"), 32);
 const _: () = assert!(SCRATCH_HIDDEN > 0);
 /// Clipping norm of each block's gradient in learning from scratch (the layer-wise
 /// update clips each block by its own norm; a global norm needs the whole gradient

@@ -45,7 +45,7 @@ use crate::infer::views::{
 };
 use crate::kernels::dense_grads_rows;
 use crate::shape::{Likelihood, Posterior, Scope, Shape, MAX_HIDDEN};
-use crate::train::optim::{OptimConfig, OptimError, OptimState};
+use crate::train::optim::{band_rows, OptimConfig, OptimError, OptimState};
 use crate::{Activation, Real};
 
 /// Weights and constants of the loss.
@@ -816,21 +816,29 @@ fn input_rows<T, I: Inputs<T> + ?Sized>(
 }
 
 /// Scalars of the largest block of a layer-wise update ([`layerwise_update`]): each
-/// dense layer of the encoder and the decoder (weights and biases) is a block, and the
-/// heads with the segmenter (the direction and concentration heads, the centres, `ln
+/// dense layer of the encoder and the decoder (weights and biases) is a block, the
+/// encoder's input layer and the decoder's output layer one per band of the factored
+/// optimiser ([`band_rows`]; the last band with the bias), and the heads with the
+/// segmenter (the direction and concentration heads, the centres, `ln
 /// kappa_s` and the log-weights: contiguous in the parameter vector) are one.
 pub const fn block_len(shape: &Shape) -> usize {
     let mut n = head_len(shape);
     let mut l = 0;
     while l <= shape.depth() {
         let (o, i) = shape.decoder_layer(l);
-        if o * i + o > n {
-            n = o * i + o;
+        let rows = if l == shape.depth() {
+            band_rows(o, i)
+        } else {
+            o
+        };
+        if rows * i + o > n {
+            n = rows * i + o;
         }
         if l < shape.depth() {
             let (o, i) = shape.encoder_layer(l);
-            if o * i + o > n {
-                n = o * i + o;
+            let rows = if l == 0 { band_rows(o, i) } else { o };
+            if rows * i + o > n {
+                n = rows * i + o;
             }
         }
         l += 1;
@@ -957,7 +965,8 @@ pub enum LayerwiseError {
 /// The second sweep of a layer-wise pass, after [`layerwise_loss`] on the same batch
 /// (`inputs` and `batch`) and buffers: the backward pass and the optimiser's update, one block at a time from
 /// the top (the decoder's output layer, its hidden layers last to first, the heads with
-/// the segmenter, the encoder's hidden layers last to first). For each block, every
+/// the segmenter, the encoder's hidden layers last to first; the decoder's output layer
+/// and the encoder's input layer band by band, [`block_len`]). For each block, every
 /// row's gradient of the block is added into the buffers' block buffer (the same
 /// kernels and order as [`loss_and_grad`]), the gradient flowing to the block below is
 /// computed with the block's weights before they change and kept per row, then
@@ -968,6 +977,13 @@ pub enum LayerwiseError {
 /// Clipping (`ocfg.clip_norm`) acts on each block's gradient by its own norm (a
 /// global norm needs the whole gradient before any update).
 ///
+/// A band's pass recomputes the layer's output with the bands above it already
+/// updated and uses only its own rows, which are not: the rows of an elementwise
+/// likelihood's gradient (the decoder's output) and of the activation's derivative (the
+/// encoder's input layer, which sends no gradient further down) are the step's. The
+/// gradient flowing below the decoder's output layer is computed in its first band's
+/// pass, before any of its weights change.
+///
 /// `scope` is the buffers': Full updates every block; EncoderAndSegmenter goes
 /// through the decoder (its gradient flows down) without updating it. On error the
 /// blocks above the failing one are updated, it and those below are not, and the step
@@ -975,8 +991,8 @@ pub enum LayerwiseError {
 /// non-finite gradient; the divergence guard's restore is the remedy).
 ///
 /// Cost: for each row, a decoder forward pass per decoder block and an encoder forward
-/// pass per encoder block (the activations are recomputed, not kept), one backward
-/// pass, and the optimiser over every trained parameter once.
+/// pass per encoder block (the activations are recomputed, not kept; a band is a
+/// block), one backward pass, and the optimiser over every trained parameter once.
 pub fn layerwise_update<T: Real, S, O, I: Inputs<T> + ?Sized>(
     model: &mut Model<T, S>,
     (inputs, batch): (&I, &Batch<'_, T>),
@@ -1001,78 +1017,96 @@ where
     let bf = T::of(bsz as f64);
     let mut sum_sq = T::zero();
     let mut clipped = false;
-    // The block at parameter offset `at` (`len` values, its gradient at the start of
-    // the block buffer) updated in place.
-    let mut update = |model: &mut Model<T, S>, grads: &[T], at: usize, len: usize| {
-        let g = prefix(grads, len);
-        let params = model.params_mut().get_mut(at..at + len).unwrap_or_default();
+    // The block at parameter offset `at` (its gradient `grads`) updated in place.
+    let mut update = |model: &mut Model<T, S>, grads: &[T], at: usize| {
+        let params = model
+            .params_mut()
+            .get_mut(at..at + grads.len())
+            .unwrap_or_default();
         let info = optim
-            .step_part_in(ocfg, (&s, range.clone()), params, g, at - range.start)
+            .step_part_in(ocfg, (&s, range.clone()), params, grads, at - range.start)
             .map_err(LayerwiseError::Optim)?;
         sum_sq += info.grad_norm * info.grad_norm;
         clipped |= info.clipped;
         Ok::<(), LayerwiseError>(())
     };
-    // The decoder: its output layer, then its hidden layers, last to first.
+    // The decoder: its output layer (band by band), then its hidden layers, last to first.
     let train_dec = scope == Scope::Full;
     for l in (0..=depth).rev() {
         let (o, i) = s.decoder_layer(l);
-        let len = o * i + o;
-        {
-            let LossBuffers {
-                grads,
-                work,
-                cache,
-                flow,
-                row: x,
-                ..
-            } = &mut *bufs;
-            let (gw, gb) = zeroed_layer_grads(grads, o, i);
-            let p = model.views();
-            let dec = s.dense_layers(p.dec, true);
-            let layer = if l == depth {
-                p.out
-            } else {
-                dec.get(l).copied().unwrap_or_default()
-            };
-            for r in 0..bsz {
-                let (z, f) = (row(cache.z, m, r), row_mut(flow, fw, r));
-                if l == depth {
-                    inputs.load(r, x);
-                }
-                let x: &[T] = x;
-                copy_over(work.z, z);
-                model.decoder_forward::<false>(&p, work);
-                let acts = s.activations(&*work.dec, true);
-                let input: &[T] = match l.checked_sub(1) {
-                    None => work.z,
-                    Some(below) => acts.get(below).copied().unwrap_or_default(),
+        let banded = train_dec && l == depth;
+        for band in LayerBands::of(o, i, banded) {
+            {
+                let LossBuffers {
+                    grads,
+                    work,
+                    cache,
+                    flow,
+                    row: x,
+                    ..
+                } = &mut *bufs;
+                let (gw, gb) = band.grads(grads, i);
+                let p = model.views();
+                let dec = s.dense_layers(p.dec, true);
+                let layer = if l == depth {
+                    p.out
+                } else {
+                    dec.get(l).copied().unwrap_or_default()
                 };
-                if l == depth {
-                    normalise_into(&p, x, work.xn);
-                    output_grad(s.likelihood, cfg, bf, x, (work.ga, work.xhat, work.xn));
-                } else {
-                    let dy = prefix_mut(work.ga, o);
-                    copy_over(dy, f);
-                    s.activation
-                        .backward(acts.get(l).copied().unwrap_or_default(), dy);
-                }
-                let dy = prefix(work.ga, o);
-                let g = train_dec.then_some((&mut *gw, &mut *gb));
-                let dx = prefix_mut(work.gb, i);
-                dense_backward(layer.w, input, dy, g, Some(&mut *dx));
-                if l == 0 {
-                    // dL/dz, as the two-pass form adds it into a zeroed `gz`.
-                    for (fq, &v) in f.iter_mut().zip(dx.iter()) {
-                        *fq = T::zero() + v;
+                for r in 0..bsz {
+                    let (z, f) = (row(cache.z, m, r), row_mut(flow, fw, r));
+                    if l == depth {
+                        inputs.load(r, x);
                     }
-                } else {
-                    copy_over(f, dx);
+                    let x: &[T] = x;
+                    copy_over(work.z, z);
+                    model.decoder_forward::<false>(&p, work);
+                    let acts = s.activations(&*work.dec, true);
+                    let input: &[T] = match l.checked_sub(1) {
+                        None => work.z,
+                        Some(below) => acts.get(below).copied().unwrap_or_default(),
+                    };
+                    if l == depth {
+                        // The band's rows of the output are the ones not updated yet:
+                        // an elementwise likelihood's gradient there is the step's.
+                        normalise_into(&p, x, work.xn);
+                        output_grad(s.likelihood, cfg, bf, x, (work.ga, work.xhat, work.xn));
+                    } else {
+                        let dy = prefix_mut(work.ga, o);
+                        copy_over(dy, f);
+                        s.activation
+                            .backward(acts.get(l).copied().unwrap_or_default(), dy);
+                    }
+                    let dy = prefix(work.ga, o);
+                    let dx = prefix_mut(work.gb, i);
+                    let g = train_dec.then_some((&mut *gw, &mut *gb));
+                    if band.whole(o) {
+                        dense_backward(layer.w, input, dy, g, Some(&mut *dx));
+                    } else {
+                        let (w, dy_band) = (band.rows_of(layer.w, i), band.rows_of(dy, 1));
+                        dense_backward(w, input, dy_band, g, None);
+                        if band.first() {
+                            // The flow below, from the weights before any band changes.
+                            dense_backward(layer.w, input, dy, None, Some(&mut *dx));
+                        }
+                    }
+                    if !band.first() {
+                        continue;
+                    }
+                    if l == 0 {
+                        // dL/dz, as the two-pass form adds it into a zeroed `gz`.
+                        for (fq, &v) in f.iter_mut().zip(dx.iter()) {
+                            *fq = T::zero() + v;
+                        }
+                    } else {
+                        copy_over(f, dx);
+                    }
                 }
             }
-        }
-        if train_dec {
-            update(model, bufs.grads, s.decoder_layer_offset(l), len)?;
+            if train_dec {
+                let at = s.decoder_layer_offset(l) + band.start * i;
+                update(model, band.block(bufs.grads, i, o), at)?;
+            }
         }
     }
     // The heads and the segmenter.
@@ -1152,46 +1186,50 @@ where
             density_tail(p.seg, m, k, *lse_mean, cfg, Some(gseg));
         }
     }
-    update(model, bufs.grads, head_at, head_len(&s))?;
-    // The encoder's hidden layers, last to first.
+    update(model, prefix(bufs.grads, head_len(&s)), head_at)?;
+    // The encoder's hidden layers, last to first (the input layer band by band).
     for l in (0..depth).rev() {
         let (o, i) = s.encoder_layer(l);
-        let len = o * i + o;
-        {
-            let LossBuffers {
-                grads,
-                work,
-                flow,
-                row: x,
-                ..
-            } = &mut *bufs;
-            let (gw, gb) = zeroed_layer_grads(grads, o, i);
-            let p = model.views();
-            let enc = s.dense_layers(p.enc, false);
-            let layer = enc.get(l).copied().unwrap_or_default();
-            for r in 0..bsz {
-                let f = row_mut(flow, fw, r);
-                inputs.load(r, x);
-                encoder_hidden(&s, &p, x, work, l);
-                let acts = s.activations(&*work.enc, false);
-                let input: &[T] = match l.checked_sub(1) {
-                    None => work.xn,
-                    Some(below) => acts.get(below).copied().unwrap_or_default(),
-                };
-                let dy = prefix_mut(work.ga, o);
-                copy_over(dy, f);
-                s.activation
-                    .backward(acts.get(l).copied().unwrap_or_default(), dy);
-                let dy = prefix(work.ga, o);
-                let dx = (l > 0).then(|| prefix_mut(work.gb, i));
-                let has_dx = dx.is_some();
-                dense_backward(layer.w, input, dy, Some((&mut *gw, &mut *gb)), dx);
-                if has_dx {
-                    copy_over(f, prefix(work.gb, i));
+        for band in LayerBands::of(o, i, l == 0) {
+            {
+                let LossBuffers {
+                    grads,
+                    work,
+                    flow,
+                    row: x,
+                    ..
+                } = &mut *bufs;
+                let (gw, gb) = band.grads(grads, i);
+                let p = model.views();
+                let enc = s.dense_layers(p.enc, false);
+                let layer = enc.get(l).copied().unwrap_or_default();
+                for r in 0..bsz {
+                    let f = row_mut(flow, fw, r);
+                    inputs.load(r, x);
+                    encoder_hidden(&s, &p, x, work, l);
+                    let acts = s.activations(&*work.enc, false);
+                    let input: &[T] = match l.checked_sub(1) {
+                        None => work.xn,
+                        Some(below) => acts.get(below).copied().unwrap_or_default(),
+                    };
+                    let dy = prefix_mut(work.ga, o);
+                    copy_over(dy, f);
+                    s.activation
+                        .backward(acts.get(l).copied().unwrap_or_default(), dy);
+                    // Only the input layer has bands, and it has no flow below: the
+                    // flow it reads stays as the layer above left it.
+                    let (w, dy) = (band.rows_of(layer.w, i), band.rows_of(work.ga, 1));
+                    let dx = (l > 0).then(|| prefix_mut(work.gb, i));
+                    let has_dx = dx.is_some();
+                    dense_backward(w, input, dy, Some((&mut *gw, &mut *gb)), dx);
+                    if has_dx {
+                        copy_over(f, prefix(work.gb, i));
+                    }
                 }
             }
+            let at = s.encoder_layer_offset(l) + band.start * i;
+            update(model, band.block(bufs.grads, i, o), at)?;
         }
-        update(model, bufs.grads, s.encoder_layer_offset(l), len)?;
     }
     optim.finish_parts();
     Ok(LayerwiseInfo {
@@ -1200,12 +1238,84 @@ where
     })
 }
 
-/// The gradient of a dense layer of `o` outputs and `i` inputs at the start of the
-/// block buffer `grads`, zeroed: its weights' and its bias's parts.
-fn zeroed_layer_grads<T: Real>(grads: &mut [T], o: usize, i: usize) -> (&mut [T], &mut [T]) {
-    let block = prefix_mut(grads, o * i + o);
-    block.fill(T::zero());
-    block.split_at_mut_checked(o * i).unwrap_or_default()
+/// The rows `start..end` of a dense layer of `o` outputs that one block of a layer-wise
+/// update trains: all of them, or a band of the factored optimiser's
+/// ([`band_rows`]). The block buffer holds the layer's bias gradient after
+/// `band_rows * i` values, and each band's weight gradient just before it, so the last
+/// band's weights and the whole bias are one contiguous block, as in the parameters.
+#[derive(Clone, Copy)]
+struct LayerBands {
+    start: usize,
+    end: usize,
+    /// Rows of every band but the last (which may have fewer).
+    per: usize,
+    /// Outputs of the layer.
+    o: usize,
+}
+
+impl LayerBands {
+    /// The bands of a layer of `o` outputs and `i` inputs: the factored optimiser's when
+    /// `banded`, else one band of all the rows.
+    fn of(o: usize, i: usize, banded: bool) -> impl Iterator<Item = LayerBands> {
+        let per = if banded {
+            band_rows(o, i).max(1)
+        } else {
+            o.max(1)
+        };
+        (0..o.div_ceil(per)).map(move |b| LayerBands {
+            start: b * per,
+            end: (b * per + per).min(o),
+            per,
+            o,
+        })
+    }
+
+    /// The first band (the bias gradient is zeroed with it; the flow below is computed
+    /// in its pass, before any weight of the layer changes).
+    fn first(&self) -> bool {
+        self.start == 0
+    }
+
+    /// All the rows of a layer of `o` outputs.
+    fn whole(&self, o: usize) -> bool {
+        self.start == 0 && self.end == o
+    }
+
+    /// The band's rows of a row-major slice of `width` values a row.
+    fn rows_of<'s, T>(&self, s: &'s [T], width: usize) -> &'s [T] {
+        s.get(self.start * width..self.end * width)
+            .unwrap_or_default()
+    }
+
+    /// The band's weight gradient (zeroed) and the layer's bias gradient (zeroed with
+    /// the first band, then kept: each band adds its rows).
+    fn grads<'g, T: Real>(&self, grads: &'g mut [T], i: usize) -> (&'g mut [T], &'g mut [T]) {
+        let lead = (self.per - (self.end - self.start)) * i;
+        let block = grads
+            .get_mut(lead..self.per * i + self.o)
+            .unwrap_or_default();
+        let (gw, gb) = block
+            .split_at_mut_checked((self.end - self.start) * i)
+            .unwrap_or_default();
+        gw.fill(T::zero());
+        if self.first() {
+            gb.fill(T::zero());
+        }
+        let gb = gb.get_mut(self.start..self.end).unwrap_or_default();
+        (gw, gb)
+    }
+
+    /// The gradient of the band's block: its weights, and after the last band's the
+    /// whole bias.
+    fn block<'g, T>(&self, grads: &'g [T], i: usize, o: usize) -> &'g [T] {
+        let lead = (self.per - (self.end - self.start)) * i;
+        let end = if self.end == o {
+            self.per * i + o
+        } else {
+            self.per * i
+        };
+        grads.get(lead..end).unwrap_or_default()
+    }
 }
 
 /// The encoder's normalisation and hidden layers `0..=last` on `x` (parameters `p`), into

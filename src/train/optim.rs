@@ -39,6 +39,8 @@
 //!   mean_j g_ij^2`, and per column, `C_j <- b2 C_j + (1 - b2) mean_i g_ij^2`, and
 //!   uses `v_ij = R_i (C_j / mean_i R_i)` (0 when `mean_i R_i` is 0): exact when the
 //!   squared gradients form a rank-1 pattern, and `r + c` values instead of `r c`.
+//!   A matrix of more than [`FACTOR_BAND`] values is factored per band of whole rows
+//!   ([`band_rows`]), each band a matrix of its own in these formulas.
 //!   Vectors (biases, the concentration head, `ln kappa_s`, the log-weights) keep a
 //!   full `v`, updated with Adam's arithmetic bit for bit. `m`, `m^`, `v^` and the
 //!   update as Adam's.
@@ -107,24 +109,76 @@ pub const fn state_len_in(kind: OptimKind, shape: &Shape, range: core::ops::Rang
     }
 }
 
+/// Largest number of values a factored second moment spans: a weight matrix larger
+/// than this is factored per band of whole rows ([`band_rows`] rows each, the last band
+/// the rest), each band with its own row and column means. A layer-wise update
+/// ([`crate::train::loss::layerwise_update`]) updates the encoder's input layer and the
+/// decoder's output layer one band at a time, so its block buffer holds a band's
+/// gradient, not the whole layer's (4 KiB of `f32` plus the bias).
+pub const FACTOR_BAND: usize = 1024;
+
+/// Rows of each band of a `rows x cols` weight matrix ([`FACTOR_BAND`]): all of them
+/// when the matrix fits in one band, else as many whole rows as fit (at least one).
+pub const fn band_rows(rows: usize, cols: usize) -> usize {
+    if rows.saturating_mul(cols) <= FACTOR_BAND || cols == 0 {
+        rows
+    } else if cols >= FACTOR_BAND {
+        1
+    } else {
+        FACTOR_BAND / cols
+    }
+}
+
+/// Bands of a tensor ([`band_rows`]): 1 for a vector or a matrix within [`FACTOR_BAND`].
+const fn band_count(t: &Tensor) -> usize {
+    let per = band_rows(t.rows, t.cols);
+    if per == 0 {
+        1
+    } else {
+        t.rows.div_ceil(per)
+    }
+}
+
+/// Band `b` of a tensor (`b < band_count(t)`): its rows as a tensor of their own.
+const fn band(t: &Tensor, b: usize) -> Tensor {
+    let per = band_rows(t.rows, t.cols);
+    let first = b * per;
+    let rows = if first + per > t.rows {
+        t.rows - first
+    } else {
+        per
+    };
+    Tensor {
+        offset: t.offset + first * t.cols,
+        rows,
+        cols: t.cols,
+        ..*t
+    }
+}
+
 /// Floats of a factored second moment over the parameters `range` of `shape`: `r + c`
-/// for each weight matrix `r x c` inside the range (more than one row and column), one
-/// per value for the rest.
+/// for each band ([`band_rows`]) of a weight matrix `r x c` inside the range (more than
+/// one row and column), one per value for the rest.
 pub const fn second_moment_len(shape: &Shape, range: core::ops::Range<usize>) -> usize {
     let mut len = 0;
     let mut i = 0;
     while i < shape.tensor_count() {
-        if let Some(t) = shape.tensor(i) {
-            let (a, b) = (
-                max(t.offset, range.start),
-                min(t.offset + t.len(), range.end),
-            );
-            if a < b {
-                len += if is_matrix(&t) && a == t.offset && b == t.offset + t.len() {
-                    t.rows + t.cols
-                } else {
-                    b - a
-                };
+        if let Some(whole) = shape.tensor(i) {
+            let mut b = 0;
+            while b < band_count(&whole) {
+                let t = band(&whole, b);
+                let (a, e) = (
+                    max(t.offset, range.start),
+                    min(t.offset + t.len(), range.end),
+                );
+                if a < e {
+                    len += if is_matrix(&t) && a == t.offset && e == t.offset + t.len() {
+                        t.rows + t.cols
+                    } else {
+                        e - a
+                    };
+                }
+                b += 1;
             }
         }
         i += 1;
@@ -914,10 +968,10 @@ fn segments(
     // Two walks: the first only looks for a split matrix.
     for walk in 0..2 {
         let mut v_at = 0;
-        for i in 0..t.shape.tensor_count() {
-            let Some(tensor) = t.shape.tensor(i) else {
-                continue;
-            };
+        let bands = (0..t.shape.tensor_count())
+            .filter_map(|i| t.shape.tensor(i))
+            .flat_map(|whole| (0..band_count(&whole)).map(move |b| band(&whole, b)));
+        for tensor in bands {
             // The tensor's part of the range, from the range's start.
             let a = tensor.offset.max(t.start) - t.start;
             let b = (tensor.offset + tensor.len())

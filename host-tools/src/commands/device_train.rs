@@ -50,7 +50,7 @@ pub const LONG_ABOUT: &str = "Train on the device and compare with the host.\n\n
     frozen model >= 0.10 ACC, segmenter-and-normalisation reaches >= 95% of the oracle's \
     ACC on both streams, every run bit-identical; exit status 1 when one is missed. \
     --device host runs the firmware's engine compiled for this machine (no qemu).\n\n\
-    --scenario scratch trains a fresh 64-28-8 network from the stream alone (--passes \
+    --scenario scratch trains a fresh 64-32-8 network from the stream alone (--passes \
     passes over the data, 3 stream orders from --seed) on the scratch engine (by default \
     a factored second moment without a first moment, --optimiser factored-rms; the \
     backward pass and the update layer by layer; a sliding random sample of 240 past \
@@ -196,7 +196,7 @@ pub struct DeviceTrainArgs {
     pub spawn_count: u8,
     /// Learning rate (default 1e-3; with --scenario drift 1e-4: an adaptation refines a
     /// trained model, and the 32-sample buffer's cluster loss pulls a good segmenter apart
-    /// at 1e-3, docs/device.md#scenarios; scratch and new-clusters' re-learning 0.006).
+    /// at 1e-3, docs/device.md#scenarios; scratch 0.008, new-clusters' re-learning 0.006).
     #[arg(long, value_name = "LR")]
     pub lr: Option<f32>,
     /// Anchors per step (at most the firmware's 8).

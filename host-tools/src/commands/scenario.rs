@@ -765,7 +765,7 @@ fn relearn(
     let settings = TrainSettings {
         scope: TrainScope::Full,
         optimiser: TrainOptimiser::FactoredRms,
-        lr: args.lr.unwrap_or(SCRATCH_LR),
+        lr: args.lr.unwrap_or(RELEARN_LR),
         batch: args.batch,
     };
     let schedule = Schedule {
@@ -891,7 +891,10 @@ pub const SCRATCH_ACC_BAR: f64 = 0.85;
 pub const SCRATCH_ORDERS: u64 = 3;
 
 /// Learning rate of the `scratch` scenario (without --lr).
-pub const SCRATCH_LR: f32 = 0.006;
+pub const SCRATCH_LR: f32 = 0.008;
+
+/// Learning rate of the `new-clusters` scenario's re-learning (without --lr).
+pub const RELEARN_LR: f32 = 0.006;
 
 /// The `scratch` scenario's architecture: `like`'s with [`SCRATCH_HIDDEN`] hidden units
 /// ([`hvae::device::scratch_shape`]), a fresh initialisation with seed 0 (as the
