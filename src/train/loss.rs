@@ -1080,7 +1080,7 @@ where
                     let dy = prefix(work.ga, o);
                     let dx = prefix_mut(work.gb, i);
                     let g = train_dec.then_some((&mut *gw, &mut *gb));
-                    if band.whole(o) {
+                    if band.whole() {
                         dense_backward(layer.w, input, dy, g, Some(&mut *dx));
                     } else {
                         let (w, dy_band) = (band.rows_of(layer.w, i), band.rows_of(dy, 1));
@@ -1105,7 +1105,7 @@ where
             }
             if train_dec {
                 let at = s.decoder_layer_offset(l) + band.start * i;
-                update(model, band.block(bufs.grads, i, o), at)?;
+                update(model, band.block(bufs.grads, i), at)?;
             }
         }
     }
@@ -1228,7 +1228,7 @@ where
                 }
             }
             let at = s.encoder_layer_offset(l) + band.start * i;
-            update(model, band.block(bufs.grads, i, o), at)?;
+            update(model, band.block(bufs.grads, i), at)?;
         }
     }
     optim.finish_parts();
@@ -1276,9 +1276,15 @@ impl LayerBands {
         self.start == 0
     }
 
-    /// All the rows of a layer of `o` outputs.
-    fn whole(&self, o: usize) -> bool {
-        self.start == 0 && self.end == o
+    /// All the layer's rows.
+    fn whole(&self) -> bool {
+        self.start == 0 && self.end == self.o
+    }
+
+    /// Where the band's weight gradient starts in the block buffer, for `i` inputs: just
+    /// before the bias gradient.
+    fn lead(&self, i: usize) -> usize {
+        (self.per - (self.end - self.start)) * i
     }
 
     /// The band's rows of a row-major slice of `width` values a row.
@@ -1290,9 +1296,8 @@ impl LayerBands {
     /// The band's weight gradient (zeroed) and the layer's bias gradient (zeroed with
     /// the first band, then kept: each band adds its rows).
     fn grads<'g, T: Real>(&self, grads: &'g mut [T], i: usize) -> (&'g mut [T], &'g mut [T]) {
-        let lead = (self.per - (self.end - self.start)) * i;
         let block = grads
-            .get_mut(lead..self.per * i + self.o)
+            .get_mut(self.lead(i)..self.per * i + self.o)
             .unwrap_or_default();
         let (gw, gb) = block
             .split_at_mut_checked((self.end - self.start) * i)
@@ -1307,14 +1312,13 @@ impl LayerBands {
 
     /// The gradient of the band's block: its weights, and after the last band's the
     /// whole bias.
-    fn block<'g, T>(&self, grads: &'g [T], i: usize, o: usize) -> &'g [T] {
-        let lead = (self.per - (self.end - self.start)) * i;
-        let end = if self.end == o {
-            self.per * i + o
+    fn block<'g, T>(&self, grads: &'g [T], i: usize) -> &'g [T] {
+        let end = if self.end == self.o {
+            self.per * i + self.o
         } else {
             self.per * i
         };
-        grads.get(lead..end).unwrap_or_default()
+        grads.get(self.lead(i)..end).unwrap_or_default()
     }
 }
 
