@@ -726,11 +726,22 @@ mod factored {
         let full = WIDE.scope_range(Scope::Full);
         let n = full.len();
         let mats = matrices_of(&WIDE);
-        let (enc, dec) = (mats[0], mats[mats.len() - 1]);
+        let shapes: Vec<(usize, usize)> = mats.iter().map(|&(_, r, c)| (r, c)).collect();
+        // The encoder's bands, the direction head, the centres, the decoder's hidden
+        // layer and its output layer's bands.
         assert_eq!(
-            (mats[1].1, enc.1, dec.1, mats[mats.len() - 2].1),
-            (5, 25, 6, 34)
+            shapes,
+            [
+                (25, 40),
+                (5, 40),
+                (2, 30),
+                (2, 2),
+                (30, 2),
+                (34, 30),
+                (6, 30)
+            ]
         );
+        let enc = mats[0];
         assert_eq!(enc.0 + 25 * 40, mats[1].0);
         let second: usize = (0..n).filter(|&q| in_matrix_of(&mats, q).is_none()).count()
             + mats.iter().map(|&(_, r, c)| r + c).sum::<usize>();

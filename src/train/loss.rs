@@ -1035,7 +1035,7 @@ where
     for l in (0..=depth).rev() {
         let (o, i) = s.decoder_layer(l);
         let banded = train_dec && l == depth;
-        for band in LayerBands::of(o, i, banded) {
+        for band in LayerBand::of(o, i, banded) {
             {
                 let LossBuffers {
                     grads,
@@ -1190,7 +1190,7 @@ where
     // The encoder's hidden layers, last to first (the input layer band by band).
     for l in (0..depth).rev() {
         let (o, i) = s.encoder_layer(l);
-        for band in LayerBands::of(o, i, l == 0) {
+        for band in LayerBand::of(o, i, l == 0) {
             {
                 let LossBuffers {
                     grads,
@@ -1244,7 +1244,7 @@ where
 /// `band_rows * i` values, and each band's weight gradient just before it, so the last
 /// band's weights and the whole bias are one contiguous block, as in the parameters.
 #[derive(Clone, Copy)]
-struct LayerBands {
+struct LayerBand {
     start: usize,
     end: usize,
     /// Rows of every band but the last (which may have fewer).
@@ -1253,16 +1253,16 @@ struct LayerBands {
     o: usize,
 }
 
-impl LayerBands {
+impl LayerBand {
     /// The bands of a layer of `o` outputs and `i` inputs: the factored optimiser's when
     /// `banded`, else one band of all the rows.
-    fn of(o: usize, i: usize, banded: bool) -> impl Iterator<Item = LayerBands> {
+    fn of(o: usize, i: usize, banded: bool) -> impl Iterator<Item = LayerBand> {
         let per = if banded {
             band_rows(o, i).max(1)
         } else {
             o.max(1)
         };
-        (0..o.div_ceil(per)).map(move |b| LayerBands {
+        (0..o.div_ceil(per)).map(move |b| LayerBand {
             start: b * per,
             end: (b * per + per).min(o),
             per,

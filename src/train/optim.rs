@@ -607,8 +607,8 @@ impl<S> OptimState<S> {
     /// [`OptimState::step_part`] of a block of the parameters `range` of a model of
     /// `shape` ([`OptimState::step_in`]; `at` counts from `range.start`, `n` is
     /// `range.len()`), as [`crate::train::loss::layerwise_update`] calls it: a block
-    /// must hold each weight matrix it touches whole, else
-    /// [`OptimError::LengthMismatch`]. Blocks that cover the range once, without
+    /// must hold each weight matrix it touches whole, or each band of it
+    /// ([`band_rows`]), else [`OptimError::LengthMismatch`]. Blocks that cover the range once, without
     /// clipping, give [`OptimState::step_in`]'s bits.
     pub fn step_part_in<T: Real>(
         &mut self,
@@ -946,8 +946,9 @@ impl<T> Cut for &mut [T] {
 }
 
 /// Calls `f` on each segment of the block `at..at + len` of the `n` parameters
-/// (`tensors`' range, or without tensors one vector): a matrix the block holds in part
-/// is [`OptimError::LengthMismatch`], found before `f` sees any segment.
+/// (`tensors`' range, or without tensors one vector; a matrix is a segment per band,
+/// [`band_rows`]): a band the block holds in part is [`OptimError::LengthMismatch`],
+/// found before `f` sees any segment.
 fn segments(
     tensors: Option<&Tensors<'_>>,
     n: usize,
@@ -965,7 +966,7 @@ fn segments(
             v_at: at,
         });
     };
-    // Two walks: the first only looks for a split matrix.
+    // Two walks: the first only looks for a split band.
     for walk in 0..2 {
         let mut v_at = 0;
         let bands = (0..t.shape.tensor_count())
