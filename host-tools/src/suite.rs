@@ -131,8 +131,8 @@ pub struct ChoiceScore {
     pub at: f32,
 }
 
-/// [`ChoiceScore::at`] of a file written before it was recorded (read as 1; such a
-/// file's early choices were made at a quarter, and its `early` says which).
+/// [`ChoiceScore::at`] of a file written before it was recorded: read as 1 (its
+/// `early` says which choices were made before the end).
 fn at_the_end() -> f32 {
     1.0
 }

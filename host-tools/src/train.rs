@@ -989,9 +989,8 @@ pub const CHOICE_LOOKS: [ChoiceLook; 3] = [
 
 /// The lead in agreement that makes the early choice at share `at` of the joint phase
 /// by default: 0.05 below an eighth, 0.04 below a quarter, 0.02 from a quarter on
-/// (each above the largest lead a pick that differs from the end's had at a sixteenth,
-/// an eighth and a quarter on the suite's tuned half: 0.032, 0.032, 0.0095;
-/// docs/benchmarks.md, "The choice made early").
+/// (each above the largest lead that a pick differing from the end's had at that
+/// share on the suite's tuned half: docs/benchmarks.md, "The choice made early").
 pub const fn default_margin(at: f32) -> f64 {
     if at < 0.125 {
         0.05

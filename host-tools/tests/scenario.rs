@@ -318,11 +318,12 @@ fn scratch_learns_within_48_kib_and_the_engines_agree() {
     );
     assert!(r.optimiser.starts_with("factored second moment"), "{text}");
     assert_eq!(r.memory_kept, "a sliding random sample", "{text}");
-    // The bar (measured 0.862, worst order 0.843, NMI 0.780).
+    // The bar, and the worst order and the NMI a little below what was measured
+    // (docs/device.md#scenarios).
     assert!(r.mean.acc >= scenario::SCRATCH_ACC_BAR, "{text}");
     assert!(r.worst.acc >= 0.83, "{text}");
     assert!(r.mean.nmi >= 0.76, "{text}");
-    // The same architecture on the host (`hvae train`, seed 0): 0.836.
+    // The same architecture on the host (`hvae train`, seed 0).
     assert!(r.host_train.acc >= 0.80, "{text}");
     assert!(r.pass, "{text}");
 }

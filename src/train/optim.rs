@@ -144,7 +144,7 @@ const fn band(t: &Tensor, b: usize) -> Tensor {
     let per = band_rows(t.rows, t.cols);
     let first = b * per;
     let rows = if first + per > t.rows {
-        t.rows - first
+        t.rows.saturating_sub(first)
     } else {
         per
     };
