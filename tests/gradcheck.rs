@@ -88,7 +88,11 @@ fn loss_in(
 ) -> (LossParts<f64>, Vec<f64>, Vec<f64>) {
     let s = *model.shape();
     let b = batch.inputs.len() / s.input;
-    let mut bufs = LossBuffers::new(&s, scope, b, store).unwrap();
+    let mut bufs = if cfg.contrast != 0.0 {
+        LossBuffers::with_batch_kernels(&s, scope, b, store).unwrap()
+    } else {
+        LossBuffers::new(&s, scope, b, store).unwrap()
+    };
     bufs.marginal_mut().copy_from_slice(marginal);
     let mut draws = FixedDraws::new(b, s.latent, draw_seed);
     let parts = loss_and_grad(model, batch, cfg, &mut draws, &mut bufs).unwrap();
@@ -164,7 +168,12 @@ fn run(case: &Case, seed: u64) -> f64 {
 
     let eval = |params: &[f64], grads: &mut [f64]| -> f64 {
         let model = Model::new(s, params.to_vec()).unwrap();
-        let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, case.scope, b)];
+        let len = if case.cfg.contrast != 0.0 {
+            LossBuffers::<f64>::storage_len_batch_kernels(&s, case.scope, b)
+        } else {
+            LossBuffers::<f64>::storage_len(&s, case.scope, b)
+        };
+        let mut store = vec![0.0; len];
         let (parts, g, _) = loss_in(
             &model, &batch, &case.cfg, case.scope, &p_bar0, &mut store, 99,
         );
@@ -235,6 +244,8 @@ fn unsupervised() -> LossConfig<f64> {
         balance_floor: 0.0,
         cluster_input: ClusterInput::Mean,
         density: 0.0,
+        contrast: 0.0,
+        temperature: 0.5,
     }
 }
 
@@ -280,6 +291,16 @@ fn every_tensor_matches_finite_differences() {
                             vec![],
                             LossConfig {
                                 density: 0.7,
+                                ..unsupervised()
+                            },
+                        ),
+                        // The neighbour contrast on the mean directions (its pairs
+                        // share rows: row 0, 1 and 3 are in two pairs each).
+                        (
+                            vec![],
+                            LossConfig {
+                                contrast: 0.8,
+                                temperature: 0.3,
                                 ..unsupervised()
                             },
                         ),
@@ -465,6 +486,86 @@ fn density_is_the_mixture_negative_log_likelihood() {
     assert_eq!(base.density, 0.0);
     let added = parts.total - base.total;
     assert!((added - 1.5 * 0.5 * want).abs() < 1e-10, "{added}");
+}
+
+#[test]
+fn contrast_is_infonce_over_the_pairs_both_ways() {
+    // mean over the pairs, each taken both ways (a, b), of
+    // -ln[exp(u_a . u_b / tau) / sum_(k != a) exp(u_a . u_k / tau)], from the mean
+    // directions alone; the term enters the total as zeta contrast, gamma aside, and
+    // buffers without room for it are refused.
+    let s = Shape::new(6, &[5], 3, 4);
+    let b = 6;
+    let (model, inputs) = model_and_inputs(s, 23, b);
+    let pairs = [(0u16, 1u16), (2, 3), (4, 0)];
+    let batch = Batch {
+        inputs: &inputs,
+        labels: &[],
+        pairs: &pairs,
+    };
+    let tau = 0.4;
+    let cfg = LossConfig {
+        contrast: 0.6,
+        temperature: tau,
+        ..unsupervised()
+    };
+    let mut work = vec![0.0; s.work_len()];
+    let u: Vec<Vec<f64>> = inputs
+        .chunks(s.input)
+        .map(|x| model.encode(x, &mut work).unwrap().mu.to_vec())
+        .collect();
+    let cos = |a: usize, k: usize| u[a].iter().zip(&u[k]).map(|(x, y)| x * y).sum::<f64>();
+    let mut want = 0.0;
+    for &(i, j) in &pairs {
+        for (a, p) in [(i as usize, j as usize), (j as usize, i as usize)] {
+            let z: f64 = (0..b)
+                .filter(|&k| k != a)
+                .map(|k| (cos(a, k) / tau).exp())
+                .sum();
+            want += -(cos(a, p) / tau) + z.ln();
+        }
+    }
+    want /= 2.0 * pairs.len() as f64;
+    let p_bar = [0.25; 4];
+    let len = LossBuffers::<f64>::storage_len_batch_kernels(&s, Scope::Full, b);
+    let (parts, _, _) = loss_in(
+        &model,
+        &batch,
+        &cfg,
+        Scope::Full,
+        &p_bar,
+        &mut vec![0.0; len],
+        3,
+    );
+    assert!(
+        (parts.contrast - want).abs() < 1e-12 * (1.0 + want.abs()),
+        "{} vs {want}",
+        parts.contrast
+    );
+    let off = LossConfig {
+        contrast: 0.0,
+        ..cfg
+    };
+    let plain = LossBuffers::<f64>::storage_len(&s, Scope::Full, b);
+    let (base, _, _) = loss_in(
+        &model,
+        &batch,
+        &off,
+        Scope::Full,
+        &p_bar,
+        &mut vec![0.0; plain],
+        3,
+    );
+    assert_eq!(base.contrast, 0.0);
+    assert!((parts.total - base.total - 0.6 * want).abs() < 1e-10);
+    // The plain buffers keep no mean directions: a typed error, not a silent zero.
+    let mut store = vec![0.0; plain];
+    let mut bufs = LossBuffers::new(&s, Scope::Full, b, &mut store).unwrap();
+    let mut draws = FixedDraws::new(b, s.latent, 3);
+    assert_eq!(
+        loss_and_grad(&model, &batch, &cfg, &mut draws, &mut bufs).unwrap_err(),
+        hvae::train::loss::LossError::BufferLength
+    );
 }
 
 #[test]

@@ -24,13 +24,17 @@ The same as ``hvae train`` (``host-tools/src/train.rs``, ``src/train/loss.rs``):
 * the input normalisation rule of ``src/infer/normalise.rs`` (offset the mean, scale one over
   ``max(sd, max |x - mean| / 10)``, 1 for a constant feature), fitted on every row of
   every shard (sums all-reduced);
-* the loss: ``recon + beta KL + gamma (consistency - eta H(p_bar))`` with the Gaussian
+* the loss: ``recon + beta KL + gamma (consistency - eta H(p_bar)) + zeta contrast`` with
+  the Gaussian
   reconstruction of the normalised inputs (``sigma = 1``; Bernoulli: of the raw inputs),
   the Power Spherical posterior's KL to the uniform prior, ``consistency = mean over
   pairs of -ln(p_i . p_j)`` on the cluster probabilities at the mean directions, and the
-  entropy of ``p_bar``, the mean probabilities of the batch;
-* the schedule: ``--warmup`` epochs of the VAE alone (``gamma = 0``, ``--batch`` anchors
-  a step), then the centres from spherical k-means++ on the mean directions of every row
+  entropy of ``p_bar``, the mean probabilities of the batch; ``contrast`` the neighbour
+  contrast (InfoNCE on the mean directions: each pair's rows the other's positive, the
+  step's other rows the negatives, every pair both ways, temperature ``--temperature``);
+* the schedule: ``--warmup`` epochs of the VAE alone (``gamma = 0``; ``--batch / 2``
+  anchors a step and their neighbours with the contrast on, else ``--batch`` anchors),
+  then the centres from spherical k-means++ on the mean directions of every row
   (greedy seeding with ``2 + floor(ln K)`` candidates, Lloyd iterations, best of
   ``--kmeans-restarts``; mixing weights reset), then joint epochs on ``--batch / 2``
   anchors a step, each paired with one of its ``--neighbours`` nearest neighbours drawn
@@ -45,7 +49,9 @@ What differs:
 * with ``N`` processes the rows are dealt out (row ``i`` to process ``i mod N``), each
   process mines its neighbours within its own shard (``O((n/N)^2)`` each instead of
   ``O(n^2)``) and takes ``--batch / N`` rows a step; DDP averages the gradients and the
-  balance term's ``p_bar`` is all-reduced, so a step is one step on the whole batch;
+  balance term's ``p_bar`` is all-reduced, so a step is one step on the whole batch; the
+  contrast's negatives are the process's own rows of the step (``--batch / N - 2``, not
+  ``--batch - 2``);
 * the Power Spherical posterior only (``hvae train``'s default): its sampler here is
   ``w = 2T - 1`` with ``T = G_a / (G_a + G_b)``, ``G`` Gamma variates with PyTorch's
   reparameterised gradient, then a uniform tangent direction and the Householder
@@ -313,10 +319,11 @@ class Objective(nn.Module):
     part in every step (the cluster terms are weighted by ``gamma = 0`` in the warm-up),
     as DDP needs."""
 
-    def __init__(self, model, likelihood, beta, eta, sigma, world):
+    def __init__(self, model, likelihood, beta, eta, sigma, world, contrast, temperature):
         super().__init__()
         self.model, self.likelihood = model, likelihood
         self.beta, self.eta, self.sigma, self.world = beta, eta, sigma, world
+        self.contrast, self.temperature = contrast, temperature
 
     def forward(self, x, anchors, gamma, rows_in_step):
         """``(total, parts)`` for the rows ``x``: the first ``anchors`` rows paired in
@@ -337,6 +344,13 @@ class Objective(nn.Module):
             consistency = -pair.clamp_min(TINY).log().mean()
         else:
             consistency = torch.zeros((), dtype=x.dtype)
+        contrast = torch.zeros((), dtype=x.dtype)
+        if self.contrast != 0.0 and len(x) > anchors:
+            # Row i's positive is its partner, its negatives every other row of the step.
+            logits = mu @ mu.T / self.temperature
+            logits = logits.masked_fill(torch.eye(len(x), dtype=torch.bool), float("-inf"))
+            partner = torch.cat([torch.arange(anchors, 2 * anchors), torch.arange(anchors)])
+            contrast = nn.functional.cross_entropy(logits[:2 * anchors], partner)
         # p_bar over the whole step: this process's sum plus the others' (no gradient);
         # DDP averages gradients over the processes, so this term's is scaled by their
         # number (its value unchanged) to give the gradient of H(p_bar) itself.
@@ -348,8 +362,10 @@ class Objective(nn.Module):
         p_bar = (local + (others - local.detach())) / rows_in_step
         balance = _entropy(p_bar)
         balance = self.world * balance - (self.world - 1) * balance.detach()
-        total = recon + self.beta * kl + gamma * (consistency - self.eta * balance)
-        return total, torch.stack([recon, kl, consistency, balance.detach()]).detach()
+        total = (recon + self.beta * kl + gamma * (consistency - self.eta * balance)
+                 + self.contrast * contrast)
+        parts = [recon, kl, consistency, balance.detach(), contrast]
+        return total, torch.stack(parts).detach()
 
 
 # --- training ----------------------------------------------------------------------------
@@ -385,6 +401,10 @@ def parse_args(argv):
     p.add_argument("--gamma", type=float, default=6.0, help="weight of the cluster loss")
     p.add_argument("--eta", type=float, default=2.0, help="weight of the balance term")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
+    p.add_argument("--contrast", type=float, default=4.0,
+                   help="weight of the neighbour contrast (0: off)")
+    p.add_argument("--temperature", type=float, default=0.5,
+                   help="temperature of the neighbour contrast")
     p.add_argument("--neighbours", type=int, default=10)
     p.add_argument("--neighbour-space", choices=("raw", "normalised", "both"), default="both")
     p.add_argument("--kmeans-iters", type=int, default=50)
@@ -481,7 +501,8 @@ def train(args):
         model.norm.scale.copy_(numpy_to_tensor(scale))
     torch.manual_seed(args.seed * 1000003 + rank + 1)  # each process its own draws
     rng = np.random.default_rng([args.seed, rank])
-    objective = Objective(model, args.likelihood, args.beta, args.eta, 1.0, world)
+    objective = Objective(model, args.likelihood, args.beta, args.eta, 1.0, world,
+                          args.contrast, args.temperature)
     step_fn = objective
     if dist.is_initialized():
         step_fn = nn.parallel.DistributedDataParallel(objective, broadcast_buffers=False)
@@ -494,19 +515,20 @@ def train(args):
     xt = numpy_to_tensor(x)
     order, cursor = np.arange(n_shard), n_shard
     nn_count = neighbours.shape[1]
-    sums, in_epoch, epoch = np.zeros(4), 0, 0
+    sums, in_epoch, epoch = np.zeros(5), 0, 0
     started = time.perf_counter()
     for step in range(total):
         warm = step < warm_steps
         if step == warm_steps:
             init_centres(model, x, args, rank, world, rng)
-        anchors = local_batch if warm else local_batch // 2
+        paired = not warm or args.contrast != 0.0
+        anchors = local_batch // 2 if paired else local_batch
         if cursor + anchors > n_shard:
             rng.shuffle(order)
             cursor = 0
         chunk = order[cursor:cursor + anchors]
         cursor += anchors
-        if warm:
+        if not paired:
             rows = chunk
         else:
             partners = neighbours[chunk, rng.integers(nn_count, size=len(chunk))]
@@ -533,8 +555,8 @@ def train(args):
             mean = all_reduce(sums / in_epoch) / world
             (say if not args.quiet else (lambda *a: None))(f"epoch {epoch:4d}{' (warm-up)' if warm else '          '}  recon "
                 f"{mean[0]:9.4f}  kl {mean[1]:8.4f}  consistency {mean[2]:7.4f}  "
-                f"balance {mean[3]:6.4f}")
-            sums, in_epoch = np.zeros(4), 0
+                f"balance {mean[3]:6.4f}  contrast {mean[4]:7.4f}")
+            sums, in_epoch = np.zeros(5), 0
     if warm_steps >= total:
         init_centres(model, x, args, rank, world, rng)
     seconds = time.perf_counter() - started

@@ -10,8 +10,10 @@
 //!
 //! A step takes `batch / 2` anchors (in a shuffled order, reshuffled after each pass)
 //! and pairs each with one of its `neighbours` nearest neighbours, drawn at random
-//! (`batch` rows in all). Warm-up steps train the VAE alone on `batch` anchors with no
-//! pairs. Deterministic: the seed fixes every random number.
+//! (`batch` rows in all). Warm-up steps train the VAE alone, without the cluster terms:
+//! on `batch / 2` anchors and their partners when the neighbour contrast is on (the
+//! default, [`CONTRAST`]), else on `batch` anchors with no pairs. Deterministic: the
+//! seed fixes every random number.
 
 use hvae::dist::rng::uniform_index;
 use hvae::shape::{Scope, Shape, TensorId};
@@ -33,6 +35,12 @@ pub enum NeighbourSpace {
     /// the raw cosine and under the normalised cosine ([`mine_neighbours_both`]).
     Both,
 }
+
+/// The weight of the neighbour contrast in a default training ([`LossConfig::contrast`],
+/// at its default temperature): the encoder learns to keep each row's neighbours near
+/// on the sphere in the warm-up and the joint phase (docs/benchmarks.md, "The
+/// neighbour contrast").
+pub const CONTRAST: f32 = 4.0;
 
 /// The least optimiser steps of a default training ([`FitConfig::min_steps`]).
 pub const MIN_STEPS: usize = 0;
@@ -139,6 +147,7 @@ impl Default for FitConfig {
             neighbour_space: NeighbourSpace::Both,
             loss: LossConfig {
                 gamma: 6.0,
+                contrast: CONTRAST,
                 ..LossConfig::default()
             },
             supervised: false,
@@ -711,7 +720,9 @@ impl<'d> Run<'d> {
             if step == warm_steps {
                 self.place_centres(cfg)?;
             }
-            let anchors = if warm { cfg.batch } else { cfg.batch / 2 };
+            // The neighbour contrast needs pairs in the warm-up as well.
+            let paired = !warm || cfg.loss.contrast != 0.0;
+            let anchors = if paired { cfg.batch / 2 } else { cfg.batch };
             if self.cursor + anchors > n {
                 shuffle(&mut self.order, &mut self.rng);
                 self.cursor = 0;
@@ -735,11 +746,11 @@ impl<'d> Run<'d> {
                 row_labels.push(if warm { None } else { label_of(r) });
             }
             let mut used = a;
-            if !warm {
+            if paired {
                 for (i, &r) in chunk.iter().enumerate() {
                     let j = self.neighbours[r * nn + uniform_index(&mut self.rng, nn)] as usize;
                     rows[(a + i) * d..(a + i + 1) * d].copy_from_slice(&x[j * d..(j + 1) * d]);
-                    row_labels.push(label_of(j));
+                    row_labels.push(if warm { None } else { label_of(j) });
                     pairs.push((i as u16, (a + i) as u16));
                 }
                 used = 2 * a;
@@ -1362,6 +1373,7 @@ fn add(a: &mut LossParts<f32>, b: &LossParts<f32>) {
     a.balance += b.balance;
     a.supervised += b.supervised;
     a.density += b.density;
+    a.contrast += b.contrast;
 }
 
 fn scale_parts(mut a: LossParts<f32>, s: f32) -> LossParts<f32> {
@@ -1373,5 +1385,6 @@ fn scale_parts(mut a: LossParts<f32>, s: f32) -> LossParts<f32> {
     a.balance *= s;
     a.supervised *= s;
     a.density *= s;
+    a.contrast *= s;
     a
 }

@@ -316,6 +316,8 @@ fn config<T: Real>(case: &Case) -> LossConfig<T> {
         balance_floor: T::zero(),
         cluster_input: case.cluster_input,
         density: T::zero(),
+        contrast: T::zero(),
+        temperature: T::of(0.5),
     }
 }
 

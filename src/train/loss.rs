@@ -1,7 +1,7 @@
 //! The training loss of one batch and its hand-written gradient.
 //!
 //! ```text
-//! L = mean_i [-ln p(x_i|z_i)] + beta mean_i KL(q(.|x_i) || U) + gamma L_seg
+//! L = mean_i [-ln p(x_i|z_i)] + beta mean_i KL(q(.|x_i) || U) + gamma L_seg + zeta L_nce
 //! L_seg = mean_pairs[-ln(p_i . p_j)]            (consistency: neighbours or noisy copies)
 //!       + lambda mean_i H(p_i)                  (low per-sample entropy; 0 by default)
 //!       - eta H(p_bar)                          (balance; p_bar a moving average)
@@ -9,7 +9,17 @@
 //!       + mean_labelled[-ln p_{y_i}]            (cross-entropy where a label is given)
 //!       + delta mean_i[-ln f(u_i)]              (density; 0 by default)
 //! f(u) = sum_c pi_c C_M(kappa_s) exp(kappa_s ĉ_c . u),   pi = softmax(ln pi)
+//! L_nce = mean_(i,j)[-u_i . u_j / tau + ln sum_(k != i) exp(u_i . u_k / tau)]
+//!                                               (neighbour contrast; 0 by default)
 //! ```
+//!
+//! The neighbour contrast takes every pair both ways (`(i, j)` and `(j, i)`) and the
+//! batch's other rows as the negatives of each (InfoNCE on the mean directions `u_i`):
+//! it draws neighbours together on the sphere and pushes the rest apart, a neighbour
+//! embedding like t-SNE's or UMAP's learnt by the encoder, so that the latent the
+//! centres are placed in keeps the neighbourhood graph and not only what
+//! reconstructs. It is not scaled by `gamma`: it acts in the warm-up as well. It needs
+//! every row's `u_i` at once, kept in the buffers of [`LossBuffers::with_batch_kernels`].
 //!
 //! The density term reads the segmenter as a von Mises-Fisher mixture on the sphere
 //! (centres `ĉ_c`, one concentration `kappa_s`, mixing weights from its log-weights,
@@ -75,6 +85,13 @@ pub struct LossConfig<T> {
     /// Weight `delta` of the density term, the negative log-likelihood of the cluster
     /// input under the segmenter's von Mises-Fisher mixture (0 by default: off).
     pub density: T,
+    /// Weight `zeta` of the neighbour-contrast term on the mean directions (0 by default:
+    /// off). Not scaled by `gamma`, so it shapes the latent in the warm-up too. Needs
+    /// the buffers of [`LossBuffers::with_batch_kernels`] (a host's build).
+    pub contrast: T,
+    /// Temperature `tau` of the neighbour-contrast term, at least 0.05 (a smaller one
+    /// can make the pass fail as not finite in `f32`).
+    pub temperature: T,
 }
 
 /// The latent vector the segmenter is applied to in training.
@@ -104,6 +121,8 @@ impl<T: Real> Default for LossConfig<T> {
             balance_floor: T::zero(),
             cluster_input: ClusterInput::Mean,
             density: T::zero(),
+            contrast: T::zero(),
+            temperature: T::of(0.5),
         }
     }
 }
@@ -124,7 +143,7 @@ pub struct Batch<'a, T> {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct LossParts<T> {
     /// `recon + beta kl + gamma (consistency + lambda entropy - eta balance + supervised
-    /// + delta density)`.
+    /// + delta density) + zeta contrast`.
     pub total: T,
     /// Mean negative log-likelihood (without its constant).
     pub recon: T,
@@ -142,6 +161,9 @@ pub struct LossParts<T> {
     /// Mean negative log-likelihood of the cluster input under the segmenter's
     /// mixture, `mean_i[-ln f(u_i)]` (0 when its weight is 0).
     pub density: T,
+    /// Mean neighbour-contrast loss over the pairs taken both ways (0 when its weight
+    /// is 0).
+    pub contrast: T,
 }
 
 /// Why a loss or gradient could not be formed. Nothing is changed.
@@ -153,7 +175,9 @@ pub enum LossError {
     #[error("malformed batch (sizes, labels or pairs)")]
     BadBatch,
     /// The [`LossBuffers`] were made for another shape, or for fewer rows than the
-    /// batch has; or a buffer of [`segmenter_loss_and_grad`] has the wrong length.
+    /// batch has, or without room for the neighbour contrast that the configuration
+    /// turns on ([`LossConfig::contrast`]); or a buffer of [`segmenter_loss_and_grad`]
+    /// has the wrong length.
     #[error("a training buffer has the wrong length")]
     BufferLength,
     /// Encoding a sample failed.
@@ -252,6 +276,14 @@ pub const fn cache_row(shape: &Shape) -> usize {
 /// marginal `p_bar` (`K`), staged there until the gradient is known to be finite.
 pub const fn cache_len(shape: &Shape, batch: usize) -> usize {
     cache_row(shape) * batch + shape.clusters
+}
+
+/// Scalars the neighbour contrast ([`LossConfig::contrast`]) keeps for a batch of
+/// `batch` rows: each row's mean direction and the term's gradient in it (`2 M` per
+/// row) and the rows' scaled cosines (`batch x batch`), in the buffers of
+/// [`LossBuffers::with_batch_kernels`].
+pub const fn contrast_len(shape: &Shape, batch: usize) -> usize {
+    (2 * shape.latent + batch) * batch
 }
 
 /// Smallest probability used inside a logarithm (keeps `ln` finite when a softmax
@@ -443,6 +475,9 @@ pub struct LossBuffers<'a, T> {
     /// One input row of a layer-wise pass, loaded from its [`Inputs`] (`D` values;
     /// empty otherwise).
     row: &'a mut [T],
+    /// Each row's mean direction and the neighbour contrast's gradient in it
+    /// ([`contrast_len`], [`LossBuffers::with_batch_kernels`]); empty otherwise.
+    contrast: &'a mut [T],
     /// The batch mean of `lse_c(a_ic)` of the last [`layerwise_loss`] (the density term's
     /// share that does not go through the logits).
     lse_mean: T,
@@ -457,11 +492,14 @@ impl<'a, T> LossBuffers<'a, T> {
     }
 
     /// Scalars of the storage of [`LossBuffers::with_batch_kernels`] (`alloc`): those of
-    /// [`LossBuffers::storage_len`], a copy of the parameters ([`Shape::param_len`]) and
-    /// [`record_len`] for `rows` rows.
+    /// [`LossBuffers::storage_len`], a copy of the parameters ([`Shape::param_len`]),
+    /// [`record_len`] and [`contrast_len`] for `rows` rows.
     #[cfg(feature = "alloc")]
     pub const fn storage_len_batch_kernels(shape: &Shape, scope: Scope, rows: usize) -> usize {
-        Self::storage_len(shape, scope, rows) + shape.param_len() + record_len(shape, rows)
+        Self::storage_len(shape, scope, rows)
+            + shape.param_len()
+            + record_len(shape, rows)
+            + contrast_len(shape, rows)
     }
 
     /// Splits `storage` ([`LossBuffers::storage_len`] scalars, any contents) into the
@@ -529,14 +567,17 @@ impl<'a, T> LossBuffers<'a, T> {
     /// [`LossBuffers::new`] with room for the batch kernels (feature `alloc`: a host's
     /// build; a device's links none of their code), which give the same loss and
     /// gradient bit for bit and run faster on a host with vector units (they cost
-    /// [`Shape::param_len`] + [`record_len`] scalars more): a copy of the parameters in
+    /// more scalars, below): a copy of the parameters in
     /// which every dense layer's weights are transposed (`in x out`), made at the start
     /// of each pass of a model with its decoder and read by its forward passes
     /// ([`crate::kernels::dense_forward_t`]: each layer's outputs summed side by side);
     /// and each dense layer's rows of the backward pass, whose parameter gradients are
     /// summed once the batch is through ([`crate::kernels::dense_grads_rows`]: each
-    /// gradient value loaded and stored once per batch, not once per row). `storage` has
-    /// [`LossBuffers::storage_len_batch_kernels`] scalars.
+    /// gradient value loaded and stored once per batch, not once per row; with the
+    /// scalars of [`contrast_len`], [`Shape::param_len`] + [`record_len`] +
+    /// [`contrast_len`] more in all). They also
+    /// hold what the neighbour contrast needs ([`LossConfig::contrast`], [`contrast_len`]
+    /// scalars). `storage` has [`LossBuffers::storage_len_batch_kernels`] scalars.
     #[cfg(feature = "alloc")]
     pub fn with_batch_kernels(
         shape: &Shape,
@@ -553,14 +594,17 @@ impl<'a, T> LossBuffers<'a, T> {
         let mut rest = storage;
         let plain = carve(&mut rest, Self::storage_len(shape, scope, rows));
         let transposed = carve(&mut rest, shape.param_len());
+        let records = carve(&mut rest, record_len(shape, rows));
         let grads = shape.scope_range(scope).len();
-        Self::split(
+        let mut b = Self::split(
             shape,
             (scope, grads),
             rows,
             plain,
-            (transposed, rest, &mut []),
-        )
+            (transposed, records, &mut []),
+        )?;
+        b.contrast = rest;
+        Some(b)
     }
 
     /// The views of `storage` (a gradient of `grads` scalars, the marginal, the
@@ -592,6 +636,7 @@ impl<'a, T> LossBuffers<'a, T> {
             records,
             flow,
             row: &mut [],
+            contrast: &mut [],
             lse_mean: T::zero(),
         })
     }
@@ -650,7 +695,12 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     if scope != Scope::SegmenterOnly && !model.has_decoder() {
         return Err(LossError::Infer(InferError::NoDecoder));
     }
-    if bufs.shape != s || bsz > bufs.rows || !bufs.flow.is_empty() {
+    let contrast_on = cfg.contrast != T::zero() && scope != Scope::SegmenterOnly;
+    if bufs.shape != s
+        || bsz > bufs.rows
+        || !bufs.flow.is_empty()
+        || (contrast_on && bufs.contrast.len() < contrast_len(&s, bsz))
+    {
         return Err(LossError::BufferLength);
     }
     let bufs_rows = bufs.rows;
@@ -661,8 +711,11 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         cache,
         transposed,
         records,
+        contrast,
         ..
     } = bufs;
+    let (dirs, rest) = contrast.split_at_mut(if contrast_on { bsz * m } else { 0 });
+    let (gdirs, gram) = rest.split_at_mut(if contrast_on { bsz * m } else { 0 });
     let p = model.views();
     // What the forward passes read: the transposed copy when the buffers have one (the
     // same bits), else the parameters themselves.
@@ -683,8 +736,11 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         .zip(rows_mut(cache.da, k))
         .zip(rows_mut(cache.p, k))
         .zip(cache.draws.iter_mut());
-    for (x, (((z, da), pr), slots)) in rows(batch.inputs, d).zip(cached) {
+    for (r, (x, (((z, da), pr), slots))) in rows(batch.inputs, d).zip(cached).enumerate() {
         let enc = encode(model, (&p, pt), x, work)?;
+        if let Some(u) = dirs.get_mut(r * m..(r + 1) * m) {
+            copy_over(u, work.mu);
+        }
         // The cluster terms accumulate into `da`: start from zero, not from the last call.
         da.fill(T::zero());
         let draw = if scope == Scope::SegmenterOnly {
@@ -709,6 +765,9 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     }
 
     cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
+    if contrast_on {
+        parts.contrast = contrast_terms(dirs, gdirs, gram, m, batch.pairs, cfg.temperature);
+    }
 
     // Sweep 2: recompute each row's encoder, back-propagate everything.
     let kappa_s = p.log_kappa_s.fast_exp();
@@ -751,6 +810,11 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
             let gmu = Some(&mut *work.gmu);
             segmenter_backward(p.seg, work.mu, da, kappa_s, g.seg.as_deref_mut(), gmu);
         }
+        if let Some(gu) = gdirs.get(r * m..(r + 1) * m) {
+            for (g, &v) in work.gmu.iter_mut().zip(gu) {
+                *g += cfg.contrast * v;
+            }
+        }
         parts.kl += s.posterior.kl_to_uniform(m, enc.kappa) / bf;
         let dkappa = dldw * dwdk + cfg.beta * s.posterior.dkl_dkappa(m, enc.kappa) / bf;
         let dpre = if enc.clamped {
@@ -765,10 +829,98 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         parts.density = density_tail(p.seg, m, k, lse_sum / bf, cfg, g.seg.as_deref_mut());
     }
 
-    parts.total = parts.recon + cfg.beta * parts.kl + cluster_total(&parts, cfg);
+    parts.total = parts.recon
+        + cfg.beta * parts.kl
+        + cluster_total(&parts, cfg)
+        + cfg.contrast * parts.contrast;
     check_finite(&parts, grads)?;
     copy_over(p_bar, cache.p_new);
     Ok(parts)
+}
+
+/// The neighbour contrast of the `n` rows whose mean directions are `dirs` (`M` values
+/// a row): returns `mean[-u_a . u_b / tau + ln sum_(k != a) exp(u_a . u_k / tau)]` over
+/// every pair taken both ways, and writes its gradient with respect to each row's
+/// direction into `grad` (the same layout).
+///
+/// `gram` (`n x n`) first holds `E_ak = exp((u_a . u_k - 1) / tau)` (symmetric, `0` on
+/// the diagonal: every logit is at most `1 / tau`, so shifted by that bound none
+/// overflows, and only for `tau` below about 2/87 can a row's sum underflow to 0, which
+/// makes the pass fail as not finite), then in place the symmetric coefficients
+/// `((f_a + f_k) E_ak - P_ak - P_ka) / (tau 2|pairs|)`, with `f_a = c_a / sum_k E_ak`
+/// (`c_a` the pairs row `a` is in) and `P` the pairs, whose product with the directions
+/// is the gradient. Cost: `O(n^2 M)` and `n (n - 1) / 2` exponentials; no pairs (or a
+/// batch of one row) give 0 and a zero gradient.
+fn contrast_terms<T: Real>(
+    dirs: &[T],
+    grad: &mut [T],
+    gram: &mut [T],
+    m: usize,
+    pairs: &[(u16, u16)],
+    tau: T,
+) -> T {
+    grad.fill(T::zero());
+    let n = dirs.len().checked_div(m).unwrap_or(0);
+    let Some(gram) = gram.get_mut(..n * n) else {
+        return T::zero();
+    };
+    if pairs.is_empty() || n < 2 {
+        return T::zero();
+    }
+    let inv_tau = T::one() / tau;
+    for a in 0..n {
+        gram[a * n + a] = T::zero();
+        for k in a + 1..n {
+            let e = ((dot(row(dirs, m, a), row(dirs, m, k)) - T::one()) * inv_tau).fast_exp();
+            gram[a * n + k] = e;
+            gram[k * n + a] = e;
+        }
+    }
+    // Each pair's own logit, taken both ways.
+    let mut total = T::zero();
+    for &(i, j) in pairs {
+        let s = dot(row(dirs, m, i as usize), row(dirs, m, j as usize)) * inv_tau;
+        total -= s + s;
+    }
+    // Each row's log-sum-exp, and `f_a` kept on the diagonal (read back below).
+    for (a, erow) in gram.chunks_exact_mut(n).enumerate() {
+        let anchored = pairs
+            .iter()
+            .map(|&(i, j)| usize::from(i as usize == a) + usize::from(j as usize == a))
+            .sum::<usize>();
+        let c = T::of(anchored as f64);
+        let sum = erow.iter().fold(T::zero(), |acc, &e| acc + e);
+        if anchored > 0 {
+            total += c * (inv_tau + sum.ln());
+        }
+        erow[a] = c / sum;
+    }
+    let scale = T::one() / T::of(2.0 * pairs.len() as f64);
+    let c = scale * inv_tau;
+    for a in 0..n {
+        let fa = gram[a * n + a];
+        for k in a + 1..n {
+            let v = c * (fa + gram[k * n + k]) * gram[a * n + k];
+            gram[a * n + k] = v;
+            gram[k * n + a] = v;
+        }
+    }
+    for a in 0..n {
+        gram[a * n + a] = T::zero();
+    }
+    for &(i, j) in pairs {
+        let (i, j) = (i as usize, j as usize);
+        gram[i * n + j] -= c + c;
+        gram[j * n + i] -= c + c;
+    }
+    for (g, crow) in grad.chunks_exact_mut(m).zip(gram.chunks_exact(n)) {
+        for (&w, u) in crow.iter().zip(dirs.chunks_exact(m)) {
+            for (g, &x) in g.iter_mut().zip(u) {
+                *g += w * x;
+            }
+        }
+    }
+    total * scale
 }
 
 /// The input rows of a layer-wise pass, loaded on demand: [`layerwise_update`] reads each
@@ -887,7 +1039,8 @@ pub fn layerwise_loss<T: Real, S: AsRef<[T]>, D: DrawSource<T>, I: Inputs<T> + ?
     if !model.has_decoder() {
         return Err(LossError::Infer(InferError::NoDecoder));
     }
-    if bufs.shape != s || bsz > bufs.rows || bufs.flow.is_empty() {
+    // The layer-wise buffers keep no mean directions for the neighbour contrast.
+    if bufs.shape != s || bsz > bufs.rows || bufs.flow.is_empty() || cfg.contrast != T::zero() {
         return Err(LossError::BufferLength);
     }
     let LossBuffers {
@@ -1495,6 +1648,7 @@ fn check_finite<T: Real>(parts: &LossParts<T>, grads: &[T]) -> Result<(), LossEr
         parts.balance,
         parts.supervised,
         parts.density,
+        parts.contrast,
     ]
     .iter()
     .all(|v| v.is_finite());

@@ -198,6 +198,14 @@ pub struct TrainArgs {
     /// concentration and mixing weights); 0 leaves it off.
     #[arg(long, default_value_t = 0.0, value_name = "DELTA")]
     pub density: f32,
+    /// Weight of the neighbour contrast (zeta): InfoNCE on the mean directions, each
+    /// row's neighbour its positive and the batch's other rows its negatives, in the
+    /// warm-up and the joint phase alike; 0 turns it off.
+    #[arg(long, default_value_t = crate::train::CONTRAST, value_name = "ZETA")]
+    pub contrast: f32,
+    /// Temperature of the neighbour contrast (tau, at least 0.05).
+    #[arg(long, default_value_t = 0.5, value_name = "TAU")]
+    pub temperature: f32,
     /// Neighbours a partner is drawn from.
     #[arg(long, default_value_t = 10)]
     pub neighbours: usize,
@@ -313,6 +321,8 @@ pub struct LossReport {
     pub supervised: f32,
     /// Negative log-likelihood under the segmenter's mixture (0 with --density 0).
     pub density: f32,
+    /// Neighbour contrast (0 with --contrast 0).
+    pub contrast: f32,
 }
 
 /// One epoch of the report.
@@ -442,6 +452,14 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
     if !(args.density >= 0.0 && args.density.is_finite()) {
         return Err(Error::BadInput("--density must be a number >= 0".into()));
     }
+    if !(args.contrast >= 0.0 && args.contrast.is_finite()) {
+        return Err(Error::BadInput("--contrast must be a number >= 0".into()));
+    }
+    if !(args.temperature >= 0.05 && args.temperature.is_finite()) {
+        return Err(Error::BadInput(
+            "--temperature must be a number >= 0.05".into(),
+        ));
+    }
     if args
         .warmup_beta
         .is_some_and(|b| !(b >= 0.0 && b.is_finite()))
@@ -504,6 +522,8 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
     cfg.loss.balance_floor = args.balance_floor;
     cfg.loss.beta = args.beta;
     cfg.loss.density = args.density;
+    cfg.loss.contrast = args.contrast;
+    cfg.loss.temperature = args.temperature;
     Ok(cfg)
 }
 
@@ -718,6 +738,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
                     balance: l.balance,
                     supervised: l.supervised,
                     density: l.density,
+                    contrast: l.contrast,
                 },
                 acc,
                 nmi,
