@@ -344,10 +344,11 @@ fn power_spherical_sampler_and_kl_match_the_core() {
 /// mean over 3 seeds moves by 0.02 with the seeds drawn, so it is taken over 10 (a few
 /// seconds each).
 const HVAE_SEEDS: std::ops::Range<u64> = 0..10;
-/// Seeds of `train_torch.py` under `torchrun` (a minute each on two processes here). Its
-/// ACC varies little over seeds (0.844 to 0.859 over 10 runs on one and two processes),
-/// so one run stands for its mean within about 0.01.
-const TORCH_SEEDS: std::ops::Range<u64> = 0..1;
+/// Seeds of `train_torch.py` under `torchrun` (half a minute each on two processes
+/// here). With the neighbour contrast its ACC spreads over seeds (0.823 to 0.889 over
+/// seeds 0-2 on two processes, 0.829 to 0.853 over seeds 0-4 on one), so the mean of
+/// three runs stands for it.
+const TORCH_SEEDS: std::ops::Range<u64> = 0..3;
 
 /// ACC (Hungarian matching, every row) of the core's labels under `model` on the digits.
 fn digits_acc(model: &Path) -> f64 {
