@@ -86,8 +86,9 @@ pub struct LossConfig<T> {
     /// input under the segmenter's von Mises-Fisher mixture (0 by default: off).
     pub density: T,
     /// Weight `zeta` of the neighbour-contrast term on the mean directions (0 by default:
-    /// off). Not scaled by `gamma`, so it shapes the latent in the warm-up too. Needs
-    /// the buffers of [`LossBuffers::with_batch_kernels`] (a host's build).
+    /// off). Not scaled by `gamma`, so it shapes the latent in the warm-up too; without
+    /// effect with [`Scope::SegmenterOnly`] (it trains the encoder). Needs the buffers of
+    /// [`LossBuffers::with_batch_kernels`] (a host's build).
     pub contrast: T,
     /// Temperature `tau` of the neighbour-contrast term, at least 0.05 (a smaller one
     /// can make the pass fail as not finite in `f32`).
@@ -280,7 +281,7 @@ pub const fn cache_len(shape: &Shape, batch: usize) -> usize {
 
 /// Scalars the neighbour contrast ([`LossConfig::contrast`]) keeps for a batch of
 /// `batch` rows: each row's mean direction and the term's gradient in it (`2 M` per
-/// row) and the rows' scaled cosines (`batch x batch`), in the buffers of
+/// row) and the rows' Gram matrix (`batch x batch`), in the buffers of
 /// [`LossBuffers::with_batch_kernels`].
 pub const fn contrast_len(shape: &Shape, batch: usize) -> usize {
     (2 * shape.latent + batch) * batch
@@ -475,8 +476,9 @@ pub struct LossBuffers<'a, T> {
     /// One input row of a layer-wise pass, loaded from its [`Inputs`] (`D` values;
     /// empty otherwise).
     row: &'a mut [T],
-    /// Each row's mean direction and the neighbour contrast's gradient in it
-    /// ([`contrast_len`], [`LossBuffers::with_batch_kernels`]); empty otherwise.
+    /// Each row's mean direction, the neighbour contrast's gradient in it and the rows'
+    /// Gram matrix ([`contrast_len`], [`LossBuffers::with_batch_kernels`]); empty
+    /// otherwise.
     contrast: &'a mut [T],
     /// The batch mean of `lse_c(a_ic)` of the last [`layerwise_loss`] (the density term's
     /// share that does not go through the logits).
@@ -567,17 +569,15 @@ impl<'a, T> LossBuffers<'a, T> {
     /// [`LossBuffers::new`] with room for the batch kernels (feature `alloc`: a host's
     /// build; a device's links none of their code), which give the same loss and
     /// gradient bit for bit and run faster on a host with vector units (they cost
-    /// more scalars, below): a copy of the parameters in
-    /// which every dense layer's weights are transposed (`in x out`), made at the start
+    /// [`Shape::param_len`] + [`record_len`] + [`contrast_len`] scalars more): a copy of
+    /// the parameters in which every dense layer's weights are transposed (`in x out`), made at the start
     /// of each pass of a model with its decoder and read by its forward passes
     /// ([`crate::kernels::dense_forward_t`]: each layer's outputs summed side by side);
     /// and each dense layer's rows of the backward pass, whose parameter gradients are
     /// summed once the batch is through ([`crate::kernels::dense_grads_rows`]: each
-    /// gradient value loaded and stored once per batch, not once per row; with the
-    /// scalars of [`contrast_len`], [`Shape::param_len`] + [`record_len`] +
-    /// [`contrast_len`] more in all). They also
-    /// hold what the neighbour contrast needs ([`LossConfig::contrast`], [`contrast_len`]
-    /// scalars). `storage` has [`LossBuffers::storage_len_batch_kernels`] scalars.
+    /// gradient value loaded and stored once per batch, not once per row). They also
+    /// hold what the neighbour contrast needs ([`LossConfig::contrast`]). `storage` has
+    /// [`LossBuffers::storage_len_batch_kernels`] scalars.
     #[cfg(feature = "alloc")]
     pub fn with_batch_kernels(
         shape: &Shape,
@@ -868,12 +868,24 @@ fn contrast_terms<T: Real>(
         return T::zero();
     }
     let inv_tau = T::one() / tau;
+    for (a, grow) in gram.chunks_exact_mut(n).enumerate() {
+        let ua = row(dirs, m, a);
+        // The cosines first, then their exponentials in a loop of their own (which the
+        // compiler can run several values at a time; the same bits either way).
+        for (g, uk) in grow.iter_mut().zip(dirs.chunks_exact(m)).skip(a + 1) {
+            *g = (dot(ua, uk) - T::one()) * inv_tau;
+        }
+        for g in grow.iter_mut().skip(a + 1) {
+            *g = g.fast_exp();
+        }
+        if let Some(g) = grow.get_mut(a) {
+            *g = T::zero();
+        }
+    }
+    // The lower triangle from the upper.
     for a in 0..n {
-        gram[a * n + a] = T::zero();
         for k in a + 1..n {
-            let e = ((dot(row(dirs, m, a), row(dirs, m, k)) - T::one()) * inv_tau).fast_exp();
-            gram[a * n + k] = e;
-            gram[k * n + a] = e;
+            gram[k * n + a] = gram[a * n + k];
         }
     }
     // Each pair's own logit, taken both ways.
