@@ -714,8 +714,13 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         contrast,
         ..
     } = bufs;
-    let (dirs, rest) = contrast.split_at_mut(if contrast_on { bsz * m } else { 0 });
-    let (gdirs, gram) = rest.split_at_mut(if contrast_on { bsz * m } else { 0 });
+    let mut rest = &mut contrast[..];
+    let (dirs, gdirs) = if contrast_on {
+        (carve(&mut rest, bsz * m), carve(&mut rest, bsz * m))
+    } else {
+        (&mut [][..], &mut [][..])
+    };
+    let gram = rest;
     let p = model.views();
     // What the forward passes read: the transposed copy when the buffers have one (the
     // same bits), else the parameters themselves.
@@ -867,12 +872,14 @@ fn contrast_terms<T: Real>(
     if pairs.is_empty() || n < 2 {
         return T::zero();
     }
+    // Every index below is within `n x n` by construction: read and written through
+    // `get`, so that a device build links no bounds check that could panic.
+    let at = |a: usize, k: usize| a * n + k;
     let inv_tau = T::one() / tau;
-    for (a, grow) in gram.chunks_exact_mut(n).enumerate() {
-        let ua = row(dirs, m, a);
+    for (a, (grow, ua)) in rows_mut(gram, n).zip(rows(dirs, m)).enumerate() {
         // The cosines first, then their exponentials in a loop of their own (which the
         // compiler can run several values at a time; the same bits either way).
-        for (g, uk) in grow.iter_mut().zip(dirs.chunks_exact(m)).skip(a + 1) {
+        for (g, uk) in grow.iter_mut().zip(rows(dirs, m)).skip(a + 1) {
             *g = (dot(ua, uk) - T::one()) * inv_tau;
         }
         for g in grow.iter_mut().skip(a + 1) {
@@ -882,12 +889,7 @@ fn contrast_terms<T: Real>(
             *g = T::zero();
         }
     }
-    // The lower triangle from the upper.
-    for a in 0..n {
-        for k in a + 1..n {
-            gram[k * n + a] = gram[a * n + k];
-        }
-    }
+    mirror_upper(gram, n);
     // Each pair's own logit, taken both ways.
     let mut total = T::zero();
     for &(i, j) in pairs {
@@ -895,7 +897,7 @@ fn contrast_terms<T: Real>(
         total -= s + s;
     }
     // Each row's log-sum-exp, and `f_a` kept on the diagonal (read back below).
-    for (a, erow) in gram.chunks_exact_mut(n).enumerate() {
+    for (a, erow) in rows_mut(gram, n).enumerate() {
         let anchored = pairs
             .iter()
             .map(|&(i, j)| usize::from(i as usize == a) + usize::from(j as usize == a))
@@ -905,34 +907,57 @@ fn contrast_terms<T: Real>(
         if anchored > 0 {
             total += c * (inv_tau + sum.ln());
         }
-        erow[a] = c / sum;
+        if let Some(d) = erow.get_mut(a) {
+            *d = c / sum;
+        }
     }
     let scale = T::one() / T::of(2.0 * pairs.len() as f64);
     let c = scale * inv_tau;
+    let diag = |g: &[T], a: usize| g.get(at(a, a)).copied().unwrap_or(T::zero());
     for a in 0..n {
-        let fa = gram[a * n + a];
+        let fa = diag(gram, a);
         for k in a + 1..n {
-            let v = c * (fa + gram[k * n + k]) * gram[a * n + k];
-            gram[a * n + k] = v;
-            gram[k * n + a] = v;
+            let fk = diag(gram, k);
+            if let Some(v) = gram.get_mut(at(a, k)) {
+                *v = c * (fa + fk) * *v;
+            }
         }
     }
     for a in 0..n {
-        gram[a * n + a] = T::zero();
+        if let Some(d) = gram.get_mut(at(a, a)) {
+            *d = T::zero();
+        }
     }
+    mirror_upper(gram, n);
     for &(i, j) in pairs {
         let (i, j) = (i as usize, j as usize);
-        gram[i * n + j] -= c + c;
-        gram[j * n + i] -= c + c;
+        for idx in [at(i, j), at(j, i)] {
+            if let Some(v) = gram.get_mut(idx) {
+                *v -= c + c;
+            }
+        }
     }
-    for (g, crow) in grad.chunks_exact_mut(m).zip(gram.chunks_exact(n)) {
-        for (&w, u) in crow.iter().zip(dirs.chunks_exact(m)) {
+    for (g, crow) in rows_mut(grad, m).zip(rows(gram, n)) {
+        for (&w, u) in crow.iter().zip(rows(dirs, m)) {
             for (g, &x) in g.iter_mut().zip(u) {
                 *g += w * x;
             }
         }
     }
     total * scale
+}
+
+/// Copies the upper triangle of the `n x n` matrix `g` onto its lower triangle.
+fn mirror_upper<T: Copy>(g: &mut [T], n: usize) {
+    for a in 0..n {
+        for k in a + 1..n {
+            if let Some(&v) = g.get(a * n + k) {
+                if let Some(lower) = g.get_mut(k * n + a) {
+                    *lower = v;
+                }
+            }
+        }
+    }
 }
 
 /// The input rows of a layer-wise pass, loaded on demand: [`layerwise_update`] reads each
