@@ -95,6 +95,9 @@ pub struct LossConfig<T> {
     pub temperature: T,
 }
 
+/// The neighbour contrast's default temperature ([`LossConfig::temperature`]).
+pub const CONTRAST_TEMPERATURE: f64 = 0.5;
+
 /// The latent vector the segmenter is applied to in training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -123,7 +126,7 @@ impl<T: Real> Default for LossConfig<T> {
             cluster_input: ClusterInput::Mean,
             density: T::zero(),
             contrast: T::zero(),
-            temperature: T::of(0.5),
+            temperature: T::of(CONTRAST_TEMPERATURE),
         }
     }
 }
