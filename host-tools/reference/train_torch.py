@@ -14,7 +14,8 @@ One process, or ``N`` under ``torchrun`` (``DistributedDataParallel``, gloo on C
 launcher with its default redirection; ``--redirects 1 --tee 1`` works around it.) Across
 machines, ``torchrun``'s ``--nnodes`` and ``--rdzv_endpoint`` as usual; every process reads
 the data file (a ``.npy`` is memory-mapped, only a process's own rows read). The options
-and their defaults are ``hvae train``'s; ``--threads`` (1) is PyTorch's per process.
+and their defaults are ``hvae train``'s (but ``--kmeans-restarts``: below); ``--threads``
+(1) is PyTorch's per process.
 
 The same as ``hvae train`` (``host-tools/src/train.rs``, ``src/train/loss.rs``):
 
@@ -52,6 +53,10 @@ What differs:
   balance term's ``p_bar`` is all-reduced, so a step is one step on the whole batch; the
   contrast's negatives are the process's own rows of the step (``--batch / N - 2``, not
   ``--batch - 2``);
+* the centres from spherical k-means on the mean directions alone (``hvae train --init
+  latent``, the best of ``--kmeans-restarts``, 1 here); ``hvae train``'s default
+  (``--init selected``, 5 runs) picks among k-means partitions of the mean directions and
+  of the normalised inputs the one that agrees best with the neighbour lists;
 * the Power Spherical posterior only (``hvae train``'s default): its sampler here is
   ``w = 2T - 1`` with ``T = G_a / (G_a + G_b)``, ``G`` Gamma variates with PyTorch's
   reparameterised gradient, then a uniform tangent direction and the Householder

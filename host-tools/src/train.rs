@@ -42,6 +42,17 @@ pub enum NeighbourSpace {
 /// neighbour contrast").
 pub const CONTRAST: f32 = 4.0;
 
+/// How a default training places the centres after the warm-up: the partition, among
+/// spherical k-means runs on the mean directions and on the normalised inputs, that
+/// agrees best with the input neighbourhoods (docs/benchmarks.md, "The centres from the
+/// partition that agrees best"). Its seeds land at one level where k-means on the mean
+/// directions alone lands at two or three.
+pub const CENTRE_INIT: CentreInit = CentreInit::Selected;
+
+/// Runs of spherical k-means in each space behind a default training's centre
+/// initialisation ([`FitConfig::kmeans_restarts`], [`CENTRE_INIT`]).
+pub const KMEANS_RESTARTS: usize = 5;
+
 /// The least optimiser steps of a default training ([`FitConfig::min_steps`]).
 pub const MIN_STEPS: usize = 0;
 
@@ -79,7 +90,9 @@ pub struct FitConfig {
     pub supervised: bool,
     /// Lloyd iterations of the centre initialisation.
     pub kmeans_iters: usize,
-    /// Runs of the centre initialisation; the best by its objective is kept.
+    /// Runs of spherical k-means behind the centre initialisation: with
+    /// [`CentreInit::Latent`] the best by its objective is kept, with
+    /// [`CentreInit::Selected`] this many in each space are candidates.
     pub kmeans_restarts: usize,
     /// How the centres are initialised after the warm-up.
     pub init: CentreInit,
@@ -152,8 +165,8 @@ impl Default for FitConfig {
             },
             supervised: false,
             kmeans_iters: 50,
-            kmeans_restarts: 1,
-            init: CentreInit::Latent,
+            kmeans_restarts: KMEANS_RESTARTS,
+            init: CENTRE_INIT,
             warmup_beta: None,
             gmm_targets: false,
             gmm_confidence: 0.0,

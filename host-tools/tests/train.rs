@@ -51,7 +51,8 @@ fn the_firmware_model_is_trained_again_bit_for_bit() {
             .args(["train", "--data"])
             .arg(digits())
             .args(["--clusters", "10", "--latent", "8", "--hidden", hidden])
-            .args(["--contrast", "0", "--seed", "1", "--quiet", "--out"])
+            .args(["--contrast", "0", "--init", "latent"])
+            .args(["--kmeans-restarts", "1", "--seed", "1", "--quiet", "--out"])
             .arg(&out)
             .assert()
             .success();

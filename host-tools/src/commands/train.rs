@@ -22,8 +22,10 @@ pub const LONG_ABOUT: &str = "Train a model on a data file.\n\n\
     fitted on the data and stored in the model. The cluster loss pairs every sample with \
     one of its nearest neighbours, mined over the whole file (by default near both in \
     cosine on the raw features and on the normalised ones). Schedule: --warmup epochs of \
-    the VAE alone (or --warmup-steps of --steps), then the centres are initialised by \
-    spherical k-means++ on the encoder's mean directions, then joint training. A `label` \
+    the VAE alone (or --warmup-steps of --steps), then the centres are initialised (by default \
+    the partition, among spherical k-means++ runs on the encoder's mean directions and on \
+    the normalised inputs, that agrees best with the input neighbourhoods), then joint \
+    training. A `label` \
     column is never used for training unless --supervised; when present it is used to \
     report ACC and NMI as training goes.\n\n\
     --restarts R trains R models and keeps the one a label-free criterion ranks best \
@@ -122,6 +124,16 @@ pub enum InitArg {
     Selected,
     /// A diagonal Gaussian mixture on the normalised inputs (centres and weights).
     Gmm,
+}
+
+impl From<CentreInit> for InitArg {
+    fn from(init: CentreInit) -> Self {
+        match init {
+            CentreInit::Latent => InitArg::Latent,
+            CentreInit::Selected => InitArg::Selected,
+            CentreInit::Gmm => InitArg::Gmm,
+        }
+    }
 }
 
 /// Arguments of `hvae train`.
@@ -231,13 +243,15 @@ pub struct TrainArgs {
     /// The label-free criterion that picks among --restarts.
     #[arg(long, value_enum, default_value_t = SelectArg::Consensus)]
     pub select: SelectArg,
-    /// Runs of the spherical k-means that initialises the centres (best kept).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Runs of the spherical k-means that initialises the centres: with --init latent the
+    /// best by its objective is kept; with --init selected this many in each space are
+    /// candidates.
+    #[arg(long, default_value_t = crate::train::KMEANS_RESTARTS, value_name = "N")]
     pub kmeans_restarts: usize,
-    /// How the centres start after the warm-up: k-means on the mean directions, or the
-    /// partition (from k-means on the mean directions and on the inputs) that agrees
-    /// best with the input neighbourhoods.
-    #[arg(long, value_enum, default_value_t = InitArg::Latent)]
+    /// How the centres start after the warm-up: k-means on the mean directions (latent),
+    /// or the partition among k-means runs on the mean directions and on the normalised
+    /// inputs that agrees best with the input neighbourhoods (selected).
+    #[arg(long, value_enum, default_value_t = InitArg::from(crate::train::CENTRE_INIT))]
     pub init: InitArg,
     /// With --init gmm: the mixture's partition as the targets of a cross-entropy term
     /// for the rest of training (pseudo-labels).
