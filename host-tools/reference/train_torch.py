@@ -406,9 +406,9 @@ def parse_args(argv):
     p.add_argument("--gamma", type=float, default=6.0, help="weight of the cluster loss")
     p.add_argument("--eta", type=float, default=2.0, help="weight of the balance term")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
-    p.add_argument("--contrast", type=float, default=4.0,
+    p.add_argument("--contrast", type=float, default=2.0,
                    help="weight of the neighbour contrast (0: off)")
-    p.add_argument("--temperature", type=float, default=0.5,
+    p.add_argument("--temperature", type=float, default=1.0,
                    help="temperature of the neighbour contrast")
     p.add_argument("--neighbours", type=int, default=10)
     p.add_argument("--neighbour-space", choices=("raw", "normalised", "both"), default="both")

@@ -40,7 +40,7 @@ pub enum NeighbourSpace {
 /// at its default temperature): the encoder learns to keep each row's neighbours near
 /// on the sphere in the warm-up and the joint phase (docs/benchmarks.md, "The
 /// neighbour contrast").
-pub const CONTRAST: f32 = 4.0;
+pub const CONTRAST: f32 = 2.0;
 
 /// How a default training places the centres after the warm-up: the partition, among
 /// spherical k-means runs on the mean directions and on the normalised inputs, that

@@ -96,7 +96,7 @@ pub struct LossConfig<T> {
 }
 
 /// The neighbour contrast's default temperature ([`LossConfig::temperature`]).
-pub const CONTRAST_TEMPERATURE: f64 = 0.5;
+pub const CONTRAST_TEMPERATURE: f64 = 1.0;
 
 /// The latent vector the segmenter is applied to in training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
