@@ -23,11 +23,13 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 hvae() { cargo run --quiet --release -p hvae-host-tools -- "$@"; }
 hvae train --data host-tools/data/digits.csv.gz --clusters 10 --latent 8 --hidden 32 \
-  --contrast 0 --init latent --kmeans-restarts 1 --seed 1 --quiet --out firmware/model/digits.hvae
+  --contrast 0 --init latent --kmeans-restarts 1 --seed 1 --quiet \
+  --out firmware/model/digits.hvae
 hvae export --model firmware/model/digits.hvae --quantize int8 \
   --data host-tools/data/digits.csv.gz --format bin --out firmware/model/digits_int8.hvae
 # The `adapt` program's model (the micro:bit's 16 KiB of RAM hold 16 hidden units).
 hvae train --data host-tools/data/digits.csv.gz --clusters 10 --latent 8 --hidden 16 \
-  --contrast 0 --init latent --kmeans-restarts 1 --seed 1 --quiet --out firmware/model/digits_m0.hvae
+  --contrast 0 --init latent --kmeans-restarts 1 --seed 1 --quiet \
+  --out firmware/model/digits_m0.hvae
 cargo run --quiet --release -p hvae-firmware-host -- \
   golden firmware/model/digits.hvae host-tools/data/digits.csv.gz firmware/model/golden.rs

@@ -375,9 +375,10 @@ fn free_port() -> u16 {
 /// `train_torch.py` on 2 processes under `torchrun` (gloo, CPU) against `hvae train`
 /// with the same settings (the defaults, one model with its centres from k-means on the
 /// mean directions: `--gmm-candidate false --init latent --kmeans-restarts 1`, as
-/// `train_torch.py` trains one and places its centres): the mean ACC of the imported models over
-/// [`TORCH_SEEDS`] is within 0.03 of `hvae train`'s mean over [`HVAE_SEEDS`], and the core
-/// agrees with PyTorch's forward pass on each imported model as in the test above.
+/// `train_torch.py` trains one and places its centres): the mean ACC of the imported
+/// models over [`TORCH_SEEDS`] is within 0.03 of `hvae train`'s mean over
+/// [`HVAE_SEEDS`], and the core agrees with PyTorch's forward pass on each imported
+/// model as in the test above.
 #[test]
 fn torchrun_on_two_processes_clusters_the_digits_as_hvae_train_does() {
     let Some(py) = python_with_torch() else {

@@ -445,12 +445,15 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
     let branches = [
         Branch::of(&cfg),
         gmm_branch(),
+        // The schedule's k-means on the mean directions alone (the default's is the
+        // best-agreeing partition).
         Branch {
-            init: CentreInit::Selected,
+            init: CentreInit::Latent,
             gmm_targets: false,
             joint_share: 0.5,
         },
     ];
+    assert_eq!(branches[0].init, CentreInit::Selected);
     let mut shared_epochs = Vec::new();
     let trained = fit_branches(shape, x, None, &cfg, &branches, None, |s, _| {
         shared_epochs.push((s.branch, (s.epoch, s.warmup, s.loss.total.to_bits())))

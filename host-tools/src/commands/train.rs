@@ -22,12 +22,12 @@ pub const LONG_ABOUT: &str = "Train a model on a data file.\n\n\
     fitted on the data and stored in the model. The cluster loss pairs every sample with \
     one of its nearest neighbours, mined over the whole file (by default near both in \
     cosine on the raw features and on the normalised ones). Schedule: --warmup epochs of \
-    the VAE alone (or --warmup-steps of --steps), then the centres are initialised (by default \
-    the partition, among spherical k-means++ runs on the encoder's mean directions and on \
-    the normalised inputs, that agrees best with the input neighbourhoods), then joint \
-    training. A `label` \
-    column is never used for training unless --supervised; when present it is used to \
-    report ACC and NMI as training goes.\n\n\
+    the VAE alone (or --warmup-steps of --steps), then the centres are initialised (by \
+    default from the partition, among spherical k-means++ runs on the encoder's mean \
+    directions and on the normalised inputs, that agrees best with the input \
+    neighbourhoods), then joint training. A `label` column is never used for training \
+    unless --supervised; when present it is used to report ACC and NMI as training \
+    goes.\n\n\
     --restarts R trains R models and keeps the one a label-free criterion ranks best \
     (--select). --clusters auto trains K = 2 ..= --max-clusters and keeps the model whose \
     labels have the largest silhouette on the mean directions. The defaults and their \
