@@ -573,9 +573,10 @@ impl<'a, T> LossBuffers<'a, T> {
     /// build; a device's links none of their code), which give the same loss and
     /// gradient bit for bit and run faster on a host with vector units (they cost
     /// [`Shape::param_len`] + [`record_len`] + [`contrast_len`] scalars more): a copy of
-    /// the parameters in which every dense layer's weights are transposed (`in x out`), made at the start
-    /// of each pass of a model with its decoder and read by its forward passes
-    /// ([`crate::kernels::dense_forward_t`]: each layer's outputs summed side by side);
+    /// the parameters in which every dense layer's weights are transposed (`in x out`),
+    /// made at the start of each pass of a model with its decoder and read by its forward
+    /// passes ([`crate::kernels::dense_forward_t`]: each layer's outputs summed side by
+    /// side);
     /// and each dense layer's rows of the backward pass, whose parameter gradients are
     /// summed once the batch is through ([`crate::kernels::dense_grads_rows`]: each
     /// gradient value loaded and stored once per batch, not once per row). They also

@@ -216,7 +216,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = crate::train::CONTRAST, value_name = "ZETA")]
     pub contrast: f32,
     /// Temperature of the neighbour contrast (tau, at least 0.05).
-    #[arg(long, default_value_t = hvae::train::loss::CONTRAST_TEMPERATURE as f32, value_name = "TAU")]
+    #[arg(long, value_name = "TAU",
+          default_value_t = hvae::train::loss::CONTRAST_TEMPERATURE as f32)]
     pub temperature: f32,
     /// Neighbours a partner is drawn from.
     #[arg(long, default_value_t = 10)]
