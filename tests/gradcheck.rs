@@ -14,7 +14,7 @@
 use hvae::dist::sphere::{Draw, SampleError};
 use hvae::shape::{Activation, Likelihood, Posterior, Scope, Shape};
 use hvae::train::loss::{
-    loss_and_grad, Batch, ClusterInput, DrawSource, LossBuffers, LossConfig, LossParts,
+    loss_and_grad, Batch, ClusterInput, DrawSource, LossBuffers, LossConfig, LossError, LossParts,
 };
 use hvae::Model;
 
@@ -75,28 +75,53 @@ impl DrawSource<f64> for FixedDraws {
 }
 
 /// `loss_and_grad` of `batch` on `model` for `scope`, in `store`, with the marginal
-/// starting at `marginal` and the fixed draws of `draw_seed`: the loss parts, the
-/// gradient and the new marginal.
+/// starting at `marginal`, the balance towards `shares` when given, and the fixed draws
+/// of `draw_seed`: the loss parts, the gradient and the new marginal.
+#[allow(clippy::too_many_arguments)]
 fn loss_in(
     model: &Model<f64, Vec<f64>>,
     batch: &Batch<'_, f64>,
     cfg: &LossConfig<f64>,
     scope: Scope,
-    marginal: &[f64],
+    (marginal, shares): (&[f64], Option<&[f64]>),
     store: &mut [f64],
     draw_seed: u64,
 ) -> (LossParts<f64>, Vec<f64>, Vec<f64>) {
     let s = *model.shape();
     let b = batch.inputs.len() / s.input;
-    let mut bufs = if cfg.contrast != 0.0 {
+    let mut bufs = if needs_batch_kernels(cfg, shares) {
         LossBuffers::with_batch_kernels(&s, scope, b, store).unwrap()
     } else {
         LossBuffers::new(&s, scope, b, store).unwrap()
     };
     bufs.marginal_mut().copy_from_slice(marginal);
+    if let Some(pi) = shares {
+        bufs.set_balance_prior(pi).unwrap();
+    }
     let mut draws = FixedDraws::new(b, s.latent, draw_seed);
     let parts = loss_and_grad(model, batch, cfg, &mut draws, &mut bufs).unwrap();
     (parts, bufs.grads().to_vec(), bufs.marginal().to_vec())
+}
+
+/// The neighbour contrast and the balance shares need the buffers of
+/// `LossBuffers::with_batch_kernels`.
+fn needs_batch_kernels(cfg: &LossConfig<f64>, shares: Option<&[f64]>) -> bool {
+    cfg.contrast != 0.0 || shares.is_some()
+}
+
+/// Scalars of the buffers [`loss_in`] makes.
+fn store_len(
+    s: &Shape,
+    scope: Scope,
+    b: usize,
+    cfg: &LossConfig<f64>,
+    shares: Option<&[f64]>,
+) -> usize {
+    if needs_batch_kernels(cfg, shares) {
+        LossBuffers::<f64>::storage_len_batch_kernels(s, scope, b)
+    } else {
+        LossBuffers::<f64>::storage_len(s, scope, b)
+    }
 }
 
 /// A model of `s` with parameters drawn from `Lcg(seed)` and `b` input rows drawn
@@ -131,7 +156,7 @@ fn segmenter_loss(
         &batch,
         cfg,
         Scope::SegmenterOnly,
-        marginal,
+        (marginal, None),
         &mut store,
         1,
     );
@@ -143,6 +168,8 @@ struct Case {
     scope: Scope,
     labels: Vec<Option<u8>>,
     cfg: LossConfig<f64>,
+    /// Balance shares (`LossBuffers::set_balance_prior`), when set.
+    shares: Option<Vec<f64>>,
 }
 
 fn run(case: &Case, seed: u64) -> f64 {
@@ -168,14 +195,16 @@ fn run(case: &Case, seed: u64) -> f64 {
 
     let eval = |params: &[f64], grads: &mut [f64]| -> f64 {
         let model = Model::new(s, params.to_vec()).unwrap();
-        let len = if case.cfg.contrast != 0.0 {
-            LossBuffers::<f64>::storage_len_batch_kernels(&s, case.scope, b)
-        } else {
-            LossBuffers::<f64>::storage_len(&s, case.scope, b)
-        };
-        let mut store = vec![0.0; len];
+        let shares = case.shares.as_deref();
+        let mut store = vec![0.0; store_len(&s, case.scope, b, &case.cfg, shares)];
         let (parts, g, _) = loss_in(
-            &model, &batch, &case.cfg, case.scope, &p_bar0, &mut store, 99,
+            &model,
+            &batch,
+            &case.cfg,
+            case.scope,
+            (&p_bar0, shares),
+            &mut store,
+            99,
         );
         grads.copy_from_slice(&g);
         parts.total
@@ -246,6 +275,7 @@ fn unsupervised() -> LossConfig<f64> {
         density: 0.0,
         contrast: 0.0,
         temperature: 0.5,
+        consistency: 1.0,
     }
 }
 
@@ -275,7 +305,18 @@ fn every_tensor_matches_finite_differences() {
                     };
                     let variants = [
                         // Unsupervised: pairs + entropy + balance.
-                        (vec![], unsupervised()),
+                        (vec![], unsupervised(), None),
+                        // The balance towards unequal shares and a weaker consistency
+                        // term, with a label on some rows (a model trained towards a
+                        // mixture's partition).
+                        (
+                            vec![Some(2), None, Some(0), Some(3), None],
+                            LossConfig {
+                                consistency: 0.4,
+                                ..unsupervised()
+                            },
+                            Some(vec![0.5, 0.1, 0.15, 0.25]),
+                        ),
                         // The balance as a floor: at a floor of 1 (a share of 1 / K)
                         // the hinge is active on at least one cluster.
                         (
@@ -284,6 +325,7 @@ fn every_tensor_matches_finite_differences() {
                                 balance_floor: 1.0,
                                 ..unsupervised()
                             },
+                            None,
                         ),
                         // The density term (the segmenter as a vMF mixture) on top of
                         // the unsupervised terms.
@@ -293,6 +335,7 @@ fn every_tensor_matches_finite_differences() {
                                 density: 0.7,
                                 ..unsupervised()
                             },
+                            None,
                         ),
                         // The neighbour contrast on the mean directions (its pairs
                         // share rows: row 0, 1 and 3 are in two pairs each).
@@ -303,16 +346,22 @@ fn every_tensor_matches_finite_differences() {
                                 temperature: 0.3,
                                 ..unsupervised()
                             },
+                            None,
                         ),
                         // Mixed: some rows labelled, cluster terms still on.
-                        (vec![Some(2), None, Some(0), Some(3), None], unsupervised()),
+                        (
+                            vec![Some(2), None, Some(0), Some(3), None],
+                            unsupervised(),
+                            None,
+                        ),
                         // Supervised only.
                         (
                             vec![Some(1), Some(1), Some(0), Some(3), Some(2)],
                             supervised,
+                            None,
                         ),
                     ];
-                    for (labels, cfg) in variants {
+                    for (labels, cfg, shares) in variants {
                         for cluster_input in [ClusterInput::Mean, ClusterInput::Draw] {
                             let cfg = LossConfig {
                                 cluster_input,
@@ -325,6 +374,7 @@ fn every_tensor_matches_finite_differences() {
                                     scope,
                                     labels,
                                     cfg,
+                                    shares: shares.clone(),
                                 },
                                 seed,
                             ));
@@ -349,6 +399,7 @@ fn one_hidden_layer_latent_two() {
             scope: Scope::Full,
             labels: vec![],
             cfg: unsupervised(),
+            shares: None,
         },
         7,
     );
@@ -405,6 +456,97 @@ fn marginal_is_the_moving_average_of_the_batch() {
 }
 
 #[test]
+fn balance_towards_shares_is_minus_the_divergence() {
+    // With balance shares set, the balance reward is -KL(p_bar || pi) of the new
+    // marginal, pi normalised; and the consistency weight scales that term alone.
+    let s = Shape::new(6, &[5], 3, 4);
+    let b = 6;
+    let (model, inputs) = model_and_inputs(s, 5, b);
+    let pairs = [(0u16, 1u16), (2, 3), (4, 5)];
+    let batch = Batch {
+        inputs: &inputs,
+        labels: &[],
+        pairs: &pairs,
+    };
+    let cfg = LossConfig {
+        balance_momentum: 0.5,
+        ..unsupervised()
+    };
+    let prev = [0.4, 0.3, 0.2, 0.1];
+    // Unnormalised on purpose: the buffers keep pi / sum(pi).
+    let shares = [1.0, 0.5, 2.0, 0.5];
+    let run = |cfg: &LossConfig<f64>, shares: Option<&[f64]>| {
+        let mut store = vec![0.0; store_len(&s, Scope::Full, b, cfg, shares)];
+        loss_in(
+            &model,
+            &batch,
+            cfg,
+            Scope::Full,
+            (&prev, shares),
+            &mut store,
+            2,
+        )
+    };
+    let (parts, _, p_bar) = run(&cfg, Some(&shares));
+    let kl: f64 = p_bar
+        .iter()
+        .zip(&shares)
+        .map(|(&v, &w)| v * (v / (w / 4.0)).ln())
+        .sum();
+    assert!(kl > 0.01, "{p_bar:?}");
+    assert!(
+        (parts.balance + kl).abs() < 1e-12,
+        "{} vs {}",
+        parts.balance,
+        -kl
+    );
+    // Without shares, the same marginal's entropy (the balance as it was).
+    let (plain, _, p_plain) = run(&cfg, None);
+    assert_eq!(p_plain, p_bar);
+    let h: f64 = -p_bar.iter().map(|&v| v * v.ln()).sum::<f64>();
+    assert!((plain.balance - h).abs() < 1e-12);
+    // omega = 0.25: the total loses gamma (1 - omega) consistency, nothing else moves.
+    let weak = LossConfig {
+        consistency: 0.25,
+        ..cfg
+    };
+    let (w, _, _) = run(&weak, None);
+    assert_eq!(w.consistency, plain.consistency);
+    let want = plain.total - cfg.gamma * 0.75 * plain.consistency;
+    assert!((w.total - want).abs() < 1e-12, "{} vs {want}", w.total);
+}
+
+#[test]
+fn balance_shares_are_checked_and_need_room() {
+    let s = Shape::new(6, &[5], 3, 4);
+    // A device's buffers have no room for them.
+    let mut store = vec![0.0; LossBuffers::<f64>::storage_len(&s, Scope::Full, 4)];
+    let mut bufs = LossBuffers::new(&s, Scope::Full, 4, &mut store).unwrap();
+    assert_eq!(
+        bufs.set_balance_prior(&[0.25; 4]),
+        Err(LossError::BufferLength)
+    );
+    assert_eq!(bufs.balance_prior(), None);
+    let mut store = vec![0.0; LossBuffers::<f64>::storage_len_batch_kernels(&s, Scope::Full, 4)];
+    let mut bufs = LossBuffers::with_batch_kernels(&s, Scope::Full, 4, &mut store).unwrap();
+    assert_eq!(
+        bufs.set_balance_prior(&[0.5; 3]),
+        Err(LossError::BufferLength)
+    );
+    for bad in [0.0, -0.1, f64::NAN, f64::INFINITY] {
+        assert_eq!(
+            bufs.set_balance_prior(&[0.3, bad, 0.3, 0.3]),
+            Err(LossError::NonFinite)
+        );
+    }
+    assert_eq!(bufs.balance_prior(), None);
+    bufs.set_balance_prior(&[2.0, 1.0, 1.0, 4.0]).unwrap();
+    assert_eq!(bufs.balance_prior(), Some(&[0.25, 0.125, 0.125, 0.5][..]));
+    bufs.clear_balance_prior();
+    assert_eq!(bufs.balance_prior(), None);
+}
+
+#[test]
 fn a_dirty_cache_gives_the_same_loss_and_gradient() {
     // The trainer reuses its cache from step to step: nothing left there by an earlier
     // call may leak into the next gradient (the cluster terms accumulate into it).
@@ -420,7 +562,8 @@ fn a_dirty_cache_gives_the_same_loss_and_gradient() {
     for scope in [Scope::Full, Scope::SegmenterOnly] {
         // Everything but the marginal is scratch: workspace, cache and gradient.
         let run_with = |store: &mut Vec<f64>| {
-            let (parts, grads, p_bar) = loss_in(&model, &batch, &cfg, scope, &[0.25; 4], store, 1);
+            let (parts, grads, p_bar) =
+                loss_in(&model, &batch, &cfg, scope, (&[0.25; 4], None), store, 1);
             (parts.total, grads, p_bar)
         };
         let len = LossBuffers::<f64>::storage_len(&s, scope, b);
@@ -533,7 +676,7 @@ fn contrast_is_infonce_over_the_pairs_both_ways() {
         &batch,
         &cfg,
         Scope::Full,
-        &p_bar,
+        (&p_bar, None),
         &mut vec![0.0; len],
         3,
     );
@@ -552,7 +695,7 @@ fn contrast_is_infonce_over_the_pairs_both_ways() {
         &batch,
         &off,
         Scope::Full,
-        &p_bar,
+        (&p_bar, None),
         &mut vec![0.0; plain],
         3,
     );

@@ -234,8 +234,8 @@ pub struct Restarts<'a> {
 /// start from a diagonal Gaussian mixture of the normalised inputs and are trained
 /// towards its partition ([`crate::train::CentreInit::Gmm`] with `gmm_targets`), and
 /// keeps the one whose partition agrees more with the inputs' nearest neighbours
-/// (Euclidean, on the normalised features; [`neighbour_agreement`], ties to the
-/// model as configured). The two share their warm-up ([`fit_branches`]): each is bit
+/// (Euclidean, on the normalised features; [`neighbour_agreement`]; at the end the
+/// model as configured must lead by [`FitConfig::choice_lead`]). The two share their warm-up ([`fit_branches`]): each is bit
 /// for bit the model trained alone, for the cost of one warm-up and two joint phases
 /// (the candidate's [`FitConfig::gmm_joint_share`] of the configured one). With one
 /// restart the choice is made at the first of [`FitConfig::choice_looks`] where one
@@ -300,7 +300,7 @@ pub fn fit_with_gmm_candidate(
         _ => {
             let (agreement_plain, agreement_gmm) = (agreement_of(&plain.0)?, agreement_of(&gmm.0)?);
             GmmChoice {
-                gmm_kept: agreement_gmm > agreement_plain,
+                gmm_kept: agreement_plain - agreement_gmm < cfg.choice_lead,
                 agreement_plain,
                 agreement_gmm,
                 at: 1.0,

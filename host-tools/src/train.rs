@@ -114,6 +114,17 @@ pub struct FitConfig {
     pub gmm_joint_share: f32,
     /// Runs of the mixture fit behind [`CentreInit::Gmm`], the best by likelihood kept.
     pub gmm_runs: usize,
+    /// With `gmm_targets`: the weight of the consistency term while the model is
+    /// trained towards the mixture's partition, in place of `loss.consistency`
+    /// ([`GMM_CONSISTENCY`]: 0, the model follows the mixture alone).
+    pub gmm_consistency: f32,
+    /// With `gmm_targets`: the balance term pulls the cluster shares towards the
+    /// mixture's (`true`, the default) rather than towards equal shares.
+    pub gmm_shares: bool,
+    /// At the end of the joint phase, the least lead in neighbour agreement with which
+    /// the model as configured is kept over the GMM candidate ([`CHOICE_LEAD`]; at 0,
+    /// any lead or a tie).
+    pub choice_lead: f64,
     /// Nearest neighbours (Euclidean, normalised inputs) whose agreement chooses
     /// between the model and the GMM candidate
     /// ([`crate::select::fit_with_gmm_candidate`]).
@@ -175,6 +186,9 @@ impl Default for FitConfig {
             gmm_confidence: 0.0,
             gmm_joint_share: 1.0,
             gmm_runs: GMM_RUNS,
+            gmm_consistency: GMM_CONSISTENCY,
+            gmm_shares: true,
+            choice_lead: CHOICE_LEAD,
             choice_neighbours: CHOICE_NEIGHBOURS,
             choice_looks: CHOICE_LOOKS.to_vec(),
             gmm_full: false,
@@ -596,6 +610,9 @@ struct Run<'d> {
     step: usize,
     warm_steps: usize,
     total: usize,
+    /// The shares the balance term pulls towards (the mixture's, with `gmm_targets` and
+    /// `gmm_shares`), set into each pass's buffers.
+    shares: Option<Vec<f32>>,
 }
 
 impl<'d> Run<'d> {
@@ -677,6 +694,7 @@ impl<'d> Run<'d> {
             step: 0,
             warm_steps,
             total,
+            shares: None,
         })
     }
 
@@ -723,6 +741,13 @@ impl<'d> Run<'d> {
         let mut bufs = LossBuffers::with_batch_kernels(&shape, Scope::Full, cfg.batch, &mut store)
             .expect("storage of LossBuffers::storage_len_batch_kernels");
         bufs.marginal_mut().copy_from_slice(&self.marginal);
+        if let Some(shares) = &self.shares {
+            bufs.set_balance_prior(shares)
+                .map_err(|source| FitError::Step {
+                    step: self.step,
+                    source,
+                })?;
+        }
         let mut rows = vec![0f32; cfg.batch * d];
         let mut row_labels: Vec<Option<u8>> = Vec::with_capacity(cfg.batch);
         let mut pairs: Vec<(u16, u16)> = Vec::with_capacity(cfg.batch / 2);
@@ -735,6 +760,10 @@ impl<'d> Run<'d> {
             let warm = step < warm_steps;
             if step == warm_steps {
                 self.place_centres(cfg)?;
+                if let Some(shares) = &self.shares {
+                    bufs.set_balance_prior(shares)
+                        .map_err(|source| FitError::Step { step, source })?;
+                }
             }
             // The neighbour contrast needs pairs in the warm-up as well.
             let paired = !warm || cfg.loss.contrast != 0.0;
@@ -746,6 +775,9 @@ impl<'d> Run<'d> {
             let chunk = &self.order[self.cursor..(self.cursor + anchors).min(n)];
             self.cursor += anchors;
             let mut loss_cfg = cfg.loss;
+            if self.pseudo.is_some() {
+                loss_cfg.consistency = cfg.gmm_consistency;
+            }
             if warm {
                 loss_cfg.gamma = 0.0;
                 if let Some(b) = cfg.warmup_beta {
@@ -863,6 +895,12 @@ impl<'d> Run<'d> {
                 }
                 set_centres(&mut self.model, &centres);
                 set_log_weights(&mut self.model, &weights);
+                if self.pseudo.is_some() && cfg.gmm_shares {
+                    // A component no row is most likely under keeps a share of half a
+                    // row: the balance's logarithm stays finite.
+                    let floor = 0.5 / (xn.len() / d).max(1) as f32;
+                    self.shares = Some(weights.iter().map(|&w| w.max(floor)).collect());
+                }
                 Ok(())
             }
         }
@@ -1030,7 +1068,19 @@ pub const fn default_margin(at: f32) -> f64 {
 
 /// Runs of [`diagonal_gmm`] behind [`CentreInit::Gmm`] by default (the best by
 /// likelihood kept; [`FitConfig::gmm_runs`]).
-pub const GMM_RUNS: usize = 3;
+pub const GMM_RUNS: usize = 10;
+
+/// The consistency term's weight while a model is trained towards the mixture's
+/// partition by default ([`FitConfig::gmm_consistency`]): none, so that the GMM
+/// candidate's clusters are the mixture's (docs/benchmarks.md: with the term, the
+/// neighbours pull the model off the mixture's boundaries).
+pub const GMM_CONSISTENCY: f32 = 0.0;
+
+/// The model as configured is kept over the GMM candidate at the end of the joint
+/// phase only when its neighbour agreement leads by at least this
+/// ([`FitConfig::choice_lead`]): the candidate's partition is the mixture's on every
+/// seed, the model's agreement varies between seeds by about this much.
+pub const CHOICE_LEAD: f64 = 0.005;
 
 /// A Gaussian mixture of `k` components with diagonal covariances fitted by EM to the
 /// rows of `x` (`d` columns), the best of `runs` runs by log-likelihood; returns each
@@ -1149,10 +1199,11 @@ fn gmm_run(
         resp[i * k + l] = 1.0;
     }
     let mut vars = vec![1f64; k * d];
-    // ln of every variance, once per M step rather than once per row in the E step.
-    let mut ln_vars = vec![0f64; k * d];
-    let (mut means_t, mut vars_t, mut ln_vars_t) =
-        (vec![0f64; d * k], vec![0f64; d * k], vec![0f64; d * k]);
+    // Feature-major (`d x k`) means and inverse variances, and each component's
+    // log-weight with its normalising constant, made once per M step for the E step.
+    let (mut means_t, mut inv_vars_t) = (vec![0f64; d * k], vec![0f64; d * k]);
+    let mut base = vec![0f64; k];
+    let mut quad = vec![0f64; k];
     let mut logw = vec![0f64; k];
     // With `full`: each component's covariance's Cholesky factor (row-major lower
     // triangle, `d x d`) and the log of its determinant.
@@ -1161,68 +1212,76 @@ fn gmm_run(
     let mut last = f64::NEG_INFINITY;
     let mut ll = f64::NEG_INFINITY;
     for _ in 0..100 {
-        // M step.
-        for c in 0..k {
-            let nc: f64 = (0..n).map(|i| resp[i * k + c]).sum::<f64>() + 1e-10;
-            logw[c] = (nc / n as f64).ln();
-            let (mc, vc) = (
-                &mut means[c * d..(c + 1) * d],
-                &mut vars[c * d..(c + 1) * d],
-            );
-            mc.fill(0.0);
-            vc.fill(0.0);
-            for i in 0..n {
-                let r = resp[i * k + c];
-                for (m, v) in mc.iter_mut().zip(row(i)) {
-                    *m += r * v;
+        // M step: every component's weighted sums in one pass over the rows (each sum
+        // still in row order), then the weighted squared deviations in another.
+        let mut ncs = vec![0f64; k];
+        means.fill(0.0);
+        vars.fill(0.0);
+        for i in 0..n {
+            for (c, &r) in resp[i * k..(i + 1) * k].iter().enumerate() {
+                ncs[c] += r;
+                if r != 0.0 {
+                    for (m, v) in means[c * d..(c + 1) * d].iter_mut().zip(row(i)) {
+                        *m += r * v;
+                    }
                 }
             }
-            mc.iter_mut().for_each(|m| *m /= nc);
-            for i in 0..n {
-                let r = resp[i * k + c];
-                for ((s, m), v) in vc.iter_mut().zip(mc.iter()).zip(row(i)) {
-                    *s += r * (v - m) * (v - m);
+        }
+        for (c, nc) in ncs.iter_mut().enumerate() {
+            *nc += 1e-10;
+            logw[c] = (*nc / n as f64).ln();
+            means[c * d..(c + 1) * d].iter_mut().for_each(|m| *m /= *nc);
+        }
+        for i in 0..n {
+            for (c, &r) in resp[i * k..(i + 1) * k].iter().enumerate() {
+                if r != 0.0 {
+                    let (mc, vc) = (&means[c * d..(c + 1) * d], &mut vars[c * d..(c + 1) * d]);
+                    for ((s, m), v) in vc.iter_mut().zip(mc).zip(row(i)) {
+                        *s += r * (v - m) * (v - m);
+                    }
                 }
             }
-            vc.iter_mut().for_each(|v| *v = *v / nc + FLOOR);
+        }
+        for (c, &nc) in ncs.iter().enumerate() {
+            vars[c * d..(c + 1) * d]
+                .iter_mut()
+                .for_each(|v| *v = *v / nc + FLOOR);
             if full {
-                chol[c] = full_cholesky(x, n, d, k, c, &resp, mc, nc, FLOOR);
+                chol[c] =
+                    full_cholesky(x, n, d, k, c, &resp, &means[c * d..(c + 1) * d], nc, FLOOR);
             }
         }
-        for (l, v) in ln_vars.iter_mut().zip(&vars) {
-            *l = v.ln();
-        }
-        // The components' means, variances and their logs feature-major
-        // (`d x k`), for the E step's loop over the components side by side.
-        for (t, a) in [
-            (&mut means_t, &means),
-            (&mut vars_t, &vars),
-            (&mut ln_vars_t, &ln_vars),
-        ] {
-            for (c, col) in a.chunks_exact(d).enumerate() {
-                for (j, &v) in col.iter().enumerate() {
-                    t[j * k + c] = v;
-                }
+        // ln N(x; m, diag(s)) = base_c - (1/2) sum_j (x_j - m_j)^2 / s_j, with base_c =
+        // ln w_c - (1/2) sum_j (ln s_j + ln 2 pi).
+        for c in 0..k {
+            let vc = &vars[c * d..(c + 1) * d];
+            let ln_det: f64 = vc.iter().map(|v| v.ln()).sum();
+            base[c] = logw[c] - 0.5 * (ln_det + d as f64 * std::f64::consts::TAU.ln());
+            for (j, (&m, &v)) in means[c * d..(c + 1) * d].iter().zip(vc).enumerate() {
+                means_t[j * k + c] = m;
+                inv_vars_t[j * k + c] = 1.0 / v;
             }
         }
         // E step.
         ll = 0.0;
         for i in 0..n {
             let ri = &mut resp[i * k..(i + 1) * k];
-            // Every component's diagonal log-density, feature by feature (each sum in
-            // feature order), the components side by side: independent sums that the
-            // processor overlaps.
-            ri.copy_from_slice(&logw);
+            // Every component's quadratic form, feature by feature (each sum in feature
+            // order), the components side by side: independent sums that the processor
+            // overlaps.
+            quad.fill(0.0);
             for (j, &v) in row(i).iter().enumerate() {
                 let at = j * k..(j + 1) * k;
-                for (((l, &m), &s), &ls) in ri
+                for ((q, &m), &iv) in quad
                     .iter_mut()
                     .zip(&means_t[at.clone()])
-                    .zip(&vars_t[at.clone()])
-                    .zip(&ln_vars_t[at])
+                    .zip(&inv_vars_t[at])
                 {
-                    *l -= 0.5 * ((v - m) * (v - m) / s + ls + std::f64::consts::TAU.ln());
+                    *q += (v - m) * (v - m) * iv;
                 }
+            }
+            for ((l, &b), &q) in ri.iter_mut().zip(&base).zip(&quad) {
+                *l = b - 0.5 * q;
             }
             // A component with a full covariance: its own density instead.
             for (c, (lo, logdet)) in chol

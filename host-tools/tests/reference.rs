@@ -318,6 +318,7 @@ fn config<T: Real>(case: &Case) -> LossConfig<T> {
         density: T::zero(),
         contrast: T::zero(),
         temperature: T::of(0.5),
+        consistency: T::one(),
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! L = mean_i [-ln p(x_i|z_i)] + beta mean_i KL(q(.|x_i) || U) + gamma L_seg + zeta L_nce
-//! L_seg = mean_pairs[-ln(p_i . p_j)]            (consistency: neighbours or noisy copies)
+//! L_seg = omega mean_pairs[-ln(p_i . p_j)]      (consistency: neighbours or noisy copies)
 //!       + lambda mean_i H(p_i)                  (low per-sample entropy; 0 by default)
 //!       - eta H(p_bar)                          (balance; p_bar a moving average)
+//!         or + eta KL(p_bar || pi)              (balance towards given shares pi)
 //!         or + eta sum_q max(0, ln(f / K) - ln p_bar_q)   (balance floor f > 0)
 //!       + mean_labelled[-ln p_{y_i}]            (cross-entropy where a label is given)
 //!       + delta mean_i[-ln f(u_i)]              (density; 0 by default)
@@ -30,6 +31,14 @@
 //! off by default). `-ln f(u) = -lse_c(a_c) - ln C_M(kappa_s) +
 //! lse_c(ln pi_c)` with the logits `a_c`; its gradient is `-p_c` in each logit, `pi_c`
 //! in each log-weight and `kappa_s A_M(kappa_s)` in `ln kappa_s`.
+//!
+//! The balance towards given shares (`pi`, set in the buffers with
+//! [`LossBuffers::set_balance_prior`], a host's build) is for a model trained towards
+//! targets whose cluster sizes are known and unequal (a Gaussian mixture's partition):
+//! the entropy would pull every share towards `1 / K`, away from the targets. Its
+//! derivative in `p_bar_q` is `ln p_bar_q + 1 - ln pi_q`, the entropy's shifted per
+//! cluster. With the consistency weight `omega` at 0 such a model follows its targets
+//! alone (1 by default).
 //!
 //! `p_i` is the segmenter applied to `mu(x_i)` ([`ClusterInput::Mean`], the default) or to
 //! the posterior draw `z_i` ([`ClusterInput::Draw`]). The balance
@@ -93,6 +102,9 @@ pub struct LossConfig<T> {
     /// Temperature `tau` of the neighbour-contrast term, at least 0.05 (a smaller one
     /// can make the pass fail as not finite in `f32`).
     pub temperature: T,
+    /// Weight `omega` of the consistency term within the cluster loss (1 by default; 0
+    /// leaves a model with targets to follow them alone).
+    pub consistency: T,
 }
 
 /// The neighbour contrast's default temperature ([`LossConfig::temperature`]).
@@ -112,7 +124,7 @@ pub enum ClusterInput {
 }
 
 impl<T: Real> Default for LossConfig<T> {
-    /// `beta = 1`, `gamma = 2`, `eta = 2`, `lambda = 0`, `sigma = 1`, `rho = 0`: the
+    /// `beta = 1`, `gamma = 2`, `eta = 2`, `lambda = 0`, `sigma = 1`, `rho = 0`, `omega = 1`: the
     /// neighbour-consistency setting of docs/design.md#loss, for host-sized batches.
     fn default() -> Self {
         LossConfig {
@@ -127,6 +139,7 @@ impl<T: Real> Default for LossConfig<T> {
             density: T::zero(),
             contrast: T::zero(),
             temperature: T::of(CONTRAST_TEMPERATURE),
+            consistency: T::one(),
         }
     }
 }
@@ -146,8 +159,8 @@ pub struct Batch<'a, T> {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct LossParts<T> {
-    /// `recon + beta kl + gamma (consistency + lambda entropy - eta balance + supervised
-    /// + delta density) + zeta contrast`.
+    /// `recon + beta kl + gamma (omega consistency + lambda entropy - eta balance +
+    /// supervised + delta density) + zeta contrast`.
     pub total: T,
     /// Mean negative log-likelihood (without its constant).
     pub recon: T,
@@ -157,7 +170,8 @@ pub struct LossParts<T> {
     pub consistency: T,
     /// Mean per-sample entropy `H(p_i)`.
     pub entropy: T,
-    /// The balance reward: the entropy of the moving-average marginal `H(p_bar)`, or
+    /// The balance reward: the entropy of the moving-average marginal `H(p_bar)`; with
+    /// balance shares `pi` ([`LossBuffers::set_balance_prior`]) `-KL(p_bar || pi)`; or
     /// with a balance floor minus its hinge `sum_q max(0, ln(f / K) - ln p_bar_q)`.
     pub balance: T,
     /// Mean cross-entropy over labelled samples.
@@ -483,6 +497,11 @@ pub struct LossBuffers<'a, T> {
     /// Gram matrix ([`contrast_len`], [`LossBuffers::with_batch_kernels`]); empty
     /// otherwise.
     contrast: &'a mut [T],
+    /// The shares the balance term pulls the marginal towards (`K` values,
+    /// [`LossBuffers::set_balance_prior`]; empty in a device's buffers).
+    prior: &'a mut [T],
+    /// Whether `prior` holds shares (else the balance is the entropy or the floor).
+    prior_set: bool,
     /// The batch mean of `lse_c(a_ic)` of the last [`layerwise_loss`] (the density term's
     /// share that does not go through the logits).
     lse_mean: T,
@@ -498,13 +517,14 @@ impl<'a, T> LossBuffers<'a, T> {
 
     /// Scalars of the storage of [`LossBuffers::with_batch_kernels`] (`alloc`): those of
     /// [`LossBuffers::storage_len`], a copy of the parameters ([`Shape::param_len`]),
-    /// [`record_len`] and [`contrast_len`] for `rows` rows.
+    /// [`record_len`] and [`contrast_len`] for `rows` rows, and `K` balance shares.
     #[cfg(feature = "alloc")]
     pub const fn storage_len_batch_kernels(shape: &Shape, scope: Scope, rows: usize) -> usize {
         Self::storage_len(shape, scope, rows)
             + shape.param_len()
             + record_len(shape, rows)
             + contrast_len(shape, rows)
+            + shape.clusters
     }
 
     /// Splits `storage` ([`LossBuffers::storage_len`] scalars, any contents) into the
@@ -580,7 +600,8 @@ impl<'a, T> LossBuffers<'a, T> {
     /// and each dense layer's rows of the backward pass, whose parameter gradients are
     /// summed once the batch is through ([`crate::kernels::dense_grads_rows`]: each
     /// gradient value loaded and stored once per batch, not once per row). They also
-    /// hold what the neighbour contrast needs ([`LossConfig::contrast`]). `storage` has
+    /// hold what the neighbour contrast needs ([`LossConfig::contrast`]) and room for
+    /// balance shares ([`LossBuffers::set_balance_prior`]). `storage` has
     /// [`LossBuffers::storage_len_batch_kernels`] scalars.
     #[cfg(feature = "alloc")]
     pub fn with_batch_kernels(
@@ -599,6 +620,7 @@ impl<'a, T> LossBuffers<'a, T> {
         let plain = carve(&mut rest, Self::storage_len(shape, scope, rows));
         let transposed = carve(&mut rest, shape.param_len());
         let records = carve(&mut rest, record_len(shape, rows));
+        let prior = carve(&mut rest, shape.clusters);
         let grads = shape.scope_range(scope).len();
         let mut b = Self::split(
             shape,
@@ -608,6 +630,7 @@ impl<'a, T> LossBuffers<'a, T> {
             (transposed, records, &mut []),
         )?;
         b.contrast = rest;
+        b.prior = prior;
         Some(b)
     }
 
@@ -641,6 +664,8 @@ impl<'a, T> LossBuffers<'a, T> {
             flow,
             row: &mut [],
             contrast: &mut [],
+            prior: &mut [],
+            prior_set: false,
             lse_mean: T::zero(),
         })
     }
@@ -666,6 +691,41 @@ impl<'a, T> LossBuffers<'a, T> {
     /// The marginal, to set it before a pass (or put it back after one).
     pub fn marginal_mut(&mut self) -> &mut [T] {
         self.p_bar
+    }
+
+    /// Makes the balance term pull the marginal towards the shares `pi` (`K` positive,
+    /// finite values, stored normalised to sum to 1): `eta KL(p_bar || pi)` in place of
+    /// the entropy (with [`LossConfig::balance_floor`] 0). [`LossError::BufferLength`]
+    /// when the buffers have no room for them (only those of
+    /// [`LossBuffers::with_batch_kernels`] do) or `pi` is not `K` long,
+    /// [`LossError::NonFinite`] when a share is not positive and finite; the buffers
+    /// are then unchanged.
+    pub fn set_balance_prior(&mut self, pi: &[T]) -> Result<(), LossError>
+    where
+        T: Real,
+    {
+        if pi.len() != self.prior.len() || pi.len() != self.shape.clusters {
+            return Err(LossError::BufferLength);
+        }
+        if !pi.iter().all(|&v| v.is_finite() && v > T::zero()) {
+            return Err(LossError::NonFinite);
+        }
+        let sum = pi.iter().fold(T::zero(), |a, &v| a + v);
+        for (p, &v) in self.prior.iter_mut().zip(pi) {
+            *p = v / sum;
+        }
+        self.prior_set = true;
+        Ok(())
+    }
+
+    /// The balance term back to the entropy (equal shares).
+    pub fn clear_balance_prior(&mut self) {
+        self.prior_set = false;
+    }
+
+    /// The shares the balance term pulls the marginal towards, when set.
+    pub fn balance_prior(&self) -> Option<&[T]> {
+        self.prior_set.then_some(&*self.prior)
     }
 
     /// The gradient (or block) buffer and the workspace, both free between passes.
@@ -716,6 +776,8 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         transposed,
         records,
         contrast,
+        prior,
+        prior_set,
         ..
     } = bufs;
     let mut rest = &mut contrast[..];
@@ -773,7 +835,8 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         lse_sum += a0 - work.logp.first().copied().unwrap_or(T::zero());
     }
 
-    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
+    let prior = prior_set.then_some(&**prior);
+    cluster_terms(cache, &s, bsz, batch, cfg, (p_bar, prior), &mut parts);
     if contrast_on {
         parts.contrast = contrast_terms(dirs, gdirs, gram, m, batch.pairs, cfg.temperature);
     }
@@ -1124,7 +1187,7 @@ pub fn layerwise_loss<T: Real, S: AsRef<[T]>, D: DrawSource<T>, I: Inputs<T> + ?
         parts.recon += output_grad(s.likelihood, cfg, bf, x, (work.ga, work.xhat, work.xn)) / bf;
         parts.kl += s.posterior.kl_to_uniform(m, enc.kappa) / bf;
     }
-    cluster_terms(cache, &s, bsz, batch, cfg, p_bar, &mut parts);
+    cluster_terms(cache, &s, bsz, batch, cfg, (p_bar, None), &mut parts);
     if cfg.density != T::zero() {
         parts.density = density_tail(p.seg, m, k, lse_sum / bf, cfg, None);
     }
@@ -1588,7 +1651,7 @@ pub fn segmenter_loss_and_grad<T: Real>(
         lse_sum += a0 - da.first().copied().unwrap_or(T::zero());
         da.fill(T::zero());
     }
-    cluster_terms(&mut cache, &s, bsz, batch, cfg, p_bar, &mut parts);
+    cluster_terms(&mut cache, &s, bsz, batch, cfg, (p_bar, None), &mut parts);
     // In range: the length was checked above.
     let kappa_s = seg.get(k * m).copied().unwrap_or(T::zero()).fast_exp();
     for (z, da) in rows(cache.z, m).zip(rows(cache.da, k)) {
@@ -1605,10 +1668,12 @@ pub fn segmenter_loss_and_grad<T: Real>(
     Ok(parts)
 }
 
-/// `gamma (consistency + lambda entropy - eta balance + supervised + delta density)`.
+/// `gamma (omega consistency + lambda entropy - eta balance + supervised + delta
+/// density)`.
 fn cluster_total<T: Real>(parts: &LossParts<T>, cfg: &LossConfig<T>) -> T {
     cfg.gamma
-        * (parts.consistency + cfg.entropy * parts.entropy - cfg.eta * parts.balance
+        * (cfg.consistency * parts.consistency + cfg.entropy * parts.entropy
+            - cfg.eta * parts.balance
             + parts.supervised
             + cfg.density * parts.density)
 }
@@ -1702,14 +1767,15 @@ fn check_finite<T: Real>(parts: &LossParts<T>, grads: &[T]) -> Result<(), LossEr
 /// The cluster terms of a batch of `bsz` rows whose probabilities `p_i` are in the
 /// cache: adds their values to `parts` and writes `dL/da_i` (the gradient with respect
 /// to row `i`'s segmenter logits) into the cache's `da`, and the new moving marginal
-/// into its `p_new`. Shared by [`loss_and_grad`] and [`segmenter_loss_and_grad`].
+/// into its `p_new`; the balance pulls towards `prior`'s shares when there are some.
+/// Shared by [`loss_and_grad`] and [`segmenter_loss_and_grad`].
 fn cluster_terms<T: Real>(
     cache: &mut Cache<'_, T>,
     s: &Shape,
     bsz: usize,
     batch: &Batch<'_, T>,
     cfg: &LossConfig<T>,
-    p_bar: &[T],
+    (p_bar, prior): (&[T], Option<&[T]>),
     parts: &mut LossParts<T>,
 ) {
     let k = s.clusters;
@@ -1724,7 +1790,7 @@ fn cluster_terms<T: Real>(
             let (pi, pj) = (row(p, k, i as usize), row(p, k, j as usize));
             let sdot = dot(pi, pj).max(t);
             parts.consistency += -sdot.ln() / np;
-            let c = -g / (sdot * np);
+            let c = -g * cfg.consistency / (sdot * np);
             // Row i's share, then row j's (the same row twice when i = j: each value
             // still gets row i's term first).
             for (d, &pq) in row_mut(da, k, i as usize).iter_mut().zip(pj) {
@@ -1760,13 +1826,19 @@ fn cluster_terms<T: Real>(
             *v += (T::one() - rho) * pq / bf;
         }
     }
-    // `-balance` and its derivative in `p_bar_q`: the negative entropy (`ln v + 1`)
-    // or the hinge (`-1 / v` below the floor, 0 above).
+    // `-balance` and its derivative in `p_bar_q`: the negative entropy (`ln v + 1`),
+    // the divergence from the prior's shares (`ln v + 1 - ln pi_q`) or the hinge (`-1 /
+    // v` below the floor, 0 above).
     let floor = cfg.balance_floor;
     let ln_floor = (floor / T::of(k as f64)).max(t).ln();
-    let slope = |v: T| {
+    let ln_prior = |q: usize| {
+        prior
+            .and_then(|pi| pi.get(q))
+            .map_or(T::zero(), |&v| v.max(t).ln())
+    };
+    let slope = |v: T, q: usize| {
         if floor == T::zero() {
-            v.max(t).ln() + T::one()
+            v.max(t).ln() + T::one() - ln_prior(q)
         } else if v.max(t).ln() < ln_floor {
             -T::one() / v.max(t)
         } else {
@@ -1774,10 +1846,10 @@ fn cluster_terms<T: Real>(
         }
     };
     let mut h = T::zero();
-    for &v in pb.iter() {
+    for (q, &v) in pb.iter().enumerate() {
         let lv = v.max(t).ln();
         h -= if floor == T::zero() {
-            v * lv
+            v * (lv - ln_prior(q))
         } else {
             (ln_floor - lv).max(T::zero())
         };
@@ -1785,8 +1857,8 @@ fn cluster_terms<T: Real>(
     parts.balance = h;
     if cfg.eta != T::zero() {
         for da in rows_mut(da, k).take(bsz) {
-            for (d, &v) in da.iter_mut().zip(pb.iter()) {
-                *d += g * cfg.eta * (T::one() - rho) / bf * slope(v);
+            for (q, (d, &v)) in da.iter_mut().zip(pb.iter()).enumerate() {
+                *d += g * cfg.eta * (T::one() - rho) / bf * slope(v, q);
             }
         }
     }

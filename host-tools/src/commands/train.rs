@@ -276,10 +276,26 @@ pub struct TrainArgs {
     /// suite, not the default (docs/benchmarks.md).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub gmm_full: bool,
+    /// Weight of the consistency term while the GMM candidate (or --init gmm
+    /// --gmm-targets) is trained towards the mixture's partition: 0, its clusters are
+    /// the mixture's; 1, neighbours pull it off them as they do the model as
+    /// configured (docs/benchmarks.md).
+    #[arg(long, default_value_t = crate::train::GMM_CONSISTENCY, value_name = "W")]
+    pub gmm_consistency: f32,
+    /// While trained towards the mixture's partition, the balance term pulls the
+    /// cluster shares towards the mixture's (true) or towards equal shares (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub gmm_shares: bool,
     /// Nearest neighbours (Euclidean, normalised features) whose agreement decides
     /// --gmm-candidate's choice (docs/benchmarks.md: how the default was chosen).
     #[arg(long, default_value_t = crate::train::CHOICE_NEIGHBOURS, value_name = "N")]
     pub choice_neighbours: usize,
+    /// The least lead in neighbour agreement with which --gmm-candidate's choice at the
+    /// end of the joint phase keeps the model as configured (0: any lead or a tie);
+    /// the candidate's partition is the mixture's on every seed, the model's agreement
+    /// varies between seeds by about the default.
+    #[arg(long, default_value_t = crate::train::CHOICE_LEAD, value_name = "L")]
+    pub choice_lead: f64,
     /// Where --gmm-candidate's choice may be made early: shares of the joint phase in
     /// (0, 1], increasing (1: only at the end). At the first where one model's neighbour
     /// agreement leads by that share's --choice-margin, only that model trains on (the
@@ -497,6 +513,14 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
             "--choice-neighbours must be at least 1".into(),
         ));
     }
+    if !(args.gmm_consistency >= 0.0 && args.gmm_consistency.is_finite()) {
+        return Err(Error::BadInput(
+            "--gmm-consistency must be finite and >= 0".into(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&args.choice_lead) {
+        return Err(Error::BadInput("--choice-lead must be in [0, 1]".into()));
+    }
     if !(0.0..=1.0).contains(&args.gmm_confidence) {
         return Err(Error::BadInput("--gmm-confidence must be in [0, 1]".into()));
     }
@@ -528,6 +552,9 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         gmm_joint_share: args.gmm_joint_share,
         gmm_runs: args.gmm_runs.max(1),
         gmm_full: args.gmm_full,
+        gmm_consistency: args.gmm_consistency,
+        gmm_shares: args.gmm_shares,
+        choice_lead: args.choice_lead,
         choice_neighbours: args.choice_neighbours,
         choice_looks,
         ..FitConfig::default()
