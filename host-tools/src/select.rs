@@ -235,9 +235,10 @@ pub struct Restarts<'a> {
 /// towards its partition ([`crate::train::CentreInit::Gmm`] with `gmm_targets`), and
 /// keeps the one whose partition agrees more with the inputs' nearest neighbours
 /// (Euclidean, on the normalised features; [`neighbour_agreement`]; at the end the
-/// model as configured must lead by [`FitConfig::choice_lead`]). The two share their warm-up ([`fit_branches`]): each is bit
-/// for bit the model trained alone, for the cost of one warm-up and two joint phases
-/// (the candidate's [`FitConfig::gmm_joint_share`] of the configured one). With one
+/// model as configured must lead by [`FitConfig::choice_lead`]). The two share their
+/// warm-up ([`fit_branches`]): each is bit for bit the model trained alone, for the
+/// cost of one warm-up and two joint phases (the candidate's
+/// [`FitConfig::gmm_joint_share`] of the configured one). With one
 /// restart the choice is made at the first of [`FitConfig::choice_looks`] where one
 /// model's agreement leads the other's by that look's margin, and only
 /// the model kept trains on: it is the same model, bit for bit, and the cost is one

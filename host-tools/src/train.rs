@@ -1204,6 +1204,7 @@ fn gmm_run(
     let (mut means_t, mut inv_vars_t) = (vec![0f64; d * k], vec![0f64; d * k]);
     let mut base = vec![0f64; k];
     let mut quad = vec![0f64; k];
+    let mut ncs = vec![0f64; k];
     let mut logw = vec![0f64; k];
     // With `full`: each component's covariance's Cholesky factor (row-major lower
     // triangle, `d x d`) and the log of its determinant.
@@ -1214,7 +1215,7 @@ fn gmm_run(
     for _ in 0..100 {
         // M step: every component's weighted sums in one pass over the rows (each sum
         // still in row order), then the weighted squared deviations in another.
-        let mut ncs = vec![0f64; k];
+        ncs.fill(0.0);
         means.fill(0.0);
         vars.fill(0.0);
         for i in 0..n {

@@ -124,8 +124,9 @@ pub enum ClusterInput {
 }
 
 impl<T: Real> Default for LossConfig<T> {
-    /// `beta = 1`, `gamma = 2`, `eta = 2`, `lambda = 0`, `sigma = 1`, `rho = 0`, `omega = 1`: the
-    /// neighbour-consistency setting of docs/design.md#loss, for host-sized batches.
+    /// `beta = 1`, `gamma = 2`, `eta = 2`, `lambda = 0`, `sigma = 1`, `rho = 0`,
+    /// `omega = 1`: the neighbour-consistency setting of docs/design.md#loss, for
+    /// host-sized batches.
     fn default() -> Self {
         LossConfig {
             beta: T::one(),
