@@ -536,7 +536,7 @@ fn balance_shares_are_checked_and_need_room() {
     for bad in [0.0, -0.1, f64::NAN, f64::INFINITY] {
         assert_eq!(
             bufs.set_balance_prior(&[0.3, bad, 0.3, 0.3]),
-            Err(LossError::NonFinite)
+            Err(LossError::BadShares)
         );
     }
     assert_eq!(bufs.balance_prior(), None);

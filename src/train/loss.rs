@@ -208,6 +208,10 @@ pub enum LossError {
     /// The loss or a gradient is NaN or infinite.
     #[error("loss or gradient is not finite")]
     NonFinite,
+    /// Balance shares ([`LossBuffers::set_balance_prior`]) that are not all positive and
+    /// finite.
+    #[error("balance shares must be positive and finite")]
+    BadShares,
 }
 
 /// Where the posterior draws come from: a random generator in training
@@ -699,7 +703,7 @@ impl<'a, T> LossBuffers<'a, T> {
     /// the entropy (with [`LossConfig::balance_floor`] 0). [`LossError::BufferLength`]
     /// when the buffers have no room for them (only those of
     /// [`LossBuffers::with_batch_kernels`] do) or `pi` is not `K` long,
-    /// [`LossError::NonFinite`] when a share is not positive and finite; the buffers
+    /// [`LossError::BadShares`] when a share is not positive and finite; the buffers
     /// are then unchanged.
     pub fn set_balance_prior(&mut self, pi: &[T]) -> Result<(), LossError>
     where
@@ -709,7 +713,7 @@ impl<'a, T> LossBuffers<'a, T> {
             return Err(LossError::BufferLength);
         }
         if !pi.iter().all(|&v| v.is_finite() && v > T::zero()) {
-            return Err(LossError::NonFinite);
+            return Err(LossError::BadShares);
         }
         let sum = pi.iter().fold(T::zero(), |a, &v| a + v);
         for (p, &v) in self.prior.iter_mut().zip(pi) {
