@@ -77,7 +77,6 @@ impl DrawSource<f64> for FixedDraws {
 /// `loss_and_grad` of `batch` on `model` for `scope`, in `store`, with the marginal
 /// starting at `marginal`, the balance towards `shares` when given, and the fixed draws
 /// of `draw_seed`: the loss parts, the gradient and the new marginal.
-#[allow(clippy::too_many_arguments)]
 fn loss_in(
     model: &Model<f64, Vec<f64>>,
     batch: &Batch<'_, f64>,
@@ -542,8 +541,12 @@ fn balance_shares_are_checked_and_need_room() {
     assert_eq!(bufs.balance_prior(), None);
     bufs.set_balance_prior(&[2.0, 1.0, 1.0, 4.0]).unwrap();
     assert_eq!(bufs.balance_prior(), Some(&[0.25, 0.125, 0.125, 0.5][..]));
-    bufs.clear_balance_prior();
-    assert_eq!(bufs.balance_prior(), None);
+    // A bad call after a good one leaves the shares set as they were.
+    assert_eq!(
+        bufs.set_balance_prior(&[1.0, 0.0, 1.0, 1.0]),
+        Err(LossError::BadShares)
+    );
+    assert_eq!(bufs.balance_prior(), Some(&[0.25, 0.125, 0.125, 0.5][..]));
 }
 
 #[test]

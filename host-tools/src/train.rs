@@ -741,13 +741,6 @@ impl<'d> Run<'d> {
         let mut bufs = LossBuffers::with_batch_kernels(&shape, Scope::Full, cfg.batch, &mut store)
             .expect("storage of LossBuffers::storage_len_batch_kernels");
         bufs.marginal_mut().copy_from_slice(&self.marginal);
-        if let Some(shares) = &self.shares {
-            bufs.set_balance_prior(shares)
-                .map_err(|source| FitError::Step {
-                    step: self.step,
-                    source,
-                })?;
-        }
         let mut rows = vec![0f32; cfg.batch * d];
         let mut row_labels: Vec<Option<u8>> = Vec::with_capacity(cfg.batch);
         let mut pairs: Vec<(u16, u16)> = Vec::with_capacity(cfg.batch / 2);
@@ -760,10 +753,12 @@ impl<'d> Run<'d> {
             let warm = step < warm_steps;
             if step == warm_steps {
                 self.place_centres(cfg)?;
-                if let Some(shares) = &self.shares {
-                    bufs.set_balance_prior(shares)
-                        .map_err(|source| FitError::Step { step, source })?;
-                }
+            }
+            // The buffers are made anew for each stretch of steps; the shares, once the
+            // centres are placed, go into them before the first step that needs them.
+            if let (Some(shares), None) = (&self.shares, bufs.balance_prior()) {
+                bufs.set_balance_prior(shares)
+                    .map_err(|source| FitError::Step { step, source })?;
             }
             // The neighbour contrast needs pairs in the warm-up as well.
             let paired = !warm || cfg.loss.contrast != 0.0;
@@ -898,7 +893,7 @@ impl<'d> Run<'d> {
                 if self.pseudo.is_some() && cfg.gmm_shares {
                     // A component no row is most likely under keeps a share of half a
                     // row: the balance's logarithm stays finite.
-                    let floor = 0.5 / (xn.len() / d).max(1) as f32;
+                    let floor = 0.5 / n.max(1) as f32;
                     self.shares = Some(weights.iter().map(|&w| w.max(floor)).collect());
                 }
                 Ok(())

@@ -196,6 +196,36 @@ fn report_follows_the_kept_model() {
     assert_eq!(numbers, (1..=20).collect::<Vec<_>>());
 }
 
+/// `--choice-lead`: at the end of the joint phases the model as configured is kept only
+/// when its neighbour agreement leads the candidate's by at least the lead. Here it
+/// leads (by 0.034): kept with no lead asked, not with a lead of 1.
+#[test]
+fn the_choice_at_the_end_asks_the_plain_model_for_its_lead() {
+    let args = [
+        "--clusters",
+        "3",
+        "--epochs",
+        "20",
+        "--warmup",
+        "4",
+        "--choice-at",
+        "1",
+    ];
+    let choice = |lead: &str| {
+        let (v, _) = train_report(
+            &suite_set("ArrowHead_raw"),
+            &[&args[..], &["--choice-lead", lead]].concat(),
+        );
+        v["choice"].clone()
+    };
+    let (none, whole) = (choice("0"), choice("1"));
+    let lead = none["agreement_plain"].as_f64().unwrap() - none["agreement_gmm"].as_f64().unwrap();
+    assert!(lead > 0.0, "{none}");
+    assert_eq!(none["gmm_kept"], false, "{none}");
+    assert_eq!(whole["gmm_kept"], true, "{whole}");
+    assert_eq!(whole["agreement_plain"], none["agreement_plain"]);
+}
+
 /// The GMM candidate's clusters are its mixture's: trained towards the mixture's
 /// partition without the consistency term and with the balance towards the mixture's
 /// shares (the defaults), its labels agree with a mixture fitted apart on the same
@@ -303,6 +333,10 @@ fn bad_input_is_a_one_line_error_and_no_file() {
         (["--choice-margin", "1.5"], "--choice-margin"),
         (["--choice-margin", "nan"], "--choice-margin"),
         (["--gmm-confidence", "1.5"], "--gmm-confidence"),
+        (["--gmm-consistency", "nan"], "--gmm-consistency"),
+        (["--gmm-consistency", "inf"], "--gmm-consistency"),
+        (["--gmm-consistency=-1", "--seed=0"], "--gmm-consistency"),
+        (["--choice-lead", "1.5"], "--choice-lead"),
         (["--hidden", "1,1,1,1,1"], "architecture"),
     ] {
         fails(

@@ -723,11 +723,6 @@ impl<'a, T> LossBuffers<'a, T> {
         Ok(())
     }
 
-    /// The balance term back to the entropy (equal shares).
-    pub fn clear_balance_prior(&mut self) {
-        self.prior_set = false;
-    }
-
     /// The shares the balance term pulls the marginal towards, when set.
     pub fn balance_prior(&self) -> Option<&[T]> {
         self.prior_set.then_some(&*self.prior)
