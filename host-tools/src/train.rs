@@ -1080,9 +1080,11 @@ pub const CHOICE_LEAD: f64 = 0.005;
 /// A Gaussian mixture of `k` components with diagonal covariances fitted by EM to the
 /// rows of `x` (`d` columns), the best of `runs` runs by log-likelihood; returns each
 /// row's most likely component. A run starts from k-means++ seeds and 20 Lloyd
-/// iterations, then at most 100 EM iterations (stopping when the mean log-likelihood
-/// gains less than `1e-4`); every variance is floored at `1e-4` (as scikit-learn's
-/// `reg_covar`), so a component on constant features stays finite.
+/// iterations, then EM iterations; every variance is floored at `1e-4` (as
+/// scikit-learn's `reg_covar`), so a component on constant features stays finite. The
+/// runs are compared after [`GMM_SCREEN_ITERS`] EM iterations on at most
+/// [`GMM_SCREEN_ROWS`] evenly spaced rows; the best goes on, on every row, to at most
+/// 100 iterations in all, stopping when the mean log-likelihood gains less than `1e-4`.
 pub fn diagonal_gmm(x: &[f32], d: usize, k: usize, runs: usize, rng: &mut impl Rng) -> Vec<usize> {
     diagonal_gmm_posterior(x, d, k, runs, rng).0
 }
@@ -1118,96 +1120,216 @@ pub fn gmm_posterior(
     rng: &mut impl Rng,
 ) -> (Vec<usize>, Vec<f64>) {
     let n = x.len() / d.max(1);
+    if n == 0 || k == 0 {
+        return (vec![0; n], vec![1.0; n]);
+    }
     let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-    let mut best: Option<(f64, Vec<usize>, Vec<f64>)> = None;
+    // The runs are screened on evenly spaced rows when there are many.
+    let m = n.min(GMM_SCREEN_ROWS.max(k));
+    let sub: Option<Vec<f64>> = (m < n).then(|| {
+        (0..m)
+            .flat_map(|i| x[i * n / m * d..(i * n / m + 1) * d].iter().copied())
+            .collect()
+    });
+    let screened = sub.as_deref().unwrap_or(&x);
+    let mut best: Option<Em> = None;
     for _ in 0..runs.max(1) {
-        let (ll, labels, p) = gmm_run(&x, n, d, k, full, rng);
-        if best.as_ref().is_none_or(|(b, _, _)| ll > *b) {
-            best = Some((ll, labels, p));
+        let mut em = Em::start(screened, m, d, k, rng);
+        em.iterate(screened, d, k, full, GMM_SCREEN_ITERS);
+        if best.as_ref().is_none_or(|b| em.ll > b.ll) {
+            best = Some(em);
         }
     }
-    best.map(|(_, l, p)| (l, p))
-        .unwrap_or_else(|| (vec![0; n], vec![1.0; n]))
+    let Some(mut em) = best else {
+        return (vec![0; n], vec![1.0; n]);
+    };
+    if let Some(sub) = &sub {
+        em = em.carried(sub, &x, d, k, full);
+    }
+    em.iterate(&x, d, k, full, GMM_MAX_ITERS);
+    em.labels(k)
 }
 
-/// One run of [`diagonal_gmm`]: `(mean log-likelihood, labels, posterior of each label)`.
-fn gmm_run(
-    x: &[f64],
-    n: usize,
-    d: usize,
-    k: usize,
-    full: bool,
-    rng: &mut impl Rng,
-) -> (f64, Vec<usize>, Vec<f64>) {
-    let row = |i: usize| &x[i * d..(i + 1) * d];
-    let sq = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>();
-    // k-means++ seeds.
-    let mut means = vec![0f64; k * d];
-    means[..d].copy_from_slice(row(uniform_index(rng, n)));
-    let mut dist: Vec<f64> = (0..n).map(|i| sq(row(i), &means[..d])).collect();
-    for c in 1..k {
-        let total: f64 = dist.iter().sum();
-        let mut u = f64::from(rng.next_u32()) / f64::from(u32::MAX) * total;
-        let mut pick = n - 1;
-        for (i, &v) in dist.iter().enumerate() {
-            if u < v {
-                pick = i;
-                break;
+/// EM iterations each run of the mixture fit has before the runs are compared
+/// ([`diagonal_gmm`]): only the best goes on to convergence, so the runs cost little
+/// more than one.
+pub const GMM_SCREEN_ITERS: usize = 20;
+
+/// Most rows the runs of the mixture fit are compared on ([`diagonal_gmm`]); more rows
+/// are subsampled evenly (row `i n / 512` for `i` in `0..512`).
+pub const GMM_SCREEN_ROWS: usize = 512;
+
+/// Most EM iterations of a run of the mixture fit, its screening included.
+const GMM_MAX_ITERS: usize = 100;
+
+/// One run of the mixture fit ([`gmm_posterior`]): its responsibilities (`n x k`), the
+/// mean log-likelihood of its last E step, its EM iterations so far.
+struct Em {
+    resp: Vec<f64>,
+    ll: f64,
+    iters: usize,
+    converged: bool,
+}
+
+impl Em {
+    /// k-means++ seeds and 20 Lloyd iterations: the hard responsibilities EM starts from.
+    fn start(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> Self {
+        let row = |i: usize| &x[i * d..(i + 1) * d];
+        let sq =
+            |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>();
+        // k-means++ seeds.
+        let mut means = vec![0f64; k * d];
+        means[..d].copy_from_slice(row(uniform_index(rng, n)));
+        let mut dist: Vec<f64> = (0..n).map(|i| sq(row(i), &means[..d])).collect();
+        for c in 1..k {
+            let total: f64 = dist.iter().sum();
+            let mut u = f64::from(rng.next_u32()) / f64::from(u32::MAX) * total;
+            let mut pick = n - 1;
+            for (i, &v) in dist.iter().enumerate() {
+                if u < v {
+                    pick = i;
+                    break;
+                }
+                u -= v;
             }
-            u -= v;
-        }
-        means[c * d..(c + 1) * d].copy_from_slice(row(pick));
-        for (i, v) in dist.iter_mut().enumerate() {
-            *v = v.min(sq(row(i), &means[c * d..(c + 1) * d]));
-        }
-    }
-    // Lloyd iterations.
-    let mut labels = vec![0usize; n];
-    for _ in 0..20 {
-        for (i, l) in labels.iter_mut().enumerate() {
-            *l = (0..k)
-                .map(|c| sq(row(i), &means[c * d..(c + 1) * d]))
-                .enumerate()
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map_or(0, |(c, _)| c);
-        }
-        let mut sums = vec![0f64; k * d];
-        let mut counts = vec![0f64; k];
-        for (i, &l) in labels.iter().enumerate() {
-            counts[l] += 1.0;
-            for (s, v) in sums[l * d..].iter_mut().zip(row(i)) {
-                *s += v;
+            means[c * d..(c + 1) * d].copy_from_slice(row(pick));
+            for (i, v) in dist.iter_mut().enumerate() {
+                *v = v.min(sq(row(i), &means[c * d..(c + 1) * d]));
             }
         }
-        for c in 0..k {
-            if counts[c] > 0.0 {
-                for (m, s) in means[c * d..(c + 1) * d].iter_mut().zip(&sums[c * d..]) {
-                    *m = s / counts[c];
+        // Lloyd iterations.
+        let mut labels = vec![0usize; n];
+        for _ in 0..20 {
+            for (i, l) in labels.iter_mut().enumerate() {
+                *l = (0..k)
+                    .map(|c| sq(row(i), &means[c * d..(c + 1) * d]))
+                    .enumerate()
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or(0, |(c, _)| c);
+            }
+            let mut sums = vec![0f64; k * d];
+            let mut counts = vec![0f64; k];
+            for (i, &l) in labels.iter().enumerate() {
+                counts[l] += 1.0;
+                for (s, v) in sums[l * d..].iter_mut().zip(row(i)) {
+                    *s += v;
+                }
+            }
+            for c in 0..k {
+                if counts[c] > 0.0 {
+                    for (m, s) in means[c * d..(c + 1) * d].iter_mut().zip(&sums[c * d..]) {
+                        *m = s / counts[c];
+                    }
                 }
             }
         }
+        let mut resp = vec![0f64; n * k];
+        for (i, &l) in labels.iter().enumerate() {
+            resp[i * k + l] = 1.0;
+        }
+        Em {
+            resp,
+            ll: f64::NEG_INFINITY,
+            iters: 0,
+            converged: false,
+        }
     }
-    // EM from the hard k-means responsibilities.
-    const FLOOR: f64 = 1e-4;
-    let mut resp = vec![0f64; n * k];
-    for (i, &l) in labels.iter().enumerate() {
-        resp[i * k + l] = 1.0;
+
+    /// EM iterations until `until` in all (at most [`GMM_MAX_ITERS`]) or until the mean
+    /// log-likelihood gains less than `1e-4`.
+    fn iterate(&mut self, x: &[f64], d: usize, k: usize, full: bool, until: usize) {
+        let mut mixture = Mixture::new(d, k);
+        while !self.converged && self.iters < until.min(GMM_MAX_ITERS) {
+            self.iters += 1;
+            mixture.m_step(x, d, k, full, &self.resp);
+            let ll = mixture.e_step(x, d, k, &mut self.resp);
+            self.converged = ll - self.ll < 1e-4;
+            self.ll = ll;
+        }
     }
-    let mut vars = vec![1f64; k * d];
-    // Feature-major (`d x k`) means and inverse variances, and each component's
-    // log-weight with its normalising constant, made once per M step for the E step.
-    let (mut means_t, mut inv_vars_t) = (vec![0f64; d * k], vec![0f64; d * k]);
-    let mut base = vec![0f64; k];
-    let mut quad = vec![0f64; k];
-    let mut ncs = vec![0f64; k];
-    let mut logw = vec![0f64; k];
-    // With `full`: each component's covariance's Cholesky factor (row-major lower
-    // triangle, `d x d`) and the log of its determinant.
-    let mut chol: Vec<Option<(Vec<f64>, f64)>> = vec![None; k];
-    let mut diff = vec![0f64; d];
-    let mut last = f64::NEG_INFINITY;
-    let mut ll = f64::NEG_INFINITY;
-    for _ in 0..100 {
+
+    /// This run carried over from its rows `from` to the rows `to`: the mixture of an
+    /// M step on `from` and its responsibilities on `to`.
+    fn carried(&self, from: &[f64], to: &[f64], d: usize, k: usize, full: bool) -> Self {
+        let mut mixture = Mixture::new(d, k);
+        mixture.m_step(from, d, k, full, &self.resp);
+        let mut resp = vec![0f64; to.len() / d * k];
+        mixture.e_step(to, d, k, &mut resp);
+        Em {
+            resp,
+            ll: f64::NEG_INFINITY,
+            iters: self.iters,
+            converged: false,
+        }
+    }
+
+    /// Each row's most likely component and its posterior probability.
+    fn labels(&self, k: usize) -> (Vec<usize>, Vec<f64>) {
+        let resp = &self.resp;
+        let labels: Vec<usize> = resp
+            .chunks_exact(k)
+            .map(|r| {
+                (0..k)
+                    .max_by(|&a, &b| r[a].total_cmp(&r[b]).then(b.cmp(&a)))
+                    .unwrap_or(0)
+            })
+            .collect();
+        let posterior = resp
+            .chunks_exact(k)
+            .zip(&labels)
+            .map(|(r, &l)| r[l])
+            .collect();
+        (labels, posterior)
+    }
+}
+
+/// A mixture's components as an M step leaves them, with what the E step needs.
+struct Mixture {
+    means: Vec<f64>,
+    vars: Vec<f64>,
+    ncs: Vec<f64>,
+    logw: Vec<f64>,
+    /// Feature-major (`d x k`) means and inverse variances, and each component's
+    /// log-weight with its normalising constant, made once per M step for the E step.
+    means_t: Vec<f64>,
+    inv_vars_t: Vec<f64>,
+    base: Vec<f64>,
+    /// With `full`: each component's covariance's Cholesky factor (row-major lower
+    /// triangle, `d x d`) and the log of its determinant.
+    chol: Vec<Option<(Vec<f64>, f64)>>,
+}
+
+impl Mixture {
+    fn new(d: usize, k: usize) -> Self {
+        Mixture {
+            means: vec![0f64; k * d],
+            vars: vec![1f64; k * d],
+            ncs: vec![0f64; k],
+            logw: vec![0f64; k],
+            means_t: vec![0f64; d * k],
+            inv_vars_t: vec![0f64; d * k],
+            base: vec![0f64; k],
+            chol: vec![None; k],
+        }
+    }
+
+    /// The components of the responsibilities `resp` (`n x k`) of the rows `x`; every
+    /// variance is floored at `1e-4` (as scikit-learn's `reg_covar`), so a component on
+    /// constant features stays finite.
+    fn m_step(&mut self, x: &[f64], d: usize, k: usize, full: bool, resp: &[f64]) {
+        const FLOOR: f64 = 1e-4;
+        let n = resp.len() / k;
+        let row = |i: usize| &x[i * d..(i + 1) * d];
+        let Mixture {
+            means,
+            vars,
+            ncs,
+            logw,
+            means_t,
+            inv_vars_t,
+            base,
+            chol,
+        } = self;
         // M step: every component's weighted sums in one pass over the rows (each sum
         // still in row order), then the weighted squared deviations in another.
         ncs.fill(0.0);
@@ -1243,8 +1365,7 @@ fn gmm_run(
                 .iter_mut()
                 .for_each(|v| *v = *v / nc + FLOOR);
             if full {
-                chol[c] =
-                    full_cholesky(x, n, d, k, c, &resp, &means[c * d..(c + 1) * d], nc, FLOOR);
+                chol[c] = full_cholesky(x, n, d, k, c, resp, &means[c * d..(c + 1) * d], nc, FLOOR);
             }
         }
         // ln N(x; m, diag(s)) = base_c - (1/2) sum_j (x_j - m_j)^2 / s_j, with base_c =
@@ -1258,8 +1379,25 @@ fn gmm_run(
                 inv_vars_t[j * k + c] = 1.0 / v;
             }
         }
-        // E step.
-        ll = 0.0;
+    }
+
+    /// The responsibilities of the rows `x` under these components; returns the mean
+    /// log-likelihood.
+    fn e_step(&self, x: &[f64], d: usize, k: usize, resp: &mut [f64]) -> f64 {
+        let n = resp.len() / k;
+        let row = |i: usize| &x[i * d..(i + 1) * d];
+        let Mixture {
+            means,
+            logw,
+            means_t,
+            inv_vars_t,
+            base,
+            chol,
+            ..
+        } = self;
+        let mut quad = vec![0f64; k];
+        let mut diff = vec![0f64; d];
+        let mut ll = 0.0;
         for i in 0..n {
             let ri = &mut resp[i * k..(i + 1) * k];
             // Every component's quadratic form, feature by feature (each sum in feature
@@ -1276,7 +1414,7 @@ fn gmm_run(
                     *q += (v - m) * (v - m) * iv;
                 }
             }
-            for ((l, &b), &q) in ri.iter_mut().zip(&base).zip(&quad) {
+            for ((l, &b), &q) in ri.iter_mut().zip(base).zip(&quad) {
                 *l = b - 0.5 * q;
             }
             // A component with a full covariance: its own density instead.
@@ -1304,26 +1442,8 @@ fn gmm_run(
             ll += mx + sum.ln();
             ri.iter_mut().for_each(|l| *l /= sum);
         }
-        ll /= n as f64;
-        if ll - last < 1e-4 {
-            break;
-        }
-        last = ll;
+        ll / n as f64
     }
-    let labels: Vec<usize> = resp
-        .chunks_exact(k)
-        .map(|r| {
-            (0..k)
-                .max_by(|&a, &b| r[a].total_cmp(&r[b]).then(b.cmp(&a)))
-                .unwrap_or(0)
-        })
-        .collect();
-    let posterior = resp
-        .chunks_exact(k)
-        .zip(&labels)
-        .map(|(r, &l)| r[l])
-        .collect();
-    (ll, labels, posterior)
 }
 
 /// The Cholesky factor of component `c`'s covariance `sum_i r_ic (x_i - mu)(x_i - mu)^T /
