@@ -415,7 +415,10 @@ fn the_mixture_runs_compared_on_a_subsample_find_the_best() {
     let one: Vec<f64> = (0..10).map(|s| acc(1, s)).collect();
     eprintln!("ten runs {ten:?}\none run {one:?}");
     assert!(ten.iter().all(|&a| a >= 0.99), "ten runs {ten:?}");
-    assert!(one.iter().filter(|&&a| a < 0.95).count() >= 2, "one run {one:?}");
+    assert!(
+        one.iter().filter(|&&a| a < 0.95).count() >= 2,
+        "one run {one:?}"
+    );
 }
 
 /// With full covariances the mixture separates clusters that differ only in their

@@ -267,8 +267,9 @@ pub struct TrainArgs {
     /// does to the suite is in docs/benchmarks.md.
     #[arg(long, default_value_t = 1.0, value_name = "SHARE")]
     pub gmm_joint_share: f32,
-    /// Runs of the mixture fit behind --init gmm (k-means++ seeds, Lloyd, EM); the one
-    /// with the largest likelihood is kept.
+    /// Runs of the mixture fit behind --init gmm (k-means++ seeds, Lloyd, EM), compared
+    /// by likelihood after 20 EM iterations on at most 512 rows; the best goes on to
+    /// convergence on every row.
     #[arg(long, default_value_t = crate::train::GMM_RUNS, value_name = "N")]
     pub gmm_runs: usize,
     /// Full covariances in the GMM candidate's mixture where there are at least 10 rows
