@@ -1124,7 +1124,7 @@ pub fn gmm_posterior(
         return (vec![0; n], vec![1.0; n]);
     }
     let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-    // The runs are screened on evenly spaced rows when there are many.
+    // The runs are compared on evenly spaced rows when there are many.
     let m = n.min(GMM_SCREEN_ROWS.max(k));
     let sub: Option<Vec<f64>> = (m < n).then(|| {
         (0..m)
@@ -1132,17 +1132,18 @@ pub fn gmm_posterior(
             .collect()
     });
     let screened = sub.as_deref().unwrap_or(&x);
-    let mut best: Option<Em> = None;
-    for _ in 0..runs.max(1) {
+    let run = |rng: &mut _| {
         let mut em = Em::start(screened, m, d, k, rng);
         em.iterate(screened, d, k, full, GMM_SCREEN_ITERS);
-        if best.as_ref().is_none_or(|b| em.ll > b.ll) {
-            best = Some(em);
+        em
+    };
+    let mut em = run(rng);
+    for _ in 1..runs {
+        let next = run(rng);
+        if next.ll > em.ll {
+            em = next;
         }
     }
-    let Some(mut em) = best else {
-        return (vec![0; n], vec![1.0; n]);
-    };
     if let Some(sub) = &sub {
         em = em.carried(sub, &x, d, k, full);
     }
