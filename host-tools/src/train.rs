@@ -1286,14 +1286,19 @@ impl Em {
 
 /// A mixture's components as an M step leaves them, with what the E step needs.
 struct Mixture {
+    /// Each component's mean (`k x d`).
     means: Vec<f64>,
+    /// Each component's variances (`k x d`; the M step's sums on the way).
     vars: Vec<f64>,
+    /// Each component's total responsibility (the M step's).
     ncs: Vec<f64>,
+    /// Each component's log-weight.
     logw: Vec<f64>,
-    /// Feature-major (`d x k`) means and inverse variances, and each component's
-    /// log-weight with its normalising constant, made once per M step for the E step.
+    /// Feature-major (`d x k`) means and inverse variances, made once per M step for
+    /// the E step.
     means_t: Vec<f64>,
     inv_vars_t: Vec<f64>,
+    /// Each component's log-weight with its normalising constant.
     base: Vec<f64>,
     /// With `full`: each component's covariance's Cholesky factor (row-major lower
     /// triangle, `d x d`) and the log of its determinant.
@@ -1387,15 +1392,6 @@ impl Mixture {
     fn e_step(&self, x: &[f64], d: usize, k: usize, resp: &mut [f64]) -> f64 {
         let n = resp.len() / k;
         let row = |i: usize| &x[i * d..(i + 1) * d];
-        let Mixture {
-            means,
-            logw,
-            means_t,
-            inv_vars_t,
-            base,
-            chol,
-            ..
-        } = self;
         let mut quad = vec![0f64; k];
         let mut diff = vec![0f64; d];
         let mut ll = 0.0;
@@ -1409,22 +1405,23 @@ impl Mixture {
                 let at = j * k..(j + 1) * k;
                 for ((q, &m), &iv) in quad
                     .iter_mut()
-                    .zip(&means_t[at.clone()])
-                    .zip(&inv_vars_t[at])
+                    .zip(&self.means_t[at.clone()])
+                    .zip(&self.inv_vars_t[at])
                 {
                     *q += (v - m) * (v - m) * iv;
                 }
             }
-            for ((l, &b), &q) in ri.iter_mut().zip(base).zip(&quad) {
+            for ((l, &b), &q) in ri.iter_mut().zip(&self.base).zip(&quad) {
                 *l = b - 0.5 * q;
             }
             // A component with a full covariance: its own density instead.
-            for (c, (lo, logdet)) in chol
+            for (c, (lo, logdet)) in self
+                .chol
                 .iter()
                 .enumerate()
                 .filter_map(|(c, f)| Some((c, f.as_ref()?)))
             {
-                let mc = &means[c * d..(c + 1) * d];
+                let mc = &self.means[c * d..(c + 1) * d];
                 // Solve L y = x - mu: the quadratic form is |y|^2.
                 let mut quad = 0.0;
                 for a in 0..d {
@@ -1435,7 +1432,8 @@ impl Mixture {
                     diff[a] = v / lo[a * d + a];
                     quad += diff[a] * diff[a];
                 }
-                ri[c] = logw[c] - 0.5 * (quad + logdet + d as f64 * std::f64::consts::TAU.ln());
+                ri[c] =
+                    self.logw[c] - 0.5 * (quad + logdet + d as f64 * std::f64::consts::TAU.ln());
             }
             let mx = ri.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             ri.iter_mut().for_each(|l| *l = (*l - mx).exp());

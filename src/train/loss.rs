@@ -1836,32 +1836,33 @@ fn cluster_terms<T: Real>(
             .and_then(|pi| pi.get(q))
             .map_or(T::zero(), |&v| v.max(t).ln())
     };
-    let slope = |v: T, q: usize| {
-        if floor == T::zero() {
-            v.max(t).ln() + T::one() - ln_prior(q)
-        } else if v.max(t).ln() < ln_floor {
-            -T::one() / v.max(t)
-        } else {
-            T::zero()
-        }
-    };
+    // Each cluster's term and slope once, the slope then added to every row's.
+    let scale = g * cfg.eta * (T::one() - rho) / bf;
     let mut h = T::zero();
     for (q, &v) in pb.iter().enumerate() {
         let lv = v.max(t).ln();
-        h -= if floor == T::zero() {
-            v * (lv - ln_prior(q))
+        let (term, slope) = if floor == T::zero() {
+            let lp = ln_prior(q);
+            (v * (lv - lp), lv + T::one() - lp)
         } else {
-            (ln_floor - lv).max(T::zero())
+            let hinge = (ln_floor - lv).max(T::zero());
+            (
+                hinge,
+                if lv < ln_floor {
+                    -T::one() / v.max(t)
+                } else {
+                    T::zero()
+                },
+            )
         };
-    }
-    parts.balance = h;
-    if cfg.eta != T::zero() {
-        for da in rows_mut(da, k).take(bsz) {
-            for (q, (d, &v)) in da.iter_mut().zip(pb.iter()).enumerate() {
-                *d += g * cfg.eta * (T::one() - rho) / bf * slope(v, q);
+        h -= term;
+        if cfg.eta != T::zero() {
+            for d in rows_mut(da, k).take(bsz).filter_map(|da| da.get_mut(q)) {
+                *d += scale * slope;
             }
         }
     }
+    parts.balance = h;
     // Softmax Jacobian: da_q = p_q (g_q - sum_r p_r g_r); then cross-entropy in logits.
     let n_lab = batch.labels.iter().flatten().count();
     for (i, (da, pr)) in rows_mut(da, k).zip(rows(p, k)).take(bsz).enumerate() {
