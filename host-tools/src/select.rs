@@ -16,11 +16,16 @@
 //!
 //! `hvae train --clusters auto` ([`crate::commands::train::train_on`]) picks `K` by the
 //! silhouette of models trained with `K = 2 ..= max`.
+//!
+//! [`fit_with_gmm_candidate`] trains the model as configured beside a candidate that
+//! follows a Gaussian mixture of the inputs, and keeps the one whose partition scores
+//! higher against the inputs' nearest neighbours ([`normalised_association`] by
+//! default, [`neighbour_agreement`] on request: [`ChoiceScore`]).
 
 use crate::metrics;
 use crate::train::{
-    cosines_with_others, fit_branches, mine_neighbours, Branch, EarlyChoice, EpochStats, FitConfig,
-    FitError,
+    cosines_with_others, fit_branches, mine_neighbours, Branch, ChoiceScore, EarlyChoice,
+    EpochStats, FitConfig, FitError,
 };
 use hvae::infer::model::{Model, VecModel};
 use hvae::Shape;
@@ -150,6 +155,36 @@ pub fn neighbour_agreement(labels: &[usize], neighbours: &[u32]) -> f64 {
         / (n * nn).max(1) as f64
 }
 
+/// The normalised association of `labels` with the neighbour lists (`n x nn`): for
+/// each of the `k` clusters, the share of its rows' neighbour pairs whose neighbour is
+/// in it too, averaged over the clusters (an empty cluster counts 0). On the
+/// neighbour graph this is `1 - Ncut / k`, the objective of normalised-cut spectral
+/// clustering: a cluster's border counts against it in proportion to the cluster's
+/// size, so, unlike [`neighbour_agreement`], a partition does not gain by letting its
+/// large clusters grow into the small ones. Labels of `k` or more are read as an
+/// empty cluster's (no row's share counts).
+pub fn normalised_association(labels: &[usize], neighbours: &[u32], k: usize) -> f64 {
+    let n = labels.len();
+    let nn = neighbours.len() / n.max(1);
+    // Per cluster: its rows, and their neighbour pairs that stay in it.
+    let mut counts = vec![(0usize, 0usize); k];
+    for (&l, list) in labels.iter().zip(neighbours.chunks_exact(nn.max(1))) {
+        if let Some((rows, within)) = counts.get_mut(l) {
+            *rows += 1;
+            *within += list
+                .iter()
+                .filter(|&&j| labels.get(j as usize) == Some(&l))
+                .count();
+        }
+    }
+    counts
+        .iter()
+        .filter(|&&(rows, _)| rows > 0)
+        .map(|&(rows, within)| within as f64 / (rows * nn) as f64)
+        .sum::<f64>()
+        / k.max(1) as f64
+}
+
 /// The `k` nearest neighbours of every row of `x` (`d` columns) by Euclidean
 /// distance (excluding itself; ties to the smaller row index), `n x k` row indices,
 /// nearest first. Exact: `n^2 d` multiply-adds.
@@ -195,9 +230,10 @@ pub fn euclidean_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
 pub struct GmmChoice {
     /// True when the mixture-trained candidate was kept.
     pub gmm_kept: bool,
-    /// [`neighbour_agreement`] of the model trained as configured.
+    /// The agreement with the neighbours ([`FitConfig::choice_score`]) of the model
+    /// trained as configured.
     pub agreement_plain: f64,
-    /// [`neighbour_agreement`] of the mixture-trained candidate.
+    /// The same for the mixture-trained candidate.
     pub agreement_gmm: f64,
     /// Where the choice was made, as a share of the joint phase: one of
     /// [`FitConfig::choice_looks`] (the agreements are the two models' there, and the
@@ -234,8 +270,9 @@ pub struct Restarts<'a> {
 /// start from a diagonal Gaussian mixture of the normalised inputs and are trained
 /// towards its partition ([`crate::train::CentreInit::Gmm`] with `gmm_targets`), and
 /// keeps the one whose partition agrees more with the inputs' nearest neighbours
-/// (Euclidean, on the normalised features; [`neighbour_agreement`]; at the end the
-/// model as configured must lead by [`FitConfig::choice_lead`]). The two share their
+/// (Euclidean, on the normalised features; scored by [`FitConfig::choice_score`]:
+/// [`normalised_association`] by default; at the end the model as configured must
+/// lead by [`FitConfig::choice_lead`]). The two share their
 /// warm-up ([`fit_branches`]): each is bit for bit the model trained alone, for the
 /// cost of one warm-up and two joint phases (the candidate's
 /// [`FitConfig::gmm_joint_share`] of the configured one). With one
@@ -261,7 +298,13 @@ pub fn fit_with_gmm_candidate(
     let d = shape.input;
     let neighbours = euclidean_neighbours(&normalised(x, d)?, d, cfg.choice_neighbours);
     let agreement_of = |m: &VecModel<f32>| -> Result<f64, FitError> {
-        Ok(neighbour_agreement(&answers(m, x)?.0, &neighbours))
+        let labels = answers(m, x)?.0;
+        Ok(match cfg.choice_score {
+            ChoiceScore::Association => {
+                normalised_association(&labels, &neighbours, shape.clusters)
+            }
+            ChoiceScore::Agreement => neighbour_agreement(&labels, &neighbours),
+        })
     };
     let branches = [
         Branch::of(cfg),

@@ -24,6 +24,26 @@ use hvae::Model;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+/// How the choice between the model and the GMM candidate scores a partition against
+/// the inputs' nearest neighbours ([`FitConfig::choice_score`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChoiceScore {
+    /// Each cluster's share of its rows' neighbour pairs that stay in it, averaged over
+    /// the clusters ([`crate::select::normalised_association`], the normalised
+    /// association of spectral clustering): a large cluster counts as much as a small
+    /// one, so growing or merging clusters does not raise the score by itself.
+    Association,
+    /// The share of all neighbour pairs in one cluster
+    /// ([`crate::select::neighbour_agreement`]): weighted by the clusters' sizes, it
+    /// rates a partition higher when its large clusters swallow their borders.
+    Agreement,
+}
+
+/// How the choice between the model and the GMM candidate scores their partitions by
+/// default: [`ChoiceScore::Association`] (docs/benchmarks.md, "The choice scored per
+/// cluster").
+pub const CHOICE_SCORE: ChoiceScore = ChoiceScore::Association;
+
 /// Where the neighbours of the consistency term are found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NeighbourSpace {
@@ -121,14 +141,16 @@ pub struct FitConfig {
     /// With `gmm_targets`: the balance term pulls the cluster shares towards the
     /// mixture's (`true`, the default) rather than towards equal shares.
     pub gmm_shares: bool,
-    /// At the end of the joint phase, the least lead in neighbour agreement with which
-    /// the model as configured is kept over the GMM candidate ([`CHOICE_LEAD`]; at 0,
-    /// any lead or a tie).
+    /// At the end of the joint phase, the least lead in `choice_score` with which the
+    /// model as configured is kept over the GMM candidate ([`CHOICE_LEAD`]; at 0, any
+    /// lead or a tie).
     pub choice_lead: f64,
-    /// Nearest neighbours (Euclidean, normalised inputs) whose agreement chooses
-    /// between the model and the GMM candidate
+    /// Nearest neighbours (Euclidean, normalised inputs) against which the choice
+    /// between the model and the GMM candidate scores their partitions
     /// ([`crate::select::fit_with_gmm_candidate`]).
     pub choice_neighbours: usize,
+    /// How the choice scores a partition against those neighbours ([`CHOICE_SCORE`]).
+    pub choice_score: ChoiceScore,
     /// Where [`crate::select::fit_with_gmm_candidate`] looks at both models to make its
     /// choice early, in order ([`CHOICE_LOOKS`]; none, or a share of 1: only at the end).
     pub choice_looks: Vec<ChoiceLook>,
@@ -190,6 +212,7 @@ impl Default for FitConfig {
             gmm_shares: true,
             choice_lead: CHOICE_LEAD,
             choice_neighbours: CHOICE_NEIGHBOURS,
+            choice_score: CHOICE_SCORE,
             choice_looks: CHOICE_LOOKS.to_vec(),
             gmm_full: false,
         }
@@ -1020,13 +1043,13 @@ fn partition_centres(mus: &[f32], m: usize, k: usize, labels: &[usize]) -> (Vec<
 pub const CHOICE_NEIGHBOURS: usize = 20;
 
 /// One look of the early choice between the model and the GMM candidate: at a share
-/// `at` of the joint phase, the model whose neighbour agreement leads the other's by at
-/// least `margin` is kept and trains on alone.
+/// `at` of the joint phase, the model whose score ([`FitConfig::choice_score`]) leads
+/// the other's by at least `margin` is kept and trains on alone.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ChoiceLook {
     /// Where, as a share of the joint phase, in `(0, 1]` (1: at the end, no early look).
     pub at: f32,
-    /// The lead in agreement that makes the choice there, in `[0, 1]`.
+    /// The lead in score that makes the choice there, in `[0, 1]`.
     pub margin: f64,
 }
 
@@ -1047,7 +1070,7 @@ pub const CHOICE_LOOKS: [ChoiceLook; 3] = [
     },
 ];
 
-/// The lead in agreement that makes the early choice at share `at` of the joint phase
+/// The lead in score that makes the early choice at share `at` of the joint phase
 /// by default: 0.05 below an eighth, 0.04 below a quarter, 0.02 from a quarter on
 /// (each above the largest lead that a pick differing from the end's had at that
 /// share on the suite's tuned half: docs/benchmarks.md, "The choice made early").
@@ -1072,9 +1095,9 @@ pub const GMM_RUNS: usize = 10;
 pub const GMM_CONSISTENCY: f32 = 0.0;
 
 /// The model as configured is kept over the GMM candidate at the end of the joint
-/// phase only when its neighbour agreement leads by at least this
+/// phase only when its score ([`FitConfig::choice_score`]) leads by at least this
 /// ([`FitConfig::choice_lead`]): the candidate's partition is the mixture's on every
-/// seed, the model's agreement varies between seeds by about this much.
+/// seed, the model's score varies between seeds by about this much (either score).
 pub const CHOICE_LEAD: f64 = 0.005;
 
 /// A Gaussian mixture of `k` components with diagonal covariances fitted by EM to the

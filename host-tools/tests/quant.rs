@@ -52,6 +52,30 @@ fn int8_fidelity_on_the_digits_meets_the_bars() {
     );
 }
 
+/// The bars are met at the bar: 2 rows in 200 changing label is an agreement of 0.99
+/// and an ACC drop of 0.01 (computed as 0.010000000000000009); a third row misses both.
+#[test]
+fn a_drop_equal_to_the_bar_meets_it() {
+    let f = |changed: u32| Fidelity {
+        rows: 200,
+        failed: 0,
+        agreement: f64::from(200 - changed) / 200.0,
+        worst_cosine: 1.0,
+        mean_cosine: 1.0,
+        acc: Some((90.0 / 200.0, f64::from(90 - changed) / 200.0)),
+        nmi: None,
+    };
+    assert!(90.0 / 200.0 - 88.0 / 200.0 > quant::MAX_SCORE_DROP);
+    assert!(f(2).failures().is_empty(), "{:?}", f(2).failures());
+    let missed = f(3).failures();
+    assert_eq!(missed.len(), 2, "{missed:?}");
+    assert!(
+        missed[0].starts_with("label agreement 0.9850"),
+        "{missed:?}"
+    );
+    assert!(missed[1].starts_with("ACC 0.4500 -> 0.4350"), "{missed:?}");
+}
+
 #[test]
 fn quantise_refuses_what_it_cannot_use() {
     let m = model_io::load(&shipped()).unwrap().model;

@@ -1,9 +1,12 @@
 //! Label-free model selection and the suite's statistics against independent values:
 //! the silhouette against scikit-learn's `silhouette_score(metric="cosine")`, Spearman's
-//! rho against SciPy's `spearmanr`, neighbour agreement and the two-view neighbours by
-//! hand, and the suite's regression check.
+//! rho against SciPy's `spearmanr`, neighbour agreement, normalised association and the
+//! two-view neighbours by hand, and the suite's regression check.
 
-use hvae_host::select::{agreement, euclidean_neighbours, restart_seed, silhouette};
+use hvae_host::select::{
+    agreement, euclidean_neighbours, neighbour_agreement, normalised_association, restart_seed,
+    silhouette,
+};
 use hvae_host::suite::{regressions, spearman, Run, SetResult, Stat};
 use hvae_host::train::mine_neighbours_both;
 use rand_core::{Rng, SeedableRng};
@@ -79,6 +82,28 @@ fn agreement_counts_neighbours_and_balance() {
     // One pair split: half the neighbours agree; sizes 3:1 give entropy 0.5623 / ln 2.
     let h = -(0.75f64 * 0.75f64.ln() + 0.25 * 0.25f64.ln()) / 2f64.ln();
     assert!((agreement(&[0, 0, 0, 1], &nb, 2) - 0.5 * h).abs() < 1e-12);
+}
+
+#[test]
+fn association_weighs_each_cluster_alike() {
+    // 6 rows, 2 neighbours each: rows 0-3 among themselves; rows 4 and 5 each other and
+    // row 3 (a small cluster on the large one's border).
+    let nb = [1u32, 2, 0, 2, 3, 1, 2, 0, 5, 3, 4, 3];
+    let two = [0, 0, 0, 0, 1, 1];
+    // Pairs in one cluster: 8 of the large cluster's 8, 2 of the small one's 4.
+    assert!((neighbour_agreement(&two, &nb) - 10.0 / 12.0).abs() < 1e-12);
+    assert!((normalised_association(&two, &nb, 2) - (1.0 + 0.5) / 2.0).abs() < 1e-12);
+    // The large cluster swallowing the small one: every pair agrees, but one of the two
+    // clusters is empty.
+    let one = [0; 6];
+    assert_eq!(neighbour_agreement(&one, &nb), 1.0);
+    assert!((normalised_association(&one, &nb, 2) - 0.5).abs() < 1e-12);
+    // Swallowing row 4 alone: rows 0-4 keep 9 of their 10 pairs, row 5 none of 2.
+    let grown = [0, 0, 0, 0, 0, 1];
+    assert!((neighbour_agreement(&grown, &nb) - 9.0 / 12.0).abs() < 1e-12);
+    assert!((normalised_association(&grown, &nb, 2) - 0.9 / 2.0).abs() < 1e-12);
+    // A label out of range belongs to no cluster: its rows and pairs count nowhere.
+    assert!((normalised_association(&[0, 0, 0, 0, 2, 2], &nb, 2) - 0.5).abs() < 1e-12);
 }
 
 #[test]

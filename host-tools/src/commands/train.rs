@@ -8,7 +8,9 @@ use crate::model_io;
 use crate::select::{
     fit_restarts, fit_with_gmm_candidate, Criterion, GmmChoice, Restart, Restarts,
 };
-use crate::train::{default_margin, CentreInit, ChoiceLook, FitConfig, NeighbourSpace};
+use crate::train::{
+    default_margin, CentreInit, ChoiceLook, ChoiceScore, FitConfig, NeighbourSpace,
+};
 use crate::Error;
 use hvae::shape::{Activation, Likelihood, Posterior, Shape};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -91,6 +93,16 @@ pub enum NeighbourArg {
     Normalised,
     /// Near by the sum of the ranks under the raw and the normalised cosine.
     Both,
+}
+
+/// The GMM candidate's choice score on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ChoiceScoreArg {
+    /// Each cluster's share of its rows' neighbour pairs that stay in it, averaged over
+    /// the clusters (the normalised association).
+    Association,
+    /// The share of all neighbour pairs in one cluster.
+    Agreement,
 }
 
 /// Restart criterion on the command line.
@@ -291,16 +303,22 @@ pub struct TrainArgs {
     /// --gmm-candidate's choice (docs/benchmarks.md: how the default was chosen).
     #[arg(long, default_value_t = crate::train::CHOICE_NEIGHBOURS, value_name = "N")]
     pub choice_neighbours: usize,
-    /// The least lead in neighbour agreement with which --gmm-candidate's choice at the
+    /// How --gmm-candidate's choice scores a partition's agreement with those
+    /// neighbours: per cluster, averaged over the clusters (association: large clusters
+    /// gain nothing by growing), or over all neighbour pairs (agreement, the previous
+    /// default).
+    #[arg(long, value_enum, default_value_t = ChoiceScoreArg::Association)]
+    pub choice_score: ChoiceScoreArg,
+    /// The least lead in --choice-score with which --gmm-candidate's choice at the
     /// end of the joint phase keeps the model as configured (0: any lead or a tie);
-    /// the candidate's partition is the mixture's on every seed, the model's agreement
+    /// the candidate's partition is the mixture's on every seed, the model's score
     /// varies between seeds by about the default.
     #[arg(long, default_value_t = crate::train::CHOICE_LEAD, value_name = "L")]
     pub choice_lead: f64,
     /// Where --gmm-candidate's choice may be made early: shares of the joint phase in
-    /// (0, 1], increasing (1: only at the end). At the first where one model's neighbour
-    /// agreement leads by that share's --choice-margin, only that model trains on (the
-    /// same model, in less time).
+    /// (0, 1], increasing (1: only at the end). At the first where one model's
+    /// --choice-score leads by that share's --choice-margin, only that model trains on
+    /// (the same model, in less time).
     #[arg(
         long,
         value_delimiter = ',',
@@ -308,7 +326,7 @@ pub struct TrainArgs {
         value_name = "SHARE,..."
     )]
     pub choice_at: Vec<f32>,
-    /// The lead in neighbour agreement (in [0, 1]) that makes the early choice at each
+    /// The lead in --choice-score (in [0, 1]) that makes the early choice at each
     /// --choice-at share (one value: the same at every share). Default: 0.05 at a share
     /// below an eighth, 0.04 below a quarter, 0.02 from a quarter on.
     #[arg(long, value_delimiter = ',', value_name = "M,...")]
@@ -557,6 +575,10 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         gmm_shares: args.gmm_shares,
         choice_lead: args.choice_lead,
         choice_neighbours: args.choice_neighbours,
+        choice_score: match args.choice_score {
+            ChoiceScoreArg::Association => ChoiceScore::Association,
+            ChoiceScoreArg::Agreement => ChoiceScore::Agreement,
+        },
         choice_looks,
         ..FitConfig::default()
     };
@@ -837,8 +859,8 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     Ok(())
 }
 
-/// One line on --gmm-candidate's choice: the model kept, both neighbour agreements and
-/// where the choice was made.
+/// One line on --gmm-candidate's choice: the model kept, both models' agreement with the
+/// neighbours (--choice-score) and where the choice was made.
 pub fn describe_choice(c: &GmmChoice) -> String {
     let (kept, a, other, b) = if c.gmm_kept {
         (
