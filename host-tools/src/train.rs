@@ -25,17 +25,18 @@ use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// How the choice between the model and the GMM candidate scores a partition against
-/// the inputs' nearest neighbours ([`FitConfig::choice_score`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// the inputs' nearest neighbours ([`FitConfig::choice_score`]; `hvae train
+/// --choice-score`, whose help the variants' lines are):
+/// [`crate::select::normalised_association`] or [`crate::select::neighbour_agreement`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ChoiceScore {
     /// Each cluster's share of its rows' neighbour pairs that stay in it, averaged over
-    /// the clusters ([`crate::select::normalised_association`], the normalised
-    /// association of spectral clustering): a large cluster counts as much as a small
-    /// one, so growing or merging clusters does not raise the score by itself.
+    /// the clusters (the normalised association of spectral clustering): a large
+    /// cluster counts as much as a small one, so growing or merging clusters does not
+    /// raise the score by itself.
     Association,
-    /// The share of all neighbour pairs in one cluster
-    /// ([`crate::select::neighbour_agreement`]): weighted by the clusters' sizes, it
-    /// rates a partition higher when its large clusters swallow their borders.
+    /// The share of all neighbour pairs in one cluster: weighted by the clusters'
+    /// sizes, it rates a partition higher when its large clusters swallow their borders.
     Agreement,
 }
 

@@ -95,16 +95,6 @@ pub enum NeighbourArg {
     Both,
 }
 
-/// The GMM candidate's choice score on the command line.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum ChoiceScoreArg {
-    /// Each cluster's share of its rows' neighbour pairs that stay in it, averaged over
-    /// the clusters (the normalised association).
-    Association,
-    /// The share of all neighbour pairs in one cluster.
-    Agreement,
-}
-
 /// Restart criterion on the command line.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum SelectArg {
@@ -307,8 +297,8 @@ pub struct TrainArgs {
     /// neighbours: per cluster, averaged over the clusters (association: large clusters
     /// gain nothing by growing), or over all neighbour pairs (agreement, the previous
     /// default).
-    #[arg(long, value_enum, default_value_t = ChoiceScoreArg::Association)]
-    pub choice_score: ChoiceScoreArg,
+    #[arg(long, value_enum, default_value_t = crate::train::CHOICE_SCORE)]
+    pub choice_score: ChoiceScore,
     /// The least lead in --choice-score with which --gmm-candidate's choice at the
     /// end of the joint phase keeps the model as configured (0: any lead or a tie);
     /// the candidate's partition is the mixture's on every seed, the model's score
@@ -575,10 +565,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         gmm_shares: args.gmm_shares,
         choice_lead: args.choice_lead,
         choice_neighbours: args.choice_neighbours,
-        choice_score: match args.choice_score {
-            ChoiceScoreArg::Association => ChoiceScore::Association,
-            ChoiceScoreArg::Agreement => ChoiceScore::Agreement,
-        },
+        choice_score: args.choice_score,
         choice_looks,
         ..FitConfig::default()
     };
