@@ -161,8 +161,8 @@ pub fn neighbour_agreement(labels: &[usize], neighbours: &[u32]) -> f64 {
 /// neighbour graph this is `1 - Ncut / k`, the objective of normalised-cut spectral
 /// clustering: a cluster's border counts against it in proportion to the cluster's
 /// size, so, unlike [`neighbour_agreement`], a partition does not gain by letting its
-/// large clusters grow into the small ones. Labels of `k` or more are read as an
-/// empty cluster's (no row's share counts).
+/// large clusters grow into the small ones. Rows labelled `k` or more belong to no
+/// cluster: their pairs count nowhere.
 pub fn normalised_association(labels: &[usize], neighbours: &[u32], k: usize) -> f64 {
     let n = labels.len();
     let nn = neighbours.len() / n.max(1);
@@ -297,7 +297,7 @@ pub fn fit_with_gmm_candidate(
     } = job;
     let d = shape.input;
     let neighbours = euclidean_neighbours(&normalised(x, d)?, d, cfg.choice_neighbours);
-    let agreement_of = |m: &VecModel<f32>| -> Result<f64, FitError> {
+    let score_of = |m: &VecModel<f32>| -> Result<f64, FitError> {
         let labels = answers(m, x)?.0;
         Ok(match cfg.choice_score {
             ChoiceScore::Association => {
@@ -323,7 +323,7 @@ pub fn fit_with_gmm_candidate(
         let ([plain, gmm], Some(l)) = (models, looks.get(look)) else {
             return Ok(None);
         };
-        let (p, g) = (agreement_of(plain)?, agreement_of(gmm)?);
+        let (p, g) = (score_of(plain)?, score_of(gmm)?);
         at_pause = Some((p, g, l.at));
         Ok(((g - p).abs() >= l.margin).then_some(usize::from(g > p)))
     };
@@ -342,7 +342,7 @@ pub fn fit_with_gmm_candidate(
             at,
         },
         _ => {
-            let (agreement_plain, agreement_gmm) = (agreement_of(&plain.0)?, agreement_of(&gmm.0)?);
+            let (agreement_plain, agreement_gmm) = (score_of(&plain.0)?, score_of(&gmm.0)?);
             GmmChoice {
                 gmm_kept: agreement_plain - agreement_gmm < cfg.choice_lead,
                 agreement_plain,
