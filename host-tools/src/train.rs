@@ -28,7 +28,8 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 /// the inputs' nearest neighbours ([`FitConfig::choice_score`]; `hvae train
 /// --choice-score`, whose help the variants' lines are):
 /// [`crate::select::normalised_association`] or [`crate::select::neighbour_agreement`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "tool", derive(clap::ValueEnum))]
 pub enum ChoiceScore {
     /// Each cluster's share of its rows' neighbour pairs that stay in it, averaged over
     /// the clusters (the normalised association of spectral clustering): a large
