@@ -183,7 +183,7 @@ fn report_follows_the_kept_model() {
     assert_eq!(v["choice"]["at"], 1.0);
     let line = printed.lines().find(|l| l.starts_with("kept ")).unwrap();
     assert!(
-        line.starts_with("kept the GMM candidate: neighbour agreement "),
+        line.starts_with("kept the GMM candidate: neighbour association "),
         "{line}"
     );
     assert!(line.ends_with("chosen at the end"), "{line}");

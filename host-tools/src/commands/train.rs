@@ -823,7 +823,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         args.out.display()
     )?;
     if let Some(c) = &trained.gmm {
-        outln!(out, "{}", describe_choice(c))?;
+        outln!(out, "{}", describe_choice(c, args.choice_score))?;
     }
     if let Some(s) = &final_scores {
         outln!(out, "ACC {:.4}  NMI {:.4}  ARI {:.4}", s.acc, s.nmi, s.ari)?;
@@ -846,9 +846,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     Ok(())
 }
 
-/// One line on --gmm-candidate's choice: the model kept, both models' agreement with the
-/// neighbours (--choice-score) and where the choice was made.
-pub fn describe_choice(c: &GmmChoice) -> String {
+/// One line on --gmm-candidate's choice: the model kept, both models' `score` against the
+/// neighbours (--choice-score, named) and where the choice was made.
+pub fn describe_choice(c: &GmmChoice, score: ChoiceScore) -> String {
     let (kept, a, other, b) = if c.gmm_kept {
         (
             "the GMM candidate",
@@ -869,7 +869,11 @@ pub fn describe_choice(c: &GmmChoice) -> String {
     } else {
         "at the end".to_string()
     };
-    format!("kept {kept}: neighbour agreement {a:.4} against {b:.4} for {other}, chosen {when}")
+    let named = match score {
+        ChoiceScore::Association => "neighbour association",
+        ChoiceScore::Agreement => "neighbour agreement",
+    };
+    format!("kept {kept}: {named} {a:.4} against {b:.4} for {other}, chosen {when}")
 }
 
 /// The model's label for every row (a row it cannot encode gets cluster 0).
