@@ -45,12 +45,17 @@ fn bench(c: &mut Criterion) {
     let shape = hvae::Shape::new(64, &[32], 16, 10).with_posterior(hvae::Posterior::PowerSpherical);
     g.bench_function("100 epochs, batch 64, 64-32-16 Power Spherical", |b| {
         b.iter(|| {
-            let cfg = hvae_host::train::FitConfig::default();
+            // All 100 epochs (5140 steps), as this bar counts them: the default bounds
+            // the digits' training at `MAX_STEPS`.
+            let cfg = hvae_host::train::FitConfig {
+                max_steps: 0,
+                ..hvae_host::train::FitConfig::default()
+            };
             hvae_host::train::fit(shape, d.features(), None, &cfg, |_, _| {}).unwrap()
         })
     });
-    // `hvae train`'s default: the model above and the GMM candidate from one warm-up,
-    // the one kept chosen by neighbour agreement.
+    // `hvae train`'s default: one model and the GMM candidate from one warm-up, the
+    // one kept chosen by neighbour association, within `MAX_STEPS` steps.
     g.bench_function("hvae train defaults (with the GMM candidate)", |b| {
         b.iter(|| {
             let cfg = hvae_host::train::FitConfig::default();

@@ -81,6 +81,10 @@ pub const KMEANS_RESTARTS: usize = 5;
 /// The least optimiser steps of a default training ([`FitConfig::min_steps`]).
 pub const MIN_STEPS: usize = 0;
 
+/// The most optimiser steps of a default training ([`FitConfig::max_steps`]; 0: no
+/// bound).
+pub const MAX_STEPS: usize = 3500;
+
 /// Hyper-parameters of [`fit`].
 #[derive(Clone, Debug)]
 pub struct FitConfig {
@@ -97,6 +101,10 @@ pub struct FitConfig {
     /// epochs give fewer trains for a whole multiple of them (warm-up and joint phase
     /// alike) that reaches this; 0: the epochs as given.
     pub min_steps: usize,
+    /// With `steps` 0: the most optimiser steps in all (0: no bound). A data set so
+    /// large that the epochs give more trains for this many, warm-up and joint phase
+    /// shortened in the same proportion; applied after `min_steps`.
+    pub max_steps: usize,
     /// Rows per step (half anchors, half their neighbours, in the joint phase).
     pub batch: usize,
     /// Adam learning rate.
@@ -190,6 +198,7 @@ impl Default for FitConfig {
             steps: 0,
             warmup_steps: 0,
             min_steps: MIN_STEPS,
+            max_steps: MAX_STEPS,
             batch: 64,
             lr: 2e-3,
             clip: 10.0,
@@ -231,7 +240,13 @@ impl FitConfig {
         let joint =
             n.div_ceil((self.batch / 2).max(1)) * self.epochs.saturating_sub(self.warmup_epochs);
         let times = self.min_steps.div_ceil((warm + joint).max(1)).max(1);
-        (warm * times, (warm + joint) * times)
+        let (warm, total) = (warm * times, (warm + joint) * times);
+        if self.max_steps == 0 || total <= self.max_steps {
+            return (warm, total);
+        }
+        // Both phases in proportion, the warm-up rounded to a whole step.
+        let cut = (warm as f64 * self.max_steps as f64 / total as f64).round() as usize;
+        (cut.min(self.max_steps), self.max_steps)
     }
 }
 

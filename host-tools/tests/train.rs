@@ -51,7 +51,7 @@ fn the_firmware_model_is_trained_again_bit_for_bit() {
             .args(["train", "--data"])
             .arg(digits())
             .args(["--clusters", "10", "--latent", "8", "--hidden", hidden])
-            .args(["--contrast", "0", "--init", "latent"])
+            .args(["--contrast", "0", "--init", "latent", "--max-steps", "0"])
             .args(["--kmeans-restarts", "1", "--seed", "1", "--quiet", "--out"])
             .arg(&out)
             .assert()
@@ -806,8 +806,8 @@ fn min_steps_lengthens_small_sets_only() {
     };
     // 5 x 540 = 2700 is the first multiple past 2500.
     assert_eq!(longer.schedule(178), (300, 2700));
-    assert_eq!(longer.schedule(1797), cfg.schedule(1797));
-    assert_eq!(cfg.schedule(1797), (580, 5140));
+    assert_eq!(longer.schedule(1096), cfg.schedule(1096));
+    assert_eq!(cfg.schedule(1096), (360, 3160));
     // Exactly reached: once.
     let exact = FitConfig {
         min_steps: 540,
@@ -822,4 +822,43 @@ fn min_steps_lengthens_small_sets_only() {
         ..FitConfig::default()
     };
     assert_eq!(steps.schedule(178), (100, 1000));
+}
+
+/// `max_steps` (3500 by default) shortens a large set's warm-up and joint phase in the
+/// same proportion, after `min_steps`, and leaves a set below it and a schedule counted
+/// in steps.
+#[test]
+fn max_steps_shortens_large_sets_only() {
+    let cfg = FitConfig::default();
+    assert_eq!(cfg.max_steps, 3500);
+    // The digits: 29 warm-up batches a epoch for 20 epochs and 57 joint ones for 80
+    // (580 + 4560 = 5140 steps); cut to 3500, the warm-up to 580 x 3500 / 5140 = 394.9.
+    let unbounded = FitConfig {
+        max_steps: 0,
+        ..FitConfig::default()
+    };
+    assert_eq!(unbounded.schedule(1797), (580, 5140));
+    assert_eq!(cfg.schedule(1797), (395, 3500));
+    // Below the bound (1200 rows: 380 + 3040 steps) and at it: unchanged.
+    assert_eq!(cfg.schedule(1200), unbounded.schedule(1200));
+    assert_eq!(cfg.schedule(1200), (380, 3420));
+    let at = FitConfig {
+        max_steps: 3420,
+        ..FitConfig::default()
+    };
+    assert_eq!(at.schedule(1200), (380, 3420));
+    // After min_steps: 178 rows lengthened 5 times to 300 + 2400, then cut to 2000.
+    let both = FitConfig {
+        min_steps: 2500,
+        max_steps: 2000,
+        ..FitConfig::default()
+    };
+    assert_eq!(both.schedule(178), (222, 2000));
+    // Counted in steps: max_steps does not apply.
+    let steps = FitConfig {
+        steps: 5000,
+        warmup_steps: 500,
+        ..FitConfig::default()
+    };
+    assert_eq!(steps.schedule(1797), (500, 5000));
 }

@@ -27,7 +27,9 @@ pub const LONG_ABOUT: &str = "Train a model on a data file.\n\n\
     the VAE alone (or --warmup-steps of --steps), then the centres are initialised (by \
     default from the partition, among spherical k-means++ runs on the encoder's mean \
     directions and on the normalised inputs, that agrees best with the input \
-    neighbourhoods), then joint training. A `label` column is never used for training \
+    neighbourhoods), then joint training; on a data set so large that --epochs would \
+    take more than --max-steps optimiser steps, both phases are shortened in \
+    proportion to that bound. A `label` column is never used for training \
     unless --supervised; when present it is used to report ACC and NMI as training \
     goes.\n\n\
     --restarts R trains R models and keeps the one a label-free criterion ranks best \
@@ -235,6 +237,11 @@ pub struct TrainArgs {
     /// longer, the fewest that reach N (docs/benchmarks.md: what it does to the suite).
     #[arg(long, default_value_t = crate::train::MIN_STEPS, value_name = "N")]
     pub min_steps: usize,
+    /// Without --steps: the most optimiser steps in all (0: no bound). On a data set so
+    /// large that --epochs give more, warm-up and joint phase are both shortened in the
+    /// same proportion to N (docs/benchmarks.md: what it does to the suite).
+    #[arg(long, default_value_t = crate::train::MAX_STEPS, value_name = "N")]
+    pub max_steps: usize,
     /// Where neighbours are mined: cosine on the raw features, on the normalised
     /// features, or both (nearest by the sum of the two ranks).
     #[arg(long, value_enum, default_value_t = NeighbourArg::Both)]
@@ -544,6 +551,7 @@ pub fn fit_config(args: &TrainArgs) -> Result<FitConfig, Error> {
         steps: args.steps,
         warmup_steps: args.warmup_steps,
         min_steps: args.min_steps,
+        max_steps: args.max_steps,
         neighbour_space: match args.neighbour_space {
             NeighbourArg::Raw => NeighbourSpace::Raw,
             NeighbourArg::Normalised => NeighbourSpace::Normalised,
