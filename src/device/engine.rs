@@ -103,7 +103,8 @@ engine_impl! {
     }
 
     /// The engine of a checked model, before any request. Always inlined, so that
-    /// [`Engine::new_in`] writes it into its slot.
+    /// [`Engine::new_in`] writes it into its slot (its training state is built by a
+    /// call of its own, [`Learns::new`](super::Learns::new), returned into its field).
     #[inline(always)]
     fn fresh(model: M, crc: u32, store: S, max_frame: usize) -> Self {
         const {

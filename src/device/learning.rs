@@ -54,7 +54,11 @@ pub trait Learns<const D: usize, const MEM: usize, B, E> {
 impl<const D: usize, const MEM: usize, B, E> Learns<D, MEM, B, E> for Learning<D, MEM, B, E> {
     const KEEPS: bool = true;
 
-    #[inline(always)]
+    /// Not inlined: its value is then returned straight into the engine's field. Inlined
+    /// into [`Engine::new`](super::Engine::new), the compiler may build it on the stack
+    /// first and copy it (the size of the memory of samples, kept in the caller's frame
+    /// for good).
+    #[inline(never)]
     fn new() -> Self {
         Learning {
             trainer: None,
