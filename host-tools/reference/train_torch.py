@@ -57,6 +57,9 @@ What differs:
   latent``, the best of ``--kmeans-restarts``, 1 here); ``hvae train``'s default
   (``--init selected``, 5 runs) picks among k-means partitions of the mean directions and
   of the normalised inputs the one that agrees best with the neighbour lists;
+* the schedule counted in epochs always (``hvae train --max-steps 0``); ``hvae train``'s
+  default bounds it at 3500 optimiser steps, both phases shortened in proportion on a
+  larger data set;
 * the Power Spherical posterior only (``hvae train``'s default): its sampler here is
   ``w = 2T - 1`` with ``T = G_a / (G_a + G_b)``, ``G`` Gamma variates with PyTorch's
   reparameterised gradient, then a uniform tangent direction and the Householder

@@ -831,7 +831,7 @@ fn min_steps_lengthens_small_sets_only() {
 fn max_steps_shortens_large_sets_only() {
     let cfg = FitConfig::default();
     assert_eq!(cfg.max_steps, 3500);
-    // The digits: 29 warm-up batches a epoch for 20 epochs and 57 joint ones for 80
+    // The digits: 29 warm-up batches an epoch for 20 epochs and 57 joint ones for 80
     // (580 + 4560 = 5140 steps); cut to 3500, the warm-up to 580 x 3500 / 5140 = 394.9.
     let unbounded = FitConfig {
         max_steps: 0,
