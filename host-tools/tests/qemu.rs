@@ -306,6 +306,13 @@ fn scratch_program_matches_the_host_engine() {
     );
     let memory = hvae::device::SCRATCH_MEM * shape.input;
     assert!(info.stack_peak as usize > memory, "{info:?}");
+    // Beyond the memory of samples, the rest of the engine, the server's frames and a
+    // training step fit in 20 KiB: a second copy of the engine's training state left on
+    // the stack (the compiler's choice when it builds that state inline) would not.
+    assert!(
+        (info.stack_peak as usize) < memory + 20 * 1024,
+        "{info:?}: more on the stack than one engine and a request"
+    );
     assert!(info.flash_used > 0, "{info:?}");
 
     // Another optimiser in the same buffers: refused, nothing changed, when its state
