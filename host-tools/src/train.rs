@@ -244,9 +244,10 @@ impl FitConfig {
         if self.max_steps == 0 || total <= self.max_steps {
             return (warm, total);
         }
-        // Both phases in proportion, the warm-up rounded to a whole step.
-        let cut = (warm as f64 * self.max_steps as f64 / total as f64).round() as usize;
-        (cut.min(self.max_steps), self.max_steps)
+        // Both phases in proportion, the warm-up rounded to the nearest whole step (at
+        // most `max_steps`: `warm <= total`).
+        let (w, m, t) = (warm as u128, self.max_steps as u128, total as u128);
+        (((w * m + t / 2) / t) as usize, self.max_steps)
     }
 }
 
