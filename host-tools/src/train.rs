@@ -249,6 +249,28 @@ impl FitConfig {
         let (w, m, t) = (warm as u128, self.max_steps as u128, total as u128);
         (((w * m + t / 2) / t) as usize, self.max_steps)
     }
+
+    /// Steps in one round of a fit of `n` rows whose schedule has `total` steps: an
+    /// epoch of the warm-up (`warm`) or of the joint phase, or a hundredth of a schedule
+    /// counted in steps. A fit reports its [`EpochStats`] once a round.
+    pub fn round_len(&self, n: usize, total: usize, warm: bool) -> usize {
+        if self.steps > 0 {
+            (total / 100).max(1)
+        } else if warm {
+            n.div_ceil(self.batch.max(1))
+        } else {
+            n.div_ceil((self.batch / 2).max(1))
+        }
+    }
+
+    /// The rounds a fit of `n` rows reports ([`EpochStats`]): the warm-up's and the
+    /// joint phase's, a last shorter one of each included (the epochs, unless
+    /// `min_steps` or `max_steps` changed the schedule).
+    pub fn rounds(&self, n: usize) -> usize {
+        let (warm, total) = self.schedule(n);
+        warm.div_ceil(self.round_len(n, total, true))
+            + (total - warm).div_ceil(self.round_len(n, total, false))
+    }
 }
 
 /// Mean loss parts of one epoch.
@@ -739,17 +761,9 @@ impl<'d> Run<'d> {
         })
     }
 
-    /// Steps in one round (an epoch, or a hundredth of a schedule in steps) of the
-    /// warm-up or of the joint phase: where [`EpochStats`] are reported.
+    /// Steps in one round of the warm-up or of the joint phase ([`FitConfig::round_len`]).
     fn round_len(&self, cfg: &FitConfig, warm: bool) -> usize {
-        let n = self.x.len() / self.shape.input;
-        if cfg.steps > 0 {
-            (self.total / 100).max(1)
-        } else if warm {
-            n.div_ceil(cfg.batch)
-        } else {
-            n.div_ceil(cfg.batch / 2)
-        }
+        cfg.round_len(self.x.len() / self.shape.input, self.total, warm)
     }
 
     /// The step a share `at` of the joint phase into it, rounded to whole rounds (at

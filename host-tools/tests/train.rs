@@ -839,6 +839,10 @@ fn max_steps_shortens_large_sets_only() {
     };
     assert_eq!(unbounded.schedule(1797), (580, 5140));
     assert_eq!(cfg.schedule(1797), (395, 3500));
+    // The rounds reported (and ticked by `hvae train`'s bar): 14 of the warm-up (the last
+    // of 18 steps) and 55 joint ones (the last of 27), where the epochs are 100.
+    assert_eq!(cfg.rounds(1797), 69);
+    assert_eq!(unbounded.rounds(1797), 100);
     // Below the bound (1200 rows: 380 + 3040 steps) and at it: unchanged.
     assert_eq!(cfg.schedule(1200), unbounded.schedule(1200));
     assert_eq!(cfg.schedule(1200), (380, 3420));
@@ -854,6 +858,8 @@ fn max_steps_shortens_large_sets_only() {
         ..FitConfig::default()
     };
     assert_eq!(both.schedule(178), (222, 2000));
+    // 222 / 3 warm-up steps an epoch and 1778 / 6 joint: 74 + 297 rounds.
+    assert_eq!(both.rounds(178), 74 + 297);
     // Counted in steps: max_steps does not apply.
     let steps = FitConfig {
         steps: 5000,
@@ -861,4 +867,6 @@ fn max_steps_shortens_large_sets_only() {
         ..FitConfig::default()
     };
     assert_eq!(steps.schedule(1797), (500, 5000));
+    // A hundredth of the steps a round.
+    assert_eq!(steps.rounds(1797), 100);
 }

@@ -744,8 +744,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        // One tick per epoch, or per hundredth of --steps.
-        let ticks = if args.steps > 0 { 100 } else { args.epochs };
+        // One tick per round: an epoch (as many as the schedule, bounded or lengthened,
+        // runs), or a hundredth of --steps.
+        let ticks = fit_config(args)?.rounds(data.len());
         let b = ProgressBar::new(ticks as u64);
         b.set_style(
             ProgressStyle::with_template("{bar:30} epoch {pos}/{len} {msg}")
