@@ -162,6 +162,40 @@ fn report_has_one_entry_per_epoch() {
     assert_eq!(epochs[2]["warmup"], false);
     assert!(epochs[2]["acc"].as_f64().unwrap() > 0.1);
     assert!(epochs[2]["loss"]["total"].as_f64().unwrap().is_finite());
+    // 29 warm-up steps and 2 x 57 joint ones: below the default bound, said nowhere.
+    assert_eq!(
+        (v["warmup_steps"].as_u64(), v["steps"].as_u64()),
+        (Some(29), Some(143))
+    );
+    assert!(!printed.contains("schedule bounded"), "{printed}");
+}
+
+/// `--max-steps` below the epochs' steps: the command says so, the report holds the
+/// bounded schedule and one entry per round run (the last of each phase shorter).
+#[test]
+fn a_bounded_schedule_is_reported() {
+    let args = ["--clusters", "10", "--epochs", "3", "--warmup", "1"];
+    let (v, printed) = train_report(&digits(), &[&args[..], &["--max-steps", "100"]].concat());
+    // 143 steps cut to 100, the warm-up 29 x 100 / 143 = 20.3 -> 20.
+    assert_eq!(
+        (v["warmup_steps"].as_u64(), v["steps"].as_u64()),
+        (Some(20), Some(100))
+    );
+    assert!(
+        printed.contains(
+            "schedule bounded at 100 optimiser steps by --max-steps (20 of warm-up; the 3 \
+             epochs would take 143)"
+        ),
+        "{printed}"
+    );
+    // One warm-up round of 20 steps, then 57 and 23 joint steps.
+    let warm: Vec<bool> = v["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["warmup"].as_bool().unwrap())
+        .collect();
+    assert_eq!(warm, [true, false, false]);
 }
 
 /// A set of the quality suite (`host-tools/data/suite/`).

@@ -408,6 +408,11 @@ pub struct TrainReport {
     pub crc: u32,
     /// With --gmm-candidate: which model was kept and why.
     pub choice: Option<GmmChoice>,
+    /// Optimiser steps of the schedule, the warm-up's included (each model's, with
+    /// --gmm-candidate or --restarts).
+    pub steps: usize,
+    /// Of which the warm-up's.
+    pub warmup_steps: usize,
 }
 
 /// The shape the arguments ask for, for data with `d` features
@@ -831,6 +836,22 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         data.dim(),
         args.out.display()
     )?;
+    let cfg = fit_config(args)?;
+    let (warmup_steps, steps) = cfg.schedule(data.len());
+    let epochs_steps = FitConfig {
+        max_steps: 0,
+        ..cfg.clone()
+    }
+    .schedule(data.len())
+    .1;
+    if steps < epochs_steps {
+        outln!(
+            out,
+            "schedule bounded at {steps} optimiser steps by --max-steps ({warmup_steps} of \
+             warm-up; the {} epochs would take {epochs_steps})",
+            args.epochs
+        )?;
+    }
     if let Some(c) = &trained.gmm {
         outln!(out, "{}", describe_choice(c, args.choice_score))?;
     }
@@ -848,6 +869,8 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
             choice: trained.gmm,
             final_scores,
             crc,
+            steps,
+            warmup_steps,
         };
         let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Failed(e.to_string()))?;
         crate::fsio::write_bytes_atomic(path, &json)?;
