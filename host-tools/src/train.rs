@@ -236,9 +236,9 @@ impl FitConfig {
         if self.steps > 0 {
             return (self.warmup_steps.min(self.steps), self.steps);
         }
-        let warm = n.div_ceil(self.batch.max(1)) * self.warmup_epochs;
-        let joint =
-            n.div_ceil((self.batch / 2).max(1)) * self.epochs.saturating_sub(self.warmup_epochs);
+        // Each phase's steps an epoch (its round, counted in epochs here) times its epochs.
+        let warm = self.round_len(n, 0, true) * self.warmup_epochs;
+        let joint = self.round_len(n, 0, false) * self.epochs.saturating_sub(self.warmup_epochs);
         let times = self.min_steps.div_ceil((warm + joint).max(1)).max(1);
         let (warm, total) = (warm * times, (warm + joint) * times);
         if self.max_steps == 0 || total <= self.max_steps {

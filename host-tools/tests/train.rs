@@ -183,8 +183,8 @@ fn a_bounded_schedule_is_reported() {
     );
     assert!(
         printed.contains(
-            "schedule bounded at 100 optimiser steps by --max-steps (20 of warm-up; the 3 \
-             epochs would take 143)"
+            "schedule bounded at 100 optimiser steps by --max-steps (20 of warm-up; 143 \
+             without the bound)"
         ),
         "{printed}"
     );

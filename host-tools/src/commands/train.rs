@@ -746,13 +746,14 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         Clusters::Auto => class_indices(&data, 255)?,
     };
 
+    let cfg = fit_config(args)?;
+    // One round an epoch (as many as the schedule, bounded or lengthened, runs), or a
+    // hundredth of --steps.
+    let rounds = cfg.rounds(data.len());
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        // One tick per round: an epoch (as many as the schedule, bounded or lengthened,
-        // runs), or a hundredth of --steps.
-        let ticks = fit_config(args)?.rounds(data.len());
-        let b = ProgressBar::new(ticks as u64);
+        let b = ProgressBar::new(rounds as u64);
         b.set_style(
             ProgressStyle::with_template("{bar:30} epoch {pos}/{len} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -761,7 +762,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     };
     // Every epoch seen, with the branch that trained it (the model as configured, or
     // with --gmm-candidate the candidate): the report keeps the kept model's.
-    let mut epochs: Vec<(usize, EpochReport)> = Vec::with_capacity(args.epochs);
+    let mut epochs: Vec<(usize, EpochReport)> = Vec::with_capacity(rounds);
     let start = std::time::Instant::now();
     // Each epoch's ACC and NMI cost a pass over the data: only for a bar or a report.
     let scored = !args.quiet || args.report.is_some();
@@ -836,20 +837,18 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         data.dim(),
         args.out.display()
     )?;
-    let cfg = fit_config(args)?;
     let (warmup_steps, steps) = cfg.schedule(data.len());
-    let epochs_steps = FitConfig {
+    let unbounded = FitConfig {
         max_steps: 0,
         ..cfg.clone()
     }
     .schedule(data.len())
     .1;
-    if steps < epochs_steps {
+    if steps < unbounded {
         outln!(
             out,
             "schedule bounded at {steps} optimiser steps by --max-steps ({warmup_steps} of \
-             warm-up; the {} epochs would take {epochs_steps})",
-            args.epochs
+             warm-up; {unbounded} without the bound)"
         )?;
     }
     if let Some(c) = &trained.gmm {
