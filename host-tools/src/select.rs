@@ -12,7 +12,11 @@
 //!   times the normalised entropy of the cluster sizes (so that one big cluster,
 //!   which every neighbourhood agrees with, does not win);
 //! - **consensus**: the mean NMI of a restart's labels with every other restart's (the
-//!   medoid of the restarts; with fewer than 3 restarts the silhouette decides).
+//!   medoid of the restarts; with fewer than 3 restarts the silhouette decides);
+//! - **association**: the labels' [`normalised_association`] with the Euclidean
+//!   neighbour graph of the normalised inputs that the GMM candidate's choice scores
+//!   on ([`FitConfig::choice_neighbours`] neighbours each; `hvae train --select`'s
+//!   default).
 //!
 //! `hvae train --clusters auto` ([`crate::commands::train::train_on`]) picks `K` by the
 //! silhouette of models trained with `K = 2 ..= max`.
@@ -41,6 +45,8 @@ pub enum Criterion {
     Agreement,
     /// Mean NMI with the other restarts.
     Consensus,
+    /// Normalised association with the neighbour graph of the normalised inputs.
+    Association,
 }
 
 /// The criteria of one trained model.
@@ -52,6 +58,9 @@ pub struct Criteria {
     pub agreement: f64,
     /// See [`Criterion::Consensus`] (0 until the restarts are compared).
     pub consensus: f64,
+    /// See [`Criterion::Association`] (0 in files written before it was recorded).
+    #[serde(default)]
+    pub association: f64,
 }
 
 impl Criteria {
@@ -61,6 +70,7 @@ impl Criteria {
             Criterion::Silhouette => self.silhouette,
             Criterion::Agreement => self.agreement,
             Criterion::Consensus => self.consensus,
+            Criterion::Association => self.association,
         }
     }
 }
@@ -480,7 +490,9 @@ fn choose(
         return Ok((model, Vec::new()));
     }
     let d = shape.input;
-    let neighbours = mine_neighbours(&normalised(x, d)?, d, 10);
+    let z = normalised(x, d)?;
+    let neighbours = mine_neighbours(&z, d, 10);
+    let graph = euclidean_neighbours(&z, d, job.cfg.choice_neighbours);
     let mut models = Vec::with_capacity(restarts);
     let mut runs = Vec::with_capacity(restarts);
     for (seed, model) in trained {
@@ -489,6 +501,7 @@ fn choose(
             silhouette: silhouette(&mus, shape.latent, &l, shape.clusters),
             agreement: agreement(&l, &neighbours, shape.clusters),
             consensus: 0.0,
+            association: normalised_association(&l, &graph, shape.clusters),
         };
         runs.push(Restart {
             seed,

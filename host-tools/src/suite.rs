@@ -14,7 +14,7 @@
 use crate::baselines::{self, BaselineConfig};
 use crate::data::{self, Dataset};
 use crate::metrics::{self, Scores};
-use crate::select::{Criteria, Restart};
+use crate::select::{Criteria, Criterion, Restart};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -196,6 +196,88 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
         return 0.0;
     }
     cov / (va * vb).sqrt()
+}
+
+/// How well one label-free criterion picks among restarts, over a group of sets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CriterionSummary {
+    /// The criterion.
+    pub criterion: Criterion,
+    /// Spearman's rank correlation of the criterion with ACC over every restart of a
+    /// set (all its seeds' restarts pooled), averaged over the sets whose restarts do
+    /// not all score the same ACC (0 when none has).
+    pub rho: f64,
+    /// Mean ACC of the restart the criterion ranks first in each run (the first
+    /// restart on a tie, as [`crate::select::fit_restarts`] picks).
+    pub picked: f64,
+}
+
+/// The criteria's summaries over `sets` (the runs that have at least three restarts:
+/// with two, the consensus cannot tell them apart),
+/// with the mean ACC of a restart and of each run's best restart (by labels): `None`
+/// when no run has restarts.
+pub fn criteria_summary(sets: &[&SetResult]) -> Option<(Vec<CriterionSummary>, f64, f64)> {
+    let with: Vec<Vec<&[RestartScore]>> = sets
+        .iter()
+        .map(|s| {
+            s.runs
+                .iter()
+                .map(|r| &r.restarts[..])
+                .filter(|r| r.len() >= 3)
+                .collect()
+        })
+        .filter(|runs: &Vec<&[RestartScore]>| !runs.is_empty())
+        .collect();
+    let runs: Vec<&[RestartScore]> = with.iter().flatten().copied().collect();
+    if runs.is_empty() {
+        return None;
+    }
+    let mean = |v: &mut dyn Iterator<Item = f64>| {
+        let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+        sum / n.max(1) as f64
+    };
+    let summaries = [
+        Criterion::Silhouette,
+        Criterion::Agreement,
+        Criterion::Consensus,
+        Criterion::Association,
+    ]
+    .into_iter()
+    .map(|criterion| {
+        let rho = mean(&mut with.iter().filter_map(|set| {
+            let (c, acc): (Vec<f64>, Vec<f64>) = set
+                .iter()
+                .flat_map(|r| r.iter())
+                .map(|r| (r.criteria.get(criterion), r.acc))
+                .unzip();
+            // A set whose restarts all score alike has nothing to rank.
+            acc.iter().any(|&a| a != acc[0]).then(|| spearman(&c, &acc))
+        }));
+        let picked = mean(&mut runs.iter().map(|r| {
+            r.iter()
+                .reduce(|a, b| {
+                    if b.criteria.get(criterion) > a.criteria.get(criterion) {
+                        b
+                    } else {
+                        a
+                    }
+                })
+                .map_or(0.0, |r| r.acc)
+        }));
+        CriterionSummary {
+            criterion,
+            rho,
+            picked,
+        }
+    })
+    .collect();
+    let restart = mean(&mut runs.iter().flat_map(|r| r.iter().map(|x| x.acc)));
+    let best = mean(
+        &mut runs
+            .iter()
+            .map(|r| r.iter().map(|x| x.acc).fold(f64::NEG_INFINITY, f64::max)),
+    );
+    Some((summaries, restart, best))
 }
 
 /// Mean scores of a classical method (over its seeds, when it has some).

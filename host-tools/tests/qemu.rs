@@ -229,6 +229,19 @@ fn device_training_matches_the_host() {
     // runs, or a request would have failed with a storage error).
     let info = dev.info().unwrap();
     assert_eq!(dev.checkpoint().unwrap(), info.weights_crc);
+    println!(
+        "learn: static RAM {} B, peak stack {} B, flash {} B",
+        info.ram_static, info.stack_peak, info.flash_used
+    );
+    // The engine's memory of samples (`CAP` rows of `f32`) is on the stack; beyond it,
+    // the rest of the engine, the server's frames and a training step fit in 16 KiB: a
+    // second copy of the engine's training state left on the stack would not.
+    let memory = hvae::device::CAP * model.model.shape().input * core::mem::size_of::<f32>();
+    assert!(info.stack_peak as usize > memory, "{info:?}");
+    assert!(
+        (info.stack_peak as usize) < memory + 16 * 1024,
+        "{info:?}: more on the stack than one engine and a request"
+    );
 }
 
 /// The `learn_scratch` program on the emulated Cortex-M4F: it boots the fresh network

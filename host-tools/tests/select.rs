@@ -1,13 +1,17 @@
 //! Label-free model selection and the suite's statistics against independent values:
 //! the silhouette against scikit-learn's `silhouette_score(metric="cosine")`, Spearman's
 //! rho against SciPy's `spearmanr`, neighbour agreement, normalised association and the
-//! two-view neighbours by hand, and the suite's regression check.
+//! two-view neighbours by hand, the suite's summary of the restart criteria and its
+//! regression check.
 
 use hvae_host::select::{
     agreement, euclidean_neighbours, neighbour_agreement, normalised_association, restart_seed,
     silhouette,
 };
-use hvae_host::suite::{regressions, spearman, Run, SetResult, Stat};
+use hvae_host::select::{Criteria, Criterion};
+use hvae_host::suite::{
+    criteria_summary, regressions, spearman, RestartScore, Run, SetResult, Stat,
+};
 use hvae_host::train::mine_neighbours_both;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -254,6 +258,87 @@ fn result(name: &str, runs: &[(u64, f64, f64)]) -> SetResult {
         best_acc: None,
         best_nmi: None,
     }
+}
+
+/// A restart with criteria (silhouette, agreement, consensus, association) and its ACC.
+fn restart(seed: u64, c: [f64; 4], acc: f64) -> RestartScore {
+    RestartScore {
+        seed,
+        criteria: Criteria {
+            silhouette: c[0],
+            agreement: c[1],
+            consensus: c[2],
+            association: c[3],
+        },
+        acc,
+        nmi: 0.0,
+    }
+}
+
+#[test]
+fn criteria_summary_pools_a_sets_restarts_and_picks_as_the_training_does() {
+    let mut a = result("a", &[(0, 0.0, 0.0), (1, 0.0, 0.0)]);
+    a.runs[0].restarts = vec![
+        restart(0, [0.1, 0.5, 0.3, 0.6], 0.7),
+        restart(1, [0.3, 0.4, 0.3, 0.8], 0.9),
+        restart(2, [0.2, 0.6, 0.2, 0.7], 0.8),
+    ];
+    a.runs[1].restarts = vec![
+        restart(3, [0.5, 0.2, 0.4, 0.5], 0.6),
+        restart(4, [0.4, 0.3, 0.4, 0.9], 0.95),
+        restart(5, [0.6, 0.1, 0.1, 0.4], 0.5),
+    ];
+    // Two restarts: consensus cannot tell them apart, the run is left out (and so the
+    // set, which has no other).
+    let mut b = result("b", &[(0, 0.0, 0.0)]);
+    b.runs[0].restarts = vec![
+        restart(0, [0.9, 0.9, 0.9, 0.9], 0.0),
+        restart(1, [0.1, 0.1, 0.1, 0.1], 1.0),
+    ];
+    assert!(criteria_summary(&[&b]).is_none());
+    // Restarts that all score alike: picked like any other, left out of the mean rho.
+    let mut same = result("same", &[(0, 0.0, 0.0)]);
+    same.runs[0].restarts = vec![
+        restart(0, [0.1, 0.2, 0.3, 0.4], 0.5),
+        restart(1, [0.4, 0.3, 0.2, 0.1], 0.5),
+        restart(2, [0.2, 0.2, 0.2, 0.2], 0.5),
+    ];
+    let (with_same, restart_mean, best) = criteria_summary(&[&a, &same]).expect("restarts");
+    let (only_a, _, _) = criteria_summary(&[&a]).expect("restarts");
+    for (w, o) in with_same.iter().zip(&only_a) {
+        assert_eq!(w.rho, o.rho, "{w:?}");
+        assert!(
+            (w.picked - (2.0 * o.picked + 0.5) / 3.0).abs() < 1e-12,
+            "{w:?}"
+        );
+    }
+    assert!((restart_mean - (4.45 + 1.5) / 9.0).abs() < 1e-12);
+    assert!((best - (0.925 * 2.0 + 0.5) / 3.0).abs() < 1e-12);
+    let (c, restart_mean, best) = criteria_summary(&[&a, &b]).expect("restarts");
+    // scipy.stats.spearmanr over the six restarts of `a`; picked: the first of the
+    // largest in each run (consensus ties in both runs: their first restarts).
+    let want = [
+        (Criterion::Silhouette, -0.428_571_428_571_428_6, 0.7),
+        (Criterion::Agreement, 0.485_714_285_714_285_77, 0.875),
+        (Criterion::Consensus, 0.441_367_414_752_374_73, 0.65),
+        (Criterion::Association, 1.0, 0.925),
+    ];
+    assert_eq!(c.len(), want.len());
+    for (got, (criterion, rho, picked)) in c.iter().zip(want) {
+        assert_eq!(got.criterion, criterion);
+        assert!(
+            (got.rho - rho).abs() < 1e-12,
+            "{criterion:?} rho {}",
+            got.rho
+        );
+        assert!(
+            (got.picked - picked).abs() < 1e-12,
+            "{criterion:?} picked {}",
+            got.picked
+        );
+    }
+    assert!((restart_mean - 4.45 / 6.0).abs() < 1e-12);
+    assert!((best - 0.925).abs() < 1e-12);
 }
 
 #[test]

@@ -221,6 +221,7 @@ pub fn run(args: &SuiteArgs, out: &mut dyn Write) -> Result<(), Error> {
         .collect();
     let seconds = start.elapsed().as_secs_f64();
     print_table(out, &report, seeds, seconds, threads)?;
+    print_criteria(out, &report)?;
     let int8_misses = if args.int8 {
         print_int8_table(out, &report)?
     } else {
@@ -440,6 +441,36 @@ fn print_table(
         sets.len(),
         sets.len()
     )?;
+    Ok(())
+}
+
+/// With restarts: how each label-free criterion picks among them, per half.
+fn print_criteria(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> {
+    let mut header = true;
+    for half in ["tune", "held_out"] {
+        let group: Vec<&SetResult> = sets.iter().filter(|s| s.half == half).collect();
+        let Some((criteria, restart, best)) = suite::criteria_summary(&group) else {
+            continue;
+        };
+        if header {
+            outln!(
+                out,
+                "restarts: each criterion's rank correlation with ACC (Spearman, a set's \
+                 restarts pooled, mean over the sets) and the mean ACC of the restart it picks"
+            )?;
+            header = false;
+        }
+        let cells: Vec<String> = criteria
+            .iter()
+            .map(|c| format!("{:?} rho {:+.2} ACC {:.3}", c.criterion, c.rho, c.picked))
+            .collect();
+        outln!(
+            out,
+            "{:<8} {}; mean restart {restart:.3}, best restart {best:.3}",
+            if half == "tune" { "tuned" } else { "held out" },
+            cells.join(", ")
+        )?;
+    }
     Ok(())
 }
 

@@ -106,6 +106,9 @@ pub enum SelectArg {
     Agreement,
     /// Mean NMI with the other restarts.
     Consensus,
+    /// Normalised association with the neighbour graph of the normalised inputs (the
+    /// score of the GMM candidate's choice).
+    Association,
 }
 
 impl SelectArg {
@@ -115,6 +118,7 @@ impl SelectArg {
             SelectArg::Silhouette => Criterion::Silhouette,
             SelectArg::Agreement => Criterion::Agreement,
             SelectArg::Consensus => Criterion::Consensus,
+            SelectArg::Association => Criterion::Association,
         }
     }
 }
@@ -251,7 +255,7 @@ pub struct TrainArgs {
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub restarts: u32,
     /// The label-free criterion that picks among --restarts.
-    #[arg(long, value_enum, default_value_t = SelectArg::Consensus)]
+    #[arg(long, value_enum, default_value_t = SelectArg::Association)]
     pub select: SelectArg,
     /// Runs of the spherical k-means that initialises the centres: with --init latent the
     /// best by its objective is kept; with --init selected this many in each space are
