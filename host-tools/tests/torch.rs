@@ -374,9 +374,9 @@ fn free_port() -> u16 {
 
 /// `train_torch.py` on 2 processes under `torchrun` (gloo, CPU) against `hvae train`
 /// with the same settings (the defaults, one model with its centres from k-means on the
-/// mean directions, for all 100 epochs: `--gmm-candidate false --init latent
-/// --kmeans-restarts 1 --max-steps 0`, as `train_torch.py` trains one, places its
-/// centres and counts its epochs): the mean ACC of the imported
+/// mean directions: `--gmm-candidate false --init latent --kmeans-restarts 1`, as
+/// `train_torch.py` trains one and places its centres; both bound the digits' schedule
+/// at 3500 steps): the mean ACC of the imported
 /// models over [`TORCH_SEEDS`] is within 0.03 of `hvae train`'s mean over
 /// [`HVAE_SEEDS`], and the core agrees with PyTorch's forward pass on each imported
 /// model as in the test above.
@@ -399,7 +399,7 @@ fn torchrun_on_two_processes_clusters_the_digits_as_hvae_train_does() {
                     .args(["train", "--data", s(&digits), "--clusters", "10"])
                     .args(["--out", s(&blob), "--seed", &seed.to_string(), "--quiet"])
                     .args(["--gmm-candidate", "false", "--init", "latent"])
-                    .args(["--kmeans-restarts", "1", "--max-steps", "0"])
+                    .args(["--kmeans-restarts", "1"])
                     .stdout(std::process::Stdio::null())
                     .spawn()
                     .unwrap();
@@ -447,6 +447,9 @@ fn torchrun_on_two_processes_clusters_the_digits_as_hvae_train_does() {
             ],
         );
         assert!(said.contains("with 2 processes"), "{said}");
+        // The schedule `hvae train` runs on the digits (`FitConfig::schedule`).
+        let (_, steps) = hvae_host::train::FitConfig::default().schedule(1797);
+        assert!(said.contains(&format!("({steps} steps, ")), "{said}");
         let answers = dir.path().join(format!("torch-{seed}.npy"));
         run_python(
             &py,
