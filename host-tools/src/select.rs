@@ -49,6 +49,26 @@ pub enum Criterion {
     Association,
 }
 
+impl Criterion {
+    /// Every criterion, in the order reports list them.
+    pub const ALL: [Criterion; 4] = [
+        Criterion::Silhouette,
+        Criterion::Agreement,
+        Criterion::Consensus,
+        Criterion::Association,
+    ];
+
+    /// Its name as `hvae train --select` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Criterion::Silhouette => "silhouette",
+            Criterion::Agreement => "agreement",
+            Criterion::Consensus => "consensus",
+            Criterion::Association => "association",
+        }
+    }
+}
+
 /// The criteria of one trained model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Criteria {

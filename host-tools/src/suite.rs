@@ -236,41 +236,38 @@ pub fn criteria_summary(sets: &[&SetResult]) -> Option<(Vec<CriterionSummary>, f
         let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
         sum / n.max(1) as f64
     };
-    let summaries = [
-        Criterion::Silhouette,
-        Criterion::Agreement,
-        Criterion::Consensus,
-        Criterion::Association,
-    ]
-    .into_iter()
-    .map(|criterion| {
-        let rho = mean(&mut with.iter().filter_map(|set| {
-            let (c, acc): (Vec<f64>, Vec<f64>) = set
-                .iter()
-                .flat_map(|r| r.iter())
-                .map(|r| (r.criteria.get(criterion), r.acc))
-                .unzip();
-            // A set whose restarts all score alike has nothing to rank.
-            acc.iter().any(|&a| a != acc[0]).then(|| spearman(&c, &acc))
-        }));
-        let picked = mean(&mut runs.iter().map(|r| {
-            r.iter()
-                .reduce(|a, b| {
-                    if b.criteria.get(criterion) > a.criteria.get(criterion) {
-                        b
-                    } else {
-                        a
-                    }
-                })
-                .map_or(0.0, |r| r.acc)
-        }));
-        CriterionSummary {
-            criterion,
-            rho,
-            picked,
-        }
-    })
-    .collect();
+    let summaries = Criterion::ALL
+        .into_iter()
+        .map(|criterion| {
+            let rho = mean(&mut with.iter().filter_map(|set| {
+                let (c, acc): (Vec<f64>, Vec<f64>) = set
+                    .iter()
+                    .flat_map(|r| r.iter())
+                    .map(|r| (r.criteria.get(criterion), r.acc))
+                    .unzip();
+                // A set whose restarts all score alike has nothing to rank.
+                acc.windows(2)
+                    .any(|w| w[0] != w[1])
+                    .then(|| spearman(&c, &acc))
+            }));
+            let picked = mean(&mut runs.iter().map(|r| {
+                r.iter()
+                    .reduce(|a, b| {
+                        if b.criteria.get(criterion) > a.criteria.get(criterion) {
+                            b
+                        } else {
+                            a
+                        }
+                    })
+                    .map_or(0.0, |r| r.acc)
+            }));
+            CriterionSummary {
+                criterion,
+                rho,
+                picked,
+            }
+        })
+        .collect();
     let restart = mean(&mut runs.iter().flat_map(|r| r.iter().map(|x| x.acc)));
     let best = mean(
         &mut runs

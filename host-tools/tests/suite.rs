@@ -92,8 +92,8 @@ fn restarts_are_recorded_and_the_criteria_summarised() {
         out.contains("restarts: each criterion's rank correlation"),
         "{out}"
     );
-    assert!(out.contains("held out Silhouette rho"), "{out}");
-    assert!(out.contains("Association rho"), "{out}");
+    assert!(out.contains("held out silhouette rho"), "{out}");
+    assert!(out.contains("association rho"), "{out}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let run = &v["sets"][0]["runs"][0];

@@ -462,7 +462,14 @@ fn print_criteria(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> 
         }
         let cells: Vec<String> = criteria
             .iter()
-            .map(|c| format!("{:?} rho {:+.2} ACC {:.3}", c.criterion, c.rho, c.picked))
+            .map(|c| {
+                format!(
+                    "{} rho {:+.2} ACC {:.3}",
+                    c.criterion.name(),
+                    c.rho,
+                    c.picked
+                )
+            })
             .collect();
         outln!(
             out,
