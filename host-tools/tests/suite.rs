@@ -116,6 +116,43 @@ fn restarts_are_recorded_and_the_criteria_summarised() {
     assert_eq!(first_best["nmi"], run["nmi"], "{run}");
 }
 
+/// `--clusters-auto` reports the K each run kept beside the number of classes: wine's 3
+/// is found, ACSF1_feat's 10 cannot be with `--max-clusters 4`.
+#[test]
+fn clusters_auto_reports_the_k_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("auto.json");
+    let r = hvae()
+        .args([
+            "suite",
+            "--sets",
+            "wine,ACSF1_feat",
+            "--seeds",
+            "1",
+            "--manifest",
+        ])
+        .arg(manifest())
+        .args(["--clusters-auto", "--train-args", "--max-clusters 4"])
+        .args(["--json", s(&json)])
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let kept = |i: usize| v["sets"][i]["runs"][0]["clusters"].as_u64().unwrap();
+    assert_eq!(v["sets"][0]["name"], "wine");
+    assert_eq!(kept(0), 3, "{out}");
+    assert!((2..=4).contains(&kept(1)), "{out}");
+    assert!(
+        out.contains(&format!("wine 3 (3); ACSF1_feat {} (10)", kept(1))),
+        "{out}"
+    );
+    assert!(
+        out.contains("the number of classes found on 1 of 2 runs"),
+        "{out}"
+    );
+}
+
 /// `hvae suite` of iris with one seed and the sets of `manifest`, with `extra`
 /// arguments.
 fn suite_iris(manifest: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {

@@ -69,7 +69,8 @@ pub struct SuiteArgs {
     #[arg(long, allow_hyphen_values = true, value_name = "OPTIONS")]
     pub train_args: Option<String>,
     /// Train with `--clusters auto` (K chosen without labels, up to 10 or the
-    /// `--max-clusters` of --train-args) instead of the number of classes.
+    /// `--max-clusters` of --train-args) instead of the number of classes; the table is
+    /// followed by the K each run kept and how often it is the number of classes.
     #[arg(long)]
     pub clusters_auto: bool,
     /// Write the results as JSON.
@@ -222,6 +223,9 @@ pub fn run(args: &SuiteArgs, out: &mut dyn Write) -> Result<(), Error> {
     let seconds = start.elapsed().as_secs_f64();
     print_table(out, &report, seeds, seconds, threads)?;
     print_criteria(out, &report)?;
+    if args.clusters_auto {
+        print_chosen_k(out, &report)?;
+    }
     let int8_misses = if args.int8 {
         print_int8_table(out, &report)?
     } else {
@@ -441,6 +445,30 @@ fn print_table(
         sets.len(),
         sets.len()
     )?;
+    Ok(())
+}
+
+/// With `--clusters-auto`: the K each run kept beside the number of classes, and how
+/// often the two are equal.
+fn print_chosen_k(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> {
+    let runs: usize = sets.iter().map(|s| s.runs.len()).sum();
+    let found: usize = sets
+        .iter()
+        .map(|s| s.runs.iter().filter(|r| r.clusters == s.clusters).count())
+        .sum();
+    let each: Vec<String> = sets
+        .iter()
+        .map(|s| {
+            let ks: Vec<String> = s.runs.iter().map(|r| r.clusters.to_string()).collect();
+            format!("{} {} ({})", s.name, ks.join(","), s.clusters)
+        })
+        .collect();
+    outln!(
+        out,
+        "K kept by --clusters auto, by seed (the number of classes): {}",
+        each.join("; ")
+    )?;
+    outln!(out, "the number of classes found on {found} of {runs} runs")?;
     Ok(())
 }
 
