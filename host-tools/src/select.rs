@@ -58,6 +58,17 @@ impl Criterion {
         Criterion::Association,
     ];
 
+    /// The criterion that picks among `restarts` restarts when `self` is asked for:
+    /// itself, but the silhouette for consensus with fewer than three (two restarts'
+    /// mean NMI with each other is the same number).
+    pub fn used_with(self, restarts: usize) -> Criterion {
+        if self == Criterion::Consensus && restarts < 3 {
+            Criterion::Silhouette
+        } else {
+            self
+        }
+    }
+
     /// Its name as `hvae train --select` spells it.
     pub fn name(self) -> &'static str {
         match self {
@@ -102,6 +113,8 @@ pub struct Restart {
     pub seed: u64,
     /// Label-free criteria.
     pub criteria: Criteria,
+    /// True for the restart the criterion picked.
+    pub kept: bool,
     /// Label of every training row.
     pub labels: Vec<usize>,
 }
@@ -526,6 +539,7 @@ fn choose(
         runs.push(Restart {
             seed,
             criteria,
+            kept: false,
             labels: l,
         });
         models.push(model);
@@ -542,12 +556,7 @@ fn choose(
     for (r, v) in runs.iter_mut().zip(nmis) {
         r.criteria.consensus = v;
     }
-    // Consensus needs three restarts to tell them apart; with fewer, the silhouette.
-    let criterion = if criterion == Criterion::Consensus && restarts < 3 {
-        Criterion::Silhouette
-    } else {
-        criterion
-    };
+    let criterion = criterion.used_with(restarts);
     let best = (0..restarts)
         .max_by(|&a, &b| {
             runs[a]
@@ -557,6 +566,9 @@ fn choose(
                 .then(b.cmp(&a))
         })
         .unwrap_or(0);
+    if let Some(r) = runs.get_mut(best) {
+        r.kept = true;
+    }
     let model = models.swap_remove(best);
     Ok((model, runs))
 }

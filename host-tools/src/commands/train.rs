@@ -417,6 +417,21 @@ pub struct TrainReport {
     pub steps: usize,
     /// Of which the warm-up's.
     pub warmup_steps: usize,
+    /// With --restarts: every restart (of the kind kept, with --gmm-candidate) and its
+    /// criteria.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<RestartReport>,
+}
+
+/// One restart in [`TrainReport`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct RestartReport {
+    /// Its seed.
+    pub seed: u64,
+    /// Its label-free criteria.
+    pub criteria: crate::select::Criteria,
+    /// True for the one kept.
+    pub kept: bool,
 }
 
 /// The shape the arguments ask for, for data with `d` features
@@ -858,6 +873,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     if let Some(c) = &trained.gmm {
         outln!(out, "{}", describe_choice(c, args.choice_score))?;
     }
+    if let Some(line) = describe_restarts(&trained.restarts, args.select.criterion()) {
+        outln!(out, "{line}")?;
+    }
     if let Some(s) = &final_scores {
         outln!(out, "ACC {:.4}  NMI {:.4}  ARI {:.4}", s.acc, s.nmi, s.ari)?;
     }
@@ -874,6 +892,15 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
             crc,
             steps,
             warmup_steps,
+            restarts: trained
+                .restarts
+                .iter()
+                .map(|r| RestartReport {
+                    seed: r.seed,
+                    criteria: r.criteria,
+                    kept: r.kept,
+                })
+                .collect(),
         };
         let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Failed(e.to_string()))?;
         crate::fsio::write_bytes_atomic(path, &json)?;
@@ -909,6 +936,26 @@ pub fn describe_choice(c: &GmmChoice, score: ChoiceScore) -> String {
         ChoiceScore::Agreement => "neighbour agreement",
     };
     format!("kept {kept}: {named} {a:.4} against {b:.4} for {other}, chosen {when}")
+}
+
+/// One line on --restarts' pick: the restart kept, by which criterion (`asked`, or
+/// what it falls back to: [`Criterion::used_with`]) and every restart's value of it;
+/// `None` without restarts.
+pub fn describe_restarts(restarts: &[Restart], asked: Criterion) -> Option<String> {
+    let (i, kept) = restarts.iter().enumerate().find(|(_, r)| r.kept)?;
+    let used = asked.used_with(restarts.len());
+    let values: Vec<String> = restarts
+        .iter()
+        .map(|r| format!("{:.4}", r.criteria.get(used)))
+        .collect();
+    Some(format!(
+        "kept restart {} of {} (seed {}) by its {}: {}",
+        i + 1,
+        restarts.len(),
+        kept.seed,
+        used.name(),
+        values.join(", ")
+    ))
 }
 
 /// The model's label for every row (a row it cannot encode gets cluster 0).
