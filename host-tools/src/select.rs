@@ -119,6 +119,16 @@ pub struct Restart {
     pub labels: Vec<usize>,
 }
 
+/// The index of the largest of `values` (in `f64::total_cmp`'s order), the first of
+/// equals: the restart a criterion picks. `None` when there are none.
+pub fn first_best(values: impl IntoIterator<Item = f64>) -> Option<usize> {
+    values
+        .into_iter()
+        .enumerate()
+        .reduce(|a, b| if b.1.total_cmp(&a.1).is_gt() { b } else { a })
+        .map(|(i, _)| i)
+}
+
 /// The seed of restart `r` of a run seeded `seed` (restart 0 is `seed` itself, so one
 /// restart is the plain run).
 pub fn restart_seed(seed: u64, r: usize) -> u64 {
@@ -557,15 +567,7 @@ fn choose(
         r.criteria.consensus = v;
     }
     let criterion = criterion.used_with(restarts);
-    let best = (0..restarts)
-        .max_by(|&a, &b| {
-            runs[a]
-                .criteria
-                .get(criterion)
-                .total_cmp(&runs[b].criteria.get(criterion))
-                .then(b.cmp(&a))
-        })
-        .unwrap_or(0);
+    let best = first_best(runs.iter().map(|r| r.criteria.get(criterion))).unwrap_or(0);
     if let Some(r) = runs.get_mut(best) {
         r.kept = true;
     }

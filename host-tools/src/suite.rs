@@ -14,7 +14,7 @@
 use crate::baselines::{self, BaselineConfig};
 use crate::data::{self, Dataset};
 use crate::metrics::{self, Scores};
-use crate::select::{Criteria, Criterion, Restart};
+use crate::select::{first_best, Criteria, Criterion, Restart};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -207,8 +207,8 @@ pub struct CriterionSummary {
     /// set (all its seeds' restarts pooled), averaged over the sets whose restarts do
     /// not all score the same ACC (0 when none has).
     pub rho: f64,
-    /// Mean ACC of the restart the criterion ranks first in each run (the first
-    /// restart on a tie, as [`crate::select::fit_restarts`] picks).
+    /// Mean ACC of the restart the criterion ranks first in each run
+    /// ([`first_best`], as [`crate::select::fit_restarts`] picks).
     pub picked: f64,
 }
 
@@ -251,15 +251,9 @@ pub fn criteria_summary(sets: &[&SetResult]) -> Option<(Vec<CriterionSummary>, f
                     .then(|| spearman(&c, &acc))
             }));
             let picked = mean(&mut runs.iter().map(|r| {
-                r.iter()
-                    .reduce(|a, b| {
-                        if b.criteria.get(criterion) > a.criteria.get(criterion) {
-                            b
-                        } else {
-                            a
-                        }
-                    })
-                    .map_or(0.0, |r| r.acc)
+                first_best(r.iter().map(|x| x.criteria.get(criterion)))
+                    .and_then(|i| r.get(i))
+                    .map_or(0.0, |x| x.acc)
             }));
             CriterionSummary {
                 criterion,
