@@ -147,10 +147,13 @@ fn clusters_auto_reports_the_k_kept() {
         out.contains(&format!("wine 3 (3); ACSF1_feat {} (10)", kept(1))),
         "{out}"
     );
-    assert!(
-        out.contains("the number of classes found on 1 of 2 runs"),
-        "{out}"
+    let wine = &v["sets"][0]["runs"][0];
+    let line = format!(
+        "the number of classes found on 1 of 2 runs, there ACC {:.3} NMI {:.3} (mean)",
+        wine["acc"].as_f64().unwrap(),
+        wine["nmi"].as_f64().unwrap()
     );
+    assert!(out.contains(&line), "{out}\n{line}");
 }
 
 /// `hvae suite` of iris with one seed and the sets of `manifest`, with `extra`

@@ -452,10 +452,10 @@ fn print_table(
 /// often the two are equal.
 fn print_chosen_k(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> {
     let runs: usize = sets.iter().map(|s| s.runs.len()).sum();
-    let found: usize = sets
+    let found: Vec<&Run> = sets
         .iter()
-        .map(|s| s.runs.iter().filter(|r| r.clusters == s.clusters).count())
-        .sum();
+        .flat_map(|s| s.runs.iter().filter(move |r| r.clusters == s.clusters))
+        .collect();
     let each: Vec<String> = sets
         .iter()
         .map(|s| {
@@ -468,7 +468,18 @@ fn print_chosen_k(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> 
         "K kept by --clusters auto, by seed (the number of classes): {}",
         each.join("; ")
     )?;
-    outln!(out, "the number of classes found on {found} of {runs} runs")?;
+    let mean = |f: fn(&Run) -> f64| found.iter().map(|r| f(r)).sum::<f64>() / found.len() as f64;
+    if found.is_empty() {
+        outln!(out, "the number of classes found on 0 of {runs} runs")?;
+    } else {
+        outln!(
+            out,
+            "the number of classes found on {} of {runs} runs, there ACC {:.3} NMI {:.3} (mean)",
+            found.len(),
+            mean(|r| r.acc),
+            mean(|r| r.nmi)
+        )?;
+    }
     Ok(())
 }
 
