@@ -212,11 +212,21 @@ pub struct CriterionSummary {
     pub picked: f64,
 }
 
-/// The criteria's summaries over `sets` (the runs that have at least three restarts:
-/// with two, the consensus cannot tell them apart),
-/// with the mean ACC of a restart and of each run's best restart (by labels): `None`
-/// when no run has restarts.
-pub fn criteria_summary(sets: &[&SetResult]) -> Option<(Vec<CriterionSummary>, f64, f64)> {
+/// How the label-free criteria pick among the restarts of a group of sets
+/// ([`criteria_summary`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CriteriaSummary {
+    /// One summary per criterion, in [`Criterion::ALL`]'s order.
+    pub criteria: Vec<CriterionSummary>,
+    /// Mean ACC of a restart.
+    pub mean_restart: f64,
+    /// Mean ACC of each run's best restart (by labels).
+    pub best_restart: f64,
+}
+
+/// The criteria's summaries over `sets`, from the runs that have at least three
+/// restarts (with two, the consensus cannot tell them apart): `None` when no run has.
+pub fn criteria_summary(sets: &[&SetResult]) -> Option<CriteriaSummary> {
     let with: Vec<Vec<&[RestartScore]>> = sets
         .iter()
         .map(|s| {
@@ -232,14 +242,10 @@ pub fn criteria_summary(sets: &[&SetResult]) -> Option<(Vec<CriterionSummary>, f
     if runs.is_empty() {
         return None;
     }
-    let mean = |v: &mut dyn Iterator<Item = f64>| {
-        let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-        sum / n.max(1) as f64
-    };
-    let summaries = Criterion::ALL
+    let criteria = Criterion::ALL
         .into_iter()
         .map(|criterion| {
-            let rho = mean(&mut with.iter().filter_map(|set| {
+            let rho = Stat::of(with.iter().filter_map(|set| {
                 let (c, acc): (Vec<f64>, Vec<f64>) = set
                     .iter()
                     .flat_map(|r| r.iter())
@@ -249,12 +255,14 @@ pub fn criteria_summary(sets: &[&SetResult]) -> Option<(Vec<CriterionSummary>, f
                 acc.windows(2)
                     .any(|w| w[0] != w[1])
                     .then(|| spearman(&c, &acc))
-            }));
-            let picked = mean(&mut runs.iter().map(|r| {
+            }))
+            .mean;
+            let picked = Stat::of(runs.iter().map(|r| {
                 first_best(r.iter().map(|x| x.criteria.get(criterion)))
                     .and_then(|i| r.get(i))
                     .map_or(0.0, |x| x.acc)
-            }));
+            }))
+            .mean;
             CriterionSummary {
                 criterion,
                 rho,
@@ -262,13 +270,11 @@ pub fn criteria_summary(sets: &[&SetResult]) -> Option<(Vec<CriterionSummary>, f
             }
         })
         .collect();
-    let restart = mean(&mut runs.iter().flat_map(|r| r.iter().map(|x| x.acc)));
-    let best = mean(
-        &mut runs
-            .iter()
-            .map(|r| r.iter().map(|x| x.acc).fold(f64::NEG_INFINITY, f64::max)),
-    );
-    Some((summaries, restart, best))
+    Some(CriteriaSummary {
+        criteria,
+        mean_restart: Stat::of(runs.iter().flat_map(|r| r.iter().map(|x| x.acc))).mean,
+        best_restart: Stat::of(runs.iter().map(|r| Stat::of(r.iter().map(|x| x.acc)).max)).mean,
+    })
 }
 
 /// Mean scores of a classical method (over its seeds, when it has some).

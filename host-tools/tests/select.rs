@@ -303,18 +303,19 @@ fn criteria_summary_pools_a_sets_restarts_and_picks_as_the_training_does() {
         restart(1, [0.4, 0.3, 0.2, 0.1], 0.5),
         restart(2, [0.2, 0.2, 0.2, 0.2], 0.5),
     ];
-    let (with_same, restart_mean, best) = criteria_summary(&[&a, &same]).expect("restarts");
-    let (only_a, _, _) = criteria_summary(&[&a]).expect("restarts");
-    for (w, o) in with_same.iter().zip(&only_a) {
+    let with_same = criteria_summary(&[&a, &same]).expect("restarts");
+    let only_a = criteria_summary(&[&a]).expect("restarts").criteria;
+    for (w, o) in with_same.criteria.iter().zip(&only_a) {
         assert_eq!(w.rho, o.rho, "{w:?}");
         assert!(
             (w.picked - (2.0 * o.picked + 0.5) / 3.0).abs() < 1e-12,
             "{w:?}"
         );
     }
-    assert!((restart_mean - (4.45 + 1.5) / 9.0).abs() < 1e-12);
-    assert!((best - (0.925 * 2.0 + 0.5) / 3.0).abs() < 1e-12);
-    let (c, restart_mean, best) = criteria_summary(&[&a, &b]).expect("restarts");
+    assert!((with_same.mean_restart - (4.45 + 1.5) / 9.0).abs() < 1e-12);
+    assert!((with_same.best_restart - (0.925 * 2.0 + 0.5) / 3.0).abs() < 1e-12);
+    let summary = criteria_summary(&[&a, &b]).expect("restarts");
+    let c = &summary.criteria;
     // scipy.stats.spearmanr over the six restarts of `a`; picked: the first of the
     // largest in each run (consensus ties in both runs: their first restarts).
     let want = [
@@ -337,8 +338,8 @@ fn criteria_summary_pools_a_sets_restarts_and_picks_as_the_training_does() {
             got.picked
         );
     }
-    assert!((restart_mean - 4.45 / 6.0).abs() < 1e-12);
-    assert!((best - 0.925).abs() < 1e-12);
+    assert!((summary.mean_restart - 4.45 / 6.0).abs() < 1e-12);
+    assert!((summary.best_restart - 0.925).abs() < 1e-12);
 }
 
 #[test]

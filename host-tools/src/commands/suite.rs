@@ -468,7 +468,6 @@ fn print_chosen_k(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> 
         "K kept by --clusters auto, by seed (the number of classes): {}",
         each.join("; ")
     )?;
-    let mean = |f: fn(&Run) -> f64| found.iter().map(|r| f(r)).sum::<f64>() / found.len() as f64;
     if found.is_empty() {
         outln!(out, "the number of classes found on 0 of {runs} runs")?;
     } else {
@@ -476,8 +475,8 @@ fn print_chosen_k(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> 
             out,
             "the number of classes found on {} of {runs} runs, there ACC {:.3} NMI {:.3} (mean)",
             found.len(),
-            mean(|r| r.acc),
-            mean(|r| r.nmi)
+            suite::Stat::of(found.iter().map(|r| r.acc)).mean,
+            suite::Stat::of(found.iter().map(|r| r.nmi)).mean
         )?;
     }
     Ok(())
@@ -488,7 +487,7 @@ fn print_criteria(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> 
     let mut header = true;
     for half in ["tune", "held_out"] {
         let group: Vec<&SetResult> = sets.iter().filter(|s| s.half == half).collect();
-        let Some((criteria, restart, best)) = suite::criteria_summary(&group) else {
+        let Some(summary) = suite::criteria_summary(&group) else {
             continue;
         };
         if header {
@@ -499,7 +498,8 @@ fn print_criteria(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> 
             )?;
             header = false;
         }
-        let cells: Vec<String> = criteria
+        let cells: Vec<String> = summary
+            .criteria
             .iter()
             .map(|c| {
                 format!(
@@ -512,9 +512,11 @@ fn print_criteria(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> 
             .collect();
         outln!(
             out,
-            "{:<8} {}; mean restart {restart:.3}, best restart {best:.3}",
+            "{:<8} {}; mean restart {:.3}, best restart {:.3}",
             if half == "tune" { "tuned" } else { "held out" },
-            cells.join(", ")
+            cells.join(", "),
+            summary.mean_restart,
+            summary.best_restart
         )?;
     }
     Ok(())
