@@ -29,6 +29,12 @@ BLAS and OpenMP run on one thread, so the output is the same from run to run.
 Usage:
     host-tools/reference/.venv/bin/python host-tools/reference/suite_baselines.py \
         [--suite DIR] [--out FILE] [--sets name,name,...]
+
+Your own labelled data (CSV, plain or gzipped, with a `label` column of integers), for
+`hvae suite --data FILE... --baselines FILE`: each file is a set named after its file
+(without `.gz` and the extension), K = its number of distinct labels:
+    host-tools/reference/.venv/bin/python host-tools/reference/suite_baselines.py \
+        --data mine.csv [other.csv.gz ...] [--out baselines.json]
 """
 
 import argparse
@@ -70,12 +76,25 @@ METHODS = {
 
 
 def load(path):
-    """Features and labels of a suite CSV (gzipped, header, `label` column)."""
-    with gzip.open(path, "rt", encoding="ascii") as fh:
+    """Features and class indices `0..K` (in the order of the label values) of a CSV
+    with a header and a `label` column, gzipped or not."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="ascii") as fh:
         header = fh.readline().strip().split(",")
         rows = np.loadtxt(fh, delimiter=",", ndmin=2)
+    if "label" not in header:
+        sys.exit(f"{path}: no label column")
     label = header.index("label")
-    return np.delete(rows, label, axis=1), rows[:, label].astype(int)
+    classes = np.unique(rows[:, label].astype(int), return_inverse=True)[1]
+    return np.delete(rows, label, axis=1), classes.reshape(-1)
+
+
+def set_name(path):
+    """A data file's set name, as `hvae suite --data` gives it: the file name without
+    `.gz` and then its extension."""
+    name = os.path.basename(path)
+    name = name[: -len(".gz")] if name.endswith(".gz") else name
+    return os.path.splitext(name)[0]
 
 
 def acc(y, p):
@@ -125,11 +144,20 @@ def main():
     ap.add_argument("--suite", default=SUITE, help="directory holding suite.json")
     ap.add_argument("--out", help="output JSON (default: baselines.json in the suite directory)")
     ap.add_argument("--sets", help="comma-separated subset of set names")
+    ap.add_argument("--data", nargs="+", metavar="FILE",
+                    help="your own labelled CSV files instead of the suite's sets "
+                         "(default --out: baselines.json in the current directory)")
     args = ap.parse_args()
-    out = args.out or os.path.join(args.suite, "baselines.json")
-    with open(os.path.join(args.suite, "suite.json"), encoding="utf-8") as fh:
-        manifest = json.load(fh)
-    sets = manifest["sets"]
+    if args.data:
+        out = args.out or "baselines.json"
+        sets = [{"name": set_name(f), "file": os.path.abspath(f), "half": "user"}
+                for f in args.data]
+        if len({s["name"] for s in sets}) < len(sets):
+            sys.exit("two files with the same name: the sets are named after their files")
+    else:
+        out = args.out or os.path.join(args.suite, "baselines.json")
+        with open(os.path.join(args.suite, "suite.json"), encoding="utf-8") as fh:
+            sets = json.load(fh)["sets"]
     if args.sets:
         wanted = args.sets.split(",")
         sets = [s for s in sets if s["name"] in wanted]
@@ -144,8 +172,9 @@ def main():
         for s in sets:
             t0 = time.perf_counter()
             x, y = load(os.path.join(args.suite, s["file"]))
-            k = s["clusters"]
-            assert x.shape == (s["rows"], s["features"]) and y.max() + 1 == k, s["name"]
+            k = int(y.max()) + 1
+            assert s.get("clusters", k) == k, s["name"]
+            assert x.shape == (s.get("rows", x.shape[0]), s.get("features", x.shape[1])), s["name"]
             z = StandardScaler().fit_transform(x)
             res = {}
             for method in METHODS:
@@ -159,7 +188,7 @@ def main():
             result[s["name"]] = res
             cells = ["       null" if res[m] is None else
                      f"{res[m]['acc']['mean']:.3f}/{res[m]['nmi']['mean']:.3f}" for m in METHODS]
-            print(f"{s['name']:24s} {s['half']:8s} {x.shape[0]:5d} {x.shape[1]:4d} {k:2d}  "
+            print(f"{s['name']:24s} {s.get('half', 'user'):8s} {x.shape[0]:5d} {x.shape[1]:4d} {k:2d}  "
                   + "  ".join(cells) + f"  {time.perf_counter() - t0:5.1f}", flush=True)
 
     doc = {"normalisation": NORMALISATION,

@@ -10,6 +10,9 @@
 //! ([`crate::baselines`]), run here. Both see the features standardised to zero mean
 //! and unit deviation; the model fits its own normalisation
 //! ([`crate::train::fit_normalisation`]).
+//!
+//! A user's labelled files ([`load_files`], `hvae suite --data`) are scored the same way
+//! as a third part, [`Part::User`], neither tuned on nor held out.
 
 use crate::baselines::{self, BaselineConfig};
 use crate::data::{self, Dataset};
@@ -18,6 +21,43 @@ use crate::select::{first_best, Criteria, Criterion, Restart};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The part of the suite a data set belongs to, which the table reports apart.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// The shipped sets the defaults were chosen on (`tune` in a manifest).
+    Tune,
+    /// The shipped sets held out while the defaults were chosen (`held_out`).
+    HeldOut,
+    /// A user's own data (`user`; a manifest entry without `half`, or `hvae suite
+    /// --data`): neither tuned on nor held out.
+    #[default]
+    User,
+}
+
+impl Part {
+    /// Every part, in the order the table reports them.
+    pub const ALL: [Part; 3] = [Part::Tune, Part::HeldOut, Part::User];
+
+    /// The spelling in a manifest, the JSON and the CSV.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Part::Tune => "tune",
+            Part::HeldOut => "held_out",
+            Part::User => "user",
+        }
+    }
+
+    /// The table's heading for the part's sets.
+    pub const fn heading(self) -> &'static str {
+        match self {
+            Part::Tune => "tuned on",
+            Part::HeldOut => "held out while tuning",
+            Part::User => "your data",
+        }
+    }
+}
 
 /// One data set of the manifest.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -28,8 +68,9 @@ pub struct SetSpec {
     pub file: String,
     /// Number of classes, used as K.
     pub clusters: usize,
-    /// `tune` or `held_out`.
-    pub half: String,
+    /// The part of the suite it belongs to (`half` in the manifest; absent: a user's).
+    #[serde(default)]
+    pub half: Part,
     /// Where the data come from.
     #[serde(default)]
     pub source: String,
@@ -302,8 +343,8 @@ pub struct Best {
 pub struct SetResult {
     /// Data set name.
     pub name: String,
-    /// `tune` or `held_out`.
-    pub half: String,
+    /// The part of the suite it belongs to.
+    pub half: Part,
     /// Rows.
     pub rows: usize,
     /// Features.
@@ -504,6 +545,59 @@ pub fn load_sets(
     Ok(out)
 }
 
+/// Loads a user's labelled data files as sets of the suite ([`Part::User`]): each is
+/// named after its file (without `.gz` and the extension) and clustered with K = the
+/// number of distinct values of its `label` column.
+pub fn load_files(paths: &[PathBuf]) -> Result<Vec<Loaded>, crate::Error> {
+    let mut out: Vec<Loaded> = Vec::new();
+    for path in paths {
+        let name = set_name(path);
+        if out.iter().any(|l| l.spec.name == name) {
+            return Err(crate::Error::BadInput(format!(
+                "{}: a second file named {name}: the sets are named after their files",
+                path.display()
+            )));
+        }
+        let data = data::load(path)?;
+        let Some(labels) = data.labels() else {
+            return Err(crate::Error::BadInput(format!(
+                "{}: no label column: the suite scores the clusters against the labels \
+                 (hvae train clusters data without them)",
+                path.display()
+            )));
+        };
+        let classes = crate::commands::train::classes_of(labels);
+        let Some((truth, clusters @ 2..=255)) = classes else {
+            return Err(crate::Error::BadInput(format!(
+                "{}: the label column has {} classes: the suite needs 2 to 255",
+                path.display(),
+                classes.map_or_else(|| "more than 256".into(), |(_, c)| c.to_string())
+            )));
+        };
+        let spec = SetSpec {
+            name,
+            file: path.display().to_string(),
+            clusters,
+            half: Part::User,
+            source: String::new(),
+        };
+        out.push(Loaded { spec, data, truth });
+    }
+    Ok(out)
+}
+
+/// A data file's set name: its file name without `.gz` and then its extension.
+fn set_name(path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = file.strip_suffix(".gz").unwrap_or(&file);
+    Path::new(file)
+        .file_stem()
+        .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
 /// Summary of a set's runs beside its classical results.
 pub fn summarise(
     l: &Loaded,
@@ -513,7 +607,7 @@ pub fn summarise(
     runs.sort_by_key(|r| r.seed);
     SetResult {
         name: l.spec.name.clone(),
-        half: l.spec.half.clone(),
+        half: l.spec.half,
         rows: l.data.len(),
         features: l.data.dim(),
         clusters: l.spec.clusters,

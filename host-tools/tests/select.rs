@@ -232,7 +232,7 @@ fn restart_zero_is_the_plain_seed() {
 fn result(name: &str, runs: &[(u64, f64, f64)]) -> SetResult {
     SetResult {
         name: name.into(),
-        half: "tune".into(),
+        half: hvae_host::suite::Part::Tune,
         rows: 10,
         features: 2,
         clusters: 2,

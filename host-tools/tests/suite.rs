@@ -92,7 +92,10 @@ fn restarts_are_recorded_and_the_criteria_summarised() {
         out.contains("restarts: each criterion's rank correlation"),
         "{out}"
     );
-    assert!(out.contains("held out silhouette rho"), "{out}");
+    assert!(
+        out.contains("held out while tuning: silhouette rho"),
+        "{out}"
+    );
     assert!(out.contains("association rho"), "{out}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -213,4 +216,169 @@ fn clusters_auto_finds_well_separated_clusters() {
         .arg(dir.path().join("x.hvae"))
         .assert()
         .code(2);
+}
+
+/// A labelled file of the user's, four vMF clusters whose labels are 10, 20, 30 and 40:
+/// `--data` makes it a set of its own, named after the file, with K = 4; the run trains
+/// the model `hvae train` trains with the same seed and K; scikit-learn's columns come
+/// from `suite_baselines.py --data` through `--baselines`.
+#[test]
+fn user_data_is_scored_as_a_set_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mix = hvae_host::synth::VmfMixture::new(12, 4, 400, 50.0, 3)
+        .generate()
+        .unwrap();
+    let labels: Vec<i64> = mix
+        .data
+        .labels()
+        .unwrap()
+        .iter()
+        .map(|l| 10 * (l + 1))
+        .collect();
+    let data = hvae_host::data::Dataset::new(
+        mix.data.columns().to_vec(),
+        mix.data.features().to_vec(),
+        Some(labels),
+    )
+    .unwrap();
+    let csv = dir.path().join("sensors.csv");
+    hvae_host::data::write_csv(&csv, &data).unwrap();
+    let json = dir.path().join("run.json");
+    let r = hvae()
+        .args([
+            "suite",
+            "--seeds",
+            "1",
+            "--json",
+            s(&json),
+            "--data",
+            s(&csv),
+        ])
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
+    assert!(out.contains("-- your data --\nsensors "), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let set = &v["sets"][0];
+    assert_eq!(v["sets"].as_array().unwrap().len(), 1);
+    assert_eq!(set["name"], "sensors");
+    assert_eq!(set["half"], "user");
+    assert_eq!(set["clusters"], 4);
+    let classical: Vec<&str> = set["classical"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(classical, ["tool_kmeans", "tool_spherical_kmeans"]);
+    // The same seed and K through `hvae train`: the same ACC.
+    let model = dir.path().join("m.hvae");
+    let r = hvae()
+        .args(["train", "--clusters", "4", "--seed", "0", "--data", s(&csv)])
+        .args(["--out", s(&model)])
+        .assert()
+        .success();
+    let train_out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
+    let acc = set["runs"][0]["acc"].as_f64().unwrap();
+    assert!(
+        train_out.contains(&format!("ACC {acc:.4}")),
+        "{train_out}\n{acc}"
+    );
+    // scikit-learn's methods on the same file, by its name.
+    let Some(py) = common::reference_python("suite_baselines.py --data") else {
+        return;
+    };
+    let baselines = dir.path().join("baselines.json");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/suite_baselines.py");
+    common::output_ok(std::process::Command::new(py).arg(&script).args([
+        "--data",
+        s(&csv),
+        "--out",
+        s(&baselines),
+    ]));
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&baselines).unwrap()).unwrap();
+    hvae()
+        .args([
+            "suite",
+            "--seeds",
+            "1",
+            "--json",
+            s(&json),
+            "--data",
+            s(&csv),
+        ])
+        .args(["--baselines", s(&baselines)])
+        .assert()
+        .success();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for m in ["kmeans", "spherical_kmeans", "gmm", "ward", "spectral"] {
+        assert_eq!(
+            v["sets"][0]["classical"][format!("sklearn_{m}")]["acc"],
+            b["sets"]["sensors"][m]["acc"]["mean"],
+            "{m}"
+        );
+    }
+}
+
+/// `--data` refuses a file without labels, two files of one name, and the manifest's
+/// selections; a manifest entry's `half` must be one of the three parts, and an entry
+/// without one is the user's.
+#[test]
+fn user_data_and_manifest_parts_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.csv");
+    std::fs::write(&plain, "a,b\n1,2\n3,4\n5,6\n").unwrap();
+    let r = hvae().args(["suite", "--data", s(&plain)]).assert().code(2);
+    let err = String::from_utf8_lossy(&r.get_output().stderr).to_string();
+    assert!(err.contains("plain.csv: no label column"), "{err}");
+    let one = dir.path().join("one.csv");
+    std::fs::write(&one, "a,label\n1,0\n3,0\n5,0\n").unwrap();
+    let r = hvae().args(["suite", "--data", s(&one)]).assert().code(2);
+    let err = String::from_utf8_lossy(&r.get_output().stderr).to_string();
+    assert!(err.contains("the label column has 1 classes"), "{err}");
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let labelled = dir.path().join("x.csv");
+    std::fs::write(&labelled, "a,label\n1,0\n3,1\n5,0\n7,1\n").unwrap();
+    let again = sub.join("x.csv.gz");
+    std::fs::copy(manifest().with_file_name("iris.csv.gz"), &again).unwrap();
+    let r = hvae()
+        .args(["suite", "--data", s(&labelled), "--data", s(&again)])
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&r.get_output().stderr).to_string();
+    assert!(err.contains("a second file named x"), "{err}");
+    hvae()
+        .args(["suite", "--data", s(&labelled), "--sets", "iris"])
+        .assert()
+        .code(2);
+    // A manifest of the user's: no half is the user's part, a misspelt one is refused.
+    let iris = dir.path().join("iris.csv.gz");
+    std::fs::copy(manifest().with_file_name("iris.csv.gz"), &iris).unwrap();
+    let m = dir.path().join("suite.json");
+    std::fs::write(
+        &m,
+        r#"{"sets": [{"name": "iris", "file": "iris.csv.gz", "clusters": 3}]}"#,
+    )
+    .unwrap();
+    let r = hvae()
+        .args(["suite", "--seeds", "1", "--manifest", s(&m)])
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
+    assert!(out.contains("-- your data --\niris "), "{out}");
+    std::fs::write(
+        &m,
+        r#"{"sets": [{"name": "iris", "file": "iris.csv.gz", "clusters": 3, "half": "tuned"}]}"#,
+    )
+    .unwrap();
+    let r = hvae().args(["suite", "--manifest", s(&m)]).assert().code(2);
+    let err = String::from_utf8_lossy(&r.get_output().stderr).to_string();
+    assert!(
+        err.contains("bad suite manifest") && err.contains("tuned"),
+        "{err}"
+    );
 }

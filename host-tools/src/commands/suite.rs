@@ -2,7 +2,7 @@
 
 use super::outln;
 use super::train;
-use crate::suite::{self, Loaded, Run, SetResult};
+use crate::suite::{self, Loaded, Part, Run, SetResult};
 use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -20,6 +20,13 @@ pub const LONG_ABOUT: &str = "Run the clustering quality suite: train a model wi
     standardised to zero mean and unit deviation; the model fits its own normalisation. \
     Sets of the `tune` half were used to choose the defaults; the `held_out` half was not \
     looked at while tuning and is reported apart.\n\n\
+    --data FILE (repeatable) runs the same on your own labelled data instead: each file \
+    (CSV, plain or gzipped, with a `label` column) is a set named after the file, K is \
+    its number of distinct labels, and the classical columns are the tool's own unless \
+    --baselines names the scikit-learn results of host-tools/reference/suite_baselines.py \
+    --data FILE... --out FILE. --train-args then compares other options on your data, \
+    e.g. \"--neighbour-space normalised\". A manifest entry without `half` is reported as \
+    your data too.\n\n\
     --int8 also quantises every trained model to int8 (calibrated on the set's rows, as \
     hvae export --quantize int8 does) and prints its fidelity to the f32 model per set: \
     label agreement, worst and mean mu cosine, ACC and NMI change; the exit status is 1 \
@@ -56,6 +63,14 @@ pub struct SuiteArgs {
     #[arg(long, default_value_t = 5, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub seeds: u32,
+    /// Your own labelled data instead of the manifest's sets (repeat for several files):
+    /// each is a set named after its file, with K = the number of distinct labels.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["manifest", "sets", "half", "quick"])]
+    pub data: Vec<PathBuf>,
+    /// scikit-learn's classical results for the sets (`suite_baselines.py --out`;
+    /// default: baselines.json beside the manifest, none with --data).
+    #[arg(long, value_name = "FILE.json")]
+    pub baselines: Option<PathBuf>,
     /// Only these sets (comma-separated names).
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub sets: Vec<String>,
@@ -163,15 +178,23 @@ fn one_run(
 
 /// Runs `hvae suite`.
 pub fn run(args: &SuiteArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let manifest = suite::read_manifest(&args.manifest).map_err(Error::BadInput)?;
-    let dir = args
-        .manifest
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let classical = suite::read_classical(&dir.join("baselines.json")).map_err(Error::BadInput)?;
+    let (sets, dir, beside) = if args.data.is_empty() {
+        let manifest = suite::read_manifest(&args.manifest).map_err(Error::BadInput)?;
+        let dir = args
+            .manifest
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let beside = Some(dir.join("baselines.json"));
+        (load_selected(args, &manifest, &dir)?, dir, beside)
+    } else {
+        (suite::load_files(&args.data)?, PathBuf::new(), None)
+    };
+    let classical = match args.baselines.as_ref().or(beside.as_ref()) {
+        Some(p) => suite::read_classical(p).map_err(Error::BadInput)?,
+        None => suite::Classical::new(),
+    };
     let seeds = if args.quick { 1 } else { args.seeds };
-    let sets = load_selected(args, &manifest, &dir)?;
     if sets.is_empty() {
         return Err(Error::BadInput(
             "no data set of the manifest was selected".into(),
@@ -355,8 +378,8 @@ fn load_selected(
         };
         let half = match args.half {
             Half::All => true,
-            Half::Tune => s.half == "tune",
-            Half::HeldOut => s.half == "held_out",
+            Half::Tune => s.half == Part::Tune,
+            Half::HeldOut => s.half == Part::HeldOut,
         };
         named && half
     })
@@ -394,20 +417,12 @@ fn print_table(
         "best NMI",
         "verdict"
     )?;
-    for half in ["tune", "held_out"] {
-        let rows: Vec<&SetResult> = sets.iter().filter(|s| s.half == half).collect();
+    for part in Part::ALL {
+        let rows: Vec<&SetResult> = sets.iter().filter(|s| s.half == part).collect();
         if rows.is_empty() {
             continue;
         }
-        outln!(
-            out,
-            "-- {} --",
-            if half == "tune" {
-                "tuned on"
-            } else {
-                "held out while tuning"
-            }
-        )?;
+        outln!(out, "-- {} --", part.heading())?;
         for s in rows {
             let b = |x: &Option<suite::Best>| {
                 x.as_ref()
@@ -482,11 +497,11 @@ fn print_chosen_k(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> 
     Ok(())
 }
 
-/// With restarts: how each label-free criterion picks among them, per half.
+/// With restarts: how each label-free criterion picks among them, per part.
 fn print_criteria(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> {
     let mut header = true;
-    for half in ["tune", "held_out"] {
-        let group: Vec<&SetResult> = sets.iter().filter(|s| s.half == half).collect();
+    for part in Part::ALL {
+        let group: Vec<&SetResult> = sets.iter().filter(|s| s.half == part).collect();
         let Some(summary) = suite::criteria_summary(&group) else {
             continue;
         };
@@ -512,8 +527,8 @@ fn print_criteria(out: &mut dyn Write, sets: &[SetResult]) -> Result<(), Error> 
             .collect();
         outln!(
             out,
-            "{:<8} {}; mean restart {:.3}, best restart {:.3}",
-            if half == "tune" { "tuned" } else { "held out" },
+            "{}: {}; mean restart {:.3}, best restart {:.3}",
+            part.heading(),
             cells.join(", "),
             summary.mean_restart,
             summary.best_restart
@@ -538,7 +553,7 @@ fn csv_of(sets: &[SetResult]) -> String {
             .map_or((String::new(), f64::NAN), |b| (b.method.clone(), b.value));
         s.push_str(&format!(
             "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.3},{am},{av:.4},{nm},{nv:.4}\n",
-            r.name, r.half, r.rows, r.features, r.clusters,
+            r.name, r.half.name(), r.rows, r.features, r.clusters,
             r.acc.mean, r.acc.min, r.acc.max, r.nmi.mean, r.nmi.min, r.nmi.max,
             r.ari.mean, r.ari.min, r.ari.max, r.seconds.mean
         ));

@@ -462,22 +462,36 @@ pub fn class_indices(data: &Dataset, k: usize) -> Result<Option<Vec<u8>>, Error>
     let Some(labels) = data.labels() else {
         return Ok(None);
     };
-    let mut values: Vec<i64> = labels.to_vec();
-    values.sort_unstable();
-    values.dedup();
-    if values.len() > k {
-        return Err(Error::BadInput(format!(
-            "the label column has {} classes but --clusters is {k}: use --clusters {} or more",
-            values.len(),
-            values.len()
-        )));
+    match classes_of(labels) {
+        Some((indices, c)) if c <= k => Ok(Some(indices)),
+        found => {
+            let c = found.map_or_else(|| distinct(labels).len(), |(_, c)| c);
+            Err(Error::BadInput(format!(
+                "the label column has {c} classes but --clusters is {k}: use --clusters {c} or more"
+            )))
+        }
     }
-    Ok(Some(
-        labels
+}
+
+/// Each label's class index (`0..C`, in the order of the label values) and the number
+/// of classes `C`; `None` when there are more than 256 classes (an index is a `u8`).
+pub fn classes_of(labels: &[i64]) -> Option<(Vec<u8>, usize)> {
+    let values = distinct(labels);
+    (values.len() <= 256).then(|| {
+        let indices = labels
             .iter()
             .map(|l| values.partition_point(|v| v < l) as u8)
-            .collect(),
-    ))
+            .collect();
+        (indices, values.len())
+    })
+}
+
+/// The distinct label values, sorted.
+fn distinct(labels: &[i64]) -> Vec<i64> {
+    let mut values = labels.to_vec();
+    values.sort_unstable();
+    values.dedup();
+    values
 }
 
 /// `hvae train`'s arguments for `data` and `clusters`, written to `out`: the defaults,
