@@ -101,6 +101,19 @@ def write_unlabelled(header, x, path):
         w.writerows(x.tolist())
 
 
+def prepare(path, tmp):
+    """A suite set's labels, its standardised features, each row's 20 nearest
+    neighbours there (the row first), and the path of a copy without the label column
+    (written in `tmp`) to train on."""
+    header, x, y = read_set(path)
+    sd = x.std(0)
+    xs = (x - x.mean(0)) / np.where(sd > 0, sd, 1)
+    nn_x = NearestNeighbors(n_neighbors=21).fit(xs).kneighbors(xs, return_distance=False)
+    plain = os.path.join(tmp, "data.csv")
+    write_unlabelled(header, x, plain)
+    return y, xs, nn_x, plain
+
+
 def partition(hvae, plain, data_path, k, seed, tmp):
     model = os.path.join(tmp, "model.hvae")
     answers = os.path.join(tmp, "answers.csv")
@@ -133,14 +146,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             path = os.path.join(a.suite, name + ".csv.gz")
-            header, x, y = read_set(path)
-            sd = x.std(0)
-            xs = (x - x.mean(0)) / np.where(sd > 0, sd, 1)
-            nn_x = (
-                NearestNeighbors(n_neighbors=21).fit(xs).kneighbors(xs, return_distance=False)
-            )
-            plain = os.path.join(tmp, "data.csv")
-            write_unlabelled(header, x, plain)
+            y, xs, nn_x, plain = prepare(path, tmp)
             runs = {}
             for k in range(2, a.max_clusters + 1):
                 labels, mu = partition(a.hvae, plain, path, k, a.seed, tmp)

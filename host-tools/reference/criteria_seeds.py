@@ -23,9 +23,8 @@ import tempfile
 
 import numpy as np
 from scipy.stats import spearmanr
-from sklearn.neighbors import NearestNeighbors
 
-from choose_k import CRITERIA, acc, partition, read_set, scores, write_unlabelled
+from choose_k import CRITERIA, acc, partition, prepare, scores
 
 WITHIN = "within_ss_x"
 
@@ -47,14 +46,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.sets.split(","):
             path = os.path.join(a.suite, name + ".csv.gz")
-            header, x, y = read_set(path)
-            sd = x.std(0)
-            xs = (x - x.mean(0)) / np.where(sd > 0, sd, 1)
-            nn_x = (
-                NearestNeighbors(n_neighbors=21).fit(xs).kneighbors(xs, return_distance=False)
-            )
-            plain = os.path.join(tmp, "data.csv")
-            write_unlabelled(header, x, plain)
+            y, xs, nn_x, plain = prepare(path, tmp)
             k = len(set(y.tolist()))
             accs, table = [], {c: [] for c in criteria}
             for seed in range(a.seeds):

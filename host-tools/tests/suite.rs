@@ -243,23 +243,8 @@ fn user_data_is_scored_as_a_set_of_its_own() {
     .unwrap();
     let csv = dir.path().join("sensors.csv");
     hvae_host::data::write_csv(&csv, &data).unwrap();
-    let json = dir.path().join("run.json");
-    let r = hvae()
-        .args([
-            "suite",
-            "--seeds",
-            "1",
-            "--json",
-            s(&json),
-            "--data",
-            s(&csv),
-        ])
-        .assert()
-        .success();
-    let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
+    let (out, v) = suite_of_file(&csv, &[]);
     assert!(out.contains("-- your data --\nsensors "), "{out}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let set = &v["sets"][0];
     assert_eq!(v["sets"].as_array().unwrap().len(), 1);
     assert_eq!(set["name"], "sensors");
@@ -299,21 +284,7 @@ fn user_data_is_scored_as_a_set_of_its_own() {
     ]));
     let b: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&baselines).unwrap()).unwrap();
-    hvae()
-        .args([
-            "suite",
-            "--seeds",
-            "1",
-            "--json",
-            s(&json),
-            "--data",
-            s(&csv),
-        ])
-        .args(["--baselines", s(&baselines)])
-        .assert()
-        .success();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, v) = suite_of_file(&csv, &["--baselines", s(&baselines)]);
     for m in ["kmeans", "spherical_kmeans", "gmm", "ward", "spectral"] {
         assert_eq!(
             v["sets"][0]["classical"][format!("sklearn_{m}")]["acc"],
@@ -321,6 +292,28 @@ fn user_data_is_scored_as_a_set_of_its_own() {
             "{m}"
         );
     }
+}
+
+/// `hvae suite --data csv` with one seed and `extra` arguments: its output and its JSON.
+fn suite_of_file(csv: &Path, extra: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let r = hvae()
+        .args([
+            "suite",
+            "--seeds",
+            "1",
+            "--json",
+            s(&json),
+            "--data",
+            s(csv),
+        ])
+        .args(extra)
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
+    let v = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (out, v)
 }
 
 /// `--data` refuses a file without labels, two files of one name, and the manifest's
