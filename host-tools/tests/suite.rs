@@ -375,3 +375,14 @@ fn user_data_and_manifest_parts_are_checked() {
         "{err}"
     );
 }
+
+/// Each part's name (the CSV's column) is its spelling in the manifest and the JSON.
+#[test]
+fn part_names_are_their_serde_spellings() {
+    use hvae_host::suite::Part;
+    for part in Part::ALL {
+        let json = serde_json::to_string(&part).unwrap();
+        assert_eq!(json, format!("\"{}\"", part.name()));
+        assert_eq!(serde_json::from_str::<Part>(&json).unwrap(), part);
+    }
+}
