@@ -64,7 +64,8 @@ impl Part {
 pub struct SetSpec {
     /// Short name.
     pub name: String,
-    /// File name, relative to the manifest's folder.
+    /// File name, relative to the manifest's folder (with `hvae suite --data`, the
+    /// path given).
     pub file: String,
     /// Number of classes, used as K.
     pub clusters: usize,

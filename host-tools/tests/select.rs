@@ -356,3 +356,21 @@ fn regressions_compare_the_same_seeds() {
     assert!(regressions(&[result("b", &[(0, 0.1, 0.1)])], &committed, 0.02).is_empty());
     assert!(regressions(&[result("a", &[(7, 0.1, 0.1)])], &committed, 0.02).is_empty());
 }
+
+/// `hvae train --select`'s spellings are the criteria's names (the line that says which
+/// restart was kept and the suite's summary print `Criterion::name`), one for each.
+#[test]
+fn select_spellings_are_the_criteria_names() {
+    use clap::ValueEnum;
+    use hvae_host::commands::train::SelectArg;
+    let names: Vec<&str> = SelectArg::value_variants()
+        .iter()
+        .map(|a| {
+            let spelling = a.to_possible_value().unwrap();
+            assert_eq!(spelling.get_name(), a.criterion().name());
+            a.criterion().name()
+        })
+        .collect();
+    let all: Vec<&str> = Criterion::ALL.iter().map(|c| c.name()).collect();
+    assert_eq!(names, all);
+}

@@ -72,22 +72,15 @@ fn check_passes_on_the_same_run_and_fails_on_a_drop() {
 /// prints how each criterion ranks the restarts.
 #[test]
 fn restarts_are_recorded_and_the_criteria_summarised() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("r.json");
-    let r = hvae()
-        .args([
-            "suite",
-            "--sets",
-            "ArrowHead_feat",
-            "--seeds",
-            "1",
-            "--manifest",
-        ])
-        .arg(manifest())
-        .args(["--train-args", "--restarts 3", "--json", s(&json)])
-        .assert()
-        .success();
-    let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
+    let m = manifest();
+    let (out, v) = suite_json(&[
+        "--sets",
+        "ArrowHead_feat",
+        "--manifest",
+        s(&m),
+        "--train-args",
+        "--restarts 3",
+    ]);
     assert!(
         out.contains("restarts: each criterion's rank correlation"),
         "{out}"
@@ -97,8 +90,6 @@ fn restarts_are_recorded_and_the_criteria_summarised() {
         "{out}"
     );
     assert!(out.contains("association rho"), "{out}");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let run = &v["sets"][0]["runs"][0];
     let restarts = run["restarts"].as_array().unwrap();
     assert_eq!(restarts.len(), 3, "{run}");
@@ -123,25 +114,16 @@ fn restarts_are_recorded_and_the_criteria_summarised() {
 /// is found, ACSF1_feat's 10 cannot be with `--max-clusters 4`.
 #[test]
 fn clusters_auto_reports_the_k_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("auto.json");
-    let r = hvae()
-        .args([
-            "suite",
-            "--sets",
-            "wine,ACSF1_feat",
-            "--seeds",
-            "1",
-            "--manifest",
-        ])
-        .arg(manifest())
-        .args(["--clusters-auto", "--train-args", "--max-clusters 4"])
-        .args(["--json", s(&json)])
-        .assert()
-        .success();
-    let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let m = manifest();
+    let (out, v) = suite_json(&[
+        "--sets",
+        "wine,ACSF1_feat",
+        "--manifest",
+        s(&m),
+        "--clusters-auto",
+        "--train-args",
+        "--max-clusters 4",
+    ]);
     let kept = |i: usize| v["sets"][i]["runs"][0]["clusters"].as_u64().unwrap();
     assert_eq!(v["sets"][0]["name"], "wine");
     assert_eq!(kept(0), 3, "{out}");
@@ -243,7 +225,7 @@ fn user_data_is_scored_as_a_set_of_its_own() {
     .unwrap();
     let csv = dir.path().join("sensors.csv");
     hvae_host::data::write_csv(&csv, &data).unwrap();
-    let (out, v) = suite_of_file(&csv, &[]);
+    let (out, v) = suite_json(&["--data", s(&csv)]);
     assert!(out.contains("-- your data --\nsensors "), "{out}");
     let set = &v["sets"][0];
     assert_eq!(v["sets"].as_array().unwrap().len(), 1);
@@ -284,7 +266,7 @@ fn user_data_is_scored_as_a_set_of_its_own() {
     ]));
     let b: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&baselines).unwrap()).unwrap();
-    let (_, v) = suite_of_file(&csv, &["--baselines", s(&baselines)]);
+    let (_, v) = suite_json(&["--data", s(&csv), "--baselines", s(&baselines)]);
     for m in ["kmeans", "spherical_kmeans", "gmm", "ward", "spectral"] {
         assert_eq!(
             v["sets"][0]["classical"][format!("sklearn_{m}")]["acc"],
@@ -294,21 +276,13 @@ fn user_data_is_scored_as_a_set_of_its_own() {
     }
 }
 
-/// `hvae suite --data csv` with one seed and `extra` arguments: its output and its JSON.
-fn suite_of_file(csv: &Path, extra: &[&str]) -> (String, serde_json::Value) {
+/// `hvae suite` with one seed and `args`: what it printed and its JSON.
+fn suite_json(args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
     let r = hvae()
-        .args([
-            "suite",
-            "--seeds",
-            "1",
-            "--json",
-            s(&json),
-            "--data",
-            s(csv),
-        ])
-        .args(extra)
+        .args(["suite", "--seeds", "1", "--json", s(&json)])
+        .args(args)
         .assert()
         .success();
     let out = String::from_utf8_lossy(&r.get_output().stdout).to_string();
