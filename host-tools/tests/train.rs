@@ -256,6 +256,8 @@ fn suite_set(name: &str) -> std::path::PathBuf {
 /// With the GMM candidate kept (here at the end of both joint phases), the report's
 /// curves are the candidate's: its last epoch scores what the written model scores
 /// ([`train_report`]), and the report and the command's output say which model was kept.
+/// `other_epochs` is the model as configured, trained to the end beside it: the very
+/// model `--gmm-candidate false` trains alone (its last epoch scores what that one does).
 #[test]
 fn report_follows_the_kept_model() {
     let args = ["--clusters", "5", "--epochs", "20", "--warmup", "4"];
@@ -278,6 +280,42 @@ fn report_follows_the_kept_model() {
         .map(|e| e["epoch"].as_u64().unwrap())
         .collect();
     assert_eq!(numbers, (1..=20).collect::<Vec<_>>());
+    let other = v["other_epochs"].as_array().unwrap();
+    let numbers: Vec<u64> = other.iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, (5..=20).collect::<Vec<_>>());
+    assert!(other.iter().all(|e| e["warmup"] == false), "{v}");
+    let (alone, _) = train_report(
+        &suite_set("vmf_unequal"),
+        &[&args[..], &["--gmm-candidate", "false"]].concat(),
+    );
+    let last = other.last().unwrap();
+    assert_eq!(last["acc"], alone["final_scores"]["acc"]);
+    assert_eq!(last["nmi"], alone["final_scores"]["nmi"]);
+    // The candidate is far ahead here (0.911 against 0.598 ACC), and one model trained
+    // alone has no other curve.
+    assert!(last["acc"].as_f64().unwrap() < 0.7, "{last}");
+    assert!(alone.get("other_epochs").is_none(), "{alone}");
+}
+
+/// An early choice stops the model not kept: `other_epochs` ends at the look's round
+/// (the digits' 16 joint epochs, a sixteenth: the first), the kept model's curve runs on
+/// to the end.
+#[test]
+fn report_holds_the_other_model_up_to_the_early_choice() {
+    let args = ["--clusters", "10", "--epochs", "20", "--warmup", "4"];
+    let (v, _) = train_report(&digits(), &args);
+    assert_eq!(v["choice"]["gmm_kept"], false, "{}", v["choice"]);
+    assert_eq!(v["choice"]["at"], 0.0625);
+    let epochs = |key: &str| -> Vec<u64> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["epoch"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(epochs("epochs"), (1..=20).collect::<Vec<_>>());
+    assert_eq!(epochs("other_epochs"), [5]);
 }
 
 /// `--choice-lead`: at the end of the joint phases the model as configured is kept only

@@ -345,7 +345,8 @@ pub struct TrainArgs {
     pub supervised: bool,
     /// Write the per-epoch training curves (loss parts, ACC/NMI with labels) as JSON:
     /// the warm-up's and the kept model's (with --gmm-candidate, `choice` says which
-    /// model was kept and why; with --restarts, the curves are the first restart's).
+    /// model was kept and why, and `other_epochs` holds the other model's curve up to
+    /// where it stopped; with --restarts, the curves are the first restart's).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// No progress bar.
@@ -406,6 +407,10 @@ pub struct TrainReport {
     pub seconds: f64,
     /// Per-epoch curves: the warm-up's, then the kept model's.
     pub epochs: Vec<EpochReport>,
+    /// With --gmm-candidate: the joint epochs of the model not kept, up to where it
+    /// stopped (the early choice's round, or the end of its joint phase).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_epochs: Vec<EpochReport>,
     /// Final scores with labels.
     pub final_scores: Option<metrics::Scores>,
     /// CRC of the written model.
@@ -846,11 +851,12 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         ));
     })?;
     let kept = trained.gmm.map_or(0, |c| usize::from(c.gmm_kept));
-    let epochs: Vec<EpochReport> = epochs
+    let (epochs, other_epochs): (Vec<_>, Vec<_>) = epochs
         .into_iter()
-        .filter(|(b, e)| e.warmup || *b == kept)
-        .map(|(_, e)| e)
-        .collect();
+        .partition(|(b, e)| e.warmup || *b == kept);
+    let strip = |v: Vec<(usize, EpochReport)>| v.into_iter().map(|(_, e)| e).collect();
+    let (epochs, other_epochs): (Vec<EpochReport>, Vec<EpochReport>) =
+        (strip(epochs), strip(other_epochs));
     let model = trained.model;
     let shape = *model.shape();
     for (k, score) in &trained.auto {
@@ -901,6 +907,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
             seed: args.seed,
             seconds,
             epochs,
+            other_epochs,
             choice: trained.gmm,
             final_scores,
             crc,
