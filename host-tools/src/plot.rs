@@ -157,7 +157,9 @@ pub struct Curves {
     pub warmup: usize,
     /// Loss parts by name; `None` where the report has no finite value.
     pub loss: Vec<(String, Vec<Option<f64>>)>,
-    /// ACC and NMI, when the report has them.
+    /// ACC and NMI, when the report has them; then, with `other_epochs` (the model
+    /// `--gmm-candidate` did not keep), its `ACC, not kept` and `NMI, not kept` at its
+    /// epochs (`None` at the others).
     pub scores: Vec<(String, Vec<Option<f64>>)>,
 }
 
@@ -222,6 +224,28 @@ pub fn parse_report(bytes: &[u8]) -> Result<Curves, PlotError> {
         .filter(|(_, s)| s.iter().any(|v| v.is_some_and(|x| x != 0.0)))
         .collect();
     for (name, s) in [("ACC", acc), ("NMI", nmi)] {
+        if s.iter().any(Option::is_some) {
+            out.scores.push((name.into(), s));
+        }
+    }
+    // With --gmm-candidate, the model not kept: its scores at its own epochs (a part of
+    // the kept model's joint epochs), beside the kept model's.
+    let other = v.get("other_epochs").and_then(Value::as_array);
+    for (key, name) in [("acc", "ACC, not kept"), ("nmi", "NMI, not kept")] {
+        let mut s = vec![None; out.epochs.len()];
+        for (i, e) in other.into_iter().flatten().enumerate() {
+            let at = e
+                .get("epoch")
+                .and_then(Value::as_f64)
+                .and_then(|t| out.epochs.iter().position(|&x| x == t))
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "other_epochs entry {} has no epoch of the curves",
+                        i + 1
+                    ))
+                })?;
+            s[at] = e.get(key).and_then(Value::as_f64);
+        }
         if s.iter().any(Option::is_some) {
             out.scores.push((name.into(), s));
         }

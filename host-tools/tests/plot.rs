@@ -7,7 +7,7 @@ mod common;
 use common::{run, run_model, s, Run};
 use hvae::{Posterior, Shape};
 use hvae_host::data;
-use hvae_host::plot::{cluster_colour, principal_axes};
+use hvae_host::plot::{cluster_colour, parse_report, principal_axes};
 use hvae_host::synth::VmfMixture;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -86,6 +86,48 @@ fn latent_pictures_for_m_2_3_and_8() {
         assert!(r.stdout.contains("300 latent directions"), "{}", r.stdout);
         assert_latent_picture(&out, w, h, 4);
     }
+}
+
+/// The model `--gmm-candidate` did not keep (`other_epochs`): its ACC and NMI beside the
+/// kept model's, at its own epochs; an entry at an epoch the curves lack is refused.
+#[test]
+fn the_model_not_kept_is_scored_beside_the_kept_one() {
+    let epoch = |e: u32, warm: bool, acc: f64| {
+        format!(
+            r#"{{"epoch":{e},"warmup":{warm},"loss":{{"total":1.0}},"acc":{acc},"nmi":{}}}"#,
+            acc / 2.0
+        )
+    };
+    let kept: Vec<String> = (1..=4)
+        .map(|e| epoch(e, e <= 2, 0.25 * f64::from(e)))
+        .collect();
+    let report = |other: &[String]| {
+        format!(
+            r#"{{"epochs":[{}],"other_epochs":[{}]}}"#,
+            kept.join(","),
+            other.join(",")
+        )
+    };
+    let c = parse_report(report(&[epoch(3, false, 0.3)]).as_bytes()).unwrap();
+    let names: Vec<&str> = c.scores.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["ACC", "NMI", "ACC, not kept", "NMI, not kept"]);
+    assert_eq!(
+        c.scores[0].1,
+        [Some(0.25), Some(0.5), Some(0.75), Some(1.0)]
+    );
+    assert_eq!(c.scores[2].1, [None, None, Some(0.3), None]);
+    assert_eq!(c.scores[3].1, [None, None, Some(0.15), None]);
+    // No other model: the kept model's two series alone.
+    assert_eq!(
+        parse_report(report(&[]).as_bytes()).unwrap().scores.len(),
+        2
+    );
+    let e = parse_report(report(&[epoch(7, false, 0.3)]).as_bytes()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("other_epochs entry 1 has no epoch of the curves"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -39,7 +39,8 @@ pub struct PlotArgs {
     /// Data file whose rows are drawn (CSV with a header, .csv.gz or .npy); needs --model.
     #[arg(long, value_name = "FILE", requires = "model")]
     pub data: Option<PathBuf>,
-    /// Training report (`hvae train --report`) whose curves are drawn.
+    /// Training report (`hvae train --report`) whose curves are drawn (with the GMM
+    /// candidate, the scores of the model not kept beside the kept one's).
     #[arg(long, value_name = "REPORT.json")]
     pub curves: Option<PathBuf>,
     /// Output PNG file.
