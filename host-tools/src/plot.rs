@@ -163,6 +163,17 @@ pub struct Curves {
     pub scores: Vec<(String, Vec<Option<f64>>)>,
 }
 
+/// An epoch's score `key` (`acc`, `nmi`): absent or null when the data had no labels.
+fn score(e: &Value, key: &str) -> Result<Option<f64>, String> {
+    match e.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| format!("\"{key}\" is not a number")),
+    }
+}
+
 /// Parses a `hvae train --report` JSON file.
 pub fn parse_report(bytes: &[u8]) -> Result<Curves, PlotError> {
     let bad = |what: &str| PlotError(format!("not a `hvae train --report` file: {what}"));
@@ -208,14 +219,7 @@ pub fn parse_report(bytes: &[u8]) -> Result<Curves, PlotError> {
             series.push(parts.get(name).and_then(Value::as_f64));
         }
         for (key, series) in [("acc", &mut acc), ("nmi", &mut nmi)] {
-            match e.get(key) {
-                None | Some(Value::Null) => series.push(None),
-                Some(x) => {
-                    series.push(Some(x.as_f64().ok_or_else(|| {
-                        bad(&format!("entry {}: \"{key}\" is not a number", i + 1))
-                    })?))
-                }
-            }
+            series.push(score(e, key).map_err(|m| bad(&format!("entry {}: {m}", i + 1)))?);
         }
     }
     out.loss = names
@@ -244,7 +248,8 @@ pub fn parse_report(bytes: &[u8]) -> Result<Curves, PlotError> {
                         i + 1
                     ))
                 })?;
-            s[at] = e.get(key).and_then(Value::as_f64);
+            s[at] =
+                score(e, key).map_err(|m| bad(&format!("other_epochs entry {}: {m}", i + 1)))?;
         }
         if s.iter().any(Option::is_some) {
             out.scores.push((name.into(), s));

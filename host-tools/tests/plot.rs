@@ -128,6 +128,13 @@ fn the_model_not_kept_is_scored_beside_the_kept_one() {
             .contains("other_epochs entry 1 has no epoch of the curves"),
         "{e}"
     );
+    let bad = epoch(3, false, 0.3).replace("0.3", "\"high\"");
+    let e = parse_report(report(&[bad]).as_bytes()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("other_epochs entry 1: \"acc\" is not a number"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -851,12 +851,14 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         ));
     })?;
     let kept = trained.gmm.map_or(0, |c| usize::from(c.gmm_kept));
-    let (epochs, other_epochs): (Vec<_>, Vec<_>) = epochs
-        .into_iter()
-        .partition(|(b, e)| e.warmup || *b == kept);
-    let strip = |v: Vec<(usize, EpochReport)>| v.into_iter().map(|(_, e)| e).collect();
-    let (epochs, other_epochs): (Vec<EpochReport>, Vec<EpochReport>) =
-        (strip(epochs), strip(other_epochs));
+    let (mut kept_epochs, mut other_epochs) = (Vec::new(), Vec::new());
+    for (b, e) in epochs {
+        if e.warmup || b == kept {
+            kept_epochs.push(e);
+        } else {
+            other_epochs.push(e);
+        }
+    }
     let model = trained.model;
     let shape = *model.shape();
     for (k, score) in &trained.auto {
@@ -906,7 +908,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
             shape: ShapeReport::of(&shape),
             seed: args.seed,
             seconds,
-            epochs,
+            epochs: kept_epochs,
             other_epochs,
             choice: trained.gmm,
             final_scores,
