@@ -227,30 +227,28 @@ pub fn parse_report(bytes: &[u8]) -> Result<Curves, PlotError> {
         .zip(loss)
         .filter(|(_, s)| s.iter().any(|v| v.is_some_and(|x| x != 0.0)))
         .collect();
-    for (name, s) in [("ACC", acc), ("NMI", nmi)] {
-        if s.iter().any(Option::is_some) {
-            out.scores.push((name.into(), s));
-        }
-    }
     // With --gmm-candidate, the model not kept: its scores at its own epochs (a part of
     // the kept model's joint epochs), beside the kept model's.
+    let (mut other_acc, mut other_nmi) = (vec![None; epochs.len()], vec![None; epochs.len()]);
     let other = v.get("other_epochs").and_then(Value::as_array);
-    for (key, name) in [("acc", "ACC, not kept"), ("nmi", "NMI, not kept")] {
-        let mut s = vec![None; out.epochs.len()];
-        for (i, e) in other.into_iter().flatten().enumerate() {
-            let at = e
-                .get("epoch")
-                .and_then(Value::as_f64)
-                .and_then(|t| out.epochs.iter().position(|&x| x == t))
-                .ok_or_else(|| {
-                    bad(&format!(
-                        "other_epochs entry {} has no epoch of the curves",
-                        i + 1
-                    ))
-                })?;
-            s[at] =
-                score(e, key).map_err(|m| bad(&format!("other_epochs entry {}: {m}", i + 1)))?;
+    for (i, e) in other.into_iter().flatten().enumerate() {
+        let entry = |what: &str| bad(&format!("other_epochs entry {}{what}", i + 1));
+        let at = e
+            .get("epoch")
+            .and_then(Value::as_f64)
+            .and_then(|t| out.epochs.iter().position(|&x| x == t))
+            .ok_or_else(|| entry(" has no epoch of the curves"))?;
+        for (key, series) in [("acc", &mut other_acc), ("nmi", &mut other_nmi)] {
+            series[at] = score(e, key).map_err(|m| entry(&format!(": {m}")))?;
         }
+    }
+    let scores = [
+        ("ACC", acc),
+        ("NMI", nmi),
+        ("ACC, not kept", other_acc),
+        ("NMI, not kept", other_nmi),
+    ];
+    for (name, s) in scores {
         if s.iter().any(Option::is_some) {
             out.scores.push((name.into(), s));
         }

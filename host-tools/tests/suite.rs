@@ -72,15 +72,7 @@ fn check_passes_on_the_same_run_and_fails_on_a_drop() {
 /// prints how each criterion ranks the restarts.
 #[test]
 fn restarts_are_recorded_and_the_criteria_summarised() {
-    let m = manifest();
-    let (out, v) = suite_json(&[
-        "--sets",
-        "ArrowHead_feat",
-        "--manifest",
-        s(&m),
-        "--train-args",
-        "--restarts 3",
-    ]);
+    let (out, v) = suite_sets_json("ArrowHead_feat", &["--train-args", "--restarts 3"]);
     assert!(
         out.contains("restarts: each criterion's rank correlation"),
         "{out}"
@@ -114,16 +106,10 @@ fn restarts_are_recorded_and_the_criteria_summarised() {
 /// is found, ACSF1_feat's 10 cannot be with `--max-clusters 4`.
 #[test]
 fn clusters_auto_reports_the_k_kept() {
-    let m = manifest();
-    let (out, v) = suite_json(&[
-        "--sets",
+    let (out, v) = suite_sets_json(
         "wine,ACSF1_feat",
-        "--manifest",
-        s(&m),
-        "--clusters-auto",
-        "--train-args",
-        "--max-clusters 4",
-    ]);
+        &["--clusters-auto", "--train-args", "--max-clusters 4"],
+    );
     let kept = |i: usize| v["sets"][i]["runs"][0]["clusters"].as_u64().unwrap();
     assert_eq!(v["sets"][0]["name"], "wine");
     assert_eq!(kept(0), 3, "{out}");
@@ -274,6 +260,12 @@ fn user_data_is_scored_as_a_set_of_its_own() {
             "{m}"
         );
     }
+}
+
+/// [`suite_json`] on the shipped suite's `sets` (comma-separated) with `extra`.
+fn suite_sets_json(sets: &str, extra: &[&str]) -> (String, serde_json::Value) {
+    let m = manifest();
+    suite_json(&[&["--sets", sets, "--manifest", s(&m)], extra].concat())
 }
 
 /// `hvae suite` with one seed and `args`: what it printed and its JSON.
