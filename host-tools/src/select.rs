@@ -334,9 +334,10 @@ pub struct Restarts<'a> {
 /// the model kept trains on: it is the same model, bit for bit, and the cost is one
 /// warm-up, one joint phase and two short ones; otherwise both train to the end.
 /// With restarts, each restart's seed gives one model of each kind and each kind
-/// picks its restart by `criterion` first. `progress` sees the first restart's warm-up
-/// and both its models' epochs ([`EpochStats::branch`]: 0 the model as configured, 1 the
-/// candidate; [`GmmChoice::gmm_kept`] says which one was kept).
+/// picks its restart by `criterion` first. `progress` sees every restart's warm-up
+/// and both its models' epochs ([`EpochStats::restart`], and [`EpochStats::branch`]: 0
+/// the model as configured, 1 the candidate; [`GmmChoice::gmm_kept`] says which one was
+/// kept, [`GmmFit::restarts`] and [`GmmFit::other_restart`] which restart of each).
 pub fn fit_with_gmm_candidate(
     job: Restarts<'_>,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
@@ -404,7 +405,7 @@ pub fn fit_with_gmm_candidate(
             }
         }
     };
-    let ((model, restarts), (other, _)) = if choice.gmm_kept {
+    let ((model, restarts), (other, other_runs)) = if choice.gmm_kept {
         (gmm, plain)
     } else {
         (plain, gmm)
@@ -414,6 +415,7 @@ pub fn fit_with_gmm_candidate(
         restarts,
         choice,
         other,
+        other_restart: kept_restart(&other_runs),
     })
 }
 
@@ -428,6 +430,14 @@ pub struct GmmFit {
     /// The model not kept (to judge the choice, as `hvae suite` does), as far as it was
     /// trained ([`GmmChoice::at`]).
     pub other: VecModel<f32>,
+    /// The restart [`GmmFit::other`] comes from (its kind's pick: [`kept_restart`]).
+    pub other_restart: usize,
+}
+
+/// The index of the restart kept among `runs` ([`Restart::kept`]); 0 when there was
+/// only one (no runs: nothing was chosen).
+pub fn kept_restart(runs: &[Restart]) -> usize {
+    runs.iter().position(|r| r.kept).unwrap_or(0)
 }
 
 /// Agreement of `labels` with the neighbour lists (`n x nn`), times the normalised
@@ -453,7 +463,8 @@ pub fn agreement(labels: &[usize], neighbours: &[u32], k: usize) -> f64 {
 
 /// Trains `restarts` models (seeds [`restart_seed`]) and returns the one `criterion`
 /// ranks best, with every restart's criteria (none with one restart: nothing is
-/// chosen). `progress` sees the first restart only.
+/// chosen). `progress` sees every restart's epochs ([`EpochStats::restart`]; the
+/// kept one is [`Restart::kept`]).
 pub fn fit_restarts(
     job: Restarts<'_>,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
@@ -475,7 +486,8 @@ type Seeded = (u64, VecModel<f32>);
 
 /// The models of `restarts` restarts (seeds [`restart_seed`]), each restart training
 /// one model per branch from one warm-up ([`fit_branches`]): `[branch][restart]`, each
-/// with its seed. `progress` sees the first restart's warm-up and branches.
+/// with its seed. `progress` sees every restart's warm-up and branches
+/// ([`EpochStats::restart`]).
 fn train_restarts(
     job: Restarts<'_>,
     branches: &[Branch],
@@ -497,11 +509,10 @@ fn train_restarts(
             seed: restart_seed(cfg.seed, r),
             ..cfg.clone()
         };
-        let trained = if r == 0 {
-            fit_branches(shape, x, labels, &c, branches, early.take(), &mut progress)?
-        } else {
-            fit_branches(shape, x, labels, &c, branches, None, |_, _| {})?
-        };
+        // Only the first restart may be chosen early (`early` is asked for one restart).
+        let trained = fit_branches(shape, x, labels, &c, branches, early.take(), |s, m| {
+            progress(&EpochStats { restart: r, ..*s }, m)
+        })?;
         if r == 0 {
             kept_early = trained.kept_early;
         }

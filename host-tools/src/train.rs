@@ -281,6 +281,9 @@ pub struct EpochStats {
     /// Which of [`fit_branches`]' branches trained it (0 for the warm-up, and for every
     /// run of one model).
     pub branch: usize,
+    /// Which restart trained it (0-based, in the order of
+    /// [`crate::select::restart_seed`]; 0 for every run of one model).
+    pub restart: usize,
     /// True in the warm-up.
     pub warmup: bool,
     /// Mean of each loss part over the epoch's steps.
@@ -883,6 +886,7 @@ impl<'d> Run<'d> {
                 let stats = EpochStats {
                     epoch: self.round,
                     branch: 0,
+                    restart: 0,
                     warmup: warm,
                     loss: scale_parts(sum, 1.0 / in_round as f32),
                 };

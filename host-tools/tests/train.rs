@@ -135,7 +135,7 @@ fn train_report(data: &Path, args: &[&str]) -> (serde_json::Value, String) {
 }
 
 /// `hvae train --quiet --report` on `data` with `args`: the report and what the command
-/// printed (with `--restarts` the curves are the first restart's: no check on them).
+/// printed.
 fn train_with_report(data: &Path, args: &[&str]) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
@@ -205,12 +205,13 @@ fn a_bounded_schedule_is_reported() {
 }
 
 /// `hvae train --restarts` says which restart it kept, by which criterion, and every
-/// restart's value of it; `--report` holds every restart's criteria. Consensus with two
-/// restarts falls back to the silhouette, and says so.
+/// restart's value of it; `--report` holds every restart's criteria, and its curves end
+/// with the kept model's scores ([`train_report`]; here not the first restart's).
+/// Consensus with two restarts falls back to the silhouette, and says so.
 #[test]
 fn restarts_are_reported() {
     let data = suite_set("ArrowHead_feat");
-    let train = |extra: &[&str]| train_with_report(&data, &[&["--clusters", "3"], extra].concat());
+    let train = |extra: &[&str]| train_report(&data, &[&["--clusters", "3"], extra].concat());
     let (v, printed) = train(&["--restarts", "3"]);
     let restarts = v["restarts"].as_array().unwrap();
     assert_eq!(restarts.len(), 3);
@@ -246,6 +247,41 @@ fn restarts_are_reported() {
     let (v, printed) = train(&[]);
     assert!(v.get("restarts").is_none(), "{v}");
     assert!(!printed.contains("kept restart"), "{printed}");
+}
+
+/// With `--restarts` the report's curves are the kept restart's: the very epochs (loss
+/// parts, ACC and NMI) of the run with that restart's seed alone.
+#[test]
+fn report_follows_the_kept_restart() {
+    let data = suite_set("ArrowHead_feat");
+    let one = ["--clusters", "3", "--gmm-candidate", "false"];
+    let (v, _) = train_report(&data, &[&one[..], &["--restarts", "3"]].concat());
+    let restarts = v["restarts"].as_array().unwrap();
+    let kept = restarts.iter().position(|r| r["kept"] == true).unwrap();
+    // Not the first: its curve would not do.
+    assert_eq!(kept, 2, "{v}");
+    let seed = restarts[kept]["seed"].to_string();
+    let (alone, _) = train_report(&data, &[&one[..], &["--seed", &seed]].concat());
+    assert_eq!(v["epochs"], alone["epochs"]);
+    assert_eq!(v["final_scores"], alone["final_scores"]);
+    let (first, _) = train_report(&data, &one);
+    assert_ne!(v["epochs"], first["epochs"]);
+}
+
+/// With `--clusters auto` the report's curves are the kept K's, the model not kept and
+/// the choice beside them: the very report of `--clusters K` alone (same seed), so
+/// `hvae plot --curves` draws it.
+#[test]
+fn report_follows_the_k_kept_by_auto() {
+    let data = suite_set("wine");
+    let (v, printed) = train_report(&data, &["--clusters", "auto", "--max-clusters", "4"]);
+    assert!(printed.contains("K = 4: silhouette"), "{printed}");
+    let k = v["shape"]["clusters"].to_string();
+    let (alone, _) = train_report(&data, &["--clusters", &k]);
+    assert!(!v["epochs"].as_array().unwrap().is_empty());
+    for field in ["epochs", "other_epochs", "choice", "final_scores", "steps"] {
+        assert_eq!(v[field], alone[field], "{field}");
+    }
 }
 
 /// A set of the quality suite (`host-tools/data/suite/`).

@@ -344,9 +344,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub supervised: bool,
     /// Write the per-epoch training curves (loss parts, ACC/NMI with labels) as JSON:
-    /// the warm-up's and the kept model's (with --gmm-candidate, `choice` says which
-    /// model was kept and why, and `other_epochs` holds the other model's curve up to
-    /// where it stopped; with --restarts, the curves are the first restart's).
+    /// the warm-up's and the kept model's (the kept restart's with --restarts, the kept
+    /// K's with --clusters auto; with --gmm-candidate, `choice` says which model was kept
+    /// and why, and `other_epochs` holds the other model's curve up to where it stopped).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// No progress bar.
@@ -405,10 +405,11 @@ pub struct TrainReport {
     pub seed: u64,
     /// Wall-clock seconds of training.
     pub seconds: f64,
-    /// Per-epoch curves: the warm-up's, then the kept model's.
+    /// Per-epoch curves: the warm-up's, then the kept model's (its restart's, its K's).
     pub epochs: Vec<EpochReport>,
-    /// With --gmm-candidate: the joint epochs of the model not kept, up to where it
-    /// stopped (the early choice's round, or the end of its joint phase).
+    /// With --gmm-candidate: the joint epochs of the model not kept (its kind's kept
+    /// restart), up to where it stopped (the early choice's round, or the end of its
+    /// joint phase).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other_epochs: Vec<EpochReport>,
     /// Final scores with labels.
@@ -642,6 +643,8 @@ pub struct Trained {
     pub gmm: Option<GmmChoice>,
     /// With `--gmm-candidate`: the model not kept.
     pub other: Option<hvae::VecModel<f32>>,
+    /// The restart [`Trained::other`] comes from (0 with one restart or without it).
+    pub other_restart: usize,
 }
 
 /// The early choice's looks from --choice-at and --choice-margin: shares in (0, 1],
@@ -675,11 +678,13 @@ fn choice_looks(at: &[f32], margin: Option<&[f64]>) -> Result<Vec<ChoiceLook>, E
 }
 
 /// Trains the model `args` ask for on `data` (restarts, `--clusters auto`).
-/// `progress` sees the first restart of a fixed K (nothing with `auto`).
+/// `progress` sees every model trained: each K's (the model's shape has it), each
+/// restart's ([`crate::train::EpochStats::restart`]) and with `--gmm-candidate` both
+/// kinds' ([`crate::train::EpochStats::branch`]).
 pub fn train_on(
     args: &TrainArgs,
     data: &Dataset,
-    progress: impl FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>),
+    mut progress: impl FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>),
 ) -> Result<Trained, Error> {
     let ks: Vec<usize> = match args.clusters {
         Clusters::Fixed(k) => vec![k as usize],
@@ -708,8 +713,7 @@ pub fn train_on(
     let fail = |e: crate::train::FitError| Error::Failed(format!("training failed: {e}"));
     // The model as configured, or with --gmm-candidate the better of it and the
     // mixture-trained candidate (not with labels: they are the targets then).
-    type Progress<'p> = &'p mut dyn FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>);
-    let fit_one = |shape, classes: Option<&[u8]>, progress: Progress<'_>| {
+    let mut fit_one = |shape, classes: Option<&[u8]>| -> Result<Trained, Error> {
         let job = Restarts {
             shape,
             x: data.features(),
@@ -719,52 +723,53 @@ pub fn train_on(
             criterion: args.select.criterion(),
         };
         if args.gmm_candidate && classes.is_none() {
-            let f = fit_with_gmm_candidate(job, progress)?;
-            Ok((f.model, f.restarts, Some((f.choice, f.other))))
+            let f = fit_with_gmm_candidate(job, &mut progress).map_err(fail)?;
+            Ok(Trained {
+                model: f.model,
+                restarts: f.restarts,
+                auto: Vec::new(),
+                gmm: Some(f.choice),
+                other: Some(f.other),
+                other_restart: f.other_restart,
+            })
         } else {
-            let (m, r) = fit_restarts(job, progress)?;
-            Ok((m, r, None))
+            let (model, restarts) = fit_restarts(job, &mut progress).map_err(fail)?;
+            Ok(Trained {
+                model,
+                restarts,
+                auto: Vec::new(),
+                gmm: None,
+                other: None,
+                other_restart: 0,
+            })
         }
     };
     if let [k] = ks[..] {
-        let shape = shape_of(args, data.dim(), k)?;
-        let mut progress = progress;
-        let (model, restarts, gmm) =
-            fit_one(shape, classes.as_deref(), &mut progress).map_err(fail)?;
-        let (gmm, other) = gmm.unzip();
-        return Ok(Trained {
-            model,
-            restarts,
-            auto: Vec::new(),
-            gmm,
-            other,
-        });
+        return fit_one(shape_of(args, data.dim(), k)?, classes.as_deref());
     }
     let mut best: Option<(f64, Trained)> = None;
     let mut auto = Vec::with_capacity(ks.len());
     for k in ks {
         let shape = shape_of(args, data.dim(), k)?;
-        let (model, restarts, gmm) = fit_one(shape, None, &mut |_, _| {}).map_err(fail)?;
-        let (gmm, other) = gmm.unzip();
-        let (labels, mus) = crate::select::answers(&model, data.features()).map_err(fail)?;
+        let t = fit_one(shape, None)?;
+        let (labels, mus) = crate::select::answers(&t.model, data.features()).map_err(fail)?;
         let score = crate::select::silhouette(&mus, shape.latent, &labels, k);
         auto.push((k, score));
         if best.as_ref().is_none_or(|(b, _)| score > *b) {
-            best = Some((
-                score,
-                Trained {
-                    model,
-                    restarts,
-                    auto: Vec::new(),
-                    gmm,
-                    other,
-                },
-            ));
+            best = Some((score, t));
         }
     }
     let (_, mut t) = best.ok_or_else(|| Error::BadInput("no number of clusters to try".into()))?;
     t.auto = auto;
     Ok(t)
+}
+
+/// Which model an epoch trained: its K, restart and branch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Trainee {
+    k: usize,
+    restart: usize,
+    branch: usize,
 }
 
 /// Runs `hvae train`.
@@ -786,21 +791,31 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
 
     let cfg = fit_config(args)?;
     // One round an epoch (as many as the schedule, bounded or lengthened, runs), or a
-    // hundredth of --steps.
+    // hundredth of --steps; the bar runs over every model trained, one after the other:
+    // each K's (`auto`: 2, 3, ...), each restart's.
     let rounds = cfg.rounds(data.len());
+    let restarts = args.restarts.max(1) as usize;
+    let first_k = match args.clusters {
+        Clusters::Fixed(k) => k as usize,
+        Clusters::Auto => 2,
+    };
+    let models = match args.clusters {
+        Clusters::Fixed(_) => 1,
+        Clusters::Auto => (args.max_clusters as usize).saturating_sub(1),
+    } * restarts;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        let b = ProgressBar::new(rounds as u64);
+        let b = ProgressBar::new((rounds * models) as u64);
         b.set_style(
             ProgressStyle::with_template("{bar:30} epoch {pos}/{len} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
     };
-    // Every epoch seen, with the branch that trained it (the model as configured, or
-    // with --gmm-candidate the candidate): the report keeps the kept model's.
-    let mut epochs: Vec<(usize, EpochReport)> = Vec::with_capacity(rounds);
+    // Every epoch seen, with the K, restart and branch (the model as configured, or with
+    // --gmm-candidate the candidate) that trained it: the report keeps the kept model's.
+    let mut epochs: Vec<(Trainee, EpochReport)> = Vec::with_capacity(rounds * models);
     let start = std::time::Instant::now();
     // Each epoch's ACC and NMI cost a pass over the data: only for a bar or a report.
     let scored = !args.quiet || args.report.is_some();
@@ -826,11 +841,24 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         } else if s.branch > 0 {
             msg.push_str(" [GMM candidate]");
         }
+        let k = model.shape().clusters;
+        if matches!(args.clusters, Clusters::Auto) {
+            msg.push_str(&format!(" [K = {k}]"));
+        }
+        if restarts > 1 {
+            msg.push_str(&format!(" [restart {}/{restarts}]", s.restart + 1));
+        }
         bar.set_message(msg);
-        // The branches train one after the other: the bar shows the furthest epoch.
-        bar.set_position(bar.position().max(s.epoch as u64));
+        // The models train one after the other, and a restart's branches too: the bar
+        // shows the furthest epoch.
+        let before = (k.saturating_sub(first_k) * restarts + s.restart) * rounds;
+        bar.set_position(bar.position().max((before + s.epoch) as u64));
         epochs.push((
-            s.branch,
+            Trainee {
+                k,
+                restart: s.restart,
+                branch: s.branch,
+            },
             EpochReport {
                 epoch: s.epoch,
                 warmup: s.warmup,
@@ -850,12 +878,22 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
             },
         ));
     })?;
-    let kept = trained.gmm.map_or(0, |c| usize::from(c.gmm_kept));
+    let kept = Trainee {
+        k: trained.model.shape().clusters,
+        restart: crate::select::kept_restart(&trained.restarts),
+        branch: trained.gmm.map_or(0, |c| usize::from(c.gmm_kept)),
+    };
+    let other = Trainee {
+        restart: trained.other_restart,
+        branch: 1 - kept.branch,
+        ..kept
+    };
     let (mut kept_epochs, mut other_epochs) = (Vec::new(), Vec::new());
-    for (b, e) in epochs {
-        if e.warmup || b == kept {
+    for (t, e) in epochs {
+        // The warm-up is every branch's (tagged 0): the kept model's if its restart's.
+        if t == kept || (e.warmup && t == Trainee { branch: 0, ..kept }) {
             kept_epochs.push(e);
-        } else {
+        } else if t == other && !e.warmup && trained.gmm.is_some() {
             other_epochs.push(e);
         }
     }
