@@ -807,8 +807,13 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         ProgressBar::hidden()
     } else {
         let b = ProgressBar::new((rounds * models) as u64);
+        let template = if models > 1 {
+            format!("{{bar:30}} epoch {{pos}}/{{len}} of {models} models {{msg}}")
+        } else {
+            "{bar:30} epoch {pos}/{len} {msg}".to_string()
+        };
         b.set_style(
-            ProgressStyle::with_template("{bar:30} epoch {pos}/{len} {msg}")
+            ProgressStyle::with_template(&template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
