@@ -354,6 +354,111 @@ fn report_holds_the_other_model_up_to_the_early_choice() {
     assert_eq!(epochs("other_epochs"), [5]);
 }
 
+/// `--other-out` writes the model the choice did not keep. At the end of both joint
+/// phases it is the model `--gmm-candidate false` trains alone, byte for byte; stopped
+/// by an early choice, it is the model the report's `other_epochs` scored at that round
+/// (`hvae eval` gives the same ACC and NMI). Without the candidate it is refused.
+#[test]
+fn the_model_not_kept_is_written_with_other_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let train = |data: &Path, args: &[&str]| -> String {
+        let out = hvae()
+            .args(["train", "--quiet", "--data"])
+            .arg(data)
+            .args(args)
+            .assert()
+            .success();
+        String::from_utf8(out.get_output().stdout.clone()).unwrap()
+    };
+    let p = |name: &str| path(name).to_str().unwrap().to_string();
+    let vmf = suite_set("vmf_unequal");
+    let args = ["--clusters", "5", "--epochs", "20", "--warmup", "4"];
+    let (kept, other, alone) = (p("kept.hvae"), p("other.hvae"), p("alone.hvae"));
+    let printed = train(
+        &vmf,
+        &[
+            &args[..],
+            &["--choice-at", "1", "--out", &kept, "--other-out", &other],
+        ]
+        .concat(),
+    );
+    assert!(printed.contains("kept the GMM candidate"), "{printed}");
+    assert!(
+        printed.contains(&format!("wrote the model not kept to {other} (CRC 0x")),
+        "{printed}"
+    );
+    assert!(printed.contains("trained to the end"), "{printed}");
+    train(
+        &vmf,
+        &[&args[..], &["--gmm-candidate", "false", "--out", &alone]].concat(),
+    );
+    assert!(std::fs::read(&other).unwrap() == std::fs::read(&alone).unwrap());
+    assert!(std::fs::read(&other).unwrap() != std::fs::read(&kept).unwrap());
+
+    // Stopped early: the digits' first look, a sixteenth of the joint phase (epoch 5).
+    let report = p("r.json");
+    let printed = train(
+        &digits(),
+        &[
+            "--clusters",
+            "10",
+            "--epochs",
+            "20",
+            "--warmup",
+            "4",
+            "--out",
+            &kept,
+            "--other-out",
+            &other,
+            "--report",
+            &report,
+        ],
+    );
+    assert!(
+        printed.contains("trained to 0.0625 of its joint phase"),
+        "{printed}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let at_choice = &v["other_epochs"][0];
+    let eval = hvae()
+        .args(["eval", "--model", &other, "--data"])
+        .arg(digits())
+        .assert()
+        .success();
+    let eval = String::from_utf8(eval.get_output().stdout.clone()).unwrap();
+    let score = |name: &str| format!("{:.4}", at_choice[name].as_f64().unwrap());
+    // The scores' line: "model", then ACC, NMI and ARI.
+    let line = eval
+        .lines()
+        .find(|l| l.starts_with("model ") && l.split_whitespace().count() == 4)
+        .unwrap_or_default();
+    assert!(
+        line.contains(&score("acc")) && line.contains(&score("nmi")),
+        "{eval}\n{at_choice}"
+    );
+
+    // Refused before any training: without the candidate, or onto --out itself.
+    let small = path("small.csv");
+    std::fs::write(&small, "a,b\n1,2\n3,4\n5,6\n").unwrap();
+    for extra in [&["--gmm-candidate", "false"][..], &["--supervised"]] {
+        fails(
+            &[&["--clusters", "2", "--other-out", &other][..], extra].concat(),
+            &small,
+            2,
+            "--other-out",
+        );
+    }
+    let o = hvae()
+        .args(["train", "--clusters", "2", "--data"])
+        .arg(&small)
+        .args(["--out", &other, "--other-out", &other])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("another file than --out"));
+}
+
 /// `--choice-lead`: at the end of the joint phases the model as configured is kept only
 /// when its neighbour agreement leads the candidate's by at least the lead. Here it
 /// leads (by 0.034): kept with no lead asked, not with a lead of 1.

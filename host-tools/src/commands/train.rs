@@ -162,6 +162,11 @@ pub struct TrainArgs {
     /// Output model file (weight blob).
     #[arg(long, value_name = "MODEL")]
     pub out: PathBuf,
+    /// With --gmm-candidate: also write the model the choice did not keep, as far as it
+    /// was trained (to the end, or to the early choice's round: `choice.at` in the
+    /// report), to judge the choice on labelled rows of your own (`hvae eval`).
+    #[arg(long, value_name = "MODEL")]
+    pub other_out: Option<PathBuf>,
     /// Ambient latent size M (directions on the sphere S^{M-1}).
     #[arg(long, default_value_t = 16, value_name = "M", value_parser = clap::value_parser!(u32).range(2..=64))]
     pub latent: u32,
@@ -774,6 +779,19 @@ struct Trainee {
 
 /// Runs `hvae train`.
 pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
+    if let Some(other) = &args.other_out {
+        if !args.gmm_candidate || args.supervised {
+            return Err(Error::BadInput(
+                "--other-out needs the GMM candidate (--gmm-candidate true, not --supervised)"
+                    .into(),
+            ));
+        }
+        if *other == args.out {
+            return Err(Error::BadInput(
+                "--other-out must name another file than --out".into(),
+            ));
+        }
+    }
     let data = data::load(&args.data)?;
     if args.supervised && data.labels().is_none() {
         return Err(Error::BadInput(format!(
@@ -937,6 +955,19 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     }
     if let Some(c) = &trained.gmm {
         outln!(out, "{}", describe_choice(c, args.choice_score))?;
+    }
+    if let (Some(path), Some(other), Some(c)) = (&args.other_out, &trained.other, &trained.gmm) {
+        let crc = model_io::save(path, other).map_err(|e| Error::Failed(e.to_string()))?;
+        let trained_to = if c.early() {
+            format!("trained to {} of its joint phase", c.at)
+        } else {
+            "trained to the end".to_string()
+        };
+        outln!(
+            out,
+            "wrote the model not kept to {} (CRC {crc:#010x}), {trained_to}",
+            path.display()
+        )?;
     }
     if let Some(line) = describe_restarts(&trained.restarts, args.select.criterion()) {
         outln!(out, "{line}")?;
