@@ -906,17 +906,18 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         restart: crate::select::kept_restart(&trained.restarts),
         branch: trained.gmm.map_or(0, |c| usize::from(c.gmm_kept)),
     };
-    let other = Trainee {
+    // With --gmm-candidate, the other kind's pick (there are two branches).
+    let other = trained.gmm.map(|_| Trainee {
         restart: trained.other_restart,
         branch: 1 - kept.branch,
         ..kept
-    };
+    });
     let (mut kept_epochs, mut other_epochs) = (Vec::new(), Vec::new());
     for (t, e) in epochs {
         // The warm-up is every branch's (tagged 0): the kept model's if its restart's.
         if t == kept || (e.warmup && t == Trainee { branch: 0, ..kept }) {
             kept_epochs.push(e);
-        } else if t == other && !e.warmup && trained.gmm.is_some() {
+        } else if Some(t) == other && !e.warmup {
             other_epochs.push(e);
         }
     }
