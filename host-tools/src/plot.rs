@@ -745,6 +745,23 @@ fn draw_series_panel(
         .map(|(n, s)| legend(n, s).len())
         .max()
         .unwrap_or(0);
+    // The legend in the box's right corner, top or bottom, where fewer of the curves'
+    // points would lie under it (scores rise to the top, losses fall to the bottom).
+    let lx = bx + bw - (legend_chars as i32 + 4) * g;
+    let legend_h = series.len() as i32 * (g + g / 2);
+    let top = by + g / 2;
+    let bottom = by + bh - g / 2 - legend_h;
+    let points = series.iter().flat_map(|(_, s)| {
+        epochs
+            .iter()
+            .zip(s)
+            .filter_map(|(e, v)| v.map(|v| (px(*e), py(v))))
+    });
+    let ly0 = if legend_below(points, lx, [top, bottom], legend_h) {
+        bottom
+    } else {
+        top
+    };
     for (j, (name, s)) in series.iter().enumerate() {
         let c = cluster_colour(j);
         // Break the line wherever a value is missing.
@@ -771,9 +788,8 @@ fn draw_series_panel(
             root.draw(&PathElement::new(run, c.stroke_width(2)))
                 .map_err(perr)?;
         }
-        // Legend inside the box, top right, as wide as its longest entry.
-        let lx = bx + bw - (legend_chars as i32 + 4) * g;
-        let ly = by + g / 2 + j as i32 * (g + g / 2);
+        // Legend inside the box, as wide as its longest entry.
+        let ly = ly0 + j as i32 * (g + g / 2);
         root.draw(&Rectangle::new(
             [(lx, ly + g / 2 - 1), (lx + 2 * g, ly + g / 2 + 2)],
             c.filled(),
@@ -784,6 +800,24 @@ fn draw_series_panel(
     root.draw(&Rectangle::new([(bx, by), (bx + bw, by + bh)], BLACK))
         .map_err(perr)?;
     Ok(())
+}
+
+/// Whether a legend `height` pixels high, right of `x`, goes at the lower of the two
+/// places `tops` (its top edge, above then below): true when fewer of `points` lie under
+/// it there (ties keep it above).
+fn legend_below(
+    points: impl Iterator<Item = (i32, i32)>,
+    x: i32,
+    tops: [i32; 2],
+    height: i32,
+) -> bool {
+    let mut under = [0usize; 2];
+    for (_, py) in points.filter(|&(px, _)| px >= x) {
+        for (n, top) in under.iter_mut().zip(tops) {
+            *n += usize::from((top..=top + height).contains(&py));
+        }
+    }
+    under[1] < under[0]
 }
 
 fn draw_curves(root: &Area<'_>, fig: &mut Figure, c: &Curves, r: Rect) -> Result<(), PlotError> {
@@ -816,4 +850,29 @@ fn draw_curves(root: &Area<'_>, fig: &mut Figure, c: &Curves, r: Rect) -> Result
         y += ph;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::legend_below;
+
+    /// Scores that rise to the top push the legend down; losses that fall to the
+    /// bottom, or curves that cover both places alike, keep it at the top.
+    #[test]
+    fn the_legend_goes_where_the_curves_are_not() {
+        // A box 100 px high from y = 0; the legend 20 px high, right of x = 50, at the
+        // top (y 5..=25) or at the bottom (y 75..=95).
+        let curve = |f: fn(i32) -> i32| (0..100).map(move |x| (x, f(x)));
+        let tops = [5, 75];
+        assert!(legend_below(curve(|x| 100 - x.min(90)), 50, tops, 20));
+        assert!(!legend_below(curve(|x| x.min(90)), 50, tops, 20));
+        // Points left of the legend do not count: high there, low under it.
+        assert!(!legend_below(
+            curve(|x| if x < 50 { 10 } else { 90 }),
+            50,
+            tops,
+            20
+        ));
+        assert!(!legend_below(curve(|_| 50), 50, tops, 20));
+    }
 }
