@@ -866,9 +866,10 @@ mod tests {
         let tops = [5, 75];
         assert!(legend_below(curve(|x| 100 - x.min(90)), 50, tops, 20));
         assert!(!legend_below(curve(|x| x.min(90)), 50, tops, 20));
-        // Points left of the legend do not count: high there, low under it.
-        assert!(!legend_below(
-            curve(|x| if x < 50 { 10 } else { 90 }),
+        // Points left of the legend do not count: low there (as many as the high ones
+        // to its right, which would be a tie), high under it.
+        assert!(legend_below(
+            curve(|x| if x < 50 { 90 } else { 10 }),
             50,
             tops,
             20

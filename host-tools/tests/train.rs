@@ -269,14 +269,16 @@ fn report_follows_the_kept_restart() {
 }
 
 /// With `--clusters auto` the report's curves are the kept K's, the model not kept and
-/// the choice beside them: the very report of `--clusters K` alone (same seed), so
-/// `hvae plot --curves` draws it.
+/// the choice beside them: the very report of `--clusters K` alone (same seed), which
+/// `hvae plot --curves` draws as any other.
 #[test]
 fn report_follows_the_k_kept_by_auto() {
     let data = suite_set("wine");
     let (v, printed) = train_report(&data, &["--clusters", "auto", "--max-clusters", "4"]);
     assert!(printed.contains("K = 4: silhouette"), "{printed}");
     let k = v["shape"]["clusters"].to_string();
+    // Wine's three classes, found (not the last K trained, whose curves came last).
+    assert_eq!(k, "3", "{printed}");
     let (alone, _) = train_report(&data, &["--clusters", &k]);
     assert!(!v["epochs"].as_array().unwrap().is_empty());
     for field in ["epochs", "other_epochs", "choice", "final_scores", "steps"] {

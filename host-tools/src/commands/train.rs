@@ -648,7 +648,8 @@ pub struct Trained {
     pub gmm: Option<GmmChoice>,
     /// With `--gmm-candidate`: the model not kept.
     pub other: Option<hvae::VecModel<f32>>,
-    /// The restart [`Trained::other`] comes from (0 with one restart or without it).
+    /// The restart [`Trained::other`] comes from (0 with one restart, and without the
+    /// candidate).
     pub other_restart: usize,
 }
 
