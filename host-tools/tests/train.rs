@@ -356,6 +356,39 @@ fn report_holds_the_other_model_up_to_the_early_choice() {
     assert_eq!(epochs("other_epochs"), [5]);
 }
 
+/// A choice at the end whose two scores are within `--choice-lead` says so, and how to
+/// judge both models with labels (iris, seed 0: 0.8983 against 0.8984); a wider gap
+/// (wine: 0.9123 against 0.9057) or `--other-out` already given says nothing more.
+#[test]
+fn a_close_choice_says_how_to_judge_both_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let hint = "the two scores are within --choice-lead 0.005: with labelled rows, judge \
+                both (--other-out FILE writes the model not kept; hvae eval scores each)";
+    let printed = |set: &str, extra: &[&str]| -> String {
+        let out = hvae()
+            .args(["train", "--quiet", "--clusters", "3", "--data"])
+            .arg(suite_set(set))
+            .arg("--out")
+            .arg(dir.path().join("m.hvae"))
+            .args(extra)
+            .assert()
+            .success();
+        String::from_utf8(out.get_output().stdout.clone()).unwrap()
+    };
+    let iris = printed("iris", &[]);
+    assert!(
+        iris.contains("neighbour association 0.8983 against 0.8984"),
+        "{iris}"
+    );
+    assert!(iris.contains(hint), "{iris}");
+    let wine = printed("wine", &[]);
+    assert!(wine.contains("0.9123 against 0.9057"), "{wine}");
+    assert!(!wine.contains("within --choice-lead"), "{wine}");
+    let other = dir.path().join("o.hvae");
+    let asked = printed("iris", &["--other-out", other.to_str().unwrap()]);
+    assert!(!asked.contains("within --choice-lead"), "{asked}");
+}
+
 /// `--other-out` writes the model the choice did not keep. At the end of both joint
 /// phases it is the model `--gmm-candidate false` trains alone, byte for byte; stopped
 /// by an early choice, it is the model the report's `other_epochs` scored at that round

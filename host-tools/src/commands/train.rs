@@ -957,6 +957,17 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     }
     if let Some(c) = &trained.gmm {
         outln!(out, "{}", describe_choice(c, args.choice_score))?;
+        // Within the lead the score cannot tell the models apart (docs/benchmarks.md:
+        // no label-free criterion could): say how to judge them with labels.
+        let close = !c.early() && (c.agreement_plain - c.agreement_gmm).abs() < args.choice_lead;
+        if close && args.other_out.is_none() {
+            outln!(
+                out,
+                "the two scores are within --choice-lead {}: with labelled rows, judge both \
+                 (--other-out FILE writes the model not kept; hvae eval scores each)",
+                args.choice_lead
+            )?;
+        }
     }
     if let (Some(path), Some(other), Some(c)) = (&args.other_out, &trained.other, &trained.gmm) {
         let crc = model_io::save(path, other).map_err(|e| Error::Failed(e.to_string()))?;
