@@ -692,17 +692,12 @@ pub fn train_on(
     data: &Dataset,
     mut progress: impl FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>),
 ) -> Result<Trained, Error> {
-    let ks: Vec<usize> = match args.clusters {
-        Clusters::Fixed(k) => vec![k as usize],
-        Clusters::Auto => {
-            if args.supervised {
-                return Err(Error::BadInput(
-                    "--supervised needs a number of clusters, not auto".into(),
-                ));
-            }
-            (2..=args.max_clusters as usize).collect()
-        }
-    };
+    if args.supervised && matches!(args.clusters, Clusters::Auto) {
+        return Err(Error::BadInput(
+            "--supervised needs a number of clusters, not auto".into(),
+        ));
+    }
+    let ks: Vec<usize> = clusters_tried(args).collect();
     let largest = ks.iter().copied().max().unwrap_or(1);
     if data.len() < largest {
         return Err(Error::BadInput(format!(
@@ -770,6 +765,15 @@ pub fn train_on(
     Ok(t)
 }
 
+/// The numbers of clusters trained, in order: `--clusters K` alone, or with `auto`
+/// 2 ..= --max-clusters.
+fn clusters_tried(args: &TrainArgs) -> std::ops::RangeInclusive<usize> {
+    match args.clusters {
+        Clusters::Fixed(k) => k as usize..=k as usize,
+        Clusters::Auto => 2..=args.max_clusters as usize,
+    }
+}
+
 /// Which model an epoch trained: its K, restart and branch.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Trainee {
@@ -814,14 +818,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     // each K's (`auto`: 2, 3, ...), each restart's.
     let rounds = cfg.rounds(data.len());
     let restarts = args.restarts.max(1) as usize;
-    let first_k = match args.clusters {
-        Clusters::Fixed(k) => k as usize,
-        Clusters::Auto => 2,
-    };
-    let models = match args.clusters {
-        Clusters::Fixed(_) => 1,
-        Clusters::Auto => (args.max_clusters as usize).saturating_sub(1),
-    } * restarts;
+    let tried = clusters_tried(args);
+    let first_k = *tried.start();
+    let models = tried.count() * restarts;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
