@@ -462,9 +462,9 @@ fn smallest(keys: &mut Vec<u64>, k: usize) {
 const TOP_RANKS: usize = 128;
 
 /// `x` (`n x d`, row-major) transposed to `d x n`.
-pub(crate) fn transposed(x: &[f32], d: usize) -> Vec<f32> {
+pub(crate) fn transposed<T: Copy + Default>(x: &[T], d: usize) -> Vec<T> {
     let n = x.len() / d;
-    let mut t = vec![0f32; x.len()];
+    let mut t = vec![T::default(); x.len()];
     for (j, row) in x.chunks_exact(d).enumerate() {
         for (f, &v) in row.iter().enumerate() {
             t[f * n + j] = v;
@@ -1259,12 +1259,24 @@ impl Em {
         }
         // Lloyd iterations.
         let mut labels = vec![0usize; n];
+        // A row's distances to every mean summed side by side over the means transposed
+        // (`d x k`), each in feature order from the value an empty sum starts at (the
+        // bits of `sq`).
+        let start: f64 = std::iter::empty::<f64>().sum();
+        let mut dists = vec![start; k];
         for _ in 0..20 {
+            let means_t = transposed(&means, d);
             for (i, l) in labels.iter_mut().enumerate() {
-                *l = (0..k)
-                    .map(|c| sq(row(i), &means[c * d..(c + 1) * d]))
+                dists.fill(start);
+                for (&v, col) in row(i).iter().zip(means_t.chunks_exact(k)) {
+                    for (e, &m) in dists.iter_mut().zip(col) {
+                        *e += (v - m) * (v - m);
+                    }
+                }
+                *l = dists
+                    .iter()
                     .enumerate()
-                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .min_by(|a, b| a.1.total_cmp(b.1))
                     .map_or(0, |(c, _)| c);
             }
             let mut sums = vec![0f64; k * d];

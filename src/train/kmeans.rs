@@ -48,6 +48,7 @@
 //! `2 n dim`; at most `max_iter + 1` assignment passes.
 
 use crate::dist::rng::uniform_index_u64;
+use crate::infer::nn::dot;
 use crate::Real;
 use rand_core::Rng;
 
@@ -113,13 +114,53 @@ pub struct KMeansInfo<T> {
     pub reseeds: usize,
 }
 
+/// The dot products of `x` with each of `rows`, handed to `f(i, x . rows_i)` in the
+/// order of `rows` (a row shorter than `x` is summed over its own length, as with
+/// `zip`). They are summed four rows at a time (then two, then one): each sum still
+/// runs in feature order from zero (the bits of [`dot`]), the independent sums let the
+/// processor overlap their additions, and `x` is loaded once for all of them.
 #[inline]
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    let mut s = T::zero();
-    for (x, y) in a.iter().zip(b) {
-        s += *x * *y;
+fn dots<'a, T: Real + 'a>(
+    x: &[T],
+    rows: impl IntoIterator<Item = &'a [T]>,
+    mut f: impl FnMut(usize, T),
+) {
+    let mut rows = rows.into_iter().fuse();
+    let mut i = 0;
+    loop {
+        match [rows.next(), rows.next(), rows.next(), rows.next()] {
+            [Some(a), Some(b), Some(c), Some(d)] => {
+                let mut s = [T::zero(); 4];
+                for ((((v, a), b), c), d) in x.iter().zip(a).zip(b).zip(c).zip(d) {
+                    s[0] += *v * *a;
+                    s[1] += *v * *b;
+                    s[2] += *v * *c;
+                    s[3] += *v * *d;
+                }
+                for (w, s) in s.into_iter().enumerate() {
+                    f(i + w, s);
+                }
+                i += 4;
+            }
+            // One to three rows left: the first two side by side, a third alone.
+            [Some(a), b, c, _] => {
+                let mut s = [T::zero(); 2];
+                for ((v, a), b) in x.iter().zip(a).zip(b.unwrap_or(a)) {
+                    s[0] += *v * *a;
+                    s[1] += *v * *b;
+                }
+                f(i, s[0]);
+                if b.is_some() {
+                    f(i + 1, s[1]);
+                }
+                if let Some(c) = c {
+                    f(i + 2, dot(x, c));
+                }
+                break;
+            }
+            _ => break,
+        }
     }
-    s
 }
 
 #[inline]
@@ -277,10 +318,10 @@ const fn local_trials(k: usize) -> usize {
 /// Most candidates per centre ([`local_trials`] of 255).
 const MAX_TRIALS: usize = 7;
 
-/// `1 - x . c / (|x| |c|)` clamped at 0, given `|x|` and `|c|`.
+/// `1 - x . c / (|x| |c|)` clamped at 0, given `x . c`, `|x|` and `|c|`.
 #[inline]
-fn dissimilarity<T: Real>(x: &[T], c: &[T], nx: T, nc: T) -> T {
-    let d = T::one() - dot(x, c) / (nx * nc);
+fn dissimilarity<T: Real>(xc: T, nx: T, nc: T) -> T {
+    let d = T::one() - xc / (nx * nc);
     if d > T::zero() {
         d
     } else {
@@ -307,22 +348,36 @@ fn seed<T: Real, R: Rng + ?Sized>(
     labels.fill(0);
     // Weight of a point: 1 - cos to its nearest chosen centre (unit), clamped at 0.
     let weight = |x: &[T], centres: &[T], l: u8| {
+        let mut d = [one; 2];
         let c = row(centres, dim, usize::from(l));
-        dissimilarity(x, c, norm(x), one)
+        dots(x, [x, c], |i, v| {
+            d.get_mut(i).into_iter().for_each(|e| *e = v)
+        });
+        dissimilarity(d[1], d[0].sqrt(), one)
     };
     for j in 1..k {
         let newest = j - 1;
         // Pass A: move labels to the newest centre where strictly closer; total weight.
         let mut total = zero;
-        for (x, l) in points.chunks_exact(dim).zip(labels.iter_mut()) {
-            if newest > 0 {
-                let d_cur = dot(x, row(centres, dim, usize::from(*l)));
-                let d_new = dot(x, row(centres, dim, newest));
-                if d_new > d_cur {
-                    *l = newest as u8;
-                }
+        for (i, l) in labels.iter_mut().enumerate() {
+            let x = row(points, dim, i);
+            // `x . x`, then `x . c` for its centre and for the newest.
+            let mut d = [zero; 3];
+            let cur = row(centres, dim, usize::from(*l));
+            let new = row(centres, dim, newest);
+            let rows = [x, cur, new];
+            let rows = rows
+                .get(..if newest > 0 { 3 } else { 2 })
+                .unwrap_or_default();
+            dots(x, rows.iter().copied(), |i, v| {
+                d.get_mut(i).into_iter().for_each(|e| *e = v)
+            });
+            let mut xc = d[1];
+            if newest > 0 && d[2] > d[1] {
+                *l = newest as u8;
+                xc = d[2];
             }
-            total += weight(x, centres, *l);
+            total += dissimilarity(xc, d[0].sqrt(), one);
         }
         if total <= zero {
             // Every point sits on a chosen centre: any point will do.
@@ -349,8 +404,8 @@ fn seed<T: Real, R: Rng + ?Sized>(
         let mut found = 0;
         let mut cum = zero;
         let mut last_positive = 0;
-        for (i, (x, l)) in points.chunks_exact(dim).zip(labels.iter()).enumerate() {
-            let w = weight(x, centres, *l);
+        for (i, l) in labels.iter().enumerate() {
+            let w = weight(row(points, dim, i), centres, *l);
             if w > zero {
                 last_positive = i;
                 cum += w;
@@ -393,11 +448,19 @@ fn seed<T: Real, R: Rng + ?Sized>(
                 *c = norm(row(points, dim, p));
             }
             let mut potential = [zero; MAX_TRIALS];
-            for (x, l) in points.chunks_exact(dim).zip(labels.iter()) {
-                let nx = norm(x);
-                let d = dissimilarity(x, row(centres, dim, usize::from(*l)), nx, one);
-                for ((pot, &p), &nc) in potential.iter_mut().zip(picks).zip(&cand_norm) {
-                    let dc = dissimilarity(x, row(points, dim, p), nx, nc);
+            for (i, l) in labels.iter().enumerate() {
+                let x = row(points, dim, i);
+                // `x . x`, `x . c` for its centre, then `x . p` for each candidate.
+                let mut xd = [zero; MAX_TRIALS + 2];
+                let cands = picks.iter().map(|&p| row(points, dim, p));
+                let own = row(centres, dim, usize::from(*l));
+                dots(x, [x, own].into_iter().chain(cands), |i, v| {
+                    xd.get_mut(i).into_iter().for_each(|e| *e = v)
+                });
+                let nx = xd[0].sqrt();
+                let d = dissimilarity(xd[1], nx, one);
+                for ((pot, &xc), &nc) in potential.iter_mut().zip(&xd[2..]).zip(&cand_norm) {
+                    let dc = dissimilarity(xc, nx, nc);
                     *pot += if dc < d { dc } else { d };
                 }
             }
@@ -453,22 +516,27 @@ fn assign<T: Real>(
         let mut best = -T::MAX;
         let mut arg = 0;
         let mut d_cur = -T::MAX;
-        for (j, c) in centres.chunks_exact(dim).enumerate() {
-            let d = dot(x, c);
-            if d > best || j == 0 {
-                best = d;
-                arg = j;
+        let mut xx = T::zero();
+        // `x . x`, then `x . c` for every centre in order.
+        let rows = core::iter::once(x).chain(centres.chunks_exact(dim));
+        dots(x, rows, |i, d| match i.checked_sub(1) {
+            None => xx = d,
+            Some(j) => {
+                if d > best || j == 0 {
+                    best = d;
+                    arg = j;
+                }
+                if j == cur {
+                    d_cur = d;
+                }
             }
-            if j == cur {
-                d_cur = d;
-            }
-        }
+        });
         let j = if d_cur >= best { cur } else { arg };
         if j != cur {
             changed = true;
             *l = j as u8;
         }
-        let nx = norm(x);
+        let nx = xx.sqrt();
         total += best / nx;
         for (s, x) in centre_mut(sums, dim, j).iter_mut().zip(x) {
             *s += *x / nx;
@@ -541,4 +609,38 @@ fn update<T: Real>(
         }
     }
     reseeds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`dots`] hands out each row's dot product with the bits of [`dot`], in order, for
+    /// every number of rows: groups of four, then a pair and a single row.
+    #[test]
+    fn dots_are_the_bits_of_dot() {
+        let v = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 37.0;
+        let x: Vec<f32> = (0..13).map(v).collect();
+        let rows: Vec<Vec<f32>> = (0..11)
+            .map(|r| (0..13).map(|f| v(100 + 13 * r + f)).collect())
+            .collect();
+        for count in 0..=rows.len() {
+            let mut got = Vec::new();
+            dots(&x, rows.iter().take(count).map(|r| &r[..]), |i, d| {
+                got.push((i, d.to_bits()))
+            });
+            let want: Vec<(usize, u32)> = rows
+                .iter()
+                .take(count)
+                .enumerate()
+                .map(|(i, r)| (i, dot(&x, r).to_bits()))
+                .collect();
+            assert_eq!(got, want, "{count} rows");
+        }
+        // The comparison can tell: summed from the last feature back, a row differs.
+        let back = |r: &[f32]| x.iter().zip(r).rev().fold(0.0f32, |s, (a, b)| s + a * b);
+        assert!(rows
+            .iter()
+            .any(|r| back(r).to_bits() != dot(&x, r).to_bits()));
+    }
 }
