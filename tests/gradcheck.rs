@@ -717,8 +717,9 @@ fn contrast_is_infonce_over_the_pairs_both_ways() {
 #[test]
 fn batch_kernels_give_the_same_bits() {
     // `LossBuffers::with_batch_kernels`: the forward passes read every dense layer's
-    // weights transposed (`dense_forward_t`) and the parameter gradients are summed over
-    // the batch's recorded rows (`dense_grads_rows`); the loss, the gradient and the
+    // weights transposed (`dense_forward_t`), the parameter gradients are summed over
+    // the batch's recorded rows (`dense_grads_rows`) and the backward sweep reads each
+    // row's encoder outputs kept by the first (`encoded_len`); the loss, the gradient and the
     // marginal must be the bits of the plain buffers', in f32 with the real samplers,
     // for layer widths on and off the kernels' blocks of sixteen, two hidden layers,
     // both posteriors, likelihoods and activations, every scope, and buffers for more

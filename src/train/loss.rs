@@ -309,6 +309,65 @@ pub const fn contrast_len(shape: &Shape, batch: usize) -> usize {
     (2 * shape.latent + batch) * batch
 }
 
+/// Scalars [`LossBuffers::with_batch_kernels`] keep per batch of `batch` rows for each
+/// row's encoder outputs between the two sweeps of a pass: the normalised input (`D`),
+/// the hidden activations, the mean direction (`M`), and the concentration, the norm
+/// before normalisation, the pre-activation and whether the clamp hit.
+pub const fn encoded_len(shape: &Shape, batch: usize) -> usize {
+    encoded_row(shape) * batch
+}
+
+/// [`encoded_len`] of one row.
+const fn encoded_row(shape: &Shape) -> usize {
+    shape.input + shape.hidden_sum() + shape.latent + 4
+}
+
+/// Keeps row `r`'s encoder outputs (in `work` and `enc`) in `encoded`, when it has room.
+fn save_encoded<T: Real>(
+    encoded: &mut [T],
+    s: &Shape,
+    r: usize,
+    work: &Work<'_, T>,
+    enc: &EncoderOut<T>,
+) {
+    let kept = row_mut(encoded, encoded_row(s), r);
+    let (head, tail) = kept.split_at_mut(kept.len().saturating_sub(4));
+    let values = work.xn.iter().chain(&*work.enc).chain(&*work.mu);
+    for (k, &v) in head.iter_mut().zip(values) {
+        *k = v;
+    }
+    let flag = if enc.clamped { T::one() } else { T::zero() };
+    for (k, v) in tail.iter_mut().zip([enc.kappa, enc.norm, enc.pre, flag]) {
+        *k = v;
+    }
+}
+
+/// Row `r`'s encoder outputs kept by [`save_encoded`], written back into `work`;
+/// `None` when `encoded` has none (the row is then encoded again).
+fn load_encoded<T: Real>(
+    encoded: &[T],
+    s: &Shape,
+    r: usize,
+    work: &mut Work<'_, T>,
+) -> Option<EncoderOut<T>> {
+    let kept = encoded.get(r * encoded_row(s)..(r + 1) * encoded_row(s))?;
+    let (head, tail) = kept.split_at_checked(kept.len().checked_sub(4)?)?;
+    let (xn, rest) = head.split_at_checked(work.xn.len())?;
+    let (h, mu) = rest.split_at_checked(work.enc.len())?;
+    copy_over(work.xn, xn);
+    copy_over(work.enc, h);
+    copy_over(work.mu, mu);
+    let &[kappa, norm, pre, flag] = tail else {
+        return None;
+    };
+    Some(EncoderOut {
+        kappa,
+        norm,
+        pre,
+        clamped: flag != T::zero(),
+    })
+}
+
 /// Smallest probability used inside a logarithm (keeps `ln` finite when a softmax
 /// underflows; far below any probability that matters).
 fn tiny<T: Real>() -> T {
@@ -505,6 +564,10 @@ pub struct LossBuffers<'a, T> {
     /// The shares the balance term pulls the marginal towards (`K` values,
     /// [`LossBuffers::set_balance_prior`]; empty in a device's buffers).
     prior: &'a mut [T],
+    /// Each row's encoder outputs from a pass's first sweep, read back by its second
+    /// instead of encoding the row again ([`encoded_len`],
+    /// [`LossBuffers::with_batch_kernels`]); empty otherwise.
+    encoded: &'a mut [T],
     /// Whether `prior` holds shares (else the balance is the entropy or the floor).
     prior_set: bool,
     /// The batch mean of `lse_c(a_ic)` of the last [`layerwise_loss`] (the density term's
@@ -522,13 +585,15 @@ impl<'a, T> LossBuffers<'a, T> {
 
     /// Scalars of the storage of [`LossBuffers::with_batch_kernels`] (`alloc`): those of
     /// [`LossBuffers::storage_len`], a copy of the parameters ([`Shape::param_len`]),
-    /// [`record_len`] and [`contrast_len`] for `rows` rows, and `K` balance shares.
+    /// [`record_len`], [`contrast_len`] and [`encoded_len`] for `rows` rows, and `K`
+    /// balance shares.
     #[cfg(feature = "alloc")]
     pub const fn storage_len_batch_kernels(shape: &Shape, scope: Scope, rows: usize) -> usize {
         Self::storage_len(shape, scope, rows)
             + shape.param_len()
             + record_len(shape, rows)
             + contrast_len(shape, rows)
+            + encoded_len(shape, rows)
             + shape.clusters
     }
 
@@ -604,7 +669,9 @@ impl<'a, T> LossBuffers<'a, T> {
     /// side);
     /// and each dense layer's rows of the backward pass, whose parameter gradients are
     /// summed once the batch is through ([`crate::kernels::dense_grads_rows`]: each
-    /// gradient value loaded and stored once per batch, not once per row). They also
+    /// gradient value loaded and stored once per batch, not once per row); and each
+    /// row's encoder outputs, which the backward sweep reads back where the plain
+    /// buffers encode the row a second time ([`encoded_len`]). They also
     /// hold what the neighbour contrast needs ([`LossConfig::contrast`]) and room for
     /// balance shares ([`LossBuffers::set_balance_prior`]). `storage` has
     /// [`LossBuffers::storage_len_batch_kernels`] scalars.
@@ -626,6 +693,7 @@ impl<'a, T> LossBuffers<'a, T> {
         let transposed = carve(&mut rest, shape.param_len());
         let records = carve(&mut rest, record_len(shape, rows));
         let prior = carve(&mut rest, shape.clusters);
+        let encoded = carve(&mut rest, encoded_len(shape, rows));
         let grads = shape.scope_range(scope).len();
         let mut b = Self::split(
             shape,
@@ -636,6 +704,7 @@ impl<'a, T> LossBuffers<'a, T> {
         )?;
         b.contrast = rest;
         b.prior = prior;
+        b.encoded = encoded;
         Some(b)
     }
 
@@ -670,6 +739,7 @@ impl<'a, T> LossBuffers<'a, T> {
             row: &mut [],
             contrast: &mut [],
             prior: &mut [],
+            encoded: &mut [],
             prior_set: false,
             lse_mean: T::zero(),
         })
@@ -778,8 +848,15 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         contrast,
         prior,
         prior_set,
+        encoded,
         ..
     } = bufs;
+    // Only a host's build keeps the encoder outputs between the sweeps (`alloc`).
+    let encoded: &mut [T] = if cfg!(feature = "alloc") {
+        encoded
+    } else {
+        &mut []
+    };
     let mut rest = &mut contrast[..];
     let (dirs, gdirs) = if contrast_on {
         (carve(&mut rest, bsz * m), carve(&mut rest, bsz * m))
@@ -809,6 +886,7 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         .zip(cache.draws.iter_mut());
     for (r, (x, (((z, da), pr), slots))) in rows(batch.inputs, d).zip(cached).enumerate() {
         let enc = encode(model, (&p, pt), x, work)?;
+        save_encoded(encoded, &s, r, work, &enc);
         if let Some(u) = dirs.get_mut(r * m..(r + 1) * m) {
             copy_over(u, work.mu);
         }
@@ -859,7 +937,10 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
         );
         let [w, dwdk] = cache.draws.get(r).copied().unwrap_or_default();
         rec.row = r;
-        let enc = encode(model, (&p, pt), x, work)?;
+        let enc = match load_encoded(encoded, &s, r, work) {
+            Some(enc) => enc,
+            None => encode(model, (&p, pt), x, work)?,
+        };
         copy_over(work.z, z);
         work.gz.fill(T::zero());
         if scope != Scope::SegmenterOnly {
