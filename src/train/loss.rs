@@ -331,15 +331,14 @@ fn save_encoded<T: Real>(
     enc: &EncoderOut<T>,
 ) {
     let kept = row_mut(encoded, encoded_row(s), r);
-    let (head, tail) = kept.split_at_mut(kept.len().saturating_sub(4));
-    let values = work.xn.iter().chain(&*work.enc).chain(&*work.mu);
-    for (k, &v) in head.iter_mut().zip(values) {
-        *k = v;
-    }
+    let (xn, rest) = kept.split_at_mut(work.xn.len().min(kept.len()));
+    let (h, rest) = rest.split_at_mut(work.enc.len().min(rest.len()));
+    let (mu, tail) = rest.split_at_mut(work.mu.len().min(rest.len()));
+    copy_over(xn, work.xn);
+    copy_over(h, work.enc);
+    copy_over(mu, work.mu);
     let flag = if enc.clamped { T::one() } else { T::zero() };
-    for (k, v) in tail.iter_mut().zip([enc.kappa, enc.norm, enc.pre, flag]) {
-        *k = v;
-    }
+    copy_over(tail, &[enc.kappa, enc.norm, enc.pre, flag]);
 }
 
 /// Row `r`'s encoder outputs kept by [`save_encoded`], written back into `work`;
