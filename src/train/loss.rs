@@ -990,6 +990,17 @@ pub fn loss_and_grad<T: Real, S: AsRef<[T]>, D: DrawSource<T>>(
     Ok(parts)
 }
 
+/// `out[j] = u . v_(from + j)` for the rows `v` of `vt` (`n` rows transposed: `u.len() x
+/// n`), each summed in feature order from zero (the bits of [`dot`]), side by side.
+fn dots_transposed<T: Real>(u: &[T], vt: &[T], n: usize, from: usize, out: &mut [T]) {
+    out.fill(T::zero());
+    for (&v, col) in u.iter().zip(rows(vt, n)) {
+        for (o, &w) in out.iter_mut().zip(col.get(from..).unwrap_or_default()) {
+            *o += v * w;
+        }
+    }
+}
+
 /// Features of a row's contrast gradient summed at once, in registers.
 const LANES: usize = 16;
 
@@ -1038,12 +1049,7 @@ fn contrast_terms<T: Real>(
     }
     for (a, (grow, ua)) in rows_mut(gram, n).zip(rows(dirs, m)).enumerate() {
         let later = grow.get_mut(a + 1..).unwrap_or_default();
-        later.fill(T::zero());
-        for (&v, col) in ua.iter().zip(rows(grad, n)) {
-            for (g, &u) in later.iter_mut().zip(col.get(a + 1..).unwrap_or_default()) {
-                *g += v * u;
-            }
-        }
+        dots_transposed(ua, grad, n, a + 1, later);
         // The logits, then their exponentials in a loop of their own (which the
         // compiler can run several values at a time; the same bits either way).
         for g in later.iter_mut() {
@@ -2269,129 +2275,70 @@ fn encoder_backward<T: Real>(
 mod tests {
     use super::*;
 
-    /// [`contrast_terms`] sums its cosines and its gradient side by side; the plain
-    /// loops below (one `dot` per cosine, each gradient row summed row by row through
-    /// memory) are what it must equal, bit for bit.
-    fn plain<T: Real>(
-        dirs: &[T],
-        grad: &mut [T],
-        gram: &mut [T],
-        m: usize,
-        pairs: &[(u16, u16)],
-        tau: T,
-    ) -> T {
-        grad.fill(T::zero());
-        let n = dirs.len().checked_div(m).unwrap_or(0);
-        let Some(gram) = gram.get_mut(..n * n) else {
-            return T::zero();
-        };
-        if pairs.is_empty() || n < 2 {
-            return T::zero();
-        }
-        // Every index below is within `n x n` by construction: read and written through
-        // `get`, so that a device build links no bounds check that could panic.
-        let at = |a: usize, k: usize| a * n + k;
-        let inv_tau = T::one() / tau;
-        for (a, (grow, ua)) in rows_mut(gram, n).zip(rows(dirs, m)).enumerate() {
-            // The cosines first, then their exponentials in a loop of their own (which the
-            // compiler can run several values at a time; the same bits either way).
-            for (g, uk) in grow.iter_mut().zip(rows(dirs, m)).skip(a + 1) {
-                *g = (dot(ua, uk) - T::one()) * inv_tau;
-            }
-            for g in grow.iter_mut().skip(a + 1) {
-                *g = g.fast_exp();
-            }
-            if let Some(g) = grow.get_mut(a) {
-                *g = T::zero();
-            }
-        }
-        mirror_upper(gram, n);
-        // Each pair's own logit, taken both ways.
-        let mut total = T::zero();
-        for &(i, j) in pairs {
-            let s = dot(row(dirs, m, i as usize), row(dirs, m, j as usize)) * inv_tau;
-            total -= s + s;
-        }
-        // Each row's log-sum-exp, and `f_a` kept on the diagonal (read back below).
-        for (a, erow) in rows_mut(gram, n).enumerate() {
-            let anchored = pairs
-                .iter()
-                .map(|&(i, j)| usize::from(i as usize == a) + usize::from(j as usize == a))
-                .sum::<usize>();
-            let c = T::of(anchored as f64);
-            let sum = erow.iter().fold(T::zero(), |acc, &e| acc + e);
-            if anchored > 0 {
-                total += c * (inv_tau + sum.ln());
-            }
-            if let Some(d) = erow.get_mut(a) {
-                *d = c / sum;
-            }
-        }
-        let scale = T::one() / T::of(2.0 * pairs.len() as f64);
-        let c = scale * inv_tau;
-        let diag = |g: &[T], a: usize| g.get(at(a, a)).copied().unwrap_or(T::zero());
-        for a in 0..n {
-            let fa = diag(gram, a);
-            for k in a + 1..n {
-                let fk = diag(gram, k);
-                if let Some(v) = gram.get_mut(at(a, k)) {
-                    *v = c * (fa + fk) * *v;
-                }
-            }
-        }
-        for a in 0..n {
-            if let Some(d) = gram.get_mut(at(a, a)) {
-                *d = T::zero();
-            }
-        }
-        mirror_upper(gram, n);
-        for &(i, j) in pairs {
-            let (i, j) = (i as usize, j as usize);
-            for idx in [at(i, j), at(j, i)] {
-                if let Some(v) = gram.get_mut(idx) {
-                    *v -= c + c;
-                }
-            }
-        }
-        for (g, crow) in rows_mut(grad, m).zip(rows(gram, n)) {
-            for (&w, u) in crow.iter().zip(rows(dirs, m)) {
-                for (g, &x) in g.iter_mut().zip(u) {
-                    *g += w * x;
-                }
-            }
-        }
-        total * scale
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 
-    #[test]
-    fn contrast_gives_the_bits_of_the_plain_loops() {
-        // 9 rows of 20 features: a block of sixteen gradient features and four after it.
-        let (n, m) = (9, 20);
+    /// 9 unit rows of 20 values: a block of sixteen and four after it.
+    fn rows_9x20() -> Vec<f32> {
         let v = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 500.0;
-        let mut dirs: Vec<f32> = (0..n * m).map(v).collect();
-        for r in dirs.chunks_exact_mut(m) {
+        let mut dirs: Vec<f32> = (0..9 * 20).map(v).collect();
+        for r in dirs.chunks_exact_mut(20) {
             let s = dot(r, r).sqrt();
             r.iter_mut().for_each(|x| *x /= s);
         }
+        dirs
+    }
+
+    #[test]
+    fn transposed_dots_are_the_bits_of_dot() {
+        let (n, m) = (9, 20);
+        let dirs = rows_9x20();
+        let mut vt = vec![0f32; n * m];
+        for (j, r) in dirs.chunks_exact(m).enumerate() {
+            for (f, &v) in r.iter().enumerate() {
+                vt[f * n + j] = v;
+            }
+        }
+        let u = &dirs[2 * m..3 * m];
+        let mut out = vec![f32::NAN; n - 3];
+        dots_transposed(u, &vt, n, 3, &mut out);
+        let want: Vec<f32> = dirs.chunks_exact(m).skip(3).map(|r| dot(u, r)).collect();
+        assert_eq!(bits(&out), bits(&want));
+        // The comparison can tell: summed from the last feature back, a dot differs.
+        let back = |r: &[f32]| u.iter().zip(r).rev().fold(0.0f32, |s, (a, b)| s + a * b);
+        let rows = dirs.chunks_exact(m).skip(3);
+        assert!(rows
+            .clone()
+            .any(|r| back(r).to_bits() != dot(u, r).to_bits()));
+    }
+
+    /// The contrast's gradient is its coefficients' product with the directions (the
+    /// coefficients are left in `gram`), each value summed over the rows in order from
+    /// zero: in registers, the bits of the sums through memory.
+    #[test]
+    fn contrast_gradient_sums_the_rows_in_order() {
+        let (n, m) = (9, 20);
+        let dirs = rows_9x20();
         let pairs = [(0u16, 3u16), (1, 2), (4, 8), (3, 0), (7, 5)];
         let (mut grad, mut gram) = (vec![0f32; n * m], vec![0f32; n * n]);
-        let (mut want_grad, mut want_gram) = (grad.clone(), gram.clone());
-        let got = contrast_terms(&dirs, &mut grad, &mut gram, m, &pairs, 0.7);
-        let want = plain(&dirs, &mut want_grad, &mut want_gram, m, &pairs, 0.7);
-        assert_eq!(got.to_bits(), want.to_bits());
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&grad), bits(&want_grad));
-        assert!(want_grad.iter().all(|g| g.is_finite()) && want_grad.iter().any(|&g| g != 0.0));
-        // The comparison can tell: the first row's gradient summed from the last row
-        // back differs in its bits.
-        let gram_row = &want_gram[..n];
-        let backward: Vec<f32> = (0..m)
-            .map(|f| {
-                (0..n)
-                    .rev()
-                    .fold(0.0, |s, k| s + gram_row[k] * dirs[k * m + f])
-            })
-            .collect();
-        assert_ne!(bits(&backward), bits(&want_grad[..m]));
+        let value = contrast_terms(&dirs, &mut grad, &mut gram, m, &pairs, 0.7);
+        assert!(value.is_finite() && value > 0.0);
+        let product = |order: &[usize]| -> Vec<f32> {
+            (0..n * m)
+                .map(|i| {
+                    let (a, f) = (i / m, i % m);
+                    order
+                        .iter()
+                        .fold(0.0, |s, &k| s + gram[a * n + k] * dirs[k * m + f])
+                })
+                .collect()
+        };
+        let forward: Vec<usize> = (0..n).collect();
+        assert_eq!(bits(&grad), bits(&product(&forward)));
+        assert!(grad.iter().any(|&g| g != 0.0));
+        // The comparison can tell: summed from the last row back, a value differs.
+        let backward: Vec<usize> = (0..n).rev().collect();
+        assert_ne!(bits(&grad), bits(&product(&backward)));
     }
 }
