@@ -116,9 +116,10 @@ pub struct KMeansInfo<T> {
 
 /// The dot products of `x` with each of `rows`, handed to `f(i, x . rows_i)` in the
 /// order of `rows` (a row shorter than `x` is summed over its own length, as with
-/// `zip`). They are summed four rows at a time (then two, then one): each sum still
-/// runs in feature order from zero (the bits of [`dot`]), the independent sums let the
-/// processor overlap their additions, and `x` is loaded once for all of them.
+/// `zip`). They are summed four rows at a time, and the last one to three rows two side
+/// by side and a third alone: each sum still runs in feature order from zero (the bits
+/// of [`dot`]), the independent sums let the processor overlap their additions, and `x`
+/// is loaded once for each group.
 #[inline]
 fn dots<'a, T: Real + 'a>(
     x: &[T],
@@ -348,7 +349,7 @@ fn seed<T: Real, R: Rng + ?Sized>(
     labels.fill(0);
     // Weight of a point: 1 - cos to its nearest chosen centre (unit), clamped at 0.
     let weight = |x: &[T], centres: &[T], l: u8| {
-        let mut d = [one; 2];
+        let mut d = [zero; 2];
         let c = row(centres, dim, usize::from(l));
         dots(x, [x, c], |i, v| {
             d.get_mut(i).into_iter().for_each(|e| *e = v)
@@ -361,19 +362,16 @@ fn seed<T: Real, R: Rng + ?Sized>(
         let mut total = zero;
         for (i, l) in labels.iter_mut().enumerate() {
             let x = row(points, dim, i);
-            // `x . x`, then `x . c` for its centre and for the newest.
+            // `x . x`, then `x . c` for its centre and for the newest (the same centre
+            // while only the first is chosen: no move then).
             let mut d = [zero; 3];
             let cur = row(centres, dim, usize::from(*l));
             let new = row(centres, dim, newest);
-            let rows = [x, cur, new];
-            let rows = rows
-                .get(..if newest > 0 { 3 } else { 2 })
-                .unwrap_or_default();
-            dots(x, rows.iter().copied(), |i, v| {
+            dots(x, [x, cur, new], |i, v| {
                 d.get_mut(i).into_iter().for_each(|e| *e = v)
             });
             let mut xc = d[1];
-            if newest > 0 && d[2] > d[1] {
+            if d[2] > d[1] {
                 *l = newest as u8;
                 xc = d[2];
             }
@@ -459,7 +457,8 @@ fn seed<T: Real, R: Rng + ?Sized>(
                 });
                 let nx = xd[0].sqrt();
                 let d = dissimilarity(xd[1], nx, one);
-                for ((pot, &xc), &nc) in potential.iter_mut().zip(&xd[2..]).zip(&cand_norm) {
+                let xcs = xd.iter().skip(2);
+                for ((pot, &xc), &nc) in potential.iter_mut().zip(xcs).zip(&cand_norm) {
                     let dc = dissimilarity(xc, nx, nc);
                     *pot += if dc < d { dc } else { d };
                 }
