@@ -20,6 +20,7 @@ mod vmf;
 
 use crate::dist::rng::{normal_pair, VariateError};
 use crate::dist::special::{is_nan, log_sphere_area, nan};
+use crate::infer::nn::dot;
 use crate::{Posterior, Real};
 use rand_core::Rng;
 
@@ -98,10 +99,6 @@ fn clamp_kappa<T: Real>(kappa: T) -> T {
     } else {
         kappa.max(T::of(0.0))
     }
-}
-
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).fold(T::of(0.0), |s, (&x, &y)| s + x * y)
 }
 
 impl Posterior {
