@@ -463,13 +463,8 @@ const TOP_RANKS: usize = 128;
 
 /// `x` (`n x d`, row-major) transposed to `d x n`.
 pub(crate) fn transposed<T: Copy + Default>(x: &[T], d: usize) -> Vec<T> {
-    let n = x.len() / d;
     let mut t = vec![T::default(); x.len()];
-    for (j, row) in x.chunks_exact(d).enumerate() {
-        for (f, &v) in row.iter().enumerate() {
-            t[f * n + j] = v;
-        }
-    }
+    hvae::kernels::portable::transpose(x, x.len() / d.max(1), d, &mut t);
     t
 }
 

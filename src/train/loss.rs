@@ -63,6 +63,7 @@ use crate::infer::views::{
     carve, carve_ref, last_hidden, prefix, prefix_mut, Dense, DenseMut, Grads, Params, Work,
 };
 use crate::kernels::dense_grads_rows;
+use crate::kernels::portable::transpose;
 use crate::shape::{Likelihood, Posterior, Scope, Shape, MAX_HIDDEN};
 use crate::train::optim::{band_rows, OptimConfig, OptimError, OptimState};
 use crate::{Activation, Real};
@@ -1040,13 +1041,7 @@ fn contrast_terms<T: Real>(
     // `grad` holds the directions transposed (`M x n`) until the gradient is formed:
     // the cosines of a row with every later row are then summed side by side, each
     // still in feature order from zero (the bits of `dot`).
-    for (a, ua) in rows(dirs, m).enumerate() {
-        for (f, &v) in ua.iter().enumerate() {
-            if let Some(t) = grad.get_mut(f * n + a) {
-                *t = v;
-            }
-        }
-    }
+    transpose(dirs, n, m, grad);
     for (a, (grow, ua)) in rows_mut(gram, n).zip(rows(dirs, m)).enumerate() {
         let later = grow.get_mut(a + 1..).unwrap_or_default();
         dots_transposed(ua, grad, n, a + 1, later);
@@ -2295,11 +2290,7 @@ mod tests {
         let (n, m) = (9, 20);
         let dirs = rows_9x20();
         let mut vt = vec![0f32; n * m];
-        for (j, r) in dirs.chunks_exact(m).enumerate() {
-            for (f, &v) in r.iter().enumerate() {
-                vt[f * n + j] = v;
-            }
-        }
+        transpose(&dirs, n, m, &mut vt);
         let u = &dirs[2 * m..3 * m];
         let mut out = vec![f32::NAN; n - 3];
         dots_transposed(u, &vt, n, 3, &mut out);
