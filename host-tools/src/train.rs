@@ -1217,6 +1217,19 @@ pub const GMM_SCREEN_ROWS: usize = 512;
 /// Most EM iterations of a run of the mixture fit, its screening included.
 const GMM_MAX_ITERS: usize = 100;
 
+/// The squared Euclidean distances of `v` (`d` values) to every mean, into `dists` (`k`),
+/// from the means transposed (`d x k`): summed side by side, each in feature order from
+/// the value an empty sum starts at (the bits of `Iterator::sum` over the squares).
+fn squared_distances(v: &[f64], means_t: &[f64], dists: &mut [f64]) {
+    let k = dists.len();
+    dists.fill(std::iter::empty::<f64>().sum());
+    for (&v, col) in v.iter().zip(means_t.chunks_exact(k)) {
+        for (e, &m) in dists.iter_mut().zip(col) {
+            *e += (v - m) * (v - m);
+        }
+    }
+}
+
 /// One run of the mixture fit ([`gmm_posterior`]): its responsibilities (`n x k`), the
 /// mean log-likelihood of its last E step, its EM iterations so far.
 struct Em {
@@ -1254,20 +1267,11 @@ impl Em {
         }
         // Lloyd iterations.
         let mut labels = vec![0usize; n];
-        // A row's distances to every mean summed side by side over the means transposed
-        // (`d x k`), each in feature order from the value an empty sum starts at (the
-        // bits of `sq`).
-        let start: f64 = std::iter::empty::<f64>().sum();
-        let mut dists = vec![start; k];
+        let mut dists = vec![0f64; k];
         for _ in 0..20 {
             let means_t = transposed(&means, d);
             for (i, l) in labels.iter_mut().enumerate() {
-                dists.fill(start);
-                for (&v, col) in row(i).iter().zip(means_t.chunks_exact(k)) {
-                    for (e, &m) in dists.iter_mut().zip(col) {
-                        *e += (v - m) * (v - m);
-                    }
-                }
+                squared_distances(row(i), &means_t, &mut dists);
                 *l = dists
                     .iter()
                     .enumerate()
@@ -1643,4 +1647,64 @@ fn scale_parts(mut a: LossParts<f32>, s: f32) -> LossParts<f32> {
     a.density *= s;
     a.contrast *= s;
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `squared_distances` gives each mean's distance with the bits of the plain sum in
+    /// feature order, on values whose sum in another order has other bits.
+    #[test]
+    fn squared_distances_are_the_bits_of_the_plain_sum() {
+        let (d, k) = (7, 5);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut value = || f64::from(rng.next_u32()) / f64::from(u32::MAX) * 10.0 - 5.0;
+        let v: Vec<f64> = (0..d).map(|_| value()).collect();
+        let means: Vec<f64> = (0..k * d).map(|_| value() * 1e3).collect();
+        let mut dists = vec![f64::NAN; k];
+        squared_distances(&v, &transposed(&means, d), &mut dists);
+        let mut reordered = 0;
+        for (c, &got) in dists.iter().enumerate() {
+            let sq = |i: usize| (v[i] - means[c * d + i]) * (v[i] - means[c * d + i]);
+            let plain: f64 = (0..d).map(sq).sum();
+            assert_eq!(got.to_bits(), plain.to_bits(), "mean {c}");
+            let reversed: f64 = (0..d).rev().map(sq).sum();
+            reordered += usize::from(reversed.to_bits() != plain.to_bits());
+        }
+        assert!(reordered > 0, "the data cannot tell the order of the sum");
+    }
+
+    /// The Lloyd start of a mixture run on three blobs far apart: every row in its blob's
+    /// run, one cluster per blob, hard responsibilities.
+    #[test]
+    fn em_start_finds_separated_blobs() {
+        let (n, d, k) = (90, 3, 3);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            for j in 0..d {
+                let centre = if j == i % k { 20.0 } else { 0.0 };
+                x.push(centre + f64::from(rng.next_u32()) / f64::from(u32::MAX) - 0.5);
+            }
+        }
+        for seed in 0..8 {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            let em = Em::start(&x, n, d, k, &mut rng);
+            assert_eq!(em.resp.len(), n * k);
+            let label = |i: usize| {
+                let r = &em.resp[i * k..(i + 1) * k];
+                assert_eq!(r.iter().sum::<f64>(), 1.0);
+                r.iter().position(|&p| p == 1.0).unwrap()
+            };
+            let firsts: Vec<usize> = (0..k).map(label).collect();
+            let mut distinct = firsts.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), k, "seed {seed}: blobs share a cluster");
+            for i in 0..n {
+                assert_eq!(label(i), firsts[i % k], "seed {seed}, row {i}");
+            }
+        }
+    }
 }

@@ -20,7 +20,8 @@
 //! embedding like t-SNE's or UMAP's learnt by the encoder, so that the latent the
 //! centres are placed in keeps the neighbourhood graph and not only what
 //! reconstructs. It is not scaled by `gamma`: it acts in the warm-up as well. It needs
-//! every row's `u_i` at once, kept in the buffers of [`LossBuffers::with_batch_kernels`].
+//! every row's `u_i` at once, kept in the buffers of `LossBuffers::with_batch_kernels`
+//! (feature `alloc`).
 //!
 //! The density term reads the segmenter as a von Mises-Fisher mixture on the sphere
 //! (centres `ĉ_c`, one concentration `kappa_s`, mixing weights from its log-weights,
@@ -98,7 +99,7 @@ pub struct LossConfig<T> {
     /// Weight `zeta` of the neighbour-contrast term on the mean directions (0 by default:
     /// off). Not scaled by `gamma`, so it shapes the latent in the warm-up too; without
     /// effect with [`Scope::SegmenterOnly`] (it trains the encoder). Needs the buffers of
-    /// [`LossBuffers::with_batch_kernels`] (a host's build).
+    /// `LossBuffers::with_batch_kernels` (a host's build, feature `alloc`).
     pub contrast: T,
     /// Temperature `tau` of the neighbour-contrast term, at least 0.05 (a smaller one
     /// can make the pass fail as not finite in `f32`).
@@ -305,15 +306,15 @@ pub const fn cache_len(shape: &Shape, batch: usize) -> usize {
 /// Scalars the neighbour contrast ([`LossConfig::contrast`]) keeps for a batch of
 /// `batch` rows: each row's mean direction and the term's gradient in it (`2 M` per
 /// row) and the rows' Gram matrix (`batch x batch`), in the buffers of
-/// [`LossBuffers::with_batch_kernels`].
+/// `LossBuffers::with_batch_kernels` (feature `alloc`).
 pub const fn contrast_len(shape: &Shape, batch: usize) -> usize {
     (2 * shape.latent + batch) * batch
 }
 
-/// Scalars [`LossBuffers::with_batch_kernels`] keep per batch of `batch` rows for each
-/// row's encoder outputs between the two sweeps of a pass: the normalised input (`D`),
-/// the hidden activations, the mean direction (`M`), and the concentration, the norm
-/// before normalisation, the pre-activation and whether the clamp hit.
+/// Scalars `LossBuffers::with_batch_kernels` (feature `alloc`) keep per batch of `batch`
+/// rows for each row's encoder outputs between the two sweeps of a pass: the normalised
+/// input (`D`), the hidden activations, the mean direction (`M`), and the concentration,
+/// the norm before normalisation, the pre-activation and whether the clamp hit.
 pub const fn encoded_len(shape: &Shape, batch: usize) -> usize {
     encoded_row(shape) * batch
 }
@@ -772,7 +773,7 @@ impl<'a, T> LossBuffers<'a, T> {
     /// finite values, stored normalised to sum to 1): `eta KL(p_bar || pi)` in place of
     /// the entropy (with [`LossConfig::balance_floor`] 0). [`LossError::BufferLength`]
     /// when the buffers have no room for them (only those of
-    /// [`LossBuffers::with_batch_kernels`] do) or `pi` is not `K` long,
+    /// `LossBuffers::with_batch_kernels`, feature `alloc`, do) or `pi` is not `K` long,
     /// [`LossError::BadShares`] when a share is not positive and finite; the buffers
     /// are then unchanged.
     pub fn set_balance_prior(&mut self, pi: &[T]) -> Result<(), LossError>
