@@ -1133,7 +1133,7 @@ pub const CHOICE_LEAD: f64 = 0.005;
 
 /// A Gaussian mixture of `k` components with diagonal covariances fitted by EM to the
 /// rows of `x` (`d` columns), the best of `runs` runs by log-likelihood; returns each
-/// row's most likely component. A run starts from k-means++ seeds and 20 Lloyd
+/// row's most likely component. A run starts from k-means++ seeds and at most 20 Lloyd
 /// iterations, then EM iterations; every variance is floored at `1e-4` (as
 /// scikit-learn's `reg_covar`), so a component on constant features stays finite. The
 /// runs are compared after [`GMM_SCREEN_ITERS`] EM iterations on at most
@@ -1240,7 +1240,8 @@ struct Em {
 }
 
 impl Em {
-    /// k-means++ seeds and 20 Lloyd iterations: the hard responsibilities EM starts from.
+    /// k-means++ seeds and at most 20 Lloyd iterations (fewer once no label moves): the
+    /// hard responsibilities EM starts from.
     fn start(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> Self {
         let row = |i: usize| &x[i * d..(i + 1) * d];
         let sq =
@@ -1268,15 +1269,23 @@ impl Em {
         // Lloyd iterations.
         let mut labels = vec![0usize; n];
         let mut dists = vec![0f64; k];
-        for _ in 0..20 {
+        for iter in 0..20 {
             let means_t = transposed(&means, d);
+            let mut moved = false;
             for (i, l) in labels.iter_mut().enumerate() {
                 squared_distances(row(i), &means_t, &mut dists);
-                *l = dists
+                let nearest = dists
                     .iter()
                     .enumerate()
                     .min_by(|a, b| a.1.total_cmp(b.1))
                     .map_or(0, |(c, _)| c);
+                moved |= nearest != *l;
+                *l = nearest;
+            }
+            // The means are those of these labels already: every further iteration
+            // would give them again.
+            if iter > 0 && !moved {
+                break;
             }
             let mut sums = vec![0f64; k * d];
             let mut counts = vec![0f64; k];
