@@ -1244,8 +1244,12 @@ impl Em {
     /// hard responsibilities EM starts from.
     fn start(x: &[f64], n: usize, d: usize, k: usize, rng: &mut impl Rng) -> Self {
         let row = |i: usize| &x[i * d..(i + 1) * d];
-        let sq =
-            |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>();
+        // A row's squared distance to one mean (which is its own transpose, `d x 1`).
+        let sq = |a: &[f64], mean: &[f64]| {
+            let mut e = [0f64];
+            squared_distances(a, mean, &mut e);
+            e[0]
+        };
         // k-means++ seeds.
         let mut means = vec![0f64; k * d];
         means[..d].copy_from_slice(row(uniform_index(rng, n)));
