@@ -251,6 +251,11 @@ impl Shape {
         self.likelihood = l;
         self
     }
+    /// Same layers for inputs of another size.
+    pub const fn with_input(mut self, input: usize) -> Shape {
+        self.input = input;
+        self
+    }
 
     /// Checks the sizes.
     pub const fn validate(&self) -> Result<(), ShapeError> {

@@ -8,6 +8,7 @@
 //! | [`data`] | load a data set (CSV with a header, `.csv.gz`, `.npy`), write CSV |
 //! | [`synth`] | a seeded mixture of von Mises-Fisher clusters with known labels |
 //! | [`train`] | training on the host: epochs over a data set in memory |
+//! | [`pca`] | wide inputs trained on their leading principal components, folded back |
 //! | [`metrics`] | ACC (Hungarian matching), NMI, ARI |
 //! | [`baselines`] | k-means on the raw features, spherical k-means |
 //! | [`device`] | talk to a device (qemu or a serial port): requests, faults, weights |
@@ -39,6 +40,7 @@ pub mod fsio;
 pub mod import;
 pub mod metrics;
 pub mod model_io;
+pub mod pca;
 #[cfg(feature = "tool")]
 pub mod plot;
 pub mod quant;

@@ -291,6 +291,44 @@ fn suite_set(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/suite/{name}.csv.gz"))
 }
 
+/// `--components 8` on a series of 251 samples: the model trains on 8 principal
+/// components and comes out taking the 251 raw samples; every epoch's scores in the
+/// report come from the model folded back, the last one's from the written model
+/// ([`train_report`]), which `hvae eval` scores the same on the raw file.
+#[test]
+fn components_train_wide_inputs_and_fold_back() {
+    let data = suite_set("ArrowHead_raw");
+    let args = ["--clusters", "3", "--epochs", "20", "--warmup", "4"];
+    let (v, printed) = train_report(&data, &[&args[..], &["--components", "8"]].concat());
+    assert!(
+        printed.contains("trained on the 8 leading principal components"),
+        "{printed}"
+    );
+    assert_eq!(v["shape"]["input"], 251, "{}", v["shape"]);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.hvae");
+    train_to(&data, &model, &[&args[..], &["--components", "8"]].concat());
+    let acc = eval_acc(&model, &data);
+    assert_eq!(acc, v["final_scores"]["acc"].as_f64().unwrap());
+    assert!(acc > 0.5, "ACC {acc}");
+    // The default trains on the raw features: no such line.
+    let (_, plain) = train_report(&data, &args);
+    assert!(!plain.contains("principal components"), "{plain}");
+}
+
+/// `hvae train --quiet` with `args` on `data`, written to `out`.
+fn train_to(data: &Path, out: &Path, args: &[&str]) {
+    hvae()
+        .args(["train", "--quiet"])
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .assert()
+        .success();
+}
+
 /// With the GMM candidate kept (here at the end of both joint phases), the report's
 /// curves are the candidate's: its last epoch scores what the written model scores
 /// ([`train_report`]), and the report and the command's output say which model was kept.

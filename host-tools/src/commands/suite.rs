@@ -139,7 +139,7 @@ fn one_run(
     let args = train::args_with(path, &k, Path::new("-"), &options)
         .map_err(|e| Error::BadInput(format!("--train-args: {}", e.one_line())))?;
     let start = std::time::Instant::now();
-    let trained = train::train_on(&args, &l.data, |_, _| {})?;
+    let trained = train::train_on(&args, &l.data, None)?;
     let seconds = start.elapsed().as_secs_f64();
     let pred = train::predict(&trained.model, &l.data);
     let mut run = suite::run_of(seed, &l.truth, &pred, seconds);

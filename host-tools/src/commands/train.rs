@@ -5,6 +5,7 @@ use super::outln;
 use crate::data::{self, Dataset};
 use crate::metrics;
 use crate::model_io;
+use crate::pca::Projection;
 use crate::select::{
     fit_restarts, fit_with_gmm_candidate, Criterion, GmmChoice, Restart, Restarts,
 };
@@ -23,7 +24,9 @@ pub const LONG_ABOUT: &str = "Train a model on a data file.\n\n\
     The input normalisation (per-feature offset and scale, the rule of hvae::infer::normalise) is \
     fitted on the data and stored in the model. The cluster loss pairs every sample with \
     one of its nearest neighbours, mined over the whole file (by default near both in \
-    cosine on the raw features and on the normalised ones). Schedule: --warmup epochs of \
+    cosine on the raw features and on the normalised ones). Data with more features than \
+    --components train on that many leading principal components of the normalised \
+    features, folded back into the model, which takes the raw features. Schedule: --warmup epochs of \
     the VAE alone (or --warmup-steps of --steps), then the centres are initialised (by \
     default from the partition, among spherical k-means++ runs on the encoder's mean \
     directions and on the normalised inputs, that agrees best with the input \
@@ -184,6 +187,12 @@ pub struct TrainArgs {
     /// Decoder likelihood.
     #[arg(long, value_enum, default_value_t = LikelihoodArg::Gaussian)]
     pub likelihood: LikelihoodArg,
+    /// Data with more features than this train on their M leading principal components
+    /// (of the normalised features), folded back into the model's first and last layers:
+    /// the model still takes every raw feature (0: never; not with the Bernoulli
+    /// likelihood).
+    #[arg(long, default_value_t = crate::pca::DEFAULT_COMPONENTS, value_name = "M")]
+    pub components: usize,
     /// Hidden nonlinearity.
     #[arg(long, value_enum, default_value_t = ActivationArg::Relu)]
     pub activation: ActivationArg,
@@ -651,6 +660,9 @@ pub struct Trained {
     /// The restart [`Trained::other`] comes from (0 with one restart, and without the
     /// candidate).
     pub other_restart: usize,
+    /// With `--components`: the number of principal components trained on, where the
+    /// data had more features.
+    pub components: Option<usize>,
 }
 
 /// The early choice's looks from --choice-at and --choice-margin: shares in (0, 1],
@@ -683,14 +695,16 @@ fn choice_looks(at: &[f32], margin: Option<&[f64]>) -> Result<Vec<ChoiceLook>, E
         .collect())
 }
 
-/// Trains the model `args` ask for on `data` (restarts, `--clusters auto`).
-/// `progress` sees every model trained: each K's (the model's shape has it), each
-/// restart's ([`crate::train::EpochStats::restart`]) and with `--gmm-candidate` both
-/// kinds' ([`crate::train::EpochStats::branch`]).
+/// Trains the model `args` ask for on `data` (restarts, `--clusters auto`), on the
+/// data's leading principal components where it has more than `--components` features
+/// ([`crate::pca`]; every model handed out, to `progress` too, takes the raw features).
+/// `progress`, when given, sees every model trained: each K's (the model's shape has
+/// it), each restart's ([`crate::train::EpochStats::restart`]) and with
+/// `--gmm-candidate` both kinds' ([`crate::train::EpochStats::branch`]).
 pub fn train_on(
     args: &TrainArgs,
     data: &Dataset,
-    mut progress: impl FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>),
+    mut progress: Option<&mut Progress<'_>>,
 ) -> Result<Trained, Error> {
     if args.supervised && matches!(args.clusters, Clusters::Auto) {
         return Err(Error::BadInput(
@@ -712,49 +726,78 @@ pub fn train_on(
     };
     let cfg = fit_config(args)?;
     let fail = |e: crate::train::FitError| Error::Failed(format!("training failed: {e}"));
+    let likelihood = shape_of(args, data.dim(), largest)?.likelihood;
+    let projection =
+        Projection::fit(data.features(), data.dim(), args.components, likelihood).map_err(fail)?;
+    let components = projection.as_ref().map(|p| p.apply(data.features()));
+    let (x, d) = match (&projection, &components) {
+        (Some(p), Some(z)) => (&z[..], p.output_len()),
+        _ => (data.features(), data.dim()),
+    };
+    // Each model as one that takes the raw features.
+    let fold = |m: hvae::VecModel<f32>| match &projection {
+        Some(p) => p.fold(&m).map_err(fail),
+        None => Ok(m),
+    };
+    let mut report = |s: &crate::train::EpochStats, m: &hvae::VecModel<f32>| {
+        let Some(progress) = progress.as_mut() else {
+            return;
+        };
+        match &projection {
+            None => progress(s, m),
+            // A fold fails only on a model of the wrong width, and the trained model's
+            // fold below then says so.
+            Some(p) => {
+                if let Ok(folded) = p.fold(m) {
+                    progress(s, &folded);
+                }
+            }
+        }
+    };
     // The model as configured, or with --gmm-candidate the better of it and the
     // mixture-trained candidate (not with labels: they are the targets then).
-    let mut fit_one = |shape, classes: Option<&[u8]>| -> Result<Trained, Error> {
+    let mut fit_one = |k, classes: Option<&[u8]>| -> Result<Trained, Error> {
         let job = Restarts {
-            shape,
-            x: data.features(),
+            shape: shape_of(args, d, k)?,
+            x,
             labels: classes,
             cfg: &cfg,
             restarts: args.restarts as usize,
             criterion: args.select.criterion(),
         };
         if args.gmm_candidate && classes.is_none() {
-            let f = fit_with_gmm_candidate(job, &mut progress).map_err(fail)?;
+            let f = fit_with_gmm_candidate(job, &mut report).map_err(fail)?;
             Ok(Trained {
-                model: f.model,
+                model: fold(f.model)?,
                 restarts: f.restarts,
                 auto: Vec::new(),
                 gmm: Some(f.choice),
-                other: Some(f.other),
+                other: Some(fold(f.other)?),
                 other_restart: f.other_restart,
+                components: projection.as_ref().map(Projection::output_len),
             })
         } else {
-            let (model, restarts) = fit_restarts(job, &mut progress).map_err(fail)?;
+            let (model, restarts) = fit_restarts(job, &mut report).map_err(fail)?;
             Ok(Trained {
-                model,
+                model: fold(model)?,
                 restarts,
                 auto: Vec::new(),
                 gmm: None,
                 other: None,
                 other_restart: 0,
+                components: projection.as_ref().map(Projection::output_len),
             })
         }
     };
     if let [k] = ks[..] {
-        return fit_one(shape_of(args, data.dim(), k)?, classes.as_deref());
+        return fit_one(k, classes.as_deref());
     }
     let mut best: Option<(f64, Trained)> = None;
     let mut auto = Vec::with_capacity(ks.len());
     for k in ks {
-        let shape = shape_of(args, data.dim(), k)?;
-        let t = fit_one(shape, None)?;
+        let t = fit_one(k, None)?;
         let (labels, mus) = crate::select::answers(&t.model, data.features()).map_err(fail)?;
-        let score = crate::select::silhouette(&mus, shape.latent, &labels, k);
+        let score = crate::select::silhouette(&mus, t.model.shape().latent, &labels, k);
         auto.push((k, score));
         if best.as_ref().is_none_or(|(b, _)| score > *b) {
             best = Some((score, t));
@@ -764,6 +807,10 @@ pub fn train_on(
     t.auto = auto;
     Ok(t)
 }
+
+/// What [`train_on`] reports after each round of training: the round's statistics and
+/// the model as it stands (taking the raw features).
+pub type Progress<'p> = dyn FnMut(&crate::train::EpochStats, &hvae::VecModel<f32>) + 'p;
 
 /// The numbers of clusters trained, in order: `--clusters K` alone, or with `auto`
 /// 2 ..= --max-clusters.
@@ -842,65 +889,69 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     let start = std::time::Instant::now();
     // Each epoch's ACC and NMI cost a pass over the data: only for a bar or a report.
     let scored = !args.quiet || args.report.is_some();
-    let trained = train_on(args, &data, |s, model| {
-        let (acc, nmi) = match &classes {
-            Some(truth) if scored => {
-                let pred = predict(model, &data);
-                let sc = metrics::scores(truth, &pred);
-                (Some(sc.acc), Some(sc.nmi))
+    let trained = train_on(
+        args,
+        &data,
+        Some(&mut |s, model| {
+            let (acc, nmi) = match &classes {
+                Some(truth) if scored => {
+                    let pred = predict(model, &data);
+                    let sc = metrics::scores(truth, &pred);
+                    (Some(sc.acc), Some(sc.nmi))
+                }
+                _ => (None, None),
+            };
+            let l = s.loss;
+            let mut msg = format!(
+                "loss {:.3} (recon {:.3} kl {:.3} cons {:.3} bal {:.3})",
+                l.total, l.recon, l.kl, l.consistency, l.balance
+            );
+            if let (Some(a), Some(n)) = (acc, nmi) {
+                msg.push_str(&format!(" ACC {a:.3} NMI {n:.3}"));
             }
-            _ => (None, None),
-        };
-        let l = s.loss;
-        let mut msg = format!(
-            "loss {:.3} (recon {:.3} kl {:.3} cons {:.3} bal {:.3})",
-            l.total, l.recon, l.kl, l.consistency, l.balance
-        );
-        if let (Some(a), Some(n)) = (acc, nmi) {
-            msg.push_str(&format!(" ACC {a:.3} NMI {n:.3}"));
-        }
-        if s.warmup {
-            msg.push_str(" [warm-up]");
-        } else if s.branch > 0 {
-            msg.push_str(" [GMM candidate]");
-        }
-        let k = model.shape().clusters;
-        if matches!(args.clusters, Clusters::Auto) {
-            msg.push_str(&format!(" [K = {k}]"));
-        }
-        if restarts > 1 {
-            msg.push_str(&format!(" [restart {}/{restarts}]", s.restart + 1));
-        }
-        bar.set_message(msg);
-        // The models train one after the other, and a restart's branches too: the bar
-        // shows the furthest epoch.
-        let before = (k.saturating_sub(first_k) * restarts + s.restart) * rounds;
-        bar.set_position(bar.position().max((before + s.epoch) as u64));
-        epochs.push((
-            Trainee {
-                k,
-                restart: s.restart,
-                branch: s.branch,
-            },
-            EpochReport {
-                epoch: s.epoch,
-                warmup: s.warmup,
-                loss: LossReport {
-                    total: l.total,
-                    recon: l.recon,
-                    kl: l.kl,
-                    consistency: l.consistency,
-                    entropy: l.entropy,
-                    balance: l.balance,
-                    supervised: l.supervised,
-                    density: l.density,
-                    contrast: l.contrast,
+            if s.warmup {
+                msg.push_str(" [warm-up]");
+            } else if s.branch > 0 {
+                msg.push_str(" [GMM candidate]");
+            }
+            let k = model.shape().clusters;
+            if matches!(args.clusters, Clusters::Auto) {
+                msg.push_str(&format!(" [K = {k}]"));
+            }
+            if restarts > 1 {
+                msg.push_str(&format!(" [restart {}/{restarts}]", s.restart + 1));
+            }
+            bar.set_message(msg);
+            // The models train one after the other, and a restart's branches too: the bar
+            // shows the furthest epoch.
+            let before = (k.saturating_sub(first_k) * restarts + s.restart) * rounds;
+            bar.set_position(bar.position().max((before + s.epoch) as u64));
+            epochs.push((
+                Trainee {
+                    k,
+                    restart: s.restart,
+                    branch: s.branch,
                 },
-                acc,
-                nmi,
-            },
-        ));
-    })?;
+                EpochReport {
+                    epoch: s.epoch,
+                    warmup: s.warmup,
+                    loss: LossReport {
+                        total: l.total,
+                        recon: l.recon,
+                        kl: l.kl,
+                        consistency: l.consistency,
+                        entropy: l.entropy,
+                        balance: l.balance,
+                        supervised: l.supervised,
+                        density: l.density,
+                        contrast: l.contrast,
+                    },
+                    acc,
+                    nmi,
+                },
+            ));
+        }),
+    )?;
     let kept = Trainee {
         k: trained.model.shape().clusters,
         restart: crate::select::kept_restart(&trained.restarts),
@@ -940,6 +991,13 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         data.dim(),
         args.out.display()
     )?;
+    if let Some(m) = trained.components {
+        outln!(
+            out,
+            "trained on the {m} leading principal components of the normalised features \
+             (--components), folded back into the model"
+        )?;
+    }
     let (warmup_steps, steps) = cfg.schedule(data.len());
     let unbounded = FitConfig {
         max_steps: 0,
