@@ -5,8 +5,12 @@
 //! image) trains on the `m` leading principal components of its normalised features
 //! ([`Projection::fit`]): the rows are normalised by the core's rule
 //! ([`hvae::infer::normalise`]), projected onto the components ([`Projection::apply`]),
-//! and everything the trainer does (its own normalisation of the components, the
-//! neighbours, the warm-up, the centres, the choice) then sees `m` features. The
+//! and the network, the centres and the choice between the models then see `m`
+//! features. Two things stay with the data as given
+//! ([`crate::train::Prepared`]): each row's neighbours are mined on the raw features, as
+//! they would be without the projection, and the components share one scale, so that a
+//! component of little variance (mostly noise) is not stretched to the spread of the
+//! first. The
 //! projection is linear, so it folds exactly into the trained model's first layer and
 //! its reconstruction layer ([`Projection::fold`]): the model a device runs takes the
 //! `D` raw features, has the shape and budget it would have without the projection, and
@@ -26,8 +30,9 @@ use nalgebra::DMatrix;
 
 use crate::train::{fit_normalisation, normalised, FitError};
 
-/// `hvae train --components`' default: 0, every set trains on its raw features (the
-/// quality suite's tuned half did not gain from a projection: docs/benchmarks.md).
+/// `hvae train --components`' default: 0, every set trains on its raw features (on the
+/// quality suite the projection keeps the tuned half's bars, but the int8 models of the
+/// widest set miss the fidelity bars: docs/benchmarks.md).
 pub const DEFAULT_COMPONENTS: usize = 0;
 
 /// Most sweeps of the singular value decomposition before it gives up (it converges in

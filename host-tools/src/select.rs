@@ -29,7 +29,7 @@
 use crate::metrics;
 use crate::train::{
     cosines_with_others, fit_branches, mine_neighbours, Branch, ChoiceScore, EarlyChoice,
-    EpochStats, FitConfig, FitError,
+    EpochStats, FitConfig, FitError, Prepared,
 };
 use hvae::infer::model::{Model, VecModel};
 use hvae::Shape;
@@ -317,6 +317,8 @@ pub struct Restarts<'a> {
     pub restarts: usize,
     /// What picks among them.
     pub criterion: Criterion,
+    /// What each training is given rather than fit on `x` (the default: nothing).
+    pub prepared: Prepared<'a>,
 }
 
 /// Trains the model `cfg` asks for ([`fit_restarts`]) and a candidate whose clusters
@@ -500,6 +502,7 @@ fn train_restarts(
         labels,
         cfg,
         restarts,
+        prepared,
         ..
     } = job;
     let mut kinds: Vec<Vec<Seeded>> = branches.iter().map(|_| Vec::new()).collect();
@@ -510,9 +513,16 @@ fn train_restarts(
             ..cfg.clone()
         };
         // Only the first restart may be chosen early (`early` is asked for one restart).
-        let trained = fit_branches(shape, x, labels, &c, branches, early.take(), |s, m| {
-            progress(&EpochStats { restart: r, ..*s }, m)
-        })?;
+        let trained = fit_branches(
+            shape,
+            x,
+            labels,
+            &c,
+            branches,
+            prepared,
+            early.take(),
+            |s, m| progress(&EpochStats { restart: r, ..*s }, m),
+        )?;
         if r == 0 {
             kept_early = trained.kept_early;
         }

@@ -315,6 +315,41 @@ pub enum FitError {
     Infer(#[from] hvae::InferError),
 }
 
+/// What a training may be given rather than fit on its own rows: for rows that are a
+/// projection of the data ([`crate::pca`]), the data's own neighbours, and one scale for
+/// every feature so that the projection's proportions are kept. The default fits both
+/// on the rows trained on, as [`fit`] does.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Prepared<'a> {
+    /// Each row's neighbours, `n x k` row indices as [`mine_for`] gives them (`k` =
+    /// [`FitConfig::neighbours`], at most `n - 1`), mined elsewhere; `None`: mined on the
+    /// rows trained on.
+    pub neighbours: Option<&'a [u32]>,
+    /// One scale for every feature, the smallest of the per-feature rule's (the widest
+    /// feature's): the features keep their relative spreads (offsets stay per feature).
+    pub shared_scale: bool,
+}
+
+/// The `k` nearest neighbours of every row of `x` (`n x d`, raw units) in `space`
+/// ([`mine_neighbours`], [`mine_neighbours_both`]; the normalisation by the core's rule).
+pub fn mine_for(
+    space: NeighbourSpace,
+    x: &[f32],
+    d: usize,
+    k: usize,
+) -> Result<Vec<u32>, FitError> {
+    if space == NeighbourSpace::Raw {
+        return Ok(mine_neighbours(x, d, k));
+    }
+    let (offset, scale) =
+        fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
+    let xn = normalised(x, &offset, &scale);
+    Ok(match space {
+        NeighbourSpace::Both => mine_neighbours_both(x, &xn, d, k),
+        _ => mine_neighbours(&xn, d, k),
+    })
+}
+
 /// Per-feature offset and scale of `x` (`n x d`) by the core's rule
 /// ([`hvae::infer::normalise`]): the same normalisation a device fits to its buffer.
 pub fn fit_normalisation(
@@ -503,7 +538,7 @@ pub fn fit(
     cfg: &FitConfig,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<Model<f32, Vec<f32>>, FitError> {
-    let mut run = Run::start(shape, x, labels, cfg)?;
+    let mut run = Run::start(shape, x, labels, cfg, Prepared::default())?;
     run.train(cfg, run.total, progress)?;
     run.finish(cfg)
 }
@@ -564,22 +599,26 @@ pub struct Branches {
 /// before it: the initial weights, the normalisation, the neighbours) does not depend
 /// on how the centres are placed after it, so it runs once and each branch continues
 /// from a copy of its state (weights, optimiser moments, marginal, random stream,
-/// shuffled order). Each model trained to its end is bit for bit the one [`fit`]
-/// trains with `cfg` and the branch's `init` and `gmm_targets`, whether or not an
-/// `early` choice was asked for: a run paused and continued takes the same steps.
+/// shuffled order). With `prepared` at its default, each model trained to its end is
+/// bit for bit the one [`fit`] trains with `cfg` and the branch's `init` and
+/// `gmm_targets`, whether or not an `early` choice was asked for: a run paused and
+/// continued takes the same steps. (Eight arguments: the rows, their labels and what
+/// is given beside them are each optional in their own way.)
 /// `progress` sees the warm-up, then each branch's epochs as that branch trains them,
 /// tagged with [`EpochStats::branch`]: every branch's up to where an early choice was
 /// made, then the kept branch's (or every branch's, one branch after the other).
+#[allow(clippy::too_many_arguments)]
 pub fn fit_branches(
     shape: Shape,
     x: &[f32],
     labels: Option<&[u8]>,
     cfg: &FitConfig,
     branches: &[Branch],
+    prepared: Prepared<'_>,
     early: Option<EarlyChoice<'_>>,
     mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<Branches, FitError> {
-    let mut warm = Run::start(shape, x, labels, cfg)?;
+    let mut warm = Run::start(shape, x, labels, cfg, prepared)?;
     warm.train(cfg, warm.warm_steps, &mut progress)?;
     let configs: Vec<FitConfig> = branches
         .iter()
@@ -683,6 +722,7 @@ impl<'d> Run<'d> {
         x: &'d [f32],
         labels: Option<&[u8]>,
         cfg: &FitConfig,
+        prepared: Prepared<'_>,
     ) -> Result<Self, FitError> {
         shape
             .validate()
@@ -719,19 +759,27 @@ impl<'d> Run<'d> {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
         let mut model = Model::<f32, Vec<f32>>::with_shape(shape, &mut rng)
             .map_err(|e| FitError::Config(e.to_string()))?;
-        let (offset, scale) =
+        let (offset, mut scale) =
             fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
+        if prepared.shared_scale {
+            let widest = scale.iter().copied().fold(f32::INFINITY, f32::min);
+            scale.fill(widest);
+        }
         model
             .set_normalisation(&offset, &scale)
             .map_err(|e| FitError::Config(e.to_string()))?;
-        let neighbours = match cfg.neighbour_space {
-            NeighbourSpace::Raw => mine_neighbours(x, d, cfg.neighbours),
-            NeighbourSpace::Normalised => {
-                mine_neighbours(&normalised(x, &offset, &scale), d, cfg.neighbours)
+        let neighbours = match prepared.neighbours {
+            Some(given) => {
+                let k = cfg.neighbours.min(n - 1).max(1);
+                if given.len() != n * k || given.iter().any(|&j| j as usize >= n) {
+                    return Err(FitError::Config(format!(
+                        "{} neighbour indices given where {n} rows of {k} were needed",
+                        given.len()
+                    )));
+                }
+                given.to_vec()
             }
-            NeighbourSpace::Both => {
-                mine_neighbours_both(x, &normalised(x, &offset, &scale), d, cfg.neighbours)
-            }
+            None => mine_for(cfg.neighbour_space, x, d, cfg.neighbours)?,
         };
         let range = shape.scope_range(Scope::Full);
         let opt = OptimConfig::new(Optimiser::adam(cfg.lr));

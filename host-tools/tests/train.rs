@@ -5,7 +5,7 @@
 mod common;
 
 use common::{digits_path as digits, hvae};
-use hvae_host::train::{fit, ChoiceLook, FitConfig};
+use hvae_host::train::{fit, ChoiceLook, FitConfig, Prepared};
 use hvae_host::{data, metrics};
 use std::path::Path;
 
@@ -931,9 +931,16 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
     ];
     assert_eq!(branches[0].init, CentreInit::Selected);
     let mut shared_epochs = Vec::new();
-    let trained = fit_branches(shape, x, None, &cfg, &branches, None, |s, _| {
-        shared_epochs.push((s.branch, (s.epoch, s.warmup, s.loss.total.to_bits())))
-    })
+    let trained = fit_branches(
+        shape,
+        x,
+        None,
+        &cfg,
+        &branches,
+        Prepared::default(),
+        None,
+        |s, _| shared_epochs.push((s.branch, (s.epoch, s.warmup, s.loss.total.to_bits()))),
+    )
     .unwrap();
     assert_eq!(trained.kept_early, None);
     let models = trained.models;
@@ -955,6 +962,74 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
     assert_ne!(models[0].params(), models[1].params());
 }
 
+/// What a training can be given rather than fit on its rows (`Prepared`, what
+/// `--components` gives the projected rows): neighbours given equal to those it would
+/// mine train the very models it trains alone; neighbours of another length or naming a
+/// row that is not there are refused with an error, not a panic; a shared scale sets
+/// every feature's scale to the smallest per-feature one and keeps the offsets.
+#[test]
+fn prepared_neighbours_and_shared_scale() {
+    use hvae_host::train::{fit_branches, fit_normalisation, mine_for, Branch};
+    let (x, shape, cfg) = branch_job(6);
+    let x = &x[..];
+    let branches = [Branch::of(&cfg), gmm_branch()];
+    let train = |prepared: Prepared<'_>| {
+        fit_branches(shape, x, None, &cfg, &branches, prepared, None, |_, _| {}).map(|t| t.models)
+    };
+    let alone = train(Prepared::default()).unwrap();
+    let mined = mine_for(cfg.neighbour_space, x, shape.input, cfg.neighbours).unwrap();
+    assert_eq!(mined.len(), 300 * cfg.neighbours);
+    let given = train(Prepared {
+        neighbours: Some(&mined),
+        shared_scale: false,
+    })
+    .unwrap();
+    for (a, b) in alone.iter().zip(&given) {
+        assert!(a.params() == b.params());
+    }
+    // Other neighbours: another model.
+    let mut shifted = mined.clone();
+    shifted.rotate_left(1);
+    let other = train(Prepared {
+        neighbours: Some(&shifted),
+        shared_scale: false,
+    })
+    .unwrap();
+    assert!(other[0].params() != alone[0].params());
+    for bad in [&mined[1..], &[299u32; 3000][..]] {
+        let mut wrong = bad.to_vec();
+        if wrong.len() == mined.len() {
+            wrong[17] = 300;
+        }
+        let err = train(Prepared {
+            neighbours: Some(&wrong),
+            shared_scale: false,
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("neighbour indices given"), "{err}");
+    }
+    let shared = train(Prepared {
+        neighbours: None,
+        shared_scale: true,
+    })
+    .unwrap();
+    let (offset, scale) = fit_normalisation(x, shape.input).unwrap();
+    let widest = scale.iter().copied().fold(f32::INFINITY, f32::min);
+    assert!(
+        scale.iter().any(|&s| s != widest),
+        "the features' scales differ"
+    );
+    for m in &shared {
+        let t = |id| m.tensor(id).unwrap().to_vec();
+        assert_eq!(t(hvae::shape::TensorId::NormOffset), offset);
+        assert_eq!(
+            t(hvae::shape::TensorId::NormScale),
+            vec![widest; shape.input]
+        );
+    }
+}
+
 /// An early choice among the branches: the branch it keeps trains on to the very model
 /// trained without it, the others stop where the choice was made (its second look, at
 /// a quarter of the joint phase: 2 of its 8 epochs; the first, at an eighth, keeps
@@ -966,17 +1041,35 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
     let (x, shape, cfg) = branch_job(5);
     let x = &x[..];
     let branches = [Branch::of(&cfg), gmm_branch()];
-    let full = fit_branches(shape, x, None, &cfg, &branches, None, |_, _| {})
-        .unwrap()
-        .models;
+    let full = fit_branches(
+        shape,
+        x,
+        None,
+        &cfg,
+        &branches,
+        Prepared::default(),
+        None,
+        |_, _| {},
+    )
+    .unwrap()
+    .models;
     // What each branch is after 4 + 2 epochs: the same configuration, 6 epochs long.
     let short = FitConfig {
         epochs: 6,
         ..cfg.clone()
     };
-    let at_pause = fit_branches(shape, x, None, &short, &branches, None, |_, _| {})
-        .unwrap()
-        .models;
+    let at_pause = fit_branches(
+        shape,
+        x,
+        None,
+        &short,
+        &branches,
+        Prepared::default(),
+        None,
+        |_, _| {},
+    )
+    .unwrap()
+    .models;
     for keep in [Some(0), Some(1), None] {
         let mut seen = Vec::new();
         let mut looks = Vec::new();
@@ -992,6 +1085,7 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
             None,
             &cfg,
             &branches,
+            Prepared::default(),
             Some(EarlyChoice {
                 at: &[0.125, 0.25, 0.5],
                 decide: &mut decide,
@@ -1065,7 +1159,17 @@ fn a_look_at_the_whole_joint_phase_is_not_made() {
         at: &[1.0],
         decide: &mut decide,
     };
-    let trained = fit_branches(shape, &x, None, &cfg, &branches, Some(early), |_, _| {}).unwrap();
+    let trained = fit_branches(
+        shape,
+        &x,
+        None,
+        &cfg,
+        &branches,
+        Prepared::default(),
+        Some(early),
+        |_, _| {},
+    )
+    .unwrap();
     assert_eq!(looks, 0);
     assert_eq!(trained.kept_early, None);
 }
@@ -1093,6 +1197,7 @@ fn the_candidate_choice_made_early_keeps_the_same_model() {
             cfg: &cfg,
             restarts: 1,
             criterion: Criterion::Agreement,
+            prepared: Prepared::default(),
         };
         fit_with_gmm_candidate(job, |_, _| {}).unwrap()
     };
@@ -1143,6 +1248,7 @@ fn restarts_picked_by_association_keep_the_best_scoring_model() {
         cfg: &cfg,
         restarts: 3,
         criterion: Criterion::Association,
+        prepared: Prepared::default(),
     };
     let (model, runs) = fit_restarts(job, |_, _| {}).unwrap();
     let (o, sc) = hvae_host::train::fit_normalisation(&x, shape.input).unwrap();

@@ -10,7 +10,7 @@ use crate::select::{
     fit_restarts, fit_with_gmm_candidate, Criterion, GmmChoice, Restart, Restarts,
 };
 use crate::train::{
-    default_margin, CentreInit, ChoiceLook, ChoiceScore, FitConfig, NeighbourSpace,
+    default_margin, CentreInit, ChoiceLook, ChoiceScore, FitConfig, NeighbourSpace, Prepared,
 };
 use crate::Error;
 use hvae::shape::{Activation, Likelihood, Posterior, Shape};
@@ -734,6 +734,24 @@ pub fn train_on(
         (Some(p), Some(z)) => (&z[..], p.output_len()),
         _ => (data.features(), data.dim()),
     };
+    // Projected rows learn from the data's own neighbours (mined on the raw features,
+    // as without the projection) and keep the components' proportions.
+    let mined = match &projection {
+        Some(_) => Some(
+            crate::train::mine_for(
+                cfg.neighbour_space,
+                data.features(),
+                data.dim(),
+                cfg.neighbours,
+            )
+            .map_err(fail)?,
+        ),
+        None => None,
+    };
+    let prepared = Prepared {
+        neighbours: mined.as_deref(),
+        shared_scale: projection.is_some(),
+    };
     // Each model as one that takes the raw features.
     let fold = |m: hvae::VecModel<f32>| match &projection {
         Some(p) => p.fold(&m).map_err(fail),
@@ -764,6 +782,7 @@ pub fn train_on(
             cfg: &cfg,
             restarts: args.restarts as usize,
             criterion: args.select.criterion(),
+            prepared,
         };
         if args.gmm_candidate && classes.is_none() {
             let f = fit_with_gmm_candidate(job, &mut report).map_err(fail)?;
