@@ -314,6 +314,23 @@ fn components_train_wide_inputs_and_fold_back() {
     // The default trains on the raw features: no such line.
     let (_, plain) = train_report(&data, &args);
     assert!(!plain.contains("principal components"), "{plain}");
+    // A Bernoulli decoder cannot be folded: refused, no model written.
+    let out = dir.path().join("b.hvae");
+    let r = common::run(&[
+        "train",
+        "--data",
+        common::s(&data),
+        "--clusters",
+        "3",
+        "--components",
+        "8",
+        "--likelihood",
+        "bernoulli",
+        "--out",
+        common::s(&out),
+    ]);
+    common::assert_one_line_error(&r, 2, "--components needs the Gaussian likelihood");
+    assert!(!out.exists());
 }
 
 /// `hvae train --quiet` with `args` on `data`, written to `out`.

@@ -24,9 +24,10 @@ pub const LONG_ABOUT: &str = "Train a model on a data file.\n\n\
     The input normalisation (per-feature offset and scale, the rule of hvae::infer::normalise) is \
     fitted on the data and stored in the model. The cluster loss pairs every sample with \
     one of its nearest neighbours, mined over the whole file (by default near both in \
-    cosine on the raw features and on the normalised ones). Data with more features than \
-    --components train on that many leading principal components of the normalised \
-    features, folded back into the model, which takes the raw features. Schedule: --warmup epochs of \
+    cosine on the raw features and on the normalised ones). With --components M, data \
+    with more than M features train on their M leading principal components (of the \
+    normalised features), folded back into the model, which takes the raw features. \
+    Schedule: --warmup epochs of \
     the VAE alone (or --warmup-steps of --steps), then the centres are initialised (by \
     default from the partition, among spherical k-means++ runs on the encoder's mean \
     directions and on the normalised inputs, that agrees best with the input \
@@ -189,8 +190,7 @@ pub struct TrainArgs {
     pub likelihood: LikelihoodArg,
     /// Data with more features than this train on their M leading principal components
     /// (of the normalised features), folded back into the model's first and last layers:
-    /// the model still takes every raw feature (0: never; not with the Bernoulli
-    /// likelihood).
+    /// the model still takes every raw feature (0: never; needs the Gaussian likelihood).
     #[arg(long, default_value_t = crate::pca::DEFAULT_COMPONENTS, value_name = "M")]
     pub components: usize,
     /// Hidden nonlinearity.
@@ -727,6 +727,13 @@ pub fn train_on(
     let cfg = fit_config(args)?;
     let fail = |e: crate::train::FitError| Error::Failed(format!("training failed: {e}"));
     let likelihood = shape_of(args, data.dim(), largest)?.likelihood;
+    if args.components > 0 && likelihood != Likelihood::Gaussian {
+        return Err(Error::BadInput(
+            "--components needs the Gaussian likelihood (a Bernoulli decoder reconstructs \
+             the raw values, not components)"
+                .into(),
+        ));
+    }
     let projection =
         Projection::fit(data.features(), data.dim(), args.components, likelihood).map_err(fail)?;
     let components = projection.as_ref().map(|p| p.apply(data.features()));
