@@ -5,21 +5,22 @@
 //! image) trains on the `m` leading principal components of its normalised features
 //! ([`Projection::fit`]): the rows are normalised by the core's rule
 //! ([`hvae::infer::normalise`]), projected onto the components ([`Projection::apply`]),
-//! and the network, the centres and the choice between the models then see `m`
-//! features. Two things stay with the data as given
-//! ([`crate::train::Prepared`]): each row's neighbours are mined on the raw features, as
-//! they would be without the projection, and the components share one scale, so that a
-//! component of little variance (mostly noise) is not stretched to the spread of the
-//! first. The
-//! projection is linear, so it folds exactly into the trained model's first layer and
-//! its reconstruction layer ([`Projection::fold`]): the model a device runs takes the
-//! `D` raw features, has the shape and budget it would have without the projection, and
-//! normalises them by the rule a device's own fitting and drift tracking use.
+//! and the network, the centres and the choice between the models (its neighbour graph
+//! on the components normalised as any features are) then see `m` features. Two things
+//! stay with the data as given ([`crate::train::Prepared`]): each row's neighbours are
+//! mined on the raw features, as they would be without the projection, and the
+//! components share one scale (their variances averaging about 1), so that a component
+//! of little variance (mostly noise) is not stretched to the spread of the first. The projection is linear, so it folds
+//! exactly into the trained model's first layer and its reconstruction layer
+//! ([`Projection::fold`]): the model a device runs takes the `D` raw features, has the
+//! shape and budget it would have without the projection, and normalises them by the
+//! rule a device's own fitting and drift tracking use.
 //!
-//! Why: a network whose first layer has a weight per raw feature overfits the few
-//! hundred rows such sets have, and trains in proportion to `D`; the leading components
-//! hold the variation the clusters are made of and drop the rest (measured on the
-//! quality suite: docs/benchmarks.md, "The leading principal components").
+//! Why: a first layer with a weight per raw feature costs time in proportion to `D` and
+//! fits the few hundred rows such sets have closely, where the leading components hold
+//! the variation the clusters are made of. What it does to the quality suite, and why it
+//! is not the default: docs/benchmarks.md, "Wide inputs on their leading principal
+//! components".
 //!
 //! Cost: a thin singular value decomposition of the normalised `n x D` rows (in `f64`,
 //! nalgebra), about `4 n D min(n, D)` operations, once per training.
@@ -31,8 +32,8 @@ use nalgebra::DMatrix;
 use crate::train::{fit_normalisation, normalised, FitError};
 
 /// `hvae train --components`' default: 0, every set trains on its raw features (on the
-/// quality suite the projection keeps the tuned half's bars, but the int8 models of the
-/// widest set miss the fidelity bars: docs/benchmarks.md).
+/// quality suite no number of components keeps every bar the raw features meet: the
+/// tuned half's steadiness or the int8 models' fidelity; docs/benchmarks.md).
 pub const DEFAULT_COMPONENTS: usize = 0;
 
 /// Most sweeps of the singular value decomposition before it gives up (it converges in

@@ -325,9 +325,18 @@ pub struct Prepared<'a> {
     /// [`FitConfig::neighbours`], at most `n - 1`), mined elsewhere; `None`: mined on the
     /// rows trained on.
     pub neighbours: Option<&'a [u32]>,
-    /// One scale for every feature, the smallest of the per-feature rule's (the widest
-    /// feature's): the features keep their relative spreads (offsets stay per feature).
+    /// One scale for every feature ([`shared_scale`]): the features keep their relative
+    /// spreads (offsets stay per feature).
     pub shared_scale: bool,
+}
+
+/// The one scale [`Prepared::shared_scale`] gives every feature, from the per-feature
+/// rule's `scale`: the reciprocal of the root mean square of the features' spreads
+/// (`1 / scale`), so that the features' variances average about 1, as they would after
+/// the per-feature rule, without changing their proportions.
+pub fn shared_scale(scale: &[f32]) -> f32 {
+    let mean_square = scale.iter().map(|s| 1.0 / (s * s)).sum::<f32>() / scale.len() as f32;
+    1.0 / mean_square.sqrt()
 }
 
 /// The `k` nearest neighbours of every row of `x` (`n x d`, raw units) in `space`
@@ -338,15 +347,15 @@ pub fn mine_for(
     d: usize,
     k: usize,
 ) -> Result<Vec<u32>, FitError> {
-    if space == NeighbourSpace::Raw {
-        return Ok(mine_neighbours(x, d, k));
-    }
-    let (offset, scale) =
-        fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
-    let xn = normalised(x, &offset, &scale);
+    let xn = || -> Result<Vec<f32>, FitError> {
+        let (offset, scale) =
+            fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
+        Ok(normalised(x, &offset, &scale))
+    };
     Ok(match space {
-        NeighbourSpace::Both => mine_neighbours_both(x, &xn, d, k),
-        _ => mine_neighbours(&xn, d, k),
+        NeighbourSpace::Raw => mine_neighbours(x, d, k),
+        NeighbourSpace::Normalised => mine_neighbours(&xn()?, d, k),
+        NeighbourSpace::Both => mine_neighbours_both(x, &xn()?, d, k),
     })
 }
 
@@ -762,8 +771,8 @@ impl<'d> Run<'d> {
         let (offset, mut scale) =
             fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
         if prepared.shared_scale {
-            let widest = scale.iter().copied().fold(f32::INFINITY, f32::min);
-            scale.fill(widest);
+            let one = shared_scale(&scale);
+            scale.fill(one);
         }
         model
             .set_normalisation(&offset, &scale)

@@ -983,7 +983,8 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
 /// `--components` gives the projected rows): neighbours given equal to those it would
 /// mine train the very models it trains alone; neighbours of another length or naming a
 /// row that is not there are refused with an error, not a panic; a shared scale sets
-/// every feature's scale to the smallest per-feature one and keeps the offsets.
+/// every feature's scale to the reciprocal of the root mean square of the per-feature
+/// spreads and keeps the offsets.
 #[test]
 fn prepared_neighbours_and_shared_scale() {
     use hvae_host::train::{fit_branches, fit_normalisation, mine_for, Branch};
@@ -1032,18 +1033,21 @@ fn prepared_neighbours_and_shared_scale() {
     })
     .unwrap();
     let (offset, scale) = fit_normalisation(x, shape.input).unwrap();
-    let widest = scale.iter().copied().fold(f32::INFINITY, f32::min);
+    let spreads: Vec<f64> = scale.iter().map(|&s| 1.0 / f64::from(s)).collect();
+    let rms = (spreads.iter().map(|v| v * v).sum::<f64>() / spreads.len() as f64).sqrt();
+    let one = hvae_host::train::shared_scale(&scale);
     assert!(
-        scale.iter().any(|&s| s != widest),
+        (f64::from(one) * rms - 1.0).abs() < 1e-6,
+        "{one} against 1 / {rms}"
+    );
+    assert!(
+        scale.iter().any(|&s| s != scale[0]),
         "the features' scales differ"
     );
     for m in &shared {
         let t = |id| m.tensor(id).unwrap().to_vec();
         assert_eq!(t(hvae::shape::TensorId::NormOffset), offset);
-        assert_eq!(
-            t(hvae::shape::TensorId::NormScale),
-            vec![widest; shape.input]
-        );
+        assert_eq!(t(hvae::shape::TensorId::NormScale), vec![one; shape.input]);
     }
 }
 
