@@ -28,8 +28,8 @@
 
 use crate::metrics;
 use crate::train::{
-    cosines_with_others, fit_branches, mine_neighbours, Branch, ChoiceScore, EarlyChoice,
-    EpochStats, FitConfig, FitError, Prepared,
+    cosines_with_others, fit_branches, mine_neighbours, neighbours_per_row, Branch, ChoiceScore,
+    EarlyChoice, EpochStats, FitConfig, FitError, Prepared,
 };
 use hvae::infer::model::{Model, VecModel};
 use hvae::Shape;
@@ -243,7 +243,7 @@ pub fn normalised_association(labels: &[usize], neighbours: &[u32], k: usize) ->
 /// nearest first. Exact: `n^2 d` multiply-adds.
 pub fn euclidean_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
     let n = x.len() / d.max(1);
-    let k = k.min(n.saturating_sub(1)).max(1);
+    let k = neighbours_per_row(k, n);
     // The rows transposed (`d x n`): the distances of one row to every other are summed
     // side by side, each still in feature order from the value an empty `f32` sum
     // starts at (the bits of `Iterator::sum` over the squares).

@@ -322,8 +322,8 @@ pub enum FitError {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Prepared<'a> {
     /// Each row's neighbours, `n x k` row indices as [`mine_for`] gives them (`k` =
-    /// [`FitConfig::neighbours`], at most `n - 1`), mined elsewhere; `None`: mined on the
-    /// rows trained on.
+    /// [`neighbours_per_row`] of [`FitConfig::neighbours`]), mined elsewhere; `None`:
+    /// mined on the rows trained on.
     pub neighbours: Option<&'a [u32]>,
     /// One scale for every feature ([`shared_scale`]): the features keep their relative
     /// spreads (offsets stay per feature).
@@ -396,12 +396,19 @@ pub(crate) fn cosines_with_others(
         .map(move |(j, r)| (j, xi.iter().zip(r).map(|(a, b)| a * b).sum()))
 }
 
+/// How many neighbours each of `n` rows gets when `k` are asked for: `k`, at most the
+/// `n - 1` other rows, at least one (the neighbour searches' rule, and what a given
+/// neighbour list must hold).
+pub fn neighbours_per_row(k: usize, n: usize) -> usize {
+    k.min(n.saturating_sub(1)).max(1)
+}
+
 /// The `k` nearest neighbours of every row by cosine (excluding itself), `n x k` row
 /// indices, nearest first. Exact: `n^2 d / 2` multiply-adds, computed in blocks so that
 /// memory stays `O(n k + n d)`.
 pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
     let n = x.len() / d;
-    let k = k.min(n.saturating_sub(1)).max(1);
+    let k = neighbours_per_row(k, n);
     let unit = unit_rows(x, d);
     let mut out = vec![0u32; n * k];
     let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
@@ -431,7 +438,7 @@ pub fn mine_neighbours(x: &[f32], d: usize, k: usize) -> Vec<u32> {
 /// ranking (`O(n log n)`) only for a row whose neighbours those do not settle.
 pub fn mine_neighbours_both(a: &[f32], b: &[f32], d: usize, k: usize) -> Vec<u32> {
     let n = a.len() / d;
-    let k = k.min(n.saturating_sub(1)).max(1);
+    let k = neighbours_per_row(k, n);
     // Each view's unit rows transposed (`d x n`): the cosines of one row with every
     // other are then summed side by side, each still in feature order.
     let (ua, ub) = (
@@ -779,7 +786,7 @@ impl<'d> Run<'d> {
             .map_err(|e| FitError::Config(e.to_string()))?;
         let neighbours = match prepared.neighbours {
             Some(given) => {
-                let k = cfg.neighbours.min(n - 1).max(1);
+                let k = neighbours_per_row(cfg.neighbours, n);
                 if given.len() != n * k || given.iter().any(|&j| j as usize >= n) {
                     return Err(FitError::Config(format!(
                         "{} neighbour indices given where {n} rows of {k} were needed",
