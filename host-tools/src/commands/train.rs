@@ -736,25 +736,23 @@ pub fn train_on(
     }
     let projection =
         Projection::fit(data.features(), data.dim(), args.components, likelihood).map_err(fail)?;
-    let components = projection.as_ref().map(|p| p.apply(data.features()));
-    let (x, d) = match (&projection, &components) {
-        (Some(p), Some(z)) => (&z[..], p.output_len()),
-        _ => (data.features(), data.dim()),
+    let components = projection
+        .as_ref()
+        .map(|p| (p.apply(data.features()), p.output_len()));
+    let (x, d) = match &components {
+        Some((z, m)) => (&z[..], *m),
+        None => (data.features(), data.dim()),
     };
     // Projected rows learn from the data's own neighbours (mined on the raw features,
     // as without the projection) and keep the components' proportions.
-    let mined = match &projection {
-        Some(_) => Some(
-            crate::train::mine_for(
-                cfg.neighbour_space,
-                data.features(),
-                data.dim(),
-                cfg.neighbours,
-            )
-            .map_err(fail)?,
-        ),
-        None => None,
-    };
+    let mined = projection
+        .as_ref()
+        .map(|_| {
+            let raw = data.features();
+            crate::train::mine_for(cfg.neighbour_space, raw, data.dim(), cfg.neighbours)
+        })
+        .transpose()
+        .map_err(fail)?;
     let prepared = Prepared {
         neighbours: mined.as_deref(),
         shared_scale: projection.is_some(),
