@@ -395,6 +395,108 @@ impl SetResult {
     pub fn stable(&self, tol: f64) -> bool {
         self.acc.mean - self.acc.min <= tol
     }
+
+    /// Not more than `tol` below the best classical method on mean ACC or mean NMI.
+    pub fn near_best(&self, tol: f64) -> bool {
+        self.acc_margin() >= -tol && self.nmi_margin() >= -tol
+    }
+
+    /// Where the set stands on the suite's bars.
+    pub fn standing(&self) -> Standing {
+        Standing {
+            at_least_best: self.wins(),
+            near_best: self.near_best(NEAR_BEST),
+            steady: self.stable(STEADY),
+        }
+    }
+
+    /// The set scored on the runs of `seeds` alone (the classical results kept).
+    pub fn on_seeds(&self, seeds: &[u64]) -> SetResult {
+        let runs: Vec<Run> = self
+            .runs
+            .iter()
+            .filter(|r| seeds.contains(&r.seed))
+            .cloned()
+            .collect();
+        SetResult {
+            acc: Stat::of(runs.iter().map(|r| r.acc)),
+            nmi: Stat::of(runs.iter().map(|r| r.nmi)),
+            ari: Stat::of(runs.iter().map(|r| r.ari)),
+            seconds: Stat::of(runs.iter().map(|r| r.seconds)),
+            runs,
+            ..self.clone()
+        }
+    }
+}
+
+/// How far below the best classical method's mean ACC and NMI a set may be and still
+/// count as near it ([`SetResult::near_best`]): the suite's bar.
+pub const NEAR_BEST: f64 = 0.03;
+
+/// How far below its mean ACC a set's worst seed may be and the set still count as
+/// steady ([`SetResult::stable`]): the suite's bar.
+pub const STEADY: f64 = 0.05;
+
+/// Where a set stands on the suite's three bars ([`SetResult::standing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// At least the best classical method on mean ACC and on mean NMI.
+    pub at_least_best: bool,
+    /// Not more than [`NEAR_BEST`] below it on either.
+    pub near_best: bool,
+    /// The worst seed's ACC within [`STEADY`] of the mean.
+    pub steady: bool,
+}
+
+/// Where a result lost a standing on the suite's bars that the committed one has: each
+/// set in both is scored on the seeds it was run with (the committed runs of those
+/// seeds; a set whose seeds the committed file lacks is not compared), both against
+/// the classical results of `now`. One line per bar lost.
+pub fn standings_lost(now: &[SetResult], committed: &[SetResult]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in now {
+        let Some(c) = committed.iter().find(|c| c.name == r.name) else {
+            continue;
+        };
+        let seeds: Vec<u64> = r.runs.iter().map(|x| x.seed).collect();
+        let c = c.on_seeds(&seeds);
+        if c.runs.len() != seeds.len() || seeds.is_empty() {
+            continue;
+        }
+        let c = SetResult {
+            best_acc: r.best_acc.clone(),
+            best_nmi: r.best_nmi.clone(),
+            ..c
+        };
+        let (was, is) = (c.standing(), r.standing());
+        let margins = |s: &SetResult| format!("{:+.4} / {:+.4}", s.acc_margin(), s.nmi_margin());
+        if was.at_least_best && !is.at_least_best {
+            out.push(format!(
+                "{}: no longer at least the best classical method (ACC / NMI margin {}, \
+                 committed {})",
+                r.name,
+                margins(r),
+                margins(&c)
+            ));
+        }
+        if was.near_best && !is.near_best {
+            out.push(format!(
+                "{}: now more than {NEAR_BEST} below the best classical method (ACC / NMI \
+                 margin {}, committed {})",
+                r.name,
+                margins(r),
+                margins(&c)
+            ));
+        }
+        if was.steady && !is.steady {
+            out.push(format!(
+                "{}: no longer steady (worst seed's ACC {:.4}, mean {:.4}: more than {STEADY} \
+                 below; committed {:.4}, {:.4})",
+                r.name, r.acc.min, r.acc.mean, c.acc.min, c.acc.mean
+            ));
+        }
+    }
+    out
 }
 
 /// The classical methods' scores of `baselines.json`, by set then method.

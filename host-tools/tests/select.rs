@@ -1,8 +1,8 @@
 //! Label-free model selection and the suite's statistics against independent values:
 //! the silhouette against scikit-learn's `silhouette_score(metric="cosine")`, Spearman's
 //! rho against SciPy's `spearmanr`, neighbour agreement, normalised association and the
-//! two-view neighbours by hand, the suite's summary of the restart criteria and its
-//! regression check.
+//! two-view neighbours by hand, the suite's summary of the restart criteria, its
+//! regression check and the standings on its bars.
 
 use hvae_host::select::{
     agreement, euclidean_neighbours, neighbour_agreement, normalised_association, restart_seed,
@@ -10,7 +10,8 @@ use hvae_host::select::{
 };
 use hvae_host::select::{Criteria, Criterion};
 use hvae_host::suite::{
-    criteria_summary, regressions, spearman, RestartScore, Run, SetResult, Stat,
+    criteria_summary, regressions, spearman, standings_lost, Best, RestartScore, Run, SetResult,
+    Stat,
 };
 use hvae_host::train::mine_neighbours_both;
 use rand_core::{Rng, SeedableRng};
@@ -355,6 +356,83 @@ fn regressions_compare_the_same_seeds() {
     // A set or seed the committed file lacks is not compared.
     assert!(regressions(&[result("b", &[(0, 0.1, 0.1)])], &committed, 0.02).is_empty());
     assert!(regressions(&[result("a", &[(7, 0.1, 0.1)])], &committed, 0.02).is_empty());
+}
+
+/// `result` scored against a best classical mean ACC and NMI, its statistics computed.
+fn scored(name: &str, runs: &[(u64, f64, f64)], best: Option<(f64, f64)>) -> SetResult {
+    let mut r = result(name, runs);
+    r.best_acc = best.map(|(a, _)| Best {
+        method: "kmeans".into(),
+        value: a,
+    });
+    r.best_nmi = best.map(|(_, n)| Best {
+        method: "ward".into(),
+        value: n,
+    });
+    let seeds: Vec<u64> = runs.iter().map(|r| r.0).collect();
+    r.on_seeds(&seeds)
+}
+
+#[test]
+fn standings_are_held_on_the_same_seeds_against_the_same_classical_results() {
+    let best = Some((0.85, 0.75));
+    // At least the best (0.89 / 0.79), near it and steady (worst seed 0.88 against 0.89).
+    let committed = [scored("a", &[(0, 0.90, 0.80), (1, 0.88, 0.78)], best)];
+    let s = committed[0].standing();
+    assert!(s.at_least_best && s.near_best && s.steady, "{s:?}");
+    assert!((committed[0].acc.mean - 0.89).abs() < 1e-12);
+    let lost = |runs: &[(u64, f64, f64)]| standings_lost(&[scored("a", runs, best)], &committed);
+    // The same, or better: nothing lost.
+    assert!(lost(&[(0, 0.90, 0.80), (1, 0.88, 0.78)]).is_empty());
+    assert!(lost(&[(0, 0.99, 0.99), (1, 0.99, 0.99)]).is_empty());
+    // One seed: compared with the committed seed 0 alone (which wins).
+    assert!(lost(&[(0, 0.86, 0.76)]).is_empty());
+    // 0.01 below the best ACC: no longer at least the best, still near it.
+    let l = lost(&[(0, 0.84, 0.80), (1, 0.84, 0.80)]);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert!(
+        l[0].starts_with("a: no longer at least the best classical method"),
+        "{}",
+        l[0]
+    );
+    // NMI 0.04 below the best: both of those lost.
+    let l = lost(&[(0, 0.90, 0.71), (1, 0.90, 0.71)]);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(l[1].starts_with("a: now more than 0.03 below"), "{}", l[1]);
+    // Just within 0.03: near it still.
+    assert_eq!(lost(&[(0, 0.90, 0.7201), (1, 0.90, 0.7201)]).len(), 1);
+    // A worst seed 0.06 below the mean (0.96, 0.84: mean 0.90): no longer steady.
+    let l = lost(&[(0, 0.96, 0.80), (1, 0.84, 0.80)]);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert!(l[0].starts_with("a: no longer steady"), "{}", l[0]);
+    // A standing the committed run did not have cannot be lost.
+    let below = [scored("a", &[(0, 0.70, 0.60), (1, 0.60, 0.60)], best)];
+    assert!(standings_lost(
+        &[scored("a", &[(0, 0.1, 0.1), (1, 0.1, 0.9)], best)],
+        &below
+    )
+    .is_empty());
+    // Seeds or sets the committed file lacks are not compared.
+    assert!(lost(&[(0, 0.1, 0.1), (7, 0.1, 0.1)]).is_empty());
+    assert!(standings_lost(&[scored("b", &[(0, 0.1, 0.1)], best)], &committed).is_empty());
+    // Both are scored against the classical results of the run: against a best of 0.95 the
+    // committed run never was at least the best, so falling below it loses nothing.
+    let higher = Some((0.95, 0.75));
+    assert!(standings_lost(
+        &[scored("a", &[(0, 0.90, 0.80), (1, 0.86, 0.78)], higher)],
+        &committed
+    )
+    .is_empty());
+    // And a committed file without classical results is scored against the run's.
+    let bare = [scored("a", &[(0, 0.90, 0.80), (1, 0.88, 0.78)], None)];
+    assert_eq!(
+        standings_lost(
+            &[scored("a", &[(0, 0.84, 0.80), (1, 0.84, 0.80)], best)],
+            &bare
+        )
+        .len(),
+        1
+    );
 }
 
 /// `hvae train --select`'s spellings are the criteria's names (the line that says which
