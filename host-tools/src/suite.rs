@@ -412,19 +412,24 @@ impl SetResult {
 
     /// The set scored on the runs of `seeds` alone (the classical results kept).
     pub fn on_seeds(&self, seeds: &[u64]) -> SetResult {
-        let runs: Vec<Run> = self
+        let runs = self
             .runs
             .iter()
             .filter(|r| seeds.contains(&r.seed))
             .cloned()
             .collect();
+        self.clone().with_runs(runs)
+    }
+
+    /// The set with `runs` as its runs and its statistics over them.
+    fn with_runs(self, runs: Vec<Run>) -> SetResult {
         SetResult {
             acc: Stat::of(runs.iter().map(|r| r.acc)),
             nmi: Stat::of(runs.iter().map(|r| r.nmi)),
             ari: Stat::of(runs.iter().map(|r| r.ari)),
             seconds: Stat::of(runs.iter().map(|r| r.seconds)),
             runs,
-            ..self.clone()
+            ..self
         }
     }
 }
@@ -714,15 +719,16 @@ pub fn summarise(
         rows: l.data.len(),
         features: l.data.dim(),
         clusters: l.spec.clusters,
-        acc: Stat::of(runs.iter().map(|r| r.acc)),
-        nmi: Stat::of(runs.iter().map(|r| r.nmi)),
-        ari: Stat::of(runs.iter().map(|r| r.ari)),
-        seconds: Stat::of(runs.iter().map(|r| r.seconds)),
+        runs: Vec::new(),
+        acc: Stat::default(),
+        nmi: Stat::default(),
+        ari: Stat::default(),
+        seconds: Stat::default(),
         best_acc: best(&classical, |s| s.acc),
         best_nmi: best(&classical, |s| s.nmi),
         classical,
-        runs,
     }
+    .with_runs(runs)
 }
 
 /// A run's scores from its labels.
