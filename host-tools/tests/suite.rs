@@ -377,3 +377,18 @@ proptest::proptest! {
         proptest::prop_assert_eq!(back.to_bits(), x.to_bits());
     }
 }
+
+/// `hvae suite --help` names the bars `--check` holds with the values the check uses.
+#[test]
+fn the_help_names_the_bars_the_check_holds() {
+    use hvae_host::suite::{NEAR_BEST, STEADY};
+    let about = hvae_host::commands::suite::LONG_ABOUT;
+    assert!(
+        about.contains(&format!("not more than {NEAR_BEST} below it")),
+        "{about}"
+    );
+    assert!(
+        about.contains(&format!("ACC within {STEADY} of the mean")),
+        "{about}"
+    );
+}
