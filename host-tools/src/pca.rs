@@ -29,7 +29,7 @@ use hvae::shape::TensorId;
 use hvae::{Likelihood, VecModel};
 use nalgebra::DMatrix;
 
-use crate::train::{fit_normalisation, normalised, FitError};
+use crate::train::{fit_normalisation_for_training, normalised, FitError};
 
 /// `hvae train --components`' default: 0, every set trains on its raw features (on the
 /// quality suite no number of components keeps every bar the raw features meet: the
@@ -67,8 +67,7 @@ impl Projection {
         if m == 0 || d <= m || likelihood != Likelihood::Gaussian {
             return Ok(None);
         }
-        let (offset, scale) =
-            fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
+        let (offset, scale) = fit_normalisation_for_training(x, d)?;
         let xn = normalised(x, &offset, &scale);
         let n = xn.len() / d;
         // Each feature is centred by the normalisation, so the right singular vectors
@@ -329,7 +328,7 @@ mod tests {
         for hidden in [&[8][..], &[8, 6][..]] {
             let shape = Shape::new(m, hidden, 4, 3);
             let mut inner = VecModel::<f32>::with_shape(shape, &mut rng).unwrap();
-            let (o, s) = fit_normalisation(&z, m).unwrap();
+            let (o, s) = crate::train::fit_normalisation(&z, m).unwrap();
             // Offsets away from the components' own means, so that the bias's shift shows.
             let o: Vec<f32> = o.iter().map(|v| v + 0.3).collect();
             inner.set_normalisation(&o, &s).unwrap();

@@ -28,11 +28,10 @@
 
 use crate::metrics;
 use crate::train::{
-    cosines_with_others, fit_branches, mine_neighbours, neighbours_per_row, Branch, ChoiceScore,
-    EarlyChoice, EpochStats, FitConfig, FitError, Prepared,
+    cosines_with_others, fit_branches, mine_neighbours, neighbours_per_row, normalise_rows, Branch,
+    ChoiceScore, EarlyChoice, EpochStats, FitConfig, FitError, FitJob,
 };
 use hvae::infer::model::{Model, VecModel};
-use hvae::Shape;
 use serde::{Deserialize, Serialize};
 
 /// The label-free criterion that picks a restart.
@@ -305,20 +304,12 @@ impl GmmChoice {
 /// restart.
 #[derive(Clone, Copy, Debug)]
 pub struct Restarts<'a> {
-    /// The model's shape.
-    pub shape: Shape,
-    /// The training rows (`n D` values).
-    pub x: &'a [f32],
-    /// Class labels, one per row, when the training is supervised.
-    pub labels: Option<&'a [u8]>,
-    /// The training configuration (its seed seeds the first restart).
-    pub cfg: &'a FitConfig,
+    /// What each restart trains on (its configuration's seed seeds the first restart).
+    pub fit: FitJob<'a>,
     /// Models trained from derived seeds ([`restart_seed`]; 0 counts as 1).
     pub restarts: usize,
     /// What picks among them.
     pub criterion: Criterion,
-    /// What each training is given rather than fit on `x` (the default: nothing).
-    pub prepared: Prepared<'a>,
 }
 
 /// Trains the model `cfg` asks for ([`fit_restarts`]) and a candidate whose clusters
@@ -345,14 +336,12 @@ pub fn fit_with_gmm_candidate(
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<GmmFit, FitError> {
     let Restarts {
-        shape,
-        x,
-        cfg,
+        fit: FitJob { shape, x, cfg, .. },
         restarts,
         ..
     } = job;
     let d = shape.input;
-    let neighbours = euclidean_neighbours(&normalised(x, d)?, d, cfg.choice_neighbours);
+    let neighbours = euclidean_neighbours(&normalise_rows(x, d)?, d, cfg.choice_neighbours);
     let score_of = |m: &VecModel<f32>| -> Result<f64, FitError> {
         let labels = answers(m, x)?.0;
         Ok(match cfg.choice_score {
@@ -471,16 +460,8 @@ pub fn fit_restarts(
     job: Restarts<'_>,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
-    let (mut kinds, _) = train_restarts(job, &[Branch::of(job.cfg)], None, progress)?;
+    let (mut kinds, _) = train_restarts(job, &[Branch::of(job.fit.cfg)], None, progress)?;
     choose(job, kinds.pop().unwrap_or_default())
-}
-
-/// The rows of `x` (`D = d` values each) in the units of the normalisation fitted on
-/// them.
-fn normalised(x: &[f32], d: usize) -> Result<Vec<f32>, FitError> {
-    let (o, s) = crate::train::fit_normalisation(x, d)
-        .map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
-    Ok(crate::train::normalised(x, &o, &s))
 }
 
 /// A trained model and the seed it was trained with.
@@ -496,33 +477,18 @@ fn train_restarts(
     mut early: Option<EarlyChoice<'_>>,
     mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<(Vec<Vec<Seeded>>, Option<usize>), FitError> {
-    let Restarts {
-        shape,
-        x,
-        labels,
-        cfg,
-        restarts,
-        prepared,
-        ..
-    } = job;
+    let Restarts { fit, restarts, .. } = job;
     let mut kinds: Vec<Vec<Seeded>> = branches.iter().map(|_| Vec::new()).collect();
     let mut kept_early = None;
     for r in 0..restarts.max(1) {
         let c = FitConfig {
-            seed: restart_seed(cfg.seed, r),
-            ..cfg.clone()
+            seed: restart_seed(fit.cfg.seed, r),
+            ..fit.cfg.clone()
         };
         // Only the first restart may be chosen early (`early` is asked for one restart).
-        let trained = fit_branches(
-            shape,
-            x,
-            labels,
-            &c,
-            branches,
-            prepared,
-            early.take(),
-            |s, m| progress(&EpochStats { restart: r, ..*s }, m),
-        )?;
+        let trained = fit_branches(FitJob { cfg: &c, ..fit }, branches, early.take(), |s, m| {
+            progress(&EpochStats { restart: r, ..*s }, m)
+        })?;
         if r == 0 {
             kept_early = trained.kept_early;
         }
@@ -540,8 +506,7 @@ fn choose(
     mut trained: Vec<Seeded>,
 ) -> Result<(VecModel<f32>, Vec<Restart>), FitError> {
     let Restarts {
-        shape,
-        x,
+        fit: FitJob { shape, x, cfg, .. },
         criterion,
         ..
     } = job;
@@ -554,9 +519,9 @@ fn choose(
         return Ok((model, Vec::new()));
     }
     let d = shape.input;
-    let z = normalised(x, d)?;
+    let z = normalise_rows(x, d)?;
     let neighbours = mine_neighbours(&z, d, 10);
-    let graph = euclidean_neighbours(&z, d, job.cfg.choice_neighbours);
+    let graph = euclidean_neighbours(&z, d, cfg.choice_neighbours);
     let mut models = Vec::with_capacity(restarts);
     let mut runs = Vec::with_capacity(restarts);
     for (seed, model) in trained {

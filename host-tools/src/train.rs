@@ -330,6 +330,35 @@ pub struct Prepared<'a> {
     pub shared_scale: bool,
 }
 
+/// What one training runs on: the model's shape, the rows, their labels, the
+/// configuration and what it is given beside the rows.
+#[derive(Clone, Copy, Debug)]
+pub struct FitJob<'a> {
+    /// The model's shape.
+    pub shape: Shape,
+    /// The training rows (`n x shape.input` values).
+    pub x: &'a [f32],
+    /// Class labels, one per row, when the training is supervised.
+    pub labels: Option<&'a [u8]>,
+    /// The training configuration.
+    pub cfg: &'a FitConfig,
+    /// What the training is given rather than fit on `x` (the default: nothing).
+    pub prepared: Prepared<'a>,
+}
+
+impl<'a> FitJob<'a> {
+    /// Unlabelled rows `x`, nothing given: what [`fit`] trains on without labels.
+    pub fn new(shape: Shape, x: &'a [f32], cfg: &'a FitConfig) -> Self {
+        FitJob {
+            shape,
+            x,
+            labels: None,
+            cfg,
+            prepared: Prepared::default(),
+        }
+    }
+}
+
 /// The one scale [`Prepared::shared_scale`] gives every feature, from the per-feature
 /// rule's `scale`: the reciprocal of the root mean square of the features' spreads
 /// (`1 / scale`), so that the features' variances average about 1, as they would after
@@ -347,16 +376,25 @@ pub fn mine_for(
     d: usize,
     k: usize,
 ) -> Result<Vec<u32>, FitError> {
-    let xn = || -> Result<Vec<f32>, FitError> {
-        let (offset, scale) =
-            fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
-        Ok(normalised(x, &offset, &scale))
-    };
     Ok(match space {
         NeighbourSpace::Raw => mine_neighbours(x, d, k),
-        NeighbourSpace::Normalised => mine_neighbours(&xn()?, d, k),
-        NeighbourSpace::Both => mine_neighbours_both(x, &xn()?, d, k),
+        NeighbourSpace::Normalised => mine_neighbours(&normalise_rows(x, d)?, d, k),
+        NeighbourSpace::Both => mine_neighbours_both(x, &normalise_rows(x, d)?, d, k),
     })
+}
+
+/// [`fit_normalisation`], its error a training's.
+pub(crate) fn fit_normalisation_for_training(
+    x: &[f32],
+    d: usize,
+) -> Result<(Vec<f32>, Vec<f32>), FitError> {
+    fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))
+}
+
+/// The rows of `x` (`d` columns) in the units of the normalisation fitted on them.
+pub(crate) fn normalise_rows(x: &[f32], d: usize) -> Result<Vec<f32>, FitError> {
+    let (offset, scale) = fit_normalisation_for_training(x, d)?;
+    Ok(normalised(x, &offset, &scale))
 }
 
 /// Per-feature offset and scale of `x` (`n x d`) by the core's rule
@@ -554,7 +592,10 @@ pub fn fit(
     cfg: &FitConfig,
     progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<Model<f32, Vec<f32>>, FitError> {
-    let mut run = Run::start(shape, x, labels, cfg, Prepared::default())?;
+    let mut run = Run::start(FitJob {
+        labels,
+        ..FitJob::new(shape, x, cfg)
+    })?;
     run.train(cfg, run.total, progress)?;
     run.finish(cfg)
 }
@@ -615,26 +656,21 @@ pub struct Branches {
 /// before it: the initial weights, the normalisation, the neighbours) does not depend
 /// on how the centres are placed after it, so it runs once and each branch continues
 /// from a copy of its state (weights, optimiser moments, marginal, random stream,
-/// shuffled order). With `prepared` at its default, each model trained to its end is
-/// bit for bit the one [`fit`] trains with `cfg` and the branch's `init` and
+/// shuffled order). With `job.prepared` at its default, each model trained to its end is
+/// bit for bit the one [`fit`] trains with `job.cfg` and the branch's `init` and
 /// `gmm_targets`, whether or not an `early` choice was asked for: a run paused and
-/// continued takes the same steps. (Eight arguments: the rows, their labels and what
-/// is given beside them are each optional in their own way.)
+/// continued takes the same steps.
 /// `progress` sees the warm-up, then each branch's epochs as that branch trains them,
 /// tagged with [`EpochStats::branch`]: every branch's up to where an early choice was
 /// made, then the kept branch's (or every branch's, one branch after the other).
-#[allow(clippy::too_many_arguments)]
 pub fn fit_branches(
-    shape: Shape,
-    x: &[f32],
-    labels: Option<&[u8]>,
-    cfg: &FitConfig,
+    job: FitJob<'_>,
     branches: &[Branch],
-    prepared: Prepared<'_>,
     early: Option<EarlyChoice<'_>>,
     mut progress: impl FnMut(&EpochStats, &Model<f32, Vec<f32>>),
 ) -> Result<Branches, FitError> {
-    let mut warm = Run::start(shape, x, labels, cfg, prepared)?;
+    let cfg = job.cfg;
+    let mut warm = Run::start(job)?;
     warm.train(cfg, warm.warm_steps, &mut progress)?;
     let configs: Vec<FitConfig> = branches
         .iter()
@@ -733,13 +769,14 @@ struct Run<'d> {
 
 impl<'d> Run<'d> {
     /// Checks the inputs and sets up the model before its first step.
-    fn start(
-        shape: Shape,
-        x: &'d [f32],
-        labels: Option<&[u8]>,
-        cfg: &FitConfig,
-        prepared: Prepared<'_>,
-    ) -> Result<Self, FitError> {
+    fn start(job: FitJob<'d>) -> Result<Self, FitError> {
+        let FitJob {
+            shape,
+            x,
+            labels,
+            cfg,
+            prepared,
+        } = job;
         shape
             .validate()
             .map_err(|e| FitError::Config(e.to_string()))?;
@@ -775,8 +812,7 @@ impl<'d> Run<'d> {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
         let mut model = Model::<f32, Vec<f32>>::with_shape(shape, &mut rng)
             .map_err(|e| FitError::Config(e.to_string()))?;
-        let (offset, mut scale) =
-            fit_normalisation(x, d).map_err(|e| FitError::Config(format!("normalisation: {e}")))?;
+        let (offset, mut scale) = fit_normalisation_for_training(x, d)?;
         if prepared.shared_scale {
             let one = shared_scale(&scale);
             scale.fill(one);

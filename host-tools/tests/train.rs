@@ -5,7 +5,7 @@
 mod common;
 
 use common::{digits_path as digits, hvae};
-use hvae_host::train::{fit, ChoiceLook, FitConfig, Prepared};
+use hvae_host::train::{fit, ChoiceLook, FitConfig, FitJob, Prepared};
 use hvae_host::{data, metrics};
 use std::path::Path;
 
@@ -948,16 +948,9 @@ fn branches_from_one_warm_up_equal_models_trained_alone() {
     ];
     assert_eq!(branches[0].init, CentreInit::Selected);
     let mut shared_epochs = Vec::new();
-    let trained = fit_branches(
-        shape,
-        x,
-        None,
-        &cfg,
-        &branches,
-        Prepared::default(),
-        None,
-        |s, _| shared_epochs.push((s.branch, (s.epoch, s.warmup, s.loss.total.to_bits()))),
-    )
+    let trained = fit_branches(FitJob::new(shape, x, &cfg), &branches, None, |s, _| {
+        shared_epochs.push((s.branch, (s.epoch, s.warmup, s.loss.total.to_bits())))
+    })
     .unwrap();
     assert_eq!(trained.kept_early, None);
     let models = trained.models;
@@ -992,7 +985,11 @@ fn prepared_neighbours_and_shared_scale() {
     let x = &x[..];
     let branches = [Branch::of(&cfg), gmm_branch()];
     let train = |prepared: Prepared<'_>| {
-        fit_branches(shape, x, None, &cfg, &branches, prepared, None, |_, _| {}).map(|t| t.models)
+        let job = FitJob {
+            prepared,
+            ..FitJob::new(shape, x, &cfg)
+        };
+        fit_branches(job, &branches, None, |_, _| {}).map(|t| t.models)
     };
     let alone = train(Prepared::default()).unwrap();
     let mined = mine_for(cfg.neighbour_space, x, shape.input, cfg.neighbours).unwrap();
@@ -1062,35 +1059,17 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
     let (x, shape, cfg) = branch_job(5);
     let x = &x[..];
     let branches = [Branch::of(&cfg), gmm_branch()];
-    let full = fit_branches(
-        shape,
-        x,
-        None,
-        &cfg,
-        &branches,
-        Prepared::default(),
-        None,
-        |_, _| {},
-    )
-    .unwrap()
-    .models;
+    let full = fit_branches(FitJob::new(shape, x, &cfg), &branches, None, |_, _| {})
+        .unwrap()
+        .models;
     // What each branch is after 4 + 2 epochs: the same configuration, 6 epochs long.
     let short = FitConfig {
         epochs: 6,
         ..cfg.clone()
     };
-    let at_pause = fit_branches(
-        shape,
-        x,
-        None,
-        &short,
-        &branches,
-        Prepared::default(),
-        None,
-        |_, _| {},
-    )
-    .unwrap()
-    .models;
+    let at_pause = fit_branches(FitJob::new(shape, x, &short), &branches, None, |_, _| {})
+        .unwrap()
+        .models;
     for keep in [Some(0), Some(1), None] {
         let mut seen = Vec::new();
         let mut looks = Vec::new();
@@ -1101,12 +1080,8 @@ fn an_early_choice_keeps_one_branch_and_its_bits() {
         };
         let mut epochs = Vec::new();
         let trained = fit_branches(
-            shape,
-            x,
-            None,
-            &cfg,
+            FitJob::new(shape, x, &cfg),
             &branches,
-            Prepared::default(),
             Some(EarlyChoice {
                 at: &[0.125, 0.25, 0.5],
                 decide: &mut decide,
@@ -1181,12 +1156,8 @@ fn a_look_at_the_whole_joint_phase_is_not_made() {
         decide: &mut decide,
     };
     let trained = fit_branches(
-        shape,
-        &x,
-        None,
-        &cfg,
+        FitJob::new(shape, &x, &cfg),
         &branches,
-        Prepared::default(),
         Some(early),
         |_, _| {},
     )
@@ -1212,13 +1183,9 @@ fn the_candidate_choice_made_early_keeps_the_same_model() {
             ..base.clone()
         };
         let job = Restarts {
-            shape,
-            x: &x,
-            labels: None,
-            cfg: &cfg,
+            fit: FitJob::new(shape, &x, &cfg),
             restarts: 1,
             criterion: Criterion::Agreement,
-            prepared: Prepared::default(),
         };
         fit_with_gmm_candidate(job, |_, _| {}).unwrap()
     };
@@ -1263,13 +1230,9 @@ fn restarts_picked_by_association_keep_the_best_scoring_model() {
     };
     let (x, shape, cfg) = branch_job(2);
     let job = Restarts {
-        shape,
-        x: &x,
-        labels: None,
-        cfg: &cfg,
+        fit: FitJob::new(shape, &x, &cfg),
         restarts: 3,
         criterion: Criterion::Association,
-        prepared: Prepared::default(),
     };
     let (model, runs) = fit_restarts(job, |_, _| {}).unwrap();
     let (o, sc) = hvae_host::train::fit_normalisation(&x, shape.input).unwrap();

@@ -10,7 +10,8 @@ use crate::select::{
     fit_restarts, fit_with_gmm_candidate, Criterion, GmmChoice, Restart, Restarts,
 };
 use crate::train::{
-    default_margin, CentreInit, ChoiceLook, ChoiceScore, FitConfig, NeighbourSpace, Prepared,
+    default_margin, CentreInit, ChoiceLook, ChoiceScore, FitConfig, FitJob, NeighbourSpace,
+    Prepared,
 };
 use crate::Error;
 use hvae::shape::{Activation, Likelihood, Posterior, Shape};
@@ -781,13 +782,15 @@ pub fn train_on(
     // mixture-trained candidate (not with labels: they are the targets then).
     let mut fit_one = |k, classes: Option<&[u8]>| -> Result<Trained, Error> {
         let job = Restarts {
-            shape: shape_of(args, d, k)?,
-            x,
-            labels: classes,
-            cfg: &cfg,
+            fit: FitJob {
+                shape: shape_of(args, d, k)?,
+                x,
+                labels: classes,
+                cfg: &cfg,
+                prepared,
+            },
             restarts: args.restarts as usize,
             criterion: args.select.criterion(),
-            prepared,
         };
         if args.gmm_candidate && classes.is_none() {
             let f = fit_with_gmm_candidate(job, &mut report).map_err(fail)?;
